@@ -1,0 +1,14 @@
+//! switchboard: a SIP media server — conference rooms, Rhai IVR call flows, recording.
+//!
+//! The library holds everything; `main.rs` only parses flags and calls [`run`].
+
+pub mod config;
+pub mod error;
+pub mod sdp;
+pub mod sip;
+
+mod server;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{run, run_with_ready, Ready};
