@@ -2,3 +2,4 @@
 //! the endpoint core that ties them together, and the tokio transport glue.
 
 pub mod message;
+pub mod transaction;
