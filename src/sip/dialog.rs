@@ -1,0 +1,301 @@
+//! Dialog state of a call we answered (RFC 3261 §12): identifiers, CSeq spaces, remote
+//! target and route set, and building the in-dialog requests we send (BYE, INFO, re-INVITE).
+
+use super::message::{header_value, new_branch, Method, Request};
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Header, Headers, Uri};
+
+/// Identifies a dialog from our side: Call-ID, our tag, the peer's tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DialogId {
+    /// Call-ID.
+    pub call_id: String,
+    /// Our tag (To tag of requests we receive).
+    pub local_tag: String,
+    /// The peer's tag (From tag of requests we receive).
+    pub remote_tag: String,
+}
+
+/// Where and how the peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Transport protocol.
+    pub transport: Transport,
+    /// The peer's transport address (for TCP, the connection's remote address).
+    pub addr: std::net::SocketAddr,
+}
+
+/// Transport protocol of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Datagrams: the transaction layer retransmits.
+    Udp,
+    /// A stream: reliable, no retransmission below 64·T1 timeouts.
+    Tcp,
+}
+
+impl Transport {
+    /// True for stream transports.
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+    /// The Via transport token.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// A UAS dialog.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Call-ID and tags.
+    pub id: DialogId,
+    /// Our URI with our tag, as the To header we answered with.
+    local_party: String,
+    /// The peer's From header value (with its tag).
+    remote_party: String,
+    /// The peer's Contact URI: where in-dialog requests go.
+    pub remote_target: String,
+    /// Record-Route values in received order (a UAS uses them as-is, §12.1.1).
+    pub route_set: Vec<String>,
+    /// Last CSeq we used.
+    pub local_cseq: u32,
+    /// Highest CSeq the peer used.
+    pub remote_cseq: u32,
+    /// How the peer is reached.
+    pub peer: Peer,
+}
+
+/// A dialog-creating request lacked what a dialog needs.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create a dialog: {0}")]
+pub struct DialogError(pub &'static str);
+
+impl Dialog {
+    /// Creates the dialog our 1xx/2xx to `req` establishes (§12.1.1).
+    pub fn new_uas(req: &Request, local_tag: &str, peer: Peer) -> Result<Dialog, DialogError> {
+        let call_id = req
+            .call_id_header()
+            .map_err(|_| DialogError("no Call-ID"))?
+            .value()
+            .trim()
+            .to_string();
+        let from = req.from_header().map_err(|_| DialogError("no From"))?;
+        let remote_tag = from
+            .tag()
+            .ok()
+            .flatten()
+            .map(|t| t.value().to_string())
+            .ok_or(DialogError("no From tag"))?;
+        let to = req.to_header().map_err(|_| DialogError("no To"))?;
+        let contact = req
+            .contact_header()
+            .map_err(|_| DialogError("no Contact"))?
+            .typed()
+            .map_err(|_| DialogError("bad Contact"))?;
+        let route_set = req
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::RecordRoute(rr) => Some(rr.value().to_string()),
+                _ => None,
+            })
+            .flat_map(|v| split_commas(&v))
+            .collect();
+        Ok(Dialog {
+            id: DialogId {
+                call_id,
+                local_tag: local_tag.to_string(),
+                remote_tag,
+            },
+            local_party: format!("{};tag={local_tag}", to.value().trim()),
+            remote_party: from.value().trim().to_string(),
+            remote_target: contact.uri.to_string(),
+            route_set,
+            local_cseq: fastrand::u32(1..0x1000),
+            remote_cseq: req
+                .cseq_header()
+                .ok()
+                .and_then(|c| c.seq().ok())
+                .unwrap_or(0),
+            peer,
+        })
+    }
+
+    /// Checks an in-dialog request's CSeq (§12.2.2): false when it is lower than seen before.
+    /// ACK and CANCEL reuse their INVITE's number and are not checked.
+    pub fn accept_remote_cseq(&mut self, method: Method, cseq: u32) -> bool {
+        if matches!(method, Method::Ack | Method::Cancel) {
+            return true;
+        }
+        if cseq < self.remote_cseq {
+            return false;
+        }
+        self.remote_cseq = cseq;
+        true
+    }
+
+    /// A target refresh (re-INVITE) may move the remote target.
+    pub fn refresh_target(&mut self, req: &Request) {
+        if let Ok(c) = req.contact_header().and_then(|c| c.typed()) {
+            self.remote_target = c.uri.to_string();
+        }
+    }
+
+    /// Builds an in-dialog request (§12.2.1.1) with a fresh branch and the next CSeq.
+    /// `local` is our address as written into Via.
+    pub fn request(
+        &mut self,
+        method: Method,
+        local: std::net::SocketAddr,
+        user_agent: &str,
+    ) -> Request {
+        self.local_cseq += 1;
+        let cseq = self.local_cseq;
+        self.request_with_cseq(method, cseq, &new_branch(), local, user_agent)
+    }
+
+    /// Builds the ACK for a 2xx to our re-INVITE with CSeq `cseq` (its own transaction, §13.2.2.4).
+    pub fn ack(&self, cseq: u32, local: std::net::SocketAddr, user_agent: &str) -> Request {
+        self.request_with_cseq(Method::Ack, cseq, &new_branch(), local, user_agent)
+    }
+
+    fn request_with_cseq(
+        &self,
+        method: Method,
+        cseq: u32,
+        branch: &str,
+        local: std::net::SocketAddr,
+        user_agent: &str,
+    ) -> Request {
+        // Loose routing (lr): the Request-URI is the remote target and the route set becomes
+        // Route headers. A strict first route would swap them (§12.2.1.1); we treat every route
+        // as loose, as every current stack does.
+        let uri = Uri::try_from(self.remote_target.as_str())
+            .or_else(|_| Uri::try_from(format!("sip:{}", self.peer.addr).as_str()));
+        let mut headers = Headers::default();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.peer.transport.via_token(),
+            local
+        );
+        headers.push(Header::Via(via.into()));
+        headers.push(Header::MaxForwards(70.into()));
+        for r in &self.route_set {
+            headers.push(Header::Route(r.clone().into()));
+        }
+        headers.push(Header::From(self.local_party.clone().into()));
+        headers.push(Header::To(self.remote_party.clone().into()));
+        headers.push(Header::CallId(self.id.call_id.clone().into()));
+        headers.push(Header::CSeq(format!("{cseq} {method}").into()));
+        headers.push(Header::UserAgent(user_agent.into()));
+        headers.push(Header::ContentLength(0.into()));
+        Request {
+            method,
+            uri: uri.unwrap_or_default(),
+            version: rsipstack::sip::Version::V2,
+            headers,
+            body: Vec::new(),
+        }
+    }
+}
+
+/// Splits a header value at commas outside `<...>` and quotes.
+fn split_commas(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, c) in v.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(v[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = v[start..].trim();
+    if !last.is_empty() {
+        out.push(last.to_string());
+    }
+    out
+}
+
+/// The Content-Type of a message, lowercased without parameters.
+pub fn content_type(headers: &Headers) -> Option<String> {
+    header_value(headers, "Content-Type").map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{classify, Inbound};
+
+    const INVITE: &str = "INVITE sip:echo@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds\r\n\
+Record-Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:echo@127.0.0.1>\r\n\
+From: \"Alice\" <sip:alice@127.0.0.1>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@127.0.0.1:5070>\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn dialog() -> Dialog {
+        let Inbound::Request(r) = classify(INVITE.as_bytes(), false) else {
+            panic!()
+        };
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        };
+        Dialog::new_uas(&r.req, "ourtag", peer).unwrap()
+    }
+
+    #[test]
+    fn bye_is_routed_and_addressed_per_the_dialog() {
+        let mut d = dialog();
+        let bye = d.request(Method::Bye, "127.0.0.1:5060".parse().unwrap(), "sb");
+        let text = String::from_utf8(bye.to_bytes()).unwrap();
+        assert!(
+            text.starts_with("BYE sip:alice@127.0.0.1:5070 SIP/2.0\r\n"),
+            "{text}"
+        );
+        let routes: Vec<_> = text.lines().filter(|l| l.starts_with("Route:")).collect();
+        assert_eq!(
+            routes,
+            vec![
+                "Route: <sip:p1.example.com;lr>",
+                "Route: <sip:p2.example.com;lr>"
+            ]
+        );
+        let Inbound::Request(p) = classify(text.as_bytes(), false) else {
+            panic!("{text}")
+        };
+        assert_eq!(p.ess.from_tag.as_deref(), Some("ourtag"));
+        assert_eq!(p.ess.to_tag.as_deref(), Some("1928301774"));
+        assert_eq!(p.ess.cseq, d.local_cseq);
+        assert!(p.ess.has_rfc3261_branch());
+    }
+
+    #[test]
+    fn lower_remote_cseq_is_refused_but_ack_is_not_checked() {
+        let mut d = dialog();
+        assert!(!d.accept_remote_cseq(Method::Bye, 314158));
+        assert!(d.accept_remote_cseq(Method::Ack, 1));
+        assert!(d.accept_remote_cseq(Method::Bye, 314160));
+        assert!(!d.accept_remote_cseq(Method::Info, 314159));
+    }
+}

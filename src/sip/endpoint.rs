@@ -1,0 +1,1068 @@
+//! The sans-IO SIP user agent server core: routes each inbound message to its transaction
+//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, 481, 405 ...),
+//! and reports calls to the layer above, which decides with [`Endpoint::answer`] and friends.
+//!
+//! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
+//! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
+//! [`Endpoint::poll_event`], then [`Endpoint::poll_timeout`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::dialog::{content_type, Dialog, DialogId, Peer};
+use super::message::{
+    classify, encode_response, push_header, random_token, response_to, set_body, Essentials,
+    Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+};
+use super::transaction::{
+    ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
+};
+use rsipstack::sip::prelude::*;
+
+/// Static settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// RFC 3261 timers.
+    pub timers: TimerConfig,
+    /// Our address as written into Via and Contact.
+    pub local_addr: SocketAddr,
+    /// Server / User-Agent header value.
+    pub user_agent: String,
+}
+
+/// Identifies a call (an INVITE dialog we answer) between the endpoint and the layer above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+/// Bytes to send to a peer.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// Destination.
+    pub peer: Peer,
+    /// The serialized message.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The peer sent BYE.
+    RemoteBye,
+    /// We sent BYE (and it completed or timed out).
+    LocalBye,
+    /// The peer cancelled before we answered.
+    Cancelled,
+    /// We answered with a final error response.
+    Rejected(u16),
+    /// No ACK for our 2xx within 64·T1; we sent BYE.
+    AckTimeout,
+    /// The peer stopped answering (a request of ours timed out).
+    Timeout,
+}
+
+/// Something the layer above must know or decide.
+#[derive(Debug)]
+pub enum Event {
+    /// A new INVITE: answer with `ring`/`answer`/`reject`.
+    Incoming {
+        /// The call.
+        call: CallHandle,
+        /// The INVITE as received.
+        request: Box<Request>,
+        /// Where it came from.
+        peer: Peer,
+    },
+    /// The ACK for our 2xx arrived; its body is the SDP answer when we made the offer.
+    Confirmed {
+        /// The call.
+        call: CallHandle,
+        /// The ACK's SDP body, if any.
+        sdp: Option<Vec<u8>>,
+    },
+    /// A re-INVITE: reply with `answer_reinvite` or `reject_reinvite`.
+    ReInvite {
+        /// The call.
+        call: CallHandle,
+        /// The offer, when the re-INVITE carries one.
+        sdp: Option<Vec<u8>>,
+    },
+    /// An INFO request in the call (already answered 200).
+    Info {
+        /// The call.
+        call: CallHandle,
+        /// Content-Type without parameters, lowercased.
+        content_type: Option<String>,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// The call is over; the handle is no longer valid.
+    Ended {
+        /// The call.
+        call: CallHandle,
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The call ended or never existed.
+    #[error("no such call")]
+    NoSuchCall,
+    /// The call is not in a state where this is possible.
+    #[error("not possible in the call's current state")]
+    WrongState,
+}
+
+/// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by, method (ACK → INVITE).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TxKey {
+    id: String,
+    invite: bool,
+    cancel: bool,
+}
+
+fn tx_key(ess: &Essentials, method: Method) -> TxKey {
+    let id = if ess.has_rfc3261_branch() {
+        format!("{}|{}", ess.branch.as_deref().unwrap_or(""), ess.sent_by)
+    } else {
+        // RFC 2543 peers: match on what their requests share (§17.2.3, last paragraph, simplified).
+        format!(
+            "2543|{}|{}|{}|{}",
+            ess.call_id,
+            ess.cseq,
+            ess.from_tag.as_deref().unwrap_or(""),
+            ess.sent_by
+        )
+    };
+    TxKey {
+        id,
+        invite: matches!(method, Method::Invite | Method::Ack),
+        cancel: method == Method::Cancel,
+    }
+}
+
+enum ServerTx {
+    Invite {
+        tx: InviteServerTx,
+        call: CallHandle,
+        request: Box<Request>,
+    },
+    NonInvite(NonInviteServerTx),
+}
+
+/// What a client transaction was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPurpose {
+    Bye,
+    Info,
+}
+
+struct ClientEntry {
+    tx: ClientTx,
+    call: CallHandle,
+    purpose: ClientPurpose,
+    peer: Peer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallPhase {
+    /// INVITE received, no final response yet.
+    Early,
+    /// 2xx sent, waiting for ACK.
+    Answered,
+    /// ACK received.
+    Confirmed,
+    /// We sent BYE.
+    Terminating,
+}
+
+struct Call {
+    dialog: Dialog,
+    phase: CallPhase,
+    /// The INVITE (initial or re-INVITE) transaction awaiting our final response or its ACK.
+    invite_tx: Option<TxKey>,
+    /// CSeq of the INVITE whose 2xx awaits ACK.
+    awaiting_ack: Option<u32>,
+    /// A re-INVITE is waiting for the layer above.
+    reinvite_pending: bool,
+    /// `Event::Ended` was reported.
+    ended: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOwner {
+    Server(TxKey),
+    Client(String),
+}
+
+/// The user agent server core.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    server_txs: HashMap<TxKey, ServerTx>,
+    client_txs: HashMap<String, ClientEntry>,
+    calls: HashMap<CallHandle, Call>,
+    dialogs: HashMap<DialogId, CallHandle>,
+    timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_call: u64,
+    scratch: Vec<TxOutput>,
+}
+
+impl Endpoint {
+    /// An endpoint with no calls.
+    pub fn new(cfg: EndpointConfig) -> Self {
+        Endpoint {
+            cfg,
+            server_txs: HashMap::new(),
+            client_txs: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_call: 1,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of live calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Number of live transactions (server and client).
+    pub fn transaction_count(&self) -> usize {
+        self.server_txs.len() + self.client_txs.len()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the layer above.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] must next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Handles one message from the network.
+    pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
+        match classify(bytes, peer.transport.is_reliable()) {
+            Inbound::Request(r) => self.on_request(now, peer, *r),
+            Inbound::Response(r) => self.on_response(now, *r),
+            Inbound::Reject {
+                response,
+                code,
+                reason,
+            } => {
+                tracing::info!(%code, %reason, from = %peer.addr, "refused a malformed request");
+                self.send(peer, response);
+            }
+            Inbound::Drop { reason } => {
+                tracing::debug!(%reason, from = %peer.addr, "dropped a message");
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, owner))) = self.timers.pop() else {
+                break;
+            };
+            match owner {
+                TimerOwner::Server(key) => self.fire_server(now, key),
+                TimerOwner::Client(branch) => self.fire_client(now, branch),
+            }
+        }
+    }
+
+    fn fire_server(&mut self, now: Instant, key: TxKey) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let (terminated, call, peer) = match self.server_txs.get_mut(&key) {
+            Some(ServerTx::Invite { tx, call, .. }) => {
+                tx.handle_timeout(now, &mut out);
+                let peer = self.calls.get(call).map(|c| c.dialog.peer);
+                (tx.is_terminated(), Some(*call), peer)
+            }
+            Some(ServerTx::NonInvite(tx)) => {
+                tx.handle_timeout(now);
+                (tx.is_terminated(), None, None)
+            }
+            None => (false, None, None),
+        };
+        for o in out.drain(..) {
+            match (o, call) {
+                (TxOutput::Retransmit(bytes), _) => {
+                    if let Some(peer) = peer {
+                        self.send(peer, bytes);
+                    }
+                }
+                (TxOutput::TimedOut, Some(call)) => self.on_server_invite_timeout(now, call),
+                (TxOutput::TimedOut, None) => {}
+            }
+        }
+        self.scratch = out;
+        if terminated {
+            self.server_txs.remove(&key);
+        } else {
+            self.rearm(TimerOwner::Server(key));
+        }
+    }
+
+    /// Timer H (no ACK for an error response) or L without ACK for a 2xx.
+    fn on_server_invite_timeout(&mut self, now: Instant, call: CallHandle) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        match c.phase {
+            CallPhase::Answered if c.awaiting_ack.is_some() => {
+                tracing::warn!(
+                    call = call.0,
+                    "no ACK for our 2xx; ending the call with BYE"
+                );
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::AckTimeout);
+            }
+            CallPhase::Confirmed if c.awaiting_ack.is_some() => {
+                // A re-INVITE's 2xx was never acknowledged: same remedy (§14.2).
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::AckTimeout);
+            }
+            _ => {}
+        }
+    }
+
+    fn fire_client(&mut self, now: Instant, branch: String) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let Some(entry) = self.client_txs.get_mut(&branch) else {
+            self.scratch = out;
+            return;
+        };
+        entry.tx.handle_timeout(now, &mut out);
+        let (peer, call, purpose, terminated) = (
+            entry.peer,
+            entry.call,
+            entry.purpose,
+            entry.tx.is_terminated(),
+        );
+        for o in out.drain(..) {
+            match o {
+                TxOutput::Retransmit(bytes) => self.send(peer, bytes),
+                TxOutput::TimedOut => {
+                    if purpose == ClientPurpose::Bye {
+                        self.forget_call(call);
+                    } else {
+                        // An unanswered in-dialog request means the peer is gone (§12.2.1.2).
+                        self.send_bye(now, call);
+                        self.end_call(call, EndReason::Timeout);
+                    }
+                }
+            }
+        }
+        self.scratch = out;
+        if terminated {
+            self.client_txs.remove(&branch);
+        } else {
+            self.rearm(TimerOwner::Client(branch));
+        }
+    }
+
+    fn rearm(&mut self, owner: TimerOwner) {
+        let at = match &owner {
+            TimerOwner::Server(k) => match self.server_txs.get(k) {
+                Some(ServerTx::Invite { tx, .. }) => tx.poll_timeout(),
+                Some(ServerTx::NonInvite(tx)) => tx.poll_timeout(),
+                None => None,
+            },
+            TimerOwner::Client(b) => self.client_txs.get(b).and_then(|e| e.tx.poll_timeout()),
+        };
+        if let Some(at) = at {
+            self.timers.push(Reverse((at, owner)));
+        }
+    }
+
+    fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { peer, bytes });
+    }
+
+    fn on_request(&mut self, now: Instant, peer: Peer, r: ParsedRequest) {
+        let method = r.req.method;
+        if method == Method::Ack {
+            return self.on_ack(now, r);
+        }
+        let key = tx_key(&r.ess, method);
+        if let Some(tx) = self.server_txs.get(&key) {
+            let again = match tx {
+                ServerTx::Invite { tx, .. } => tx.on_retransmitted_request(),
+                ServerTx::NonInvite(tx) => tx.on_retransmitted_request(),
+            };
+            if let Some(bytes) = again.map(<[u8]>::to_vec) {
+                self.send(peer, bytes);
+            }
+            return;
+        }
+        if method == Method::Cancel {
+            return self.on_cancel(now, peer, key, r);
+        }
+        if let Some(reason) = unsupported_requirement(&r.req) {
+            let mut resp = response_to(&r.req, 420, "Bad Extension", Some(&random_token()));
+            push_header(&mut resp, "Unsupported", &reason);
+            return self.answer_non_invite(now, peer, key, resp);
+        }
+        if r.ess.to_tag.is_some() {
+            return self.on_in_dialog(now, peer, key, r);
+        }
+        match method {
+            Method::Invite => self.on_new_invite(now, peer, key, r),
+            Method::Options => {
+                let mut resp = response_to(&r.req, 200, "OK", Some(&random_token()));
+                self.decorate(&mut resp, peer);
+                push_header(
+                    &mut resp,
+                    "Accept",
+                    "application/sdp, application/dtmf-relay, application/dtmf",
+                );
+                push_header(&mut resp, "Accept-Language", "en");
+                push_header(&mut resp, "Supported", "");
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            Method::Bye | Method::Info | Method::Update | Method::PRack => {
+                let resp = response_to(
+                    &r.req,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    Some(&random_token()),
+                );
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            _ => {
+                let mut resp =
+                    response_to(&r.req, 405, "Method Not Allowed", Some(&random_token()));
+                push_header(&mut resp, "Allow", ALLOW);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+    }
+
+    /// Adds Server, Allow and Contact to a response.
+    fn decorate(&self, resp: &mut rsipstack::sip::Response, peer: Peer) {
+        push_header(resp, "Allow", ALLOW);
+        push_header(resp, "Contact", &self.contact(peer));
+        push_header(resp, "Server", &self.cfg.user_agent);
+    }
+
+    fn contact(&self, peer: Peer) -> String {
+        match peer.transport {
+            super::dialog::Transport::Udp => format!("<sip:switchboard@{}>", self.cfg.local_addr),
+            super::dialog::Transport::Tcp => {
+                format!("<sip:switchboard@{};transport=tcp>", self.cfg.local_addr)
+            }
+        }
+    }
+
+    fn answer_non_invite(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        resp: rsipstack::sip::Response,
+    ) {
+        let code = resp.status_code.code();
+        let bytes = encode_response(&resp);
+        let mut tx = NonInviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+        tx.respond(now, code, bytes.clone());
+        self.send(peer, bytes);
+        if !tx.is_terminated() {
+            self.server_txs.insert(key.clone(), ServerTx::NonInvite(tx));
+            self.rearm(TimerOwner::Server(key));
+        }
+    }
+
+    fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
+        let call = CallHandle(self.next_call);
+        self.next_call += 1;
+        let local_tag = random_token();
+        let dialog = match Dialog::new_uas(&r.req, &local_tag, peer) {
+            Ok(d) => d,
+            Err(e) => {
+                let resp = response_to(&r.req, 400, &e.to_string(), Some(&local_tag));
+                let bytes = encode_response(&resp);
+                let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+                tx.respond(now, 400, bytes.clone());
+                self.send(peer, bytes);
+                self.server_txs.insert(
+                    key.clone(),
+                    ServerTx::Invite {
+                        tx,
+                        call,
+                        request: Box::new(r.req),
+                    },
+                );
+                self.rearm(TimerOwner::Server(key));
+                return;
+            }
+        };
+        let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+        // 100 Trying at once (§17.2.1), without a To tag.
+        let trying = encode_response(&response_to(&r.req, 100, "Trying", None));
+        tx.respond(now, 100, trying.clone());
+        self.send(peer, trying);
+        self.dialogs.insert(dialog.id.clone(), call);
+        self.calls.insert(
+            call,
+            Call {
+                dialog,
+                phase: CallPhase::Early,
+                invite_tx: Some(key.clone()),
+                awaiting_ack: None,
+                reinvite_pending: false,
+                ended: false,
+            },
+        );
+        self.server_txs.insert(
+            key,
+            ServerTx::Invite {
+                tx,
+                call,
+                request: Box::new(r.req.clone()),
+            },
+        );
+        self.events.push_back(Event::Incoming {
+            call,
+            request: Box::new(r.req),
+            peer,
+        });
+    }
+
+    fn on_cancel(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
+        let invite_key = TxKey {
+            invite: true,
+            cancel: false,
+            ..key.clone()
+        };
+        let target = match self.server_txs.get(&invite_key) {
+            Some(ServerTx::Invite { call, tx, .. }) => Some((*call, tx.state())),
+            _ => None,
+        };
+        let Some((call, state)) = target else {
+            let resp = response_to(
+                &r.req,
+                481,
+                "Call/Transaction Does Not Exist",
+                Some(&random_token()),
+            );
+            return self.answer_non_invite(now, peer, key, resp);
+        };
+        let local_tag = self
+            .calls
+            .get(&call)
+            .map(|c| c.dialog.id.local_tag.clone())
+            .unwrap_or_else(random_token);
+        let ok = response_to(&r.req, 200, "OK", Some(&local_tag));
+        self.answer_non_invite(now, peer, key, ok);
+        if state == super::transaction::InviteServerState::Proceeding {
+            let initial = self
+                .calls
+                .get(&call)
+                .is_some_and(|c| c.phase == CallPhase::Early);
+            self.final_invite_response(now, call, 487, "Request Terminated", None);
+            if initial {
+                self.end_call(call, EndReason::Cancelled);
+            } else if let Some(c) = self.calls.get_mut(&call) {
+                c.reinvite_pending = false;
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, r: ParsedRequest) {
+        // ACK for a non-2xx final shares the INVITE's branch.
+        let key = tx_key(&r.ess, Method::Ack);
+        if let Some(ServerTx::Invite { tx, .. }) = self.server_txs.get_mut(&key) {
+            if tx.on_ack(now) {
+                self.rearm(TimerOwner::Server(key));
+                return;
+            }
+        }
+        let Some(id) = dialog_id_of(&r.ess) else {
+            return;
+        };
+        let Some(&call) = self.dialogs.get(&id) else {
+            tracing::debug!(call_id = %r.ess.call_id, "stray ACK ignored");
+            return;
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.awaiting_ack != Some(r.ess.cseq) {
+            return;
+        }
+        c.awaiting_ack = None;
+        let first = c.phase == CallPhase::Answered;
+        if first {
+            c.phase = CallPhase::Confirmed;
+        }
+        if let Some(k) = c.invite_tx.take() {
+            if let Some(ServerTx::Invite { tx, .. }) = self.server_txs.get_mut(&k) {
+                tx.on_2xx_ack();
+            }
+        }
+        let sdp = (!r.req.body.is_empty()).then(|| r.req.body.clone());
+        if first || sdp.is_some() {
+            self.events.push_back(Event::Confirmed { call, sdp });
+        }
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
+        let method = r.req.method;
+        let call = dialog_id_of(&r.ess).and_then(|id| self.dialogs.get(&id).copied());
+        let Some(call) = call else {
+            let resp = response_to(&r.req, 481, "Call/Transaction Does Not Exist", None);
+            return self.reply(now, peer, key, method, r, resp);
+        };
+        let cseq_ok = self
+            .calls
+            .get_mut(&call)
+            .is_some_and(|c| c.dialog.accept_remote_cseq(method, r.ess.cseq));
+        if !cseq_ok {
+            let resp = response_to(&r.req, 500, "CSeq Out of Order", None);
+            return self.reply(now, peer, key, method, r, resp);
+        }
+        match method {
+            Method::Bye => {
+                let resp = response_to(&r.req, 200, "OK", None);
+                self.answer_non_invite(now, peer, key, resp);
+                self.end_call(call, EndReason::RemoteBye);
+            }
+            Method::Info => {
+                let resp = response_to(&r.req, 200, "OK", None);
+                self.answer_non_invite(now, peer, key, resp);
+                self.events.push_back(Event::Info {
+                    call,
+                    content_type: content_type(&r.req.headers),
+                    body: r.req.body,
+                });
+            }
+            Method::Options => {
+                let mut resp = response_to(&r.req, 200, "OK", None);
+                self.decorate(&mut resp, peer);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            Method::Invite => self.on_reinvite(now, peer, key, call, r),
+            _ => {
+                let mut resp = response_to(&r.req, 405, "Method Not Allowed", None);
+                push_header(&mut resp, "Allow", ALLOW);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+    }
+
+    fn reply(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        method: Method,
+        r: ParsedRequest,
+        resp: rsipstack::sip::Response,
+    ) {
+        if method == Method::Invite {
+            let code = resp.status_code.code();
+            let bytes = encode_response(&resp);
+            let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+            tx.respond(now, code, bytes.clone());
+            self.send(peer, bytes);
+            self.server_txs.insert(
+                key.clone(),
+                ServerTx::Invite {
+                    tx,
+                    call: CallHandle(0),
+                    request: Box::new(r.req),
+                },
+            );
+            self.rearm(TimerOwner::Server(key));
+        } else {
+            self.answer_non_invite(now, peer, key, resp);
+        }
+    }
+
+    fn on_reinvite(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        call: CallHandle,
+        r: ParsedRequest,
+    ) {
+        let busy = self.calls.get(&call).is_none_or(|c| {
+            c.reinvite_pending || c.awaiting_ack.is_some() || c.phase != CallPhase::Confirmed
+        });
+        if busy {
+            // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
+            let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
+            push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+            return self.reply(now, peer, key, Method::Invite, r, resp);
+        }
+        let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+        let trying = encode_response(&response_to(&r.req, 100, "Trying", None));
+        tx.respond(now, 100, trying.clone());
+        self.send(peer, trying);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.reinvite_pending = true;
+            c.invite_tx = Some(key.clone());
+            c.dialog.refresh_target(&r.req);
+            c.dialog.peer = peer;
+        }
+        let sdp = (!r.req.body.is_empty()).then(|| r.req.body.clone());
+        self.server_txs.insert(
+            key,
+            ServerTx::Invite {
+                tx,
+                call,
+                request: Box::new(r.req),
+            },
+        );
+        self.events.push_back(Event::ReInvite { call, sdp });
+    }
+
+    fn on_response(&mut self, now: Instant, r: ParsedResponse) {
+        let Some(branch) = r.ess.branch.clone() else {
+            return;
+        };
+        let Some(entry) = self.client_txs.get_mut(&branch) else {
+            tracing::debug!(code = r.code, "response matches no transaction");
+            return;
+        };
+        let disposition = entry.tx.on_response(now, r.code);
+        let (call, purpose, terminated) = (entry.call, entry.purpose, entry.tx.is_terminated());
+        if disposition == ResponseDisposition::Deliver && r.code >= 200 {
+            match purpose {
+                ClientPurpose::Bye => self.forget_call(call),
+                ClientPurpose::Info => {
+                    if r.code == 481 || r.code == 408 {
+                        self.send_bye(now, call);
+                        self.end_call(call, EndReason::Timeout);
+                    }
+                }
+            }
+        }
+        if terminated {
+            self.client_txs.remove(&branch);
+        } else {
+            self.rearm(TimerOwner::Client(branch));
+        }
+    }
+
+    // ---- commands from the layer above ----
+
+    /// Sends 180 Ringing, or 183 Session Progress with early media when `sdp` is given.
+    pub fn ring(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Option<Vec<u8>>,
+    ) -> Result<(), CommandError> {
+        let (code, reason) = if sdp.is_some() {
+            (183, "Session Progress")
+        } else {
+            (180, "Ringing")
+        };
+        self.invite_response(now, call, code, reason, sdp, true)
+    }
+
+    /// Answers the call with 200 OK and our SDP (an answer, or an offer when the INVITE had none).
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        self.invite_response(now, call, 200, "OK", Some(sdp), true)?;
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.phase = CallPhase::Answered;
+        }
+        Ok(())
+    }
+
+    /// Refuses the call with a final error response; `warning` goes into a Warning header.
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+        warning: Option<&str>,
+    ) -> Result<(), CommandError> {
+        if !(300..=699).contains(&code) {
+            return Err(CommandError::WrongState);
+        }
+        let early = self.calls.get(&call).map(|c| c.phase);
+        if early != Some(CallPhase::Early) {
+            return Err(if early.is_none() {
+                CommandError::NoSuchCall
+            } else {
+                CommandError::WrongState
+            });
+        }
+        self.final_invite_response(now, call, code, reason, warning);
+        self.end_call(call, EndReason::Rejected(code));
+        Ok(())
+    }
+
+    /// Answers a pending re-INVITE with 200 and our SDP.
+    pub fn answer_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let pending = self.calls.get(&call).map(|c| c.reinvite_pending);
+        match pending {
+            None => return Err(CommandError::NoSuchCall),
+            Some(false) => return Err(CommandError::WrongState),
+            Some(true) => {}
+        }
+        self.invite_response(now, call, 200, "OK", Some(sdp), false)?;
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.reinvite_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Refuses a pending re-INVITE (e.g. 488); the call continues as before.
+    pub fn reject_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+        warning: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let pending = self.calls.get(&call).map(|c| c.reinvite_pending);
+        match pending {
+            None => return Err(CommandError::NoSuchCall),
+            Some(false) => return Err(CommandError::WrongState),
+            Some(true) => {}
+        }
+        self.final_invite_response(now, call, code, reason, warning);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.reinvite_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Ends the call from our side: BYE when answered, 480 while still ringing.
+    pub fn hangup(&mut self, now: Instant, call: CallHandle) -> Result<(), CommandError> {
+        let phase = self
+            .calls
+            .get(&call)
+            .map(|c| c.phase)
+            .ok_or(CommandError::NoSuchCall)?;
+        match phase {
+            CallPhase::Early => self.reject(now, call, 480, "Temporarily Unavailable", None),
+            CallPhase::Terminating => Ok(()),
+            CallPhase::Answered | CallPhase::Confirmed => {
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::LocalBye);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends an INFO in the call (e.g. DTMF relay).
+    pub fn send_info(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if c.phase != CallPhase::Confirmed {
+            return Err(CommandError::WrongState);
+        }
+        let mut req = c
+            .dialog
+            .request(Method::Info, self.cfg.local_addr, &self.cfg.user_agent);
+        set_body(&mut req, content_type, body);
+        let peer = c.dialog.peer;
+        self.start_client(now, call, ClientPurpose::Info, peer, req);
+        Ok(())
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        purpose: ClientPurpose,
+        peer: Peer,
+        req: Request,
+    ) {
+        let branch = req
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+            .unwrap_or_default();
+        let bytes = req.to_bytes();
+        let tx = ClientTx::new(
+            now,
+            self.cfg.timers,
+            peer.transport.is_reliable(),
+            false,
+            bytes.clone(),
+        );
+        self.send(peer, bytes);
+        self.client_txs.insert(
+            branch.clone(),
+            ClientEntry {
+                tx,
+                call,
+                purpose,
+                peer,
+            },
+        );
+        self.rearm(TimerOwner::Client(branch));
+    }
+
+    fn send_bye(&mut self, now: Instant, call: CallHandle) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.phase == CallPhase::Terminating {
+            return;
+        }
+        c.phase = CallPhase::Terminating;
+        let req = c
+            .dialog
+            .request(Method::Bye, self.cfg.local_addr, &self.cfg.user_agent);
+        let peer = c.dialog.peer;
+        self.start_client(now, call, ClientPurpose::Bye, peer, req);
+    }
+
+    /// Sends a provisional or 2xx response on the call's pending INVITE transaction.
+    fn invite_response(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+        sdp: Option<Vec<u8>>,
+        initial: bool,
+    ) -> Result<(), CommandError> {
+        let c = self.calls.get(&call).ok_or(CommandError::NoSuchCall)?;
+        if initial && c.phase != CallPhase::Early {
+            return Err(CommandError::WrongState);
+        }
+        let key = c.invite_tx.clone().ok_or(CommandError::WrongState)?;
+        let local_tag = c.dialog.id.local_tag.clone();
+        let peer = c.dialog.peer;
+        let contact = self.contact(peer);
+        let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
+            return Err(CommandError::WrongState);
+        };
+        let mut resp = response_to(request, code, reason, Some(&local_tag));
+        for h in request.headers.iter() {
+            if let rsipstack::sip::Header::RecordRoute(_) = h {
+                resp.headers.push(h.clone());
+            }
+        }
+        push_header(&mut resp, "Allow", ALLOW);
+        push_header(&mut resp, "Contact", &contact);
+        push_header(&mut resp, "Server", &self.cfg.user_agent);
+        if let Some(sdp) = sdp {
+            set_body(&mut resp, "application/sdp", sdp);
+        }
+        let bytes = encode_response(&resp);
+        tx.respond(now, code, bytes.clone());
+        self.send(peer, bytes);
+        if code >= 200 {
+            if let Some(c) = self.calls.get_mut(&call) {
+                // The peer's latest CSeq is the INVITE being answered.
+                c.awaiting_ack = Some(c.dialog.remote_cseq);
+            }
+        }
+        self.rearm(TimerOwner::Server(key));
+        Ok(())
+    }
+
+    fn final_invite_response(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+        warning: Option<&str>,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(key) = c.invite_tx.take() else {
+            return;
+        };
+        let local_tag = c.dialog.id.local_tag.clone();
+        let peer = c.dialog.peer;
+        let host = self.cfg.local_addr.ip();
+        let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
+            return;
+        };
+        let mut resp = response_to(request, code, reason, Some(&local_tag));
+        if let Some(w) = warning {
+            let w = w.replace(['"', '\r', '\n'], "'");
+            push_header(&mut resp, "Warning", &format!("399 {host} \"{w}\""));
+        }
+        push_header(&mut resp, "Server", &self.cfg.user_agent);
+        let bytes = encode_response(&resp);
+        tx.respond(now, code, bytes.clone());
+        self.send(peer, bytes);
+        self.rearm(TimerOwner::Server(key));
+    }
+
+    /// Reports the end and forgets the dialog, unless a BYE of ours is still in flight.
+    fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let already = std::mem::replace(&mut c.ended, true);
+        if c.phase != CallPhase::Terminating {
+            self.forget_call(call);
+        }
+        if !already {
+            self.events.push_back(Event::Ended { call, reason });
+        }
+    }
+
+    fn forget_call(&mut self, call: CallHandle) {
+        if let Some(c) = self.calls.remove(&call) {
+            self.dialogs.remove(&c.dialog.id);
+        }
+    }
+}
+
+fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {
+    Some(DialogId {
+        call_id: ess.call_id.clone(),
+        local_tag: ess.to_tag.clone()?,
+        remote_tag: ess.from_tag.clone()?,
+    })
+}
+
+/// We implement no SIP extension a peer may require (RFC 3261 §8.2.2.3).
+fn unsupported_requirement(req: &Request) -> Option<String> {
+    let v = super::message::header_value(&req.headers, "Require")?;
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
