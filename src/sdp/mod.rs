@@ -1,1 +1,12 @@
 //! SDP (RFC 8866) model, parser, printer and RFC 3264 offer/answer negotiation.
+
+pub mod model;
+pub mod negotiate;
+pub mod parse;
+
+pub use model::{
+    Attribute, Attributes, Bandwidth, Connection, Direction, ExtraLine, MediaDescription,
+    MediaKind, Origin, PayloadType, Rtcp, RtpMap, SessionDescription, Timing,
+};
+pub use negotiate::{Answer, Codec, LocalSession, NegotiatedAudio, NegotiationError};
+pub use parse::{parse, SdpError, SdpErrorKind};

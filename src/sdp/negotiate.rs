@@ -1,0 +1,660 @@
+//! RFC 3264 offer/answer for one audio stream: our codec capabilities ([`Codec`]), our side of
+//! the session ([`LocalSession`]: origin, version counter, media address), the answer to a
+//! peer's offer, our own offer and the acceptance of the peer's answer, and the reasons for a
+//! 488 ([`NegotiationError`]).
+//!
+//! Codec choice when answering: the first format in the *offer's* order that we support. The
+//! offerer lists its formats by preference (RFC 3264 §5.1) and the answerer picks among them, so
+//! honouring that order gives the caller the codec it asked for whenever we can decode it; our
+//! own list order only matters in our offers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::model::{
+    Attribute, Connection, Direction, MediaDescription, MediaKind, Origin, PayloadType, RtpMap,
+    SessionDescription,
+};
+
+const TELEPHONE_EVENT: &str = "telephone-event";
+/// The DTMF events we answer with when the offer does not say (RFC 4733 §2.4.1).
+const DEFAULT_EVENTS: &str = "0-16";
+const DEFAULT_PTIME_MS: u32 = 20;
+/// Dynamic payload types we hand out in our offers to codecs without a static one.
+const FIRST_DYNAMIC_PT: u8 = 96;
+
+/// An audio codec we can encode and decode. All codec facts the negotiator needs live in these
+/// methods, so adding a codec (G.722, Opus) means adding a variant and its arms here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// G.711 µ-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+}
+
+impl Codec {
+    /// The encoding name used in `a=rtpmap`.
+    pub const fn encoding_name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+
+    /// The RTP clock rate in Hz (which for G.722 will differ from the sample rate).
+    pub const fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => 8000,
+        }
+    }
+
+    /// The channel count as written in `a=rtpmap` (absent means 1).
+    pub const fn channels(self) -> u16 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => 1,
+        }
+    }
+
+    /// The static payload type from RFC 3551, if the codec has one.
+    pub const fn static_payload_type(self) -> Option<PayloadType> {
+        match self {
+            Codec::Pcmu => Some(PayloadType::PCMU),
+            Codec::Pcma => Some(PayloadType::PCMA),
+        }
+    }
+
+    /// The `a=fmtp` parameters we put in an answer, given the offer's.
+    pub fn answer_fmtp(self, _offered: Option<&str>) -> Option<String> {
+        None
+    }
+
+    /// The `a=fmtp` parameters we put in an offer.
+    pub fn offer_fmtp(self) -> Option<String> {
+        None
+    }
+
+    /// Whether an offered format is this codec: by its `a=rtpmap` when present, else by the
+    /// static payload type (RFC 3551 formats may be offered without `a=rtpmap`).
+    pub fn matches(self, pt: PayloadType, rtpmap: Option<&RtpMap>) -> bool {
+        match rtpmap {
+            Some(m) => {
+                m.encoding.eq_ignore_ascii_case(self.encoding_name())
+                    && m.clock_rate == self.clock_rate()
+                    && m.channels.unwrap_or(1) == self.channels()
+            }
+            None => self.static_payload_type() == Some(pt),
+        }
+    }
+
+    /// The `a=rtpmap` for this codec on `pt`.
+    pub fn rtpmap(self, pt: PayloadType) -> RtpMap {
+        RtpMap {
+            payload_type: pt,
+            encoding: self.encoding_name().to_owned(),
+            clock_rate: self.clock_rate(),
+            channels: (self.channels() != 1).then_some(self.channels()),
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encoding_name())
+    }
+}
+
+/// Why an offer or answer cannot be used; the message suits a SIP `Warning: 399` header on a
+/// 488 response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    /// No usable `m=audio` line (none, or all with port 0).
+    #[error("no audio stream")]
+    NoAudioStream,
+    /// Audio is offered only over a profile we do not speak (e.g. SRTP).
+    #[error("unsupported transport {0}")]
+    UnsupportedTransport(String),
+    /// Audio is offered, but in no codec we support.
+    #[error("no common audio codec (offered: {offered}; supported: {supported})")]
+    NoCommonCodec {
+        /// The offered encodings, comma-separated.
+        offered: String,
+        /// Our encodings, comma-separated.
+        supported: String,
+    },
+    /// The audio stream has no `c=` with an IP address, so we would not know where to send.
+    #[error("no connection address for the audio stream")]
+    NoConnectionAddress,
+    /// The answer refused our audio stream (port 0).
+    #[error("audio stream rejected by the peer")]
+    AudioRejected,
+    /// The answer does not have one `m=` per offered `m=` (RFC 3264 §6).
+    #[error("answer has {answer} media streams, the offer had {offer}")]
+    MediaCountMismatch {
+        /// m-lines in our offer.
+        offer: usize,
+        /// m-lines in the answer.
+        answer: usize,
+    },
+    /// An answer arrived although we have no offer outstanding.
+    #[error("answer received without an outstanding offer")]
+    NoPendingOffer,
+}
+
+/// The audio stream both sides agreed on, from our point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedAudio {
+    /// The codec to send and expect.
+    pub codec: Codec,
+    /// Its payload type on this call.
+    pub payload_type: PayloadType,
+    /// Its RTP clock rate in Hz.
+    pub clock_rate: u32,
+    /// The RFC 4733 telephone-event payload type, if both sides use it.
+    pub telephone_event_pt: Option<PayloadType>,
+    /// Packetisation time in milliseconds.
+    pub ptime_ms: u32,
+    /// Where to send RTP; `None` while the peer holds the call with `c=0.0.0.0`.
+    pub remote_rtp: Option<SocketAddr>,
+    /// Where to send RTCP: the `a=rtcp` port, the RTP port under rtcp-mux, else RTP port + 1.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// Our direction: whether we send and/or receive.
+    pub direction: Direction,
+    /// Whether RTP and RTCP share one port (RFC 5761).
+    pub rtcp_mux: bool,
+}
+
+/// Our answer to an offer: the SDP to send and the negotiated stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The answer SDP.
+    pub sdp: SessionDescription,
+    /// What was agreed for the audio stream.
+    pub media: NegotiatedAudio,
+}
+
+/// Our side of one call's offer/answer exchanges.
+#[derive(Debug, Clone)]
+pub struct LocalSession {
+    session_id: u64,
+    version: u64,
+    media_addr: SocketAddr,
+    ptime_ms: u32,
+    codecs: Vec<Codec>,
+    last_sent: Option<SessionDescription>,
+    pending_offer: Option<SessionDescription>,
+}
+
+impl LocalSession {
+    /// A session with origin id `session_id` (pick it at random per call) whose media lives at
+    /// `media_addr` (IP and RTP port); supports PCMU then PCMA, ptime 20 ms.
+    pub fn new(session_id: u64, media_addr: SocketAddr) -> Self {
+        LocalSession {
+            session_id,
+            version: 0,
+            media_addr,
+            ptime_ms: DEFAULT_PTIME_MS,
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            last_sent: None,
+            pending_offer: None,
+        }
+    }
+
+    /// Replaces the supported codecs (in our preference order, used for our offers).
+    pub fn with_codecs(mut self, codecs: Vec<Codec>) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Sets the ptime used when the offer has no acceptable one.
+    pub fn with_ptime(mut self, ptime_ms: u32) -> Self {
+        self.ptime_ms = ptime_ms;
+        self
+    }
+
+    /// Our RTP address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media_addr
+    }
+
+    /// Moves our media (the next SDP will differ, so its version will increase).
+    pub fn set_media_addr(&mut self, media_addr: SocketAddr) {
+        self.media_addr = media_addr;
+    }
+
+    /// The `o=` session version of the last SDP we produced.
+    pub fn session_version(&self) -> u64 {
+        self.version
+    }
+
+    /// The last SDP we produced (offer or answer).
+    pub fn last_sdp(&self) -> Option<&SessionDescription> {
+        self.last_sent.as_ref()
+    }
+
+    /// Answers `offer` (RFC 3264 §6): one m-line per offered m-line in the same order; the
+    /// first usable audio RTP stream is accepted, every other stream is rejected with port 0.
+    pub fn answer(&mut self, offer: &SessionDescription) -> Result<Answer, NegotiationError> {
+        let (index, chosen) = self.choose_stream(offer)?;
+        let offered = &offer.media[index];
+
+        let telephone_event = offered.payload_types().find_map(|pt| {
+            let map = offered.attributes.rtpmap(pt)?;
+            is_telephone_event(&map, chosen.codec.clock_rate()).then(|| {
+                let events = offered
+                    .attributes
+                    .fmtp(pt)
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or(DEFAULT_EVENTS);
+                (pt, events.to_owned())
+            })
+        });
+        let ptime_ms = choose_ptime(
+            offered
+                .attributes
+                .ptime()
+                .or_else(|| offer.attributes.ptime()),
+            offered
+                .attributes
+                .maxptime()
+                .or_else(|| offer.attributes.maxptime()),
+            self.ptime_ms,
+        );
+        let peer = peer_direction(offer, offered);
+        let direction = peer.reversed();
+        let rtcp_mux = offered.attributes.rtcp_mux();
+        let (remote_rtp, remote_rtcp) = remote_addresses(offer, offered, rtcp_mux)?;
+
+        let mut formats = vec![chosen.pt.to_string()];
+        let mut audio = MediaDescription::new(
+            MediaKind::Audio,
+            self.media_addr.port(),
+            offered.proto.clone(),
+            Vec::new(),
+        );
+        audio
+            .attributes
+            .push((&chosen.codec.rtpmap(chosen.pt)).into());
+        let offered_fmtp = offered.attributes.fmtp(chosen.pt);
+        if let Some(params) = chosen.codec.answer_fmtp(offered_fmtp) {
+            audio.attributes.push(Attribute::with_value(
+                "fmtp",
+                format!("{} {params}", chosen.pt),
+            ));
+        }
+        if let Some((pt, events)) = &telephone_event {
+            formats.push(pt.to_string());
+            audio
+                .attributes
+                .push((&telephone_event_rtpmap(*pt, chosen.codec.clock_rate())).into());
+            audio
+                .attributes
+                .push(Attribute::with_value("fmtp", format!("{pt} {events}")));
+        }
+        audio.formats = formats;
+        audio
+            .attributes
+            .push(Attribute::with_value("ptime", ptime_ms.to_string()));
+        audio.attributes.push(direction.into());
+        if rtcp_mux {
+            audio.attributes.push(Attribute::flag("rtcp-mux"));
+        }
+
+        let mut sdp = self.skeleton();
+        sdp.media = offer
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if i == index {
+                    audio.clone()
+                } else {
+                    MediaDescription::new(m.kind.clone(), 0, m.proto.clone(), m.formats.clone())
+                }
+            })
+            .collect();
+        let sdp = self.stamp(sdp);
+        self.pending_offer = None;
+
+        Ok(Answer {
+            sdp,
+            media: NegotiatedAudio {
+                codec: chosen.codec,
+                payload_type: chosen.pt,
+                clock_rate: chosen.codec.clock_rate(),
+                telephone_event_pt: telephone_event.map(|(pt, _)| pt),
+                ptime_ms,
+                remote_rtp,
+                remote_rtcp,
+                direction,
+                rtcp_mux,
+            },
+        })
+    }
+
+    /// Our offer, for an INVITE that came without one: every supported codec, then
+    /// telephone-event/8000 on PT 101, sendrecv.
+    pub fn offer(&mut self) -> SessionDescription {
+        let mut audio = MediaDescription::new(
+            MediaKind::Audio,
+            self.media_addr.port(),
+            "RTP/AVP",
+            Vec::new(),
+        );
+        let mut next_dynamic = FIRST_DYNAMIC_PT;
+        let mut te_rates = Vec::new();
+        for &codec in &self.codecs {
+            let pt = match codec.static_payload_type() {
+                Some(pt) => pt,
+                None => {
+                    if next_dynamic == PayloadType::DEFAULT_TELEPHONE_EVENT.get() {
+                        next_dynamic += 1;
+                    }
+                    let Some(pt) = PayloadType::new(next_dynamic) else {
+                        continue;
+                    };
+                    next_dynamic += 1;
+                    pt
+                }
+            };
+            audio.formats.push(pt.to_string());
+            audio.attributes.push((&codec.rtpmap(pt)).into());
+            if let Some(params) = codec.offer_fmtp() {
+                audio
+                    .attributes
+                    .push(Attribute::with_value("fmtp", format!("{pt} {params}")));
+            }
+            if !te_rates.contains(&codec.clock_rate()) {
+                te_rates.push(codec.clock_rate());
+            }
+        }
+        // One telephone-event per clock rate would need more PTs; 8000 Hz covers G.711 and
+        // G.722 (whose RTP clock is 8000 Hz too).
+        if te_rates.contains(&8000) {
+            let pt = PayloadType::DEFAULT_TELEPHONE_EVENT;
+            audio.formats.push(pt.to_string());
+            audio
+                .attributes
+                .push((&telephone_event_rtpmap(pt, 8000)).into());
+            audio.attributes.push(Attribute::with_value(
+                "fmtp",
+                format!("{pt} {DEFAULT_EVENTS}"),
+            ));
+        }
+        audio
+            .attributes
+            .push(Attribute::with_value("ptime", self.ptime_ms.to_string()));
+        audio.attributes.push(Direction::SendRecv.into());
+
+        let mut sdp = self.skeleton();
+        sdp.media.push(audio);
+        let sdp = self.stamp(sdp);
+        self.pending_offer = Some(sdp.clone());
+        sdp
+    }
+
+    /// Accepts the peer's answer to our last [`offer`](Self::offer).
+    pub fn accept_answer(
+        &mut self,
+        answer: &SessionDescription,
+    ) -> Result<NegotiatedAudio, NegotiationError> {
+        let offer = self
+            .pending_offer
+            .take()
+            .ok_or(NegotiationError::NoPendingOffer)?;
+        if answer.media.len() != offer.media.len() {
+            return Err(NegotiationError::MediaCountMismatch {
+                offer: offer.media.len(),
+                answer: answer.media.len(),
+            });
+        }
+        // Our offers carry exactly one audio stream, first.
+        let (Some(ours), Some(theirs)) = (offer.media.first(), answer.media.first()) else {
+            return Err(NegotiationError::NoAudioStream);
+        };
+        if theirs.port == 0 {
+            return Err(NegotiationError::AudioRejected);
+        }
+        // An answerer may omit rtpmap for a PT it echoes; the offer's mapping then applies.
+        let rtpmap = |pt| {
+            theirs
+                .attributes
+                .rtpmap(pt)
+                .or_else(|| ours.attributes.rtpmap(pt))
+        };
+        let chosen = theirs.payload_types().find_map(|pt| {
+            let map = rtpmap(pt);
+            self.codecs
+                .iter()
+                .find(|c| c.matches(pt, map.as_ref()))
+                .map(|&codec| (codec, pt))
+        });
+        let Some((codec, pt)) = chosen else {
+            return Err(NegotiationError::NoCommonCodec {
+                offered: format_names(std::iter::once(theirs)),
+                supported: self.supported_names(),
+            });
+        };
+        let telephone_event_pt = theirs
+            .payload_types()
+            .find(|&pt| rtpmap(pt).is_some_and(|m| is_telephone_event(&m, codec.clock_rate())));
+        let ptime_ms = choose_ptime(
+            theirs
+                .attributes
+                .ptime()
+                .or_else(|| answer.attributes.ptime()),
+            None,
+            self.ptime_ms,
+        );
+        let offered_dir = offer.direction_for(ours);
+        let peer = peer_direction(answer, theirs);
+        let direction = Direction::from_flags(
+            offered_dir.sends() && peer.receives(),
+            offered_dir.receives() && peer.sends(),
+        );
+        let rtcp_mux = theirs.attributes.rtcp_mux() && ours.attributes.rtcp_mux();
+        let (remote_rtp, remote_rtcp) = remote_addresses(answer, theirs, rtcp_mux)?;
+        Ok(NegotiatedAudio {
+            codec,
+            payload_type: pt,
+            clock_rate: codec.clock_rate(),
+            telephone_event_pt,
+            ptime_ms,
+            remote_rtp,
+            remote_rtcp,
+            direction,
+            rtcp_mux,
+        })
+    }
+
+    fn supported_names(&self) -> String {
+        let names: Vec<&str> = self.codecs.iter().map(|c| c.encoding_name()).collect();
+        names.join(", ")
+    }
+
+    fn skeleton(&self) -> SessionDescription {
+        let ip = self.media_addr.ip();
+        let mut sdp = SessionDescription::new(Origin::new("-", self.session_id, 0, ip), "-");
+        sdp.connection = Some(Connection::new(ip));
+        sdp
+    }
+
+    /// Sets the session version: unchanged if the SDP equals the last one we sent, else one more
+    /// (RFC 3264 §8: a re-offer or re-answer with the same media keeps the version).
+    fn stamp(&mut self, mut sdp: SessionDescription) -> SessionDescription {
+        sdp.origin.session_version = self.version;
+        if let Some(last) = &self.last_sent {
+            if *last != sdp {
+                self.version = self.version.wrapping_add(1);
+                sdp.origin.session_version = self.version;
+            }
+        }
+        self.last_sent = Some(sdp.clone());
+        sdp
+    }
+
+    /// The first offered stream we can accept, or why there is none.
+    fn choose_stream(
+        &self,
+        offer: &SessionDescription,
+    ) -> Result<(usize, Chosen), NegotiationError> {
+        let live_audio = || {
+            offer
+                .media
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.kind == MediaKind::Audio && m.port != 0)
+        };
+        let rtp_audio = || live_audio().filter(|(_, m)| is_avp(&m.proto));
+        for (i, m) in rtp_audio() {
+            let chosen = m.payload_types().find_map(|pt| {
+                let map = m.attributes.rtpmap(pt);
+                self.codecs
+                    .iter()
+                    .find(|c| c.matches(pt, map.as_ref()))
+                    .map(|&codec| Chosen { codec, pt })
+            });
+            if let Some(chosen) = chosen {
+                return Ok((i, chosen));
+            }
+        }
+        if rtp_audio().next().is_some() {
+            return Err(NegotiationError::NoCommonCodec {
+                offered: format_names(rtp_audio().map(|(_, m)| m)),
+                supported: self.supported_names(),
+            });
+        }
+        match live_audio().next() {
+            Some((_, m)) => Err(NegotiationError::UnsupportedTransport(m.proto.clone())),
+            None => Err(NegotiationError::NoAudioStream),
+        }
+    }
+}
+
+struct Chosen {
+    codec: Codec,
+    pt: PayloadType,
+}
+
+/// Plain RTP profiles only: SRTP (SAVP/SAVPF) needs keys we do not negotiate.
+fn is_avp(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+fn is_telephone_event(map: &RtpMap, clock_rate: u32) -> bool {
+    map.encoding.eq_ignore_ascii_case(TELEPHONE_EVENT) && map.clock_rate == clock_rate
+}
+
+fn telephone_event_rtpmap(pt: PayloadType, clock_rate: u32) -> RtpMap {
+    RtpMap {
+        payload_type: pt,
+        encoding: TELEPHONE_EVENT.to_owned(),
+        clock_rate,
+        channels: None,
+    }
+}
+
+/// The offer's ptime if it is a sane multiple of 10 ms (what G.711 framing and our 20 ms mixer
+/// tick handle), capped by maxptime, else our default.
+fn choose_ptime(ptime: Option<u32>, maxptime: Option<u32>, default: u32) -> u32 {
+    let acceptable = |p: u32| (10..=60).contains(&p) && p.is_multiple_of(10);
+    let mut chosen = ptime.filter(|&p| acceptable(p)).unwrap_or(default);
+    if let Some(max) = maxptime {
+        if chosen > max {
+            let capped = max - max % 10;
+            if acceptable(capped) {
+                chosen = capped;
+            }
+        }
+    }
+    chosen
+}
+
+/// The peer's direction for `media`, counting `c=0.0.0.0` (RFC 2543 hold, RFC 3264 §8.4) as
+/// the peer not wanting to receive.
+fn peer_direction(sdp: &SessionDescription, media: &MediaDescription) -> Direction {
+    let d = sdp.direction_for(media);
+    if sdp
+        .connection_for(media)
+        .is_some_and(Connection::is_unspecified)
+    {
+        Direction::from_flags(d.sends(), false)
+    } else {
+        d
+    }
+}
+
+fn remote_addresses(
+    sdp: &SessionDescription,
+    media: &MediaDescription,
+    rtcp_mux: bool,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), NegotiationError> {
+    let ip = sdp
+        .connection_for(media)
+        .and_then(Connection::ip)
+        .ok_or(NegotiationError::NoConnectionAddress)?;
+    if ip.is_unspecified() || media.port == 0 {
+        return Ok((None, None));
+    }
+    let rtp = SocketAddr::new(ip, media.port);
+    let rtcp = if rtcp_mux {
+        Some(rtp)
+    } else if let Some(attr) = media.attributes.rtcp() {
+        let rtcp_ip: IpAddr = attr
+            .connection
+            .as_ref()
+            .and_then(Connection::ip)
+            .unwrap_or(ip);
+        Some(SocketAddr::new(rtcp_ip, attr.port))
+    } else {
+        media.port.checked_add(1).map(|p| SocketAddr::new(ip, p))
+    };
+    Ok((Some(rtp), rtcp))
+}
+
+/// Names of the offered formats for a 488 reason: rtpmap encodings, or the RFC 3551 names of
+/// static payload types.
+fn format_names<'a>(media: impl Iterator<Item = &'a MediaDescription>) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for m in media {
+        for f in &m.formats {
+            let name = match f.parse::<PayloadType>() {
+                Ok(pt) => match m.attributes.rtpmap(pt) {
+                    Some(map) => map.encoding,
+                    None => static_name(pt).map_or_else(|| f.clone(), str::to_owned),
+                },
+                Err(()) => f.clone(),
+            };
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                names.push(name);
+            }
+        }
+    }
+    names.join(", ")
+}
+
+fn static_name(pt: PayloadType) -> Option<&'static str> {
+    Some(match pt.get() {
+        0 => "PCMU",
+        3 => "GSM",
+        4 => "G723",
+        5 | 6 => "DVI4",
+        7 => "LPC",
+        8 => "PCMA",
+        9 => "G722",
+        10 | 11 => "L16",
+        12 => "QCELP",
+        13 => "CN",
+        14 => "MPA",
+        15 => "G728",
+        16 | 17 => "DVI4",
+        18 => "G729",
+        25 => "CelB",
+        26 => "JPEG",
+        28 => "nv",
+        31 => "H261",
+        32 => "MPV",
+        33 => "MP2T",
+        34 => "H263",
+        _ => return None,
+    })
+}
