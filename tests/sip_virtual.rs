@@ -405,3 +405,16 @@ fn retransmitted_invite_is_absorbed_by_its_transaction() {
     let events: Vec<Event> = std::iter::from_fn(|| ep.poll_event()).collect();
     assert_eq!(events.len(), 1, "one call, not two");
 }
+
+#[test]
+fn an_idle_confirmed_call_keeps_no_transaction_after_64_t1() {
+    let mut w = World::new(5, 0.0, 5, Policy::Answer);
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let later = w.now + Duration::from_secs(40);
+    w.ep.handle_timeout(later);
+    assert_eq!(w.ep.transaction_count(), 0);
+    assert_eq!(w.ep.call_count(), 1);
+}
