@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
             while ep.poll_event().is_some() {}
             while ep.poll_transmit().is_some() {}
             // Expire lingering transactions now and then, as the clock would.
-            if n % 1024 == 0 {
+            if n.is_multiple_of(1024) {
                 ep.handle_timeout(now + Duration::from_secs(64));
             }
         })
