@@ -1,21 +1,130 @@
 //! Command line: parse flags, build the configuration, start logging, run the server.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let Ok(cfg) = switchboard::Config::embedded() else {
-        return ExitCode::FAILURE;
+use clap::{Parser, Subcommand};
+use switchboard::config::{Config, LogFormat};
+
+/// switchboard: a SIP media server for conference rooms, IVR call flows and recording.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+/// Flags override the config file, which overrides the embedded defaults.
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML configuration file (keys not set keep their embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// SIP address for UDP and TCP, e.g. 127.0.0.1:5060 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    sip_listen: Option<SocketAddr>,
+    /// RTP port range, e.g. 20000-29999 (each call takes an even port and the next one).
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_range)]
+    rtp_ports: Option<(u16, u16)>,
+    /// HTTP API address, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<SocketAddr>,
+    /// Folder recordings are written to.
+    #[arg(long, value_name = "DIR")]
+    recordings: Option<PathBuf>,
+    /// Folder of call-flow scripts.
+    #[arg(long, value_name = "DIR")]
+    scripts: Option<PathBuf>,
+    /// Folder of audio prompts.
+    #[arg(long, value_name = "DIR")]
+    prompts: Option<PathBuf>,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got {s:?}"))?;
+    let a = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    Ok((a, b))
+}
+
+fn build_config(args: &ServeArgs) -> Result<Config, switchboard::config::ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded()?,
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    if let Some(a) = args.sip_listen {
+        cfg.sip.listen = a;
+    }
+    if let Some((lo, hi)) = args.rtp_ports {
+        cfg.rtp.port_min = lo;
+        cfg.rtp.port_max = hi;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http.listen = a;
+    }
+    if let Some(p) = &args.recordings {
+        cfg.paths.recordings = p.clone();
+    }
+    if let Some(p) = &args.scripts {
+        cfg.paths.scripts = p.clone();
+    }
+    if let Some(p) = &args.prompts {
+        cfg.paths.prompts = p.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Cmd::Serve(a)) => a,
+        None => ServeArgs::default(),
+    };
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("switchboard: cannot start runtime: {e}");
+            eprintln!("switchboard: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(switchboard::run(cfg, async {
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-    })) {
+    };
+    let result = rt.block_on(switchboard::run_with_ready(cfg, shutdown, |ready| {
+        // One machine-readable line on stdout; logs go to stderr.
+        println!("READY sip={}", ready.sip);
+    }));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");

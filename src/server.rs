@@ -1,12 +1,20 @@
 //! Wires the configured parts together and runs them until shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::rtp::ports::PortAllocator;
+use crate::sip::call::{self, CallContext};
+use crate::sip::endpoint::{Endpoint, EndpointConfig};
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::{self, CallSpawner};
 use crate::{Config, Error};
 
 /// Where the server ended up listening (ports may have been chosen by the OS).
 #[derive(Debug, Clone)]
 pub struct Ready {
+    /// SIP address (UDP and TCP share the port).
     pub sip: std::net::SocketAddr,
 }
 
@@ -22,9 +30,42 @@ pub async fn run_with_ready(
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), Error> {
     config.validate()?;
-    on_ready(Ready {
-        sip: config.sip.listen,
+    let advertise = config.advertise_ip()?;
+    let (listeners, sip_addr) = transport::bind(config.sip.listen, config.sip.udp, config.sip.tcp)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "SIP",
+            addr: config.sip.listen,
+            source,
+        })?;
+    let (t1, t2, t4) = config.timers();
+    let endpoint = Endpoint::new(EndpointConfig {
+        timers: TimerConfig { t1, t2, t4 },
+        local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
+        user_agent: config.sip.user_agent.clone(),
     });
-    shutdown.await;
+    let ctx = Arc::new(CallContext {
+        ports: PortAllocator::new(
+            config.sip.listen.ip(),
+            config.rtp.port_min,
+            config.rtp.port_max,
+        ),
+        media_ip: advertise,
+        max_duration: (config.sip.max_call_secs > 0)
+            .then(|| Duration::from_secs(config.sip.max_call_secs)),
+        ring_timeout: Duration::from_secs(60),
+    });
+    let spawner: CallSpawner =
+        Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
+    tracing::info!(sip = %sip_addr, udp = config.sip.udp, tcp = config.sip.tcp, "listening");
+    on_ready(Ready { sip: sip_addr });
+    transport::run(
+        endpoint,
+        listeners,
+        config.sip.max_message_bytes,
+        spawner,
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! RTP: media port allocation, packets, per-leg sessions, jitter buffering.
+
+pub mod ports;

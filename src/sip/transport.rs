@@ -1,0 +1,348 @@
+//! Tokio glue for the SIP endpoint: one task owns the [`Endpoint`] and the UDP socket, TCP
+//! connections feed it framed messages, and call tasks talk to it through channels.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::dialog::{Peer, Transport};
+use super::endpoint::{CallHandle, Endpoint, Event, Transmit};
+use super::framing::StreamFramer;
+
+/// What a call task asks of the endpoint.
+#[derive(Debug)]
+pub enum Command {
+    /// 180 Ringing (or 183 with early-media SDP).
+    Ring(CallHandle, Option<Vec<u8>>),
+    /// 200 OK with SDP.
+    Answer(CallHandle, Vec<u8>),
+    /// A final error response.
+    Reject {
+        /// The call.
+        call: CallHandle,
+        /// Status code (300-699).
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Text for a Warning header.
+        warning: Option<String>,
+    },
+    /// 200 OK with SDP to a re-INVITE.
+    AnswerReinvite(CallHandle, Vec<u8>),
+    /// A final error response to a re-INVITE.
+    RejectReinvite {
+        /// The call.
+        call: CallHandle,
+        /// Status code.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Text for a Warning header.
+        warning: Option<String>,
+    },
+    /// BYE (or 480 while ringing).
+    Hangup(CallHandle),
+    /// An INFO request in the call.
+    Info(CallHandle, String, Vec<u8>),
+}
+
+/// Starts the task that runs a new call: it gets the call's events and a command sender.
+pub type CallSpawner = Arc<
+    dyn Fn(CallHandle, Event, mpsc::UnboundedReceiver<Event>, mpsc::Sender<Command>) + Send + Sync,
+>;
+
+/// The bound listening sockets.
+pub struct Listeners {
+    /// UDP socket, if enabled.
+    pub udp: Option<Arc<UdpSocket>>,
+    /// TCP listener, if enabled.
+    pub tcp: Option<TcpListener>,
+}
+
+/// Binds UDP and TCP on one address; with port 0 the OS picks a port free for both.
+pub async fn bind(
+    addr: SocketAddr,
+    udp: bool,
+    tcp: bool,
+) -> std::io::Result<(Listeners, SocketAddr)> {
+    for _ in 0..20 {
+        let u = if udp {
+            Some(UdpSocket::bind(addr).await?)
+        } else {
+            None
+        };
+        let port = match &u {
+            Some(u) => u.local_addr()?.port(),
+            None => addr.port(),
+        };
+        let t = if tcp {
+            match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(t) => Some(t),
+                // The OS gave UDP a port TCP has in use: try another.
+                Err(_) if addr.port() == 0 => continue,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let port = match &t {
+            Some(t) => t.local_addr()?.port(),
+            None => port,
+        };
+        let local = SocketAddr::new(addr.ip(), port);
+        return Ok((
+            Listeners {
+                udp: u.map(Arc::new),
+                tcp: t,
+            },
+            local,
+        ));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port free for both UDP and TCP",
+    ))
+}
+
+enum FromNet {
+    Message(Peer, Vec<u8>),
+    Connected(SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
+    Closed(SocketAddr),
+}
+
+/// Runs the SIP endpoint until `shutdown` resolves, then ends live calls (bounded drain).
+pub async fn run(
+    mut endpoint: Endpoint,
+    listeners: Listeners,
+    max_message: usize,
+    spawn_call: CallSpawner,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(4096);
+    if let Some(tcp) = listeners.tcp {
+        tokio::spawn(accept_loop(tcp, in_tx.clone(), max_message));
+    }
+    let udp = listeners.udp;
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut calls: HashMap<CallHandle, mpsc::UnboundedSender<Event>> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    tokio::pin!(shutdown);
+    let mut draining: Option<Instant> = None;
+    let start = Instant::now();
+    loop {
+        let deadline = endpoint
+            .poll_timeout()
+            .map(Instant::from_std)
+            .unwrap_or(start + Duration::from_secs(3600 * 24 * 365));
+        tokio::select! {
+            r = recv_udp(&udp, &mut buf) => {
+                if let Some((n, from)) = r {
+                    let peer = Peer { transport: Transport::Udp, addr: from };
+                    endpoint.handle_message(std::time::Instant::now(), peer, &buf[..n]);
+                }
+            }
+            Some(m) = in_rx.recv() => match m {
+                FromNet::Message(peer, bytes) => {
+                    endpoint.handle_message(std::time::Instant::now(), peer, &bytes)
+                }
+                FromNet::Connected(addr, w) => { tcp_writers.insert(addr, w); }
+                FromNet::Closed(addr) => { tcp_writers.remove(&addr); }
+            },
+            Some(c) = cmd_rx.recv() => apply(&mut endpoint, c),
+            _ = tokio::time::sleep_until(deadline) => {
+                endpoint.handle_timeout(std::time::Instant::now());
+            }
+            _ = &mut shutdown, if draining.is_none() => {
+                tracing::info!(calls = calls.len(), "shutting down: ending live calls");
+                draining = Some(Instant::now() + Duration::from_secs(3));
+                let now = std::time::Instant::now();
+                for call in calls.keys() {
+                    let _ = endpoint.hangup(now, *call);
+                }
+            }
+        }
+        flush(&mut endpoint, &udp, &tcp_writers).await;
+        while let Some(ev) = endpoint.poll_event() {
+            dispatch(
+                ev,
+                &mut calls,
+                &spawn_call,
+                &cmd_tx,
+                draining.is_some(),
+                &mut endpoint,
+            );
+            flush(&mut endpoint, &udp, &tcp_writers).await;
+        }
+        if let Some(until) = draining {
+            if endpoint.call_count() == 0 || Instant::now() >= until {
+                break;
+            }
+        }
+    }
+}
+
+async fn recv_udp(udp: &Option<Arc<UdpSocket>>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match udp {
+        Some(u) => match u.recv_from(buf).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // ICMP port-unreachable from a vanished peer shows up here on some systems.
+                tracing::debug!(error = %e, "udp receive error");
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn apply(ep: &mut Endpoint, c: Command) {
+    let now = std::time::Instant::now();
+    let r = match c {
+        Command::Ring(call, sdp) => ep.ring(now, call, sdp),
+        Command::Answer(call, sdp) => ep.answer(now, call, sdp),
+        Command::Reject {
+            call,
+            code,
+            reason,
+            warning,
+        } => ep.reject(now, call, code, &reason, warning.as_deref()),
+        Command::AnswerReinvite(call, sdp) => ep.answer_reinvite(now, call, sdp),
+        Command::RejectReinvite {
+            call,
+            code,
+            reason,
+            warning,
+        } => ep.reject_reinvite(now, call, code, &reason, warning.as_deref()),
+        Command::Hangup(call) => ep.hangup(now, call),
+        Command::Info(call, ct, body) => ep.send_info(now, call, &ct, body),
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "call command not applied");
+    }
+}
+
+fn dispatch(
+    ev: Event,
+    calls: &mut HashMap<CallHandle, mpsc::UnboundedSender<Event>>,
+    spawn_call: &CallSpawner,
+    cmd_tx: &mpsc::Sender<Command>,
+    draining: bool,
+    endpoint: &mut Endpoint,
+) {
+    match ev {
+        Event::Incoming { call, .. } if draining => {
+            let now = std::time::Instant::now();
+            let _ = endpoint.reject(now, call, 503, "Service Unavailable", Some("shutting down"));
+        }
+        Event::Incoming { call, .. } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            calls.insert(call, tx);
+            spawn_call(call, ev, rx, cmd_tx.clone());
+        }
+        Event::Ended { call, .. } => {
+            if let Some(tx) = calls.remove(&call) {
+                let _ = tx.send(ev);
+            }
+        }
+        Event::Confirmed { call, .. } | Event::ReInvite { call, .. } | Event::Info { call, .. } => {
+            if let Some(tx) = calls.get(&call) {
+                let _ = tx.send(ev);
+            }
+        }
+    }
+}
+
+async fn flush(
+    ep: &mut Endpoint,
+    udp: &Option<Arc<UdpSocket>>,
+    tcp: &HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+) {
+    while let Some(Transmit { peer, bytes }) = ep.poll_transmit() {
+        match peer.transport {
+            Transport::Udp => {
+                if let Some(u) = udp {
+                    if let Err(e) = u.send_to(&bytes, peer.addr).await {
+                        tracing::debug!(to = %peer.addr, error = %e, "udp send failed");
+                    }
+                }
+            }
+            Transport::Tcp => match tcp.get(&peer.addr) {
+                Some(w) => {
+                    let _ = w.send(bytes);
+                }
+                None => tracing::debug!(to = %peer.addr, "no TCP connection to the peer"),
+            },
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, to_core: mpsc::Sender<FromNet>, max: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, addr, to_core.clone(), max));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    to_core: mpsc::Sender<FromNet>,
+    max: usize,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (w_tx, mut w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    if to_core.send(FromNet::Connected(addr, w_tx)).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = w_rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new(max);
+    let mut buf = vec![0u8; 16384];
+    let peer = Peer {
+        transport: Transport::Tcp,
+        addr,
+    };
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_message() {
+                Ok(Some(m)) => {
+                    if to_core.send(FromNet::Message(peer, m)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "closing a TCP connection that cannot be framed");
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = to_core.send(FromNet::Closed(addr)).await;
+    writer.abort();
+}

@@ -1,0 +1,407 @@
+//! The SIP endpoint and a test caller talk over an emulated network that loses, delays and
+//! reorders datagrams, in virtual time: 64·T1 of retransmissions pass in microseconds.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::uac::{offer, Uac, UacState};
+use switchboard::sip::dialog::{Peer, Transport};
+use switchboard::sip::endpoint::{CallHandle, EndReason, Endpoint, EndpointConfig, Event};
+use switchboard::sip::transaction::TimerConfig;
+
+const SERVER: &str = "127.0.0.1:5060";
+const CLIENT: &str = "127.0.0.1:5070";
+
+fn endpoint() -> Endpoint {
+    Endpoint::new(EndpointConfig {
+        timers: TimerConfig::default(),
+        local_addr: SERVER.parse().unwrap(),
+        user_agent: "switchboard-test".into(),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dir {
+    ToServer,
+    ToClient,
+}
+
+/// A lossy, reordering datagram network with a seeded random source.
+struct Net {
+    rng: fastrand::Rng,
+    loss: f64,
+    jitter_ms: u64,
+    in_flight: Vec<(Instant, u64, Dir, Vec<u8>)>,
+    seq: u64,
+    delivered: usize,
+    dropped: usize,
+}
+
+impl Net {
+    fn new(seed: u64, loss: f64, jitter_ms: u64) -> Self {
+        Net {
+            rng: fastrand::Rng::with_seed(seed),
+            loss,
+            jitter_ms,
+            in_flight: Vec::new(),
+            seq: 0,
+            delivered: 0,
+            dropped: 0,
+        }
+    }
+    fn send(&mut self, now: Instant, dir: Dir, bytes: Vec<u8>) {
+        if self.rng.f64() < self.loss {
+            self.dropped += 1;
+            return;
+        }
+        let delay = 2 + self.rng.u64(0..=self.jitter_ms);
+        self.seq += 1;
+        self.in_flight
+            .push((now + Duration::from_millis(delay), self.seq, dir, bytes));
+    }
+    fn next(&self) -> Option<Instant> {
+        self.in_flight.iter().map(|m| m.0).min()
+    }
+    fn pop_due(&mut self, now: Instant) -> Vec<(Dir, Vec<u8>)> {
+        let mut due: Vec<_> = Vec::new();
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if self.in_flight[i].0 <= now {
+                due.push(self.in_flight.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|m| (m.0, m.1));
+        self.delivered += due.len();
+        due.into_iter().map(|m| (m.2, m.3)).collect()
+    }
+}
+
+/// How the test plays the call layer above the endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Answer,
+    RingOnly,
+}
+
+struct World {
+    now: Instant,
+    start: Instant,
+    ep: Endpoint,
+    uac: Uac,
+    net: Net,
+    policy: Policy,
+    incoming: Vec<CallHandle>,
+    confirmed: usize,
+    reinvites: usize,
+    ended: Vec<EndReason>,
+    server_sent: Vec<(u64, Vec<u8>)>,
+}
+
+impl World {
+    fn new(seed: u64, loss: f64, jitter_ms: u64, policy: Policy) -> Self {
+        let now = Instant::now();
+        World {
+            now,
+            start: now,
+            ep: endpoint(),
+            uac: Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false),
+            net: Net::new(seed, loss, jitter_ms),
+            policy,
+            incoming: Vec::new(),
+            confirmed: 0,
+            reinvites: 0,
+            ended: Vec::new(),
+            server_sent: Vec::new(),
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: CLIENT.parse::<SocketAddr>().unwrap(),
+        }
+    }
+
+    fn answer_sdp() -> Vec<u8> {
+        offer("127.0.0.1", 20000, "sendrecv")
+    }
+
+    /// Moves messages and events until `done` holds or nothing is left to happen; bounded.
+    fn run_until(&mut self, mut done: impl FnMut(&World) -> bool) -> bool {
+        for _ in 0..10_000 {
+            self.shuttle();
+            if done(self) {
+                return true;
+            }
+            let next = [
+                self.net.next(),
+                self.ep.poll_timeout(),
+                self.uac.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(next) = next else {
+                return done(self);
+            };
+            self.now = self.now.max(next);
+            for (dir, bytes) in self.net.pop_due(self.now) {
+                match dir {
+                    Dir::ToServer => self.ep.handle_message(self.now, Self::peer(), &bytes),
+                    Dir::ToClient => self.uac.handle(self.now, &bytes),
+                }
+            }
+            self.ep.handle_timeout(self.now);
+            self.uac.handle_timeout(self.now);
+        }
+        false
+    }
+
+    fn shuttle(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.ep.poll_transmit() {
+                let at = (self.now - self.start).as_millis() as u64;
+                self.server_sent.push((at, t.bytes.clone()));
+                self.net.send(self.now, Dir::ToClient, t.bytes);
+                moved = true;
+            }
+            while let Some(m) = self.uac.outbox.pop_front() {
+                self.net.send(self.now, Dir::ToServer, m);
+                moved = true;
+            }
+            while let Some(ev) = self.ep.poll_event() {
+                moved = true;
+                match ev {
+                    Event::Incoming { call, .. } => {
+                        self.incoming.push(call);
+                        self.ep.ring(self.now, call, None).unwrap();
+                        if self.policy == Policy::Answer {
+                            self.ep.answer(self.now, call, Self::answer_sdp()).unwrap();
+                        }
+                    }
+                    Event::Confirmed { .. } => self.confirmed += 1,
+                    Event::ReInvite { call, sdp } => {
+                        self.reinvites += 1;
+                        assert!(sdp.is_some());
+                        self.ep
+                            .answer_reinvite(self.now, call, offer("127.0.0.1", 20000, "recvonly"))
+                            .unwrap();
+                    }
+                    Event::Info { .. } => {}
+                    Event::Ended { reason, .. } => self.ended.push(reason),
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+}
+
+#[test]
+fn calls_survive_loss_and_reordering() {
+    let real = std::time::Instant::now();
+    let mut established = 0;
+    for seed in 0..40 {
+        let mut w = World::new(seed, 0.25, 120, Policy::Answer);
+        let now = w.now;
+        w.uac
+            .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+        let up = w.run_until(|w| w.uac.state == UacState::Confirmed && w.confirmed == 1);
+        if !up {
+            // With 25% loss a call may legitimately fail: then the server must clean up alone.
+            assert!(
+                w.run_until(|w| w.ep.call_count() == 0),
+                "seed {seed}: call leaked"
+            );
+            continue;
+        }
+        established += 1;
+        assert_eq!(
+            w.incoming.len(),
+            1,
+            "seed {seed}: retransmitted INVITE made a second call"
+        );
+        let now = w.now;
+        w.uac.request(now, "BYE", "", b"");
+        let closed = w.run_until(|w| !w.ended.is_empty() && w.ep.call_count() == 0);
+        assert!(closed, "seed {seed}: BYE never completed: {:?}", w.ended);
+        // The BYE may be lost 7 times in a row only with tiny odds; a timeout ends it as well.
+        assert!(
+            matches!(w.ended[0], EndReason::RemoteBye),
+            "seed {seed}: {:?}",
+            w.ended
+        );
+        // Let every transaction expire: nothing may linger.
+        assert!(w.run_until(|_| false) || w.ep.transaction_count() == 0);
+        assert_eq!(w.ep.transaction_count(), 0, "seed {seed}");
+        assert!(w.elapsed() < Duration::from_secs(120));
+    }
+    assert!(
+        established >= 30,
+        "only {established}/40 calls set up at 25% loss"
+    );
+    assert!(real.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn missing_ack_retransmits_the_2xx_then_ends_the_call_with_bye() {
+    let mut w = World::new(1, 0.0, 0, Policy::Answer);
+    // A client that never ACKs: feed the INVITE by hand and never deliver anything back.
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    let invite = w.uac.outbox.pop_front().unwrap();
+    w.uac = Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false);
+    w.ep.handle_message(now, World::peer(), &invite);
+    w.net.loss = 1.0;
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::AckTimeout]);
+    let oks: Vec<u64> = w
+        .server_sent
+        .iter()
+        .filter(|(_, b)| b.starts_with(b"SIP/2.0 200"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        oks,
+        vec![0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+    );
+    let bye = w
+        .server_sent
+        .iter()
+        .find(|(_, b)| b.starts_with(b"BYE "))
+        .expect("a BYE after 64*T1");
+    assert_eq!(bye.0, 32_000);
+}
+
+#[test]
+fn cancel_before_answer_gets_200_and_487() {
+    let mut w = World::new(2, 0.0, 10, Policy::RingOnly);
+    let now = w.now;
+    w.uac
+        .invite(now, "ring", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.uac.state == UacState::Ringing));
+    let now = w.now;
+    w.uac.cancel(now);
+    assert!(w.run_until(|w| {
+        w.uac.state == UacState::Terminated
+            && !w.ended.is_empty()
+            && w.uac.statuses.iter().any(|s| s.0 == "CANCEL")
+    }));
+    assert_eq!(w.ended, vec![EndReason::Cancelled]);
+    assert!(
+        w.uac.statuses.contains(&("CANCEL".into(), 200)),
+        "{:?}",
+        w.uac.statuses
+    );
+    assert!(w.uac.statuses.contains(&("INVITE".into(), 487)));
+    assert_eq!(w.ep.call_count(), 0);
+    // The 487 was ACKed, so Timer G stops: at most one copy of the 487 went out.
+    assert!(w.run_until(|w| w.ep.transaction_count() == 0));
+    let n487 = w
+        .server_sent
+        .iter()
+        .filter(|(_, b)| b.starts_with(b"SIP/2.0 487"))
+        .count();
+    assert_eq!(n487, 1);
+}
+
+#[test]
+fn server_hangup_sends_bye_and_forgets_the_call_on_200() {
+    let mut w = World::new(3, 0.0, 5, Policy::Answer);
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.hangup(now, call).unwrap();
+    assert!(w.run_until(|w| w.ep.call_count() == 0));
+    assert_eq!(w.ended, vec![EndReason::LocalBye]);
+    assert_eq!(w.uac.state, UacState::Terminated);
+    assert_eq!(w.uac.requests_in, vec!["BYE".to_string()]);
+}
+
+#[test]
+fn reinvite_to_hold_is_answered_and_acked() {
+    let mut w = World::new(4, 0.0, 5, Policy::Answer);
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let now = w.now;
+    let acks_before = w.uac.acks_sent;
+    w.uac.reinvite(now, &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| w.uac.acks_sent > acks_before));
+    assert_eq!(w.reinvites, 1);
+    assert_eq!(w.uac.statuses.iter().filter(|s| s.1 == 200).count(), 2);
+    // The re-INVITE's 2xx stops being retransmitted once ACKed.
+    let sent_before = w.server_sent.len();
+    let until = w.now + Duration::from_secs(10);
+    w.run_until(|w| w.now >= until);
+    assert_eq!(w.server_sent.len(), sent_before);
+    assert_eq!(w.ep.call_count(), 1);
+}
+
+#[test]
+fn requests_outside_a_dialog_are_answered_by_the_endpoint() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let cases: [(&str, &str, u16); 4] = [
+        ("BYE", ";tag=nosuch", 481),
+        ("INFO", "", 481),
+        ("OPTIONS", "", 200),
+        ("SUBSCRIBE", "", 405),
+    ];
+    for (method, to_tag, code) in cases {
+        let m = format!(
+            "{method} sip:x@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT};branch=z9hG4bK{method}\r\n\
+From: <sip:a@{CLIENT}>;tag=1\r\nTo: <sip:x@{SERVER}>{to_tag}\r\nCall-ID: c-{method}\r\n\
+CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        ep.handle_message(now, World::peer(), m.as_bytes());
+        let t = ep.poll_transmit().expect("an answer");
+        let text = String::from_utf8(t.bytes).unwrap();
+        assert!(
+            text.starts_with(&format!("SIP/2.0 {code} ")),
+            "{method}: {text}"
+        );
+        if method == "OPTIONS" {
+            assert!(text.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"));
+            assert!(text.contains("Accept: application/sdp"));
+        }
+        // A retransmission of the same request gets the same answer from the transaction.
+        ep.handle_message(now, World::peer(), m.as_bytes());
+        let again = String::from_utf8(ep.poll_transmit().unwrap().bytes).unwrap();
+        assert_eq!(again, text);
+    }
+    assert_eq!(ep.call_count(), 0);
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed_by_its_transaction() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut uac = Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false);
+    uac.invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    let invite = uac.outbox.pop_front().unwrap();
+    ep.handle_message(now, World::peer(), &invite);
+    ep.handle_message(now + Duration::from_millis(500), World::peer(), &invite);
+    let sent: Vec<String> = std::iter::from_fn(|| ep.poll_transmit())
+        .map(|t| String::from_utf8(t.bytes).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|s| s.starts_with("SIP/2.0 100 Trying")));
+    let events: Vec<Event> = std::iter::from_fn(|| ep.poll_event()).collect();
+    assert_eq!(events.len(), 1, "one call, not two");
+}

@@ -1,0 +1,4 @@
+//! Test clients shared by the integration tests.
+#![allow(dead_code)]
+
+pub mod uac;
