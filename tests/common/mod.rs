@@ -296,6 +296,21 @@ impl<'a> Sipp<'a> {
     /// Runs SIPp to completion (bounded by its `-timeout`, and killed if it outlives
     /// that) against `target`, keeping its logs in a fresh directory under `dir`.
     pub fn run(&self, sipp: &Path, target: SocketAddr, dir: &Path) -> SippRun {
+        // The local port is picked here, free at the time of asking; another process
+        // may take it before SIPp binds it, and SIPp then exits 254 having sent
+        // nothing, so that case alone is retried with another port.
+        const BIND_FAILED: i32 = 254;
+        let mut attempt = 0;
+        loop {
+            let run = self.run_once(sipp, target, dir, free_port());
+            attempt += 1;
+            if attempt == 3 || run.status.and_then(|s| s.code()) != Some(BIND_FAILED) {
+                return run;
+            }
+        }
+    }
+
+    fn run_once(&self, sipp: &Path, target: SocketAddr, dir: &Path, port: u16) -> SippRun {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = dir.join(format!("sipp-{n}-{}-{}", self.scenario, self.transport));
@@ -311,8 +326,9 @@ impl<'a> Sipp<'a> {
             .arg(&scenario_file)
             .args(["-s", self.service])
             .args(["-t", self.transport.sipp_mode()])
-            // Local address only; the local port is left to SIPp, which finds a free one.
-            .args(["-i", "127.0.0.1"])
+            // SIPp's own choice of local port races with other SIPp processes when
+            // they all start at once (it probes 5060 upwards), so it is given one.
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &self.calls.to_string()])
             .args([
                 "-timeout",
@@ -365,6 +381,18 @@ impl<'a> Sipp<'a> {
             command_line,
         }
     }
+}
+
+/// A loopback port that is free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
 }
 
 pub struct SippRun {
