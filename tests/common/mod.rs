@@ -1,0 +1,460 @@
+//! Shared by the end-to-end tests: start the real server binary, find SIPp, run a SIPp
+//! scenario against the server.
+
+// Every test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long the server may take to print its READY line.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SIPp's own global timeout (`-timeout`); it fails the run when reached.
+const SIPP_TIMEOUT_SECS: u64 = 20;
+/// Backstop in case SIPp ignores its own timeout: it is killed after this.
+const SIPP_KILL_AFTER: Duration = Duration::from_secs(SIPP_TIMEOUT_SECS + 20);
+/// How long SIPp waits for any one expected message before failing the call.
+const SIPP_RECV_TIMEOUT: &str = "5s";
+
+/// A directory for one test's files. Removed when the test passes, kept (and its path
+/// printed) when it fails, so the logs can be read afterwards.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-test-{}-{n}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Hands out RTP port ranges that never overlap between the servers of one test binary
+/// (its tests run in parallel). The block is chosen by process id so that two test runs
+/// on one machine are unlikely to share ports either; all of it stays below Linux's
+/// ephemeral range so OS-chosen ports do not collide with it.
+pub fn rtp_ports(count: u16) -> (u16, u16) {
+    const FIRST: u16 = 20_000;
+    const BLOCK: u16 = 1_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let count = count.max(2) & !1; // whole RTP/RTCP pairs, so every range starts even
+    let offset = NEXT.fetch_add(count, Ordering::Relaxed);
+    assert!(
+        offset + count <= BLOCK,
+        "RTP ports exhausted: raise BLOCK or give servers smaller ranges"
+    );
+    let low = FIRST + (std::process::id() % 10) as u16 * BLOCK + offset;
+    (low, low + count - 1)
+}
+
+/// The server under test: this crate's binary, or `SWITCHBOARD_BIN` to run the same
+/// tests against another build (a release binary, say).
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard")))
+}
+
+pub struct ServerOptions {
+    /// TOML written to a file and passed with `--config`.
+    pub config: Option<String>,
+    /// Size of the RTP port range.
+    pub rtp_port_count: u16,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            config: None,
+            rtp_port_count: 20,
+        }
+    }
+}
+
+/// A running `switchboard serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub sip: SocketAddr,
+    pub rtp: (u16, u16),
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Server {
+    pub fn start(label: &str) -> Server {
+        Server::start_with(label, ServerOptions::default())
+    }
+
+    pub fn start_with(label: &str, options: ServerOptions) -> Server {
+        let dir = TempDir::new(label);
+        let rtp = rtp_ports(options.rtp_port_count);
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir_all(&recordings).unwrap();
+        let log = dir.path().join("server.log");
+
+        let mut cmd = Command::new(server_binary());
+        cmd.arg("serve")
+            .args(["--sip-listen", "127.0.0.1:0"])
+            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .arg("--recordings")
+            .arg(&recordings);
+        if let Some(toml) = &options.config {
+            let path = dir.path().join("switchboard.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        // The log goes to a file rather than a pipe: nobody has to drain it, and it
+        // is there to print when a test fails.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).unwrap());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
+
+        // Lines arrive through a channel so the wait for READY can be bounded; the
+        // reader keeps draining stdout afterwards so the server never blocks on it.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+
+        let mut server = Server {
+            child,
+            sip: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rtp,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(sip) = parse_ready(&line) {
+                        server.sip = sip;
+                        return server;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "server printed no READY line within {READY_TIMEOUT:?}\n{}",
+                    server.log_text()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = server.child.wait().ok();
+                    panic!(
+                        "server exited ({status:?}) before printing READY\n{}",
+                        server.log_text()
+                    )
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's stderr so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        format!(
+            "--- server log ({}) ---\n{}",
+            self.log.display(),
+            tail(&text, 200)
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `READY sip=127.0.0.1:PORT` (further `key=value` fields are allowed).
+fn parse_ready(line: &str) -> Option<SocketAddr> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "READY" {
+        return None;
+    }
+    words.find_map(|w| w.strip_prefix("sip=")?.parse().ok())
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `SIPP` if set, else `sipp` on the PATH. When it is missing the SIPp tests are skipped
+/// with a notice, except in CI (`CI=true`), where that is an error.
+pub fn find_sipp() -> Option<PathBuf> {
+    let found = match std::env::var_os("SIPP") {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("sipp"))
+                .find(|p| p.is_file())
+        }),
+    };
+    if found.is_none() {
+        let msg = "sipp not found: install SIPp (Debian/Ubuntu: apt-get install sip-tester) \
+                   or point SIPP at the binary";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("skipping SIPp test: {msg}");
+    }
+    found
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// SIPp's `-t` mode: one socket (one UDP socket, or one TCP connection) for all calls.
+    fn sipp_mode(self) -> &'static str {
+        match self {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        })
+    }
+}
+
+/// One SIPp run: a scenario file from `tests/sipp/`, the user part of the Request-URI,
+/// how many calls, at what rate.
+pub struct Sipp<'a> {
+    pub scenario: &'a str,
+    pub service: &'a str,
+    pub transport: Transport,
+    pub calls: u32,
+    /// Calls per second; SIPp's default when `None`.
+    pub rate: Option<u32>,
+    /// Log every message (`-trace_msg`); too much for load runs.
+    pub trace_messages: bool,
+}
+
+impl<'a> Sipp<'a> {
+    pub fn new(scenario: &'a str, service: &'a str, transport: Transport) -> Sipp<'a> {
+        Sipp {
+            scenario,
+            service,
+            transport,
+            calls: 1,
+            rate: None,
+            trace_messages: true,
+        }
+    }
+
+    /// Runs SIPp to completion (bounded by its `-timeout`, and killed if it outlives
+    /// that) against `target`, keeping its logs in a fresh directory under `dir`.
+    pub fn run(&self, sipp: &Path, target: SocketAddr, dir: &Path) -> SippRun {
+        // The local port is picked here, free at the time of asking; another process
+        // may take it before SIPp binds it, and SIPp then exits 254 having sent
+        // nothing, so that case alone is retried with another port.
+        const BIND_FAILED: i32 = 254;
+        let mut attempt = 0;
+        loop {
+            let run = self.run_once(sipp, target, dir, free_port());
+            attempt += 1;
+            if attempt == 3 || run.status.and_then(|s| s.code()) != Some(BIND_FAILED) {
+                return run;
+            }
+        }
+    }
+
+    fn run_once(&self, sipp: &Path, target: SocketAddr, dir: &Path, port: u16) -> SippRun {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = dir.join(format!("sipp-{n}-{}-{}", self.scenario, self.transport));
+        std::fs::create_dir_all(&dir).unwrap();
+        let scenario_file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/sipp")
+            .join(format!("{}.xml", self.scenario));
+        assert!(scenario_file.is_file(), "no {}", scenario_file.display());
+
+        let mut cmd = Command::new(sipp);
+        cmd.arg(target.to_string())
+            .arg("-sf")
+            .arg(&scenario_file)
+            .args(["-s", self.service])
+            .args(["-t", self.transport.sipp_mode()])
+            // SIPp's own choice of local port races with other SIPp processes when
+            // they all start at once (it probes 5060 upwards), so it is given one.
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &self.calls.to_string()])
+            .args([
+                "-timeout",
+                &format!("{SIPP_TIMEOUT_SECS}s"),
+                "-timeout_error",
+            ])
+            .args(["-recv_timeout", SIPP_RECV_TIMEOUT])
+            .args(["-max_recv_loops", "1000"])
+            .arg("-nostdin")
+            .arg("-trace_err")
+            .arg("-error_file")
+            .arg(dir.join("errors.log"))
+            .arg("-trace_screen")
+            .arg("-screen_file")
+            .arg(dir.join("screen.log"));
+        if let Some(rate) = self.rate {
+            cmd.args(["-r", &rate.to_string()]);
+        }
+        if self.trace_messages {
+            cmd.arg("-trace_msg")
+                .arg("-message_file")
+                .arg(dir.join("messages.log"));
+        }
+        // SIPp redraws its screen on stdout; the final one is in screen.log.
+        cmd.current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout.log")).unwrap())
+            .stderr(File::create(dir.join("stderr.log")).unwrap());
+        let command_line = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", sipp.display()));
+
+        // Polled with a deadline: std has no wait-with-timeout for a child.
+        let deadline = Instant::now() + SIPP_KILL_AFTER;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        SippRun {
+            status,
+            dir,
+            command_line,
+        }
+    }
+}
+
+/// A loopback port that is free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
+}
+
+pub struct SippRun {
+    /// `None` when SIPp had to be killed.
+    pub status: Option<ExitStatus>,
+    pub dir: PathBuf,
+    command_line: String,
+}
+
+impl SippRun {
+    /// SIPp exits 0 only when every call succeeded.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// Every message SIPp logged as received (needs `trace_messages`).
+    pub fn received_messages(&self) -> Vec<String> {
+        // Each entry starts with a dashed line (plus a timestamp), then a line such as
+        // "UDP message received [N] bytes :", then the message.
+        let log = self.read("messages.log");
+        let mut messages = Vec::new();
+        let mut current: Option<String> = None;
+        for line in log.lines() {
+            if line.starts_with("-----------") {
+                messages.extend(current.take());
+            } else if let Some(msg) = current.as_mut() {
+                msg.push_str(line);
+                msg.push('\n');
+            } else if line.contains("message received") && !line.starts_with("Unexpected") {
+                current = Some(String::new());
+            }
+        }
+        messages.extend(current);
+        messages
+    }
+
+    /// A counter from SIPp's final statistics screen, e.g. "Successful call".
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let screen = self.read("screen.log");
+        let line = screen.lines().rfind(|l| l.trim_start().starts_with(name))?;
+        line.rsplit('|').next()?.trim().parse().ok()
+    }
+
+    /// Everything useful for a failure message.
+    pub fn report(&self) -> String {
+        let status = match self.status {
+            Some(s) => format!("{s}"),
+            None => format!("killed after {SIPP_KILL_AFTER:?}"),
+        };
+        format!(
+            "sipp {status}\n{}\n--- sipp errors ---\n{}\n--- sipp stderr ---\n{}\n\
+             --- sipp final screen ---\n{}\n--- last messages ---\n{}\n(files in {})",
+            self.command_line,
+            tail(&self.read("errors.log"), 60),
+            tail(&self.read("stderr.log"), 20),
+            tail(&self.read("screen.log"), 60),
+            tail(&self.read("messages.log"), 80),
+            self.dir.display()
+        )
+    }
+}

@@ -1,0 +1,159 @@
+//! End to end: SIPp plays the caller (`tests/sipp/*.xml`) against the real `switchboard`
+//! binary, over UDP and over TCP. Every test starts its own server with its own RTP
+//! ports, runs one scenario, then checks with an OPTIONS that the server still answers.
+//!
+//! Needs `sipp` (Debian/Ubuntu package `sip-tester`); without it these tests are skipped,
+//! except under `CI=true`, where they fail.
+
+mod common;
+
+use common::{find_sipp, Server, ServerOptions, Sipp, Transport};
+
+/// A server that hangs up every answered call after one second.
+const ONE_SECOND_CALLS: &str = "[sip]\nmax_call_secs = 1\n";
+
+struct Case {
+    scenario: &'static str,
+    /// User part of the Request-URI, which picks the built-in call flow.
+    service: &'static str,
+    config: Option<&'static str>,
+    /// The server answers with SDP, whose media port must be in the server's range.
+    answers_sdp: bool,
+}
+
+const fn case(scenario: &'static str, service: &'static str) -> Case {
+    Case {
+        scenario,
+        service,
+        config: None,
+        answers_sdp: false,
+    }
+}
+
+fn run_case(case: &Case, transport: Transport) {
+    let Some(sipp) = find_sipp() else { return };
+    let label = format!("{}-{transport}", case.scenario);
+    let server = Server::start_with(
+        &label,
+        ServerOptions {
+            config: case.config.map(str::to_owned),
+            ..ServerOptions::default()
+        },
+    );
+
+    let run =
+        Sipp::new(case.scenario, case.service, transport).run(&sipp, server.sip, server.dir());
+    assert!(
+        run.success(),
+        "scenario {} over {transport} failed\n{}\n{}",
+        case.scenario,
+        run.report(),
+        server.log_text()
+    );
+
+    if case.answers_sdp {
+        let ports: Vec<u16> = run
+            .received_messages()
+            .iter()
+            .flat_map(|msg| msg.lines().filter_map(media_port).collect::<Vec<_>>())
+            .collect();
+        assert!(
+            !ports.is_empty(),
+            "scenario {} over {transport}: no m=audio line in any answer\n{}",
+            case.scenario,
+            run.report()
+        );
+        let (low, high) = server.rtp;
+        assert!(
+            ports.iter().all(|p| (low..=high).contains(p)),
+            "scenario {} over {transport}: answered media ports {ports:?} outside {low}-{high}",
+            case.scenario
+        );
+    }
+
+    let probe = Sipp::new("uac_options", "service", transport).run(&sipp, server.sip, server.dir());
+    assert!(
+        probe.success(),
+        "after scenario {} over {transport}, the server no longer answers OPTIONS\n{}\n{}",
+        case.scenario,
+        probe.report(),
+        server.log_text()
+    );
+}
+
+/// The port of an `m=audio PORT ...` line.
+fn media_port(line: &str) -> Option<u16> {
+    line.trim()
+        .strip_prefix("m=audio ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One test per scenario and transport, so a failure names both.
+macro_rules! scenario_tests {
+    ($($udp:ident, $tcp:ident: $case:expr;)*) => {$(
+        #[test]
+        fn $udp() {
+            run_case(&$case, Transport::Udp);
+        }
+        #[test]
+        fn $tcp() {
+            run_case(&$case, Transport::Tcp);
+        }
+    )*};
+}
+
+scenario_tests! {
+    basic_call_udp, basic_call_tcp: Case { answers_sdp: true, ..case("uac_basic", "echo") };
+    server_hangs_up_udp, server_hangs_up_tcp:
+        Case { config: Some(ONE_SECOND_CALLS), answers_sdp: true, ..case("uac_server_bye", "echo") };
+    cancel_while_ringing_udp, cancel_while_ringing_tcp: case("uac_cancel", "ring");
+    busy_udp, busy_tcp: case("uac_busy", "busy");
+    options_udp, options_tcp: case("uac_options", "service");
+    reinvite_hold_resume_udp, reinvite_hold_resume_tcp:
+        Case { answers_sdp: true, ..case("uac_reinvite_hold", "echo") };
+    malformed_requests_udp, malformed_requests_tcp: case("uac_malformed", "service");
+    non_numeric_cseq_udp, non_numeric_cseq_tcp: case("uac_bad_cseq_number", "service");
+    broken_sdp_udp, broken_sdp_tcp: case("uac_broken_sdp", "echo");
+    sdp_without_version_udp, sdp_without_version_tcp: case("uac_sdp_no_version", "echo");
+    no_common_codec_udp, no_common_codec_tcp: case("uac_no_common_codec", "echo");
+    bye_unknown_dialog_udp, bye_unknown_dialog_tcp: case("uac_bye_unknown_dialog", "service");
+}
+
+/// Over TCP a Content-Length beyond the bytes sent only means "more to come", so the
+/// short body is a UDP-only case.
+#[test]
+fn short_body_udp() {
+    run_case(&case("uac_short_body", "service"), Transport::Udp);
+}
+
+/// 200 basic calls at 50 per second over UDP, at most a few dozen up at once: all succeed.
+#[test]
+fn load_basic_calls_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    let server = Server::start_with(
+        "load-uac_basic-UDP",
+        ServerOptions {
+            rtp_port_count: 200,
+            ..ServerOptions::default()
+        },
+    );
+    let calls = 200;
+    let run = Sipp {
+        calls,
+        rate: Some(50),
+        trace_messages: false,
+        ..Sipp::new("uac_basic", "echo", Transport::Udp)
+    }
+    .run(&sipp, server.sip, server.dir());
+    let successful = run.counter("Successful call");
+    let failed = run.counter("Failed call");
+    assert!(
+        run.success() && successful == Some(u64::from(calls)) && failed == Some(0),
+        "load run: {successful:?} successful, {failed:?} failed of {calls}\n{}\n{}",
+        run.report(),
+        server.log_text()
+    );
+}
