@@ -1,0 +1,24 @@
+//! RTP media transport, sans-IO: packet parsing and writing, RTP/RTCP demultiplexing, per-leg
+//! receive and send state (source latching, sequence and timestamp extension, jitter and loss
+//! statistics), the adaptive jitter buffer and G.711 loss concealment.
+//!
+//! Nothing here reads a clock or touches a socket: callers pass `now` and the bytes they
+//! received, and get back verdicts, frames and counts. Raw protocol numbers are wrapped in the
+//! newtypes of [`types`] before they leave this module.
+
+pub mod jitter;
+pub mod packet;
+pub mod plc;
+pub mod session;
+pub mod types;
+
+pub use jitter::{Frame, JitterBuffer, JitterConfig, JitterStats, Pop, PushOutcome};
+pub use packet::{classify, PacketError, PacketKind, RtpHeader, RtpPacket};
+pub use plc::G711Plc;
+pub use session::{
+    Accepted, Received, RecvConfig, RecvSession, RecvStats, Rejection, ReportBlock, SendSession,
+};
+pub use types::{
+    ClockRate, InvalidPayloadType, MediaTime, NtpShort, PayloadType, PayloadTypeSet, RtpTimestamp,
+    SeqNo, Ssrc, WireSeq,
+};
