@@ -1,0 +1,463 @@
+//! G.711 packet-loss concealment after ITU-T G.711 Appendix I, on decoded 8 kHz PCM.
+//!
+//! Implemented as in the Appendix I reference (`LowcFE`):
+//! - a 48.75 ms history (390 samples); output is delayed by 3.75 ms (30 samples) so the start
+//!   of an erasure can be cross-faded with the real signal;
+//! - pitch detection by normalised cross-correlation over 20 ms, periods 5–15 ms (66–200 Hz),
+//!   a 2:1 decimated coarse search then a fine search around the best match;
+//! - the first 10 ms of an erasure repeat the last pitch period, with a quarter-period
+//!   overlap-add where the period joins itself;
+//! - the second and third 10 ms widen the repeated segment to two and then three periods;
+//! - from the second 10 ms on, the output is attenuated linearly by 20 % per 10 ms, reaching
+//!   silence after 60 ms (zeros from then on);
+//! - the first good frame after an erasure is overlap-added with the continued synthetic
+//!   signal over 3.75 ms plus 4 ms per extra 10 ms erased (at most 10 ms).
+//!
+//! Appendix I works in 10 ms blocks; frames here may be any multiple of 10 ms (80 samples).
+//! Floating point is `f32` rather than the reference's `double`; the state is fixed-size
+//! arrays, so nothing allocates.
+
+/// Samples in the 10 ms block the algorithm works on.
+pub const BLOCK: usize = 80;
+/// Output delay in samples (3.75 ms) that every frame passing through [`G711Plc`] incurs.
+pub const DELAY: usize = POVERLAPMAX;
+
+const PITCH_MIN: usize = 40;
+const PITCH_MAX: usize = 120;
+const PITCHDIFF: usize = PITCH_MAX - PITCH_MIN;
+const POVERLAPMAX: usize = PITCH_MAX >> 2;
+const HISTORYLEN: usize = PITCH_MAX * 3 + POVERLAPMAX;
+const NDEC: usize = 2;
+const CORRLEN: usize = 160;
+const CORRMINPOWER: f32 = 250.0;
+const EOVERLAPINCR: usize = 32;
+const ATTENFAC: f32 = 0.2;
+const ATTENINCR: f32 = ATTENFAC / BLOCK as f32;
+
+/// A frame whose length is not a whole number of 10 ms blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {0} samples is not a multiple of {BLOCK}")]
+pub struct FrameLengthError(pub usize);
+
+/// Concealment state for one 8 kHz decoded stream.
+#[derive(Debug, Clone)]
+pub struct G711Plc {
+    erasecnt: usize,
+    poverlap: usize,
+    poffset: usize,
+    pitch: usize,
+    pitchblen: usize,
+    history: [i16; HISTORYLEN],
+    pitchbuf: [f32; HISTORYLEN],
+    lastq: [f32; POVERLAPMAX],
+}
+
+impl Default for G711Plc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn clamp16(x: f32) -> i16 {
+    x.clamp(-32768.0, 32767.0) as i16
+}
+
+impl G711Plc {
+    /// A concealer whose history is silence.
+    pub fn new() -> Self {
+        G711Plc {
+            erasecnt: 0,
+            poverlap: 0,
+            poffset: 0,
+            pitch: 0,
+            pitchblen: 0,
+            history: [0; HISTORYLEN],
+            pitchbuf: [0.0; HISTORYLEN],
+            lastq: [0.0; POVERLAPMAX],
+        }
+    }
+
+    /// Whether the last frame handled was concealed.
+    pub fn concealing(&self) -> bool {
+        self.erasecnt > 0
+    }
+
+    /// Passes a received frame through, in place: it comes out [`DELAY`] samples late, and
+    /// cross-faded from the concealment if it ends an erasure.
+    pub fn good_frame(&mut self, pcm: &mut [i16]) -> Result<(), FrameLengthError> {
+        check_len(pcm.len())?;
+        for block in pcm.chunks_exact_mut(BLOCK) {
+            self.add_to_history(block);
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with concealment for a lost frame.
+    pub fn lost_frame(&mut self, out: &mut [i16]) -> Result<(), FrameLengthError> {
+        check_len(out.len())?;
+        for block in out.chunks_exact_mut(BLOCK) {
+            self.dofe(block);
+        }
+        Ok(())
+    }
+
+    fn add_to_history(&mut self, s: &mut [i16]) {
+        if self.erasecnt > 0 {
+            let mut overlapbuf = [0i16; BLOCK];
+            // Longer erasures get a longer fade back to the real signal.
+            let olen = (self.poverlap + (self.erasecnt - 1) * EOVERLAPINCR).min(BLOCK);
+            self.getfespeech(&mut overlapbuf[..olen]);
+            self.overlap_add_at_end(s, &overlapbuf[..olen]);
+            self.erasecnt = 0;
+        }
+        self.save_speech(s);
+    }
+
+    fn save_speech(&mut self, s: &mut [i16]) {
+        self.history.copy_within(BLOCK.., 0);
+        self.history[HISTORYLEN - BLOCK..].copy_from_slice(s);
+        s.copy_from_slice(
+            &self.history[HISTORYLEN - BLOCK - POVERLAPMAX..HISTORYLEN - POVERLAPMAX],
+        );
+    }
+
+    fn dofe(&mut self, out: &mut [i16]) {
+        if self.erasecnt == 0 {
+            for (f, &h) in self.pitchbuf.iter_mut().zip(self.history.iter()) {
+                *f = f32::from(h);
+            }
+            self.pitch = self.find_pitch();
+            self.poverlap = self.pitch >> 2;
+            let end = HISTORYLEN;
+            let po = self.poverlap;
+            self.lastq[..po].copy_from_slice(&self.pitchbuf[end - po..end]);
+            self.poffset = 0;
+            self.pitchblen = self.pitch;
+            self.blend_period_end();
+            for i in 0..po {
+                self.history[HISTORYLEN - po + i] = clamp16(self.pitchbuf[end - po + i]);
+            }
+            self.getfespeech(out);
+        } else if self.erasecnt == 1 || self.erasecnt == 2 {
+            let mut tmp = [0i16; POVERLAPMAX];
+            let po = self.poverlap;
+            let saveoffset = self.poffset;
+            self.getfespeech(&mut tmp[..po]);
+            self.poffset = saveoffset;
+            while self.poffset > self.pitch {
+                self.poffset -= self.pitch;
+            }
+            self.pitchblen += self.pitch;
+            self.blend_period_end();
+            self.getfespeech(out);
+            overlap_add_i16(&tmp[..po], out);
+            self.scale_speech(out);
+        } else if self.erasecnt > 5 {
+            out.fill(0);
+        } else {
+            self.getfespeech(out);
+            self.scale_speech(out);
+        }
+        self.erasecnt += 1;
+        self.save_speech(out);
+    }
+
+    /// Cross-fades the saved last quarter period into the samples one buffer length earlier,
+    /// so the repeated segment loops without a click.
+    fn blend_period_end(&mut self) {
+        let po = self.poverlap;
+        let start = HISTORYLEN - self.pitchblen;
+        if po == 0 {
+            return;
+        }
+        let incr = 1.0 / po as f32;
+        let mut lw = 1.0 - incr;
+        let mut rw = incr;
+        for i in 0..po {
+            let t = lw * self.lastq[i] + rw * self.pitchbuf[start - po + i];
+            self.pitchbuf[HISTORYLEN - po + i] = t.clamp(-32768.0, 32767.0);
+            lw -= incr;
+            rw += incr;
+        }
+    }
+
+    fn getfespeech(&mut self, out: &mut [i16]) {
+        let start = HISTORYLEN - self.pitchblen;
+        let mut pos = 0;
+        while pos < out.len() {
+            let cnt = (self.pitchblen - self.poffset).min(out.len() - pos);
+            for i in 0..cnt {
+                out[pos + i] = clamp16(self.pitchbuf[start + self.poffset + i]);
+            }
+            self.poffset += cnt;
+            if self.poffset == self.pitchblen {
+                self.poffset = 0;
+            }
+            pos += cnt;
+        }
+    }
+
+    fn scale_speech(&self, out: &mut [i16]) {
+        let mut g = 1.0 - (self.erasecnt as f32 - 1.0) * ATTENFAC;
+        for s in out.iter_mut() {
+            *s = (f32::from(*s) * g.max(0.0)) as i16;
+            g -= ATTENINCR;
+        }
+    }
+
+    fn overlap_add_at_end(&self, s: &mut [i16], f: &[i16]) {
+        let cnt = f.len();
+        if cnt == 0 {
+            return;
+        }
+        let incr = 1.0 / cnt as f32;
+        let gain = (1.0 - (self.erasecnt as f32 - 1.0) * ATTENFAC).max(0.0);
+        let incrg = incr * gain;
+        let mut lw = (1.0 - incr) * gain;
+        let mut rw = incr;
+        for i in 0..cnt {
+            let t = lw * f32::from(f[i]) + rw * f32::from(s[i]);
+            s[i] = clamp16(t);
+            lw -= incrg;
+            rw += incr;
+        }
+    }
+
+    /// Appendix I `findpitch`: the lag in 40..=120 samples that best predicts the last 20 ms.
+    fn find_pitch(&self) -> usize {
+        let buf = &self.pitchbuf;
+        let l = HISTORYLEN - CORRLEN;
+        let mut r = HISTORYLEN - CORRLEN - PITCH_MAX;
+
+        let mut energy = 0.0f32;
+        let mut corr = 0.0f32;
+        for i in (0..CORRLEN).step_by(NDEC) {
+            energy += buf[r + i] * buf[r + i];
+            corr += buf[r + i] * buf[l + i];
+        }
+        let mut bestcorr = corr / energy.max(CORRMINPOWER).sqrt();
+        let mut bestmatch = 0;
+        for j in (NDEC..=PITCHDIFF).step_by(NDEC) {
+            energy -= buf[r] * buf[r];
+            energy += buf[r + CORRLEN] * buf[r + CORRLEN];
+            r += NDEC;
+            let mut corr = 0.0f32;
+            for i in (0..CORRLEN).step_by(NDEC) {
+                corr += buf[r + i] * buf[l + i];
+            }
+            let c = corr / energy.max(CORRMINPOWER).sqrt();
+            if c >= bestcorr {
+                bestcorr = c;
+                bestmatch = j;
+            }
+        }
+
+        let j0 = bestmatch.saturating_sub(NDEC - 1);
+        let k = (bestmatch + NDEC - 1).min(PITCHDIFF);
+        let mut r = HISTORYLEN - CORRLEN - PITCH_MAX + j0;
+        let mut energy = 0.0f32;
+        let mut corr = 0.0f32;
+        for i in 0..CORRLEN {
+            energy += buf[r + i] * buf[r + i];
+            corr += buf[r + i] * buf[l + i];
+        }
+        let mut bestcorr = corr / energy.max(CORRMINPOWER).sqrt();
+        let mut bestmatch = j0;
+        for j in j0 + 1..=k {
+            energy -= buf[r] * buf[r];
+            energy += buf[r + CORRLEN] * buf[r + CORRLEN];
+            r += 1;
+            let mut corr = 0.0f32;
+            for i in 0..CORRLEN {
+                corr += buf[r + i] * buf[l + i];
+            }
+            let c = corr / energy.max(CORRMINPOWER).sqrt();
+            if c > bestcorr {
+                bestcorr = c;
+                bestmatch = j;
+            }
+        }
+        PITCH_MAX - bestmatch
+    }
+}
+
+fn check_len(len: usize) -> Result<(), FrameLengthError> {
+    if len.is_multiple_of(BLOCK) {
+        Ok(())
+    } else {
+        Err(FrameLengthError(len))
+    }
+}
+
+/// Cross-fades from `l` into the start of `o`, in place (Appendix I `overlapadds`).
+fn overlap_add_i16(l: &[i16], o: &mut [i16]) {
+    let cnt = l.len();
+    if cnt == 0 {
+        return;
+    }
+    let incr = 1.0 / cnt as f32;
+    let mut lw = 1.0 - incr;
+    let mut rw = incr;
+    for i in 0..cnt {
+        let t = lw * f32::from(l[i]) + rw * f32::from(o[i]);
+        o[i] = clamp16(t);
+        lw -= incr;
+        rw += incr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: usize = 160;
+
+    /// A 130.5 Hz tone with a harmonic: a period of 61.3 samples, inside the pitch search
+    /// range but not a whole number of samples, so repeating it needs the overlap-add.
+    fn tone(n: usize) -> i16 {
+        let phase = 2.0 * std::f32::consts::PI * n as f32 / 61.3;
+        (8000.0 * phase.sin() + 2000.0 * (2.0 * phase).sin()) as i16
+    }
+
+    fn max_step(samples: &[i16]) -> i32 {
+        samples
+            .windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn peak(samples: &[i16]) -> i32 {
+        samples
+            .iter()
+            .map(|s| i32::from(*s).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Runs `good` frames of tone, then `lost` concealed frames, then `after` good frames.
+    fn run(good: usize, lost: usize, after: usize) -> Vec<i16> {
+        let mut plc = G711Plc::new();
+        let mut out = Vec::new();
+        let mut n = 0;
+        for k in 0..good + lost + after {
+            let mut frame = [0i16; FRAME];
+            if k < good || k >= good + lost {
+                for s in frame.iter_mut() {
+                    *s = tone(n);
+                    n += 1;
+                }
+                plc.good_frame(&mut frame).unwrap();
+                assert!(!plc.concealing());
+            } else {
+                n += FRAME;
+                plc.lost_frame(&mut frame).unwrap();
+                assert!(plc.concealing());
+            }
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[test]
+    fn good_frames_pass_through_delayed() {
+        let out = run(5, 0, 0);
+        assert!(out[..DELAY].iter().all(|&s| s == 0));
+        for (i, &s) in out[DELAY..].iter().enumerate() {
+            assert_eq!(s, tone(i));
+        }
+    }
+
+    #[test]
+    fn concealment_continues_the_waveform_without_a_click() {
+        let good = 10;
+        let out = run(good, 1, 0);
+        let natural = max_step(&out[DELAY..good * FRAME]);
+        let boundary = good * FRAME;
+        // Across the start of the loss and through the first 10 ms of synthetic signal.
+        let around = &out[boundary - 10..boundary + 10 + BLOCK];
+        assert!(
+            max_step(around) <= natural * 3 / 2,
+            "step {} vs natural {}",
+            max_step(around),
+            natural
+        );
+        // For a periodic input the first repeated period matches the real continuation.
+        for (i, &got) in out.iter().enumerate().take(boundary + BLOCK).skip(boundary) {
+            let want = i32::from(tone(i - DELAY));
+            let got = i32::from(got);
+            assert!((want - got).abs() < 400, "sample {i}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn concealment_fades_to_silence_by_60_ms() {
+        let good = 10;
+        let out = run(good, 5, 0);
+        let start = good * FRAME + DELAY; // first synthetic sample
+        let block_peaks: Vec<i32> = (0..8)
+            .map(|b| peak(&out[start + b * BLOCK..start + (b + 1) * BLOCK]))
+            .collect();
+        let full = peak(&out[DELAY..good * FRAME]);
+        assert!(block_peaks[0] >= full * 9 / 10, "first 10 ms at full level");
+        for b in 1..6 {
+            // Block b starts at gain 1 − 0.2·(b − 1) and ramps down by 0.2.
+            let ceiling = full as f32 * (1.0 - 0.2 * (b as f32 - 1.0)) + 1.0;
+            assert!(
+                block_peaks[b] as f32 <= ceiling,
+                "block {b}: {block_peaks:?}"
+            );
+            assert!(
+                block_peaks[b] < block_peaks[b - 1],
+                "block {b}: {block_peaks:?}"
+            );
+        }
+        // The ramp meets silence smoothly rather than being cut off.
+        let ramp_end = peak(&out[start + 6 * BLOCK - 8..start + 6 * BLOCK]);
+        assert!(ramp_end <= full / 20, "end of ramp {ramp_end} of {full}");
+        assert!(
+            out[start + 6 * BLOCK..].iter().all(|&s| s == 0),
+            "silent from 60 ms on"
+        );
+    }
+
+    #[test]
+    fn recovery_cross_fades_into_the_real_signal() {
+        let good = 10;
+        for lost in [1, 2, 4] {
+            let out = run(good, lost, 3);
+            let natural = max_step(&out[DELAY..good * FRAME]);
+            let resume = (good + lost) * FRAME + DELAY;
+            let around = &out[resume - 20..resume + BLOCK];
+            assert!(
+                max_step(around) <= natural * 3 / 2,
+                "after {lost} lost: step {} vs natural {natural}",
+                max_step(around)
+            );
+            // Once the fade is over the output is the real signal again.
+            let tail = out.len() - FRAME;
+            for (i, &got) in out.iter().enumerate().skip(tail) {
+                assert_eq!(got, tone(i - DELAY));
+            }
+        }
+    }
+
+    #[test]
+    fn silence_conceals_to_silence() {
+        let mut plc = G711Plc::new();
+        let mut frame = [0i16; FRAME];
+        plc.good_frame(&mut frame).unwrap();
+        plc.lost_frame(&mut frame).unwrap();
+        assert!(frame.iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn odd_frame_length_is_refused() {
+        let mut plc = G711Plc::new();
+        let mut frame = [0i16; 100];
+        assert_eq!(plc.good_frame(&mut frame), Err(FrameLengthError(100)));
+        assert_eq!(plc.lost_frame(&mut frame), Err(FrameLengthError(100)));
+        let mut ok = [0i16; 240];
+        assert!(plc.lost_frame(&mut ok).is_ok(), "30 ms frames work");
+    }
+}
