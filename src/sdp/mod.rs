@@ -10,3 +10,6 @@ pub use model::{
 };
 pub use negotiate::{Answer, Codec, LocalSession, NegotiatedAudio, NegotiationError};
 pub use parse::{parse, SdpError, SdpErrorKind};
+
+#[cfg(test)]
+mod tests;
