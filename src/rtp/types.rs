@@ -61,6 +61,8 @@ impl PayloadType {
     pub const G722: PayloadType = PayloadType(9);
     /// Comfort noise (RFC 3389, static assignment).
     pub const CN: PayloadType = PayloadType(13);
+    /// The dynamic payload type we use for telephone-event in our own offers.
+    pub const DEFAULT_TELEPHONE_EVENT: PayloadType = PayloadType(101);
 
     /// Validates a payload type number.
     pub const fn new(value: u8) -> Result<Self, InvalidPayloadType> {
@@ -74,6 +76,25 @@ impl PayloadType {
     /// The seven-bit number.
     pub const fn get(self) -> u8 {
         self.0
+    }
+
+    /// Whether the payload type lies in the dynamic range 96..=127 (RFC 3551 §6).
+    pub const fn is_dynamic(self) -> bool {
+        self.0 >= 96
+    }
+}
+
+impl std::str::FromStr for PayloadType {
+    type Err = InvalidPayloadType;
+
+    /// Decimal digits only (as SDP writes them), 0..=127.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidPayloadType(u8::MAX));
+        }
+        s.parse::<u8>()
+            .map_err(|_| InvalidPayloadType(u8::MAX))
+            .and_then(PayloadType::new)
     }
 }
 

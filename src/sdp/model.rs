@@ -6,56 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-/// An RTP payload type, validated to the 7-bit range 0..=127 (RFC 3550 §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PayloadType(u8);
-
-impl PayloadType {
-    /// Static payload type of G.711 µ-law (RFC 3551).
-    pub const PCMU: PayloadType = PayloadType(0);
-    /// Static payload type of G.711 A-law (RFC 3551).
-    pub const PCMA: PayloadType = PayloadType(8);
-    /// Static payload type of G.722 (RFC 3551).
-    pub const G722: PayloadType = PayloadType(9);
-    /// The dynamic payload type we use for telephone-event in our own offers.
-    pub const DEFAULT_TELEPHONE_EVENT: PayloadType = PayloadType(101);
-
-    /// Returns the payload type if `value` is within 0..=127.
-    pub const fn new(value: u8) -> Option<Self> {
-        if value <= 127 {
-            Some(PayloadType(value))
-        } else {
-            None
-        }
-    }
-
-    /// The numeric value (always 0..=127).
-    pub const fn get(self) -> u8 {
-        self.0
-    }
-
-    /// Whether the payload type lies in the dynamic range 96..=127 (RFC 3551 §6).
-    pub const fn is_dynamic(self) -> bool {
-        self.0 >= 96
-    }
-}
-
-impl fmt::Display for PayloadType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for PayloadType {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(());
-        }
-        s.parse::<u8>().ok().and_then(PayloadType::new).ok_or(())
-    }
-}
+pub use crate::rtp::types::PayloadType;
 
 /// A complete session description (RFC 8866 §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,7 +553,7 @@ impl FromStr for RtpMap {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (pt, rest) = s.split_once(' ').ok_or(RtpMapError::Encoding)?;
-        let payload_type = pt.parse().map_err(|()| RtpMapError::PayloadType)?;
+        let payload_type = pt.parse().map_err(|_| RtpMapError::PayloadType)?;
         let mut parts = rest.trim().split('/');
         let encoding = parts.next().unwrap_or_default();
         if encoding.is_empty() || encoding.contains(char::is_whitespace) {

@@ -349,7 +349,7 @@ impl LocalSession {
                     if next_dynamic == PayloadType::DEFAULT_TELEPHONE_EVENT.get() {
                         next_dynamic += 1;
                     }
-                    let Some(pt) = PayloadType::new(next_dynamic) else {
+                    let Ok(pt) = PayloadType::new(next_dynamic) else {
                         continue;
                     };
                     next_dynamic += 1;
@@ -622,7 +622,7 @@ fn format_names<'a>(media: impl Iterator<Item = &'a MediaDescription>) -> String
                     Some(map) => map.encoding,
                     None => static_name(pt).map_or_else(|| f.clone(), str::to_owned),
                 },
-                Err(()) => f.clone(),
+                Err(_) => f.clone(),
             };
             if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
                 names.push(name);
