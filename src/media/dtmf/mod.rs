@@ -17,20 +17,22 @@
 //!    - the two tones carry at least [`DetectorConfig::min_tone_fraction`] of the block's
 //!      energy (this rejects speech, music, noise and tones with strong harmonics).
 //!
-//! A digit **begins** when two consecutive blocks are hits for the same digit with levels
-//! within 2 dB of each other. The level test stops a partial block (a tone that covers only
-//! part of it) from pairing with a full one, so the decision depends on how much tone there
-//! was rather than on where the block edges fell:
+//! Two consecutive hits for the same digit with levels within 2 dB of each other make a
+//! candidate (the level test stops a partly covered block from pairing with a full one).
+//! The digit **begins** (`Began` is reported) when the next block still carries the tone,
+//! or, if the tone stops right there, when the samples it covered add up to at least 23 ms
+//! (counted from each block's share of energy in the two tones). Hence:
 //! - tones of 305 samples (38.1 ms) or more always contain two full blocks: always accepted;
-//! - tones shorter than 183 samples (22.9 ms) never are: always rejected;
+//! - tones shorter than 23 ms are rejected;
 //! - in between (e.g. 30 ms) the outcome depends on alignment. Q.24 leaves 23–40 ms open.
 //!
-//! A digit **ends** at the first block where its tones have vanished (both more than 20 dB
-//! down), or after two consecutive blocks that are not full-level hits (a tone more than
-//! 6 dB below its level so far counts as gone). Any 20 ms pause either contains a whole
-//! silent block or splits into two blocks that each hold at most 43 tone samples (−7.5 dB),
-//! so a 20 ms gap always separates two presses of the same key, while a short dropout inside
-//! one block does not split a digit.
+//! A digit **ends** at the first block where one of its tones has fallen 20 dB below its
+//! level so far while the block's energy fell by 8 dB, or after two consecutive blocks that
+//! are not hits within 6 dB of that level. Any 20 ms pause either contains a whole silent
+//! block or splits into two blocks that each hold at most 43 tone samples (−7.5 dB), so a
+//! 20 ms gap separates two presses of the same key (with noise at least ~8 dB below the
+//! tone), while a 5 ms dropout (even with a phase jump) does not split a digit; dropouts
+//! of 8–10 ms can, at some alignments.
 //!
 //! Start and end positions are refined to within a few samples from the partial blocks'
 //! levels, so `start_sample` and `duration_ms` describe the tone, not the block grid.
