@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;
