@@ -22,47 +22,10 @@ const DEFAULT_PTIME_MS: u32 = 20;
 /// Dynamic payload types we hand out in our offers to codecs without a static one.
 const FIRST_DYNAMIC_PT: u8 = 96;
 
-/// An audio codec we can encode and decode. All codec facts the negotiator needs live in these
-/// methods, so adding a codec (G.722, Opus) means adding a variant and its arms here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
-    /// G.711 µ-law.
-    Pcmu,
-    /// G.711 A-law.
-    Pcma,
-}
+pub use crate::media::codec::CodecKind as Codec;
 
+/// What offer/answer needs to know of a codec beyond its identity.
 impl Codec {
-    /// The encoding name used in `a=rtpmap`.
-    pub const fn encoding_name(self) -> &'static str {
-        match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
-        }
-    }
-
-    /// The RTP clock rate in Hz (which for G.722 will differ from the sample rate).
-    pub const fn clock_rate(self) -> u32 {
-        match self {
-            Codec::Pcmu | Codec::Pcma => 8000,
-        }
-    }
-
-    /// The channel count as written in `a=rtpmap` (absent means 1).
-    pub const fn channels(self) -> u16 {
-        match self {
-            Codec::Pcmu | Codec::Pcma => 1,
-        }
-    }
-
-    /// The static payload type from RFC 3551, if the codec has one.
-    pub const fn static_payload_type(self) -> Option<PayloadType> {
-        match self {
-            Codec::Pcmu => Some(PayloadType::PCMU),
-            Codec::Pcma => Some(PayloadType::PCMA),
-        }
-    }
-
     /// The `a=fmtp` parameters we put in an answer, given the offer's.
     pub fn answer_fmtp(self, _offered: Option<&str>) -> Option<String> {
         None
@@ -78,7 +41,7 @@ impl Codec {
     pub fn matches(self, pt: PayloadType, rtpmap: Option<&RtpMap>) -> bool {
         match rtpmap {
             Some(m) => {
-                m.encoding.eq_ignore_ascii_case(self.encoding_name())
+                m.encoding.eq_ignore_ascii_case(self.name())
                     && m.clock_rate == self.clock_rate()
                     && m.channels.unwrap_or(1) == self.channels()
             }
@@ -90,7 +53,7 @@ impl Codec {
     pub fn rtpmap(self, pt: PayloadType) -> RtpMap {
         RtpMap {
             payload_type: pt,
-            encoding: self.encoding_name().to_owned(),
+            encoding: self.name().to_owned(),
             clock_rate: self.clock_rate(),
             channels: (self.channels() != 1).then_some(self.channels()),
         }
@@ -99,7 +62,7 @@ impl Codec {
 
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.encoding_name())
+        f.write_str(self.name())
     }
 }
 
@@ -467,7 +430,7 @@ impl LocalSession {
     }
 
     fn supported_names(&self) -> String {
-        let names: Vec<&str> = self.codecs.iter().map(|c| c.encoding_name()).collect();
+        let names: Vec<&str> = self.codecs.iter().map(|c| c.name()).collect();
         names.join(", ")
     }
 

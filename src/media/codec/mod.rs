@@ -9,6 +9,8 @@ pub mod g711;
 
 pub use g711::{Law, G711};
 
+use crate::rtp::types::PayloadType;
+
 /// Why an encode or decode call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -93,11 +95,18 @@ impl CodecKind {
         }
     }
 
-    /// Static RTP payload type from RFC 3551, if the codec has one.
-    pub const fn static_payload_type(self) -> Option<u8> {
+    /// Channel count as written in `a=rtpmap` (absent means 1).
+    pub const fn channels(self) -> u16 {
         match self {
-            CodecKind::Pcmu => Some(0),
-            CodecKind::Pcma => Some(8),
+            CodecKind::Pcmu | CodecKind::Pcma => 1,
+        }
+    }
+
+    /// Static RTP payload type from RFC 3551, if the codec has one.
+    pub const fn static_payload_type(self) -> Option<PayloadType> {
+        match self {
+            CodecKind::Pcmu => Some(PayloadType::PCMU),
+            CodecKind::Pcma => Some(PayloadType::PCMA),
         }
     }
 
@@ -135,7 +144,10 @@ mod tests {
             assert_eq!(c.sample_rate(), 8000);
             assert_eq!(c.max_encoded_len(160), 160);
         }
-        assert_eq!(CodecKind::Pcma.static_payload_type(), Some(8));
+        assert_eq!(
+            CodecKind::Pcma.static_payload_type(),
+            Some(PayloadType::PCMA)
+        );
     }
 
     #[test]
