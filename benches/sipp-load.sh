@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SIPp load against a release build on 127.0.0.1.
+#   benches/sipp-load.sh rate  RATE CALLS      # call rate: INVITE/200/ACK/BYE, no hold time
+#   benches/sipp-load.sh idle  CALLS HOLD_MS   # memory: CALLS concurrent idle dialogs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-rate}
+cargo build --release -q
+port=25060
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+ulimit -n 65536 2>/dev/null || true
+./target/release/switchboard serve --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
+  >"$work/ready" 2>"$work/server.log" &
+server=$!
+for _ in $(seq 1 100); do grep -q READY "$work/ready" 2>/dev/null && break; sleep 0.05; done
+rss() { awk '/VmRSS/ {print $2}' /proc/$server/status; }
+base=$(rss)
+case "$mode" in
+  rate)
+    rate=${2:-1000}; calls=${3:-30000}
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    start=$(date +%s.%N)
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p 25070 \
+      -r "$rate" -rp 1000 -m "$calls" -l 20000 -d 0 -nostdin -timeout 120s \
+      -trace_stat -stf "$work/stat.csv" -fd 1 >"$work/sipp.out" 2>&1 || true
+    end=$(date +%s.%N)
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    hz=$(getconf CLK_TCK)
+    succ=$(tail -1 "$work/stat.csv" | cut -d';' -f16)
+    fail=$(tail -1 "$work/stat.csv" | cut -d';' -f18)
+    secs=$(echo "$end - $start" | bc)
+    echo "cores=$(nproc) offered_rate=$rate calls=$calls successful=$succ failed=$fail wall_s=$secs"
+    echo "achieved_calls_per_s=$(echo "$succ / $secs" | bc)"
+    echo "server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6)"
+    ;;
+  idle)
+    calls=${2:-1000}; hold=${3:-20000}
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p 25070 \
+      -r 500 -m "$calls" -l "$calls" -d "$hold" -nostdin -timeout 120s -bg >/dev/null 2>&1
+    sleep $(( calls / 500 + 5 ))  # all calls are up and idle
+    held=$(rss)
+    echo "cores=$(nproc) idle_calls=$calls rss_before_kib=$base rss_with_calls_kib=$held"
+    echo "per_dialog_bytes=$(( (held - base) * 1024 / calls ))"
+    pkill -f "sipp 127.0.0.1:$port" || true
+    ;;
+esac
