@@ -115,13 +115,12 @@ impl Config {
         if let Some((name, text)) = overlay {
             merge(&mut base, parse_table(name, text)?);
         }
-        let cfg: Config =
-            toml::Value::Table(base)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: overlay.map_or("<embedded defaults>", |o| o.0).to_string(),
-                    message: e.message().to_string(),
-                })?;
+        let cfg: Config = toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: overlay.map_or("<embedded defaults>", |o| o.0).to_string(),
+                message: e.message().to_string(),
+            })?;
         Ok(cfg)
     }
 
@@ -178,11 +177,10 @@ impl Config {
 }
 
 fn parse_table(name: &str, text: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::Parse {
-            path: name.to_string(),
-            message: e.to_string(),
-        })
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: name.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Overlays `top` onto `base` key by key, descending into tables.
@@ -211,8 +209,8 @@ mod tests {
 
     #[test]
     fn file_overrides_one_key_and_keeps_the_rest() {
-        let c = Config::from_toml_str("t.toml", "[rtp]\nport_min = 30000\nport_max = 30100\n")
-            .unwrap();
+        let c =
+            Config::from_toml_str("t.toml", "[rtp]\nport_min = 30000\nport_max = 30100\n").unwrap();
         assert_eq!(c.rtp.port_min, 30000);
         assert_eq!(c.sip.t1_ms, 500);
     }

@@ -1,0 +1,649 @@
+//! The SIP message model: rsipstack's parser behind one entry point ([`classify`]) that turns
+//! bytes into a checked request or response, a ready-made error answer, or a reason to drop.
+//! Also builds responses. Nothing else in the crate names the parser crate directly.
+
+use std::fmt::Write as _;
+
+pub use rsipstack::sip::{Header, Headers, Method, Request, Response, SipMessage, Uri};
+
+use rsipstack::sip::prelude::*;
+
+/// The fields every request and response must carry, read and checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Essentials {
+    /// Call-ID value.
+    pub call_id: String,
+    /// CSeq sequence number.
+    pub cseq: u32,
+    /// CSeq method.
+    pub cseq_method: Method,
+    /// From tag (the remote tag for requests we receive).
+    pub from_tag: Option<String>,
+    /// To tag (absent on a dialog-creating request).
+    pub to_tag: Option<String>,
+    /// Top Via branch parameter.
+    pub branch: Option<String>,
+    /// Top Via sent-by, lowercased `host[:port]`.
+    pub sent_by: String,
+}
+
+impl Essentials {
+    /// True when the top Via branch carries the RFC 3261 magic cookie.
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch
+            .as_deref()
+            .is_some_and(|b| b.starts_with("z9hG4bK"))
+    }
+}
+
+/// A request that parsed and whose mandatory headers are sound.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest {
+    /// The message as parsed.
+    pub req: Request,
+    /// Its checked mandatory fields.
+    pub ess: Essentials,
+}
+
+/// A response that parsed and whose mandatory headers are sound.
+#[derive(Debug, Clone)]
+pub struct ParsedResponse {
+    /// The message as parsed.
+    pub resp: Response,
+    /// Status code.
+    pub code: u16,
+    /// Its checked mandatory fields.
+    pub ess: Essentials,
+}
+
+/// What to do with bytes that arrived from the network.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A well-formed request.
+    Request(Box<ParsedRequest>),
+    /// A well-formed response.
+    Response(Box<ParsedResponse>),
+    /// A request we must refuse; `response` is the complete answer to send back.
+    Reject {
+        /// Serialized response.
+        response: Vec<u8>,
+        /// Its status code.
+        code: u16,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Nothing to answer (unparseable, a response we cannot match, a keep-alive).
+    Drop {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Parses and checks one message. `stream` is true for messages framed off a TCP stream,
+/// where the framer already cut the body to Content-Length.
+pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Inbound::Drop {
+            reason: "keep-alive".into(),
+        };
+    }
+    match rsipstack::sip::SipMessage::try_from(bytes) {
+        Ok(SipMessage::Request(req)) => check_request(req, stream),
+        Ok(SipMessage::Response(resp)) => match check_response(resp, stream) {
+            Ok(r) => Inbound::Response(Box::new(r)),
+            Err(reason) => Inbound::Drop { reason },
+        },
+        Err(e) => refuse_unparsed(bytes, &e.to_string()),
+    }
+}
+
+fn check_request(mut req: Request, stream: bool) -> Inbound {
+    let refuse = |req: &Request, code: u16, reason: String| {
+        let mut resp = response_to(req, code, &reason, Some(&random_token()));
+        if code == 405 || code == 501 {
+            push_header(&mut resp, "Allow", ALLOW);
+        }
+        Inbound::Reject {
+            response: encode_response(&resp),
+            code,
+            reason,
+        }
+    };
+    if req.version != rsipstack::sip::Version::V2 {
+        return match essentials(&req) {
+            Ok(_) => refuse(&req, 505, "Version Not Supported".into()),
+            Err(reason) => Inbound::Drop { reason },
+        };
+    }
+    let ess = match essentials(&req) {
+        Ok(e) => e,
+        Err(reason) => {
+            // Without Via, From, To, Call-ID and CSeq no answer can be routed or matched.
+            return if salvageable(&req) && req.method != Method::Ack {
+                refuse(&req, 400, reason)
+            } else {
+                Inbound::Drop { reason }
+            };
+        }
+    };
+    if ess.cseq_method != req.method {
+        return reply_or_drop(&req, || {
+            refuse(&req, 400, "CSeq method does not match the request".into())
+        });
+    }
+    if let Err(reason) = fit_body(&mut req.headers, &mut req.body, stream) {
+        return reply_or_drop(&req, || refuse(&req, 400, reason));
+    }
+    if let Some(dup) = duplicated_single_header(&req.headers) {
+        return reply_or_drop(&req, || {
+            refuse(&req, 400, format!("Multiple {dup} headers"))
+        });
+    }
+    if let Some(mf) = header_value(&req.headers, "Max-Forwards") {
+        if mf.trim().parse::<u32>().is_err() {
+            return reply_or_drop(&req, || refuse(&req, 400, "Bad Max-Forwards header".into()));
+        }
+    }
+    let scheme = req.uri.scheme.as_ref().map(|s| s.to_string());
+    match scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("sip") | Some("sips") | Some("tel") | None => {}
+        Some(_) => {
+            return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into()))
+        }
+    }
+    Inbound::Request(Box::new(ParsedRequest { req, ess }))
+}
+
+/// ACKs are never answered (RFC 3261 §17.2.1); everything else gets its error response.
+fn reply_or_drop(req: &Request, reply: impl FnOnce() -> Inbound) -> Inbound {
+    if req.method == Method::Ack {
+        Inbound::Drop {
+            reason: "malformed ACK".into(),
+        }
+    } else {
+        reply()
+    }
+}
+
+fn check_response(mut resp: Response, stream: bool) -> Result<ParsedResponse, String> {
+    let ess = essentials(&resp)?;
+    fit_body(&mut resp.headers, &mut resp.body, stream)?;
+    let code = u16::from(resp.status_code.clone());
+    Ok(ParsedResponse { resp, code, ess })
+}
+
+/// Reads the mandatory headers; the error names the first header that is missing or broken.
+pub fn essentials(msg: &impl HeadersExt) -> Result<Essentials, String> {
+    let via = msg
+        .via_header()
+        .map_err(|_| "Missing Via header".to_string())?
+        .typed()
+        .map_err(|_| "Bad Via header".to_string())?;
+    let from = msg
+        .from_header()
+        .map_err(|_| "Missing From header".to_string())?;
+    from.uri().map_err(|_| "Bad From header".to_string())?;
+    let from_tag = from
+        .tag()
+        .map_err(|_| "Bad From header".to_string())?
+        .map(|t| t.value().to_string());
+    let to = msg
+        .to_header()
+        .map_err(|_| "Missing To header".to_string())?;
+    to.uri().map_err(|_| "Bad To header".to_string())?;
+    let to_tag = to
+        .tag()
+        .map_err(|_| "Bad To header".to_string())?
+        .map(|t| t.value().to_string());
+    let call_id = msg
+        .call_id_header()
+        .map_err(|_| "Missing Call-ID header".to_string())?
+        .value()
+        .trim()
+        .to_string();
+    if call_id.is_empty() || call_id.contains(char::is_whitespace) {
+        return Err("Bad Call-ID header".into());
+    }
+    let cseq = msg
+        .cseq_header()
+        .map_err(|_| "Missing CSeq header".to_string())?;
+    let seq = cseq.seq().map_err(|_| "Bad CSeq header".to_string())?;
+    if seq > 0x7fff_ffff {
+        return Err("Bad CSeq header".into());
+    }
+    let cseq_method = cseq.method().map_err(|_| "Bad CSeq header".to_string())?;
+    Ok(Essentials {
+        call_id,
+        cseq: seq,
+        cseq_method,
+        from_tag,
+        to_tag,
+        branch: via.branch().map(|b| b.to_string()),
+        sent_by: via.sent_by().to_string().to_ascii_lowercase(),
+    })
+}
+
+fn salvageable(req: &Request) -> bool {
+    req.via_header().is_ok()
+        && req.call_id_header().is_ok()
+        && req.cseq_header().is_ok()
+        && req.from_header().is_ok()
+        && req.to_header().is_ok()
+}
+
+/// Applies Content-Length: a datagram body is cut to it (RFC 3261 §18.3), a shorter one is an error.
+fn fit_body(headers: &mut Headers, body: &mut Vec<u8>, stream: bool) -> Result<(), String> {
+    let Some(cl) = header_value(headers, "Content-Length") else {
+        return Ok(());
+    };
+    let len: usize = cl
+        .trim()
+        .parse()
+        .map_err(|_| "Bad Content-Length header".to_string())?;
+    if len > body.len() {
+        return Err("Content-Length larger than the body".into());
+    }
+    if len < body.len() && !stream {
+        body.truncate(len);
+    }
+    Ok(())
+}
+
+const SINGLE_VALUED: [&str; 5] = ["call-id", "cseq", "from", "to", "content-length"];
+
+fn duplicated_single_header(headers: &Headers) -> Option<&'static str> {
+    let mut seen = [0u8; SINGLE_VALUED.len()];
+    for h in headers.iter() {
+        let name = canonical_name(h.name());
+        if let Some(i) = SINGLE_VALUED
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+        {
+            seen[i] += 1;
+            if seen[i] > 1 {
+                return Some(["Call-ID", "CSeq", "From", "To", "Content-Length"][i]);
+            }
+        }
+    }
+    None
+}
+
+/// Maps RFC 3261 §7.3.3 compact forms to full names.
+fn canonical_name(name: &str) -> &str {
+    match name {
+        "i" | "I" => "Call-ID",
+        "f" | "F" => "From",
+        "t" | "T" => "To",
+        "l" | "L" => "Content-Length",
+        "v" | "V" => "Via",
+        "m" | "M" => "Contact",
+        "c" | "C" => "Content-Type",
+        "s" | "S" => "Subject",
+        "k" | "K" => "Supported",
+        "e" | "E" => "Content-Encoding",
+        "r" | "R" => "Refer-To",
+        "o" | "O" => "Event",
+        "u" | "U" => "Allow-Events",
+        _ => name,
+    }
+}
+
+/// The value of the first header called `name` (compact forms match their full names).
+pub fn header_value<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| canonical_name(h.name()).eq_ignore_ascii_case(name))
+        .map(|h| h.value())
+}
+
+/// Methods this server implements, as advertised in Allow.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+/// Builds a response to `req`: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6.2),
+/// `to_tag` added to To when it has none and the response is not 100.
+pub fn response_to(req: &Request, code: u16, reason: &str, to_tag: Option<&str>) -> Response {
+    let mut headers = Headers::default();
+    for h in req.headers.iter() {
+        match h {
+            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
+                headers.push(h.clone())
+            }
+            Header::To(to) => {
+                let has_tag = matches!(to.tag(), Ok(Some(_)));
+                match to_tag {
+                    Some(tag) if !has_tag && code > 100 => headers.push(Header::To(
+                        rsipstack::sip::headers::To::new(format!("{};tag={tag}", to.value())),
+                    )),
+                    _ => headers.push(h.clone()),
+                }
+            }
+            _ => {}
+        }
+    }
+    headers.push(Header::ContentLength(0.into()));
+    Response {
+        status_code: code.into(),
+        wire_reason: Some(reason.to_string()),
+        version: rsipstack::sip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Serializes a response with its own reason phrase (rsipstack would print the standard one).
+pub fn encode_response(resp: &Response) -> Vec<u8> {
+    let code = resp.status_code.code();
+    let text = resp.status_code.text();
+    let phrase = resp.wire_reason.as_deref().unwrap_or(text);
+    let mut out = format!(
+        "SIP/2.0 {code} {}\r\n{}\r\n",
+        sanitize_phrase(phrase),
+        resp.headers
+    )
+    .into_bytes();
+    out.extend_from_slice(&resp.body);
+    out
+}
+
+/// Appends a header by name.
+pub fn push_header(msg: &mut impl HasHeaders, name: &str, value: &str) {
+    msg.headers_mut()
+        .push(Header::Other(name.to_string(), value.to_string()));
+}
+
+/// Sets the body with its Content-Type, keeping Content-Length right.
+pub fn set_body(msg: &mut impl HasBody, content_type: &str, body: Vec<u8>) {
+    let headers = msg.headers_mut();
+    headers.retain(|h| !matches!(h, Header::ContentLength(_) | Header::ContentType(_)));
+    if !body.is_empty() {
+        headers.push(Header::ContentType(content_type.into()));
+    }
+    headers.push(Header::ContentLength((body.len() as u32).into()));
+    *msg.body_vec() = body;
+}
+
+/// Messages with a body.
+pub trait HasBody: HasHeaders {
+    /// The body buffer.
+    fn body_vec(&mut self) -> &mut Vec<u8>;
+}
+impl HasBody for Request {
+    fn body_vec(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+}
+impl HasBody for Response {
+    fn body_vec(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+}
+
+/// A random token for tags and branches (RFC 3261 asks for 32 bits of randomness; we use 64).
+pub fn random_token() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// A new RFC 3261 branch for a request we send.
+pub fn new_branch() -> String {
+    format!("z9hG4bK{}", random_token())
+}
+
+/// What a request the parser refused still tells us: enough to answer it.
+#[derive(Debug, Default)]
+struct Salvaged {
+    method: String,
+    vias: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
+    call_id: Option<String>,
+    cseq: Option<String>,
+}
+
+/// Answers a request the parser refused, when its Via, From, To, Call-ID and CSeq can be read:
+/// 501 for a method we do not know, 400 otherwise. Anything else is dropped.
+fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
+    let Some(s) = salvage(bytes) else {
+        return Inbound::Drop {
+            reason: format!("unparseable: {}", first_line(why)),
+        };
+    };
+    if s.method.eq_ignore_ascii_case("ACK") {
+        return Inbound::Drop {
+            reason: "malformed ACK".into(),
+        };
+    }
+    let known = s.method.parse::<Method>().is_ok();
+    let (code, reason) = if known || !is_token(&s.method) {
+        (400, format!("Bad Request ({})", first_line(why)))
+    } else {
+        (501, "Not Implemented".to_string())
+    };
+    let (Some(from), Some(to), Some(call_id), Some(cseq)) = (&s.from, &s.to, &s.call_id, &s.cseq)
+    else {
+        return Inbound::Drop {
+            reason: "unparseable".into(),
+        };
+    };
+    let mut out = String::with_capacity(512);
+    let phrase = sanitize_phrase(&reason);
+    let _ = write!(out, "SIP/2.0 {code} {phrase}\r\n");
+    for v in &s.vias {
+        let _ = write!(out, "Via: {v}\r\n");
+    }
+    let _ = write!(out, "From: {from}\r\n");
+    if to.to_ascii_lowercase().contains(";tag=") {
+        let _ = write!(out, "To: {to}\r\n");
+    } else {
+        let _ = write!(out, "To: {to};tag={}\r\n", random_token());
+    }
+    let _ = write!(out, "Call-ID: {call_id}\r\nCSeq: {cseq}\r\n");
+    if code == 501 {
+        let _ = write!(out, "Allow: {ALLOW}\r\n");
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    Inbound::Reject {
+        response: out.into_bytes(),
+        code,
+        reason,
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    let line = s.lines().next().unwrap_or("");
+    match line.char_indices().nth(80) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    }
+}
+
+/// A reason phrase may not carry CR/LF or control characters.
+fn sanitize_phrase(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+/// A tolerant scan of the start line and headers, unfolding continuation lines.
+fn salvage(bytes: &[u8]) -> Option<Salvaged> {
+    let text = String::from_utf8_lossy(bytes);
+    let head = match text.find("\r\n\r\n").or_else(|| text.find("\n\n")) {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for raw in head.split('\n') {
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        if raw.starts_with([' ', '\t']) {
+            if let Some(last) = lines.last_mut() {
+                last.push(' ');
+                last.push_str(raw.trim());
+                continue;
+            }
+        }
+        lines.push(raw.to_string());
+    }
+    let mut it = lines.into_iter();
+    let start = it.next()?;
+    let mut parts = start.split_whitespace();
+    let method = parts.next()?.to_string();
+    let _uri = parts.next()?;
+    if !parts.next()?.to_ascii_uppercase().starts_with("SIP/") {
+        return None;
+    }
+    let mut s = Salvaged {
+        method,
+        ..Salvaged::default()
+    };
+    for line in it {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        match canonical_name(name.trim()).to_ascii_lowercase().as_str() {
+            "via" => s.vias.push(value),
+            "from" => s.from = Some(value),
+            "to" => s.to = Some(value),
+            "call-id" => s.call_id = Some(value),
+            "cseq" => s.cseq = Some(value),
+            _ => {}
+        }
+    }
+    if s.vias.is_empty() {
+        return None;
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:echo@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:echo@127.0.0.1>\r\n\
+From: \"Alice\" <sip:alice@127.0.0.1>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@127.0.0.1:5070>\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn reject_code(i: &Inbound) -> Option<u16> {
+        match i {
+            Inbound::Reject { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_invite_yields_its_essentials() {
+        let Inbound::Request(r) = classify(INVITE.as_bytes(), false) else {
+            panic!("not accepted")
+        };
+        assert_eq!(r.ess.call_id, "a84b4c76e66710@pc33");
+        assert_eq!(r.ess.cseq, 314159);
+        assert_eq!(r.ess.cseq_method, Method::Invite);
+        assert_eq!(r.ess.from_tag.as_deref(), Some("1928301774"));
+        assert_eq!(r.ess.to_tag, None);
+        assert_eq!(r.ess.branch.as_deref(), Some("z9hG4bK776asdhds"));
+        assert_eq!(r.ess.sent_by, "127.0.0.1:5070");
+    }
+
+    #[test]
+    fn compact_headers_are_understood() {
+        let m =
+            "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+f: <sip:a@b>;tag=9\r\nt: <sip:x@127.0.0.1>\r\ni: cid1\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n";
+        let Inbound::Request(r) = classify(m.as_bytes(), false) else {
+            panic!("not accepted")
+        };
+        assert_eq!(r.ess.call_id, "cid1");
+    }
+
+    #[test]
+    fn unknown_method_gets_501_with_allow() {
+        let m = INVITE
+            .replace("INVITE sip", "FROBNICATE sip")
+            .replace("314159 INVITE", "314159 FROBNICATE");
+        let i = classify(m.as_bytes(), false);
+        assert_eq!(reject_code(&i), Some(501));
+        let Inbound::Reject { response, .. } = i else {
+            unreachable!()
+        };
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.contains("Allow: INVITE"), "{text}");
+        assert!(
+            text.starts_with("SIP/2.0 501 Not Implemented\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Call-ID: a84b4c76e66710@pc33"));
+        assert!(text.contains("CSeq: 314159 FROBNICATE\r\n"));
+    }
+
+    #[test]
+    fn cseq_method_mismatch_is_400_naming_cseq() {
+        let m = INVITE.replace("314159 INVITE", "314159 BYE");
+        let i = classify(m.as_bytes(), false);
+        assert_eq!(reject_code(&i), Some(400));
+        let Inbound::Reject { response, .. } = i else {
+            unreachable!()
+        };
+        assert!(String::from_utf8(response).unwrap().contains("CSeq"));
+    }
+
+    #[test]
+    fn missing_call_id_is_dropped_not_answered() {
+        let m = INVITE.replace("Call-ID: a84b4c76e66710@pc33\r\n", "");
+        assert!(matches!(
+            classify(m.as_bytes(), false),
+            Inbound::Drop { .. }
+        ));
+    }
+
+    #[test]
+    fn datagram_body_is_trimmed_to_content_length() {
+        let m = INVITE.replace("Content-Length: 0", "Content-Length: 3") + "abcdef";
+        let Inbound::Request(r) = classify(m.as_bytes(), false) else {
+            panic!("not accepted")
+        };
+        assert_eq!(r.req.body, b"abc");
+    }
+
+    #[test]
+    fn content_length_beyond_the_body_is_400() {
+        let m = INVITE.replace("Content-Length: 0", "Content-Length: 30") + "abc";
+        assert_eq!(reject_code(&classify(m.as_bytes(), false)), Some(400));
+    }
+
+    #[test]
+    fn response_copies_dialog_headers_and_adds_a_tag() {
+        let Inbound::Request(r) = classify(INVITE.as_bytes(), false) else {
+            panic!()
+        };
+        let resp = response_to(&r.req, 180, "Ringing", Some("abc"));
+        let text = String::from_utf8(encode_response(&resp)).unwrap();
+        assert!(text.starts_with("SIP/2.0 180 Ringing\r\n"), "{text}");
+        assert!(text.contains("tag=abc"));
+        let Inbound::Response(p) = classify(text.as_bytes(), false) else {
+            panic!("{text}")
+        };
+        assert_eq!(p.code, 180);
+        assert_eq!(p.ess.to_tag.as_deref(), Some("abc"));
+        assert_eq!(p.ess.cseq, 314159);
+    }
+
+    #[test]
+    fn garbage_is_dropped() {
+        assert!(matches!(
+            classify(b"\x00\x01hello", false),
+            Inbound::Drop { .. }
+        ));
+        assert!(matches!(classify(b"\r\n\r\n", false), Inbound::Drop { .. }));
+    }
+}
