@@ -183,18 +183,12 @@ pub fn essentials(msg: &impl HeadersExt) -> Result<Essentials, String> {
         .from_header()
         .map_err(|_| "Missing From header".to_string())?;
     from.uri().map_err(|_| "Bad From header".to_string())?;
-    let from_tag = from
-        .tag()
-        .map_err(|_| "Bad From header".to_string())?
-        .map(|t| t.value().to_string());
+    let from_tag = tag_param(from.value());
     let to = msg
         .to_header()
         .map_err(|_| "Missing To header".to_string())?;
     to.uri().map_err(|_| "Bad To header".to_string())?;
-    let to_tag = to
-        .tag()
-        .map_err(|_| "Bad To header".to_string())?
-        .map(|t| t.value().to_string());
+    let to_tag = tag_param(to.value());
     let call_id = msg
         .call_id_header()
         .map_err(|_| "Missing Call-ID header".to_string())?
@@ -221,6 +215,46 @@ pub fn essentials(msg: &impl HeadersExt) -> Result<Essentials, String> {
         branch: via.branch().map(|b| b.to_string()),
         sent_by: via.sent_by().to_string().to_ascii_lowercase(),
     })
+}
+
+/// The `tag` header parameter of a From/To value. Read here rather than through rsipstack,
+/// which loses it when LWS surrounds the `=` (RFC 4475 §3.1.1.1).
+fn tag_param(value: &str) -> Option<String> {
+    let params = header_params(value)?;
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let v = v.trim();
+        (k.trim().eq_ignore_ascii_case("tag") && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// The header-parameter part of a name-addr or addr-spec value: what follows `>` (or, without
+/// angle brackets, the first `;`), after that `;`.
+fn header_params(value: &str) -> Option<&str> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if in_quotes {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quotes = true,
+            '<' => {
+                let close = i + value[i..].find('>')?;
+                let rest = &value[close + 1..];
+                return rest.find(';').map(|j| &rest[j + 1..]);
+            }
+            ';' => return Some(&value[i + 1..]),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn salvageable(req: &Request) -> bool {
