@@ -503,8 +503,8 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
-/// A tolerant scan of the start line and headers, unfolding continuation lines.
-fn salvage(bytes: &[u8]) -> Option<Salvaged> {
+/// The start line and header lines of a message, continuation lines joined with one space.
+fn unfolded_head(bytes: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let head = match text.find("\r\n\r\n").or_else(|| text.find("\n\n")) {
         Some(i) => &text[..i],
@@ -522,12 +522,23 @@ fn salvage(bytes: &[u8]) -> Option<Salvaged> {
         }
         lines.push(raw.to_string());
     }
-    let mut it = lines.into_iter();
+    lines
+}
+
+/// A tolerant scan of the start line and headers, unfolding continuation lines.
+fn salvage(bytes: &[u8]) -> Option<Salvaged> {
+    let mut it = unfolded_head(bytes).into_iter();
     let start = it.next()?;
-    let mut parts = start.split_whitespace();
-    let method = parts.next()?.to_string();
-    let _uri = parts.next()?;
-    if !parts.next()?.to_ascii_uppercase().starts_with("SIP/") {
+    // The method is the first word and the version the last, whatever LWS sits in the URI.
+    let parts: Vec<&str> = start.split_whitespace().collect();
+    if parts.len() < 3 {
+        return None;
+    }
+    let method = parts[0].to_string();
+    if !parts[parts.len() - 1]
+        .to_ascii_uppercase()
+        .starts_with("SIP/")
+    {
         return None;
     }
     let mut s = Salvaged {
