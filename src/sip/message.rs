@@ -88,8 +88,8 @@ pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
         };
     }
     match rsipstack::sip::SipMessage::try_from(bytes) {
-        Ok(SipMessage::Request(req)) => check_request(req, stream),
-        Ok(SipMessage::Response(resp)) => match check_response(resp, stream) {
+        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream),
+        Ok(SipMessage::Response(resp)) => match check_response(resp, bytes, stream) {
             Ok(r) => Inbound::Response(Box::new(r)),
             Err(reason) => Inbound::Drop { reason },
         },
@@ -97,7 +97,7 @@ pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
     }
 }
 
-fn check_request(mut req: Request, stream: bool) -> Inbound {
+fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
     let refuse = |req: &Request, code: u16, reason: String| {
         let mut resp = response_to(req, code, &reason, Some(&random_token()));
         if code == 405 || code == 501 {
@@ -131,7 +131,7 @@ fn check_request(mut req: Request, stream: bool) -> Inbound {
             refuse(&req, 400, "CSeq method does not match the request".into())
         });
     }
-    if let Err(reason) = fit_body(&mut req.headers, &mut req.body, stream) {
+    if let Err(reason) = fit_body(&mut req.headers, &mut req.body, raw, stream) {
         return reply_or_drop(&req, || refuse(&req, 400, reason));
     }
     if let Some(dup) = duplicated_single_header(&req.headers) {
@@ -165,9 +165,9 @@ fn reply_or_drop(req: &Request, reply: impl FnOnce() -> Inbound) -> Inbound {
     }
 }
 
-fn check_response(mut resp: Response, stream: bool) -> Result<ParsedResponse, String> {
+fn check_response(mut resp: Response, raw: &[u8], stream: bool) -> Result<ParsedResponse, String> {
     let ess = essentials(&resp)?;
-    fit_body(&mut resp.headers, &mut resp.body, stream)?;
+    fit_body(&mut resp.headers, &mut resp.body, raw, stream)?;
     let code = u16::from(resp.status_code.clone());
     Ok(ParsedResponse { resp, code, ess })
 }
@@ -266,8 +266,20 @@ fn salvageable(req: &Request) -> bool {
 }
 
 /// Applies Content-Length: a datagram body is cut to it (RFC 3261 §18.3), a shorter one is an error.
-fn fit_body(headers: &mut Headers, body: &mut Vec<u8>, stream: bool) -> Result<(), String> {
+/// A datagram without Content-Length carries its body to the end (RFC 4475 §3.4.1); rsipstack
+/// would leave it empty.
+fn fit_body(
+    headers: &mut Headers,
+    body: &mut Vec<u8>,
+    raw: &[u8],
+    stream: bool,
+) -> Result<(), String> {
     let Some(cl) = header_value(headers, "Content-Length") else {
+        if !stream && body.is_empty() {
+            if let Some(i) = find_subslice(raw, b"\r\n\r\n") {
+                body.extend_from_slice(&raw[i + 4..]);
+            }
+        }
         return Ok(());
     };
     let len: usize = cl
@@ -281,6 +293,10 @@ fn fit_body(headers: &mut Headers, body: &mut Vec<u8>, stream: bool) -> Result<(
         body.truncate(len);
     }
     Ok(())
+}
+
+fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 const SINGLE_VALUED: [&str; 5] = ["call-id", "cseq", "from", "to", "content-length"];
