@@ -126,6 +126,10 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
             };
         }
     };
+    let head = unfolded_head(raw);
+    if let Err(reason) = strict_syntax(&head) {
+        return reply_or_drop(&req, || refuse(&req, 400, reason));
+    }
     if ess.cseq_method != req.method {
         return reply_or_drop(&req, || {
             refuse(&req, 400, "CSeq method does not match the request".into())
@@ -144,12 +148,16 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
             return reply_or_drop(&req, || refuse(&req, 400, "Bad Max-Forwards header".into()));
         }
     }
-    let scheme = req.uri.scheme.as_ref().map(|s| s.to_string());
-    match scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        Some("sip") | Some("sips") | Some("tel") | None => {}
-        Some(_) => {
-            return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into()))
-        }
+    // rsipstack reads an unknown scheme such as `soap.beep://host` as a host name, so the
+    // scheme is taken from the Request-Line itself.
+    let scheme = head
+        .first()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|uri| uri.split_once(':'))
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("sip") | Some("sips") | Some("tel") => {}
+        _ => return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into())),
     }
     Inbound::Request(Box::new(ParsedRequest { req, ess }))
 }
@@ -297,6 +305,117 @@ fn fit_body(
 
 fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Syntax that rsipstack lets through but RFC 3261 forbids, each a 400 in RFC 4475 §3.1.2.
+fn strict_syntax(head: &[String]) -> Result<(), String> {
+    let Some(start) = head.first() else {
+        return Err("Empty message".into());
+    };
+    let parts: Vec<&str> = start.split(' ').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.contains('\t')) {
+        return Err("Malformed Request-Line".into());
+    }
+    let uri = parts[1];
+    if uri.contains(['<', '>']) {
+        return Err("Malformed Request-URI".into());
+    }
+    let sip_uri = uri.to_ascii_lowercase();
+    if (sip_uri.starts_with("sip:") || sip_uri.starts_with("sips:")) && uri.contains('?') {
+        return Err("Headers in the Request-URI".into());
+    }
+    for line in &head[1..] {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = canonical_name(name.trim()).to_ascii_lowercase();
+        let value = value.trim();
+        let checked = match name.as_str() {
+            "via" => address_list_ok(value, false, true),
+            "from" | "to" => address_list_ok(value, true, false),
+            "contact" | "route" | "record-route" => address_list_ok(value, false, false),
+            "date" => value.ends_with(" GMT"),
+            _ => true,
+        };
+        if !checked {
+            return Err(format!("Bad {} header", canonical_display(&name)));
+        }
+    }
+    Ok(())
+}
+
+fn canonical_display(lower: &str) -> &str {
+    match lower {
+        "via" => "Via",
+        "from" => "From",
+        "to" => "To",
+        "contact" => "Contact",
+        "route" => "Route",
+        "record-route" => "Record-Route",
+        "date" => "Date",
+        _ => "header",
+    }
+}
+
+/// Checks a Via or name-addr/addr-spec header value: quotes and angle brackets balanced, no LWS
+/// inside `<>`, no empty parameter or list element, no `?` in a URI without `<>` (RFC 3261
+/// §20), and for From/To (`single`) no second value.
+fn address_list_ok(value: &str, single: bool, via: bool) -> bool {
+    if value == "*" {
+        return true;
+    }
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut in_angle = false;
+    let mut bracketed = false;
+    // What the last separator outside quotes and brackets was, until a non-LWS char follows it.
+    let mut pending: Option<char> = Some(',');
+    for c in value.chars() {
+        if in_quotes {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        if in_angle {
+            match c {
+                '>' => in_angle = false,
+                '<' => return false,
+                _ if c.is_whitespace() => return false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            _ if c.is_whitespace() => continue,
+            ';' | ',' => {
+                if pending.is_some() {
+                    return false;
+                }
+                if c == ',' {
+                    if single {
+                        return false;
+                    }
+                    bracketed = false;
+                }
+                pending = Some(c);
+                continue;
+            }
+            '"' => in_quotes = true,
+            '<' if !via => {
+                in_angle = true;
+                bracketed = true;
+            }
+            '>' => return false,
+            '?' if !via && !bracketed => return false,
+            _ => {}
+        }
+        pending = None;
+    }
+    !in_quotes && !in_angle && pending.is_none()
 }
 
 const SINGLE_VALUED: [&str; 5] = ["call-id", "cseq", "from", "to", "content-length"];
