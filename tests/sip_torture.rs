@@ -236,3 +236,29 @@ fn stream_mode_and_truncation_never_panic() {
         }
     }
 }
+
+#[test]
+fn baddn_is_refused_for_its_display_names_too() {
+    // The RFC's archive ends baddn without the empty line; closed properly it still is a 400.
+    let mut bytes = fixture("baddn");
+    bytes.extend_from_slice(b"\r\n");
+    let got = classify(&bytes, false);
+    assert_eq!(outcome(&got), "reject:400", "{}", detail(&got));
+}
+
+#[test]
+fn strictness_leaves_ordinary_variants_alone() {
+    // Liberal-looking but legal forms close to the refused ones.
+    let base = "OPTIONS sip:user@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP host.example.com;branch=z9hG4bKa1, SIP/2.0/TCP h2.example.com;branch=z9hG4bKa2\r\n\
+From: \"Bell, Alexander\" <sip:a.g.bell@example.com?Subject=x>;tag=43\r\n\
+To: sip:user@example.com;tag=9\r\n\
+Contact: <sip:a@b.example.com>;expires=60, sip:c@d.example.com;q=0.5\r\n\
+Date: Sat, 13 Nov 2010 23:29:00 GMT\r\n\
+Call-ID: strict.1@example.com\r\n\
+CSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+    let got = classify(base.as_bytes(), false);
+    assert_eq!(outcome(&got), "request", "{}", detail(&got));
+}
