@@ -88,8 +88,8 @@ pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
         };
     }
     match rsipstack::sip::SipMessage::try_from(bytes) {
-        Ok(SipMessage::Request(req)) => check_request(req, stream),
-        Ok(SipMessage::Response(resp)) => match check_response(resp, stream) {
+        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream),
+        Ok(SipMessage::Response(resp)) => match check_response(resp, bytes, stream) {
             Ok(r) => Inbound::Response(Box::new(r)),
             Err(reason) => Inbound::Drop { reason },
         },
@@ -97,7 +97,7 @@ pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
     }
 }
 
-fn check_request(mut req: Request, stream: bool) -> Inbound {
+fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
     let refuse = |req: &Request, code: u16, reason: String| {
         let mut resp = response_to(req, code, &reason, Some(&random_token()));
         if code == 405 || code == 501 {
@@ -126,12 +126,16 @@ fn check_request(mut req: Request, stream: bool) -> Inbound {
             };
         }
     };
+    let head = unfolded_head(raw);
+    if let Err(reason) = strict_syntax(&head) {
+        return reply_or_drop(&req, || refuse(&req, 400, reason));
+    }
     if ess.cseq_method != req.method {
         return reply_or_drop(&req, || {
             refuse(&req, 400, "CSeq method does not match the request".into())
         });
     }
-    if let Err(reason) = fit_body(&mut req.headers, &mut req.body, stream) {
+    if let Err(reason) = fit_body(&mut req.headers, &mut req.body, raw, stream) {
         return reply_or_drop(&req, || refuse(&req, 400, reason));
     }
     if let Some(dup) = duplicated_single_header(&req.headers) {
@@ -144,12 +148,16 @@ fn check_request(mut req: Request, stream: bool) -> Inbound {
             return reply_or_drop(&req, || refuse(&req, 400, "Bad Max-Forwards header".into()));
         }
     }
-    let scheme = req.uri.scheme.as_ref().map(|s| s.to_string());
-    match scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        Some("sip") | Some("sips") | Some("tel") | None => {}
-        Some(_) => {
-            return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into()))
-        }
+    // rsipstack reads an unknown scheme such as `soap.beep://host` as a host name, so the
+    // scheme is taken from the Request-Line itself.
+    let scheme = head
+        .first()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|uri| uri.split_once(':'))
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("sip") | Some("sips") | Some("tel") => {}
+        _ => return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into())),
     }
     Inbound::Request(Box::new(ParsedRequest { req, ess }))
 }
@@ -165,9 +173,9 @@ fn reply_or_drop(req: &Request, reply: impl FnOnce() -> Inbound) -> Inbound {
     }
 }
 
-fn check_response(mut resp: Response, stream: bool) -> Result<ParsedResponse, String> {
+fn check_response(mut resp: Response, raw: &[u8], stream: bool) -> Result<ParsedResponse, String> {
     let ess = essentials(&resp)?;
-    fit_body(&mut resp.headers, &mut resp.body, stream)?;
+    fit_body(&mut resp.headers, &mut resp.body, raw, stream)?;
     let code = u16::from(resp.status_code.clone());
     Ok(ParsedResponse { resp, code, ess })
 }
@@ -183,18 +191,12 @@ pub fn essentials(msg: &impl HeadersExt) -> Result<Essentials, String> {
         .from_header()
         .map_err(|_| "Missing From header".to_string())?;
     from.uri().map_err(|_| "Bad From header".to_string())?;
-    let from_tag = from
-        .tag()
-        .map_err(|_| "Bad From header".to_string())?
-        .map(|t| t.value().to_string());
+    let from_tag = tag_param(from.value());
     let to = msg
         .to_header()
         .map_err(|_| "Missing To header".to_string())?;
     to.uri().map_err(|_| "Bad To header".to_string())?;
-    let to_tag = to
-        .tag()
-        .map_err(|_| "Bad To header".to_string())?
-        .map(|t| t.value().to_string());
+    let to_tag = tag_param(to.value());
     let call_id = msg
         .call_id_header()
         .map_err(|_| "Missing Call-ID header".to_string())?
@@ -223,6 +225,46 @@ pub fn essentials(msg: &impl HeadersExt) -> Result<Essentials, String> {
     })
 }
 
+/// The `tag` header parameter of a From/To value. Read here rather than through rsipstack,
+/// which loses it when LWS surrounds the `=` (RFC 4475 §3.1.1.1).
+fn tag_param(value: &str) -> Option<String> {
+    let params = header_params(value)?;
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let v = v.trim();
+        (k.trim().eq_ignore_ascii_case("tag") && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// The header-parameter part of a name-addr or addr-spec value: what follows `>` (or, without
+/// angle brackets, the first `;`), after that `;`.
+fn header_params(value: &str) -> Option<&str> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if in_quotes {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quotes = true,
+            '<' => {
+                let close = i + value[i..].find('>')?;
+                let rest = &value[close + 1..];
+                return rest.find(';').map(|j| &rest[j + 1..]);
+            }
+            ';' => return Some(&value[i + 1..]),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn salvageable(req: &Request) -> bool {
     req.via_header().is_ok()
         && req.call_id_header().is_ok()
@@ -232,8 +274,20 @@ fn salvageable(req: &Request) -> bool {
 }
 
 /// Applies Content-Length: a datagram body is cut to it (RFC 3261 §18.3), a shorter one is an error.
-fn fit_body(headers: &mut Headers, body: &mut Vec<u8>, stream: bool) -> Result<(), String> {
+/// A datagram without Content-Length carries its body to the end (RFC 4475 §3.4.1); rsipstack
+/// would leave it empty.
+fn fit_body(
+    headers: &mut Headers,
+    body: &mut Vec<u8>,
+    raw: &[u8],
+    stream: bool,
+) -> Result<(), String> {
     let Some(cl) = header_value(headers, "Content-Length") else {
+        if !stream && body.is_empty() {
+            if let Some(i) = find_subslice(raw, b"\r\n\r\n") {
+                body.extend_from_slice(&raw[i + 4..]);
+            }
+        }
         return Ok(());
     };
     let len: usize = cl
@@ -247,6 +301,121 @@ fn fit_body(headers: &mut Headers, body: &mut Vec<u8>, stream: bool) -> Result<(
         body.truncate(len);
     }
     Ok(())
+}
+
+fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Syntax that rsipstack lets through but RFC 3261 forbids, each a 400 in RFC 4475 §3.1.2.
+fn strict_syntax(head: &[String]) -> Result<(), String> {
+    let Some(start) = head.first() else {
+        return Err("Empty message".into());
+    };
+    let parts: Vec<&str> = start.split(' ').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.contains('\t')) {
+        return Err("Malformed Request-Line".into());
+    }
+    let uri = parts[1];
+    if uri.contains(['<', '>']) {
+        return Err("Malformed Request-URI".into());
+    }
+    let sip_uri = uri.to_ascii_lowercase();
+    if (sip_uri.starts_with("sip:") || sip_uri.starts_with("sips:")) && uri.contains('?') {
+        return Err("Headers in the Request-URI".into());
+    }
+    for line in &head[1..] {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = canonical_name(name.trim()).to_ascii_lowercase();
+        let value = value.trim();
+        let checked = match name.as_str() {
+            "via" => address_list_ok(value, false, true),
+            "from" | "to" => address_list_ok(value, true, false),
+            "contact" | "route" | "record-route" => address_list_ok(value, false, false),
+            "date" => value.ends_with(" GMT"),
+            _ => true,
+        };
+        if !checked {
+            return Err(format!("Bad {} header", canonical_display(&name)));
+        }
+    }
+    Ok(())
+}
+
+fn canonical_display(lower: &str) -> &str {
+    match lower {
+        "via" => "Via",
+        "from" => "From",
+        "to" => "To",
+        "contact" => "Contact",
+        "route" => "Route",
+        "record-route" => "Record-Route",
+        "date" => "Date",
+        _ => "header",
+    }
+}
+
+/// Checks a Via or name-addr/addr-spec header value: quotes and angle brackets balanced, no LWS
+/// inside `<>`, no empty parameter or list element, no `?` in a URI without `<>` (RFC 3261
+/// §20), and for From/To (`single`) no second value.
+fn address_list_ok(value: &str, single: bool, via: bool) -> bool {
+    if value == "*" {
+        return true;
+    }
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut in_angle = false;
+    let mut bracketed = false;
+    // What the last separator outside quotes and brackets was, until a non-LWS char follows it.
+    let mut pending: Option<char> = Some(',');
+    for c in value.chars() {
+        if in_quotes {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        if in_angle {
+            match c {
+                '>' => in_angle = false,
+                '<' => return false,
+                _ if c.is_whitespace() => return false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            _ if c.is_whitespace() => continue,
+            ';' | ',' => {
+                if pending.is_some() {
+                    return false;
+                }
+                if c == ',' {
+                    if single {
+                        return false;
+                    }
+                    bracketed = false;
+                }
+                pending = Some(c);
+                continue;
+            }
+            '"' => in_quotes = true,
+            '<' if !via => {
+                in_angle = true;
+                bracketed = true;
+            }
+            '>' => return false,
+            '?' if !via && !bracketed => return false,
+            _ => {}
+        }
+        pending = None;
+    }
+    !in_quotes && !in_angle && pending.is_none()
 }
 
 const SINGLE_VALUED: [&str; 5] = ["call-id", "cseq", "from", "to", "content-length"];
@@ -469,8 +638,8 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
-/// A tolerant scan of the start line and headers, unfolding continuation lines.
-fn salvage(bytes: &[u8]) -> Option<Salvaged> {
+/// The start line and header lines of a message, continuation lines joined with one space.
+fn unfolded_head(bytes: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let head = match text.find("\r\n\r\n").or_else(|| text.find("\n\n")) {
         Some(i) => &text[..i],
@@ -488,12 +657,23 @@ fn salvage(bytes: &[u8]) -> Option<Salvaged> {
         }
         lines.push(raw.to_string());
     }
-    let mut it = lines.into_iter();
+    lines
+}
+
+/// A tolerant scan of the start line and headers, unfolding continuation lines.
+fn salvage(bytes: &[u8]) -> Option<Salvaged> {
+    let mut it = unfolded_head(bytes).into_iter();
     let start = it.next()?;
-    let mut parts = start.split_whitespace();
-    let method = parts.next()?.to_string();
-    let _uri = parts.next()?;
-    if !parts.next()?.to_ascii_uppercase().starts_with("SIP/") {
+    // The method is the first word and the version the last, whatever LWS sits in the URI.
+    let parts: Vec<&str> = start.split_whitespace().collect();
+    if parts.len() < 3 {
+        return None;
+    }
+    let method = parts[0].to_string();
+    if !parts[parts.len() - 1]
+        .to_ascii_uppercase()
+        .starts_with("SIP/")
+    {
         return None;
     }
     let mut s = Salvaged {
