@@ -56,7 +56,7 @@ pub fn spawn(
                 lease: None,
                 session: None,
             };
-            let reason = c.run(&request).await;
+            let reason = c.run(request).await;
             tracing::info!(?reason, "call ended");
         }
         .instrument(span),
@@ -97,7 +97,7 @@ impl Call {
         Outcome::Refused(code)
     }
 
-    async fn run(&mut self, request: &Request) -> Outcome {
+    async fn run(&mut self, request: Box<Request>) -> Outcome {
         let user = request.uri.user().unwrap_or("").to_string();
         tracing::info!(to = %user, "incoming call");
         match user.as_str() {
@@ -142,6 +142,8 @@ impl Call {
             }
         };
         let late_offer = request.body.is_empty();
+        // The INVITE is not needed for the rest of the call; idle calls should stay small.
+        drop(request);
         self.session = Some(session);
         self.send(Command::Ring(self.call, None)).await;
         self.send(Command::Answer(self.call, sdp_out.into_bytes()))

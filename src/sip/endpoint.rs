@@ -149,7 +149,8 @@ enum ServerTx {
     Invite {
         tx: InviteServerTx,
         call: CallHandle,
-        request: Box<Request>,
+        /// Kept until the final response is built from it, then dropped (idle calls stay small).
+        request: Option<Box<Request>>,
     },
     NonInvite(NonInviteServerTx),
 }
@@ -500,20 +501,7 @@ impl Endpoint {
             Ok(d) => d,
             Err(e) => {
                 let resp = response_to(&r.req, 400, &e.to_string(), Some(&local_tag));
-                let bytes = encode_response(&resp);
-                let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
-                tx.respond(now, 400, bytes.clone());
-                self.send(peer, bytes);
-                self.server_txs.insert(
-                    key.clone(),
-                    ServerTx::Invite {
-                        tx,
-                        call,
-                        request: Box::new(r.req),
-                    },
-                );
-                self.rearm(TimerOwner::Server(key));
-                return;
+                return self.reply(now, peer, key, Method::Invite, resp);
             }
         };
         let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
@@ -538,7 +526,7 @@ impl Endpoint {
             ServerTx::Invite {
                 tx,
                 call,
-                request: Box::new(r.req.clone()),
+                request: Some(Box::new(r.req.clone())),
             },
         );
         self.events.push_back(Event::Incoming {
@@ -631,7 +619,7 @@ impl Endpoint {
         let call = dialog_id_of(&r.ess).and_then(|id| self.dialogs.get(&id).copied());
         let Some(call) = call else {
             let resp = response_to(&r.req, 481, "Call/Transaction Does Not Exist", None);
-            return self.reply(now, peer, key, method, r, resp);
+            return self.reply(now, peer, key, method, resp);
         };
         let cseq_ok = self
             .calls
@@ -639,7 +627,7 @@ impl Endpoint {
             .is_some_and(|c| c.dialog.accept_remote_cseq(method, r.ess.cseq));
         if !cseq_ok {
             let resp = response_to(&r.req, 500, "CSeq Out of Order", None);
-            return self.reply(now, peer, key, method, r, resp);
+            return self.reply(now, peer, key, method, resp);
         }
         match method {
             Method::Bye => {
@@ -676,7 +664,6 @@ impl Endpoint {
         peer: Peer,
         key: TxKey,
         method: Method,
-        r: ParsedRequest,
         resp: rsipstack::sip::Response,
     ) {
         if method == Method::Invite {
@@ -690,7 +677,7 @@ impl Endpoint {
                 ServerTx::Invite {
                     tx,
                     call: CallHandle(0),
-                    request: Box::new(r.req),
+                    request: None,
                 },
             );
             self.rearm(TimerOwner::Server(key));
@@ -714,7 +701,7 @@ impl Endpoint {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
             let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
             push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
-            return self.reply(now, peer, key, Method::Invite, r, resp);
+            return self.reply(now, peer, key, Method::Invite, resp);
         }
         let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
         let trying = encode_response(&response_to(&r.req, 100, "Trying", None));
@@ -732,7 +719,7 @@ impl Endpoint {
             ServerTx::Invite {
                 tx,
                 call,
-                request: Box::new(r.req),
+                request: Some(Box::new(r.req)),
             },
         );
         self.events.push_back(Event::ReInvite { call, sdp });
@@ -974,8 +961,11 @@ impl Endpoint {
         let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
             return Err(CommandError::WrongState);
         };
-        let mut resp = response_to(request, code, reason, Some(&local_tag));
-        for h in request.headers.iter() {
+        let Some(req) = request.as_deref() else {
+            return Err(CommandError::WrongState);
+        };
+        let mut resp = response_to(req, code, reason, Some(&local_tag));
+        for h in req.headers.iter() {
             if let rsipstack::sip::Header::RecordRoute(_) = h {
                 resp.headers.push(h.clone());
             }
@@ -988,6 +978,9 @@ impl Endpoint {
         }
         let bytes = encode_response(&resp);
         tx.respond(now, code, bytes.clone());
+        if code >= 200 {
+            *request = None;
+        }
         self.send(peer, bytes);
         if code >= 200 {
             if let Some(c) = self.calls.get_mut(&call) {
@@ -1019,7 +1012,10 @@ impl Endpoint {
         let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
             return;
         };
-        let mut resp = response_to(request, code, reason, Some(&local_tag));
+        let Some(req) = request.take() else {
+            return;
+        };
+        let mut resp = response_to(&req, code, reason, Some(&local_tag));
         if let Some(w) = warning {
             let w = w.replace(['"', '\r', '\n'], "'");
             push_header(&mut resp, "Warning", &format!("399 {host} \"{w}\""));
