@@ -1,0 +1,216 @@
+//! The real server, started in-process on 127.0.0.1 port 0, called by the test caller over
+//! real UDP and TCP sockets.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::uac::{offer, Uac, UacState};
+use switchboard::sip::framing::StreamFramer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+struct Server {
+    sip: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(max_call_secs: u64, rtp: (u16, u16)) -> Server {
+    let mut cfg = switchboard::Config::embedded().unwrap();
+    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.sip.max_call_secs = max_call_secs;
+    cfg.rtp.port_min = rtp.0;
+    cfg.rtp.port_max = rtp.1;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = switchboard::run_with_ready(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send(r.sip);
+            },
+        )
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+    });
+    let sip = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("ready in time")
+        .expect("ready");
+    Server {
+        sip,
+        stop: Some(stop_tx),
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+    }
+}
+
+/// Carries the caller's messages over one socket until `done` holds; bounded in time.
+enum Wire {
+    Udp(UdpSocket),
+    Tcp(TcpStream, StreamFramer),
+}
+
+impl Wire {
+    async fn drive(&mut self, uac: &mut Uac, limit: Duration, done: impl Fn(&Uac) -> bool) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            while let Some(m) = uac.outbox.pop_front() {
+                match self {
+                    Wire::Udp(s) => {
+                        s.send_to(&m, uac.server).await.unwrap();
+                    }
+                    Wire::Tcp(s, _) => s.write_all(&m).await.unwrap(),
+                }
+            }
+            if done(uac) {
+                return true;
+            }
+            let wake = uac
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(until)
+                .min(until);
+            let got = match self {
+                Wire::Udp(s) => tokio::select! {
+                    r = s.recv_from(&mut buf) => Some(vec![buf[..r.unwrap().0].to_vec()]),
+                    _ = tokio::time::sleep_until(wake) => None,
+                },
+                Wire::Tcp(s, framer) => tokio::select! {
+                    r = s.read(&mut buf) => {
+                        let n = r.unwrap();
+                        assert!(n > 0, "server closed the connection");
+                        framer.push(&buf[..n]);
+                        Some(std::iter::from_fn(|| framer.next_message().unwrap()).collect())
+                    }
+                    _ = tokio::time::sleep_until(wake) => None,
+                },
+            };
+            let now = Instant::now();
+            for m in got.unwrap_or_default() {
+                uac.handle(now, &m);
+            }
+            uac.handle_timeout(now);
+            if tokio::time::Instant::now() >= until {
+                return done(uac);
+            }
+        }
+    }
+}
+
+async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
+    if tcp {
+        let s = TcpStream::connect(server).await.unwrap();
+        let local = s.local_addr().unwrap();
+        (Wire::Tcp(s, StreamFramer::new(65535)), Uac::new(local, server, true))
+    } else {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = s.local_addr().unwrap();
+        (Wire::Udp(s), Uac::new(local, server, false))
+    }
+}
+
+fn answered_port(uac: &Uac) -> u16 {
+    let sdp = String::from_utf8(uac.answer.clone().expect("an SDP answer")).unwrap();
+    let m = sdp.lines().find(|l| l.starts_with("m=audio ")).expect("m=audio");
+    m.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn call_and_hang_up(tcp: bool, rtp: (u16, u16)) {
+    let server = start(0, rtp).await;
+    let (mut w, mut uac) = wire(tcp, server.sip).await;
+    uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Confirmed)
+            .await
+    );
+    let port = answered_port(&uac);
+    assert!((rtp.0..=rtp.1).contains(&port) && port % 2 == 0, "port {port}");
+    // The port is really held by the server for the call.
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_err());
+    uac.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await
+    );
+    // ...and released once the call is over.
+    let mut freed = false;
+    for _ in 0..100 {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(freed, "RTP port {port} not released");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn udp_call_answered_and_hung_up_by_the_caller() {
+    call_and_hang_up(false, (43000, 43099)).await;
+}
+
+#[tokio::test]
+async fn tcp_call_answered_and_hung_up_by_the_caller() {
+    call_and_hang_up(true, (43100, 43199)).await;
+}
+
+#[tokio::test]
+async fn server_ends_the_call_after_max_call_secs() {
+    let server = start(1, (43200, 43299)).await;
+    for tcp in [false, true] {
+        let (mut w, mut uac) = wire(tcp, server.sip).await;
+        uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+        let t0 = Instant::now();
+        assert!(
+            w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Terminated)
+                .await,
+            "tcp={tcp}: no BYE from the server"
+        );
+        assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
+        assert!(t0.elapsed() >= Duration::from_millis(900));
+        // Let our 200 for the BYE reach the server before the socket closes.
+        w.drive(&mut uac, Duration::from_millis(50), |_| false).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_live_calls_with_bye() {
+    let server = start(0, (43300, 43399)).await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Confirmed)
+            .await
+    );
+    let stopping = tokio::spawn(server.stop());
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Terminated)
+            .await,
+        "no BYE on shutdown"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
