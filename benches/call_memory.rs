@@ -50,7 +50,8 @@ fn main() {
     });
     let sip = ready_rx.recv().expect("server ready");
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let local = sock.local_addr().expect("addr");
     let mut buf = vec![0u8; 65536];
     std::thread::sleep(Duration::from_millis(200));
@@ -79,7 +80,10 @@ CSeq: 1 {method}\r\nContact: <sip:m@{local}>\r\nMax-Forwards: 70\r\n"
                 break to.split(";tag=").nth(1).unwrap_or("").trim().to_string();
             }
         };
-        let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", &format!(";tag={tag}")));
+        let ack = format!(
+            "{}Content-Length: 0\r\n\r\n",
+            head("ACK", &format!(";tag={tag}"))
+        );
         sock.send_to(ack.as_bytes(), sip).expect("send");
     }
     // 64·T1 = 640 ms: all INVITE transactions are gone after this.

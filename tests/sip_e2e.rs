@@ -118,7 +118,10 @@ async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
     if tcp {
         let s = TcpStream::connect(server).await.unwrap();
         let local = s.local_addr().unwrap();
-        (Wire::Tcp(s, StreamFramer::new(65535)), Uac::new(local, server, true))
+        (
+            Wire::Tcp(s, StreamFramer::new(65535)),
+            Uac::new(local, server, true),
+        )
     } else {
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = s.local_addr().unwrap();
@@ -128,20 +131,31 @@ async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
 
 fn answered_port(uac: &Uac) -> u16 {
     let sdp = String::from_utf8(uac.answer.clone().expect("an SDP answer")).unwrap();
-    let m = sdp.lines().find(|l| l.starts_with("m=audio ")).expect("m=audio");
+    let m = sdp
+        .lines()
+        .find(|l| l.starts_with("m=audio "))
+        .expect("m=audio");
     m.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 async fn call_and_hang_up(tcp: bool, rtp: (u16, u16)) {
     let server = start(0, rtp).await;
     let (mut w, mut uac) = wire(tcp, server.sip).await;
-    uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
     assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Confirmed)
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
             .await
     );
     let port = answered_port(&uac);
-    assert!((rtp.0..=rtp.1).contains(&port) && port % 2 == 0, "port {port}");
+    assert!(
+        (rtp.0..=rtp.1).contains(&port) && port % 2 == 0,
+        "port {port}"
+    );
     // The port is really held by the server for the call.
     assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_err());
     uac.request(Instant::now(), "BYE", "", b"");
@@ -179,17 +193,23 @@ async fn server_ends_the_call_after_max_call_secs() {
     let server = start(1, (43200, 43299)).await;
     for tcp in [false, true] {
         let (mut w, mut uac) = wire(tcp, server.sip).await;
-        uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+        uac.invite(
+            Instant::now(),
+            "echo",
+            &offer("127.0.0.1", 40000, "sendrecv"),
+        );
         let t0 = Instant::now();
         assert!(
-            w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Terminated)
+            w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+                == UacState::Terminated)
                 .await,
             "tcp={tcp}: no BYE from the server"
         );
         assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
         assert!(t0.elapsed() >= Duration::from_millis(900));
         // Let our 200 for the BYE reach the server before the socket closes.
-        w.drive(&mut uac, Duration::from_millis(50), |_| false).await;
+        w.drive(&mut uac, Duration::from_millis(50), |_| false)
+            .await;
     }
     server.stop().await;
 }
@@ -198,14 +218,20 @@ async fn server_ends_the_call_after_max_call_secs() {
 async fn shutdown_ends_live_calls_with_bye() {
     let server = start(0, (43300, 43399)).await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(Instant::now(), "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
     assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Confirmed)
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
             .await
     );
     let stopping = tokio::spawn(server.stop());
     assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state == UacState::Terminated)
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Terminated)
             .await,
         "no BYE on shutdown"
     );

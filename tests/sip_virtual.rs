@@ -97,6 +97,7 @@ struct World {
     incoming: Vec<CallHandle>,
     confirmed: usize,
     reinvites: usize,
+    reinvite_answers: Vec<u16>,
     ended: Vec<EndReason>,
     server_sent: Vec<(u64, Vec<u8>)>,
 }
@@ -114,6 +115,7 @@ impl World {
             incoming: Vec::new(),
             confirmed: 0,
             reinvites: 0,
+            reinvite_answers: Vec::new(),
             ended: Vec::new(),
             server_sent: Vec::new(),
         }
@@ -193,6 +195,7 @@ impl World {
                             .unwrap();
                     }
                     Event::Info { .. } => {}
+                    Event::ReInviteAnswered { code, .. } => self.reinvite_answers.push(code),
                     Event::Ended { reason, .. } => self.ended.push(reason),
                 }
             }
@@ -417,4 +420,40 @@ fn an_idle_confirmed_call_keeps_no_transaction_after_64_t1() {
     w.ep.handle_timeout(later);
     assert_eq!(w.ep.transaction_count(), 0);
     assert_eq!(w.ep.call_count(), 1);
+}
+
+#[test]
+fn server_reinvite_is_answered_and_acked_and_glare_gets_491() {
+    let mut w = World::new(6, 0.0, 5, Policy::Answer);
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+        .unwrap();
+    assert!(
+        w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+            .is_err(),
+        "one re-INVITE at a time"
+    );
+    // The caller re-INVITEs at the same moment: the server must refuse with 491.
+    w.uac.reinvite(now, &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.uac.statuses.iter().any(|s| s.1 == 491)));
+    assert!(w.run_until(|w| w.uac.requests_in.iter().filter(|m| *m == "ACK").count() == 1));
+    assert_eq!(w.uac.requests_in[0], "INVITE");
+    assert_eq!(
+        w.reinvites, 0,
+        "the glaring re-INVITE never reached the call layer"
+    );
+    assert!(w.run_until(|w| !w.reinvite_answers.is_empty()));
+    assert_eq!(w.reinvite_answers, vec![200]);
+    assert!(w.ended.is_empty());
+    // The call goes on: once the 200 was ACKed a new re-INVITE from us is allowed.
+    let now = w.now;
+    assert!(w
+        .ep
+        .reinvite(now, call, offer("127.0.0.1", 20000, "sendrecv"))
+        .is_ok());
 }

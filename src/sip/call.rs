@@ -181,7 +181,7 @@ impl Call {
                 ev = self.events.recv() => match ev {
                     Some(Event::Confirmed { sdp, .. }) => {
                         if let (true, Some(body), Some(s)) = (awaiting_answer, sdp, self.session.as_mut()) {
-                            match sdp::parse(&body).map_err(|e| e.to_string()).and_then(|a| s.accept_answer(&a).map_err(|e| e.to_string())) {
+                            match accept_answer(s, &body) {
                                 Ok(m) => tracing::info!(codec = ?m.codec, "answer in ACK accepted"),
                                 Err(e) => {
                                     tracing::info!(error = %e, "unusable answer in ACK; hanging up");
@@ -196,6 +196,14 @@ impl Call {
                         tracing::info!(?content_type, len = body.len(), "INFO received");
                     }
                     Some(Event::Ended { reason, .. }) => return Outcome::Ended(reason),
+                    Some(Event::ReInviteAnswered { code, sdp, .. }) => {
+                        if let (Some(body), Some(s)) = (sdp, self.session.as_mut()) {
+                            match accept_answer(s, &body) {
+                                Ok(m) => tracing::info!(%code, direction = ?m.direction, "re-INVITE answered"),
+                                Err(e) => tracing::info!(%code, error = %e, "unusable answer to our re-INVITE"),
+                            }
+                        }
+                    }
                     Some(Event::Incoming { .. }) => {}
                     None => return Outcome::Lost,
                 },
@@ -234,6 +242,12 @@ impl Call {
             }
         }
     }
+}
+
+/// Parses the peer's answer to our offer.
+fn accept_answer(session: &mut LocalSession, body: &[u8]) -> Result<NegotiatedAudio, String> {
+    let answer = sdp::parse(body).map_err(|e| e.to_string())?;
+    session.accept_answer(&answer).map_err(|e| e.to_string())
 }
 
 /// Parses and answers an offer: the answer text, or the status code and reason to refuse with.

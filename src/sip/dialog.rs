@@ -145,6 +145,13 @@ impl Dialog {
         }
     }
 
+    /// A 2xx to our re-INVITE may move the remote target too (§12.2.1.2).
+    pub fn refresh_target_from_response(&mut self, resp: &rsipstack::sip::Response) {
+        if let Ok(c) = resp.contact_header().and_then(|c| c.typed()) {
+            self.remote_target = c.uri.to_string();
+        }
+    }
+
     /// Builds an in-dialog request (§12.2.1.1) with a fresh branch and the next CSeq.
     /// `local` is our address as written into Via.
     pub fn request(
@@ -158,9 +165,25 @@ impl Dialog {
         self.request_with_cseq(method, cseq, &new_branch(), local, user_agent)
     }
 
-    /// Builds the ACK for a 2xx to our re-INVITE with CSeq `cseq` (its own transaction, §13.2.2.4).
-    pub fn ack(&self, cseq: u32, local: std::net::SocketAddr, user_agent: &str) -> Request {
-        self.request_with_cseq(Method::Ack, cseq, &new_branch(), local, user_agent)
+    /// Builds the ACK for a final response to our re-INVITE with CSeq `cseq`: for a 2xx a
+    /// transaction of its own (§13.2.2.4, `branch` None), for an error the INVITE's `branch`
+    /// (§17.1.1.3).
+    pub fn ack(
+        &self,
+        cseq: u32,
+        branch: Option<&str>,
+        local: std::net::SocketAddr,
+        user_agent: &str,
+    ) -> Request {
+        let fresh;
+        let branch = match branch {
+            Some(b) => b,
+            None => {
+                fresh = new_branch();
+                &fresh
+            }
+        };
+        self.request_with_cseq(Method::Ack, cseq, branch, local, user_agent)
     }
 
     fn request_with_cseq(

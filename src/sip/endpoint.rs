@@ -88,6 +88,15 @@ pub enum Event {
         /// The offer, when the re-INVITE carries one.
         sdp: Option<Vec<u8>>,
     },
+    /// The final answer to a re-INVITE we sent (already ACKed).
+    ReInviteAnswered {
+        /// The call.
+        call: CallHandle,
+        /// Final status code.
+        code: u16,
+        /// The SDP answer of a 2xx.
+        sdp: Option<Vec<u8>>,
+    },
     /// An INFO request in the call (already answered 200).
     Info {
         /// The call.
@@ -160,6 +169,7 @@ enum ServerTx {
 enum ClientPurpose {
     Bye,
     Info,
+    ReInvite { cseq: u32 },
 }
 
 struct ClientEntry {
@@ -192,6 +202,8 @@ struct Call {
     reinvite_pending: bool,
     /// `Event::Ended` was reported.
     ended: bool,
+    /// A re-INVITE of ours awaits its final response.
+    reinvite_out: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -519,6 +531,7 @@ impl Endpoint {
                 awaiting_ack: None,
                 reinvite_pending: false,
                 ended: false,
+                reinvite_out: false,
             },
         );
         self.server_txs.insert(
@@ -697,6 +710,12 @@ impl Endpoint {
         let busy = self.calls.get(&call).is_none_or(|c| {
             c.reinvite_pending || c.awaiting_ack.is_some() || c.phase != CallPhase::Confirmed
         });
+        let glare = self.calls.get(&call).is_some_and(|c| c.reinvite_out);
+        if glare {
+            // §14.2: both sides re-INVITEd at once.
+            let resp = response_to(&r.req, 491, "Request Pending", None);
+            return self.reply(now, peer, key, Method::Invite, resp);
+        }
         if busy {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
             let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
@@ -734,18 +753,31 @@ impl Endpoint {
             return;
         };
         let disposition = entry.tx.on_response(now, r.code);
-        let (call, purpose, terminated) = (entry.call, entry.purpose, entry.tx.is_terminated());
-        if disposition == ResponseDisposition::Deliver && r.code >= 200 {
+        let resend_ack = entry.tx.ack_to_resend().map(<[u8]>::to_vec);
+        let (call, purpose, peer) = (entry.call, entry.purpose, entry.peer);
+        if disposition == ResponseDisposition::Absorb {
+            if let Some(ack) = resend_ack {
+                self.send(peer, ack);
+            }
+        } else if r.code >= 200 {
             match purpose {
                 ClientPurpose::Bye => self.forget_call(call),
-                ClientPurpose::Info => {
-                    if r.code == 481 || r.code == 408 {
-                        self.send_bye(now, call);
-                        self.end_call(call, EndReason::Timeout);
-                    }
+                ClientPurpose::Info => {}
+                ClientPurpose::ReInvite { cseq } => {
+                    self.on_reinvite_answer(now, &branch, call, cseq, peer, r);
+                    return;
                 }
             }
+            if r.code == 481 || r.code == 408 {
+                // The dialog is gone at the peer (§12.2.1.2).
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::Timeout);
+            }
         }
+        let terminated = self
+            .client_txs
+            .get(&branch)
+            .is_none_or(|e| e.tx.is_terminated());
         if terminated {
             self.client_txs.remove(&branch);
         } else {
@@ -753,7 +785,86 @@ impl Endpoint {
         }
     }
 
+    fn on_reinvite_answer(
+        &mut self,
+        now: Instant,
+        branch: &str,
+        call: CallHandle,
+        cseq: u32,
+        peer: Peer,
+        r: ParsedResponse,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let success = (200..300).contains(&r.code);
+        let ack = c.dialog.ack(
+            cseq,
+            (!success).then_some(branch),
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
+        let ack = ack.to_bytes();
+        let first = std::mem::replace(&mut c.reinvite_out, false);
+        if success {
+            c.dialog.refresh_target_from_response(&r.resp);
+        } else if let Some(e) = self.client_txs.get_mut(branch) {
+            e.tx.set_ack(ack.clone());
+        }
+        self.send(peer, ack);
+        if first {
+            let sdp = (!r.resp.body.is_empty()).then(|| r.resp.body.clone());
+            self.events.push_back(Event::ReInviteAnswered {
+                call,
+                code: r.code,
+                sdp,
+            });
+            if r.code == 481 || r.code == 408 {
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::Timeout);
+            }
+        }
+        if self
+            .client_txs
+            .get(branch)
+            .is_none_or(|e| e.tx.is_terminated())
+        {
+            self.client_txs.remove(branch);
+        } else {
+            self.rearm(TimerOwner::Client(branch.to_string()));
+        }
+    }
+
     // ---- commands from the layer above ----
+
+    /// Sends a re-INVITE with our new SDP offer (e.g. to put the caller on hold).
+    pub fn reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let peer = self
+            .calls
+            .get(&call)
+            .ok_or(CommandError::NoSuchCall)?
+            .dialog
+            .peer;
+        let contact = self.contact(peer);
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if c.phase != CallPhase::Confirmed || c.reinvite_out || c.reinvite_pending {
+            return Err(CommandError::WrongState);
+        }
+        c.reinvite_out = true;
+        let mut req = c
+            .dialog
+            .request(Method::Invite, self.cfg.local_addr, &self.cfg.user_agent);
+        push_header(&mut req, "Contact", &contact);
+        set_body(&mut req, "application/sdp", sdp);
+        let (peer, cseq) = (c.dialog.peer, c.dialog.local_cseq);
+        self.start_client(now, call, ClientPurpose::ReInvite { cseq }, peer, req);
+        Ok(())
+    }
 
     /// Sends 180 Ringing, or 183 Session Progress with early media when `sdp` is given.
     pub fn ring(
@@ -909,7 +1020,7 @@ impl Endpoint {
             now,
             self.cfg.timers,
             peer.transport.is_reliable(),
-            false,
+            matches!(purpose, ClientPurpose::ReInvite { .. }),
             bytes.clone(),
         );
         self.send(peer, bytes);

@@ -50,6 +50,8 @@ pub enum Command {
     Hangup(CallHandle),
     /// An INFO request in the call.
     Info(CallHandle, String, Vec<u8>),
+    /// A re-INVITE of ours with a new SDP offer.
+    ReInvite(CallHandle, Vec<u8>),
 }
 
 /// Starts the task that runs a new call: it gets the call's events and a command sender.
@@ -222,6 +224,7 @@ fn apply(ep: &mut Endpoint, c: Command) {
         } => ep.reject_reinvite(now, call, code, &reason, warning.as_deref()),
         Command::Hangup(call) => ep.hangup(now, call),
         Command::Info(call, ct, body) => ep.send_info(now, call, &ct, body),
+        Command::ReInvite(call, sdp) => ep.reinvite(now, call, sdp),
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "call command not applied");
@@ -251,7 +254,10 @@ fn dispatch(
                 let _ = tx.send(ev);
             }
         }
-        Event::Confirmed { call, .. } | Event::ReInvite { call, .. } | Event::Info { call, .. } => {
+        Event::Confirmed { call, .. }
+        | Event::ReInvite { call, .. }
+        | Event::ReInviteAnswered { call, .. }
+        | Event::Info { call, .. } => {
             if let Some(tx) = calls.get(&call) {
                 let _ = tx.send(ev);
             }
