@@ -153,7 +153,7 @@ async fn call_and_hang_up(tcp: bool, rtp: (u16, u16)) {
     );
     let port = answered_port(&uac);
     assert!(
-        (rtp.0..=rtp.1).contains(&port) && port % 2 == 0,
+        (rtp.0..=rtp.1).contains(&port) && port.is_multiple_of(2),
         "port {port}"
     );
     // The port is really held by the server for the call.
