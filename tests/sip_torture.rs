@@ -15,6 +15,8 @@ struct Expect {
     kind: String,
     #[serde(default)]
     uas: Option<u16>,
+    #[serde(default)]
+    layer: Option<String>,
     accept: Vec<String>,
 }
 
@@ -261,4 +263,41 @@ Max-Forwards: 70\r\n\
 Content-Length: 0\r\n\r\n";
     let got = classify(base.as_bytes(), false);
     assert_eq!(outcome(&got), "request", "{}", detail(&got));
+}
+
+/// The messages whose RFC 4475 answer comes from above the parser (420, 415, 406), fed to the
+/// endpoint itself.
+#[test]
+fn endpoint_gives_the_answers_the_rfc_asks_for() {
+    use switchboard::sip::dialog::{Peer, Transport};
+    use switchboard::sip::endpoint::{Endpoint, EndpointConfig};
+    let peer = Peer {
+        transport: Transport::Udp,
+        addr: "192.0.2.1:5060".parse().unwrap(),
+    };
+    let mut checked = 0;
+    for (name, exp) in expectations() {
+        let (Some(code), Some("endpoint")) = (exp.uas, exp.layer.as_deref()) else {
+            continue;
+        };
+        let mut ep = Endpoint::new(EndpointConfig {
+            timers: Default::default(),
+            local_addr: "127.0.0.1:5060".parse().unwrap(),
+            user_agent: "switchboard-test".into(),
+        });
+        ep.handle_message(std::time::Instant::now(), peer, &fixture(&name));
+        let finals: Vec<String> = std::iter::from_fn(|| ep.poll_transmit())
+            .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+            .filter(|t| !t.starts_with("SIP/2.0 100 "))
+            .collect();
+        assert_eq!(finals.len(), 1, "{name}: {finals:?}");
+        assert!(
+            finals[0].starts_with(&format!("SIP/2.0 {code} ")),
+            "{name}: expected {code}, got {}",
+            finals[0].lines().next().unwrap_or("")
+        );
+        assert_eq!(ep.call_count(), 0, "{name}: must not become a call");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "bext01, invut, sdp01");
 }

@@ -436,6 +436,13 @@ impl Endpoint {
             push_header(&mut resp, "Unsupported", &reason);
             return self.answer_non_invite(now, peer, key, resp);
         }
+        if method == Method::Invite {
+            if let Some((code, reason)) = unusable_media_type(&r.req) {
+                let mut resp = response_to(&r.req, code, reason, Some(&random_token()));
+                push_header(&mut resp, "Accept", "application/sdp");
+                return self.reply(now, peer, key, method, resp);
+            }
+        }
         if r.ess.to_tag.is_some() {
             return self.on_in_dialog(now, peer, key, r);
         }
@@ -1165,6 +1172,28 @@ fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {
         local_tag: ess.to_tag.clone()?,
         remote_tag: ess.from_tag.clone()?,
     })
+}
+
+/// An INVITE whose body is not SDP (415), or whose Accept rules out the SDP we would answer
+/// with (406), RFC 3261 §8.2.3 and §21.4.7.
+fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
+    if !req.body.is_empty() {
+        match content_type(&req.headers) {
+            Some(ct) if ct == "application/sdp" => {}
+            _ => return Some((415, "Unsupported Media Type")),
+        }
+    }
+    let accept = super::message::header_value(&req.headers, "Accept")?;
+    let acceptable = accept.split(',').any(|range| {
+        let range = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(range.as_str(), "application/sdp" | "application/*" | "*/*")
+    });
+    (!acceptable && !accept.trim().is_empty()).then_some((406, "Not Acceptable"))
 }
 
 /// We implement no SIP extension a peer may require (RFC 3261 §8.2.2.3).
