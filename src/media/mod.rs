@@ -5,5 +5,6 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod leg;
 pub mod level;
 pub mod tone;

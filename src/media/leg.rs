@@ -1,0 +1,613 @@
+//! One call's media leg, sans-IO: RTP in (latching, jitter buffer, decode, loss concealment,
+//! in-band DTMF), a 20 ms tick out (echo, a playing source, or silence; encode; RTP), and the
+//! events a call cares about (digits, playback done, RTP timeout).
+//!
+//! The worker owns the socket: it hands received datagrams to [`Leg::handle_packet`] and calls
+//! [`Leg::tick`] once per 20 ms with a send callback. Nothing here allocates per packet or per
+//! frame; buffers are sized once in [`Leg::new`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::codec::{AudioCodec, CodecKind};
+use super::dtmf::{Digit, DigitPhase, InbandDetector};
+use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
+use crate::rtp::packet::{classify, PacketKind, RtpPacket};
+use crate::rtp::plc::G711Plc;
+use crate::rtp::session::{Received, RecvConfig, RecvSession, SendSession};
+use crate::rtp::types::{ClockRate, PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
+use crate::sdp::Direction;
+
+/// Frame duration of the media clock.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// Samples per frame at 8 kHz, the rate of every codec so far.
+pub const FRAME_SAMPLES: usize = 160;
+
+/// Something that produces outbound audio, a frame at a time, without allocating.
+pub trait AudioSource: Send {
+    /// Fills `out`; returns how many samples were written (fewer than asked: finished).
+    fn fill(&mut self, out: &mut [i16]) -> usize;
+}
+
+impl AudioSource for super::tone::ToneGenerator {
+    fn fill(&mut self, out: &mut [i16]) -> usize {
+        super::tone::ToneGenerator::fill(self, out)
+    }
+}
+
+/// How DTMF reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfMethod {
+    /// RFC 4733 telephone-event packets.
+    Rfc4733,
+    /// Tones in the audio.
+    Inband,
+    /// SIP INFO.
+    Info,
+}
+
+/// What the leg reports to its call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEvent {
+    /// A key press.
+    Digit {
+        /// The key.
+        digit: Digit,
+        /// How it was detected.
+        method: DtmfMethod,
+    },
+    /// A playback finished (`interrupted`: stopped by a command or barge-in).
+    PlayDone {
+        /// The id given with the play command.
+        id: u64,
+        /// True when it did not run to its end.
+        interrupted: bool,
+    },
+    /// No RTP for the configured time while the peer should be sending.
+    RtpTimeout,
+}
+
+/// What the call asks of its leg; applied at the start of the next tick.
+pub enum LegCommand {
+    /// Play a source; a digit stops it when `barge_in` is set.
+    Play {
+        /// Reported back in `PlayDone`.
+        id: u64,
+        /// The audio.
+        source: Box<dyn AudioSource>,
+        /// Stop on the first key press.
+        barge_in: bool,
+    },
+    /// Stop the current playback.
+    StopPlay,
+    /// Send back what is received.
+    Echo(bool),
+    /// The SDP changed (re-INVITE): remote address and direction, from our point of view.
+    Update {
+        /// Where to send RTP (None: only to a latched source).
+        remote: Option<SocketAddr>,
+        /// Our direction.
+        direction: Direction,
+    },
+}
+
+impl std::fmt::Debug for LegCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LegCommand::Play { id, barge_in, .. } => {
+                write!(f, "Play {{ id: {id}, barge_in: {barge_in} }}")
+            }
+            LegCommand::StopPlay => write!(f, "StopPlay"),
+            LegCommand::Echo(on) => write!(f, "Echo({on})"),
+            LegCommand::Update { remote, direction } => {
+                write!(
+                    f,
+                    "Update {{ remote: {remote:?}, direction: {direction:?} }}"
+                )
+            }
+        }
+    }
+}
+
+/// What a leg is created with.
+#[derive(Debug, Clone)]
+pub struct LegConfig {
+    /// Negotiated codec.
+    pub codec: CodecKind,
+    /// Its payload type.
+    pub payload_type: PayloadType,
+    /// The telephone-event payload type, when negotiated.
+    pub telephone_event: Option<PayloadType>,
+    /// Where to send RTP until a source latches (from the SDP).
+    pub remote: Option<SocketAddr>,
+    /// Our direction.
+    pub direction: Direction,
+    /// End the call when no RTP arrives for this long (not while the peer is on hold).
+    pub rtp_timeout: Duration,
+    /// Our SSRC.
+    pub ssrc: Ssrc,
+}
+
+/// Counters of one leg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegStats {
+    /// RTP packets accepted.
+    pub packets_in: u64,
+    /// RTP packets sent.
+    pub packets_out: u64,
+    /// Frames decoded from packets.
+    pub frames_decoded: u64,
+    /// Frames concealed (lost or late).
+    pub frames_concealed: u64,
+    /// Datagrams dropped (not RTP, rejected by the session, undecodable).
+    pub dropped: u64,
+}
+
+/// One call's media.
+pub struct Leg {
+    cfg: LegConfig,
+    codec: Box<dyn AudioCodec>,
+    recv: RecvSession,
+    send: SendSession,
+    jitter: JitterBuffer,
+    plc: G711Plc,
+    inband: InbandDetector,
+    playing: Option<(u64, Box<dyn AudioSource>, bool)>,
+    echo: bool,
+    last_rx: Instant,
+    timed_out: bool,
+    talkspurt: bool,
+    pcm_in: [i16; FRAME_SAMPLES],
+    pcm_out: [i16; FRAME_SAMPLES],
+    payload: [u8; 2 * FRAME_SAMPLES],
+    packet: [u8; 1500],
+    events: VecDeque<LegEvent>,
+    stats: LegStats,
+}
+
+impl Leg {
+    /// A leg starting at `now`.
+    pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
+        let rate = ClockRate::HZ_8000;
+        let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
+        if let Some(te) = cfg.telephone_event {
+            pts.insert(te);
+        }
+        let mut recv_cfg = RecvConfig::new(rate, pts);
+        // A phone's first packet is real audio; do not throw it away in probation.
+        recv_cfg.probation = 1;
+        let send = SendSession::new(
+            cfg.ssrc,
+            WireSeq::new(fastrand::u16(..)),
+            RtpTimestamp::new(fastrand::u32(..)),
+            cfg.payload_type,
+            rate,
+            FRAME,
+        );
+        let inband = InbandDetector::new(8000).map_err(|e| LegError(e.to_string()))?;
+        Ok(Leg {
+            codec: cfg.codec.new_codec(),
+            recv: RecvSession::new(recv_cfg),
+            send,
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            plc: G711Plc::new(),
+            inband,
+            playing: None,
+            echo: false,
+            last_rx: now,
+            timed_out: false,
+            talkspurt: false,
+            pcm_in: [0; FRAME_SAMPLES],
+            pcm_out: [0; FRAME_SAMPLES],
+            payload: [0; 2 * FRAME_SAMPLES],
+            packet: [0; 1500],
+            events: VecDeque::with_capacity(16),
+            stats: LegStats::default(),
+            cfg,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LegStats {
+        self.stats
+    }
+
+    /// The next event for the call.
+    pub fn poll_event(&mut self) -> Option<LegEvent> {
+        self.events.pop_front()
+    }
+
+    /// Applies a command from the call.
+    pub fn apply(&mut self, now: Instant, cmd: LegCommand) {
+        match cmd {
+            LegCommand::Play {
+                id,
+                source,
+                barge_in,
+            } => {
+                self.stop_play(true);
+                self.playing = Some((id, source, barge_in));
+            }
+            LegCommand::StopPlay => self.stop_play(true),
+            LegCommand::Echo(on) => self.echo = on,
+            LegCommand::Update { remote, direction } => {
+                if remote != self.cfg.remote {
+                    // The peer moved its media: learn the new source from scratch.
+                    self.recv.relearn();
+                }
+                self.cfg.remote = remote;
+                self.cfg.direction = direction;
+                // Coming off hold, the peer gets a full timeout to resume sending.
+                self.last_rx = now;
+                self.timed_out = false;
+            }
+        }
+    }
+
+    fn stop_play(&mut self, interrupted: bool) {
+        if let Some((id, _, _)) = self.playing.take() {
+            self.events
+                .push_back(LegEvent::PlayDone { id, interrupted });
+        }
+    }
+
+    /// Handles one datagram received on the leg's RTP port.
+    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if classify(bytes) != PacketKind::Rtp {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Ok(pkt) = RtpPacket::parse(bytes) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let acc = match self.recv.receive(now, from, &pkt.header) {
+            Received::Accepted(a) => a,
+            Received::Rejected(_) => {
+                self.stats.dropped += 1;
+                return;
+            }
+        };
+        self.stats.packets_in += 1;
+        self.last_rx = now;
+        self.timed_out = false;
+        if Some(pkt.header.payload_type) == self.cfg.telephone_event {
+            // RFC 4733 events are handled apart from audio (never through the jitter buffer).
+            return;
+        }
+        if acc.restarted {
+            self.jitter.reset();
+            self.codec.reset();
+        }
+        self.jitter.push(now, acc.seq, acc.timestamp, pkt.payload);
+    }
+
+    /// Produces one 20 ms frame: consumes received audio, sends ours through `send`.
+    /// `tick` counts frames since the worker started; it stamps RTP timestamps.
+    pub fn tick(&mut self, now: Instant, tick: u64, send: &mut dyn FnMut(SocketAddr, &[u8])) {
+        self.receive_frame(now);
+        self.check_timeout(now);
+        self.produce_frame();
+        if self.cfg.direction.sends() {
+            let dest = self.recv.remote().or(self.cfg.remote);
+            if let Some(dest) = dest {
+                let codec = &mut self.codec;
+                if let Ok(n) = codec.encode(&self.pcm_out, &mut self.payload) {
+                    if let Ok(len) = self.send.write(tick, &self.payload[..n], &mut self.packet) {
+                        send(dest, &self.packet[..len]);
+                        self.stats.packets_out += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive_frame(&mut self, now: Instant) {
+        let decoded = match self.jitter.pop_frame(now) {
+            Pop::Frame(f) => {
+                let ok = matches!(self.codec.decode(f.payload, &mut self.pcm_in), Ok(n) if n == FRAME_SAMPLES);
+                if ok {
+                    self.talkspurt = true;
+                    let _ = self.plc.good_frame(&mut self.pcm_in);
+                    self.stats.frames_decoded += 1;
+                }
+                ok
+            }
+            Pop::Lost(_) => false,
+            Pop::Empty if !self.talkspurt => {
+                self.pcm_in.fill(0);
+                return;
+            }
+            Pop::Empty => false,
+        };
+        if !decoded {
+            let _ = self.plc.lost_frame(&mut self.pcm_in);
+            self.stats.frames_concealed += 1;
+            if !self.plc.concealing() {
+                self.talkspurt = false;
+            }
+        }
+        let events = &mut self.events;
+        let playing = &mut self.playing;
+        let mut barged = false;
+        self.inband.push(&self.pcm_in, |e| {
+            if e.phase == DigitPhase::Began {
+                events.push_back(LegEvent::Digit {
+                    digit: e.digit,
+                    method: DtmfMethod::Inband,
+                });
+                barged |= playing.as_ref().is_some_and(|p| p.2);
+            }
+        });
+        if barged {
+            self.stop_play(true);
+        }
+    }
+
+    fn check_timeout(&mut self, now: Instant) {
+        // A peer that put us on hold (it does not send) owes us no RTP.
+        if self.timed_out || !self.cfg.direction.receives() {
+            return;
+        }
+        if now.saturating_duration_since(self.last_rx) >= self.cfg.rtp_timeout {
+            self.timed_out = true;
+            self.events.push_back(LegEvent::RtpTimeout);
+        }
+    }
+
+    fn produce_frame(&mut self) {
+        if let Some((id, source, _)) = self.playing.as_mut() {
+            let n = source.fill(&mut self.pcm_out);
+            if n < FRAME_SAMPLES {
+                self.pcm_out[n..].fill(0);
+                let id = *id;
+                self.playing = None;
+                self.events.push_back(LegEvent::PlayDone {
+                    id,
+                    interrupted: false,
+                });
+            }
+        } else if self.echo {
+            self.pcm_out = self.pcm_in;
+        } else {
+            self.pcm_out.fill(0);
+        }
+    }
+}
+
+/// A leg could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create media leg: {0}")]
+pub struct LegError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::codec::g711::{ulaw_decode, ulaw_encode};
+    use crate::media::tone::{ToneGenerator, ToneSpec};
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+
+    fn leg(now: Instant) -> Leg {
+        Leg::new(
+            LegConfig {
+                codec: CodecKind::Pcmu,
+                payload_type: PayloadType::PCMU,
+                telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+                remote: Some(PEER.parse().unwrap()),
+                direction: Direction::SendRecv,
+                rtp_timeout: Duration::from_secs(60),
+                ssrc: Ssrc::new(7),
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    /// Normalised power of `freq` in `pcm` (a pure full-band tone of that frequency gives ~1).
+    fn tone_power(pcm: &[i16], freq: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in pcm {
+            let s0 = f64::from(x) + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+        let energy: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum();
+        if energy == 0.0 {
+            0.0
+        } else {
+            2.0 * p / (pcm.len() as f64 * energy)
+        }
+    }
+
+    /// RTP packets of PCMU carrying `pcm` in 20 ms frames.
+    fn packets(pcm: &[i16], first_seq: u16) -> Vec<Vec<u8>> {
+        pcm.chunks(FRAME_SAMPLES)
+            .enumerate()
+            .map(|(i, frame)| {
+                let payload: Vec<u8> = frame.iter().map(|&s| ulaw_encode(s)).collect();
+                let header = RtpHeader {
+                    marker: i == 0,
+                    payload_type: PayloadType::PCMU,
+                    seq: WireSeq::new(first_seq.wrapping_add(i as u16)),
+                    timestamp: RtpTimestamp::new(1000 + (i * FRAME_SAMPLES) as u32),
+                    ssrc: Ssrc::new(99),
+                };
+                let p = RtpPacket::new(header, &payload);
+                let mut out = vec![0u8; 1500];
+                let n = p.write(&mut out).unwrap();
+                out.truncate(n);
+                out
+            })
+            .collect()
+    }
+
+    fn generate(spec: &str, ms: usize) -> Vec<i16> {
+        let spec: ToneSpec = spec.parse().unwrap();
+        let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+        let mut pcm = vec![0i16; ms * 8];
+        g.fill(&mut pcm);
+        pcm
+    }
+
+    /// Feeds `input` as RTP, one packet per tick, and returns the decoded audio the leg sent.
+    fn run(leg: &mut Leg, t0: Instant, input: &[Vec<u8>], ticks: usize) -> Vec<i16> {
+        let mut sent = Vec::new();
+        for n in 0..ticks {
+            let now = t0 + FRAME * n as u32;
+            if let Some(p) = input.get(n) {
+                leg.handle_packet(now, PEER.parse().unwrap(), p);
+            }
+            leg.tick(now, n as u64, &mut |to, bytes| {
+                assert_eq!(to, PEER.parse().unwrap());
+                let pkt = RtpPacket::parse(bytes).unwrap();
+                assert_eq!(pkt.header.ssrc, Ssrc::new(7));
+                sent.extend(pkt.payload.iter().map(|&b| ulaw_decode(b)));
+            });
+        }
+        sent
+    }
+
+    #[test]
+    fn echo_returns_the_received_tone() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(t0, LegCommand::Echo(true));
+        let input = packets(&generate("1000/1000@-10", 1000), 65500);
+        let out = run(&mut l, t0, &input, 60);
+        assert_eq!(out.len(), 60 * FRAME_SAMPLES, "a packet every tick");
+        // After the jitter buffer's delay the echo carries the tone.
+        let tail = &out[20 * FRAME_SAMPLES..50 * FRAME_SAMPLES];
+        assert!(
+            tone_power(tail, 1000.0) > 0.9,
+            "{}",
+            tone_power(tail, 1000.0)
+        );
+        assert_eq!(l.stats().frames_decoded, 50);
+        assert_eq!(l.stats().packets_out, 60);
+    }
+
+    #[test]
+    fn silence_without_echo_or_playback() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let input = packets(&generate("1000/1000@-10", 400), 1);
+        let out = run(&mut l, t0, &input, 20);
+        assert!(out.iter().all(|&s| s.abs() <= 8), "idle legs send silence");
+    }
+
+    #[test]
+    fn a_played_tone_is_sent_and_reported_done() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let spec: ToneSpec = "440/200@-10".parse().unwrap();
+        let source = Box::new(ToneGenerator::new(&spec, 8000).unwrap());
+        l.apply(
+            t0,
+            LegCommand::Play {
+                id: 5,
+                source,
+                barge_in: false,
+            },
+        );
+        let out = run(&mut l, t0, &[], 15);
+        assert!(tone_power(&out[..10 * FRAME_SAMPLES], 440.0) > 0.9);
+        assert!(out[11 * FRAME_SAMPLES..].iter().all(|&s| s.abs() <= 8));
+        assert_eq!(
+            l.poll_event(),
+            Some(LegEvent::PlayDone {
+                id: 5,
+                interrupted: false
+            })
+        );
+    }
+
+    #[test]
+    fn an_inband_digit_is_reported_once_and_barges_in() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let spec: ToneSpec = "440/5000@-10".parse().unwrap();
+        l.apply(
+            t0,
+            LegCommand::Play {
+                id: 1,
+                source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                barge_in: true,
+            },
+        );
+        let mut pcm = vec![0i16; 200 * 8];
+        pcm.extend(generate("770+1336/100@-10", 100));
+        pcm.extend(vec![0i16; 300 * 8]);
+        let input = packets(&pcm, 10);
+        run(&mut l, t0, &input, 40);
+        let events: Vec<_> = std::iter::from_fn(|| l.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![
+                LegEvent::Digit {
+                    digit: Digit::from_char('5').unwrap(),
+                    method: DtmfMethod::Inband
+                },
+                LegEvent::PlayDone {
+                    id: 1,
+                    interrupted: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn rtp_timeout_fires_once_but_not_while_the_peer_holds() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let mut send = |_: SocketAddr, _: &[u8]| {};
+        l.tick(t0 + Duration::from_secs(59), 0, &mut send);
+        assert_eq!(l.poll_event(), None);
+        l.tick(t0 + Duration::from_secs(60), 1, &mut send);
+        assert_eq!(l.poll_event(), Some(LegEvent::RtpTimeout));
+        l.tick(t0 + Duration::from_secs(61), 2, &mut send);
+        assert_eq!(l.poll_event(), None);
+
+        let mut held = leg(t0);
+        held.apply(
+            t0,
+            LegCommand::Update {
+                remote: Some(PEER.parse().unwrap()),
+                direction: Direction::SendOnly,
+            },
+        );
+        held.tick(t0 + Duration::from_secs(600), 0, &mut send);
+        assert_eq!(held.poll_event(), None);
+    }
+
+    #[test]
+    fn inactive_sends_nothing() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(
+            t0,
+            LegCommand::Update {
+                remote: Some(PEER.parse().unwrap()),
+                direction: Direction::Inactive,
+            },
+        );
+        let out = run(&mut l, t0, &[], 5);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn rtcp_and_garbage_are_dropped_without_harm() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let from: SocketAddr = PEER.parse().unwrap();
+        l.handle_packet(t0, from, &[0x80, 200, 0, 1, 0, 0, 0, 1]);
+        l.handle_packet(t0, from, b"hello");
+        l.handle_packet(t0, from, &[]);
+        assert_eq!(l.stats().dropped, 3);
+        assert_eq!(l.stats().packets_in, 0);
+    }
+}
