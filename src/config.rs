@@ -29,6 +29,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
+    pub media: MediaConfig,
     pub http: HttpConfig,
     pub paths: PathsConfig,
     pub log: LogConfig,
@@ -56,6 +57,14 @@ pub struct SipConfig {
 pub struct RtpConfig {
     pub port_min: u16,
     pub port_max: u16,
+}
+
+/// Media engine settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub workers: usize,
+    pub rtp_timeout_secs: u64,
 }
 
 /// HTTP API settings.

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::media::worker::MediaEngine;
 use crate::rtp::ports::PortAllocator;
 use crate::sip::call::{self, CallContext};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
@@ -44,7 +45,11 @@ pub async fn run_with_ready(
         local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
         user_agent: config.sip.user_agent.clone(),
     });
+    let media = Arc::new(MediaEngine::start(config.media.workers)?);
     let ctx = Arc::new(CallContext {
+        media: media.clone(),
+        rtp_timeout: (config.media.rtp_timeout_secs > 0)
+            .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

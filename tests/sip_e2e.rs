@@ -240,3 +240,45 @@ async fn shutdown_ends_live_calls_with_bye() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn echo_returns_the_callers_tone() {
+    let server = start(0, (43400, 43499)).await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", rtp.port(), "sendrecv"),
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await
+    );
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let sent = support::rtp::tone("1000/1000@-10", 1000);
+    let back = rtp.exchange(media, &sent, Duration::from_millis(300)).await;
+    // Every 20 ms the server sends a frame: about 65 frames over 1.3 s.
+    assert!(
+        back.len() >= 50 * 160,
+        "only {} samples came back",
+        back.len()
+    );
+    // The echo of the tone is in there (after the jitter buffer's delay).
+    let best = back
+        .chunks(160 * 10)
+        .map(|c| support::rtp::tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
+    assert!(best > 0.9, "1 kHz power {best}");
+    let level = support::rtp::rms_dbfs(&back[back.len() / 4..back.len() / 2]);
+    assert!(level > -25.0, "echo level {level} dBFS");
+    uac.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await
+    );
+    server.stop().await;
+}

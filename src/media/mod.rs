@@ -8,3 +8,4 @@ pub mod dtmf;
 pub mod leg;
 pub mod level;
 pub mod tone;
+pub mod worker;

@@ -2,8 +2,9 @@
 //! (hold/unhold) and INFO, and releases everything when the call ends.
 //!
 //! What the call does once answered is decided by a built-in dialplan keyed on the
-//! Request-URI user: `busy` is refused with 486, `ring` rings until the caller gives up, and
-//! anything else is answered and kept up until either side hangs up.
+//! Request-URI user: `busy` is refused with 486, `ring` rings until the caller gives up, `echo`
+//! sends the caller's audio back, and anything else is answered and kept up until either side
+//! hangs up. Each answered call's media runs as a leg on a media worker.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,12 +16,18 @@ use tracing::Instrument;
 use super::endpoint::{CallHandle, EndReason, Event};
 use super::message::Request;
 use super::transport::Command;
+use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
+use crate::media::worker::{LegHandle, MediaEngine};
 use crate::rtp::ports::{PortAllocator, PortLease};
+use crate::rtp::types::Ssrc;
 use crate::sdp::{self, LocalSession, NegotiatedAudio};
 
 /// What every call needs from the server.
-#[derive(Debug, Clone)]
 pub struct CallContext {
+    /// The media workers.
+    pub media: Arc<MediaEngine>,
+    /// End a call after this long without RTP (None: never).
+    pub rtp_timeout: Option<Duration>,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -48,6 +55,7 @@ pub fn spawn(
     let span = tracing::info_span!("call", call_id = %call_id);
     tokio::spawn(
         async move {
+            let (leg_tx, leg_events) = mpsc::unbounded_channel();
             let mut c = Call {
                 ctx,
                 call,
@@ -55,6 +63,10 @@ pub fn spawn(
                 commands,
                 lease: None,
                 session: None,
+                leg: None,
+                leg_tx,
+                leg_events,
+                echo: false,
             };
             let reason = c.run(request).await;
             tracing::info!(?reason, "call ended");
@@ -70,6 +82,10 @@ struct Call {
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
     session: Option<LocalSession>,
+    leg: Option<LegHandle>,
+    leg_tx: mpsc::UnboundedSender<LegEvent>,
+    leg_events: mpsc::UnboundedReceiver<LegEvent>,
+    echo: bool,
 }
 
 /// How the call ended, for the log.
@@ -121,14 +137,14 @@ impl Call {
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
         let mut session = LocalSession::new(fastrand::u64(1..u64::MAX >> 1), media);
-        let sdp_out = if request.body.is_empty() {
+        let (sdp_out, media) = if request.body.is_empty() {
             // No offer in the INVITE: we offer in the 200 and take the answer from the ACK.
-            session.offer().to_string()
+            (session.offer().to_string(), None)
         } else {
             match negotiate(&mut session, &request.body) {
                 Ok((sdp, m)) => {
                     tracing::info!(codec = ?m.codec, remote = ?m.remote_rtp, "media negotiated");
-                    sdp
+                    (sdp, Some(m))
                 }
                 Err((code, why)) => {
                     tracing::info!(%code, %why, "offer refused");
@@ -145,10 +161,68 @@ impl Call {
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
         drop(request);
         self.session = Some(session);
+        self.echo = user == "echo";
         self.send(Command::Ring(self.call, None)).await;
         self.send(Command::Answer(self.call, sdp_out.into_bytes()))
             .await;
+        if let Some(m) = media {
+            self.start_media(&m);
+        }
         self.in_call(late_offer).await
+    }
+
+    /// Puts the call's media on a worker, or updates it after a new offer/answer.
+    fn start_media(&mut self, m: &NegotiatedAudio) {
+        if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Update {
+                remote: m.remote_rtp,
+                direction: m.direction,
+            });
+            return;
+        }
+        let Some(socket) = self.lease.as_ref().and_then(|l| l.rtp.try_clone().ok()) else {
+            return;
+        };
+        let cfg = LegConfig {
+            codec: m.codec,
+            payload_type: m.payload_type,
+            telephone_event: m.telephone_event_pt,
+            remote: m.remote_rtp,
+            direction: m.direction,
+            rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
+            ssrc: Ssrc::new(fastrand::u32(..)),
+        };
+        let leg = match Leg::new(cfg, std::time::Instant::now()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media for the call");
+                return;
+            }
+        };
+        match self.ctx.media.add(leg, socket, self.leg_tx.clone()) {
+            Ok(h) => {
+                if self.echo {
+                    h.send(LegCommand::Echo(true));
+                }
+                self.leg = Some(h);
+            }
+            Err(e) => tracing::warn!(error = %e, "no media worker took the call"),
+        }
+    }
+
+    async fn on_leg_event(&mut self, e: LegEvent) {
+        match e {
+            LegEvent::Digit { digit, method } => {
+                tracing::info!(%digit, ?method, "DTMF");
+            }
+            LegEvent::PlayDone { id, interrupted } => {
+                tracing::debug!(id, interrupted, "playback done");
+            }
+            LegEvent::RtpTimeout => {
+                tracing::info!("no RTP from the caller; hanging up");
+                self.send(Command::Hangup(self.call)).await;
+            }
+        }
     }
 
     async fn ring_until_cancelled(&mut self) -> Outcome {
@@ -182,7 +256,10 @@ impl Call {
                     Some(Event::Confirmed { sdp, .. }) => {
                         if let (true, Some(body), Some(s)) = (awaiting_answer, sdp, self.session.as_mut()) {
                             match accept_answer(s, &body) {
-                                Ok(m) => tracing::info!(codec = ?m.codec, "answer in ACK accepted"),
+                                Ok(m) => {
+                                    tracing::info!(codec = ?m.codec, "answer in ACK accepted");
+                                    self.start_media(&m);
+                                }
                                 Err(e) => {
                                     tracing::info!(error = %e, "unusable answer in ACK; hanging up");
                                     self.send(Command::Hangup(self.call)).await;
@@ -199,7 +276,10 @@ impl Call {
                     Some(Event::ReInviteAnswered { code, sdp, .. }) => {
                         if let (Some(body), Some(s)) = (sdp, self.session.as_mut()) {
                             match accept_answer(s, &body) {
-                                Ok(m) => tracing::info!(%code, direction = ?m.direction, "re-INVITE answered"),
+                                Ok(m) => {
+                                    tracing::info!(%code, direction = ?m.direction, "re-INVITE answered");
+                                    self.start_media(&m);
+                                }
                                 Err(e) => tracing::info!(%code, error = %e, "unusable answer to our re-INVITE"),
                             }
                         }
@@ -207,6 +287,7 @@ impl Call {
                     Some(Event::Incoming { .. }) => {}
                     None => return Outcome::Lost,
                 },
+                Some(e) = self.leg_events.recv() => self.on_leg_event(e).await,
                 _ = &mut deadline, if !hung_up => {
                     tracing::info!("maximum call duration reached");
                     hung_up = true;
@@ -227,9 +308,12 @@ impl Call {
         };
         match result {
             Ok((sdp, m)) => {
-                tracing::info!(direction = ?m.map(|m| m.direction), "re-INVITE accepted");
+                tracing::info!(direction = ?m.as_ref().map(|m| m.direction), "re-INVITE accepted");
                 self.send(Command::AnswerReinvite(self.call, sdp.into_bytes()))
                     .await;
+                if let Some(m) = m {
+                    self.start_media(&m);
+                }
             }
             Err((code, why)) => {
                 self.send(Command::RejectReinvite {

@@ -1,0 +1,108 @@
+//! A test RTP endpoint: sends PCMU audio in real time and decodes what comes back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
+use switchboard::media::tone::{ToneGenerator, ToneSpec};
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use tokio::net::UdpSocket;
+
+pub struct RtpPeer {
+    pub socket: UdpSocket,
+    seq: u16,
+    ts: u32,
+}
+
+/// PCM of a tone spec at 8 kHz, `ms` long.
+pub fn tone(spec: &str, ms: usize) -> Vec<i16> {
+    let spec: ToneSpec = spec.parse().unwrap();
+    let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+    let mut pcm = vec![0i16; ms * 8];
+    g.fill(&mut pcm);
+    pcm
+}
+
+/// Normalised power of `freq` in `pcm`: close to 1 for a pure tone of that frequency.
+pub fn tone_power(pcm: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = f64::from(x) + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    let energy: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum();
+    if energy == 0.0 {
+        0.0
+    } else {
+        2.0 * p / (pcm.len() as f64 * energy)
+    }
+}
+
+/// RMS level of `pcm` in dBFS.
+pub fn rms_dbfs(pcm: &[i16]) -> f64 {
+    let e: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / pcm.len().max(1) as f64;
+    10.0 * (e.max(1e-9) / (32768.0f64 * 32768.0)).log10()
+}
+
+impl RtpPeer {
+    pub async fn bind() -> RtpPeer {
+        RtpPeer {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            seq: fastrand::u16(..),
+            ts: fastrand::u32(..),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().unwrap().port()
+    }
+
+    /// Sends `pcm` to `to` as 20 ms PCMU packets paced in real time, and returns the decoded
+    /// audio received meanwhile (and for `linger` after), in arrival order.
+    pub async fn exchange(&mut self, to: SocketAddr, pcm: &[i16], linger: Duration) -> Vec<i16> {
+        let mut received = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut buf = vec![0u8; 2048];
+        let mut frames = pcm.chunks(160);
+        let end_of_sending = pcm.len() / 160;
+        let mut sent = 0usize;
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(20 * end_of_sending as u64)
+            + linger;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(frame) = frames.next() {
+                        let payload: Vec<u8> = frame.iter().map(|&s| ulaw_encode(s)).collect();
+                        let header = RtpHeader {
+                            marker: sent == 0,
+                            payload_type: PayloadType::PCMU,
+                            seq: WireSeq::new(self.seq),
+                            timestamp: RtpTimestamp::new(self.ts),
+                            ssrc: Ssrc::new(0x5eed),
+                        };
+                        let mut out = vec![0u8; 1500];
+                        let n = RtpPacket::new(header, &payload).write(&mut out).unwrap();
+                        self.socket.send_to(&out[..n], to).await.unwrap();
+                        self.seq = self.seq.wrapping_add(1);
+                        self.ts = self.ts.wrapping_add(160);
+                        sent += 1;
+                    }
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, _) = r.unwrap();
+                    if let Ok(p) = RtpPacket::parse(&buf[..n]) {
+                        if p.header.payload_type == PayloadType::PCMU {
+                            received.extend(p.payload.iter().map(|&b| ulaw_decode(b)));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return received,
+            }
+        }
+    }
+}
