@@ -1,0 +1,132 @@
+//! One media tick over many legs (sans-IO: packets in from memory, frames out to a no-op
+//! sender), and a check that the steady state does not allocate.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use switchboard::media::codec::g711::ulaw_encode;
+use switchboard::media::codec::CodecKind;
+use switchboard::media::leg::{Leg, LegCommand, LegConfig, FRAME};
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use switchboard::sdp::Direction;
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+const PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+fn legs(n: usize, now: Instant) -> Vec<Leg> {
+    (0..n)
+        .map(|i| {
+            let mut l = Leg::new(
+                LegConfig {
+                    codec: CodecKind::Pcmu,
+                    payload_type: PayloadType::PCMU,
+                    telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+                    remote: Some(PEER),
+                    direction: Direction::SendRecv,
+                    rtp_timeout: Duration::from_secs(60),
+                    ssrc: Ssrc::new(i as u32),
+                },
+                now,
+            )
+            .unwrap();
+            l.apply(now, LegCommand::Echo(true));
+            l
+        })
+        .collect()
+}
+
+/// A ready-made packet per tick number (speech-like noise, so DTMF detection does real work).
+fn packet(n: u64, buf: &mut [u8]) -> usize {
+    let mut payload = [0u8; 160];
+    let mut x = n as u32 | 1;
+    for p in payload.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *p = ulaw_encode(((x & 0x0fff) as i16) - 2048);
+    }
+    let header = RtpHeader {
+        marker: n == 0,
+        payload_type: PayloadType::PCMU,
+        seq: WireSeq::new(n as u16),
+        timestamp: RtpTimestamp::new((n * 160) as u32),
+        ssrc: Ssrc::new(1),
+    };
+    RtpPacket::new(header, &payload).write(buf).unwrap_or(0)
+}
+
+fn tick_all(legs: &mut [Leg], now: Instant, n: u64, pkt: &[u8], sent: &mut usize) {
+    for l in legs.iter_mut() {
+        l.handle_packet(now, PEER, pkt);
+        l.tick(now, n, &mut |_, b| *sent += b.len());
+        while l.poll_event().is_some() {}
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("media tick");
+    for n_legs in [100usize, 1000] {
+        g.throughput(Throughput::Elements(n_legs as u64));
+        g.bench_with_input(
+            BenchmarkId::new("echo legs", n_legs),
+            &n_legs,
+            |b, &n_legs| {
+                let t0 = Instant::now();
+                let mut legs = legs(n_legs, t0);
+                let mut buf = [0u8; 1500];
+                let mut n = 0u64;
+                let mut sent = 0usize;
+                b.iter(|| {
+                    let len = packet(n, &mut buf);
+                    let now = t0 + FRAME * n as u32;
+                    tick_all(&mut legs, now, n, &buf[..len], &mut sent);
+                    n += 1;
+                });
+                black_box(sent);
+            },
+        );
+    }
+    g.finish();
+
+    // Steady state: after warming up, 500 ticks of 100 legs allocate nothing.
+    let t0 = Instant::now();
+    let mut l = legs(100, t0);
+    let mut buf = [0u8; 1500];
+    let mut sent = 0;
+    for n in 0..200u64 {
+        let len = packet(n, &mut buf);
+        tick_all(&mut l, t0 + FRAME * n as u32, n, &buf[..len], &mut sent);
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for n in 200..700u64 {
+        let len = packet(n, &mut buf);
+        tick_all(&mut l, t0 + FRAME * n as u32, n, &buf[..len], &mut sent);
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    println!("allocations in 500 steady-state ticks of 100 legs: {allocs}");
+    assert_eq!(allocs, 0, "the media tick allocated");
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
