@@ -2,27 +2,14 @@
 //! session, port lease), measured with a counting allocator around an in-process server.
 //! Run: `cargo bench --bench call_memory`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-struct Counting;
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HELD.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HELD.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc::Counting = alloc::Counting;
 
 const CALLS: usize = 2000;
 
@@ -55,7 +42,7 @@ fn main() {
     let local = sock.local_addr().expect("addr");
     let mut buf = vec![0u8; 65536];
     std::thread::sleep(Duration::from_millis(200));
-    let before = HELD.load(Ordering::Relaxed);
+    let before = alloc::held();
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
     for n in 0..CALLS {
@@ -88,7 +75,7 @@ CSeq: 1 {method}\r\nContact: <sip:m@{local}>\r\nMax-Forwards: 70\r\n"
     }
     // 64·T1 = 640 ms: all INVITE transactions are gone after this.
     std::thread::sleep(Duration::from_millis(1500));
-    let held = HELD.load(Ordering::Relaxed);
+    let held = alloc::held();
     println!(
         "heap per idle answered call: {} bytes ({CALLS} calls)",
         (held - before) / CALLS as isize

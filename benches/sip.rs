@@ -1,10 +1,8 @@
 //! Signalling hot path: parsing, and whole calls through the sans-IO endpoint.
 //! Also prints the heap held per idle (confirmed) dialog, measured with a counting allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -13,22 +11,11 @@ use switchboard::sip::endpoint::{Endpoint, EndpointConfig, Event};
 use switchboard::sip::message::classify;
 use switchboard::sip::transaction::TimerConfig;
 
-struct Counting;
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HELD.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HELD.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc::Counting = alloc::Counting;
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
@@ -119,13 +106,13 @@ fn bench(c: &mut Criterion) {
     let now = Instant::now();
     const N: u64 = 2000;
     // Let the INVITE transactions of the measured calls expire so only dialogs remain.
-    let before = HELD.load(Ordering::Relaxed);
+    let before = alloc::held();
     for n in 0..N {
         setup(&mut ep, now, 1_000_000 + n);
     }
     ep.handle_timeout(now + Duration::from_secs(40));
     while ep.poll_transmit().is_some() {}
-    let after = HELD.load(Ordering::Relaxed);
+    let after = alloc::held();
     assert_eq!(ep.call_count(), N as usize);
     assert_eq!(ep.transaction_count(), 0, "every ACK matched its dialog");
     println!(

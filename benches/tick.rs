@@ -1,10 +1,8 @@
 //! One media tick over many legs (sans-IO: packets in from memory, frames out to a no-op
 //! sender), and a check that the steady state does not allocate.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -15,21 +13,11 @@ use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use switchboard::sdp::Direction;
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-}
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc::Counting = alloc::Counting;
 
 const PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
@@ -118,12 +106,12 @@ fn bench(c: &mut Criterion) {
         let len = packet(n, &mut buf);
         tick_all(&mut l, t0 + FRAME * n as u32, n, &buf[..len], &mut sent);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = alloc::allocations();
     for n in 200..700u64 {
         let len = packet(n, &mut buf);
         tick_all(&mut l, t0 + FRAME * n as u32, n, &buf[..len], &mut sent);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = alloc::allocations() - before;
     println!("allocations in 500 steady-state ticks of 100 legs: {allocs}");
     assert_eq!(allocs, 0, "the media tick allocated");
 }

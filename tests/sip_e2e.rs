@@ -271,7 +271,7 @@ async fn echo_returns_the_callers_tone() {
         .map(|c| support::rtp::tone_power(c, 1000.0))
         .fold(0.0, f64::max);
     assert!(best > 0.9, "1 kHz power {best}");
-    let level = support::rtp::rms_dbfs(&back[back.len() / 4..back.len() / 2]);
+    let level = switchboard::media::level::rms_dbfs(&back[back.len() / 4..back.len() / 2]);
     assert!(level > -25.0, "echo level {level} dBFS");
     uac.request(Instant::now(), "BYE", "", b"");
     assert!(

@@ -406,22 +406,8 @@ mod tests {
         .unwrap()
     }
 
-    /// Normalised power of `freq` in `pcm` (a pure full-band tone of that frequency gives ~1).
     fn tone_power(pcm: &[i16], freq: f64) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &x in pcm {
-            let s0 = f64::from(x) + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-        let energy: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum();
-        if energy == 0.0 {
-            0.0
-        } else {
-            2.0 * p / (pcm.len() as f64 * energy)
-        }
+        crate::media::level::tone_share(pcm, freq, 8000.0)
     }
 
     /// RTP packets of PCMU carrying `pcm` in 20 ms frames.

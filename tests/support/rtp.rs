@@ -24,28 +24,9 @@ pub fn tone(spec: &str, ms: usize) -> Vec<i16> {
     pcm
 }
 
-/// Normalised power of `freq` in `pcm`: close to 1 for a pure tone of that frequency.
+/// Share of `pcm`'s energy at `freq` (8 kHz audio).
 pub fn tone_power(pcm: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = f64::from(x) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    let energy: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum();
-    if energy == 0.0 {
-        0.0
-    } else {
-        2.0 * p / (pcm.len() as f64 * energy)
-    }
-}
-
-/// RMS level of `pcm` in dBFS.
-pub fn rms_dbfs(pcm: &[i16]) -> f64 {
-    let e: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / pcm.len().max(1) as f64;
-    10.0 * (e.max(1e-9) / (32768.0f64 * 32768.0)).log10()
+    switchboard::media::level::tone_share(pcm, freq, 8000.0)
 }
 
 impl RtpPeer {
