@@ -6,4 +6,6 @@
 pub mod codec;
 pub mod dtmf;
 pub mod level;
+pub mod prompt;
+pub mod resample;
 pub mod tone;
