@@ -1,11 +1,15 @@
-//! Media engine: codecs, DTMF detection, tones and the level conventions they share.
+//! Media engine: codecs, DTMF detection, tones, prompts and resampling, the per-call leg, and
+//! the worker threads that tick legs on the media clock.
 //!
-//! Everything here is sans-IO and works on caller-provided buffers: a 20 ms frame is
-//! encoded, decoded, scanned for digits or filled with a tone without allocating.
+//! Apart from `worker` (threads and sockets) and prompt loading (files), everything here is
+//! sans-IO and works on caller-provided buffers: a 20 ms frame is encoded, decoded, scanned for
+//! digits, filled with a tone or a prompt without allocating.
 
 pub mod codec;
 pub mod dtmf;
 pub mod leg;
 pub mod level;
+pub mod prompt;
+pub mod resample;
 pub mod tone;
 pub mod worker;
