@@ -11,12 +11,16 @@ pub mod jitter;
 pub mod packet;
 pub mod plc;
 pub mod ports;
+pub mod rtcp;
 pub mod session;
 pub mod types;
 
 pub use jitter::{Frame, JitterBuffer, JitterConfig, JitterStats, Pop, PushOutcome};
 pub use packet::{classify, PacketError, PacketKind, RtpHeader, RtpPacket};
 pub use plc::G711Plc;
+pub use rtcp::{
+    NtpTime, PeerSenderReport, RtcpError, RtcpSession, RtcpStats, MAX_COMPOUND_LEN, REPORT_INTERVAL,
+};
 pub use session::{
     Accepted, Received, RecvConfig, RecvSession, RecvStats, Rejection, ReportBlock, SendSession,
 };
