@@ -31,6 +31,8 @@ fn legs(n: usize, now: Instant) -> Vec<Leg> {
                     payload_type: PayloadType::PCMU,
                     telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
                     remote: Some(PEER),
+                    remote_rtcp: None,
+                    rtcp_mux: false,
                     direction: Direction::SendRecv,
                     rtp_timeout: Duration::from_secs(60),
                     ssrc: Ssrc::new(i as u32),
@@ -65,9 +67,10 @@ fn packet(n: u64, buf: &mut [u8]) -> usize {
 }
 
 fn tick_all(legs: &mut [Leg], now: Instant, n: u64, pkt: &[u8], sent: &mut usize) {
+    let wallclock = std::time::SystemTime::now();
     for l in legs.iter_mut() {
-        l.handle_packet(now, PEER, pkt);
-        l.tick(now, n, &mut |_, b| *sent += b.len());
+        l.handle_packet(now, wallclock, PEER, pkt);
+        l.tick(now, wallclock, n, &mut |_, _, b| *sent += b.len());
         while l.poll_event().is_some() {}
     }
 }

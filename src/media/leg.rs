@@ -8,13 +8,14 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::{AudioCodec, CodecKind};
 use super::dtmf::{Digit, DigitPhase, InbandDetector};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
 use crate::rtp::plc::G711Plc;
+use crate::rtp::rtcp::{RtcpSession, MAX_COMPOUND_LEN};
 use crate::rtp::session::{Received, RecvConfig, RecvSession, SendSession};
 use crate::rtp::types::{ClockRate, PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
 use crate::sdp::Direction;
@@ -34,6 +35,27 @@ impl AudioSource for super::tone::ToneGenerator {
     fn fill(&mut self, out: &mut [i16]) -> usize {
         super::tone::ToneGenerator::fill(self, out)
     }
+}
+
+impl AudioSource for super::prompt::Playlist {
+    fn fill(&mut self, out: &mut [i16]) -> usize {
+        super::prompt::Playlist::fill(self, out)
+    }
+}
+
+impl AudioSource for super::prompt::PromptPlayer {
+    fn fill(&mut self, out: &mut [i16]) -> usize {
+        super::prompt::PromptPlayer::fill(self, out)
+    }
+}
+
+/// Which of the leg's two ports a datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The RTP port.
+    Rtp,
+    /// The RTCP port (RTP port + 1), or the RTP port itself with rtcp-mux.
+    Rtcp,
 }
 
 /// How DTMF reached us.
@@ -87,6 +109,8 @@ pub enum LegCommand {
     Update {
         /// Where to send RTP (None: only to a latched source).
         remote: Option<SocketAddr>,
+        /// Where to send RTCP.
+        remote_rtcp: Option<SocketAddr>,
         /// Our direction.
         direction: Direction,
     },
@@ -100,12 +124,12 @@ impl std::fmt::Debug for LegCommand {
             }
             LegCommand::StopPlay => write!(f, "StopPlay"),
             LegCommand::Echo(on) => write!(f, "Echo({on})"),
-            LegCommand::Update { remote, direction } => {
-                write!(
-                    f,
-                    "Update {{ remote: {remote:?}, direction: {direction:?} }}"
-                )
-            }
+            LegCommand::Update {
+                remote, direction, ..
+            } => write!(
+                f,
+                "Update {{ remote: {remote:?}, direction: {direction:?} }}"
+            ),
         }
     }
 }
@@ -121,6 +145,10 @@ pub struct LegConfig {
     pub telephone_event: Option<PayloadType>,
     /// Where to send RTP until a source latches (from the SDP).
     pub remote: Option<SocketAddr>,
+    /// Where to send RTCP (from the SDP: port+1, `a=rtcp`, or the RTP port with rtcp-mux).
+    pub remote_rtcp: Option<SocketAddr>,
+    /// RTCP shares the RTP port (RFC 5761).
+    pub rtcp_mux: bool,
     /// Our direction.
     pub direction: Direction,
     /// End the call when no RTP arrives for this long (not while the peer is on hold).
@@ -144,12 +172,27 @@ pub struct LegStats {
     pub dropped: u64,
 }
 
+/// A snapshot of a leg's receive, jitter and RTCP statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct LegReport {
+    /// Leg counters.
+    pub leg: LegStats,
+    /// RTP receive statistics (loss, jitter, duplicates).
+    pub recv: crate::rtp::session::RecvStats,
+    /// Jitter buffer statistics.
+    pub jitter: crate::rtp::jitter::JitterStats,
+    /// RTCP statistics (what the peer reports about us, RTT).
+    pub rtcp: crate::rtp::rtcp::RtcpStats,
+}
+
 /// One call's media.
 pub struct Leg {
     cfg: LegConfig,
     codec: Box<dyn AudioCodec>,
     recv: RecvSession,
     send: SendSession,
+    rtcp: RtcpSession,
+    rtcp_buf: [u8; MAX_COMPOUND_LEN],
     jitter: JitterBuffer,
     plc: G711Plc,
     inband: InbandDetector,
@@ -186,7 +229,10 @@ impl Leg {
             FRAME,
         );
         let inband = InbandDetector::new(8000).map_err(|e| LegError(e.to_string()))?;
+        let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
         Ok(Leg {
+            rtcp: RtcpSession::new(cfg.ssrc, &cname, rate, now),
+            rtcp_buf: [0; MAX_COMPOUND_LEN],
             codec: cfg.codec.new_codec(),
             recv: RecvSession::new(recv_cfg),
             send,
@@ -213,6 +259,44 @@ impl Leg {
         self.stats
     }
 
+    /// Receive, jitter buffer and RTCP statistics.
+    pub fn report(&self) -> LegReport {
+        LegReport {
+            leg: self.stats,
+            recv: self.recv.stats(),
+            jitter: self.jitter.stats(),
+            rtcp: self.rtcp.stats(),
+        }
+    }
+
+    /// Where RTCP goes: the SDP's RTCP address, else the latched RTP source's port + 1 (or the
+    /// RTP address itself with rtcp-mux).
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        if let Some(a) = self.cfg.remote_rtcp {
+            return Some(a);
+        }
+        let rtp = self.recv.remote().or(self.cfg.remote)?;
+        if self.cfg.rtcp_mux {
+            Some(rtp)
+        } else {
+            Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+        }
+    }
+
+    /// Handles one datagram received on the RTCP port.
+    pub fn handle_rtcp(&mut self, now: Instant, wallclock: SystemTime, bytes: &[u8]) {
+        if self.rtcp.handle_packet(now, wallclock, bytes).is_err() {
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// The final RTCP BYE for when the leg goes away, with where to send it.
+    pub fn rtcp_bye(&mut self) -> Option<(SocketAddr, &[u8])> {
+        let dest = self.rtcp_destination()?;
+        let n = self.rtcp.bye(&mut self.rtcp_buf).ok()?;
+        Some((dest, &self.rtcp_buf[..n]))
+    }
+
     /// The next event for the call.
     pub fn poll_event(&mut self) -> Option<LegEvent> {
         self.events.pop_front()
@@ -231,12 +315,17 @@ impl Leg {
             }
             LegCommand::StopPlay => self.stop_play(true),
             LegCommand::Echo(on) => self.echo = on,
-            LegCommand::Update { remote, direction } => {
+            LegCommand::Update {
+                remote,
+                remote_rtcp,
+                direction,
+            } => {
                 if remote != self.cfg.remote {
                     // The peer moved its media: learn the new source from scratch.
                     self.recv.relearn();
                 }
                 self.cfg.remote = remote;
+                self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
                 // Coming off hold, the peer gets a full timeout to resume sending.
                 self.last_rx = now;
@@ -253,10 +342,21 @@ impl Leg {
     }
 
     /// Handles one datagram received on the leg's RTP port.
-    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        if classify(bytes) != PacketKind::Rtp {
-            self.stats.dropped += 1;
-            return;
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        match classify(bytes) {
+            PacketKind::Rtp => {}
+            // rtcp-mux (RFC 5761 §4): RTCP on the RTP port.
+            PacketKind::Rtcp => return self.handle_rtcp(now, wallclock, bytes),
+            PacketKind::Other => {
+                self.stats.dropped += 1;
+                return;
+            }
         }
         let Ok(pkt) = RtpPacket::parse(bytes) else {
             self.stats.dropped += 1;
@@ -283,9 +383,15 @@ impl Leg {
         self.jitter.push(now, acc.seq, acc.timestamp, pkt.payload);
     }
 
-    /// Produces one 20 ms frame: consumes received audio, sends ours through `send`.
-    /// `tick` counts frames since the worker started; it stamps RTP timestamps.
-    pub fn tick(&mut self, now: Instant, tick: u64, send: &mut dyn FnMut(SocketAddr, &[u8])) {
+    /// Produces one 20 ms frame: consumes received audio, sends ours (and RTCP when due)
+    /// through `send`. `tick` counts frames since the worker started; it stamps RTP timestamps.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        tick: u64,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
         self.receive_frame(now);
         self.check_timeout(now);
         self.produce_frame();
@@ -295,10 +401,28 @@ impl Leg {
                 let codec = &mut self.codec;
                 if let Ok(n) = codec.encode(&self.pcm_out, &mut self.payload) {
                     if let Ok(len) = self.send.write(tick, &self.payload[..n], &mut self.packet) {
-                        send(dest, &self.packet[..len]);
+                        send(Port::Rtp, dest, &self.packet[..len]);
                         self.stats.packets_out += 1;
                     }
                 }
+            }
+        }
+        if self.rtcp.poll_timeout().is_some_and(|t| t <= now) {
+            let sending = self.cfg.direction.sends().then_some(&self.send);
+            let written = self.rtcp.handle_timeout(
+                now,
+                Some(&mut self.recv),
+                sending,
+                wallclock,
+                &mut self.rtcp_buf,
+            );
+            if let (Some(n), Some(dest)) = (written, self.rtcp_destination()) {
+                let port = if self.cfg.rtcp_mux {
+                    Port::Rtp
+                } else {
+                    Port::Rtcp
+                };
+                send(port, dest, &self.rtcp_buf[..n]);
             }
         }
     }
@@ -397,6 +521,8 @@ mod tests {
                 payload_type: PayloadType::PCMU,
                 telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
                 remote: Some(PEER.parse().unwrap()),
+                remote_rtcp: None,
+                rtcp_mux: false,
                 direction: Direction::SendRecv,
                 rtp_timeout: Duration::from_secs(60),
                 ssrc: Ssrc::new(7),
@@ -446,9 +572,12 @@ mod tests {
         for n in 0..ticks {
             let now = t0 + FRAME * n as u32;
             if let Some(p) = input.get(n) {
-                leg.handle_packet(now, PEER.parse().unwrap(), p);
+                leg.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
             }
-            leg.tick(now, n as u64, &mut |to, bytes| {
+            leg.tick(now, SystemTime::now(), n as u64, &mut |port, to, bytes| {
+                if port == Port::Rtcp {
+                    return;
+                }
                 assert_eq!(to, PEER.parse().unwrap());
                 let pkt = RtpPacket::parse(bytes).unwrap();
                 assert_eq!(pkt.header.ssrc, Ssrc::new(7));
@@ -550,12 +679,13 @@ mod tests {
     fn rtp_timeout_fires_once_but_not_while_the_peer_holds() {
         let t0 = Instant::now();
         let mut l = leg(t0);
-        let mut send = |_: SocketAddr, _: &[u8]| {};
-        l.tick(t0 + Duration::from_secs(59), 0, &mut send);
+        let mut send = |_: Port, _: SocketAddr, _: &[u8]| {};
+        let wc = SystemTime::now();
+        l.tick(t0 + Duration::from_secs(59), wc, 0, &mut send);
         assert_eq!(l.poll_event(), None);
-        l.tick(t0 + Duration::from_secs(60), 1, &mut send);
+        l.tick(t0 + Duration::from_secs(60), wc, 1, &mut send);
         assert_eq!(l.poll_event(), Some(LegEvent::RtpTimeout));
-        l.tick(t0 + Duration::from_secs(61), 2, &mut send);
+        l.tick(t0 + Duration::from_secs(61), wc, 2, &mut send);
         assert_eq!(l.poll_event(), None);
 
         let mut held = leg(t0);
@@ -563,10 +693,11 @@ mod tests {
             t0,
             LegCommand::Update {
                 remote: Some(PEER.parse().unwrap()),
+                remote_rtcp: None,
                 direction: Direction::SendOnly,
             },
         );
-        held.tick(t0 + Duration::from_secs(600), 0, &mut send);
+        held.tick(t0 + Duration::from_secs(600), wc, 0, &mut send);
         assert_eq!(held.poll_event(), None);
     }
 
@@ -578,6 +709,7 @@ mod tests {
             t0,
             LegCommand::Update {
                 remote: Some(PEER.parse().unwrap()),
+                remote_rtcp: None,
                 direction: Direction::Inactive,
             },
         );
@@ -590,9 +722,11 @@ mod tests {
         let t0 = Instant::now();
         let mut l = leg(t0);
         let from: SocketAddr = PEER.parse().unwrap();
-        l.handle_packet(t0, from, &[0x80, 200, 0, 1, 0, 0, 0, 1]);
-        l.handle_packet(t0, from, b"hello");
-        l.handle_packet(t0, from, &[]);
+        let wc = SystemTime::now();
+        // A truncated RTCP packet on a muxed port, then two non-RTP datagrams.
+        l.handle_packet(t0, wc, from, &[0x80, 200, 0, 1, 0, 0, 0, 1]);
+        l.handle_packet(t0, wc, from, b"hello");
+        l.handle_packet(t0, wc, from, &[]);
         assert_eq!(l.stats().dropped, 3);
         assert_eq!(l.stats().packets_in, 0);
     }

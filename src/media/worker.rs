@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::leg::{Leg, LegCommand, LegEvent, FRAME};
+use super::leg::{Leg, LegCommand, LegEvent, Port, FRAME};
 
 /// A tick later than this counts as late.
 const LATE: Duration = Duration::from_millis(2);
@@ -40,7 +40,7 @@ enum Command {
     Add {
         id: u64,
         leg: Box<Leg>,
-        socket: UdpSocket,
+        sockets: LegSockets,
         events: UnboundedSender<LegEvent>,
     },
     Leg(u64, LegCommand),
@@ -51,8 +51,17 @@ enum Command {
 struct Slot {
     id: u64,
     leg: Box<Leg>,
-    socket: UdpSocket,
+    sockets: LegSockets,
     events: UnboundedSender<LegEvent>,
+}
+
+/// A leg's RTP and RTCP sockets.
+#[derive(Debug)]
+pub struct LegSockets {
+    /// RTP (even port).
+    pub rtp: UdpSocket,
+    /// RTCP (RTP port + 1).
+    pub rtcp: UdpSocket,
 }
 
 /// The set of media workers.
@@ -124,14 +133,15 @@ impl MediaEngine {
         self.workers.iter().map(|w| w.1.clone()).collect()
     }
 
-    /// Hands a leg and its RTP socket to the least loaded worker.
+    /// Hands a leg and its sockets to the least loaded worker.
     pub fn add(
         &self,
         leg: Leg,
-        socket: UdpSocket,
+        sockets: LegSockets,
         events: UnboundedSender<LegEvent>,
     ) -> std::io::Result<LegHandle> {
-        socket.set_nonblocking(true)?;
+        sockets.rtp.set_nonblocking(true)?;
+        sockets.rtcp.set_nonblocking(true)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = self
             .workers
@@ -141,7 +151,7 @@ impl MediaEngine {
         tx.send(Command::Add {
             id,
             leg: Box::new(leg),
-            socket,
+            sockets,
             events,
         })
         .map_err(|_| std::io::Error::other("media worker stopped"))?;
@@ -194,12 +204,12 @@ fn run(rx: Receiver<Command>, stats: Arc<WorkerStats>) {
                 Ok(Command::Add {
                     id,
                     leg,
-                    socket,
+                    sockets,
                     events,
                 }) => slots.push(Slot {
                     id,
                     leg,
-                    socket,
+                    sockets,
                     events,
                 }),
                 Ok(Command::Leg(id, cmd)) => {
@@ -207,14 +217,22 @@ fn run(rx: Receiver<Command>, stats: Arc<WorkerStats>) {
                         s.leg.apply(now, cmd);
                     }
                 }
-                Ok(Command::Remove(id)) => slots.retain(|s| s.id != id),
+                Ok(Command::Remove(id)) => {
+                    if let Some(i) = slots.iter().position(|s| s.id == id) {
+                        let mut s = slots.swap_remove(i);
+                        if let Some((to, bye)) = s.leg.rtcp_bye() {
+                            let _ = s.sockets.rtcp.send_to(bye, to);
+                        }
+                    }
+                }
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
             }
         }
         stats.legs.store(slots.len(), Ordering::Relaxed);
+        let wallclock = SystemTime::now();
         for s in &mut slots {
-            tick_leg(s, now, n, &mut buf);
+            tick_leg(s, now, wallclock, n, &mut buf);
         }
         stats.ticks.fetch_add(1, Ordering::Relaxed);
         stats
@@ -224,18 +242,33 @@ fn run(rx: Receiver<Command>, stats: Arc<WorkerStats>) {
     }
 }
 
-fn tick_leg(s: &mut Slot, now: Instant, n: u64, buf: &mut [u8]) {
+fn tick_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &mut [u8]) {
     for _ in 0..MAX_READS_PER_TICK {
-        match s.socket.recv_from(buf) {
-            Ok((len, from)) => s.leg.handle_packet(now, from, &buf[..len]),
+        match s.sockets.rtp.recv_from(buf) {
+            Ok((len, from)) => s.leg.handle_packet(now, wallclock, from, &buf[..len]),
             Err(_) => break,
         }
     }
-    let socket = &s.socket;
-    s.leg.tick(now, n, &mut |to: SocketAddr, bytes: &[u8]| {
-        // Non-blocking: a full socket buffer drops the frame rather than stall every leg.
-        let _ = socket.send_to(bytes, to);
-    });
+    for _ in 0..MAX_READS_PER_TICK {
+        match s.sockets.rtcp.recv_from(buf) {
+            Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),
+            Err(_) => break,
+        }
+    }
+    let sockets = &s.sockets;
+    s.leg.tick(
+        now,
+        wallclock,
+        n,
+        &mut |port: Port, to: SocketAddr, bytes: &[u8]| {
+            let socket = match port {
+                Port::Rtp => &sockets.rtp,
+                Port::Rtcp => &sockets.rtcp,
+            };
+            // Non-blocking: a full socket buffer drops the frame rather than stall every leg.
+            let _ = socket.send_to(bytes, to);
+        },
+    );
     while let Some(e) = s.leg.poll_event() {
         let _ = s.events.send(e);
     }

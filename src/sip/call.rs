@@ -17,7 +17,7 @@ use super::endpoint::{CallHandle, EndReason, Event};
 use super::message::Request;
 use super::transport::Command;
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
-use crate::media::worker::{LegHandle, MediaEngine};
+use crate::media::worker::{LegHandle, LegSockets, MediaEngine};
 use crate::rtp::ports::{PortAllocator, PortLease};
 use crate::rtp::types::Ssrc;
 use crate::sdp::{self, LocalSession, NegotiatedAudio};
@@ -176,11 +176,18 @@ impl Call {
         if let Some(leg) = &self.leg {
             leg.send(LegCommand::Update {
                 remote: m.remote_rtp,
+                remote_rtcp: m.remote_rtcp,
                 direction: m.direction,
             });
             return;
         }
-        let Some(socket) = self.lease.as_ref().and_then(|l| l.rtp.try_clone().ok()) else {
+        let sockets = self.lease.as_ref().and_then(|l| {
+            Some(LegSockets {
+                rtp: l.rtp.try_clone().ok()?,
+                rtcp: l.rtcp.try_clone().ok()?,
+            })
+        });
+        let Some(sockets) = sockets else {
             return;
         };
         let cfg = LegConfig {
@@ -188,6 +195,8 @@ impl Call {
             payload_type: m.payload_type,
             telephone_event: m.telephone_event_pt,
             remote: m.remote_rtp,
+            remote_rtcp: m.remote_rtcp,
+            rtcp_mux: m.rtcp_mux,
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
@@ -199,7 +208,7 @@ impl Call {
                 return;
             }
         };
-        match self.ctx.media.add(leg, socket, self.leg_tx.clone()) {
+        match self.ctx.media.add(leg, sockets, self.leg_tx.clone()) {
             Ok(h) => {
                 if self.echo {
                     h.send(LegCommand::Echo(true));
