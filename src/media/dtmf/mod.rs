@@ -42,8 +42,18 @@
 
 pub mod digit;
 pub mod goertzel;
+pub mod info;
+pub mod merge;
+pub mod rfc4733;
+pub mod send;
 
 pub use digit::{Digit, InvalidDigit, COL_FREQS, ROW_FREQS};
+pub use info::{format_dtmf_relay, parse_info, InfoDigit, InfoError};
+pub use merge::{DtmfEvent, DtmfMerger, DtmfMethod, KeyPress, MergeConfig, SampleClock};
+pub use rfc4733::{EventReceiver, ReceiverStats};
+pub use send::{
+    EventPacket, EventSender, InbandConfig, InbandSender, SenderConfig, SenderConfigError,
+};
 
 use crate::media::level::dbm0_to_peak;
 use goertzel::GoertzelBank;
