@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::{AudioCodec, CodecKind};
-use super::dtmf::{Digit, DigitPhase, InbandDetector};
+pub use super::dtmf::DtmfMethod;
+use super::dtmf::{
+    Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender, InbandDetector,
+    InbandSender, SampleClock,
+};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
 use crate::rtp::plc::G711Plc;
@@ -58,17 +62,6 @@ pub enum Port {
     Rtcp,
 }
 
-/// How DTMF reached us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DtmfMethod {
-    /// RFC 4733 telephone-event packets.
-    Rfc4733,
-    /// Tones in the audio.
-    Inband,
-    /// SIP INFO.
-    Info,
-}
-
 /// What the leg reports to its call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegEvent {
@@ -105,6 +98,15 @@ pub enum LegCommand {
     StopPlay,
     /// Send back what is received.
     Echo(bool),
+    /// A key press that arrived by SIP INFO, merged with what the media saw.
+    InfoDigit(DtmfEvent),
+    /// Send DTMF: RFC 4733 events when negotiated (or `inband`), else tones in the audio.
+    SendDtmf {
+        /// Digits 0-9, *, #, A-D.
+        digits: String,
+        /// Force in-band tones.
+        inband: bool,
+    },
     /// The SDP changed (re-INVITE): remote address and direction, from our point of view.
     Update {
         /// Where to send RTP (None: only to a latched source).
@@ -124,6 +126,10 @@ impl std::fmt::Debug for LegCommand {
             }
             LegCommand::StopPlay => write!(f, "StopPlay"),
             LegCommand::Echo(on) => write!(f, "Echo({on})"),
+            LegCommand::InfoDigit(e) => write!(f, "InfoDigit({:?})", e.digit),
+            LegCommand::SendDtmf { digits, inband } => {
+                write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
+            }
             LegCommand::Update {
                 remote, direction, ..
             } => write!(
@@ -196,6 +202,11 @@ pub struct Leg {
     jitter: JitterBuffer,
     plc: G711Plc,
     inband: InbandDetector,
+    inband_clock: SampleClock,
+    rfc4733: Option<EventReceiver>,
+    merger: DtmfMerger,
+    event_sender: Option<EventSender>,
+    inband_sender: InbandSender,
     playing: Option<(u64, Box<dyn AudioSource>, bool)>,
     echo: bool,
     last_rx: Instant,
@@ -229,6 +240,9 @@ impl Leg {
             FRAME,
         );
         let inband = InbandDetector::new(8000).map_err(|e| LegError(e.to_string()))?;
+        let inband_clock =
+            SampleClock::new(now, 8000).ok_or_else(|| LegError("sample clock".into()))?;
+        let inband_sender = InbandSender::new(8000).map_err(|e| LegError(e.to_string()))?;
         let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
         Ok(Leg {
             rtcp: RtcpSession::new(cfg.ssrc, &cname, rate, now),
@@ -239,6 +253,11 @@ impl Leg {
             jitter: JitterBuffer::new(JitterConfig::default()),
             plc: G711Plc::new(),
             inband,
+            inband_clock,
+            rfc4733: cfg.telephone_event.map(|pt| EventReceiver::new(pt, rate)),
+            merger: DtmfMerger::default(),
+            event_sender: cfg.telephone_event.map(|pt| EventSender::new(pt, rate)),
+            inband_sender,
             playing: None,
             echo: false,
             last_rx: now,
@@ -315,6 +334,16 @@ impl Leg {
             }
             LegCommand::StopPlay => self.stop_play(true),
             LegCommand::Echo(on) => self.echo = on,
+            LegCommand::InfoDigit(e) => self.key_event(e),
+            LegCommand::SendDtmf { digits, inband } => {
+                let queued = match self.event_sender.as_mut() {
+                    Some(s) if !inband => s.queue(&digits).is_ok(),
+                    _ => self.inband_sender.queue(&digits).is_ok(),
+                };
+                if !queued {
+                    tracing::debug!(%digits, "invalid DTMF digits not sent");
+                }
+            }
             LegCommand::Update {
                 remote,
                 remote_rtcp,
@@ -330,6 +359,23 @@ impl Leg {
                 // Coming off hold, the peer gets a full timeout to resume sending.
                 self.last_rx = now;
                 self.timed_out = false;
+            }
+        }
+    }
+
+    /// Every key press, whatever its method, goes through the merger so each is reported once.
+    fn key_event(&mut self, e: DtmfEvent) {
+        if e.phase != DigitPhase::Began {
+            let _ = self.merger.push(e);
+            return;
+        }
+        if let Some(k) = self.merger.push(e) {
+            self.events.push_back(LegEvent::Digit {
+                digit: k.digit,
+                method: k.method,
+            });
+            if self.playing.as_ref().is_some_and(|p| p.2) {
+                self.stop_play(true);
             }
         }
     }
@@ -374,6 +420,20 @@ impl Leg {
         self.timed_out = false;
         if Some(pkt.header.payload_type) == self.cfg.telephone_event {
             // RFC 4733 events are handled apart from audio (never through the jitter buffer).
+            if let Some(rx) = self.rfc4733.as_mut() {
+                if acc.restarted {
+                    rx.reset();
+                }
+                let first = rx.push(now, pkt.header.timestamp, pkt.header.marker, pkt.payload);
+                let mut batch = [None; 4];
+                batch[0] = first;
+                for slot in batch.iter_mut().skip(1) {
+                    *slot = rx.poll_event();
+                }
+                for e in batch.into_iter().flatten() {
+                    self.key_event(e);
+                }
+            }
             return;
         }
         if acc.restarted {
@@ -393,18 +453,15 @@ impl Leg {
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         self.receive_frame(now);
+        if let Some(e) = self.rfc4733.as_mut().and_then(|rx| rx.handle_timeout(now)) {
+            self.key_event(e);
+        }
         self.check_timeout(now);
         self.produce_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
             if let Some(dest) = dest {
-                let codec = &mut self.codec;
-                if let Ok(n) = codec.encode(&self.pcm_out, &mut self.payload) {
-                    if let Ok(len) = self.send.write(tick, &self.payload[..n], &mut self.packet) {
-                        send(Port::Rtp, dest, &self.packet[..len]);
-                        self.stats.packets_out += 1;
-                    }
-                }
+                self.send_frame(tick, dest, send);
             }
         }
         if self.rtcp.poll_timeout().is_some_and(|t| t <= now) {
@@ -423,6 +480,40 @@ impl Leg {
                     Port::Rtcp
                 };
                 send(port, dest, &self.rtcp_buf[..n]);
+            }
+        }
+    }
+
+    /// Sends this tick's packet: a telephone-event while one is being sent (RFC 4733 §2.5:
+    /// events replace the audio they stand for), else the encoded audio frame.
+    fn send_frame(
+        &mut self,
+        tick: u64,
+        dest: SocketAddr,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        let audio_ts = self.send.timestamp_at(tick);
+        if let Some(ev) = self.event_sender.as_mut().and_then(|s| s.poll(audio_ts)) {
+            let written = self.send.write_edited(
+                tick,
+                |h| {
+                    h.payload_type = ev.payload_type;
+                    h.timestamp = ev.timestamp;
+                    h.marker = ev.marker;
+                },
+                &ev.payload,
+                &mut self.packet,
+            );
+            if let Ok(len) = written {
+                send(Port::Rtp, dest, &self.packet[..len]);
+                self.stats.packets_out += 1;
+            }
+            return;
+        }
+        if let Ok(n) = self.codec.encode(&self.pcm_out, &mut self.payload) {
+            if let Ok(len) = self.send.write(tick, &self.payload[..n], &mut self.packet) {
+                send(Port::Rtp, dest, &self.packet[..len]);
+                self.stats.packets_out += 1;
             }
         }
     }
@@ -452,20 +543,18 @@ impl Leg {
                 self.talkspurt = false;
             }
         }
-        let events = &mut self.events;
-        let playing = &mut self.playing;
-        let mut barged = false;
+        // At most a couple of digit events per 20 ms frame; collect them without allocating.
+        let mut found = [None; 4];
+        let mut count = 0;
+        let clock = &self.inband_clock;
         self.inband.push(&self.pcm_in, |e| {
-            if e.phase == DigitPhase::Began {
-                events.push_back(LegEvent::Digit {
-                    digit: e.digit,
-                    method: DtmfMethod::Inband,
-                });
-                barged |= playing.as_ref().is_some_and(|p| p.2);
+            if count < found.len() {
+                found[count] = Some(DtmfEvent::from_inband(&e, clock));
+                count += 1;
             }
         });
-        if barged {
-            self.stop_play(true);
+        for e in found.into_iter().flatten() {
+            self.key_event(e);
         }
     }
 
@@ -496,6 +585,11 @@ impl Leg {
             self.pcm_out = self.pcm_in;
         } else {
             self.pcm_out.fill(0);
+        }
+        if !self.inband_sender.is_idle() {
+            // In-band DTMF replaces whatever else would be heard.
+            let n = self.inband_sender.fill(&mut self.pcm_out);
+            self.pcm_out[n..].fill(0);
         }
     }
 }
@@ -729,5 +823,221 @@ mod tests {
         l.handle_packet(t0, wc, from, &[]);
         assert_eq!(l.stats().dropped, 3);
         assert_eq!(l.stats().packets_in, 0);
+    }
+}
+
+#[cfg(test)]
+mod dtmf_tests {
+    use super::*;
+    use crate::media::codec::g711::ulaw_encode;
+    use crate::media::dtmf::rfc4733::encode_event;
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+    const TE: PayloadType = PayloadType::DEFAULT_TELEPHONE_EVENT;
+
+    fn leg(now: Instant) -> Leg {
+        Leg::new(
+            LegConfig {
+                codec: CodecKind::Pcmu,
+                payload_type: PayloadType::PCMU,
+                telephone_event: Some(TE),
+                remote: Some(PEER.parse().unwrap()),
+                remote_rtcp: None,
+                rtcp_mux: false,
+                direction: Direction::SendRecv,
+                rtp_timeout: Duration::from_secs(60),
+                ssrc: Ssrc::new(7),
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    fn rtp(pt: PayloadType, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+        let header = RtpHeader {
+            marker,
+            payload_type: pt,
+            seq: WireSeq::new(seq),
+            timestamp: RtpTimestamp::new(ts),
+            ssrc: Ssrc::new(99),
+        };
+        let mut out = vec![0u8; 1500];
+        let n = RtpPacket::new(header, payload).write(&mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    /// One key press as an RFC 4733 event stream (100 ms, 3 end packets) and, optionally, the
+    /// same press as tones in the audio, over 40 ticks.
+    fn run(
+        l: &mut Leg,
+        t0: Instant,
+        with_events: bool,
+        with_tones: bool,
+        drop_ends: bool,
+    ) -> Vec<LegEvent> {
+        let tone = crate::media::tone::ToneSpec::dtmf(Digit::from_char('7').unwrap(), 100, 0);
+        let mut gen = crate::media::tone::ToneGenerator::new(&tone, 8000).unwrap();
+        let from: SocketAddr = PEER.parse().unwrap();
+        let wc = SystemTime::now();
+        let mut seq = 1000u16;
+        for n in 0..40u32 {
+            let now = t0 + FRAME * n;
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            if with_tones && (5..10).contains(&n) {
+                gen.fill(&mut pcm);
+            }
+            let payload: Vec<u8> = pcm.iter().map(|&s| ulaw_encode(s)).collect();
+            l.handle_packet(
+                now,
+                wc,
+                from,
+                &rtp(PayloadType::PCMU, seq, n * 160, n == 0, &payload),
+            );
+            seq = seq.wrapping_add(1);
+            if with_events && (5..=12).contains(&n) {
+                let end = n >= 10;
+                if !(end && drop_ends) {
+                    let dur = ((n.min(10) - 5) * 160) as u16;
+                    let ev = encode_event(7, end, 10, dur);
+                    l.handle_packet(now, wc, from, &rtp(TE, seq, 5 * 160, n == 5, &ev));
+                    seq = seq.wrapping_add(1);
+                }
+            }
+            l.tick(now, wc, u64::from(n), &mut |_, _, _| {});
+        }
+        std::iter::from_fn(|| l.poll_event()).collect()
+    }
+
+    fn digits(events: &[LegEvent]) -> Vec<(char, DtmfMethod)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                LegEvent::Digit { digit, method } => Some((digit.as_char(), *method)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rfc4733_press_is_one_digit_even_without_its_end_packets() {
+        let t0 = Instant::now();
+        for drop_ends in [false, true] {
+            let mut l = leg(t0);
+            let d = digits(&run(&mut l, t0, true, false, drop_ends));
+            assert_eq!(d, vec![('7', DtmfMethod::Rfc4733)], "drop_ends={drop_ends}");
+        }
+    }
+
+    #[test]
+    fn inband_press_alone_is_reported() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        assert_eq!(
+            digits(&run(&mut l, t0, false, true, false)),
+            vec![('7', DtmfMethod::Inband)]
+        );
+    }
+
+    #[test]
+    fn the_same_press_by_rfc4733_tones_and_info_is_reported_once() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(
+            t0,
+            LegCommand::InfoDigit(DtmfEvent::began(
+                Digit::from_char('7').unwrap(),
+                DtmfMethod::Info,
+                t0 + FRAME * 5,
+            )),
+        );
+        let d = digits(&run(&mut l, t0, true, true, false));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].0, '7');
+    }
+
+    #[test]
+    fn sent_dtmf_goes_out_as_rfc4733_events_the_receiver_reads_back() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(
+            t0,
+            LegCommand::SendDtmf {
+                digits: "19#".into(),
+                inband: false,
+            },
+        );
+        let mut rx = EventReceiver::new(TE, crate::rtp::types::ClockRate::HZ_8000);
+        let mut got = String::new();
+        let mut audio_packets = 0;
+        for n in 0..60u32 {
+            let now = t0 + FRAME * n;
+            l.tick(
+                now,
+                SystemTime::now(),
+                u64::from(n),
+                &mut |port, _, bytes| {
+                    if port != Port::Rtp {
+                        return;
+                    }
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    if p.header.payload_type == TE {
+                        let first = rx.push(now, p.header.timestamp, p.header.marker, p.payload);
+                        for e in first
+                            .into_iter()
+                            .chain(std::iter::from_fn(|| rx.poll_event()))
+                        {
+                            if e.phase == DigitPhase::Began {
+                                got.push(e.digit.as_char());
+                            }
+                        }
+                    } else {
+                        audio_packets += 1;
+                    }
+                },
+            );
+        }
+        assert_eq!(got, "19#");
+        assert!(audio_packets > 0, "audio resumes between and after events");
+    }
+
+    #[test]
+    fn sent_dtmf_inband_is_heard_as_tones() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(
+            t0,
+            LegCommand::SendDtmf {
+                digits: "42".into(),
+                inband: true,
+            },
+        );
+        let mut det = InbandDetector::new(8000).unwrap();
+        let mut got = String::new();
+        for n in 0..40u32 {
+            l.tick(
+                t0 + FRAME * n,
+                SystemTime::now(),
+                u64::from(n),
+                &mut |port, _, bytes| {
+                    if port != Port::Rtp {
+                        return;
+                    }
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    let pcm: Vec<i16> = p
+                        .payload
+                        .iter()
+                        .map(|&b| crate::media::codec::g711::ulaw_decode(b))
+                        .collect();
+                    det.push(&pcm, |e| {
+                        if e.phase == DigitPhase::Began {
+                            got.push(e.digit.as_char());
+                        }
+                    });
+                },
+            );
+        }
+        assert_eq!(got, "42");
     }
 }

@@ -685,6 +685,23 @@ impl SendSession {
         Ok(n)
     }
 
+    /// Writes a packet in the tick's place in the sequence but with `edit` applied to its
+    /// header: RFC 4733 events carry their own payload type, timestamp and marker.
+    pub fn write_edited(
+        &mut self,
+        tick: u64,
+        edit: impl FnOnce(&mut RtpHeader),
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, PacketError> {
+        let mut header = self.peek_header(tick);
+        edit(&mut header);
+        let n = RtpPacket::new(header, payload).write(out)?;
+        // The next audio packet starts a talkspurt again after an event.
+        self.commit(tick, payload.len());
+        Ok(n)
+    }
+
     fn peek_header(&self, tick: u64) -> RtpHeader {
         let resumed = self
             .last_tick

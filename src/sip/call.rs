@@ -219,6 +219,19 @@ impl Call {
         }
     }
 
+    /// DTMF by SIP INFO joins the leg's digit stream, where it is merged with RFC 4733 and
+    /// in-band detection of the same key press.
+    fn on_info(&mut self, content_type: &str, body: &[u8]) {
+        match crate::media::dtmf::parse_info(content_type, body) {
+            Ok(d) => {
+                if let Some(leg) = &self.leg {
+                    leg.send(LegCommand::InfoDigit(d.to_event(std::time::Instant::now())));
+                }
+            }
+            Err(e) => tracing::debug!(%content_type, error = %e, "INFO without DTMF"),
+        }
+    }
+
     async fn on_leg_event(&mut self, e: LegEvent) {
         match e {
             LegEvent::Digit { digit, method } => {
@@ -279,7 +292,7 @@ impl Call {
                     }
                     Some(Event::ReInvite { sdp, .. }) => self.on_reinvite(sdp).await,
                     Some(Event::Info { content_type, body, .. }) => {
-                        tracing::info!(?content_type, len = body.len(), "INFO received");
+                        self.on_info(content_type.as_deref().unwrap_or(""), &body);
                     }
                     Some(Event::Ended { reason, .. }) => return Outcome::Ended(reason),
                     Some(Event::ReInviteAnswered { code, sdp, .. }) => {
