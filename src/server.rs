@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::media::prompt::PromptCache;
 use crate::media::worker::MediaEngine;
 use crate::rtp::ports::PortAllocator;
 use crate::sip::call::{self, CallContext};
@@ -48,6 +49,7 @@ pub async fn run_with_ready(
     let media = Arc::new(MediaEngine::start(config.media.workers)?);
     let ctx = Arc::new(CallContext {
         media: media.clone(),
+        prompts: Arc::new(PromptCache::new(config.paths.prompts.clone())),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
         ports: PortAllocator::new(

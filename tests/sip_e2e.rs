@@ -282,3 +282,68 @@ async fn echo_returns_the_callers_tone() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_call_hears_the_welcome_prompt() {
+    let server = start(0, (43500, 43599)).await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "service",
+        &offer("127.0.0.1", rtp.port(), "sendrecv"),
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await
+    );
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let prompt = switchboard::media::prompt::PromptCache::new("prompts".into())
+        .load("welcome", 8000)
+        .unwrap();
+    let secs = prompt.duration().as_secs_f64();
+    // Send silence (so the server latches) for the prompt's length plus a second.
+    let silence = vec![0i16; ((secs + 1.0) * 8000.0) as usize];
+    let heard = rtp
+        .exchange(media, &silence, Duration::from_millis(200))
+        .await;
+    let spoken = &prompt.samples[..];
+    let level = |pcm: &[i16]| switchboard::media::level::rms_dbfs(pcm);
+    // Find the prompt in what came back: the loudest stretch of its length.
+    let n = spoken.len();
+    assert!(
+        heard.len() > n,
+        "heard {} samples, the prompt has {n}",
+        heard.len()
+    );
+    let start = (0..heard.len() - n)
+        .step_by(160)
+        .max_by(|&a, &b| level(&heard[a..a + n]).total_cmp(&level(&heard[b..b + n])))
+        .unwrap();
+    let got = level(&heard[start..start + n]);
+    let want = level(spoken);
+    assert!(
+        (got - want).abs() < 2.0,
+        "prompt level {got:.1} dBFS, file {want:.1} dBFS"
+    );
+    // After the prompt the line is quiet again.
+    let after = &heard[(start + n + 1600).min(heard.len())..];
+    if after.len() >= 1600 {
+        assert!(
+            level(after) < -60.0,
+            "not silent after the prompt: {}",
+            level(after)
+        );
+    }
+    // Same audio: the envelope correlates with the file's.
+    let env = |pcm: &[i16]| -> Vec<f64> { pcm.chunks(160).map(level).collect() };
+    let (a, b) = (env(&heard[start..start + n]), env(spoken));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (ma, mb) = (mean(&a), mean(&b));
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let var = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>();
+    let r = cov / (var(&a, ma) * var(&b, mb)).sqrt();
+    assert!(r > 0.9, "envelope correlation {r:.2}");
+    server.stop().await;
+}

@@ -83,6 +83,28 @@ impl LegHandle {
     pub fn send(&self, cmd: LegCommand) {
         let _ = self.tx.send(Command::Leg(self.id, cmd));
     }
+
+    /// A sender for other threads (e.g. a prompt loader); it does not keep the leg alive.
+    pub fn sender(&self) -> LegSender {
+        LegSender {
+            id: self.id,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// Sends commands to a leg from anywhere; unlike [`LegHandle`] it does not own the leg.
+#[derive(Debug, Clone)]
+pub struct LegSender {
+    id: u64,
+    tx: Sender<Command>,
+}
+
+impl LegSender {
+    /// Sends a command; ignored once the leg is gone.
+    pub fn send(&self, cmd: LegCommand) {
+        let _ = self.tx.send(Command::Leg(self.id, cmd));
+    }
 }
 
 impl Drop for LegHandle {

@@ -17,6 +17,7 @@ use super::endpoint::{CallHandle, EndReason, Event};
 use super::message::Request;
 use super::transport::Command;
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
+use crate::media::prompt::PromptCache;
 use crate::media::worker::{LegHandle, LegSockets, MediaEngine};
 use crate::rtp::ports::{PortAllocator, PortLease};
 use crate::rtp::types::Ssrc;
@@ -26,6 +27,8 @@ use crate::sdp::{self, LocalSession, NegotiatedAudio};
 pub struct CallContext {
     /// The media workers.
     pub media: Arc<MediaEngine>,
+    /// Decoded prompts, shared by all calls.
+    pub prompts: Arc<PromptCache>,
     /// End a call after this long without RTP (None: never).
     pub rtp_timeout: Option<Duration>,
     /// RTP/RTCP ports.
@@ -214,9 +217,30 @@ impl Call {
                     h.send(LegCommand::Echo(true));
                 }
                 self.leg = Some(h);
+                if !self.echo {
+                    self.play(&["welcome"], 1);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "no media worker took the call"),
         }
+    }
+
+    /// Loads prompts off the media path and hands them to the leg; a prompt that cannot be
+    /// loaded is logged and skipped, the call goes on.
+    fn play(&self, names: &[&str], id: u64) {
+        let Some(sender) = self.leg.as_ref().map(LegHandle::sender) else {
+            return;
+        };
+        let prompts = self.ctx.prompts.clone();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || match prompts.play(&names, 8000) {
+            Ok(playlist) => sender.send(LegCommand::Play {
+                id,
+                source: Box::new(playlist),
+                barge_in: true,
+            }),
+            Err(e) => tracing::warn!(error = %e, "prompt not played"),
+        });
     }
 
     /// DTMF by SIP INFO joins the leg's digit stream, where it is merged with RFC 4733 and
