@@ -65,6 +65,7 @@ pub async fn run_with_ready(
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
     tracing::info!(sip = %sip_addr, udp = config.sip.udp, tcp = config.sip.tcp, "listening");
+    let stats_task = tokio::spawn(log_media_stats(media.clone()));
     on_ready(Ready { sip: sip_addr });
     transport::run(
         endpoint,
@@ -74,5 +75,45 @@ pub async fn run_with_ready(
         shutdown,
     )
     .await;
+    stats_task.abort();
     Ok(())
+}
+
+/// Every 10 s: legs, late ticks and load of the media workers (info when ticks ran late).
+async fn log_media_stats(media: Arc<MediaEngine>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last_late = 0;
+    let mut last_busy = 0;
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let stats = media.stats();
+        let legs: usize = stats.iter().map(|s| s.legs.load(Relaxed)).sum();
+        let late: u64 = stats.iter().map(|s| s.late_ticks.load(Relaxed)).sum();
+        let skipped: u64 = stats.iter().map(|s| s.skipped_ticks.load(Relaxed)).sum();
+        let busy: u64 = stats.iter().map(|s| s.busy_us.load(Relaxed)).sum();
+        let max_late_us = stats.iter().map(|s| s.max_lateness_us.load(Relaxed)).max();
+        let load = (busy - last_busy) as f64 / 10e6 * 100.0;
+        if late > last_late {
+            tracing::info!(
+                legs,
+                late_ticks = late,
+                skipped,
+                ?max_late_us,
+                load_pct = load,
+                "media workers ran late"
+            );
+        } else {
+            tracing::debug!(
+                legs,
+                late_ticks = late,
+                skipped,
+                ?max_late_us,
+                load_pct = load,
+                "media workers"
+            );
+        }
+        (last_late, last_busy) = (late, busy);
+    }
 }

@@ -17,11 +17,15 @@ struct Server {
 }
 
 async fn start(max_call_secs: u64, rtp: (u16, u16)) -> Server {
+    start_with(rtp, |cfg| cfg.sip.max_call_secs = max_call_secs).await
+}
+
+async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Config)) -> Server {
     let mut cfg = switchboard::Config::embedded().unwrap();
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.sip.max_call_secs = max_call_secs;
     cfg.rtp.port_min = rtp.0;
     cfg.rtp.port_max = rtp.1;
+    tweak(&mut cfg);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -345,5 +349,29 @@ async fn a_call_hears_the_welcome_prompt() {
     let var = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>();
     let r = cov / (var(&a, ma) * var(&b, mb)).sqrt();
     assert!(r > 0.9, "envelope correlation {r:.2}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout() {
+    let server = start_with((43600, 43699), |c| c.media.rtp_timeout_secs = 1).await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    let t0 = Instant::now();
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Terminated)
+            .await,
+        "no BYE after the RTP timeout"
+    );
+    assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    w.drive(&mut uac, Duration::from_millis(50), |_| false)
+        .await;
     server.stop().await;
 }
