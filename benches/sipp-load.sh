@@ -2,6 +2,8 @@
 # SIPp load against a release build on 127.0.0.1.
 #   benches/sipp-load.sh rate  RATE CALLS      # call rate: INVITE/200/ACK/BYE, no hold time
 #   benches/sipp-load.sh idle  CALLS HOLD_MS   # memory: CALLS concurrent idle dialogs (HOLD_MS > 45000)
+#   benches/sipp-load.sh media CALLS           # CALLS concurrent answered calls, each a G.711 leg
+#                                              # sending a frame every 20 ms: CPU, late ticks, memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
@@ -10,6 +12,7 @@ port=25060
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
+RUST_LOG=info,switchboard::server=debug \
 ./target/release/switchboard serve --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
   >"$work/ready" 2>"$work/server.log" &
 server=$!
@@ -33,6 +36,26 @@ case "$mode" in
     echo "cores=$(nproc) offered_rate=$rate calls=$calls successful=$succ failed=$fail wall_s=$secs"
     echo "achieved_calls_per_s=$(echo "$succ / $secs" | bc)"
     echo "server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6)"
+    ;;
+  media)
+    calls=${2:-1000}
+    ramp=$(( calls / 200 + 2 ))
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s playback -i 127.0.0.1 -p 25070 \
+      -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 40) * 1000 )) -nostdin -timeout 120s -bg \
+      >/dev/null 2>&1 || true
+    sleep "$ramp"
+    hz=$(getconf CLK_TCK)
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    sleep 30
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    held=$(rss)
+    last=$(grep "media workers" "$work/server.log" | tail -1)
+    echo "cores=$(nproc) calls=$calls"
+    echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30" | bc -l | cut -c1-6)"
+    echo "cpu_pct_of_a_core_per_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30 / $calls" | bc -l | cut -c1-7)"
+    echo "rss_per_leg_bytes=$(( (held - base) * 1024 / calls ))"
+    echo "last media stats: $last"
+    pkill -f "sipp 127.0.0.1:$port" || true
     ;;
   idle)
     calls=${2:-1000}; hold=${3:-20000}
