@@ -6,4 +6,5 @@
 pub mod codec;
 pub mod dtmf;
 pub mod level;
+pub mod record;
 pub mod tone;
