@@ -10,6 +10,7 @@ pub mod dtmf;
 pub mod leg;
 pub mod level;
 pub mod prompt;
+pub mod record;
 pub mod resample;
 pub mod tone;
 pub mod worker;
