@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::media::prompt::PromptCache;
+use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
 use crate::rtp::ports::PortAllocator;
 use crate::sip::call::{self, CallContext};
@@ -46,9 +47,17 @@ pub async fn run_with_ready(
         local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
         user_agent: config.sip.user_agent.clone(),
     });
+    std::fs::create_dir_all(&config.paths.recordings)?;
+    // Recordings a crash left behind as `.part` are made whole before anything new is written.
+    for r in repair_dir(&config.paths.recordings) {
+        tracing::info!(id = %r.id, duration_ms = r.duration_ms, "repaired an interrupted recording");
+    }
+    let (recorder, writer) = RecordingWriter::spawn(config.paths.recordings.clone())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let media = Arc::new(MediaEngine::start(config.media.workers)?);
     let ctx = Arc::new(CallContext {
         media: media.clone(),
+        recorder,
         prompts: Arc::new(PromptCache::new(config.paths.prompts.clone())),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
@@ -76,6 +85,18 @@ pub async fn run_with_ready(
     )
     .await;
     stats_task.abort();
+    // Legs own recorder handles: once the media workers stop, every recording is finalised and
+    // the writer thread drains and exits. Calls still winding down may hold them a little longer.
+    drop(media);
+    let wait = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "recording writer still busy at exit; unfinished files are repaired at next start"
+        );
+    }
     Ok(())
 }
 

@@ -375,3 +375,76 @@ async fn a_caller_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_is_recorded_until_hash_with_its_sidecar() {
+    let dir = std::env::temp_dir().join(format!("sb-rec-{}", fastrand::u64(..)));
+    let rec_dir = dir.clone();
+    let server = start_with((43700, 43799), move |c| c.paths.recordings = rec_dir).await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "message",
+        &offer("127.0.0.1", rtp.port(), "sendrecv"),
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await
+    );
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
+    let greeting: f64 = ["welcome", "record-after-tone", "beep"]
+        .iter()
+        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
+        .sum();
+    // Quiet while the greeting plays, then 2 s of a 1 kHz tone, then '#'.
+    let quiet = vec![0i16; ((greeting + 0.4) * 8000.0) as usize];
+    let heard = rtp.exchange(media, &quiet, Duration::ZERO).await;
+    assert!(
+        switchboard::media::level::rms_dbfs(&heard) > -40.0,
+        "no greeting heard"
+    );
+    rtp.exchange(
+        media,
+        &support::rtp::tone("1000/2000@-10", 2000),
+        Duration::ZERO,
+    )
+    .await;
+    rtp.send_dtmf(media, "#").await;
+    // Goodbye, then the server hangs up.
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(10), |u| u.state
+            == UacState::Terminated)
+            .await,
+        "the server did not hang up after the message"
+    );
+    w.drive(&mut uac, Duration::from_millis(50), |_| false)
+        .await;
+    server.stop().await;
+
+    let sidecars: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(sidecars.len(), 1, "{sidecars:?}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecars[0]).unwrap()).unwrap();
+    assert_eq!(meta["state"], "complete", "{meta}");
+    assert_eq!(meta["digits"], "#");
+    assert_eq!(meta["call_id"], uac.call_id.as_str());
+    let wav = dir.join(meta["file"].as_str().unwrap());
+    let mut r = hound::WavReader::open(&wav).unwrap();
+    assert_eq!(r.spec().sample_rate, 8000);
+    let samples: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let secs = samples.len() as f64 / 8000.0;
+    assert!((1.8..3.0).contains(&secs), "recorded {secs:.2} s");
+    let tone = support::rtp::tone_power(&samples, 1000.0);
+    assert!(
+        tone > 0.8,
+        "the recording is not the caller's tone: {tone:.2}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ use super::dtmf::{
     Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender, InbandDetector,
     InbandSender, SampleClock,
 };
+use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
 use crate::rtp::plc::G711Plc;
@@ -26,6 +27,9 @@ use crate::sdp::Direction;
 
 /// Frame duration of the media clock.
 pub const FRAME: Duration = Duration::from_millis(20);
+/// Frames cut from a recording's end when a terminator key stopped it: detection lags the
+/// tone by up to this much.
+const TERMINATOR_TRIM_FRAMES: u64 = 5;
 /// Samples per frame at 8 kHz, the rate of every codec so far.
 pub const FRAME_SAMPLES: usize = 160;
 
@@ -79,6 +83,19 @@ pub enum LegEvent {
         /// True when it did not run to its end.
         interrupted: bool,
     },
+    /// A recording ended (its file is finalised by the writer).
+    RecordDone {
+        /// The recording's id (its file and sidecar name).
+        id: String,
+        /// Why it stopped.
+        reason: StopReason,
+        /// Audio kept, after trimming trailing silence or the terminator tone.
+        kept: Duration,
+        /// Digits pressed while recording.
+        digits: String,
+        /// Discarded for being shorter than the minimum.
+        discarded: bool,
+    },
     /// No RTP for the configured time while the peer should be sending.
     RtpTimeout,
 }
@@ -100,6 +117,15 @@ pub enum LegCommand {
     Echo(bool),
     /// A key press that arrived by SIP INFO, merged with what the media saw.
     InfoDigit(DtmfEvent),
+    /// Record the call; the policy decides what and until when.
+    Record {
+        /// Frame-by-frame policy (mode, limits, terminators).
+        session: Box<RecordSession>,
+        /// Where frames go (a bounded queue to the writer thread).
+        handle: RecorderHandle,
+    },
+    /// Stop the current recording.
+    StopRecord,
     /// Send DTMF: RFC 4733 events when negotiated (or `inband`), else tones in the audio.
     SendDtmf {
         /// Digits 0-9, *, #, A-D.
@@ -127,6 +153,8 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::StopPlay => write!(f, "StopPlay"),
             LegCommand::Echo(on) => write!(f, "Echo({on})"),
             LegCommand::InfoDigit(e) => write!(f, "InfoDigit({:?})", e.digit),
+            LegCommand::Record { handle, .. } => write!(f, "Record({})", handle.id()),
+            LegCommand::StopRecord => write!(f, "StopRecord"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
             }
@@ -208,6 +236,7 @@ pub struct Leg {
     event_sender: Option<EventSender>,
     inband_sender: InbandSender,
     playing: Option<(u64, Box<dyn AudioSource>, bool)>,
+    recording: Option<(Box<RecordSession>, RecorderHandle)>,
     echo: bool,
     last_rx: Instant,
     timed_out: bool,
@@ -259,6 +288,7 @@ impl Leg {
             event_sender: cfg.telephone_event.map(|pt| EventSender::new(pt, rate)),
             inband_sender,
             playing: None,
+            recording: None,
             echo: false,
             last_rx: now,
             timed_out: false,
@@ -333,6 +363,11 @@ impl Leg {
                 self.playing = Some((id, source, barge_in));
             }
             LegCommand::StopPlay => self.stop_play(true),
+            LegCommand::Record { session, handle } => {
+                self.stop_record(|s| s.request_stop());
+                self.recording = Some((session, handle));
+            }
+            LegCommand::StopRecord => self.stop_record(|s| s.request_stop()),
             LegCommand::Echo(on) => self.echo = on,
             LegCommand::InfoDigit(e) => self.key_event(e),
             LegCommand::SendDtmf { digits, inband } => {
@@ -374,8 +409,60 @@ impl Leg {
                 digit: k.digit,
                 method: k.method,
             });
+            let stops = self
+                .recording
+                .as_mut()
+                .and_then(|(s, _)| s.on_digit(k.digit))
+                .is_some();
+            if stops {
+                if let Some((session, handle)) = self.recording.take() {
+                    self.finish_record(session, handle);
+                }
+            }
             if self.playing.as_ref().is_some_and(|p| p.2) {
                 self.stop_play(true);
+            }
+        }
+    }
+
+    /// Ends the recording (if any) with the reason `stop` gives, finalises it and reports.
+    fn stop_record(&mut self, stop: impl FnOnce(&mut RecordSession) -> StopReason) {
+        let Some((mut session, handle)) = self.recording.take() else {
+            return;
+        };
+        let _ = stop(&mut session);
+        self.finish_record(session, handle);
+    }
+
+    fn finish_record(&mut self, session: Box<RecordSession>, handle: RecorderHandle) {
+        let Some(mut outcome) = session.outcome() else {
+            return;
+        };
+        if let StopReason::Terminator(_) = outcome.reason {
+            // The key's own tone was recorded in the frames before it was recognised.
+            outcome = outcome.trim_tail(TERMINATOR_TRIM_FRAMES);
+        }
+        let event = LegEvent::RecordDone {
+            id: handle.id().to_string(),
+            reason: outcome.reason,
+            kept: outcome.kept_duration(),
+            digits: outcome.digits.clone(),
+            discarded: outcome.discard(),
+        };
+        handle.finish(outcome);
+        self.events.push_back(event);
+    }
+
+    /// Feeds this tick's audio (what we heard and what we sent) to the recording.
+    fn record_frame(&mut self) {
+        let Some((session, handle)) = self.recording.as_mut() else {
+            return;
+        };
+        let step = session.push_frame(&self.pcm_in, &self.pcm_out);
+        handle.push(session.frame());
+        if let Step::Stop(_) = step {
+            if let Some((session, handle)) = self.recording.take() {
+                self.finish_record(session, handle);
             }
         }
     }
@@ -458,6 +545,7 @@ impl Leg {
         }
         self.check_timeout(now);
         self.produce_frame();
+        self.record_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
             if let Some(dest) = dest {

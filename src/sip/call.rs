@@ -3,8 +3,10 @@
 //!
 //! What the call does once answered is decided by a built-in dialplan keyed on the
 //! Request-URI user: `busy` is refused with 486, `ring` rings until the caller gives up, `echo`
-//! sends the caller's audio back, and anything else is answered and kept up until either side
-//! hangs up. Each answered call's media runs as a leg on a media worker.
+//! sends the caller's audio back, and anything else leaves a message: the welcome and
+//! record-after-the-tone prompts, a beep, a recording of the caller (until `#`, 5 s of
+//! silence or 2 minutes), goodbye, hang up. Each answered call's media runs as a leg on a
+//! media worker.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +20,9 @@ use super::message::Request;
 use super::transport::Command;
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use crate::media::prompt::PromptCache;
+use crate::media::record::{
+    DigitSet, RecordMode, RecordPolicy, RecordSession, RecorderFactory, RecordingMeta,
+};
 use crate::media::worker::{LegHandle, LegSockets, MediaEngine};
 use crate::rtp::ports::{PortAllocator, PortLease};
 use crate::rtp::types::Ssrc;
@@ -27,6 +32,8 @@ use crate::sdp::{self, LocalSession, NegotiatedAudio};
 pub struct CallContext {
     /// The media workers.
     pub media: Arc<MediaEngine>,
+    /// Starts recordings on the writer thread.
+    pub recorder: RecorderFactory,
     /// Decoded prompts, shared by all calls.
     pub prompts: Arc<PromptCache>,
     /// End a call after this long without RTP (None: never).
@@ -52,9 +59,18 @@ pub fn spawn(
     let Event::Incoming { request, .. } = incoming else {
         return;
     };
-    let call_id = super::message::header_value(&request.headers, "Call-ID")
-        .unwrap_or("")
-        .to_string();
+    let header = |name| {
+        super::message::header_value(&request.headers, name)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let parties = Parties {
+        call_id: header("Call-ID"),
+        from: header("From"),
+        to: header("To"),
+    };
+    let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
     tokio::spawn(
         async move {
@@ -70,6 +86,7 @@ pub fn spawn(
                 leg_tx,
                 leg_events,
                 echo: false,
+                parties,
             };
             let reason = c.run(request).await;
             tracing::info!(?reason, "call ended");
@@ -89,7 +106,19 @@ struct Call {
     leg_tx: mpsc::UnboundedSender<LegEvent>,
     leg_events: mpsc::UnboundedReceiver<LegEvent>,
     echo: bool,
+    parties: Parties,
 }
+
+/// Who the call is between, for recordings' sidecars.
+struct Parties {
+    call_id: String,
+    from: String,
+    to: String,
+}
+
+/// Playback ids of the built-in message flow.
+const PLAY_GREETING: u64 = 1;
+const PLAY_GOODBYE: u64 = 2;
 
 /// How the call ended, for the log.
 #[derive(Debug)]
@@ -218,7 +247,7 @@ impl Call {
                 }
                 self.leg = Some(h);
                 if !self.echo {
-                    self.play(&["welcome"], 1);
+                    self.play(&["welcome", "record-after-tone", "beep"], PLAY_GREETING);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "no media worker took the call"),
@@ -243,6 +272,40 @@ impl Call {
         });
     }
 
+    fn start_recording(&mut self) {
+        let Some(leg) = &self.leg else {
+            return;
+        };
+        let meta = RecordingMeta {
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+            to: self.parties.to.clone(),
+            room: None,
+            mode: RecordMode::Inbound,
+            rate: 8000,
+        };
+        let handle = match self.ctx.recorder.start(meta) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record");
+                return;
+            }
+        };
+        let policy = RecordPolicy {
+            max_duration: Some(Duration::from_secs(120)),
+            silence_timeout: Some(Duration::from_secs(5)),
+            min_duration: Duration::from_millis(500),
+            terminators: DigitSet::from_chars("#"),
+            beep: true,
+            ..RecordPolicy::default()
+        };
+        tracing::info!(id = handle.id(), "recording");
+        leg.send(LegCommand::Record {
+            session: Box::new(RecordSession::new(policy)),
+            handle,
+        });
+    }
+
     /// DTMF by SIP INFO joins the leg's digit stream, where it is merged with RFC 4733 and
     /// in-band detection of the same key press.
     fn on_info(&mut self, content_type: &str, body: &[u8]) {
@@ -263,6 +326,21 @@ impl Call {
             }
             LegEvent::PlayDone { id, interrupted } => {
                 tracing::debug!(id, interrupted, "playback done");
+                match id {
+                    PLAY_GREETING => self.start_recording(),
+                    PLAY_GOODBYE => self.send(Command::Hangup(self.call)).await,
+                    _ => {}
+                }
+            }
+            LegEvent::RecordDone {
+                id,
+                reason,
+                kept,
+                digits,
+                discarded,
+            } => {
+                tracing::info!(%id, reason = reason.as_str(), kept_ms = kept.as_millis() as u64, %digits, discarded, "recording done");
+                self.play(&["goodbye"], PLAY_GOODBYE);
             }
             LegEvent::RtpTimeout => {
                 tracing::info!("no RTP from the caller; hanging up");

@@ -30,6 +30,37 @@ pub fn tone_power(pcm: &[i16], freq: f64) -> f64 {
 }
 
 impl RtpPeer {
+    /// Sends `digits` as RFC 4733 telephone-events (payload type 101), paced in real time.
+    pub async fn send_dtmf(&mut self, to: SocketAddr, digits: &str) {
+        use switchboard::media::dtmf::EventSender;
+        use switchboard::rtp::types::ClockRate;
+        let mut sender = EventSender::new(PayloadType::DEFAULT_TELEPHONE_EVENT, ClockRate::HZ_8000);
+        sender.queue(digits).unwrap();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..500 {
+            tick.tick().await;
+            if sender.is_idle() {
+                return;
+            }
+            let Some(ev) = sender.poll(RtpTimestamp::new(self.ts)) else {
+                self.ts = self.ts.wrapping_add(160);
+                continue;
+            };
+            let header = RtpHeader {
+                marker: ev.marker,
+                payload_type: ev.payload_type,
+                seq: WireSeq::new(self.seq),
+                timestamp: ev.timestamp,
+                ssrc: Ssrc::new(0x5eed),
+            };
+            let mut out = vec![0u8; 1500];
+            let n = RtpPacket::new(header, &ev.payload).write(&mut out).unwrap();
+            self.socket.send_to(&out[..n], to).await.unwrap();
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(160);
+        }
+    }
+
     pub async fn bind() -> RtpPeer {
         RtpPeer {
             socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
