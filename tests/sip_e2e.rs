@@ -288,7 +288,7 @@ async fn echo_returns_the_callers_tone() {
 }
 
 #[tokio::test]
-async fn a_call_hears_the_welcome_prompt() {
+async fn a_call_hears_the_greeting_prompts() {
     let server = start(0, (43500, 43599)).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
@@ -303,16 +303,18 @@ async fn a_call_hears_the_welcome_prompt() {
             .await
     );
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let prompt = switchboard::media::prompt::PromptCache::new("prompts".into())
-        .load("welcome", 8000)
-        .unwrap();
-    let secs = prompt.duration().as_secs_f64();
+    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
+    let spoken: Vec<i16> = ["welcome", "record-after-tone", "beep"]
+        .iter()
+        .flat_map(|p| cache.load(p, 8000).unwrap().samples.to_vec())
+        .collect();
+    let secs = spoken.len() as f64 / 8000.0;
     // Send silence (so the server latches) for the prompt's length plus a second.
     let silence = vec![0i16; ((secs + 1.0) * 8000.0) as usize];
     let heard = rtp
         .exchange(media, &silence, Duration::from_millis(200))
         .await;
-    let spoken = &prompt.samples[..];
+    let spoken = &spoken[..];
     let level = |pcm: &[i16]| switchboard::media::level::rms_dbfs(pcm);
     // Find the prompt in what came back: the loudest stretch of its length.
     let n = spoken.len();
