@@ -11,18 +11,36 @@ use std::time::{Duration, Instant};
 
 use support::uac::{offer, Uac, UacState};
 
+/// The server process, killed (SIGKILL) and reaped when dropped, so no test leaves it running.
+struct Proc(Child);
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts the real binary on port 0 with `recordings`, returning it and its SIP address.
-fn spawn(recordings: &Path, rtp: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--sip-listen", "127.0.0.1:0", "--rtp-ports", rtp])
-        .arg("--recordings")
-        .arg(recordings)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+fn spawn(recordings: &Path, rtp: &str) -> (Proc, SocketAddr) {
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--sip-listen", "127.0.0.1:0", "--rtp-ports", rtp])
+            .arg("--recordings")
+            .arg(recordings)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -39,7 +57,7 @@ fn spawn(recordings: &Path, rtp: &str) -> (Child, SocketAddr) {
     }
 }
 
-async fn record_then_kill(child: &mut Child, sip: SocketAddr) -> f64 {
+async fn record_then_kill(child: &mut Proc, sip: SocketAddr) -> f64 {
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut uac = Uac::new(socket.local_addr().unwrap(), sip, false);
@@ -92,8 +110,7 @@ async fn record_then_kill(child: &mut Child, sip: SocketAddr) -> f64 {
         Duration::ZERO,
     )
     .await;
-    child.kill().unwrap();
-    let _ = child.wait();
+    child.kill();
     tone_secs
 }
 
@@ -125,8 +142,7 @@ fn a_recording_survives_sigkill() {
 
     // Restart: the leftover is repaired before the server is READY.
     let (mut again, _) = spawn(&rec, "43800-43899");
-    again.kill().unwrap();
-    let _ = again.wait();
+    again.kill();
     let after = names(&rec);
     assert!(!after.iter().any(|n| n.ends_with(".part")), "{after:?}");
     let json = after
