@@ -450,3 +450,68 @@ async fn a_message_is_recorded_until_hash_with_its_sidecar() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn dtmf_by_each_method_is_seen_exactly_once() {
+    let dir = std::env::temp_dir().join(format!("sb-dtmf-{}", fastrand::u64(..)));
+    let rec_dir = dir.clone();
+    let server = start_with((43900, 43999), move |c| c.paths.recordings = rec_dir).await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "message",
+        &offer("127.0.0.1", rtp.port(), "sendrecv"),
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await
+    );
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
+    let greeting: f64 = ["welcome", "record-after-tone", "beep"]
+        .iter()
+        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
+        .sum();
+    let quiet = |ms: f64| vec![0i16; (ms * 8.0) as usize];
+    rtp.exchange(media, &quiet(greeting * 1000.0 + 400.0), Duration::ZERO)
+        .await;
+    // In-band: a '5' tone in the audio, with speech-level audio around it.
+    let mut audio = support::rtp::tone("440/500@-20", 500);
+    audio.extend(support::rtp::tone("770+1336/120@-10", 120));
+    audio.extend(quiet(300.0));
+    rtp.exchange(media, &audio, Duration::ZERO).await;
+    // SIP INFO: '7'.
+    uac.request(
+        Instant::now(),
+        "INFO",
+        "application/dtmf-relay",
+        b"Signal=7\r\nDuration=160\r\n",
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(2), |u| u
+            .statuses
+            .contains(&("INFO".into(), 200)))
+            .await
+    );
+    rtp.exchange(media, &quiet(300.0), Duration::ZERO).await;
+    // RFC 4733: '#' ends the recording.
+    rtp.send_dtmf(media, "#").await;
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(10), |u| u.state
+            == UacState::Terminated)
+            .await
+    );
+    w.drive(&mut uac, Duration::from_millis(50), |_| false)
+        .await;
+    server.stop().await;
+    let sidecar = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a sidecar");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    assert_eq!(meta["digits"], "57#", "{meta}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
