@@ -157,3 +157,55 @@ fn load_basic_calls_udp() {
         server.log_text()
     );
 }
+
+/// SIPp leaves a message with real RTP from its captures: 7 s of A-law speech, then the
+/// RFC 4733 key '1', then BYE. The recording holds the speech and its sidecar the key, once.
+#[test]
+fn message_with_pcap_audio_and_rfc4733_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    let server = Server::start("uac_message_pcap-UDP");
+    let run = Sipp::new("uac_message_pcap", "message", Transport::Udp).run(
+        &sipp,
+        server.sip,
+        server.dir(),
+    );
+    assert!(run.success(), "{}\n{}", run.report(), server.log_text());
+    let recordings = server.dir().join("recordings");
+    // The BYE's 200 came back before the media worker finalised the file: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let sidecar = loop {
+        let done = std::fs::read_dir(&recordings)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .find_map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                (v["state"] == "complete").then_some(v)
+            });
+        if let Some(v) = done {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished recording\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(sidecar["digits"], "1", "{sidecar}");
+    assert_eq!(sidecar["stop_reason"], "hangup", "{sidecar}");
+    let wav = recordings.join(sidecar["file"].as_str().unwrap());
+    let samples: Vec<i16> = hound::WavReader::open(&wav)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    let secs = samples.len() as f64 / 8000.0;
+    assert!((6.5..10.0).contains(&secs), "recorded {secs:.2} s");
+    // Speech, not silence: the loudest second is well above the noise floor.
+    let loudest = samples
+        .chunks(8000)
+        .map(switchboard::media::level::rms_dbfs)
+        .fold(f64::MIN, f64::max);
+    assert!(loudest > -35.0, "loudest second {loudest:.1} dBFS");
+}

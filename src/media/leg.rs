@@ -30,6 +30,8 @@ pub const FRAME: Duration = Duration::from_millis(20);
 /// Frames cut from a recording's end when a terminator key stopped it: detection lags the
 /// tone by up to this much.
 const TERMINATOR_TRIM_FRAMES: u64 = 5;
+/// The longest packet we play out: 60 ms at 8 kHz.
+const MAX_PACKET_SAMPLES: usize = 480;
 /// Samples per frame at 8 kHz, the rate of every codec so far.
 pub const FRAME_SAMPLES: usize = 160;
 
@@ -228,6 +230,12 @@ pub struct Leg {
     rtcp: RtcpSession,
     rtcp_buf: [u8; MAX_COMPOUND_LEN],
     jitter: JitterBuffer,
+    /// Samples per received packet (the peer's ptime), learnt from its packets.
+    packet_samples: usize,
+    /// Decoded audio not yet played out: a packet may hold more than one tick's worth.
+    fifo: [i16; FRAME_SAMPLES + MAX_PACKET_SAMPLES],
+    fifo_len: usize,
+    scratch: [i16; MAX_PACKET_SAMPLES],
     plc: G711Plc,
     inband: InbandDetector,
     inband_clock: SampleClock,
@@ -279,7 +287,11 @@ impl Leg {
             codec: cfg.codec.new_codec(),
             recv: RecvSession::new(recv_cfg),
             send,
-            jitter: JitterBuffer::new(JitterConfig::default()),
+            jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
+            packet_samples: FRAME_SAMPLES,
+            fifo: [0; FRAME_SAMPLES + MAX_PACKET_SAMPLES],
+            fifo_len: 0,
+            scratch: [0; MAX_PACKET_SAMPLES],
             plc: G711Plc::new(),
             inband,
             inband_clock,
@@ -425,6 +437,22 @@ impl Leg {
         }
     }
 
+    /// The call ended: finalise a recording in progress as a hangup and stop playback.
+    pub fn close(&mut self) {
+        self.stop_record(|s| s.hangup());
+        self.playing = None;
+        let r = self.report();
+        tracing::debug!(
+            packets_in = r.leg.packets_in,
+            packets_out = r.leg.packets_out,
+            decoded = r.leg.frames_decoded,
+            concealed = r.leg.frames_concealed,
+            dropped = r.leg.dropped,
+            lost = r.recv.lost,
+            "leg closed"
+        );
+    }
+
     /// Ends the recording (if any) with the reason `stop` gives, finalises it and reports.
     fn stop_record(&mut self, stop: impl FnOnce(&mut RecordSession) -> StopReason) {
         let Some((mut session, handle)) = self.recording.take() else {
@@ -523,7 +551,18 @@ impl Leg {
             }
             return;
         }
-        if acc.restarted {
+        let samples = self.cfg.codec.samples_in(pkt.payload.len());
+        if samples == 0 || samples > MAX_PACKET_SAMPLES || !samples.is_multiple_of(80) {
+            // Packets of 10 ms multiples up to 60 ms; anything else cannot be played out.
+            self.stats.dropped += 1;
+            return;
+        }
+        if samples != self.packet_samples {
+            // The peer's packetization (ptime) changed, or this is the first packet: the jitter
+            // buffer counts in packets, so it starts over at the new size.
+            self.packet_samples = samples;
+            self.jitter = JitterBuffer::new(jitter_config(samples));
+        } else if acc.restarted {
             self.jitter.reset();
             self.codec.reset();
         }
@@ -606,31 +645,46 @@ impl Leg {
         }
     }
 
+    /// Fills `pcm_in` with this tick's 20 ms of received audio. Packets may carry 10-60 ms,
+    /// so decoded audio passes through a small sample FIFO; the jitter buffer is asked for a
+    /// packet only when the FIFO runs short.
     fn receive_frame(&mut self, now: Instant) {
-        let decoded = match self.jitter.pop_frame(now) {
-            Pop::Frame(f) => {
-                let ok = matches!(self.codec.decode(f.payload, &mut self.pcm_in), Ok(n) if n == FRAME_SAMPLES);
-                if ok {
-                    self.talkspurt = true;
-                    let _ = self.plc.good_frame(&mut self.pcm_in);
-                    self.stats.frames_decoded += 1;
+        while self.fifo_len < FRAME_SAMPLES {
+            let n = self.packet_samples;
+            let out = &mut self.scratch[..n];
+            let decoded = match self.jitter.pop_frame(now) {
+                Pop::Frame(f) => {
+                    let ok = matches!(self.codec.decode(f.payload, out), Ok(got) if got == n);
+                    if ok {
+                        self.talkspurt = true;
+                        let _ = self.plc.good_frame(out);
+                        self.stats.frames_decoded += 1;
+                    }
+                    ok
                 }
-                ok
+                Pop::Lost(_) => false,
+                Pop::Empty if !self.talkspurt => {
+                    // Nothing is playing: this tick hears silence.
+                    let missing = FRAME_SAMPLES - self.fifo_len;
+                    self.fifo[self.fifo_len..FRAME_SAMPLES].fill(0);
+                    self.fifo_len += missing;
+                    break;
+                }
+                Pop::Empty => false,
+            };
+            if !decoded {
+                let _ = self.plc.lost_frame(out);
+                self.stats.frames_concealed += 1;
+                if !self.plc.concealing() {
+                    self.talkspurt = false;
+                }
             }
-            Pop::Lost(_) => false,
-            Pop::Empty if !self.talkspurt => {
-                self.pcm_in.fill(0);
-                return;
-            }
-            Pop::Empty => false,
-        };
-        if !decoded {
-            let _ = self.plc.lost_frame(&mut self.pcm_in);
-            self.stats.frames_concealed += 1;
-            if !self.plc.concealing() {
-                self.talkspurt = false;
-            }
+            self.fifo[self.fifo_len..self.fifo_len + n].copy_from_slice(&self.scratch[..n]);
+            self.fifo_len += n;
         }
+        self.pcm_in.copy_from_slice(&self.fifo[..FRAME_SAMPLES]);
+        self.fifo.copy_within(FRAME_SAMPLES..self.fifo_len, 0);
+        self.fifo_len -= FRAME_SAMPLES;
         // At most a couple of digit events per 20 ms frame; collect them without allocating.
         let mut found = [None; 4];
         let mut count = 0;
@@ -682,6 +736,15 @@ impl Leg {
     }
 }
 
+/// A jitter buffer for packets of `samples` samples at 8 kHz.
+fn jitter_config(samples: usize) -> JitterConfig {
+    JitterConfig {
+        frame: Duration::from_micros(samples as u64 * 125),
+        slot_bytes: MAX_PACKET_SAMPLES * 2,
+        ..JitterConfig::default()
+    }
+}
+
 /// A leg could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create media leg: {0}")]
@@ -720,7 +783,12 @@ mod tests {
 
     /// RTP packets of PCMU carrying `pcm` in 20 ms frames.
     fn packets(pcm: &[i16], first_seq: u16) -> Vec<Vec<u8>> {
-        pcm.chunks(FRAME_SAMPLES)
+        packets_of(pcm, first_seq, FRAME_SAMPLES)
+    }
+
+    /// RTP packets of PCMU carrying `pcm`, `per` samples each.
+    fn packets_of(pcm: &[i16], first_seq: u16, per: usize) -> Vec<Vec<u8>> {
+        pcm.chunks(per)
             .enumerate()
             .map(|(i, frame)| {
                 let payload: Vec<u8> = frame.iter().map(|&s| ulaw_encode(s)).collect();
@@ -728,7 +796,7 @@ mod tests {
                     marker: i == 0,
                     payload_type: PayloadType::PCMU,
                     seq: WireSeq::new(first_seq.wrapping_add(i as u16)),
-                    timestamp: RtpTimestamp::new(1000 + (i * FRAME_SAMPLES) as u32),
+                    timestamp: RtpTimestamp::new(1000 + (i * per) as u32),
                     ssrc: Ssrc::new(99),
                 };
                 let p = RtpPacket::new(header, &payload);
@@ -786,6 +854,51 @@ mod tests {
         );
         assert_eq!(l.stats().frames_decoded, 50);
         assert_eq!(l.stats().packets_out, 60);
+    }
+
+    #[test]
+    fn thirty_ms_packets_are_played_out_in_twenty_ms_ticks() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        l.apply(t0, LegCommand::Echo(true));
+        let input = packets_of(&generate("1000/1500@-10", 1500), 7, 240);
+        // Two 30 ms packets arrive every three 20 ms ticks.
+        let mut sent = Vec::new();
+        let from: SocketAddr = PEER.parse().unwrap();
+        let mut concealed_while_streaming = None;
+        for n in 0..90usize {
+            let now = t0 + FRAME * n as u32;
+            if n == 70 {
+                concealed_while_streaming = Some(l.stats().frames_concealed);
+            }
+            if n % 3 != 2 {
+                if let Some(p) = input.get(n / 3 * 2 + n % 3) {
+                    l.handle_packet(now, SystemTime::now(), from, p);
+                }
+            }
+            l.tick(now, SystemTime::now(), n as u64, &mut |port, _, bytes| {
+                if port == Port::Rtp {
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    sent.extend(
+                        p.payload
+                            .iter()
+                            .map(|&b| crate::media::codec::g711::ulaw_decode(b)),
+                    );
+                }
+            });
+        }
+        assert_eq!(l.stats().frames_decoded, 50, "every 30 ms packet decoded");
+        let middle = &sent[20 * FRAME_SAMPLES..60 * FRAME_SAMPLES];
+        assert!(
+            tone_power(middle, 1000.0) > 0.9,
+            "{}",
+            tone_power(middle, 1000.0)
+        );
+        assert_eq!(
+            concealed_while_streaming,
+            Some(0),
+            "no gap while packets keep coming"
+        );
     }
 
     #[test]

@@ -242,6 +242,8 @@ fn run(rx: Receiver<Command>, stats: Arc<WorkerStats>) {
                 Ok(Command::Remove(id)) => {
                     if let Some(i) = slots.iter().position(|s| s.id == id) {
                         let mut s = slots.swap_remove(i);
+                        // The call is over: a recording in progress ends as a hangup, digits kept.
+                        s.leg.close();
                         if let Some((to, bye)) = s.leg.rtcp_bye() {
                             let _ = s.sockets.rtcp.send_to(bye, to);
                         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// How long the server may take to print its READY line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIPp's own global timeout (`-timeout`); it fails the run when reached.
-const SIPP_TIMEOUT_SECS: u64 = 20;
+const SIPP_TIMEOUT_SECS: u64 = 40;
 /// Backstop in case SIPp ignores its own timeout: it is killed after this.
 const SIPP_KILL_AFTER: Duration = Duration::from_secs(SIPP_TIMEOUT_SECS + 20);
 /// How long SIPp waits for any one expected message before failing the call.
@@ -329,6 +329,8 @@ impl<'a> Sipp<'a> {
             // SIPp's own choice of local port races with other SIPp processes when
             // they all start at once (it probes 5060 upwards), so it is given one.
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            // Likewise its RTP port (default 6000), used by scenarios that play captures.
+            .args(["-mp", &free_port().to_string()])
             .args(["-m", &self.calls.to_string()])
             .args([
                 "-timeout",

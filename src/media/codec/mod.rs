@@ -95,6 +95,14 @@ impl CodecKind {
         }
     }
 
+    /// Samples (at the codec's sample rate) carried by a payload of `bytes` bytes.
+    pub const fn samples_in(self, bytes: usize) -> usize {
+        match self {
+            // One byte per sample.
+            CodecKind::Pcmu | CodecKind::Pcma => bytes,
+        }
+    }
+
     /// Channel count as written in `a=rtpmap` (absent means 1).
     pub const fn channels(self) -> u16 {
         match self {
