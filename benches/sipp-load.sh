@@ -40,7 +40,7 @@ case "$mode" in
   media)
     calls=${2:-1000}
     ramp=$(( calls / 200 + 2 ))
-    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s playback -i 127.0.0.1 -p 25070 \
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p 25070 \
       -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 40) * 1000 )) -nostdin -timeout 120s -bg \
       >/dev/null 2>&1 || true
     sleep "$ramp"

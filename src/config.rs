@@ -64,6 +64,7 @@ pub struct RtpConfig {
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
     pub workers: usize,
+    pub realtime_priority: i32,
     pub rtp_timeout_secs: u64,
 }
 

@@ -54,7 +54,10 @@ pub async fn run_with_ready(
     }
     let (recorder, writer) = RecordingWriter::spawn(config.paths.recordings.clone())
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
-    let media = Arc::new(MediaEngine::start(config.media.workers)?);
+    let media = Arc::new(MediaEngine::start(
+        config.media.workers,
+        config.media.realtime_priority,
+    )?);
     let ctx = Arc::new(CallContext {
         media: media.clone(),
         recorder,

@@ -125,8 +125,10 @@ impl std::fmt::Debug for Command {
 }
 
 impl MediaEngine {
-    /// Starts `workers` threads (0: one per core).
-    pub fn start(workers: usize) -> std::io::Result<MediaEngine> {
+    /// Starts `workers` threads (0: one per core). With `realtime_priority` > 0 the threads ask
+    /// for SCHED_FIFO at that priority, so a busy machine delays the media tick less; where
+    /// that is not permitted they run at normal priority and say so once.
+    pub fn start(workers: usize, realtime_priority: i32) -> std::io::Result<MediaEngine> {
         let n = if workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -143,7 +145,12 @@ impl MediaEngine {
             let s = stats.clone();
             let t = std::thread::Builder::new()
                 .name(format!("media-{i}"))
-                .spawn(move || run(rx, s))?;
+                .spawn(move || {
+                    if realtime_priority > 0 {
+                        set_realtime(realtime_priority, i);
+                    }
+                    run(rx, s)
+                })?;
             engine.workers.push((tx, stats));
             engine.threads.push(t);
         }
@@ -191,6 +198,24 @@ impl Drop for MediaEngine {
         }
     }
 }
+
+#[cfg(target_os = "linux")]
+fn set_realtime(priority: i32, worker: usize) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: plain FFI call on the current thread with a valid, initialised parameter.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 && worker == 0 {
+        tracing::info!(
+            error = %std::io::Error::from_raw_os_error(rc),
+            "media workers run without real-time priority"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_realtime(_priority: i32, _worker: usize) {}
 
 fn run(rx: Receiver<Command>, stats: Arc<WorkerStats>) {
     let mut slots: Vec<Slot> = Vec::with_capacity(256);
