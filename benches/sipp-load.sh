@@ -2,6 +2,7 @@
 # SIPp load against a release build on 127.0.0.1.
 #   benches/sipp-load.sh rate  RATE CALLS      # call rate: INVITE/200/ACK/BYE, no hold time
 #   benches/sipp-load.sh idle  CALLS HOLD_MS   # memory: CALLS concurrent idle dialogs (HOLD_MS > 45000)
+#   benches/sipp-load.sh record CALLS          # CALLS concurrent recordings fed by SIPp's RTP
 #   benches/sipp-load.sh media CALLS           # CALLS concurrent answered calls, each a G.711 leg
 #                                              # sending a frame every 20 ms: CPU, late ticks, memory
 set -euo pipefail
@@ -14,6 +15,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 RUST_LOG=info,switchboard::server=debug \
 ./target/release/switchboard serve --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
+  --recordings "$work/recordings" \
   >"$work/ready" 2>"$work/server.log" &
 server=$!
 for _ in $(seq 1 100); do grep -q READY "$work/ready" 2>/dev/null && break; sleep 0.05; done
@@ -55,6 +57,26 @@ case "$mode" in
     echo "cpu_pct_of_a_core_per_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30 / $calls" | bc -l | cut -c1-7)"
     echo "rss_per_leg_bytes=$(( (held - base) * 1024 / calls ))"
     echo "last media stats: $last"
+    pkill -f "sipp 127.0.0.1:$port" || true
+    ;;
+  record)
+    # CALLS concurrent callers leave a message: SIPp plays 7 s of A-law speech into each
+    # recording (tests/sipp/uac_message_pcap.xml); CPU is sampled while all are recording.
+    calls=${2:-200}
+    ramp=$(( calls / 100 ))
+    sipp 127.0.0.1:$port -sf tests/sipp/uac_message_pcap.xml -s message -i 127.0.0.1 -p 25070 \
+      -mp 26000 -r 100 -m "$calls" -l "$calls" -nostdin -timeout 120s -bg >/dev/null 2>&1 || true
+    sleep $(( ramp + 7 ))
+    hz=$(getconf CLK_TCK)
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    sleep 3
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    sleep 8
+    done=$(grep -l '"state": *"complete"' "$work"/recordings/*.json 2>/dev/null | wc -l)
+    echo "cores=$(nproc) recording_calls=$calls recordings_finished=$done"
+    echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 3" | bc -l | cut -c1-6)"
+    echo "cpu_pct_of_a_core_per_recording_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 3 / $calls" | bc -l | cut -c1-7)"
+    grep "media workers" "$work/server.log" | tail -1
     pkill -f "sipp 127.0.0.1:$port" || true
     ;;
   idle)
