@@ -92,11 +92,7 @@ async fn record_then_kill(child: &mut Proc, sip: SocketAddr) -> f64 {
         .parse()
         .unwrap();
     let media = SocketAddr::new(sip.ip(), port);
-    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
-    let greeting: f64 = ["welcome", "record-after-tone", "beep"]
-        .iter()
-        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
-        .sum();
+    let greeting = support::greeting_secs();
     rtp.exchange(
         media,
         &vec![0i16; ((greeting + 0.3) * 8000.0) as usize],

@@ -378,11 +378,22 @@ async fn a_caller_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_message_is_recorded_until_hash_with_its_sidecar() {
-    let dir = std::env::temp_dir().join(format!("sb-rec-{}", fastrand::u64(..)));
+/// A server recording into a fresh folder, with a caller in the built-in message flow who
+/// has heard the greeting (sending silence meanwhile) and is now being recorded.
+struct MessageCall {
+    server: Server,
+    dir: std::path::PathBuf,
+    w: Wire,
+    uac: Uac,
+    rtp: support::rtp::RtpPeer,
+    media: std::net::SocketAddr,
+    greeting: Vec<i16>,
+}
+
+async fn message_call(rtp_range: (u16, u16)) -> MessageCall {
+    let dir = std::env::temp_dir().join(format!("sb-msg-{}", fastrand::u64(..)));
     let rec_dir = dir.clone();
-    let server = start_with((43700, 43799), move |c| c.paths.recordings = rec_dir).await;
+    let server = start_with(rtp_range, move |c| c.paths.recordings = rec_dir).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
     uac.invite(
@@ -396,56 +407,72 @@ async fn a_message_is_recorded_until_hash_with_its_sidecar() {
             .await
     );
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
-    let greeting: f64 = ["welcome", "record-after-tone", "beep"]
-        .iter()
-        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
-        .sum();
-    // Quiet while the greeting plays, then 2 s of a 1 kHz tone, then '#'.
-    let quiet = vec![0i16; ((greeting + 0.4) * 8000.0) as usize];
-    let heard = rtp.exchange(media, &quiet, Duration::ZERO).await;
+    let quiet = vec![0i16; ((support::greeting_secs() + 0.4) * 8000.0) as usize];
+    let greeting = rtp.exchange(media, &quiet, Duration::ZERO).await;
+    MessageCall {
+        server,
+        dir,
+        w,
+        uac,
+        rtp,
+        media,
+        greeting,
+    }
+}
+
+impl MessageCall {
+    /// Waits for goodbye and the server's BYE, stops the server, returns the sidecar.
+    async fn finish(mut self) -> (serde_json::Value, std::path::PathBuf) {
+        assert!(
+            self.w
+                .drive(&mut self.uac, Duration::from_secs(10), |u| u.state
+                    == UacState::Terminated)
+                .await,
+            "the server did not hang up after the message"
+        );
+        self.w
+            .drive(&mut self.uac, Duration::from_millis(50), |_| false)
+            .await;
+        self.server.stop().await;
+        let meta = support::sole_sidecar(&self.dir);
+        assert_eq!(meta["state"], "complete", "{meta}");
+        assert_eq!(meta["call_id"], self.uac.call_id.as_str());
+        (meta, self.dir)
+    }
+}
+
+#[tokio::test]
+async fn a_message_is_recorded_until_hash_with_its_sidecar() {
+    let mut c = message_call((43700, 43799)).await;
     assert!(
-        switchboard::media::level::rms_dbfs(&heard) > -40.0,
+        switchboard::media::level::rms_dbfs(&c.greeting) > -40.0,
         "no greeting heard"
     );
-    rtp.exchange(
-        media,
-        &support::rtp::tone("1000/2000@-10", 2000),
-        Duration::ZERO,
-    )
-    .await;
-    rtp.send_dtmf(media, "#").await;
-    // Goodbye, then the server hangs up.
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(10), |u| u.state
-            == UacState::Terminated)
-            .await,
-        "the server did not hang up after the message"
-    );
-    w.drive(&mut uac, Duration::from_millis(50), |_| false)
+    // 2 s of a 1 kHz tone, then '#'.
+    c.rtp
+        .exchange(
+            c.media,
+            &support::rtp::tone("1000/2000@-10", 2000),
+            Duration::ZERO,
+        )
         .await;
-    server.stop().await;
-
-    let sidecars: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    assert_eq!(sidecars.len(), 1, "{sidecars:?}");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&sidecars[0]).unwrap()).unwrap();
-    assert_eq!(meta["state"], "complete", "{meta}");
+    c.rtp.send_dtmf(c.media, "#").await;
+    let (meta, dir) = c.finish().await;
     assert_eq!(meta["digits"], "#");
-    assert_eq!(meta["call_id"], uac.call_id.as_str());
     let wav = dir.join(meta["file"].as_str().unwrap());
     let mut r = hound::WavReader::open(&wav).unwrap();
     assert_eq!(r.spec().sample_rate, 8000);
     let samples: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
     let secs = samples.len() as f64 / 8000.0;
     assert!((1.8..3.0).contains(&secs), "recorded {secs:.2} s");
-    let tone = support::rtp::tone_power(&samples, 1000.0);
+    // The caller's tone is in there (judged on its clearest half second: a loaded machine can
+    // delay packets enough for the jitter buffer to conceal a few frames elsewhere).
+    let tone = samples
+        .chunks(4000)
+        .map(|c| support::rtp::tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
     assert!(
-        tone > 0.8,
+        tone > 0.9,
         "the recording is not the caller's tone: {tone:.2}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -453,65 +480,30 @@ async fn a_message_is_recorded_until_hash_with_its_sidecar() {
 
 #[tokio::test]
 async fn dtmf_by_each_method_is_seen_exactly_once() {
-    let dir = std::env::temp_dir().join(format!("sb-dtmf-{}", fastrand::u64(..)));
-    let rec_dir = dir.clone();
-    let server = start_with((43900, 43999), move |c| c.paths.recordings = rec_dir).await;
-    let mut rtp = support::rtp::RtpPeer::bind().await;
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "message",
-        &offer("127.0.0.1", rtp.port(), "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
-    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
-    let greeting: f64 = ["welcome", "record-after-tone", "beep"]
-        .iter()
-        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
-        .sum();
+    let mut c = message_call((43900, 43999)).await;
     let quiet = |ms: f64| vec![0i16; (ms * 8.0) as usize];
-    rtp.exchange(media, &quiet(greeting * 1000.0 + 400.0), Duration::ZERO)
-        .await;
     // In-band: a '5' tone in the audio, with speech-level audio around it.
     let mut audio = support::rtp::tone("440/500@-20", 500);
     audio.extend(support::rtp::tone("770+1336/120@-10", 120));
     audio.extend(quiet(300.0));
-    rtp.exchange(media, &audio, Duration::ZERO).await;
+    c.rtp.exchange(c.media, &audio, Duration::ZERO).await;
     // SIP INFO: '7'.
-    uac.request(
+    c.uac.request(
         Instant::now(),
         "INFO",
         "application/dtmf-relay",
         b"Signal=7\r\nDuration=160\r\n",
     );
     assert!(
-        w.drive(&mut uac, Duration::from_secs(2), |u| u
+        c.w.drive(&mut c.uac, Duration::from_secs(2), |u| u
             .statuses
             .contains(&("INFO".into(), 200)))
             .await
     );
-    rtp.exchange(media, &quiet(300.0), Duration::ZERO).await;
+    c.rtp.exchange(c.media, &quiet(300.0), Duration::ZERO).await;
     // RFC 4733: '#' ends the recording.
-    rtp.send_dtmf(media, "#").await;
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(10), |u| u.state
-            == UacState::Terminated)
-            .await
-    );
-    w.drive(&mut uac, Duration::from_millis(50), |_| false)
-        .await;
-    server.stop().await;
-    let sidecar = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("a sidecar");
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    c.rtp.send_dtmf(c.media, "#").await;
+    let (meta, dir) = c.finish().await;
     assert_eq!(meta["digits"], "57#", "{meta}");
     let _ = std::fs::remove_dir_all(&dir);
 }

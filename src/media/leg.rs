@@ -449,6 +449,9 @@ impl Leg {
             concealed = r.leg.frames_concealed,
             dropped = r.leg.dropped,
             lost = r.recv.lost,
+            jitter_late = r.jitter.late,
+            remote_fraction_lost = r.rtcp.remote_fraction_lost,
+            rtt_ms = ?r.rtcp.rtt_ms,
             "leg closed"
         );
     }
@@ -750,6 +753,26 @@ fn jitter_config(samples: usize) -> JitterConfig {
 #[error("cannot create media leg: {0}")]
 pub struct LegError(String);
 
+/// A PCMU leg with telephone-event 101 towards 127.0.0.1:40000, for the tests below.
+#[cfg(test)]
+fn test_leg(now: Instant) -> Leg {
+    let cfg = LegConfig {
+        codec: CodecKind::Pcmu,
+        payload_type: PayloadType::PCMU,
+        telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+        remote: "127.0.0.1:40000".parse().ok(),
+        remote_rtcp: None,
+        rtcp_mux: false,
+        direction: Direction::SendRecv,
+        rtp_timeout: Duration::from_secs(60),
+        ssrc: Ssrc::new(7),
+    };
+    match Leg::new(cfg, now) {
+        Ok(l) => l,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,21 +783,7 @@ mod tests {
     const PEER: &str = "127.0.0.1:40000";
 
     fn leg(now: Instant) -> Leg {
-        Leg::new(
-            LegConfig {
-                codec: CodecKind::Pcmu,
-                payload_type: PayloadType::PCMU,
-                telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-                remote: Some(PEER.parse().unwrap()),
-                remote_rtcp: None,
-                rtcp_mux: false,
-                direction: Direction::SendRecv,
-                rtp_timeout: Duration::from_secs(60),
-                ssrc: Ssrc::new(7),
-            },
-            now,
-        )
-        .unwrap()
+        test_leg(now)
     }
 
     fn tone_power(pcm: &[i16], freq: f64) -> f64 {
@@ -1038,21 +1047,7 @@ mod dtmf_tests {
     const TE: PayloadType = PayloadType::DEFAULT_TELEPHONE_EVENT;
 
     fn leg(now: Instant) -> Leg {
-        Leg::new(
-            LegConfig {
-                codec: CodecKind::Pcmu,
-                payload_type: PayloadType::PCMU,
-                telephone_event: Some(TE),
-                remote: Some(PEER.parse().unwrap()),
-                remote_rtcp: None,
-                rtcp_mux: false,
-                direction: Direction::SendRecv,
-                rtp_timeout: Duration::from_secs(60),
-                ssrc: Ssrc::new(7),
-            },
-            now,
-        )
-        .unwrap()
+        test_leg(now)
     }
 
     fn rtp(pt: PayloadType, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {

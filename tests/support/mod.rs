@@ -3,3 +3,23 @@
 
 pub mod rtp;
 pub mod uac;
+
+/// Seconds of the built-in message flow's greeting (welcome, record-after-tone, beep).
+pub fn greeting_secs() -> f64 {
+    let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
+    ["welcome", "record-after-tone", "beep"]
+        .iter()
+        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
+        .sum()
+}
+
+/// The one recording sidecar in `dir`, parsed.
+pub fn sole_sidecar(dir: &std::path::Path) -> serde_json::Value {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap()
+}
