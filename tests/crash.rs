@@ -159,10 +159,13 @@ fn a_recording_survives_sigkill() {
     // the recording began a little before the tone.
     assert!(secs >= sent - 1.2, "kept {secs:.2} s of {sent:.1} s");
     assert!(secs <= sent + 1.5, "kept {secs:.2} s of {sent:.1} s");
+    // The kept audio is the tone (judged on the clearest half second of its last second: a
+    // loaded machine can delay packets enough for a few frames to be concealed).
     let tail = &samples[samples.len().saturating_sub(8000)..];
-    assert!(
-        support::rtp::tone_power(tail, 1000.0) > 0.8,
-        "the kept audio is the tone"
-    );
+    let tone = tail
+        .chunks(4000)
+        .map(|c| support::rtp::tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
+    assert!(tone > 0.9, "the kept audio is not the tone: {tone:.2}");
     let _ = std::fs::remove_dir_all(&dir);
 }
