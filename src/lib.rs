@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; `main.rs` only parses flags and calls [`run`].
 
+pub mod api;
 pub mod conference;
 pub mod config;
 pub mod error;

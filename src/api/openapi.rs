@@ -1,0 +1,216 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+//!
+//! The recording types live in `media::record` and carry no OpenAPI derive, so their JSON
+//! shape is described here by mirror types; a test checks that the mirror's properties are
+//! exactly the keys a serialized sidecar has.
+
+// The mirror types only describe JSON; nothing constructs them.
+#![allow(dead_code)]
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::recordings;
+
+/// The API description served at `/api/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "switchboard HTTP API",
+        description = "Recordings made by the switchboard SIP media server. Every request needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token."
+    ),
+    paths(
+        recordings::list,
+        recordings::get_one,
+        recordings::audio,
+        recordings::delete,
+        super::openapi_json
+    ),
+    components(schemas(recordings::RecordingList, Recording, super::ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "recordings", description = "Recorded calls and rooms: metadata and WAV audio"))
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer-token scheme that the `security` requirement names.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// One recording: the sidecar `ID.json` stored next to `ID.wav`.
+#[derive(ToSchema)]
+pub(crate) struct Recording {
+    /// Unique id; letters, digits, `-` and `_`.
+    id: String,
+    /// SIP Call-ID of the recorded call.
+    call_id: String,
+    /// Caller (From URI).
+    from: String,
+    /// Callee (To URI).
+    to: String,
+    /// Conference room, when the recording is of a room; absent otherwise.
+    room: Option<String>,
+    /// Start time, RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    started: String,
+    /// Length of the audio in milliseconds.
+    duration_ms: u64,
+    /// Sample format of the WAV.
+    format: Format,
+    /// Recorded directions and layout.
+    mode: Mode,
+    /// Digits pressed while recording, as keypad characters.
+    digits: String,
+    /// Why the recording stopped; null while recording and after a crash repair.
+    stop_reason: Option<StopReason>,
+    /// Life-cycle state.
+    state: State,
+    /// WAV file name, relative to the recordings folder.
+    file: String,
+}
+
+/// Sample format of a recording.
+#[derive(ToSchema)]
+pub(crate) struct Format {
+    /// Samples per second.
+    rate: u32,
+    /// Interleaved channels.
+    channels: u16,
+    /// Bits per sample.
+    bits: u16,
+}
+
+/// Which directions of the call are recorded and how.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum Mode {
+    /// What the caller sends (mono).
+    Inbound,
+    /// What the server sends to the caller (mono).
+    Outbound,
+    /// Both directions mixed (mono).
+    MixedMono,
+    /// Caller left, server right.
+    Stereo,
+}
+
+/// Why a recording stopped.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum StopReason {
+    /// The maximum duration was reached.
+    MaxDuration,
+    /// Continuous silence.
+    Silence,
+    /// A terminator digit (the keypad character) was pressed.
+    Terminator(String),
+    /// The call ended.
+    Hangup,
+    /// Stopped on request.
+    Requested,
+}
+
+/// Where a recording is in its life.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum State {
+    /// Still being written; its audio is not served yet.
+    Recording,
+    /// Finished normally.
+    Complete,
+    /// Recovered after a crash.
+    Repaired,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::media::dtmf::Digit;
+    use crate::media::record::{
+        Format as RealFormat, RecordMode, Sidecar, SidecarState, StopReason as RealStop,
+    };
+
+    fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn recording_schema_matches_the_sidecar() {
+        let sidecar = Sidecar {
+            id: "a".into(),
+            call_id: "c".into(),
+            from: "sip:a@x".into(),
+            to: "sip:b@x".into(),
+            room: Some("r".into()),
+            started: "2024-05-01T12:00:00.000Z".into(),
+            duration_ms: 1,
+            format: RealFormat {
+                rate: 8000,
+                channels: 1,
+                bits: 16,
+            },
+            mode: RecordMode::MixedMono,
+            digits: "1#".into(),
+            stop_reason: Some(RealStop::Terminator(Digit::from_char('#').unwrap())),
+            state: SidecarState::Complete,
+            file: "a.wav".into(),
+        };
+        let json = serde_json::to_value(&sidecar).unwrap();
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(keys(&json), keys(&schemas["Recording"]["properties"]));
+        assert_eq!(
+            keys(&json["format"]),
+            keys(&schemas["Format"]["properties"])
+        );
+        let text = schemas.to_string();
+        for value in [&json["mode"], &json["state"]] {
+            let v = value.as_str().unwrap();
+            assert!(text.contains(&format!("\"{v}\"")), "{v} not in schema");
+        }
+        let stop = keys(&json["stop_reason"]);
+        assert_eq!(stop.len(), 1);
+        let stop = stop.first().unwrap();
+        assert!(
+            text.contains(&format!("\"{stop}\"")),
+            "{stop} not in schema"
+        );
+        assert!(text.contains("\"max_duration\""));
+    }
+
+    #[test]
+    fn document_lists_every_endpoint_and_bearer_security() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = keys(&doc["paths"]);
+        for p in [
+            "/api/recordings",
+            "/api/recordings/{id}",
+            "/api/recordings/{id}/audio",
+            "/api/openapi.json",
+        ] {
+            assert!(paths.contains(p), "{p} missing from {paths:?}");
+        }
+        assert!(doc["paths"]["/api/recordings/{id}"]["delete"].is_object());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let params = doc["paths"]["/api/recordings"]["get"]["parameters"].to_string();
+        for p in ["caller", "callee", "room", "from", "to", "limit", "offset"] {
+            assert!(params.contains(&format!("\"{p}\"")), "parameter {p}");
+        }
+    }
+}
