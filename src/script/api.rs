@@ -255,9 +255,7 @@ fn terminate<T>(token: &str) -> Res<T> {
 fn request(req: CallRequest) -> Res<CallReply> {
     let result = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
-        let Some(active) = a.as_mut() else {
-            return None;
-        };
+        let active = a.as_mut()?;
         if active.hangup.load(Ordering::Relaxed) {
             return Some(Err(CallGone));
         }

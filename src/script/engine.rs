@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use rhai::{Engine, EvalAltResult, ParseError, Position, AST};
@@ -87,7 +87,7 @@ pub fn build_engine(limits: &ScriptLimits) -> Engine {
             None
         })
     });
-    engine.on_print(|s| api::print(s));
+    engine.on_print(api::print);
     engine.on_debug(|s, src, pos| api::print(&format!("{}:{pos}: {s}", src.unwrap_or("?"))));
     api::register(&mut engine);
     engine
@@ -272,6 +272,9 @@ pub struct ScriptSet {
     dir: PathBuf,
     engine: Arc<Engine>,
     scripts: RwLock<HashMap<String, Compiled>>,
+    /// Files that failed to compile, by the time that failed: not retried (nor reported
+    /// again) until they change.
+    broken: Mutex<HashMap<String, Option<SystemTime>>>,
 }
 
 impl fmt::Debug for ScriptSet {
@@ -311,6 +314,7 @@ impl ScriptSet {
             dir,
             engine,
             scripts: RwLock::new(scripts),
+            broken: Mutex::new(HashMap::new()),
         })
     }
 
@@ -377,9 +381,14 @@ impl ScriptSet {
                 .filter(|k| !files.contains_key(*k))
                 .cloned()
                 .collect();
+            let broken = match self.broken.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
             files
                 .iter()
                 .filter(|(name, (_, mtime))| s.get(*name).is_none_or(|c| c.mtime != *mtime))
+                .filter(|(name, (_, mtime))| broken.get(*name) != Some(mtime))
                 .map(|(n, (p, m))| (n.clone(), p.clone(), *m))
                 .collect()
         };
@@ -388,10 +397,22 @@ impl ScriptSet {
         }
         // Compile outside the lock: calls starting meanwhile still get a script.
         let mut fresh = Vec::new();
-        for (name, path, mtime) in stale {
-            match compile_file(&self.engine, &path) {
-                Ok(ast) => fresh.push((name, ast, mtime)),
-                Err(e) => report.errors.push(e),
+        {
+            let mut broken = match self.broken.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
+            for (name, path, mtime) in stale {
+                match compile_file(&self.engine, &path) {
+                    Ok(ast) => {
+                        broken.remove(&name);
+                        fresh.push((name, ast, mtime));
+                    }
+                    Err(e) => {
+                        broken.insert(name, mtime);
+                        report.errors.push(e);
+                    }
+                }
             }
         }
         let mut s = match self.scripts.write() {

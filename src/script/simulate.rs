@@ -91,7 +91,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
         return None;
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v <= 86_400.0).then(|| Duration::from_secs_f64(v * scale))
+    (0.0..=86_400.0)
+        .contains(&v)
+        .then(|| Duration::from_secs_f64(v * scale))
 }
 
 /// One line of a transcript.

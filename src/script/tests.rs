@@ -516,6 +516,11 @@ fn reload_picks_up_changes_and_keeps_old_asts_alive() {
     set_mtime("default.rhai", 3_000);
     let r = set.reload_if_changed();
     assert_eq!(r.errors.len(), 1);
+    assert_eq!(
+        set.reload_if_changed(),
+        ReloadReport::default(),
+        "reported once"
+    );
     assert!(sim
         .run_ast(&set.get("default.rhai").unwrap(), "")
         .unwrap()
