@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod media;
 pub mod rtp;
+pub mod script;
 pub mod sdp;
 pub mod sip;
 
