@@ -19,6 +19,30 @@ struct Cli {
 enum Cmd {
     /// Run the server (the default when no command is given).
     Serve(ServeArgs),
+    /// Compile every call-flow script in DIR (default: the configured scripts folder); print
+    /// `file:line:col: message` for each error and exit non-zero if there is any.
+    Check {
+        /// Folder of `.rhai` scripts.
+        dir: Option<PathBuf>,
+    },
+    /// Run a call flow against a virtual caller on a virtual clock (no SIP, no RTP) and print
+    /// what happened.
+    Simulate {
+        /// The script file.
+        script: PathBuf,
+        /// The dialled user (the call's `to`).
+        #[arg(long, default_value = "ivr")]
+        to: String,
+        /// The caller's URI.
+        #[arg(long, default_value = "sip:caller@127.0.0.1")]
+        from: String,
+        /// What the caller does, e.g. "1, wait 3s, 4#, hangup".
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Prompts folder, for real prompt durations.
+        #[arg(long, default_value = "prompts")]
+        prompts: PathBuf,
+    },
 }
 
 /// Flags override the config file, which overrides the embedded defaults.
@@ -98,11 +122,56 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+fn check(dir: Option<PathBuf>) -> ExitCode {
+    let dir = match dir {
+        Some(d) => d,
+        None => match Config::embedded() {
+            Ok(c) => c.paths.scripts,
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match switchboard::script::check_dir(&dir) {
+        Ok(n) => {
+            println!("{n} scripts in {} compile", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Cmd::Serve(a)) => a,
         None => ServeArgs::default(),
+        Some(Cmd::Check { dir }) => return check(dir),
+        Some(Cmd::Simulate {
+            script,
+            to,
+            from,
+            input,
+            prompts,
+        }) => {
+            let prompts = prompts.is_dir().then_some(prompts.as_path());
+            return match switchboard::script::simulate(&script, &to, &from, &input, prompts) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let cfg = match build_config(&args) {
         Ok(c) => c,
