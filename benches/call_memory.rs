@@ -16,6 +16,7 @@ const CALLS: usize = 2000;
 fn main() {
     let mut cfg = switchboard::Config::embedded().expect("defaults");
     cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.http.listen = "127.0.0.1:0".parse().expect("addr");
     // A short T1 lets every INVITE transaction expire (64·T1) within the run.
     cfg.sip.t1_ms = 10;
     cfg.sip.t2_ms = 40;

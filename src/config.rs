@@ -73,6 +73,7 @@ pub struct MediaConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    pub token: String,
 }
 
 /// Folders the server reads and writes.
@@ -154,6 +155,8 @@ impl Config {
             ));
         }
         self.advertise_ip()?;
+        let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
+        crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -211,7 +211,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(switchboard::run_with_ready(cfg, shutdown, |ready| {
         // One machine-readable line on stdout; logs go to stderr.
-        println!("READY sip={}", ready.sip);
+        println!("READY sip={} http={}", ready.sip, ready.http);
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::{ApiState, RecordingIndex};
 use crate::media::prompt::PromptCache;
 use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
@@ -19,6 +20,8 @@ use crate::{Config, Error};
 pub struct Ready {
     /// SIP address (UDP and TCP share the port).
     pub sip: std::net::SocketAddr,
+    /// HTTP API address.
+    pub http: std::net::SocketAddr,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -76,9 +79,35 @@ pub async fn run_with_ready(
     });
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
-    tracing::info!(sip = %sip_addr, udp = config.sip.udp, tcp = config.sip.tcp, "listening");
+    let index = RecordingIndex::load(config.paths.recordings.clone())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let token = (!config.http.token.trim().is_empty()).then(|| config.http.token.clone());
+    let api = crate::api::router(ApiState::new(Arc::new(index), token));
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "HTTP",
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = http.local_addr()?;
+    let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http, api)
+            .with_graceful_shutdown(async {
+                let _ = http_stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "HTTP API stopped");
+        }
+    });
+    tracing::info!(sip = %sip_addr, http = %http_addr, udp = config.sip.udp, tcp = config.sip.tcp, "listening");
     let stats_task = tokio::spawn(log_media_stats(media.clone()));
-    on_ready(Ready { sip: sip_addr });
+    on_ready(Ready {
+        sip: sip_addr,
+        http: http_addr,
+    });
     transport::run(
         endpoint,
         listeners,
@@ -88,6 +117,8 @@ pub async fn run_with_ready(
     )
     .await;
     stats_task.abort();
+    let _ = http_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     // Legs own recorder handles: once the media workers stop, every recording is finalised and
     // the writer thread drains and exits. Calls still winding down may hold them a little longer.
     drop(media);

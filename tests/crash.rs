@@ -32,6 +32,7 @@ fn spawn(recordings: &Path, rtp: &str) -> (Proc, SocketAddr) {
     let mut child = Proc(
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--sip-listen", "127.0.0.1:0", "--rtp-ports", rtp])
+            .args(["--http-listen", "127.0.0.1:0"])
             .arg("--recordings")
             .arg(recordings)
             .stdin(Stdio::null())
@@ -51,8 +52,9 @@ fn spawn(recordings: &Path, rtp: &str) -> (Proc, SocketAddr) {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("READY within 10 s");
-        if let Some(addr) = line.strip_prefix("READY sip=") {
-            return (child, addr.trim().parse().unwrap());
+        if let Some(rest) = line.strip_prefix("READY sip=") {
+            let addr = rest.split_whitespace().next().unwrap();
+            return (child, addr.parse().unwrap());
         }
     }
 }

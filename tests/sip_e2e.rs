@@ -12,6 +12,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 struct Server {
     sip: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -23,6 +24,7 @@ async fn start(max_call_secs: u64, rtp: (u16, u16)) -> Server {
 async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Config)) -> Server {
     let mut cfg = switchboard::Config::embedded().unwrap();
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtp.port_min = rtp.0;
     cfg.rtp.port_max = rtp.1;
     tweak(&mut cfg);
@@ -35,18 +37,19 @@ async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Config
                 let _ = stop_rx.await;
             },
             move |r| {
-                let _ = ready_tx.send(r.sip);
+                let _ = ready_tx.send((r.sip, r.http));
             },
         )
         .await;
         assert!(r.is_ok(), "{r:?}");
     });
-    let sip = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+    let (sip, http) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
         .expect("ready in time")
         .expect("ready");
     Server {
         sip,
+        http,
         stop: Some(stop_tx),
         task,
     }
@@ -421,8 +424,9 @@ async fn message_call(rtp_range: (u16, u16)) -> MessageCall {
 }
 
 impl MessageCall {
-    /// Waits for goodbye and the server's BYE, stops the server, returns the sidecar.
-    async fn finish(mut self) -> (serde_json::Value, std::path::PathBuf) {
+    /// Waits for goodbye and the server's BYE; returns the sidecar, its folder and the server
+    /// (still running).
+    async fn finish(mut self) -> (serde_json::Value, std::path::PathBuf, Server) {
         assert!(
             self.w
                 .drive(&mut self.uac, Duration::from_secs(10), |u| u.state
@@ -433,11 +437,24 @@ impl MessageCall {
         self.w
             .drive(&mut self.uac, Duration::from_millis(50), |_| false)
             .await;
-        self.server.stop().await;
-        let meta = support::sole_sidecar(&self.dir);
-        assert_eq!(meta["state"], "complete", "{meta}");
+        // The writer finalises the file just after the call ends.
+        let until = Instant::now() + Duration::from_secs(5);
+        let meta = loop {
+            let has_sidecar = std::fs::read_dir(&self.dir)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .any(|p| p.extension().is_some_and(|x| x == "json"));
+            if has_sidecar {
+                let m = support::sole_sidecar(&self.dir);
+                if m["state"] == "complete" {
+                    break m;
+                }
+            }
+            assert!(Instant::now() < until, "no recording finalised");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(meta["call_id"], self.uac.call_id.as_str());
-        (meta, self.dir)
+        (meta, self.dir, self.server)
     }
 }
 
@@ -457,8 +474,21 @@ async fn a_message_is_recorded_until_hash_with_its_sidecar() {
         )
         .await;
     c.rtp.send_dtmf(c.media, "#").await;
-    let (meta, dir) = c.finish().await;
+    let (meta, dir, server) = c.finish().await;
+    let http = server.http;
     assert_eq!(meta["digits"], "#");
+    // The HTTP API lists it and serves the same WAV.
+    let id = meta["id"].as_str().unwrap().to_string();
+    let (status, body) = http_get(http, "/api/recordings").await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    let (status, audio) = http_get(http, &format!("/api/recordings/{id}/audio")).await;
+    assert_eq!(status, 200);
+    let on_disk = std::fs::read(dir.join(meta["file"].as_str().unwrap())).unwrap();
+    assert_eq!(audio, on_disk, "served audio differs from the file");
+    server.stop().await;
     let wav = dir.join(meta["file"].as_str().unwrap());
     let mut r = hound::WavReader::open(&wav).unwrap();
     assert_eq!(r.spec().sample_rate, 8000);
@@ -503,7 +533,54 @@ async fn dtmf_by_each_method_is_seen_exactly_once() {
     c.rtp.exchange(c.media, &quiet(300.0), Duration::ZERO).await;
     // RFC 4733: '#' ends the recording.
     c.rtp.send_dtmf(c.media, "#").await;
-    let (meta, dir) = c.finish().await;
+    let (meta, dir, server) = c.finish().await;
+    server.stop().await;
     assert_eq!(meta["digits"], "57#", "{meta}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A minimal HTTP/1.1 GET over loopback: status and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
 }
