@@ -15,7 +15,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 RUST_LOG=info,switchboard::server=debug \
 ./target/release/switchboard serve --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
-  --recordings "$work/recordings" \
+  --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
   >"$work/ready" 2>"$work/server.log" &
 server=$!
 for _ in $(seq 1 100); do grep -q READY "$work/ready" 2>/dev/null && break; sleep 0.05; done
