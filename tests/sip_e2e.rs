@@ -136,6 +136,21 @@ async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
     }
 }
 
+/// Places a call to `user` offering media on `rtp_port` and waits until it is answered.
+async fn call(w: &mut Wire, uac: &mut Uac, user: &str, rtp_port: u16) {
+    uac.invite(
+        Instant::now(),
+        user,
+        &offer("127.0.0.1", rtp_port, "sendrecv"),
+    );
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await,
+        "the call to {user} was not answered"
+    );
+}
+
 fn answered_port(uac: &Uac) -> u16 {
     let sdp = String::from_utf8(uac.answer.clone().expect("an SDP answer")).unwrap();
     let m = sdp
@@ -148,16 +163,7 @@ fn answered_port(uac: &Uac) -> u16 {
 async fn call_and_hang_up(tcp: bool, rtp: (u16, u16)) {
     let server = start(0, rtp).await;
     let (mut w, mut uac) = wire(tcp, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "echo",
-        &offer("127.0.0.1", 40000, "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
+    call(&mut w, &mut uac, "echo", 40000).await;
     let port = answered_port(&uac);
     assert!(
         (rtp.0..=rtp.1).contains(&port) && port.is_multiple_of(2),
@@ -225,16 +231,7 @@ async fn server_ends_the_call_after_max_call_secs() {
 async fn shutdown_ends_live_calls_with_bye() {
     let server = start(0, (43300, 43399)).await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "echo",
-        &offer("127.0.0.1", 40000, "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
+    call(&mut w, &mut uac, "echo", 40000).await;
     let stopping = tokio::spawn(server.stop());
     assert!(
         w.drive(&mut uac, Duration::from_secs(5), |u| u.state
@@ -253,16 +250,7 @@ async fn echo_returns_the_callers_tone() {
     let server = start(0, (43400, 43499)).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "echo",
-        &offer("127.0.0.1", rtp.port(), "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
+    call(&mut w, &mut uac, "echo", rtp.port()).await;
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
     let sent = support::rtp::tone("1000/1000@-10", 1000);
     let back = rtp.exchange(media, &sent, Duration::from_millis(300)).await;
@@ -295,16 +283,7 @@ async fn a_call_hears_the_greeting_prompts() {
     let server = start(0, (43500, 43599)).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "service",
-        &offer("127.0.0.1", rtp.port(), "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
+    call(&mut w, &mut uac, "service", rtp.port()).await;
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
     let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
     let spoken: Vec<i16> = ["welcome", "record-after-tone", "beep"]
@@ -399,16 +378,7 @@ async fn message_call(rtp_range: (u16, u16)) -> MessageCall {
     let server = start_with(rtp_range, move |c| c.paths.recordings = rec_dir).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "message",
-        &offer("127.0.0.1", rtp.port(), "sendrecv"),
-    );
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Confirmed)
-            .await
-    );
+    call(&mut w, &mut uac, "message", rtp.port()).await;
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
     let quiet = vec![0i16; ((support::greeting_secs() + 0.4) * 8000.0) as usize];
     let greeting = rtp.exchange(media, &quiet, Duration::ZERO).await;
