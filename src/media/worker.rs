@@ -16,6 +16,8 @@ use super::leg::{Leg, LegCommand, LegEvent, Port, FRAME};
 
 /// A tick later than this counts as late.
 const LATE: Duration = Duration::from_millis(2);
+/// The RTCP socket is read every this many ticks.
+const RTCP_POLL_TICKS: u64 = 8;
 /// Datagrams read from one leg's socket per tick at most, so one flood cannot starve others.
 const MAX_READS_PER_TICK: usize = 16;
 
@@ -298,10 +300,14 @@ fn tick_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &mut
             Err(_) => break,
         }
     }
-    for _ in 0..MAX_READS_PER_TICK {
-        match s.sockets.rtcp.recv_from(buf) {
-            Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),
-            Err(_) => break,
+    // RTCP comes every few seconds and a little delay does not matter: read its socket on
+    // every eighth tick only, saving a system call per leg per tick.
+    if n % RTCP_POLL_TICKS == 0 {
+        for _ in 0..MAX_READS_PER_TICK {
+            match s.sockets.rtcp.recv_from(buf) {
+                Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),
+                Err(_) => break,
+            }
         }
     }
     let sockets = &s.sockets;
