@@ -43,19 +43,29 @@ case "$mode" in
     calls=${2:-1000}
     ramp=$(( calls / 200 + 2 ))
     sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p 25070 \
-      -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 40) * 1000 )) -nostdin -timeout 120s -bg \
+      -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 55) * 1000 )) -nostdin -timeout 120s -bg \
       >/dev/null 2>&1 || true
     sleep "$ramp"
+    # Late ticks are counted from the first statistics line written once every call is up
+    # (the lines come every 10 s), so call set-up is not part of the steady-state figure.
+    late() { grep "media workers" "$work/server.log" | tail -1 | sed 's/.*late_ticks=\([0-9]*\).*/\1/'; }
+    lines0=$(grep -c "media workers" "$work/server.log" || true)
+    for _ in $(seq 1 120); do
+      [ "$(grep -c "media workers" "$work/server.log" || true)" -gt "$lines0" ] && break; sleep 0.1
+    done
+    late0=$(late)
     hz=$(getconf CLK_TCK)
     cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
     sleep 30
     cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    late1=$(late)
     held=$(rss)
     last=$(grep "media workers" "$work/server.log" | tail -1)
     echo "cores=$(nproc) calls=$calls"
     echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30" | bc -l | cut -c1-6)"
     echo "cpu_pct_of_a_core_per_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30 / $calls" | bc -l | cut -c1-7)"
     echo "rss_per_leg_bytes=$(( (held - base) * 1024 / calls ))"
+    echo "late_ticks_in_steady_state=$(( late1 - late0 )) (over 30 s, ~1,500 ticks per worker)"
     echo "last media stats: $last"
     pkill -f "sipp 127.0.0.1:$port" || true
     ;;
