@@ -74,6 +74,12 @@ enum Wire {
 }
 
 impl Wire {
+    /// Sends whatever the caller has queued (e.g. our 200 for the server's BYE) before the
+    /// socket is dropped.
+    async fn flush(&mut self, uac: &mut Uac) {
+        self.drive(uac, Duration::ZERO, |_| false).await;
+    }
+
     async fn drive(&mut self, uac: &mut Uac, limit: Duration, done: impl Fn(&Uac) -> bool) -> bool {
         let until = tokio::time::Instant::now() + limit;
         let mut buf = vec![0u8; 65536];
@@ -134,6 +140,27 @@ async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
         let local = s.local_addr().unwrap();
         (Wire::Udp(s), Uac::new(local, server, false))
     }
+}
+
+/// Calls `echo` and expects the server, not the caller, to end the call with a BYE no sooner
+/// than about a second later (the configured limit under test).
+async fn expect_server_bye(w: &mut Wire, uac: &mut Uac, why: &str) {
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    let t0 = Instant::now();
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u.state
+            == UacState::Terminated)
+            .await,
+        "{why}"
+    );
+    assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    w.flush(uac).await;
 }
 
 /// Places a call to `user` offering media on `rtp_port` and waits until it is answered.
@@ -206,23 +233,12 @@ async fn server_ends_the_call_after_max_call_secs() {
     let server = start(1, (43200, 43299)).await;
     for tcp in [false, true] {
         let (mut w, mut uac) = wire(tcp, server.sip).await;
-        uac.invite(
-            Instant::now(),
-            "echo",
-            &offer("127.0.0.1", 40000, "sendrecv"),
-        );
-        let t0 = Instant::now();
-        assert!(
-            w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-                == UacState::Terminated)
-                .await,
-            "tcp={tcp}: no BYE from the server"
-        );
-        assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
-        assert!(t0.elapsed() >= Duration::from_millis(900));
-        // Let our 200 for the BYE reach the server before the socket closes.
-        w.drive(&mut uac, Duration::from_millis(50), |_| false)
-            .await;
+        expect_server_bye(
+            &mut w,
+            &mut uac,
+            &format!("tcp={tcp}: no BYE from the server"),
+        )
+        .await;
     }
     server.stop().await;
 }
@@ -340,23 +356,7 @@ async fn a_call_hears_the_greeting_prompts() {
 async fn a_caller_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout() {
     let server = start_with((43600, 43699), |c| c.media.rtp_timeout_secs = 1).await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        "echo",
-        &offer("127.0.0.1", 40000, "sendrecv"),
-    );
-    let t0 = Instant::now();
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
-            == UacState::Terminated)
-            .await,
-        "no BYE after the RTP timeout"
-    );
-    assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
-    let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(900), "{waited:?}");
-    w.drive(&mut uac, Duration::from_millis(50), |_| false)
-        .await;
+    expect_server_bye(&mut w, &mut uac, "no BYE after the RTP timeout").await;
     server.stop().await;
 }
 
@@ -404,9 +404,7 @@ impl MessageCall {
                 .await,
             "the server did not hang up after the message"
         );
-        self.w
-            .drive(&mut self.uac, Duration::from_millis(50), |_| false)
-            .await;
+        self.w.flush(&mut self.uac).await;
         // The writer finalises the file just after the call ends.
         let until = Instant::now() + Duration::from_secs(5);
         let meta = loop {

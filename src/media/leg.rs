@@ -1153,87 +1153,78 @@ mod dtmf_tests {
         assert_eq!(d[0].0, '7');
     }
 
-    #[test]
-    fn sent_dtmf_goes_out_as_rfc4733_events_the_receiver_reads_back() {
+    /// Asks the leg to send `digits` and ticks it, handing every RTP packet it sends (with the
+    /// tick's time) to `seen`.
+    fn send_dtmf(
+        digits: &str,
+        inband: bool,
+        ticks: u32,
+        mut seen: impl FnMut(Instant, &RtpPacket),
+    ) {
         let t0 = Instant::now();
         let mut l = leg(t0);
         l.apply(
             t0,
             LegCommand::SendDtmf {
-                digits: "19#".into(),
-                inband: false,
+                digits: digits.into(),
+                inband,
             },
         );
-        let mut rx = EventReceiver::new(TE, crate::rtp::types::ClockRate::HZ_8000);
-        let mut got = String::new();
-        let mut audio_packets = 0;
-        for n in 0..60u32 {
+        for n in 0..ticks {
             let now = t0 + FRAME * n;
             l.tick(
                 now,
                 SystemTime::now(),
                 u64::from(n),
                 &mut |port, _, bytes| {
-                    if port != Port::Rtp {
-                        return;
-                    }
-                    let p = RtpPacket::parse(bytes).unwrap();
-                    if p.header.payload_type == TE {
-                        let first = rx.push(now, p.header.timestamp, p.header.marker, p.payload);
-                        for e in first
-                            .into_iter()
-                            .chain(std::iter::from_fn(|| rx.poll_event()))
-                        {
-                            if e.phase == DigitPhase::Began {
-                                got.push(e.digit.as_char());
-                            }
-                        }
-                    } else {
-                        audio_packets += 1;
+                    if port == Port::Rtp {
+                        seen(now, &RtpPacket::parse(bytes).unwrap());
                     }
                 },
             );
         }
+    }
+
+    #[test]
+    fn sent_dtmf_goes_out_as_rfc4733_events_the_receiver_reads_back() {
+        let mut rx = EventReceiver::new(TE, crate::rtp::types::ClockRate::HZ_8000);
+        let mut got = String::new();
+        let mut audio_packets = 0;
+        send_dtmf("19#", false, 60, |now, p| {
+            if p.header.payload_type != TE {
+                audio_packets += 1;
+                return;
+            }
+            let first = rx.push(now, p.header.timestamp, p.header.marker, p.payload);
+            for e in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.poll_event()))
+            {
+                if e.phase == DigitPhase::Began {
+                    got.push(e.digit.as_char());
+                }
+            }
+        });
         assert_eq!(got, "19#");
         assert!(audio_packets > 0, "audio resumes between and after events");
     }
 
     #[test]
     fn sent_dtmf_inband_is_heard_as_tones() {
-        let t0 = Instant::now();
-        let mut l = leg(t0);
-        l.apply(
-            t0,
-            LegCommand::SendDtmf {
-                digits: "42".into(),
-                inband: true,
-            },
-        );
         let mut det = InbandDetector::new(8000).unwrap();
         let mut got = String::new();
-        for n in 0..40u32 {
-            l.tick(
-                t0 + FRAME * n,
-                SystemTime::now(),
-                u64::from(n),
-                &mut |port, _, bytes| {
-                    if port != Port::Rtp {
-                        return;
-                    }
-                    let p = RtpPacket::parse(bytes).unwrap();
-                    let pcm: Vec<i16> = p
-                        .payload
-                        .iter()
-                        .map(|&b| crate::media::codec::g711::ulaw_decode(b))
-                        .collect();
-                    det.push(&pcm, |e| {
-                        if e.phase == DigitPhase::Began {
-                            got.push(e.digit.as_char());
-                        }
-                    });
-                },
-            );
-        }
+        send_dtmf("42", true, 40, |_, p| {
+            let pcm: Vec<i16> = p
+                .payload
+                .iter()
+                .map(|&b| crate::media::codec::g711::ulaw_decode(b))
+                .collect();
+            det.push(&pcm, |e| {
+                if e.phase == DigitPhase::Began {
+                    got.push(e.digit.as_char());
+                }
+            });
+        });
         assert_eq!(got, "42");
     }
 }

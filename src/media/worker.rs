@@ -302,7 +302,7 @@ fn tick_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &mut
     }
     // RTCP comes every few seconds and a little delay does not matter: read its socket on
     // every eighth tick only, saving a system call per leg per tick.
-    if n % RTCP_POLL_TICKS == 0 {
+    if n.is_multiple_of(RTCP_POLL_TICKS) {
         for _ in 0..MAX_READS_PER_TICK {
             match s.sockets.rtcp.recv_from(buf) {
                 Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),

@@ -934,17 +934,8 @@ impl Endpoint {
         call: CallHandle,
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
-        let pending = self.calls.get(&call).map(|c| c.reinvite_pending);
-        match pending {
-            None => return Err(CommandError::NoSuchCall),
-            Some(false) => return Err(CommandError::WrongState),
-            Some(true) => {}
-        }
-        self.invite_response(now, call, 200, "OK", Some(sdp), false)?;
-        if let Some(c) = self.calls.get_mut(&call) {
-            c.reinvite_pending = false;
-        }
-        Ok(())
+        self.take_pending_reinvite(call)?;
+        self.invite_response(now, call, 200, "OK", Some(sdp), false)
     }
 
     /// Refuses a pending re-INVITE (e.g. 488); the call continues as before.
@@ -956,15 +947,16 @@ impl Endpoint {
         reason: &str,
         warning: Option<&str>,
     ) -> Result<(), CommandError> {
-        let pending = self.calls.get(&call).map(|c| c.reinvite_pending);
-        match pending {
-            None => return Err(CommandError::NoSuchCall),
-            Some(false) => return Err(CommandError::WrongState),
-            Some(true) => {}
-        }
+        self.take_pending_reinvite(call)?;
         self.final_invite_response(now, call, code, reason, warning);
-        if let Some(c) = self.calls.get_mut(&call) {
-            c.reinvite_pending = false;
+        Ok(())
+    }
+
+    /// Claims the call's pending re-INVITE for the final answer about to be sent.
+    fn take_pending_reinvite(&mut self, call: CallHandle) -> Result<(), CommandError> {
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if !std::mem::replace(&mut c.reinvite_pending, false) {
+            return Err(CommandError::WrongState);
         }
         Ok(())
     }

@@ -118,27 +118,17 @@ Contact: <sip:tester@{local}>\r\n",
     /// Sends an INVITE to `user` with `sdp` as the offer (empty: no offer).
     pub fn invite(&mut self, now: Instant, user: &str, sdp: &[u8]) {
         self.user = user.to_string();
-        self.invite_branch = format!("z9hG4bK{:x}", fastrand::u64(..));
-        self.invite_cseq = self.cseq;
-        let msg = Self::with_body(
-            self.head("INVITE", &self.invite_branch, self.cseq, "INVITE"),
-            "application/sdp",
-            sdp,
-        );
-        self.invite = Some(ClientTx::new(
-            now,
-            self.timers,
-            self.reliable,
-            true,
-            msg.clone(),
-        ));
-        self.outbox.push_back(msg);
+        self.send_invite(now, sdp);
         self.state = UacState::Calling;
     }
 
     /// Sends a re-INVITE in the dialog.
     pub fn reinvite(&mut self, now: Instant, sdp: &[u8]) {
         self.cseq += 1;
+        self.send_invite(now, sdp);
+    }
+
+    fn send_invite(&mut self, now: Instant, sdp: &[u8]) {
         self.invite_cseq = self.cseq;
         self.invite_branch = format!("z9hG4bK{:x}", fastrand::u64(..));
         let msg = Self::with_body(
