@@ -84,13 +84,15 @@ fn parse_u64(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// A strong entity tag from the file's size and modification time; a finished recording
-/// is never rewritten in place, so the two identify its bytes.
-pub fn etag(len: u64, modified: Option<SystemTime>) -> String {
+/// A strong entity tag from the file's identity (inode), size and modification time; a
+/// finished recording is never rewritten in place, so the three identify its bytes. The
+/// inode matters because file systems with coarse timestamps give two recordings written
+/// in the same instant the same time, and equal-length recordings are common.
+pub fn etag(file_id: u64, len: u64, modified: Option<SystemTime>) -> String {
     let nanos = modified
         .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    format!("\"{len:x}-{nanos:x}\"")
+    format!("\"{file_id:x}-{len:x}-{nanos:x}\"")
 }
 
 /// Whether an `If-None-Match` value matches `etag` (weak comparison, as §13.1.2 requires).
@@ -197,12 +199,24 @@ mod tests {
 
     #[test]
     fn entity_tags() {
-        let t = etag(10, Some(UNIX_EPOCH + std::time::Duration::from_nanos(255)));
-        assert_eq!(t, "\"a-ff\"");
+        let t = etag(
+            7,
+            10,
+            Some(UNIX_EPOCH + std::time::Duration::from_nanos(255)),
+        );
+        assert_eq!(t, "\"7-a-ff\"");
+        assert_ne!(
+            t,
+            etag(
+                8,
+                10,
+                Some(UNIX_EPOCH + std::time::Duration::from_nanos(255))
+            )
+        );
         assert!(if_none_match(&t, &t));
         assert!(if_none_match("*", &t));
         assert!(if_none_match(&format!("\"x\", W/{t}"), &t));
-        assert!(!if_none_match("\"a-fe\"", &t));
+        assert!(!if_none_match("\"7-a-fe\"", &t));
         assert!(if_range_allows(&t, &t));
         assert!(!if_range_allows(&format!("W/{t}"), &t));
         assert!(!if_range_allows("\"other\"", &t));

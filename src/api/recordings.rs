@@ -205,7 +205,11 @@ pub(crate) async fn audio(
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
     let len = meta.len();
-    let tag = etag(len, meta.modified().ok());
+    let tag = etag(
+        std::os::unix::fs::MetadataExt::ino(&meta),
+        len,
+        meta.modified().ok(),
+    );
 
     let mut response = Response::builder()
         .header(ETAG, &tag)
