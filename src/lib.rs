@@ -6,6 +6,8 @@ pub mod api;
 pub mod conference;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod live;
 pub mod media;
 pub mod rtp;
 pub mod script;
