@@ -33,6 +33,41 @@ pub struct Config {
     pub http: HttpConfig,
     pub paths: PathsConfig,
     pub log: LogConfig,
+    /// Script limits and reloading.
+    pub scripts: ScriptsConfig,
+    /// Which script each dialled user runs, first match wins (see [`crate::script::dialplan`]).
+    #[serde(default)]
+    pub dialplan: Vec<crate::script::dialplan::RuleConfig>,
+}
+
+/// `[scripts]`: limits on every call's script, and how often changed files are reloaded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptsConfig {
+    /// Operations over one call's whole script run.
+    pub max_operations: u64,
+    /// Nested function calls.
+    pub max_call_levels: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Items in one array or object map.
+    pub max_array_size: usize,
+    /// Seconds between looks for changed script files (0: only on SIGHUP).
+    pub reload_secs: u64,
+}
+
+impl ScriptsConfig {
+    /// The engine limits these settings give.
+    pub fn limits(&self) -> crate::script::ScriptLimits {
+        crate::script::ScriptLimits {
+            max_operations: self.max_operations,
+            max_call_levels: self.max_call_levels,
+            max_string_size: self.max_string_size,
+            max_array_size: self.max_array_size,
+            max_map_size: self.max_array_size,
+            ..crate::script::ScriptLimits::default()
+        }
+    }
 }
 
 /// SIP transport and timer settings.
@@ -155,6 +190,18 @@ impl Config {
             ));
         }
         self.advertise_ip()?;
+        crate::script::dialplan::Dialplan::new(&self.dialplan)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let s = &self.scripts;
+        if s.max_operations == 0
+            || s.max_call_levels == 0
+            || s.max_string_size == 0
+            || s.max_array_size == 0
+        {
+            return Err(ConfigError::Invalid(
+                "scripts: limits must be greater than 0".into(),
+            ));
+        }
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         Ok(())

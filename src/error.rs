@@ -13,4 +13,8 @@ pub enum Error {
     },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// Scripts that do not compile (each `file:line:column: message`), or a dialplan rule
+    /// naming a script that is not there.
+    #[error("scripts refused:\n{}", .0.join("\n"))]
+    Scripts(Vec<String>),
 }

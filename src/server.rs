@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ApiState, RecordingIndex};
+use crate::events::EventBus;
+use crate::live::CallRegistry;
 use crate::media::prompt::PromptCache;
 use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
 use crate::rtp::ports::PortAllocator;
+use crate::script::dialplan::Dialplan;
+use crate::script::{build_engine, ScriptSet};
 use crate::sip::call::{self, CallContext};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::transaction::TimerConfig;
@@ -57,6 +61,17 @@ pub async fn run_with_ready(
     }
     let (recorder, writer) = RecordingWriter::spawn(config.paths.recordings.clone())
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let scripts = Arc::new(load_scripts(&config)?);
+    let dialplan = Arc::new(
+        Dialplan::new(&config.dialplan)
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
+    );
+    let calls = CallRegistry::default();
+    let events = EventBus::default();
+    let reload_task = tokio::spawn(reload_scripts(
+        scripts.clone(),
+        Duration::from_secs(config.scripts.reload_secs),
+    ));
     let media = Arc::new(MediaEngine::start(
         config.media.workers,
         config.media.realtime_priority,
@@ -75,7 +90,10 @@ pub async fn run_with_ready(
         media_ip: advertise,
         max_duration: (config.sip.max_call_secs > 0)
             .then(|| Duration::from_secs(config.sip.max_call_secs)),
-        ring_timeout: Duration::from_secs(60),
+        scripts,
+        dialplan,
+        calls,
+        events,
     });
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
@@ -117,6 +135,7 @@ pub async fn run_with_ready(
     )
     .await;
     stats_task.abort();
+    reload_task.abort();
     let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     // Legs own recorder handles: once the media workers stop, every recording is finalised and
@@ -132,6 +151,69 @@ pub async fn run_with_ready(
         );
     }
     Ok(())
+}
+
+/// Compiles every script; refuses to start on a script error or on a dialplan rule whose
+/// script is missing.
+fn load_scripts(config: &Config) -> Result<ScriptSet, Error> {
+    let engine = Arc::new(build_engine(&config.scripts.limits()));
+    let set = ScriptSet::load(config.paths.scripts.clone(), engine)
+        .map_err(|errors| Error::Scripts(errors.iter().map(ToString::to_string).collect()))?;
+    let plan = Dialplan::new(&config.dialplan)
+        .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+    let missing: Vec<String> = plan
+        .scripts()
+        .filter(|(_, s)| set.get(s).is_none())
+        .map(|(i, s)| {
+            format!(
+                "dialplan rule {i}: no script {s} in {}",
+                config.paths.scripts.display()
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Scripts(missing));
+    }
+    tracing::info!(scripts = ?set.names(), "scripts loaded");
+    Ok(set)
+}
+
+/// Reloads changed scripts every `every` (never when zero) and at once on SIGHUP. A script
+/// that no longer compiles keeps its previous version; calls keep the version they began with.
+async fn reload_scripts(scripts: Arc<ScriptSet>, every: Duration) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(if every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        every
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        let by_signal = tokio::select! {
+            _ = tick.tick(), if !every.is_zero() => false,
+            _ = hangup => true,
+        };
+        let set = scripts.clone();
+        let report = tokio::task::spawn_blocking(move || set.reload_if_changed()).await;
+        if by_signal {
+            match report {
+                Ok(r) => {
+                    tracing::info!(reloaded = ?r.reloaded, removed = ?r.removed, errors = r.errors.len(), "scripts reloaded on SIGHUP")
+                }
+                Err(e) => tracing::warn!(error = %e, "script reload failed"),
+            }
+        }
+    }
 }
 
 /// Every 10 s: legs, late ticks and load of the media workers (info when ticks ran late).

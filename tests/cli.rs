@@ -14,7 +14,7 @@ fn check_accepts_the_shipped_scripts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("5 scripts"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("8 scripts"));
 }
 
 #[test]

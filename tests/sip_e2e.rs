@@ -299,7 +299,7 @@ async fn a_call_hears_the_greeting_prompts() {
     let server = start(0, (43500, 43599)).await;
     let mut rtp = support::rtp::RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
-    call(&mut w, &mut uac, "service", rtp.port()).await;
+    call(&mut w, &mut uac, "message", rtp.port()).await;
     let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
     let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
     let spoken: Vec<i16> = ["welcome", "record-after-tone", "beep"]

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod collect;
+pub mod dialplan;
 pub mod engine;
 pub mod runner;
 pub mod simulate;
@@ -29,7 +30,7 @@ pub use engine::{
     ScriptSet,
 };
 pub use runner::{
-    channel_port, run_script, spawn_script, CallInfo, ChannelPort, ScriptHandle, ScriptOutcome,
-    ScriptRequest, StopCause,
+    channel_port, run_script, spawn_script, CallInfo, ChannelPort, Replier, ScriptHandle,
+    ScriptOutcome, ScriptRequest, StopCause,
 };
 pub use simulate::{parse_input, simulate, CallerStep, Simulator, Transcript, TranscriptLine};

@@ -209,6 +209,23 @@ impl ScriptRequest {
     pub fn reply(self, reply: CallReply) {
         let _ = self.reply.send(reply);
     }
+
+    /// The request and the means to answer it, for a call task that keeps the answer for
+    /// later (a `collect` answers when the caller is done).
+    pub fn into_parts(self) -> (CallRequest, Replier) {
+        (self.request, Replier(self.reply))
+    }
+}
+
+/// Answers one script request; dropping it tells the script the call is gone.
+#[derive(Debug)]
+pub struct Replier(oneshot::Sender<CallReply>);
+
+impl Replier {
+    /// Answers the script.
+    pub fn send(self, reply: CallReply) {
+        let _ = self.0.send(reply);
+    }
 }
 
 /// A [`CallPort`] over channels to an async call task.

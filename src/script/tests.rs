@@ -475,7 +475,7 @@ fn check_dir_reports_syntax_errors_as_file_line() {
 
 #[test]
 fn the_shipped_scripts_compile() {
-    assert_eq!(check_dir(&root().join("scripts")), Ok(5));
+    assert_eq!(check_dir(&root().join("scripts")), Ok(8));
 }
 
 #[test]

@@ -1,16 +1,18 @@
-//! The per-call task: negotiates SDP, takes RTP ports, answers or refuses, follows re-INVITEs
-//! (hold/unhold) and INFO, and releases everything when the call ends.
+//! The per-call task: picks the call's script from the dialplan, negotiates SDP, takes RTP
+//! ports, runs the script and carries out what it asks, follows re-INVITEs (hold/unhold)
+//! and INFO, and releases everything when the call ends.
 //!
-//! What the call does once answered is decided by a built-in dialplan keyed on the
-//! Request-URI user: `busy` is refused with 486, `ring` rings until the caller gives up, `echo`
-//! sends the caller's audio back, and anything else leaves a message: the welcome and
-//! record-after-the-tone prompts, a beep, a recording of the caller (until `#`, 5 s of
-//! silence or 2 minutes), goodbye, hang up. Each answered call's media runs as a leg on a
-//! media worker.
+//! The SDP offer is checked before any script runs, so a call we cannot carry gets its 488
+//! (or 400, 503) at once. The call is answered when the script says so — `answer()`, or the
+//! first verb that needs media. Serving the script's requests is [`flow`]'s part; this file
+//! is the SIP side and the task's event loop.
 
+mod flow;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -18,14 +20,19 @@ use tracing::Instrument;
 use super::endpoint::{CallHandle, EndReason, Event};
 use super::message::Request;
 use super::transport::Command;
+use crate::events::{Event as BusEvent, EventBus};
+use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
+use crate::media::dtmf::Digit;
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use crate::media::prompt::PromptCache;
-use crate::media::record::{
-    DigitSet, RecordMode, RecordPolicy, RecordSession, RecorderFactory, RecordingMeta,
-};
+use crate::media::record::RecorderFactory;
 use crate::media::worker::{LegHandle, LegSockets, MediaEngine};
 use crate::rtp::ports::{PortAllocator, PortLease};
 use crate::rtp::types::Ssrc;
+use crate::script::dialplan::Dialplan;
+use crate::script::{
+    channel_port, spawn_script, CallInfo, ScriptOutcome, ScriptRequest, ScriptSet,
+};
 use crate::sdp::{self, LocalSession, NegotiatedAudio};
 
 /// What every call needs from the server.
@@ -44,8 +51,14 @@ pub struct CallContext {
     pub media_ip: IpAddr,
     /// End answered calls after this long (None: never).
     pub max_duration: Option<Duration>,
-    /// How long `ring` rings before giving up.
-    pub ring_timeout: Duration,
+    /// The compiled call-flow scripts.
+    pub scripts: Arc<ScriptSet>,
+    /// Which script a dialled user runs.
+    pub dialplan: Arc<Dialplan>,
+    /// Live calls, for the HTTP API.
+    pub calls: CallRegistry,
+    /// Where call events are published.
+    pub events: EventBus,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -69,11 +82,22 @@ pub fn spawn(
         call_id: header("Call-ID"),
         from: header("From"),
         to: header("To"),
+        user: request.uri.user().unwrap_or("").to_string(),
     };
     let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
     tokio::spawn(
         async move {
+            let (control_tx, control) = mpsc::unbounded_channel();
+            let live = ctx.calls.register(
+                crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user),
+                control_tx,
+            );
+            ctx.events.publish(BusEvent::CallStarted {
+                call_id: parties.call_id.clone(),
+                from: parties.from.clone(),
+                to: parties.user.clone(),
+            });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
             let mut c = Call {
                 ctx,
@@ -85,17 +109,34 @@ pub fn spawn(
                 leg: None,
                 leg_tx,
                 leg_events,
-                echo: false,
                 parties,
+                live,
+                control,
+                answered: false,
+                answer_sdp: None,
+                pending_media: None,
+                awaiting_answer: false,
+                ending: false,
+                active: flow::Active::Idle,
+                type_ahead: VecDeque::new(),
+                next_play: 1,
+                recordings: Vec::new(),
+                digits: String::new(),
             };
-            let reason = c.run(request).await;
-            tracing::info!(?reason, "call ended");
+            let outcome = c.run(request).await;
+            let (reason, code) = outcome.describe();
+            tracing::info!(reason, ?code, "call ended");
+            c.ctx.events.publish(BusEvent::CallEnded {
+                call_id: c.parties.call_id.clone(),
+                reason: reason.into(),
+                code,
+            });
         }
         .instrument(span),
     );
 }
 
-struct Call {
+pub(crate) struct Call {
     ctx: Arc<CallContext>,
     call: CallHandle,
     events: mpsc::UnboundedReceiver<Event>,
@@ -105,28 +146,79 @@ struct Call {
     leg: Option<LegHandle>,
     leg_tx: mpsc::UnboundedSender<LegEvent>,
     leg_events: mpsc::UnboundedReceiver<LegEvent>,
-    echo: bool,
     parties: Parties,
+    live: CallGuard,
+    control: mpsc::UnboundedReceiver<CallControl>,
+    answered: bool,
+    /// Our SDP for the 200 OK, until the call is answered.
+    answer_sdp: Option<String>,
+    /// Media negotiated in the INVITE, started when the call is answered.
+    pending_media: Option<NegotiatedAudio>,
+    /// We offered in the 200 OK and wait for the answer in the ACK.
+    awaiting_answer: bool,
+    /// We hung up or refused; waiting for the dialog to end.
+    ending: bool,
+    /// The script request being carried out.
+    active: flow::Active,
+    /// Keys pressed ahead of the next `collect` (barge-in, or between verbs).
+    type_ahead: VecDeque<Digit>,
+    /// Next playback id for the leg.
+    next_play: u64,
+    /// Recordings this call made and kept, playable as `recording:ID`.
+    recordings: Vec<String>,
+    /// Every key the caller pressed, for the log.
+    digits: String,
 }
 
-/// Who the call is between, for recordings' sidecars.
+/// Who the call is between.
 struct Parties {
     call_id: String,
     from: String,
     to: String,
+    /// The dialled user (Request-URI user part).
+    user: String,
 }
 
-/// Playback ids of the built-in message flow.
-const PLAY_GREETING: u64 = 1;
-const PLAY_GOODBYE: u64 = 2;
-
-/// How the call ended, for the log.
+/// How the call ended, for the log and the event stream.
 #[derive(Debug)]
-#[allow(dead_code)] // the fields are read through Debug in the end-of-call log line
 enum Outcome {
     Ended(EndReason),
     Refused(u16),
     Lost,
+}
+
+impl Outcome {
+    fn describe(&self) -> (&'static str, Option<u16>) {
+        match self {
+            Outcome::Ended(EndReason::RemoteBye) => ("caller_bye", None),
+            Outcome::Ended(EndReason::LocalBye) => ("server_bye", None),
+            Outcome::Ended(EndReason::Cancelled) => ("cancelled", None),
+            Outcome::Ended(EndReason::Rejected(c)) | Outcome::Refused(c) => ("refused", Some(*c)),
+            Outcome::Ended(EndReason::AckTimeout) => ("ack_timeout", None),
+            Outcome::Ended(EndReason::Timeout) => ("timeout", None),
+            Outcome::Lost => ("lost", None),
+        }
+    }
+}
+
+/// The reason phrase for a status code we send.
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        c if c < 500 => "Request Failure",
+        c if c < 600 => "Server Failure",
+        _ => "Global Failure",
+    }
 }
 
 impl Call {
@@ -134,11 +226,11 @@ impl Call {
         let _ = self.commands.send(c).await;
     }
 
-    async fn reject(&self, code: u16, reason: &str, warning: Option<String>) -> Outcome {
+    async fn reject(&self, code: u16, warning: Option<String>) -> Outcome {
         self.send(Command::Reject {
             call: self.call,
             code,
-            reason: reason.into(),
+            reason: reason_phrase(code).into(),
             warning,
         })
         .await;
@@ -146,61 +238,93 @@ impl Call {
     }
 
     async fn run(&mut self, request: Box<Request>) -> Outcome {
-        let user = request.uri.user().unwrap_or("").to_string();
-        tracing::info!(to = %user, "incoming call");
-        match user.as_str() {
-            "busy" => return self.reject(486, "Busy Here", None).await,
-            "ring" => {
-                self.send(Command::Ring(self.call, None)).await;
-                return self.ring_until_cancelled().await;
-            }
-            _ => {}
-        }
+        let user = self.parties.user.clone();
+        let route = self.ctx.dialplan.route(&user);
+        tracing::info!(to = %user, script = %route.script, "incoming call");
+        let Some(ast) = self.ctx.scripts.get(&route.script) else {
+            tracing::warn!(script = %route.script, "no such script; refusing the call");
+            return self
+                .reject(404, Some(format!("no script {}", route.script)))
+                .await;
+        };
         let Some(lease) = self.ctx.ports.allocate() else {
             tracing::warn!("no RTP port free");
-            return self
-                .reject(
-                    503,
-                    "Service Unavailable",
-                    Some("no media ports free".into()),
-                )
-                .await;
+            return self.reject(503, Some("no media ports free".into())).await;
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
         let mut session = LocalSession::new(fastrand::u64(1..u64::MAX >> 1), media);
-        let (sdp_out, media) = if request.body.is_empty() {
+        if request.body.is_empty() {
             // No offer in the INVITE: we offer in the 200 and take the answer from the ACK.
-            (session.offer().to_string(), None)
+            self.answer_sdp = Some(session.offer().to_string());
+            self.awaiting_answer = true;
         } else {
             match negotiate(&mut session, &request.body) {
                 Ok((sdp, m)) => {
                     tracing::info!(codec = ?m.codec, remote = ?m.remote_rtp, "media negotiated");
-                    (sdp, Some(m))
+                    self.answer_sdp = Some(sdp);
+                    self.pending_media = Some(m);
                 }
                 Err((code, why)) => {
                     tracing::info!(%code, %why, "offer refused");
-                    let phrase = if code == 400 {
-                        "Bad Request"
-                    } else {
-                        "Not Acceptable Here"
-                    };
-                    return self.reject(code, phrase, Some(why)).await;
+                    return self.reject(code, Some(why)).await;
                 }
             }
+        }
+        self.session = Some(session);
+        let info = CallInfo {
+            from: self.parties.from.clone(),
+            to: user,
+            call_id: self.parties.call_id.clone(),
+            headers: request_headers(&request),
+            vars: route.vars,
         };
-        let late_offer = request.body.is_empty();
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
         drop(request);
-        self.session = Some(session);
-        self.echo = user == "echo";
-        self.send(Command::Ring(self.call, None)).await;
-        self.send(Command::Answer(self.call, sdp_out.into_bytes()))
+        self.live.update(|c| c.script = Some(route.script.clone()));
+        let (port, requests) = channel_port();
+        let script = spawn_script(ast, self.ctx.scripts.engine().clone(), info, Box::new(port));
+        let hangup = script.hangup_flag();
+        let outcome = self.in_call(requests, script).await;
+        // Whatever ended the call, a script still running stops at its next step.
+        hangup.store(true, std::sync::atomic::Ordering::Relaxed);
+        outcome
+    }
+
+    /// Sends the 200 OK (once) and starts the media negotiated in the INVITE.
+    async fn ensure_answered(&mut self) {
+        if self.answered || self.ending {
+            return;
+        }
+        let Some(sdp) = self.answer_sdp.take() else {
+            return;
+        };
+        self.answered = true;
+        self.send(Command::Answer(self.call, sdp.into_bytes()))
             .await;
-        if let Some(m) = media {
+        if let Some(m) = self.pending_media.take() {
             self.start_media(&m);
         }
-        self.in_call(late_offer).await
+        self.live.update(|c| {
+            c.state = CallState::Answered;
+            c.answered_at = Some(crate::live::rfc3339_now());
+        });
+        self.ctx.events.publish(BusEvent::CallAnswered {
+            call_id: self.parties.call_id.clone(),
+        });
+    }
+
+    /// Ends the call from our side: BYE once answered, else a final response.
+    async fn hangup(&mut self, refuse_with: u16) {
+        if self.ending {
+            return;
+        }
+        self.ending = true;
+        if self.answered {
+            self.send(Command::Hangup(self.call)).await;
+        } else {
+            self.reject(refuse_with, None).await;
+        }
     }
 
     /// Puts the call's media on a worker, or updates it after a new offer/answer.
@@ -233,7 +357,7 @@ impl Call {
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
         };
-        let leg = match Leg::new(cfg, std::time::Instant::now()) {
+        let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "no media for the call");
@@ -241,69 +365,9 @@ impl Call {
             }
         };
         match self.ctx.media.add(leg, sockets, self.leg_tx.clone()) {
-            Ok(h) => {
-                if self.echo {
-                    h.send(LegCommand::Echo(true));
-                }
-                self.leg = Some(h);
-                if !self.echo {
-                    self.play(&["welcome", "record-after-tone", "beep"], PLAY_GREETING);
-                }
-            }
+            Ok(h) => self.leg = Some(h),
             Err(e) => tracing::warn!(error = %e, "no media worker took the call"),
         }
-    }
-
-    /// Loads prompts off the media path and hands them to the leg; a prompt that cannot be
-    /// loaded is logged and skipped, the call goes on.
-    fn play(&self, names: &[&str], id: u64) {
-        let Some(sender) = self.leg.as_ref().map(LegHandle::sender) else {
-            return;
-        };
-        let prompts = self.ctx.prompts.clone();
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || match prompts.play(&names, 8000) {
-            Ok(playlist) => sender.send(LegCommand::Play {
-                id,
-                source: Box::new(playlist),
-                barge_in: true,
-            }),
-            Err(e) => tracing::warn!(error = %e, "prompt not played"),
-        });
-    }
-
-    fn start_recording(&mut self) {
-        let Some(leg) = &self.leg else {
-            return;
-        };
-        let meta = RecordingMeta {
-            call_id: self.parties.call_id.clone(),
-            from: self.parties.from.clone(),
-            to: self.parties.to.clone(),
-            room: None,
-            mode: RecordMode::Inbound,
-            rate: 8000,
-        };
-        let handle = match self.ctx.recorder.start(meta) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record");
-                return;
-            }
-        };
-        let policy = RecordPolicy {
-            max_duration: Some(Duration::from_secs(120)),
-            silence_timeout: Some(Duration::from_secs(5)),
-            min_duration: Duration::from_millis(500),
-            terminators: DigitSet::from_chars("#"),
-            beep: true,
-            ..RecordPolicy::default()
-        };
-        tracing::info!(id = handle.id(), "recording");
-        leg.send(LegCommand::Record {
-            session: Box::new(RecordSession::new(policy)),
-            handle,
-        });
     }
 
     /// DTMF by SIP INFO joins the leg's digit stream, where it is merged with RFC 4733 and
@@ -312,10 +376,132 @@ impl Call {
         match crate::media::dtmf::parse_info(content_type, body) {
             Ok(d) => {
                 if let Some(leg) = &self.leg {
-                    leg.send(LegCommand::InfoDigit(d.to_event(std::time::Instant::now())));
+                    leg.send(LegCommand::InfoDigit(d.to_event(Instant::now())));
                 }
             }
             Err(e) => tracing::debug!(%content_type, error = %e, "INFO without DTMF"),
+        }
+    }
+
+    /// The event loop: SIP events, media events, the script's requests, timers, controls.
+    async fn in_call(
+        &mut self,
+        mut requests: mpsc::Receiver<ScriptRequest>,
+        script: crate::script::ScriptHandle,
+    ) -> Outcome {
+        let limit = self
+            .ctx
+            .max_duration
+            .unwrap_or(Duration::from_secs(u64::MAX >> 2));
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let mut deadline_passed = false;
+        let done = script.join();
+        tokio::pin!(done);
+        let mut script_running = true;
+        let mut requests_open = true;
+        loop {
+            let timer = self.active.deadline();
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            ));
+            // Verbs that need media wait while the answer to our offer is still to come.
+            let ready = self.active.is_idle() && !(self.answered && self.awaiting_answer);
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(Event::Ended { reason, .. }) => return Outcome::Ended(reason),
+                    Some(ev) => self.on_sip_event(ev).await,
+                    None => return Outcome::Lost,
+                },
+                Some(e) = self.leg_events.recv() => self.on_leg_event(e).await,
+                req = requests.recv(), if ready && requests_open => match req {
+                    Some(r) => self.start_request(r).await,
+                    None => requests_open = false,
+                },
+                outcome = &mut done, if script_running => {
+                    script_running = false;
+                    self.on_script_end(&outcome).await;
+                }
+                _ = sleep, if timer.is_some() => self.on_timer().await,
+                Some(c) = self.control.recv() => match c {
+                    CallControl::Hangup => {
+                        tracing::info!("hung up by the operator");
+                        self.hangup(480).await;
+                    }
+                    CallControl::Dtmf(digits) => {
+                        if let Some(leg) = &self.leg {
+                            leg.send(LegCommand::SendDtmf { digits, inband: false });
+                        }
+                    }
+                },
+                _ = &mut deadline, if !deadline_passed && self.answered => {
+                    tracing::info!("maximum call duration reached");
+                    deadline_passed = true;
+                    self.hangup(480).await;
+                }
+            }
+        }
+    }
+
+    async fn on_script_end(&mut self, outcome: &ScriptOutcome) {
+        if self.ending {
+            return;
+        }
+        match outcome {
+            ScriptOutcome::Error(e) => {
+                tracing::warn!(error = %e, "the script failed; ending the call");
+                self.hangup(500).await;
+            }
+            ScriptOutcome::Stopped(cause) => {
+                tracing::info!(?cause, "the script was stopped; ending the call");
+                self.hangup(500).await;
+            }
+            // A flow that ends without hanging up hangs up; one that never answered refuses.
+            ScriptOutcome::Finished => self.hangup(480).await,
+        }
+    }
+
+    async fn on_sip_event(&mut self, ev: Event) {
+        match ev {
+            Event::Confirmed { sdp, .. } => {
+                if let (true, Some(s)) = (self.awaiting_answer, self.session.as_mut()) {
+                    self.awaiting_answer = false;
+                    match sdp.map(|body| accept_answer(s, &body)) {
+                        Some(Ok(m)) => {
+                            tracing::info!(codec = ?m.codec, "answer in ACK accepted");
+                            self.start_media(&m);
+                        }
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "unusable answer in ACK; hanging up");
+                            self.hangup(488).await;
+                        }
+                        None => {
+                            tracing::info!("no answer in the ACK; hanging up");
+                            self.hangup(488).await;
+                        }
+                    }
+                }
+            }
+            Event::ReInvite { sdp, .. } => self.on_reinvite(sdp).await,
+            Event::Info {
+                content_type, body, ..
+            } => {
+                self.on_info(content_type.as_deref().unwrap_or(""), &body);
+            }
+            Event::ReInviteAnswered { code, sdp, .. } => {
+                if let (Some(body), Some(s)) = (sdp, self.session.as_mut()) {
+                    match accept_answer(s, &body) {
+                        Ok(m) => {
+                            tracing::info!(%code, direction = ?m.direction, "re-INVITE answered");
+                            self.start_media(&m);
+                        }
+                        Err(e) => {
+                            tracing::info!(%code, error = %e, "unusable answer to our re-INVITE")
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -323,14 +509,17 @@ impl Call {
         match e {
             LegEvent::Digit { digit, method } => {
                 tracing::info!(%digit, ?method, "DTMF");
+                self.digits.push(digit.as_char());
+                self.ctx.events.publish(BusEvent::Dtmf {
+                    call_id: self.parties.call_id.clone(),
+                    digit: digit.as_char().to_string(),
+                    method: method.as_str().into(),
+                });
+                self.on_digit(digit).await;
             }
             LegEvent::PlayDone { id, interrupted } => {
                 tracing::debug!(id, interrupted, "playback done");
-                match id {
-                    PLAY_GREETING => self.start_recording(),
-                    PLAY_GOODBYE => self.send(Command::Hangup(self.call)).await,
-                    _ => {}
-                }
+                self.on_play_done(id).await;
             }
             LegEvent::RecordDone {
                 id,
@@ -340,83 +529,12 @@ impl Call {
                 discarded,
             } => {
                 tracing::info!(%id, reason = reason.as_str(), kept_ms = kept.as_millis() as u64, %digits, discarded, "recording done");
-                self.play(&["goodbye"], PLAY_GOODBYE);
+                self.on_record_done(id, reason.as_str(), kept, digits, discarded)
+                    .await;
             }
             LegEvent::RtpTimeout => {
                 tracing::info!("no RTP from the caller; hanging up");
-                self.send(Command::Hangup(self.call)).await;
-            }
-        }
-    }
-
-    async fn ring_until_cancelled(&mut self) -> Outcome {
-        let timeout = tokio::time::sleep(self.ctx.ring_timeout);
-        tokio::pin!(timeout);
-        loop {
-            tokio::select! {
-                ev = self.events.recv() => match ev {
-                    Some(Event::Ended { reason, .. }) => return Outcome::Ended(reason),
-                    Some(_) => {}
-                    None => return Outcome::Lost,
-                },
-                _ = &mut timeout => {
-                    return self.reject(480, "Temporarily Unavailable", None).await;
-                }
-            }
-        }
-    }
-
-    async fn in_call(&mut self, mut awaiting_answer: bool) -> Outcome {
-        let limit = self
-            .ctx
-            .max_duration
-            .unwrap_or(Duration::from_secs(u64::MAX >> 2));
-        let deadline = tokio::time::sleep(limit);
-        tokio::pin!(deadline);
-        let mut hung_up = false;
-        loop {
-            tokio::select! {
-                ev = self.events.recv() => match ev {
-                    Some(Event::Confirmed { sdp, .. }) => {
-                        if let (true, Some(body), Some(s)) = (awaiting_answer, sdp, self.session.as_mut()) {
-                            match accept_answer(s, &body) {
-                                Ok(m) => {
-                                    tracing::info!(codec = ?m.codec, "answer in ACK accepted");
-                                    self.start_media(&m);
-                                }
-                                Err(e) => {
-                                    tracing::info!(error = %e, "unusable answer in ACK; hanging up");
-                                    self.send(Command::Hangup(self.call)).await;
-                                }
-                            }
-                            awaiting_answer = false;
-                        }
-                    }
-                    Some(Event::ReInvite { sdp, .. }) => self.on_reinvite(sdp).await,
-                    Some(Event::Info { content_type, body, .. }) => {
-                        self.on_info(content_type.as_deref().unwrap_or(""), &body);
-                    }
-                    Some(Event::Ended { reason, .. }) => return Outcome::Ended(reason),
-                    Some(Event::ReInviteAnswered { code, sdp, .. }) => {
-                        if let (Some(body), Some(s)) = (sdp, self.session.as_mut()) {
-                            match accept_answer(s, &body) {
-                                Ok(m) => {
-                                    tracing::info!(%code, direction = ?m.direction, "re-INVITE answered");
-                                    self.start_media(&m);
-                                }
-                                Err(e) => tracing::info!(%code, error = %e, "unusable answer to our re-INVITE"),
-                            }
-                        }
-                    }
-                    Some(Event::Incoming { .. }) => {}
-                    None => return Outcome::Lost,
-                },
-                Some(e) = self.leg_events.recv() => self.on_leg_event(e).await,
-                _ = &mut deadline, if !hung_up => {
-                    tracing::info!("maximum call duration reached");
-                    hung_up = true;
-                    self.send(Command::Hangup(self.call)).await;
-                }
+                self.hangup(480).await;
             }
         }
     }
@@ -450,6 +568,22 @@ impl Call {
             }
         }
     }
+}
+
+/// The INVITE's headers by lower-case name, repeated headers joined by ", ".
+fn request_headers(request: &Request) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for h in request.headers.iter() {
+        let name = super::message::canonical_name(h.name()).to_ascii_lowercase();
+        let value = h.value().trim();
+        out.entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_string());
+    }
+    out
 }
 
 /// Parses the peer's answer to our offer.

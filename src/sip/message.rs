@@ -437,8 +437,8 @@ fn duplicated_single_header(headers: &Headers) -> Option<&'static str> {
     None
 }
 
-/// Maps RFC 3261 §7.3.3 compact forms to full names.
-fn canonical_name(name: &str) -> &str {
+/// Maps RFC 3261 §7.3.3 compact forms to full names (`f` → `From`).
+pub fn canonical_name(name: &str) -> &str {
     match name {
         "i" | "I" => "Call-ID",
         "f" | "F" => "From",

@@ -53,6 +53,15 @@ pub enum DtmfMethod {
 }
 
 impl DtmfMethod {
+    /// The method's name in events and logs: `rfc4733`, `info` or `inband`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DtmfMethod::Rfc4733 => "rfc4733",
+            DtmfMethod::Info => "info",
+            DtmfMethod::Inband => "inband",
+        }
+    }
+
     fn bit(self) -> u8 {
         match self {
             DtmfMethod::Rfc4733 => 1,

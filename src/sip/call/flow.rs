@@ -1,0 +1,539 @@
+//! Carrying out a call's script requests with its media leg: one request at a time, each
+//! answered when its media work is done (a prompt played out, a `collect` complete, a
+//! recording finalised).
+//!
+//! Timers belong here, not to the script: [`Active::deadline`] is the next moment the call
+//! task must look at the request in progress. Keys go where the request in progress wants
+//! them: to a `collect`, to end an `echo`, to type-ahead during a barge-in `play` or
+//! between verbs (the next `collect` reads them), and nowhere during other verbs (the
+//! leg's recorder sees its own terminators).
+
+use std::time::{Duration, Instant};
+
+use super::Call;
+use crate::events::Event as BusEvent;
+use crate::media::dtmf::Digit;
+use crate::media::leg::{AudioSource, LegCommand};
+use crate::media::prompt::{load_file, Playlist};
+use crate::media::record::{RecordMode, RecordSession, RecordingMeta};
+use crate::media::tone::{ToneGenerator, ToneSpec};
+use crate::script::{
+    CallReply, CallRequest, CollectAction, Collector, PromptKind, RecordInfo, RecordRequest,
+    Replier, ScriptRequest,
+};
+
+/// Keys kept for the next `collect` at most; older ones are dropped first.
+const TYPE_AHEAD_MAX: usize = 32;
+/// Time to send one DTMF key (100 ms tone, 70 ms gap) plus a frame of slack.
+const DTMF_KEY: Duration = Duration::from_millis(190);
+/// Sample rate of every leg's audio.
+const RATE: u32 = 8000;
+
+/// The request being carried out.
+pub(super) enum Active {
+    /// None: the next request may start.
+    Idle,
+    /// A playback (prompts, tone, silence) until the leg reports it done.
+    Play {
+        id: u64,
+        barge_in: bool,
+        reply: Replier,
+    },
+    /// Only time passes (`sleep`, `send_dtmf`).
+    Wait { until: Instant, reply: Replier },
+    /// A `collect`, and the leg playback of its current prompt.
+    Collect {
+        collector: Box<Collector>,
+        playing: Option<(u32, u64)>,
+        reply: Replier,
+    },
+    /// The beep before a recording.
+    RecordBeep {
+        id: u64,
+        request: Box<RecordRequest>,
+        reply: Replier,
+    },
+    /// A recording in progress, until the leg reports it done.
+    Record { id: String, reply: Replier },
+    /// Echo until `#`, the limit or hangup.
+    Echo {
+        until: Option<Instant>,
+        reply: Replier,
+    },
+}
+
+impl Active {
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self, Active::Idle)
+    }
+
+    /// When the call task must next look at this request.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Active::Wait { until, .. } => Some(*until),
+            Active::Echo { until, .. } => *until,
+            Active::Collect { collector, .. } => collector.poll_timeout(),
+            _ => None,
+        }
+    }
+}
+
+/// `ms` of silence as a playable source.
+struct Silence {
+    left: usize,
+}
+
+impl AudioSource for Silence {
+    fn fill(&mut self, out: &mut [i16]) -> usize {
+        let n = out.len().min(self.left);
+        out[..n].fill(0);
+        self.left -= n;
+        n
+    }
+}
+
+impl Call {
+    /// Starts carrying out a script request (the previous one is done).
+    pub(super) async fn start_request(&mut self, r: ScriptRequest) {
+        let (request, reply) = r.into_parts();
+        if self.ending {
+            // The call is going: the script learns it at its next step.
+            return;
+        }
+        tracing::debug!(?request, "script request");
+        match request {
+            CallRequest::Answer => {
+                self.ensure_answered().await;
+                reply.send(CallReply::Done);
+            }
+            CallRequest::Ring => {
+                if !self.answered {
+                    self.send(super::Command::Ring(self.call, None)).await;
+                }
+                reply.send(CallReply::Done);
+            }
+            CallRequest::Hangup { cause } => {
+                self.hangup(cause.unwrap_or(480)).await;
+                reply.send(CallReply::Done);
+            }
+            CallRequest::Log(s) => {
+                tracing::info!(target: "switchboard::script", "{s}");
+                reply.send(CallReply::Done);
+            }
+            CallRequest::Sleep(d) => {
+                self.active = Active::Wait {
+                    until: Instant::now() + d,
+                    reply,
+                };
+            }
+            CallRequest::Play(p) => {
+                self.ensure_answered().await;
+                match self.load(&p.prompts).await {
+                    Ok(playlist) => self.play(Box::new(playlist), p.barge_in, reply),
+                    Err(e) => reply.send(CallReply::Failed(e)),
+                }
+            }
+            CallRequest::Tone { spec } => {
+                self.ensure_answered().await;
+                match ToneGenerator::new(&spec, RATE) {
+                    Ok(g) => self.play(Box::new(g), false, reply),
+                    Err(e) => reply.send(CallReply::Failed(e.to_string())),
+                }
+            }
+            CallRequest::Silence(d) => {
+                self.ensure_answered().await;
+                let left = (d.as_millis() as usize).saturating_mul(RATE as usize / 1000);
+                self.play(Box::new(Silence { left }), false, reply);
+            }
+            CallRequest::SendDtmf(keys) => {
+                self.ensure_answered().await;
+                let Some(leg) = &self.leg else {
+                    return reply.send(CallReply::Failed("the call has no media".into()));
+                };
+                let until = Instant::now() + DTMF_KEY * keys.len() as u32;
+                leg.send(LegCommand::SendDtmf {
+                    digits: keys,
+                    inband: false,
+                });
+                self.active = Active::Wait { until, reply };
+            }
+            CallRequest::Echo { max } => {
+                self.ensure_answered().await;
+                let Some(leg) = &self.leg else {
+                    return reply.send(CallReply::Failed("the call has no media".into()));
+                };
+                leg.send(LegCommand::Echo(true));
+                self.active = Active::Echo {
+                    until: max.map(|m| Instant::now() + m),
+                    reply,
+                };
+            }
+            CallRequest::Collect(opts) => {
+                self.ensure_answered().await;
+                let collector = Collector::new(opts, Instant::now(), &mut self.type_ahead);
+                self.active = Active::Collect {
+                    collector: Box::new(collector),
+                    playing: None,
+                    reply,
+                };
+                self.drive_collect().await;
+            }
+            CallRequest::Record(r) => {
+                self.ensure_answered().await;
+                self.start_record(r, reply).await;
+            }
+            CallRequest::DiscardRecording(id) => {
+                let Some(i) = self.recordings.iter().position(|r| *r == id) else {
+                    return reply.send(CallReply::Failed(format!(
+                        "no recording {id} was made in this call"
+                    )));
+                };
+                self.recordings.remove(i);
+                let dir = self.ctx.recorder.dir().to_path_buf();
+                let removed = tokio::task::spawn_blocking(move || {
+                    for ext in ["wav", "json"] {
+                        let path = dir.join(format!("{id}.{ext}"));
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                return Err(format!("{}: {e}", path.display()));
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+                match removed {
+                    Ok(Ok(())) => reply.send(CallReply::Done),
+                    Ok(Err(e)) => reply.send(CallReply::Failed(e)),
+                    Err(e) => reply.send(CallReply::Failed(e.to_string())),
+                }
+            }
+            CallRequest::Conference(c) => {
+                reply.send(CallReply::Failed(format!(
+                    "conference {}: conference rooms are not available",
+                    c.room
+                )));
+            }
+            CallRequest::Transfer(uri) => {
+                reply.send(CallReply::Failed(format!(
+                    "transfer to {uri}: transfers are not available"
+                )));
+            }
+        }
+    }
+
+    /// Plays `source`; the request is answered when the leg reports the playback done.
+    fn play(&mut self, source: Box<dyn AudioSource>, barge_in: bool, reply: Replier) {
+        let Some(leg) = &self.leg else {
+            return reply.send(CallReply::Failed("the call has no media".into()));
+        };
+        let id = self.next_play;
+        self.next_play += 1;
+        leg.send(LegCommand::Play {
+            id,
+            source,
+            barge_in,
+        });
+        self.active = Active::Play {
+            id,
+            barge_in,
+            reply,
+        };
+    }
+
+    /// Loads prompts off the call task: `recording:ID` names a recording this call made,
+    /// anything else a prompt. A prompt that cannot be loaded is logged and skipped, as a
+    /// missing sound file should not end a call; only when none can be played is it an
+    /// error for the script.
+    async fn load(&self, names: &[String]) -> Result<Playlist, String> {
+        let prompts = self.ctx.prompts.clone();
+        let dir = self.ctx.recorder.dir().to_path_buf();
+        let ours = self.recordings.clone();
+        let names = names.to_vec();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(names.len());
+            let mut first_error = None;
+            for name in &names {
+                let got = match name.strip_prefix("recording:") {
+                    Some(id) if ours.iter().any(|r| r == id) => {
+                        load_file(&dir.join(format!("{id}.wav")), name, RATE)
+                            .map(std::sync::Arc::new)
+                            .map_err(|e| e.to_string())
+                    }
+                    Some(id) => Err(format!("no recording {id} was made in this call")),
+                    None => prompts.load(name, RATE).map_err(|e| e.to_string()),
+                };
+                match got {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        tracing::warn!(prompt = %name, error = %e, "prompt not played");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match (out.is_empty(), first_error) {
+                (true, Some(e)) => Err(e),
+                _ => Playlist::new(out).map_err(|e| e.to_string()),
+            }
+        })
+        .await;
+        loaded.unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    /// Runs the collector's actions until it waits for something.
+    async fn drive_collect(&mut self) {
+        loop {
+            let Active::Collect {
+                collector, playing, ..
+            } = &mut self.active
+            else {
+                return;
+            };
+            let Some(action) = collector.poll_action() else {
+                return;
+            };
+            match action {
+                CollectAction::Play { kind, play, .. } => {
+                    let names = match kind {
+                        PromptKind::Prompt => collector.options().prompt.clone(),
+                        PromptKind::Invalid => collector.options().invalid_prompt.clone(),
+                    };
+                    *playing = None;
+                    let loaded = if names.is_empty() {
+                        Err("no prompt".to_string())
+                    } else {
+                        self.load(&names).await
+                    };
+                    let leg_id = self.next_play;
+                    self.next_play += 1;
+                    let sent = match (loaded, &self.leg) {
+                        (Ok(playlist), Some(leg)) => {
+                            // The collector decides about barge-in and stops the playback.
+                            leg.send(LegCommand::Play {
+                                id: leg_id,
+                                source: Box::new(playlist),
+                                barge_in: false,
+                            });
+                            true
+                        }
+                        _ => false,
+                    };
+                    if let Active::Collect {
+                        collector, playing, ..
+                    } = &mut self.active
+                    {
+                        if sent {
+                            *playing = Some((play, leg_id));
+                        } else {
+                            // Nothing to play: the prompt is over at once.
+                            collector.handle_play_done(Instant::now(), play);
+                        }
+                    }
+                }
+                CollectAction::Stop { play } => {
+                    if playing.is_some_and(|(p, _)| p == play) {
+                        *playing = None;
+                        if let Some(leg) = &self.leg {
+                            leg.send(LegCommand::StopPlay);
+                        }
+                    }
+                }
+                CollectAction::Done(result) => {
+                    tracing::info!(digits = ?result, "collected");
+                    if let Active::Collect { reply, .. } =
+                        std::mem::replace(&mut self.active, Active::Idle)
+                    {
+                        reply.send(CallReply::Digits(result));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn on_digit(&mut self, digit: Digit) {
+        match &mut self.active {
+            Active::Collect { collector, .. } => {
+                collector.handle_digit(Instant::now(), digit);
+                self.drive_collect().await;
+            }
+            Active::Echo { .. } if digit.as_char() == '#' => self.end_echo(),
+            Active::Idle | Active::Play { barge_in: true, .. } => {
+                if self.type_ahead.len() == TYPE_AHEAD_MAX {
+                    self.type_ahead.pop_front();
+                }
+                self.type_ahead.push_back(digit);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) async fn on_play_done(&mut self, done: u64) {
+        match &mut self.active {
+            Active::Play { id, .. } if *id == done => {
+                if let Active::Play { reply, .. } =
+                    std::mem::replace(&mut self.active, Active::Idle)
+                {
+                    reply.send(CallReply::Done);
+                }
+            }
+            Active::Collect {
+                collector, playing, ..
+            } => {
+                if let Some((play, id)) = *playing {
+                    if id == done {
+                        *playing = None;
+                        collector.handle_play_done(Instant::now(), play);
+                        self.drive_collect().await;
+                    }
+                }
+            }
+            Active::RecordBeep { id, .. } if *id == done => {
+                if let Active::RecordBeep { request, reply, .. } =
+                    std::mem::replace(&mut self.active, Active::Idle)
+                {
+                    self.begin_recording(&request, reply);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) async fn on_timer(&mut self) {
+        let now = Instant::now();
+        match &mut self.active {
+            Active::Wait { until, .. } if *until <= now => {
+                if let Active::Wait { reply, .. } =
+                    std::mem::replace(&mut self.active, Active::Idle)
+                {
+                    reply.send(CallReply::Done);
+                }
+            }
+            Active::Echo {
+                until: Some(until), ..
+            } if *until <= now => self.end_echo(),
+            Active::Collect { collector, .. } => {
+                if collector.poll_timeout().is_some_and(|t| t <= now) {
+                    collector.handle_timeout(now);
+                    self.drive_collect().await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end_echo(&mut self) {
+        if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Echo(false));
+        }
+        if let Active::Echo { reply, .. } = std::mem::replace(&mut self.active, Active::Idle) {
+            reply.send(CallReply::Done);
+        }
+    }
+
+    async fn start_record(&mut self, request: RecordRequest, reply: Replier) {
+        if self.leg.is_none() {
+            return reply.send(CallReply::Failed("the call has no media".into()));
+        }
+        if request.file.is_some() {
+            tracing::debug!("recordings are named by the server; `file` is not used");
+        }
+        if !request.beep {
+            return self.begin_recording(&request, reply);
+        }
+        let beep: Box<dyn AudioSource> = match self.load(&["beep".to_string()]).await {
+            Ok(p) => Box::new(p),
+            Err(_) => match ToneGenerator::new(&ToneSpec::beep(), RATE) {
+                Ok(g) => Box::new(g),
+                Err(_) => return self.begin_recording(&request, reply),
+            },
+        };
+        let id = self.next_play;
+        self.next_play += 1;
+        if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Play {
+                id,
+                source: beep,
+                barge_in: false,
+            });
+        }
+        self.active = Active::RecordBeep {
+            id,
+            request: Box::new(request),
+            reply,
+        };
+    }
+
+    /// Starts the recording itself (after the beep, if any).
+    fn begin_recording(&mut self, request: &RecordRequest, reply: Replier) {
+        let Some(leg) = &self.leg else {
+            return reply.send(CallReply::Failed("the call has no media".into()));
+        };
+        let meta = RecordingMeta {
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+            to: self.parties.to.clone(),
+            room: None,
+            mode: if request.stereo {
+                RecordMode::Stereo
+            } else {
+                RecordMode::Inbound
+            },
+            rate: RATE,
+        };
+        let handle = match self.ctx.recorder.start(meta) {
+            Ok(h) => h,
+            Err(e) => return reply.send(CallReply::Failed(format!("cannot record: {e}"))),
+        };
+        let id = handle.id().to_string();
+        tracing::info!(%id, "recording");
+        self.ctx.events.publish(BusEvent::RecordingStarted {
+            id: id.clone(),
+            call_id: Some(self.parties.call_id.clone()),
+            room: None,
+        });
+        self.live.update(|c| c.recording = Some(id.clone()));
+        leg.send(LegCommand::Record {
+            session: Box::new(RecordSession::new(request.policy())),
+            handle,
+        });
+        self.active = Active::Record { id, reply };
+    }
+
+    pub(super) async fn on_record_done(
+        &mut self,
+        id: String,
+        reason: &str,
+        kept: Duration,
+        digits: String,
+        discarded: bool,
+    ) {
+        self.live.update(|c| c.recording = None);
+        // The writer finalises the file on its own thread: wait for it, so the script can
+        // play the recording back (or discard it) the moment `record` returns.
+        let recorder = self.ctx.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.sync()).await;
+        self.ctx.events.publish(BusEvent::RecordingFinished {
+            id: id.clone(),
+            duration_ms: kept.as_millis() as u64,
+            reason: reason.to_string(),
+            discarded,
+        });
+        if !discarded {
+            self.recordings.push(id.clone());
+        }
+        match &self.active {
+            Active::Record { id: ours, .. } if *ours == id => {}
+            _ => return,
+        }
+        if let Active::Record { reply, .. } = std::mem::replace(&mut self.active, Active::Idle) {
+            reply.send(CallReply::Recorded(RecordInfo {
+                id,
+                duration: kept,
+                digits,
+                reason: reason.to_string(),
+                discarded,
+            }));
+        }
+    }
+}
