@@ -412,11 +412,11 @@ impl Call {
             Active::Echo {
                 until: Some(until), ..
             } if *until <= now => self.end_echo(),
-            Active::Collect { collector, .. } => {
-                if collector.poll_timeout().is_some_and(|t| t <= now) {
-                    collector.handle_timeout(now);
-                    self.drive_collect().await;
-                }
+            Active::Collect { collector, .. }
+                if collector.poll_timeout().is_some_and(|t| t <= now) =>
+            {
+                collector.handle_timeout(now);
+                self.drive_collect().await;
             }
             _ => {}
         }
