@@ -209,3 +209,111 @@ fn message_with_pcap_audio_and_rfc4733_udp() {
         .fold(f64::MIN, f64::max);
     assert!(loudest > -35.0, "loudest second {loudest:.1} dBFS");
 }
+
+/// Puts the captures of `keys` next to the SIPp runs in `dir` as `key_<name>.pcap`: SIPp's
+/// RFC 4733 captures, or in-band tones made here.
+fn key_captures(dir: &std::path::Path, inband: bool, keys: &[char]) {
+    for &k in keys {
+        let name = match k {
+            '#' => "pound".to_string(),
+            '*' => "star".to_string(),
+            d => d.to_string(),
+        };
+        let path = dir.join(format!("key_{name}.pcap"));
+        if inband {
+            common::inband_key_pcap(&path, k);
+        } else {
+            std::fs::copy(
+                format!("/usr/share/sip-tester/dtmf_2833_{name}.pcap"),
+                &path,
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// The server log's `collected` results in order, e.g. `["Some(\"3\")", "Some(\"0\")"]`.
+fn collected(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" collected"))
+        .filter_map(|l| l.split("digits=").nth(1))
+        .map(|d| d.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn ivr_walk(inband: bool) {
+    let Some(sipp) = find_sipp() else { return };
+    let label = if inband {
+        "ivr-walk-inband"
+    } else {
+        "ivr-walk-rfc4733"
+    };
+    let server = Server::start(label);
+    key_captures(server.dir(), inband, &['3', '#', '0']);
+    let run = Sipp::new("uac_ivr_walk", "ivr", Transport::Udp).run(&sipp, server.sip, server.dir());
+    let log = server.log_text();
+    assert!(run.success(), "{}\n{log}", run.report());
+    // The menu took 3 (echo test), the echo ended on '#', the menu came back and took 0.
+    assert_eq!(collected(&log), ["Some(\"3\")", "Some(\"0\")"], "{log}");
+    let method = if inband {
+        "method=Inband"
+    } else {
+        "method=Rfc4733"
+    };
+    let keys: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" DTMF ") && l.contains(method))
+        .collect();
+    assert_eq!(keys.len(), 3, "each key seen once by {method}\n{log}");
+    assert!(log.contains("echo") || log.contains("Echo"), "{log}");
+}
+
+/// The shipped IVR menu walked with RFC 4733 keys: 3 (echo test), # (back), 0 (goodbye).
+#[test]
+fn ivr_menu_walk_with_rfc4733_keys_udp() {
+    ivr_walk(false);
+}
+
+/// The same walk with the keys as in-band tones in the A-law audio.
+#[test]
+fn ivr_menu_walk_with_inband_keys_udp() {
+    ivr_walk(true);
+}
+
+/// A message left through the IVR menu: key 2, speech, silence, key 1 to keep it. The WAV
+/// and its sidecar are in `recordings/`.
+#[test]
+fn ivr_leave_a_message_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    let server = Server::start("ivr-message");
+    key_captures(server.dir(), false, &['2', '1']);
+    let run =
+        Sipp::new("uac_ivr_message", "ivr", Transport::Udp).run(&sipp, server.sip, server.dir());
+    let log = server.log_text();
+    assert!(run.success(), "{}\n{log}", run.report());
+    assert_eq!(collected(&log), ["Some(\"2\")", "Some(\"1\")"], "{log}");
+    let recordings = server.dir().join("recordings");
+    let sidecars: Vec<serde_json::Value> = std::fs::read_dir(&recordings)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    assert_eq!(sidecars.len(), 1, "{sidecars:?}\n{log}");
+    let sidecar = &sidecars[0];
+    assert_eq!(sidecar["state"], "complete", "{sidecar}");
+    assert_eq!(sidecar["stop_reason"], "silence", "{sidecar}");
+    let wav = recordings.join(sidecar["file"].as_str().unwrap());
+    let samples: Vec<i16> = hound::WavReader::open(&wav)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    let secs = samples.len() as f64 / 8000.0;
+    assert!((6.0..9.5).contains(&secs), "recorded {secs:.2} s");
+    let loudest = samples
+        .chunks(8000)
+        .map(switchboard::media::level::rms_dbfs)
+        .fold(f64::MIN, f64::max);
+    assert!(loudest > -35.0, "loudest second {loudest:.1} dBFS");
+}

@@ -354,8 +354,9 @@ impl<'a> Sipp<'a> {
                 .arg("-message_file")
                 .arg(dir.join("messages.log"));
         }
-        // SIPp redraws its screen on stdout; the final one is in screen.log.
-        cmd.current_dir(&dir)
+        // SIPp redraws its screen on stdout; the final one is in screen.log. It runs in the
+        // test's folder, where scenarios find the captures a test generated.
+        cmd.current_dir(dir.parent().unwrap_or(&dir))
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("stdout.log")).unwrap())
             .stderr(File::create(dir.join("stderr.log")).unwrap());
@@ -459,4 +460,68 @@ impl SippRun {
             self.dir.display()
         )
     }
+}
+
+/// Writes RTP packets, one every 20 ms from 127.0.0.1:9000 to 127.0.0.1:9001, as a pcap
+/// file SIPp's `play_pcap_audio` can replay (Ethernet, IPv4, UDP; no checksums).
+pub fn write_rtp_pcap(path: &Path, packets: &[Vec<u8>]) {
+    let mut out = Vec::new();
+    // Global header: microsecond timestamps, version 2.4, snaplen 65535, Ethernet.
+    for v in [0xa1b2_c3d4u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for (i, rtp) in packets.iter().enumerate() {
+        let at_us = i as u64 * 20_000;
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let frame_len = 14 + ip_len;
+        out.extend_from_slice(&((at_us / 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((at_us % 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+        out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0x08, 0x00]);
+        out.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8]);
+        out.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        out.extend_from_slice(&9000u16.to_be_bytes());
+        out.extend_from_slice(&9001u16.to_be_bytes());
+        out.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(rtp);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A capture of one key pressed as in-band tones: 100 ms of the key's two frequencies at
+/// -10 dBm0 then 100 ms of silence, in 20 ms A-law (payload type 8) packets.
+pub fn inband_key_pcap(path: &Path, key: char) {
+    use switchboard::media::codec::g711::alaw_encode_slice;
+    use switchboard::media::dtmf::Digit;
+    use switchboard::media::tone::{ToneGenerator, ToneSpec};
+    let digit = Digit::from_char(key).unwrap();
+    let spec = ToneSpec::dtmf(digit, 100, 100).with_level(-10.0).unwrap();
+    let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+    let mut pcm = vec![0i16; 1600];
+    g.fill(&mut pcm);
+    let ssrc = 0x5eed_0000u32 + key as u32;
+    let packets: Vec<Vec<u8>> = pcm
+        .chunks(160)
+        .enumerate()
+        .map(|(i, frame)| {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            let mut payload = [0u8; 160];
+            alaw_encode_slice(frame, &mut payload);
+            p.extend_from_slice(&payload);
+            p
+        })
+        .collect();
+    write_rtp_pcap(path, &packets);
 }
