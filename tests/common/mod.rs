@@ -467,9 +467,7 @@ impl SippRun {
 pub fn write_rtp_pcap(path: &Path, packets: &[Vec<u8>]) {
     let mut out = Vec::new();
     // Global header: microsecond timestamps, version 2.4, snaplen 65535, Ethernet.
-    for v in [0xa1b2_c3d4u32] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&4u16.to_le_bytes());
     out.extend_from_slice(&0i32.to_le_bytes());
