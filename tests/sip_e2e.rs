@@ -552,3 +552,217 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
 }
+
+/// A folder of call-flow scripts for one test, removed when dropped.
+struct Scripts(std::path::PathBuf);
+
+impl Scripts {
+    fn new(files: &[(&str, &str)]) -> Scripts {
+        let dir = std::env::temp_dir().join(format!("sb-scripts-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        Scripts(dir)
+    }
+}
+
+impl Drop for Scripts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rule(exact: &str, script: &str) -> switchboard::script::dialplan::RuleConfig {
+    switchboard::script::dialplan::RuleConfig {
+        exact: Some(exact.into()),
+        prefix: None,
+        regex: None,
+        script: script.into(),
+        vars: Default::default(),
+    }
+}
+
+/// Waits for the server to end the call, within `limit`.
+async fn server_hangs_up(w: &mut Wire, uac: &mut Uac, limit: Duration) -> bool {
+    let ended = w
+        .drive(uac, limit, |u| u.state == UacState::Terminated)
+        .await;
+    w.flush(uac).await;
+    ended && uac.requests_in.contains(&"BYE".to_string())
+}
+
+/// Places a call that the server refuses; the final status.
+async fn refused(w: &mut Wire, uac: &mut Uac, user: &str) -> Option<u16> {
+    uac.invite(Instant::now(), user, &offer("127.0.0.1", 40000, "sendrecv"));
+    w.drive(uac, Duration::from_secs(5), |u| {
+        u.state == UacState::Terminated
+    })
+    .await;
+    uac.statuses
+        .iter()
+        .filter(|(m, c)| m == "INVITE" && *c >= 300)
+        .map(|(_, c)| *c)
+        .next()
+}
+
+#[tokio::test]
+async fn scripts_picked_by_the_dialplan_and_a_failing_script_ends_only_its_call() {
+    let scripts = Scripts::new(&[
+        ("wait.rhai", "answer();\nsleep(60000);\n"),
+        ("error.rhai", "answer();\nlet x = [1, 2];\nlet y = x[5];\n"),
+        ("spin.rhai", "answer();\nloop {}\n"),
+        (
+            "vars.rhai",
+            "if session.vars.code == \"486\" { hangup(486); }\nhangup(603);\n",
+        ),
+    ]);
+    let dir = scripts.0.clone();
+    let server = start_with((44100, 44199), move |c| {
+        c.paths.scripts = dir;
+        let mut vars = rule("", "vars");
+        vars.exact = None;
+        vars.regex = Some("v-(?<code>[0-9]+)".into());
+        c.dialplan = vec![
+            rule("wait", "wait"),
+            rule("error", "error.rhai"),
+            rule("spin", "spin"),
+            vars,
+        ];
+    })
+    .await;
+    // A call that stays up meanwhile.
+    let (mut wa, mut a) = wire(false, server.sip).await;
+    call(&mut wa, &mut a, "wait", 40000).await;
+
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "error", 40002).await;
+    assert!(
+        server_hangs_up(&mut w, &mut uac, Duration::from_secs(3)).await,
+        "no BYE after a script error"
+    );
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "spin", 40004).await;
+    assert!(
+        server_hangs_up(&mut w, &mut uac, Duration::from_secs(10)).await,
+        "no BYE after a runaway loop"
+    );
+    // Dialplan variables reach the script; no rule and no default.rhai is 404.
+    for (user, want) in [("v-486", 486), ("v-1", 603), ("nobody", 404)] {
+        let (mut w, mut uac) = wire(false, server.sip).await;
+        assert_eq!(refused(&mut w, &mut uac, user).await, Some(want), "{user}");
+    }
+    // The first call never noticed.
+    assert_eq!(a.state, UacState::Confirmed);
+    a.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        wa.drive(&mut a, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_script_serves_the_next_call_and_calls_in_progress_keep_theirs() {
+    let scripts = Scripts::new(&[("flow.rhai", "answer();\nsleep(60000);\n")]);
+    let dir = scripts.0.clone();
+    let server = start_with((44200, 44299), move |c| {
+        c.paths.scripts = dir;
+        c.scripts.reload_secs = 1;
+        c.dialplan = vec![rule("flow", "flow")];
+    })
+    .await;
+    let (mut wa, mut a) = wire(false, server.sip).await;
+    call(&mut wa, &mut a, "flow", 40000).await;
+
+    let path = scripts.0.join("flow.rhai");
+    std::fs::write(&path, "hangup(486);\n").unwrap();
+    // A later modification time than the first version, whatever the file system's grain.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let mut new_version = false;
+    for _ in 0..40 {
+        let (mut w, mut uac) = wire(false, server.sip).await;
+        uac.invite(
+            Instant::now(),
+            "flow",
+            &offer("127.0.0.1", 40002, "sendrecv"),
+        );
+        w.drive(&mut uac, Duration::from_secs(5), |u| {
+            matches!(u.state, UacState::Terminated | UacState::Confirmed)
+        })
+        .await;
+        if uac.statuses.contains(&("INVITE".into(), 486)) {
+            new_version = true;
+            break;
+        }
+        // Still the old version: hang up and look again after the next reload.
+        uac.request(Instant::now(), "BYE", "", b"");
+        w.drive(&mut uac, Duration::from_secs(5), |u| {
+            u.state == UacState::Terminated
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(new_version, "the changed script was never used");
+    assert_eq!(a.state, UacState::Confirmed, "the first call was dropped");
+    a.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        wa.drive(&mut a, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_script_with_a_syntax_error_stops_start_up_with_file_and_line() {
+    let scripts = Scripts::new(&[("bad.rhai", "answer();\nlet x = ;\n")]);
+    let mut cfg = switchboard::Config::embedded().unwrap();
+    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.paths.scripts = scripts.0.clone();
+    cfg.dialplan.clear();
+    let r = switchboard::run_with_ready(cfg, std::future::pending(), |_| {
+        panic!("started with a broken script")
+    })
+    .await;
+    let text = r.unwrap_err().to_string();
+    assert!(text.contains("bad.rhai:2:"), "{text}");
+}
+
+#[tokio::test]
+async fn collected_keys_decide_the_flow() {
+    let scripts = Scripts::new(&[(
+        "pin.rhai",
+        "answer();\n\
+         let d = collect(#{max: 4, terminators: \"#\", first_digit_timeout: 5000});\n\
+         if d == \"42\" { hangup(); }\n\
+         sleep(60000);\n",
+    )]);
+    let dir = scripts.0.clone();
+    let server = start_with((44300, 44399), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan = vec![rule("pin", "pin")];
+    })
+    .await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "pin", rtp.port()).await;
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    rtp.exchange(media, &[0i16; 1600], Duration::ZERO).await;
+    rtp.send_dtmf(media, "42#").await;
+    assert!(
+        server_hangs_up(&mut w, &mut uac, Duration::from_secs(3)).await,
+        "the script did not get 42"
+    );
+    server.stop().await;
+}
