@@ -3,8 +3,10 @@
 #   benches/sipp-load.sh rate  RATE CALLS      # call rate: INVITE/200/ACK/BYE, no hold time
 #   benches/sipp-load.sh idle  CALLS HOLD_MS   # memory: CALLS concurrent idle dialogs (HOLD_MS > 45000)
 #   benches/sipp-load.sh record CALLS          # CALLS concurrent recordings fed by SIPp's RTP
-#   benches/sipp-load.sh media CALLS           # CALLS concurrent answered calls, each a G.711 leg
-#                                              # sending a frame every 20 ms: CPU, late ticks, memory
+#   benches/sipp-load.sh media CALLS [USER]    # CALLS concurrent answered calls to USER (default
+#                                              # echo), each a G.711 leg sending a frame every
+#                                              # 20 ms: CPU, late ticks, memory. USER=ivr: each
+#                                              # call runs the IVR script (menu prompt, collect).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
@@ -40,9 +42,9 @@ case "$mode" in
     echo "server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6)"
     ;;
   media)
-    calls=${2:-1000}
+    calls=${2:-1000}; user=${3:-echo}
     ramp=$(( calls / 200 + 2 ))
-    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p 25070 \
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p 25070 \
       -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 55) * 1000 )) -nostdin -timeout 120s -bg \
       >/dev/null 2>&1 || true
     sleep "$ramp"
@@ -61,7 +63,7 @@ case "$mode" in
     late1=$(late)
     held=$(rss)
     last=$(grep "media workers" "$work/server.log" | tail -1)
-    echo "cores=$(nproc) calls=$calls"
+    echo "cores=$(nproc) calls=$calls user=$user threads=$(awk '/Threads/ {print $2}' /proc/$server/status)"
     echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30" | bc -l | cut -c1-6)"
     echo "cpu_pct_of_a_core_per_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30 / $calls" | bc -l | cut -c1-7)"
     echo "rss_per_leg_bytes=$(( (held - base) * 1024 / calls ))"

@@ -347,19 +347,6 @@ impl ScriptSet {
         s.get(name).map(|c| c.ast.clone())
     }
 
-    /// The script for a dialled user: `USER.rhai` if there is one, else `default.rhai`.
-    pub fn select(&self, user: &str) -> Option<(String, Arc<AST>)> {
-        let own = format!("{user}.rhai");
-        let safe = !user.is_empty() && !user.contains(['/', '\\']) && !user.starts_with('.');
-        if safe {
-            if let Some(ast) = self.get(&own) {
-                return Some((own, ast));
-            }
-        }
-        self.get("default.rhai")
-            .map(|ast| ("default.rhai".to_string(), ast))
-    }
-
     /// Recompiles files whose modification time changed, adds new ones and drops removed
     /// ones. Calls in progress keep the AST they hold.
     pub fn reload_if_changed(&self) -> ReloadReport {
