@@ -766,3 +766,52 @@ async fn collected_keys_decide_the_flow() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn early_media_reaches_the_caller_before_a_refusal() {
+    let scripts = Scripts::new(&[(
+        "closed.rhai",
+        "early_media();\ntone(\"1000/600@-10\");\nhangup(480);\n",
+    )]);
+    let dir = scripts.0.clone();
+    // One port pair, so the test knows where the server's media is.
+    let server = start_with((44400, 44401), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan = vec![rule("closed", "closed")];
+    })
+    .await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        Instant::now(),
+        "closed",
+        &offer("127.0.0.1", rtp.port(), "sendrecv"),
+    );
+    let media = std::net::SocketAddr::new(server.sip.ip(), 44400);
+    let (heard, ()) = tokio::join!(
+        rtp.exchange(media, &[0i16; 8000], Duration::from_millis(200)),
+        async {
+            w.drive(&mut uac, Duration::from_secs(5), |u| {
+                u.state == UacState::Terminated
+            })
+            .await;
+        }
+    );
+    assert!(
+        uac.statuses.contains(&("INVITE".into(), 183)),
+        "{:?}",
+        uac.statuses
+    );
+    assert!(
+        uac.statuses.contains(&("INVITE".into(), 480)),
+        "{:?}",
+        uac.statuses
+    );
+    assert!(uac.answer.is_none(), "never answered");
+    let best = heard
+        .chunks(160 * 10)
+        .map(|c| support::rtp::tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
+    assert!(best > 0.9, "no early tone heard: 1 kHz share {best:.2}");
+    server.stop().await;
+}

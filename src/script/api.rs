@@ -39,6 +39,9 @@ pub enum CallRequest {
     Answer,
     /// Send 180 Ringing.
     Ring,
+    /// Send 183 Session Progress with our SDP and start media before answering, so prompts
+    /// and tones reach the caller before (or without) a 200 OK.
+    EarlyMedia,
     /// End the call: a SIP status to refuse with before answer (default 480), ignored after.
     Hangup {
         /// The status code, if the script gave one.
@@ -722,6 +725,7 @@ pub fn register(engine: &mut Engine) {
     engine
         .register_fn("answer", || request_done(CallRequest::Answer))
         .register_fn("ring", || request_done(CallRequest::Ring))
+        .register_fn("early_media", || request_done(CallRequest::EarlyMedia))
         .register_fn("hangup", || hangup(None))
         .register_fn("hangup", |c: INT| hangup(Some(c)))
         .register_fn("play", move |p: Dynamic| play(&p, &empty()))

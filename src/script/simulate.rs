@@ -383,6 +383,8 @@ struct SimCall {
     limit: Duration,
     caller: Caller,
     answered: bool,
+    /// Early media started: media verbs play without answering.
+    early: bool,
     gone: bool,
     hangup: Arc<AtomicBool>,
     type_ahead: VecDeque<Digit>,
@@ -410,6 +412,7 @@ impl SimCall {
                 clock: Duration::ZERO,
             },
             answered: false,
+            early: false,
             gone: false,
             hangup,
             type_ahead: VecDeque::new(),
@@ -492,8 +495,14 @@ impl SimCall {
         names.iter().filter_map(|n| self.prompt_duration(n)).sum()
     }
 
-    /// Media needs an answered call; like a call with no early media, answer first.
-    fn ensure_answered(&mut self) {
+    /// Media needs an answered call, or early media; without either, answer first.
+    fn ensure_media(&mut self) {
+        if !self.early {
+            self.answer();
+        }
+    }
+
+    fn answer(&mut self) {
         if !self.answered {
             self.answered = true;
             self.line("answered");
@@ -506,7 +515,14 @@ impl SimCall {
         }
         match req {
             CallRequest::Answer => {
-                self.ensure_answered();
+                self.answer();
+                Ok(CallReply::Done)
+            }
+            CallRequest::EarlyMedia => {
+                if !self.answered && !self.early {
+                    self.early = true;
+                    self.line("early media");
+                }
                 Ok(CallReply::Done)
             }
             CallRequest::Ring => {
@@ -531,21 +547,21 @@ impl SimCall {
                 Ok(CallReply::Done)
             }
             CallRequest::Play(p) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.line(format!("played {}", p.prompts.join(", ")));
                 let dur = self.prompts_duration(&p.prompts);
                 self.play_for(dur, p.barge_in)?;
                 Ok(CallReply::Done)
             }
             CallRequest::Tone { spec } => {
-                self.ensure_answered();
+                self.ensure_media();
                 let ms = spec.duration_ms().unwrap_or(0);
                 self.line(format!("tone {ms} ms"));
                 self.play_for(Duration::from_millis(ms), false)?;
                 Ok(CallReply::Done)
             }
             CallRequest::Silence(d) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.line(format!("silence {:.1} s", d.as_secs_f64()));
                 self.play_for(d, false)?;
                 Ok(CallReply::Done)
@@ -556,7 +572,7 @@ impl SimCall {
                 Ok(CallReply::Done)
             }
             CallRequest::SendDtmf(keys) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.line(format!("sent DTMF {keys}"));
                 self.play_for(DTMF_KEY * keys.len() as u32, false)?;
                 Ok(CallReply::Done)
@@ -567,19 +583,19 @@ impl SimCall {
                 Ok(CallReply::Done)
             }
             CallRequest::Collect(opts) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.collect(opts).map(CallReply::Digits)
             }
             CallRequest::Record(r) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.record(r).map(CallReply::Recorded)
             }
             CallRequest::Conference(c) => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.conference(c).map(CallReply::Left)
             }
             CallRequest::Echo { max } => {
-                self.ensure_answered();
+                self.ensure_media();
                 self.echo(max)?;
                 Ok(CallReply::Done)
             }

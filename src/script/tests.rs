@@ -62,6 +62,23 @@ fn answer_ring_and_hangup() {
 }
 
 #[test]
+fn early_media_plays_before_the_answer() {
+    let t = run("early_media(); play(\"x\"); hangup(486);", "");
+    assert_eq!(t.texts(), ["early media", "played x", "refused with 486"]);
+    let t = run("early_media(); play(\"x\"); answer(); play(\"y\");", "");
+    assert_eq!(
+        t.texts(),
+        [
+            "early media",
+            "played x",
+            "answered",
+            "played y",
+            "hung up (script ended)"
+        ]
+    );
+}
+
+#[test]
 fn hangup_with_a_cause_refuses_an_unanswered_call() {
     let t = run("hangup(486);", "");
     assert_eq!(t.texts(), ["refused with 486"]);

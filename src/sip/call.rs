@@ -116,6 +116,7 @@ pub fn spawn(
                 answer_sdp: None,
                 pending_media: None,
                 awaiting_answer: false,
+                early_media: false,
                 ending: false,
                 active: flow::Active::Idle,
                 type_ahead: VecDeque::new(),
@@ -156,6 +157,8 @@ pub(crate) struct Call {
     pending_media: Option<NegotiatedAudio>,
     /// We offered in the 200 OK and wait for the answer in the ACK.
     awaiting_answer: bool,
+    /// 183 with SDP sent: media flows before the answer.
+    early_media: bool,
     /// We hung up or refused; waiting for the dialog to end.
     ending: bool,
     /// The script request being carried out.
@@ -291,8 +294,38 @@ impl Call {
         outcome
     }
 
-    /// Sends the 200 OK (once) and starts the media negotiated in the INVITE.
-    async fn ensure_answered(&mut self) {
+    /// Media verbs need media: answer, unless early media already flows.
+    async fn ensure_media(&mut self) {
+        if !self.early_media {
+            self.answer().await;
+        }
+    }
+
+    /// 183 Session Progress with our answer SDP, and media before the 200 OK. Only for an
+    /// offer in the INVITE: an offer of ours in a 183 would need reliable provisional
+    /// responses (RFC 3262), which are not supported.
+    async fn start_early_media(&mut self) -> Result<(), String> {
+        if self.answered || self.early_media {
+            return Ok(());
+        }
+        if self.awaiting_answer {
+            return Err("early media needs an SDP offer in the INVITE".into());
+        }
+        let Some(sdp) = self.answer_sdp.clone() else {
+            return Err("no SDP to send".into());
+        };
+        self.early_media = true;
+        self.send(Command::Ring(self.call, Some(sdp.into_bytes())))
+            .await;
+        if let Some(m) = self.pending_media.take() {
+            self.start_media(&m);
+        }
+        Ok(())
+    }
+
+    /// Sends the 200 OK (once) and starts the media negotiated in the INVITE (if early
+    /// media has not already).
+    async fn answer(&mut self) {
         if self.answered || self.ending {
             return;
         }

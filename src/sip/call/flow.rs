@@ -103,9 +103,13 @@ impl Call {
         tracing::debug!(?request, "script request");
         match request {
             CallRequest::Answer => {
-                self.ensure_answered().await;
+                self.answer().await;
                 reply.send(CallReply::Done);
             }
+            CallRequest::EarlyMedia => match self.start_early_media().await {
+                Ok(()) => reply.send(CallReply::Done),
+                Err(e) => reply.send(CallReply::Failed(e)),
+            },
             CallRequest::Ring => {
                 if !self.answered {
                     self.send(super::Command::Ring(self.call, None)).await;
@@ -127,26 +131,26 @@ impl Call {
                 };
             }
             CallRequest::Play(p) => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 match self.load(&p.prompts).await {
                     Ok(playlist) => self.play(Box::new(playlist), p.barge_in, reply),
                     Err(e) => reply.send(CallReply::Failed(e)),
                 }
             }
             CallRequest::Tone { spec } => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 match ToneGenerator::new(&spec, RATE) {
                     Ok(g) => self.play(Box::new(g), false, reply),
                     Err(e) => reply.send(CallReply::Failed(e.to_string())),
                 }
             }
             CallRequest::Silence(d) => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 let left = (d.as_millis() as usize).saturating_mul(RATE as usize / 1000);
                 self.play(Box::new(Silence { left }), false, reply);
             }
             CallRequest::SendDtmf(keys) => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 let Some(leg) = &self.leg else {
                     return reply.send(CallReply::Failed("the call has no media".into()));
                 };
@@ -158,7 +162,7 @@ impl Call {
                 self.active = Active::Wait { until, reply };
             }
             CallRequest::Echo { max } => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 let Some(leg) = &self.leg else {
                     return reply.send(CallReply::Failed("the call has no media".into()));
                 };
@@ -169,7 +173,7 @@ impl Call {
                 };
             }
             CallRequest::Collect(opts) => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 let collector = Collector::new(opts, Instant::now(), &mut self.type_ahead);
                 self.active = Active::Collect {
                     collector: Box::new(collector),
@@ -179,7 +183,7 @@ impl Call {
                 self.drive_collect().await;
             }
             CallRequest::Record(r) => {
-                self.ensure_answered().await;
+                self.ensure_media().await;
                 self.start_record(r, reply).await;
             }
             CallRequest::DiscardRecording(id) => {
