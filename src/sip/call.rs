@@ -408,7 +408,9 @@ impl Call {
                             }
                         }
                     }
-                    Some(Event::Incoming { .. }) => {}
+                    Some(Event::Incoming { .. })
+                    | Some(Event::ReferAnswered { .. })
+                    | Some(Event::TransferProgress { .. }) => {}
                     None => return Outcome::Lost,
                 },
                 Some(e) = self.leg_events.recv() => self.on_leg_event(e).await,
