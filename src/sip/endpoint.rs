@@ -722,7 +722,8 @@ impl Endpoint {
     ) {
         let id = header_value(&r.req.headers, "Event").and_then(refer_event_id);
         let mut c = self.calls.get_mut(&call);
-        // With no id the NOTIFY is for the dialog's first REFER (RFC 3515 §2.4.6).
+        // Without an id RFC 3515 §2.4.6 means the dialog's first REFER; we take the oldest one
+        // still subscribed, which is the same unless several REFERs overlap.
         let sub = c.as_deref_mut().and_then(|c| match id {
             Some(Some(id)) => c.refer_subs.iter().position(|s| *s == id),
             Some(None) if !c.refer_subs.is_empty() => Some(0),
