@@ -98,6 +98,8 @@ struct World {
     confirmed: usize,
     reinvites: usize,
     reinvite_answers: Vec<u16>,
+    refer_answers: Vec<u16>,
+    progress: Vec<(u16, bool)>,
     ended: Vec<EndReason>,
     server_sent: Vec<(u64, Vec<u8>)>,
 }
@@ -116,6 +118,8 @@ impl World {
             confirmed: 0,
             reinvites: 0,
             reinvite_answers: Vec::new(),
+            refer_answers: Vec::new(),
+            progress: Vec::new(),
             ended: Vec::new(),
             server_sent: Vec::new(),
         }
@@ -123,7 +127,13 @@ impl World {
 
     /// A world whose caller's call to `echo` is answered and confirmed, on a clean network.
     fn answered(seed: u64) -> Self {
+        Self::answered_with(seed, "")
+    }
+
+    /// Like [`World::answered`], with extra header lines in the caller's INVITE.
+    fn answered_with(seed: u64, invite_headers: &str) -> Self {
         let mut w = World::new(seed, 0.0, 5, Policy::Answer);
+        w.uac.invite_headers = invite_headers.to_string();
         let now = w.now;
         w.uac
             .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
@@ -206,6 +216,10 @@ impl World {
                     }
                     Event::Info { .. } => {}
                     Event::ReInviteAnswered { code, .. } => self.reinvite_answers.push(code),
+                    Event::ReferAnswered { code, .. } => self.refer_answers.push(code),
+                    Event::TransferProgress {
+                        status, terminated, ..
+                    } => self.progress.push((status, terminated)),
                     Event::Ended { reason, .. } => self.ended.push(reason),
                 }
             }
@@ -362,16 +376,19 @@ fn reinvite_to_hold_is_answered_and_acked() {
 fn requests_outside_a_dialog_are_answered_by_the_endpoint() {
     let mut ep = endpoint();
     let now = Instant::now();
-    let cases: [(&str, &str, u16); 4] = [
+    let cases: [(&str, &str, u16); 7] = [
         ("BYE", ";tag=nosuch", 481),
         ("INFO", "", 481),
         ("OPTIONS", "", 200),
         ("SUBSCRIBE", "", 405),
+        ("NOTIFY", "", 481),
+        ("NOTIFY", ";tag=nosuch", 481),
+        ("REFER", "", 405),
     ];
-    for (method, to_tag, code) in cases {
+    for (i, (method, to_tag, code)) in cases.into_iter().enumerate() {
         let m = format!(
-            "{method} sip:x@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT};branch=z9hG4bK{method}\r\n\
-From: <sip:a@{CLIENT}>;tag=1\r\nTo: <sip:x@{SERVER}>{to_tag}\r\nCall-ID: c-{method}\r\n\
+            "{method} sip:x@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT};branch=z9hG4bK{method}{i}\r\n\
+From: <sip:a@{CLIENT}>;tag=1\r\nTo: <sip:x@{SERVER}>{to_tag}\r\nCall-ID: c-{method}{i}\r\n\
 CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         );
         ep.handle_message(now, World::peer(), m.as_bytes());
@@ -384,6 +401,16 @@ CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         if method == "OPTIONS" {
             assert!(text.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"));
             assert!(text.contains("Accept: application/sdp"));
+        }
+        if code == 405 {
+            let allow = text
+                .lines()
+                .find(|l| l.starts_with("Allow: "))
+                .expect(&text);
+            assert!(
+                allow.contains("NOTIFY") && !allow.contains(method),
+                "{allow}"
+            );
         }
         // A retransmission of the same request gets the same answer from the transaction.
         ep.handle_message(now, World::peer(), m.as_bytes());
@@ -450,4 +477,254 @@ fn server_reinvite_is_answered_and_acked_and_glare_gets_491() {
         .ep
         .reinvite(now, call, offer("127.0.0.1", 20000, "sendrecv"))
         .is_ok());
+}
+
+/// The messages the server sent whose first line starts with `start`, with their send times.
+fn sent_starting(w: &World, start: &str) -> Vec<(u64, String)> {
+    w.server_sent
+        .iter()
+        .filter(|(_, b)| b.starts_with(start.as_bytes()))
+        .map(|(t, b)| (*t, String::from_utf8(b.clone()).unwrap()))
+        .collect()
+}
+
+fn header<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .collect()
+}
+
+fn cseq_of(text: &str) -> u32 {
+    header(text, "CSeq")[0]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A NOTIFY of the refer subscription from the caller.
+fn notify(w: &mut World, event: &str, state: &str, sipfrag: &[u8]) {
+    let now = w.now;
+    let extra = format!("Event: {event}\r\nSubscription-State: {state}\r\n");
+    w.uac
+        .request_with(now, "NOTIFY", &extra, "message/sipfrag", sipfrag);
+}
+
+fn statuses_of(w: &World, method: &str) -> Vec<u16> {
+    w.uac
+        .statuses
+        .iter()
+        .filter(|s| s.0 == method)
+        .map(|s| s.1)
+        .collect()
+}
+
+#[test]
+fn refer_carries_transfer_headers_in_the_dialog_and_202_is_reported() {
+    let mut w = World::answered_with(
+        7,
+        "Record-Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n",
+    );
+    w.uac.reply_codes.push(("REFER".into(), 202));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.send_info(now, call, "application/dtmf", b"5".to_vec())
+        .unwrap();
+    w.ep.refer(now, call, "sip:bob@example.com").unwrap();
+    assert!(w.run_until(|w| !w.refer_answers.is_empty()));
+    assert_eq!(w.refer_answers, vec![202]);
+    assert!(w.ended.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+
+    let refers = sent_starting(&w, "REFER ");
+    assert_eq!(refers.len(), 1, "answered at once: no retransmission");
+    let refer = &refers[0].1;
+    assert!(
+        refer.starts_with(&format!("REFER sip:tester@{CLIENT} SIP/2.0\r\n")),
+        "{refer}"
+    );
+    assert_eq!(header(refer, "Refer-To"), vec!["<sip:bob@example.com>"]);
+    assert_eq!(
+        header(refer, "Referred-By"),
+        vec![format!("<sip:echo@{SERVER}>")]
+    );
+    assert_eq!(
+        header(refer, "Route"),
+        vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]
+    );
+    assert_eq!(header(refer, "Contact").len(), 1);
+    let info = &sent_starting(&w, "INFO ")[0].1;
+    assert_eq!(cseq_of(refer), cseq_of(info) + 1);
+    assert!(header(refer, "CSeq")[0].ends_with(" REFER"));
+
+    let switchboard::sip::message::Inbound::Request(p) =
+        switchboard::sip::message::classify(refer.as_bytes(), false)
+    else {
+        panic!("{refer}")
+    };
+    assert_eq!(p.ess.from_tag, w.uac.to_tag, "From carries our tag");
+    assert_eq!(
+        p.ess.to_tag.as_deref(),
+        Some(w.uac.from_tag.as_str()),
+        "To carries the caller's tag"
+    );
+    assert_eq!(p.ess.call_id, w.uac.call_id);
+}
+
+#[test]
+fn notify_progress_is_answered_200_and_reported_until_terminated() {
+    let mut w = World::answered(8);
+    w.uac.reply_codes.push(("REFER".into(), 202));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.refer(now, call, "tel:+15550100").unwrap();
+    assert!(w.run_until(|w| w.refer_answers == vec![202]));
+    let refer_cseq = cseq_of(&sent_starting(&w, "REFER ")[0].1);
+
+    let id_other = format!("refer;id={}", refer_cseq + 7);
+    let id_ours = format!("refer;id={refer_cseq}");
+    let notifies: [(&str, &str, &[u8]); 5] = [
+        ("refer", "active;expires=60", b"SIP/2.0 100 Trying\r\n"),
+        // A fragment we cannot read is still acknowledged, reported with status 0.
+        ("refer", "active;expires=60", b"garbage"),
+        // A subscription id naming another REFER matches nothing.
+        (&id_other, "active", b"SIP/2.0 180 Ringing"),
+        (
+            &id_ours,
+            "terminated;reason=noresource",
+            b"SIP/2.0 200 OK\r\n",
+        ),
+        // Once terminated, the subscription is gone.
+        ("refer", "terminated", b"SIP/2.0 200 OK"),
+    ];
+    for (n, (event, state, frag)) in notifies.into_iter().enumerate() {
+        notify(&mut w, event, state, frag);
+        assert!(w.run_until(|w| statuses_of(w, "NOTIFY").len() == n + 1));
+    }
+    assert_eq!(w.progress, vec![(100, false), (0, false), (200, true)]);
+    assert_eq!(statuses_of(&w, "NOTIFY"), vec![200, 200, 481, 200, 481]);
+    assert_eq!(w.progress.len(), 3);
+    assert!(w.ended.is_empty());
+}
+
+#[test]
+fn unanswered_refer_is_retransmitted_by_timer_e_then_times_out_as_408() {
+    let mut w = World::answered(9);
+    let call = w.incoming[0];
+    w.net.loss = 1.0;
+    let t0 = w.elapsed().as_millis() as u64;
+    let now = w.now;
+    w.ep.refer(now, call, "sips:bob@example.com").unwrap();
+    assert!(w.run_until(|w| !w.refer_answers.is_empty()));
+    assert_eq!(w.refer_answers, vec![408]);
+    let times: Vec<u64> = sent_starting(&w, "REFER ")
+        .iter()
+        .map(|(t, _)| t - t0)
+        .collect();
+    assert_eq!(
+        times,
+        vec![0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+    );
+    assert_eq!(w.elapsed().as_millis() as u64 - t0, 32_000, "Timer F");
+    // A dialog whose peer stopped answering is ended (RFC 3261 §12.2.1.2).
+    assert_eq!(w.ended, vec![EndReason::Timeout]);
+    assert_eq!(sent_starting(&w, "BYE ").len(), 1);
+}
+
+#[test]
+fn refused_refer_leaves_the_call_and_no_subscription() {
+    let mut w = World::answered(10);
+    w.uac.reply_codes.push(("REFER".into(), 603));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.refer(now, call, "sip:bob@example.com").unwrap();
+    assert!(w.run_until(|w| !w.refer_answers.is_empty()));
+    assert_eq!(w.refer_answers, vec![603]);
+    notify(&mut w, "refer", "terminated", b"SIP/2.0 200 OK");
+    assert!(w.run_until(|w| !statuses_of(w, "NOTIFY").is_empty()));
+    assert_eq!(statuses_of(&w, "NOTIFY"), vec![481]);
+    assert!(w.progress.is_empty());
+    assert!(w.ended.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+}
+
+#[test]
+fn refer_answered_481_ends_the_call() {
+    let mut w = World::answered(11);
+    w.uac.reply_codes.push(("REFER".into(), 481));
+    let call = w.incoming[0];
+    let now = w.now;
+    w.ep.refer(now, call, "sip:bob@example.com").unwrap();
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.refer_answers, vec![481]);
+    assert_eq!(w.ended, vec![EndReason::Timeout]);
+}
+
+#[test]
+fn bad_refer_targets_and_states_are_refused_without_sending() {
+    use switchboard::sip::endpoint::CommandError;
+    use switchboard::sip::refer::TargetError;
+    let mut w = World::answered(12);
+    let call = w.incoming[0];
+    let now = w.now;
+    let txs = w.ep.transaction_count();
+    for (target, why) in [
+        ("bob", TargetError::Scheme),
+        ("http://example.com/", TargetError::Scheme),
+        ("sip:", TargetError::Empty),
+        (
+            "sip:bob@x\r\nVia: SIP/2.0/UDP evil",
+            TargetError::Characters,
+        ),
+    ] {
+        assert_eq!(
+            w.ep.refer(now, call, target),
+            Err(CommandError::InvalidTarget(why)),
+            "{target:?}"
+        );
+    }
+    assert_eq!(
+        w.ep.refer(now, CallHandle(999), "sip:bob@example.com"),
+        Err(CommandError::NoSuchCall)
+    );
+    assert!(w.ep.poll_transmit().is_none());
+    assert_eq!(w.ep.transaction_count(), txs);
+
+    // Not yet answered: nothing to transfer.
+    let mut ringing = World::new(13, 0.0, 5, Policy::RingOnly);
+    let now = ringing.now;
+    ringing
+        .uac
+        .invite(now, "ring", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(ringing.run_until(|w| w.uac.state == UacState::Ringing));
+    let call = ringing.incoming[0];
+    let now = ringing.now;
+    assert_eq!(
+        ringing.ep.refer(now, call, "sip:bob@example.com"),
+        Err(CommandError::WrongState)
+    );
+    assert!(ringing.ep.poll_transmit().is_none());
+}
+
+#[test]
+fn refer_from_the_caller_is_refused_with_405_and_the_call_goes_on() {
+    let mut w = World::answered(14);
+    let now = w.now;
+    let extra =
+        format!("Refer-To: <sip:carol@example.com>\r\nReferred-By: <sip:tester@{CLIENT}>\r\n");
+    w.uac.request_with(now, "REFER", &extra, "", b"");
+    assert!(w.run_until(|w| !statuses_of(w, "REFER").is_empty()));
+    assert_eq!(statuses_of(&w, "REFER"), vec![405]);
+    let answer = &sent_starting(&w, "SIP/2.0 405")[0].1;
+    let allow = header(answer, "Allow");
+    assert_eq!(allow.len(), 1, "{answer}");
+    assert!(!allow[0].contains("REFER") && allow[0].contains("NOTIFY"));
+    assert!(w.ended.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+    // The dialog still works: BYE ends it normally.
+    let now = w.now;
+    w.uac.request(now, "BYE", "", b"");
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::RemoteBye]);
 }

@@ -317,3 +317,41 @@ fn ivr_leave_a_message_udp() {
         .fold(f64::MIN, f64::max);
     assert!(loudest > -35.0, "loudest second {loudest:.1} dBFS");
 }
+
+/// A script transfers the answered call: SIPp gets a REFER to the script's URI, accepts it
+/// (202), reports success by NOTIFY, and the server hangs up.
+#[test]
+fn blind_transfer_by_refer_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    let scripts = common::TempDir::new("transfer-scripts");
+    std::fs::write(
+        scripts.path().join("transfer.rhai"),
+        "answer();\ntransfer(\"sip:support@example.com\");\n",
+    )
+    .unwrap();
+    let config = format!(
+        "[paths]\nscripts = {:?}\n\n[[dialplan]]\nexact = \"transfer\"\nscript = \"transfer\"\n",
+        scripts.path().display().to_string()
+    );
+    let server = Server::start_with(
+        "uac_refer",
+        ServerOptions {
+            config: Some(config),
+            ..ServerOptions::default()
+        },
+    );
+    let run =
+        Sipp::new("uac_refer", "transfer", Transport::Udp).run(&sipp, server.sip, server.dir());
+    let log = server.log_text();
+    assert!(run.success(), "{}\n{log}", run.report());
+    let refer = run
+        .received_messages()
+        .into_iter()
+        .find(|m| m.trim_start().starts_with("REFER "))
+        .unwrap_or_else(|| panic!("no REFER received\n{}", run.report()));
+    assert!(
+        refer.contains("Refer-To: <sip:support@example.com>"),
+        "{refer}"
+    );
+    assert!(log.contains("transfer done"), "{log}");
+}

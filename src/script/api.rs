@@ -680,15 +680,9 @@ fn send_dtmf(digits: &str) -> Res<()> {
 }
 
 fn transfer(uri: &str) -> Res<()> {
-    let uri = uri.trim();
-    let scheme_ok = ["sip:", "sips:", "tel:"]
-        .iter()
-        .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s));
-    if !scheme_ok || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return err(format!(
-            "transfer: {uri:?} is not a sip:, sips: or tel: URI"
-        ));
-    }
+    // The same check the REFER's Refer-To gets, so a script learns of a bad URI at once.
+    let uri =
+        crate::sip::refer::validate_target(uri).map_err(|e| format!("transfer: {uri:?}: {e}"))?;
     request_done(CallRequest::Transfer(uri.to_string()))?;
     terminate(END_TRANSFER)
 }

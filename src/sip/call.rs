@@ -521,6 +521,10 @@ impl Call {
             } => {
                 self.on_info(content_type.as_deref().unwrap_or(""), &body);
             }
+            Event::ReferAnswered { code, .. } => self.on_refer_answered(code).await,
+            Event::TransferProgress {
+                status, terminated, ..
+            } => self.on_transfer_progress(status, terminated).await,
             Event::ReInviteAnswered { code, sdp, .. } => {
                 if let (Some(body), Some(s)) = (sdp, self.session.as_mut()) {
                     match accept_answer(s, &body) {

@@ -1,5 +1,6 @@
 //! Dialog state of a call we answered (RFC 3261 §12): identifiers, CSeq spaces, remote
-//! target and route set, and building the in-dialog requests we send (BYE, INFO, re-INVITE).
+//! target and route set, and building the in-dialog requests we send (BYE, INFO, re-INVITE,
+//! REFER).
 
 use super::message::{header_value, new_branch, Method, Request};
 use rsipstack::sip::prelude::*;
@@ -55,6 +56,8 @@ pub struct Dialog {
     pub id: DialogId,
     /// Our URI with our tag, as the To header we answered with.
     local_party: String,
+    /// Our URI alone (the To URI of the INVITE), e.g. for Referred-By.
+    local_uri: String,
     /// The peer's From header value (with its tag).
     remote_party: String,
     /// The peer's Contact URI: where in-dialog requests go.
@@ -91,6 +94,10 @@ impl Dialog {
             .map(|t| t.value().to_string())
             .ok_or(DialogError("no From tag"))?;
         let to = req.to_header().map_err(|_| DialogError("no To"))?;
+        let local_uri = to
+            .typed()
+            .map(|t| t.uri.to_string())
+            .unwrap_or_else(|_| bare_uri(to.value()));
         let contact = req
             .contact_header()
             .map_err(|_| DialogError("no Contact"))?
@@ -112,6 +119,7 @@ impl Dialog {
                 remote_tag,
             },
             local_party: format!("{};tag={local_tag}", to.value().trim()),
+            local_uri,
             remote_party: from.value().trim().to_string(),
             remote_target: contact.uri.to_string(),
             route_set,
@@ -123,6 +131,11 @@ impl Dialog {
                 .unwrap_or(0),
             peer,
         })
+    }
+
+    /// Our URI in this dialog, without display name or tag.
+    pub fn local_uri(&self) -> &str {
+        &self.local_uri
     }
 
     /// Checks an in-dialog request's CSeq (§12.2.2): false when it is lower than seen before.
@@ -226,6 +239,15 @@ impl Dialog {
     }
 }
 
+/// The URI of a name-addr (`"Name" <uri>;params`) or addr-spec (`uri;params`) header value.
+fn bare_uri(v: &str) -> String {
+    let v = v.trim();
+    match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) if a < b => v[a + 1..b].to_string(),
+        _ => v.split(';').next().unwrap_or("").trim().to_string(),
+    }
+}
+
 /// Splits a header value at commas outside `<...>` and quotes.
 fn split_commas(v: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -311,6 +333,14 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(p.ess.to_tag.as_deref(), Some("1928301774"));
         assert_eq!(p.ess.cseq, d.local_cseq);
         assert!(p.ess.has_rfc3261_branch());
+    }
+
+    #[test]
+    fn local_uri_is_the_invite_to_uri_without_tag_or_name() {
+        let d = dialog();
+        assert_eq!(d.local_uri(), "sip:echo@127.0.0.1");
+        assert_eq!(bare_uri("\"Bob\" <sip:bob@x;lr>;tag=1"), "sip:bob@x;lr");
+        assert_eq!(bare_uri("sip:bob@x;tag=1"), "sip:bob@x");
     }
 
     #[test]

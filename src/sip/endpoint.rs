@@ -1,6 +1,7 @@
 //! The sans-IO SIP user agent server core: routes each inbound message to its transaction
-//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, 481, 405 ...),
-//! and reports calls to the layer above, which decides with [`Endpoint::answer`] and friends.
+//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, 481,
+//! 405 ...), and reports calls to the layer above, which decides with [`Endpoint::answer`] and
+//! friends.
 //!
 //! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
 //! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
@@ -13,9 +14,10 @@ use std::time::Instant;
 
 use super::dialog::{content_type, Dialog, DialogId, Peer};
 use super::message::{
-    classify, encode_response, push_header, random_token, response_to, set_body, Essentials,
-    Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+    classify, encode_response, header_value, push_header, random_token, response_to, set_body,
+    Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
 };
+use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
 use super::transaction::{
     ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
 };
@@ -97,6 +99,25 @@ pub enum Event {
         /// The SDP answer of a 2xx.
         sdp: Option<Vec<u8>>,
     },
+    /// The final response to a REFER of ours (a 2xx, normally 202, means the peer took the
+    /// transfer on); 408 when the peer never answered. A 408 or 481 also ends the call, so
+    /// [`Event::Ended`] follows.
+    ReferAnswered {
+        /// The call.
+        call: CallHandle,
+        /// Final status code.
+        code: u16,
+    },
+    /// A NOTIFY of the `refer` subscription (RFC 3515 §2.4.4), already answered 200.
+    TransferProgress {
+        /// The call.
+        call: CallHandle,
+        /// The status code of the `message/sipfrag` body (e.g. 100, 180, 200, 486); 0 when
+        /// the body is not a sipfrag starting with a status line.
+        status: u16,
+        /// `Subscription-State: terminated`: no more progress will be reported.
+        terminated: bool,
+    },
     /// An INFO request in the call (already answered 200).
     Info {
         /// The call.
@@ -124,6 +145,9 @@ pub enum CommandError {
     /// The call is not in a state where this is possible.
     #[error("not possible in the call's current state")]
     WrongState,
+    /// A transfer target we cannot send.
+    #[error("transfer target {0}")]
+    InvalidTarget(#[from] TargetError),
 }
 
 /// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by, method (ACK → INVITE).
@@ -170,6 +194,7 @@ enum ClientPurpose {
     Bye,
     Info,
     ReInvite { cseq: u32 },
+    Refer { cseq: u32 },
 }
 
 struct ClientEntry {
@@ -204,6 +229,9 @@ struct Call {
     ended: bool,
     /// A re-INVITE of ours awaits its final response.
     reinvite_out: bool,
+    /// CSeq numbers of our REFERs whose implicit subscriptions may still send NOTIFY
+    /// (RFC 3515 §2.4.6: a NOTIFY's `id` is the REFER's CSeq).
+    refer_subs: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -376,6 +404,9 @@ impl Endpoint {
             match o {
                 TxOutput::Retransmit(bytes) => self.send(peer, bytes),
                 TxOutput::TimedOut => {
+                    if let ClientPurpose::Refer { cseq } = purpose {
+                        self.refer_answered(call, cseq, 408);
+                    }
                     if purpose == ClientPurpose::Bye {
                         self.forget_call(call);
                     } else {
@@ -460,7 +491,7 @@ impl Endpoint {
                 push_header(&mut resp, "Supported", "");
                 self.answer_non_invite(now, peer, key, resp);
             }
-            Method::Bye | Method::Info | Method::Update | Method::PRack => {
+            Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
                 let resp = response_to(
                     &r.req,
                     481,
@@ -539,6 +570,7 @@ impl Endpoint {
                 reinvite_pending: false,
                 ended: false,
                 reinvite_out: false,
+                refer_subs: Vec::new(),
             },
         );
         self.server_txs.insert(
@@ -670,11 +702,61 @@ impl Endpoint {
                 self.answer_non_invite(now, peer, key, resp);
             }
             Method::Invite => self.on_reinvite(now, peer, key, call, r),
+            Method::Notify => self.on_notify(now, peer, key, call, r),
             _ => {
                 let mut resp = response_to(&r.req, 405, "Method Not Allowed", None);
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
+        }
+    }
+
+    /// A NOTIFY in a dialog: progress of a transfer we asked for (RFC 3515 §2.4.4).
+    fn on_notify(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        call: CallHandle,
+        r: ParsedRequest,
+    ) {
+        let id = header_value(&r.req.headers, "Event").and_then(refer_event_id);
+        let mut c = self.calls.get_mut(&call);
+        // Without an id RFC 3515 §2.4.6 means the dialog's first REFER; we take the oldest one
+        // still subscribed, which is the same unless several REFERs overlap.
+        let sub = c.as_deref_mut().and_then(|c| match id {
+            Some(Some(id)) => c.refer_subs.iter().position(|s| *s == id),
+            Some(None) if !c.refer_subs.is_empty() => Some(0),
+            _ => None,
+        });
+        let (Some(c), Some(sub)) = (c, sub) else {
+            // Not a subscription of ours: RFC 6665 §4.1.3.
+            let resp = response_to(&r.req, 481, "Subscription Does Not Exist", None);
+            return self.answer_non_invite(now, peer, key, resp);
+        };
+        let terminated =
+            header_value(&r.req.headers, "Subscription-State").is_some_and(subscription_terminated);
+        if terminated {
+            c.refer_subs.remove(sub);
+        }
+        // A body we cannot read still gets 200: a non-2xx would end the subscription at the
+        // notifier (RFC 6665 §4.2.2) and we would never learn the transfer's outcome.
+        let is_sipfrag = content_type(&r.req.headers).is_none_or(|ct| ct == "message/sipfrag");
+        let status = if is_sipfrag {
+            sipfrag_status(&r.req.body).unwrap_or(0)
+        } else {
+            0
+        };
+        let report = !c.ended;
+        let resp = response_to(&r.req, 200, "OK", None);
+        self.answer_non_invite(now, peer, key, resp);
+        tracing::debug!(call = call.0, status, terminated, "transfer progress");
+        if report {
+            self.events.push_back(Event::TransferProgress {
+                call,
+                status,
+                terminated,
+            });
         }
     }
 
@@ -770,6 +852,7 @@ impl Endpoint {
             match purpose {
                 ClientPurpose::Bye => self.forget_call(call),
                 ClientPurpose::Info => {}
+                ClientPurpose::Refer { cseq } => self.refer_answered(call, cseq, r.code),
                 ClientPurpose::ReInvite { cseq } => {
                     self.on_reinvite_answer(now, &branch, call, cseq, peer, r);
                     return;
@@ -998,6 +1081,57 @@ impl Endpoint {
         let peer = c.dialog.peer;
         self.start_client(now, call, ClientPurpose::Info, peer, req);
         Ok(())
+    }
+
+    /// Asks the peer to call `target` instead (blind transfer, RFC 3515): an in-dialog REFER
+    /// with `Refer-To: <target>` and our URI in Referred-By. `target` must be a `sip:`,
+    /// `sips:` or `tel:` URI. The answer comes as [`Event::ReferAnswered`], the transfer's
+    /// progress as [`Event::TransferProgress`].
+    pub fn refer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        target: &str,
+    ) -> Result<(), CommandError> {
+        let target = super::refer::validate_target(target)?;
+        let peer = self
+            .calls
+            .get(&call)
+            .ok_or(CommandError::NoSuchCall)?
+            .dialog
+            .peer;
+        let contact = self.contact(peer);
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if c.phase != CallPhase::Confirmed {
+            return Err(CommandError::WrongState);
+        }
+        let mut req = c
+            .dialog
+            .request(Method::Refer, self.cfg.local_addr, &self.cfg.user_agent);
+        push_header(&mut req, "Contact", &contact);
+        push_header(&mut req, "Refer-To", &format!("<{target}>"));
+        let referred_by = format!("<{}>", c.dialog.local_uri());
+        push_header(&mut req, "Referred-By", &referred_by);
+        let cseq = c.dialog.local_cseq;
+        // The subscription exists from now on: its first NOTIFY may overtake the 202.
+        c.refer_subs.push(cseq);
+        tracing::info!(call = call.0, %target, "sending REFER");
+        self.start_client(now, call, ClientPurpose::Refer { cseq }, peer, req);
+        Ok(())
+    }
+
+    /// Reports the final answer to the REFER with CSeq `cseq`; without a 2xx no subscription
+    /// was created.
+    fn refer_answered(&mut self, call: CallHandle, cseq: u32, code: u16) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if !(200..300).contains(&code) {
+            c.refer_subs.retain(|s| *s != cseq);
+        }
+        if !c.ended {
+            self.events.push_back(Event::ReferAnswered { call, code });
+        }
     }
 
     fn start_client(

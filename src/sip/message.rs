@@ -466,7 +466,7 @@ pub fn header_value<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
 }
 
 /// Methods this server implements, as advertised in Allow.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
 
 /// Builds a response to `req`: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6.2),
 /// `to_tag` added to To when it has none and the response is not 100.

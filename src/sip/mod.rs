@@ -1,10 +1,12 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
-//! the endpoint core that ties them together, and the tokio transport glue.
+//! blind transfer (REFER), the endpoint core that ties them together, and the tokio transport
+//! glue.
 
 pub mod call;
 pub mod dialog;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod refer;
 pub mod transaction;
 pub mod transport;

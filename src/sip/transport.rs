@@ -52,6 +52,13 @@ pub enum Command {
     Info(CallHandle, String, Vec<u8>),
     /// A re-INVITE of ours with a new SDP offer.
     ReInvite(CallHandle, Vec<u8>),
+    /// A REFER: ask the peer to call `target` instead (blind transfer).
+    Refer {
+        /// The call.
+        call: CallHandle,
+        /// A `sip:`, `sips:` or `tel:` URI.
+        target: String,
+    },
 }
 
 /// Starts the task that runs a new call: it gets the call's events and a command sender.
@@ -225,6 +232,7 @@ fn apply(ep: &mut Endpoint, c: Command) {
         Command::Hangup(call) => ep.hangup(now, call),
         Command::Info(call, ct, body) => ep.send_info(now, call, &ct, body),
         Command::ReInvite(call, sdp) => ep.reinvite(now, call, sdp),
+        Command::Refer { call, target } => ep.refer(now, call, &target),
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "call command not applied");
@@ -257,7 +265,9 @@ fn dispatch(
         Event::Confirmed { call, .. }
         | Event::ReInvite { call, .. }
         | Event::ReInviteAnswered { call, .. }
-        | Event::Info { call, .. } => {
+        | Event::Info { call, .. }
+        | Event::ReferAnswered { call, .. }
+        | Event::TransferProgress { call, .. } => {
             if let Some(tx) = calls.get(&call) {
                 let _ = tx.send(ev);
             }

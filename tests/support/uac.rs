@@ -1,5 +1,6 @@
 //! A sans-IO SIP user agent client for tests: places one call (INVITE, ACK, BYE or CANCEL),
-//! answers the server's BYE, retransmits through the library's client transactions.
+//! answers the server's requests (200, or a code set per method), retransmits through the
+//! library's client transactions.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ pub struct Uac {
     pub local: SocketAddr,
     pub server: SocketAddr,
     pub call_id: String,
-    from_tag: String,
+    pub from_tag: String,
     pub to_tag: Option<String>,
     cseq: u32,
     invite_cseq: u32,
@@ -41,6 +42,10 @@ pub struct Uac {
     /// Requests the server sent us (method names).
     pub requests_in: Vec<String>,
     pub acks_sent: usize,
+    /// Extra header lines (each ending in CRLF) for our INVITEs, e.g. Record-Route.
+    pub invite_headers: String,
+    /// The status to answer a request method with, when not 200.
+    pub reply_codes: Vec<(String, u16)>,
 }
 
 impl Uac {
@@ -65,6 +70,8 @@ impl Uac {
             answer: None,
             requests_in: Vec::new(),
             acks_sent: 0,
+            invite_headers: String::new(),
+            reply_codes: Vec::new(),
         }
     }
 
@@ -131,11 +138,9 @@ Contact: <sip:tester@{local}>\r\n",
     fn send_invite(&mut self, now: Instant, sdp: &[u8]) {
         self.invite_cseq = self.cseq;
         self.invite_branch = format!("z9hG4bK{:x}", fastrand::u64(..));
-        let msg = Self::with_body(
-            self.head("INVITE", &self.invite_branch, self.cseq, "INVITE"),
-            "application/sdp",
-            sdp,
-        );
+        let head = self.head("INVITE", &self.invite_branch, self.cseq, "INVITE")
+            + self.invite_headers.as_str();
+        let msg = Self::with_body(head, "application/sdp", sdp);
         self.invite = Some(ClientTx::new(
             now,
             self.timers,
@@ -148,9 +153,15 @@ Contact: <sip:tester@{local}>\r\n",
 
     /// Sends a non-INVITE request in the dialog (BYE, INFO, OPTIONS).
     pub fn request(&mut self, now: Instant, method: &str, ct: &str, body: &[u8]) {
+        self.request_with(now, method, "", ct, body);
+    }
+
+    /// Sends a non-INVITE request in the dialog with extra header lines (each ending in CRLF).
+    pub fn request_with(&mut self, now: Instant, method: &str, extra: &str, ct: &str, body: &[u8]) {
         self.cseq += 1;
         let branch = format!("z9hG4bK{:x}", fastrand::u64(..));
-        let msg = Self::with_body(self.head(method, &branch, self.cseq, method), ct, body);
+        let head = self.head(method, &branch, self.cseq, method) + extra;
+        let msg = Self::with_body(head, ct, body);
         self.other.push((
             branch,
             ClientTx::new(now, self.timers, self.reliable, false, msg.clone()),
@@ -244,7 +255,18 @@ Contact: <sip:tester@{local}>\r\n",
                 if r.req.method.to_string() == "BYE" {
                     self.state = UacState::Terminated;
                 }
-                let resp = switchboard::sip::message::response_to(&r.req, 200, "OK", None);
+                let method = r.req.method.to_string();
+                let code = self
+                    .reply_codes
+                    .iter()
+                    .find(|(m, _)| *m == method)
+                    .map_or(200, |(_, c)| *c);
+                let reason = match code {
+                    200 => "OK",
+                    202 => "Accepted",
+                    _ => "Refused",
+                };
+                let resp = switchboard::sip::message::response_to(&r.req, code, reason, None);
                 self.outbox
                     .push_back(switchboard::sip::message::encode_response(&resp));
             }

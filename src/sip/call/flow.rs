@@ -26,6 +26,8 @@ use crate::script::{
 const TYPE_AHEAD_MAX: usize = 32;
 /// Time to send one DTMF key (100 ms tone, 70 ms gap) plus a frame of slack.
 const DTMF_KEY: Duration = Duration::from_millis(190);
+/// How long a transfer waits for the REFER's answer, and then for its outcome.
+const TRANSFER_WAIT: Duration = Duration::from_secs(32);
 /// Sample rate of every leg's audio.
 const RATE: u32 = 8000;
 
@@ -55,6 +57,12 @@ pub(super) enum Active {
     },
     /// A recording in progress, until the leg reports it done.
     Record { id: String, reply: Replier },
+    /// A blind transfer: REFER sent; waiting for its answer, then for the final NOTIFY.
+    Transfer {
+        accepted: bool,
+        until: Instant,
+        reply: Replier,
+    },
     /// Echo until `#`, the limit or hangup.
     Echo {
         until: Option<Instant>,
@@ -72,6 +80,7 @@ impl Active {
         match self {
             Active::Wait { until, .. } => Some(*until),
             Active::Echo { until, .. } => *until,
+            Active::Transfer { until, .. } => Some(*until),
             Active::Collect { collector, .. } => collector.poll_timeout(),
             _ => None,
         }
@@ -219,9 +228,21 @@ impl Call {
                 )));
             }
             CallRequest::Transfer(uri) => {
-                reply.send(CallReply::Failed(format!(
-                    "transfer to {uri}: transfers are not available"
-                )));
+                if !self.answered {
+                    // Before the answer there is no dialog to send REFER in.
+                    self.ensure_media().await;
+                }
+                tracing::info!(target = %uri, "transferring");
+                self.send(super::Command::Refer {
+                    call: self.call,
+                    target: uri,
+                })
+                .await;
+                self.active = Active::Transfer {
+                    accepted: false,
+                    until: Instant::now() + TRANSFER_WAIT,
+                    reply,
+                };
             }
         }
     }
@@ -416,6 +437,14 @@ impl Call {
             Active::Echo {
                 until: Some(until), ..
             } if *until <= now => self.end_echo(),
+            Active::Transfer {
+                until, accepted, ..
+            } if *until <= now => {
+                // Accepted but never told the outcome: the transferee has the call now.
+                let accepted = *accepted;
+                self.end_transfer(if accepted { None } else { Some(408) })
+                    .await;
+            }
             Active::Collect { collector, .. }
                 if collector.poll_timeout().is_some_and(|t| t <= now) =>
             {
@@ -423,6 +452,55 @@ impl Call {
                 self.drive_collect().await;
             }
             _ => {}
+        }
+    }
+
+    /// The REFER was answered: a 2xx means the transferee took it on.
+    pub(super) async fn on_refer_answered(&mut self, code: u16) {
+        let Active::Transfer {
+            accepted, until, ..
+        } = &mut self.active
+        else {
+            return;
+        };
+        if (200..300).contains(&code) {
+            *accepted = true;
+            *until = Instant::now() + TRANSFER_WAIT;
+        } else {
+            self.end_transfer(Some(code)).await;
+        }
+    }
+
+    /// A NOTIFY of the transfer: a final status ends it, one way or the other.
+    pub(super) async fn on_transfer_progress(&mut self, status: u16, terminated: bool) {
+        if !matches!(self.active, Active::Transfer { .. }) {
+            return;
+        }
+        match status {
+            200..=299 => self.end_transfer(None).await,
+            300..=699 => self.end_transfer(Some(status)).await,
+            _ if terminated => self.end_transfer(None).await,
+            _ => {}
+        }
+    }
+
+    /// Ends a transfer: done (we hang up; the call is the transferee's now) or failed with
+    /// `code` (the call stays ours and the script can carry on).
+    async fn end_transfer(&mut self, failed: Option<u16>) {
+        let Active::Transfer { reply, .. } = std::mem::replace(&mut self.active, Active::Idle)
+        else {
+            return;
+        };
+        match failed {
+            None => {
+                tracing::info!("transfer done; hanging up");
+                self.hangup(480).await;
+                reply.send(CallReply::Done);
+            }
+            Some(code) => {
+                tracing::info!(code, "transfer failed");
+                reply.send(CallReply::Failed(format!("transfer failed with {code}")));
+            }
         }
     }
 
