@@ -5,14 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ApiState, RecordingIndex};
+use crate::cdr::CdrWriter;
+use crate::events::EventBus;
+use crate::live::{CallRegistry, NoRooms};
 use crate::media::prompt::PromptCache;
 use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
+use crate::metrics::Metrics;
 use crate::rtp::ports::PortAllocator;
 use crate::sip::call::{self, CallContext};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{self, CallSpawner};
+use crate::webhook::Webhooks;
 use crate::{Config, Error};
 
 /// Where the server ended up listening (ports may have been chosen by the OS).
@@ -82,7 +87,32 @@ pub async fn run_with_ready(
     let index = RecordingIndex::load(config.paths.recordings.clone())
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let token = (!config.http.token.trim().is_empty()).then(|| config.http.token.clone());
-    let api = crate::api::router(ApiState::new(Arc::new(index), token));
+    // Live state shared by the call side, the conference side and the HTTP side.
+    let calls = CallRegistry::default();
+    let events = EventBus::default();
+    let metrics = Arc::new(Metrics::default());
+    let cdr_dir = (!config.cdr.dir.as_os_str().is_empty()).then(|| config.cdr.dir.clone());
+    let cdr_writer = match &cdr_dir {
+        Some(dir) => Some(CdrWriter::spawn(dir.clone(), metrics.clone())?),
+        None => None,
+    };
+    let webhooks = Webhooks::spawn(&config.webhooks, &events, metrics.clone())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let api = crate::api::router(
+        ApiState::new(Arc::new(index), token)
+            .with_calls(calls.clone())
+            .with_rooms(Arc::new(NoRooms))
+            .with_events(events.clone())
+            .with_metrics(metrics.clone())
+            .with_media_stats(media.stats())
+            .with_cdr_dir(cdr_dir),
+    );
+    tracing::debug!(
+        webhooks = webhooks.len(),
+        cdr = cdr_writer.is_some(),
+        calls = calls.len(),
+        "HTTP side ready"
+    );
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| Error::Bind {
