@@ -277,7 +277,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn temp_dir() -> PathBuf {
+    fn temp_dir() -> PathBuf {
         let p = std::env::temp_dir().join(format!(
             "switchboard-cdr-{}-{:016x}",
             std::process::id(),

@@ -39,6 +39,8 @@ pub mod recordings;
 pub mod rooms;
 
 #[cfg(test)]
+mod live_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
