@@ -22,7 +22,8 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!("switchboard-http-live-{:016x}", fastrand::u64(..)));
+    let dir =
+        std::env::temp_dir().join(format!("switchboard-http-live-{:016x}", fastrand::u64(..)));
     let mut cfg = switchboard::Config::embedded().unwrap();
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -114,7 +115,11 @@ async fn http_side_answers_over_real_http() {
     assert!(body.contains("console.js"));
 
     for path in ["/api/calls", "/metrics", "/api/cdrs", "/api/events"] {
-        assert_eq!(s.get(path, false).await.0, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            s.get(path, false).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
     }
 
     let (status, _, body) = s.get("/api/calls", true).await;
@@ -140,7 +145,9 @@ async fn http_side_answers_over_real_http() {
     );
 
     // The event stream: a comment at once, then the periodic keep-alive (every 15 s).
-    let resp = s.request(&format!("/api/events?token={TOKEN}"), false).await;
+    let resp = s
+        .request(&format!("/api/events?token={TOKEN}"), false)
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
