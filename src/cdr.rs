@@ -310,6 +310,24 @@ pub(crate) mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn an_accepted_date_names_a_file_inside_the_folder(s in "\\PC{0,12}") {
+            if let Ok(d) = CdrDate::parse(&s) {
+                let dir = Path::new("/cdr");
+                let file = d.file(dir);
+                proptest::prop_assert_eq!(file.parent(), Some(dir));
+                proptest::prop_assert_eq!(d.as_str().len(), 10);
+            }
+        }
+
+        #[test]
+        fn the_date_of_any_time_is_accepted_back(secs in 0u64..8_000_000_000) {
+            let d = CdrDate::of(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            proptest::prop_assert!(CdrDate::parse(d.as_str()).is_ok());
+        }
+    }
+
     #[test]
     fn records_are_appended_per_utc_day_and_read_newest_first() {
         let dir = temp_dir().join("cdr");
