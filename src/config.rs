@@ -38,6 +38,12 @@ pub struct Config {
     /// Which script each dialled user runs, first match wins (see [`crate::script::dialplan`]).
     #[serde(default)]
     pub dialplan: Vec<crate::script::dialplan::RuleConfig>,
+    /// Call detail records.
+    #[serde(default)]
+    pub cdr: CdrConfig,
+    /// Event receivers (`[[webhooks]]`, any number).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// `[scripts]`: limits on every call's script, and how often changed files are reloaded.
@@ -68,6 +74,51 @@ impl ScriptsConfig {
             ..crate::script::ScriptLimits::default()
         }
     }
+}
+
+/// Call detail records.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdrConfig {
+    /// Folder of the daily `YYYY-MM-DD.jsonl` files, relative to the working directory;
+    /// empty: no CDRs.
+    pub dir: PathBuf,
+}
+
+/// One webhook: matching events are POSTed to `url` as JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Event types to send (`call_ended`, `member_joined`, …); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Time allowed for one POST, in milliseconds.
+    #[serde(default = "webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts per event before it is given up.
+    #[serde(default = "webhook_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry, in milliseconds; doubled for each further retry.
+    #[serde(default = "webhook_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Events queued for this webhook before the oldest are dropped.
+    #[serde(default = "webhook_queue")]
+    pub queue: usize,
+}
+
+fn webhook_timeout_ms() -> u64 {
+    5000
+}
+fn webhook_max_attempts() -> u32 {
+    4
+}
+fn webhook_backoff_ms() -> u64 {
+    500
+}
+fn webhook_queue() -> usize {
+    1024
 }
 
 /// SIP transport and timer settings.
@@ -204,6 +255,19 @@ impl Config {
         }
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
+        for w in &self.webhooks {
+            crate::webhook::parse_url(&w.url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if let Some(t) = w
+                .events
+                .iter()
+                .find(|t| !crate::api::events::EVENT_TYPES.contains(&t.as_str()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook {}: unknown event type {t:?}",
+                    w.url
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -279,6 +343,31 @@ mod tests {
     fn unknown_key_is_an_error_naming_the_file() {
         let e = Config::from_toml_str("t.toml", "[sip]\nlisten_typo = 1\n").unwrap_err();
         assert!(e.to_string().starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn cdr_and_webhooks() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.cdr.dir, PathBuf::from("cdr"));
+        assert!(c.webhooks.is_empty());
+        let c = Config::from_toml_str(
+            "t",
+            "[cdr]\ndir = \"\"\n[[webhooks]]\nurl = \"http://127.0.0.1:9000/h\"\nevents = [\"call_ended\"]\n[[webhooks]]\nurl = \"http://127.0.0.1:9001/\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cdr.dir, PathBuf::new());
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[0].events, ["call_ended"]);
+        assert!(c.webhooks[1].events.is_empty());
+        assert_eq!(c.webhooks[1].max_attempts, 4);
+        for bad in [
+            "[[webhooks]]\nurl = \"https://x/h\"\n",
+            "[[webhooks]]\nurl = \"http://x/h\"\nevents = [\"call_endd\"]\n",
+        ] {
+            let c = Config::from_toml_str("t", bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

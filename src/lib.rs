@@ -3,16 +3,19 @@
 //! The library holds everything; `main.rs` only parses flags and calls [`run`].
 
 pub mod api;
+pub mod cdr;
 pub mod conference;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod live;
 pub mod media;
+pub mod metrics;
 pub mod rtp;
 pub mod script;
 pub mod sdp;
 pub mod sip;
+pub mod webhook;
 
 mod server;
 

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ApiState, RecordingIndex};
+use crate::cdr::CdrWriter;
 use crate::events::EventBus;
-use crate::live::CallRegistry;
+use crate::live::{CallRegistry, NoRooms};
 use crate::media::prompt::PromptCache;
 use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
+use crate::metrics::Metrics;
 use crate::rtp::ports::PortAllocator;
 use crate::script::dialplan::Dialplan;
 use crate::script::{build_engine, ScriptSet};
@@ -17,6 +19,7 @@ use crate::sip::call::{self, CallContext};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{self, CallSpawner};
+use crate::webhook::Webhooks;
 use crate::{Config, Error};
 
 /// Where the server ended up listening (ports may have been chosen by the OS).
@@ -66,8 +69,20 @@ pub async fn run_with_ready(
         Dialplan::new(&config.dialplan)
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
     );
+    // Live state shared by the call side, the conference side and the HTTP side.
     let calls = CallRegistry::default();
     let events = EventBus::default();
+    let metrics = Arc::new(Metrics::default());
+    let cdr_dir = (!config.cdr.dir.as_os_str().is_empty()).then(|| config.cdr.dir.clone());
+    let (cdr_writer, cdr_thread) = match &cdr_dir {
+        Some(dir) => {
+            let (w, t) = CdrWriter::spawn(dir.clone(), metrics.clone())?;
+            (Some(w), Some(t))
+        }
+        None => (None, None),
+    };
+    let webhooks = Webhooks::spawn(&config.webhooks, &events, metrics.clone())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let reload_task = tokio::spawn(reload_scripts(
         scripts.clone(),
         Duration::from_secs(config.scripts.reload_secs),
@@ -92,15 +107,31 @@ pub async fn run_with_ready(
             .then(|| Duration::from_secs(config.sip.max_call_secs)),
         scripts,
         dialplan,
-        calls,
-        events,
+        calls: calls.clone(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        cdr: cdr_writer,
     });
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
     let index = RecordingIndex::load(config.paths.recordings.clone())
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let token = (!config.http.token.trim().is_empty()).then(|| config.http.token.clone());
-    let api = crate::api::router(ApiState::new(Arc::new(index), token));
+    let api = crate::api::router(
+        ApiState::new(Arc::new(index), token)
+            .with_calls(calls.clone())
+            .with_rooms(Arc::new(NoRooms))
+            .with_events(events.clone())
+            .with_metrics(metrics.clone())
+            .with_media_stats(media.stats())
+            .with_cdr_dir(cdr_dir),
+    );
+    tracing::debug!(
+        webhooks = webhooks.len(),
+        cdr = cdr_thread.is_some(),
+        calls = calls.len(),
+        "HTTP side ready"
+    );
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -131,6 +162,7 @@ pub async fn run_with_ready(
         listeners,
         config.sip.max_message_bytes,
         spawner,
+        metrics.clone(),
         shutdown,
     )
     .await;
@@ -141,7 +173,13 @@ pub async fn run_with_ready(
     // Legs own recorder handles: once the media workers stop, every recording is finalised and
     // the writer thread drains and exits. Calls still winding down may hold them a little longer.
     drop(media);
-    let wait = tokio::task::spawn_blocking(move || writer.join());
+    let wait = tokio::task::spawn_blocking(move || {
+        let _ = writer.join();
+        // The CDR writer ends once the last call has dropped its sender: its queue is on disk.
+        if let Some(t) = cdr_thread {
+            let _ = t.join();
+        }
+    });
     if tokio::time::timeout(Duration::from_secs(5), wait)
         .await
         .is_err()

@@ -1,12 +1,18 @@
 //! Bearer-token authentication for every API request, and the start-up rule for when the
 //! token may be left out.
+//!
+//! Browsers cannot add headers to an `EventSource` or an `<audio src>`, so the event stream
+//! and recording audio also accept the token as `?token=`; every other path takes only the
+//! header, so a token in a URL cannot unlock a control.
 
 use std::net::SocketAddr;
 
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::Uri;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
 use super::{ApiError, ApiState};
 
@@ -40,12 +46,41 @@ pub(crate) async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    match given {
+        .and_then(bearer)
+        .map(str::to_string)
+        .or_else(|| {
+            allows_query_token(request.uri().path())
+                .then(|| query_token(request.uri()))
+                .flatten()
+        });
+    match given.as_deref() {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::Unauthorized { invalid: true }.into_response(),
         None => ApiError::Unauthorized { invalid: false }.into_response(),
     }
+}
+
+/// Paths a browser loads without being able to set headers.
+fn allows_query_token(path: &str) -> bool {
+    if path == "/api/events" {
+        return true;
+    }
+    path.strip_prefix("/api/recordings/")
+        .and_then(|rest| rest.strip_suffix("/audio"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The `token` query parameter, percent-decoded; an empty one counts as absent.
+fn query_token(uri: &Uri) -> Option<String> {
+    Query::<TokenQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|q| q.0.token)
+        .filter(|t| !t.is_empty())
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value (the scheme is case-insensitive).
@@ -91,6 +126,27 @@ mod tests {
                 "{addr} {token:?}"
             );
         }
+    }
+
+    #[test]
+    fn query_tokens_only_where_browsers_need_them() {
+        assert!(allows_query_token("/api/events"));
+        assert!(allows_query_token("/api/recordings/rec-1/audio"));
+        for p in [
+            "/api/recordings",
+            "/api/recordings/rec-1",
+            "/api/recordings//audio",
+            "/api/recordings/a/b/audio",
+            "/api/calls/x/hangup",
+            "/metrics",
+            "/api/events/x",
+        ] {
+            assert!(!allows_query_token(p), "{p}");
+        }
+        let uri: Uri = "/api/events?types=a&token=a%20b%2Bc".parse().unwrap();
+        assert_eq!(query_token(&uri).as_deref(), Some("a b+c"));
+        let uri: Uri = "/api/events?token=".parse().unwrap();
+        assert_eq!(query_token(&uri), None);
     }
 
     #[test]

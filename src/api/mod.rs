@@ -1,6 +1,7 @@
-//! The HTTP API: an axum [`Router`] over the recordings folder.
+//! The HTTP API: an axum [`Router`] over the recordings folder, the live calls and rooms,
+//! the event stream, CDRs and metrics, plus the web console's static files.
 //!
-//! Endpoints (all under `/api`, all behind a bearer token, see [`auth`]):
+//! Endpoints (all behind a bearer token, see [`auth`], except the console's own files):
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -8,29 +9,48 @@
 //! | GET | `/api/recordings/{id}` | the sidecar |
 //! | GET, HEAD | `/api/recordings/{id}/audio` | the WAV; `Range`, `ETag`, `If-None-Match` |
 //! | DELETE | `/api/recordings/{id}` | 204; removes the WAV and the sidecar |
+//! | GET | `/api/calls`, `/api/calls/{id}` | live calls |
+//! | POST | `/api/calls/{id}/hangup`, `/api/calls/{id}/dtmf` | 202: handed to the call |
+//! | GET | `/api/rooms`, `/api/rooms/{name}` | live rooms with their members |
+//! | POST | `/api/rooms/{name}/members/{id}/{action}` | 202: mute, unmute, deaf, undeaf, kick |
+//! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
+//! | GET | `/api/events` | Server-Sent Events from the event bus |
+//! | GET | `/api/cdrs` | one day's call detail records, newest first |
+//! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/openapi.json` | the OpenAPI document |
+//! | GET | `/`, `/console.js`, `/console.css` | the web console (no token: it holds no data) |
 //!
 //! Listing reads only the in-memory [`RecordingIndex`]; file access happens only for audio
 //! and delete, and then only for `dir/ID.wav` and `dir/ID.json` with an `ID` that passed
 //! [`is_safe_id`](crate::media::record::sidecar::is_safe_id) and is in the index, so no
-//! request can name a path outside the recordings folder.
+//! request can name a path outside the recordings folder. CDRs are read only from
+//! `DIR/YYYY-MM-DD.jsonl` for a date checked digit by digit.
 
 pub mod auth;
+pub mod calls;
+pub mod cdrs;
+pub mod console;
+pub mod events;
 pub mod index;
 pub mod openapi;
+pub mod prometheus;
 pub mod range;
 pub mod recordings;
+pub mod rooms;
 
+#[cfg(test)]
+mod live_tests;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
@@ -39,22 +59,99 @@ pub use auth::check_token_policy;
 pub use index::{IndexError, ListFilter, Page, RecordingIndex};
 pub use openapi::ApiDoc;
 
-/// What every handler shares: the recordings folder, the token and the index.
-#[derive(Debug, Clone)]
+use crate::events::EventBus;
+use crate::live::{CallRegistry, NoRooms, Rooms};
+use crate::media::worker::WorkerStats;
+use crate::metrics::Metrics;
+
+/// Keep-alive comment interval of the event stream, short enough for common proxy timeouts.
+pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// What every handler shares: the recordings folder, the token, the index and the live
+/// parts of the server.
+#[derive(Clone)]
 pub struct ApiState {
     dir: PathBuf,
     token: Option<String>,
     index: Arc<RecordingIndex>,
+    calls: CallRegistry,
+    rooms: Arc<dyn Rooms>,
+    events: EventBus,
+    metrics: Arc<Metrics>,
+    workers: Vec<Arc<WorkerStats>>,
+    cdr_dir: Option<PathBuf>,
+    keep_alive: Duration,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("dir", &self.dir)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("calls", &self.calls)
+            .field("cdr_dir", &self.cdr_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiState {
     /// State for the index's folder; an empty or blank token means no authentication.
+    /// No live calls, no rooms, a bus of its own and CDRs off until set with `with_*`.
     pub fn new(index: Arc<RecordingIndex>, token: Option<String>) -> ApiState {
         ApiState {
             dir: index.dir().to_path_buf(),
             token: auth::normalise_token(token),
             index,
+            calls: CallRegistry::default(),
+            rooms: Arc::new(NoRooms),
+            events: EventBus::default(),
+            metrics: Arc::new(Metrics::default()),
+            workers: Vec::new(),
+            cdr_dir: None,
+            keep_alive: SSE_KEEP_ALIVE,
         }
+    }
+
+    /// Uses this registry of live calls.
+    pub fn with_calls(mut self, calls: CallRegistry) -> ApiState {
+        self.calls = calls;
+        self
+    }
+
+    /// Uses this conference side.
+    pub fn with_rooms(mut self, rooms: Arc<dyn Rooms>) -> ApiState {
+        self.rooms = rooms;
+        self
+    }
+
+    /// Streams events from this bus.
+    pub fn with_events(mut self, events: EventBus) -> ApiState {
+        self.events = events;
+        self
+    }
+
+    /// Serves these counters at `/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> ApiState {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Reports these media workers at `/metrics`.
+    pub fn with_media_stats(mut self, workers: Vec<Arc<WorkerStats>>) -> ApiState {
+        self.workers = workers;
+        self
+    }
+
+    /// Lists CDRs from this folder; `None` turns `/api/cdrs` off (404).
+    pub fn with_cdr_dir(mut self, dir: Option<PathBuf>) -> ApiState {
+        self.cdr_dir = dir;
+        self
+    }
+
+    /// Sends an event-stream keep-alive comment this often (default [`SSE_KEEP_ALIVE`]).
+    pub fn with_keep_alive(mut self, every: Duration) -> ApiState {
+        self.keep_alive = every;
+        self
     }
 
     /// The recordings folder.
@@ -68,22 +165,43 @@ impl ApiState {
     }
 }
 
-/// The API's routes, with authentication applied to all of them (and to unknown paths).
+/// The API's routes, with authentication applied to all of them (and to unknown paths)
+/// except the web console's static files.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/api/recordings", get(recordings::list))
         .route(
             "/api/recordings/{id}",
             get(recordings::get_one).delete(recordings::delete),
         )
         .route("/api/recordings/{id}/audio", get(recordings::audio))
+        .route("/api/calls", get(calls::list))
+        .route("/api/calls/{id}", get(calls::get_one))
+        .route("/api/calls/{id}/hangup", post(calls::hangup))
+        .route("/api/calls/{id}/dtmf", post(calls::dtmf))
+        .route("/api/rooms", get(rooms::list))
+        .route("/api/rooms/{name}", get(rooms::get_one))
+        .route(
+            "/api/rooms/{name}/members/{member}/{action}",
+            post(rooms::member_action),
+        )
+        .route("/api/rooms/{name}/lock", post(rooms::lock))
+        .route("/api/rooms/{name}/unlock", post(rooms::unlock))
+        .route("/api/rooms/{name}/end", post(rooms::end))
+        .route("/api/rooms/{name}/play", post(rooms::play))
+        .route("/api/rooms/{name}/record/start", post(rooms::record_start))
+        .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
+        .route("/api/events", get(events::stream))
+        .route("/api/cdrs", get(cdrs::list))
+        .route("/metrics", get(prometheus::scrape))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
-        .with_state(state)
+        .with_state(state);
+    console::routes().merge(api)
 }
 
 /// The generated OpenAPI document.
@@ -112,6 +230,16 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+impl From<crate::live::ControlError> for ApiError {
+    fn from(e: crate::live::ControlError) -> Self {
+        use crate::live::ControlError as C;
+        match e {
+            C::NoCall | C::NoRoom | C::NoMember => ApiError::NotFound(e.to_string()),
+            C::Refused(why) => ApiError::Conflict(why),
+        }
+    }
+}
+
 /// Why a request failed; each maps to one status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -127,7 +255,7 @@ pub enum ApiError {
     /// No such recording or endpoint.
     #[error("{0}")]
     NotFound(String),
-    /// The recording is still being written.
+    /// The recording is still being written, or the control was refused.
     #[error("{0}")]
     Conflict(String),
     /// A file operation failed; the detail is logged, not sent.

@@ -10,26 +10,57 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::recordings;
+use super::{calls, cdrs, events, prometheus, recordings, rooms};
 
 /// The API description served at `/api/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "switchboard HTTP API",
-        description = "Recordings made by the switchboard SIP media server. Every request needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token."
+        description = "Live calls and rooms, their controls, the event stream, call detail records, metrics and recordings of the switchboard SIP media server. Every request needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token; `/api/events` and recording audio also take `?token=` for browsers. Controls answer 202 once the call or room has taken them; what then happens is reported on the event stream."
     ),
     paths(
         recordings::list,
         recordings::get_one,
         recordings::audio,
         recordings::delete,
+        calls::list,
+        calls::get_one,
+        calls::hangup,
+        calls::dtmf,
+        rooms::list,
+        rooms::get_one,
+        rooms::member_action,
+        rooms::lock,
+        rooms::unlock,
+        rooms::end,
+        rooms::play,
+        rooms::record_start,
+        rooms::record_stop,
+        events::stream,
+        cdrs::list,
+        prometheus::scrape,
         super::openapi_json
     ),
-    components(schemas(recordings::RecordingList, Recording, super::ErrorBody)),
+    components(schemas(
+        recordings::RecordingList,
+        Recording,
+        super::ErrorBody,
+        crate::events::Stamped,
+        crate::events::Event,
+        crate::cdr::Cdr,
+        crate::cdr::CdrPage
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "recordings", description = "Recorded calls and rooms: metadata and WAV audio"))
+    tags(
+        (name = "recordings", description = "Recorded calls and rooms: metadata and WAV audio"),
+        (name = "calls", description = "Live calls and their controls"),
+        (name = "rooms", description = "Live conference rooms, members and their controls"),
+        (name = "events", description = "Server-Sent Events of everything that happens"),
+        (name = "cdrs", description = "Call detail records, one JSON line per finished call"),
+        (name = "metrics", description = "Prometheus metrics")
+    )
 )]
 pub struct ApiDoc;
 
@@ -200,6 +231,22 @@ mod tests {
             "/api/recordings/{id}",
             "/api/recordings/{id}/audio",
             "/api/openapi.json",
+            "/api/calls",
+            "/api/calls/{id}",
+            "/api/calls/{id}/hangup",
+            "/api/calls/{id}/dtmf",
+            "/api/rooms",
+            "/api/rooms/{name}",
+            "/api/rooms/{name}/members/{member}/{action}",
+            "/api/rooms/{name}/lock",
+            "/api/rooms/{name}/unlock",
+            "/api/rooms/{name}/end",
+            "/api/rooms/{name}/play",
+            "/api/rooms/{name}/record/start",
+            "/api/rooms/{name}/record/stop",
+            "/api/events",
+            "/api/cdrs",
+            "/metrics",
         ] {
             assert!(paths.contains(p), "{p} missing from {paths:?}");
         }

@@ -851,3 +851,23 @@ async fn openapi_document_is_served() {
     assert!(v["paths"]["/api/recordings/{id}/audio"]["get"].is_object());
     assert!(v["components"]["schemas"]["RecordingList"].is_object());
 }
+
+#[tokio::test]
+async fn audio_takes_the_token_in_the_query_for_audio_elements() {
+    let f = fixture();
+    let get = |uri: String| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, _, body) = f
+        .send(get(format!("/api/recordings/rec-a/audio?token={TOKEN}")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], f.wav("rec-a"));
+    let (status, _, _) = f
+        .send(get("/api/recordings/rec-a/audio?token=wrong".into()))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Metadata and listing take only the header.
+    for uri in ["/api/recordings/rec-a", "/api/recordings"] {
+        let (status, _, _) = f.send(get(format!("{uri}?token={TOKEN}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+}

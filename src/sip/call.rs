@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::endpoint::{CallHandle, EndReason, Event};
 use super::message::Request;
 use super::transport::Command;
+use crate::cdr::{Cdr, HangupSide, RtpStats};
 use crate::events::{Event as BusEvent, EventBus};
 use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
 use crate::media::dtmf::Digit;
@@ -59,6 +60,10 @@ pub struct CallContext {
     pub calls: CallRegistry,
     /// Where call events are published.
     pub events: EventBus,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where finished calls' records go (None: no CDRs).
+    pub cdr: Option<crate::cdr::CdrWriter>,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -89,6 +94,7 @@ pub fn spawn(
     tokio::spawn(
         async move {
             let (control_tx, control) = mpsc::unbounded_channel();
+            ctx.metrics.call_started();
             let live = ctx.calls.register(
                 crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user),
                 control_tx,
@@ -122,16 +128,20 @@ pub fn spawn(
                 type_ahead: VecDeque::new(),
                 next_play: 1,
                 recordings: Vec::new(),
+                all_recordings: Vec::new(),
                 digits: String::new(),
+                answered_at: None,
             };
             let outcome = c.run(request).await;
             let (reason, code) = outcome.describe();
             tracing::info!(reason, ?code, "call ended");
+            c.ctx.metrics.call_ended();
             c.ctx.events.publish(BusEvent::CallEnded {
                 call_id: c.parties.call_id.clone(),
                 reason: reason.into(),
                 code,
             });
+            c.write_cdr(&outcome, reason, code);
         }
         .instrument(span),
     );
@@ -169,8 +179,12 @@ pub(crate) struct Call {
     next_play: u64,
     /// Recordings this call made and kept, playable as `recording:ID`.
     recordings: Vec<String>,
-    /// Every key the caller pressed, for the log.
+    /// Recordings this call made, kept or not, for its CDR.
+    all_recordings: Vec<String>,
+    /// Every key the caller pressed, for the CDR.
     digits: String,
+    /// When the 200 OK went out.
+    answered_at: Option<Instant>,
 }
 
 /// Who the call is between.
@@ -225,6 +239,37 @@ fn reason_phrase(code: u16) -> &'static str {
 }
 
 impl Call {
+    /// Hands the call's record to the CDR writer, if CDRs are on.
+    fn write_cdr(&self, outcome: &Outcome, cause: &str, code: Option<u16>) {
+        let Some(cdr) = &self.ctx.cdr else {
+            return;
+        };
+        let info = self.ctx.calls.get(&self.parties.call_id);
+        let hangup = match outcome {
+            Outcome::Ended(EndReason::RemoteBye | EndReason::Cancelled) => HangupSide::Caller,
+            _ => HangupSide::Server,
+        };
+        cdr.submit(Cdr {
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+            to: self.parties.user.clone(),
+            started_at: info
+                .as_ref()
+                .map_or_else(crate::live::rfc3339_now, |i| i.started_at.clone()),
+            answered_at: info.and_then(|i| i.answered_at),
+            ended_at: crate::live::rfc3339_now(),
+            duration_ms: self
+                .answered_at
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            hangup,
+            cause: cause.to_string(),
+            sip_code: code.or(self.answered.then_some(200)),
+            digits: self.digits.clone(),
+            recordings: self.all_recordings.clone(),
+            rtp: RtpStats::default(),
+        });
+    }
+
     async fn send(&self, c: Command) {
         let _ = self.commands.send(c).await;
     }
@@ -482,6 +527,7 @@ impl Call {
         }
         match outcome {
             ScriptOutcome::Error(e) => {
+                self.ctx.metrics.script_error();
                 tracing::warn!(error = %e, "the script failed; ending the call");
                 self.hangup(500).await;
             }
@@ -547,6 +593,7 @@ impl Call {
             LegEvent::Digit { digit, method } => {
                 tracing::info!(%digit, ?method, "DTMF");
                 self.digits.push(digit.as_char());
+                self.ctx.metrics.dtmf(method.as_str());
                 self.ctx.events.publish(BusEvent::Dtmf {
                     call_id: self.parties.call_id.clone(),
                     digit: digit.as_char().to_string(),

@@ -131,6 +131,7 @@ pub async fn run(
     listeners: Listeners,
     max_message: usize,
     spawn_call: CallSpawner,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
@@ -177,7 +178,7 @@ pub async fn run(
                 }
             }
         }
-        flush(&mut endpoint, &udp, &tcp_writers).await;
+        flush(&mut endpoint, &metrics, &udp, &tcp_writers).await;
         while let Some(ev) = endpoint.poll_event() {
             dispatch(
                 ev,
@@ -187,7 +188,7 @@ pub async fn run(
                 draining.is_some(),
                 &mut endpoint,
             );
-            flush(&mut endpoint, &udp, &tcp_writers).await;
+            flush(&mut endpoint, &metrics, &udp, &tcp_writers).await;
         }
         if let Some(until) = draining {
             if endpoint.call_count() == 0 || Instant::now() >= until {
@@ -275,12 +276,23 @@ fn dispatch(
     }
 }
 
+/// The status code of an outgoing response (`SIP/2.0 200 OK…`), None for a request.
+fn response_code(bytes: &[u8]) -> Option<u16> {
+    let rest = bytes.strip_prefix(b"SIP/2.0 ")?;
+    let digits = rest.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 async fn flush(
     ep: &mut Endpoint,
+    metrics: &crate::metrics::Metrics,
     udp: &Option<Arc<UdpSocket>>,
     tcp: &HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
 ) {
     while let Some(Transmit { peer, bytes }) = ep.poll_transmit() {
+        if let Some(code) = response_code(&bytes) {
+            metrics.sip_response(code);
+        }
         match peer.transport {
             Transport::Udp => {
                 if let Some(u) = udp {

@@ -601,8 +601,12 @@ impl Call {
             reason: reason.to_string(),
             discarded,
         });
+        self.all_recordings.push(id.clone());
         if !discarded {
             self.recordings.push(id.clone());
+            let path = self.ctx.recorder.dir().join(format!("{id}.wav"));
+            let bytes = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+            self.ctx.metrics.recording_finished(bytes);
         }
         match &self.active {
             Active::Record { id: ours, .. } if *ours == id => {}

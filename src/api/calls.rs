@@ -1,0 +1,156 @@
+//! `/api/calls` handlers: live calls and the controls an operator may send them.
+//!
+//! A control is accepted (202) once it is queued to the call's own task; the call applies
+//! it there, and the event stream tells what happened.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, ErrorBody};
+use crate::live::{CallControl, CallInfo};
+
+/// Most keys sent in one request.
+pub const MAX_DIGITS: usize = 64;
+
+/// Body of `POST /api/calls/{id}/dtmf`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfBody {
+    /// Keys to send: `0-9`, `*`, `#`, `A-D`; 1 to 64 of them.
+    #[schema(example = "12#")]
+    pub digits: String,
+}
+
+/// Checks keys to send; lower-case `a-d` are taken as upper case.
+pub fn validate_digits(digits: &str) -> Result<String, ApiError> {
+    if digits.is_empty() || digits.len() > MAX_DIGITS {
+        return Err(ApiError::BadRequest(format!(
+            "`digits` must have 1 to {MAX_DIGITS} keys"
+        )));
+    }
+    let upper = digits.to_ascii_uppercase();
+    match upper
+        .chars()
+        .find(|c| !matches!(c, '0'..='9' | '*' | '#' | 'A'..='D'))
+    {
+        Some(c) => Err(ApiError::BadRequest(format!(
+            "`digits` may hold only 0-9, *, # and A-D, not {c:?}"
+        ))),
+        None => Ok(upper),
+    }
+}
+
+/// Lists live calls, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/calls",
+    tag = "calls",
+    responses(
+        (status = 200, description = "Live calls, oldest first", body = Vec<CallInfo>),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<CallInfo>> {
+    Json(state.calls.list())
+}
+
+/// Describes one live call.
+#[utoipa::path(
+    get,
+    path = "/api/calls/{id}",
+    tag = "calls",
+    params(("id" = String, Path, description = "SIP Call-ID")),
+    responses(
+        (status = 200, description = "The call", body = CallInfo),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_one(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<CallInfo>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    state
+        .calls
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no call {id}")))
+}
+
+/// Hangs a call up (BYE, or a refusal before the answer).
+#[utoipa::path(
+    post,
+    path = "/api/calls/{id}/hangup",
+    tag = "calls",
+    params(("id" = String, Path, description = "SIP Call-ID")),
+    responses(
+        (status = 202, description = "Handed to the call; `call_ended` follows on the event stream"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn hangup(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    state.calls.control(&id, CallControl::Hangup)?;
+    tracing::info!(call_id = %id, "hangup requested over the API");
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Sends keys to the caller.
+#[utoipa::path(
+    post,
+    path = "/api/calls/{id}/dtmf",
+    tag = "calls",
+    params(("id" = String, Path, description = "SIP Call-ID")),
+    request_body = DtmfBody,
+    responses(
+        (status = 202, description = "Handed to the call"),
+        (status = 400, description = "Malformed body or keys", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn dtmf(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<DtmfBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let digits = validate_digits(&body.digits)?;
+    state.calls.control(&id, CallControl::Dtmf(digits))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits() {
+        assert_eq!(validate_digits("12#*abcD").unwrap(), "12#*ABCD");
+        assert!(validate_digits("").is_err());
+        assert!(validate_digits("1E").is_err());
+        assert!(validate_digits("1 2").is_err());
+        assert!(validate_digits(&"1".repeat(64)).is_ok());
+        assert!(validate_digits(&"1".repeat(65)).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_digits_are_keypad_keys(s in "\\PC{0,80}") {
+            if let Ok(d) = validate_digits(&s) {
+                proptest::prop_assert!(!d.is_empty() && d.len() <= MAX_DIGITS);
+                proptest::prop_assert!(d.chars().all(|c| "0123456789*#ABCD".contains(c)));
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! `/api/rooms` handlers: live rooms, their members, and the controls an operator may use.
+//!
+//! A control is accepted (202) once the conference side has taken it; the room applies it
+//! on its media worker, and the event stream tells what happened (`member_muted`, …).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, ErrorBody};
+use crate::live::{MemberAction, RoomAction, RoomInfo};
+
+/// Longest prompt name accepted.
+pub const MAX_PROMPT: usize = 200;
+
+/// What `POST /api/rooms/{name}/members/{member}/{action}` can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberActionName {
+    /// The others stop hearing the member.
+    Mute,
+    /// The others hear the member again.
+    Unmute,
+    /// The member stops hearing the room.
+    Deaf,
+    /// The member hears the room again.
+    Undeaf,
+    /// The member leaves the room and its call is hung up.
+    Kick,
+}
+
+impl From<MemberActionName> for MemberAction {
+    fn from(a: MemberActionName) -> Self {
+        match a {
+            MemberActionName::Mute => MemberAction::Mute,
+            MemberActionName::Unmute => MemberAction::Unmute,
+            MemberActionName::Deaf => MemberAction::Deaf,
+            MemberActionName::Undeaf => MemberAction::Undeaf,
+            MemberActionName::Kick => MemberAction::Kick,
+        }
+    }
+}
+
+/// Body of `POST /api/rooms/{name}/play`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlayBody {
+    /// A prompt's name under the prompts folder, such as `welcome` or `conf/muted`.
+    #[schema(example = "welcome")]
+    pub prompt: String,
+}
+
+/// Answer of `POST /api/rooms/{name}/record/start`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingStarted {
+    /// The new recording's id (see `/api/recordings/{id}` once it is finished).
+    pub id: String,
+}
+
+/// Checks a prompt name: a relative path of plain segments, no `..`, no backslash.
+pub fn validate_prompt(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PROMPT
+        && !name.starts_with('/')
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "`prompt` is a relative name of letters, digits, `-`, `_`, `.` and `/`".into(),
+        ))
+    }
+}
+
+/// Lists live rooms with their members.
+#[utoipa::path(
+    get,
+    path = "/api/rooms",
+    tag = "rooms",
+    responses(
+        (status = 200, description = "Live rooms, by name", body = Vec<RoomInfo>),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<RoomInfo>> {
+    Json(state.rooms.list())
+}
+
+/// Describes one live room.
+#[utoipa::path(
+    get,
+    path = "/api/rooms/{name}",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 200, description = "The room and its members", body = RoomInfo),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_one(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RoomInfo>, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    state
+        .rooms
+        .get(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no room {name}")))
+}
+
+/// Mutes, unmutes, deafens, undeafens or kicks a member.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/members/{member}/{action}",
+    tag = "rooms",
+    params(
+        ("name" = String, Path, description = "Room name"),
+        ("member" = u64, Path, description = "Member id in the room"),
+        ("action" = MemberActionName, Path, description = "mute, unmute, deaf, undeaf or kick"),
+    ),
+    responses(
+        (status = 202, description = "Taken by the room; the event stream reports the change"),
+        (status = 400, description = "Malformed member id or unknown action", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room or member", body = ErrorBody),
+        (status = 409, description = "Refused by the room", body = ErrorBody),
+    )
+)]
+pub(crate) async fn member_action(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, u64, MemberActionName)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((name, member, action)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    state.rooms.member_action(&name, member, action.into())?;
+    tracing::info!(room = %name, member, ?action, "member control over the API");
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn room_action(
+    state: &ApiState,
+    name: Result<Path<String>, PathRejection>,
+    action: RoomAction,
+) -> Result<Option<String>, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    tracing::info!(room = %name, ?action, "room control over the API");
+    Ok(state.rooms.room_action(&name, action)?)
+}
+
+/// Locks a room: no one else may join.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/lock",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Taken by the room"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused by the room", body = ErrorBody),
+    )
+)]
+pub(crate) async fn lock(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    room_action(&state, name, RoomAction::Lock).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Unlocks a room.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/unlock",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Taken by the room"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused by the room", body = ErrorBody),
+    )
+)]
+pub(crate) async fn unlock(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    room_action(&state, name, RoomAction::Unlock).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Ends a room: every member leaves.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/end",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Taken by the room"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused by the room", body = ErrorBody),
+    )
+)]
+pub(crate) async fn end(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    room_action(&state, name, RoomAction::End).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Plays a prompt to everyone in a room.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/play",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    request_body = PlayBody,
+    responses(
+        (status = 202, description = "Taken by the room"),
+        (status = 400, description = "Malformed body or prompt name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused by the room (such as an unknown prompt)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn play(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<PlayBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    validate_prompt(&body.prompt)?;
+    room_action(&state, name, RoomAction::Play(body.prompt)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Starts recording a room; answers the new recording's id.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/record/start",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Recording started", body = RecordingStarted),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused (already recording)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn record_start(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = room_action(&state, name, RoomAction::RecordStart)
+        .await?
+        .ok_or_else(|| ApiError::Internal("room started a recording without an id".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(RecordingStarted { id })).into_response())
+}
+
+/// Stops a room's recording.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/record/stop",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Taken by the room; `recording_finished` follows"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused (not recording)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn record_stop(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    room_action(&state, name, RoomAction::RecordStop).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_names() {
+        for ok in ["welcome", "conf/muted", "a-b_c.wav"] {
+            assert!(validate_prompt(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "a\\b",
+            "a b",
+            ".",
+        ] {
+            assert!(validate_prompt(bad).is_err(), "{bad}");
+        }
+        assert!(validate_prompt(&"a".repeat(MAX_PROMPT + 1)).is_err());
+    }
+}

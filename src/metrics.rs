@@ -1,0 +1,553 @@
+//! Server counters and their Prometheus text exposition.
+//!
+//! [`Metrics`] is a set of atomic counters that any part of the server bumps without locks;
+//! [`Metrics::render`] writes them, plus gauges read at scrape time ([`Gauges`]), in the
+//! Prometheus text format (version 0.0.4) served at `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::media::worker::WorkerStats;
+
+/// Lowest SIP status code counted per code; others are counted as `other`.
+const FIRST_CODE: u16 = 100;
+/// Highest SIP status code counted per code.
+const LAST_CODE: u16 = 699;
+const CODES: usize = (LAST_CODE - FIRST_CODE + 1) as usize;
+
+/// DTMF detection methods, in the order of their counters.
+const DTMF_METHODS: [&str; 4] = ["rfc4733", "inband", "info", "other"];
+
+/// Server-wide counters; share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    sip_responses: Box<[AtomicU64]>,
+    sip_responses_other: AtomicU64,
+    dtmf: [AtomicU64; DTMF_METHODS.len()],
+    recordings_finished: AtomicU64,
+    recording_bytes: AtomicU64,
+    script_errors: AtomicU64,
+    calls_started: AtomicU64,
+    calls_ended: AtomicU64,
+    cdrs_written: AtomicU64,
+    cdrs_dropped: AtomicU64,
+    webhooks_delivered: AtomicU64,
+    webhooks_failed: AtomicU64,
+    webhooks_dropped: AtomicU64,
+    webhook_retries: AtomicU64,
+    events_lagged: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sip_responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            sip_responses_other: AtomicU64::new(0),
+            dtmf: Default::default(),
+            recordings_finished: AtomicU64::new(0),
+            recording_bytes: AtomicU64::new(0),
+            script_errors: AtomicU64::new(0),
+            calls_started: AtomicU64::new(0),
+            calls_ended: AtomicU64::new(0),
+            cdrs_written: AtomicU64::new(0),
+            cdrs_dropped: AtomicU64::new(0),
+            webhooks_delivered: AtomicU64::new(0),
+            webhooks_failed: AtomicU64::new(0),
+            webhooks_dropped: AtomicU64::new(0),
+            webhook_retries: AtomicU64::new(0),
+            events_lagged: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Values read at scrape time from the live parts of the server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// Live calls (`CallRegistry::len`).
+    pub active_calls: u64,
+    /// Live conference rooms.
+    pub rooms: u64,
+    /// Members of all live rooms.
+    pub room_members: u64,
+    /// One sample per media worker, in worker order.
+    pub workers: Vec<WorkerSample>,
+}
+
+/// One media worker's counters at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerSample {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks that started late.
+    pub late_ticks: u64,
+    /// Frames skipped after falling behind.
+    pub skipped_ticks: u64,
+    /// Legs owned now.
+    pub legs: u64,
+    /// Further monotonic counters as `(metric suffix, help)` and value, exported as
+    /// `switchboard_media_worker_SUFFIX_total`; see [`WorkerSample::from_stats`].
+    pub extra_counters: Vec<(&'static str, &'static str, u64)>,
+}
+
+impl WorkerSample {
+    /// Reads a worker's counters.
+    ///
+    /// Hook for new `WorkerStats` fields (packets_in, packets_out, frames_concealed, …):
+    /// push each onto `extra_counters` here, and it is exported with no other change.
+    pub fn from_stats(s: &WorkerStats) -> WorkerSample {
+        let extra_counters = vec![(
+            "busy_microseconds",
+            "Time the media worker spent working, in microseconds.",
+            s.busy_us.load(Relaxed),
+        )];
+        WorkerSample {
+            ticks: s.ticks.load(Relaxed),
+            late_ticks: s.late_ticks.load(Relaxed),
+            skipped_ticks: s.skipped_ticks.load(Relaxed),
+            legs: s.legs.load(Relaxed) as u64,
+            extra_counters,
+        }
+    }
+}
+
+impl Metrics {
+    /// A SIP response with this status code was sent.
+    pub fn sip_response(&self, code: u16) {
+        match code
+            .checked_sub(FIRST_CODE)
+            .and_then(|i| self.sip_responses.get(usize::from(i)))
+        {
+            Some(c) => c.fetch_add(1, Relaxed),
+            None => self.sip_responses_other.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// A key press was detected by `method` (`rfc4733`, `inband`, `info`; anything else is
+    /// counted as `other`).
+    pub fn dtmf(&self, method: &str) {
+        let i = DTMF_METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(DTMF_METHODS.len() - 1);
+        self.dtmf[i].fetch_add(1, Relaxed);
+    }
+
+    /// A recording was finalised with this many bytes of audio file.
+    pub fn recording_finished(&self, bytes: u64) {
+        self.recordings_finished.fetch_add(1, Relaxed);
+        self.recording_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// A call-flow script failed.
+    pub fn script_error(&self) {
+        self.script_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A call began.
+    pub fn call_started(&self) {
+        self.calls_started.fetch_add(1, Relaxed);
+    }
+
+    /// A call ended.
+    pub fn call_ended(&self) {
+        self.calls_ended.fetch_add(1, Relaxed);
+    }
+
+    /// A CDR line was written.
+    pub fn cdr_written(&self) {
+        self.cdrs_written.fetch_add(1, Relaxed);
+    }
+
+    /// A CDR was dropped (queue full or write failed).
+    pub fn cdr_dropped(&self) {
+        self.cdrs_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// A webhook POST was accepted by its receiver.
+    pub fn webhook_delivered(&self) {
+        self.webhooks_delivered.fetch_add(1, Relaxed);
+    }
+
+    /// A webhook event was given up after its last attempt.
+    pub fn webhook_failed(&self) {
+        self.webhooks_failed.fetch_add(1, Relaxed);
+    }
+
+    /// `n` webhook events were dropped before sending (queue full or bus lag).
+    pub fn webhook_dropped(&self, n: u64) {
+        self.webhooks_dropped.fetch_add(n, Relaxed);
+    }
+
+    /// A webhook POST is being retried.
+    pub fn webhook_retry(&self) {
+        self.webhook_retries.fetch_add(1, Relaxed);
+    }
+
+    /// An event-stream client lost `n` events by falling behind.
+    pub fn events_lagged(&self, n: u64) {
+        self.events_lagged.fetch_add(n, Relaxed);
+    }
+
+    /// Webhook events dropped so far.
+    pub fn webhooks_dropped(&self) -> u64 {
+        self.webhooks_dropped.load(Relaxed)
+    }
+
+    /// Webhook events delivered so far.
+    pub fn webhooks_delivered(&self) -> u64 {
+        self.webhooks_delivered.load(Relaxed)
+    }
+
+    /// Webhook events given up so far.
+    pub fn webhooks_failed(&self) -> u64 {
+        self.webhooks_failed.load(Relaxed)
+    }
+
+    /// CDRs written so far.
+    pub fn cdrs_written(&self) -> u64 {
+        self.cdrs_written.load(Relaxed)
+    }
+
+    /// CDRs dropped so far.
+    pub fn cdrs_dropped(&self) -> u64 {
+        self.cdrs_dropped.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition of every counter and of `gauges`.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let mut w = Writer(&mut out);
+
+        w.family(
+            "switchboard_sip_responses_total",
+            "SIP responses sent, by status code.",
+            "counter",
+        );
+        for (i, c) in self.sip_responses.iter().enumerate() {
+            let v = c.load(Relaxed);
+            if v > 0 {
+                let code = (FIRST_CODE as usize + i).to_string();
+                w.sample("switchboard_sip_responses_total", &[("code", &code)], v);
+            }
+        }
+        w.sample(
+            "switchboard_sip_responses_total",
+            &[("code", "other")],
+            self.sip_responses_other.load(Relaxed),
+        );
+
+        w.family(
+            "switchboard_dtmf_digits_total",
+            "Key presses detected, by method.",
+            "counter",
+        );
+        for (m, c) in DTMF_METHODS.iter().zip(&self.dtmf) {
+            w.sample(
+                "switchboard_dtmf_digits_total",
+                &[("method", m)],
+                c.load(Relaxed),
+            );
+        }
+
+        for (name, help, c) in [
+            (
+                "switchboard_recordings_finished_total",
+                "Recordings finalised.",
+                &self.recordings_finished,
+            ),
+            (
+                "switchboard_recording_bytes_total",
+                "Bytes of recorded audio files finalised.",
+                &self.recording_bytes,
+            ),
+            (
+                "switchboard_script_errors_total",
+                "Call-flow script errors.",
+                &self.script_errors,
+            ),
+            (
+                "switchboard_calls_started_total",
+                "Calls begun.",
+                &self.calls_started,
+            ),
+            (
+                "switchboard_calls_ended_total",
+                "Calls ended.",
+                &self.calls_ended,
+            ),
+            (
+                "switchboard_cdrs_written_total",
+                "Call detail records written.",
+                &self.cdrs_written,
+            ),
+            (
+                "switchboard_cdrs_dropped_total",
+                "Call detail records dropped (queue full or write failed).",
+                &self.cdrs_dropped,
+            ),
+            (
+                "switchboard_webhooks_delivered_total",
+                "Webhook events accepted by their receiver.",
+                &self.webhooks_delivered,
+            ),
+            (
+                "switchboard_webhooks_failed_total",
+                "Webhook events given up after the last attempt.",
+                &self.webhooks_failed,
+            ),
+            (
+                "switchboard_webhooks_dropped_total",
+                "Webhook events dropped before sending (queue full).",
+                &self.webhooks_dropped,
+            ),
+            (
+                "switchboard_webhook_retries_total",
+                "Webhook POSTs retried.",
+                &self.webhook_retries,
+            ),
+            (
+                "switchboard_event_stream_lagged_total",
+                "Events lost by event-stream clients that fell behind.",
+                &self.events_lagged,
+            ),
+        ] {
+            w.family(name, help, "counter");
+            w.sample(name, &[], c.load(Relaxed));
+        }
+
+        for (name, help, v) in [
+            (
+                "switchboard_active_calls",
+                "Live calls.",
+                gauges.active_calls,
+            ),
+            ("switchboard_rooms", "Live conference rooms.", gauges.rooms),
+            (
+                "switchboard_room_members",
+                "Members of all live rooms.",
+                gauges.room_members,
+            ),
+        ] {
+            w.family(name, help, "gauge");
+            w.sample(name, &[], v);
+        }
+
+        let per_worker: [PerWorker; 4] = [
+            (
+                "switchboard_media_worker_ticks_total",
+                "Media ticks run.",
+                "counter",
+                |s| s.ticks,
+            ),
+            (
+                "switchboard_media_worker_late_ticks_total",
+                "Media ticks that started late.",
+                "counter",
+                |s| s.late_ticks,
+            ),
+            (
+                "switchboard_media_worker_skipped_ticks_total",
+                "Media frames skipped after falling behind.",
+                "counter",
+                |s| s.skipped_ticks,
+            ),
+            (
+                "switchboard_media_worker_legs",
+                "Call legs owned by the media worker.",
+                "gauge",
+                |s| s.legs,
+            ),
+        ];
+        let ids: Vec<String> = (0..gauges.workers.len()).map(|i| i.to_string()).collect();
+        for (name, help, kind, get) in per_worker {
+            w.family(name, help, kind);
+            for (id, s) in ids.iter().zip(&gauges.workers) {
+                w.sample(name, &[("worker", id)], get(s));
+            }
+        }
+        if let Some(first) = gauges.workers.first() {
+            for (k, (suffix, help, _)) in first.extra_counters.iter().enumerate() {
+                let name = format!("switchboard_media_worker_{suffix}_total");
+                w.family(&name, help, "counter");
+                for (id, s) in ids.iter().zip(&gauges.workers) {
+                    if let Some((_, _, v)) = s.extra_counters.get(k) {
+                        w.sample(&name, &[("worker", id)], *v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A per-worker metric: name, help, type and how to read it from a sample.
+type PerWorker = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerSample) -> u64,
+);
+
+struct Writer<'a>(&'a mut String);
+
+impl Writer<'_> {
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape_label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Escapes HELP text: backslash and line feed.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// Checks every line against the text format and answers `name{labels}` → value.
+    pub(crate) fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+        let name = r"[a-zA-Z_:][a-zA-Z0-9_:]*";
+        let help = regex::Regex::new(&format!(r"^# HELP ({name}) (.*)$")).unwrap();
+        let ty = regex::Regex::new(&format!(
+            r"^# TYPE ({name}) (counter|gauge|histogram|summary|untyped)$"
+        ))
+        .unwrap();
+        let label = r#"[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*""#;
+        let sample = regex::Regex::new(&format!(
+            r"^({name})(\{{(?:{label})(?:,{label})*\}})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"
+        ))
+        .unwrap();
+        let mut typed = BTreeSet::new();
+        let mut helped = BTreeSet::new();
+        let mut seen = BTreeMap::new();
+        assert!(text.ends_with('\n'), "exposition ends with a line feed");
+        for line in text.lines() {
+            if let Some(c) = help.captures(line) {
+                assert!(helped.insert(c[1].to_string()), "second HELP: {line}");
+            } else if let Some(c) = ty.captures(line) {
+                assert!(typed.insert(c[1].to_string()), "second TYPE: {line}");
+                assert!(
+                    !seen
+                        .keys()
+                        .any(|k: &String| k == &c[1] || k.starts_with(&format!("{}{{", &c[1]))),
+                    "TYPE after samples: {line}"
+                );
+            } else if let Some(c) = sample.captures(line) {
+                assert!(typed.contains(&c[1]), "sample without TYPE: {line}");
+                let key = format!("{}{}", &c[1], c.get(2).map_or("", |m| m.as_str()));
+                let v: f64 = c[3].parse().unwrap();
+                assert!(seen.insert(key, v).is_none(), "duplicate sample: {line}");
+            } else {
+                panic!("not a valid exposition line: {line:?}");
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn counters_render_in_valid_exposition_format() {
+        let m = Metrics::default();
+        m.sip_response(200);
+        m.sip_response(200);
+        m.sip_response(486);
+        m.sip_response(99);
+        m.sip_response(700);
+        m.dtmf("rfc4733");
+        m.dtmf("inband");
+        m.dtmf("carrier pigeon");
+        m.recording_finished(1000);
+        m.recording_finished(24);
+        m.script_error();
+        m.call_started();
+        m.call_ended();
+        m.webhook_dropped(3);
+        let stats = WorkerStats::default();
+        stats.ticks.store(50, Relaxed);
+        stats.late_ticks.store(2, Relaxed);
+        stats.legs.store(7, Relaxed);
+        let gauges = Gauges {
+            active_calls: 4,
+            rooms: 1,
+            room_members: 3,
+            workers: vec![
+                WorkerSample::from_stats(&stats),
+                WorkerSample::from_stats(&WorkerStats::default()),
+            ],
+        };
+        let text = m.render(&gauges);
+        let s = parse_exposition(&text);
+        assert_eq!(s["switchboard_sip_responses_total{code=\"200\"}"], 2.0);
+        assert_eq!(s["switchboard_sip_responses_total{code=\"486\"}"], 1.0);
+        assert_eq!(s["switchboard_sip_responses_total{code=\"other\"}"], 2.0);
+        assert_eq!(s["switchboard_dtmf_digits_total{method=\"rfc4733\"}"], 1.0);
+        assert_eq!(s["switchboard_dtmf_digits_total{method=\"other\"}"], 1.0);
+        assert_eq!(s["switchboard_recording_bytes_total"], 1024.0);
+        assert_eq!(s["switchboard_recordings_finished_total"], 2.0);
+        assert_eq!(s["switchboard_webhooks_dropped_total"], 3.0);
+        assert_eq!(s["switchboard_active_calls"], 4.0);
+        assert_eq!(s["switchboard_room_members"], 3.0);
+        assert_eq!(
+            s["switchboard_media_worker_ticks_total{worker=\"0\"}"],
+            50.0
+        );
+        assert_eq!(s["switchboard_media_worker_legs{worker=\"0\"}"], 7.0);
+        assert_eq!(
+            s["switchboard_media_worker_late_ticks_total{worker=\"1\"}"],
+            0.0
+        );
+        assert!(s.contains_key("switchboard_media_worker_busy_microseconds_total{worker=\"1\"}"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+        let mut out = String::new();
+        Writer(&mut out).sample("m", &[("l", "q\"\\\n")], 1);
+        assert_eq!(out, "m{l=\"q\\\"\\\\\\n\"} 1\n");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_label_value_stays_on_one_valid_line(v in ".*") {
+            let mut out = String::from("# TYPE m counter\n");
+            Writer(&mut out).sample("m", &[("l", &v)], 5);
+            let s = parse_exposition(&out);
+            proptest::prop_assert_eq!(s.len(), 1);
+        }
+    }
+}
