@@ -942,7 +942,7 @@ fn header_line(id: &str) -> String {
 fn entry(at_ms: u64, member: u64) -> TimelineEntry {
     TimelineEntry {
         at_ms,
-        event: if member % 2 == 0 {
+        event: if member.is_multiple_of(2) {
             TimelineKind::Join
         } else {
             TimelineKind::TalkStart
