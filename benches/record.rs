@@ -184,10 +184,13 @@ fn room_bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for multitrack in [false, true] {
+    // `_with_writer`: the time until the writer thread has also written the batch, i.e.
+    // what one tick costs the writer; the others time the media tick's side alone.
+    for (multitrack, with_writer) in [(false, false), (true, false), (false, true), (true, true)] {
         let name = if multitrack { "on" } else { "off" };
+        let suffix = if with_writer { "_with_writer" } else { "" };
         group.bench_function(
-            format!("room_push_tick_{ROOM_MEMBERS}_members_multitrack_{name}"),
+            format!("room_push_tick_{ROOM_MEMBERS}_members_multitrack_{name}{suffix}"),
             |b| {
                 b.iter_custom(|iters| {
                     let (mut rec, mut members) = room(&factory, multitrack);
@@ -206,9 +209,14 @@ fn room_bench(c: &mut Criterion) {
                                 .map(|(i, (&m, f))| (m, (i % 5 != 0).then_some(f)));
                             rec.push_tick(black_box(&mix), &mut inputs);
                         }
-                        total += t.elapsed();
-                        done += n;
+                        if !with_writer {
+                            total += t.elapsed();
+                        }
                         factory.sync().expect("writer running");
+                        if with_writer {
+                            total += t.elapsed();
+                        }
+                        done += n;
                         if done % CYCLE == 0 && done < iters {
                             rec.finish(Instant::now());
                             factory.sync().expect("writer running");

@@ -13,6 +13,11 @@
 //! (if that queue is full, the writer is about to take a message anyway). A finish carries
 //! the number of chunks its handle queued; the writer finalises a recording only once all
 //! of them have arrived, which keeps the two channels in order.
+//!
+//! A room recording's timeline events ([`RecorderHandle::note`]) are a few plain numbers,
+//! so they ride the audio queue like chunks (and are counted with them); only when that
+//! queue is full do they take the control channel, which never loses one. Who a member is
+//! (strings) is registered once per member over the control channel, ahead of its events.
 
 use std::cell::Cell;
 use std::collections::HashMap;
