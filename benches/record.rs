@@ -1,9 +1,12 @@
-//! Per-frame cost of recording on the media tick: the policy's `push_frame` and the
-//! handle's non-blocking `push` onto the writer queue.
+//! Per-frame cost of recording on the media tick: the policy's `push_frame`, the
+//! handle's non-blocking `push` onto the writer queue, and a conference room recorder's
+//! `push_tick` (mix plus, with multitrack, one track per member).
 
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use switchboard::conference::recording::{RoomRecordOptions, RoomRecorder};
+use switchboard::conference::{MemberId, MemberKind, Mixer, VadConfig};
 use switchboard::media::record::{
     RecordMode, RecordOutcome, RecordPolicy, RecordSession, RecorderFactory, RecorderHandle,
     RecordingMeta, RecordingWriter, StopReason, WriterConfig,
@@ -124,5 +127,118 @@ fn push_bench(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, policy_bench, push_bench);
+const ROOM_MEMBERS: usize = 500;
+
+/// A recorder of a room of [`ROOM_MEMBERS`] who have all joined.
+fn room(factory: &RecorderFactory, multitrack: bool) -> (RoomRecorder, Vec<MemberId>) {
+    let now = Instant::now();
+    let mut mixer = Mixer::new(VadConfig::default()).expect("default VAD");
+    let mut rec = RoomRecorder::start(factory, "bench", RoomRecordOptions { multitrack }, now)
+        .expect("writer running");
+    let members = (0..ROOM_MEMBERS)
+        .map(|i| {
+            let m = mixer
+                .add_member(MemberKind::Speaker)
+                .expect("room not full");
+            rec.member_joined(now, m, &format!("call-{i}"), "sip:bench@example.com");
+            m
+        })
+        .collect();
+    (rec, members)
+}
+
+fn room_bench(c: &mut Criterion) {
+    // tmpfs where there is one: multitrack writes 8 MB per second of audio.
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("switchboard-bench-room-{}", std::process::id()));
+    const BATCH: u64 = 16;
+    // Ticks per recorder; its files are then deleted so the bench's disk use stays flat.
+    const CYCLE: u64 = 256;
+    let config = WriterConfig {
+        queue_chunks: (ROOM_MEMBERS + 1) * BATCH as usize + 64,
+        ..WriterConfig::default()
+    };
+    let (factory, thread) = RecordingWriter::spawn_with(&dir, config).expect("spawn writer");
+    let pcm = speech();
+    let mix: [i16; 160] = pcm[8000..8160].try_into().expect("160 samples");
+    let frames: Vec<[i16; 160]> = (0..ROOM_MEMBERS)
+        .map(|i| {
+            let at = 8000 + (i * 160) % 40_000;
+            pcm[at..at + 160].try_into().expect("160 samples")
+        })
+        .collect();
+    let clear = |dir: &std::path::Path| {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    };
+
+    let mut group = c.benchmark_group("record");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    // `_with_writer`: the time until the writer thread has also written the batch, i.e.
+    // what one tick costs the writer; the others time the media tick's side alone.
+    for (multitrack, with_writer) in [(false, false), (true, false), (false, true), (true, true)] {
+        let name = if multitrack { "on" } else { "off" };
+        let suffix = if with_writer { "_with_writer" } else { "" };
+        group.bench_function(
+            format!("room_push_tick_{ROOM_MEMBERS}_members_multitrack_{name}{suffix}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let (mut rec, mut members) = room(&factory, multitrack);
+                    factory.sync().expect("writer running");
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let n = BATCH.min(iters - done);
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            // Every fifth member silent, as a room mostly listens.
+                            let mut inputs = members
+                                .iter()
+                                .zip(&frames)
+                                .enumerate()
+                                .map(|(i, (&m, f))| (m, (i % 5 != 0).then_some(f)));
+                            rec.push_tick(black_box(&mix), &mut inputs);
+                        }
+                        if !with_writer {
+                            total += t.elapsed();
+                        }
+                        factory.sync().expect("writer running");
+                        if with_writer {
+                            total += t.elapsed();
+                        }
+                        done += n;
+                        if done % CYCLE == 0 && done < iters {
+                            rec.finish(Instant::now());
+                            factory.sync().expect("writer running");
+                            clear(&dir);
+                            (rec, members) = room(&factory, multitrack);
+                            factory.sync().expect("writer running");
+                        }
+                    }
+                    assert_eq!(rec.dropped_chunks(), 0, "the queue never filled");
+                    rec.finish(Instant::now());
+                    factory.sync().expect("writer running");
+                    clear(&dir);
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+    drop(factory);
+    let _ = thread.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, policy_bench, push_bench, room_bench);
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 //! detection ([`vad`]); membership by call, sounds and the room registry come on top of it.
 
 pub mod mixer;
+pub mod recording;
 pub mod vad;
 
 pub use mixer::{Gain, Inbound, MemberId, MemberKind, MixOutput, Mixer, MixerError, MixerEvent};

@@ -15,10 +15,16 @@
 //!
 //! After a crash, [`repair_dir`] turns leftover `.part` files into valid WAVs holding
 //! everything that reached the file and marks their sidecars `repaired`.
+//!
+//! A room recording adds two things ([`timeline`]): extra sidecar fields ([`RoomFields`])
+//! linking a member's track to the room's mixed recording, and a timeline of the room's
+//! events that the writer appends to as JSON Lines and turns into `ID.timeline.json` when the
+//! mixed recording ends (or [`repair_dir`] does after a crash).
 
 pub mod policy;
 pub mod repair;
 pub mod sidecar;
+pub mod timeline;
 pub mod writer;
 
 #[cfg(test)]
@@ -30,10 +36,13 @@ pub use policy::{
     lay_out, DigitSet, RecordOutcome, RecordPolicy, RecordSession, Step, StopReason, FRAME,
 };
 pub use repair::{repair_dir, repair_file, Repaired};
-pub use sidecar::{list_recordings, new_id, Format, Sidecar, SidecarState};
+pub use sidecar::{list_recordings, new_id, Format, RoomFields, Sidecar, SidecarState};
+pub use timeline::{
+    finish_timeline, Timeline, TimelineEntry, TimelineHeader, TimelineKind, TimelineMember,
+};
 pub use writer::{
-    RecorderFactory, RecorderHandle, RecordingMeta, RecordingWriter, WriterConfig, WriterStats,
-    CHUNK_SAMPLES,
+    RecorderFactory, RecorderHandle, RecordingMeta, RecordingWriter, StartOptions, WriterConfig,
+    WriterStats, CHUNK_SAMPLES,
 };
 
 /// Which directions of a call are recorded and how.
@@ -96,6 +105,14 @@ pub enum RecordError {
         path: std::path::PathBuf,
         /// The underlying error.
         source: serde_json::Error,
+    },
+    /// A timeline file cannot be finished.
+    #[error("timeline {path}: {reason}")]
+    BadTimeline {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// The writer thread has exited.
     #[error("recording writer is not running")]

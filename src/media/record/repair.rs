@@ -13,8 +13,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::sidecar::{rfc3339, sync_dir};
-use super::{Format, RecordError, RecordMode, Sidecar, SidecarState};
+use super::sidecar::{is_sidecar_path, rfc3339, sync_dir};
+use super::timeline::{finish_timeline, Timeline, TIMELINE_LINES_SUFFIX};
+use super::{Format, RecordError, RecordMode, RoomFields, Sidecar, SidecarState};
 
 /// Suffix of a recording still being written.
 pub const PART_SUFFIX: &str = ".wav.part";
@@ -208,14 +209,14 @@ pub fn repair_file(part: &Path) -> Result<Repaired, RecordError> {
 /// since the audio itself is already safe.
 fn mark_repaired(dir: &Path, id: &str, format: Format, duration_ms: u64, wav: &Path) {
     let path = Sidecar::path(dir, id);
-    let mut sidecar = match Sidecar::read(&path) {
+    let (mut sidecar, room) = match Sidecar::read_with(&path) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, id, "recording sidecar missing; writing a minimal one");
             let started = fs::metadata(wav)
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::now());
-            Sidecar {
+            let sidecar = Sidecar {
                 id: id.to_owned(),
                 call_id: String::new(),
                 from: String::new(),
@@ -233,14 +234,15 @@ fn mark_repaired(dir: &Path, id: &str, format: Format, duration_ms: u64, wav: &P
                 stop_reason: None,
                 state: SidecarState::Repaired,
                 file: String::new(),
-            }
+            };
+            (sidecar, RoomFields::default())
         }
     };
     sidecar.state = SidecarState::Repaired;
     sidecar.duration_ms = duration_ms;
     sidecar.format = format;
     sidecar.file = format!("{id}.wav");
-    if let Err(e) = sidecar.write(dir) {
+    if let Err(e) = sidecar.write_with(dir, &room) {
         tracing::error!(error = %e, id, "could not update sidecar of repaired recording");
     }
 }
@@ -272,7 +274,8 @@ pub(crate) fn repair_or_remove(part: &Path) -> Option<Repaired> {
 ///
 /// Each `ID.wav.part` becomes a valid `ID.wav` holding all audio that reached the disk and
 /// its sidecar is marked `repaired`; a sidecar stuck in `recording` whose WAV was already
-/// renamed is marked `repaired` too; one with no audio left is removed. Problems are logged.
+/// renamed is marked `repaired` too; one with no audio left is removed. A room's
+/// `ID.timeline.jsonl` becomes `ID.timeline.json` marked `repaired`. Problems are logged.
 pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -297,7 +300,7 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
             let _ = fs::remove_file(path);
             continue;
         }
-        if !name.ends_with(".json") || name.starts_with('.') {
+        if !is_sidecar_path(path) {
             continue;
         }
         let Ok(sidecar) = Sidecar::read(path) else {
@@ -334,5 +337,37 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
             Err(_) => {}
         }
     }
+
+    // After the WAVs, so a timeline can take its length from its repaired recording.
+    for path in &paths {
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(TIMELINE_LINES_SUFFIX))
+        else {
+            continue;
+        };
+        repair_timeline(dir, id, path);
+    }
     repaired
+}
+
+/// Finishes the timeline `lines` of recording `id` left behind by a crash.
+fn repair_timeline(dir: &Path, id: &str, lines: &Path) {
+    // Killed between writing the finished timeline and removing its lines: keep the former.
+    if Timeline::read(&Timeline::path(dir, id)).is_ok() {
+        let _ = fs::remove_file(lines);
+        return;
+    }
+    let duration_ms = Sidecar::read(&Sidecar::path(dir, id))
+        .ok()
+        .map(|s| s.duration_ms);
+    match finish_timeline(lines, SidecarState::Repaired, duration_ms) {
+        Ok(path) => tracing::warn!(path = %path.display(), "repaired interrupted timeline"),
+        Err(e @ RecordError::BadTimeline { .. }) => {
+            tracing::warn!(error = %e, "removing timeline with no header");
+            let _ = fs::remove_file(lines);
+        }
+        Err(e) => tracing::error!(error = %e, "could not repair timeline"),
+    }
 }

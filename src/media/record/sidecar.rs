@@ -72,6 +72,39 @@ pub struct Sidecar {
     pub file: String,
 }
 
+/// Fields a room recording's sidecar carries besides [`Sidecar`]'s; all absent on a call
+/// recording. Kept outside [`Sidecar`] so that readers that only know the common fields (the
+/// API's index) read room sidecars unchanged: unknown JSON fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomFields {
+    /// On a room's mixed recording: the file name of its timeline (`ID.timeline.json`),
+    /// written when the recording ends or is repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
+    /// On a member's track: the id of the room's mixed recording it is aligned with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_of: Option<String>,
+    /// On a member's track: the member's number in the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<u64>,
+}
+
+impl RoomFields {
+    /// Whether no field is set (a call recording).
+    pub fn is_empty(&self) -> bool {
+        *self == RoomFields::default()
+    }
+}
+
+/// The sidecar file's JSON: the common fields and the room fields side by side.
+#[derive(Serialize, Deserialize)]
+struct SidecarFile<S> {
+    #[serde(flatten)]
+    sidecar: S,
+    #[serde(flatten)]
+    room: RoomFields,
+}
+
 impl Sidecar {
     /// Path of the sidecar for `id` in `dir`.
     pub fn path(dir: &Path, id: &str) -> PathBuf {
@@ -80,20 +113,36 @@ impl Sidecar {
 
     /// Writes `dir/ID.json` atomically (temporary file, fsync, rename).
     pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
+        self.write_with(dir, &RoomFields::default())
+    }
+
+    /// Writes `dir/ID.json` atomically with `room`'s fields beside the common ones.
+    pub fn write_with(&self, dir: &Path, room: &RoomFields) -> Result<(), RecordError> {
         let path = Sidecar::path(dir, &self.id);
-        let tmp = dir.join(format!(".{}.json.tmp", self.id));
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| RecordError::Sidecar {
+        let bytes = if room.is_empty() {
+            serde_json::to_vec_pretty(self)
+        } else {
+            serde_json::to_vec_pretty(&SidecarFile {
+                sidecar: self,
+                room: room.clone(),
+            })
+        }
+        .map_err(|source| RecordError::Sidecar {
             path: path.clone(),
             source,
         })?;
-        let mut f = File::create(&tmp).map_err(|e| RecordError::io("create", &tmp, e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| RecordError::io("write", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| RecordError::io("rename", &tmp, e))?;
-        sync_dir(dir);
-        Ok(())
+        write_atomic(dir, &path, &bytes)
+    }
+
+    /// Reads a sidecar file with its room fields (empty for a call recording).
+    pub fn read_with(path: &Path) -> Result<(Sidecar, RoomFields), RecordError> {
+        let bytes = fs::read(path).map_err(|e| RecordError::io("read", path, e))?;
+        let file: SidecarFile<Sidecar> =
+            serde_json::from_slice(&bytes).map_err(|source| RecordError::Sidecar {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok((file.sidecar, file.room))
     }
 
     /// Reads a sidecar file.
@@ -106,18 +155,39 @@ impl Sidecar {
     }
 }
 
+/// Replaces `path` (in `dir`) by `bytes` so that a reader sees the old or the new content,
+/// never part of one: a hidden temporary file, fsync, rename, directory fsync.
+pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("sidecar");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(|e| RecordError::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| RecordError::io("write", &tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| RecordError::io("rename", &tmp, e))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Whether `path` names a sidecar (`ID.json` with a safe id), not a timeline or temporary file.
+pub(crate) fn is_sidecar_path(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(is_safe_id)
+}
+
 /// All readable sidecars in `dir`, oldest first; unreadable ones are skipped with a warning.
 pub fn list_recordings(dir: &Path) -> Result<Vec<Sidecar>, RecordError> {
     let entries = fs::read_dir(dir).map_err(|e| RecordError::io("read dir", dir, e))?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_sidecar = path.extension().is_some_and(|e| e == "json")
-            && !path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-        if !is_sidecar {
+        if !is_sidecar_path(&path) {
             continue;
         }
         match Sidecar::read(&path) {

@@ -862,3 +862,217 @@ fn ids_are_unique_and_filesystem_safe() {
     assert_eq!(id.len(), 16 + 1 + 16);
     assert!(!sidecar::is_safe_id("../x") && !sidecar::is_safe_id(""));
 }
+
+// ---------------------------------------------------------------- room fields and timelines
+
+#[test]
+fn room_fields_survive_finish_and_repair_and_call_sidecars_stay_as_they_were() {
+    let tmp = TempDir::new("roomfields");
+    let (factory, thread) = RecordingWriter::spawn(&tmp.0).unwrap();
+    let room = RoomFields {
+        track_of: Some("mix-1".into()),
+        member: Some(7),
+        ..RoomFields::default()
+    };
+    let h = factory
+        .start_with(
+            meta(RecordMode::Inbound),
+            StartOptions {
+                id: Some("mix-1-m7".into()),
+                room: room.clone(),
+                timeline: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(h.id(), "mix-1-m7");
+    h.skip(3);
+    h.push(&pattern_frame(0, N));
+    h.skip(5);
+    h.finish(RecordOutcome::new(StopReason::Requested));
+    // An id that is not filesystem-safe is replaced.
+    let bad = factory
+        .start_with(
+            meta(RecordMode::Inbound),
+            StartOptions {
+                id: Some("../x".into()),
+                ..StartOptions::default()
+            },
+        )
+        .unwrap();
+    assert!(sidecar::is_safe_id(bad.id()));
+    let plain = factory.start(meta(RecordMode::Inbound)).unwrap();
+    let plain_id = plain.id().to_owned();
+    plain.finish(RecordOutcome::new(StopReason::Requested));
+    bad.finish(RecordOutcome::new(StopReason::Requested));
+    drop(factory);
+    thread.join().unwrap();
+
+    let (_, samples) = read_wav(&tmp.0.join("mix-1-m7.wav"));
+    let mut want = vec![0i16; 3];
+    want.extend(pattern_frame(0, N));
+    want.extend([0; 5]);
+    assert_eq!(samples, want, "skipped samples are silence in place");
+    let (sc, got) = Sidecar::read_with(&Sidecar::path(&tmp.0, "mix-1-m7")).unwrap();
+    assert_eq!((sc.state, &got), (SidecarState::Complete, &room));
+
+    // Repair keeps the room fields.
+    let mut sc2 = sc.clone();
+    sc2.state = SidecarState::Recording;
+    sc2.write_with(&tmp.0, &room).unwrap();
+    assert_eq!(repair_dir(&tmp.0).len(), 1);
+    let (sc3, got) = Sidecar::read_with(&Sidecar::path(&tmp.0, "mix-1-m7")).unwrap();
+    assert_eq!((sc3.state, got), (SidecarState::Repaired, room));
+
+    let raw: serde_json::Value =
+        serde_json::from_slice(&fs::read(Sidecar::path(&tmp.0, &plain_id)).unwrap()).unwrap();
+    for key in ["timeline", "track_of", "member"] {
+        assert!(raw.get(key).is_none(), "{key} in a call sidecar: {raw}");
+    }
+}
+
+fn header_line(id: &str) -> String {
+    serde_json::to_string(&TimelineHeader {
+        id: id.into(),
+        room: "r".into(),
+        started: "2024-05-01T12:00:00.000Z".into(),
+    })
+    .unwrap()
+}
+
+fn entry(at_ms: u64, member: u64) -> TimelineEntry {
+    TimelineEntry {
+        at_ms,
+        event: if member.is_multiple_of(2) {
+            TimelineKind::Join
+        } else {
+            TimelineKind::TalkStart
+        },
+        member,
+        call_id: format!("c{member}"),
+        from: format!("sip:{member}@x"),
+        track: None,
+    }
+}
+
+#[test]
+fn repair_turns_timeline_lines_into_a_document_and_keeps_a_finished_one() {
+    let tmp = TempDir::new("timeline");
+    let mut text = header_line("t1") + "\n";
+    for e in [entry(40, 2), entry(10, 4), entry(40, 3)] {
+        text += &serde_json::to_string(&e).unwrap();
+        text.push('\n');
+    }
+    text += "{\"at_ms\": 9";
+    fs::write(tmp.0.join("t1.timeline.jsonl"), &text).unwrap();
+    // No header at all: nothing to keep.
+    fs::write(tmp.0.join("t2.timeline.jsonl"), "{\"at").unwrap();
+
+    assert!(repair_dir(&tmp.0).is_empty(), "timelines are not WAVs");
+    assert_eq!(files(&tmp.0), ["t1.timeline.json"]);
+    let tl = Timeline::read(&Timeline::path(&tmp.0, "t1")).unwrap();
+    assert_eq!(tl.state, SidecarState::Repaired);
+    assert_eq!(tl.duration_ms, 40, "no recording: the last event's time");
+    assert_eq!(tl.events, [entry(10, 4), entry(40, 2), entry(40, 3)]);
+    let members: Vec<u64> = tl.members.iter().map(|m| m.member).collect();
+    assert_eq!(members, [4, 2]);
+
+    // Killed after the document was written but before the lines were removed.
+    fs::write(tmp.0.join("t1.timeline.jsonl"), header_line("t1") + "\n").unwrap();
+    repair_dir(&tmp.0);
+    assert_eq!(files(&tmp.0), ["t1.timeline.json"]);
+    assert_eq!(
+        Timeline::read(&Timeline::path(&tmp.0, "t1"))
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_discarded_room_recording_leaves_no_timeline() {
+    let tmp = TempDir::new("tl-discard");
+    let (factory, thread) = RecordingWriter::spawn(&tmp.0).unwrap();
+    let h = factory
+        .start_with(
+            meta(RecordMode::MixedMono),
+            StartOptions {
+                timeline: true,
+                ..StartOptions::default()
+            },
+        )
+        .unwrap();
+    h.note(0, TimelineKind::Join, 1);
+    let mut o = RecordOutcome::new(StopReason::Requested);
+    o.min_frames = 10;
+    h.finish(o);
+    drop(factory);
+    thread.join().unwrap();
+    assert!(files(&tmp.0).is_empty(), "{:?}", files(&tmp.0));
+}
+
+#[test]
+fn timeline_events_fall_back_to_the_control_channel_when_the_queue_is_full() {
+    let tmp = TempDir::new("tl-full");
+    let config = WriterConfig {
+        queue_chunks: 1,
+        ..WriterConfig::default()
+    };
+    let (factory, thread) = RecordingWriter::spawn_with(&tmp.0, config).unwrap();
+    let h = factory
+        .start_with(
+            meta(RecordMode::MixedMono),
+            StartOptions {
+                timeline: true,
+                ..StartOptions::default()
+            },
+        )
+        .unwrap();
+    let id = h.id().to_owned();
+    factory.sync().unwrap();
+    let resume = factory.pause();
+    h.push(&silence());
+    for i in 0..20 {
+        h.note(i * 20, TimelineKind::TalkStart, 1);
+    }
+    drop(resume);
+    h.finish(RecordOutcome::new(StopReason::Requested));
+    drop(factory);
+    thread.join().unwrap();
+    let tl = Timeline::read(&Timeline::path(&tmp.0, &id)).unwrap();
+    let at: Vec<u64> = tl.events.iter().map(|e| e.at_ms).collect();
+    assert_eq!(at, (0..20).map(|i| i * 20).collect::<Vec<_>>());
+}
+
+proptest::proptest! {
+    /// Whatever prefix of the lines survived a kill, finishing keeps exactly the events of
+    /// the complete lines, in time order.
+    #[test]
+    fn finishing_keeps_exactly_the_complete_lines(
+        ats in proptest::collection::vec(0u64..10_000, 0..30),
+        cut in 0usize..4096,
+    ) {
+        let tmp = TempDir::new("tl-prop");
+        let header = header_line("p") + "\n";
+        let mut text = header.clone();
+        let entries: Vec<TimelineEntry> =
+            ats.iter().enumerate().map(|(i, &at)| entry(at, i as u64)).collect();
+        let mut ends = Vec::new();
+        for e in &entries {
+            text += &serde_json::to_string(e).unwrap();
+            text.push('\n');
+            ends.push(text.len());
+        }
+        let keep = (header.len() + cut).min(text.len());
+        let lines = tmp.0.join("p.timeline.jsonl");
+        fs::write(&lines, &text.as_bytes()[..keep]).unwrap();
+        let path = finish_timeline(&lines, SidecarState::Repaired, None).unwrap();
+        let tl = Timeline::read(&path).unwrap();
+        // A line cut just before its newline still parses whole.
+        let complete = ends.iter().filter(|&&end| end - 1 <= keep).count();
+        let mut want: Vec<TimelineEntry> = entries[..complete].to_vec();
+        want.sort_by_key(|e| e.at_ms);
+        proptest::prop_assert_eq!(tl.events, want);
+        proptest::prop_assert!(!lines.exists());
+    }
+}

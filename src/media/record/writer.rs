@@ -13,6 +13,11 @@
 //! (if that queue is full, the writer is about to take a message anyway). A finish carries
 //! the number of chunks its handle queued; the writer finalises a recording only once all
 //! of them have arrived, which keeps the two channels in order.
+//!
+//! A room recording's timeline events ([`RecorderHandle::note`]) are a few plain numbers,
+//! so they ride the audio queue like chunks (and are counted with them); only when that
+//! queue is full do they take the control channel, which never loses one. Who a member is
+//! (strings) is registered once per member over the control channel, ahead of its events.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -26,8 +31,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use super::repair::{read_layout, repair_or_remove, set_data_len, PART_SUFFIX};
-use super::sidecar::{new_id, rfc3339, sync_dir};
-use super::{Format, RecordError, RecordMode, RecordOutcome, Sidecar, SidecarState, StopReason};
+use super::sidecar::{is_safe_id, new_id, rfc3339, sync_dir};
+use super::timeline::{TimelineHeader, TimelineKind, TimelineLog, TimelineMember};
+use super::{
+    Format, RecordError, RecordMode, RecordOutcome, RoomFields, Sidecar, SidecarState, StopReason,
+};
 
 /// Samples per queued chunk: 20 ms of stereo at 8 kHz or mono at 16 kHz.
 pub const CHUNK_SAMPLES: usize = 320;
@@ -56,6 +64,8 @@ enum Data {
     Chunk(Chunk),
     /// Makes the writer look at the control channel.
     Wake,
+    /// A timeline event; counted with the chunks so a finish waits for it.
+    Note(Note),
     /// Acknowledged once everything queued before it is written.
     Barrier(Sender<()>),
     /// Stops the writer until the receiver yields or closes, to fill the queue in tests.
@@ -63,12 +73,29 @@ enum Data {
     Pause(Sender<()>, Receiver<()>),
 }
 
+/// A timeline event as it travels to the writer: plain numbers, so sending it never allocates.
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    key: u64,
+    at_ms: u64,
+    kind: TimelineKind,
+    member: u64,
+}
+
 /// Messages on the unbounded control channel.
 enum Control {
     Start {
         key: u64,
         sidecar: Box<Sidecar>,
+        room: Box<RoomFields>,
     },
+    /// Who a timeline's member is, sent before any event that names the member.
+    Member {
+        key: u64,
+        member: Box<TimelineMember>,
+    },
+    /// A timeline event that did not fit the audio queue.
+    Note(Note),
     Finish {
         key: u64,
         chunks: u64,
@@ -187,6 +214,19 @@ pub struct RecordingMeta {
     pub rate: u32,
 }
 
+/// Settings of [`RecorderFactory::start_with`] beyond [`RecordingMeta`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// The recording's id; a new one when `None` (or when it is not filesystem-safe:
+    /// ASCII letters, digits, `-` and `_` only).
+    pub id: Option<String>,
+    /// Room fields for the sidecar.
+    pub room: RoomFields,
+    /// Keep a timeline of room events next to the recording (see [`RecorderHandle::note`]);
+    /// sets `room.timeline` to its file name.
+    pub timeline: bool,
+}
+
 /// Starts recordings on one writer; cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct RecorderFactory {
@@ -201,8 +241,29 @@ impl RecorderFactory {
     /// Starts a recording; the writer creates `ID.wav.part` and the sidecar on its thread,
     /// so this does no file I/O. Fails only if the writer has exited.
     pub fn start(&self, meta: RecordingMeta) -> Result<RecorderHandle, RecordError> {
+        self.start_with(meta, StartOptions::default())
+    }
+
+    /// Starts a recording with an id of the caller's choosing and room fields; otherwise as
+    /// [`start`](Self::start).
+    pub fn start_with(
+        &self,
+        meta: RecordingMeta,
+        opts: StartOptions,
+    ) -> Result<RecorderHandle, RecordError> {
         let now = SystemTime::now();
-        let id = new_id(now);
+        let id = match opts.id {
+            Some(id) if is_safe_id(&id) => id,
+            Some(id) => {
+                tracing::warn!(id, "recording id is not filesystem-safe; using a new one");
+                new_id(now)
+            }
+            None => new_id(now),
+        };
+        let mut room = opts.room;
+        room.timeline = opts
+            .timeline
+            .then(|| format!("{id}{}", super::timeline::TIMELINE_SUFFIX));
         let key = self.next_key.fetch_add(1, Relaxed);
         let channels = meta.mode.channels();
         let sidecar = Sidecar {
@@ -228,6 +289,7 @@ impl RecorderFactory {
             .send(Control::Start {
                 key,
                 sidecar: Box::new(sidecar),
+                room: Box::new(room),
             })
             .map_err(|_| RecordError::WriterGone)?;
         let _ = self.data.try_send(Data::Wake);
@@ -354,6 +416,46 @@ impl RecorderHandle {
         self.dropped.get()
     }
 
+    /// Adds `samples` of silence (interleaved samples, as in [`push`](Self::push)) without
+    /// queueing anything: the writer writes them before the next chunk or at finish. Never
+    /// blocks or allocates.
+    pub fn skip(&self, samples: u64) {
+        self.gap.set(self.gap.get().saturating_add(samples));
+    }
+
+    /// Tells the writer who timeline member `member.member` is; later [`note`](Self::note)s
+    /// about the member carry its call, caller and track. Allocates; for joins only.
+    pub fn register_member(&self, member: TimelineMember) {
+        let msg = Control::Member {
+            key: self.key,
+            member: Box::new(member),
+        };
+        if self.control.send(msg).is_ok() {
+            let _ = self.data.try_send(Data::Wake);
+        }
+    }
+
+    /// Appends an event to this recording's timeline (ignored unless it was started with
+    /// [`StartOptions::timeline`]). Goes on the audio queue so it normally neither blocks nor
+    /// allocates; when the queue is full it takes the unbounded control channel instead,
+    /// so timeline events are never lost.
+    pub fn note(&self, at_ms: u64, kind: TimelineKind, member: u64) {
+        let note = Note {
+            key: self.key,
+            at_ms,
+            kind,
+            member,
+        };
+        match self.data.try_send(Data::Note(note)) {
+            Ok(()) => self.sent.set(self.sent.get() + 1),
+            Err(_) => {
+                if self.control.send(Control::Note(note)).is_err() {
+                    tracing::warn!(id = %self.id, "timeline event after the writer exited");
+                }
+            }
+        }
+    }
+
     /// Ends the recording: the writer trims, finalises and renames it, or deletes it if
     /// `outcome` says it is too short. Does not block.
     pub fn finish(mut self, outcome: RecordOutcome) {
@@ -388,6 +490,8 @@ impl Drop for RecorderHandle {
 /// One open recording on the writer thread.
 struct Rec {
     sidecar: Sidecar,
+    room: RoomFields,
+    timeline: Option<TimelineLog>,
     part: PathBuf,
     /// `None` once a file error happened; later audio is discarded.
     wav: Option<Wav>,
@@ -419,6 +523,7 @@ impl Writer {
             match msg {
                 Data::Chunk(chunk) => self.write_chunk(&chunk),
                 Data::Wake => {}
+                Data::Note(note) => self.note(&note, true),
                 Data::Barrier(ack) => acks.push(ack),
                 #[cfg(test)]
                 Data::Pause(ack, resume) => {
@@ -445,7 +550,13 @@ impl Writer {
     fn drain_control(&mut self) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
-                Control::Start { key, sidecar } => self.open(key, *sidecar),
+                Control::Start { key, sidecar, room } => self.open(key, *sidecar, *room),
+                Control::Member { key, member } => {
+                    if let Some(log) = self.recs.get_mut(&key).and_then(|r| r.timeline.as_mut()) {
+                        log.register(*member);
+                    }
+                }
+                Control::Note(note) => self.note(&note, false),
                 Control::Finish {
                     key,
                     chunks,
@@ -461,7 +572,19 @@ impl Writer {
         }
     }
 
-    fn open(&mut self, key: u64, sidecar: Sidecar) {
+    fn note(&mut self, note: &Note, queued: bool) {
+        let Some(rec) = self.recs.get_mut(&note.key) else {
+            return;
+        };
+        if queued {
+            rec.received += 1;
+        }
+        if let Some(log) = rec.timeline.as_mut() {
+            log.event(note.at_ms, note.kind, note.member);
+        }
+    }
+
+    fn open(&mut self, key: u64, sidecar: Sidecar, room: RoomFields) {
         let part = self.dir.join(format!("{}{PART_SUFFIX}", sidecar.id));
         let spec = hound::WavSpec {
             channels: sidecar.format.channels,
@@ -480,10 +603,24 @@ impl Writer {
             }
         };
         if wav.is_some() {
-            if let Err(e) = sidecar.write(&self.dir) {
+            if let Err(e) = sidecar.write_with(&self.dir, &room) {
                 tracing::error!(id = %sidecar.id, error = %e, "cannot write recording sidecar");
             }
         }
+        let timeline = if room.timeline.is_some() {
+            let header = TimelineHeader {
+                id: sidecar.id.clone(),
+                room: sidecar.room.clone().unwrap_or_default(),
+                started: sidecar.started.clone(),
+            };
+            TimelineLog::create(&self.dir, &header)
+                .map_err(
+                    |e| tracing::error!(id = %sidecar.id, error = %e, "cannot create timeline"),
+                )
+                .ok()
+        } else {
+            None
+        };
         let channels = sidecar.format.channels.max(1);
         let per_sec = u64::from(sidecar.format.rate) * u64::from(channels);
         let flush_samples = ((per_sec as f64 * self.flush_every.as_secs_f64()) as u64).max(1);
@@ -492,6 +629,8 @@ impl Writer {
             key,
             Rec {
                 sidecar,
+                room,
+                timeline,
                 part,
                 wav,
                 channels,
@@ -543,6 +682,9 @@ impl Writer {
         let id = rec.sidecar.id.clone();
         if outcome.discard() {
             drop(rec.wav.take());
+            if let Some(log) = rec.timeline.take() {
+                log.discard();
+            }
             let _ = fs::remove_file(&rec.part);
             let _ = fs::remove_file(Sidecar::path(&self.dir, &id));
             self.counters.discarded.fetch_add(1, Relaxed);
@@ -554,7 +696,21 @@ impl Writer {
                 rec.fail(&e);
             }
         }
-        match self.complete(&mut rec, &outcome) {
+        let result = self.complete(&mut rec, &outcome);
+        if let Some(log) = rec.timeline.take() {
+            let duration_ms = match result {
+                Ok(()) => rec.sidecar.duration_ms,
+                Err(_) => {
+                    let per_sec = u64::from(rec.sidecar.format.rate) * u64::from(rec.channels);
+                    rec.samples * 1000 / per_sec.max(1)
+                }
+            };
+            let path = log.path().to_path_buf();
+            if let Err(e) = log.finish(duration_ms) {
+                tracing::error!(id, error = %e, path = %path.display(), "timeline could not be finished");
+            }
+        }
+        match result {
             Ok(()) => {
                 self.counters.completed.fetch_add(1, Relaxed);
                 tracing::debug!(
@@ -611,7 +767,7 @@ impl Writer {
         s.digits.clone_from(&outcome.digits);
         s.stop_reason = Some(outcome.reason);
         s.state = SidecarState::Complete;
-        s.write(&self.dir)
+        s.write_with(&self.dir, &rec.room)
     }
 }
 

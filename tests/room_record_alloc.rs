@@ -1,0 +1,124 @@
+//! A room recorder's steady state — `push_tick` with no membership change, and talk and mute
+//! changes while the writer keeps up — must not allocate on the media tick. A counting global
+//! allocator proves it for the calling thread (the writer thread may allocate as it likes).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use switchboard::conference::recording::{RoomRecordOptions, RoomRecorder};
+use switchboard::conference::{MemberId, MemberKind, Mixer, VadConfig};
+use switchboard::media::record::{RecordingWriter, WriterConfig};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    // try_with: the allocator also runs while thread-locals are being torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while running `f`.
+fn allocations(f: impl FnOnce()) -> u64 {
+    ALLOCS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCS.with(|n| n.get())
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    assert!(allocations(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
+}
+
+const MEMBERS: usize = 100;
+const TICKS: u64 = 50;
+
+#[test]
+fn push_tick_in_the_steady_state_does_not_allocate() {
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-room-record-alloc-{}",
+        std::process::id()
+    ));
+    // Room for every chunk, then a queue that is always full (every push dropped).
+    for queue in [(MEMBERS + 3) * TICKS as usize + 64, 1] {
+        let config = WriterConfig {
+            queue_chunks: queue,
+            ..WriterConfig::default()
+        };
+        let (factory, thread) = RecordingWriter::spawn_with(&dir, config).unwrap();
+        for multitrack in [false, true] {
+            let t0 = Instant::now();
+            let mut mixer = Mixer::new(VadConfig::default()).unwrap();
+            let mut rec =
+                RoomRecorder::start(&factory, "alloc", RoomRecordOptions { multitrack }, t0)
+                    .unwrap();
+            let members: Vec<MemberId> = (0..MEMBERS)
+                .map(|i| {
+                    let m = mixer.add_member(MemberKind::Speaker).unwrap();
+                    rec.member_joined(t0, m, &format!("call-{i}"), "sip:x@y");
+                    m
+                })
+                .collect();
+            factory.sync().unwrap();
+            let frames: Vec<[i16; 160]> = (0..MEMBERS).map(|i| [i as i16 + 1; 160]).collect();
+            let mix = [7i16; 160];
+            let n = allocations(|| {
+                for t in 0..TICKS {
+                    let mut inputs = members
+                        .iter()
+                        .zip(&frames)
+                        .enumerate()
+                        .map(|(i, (&m, f))| (m, (i % 5 != 0).then_some(f)));
+                    rec.push_tick(&mix, &mut inputs);
+                    if queue > 1 {
+                        // Talk and mute changes ride the audio queue while it has room.
+                        let now = t0 + Duration::from_millis(t * 20);
+                        let m = members[t as usize % MEMBERS];
+                        rec.member_talking(now, m, t % 2 == 0);
+                        rec.member_muted(now, m, t % 3 == 0);
+                    }
+                }
+            });
+            assert_eq!(
+                n, 0,
+                "multitrack {multitrack}, queue {queue}: {n} allocations"
+            );
+            rec.finish(t0 + Duration::from_millis(TICKS * 20));
+            factory.sync().unwrap();
+        }
+        drop(factory);
+        thread.join().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
