@@ -815,3 +815,36 @@ async fn early_media_reaches_the_caller_before_a_refusal() {
     assert!(best > 0.9, "no early tone heard: 1 kHz share {best:.2}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_script_names_its_recording() {
+    let scripts = Scripts::new(&[(
+        "named.rhai",
+        "answer();\n\
+         let r = record(#{file: \"named-msg\", beep: false, max_secs: 1, silence_secs: 0});\n\
+         if r.id == \"named-msg\" && !r.discarded { hangup(); }\n\
+         sleep(60000);\n",
+    )]);
+    let dir = scripts.0.clone();
+    let rec = Scripts::new(&[]);
+    let rec_dir = rec.0.clone();
+    let server = start_with((44500, 44599), move |c| {
+        c.paths.scripts = dir;
+        c.paths.recordings = rec_dir;
+        c.dialplan = vec![rule("named", "named")];
+    })
+    .await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "named", rtp.port()).await;
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let speech = support::rtp::tone("440/1500@-10", 1500);
+    let (_, ended) = tokio::join!(
+        rtp.exchange(media, &speech, Duration::ZERO),
+        server_hangs_up(&mut w, &mut uac, Duration::from_secs(4))
+    );
+    assert!(ended, "the recording was not named as asked");
+    assert!(rec.0.join("named-msg.wav").is_file());
+    assert!(rec.0.join("named-msg.json").is_file());
+    server.stop().await;
+}

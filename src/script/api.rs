@@ -566,14 +566,10 @@ pub fn record_request(opts: &Map) -> Res<RecordRequest> {
     let d = RecordRequest::default();
     let file = o.string("file")?;
     if let Some(f) = &file {
-        let ok = !f.is_empty()
-            && f.len() <= 128
-            && f.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && !f.starts_with('.');
-        if !ok {
+        // The rule recording ids follow everywhere (files, the HTTP API).
+        if f.len() > 128 || !crate::media::record::sidecar::is_safe_id(f) {
             return err(format!(
-                "record: file {f:?} must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+                "record: file {f:?} must be 1-128 letters, digits, '-' or '_'"
             ));
         }
     }

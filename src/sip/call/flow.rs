@@ -517,8 +517,16 @@ impl Call {
         if self.leg.is_none() {
             return reply.send(CallReply::Failed("the call has no media".into()));
         }
-        if request.file.is_some() {
-            tracing::debug!("recordings are named by the server; `file` is not used");
+        if let Some(name) = &request.file {
+            let dir = self.ctx.recorder.dir();
+            let taken = ["wav", "json", "wav.part"]
+                .iter()
+                .any(|ext| dir.join(format!("{name}.{ext}")).exists());
+            if taken {
+                return reply.send(CallReply::Failed(format!(
+                    "record: a recording named {name} exists"
+                )));
+            }
         }
         if !request.beep {
             return self.begin_recording(&request, reply);
@@ -563,7 +571,11 @@ impl Call {
             },
             rate: RATE,
         };
-        let handle = match self.ctx.recorder.start(meta) {
+        let opts = crate::media::record::StartOptions {
+            id: request.file.clone(),
+            ..Default::default()
+        };
+        let handle = match self.ctx.recorder.start_with(meta, opts) {
             Ok(h) => h,
             Err(e) => return reply.send(CallReply::Failed(format!("cannot record: {e}"))),
         };
