@@ -306,6 +306,8 @@ impl RoomHost {
                             from,
                             left: Some(left),
                         });
+                        // Published and visible to operators before the joiner hears back.
+                        self.flush(now, legs);
                         // A joiner that gave up waiting is not left in the room.
                         if reply.send(Ok(id)).is_err() {
                             self.room.leave(id, RemoveReason::Hangup);
@@ -520,12 +522,13 @@ impl RoomHost {
             return false;
         }
         self.finish_recording(now);
-        self.link.bus.publish(Event::RoomEnded {
-            room: self.link.name.to_string(),
-        });
+        // Gone from the registry before anyone hears it ended.
         if let Some(f) = self.on_end.take() {
             f();
         }
+        self.link.bus.publish(Event::RoomEnded {
+            room: self.link.name.to_string(),
+        });
         true
     }
 }
