@@ -288,3 +288,93 @@ async fn a_moved_leg_keeps_its_id_sockets_and_commands_from_old_senders() {
             > 0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_and_locked_rooms_refuse_and_operators_record_and_end_a_room() {
+    let dir = tempdir();
+    let media = Arc::new(MediaEngine::start(2, 0).unwrap());
+    let bus = EventBus::default();
+    let mut bus_rx = bus.subscribe();
+    let mut cfg = Config::from_toml_str(
+        "t",
+        "[conference.rooms.small]\nmax_members = 1\nalone_prompt = \"\"\n",
+    )
+    .unwrap()
+    .conference;
+    cfg.join_sound.clear();
+    let (factory, _writer) = RecordingWriter::spawn(&dir).unwrap();
+    let prompts = Arc::new(PromptCache::new("prompts".into()));
+    let reg = ConferenceRegistry::new(media.clone(), prompts, bus.clone(), cfg, factory.clone());
+    let mut a = new_caller(&media, RtpPeer::bind().await, 20);
+    let mut b = new_caller(&media, RtpPeer::bind().await, 21);
+    let opts = |n: &str| JoinOptions {
+        call_id: n.into(),
+        ..JoinOptions::default()
+    };
+
+    let ma = reg.join("small", opts("a"), &mut a.leg).await.unwrap();
+    let full = reg.join("small", opts("b"), &mut b.leg).await.unwrap_err();
+    assert_eq!(full, switchboard::conference::JoinError::Full);
+
+    let mut mb = reg.join("big", opts("b"), &mut b.leg).await.unwrap();
+    use switchboard::live::RoomAction;
+    reg.room_action("big", RoomAction::Lock).unwrap();
+    wait_for(&mut bus_rx, |e| {
+        matches!(e, Event::RoomLocked { locked: true, .. })
+    })
+    .await;
+    let mut c = new_caller(&media, RtpPeer::bind().await, 22);
+    let locked = reg.join("big", opts("c"), &mut c.leg).await.unwrap_err();
+    assert_eq!(locked, switchboard::conference::JoinError::Locked);
+    assert!(reg.get("big").unwrap().locked);
+
+    let id = reg
+        .room_action("big", RoomAction::RecordStart)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reg.get("big").unwrap().recording.as_deref(),
+        Some(id.as_str())
+    );
+    assert!(
+        reg.room_action("big", RoomAction::RecordStart).is_err(),
+        "one at a time"
+    );
+    reg.room_action("big", RoomAction::RecordStop).unwrap();
+    reg.room_action("big", RoomAction::End).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), mb.left())
+        .await
+        .unwrap();
+    assert_eq!(reason, LeaveReason::Ended);
+    wait_for(
+        &mut bus_rx,
+        |e| matches!(e, Event::RoomEnded { room } if room == "big"),
+    )
+    .await;
+    factory.sync().unwrap();
+    // Finalised as ID.wav, or still ID.wav.part if the writer has not renamed it yet.
+    let wavs = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .to_string();
+            name.starts_with(&id) && name.contains(".wav")
+        })
+        .count();
+    assert_eq!(wavs, 1, "the room recording was written");
+
+    assert_eq!(
+        reg.member_action("small", 12345, MemberAction::Mute),
+        Err(switchboard::live::ControlError::NoMember)
+    );
+    assert_eq!(
+        reg.member_action("nowhere", 1, MemberAction::Mute),
+        Err(switchboard::live::ControlError::NoRoom)
+    );
+    ma.leave();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,7 +3,10 @@
 //! events a call cares about (digits, playback done, RTP timeout).
 //!
 //! The worker owns the socket: it hands received datagrams to [`Leg::handle_packet`] and calls
-//! [`Leg::tick`] once per 20 ms with a send callback. Nothing here allocates per packet or per
+//! [`Leg::tick`] once per 20 ms with a send callback. A leg in a conference room is ticked in
+//! two halves instead, so the room can mix in between: [`Leg::receive`] (its input frame), then
+//! [`Leg::send`] with the room's audio, or [`Leg::send_encoded`] with the room's shared frame
+//! already encoded once for every listener with the same codec. Nothing here allocates per packet or per
 //! frame; buffers are sized once in [`Leg::new`].
 
 use std::collections::VecDeque;
