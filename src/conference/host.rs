@@ -532,3 +532,149 @@ impl RoomHost {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conference::room::RoomSettings;
+    use crate::conference::RoomSounds;
+    use crate::conference::VadConfig;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    /// Legs that record what each member was sent and where its payload came from.
+    struct Fake {
+        codecs: Vec<CodecKind>,
+        inputs: Vec<Option<[i16; FRAME_SAMPLES]>>,
+        /// (tag, payload address when pre-encoded, first sample)
+        sent: Vec<(usize, Option<usize>, i16)>,
+        bound: Vec<Option<(u64, MemberId)>>,
+    }
+
+    impl MemberLegs for Fake {
+        fn find(&self, leg: u64) -> Option<usize> {
+            let i = leg as usize;
+            (i < self.codecs.len() && self.bound[i].is_none()).then_some(i)
+        }
+        fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
+            self.bound[tag] = room;
+        }
+        fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]> {
+            self.inputs.get(tag)?.as_ref()
+        }
+        fn codec(&self, tag: usize) -> Option<CodecKind> {
+            self.codecs.get(tag).copied()
+        }
+        fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>) {
+            self.sent
+                .push((tag, encoded.map(|p| p.as_ptr() as usize), pcm[0]));
+        }
+    }
+
+    fn host() -> RoomHost {
+        let settings = RoomSettings {
+            vad: VadConfig {
+                start_dbov: -40.0,
+                stop_dbov: -40.0,
+                attack: Duration::ZERO,
+                hangover: Duration::ZERO,
+            },
+            ..RoomSettings::default()
+        };
+        let link = RoomLink {
+            id: 7,
+            name: Arc::from("r"),
+            bus: EventBus::new(64),
+            info: Arc::new(Mutex::new(RoomInfo {
+                name: "r".into(),
+                members: Vec::new(),
+                locked: false,
+                recording: None,
+                created_at: String::new(),
+            })),
+            pending: Arc::new(AtomicUsize::new(0)),
+        };
+        let room = Room::new(settings, RoomSounds::default()).unwrap();
+        RoomHost::new(link, room, None, Box::new(|| {}))
+    }
+
+    fn join(h: &mut RoomHost, legs: &mut Fake, leg: u64) -> MemberId {
+        h.link.pending.fetch_add(1, Ordering::AcqRel);
+        let (reply, mut rx) = oneshot::channel();
+        let (left, _left_rx) = oneshot::channel();
+        std::mem::forget(_left_rx);
+        h.command(
+            Instant::now(),
+            RoomCommand::Join {
+                leg,
+                moderator: false,
+                muted: false,
+                call_id: format!("c{leg}"),
+                from: String::new(),
+                reply,
+                left,
+            },
+            legs,
+        );
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn listeners_with_one_codec_share_one_encoded_payload() {
+        let mut h = host();
+        let codecs = vec![
+            CodecKind::Pcmu,
+            CodecKind::Pcmu,
+            CodecKind::Pcmu,
+            CodecKind::Pcma,
+            CodecKind::Pcma,
+        ];
+        let mut legs = Fake {
+            inputs: vec![Some([3000; FRAME_SAMPLES]), None, None, None, None],
+            bound: vec![None; codecs.len()],
+            codecs,
+            sent: Vec::new(),
+        };
+        let mut bus = h.link.bus.subscribe();
+        for leg in 0..5 {
+            join(&mut h, &mut legs, leg);
+        }
+        assert!(legs.bound.iter().all(Option::is_some), "every leg is bound");
+        h.tick(Instant::now(), &mut legs);
+        let by_tag: HashMap<usize, (Option<usize>, i16)> =
+            legs.sent.iter().map(|&(t, p, s)| (t, (p, s))).collect();
+        assert_eq!(by_tag[&0], (None, 0), "the talker gets its own frame");
+        let mu = by_tag[&1].0.expect("pre-encoded");
+        assert_eq!(by_tag[&2].0, Some(mu), "one PCMU payload for both");
+        let a = by_tag[&3].0.expect("pre-encoded");
+        assert_eq!(by_tag[&4].0, Some(a), "one PCMA payload for both");
+        assert_ne!(mu, a);
+        assert_eq!(by_tag[&1].1, 3000);
+        assert!(!h.close_if_done(Instant::now()), "not while members remain");
+        let mut joined = 0;
+        while let Ok(e) = bus.try_recv() {
+            if matches!(e.event, Event::MemberJoined { .. }) {
+                joined += 1;
+            }
+        }
+        assert_eq!(joined, 5);
+    }
+
+    #[test]
+    fn a_hangup_unbinds_the_leg_and_the_empty_room_closes_once() {
+        let mut h = host();
+        let mut legs = Fake {
+            inputs: vec![None],
+            bound: vec![None],
+            codecs: vec![CodecKind::Pcmu],
+            sent: Vec::new(),
+        };
+        let m = join(&mut h, &mut legs, 0);
+        assert_eq!(lock_info(&h.link.info).members.len(), 1);
+        h.command(Instant::now(), RoomCommand::Hangup { member: m }, &mut legs);
+        h.flush(Instant::now(), &mut legs);
+        assert_eq!(legs.bound[0], None);
+        assert!(lock_info(&h.link.info).members.is_empty());
+        assert!(h.close_if_done(Instant::now()));
+    }
+}
