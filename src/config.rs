@@ -1,10 +1,16 @@
 //! Configuration: embedded defaults, overridden by a TOML file, overridden by flags; validated once.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::conference::room::{KeyAction, KeyMap, RoomSettings};
+use crate::conference::VadConfig;
+use crate::media::dtmf::Digit;
+use crate::media::tone::ToneSpec;
 
 /// The defaults compiled into the binary, so `serve` works from a fresh clone.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -44,6 +50,7 @@ pub struct Config {
     /// Event receivers (`[[webhooks]]`, any number).
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    pub conference: ConferenceConfig,
 }
 
 /// `[scripts]`: limits on every call's script, and how often changed files are reloaded.
@@ -187,6 +194,152 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Conference rooms: defaults for every room, and overrides by room name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceConfig {
+    /// Most members in one room.
+    pub max_members: usize,
+    /// In-call keys: key (`0`-`9`, `*`, `#`, `A`-`D`) to action.
+    pub keys: BTreeMap<String, KeyAction>,
+    /// Tone spec played to the room when someone joins (empty: none).
+    pub join_sound: String,
+    /// Tone spec played to the room when someone leaves (empty: none).
+    pub leave_sound: String,
+    /// Tell a joiner how many members there are (`digits/N` prompts).
+    pub announce_count: bool,
+    /// Prompt for a member joining an empty room (empty: none).
+    pub alone_prompt: String,
+    /// Prompt repeated to members waiting for a moderator (empty: a tone).
+    pub wait_prompt: String,
+    /// Members other than moderators wait, unmixed, until a moderator joins.
+    pub wait_for_moderator: bool,
+    /// The room ends when its last moderator leaves.
+    pub end_with_last_moderator: bool,
+    /// Record every room from its creation.
+    pub auto_record: bool,
+    /// Room recordings also keep a track per member.
+    pub multitrack: bool,
+    /// Talker detection: level to start talking, dBov.
+    pub talk_start_dbov: f32,
+    /// Talker detection: level below which a talker counts towards stopping, dBov.
+    pub talk_stop_dbov: f32,
+    /// Talker detection: loud audio needed to start, ms.
+    pub talk_attack_ms: u64,
+    /// Talker detection: quiet audio a talker is still mixed through, ms.
+    pub talk_hangover_ms: u64,
+    /// Overrides by room name.
+    #[serde(default)]
+    pub rooms: BTreeMap<String, RoomOverride>,
+}
+
+/// Settings of one named room that differ from the `[conference]` defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomOverride {
+    pub max_members: Option<usize>,
+    pub keys: Option<BTreeMap<String, KeyAction>>,
+    pub join_sound: Option<String>,
+    pub leave_sound: Option<String>,
+    pub announce_count: Option<bool>,
+    pub alone_prompt: Option<String>,
+    pub wait_prompt: Option<String>,
+    pub wait_for_moderator: Option<bool>,
+    pub end_with_last_moderator: Option<bool>,
+    pub auto_record: Option<bool>,
+    pub multitrack: Option<bool>,
+    pub talk_start_dbov: Option<f32>,
+    pub talk_stop_dbov: Option<f32>,
+    pub talk_attack_ms: Option<u64>,
+    pub talk_hangover_ms: Option<u64>,
+}
+
+impl ConferenceConfig {
+    fn over(&self, room: &str) -> RoomOverride {
+        self.rooms.get(room).cloned().unwrap_or_default()
+    }
+
+    /// The settings room `room` runs with (checked by [`Config::validate`]; anything invalid
+    /// that slipped through falls back to the defaults).
+    pub fn room_settings(&self, room: &str) -> RoomSettings {
+        self.try_room_settings(room).unwrap_or_default()
+    }
+
+    fn try_room_settings(&self, room: &str) -> Result<RoomSettings, String> {
+        let o = self.over(room);
+        let tone = |s: &str| -> Result<Option<ToneSpec>, String> {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            s.parse().map(Some).map_err(|e| format!("tone {s:?}: {e}"))
+        };
+        let mut keys = KeyMap::empty();
+        for (k, action) in o.keys.as_ref().unwrap_or(&self.keys) {
+            let mut chars = k.chars();
+            let digit = match (chars.next(), chars.next()) {
+                (Some(c), None) => Digit::from_char(c),
+                _ => None,
+            }
+            .ok_or_else(|| format!("key {k:?} is not one DTMF key"))?;
+            keys.set(digit, Some(*action));
+        }
+        let vad = VadConfig {
+            start_dbov: o.talk_start_dbov.unwrap_or(self.talk_start_dbov),
+            stop_dbov: o.talk_stop_dbov.unwrap_or(self.talk_stop_dbov),
+            attack: Duration::from_millis(o.talk_attack_ms.unwrap_or(self.talk_attack_ms)),
+            hangover: Duration::from_millis(o.talk_hangover_ms.unwrap_or(self.talk_hangover_ms)),
+        };
+        crate::conference::Mixer::new(vad).map_err(|e| e.to_string())?;
+        let max_members = o.max_members.unwrap_or(self.max_members);
+        if max_members == 0 || max_members > crate::conference::mixer::MAX_MEMBERS - 2 {
+            return Err(format!("max_members {max_members} out of range"));
+        }
+        Ok(RoomSettings {
+            max_members,
+            keys,
+            join_sound: tone(o.join_sound.as_deref().unwrap_or(&self.join_sound))?,
+            leave_sound: tone(o.leave_sound.as_deref().unwrap_or(&self.leave_sound))?,
+            announce_count: o.announce_count.unwrap_or(self.announce_count),
+            wait_for_moderator: o.wait_for_moderator.unwrap_or(self.wait_for_moderator),
+            end_with_last_moderator: o
+                .end_with_last_moderator
+                .unwrap_or(self.end_with_last_moderator),
+            vad,
+        })
+    }
+
+    /// Whether room `room` records from its creation.
+    pub fn room_auto_record(&self, room: &str) -> bool {
+        self.over(room).auto_record.unwrap_or(self.auto_record)
+    }
+
+    /// Whether room `room`'s recordings keep a track per member.
+    pub fn room_multitrack(&self, room: &str) -> bool {
+        self.over(room).multitrack.unwrap_or(self.multitrack)
+    }
+
+    /// Room `room`'s alone and wait prompts, and whether it announces the member count.
+    pub fn room_prompts(&self, room: &str) -> (String, String, bool) {
+        let o = self.over(room);
+        (
+            o.alone_prompt.unwrap_or_else(|| self.alone_prompt.clone()),
+            o.wait_prompt.unwrap_or_else(|| self.wait_prompt.clone()),
+            o.announce_count.unwrap_or(self.announce_count),
+        )
+    }
+
+    /// Checks the defaults and every override.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.try_room_settings("")
+            .map_err(|e| ConfigError::Invalid(format!("conference: {e}")))?;
+        for name in self.rooms.keys() {
+            self.try_room_settings(name)
+                .map_err(|e| ConfigError::Invalid(format!("conference.rooms.{name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// The embedded defaults alone.
     pub fn embedded() -> Result<Config, ConfigError> {
@@ -253,6 +406,7 @@ impl Config {
                 "scripts: limits must be greater than 0".into(),
             ));
         }
+        self.conference.validate()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         for w in &self.webhooks {
@@ -364,6 +518,50 @@ mod tests {
         for bad in [
             "[[webhooks]]\nurl = \"https://x/h\"\n",
             "[[webhooks]]\nurl = \"http://x/h\"\nevents = [\"call_endd\"]\n",
+        ] {
+            let c = Config::from_toml_str("t", bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conference_defaults_and_a_room_override() {
+        let c = Config::from_toml_str(
+            "t",
+            "[conference.rooms.board]\nmax_members = 5\nwait_for_moderator = true\n\
+             [conference.rooms.board.keys]\n\"1\" = \"leave\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let d = c.conference.room_settings("lobby");
+        assert_eq!(d.max_members, 100);
+        assert!(!d.wait_for_moderator);
+        let leave = Digit::from_char('8').unwrap();
+        assert_eq!(d.keys.get(leave), Some(KeyAction::Leave));
+        let b = c.conference.room_settings("board");
+        assert_eq!(b.max_members, 5);
+        assert!(b.wait_for_moderator);
+        assert_eq!(
+            b.keys.get(leave),
+            None,
+            "a room's key map replaces the default"
+        );
+        assert_eq!(
+            b.keys.get(Digit::from_char('1').unwrap()),
+            Some(KeyAction::Leave)
+        );
+    }
+
+    #[test]
+    fn conference_mistakes_are_caught_at_load() {
+        assert!(Config::from_toml_str("t", "[conference]\nmax_memberz = 3\n").is_err());
+        assert!(Config::from_toml_str("t", "[conference.rooms.x]\nbogus = 1\n").is_err());
+        assert!(Config::from_toml_str("t", "[conference.keys]\n\"0\" = \"explode\"\n").is_err());
+        for bad in [
+            "[conference.keys]\n\"00\" = \"mute\"\n",
+            "[conference]\njoin_sound = \"not a tone\"\n",
+            "[conference]\ntalk_stop_dbov = -10.0\n",
+            "[conference.rooms.x]\nmax_members = 0\n",
         ] {
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -96,6 +96,19 @@ impl MemberId {
     pub fn index(self) -> usize {
         self.slot as usize
     }
+
+    /// The id as one number, unique within its room (the slot's generation in the high half).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.slot)
+    }
+
+    /// The id back from [`MemberId::as_u64`].
+    pub fn from_u64(v: u64) -> Self {
+        Self {
+            slot: v as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
 }
 
 /// How a member takes part.
@@ -105,6 +118,9 @@ pub enum MemberKind {
     Speaker,
     /// Only listens to the full mix, e.g. a recorder; never asked for input.
     ListenOnly,
+    /// A sound played to the room (a join tone, an announcement): summed whenever it gives a
+    /// frame, without talker detection, and hears nothing.
+    Source,
 }
 
 /// A gain in whole dB, applied in fixed point.
@@ -411,6 +427,13 @@ impl Mixer {
                 generation: slot.generation,
             };
             let mut summed = false;
+            if m.kind == MemberKind::Source {
+                if let Some(frame) = input(id) {
+                    add_contribution(&mut self.sum, &mut m.contribution, frame.pcm, m.input_gain);
+                }
+                m.out = Out::Silence;
+                continue;
+            }
             if m.kind == MemberKind::Speaker && !m.muted {
                 let frame = input(id);
                 let measure = match frame {

@@ -3,7 +3,10 @@
 //! events a call cares about (digits, playback done, RTP timeout).
 //!
 //! The worker owns the socket: it hands received datagrams to [`Leg::handle_packet`] and calls
-//! [`Leg::tick`] once per 20 ms with a send callback. Nothing here allocates per packet or per
+//! [`Leg::tick`] once per 20 ms with a send callback. A leg in a conference room is ticked in
+//! two halves instead, so the room can mix in between: [`Leg::receive`] (its input frame), then
+//! [`Leg::send`] with the room's audio, or [`Leg::send_encoded`] with the room's shared frame
+//! already encoded once for every listener with the same codec. Nothing here allocates per packet or per
 //! frame; buffers are sized once in [`Leg::new`].
 
 use std::collections::VecDeque;
@@ -246,6 +249,10 @@ pub struct Leg {
     playing: Option<(u64, Box<dyn AudioSource>, bool)>,
     recording: Option<(Box<RecordSession>, RecorderHandle)>,
     echo: bool,
+    /// An in-band key tone is being heard (between its detected start and end).
+    inband_active: bool,
+    /// An RFC 4733 key press is in progress.
+    rfc4733_active: bool,
     last_rx: Instant,
     timed_out: bool,
     talkspurt: bool,
@@ -302,6 +309,8 @@ impl Leg {
             playing: None,
             recording: None,
             echo: false,
+            inband_active: false,
+            rfc4733_active: false,
             last_rx: now,
             timed_out: false,
             talkspurt: false,
@@ -412,6 +421,11 @@ impl Leg {
 
     /// Every key press, whatever its method, goes through the merger so each is reported once.
     fn key_event(&mut self, e: DtmfEvent) {
+        match e.method {
+            DtmfMethod::Inband => self.inband_active = e.phase == DigitPhase::Began,
+            DtmfMethod::Rfc4733 => self.rfc4733_active = e.phase == DigitPhase::Began,
+            _ => {}
+        }
         if e.phase != DigitPhase::Began {
             let _ = self.merger.push(e);
             return;
@@ -574,6 +588,9 @@ impl Leg {
 
     /// Produces one 20 ms frame: consumes received audio, sends ours (and RTCP when due)
     /// through `send`. `tick` counts frames since the worker started; it stamps RTP timestamps.
+    ///
+    /// The composition of [`Leg::receive`] and [`Leg::send`] without room audio, for a leg
+    /// that is not in a conference.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -581,19 +598,98 @@ impl Leg {
         tick: u64,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
+        self.receive(now);
+        self.send(now, wallclock, tick, None, send);
+    }
+
+    /// The receive half of a tick: the next 20 ms of received audio (jitter buffer, decode,
+    /// concealment) into [`Leg::input`], digit detection and the RTP timeout.
+    pub fn receive(&mut self, now: Instant) {
         self.receive_frame(now);
         if let Some(e) = self.rfc4733.as_mut().and_then(|rx| rx.handle_timeout(now)) {
             self.key_event(e);
         }
         self.check_timeout(now);
-        self.produce_frame();
+    }
+
+    /// This tick's received audio (silence when nothing is coming in).
+    pub fn input(&self) -> &[i16; FRAME_SAMPLES] {
+        &self.pcm_in
+    }
+
+    /// Whether this tick's input carries received audio (decoded or concealed), not filler.
+    pub fn hearing(&self) -> bool {
+        self.talkspurt
+    }
+
+    /// Whether an in-band key tone is sounding in the input now: a room leaves that audio out
+    /// of its mix so that key presses are not heard by the other members.
+    pub fn dtmf_sounding(&self) -> bool {
+        self.inband_active || self.rfc4733_active
+    }
+
+    /// The codec this leg sends with.
+    pub fn codec(&self) -> CodecKind {
+        self.cfg.codec
+    }
+
+    /// The send half of a tick: this leg's frame is its playback (which replaces the room's
+    /// audio), else `room`, else the echo of its input, else silence; then in-band DTMF being
+    /// sent, the recording, encode and RTP, and RTCP when due.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        tick: u64,
+        room: Option<&[i16; FRAME_SAMPLES]>,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        self.produce_frame(room);
         self.record_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
             if let Some(dest) = dest {
-                self.send_frame(tick, dest, send);
+                self.send_frame(tick, dest, None, send);
             }
         }
+        self.send_rtcp(now, wallclock, send);
+    }
+
+    /// The send half of a tick with audio already encoded for this leg's codec: `payload` is
+    /// `pcm` encoded, shared by every listener of a room with the same codec so the room
+    /// encodes its common frame once. A leg with its own playback, echo or in-band DTMF to
+    /// send encodes for itself instead.
+    pub fn send_encoded(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        tick: u64,
+        pcm: &[i16; FRAME_SAMPLES],
+        payload: &[u8],
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        if self.playing.is_some() || self.echo || !self.inband_sender.is_idle() {
+            return self.send(now, wallclock, tick, Some(pcm), send);
+        }
+        if self.recording.is_some() {
+            self.pcm_out = *pcm;
+            self.record_frame();
+        }
+        if self.cfg.direction.sends() {
+            let dest = self.recv.remote().or(self.cfg.remote);
+            if let Some(dest) = dest {
+                self.send_frame(tick, dest, Some(payload), send);
+            }
+        }
+        self.send_rtcp(now, wallclock, send);
+    }
+
+    fn send_rtcp(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
         if self.rtcp.poll_timeout().is_some_and(|t| t <= now) {
             let sending = self.cfg.direction.sends().then_some(&self.send);
             let written = self.rtcp.handle_timeout(
@@ -620,6 +716,7 @@ impl Leg {
         &mut self,
         tick: u64,
         dest: SocketAddr,
+        encoded: Option<&[u8]>,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         let audio_ts = self.send.timestamp_at(tick);
@@ -640,11 +737,16 @@ impl Leg {
             }
             return;
         }
-        if let Ok(n) = self.codec.encode(&self.pcm_out, &mut self.payload) {
-            if let Ok(len) = self.send.write(tick, &self.payload[..n], &mut self.packet) {
-                send(Port::Rtp, dest, &self.packet[..len]);
-                self.stats.packets_out += 1;
-            }
+        let payload = match encoded {
+            Some(p) => p,
+            None => match self.codec.encode(&self.pcm_out, &mut self.payload) {
+                Ok(n) => &self.payload[..n],
+                Err(_) => return,
+            },
+        };
+        if let Ok(len) = self.send.write(tick, payload, &mut self.packet) {
+            send(Port::Rtp, dest, &self.packet[..len]);
+            self.stats.packets_out += 1;
         }
     }
 
@@ -714,7 +816,7 @@ impl Leg {
         }
     }
 
-    fn produce_frame(&mut self) {
+    fn produce_frame(&mut self, room: Option<&[i16; FRAME_SAMPLES]>) {
         if let Some((id, source, _)) = self.playing.as_mut() {
             let n = source.fill(&mut self.pcm_out);
             if n < FRAME_SAMPLES {
@@ -726,6 +828,8 @@ impl Leg {
                     interrupted: false,
                 });
             }
+        } else if let Some(room) = room {
+            self.pcm_out = *room;
         } else if self.echo {
             self.pcm_out = self.pcm_in;
         } else {
@@ -908,6 +1012,87 @@ mod tests {
             Some(0),
             "no gap while packets keep coming"
         );
+    }
+
+    /// Ticks `l` with the split halves, handing `room` as room audio (encoded once beforehand
+    /// when `encoded`), and returns the decoded audio sent.
+    fn run_in_room(
+        l: &mut Leg,
+        t0: Instant,
+        input: &[Vec<u8>],
+        room: &[i16; FRAME_SAMPLES],
+        encoded: bool,
+        ticks: usize,
+    ) -> Vec<i16> {
+        let payload: Vec<u8> = room.iter().map(|&s| ulaw_encode(s)).collect();
+        let mut sent = Vec::new();
+        for n in 0..ticks {
+            let now = t0 + FRAME * n as u32;
+            if let Some(p) = input.get(n) {
+                l.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+            }
+            l.receive(now);
+            let mut sink = |port: Port, _: SocketAddr, bytes: &[u8]| {
+                if port == Port::Rtp {
+                    let pkt = RtpPacket::parse(bytes).unwrap();
+                    sent.extend(pkt.payload.iter().map(|&b| ulaw_decode(b)));
+                }
+            };
+            if encoded {
+                l.send_encoded(now, SystemTime::now(), n as u64, room, &payload, &mut sink);
+            } else {
+                l.send(now, SystemTime::now(), n as u64, Some(room), &mut sink);
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn room_audio_is_sent_encoded_or_not_and_a_prompt_replaces_it() {
+        let t0 = Instant::now();
+        let mut room = [0i16; FRAME_SAMPLES];
+        room.copy_from_slice(&generate("500/20@-10", 20));
+        for encoded in [false, true] {
+            let mut l = leg(t0);
+            let out = run_in_room(&mut l, t0, &[], &room, encoded, 10);
+            assert_eq!(out.len(), 10 * FRAME_SAMPLES);
+            assert!(tone_power(&out, 500.0) > 0.9, "encoded={encoded}");
+            let spec: ToneSpec = "1000/100@-10".parse().unwrap();
+            l.apply(
+                t0,
+                LegCommand::Play {
+                    id: 1,
+                    source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                    barge_in: false,
+                },
+            );
+            let out = run_in_room(&mut l, t0 + FRAME * 10, &[], &room, encoded, 5);
+            assert!(
+                tone_power(&out, 1000.0) > 0.9,
+                "the prompt replaces the room"
+            );
+        }
+    }
+
+    #[test]
+    fn an_inband_key_tone_is_flagged_while_it_sounds() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let mut pcm = vec![0i16; 100 * 8];
+        pcm.extend(generate("770+1336/200@-10", 200));
+        pcm.extend(vec![0i16; 300 * 8]);
+        let input = packets(&pcm, 10);
+        let mut flagged = Vec::new();
+        for (n, p) in input.iter().enumerate() {
+            let now = t0 + FRAME * n as u32;
+            l.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+            l.receive(now);
+            flagged.push(l.dtmf_sounding());
+            l.send(now, SystemTime::now(), n as u64, None, &mut |_, _, _| {});
+        }
+        assert!(flagged.iter().any(|&f| f), "{flagged:?}");
+        assert!(!flagged[..5].iter().any(|&f| f), "not before the tone");
+        assert!(!*flagged.last().unwrap(), "not after it ended");
     }
 
     #[test]

@@ -1,0 +1,680 @@
+//! The glue that runs a [`Room`] on a media worker next to its members' legs: applies
+//! controls from the registry, feeds the room each member's received frame, sends each member
+//! its frame (the room's shared frame encoded once per codec per tick), keeps the recorder
+//! fed, and turns room changes into published events, the operators' view of the room and
+//! the members' "you have left" answers.
+//!
+//! The legs are reached through [`MemberLegs`], so the same code runs on the worker and in
+//! benchmarks and tests without sockets.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::mixer::MemberId;
+use super::recording::RoomRecorder;
+use super::room::{Joiner, RemoveReason, Room, RoomEvent, RoomOutput};
+use crate::events::{Event, EventBus};
+use crate::live::{MemberAction, MemberInfo, RoomInfo};
+use crate::media::codec::{AudioCodec, CodecKind};
+use crate::media::dtmf::Digit;
+use crate::media::leg::{AudioSource, FRAME_SAMPLES};
+
+static SILENCE: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
+
+/// The legs of a worker, as a room reaches its members (each by its tag, the leg's slot).
+pub trait MemberLegs {
+    /// The tag of leg `leg` when it is here and in no room.
+    fn find(&self, leg: u64) -> Option<usize>;
+    /// Records that the leg at `tag` is now in `room` as `member` (None: in no room).
+    fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>);
+    /// The leg's received frame this tick, when it is audio to mix.
+    fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]>;
+    /// The leg's codec.
+    fn codec(&self, tag: usize) -> Option<CodecKind>;
+    /// Runs the leg's send half with `pcm`, already encoded as `encoded` when given.
+    fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>);
+}
+
+/// Why a join was not done on the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// The room said no.
+    Room(super::room::JoinRefused),
+    /// The room is gone (ended, or removed when empty).
+    Gone,
+    /// The leg is not on the room's worker, or already in a room.
+    NoLeg,
+}
+
+/// A control for a room, applied on its worker between ticks.
+pub enum RoomCommand {
+    /// Adds the leg `leg` as a member.
+    Join {
+        /// The leg's id.
+        leg: u64,
+        /// Moderator and muted flags.
+        moderator: bool,
+        /// Joins muted.
+        muted: bool,
+        /// The member's call.
+        call_id: String,
+        /// The caller.
+        from: String,
+        /// The member id, or why not.
+        reply: oneshot::Sender<Result<MemberId, JoinRefusal>>,
+        /// Told once the room removes the member.
+        left: oneshot::Sender<RemoveReason>,
+    },
+    /// The member leaves (its call or script is done with the room).
+    Leave {
+        /// The member.
+        member: MemberId,
+    },
+    /// The member's leg went away.
+    Hangup {
+        /// The member.
+        member: MemberId,
+    },
+    /// An operator's action on a member.
+    Member {
+        /// The member.
+        member: MemberId,
+        /// What to do.
+        action: MemberAction,
+    },
+    /// Lock or unlock.
+    Lock(bool),
+    /// Play to everyone.
+    Play(Box<dyn AudioSource>),
+    /// Play to one member.
+    PlayTo {
+        /// The member.
+        member: MemberId,
+        /// The audio.
+        source: Box<dyn AudioSource>,
+    },
+    /// Start recording (the previous recording, if any, is finished).
+    RecordStart(Box<RoomRecorder>),
+    /// Stop recording.
+    RecordStop,
+    /// End the room.
+    End,
+}
+
+impl std::fmt::Debug for RoomCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoomCommand::Join { leg, .. } => write!(f, "Join(leg {leg})"),
+            RoomCommand::Leave { member } => write!(f, "Leave({member:?})"),
+            RoomCommand::Hangup { member } => write!(f, "Hangup({member:?})"),
+            RoomCommand::Member { member, action } => write!(f, "{action:?}({member:?})"),
+            RoomCommand::Lock(l) => write!(f, "Lock({l})"),
+            RoomCommand::Play(_) => write!(f, "Play"),
+            RoomCommand::PlayTo { member, .. } => write!(f, "PlayTo({member:?})"),
+            RoomCommand::RecordStart(_) => write!(f, "RecordStart"),
+            RoomCommand::RecordStop => write!(f, "RecordStop"),
+            RoomCommand::End => write!(f, "End"),
+        }
+    }
+}
+
+impl RoomCommand {
+    /// Answers a command whose room is gone.
+    pub(crate) fn refuse_gone(self) {
+        if let RoomCommand::Join { reply, .. } = self {
+            let _ = reply.send(Err(JoinRefusal::Gone));
+        }
+    }
+}
+
+/// A codec's encoding of this tick's frame, shared by every member with that codec.
+struct Encoded {
+    kind: CodecKind,
+    codec: Box<dyn AudioCodec>,
+    buf: [u8; 2 * FRAME_SAMPLES],
+    len: usize,
+    ready: bool,
+}
+
+impl Encoded {
+    fn all() -> Vec<Encoded> {
+        CodecKind::ALL
+            .into_iter()
+            .map(|kind| Encoded {
+                kind,
+                codec: kind.new_codec(),
+                buf: [0; 2 * FRAME_SAMPLES],
+                len: 0,
+                ready: false,
+            })
+            .collect()
+    }
+}
+
+/// Encodes `pcm` for `kind` once; later calls in the same round reuse the payload.
+fn encode_once<'a>(
+    cache: &'a mut [Encoded],
+    kind: Option<CodecKind>,
+    pcm: &[i16; FRAME_SAMPLES],
+) -> Option<&'a [u8]> {
+    let e = cache.iter_mut().find(|e| Some(e.kind) == kind)?;
+    if !e.ready {
+        e.len = e.codec.encode(pcm, &mut e.buf).ok()?;
+        e.ready = true;
+    }
+    Some(&e.buf[..e.len])
+}
+
+struct Glue {
+    call_id: String,
+    from: String,
+    left: Option<oneshot::Sender<RemoveReason>>,
+}
+
+/// What the registry shares with a room's host.
+#[derive(Clone)]
+pub struct RoomLink {
+    /// The room's id (unique per registry).
+    pub id: u64,
+    /// The room's name.
+    pub name: Arc<str>,
+    /// Where events are published.
+    pub bus: EventBus,
+    /// The operators' view, kept current by the host.
+    pub info: Arc<Mutex<RoomInfo>>,
+    /// Joins on their way to the room: it is not removed while one is.
+    pub pending: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for RoomLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RoomLink({} {})", self.id, self.name)
+    }
+}
+
+/// Locks the view, surviving a panic elsewhere.
+pub(crate) fn lock_info(info: &Mutex<RoomInfo>) -> MutexGuard<'_, RoomInfo> {
+    match info.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// A room running on a worker.
+pub struct RoomHost {
+    link: RoomLink,
+    room: Room,
+    recorder: Option<RoomRecorder>,
+    /// Indexed by `MemberId::index()`.
+    glue: Vec<Option<Glue>>,
+    shared: Vec<Encoded>,
+    silence: Vec<Encoded>,
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for RoomHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomHost")
+            .field("link", &self.link)
+            .field("room", &self.room)
+            .finish()
+    }
+}
+
+impl RoomHost {
+    /// A host for `room`; `on_end` runs once, on the worker, when the room is removed.
+    pub fn new(
+        link: RoomLink,
+        room: Room,
+        recorder: Option<RoomRecorder>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> RoomHost {
+        let capacity = room.settings().max_members.min(1024);
+        let mut glue = Vec::with_capacity(capacity + 2);
+        glue.resize_with(2, || None);
+        if let Some(r) = &recorder {
+            lock_info(&link.info).recording = Some(r.id().to_string());
+        }
+        RoomHost {
+            link,
+            room,
+            recorder,
+            glue,
+            shared: Encoded::all(),
+            silence: Encoded::all(),
+            on_end: Some(on_end),
+        }
+    }
+
+    /// The room's id.
+    pub fn id(&self) -> u64 {
+        self.link.id
+    }
+
+    /// Members now.
+    pub fn len(&self) -> usize {
+        self.room.len()
+    }
+
+    /// No members.
+    pub fn is_empty(&self) -> bool {
+        self.room.is_empty()
+    }
+
+    /// The room itself.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// The recording in progress.
+    pub fn recording(&self) -> Option<&str> {
+        self.recorder.as_ref().map(RoomRecorder::id)
+    }
+
+    /// Applies a control; call [`RoomHost::flush`] after.
+    pub fn command(&mut self, now: Instant, cmd: RoomCommand, legs: &mut dyn MemberLegs) {
+        match cmd {
+            RoomCommand::Join {
+                leg,
+                moderator,
+                muted,
+                call_id,
+                from,
+                reply,
+                left,
+            } => {
+                self.link.pending.fetch_sub(1, Ordering::AcqRel);
+                let Some(tag) = legs.find(leg) else {
+                    let _ = reply.send(Err(JoinRefusal::NoLeg));
+                    return;
+                };
+                let joined = self.room.join(Joiner {
+                    moderator,
+                    muted,
+                    tag,
+                });
+                match joined {
+                    Ok(id) => {
+                        if self.glue.len() <= id.index() {
+                            self.glue.resize_with(id.index() + 1, || None);
+                        }
+                        self.glue[id.index()] = Some(Glue {
+                            call_id,
+                            from,
+                            left: Some(left),
+                        });
+                        // Published and visible to operators before the joiner hears back.
+                        self.flush(now, legs);
+                        // A joiner that gave up waiting is not left in the room.
+                        if reply.send(Ok(id)).is_err() {
+                            self.room.leave(id, RemoveReason::Hangup);
+                        }
+                    }
+                    Err(super::room::JoinRefused::Ended) => {
+                        let _ = reply.send(Err(JoinRefusal::Gone));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(JoinRefusal::Room(e)));
+                    }
+                }
+            }
+            RoomCommand::Leave { member } => {
+                self.room.leave(member, RemoveReason::Left);
+            }
+            RoomCommand::Hangup { member } => {
+                self.room.leave(member, RemoveReason::Hangup);
+            }
+            RoomCommand::Member { member, action } => {
+                match action {
+                    MemberAction::Mute => self.room.set_muted(member, true),
+                    MemberAction::Unmute => self.room.set_muted(member, false),
+                    MemberAction::Deaf => self.room.set_deaf(member, true),
+                    MemberAction::Undeaf => self.room.set_deaf(member, false),
+                    MemberAction::Kick => self.room.leave(member, RemoveReason::Kicked),
+                };
+            }
+            RoomCommand::Lock(locked) => self.room.set_locked(locked),
+            RoomCommand::Play(source) => self.room.play(source),
+            RoomCommand::PlayTo { member, source } => {
+                self.room.play_to(member, source);
+            }
+            RoomCommand::RecordStart(mut recorder) => {
+                self.finish_recording(now);
+                for m in self.room.members() {
+                    if let Some(Some(g)) = self.glue.get(m.id.index()) {
+                        recorder.member_joined(now, m.id, &g.call_id, &g.from);
+                    }
+                }
+                lock_info(&self.link.info).recording = Some(recorder.id().to_string());
+                self.link.bus.publish(Event::RecordingStarted {
+                    id: recorder.id().to_string(),
+                    call_id: None,
+                    room: Some(self.link.name.to_string()),
+                });
+                self.recorder = Some(*recorder);
+            }
+            RoomCommand::RecordStop => self.finish_recording(now),
+            RoomCommand::End => self.room.end(),
+        }
+    }
+
+    fn finish_recording(&mut self, now: Instant) {
+        if let Some(r) = self.recorder.take() {
+            r.finish(now);
+            lock_info(&self.link.info).recording = None;
+        }
+    }
+
+    /// A key pressed by a member (from its leg's merged DTMF).
+    pub fn key(&mut self, member: MemberId, digit: Digit) {
+        self.room.key(member, digit);
+    }
+
+    /// One tick: mix the members' input, feed the recorder, send every member its frame.
+    pub fn tick(&mut self, _now: Instant, legs: &mut dyn MemberLegs) {
+        {
+            let legs: &dyn MemberLegs = legs;
+            self.room.tick(|_, tag| legs.input(tag));
+            if let Some(rec) = self.recorder.as_mut() {
+                let room = &self.room;
+                let mut inputs = room.members().map(|m| (m.id, legs.input(m.tag)));
+                rec.push_tick(room.mix_frame(), &mut inputs);
+            }
+        }
+        for e in &mut self.shared {
+            e.ready = false;
+        }
+        let (shared, silence) = (&mut self.shared, &mut self.silence);
+        self.room.for_each_output(|_, tag, out| match out {
+            RoomOutput::Shared(frame) => {
+                let payload = encode_once(shared, legs.codec(tag), frame);
+                legs.send(tag, frame, payload);
+            }
+            RoomOutput::Own(frame) => legs.send(tag, frame, None),
+            RoomOutput::Silence => {
+                // Silence encodes the same every tick: its payload is kept.
+                let payload = encode_once(silence, legs.codec(tag), &SILENCE);
+                legs.send(tag, &SILENCE, payload);
+            }
+        });
+    }
+
+    /// Publishes the room's changes, updates the operators' view and the legs' bindings, and
+    /// answers members that left. Call after every tick and control.
+    pub fn flush(&mut self, now: Instant, legs: &mut dyn MemberLegs) {
+        while let Some(e) = self.room.poll_event() {
+            self.on_event(now, e, legs);
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, e: RoomEvent, legs: &mut dyn MemberLegs) {
+        let room = self.link.name.to_string();
+        match e {
+            RoomEvent::Joined { member, tag } => {
+                legs.bind(tag, Some((self.link.id, member)));
+                let view = self.room.member(member);
+                let Some(Some(g)) = self.glue.get(member.index()) else {
+                    return;
+                };
+                let (moderator, muted) = view.map_or((false, false), |v| (v.moderator, v.muted));
+                if let Some(r) = self.recorder.as_mut() {
+                    r.member_joined(now, member, &g.call_id, &g.from);
+                }
+                lock_info(&self.link.info).members.push(MemberInfo {
+                    id: member.as_u64(),
+                    call_id: g.call_id.clone(),
+                    from: g.from.clone(),
+                    moderator,
+                    muted,
+                    deaf: false,
+                    talking: false,
+                    joined_at: crate::live::rfc3339_now(),
+                });
+                self.link.bus.publish(Event::MemberJoined {
+                    room,
+                    member: member.as_u64(),
+                    call_id: g.call_id.clone(),
+                    moderator,
+                    muted,
+                });
+            }
+            RoomEvent::Left {
+                member,
+                tag,
+                reason,
+            } => {
+                legs.bind(tag, None);
+                let g = self.glue.get_mut(member.index()).and_then(Option::take);
+                if let Some(r) = self.recorder.as_mut() {
+                    r.member_left(now, member);
+                }
+                lock_info(&self.link.info)
+                    .members
+                    .retain(|m| m.id != member.as_u64());
+                let call_id = match g {
+                    Some(mut g) => {
+                        if let Some(tx) = g.left.take() {
+                            let _ = tx.send(reason);
+                        }
+                        g.call_id
+                    }
+                    None => String::new(),
+                };
+                self.link.bus.publish(Event::MemberLeft {
+                    room,
+                    member: member.as_u64(),
+                    call_id,
+                    reason: reason.as_str().to_string(),
+                });
+            }
+            RoomEvent::Talking { member, talking } => {
+                if let Some(r) = self.recorder.as_mut() {
+                    r.member_talking(now, member, talking);
+                }
+                self.update(member, |m| m.talking = talking);
+                self.link.bus.publish(Event::MemberTalking {
+                    room,
+                    member: member.as_u64(),
+                    talking,
+                });
+            }
+            RoomEvent::Muted { member, muted } => {
+                if let Some(r) = self.recorder.as_mut() {
+                    r.member_muted(now, member, muted);
+                }
+                self.update(member, |m| m.muted = muted);
+                self.link.bus.publish(Event::MemberMuted {
+                    room,
+                    member: member.as_u64(),
+                    muted,
+                });
+            }
+            RoomEvent::Deaf { member, deaf } => {
+                self.update(member, |m| m.deaf = deaf);
+                self.link.bus.publish(Event::MemberDeaf {
+                    room,
+                    member: member.as_u64(),
+                    deaf,
+                });
+            }
+            RoomEvent::Locked(locked) => {
+                lock_info(&self.link.info).locked = locked;
+                self.link.bus.publish(Event::RoomLocked { room, locked });
+            }
+            RoomEvent::Ended => {}
+        }
+    }
+
+    fn update(&self, member: MemberId, f: impl FnOnce(&mut MemberInfo)) {
+        let mut info = lock_info(&self.link.info);
+        if let Some(m) = info.members.iter_mut().find(|m| m.id == member.as_u64()) {
+            f(m);
+        }
+    }
+
+    /// When the room is empty and no join is on its way: finishes its recording, publishes
+    /// its end and tells the registry; true when the room is to be dropped.
+    pub fn close_if_done(&mut self, now: Instant) -> bool {
+        if !self.room.is_empty() || self.link.pending.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        self.finish_recording(now);
+        // Gone from the registry before anyone hears it ended.
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+        self.link.bus.publish(Event::RoomEnded {
+            room: self.link.name.to_string(),
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conference::room::RoomSettings;
+    use crate::conference::RoomSounds;
+    use crate::conference::VadConfig;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    /// Legs that record what each member was sent and where its payload came from.
+    struct Fake {
+        codecs: Vec<CodecKind>,
+        inputs: Vec<Option<[i16; FRAME_SAMPLES]>>,
+        /// (tag, payload address when pre-encoded, first sample)
+        sent: Vec<(usize, Option<usize>, i16)>,
+        bound: Vec<Option<(u64, MemberId)>>,
+    }
+
+    impl MemberLegs for Fake {
+        fn find(&self, leg: u64) -> Option<usize> {
+            let i = leg as usize;
+            (i < self.codecs.len() && self.bound[i].is_none()).then_some(i)
+        }
+        fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
+            self.bound[tag] = room;
+        }
+        fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]> {
+            self.inputs.get(tag)?.as_ref()
+        }
+        fn codec(&self, tag: usize) -> Option<CodecKind> {
+            self.codecs.get(tag).copied()
+        }
+        fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>) {
+            self.sent
+                .push((tag, encoded.map(|p| p.as_ptr() as usize), pcm[0]));
+        }
+    }
+
+    fn host() -> RoomHost {
+        let settings = RoomSettings {
+            vad: VadConfig {
+                start_dbov: -40.0,
+                stop_dbov: -40.0,
+                attack: Duration::ZERO,
+                hangover: Duration::ZERO,
+            },
+            ..RoomSettings::default()
+        };
+        let link = RoomLink {
+            id: 7,
+            name: Arc::from("r"),
+            bus: EventBus::new(64),
+            info: Arc::new(Mutex::new(RoomInfo {
+                name: "r".into(),
+                members: Vec::new(),
+                locked: false,
+                recording: None,
+                created_at: String::new(),
+            })),
+            pending: Arc::new(AtomicUsize::new(0)),
+        };
+        let room = Room::new(settings, RoomSounds::default()).unwrap();
+        RoomHost::new(link, room, None, Box::new(|| {}))
+    }
+
+    fn join(h: &mut RoomHost, legs: &mut Fake, leg: u64) -> MemberId {
+        h.link.pending.fetch_add(1, Ordering::AcqRel);
+        let (reply, mut rx) = oneshot::channel();
+        let (left, _left_rx) = oneshot::channel();
+        std::mem::forget(_left_rx);
+        h.command(
+            Instant::now(),
+            RoomCommand::Join {
+                leg,
+                moderator: false,
+                muted: false,
+                call_id: format!("c{leg}"),
+                from: String::new(),
+                reply,
+                left,
+            },
+            legs,
+        );
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn listeners_with_one_codec_share_one_encoded_payload() {
+        let mut h = host();
+        let codecs = vec![
+            CodecKind::Pcmu,
+            CodecKind::Pcmu,
+            CodecKind::Pcmu,
+            CodecKind::Pcma,
+            CodecKind::Pcma,
+        ];
+        let mut legs = Fake {
+            inputs: vec![Some([3000; FRAME_SAMPLES]), None, None, None, None],
+            bound: vec![None; codecs.len()],
+            codecs,
+            sent: Vec::new(),
+        };
+        let mut bus = h.link.bus.subscribe();
+        for leg in 0..5 {
+            join(&mut h, &mut legs, leg);
+        }
+        assert!(legs.bound.iter().all(Option::is_some), "every leg is bound");
+        h.tick(Instant::now(), &mut legs);
+        let by_tag: HashMap<usize, (Option<usize>, i16)> =
+            legs.sent.iter().map(|&(t, p, s)| (t, (p, s))).collect();
+        assert_eq!(by_tag[&0], (None, 0), "the talker gets its own frame");
+        let mu = by_tag[&1].0.expect("pre-encoded");
+        assert_eq!(by_tag[&2].0, Some(mu), "one PCMU payload for both");
+        let a = by_tag[&3].0.expect("pre-encoded");
+        assert_eq!(by_tag[&4].0, Some(a), "one PCMA payload for both");
+        assert_ne!(mu, a);
+        assert_eq!(by_tag[&1].1, 3000);
+        assert!(!h.close_if_done(Instant::now()), "not while members remain");
+        let mut joined = 0;
+        while let Ok(e) = bus.try_recv() {
+            if matches!(e.event, Event::MemberJoined { .. }) {
+                joined += 1;
+            }
+        }
+        assert_eq!(joined, 5);
+    }
+
+    #[test]
+    fn a_hangup_unbinds_the_leg_and_the_empty_room_closes_once() {
+        let mut h = host();
+        let mut legs = Fake {
+            inputs: vec![None],
+            bound: vec![None],
+            codecs: vec![CodecKind::Pcmu],
+            sent: Vec::new(),
+        };
+        let m = join(&mut h, &mut legs, 0);
+        assert_eq!(lock_info(&h.link.info).members.len(), 1);
+        h.command(Instant::now(), RoomCommand::Hangup { member: m }, &mut legs);
+        h.flush(Instant::now(), &mut legs);
+        assert_eq!(legs.bound[0], None);
+        assert!(lock_info(&h.link.info).members.is_empty());
+        assert!(h.close_if_done(Instant::now()));
+    }
+}
