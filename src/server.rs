@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::api::{ApiState, RecordingIndex};
 use crate::cdr::CdrWriter;
+use crate::conference::ConferenceRegistry;
 use crate::events::EventBus;
-use crate::live::{CallRegistry, NoRooms};
+use crate::live::CallRegistry;
 use crate::media::prompt::PromptCache;
 use crate::media::record::{repair_dir, RecordingWriter};
 use crate::media::worker::MediaEngine;
@@ -91,10 +92,19 @@ pub async fn run_with_ready(
         config.media.workers,
         config.media.realtime_priority,
     )?);
+    let prompts = Arc::new(PromptCache::new(config.paths.prompts.clone()));
+    let rooms = ConferenceRegistry::new(
+        media.clone(),
+        prompts.clone(),
+        events.clone(),
+        config.conference.clone(),
+        recorder.clone(),
+    );
     let ctx = Arc::new(CallContext {
         media: media.clone(),
         recorder,
-        prompts: Arc::new(PromptCache::new(config.paths.prompts.clone())),
+        prompts,
+        rooms: rooms.clone(),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
         ports: PortAllocator::new(
@@ -120,7 +130,7 @@ pub async fn run_with_ready(
     let api = crate::api::router(
         ApiState::new(Arc::new(index), token)
             .with_calls(calls.clone())
-            .with_rooms(Arc::new(NoRooms))
+            .with_rooms(Arc::new(rooms))
             .with_events(events.clone())
             .with_metrics(metrics.clone())
             .with_media_stats(media.stats())

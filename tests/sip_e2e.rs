@@ -509,8 +509,15 @@ async fn dtmf_by_each_method_is_seen_exactly_once() {
 
 /// A minimal HTTP/1.1 GET over loopback: status and body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    http_request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body over loopback: status and body.
+async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
@@ -846,5 +853,181 @@ async fn a_script_names_its_recording() {
     assert!(ended, "the recording was not named as asked");
     assert!(rec.0.join("named-msg.wav").is_file());
     assert!(rec.0.join("named-msg.json").is_file());
+    server.stop().await;
+}
+
+/// Each frequency's share of `pcm`'s energy, over its last `ms` milliseconds.
+fn shares(pcm: &[i16], ms: usize, freqs: &[f64]) -> Vec<f64> {
+    let tail = &pcm[pcm.len().saturating_sub(ms * 8)..];
+    freqs
+        .iter()
+        .map(|f| support::rtp::tone_power(tail, *f))
+        .collect()
+}
+
+#[tokio::test]
+async fn conference_callers_hear_each_other_mute_kick_and_the_room_is_recorded() {
+    let rec = Scripts::new(&[]);
+    let rec_dir = rec.0.clone();
+    let server = start_with((44600, 44699), move |c| {
+        c.paths.recordings = rec_dir;
+        c.conference.auto_record = true;
+        c.conference.multitrack = true;
+    })
+    .await;
+    const FREQS: [f64; 3] = [400.0, 600.0, 1000.0];
+    let mut callers = Vec::new();
+    for _ in 0..3 {
+        let rtp = support::rtp::RtpPeer::bind().await;
+        let (mut w, mut uac) = wire(false, server.sip).await;
+        call(&mut w, &mut uac, "conf-e2e", rtp.port()).await;
+        let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+        callers.push((w, uac, rtp, media));
+    }
+    // Members in the room (the API lists them), and past their join prompts and sounds.
+    let members = {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, body) = http_get(server.http, "/api/rooms/e2e").await;
+            if status == 200 {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                if v["members"].as_array().is_some_and(|m| m.len() == 3) {
+                    break v["members"].as_array().unwrap().clone();
+                }
+            }
+            assert!(Instant::now() < until, "three members never joined");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let quiet = vec![0i16; 8 * 3000];
+    let tones: Vec<Vec<i16>> = FREQS
+        .iter()
+        .map(|f| support::rtp::tone(&format!("{f}/2500@-15"), 2500))
+        .collect();
+    async fn round(
+        callers: &mut [(Wire, Uac, support::rtp::RtpPeer, std::net::SocketAddr)],
+        audio: &[Vec<i16>],
+    ) -> Vec<Vec<i16>> {
+        let mut it = callers.iter_mut().zip(audio);
+        let (a, b, c) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let (x, y, z) = tokio::join!(
+            a.0 .2.exchange(a.0 .3, a.1, Duration::from_millis(100)),
+            b.0 .2.exchange(b.0 .3, b.1, Duration::from_millis(100)),
+            c.0 .2.exchange(c.0 .3, c.1, Duration::from_millis(100)),
+        );
+        vec![x, y, z]
+    }
+    round(&mut callers, &[quiet.clone(), quiet.clone(), quiet.clone()]).await;
+    let heard = round(&mut callers, &tones).await;
+    for (k, pcm) in heard.iter().enumerate() {
+        let s = shares(pcm, 1500, &FREQS);
+        for (j, share) in s.iter().enumerate() {
+            if j == k {
+                assert!(*share < 0.05, "caller {k} hears itself: {s:?}");
+            } else {
+                assert!(*share > 0.15, "caller {k} does not hear caller {j}: {s:?}");
+            }
+        }
+    }
+    // Mute the first caller: the others stop hearing it.
+    let id_of = |call_id: &str| {
+        members
+            .iter()
+            .find(|m| m["call_id"] == call_id)
+            .map(|m| m["id"].as_u64().unwrap())
+            .unwrap()
+    };
+    let first = id_of(&callers[0].1.call_id);
+    let (status, _) = http_request(
+        server.http,
+        "POST",
+        &format!("/api/rooms/e2e/members/{first}/mute"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let heard = round(&mut callers, &tones).await;
+    for pcm in &heard[1..] {
+        let s = shares(pcm, 1500, &FREQS);
+        assert!(s[0] < 0.05, "the muted caller is still heard: {s:?}");
+    }
+    // Kick the third caller: its call is hung up.
+    let third = id_of(&callers[2].1.call_id);
+    let (status, _) = http_request(
+        server.http,
+        "POST",
+        &format!("/api/rooms/e2e/members/{third}/kick"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    {
+        let (w, uac, _, _) = &mut callers[2];
+        assert!(
+            server_hangs_up(w, uac, Duration::from_secs(3)).await,
+            "the kicked caller's call goes on"
+        );
+    }
+    for (w, uac, _, _) in callers.iter_mut().take(2) {
+        uac.request(Instant::now(), "BYE", "", b"");
+        assert!(
+            w.drive(uac, Duration::from_secs(5), |u| u
+                .statuses
+                .contains(&("BYE".into(), 200)))
+                .await
+        );
+    }
+    // The room recording: the mix holds every caller, each track its own caller.
+    let until = Instant::now() + Duration::from_secs(5);
+    let sidecars: Vec<serde_json::Value> = loop {
+        let done: Vec<serde_json::Value> = std::fs::read_dir(&rec.0)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.to_string_lossy().ends_with(".timeline.json")
+            })
+            .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+            .filter(|v: &serde_json::Value| v["state"] == "complete")
+            .collect();
+        if done.len() >= 4 {
+            break done;
+        }
+        assert!(
+            Instant::now() < until,
+            "room recordings not finished: {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wav = |v: &serde_json::Value| -> Vec<i16> {
+        hound::WavReader::open(rec.0.join(v["file"].as_str().unwrap()))
+            .unwrap()
+            .samples::<i16>()
+            .map(|s| s.unwrap())
+            .collect()
+    };
+    let best = |pcm: &[i16], f: f64| {
+        pcm.chunks(8000)
+            .map(|c| support::rtp::tone_power(c, f))
+            .fold(0.0, f64::max)
+    };
+    let mixed = sidecars
+        .iter()
+        .find(|v| v["room"] == "e2e" && v.get("track_of").is_none_or(|t| t.is_null()))
+        .expect("a mixed room recording");
+    let mix = wav(mixed);
+    for f in FREQS {
+        assert!(best(&mix, f) > 0.2, "{f} Hz missing from the mix");
+    }
+    for (k, caller) in callers.iter().enumerate() {
+        let track = sidecars
+            .iter()
+            .find(|v| v["call_id"] == caller.1.call_id.as_str() && v["room"] == "e2e")
+            .unwrap_or_else(|| panic!("no track for caller {k}: {sidecars:?}"));
+        let pcm = wav(track);
+        assert!(best(&pcm, FREQS[k]) > 0.8, "track {k} is not its caller");
+    }
+    assert!(rec
+        .0
+        .join(format!("{}.timeline.json", mixed["id"].as_str().unwrap()))
+        .is_file());
     server.stop().await;
 }

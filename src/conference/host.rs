@@ -363,6 +363,12 @@ impl RoomHost {
 
     fn finish_recording(&mut self, now: Instant) {
         if let Some(r) = self.recorder.take() {
+            self.link.bus.publish(Event::RecordingFinished {
+                id: r.id().to_string(),
+                duration_ms: r.duration_ms(),
+                reason: "requested".into(),
+                discarded: false,
+            });
             r.finish(now);
             lock_info(&self.link.info).recording = None;
         }

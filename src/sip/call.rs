@@ -44,6 +44,8 @@ pub struct CallContext {
     pub recorder: RecorderFactory,
     /// Decoded prompts, shared by all calls.
     pub prompts: Arc<PromptCache>,
+    /// Conference rooms.
+    pub rooms: crate::conference::ConferenceRegistry,
     /// End a call after this long without RTP (None: never).
     pub rtp_timeout: Option<Duration>,
     /// RTP/RTCP ports.
@@ -131,6 +133,7 @@ pub fn spawn(
                 all_recordings: Vec::new(),
                 digits: String::new(),
                 answered_at: None,
+                room: None,
             };
             let outcome = c.run(request).await;
             let (reason, code) = outcome.describe();
@@ -185,6 +188,8 @@ pub(crate) struct Call {
     digits: String,
     /// When the 200 OK went out.
     answered_at: Option<Instant>,
+    /// The conference room the call is in.
+    room: Option<crate::conference::Membership>,
 }
 
 /// Who the call is between.
@@ -492,6 +497,7 @@ impl Call {
                     None => return Outcome::Lost,
                 },
                 Some(e) = self.leg_events.recv() => self.on_leg_event(e).await,
+                reason = flow::room_left(&mut self.room) => self.on_room_left(reason).await,
                 req = requests.recv(), if ready && requests_open => match req {
                     Some(r) => self.start_request(r).await,
                     None => requests_open = false,

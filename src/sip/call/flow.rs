@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::Call;
+use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
 use crate::events::Event as BusEvent;
 use crate::media::dtmf::Digit;
 use crate::media::leg::{AudioSource, LegCommand};
@@ -63,6 +64,8 @@ pub(super) enum Active {
         until: Instant,
         reply: Replier,
     },
+    /// In a conference room until the room lets the caller go.
+    Conference { reply: Replier },
     /// Echo until `#`, the limit or hangup.
     Echo {
         until: Option<Instant>,
@@ -84,6 +87,14 @@ impl Active {
             Active::Collect { collector, .. } => collector.poll_timeout(),
             _ => None,
         }
+    }
+}
+
+/// Resolves when the room lets the call's member go; never while the call is in no room.
+pub(super) async fn room_left(room: &mut Option<Membership>) -> LeaveReason {
+    match room {
+        Some(m) => m.left().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -222,10 +233,8 @@ impl Call {
                 }
             }
             CallRequest::Conference(c) => {
-                reply.send(CallReply::Failed(format!(
-                    "conference {}: conference rooms are not available",
-                    c.room
-                )));
+                self.ensure_media().await;
+                self.join_room(c, reply).await;
             }
             CallRequest::Transfer(uri) => {
                 if !self.answered {
@@ -501,6 +510,51 @@ impl Call {
                 tracing::info!(code, "transfer failed");
                 reply.send(CallReply::Failed(format!("transfer failed with {code}")));
             }
+        }
+    }
+
+    /// Puts the call's leg in a room; the script's `conference` returns when it leaves.
+    async fn join_room(&mut self, c: crate::script::ConferenceRequest, reply: Replier) {
+        let rooms = self.ctx.rooms.clone();
+        let Some(leg) = self.leg.as_mut() else {
+            return reply.send(CallReply::Failed("the call has no media".into()));
+        };
+        let opts = JoinOptions {
+            moderator: c.moderator,
+            muted: c.muted,
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+        };
+        match rooms.join(&c.room, opts, leg).await {
+            Ok(m) => {
+                tracing::info!(room = %c.room, member = m.member_id(), "joined the conference");
+                self.room = Some(m);
+                let name = c.room.clone();
+                self.live.update(|i| i.room = Some(name));
+                self.active = Active::Conference { reply };
+            }
+            Err(JoinError::Full) => reply.send(CallReply::Left("full".into())),
+            Err(JoinError::Locked) => reply.send(CallReply::Left("locked".into())),
+            Err(JoinError::Failed(e)) => reply.send(CallReply::Failed(e)),
+        }
+    }
+
+    /// The room let the member go: its leave key, the room ended, or an operator's kick,
+    /// which ends the call too.
+    pub(super) async fn on_room_left(&mut self, reason: LeaveReason) {
+        self.room = None;
+        self.live.update(|i| i.room = None);
+        let why = match reason {
+            LeaveReason::Left => "left",
+            LeaveReason::Kicked => "kicked",
+            LeaveReason::Ended => "ended",
+        };
+        tracing::info!(why, "left the conference");
+        if reason == LeaveReason::Kicked {
+            self.hangup(480).await;
+        }
+        if let Active::Conference { reply } = std::mem::replace(&mut self.active, Active::Idle) {
+            reply.send(CallReply::Left(why.into()));
         }
     }
 
