@@ -355,3 +355,37 @@ fn blind_transfer_by_refer_udp() {
     );
     assert!(log.contains("transfer done"), "{log}");
 }
+
+/// A room with a PIN: three wrong PINs keep the caller out and the server hangs up.
+#[test]
+fn conference_pin_refuses_a_wrong_code_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    let config = "[[dialplan]]\nregex = \"conf-(?<room>.+)\"\nscript = \"conference\"\nvars = { pin = \"1234\" }\n";
+    let server = Server::start_with(
+        "conference-pin",
+        ServerOptions {
+            config: Some(config.into()),
+            ..ServerOptions::default()
+        },
+    );
+    key_captures(server.dir(), false, &['9', '8', '#']);
+    let run = Sipp::new("uac_conference_pin", "conf-secure", Transport::Udp).run(
+        &sipp,
+        server.sip,
+        server.dir(),
+    );
+    let log = server.log_text();
+    assert!(run.success(), "{}\n{log}", run.report());
+    // The two captures' events start at different offsets into their files, so the two
+    // keys may arrive in either order; either way the PIN is wrong three times.
+    let tries = collected(&log);
+    assert_eq!(tries.len(), 3, "{log}");
+    assert!(
+        tries
+            .iter()
+            .all(|t| t == "Some(\"98\")" || t == "Some(\"89\")"),
+        "{tries:?}\n{log}"
+    );
+    assert!(log.contains("left conference: bad_pin"), "{log}");
+    assert!(!log.contains("joined the conference"), "{log}");
+}
