@@ -125,6 +125,7 @@ pub fn spawn(
                 pending_media: None,
                 awaiting_answer: false,
                 early_media: false,
+                confirmed: false,
                 ending: false,
                 active: flow::Active::Idle,
                 type_ahead: VecDeque::new(),
@@ -172,6 +173,8 @@ pub(crate) struct Call {
     awaiting_answer: bool,
     /// 183 with SDP sent: media flows before the answer.
     early_media: bool,
+    /// The caller's ACK arrived: in-dialog requests of ours may go out.
+    confirmed: bool,
     /// We hung up or refused; waiting for the dialog to end.
     ending: bool,
     /// The script request being carried out.
@@ -549,6 +552,8 @@ impl Call {
     async fn on_sip_event(&mut self, ev: Event) {
         match ev {
             Event::Confirmed { sdp, .. } => {
+                self.confirmed = true;
+                self.send_refer().await;
                 if let (true, Some(s)) = (self.awaiting_answer, self.session.as_mut()) {
                     self.awaiting_answer = false;
                     match sdp.map(|body| accept_answer(s, &body)) {

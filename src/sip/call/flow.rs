@@ -60,6 +60,9 @@ pub(super) enum Active {
     Record { id: String, reply: Replier },
     /// A blind transfer: REFER sent; waiting for its answer, then for the final NOTIFY.
     Transfer {
+        /// The target, until the REFER is sent (after the caller's ACK: REFER needs a
+        /// confirmed dialog).
+        target: Option<String>,
         accepted: bool,
         until: Instant,
         reply: Replier,
@@ -242,16 +245,13 @@ impl Call {
                     self.ensure_media().await;
                 }
                 tracing::info!(target = %uri, "transferring");
-                self.send(super::Command::Refer {
-                    call: self.call,
-                    target: uri,
-                })
-                .await;
                 self.active = Active::Transfer {
+                    target: Some(uri),
                     accepted: false,
                     until: Instant::now() + TRANSFER_WAIT,
                     reply,
                 };
+                self.send_refer().await;
             }
         }
     }
@@ -461,6 +461,23 @@ impl Call {
                 self.drive_collect().await;
             }
             _ => {}
+        }
+    }
+
+    /// Sends the transfer's REFER once the dialog is confirmed.
+    pub(super) async fn send_refer(&mut self) {
+        if !self.confirmed {
+            return;
+        }
+        let Active::Transfer { target, .. } = &mut self.active else {
+            return;
+        };
+        if let Some(target) = target.take() {
+            self.send(super::Command::Refer {
+                call: self.call,
+                target,
+            })
+            .await;
         }
     }
 
