@@ -3,6 +3,8 @@
 #   benches/sipp-load.sh rate  RATE CALLS      # call rate: INVITE/200/ACK/BYE, no hold time
 #   benches/sipp-load.sh idle  CALLS HOLD_MS   # memory: CALLS concurrent idle dialogs (HOLD_MS > 45000)
 #   benches/sipp-load.sh record CALLS          # CALLS concurrent recordings fed by SIPp's RTP
+#   benches/sipp-load.sh room MEMBERS          # one conference room of MEMBERS callers, each
+#                                              # sending speech (A-law): CPU, late ticks, memory
 #   benches/sipp-load.sh media CALLS [USER]    # CALLS concurrent answered calls to USER (default
 #                                              # echo), each a G.711 leg sending a frame every
 #                                              # 20 ms: CPU, late ticks, memory. USER=ivr: each
@@ -15,8 +17,10 @@ port=25060
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
+# Rooms hold 100 members by default; the room benchmark needs more.
+printf '[conference]\nmax_members = 2000\n' >"$work/bench.toml"
 RUST_LOG=info,switchboard::server=debug \
-./target/release/switchboard serve --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
+./target/release/switchboard serve --config "$work/bench.toml" --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
   --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
   >"$work/ready" 2>"$work/server.log" &
 server=$!
@@ -88,6 +92,34 @@ case "$mode" in
     echo "cores=$(nproc) recording_calls=$calls recordings_finished=$done"
     echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 3" | bc -l | cut -c1-6)"
     echo "cpu_pct_of_a_core_per_recording_leg=$(echo "($cpu1 - $cpu0) * 100 / $hz / 3 / $calls" | bc -l | cut -c1-7)"
+    grep "media workers" "$work/server.log" | tail -1
+    pkill -f "sipp 127.0.0.1:$port" || true
+    ;;
+  room)
+    # MEMBERS callers join room "load" (dial conf-load) at 100/s; each sends 49 s of speech.
+    members=${2:-500}
+    ramp=$(( members / 100 + 2 ))
+    sipp 127.0.0.1:$port -sf benches/sipp/conf_member.xml -s conf-load -i 127.0.0.1 -p 25070 \
+      -mp 26000 -r 100 -m "$members" -l "$members" -nostdin -timeout 120s -bg >/dev/null 2>&1 || true
+    sleep "$ramp"
+    late() { grep "media workers" "$work/server.log" | tail -1 | sed 's/.*late_ticks=\([0-9]*\).*/\1/'; }
+    lines0=$(grep -c "media workers" "$work/server.log" || true)
+    for _ in $(seq 1 120); do
+      [ "$(grep -c "media workers" "$work/server.log" || true)" -gt "$lines0" ] && break; sleep 0.1
+    done
+    late0=$(late)
+    hz=$(getconf CLK_TCK)
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    sleep 20
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    late1=$(late)
+    held=$(rss)
+    in_room=$(curl -s http://$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$work/ready")/api/rooms/load | grep -o '"call_id"' | wc -l)
+    echo "cores=$(nproc) members=$members in_room=$in_room"
+    echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20" | bc -l | cut -c1-6)"
+    echo "cpu_pct_of_a_core_per_member=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20 / $members" | bc -l | cut -c1-7)"
+    echo "rss_per_member_bytes=$(( (held - base) * 1024 / members ))"
+    echo "late_ticks_in_steady_state=$(( late1 - late0 )) (over 20 s, ~1,000 ticks per worker)"
     grep "media workers" "$work/server.log" | tail -1
     pkill -f "sipp 127.0.0.1:$port" || true
     ;;
