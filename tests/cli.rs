@@ -64,3 +64,51 @@ fn help_explains_every_serve_option() {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
 }
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// With periodic reloading off, SIGHUP makes the running server compile a changed script.
+#[test]
+fn sighup_reloads_changed_scripts() {
+    let scripts = common::TempDir::new("sighup-scripts");
+    let flow = scripts.path().join("flow.rhai");
+    std::fs::write(&flow, "answer();\nhangup();\n").unwrap();
+    let config = format!(
+        "[paths]\nscripts = {:?}\n\n[scripts]\nreload_secs = 0\n\n[[dialplan]]\nexact = \"flow\"\nscript = \"flow\"\n",
+        scripts.path().display().to_string()
+    );
+    let server = common::Server::start_with(
+        "sighup",
+        common::ServerOptions {
+            config: Some(config),
+            ..common::ServerOptions::default()
+        },
+    );
+    std::fs::write(&flow, "answer();\nsleep(1000);\nhangup();\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&flow)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = server.log_text();
+        if log.contains("scripts reloaded on SIGHUP") {
+            assert!(log.contains("reloaded=[\"flow.rhai\"]"), "{log}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no reload on SIGHUP\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
