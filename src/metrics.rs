@@ -92,14 +92,30 @@ pub struct WorkerSample {
 impl WorkerSample {
     /// Reads a worker's counters.
     ///
-    /// Hook for new `WorkerStats` fields (packets_in, packets_out, frames_concealed, …):
-    /// push each onto `extra_counters` here, and it is exported with no other change.
+    /// A new `WorkerStats` counter is exported by pushing it onto `extra_counters` here.
     pub fn from_stats(s: &WorkerStats) -> WorkerSample {
-        let extra_counters = vec![(
-            "busy_microseconds",
-            "Time the media worker spent working, in microseconds.",
-            s.busy_us.load(Relaxed),
-        )];
+        let extra_counters = vec![
+            (
+                "busy_microseconds",
+                "Time the media worker spent working, in microseconds.",
+                s.busy_us.load(Relaxed),
+            ),
+            (
+                "rtp_packets_in",
+                "RTP packets accepted by the worker's legs.",
+                s.packets_in.load(Relaxed),
+            ),
+            (
+                "rtp_packets_out",
+                "RTP packets sent by the worker's legs.",
+                s.packets_out.load(Relaxed),
+            ),
+            (
+                "frames_concealed",
+                "Audio frames concealed after loss or lateness (jitter buffer).",
+                s.frames_concealed.load(Relaxed),
+            ),
+        ];
         WorkerSample {
             ticks: s.ticks.load(Relaxed),
             late_ticks: s.late_ticks.load(Relaxed),

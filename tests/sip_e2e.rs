@@ -1031,3 +1031,137 @@ async fn conference_callers_hear_each_other_mute_kick_and_the_room_is_recorded()
         .is_file());
     server.stop().await;
 }
+
+/// Reads Server-Sent Events from `/api/events` until one of type `last`, within 15 s: the
+/// event types in order.
+async fn read_events(mut s: TcpStream, last: &str) -> Vec<String> {
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let types: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .map(str::to_string)
+            .collect();
+        if types.iter().any(|t| t == last) {
+            return types;
+        }
+        let n = tokio::time::timeout_at(until, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {last} event; got:\n{text}"))
+            .unwrap();
+        assert!(n > 0, "event stream closed:\n{text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn a_recorded_call_shows_in_the_event_stream_metrics_and_cdrs() {
+    let rec = Scripts::new(&[]);
+    let cdr = Scripts::new(&[]);
+    let (rec_dir, cdr_dir) = (rec.0.clone(), cdr.0.clone());
+    let server = start_with((44700, 44799), move |c| {
+        c.paths.recordings = rec_dir;
+        c.cdr.dir = cdr_dir;
+    })
+    .await;
+    let mut sse = TcpStream::connect(server.http).await.unwrap();
+    let req = format!(
+        "GET /api/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        server.http
+    );
+    sse.write_all(req.as_bytes()).await.unwrap();
+    // The stream is open once its response head arrives.
+    let mut head = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("200"));
+
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "message", rtp.port()).await;
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let greeting = vec![0i16; ((support::greeting_secs() + 0.4) * 8000.0) as usize];
+    rtp.exchange(media, &greeting, Duration::ZERO).await;
+    rtp.exchange(
+        media,
+        &support::rtp::tone("1000/1000@-10", 1000),
+        Duration::ZERO,
+    )
+    .await;
+    rtp.send_dtmf(media, "#").await;
+    assert!(server_hangs_up(&mut w, &mut uac, Duration::from_secs(10)).await);
+
+    let types = read_events(sse, "call_ended").await;
+    let want = [
+        "call_started",
+        "call_answered",
+        "recording_started",
+        "dtmf",
+        "recording_finished",
+        "call_ended",
+    ];
+    let seen: Vec<&str> = types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| want.contains(t))
+        .collect();
+    assert_eq!(seen, want, "{types:?}");
+
+    let (status, body) = http_get(server.http, "/metrics").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(value("switchboard_calls_started_total"), 1.0, "{text}");
+    assert_eq!(value("switchboard_calls_ended_total"), 1.0, "{text}");
+    assert_eq!(
+        value("switchboard_recordings_finished_total"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value("switchboard_recording_bytes_total") > 8000.0,
+        "{text}"
+    );
+    assert!(value("switchboard_dtmf_digits_total") >= 1.0, "{text}");
+    assert!(
+        value("switchboard_sip_responses_total{code=\"200\"") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value("switchboard_script_errors_total"), 0.0, "{text}");
+    assert!(
+        value("switchboard_media_worker_rtp_packets_in_total") > 50.0,
+        "{text}"
+    );
+
+    // The CDR is written off the call path: wait for it.
+    let until = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let found = std::fs::read_dir(&cdr.0)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        if let Some(p) = found {
+            let text = std::fs::read_to_string(p).unwrap();
+            if let Some(l) = text.lines().next() {
+                break serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+        }
+        assert!(Instant::now() < until, "no CDR written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["call_id"], uac.call_id.as_str());
+    assert_eq!(line["to"], "message");
+    assert_eq!(line["hangup"], "server");
+    assert_eq!(line["digits"], "#");
+    assert_eq!(line["recordings"].as_array().map(Vec::len), Some(1));
+    server.stop().await;
+}

@@ -710,3 +710,24 @@ fn echo_script_echoes_until_hash() {
     let t = shipped("echo.rhai", "", &[]);
     assert!(t.contains("echo ended after 300.0 s"), "{t}");
 }
+
+#[test]
+fn message_script_records_after_the_greeting_then_says_goodbye() {
+    let t = shipped("message.rhai", "wait 1s, #", &[]);
+    assert!(matches!(t.outcome, ScriptOutcome::Finished), "{t}");
+    let texts = t.texts();
+    assert_eq!(texts[0], "answered");
+    assert_eq!(texts[1], "played welcome, record-after-tone, beep");
+    assert!(texts[2].starts_with("recorded "), "{t}");
+    assert!(texts[2].contains("(terminator)"), "{t}");
+    assert!(t.contains("log: message sim-1 terminator"), "{t}");
+    assert_eq!(&texts[texts.len() - 2..], ["played goodbye", "hung up"]);
+}
+
+#[test]
+fn test_number_scripts_refuse_or_ring() {
+    let t = shipped("busy.rhai", "", &[]);
+    assert_eq!(t.texts(), ["refused with 486"]);
+    let t = shipped("ring.rhai", "", &[]);
+    assert_eq!(t.texts(), ["ringing", "slept 60.0 s", "refused with 480"]);
+}
