@@ -389,3 +389,185 @@ fn conference_pin_refuses_a_wrong_code_udp() {
     assert!(log.contains("left conference: bad_pin"), "{log}");
     assert!(!log.contains("joined the conference"), "{log}");
 }
+
+/// A test-side RTP endpoint for one conference member: sends a tone, keeps what it hears.
+struct TonePeer {
+    socket: std::net::UdpSocket,
+    to: std::net::SocketAddr,
+    tone: switchboard::media::tone::ToneGenerator,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+}
+
+impl TonePeer {
+    /// One 20 ms step: sends a frame of the tone (or silence), reads what arrived.
+    fn step(&mut self, silent: bool, heard: &mut Vec<i16>) {
+        use switchboard::media::codec::g711::{ulaw_decode_slice, ulaw_encode_slice};
+        let mut pcm = [0i16; 160];
+        if !silent {
+            self.tone.fill(&mut pcm);
+        }
+        let mut p = vec![0x80, 0];
+        p.extend_from_slice(&self.seq.to_be_bytes());
+        p.extend_from_slice(&self.ts.to_be_bytes());
+        p.extend_from_slice(&self.ssrc.to_be_bytes());
+        let mut payload = [0u8; 160];
+        ulaw_encode_slice(&pcm, &mut payload);
+        p.extend_from_slice(&payload);
+        self.socket.send_to(&p, self.to).unwrap();
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(160);
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            // PCMU (payload type 0) with a 12-byte header; RTCP and events are skipped.
+            if n == 172 && buf[1] & 0x7f == 0 {
+                let mut out = [0i16; 160];
+                ulaw_decode_slice(&buf[12..172], &mut out);
+                heard.extend_from_slice(&out);
+            }
+        }
+    }
+}
+
+/// Runs every peer for `ms` in real time; what each heard.
+fn talk(peers: &mut [TonePeer], ms: u64, silent: &[bool]) -> Vec<Vec<i16>> {
+    let mut heard = vec![Vec::new(); peers.len()];
+    let start = std::time::Instant::now();
+    for n in 0..ms / 20 {
+        for (k, p) in peers.iter_mut().enumerate() {
+            p.step(silent[k], &mut heard[k]);
+        }
+        let next = start + std::time::Duration::from_millis(20 * (n + 1));
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    heard
+}
+
+fn tone_shares(pcm: &[i16], freqs: &[f64]) -> Vec<f64> {
+    let tail = &pcm[pcm.len().saturating_sub(12_000)..];
+    freqs
+        .iter()
+        .map(|f| switchboard::media::level::tone_share(tail, *f, 8000.0))
+        .collect()
+}
+
+/// Three SIPp callers in one room, their audio sent and checked by the test: each hears the
+/// other two and not itself; a member muted through the HTTP API is no longer heard; a kicked
+/// member's call gets BYE; the others are hung up through the API.
+#[test]
+fn conference_members_hear_each_other_mute_and_kick_udp() {
+    let Some(sipp) = find_sipp() else { return };
+    const FREQS: [f64; 3] = [400.0, 600.0, 1000.0];
+    let server = Server::start_with(
+        "conference-members",
+        ServerOptions {
+            rtp_port_count: 6,
+            ..ServerOptions::default()
+        },
+    );
+    let sockets: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let runs: Vec<_> = sockets
+        .iter()
+        .map(|s| {
+            let port = s.local_addr().unwrap().port().to_string();
+            let (sipp, sip, dir) = (sipp.clone(), server.sip, server.dir().to_path_buf());
+            std::thread::spawn(move || {
+                let mut run = Sipp::new("uac_conference_member", "conf-room1", Transport::Udp);
+                run.keys.push(("rtp_port".into(), port));
+                run.run(&sipp, sip, &dir)
+            })
+        })
+        .collect();
+    // All three in the room.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let members: Vec<serde_json::Value> = loop {
+        let (status, body) = common::http(server.http, "GET", "/api/rooms/room1");
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["members"].as_array().is_some_and(|m| m.len() == 3) {
+                break v["members"].as_array().unwrap().clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "three members never joined\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Each peer sends to one of the room's three legs; the leg latches to it (symmetric
+    // RTP), so each peer talks to exactly one member, whichever call that is.
+    let (low, _) = server.rtp;
+    let mut peers: Vec<TonePeer> = sockets
+        .into_iter()
+        .zip(FREQS)
+        .enumerate()
+        .map(|(k, (socket, f))| {
+            let spec: switchboard::media::tone::ToneSpec =
+                format!("{f}/60000@-15").parse().unwrap();
+            TonePeer {
+                socket,
+                to: std::net::SocketAddr::from(([127, 0, 0, 1], low + 2 * k as u16)),
+                tone: switchboard::media::tone::ToneGenerator::new(&spec, 8000).unwrap(),
+                seq: 0,
+                ts: 0,
+                ssrc: 0x1000 + k as u32,
+            }
+        })
+        .collect();
+    // Past the join prompts and tones, then everyone talks.
+    talk(&mut peers, 3000, &[true; 3]);
+    let heard = talk(&mut peers, 2500, &[false; 3]);
+    for (k, pcm) in heard.iter().enumerate() {
+        let s = tone_shares(pcm, &FREQS);
+        for (j, share) in s.iter().enumerate() {
+            if j == k {
+                assert!(*share < 0.05, "peer {k} hears itself: {s:?}");
+            } else {
+                assert!(*share > 0.15, "peer {k} does not hear peer {j}: {s:?}");
+            }
+        }
+    }
+    // Mute the first member listed: exactly one peer's tone leaves the others' audio.
+    let id = |m: &serde_json::Value| m["id"].as_u64().unwrap();
+    let (status, _) = common::http(
+        server.http,
+        "POST",
+        &format!("/api/rooms/room1/members/{}/mute", id(&members[0])),
+    );
+    assert_eq!(status, 202);
+    let heard = talk(&mut peers, 2500, &[false; 3]);
+    let shares: Vec<Vec<f64>> = heard.iter().map(|p| tone_shares(p, &FREQS)).collect();
+    let muted: Vec<usize> = (0..3)
+        .filter(|&j| (0..3).filter(|&k| k != j).all(|k| shares[k][j] < 0.05))
+        .collect();
+    assert_eq!(muted.len(), 1, "one peer should be silenced: {shares:?}");
+    // Kick the second member: its SIPp caller gets BYE; hang the others up by the API.
+    let (status, _) = common::http(
+        server.http,
+        "POST",
+        &format!("/api/rooms/room1/members/{}/kick", id(&members[1])),
+    );
+    assert_eq!(status, 202);
+    for m in [&members[0], &members[2]] {
+        let call = m["call_id"].as_str().unwrap();
+        let (status, _) = common::http(server.http, "POST", &format!("/api/calls/{call}/hangup"));
+        assert_eq!(status, 202, "hangup {call}");
+    }
+    for run in runs {
+        let run = run.join().unwrap();
+        assert!(run.success(), "{}\n{}", run.report(), server.log_text());
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("why=\"kicked\"") || log.contains("why=kicked"),
+        "{log}"
+    );
+}

@@ -103,6 +103,8 @@ impl Default for ServerOptions {
 pub struct Server {
     child: Child,
     pub sip: SocketAddr,
+    /// The HTTP API.
+    pub http: SocketAddr,
     pub rtp: (u16, u16),
     log: PathBuf,
     dir: TempDir,
@@ -155,6 +157,7 @@ impl Server {
         let mut server = Server {
             child,
             sip: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp,
             log,
             dir,
@@ -166,6 +169,10 @@ impl Server {
                 Ok(line) => {
                     if let Some(sip) = parse_ready(&line) {
                         server.sip = sip;
+                        server.http = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("http=")?.parse().ok())
+                            .unwrap_or(server.http);
                         return server;
                     }
                 }
@@ -284,6 +291,8 @@ pub struct Sipp<'a> {
     pub rate: Option<u32>,
     /// Log every message (`-trace_msg`); too much for load runs.
     pub trace_messages: bool,
+    /// `-key NAME VALUE` pairs: `[NAME]` in the scenario becomes VALUE.
+    pub keys: Vec<(String, String)>,
 }
 
 impl<'a> Sipp<'a> {
@@ -295,6 +304,7 @@ impl<'a> Sipp<'a> {
             calls: 1,
             rate: None,
             trace_messages: true,
+            keys: Vec::new(),
         }
     }
 
@@ -330,6 +340,11 @@ impl<'a> Sipp<'a> {
             .arg("-sf")
             .arg(&scenario_file)
             .args(["-s", self.service])
+            .args(
+                self.keys
+                    .iter()
+                    .flat_map(|(k, v)| ["-key", k.as_str(), v.as_str()]),
+            )
             .args(["-t", self.transport.sipp_mode()])
             // SIPp's own choice of local port races with other SIPp processes when
             // they all start at once (it probes 5060 upwards), so it is given one.
@@ -527,4 +542,26 @@ pub fn inband_key_pcap(path: &Path, key: char) {
         })
         .collect();
     write_rtp_pcap(path, &packets);
+}
+
+/// A minimal HTTP/1.1 request over loopback (no body): the status and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
+    (status, body)
 }
