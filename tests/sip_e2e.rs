@@ -1163,5 +1163,7 @@ async fn a_recorded_call_shows_in_the_event_stream_metrics_and_cdrs() {
     assert_eq!(line["hangup"], "server");
     assert_eq!(line["digits"], "#");
     assert_eq!(line["recordings"].as_array().map(Vec::len), Some(1));
+    assert!(line["rtp"]["packets"].as_u64().unwrap() > 50, "{line}");
+    assert_eq!(line["rtp"]["lost"], 0, "{line}");
     server.stop().await;
 }

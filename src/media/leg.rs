@@ -103,6 +103,19 @@ pub enum LegEvent {
     },
     /// No RTP for the configured time while the peer should be sending.
     RtpTimeout,
+    /// The leg was removed from its worker: its final receive statistics.
+    Closed(RtpSummary),
+}
+
+/// A leg's receive statistics at its end, for the call's record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtpSummary {
+    /// RTP packets accepted.
+    pub packets: u64,
+    /// Packets lost (expected minus received, never negative).
+    pub lost: u64,
+    /// Interarrival jitter (RFC 3550 A.8), in microseconds.
+    pub jitter_us: u64,
 }
 
 /// What the call asks of its leg; applied at the start of the next tick.
@@ -365,6 +378,15 @@ impl Leg {
         let dest = self.rtcp_destination()?;
         let n = self.rtcp.bye(&mut self.rtcp_buf).ok()?;
         Some((dest, &self.rtcp_buf[..n]))
+    }
+
+    /// Receive statistics so far.
+    pub fn rtp_summary(&self) -> RtpSummary {
+        RtpSummary {
+            packets: self.stats.packets_in,
+            lost: self.recv.stats().lost.max(0) as u64,
+            jitter_us: self.recv.jitter().to_duration().as_micros() as u64,
+        }
     }
 
     /// The next event for the call.

@@ -519,6 +519,7 @@ impl Worker {
                     if let Some((to, bye)) = s.leg.rtcp_bye() {
                         let _ = s.sockets.rtcp.send_to(bye, to);
                     }
+                    let _ = s.events.send(LegEvent::Closed(s.leg.rtp_summary()));
                     add_stats(&mut self.retired, s.leg.stats());
                 }
             }

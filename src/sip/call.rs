@@ -135,6 +135,7 @@ pub fn spawn(
                 digits: String::new(),
                 answered_at: None,
                 room: None,
+                rtp: Default::default(),
             };
             let outcome = c.run(request).await;
             let (reason, code) = outcome.describe();
@@ -145,6 +146,7 @@ pub fn spawn(
                 reason: reason.into(),
                 code,
             });
+            c.close_media().await;
             c.write_cdr(&outcome, reason, code);
         }
         .instrument(span),
@@ -193,6 +195,8 @@ pub(crate) struct Call {
     answered_at: Option<Instant>,
     /// The conference room the call is in.
     room: Option<crate::conference::Membership>,
+    /// The leg's receive statistics, once it is closed.
+    rtp: crate::media::leg::RtpSummary,
 }
 
 /// Who the call is between.
@@ -247,6 +251,22 @@ fn reason_phrase(code: u16) -> &'static str {
 }
 
 impl Call {
+    /// Leaves the room and removes the leg, and waits briefly for the leg's final
+    /// statistics (the worker reports them as it removes the leg).
+    async fn close_media(&mut self) {
+        self.room = None;
+        if self.leg.take().is_none() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(e)) = tokio::time::timeout_at(until, self.leg_events.recv()).await {
+            if let LegEvent::Closed(summary) = e {
+                self.rtp = summary;
+                return;
+            }
+        }
+    }
+
     /// Hands the call's record to the CDR writer, if CDRs are on.
     fn write_cdr(&self, outcome: &Outcome, cause: &str, code: Option<u16>) {
         let Some(cdr) = &self.ctx.cdr else {
@@ -274,7 +294,11 @@ impl Call {
             sip_code: code.or(self.answered.then_some(200)),
             digits: self.digits.clone(),
             recordings: self.all_recordings.clone(),
-            rtp: RtpStats::default(),
+            rtp: RtpStats {
+                packets: self.rtp.packets,
+                lost: self.rtp.lost,
+                jitter_ms: self.rtp.jitter_us as f64 / 1000.0,
+            },
         });
     }
 
@@ -627,6 +651,7 @@ impl Call {
                 self.on_record_done(id, reason.as_str(), kept, digits, discarded)
                     .await;
             }
+            LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => {
                 tracing::info!("no RTP from the caller; hanging up");
                 self.hangup(480).await;
