@@ -1,6 +1,7 @@
 //! The web console in a real browser: headless Chromium driven over WebDriver (chromedriver
-//! started here on a free loopback port) against an in-process API server with a real call
-//! registry and event bus and a fake conference side.
+//! started here on a free loopback port). One test runs the API router with a real call
+//! registry and event bus and a fake conference side (every control checked precisely); the
+//! other runs the whole server with real SIP calls in a real room.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian). Without them the test fails under
 //! `CI=true` and is skipped with a message otherwise. Screenshots of each step are written to
@@ -22,6 +23,8 @@ use switchboard::live::{
 };
 use switchboard::media::record::{Format, RecordMode, Sidecar, SidecarState, StopReason};
 use tokio::sync::mpsc;
+
+mod support;
 
 const TOKEN: &str = "console-token";
 /// Longest wait for anything the page should show.
@@ -182,15 +185,7 @@ async fn start_chromedriver(driver: &Path) -> (Killed, SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_and_controls_live_state_in_a_browser() {
-    let (Some(driver), Some(browser)) = (
-        find(&["chromedriver"]),
-        find(&["chromium", "chromium-browser", "google-chrome"]),
-    ) else {
-        let msg = "chromium and chromedriver are needed (apt-get install chromium chromium-driver)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}");
-        }
-        eprintln!("skipping the browser test: {msg}");
+    let Some((driver, browser)) = browser_tools() else {
         return;
     };
 
@@ -380,5 +375,224 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
 
     c.close().await.unwrap();
     server.abort();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Clicks the element `css` names, finding it again if the page re-rendered it meanwhile.
+async fn click(c: &Client, css: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let clicked = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await.is_ok(),
+            Err(_) => false,
+        };
+        if clicked {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cannot click {css}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Chromium and chromedriver, or None (a failure under `CI=true`).
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    match (
+        find(&["chromedriver"]),
+        find(&["chromium", "chromium-browser", "google-chrome"]),
+    ) {
+        (Some(d), Some(b)) => Some((d, b)),
+        _ => {
+            let msg =
+                "chromium and chromedriver are needed (apt-get install chromium chromium-driver)";
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg}");
+            }
+            eprintln!("skipping the browser test: {msg}");
+            None
+        }
+    }
+}
+
+/// A SIP caller over UDP, driven until its call ends (or `limit`); answers whether the server
+/// ended it with BYE. `answered` fires once the call is up.
+async fn caller(
+    server: SocketAddr,
+    user: &'static str,
+    answered: tokio::sync::oneshot::Sender<String>,
+    limit: Duration,
+) -> bool {
+    use support::uac::{offer, Uac, UacState};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut uac = Uac::new(socket.local_addr().unwrap(), server, false);
+    uac.invite(
+        std::time::Instant::now(),
+        user,
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    let until = tokio::time::Instant::now() + limit;
+    let mut answered = Some(answered);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while let Some(m) = uac.outbox.pop_front() {
+            socket.send_to(&m, server).await.unwrap();
+        }
+        if uac.state == UacState::Confirmed {
+            if let Some(tx) = answered.take() {
+                let _ = tx.send(uac.call_id.clone());
+            }
+        }
+        if uac.state == UacState::Terminated || tokio::time::Instant::now() >= until {
+            return uac.requests_in.iter().any(|r| r == "BYE");
+        }
+        let wake = uac
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(until)
+            .min(until);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let n = r.unwrap().0;
+                uac.handle(std::time::Instant::now(), &buf[..n]);
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        uac.handle_timeout(std::time::Instant::now());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_mutes_a_real_member_and_hangs_up_a_real_call() {
+    let Some((driver, browser)) = browser_tools() else {
+        return;
+    };
+    let base = std::env::temp_dir().join(format!("switchboard-console-{:016x}", fastrand::u64(..)));
+    let mut cfg = switchboard::Config::embedded().unwrap();
+    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.token = TOKEN.into();
+    cfg.rtp.port_min = 44800;
+    cfg.rtp.port_max = 44899;
+    cfg.paths.recordings = base.join("recordings");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        switchboard::run_with_ready(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send((r.sip, r.http));
+            },
+        )
+        .await
+    });
+    let (sip, http) = tokio::time::timeout(WAIT, ready_rx).await.unwrap().unwrap();
+
+    // Two callers in room "sales".
+    let (a_tx, a_rx) = tokio::sync::oneshot::channel();
+    let (b_tx, b_rx) = tokio::sync::oneshot::channel();
+    let a = tokio::spawn(caller(sip, "conf-sales", a_tx, Duration::from_secs(60)));
+    let b = tokio::spawn(caller(sip, "conf-sales", b_tx, Duration::from_secs(60)));
+    let a_id = tokio::time::timeout(WAIT, a_rx).await.unwrap().unwrap();
+    let b_id = tokio::time::timeout(WAIT, b_rx).await.unwrap().unwrap();
+
+    let (_driver, driver_addr) = start_chromedriver(&driver).await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": browser,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1000", "--mute-audio"]
+        }),
+    );
+    let c = tokio::time::timeout(
+        WAIT,
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://{driver_addr}")),
+    )
+    .await
+    .expect("browser session in time")
+    .expect("browser session");
+    c.goto(&format!("http://{http}/")).await.unwrap();
+    wait_for(&c, "#login:not([hidden]) #token")
+        .await
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#login button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#stream-state.on").await;
+
+    // Both live calls are listed, and the room shows both members.
+    for id in [&a_id, &b_id] {
+        wait_for(&c, &format!("#calls tr[data-call='{id}']")).await;
+    }
+    // The page re-renders rows as events arrive, so ids are read in one script call.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let member = loop {
+        let ids = c
+            .execute(
+                "return [...document.querySelectorAll(\"#rooms [data-room='sales'] tr[data-member]\")].map(r => r.dataset.member);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if let Some([first, _]) = ids.as_array().map(Vec::as_slice) {
+            break first.as_str().unwrap().to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members not shown: {ids}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    screenshot(&c, "real-1-room").await;
+
+    // Mute from the page: the real room mutes the member and its event updates the page.
+    let row = format!("#rooms [data-room='sales'] tr[data-member='{member}']");
+    click(&c, &format!("{row} button[data-action=mute]")).await;
+    wait_for(&c, &format!("{row}.muted")).await;
+    wait_for(&c, &format!("{row} button[data-action=unmute]")).await;
+    screenshot(&c, "real-2-muted").await;
+
+    // Hang up the second call from the page: its caller gets the server's BYE.
+    click(
+        &c,
+        &format!("#calls tr[data-call='{b_id}'] button[data-action=hangup]"),
+    )
+    .await;
+    let byed = tokio::time::timeout(WAIT, b)
+        .await
+        .expect("BYE in time")
+        .unwrap();
+    assert!(byed, "the call hung up from the console got no BYE");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = c
+            .find_all(Locator::Css(&format!("#calls tr[data-call='{b_id}']")))
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ended call still shown"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    screenshot(&c, "real-3-hung-up").await;
+
+    c.close().await.unwrap();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(WAIT, server).await;
+    a.abort();
     let _ = std::fs::remove_dir_all(base);
 }
