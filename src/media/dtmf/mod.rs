@@ -304,6 +304,14 @@ impl InbandDetector {
         }
     }
 
+    /// Whether the latest audio looks like a key tone: a digit being confirmed or in
+    /// progress, or the newest block alone already a hit. Earlier than `Began` by one or two
+    /// blocks, so a conference can keep key tones out of its mix from their first block; a
+    /// false alarm on speech costs a member at most a block or two of being heard.
+    pub fn tone_suspected(&self) -> bool {
+        !matches!(self.state, State::Idle) || self.history[1].hit.is_some()
+    }
+
     /// Ends a digit still in progress, e.g. when the stream stops, reporting it as `Ended`.
     pub fn finish(&mut self, mut on_event: impl FnMut(DigitEvent)) {
         match self.state {
