@@ -158,12 +158,58 @@ fn load_basic_calls_udp() {
     );
 }
 
+/// Reads the server's event stream on a thread until `call_ended` and `recording_finished`
+/// (or 60 s): the event types in order.
+fn watch_events(http: std::net::SocketAddr) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    write!(s, "GET /api/events HTTP/1.1\r\nHost: {http}\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    // Subscribed once the response head is back.
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::spawn(move || {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let done =
+            |t: &str| t.contains("event: call_ended") && t.contains("event: recording_finished");
+        while !done(&text) && std::time::Instant::now() < until {
+            if let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// The sum of the samples of a Prometheus metric family whose lines start with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// SIPp leaves a message with real RTP from its captures: 7 s of A-law speech, then the
-/// RFC 4733 key '1', then BYE. The recording holds the speech and its sidecar the key, once.
+/// RFC 4733 key '1', then BYE. The recording holds the speech and its sidecar the key, once;
+/// the HTTP API lists it and serves the same valid WAV; the event stream told the call's
+/// story in order; the metrics counted it.
 #[test]
 fn message_with_pcap_audio_and_rfc4733_udp() {
     let Some(sipp) = find_sipp() else { return };
     let server = Server::start("uac_message_pcap-UDP");
+    let events = watch_events(server.http);
     let run = Sipp::new("uac_message_pcap", "message", Transport::Udp).run(
         &sipp,
         server.sip,
@@ -202,6 +248,73 @@ fn message_with_pcap_audio_and_rfc4733_udp() {
         .collect();
     let secs = samples.len() as f64 / 8000.0;
     assert!((6.5..10.0).contains(&secs), "recorded {secs:.2} s");
+
+    // Over HTTP: listed, and the audio is the same valid WAV.
+    let id = sidecar["id"].as_str().unwrap();
+    let (status, list) = common::http(server.http, "GET", "/api/recordings");
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("\"id\":\"{id}\"")), "{list}");
+    let audio = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.http).unwrap();
+        write!(
+            s,
+            "GET /api/recordings/{id}/audio HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        assert!(
+            head.contains("content-type: audio/wav") || head.contains("content-type: audio/x-wav"),
+            "{head}"
+        );
+        raw[split + 4..].to_vec()
+    };
+    assert_eq!(audio, std::fs::read(&wav).unwrap(), "served audio differs");
+    let served = hound::WavReader::new(std::io::Cursor::new(&audio)).unwrap();
+    assert_eq!(served.len() as usize, samples.len());
+
+    // The event stream, in order.
+    let types = events.join().unwrap();
+    let want = [
+        "call_started",
+        "call_answered",
+        "recording_started",
+        "dtmf",
+        "call_ended",
+        "recording_finished",
+    ];
+    let seen: Vec<&str> = types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| want.contains(t))
+        .collect();
+    // The caller hung up while recording: the call ends, then its recording is finalised.
+    assert_eq!(seen, want, "{types:?}");
+
+    // The metrics moved.
+    let (status, text) = common::http(server.http, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&text, "switchboard_calls_started_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "switchboard_calls_ended_total"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "switchboard_dtmf_digits_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "switchboard_media_worker_rtp_packets_in_total") > 100.0,
+        "{text}"
+    );
     // Speech, not silence: the loudest second is well above the noise floor.
     let loudest = samples
         .chunks(8000)

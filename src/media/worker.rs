@@ -519,6 +519,11 @@ impl Worker {
                     if let Some((to, bye)) = s.leg.rtcp_bye() {
                         let _ = s.sockets.rtcp.send_to(bye, to);
                     }
+                    // What closing produced (a recording ended by the hangup) goes to the call
+                    // before the final statistics.
+                    while let Some(e) = s.leg.poll_event() {
+                        let _ = s.events.send(e);
+                    }
                     let _ = s.events.send(LegEvent::Closed(s.leg.rtp_summary()));
                     add_stats(&mut self.retired, s.leg.stats());
                 }

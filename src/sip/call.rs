@@ -258,11 +258,25 @@ impl Call {
         if self.leg.take().is_none() {
             return;
         }
-        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
         while let Ok(Some(e)) = tokio::time::timeout_at(until, self.leg_events.recv()).await {
-            if let LegEvent::Closed(summary) = e {
-                self.rtp = summary;
-                return;
+            match e {
+                LegEvent::Closed(summary) => {
+                    self.rtp = summary;
+                    return;
+                }
+                // A recording the hangup ended: announced and counted like any other.
+                LegEvent::RecordDone {
+                    id,
+                    reason,
+                    kept,
+                    digits,
+                    discarded,
+                } => {
+                    self.on_record_done(id, reason.as_str(), kept, digits, discarded)
+                        .await
+                }
+                _ => {}
             }
         }
     }
