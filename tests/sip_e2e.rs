@@ -1167,3 +1167,44 @@ async fn a_recorded_call_shows_in_the_event_stream_metrics_and_cdrs() {
     assert_eq!(line["rtp"]["lost"], 0, "{line}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_script_controls_another_callers_room() {
+    let scripts = Scripts::new(&[
+        ("join.rhai", "answer();\nconference(\"ops\", #{});\n"),
+        (
+            "moderate.rhai",
+            "answer();\n\
+             room_lock(\"ops\");\n\
+             let ms = room_members(\"ops\");\n\
+             if ms.len() == 1 { room_kick(\"ops\", ms[0].id); }\n\
+             hangup();\n",
+        ),
+    ]);
+    let dir = scripts.0.clone();
+    let server = start_with((44900, 44999), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan = vec![rule("join", "join"), rule("moderate", "moderate")];
+    })
+    .await;
+    let (mut wa, mut a) = wire(false, server.sip).await;
+    call(&mut wa, &mut a, "join", 40000).await;
+    // In the room (the API lists the member).
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(server.http, "/api/rooms/ops").await;
+        if status == 200 && String::from_utf8_lossy(&body).contains(a.call_id.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < until, "the caller never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut wb, mut b) = wire(false, server.sip).await;
+    call(&mut wb, &mut b, "moderate", 40002).await;
+    assert!(
+        server_hangs_up(&mut wa, &mut a, Duration::from_secs(5)).await,
+        "the member the script kicked was not hung up"
+    );
+    assert!(server_hangs_up(&mut wb, &mut b, Duration::from_secs(5)).await);
+    server.stop().await;
+}

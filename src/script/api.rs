@@ -77,6 +77,34 @@ pub enum CallRequest {
     DiscardRecording(String),
     /// A log line from the script, logged in the call's span.
     Log(String),
+    /// Act on a conference room (any room, not only the caller's), or list its members.
+    Room {
+        /// The room's name.
+        room: String,
+        /// What to do.
+        request: RoomRequest,
+    },
+}
+
+/// What a script can do to a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRequest {
+    /// No one else may join.
+    Lock,
+    /// Others may join again.
+    Unlock,
+    /// Every member leaves.
+    End,
+    /// Play a prompt to everyone.
+    Play(String),
+    /// Start recording the room; answers the recording's id.
+    RecordStart,
+    /// Stop recording the room.
+    RecordStop,
+    /// Act on one member.
+    Member(u64, crate::live::MemberAction),
+    /// List the members.
+    Members,
 }
 
 /// A `play` request.
@@ -181,6 +209,10 @@ pub enum CallReply {
     /// The request could not be carried out (a missing prompt, no media); the script
     /// gets a catchable error.
     Failed(String),
+    /// A text answer, e.g. the id of a room recording just started.
+    Text(Option<String>),
+    /// A room's members.
+    Members(Vec<crate::live::MemberInfo>),
 }
 
 /// The caller hung up or the call ended: the request was not carried out.
@@ -637,6 +669,45 @@ fn conference(room: &Dynamic, opts: &Map) -> Res<ImmutableString> {
     }
 }
 
+fn room_name(verb: &str, room: &str) -> Res<String> {
+    if room.is_empty() || room.len() > 64 {
+        return err(format!("{verb}: the room name must be 1-64 characters"));
+    }
+    Ok(room.to_string())
+}
+
+/// `room_lock(room)`, `room_kick(room, member)`, …: one request to the room.
+fn room_do(verb: &str, room: &str, request: RoomRequest) -> Res<Dynamic> {
+    let room = room_name(verb, room)?;
+    match self::request(CallRequest::Room { room, request })? {
+        CallReply::Done | CallReply::Text(None) => Ok(Dynamic::UNIT),
+        CallReply::Text(Some(t)) => Ok(t.into()),
+        CallReply::Members(members) => Ok(members
+            .into_iter()
+            .map(|m| {
+                let mut map = Map::new();
+                map.insert("id".into(), (m.id.min(INT::MAX as u64) as INT).into());
+                map.insert("call_id".into(), m.call_id.into());
+                map.insert("from".into(), m.from.into());
+                map.insert("moderator".into(), m.moderator.into());
+                map.insert("muted".into(), m.muted.into());
+                map.insert("deaf".into(), m.deaf.into());
+                map.insert("talking".into(), m.talking.into());
+                Dynamic::from_map(map)
+            })
+            .collect::<Array>()
+            .into()),
+        other => err(format!("{verb}: unexpected reply {other:?}")),
+    }
+}
+
+fn member_do(verb: &str, room: &str, member: INT, action: crate::live::MemberAction) -> Res<()> {
+    let Ok(member) = u64::try_from(member) else {
+        return err(format!("{verb}: {member} is not a member id"));
+    };
+    room_do(verb, room, RoomRequest::Member(member, action)).map(|_| ())
+}
+
 /// Asks for a room PIN: `Some(true)` for the moderator PIN, `Some(false)` for the
 /// participants' PIN, `None` after [`PIN_TRIES`] wrong ones.
 fn ask_pin(pin: Option<&str>, moderator_pin: Option<&str>) -> Res<Option<bool>> {
@@ -750,6 +821,42 @@ pub fn register(engine: &mut Engine) {
             request_done(CallRequest::Echo {
                 max: Some(wait("echo", ms)?),
             })
+        })
+        .register_fn("room_lock", |r: &str| {
+            room_do("room_lock", r, RoomRequest::Lock)
+        })
+        .register_fn("room_unlock", |r: &str| {
+            room_do("room_unlock", r, RoomRequest::Unlock)
+        })
+        .register_fn("room_end", |r: &str| {
+            room_do("room_end", r, RoomRequest::End)
+        })
+        .register_fn("room_play", |r: &str, p: &str| {
+            room_do("room_play", r, RoomRequest::Play(p.to_string()))
+        })
+        .register_fn("room_record", |r: &str| {
+            room_do("room_record", r, RoomRequest::RecordStart)
+        })
+        .register_fn("room_stop_recording", |r: &str| {
+            room_do("room_stop_recording", r, RoomRequest::RecordStop)
+        })
+        .register_fn("room_members", |r: &str| {
+            room_do("room_members", r, RoomRequest::Members)
+        })
+        .register_fn("room_mute", |r: &str, m: INT| {
+            member_do("room_mute", r, m, crate::live::MemberAction::Mute)
+        })
+        .register_fn("room_unmute", |r: &str, m: INT| {
+            member_do("room_unmute", r, m, crate::live::MemberAction::Unmute)
+        })
+        .register_fn("room_deaf", |r: &str, m: INT| {
+            member_do("room_deaf", r, m, crate::live::MemberAction::Deaf)
+        })
+        .register_fn("room_undeaf", |r: &str, m: INT| {
+            member_do("room_undeaf", r, m, crate::live::MemberAction::Undeaf)
+        })
+        .register_fn("room_kick", |r: &str, m: INT| {
+            member_do("room_kick", r, m, crate::live::MemberAction::Kick)
         })
         .register_fn("log", |a: Dynamic| log_line(&[&a]))
         .register_fn("log", |a: Dynamic, b: Dynamic| log_line(&[&a, &b]))

@@ -22,7 +22,7 @@ mod tests;
 
 pub use api::{
     CallGone, CallPort, CallReply, CallRequest, ConferenceRequest, PlayRequest, RecordInfo,
-    RecordRequest,
+    RecordRequest, RoomRequest,
 };
 pub use collect::{CollectAction, CollectOptions, Collector, PromptKind};
 pub use engine::{

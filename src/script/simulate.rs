@@ -546,6 +546,17 @@ impl SimCall {
                 self.line(format!("log: {s}"));
                 Ok(CallReply::Done)
             }
+            // The simulated call is alone: rooms have no members and take every request.
+            CallRequest::Room { room, request } => {
+                self.line(format!("room {room}: {request:?}"));
+                Ok(match request {
+                    super::api::RoomRequest::Members => CallReply::Members(Vec::new()),
+                    super::api::RoomRequest::RecordStart => {
+                        CallReply::Text(Some(format!("sim-room-{room}")))
+                    }
+                    _ => CallReply::Done,
+                })
+            }
             CallRequest::Play(p) => {
                 self.ensure_media();
                 self.line(format!("played {}", p.prompts.join(", ")));

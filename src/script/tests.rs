@@ -731,3 +731,23 @@ fn test_number_scripts_refuse_or_ring() {
     let t = shipped("ring.rhai", "", &[]);
     assert_eq!(t.texts(), ["ringing", "slept 60.0 s", "refused with 480"]);
 }
+
+#[test]
+fn room_verbs_reach_the_call_and_answer() {
+    let t = run(
+        "room_lock(\"ops\");\n\
+         let id = room_record(\"ops\");\n\
+         log(id);\n\
+         log(room_members(\"ops\").len());\n\
+         room_kick(\"ops\", 3);",
+        "",
+    );
+    assert!(t.contains("room ops: Lock"), "{t}");
+    assert!(t.contains("log: sim-room-ops"), "{t}");
+    assert!(t.contains("log: 0"), "{t}");
+    assert!(t.contains("room ops: Member(3, Kick)"), "{t}");
+    let t = run("room_kick(\"ops\", -1);", "");
+    assert!(error_of(&t).message.contains("not a member id"), "{t}");
+    let t = run("room_lock(\"\");", "");
+    assert!(error_of(&t).message.contains("1-64 characters"), "{t}");
+}

@@ -239,6 +239,31 @@ impl Call {
                 self.ensure_media().await;
                 self.join_room(c, reply).await;
             }
+            CallRequest::Room { room, request } => {
+                use crate::live::{RoomAction, Rooms};
+                use crate::script::RoomRequest as R;
+                let rooms = &self.ctx.rooms;
+                let done = |r: Result<Option<String>, crate::live::ControlError>| match r {
+                    Ok(t) => CallReply::Text(t),
+                    Err(e) => CallReply::Failed(format!("room {room}: {e}")),
+                };
+                let answer = match request {
+                    R::Members => match rooms.get(&room) {
+                        Some(info) => CallReply::Members(info.members),
+                        None => CallReply::Failed(format!("room {room}: no such room")),
+                    },
+                    R::Member(m, action) => {
+                        done(rooms.member_action(&room, m, action).map(|()| None))
+                    }
+                    R::Lock => done(rooms.room_action(&room, RoomAction::Lock)),
+                    R::Unlock => done(rooms.room_action(&room, RoomAction::Unlock)),
+                    R::End => done(rooms.room_action(&room, RoomAction::End)),
+                    R::Play(p) => done(rooms.room_action(&room, RoomAction::Play(p))),
+                    R::RecordStart => done(rooms.room_action(&room, RoomAction::RecordStart)),
+                    R::RecordStop => done(rooms.room_action(&room, RoomAction::RecordStop)),
+                };
+                reply.send(answer);
+            }
             CallRequest::Transfer(uri) => {
                 if !self.answered {
                     // Before the answer there is no dialog to send REFER in.
