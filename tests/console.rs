@@ -219,40 +219,10 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let (_driver, driver_addr) = start_chromedriver(&driver).await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": browser,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
-                "--mute-audio"
-            ]
-        }),
-    );
-    let c = tokio::time::timeout(
-        WAIT,
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://{driver_addr}")),
-    )
-    .await
-    .expect("browser session in time")
-    .expect("browser session");
+    let c = browser_session(driver_addr, &browser).await;
 
     // First visit: the token is asked for once.
-    c.goto(&format!("http://{http}/")).await.unwrap();
-    let input = wait_for(&c, "#login:not([hidden]) #token").await;
-    screenshot(&c, "1-login").await;
-    input.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("#login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "#stream-state.on").await;
+    log_in(&c, http, Some("1-login")).await;
     let stored = c
         .execute("return localStorage.getItem('switchboard-token');", vec![])
         .await
@@ -378,6 +348,44 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// Opens the console at `http`, gives it the token when asked (screenshot of the login form
+/// as `shot`), and waits until its event stream is live.
+async fn log_in(c: &Client, http: SocketAddr, shot: Option<&str>) {
+    c.goto(&format!("http://{http}/")).await.unwrap();
+    let input = wait_for(c, "#login:not([hidden]) #token").await;
+    if let Some(name) = shot {
+        screenshot(c, name).await;
+    }
+    input.send_keys(TOKEN).await.unwrap();
+    click(c, "#login button[type=submit]").await;
+    wait_for(c, "#stream-state.on").await;
+}
+
+/// A headless Chromium session through chromedriver at `driver_addr`.
+async fn browser_session(driver_addr: SocketAddr, browser: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": browser,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
+                "--mute-audio"
+            ]
+        }),
+    );
+    tokio::time::timeout(
+        WAIT,
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://{driver_addr}")),
+    )
+    .await
+    .expect("browser session in time")
+    .expect("browser session")
+}
+
 /// Clicks the element `css` names, finding it again if the page re-rendered it meanwhile.
 async fn click(c: &Client, css: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -498,37 +506,8 @@ async fn console_mutes_a_real_member_and_hangs_up_a_real_call() {
     let b_id = tokio::time::timeout(WAIT, b_rx).await.unwrap().unwrap();
 
     let (_driver, driver_addr) = start_chromedriver(&driver).await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": browser,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--mute-audio"]
-        }),
-    );
-    let c = tokio::time::timeout(
-        WAIT,
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://{driver_addr}")),
-    )
-    .await
-    .expect("browser session in time")
-    .expect("browser session");
-    c.goto(&format!("http://{http}/")).await.unwrap();
-    wait_for(&c, "#login:not([hidden]) #token")
-        .await
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "#stream-state.on").await;
+    let c = browser_session(driver_addr, &browser).await;
+    log_in(&c, http, None).await;
 
     // Both live calls are listed, and the room shows both members.
     for id in [&a_id, &b_id] {

@@ -2,8 +2,6 @@
 //! `RecorderHandle::push` — must not allocate. A counting global allocator proves it for the
 //! calling thread (the writer thread may allocate as it likes).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use switchboard::media::dtmf::Digit;
@@ -12,51 +10,13 @@ use switchboard::media::record::{
     RecordingWriter, StopReason, WriterConfig,
 };
 
-struct Counting;
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note() {
-    // try_with: the allocator also runs while thread-locals are being torn down.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+use thread_alloc::allocations;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by this thread while running `f`.
-fn allocations(f: impl FnOnce()) -> u64 {
-    ALLOCS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(|n| n.get())
-}
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
 fn frame(i: usize, len: usize) -> Vec<i16> {
     (0..len)

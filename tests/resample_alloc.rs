@@ -1,43 +1,20 @@
 //! The streaming resampler must not touch the heap once made: counted with a global
 //! allocator that tallies allocations made by this thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use switchboard::media::prompt::{Prompt, PromptPlayer};
 use switchboard::media::resample::StreamResampler;
 
-struct Counting;
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
 
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use thread_alloc::allocations;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
-fn allocations() -> usize {
-    ALLOCS.with(Cell::get)
+#[test]
+fn the_counter_sees_allocations() {
+    assert!(allocations(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
 }
 
 #[test]
@@ -49,15 +26,12 @@ fn streaming_resampler_and_player_allocate_nothing_per_frame() {
             .collect();
         let mut output = vec![0i16; r.output_len()];
         let caps = r.buffer_capacity();
-        let before = allocations();
-        for _ in 0..500 {
-            r.process(&input, &mut output).unwrap();
-        }
-        assert_eq!(
-            allocations(),
-            before,
-            "{from}->{to}: allocated while streaming"
-        );
+        let n = allocations(|| {
+            for _ in 0..500 {
+                r.process(&input, &mut output).unwrap();
+            }
+        });
+        assert_eq!(n, 0, "{from}->{to}: allocated while streaming");
         assert_eq!(r.buffer_capacity(), caps);
     }
 
@@ -68,7 +42,6 @@ fn streaming_resampler_and_player_allocate_nothing_per_frame() {
     });
     let mut player = PromptPlayer::new(prompt);
     let mut frame = [0i16; 160];
-    let before = allocations();
-    while player.fill(&mut frame) == frame.len() {}
-    assert_eq!(allocations(), before, "player allocated");
+    let n = allocations(|| while player.fill(&mut frame) == frame.len() {});
+    assert_eq!(n, 0, "player allocated");
 }
