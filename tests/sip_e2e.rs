@@ -163,6 +163,18 @@ async fn expect_server_bye(w: &mut Wire, uac: &mut Uac, why: &str) {
     w.flush(uac).await;
 }
 
+/// The caller hangs up; the server must answer the BYE with 200.
+async fn hang_up(w: &mut Wire, uac: &mut Uac) {
+    uac.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await,
+        "no 200 for the caller's BYE"
+    );
+}
+
 /// Places a call to `user` offering media on `rtp_port` and waits until it is answered.
 async fn call(w: &mut Wire, uac: &mut Uac, user: &str, rtp_port: u16) {
     uac.invite(
@@ -198,13 +210,7 @@ async fn call_and_hang_up(tcp: bool, rtp: (u16, u16)) {
     );
     // The port is really held by the server for the call.
     assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_err());
-    uac.request(Instant::now(), "BYE", "", b"");
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u
-            .statuses
-            .contains(&("BYE".into(), 200)))
-            .await
-    );
+    hang_up(&mut w, &mut uac).await;
     // ...and released once the call is over.
     let mut freed = false;
     for _ in 0..100 {
@@ -284,13 +290,7 @@ async fn echo_returns_the_callers_tone() {
     assert!(best > 0.9, "1 kHz power {best}");
     let level = switchboard::media::level::rms_dbfs(&back[back.len() / 4..back.len() / 2]);
     assert!(level > -25.0, "echo level {level} dBFS");
-    uac.request(Instant::now(), "BYE", "", b"");
-    assert!(
-        w.drive(&mut uac, Duration::from_secs(5), |u| u
-            .statuses
-            .contains(&("BYE".into(), 200)))
-            .await
-    );
+    hang_up(&mut w, &mut uac).await;
     server.stop().await;
 }
 
@@ -661,13 +661,7 @@ async fn scripts_picked_by_the_dialplan_and_a_failing_script_ends_only_its_call(
     }
     // The first call never noticed.
     assert_eq!(a.state, UacState::Confirmed);
-    a.request(Instant::now(), "BYE", "", b"");
-    assert!(
-        wa.drive(&mut a, Duration::from_secs(5), |u| u
-            .statuses
-            .contains(&("BYE".into(), 200)))
-            .await
-    );
+    hang_up(&mut wa, &mut a).await;
     server.stop().await;
 }
 
@@ -720,13 +714,7 @@ async fn a_changed_script_serves_the_next_call_and_calls_in_progress_keep_theirs
     }
     assert!(new_version, "the changed script was never used");
     assert_eq!(a.state, UacState::Confirmed, "the first call was dropped");
-    a.request(Instant::now(), "BYE", "", b"");
-    assert!(
-        wa.drive(&mut a, Duration::from_secs(5), |u| u
-            .statuses
-            .contains(&("BYE".into(), 200)))
-            .await
-    );
+    hang_up(&mut wa, &mut a).await;
     server.stop().await;
 }
 
@@ -967,13 +955,7 @@ async fn conference_callers_hear_each_other_mute_kick_and_the_room_is_recorded()
         );
     }
     for (w, uac, _, _) in callers.iter_mut().take(2) {
-        uac.request(Instant::now(), "BYE", "", b"");
-        assert!(
-            w.drive(uac, Duration::from_secs(5), |u| u
-                .statuses
-                .contains(&("BYE".into(), 200)))
-                .await
-        );
+        hang_up(w, uac).await;
     }
     // The room recording: the mix holds every caller, each track its own caller.
     let until = Instant::now() + Duration::from_secs(5);
