@@ -18,7 +18,7 @@ work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 # Rooms hold 100 members by default; the room benchmark needs more.
-printf '[conference]\nmax_members = 2000\n' >"$work/bench.toml"
+printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
 RUST_LOG=info,switchboard::server=debug \
 ./target/release/switchboard serve --config "$work/bench.toml" --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
   --recordings "$work/recordings" --http-listen 127.0.0.1:0 \

@@ -481,6 +481,7 @@ async fn console_mutes_a_real_member_and_hangs_up_a_real_call() {
     cfg.rtp.port_min = 44800;
     cfg.rtp.port_max = 44899;
     cfg.paths.recordings = base.join("recordings");
+    cfg.cdr.dir = base.join("cdr");
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -29,9 +29,21 @@ impl Drop for Proc {
 
 /// Starts the real binary on port 0 with `recordings`, returning it and its SIP address.
 fn spawn(recordings: &Path, rtp: &str) -> (Proc, SocketAddr) {
+    // CDRs next to the recordings, never in the working directory.
+    let config = recordings.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cdr]\ndir = {:?}\n",
+            recordings.with_extension("cdr").display().to_string()
+        ),
+    )
+    .unwrap();
     let mut child = Proc(
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--sip-listen", "127.0.0.1:0", "--rtp-ports", rtp])
+            .arg("--config")
+            .arg(&config)
             .args(["--http-listen", "127.0.0.1:0"])
             .arg("--recordings")
             .arg(recordings)

@@ -27,6 +27,8 @@ async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Config
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtp.port_min = rtp.0;
     cfg.rtp.port_max = rtp.1;
+    // No CDR files in the working directory; a test that wants them sets a folder.
+    cfg.cdr.dir = std::path::PathBuf::new();
     tweak(&mut cfg);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -725,6 +727,7 @@ async fn a_script_with_a_syntax_error_stops_start_up_with_file_and_line() {
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.paths.scripts = scripts.0.clone();
+    cfg.cdr.dir = std::path::PathBuf::new();
     cfg.dialplan.clear();
     let r = switchboard::run_with_ready(cfg, std::future::pending(), |_| {
         panic!("started with a broken script")

@@ -129,11 +129,15 @@ impl Server {
             .args(["--http-listen", "127.0.0.1:0"])
             .arg("--recordings")
             .arg(&recordings);
-        if let Some(toml) = &options.config {
-            let path = dir.path().join("switchboard.toml");
-            std::fs::write(&path, toml).unwrap();
-            cmd.arg("--config").arg(path);
-        }
+        // CDRs go to the test's folder, never to the working directory.
+        let toml = format!(
+            "[cdr]\ndir = {:?}\n\n{}",
+            dir.path().join("cdr").display().to_string(),
+            options.config.as_deref().unwrap_or("")
+        );
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, toml).unwrap();
+        cmd.arg("--config").arg(path);
         // The log goes to a file rather than a pipe: nobody has to drain it, and it
         // is there to print when a test fails.
         cmd.stdin(Stdio::null())
