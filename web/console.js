@@ -128,17 +128,33 @@ function renderRooms() {
   }
 }
 
+// Member changes from the event stream, newest last, so a room list fetched before a change
+// (and answered after it) does not undo it.
+let lastSeq = 0;
+const memberChanges = [];
+
 async function loadRooms() {
+  const since = lastSeq;
   const list = await api("GET", "/api/rooms");
   rooms = new Map(list.map((r) => [r.name, r]));
+  for (const c of memberChanges) {
+    if (c.seq > since) patchMember(c.room, c.id, c.change);
+  }
   renderRooms();
 }
 
-function updateMember(roomName, id, change) {
+function patchMember(roomName, id, change) {
   const room = rooms.get(roomName);
   const m = room && room.members.find((x) => x.id === id);
   if (!m) return false;
   Object.assign(m, change);
+  return true;
+}
+
+function updateMember(roomName, id, change, seq) {
+  memberChanges.push({ seq, room: roomName, id, change });
+  if (memberChanges.length > 500) memberChanges.splice(0, memberChanges.length - 500);
+  if (!patchMember(roomName, id, change)) return false;
   renderRooms();
   return true;
 }
@@ -224,15 +240,16 @@ function reloadSoon(what) {
 }
 
 function onEvent(e) {
+  if (typeof e.seq === "number") lastSeq = Math.max(lastSeq, e.seq);
   switch (e.type) {
     case "member_talking":
-      if (!updateMember(e.room, e.member, { talking: e.talking })) reloadSoon("rooms");
+      if (!updateMember(e.room, e.member, { talking: e.talking }, e.seq)) reloadSoon("rooms");
       break;
     case "member_muted":
-      if (!updateMember(e.room, e.member, { muted: e.muted })) reloadSoon("rooms");
+      if (!updateMember(e.room, e.member, { muted: e.muted }, e.seq)) reloadSoon("rooms");
       break;
     case "member_deaf":
-      if (!updateMember(e.room, e.member, { deaf: e.deaf })) reloadSoon("rooms");
+      if (!updateMember(e.room, e.member, { deaf: e.deaf }, e.seq)) reloadSoon("rooms");
       break;
     case "room_created": case "room_ended": case "room_locked":
     case "member_joined": case "member_left":
