@@ -525,6 +525,30 @@ impl Endpoint {
         }
     }
 
+    /// A new in-dialog request of ours on a confirmed call that also passes `ready`: the
+    /// request (with our Contact when `contact`), where it goes, and its CSeq.
+    fn dialog_request(
+        &mut self,
+        call: CallHandle,
+        method: Method,
+        contact: bool,
+        ready: impl FnOnce(&Call) -> bool,
+    ) -> Result<(Request, Peer, u32), CommandError> {
+        let c = self.calls.get(&call).ok_or(CommandError::NoSuchCall)?;
+        let our_contact = contact.then(|| self.contact(c.dialog.peer));
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if c.phase != CallPhase::Confirmed || !ready(c) {
+            return Err(CommandError::WrongState);
+        }
+        let mut req = c
+            .dialog
+            .request(method, self.cfg.local_addr, &self.cfg.user_agent);
+        if let Some(contact) = our_contact {
+            push_header(&mut req, "Contact", &contact);
+        }
+        Ok((req, c.dialog.peer, c.dialog.local_cseq))
+    }
+
     fn answer_non_invite(
         &mut self,
         now: Instant,
@@ -934,24 +958,13 @@ impl Endpoint {
         call: CallHandle,
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
-        let peer = self
-            .calls
-            .get(&call)
-            .ok_or(CommandError::NoSuchCall)?
-            .dialog
-            .peer;
-        let contact = self.contact(peer);
-        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
-        if c.phase != CallPhase::Confirmed || c.reinvite_out || c.reinvite_pending {
-            return Err(CommandError::WrongState);
-        }
-        c.reinvite_out = true;
-        let mut req = c
-            .dialog
-            .request(Method::Invite, self.cfg.local_addr, &self.cfg.user_agent);
-        push_header(&mut req, "Contact", &contact);
+        let (mut req, peer, cseq) = self.dialog_request(call, Method::Invite, true, |c| {
+            !c.reinvite_out && !c.reinvite_pending
+        })?;
         set_body(&mut req, "application/sdp", sdp);
-        let (peer, cseq) = (c.dialog.peer, c.dialog.local_cseq);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.reinvite_out = true;
+        }
         self.start_client(now, call, ClientPurpose::ReInvite { cseq }, peer, req);
         Ok(())
     }
@@ -1070,15 +1083,8 @@ impl Endpoint {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(), CommandError> {
-        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
-        if c.phase != CallPhase::Confirmed {
-            return Err(CommandError::WrongState);
-        }
-        let mut req = c
-            .dialog
-            .request(Method::Info, self.cfg.local_addr, &self.cfg.user_agent);
+        let (mut req, peer, _) = self.dialog_request(call, Method::Info, false, |_| true)?;
         set_body(&mut req, content_type, body);
-        let peer = c.dialog.peer;
         self.start_client(now, call, ClientPurpose::Info, peer, req);
         Ok(())
     }
@@ -1094,27 +1100,14 @@ impl Endpoint {
         target: &str,
     ) -> Result<(), CommandError> {
         let target = super::refer::validate_target(target)?;
-        let peer = self
-            .calls
-            .get(&call)
-            .ok_or(CommandError::NoSuchCall)?
-            .dialog
-            .peer;
-        let contact = self.contact(peer);
-        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
-        if c.phase != CallPhase::Confirmed {
-            return Err(CommandError::WrongState);
-        }
-        let mut req = c
-            .dialog
-            .request(Method::Refer, self.cfg.local_addr, &self.cfg.user_agent);
-        push_header(&mut req, "Contact", &contact);
+        let (mut req, peer, cseq) = self.dialog_request(call, Method::Refer, true, |_| true)?;
         push_header(&mut req, "Refer-To", &format!("<{target}>"));
-        let referred_by = format!("<{}>", c.dialog.local_uri());
-        push_header(&mut req, "Referred-By", &referred_by);
-        let cseq = c.dialog.local_cseq;
-        // The subscription exists from now on: its first NOTIFY may overtake the 202.
-        c.refer_subs.push(cseq);
+        if let Some(c) = self.calls.get_mut(&call) {
+            let referred_by = format!("<{}>", c.dialog.local_uri());
+            push_header(&mut req, "Referred-By", &referred_by);
+            // The subscription exists from now on: its first NOTIFY may overtake the 202.
+            c.refer_subs.push(cseq);
+        }
         tracing::info!(call = call.0, %target, "sending REFER");
         self.start_client(now, call, ClientPurpose::Refer { cseq }, peer, req);
         Ok(())
