@@ -7,7 +7,6 @@
 //! and prints the memory a member costs (leg and room state).
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,20 +17,20 @@ use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
 use switchboard::events::EventBus;
 use switchboard::live::RoomInfo;
 use switchboard::media::codec::CodecKind;
-use switchboard::media::leg::{Leg, LegConfig, FRAME, FRAME_SAMPLES};
-use switchboard::rtp::types::{PayloadType, Ssrc};
-use switchboard::sdp::Direction;
+use switchboard::media::leg::{Leg, FRAME, FRAME_SAMPLES};
 
 #[path = "support/alloc.rs"]
 mod alloc;
+#[path = "support/leg.rs"]
+mod leg;
+
+use leg::pcmu_leg;
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
 
 const MEMBERS: usize = 500;
 const TALKERS: usize = 3;
-const PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
 type Frame = [i16; FRAME_SAMPLES];
 
@@ -78,24 +77,6 @@ impl MemberLegs for BenchLegs {
     }
 }
 
-fn leg(i: usize, now: Instant) -> Leg {
-    Leg::new(
-        LegConfig {
-            codec: CodecKind::Pcmu,
-            payload_type: PayloadType::PCMU,
-            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-            remote: Some(PEER),
-            remote_rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
-            rtp_timeout: Duration::from_secs(60),
-            ssrc: Ssrc::new(i as u32),
-        },
-        now,
-    )
-    .unwrap()
-}
-
 /// A room of `MEMBERS` members; returns it with its legs and the heap bytes the legs and
 /// the room's member state took.
 fn setup(t0: Instant) -> (RoomHost, BenchLegs, isize, isize) {
@@ -120,7 +101,7 @@ fn setup(t0: Instant) -> (RoomHost, BenchLegs, isize, isize) {
         })
         .collect();
     let held = alloc::held();
-    let legs: Vec<Leg> = (0..MEMBERS).map(|i| leg(i, t0)).collect();
+    let legs: Vec<Leg> = (0..MEMBERS).map(|i| pcmu_leg(i, t0)).collect();
     let leg_bytes = alloc::held() - held;
     let mut b = BenchLegs {
         legs,

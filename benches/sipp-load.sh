@@ -27,6 +27,24 @@ server=$!
 for _ in $(seq 1 100); do grep -q READY "$work/ready" 2>/dev/null && break; sleep 0.05; done
 rss() { awk '/VmRSS/ {print $2}' /proc/$server/status; }
 base=$(rss)
+# Measures SECONDS of steady state: waits for the next media statistics line (they come every
+# 10 s) so call set-up is not counted, then sets cpu0/cpu1 (clock ticks), hz, late0/late1
+# (late ticks at either end) and held (RSS in KiB at the end).
+steady_state() {
+  late() { grep "media workers" "$work/server.log" | tail -1 | sed 's/.*late_ticks=\([0-9]*\).*/\1/'; }
+  local lines0
+  lines0=$(grep -c "media workers" "$work/server.log" || true)
+  for _ in $(seq 1 120); do
+    [ "$(grep -c "media workers" "$work/server.log" || true)" -gt "$lines0" ] && break; sleep 0.1
+  done
+  late0=$(late)
+  hz=$(getconf CLK_TCK)
+  cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+  sleep "$1"
+  cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+  late1=$(late)
+  held=$(rss)
+}
 case "$mode" in
   rate)
     rate=${2:-1000}; calls=${3:-30000}
@@ -52,20 +70,7 @@ case "$mode" in
       -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 55) * 1000 )) -nostdin -timeout 120s -bg \
       >/dev/null 2>&1 || true
     sleep "$ramp"
-    # Late ticks are counted from the first statistics line written once every call is up
-    # (the lines come every 10 s), so call set-up is not part of the steady-state figure.
-    late() { grep "media workers" "$work/server.log" | tail -1 | sed 's/.*late_ticks=\([0-9]*\).*/\1/'; }
-    lines0=$(grep -c "media workers" "$work/server.log" || true)
-    for _ in $(seq 1 120); do
-      [ "$(grep -c "media workers" "$work/server.log" || true)" -gt "$lines0" ] && break; sleep 0.1
-    done
-    late0=$(late)
-    hz=$(getconf CLK_TCK)
-    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
-    sleep 30
-    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
-    late1=$(late)
-    held=$(rss)
+    steady_state 30
     last=$(grep "media workers" "$work/server.log" | tail -1)
     echo "cores=$(nproc) calls=$calls user=$user threads=$(awk '/Threads/ {print $2}' /proc/$server/status)"
     echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 30" | bc -l | cut -c1-6)"
@@ -102,18 +107,7 @@ case "$mode" in
     sipp 127.0.0.1:$port -sf benches/sipp/conf_member.xml -s conf-load -i 127.0.0.1 -p 25070 \
       -mp 26000 -r 100 -m "$members" -l "$members" -nostdin -timeout 120s -bg >/dev/null 2>&1 || true
     sleep "$ramp"
-    late() { grep "media workers" "$work/server.log" | tail -1 | sed 's/.*late_ticks=\([0-9]*\).*/\1/'; }
-    lines0=$(grep -c "media workers" "$work/server.log" || true)
-    for _ in $(seq 1 120); do
-      [ "$(grep -c "media workers" "$work/server.log" || true)" -gt "$lines0" ] && break; sleep 0.1
-    done
-    late0=$(late)
-    hz=$(getconf CLK_TCK)
-    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
-    sleep 20
-    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
-    late1=$(late)
-    held=$(rss)
+    steady_state 20
     in_room=$(curl -s http://$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$work/ready")/api/rooms/load | grep -o '"call_id"' | wc -l)
     echo "cores=$(nproc) members=$members in_room=$in_room"
     echo "server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20" | bc -l | cut -c1-6)"

@@ -2,44 +2,28 @@
 //! sender), and a check that the steady state does not allocate.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchboard::media::codec::g711::ulaw_encode;
-use switchboard::media::codec::CodecKind;
-use switchboard::media::leg::{Leg, LegCommand, LegConfig, FRAME};
+use switchboard::media::leg::{Leg, LegCommand, FRAME};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
-use switchboard::sdp::Direction;
 
 #[path = "support/alloc.rs"]
 mod alloc;
+#[path = "support/leg.rs"]
+mod leg;
+
+use leg::{pcmu_leg, PEER};
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
 
-const PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
-
 fn legs(n: usize, now: Instant) -> Vec<Leg> {
     (0..n)
         .map(|i| {
-            let mut l = Leg::new(
-                LegConfig {
-                    codec: CodecKind::Pcmu,
-                    payload_type: PayloadType::PCMU,
-                    telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-                    remote: Some(PEER),
-                    remote_rtcp: None,
-                    rtcp_mux: false,
-                    direction: Direction::SendRecv,
-                    rtp_timeout: Duration::from_secs(60),
-                    ssrc: Ssrc::new(i as u32),
-                },
-                now,
-            )
-            .unwrap();
+            let mut l = pcmu_leg(i, now);
             l.apply(now, LegCommand::Echo(true));
             l
         })
