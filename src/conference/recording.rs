@@ -340,42 +340,13 @@ mod tests {
     use super::*;
     use crate::api::index::{ListFilter, RecordingIndex};
     use crate::conference::{MemberKind, Mixer, VadConfig};
+    use crate::media::record::tests::{files, run_crash_child, TempDir};
     use crate::media::record::{
         repair_dir, RecordingWriter, Sidecar, SidecarState, Timeline, TimelineEntry,
     };
-    use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::thread::JoinHandle;
     use std::time::Duration;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "switchboard-roomrec-{name}-{}-{:x}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    }
 
     fn samples(path: &Path) -> Vec<i16> {
         hound::WavReader::open(path)
@@ -705,19 +676,11 @@ mod tests {
     #[test]
     fn a_killed_room_recording_is_repaired_with_its_timeline() {
         let tmp = TempDir::new("crash");
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "conference::recording::tests::crash_child",
-                "--exact",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(CRASH_ENV, &tmp.0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(!status.success(), "the child must die abruptly");
+        run_crash_child(
+            "conference::recording::tests::crash_child",
+            CRASH_ENV,
+            &tmp.0,
+        );
 
         let names = files(&tmp.0);
         assert_eq!(

@@ -36,10 +36,11 @@ fn pattern_frame(frame: usize, len: usize) -> Vec<i16> {
     (frame * len..(frame + 1) * len).map(pattern).collect()
 }
 
-struct TempDir(PathBuf);
+/// A fresh folder, removed when dropped.
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let p = std::env::temp_dir().join(format!(
             "switchboard-record-{name}-{}-{:x}",
             std::process::id(),
@@ -74,7 +75,8 @@ fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
     (spec, s)
 }
 
-fn files(dir: &Path) -> Vec<String> {
+/// File names in `dir`, sorted.
+pub(crate) fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -651,22 +653,23 @@ fn crash_child() {
     std::process::abort();
 }
 
-#[test]
-fn crash_leaves_a_part_that_repair_recovers() {
-    let tmp = TempDir::new("crash");
+/// Runs the test `test` of this binary in a child process with `env` set to `dir`; the child
+/// records into `dir` and aborts mid-recording, as a crash would.
+pub(crate) fn run_crash_child(test: &str, env: &str, dir: &Path) {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "media::record::tests::crash_child",
-            "--exact",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CRASH_ENV, &tmp.0)
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(env, dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the child must die abruptly");
+}
+
+#[test]
+fn crash_leaves_a_part_that_repair_recovers() {
+    let tmp = TempDir::new("crash");
+    run_crash_child("media::record::tests::crash_child", CRASH_ENV, &tmp.0);
 
     let names = files(&tmp.0);
     assert_eq!(names.len(), 2, "{names:?}");
