@@ -37,6 +37,9 @@ const TERMINATOR_TRIM_FRAMES: u64 = 5;
 const MAX_PACKET_SAMPLES: usize = 480;
 /// Samples per frame at 8 kHz, the rate of every codec so far.
 pub const FRAME_SAMPLES: usize = 160;
+/// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
+/// frame appended to it, for codecs of up to two bytes a sample.
+const OUT_FIFO_BYTES: usize = 2 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
 
 /// Something that produces outbound audio, a frame at a time, without allocating.
 pub trait AudioSource: Send {
@@ -159,6 +162,8 @@ pub enum LegCommand {
         remote_rtcp: Option<SocketAddr>,
         /// Our direction.
         direction: Direction,
+        /// The packet duration the peer asked for (`a=ptime`).
+        ptime: Duration,
     },
 }
 
@@ -177,10 +182,13 @@ impl std::fmt::Debug for LegCommand {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
             }
             LegCommand::Update {
-                remote, direction, ..
+                remote,
+                direction,
+                ptime,
+                ..
             } => write!(
                 f,
-                "Update {{ remote: {remote:?}, direction: {direction:?} }}"
+                "Update {{ remote: {remote:?}, direction: {direction:?}, ptime: {ptime:?} }}"
             ),
         }
     }
@@ -207,6 +215,9 @@ pub struct LegConfig {
     pub rtp_timeout: Duration,
     /// Our SSRC.
     pub ssrc: Ssrc,
+    /// Duration of the packets we send: the peer's `a=ptime`, a multiple of 10 ms up to
+    /// 60 ms (anything else sends 20 ms).
+    pub ptime: Duration,
 }
 
 /// Counters of one leg.
@@ -271,7 +282,13 @@ pub struct Leg {
     talkspurt: bool,
     pcm_in: [i16; FRAME_SAMPLES],
     pcm_out: [i16; FRAME_SAMPLES],
-    payload: [u8; 2 * FRAME_SAMPLES],
+    /// Samples per packet we send (the peer's ptime).
+    ptime_samples: usize,
+    /// Encoded audio not yet sent: a packet may span several ticks, or end mid-tick.
+    out_fifo: [u8; OUT_FIFO_BYTES],
+    out_len: usize,
+    /// Sample position (see [`SendSession::position_of`]) of the first byte in `out_fifo`.
+    out_pos: u64,
     packet: [u8; 1500],
     events: VecDeque<LegEvent>,
     stats: LegStats,
@@ -329,7 +346,10 @@ impl Leg {
             talkspurt: false,
             pcm_in: [0; FRAME_SAMPLES],
             pcm_out: [0; FRAME_SAMPLES],
-            payload: [0; 2 * FRAME_SAMPLES],
+            ptime_samples: ptime_samples(cfg.ptime),
+            out_fifo: [0; OUT_FIFO_BYTES],
+            out_len: 0,
+            out_pos: 0,
             packet: [0; 1500],
             events: VecDeque::with_capacity(16),
             stats: LegStats::default(),
@@ -426,7 +446,11 @@ impl Leg {
                 remote,
                 remote_rtcp,
                 direction,
+                ptime,
             } => {
+                // Audio already buffered goes out in packets of the new size.
+                self.cfg.ptime = ptime;
+                self.ptime_samples = ptime_samples(ptime);
                 if remote != self.cfg.remote {
                     // The peer moved its media: learn the new source from scratch.
                     self.recv.relearn();
@@ -732,8 +756,10 @@ impl Leg {
         }
     }
 
-    /// Sends this tick's packet: a telephone-event while one is being sent (RFC 4733 §2.5:
-    /// events replace the audio they stand for), else the encoded audio frame.
+    /// Sends this tick's audio: a telephone-event while one is being sent (RFC 4733 §2.5:
+    /// events replace the audio they stand for), else the encoded frame, appended to the
+    /// audio waiting to be sent; every whole packet (the peer's ptime) in it goes out, each
+    /// stamped by its first sample.
     fn send_frame(
         &mut self,
         tick: u64,
@@ -743,6 +769,8 @@ impl Leg {
     ) {
         let audio_ts = self.send.timestamp_at(tick);
         if let Some(ev) = self.event_sender.as_mut().and_then(|s| s.poll(audio_ts)) {
+            // Audio buffered before the event would only go out after it, late.
+            self.out_len = 0;
             let written = self.send.write_edited(
                 tick,
                 |h| {
@@ -759,17 +787,54 @@ impl Leg {
             }
             return;
         }
-        let payload = match encoded {
-            Some(p) => p,
-            None => match self.codec.encode(&self.pcm_out, &mut self.payload) {
-                Ok(n) => &self.payload[..n],
+        let position = self.send.position_of(tick);
+        let buffered = self.cfg.codec.samples_in(self.out_len) as u64;
+        if self.out_len > 0 && self.out_pos.wrapping_add(buffered) != position {
+            // Ticks went by unsent (on hold, skipped ahead): the buffer no longer joins on.
+            self.out_len = 0;
+        }
+        if self.out_len == 0 {
+            self.out_pos = position;
+        }
+        let tail = &mut self.out_fifo[self.out_len..];
+        let appended = match encoded {
+            Some(p) => match tail.get_mut(..p.len()) {
+                Some(t) => {
+                    t.copy_from_slice(p);
+                    p.len()
+                }
+                None => return,
+            },
+            None => match self.codec.encode(&self.pcm_out, tail) {
+                Ok(n) => n,
                 Err(_) => return,
             },
         };
-        if let Ok(len) = self.send.write(tick, payload, &mut self.packet) {
-            send(Port::Rtp, dest, &self.packet[..len]);
-            self.stats.packets_out += 1;
+        self.out_len += appended;
+        let samples = self.ptime_samples;
+        let bytes = self.packet_bytes();
+        while self.out_len >= bytes {
+            let written = self.send.write_samples(
+                self.out_pos,
+                samples as u64,
+                &self.out_fifo[..bytes],
+                &mut self.packet,
+            );
+            if let Ok(len) = written {
+                send(Port::Rtp, dest, &self.packet[..len]);
+                self.stats.packets_out += 1;
+            }
+            self.out_fifo.copy_within(bytes..self.out_len, 0);
+            self.out_len -= bytes;
+            self.out_pos = self.out_pos.wrapping_add(samples as u64);
         }
+    }
+
+    /// Encoded bytes in one packet we send.
+    fn packet_bytes(&self) -> usize {
+        // Every codec so far has a fixed number of bytes per sample.
+        let per_frame = self.cfg.codec.samples_in(FRAME_SAMPLES).max(1);
+        self.ptime_samples * FRAME_SAMPLES / per_frame
     }
 
     /// Fills `pcm_in` with this tick's 20 ms of received audio. Packets may carry 10-60 ms,
@@ -865,6 +930,16 @@ impl Leg {
     }
 }
 
+/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet, else 20 ms.
+fn ptime_samples(ptime: Duration) -> usize {
+    let samples = ClockRate::HZ_8000.ticks_in(ptime) as usize;
+    if samples > 0 && samples <= MAX_PACKET_SAMPLES && samples.is_multiple_of(FRAME_SAMPLES / 2) {
+        samples
+    } else {
+        FRAME_SAMPLES
+    }
+}
+
 /// A jitter buffer for packets of `samples` samples at 8 kHz.
 fn jitter_config(samples: usize) -> JitterConfig {
     JitterConfig {
@@ -882,6 +957,12 @@ pub struct LegError(String);
 /// A PCMU leg with telephone-event 101 towards 127.0.0.1:40000, for the tests below.
 #[cfg(test)]
 fn test_leg(now: Instant) -> Leg {
+    test_leg_with_ptime(now, FRAME)
+}
+
+/// [`test_leg`] sending packets of `ptime`.
+#[cfg(test)]
+fn test_leg_with_ptime(now: Instant, ptime: Duration) -> Leg {
     let cfg = LegConfig {
         codec: CodecKind::Pcmu,
         payload_type: PayloadType::PCMU,
@@ -892,6 +973,7 @@ fn test_leg(now: Instant) -> Leg {
         direction: Direction::SendRecv,
         rtp_timeout: Duration::from_secs(60),
         ssrc: Ssrc::new(7),
+        ptime,
     };
     match Leg::new(cfg, now) {
         Ok(l) => l,
@@ -1215,6 +1297,7 @@ mod tests {
                 remote: Some(PEER.parse().unwrap()),
                 remote_rtcp: None,
                 direction: Direction::SendOnly,
+                ptime: FRAME,
             },
         );
         held.tick(t0 + Duration::from_secs(600), wc, 0, &mut send);
@@ -1231,6 +1314,7 @@ mod tests {
                 remote: Some(PEER.parse().unwrap()),
                 remote_rtcp: None,
                 direction: Direction::Inactive,
+                ptime: FRAME,
             },
         );
         let out = run(&mut l, t0, &[], 5);
@@ -1442,5 +1526,400 @@ mod dtmf_tests {
             });
         });
         assert_eq!(got, "42");
+    }
+}
+
+#[cfg(test)]
+mod ptime_tests {
+    use super::*;
+    use crate::media::codec::g711::{ulaw_decode, ulaw_encode};
+    use crate::media::dtmf::EventReceiver;
+    use crate::media::level::{rms_dbfs, tone_share};
+    use crate::media::tone::{ToneGenerator, ToneSpec};
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+    const TE: PayloadType = PayloadType::DEFAULT_TELEPHONE_EVENT;
+    const TONE: &str = "1000/10000@-10";
+
+    /// One RTP packet the leg sent: the tick it left in, its header and payload.
+    struct Sent {
+        tick: u64,
+        header: RtpHeader,
+        payload: Vec<u8>,
+    }
+
+    fn tone_source() -> Box<ToneGenerator> {
+        let spec: ToneSpec = TONE.parse().unwrap();
+        Box::new(ToneGenerator::new(&spec, 8000).unwrap())
+    }
+
+    /// The first `samples` of the played tone as the peer should hear them (through µ-law).
+    fn expected_tone(samples: usize) -> Vec<i16> {
+        let mut pcm = vec![0i16; samples];
+        tone_source().fill(&mut pcm);
+        pcm.iter().map(|&s| ulaw_decode(ulaw_encode(s))).collect()
+    }
+
+    fn playing_leg(t0: Instant, ptime_ms: u64) -> Leg {
+        let mut l = test_leg_with_ptime(t0, Duration::from_millis(ptime_ms));
+        l.apply(
+            t0,
+            LegCommand::Play {
+                id: 1,
+                source: tone_source(),
+                barge_in: false,
+            },
+        );
+        l
+    }
+
+    fn tick_leg(l: &mut Leg, t0: Instant, ticks: std::ops::Range<u64>, out: &mut Vec<Sent>) {
+        for n in ticks {
+            let now = t0 + FRAME * n as u32;
+            l.tick(now, SystemTime::now(), n, &mut |port, _, bytes| {
+                if port == Port::Rtp {
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    out.push(Sent {
+                        tick: n,
+                        header: p.header,
+                        payload: p.payload.to_vec(),
+                    });
+                }
+            });
+        }
+    }
+
+    fn decode(packets: &[&Sent]) -> Vec<i16> {
+        packets
+            .iter()
+            .flat_map(|p| p.payload.iter().map(|&b| ulaw_decode(b)))
+            .collect()
+    }
+
+    /// Checks packets of `samples` samples: sizes, timestamps, sequence numbers, the ticks
+    /// they leave in, and that together they carry the played tone unbroken.
+    fn check_stream(sent: &[Sent], samples: usize) {
+        assert!(sent.len() > 10);
+        let first_ts = sent[0].header.timestamp.get();
+        for (i, p) in sent.iter().enumerate() {
+            assert_eq!(p.payload.len(), samples, "packet {i}");
+            assert_eq!(p.header.payload_type, PayloadType::PCMU);
+            assert_eq!(
+                p.header.timestamp.get().wrapping_sub(first_ts),
+                (i * samples) as u32,
+                "packet {i} is stamped by its first sample"
+            );
+            assert_eq!(
+                p.header.seq.get(),
+                sent[0].header.seq.get().wrapping_add(i as u16)
+            );
+            assert_eq!(p.header.marker, i == 0, "packet {i}");
+            // A packet leaves in the tick that completes it.
+            let end = (i + 1) * samples;
+            assert_eq!(
+                p.tick as usize,
+                end.div_ceil(FRAME_SAMPLES) - 1,
+                "packet {i}"
+            );
+        }
+        let audio = decode(&sent.iter().collect::<Vec<_>>());
+        assert_eq!(
+            audio,
+            expected_tone(audio.len()),
+            "the tone, sample for sample"
+        );
+        assert!(tone_share(&audio, 1000.0, 8000.0) > 0.995);
+        let level = rms_dbfs(&audio);
+        let want = rms_dbfs(&expected_tone(audio.len()));
+        assert!((level - want).abs() < 0.2, "{level} vs {want}");
+    }
+
+    #[test]
+    fn forty_ms_packets_every_second_tick() {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, 40);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..100, &mut sent);
+        assert_eq!(sent.len(), 50);
+        check_stream(&sent, 320);
+        assert!(sent.iter().all(|p| p.tick % 2 == 1));
+        assert_eq!(l.stats().packets_out, 50);
+    }
+
+    #[test]
+    fn thirty_ms_packets_fall_between_ticks() {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, 30);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..99, &mut sent);
+        // 99 ticks make 66 packets of 30 ms: sent in ticks 1, 2, 4, 5, 7, 8 …
+        assert_eq!(sent.len(), 66);
+        check_stream(&sent, 240);
+        assert!(sent.iter().all(|p| p.tick % 3 != 0));
+    }
+
+    #[test]
+    fn sixty_and_ten_ms_packets() {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, 60);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..90, &mut sent);
+        assert_eq!(sent.len(), 30);
+        check_stream(&sent, 480);
+
+        let mut l = playing_leg(t0, 10);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..50, &mut sent);
+        assert_eq!(sent.len(), 100, "two packets a tick");
+        check_stream(&sent, 80);
+    }
+
+    #[test]
+    fn unusable_ptimes_send_twenty_ms() {
+        for ms in [0, 5, 25, 70, 80] {
+            let t0 = Instant::now();
+            let mut l = playing_leg(t0, ms);
+            let mut sent = Vec::new();
+            tick_leg(&mut l, t0, 0..20, &mut sent);
+            assert_eq!(sent.len(), 20, "ptime {ms}");
+            check_stream(&sent, 160);
+        }
+    }
+
+    #[test]
+    fn a_new_ptime_from_a_reinvite_applies_to_later_packets() {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, 20);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..20, &mut sent);
+        l.apply(
+            t0 + FRAME * 20,
+            LegCommand::Update {
+                remote: PEER.parse().ok(),
+                remote_rtcp: None,
+                direction: Direction::SendRecv,
+                ptime: Duration::from_millis(40),
+            },
+        );
+        tick_leg(&mut l, t0, 20..60, &mut sent);
+        let sizes: Vec<usize> = sent.iter().map(|p| p.payload.len()).collect();
+        assert_eq!(sizes[..20], [160; 20]);
+        assert_eq!(sizes[20..], [320; 20]);
+        let audio = decode(&sent.iter().collect::<Vec<_>>());
+        assert_eq!(audio, expected_tone(60 * FRAME_SAMPLES));
+    }
+
+    #[test]
+    fn an_rfc4733_event_in_forty_ms_packetisation() {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, 40);
+        let mut sent = Vec::new();
+        // Tick 10 buffers half a packet; the event starts at tick 11 and replaces it.
+        tick_leg(&mut l, t0, 0..11, &mut sent);
+        l.apply(
+            t0 + FRAME * 11,
+            LegCommand::SendDtmf {
+                digits: "5".into(),
+                inband: false,
+            },
+        );
+        tick_leg(&mut l, t0, 11..60, &mut sent);
+
+        let events: Vec<&Sent> = sent
+            .iter()
+            .filter(|p| p.header.payload_type == TE)
+            .collect();
+        let audio: Vec<&Sent> = sent
+            .iter()
+            .filter(|p| p.header.payload_type != TE)
+            .collect();
+        assert!(!events.is_empty());
+        let (first_ev, last_ev) = (events[0].tick, events[events.len() - 1].tick);
+        assert_eq!(first_ev, 11);
+        assert!(
+            events
+                .iter()
+                .all(|e| (first_ev..=last_ev).contains(&e.tick)),
+            "one event packet a tick, together"
+        );
+        assert_eq!(last_ev - first_ev + 1, events.len() as u64);
+        // The receiver reads the key back.
+        let mut rx = EventReceiver::new(TE, ClockRate::HZ_8000);
+        let mut digits = String::new();
+        for e in &events {
+            let now = t0 + FRAME * e.tick as u32;
+            let first = rx.push(now, e.header.timestamp, e.header.marker, &e.payload);
+            for d in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.poll_event()))
+            {
+                if d.phase == DigitPhase::Began {
+                    digits.push(d.digit.as_char());
+                }
+            }
+        }
+        assert_eq!(digits, "5");
+
+        let base = sent[0].header.timestamp.get();
+        let ts = |p: &Sent| p.header.timestamp.get().wrapping_sub(base) as usize;
+        assert_eq!(
+            events[0].header.timestamp.get().wrapping_sub(base),
+            11 * 160
+        );
+        let (before, after): (Vec<&Sent>, Vec<&Sent>) =
+            audio.iter().partition(|p| p.tick < first_ev);
+        assert_eq!(
+            before.len(),
+            5,
+            "ticks 0-9 in five packets; tick 10's half dropped"
+        );
+        assert!(
+            after.iter().all(|p| p.tick > last_ev),
+            "no audio while the event runs"
+        );
+        // Audio resumes at the tick after the event, stamped by the media clock: nothing
+        // buffered before the event comes out late.
+        assert_eq!(ts(after[0]), (last_ev as usize + 1) * 160);
+        assert_eq!(
+            after[0].tick,
+            last_ev + 2,
+            "its first packet fills in two ticks"
+        );
+        for pair in after.windows(2) {
+            assert_eq!(ts(pair[1]) - ts(pair[0]), 320);
+        }
+        assert!(audio.iter().all(|p| p.payload.len() == 320));
+        // Sequence numbers run on through the events.
+        for (i, p) in sent.iter().enumerate() {
+            assert_eq!(
+                p.header.seq.get(),
+                sent[0].header.seq.get().wrapping_add(i as u16)
+            );
+        }
+        // What resumes is the tone, unbroken, where the media clock has it.
+        let resumed = decode(&after);
+        let from = ts(after[0]);
+        let want = expected_tone(from + resumed.len());
+        assert_eq!(resumed, want[from..]);
+        assert!(tone_share(&resumed, 1000.0, 8000.0) > 0.995);
+    }
+
+    #[test]
+    fn room_audio_encoded_once_goes_out_in_forty_ms_packets() {
+        let t0 = Instant::now();
+        let mut l = test_leg_with_ptime(t0, Duration::from_millis(40));
+        let mut gen = tone_source();
+        let mut sent = Vec::new();
+        for n in 0..40u64 {
+            let now = t0 + FRAME * n as u32;
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            gen.fill(&mut pcm);
+            let payload: Vec<u8> = pcm.iter().map(|&s| ulaw_encode(s)).collect();
+            l.receive(now);
+            l.send_encoded(
+                now,
+                SystemTime::now(),
+                n,
+                &pcm,
+                &payload,
+                &mut |port, _, b| {
+                    if port == Port::Rtp {
+                        let p = RtpPacket::parse(b).unwrap();
+                        sent.push(Sent {
+                            tick: n,
+                            header: p.header,
+                            payload: p.payload.to_vec(),
+                        });
+                    }
+                },
+            );
+        }
+        assert_eq!(sent.len(), 20);
+        check_stream(&sent, 320);
+    }
+
+    /// PCMU packets of `pcm`, in runs of (count, samples per packet), numbered and stamped
+    /// continuously.
+    fn varying_packets(pcm: &[i16], runs: &[(usize, usize)]) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut seq = 500u16;
+        for &(count, per) in runs {
+            for _ in 0..count {
+                let payload: Vec<u8> = pcm[at..at + per].iter().map(|&s| ulaw_encode(s)).collect();
+                let header = RtpHeader {
+                    marker: at == 0,
+                    payload_type: PayloadType::PCMU,
+                    seq: WireSeq::new(seq),
+                    timestamp: RtpTimestamp::new(9000 + at as u32),
+                    ssrc: Ssrc::new(99),
+                };
+                let mut buf = vec![0u8; 1500];
+                let n = RtpPacket::new(header, &payload).write(&mut buf).unwrap();
+                buf.truncate(n);
+                at += per;
+                seq = seq.wrapping_add(1);
+                // The packet leaves once its last sample exists.
+                out.push((at, buf));
+            }
+        }
+        out
+    }
+
+    /// Echoes packets of the given runs, each handed over in the tick its audio is complete,
+    /// and returns the decoded echo and the frames concealed until the last packet arrived.
+    fn echo(runs: &[(usize, usize)], ticks: usize) -> (Vec<i16>, u64) {
+        let t0 = Instant::now();
+        let mut l = test_leg(t0);
+        l.apply(t0, LegCommand::Echo(true));
+        let total: usize = runs.iter().map(|(c, p)| c * p).sum();
+        let mut pcm = vec![0i16; total];
+        tone_source().fill(&mut pcm);
+        let input = varying_packets(&pcm, runs);
+        let from: SocketAddr = PEER.parse().unwrap();
+        let mut next = 0;
+        let mut sent = Vec::new();
+        let mut concealed = None;
+        for n in 0..ticks {
+            let now = t0 + FRAME * n as u32;
+            while next < input.len() && input[next].0 <= (n + 1) * FRAME_SAMPLES {
+                l.handle_packet(now, SystemTime::now(), from, &input[next].1);
+                next += 1;
+            }
+            if next == input.len() && concealed.is_none() {
+                concealed = Some(l.stats().frames_concealed);
+            }
+            tick_leg(&mut l, t0, n as u64..n as u64 + 1, &mut sent);
+        }
+        assert_eq!(next, input.len());
+        let concealed = concealed.unwrap_or(u64::MAX);
+        (decode(&sent.iter().collect::<Vec<_>>()), concealed)
+    }
+
+    #[test]
+    fn ten_forty_and_sixty_ms_packets_are_received() {
+        for per in [80, 320, 480] {
+            let count = 2400 / per * 8 / 2;
+            let (out, concealed) = echo(&[(count, per)], 80);
+            let middle = &out[30 * FRAME_SAMPLES..60 * FRAME_SAMPLES];
+            let share = tone_share(middle, 1000.0, 8000.0);
+            assert!(share > 0.99, "{per}: {share}");
+            assert!((rms_dbfs(middle) - rms_dbfs(&expected_tone(4800))).abs() < 0.5);
+            assert_eq!(concealed, 0, "{per}: no gap while packets keep coming");
+        }
+    }
+
+    #[test]
+    fn a_peer_changing_ptime_mid_call_is_followed() {
+        // 20 ms for 1.2 s, then 40 ms for 1.2 s, then 10 ms for 1.2 s.
+        let (out, concealed) = echo(&[(60, 160), (30, 320), (120, 80)], 200);
+        // Each change of packet size starts the jitter buffer over: a short gap at most.
+        assert!(concealed <= 6, "{concealed}");
+        for (from, to) in [(20, 60), (85, 120), (145, 180)] {
+            let part = &out[from * FRAME_SAMPLES..to * FRAME_SAMPLES];
+            let share = tone_share(part, 1000.0, 8000.0);
+            assert!(share > 0.99, "ticks {from}..{to}: {share}");
+        }
     }
 }

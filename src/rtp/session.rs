@@ -593,6 +593,10 @@ impl RecvSession {
 }
 
 /// Send state of one leg: our SSRC, sequence numbers and timestamps.
+///
+/// Timestamps come from a position in samples counted from `ts_base` (a media tick is
+/// `samples_per_frame` samples), not from how many packets were sent: skipped ticks
+/// (silence) advance them, and a packet of several frames is stamped by its first sample.
 #[derive(Debug, Clone)]
 pub struct SendSession {
     ssrc: Ssrc,
@@ -600,7 +604,8 @@ pub struct SendSession {
     next_seq: WireSeq,
     ts_base: RtpTimestamp,
     samples_per_frame: u64,
-    last_tick: Option<u64>,
+    /// The sample position just after the last packet sent.
+    last_end: Option<u64>,
     mark_next: bool,
     packets: u64,
     octets: u64,
@@ -622,7 +627,7 @@ impl SendSession {
             next_seq: first_seq,
             ts_base,
             samples_per_frame: clock_rate.ticks_in(frame),
-            last_tick: None,
+            last_end: None,
             mark_next: true,
             packets: 0,
             octets: 0,
@@ -646,8 +651,16 @@ impl SendSession {
 
     /// The RTP timestamp of media tick `tick`, as an SR would report it.
     pub fn timestamp_at(&self, tick: u64) -> RtpTimestamp {
-        self.ts_base
-            .wrapping_add(tick.wrapping_mul(self.samples_per_frame))
+        self.timestamp_of(self.position_of(tick))
+    }
+
+    /// The sample position where media tick `tick` starts.
+    pub fn position_of(&self, tick: u64) -> u64 {
+        tick.wrapping_mul(self.samples_per_frame)
+    }
+
+    fn timestamp_of(&self, position: u64) -> RtpTimestamp {
+        self.ts_base.wrapping_add(position)
     }
 
     /// Changes the payload type of later packets (e.g. after a re-INVITE).
@@ -662,15 +675,16 @@ impl SendSession {
 
     /// The header for the frame of media tick `tick`, consuming a sequence number.
     ///
-    /// The timestamp comes from the tick, not from how many packets were sent, so skipped
-    /// ticks (silence) advance it; the marker is set after a skipped tick or at the start.
+    /// The marker is set after a skipped tick or at the start.
     pub fn next_header(&mut self, tick: u64) -> RtpHeader {
-        let header = self.peek_header(tick);
-        self.commit(tick, 0);
+        let position = self.position_of(tick);
+        let header = self.peek_header(position);
+        self.commit(position + self.samples_per_frame, 0);
         header
     }
 
-    /// Writes the packet for tick `tick` carrying `payload` into `out`; returns its length.
+    /// Writes the one-frame packet for tick `tick` carrying `payload` into `out`; returns
+    /// its length.
     ///
     /// On error no sequence number is consumed.
     pub fn write(
@@ -679,9 +693,22 @@ impl SendSession {
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<usize, PacketError> {
-        let header = self.peek_header(tick);
+        self.write_samples(self.position_of(tick), self.samples_per_frame, payload, out)
+    }
+
+    /// Writes a packet of `samples` samples of audio starting at sample `position` (see
+    /// [`SendSession::position_of`]); a packet that does not start where the last one ended
+    /// is marked. On error no sequence number is consumed.
+    pub fn write_samples(
+        &mut self,
+        position: u64,
+        samples: u64,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, PacketError> {
+        let header = self.peek_header(position);
         let n = RtpPacket::new(header, payload).write(out)?;
-        self.commit(tick, payload.len());
+        self.commit(position.wrapping_add(samples), payload.len());
         Ok(n)
     }
 
@@ -694,30 +721,29 @@ impl SendSession {
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<usize, PacketError> {
-        let mut header = self.peek_header(tick);
+        let position = self.position_of(tick);
+        let mut header = self.peek_header(position);
         edit(&mut header);
         let n = RtpPacket::new(header, payload).write(out)?;
-        // The next audio packet starts a talkspurt again after an event.
-        self.commit(tick, payload.len());
+        // The event stands for the tick's audio: audio resuming at the next tick continues.
+        self.commit(position.wrapping_add(self.samples_per_frame), payload.len());
         Ok(n)
     }
 
-    fn peek_header(&self, tick: u64) -> RtpHeader {
-        let resumed = self
-            .last_tick
-            .is_some_and(|last| tick != last.wrapping_add(1));
+    fn peek_header(&self, position: u64) -> RtpHeader {
+        let resumed = self.last_end.is_some_and(|end| end != position);
         RtpHeader {
             marker: self.mark_next || resumed,
             payload_type: self.payload_type,
             seq: self.next_seq,
-            timestamp: self.timestamp_at(tick),
+            timestamp: self.timestamp_of(position),
             ssrc: self.ssrc,
         }
     }
 
-    fn commit(&mut self, tick: u64, payload_len: usize) {
+    fn commit(&mut self, end: u64, payload_len: usize) {
         self.next_seq = self.next_seq.next();
-        self.last_tick = Some(tick);
+        self.last_end = Some(end);
         self.mark_next = false;
         self.packets += 1;
         self.octets += payload_len as u64;
@@ -1178,5 +1204,38 @@ mod tests {
         assert_eq!(p.payload.len(), 160);
         assert_eq!(tx.packets_sent(), 5);
         assert_eq!(tx.octets_sent(), 160);
+    }
+
+    #[test]
+    fn packets_of_several_frames_are_stamped_by_their_first_sample() {
+        let mut tx = SendSession::new(
+            Ssrc::new(1),
+            WireSeq::new(10),
+            RtpTimestamp::new(1000),
+            PayloadType::PCMU,
+            ClockRate::HZ_8000,
+            Duration::from_millis(20),
+        );
+        let mut buf = [0u8; 600];
+        let mut sent = Vec::new();
+        // 30 ms packets: positions 0, 240, 480; then one that skips ahead (a gap).
+        for (pos, len) in [(0u64, 240u64), (240, 240), (480, 240), (960, 240)] {
+            let n = tx.write_samples(pos, len, &[0xff; 240], &mut buf).unwrap();
+            sent.push(RtpPacket::parse(&buf[..n]).unwrap().header);
+        }
+        let ts: Vec<u32> = sent.iter().map(|h| h.timestamp.get()).collect();
+        assert_eq!(ts, [1000, 1240, 1480, 1960]);
+        let marks: Vec<bool> = sent.iter().map(|h| h.marker).collect();
+        assert_eq!(marks, [true, false, false, true]);
+        let seqs: Vec<u16> = sent.iter().map(|h| h.seq.get()).collect();
+        assert_eq!(seqs, [10, 11, 12, 13]);
+        // An event packet at tick 8 (audio ended at 1200: a gap, so marked), then audio at
+        // tick 9 continues it unmarked.
+        let n = tx.write_edited(8, |_| {}, &[0; 4], &mut buf).unwrap();
+        assert!(RtpPacket::parse(&buf[..n]).unwrap().header.marker);
+        let n = tx.write(9, &[0xff; 160], &mut buf).unwrap();
+        let h = RtpPacket::parse(&buf[..n]).unwrap().header;
+        assert!(!h.marker);
+        assert_eq!(h.timestamp.get(), 1000 + 9 * 160);
     }
 }

@@ -458,6 +458,7 @@ impl Call {
                 remote: m.remote_rtp,
                 remote_rtcp: m.remote_rtcp,
                 direction: m.direction,
+                ptime: Duration::from_millis(u64::from(m.ptime_ms)),
             });
             return;
         }
@@ -480,6 +481,7 @@ impl Call {
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
+            ptime: Duration::from_millis(u64::from(m.ptime_ms)),
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,
