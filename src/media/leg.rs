@@ -119,6 +119,8 @@ pub struct RtpSummary {
     pub lost: u64,
     /// Interarrival jitter (RFC 3550 A.8), in microseconds.
     pub jitter_us: u64,
+    /// Round-trip time from the peer's latest report on our stream, in microseconds.
+    pub rtt_us: Option<u64>,
 }
 
 /// What the call asks of its leg; applied at the start of the next tick.
@@ -406,6 +408,7 @@ impl Leg {
             packets: self.stats.packets_in,
             lost: self.recv.stats().lost.max(0) as u64,
             jitter_us: self.recv.jitter().to_duration().as_micros() as u64,
+            rtt_us: self.rtcp.stats().rtt_ms.map(|ms| (ms * 1000.0) as u64),
         }
     }
 
@@ -730,13 +733,19 @@ impl Leg {
         self.send_rtcp(now, wallclock, send);
     }
 
+    /// Whether an RTCP report goes out in a send half at `now`: the caller then passes the
+    /// true send time, which the report's DLSR and NTP timestamp are taken from.
+    pub fn rtcp_due(&self, now: Instant) -> bool {
+        self.rtcp.poll_timeout().is_some_and(|t| t <= now)
+    }
+
     fn send_rtcp(
         &mut self,
         now: Instant,
         wallclock: SystemTime,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
-        if self.rtcp.poll_timeout().is_some_and(|t| t <= now) {
+        if self.rtcp_due(now) {
             let sending = self.cfg.direction.sends().then_some(&self.send);
             let written = self.rtcp.handle_timeout(
                 now,

@@ -11,6 +11,12 @@
 //! Order of a tick: commands; every leg's receive half (sockets, jitter buffer, decode,
 //! digits); each room's mix and its members' send halves; the send half of every leg not in
 //! a room; events to calls and key presses to rooms; room events.
+//!
+//! RTCP timing is not the tick's: peers compute round-trip times from the delay between our
+//! reading their sender report and sending ours (DLSR), so the legs are given true times.
+//! RTCP datagrams carry the kernel's receive timestamp (the time they reached the socket, not
+//! the later tick that read them), turned into an `Instant` with one clock reading per
+//! receive batch; a leg whose report is due is sent with the clock read just then.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -26,6 +32,7 @@ use super::codec::CodecKind;
 use super::leg::{Leg, LegCommand, LegEvent, LegStats, Port, FRAME, FRAME_SAMPLES};
 use crate::conference::host::{MemberLegs, RoomCommand, RoomHost};
 use crate::conference::MemberId;
+use crate::rtp::packet::{classify, PacketKind};
 
 /// A tick later than this counts as late.
 const LATE: Duration = Duration::from_millis(2);
@@ -273,6 +280,12 @@ impl MediaEngine {
     ) -> std::io::Result<LegHandle> {
         sockets.rtp.set_nonblocking(true)?;
         sockets.rtcp.set_nonblocking(true)?;
+        for socket in [&sockets.rtp, &sockets.rtcp] {
+            if let Err(e) = stamp::enable(socket) {
+                // Reports still work, with the read time standing in for the arrival time.
+                tracing::debug!(error = %e, "no receive timestamps on a media socket");
+            }
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let worker = self.least_loaded();
         // Counted at once, so that legs added in a burst spread over the workers.
@@ -612,6 +625,7 @@ impl Worker {
         for s in self.slots.iter_mut().flatten() {
             if s.room.is_none() {
                 let sockets = &s.sockets;
+                let (now, wallclock) = send_time(&s.leg, now, wallclock);
                 s.leg.send(now, wallclock, n, None, &mut |port, to, bytes| {
                     send_on(sockets, port, to, bytes)
                 });
@@ -713,34 +727,196 @@ impl MemberLegs for Legs<'_> {
         };
         let sockets = &s.sockets;
         let mut out = |port, to, bytes: &[u8]| send_on(sockets, port, to, bytes);
+        let (now, wallclock) = send_time(&s.leg, self.now, self.wallclock);
         match encoded {
-            Some(payload) => {
-                s.leg
-                    .send_encoded(self.now, self.wallclock, self.tick, pcm, payload, &mut out)
-            }
-            None => s
+            Some(payload) => s
                 .leg
-                .send(self.now, self.wallclock, self.tick, Some(pcm), &mut out),
+                .send_encoded(now, wallclock, self.tick, pcm, payload, &mut out),
+            None => s.leg.send(now, wallclock, self.tick, Some(pcm), &mut out),
         }
     }
 }
 
+/// The time to send a leg's half tick with: the tick's, unless an RTCP report goes out now,
+/// whose DLSR and NTP timestamp must be the true send time.
+fn send_time(leg: &Leg, now: Instant, wallclock: SystemTime) -> (Instant, SystemTime) {
+    if leg.rtcp_due(now) {
+        (Instant::now(), SystemTime::now())
+    } else {
+        (now, wallclock)
+    }
+}
+
+/// The clock, read once per receive batch and only when a datagram needs it, to place
+/// kernel receive timestamps on the monotonic clock.
+struct BatchClock(Option<(Instant, SystemTime)>);
+
+impl BatchClock {
+    /// When a datagram stamped `stamp` by the kernel arrived (now, if it was not stamped).
+    fn arrival(&mut self, stamp: Option<SystemTime>) -> (Instant, SystemTime) {
+        let (now, wall) = *self
+            .0
+            .get_or_insert_with(|| (Instant::now(), SystemTime::now()));
+        let Some(stamp) = stamp else {
+            return (now, wall);
+        };
+        // A wallclock stepped back since the datagram arrived counts as no time waited.
+        let waited = wall.duration_since(stamp).unwrap_or_default();
+        (now.checked_sub(waited).unwrap_or(now), stamp.min(wall))
+    }
+}
+
 fn receive_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &mut [u8]) {
+    let mut clock = BatchClock(None);
     for _ in 0..MAX_READS_PER_TICK {
-        match s.sockets.rtp.recv_from(buf) {
-            Ok((len, from)) => s.leg.handle_packet(now, wallclock, from, &buf[..len]),
+        match stamp::recv(&s.sockets.rtp, buf) {
+            Ok((len, from, stamp)) => {
+                let bytes = &buf[..len];
+                // RTP keeps the tick's time; RTCP (rtcp-mux) its true arrival.
+                let (at, wall) = match classify(bytes) {
+                    PacketKind::Rtcp => clock.arrival(stamp),
+                    _ => (now, wallclock),
+                };
+                s.leg.handle_packet(at, wall, from, bytes)
+            }
             Err(_) => break,
         }
     }
-    // RTCP comes every few seconds and a little delay does not matter: read its socket on
-    // every eighth tick only, saving a system call per leg per tick.
+    // RTCP comes every few seconds and its timing comes from the kernel's receive timestamps:
+    // read its socket on every eighth tick only, saving a system call per leg per tick.
     if n.is_multiple_of(RTCP_POLL_TICKS) {
         for _ in 0..MAX_READS_PER_TICK {
-            match s.sockets.rtcp.recv_from(buf) {
-                Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),
+            match stamp::recv(&s.sockets.rtcp, buf) {
+                Ok((len, _, stamp)) => {
+                    let (at, wall) = clock.arrival(stamp);
+                    s.leg.handle_rtcp(at, wall, &buf[..len])
+                }
                 Err(_) => break,
             }
         }
     }
     s.leg.receive(now);
+}
+
+/// Datagrams with the kernel's receive timestamp (`SO_TIMESTAMPNS`).
+#[cfg(target_os = "linux")]
+mod stamp {
+    use std::io;
+    use std::mem::{size_of, size_of_val, zeroed};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// Asks the kernel to timestamp datagrams as they reach `socket`.
+    pub(super) fn enable(socket: &UdpSocket) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid descriptor and a pointer to an initialised int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                size_of_val(&on) as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `recv_from`, with the datagram's receive time when the kernel gave one.
+    pub(super) fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+        let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // Aligned for cmsghdr; room for one timestamp message and then some.
+        let mut control = [0u64; 8];
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        // SAFETY: msg points at live buffers of the lengths it states, for this call only.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let from = socket_addr(&addr)?;
+        let mut stamp = None;
+        // SAFETY: the control messages the kernel wrote into `control`, walked with the
+        // libc macros, which stay within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    if let (Ok(secs), Ok(nanos)) =
+                        (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec))
+                    {
+                        stamp = UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((n as usize, from, stamp))
+    }
+
+    fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+        match libc::c_int::from(addr.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in, which fits in sockaddr_storage.
+                let a: libc::sockaddr_in =
+                    unsafe { std::ptr::read((addr as *const libc::sockaddr_storage).cast()) };
+                Ok(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the kernel wrote a sockaddr_in6, which fits in sockaddr_storage.
+                let a: libc::sockaddr_in6 =
+                    unsafe { std::ptr::read((addr as *const libc::sockaddr_storage).cast()) };
+                Ok(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            family => Err(io::Error::other(format!("address family {family}"))),
+        }
+    }
+}
+
+/// Without kernel timestamps, a datagram's read time stands in for its arrival.
+#[cfg(not(target_os = "linux"))]
+mod stamp {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::SystemTime;
+
+    pub(super) fn enable(_socket: &UdpSocket) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    pub(super) fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+        socket.recv_from(buf).map(|(n, from)| (n, from, None))
+    }
 }

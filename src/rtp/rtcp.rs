@@ -17,7 +17,10 @@
 //! # Time
 //! `now` (monotonic) drives the schedule and the delay since the peer's last SR; the
 //! `wallclock` argument only becomes NTP timestamps (ours in SRs, the arrival time in the
-//! round-trip calculation). The RTP timestamp in our SR is the one the sender's tick counter
+//! round-trip calculation). Both are the true times, not a media tick's: the arrival of a
+//! datagram in [`RtcpSession::handle_packet`], the sending of the report in
+//! [`RtcpSession::handle_timeout`]. The peer's round-trip time is its arrival time minus
+//! LSR minus our DLSR, so any gap between the real and the stated times lands in it. The RTP timestamp in our SR is the one the sender's tick counter
 //! reaches at `now`, counted from [`RtcpSession::set_media_epoch`].
 //!
 //! # Transport
@@ -992,6 +995,60 @@ mod tests {
         let item = chunk.items().next().unwrap();
         assert_eq!((item.type_(), item.value()), (1, &b"alice@192.0.2.1"[..]));
         assert!(c.next().is_none());
+    }
+
+    /// DLSR is the time from the SR's arrival to our report, whatever it is, not a count of
+    /// media ticks: the callers pass the true read and send times.
+    #[test]
+    fn dlsr_is_the_true_delay_from_sr_arrival_to_our_report() {
+        let peer: SocketAddr = "192.0.2.9:7000".parse().unwrap();
+        let peer_sr = [
+            0x80, 0xc8, 0x00, 0x06, 0x00, 0x00, 0x5e, 0xed, 0xaa, 0xbb, 0x12, 0x34, 0x56, 0x78,
+            0x9a, 0xbc, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0x05, 0xa0,
+        ];
+        let deltas_us: [u64; 11] = [
+            0, 1, 999, 7_300, 19_999, 20_000, 20_001, 33_333, 89_000, 1_234_567, 4_999_999,
+        ];
+        for (i, &us) in deltas_us.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut s = RtcpSession::with_seed(OURS, "x", RATE, t0, 20 + i as u64);
+            let mut recv = recv_session_like(t0, peer);
+            // Off the 20 ms grid: the SR is read 1.013 s after our report fell due.
+            let read = s.poll_timeout().unwrap() + Duration::from_micros(1_013_017);
+            s.handle_packet(read, wall0(), &peer_sr).unwrap();
+            let delta = Duration::from_micros(us);
+            let mut out = [0u8; MAX_COMPOUND_LEN];
+            let n = s
+                .handle_timeout(read + delta, Some(&mut recv), None, wall0(), &mut out)
+                .unwrap();
+            let mut c = Compound::parse(&out[..n]).unwrap();
+            let Packet::Rr(rr) = c.next().unwrap().unwrap() else {
+                panic!("not an RR")
+            };
+            let b = rr.report_blocks().next().unwrap();
+            assert_eq!(b.last_sender_report_timestamp(), 0x1234_5678);
+            let dlsr = f64::from(b.delay_since_last_sender_report_timestamp());
+            let want = delta.as_secs_f64() * 65_536.0;
+            assert!(
+                (dlsr - want).abs() <= 1.0,
+                "Δ {us} µs: DLSR {dlsr}, want {want}"
+            );
+        }
+    }
+
+    /// Our RTT from the peer's report uses the report's true arrival time.
+    #[test]
+    fn rtt_from_the_peer_report_is_exact_off_the_tick_grid() {
+        for rtt_us in [0u64, 300, 7_700, 20_000, 33_333, 145_001] {
+            let mut s = RtcpSession::with_seed(OURS, "me", RATE, Instant::now(), 0);
+            // The capture's block echoes our SR with a DLSR of 1.5 s.
+            let arrival = capture_lsr_wallclock() + ms(1500) + Duration::from_micros(rtt_us);
+            s.handle_packet(Instant::now(), arrival, &CAPTURE).unwrap();
+            let rtt = s.stats().rtt_ms.unwrap();
+            let want = rtt_us as f64 / 1000.0;
+            // Two 1/65536 s units: the arrival's truncation and the wire's.
+            assert!((rtt - want).abs() <= 0.031, "rtt {rtt} ms, want {want} ms");
+        }
     }
 
     fn recv_session_like(t0: Instant, peer: SocketAddr) -> RecvSession {
