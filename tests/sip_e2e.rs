@@ -296,6 +296,52 @@ async fn echo_returns_the_callers_tone() {
     server.stop().await;
 }
 
+/// A caller that asks for 40 ms packets (`a=ptime:40`) and sends them gets 40 ms packets
+/// back, carrying its own tone.
+#[tokio::test]
+async fn echo_answers_forty_ms_packets_with_forty_ms_packets() {
+    let server = start(0, (44000, 44099)).await;
+    let mut rtp = support::rtp::RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    let sdp = String::from_utf8(offer("127.0.0.1", rtp.port(), "sendrecv"))
+        .unwrap()
+        .replace("a=ptime:20", "a=ptime:40");
+    uac.invite(Instant::now(), "echo", sdp.as_bytes());
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await
+    );
+    let answer = String::from_utf8(uac.answer.clone().unwrap()).unwrap();
+    assert!(answer.contains("a=ptime:40"), "{answer}");
+    let media = std::net::SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let sent = support::rtp::tone("1000/1600@-10", 1600);
+    let back = rtp
+        .exchange_packets(media, &sent, 320, Duration::from_millis(300))
+        .await;
+    // 1.9 s at one packet per 40 ms: about 47 packets.
+    assert!(back.packets.len() >= 35, "{} packets", back.packets.len());
+    assert!(back.packets.iter().all(|&(_, len)| len == 320));
+    for pair in back.packets.windows(2) {
+        let (a, b) = (&pair[0].0, &pair[1].0);
+        assert_eq!(b.seq.get(), a.seq.get().wrapping_add(1));
+        assert_eq!(b.timestamp.get().wrapping_sub(a.timestamp.get()), 320);
+    }
+    // The echo of the tone is in there, unbroken, after the jitter buffer's delay.
+    let best = back
+        .audio
+        .chunks(320 * 10)
+        .map(|c| support::rtp::tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
+    assert!(best > 0.95, "1 kHz power {best}");
+    let level = switchboard::media::level::rms_dbfs(
+        &back.audio[back.audio.len() / 4..back.audio.len() / 2],
+    );
+    assert!(level > -25.0, "echo level {level} dBFS");
+    hang_up(&mut w, &mut uac).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_call_hears_the_greeting_prompts() {
     let server = start(0, (43500, 43599)).await;

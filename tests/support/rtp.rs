@@ -76,15 +76,25 @@ impl RtpPeer {
     /// Sends `pcm` to `to` as 20 ms PCMU packets paced in real time, and returns the decoded
     /// audio received meanwhile (and for `linger` after), in arrival order.
     pub async fn exchange(&mut self, to: SocketAddr, pcm: &[i16], linger: Duration) -> Vec<i16> {
-        let mut received = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        self.exchange_packets(to, pcm, 160, linger).await.audio
+    }
+
+    /// [`RtpPeer::exchange`] with packets of `per` samples, keeping what came back packet
+    /// by packet as well.
+    pub async fn exchange_packets(
+        &mut self,
+        to: SocketAddr,
+        pcm: &[i16],
+        per: usize,
+        linger: Duration,
+    ) -> Exchanged {
+        let mut received = Exchanged::default();
+        let ptime = Duration::from_micros(per as u64 * 125);
+        let mut tick = tokio::time::interval(ptime);
         let mut buf = vec![0u8; 2048];
-        let mut frames = pcm.chunks(160);
-        let end_of_sending = pcm.len() / 160;
+        let mut frames = pcm.chunks(per);
+        let until = tokio::time::Instant::now() + ptime * pcm.len().div_ceil(per) as u32 + linger;
         let mut sent = 0usize;
-        let until = tokio::time::Instant::now()
-            + Duration::from_millis(20 * end_of_sending as u64)
-            + linger;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -101,7 +111,7 @@ impl RtpPeer {
                         let n = RtpPacket::new(header, &payload).write(&mut out).unwrap();
                         self.socket.send_to(&out[..n], to).await.unwrap();
                         self.seq = self.seq.wrapping_add(1);
-                        self.ts = self.ts.wrapping_add(160);
+                        self.ts = self.ts.wrapping_add(frame.len() as u32);
                         sent += 1;
                     }
                 }
@@ -109,7 +119,8 @@ impl RtpPeer {
                     let (n, _) = r.unwrap();
                     if let Ok(p) = RtpPacket::parse(&buf[..n]) {
                         if p.header.payload_type == PayloadType::PCMU {
-                            received.extend(p.payload.iter().map(|&b| ulaw_decode(b)));
+                            received.audio.extend(p.payload.iter().map(|&b| ulaw_decode(b)));
+                            received.packets.push((p.header, p.payload.len()));
                         }
                     }
                 }
@@ -117,4 +128,13 @@ impl RtpPeer {
             }
         }
     }
+}
+
+/// What came back during an exchange.
+#[derive(Default)]
+pub struct Exchanged {
+    /// The decoded audio, in arrival order.
+    pub audio: Vec<i16>,
+    /// Each audio packet's header and payload length.
+    pub packets: Vec<(RtpHeader, usize)>,
 }
