@@ -2,18 +2,27 @@
 //! reads the report block we send back and computes the round trip (RFC 3550 §6.4.1) from
 //! our LSR and DLSR; then it answers our SR with a known delay, and the round trip the leg
 //! computes is checked. On loopback both are (almost) zero: any error is our timing.
+//!
+//! And the send side of every ptime, RFC 4733 events included, allocates nothing per tick.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use rtcp_types::{Compound, Packet};
 use switchboard::media::codec::CodecKind;
-use switchboard::media::leg::{Leg, LegConfig, LegEvent};
+use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent, FRAME, FRAME_SAMPLES};
+use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::media::worker::{LegSockets, MediaEngine};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use switchboard::rtp::NtpTime;
 use switchboard::sdp::Direction;
+
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
+
+#[global_allocator]
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
 const PEER_SSRC: u32 = 0x5eed;
 const LEG_SSRC: u32 = 0x0bad_cafe;
@@ -99,6 +108,21 @@ fn read_report(socket: &UdpSocket) -> Option<Report> {
     Some(report)
 }
 
+fn leg_config(remote: SocketAddr, remote_rtcp: Option<SocketAddr>, ptime_ms: u64) -> LegConfig {
+    LegConfig {
+        codec: CodecKind::Pcmu,
+        payload_type: PayloadType::PCMU,
+        telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+        remote: Some(remote),
+        remote_rtcp,
+        rtcp_mux: false,
+        direction: Direction::SendRecv,
+        rtp_timeout: Duration::from_secs(60),
+        ssrc: Ssrc::new(LEG_SSRC),
+        ptime: Duration::from_millis(ptime_ms),
+    }
+}
+
 #[test]
 fn round_trips_over_loopback_come_out_near_zero() {
     let media = MediaEngine::start(1, 0).unwrap();
@@ -106,18 +130,11 @@ fn round_trips_over_loopback_come_out_near_zero() {
     let leg_rtp = rtp.local_addr().unwrap();
     let leg_rtcp = rtcp.local_addr().unwrap();
     let (peer_rtp, peer_rtcp) = (bind(), bind());
-    let cfg = LegConfig {
-        codec: CodecKind::Pcmu,
-        payload_type: PayloadType::PCMU,
-        telephone_event: None,
-        remote: Some(peer_rtp.local_addr().unwrap()),
-        remote_rtcp: Some(peer_rtcp.local_addr().unwrap()),
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        rtp_timeout: Duration::from_secs(60),
-        ssrc: Ssrc::new(LEG_SSRC),
-        ptime: Duration::from_millis(20),
-    };
+    let cfg = leg_config(
+        peer_rtp.local_addr().unwrap(),
+        Some(peer_rtcp.local_addr().unwrap()),
+        20,
+    );
     let leg = Leg::new(cfg, Instant::now()).unwrap();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let handle = media.add(leg, LegSockets { rtp, rtcp }, tx).unwrap();
@@ -201,5 +218,66 @@ fn send_rtp(socket: &UdpSocket, to: SocketAddr, seqs: std::ops::Range<u16>) {
             .write(&mut out)
             .unwrap();
         socket.send_to(&out[..n], to).unwrap();
+    }
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    assert!(thread_alloc::allocations(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
+}
+
+/// Ticks of legs playing a tone at every ptime, alone and with a room's shared encode, with
+/// a key sent by RFC 4733 halfway: after warming up, none allocates.
+#[test]
+fn packetising_any_ptime_allocates_nothing() {
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let t0 = Instant::now();
+    let spec: ToneSpec = "1000/60000@-10".parse().unwrap();
+    let pcm = [1000i16; FRAME_SAMPLES];
+    let payload = [0x5au8; FRAME_SAMPLES];
+    for ptime in [10, 20, 30, 40, 50, 60] {
+        for room in [false, true] {
+            let mut leg = Leg::new(leg_config(peer, None, ptime), t0).unwrap();
+            leg.apply(
+                t0,
+                LegCommand::Play {
+                    id: 1,
+                    source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                    barge_in: false,
+                },
+            );
+            if room {
+                leg.apply(t0, LegCommand::StopPlay);
+            }
+            let mut packets = 0u64;
+            let mut run = |leg: &mut Leg, ticks: std::ops::Range<u64>| {
+                for n in ticks {
+                    let now = t0 + FRAME * n as u32;
+                    let wall = SystemTime::UNIX_EPOCH + FRAME * n as u32;
+                    let mut out = |_, _, _: &[u8]| packets += 1;
+                    leg.receive(now);
+                    if room {
+                        leg.send_encoded(now, wall, n, &pcm, &payload, &mut out);
+                    } else {
+                        leg.send(now, wall, n, None, &mut out);
+                    }
+                }
+            };
+            run(&mut leg, 0..50);
+            leg.apply(
+                t0 + FRAME * 50,
+                LegCommand::SendDtmf {
+                    digits: "1".into(),
+                    inband: false,
+                },
+            );
+            let allocs = thread_alloc::allocations(|| run(&mut leg, 50..400));
+            assert_eq!(allocs, 0, "ptime {ptime}, room {room}");
+            let _ = leg.poll_event();
+            assert!(
+                packets > 350 * 20 / ptime,
+                "ptime {ptime}: {packets} packets"
+            );
+        }
     }
 }
