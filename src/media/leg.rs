@@ -291,6 +291,8 @@ pub struct Leg {
     out_len: usize,
     /// Sample position (see [`SendSession::position_of`]) of the first byte in `out_fifo`.
     out_pos: u64,
+    /// The tick of the last send half.
+    last_tick: Option<u64>,
     packet: [u8; 1500],
     events: VecDeque<LegEvent>,
     stats: LegStats,
@@ -352,6 +354,7 @@ impl Leg {
             out_fifo: [0; OUT_FIFO_BYTES],
             out_len: 0,
             out_pos: 0,
+            last_tick: None,
             packet: [0; 1500],
             events: VecDeque::with_capacity(16),
             stats: LegStats::default(),
@@ -693,6 +696,7 @@ impl Leg {
         room: Option<&[i16; FRAME_SAMPLES]>,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
+        self.follow_ticks(now, tick);
         self.produce_frame(room);
         self.record_frame();
         if self.cfg.direction.sends() {
@@ -720,6 +724,7 @@ impl Leg {
         if self.playing.is_some() || self.echo || !self.inband_sender.is_idle() {
             return self.send(now, wallclock, tick, Some(pcm), send);
         }
+        self.follow_ticks(now, tick);
         if self.recording.is_some() {
             self.pcm_out = *pcm;
             self.record_frame();
@@ -731,6 +736,22 @@ impl Leg {
             }
         }
         self.send_rtcp(now, wallclock, send);
+    }
+
+    /// Lines the SR's RTP clock up with the ticks that stamp our packets: tick 0 of the
+    /// worker (not the leg's creation) is where `timestamp_at(0)` lies. Set at the first
+    /// send half and again when the ticks jump (the leg moved to another worker).
+    fn follow_ticks(&mut self, now: Instant, tick: u64) {
+        if self
+            .last_tick
+            .is_none_or(|last| last.wrapping_add(1) != tick)
+        {
+            let since_zero = Duration::from_micros(tick.saturating_mul(FRAME.as_micros() as u64));
+            if let Some(zero) = now.checked_sub(since_zero) {
+                self.rtcp.set_media_epoch(zero);
+            }
+        }
+        self.last_tick = Some(tick);
     }
 
     /// Whether an RTCP report goes out in a send half at `now`: the caller then passes the
@@ -1930,5 +1951,41 @@ mod ptime_tests {
             let share = tone_share(part, 1000.0, 8000.0);
             assert!(share > 0.99, "ticks {from}..{to}: {share}");
         }
+    }
+
+    /// Our SR states the RTP time of our packets: a leg joining a worker at tick 5000 stamps
+    /// its SR from the worker's tick 0, not from its own creation.
+    #[test]
+    fn the_sender_report_matches_the_packets_rtp_clock() {
+        let t0 = Instant::now();
+        let start = 5000u64;
+        let mut l = playing_leg(t0 + FRAME * start as u32, 40);
+        let mut sr = None;
+        let mut last_audio = None;
+        for n in start..start + 300 {
+            let now = t0 + FRAME * n as u32;
+            l.tick(
+                now,
+                SystemTime::now(),
+                n,
+                &mut |port, _, bytes| match port {
+                    Port::Rtp => last_audio = Some((n, RtpPacket::parse(bytes).unwrap().header)),
+                    Port::Rtcp if bytes[1] == 200 && sr.is_none() => {
+                        let ts = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+                        sr = Some((n, ts));
+                    }
+                    Port::Rtcp => {}
+                },
+            );
+        }
+        let (sr_tick, sr_ts) = sr.expect("an SR");
+        let (audio_tick, audio) = last_audio.unwrap();
+        // The last 40 ms packet starts one tick before the tick that sent it.
+        let audio_start = audio_tick - 1;
+        let expected = audio
+            .timestamp
+            .get()
+            .wrapping_sub(((audio_start - sr_tick) * 160) as u32);
+        assert_eq!(sr_ts, expected);
     }
 }
