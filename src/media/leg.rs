@@ -990,6 +990,20 @@ fn test_leg(now: Instant) -> Leg {
     test_leg_with_ptime(now, FRAME)
 }
 
+/// Feeds an RFC 4733 packet the leg sent to `rx`, noting the keys that began in `keys`.
+#[cfg(test)]
+fn read_keys(rx: &mut EventReceiver, now: Instant, p: &RtpPacket<'_>, keys: &mut String) {
+    let first = rx.push(now, p.header.timestamp, p.header.marker, p.payload);
+    for e in first
+        .into_iter()
+        .chain(std::iter::from_fn(|| rx.poll_event()))
+    {
+        if e.phase == DigitPhase::Began {
+            keys.push(e.digit.as_char());
+        }
+    }
+}
+
 /// [`test_leg`] sending packets of `ptime`.
 #[cfg(test)]
 fn test_leg_with_ptime(now: Instant, ptime: Duration) -> Leg {
@@ -1525,15 +1539,7 @@ mod dtmf_tests {
                 audio_packets += 1;
                 return;
             }
-            let first = rx.push(now, p.header.timestamp, p.header.marker, p.payload);
-            for e in first
-                .into_iter()
-                .chain(std::iter::from_fn(|| rx.poll_event()))
-            {
-                if e.phase == DigitPhase::Began {
-                    got.push(e.digit.as_char());
-                }
-            }
+            read_keys(&mut rx, now, p, &mut got);
         });
         assert_eq!(got, "19#");
         assert!(audio_packets > 0, "audio resumes between and after events");
@@ -1563,7 +1569,6 @@ mod dtmf_tests {
 mod ptime_tests {
     use super::*;
     use crate::media::codec::g711::{ulaw_decode, ulaw_encode};
-    use crate::media::dtmf::EventReceiver;
     use crate::media::level::{rms_dbfs, tone_share};
     use crate::media::tone::{ToneGenerator, ToneSpec};
     use crate::rtp::packet::RtpHeader;
@@ -1779,15 +1784,8 @@ mod ptime_tests {
         let mut digits = String::new();
         for e in &events {
             let now = t0 + FRAME * e.tick as u32;
-            let first = rx.push(now, e.header.timestamp, e.header.marker, &e.payload);
-            for d in first
-                .into_iter()
-                .chain(std::iter::from_fn(|| rx.poll_event()))
-            {
-                if d.phase == DigitPhase::Began {
-                    digits.push(d.digit.as_char());
-                }
-            }
+            let p = RtpPacket::new(e.header, &e.payload);
+            read_keys(&mut rx, now, &p, &mut digits);
         }
         assert_eq!(digits, "5");
 
