@@ -1612,17 +1612,31 @@ mod ptime_tests {
     fn tick_leg(l: &mut Leg, t0: Instant, ticks: std::ops::Range<u64>, out: &mut Vec<Sent>) {
         for n in ticks {
             let now = t0 + FRAME * n as u32;
-            l.tick(now, SystemTime::now(), n, &mut |port, _, bytes| {
-                if port == Port::Rtp {
-                    let p = RtpPacket::parse(bytes).unwrap();
-                    out.push(Sent {
-                        tick: n,
-                        header: p.header,
-                        payload: p.payload.to_vec(),
-                    });
-                }
-            });
+            l.tick(now, SystemTime::now(), n, &mut collect(n, out));
         }
+    }
+
+    /// A send callback keeping the RTP packets sent in tick `n`.
+    fn collect(n: u64, out: &mut Vec<Sent>) -> impl FnMut(Port, SocketAddr, &[u8]) + '_ {
+        move |port, _, bytes| {
+            if port == Port::Rtp {
+                let p = RtpPacket::parse(bytes).unwrap();
+                out.push(Sent {
+                    tick: n,
+                    header: p.header,
+                    payload: p.payload.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// A leg with `ptime_ms` playing the tone for `ticks`, and what it sent.
+    fn played(ptime_ms: u64, ticks: u64) -> (Leg, Vec<Sent>, Instant) {
+        let t0 = Instant::now();
+        let mut l = playing_leg(t0, ptime_ms);
+        let mut sent = Vec::new();
+        tick_leg(&mut l, t0, 0..ticks, &mut sent);
+        (l, sent, t0)
     }
 
     fn decode(packets: &[&Sent]) -> Vec<i16> {
@@ -1672,10 +1686,7 @@ mod ptime_tests {
 
     #[test]
     fn forty_ms_packets_every_second_tick() {
-        let t0 = Instant::now();
-        let mut l = playing_leg(t0, 40);
-        let mut sent = Vec::new();
-        tick_leg(&mut l, t0, 0..100, &mut sent);
+        let (l, sent, _) = played(40, 100);
         assert_eq!(sent.len(), 50);
         check_stream(&sent, 320);
         assert!(sent.iter().all(|p| p.tick % 2 == 1));
@@ -1684,10 +1695,7 @@ mod ptime_tests {
 
     #[test]
     fn thirty_ms_packets_fall_between_ticks() {
-        let t0 = Instant::now();
-        let mut l = playing_leg(t0, 30);
-        let mut sent = Vec::new();
-        tick_leg(&mut l, t0, 0..99, &mut sent);
+        let (_, sent, _) = played(30, 99);
         // 99 ticks make 66 packets of 30 ms: sent in ticks 1, 2, 4, 5, 7, 8 …
         assert_eq!(sent.len(), 66);
         check_stream(&sent, 240);
@@ -1696,16 +1704,11 @@ mod ptime_tests {
 
     #[test]
     fn sixty_and_ten_ms_packets() {
-        let t0 = Instant::now();
-        let mut l = playing_leg(t0, 60);
-        let mut sent = Vec::new();
-        tick_leg(&mut l, t0, 0..90, &mut sent);
+        let (_, sent, _) = played(60, 90);
         assert_eq!(sent.len(), 30);
         check_stream(&sent, 480);
 
-        let mut l = playing_leg(t0, 10);
-        let mut sent = Vec::new();
-        tick_leg(&mut l, t0, 0..50, &mut sent);
+        let (_, sent, _) = played(10, 50);
         assert_eq!(sent.len(), 100, "two packets a tick");
         check_stream(&sent, 80);
     }
@@ -1713,10 +1716,7 @@ mod ptime_tests {
     #[test]
     fn unusable_ptimes_send_twenty_ms() {
         for ms in [0, 5, 25, 70, 80] {
-            let t0 = Instant::now();
-            let mut l = playing_leg(t0, ms);
-            let mut sent = Vec::new();
-            tick_leg(&mut l, t0, 0..20, &mut sent);
+            let (_, sent, _) = played(ms, 20);
             assert_eq!(sent.len(), 20, "ptime {ms}");
             check_stream(&sent, 160);
         }
@@ -1724,10 +1724,7 @@ mod ptime_tests {
 
     #[test]
     fn a_new_ptime_from_a_reinvite_applies_to_later_packets() {
-        let t0 = Instant::now();
-        let mut l = playing_leg(t0, 20);
-        let mut sent = Vec::new();
-        tick_leg(&mut l, t0, 0..20, &mut sent);
+        let (mut l, mut sent, t0) = played(20, 20);
         l.apply(
             t0 + FRAME * 20,
             LegCommand::Update {
@@ -1747,11 +1744,8 @@ mod ptime_tests {
 
     #[test]
     fn an_rfc4733_event_in_forty_ms_packetisation() {
-        let t0 = Instant::now();
-        let mut l = playing_leg(t0, 40);
-        let mut sent = Vec::new();
         // Tick 10 buffers half a packet; the event starts at tick 11 and replaces it.
-        tick_leg(&mut l, t0, 0..11, &mut sent);
+        let (mut l, mut sent, t0) = played(40, 11);
         l.apply(
             t0 + FRAME * 11,
             LegCommand::SendDtmf {
@@ -1845,23 +1839,8 @@ mod ptime_tests {
             gen.fill(&mut pcm);
             let payload: Vec<u8> = pcm.iter().map(|&s| ulaw_encode(s)).collect();
             l.receive(now);
-            l.send_encoded(
-                now,
-                SystemTime::now(),
-                n,
-                &pcm,
-                &payload,
-                &mut |port, _, b| {
-                    if port == Port::Rtp {
-                        let p = RtpPacket::parse(b).unwrap();
-                        sent.push(Sent {
-                            tick: n,
-                            header: p.header,
-                            payload: p.payload.to_vec(),
-                        });
-                    }
-                },
-            );
+            let mut out = collect(n, &mut sent);
+            l.send_encoded(now, SystemTime::now(), n, &pcm, &payload, &mut out);
         }
         assert_eq!(sent.len(), 20);
         check_stream(&sent, 320);
