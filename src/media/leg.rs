@@ -1,6 +1,7 @@
 //! One call's media leg, sans-IO: RTP in (latching, jitter buffer, decode, loss concealment,
-//! in-band DTMF), a 20 ms tick out (echo, a playing source, or silence; encode; RTP), and the
-//! events a call cares about (digits, playback done, RTP timeout).
+//! in-band DTMF), a 20 ms tick out (echo, a playing source, or silence; encode; RTP in packets
+//! of the peer's ptime, gathered in a small FIFO of encoded audio), and the events a call
+//! cares about (digits, playback done, RTP timeout).
 //!
 //! The worker owns the socket: it hands received datagrams to [`Leg::handle_packet`] and calls
 //! [`Leg::tick`] once per 20 ms with a send callback. A leg in a conference room is ticked in
