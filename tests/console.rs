@@ -1,7 +1,9 @@
 //! The web console in a real browser: headless Chromium driven over WebDriver (chromedriver
 //! started here on a free loopback port). One test runs the API router with a real call
-//! registry and event bus and a fake conference side (every control checked precisely); the
-//! other runs the whole server with real SIP calls in a real room.
+//! registry and event bus, a fake conference side (every control checked precisely), a
+//! recording, CDRs and media counters; one runs it without a token; one runs the whole server
+//! with real SIP callers, one of them sending and hearing real audio, in a real room whose
+//! every control is driven from the page and checked through the API.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian). Without them the test fails under
 //! `CI=true` and is skipped with a message otherwise. Screenshots of each step are written to
@@ -619,6 +621,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
         .await
         .unwrap()
         .starts_with("1 call on "));
+    js(&c, "document.getElementById('history').scrollIntoView();").await;
     screenshot(&c, "5-history").await;
 
     // A token that stops working brings the prompt back.

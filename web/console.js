@@ -228,9 +228,8 @@ function renderRooms() {
         el("td", { class: "talk-cell" }, el("span", { class: "talk", title: m.talking ? "talking" : "quiet" })),
         el("td", { class: "who" }, party(m.from),
           m.moderator ? tag("moderator") : "",
-          m.muted ? tag("muted", "muted-tag") : "",
+          m.muted ? tag("muted", "mute-state") : "",
           m.deaf ? tag("deaf", "deaf-tag") : ""),
-        el("td", { class: "mute-state" }, m.muted ? "muted" : ""),
         el("td", { class: "num" }, since(m.joined_at)),
         el("td", { class: "actions" },
           m.muted
@@ -272,7 +271,7 @@ function renderRooms() {
         controls),
       room.members.length
         ? el("table", { class: "members" },
-            el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "Member"), el("th", {}, ""),
+            el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "Member"),
               el("th", {}, "In room"), el("th", {}, ""))),
             members)
         : el("p", { class: "empty" }, "Nobody here."));
@@ -356,7 +355,8 @@ function drawLevels(canvas, peaks) {
   ctx.fillStyle = "#3a7bd5";
   const bar = w / Math.max(1, peaks.length);
   peaks.forEach((p, i) => {
-    const y = Math.max(1, Math.round(p * h));
+    // A square-root scale keeps quiet speech visible next to loud parts.
+    const y = Math.max(1, Math.round(Math.sqrt(p) * h));
     ctx.fillRect(Math.floor(i * bar), (h - y) / 2, Math.max(1, Math.ceil(bar) - (bar > 2 ? 1 : 0)), y);
   });
   canvas.dataset.levels = String(peaks.length);

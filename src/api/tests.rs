@@ -854,6 +854,17 @@ async fn openapi_document_is_served() {
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
     assert!(v["paths"]["/api/recordings/{id}/audio"]["get"].is_object());
     assert!(v["components"]["schemas"]["RecordingList"].is_object());
+    for path in ["/api/recordings/{id}/levels", "/api/stats", "/api/info"] {
+        assert!(v["paths"][path]["get"].is_object(), "{path}");
+    }
+    for schema in ["Levels", "Stats", "ServerInfo"] {
+        assert!(v["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    // `/api/info` is the one operation that needs no token.
+    assert_eq!(
+        v["paths"]["/api/info"]["get"]["security"],
+        serde_json::json!([{}])
+    );
 }
 
 #[tokio::test]
