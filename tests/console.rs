@@ -379,13 +379,13 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     let stored = js(&c, "return localStorage.getItem('switchboard-token');").await;
     assert_eq!(stored, TOKEN);
     assert!(
-        !c.find(Locator::Css("#change-token"))
+        c.find(Locator::Css("#change-token"))
             .await
             .unwrap()
             .attr("hidden")
             .await
             .unwrap()
-            .is_some(),
+            .is_none(),
         "a server with a token offers to change it"
     );
 
@@ -432,7 +432,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     assert!(first <= 2, "a new call shows {first} s");
     let later = eventually("call duration ticking", || async {
         let s = seconds(&text_of(&c, &dur).await?);
-        (s >= first + 1).then_some(s)
+        (s > first).then_some(s)
     })
     .await;
     assert!(later <= first + 3, "{first} -> {later}");
