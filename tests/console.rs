@@ -259,6 +259,17 @@ async fn wait_gone(c: &Client, css: &str) {
     .await;
 }
 
+/// Where the first download link under `css` points.
+async fn download_href(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(&format!("{css} a[data-action=download]")))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .expect("a download link with an href")
+}
+
 /// Seconds of an `M:SS` or `H:MM:SS` duration.
 fn seconds(text: &str) -> u64 {
     text.split(':').fold(0, |acc, part| {
@@ -541,14 +552,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     })
     .await;
     assert!(ready >= 2 && time > 0.0);
-    let href = c
-        .find(Locator::Css(&format!("{row} a[data-action=download]")))
-        .await
-        .unwrap()
-        .attr("href")
-        .await
-        .unwrap()
-        .unwrap();
+    let href = download_href(&c, row).await;
     assert!(
         href.ends_with(&format!("/api/recordings/rec-console/audio?token={TOKEN}")),
         "{href}"
@@ -672,14 +676,7 @@ async fn console_asks_for_no_token_when_the_server_needs_none() {
         format!("v{}", env!("CARGO_PKG_VERSION"))
     );
     // Audio links carry no token either.
-    let href = c
-        .find(Locator::Css("a[data-action=download]"))
-        .await
-        .unwrap()
-        .attr("href")
-        .await
-        .unwrap()
-        .unwrap();
+    let href = download_href(&c, "#recordings").await;
     assert!(href.ends_with("/api/recordings/rec-open/audio"), "{href}");
     screenshot(&c, "0-no-token").await;
 

@@ -62,15 +62,18 @@ fn sidecar(id: &str, from: &str, to: &str, room: Option<&str>, started: &str) ->
     }
 }
 
+/// The format of every test WAV.
+const MONO_8K: hound::WavSpec = hound::WavSpec {
+    channels: 1,
+    sample_rate: 8000,
+    bits_per_sample: 16,
+    sample_format: hound::SampleFormat::Int,
+};
+
 /// One second of 8 kHz noise, so every byte range has distinct content.
 fn write_wav(dir: &Path, id: &str) -> Vec<u8> {
     let path = dir.join(format!("{id}.wav"));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+    let spec = MONO_8K;
     let mut w = hound::WavWriter::create(&path, spec).unwrap();
     for _ in 0..8000 {
         w.write_sample(fastrand::i16(..)).unwrap();
@@ -940,12 +943,7 @@ async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
 
 /// Two seconds at 8 kHz: a 1 kHz tone at 0.8 of full scale, then the same at 0.1.
 fn write_loud_then_quiet(dir: &Path, id: &str) -> Sidecar {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+    let spec = MONO_8K;
     let mut w = hound::WavWriter::create(dir.join(format!("{id}.wav")), spec).unwrap();
     for i in 0..16_000 {
         let amp = if i < 8000 { 0.8 } else { 0.1 };
@@ -988,12 +986,7 @@ async fn levels_show_a_loud_half_then_a_quiet_half() {
     let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
     assert_eq!(v["peaks"].as_array().unwrap().len(), 200);
     // A rewritten file is read again, not answered from the cache.
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+    let spec = MONO_8K;
     let path = f.tmp.recordings().join("rec-levels.wav");
     std::fs::remove_file(&path).unwrap();
     let mut w = hound::WavWriter::create(&path, spec).unwrap();
