@@ -997,6 +997,7 @@ async fn console_drives_a_real_room_and_its_calls() {
         Duration::ZERO,
     )
     .await;
+    wait_gone(&c, &format!("{a_row}.talking")).await;
     click(&c, &format!("{room} button[data-action=record-stop]")).await;
     eventually("recording stopped in the API", || async {
         sales(http).await?["recording"].is_null().then_some(())

@@ -196,10 +196,12 @@ async function loadStats() {
     const v = s[box.dataset.stat];
     if (v === undefined) continue;
     box.querySelector(".n").textContent = String(v);
-    box.dataset.value = String(v);
+    // Late ticks since start are history; only new ones since the last look are a warning.
+    const prev = Number(box.dataset.value);
     box.classList.toggle("warn",
       (box.dataset.stat === "rtp_loss_percent" && v >= 1) ||
-      (box.dataset.stat === "late_ticks" && v > 0));
+      (box.dataset.stat === "late_ticks" && !Number.isNaN(prev) && v > prev));
+    box.dataset.value = String(v);
   }
 }
 

@@ -152,7 +152,8 @@ pub fn peaks<R: Read>(reader: R, n: usize) -> Result<Peaks, hound::Error> {
     match spec.sample_format {
         hound::SampleFormat::Float => {
             for (i, s) in wav.samples::<f32>().enumerate() {
-                let v = s?.abs().min(1.0);
+                let Some(s) = sample(s)? else { break };
+                let v = s.abs().min(1.0);
                 let slot = &mut out[slice_of(i / channels)];
                 *slot = slot.max(v);
             }
@@ -160,7 +161,8 @@ pub fn peaks<R: Read>(reader: R, n: usize) -> Result<Peaks, hound::Error> {
         hound::SampleFormat::Int => {
             let full = (1i64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
             for (i, s) in wav.samples::<i32>().enumerate() {
-                let v = (s?.unsigned_abs() as f32 / full).min(1.0);
+                let Some(s) = sample(s)? else { break };
+                let v = (s.unsigned_abs() as f32 / full).min(1.0);
                 let slot = &mut out[slice_of(i / channels)];
                 *slot = slot.max(v);
             }
@@ -174,6 +176,17 @@ pub fn peaks<R: Read>(reader: R, n: usize) -> Result<Peaks, hound::Error> {
         duration_ms,
         peaks: out,
     })
+}
+
+/// A sample, or None where a file cut short ends before its header says: the levels of
+/// what is there are still worth drawing.
+fn sample<T>(s: Result<T, hound::Error>) -> Result<Option<T>, hound::Error> {
+    match s {
+        Ok(v) => Ok(Some(v)),
+        // Past a valid header, a read failure means the data ran out.
+        Err(hound::Error::IoError(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +231,17 @@ mod tests {
         assert!(p.peaks.is_empty());
         assert_eq!(p.duration_ms, 0);
         assert!(peaks(&b"not a wav"[..], 10).is_err());
+    }
+
+    #[test]
+    fn a_file_cut_short_gives_the_levels_it_has() {
+        let mut s = vec![16384i16; 50];
+        s.extend([0i16; 50]);
+        let full = wav(&s, 1);
+        // Half the data is gone, the header still claims all of it.
+        let cut = &full[..full.len() - 100];
+        let p = peaks(cut, 2).unwrap();
+        assert_eq!(p.peaks, vec![0.5, 0.0]);
+        assert_eq!(p.duration_ms, 12);
     }
 }
