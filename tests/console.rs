@@ -438,6 +438,32 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     )
     .await;
     assert_eq!(title, "sip:dave@example.com;user=phone");
+    // The page's reading of other From forms.
+    let parsed = js(
+        &c,
+        r#"return [
+            '"Smith, J. <Sales>" <sip:js@example.com>;tag=1',
+            '"Say \\"hi\\"" <sips:hi@example.com:5061;transport=tls>',
+            'Bob <sip:bob@example.org>',
+            '<sip:%2B15551234@gw.example.net;user=phone>;tag=x',
+            'sip:carol@example.com;tag=9',
+            'tel:+15550001',
+            'ivr',
+        ].map(t => { const p = parseParty(t); return [p.name, p.user, p.uri]; });"#,
+    )
+    .await;
+    assert_eq!(
+        parsed,
+        serde_json::json!([
+            ["Smith, J. <Sales>", "js", "sip:js@example.com"],
+            ["Say \"hi\"", "hi", "sips:hi@example.com:5061;transport=tls"],
+            ["Bob", "bob", "sip:bob@example.org"],
+            ["", "+15551234", "sip:%2B15551234@gw.example.net;user=phone"],
+            ["", "carol", "sip:carol@example.com"],
+            ["", "+15550001", "tel:+15550001"],
+            ["", "ivr", "ivr"],
+        ])
+    );
     let dur = format!("{call_row} .dur");
     let first = seconds(&text_of(&c, &dur).await.unwrap());
     assert!(first <= 2, "a new call shows {first} s");

@@ -103,17 +103,23 @@ function tag(text, cls) {
 function parseParty(text) {
   const s = String(text || "").trim();
   let name = "";
-  let uri = s;
-  const lt = s.indexOf("<");
-  if (lt >= 0) {
-    name = s.slice(0, lt).trim();
-    const gt = s.indexOf(">", lt);
-    uri = s.slice(lt + 1, gt < 0 ? undefined : gt);
-  } else {
-    uri = s.split(";")[0]; // header parameters such as ;tag= follow a bare URI
+  let rest = s;
+  if (s.startsWith('"')) {
+    // A quoted name may hold any character, `<` and escaped quotes included.
+    const m = /^"((?:[^"\\]|\\.)*)"\s*/.exec(s);
+    if (m) {
+      name = m[1].replace(/\\(.)/g, "$1");
+      rest = s.slice(m[0].length);
+    }
   }
-  if (name.startsWith('"') && name.endsWith('"') && name.length >= 2) {
-    name = name.slice(1, -1).replace(/\\(.)/g, "$1");
+  let uri;
+  const lt = rest.indexOf("<");
+  if (lt >= 0) {
+    if (!name) name = rest.slice(0, lt).trim();
+    const gt = rest.indexOf(">", lt);
+    uri = rest.slice(lt + 1, gt < 0 ? undefined : gt);
+  } else {
+    uri = rest.split(";")[0]; // header parameters such as ;tag= follow a bare URI
   }
   let user = uri.replace(/^(sips?|tel):/i, "").split(/[;?]/)[0];
   const at = user.lastIndexOf("@");
