@@ -249,6 +249,16 @@ async fn text_of(c: &Client, css: &str) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
+/// Whether the element `css` names is displayed (as a person would see it, CSS applied).
+async fn displayed(c: &Client, css: &str) -> bool {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .is_displayed()
+        .await
+        .unwrap()
+}
+
 /// Waits until no element matches `css`.
 async fn wait_gone(c: &Client, css: &str) {
     let q = serde_json::to_string(css).unwrap();
@@ -390,13 +400,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     let stored = js(&c, "return localStorage.getItem('switchboard-token');").await;
     assert_eq!(stored, TOKEN);
     assert!(
-        c.find(Locator::Css("#change-token"))
-            .await
-            .unwrap()
-            .attr("hidden")
-            .await
-            .unwrap()
-            .is_none(),
+        displayed(&c, "#change-token").await,
         "a server with a token offers to change it"
     );
 
@@ -690,13 +694,25 @@ async fn console_asks_for_no_token_when_the_server_needs_none() {
     c.goto(&format!("http://{http}/")).await.unwrap();
     wait_for(&c, "#stream-state.on").await;
     wait_for(&c, "#recordings tr[data-recording='rec-open']").await;
-    let hidden = js(
-        &c,
-        "return [document.getElementById('login').hidden, document.getElementById('app').hidden,
-                 document.getElementById('change-token').hidden, localStorage.getItem('switchboard-token')];",
-    )
-    .await;
-    assert_eq!(hidden, serde_json::json!([true, false, true, null]));
+    assert_eq!(
+        js(&c, "return localStorage.getItem('switchboard-token');").await,
+        serde_json::Value::Null
+    );
+    for (css, shown) in [
+        ("#login", false),
+        ("#app", true),
+        ("#change-token", false),
+        ("#recordings", true),
+        // CDRs are off here: the history says so instead of showing an empty table.
+        ("#history-filter", false),
+        ("#history-table", false),
+    ] {
+        assert_eq!(displayed(&c, css).await, shown, "{css} displayed");
+    }
+    assert!(text_of(&c, "#history-total")
+        .await
+        .unwrap()
+        .starts_with("Call history is off"));
     assert_eq!(
         text_of(&c, "#version").await.unwrap(),
         format!("v{}", env!("CARGO_PKG_VERSION"))
@@ -716,6 +732,7 @@ async fn console_asks_for_no_token_when_the_server_needs_none() {
 async fn log_in(c: &Client, http: SocketAddr, shot: Option<&str>) {
     c.goto(&format!("http://{http}/")).await.unwrap();
     let input = wait_for(c, "#login:not([hidden]) #token").await;
+    assert!(displayed(c, "#login").await && !displayed(c, "#app").await);
     if let Some(name) = shot {
         screenshot(c, name).await;
     }

@@ -340,6 +340,7 @@ async function loadCalls() {
         () => control("POST", "/api/calls/" + encodeURIComponent(c.id) + "/hangup"), "danger"))));
   }
   $("#calls-empty").hidden = list.length > 0;
+  body.closest("table").hidden = list.length === 0;
 }
 
 // ---- recordings ----
@@ -411,6 +412,7 @@ async function loadRecordings() {
           loadRecordings().catch(showError);
         }) : "")));
   }
+  body.closest("table").hidden = page.items.length === 0;
   $("#recordings-total").textContent =
     page.total === 0 ? "No recordings." : page.total + (page.total === 1 ? " recording" : " recordings");
 }
@@ -437,12 +439,13 @@ async function loadHistory() {
   } catch (e) {
     if (e.status !== 404) throw e;
     form.hidden = true;
-    $("#history").replaceChildren();
+    $("#history-table").hidden = true;
     $("#history-total").textContent = "Call history is off: the server keeps no call records ([cdr] dir).";
     return;
   }
   form.hidden = false;
   const body = $("#history");
+  $("#history-table").hidden = page.items.length === 0;
   body.replaceChildren();
   for (const c of page.items) {
     body.append(el("tr", { "data-cdr": c.call_id, title: "Call-ID " + c.call_id },
