@@ -1097,7 +1097,11 @@ async fn console_drives_a_real_room_and_its_calls() {
         .unwrap();
     assert!(byed, "the call hung up from the console got no BYE");
     wait_gone(&c, &format!("#calls tr[data-call='{b_id}']")).await;
-    wait_for(&c, &format!("#history tr[data-cdr='{b_id}']")).await;
+    let b_cdr = format!("#history tr[data-cdr='{b_id}']");
+    wait_for(&c, &b_cdr).await;
+    // B talked from its answer until the hang-up, several seconds.
+    let talked = text_of(&c, &format!("{b_cdr} .talk-time")).await.unwrap();
+    assert!(seconds(&talked) >= 3, "{talked}");
 
     // End the room (two clicks): it is gone from the API and the page, and A is hung up.
     click(&c, &format!("{room} button[data-action=end]")).await;
