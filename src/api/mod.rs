@@ -6,8 +6,8 @@
 //!
 //! | method | path | answer |
 //! |---|---|---|
-//! | GET | `/api/recordings` | `{ "total", "items" }`, newest first; filters and paging |
 //! | GET | `/api/info` | name, version, whether a token is needed (no token) |
+//! | GET | `/api/recordings` | `{ "total", "items" }`, newest first; filters and paging |
 //! | GET | `/api/recordings/{id}` | the sidecar |
 //! | GET, HEAD | `/api/recordings/{id}/audio` | the WAV; `Range`, `ETag`, `If-None-Match` |
 //! | GET | `/api/recordings/{id}/levels?n=` | peak level of each of `n` slices of the WAV |
