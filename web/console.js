@@ -378,7 +378,11 @@ function levelStrip(id) {
     drawLevels(canvas, cached);
   } else {
     api("GET", "/api/recordings/" + encodeURIComponent(id) + "/levels?n=80")
-      .then((l) => { levelCache.set(id, l.peaks); drawLevels(canvas, l.peaks); })
+      .then((l) => {
+        if (levelCache.size >= 1000) levelCache.clear(); // a page left open for days
+        levelCache.set(id, l.peaks);
+        drawLevels(canvas, l.peaks);
+      })
       .catch(showError);
   }
   return canvas;
