@@ -138,6 +138,7 @@ pub fn spawn(
                 rtp: Default::default(),
             };
             let outcome = c.run(request).await;
+            let ended = (Instant::now(), crate::live::rfc3339_now());
             let (reason, code) = outcome.describe();
             tracing::info!(reason, ?code, "call ended");
             c.ctx.metrics.call_ended();
@@ -147,7 +148,7 @@ pub fn spawn(
                 code,
             });
             c.close_media().await;
-            c.write_cdr(&outcome, reason, code);
+            c.write_cdr(&outcome, reason, code, ended);
         }
         .instrument(span),
     );
@@ -221,10 +222,12 @@ impl Outcome {
         match self {
             Outcome::Ended(EndReason::RemoteBye) => ("caller_bye", None),
             Outcome::Ended(EndReason::LocalBye) => ("server_bye", None),
-            Outcome::Ended(EndReason::Cancelled) => ("cancelled", None),
+            // The endpoint answered the INVITE 487 (RFC 3261 §9.2).
+            Outcome::Ended(EndReason::Cancelled) => ("cancelled", Some(487)),
             Outcome::Ended(EndReason::Rejected(c)) | Outcome::Refused(c) => ("refused", Some(*c)),
             Outcome::Ended(EndReason::AckTimeout) => ("ack_timeout", None),
             Outcome::Ended(EndReason::Timeout) => ("timeout", None),
+            Outcome::Ended(EndReason::SessionExpired) => ("session_expired", None),
             Outcome::Lost => ("lost", None),
         }
     }
@@ -281,8 +284,15 @@ impl Call {
         }
     }
 
-    /// Hands the call's record to the CDR writer, if CDRs are on.
-    fn write_cdr(&self, outcome: &Outcome, cause: &str, code: Option<u16>) {
+    /// Hands the call's record to the CDR writer, if CDRs are on. `ended` is when the call
+    /// ended (not when its media was closed), monotonic and as RFC 3339.
+    fn write_cdr(
+        &self,
+        outcome: &Outcome,
+        cause: &str,
+        code: Option<u16>,
+        ended: (Instant, String),
+    ) {
         let Some(cdr) = &self.ctx.cdr else {
             return;
         };
@@ -299,10 +309,10 @@ impl Call {
                 .as_ref()
                 .map_or_else(crate::live::rfc3339_now, |i| i.started_at.clone()),
             answered_at: info.and_then(|i| i.answered_at),
-            ended_at: crate::live::rfc3339_now(),
-            duration_ms: self
-                .answered_at
-                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            ended_at: ended.1,
+            duration_ms: self.answered_at.map_or(0, |t| {
+                ended.0.saturating_duration_since(t).as_millis() as u64
+            }),
             hangup,
             cause: cause.to_string(),
             sip_code: code.or(self.answered.then_some(200)),
@@ -424,6 +434,7 @@ impl Call {
             return;
         };
         self.answered = true;
+        self.answered_at = Some(Instant::now());
         self.send(Command::Answer(self.call, sdp.into_bytes()))
             .await;
         if let Some(m) = self.pending_media.take() {
@@ -611,6 +622,8 @@ impl Call {
                 }
             }
             Event::ReInvite { sdp, .. } => self.on_reinvite(sdp).await,
+            // An UPDATE's offer is answered the way a re-INVITE's is (RFC 3311 §5.2).
+            Event::Update { sdp, .. } => self.on_reinvite(Some(sdp)).await,
             Event::Info {
                 content_type, body, ..
             } => {
@@ -691,11 +704,13 @@ impl Call {
                     self.start_media(&m);
                 }
             }
-            Err((code, why)) => {
+            // In a call, a broken offer is refused like an unacceptable one: 488, and the
+            // session goes on as it was.
+            Err((_, why)) => {
                 self.send(Command::RejectReinvite {
                     call: self.call,
-                    code,
-                    reason: "Not Acceptable Here".into(),
+                    code: 488,
+                    reason: reason_phrase(488).into(),
                     warning: Some(why),
                 })
                 .await;
