@@ -1096,7 +1096,7 @@ impl Endpoint {
         let Some(c) = self.calls.get(&call) else {
             return;
         };
-        let Some(interval) = c.timer.map(|t| t.interval) else {
+        let Some(interval) = c.timer.map(|t| t.ask) else {
             return;
         };
         let update = c.peer_allows_update;
@@ -1155,7 +1155,10 @@ impl Endpoint {
         match r.code {
             200..=299 => {
                 let se = super::session_timer::session_expires(&r.resp.headers);
-                let interval = se.as_ref().map_or(t.interval, |(i, _)| *i).max(90);
+                let interval = se
+                    .as_ref()
+                    .map_or(t.ask, |(i, _)| *i)
+                    .max(super::session_timer::MIN_SE_FLOOR);
                 // We were the UAC: `uas` hands the job to the peer.
                 let refresher = match se.and_then(|(_, r)| r).as_deref() {
                     Some("uas") => Refresher::Peer,
@@ -1166,8 +1169,8 @@ impl Endpoint {
             422 => {
                 // §7.4 / §8: retry at once with the peer's minimum, once it is larger.
                 match super::session_timer::min_se(&r.resp.headers) {
-                    Some(min) if min > t.interval => {
-                        t.interval = min;
+                    Some(min) if min > t.ask => {
+                        t.ask = min;
                         t.retry_at(now);
                     }
                     _ => return,

@@ -179,6 +179,8 @@ pub struct SessionTimer {
     pub interval: u32,
     /// Who refreshes.
     pub refresher: Refresher,
+    /// The interval our next refresh asks for (raised by a 422's Min-SE).
+    pub ask: u32,
     refreshed_at: Instant,
     refresh_sent: bool,
     next: Instant,
@@ -190,6 +192,7 @@ impl SessionTimer {
         let mut t = SessionTimer {
             interval,
             refresher,
+            ask: interval,
             refreshed_at: now,
             refresh_sent: false,
             next: now,
