@@ -524,18 +524,27 @@ impl Call {
         mut requests: mpsc::Receiver<ScriptRequest>,
         script: crate::script::ScriptHandle,
     ) -> Outcome {
-        let limit = self
-            .ctx
-            .max_duration
-            .unwrap_or(Duration::from_secs(u64::MAX >> 2));
-        let deadline = tokio::time::sleep(limit);
+        let limit = self.ctx.max_duration;
+        // Counted from the answer: armed once the call is answered.
+        let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
+        let mut deadline_armed = false;
         let mut deadline_passed = false;
         let done = script.join();
         tokio::pin!(done);
         let mut script_running = true;
         let mut requests_open = true;
         loop {
+            if let (false, Some(at), Some(limit)) = (deadline_passed, self.answered_at, limit) {
+                if !deadline_armed {
+                    deadline_armed = true;
+                    // A limit past the end of time is no limit.
+                    match tokio::time::Instant::from_std(at).checked_add(limit) {
+                        Some(end) => deadline.as_mut().reset(end),
+                        None => deadline_passed = true,
+                    }
+                }
+            }
             let timer = self.active.deadline();
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
@@ -570,7 +579,7 @@ impl Call {
                         }
                     }
                 },
-                _ = &mut deadline, if !deadline_passed && self.answered => {
+                _ = &mut deadline, if !deadline_passed && deadline_armed => {
                     tracing::info!("maximum call duration reached");
                     deadline_passed = true;
                     self.hangup(480).await;
