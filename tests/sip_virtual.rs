@@ -1102,3 +1102,29 @@ fn our_refresh_answered_422_491_or_481() {
     assert_eq!(w.ended, vec![EndReason::Timeout]);
     assert_eq!(sent_starting(&w, "BYE")[0].0, t0 + 45_004);
 }
+
+#[test]
+fn our_reinvite_carries_the_session_timer_and_its_2xx_refreshes() {
+    let mut w = timer_world(
+        33,
+        90,
+        "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n",
+    );
+    let call = w.incoming[0];
+    w.uac.reply_headers.push((
+        "INVITE".into(),
+        "Session-Expires".into(),
+        "120;refresher=uas".into(),
+    ));
+    w.advance_to(w.now + Duration::from_secs(50));
+    let now = w.now;
+    w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+        .unwrap();
+    assert!(w.run_until(|w| w.reinvite_answers == [200]));
+    let ours = &sent_starting(&w, "INVITE")[0];
+    assert_eq!(header(&ours.1, "Session-Expires"), ["120;refresher=uas"]);
+    // The 2xx (4 ms later) refreshed the session; the caller still refreshes: BYE 88 s on.
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::SessionExpired]);
+    assert_eq!(sent_starting(&w, "BYE")[0].0, ours.0 + 4 + 88_000);
+}

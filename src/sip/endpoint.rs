@@ -1260,9 +1260,10 @@ impl Endpoint {
             e.tx.set_ack(ack.clone());
         }
         self.send(peer, ack);
-        if first && refresh {
+        if first && (refresh || success) {
             self.on_refresh_answer(now, call, &r, false);
-        } else if first {
+        }
+        if first && !refresh {
             let sdp = (!r.resp.body.is_empty()).then(|| r.resp.body.clone());
             self.events.push_back(Event::ReInviteAnswered {
                 call,
@@ -1303,6 +1304,20 @@ impl Endpoint {
         if let Some(c) = self.calls.get_mut(&call) {
             c.reinvite_out = true;
             c.local_sdp = sdp;
+            // A re-INVITE without Session-Expires would turn the peer's session timer off
+            // (RFC 4028 §9): this one refreshes the session as it stands.
+            if let Some(t) = c.timer {
+                let r = match t.refresher {
+                    Refresher::Us => "uac",
+                    Refresher::Peer => "uas",
+                };
+                push_header(
+                    &mut req,
+                    "Session-Expires",
+                    &format!("{};refresher={r}", t.interval),
+                );
+                push_header(&mut req, "Supported", "timer");
+            }
         }
         let purpose = ClientPurpose::ReInvite {
             cseq,
