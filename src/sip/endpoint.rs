@@ -1271,11 +1271,9 @@ impl Endpoint {
                 sdp,
             });
         }
-        if first {
-            if r.code == 481 || r.code == 408 {
-                self.send_bye(now, call);
-                self.end_call(call, EndReason::Timeout);
-            }
+        if first && (r.code == 481 || r.code == 408) {
+            self.send_bye(now, call);
+            self.end_call(call, EndReason::Timeout);
         }
         if self
             .client_txs

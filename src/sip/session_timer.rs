@@ -142,11 +142,10 @@ pub fn negotiate(
             None => None,
         });
     };
-    if asked < ours {
-        if supports {
-            return Err(ours);
-        }
-        // A proxy inserted the header: the UAC would not understand 422 (§8.1 by analogy).
+    // Without `timer` support a proxy inserted the header and the UAC would not understand
+    // 422 (§8.1 by analogy): the interval is raised below instead.
+    if asked < ours && supports {
+        return Err(ours);
     }
     let interval = asked.max(floor).min(cfg.session_expires.max(floor));
     let refresher = match refresher.as_deref() {
