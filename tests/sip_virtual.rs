@@ -1128,3 +1128,18 @@ fn our_reinvite_carries_the_session_timer_and_its_2xx_refreshes() {
     assert_eq!(w.ended, vec![EndReason::SessionExpired]);
     assert_eq!(sent_starting(&w, "BYE")[0].0, ours.0 + 4 + 88_000);
 }
+
+#[test]
+fn an_update_offer_pending_when_the_call_ends_is_closed_487() {
+    let mut w = World::answered(34);
+    w.defer_offers = true;
+    update(&mut w, "", &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| w.updates == 1));
+    let now = w.now;
+    w.uac.request(now, "BYE", "", b"");
+    assert!(w.run_until(|w| !w.ended.is_empty() && !statuses_of(w, "UPDATE").is_empty()));
+    assert_eq!(statuses_of(&w, "UPDATE"), [487]);
+    w.run_until(|_| false);
+    assert_eq!(w.ep.transaction_count(), 0);
+    assert_eq!(w.ep.call_count(), 0);
+}

@@ -450,12 +450,12 @@ impl Endpoint {
                     "no ACK for our 2xx; ending the call with BYE"
                 );
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::AckTimeout);
+                self.end_call(now, call, EndReason::AckTimeout);
             }
             CallPhase::Confirmed if c.awaiting_ack.is_some() => {
                 // A re-INVITE's 2xx was never acknowledged: same remedy (§14.2).
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::AckTimeout);
+                self.end_call(now, call, EndReason::AckTimeout);
             }
             _ => {}
         }
@@ -482,11 +482,11 @@ impl Endpoint {
                         self.refer_answered(call, cseq, 408);
                     }
                     if purpose == ClientPurpose::Bye {
-                        self.forget_call(call);
+                        self.forget_call(now, call);
                     } else {
                         // An unanswered in-dialog request means the peer is gone (§12.2.1.2).
                         self.send_bye(now, call);
-                        self.end_call(call, EndReason::Timeout);
+                        self.end_call(now, call, EndReason::Timeout);
                     }
                 }
             }
@@ -720,7 +720,7 @@ impl Endpoint {
                 .is_some_and(|c| c.phase == CallPhase::Early);
             self.final_invite_response(now, call, 487, "Request Terminated", None);
             if initial {
-                self.end_call(call, EndReason::Cancelled);
+                self.end_call(now, call, EndReason::Cancelled);
             } else if let Some(c) = self.calls.get_mut(&call) {
                 c.reinvite_pending = false;
                 c.timer_offer = None;
@@ -785,7 +785,7 @@ impl Endpoint {
             Method::Bye => {
                 let resp = response_to(&r.req, 200, "OK", None);
                 self.answer_non_invite(now, peer, key, resp);
-                self.end_call(call, EndReason::RemoteBye);
+                self.end_call(now, call, EndReason::RemoteBye);
             }
             Method::Info => {
                 let resp = response_to(&r.req, 200, "OK", None);
@@ -1085,7 +1085,7 @@ impl Endpoint {
                     "session timer expired without refresh; ending the call"
                 );
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::SessionExpired);
+                self.end_call(now, call, EndReason::SessionExpired);
             }
         }
     }
@@ -1205,7 +1205,7 @@ impl Endpoint {
             }
         } else if r.code >= 200 {
             match purpose {
-                ClientPurpose::Bye => self.forget_call(call),
+                ClientPurpose::Bye => self.forget_call(now, call),
                 ClientPurpose::Info => {}
                 ClientPurpose::Refer { cseq } => self.refer_answered(call, cseq, r.code),
                 ClientPurpose::ReInvite { cseq, refresh } => {
@@ -1217,7 +1217,7 @@ impl Endpoint {
             if r.code == 481 || r.code == 408 {
                 // The dialog is gone at the peer (§12.2.1.2).
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::Timeout);
+                self.end_call(now, call, EndReason::Timeout);
             }
         }
         let terminated = self
@@ -1273,7 +1273,7 @@ impl Endpoint {
         }
         if first && (r.code == 481 || r.code == 408) {
             self.send_bye(now, call);
-            self.end_call(call, EndReason::Timeout);
+            self.end_call(now, call, EndReason::Timeout);
         }
         if self
             .client_txs
@@ -1375,7 +1375,7 @@ impl Endpoint {
             });
         }
         self.final_invite_response(now, call, code, reason, warning);
-        self.end_call(call, EndReason::Rejected(code));
+        self.end_call(now, call, EndReason::Rejected(code));
         Ok(())
     }
 
@@ -1483,7 +1483,7 @@ impl Endpoint {
             CallPhase::Terminating => Ok(()),
             CallPhase::Answered | CallPhase::Confirmed => {
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::LocalBye);
+                self.end_call(now, call, EndReason::LocalBye);
                 Ok(())
             }
         }
@@ -1693,20 +1693,25 @@ impl Endpoint {
     }
 
     /// Reports the end and forgets the dialog, unless a BYE of ours is still in flight.
-    fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+    fn end_call(&mut self, now: Instant, call: CallHandle, reason: EndReason) {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
         let already = std::mem::replace(&mut c.ended, true);
         if c.phase != CallPhase::Terminating {
-            self.forget_call(call);
+            self.forget_call(now, call);
         }
         if !already {
             self.events.push_back(Event::Ended { call, reason });
         }
     }
 
-    fn forget_call(&mut self, call: CallHandle) {
+    fn forget_call(&mut self, now: Instant, call: CallHandle) {
+        // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
+        if let Some((key, req)) = self.take_pending_update(call) {
+            let resp = response_to(&req, 487, "Request Terminated", None);
+            self.respond_pending(now, call, key, resp);
+        }
         if let Some(c) = self.calls.remove(&call) {
             self.dialogs.remove(&c.dialog.id);
         }
