@@ -826,6 +826,7 @@ fn update_without_body_is_a_refresh_answered_200_and_the_call_goes_on() {
 #[test]
 fn update_in_the_early_dialog_refreshes_but_an_offer_must_wait() {
     let mut w = World::new(21, 0.0, 5, Policy::RingOnly);
+    w.uac.invite_headers = "Supported: timer\r\nSession-Expires: 600\r\n".into();
     let now = w.now;
     w.uac
         .invite(now, "ring", &offer("127.0.0.1", 40000, "sendrecv"));
@@ -841,6 +842,12 @@ fn update_in_the_early_dialog_refreshes_but_an_offer_must_wait() {
     );
     assert_eq!(w.updates, 0);
     assert!(w.ended.is_empty());
+    // The INVITE's session timer is untouched by the early refresh: the 200 carries it.
+    let (now, call) = (w.now, w.incoming[0]);
+    w.ep.answer(now, call, World::answer_sdp()).unwrap();
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let ok = &answers(&w, 200, "INVITE")[0].1;
+    assert_eq!(header(ok, "Session-Expires"), ["600;refresher=uac"], "{ok}");
 }
 
 #[test]

@@ -982,13 +982,17 @@ impl Endpoint {
                 return self.answer_non_invite(now, peer, key, resp);
             }
         }
-        // A refresh in the early dialog changes nothing the session timer counts.
-        let timer_offer = if phase == CallPhase::Early {
-            Ok(None)
-        } else {
-            self.negotiate_refresh(call, &r.req)
-        };
-        let timer_offer = match timer_offer {
+        if phase == CallPhase::Early {
+            // The session timer starts with the INVITE's 2xx: nothing to refresh yet, and the
+            // INVITE's negotiation stays as it is.
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.dialog.refresh_target(&r.req);
+            }
+            let mut resp = response_to(&r.req, 200, "OK", None);
+            self.decorate(&mut resp, peer);
+            return self.answer_non_invite(now, peer, key, resp);
+        }
+        let timer_offer = match self.negotiate_refresh(call, &r.req) {
             Ok(n) => n,
             Err(min) => {
                 let resp = too_small(&r.req, min, None);
@@ -1615,6 +1619,9 @@ impl Endpoint {
         let Some(req) = request.as_deref() else {
             return Err(CommandError::WrongState);
         };
+        // The ACK repeats the INVITE's CSeq; in-dialog requests since (an UPDATE in the
+        // early dialog) may have raised the peer's latest.
+        let invite_cseq = req.cseq_header().ok().and_then(|c| c.seq().ok());
         let mut resp = response_to(req, code, reason, Some(&local_tag));
         for h in req.headers.iter() {
             if let rsipstack::sip::Header::RecordRoute(_) = h {
@@ -1649,8 +1656,7 @@ impl Endpoint {
         self.send(peer, bytes);
         if code >= 200 {
             if let Some(c) = self.calls.get_mut(&call) {
-                // The peer's latest CSeq is the INVITE being answered.
-                c.awaiting_ack = Some(c.dialog.remote_cseq);
+                c.awaiting_ack = Some(invite_cseq.unwrap_or(c.dialog.remote_cseq));
             }
         }
         self.rearm(TimerOwner::Server(key));
