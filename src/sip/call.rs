@@ -759,3 +759,31 @@ fn negotiate(
     let answer = session.answer(&offer).map_err(|e| (488, e.to_string()))?;
     Ok((answer.sdp.to_string(), answer.media))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reasons_name_their_cause_and_code() {
+        let cases = [
+            (
+                Outcome::Ended(EndReason::Cancelled),
+                ("cancelled", Some(487)),
+            ),
+            (
+                Outcome::Ended(EndReason::SessionExpired),
+                ("session_expired", None),
+            ),
+            (
+                Outcome::Ended(EndReason::Rejected(486)),
+                ("refused", Some(486)),
+            ),
+            (Outcome::Refused(480), ("refused", Some(480))),
+            (Outcome::Ended(EndReason::RemoteBye), ("caller_bye", None)),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(outcome.describe(), want, "{outcome:?}");
+        }
+    }
+}
