@@ -1150,3 +1150,28 @@ fn an_update_offer_pending_when_the_call_ends_is_closed_487() {
     assert_eq!(w.ep.transaction_count(), 0);
     assert_eq!(w.ep.call_count(), 0);
 }
+
+#[test]
+fn update_cseq_order_and_body_type_are_checked_like_other_requests() {
+    let mut w = World::answered(35);
+    update(&mut w, "", b"");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200]));
+    // Lower than the UPDATE just seen (CSeq 2): 500, the call goes on.
+    let stale = format!(
+        "UPDATE sip:echo@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT};branch=z9hG4bKstale\r\n\
+Max-Forwards: 70\r\nFrom: <sip:tester@{CLIENT}>;tag={}\r\nTo: <sip:echo@{SERVER}>;tag={}\r\n\
+Call-ID: {}\r\nCSeq: 1 UPDATE\r\nContact: <sip:tester@{CLIENT}>\r\nContent-Length: 0\r\n\r\n",
+        w.uac.from_tag,
+        w.uac.to_tag.clone().unwrap(),
+        w.uac.call_id
+    );
+    w.uac.outbox.push_back(stale.into_bytes());
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 2));
+    let now = w.now;
+    w.uac
+        .request_with(now, "UPDATE", "", "text/plain", b"hello");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 3));
+    assert_eq!(statuses_of(&w, "UPDATE"), [200, 500, 415]);
+    assert_eq!(w.updates, 0);
+    assert!(w.ended.is_empty());
+}
