@@ -1,6 +1,6 @@
 //! The per-call task: picks the call's script from the dialplan, negotiates SDP, takes RTP
-//! ports, runs the script and carries out what it asks, follows re-INVITEs (hold/unhold)
-//! and INFO, and releases everything when the call ends.
+//! ports, runs the script and carries out what it asks, follows re-INVITEs and UPDATEs
+//! (hold/unhold) and INFO, and releases everything when the call ends.
 //!
 //! The SDP offer is checked before any script runs, so a call we cannot carry gets its 488
 //! (or 400, 503) at once. The call is answered when the script says so — `answer()`, or the

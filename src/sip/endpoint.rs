@@ -1,7 +1,8 @@
 //! The sans-IO SIP user agent server core: routes each inbound message to its transaction
-//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, 481,
-//! 405 ...), and reports calls to the layer above, which decides with [`Endpoint::answer`] and
-//! friends.
+//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, an
+//! UPDATE without body, 481, 405, 422 ...), runs each call's session timer (RFC 4028: our
+//! refreshes, BYE when the peer's stop), and reports calls to the layer above, which decides
+//! with [`Endpoint::answer`] and friends.
 //!
 //! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
 //! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
