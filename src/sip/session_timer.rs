@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::message::{canonical_name, Headers};
+use super::message::{canonical_name, header_value, Headers};
 
 /// The lowest session interval RFC 4028 allows (§4, §5).
 pub const MIN_SE_FLOOR: u32 = 90;
@@ -71,25 +71,16 @@ pub fn has_option_tag(headers: &Headers, name: &str, tag: &str) -> bool {
     headers
         .iter()
         .filter(|h| canonical_name(h.name()).eq_ignore_ascii_case(name))
-        .flat_map(|h| {
+        .any(|h| {
             h.value()
                 .split(',')
-                .map(|t| t.trim().eq_ignore_ascii_case(tag))
-                .collect::<Vec<_>>()
+                .any(|t| t.trim().eq_ignore_ascii_case(tag))
         })
-        .any(|m| m)
-}
-
-fn first_value<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| canonical_name(h.name()).eq_ignore_ascii_case(name))
-        .map(|h| h.value())
 }
 
 /// `Session-Expires` (or `x`): the interval and the refresher parameter, lowercased.
 pub fn session_expires(headers: &Headers) -> Option<(u32, Option<String>)> {
-    let v = first_value(headers, "Session-Expires")?;
+    let v = header_value(headers, "Session-Expires")?;
     let mut parts = v.split(';');
     let secs = parts.next()?.trim().parse::<u32>().ok()?;
     let refresher = parts.find_map(|p| {
@@ -103,7 +94,7 @@ pub fn session_expires(headers: &Headers) -> Option<(u32, Option<String>)> {
 
 /// `Min-SE` in seconds (its parameters ignored).
 pub fn min_se(headers: &Headers) -> Option<u32> {
-    first_value(headers, "Min-SE")?
+    header_value(headers, "Min-SE")?
         .split(';')
         .next()?
         .trim()
