@@ -222,14 +222,22 @@ impl Outcome {
         match self {
             Outcome::Ended(EndReason::RemoteBye) => ("caller_bye", None),
             Outcome::Ended(EndReason::LocalBye) => ("server_bye", None),
-            // The endpoint answered the INVITE 487 (RFC 3261 §9.2).
-            Outcome::Ended(EndReason::Cancelled) => ("cancelled", Some(487)),
+            Outcome::Ended(EndReason::Cancelled) => ("cancelled", None),
             Outcome::Ended(EndReason::Rejected(c)) | Outcome::Refused(c) => ("refused", Some(*c)),
             Outcome::Ended(EndReason::AckTimeout) => ("ack_timeout", None),
             Outcome::Ended(EndReason::Timeout) => ("timeout", None),
             Outcome::Ended(EndReason::SessionExpired) => ("session_expired", None),
             Outcome::Lost => ("lost", None),
         }
+    }
+}
+
+/// The final status the caller got: a refusal's, 487 for a cancelled INVITE (RFC 3261 §9.2),
+/// or 200 once answered.
+fn cdr_code(outcome: &Outcome, refused: Option<u16>, answered: bool) -> Option<u16> {
+    match outcome {
+        Outcome::Ended(EndReason::Cancelled) => Some(487),
+        _ => refused.or(answered.then_some(200)),
     }
 }
 
@@ -315,7 +323,7 @@ impl Call {
             }),
             hangup,
             cause: cause.to_string(),
-            sip_code: code.or(self.answered.then_some(200)),
+            sip_code: cdr_code(outcome, code, self.answered),
             digits: self.digits.clone(),
             recordings: self.all_recordings.clone(),
             rtp: RtpStats {
@@ -767,10 +775,7 @@ mod tests {
     #[test]
     fn end_reasons_name_their_cause_and_code() {
         let cases = [
-            (
-                Outcome::Ended(EndReason::Cancelled),
-                ("cancelled", Some(487)),
-            ),
+            (Outcome::Ended(EndReason::Cancelled), ("cancelled", None)),
             (
                 Outcome::Ended(EndReason::SessionExpired),
                 ("session_expired", None),
@@ -785,5 +790,18 @@ mod tests {
         for (outcome, want) in cases {
             assert_eq!(outcome.describe(), want, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn cdr_code_is_the_final_status_the_caller_got() {
+        let cancelled = Outcome::Ended(EndReason::Cancelled);
+        assert_eq!(cdr_code(&cancelled, None, false), Some(487));
+        assert_eq!(
+            cdr_code(&Outcome::Refused(486), Some(486), false),
+            Some(486)
+        );
+        let bye = Outcome::Ended(EndReason::RemoteBye);
+        assert_eq!(cdr_code(&bye, None, true), Some(200));
+        assert_eq!(cdr_code(&Outcome::Lost, None, false), None);
     }
 }
