@@ -53,11 +53,12 @@ pub async fn run_with_ready(
             source,
         })?;
     let (t1, t2, t4) = config.timers();
-    let endpoint = Endpoint::new(EndpointConfig {
+    let mut endpoint = Endpoint::new(EndpointConfig {
         timers: TimerConfig { t1, t2, t4 },
         local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
         user_agent: config.sip.user_agent.clone(),
     });
+    endpoint.set_session_timers(config.sip.session_timers());
     std::fs::create_dir_all(&config.paths.recordings)?;
     // Recordings a crash left behind as `.part` are made whole before anything new is written.
     for r in repair_dir(&config.paths.recordings) {

@@ -120,6 +120,8 @@ scenario_tests! {
     sdp_without_version_udp, sdp_without_version_tcp: case("uac_sdp_no_version", "echo");
     no_common_codec_udp, no_common_codec_tcp: case("uac_no_common_codec", "echo");
     bye_unknown_dialog_udp, bye_unknown_dialog_tcp: case("uac_bye_unknown_dialog", "service");
+    update_session_timer_udp, update_session_timer_tcp:
+        Case { answers_sdp: true, ..case("uac_update_timer", "echo") };
 }
 
 /// Over TCP a Content-Length beyond the bytes sent only means "more to come", so the
