@@ -434,14 +434,6 @@ function outcome(c) {
   return tag(label + (c.sip_code ? " (" + c.sip_code + ")" : ""), ok ? "ok" : "missed");
 }
 
-// Talk time of a record: `duration_ms`, or from its answer and end times where a record
-// carries 0 for an answered call.
-function talkTime(c) {
-  if (c.duration_ms > 0) return c.duration_ms;
-  const ms = Date.parse(c.ended_at) - Date.parse(c.answered_at);
-  return Number.isNaN(ms) ? 0 : ms;
-}
-
 async function loadHistory() {
   const form = $("#history-filter");
   if (!form.elements.date.value) form.elements.date.value = new Date().toISOString().slice(0, 10);
@@ -464,7 +456,7 @@ async function loadHistory() {
       el("td", {}, shortTime(c.started_at)),
       el("td", { class: "who" }, party(c.from)),
       el("td", {}, party(c.to)),
-      el("td", { class: "num talk-time" }, c.answered_at ? formatDuration(talkTime(c)) : "–"),
+      el("td", { class: "num talk-time" }, c.answered_at ? formatDuration(c.duration_ms) : "–"),
       el("td", { class: "outcome" }, outcome(c)),
       el("td", {}, c.digits || ""),
       el("td", { class: "num" }, c.rtp ? String(c.rtp.lost) : "")));
