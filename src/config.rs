@@ -159,6 +159,10 @@ pub struct MediaConfig {
     pub workers: usize,
     pub realtime_priority: i32,
     pub rtp_timeout_secs: u64,
+    /// Which RTP sources a call hears (see [`crate::rtp::session`]).
+    pub strict_rtp: crate::rtp::session::StrictRtp,
+    /// How long after the answer (or a move of the caller's media) another source may be learned.
+    pub strict_rtp_learn_ms: u64,
 }
 
 /// HTTP API settings.

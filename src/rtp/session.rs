@@ -542,11 +542,11 @@ impl RecvSession {
                 }
             }
             latch => {
-                self.stats.foreign += 1;
                 let learnable = !strict
                     || (self.learning(now)
                         && latch.is_none_or(|l| Some(l.addr) != self.expected.rtp));
                 if !learnable {
+                    self.stats.foreign += 1;
                     return Received::Rejected(Rejection::ForeignSource);
                 }
                 let count = match self.candidate {
@@ -566,6 +566,7 @@ impl RecvSession {
                         last_seq: header.seq,
                         count,
                     });
+                    self.stats.foreign += 1;
                     return Received::Rejected(Rejection::ForeignSource);
                 }
                 self.candidate = None;
