@@ -1,0 +1,218 @@
+//! Strict RTP sources against the real server on 127.0.0.1: a stranger spraying the RTP port
+//! range is neither heard nor answered, and a caller behind (simulated) NAT is still learned.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::rtp::{tone, tone_power, RtpPeer};
+use support::server::{answered_port, call, call_offering, hang_up, http_get, start_with, wire};
+use support::uac::offer;
+use switchboard::media::codec::g711::ulaw_encode;
+use switchboard::media::dtmf::rfc4733::encode_event;
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use tokio::net::UdpSocket;
+
+const CALLER_HZ: f64 = 1000.0;
+const STRANGER_HZ: f64 = 2000.0;
+/// Upper bound on the spray, in 20 ms rounds.
+const MAX_ROUNDS: u32 = 500;
+
+/// The Prometheus samples of `/metrics`, keyed by name and labels.
+async fn metrics(http: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn stranger_drops(m: &HashMap<String, f64>, stream: &str) -> f64 {
+    let key = format!("switchboard_rtp_stranger_packets_dropped_total{{stream=\"{stream}\"}}");
+    m.get(&key).copied().unwrap_or_else(|| panic!("no {key}"))
+}
+
+fn digits_reported(m: &HashMap<String, f64>) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("switchboard_dtmf_digits_total"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn packet(pt: PayloadType, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+    let header = RtpHeader {
+        marker: false,
+        payload_type: pt,
+        seq: WireSeq::new(seq),
+        timestamp: RtpTimestamp::new(ts),
+        ssrc: Ssrc::new(0xbad_c0de),
+    };
+    let mut out = vec![0u8; 1500];
+    let n = RtpPacket::new(header, payload).write(&mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+/// Every 20 ms, sends to every port of `range` a well-formed, in-sequence RTP stream with one
+/// SSRC: a loud 2 kHz tone, with an in-band '5' and RFC 4733 '9' presses in it, and an RTCP
+/// receiver report. Runs until `stop` fires (or `MAX_ROUNDS`); returns how many datagrams
+/// came back to it.
+async fn spray(
+    socket: UdpSocket,
+    range: (u16, u16),
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> usize {
+    let loud = tone("2000/10000@-3", 10_000);
+    let key = tone("770+1336/200@-10", 200);
+    let rtcp = [0x80, 201, 0, 1, 0x0b, 0xad, 0xc0, 0xde];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut buf = [0u8; 2048];
+    let mut received = 0;
+    let mut seq = 1u16;
+    for round in 0..MAX_ROUNDS {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        received += drain(&socket, &mut buf);
+        let r = round as usize;
+        let pcm = if (25..35).contains(&(r % 100)) {
+            &key[(r % 100 - 25) * 160..][..160]
+        } else {
+            &loud[(r % 60) * 160..][..160]
+        };
+        let payload: Vec<u8> = pcm.iter().map(|&s| ulaw_encode(s)).collect();
+        let mut datagrams = vec![packet(PayloadType::PCMU, seq, round * 160, &payload)];
+        seq = seq.wrapping_add(1);
+        if (60..70).contains(&(r % 100)) {
+            let start = (round - r as u32 % 100 + 60) * 160;
+            let ev = encode_event(9, r % 100 >= 67, 10, ((r % 100 - 60) * 160) as u16);
+            let te = PayloadType::DEFAULT_TELEPHONE_EVENT;
+            datagrams.push(packet(te, seq, start, &ev));
+            seq = seq.wrapping_add(1);
+        }
+        for port in (range.0..=range.1).step_by(2) {
+            for d in &datagrams {
+                let _ = socket.send_to(d, ("127.0.0.1", port)).await;
+            }
+            let _ = socket.send_to(&rtcp, ("127.0.0.1", port + 1)).await;
+        }
+    }
+    received + drain(&socket, &mut buf)
+}
+
+/// Datagrams waiting on `socket`, read and counted (at most a thousand).
+fn drain(socket: &UdpSocket, buf: &mut [u8]) -> usize {
+    (0..1000)
+        .take_while(|_| socket.try_recv_from(buf).is_ok())
+        .count()
+}
+
+#[tokio::test]
+async fn a_stranger_spraying_the_port_range_is_not_heard_and_hears_nothing() {
+    let range = (45200, 45219);
+    let server = start_with(range, |c| c.sip.max_call_secs = 0).await;
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let sprayer = tokio::spawn(spray(attacker, range, stopped));
+    // The spray is on before the call is placed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut rtp = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "echo", rtp.port()).await;
+    let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let back = rtp
+        .exchange(
+            media,
+            &tone("1000/1500@-10", 1500),
+            Duration::from_millis(300),
+        )
+        .await;
+    let during = metrics(server.http).await;
+    hang_up(&mut w, &mut uac).await;
+    let _ = stop.send(());
+    let answered_to_attacker = tokio::time::timeout(Duration::from_secs(5), sprayer)
+        .await
+        .expect("spray ends")
+        .unwrap();
+
+    assert!(
+        back.len() >= 50 * 160,
+        "only {} samples came back",
+        back.len()
+    );
+    let best = back
+        .chunks(160 * 10)
+        .map(|c| tone_power(c, CALLER_HZ))
+        .fold(0.0, f64::max);
+    assert!(best > 0.9, "the caller's own tone: {best}");
+    let worst = back
+        .chunks(160 * 10)
+        .map(|c| tone_power(c, STRANGER_HZ))
+        .fold(0.0, f64::max);
+    assert!(worst < 0.01, "the stranger's tone came back: {worst}");
+    assert_eq!(answered_to_attacker, 0, "the attacker was sent something");
+    assert_eq!(digits_reported(&during), 0.0, "a key press was reported");
+    assert!(stranger_drops(&during, "rtp") > 50.0, "{during:?}");
+    server.stop().await;
+}
+
+/// SIP from 127.0.0.1, the SDP's `c=` saying 127.0.0.2 (still loopback), RTP really from
+/// 127.0.0.1 on another port: NAT is evident, so the real source is learned.
+#[tokio::test]
+async fn a_caller_behind_nat_is_learned_and_hears_its_echo() {
+    let server = start_with((45300, 45319), |c| c.sip.max_call_secs = 0).await;
+    // Bound so that what the server sends to the SDP address lands somewhere known.
+    let sdp_side = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let sdp_port = sdp_side.local_addr().unwrap().port();
+    let mut rtp = RtpPeer::bind().await;
+    assert_ne!(rtp.port(), sdp_port);
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call_offering(
+        &mut w,
+        &mut uac,
+        "echo",
+        &offer("127.0.0.2", sdp_port, "sendrecv"),
+    )
+    .await;
+    let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let back = rtp
+        .exchange(
+            media,
+            &tone("1000/1500@-10", 1500),
+            Duration::from_millis(300),
+        )
+        .await;
+    hang_up(&mut w, &mut uac).await;
+    assert!(
+        back.len() >= 50 * 160,
+        "only {} samples came back",
+        back.len()
+    );
+    let best = back
+        .chunks(160 * 10)
+        .map(|c| tone_power(c, CALLER_HZ))
+        .fold(0.0, f64::max);
+    assert!(best > 0.9, "1 kHz power {best}");
+    // Only the frames before the source was learned went to the SDP address.
+    let mut buf = [0u8; 2048];
+    let mut to_sdp = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(50), sdp_side.recv_from(&mut buf)).await
+    {
+        to_sdp += 1;
+        assert!(to_sdp < 200, "the SDP address kept getting media");
+    }
+    assert!(to_sdp < 50, "{to_sdp} packets to the SDP address");
+    server.stop().await;
+}
