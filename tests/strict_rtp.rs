@@ -216,3 +216,89 @@ async fn a_caller_behind_nat_is_learned_and_hears_its_echo() {
     assert!(to_sdp < 50, "{to_sdp} packets to the SDP address");
     server.stop().await;
 }
+
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
+
+#[global_allocator]
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
+
+/// Judging, dropping and counting strangers stays off the heap: a `strict` leg hearing its
+/// caller and a stranger (RTP and RTCP), then only the stranger; a `learn` leg that learned
+/// the stranger (its caller never sends) and drops its RTCP.
+#[test]
+fn strangers_cost_the_tick_no_allocation() {
+    use std::sync::Arc;
+    use std::time::{Instant, SystemTime};
+    use switchboard::media::codec::CodecKind;
+    use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegSources, FRAME};
+    use switchboard::rtp::session::StrictRtp;
+
+    let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let stranger: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let stranger_rtcp: SocketAddr = "127.0.0.1:40003".parse().unwrap();
+    let metrics = Arc::new(switchboard::metrics::Metrics::default());
+    let counted = thread_alloc::allocations(|| drop(std::hint::black_box(vec![1u8; 10])));
+    assert!(counted >= 1, "the counter sees allocations");
+    for mode in [StrictRtp::Strict, StrictRtp::Learn] {
+        let t0 = Instant::now();
+        let cfg = LegConfig {
+            codec: CodecKind::Pcmu,
+            payload_type: PayloadType::PCMU,
+            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+            remote: Some(caller),
+            remote_rtcp: Some("127.0.0.1:40001".parse().unwrap()),
+            rtcp_mux: false,
+            direction: switchboard::sdp::Direction::SendRecv,
+            rtp_timeout: Duration::from_secs(60),
+            ssrc: Ssrc::new(1),
+            sources: LegSources {
+                mode,
+                learn_window: Duration::from_secs(60),
+                signalling: Some(caller.ip()),
+                metrics: Some(metrics.clone()),
+            },
+        };
+        let mut leg = Leg::new(cfg, t0).unwrap();
+        leg.apply(t0, LegCommand::Echo(true));
+        let wc = SystemTime::now();
+        let audio: Vec<u8> = tone("2000/5000@-3", 20)
+            .iter()
+            .map(|&s| ulaw_encode(s))
+            .collect();
+        let rtcp = [0x80, 201, 0, 1, 0x0b, 0xad, 0xc0, 0xde];
+        // Packets are built before the measurement; only the leg's work is counted.
+        let packets: Vec<Vec<u8>> = (0..700u32)
+            .map(|n| packet(PayloadType::PCMU, n as u16, n * 160, &audio))
+            .collect();
+        let mut step = |n: u32, with_caller: bool| {
+            let now = t0 + FRAME * n;
+            let p = &packets[n as usize];
+            if with_caller {
+                leg.handle_packet(now, wc, caller, p);
+            }
+            leg.handle_packet(now, wc, stranger, p);
+            leg.handle_rtcp(now, wc, stranger_rtcp, &rtcp);
+            leg.tick(now, wc, u64::from(n), &mut |_, _, _| {});
+            while leg.poll_event().is_some() {}
+        };
+        let with_caller = mode == StrictRtp::Strict;
+        for n in 0..100 {
+            step(n, with_caller);
+        }
+        let both = thread_alloc::allocations(|| {
+            for n in 100..400 {
+                step(n, with_caller);
+            }
+        });
+        let alone = thread_alloc::allocations(|| {
+            for n in 400..700 {
+                step(n, false);
+            }
+        });
+        assert_eq!((both, alone), (0, 0), "{mode:?}");
+        let dropped = leg.report().recv.foreign;
+        let expected = if with_caller { 700 } else { 3 };
+        assert_eq!(dropped, expected, "{mode:?}: stranger packets dropped");
+    }
+}
