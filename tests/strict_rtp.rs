@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::rtp::{tone, tone_power, RtpPeer};
-use support::server::{answered_port, call, call_offering, hang_up, http_get, start_with, wire};
-use support::uac::offer;
+use support::rtp::{peak_tone_power, tone, RtpPeer};
+use support::server::{
+    answered_port, call_offering, hang_up, http_get, start_with, wire, Server, Wire,
+};
+use support::uac::{offer, Uac};
 use switchboard::media::codec::g711::ulaw_encode;
 use switchboard::media::dtmf::rfc4733::encode_event;
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
@@ -117,6 +119,27 @@ fn drain(socket: &UdpSocket, buf: &mut [u8]) -> usize {
         .count()
 }
 
+/// Calls `echo` offering `sdp`, sends the caller's tone from `rtp` for 1.5 s and returns what
+/// came back meanwhile; the call is still up.
+async fn echo_call(server: &Server, rtp: &mut RtpPeer, sdp: &[u8]) -> (Wire, Uac, Vec<i16>) {
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call_offering(&mut w, &mut uac, "echo", sdp).await;
+    let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let tone = tone("1000/1500@-10", 1500);
+    let back = rtp.exchange(media, &tone, Duration::from_millis(300)).await;
+    (w, uac, back)
+}
+
+fn assert_own_tone_came_back(back: &[i16]) {
+    assert!(
+        back.len() >= 50 * 160,
+        "only {} samples came back",
+        back.len()
+    );
+    let best = peak_tone_power(back, CALLER_HZ);
+    assert!(best > 0.9, "the caller's own tone: {best}");
+}
+
 #[tokio::test]
 async fn a_stranger_spraying_the_port_range_is_not_heard_and_hears_nothing() {
     let range = (45200, 45219);
@@ -128,16 +151,8 @@ async fn a_stranger_spraying_the_port_range_is_not_heard_and_hears_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut rtp = RtpPeer::bind().await;
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    call(&mut w, &mut uac, "echo", rtp.port()).await;
-    let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let back = rtp
-        .exchange(
-            media,
-            &tone("1000/1500@-10", 1500),
-            Duration::from_millis(300),
-        )
-        .await;
+    let sdp = offer("127.0.0.1", rtp.port(), "sendrecv");
+    let (mut w, mut uac, back) = echo_call(&server, &mut rtp, &sdp).await;
     let during = metrics(server.http).await;
     hang_up(&mut w, &mut uac).await;
     let _ = stop.send(());
@@ -146,20 +161,8 @@ async fn a_stranger_spraying_the_port_range_is_not_heard_and_hears_nothing() {
         .expect("spray ends")
         .unwrap();
 
-    assert!(
-        back.len() >= 50 * 160,
-        "only {} samples came back",
-        back.len()
-    );
-    let best = back
-        .chunks(160 * 10)
-        .map(|c| tone_power(c, CALLER_HZ))
-        .fold(0.0, f64::max);
-    assert!(best > 0.9, "the caller's own tone: {best}");
-    let worst = back
-        .chunks(160 * 10)
-        .map(|c| tone_power(c, STRANGER_HZ))
-        .fold(0.0, f64::max);
+    assert_own_tone_came_back(&back);
+    let worst = peak_tone_power(&back, STRANGER_HZ);
     assert!(worst < 0.01, "the stranger's tone came back: {worst}");
     assert_eq!(answered_to_attacker, 0, "the attacker was sent something");
     assert_eq!(digits_reported(&during), 0.0, "a key press was reported");
@@ -177,33 +180,10 @@ async fn a_caller_behind_nat_is_learned_and_hears_its_echo() {
     let sdp_port = sdp_side.local_addr().unwrap().port();
     let mut rtp = RtpPeer::bind().await;
     assert_ne!(rtp.port(), sdp_port);
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    call_offering(
-        &mut w,
-        &mut uac,
-        "echo",
-        &offer("127.0.0.2", sdp_port, "sendrecv"),
-    )
-    .await;
-    let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let back = rtp
-        .exchange(
-            media,
-            &tone("1000/1500@-10", 1500),
-            Duration::from_millis(300),
-        )
-        .await;
+    let sdp = offer("127.0.0.2", sdp_port, "sendrecv");
+    let (mut w, mut uac, back) = echo_call(&server, &mut rtp, &sdp).await;
     hang_up(&mut w, &mut uac).await;
-    assert!(
-        back.len() >= 50 * 160,
-        "only {} samples came back",
-        back.len()
-    );
-    let best = back
-        .chunks(160 * 10)
-        .map(|c| tone_power(c, CALLER_HZ))
-        .fold(0.0, f64::max);
-    assert!(best > 0.9, "1 kHz power {best}");
+    assert_own_tone_came_back(&back);
     // Only the frames before the source was learned went to the SDP address.
     let mut buf = [0u8; 2048];
     let mut to_sdp = 0;

@@ -1606,12 +1606,8 @@ mod strict_tests {
             } else {
                 loud.fill(&mut pcm);
             }
-            l.handle_packet(
-                now,
-                wc,
-                stranger,
-                &rtp(PayloadType::PCMU, 0xbad, seq, n * 160, &pcmu(&pcm)),
-            );
+            let spray = rtp(PayloadType::PCMU, 0xbad, seq, n * 160, &pcmu(&pcm));
+            l.handle_packet(now, wc, stranger, &spray);
             seq = seq.wrapping_add(1);
             if (50..60).contains(&n) {
                 let ev = encode_event(9, n >= 57, 10, ((n - 50) * 160) as u16);
@@ -1621,12 +1617,8 @@ mod strict_tests {
             }
             if n >= CALLER_FROM {
                 caller.fill(&mut pcm);
-                l.handle_packet(
-                    now,
-                    wc,
-                    peer,
-                    &rtp(PayloadType::PCMU, 0x5eed, caller_seq, n * 160, &pcmu(&pcm)),
-                );
+                let own = rtp(PayloadType::PCMU, 0x5eed, caller_seq, n * 160, &pcmu(&pcm));
+                l.handle_packet(now, wc, peer, &own);
                 caller_seq = caller_seq.wrapping_add(1);
             }
             l.tick(now, wc, u64::from(n), &mut |port, to, bytes| {
