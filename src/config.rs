@@ -490,6 +490,20 @@ mod tests {
     }
 
     #[test]
+    fn strict_rtp_is_strict_unless_set() {
+        use crate::rtp::session::StrictRtp;
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.media.strict_rtp, StrictRtp::Strict);
+        assert_eq!(c.media.strict_rtp_learn_ms, 5000);
+        for (text, mode) in [("learn", StrictRtp::Learn), ("off", StrictRtp::Off)] {
+            let c =
+                Config::from_toml_str("t", &format!("[media]\nstrict_rtp = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.strict_rtp, mode);
+        }
+        assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
+    }
+
+    #[test]
     fn file_overrides_one_key_and_keeps_the_rest() {
         let c =
             Config::from_toml_str("t.toml", "[rtp]\nport_min = 30000\nport_max = 30100\n").unwrap();

@@ -155,6 +155,9 @@ pub enum LegCommand {
         /// Force in-band tones.
         inband: bool,
     },
+    /// The call was answered after early media: the peer may only now start sending, so a
+    /// new source may be learned again for a while.
+    Answered,
     /// The SDP changed (re-INVITE): remote address and direction, from our point of view.
     Update {
         /// Where to send RTP (None: only to a latched source).
@@ -177,6 +180,7 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::InfoDigit(e) => write!(f, "InfoDigit({:?})", e.digit),
             LegCommand::Record { handle, .. } => write!(f, "Record({})", handle.id()),
             LegCommand::StopRecord => write!(f, "StopRecord"),
+            LegCommand::Answered => write!(f, "Answered"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
             }
@@ -471,6 +475,7 @@ impl Leg {
                     tracing::debug!(%digits, "invalid DTMF digits not sent");
                 }
             }
+            LegCommand::Answered => self.recv.open_learning_window(now),
             LegCommand::Update {
                 remote,
                 remote_rtcp,
@@ -1740,5 +1745,74 @@ mod strict_tests {
         assert!(dests[3..].iter().all(|&d| d == real));
         let tail = &echoed[20 * FRAME_SAMPLES..];
         assert!(power(tail, CALLER_HZ) > 0.9, "{}", power(tail, CALLER_HZ));
+    }
+
+    /// Behind evident NAT, a caller that starts sending only after the window is not heard
+    /// until signalling opens a new one: a re-INVITE moving the media, or the answer after
+    /// early media.
+    #[test]
+    fn a_media_move_or_a_late_answer_opens_a_new_window() {
+        let t0 = Instant::now();
+        let real: SocketAddr = STRANGER.parse().unwrap();
+        let cfg = LegConfig {
+            remote: "127.0.0.2:40000".parse().ok(),
+            remote_rtcp: "127.0.0.2:40001".parse().ok(),
+            sources: LegSources {
+                signalling: Some(real.ip()),
+                ..LegSources::default()
+            },
+            ..test_leg(t0).cfg
+        };
+        let mut l = Leg::new(cfg, t0).unwrap();
+        let mut tone = ToneGenerator::new(&"1000/60000@-10".parse().unwrap(), 8000).unwrap();
+        let wc = SystemTime::now();
+        let mut seq = 0u16;
+        // Ticks `from..to` with the caller talking; what the leg heard over the last 20.
+        let mut talk = |l: &mut Leg, from: u32, to: u32| {
+            let mut heard = Vec::new();
+            for n in from..to {
+                let now = t0 + FRAME * n;
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                tone.fill(&mut pcm);
+                let p = rtp(PayloadType::PCMU, 1, seq, n * 160, &pcmu(&pcm));
+                seq = seq.wrapping_add(1);
+                l.handle_packet(now, wc, real, &p);
+                l.tick(now, wc, u64::from(n), &mut |_, _, _| {});
+                if n + 20 >= to {
+                    heard.extend_from_slice(l.input());
+                }
+            }
+            power(&heard, CALLER_HZ)
+        };
+        let window = DEFAULT_LEARN_WINDOW.as_millis() as u32 / 20;
+        assert!(
+            talk(&mut l, window, window + 60) < 0.01,
+            "learned after the window"
+        );
+        let moved = t0 + FRAME * (window + 60);
+        l.apply(
+            moved,
+            LegCommand::Update {
+                remote: "127.0.0.2:40010".parse().ok(),
+                remote_rtcp: "127.0.0.2:40011".parse().ok(),
+                direction: Direction::SendRecv,
+            },
+        );
+        assert!(
+            talk(&mut l, window + 60, window + 120) > 0.9,
+            "not learned after the move"
+        );
+
+        let mut l = Leg::new(l.cfg.clone(), t0).unwrap();
+        let late = 2 * window;
+        assert!(
+            talk(&mut l, late, late + 60) < 0.01,
+            "learned after the window"
+        );
+        l.apply(t0 + FRAME * (late + 60), LegCommand::Answered);
+        assert!(
+            talk(&mut l, late + 60, late + 120) > 0.9,
+            "not learned after the answer"
+        );
     }
 }

@@ -406,8 +406,14 @@ impl RecvSession {
         };
         if moved {
             self.relearn();
-            self.learn_until = Some(now + self.config.learn_window);
+            self.open_learning_window(now);
         }
+    }
+
+    /// Opens a learning window from `now` without forgetting the source, for a call answered
+    /// after early media: a phone may start sending only once answered.
+    pub fn open_learning_window(&mut self, now: Instant) {
+        self.learn_until = Some(now + self.config.learn_window);
     }
 
     /// Whether a new source may be learned at `now`.
@@ -1557,6 +1563,20 @@ mod tests {
         let res = feed(&mut s, &clock, NATTED, 1, 120, 4, late + 1100);
         assert!(matches!(res[3], Received::Accepted(_)), "{res:?}");
         assert_eq!(s.remote(), Some(addr(NATTED)));
+    }
+
+    #[test]
+    fn an_answer_after_early_media_reopens_the_window_and_keeps_the_source() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        feed(&mut s, &clock, NATTED, 1, 100, 4, 0);
+        let late = WINDOW_MS + 500;
+        assert!(all_rejected(&feed(&mut s, &clock, OTHER, 2, 1, 10, late)));
+        s.open_learning_window(clock.at(late + 1000));
+        assert_eq!(s.remote(), Some(addr(NATTED)), "the source is kept");
+        let res = feed(&mut s, &clock, OTHER, 2, 1, 4, late + 1100);
+        assert!(matches!(res[3], Received::Accepted(_)), "{res:?}");
+        assert_eq!(s.remote(), Some(addr(OTHER)));
     }
 
     #[test]

@@ -433,6 +433,8 @@ impl Call {
             .await;
         if let Some(m) = self.pending_media.take() {
             self.start_media(&m);
+        } else if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Answered);
         }
         self.live.update(|c| {
             c.state = CallState::Answered;
