@@ -173,6 +173,10 @@ pub struct MediaConfig {
     pub workers: usize,
     pub realtime_priority: i32,
     pub rtp_timeout_secs: u64,
+    /// Which RTP sources a call hears (see [`crate::rtp::session`]).
+    pub strict_rtp: crate::rtp::session::StrictRtp,
+    /// How long after the answer (or a move of the caller's media) another source may be learned.
+    pub strict_rtp_learn_ms: u64,
 }
 
 /// HTTP API settings.
@@ -503,6 +507,20 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.sip.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!((c.rtp.port_min, c.rtp.port_max), (20000, 29999));
+    }
+
+    #[test]
+    fn strict_rtp_is_strict_unless_set() {
+        use crate::rtp::session::StrictRtp;
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.media.strict_rtp, StrictRtp::Strict);
+        assert_eq!(c.media.strict_rtp_learn_ms, 5000);
+        for (text, mode) in [("learn", StrictRtp::Learn), ("off", StrictRtp::Off)] {
+            let c =
+                Config::from_toml_str("t", &format!("[media]\nstrict_rtp = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.strict_rtp, mode);
+        }
+        assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
     }
 
     #[test]

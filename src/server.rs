@@ -108,6 +108,12 @@ pub async fn run_with_ready(
         rooms: rooms.clone(),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
+        rtp_sources: crate::media::leg::LegSources {
+            mode: config.media.strict_rtp,
+            learn_window: Duration::from_millis(config.media.strict_rtp_learn_ms),
+            signalling: None,
+            metrics: Some(metrics.clone()),
+        },
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

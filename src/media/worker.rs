@@ -737,7 +737,7 @@ fn receive_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &
     if n.is_multiple_of(RTCP_POLL_TICKS) {
         for _ in 0..MAX_READS_PER_TICK {
             match s.sockets.rtcp.recv_from(buf) {
-                Ok((len, _)) => s.leg.handle_rtcp(now, wallclock, &buf[..len]),
+                Ok((len, from)) => s.leg.handle_rtcp(now, wallclock, from, &buf[..len]),
                 Err(_) => break,
             }
         }

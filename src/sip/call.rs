@@ -48,6 +48,8 @@ pub struct CallContext {
     pub rooms: crate::conference::ConferenceRegistry,
     /// End a call after this long without RTP (None: never).
     pub rtp_timeout: Option<Duration>,
+    /// Which RTP sources a call hears; the leg adds the SIP source address of its call.
+    pub rtp_sources: crate::media::leg::LegSources,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -76,7 +78,7 @@ pub fn spawn(
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
 ) {
-    let Event::Incoming { request, .. } = incoming else {
+    let Event::Incoming { request, peer, .. } = incoming else {
         return;
     };
     let header = |name| {
@@ -90,6 +92,7 @@ pub fn spawn(
         from: header("From"),
         to: header("To"),
         user: request.uri.user().unwrap_or("").to_string(),
+        signalling: peer.addr.ip(),
     };
     let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
@@ -207,6 +210,8 @@ struct Parties {
     to: String,
     /// The dialled user (Request-URI user part).
     user: String,
+    /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
+    signalling: std::net::IpAddr,
 }
 
 /// How the call ended, for the log and the event stream.
@@ -447,6 +452,8 @@ impl Call {
             .await;
         if let Some(m) = self.pending_media.take() {
             self.start_media(&m);
+        } else if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Answered);
         }
         self.live.update(|c| {
             c.state = CallState::Answered;
@@ -499,6 +506,10 @@ impl Call {
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
+            sources: crate::media::leg::LegSources {
+                signalling: Some(self.parties.signalling),
+                ..self.ctx.rtp_sources.clone()
+            },
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,
