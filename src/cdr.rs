@@ -57,13 +57,14 @@ pub struct Cdr {
     pub answered_at: Option<String>,
     /// RFC 3339 time the call ended.
     pub ended_at: String,
-    /// Answered time in milliseconds (0 when never answered).
+    /// Milliseconds from the answer to the end (0 when never answered).
     pub duration_ms: u64,
     /// Who ended the call.
     pub hangup: HangupSide,
-    /// Why it ended (`caller_bye`, `server_bye`, `cancelled`, `refused`, …).
+    /// Why it ended (`caller_bye`, `server_bye`, `cancelled`, `refused`, `ack_timeout`,
+    /// `timeout`, `session_expired`, `lost`).
     pub cause: String,
-    /// SIP status of a refusal or of the final answer.
+    /// SIP status of a refusal (487 for a cancelled call) or 200 once answered.
     pub sip_code: Option<u16>,
     /// Keys pressed during the call, in order.
     pub digits: String,

@@ -142,6 +142,20 @@ pub struct SipConfig {
     pub t4_ms: u64,
     pub max_call_secs: u64,
     pub max_message_bytes: usize,
+    /// Session interval we ask for and the most we grant (RFC 4028), in seconds.
+    pub session_expires: u32,
+    /// The smallest session interval we accept (at least 90), in seconds.
+    pub min_se: u32,
+}
+
+impl SipConfig {
+    /// The session timer settings for the endpoint.
+    pub fn session_timers(&self) -> crate::sip::session_timer::SessionTimerConfig {
+        crate::sip::session_timer::SessionTimerConfig {
+            session_expires: self.session_expires,
+            min_se: self.min_se,
+        }
+    }
 }
 
 /// Media port range.
@@ -159,6 +173,10 @@ pub struct MediaConfig {
     pub workers: usize,
     pub realtime_priority: i32,
     pub rtp_timeout_secs: u64,
+    /// Which RTP sources a call hears (see [`crate::rtp::session`]).
+    pub strict_rtp: crate::rtp::session::StrictRtp,
+    /// How long after the answer (or a move of the caller's media) another source may be learned.
+    pub strict_rtp_learn_ms: u64,
 }
 
 /// HTTP API settings.
@@ -393,6 +411,12 @@ impl Config {
                 "sip timers must satisfy 0 < t1_ms <= t2_ms".into(),
             ));
         }
+        let floor = crate::sip::session_timer::MIN_SE_FLOOR;
+        if self.sip.min_se < floor || self.sip.session_expires < self.sip.min_se {
+            return Err(ConfigError::Invalid(format!(
+                "sip: session timers must satisfy {floor} <= min_se <= session_expires"
+            )));
+        }
         self.advertise_ip()?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -486,6 +510,20 @@ mod tests {
     }
 
     #[test]
+    fn strict_rtp_is_strict_unless_set() {
+        use crate::rtp::session::StrictRtp;
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.media.strict_rtp, StrictRtp::Strict);
+        assert_eq!(c.media.strict_rtp_learn_ms, 5000);
+        for (text, mode) in [("learn", StrictRtp::Learn), ("off", StrictRtp::Off)] {
+            let c =
+                Config::from_toml_str("t", &format!("[media]\nstrict_rtp = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.strict_rtp, mode);
+        }
+        assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
+    }
+
+    #[test]
     fn file_overrides_one_key_and_keeps_the_rest() {
         let c =
             Config::from_toml_str("t.toml", "[rtp]\nport_min = 30000\nport_max = 30100\n").unwrap();
@@ -497,6 +535,21 @@ mod tests {
     fn unknown_key_is_an_error_naming_the_file() {
         let e = Config::from_toml_str("t.toml", "[sip]\nlisten_typo = 1\n").unwrap_err();
         assert!(e.to_string().starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn session_timer_settings_default_and_bounds() {
+        let c = Config::embedded().unwrap();
+        assert_eq!((c.sip.session_expires, c.sip.min_se), (1800, 90));
+        let ok = Config::from_toml_str("t", "[sip]\nmin_se = 90\nsession_expires = 90\n").unwrap();
+        ok.validate().unwrap();
+        for bad in [
+            "[sip]\nmin_se = 89\n",
+            "[sip]\nmin_se = 600\nsession_expires = 599\n",
+        ] {
+            let c = Config::from_toml_str("t", bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

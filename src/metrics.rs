@@ -36,6 +36,17 @@ pub struct Metrics {
     webhooks_dropped: AtomicU64,
     webhook_retries: AtomicU64,
     events_lagged: AtomicU64,
+    /// RTP and RTCP packets dropped for coming from a stranger, by [`Stranger`].
+    strangers: [AtomicU64; 2],
+}
+
+/// Which of a leg's two streams a packet from a stranger was aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stranger {
+    /// RTP.
+    Rtp = 0,
+    /// RTCP.
+    Rtcp = 1,
 }
 
 impl Default for Metrics {
@@ -56,6 +67,7 @@ impl Default for Metrics {
             webhooks_dropped: AtomicU64::new(0),
             webhook_retries: AtomicU64::new(0),
             events_lagged: AtomicU64::new(0),
+            strangers: Default::default(),
         }
     }
 }
@@ -204,6 +216,11 @@ impl Metrics {
         self.events_lagged.fetch_add(n, Relaxed);
     }
 
+    /// A leg dropped a packet from a source other than its own (the strict RTP rule).
+    pub fn stranger_dropped(&self, stream: Stranger) {
+        self.strangers[stream as usize].fetch_add(1, Relaxed);
+    }
+
     /// Webhook events dropped so far.
     pub fn webhooks_dropped(&self) -> u64 {
         self.webhooks_dropped.load(Relaxed)
@@ -261,6 +278,20 @@ impl Metrics {
             w.sample(
                 "switchboard_dtmf_digits_total",
                 &[("method", m)],
+                c.load(Relaxed),
+            );
+        }
+
+        w.family(
+            "switchboard_rtp_stranger_packets_dropped_total",
+            "RTP and RTCP packets dropped for coming from a source other than the leg's \
+             (strict_rtp), by stream.",
+            "counter",
+        );
+        for (stream, c) in ["rtp", "rtcp"].iter().zip(&self.strangers) {
+            w.sample(
+                "switchboard_rtp_stranger_packets_dropped_total",
+                &[("stream", stream)],
                 c.load(Relaxed),
             );
         }
@@ -511,6 +542,9 @@ pub(crate) mod tests {
         m.call_started();
         m.call_ended();
         m.webhook_dropped(3);
+        m.stranger_dropped(Stranger::Rtp);
+        m.stranger_dropped(Stranger::Rtp);
+        m.stranger_dropped(Stranger::Rtcp);
         let stats = WorkerStats::default();
         stats.ticks.store(50, Relaxed);
         stats.late_ticks.store(2, Relaxed);
@@ -527,6 +561,14 @@ pub(crate) mod tests {
         let text = m.render(&gauges);
         let s = parse_exposition(&text);
         assert_eq!(s["switchboard_sip_responses_total{code=\"200\"}"], 2.0);
+        assert_eq!(
+            s["switchboard_rtp_stranger_packets_dropped_total{stream=\"rtp\"}"],
+            2.0
+        );
+        assert_eq!(
+            s["switchboard_rtp_stranger_packets_dropped_total{stream=\"rtcp\"}"],
+            1.0
+        );
         assert_eq!(s["switchboard_sip_responses_total{code=\"486\"}"], 1.0);
         assert_eq!(s["switchboard_sip_responses_total{code=\"other\"}"], 2.0);
         assert_eq!(s["switchboard_dtmf_digits_total{method=\"rfc4733\"}"], 1.0);

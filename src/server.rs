@@ -53,11 +53,12 @@ pub async fn run_with_ready(
             source,
         })?;
     let (t1, t2, t4) = config.timers();
-    let endpoint = Endpoint::new(EndpointConfig {
+    let mut endpoint = Endpoint::new(EndpointConfig {
         timers: TimerConfig { t1, t2, t4 },
         local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
         user_agent: config.sip.user_agent.clone(),
     });
+    endpoint.set_session_timers(config.sip.session_timers());
     std::fs::create_dir_all(&config.paths.recordings)?;
     // Recordings a crash left behind as `.part` are made whole before anything new is written.
     for r in repair_dir(&config.paths.recordings) {
@@ -107,6 +108,12 @@ pub async fn run_with_ready(
         rooms: rooms.clone(),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
+        rtp_sources: crate::media::leg::LegSources {
+            mode: config.media.strict_rtp,
+            learn_window: Duration::from_millis(config.media.strict_rtp_learn_ms),
+            signalling: None,
+            metrics: Some(metrics.clone()),
+        },
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

@@ -120,6 +120,7 @@ fn leg_config(remote: SocketAddr, remote_rtcp: Option<SocketAddr>, ptime_ms: u64
         rtp_timeout: Duration::from_secs(60),
         ssrc: Ssrc::new(LEG_SSRC),
         ptime: Duration::from_millis(ptime_ms),
+        sources: Default::default(),
     }
 }
 

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::uac::{offer, Uac, UacState};
+use switchboard::sdp::{parse, LocalSession};
 use switchboard::sip::dialog::{Peer, Transport};
 use switchboard::sip::endpoint::{CallHandle, EndReason, Endpoint, EndpointConfig, Event};
+use switchboard::sip::session_timer::SessionTimerConfig;
 use switchboard::sip::transaction::TimerConfig;
 
 const SERVER: &str = "127.0.0.1:5060";
@@ -102,6 +104,14 @@ struct World {
     progress: Vec<(u16, bool)>,
     ended: Vec<EndReason>,
     server_sent: Vec<(u64, Vec<u8>)>,
+    /// UPDATE offers the call layer answered.
+    updates: usize,
+    /// Offers (re-INVITE, UPDATE) are left unanswered, for the test to see them pending.
+    defer_offers: bool,
+    /// Our SDP side, answering UPDATE offers the way the call layer does.
+    session: LocalSession,
+    /// A moment `run_until` must stop at even when nothing happens then.
+    wake: Option<Instant>,
 }
 
 impl World {
@@ -122,6 +132,10 @@ impl World {
             progress: Vec::new(),
             ended: Vec::new(),
             server_sent: Vec::new(),
+            updates: 0,
+            defer_offers: false,
+            session: LocalSession::new(7, "127.0.0.1:20000".parse().unwrap()),
+            wake: None,
         }
     }
 
@@ -163,6 +177,7 @@ impl World {
                 self.net.next(),
                 self.ep.poll_timeout(),
                 self.uac.poll_timeout(),
+                self.wake.filter(|w| *w > self.now),
             ]
             .into_iter()
             .flatten()
@@ -207,6 +222,23 @@ impl World {
                         }
                     }
                     Event::Confirmed { .. } => self.confirmed += 1,
+                    Event::ReInvite { .. } if self.defer_offers => self.reinvites += 1,
+                    Event::Update { .. } if self.defer_offers => self.updates += 1,
+                    Event::Update { call, sdp } => {
+                        self.updates += 1;
+                        // Negotiated like the call layer does; a broken offer gets 488.
+                        let answer = parse(&sdp).ok().and_then(|o| self.session.answer(&o).ok());
+                        match answer {
+                            Some(a) => self
+                                .ep
+                                .answer_reinvite(self.now, call, a.sdp.to_string().into_bytes())
+                                .unwrap(),
+                            None => self
+                                .ep
+                                .reject_reinvite(self.now, call, 488, "Not Acceptable Here", None)
+                                .unwrap(),
+                        }
+                    }
                     Event::ReInvite { call, sdp } => {
                         self.reinvites += 1;
                         assert!(sdp.is_some());
@@ -231,6 +263,13 @@ impl World {
 
     fn elapsed(&self) -> Duration {
         self.now - self.start
+    }
+
+    /// Runs until `at` (stopping there even when nothing is due then).
+    fn advance_to(&mut self, at: Instant) {
+        self.wake = Some(at);
+        assert!(self.run_until(|w| w.now >= at));
+        self.wake = None;
     }
 }
 
@@ -376,7 +415,7 @@ fn reinvite_to_hold_is_answered_and_acked() {
 fn requests_outside_a_dialog_are_answered_by_the_endpoint() {
     let mut ep = endpoint();
     let now = Instant::now();
-    let cases: [(&str, &str, u16); 7] = [
+    let cases: [(&str, &str, u16); 8] = [
         ("BYE", ";tag=nosuch", 481),
         ("INFO", "", 481),
         ("OPTIONS", "", 200),
@@ -384,6 +423,7 @@ fn requests_outside_a_dialog_are_answered_by_the_endpoint() {
         ("NOTIFY", "", 481),
         ("NOTIFY", ";tag=nosuch", 481),
         ("REFER", "", 405),
+        ("UPDATE", ";tag=nosuch", 481),
     ];
     for (i, (method, to_tag, code)) in cases.into_iter().enumerate() {
         let m = format!(
@@ -727,4 +767,411 @@ fn refer_from_the_caller_is_refused_with_405_and_the_call_goes_on() {
     w.uac.request(now, "BYE", "", b"");
     assert!(w.run_until(|w| !w.ended.is_empty()));
     assert_eq!(w.ended, vec![EndReason::RemoteBye]);
+}
+
+// ---- UPDATE (RFC 3311) and session timers (RFC 4028) ----
+
+/// The responses the server sent to `method` requests with status `code`.
+fn answers(w: &World, code: u16, method: &str) -> Vec<(u64, String)> {
+    sent_starting(w, &format!("SIP/2.0 {code} "))
+        .into_iter()
+        .filter(|(_, t)| header(t, "CSeq").iter().any(|c| c.ends_with(method)))
+        .collect()
+}
+
+/// When the server sent the 200 OK to the initial INVITE (ms since the start).
+fn answered_at(w: &World) -> u64 {
+    answers(w, 200, "INVITE")[0].0
+}
+
+fn update(w: &mut World, extra: &str, sdp: &[u8]) {
+    let now = w.now;
+    let ct = if sdp.is_empty() {
+        ""
+    } else {
+        "application/sdp"
+    };
+    w.uac.request_with(now, "UPDATE", extra, ct, sdp);
+}
+
+fn direction_of(sdp: &str) -> &str {
+    ["sendrecv", "sendonly", "recvonly", "inactive"]
+        .into_iter()
+        .find(|d| sdp.contains(&format!("a={d}\r\n")))
+        .unwrap_or("none")
+}
+
+#[test]
+fn update_without_body_is_a_refresh_answered_200_and_the_call_goes_on() {
+    let mut w = World::answered(20);
+    update(&mut w, "", b"");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200]));
+    let ok = &answers(&w, 200, "UPDATE")[0].1;
+    assert!(header(ok, "Allow")[0].contains("UPDATE"), "{ok}");
+    assert_eq!(header(ok, "Contact").len(), 1, "{ok}");
+    assert!(!ok.contains("Content-Type"), "a refresh has no body: {ok}");
+    assert_eq!(w.updates, 0, "a refresh is not the call layer's business");
+    // No session timer was asked for: two idle hours later the call is still up, untouched.
+    let later = w.now + Duration::from_secs(7200);
+    w.advance_to(later);
+    assert!(w.ended.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+    assert!(sent_starting(&w, "BYE").is_empty() && sent_starting(&w, "UPDATE").is_empty());
+    let now = w.now;
+    w.uac.request(now, "BYE", "", b"");
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::RemoteBye]);
+}
+
+#[test]
+fn update_in_the_early_dialog_refreshes_but_an_offer_must_wait() {
+    let mut w = World::new(21, 0.0, 5, Policy::RingOnly);
+    w.uac.invite_headers = "Supported: timer\r\nSession-Expires: 600\r\n".into();
+    let now = w.now;
+    w.uac
+        .invite(now, "ring", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.uac.state == UacState::Ringing));
+    update(&mut w, "", b"");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200]));
+    update(&mut w, "", &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 2));
+    assert_eq!(statuses_of(&w, "UPDATE"), [200, 500]);
+    assert_eq!(
+        header(&answers(&w, 500, "UPDATE")[0].1, "Retry-After").len(),
+        1
+    );
+    assert_eq!(w.updates, 0);
+    assert!(w.ended.is_empty());
+    // The INVITE's session timer is untouched by the early refresh: the 200 carries it.
+    let (now, call) = (w.now, w.incoming[0]);
+    w.ep.answer(now, call, World::answer_sdp()).unwrap();
+    assert!(w.run_until(|w| w.confirmed == 1));
+    let ok = &answers(&w, 200, "INVITE")[0].1;
+    assert_eq!(header(ok, "Session-Expires"), ["600;refresher=uac"], "{ok}");
+}
+
+#[test]
+fn update_with_sdp_puts_the_call_on_hold_and_back() {
+    let mut w = World::answered(22);
+    update(&mut w, "", &offer("127.0.0.1", 40002, "sendonly"));
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200]));
+    let ok = &answers(&w, 200, "UPDATE")[0].1;
+    assert_eq!(header(ok, "Content-Type"), ["application/sdp"]);
+    assert_eq!(direction_of(ok), "recvonly", "{ok}");
+    assert_eq!(w.updates, 1);
+    update(&mut w, "", &offer("127.0.0.1", 40002, "sendrecv"));
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200, 200]));
+    assert_eq!(direction_of(&answers(&w, 200, "UPDATE")[1].1), "sendrecv");
+    // A retransmitted UPDATE is answered by its transaction, not offered again.
+    assert_eq!(w.updates, 2);
+    assert!(w.ended.is_empty());
+}
+
+#[test]
+fn update_offer_crossing_an_offer_gets_491_or_500() {
+    let mut w = World::answered(23);
+    w.net.jitter_ms = 0;
+    let call = w.incoming[0];
+    // Our re-INVITE offer is on its way when the caller's UPDATE offer arrives: 491.
+    let now = w.now;
+    w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+        .unwrap();
+    update(&mut w, "", &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| !statuses_of(w, "UPDATE").is_empty()));
+    assert_eq!(statuses_of(&w, "UPDATE"), [491]);
+    assert_eq!(w.updates, 0);
+    assert!(w.run_until(|w| w.reinvite_answers == [200]));
+    // The caller's re-INVITE offer waits for our answer: a second offer gets 500 Retry-After,
+    // while an UPDATE without offer (a refresh) is still fine.
+    w.defer_offers = true;
+    let now = w.now;
+    w.uac.reinvite(now, &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| w.reinvites == 1));
+    update(&mut w, "", &offer("127.0.0.1", 40000, "inactive"));
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 2));
+    update(&mut w, "", b"");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 3));
+    assert_eq!(statuses_of(&w, "UPDATE"), [491, 500, 200]);
+    assert_eq!(
+        header(&answers(&w, 500, "UPDATE")[0].1, "Retry-After").len(),
+        1
+    );
+    assert_eq!(w.updates, 0);
+    assert!(w.ended.is_empty());
+}
+
+/// A caller INVITE with `headers`, against an endpoint with `min_se`; runs until answered or
+/// refused.
+fn timer_world(seed: u64, min_se: u32, headers: &str) -> World {
+    let mut w = World::new(seed, 0.0, 0, Policy::Answer);
+    w.ep.set_session_timers(SessionTimerConfig {
+        session_expires: 1800,
+        min_se,
+    });
+    w.uac.invite_headers = headers.to_string();
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(w.run_until(|w| w.confirmed == 1 || w.uac.state == UacState::Terminated));
+    w
+}
+
+#[test]
+fn session_interval_below_min_se_gets_422_naming_our_minimum() {
+    for (min_se, asked, code) in [
+        (90, 89, 422),
+        (90, 90, 200),
+        (120, 119, 422),
+        (120, 120, 200),
+    ] {
+        let h = format!("Supported: timer\r\nSession-Expires: {asked}\r\n");
+        let w = timer_world(24, min_se, &h);
+        assert_eq!(
+            statuses_of(&w, "INVITE").last(),
+            Some(&code),
+            "{min_se}/{asked}"
+        );
+        if code == 422 {
+            let r = &answers(&w, 422, "INVITE")[0].1;
+            assert_eq!(header(r, "Min-SE"), [min_se.to_string().as_str()], "{r}");
+            assert!(w.incoming.is_empty(), "a 422 never reaches the call layer");
+        } else {
+            let ok = &answers(&w, 200, "INVITE")[0].1;
+            assert_eq!(
+                header(ok, "Session-Expires"),
+                [format!("{asked};refresher=uac").as_str()]
+            );
+            assert_eq!(header(ok, "Require"), ["timer"]);
+        }
+    }
+    // The compact form, and a refresh by UPDATE below the minimum.
+    let mut w = timer_world(25, 90, "k: timer\r\nx: 600;refresher=uas\r\n");
+    let ok = &answers(&w, 200, "INVITE")[0].1;
+    assert_eq!(header(ok, "Session-Expires"), ["600;refresher=uas"]);
+    update(&mut w, "Supported: timer\r\nSession-Expires: 60\r\n", b"");
+    assert!(w.run_until(|w| !statuses_of(w, "UPDATE").is_empty()));
+    assert_eq!(statuses_of(&w, "UPDATE"), [422]);
+    assert_eq!(header(&answers(&w, 422, "UPDATE")[0].1, "Min-SE"), ["90"]);
+    assert!(w.ended.is_empty());
+}
+
+#[test]
+fn peer_refreshing_every_half_interval_keeps_the_call_for_an_hour_then_bye_on_silence() {
+    let se = "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n";
+    let mut w = timer_world(26, 90, se);
+    let mut last = w.now;
+    // Every 60 s for an hour: UPDATE without body, UPDATE with SDP, re-INVITE — all refresh.
+    for i in 0..60 {
+        w.advance_to(last + Duration::from_secs(60));
+        match i % 3 {
+            0 => update(&mut w, se, b""),
+            1 => update(&mut w, se, &offer("127.0.0.1", 40000, "sendrecv")),
+            _ => {
+                let now = w.now;
+                w.uac.reinvite(now, &offer("127.0.0.1", 40000, "sendrecv"));
+            }
+        }
+        let oks = w.uac.statuses.iter().filter(|s| s.1 == 200).count();
+        assert!(w.run_until(|w| w.uac.statuses.iter().filter(|s| s.1 == 200).count() > oks));
+        last = w.now;
+    }
+    assert!(w.elapsed() >= Duration::from_secs(3600));
+    assert!(w.ended.is_empty(), "{:?}", w.ended);
+    assert!(sent_starting(&w, "BYE").is_empty());
+    // Every 2xx to a refresh repeats the interval and who refreshes.
+    let refreshes: Vec<_> = answers(&w, 200, "UPDATE")
+        .into_iter()
+        .chain(answers(&w, 200, "INVITE").into_iter().skip(1))
+        .collect();
+    assert_eq!(refreshes.len(), 60);
+    for (_, r) in &refreshes {
+        assert_eq!(header(r, "Session-Expires"), ["120;refresher=uac"], "{r}");
+    }
+    // Then silence: BYE at expiry minus min(32 s, 120/3) = 88 s after the last refresh.
+    let last_ok = refreshes.iter().map(|r| r.0).max().unwrap();
+    let just_before = w.start + Duration::from_millis(last_ok + 88_000 - 1);
+    w.advance_to(just_before);
+    assert!(w.ended.is_empty() && sent_starting(&w, "BYE").is_empty());
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::SessionExpired]);
+    assert_eq!(sent_starting(&w, "BYE")[0].0, last_ok + 88_000);
+}
+
+#[test]
+fn silent_peer_refresher_gets_bye_at_expiry_minus_the_smaller_of_32_s_and_a_third() {
+    for (se, bye_after_s) in [(1800, 1768), (90, 60), (96, 64), (97, 65)] {
+        let h = format!("Supported: timer\r\nSession-Expires: {se}\r\n");
+        let mut w = timer_world(27, 90, &h);
+        let t0 = answered_at(&w);
+        assert!(w.run_until(|w| !w.ended.is_empty()));
+        assert_eq!(w.ended, vec![EndReason::SessionExpired], "SE {se}");
+        assert_eq!(
+            sent_starting(&w, "BYE")[0].0,
+            t0 + bye_after_s * 1000,
+            "SE {se}"
+        );
+        assert!(sent_starting(&w, "UPDATE").is_empty());
+        assert!(w.run_until(|w| w.ep.call_count() == 0));
+    }
+}
+
+#[test]
+fn we_refresh_by_update_at_half_the_interval_again_and_again() {
+    let h = "Allow: INVITE, ACK, CANCEL, BYE, UPDATE\r\nSupported: timer\r\n\
+Session-Expires: 90;refresher=uas\r\n";
+    let mut w = timer_world(28, 90, h);
+    let ok = &answers(&w, 200, "INVITE")[0].1;
+    assert_eq!(header(ok, "Session-Expires"), ["90;refresher=uas"]);
+    let t0 = answered_at(&w);
+    assert!(w.run_until(|w| sent_starting(w, "UPDATE").len() == 3));
+    let updates = sent_starting(&w, "UPDATE");
+    // 45 s after the 200, then 45 s after each 2xx, which comes back 4 ms later.
+    let times: Vec<u64> = updates.iter().map(|u| u.0).collect();
+    assert_eq!(times, [t0 + 45_000, t0 + 90_004, t0 + 135_008]);
+    for (_, u) in &updates {
+        assert_eq!(header(u, "Session-Expires"), ["90;refresher=uac"], "{u}");
+        assert!(!u.contains("Content-Type"), "{u}");
+    }
+    assert!(cseq_of(&updates[1].1) > cseq_of(&updates[0].1));
+    assert!(w.ended.is_empty());
+}
+
+#[test]
+fn we_refresh_by_reinvite_with_our_sdp_when_allow_lacks_update() {
+    let h = "Allow: INVITE, ACK, CANCEL, BYE\r\nSession-Expires: 90\r\n";
+    let mut w = timer_world(29, 90, h);
+    // The caller does not support timers: we refresh, and no Require goes to it.
+    let ok = &answers(&w, 200, "INVITE")[0].1;
+    assert_eq!(header(ok, "Session-Expires"), ["90;refresher=uas"]);
+    assert!(header(ok, "Require").is_empty());
+    let t0 = answered_at(&w);
+    assert!(w.run_until(|w| sent_starting(w, "ACK").len() == 2));
+    let invites = sent_starting(&w, "INVITE");
+    assert_eq!(invites.len(), 2);
+    assert_eq!(invites[0].0, t0 + 45_000);
+    assert_eq!(
+        invites[1].0,
+        t0 + 90_004,
+        "45 s after the 2xx, after the ACK"
+    );
+    let ours = String::from_utf8(World::answer_sdp()).unwrap();
+    for (_, i) in &invites {
+        assert!(i.ends_with(&ours), "the same SDP again: {i}");
+    }
+    assert!(sent_starting(&w, "UPDATE").is_empty());
+    assert_eq!(
+        w.reinvite_answers,
+        Vec::<u16>::new(),
+        "refreshes are not reported"
+    );
+    assert!(w.ended.is_empty());
+}
+
+#[test]
+fn our_refresh_answered_422_491_or_481() {
+    let h = "Allow: UPDATE\r\nSupported: timer\r\nSession-Expires: 90;refresher=uas\r\n";
+    // 422: asked again at once with the peer's Min-SE; a second 422 is not chased.
+    let mut w = timer_world(30, 90, h);
+    w.uac.reply_codes.push(("UPDATE".into(), 422));
+    w.uac
+        .reply_headers
+        .push(("UPDATE".into(), "Min-SE".into(), "200".into()));
+    let t0 = answered_at(&w);
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    let updates = sent_starting(&w, "UPDATE");
+    assert_eq!(updates.len(), 2);
+    assert_eq!(
+        header(&updates[1].1, "Session-Expires"),
+        ["200;refresher=uac"]
+    );
+    assert_eq!(
+        updates[1].0,
+        updates[0].0 + 4,
+        "retried as soon as the 422 came"
+    );
+    // The session agreed on is 90 s: it ends 60 s after the last refresh.
+    assert_eq!(w.ended, vec![EndReason::SessionExpired]);
+    assert_eq!(sent_starting(&w, "BYE")[0].0, t0 + 60_000);
+
+    // 491: retried within 2 s.
+    let mut w = timer_world(31, 90, h);
+    w.uac.reply_codes.push(("UPDATE".into(), 491));
+    assert!(w.run_until(|w| sent_starting(w, "UPDATE").len() == 2));
+    let updates = sent_starting(&w, "UPDATE");
+    let gap = updates[1].0 - (updates[0].0 + 4);
+    assert!(gap <= 2000, "{gap}");
+
+    // 481: the dialog is gone at the peer; BYE.
+    let mut w = timer_world(32, 90, h);
+    w.uac.reply_codes.push(("UPDATE".into(), 481));
+    let t0 = answered_at(&w);
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::Timeout]);
+    assert_eq!(sent_starting(&w, "BYE")[0].0, t0 + 45_004);
+}
+
+#[test]
+fn our_reinvite_carries_the_session_timer_and_its_2xx_refreshes() {
+    let mut w = timer_world(
+        33,
+        90,
+        "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n",
+    );
+    let call = w.incoming[0];
+    w.uac.reply_headers.push((
+        "INVITE".into(),
+        "Session-Expires".into(),
+        "120;refresher=uas".into(),
+    ));
+    w.advance_to(w.now + Duration::from_secs(50));
+    let now = w.now;
+    w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+        .unwrap();
+    assert!(w.run_until(|w| w.reinvite_answers == [200]));
+    let ours = &sent_starting(&w, "INVITE")[0];
+    assert_eq!(header(&ours.1, "Session-Expires"), ["120;refresher=uas"]);
+    // The 2xx (4 ms later) refreshed the session; the caller still refreshes: BYE 88 s on.
+    assert!(w.run_until(|w| !w.ended.is_empty()));
+    assert_eq!(w.ended, vec![EndReason::SessionExpired]);
+    assert_eq!(sent_starting(&w, "BYE")[0].0, ours.0 + 4 + 88_000);
+}
+
+#[test]
+fn an_update_offer_pending_when_the_call_ends_is_closed_487() {
+    let mut w = World::answered(34);
+    w.defer_offers = true;
+    update(&mut w, "", &offer("127.0.0.1", 40000, "sendonly"));
+    assert!(w.run_until(|w| w.updates == 1));
+    let now = w.now;
+    w.uac.request(now, "BYE", "", b"");
+    assert!(w.run_until(|w| !w.ended.is_empty() && !statuses_of(w, "UPDATE").is_empty()));
+    assert_eq!(statuses_of(&w, "UPDATE"), [487]);
+    w.run_until(|_| false);
+    assert_eq!(w.ep.transaction_count(), 0);
+    assert_eq!(w.ep.call_count(), 0);
+}
+
+#[test]
+fn update_cseq_order_and_body_type_are_checked_like_other_requests() {
+    let mut w = World::answered(35);
+    update(&mut w, "", b"");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE") == [200]));
+    // Lower than the UPDATE just seen (CSeq 2): 500, the call goes on.
+    let stale = format!(
+        "UPDATE sip:echo@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT};branch=z9hG4bKstale\r\n\
+Max-Forwards: 70\r\nFrom: <sip:tester@{CLIENT}>;tag={}\r\nTo: <sip:echo@{SERVER}>;tag={}\r\n\
+Call-ID: {}\r\nCSeq: 1 UPDATE\r\nContact: <sip:tester@{CLIENT}>\r\nContent-Length: 0\r\n\r\n",
+        w.uac.from_tag,
+        w.uac.to_tag.clone().unwrap(),
+        w.uac.call_id
+    );
+    w.uac.outbox.push_back(stale.into_bytes());
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 2));
+    let now = w.now;
+    w.uac
+        .request_with(now, "UPDATE", "", "text/plain", b"hello");
+    assert!(w.run_until(|w| statuses_of(w, "UPDATE").len() == 3));
+    assert_eq!(statuses_of(&w, "UPDATE"), [200, 500, 415]);
+    assert_eq!(w.updates, 0);
+    assert!(w.ended.is_empty());
 }

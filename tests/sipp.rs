@@ -120,6 +120,8 @@ scenario_tests! {
     sdp_without_version_udp, sdp_without_version_tcp: case("uac_sdp_no_version", "echo");
     no_common_codec_udp, no_common_codec_tcp: case("uac_no_common_codec", "echo");
     bye_unknown_dialog_udp, bye_unknown_dialog_tcp: case("uac_bye_unknown_dialog", "service");
+    update_session_timer_udp, update_session_timer_tcp:
+        Case { answers_sdp: true, ..case("uac_update_timer", "echo") };
 }
 
 /// Over TCP a Content-Length beyond the bytes sent only means "more to come", so the
@@ -572,11 +574,13 @@ fn tone_shares(pcm: &[i16], freqs: &[f64]) -> Vec<f64> {
 fn conference_members_hear_each_other_mute_and_kick_udp() {
     let Some(sipp) = find_sipp() else { return };
     const FREQS: [f64; 3] = [400.0, 600.0, 1000.0];
+    // Each peer below talks to whichever leg it picks, not the one its SDP named: only
+    // `learn` lets a leg take a source other than its SDP address without evident NAT.
     let server = Server::start_with(
         "conference-members",
         ServerOptions {
             rtp_port_count: 6,
-            ..ServerOptions::default()
+            config: Some("[media]\nstrict_rtp = \"learn\"\nstrict_rtp_learn_ms = 60000\n".into()),
         },
     );
     let sockets: Vec<std::net::UdpSocket> = (0..3)
@@ -615,8 +619,8 @@ fn conference_members_hear_each_other_mute_and_kick_udp() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    // Each peer sends to one of the room's three legs; the leg latches to it (symmetric
-    // RTP), so each peer talks to exactly one member, whichever call that is.
+    // Each peer sends to one of the room's three legs; the leg learns it as its source, so
+    // each peer talks to exactly one member, whichever call that is.
     let (low, _) = server.rtp;
     let mut peers: Vec<TonePeer> = sockets
         .into_iter()

@@ -1,21 +1,25 @@
-// switchboard web console: plain JavaScript, no build step. Every data request carries the
-// bearer token; the event stream and audio, which browsers cannot give headers, carry it
-// as ?token=.
+// switchboard web console: plain JavaScript, no build step. `/api/info` says whether the
+// server needs a token; when it does, every data request carries it, and the event stream
+// and audio, which browsers cannot give headers, carry it as ?token=.
 "use strict";
 
 const TOKEN_KEY = "switchboard-token";
 const $ = (sel) => document.querySelector(sel);
 
 let token = localStorage.getItem(TOKEN_KEY);
+let needsToken = true;
 let rooms = new Map(); // name -> RoomInfo
 let events = null;
+let statsTimer = null;
 
 function authHeaders() {
-  return token ? { Authorization: "Bearer " + token } : {};
+  return needsToken && token ? { Authorization: "Bearer " + token } : {};
 }
 
 function withToken(url) {
-  return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
+  return needsToken && token
+    ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token)
+    : url;
 }
 
 async function api(method, path, body) {
@@ -26,13 +30,16 @@ async function api(method, path, body) {
   }
   const resp = await fetch(path, opts);
   if (resp.status === 401) {
-    showLogin("The token was refused.");
+    needsToken = true;
+    showLogin(token ? "The token was refused." : "");
     throw new Error("unauthorized");
   }
   if (!resp.ok) {
     let msg = resp.status + " " + resp.statusText;
     try { msg = (await resp.json()).error || msg; } catch (_) { /* not JSON */ }
-    throw new Error(msg);
+    const err = new Error(msg);
+    err.status = resp.status;
+    throw err;
   }
   const type = resp.headers.get("Content-Type") || "";
   return type.includes("json") ? resp.json() : null;
@@ -45,6 +52,7 @@ function showError(e) {
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null) continue;
     if (k === "class") e.className = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (k.startsWith("data-")) e.setAttribute(k, v);
@@ -54,8 +62,29 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
-function button(label, action, onclick) {
-  return el("button", { type: "button", "data-action": action, onclick }, label);
+function button(label, action, onclick, cls) {
+  return el("button", { type: "button", "data-action": action, onclick, class: cls }, label);
+}
+
+// A button that acts only when clicked twice within a few seconds: for the controls that
+// cannot be undone (end a room, kick a member).
+function armedButton(label, action, onconfirm) {
+  const b = button(label, action, () => {
+    if (b.dataset.armed === "1") {
+      onconfirm();
+      return;
+    }
+    b.dataset.armed = "1";
+    b.textContent = "Sure? " + label;
+    b.classList.add("armed");
+    setTimeout(() => {
+      if (!b.isConnected) return;
+      delete b.dataset.armed;
+      b.textContent = label;
+      b.classList.remove("armed");
+    }, 4000);
+  }, "danger");
+  return b;
 }
 
 function control(method, path, body) {
@@ -63,16 +92,95 @@ function control(method, path, body) {
   return api(method, path, body).catch(showError);
 }
 
+function tag(text, cls) {
+  return el("span", { class: "tag" + (cls ? " " + cls : "") }, text);
+}
+
+// ---- presentation ----
+
+// `"Alice Smith" <sip:alice@example.com;user=phone>;tag=12` -> name "Alice Smith", user
+// "alice", uri "sip:alice@example.com;user=phone". Also takes bare URIs and plain users.
+function parseParty(text) {
+  const s = String(text || "").trim();
+  let name = "";
+  let rest = s;
+  if (s.startsWith('"')) {
+    // A quoted name may hold any character, `<` and escaped quotes included.
+    const m = /^"((?:[^"\\]|\\.)*)"\s*/.exec(s);
+    if (m) {
+      name = m[1].replace(/\\(.)/g, "$1");
+      rest = s.slice(m[0].length);
+    }
+  }
+  let uri;
+  const lt = rest.indexOf("<");
+  if (lt >= 0) {
+    if (!name) name = rest.slice(0, lt).trim();
+    const gt = rest.indexOf(">", lt);
+    uri = rest.slice(lt + 1, gt < 0 ? undefined : gt);
+  } else {
+    uri = rest.split(";")[0]; // header parameters such as ;tag= follow a bare URI
+  }
+  let user = uri.replace(/^(sips?|tel):/i, "").split(/[;?]/)[0];
+  const at = user.lastIndexOf("@");
+  if (at >= 0) user = user.slice(0, at);
+  user = user.split(":")[0]; // user:password
+  try { user = decodeURIComponent(user); } catch (_) { /* keep it as written */ }
+  if (!user) user = uri;
+  return { name, user, uri };
+}
+
+function party(text) {
+  const p = parseParty(text);
+  const title = p.uri || String(text || "");
+  if (p.name && p.name !== p.user) {
+    return el("span", { class: "party", title },
+      el("span", { class: "name" }, p.name), " ", el("span", { class: "user" }, p.user));
+  }
+  return el("span", { class: "party", title }, el("span", { class: "name" }, p.user));
+}
+
+function formatDuration(ms) {
+  const total = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + s : m + ":" + s;
+}
+
+// A duration that counts up from an RFC 3339 time, refreshed by `tick`.
+function since(time) {
+  const e = el("span", { class: "dur", "data-since": time || "" });
+  updateSince(e);
+  return e;
+}
+
+function updateSince(e) {
+  const t = Date.parse(e.dataset.since);
+  e.textContent = Number.isNaN(t) ? "" : formatDuration(Date.now() - t);
+}
+
+function tick() {
+  for (const e of document.querySelectorAll(".dur[data-since]")) updateSince(e);
+}
+
 function shortTime(t) {
-  return t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : "";
+  if (!t) return "";
+  const d = new Date(t);
+  if (Number.isNaN(d.getTime())) return t;
+  const pad = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " "
+    + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
 }
 
 // ---- login ----
 
 function showLogin(message) {
   if (events) { events.close(); events = null; }
+  if (statsTimer) { clearInterval(statsTimer); statsTimer = null; }
   $("#app").hidden = true;
   $("#login").hidden = false;
+  $("#change-token").hidden = true;
   $("#login-error").textContent = message || "";
   $("#token").focus();
 }
@@ -86,10 +194,30 @@ $("#login").addEventListener("submit", (ev) => {
 
 $("#change-token").addEventListener("click", () => showLogin(""));
 
+// ---- live panel ----
+
+async function loadStats() {
+  const s = await api("GET", "/api/stats");
+  for (const box of document.querySelectorAll("#live .stat")) {
+    const v = s[box.dataset.stat];
+    if (v === undefined) continue;
+    box.querySelector(".n").textContent = String(v);
+    // Late ticks since start are history; only new ones since the last look are a warning.
+    const prev = Number(box.dataset.value);
+    box.classList.toggle("warn",
+      (box.dataset.stat === "rtp_loss_percent" && v >= 1) ||
+      (box.dataset.stat === "late_ticks" && !Number.isNaN(prev) && v > prev));
+    box.dataset.value = String(v);
+  }
+}
+
 // ---- rooms ----
+
+const promptText = new Map(); // room -> what is typed in its prompt box
 
 function renderRooms() {
   const box = $("#rooms");
+  const focused = document.activeElement && document.activeElement.dataset.promptFor;
   box.replaceChildren();
   if (rooms.size === 0) {
     box.append(el("p", { class: "empty" }, "No rooms."));
@@ -101,30 +229,65 @@ function renderRooms() {
     for (const m of room.members) {
       const mpath = path + "/members/" + m.id + "/";
       const row = el("tr", {
-        class: "member" + (m.talking ? " talking" : "") + (m.muted ? " muted" : ""),
+        class: "member" + (m.talking ? " talking" : "") + (m.muted ? " muted" : "") + (m.deaf ? " deaf" : ""),
         "data-member": String(m.id),
+        "data-call": m.call_id,
       },
-        el("td", {}, el("span", { class: "talk", title: "talking" })),
-        el("td", { class: "who" }, m.from,
-          m.moderator ? el("span", { class: "tag" }, "moderator") : "",
-          m.deaf ? el("span", { class: "tag" }, "deaf") : ""),
-        el("td", { class: "mute-state" }, m.muted ? "muted" : ""),
-        el("td", {},
+        el("td", { class: "talk-cell" }, el("span", { class: "talk", title: m.talking ? "talking" : "quiet" })),
+        el("td", { class: "who" }, party(m.from),
+          m.moderator ? tag("moderator") : "",
+          m.muted ? tag("muted", "mute-state") : "",
+          m.deaf ? tag("deaf", "deaf-tag") : ""),
+        el("td", { class: "num" }, since(m.joined_at)),
+        el("td", { class: "actions" },
           m.muted
             ? button("Unmute", "unmute", () => control("POST", mpath + "unmute"))
             : button("Mute", "mute", () => control("POST", mpath + "mute")),
-          " ",
-          button("Kick", "kick", () => {
-            if (confirm("Remove " + m.from + " from " + room.name + "?")) control("POST", mpath + "kick");
-          })));
+          m.deaf
+            ? button("Undeaf", "undeaf", () => control("POST", mpath + "undeaf"))
+            : button("Deafen", "deaf", () => control("POST", mpath + "deaf")),
+          armedButton("Kick", "kick", () => control("POST", mpath + "kick"))));
       members.append(row);
     }
-    box.append(el("div", { class: "room", "data-room": room.name },
-      el("h3", {}, room.name,
-        room.locked ? el("span", { class: "tag" }, "locked") : "",
-        room.recording ? el("span", { class: "tag" }, "recording") : ""),
-      el("table", {}, members),
-      room.members.length === 0 ? el("p", { class: "empty" }, "Nobody here.") : ""));
+    const prompt = el("input", {
+      class: "prompt", placeholder: "prompt, e.g. beep", value: promptText.get(room.name) || "",
+      "data-prompt-for": room.name,
+      oninput: (ev) => promptText.set(room.name, ev.target.value),
+      onkeydown: (ev) => { if (ev.key === "Enter") playPrompt(); },
+    });
+    function playPrompt() {
+      const name = prompt.value.trim();
+      if (name) control("POST", path + "/play", { prompt: name });
+    }
+    const controls = el("div", { class: "room-controls" },
+      room.locked
+        ? button("Unlock", "unlock", () => control("POST", path + "/unlock"))
+        : button("Lock", "lock", () => control("POST", path + "/lock")),
+      room.recording
+        ? button("Stop recording", "record-stop", () => control("POST", path + "/record/stop"), "rec")
+        : button("Record", "record-start", () => control("POST", path + "/record/start")),
+      el("span", { class: "play" }, prompt, button("Play", "play-prompt", playPrompt)),
+      armedButton("End room", "end", () => control("POST", path + "/end")));
+    const card = el("div", { class: "room", "data-room": room.name },
+      el("div", { class: "room-head" },
+        el("h3", {}, room.name),
+        el("span", { class: "room-meta" },
+          room.members.length + (room.members.length === 1 ? " member" : " members"), " · ",
+          since(room.created_at)),
+        room.locked ? tag("locked", "locked-tag") : "",
+        room.recording ? tag("● recording", "rec-tag") : "",
+        controls),
+      room.members.length
+        ? el("table", { class: "members" },
+            el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "Member"),
+              el("th", {}, "In room"), el("th", {}, ""))),
+            members)
+        : el("p", { class: "empty" }, "Nobody here."));
+    box.append(card);
+    if (focused === room.name) {
+      prompt.focus();
+      prompt.setSelectionRange(prompt.value.length, prompt.value.length);
+    }
   }
 }
 
@@ -134,11 +297,11 @@ let lastSeq = 0;
 const memberChanges = [];
 
 async function loadRooms() {
-  const since = lastSeq;
+  const seqBefore = lastSeq;
   const list = await api("GET", "/api/rooms");
   rooms = new Map(list.map((r) => [r.name, r]));
   for (const c of memberChanges) {
-    if (c.seq > since) patchMember(c.room, c.id, c.change);
+    if (c.seq > seqBefore) patchMember(c.room, c.id, c.change);
   }
   renderRooms();
 }
@@ -166,55 +329,96 @@ async function loadCalls() {
   const body = $("#calls");
   body.replaceChildren();
   for (const c of list) {
-    body.append(el("tr", { "data-call": c.id },
-      el("td", {}, c.id), el("td", {}, c.from), el("td", {}, c.to),
-      el("td", { class: "call-state" }, c.state), el("td", {}, shortTime(c.started_at)),
+    const answered = c.state === "answered";
+    body.append(el("tr", { "data-call": c.id, title: "Call-ID " + c.id },
+      el("td", { class: "who" }, party(c.from)),
+      el("td", {}, party(c.to)),
+      el("td", { class: "call-state" }, tag(c.state, answered ? "ok" : "ringing")),
+      el("td", { class: "num" }, since(c.answered_at || c.started_at)),
       el("td", {}, c.room || ""),
-      el("td", {}, button("Hang up", "hangup",
-        () => control("POST", "/api/calls/" + encodeURIComponent(c.id) + "/hangup")))));
+      el("td", { class: "actions" }, button("Hang up", "hangup",
+        () => control("POST", "/api/calls/" + encodeURIComponent(c.id) + "/hangup"), "danger"))));
   }
   $("#calls-empty").hidden = list.length > 0;
+  body.closest("table").hidden = list.length === 0;
 }
 
 // ---- recordings ----
 
-function searchQuery() {
+const levelCache = new Map(); // id -> peaks
+
+function formQuery(form, extra) {
   const q = new URLSearchParams();
-  for (const input of $("#search").querySelectorAll("input")) {
+  for (const input of form.querySelectorAll("input, select")) {
     if (input.value.trim()) q.set(input.name, input.value.trim());
   }
-  q.set("limit", "100");
+  for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
   return q.toString();
 }
 
+function drawLevels(canvas, peaks) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width;
+  const h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = "#3a7bd5";
+  const bar = w / Math.max(1, peaks.length);
+  peaks.forEach((p, i) => {
+    // A square-root scale keeps quiet speech visible next to loud parts.
+    const y = Math.max(1, Math.round(Math.sqrt(p) * h));
+    ctx.fillRect(Math.floor(i * bar), (h - y) / 2, Math.max(1, Math.ceil(bar) - (bar > 2 ? 1 : 0)), y);
+  });
+  canvas.dataset.levels = String(peaks.length);
+}
+
+function levelStrip(id) {
+  const canvas = el("canvas", { class: "levels", width: 160, height: 24, "data-levels-for": id });
+  const cached = levelCache.get(id);
+  if (cached) {
+    drawLevels(canvas, cached);
+  } else {
+    api("GET", "/api/recordings/" + encodeURIComponent(id) + "/levels?n=80")
+      .then((l) => {
+        if (levelCache.size >= 1000) levelCache.clear(); // a page left open for days
+        levelCache.set(id, l.peaks);
+        drawLevels(canvas, l.peaks);
+      })
+      .catch(showError);
+  }
+  return canvas;
+}
+
 async function loadRecordings() {
-  const page = await api("GET", "/api/recordings?" + searchQuery());
+  const page = await api("GET", "/api/recordings?" + formQuery($("#search"), { limit: "100" }));
   const body = $("#recordings");
   body.replaceChildren();
   for (const r of page.items) {
     const audio = withToken("/api/recordings/" + encodeURIComponent(r.id) + "/audio");
     const done = r.state !== "recording";
-    body.append(el("tr", { "data-recording": r.id },
-      el("td", {}, shortTime(r.started)), el("td", {}, r.from), el("td", {}, r.to),
-      el("td", {}, r.room || ""), el("td", {}, (r.duration_ms / 1000).toFixed(1) + " s"),
-      el("td", {}, r.state),
-      el("td", {},
-        done ? button("Play", "play", () => {
+    body.append(el("tr", { "data-recording": r.id, title: r.id },
+      el("td", {}, shortTime(r.started)),
+      el("td", { class: "who" }, party(r.from)),
+      el("td", {}, party(r.to)),
+      el("td", {}, r.room || ""),
+      el("td", { class: "num length" }, done ? formatDuration(r.duration_ms) : tag("● recording", "rec-tag")),
+      el("td", {}, done ? levelStrip(r.id) : ""),
+      el("td", { class: "actions" },
+        done ? button("▶ Play", "play", () => {
           const p = $("#player");
           p.src = audio;
           p.dataset.recording = r.id;
           p.play().catch(showError);
         }) : "",
-        " ",
-        done ? el("a", { href: audio, download: r.id + ".wav", "data-action": "download" }, "Download") : "",
-        " ",
-        done ? button("Delete", "delete", async () => {
-          if (!confirm("Delete recording " + r.id + "?")) return;
+        done ? el("a", { href: audio, download: r.id + ".wav", "data-action": "download", class: "button" }, "Download") : "",
+        done ? armedButton("Delete", "delete", async () => {
           await control("DELETE", "/api/recordings/" + encodeURIComponent(r.id));
+          levelCache.delete(r.id);
           loadRecordings().catch(showError);
         }) : "")));
   }
-  $("#recordings-total").textContent = page.total === 0 ? "No recordings." : page.total + " recordings";
+  body.closest("table").hidden = page.items.length === 0;
+  $("#recordings-total").textContent =
+    page.total === 0 ? "No recordings." : page.total + (page.total === 1 ? " recording" : " recordings");
 }
 
 $("#search").addEventListener("submit", (ev) => {
@@ -222,10 +426,56 @@ $("#search").addEventListener("submit", (ev) => {
   loadRecordings().catch(showError);
 });
 
+// ---- call history ----
+
+function outcome(c) {
+  const ok = !!c.answered_at;
+  const label = (c.cause || (ok ? "answered" : "unanswered")).replace(/_/g, " ");
+  return tag(label + (c.sip_code ? " (" + c.sip_code + ")" : ""), ok ? "ok" : "missed");
+}
+
+async function loadHistory() {
+  const form = $("#history-filter");
+  if (!form.elements.date.value) form.elements.date.value = new Date().toISOString().slice(0, 10);
+  let page;
+  try {
+    page = await api("GET", "/api/cdrs?" + formQuery(form, { limit: "200" }));
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    form.hidden = true;
+    $("#history-table").hidden = true;
+    $("#history-total").textContent = "Call history is off: the server keeps no call records ([cdr] dir).";
+    return;
+  }
+  form.hidden = false;
+  const body = $("#history");
+  $("#history-table").hidden = page.items.length === 0;
+  body.replaceChildren();
+  for (const c of page.items) {
+    body.append(el("tr", { "data-cdr": c.call_id, title: "Call-ID " + c.call_id },
+      el("td", {}, shortTime(c.started_at)),
+      el("td", { class: "who" }, party(c.from)),
+      el("td", {}, party(c.to)),
+      el("td", { class: "num talk-time" }, c.answered_at ? formatDuration(c.duration_ms) : "–"),
+      el("td", { class: "outcome" }, outcome(c)),
+      el("td", {}, c.digits || ""),
+      el("td", { class: "num" }, c.rtp ? String(c.rtp.lost) : "")));
+  }
+  $("#history-total").textContent = page.total === 0
+    ? "No calls on " + page.date + "."
+    : page.total + (page.total === 1 ? " call" : " calls") + " on " + page.date;
+}
+
+$("#history-filter").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  loadHistory().catch(showError);
+});
+
 // ---- event stream ----
 
 let reloadTimer = null;
 const pending = new Set();
+const loaders = { rooms: loadRooms, calls: loadCalls, recordings: loadRecordings, history: loadHistory, stats: loadStats };
 
 // Bursts of events (a room filling up) cause one reload per list, not one per event.
 function reloadSoon(what) {
@@ -235,7 +485,7 @@ function reloadSoon(what) {
     reloadTimer = null;
     const todo = [...pending];
     pending.clear();
-    for (const w of todo) ({ rooms: loadRooms, calls: loadCalls, recordings: loadRecordings })[w]().catch(showError);
+    for (const w of todo) loaders[w]().catch(showError);
   }, 200);
 }
 
@@ -254,10 +504,17 @@ function onEvent(e) {
     case "room_created": case "room_ended": case "room_locked":
     case "member_joined": case "member_left":
       reloadSoon("rooms");
+      reloadSoon("stats");
       if (e.type === "member_joined" || e.type === "member_left") reloadSoon("calls");
       break;
-    case "call_started": case "call_answered": case "call_ended":
+    case "call_started": case "call_answered":
       reloadSoon("calls");
+      reloadSoon("stats");
+      break;
+    case "call_ended":
+      reloadSoon("calls");
+      reloadSoon("stats");
+      reloadSoon("history");
       break;
     case "recording_started": case "recording_finished":
       reloadSoon("recordings");
@@ -274,7 +531,7 @@ function connectEvents() {
     state.textContent = "events: live";
     state.className = "state on";
     // Anything missed while disconnected is picked up by reloading.
-    reloadSoon("rooms"); reloadSoon("calls");
+    reloadSoon("rooms"); reloadSoon("calls"); reloadSoon("stats");
   };
   events.onerror = () => {
     state.textContent = "events: reconnecting";
@@ -297,14 +554,29 @@ function connectEvents() {
 async function start() {
   $("#login").hidden = true;
   $("#app").hidden = false;
+  $("#change-token").hidden = !needsToken;
   $("#error").textContent = "";
-  try {
-    await Promise.all([loadRooms(), loadCalls(), loadRecordings()]);
-    connectEvents();
-  } catch (e) {
-    showError(e);
-  }
+  // Each list stands alone: one that fails (CDRs turned off) leaves the others working.
+  const loads = await Promise.allSettled([loadStats(), loadRooms(), loadCalls(), loadRecordings(), loadHistory()]);
+  if (loads.some((r) => r.status === "rejected" && r.reason.message === "unauthorized")) return;
+  for (const r of loads) if (r.status === "rejected") showError(r.reason);
+  connectEvents();
+  if (!statsTimer) statsTimer = setInterval(() => loadStats().catch(showError), 2000);
 }
 
-if (token === null) showLogin("");
-else start();
+setInterval(tick, 1000);
+
+async function boot() {
+  try {
+    const resp = await fetch("/api/info");
+    const info = await resp.json();
+    needsToken = info.auth !== "none";
+    $("#version").textContent = info.version ? "v" + info.version : "";
+  } catch (_) {
+    needsToken = true; // an older server: assume it wants one
+  }
+  if (needsToken && !token) showLogin("");
+  else start();
+}
+
+boot();

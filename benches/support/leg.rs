@@ -26,6 +26,7 @@ pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
             rtp_timeout: Duration::from_secs(60),
             ssrc: Ssrc::new(i as u32),
             ptime: Duration::from_millis(20),
+            sources: Default::default(),
         },
         now,
     )

@@ -682,3 +682,105 @@ async fn cdrs_turned_off_answer_404() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn cdrs_filter_by_caller_callee_and_outcome() {
+    let l = live();
+    let (w, thread) = crate::cdr::CdrWriter::spawn(l.cdr_dir.clone(), l.metrics.clone()).unwrap();
+    let mut bob = crate::cdr::tests::sample("bob-missed", "2026-03-01T11:00:00.000Z");
+    bob.from = "\"Bob\" <sip:bob@example.org>;tag=9".into();
+    bob.to = "conf-sales".into();
+    bob.answered_at = None;
+    bob.cause = "cancelled".into();
+    for cdr in [
+        crate::cdr::tests::sample("alice-1", "2026-03-01T10:00:00.000Z"),
+        bob,
+        crate::cdr::tests::sample("alice-2", "2026-03-01T12:00:00.000Z"),
+    ] {
+        assert!(w.submit(cdr));
+    }
+    drop(w);
+    thread.join().unwrap();
+    let ids = |v: serde_json::Value| -> (u64, Vec<String>) {
+        let items = v["items"].as_array().unwrap().iter();
+        (
+            v["total"].as_u64().unwrap(),
+            items
+                .map(|c| c["call_id"].as_str().unwrap().to_string())
+                .collect(),
+        )
+    };
+    for (query, total, want) in [
+        ("caller=ALICE", 2, vec!["alice-2", "alice-1"]),
+        ("caller=bob&callee=sales", 1, vec!["bob-missed"]),
+        ("callee=ivr&outcome=answered", 2, vec!["alice-2", "alice-1"]),
+        ("outcome=unanswered", 1, vec!["bob-missed"]),
+        ("outcome=cancelled", 1, vec!["bob-missed"]),
+        ("outcome=refused", 0, vec![]),
+        // Paging applies to the matches, and `total` counts them all.
+        ("caller=alice&limit=1&offset=1", 2, vec!["alice-1"]),
+        (
+            "caller=&callee=&outcome=",
+            3,
+            vec!["alice-2", "bob-missed", "alice-1"],
+        ),
+    ] {
+        let (status, body) = l.get(&format!("/api/cdrs?date=2026-03-01&{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}");
+        assert_eq!(
+            ids(json(&body)),
+            (total, want.iter().map(|s| s.to_string()).collect()),
+            "{query}"
+        );
+    }
+}
+
+// ---- stats ----
+
+#[tokio::test]
+async fn stats_match_the_live_state_and_the_workers() {
+    let base = std::env::temp_dir().join(format!("switchboard-stats-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&base).unwrap();
+    let index = Arc::new(RecordingIndex::load(&base).unwrap());
+    let calls = CallRegistry::default();
+    let workers: Vec<Arc<crate::media::worker::WorkerStats>> = vec![Arc::default(), Arc::default()];
+    use std::sync::atomic::Ordering::Relaxed;
+    workers[0].legs.store(2, Relaxed);
+    workers[1].legs.store(1, Relaxed);
+    workers[0].ticks.store(1000, Relaxed);
+    workers[1].ticks.store(500, Relaxed);
+    workers[1].late_ticks.store(7, Relaxed);
+    workers[0].packets_in.store(900, Relaxed);
+    workers[1].packets_in.store(90, Relaxed);
+    workers[0].packets_out.store(1000, Relaxed);
+    workers[1].frames_concealed.store(10, Relaxed);
+    let app = router(
+        ApiState::new(index, Some(TOKEN.into()))
+            .with_calls(calls.clone())
+            .with_rooms(Arc::new(FakeRooms::default()))
+            .with_media_stats(workers),
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let _call = calls.register(CallInfo::new("c1", "a", "b"), tx);
+    let get = |token: bool| {
+        let mut b = Request::get("/api/stats");
+        if token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        }
+        app.clone().oneshot(b.body(Body::empty()).unwrap())
+    };
+    assert_eq!(get(false).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let resp = get(true).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v = json(&to_bytes(resp.into_body(), 1 << 20).await.unwrap());
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "calls": 1, "legs": 3, "rooms": 2, "room_members": 2, "workers": 2,
+            "ticks": 1500, "late_ticks": 7, "skipped_ticks": 0,
+            "rtp_packets_in": 990, "rtp_packets_out": 1000, "frames_concealed": 10,
+            "rtp_loss_percent": 1.0,
+        })
+    );
+    let _ = std::fs::remove_dir_all(base);
+}

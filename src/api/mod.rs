@@ -1,13 +1,16 @@
 //! The HTTP API: an axum [`Router`] over the recordings folder, the live calls and rooms,
 //! the event stream, CDRs and metrics, plus the web console's static files.
 //!
-//! Endpoints (all behind a bearer token, see [`auth`], except the console's own files):
+//! Endpoints (all behind a bearer token, see [`auth`], except `/api/info` and the console's
+//! own files):
 //!
 //! | method | path | answer |
 //! |---|---|---|
+//! | GET | `/api/info` | name, version, whether a token is needed (no token) |
 //! | GET | `/api/recordings` | `{ "total", "items" }`, newest first; filters and paging |
 //! | GET | `/api/recordings/{id}` | the sidecar |
 //! | GET, HEAD | `/api/recordings/{id}/audio` | the WAV; `Range`, `ETag`, `If-None-Match` |
+//! | GET | `/api/recordings/{id}/levels?n=` | peak level of each of `n` slices of the WAV |
 //! | DELETE | `/api/recordings/{id}` | 204; removes the WAV and the sidecar |
 //! | GET | `/api/calls`, `/api/calls/{id}` | live calls |
 //! | POST | `/api/calls/{id}/hangup`, `/api/calls/{id}/dtmf` | 202: handed to the call |
@@ -15,7 +18,8 @@
 //! | POST | `/api/rooms/{name}/members/{id}/{action}` | 202: mute, unmute, deaf, undeaf, kick |
 //! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
 //! | GET | `/api/events` | Server-Sent Events from the event bus |
-//! | GET | `/api/cdrs` | one day's call detail records, newest first |
+//! | GET | `/api/cdrs` | one day's call detail records, newest first; text and outcome filters |
+//! | GET | `/api/stats` | live calls, legs, rooms and media counters as JSON |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/openapi.json` | the OpenAPI document |
 //! | GET | `/`, `/console.js`, `/console.css` | the web console (no token: it holds no data) |
@@ -32,6 +36,8 @@ pub mod cdrs;
 pub mod console;
 pub mod events;
 pub mod index;
+pub mod info;
+pub mod levels;
 pub mod openapi;
 pub mod prometheus;
 pub mod range;
@@ -81,6 +87,7 @@ pub struct ApiState {
     workers: Vec<Arc<WorkerStats>>,
     cdr_dir: Option<PathBuf>,
     keep_alive: Duration,
+    levels: Arc<levels::LevelCache>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -109,6 +116,7 @@ impl ApiState {
             workers: Vec::new(),
             cdr_dir: None,
             keep_alive: SSE_KEEP_ALIVE,
+            levels: Arc::default(),
         }
     }
 
@@ -175,6 +183,7 @@ pub fn router(state: ApiState) -> Router {
             get(recordings::get_one).delete(recordings::delete),
         )
         .route("/api/recordings/{id}/audio", get(recordings::audio))
+        .route("/api/recordings/{id}/levels", get(levels::levels))
         .route("/api/calls", get(calls::list))
         .route("/api/calls/{id}", get(calls::get_one))
         .route("/api/calls/{id}/hangup", post(calls::hangup))
@@ -194,14 +203,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
         .route("/metrics", get(prometheus::scrape))
+        .route("/api/stats", get(info::stats))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        .with_state(state.clone());
+    // Open to all: a client learns here whether it needs a token at all.
+    let open = Router::new()
+        .route("/api/info", get(info::info))
         .with_state(state);
-    console::routes().merge(api)
+    console::routes().merge(open).merge(api)
 }
 
 /// The generated OpenAPI document.

@@ -10,19 +10,20 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{calls, cdrs, events, prometheus, recordings, rooms};
+use super::{calls, cdrs, events, info, levels, prometheus, recordings, rooms};
 
 /// The API description served at `/api/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "switchboard HTTP API",
-        description = "Live calls and rooms, their controls, the event stream, call detail records, metrics and recordings of the switchboard SIP media server. Every request needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token; `/api/events` and recording audio also take `?token=` for browsers. Controls answer 202 once the call or room has taken them; what then happens is reported on the event stream."
+        description = "Live calls and rooms, their controls, the event stream, call detail records, metrics and recordings of the switchboard SIP media server. Every request but `/api/info` needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token; `/api/events` and recording audio also take `?token=` for browsers. Controls answer 202 once the call or room has taken them; what then happens is reported on the event stream."
     ),
     paths(
         recordings::list,
         recordings::get_one,
         recordings::audio,
+        levels::levels,
         recordings::delete,
         calls::list,
         calls::get_one,
@@ -40,6 +41,8 @@ use super::{calls, cdrs, events, prometheus, recordings, rooms};
         events::stream,
         cdrs::list,
         prometheus::scrape,
+        info::info,
+        info::stats,
         super::openapi_json
     ),
     components(schemas(
@@ -49,7 +52,11 @@ use super::{calls, cdrs, events, prometheus, recordings, rooms};
         crate::events::Stamped,
         crate::events::Event,
         crate::cdr::Cdr,
-        crate::cdr::CdrPage
+        crate::cdr::CdrPage,
+        levels::Levels,
+        info::ServerInfo,
+        info::AuthMode,
+        info::Stats
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -59,7 +66,8 @@ use super::{calls, cdrs, events, prometheus, recordings, rooms};
         (name = "rooms", description = "Live conference rooms, members and their controls"),
         (name = "events", description = "Server-Sent Events of everything that happens"),
         (name = "cdrs", description = "Call detail records, one JSON line per finished call"),
-        (name = "metrics", description = "Prometheus metrics")
+        (name = "metrics", description = "Prometheus metrics and the same live numbers as JSON"),
+        (name = "server", description = "What the server is and whether it needs a token")
     )
 )]
 pub struct ApiDoc;

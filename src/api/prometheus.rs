@@ -21,8 +21,16 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
     )
 )]
 pub(crate) async fn scrape(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, CONTENT_TYPE_TEXT)],
+        state.metrics.render(&gauges(&state)),
+    )
+}
+
+/// The live gauges now: calls, rooms, members and each media worker's counters.
+pub(crate) fn gauges(state: &ApiState) -> Gauges {
     let rooms = state.rooms.list();
-    let gauges = Gauges {
+    Gauges {
         active_calls: state.calls.len() as u64,
         rooms: rooms.len() as u64,
         room_members: rooms.iter().map(|r| r.members.len() as u64).sum(),
@@ -31,9 +39,5 @@ pub(crate) async fn scrape(State(state): State<ApiState>) -> impl IntoResponse {
             .iter()
             .map(|w| WorkerSample::from_stats(w))
             .collect(),
-    };
-    (
-        [(CONTENT_TYPE, CONTENT_TYPE_TEXT)],
-        state.metrics.render(&gauges),
-    )
+    }
 }

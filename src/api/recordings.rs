@@ -175,41 +175,13 @@ pub(crate) async fn audio(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let sidecar = lookup(&state, id).await?;
-    if sidecar.state == SidecarState::Recording {
-        return Err(ApiError::Conflict(
-            "recording in progress; audio is available when it ends".into(),
-        ));
-    }
-    // Built from the checked id, never from the sidecar's own `file` field, which is data
-    // read from disk.
-    let path = state.dir.join(format!("{}.wav", sidecar.id));
-    let missing = || ApiError::NotFound("audio file missing".into());
-    let link_meta = match tokio::fs::symlink_metadata(&path).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
-    };
-    // A link could point anywhere; only a regular file in the folder is served.
-    if !link_meta.file_type().is_file() {
-        return Err(missing());
-    }
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
-    };
-    // The open file's own metadata, so length and ETag describe the bytes we send.
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-    let len = meta.len();
-    let tag = etag(
-        std::os::unix::fs::MetadataExt::ino(&meta),
+    let FinishedWav {
+        path,
+        mut file,
         len,
-        meta.modified().ok(),
-    );
+        etag: tag,
+        ..
+    } = finished_wav(&state, id).await?;
 
     let mut response = Response::builder()
         .header(ETAG, &tag)
@@ -257,6 +229,70 @@ pub(crate) async fn audio(
             build(response, Body::from_stream(stream))
         }
     }
+}
+
+/// A finished recording's WAV, opened.
+pub(crate) struct FinishedWav {
+    /// Its sidecar.
+    pub sidecar: Arc<Sidecar>,
+    /// `dir/ID.wav`.
+    pub path: std::path::PathBuf,
+    /// The open file.
+    pub file: tokio::fs::File,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its ETag, from the open file's own metadata.
+    pub etag: String,
+}
+
+/// Opens a finished recording's WAV: 409 while it is being written, 404 when the file is
+/// missing or is not a regular file.
+pub(crate) async fn finished_wav(
+    state: &ApiState,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<FinishedWav, ApiError> {
+    let sidecar = lookup(state, id).await?;
+    if sidecar.state == SidecarState::Recording {
+        return Err(ApiError::Conflict(
+            "recording in progress; audio is available when it ends".into(),
+        ));
+    }
+    // Built from the checked id, never from the sidecar's own `file` field, which is data
+    // read from disk.
+    let path = state.dir.join(format!("{}.wav", sidecar.id));
+    let missing = || ApiError::NotFound("audio file missing".into());
+    let link_meta = match tokio::fs::symlink_metadata(&path).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
+    };
+    // A link could point anywhere; only a regular file in the folder is served.
+    if !link_meta.file_type().is_file() {
+        return Err(missing());
+    }
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
+    };
+    // The open file's own metadata, so length and ETag describe the bytes we send.
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+    let len = meta.len();
+    let etag = etag(
+        std::os::unix::fs::MetadataExt::ino(&meta),
+        len,
+        meta.modified().ok(),
+    );
+    Ok(FinishedWav {
+        sidecar,
+        path,
+        file,
+        len,
+        etag,
+    })
 }
 
 /// Deletes a recording's WAV and sidecar.

@@ -62,15 +62,18 @@ fn sidecar(id: &str, from: &str, to: &str, room: Option<&str>, started: &str) ->
     }
 }
 
+/// The format of every test WAV.
+const MONO_8K: hound::WavSpec = hound::WavSpec {
+    channels: 1,
+    sample_rate: 8000,
+    bits_per_sample: 16,
+    sample_format: hound::SampleFormat::Int,
+};
+
 /// One second of 8 kHz noise, so every byte range has distinct content.
 fn write_wav(dir: &Path, id: &str) -> Vec<u8> {
     let path = dir.join(format!("{id}.wav"));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+    let spec = MONO_8K;
     let mut w = hound::WavWriter::create(&path, spec).unwrap();
     for _ in 0..8000 {
         w.write_sample(fastrand::i16(..)).unwrap();
@@ -652,6 +655,10 @@ async fn recording_in_progress_is_listed_but_not_served() {
         StatusCode::CONFLICT
     );
     assert_eq!(
+        f.get("/api/recordings/rec-live/levels").await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
         f.delete("/api/recordings/rec-live").await.0,
         StatusCode::CONFLICT
     );
@@ -850,6 +857,17 @@ async fn openapi_document_is_served() {
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
     assert!(v["paths"]["/api/recordings/{id}/audio"]["get"].is_object());
     assert!(v["components"]["schemas"]["RecordingList"].is_object());
+    for path in ["/api/recordings/{id}/levels", "/api/stats", "/api/info"] {
+        assert!(v["paths"][path]["get"].is_object(), "{path}");
+    }
+    for schema in ["Levels", "Stats", "ServerInfo"] {
+        assert!(v["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    // `/api/info` is the one operation that needs no token.
+    assert_eq!(
+        v["paths"]["/api/info"]["get"]["security"],
+        serde_json::json!([{}])
+    );
 }
 
 #[tokio::test]
@@ -870,4 +888,149 @@ async fn audio_takes_the_token_in_the_query_for_audio_elements() {
         let (status, _, _) = f.send(get(format!("{uri}?token={TOKEN}"))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
     }
+}
+
+// ---- server info ----
+
+#[tokio::test]
+async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
+    async fn get(f: &Fixture) -> (StatusCode, HeaderMap, Bytes) {
+        f.send(Request::get("/api/info").body(Body::empty()).unwrap())
+            .await
+    }
+    let f = fixture();
+    let (status, headers, body) = get(&f).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(header_str(&headers, header::CONTENT_TYPE).starts_with("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "name": "switchboard",
+            "version": env!("CARGO_PKG_VERSION"),
+            "auth": "token",
+        })
+    );
+    // Nothing of the token, the folder or the data leaks.
+    let text = std::str::from_utf8(&body).unwrap();
+    for secret in [TOKEN, "recordings", "rec-a", "switchboard-api"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    // A wrong token does not turn it into a 401 either.
+    let (status, _, _) = f
+        .send(
+            Request::get("/api/info")
+                .header(header::AUTHORIZATION, "Bearer wrong")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let open = fixture_with_token(None);
+    let (status, _, body) = get(&open).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["auth"], "none");
+    // Only `/api/info` is open: its neighbours still need the token.
+    for uri in ["/api/info/x", "/api/infos", "/api/stats"] {
+        let (status, _, _) = f.send(Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+}
+
+// ---- levels ----
+
+/// Two seconds at 8 kHz: a 1 kHz tone at 0.8 of full scale, then the same at 0.1.
+fn write_loud_then_quiet(dir: &Path, id: &str) -> Sidecar {
+    let spec = MONO_8K;
+    let mut w = hound::WavWriter::create(dir.join(format!("{id}.wav")), spec).unwrap();
+    for i in 0..16_000 {
+        let amp = if i < 8000 { 0.8 } else { 0.1 };
+        let phase = 2.0 * std::f64::consts::PI * 1000.0 * f64::from(i) / 8000.0;
+        w.write_sample((amp * 32767.0 * phase.sin()).round() as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+    let mut s = sidecar(id, "a", "b", None, "2024-06-01T00:00:00.000Z");
+    s.duration_ms = 2000;
+    s.write(dir).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn levels_show_a_loud_half_then_a_quiet_half() {
+    let f = fixture();
+    f.index
+        .upsert(write_loud_then_quiet(&f.tmp.recordings(), "rec-levels"));
+    let (status, _, body) = f.get("/api/recordings/rec-levels/levels?n=20").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["id"], "rec-levels");
+    assert_eq!(v["duration_ms"], 2000);
+    let peaks: Vec<f64> = v["peaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(peaks.len(), 20);
+    for (i, p) in peaks.iter().enumerate() {
+        let want = if i < 10 { 0.8 } else { 0.1 };
+        assert!((p - want).abs() < 0.01, "slice {i}: {p} (want {want})");
+    }
+    // The default is 200 slices; a second request is answered the same (from the cache).
+    let (_, _, first) = f.get("/api/recordings/rec-levels/levels").await;
+    let (_, _, again) = f.get("/api/recordings/rec-levels/levels").await;
+    assert_eq!(first, again);
+    let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(v["peaks"].as_array().unwrap().len(), 200);
+    // A rewritten file is read again, not answered from the cache.
+    let spec = MONO_8K;
+    let path = f.tmp.recordings().join("rec-levels.wav");
+    std::fs::remove_file(&path).unwrap();
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for _ in 0..4000 {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let (_, _, body) = f.get("/api/recordings/rec-levels/levels?n=4").await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["peaks"], serde_json::json!([0.0, 0.0, 0.0, 0.0]));
+    assert_eq!(v["duration_ms"], 500);
+}
+
+#[tokio::test]
+async fn levels_edges_and_errors() {
+    let f = fixture();
+    for (n, status) in [
+        ("1", StatusCode::OK),
+        ("2000", StatusCode::OK),
+        ("0", StatusCode::BAD_REQUEST),
+        ("2001", StatusCode::BAD_REQUEST),
+        ("x", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, _, body) = f.get(&format!("/api/recordings/rec-a/levels?n={n}")).await;
+        assert_eq!(got, status, "n={n}: {body:?}");
+    }
+    let (_, _, body) = f.get("/api/recordings/rec-a/levels?n=1").await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["peaks"].as_array().unwrap().len(), 1);
+    assert_eq!(v["duration_ms"], 1000);
+    let (status, _, _) = f.get("/api/recordings/nope/levels").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = f.get("/api/recordings/..%2Fx/levels").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = f
+        .send(
+            Request::get("/api/recordings/rec-a/levels")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Not a WAV: an error, not a panic or a hang.
+    std::fs::write(f.tmp.recordings().join("rec-b.wav"), b"not a wav").unwrap();
+    let (status, _, _) = f.get("/api/recordings/rec-b/levels").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
 }

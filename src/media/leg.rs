@@ -11,7 +11,8 @@
 //! frame; buffers are sized once in [`Leg::new`].
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::{AudioCodec, CodecKind};
@@ -25,7 +26,10 @@ use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
 use crate::rtp::plc::G711Plc;
 use crate::rtp::rtcp::{RtcpSession, MAX_COMPOUND_LEN};
-use crate::rtp::session::{Received, RecvConfig, RecvSession, SendSession};
+use crate::rtp::session::{
+    Received, RecvConfig, RecvSession, Rejection, RemoteMedia, SendSession, StrictRtp,
+    DEFAULT_LEARN_WINDOW,
+};
 use crate::rtp::types::{ClockRate, PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
 use crate::sdp::Direction;
 
@@ -157,6 +161,9 @@ pub enum LegCommand {
         /// Force in-band tones.
         inband: bool,
     },
+    /// The call was answered after early media: the peer may only now start sending, so a
+    /// new source may be learned again for a while.
+    Answered,
     /// The SDP changed (re-INVITE): remote address and direction, from our point of view.
     Update {
         /// Where to send RTP (None: only to a latched source).
@@ -181,6 +188,7 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::InfoDigit(e) => write!(f, "InfoDigit({:?})", e.digit),
             LegCommand::Record { handle, .. } => write!(f, "Record({})", handle.id()),
             LegCommand::StopRecord => write!(f, "StopRecord"),
+            LegCommand::Answered => write!(f, "Answered"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
             }
@@ -221,6 +229,34 @@ pub struct LegConfig {
     /// Duration of the packets we send: the peer's `a=ptime`, a multiple of 10 ms up to
     /// 60 ms (anything else sends 20 ms).
     pub ptime: Duration,
+    /// Which sources the leg hears.
+    pub sources: LegSources,
+}
+
+/// Which RTP sources a leg accepts (see [`crate::rtp::session`]), and where it counts the
+/// packets it drops from any other.
+#[derive(Debug, Clone)]
+pub struct LegSources {
+    /// `[media] strict_rtp`.
+    pub mode: StrictRtp,
+    /// How long after the answer, or a move of the remote media, a new source may be learned.
+    pub learn_window: Duration,
+    /// Where the SIP request with the SDP came from, to tell whether NAT is evident.
+    pub signalling: Option<IpAddr>,
+    /// Server counters for packets dropped from strangers (None: the leg's own count only).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Default for LegSources {
+    /// Strict, the default window, no signalling address (so no NAT is evident) and no counters.
+    fn default() -> Self {
+        LegSources {
+            mode: StrictRtp::default(),
+            learn_window: DEFAULT_LEARN_WINDOW,
+            signalling: None,
+            metrics: None,
+        }
+    }
 }
 
 /// Counters of one leg.
@@ -310,6 +346,10 @@ impl Leg {
         let mut recv_cfg = RecvConfig::new(rate, pts);
         // A phone's first packet is real audio; do not throw it away in probation.
         recv_cfg.probation = 1;
+        recv_cfg.strict = cfg.sources.mode;
+        recv_cfg.learn_window = cfg.sources.learn_window;
+        let mut recv = RecvSession::new(recv_cfg);
+        recv.set_remote(now, remote_media(&cfg));
         let send = SendSession::new(
             cfg.ssrc,
             WireSeq::new(fastrand::u16(..)),
@@ -327,7 +367,7 @@ impl Leg {
             rtcp: RtcpSession::new(cfg.ssrc, &cname, rate, now),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
             codec: cfg.codec.new_codec(),
-            recv: RecvSession::new(recv_cfg),
+            recv,
             send,
             jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
             packet_samples: FRAME_SAMPLES,
@@ -392,8 +432,21 @@ impl Leg {
         }
     }
 
-    /// Handles one datagram received on the RTCP port.
-    pub fn handle_rtcp(&mut self, now: Instant, wallclock: SystemTime, bytes: &[u8]) {
+    /// Handles one datagram received from `from` on the RTCP port.
+    pub fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        if !self.recv.accept_rtcp(from) {
+            self.stats.dropped += 1;
+            if let Some(m) = &self.cfg.sources.metrics {
+                m.stranger_dropped(crate::metrics::Stranger::Rtcp);
+            }
+            return;
+        }
         if self.rtcp.handle_packet(now, wallclock, bytes).is_err() {
             self.stats.dropped += 1;
         }
@@ -449,6 +502,7 @@ impl Leg {
                     tracing::debug!(%digits, "invalid DTMF digits not sent");
                 }
             }
+            LegCommand::Answered => self.recv.open_learning_window(now),
             LegCommand::Update {
                 remote,
                 remote_rtcp,
@@ -458,13 +512,11 @@ impl Leg {
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
                 self.ptime_samples = ptime_samples(ptime);
-                if remote != self.cfg.remote {
-                    // The peer moved its media: learn the new source from scratch.
-                    self.recv.relearn();
-                }
                 self.cfg.remote = remote;
                 self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
+                // A move of the peer's media forgets its source and opens a learning window.
+                self.recv.set_remote(now, remote_media(&self.cfg));
                 // Coming off hold, the peer gets a full timeout to resume sending.
                 self.last_rx = now;
                 self.timed_out = false;
@@ -583,7 +635,7 @@ impl Leg {
         match classify(bytes) {
             PacketKind::Rtp => {}
             // rtcp-mux (RFC 5761 §4): RTCP on the RTP port.
-            PacketKind::Rtcp => return self.handle_rtcp(now, wallclock, bytes),
+            PacketKind::Rtcp => return self.handle_rtcp(now, wallclock, from, bytes),
             PacketKind::Other => {
                 self.stats.dropped += 1;
                 return;
@@ -595,8 +647,11 @@ impl Leg {
         };
         let acc = match self.recv.receive(now, from, &pkt.header) {
             Received::Accepted(a) => a,
-            Received::Rejected(_) => {
+            Received::Rejected(why) => {
                 self.stats.dropped += 1;
+                if let (Rejection::ForeignSource, Some(m)) = (why, &self.cfg.sources.metrics) {
+                    m.stranger_dropped(crate::metrics::Stranger::Rtp);
+                }
                 return;
             }
         };
@@ -980,6 +1035,16 @@ fn jitter_config(samples: usize) -> JitterConfig {
     }
 }
 
+/// What the leg's configuration says about where the peer's media comes from.
+fn remote_media(cfg: &LegConfig) -> RemoteMedia {
+    RemoteMedia {
+        rtp: cfg.remote,
+        rtcp: cfg.remote_rtcp,
+        rtcp_mux: cfg.rtcp_mux,
+        signalling: cfg.sources.signalling,
+    }
+}
+
 /// A leg could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create media leg: {0}")]
@@ -1019,6 +1084,7 @@ fn test_leg_with_ptime(now: Instant, ptime: Duration) -> Leg {
         rtp_timeout: Duration::from_secs(60),
         ssrc: Ssrc::new(7),
         ptime,
+        sources: LegSources::default(),
     };
     match Leg::new(cfg, now) {
         Ok(l) => l,
@@ -1965,5 +2031,312 @@ mod ptime_tests {
             .get()
             .wrapping_sub(((audio_start - sr_tick) * 160) as u32);
         assert_eq!(sr_ts, expected);
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+    use crate::media::codec::g711::{ulaw_decode, ulaw_encode};
+    use crate::media::dtmf::rfc4733::encode_event;
+    use crate::media::record::{RecordPolicy, RecordingMeta, RecordingWriter};
+    use crate::media::tone::{ToneGenerator, ToneSpec};
+    use crate::metrics::{Gauges, Metrics};
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+    /// Another port on the caller's host: a stale caller, or someone spraying the range.
+    const STRANGER: &str = "127.0.0.1:40002";
+    const CALLER_HZ: f64 = 1000.0;
+    const STRANGER_HZ: f64 = 2000.0;
+    const TICKS: u32 = 120;
+    /// The caller starts talking after the stranger has been at it for a while.
+    const CALLER_FROM: u32 = 15;
+
+    fn rtp(pt: PayloadType, ssrc: u32, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let header = RtpHeader {
+            marker: false,
+            payload_type: pt,
+            seq: WireSeq::new(seq),
+            timestamp: RtpTimestamp::new(ts),
+            ssrc: Ssrc::new(ssrc),
+        };
+        let mut out = vec![0u8; 1500];
+        let n = RtpPacket::new(header, payload).write(&mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn pcmu(pcm: &[i16]) -> Vec<u8> {
+        pcm.iter().map(|&s| ulaw_encode(s)).collect()
+    }
+
+    fn power(pcm: &[i16], hz: f64) -> f64 {
+        crate::media::level::tone_share(pcm, hz, 8000.0)
+    }
+
+    fn counter(m: &Metrics, stream: &str) -> u64 {
+        let text = m.render(&Gauges::default());
+        let key = format!("switchboard_rtp_stranger_packets_dropped_total{{stream=\"{stream}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    }
+
+    /// A stranger sprays loud tone, an in-band key and RFC 4733 key events (in sequence, one
+    /// SSRC) from the first tick; the caller talks from `CALLER_FROM`. The leg echoes and
+    /// records what it hears.
+    #[test]
+    fn a_strangers_spray_is_not_heard_recorded_or_detected_and_the_echo_reaches_the_caller() {
+        let t0 = Instant::now();
+        let metrics = Arc::new(Metrics::default());
+        let mut cfg_leg = test_leg(t0);
+        cfg_leg.cfg.sources.metrics = Some(metrics.clone());
+        let mut l = cfg_leg;
+        l.apply(t0, LegCommand::Echo(true));
+        let tmp = crate::media::record::tests::TempDir::new("strict-leg");
+        let (factory, writer) = RecordingWriter::spawn(&tmp.0).unwrap();
+        let handle = factory
+            .start(RecordingMeta {
+                call_id: "strict".into(),
+                from: "a".into(),
+                to: "b".into(),
+                room: None,
+                mode: crate::media::record::RecordMode::Inbound,
+                rate: 8000,
+            })
+            .unwrap();
+        let id = handle.id().to_owned();
+        l.apply(
+            t0,
+            LegCommand::Record {
+                session: Box::new(RecordSession::new(RecordPolicy::default())),
+                handle,
+            },
+        );
+
+        let mut caller = ToneGenerator::new(&"1000/10000@-10".parse().unwrap(), 8000).unwrap();
+        let mut loud = ToneGenerator::new(&"2000/10000@-3".parse().unwrap(), 8000).unwrap();
+        let key = ToneSpec::dtmf(Digit::from_char('5').unwrap(), 200, 0);
+        let mut key = ToneGenerator::new(&key, 8000).unwrap();
+        let (peer, stranger): (SocketAddr, SocketAddr) =
+            (PEER.parse().unwrap(), STRANGER.parse().unwrap());
+        let wc = SystemTime::now();
+        let mut heard = Vec::new();
+        let mut echoed = Vec::new();
+        let (mut seq, mut caller_seq) = (7000u16, 100u16);
+        for n in 0..TICKS {
+            let now = t0 + FRAME * n;
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            if (30..40).contains(&n) {
+                key.fill(&mut pcm);
+            } else {
+                loud.fill(&mut pcm);
+            }
+            let spray = rtp(PayloadType::PCMU, 0xbad, seq, n * 160, &pcmu(&pcm));
+            l.handle_packet(now, wc, stranger, &spray);
+            seq = seq.wrapping_add(1);
+            if (50..60).contains(&n) {
+                let ev = encode_event(9, n >= 57, 10, ((n - 50) * 160) as u16);
+                let te = PayloadType::DEFAULT_TELEPHONE_EVENT;
+                l.handle_packet(now, wc, stranger, &rtp(te, 0xbad, seq, 50 * 160, &ev));
+                seq = seq.wrapping_add(1);
+            }
+            if n >= CALLER_FROM {
+                caller.fill(&mut pcm);
+                let own = rtp(PayloadType::PCMU, 0x5eed, caller_seq, n * 160, &pcmu(&pcm));
+                l.handle_packet(now, wc, peer, &own);
+                caller_seq = caller_seq.wrapping_add(1);
+            }
+            l.tick(now, wc, u64::from(n), &mut |port, to, bytes| {
+                assert_ne!(to.port(), stranger.port(), "nothing goes to the stranger");
+                if port == Port::Rtp {
+                    assert_eq!(to, peer);
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    echoed.extend(p.payload.iter().map(|&b| ulaw_decode(b)));
+                }
+            });
+            heard.extend_from_slice(l.input());
+        }
+        // A stranger's RTCP is dropped and counted too.
+        let rtcp_from: SocketAddr = "127.0.0.1:40003".parse().unwrap();
+        l.handle_rtcp(
+            t0 + FRAME * TICKS,
+            wc,
+            rtcp_from,
+            &[0x80, 201, 0, 1, 0, 0, 0, 1],
+        );
+        l.apply(t0, LegCommand::StopRecord);
+        let events: Vec<LegEvent> = std::iter::from_fn(|| l.poll_event()).collect();
+        assert!(
+            !events.iter().any(|e| matches!(e, LegEvent::Digit { .. })),
+            "{events:?}"
+        );
+        drop(factory);
+        writer.join().unwrap();
+
+        let frame = FRAME_SAMPLES;
+        let before = &heard[..CALLER_FROM as usize * frame];
+        assert!(before.iter().all(|&s| s == 0), "silence before the caller");
+        let during = &heard[(CALLER_FROM as usize + 10) * frame..];
+        assert!(
+            power(during, CALLER_HZ) > 0.9,
+            "{}",
+            power(during, CALLER_HZ)
+        );
+        assert!(
+            power(during, STRANGER_HZ) < 0.01,
+            "{}",
+            power(during, STRANGER_HZ)
+        );
+        let echo = &echoed[(CALLER_FROM as usize + 10) * frame..];
+        assert!(power(echo, CALLER_HZ) > 0.9, "{}", power(echo, CALLER_HZ));
+        assert!(
+            power(echo, STRANGER_HZ) < 0.01,
+            "{}",
+            power(echo, STRANGER_HZ)
+        );
+
+        let mut wav = hound::WavReader::open(tmp.0.join(format!("{id}.wav"))).unwrap();
+        let recorded: Vec<i16> = wav.samples::<i16>().map(|s| s.unwrap()).collect();
+        assert!(recorded.len() >= 100 * frame, "{}", recorded.len());
+        assert!(
+            power(&recorded, STRANGER_HZ) < 0.01,
+            "{}",
+            power(&recorded, STRANGER_HZ)
+        );
+        assert!(
+            power(&recorded, CALLER_HZ) > 0.8,
+            "{}",
+            power(&recorded, CALLER_HZ)
+        );
+
+        let dropped = l.report().recv.foreign;
+        assert_eq!(dropped, u64::from(TICKS) + 10, "every stranger packet");
+        assert_eq!(counter(&metrics, "rtp"), dropped);
+        assert_eq!(counter(&metrics, "rtcp"), 1);
+    }
+
+    /// SIP from 127.0.0.1, SDP saying 127.0.0.2: NAT is evident, and the caller's real source
+    /// is learned from its packets in the window.
+    #[test]
+    fn behind_evident_nat_the_real_source_is_learned_and_hears_its_echo() {
+        let t0 = Instant::now();
+        let sdp: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        let real: SocketAddr = STRANGER.parse().unwrap();
+        let cfg = LegConfig {
+            remote: Some(sdp),
+            remote_rtcp: Some(SocketAddr::new(sdp.ip(), 40001)),
+            sources: LegSources {
+                signalling: Some(real.ip()),
+                ..LegSources::default()
+            },
+            ..test_leg(t0).cfg
+        };
+        let mut l = Leg::new(cfg, t0).unwrap();
+        l.apply(t0, LegCommand::Echo(true));
+        let mut tone = ToneGenerator::new(&"1000/2000@-10".parse().unwrap(), 8000).unwrap();
+        let wc = SystemTime::now();
+        let mut echoed = Vec::new();
+        let mut dests = Vec::new();
+        for n in 0..60u32 {
+            let now = t0 + FRAME * n;
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            tone.fill(&mut pcm);
+            l.handle_packet(
+                now,
+                wc,
+                real,
+                &rtp(PayloadType::PCMU, 1, n as u16, n * 160, &pcmu(&pcm)),
+            );
+            l.tick(now, wc, u64::from(n), &mut |port, to, bytes| {
+                if port == Port::Rtp {
+                    dests.push(to);
+                    echoed.extend(
+                        RtpPacket::parse(bytes)
+                            .unwrap()
+                            .payload
+                            .iter()
+                            .map(|&b| ulaw_decode(b)),
+                    );
+                }
+            });
+        }
+        assert_eq!(l.report().recv.foreign, 3, "the proof's first packets");
+        assert_eq!(dests[..3], [sdp; 3], "the SDP address until learned");
+        assert!(dests[3..].iter().all(|&d| d == real));
+        let tail = &echoed[20 * FRAME_SAMPLES..];
+        assert!(power(tail, CALLER_HZ) > 0.9, "{}", power(tail, CALLER_HZ));
+    }
+
+    /// Behind evident NAT, a caller that starts sending only after the window is not heard
+    /// until signalling opens a new one: a re-INVITE moving the media, or the answer after
+    /// early media.
+    #[test]
+    fn a_media_move_or_a_late_answer_opens_a_new_window() {
+        let t0 = Instant::now();
+        let real: SocketAddr = STRANGER.parse().unwrap();
+        let cfg = LegConfig {
+            remote: "127.0.0.2:40000".parse().ok(),
+            remote_rtcp: "127.0.0.2:40001".parse().ok(),
+            sources: LegSources {
+                signalling: Some(real.ip()),
+                ..LegSources::default()
+            },
+            ..test_leg(t0).cfg
+        };
+        let mut l = Leg::new(cfg, t0).unwrap();
+        let mut tone = ToneGenerator::new(&"1000/60000@-10".parse().unwrap(), 8000).unwrap();
+        let wc = SystemTime::now();
+        let mut seq = 0u16;
+        // Ticks `from..to` with the caller talking; what the leg heard over the last 20.
+        let mut talk = |l: &mut Leg, from: u32, to: u32| {
+            let mut heard = Vec::new();
+            for n in from..to {
+                let now = t0 + FRAME * n;
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                tone.fill(&mut pcm);
+                let p = rtp(PayloadType::PCMU, 1, seq, n * 160, &pcmu(&pcm));
+                seq = seq.wrapping_add(1);
+                l.handle_packet(now, wc, real, &p);
+                l.tick(now, wc, u64::from(n), &mut |_, _, _| {});
+                if n + 20 >= to {
+                    heard.extend_from_slice(l.input());
+                }
+            }
+            power(&heard, CALLER_HZ)
+        };
+        let window = DEFAULT_LEARN_WINDOW.as_millis() as u32 / 20;
+        assert!(
+            talk(&mut l, window, window + 60) < 0.01,
+            "learned after the window"
+        );
+        let moved = t0 + FRAME * (window + 60);
+        l.apply(
+            moved,
+            LegCommand::Update {
+                remote: "127.0.0.2:40010".parse().ok(),
+                remote_rtcp: "127.0.0.2:40011".parse().ok(),
+                direction: Direction::SendRecv,
+                ptime: FRAME,
+            },
+        );
+        assert!(
+            talk(&mut l, window + 60, window + 120) > 0.9,
+            "not learned after the move"
+        );
+
+        let mut l = Leg::new(l.cfg.clone(), t0).unwrap();
+        let late = 2 * window;
+        assert!(
+            talk(&mut l, late, late + 60) < 0.01,
+            "learned after the window"
+        );
+        l.apply(t0 + FRAME * (late + 60), LegCommand::Answered);
+        assert!(
+            talk(&mut l, late + 60, late + 120) > 0.9,
+            "not learned after the answer"
+        );
     }
 }

@@ -787,9 +787,9 @@ fn receive_leg(s: &mut Slot, now: Instant, wallclock: SystemTime, n: u64, buf: &
     if n.is_multiple_of(RTCP_POLL_TICKS) {
         for _ in 0..MAX_READS_PER_TICK {
             match stamp::recv(&s.sockets.rtcp, buf) {
-                Ok((len, _, stamp)) => {
+                Ok((len, from, stamp)) => {
                     let (at, wall) = clock.arrival(stamp);
-                    s.leg.handle_rtcp(at, wall, &buf[..len])
+                    s.leg.handle_rtcp(at, wall, from, &buf[..len])
                 }
                 Err(_) => break,
             }

@@ -1,25 +1,46 @@
 //! Per-leg RTP state: what we know about the stream we receive, and how we stamp the one we send.
 //!
-//! [`RecvSession`] decides which packets belong to the leg (source latching), extends sequence
-//! numbers and timestamps, spots duplicates, reordering and restarts, estimates interarrival
-//! jitter and keeps the counts an RTCP report block is built from. [`SendSession`] numbers and
-//! stamps outgoing packets from the media tick counter.
+//! [`RecvSession`] decides which packets belong to the leg (the source rule below), extends
+//! sequence numbers and timestamps, spots duplicates, reordering and restarts, estimates
+//! interarrival jitter and keeps the counts an RTCP report block is built from. [`SendSession`]
+//! numbers and stamps outgoing packets from the media tick counter.
 //!
-//! # Source latching (symmetric RTP behind NAT)
+//! # Source rule ([`StrictRtp`])
+//! Whoever sends to a leg's port is heard by the call, so a stale caller still streaming to a
+//! reused port, or anyone spraying the port range, would be mixed into the next call. Signalling
+//! tells the session where media should come from ([`RecvSession::set_remote`]: the SDP's RTP
+//! and RTCP addresses and the address the SIP request came from).
+//!
+//! `strict` (the default):
+//! - Packets from the SDP's address and port are always accepted, and win over any other
+//!   source: the first one moves the leg's source back to the SDP address.
+//! - Another source is learned only when NAT is evident (the SDP's media address differs from
+//!   the signalling source, which includes a private SDP address behind a public signalling
+//!   source), only within [`RecvConfig::learn_window`] of the answer or of signalling moving the
+//!   remote media, and only after [`RecvConfig::relatch_after`] consecutive in-sequence packets
+//!   with one SSRC from it, with no packet from the current source in between. A later change
+//!   of source needs the same proof in a window; a source at the SDP address is never replaced.
+//! - Everything else is dropped and counted ([`RecvStats::foreign`]).
+//!
+//! `learn` learns in the window without NAT evidence; the SDP address still always wins.
+//! `off` is plain symmetric-RTP latching:
 //! - Until latched, the first packet whose payload type is in the configured set latches its
 //!   source address and SSRC.
-//! - Packets from the latched address are ours. A different SSRC from that address is a new
-//!   source: sequence, timestamp and jitter state restart (with probation) and the address stays.
 //! - Packets from any other address are dropped, but tracked as a candidate. The leg re-latches
 //!   to the candidate after [`RecvConfig::relatch_after`] consecutive packets from it with one
-//!   SSRC and consecutive sequence numbers, with no packet from the latched address in between.
-//!   So a stray or spoofed packet cannot steal the stream while the real source keeps
-//!   sending, but a NAT rebind (the old address falls silent, the new one carries on) moves
-//!   the latch within a few packets. If the candidate's SSRC is new, its sequence state starts
-//!   already validated, since those packets were its probation.
-//! - [`RecvSession::relearn`] forgets the latch, for when signalling moves the remote end.
+//!   SSRC and consecutive sequence numbers, with no packet from the latched address in between,
+//!   at any time.
+//!
+//! In every mode a different SSRC from the current source's address is a new source: sequence,
+//! timestamp and jitter state restart (with probation) and the address stays. If a proven new
+//! source's SSRC is new, its sequence state starts already validated, since the proof was its
+//! probation.
+//!
+//! RTCP ([`RecvSession::accept_rtcp`]) follows the RTP source: accepted from the SDP's RTCP
+//! address, or from a learned RTP source's port + 1 (its own port with rtcp-mux); in `off`
+//! mode from anywhere.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::packet::{PacketError, RtpHeader, RtpPacket};
@@ -30,6 +51,60 @@ use super::types::{
 const SEQ_MOD: u32 = 1 << 16;
 /// Packets behind the highest one whose arrival is remembered, to recognise duplicates.
 const DUP_WINDOW: u16 = 128;
+/// How long a new source may be learned after the answer or a move of the remote media.
+pub const DEFAULT_LEARN_WINDOW: Duration = Duration::from_secs(5);
+
+/// Which sources a leg accepts (`[media] strict_rtp`); see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrictRtp {
+    /// The SDP address; another source only with evident NAT, proven within the window.
+    #[default]
+    Strict,
+    /// The SDP address; another source proven within the window, NAT evident or not.
+    Learn,
+    /// The first source heard, replaced by another once it falls silent.
+    Off,
+}
+
+/// What signalling says about the peer's media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteMedia {
+    /// RTP address from the SDP (None: none given, or on hold with 0.0.0.0).
+    pub rtp: Option<SocketAddr>,
+    /// RTCP address from the SDP (port + 1, `a=rtcp`, or the RTP address with rtcp-mux).
+    pub rtcp: Option<SocketAddr>,
+    /// RTCP shares the RTP port (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Where the SIP request carrying the SDP came from.
+    pub signalling: Option<IpAddr>,
+}
+
+impl RemoteMedia {
+    /// Whether the SDP's media address cannot be where the peer really sends from: it differs
+    /// from the signalling source, or is private while the signalling source is public.
+    pub fn nat_evident(&self) -> bool {
+        let (Some(rtp), Some(sig)) = (self.rtp, self.signalling) else {
+            return false;
+        };
+        let (media, sig) = (rtp.ip().to_canonical(), sig.to_canonical());
+        media != sig || (is_private(media) && !is_private(sig))
+    }
+}
+
+/// Addresses that a NAT hides: RFC 1918, shared (RFC 6598), link-local, unique local (RFC 4193).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
 
 /// Receive-side tuning; [`RecvConfig::new`] gives the RFC 3550 defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +115,14 @@ pub struct RecvConfig {
     pub frame: Duration,
     /// Payload types that are plausible for this leg; others are dropped and never latch.
     pub payload_types: PayloadTypeSet,
-    /// Consecutive packets from a new address needed to move the latch there.
+    /// Consecutive in-sequence packets with one SSRC a new address must send to become the
+    /// source (in `off` mode: to move the latch there).
     pub relatch_after: u32,
+    /// Which sources are accepted.
+    pub strict: StrictRtp,
+    /// How long after [`RecvSession::set_remote`] moves the remote media a new source may be
+    /// learned (`strict` and `learn`).
+    pub learn_window: Duration,
     /// Sequential packets a new source must send before its packets are accepted
     /// (RFC 3550 A.1 `MIN_SEQUENTIAL`; 1 accepts the first packet).
     pub probation: u32,
@@ -52,13 +133,16 @@ pub struct RecvConfig {
 }
 
 impl RecvConfig {
-    /// Defaults: 20 ms frames, re-latch after 3 packets, probation 2, dropout 3000, misorder 100.
+    /// Defaults: 20 ms frames, a new source after 4 packets, probation 2, dropout 3000, misorder
+    /// 100, and `off` (latching), which a leg replaces with its configured rule.
     pub fn new(clock_rate: ClockRate, payload_types: PayloadTypeSet) -> Self {
         RecvConfig {
             clock_rate,
             frame: Duration::from_millis(20),
             payload_types,
-            relatch_after: 3,
+            relatch_after: 4,
+            strict: StrictRtp::Off,
+            learn_window: DEFAULT_LEARN_WINDOW,
             probation: 2,
             max_dropout: 3000,
             max_misorder: 100,
@@ -90,11 +174,13 @@ pub struct RecvStats {
     pub restarts: u64,
     /// Packets whose timestamp step disagreed with their sequence step, without marker bit.
     pub timestamp_jumps: u64,
-    /// Packets from an address other than the latched one.
+    /// RTP packets dropped for coming from an address other than the leg's source.
     pub foreign: u64,
+    /// RTCP packets dropped for coming from an address other than the source's RTCP address.
+    pub foreign_rtcp: u64,
     /// Packets with a payload type outside the configured set.
     pub bad_payload_type: u64,
-    /// Times the latch moved to a new address.
+    /// Times the source moved to a new address (learned, or back to the SDP address).
     pub relatches: u64,
     /// Times the SSRC changed (from the latched address or by re-latching).
     pub ssrc_changes: u64,
@@ -105,7 +191,7 @@ pub struct RecvStats {
 pub enum Rejection {
     /// Payload type not in the configured set.
     PayloadType,
-    /// From an address other than the latched one.
+    /// From an address other than the leg's source.
     ForeignSource,
     /// The source is still on probation.
     Probation,
@@ -241,6 +327,12 @@ pub struct RecvSession {
     frame_ticks: u64,
     latch: Option<Latch>,
     candidate: Option<Candidate>,
+    /// Where signalling says media comes from.
+    expected: RemoteMedia,
+    /// `strict` or `learn`, and the rule allows learning for `expected`.
+    may_learn: bool,
+    /// End of the current learning window.
+    learn_until: Option<Instant>,
     src: Source,
     /// Highest extended seq ever used on the leg; restarts continue above it.
     leg_max_ext: Option<u64>,
@@ -265,6 +357,9 @@ impl RecvSession {
             frame_ticks,
             latch: None,
             candidate: None,
+            expected: RemoteMedia::default(),
+            may_learn: false,
+            learn_until: None,
             src: Source::new(),
             leg_max_ext: None,
             leg_max_ts: None,
@@ -291,10 +386,61 @@ impl RecvSession {
         self.latch.map(|l| l.ssrc)
     }
 
-    /// Forgets the latch so the next plausible packet from anywhere latches afresh.
+    /// Forgets the source: in `off` mode the next plausible packet from anywhere latches
+    /// afresh; otherwise the SDP address, or a source proven in a window, is taken next.
     pub fn relearn(&mut self) {
         self.latch = None;
         self.candidate = None;
+    }
+
+    /// Where signalling says the peer's media comes from, as of `now` (the answer, or a
+    /// re-INVITE or UPDATE). When the RTP address moves (or on the first call) the current
+    /// source is forgotten and a learning window opens.
+    pub fn set_remote(&mut self, now: Instant, remote: RemoteMedia) {
+        let moved = self.learn_until.is_none() || remote.rtp != self.expected.rtp;
+        self.expected = remote;
+        self.may_learn = match self.config.strict {
+            StrictRtp::Strict => remote.nat_evident(),
+            StrictRtp::Learn => true,
+            StrictRtp::Off => false,
+        };
+        if moved {
+            self.relearn();
+            self.open_learning_window(now);
+        }
+    }
+
+    /// Opens a learning window from `now` without forgetting the source, for a call answered
+    /// after early media: a phone may start sending only once answered.
+    pub fn open_learning_window(&mut self, now: Instant) {
+        self.learn_until = Some(now + self.config.learn_window);
+    }
+
+    /// Whether a new source may be learned at `now`.
+    fn learning(&self, now: Instant) -> bool {
+        self.may_learn && self.learn_until.is_some_and(|end| now < end)
+    }
+
+    /// Judges the source of an RTCP datagram that arrived from `from`; counts it if dropped.
+    pub fn accept_rtcp(&mut self, from: SocketAddr) -> bool {
+        if self.config.strict == StrictRtp::Off || self.expected.rtcp == Some(from) {
+            return true;
+        }
+        let learned = self
+            .latch
+            .filter(|l| Some(l.addr) != self.expected.rtp)
+            .map(|l| {
+                if self.expected.rtcp_mux {
+                    l.addr
+                } else {
+                    SocketAddr::new(l.addr.ip(), l.addr.port().wrapping_add(1))
+                }
+            });
+        if learned == Some(from) {
+            return true;
+        }
+        self.stats.foreign_rtcp += 1;
+        false
     }
 
     /// Leg counts so far.
@@ -365,9 +511,11 @@ impl RecvSession {
             self.stats.bad_payload_type += 1;
             return Received::Rejected(Rejection::PayloadType);
         }
+        let strict = self.config.strict != StrictRtp::Off;
+        let from_sdp = strict && self.expected.rtp == Some(from);
         let mut validated = false;
         match self.latch {
-            None => {
+            None if !strict || from_sdp => {
                 self.latch = Some(Latch {
                     addr: from,
                     ssrc: header.ssrc,
@@ -386,8 +534,27 @@ impl RecvSession {
                     self.start_source(header.seq, false);
                 }
             }
-            Some(latch) => {
-                self.stats.foreign += 1;
+            Some(latch) if from_sdp => {
+                // The SDP address wins over a learned source at once, without proof.
+                self.candidate = None;
+                self.stats.relatches += 1;
+                self.latch = Some(Latch {
+                    addr: from,
+                    ssrc: header.ssrc,
+                });
+                if latch.ssrc != header.ssrc {
+                    self.stats.ssrc_changes += 1;
+                    self.start_source(header.seq, false);
+                }
+            }
+            latch => {
+                let learnable = !strict
+                    || (self.learning(now)
+                        && latch.is_none_or(|l| Some(l.addr) != self.expected.rtp));
+                if !learnable {
+                    self.stats.foreign += 1;
+                    return Received::Rejected(Rejection::ForeignSource);
+                }
                 let count = match self.candidate {
                     Some(c)
                         if c.addr == from
@@ -405,18 +572,27 @@ impl RecvSession {
                         last_seq: header.seq,
                         count,
                     });
+                    self.stats.foreign += 1;
                     return Received::Rejected(Rejection::ForeignSource);
                 }
                 self.candidate = None;
-                self.stats.relatches += 1;
                 self.latch = Some(Latch {
                     addr: from,
                     ssrc: header.ssrc,
                 });
-                if latch.ssrc != header.ssrc {
-                    self.stats.ssrc_changes += 1;
-                    self.start_source(header.seq, true);
-                    validated = true;
+                match latch {
+                    Some(old) => {
+                        self.stats.relatches += 1;
+                        if old.ssrc != header.ssrc {
+                            self.stats.ssrc_changes += 1;
+                            self.start_source(header.seq, true);
+                            validated = true;
+                        }
+                    }
+                    None => {
+                        self.start_source(header.seq, true);
+                        validated = true;
+                    }
                 }
             }
         }
@@ -778,6 +954,7 @@ mod tests {
             PayloadTypeSet::empty().with(PayloadType::PCMU),
         );
         c.probation = 1;
+        c.relatch_after = 3;
         c
     }
 
@@ -1237,5 +1414,294 @@ mod tests {
         let h = RtpPacket::parse(&buf[..n]).unwrap().header;
         assert!(!h.marker);
         assert_eq!(h.timestamp.get(), 1000 + 9 * 160);
+    }
+
+    // The source rule. Sans-IO: these addresses are plain values, nothing is sent.
+    const WINDOW_MS: u64 = 3000;
+    /// What a phone behind NAT puts in its SDP.
+    const PRIVATE: &str = "10.0.0.5:4000";
+    /// Where its packets really come from (the NAT's public side).
+    const NATTED: &str = "192.0.2.10:31000";
+    const OTHER: &str = "192.0.2.10:31002";
+
+    /// A session with the leg's settings in `mode`, told at 0 ms that the SDP says `sdp` and
+    /// the SIP request came from `signalling`.
+    fn ruled(clock: &Clock, mode: StrictRtp, sdp: &str, signalling: &str) -> RecvSession {
+        let mut c = config();
+        c.relatch_after = 4;
+        c.strict = mode;
+        c.learn_window = Duration::from_millis(WINDOW_MS);
+        let mut s = RecvSession::new(c);
+        let sdp = addr(sdp);
+        s.set_remote(
+            clock.at(0),
+            RemoteMedia {
+                rtp: Some(sdp),
+                rtcp: Some(SocketAddr::new(sdp.ip(), sdp.port() + 1)),
+                rtcp_mux: false,
+                signalling: Some(addr(signalling).ip()),
+            },
+        );
+        s
+    }
+
+    fn all_rejected(res: &[Received]) -> bool {
+        res.iter()
+            .all(|r| *r == Received::Rejected(Rejection::ForeignSource))
+    }
+
+    #[test]
+    fn nat_is_evident_from_the_addresses() {
+        let rm = |sdp: &str, sig: &str| RemoteMedia {
+            rtp: Some(addr(sdp)),
+            rtcp: None,
+            rtcp_mux: false,
+            signalling: Some(sig.parse().unwrap()),
+        };
+        assert!(!rm(A, "192.0.2.10").nat_evident(), "same address");
+        assert!(!rm("[::ffff:192.0.2.10]:4000", "192.0.2.10").nat_evident());
+        assert!(rm(A, "192.0.2.11").nat_evident(), "different address");
+        assert!(
+            rm(PRIVATE, "192.0.2.10").nat_evident(),
+            "private behind public"
+        );
+        assert!(rm("100.64.0.1:4000", "192.0.2.10").nat_evident());
+        assert!(rm("[fd00::1]:4000", "2001:db8::1").nat_evident());
+        assert!(!RemoteMedia::default().nat_evident(), "nothing to compare");
+    }
+
+    #[test]
+    fn sdp_source_wins_over_an_earlier_stranger() {
+        let clock = Clock(Instant::now());
+        for mode in [StrictRtp::Strict, StrictRtp::Learn] {
+            let mut s = ruled(&clock, mode, A, A);
+            // The stranger is first, in sequence and with one SSRC.
+            let res = feed(&mut s, &clock, SPOOF, 0xbad, 100, 3, 0);
+            assert!(all_rejected(&res), "{mode:?}: {res:?}");
+            let a = accepted(s.receive(clock.at(70), addr(A), &header(1, 500, 0)));
+            assert!(a.restarted);
+            assert_eq!(s.remote(), Some(addr(A)));
+            // The stranger carries on: still nothing, however long.
+            let res = feed(&mut s, &clock, SPOOF, 0xbad, 103, 20, 80);
+            assert!(all_rejected(&res), "{mode:?}: {res:?}");
+            assert_eq!(s.stats().foreign, 23);
+        }
+        // A learned source gives way to the SDP address at its first packet.
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let res = feed(&mut s, &clock, NATTED, 1, 100, 4, 0);
+        assert!(matches!(res[3], Received::Accepted(_)));
+        assert_eq!(s.remote(), Some(addr(NATTED)));
+        accepted(s.receive(clock.at(100), addr(PRIVATE), &header(1, 104, 104 * 160)));
+        assert_eq!(s.remote(), Some(addr(PRIVATE)));
+        let r = s.receive(clock.at(120), addr(NATTED), &header(1, 105, 105 * 160));
+        assert_eq!(r, Received::Rejected(Rejection::ForeignSource));
+        assert_eq!(s.stats().relatches, 1);
+    }
+
+    #[test]
+    fn a_stranger_is_never_learned_without_evident_nat() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, A, A);
+        // In sequence, one SSRC, inside and after the window, with the real source silent.
+        let res = feed(&mut s, &clock, SPOOF, 0xbad, 7000, 300, 0);
+        assert!(all_rejected(&res));
+        assert_eq!(s.remote(), None);
+        assert_eq!(s.stats().foreign, 300);
+        assert_eq!(s.stats().received, 0);
+        // The same from the SDP's host on another port (the stale-caller case).
+        let res = feed(&mut s, &clock, B, 9, 1, 100, 0);
+        assert!(all_rejected(&res));
+    }
+
+    #[test]
+    fn evident_nat_learns_after_enough_packets_inside_the_window_only() {
+        let clock = Clock(Instant::now());
+        // The proof's last packet just inside the window: learned.
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let start = WINDOW_MS - 1 - 3 * 20;
+        let res = feed(&mut s, &clock, NATTED, 1, 100, 6, start);
+        assert!(all_rejected(&res[..3]), "{res:?}");
+        let a = match res[3] {
+            Received::Accepted(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert!(a.restarted, "the proof was the probation");
+        assert!(
+            matches!(res[4], Received::Accepted(_)),
+            "after the window too"
+        );
+        assert_eq!(s.remote(), Some(addr(NATTED)));
+        assert_eq!(s.ssrc(), Some(Ssrc::new(1)));
+        // The same packets a millisecond later: the window has closed.
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let res = feed(&mut s, &clock, NATTED, 1, 100, 50, start + 1);
+        assert!(all_rejected(&res));
+        assert_eq!(s.remote(), None);
+    }
+
+    #[test]
+    fn one_packet_short_of_the_proof_is_not_enough() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let res = feed(&mut s, &clock, NATTED, 1, 100, 3, 0);
+        assert!(all_rejected(&res));
+        // A gap in the sequence starts the count again.
+        let res = feed(&mut s, &clock, NATTED, 1, 104, 3, 60);
+        assert!(all_rejected(&res), "{res:?}");
+        let res = feed(&mut s, &clock, NATTED, 1, 107, 1, 120);
+        assert!(matches!(res[0], Received::Accepted(_)), "{res:?}");
+    }
+
+    #[test]
+    fn an_ssrc_change_mid_proof_restarts_it() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let mut res = feed(&mut s, &clock, NATTED, 1, 100, 3, 0);
+        res.extend(feed(&mut s, &clock, NATTED, 2, 103, 3, 60));
+        assert!(all_rejected(&res), "{res:?}");
+        let r = s.receive(clock.at(200), addr(NATTED), &header(2, 106, 106 * 160));
+        accepted(r);
+        assert_eq!(s.ssrc(), Some(Ssrc::new(2)));
+    }
+
+    #[test]
+    fn a_later_switch_needs_the_same_proof_and_a_window() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        feed(&mut s, &clock, NATTED, 1, 100, 10, 0);
+        assert_eq!(s.remote(), Some(addr(NATTED)));
+        // Interleaved with the live source: never.
+        for i in 0..10u16 {
+            let t = 200 + u64::from(i) * 20;
+            let r = s.receive(clock.at(t), addr(OTHER), &header(1, 110 + i, 0));
+            assert_eq!(r, Received::Rejected(Rejection::ForeignSource));
+            accepted(s.receive(clock.at(t + 1), addr(NATTED), &header(1, 110 + i, 0)));
+        }
+        // The source falls silent: the NAT rebinding is learned by the same proof.
+        let res = feed(&mut s, &clock, OTHER, 1, 120, 4, 600);
+        assert!(all_rejected(&res[..3]));
+        assert!(matches!(res[3], Received::Accepted(_)));
+        assert_eq!(s.remote(), Some(addr(OTHER)));
+        assert_eq!(s.stats().relatches, 1);
+        // After the window no rebinding is learned, however long the source is silent.
+        let res = feed(&mut s, &clock, NATTED, 1, 200, 50, WINDOW_MS);
+        assert!(all_rejected(&res));
+        assert_eq!(s.remote(), Some(addr(OTHER)));
+    }
+
+    #[test]
+    fn moving_the_remote_media_opens_a_new_window() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        let late = WINDOW_MS + 1000;
+        assert!(all_rejected(&feed(
+            &mut s, &clock, NATTED, 1, 100, 10, late
+        )));
+        let moved = RemoteMedia {
+            rtp: Some(addr("10.0.0.5:5000")),
+            rtcp: Some(addr("10.0.0.5:5001")),
+            rtcp_mux: false,
+            signalling: Some(addr(A).ip()),
+        };
+        // Unchanged media (a direction change, say) opens nothing.
+        let same = RemoteMedia {
+            rtp: Some(addr(PRIVATE)),
+            ..moved
+        };
+        s.set_remote(clock.at(late + 300), same);
+        assert!(all_rejected(&feed(
+            &mut s,
+            &clock,
+            NATTED,
+            1,
+            110,
+            10,
+            late + 400
+        )));
+        s.set_remote(clock.at(late + 1000), moved);
+        let res = feed(&mut s, &clock, NATTED, 1, 120, 4, late + 1100);
+        assert!(matches!(res[3], Received::Accepted(_)), "{res:?}");
+        assert_eq!(s.remote(), Some(addr(NATTED)));
+    }
+
+    #[test]
+    fn an_answer_after_early_media_reopens_the_window_and_keeps_the_source() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        feed(&mut s, &clock, NATTED, 1, 100, 4, 0);
+        let late = WINDOW_MS + 500;
+        assert!(all_rejected(&feed(&mut s, &clock, OTHER, 2, 1, 10, late)));
+        s.open_learning_window(clock.at(late + 1000));
+        assert_eq!(s.remote(), Some(addr(NATTED)), "the source is kept");
+        let res = feed(&mut s, &clock, OTHER, 2, 1, 4, late + 1100);
+        assert!(matches!(res[3], Received::Accepted(_)), "{res:?}");
+        assert_eq!(s.remote(), Some(addr(OTHER)));
+    }
+
+    #[test]
+    fn learn_mode_learns_without_nat_and_the_sdp_address_still_wins() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Learn, A, A);
+        let res = feed(&mut s, &clock, B, 1, 100, 4, 0);
+        assert!(matches!(res[3], Received::Accepted(_)));
+        assert_eq!(s.remote(), Some(addr(B)));
+        accepted(s.receive(clock.at(100), addr(A), &header(2, 1, 0)));
+        assert_eq!(s.remote(), Some(addr(A)));
+        // With the SDP address as the source, nothing else is learned, in the window or not.
+        let res = feed(&mut s, &clock, B, 1, 104, 20, 120);
+        assert!(all_rejected(&res));
+        // Outside the window learn mode learns nothing either.
+        let mut s = ruled(&clock, StrictRtp::Learn, A, A);
+        assert!(all_rejected(&feed(
+            &mut s, &clock, B, 1, 100, 20, WINDOW_MS
+        )));
+    }
+
+    #[test]
+    fn off_mode_latches_the_first_source_heard() {
+        let clock = Clock(Instant::now());
+        let mut s = ruled(&clock, StrictRtp::Off, A, A);
+        accepted(s.receive(clock.at(WINDOW_MS * 2), addr(SPOOF), &header(9, 1, 0)));
+        assert_eq!(s.remote(), Some(addr(SPOOF)));
+        let r = s.receive(clock.at(WINDOW_MS * 2 + 20), addr(A), &header(1, 1, 0));
+        assert_eq!(r, Received::Rejected(Rejection::ForeignSource));
+        assert!(s.accept_rtcp(addr(SPOOF)), "RTCP from anywhere");
+    }
+
+    #[test]
+    fn rtcp_follows_the_source_rule() {
+        let clock = Clock(Instant::now());
+        // No NAT: the SDP's RTCP address only.
+        let mut s = ruled(&clock, StrictRtp::Strict, A, A);
+        assert!(s.accept_rtcp(addr("192.0.2.10:4001")));
+        assert!(!s.accept_rtcp(addr(A)), "RTP port without rtcp-mux");
+        assert!(!s.accept_rtcp(addr(SPOOF)));
+        feed(&mut s, &clock, SPOOF, 9, 1, 10, 0);
+        assert!(!s.accept_rtcp(addr("198.51.100.7:10000")));
+        assert_eq!(s.stats().foreign_rtcp, 3);
+        // NAT: a learned RTP source brings its RTCP port + 1.
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        assert!(
+            !s.accept_rtcp(addr("192.0.2.10:31001")),
+            "nothing learned yet"
+        );
+        feed(&mut s, &clock, NATTED, 1, 100, 4, 0);
+        assert!(s.accept_rtcp(addr("192.0.2.10:31001")));
+        assert!(s.accept_rtcp(addr("10.0.0.5:4001")), "the SDP's own");
+        assert!(!s.accept_rtcp(addr(NATTED)));
+        // With rtcp-mux, the learned RTP address itself.
+        let mut s = ruled(&clock, StrictRtp::Strict, PRIVATE, A);
+        s.set_remote(
+            clock.at(0),
+            RemoteMedia {
+                rtp: Some(addr(PRIVATE)),
+                rtcp: Some(addr(PRIVATE)),
+                rtcp_mux: true,
+                signalling: Some(addr(A).ip()),
+            },
+        );
+        feed(&mut s, &clock, NATTED, 1, 100, 4, 0);
+        assert!(s.accept_rtcp(addr(NATTED)));
+        assert!(!s.accept_rtcp(addr("192.0.2.10:31001")));
     }
 }

@@ -1,6 +1,6 @@
 //! The per-call task: picks the call's script from the dialplan, negotiates SDP, takes RTP
-//! ports, runs the script and carries out what it asks, follows re-INVITEs (hold/unhold)
-//! and INFO, and releases everything when the call ends.
+//! ports, runs the script and carries out what it asks, follows re-INVITEs and UPDATEs
+//! (hold/unhold) and INFO, and releases everything when the call ends.
 //!
 //! The SDP offer is checked before any script runs, so a call we cannot carry gets its 488
 //! (or 400, 503) at once. The call is answered when the script says so — `answer()`, or the
@@ -48,6 +48,8 @@ pub struct CallContext {
     pub rooms: crate::conference::ConferenceRegistry,
     /// End a call after this long without RTP (None: never).
     pub rtp_timeout: Option<Duration>,
+    /// Which RTP sources a call hears; the leg adds the SIP source address of its call.
+    pub rtp_sources: crate::media::leg::LegSources,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -76,7 +78,7 @@ pub fn spawn(
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
 ) {
-    let Event::Incoming { request, .. } = incoming else {
+    let Event::Incoming { request, peer, .. } = incoming else {
         return;
     };
     let header = |name| {
@@ -90,6 +92,7 @@ pub fn spawn(
         from: header("From"),
         to: header("To"),
         user: request.uri.user().unwrap_or("").to_string(),
+        signalling: peer.addr.ip(),
     };
     let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
@@ -138,6 +141,7 @@ pub fn spawn(
                 rtp: Default::default(),
             };
             let outcome = c.run(request).await;
+            let ended = (Instant::now(), crate::live::rfc3339_now());
             let (reason, code) = outcome.describe();
             tracing::info!(reason, ?code, "call ended");
             c.ctx.metrics.call_ended();
@@ -147,7 +151,7 @@ pub fn spawn(
                 code,
             });
             c.close_media().await;
-            c.write_cdr(&outcome, reason, code);
+            c.write_cdr(&outcome, reason, code, ended);
         }
         .instrument(span),
     );
@@ -206,6 +210,8 @@ struct Parties {
     to: String,
     /// The dialled user (Request-URI user part).
     user: String,
+    /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
+    signalling: std::net::IpAddr,
 }
 
 /// How the call ended, for the log and the event stream.
@@ -225,8 +231,18 @@ impl Outcome {
             Outcome::Ended(EndReason::Rejected(c)) | Outcome::Refused(c) => ("refused", Some(*c)),
             Outcome::Ended(EndReason::AckTimeout) => ("ack_timeout", None),
             Outcome::Ended(EndReason::Timeout) => ("timeout", None),
+            Outcome::Ended(EndReason::SessionExpired) => ("session_expired", None),
             Outcome::Lost => ("lost", None),
         }
+    }
+}
+
+/// The final status the caller got: a refusal's, 487 for a cancelled INVITE (RFC 3261 §9.2),
+/// or 200 once answered.
+fn cdr_code(outcome: &Outcome, refused: Option<u16>, answered: bool) -> Option<u16> {
+    match outcome {
+        Outcome::Ended(EndReason::Cancelled) => Some(487),
+        _ => refused.or(answered.then_some(200)),
     }
 }
 
@@ -281,8 +297,15 @@ impl Call {
         }
     }
 
-    /// Hands the call's record to the CDR writer, if CDRs are on.
-    fn write_cdr(&self, outcome: &Outcome, cause: &str, code: Option<u16>) {
+    /// Hands the call's record to the CDR writer, if CDRs are on. `ended` is when the call
+    /// ended (not when its media was closed), monotonic and as RFC 3339.
+    fn write_cdr(
+        &self,
+        outcome: &Outcome,
+        cause: &str,
+        code: Option<u16>,
+        ended: (Instant, String),
+    ) {
         let Some(cdr) = &self.ctx.cdr else {
             return;
         };
@@ -299,13 +322,13 @@ impl Call {
                 .as_ref()
                 .map_or_else(crate::live::rfc3339_now, |i| i.started_at.clone()),
             answered_at: info.and_then(|i| i.answered_at),
-            ended_at: crate::live::rfc3339_now(),
-            duration_ms: self
-                .answered_at
-                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            ended_at: ended.1,
+            duration_ms: self.answered_at.map_or(0, |t| {
+                ended.0.saturating_duration_since(t).as_millis() as u64
+            }),
             hangup,
             cause: cause.to_string(),
-            sip_code: code.or(self.answered.then_some(200)),
+            sip_code: cdr_code(outcome, code, self.answered),
             digits: self.digits.clone(),
             recordings: self.all_recordings.clone(),
             rtp: RtpStats {
@@ -424,10 +447,13 @@ impl Call {
             return;
         };
         self.answered = true;
+        self.answered_at = Some(Instant::now());
         self.send(Command::Answer(self.call, sdp.into_bytes()))
             .await;
         if let Some(m) = self.pending_media.take() {
             self.start_media(&m);
+        } else if let Some(leg) = &self.leg {
+            leg.send(LegCommand::Answered);
         }
         self.live.update(|c| {
             c.state = CallState::Answered;
@@ -482,6 +508,10 @@ impl Call {
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
             ptime: Duration::from_millis(u64::from(m.ptime_ms)),
+            sources: crate::media::leg::LegSources {
+                signalling: Some(self.parties.signalling),
+                ..self.ctx.rtp_sources.clone()
+            },
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,
@@ -515,18 +545,27 @@ impl Call {
         mut requests: mpsc::Receiver<ScriptRequest>,
         script: crate::script::ScriptHandle,
     ) -> Outcome {
-        let limit = self
-            .ctx
-            .max_duration
-            .unwrap_or(Duration::from_secs(u64::MAX >> 2));
-        let deadline = tokio::time::sleep(limit);
+        let limit = self.ctx.max_duration;
+        // Counted from the answer: armed once the call is answered.
+        let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
+        let mut deadline_armed = false;
         let mut deadline_passed = false;
         let done = script.join();
         tokio::pin!(done);
         let mut script_running = true;
         let mut requests_open = true;
         loop {
+            if let (false, Some(at), Some(limit)) = (deadline_passed, self.answered_at, limit) {
+                if !deadline_armed {
+                    deadline_armed = true;
+                    // A limit past the end of time is no limit.
+                    match tokio::time::Instant::from_std(at).checked_add(limit) {
+                        Some(end) => deadline.as_mut().reset(end),
+                        None => deadline_passed = true,
+                    }
+                }
+            }
             let timer = self.active.deadline();
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
@@ -561,7 +600,7 @@ impl Call {
                         }
                     }
                 },
-                _ = &mut deadline, if !deadline_passed && self.answered => {
+                _ = &mut deadline, if !deadline_passed && deadline_armed => {
                     tracing::info!("maximum call duration reached");
                     deadline_passed = true;
                     self.hangup(480).await;
@@ -613,6 +652,8 @@ impl Call {
                 }
             }
             Event::ReInvite { sdp, .. } => self.on_reinvite(sdp).await,
+            // An UPDATE's offer is answered the way a re-INVITE's is (RFC 3311 §5.2).
+            Event::Update { sdp, .. } => self.on_reinvite(Some(sdp)).await,
             Event::Info {
                 content_type, body, ..
             } => {
@@ -693,11 +734,13 @@ impl Call {
                     self.start_media(&m);
                 }
             }
-            Err((code, why)) => {
+            // In a call, a broken offer is refused like an unacceptable one: 488, and the
+            // session goes on as it was.
+            Err((_, why)) => {
                 self.send(Command::RejectReinvite {
                     call: self.call,
-                    code,
-                    reason: "Not Acceptable Here".into(),
+                    code: 488,
+                    reason: reason_phrase(488).into(),
                     warning: Some(why),
                 })
                 .await;
@@ -736,4 +779,42 @@ fn negotiate(
     let offer = sdp::parse(body).map_err(|e| (400, format!("bad SDP: {e}")))?;
     let answer = session.answer(&offer).map_err(|e| (488, e.to_string()))?;
     Ok((answer.sdp.to_string(), answer.media))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reasons_name_their_cause_and_code() {
+        let cases = [
+            (Outcome::Ended(EndReason::Cancelled), ("cancelled", None)),
+            (
+                Outcome::Ended(EndReason::SessionExpired),
+                ("session_expired", None),
+            ),
+            (
+                Outcome::Ended(EndReason::Rejected(486)),
+                ("refused", Some(486)),
+            ),
+            (Outcome::Refused(480), ("refused", Some(480))),
+            (Outcome::Ended(EndReason::RemoteBye), ("caller_bye", None)),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(outcome.describe(), want, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn cdr_code_is_the_final_status_the_caller_got() {
+        let cancelled = Outcome::Ended(EndReason::Cancelled);
+        assert_eq!(cdr_code(&cancelled, None, false), Some(487));
+        assert_eq!(
+            cdr_code(&Outcome::Refused(486), Some(486), false),
+            Some(486)
+        );
+        let bye = Outcome::Ended(EndReason::RemoteBye);
+        assert_eq!(cdr_code(&bye, None, true), Some(200));
+        assert_eq!(cdr_code(&Outcome::Lost, None, false), None);
+    }
 }

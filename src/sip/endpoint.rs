@@ -1,7 +1,8 @@
 //! The sans-IO SIP user agent server core: routes each inbound message to its transaction
-//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, 481,
-//! 405 ...), and reports calls to the layer above, which decides with [`Endpoint::answer`] and
-//! friends.
+//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, an
+//! UPDATE without body, 481, 405, 422 ...), runs each call's session timer (RFC 4028: our
+//! refreshes, BYE when the peer's stop), and reports calls to the layer above, which decides
+//! with [`Endpoint::answer`] and friends.
 //!
 //! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
 //! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
@@ -18,6 +19,9 @@ use super::message::{
     Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
 };
 use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
+use super::session_timer::{
+    has_option_tag, Due, Negotiated, Refresher, SessionTimer, SessionTimerConfig,
+};
 use super::transaction::{
     ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
 };
@@ -62,6 +66,8 @@ pub enum EndReason {
     AckTimeout,
     /// The peer stopped answering (a request of ours timed out).
     Timeout,
+    /// The session timer ran out without a refresh (RFC 4028 §10); we sent BYE.
+    SessionExpired,
 }
 
 /// Something the layer above must know or decide.
@@ -82,6 +88,14 @@ pub enum Event {
         call: CallHandle,
         /// The ACK's SDP body, if any.
         sdp: Option<Vec<u8>>,
+    },
+    /// An UPDATE with an SDP offer (RFC 3311): reply with `answer_reinvite` or
+    /// `reject_reinvite`, as for a re-INVITE. UPDATEs without a body are answered here.
+    Update {
+        /// The call.
+        call: CallHandle,
+        /// The offer.
+        sdp: Vec<u8>,
     },
     /// A re-INVITE: reply with `answer_reinvite` or `reject_reinvite`.
     ReInvite {
@@ -193,8 +207,16 @@ enum ServerTx {
 enum ClientPurpose {
     Bye,
     Info,
-    ReInvite { cseq: u32 },
-    Refer { cseq: u32 },
+    /// `refresh`: a session refresh of ours (RFC 4028), not reported to the layer above.
+    ReInvite {
+        cseq: u32,
+        refresh: bool,
+    },
+    Refer {
+        cseq: u32,
+    },
+    /// A session refresh of ours by UPDATE.
+    Update,
 }
 
 struct ClientEntry {
@@ -232,12 +254,57 @@ struct Call {
     /// CSeq numbers of our REFERs whose implicit subscriptions may still send NOTIFY
     /// (RFC 3515 §2.4.6: a NOTIFY's `id` is the REFER's CSeq).
     refer_subs: Vec<u32>,
+    /// An UPDATE with an offer waiting for the layer above: its transaction and request.
+    update_pending: Option<(TxKey, Box<Request>)>,
+    /// The session timer the 2xx to the pending INVITE or UPDATE will start.
+    timer_offer: Option<Negotiated>,
+    /// The running session timer.
+    timer: Option<SessionTimer>,
+    /// The peer listed UPDATE in Allow: our refreshes use it.
+    peer_allows_update: bool,
+    /// The last SDP we sent, re-sent unchanged by a refreshing re-INVITE.
+    local_sdp: Vec<u8>,
+}
+
+impl Call {
+    /// A call in its initial INVITE transaction `key`.
+    fn new(dialog: Dialog, key: TxKey, peer_allows_update: bool) -> Self {
+        Call {
+            dialog,
+            phase: CallPhase::Early,
+            invite_tx: Some(key),
+            awaiting_ack: None,
+            reinvite_pending: false,
+            ended: false,
+            reinvite_out: false,
+            refer_subs: Vec::new(),
+            update_pending: None,
+            timer_offer: None,
+            timer: None,
+            peer_allows_update,
+            local_sdp: Vec::new(),
+        }
+    }
+
+    /// Starts the negotiated session timer: our 2xx is a refresh (RFC 4028 §7.2).
+    fn start_timer(&mut self, now: Instant) -> Option<Negotiated> {
+        let n = self.timer_offer.take()?;
+        self.timer = Some(SessionTimer::start(now, n.interval, n.refresher));
+        Some(n)
+    }
+
+    /// The running timer as a negotiation input.
+    fn current_timer(&self) -> Option<(u32, Refresher)> {
+        self.timer.map(|t| (t.interval, t.refresher))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerOwner {
     Server(TxKey),
     Client(String),
+    /// A call's session timer (RFC 4028).
+    Session(CallHandle),
 }
 
 /// The user agent server core.
@@ -252,6 +319,7 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     next_call: u64,
     scratch: Vec<TxOutput>,
+    session_timers: SessionTimerConfig,
 }
 
 impl Endpoint {
@@ -268,7 +336,13 @@ impl Endpoint {
             events: VecDeque::new(),
             next_call: 1,
             scratch: Vec::new(),
+            session_timers: SessionTimerConfig::default(),
         }
+    }
+
+    /// Sets the session timer settings (RFC 4028) for calls from now on.
+    pub fn set_session_timers(&mut self, cfg: SessionTimerConfig) {
+        self.session_timers = cfg;
     }
 
     /// Number of live calls.
@@ -327,6 +401,7 @@ impl Endpoint {
             match owner {
                 TimerOwner::Server(key) => self.fire_server(now, key),
                 TimerOwner::Client(branch) => self.fire_client(now, branch),
+                TimerOwner::Session(call) => self.fire_session(now, call),
             }
         }
     }
@@ -376,12 +451,12 @@ impl Endpoint {
                     "no ACK for our 2xx; ending the call with BYE"
                 );
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::AckTimeout);
+                self.end_call(now, call, EndReason::AckTimeout);
             }
             CallPhase::Confirmed if c.awaiting_ack.is_some() => {
                 // A re-INVITE's 2xx was never acknowledged: same remedy (§14.2).
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::AckTimeout);
+                self.end_call(now, call, EndReason::AckTimeout);
             }
             _ => {}
         }
@@ -408,11 +483,11 @@ impl Endpoint {
                         self.refer_answered(call, cseq, 408);
                     }
                     if purpose == ClientPurpose::Bye {
-                        self.forget_call(call);
+                        self.forget_call(now, call);
                     } else {
                         // An unanswered in-dialog request means the peer is gone (§12.2.1.2).
                         self.send_bye(now, call);
-                        self.end_call(call, EndReason::Timeout);
+                        self.end_call(now, call, EndReason::Timeout);
                     }
                 }
             }
@@ -433,6 +508,9 @@ impl Endpoint {
                 None => None,
             },
             TimerOwner::Client(b) => self.client_txs.get(b).and_then(|e| e.tx.poll_timeout()),
+            TimerOwner::Session(call) => {
+                self.calls.get(call).and_then(|c| c.timer).map(|t| t.next())
+            }
         };
         if let Some(at) = at {
             self.timers.push(Reverse((at, owner)));
@@ -488,7 +566,7 @@ impl Endpoint {
                     "application/sdp, application/dtmf-relay, application/dtmf",
                 );
                 push_header(&mut resp, "Accept-Language", "en");
-                push_header(&mut resp, "Supported", "");
+                push_header(&mut resp, "Supported", "timer");
                 self.answer_non_invite(now, peer, key, resp);
             }
             Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
@@ -578,25 +656,23 @@ impl Endpoint {
                 return self.reply(now, peer, key, Method::Invite, resp);
             }
         };
+        let timer_offer =
+            match super::session_timer::negotiate(&r.req.headers, &self.session_timers, None) {
+                Ok(n) => n,
+                Err(min) => {
+                    let resp = too_small(&r.req, min, Some(&local_tag));
+                    return self.reply(now, peer, key, Method::Invite, resp);
+                }
+            };
         let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
         // 100 Trying at once (§17.2.1), without a To tag.
         let trying = encode_response(&response_to(&r.req, 100, "Trying", None));
         tx.respond(now, 100, trying.clone());
         self.send(peer, trying);
         self.dialogs.insert(dialog.id.clone(), call);
-        self.calls.insert(
-            call,
-            Call {
-                dialog,
-                phase: CallPhase::Early,
-                invite_tx: Some(key.clone()),
-                awaiting_ack: None,
-                reinvite_pending: false,
-                ended: false,
-                reinvite_out: false,
-                refer_subs: Vec::new(),
-            },
-        );
+        let mut c = Call::new(dialog, key.clone(), allows_update(&r.req));
+        c.timer_offer = timer_offer;
+        self.calls.insert(call, c);
         self.server_txs.insert(
             key,
             ServerTx::Invite {
@@ -645,9 +721,10 @@ impl Endpoint {
                 .is_some_and(|c| c.phase == CallPhase::Early);
             self.final_invite_response(now, call, 487, "Request Terminated", None);
             if initial {
-                self.end_call(call, EndReason::Cancelled);
+                self.end_call(now, call, EndReason::Cancelled);
             } else if let Some(c) = self.calls.get_mut(&call) {
                 c.reinvite_pending = false;
+                c.timer_offer = None;
             }
         }
     }
@@ -709,7 +786,7 @@ impl Endpoint {
             Method::Bye => {
                 let resp = response_to(&r.req, 200, "OK", None);
                 self.answer_non_invite(now, peer, key, resp);
-                self.end_call(call, EndReason::RemoteBye);
+                self.end_call(now, call, EndReason::RemoteBye);
             }
             Method::Info => {
                 let resp = response_to(&r.req, 200, "OK", None);
@@ -726,6 +803,7 @@ impl Endpoint {
                 self.answer_non_invite(now, peer, key, resp);
             }
             Method::Invite => self.on_reinvite(now, peer, key, call, r),
+            Method::Update => self.on_update(now, peer, key, call, r),
             Method::Notify => self.on_notify(now, peer, key, call, r),
             _ => {
                 let mut resp = response_to(&r.req, 405, "Method Not Allowed", None);
@@ -821,7 +899,10 @@ impl Endpoint {
         r: ParsedRequest,
     ) {
         let busy = self.calls.get(&call).is_none_or(|c| {
-            c.reinvite_pending || c.awaiting_ack.is_some() || c.phase != CallPhase::Confirmed
+            c.reinvite_pending
+                || c.update_pending.is_some()
+                || c.awaiting_ack.is_some()
+                || c.phase != CallPhase::Confirmed
         });
         let glare = self.calls.get(&call).is_some_and(|c| c.reinvite_out);
         if glare {
@@ -835,11 +916,19 @@ impl Endpoint {
             push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
             return self.reply(now, peer, key, Method::Invite, resp);
         }
+        let timer_offer = match self.negotiate_refresh(call, &r.req) {
+            Ok(n) => n,
+            Err(min) => {
+                let resp = too_small(&r.req, min, None);
+                return self.reply(now, peer, key, Method::Invite, resp);
+            }
+        };
         let mut tx = InviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
         let trying = encode_response(&response_to(&r.req, 100, "Trying", None));
         tx.respond(now, 100, trying.clone());
         self.send(peer, trying);
         if let Some(c) = self.calls.get_mut(&call) {
+            c.timer_offer = timer_offer;
             c.reinvite_pending = true;
             c.invite_tx = Some(key.clone());
             c.dialog.refresh_target(&r.req);
@@ -855,6 +944,253 @@ impl Endpoint {
             },
         );
         self.events.push_back(Event::ReInvite { call, sdp });
+    }
+
+    /// An UPDATE in the dialog (RFC 3311): a session refresh without a body, an offer with
+    /// one (answered by the layer above, like a re-INVITE's).
+    fn on_update(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        call: CallHandle,
+        r: ParsedRequest,
+    ) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let phase = c.phase;
+        // §5.2: an offer of ours awaits its answer (our re-INVITE, or the 2xx to an INVITE
+        // without offer awaiting its ACK) → 491; an offer of the peer awaits ours → 500.
+        let ours_pending = c.reinvite_out || c.awaiting_ack.is_some();
+        let theirs_pending = c.reinvite_pending || c.update_pending.is_some();
+        let offer = !r.req.body.is_empty();
+        if offer {
+            if content_type(&r.req.headers).as_deref() != Some("application/sdp") {
+                let mut resp = response_to(&r.req, 415, "Unsupported Media Type", None);
+                push_header(&mut resp, "Accept", "application/sdp");
+                return self.answer_non_invite(now, peer, key, resp);
+            }
+            if ours_pending {
+                let resp = response_to(&r.req, 491, "Request Pending", None);
+                return self.answer_non_invite(now, peer, key, resp);
+            }
+            // In the early dialog the INVITE's offer is answered only unreliably (no 100rel):
+            // the first offer/answer is not complete, so a new offer must wait.
+            if theirs_pending || phase == CallPhase::Early {
+                let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
+                push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+                return self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+        if phase == CallPhase::Early {
+            // The session timer starts with the INVITE's 2xx: nothing to refresh yet, and the
+            // INVITE's negotiation stays as it is.
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.dialog.refresh_target(&r.req);
+            }
+            let mut resp = response_to(&r.req, 200, "OK", None);
+            self.decorate(&mut resp, peer);
+            return self.answer_non_invite(now, peer, key, resp);
+        }
+        let timer_offer = match self.negotiate_refresh(call, &r.req) {
+            Ok(n) => n,
+            Err(min) => {
+                let resp = too_small(&r.req, min, None);
+                return self.answer_non_invite(now, peer, key, resp);
+            }
+        };
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.dialog.refresh_target(&r.req);
+            c.dialog.peer = peer;
+            c.timer_offer = timer_offer;
+        }
+        if !offer {
+            let mut resp = response_to(&r.req, 200, "OK", None);
+            self.ok_headers(call, &mut resp, now, None);
+            return self.answer_non_invite(now, peer, key, resp);
+        }
+        // The answer comes from the layer above; retransmissions meanwhile are absorbed.
+        let tx = NonInviteServerTx::new(self.cfg.timers, peer.transport.is_reliable());
+        self.server_txs.insert(key.clone(), ServerTx::NonInvite(tx));
+        let sdp = r.req.body.clone();
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.update_pending = Some((key, Box::new(r.req)));
+        }
+        self.events.push_back(Event::Update { call, sdp });
+    }
+
+    /// Negotiates the session timer of a refresh request from the peer; also notes whether
+    /// the peer allows UPDATE when the request says.
+    fn negotiate_refresh(
+        &mut self,
+        call: CallHandle,
+        req: &Request,
+    ) -> Result<Option<Negotiated>, u32> {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return Ok(None);
+        };
+        if header_value(&req.headers, "Allow").is_some() {
+            c.peer_allows_update = allows_update(req);
+        }
+        super::session_timer::negotiate(&req.headers, &self.session_timers, c.current_timer())
+    }
+
+    /// Allow, Contact, Server and the session timer of a 2xx to the peer's UPDATE; the 2xx
+    /// (re)starts the timer.
+    fn ok_headers(
+        &mut self,
+        call: CallHandle,
+        resp: &mut rsipstack::sip::Response,
+        now: Instant,
+        sdp: Option<&[u8]>,
+    ) {
+        let Some(peer) = self.calls.get(&call).map(|c| c.dialog.peer) else {
+            return;
+        };
+        self.decorate(resp, peer);
+        if let Some(c) = self.calls.get_mut(&call) {
+            if let Some(sdp) = sdp {
+                c.local_sdp = sdp.to_vec();
+            }
+            if let Some(n) = c.start_timer(now) {
+                timer_headers(resp, &n);
+            }
+        }
+        self.arm_session(call);
+    }
+
+    /// Puts the call's session timer deadline on the heap.
+    fn arm_session(&mut self, call: CallHandle) {
+        self.rearm(TimerOwner::Session(call));
+    }
+
+    /// The session timer's deadline: refresh (we are the refresher) or expiry (§10).
+    fn fire_session(&mut self, now: Instant, call: CallHandle) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.ended || c.phase == CallPhase::Terminating {
+            return;
+        }
+        let Some(t) = c.timer.as_mut() else {
+            return;
+        };
+        match t.on_due(now) {
+            None => {}
+            Some(Due::Refresh) => {
+                self.arm_session(call);
+                self.send_refresh(now, call);
+            }
+            Some(Due::Expire) => {
+                let interval = t.interval;
+                tracing::info!(
+                    call = call.0,
+                    interval,
+                    "session timer expired without refresh; ending the call"
+                );
+                self.send_bye(now, call);
+                self.end_call(now, call, EndReason::SessionExpired);
+            }
+        }
+    }
+
+    /// A session refresh of ours (RFC 4028 §7.4): UPDATE without body when the peer allows
+    /// it, else a re-INVITE with our current SDP unchanged.
+    fn send_refresh(&mut self, now: Instant, call: CallHandle) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let Some(interval) = c.timer.map(|t| t.ask) else {
+            return;
+        };
+        let update = c.peer_allows_update;
+        let method = if update {
+            Method::Update
+        } else {
+            Method::Invite
+        };
+        let sent = self.dialog_request(call, method, true, |c| {
+            update || (!c.reinvite_out && !c.reinvite_pending && c.update_pending.is_none())
+        });
+        let Ok((mut req, peer, cseq)) = sent else {
+            // Another INVITE is under way (or the ACK is still to come): try again shortly.
+            if let Some(t) = self.calls.get_mut(&call).and_then(|c| c.timer.as_mut()) {
+                t.retry_at(now + std::time::Duration::from_secs(1));
+            }
+            return self.arm_session(call);
+        };
+        push_header(
+            &mut req,
+            "Session-Expires",
+            &format!("{interval};refresher=uac"),
+        );
+        push_header(&mut req, "Min-SE", &self.session_timers.floor().to_string());
+        push_header(&mut req, "Supported", "timer");
+        let purpose = if update {
+            ClientPurpose::Update
+        } else {
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.reinvite_out = true;
+                set_body(&mut req, "application/sdp", c.local_sdp.clone());
+            }
+            ClientPurpose::ReInvite {
+                cseq,
+                refresh: true,
+            }
+        };
+        tracing::debug!(call = call.0, %method, interval, "session refresh");
+        self.start_client(now, call, purpose, peer, req);
+    }
+
+    /// The final response to a refresh of ours.
+    fn on_refresh_answer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        r: &ParsedResponse,
+        update: bool,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(t) = c.timer.as_mut() else {
+            return;
+        };
+        match r.code {
+            200..=299 => {
+                let se = super::session_timer::session_expires(&r.resp.headers);
+                let interval = se
+                    .as_ref()
+                    .map_or(t.ask, |(i, _)| *i)
+                    .max(super::session_timer::MIN_SE_FLOOR);
+                // We were the UAC: `uas` hands the job to the peer.
+                let refresher = match se.and_then(|(_, r)| r).as_deref() {
+                    Some("uas") => Refresher::Peer,
+                    _ => Refresher::Us,
+                };
+                *t = SessionTimer::start(now, interval, refresher);
+            }
+            422 => {
+                // §7.4 / §8: retry at once with the peer's minimum, once it is larger.
+                match super::session_timer::min_se(&r.resp.headers) {
+                    Some(min) if min > t.ask => {
+                        t.ask = min;
+                        t.retry_at(now);
+                    }
+                    _ => return,
+                }
+            }
+            // RFC 3261 §14.1: glare; we own no Call-ID here, so 0-2 s.
+            491 => t.retry_at(now + std::time::Duration::from_millis(fastrand::u64(0..=2000))),
+            405 | 501 if update => {
+                c.peer_allows_update = false;
+                t.retry_at(now);
+            }
+            // Anything else: the session ends at expiry unless the peer refreshes it.
+            _ => return,
+        }
+        self.arm_session(call);
     }
 
     fn on_response(&mut self, now: Instant, r: ParsedResponse) {
@@ -874,18 +1210,19 @@ impl Endpoint {
             }
         } else if r.code >= 200 {
             match purpose {
-                ClientPurpose::Bye => self.forget_call(call),
+                ClientPurpose::Bye => self.forget_call(now, call),
                 ClientPurpose::Info => {}
                 ClientPurpose::Refer { cseq } => self.refer_answered(call, cseq, r.code),
-                ClientPurpose::ReInvite { cseq } => {
-                    self.on_reinvite_answer(now, &branch, call, cseq, peer, r);
+                ClientPurpose::ReInvite { cseq, refresh } => {
+                    self.on_reinvite_answer(now, &branch, call, cseq, refresh, peer, r);
                     return;
                 }
+                ClientPurpose::Update => self.on_refresh_answer(now, call, &r, true),
             }
             if r.code == 481 || r.code == 408 {
                 // The dialog is gone at the peer (§12.2.1.2).
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::Timeout);
+                self.end_call(now, call, EndReason::Timeout);
             }
         }
         let terminated = self
@@ -899,12 +1236,14 @@ impl Endpoint {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_reinvite_answer(
         &mut self,
         now: Instant,
         branch: &str,
         call: CallHandle,
         cseq: u32,
+        refresh: bool,
         peer: Peer,
         r: ParsedResponse,
     ) {
@@ -926,17 +1265,20 @@ impl Endpoint {
             e.tx.set_ack(ack.clone());
         }
         self.send(peer, ack);
-        if first {
+        if first && (refresh || success) {
+            self.on_refresh_answer(now, call, &r, false);
+        }
+        if first && !refresh {
             let sdp = (!r.resp.body.is_empty()).then(|| r.resp.body.clone());
             self.events.push_back(Event::ReInviteAnswered {
                 call,
                 code: r.code,
                 sdp,
             });
-            if r.code == 481 || r.code == 408 {
-                self.send_bye(now, call);
-                self.end_call(call, EndReason::Timeout);
-            }
+        }
+        if first && (r.code == 481 || r.code == 408) {
+            self.send_bye(now, call);
+            self.end_call(now, call, EndReason::Timeout);
         }
         if self
             .client_txs
@@ -959,13 +1301,32 @@ impl Endpoint {
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
         let (mut req, peer, cseq) = self.dialog_request(call, Method::Invite, true, |c| {
-            !c.reinvite_out && !c.reinvite_pending
+            !c.reinvite_out && !c.reinvite_pending && c.update_pending.is_none()
         })?;
-        set_body(&mut req, "application/sdp", sdp);
+        set_body(&mut req, "application/sdp", sdp.clone());
         if let Some(c) = self.calls.get_mut(&call) {
             c.reinvite_out = true;
+            c.local_sdp = sdp;
+            // A re-INVITE without Session-Expires would turn the peer's session timer off
+            // (RFC 4028 §9): this one refreshes the session as it stands.
+            if let Some(t) = c.timer {
+                let r = match t.refresher {
+                    Refresher::Us => "uac",
+                    Refresher::Peer => "uas",
+                };
+                push_header(
+                    &mut req,
+                    "Session-Expires",
+                    &format!("{};refresher={r}", t.interval),
+                );
+                push_header(&mut req, "Supported", "timer");
+            }
         }
-        self.start_client(now, call, ClientPurpose::ReInvite { cseq }, peer, req);
+        let purpose = ClientPurpose::ReInvite {
+            cseq,
+            refresh: false,
+        };
+        self.start_client(now, call, purpose, peer, req);
         Ok(())
     }
 
@@ -1019,17 +1380,24 @@ impl Endpoint {
             });
         }
         self.final_invite_response(now, call, code, reason, warning);
-        self.end_call(call, EndReason::Rejected(code));
+        self.end_call(now, call, EndReason::Rejected(code));
         Ok(())
     }
 
-    /// Answers a pending re-INVITE with 200 and our SDP.
+    /// Answers a pending re-INVITE (or UPDATE offer) with 200 and our SDP.
     pub fn answer_reinvite(
         &mut self,
         now: Instant,
         call: CallHandle,
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
+        if let Some((key, req)) = self.take_pending_update(call) {
+            let mut resp = response_to(&req, 200, "OK", None);
+            self.ok_headers(call, &mut resp, now, Some(&sdp));
+            set_body(&mut resp, "application/sdp", sdp);
+            self.respond_pending(now, call, key, resp);
+            return Ok(());
+        }
         self.take_pending_reinvite(call)?;
         self.invite_response(now, call, 200, "OK", Some(sdp), false)
     }
@@ -1043,9 +1411,60 @@ impl Endpoint {
         reason: &str,
         warning: Option<&str>,
     ) -> Result<(), CommandError> {
+        if let Some((key, req)) = self.take_pending_update(call) {
+            let mut resp = response_to(&req, code, reason, None);
+            if let Some(w) = warning {
+                push_header(&mut resp, "Warning", &self.warning(w));
+            }
+            push_header(&mut resp, "Server", &self.cfg.user_agent);
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.timer_offer = None;
+            }
+            self.respond_pending(now, call, key, resp);
+            return Ok(());
+        }
         self.take_pending_reinvite(call)?;
         self.final_invite_response(now, call, code, reason, warning);
         Ok(())
+    }
+
+    /// Claims the call's pending UPDATE offer, if there is one.
+    fn take_pending_update(&mut self, call: CallHandle) -> Option<(TxKey, Box<Request>)> {
+        self.calls.get_mut(&call)?.update_pending.take()
+    }
+
+    /// Sends the final response to a pending UPDATE on its transaction.
+    fn respond_pending(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        key: TxKey,
+        resp: rsipstack::sip::Response,
+    ) {
+        let Some(peer) = self.calls.get(&call).map(|c| c.dialog.peer) else {
+            return;
+        };
+        let code = resp.status_code.code();
+        let bytes = encode_response(&resp);
+        if let Some(ServerTx::NonInvite(tx)) = self.server_txs.get_mut(&key) {
+            tx.respond(now, code, bytes.clone());
+        }
+        self.send(peer, bytes);
+        let terminated = match self.server_txs.get(&key) {
+            Some(ServerTx::NonInvite(tx)) => tx.is_terminated(),
+            _ => false,
+        };
+        if terminated {
+            self.server_txs.remove(&key);
+        } else {
+            self.rearm(TimerOwner::Server(key));
+        }
+    }
+
+    /// Our Warning header value (code 399, our host, the text made safe for quotes).
+    fn warning(&self, w: &str) -> String {
+        let w = w.replace(['"', '\r', '\n'], "'");
+        format!("399 {} \"{w}\"", self.cfg.local_addr.ip())
     }
 
     /// Claims the call's pending re-INVITE for the final answer about to be sent.
@@ -1069,7 +1488,7 @@ impl Endpoint {
             CallPhase::Terminating => Ok(()),
             CallPhase::Answered | CallPhase::Confirmed => {
                 self.send_bye(now, call);
-                self.end_call(call, EndReason::LocalBye);
+                self.end_call(now, call, EndReason::LocalBye);
                 Ok(())
             }
         }
@@ -1195,12 +1614,15 @@ impl Endpoint {
         let local_tag = c.dialog.id.local_tag.clone();
         let peer = c.dialog.peer;
         let contact = self.contact(peer);
-        let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
+        let Some(ServerTx::Invite { request, .. }) = self.server_txs.get(&key) else {
             return Err(CommandError::WrongState);
         };
         let Some(req) = request.as_deref() else {
             return Err(CommandError::WrongState);
         };
+        // The ACK repeats the INVITE's CSeq; in-dialog requests since (an UPDATE in the
+        // early dialog) may have raised the peer's latest.
+        let invite_cseq = req.cseq_header().ok().and_then(|c| c.seq().ok());
         let mut resp = response_to(req, code, reason, Some(&local_tag));
         for h in req.headers.iter() {
             if let rsipstack::sip::Header::RecordRoute(_) = h {
@@ -1210,9 +1632,23 @@ impl Endpoint {
         push_header(&mut resp, "Allow", ALLOW);
         push_header(&mut resp, "Contact", &contact);
         push_header(&mut resp, "Server", &self.cfg.user_agent);
+        if (200..300).contains(&code) {
+            if let Some(c) = self.calls.get_mut(&call) {
+                if let Some(sdp) = &sdp {
+                    c.local_sdp = sdp.clone();
+                }
+                if let Some(n) = c.start_timer(now) {
+                    timer_headers(&mut resp, &n);
+                }
+            }
+            self.arm_session(call);
+        }
         if let Some(sdp) = sdp {
             set_body(&mut resp, "application/sdp", sdp);
         }
+        let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
+            return Err(CommandError::WrongState);
+        };
         let bytes = encode_response(&resp);
         tx.respond(now, code, bytes.clone());
         if code >= 200 {
@@ -1221,8 +1657,7 @@ impl Endpoint {
         self.send(peer, bytes);
         if code >= 200 {
             if let Some(c) = self.calls.get_mut(&call) {
-                // The peer's latest CSeq is the INVITE being answered.
-                c.awaiting_ack = Some(c.dialog.remote_cseq);
+                c.awaiting_ack = Some(invite_cseq.unwrap_or(c.dialog.remote_cseq));
             }
         }
         self.rearm(TimerOwner::Server(key));
@@ -1243,9 +1678,10 @@ impl Endpoint {
         let Some(key) = c.invite_tx.take() else {
             return;
         };
+        c.timer_offer = None;
         let local_tag = c.dialog.id.local_tag.clone();
         let peer = c.dialog.peer;
-        let host = self.cfg.local_addr.ip();
+        let warning = warning.map(|w| self.warning(w));
         let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
             return;
         };
@@ -1254,8 +1690,7 @@ impl Endpoint {
         };
         let mut resp = response_to(&req, code, reason, Some(&local_tag));
         if let Some(w) = warning {
-            let w = w.replace(['"', '\r', '\n'], "'");
-            push_header(&mut resp, "Warning", &format!("399 {host} \"{w}\""));
+            push_header(&mut resp, "Warning", &w);
         }
         push_header(&mut resp, "Server", &self.cfg.user_agent);
         let bytes = encode_response(&resp);
@@ -1265,20 +1700,25 @@ impl Endpoint {
     }
 
     /// Reports the end and forgets the dialog, unless a BYE of ours is still in flight.
-    fn end_call(&mut self, call: CallHandle, reason: EndReason) {
+    fn end_call(&mut self, now: Instant, call: CallHandle, reason: EndReason) {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
         let already = std::mem::replace(&mut c.ended, true);
         if c.phase != CallPhase::Terminating {
-            self.forget_call(call);
+            self.forget_call(now, call);
         }
         if !already {
             self.events.push_back(Event::Ended { call, reason });
         }
     }
 
-    fn forget_call(&mut self, call: CallHandle) {
+    fn forget_call(&mut self, now: Instant, call: CallHandle) {
+        // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
+        if let Some((key, req)) = self.take_pending_update(call) {
+            let resp = response_to(&req, 487, "Request Terminated", None);
+            self.respond_pending(now, call, key, resp);
+        }
         if let Some(c) = self.calls.remove(&call) {
             self.dialogs.remove(&c.dialog.id);
         }
@@ -1315,9 +1755,36 @@ fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
     (!acceptable && !accept.trim().is_empty()).then_some((406, "Not Acceptable"))
 }
 
-/// We implement no SIP extension a peer may require (RFC 3261 §8.2.2.3).
+/// Required extensions other than `timer`, the only one we implement (RFC 3261 §8.2.2.3).
 fn unsupported_requirement(req: &Request) -> Option<String> {
-    let v = super::message::header_value(&req.headers, "Require")?;
-    let v = v.trim();
-    (!v.is_empty()).then(|| v.to_string())
+    let tags: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|h| super::message::canonical_name(h.name()).eq_ignore_ascii_case("Require"))
+        .flat_map(|h| h.value().split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+        .collect();
+    (!tags.is_empty()).then(|| tags.join(", "))
+}
+
+/// The peer's Allow lists UPDATE.
+fn allows_update(req: &Request) -> bool {
+    has_option_tag(&req.headers, "Allow", "UPDATE")
+}
+
+/// 422 Session Interval Too Small with our minimum (RFC 4028 §9).
+fn too_small(req: &Request, min: u32, to_tag: Option<&str>) -> rsipstack::sip::Response {
+    let mut resp = response_to(req, 422, "Session Interval Too Small", to_tag);
+    push_header(&mut resp, "Min-SE", &min.to_string());
+    resp
+}
+
+/// The session timer headers of our 2xx to the peer's INVITE or UPDATE (RFC 4028 §9).
+fn timer_headers(resp: &mut rsipstack::sip::Response, n: &Negotiated) {
+    push_header(resp, "Session-Expires", &n.session_expires());
+    push_header(resp, "Supported", "timer");
+    if n.peer_supports {
+        push_header(resp, "Require", "timer");
+    }
 }

@@ -453,6 +453,7 @@ pub fn canonical_name(name: &str) -> &str {
         "r" | "R" => "Refer-To",
         "o" | "O" => "Event",
         "u" | "U" => "Allow-Events",
+        "x" | "X" => "Session-Expires",
         _ => name,
     }
 }

@@ -8,5 +8,6 @@ pub mod endpoint;
 pub mod framing;
 pub mod message;
 pub mod refer;
+pub mod session_timer;
 pub mod transaction;
 pub mod transport;

@@ -265,6 +265,7 @@ fn dispatch(
         }
         Event::Confirmed { call, .. }
         | Event::ReInvite { call, .. }
+        | Event::Update { call, .. }
         | Event::ReInviteAnswered { call, .. }
         | Event::Info { call, .. }
         | Event::ReferAnswered { call, .. }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod rtp;
+pub mod server;
 pub mod uac;
 
 /// Seconds of the built-in message flow's greeting (welcome, record-after-tone, beep).

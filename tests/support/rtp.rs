@@ -29,6 +29,14 @@ pub fn tone_power(pcm: &[i16], freq: f64) -> f64 {
     switchboard::media::level::tone_share(pcm, freq, 8000.0)
 }
 
+/// The highest share of `freq` in any 200 ms stretch of `pcm`: whether a tone came through
+/// somewhere after the jitter buffer's delay.
+pub fn peak_tone_power(pcm: &[i16], freq: f64) -> f64 {
+    pcm.chunks(160 * 10)
+        .map(|c| tone_power(c, freq))
+        .fold(0.0, f64::max)
+}
+
 impl RtpPeer {
     /// Sends `digits` as RFC 4733 telephone-events (payload type 101), paced in real time.
     pub async fn send_dtmf(&mut self, to: SocketAddr, digits: &str) {

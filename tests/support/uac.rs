@@ -46,6 +46,8 @@ pub struct Uac {
     pub invite_headers: String,
     /// The status to answer a request method with, when not 200.
     pub reply_codes: Vec<(String, u16)>,
+    /// Extra header lines (name, value) for our answers to a request method.
+    pub reply_headers: Vec<(String, String, String)>,
 }
 
 impl Uac {
@@ -72,6 +74,7 @@ impl Uac {
             acks_sent: 0,
             invite_headers: String::new(),
             reply_codes: Vec::new(),
+            reply_headers: Vec::new(),
         }
     }
 
@@ -266,7 +269,10 @@ Contact: <sip:tester@{local}>\r\n",
                     202 => "Accepted",
                     _ => "Refused",
                 };
-                let resp = switchboard::sip::message::response_to(&r.req, code, reason, None);
+                let mut resp = switchboard::sip::message::response_to(&r.req, code, reason, None);
+                for (_, name, value) in self.reply_headers.iter().filter(|h| h.0 == method) {
+                    switchboard::sip::message::push_header(&mut resp, name, value);
+                }
                 self.outbox
                     .push_back(switchboard::sip::message::encode_response(&resp));
             }

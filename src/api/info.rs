@@ -1,0 +1,121 @@
+//! `GET /api/info` (open to all: what the console needs before it has a token) and
+//! `GET /api/stats` (the live numbers of `/metrics` as one JSON object).
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{prometheus, ApiState, ErrorBody};
+
+/// How requests authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No token: the server listens on loopback without one.
+    None,
+    /// `Authorization: Bearer TOKEN`.
+    Token,
+}
+
+/// Answer of `GET /api/info`: the server's name and version and whether a token is needed,
+/// nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ServerInfo {
+    /// Always `switchboard`.
+    pub name: &'static str,
+    /// The server's version.
+    pub version: &'static str,
+    /// Whether requests need a bearer token.
+    pub auth: AuthMode,
+}
+
+/// Tells a client whether it needs a token; needs none itself.
+#[utoipa::path(
+    get,
+    path = "/api/info",
+    tag = "server",
+    security(()),
+    responses((status = 200, description = "Name, version, authentication", body = ServerInfo))
+)]
+pub(crate) async fn info(State(state): State<ApiState>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        name: "switchboard",
+        version: env!("CARGO_PKG_VERSION"),
+        auth: if state.token.is_some() {
+            AuthMode::Token
+        } else {
+            AuthMode::None
+        },
+    })
+}
+
+/// Answer of `GET /api/stats`: what is live now and the media workers' counters, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Stats {
+    /// Live calls.
+    pub calls: u64,
+    /// Media legs owned by the workers.
+    pub legs: u64,
+    /// Live conference rooms.
+    pub rooms: u64,
+    /// Members of all live rooms.
+    pub room_members: u64,
+    /// Media workers.
+    pub workers: u64,
+    /// Media ticks run, ever.
+    pub ticks: u64,
+    /// Ticks that started late, ever.
+    pub late_ticks: u64,
+    /// Frames skipped after a worker fell behind, ever.
+    pub skipped_ticks: u64,
+    /// RTP packets accepted, ever.
+    pub rtp_packets_in: u64,
+    /// RTP packets sent, ever.
+    pub rtp_packets_out: u64,
+    /// Audio frames concealed after loss or lateness, ever.
+    pub frames_concealed: u64,
+    /// Concealed frames as a percentage of frames received or concealed (0 without media).
+    pub rtp_loss_percent: f64,
+}
+
+/// The live numbers of `/metrics`, as JSON.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "metrics",
+    responses(
+        (status = 200, description = "Live counts and media counters", body = Stats),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stats(State(state): State<ApiState>) -> Json<Stats> {
+    let g = prometheus::gauges(&state);
+    let mut s = Stats {
+        calls: g.active_calls,
+        rooms: g.rooms,
+        room_members: g.room_members,
+        workers: g.workers.len() as u64,
+        ..Stats::default()
+    };
+    for w in &g.workers {
+        s.legs += w.legs;
+        s.ticks += w.ticks;
+        s.late_ticks += w.late_ticks;
+        s.skipped_ticks += w.skipped_ticks;
+        for &(name, _, v) in &w.extra_counters {
+            match name {
+                "rtp_packets_in" => s.rtp_packets_in += v,
+                "rtp_packets_out" => s.rtp_packets_out += v,
+                "frames_concealed" => s.frames_concealed += v,
+                _ => {}
+            }
+        }
+    }
+    let frames = s.rtp_packets_in + s.frames_concealed;
+    if frames > 0 {
+        s.rtp_loss_percent =
+            (s.frames_concealed as f64 * 100.0 / frames as f64 * 100.0).round() / 100.0;
+    }
+    Json(s)
+}

@@ -1,0 +1,259 @@
+//! The real server started in-process on 127.0.0.1 port 0, and a SIP caller driven over real
+//! UDP or TCP sockets against it.
+
+use std::time::{Duration, Instant};
+
+use super::uac::{offer, Uac, UacState};
+use switchboard::sip::framing::StreamFramer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub struct Server {
+    pub sip: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start(max_call_secs: u64, rtp: (u16, u16)) -> Server {
+    start_with(rtp, |cfg| cfg.sip.max_call_secs = max_call_secs).await
+}
+
+pub async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Config)) -> Server {
+    let mut cfg = switchboard::Config::embedded().unwrap();
+    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.rtp.port_min = rtp.0;
+    cfg.rtp.port_max = rtp.1;
+    // No CDR files in the working directory; a test that wants them sets a folder.
+    cfg.cdr.dir = std::path::PathBuf::new();
+    tweak(&mut cfg);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = switchboard::run_with_ready(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send((r.sip, r.http));
+            },
+        )
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+    });
+    let (sip, http) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("ready in time")
+        .expect("ready");
+    Server {
+        sip,
+        http,
+        stop: Some(stop_tx),
+        task,
+    }
+}
+
+impl Server {
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+    }
+}
+
+/// Carries the caller's messages over one socket until `done` holds; bounded in time.
+pub enum Wire {
+    Udp(UdpSocket),
+    Tcp(TcpStream, StreamFramer),
+}
+
+impl Wire {
+    /// Sends whatever the caller has queued (e.g. our 200 for the server's BYE) before the
+    /// socket is dropped.
+    pub async fn flush(&mut self, uac: &mut Uac) {
+        self.drive(uac, Duration::ZERO, |_| false).await;
+    }
+
+    pub async fn drive(
+        &mut self,
+        uac: &mut Uac,
+        limit: Duration,
+        done: impl Fn(&Uac) -> bool,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            while let Some(m) = uac.outbox.pop_front() {
+                match self {
+                    Wire::Udp(s) => {
+                        s.send_to(&m, uac.server).await.unwrap();
+                    }
+                    Wire::Tcp(s, _) => s.write_all(&m).await.unwrap(),
+                }
+            }
+            if done(uac) {
+                return true;
+            }
+            let wake = uac
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(until)
+                .min(until);
+            let got = match self {
+                Wire::Udp(s) => tokio::select! {
+                    r = s.recv_from(&mut buf) => Some(vec![buf[..r.unwrap().0].to_vec()]),
+                    _ = tokio::time::sleep_until(wake) => None,
+                },
+                Wire::Tcp(s, framer) => tokio::select! {
+                    r = s.read(&mut buf) => {
+                        let n = r.unwrap();
+                        assert!(n > 0, "server closed the connection");
+                        framer.push(&buf[..n]);
+                        Some(std::iter::from_fn(|| framer.next_message().unwrap()).collect())
+                    }
+                    _ = tokio::time::sleep_until(wake) => None,
+                },
+            };
+            let now = Instant::now();
+            for m in got.unwrap_or_default() {
+                uac.handle(now, &m);
+            }
+            uac.handle_timeout(now);
+            if tokio::time::Instant::now() >= until {
+                return done(uac);
+            }
+        }
+    }
+}
+
+pub async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
+    if tcp {
+        let s = TcpStream::connect(server).await.unwrap();
+        let local = s.local_addr().unwrap();
+        (
+            Wire::Tcp(s, StreamFramer::new(65535)),
+            Uac::new(local, server, true),
+        )
+    } else {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = s.local_addr().unwrap();
+        (Wire::Udp(s), Uac::new(local, server, false))
+    }
+}
+
+/// Calls `echo` and expects the server, not the caller, to end the call with a BYE no sooner
+/// than about a second later (the configured limit under test).
+pub async fn expect_server_bye(w: &mut Wire, uac: &mut Uac, why: &str) {
+    uac.invite(
+        Instant::now(),
+        "echo",
+        &offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    let t0 = Instant::now();
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u.state
+            == UacState::Terminated)
+            .await,
+        "{why}"
+    );
+    assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    w.flush(uac).await;
+}
+
+/// The caller hangs up; the server must answer the BYE with 200.
+pub async fn hang_up(w: &mut Wire, uac: &mut Uac) {
+    uac.request(Instant::now(), "BYE", "", b"");
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("BYE".into(), 200)))
+            .await,
+        "no 200 for the caller's BYE"
+    );
+}
+
+/// Places a call to `user` offering media on `rtp_port` and waits until it is answered.
+pub async fn call(w: &mut Wire, uac: &mut Uac, user: &str, rtp_port: u16) {
+    call_offering(w, uac, user, &offer("127.0.0.1", rtp_port, "sendrecv")).await;
+}
+
+/// Places a call to `user` with the SDP offer `sdp` and waits until it is answered.
+pub async fn call_offering(w: &mut Wire, uac: &mut Uac, user: &str, sdp: &[u8]) {
+    uac.invite(Instant::now(), user, sdp);
+    assert!(
+        w.drive(uac, Duration::from_secs(5), |u| u.state
+            == UacState::Confirmed)
+            .await,
+        "the call to {user} was not answered"
+    );
+}
+
+pub fn answered_port(uac: &Uac) -> u16 {
+    let sdp = String::from_utf8(uac.answer.clone().expect("an SDP answer")).unwrap();
+    let m = sdp
+        .lines()
+        .find(|l| l.starts_with("m=audio "))
+        .expect("m=audio");
+    m.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A minimal HTTP/1.1 GET over loopback: status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    http_request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body over loopback: status and body.
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
