@@ -123,6 +123,11 @@ impl WorkerSample {
                 s.packets_out.load(Relaxed),
             ),
             (
+                "rtp_packets_lost",
+                "RTP packets lost: expected from their sequence numbers, never received.",
+                s.packets_lost.load(Relaxed),
+            ),
+            (
                 "frames_concealed",
                 "Audio frames concealed after loss or lateness (jitter buffer).",
                 s.frames_concealed.load(Relaxed),

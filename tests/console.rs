@@ -377,7 +377,8 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
         worker.legs.store(3, Relaxed);
         worker.late_ticks.store(4, Relaxed);
         worker.packets_in.store(970, Relaxed);
-        worker.frames_concealed.store(30, Relaxed);
+        worker.frames_concealed.store(45, Relaxed);
+        worker.packets_lost.store(30, Relaxed);
     }
     let index = Arc::new(RecordingIndex::load(&rec_dir).unwrap());
     let app = router(

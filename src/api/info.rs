@@ -75,7 +75,9 @@ pub struct Stats {
     pub rtp_packets_out: u64,
     /// Audio frames concealed after loss or lateness, ever.
     pub frames_concealed: u64,
-    /// Concealed frames as a percentage of frames received or concealed (0 without media).
+    /// RTP packets lost (expected from their sequence numbers, never received), ever.
+    pub rtp_packets_lost: u64,
+    /// Lost packets as a percentage of packets expected, received or lost (0 without media).
     pub rtp_loss_percent: f64,
 }
 
@@ -108,14 +110,15 @@ pub(crate) async fn stats(State(state): State<ApiState>) -> Json<Stats> {
                 "rtp_packets_in" => s.rtp_packets_in += v,
                 "rtp_packets_out" => s.rtp_packets_out += v,
                 "frames_concealed" => s.frames_concealed += v,
+                "rtp_packets_lost" => s.rtp_packets_lost += v,
                 _ => {}
             }
         }
     }
-    let frames = s.rtp_packets_in + s.frames_concealed;
-    if frames > 0 {
+    let expected = s.rtp_packets_in + s.rtp_packets_lost;
+    if expected > 0 {
         s.rtp_loss_percent =
-            (s.frames_concealed as f64 * 100.0 / frames as f64 * 100.0).round() / 100.0;
+            (s.rtp_packets_lost as f64 * 100.0 / expected as f64 * 100.0).round() / 100.0;
     }
     Json(s)
 }

@@ -753,7 +753,8 @@ async fn stats_match_the_live_state_and_the_workers() {
     workers[0].packets_in.store(900, Relaxed);
     workers[1].packets_in.store(90, Relaxed);
     workers[0].packets_out.store(1000, Relaxed);
-    workers[1].frames_concealed.store(10, Relaxed);
+    workers[1].frames_concealed.store(12, Relaxed);
+    workers[1].packets_lost.store(10, Relaxed);
     let app = router(
         ApiState::new(index, Some(TOKEN.into()))
             .with_calls(calls.clone())
@@ -778,8 +779,8 @@ async fn stats_match_the_live_state_and_the_workers() {
         serde_json::json!({
             "calls": 1, "legs": 3, "rooms": 2, "room_members": 2, "workers": 2,
             "ticks": 1500, "late_ticks": 7, "skipped_ticks": 0,
-            "rtp_packets_in": 990, "rtp_packets_out": 1000, "frames_concealed": 10,
-            "rtp_loss_percent": 1.0,
+            "rtp_packets_in": 990, "rtp_packets_out": 1000, "frames_concealed": 12,
+            "rtp_packets_lost": 10, "rtp_loss_percent": 1.0,
         })
     );
     let _ = std::fs::remove_dir_all(base);

@@ -272,6 +272,8 @@ pub struct LegStats {
     pub frames_concealed: u64,
     /// Datagrams dropped (not RTP, rejected by the session, undecodable).
     pub dropped: u64,
+    /// RTP packets lost: expected from the sequence numbers but never received.
+    pub packets_lost: u64,
 }
 
 /// A snapshot of a leg's receive, jitter and RTCP statistics.
@@ -405,7 +407,10 @@ impl Leg {
 
     /// Counters.
     pub fn stats(&self) -> LegStats {
-        self.stats
+        LegStats {
+            packets_lost: self.recv.stats().lost.max(0) as u64,
+            ..self.stats
+        }
     }
 
     /// Receive, jitter buffer and RTCP statistics.
@@ -1182,6 +1187,21 @@ mod tests {
         );
         assert_eq!(l.stats().frames_decoded, 50);
         assert_eq!(l.stats().packets_out, 60);
+    }
+
+    #[test]
+    fn packets_missing_from_the_sequence_are_counted_lost() {
+        let t0 = Instant::now();
+        let mut l = leg(t0);
+        let mut input = packets(&generate("1000/1000@-10", 1000), 100);
+        // Five packets never arrive (a gap in the sequence numbers), and a tick hears nothing.
+        for p in input.iter_mut().skip(20).take(5) {
+            p.clear();
+        }
+        run(&mut l, t0, &input, 50);
+        let stats = l.stats();
+        assert_eq!(stats.packets_in, 45);
+        assert_eq!(stats.packets_lost, 5);
     }
 
     #[test]

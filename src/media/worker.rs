@@ -65,6 +65,8 @@ pub struct WorkerStats {
     pub packets_out: AtomicU64,
     /// Frames concealed (lost or late) by this worker's legs, ever.
     pub frames_concealed: AtomicU64,
+    /// RTP packets lost (expected from sequence numbers, never received) on this worker's legs, ever.
+    pub packets_lost: AtomicU64,
     /// Conference rooms owned now.
     pub rooms: AtomicUsize,
     /// Members of those rooms now.
@@ -670,6 +672,10 @@ impl Worker {
             live.frames_concealed + self.retired.frames_concealed,
             Ordering::Relaxed,
         );
+        stats.packets_lost.store(
+            live.packets_lost + self.retired.packets_lost,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -679,6 +685,7 @@ fn add_stats(total: &mut LegStats, s: LegStats) {
     total.frames_concealed += s.frames_concealed;
     total.frames_decoded += s.frames_decoded;
     total.dropped += s.dropped;
+    total.packets_lost += s.packets_lost;
 }
 
 fn send_on(sockets: &LegSockets, port: Port, to: SocketAddr, bytes: &[u8]) {
