@@ -211,6 +211,11 @@ fn linphone_late_offer_echo() {
     std::thread::sleep(LISTEN);
     phone.hangup();
     b.ended(&call);
+    assert!(
+        b.server.log_text().contains("answer in ACK accepted"),
+        "the call was not a late offer\n{}",
+        b.server.log_text()
+    );
     // Its tone came back: audio flowed to the server and from it.
     measure(tail(&phone.heard()), &[1200])
         .assert_tone(1200, "linphone (late offer) heard its echo");
@@ -348,7 +353,18 @@ fn baresip_hold_and_resume_keep_the_call_and_its_audio() {
         .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
     assert_eq!(b.ended(&call)["reason"], "caller_bye");
     // The server's recording of what it received: the tone is back after the resume.
+    // The server's recording of what it received: the tone, silence while held (so the
+    // hold took effect), then the tone again after the resume.
     let audio = b.recording(&id);
+    let levels: Vec<f64> = audio
+        .chunks_exact(1600)
+        .map(switchboard::media::level::rms_dbfs)
+        .collect();
+    let held = levels.iter().position(|&db| db < -50.0);
+    assert!(
+        held.is_some_and(|i| i > 0 && levels[i..].iter().any(|&db| db > -20.0)),
+        "no silence between tone before the hold and tone after it: {levels:.0?}"
+    );
     measure(tail(&audio), &[950]).assert_tone(950, "the recording after resume");
 }
 
@@ -415,6 +431,7 @@ fn stale_rtp_of_a_dead_caller_reaches_no_one() {
     listener.call("conf-crash");
     let listener_call = b.answered("conf-crash");
     b.joined("crash", &listener_call);
+    let listener_port = listener.server_rtp_port();
 
     let dead_rtp = phones::free_port_pair();
     let mut dead = Baresip::start(
@@ -453,11 +470,9 @@ fn stale_rtp_of_a_dead_caller_reaches_no_one() {
     new.call("conf-crash");
     let new_call = b.answered("conf-crash");
     b.joined("crash", &new_call);
-    assert_eq!(
-        new.server_rtp_port(),
-        port,
-        "the new call must get the dead call's RTP port for this test to mean anything"
-    );
+    // The listener holds the other pair, so the new call has the dead call's port. (The new
+    // phone cannot tell: while the server sends to the stale address it receives nothing.)
+    assert_ne!(listener_port, port);
     std::thread::sleep(LISTEN);
     new.hangup();
     listener.hangup();
@@ -466,10 +481,12 @@ fn stale_rtp_of_a_dead_caller_reaches_no_one() {
 
     let freqs = [listener_hz, stale_hz, new_hz];
     let room = measure(window(&listener.heard(), -2200, -600), &freqs);
-    room.assert_without(stale_hz, "the room hears the stale stream");
-    room.assert_tone(new_hz, "the room hears the new caller");
     let caller = measure(tail(&new.heard()), &freqs);
+    // Both sides are measured before either is judged, so a failure shows the whole picture.
+    eprintln!("the room heard: {room}\nthe new caller heard: {caller}");
+    room.assert_without(stale_hz, "the room hears the stale stream");
     caller.assert_without(stale_hz, "the new caller hears the stale stream");
+    room.assert_tone(new_hz, "the room hears the new caller");
     caller.assert_tone(listener_hz, "the new caller hears the room");
 }
 

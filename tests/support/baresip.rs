@@ -229,18 +229,17 @@ impl Baresip {
         crate::phones::read_wav(last)
     }
 
-    /// The server's RTP port of the current call, as baresip logged it.
+    /// The server's RTP port of the current call, as baresip logs it on the first packet
+    /// it receives.
     pub fn server_rtp_port(&self) -> u16 {
-        let log = std::fs::read_to_string(&self.client.log).unwrap_or_default();
-        log.rsplit("receiving from 127.0.0.1:")
-            .next()
-            .and_then(|rest| {
-                rest.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no RTP source logged\n{}", self.client.log_text()))
+        wait_for("baresip's first RTP packet", EVENT_TIMEOUT, || {
+            let log = std::fs::read_to_string(&self.client.log).ok()?;
+            let (_, rest) = log.rsplit_once("receiving from 127.0.0.1:")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 
     /// SIGKILLs baresip: it sends nothing more, not even a BYE.

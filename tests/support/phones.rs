@@ -135,7 +135,13 @@ impl std::fmt::Display for Heard {
 /// Level and tone shares of `pcm`, over blocks of 200 ms (the median block, so one join
 /// beep or a lost packet does not decide).
 pub fn measure(pcm: &[i16], freqs: &[u32]) -> Heard {
-    assert!(pcm.len() >= 1600, "only {} samples to measure", pcm.len());
+    if pcm.len() < 1600 {
+        // Less than one block heard: nothing to measure, which is silence.
+        return Heard {
+            dbfs: f64::NEG_INFINITY,
+            shares: freqs.iter().map(|&f| (f, 0.0)).collect(),
+        };
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -171,6 +177,7 @@ impl Heard {
 
     /// Panics unless this is mostly `freq` at about the level sent (-10 dBm0 ≈ -13 dBFS).
     pub fn assert_tone(&self, freq: u32, what: &str) {
+        eprintln!("{what}: {self}");
         assert!(
             self.share(freq) > 0.8 && (-20.0..-9.0).contains(&self.dbfs),
             "{what}: expected the {freq} Hz tone at about -13 dBFS, heard {self}"
@@ -179,6 +186,7 @@ impl Heard {
 
     /// Panics if `freq` is audible (above 5% of the energy, at a level above -50 dBFS).
     pub fn assert_without(&self, freq: u32, what: &str) {
+        eprintln!("{what}: {self}");
         assert!(
             self.share(freq) < 0.05 || self.dbfs < -50.0,
             "{what}: {freq} Hz must not be heard, heard {self}"
@@ -274,6 +282,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// The server's event stream (`/api/events`), read by a thread into a channel.
 pub struct Events {
     rx: mpsc::Receiver<Value>,
+    /// Events received and not yet taken by a wait, oldest first.
+    pending: Vec<Value>,
     /// Every event seen so far, for failure messages and later questions.
     pub seen: Vec<Value>,
 }
@@ -358,6 +368,7 @@ impl Events {
             .expect("event stream sent no `: connected`");
         Events {
             rx,
+            pending: Vec::new(),
             seen: Vec::new(),
         }
     }
@@ -379,21 +390,27 @@ impl Events {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Option<Value> {
+        let matches = |ev: &Value| ev["type"] == kind && pred(ev);
+        if let Some(i) = self.pending.iter().position(matches) {
+            return Some(self.pending.remove(i));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let ev = self.rx.recv_timeout(left).ok()?;
             self.seen.push(ev.clone());
-            if ev["type"] == kind && pred(&ev) {
+            if matches(&ev) {
                 return Some(ev);
             }
+            self.pending.push(ev);
         }
     }
 
     /// Events that have arrived by now, without waiting.
     pub fn drain(&mut self) -> &[Value] {
         while let Ok(ev) = self.rx.try_recv() {
-            self.seen.push(ev);
+            self.seen.push(ev.clone());
+            self.pending.push(ev);
         }
         &self.seen
     }
