@@ -24,6 +24,9 @@ pub struct Options {
     pub tcp: bool,
     /// Its own RTP port (and RTCP on the next), instead of any free one.
     pub rtp_port: Option<u16>,
+    /// Milliseconds of audio per packet it asks for (`a=ptime`) and sends; baresip's 20 if
+    /// None.
+    pub ptime: Option<u32>,
 }
 
 impl Options {
@@ -32,6 +35,7 @@ impl Options {
             tone_hz,
             tcp: false,
             rtp_port: None,
+            ptime: None,
         }
     }
 }
@@ -80,10 +84,13 @@ impl Baresip {
         );
         std::fs::write(dir.join("config"), config).unwrap();
         let transport = if options.tcp { ";transport=tcp" } else { "" };
+        let ptime = options
+            .ptime
+            .map_or(String::new(), |ms| format!(";ptime={ms}"));
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma\n",
+                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}\n",
                 server.port()
             ),
         )

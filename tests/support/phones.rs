@@ -256,6 +256,11 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        // The client first: killing `timeout` alone would leave it running, unbounded.
+        if let Some(pid) = self.program_pid() {
+            // SAFETY: kill(2) on a process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
