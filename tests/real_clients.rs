@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use baresip::{Baresip, Options};
 use common::{http, Server, ServerOptions};
 use linphone::Linphone;
-use phones::{measure, read_wav_bytes, window, Events};
+use phones::{measure, read_wav_bytes, window, Events, Phone};
 use serde_json::Value;
 
 /// Bound on waiting for any one server event.
@@ -92,6 +92,33 @@ impl Bench {
         })
     }
 
+    /// Calls the echo service, runs `during` once it answered, lets the echo run, hangs up,
+    /// and checks that the phone heard its own `hz` tone back. Returns the call_ended event.
+    fn echo(&mut self, phone: &mut impl Phone, hz: u32, during: impl FnOnce(&mut Bench)) -> Value {
+        phone.dial("echo");
+        let call = self.answered("echo");
+        during(self);
+        std::thread::sleep(LISTEN);
+        phone.hang_up();
+        let ended = self.ended(&call);
+        measure(tail(&phone.heard()), &[hz]).assert_tone(hz, "the echo");
+        ended
+    }
+
+    /// Calls the answering machine; returns the call's Call-ID and the recording's id once
+    /// the recording has started (after the greeting).
+    fn leave_message(&mut self, phone: &mut Baresip) -> (String, String) {
+        phone.call("message");
+        let call = self.answered("message");
+        let started = self.events.wait(
+            "recording_started",
+            EVENT_WAIT + Duration::from_secs(10),
+            |e| e["call_id"] == call.as_str(),
+        );
+        let id = started["id"].as_str().unwrap_or_default().to_string();
+        (call, id)
+    }
+
     /// The recording `id` as served by the API, decoded.
     fn recording(&self, id: &str) -> Vec<i16> {
         let body = http_bytes(self.server.http, &format!("/api/recordings/{id}/audio"));
@@ -148,12 +175,8 @@ fn baresip_echo_returns_its_tone() {
         return;
     };
     let mut phone = Baresip::start(b.dir(), "alice", b.sip(), Options::tone(700));
-    phone.call("echo");
-    let call = b.answered("echo");
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    assert_eq!(b.ended(&call)["reason"], "caller_bye");
-    measure(tail(&phone.heard()), &[700]).assert_tone(700, "baresip heard its echo");
+    let ended = b.echo(&mut phone, 700, |_| {});
+    assert_eq!(ended["reason"], "caller_bye");
 }
 
 #[test]
@@ -166,23 +189,19 @@ fn baresip_echo_over_tcp() {
         ..Options::tone(750)
     };
     let mut phone = Baresip::start(b.dir(), "tcp", b.sip(), options);
-    phone.call("echo");
-    let call = b.answered("echo");
-    // The call's signalling is on a TCP connection to the server's SIP port.
-    let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
-    let server_port = format!("0100007F:{:04X}", b.sip().port());
-    assert!(
-        tcp.lines().any(
-            |l| l.split_whitespace().nth(1) == Some(server_port.as_str())
-                && l.split_whitespace().nth(3) == Some("01")
-        ),
-        "no established TCP connection to {}:\n{tcp}",
-        b.sip()
-    );
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    b.ended(&call);
-    measure(tail(&phone.heard()), &[750]).assert_tone(750, "baresip over TCP heard its echo");
+    b.echo(&mut phone, 750, |b| {
+        // The call's signalling is on a TCP connection to the server's SIP port.
+        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+        let server_port = format!("0100007F:{:04X}", b.sip().port());
+        assert!(
+            tcp.lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                fields.get(1) == Some(&server_port.as_str()) && fields.get(3) == Some(&"01")
+            }),
+            "no established TCP connection to {}:\n{tcp}",
+            b.sip()
+        );
+    });
 }
 
 #[test]
@@ -191,12 +210,7 @@ fn linphone_echo_returns_its_tone() {
         return;
     };
     let mut phone = Linphone::start(b.dir(), "lin", b.sip(), 1100, &[], 60);
-    phone.call("echo");
-    let call = b.answered("echo");
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    b.ended(&call);
-    measure(tail(&phone.heard()), &[1100]).assert_tone(1100, "linphone heard its echo");
+    b.echo(&mut phone, 1100, |_| {});
 }
 
 #[test]
@@ -206,19 +220,13 @@ fn linphone_late_offer_echo() {
     };
     // INVITE without SDP: the server offers in its 200, linphone answers in the ACK.
     let mut phone = Linphone::start(b.dir(), "late", b.sip(), 1200, &["sdp_200_ack=1"], 60);
-    phone.call("echo");
-    let call = b.answered("echo");
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    b.ended(&call);
+    // Its tone comes back: audio flowed to the server and from it.
+    b.echo(&mut phone, 1200, |_| {});
     assert!(
         b.server.log_text().contains("answer in ACK accepted"),
         "the call was not a late offer\n{}",
         b.server.log_text()
     );
-    // Its tone came back: audio flowed to the server and from it.
-    measure(tail(&phone.heard()), &[1200])
-        .assert_tone(1200, "linphone (late offer) heard its echo");
 }
 
 #[test]
@@ -297,14 +305,7 @@ fn message_recording_holds_the_phones_tone() {
         return;
     };
     let mut phone = Baresip::start(b.dir(), "rec", b.sip(), Options::tone(900));
-    phone.call("message");
-    let call = b.answered("message");
-    let started = b.events.wait(
-        "recording_started",
-        EVENT_WAIT + Duration::from_secs(10),
-        |e| e["call_id"] == call.as_str(),
-    );
-    let id = started["id"].as_str().unwrap_or_default().to_string();
+    let (call, id) = b.leave_message(&mut phone);
     std::thread::sleep(LISTEN);
     phone.hangup();
     let finished = b
@@ -314,6 +315,7 @@ fn message_recording_holds_the_phones_tone() {
         finished["duration_ms"].as_u64().unwrap_or(0) >= 2000,
         "{finished}"
     );
+    assert_eq!(b.ended(&call)["reason"], "caller_bye");
     let audio = b.recording(&id);
     measure(window(&audio, 200, -200), &[900]).assert_tone(900, "the recording");
 }
@@ -324,14 +326,7 @@ fn baresip_hold_and_resume_keep_the_call_and_its_audio() {
         return;
     };
     let mut phone = Baresip::start(b.dir(), "hold", b.sip(), Options::tone(950));
-    phone.call("message");
-    let call = b.answered("message");
-    let started = b.events.wait(
-        "recording_started",
-        EVENT_WAIT + Duration::from_secs(10),
-        |e| e["call_id"] == call.as_str(),
-    );
-    let id = started["id"].as_str().unwrap_or_default().to_string();
+    let (call, id) = b.leave_message(&mut phone);
     std::thread::sleep(Duration::from_millis(1000));
     // Each re-INVITE is done when its answer's SDP arrives.
     let sdp_or_close = |v: &Value| v["type"] == "CALL_REMOTE_SDP" || v["type"] == "CALL_CLOSED";

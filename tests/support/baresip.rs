@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::phones::{free_port_pair, wait_for, write_tone_wav, Client};
+use crate::phones::{free_port_pair, wait_for, write_tone_wav, Client, Phone};
 
 /// How long a baresip may live: every test ends well before.
 const LIFETIME_SECS: u32 = 90;
@@ -256,6 +256,18 @@ impl Baresip {
 
     pub fn log_text(&self) -> String {
         self.client.log_text()
+    }
+}
+
+impl Phone for Baresip {
+    fn dial(&mut self, user: &str) {
+        self.call(user);
+    }
+    fn hang_up(&mut self) {
+        self.hangup();
+    }
+    fn heard(&self) -> Vec<i16> {
+        Baresip::heard(self)
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::ChildStdin;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::phones::{free_port_pair, write_tone_wav, Client};
+use crate::phones::{free_port_pair, write_tone_wav, Client, Phone};
 
 /// Bound on any one wait for a state line.
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,6 +146,18 @@ impl Linphone {
 
     pub fn log_text(&self) -> String {
         self.client.log_text()
+    }
+}
+
+impl Phone for Linphone {
+    fn dial(&mut self, user: &str) {
+        self.call(user);
+    }
+    fn hang_up(&mut self) {
+        self.hangup();
+    }
+    fn heard(&self) -> Vec<i16> {
+        Linphone::heard(self)
     }
 }
 

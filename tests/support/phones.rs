@@ -194,6 +194,16 @@ impl Heard {
     }
 }
 
+/// What every phone driver does, for tests that do not care which phone it is.
+pub trait Phone {
+    /// Calls `user` on the server; returns once the call is up.
+    fn dial(&mut self, user: &str);
+    /// Hangs up; returns once the phone says the call is over.
+    fn hang_up(&mut self);
+    /// Everything the phone heard in its last call, 8 kHz.
+    fn heard(&self) -> Vec<i16>;
+}
+
 /// A client run under `timeout`, its stdout and stderr in one log file. Killed on drop.
 pub struct Client {
     pub child: Child,
