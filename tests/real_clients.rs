@@ -1,0 +1,516 @@
+//! Real SIP phones from Debian (baresip, linphonec) against the real server binary, each
+//! test in its own loopback-only network namespace. What a phone heard, or what the server
+//! recorded, is decoded and measured: tone frequency and level.
+//!
+//! Needs root (for the namespace), `baresip`, `linphonec` and `ip`; without them the tests
+//! skip with a notice, except with `CI=true`, where they fail.
+
+#[path = "support/baresip.rs"]
+mod baresip;
+mod common;
+#[path = "support/linphone.rs"]
+mod linphone;
+#[path = "support/phones.rs"]
+mod phones;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baresip::{Baresip, Options};
+use common::{http, Server, ServerOptions};
+use linphone::Linphone;
+use phones::{measure, read_wav_bytes, window, Events, Phone};
+use serde_json::Value;
+
+/// Bound on waiting for any one server event.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// How long audio is left to flow before it is measured. Not a synchronisation: the
+/// measurement needs this much audio.
+const LISTEN: Duration = Duration::from_millis(2500);
+
+/// The last stretch of a call's audio that is measured: 1.6 s, ending 200 ms before the
+/// end, so the moments around hang-up are left out.
+fn tail(pcm: &[i16]) -> &[i16] {
+    window(pcm, -1800, -200)
+}
+
+/// A server in a private network namespace, with its event stream open.
+struct Bench {
+    server: Server,
+    events: Events,
+}
+
+impl Bench {
+    /// None (after a notice) when the programs or the namespace are unavailable outside CI.
+    fn new(label: &str, programs: &[&str], options: ServerOptions) -> Option<Bench> {
+        if !phones::have(programs) || !phones::have(&["ip"]) || !phones::isolate_network() {
+            return None;
+        }
+        let server = Server::start_with(label, options);
+        let events = Events::subscribe(server.http);
+        Some(Bench { server, events })
+    }
+
+    fn sip(&self) -> SocketAddr {
+        self.server.sip
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.server.dir()
+    }
+
+    /// The call_answered event of the call to `to` (the dialled user), and its Call-ID.
+    fn answered(&mut self, to: &str) -> String {
+        let started = self
+            .events
+            .wait("call_started", EVENT_WAIT, |e| e["to"] == to);
+        let call_id = started["call_id"].as_str().unwrap_or_default().to_string();
+        self.events.wait("call_answered", EVENT_WAIT, |e| {
+            e["call_id"] == call_id.as_str()
+        });
+        call_id
+    }
+
+    fn ended(&mut self, call_id: &str) -> Value {
+        self.events
+            .wait("call_ended", EVENT_WAIT, |e| e["call_id"] == call_id)
+    }
+
+    fn joined(&mut self, room: &str, call_id: &str) -> Value {
+        self.events.wait("member_joined", EVENT_WAIT, |e| {
+            e["room"] == room && e["call_id"] == call_id
+        })
+    }
+
+    fn dtmf(&mut self, call_id: &str, digit: char) -> Value {
+        self.events.wait("dtmf", EVENT_WAIT, |e| {
+            e["call_id"] == call_id && e["digit"] == digit.to_string().as_str()
+        })
+    }
+
+    /// Calls the echo service, runs `during` once it answered, lets the echo run, hangs up,
+    /// and checks that the phone heard its own `hz` tone back. Returns the call_ended event.
+    fn echo(&mut self, phone: &mut impl Phone, hz: u32, during: impl FnOnce(&mut Bench)) -> Value {
+        phone.dial("echo");
+        let call = self.answered("echo");
+        during(self);
+        std::thread::sleep(LISTEN);
+        phone.hang_up();
+        let ended = self.ended(&call);
+        measure(tail(&phone.heard()), &[hz]).assert_tone(hz, "the echo");
+        ended
+    }
+
+    /// Calls the answering machine; returns the call's Call-ID and the recording's id once
+    /// the recording has started (after the greeting).
+    fn leave_message(&mut self, phone: &mut Baresip) -> (String, String) {
+        phone.call("message");
+        let call = self.answered("message");
+        let started = self.events.wait(
+            "recording_started",
+            EVENT_WAIT + Duration::from_secs(10),
+            |e| e["call_id"] == call.as_str(),
+        );
+        let id = started["id"].as_str().unwrap_or_default().to_string();
+        (call, id)
+    }
+
+    /// The recording `id` as served by the API, decoded.
+    fn recording(&self, id: &str) -> Vec<i16> {
+        let body = http_bytes(self.server.http, &format!("/api/recordings/{id}/audio"));
+        read_wav_bytes(&body, &format!("recording {id}"))
+    }
+
+    /// A counter from `/metrics` (0 when absent).
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let (status, body) = http(self.server.http, "GET", "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// GET `path`, the body as bytes (a 200 is required).
+fn http_bytes(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no HTTP header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    assert!(
+        !head.contains("chunked"),
+        "GET {path}: chunked bodies not handled"
+    );
+    raw[split + 4..].to_vec()
+}
+
+/// Conference tests hear only the members: no join or leave tones, no "you are alone".
+fn quiet_rooms() -> ServerOptions {
+    ServerOptions {
+        config: Some(
+            "[conference]\njoin_sound = \"\"\nleave_sound = \"\"\nalone_prompt = \"\"\n".into(),
+        ),
+        ..ServerOptions::default()
+    }
+}
+
+#[test]
+fn baresip_echo_returns_its_tone() {
+    let Some(mut b) = Bench::new("rc-bs-echo", &["baresip"], ServerOptions::default()) else {
+        return;
+    };
+    let mut phone = Baresip::start(b.dir(), "alice", b.sip(), Options::tone(700));
+    let ended = b.echo(&mut phone, 700, |_| {});
+    assert_eq!(ended["reason"], "caller_bye");
+}
+
+#[test]
+fn baresip_echo_over_tcp() {
+    let Some(mut b) = Bench::new("rc-bs-tcp", &["baresip"], ServerOptions::default()) else {
+        return;
+    };
+    let options = Options {
+        tcp: true,
+        ..Options::tone(750)
+    };
+    let mut phone = Baresip::start(b.dir(), "tcp", b.sip(), options);
+    b.echo(&mut phone, 750, |b| {
+        // The call's signalling is on a TCP connection to the server's SIP port.
+        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+        let server_port = format!("0100007F:{:04X}", b.sip().port());
+        assert!(
+            tcp.lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                fields.get(1) == Some(&server_port.as_str()) && fields.get(3) == Some(&"01")
+            }),
+            "no established TCP connection to {}:\n{tcp}",
+            b.sip()
+        );
+    });
+}
+
+#[test]
+fn linphone_echo_returns_its_tone() {
+    let Some(mut b) = Bench::new("rc-lp-echo", &["linphonec"], ServerOptions::default()) else {
+        return;
+    };
+    let mut phone = Linphone::start(b.dir(), "lin", b.sip(), 1100, &[], 60);
+    b.echo(&mut phone, 1100, |_| {});
+}
+
+#[test]
+fn linphone_late_offer_echo() {
+    let Some(mut b) = Bench::new("rc-lp-late", &["linphonec"], ServerOptions::default()) else {
+        return;
+    };
+    // INVITE without SDP: the server offers in its 200, linphone answers in the ACK.
+    let mut phone = Linphone::start(b.dir(), "late", b.sip(), 1200, &["sdp_200_ack=1"], 60);
+    // Its tone comes back: audio flowed to the server and from it.
+    b.echo(&mut phone, 1200, |_| {});
+    assert!(
+        b.server.log_text().contains("answer in ACK accepted"),
+        "the call was not a late offer\n{}",
+        b.server.log_text()
+    );
+}
+
+#[test]
+fn baresip_walks_the_ivr_with_rfc4733_keys() {
+    let Some(mut b) = Bench::new("rc-bs-ivr", &["baresip"], quiet_rooms()) else {
+        return;
+    };
+    let mut phone = Baresip::start(b.dir(), "keys", b.sip(), Options::tone(700));
+    phone.call("ivr");
+    let call = b.answered("ivr");
+    // 1: conference, then room 42 and #.
+    for key in ['1', '4', '2', '#'] {
+        phone.key(key);
+        let ev = b.dtmf(&call, key);
+        assert_eq!(ev["method"], "rfc4733", "{ev}");
+    }
+    b.joined("42", &call);
+    phone.hangup();
+    b.ended(&call);
+}
+
+#[test]
+fn linphone_walks_the_ivr_with_sip_info() {
+    let Some(mut b) = Bench::new("rc-lp-ivr", &["linphonec"], quiet_rooms()) else {
+        return;
+    };
+    let mut phone = Linphone::start(
+        b.dir(),
+        "info",
+        b.sip(),
+        700,
+        &["use_info=1", "use_rfc2833=0"],
+        60,
+    );
+    phone.call("ivr");
+    let call = b.answered("ivr");
+    for key in ['1', '4', '3', '#'] {
+        phone.send(&key.to_string());
+        let ev = b.dtmf(&call, key);
+        assert_eq!(ev["method"], "info", "{ev}");
+    }
+    b.joined("43", &call);
+    phone.hangup();
+    b.ended(&call);
+}
+
+#[test]
+fn two_phones_in_a_room_hear_each_other_not_themselves() {
+    let Some(mut b) = Bench::new("rc-conf", &["baresip", "linphonec"], quiet_rooms()) else {
+        return;
+    };
+    let (bs_hz, lp_hz) = (600, 1400);
+    let mut bs = Baresip::start(b.dir(), "bs", b.sip(), Options::tone(bs_hz));
+    let mut lp = Linphone::start(b.dir(), "lp", b.sip(), lp_hz, &[], 60);
+    bs.call("conf-duo");
+    let bs_call = b.answered("conf-duo");
+    b.joined("duo", &bs_call);
+    lp.call("conf-duo");
+    let lp_call = b.answered("conf-duo");
+    b.joined("duo", &lp_call);
+    std::thread::sleep(LISTEN);
+    bs.hangup();
+    lp.hangup();
+    let bs_heard = measure(tail(&bs.heard()), &[bs_hz, lp_hz]);
+    bs_heard.assert_tone(lp_hz, "baresip hears linphone");
+    bs_heard.assert_without(bs_hz, "baresip hears itself");
+    // linphone's file goes on after baresip left; its last second is silence.
+    let lp_heard = measure(window(&lp.heard(), -3000, -1200), &[bs_hz, lp_hz]);
+    lp_heard.assert_tone(bs_hz, "linphone hears baresip");
+    lp_heard.assert_without(lp_hz, "linphone hears itself");
+}
+
+#[test]
+fn message_recording_holds_the_phones_tone() {
+    let Some(mut b) = Bench::new("rc-record", &["baresip"], ServerOptions::default()) else {
+        return;
+    };
+    let mut phone = Baresip::start(b.dir(), "rec", b.sip(), Options::tone(900));
+    let (call, id) = b.leave_message(&mut phone);
+    std::thread::sleep(LISTEN);
+    phone.hangup();
+    let finished = b
+        .events
+        .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+    assert!(
+        finished["duration_ms"].as_u64().unwrap_or(0) >= 2000,
+        "{finished}"
+    );
+    assert_eq!(b.ended(&call)["reason"], "caller_bye");
+    let audio = b.recording(&id);
+    measure(window(&audio, 200, -200), &[900]).assert_tone(900, "the recording");
+}
+
+#[test]
+fn baresip_hold_and_resume_keep_the_call_and_its_audio() {
+    let Some(mut b) = Bench::new("rc-hold", &["baresip"], ServerOptions::default()) else {
+        return;
+    };
+    let mut phone = Baresip::start(b.dir(), "hold", b.sip(), Options::tone(950));
+    let (call, id) = b.leave_message(&mut phone);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Each re-INVITE is done when its answer's SDP arrives.
+    let sdp_or_close = |v: &Value| v["type"] == "CALL_REMOTE_SDP" || v["type"] == "CALL_CLOSED";
+    phone.command("hold", "");
+    let ev = phone.wait("the answer to the hold re-INVITE", sdp_or_close);
+    assert_eq!(ev["type"], "CALL_REMOTE_SDP", "hold: {ev}");
+    std::thread::sleep(Duration::from_millis(1500));
+    phone.command("resume", "");
+    let ev = phone.wait("the answer to the resume re-INVITE", sdp_or_close);
+    assert_eq!(ev["type"], "CALL_REMOTE_SDP", "resume: {ev}");
+    std::thread::sleep(LISTEN);
+    assert!(
+        !b.events.drain().iter().any(|e| e["type"] == "call_ended"),
+        "the call ended during hold/resume: {:#?}",
+        b.events.seen
+    );
+    phone.hangup();
+    b.events
+        .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+    assert_eq!(b.ended(&call)["reason"], "caller_bye");
+    // The server's recording of what it received: the tone is back after the resume.
+    // The server's recording of what it received: the tone, silence while held (so the
+    // hold took effect), then the tone again after the resume.
+    let audio = b.recording(&id);
+    let levels: Vec<f64> = audio
+        .chunks_exact(1600)
+        .map(switchboard::media::level::rms_dbfs)
+        .collect();
+    let held = levels.iter().position(|&db| db < -50.0);
+    assert!(
+        held.is_some_and(|i| i > 0 && levels[i..].iter().any(|&db| db > -20.0)),
+        "no silence between tone before the hold and tone after it: {levels:.0?}"
+    );
+    measure(tail(&audio), &[950]).assert_tone(950, "the recording after resume");
+}
+
+#[test]
+fn linphone_session_timer_refresh_keeps_the_call() {
+    let Some(mut b) = Bench::new("rc-timer", &["linphonec"], ServerOptions::default()) else {
+        return;
+    };
+    let mut phone = Linphone::start(
+        b.dir(),
+        "timer",
+        b.sip(),
+        1300,
+        &["session_expires_enabled=1", "session_expires_value=90"],
+        120,
+    );
+    phone.call("echo");
+    let call = b.answered("echo");
+    let answered_before = b.metric("switchboard_sip_responses_total{code=\"200\"}");
+    // linphone refreshes at half the interval (45 s) by UPDATE; the call must come through
+    // it untouched. The wait ends at 52 s, or earlier if the call ends.
+    let ended = b
+        .events
+        .try_wait("call_ended", Duration::from_secs(52), |e| {
+            e["call_id"] == call.as_str()
+        });
+    let refused = b.metric("switchboard_sip_responses_total{code=\"405\"}");
+    assert!(
+        ended.is_none(),
+        "the call did not survive the refresh: {ended:?}\n{}",
+        phone.log_text()
+    );
+    assert_eq!(
+        refused, 0.0,
+        "the server refused linphone's refresh with 405"
+    );
+    let answered = b.metric("switchboard_sip_responses_total{code=\"200\"}") - answered_before;
+    assert!(
+        answered >= 1.0,
+        "no refresh was answered 200 during the call"
+    );
+    phone.hangup();
+    b.ended(&call);
+    measure(tail(&phone.heard()), &[1300]).assert_tone(1300, "linphone after the refresh");
+}
+
+/// A phone that crashed leaves its RTP flowing (here, a stale streamer imitating it from
+/// its own address). Once its call is gone, a new call given the same server port must not
+/// take that stream for its caller's: neither the new caller nor the room may hear it.
+#[test]
+fn stale_rtp_of_a_dead_caller_reaches_no_one() {
+    // Two RTP port pairs: one for the listener, one that the crashed call frees.
+    let options = ServerOptions {
+        rtp_port_count: 4,
+        ..quiet_rooms()
+    };
+    let Some(mut b) = Bench::new("rc-stale", &["baresip"], options) else {
+        return;
+    };
+    let (listener_hz, dead_hz, stale_hz, new_hz) = (600, 1000, 1700, 1200);
+    let mut listener = Baresip::start(b.dir(), "listener", b.sip(), Options::tone(listener_hz));
+    listener.call("conf-crash");
+    let listener_call = b.answered("conf-crash");
+    b.joined("crash", &listener_call);
+    let listener_port = listener.server_rtp_port();
+
+    let dead_rtp = phones::free_port_pair();
+    let mut dead = Baresip::start(
+        b.dir(),
+        "dead",
+        b.sip(),
+        Options {
+            rtp_port: Some(dead_rtp),
+            ..Options::tone(dead_hz)
+        },
+    );
+    dead.call("conf-crash");
+    let dead_call = b.answered("conf-crash");
+    b.joined("crash", &dead_call);
+    let port = dead.server_rtp_port();
+    dead.kill();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let stop = stop.clone();
+        let socket = phones::wait_for("the dead phone's RTP port", Duration::from_secs(5), || {
+            UdpSocket::bind(("127.0.0.1", dead_rtp)).ok()
+        });
+        std::thread::spawn(move || stream_tone(&socket, port, stale_hz, &stop))
+    };
+
+    let (status, body) = http(
+        b.server.http,
+        "POST",
+        &format!("/api/calls/{dead_call}/hangup"),
+    );
+    assert_eq!(status, 202, "{body}");
+    b.ended(&dead_call);
+
+    // The new phone sends 40 ms packets: between two of them come four stale ones, enough
+    // for a receiver that follows whichever address sends steadily to switch to the stale one.
+    let new_options = Options {
+        ptime: Some(40),
+        ..Options::tone(new_hz)
+    };
+    let mut new = Baresip::start(b.dir(), "new", b.sip(), new_options);
+    new.call("conf-crash");
+    let new_call = b.answered("conf-crash");
+    b.joined("crash", &new_call);
+    // The listener holds the other pair, so the new call has the dead call's port. (The new
+    // phone cannot tell: while the server sends to the stale address it receives nothing.)
+    assert_ne!(listener_port, port);
+    std::thread::sleep(LISTEN);
+    new.hangup();
+    listener.hangup();
+    stop.store(true, Ordering::Relaxed);
+    let _ = streamer.join();
+
+    let freqs = [listener_hz, stale_hz, new_hz];
+    let room = measure(window(&listener.heard(), -2200, -600), &freqs);
+    let caller = measure(tail(&new.heard()), &freqs);
+    // Both sides are measured before either is judged, so a failure shows the whole picture.
+    eprintln!("the room heard: {room}\nthe new caller heard: {caller}");
+    room.assert_without(stale_hz, "the room hears the stale stream");
+    caller.assert_without(stale_hz, "the new caller hears the stale stream");
+    room.assert_tone(new_hz, "the room hears the new caller");
+    caller.assert_tone(listener_hz, "the new caller hears the room");
+}
+
+/// Sends a PCMU tone to the server's RTP `port` in real time until `stop`, in 10 ms packets
+/// (a phone set to ptime 10).
+fn stream_tone(socket: &UdpSocket, port: u16, freq: u32, stop: &AtomicBool) {
+    use switchboard::media::codec::g711::ulaw_encode;
+    const FRAME: usize = 80;
+    let pcm = support::rtp::tone(&format!("{freq}/1000@-10"), 1000);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    // At most a minute, whatever happens to the test.
+    for n in 0u32..6000 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let frame = &pcm[(n as usize % (pcm.len() / FRAME)) * FRAME..][..FRAME];
+        let mut packet = vec![0x80, 0];
+        packet.extend_from_slice(&(n as u16).to_be_bytes());
+        packet.extend_from_slice(&(n * FRAME as u32).to_be_bytes());
+        packet.extend_from_slice(&0x057a_1e00u32.to_be_bytes());
+        packet.extend(frame.iter().map(|&s| ulaw_encode(s)));
+        // Refused while nothing listens on the port: expected between the two calls.
+        let _ = socket.send_to(&packet, to);
+        let next = start + Duration::from_millis(10 * u64::from(n + 1));
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}

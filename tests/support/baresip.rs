@@ -1,0 +1,301 @@
+//! Drives baresip headless: a config folder per phone (a tone WAV as its microphone, no
+//! sound device, `sndfile` writing what it hears), commands and events over `ctrl_tcp`.
+#![allow(dead_code)]
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::phones::{free_port_pair, wait_for, write_tone_wav, Client, Phone};
+
+/// How long a baresip may live: every test ends well before.
+const LIFETIME_SECS: u32 = 90;
+/// Bound on any one wait for a baresip event or answer.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Options {
+    /// The tone it sends, Hz.
+    pub tone_hz: u32,
+    /// SIP over TCP instead of UDP.
+    pub tcp: bool,
+    /// Its own RTP port (and RTCP on the next), instead of any free one.
+    pub rtp_port: Option<u16>,
+    /// Milliseconds of audio per packet it asks for (`a=ptime`) and sends; baresip's 20 if
+    /// None.
+    pub ptime: Option<u32>,
+}
+
+impl Options {
+    pub fn tone(tone_hz: u32) -> Options {
+        Options {
+            tone_hz,
+            tcp: false,
+            rtp_port: None,
+            ptime: None,
+        }
+    }
+}
+
+/// One running baresip.
+pub struct Baresip {
+    client: Client,
+    dir: PathBuf,
+    ctrl: TcpStream,
+    rx: mpsc::Receiver<Value>,
+    /// Messages that arrived while a command waited for its answer, for the next wait.
+    backlog: std::collections::VecDeque<Value>,
+    /// Every event and answer received, for failure messages.
+    pub seen: Vec<Value>,
+    token: u64,
+    server: SocketAddr,
+    tcp: bool,
+}
+
+impl Baresip {
+    /// Writes the phone's config under `parent/name` and starts it; returns once its
+    /// control port answers.
+    pub fn start(parent: &Path, name: &str, server: SocketAddr, options: Options) -> Baresip {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tone = dir.join("tone.wav");
+        write_tone_wav(&tone, options.tone_hz, 30);
+        let sip = free_port_pair();
+        let ctrl = crate::common::free_port();
+        let rtp = options.rtp_port.unwrap_or_else(free_port_pair);
+        let config = format!(
+            "sip_listen 127.0.0.1:{sip}\n\
+             audio_source aufile,{tone}\n\
+             audio_player aubridge,nowhere\n\
+             ausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\nauplay_channels 1\n\
+             rtp_ports {rtp}-{rtp_end}\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+             module account.so\n\
+             module_app menu.so\nmodule_app ctrl_tcp.so\n\
+             ctrl_tcp_listen 127.0.0.1:{ctrl}\n\
+             snd_path {dir}\n",
+            tone = tone.display(),
+            rtp_end = rtp + 1,
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("config"), config).unwrap();
+        let transport = if options.tcp { ";transport=tcp" } else { "" };
+        let ptime = options
+            .ptime
+            .map_or(String::new(), |ms| format!(";ptime={ms}"));
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}\n",
+                server.port()
+            ),
+        )
+        .unwrap();
+        let client = Client::spawn(
+            "baresip",
+            &["-n", "127.0.0.1", "-4", "-f", &dir.display().to_string()],
+            LIFETIME_SECS,
+            dir.join("baresip.log"),
+            &[],
+        );
+        let ctrl_addr = SocketAddr::from(([127, 0, 0, 1], ctrl));
+        // baresip gives no sign of being ready other than its control port accepting.
+        let stream = wait_for("baresip's control port", EVENT_TIMEOUT, || {
+            TcpStream::connect(ctrl_addr).ok()
+        });
+        let (tx, rx) = mpsc::channel();
+        let reader = stream.try_clone().unwrap();
+        std::thread::spawn(move || read_netstrings(reader, tx));
+        Baresip {
+            client,
+            dir,
+            ctrl: stream,
+            rx,
+            backlog: Default::default(),
+            seen: Vec::new(),
+            token: 0,
+            server,
+            tcp: options.tcp,
+        }
+    }
+
+    /// The SIP URI of `user` on the server under test.
+    pub fn uri(&self, user: &str) -> String {
+        let transport = if self.tcp { ";transport=tcp" } else { "" };
+        format!("sip:{user}@{}{transport}", self.server)
+    }
+
+    /// Sends a command and waits for its answer; panics if baresip refuses it.
+    pub fn command(&mut self, command: &str, params: &str) -> Value {
+        self.token += 1;
+        let token = self.token.to_string();
+        let body = json!({"command": command, "params": params, "token": token}).to_string();
+        write!(self.ctrl, "{}:{body},", body.len()).unwrap();
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let answer = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(v) = self.rx.recv_timeout(left) else {
+                panic!(
+                    "baresip did not answer {command}\n{}",
+                    self.client.log_text()
+                )
+            };
+            self.seen.push(v.clone());
+            if v["response"] == true && v["token"] == token.as_str() {
+                break v;
+            }
+            // An event the command caused may come before its answer.
+            self.backlog.push_back(v);
+        };
+        assert!(
+            answer["ok"] == true,
+            "baresip refused {command} {params}: {answer}\n{}",
+            self.client.log_text()
+        );
+        answer
+    }
+
+    /// Waits for the next message matching `pred`.
+    pub fn wait(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(what, EVENT_TIMEOUT, pred)
+    }
+
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.backlog.pop_front() {
+                if pred(&v) {
+                    return v;
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "baresip: no {what} within {timeout:?}; seen {:#?}\n{}",
+                    self.seen,
+                    self.client.log_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the event `kind` (CALL_ESTABLISHED, CALL_CLOSED, CALL_REMOTE_SDP …).
+    pub fn event(&mut self, kind: &str) -> Value {
+        self.wait(kind, |v| v["event"] == true && v["type"] == kind)
+    }
+
+    /// Dials `user` and waits until the call is established; returns its Call-ID.
+    pub fn call(&mut self, user: &str) -> String {
+        let uri = self.uri(user);
+        self.command("dial", &uri);
+        let ev = self.wait(&format!("CALL_ESTABLISHED with {uri}"), |v| {
+            v["type"] == "CALL_ESTABLISHED" || v["type"] == "CALL_CLOSED"
+        });
+        assert_eq!(ev["type"], "CALL_ESTABLISHED", "call to {uri} failed: {ev}");
+        ev["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Hangs up and waits for CALL_CLOSED.
+    pub fn hangup(&mut self) {
+        self.command("hangup", "");
+        self.event("CALL_CLOSED");
+    }
+
+    /// Sends one key as an RFC 4733 event.
+    pub fn key(&mut self, key: char) {
+        self.command("sndcode", &key.to_string());
+    }
+
+    /// Everything this phone heard in its last call (`sndfile`'s decoder dump).
+    pub fn heard(&self) -> Vec<i16> {
+        let mut dumps: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        dumps.sort();
+        let last = dumps
+            .last()
+            .unwrap_or_else(|| panic!("baresip wrote no dump\n{}", self.client.log_text()));
+        crate::phones::read_wav(last)
+    }
+
+    /// The server's RTP port of the current call, as baresip logs it on the first packet
+    /// it receives.
+    pub fn server_rtp_port(&self) -> u16 {
+        wait_for("baresip's first RTP packet", EVENT_TIMEOUT, || {
+            let log = std::fs::read_to_string(&self.client.log).ok()?;
+            let (_, rest) = log.rsplit_once("receiving from 127.0.0.1:")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+    }
+
+    /// SIGKILLs baresip: it sends nothing more, not even a BYE.
+    pub fn kill(&mut self) {
+        self.client.kill_program();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.client.log_text()
+    }
+}
+
+impl Phone for Baresip {
+    fn dial(&mut self, user: &str) {
+        self.call(user);
+    }
+    fn hang_up(&mut self) {
+        self.hangup();
+    }
+    fn heard(&self) -> Vec<i16> {
+        Baresip::heard(self)
+    }
+}
+
+/// Reads baresip's netstrings (`LEN:JSON,`) into `tx` until the connection closes.
+fn read_netstrings(stream: TcpStream, tx: mpsc::Sender<Value>) {
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut len = 0usize;
+        let mut byte = [0u8];
+        loop {
+            if r.read_exact(&mut byte).is_err() {
+                return;
+            }
+            match byte[0] {
+                b':' => break,
+                d @ b'0'..=b'9' => len = len * 10 + usize::from(d - b'0'),
+                _ => return,
+            }
+        }
+        let mut body = vec![0; len + 1];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        body.truncate(len);
+        if let Ok(v) = serde_json::from_slice(&body) {
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    }
+}
