@@ -107,6 +107,7 @@ pub async fn run_with_ready(
         rooms: rooms.clone(),
         rtp_timeout: (config.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(config.media.rtp_timeout_secs)),
+        dtmf: config.dtmf.detector(),
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

@@ -47,6 +47,7 @@ fn new_caller(media: &MediaEngine, peer: RtpPeer, n: u32) -> Caller {
         direction: Direction::SendRecv,
         rtp_timeout: Duration::from_secs(60),
         ssrc: Ssrc::new(100 + n),
+        dtmf: switchboard::media::dtmf::DetectorConfig::default(),
     };
     let leg = Leg::new(cfg, std::time::Instant::now()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

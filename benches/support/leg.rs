@@ -25,6 +25,7 @@ pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
             direction: Direction::SendRecv,
             rtp_timeout: Duration::from_secs(60),
             ssrc: Ssrc::new(i as u32),
+            dtmf: switchboard::media::dtmf::DetectorConfig::default(),
         },
         now,
     )

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::codec::{AudioCodec, CodecKind};
 pub use super::dtmf::DtmfMethod;
 use super::dtmf::{
-    Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender, InbandDetector,
-    InbandSender, SampleClock,
+    DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
+    InbandDetector, InbandSender, SampleClock,
 };
 use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
@@ -207,6 +207,8 @@ pub struct LegConfig {
     pub rtp_timeout: Duration,
     /// Our SSRC.
     pub ssrc: Ssrc,
+    /// What the in-band DTMF detector accepts as a key tone.
+    pub dtmf: DetectorConfig,
 }
 
 /// Counters of one leg.
@@ -296,7 +298,8 @@ impl Leg {
             rate,
             FRAME,
         );
-        let inband = InbandDetector::new(8000).map_err(|e| LegError(e.to_string()))?;
+        let inband =
+            InbandDetector::with_config(8000, cfg.dtmf).map_err(|e| LegError(e.to_string()))?;
         let inband_clock =
             SampleClock::new(now, 8000).ok_or_else(|| LegError("sample clock".into()))?;
         let inband_sender = InbandSender::new(8000).map_err(|e| LegError(e.to_string()))?;
@@ -892,6 +895,7 @@ fn test_leg(now: Instant) -> Leg {
         direction: Direction::SendRecv,
         rtp_timeout: Duration::from_secs(60),
         ssrc: Ssrc::new(7),
+        dtmf: DetectorConfig::default(),
     };
     match Leg::new(cfg, now) {
         Ok(l) => l,

@@ -48,6 +48,8 @@ pub struct CallContext {
     pub rooms: crate::conference::ConferenceRegistry,
     /// End a call after this long without RTP (None: never).
     pub rtp_timeout: Option<Duration>,
+    /// In-band DTMF detection limits.
+    pub dtmf: crate::media::dtmf::DetectorConfig,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -480,6 +482,7 @@ impl Call {
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
             ssrc: Ssrc::new(fastrand::u32(..)),
+            dtmf: self.ctx.dtmf,
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,

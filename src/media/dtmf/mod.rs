@@ -35,7 +35,8 @@
 //!
 //! A digit **ends** at the first block where one of its tones has fallen 20 dB below its
 //! level so far while the block's energy fell by 8 dB, or after two consecutive blocks that
-//! are not hits within 6 dB of that level. Any 20 ms pause either contains a whole silent
+//! are not hits within 6 dB of that level; here a block need not pass the frequency test,
+//! since packet loss concealment repeats a pitch period and breaks the tones' phase. Any 20 ms pause either contains a whole silent
 //! block or splits into two blocks that each hold at most 43 tone samples (−7.5 dB), so a
 //! 20 ms gap separates two presses of the same key (with noise at least ~8 dB below the
 //! tone), while a 5 ms dropout (even with a phase jump) does not split a digit; dropouts
@@ -110,9 +111,10 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            // Q.24 and Bellcore accept −36 dBm0 per tone; 2 dB below leaves room for G.711
-            // quantisation and a filter's loss on a tone 1.5 % off its frequency.
-            min_level_dbm0: -38.0,
+            // 4 dB below Q.24's −36 dBm0 per tone, so a weakest-allowed key that lost a little
+            // more on the way still counts; speech and music are kept out by the tests of
+            // shape (energy share, other tones, frequency, duration), not by level.
+            min_level_dbm0: -40.0,
             normal_twist_db: 8.0,
             reverse_twist_db: 4.0,
             relative_peak_db: 8.0,
@@ -162,8 +164,13 @@ struct Block {
     energy: f32,
     /// Row powers then column powers, as the filters measured them.
     power: [f32; 8],
+    /// A digit's tones pass every test: such blocks can start a digit.
     hit: Option<Digit>,
-    /// For a hit, the powers of its two tones freed of each other's leakage.
+    /// A digit's tones pass every test but the frequency one: enough to continue a digit
+    /// already confirmed, so that packet loss concealment, which repeats the last pitch
+    /// period and so jumps in phase, does not split a key press in two.
+    held: Option<Digit>,
+    /// For `held`, the powers of its two tones freed of each other's leakage.
     tones: (f32, f32),
 }
 
@@ -173,13 +180,14 @@ impl Block {
         energy: 0.0,
         power: [0.0; 8],
         hit: None,
+        held: None,
         tones: (0.0, 0.0),
     };
 
     /// Powers of the row and column tone of `d`: without leakage if the block is a hit for
     /// `d`, so that levels compared across blocks do not swing with the tones' phases.
     fn pair(&self, d: Digit) -> (f32, f32) {
-        if self.hit == Some(d) {
+        if self.held == Some(d) {
             self.tones
         } else {
             self.raw_pair(d)
@@ -191,6 +199,16 @@ impl Block {
         let (r, c) = d.row_col();
         (self.power[r], self.power[4 + c])
     }
+}
+
+/// What [`InbandDetector::classify`] found in a block.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    digit: Digit,
+    /// Powers of the two tones freed of each other's leakage.
+    tones: (f32, f32),
+    /// Both tones are within [`FREQ_TOLERANCE`] of their frequencies.
+    in_tolerance: bool,
 }
 
 /// A tone being followed, from the first consistent pair of blocks to its end.
@@ -383,6 +401,7 @@ impl InbandDetector {
                 energy,
                 power: [0.0; 8],
                 hit: None,
+                held: None,
                 tones: (0.0, 0.0),
             };
         }
@@ -393,8 +412,9 @@ impl InbandDetector {
             start,
             energy,
             power,
-            hit: found.map(|f| f.0),
-            tones: found.map_or((0.0, 0.0), |f| (f.1, f.2)),
+            hit: found.filter(|f| f.in_tolerance).map(|f| f.digit),
+            held: found.map(|f| f.digit),
+            tones: found.map_or((0.0, 0.0), |f| f.tones),
         }
     }
 
@@ -404,7 +424,7 @@ impl InbandDetector {
         energy: f32,
         mid: &[(f32, f32); 8],
         end: &[(f32, f32); 8],
-    ) -> Option<(Digit, f32, f32)> {
+    ) -> Option<Found> {
         let (row, rp) = strongest(&power[..4]);
         let (col, cp) = strongest(&power[4..]);
         // Leakage moves a tone's raw power by at most ±2.2 dB; skip the finer analysis
@@ -435,10 +455,13 @@ impl InbandDetector {
         if rl > cl * self.normal_twist || cl > rl * self.reverse_twist {
             return None;
         }
-        if m.row_deviation.abs() > FREQ_TOLERANCE || m.col_deviation.abs() > FREQ_TOLERANCE {
-            return None;
-        }
-        Digit::from_row_col(row, col).map(|d| (d, m.row_power, m.col_power))
+        let in_tolerance =
+            m.row_deviation.abs() <= FREQ_TOLERANCE && m.col_deviation.abs() <= FREQ_TOLERANCE;
+        Digit::from_row_col(row, col).map(|digit| Found {
+            digit,
+            tones: (m.row_power, m.col_power),
+            in_tolerance,
+        })
     }
 
     fn process_block(&mut self, on_event: &mut impl FnMut(DigitEvent)) {
@@ -458,7 +481,7 @@ impl InbandDetector {
             State::Pending(t) | State::Active(t) => t,
         };
         let (cr, cc) = cur.pair(track.digit);
-        let present = cur.hit == Some(track.digit)
+        let present = cur.held == Some(track.digit)
             && within_below(cr, track.level.0, PRESENT_RATIO)
             && within_below(cc, track.level.1, PRESENT_RATIO);
         if present {
