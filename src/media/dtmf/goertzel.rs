@@ -3,6 +3,9 @@
 //! All filters share the loop over samples so the compiler can keep the per-frequency state
 //! in SIMD registers; coefficients are computed once, for exact (non-integer) bin frequencies.
 
+/// A filter's last two states `(s[n−1], s[n−2])`, from which its complex output follows.
+pub type FilterState = (f32, f32);
+
 /// `K` Goertzel filters at fixed frequencies.
 #[derive(Debug, Clone)]
 pub struct GoertzelBank<const K: usize> {
@@ -20,10 +23,10 @@ impl<const K: usize> GoertzelBank<K> {
         Self { coef }
     }
 
-    /// Filter states `(s[n−1], s[n−2])` after the first `mid` samples of `block` and after
+    /// Filter states after the first `mid` samples of `block` and after
     /// all of it, for callers that need complex DFT values (phase) of both parts.
     #[inline]
-    pub fn states_split(&self, block: &[f32], mid: usize) -> ([(f32, f32); K], [(f32, f32); K]) {
+    pub fn states_split(&self, block: &[f32], mid: usize) -> ([FilterState; K], [FilterState; K]) {
         let mut s1 = [0.0f32; K];
         let mut s2 = [0.0f32; K];
         let (head, tail) = block.split_at(mid.min(block.len()));
@@ -35,7 +38,7 @@ impl<const K: usize> GoertzelBank<K> {
 
     /// `|X(f)|²` of the filter at index `k` from its final states.
     #[inline]
-    pub fn power_of(&self, k: usize, (s1, s2): (f32, f32)) -> f32 {
+    pub fn power_of(&self, k: usize, (s1, s2): FilterState) -> f32 {
         s1 * s1 + s2 * s2 - self.coef[k] * s1 * s2
     }
 

@@ -66,7 +66,7 @@ pub use send::{
 };
 
 use crate::media::level::dbm0_to_peak;
-use goertzel::GoertzelBank;
+use goertzel::{FilterState, GoertzelBank};
 use pair::PairAnalyser;
 
 /// Block length at 8 kHz; 102 gives 78 Hz bins, enough to separate 697 from 770 Hz.
@@ -422,8 +422,8 @@ impl InbandDetector {
         &self,
         power: &[f32; 8],
         energy: f32,
-        mid: &[(f32, f32); 8],
-        end: &[(f32, f32); 8],
+        mid: &[FilterState; 8],
+        end: &[FilterState; 8],
     ) -> Option<Found> {
         let (row, rp) = strongest(&power[..4]);
         let (col, cp) = strongest(&power[4..]);

@@ -11,6 +11,8 @@
 //! its advance over the half-block length, against the nominal frequency's, is the tone's
 //! frequency deviation (unambiguous up to ±78 Hz at 8 kHz).
 
+use super::goertzel::FilterState;
+
 /// A complex number, just what this file needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Cx {
@@ -170,7 +172,7 @@ impl PairAnalyser {
         self.mid
     }
 
-    fn dft(&self, k: usize, (s1, s2): (f32, f32), rot: Cx) -> Cx {
+    fn dft(&self, k: usize, (s1, s2): FilterState, rot: Cx) -> Cx {
         let f = &self.filters[k];
         rot.mul(Cx::new(s1, 0.0).sub(f.step.scale(s2)))
     }
@@ -179,8 +181,8 @@ impl PairAnalyser {
     /// after the first half and after the whole block.
     pub fn analyse(
         &self,
-        mid: &[(f32, f32); 8],
-        end: &[(f32, f32); 8],
+        mid: &[FilterState; 8],
+        end: &[FilterState; 8],
         r: usize,
         c: usize,
     ) -> PairMeasure {
@@ -216,7 +218,7 @@ impl PairAnalyser {
     /// when that tone is 8 dB below the other group's.
     pub fn powers_without_cross_leakage(
         &self,
-        end: &[(f32, f32); 8],
+        end: &[FilterState; 8],
         m: &PairMeasure,
         r: usize,
         c: usize,

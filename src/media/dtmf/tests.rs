@@ -449,7 +449,12 @@ fn every_key(law: Law, low: f32, high: f32) -> String {
     for d in Digit::ALL {
         s = s.tone_twist(d, ms(50), low, high).silence(ms(50));
     }
-    let events = detect(&through(law, &s));
+    keys_through(law, &s)
+}
+
+/// The keys found in `s` through `law`, each with its `Began` and `Ended`.
+fn keys_through(law: Law, s: &Signal) -> String {
+    let events = detect(&through(law, s));
     assert_paired(&events);
     digits(&events)
 }
@@ -526,48 +531,43 @@ fn presses_off(law: Law, d: Digit, dev: (f64, f64), dbm0: f32) -> String {
     for _ in 0..3 {
         s = s.tone_off(d, dev, ms(50), (dbm0, dbm0)).silence(ms(60));
     }
-    let events = detect(&through(law, &s));
-    assert_paired(&events);
-    digits(&events)
+    keys_through(law, &s)
+}
+
+/// Three presses of a key for each row with its row tone `devs` off, and for each column
+/// with its column tone `devs` off, at each of `levels`: all found, or none.
+fn check_deviation(levels: [f32; 2], devs: [f64; 2], accepted: bool) {
+    for law in LAWS {
+        for dbm0 in levels {
+            for i in 0..4 {
+                let by_row = Digit::from_row_col(i, (i + 1) % 4).unwrap();
+                let by_col = Digit::from_row_col((i + 2) % 4, i).unwrap();
+                for dev in devs {
+                    for (what, d, dev) in
+                        [("row", by_row, (dev, 0.0)), ("column", by_col, (0.0, dev))]
+                    {
+                        let want: String = if accepted {
+                            std::iter::repeat_n(d.as_char(), 3).collect()
+                        } else {
+                            String::new()
+                        };
+                        let got = presses_off(law, d, dev, dbm0);
+                        assert_eq!(got, want, "{law:?} {what} {i} {dev:?} at {dbm0}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]
 fn frequency_deviation_of_1_5_percent_is_accepted_for_every_row_and_column() {
-    for law in LAWS {
-        for dbm0 in [-10.0, -36.0] {
-            for i in 0..4 {
-                // Row i with the deviation on the row tone, column i with it on the column.
-                let by_row = Digit::from_row_col(i, (i + 1) % 4).unwrap();
-                let by_col = Digit::from_row_col((i + 2) % 4, i).unwrap();
-                for dev in [-0.015, 0.015] {
-                    let want: String = std::iter::repeat_n(by_row.as_char(), 3).collect();
-                    let got = presses_off(law, by_row, (dev, 0.0), dbm0);
-                    assert_eq!(got, want, "{law:?} row {i} {dev} at {dbm0}");
-                    let want: String = std::iter::repeat_n(by_col.as_char(), 3).collect();
-                    let got = presses_off(law, by_col, (0.0, dev), dbm0);
-                    assert_eq!(got, want, "{law:?} column {i} {dev} at {dbm0}");
-                }
-            }
-        }
-    }
+    check_deviation([-10.0, -36.0], [-0.015, 0.015], true);
 }
 
 #[test]
 fn frequency_deviation_of_3_5_percent_is_rejected_for_every_row_and_column() {
-    for law in LAWS {
-        for dbm0 in [-10.0, -30.0] {
-            for i in 0..4 {
-                let by_row = Digit::from_row_col(i, (i + 1) % 4).unwrap();
-                let by_col = Digit::from_row_col((i + 2) % 4, i).unwrap();
-                for dev in [-0.035, 0.035] {
-                    let got = presses_off(law, by_row, (dev, 0.0), dbm0);
-                    assert_eq!(got, "", "{law:?} row {i} {dev} at {dbm0}");
-                    let got = presses_off(law, by_col, (0.0, dev), dbm0);
-                    assert_eq!(got, "", "{law:?} column {i} {dev} at {dbm0}");
-                }
-            }
-        }
-    }
+    check_deviation([-10.0, -30.0], [-0.035, 0.035], false);
 }
 
 #[test]
@@ -600,10 +600,8 @@ fn a_40_ms_pause_between_two_identical_keys_gives_two_digits() {
                     .silence(ms(40))
                     .tone(d, ms(40), -25.0)
                     .silence(600);
-                let events = detect(&through(law, &s));
-                assert_paired(&events);
                 assert_eq!(
-                    digits(&events),
+                    keys_through(law, &s),
                     format!("{d}{d}"),
                     "{law:?} offset {offset}"
                 );
