@@ -13,7 +13,7 @@
 //!      than the strongest row and column tone,
 //!    - the two tones carry at least [`DetectorConfig::min_tone_fraction`] of the block's
 //!      energy (this rejects speech, music, noise and tones with strong harmonics),
-//!    - each tone, measured free of the other's leakage ([`pair`]), is at least
+//!    - each tone, measured free of the other's leakage (module `pair`), is at least
 //!      [`DetectorConfig::min_level_dbm0`],
 //!    - twist is within limits (Q.24, Bellcore GR-506): the low group may exceed the high
 //!      group by [`DetectorConfig::normal_twist_db`] (normal twist: lines lose more at high
