@@ -1,11 +1,15 @@
-//! Per-packet and per-event cost of the DTMF paths: RFC 4733 receive, merging, sending.
+//! Per-packet and per-event cost of the DTMF paths: RFC 4733 receive, merging, sending;
+//! and per 20 ms frame, in-band detection on what a call carries.
 
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use switchboard::media::codec::g711;
 use switchboard::media::dtmf::{
     Digit, DtmfEvent, DtmfMerger, DtmfMethod, EventPacket, EventReceiver, EventSender,
+    InbandDetector,
 };
+use switchboard::media::level::dbm0_to_peak;
 use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp};
 
 fn pt() -> PayloadType {
@@ -85,5 +89,69 @@ fn sender_bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, receiver_bench, merger_bench, sender_bench);
+/// `pcm` after µ-law encoding and decoding, as a PCMU leg hands it to the detector.
+fn through_ulaw(pcm: &[i16]) -> Vec<i16> {
+    let mut enc = vec![0u8; pcm.len()];
+    let mut dec = vec![0i16; pcm.len()];
+    g711::ulaw_encode_slice(pcm, &mut enc);
+    g711::ulaw_decode_slice(&enc, &mut dec);
+    dec
+}
+
+/// Every key, 60 ms on and 60 ms off, low tone at −30 dBm0 and high tone 8 dB quieter: the
+/// hardest key the detector accepts, so every block goes through the full analysis.
+fn weak_twisted_keys() -> Vec<i16> {
+    let (al, ah) = (
+        f64::from(dbm0_to_peak(-30.0)),
+        f64::from(dbm0_to_peak(-38.0)),
+    );
+    let mut pcm = Vec::new();
+    for d in Digit::ALL {
+        let (fl, fh) = d.frequencies();
+        pcm.extend((0..480).map(|n| {
+            let w = 2.0 * std::f64::consts::PI * f64::from(n) / 8000.0;
+            (al * (w * f64::from(fl)).sin() + ah * (w * f64::from(fh)).sin()) as i16
+        }));
+        pcm.extend([0i16; 480]);
+    }
+    through_ulaw(&pcm)
+}
+
+fn inband_bench(c: &mut Criterion) {
+    let speech: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let signals = [
+        ("speech", through_ulaw(&speech)),
+        ("keys_minus_30_dbm0_8_db_twist", weak_twisted_keys()),
+        ("silence", vec![0i16; 8000]),
+    ];
+    let mut group = c.benchmark_group("dtmf/inband_per_20ms_frame");
+    for (name, pcm) in &signals {
+        // One iteration is the whole signal, so the detector sees it as a call would;
+        // criterion's throughput figure is frames per second.
+        let frames: Vec<&[i16]> = pcm.chunks_exact(160).collect();
+        group.throughput(Throughput::Elements(frames.len() as u64));
+        group.bench_function(*name, |b| {
+            let mut det = InbandDetector::new(8000).expect("8 kHz is supported");
+            let mut events = 0u64;
+            b.iter(|| {
+                for f in &frames {
+                    det.push(black_box(f), |_| events += 1);
+                }
+            });
+            black_box(events);
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    receiver_bench,
+    merger_bench,
+    sender_bench,
+    inband_bench
+);
 criterion_main!(benches);

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::conference::room::{KeyAction, KeyMap, RoomSettings};
 use crate::conference::VadConfig;
-use crate::media::dtmf::Digit;
+use crate::media::dtmf::{DetectorConfig, Digit};
 use crate::media::tone::ToneSpec;
 
 /// The defaults compiled into the binary, so `serve` works from a fresh clone.
@@ -51,6 +51,63 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
     pub conference: ConferenceConfig,
+    /// In-band DTMF detection limits.
+    #[serde(default)]
+    pub dtmf: DtmfConfig,
+}
+
+/// `[dtmf]`: what the in-band detector of every call accepts as a key tone (ITU-T Q.24).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfConfig {
+    /// Quietest accepted level of each of the two tones, in dBm0.
+    pub min_level_dbm0: f32,
+    /// Normal twist: how much quieter the high-group tone may be than the low-group one, dB.
+    pub normal_twist_db: f32,
+    /// Reverse twist: how much louder the high-group tone may be than the low-group one, dB.
+    pub reverse_twist_db: f32,
+}
+
+impl Default for DtmfConfig {
+    fn default() -> Self {
+        let d = DetectorConfig::default();
+        Self {
+            min_level_dbm0: d.min_level_dbm0,
+            normal_twist_db: d.normal_twist_db,
+            reverse_twist_db: d.reverse_twist_db,
+        }
+    }
+}
+
+impl DtmfConfig {
+    /// The detector thresholds these settings give; the rest keep their defaults.
+    pub fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            min_level_dbm0: self.min_level_dbm0,
+            normal_twist_db: self.normal_twist_db,
+            reverse_twist_db: self.reverse_twist_db,
+            ..DetectorConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("dtmf: {m}")));
+        if !(-60.0..=0.0).contains(&self.min_level_dbm0) {
+            return invalid(format!(
+                "min_level_dbm0 {} must be between -60 and 0",
+                self.min_level_dbm0
+            ));
+        }
+        for (name, v) in [
+            ("normal_twist_db", self.normal_twist_db),
+            ("reverse_twist_db", self.reverse_twist_db),
+        ] {
+            if !(0.0..=20.0).contains(&v) {
+                return invalid(format!("{name} {v} must be between 0 and 20"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[scripts]`: limits on every call's script, and how often changed files are reloaded.
@@ -431,6 +488,7 @@ impl Config {
             ));
         }
         self.conference.validate()?;
+        self.dtmf.validate()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         for w in &self.webhooks {
@@ -571,6 +629,47 @@ mod tests {
         for bad in [
             "[[webhooks]]\nurl = \"https://x/h\"\n",
             "[[webhooks]]\nurl = \"http://x/h\"\nevents = [\"call_endd\"]\n",
+        ] {
+            let c = Config::from_toml_str("t", bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dtmf_limits_default_to_q24_and_can_be_set() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.dtmf, DtmfConfig::default());
+        assert_eq!(c.dtmf.detector(), DetectorConfig::default());
+        assert_eq!(c.dtmf.normal_twist_db, 8.0);
+        assert_eq!(c.dtmf.reverse_twist_db, 4.0);
+        assert!(c.dtmf.min_level_dbm0 <= -36.0);
+        let c = Config::from_toml_str(
+            "t",
+            "[dtmf]
+min_level_dbm0 = -30.0
+",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.dtmf.detector().min_level_dbm0, -30.0);
+        assert_eq!(c.dtmf.normal_twist_db, 8.0);
+        assert!(Config::from_toml_str(
+            "t",
+            "[dtmf]
+twist_db = 3.0
+"
+        )
+        .is_err());
+        for bad in [
+            "[dtmf]
+min_level_dbm0 = 5.0
+",
+            "[dtmf]
+normal_twist_db = -1.0
+",
+            "[dtmf]
+reverse_twist_db = 40.0
+",
         ] {
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

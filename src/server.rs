@@ -114,6 +114,7 @@ pub async fn run_with_ready(
             signalling: None,
             metrics: Some(metrics.clone()),
         },
+        dtmf: config.dtmf.detector(),
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

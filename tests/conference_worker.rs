@@ -49,6 +49,7 @@ fn new_caller(media: &MediaEngine, peer: RtpPeer, n: u32) -> Caller {
         ssrc: Ssrc::new(100 + n),
         ptime: Duration::from_millis(20),
         sources: Default::default(),
+        dtmf: switchboard::media::dtmf::DetectorConfig::default(),
     };
     let leg = Leg::new(cfg, std::time::Instant::now()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -121,6 +121,7 @@ fn leg_config(remote: SocketAddr, remote_rtcp: Option<SocketAddr>, ptime_ms: u64
         ssrc: Ssrc::new(LEG_SSRC),
         ptime: Duration::from_millis(ptime_ms),
         sources: Default::default(),
+        dtmf: Default::default(),
     }
 }
 

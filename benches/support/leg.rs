@@ -27,6 +27,7 @@ pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
             ssrc: Ssrc::new(i as u32),
             ptime: Duration::from_millis(20),
             sources: Default::default(),
+            dtmf: switchboard::media::dtmf::DetectorConfig::default(),
         },
         now,
     )

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::codec::{AudioCodec, CodecKind};
 pub use super::dtmf::DtmfMethod;
 use super::dtmf::{
-    Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender, InbandDetector,
-    InbandSender, SampleClock,
+    DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
+    InbandDetector, InbandSender, SampleClock,
 };
 use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
@@ -231,6 +231,8 @@ pub struct LegConfig {
     pub ptime: Duration,
     /// Which sources the leg hears.
     pub sources: LegSources,
+    /// What the in-band DTMF detector accepts as a key tone.
+    pub dtmf: DetectorConfig,
 }
 
 /// Which RTP sources a leg accepts (see [`crate::rtp::session`]), and where it counts the
@@ -360,7 +362,8 @@ impl Leg {
             rate,
             FRAME,
         );
-        let inband = InbandDetector::new(8000).map_err(|e| LegError(e.to_string()))?;
+        let inband =
+            InbandDetector::with_config(8000, cfg.dtmf).map_err(|e| LegError(e.to_string()))?;
         let inband_clock =
             SampleClock::new(now, 8000).ok_or_else(|| LegError("sample clock".into()))?;
         let inband_sender = InbandSender::new(8000).map_err(|e| LegError(e.to_string()))?;
@@ -1090,6 +1093,7 @@ fn test_leg_with_ptime(now: Instant, ptime: Duration) -> Leg {
         ssrc: Ssrc::new(7),
         ptime,
         sources: LegSources::default(),
+        dtmf: DetectorConfig::default(),
     };
     match Leg::new(cfg, now) {
         Ok(l) => l,

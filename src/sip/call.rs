@@ -50,6 +50,8 @@ pub struct CallContext {
     pub rtp_timeout: Option<Duration>,
     /// Which RTP sources a call hears; the leg adds the SIP source address of its call.
     pub rtp_sources: crate::media::leg::LegSources,
+    /// In-band DTMF detection limits.
+    pub dtmf: crate::media::dtmf::DetectorConfig,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -512,6 +514,7 @@ impl Call {
                 signalling: Some(self.parties.signalling),
                 ..self.ctx.rtp_sources.clone()
             },
+            dtmf: self.ctx.dtmf,
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,

@@ -3,6 +3,9 @@
 //! All filters share the loop over samples so the compiler can keep the per-frequency state
 //! in SIMD registers; coefficients are computed once, for exact (non-integer) bin frequencies.
 
+/// A filter's last two states `(s[n−1], s[n−2])`, from which its complex output follows.
+pub type FilterState = (f32, f32);
+
 /// `K` Goertzel filters at fixed frequencies.
 #[derive(Debug, Clone)]
 pub struct GoertzelBank<const K: usize> {
@@ -20,13 +23,27 @@ impl<const K: usize> GoertzelBank<K> {
         Self { coef }
     }
 
-    /// Squared DFT magnitude `|X(f)|²` of `block` at each frequency.
-    ///
-    /// A sine of amplitude `A` at exactly `f` over `n` samples gives about `(A·n/2)²`.
+    /// Filter states after the first `mid` samples of `block` and after
+    /// all of it, for callers that need complex DFT values (phase) of both parts.
     #[inline]
-    pub fn power(&self, block: &[f32]) -> [f32; K] {
+    pub fn states_split(&self, block: &[f32], mid: usize) -> ([FilterState; K], [FilterState; K]) {
         let mut s1 = [0.0f32; K];
         let mut s2 = [0.0f32; K];
+        let (head, tail) = block.split_at(mid.min(block.len()));
+        self.run(head, &mut s1, &mut s2);
+        let at_mid = std::array::from_fn(|k| (s1[k], s2[k]));
+        self.run(tail, &mut s1, &mut s2);
+        (at_mid, std::array::from_fn(|k| (s1[k], s2[k])))
+    }
+
+    /// `|X(f)|²` of the filter at index `k` from its final states.
+    #[inline]
+    pub fn power_of(&self, k: usize, (s1, s2): FilterState) -> f32 {
+        s1 * s1 + s2 * s2 - self.coef[k] * s1 * s2
+    }
+
+    #[inline]
+    fn run(&self, block: &[f32], s1: &mut [f32; K], s2: &mut [f32; K]) {
         for &x in block {
             for k in 0..K {
                 // (x − s2) does not depend on s1, so only one multiply-add sits on the
@@ -36,11 +53,17 @@ impl<const K: usize> GoertzelBank<K> {
                 s1[k] = s0;
             }
         }
-        let mut out = [0.0f32; K];
-        for k in 0..K {
-            out[k] = s1[k] * s1[k] + s2[k] * s2[k] - self.coef[k] * s1[k] * s2[k];
-        }
-        out
+    }
+
+    /// Squared DFT magnitude `|X(f)|²` of `block` at each frequency.
+    ///
+    /// A sine of amplitude `A` at exactly `f` over `n` samples gives about `(A·n/2)²`.
+    #[inline]
+    pub fn power(&self, block: &[f32]) -> [f32; K] {
+        let mut s1 = [0.0f32; K];
+        let mut s2 = [0.0f32; K];
+        self.run(block, &mut s1, &mut s2);
+        std::array::from_fn(|k| self.power_of(k, (s1[k], s2[k])))
     }
 }
 

@@ -9,13 +9,20 @@
 //!    threshold, the Goertzel filters are skipped (silence and quiet background cost one
 //!    sum of squares);
 //! 2. Goertzel power at the eight DTMF frequencies, then per block a *hit* for digit d when
-//!    - the strongest row and column tones are each at least [`DetectorConfig::min_level_dbm0`],
-//!    - twist is within limits: the high group may exceed the low group by
-//!      [`DetectorConfig::forward_twist_db`], the low group may exceed the high group by
-//!      [`DetectorConfig::reverse_twist_db`],
-//!    - every other tone of the same group is [`DetectorConfig::relative_peak_db`] weaker,
+//!    - every other tone of the same group is [`DetectorConfig::relative_peak_db`] weaker
+//!      than the strongest row and column tone,
 //!    - the two tones carry at least [`DetectorConfig::min_tone_fraction`] of the block's
-//!      energy (this rejects speech, music, noise and tones with strong harmonics).
+//!      energy (this rejects speech, music, noise and tones with strong harmonics),
+//!    - each tone, measured free of the other's leakage (module `pair`), is at least
+//!      [`DetectorConfig::min_level_dbm0`],
+//!    - twist is within limits (Q.24, Bellcore GR-506): the low group may exceed the high
+//!      group by [`DetectorConfig::normal_twist_db`] (normal twist: lines lose more at high
+//!      frequencies), the high group may exceed the low group by
+//!      [`DetectorConfig::reverse_twist_db`]; both are accepted to the limit, and rejection
+//!      starts within 1 dB beyond it,
+//!    - each tone is within [`FREQ_TOLERANCE`] of its nominal frequency: Q.24 asks that
+//!      ±1.5 % be accepted and ±3.5 % rejected; the deviation is measured from the tone's
+//!      phase advance between the block's two halves.
 //!
 //! Two consecutive hits for the same digit with levels within 2 dB of each other make a
 //! candidate (the level test stops a partly covered block from pairing with a full one).
@@ -28,7 +35,8 @@
 //!
 //! A digit **ends** at the first block where one of its tones has fallen 20 dB below its
 //! level so far while the block's energy fell by 8 dB, or after two consecutive blocks that
-//! are not hits within 6 dB of that level. Any 20 ms pause either contains a whole silent
+//! are not hits within 6 dB of that level; here a block need not pass the frequency test,
+//! since packet loss concealment repeats a pitch period and breaks the tones' phase. Any 20 ms pause either contains a whole silent
 //! block or splits into two blocks that each hold at most 43 tone samples (−7.5 dB), so a
 //! 20 ms gap separates two presses of the same key (with noise at least ~8 dB below the
 //! tone), while a 5 ms dropout (even with a phase jump) does not split a digit; dropouts
@@ -37,13 +45,15 @@
 //! Start and end positions are refined to within a few samples from the partial blocks'
 //! levels, so `start_sample` and `duration_ms` describe the tone, not the block grid.
 //!
-//! Frequency deviation is not tested to the Q.24 ±1.5 %/±3.5 % limits: 78 Hz bins cannot
-//! resolve that, as in most software detectors.
+//! Levels are in dBm0 per tone on the scale of [`crate::media::level`] (0 dBm0 = a sine of
+//! peak 22 827 on the 16-bit scale, which is exact for A-law; µ-law's 0 dBm0 is 0.065 dB
+//! lower, well inside the margin between the default threshold and Q.24's −36 dBm0).
 
 pub mod digit;
 pub mod goertzel;
 pub mod info;
 pub mod merge;
+mod pair;
 pub mod rfc4733;
 pub mod send;
 
@@ -56,7 +66,8 @@ pub use send::{
 };
 
 use crate::media::level::dbm0_to_peak;
-use goertzel::GoertzelBank;
+use goertzel::{FilterState, GoertzelBank};
+use pair::PairAnalyser;
 
 /// Block length at 8 kHz; 102 gives 78 Hz bins, enough to separate 697 from 770 Hz.
 const BLOCK_AT_8K: usize = 102;
@@ -75,15 +86,21 @@ const ABSENT_RATIO: f32 = 100.0;
 const ABSENT_ENERGY_RATIO: f32 = 6.309_573;
 /// Shortest tone reported, in ms; Q.24 asks for rejection below 23 ms.
 const MIN_TONE_MS: u32 = 23;
+/// Twist up to the configured limits must be accepted; the measurement is good to about
+/// ±0.3 dB (G.711 and what is left of the leakage), so the test allows this much more.
+const TWIST_MARGIN_DB: f32 = 1.0;
+/// Largest accepted frequency deviation of either tone: midway between Q.24's ±1.5 % (must
+/// accept) and ±3.5 % (must reject), so measurement error has room on both sides.
+pub const FREQ_TOLERANCE: f32 = 0.025;
 
 /// Thresholds for [`InbandDetector`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorConfig {
     /// Minimum level of each of the two tones, in dBm0 (see [`crate::media::level`]).
     pub min_level_dbm0: f32,
-    /// How much louder the high-group tone may be than the low-group tone, in dB.
-    pub forward_twist_db: f32,
-    /// How much louder the low-group tone may be than the high-group tone, in dB.
+    /// Normal twist: how much quieter the high-group tone may be than the low-group tone, dB.
+    pub normal_twist_db: f32,
+    /// Reverse twist: how much louder the high-group tone may be than the low-group tone, dB.
     pub reverse_twist_db: f32,
     /// How far the second-strongest tone of each group must stay below the strongest, in dB.
     pub relative_peak_db: f32,
@@ -94,8 +111,11 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            min_level_dbm0: -32.0,
-            forward_twist_db: 8.0,
+            // 4 dB below Q.24's −36 dBm0 per tone, so a weakest-allowed key that lost a little
+            // more on the way still counts; speech and music are kept out by the tests of
+            // shape (energy share, other tones, frequency, duration), not by level.
+            min_level_dbm0: -40.0,
+            normal_twist_db: 8.0,
             reverse_twist_db: 4.0,
             relative_peak_db: 8.0,
             min_tone_fraction: 0.7,
@@ -142,9 +162,16 @@ struct Block {
     start: u64,
     /// Sum of squares of the block's samples.
     energy: f32,
-    /// Row powers then column powers.
+    /// Row powers then column powers, as the filters measured them.
     power: [f32; 8],
+    /// A digit's tones pass every test: such blocks can start a digit.
     hit: Option<Digit>,
+    /// A digit's tones pass every test but the frequency one: enough to continue a digit
+    /// already confirmed, so that packet loss concealment, which repeats the last pitch
+    /// period and so jumps in phase, does not split a key press in two.
+    held: Option<Digit>,
+    /// For `held`, the powers of its two tones freed of each other's leakage.
+    tones: (f32, f32),
 }
 
 impl Block {
@@ -153,13 +180,35 @@ impl Block {
         energy: 0.0,
         power: [0.0; 8],
         hit: None,
+        held: None,
+        tones: (0.0, 0.0),
     };
 
-    /// Powers of the row and column tone of `d`.
+    /// Powers of the row and column tone of `d`: without leakage if the block is a hit for
+    /// `d`, so that levels compared across blocks do not swing with the tones' phases.
     fn pair(&self, d: Digit) -> (f32, f32) {
+        if self.held == Some(d) {
+            self.tones
+        } else {
+            self.raw_pair(d)
+        }
+    }
+
+    /// Powers of the row and column tone of `d` as the filters measured them.
+    fn raw_pair(&self, d: Digit) -> (f32, f32) {
         let (r, c) = d.row_col();
         (self.power[r], self.power[4 + c])
     }
+}
+
+/// What [`InbandDetector::classify`] found in a block.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    digit: Digit,
+    /// Powers of the two tones freed of each other's leakage.
+    tones: (f32, f32),
+    /// Both tones are within [`FREQ_TOLERANCE`] of their frequencies.
+    in_tolerance: bool,
 }
 
 /// A tone being followed, from the first consistent pair of blocks to its end.
@@ -197,11 +246,12 @@ pub struct InbandDetector {
     /// Samples consumed so far.
     position: u64,
     bank: GoertzelBank<8>,
+    pair: PairAnalyser,
     /// Minimum tone power (|X|²).
     min_power: f32,
     /// Blocks with less energy than this cannot contain a hit.
     gate_energy: f32,
-    forward_twist: f32,
+    normal_twist: f32,
     reverse_twist: f32,
     relative_peak: f32,
     /// `min_tone_fraction` × n / 2, to compare tone power with block energy directly.
@@ -232,7 +282,7 @@ impl InbandDetector {
         if !cfg.min_level_dbm0.is_finite() {
             return Err(DetectorError::InvalidThreshold("min_level_dbm0"));
         }
-        if !finite_nonneg(cfg.forward_twist_db) || !finite_nonneg(cfg.reverse_twist_db) {
+        if !finite_nonneg(cfg.normal_twist_db) || !finite_nonneg(cfg.reverse_twist_db) {
             return Err(DetectorError::InvalidThreshold("twist"));
         }
         if !finite_nonneg(cfg.relative_peak_db) {
@@ -255,11 +305,12 @@ impl InbandDetector {
             fill: 0,
             position: 0,
             bank: GoertzelBank::new(&freqs, sample_rate),
+            pair: PairAnalyser::new(&freqs, sample_rate, block_len),
             min_power,
             // Cauchy–Schwarz: |X(f)|² ≤ n·Σx², so a block below this has no tone above min_power.
             gate_energy: min_power / n,
-            forward_twist: db_to_power_ratio(cfg.forward_twist_db),
-            reverse_twist: db_to_power_ratio(cfg.reverse_twist_db),
+            normal_twist: db_to_power_ratio(cfg.normal_twist_db + TWIST_MARGIN_DB),
+            reverse_twist: db_to_power_ratio(cfg.reverse_twist_db + TWIST_MARGIN_DB),
             relative_peak: db_to_power_ratio(cfg.relative_peak_db),
             fraction_scale: cfg.min_tone_fraction * n / 2.0,
             min_tone: (MIN_TONE_MS * sample_rate / 1000) as f32,
@@ -350,40 +401,68 @@ impl InbandDetector {
                 energy,
                 power: [0.0; 8],
                 hit: None,
+                held: None,
+                tones: (0.0, 0.0),
             };
         }
-        let power = self.bank.power(block);
+        let (mid, end) = self.bank.states_split(block, self.pair.mid());
+        let power = std::array::from_fn(|k| self.bank.power_of(k, end[k]));
+        let found = self.classify(&power, energy, &mid, &end);
         Block {
             start,
             energy,
             power,
-            hit: self.classify(&power, energy),
+            hit: found.filter(|f| f.in_tolerance).map(|f| f.digit),
+            held: found.map(|f| f.digit),
+            tones: found.map_or((0.0, 0.0), |f| f.tones),
         }
     }
 
-    fn classify(&self, power: &[f32; 8], energy: f32) -> Option<Digit> {
+    fn classify(
+        &self,
+        power: &[f32; 8],
+        energy: f32,
+        mid: &[FilterState; 8],
+        end: &[FilterState; 8],
+    ) -> Option<Found> {
         let (row, rp) = strongest(&power[..4]);
         let (col, cp) = strongest(&power[4..]);
-        if rp < self.min_power || cp < self.min_power {
-            return None;
-        }
-        if cp > rp * self.forward_twist || rp > cp * self.reverse_twist {
-            return None;
-        }
-        let others_low = |group: &[f32], best: usize, best_power: f32| {
-            group
-                .iter()
-                .enumerate()
-                .all(|(i, &p)| i == best || p * self.relative_peak <= best_power)
-        };
-        if !others_low(&power[..4], row, rp) || !others_low(&power[4..], col, cp) {
+        // A tone's raw power reads low by up to 2.2 dB of leakage plus the filter's loss for
+        // a tone off its frequency (3.9 dB at 2.5 % off 1633 Hz); skip the finer analysis
+        // for blocks that cannot pass even so.
+        if rp * 4.1 < self.min_power || cp * 4.1 < self.min_power {
             return None;
         }
         // Tone power (A·n/2)² relates to the tone's energy A²·n/2 by a factor n/2.
         if rp + cp < energy * self.fraction_scale {
             return None;
         }
-        Digit::from_row_col(row, col)
+        let m = self.pair.analyse(mid, end, row, col);
+        let clean = self.pair.powers_without_cross_leakage(end, &m, row, col);
+        let others_low = |group: &[f32], best: usize| {
+            let best_power = group[best];
+            group
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| i == best || p * self.relative_peak <= best_power)
+        };
+        if !others_low(&clean[..4], row) || !others_low(&clean[4..], col) {
+            return None;
+        }
+        let (rl, cl) = (m.row_level, m.col_level);
+        if rl < self.min_power || cl < self.min_power {
+            return None;
+        }
+        if rl > cl * self.normal_twist || cl > rl * self.reverse_twist {
+            return None;
+        }
+        let in_tolerance =
+            m.row_deviation.abs() <= FREQ_TOLERANCE && m.col_deviation.abs() <= FREQ_TOLERANCE;
+        Digit::from_row_col(row, col).map(|digit| Found {
+            digit,
+            tones: (m.row_power, m.col_power),
+            in_tolerance,
+        })
     }
 
     fn process_block(&mut self, on_event: &mut impl FnMut(DigitEvent)) {
@@ -403,7 +482,7 @@ impl InbandDetector {
             State::Pending(t) | State::Active(t) => t,
         };
         let (cr, cc) = cur.pair(track.digit);
-        let present = cur.hit == Some(track.digit)
+        let present = cur.held == Some(track.digit)
             && within_below(cr, track.level.0, PRESENT_RATIO)
             && within_below(cc, track.level.1, PRESENT_RATIO);
         if present {
@@ -479,7 +558,7 @@ impl InbandDetector {
         // A pair of partly filled blocks can agree in level, so count the samples the
         // tones actually cover: their share of each block's energy, 1 for a clean tone.
         let share = |b: &Block| {
-            let (r, c) = b.pair(d);
+            let (r, c) = b.raw_pair(d);
             (2.0 * (r + c) / (n * b.energy)).min(1.0)
         };
         track.coverage = lead + (share(&prev) + share(&cur)) * n;
