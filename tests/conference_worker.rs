@@ -13,13 +13,11 @@ use switchboard::conference::{ConferenceRegistry, JoinOptions, LeaveReason, Memb
 use switchboard::config::Config;
 use switchboard::events::{Event, EventBus};
 use switchboard::live::{MemberAction, Rooms};
-use switchboard::media::codec::CodecKind;
 use switchboard::media::leg::{Leg, LegConfig, LegEvent};
 use switchboard::media::prompt::PromptCache;
 use switchboard::media::record::RecordingWriter;
 use switchboard::media::worker::{LegHandle, LegSockets, MediaEngine};
-use switchboard::rtp::types::{PayloadType, Ssrc};
-use switchboard::sdp::Direction;
+use switchboard::rtp::types::Ssrc;
 use tokio::sync::broadcast;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -37,20 +35,7 @@ fn new_caller(media: &MediaEngine, peer: RtpPeer, n: u32) -> Caller {
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let leg_addr = rtp.local_addr().unwrap();
-    let cfg = LegConfig {
-        codec: CodecKind::Pcmu,
-        payload_type: PayloadType::PCMU,
-        telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-        remote: Some(peer.socket.local_addr().unwrap()),
-        remote_rtcp: None,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        rtp_timeout: Duration::from_secs(60),
-        ssrc: Ssrc::new(100 + n),
-        ptime: Duration::from_millis(20),
-        sources: Default::default(),
-        dtmf: switchboard::media::dtmf::DetectorConfig::default(),
-    };
+    let cfg = LegConfig::pcmu(peer.socket.local_addr().unwrap(), Ssrc::new(100 + n));
     let leg = Leg::new(cfg, std::time::Instant::now()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let leg = media.add(leg, LegSockets { rtp, rtcp }, tx).unwrap();

@@ -157,7 +157,6 @@ mod through_a_leg {
     use switchboard::media::level::dbm0_to_peak;
     use switchboard::rtp::packet::{RtpHeader, RtpPacket};
     use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
-    use switchboard::sdp::Direction;
 
     const PEER: &str = "127.0.0.1:40000";
 
@@ -166,13 +165,8 @@ mod through_a_leg {
             codec,
             payload_type: codec_pt(codec),
             telephone_event: None,
-            remote: PEER.parse().ok(),
-            remote_rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
-            rtp_timeout: Duration::from_secs(60),
-            ssrc: Ssrc::new(7),
             dtmf,
+            ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
         };
         Leg::new(cfg, now).unwrap()
     }

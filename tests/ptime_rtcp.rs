@@ -9,14 +9,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use rtcp_types::{Compound, Packet};
-use switchboard::media::codec::CodecKind;
 use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent, FRAME, FRAME_SAMPLES};
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::media::worker::{LegSockets, MediaEngine};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use switchboard::rtp::NtpTime;
-use switchboard::sdp::Direction;
 
 #[path = "support/thread_alloc.rs"]
 mod thread_alloc;
@@ -110,18 +108,9 @@ fn read_report(socket: &UdpSocket) -> Option<Report> {
 
 fn leg_config(remote: SocketAddr, remote_rtcp: Option<SocketAddr>, ptime_ms: u64) -> LegConfig {
     LegConfig {
-        codec: CodecKind::Pcmu,
-        payload_type: PayloadType::PCMU,
-        telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-        remote: Some(remote),
         remote_rtcp,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        rtp_timeout: Duration::from_secs(60),
-        ssrc: Ssrc::new(LEG_SSRC),
         ptime: Duration::from_millis(ptime_ms),
-        sources: Default::default(),
-        dtmf: Default::default(),
+        ..LegConfig::pcmu(remote, Ssrc::new(LEG_SSRC))
     }
 }
 

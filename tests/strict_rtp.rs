@@ -210,7 +210,7 @@ static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 fn strangers_cost_the_tick_no_allocation() {
     use std::sync::Arc;
     use std::time::{Instant, SystemTime};
-    use switchboard::media::codec::CodecKind;
+
     use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegSources, FRAME};
     use switchboard::rtp::session::StrictRtp;
 
@@ -223,22 +223,14 @@ fn strangers_cost_the_tick_no_allocation() {
     for mode in [StrictRtp::Strict, StrictRtp::Learn] {
         let t0 = Instant::now();
         let cfg = LegConfig {
-            codec: CodecKind::Pcmu,
-            payload_type: PayloadType::PCMU,
-            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-            remote: Some(caller),
             remote_rtcp: Some("127.0.0.1:40001".parse().unwrap()),
-            rtcp_mux: false,
-            direction: switchboard::sdp::Direction::SendRecv,
-            rtp_timeout: Duration::from_secs(60),
-            ssrc: Ssrc::new(1),
-            ptime: Duration::from_millis(20),
             sources: LegSources {
                 mode,
                 learn_window: Duration::from_secs(60),
                 signalling: Some(caller.ip()),
                 metrics: Some(metrics.clone()),
             },
+            ..LegConfig::pcmu(caller, Ssrc::new(1))
         };
         let mut leg = Leg::new(cfg, t0).unwrap();
         leg.apply(t0, LegCommand::Echo(true));

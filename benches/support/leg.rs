@@ -1,12 +1,10 @@
 //! The leg every media benchmark drives: PCMU with telephone-events, sending to a fixed peer.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use switchboard::media::codec::CodecKind;
 use switchboard::media::leg::{Leg, LegConfig};
-use switchboard::rtp::types::{PayloadType, Ssrc};
-use switchboard::sdp::Direction;
+use switchboard::rtp::types::Ssrc;
 
 /// Where the benchmark legs send (nothing listens; the benchmarks use a no-op sink).
 pub const PEER: SocketAddr =
@@ -14,22 +12,5 @@ pub const PEER: SocketAddr =
 
 /// A PCMU leg with SSRC `i`, sending to [`PEER`].
 pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
-    Leg::new(
-        LegConfig {
-            codec: CodecKind::Pcmu,
-            payload_type: PayloadType::PCMU,
-            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-            remote: Some(PEER),
-            remote_rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
-            rtp_timeout: Duration::from_secs(60),
-            ssrc: Ssrc::new(i as u32),
-            ptime: Duration::from_millis(20),
-            sources: Default::default(),
-            dtmf: switchboard::media::dtmf::DetectorConfig::default(),
-        },
-        now,
-    )
-    .unwrap()
+    Leg::new(LegConfig::pcmu(PEER, Ssrc::new(i as u32)), now).unwrap()
 }

@@ -235,6 +235,28 @@ pub struct LegConfig {
     pub dtmf: DetectorConfig,
 }
 
+impl LegConfig {
+    /// A PCMU leg with telephone-events (PT 101) sending 20 ms packets to `remote`, RTCP to
+    /// the next port, with the default source rule and DTMF limits: the common case, which
+    /// other set-ups adjust with struct update syntax.
+    pub fn pcmu(remote: SocketAddr, ssrc: Ssrc) -> Self {
+        LegConfig {
+            codec: CodecKind::Pcmu,
+            payload_type: PayloadType::PCMU,
+            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+            remote: Some(remote),
+            remote_rtcp: None,
+            rtcp_mux: false,
+            direction: Direction::SendRecv,
+            rtp_timeout: Duration::from_secs(60),
+            ssrc,
+            ptime: FRAME,
+            sources: LegSources::default(),
+            dtmf: DetectorConfig::default(),
+        }
+    }
+}
+
 /// Which RTP sources a leg accepts (see [`crate::rtp::session`]), and where it counts the
 /// packets it drops from any other.
 #[derive(Debug, Clone)]
@@ -1081,19 +1103,10 @@ fn read_keys(rx: &mut EventReceiver, now: Instant, p: &RtpPacket<'_>, keys: &mut
 /// [`test_leg`] sending packets of `ptime`.
 #[cfg(test)]
 fn test_leg_with_ptime(now: Instant, ptime: Duration) -> Leg {
+    let remote = SocketAddr::from(([127, 0, 0, 1], 40000));
     let cfg = LegConfig {
-        codec: CodecKind::Pcmu,
-        payload_type: PayloadType::PCMU,
-        telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-        remote: "127.0.0.1:40000".parse().ok(),
-        remote_rtcp: None,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        rtp_timeout: Duration::from_secs(60),
-        ssrc: Ssrc::new(7),
         ptime,
-        sources: LegSources::default(),
-        dtmf: DetectorConfig::default(),
+        ..LegConfig::pcmu(remote, Ssrc::new(7))
     };
     match Leg::new(cfg, now) {
         Ok(l) => l,
