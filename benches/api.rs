@@ -3,6 +3,7 @@
 //! on the bus and delivered as Server-Sent Events over loopback TCP to 1 and 4 clients, as a
 //! criterion burst (`sse/*`) and, under `cargo bench`, a paced run at 1,000 calls per second
 //! (5 events per call) reporting delivery latency and CPU per event.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

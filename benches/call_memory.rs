@@ -1,6 +1,7 @@
 //! Heap held per idle answered call in the whole server (endpoint, dialog, call task, SDP
 //! session, port lease), measured with a counting allocator around an in-process server.
 //! Run: `cargo bench --bench call_memory`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::UdpSocket;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Per-frame cost of the media DSP blocks: G.711, in-band DTMF detection, tone generation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::media::codec::g711;

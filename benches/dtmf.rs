@@ -1,5 +1,6 @@
 //! Per-packet and per-event cost of the DTMF paths: RFC 4733 receive, merging, sending;
 //! and per 20 ms frame, in-band detection on what a call carries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

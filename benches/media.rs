@@ -1,4 +1,5 @@
 //! Per-frame cost of the media tick's prompt path: streaming resampling and prompt playback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;

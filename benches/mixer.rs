@@ -4,6 +4,7 @@
 //! Per member per tick = the tick's time / 500. The listeners' share is what the shared frame
 //! saves: with it they cost one talker-detection check each (and with RFC 6464 levels from the
 //! sender, not even that), and one G.711 encode serves all of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::conference::{AudioLevel, Inbound, MemberKind, MixOutput, Mixer, VadConfig};

@@ -5,6 +5,7 @@
 //!
 //! Reports the median per member per tick, asserts the steady-state tick allocates nothing,
 //! and prints the memory a member costs (leg and room state).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicUsize;

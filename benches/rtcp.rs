@@ -1,5 +1,6 @@
 //! RTCP per leg: writing one compound report (SR + block + SDES) and parsing one.
 //! Also checks, with a counting allocator, that neither allocates.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;

@@ -5,6 +5,7 @@
 //! `script/ivr_flow` runs the shipped menu to its goodbye. `script/spawn` adds the script's own thread and the join. Memory is the heap held per
 //! script blocked in a verb, counted by a wrapping allocator; thread stacks are reserved
 //! address space, committed page by page, and not counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicBool;

@@ -1,5 +1,6 @@
 //! Signalling hot path: parsing, and whole calls through the sans-IO endpoint.
 //! Also prints the heap held per idle (confirmed) dialog, measured with a counting allocator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;

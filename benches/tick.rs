@@ -1,5 +1,6 @@
 //! One media tick over many legs (sans-IO: packets in from memory, frames out to a no-op
 //! sender), and a check that the steady state does not allocate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -3,6 +3,7 @@
 //! length) against the real binary; every field of each JSONL record is checked.
 //!
 //! Needs `sipp`, like tests/sipp.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

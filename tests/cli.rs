@@ -1,4 +1,5 @@
 //! The command line: `check` and `simulate` as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

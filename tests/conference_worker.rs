@@ -1,6 +1,7 @@
 //! Conference rooms on real media workers: three RTP peers on 127.0.0.1 join one room whose
 //! legs start on different workers, and each hears the other two and not itself; muting,
 //! kicking and the leave key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

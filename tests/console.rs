@@ -8,6 +8,7 @@
 //! Needs `chromium` and `chromium-driver` (Debian). Without them the test fails under
 //! `CI=true` and is skipped with a message otherwise. Screenshots of each step are written to
 //! `target/console-screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! SIGKILL during a recording: after a restart every recording is a valid WAV holding the
 //! audio up to the kill (less at most about a second), and its sidecar says it was repaired.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! DTMF end to end: what our senders produce, our receivers read back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

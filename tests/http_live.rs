@@ -1,5 +1,6 @@
 //! The real server started in-process, its HTTP side checked over real HTTP on 127.0.0.1:
 //! the console, live calls, CDRs, metrics and the event stream with its keep-alive.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

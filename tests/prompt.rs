@@ -1,5 +1,6 @@
 //! Prompt decoding, resampling and caching against real files: the fixtures in
 //! `tests/fixtures/audio/` (made by its `make.sh`) and the shipped `prompts/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! computes is checked. On loopback both are (almost) zero: any error is our timing.
 //!
 //! And the send side of every ptime, RFC 4733 events included, allocates nothing per tick.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};

@@ -4,6 +4,7 @@
 //!
 //! Needs root (for the namespace), `baresip`, `linphonec` and `ip`; without them the tests
 //! skip with a notice, except with `CI=true`, where they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/baresip.rs"]
 mod baresip;

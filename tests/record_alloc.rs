@@ -1,6 +1,7 @@
 //! The recording path the media tick uses — `RecordSession::push_frame` and
 //! `RecorderHandle::push` — must not allocate. A counting global allocator proves it for the
 //! calling thread (the writer thread may allocate as it likes).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The streaming resampler must not touch the heap once made: counted with a global
 //! allocator that tallies allocations made by this thread.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use switchboard::media::prompt::{Prompt, PromptPlayer};
 use switchboard::media::resample::StreamResampler;

@@ -1,5 +1,6 @@
 //! The real server, started in-process on 127.0.0.1 port 0, called by the test caller over
 //! real UDP and TCP sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

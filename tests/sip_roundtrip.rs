@@ -1,4 +1,5 @@
 //! parse ∘ print round trips for generated SIP messages, and `classify` on arbitrary bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
 use switchboard::sip::message::{classify, encode_response, Essentials, Inbound};

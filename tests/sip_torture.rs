@@ -2,6 +2,7 @@
 //!
 //! `tests/fixtures/rfc4475/expect.toml` says, per message, which outcomes satisfy the RFC for
 //! this server; every fixture is also run in stream mode and truncated, which must not panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

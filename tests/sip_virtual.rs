@@ -1,5 +1,6 @@
 //! The SIP endpoint and a test caller talk over an emulated network that loses, delays and
 //! reorders datagrams, in virtual time: 64·T1 of retransmissions pass in microseconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

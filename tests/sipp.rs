@@ -4,6 +4,7 @@
 //!
 //! Needs `sipp` (Debian/Ubuntu package `sip-tester`); without it these tests are skipped,
 //! except under `CI=true`, where they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Strict RTP sources against the real server on 127.0.0.1: a stranger spraying the RTP port
 //! range is neither heard nor answered, and a caller behind (simulated) NAT is still learned.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
