@@ -13,63 +13,39 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+mod support;
+
 const TOKEN: &str = "live-http-token";
 
+/// The in-process server with a token, one media worker, and its recordings and CDRs in a
+/// folder of its own.
 struct Server {
     http: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    inner: support::server::Server,
     dir: PathBuf,
 }
 
 async fn start() -> Server {
     let dir =
         std::env::temp_dir().join(format!("switchboard-http-live-{:016x}", fastrand::u64(..)));
-    let mut cfg = switchboard::Config::embedded().unwrap();
-    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.http.token = TOKEN.into();
-    cfg.rtp.port_min = 47000;
-    cfg.rtp.port_max = 47099;
-    cfg.media.workers = 1;
-    cfg.paths.recordings = dir.join("recordings");
-    cfg.cdr.dir = dir.join("cdr");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let r = switchboard::run_with_ready(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            move |r| {
-                let _ = ready_tx.send(r.http);
-            },
-        )
-        .await;
-        assert!(r.is_ok(), "{r:?}");
-    });
-    let http = tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("ready in time")
-        .expect("ready");
+    let folder = dir.clone();
+    let inner = support::server::start_with((47000, 47099), move |cfg| {
+        cfg.http.token = TOKEN.into();
+        cfg.media.workers = 1;
+        cfg.paths.recordings = folder.join("recordings");
+        cfg.cdr.dir = folder.join("cdr");
+    })
+    .await;
     Server {
-        http,
-        stop: Some(stop_tx),
-        task,
+        http: inner.http,
+        inner,
         dir,
     }
 }
 
 impl Server {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("server stops in time")
-            .unwrap();
+    async fn stop(self) {
+        self.inner.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
