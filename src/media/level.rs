@@ -1,7 +1,9 @@
 //! Signal level convention shared by the tone generator and the DTMF detector.
 //!
-//! G.711 defines its digital milliwatt so that a full-scale sine is +3.14 dBm0 (A-law; µ-law
-//! is +3.17, the 0.03 dB difference is ignored). Hence a sine of `L` dBm0 has peak amplitude
+//! G.711 defines its digital milliwatt so that a full-scale sine is +3.14 dBm0 (A-law). µ-law
+//! puts 0 dBm0 0.065 dB lower on the 16-bit scale (+3.17 dBm0 at its overload, 4 × 8159 =
+//! 32 636, not 32 767); the difference is ignored here, and tests that need exact µ-law levels
+//! correct for it. Hence a sine of `L` dBm0 has peak amplitude
 //! `32767 × 10^((L − 3.14) / 20)`: 0 dBm0 ≈ 22 826 peak, −10 dBm0 ≈ 7 218, −25 dBm0 ≈ 1 284.
 //! Levels of multi-frequency tones are always given per frequency component.
 
