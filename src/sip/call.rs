@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::endpoint::{CallHandle, EndReason, Event};
+use super::ids::Ids;
 use super::message::Request;
 use super::transport::Command;
 use crate::cdr::{Cdr, HangupSide, RtpStats};
@@ -70,6 +71,8 @@ pub struct CallContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where finished calls' records go (None: no CDRs).
     pub cdr: Option<crate::cdr::CdrWriter>,
+    /// With the call handle, seeds each call's SDP session id, SSRC and RTP start points.
+    pub ids_seed: u64,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -112,8 +115,10 @@ pub fn spawn(
                 to: parties.user.clone(),
             });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
+            let ids = Ids::for_call(ctx.ids_seed, call.0);
             let mut c = Call {
                 ctx,
+                ids,
                 call,
                 events,
                 commands,
@@ -161,6 +166,8 @@ pub fn spawn(
 
 pub(crate) struct Call {
     ctx: Arc<CallContext>,
+    /// The call's identifiers: SDP session id, SSRC, RTP start points.
+    ids: Ids,
     call: CallHandle,
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
@@ -372,7 +379,7 @@ impl Call {
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
-        let mut session = LocalSession::new(fastrand::u64(1..u64::MAX >> 1), media);
+        let mut session = LocalSession::new(self.ids.u64(1..u64::MAX >> 1), media);
         if request.body.is_empty() {
             // No offer in the INVITE: we offer in the 200 and take the answer from the ACK.
             self.answer_sdp = Some(session.offer().to_string());
@@ -508,13 +515,16 @@ impl Call {
             rtcp_mux: m.rtcp_mux,
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
-            ssrc: Ssrc::new(fastrand::u32(..)),
+            ssrc: Ssrc::new(self.ids.u32()),
             ptime: Duration::from_millis(u64::from(m.ptime_ms)),
             sources: crate::media::leg::LegSources {
                 signalling: Some(self.parties.signalling),
                 ..self.ctx.rtp_sources.clone()
             },
             dtmf: self.ctx.dtmf,
+            first_seq: self.ids.u16(),
+            first_timestamp: self.ids.u32(),
+            rtcp_seed: self.ids.u64(..),
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,

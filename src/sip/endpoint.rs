@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::dialog::{content_type, Dialog, DialogId, Peer};
+use super::ids::Ids;
 use super::message::{
-    classify, encode_response, header_value, push_header, random_token, response_to, set_body,
-    Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+    classify_with, encode_response, header_value, push_header, response_to, set_body, Essentials,
+    Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
 };
 use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
 use super::session_timer::{
@@ -320,11 +321,19 @@ pub struct Endpoint {
     next_call: u64,
     scratch: Vec<TxOutput>,
     session_timers: SessionTimerConfig,
+    /// Every tag, branch, first CSeq and random delay the endpoint makes.
+    ids: Ids,
 }
 
 impl Endpoint {
-    /// An endpoint with no calls.
+    /// An endpoint with no calls, its identifiers seeded from entropy.
     pub fn new(cfg: EndpointConfig) -> Self {
+        Self::with_ids(cfg, Ids::from_entropy())
+    }
+
+    /// An endpoint with no calls whose identifiers come from `ids`: the same seed and the
+    /// same inputs give the same messages.
+    pub fn with_ids(cfg: EndpointConfig, ids: Ids) -> Self {
         Endpoint {
             cfg,
             server_txs: HashMap::new(),
@@ -337,6 +346,7 @@ impl Endpoint {
             next_call: 1,
             scratch: Vec::new(),
             session_timers: SessionTimerConfig::default(),
+            ids,
         }
     }
 
@@ -372,7 +382,7 @@ impl Endpoint {
 
     /// Handles one message from the network.
     pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
-        match classify(bytes, peer.transport.is_reliable()) {
+        match classify_with(bytes, peer.transport.is_reliable(), &mut self.ids) {
             Inbound::Request(r) => self.on_request(now, peer, *r),
             Inbound::Response(r) => self.on_response(now, *r),
             Inbound::Reject {
@@ -541,13 +551,13 @@ impl Endpoint {
             return self.on_cancel(now, peer, key, r);
         }
         if let Some(reason) = unsupported_requirement(&r.req) {
-            let mut resp = response_to(&r.req, 420, "Bad Extension", Some(&random_token()));
+            let mut resp = response_to(&r.req, 420, "Bad Extension", Some(&self.ids.token()));
             push_header(&mut resp, "Unsupported", &reason);
             return self.answer_non_invite(now, peer, key, resp);
         }
         if method == Method::Invite {
             if let Some((code, reason)) = unusable_media_type(&r.req) {
-                let mut resp = response_to(&r.req, code, reason, Some(&random_token()));
+                let mut resp = response_to(&r.req, code, reason, Some(&self.ids.token()));
                 push_header(&mut resp, "Accept", "application/sdp");
                 return self.reply(now, peer, key, method, resp);
             }
@@ -558,7 +568,7 @@ impl Endpoint {
         match method {
             Method::Invite => self.on_new_invite(now, peer, key, r),
             Method::Options => {
-                let mut resp = response_to(&r.req, 200, "OK", Some(&random_token()));
+                let mut resp = response_to(&r.req, 200, "OK", Some(&self.ids.token()));
                 self.decorate(&mut resp, peer);
                 push_header(
                     &mut resp,
@@ -574,13 +584,13 @@ impl Endpoint {
                     &r.req,
                     481,
                     "Call/Transaction Does Not Exist",
-                    Some(&random_token()),
+                    Some(&self.ids.token()),
                 );
                 self.answer_non_invite(now, peer, key, resp);
             }
             _ => {
                 let mut resp =
-                    response_to(&r.req, 405, "Method Not Allowed", Some(&random_token()));
+                    response_to(&r.req, 405, "Method Not Allowed", Some(&self.ids.token()));
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
@@ -618,9 +628,12 @@ impl Endpoint {
         if c.phase != CallPhase::Confirmed || !ready(c) {
             return Err(CommandError::WrongState);
         }
-        let mut req = c
-            .dialog
-            .request(method, self.cfg.local_addr, &self.cfg.user_agent);
+        let mut req = c.dialog.request(
+            method,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
         if let Some(contact) = our_contact {
             push_header(&mut req, "Contact", &contact);
         }
@@ -648,8 +661,9 @@ impl Endpoint {
     fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
         let call = CallHandle(self.next_call);
         self.next_call += 1;
-        let local_tag = random_token();
-        let dialog = match Dialog::new_uas(&r.req, &local_tag, peer) {
+        let local_tag = self.ids.token();
+        let first_cseq = self.ids.first_cseq();
+        let dialog = match Dialog::new_uas(&r.req, &local_tag, peer, first_cseq) {
             Ok(d) => d,
             Err(e) => {
                 let resp = response_to(&r.req, 400, &e.to_string(), Some(&local_tag));
@@ -703,7 +717,7 @@ impl Endpoint {
                 &r.req,
                 481,
                 "Call/Transaction Does Not Exist",
-                Some(&random_token()),
+                Some(&self.ids.token()),
             );
             return self.answer_non_invite(now, peer, key, resp);
         };
@@ -711,7 +725,7 @@ impl Endpoint {
             .calls
             .get(&call)
             .map(|c| c.dialog.id.local_tag.clone())
-            .unwrap_or_else(random_token);
+            .unwrap_or_else(|| self.ids.token());
         let ok = response_to(&r.req, 200, "OK", Some(&local_tag));
         self.answer_non_invite(now, peer, key, ok);
         if state == super::transaction::InviteServerState::Proceeding {
@@ -913,7 +927,7 @@ impl Endpoint {
         if busy {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
             let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
-            push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+            push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
             return self.reply(now, peer, key, Method::Invite, resp);
         }
         let timer_offer = match self.negotiate_refresh(call, &r.req) {
@@ -979,7 +993,7 @@ impl Endpoint {
             // the first offer/answer is not complete, so a new offer must wait.
             if theirs_pending || phase == CallPhase::Early {
                 let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
-                push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+                push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
                 return self.answer_non_invite(now, peer, key, resp);
             }
         }
@@ -1182,7 +1196,7 @@ impl Endpoint {
                 }
             }
             // RFC 3261 §14.1: glare; we own no Call-ID here, so 0-2 s.
-            491 => t.retry_at(now + std::time::Duration::from_millis(fastrand::u64(0..=2000))),
+            491 => t.retry_at(now + std::time::Duration::from_millis(self.ids.u64(0..=2000))),
             405 | 501 if update => {
                 c.peer_allows_update = false;
                 t.retry_at(now);
@@ -1254,6 +1268,7 @@ impl Endpoint {
         let ack = c.dialog.ack(
             cseq,
             (!success).then_some(branch),
+            &mut self.ids,
             self.cfg.local_addr,
             &self.cfg.user_agent,
         );
@@ -1589,9 +1604,12 @@ impl Endpoint {
             return;
         }
         c.phase = CallPhase::Terminating;
-        let req = c
-            .dialog
-            .request(Method::Bye, self.cfg.local_addr, &self.cfg.user_agent);
+        let req = c.dialog.request(
+            Method::Bye,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
         let peer = c.dialog.peer;
         self.start_client(now, call, ClientPurpose::Bye, peer, req);
     }

@@ -8,6 +8,8 @@ pub use rsipstack::sip::{Header, Headers, Method, Request, Response, SipMessage,
 
 use rsipstack::sip::prelude::*;
 
+use super::ids::Ids;
+
 /// The fields every request and response must carry, read and checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Essentials {
@@ -80,26 +82,32 @@ pub enum Inbound {
 }
 
 /// Parses and checks one message. `stream` is true for messages framed off a TCP stream,
-/// where the framer already cut the body to Content-Length.
+/// where the framer already cut the body to Content-Length. The To tag of a refusal comes
+/// from entropy; [`classify_with`] takes it from a given source.
 pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
+    classify_with(bytes, stream, &mut Ids::from_entropy())
+}
+
+/// [`classify`], with the To tag of a refusal drawn from `ids`.
+pub fn classify_with(bytes: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Inbound::Drop {
             reason: "keep-alive".into(),
         };
     }
     match rsipstack::sip::SipMessage::try_from(bytes) {
-        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream),
+        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream, ids),
         Ok(SipMessage::Response(resp)) => match check_response(resp, bytes, stream) {
             Ok(r) => Inbound::Response(Box::new(r)),
             Err(reason) => Inbound::Drop { reason },
         },
-        Err(e) => refuse_unparsed(bytes, &e.to_string()),
+        Err(e) => refuse_unparsed(bytes, &e.to_string(), ids),
     }
 }
 
-fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
-    let refuse = |req: &Request, code: u16, reason: String| {
-        let mut resp = response_to(req, code, &reason, Some(&random_token()));
+fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
+    let mut refuse = |req: &Request, code: u16, reason: String| {
+        let mut resp = response_to(req, code, &reason, Some(&ids.token()));
         if code == 405 || code == 501 {
             push_header(&mut resp, "Allow", ALLOW);
         }
@@ -548,16 +556,6 @@ impl HasBody for Response {
     }
 }
 
-/// A random token for tags and branches (RFC 3261 asks for 32 bits of randomness; we use 64).
-pub fn random_token() -> String {
-    format!("{:016x}", fastrand::u64(..))
-}
-
-/// A new RFC 3261 branch for a request we send.
-pub fn new_branch() -> String {
-    format!("z9hG4bK{}", random_token())
-}
-
 /// What a request the parser refused still tells us: enough to answer it.
 #[derive(Debug, Default)]
 struct Salvaged {
@@ -571,7 +569,7 @@ struct Salvaged {
 
 /// Answers a request the parser refused, when its Via, From, To, Call-ID and CSeq can be read:
 /// 501 for a method we do not know, 400 otherwise. Anything else is dropped.
-fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
+fn refuse_unparsed(bytes: &[u8], why: &str, ids: &mut Ids) -> Inbound {
     let Some(s) = salvage(bytes) else {
         return Inbound::Drop {
             reason: format!("unparseable: {}", first_line(why)),
@@ -604,7 +602,7 @@ fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
     if to.to_ascii_lowercase().contains(";tag=") {
         let _ = write!(out, "To: {to}\r\n");
     } else {
-        let _ = write!(out, "To: {to};tag={}\r\n", random_token());
+        let _ = write!(out, "To: {to};tag={}\r\n", ids.token());
     }
     let _ = write!(out, "Call-ID: {call_id}\r\nCSeq: {cseq}\r\n");
     if code == 501 {
