@@ -22,6 +22,7 @@ use super::ids::Ids;
 use super::message::Request;
 use super::transport::Command;
 use crate::cdr::{Cdr, HangupSide, RtpStats};
+use crate::error::{reason_phrase, Refusal, SipStatus};
 use crate::events::{Event as BusEvent, EventBus};
 use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
 use crate::media::dtmf::Digit;
@@ -255,26 +256,6 @@ fn cdr_code(outcome: &Outcome, refused: Option<u16>, answered: bool) -> Option<u
     }
 }
 
-/// The reason phrase for a status code we send.
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        480 => "Temporarily Unavailable",
-        486 => "Busy Here",
-        488 => "Not Acceptable Here",
-        500 => "Server Internal Error",
-        503 => "Service Unavailable",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        604 => "Does Not Exist Anywhere",
-        c if c < 500 => "Request Failure",
-        c if c < 600 => "Server Failure",
-        _ => "Global Failure",
-    }
-}
-
 impl Call {
     /// Leaves the room and removes the leg, and waits briefly for the leg's final
     /// statistics (the worker reports them as it removes the leg).
@@ -370,12 +351,20 @@ impl Call {
         let Some(ast) = self.ctx.scripts.get(&route.script) else {
             tracing::warn!(script = %route.script, "no such script; refusing the call");
             return self
-                .reject(404, Some(format!("no script {}", route.script)))
+                .reject(
+                    Refusal::NoSuchUser.code(),
+                    Some(format!("no script {}", route.script)),
+                )
                 .await;
         };
         let Some(lease) = self.ctx.ports.allocate() else {
             tracing::warn!("no RTP port free");
-            return self.reject(503, Some("no media ports free".into())).await;
+            return self
+                .reject(
+                    Refusal::Overloaded.code(),
+                    Some("no media ports free".into()),
+                )
+                .await;
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
@@ -605,7 +594,7 @@ impl Call {
                 Some(c) = self.control.recv() => match c {
                     CallControl::Hangup => {
                         tracing::info!("hung up by the operator");
-                        self.hangup(480).await;
+                        self.hangup(Refusal::Unavailable.code()).await;
                     }
                     CallControl::Dtmf(digits) => {
                         if let Some(leg) = &self.leg {
@@ -616,7 +605,7 @@ impl Call {
                 _ = &mut deadline, if !deadline_passed && deadline_armed => {
                     tracing::info!("maximum call duration reached");
                     deadline_passed = true;
-                    self.hangup(480).await;
+                    self.hangup(Refusal::Unavailable.code()).await;
                 }
             }
         }
@@ -630,14 +619,14 @@ impl Call {
             ScriptOutcome::Error(e) => {
                 self.ctx.metrics.script_error();
                 tracing::warn!(error = %e, "the script failed; ending the call");
-                self.hangup(500).await;
+                self.hangup(Refusal::Internal.code()).await;
             }
             ScriptOutcome::Stopped(cause) => {
                 tracing::info!(?cause, "the script was stopped; ending the call");
-                self.hangup(500).await;
+                self.hangup(Refusal::Internal.code()).await;
             }
             // A flow that ends without hanging up hangs up; one that never answered refuses.
-            ScriptOutcome::Finished => self.hangup(480).await,
+            ScriptOutcome::Finished => self.hangup(Refusal::Unavailable.code()).await,
         }
     }
 
@@ -655,11 +644,11 @@ impl Call {
                         }
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "unusable answer in ACK; hanging up");
-                            self.hangup(488).await;
+                            self.hangup(Refusal::OfferNotAcceptable.code()).await;
                         }
                         None => {
                             tracing::info!("no answer in the ACK; hanging up");
-                            self.hangup(488).await;
+                            self.hangup(Refusal::OfferNotAcceptable.code()).await;
                         }
                     }
                 }
@@ -724,7 +713,7 @@ impl Call {
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => {
                 tracing::info!("no RTP from the caller; hanging up");
-                self.hangup(480).await;
+                self.hangup(Refusal::Unavailable.code()).await;
             }
         }
     }
@@ -750,10 +739,11 @@ impl Call {
             // In a call, a broken offer is refused like an unacceptable one: 488, and the
             // session goes on as it was.
             Err((_, why)) => {
+                let (code, reason) = Refusal::OfferNotAcceptable.status();
                 self.send(Command::RejectReinvite {
                     call: self.call,
-                    code: 488,
-                    reason: reason_phrase(488).into(),
+                    code,
+                    reason: reason.into(),
                     warning: Some(why),
                 })
                 .await;
@@ -789,8 +779,10 @@ fn negotiate(
     session: &mut LocalSession,
     body: &[u8],
 ) -> Result<(String, NegotiatedAudio), (u16, String)> {
-    let offer = sdp::parse(body).map_err(|e| (400, format!("bad SDP: {e}")))?;
-    let answer = session.answer(&offer).map_err(|e| (488, e.to_string()))?;
+    let offer = sdp::parse(body).map_err(|e| (e.code(), format!("bad SDP: {e}")))?;
+    let answer = session
+        .answer(&offer)
+        .map_err(|e| (e.code(), e.to_string()))?;
     Ok((answer.sdp.to_string(), answer.media))
 }
 

@@ -16,8 +16,8 @@ use std::time::Instant;
 use super::dialog::{content_type, Dialog, DialogId, Peer};
 use super::ids::Ids;
 use super::message::{
-    classify_with, encode_response, header_value, push_header, response_to, set_body, Essentials,
-    Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+    classify_with, encode_response, header_value, push_header, refusal_to, response_to, set_body,
+    Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
 };
 use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
 use super::session_timer::{
@@ -26,6 +26,7 @@ use super::session_timer::{
 use super::transaction::{
     ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
 };
+use crate::error::{Refusal, SipStatus};
 use rsipstack::sip::prelude::*;
 
 /// Static settings of the endpoint.
@@ -551,13 +552,13 @@ impl Endpoint {
             return self.on_cancel(now, peer, key, r);
         }
         if let Some(reason) = unsupported_requirement(&r.req) {
-            let mut resp = response_to(&r.req, 420, "Bad Extension", Some(&self.ids.token()));
+            let mut resp = refusal_to(&r.req, &Refusal::BadExtension, Some(&self.ids.token()));
             push_header(&mut resp, "Unsupported", &reason);
             return self.answer_non_invite(now, peer, key, resp);
         }
         if method == Method::Invite {
-            if let Some((code, reason)) = unusable_media_type(&r.req) {
-                let mut resp = response_to(&r.req, code, reason, Some(&self.ids.token()));
+            if let Some(why) = unusable_media_type(&r.req) {
+                let mut resp = refusal_to(&r.req, &why, Some(&self.ids.token()));
                 push_header(&mut resp, "Accept", "application/sdp");
                 return self.reply(now, peer, key, method, resp);
             }
@@ -580,17 +581,12 @@ impl Endpoint {
                 self.answer_non_invite(now, peer, key, resp);
             }
             Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
-                let resp = response_to(
-                    &r.req,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    Some(&self.ids.token()),
-                );
+                let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
                 self.answer_non_invite(now, peer, key, resp);
             }
             _ => {
                 let mut resp =
-                    response_to(&r.req, 405, "Method Not Allowed", Some(&self.ids.token()));
+                    refusal_to(&r.req, &Refusal::MethodNotAllowed, Some(&self.ids.token()));
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
@@ -666,7 +662,8 @@ impl Endpoint {
         let dialog = match Dialog::new_uas(&r.req, &local_tag, peer, first_cseq) {
             Ok(d) => d,
             Err(e) => {
-                let resp = response_to(&r.req, 400, &e.to_string(), Some(&local_tag));
+                // The phrase says what the dialog lacks.
+                let resp = response_to(&r.req, e.code(), &e.to_string(), Some(&local_tag));
                 return self.reply(now, peer, key, Method::Invite, resp);
             }
         };
@@ -713,12 +710,7 @@ impl Endpoint {
             _ => None,
         };
         let Some((call, state)) = target else {
-            let resp = response_to(
-                &r.req,
-                481,
-                "Call/Transaction Does Not Exist",
-                Some(&self.ids.token()),
-            );
+            let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
             return self.answer_non_invite(now, peer, key, resp);
         };
         let local_tag = self
@@ -733,7 +725,8 @@ impl Endpoint {
                 .calls
                 .get(&call)
                 .is_some_and(|c| c.phase == CallPhase::Early);
-            self.final_invite_response(now, call, 487, "Request Terminated", None);
+            let (code, reason) = Refusal::Terminated.status();
+            self.final_invite_response(now, call, code, reason, None);
             if initial {
                 self.end_call(now, call, EndReason::Cancelled);
             } else if let Some(c) = self.calls.get_mut(&call) {
@@ -785,7 +778,7 @@ impl Endpoint {
         let method = r.req.method;
         let call = dialog_id_of(&r.ess).and_then(|id| self.dialogs.get(&id).copied());
         let Some(call) = call else {
-            let resp = response_to(&r.req, 481, "Call/Transaction Does Not Exist", None);
+            let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, None);
             return self.reply(now, peer, key, method, resp);
         };
         let cseq_ok = self
@@ -793,7 +786,7 @@ impl Endpoint {
             .get_mut(&call)
             .is_some_and(|c| c.dialog.accept_remote_cseq(method, r.ess.cseq));
         if !cseq_ok {
-            let resp = response_to(&r.req, 500, "CSeq Out of Order", None);
+            let resp = refusal_to(&r.req, &Refusal::CSeqOutOfOrder, None);
             return self.reply(now, peer, key, method, resp);
         }
         match method {
@@ -820,7 +813,7 @@ impl Endpoint {
             Method::Update => self.on_update(now, peer, key, call, r),
             Method::Notify => self.on_notify(now, peer, key, call, r),
             _ => {
-                let mut resp = response_to(&r.req, 405, "Method Not Allowed", None);
+                let mut resp = refusal_to(&r.req, &Refusal::MethodNotAllowed, None);
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
@@ -847,7 +840,7 @@ impl Endpoint {
         });
         let (Some(c), Some(sub)) = (c, sub) else {
             // Not a subscription of ours: RFC 6665 §4.1.3.
-            let resp = response_to(&r.req, 481, "Subscription Does Not Exist", None);
+            let resp = refusal_to(&r.req, &Refusal::NoSuchSubscription, None);
             return self.answer_non_invite(now, peer, key, resp);
         };
         let terminated =
@@ -921,12 +914,12 @@ impl Endpoint {
         let glare = self.calls.get(&call).is_some_and(|c| c.reinvite_out);
         if glare {
             // §14.2: both sides re-INVITEd at once.
-            let resp = response_to(&r.req, 491, "Request Pending", None);
+            let resp = refusal_to(&r.req, &Refusal::OurOfferPending, None);
             return self.reply(now, peer, key, Method::Invite, resp);
         }
         if busy {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
-            let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
+            let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
             push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
             return self.reply(now, peer, key, Method::Invite, resp);
         }
@@ -981,18 +974,18 @@ impl Endpoint {
         let offer = !r.req.body.is_empty();
         if offer {
             if content_type(&r.req.headers).as_deref() != Some("application/sdp") {
-                let mut resp = response_to(&r.req, 415, "Unsupported Media Type", None);
+                let mut resp = refusal_to(&r.req, &Refusal::UnsupportedMediaType, None);
                 push_header(&mut resp, "Accept", "application/sdp");
                 return self.answer_non_invite(now, peer, key, resp);
             }
             if ours_pending {
-                let resp = response_to(&r.req, 491, "Request Pending", None);
+                let resp = refusal_to(&r.req, &Refusal::OurOfferPending, None);
                 return self.answer_non_invite(now, peer, key, resp);
             }
             // In the early dialog the INVITE's offer is answered only unreliably (no 100rel):
             // the first offer/answer is not complete, so a new offer must wait.
             if theirs_pending || phase == CallPhase::Early {
-                let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
+                let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
                 push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
                 return self.answer_non_invite(now, peer, key, resp);
             }
@@ -1499,7 +1492,10 @@ impl Endpoint {
             .map(|c| c.phase)
             .ok_or(CommandError::NoSuchCall)?;
         match phase {
-            CallPhase::Early => self.reject(now, call, 480, "Temporarily Unavailable", None),
+            CallPhase::Early => {
+                let (code, reason) = Refusal::Unavailable.status();
+                self.reject(now, call, code, reason, None)
+            }
             CallPhase::Terminating => Ok(()),
             CallPhase::Answered | CallPhase::Confirmed => {
                 self.send_bye(now, call);
@@ -1734,7 +1730,7 @@ impl Endpoint {
     fn forget_call(&mut self, now: Instant, call: CallHandle) {
         // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
         if let Some((key, req)) = self.take_pending_update(call) {
-            let resp = response_to(&req, 487, "Request Terminated", None);
+            let resp = refusal_to(&req, &Refusal::Terminated, None);
             self.respond_pending(now, call, key, resp);
         }
         if let Some(c) = self.calls.remove(&call) {
@@ -1753,11 +1749,11 @@ fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {
 
 /// An INVITE whose body is not SDP (415), or whose Accept rules out the SDP we would answer
 /// with (406), RFC 3261 §8.2.3 and §21.4.7.
-fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
+fn unusable_media_type(req: &Request) -> Option<Refusal> {
     if !req.body.is_empty() {
         match content_type(&req.headers) {
             Some(ct) if ct == "application/sdp" => {}
-            _ => return Some((415, "Unsupported Media Type")),
+            _ => return Some(Refusal::UnsupportedMediaType),
         }
     }
     let accept = super::message::header_value(&req.headers, "Accept")?;
@@ -1770,7 +1766,7 @@ fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
             .to_ascii_lowercase();
         matches!(range.as_str(), "application/sdp" | "application/*" | "*/*")
     });
-    (!acceptable && !accept.trim().is_empty()).then_some((406, "Not Acceptable"))
+    (!acceptable && !accept.trim().is_empty()).then_some(Refusal::NotAcceptable)
 }
 
 /// Required extensions other than `timer`, the only one we implement (RFC 3261 §8.2.2.3).
@@ -1793,7 +1789,7 @@ fn allows_update(req: &Request) -> bool {
 
 /// 422 Session Interval Too Small with our minimum (RFC 4028 §9).
 fn too_small(req: &Request, min: u32, to_tag: Option<&str>) -> rsipstack::sip::Response {
-    let mut resp = response_to(req, 422, "Session Interval Too Small", to_tag);
+    let mut resp = refusal_to(req, &Refusal::IntervalTooSmall, to_tag);
     push_header(&mut resp, "Min-SE", &min.to_string());
     resp
 }

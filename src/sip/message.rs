@@ -9,6 +9,7 @@ pub use rsipstack::sip::{Header, Headers, Method, Request, Response, SipMessage,
 use rsipstack::sip::prelude::*;
 
 use super::ids::Ids;
+use crate::error::{Refusal, SipStatus};
 
 /// The fields every request and response must carry, read and checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,20 +107,20 @@ pub fn classify_with(bytes: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
 }
 
 fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
-    let mut refuse = |req: &Request, code: u16, reason: String| {
-        let mut resp = response_to(req, code, &reason, Some(&ids.token()));
-        if code == 405 || code == 501 {
+    let mut refuse = |req: &Request, why: Refusal| {
+        let mut resp = refusal_to(req, &why, Some(&ids.token()));
+        if matches!(why, Refusal::MethodNotAllowed | Refusal::NotImplemented) {
             push_header(&mut resp, "Allow", ALLOW);
         }
         Inbound::Reject {
             response: encode_response(&resp),
-            code,
-            reason,
+            code: why.code(),
+            reason: why.phrase().into_owned(),
         }
     };
     if req.version != rsipstack::sip::Version::V2 {
         return match essentials(&req) {
-            Ok(_) => refuse(&req, 505, "Version Not Supported".into()),
+            Ok(_) => refuse(&req, Refusal::VersionNotSupported),
             Err(reason) => Inbound::Drop { reason },
         };
     }
@@ -128,7 +129,7 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> I
         Err(reason) => {
             // Without Via, From, To, Call-ID and CSeq no answer can be routed or matched.
             return if salvageable(&req) && req.method != Method::Ack {
-                refuse(&req, 400, reason)
+                refuse(&req, Refusal::Malformed(reason))
             } else {
                 Inbound::Drop { reason }
             };
@@ -136,24 +137,29 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> I
     };
     let head = unfolded_head(raw);
     if let Err(reason) = strict_syntax(&head) {
-        return reply_or_drop(&req, || refuse(&req, 400, reason));
+        return reply_or_drop(&req, || refuse(&req, Refusal::Malformed(reason)));
     }
     if ess.cseq_method != req.method {
         return reply_or_drop(&req, || {
-            refuse(&req, 400, "CSeq method does not match the request".into())
+            refuse(
+                &req,
+                Refusal::Malformed("CSeq method does not match the request".into()),
+            )
         });
     }
     if let Err(reason) = fit_body(&mut req.headers, &mut req.body, raw, stream) {
-        return reply_or_drop(&req, || refuse(&req, 400, reason));
+        return reply_or_drop(&req, || refuse(&req, Refusal::Malformed(reason)));
     }
     if let Some(dup) = duplicated_single_header(&req.headers) {
         return reply_or_drop(&req, || {
-            refuse(&req, 400, format!("Multiple {dup} headers"))
+            refuse(&req, Refusal::Malformed(format!("Multiple {dup} headers")))
         });
     }
     if let Some(mf) = header_value(&req.headers, "Max-Forwards") {
         if mf.trim().parse::<u32>().is_err() {
-            return reply_or_drop(&req, || refuse(&req, 400, "Bad Max-Forwards header".into()));
+            return reply_or_drop(&req, || {
+                refuse(&req, Refusal::Malformed("Bad Max-Forwards header".into()))
+            });
         }
     }
     // rsipstack reads an unknown scheme such as `soap.beep://host` as a host name, so the
@@ -165,7 +171,7 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> I
         .map(|(scheme, _)| scheme.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("sip") | Some("sips") | Some("tel") => {}
-        _ => return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into())),
+        _ => return reply_or_drop(&req, || refuse(&req, Refusal::UnsupportedUriScheme)),
     }
     Inbound::Request(Box::new(ParsedRequest { req, ess }))
 }
@@ -477,6 +483,11 @@ pub fn header_value<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
 /// Methods this server implements, as advertised in Allow.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
 
+/// The answer to `req` that `why` calls for (see [`Refusal`]), built like [`response_to`].
+pub fn refusal_to(req: &Request, why: &Refusal, to_tag: Option<&str>) -> Response {
+    response_to(req, why.code(), &why.phrase(), to_tag)
+}
+
 /// Builds a response to `req`: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6.2),
 /// `to_tag` added to To when it has none and the response is not 100.
 pub fn response_to(req: &Request, code: u16, reason: &str, to_tag: Option<&str>) -> Response {
@@ -581,11 +592,12 @@ fn refuse_unparsed(bytes: &[u8], why: &str, ids: &mut Ids) -> Inbound {
         };
     }
     let known = s.method.parse::<Method>().is_ok();
-    let (code, reason) = if known || !is_token(&s.method) {
-        (400, format!("Bad Request ({})", first_line(why)))
+    let refusal = if known || !is_token(&s.method) {
+        Refusal::Malformed(format!("Bad Request ({})", first_line(why)))
     } else {
-        (501, "Not Implemented".to_string())
+        Refusal::NotImplemented
     };
+    let (code, reason) = (refusal.code(), refusal.phrase().into_owned());
     let (Some(from), Some(to), Some(call_id), Some(cseq)) = (&s.from, &s.to, &s.call_id, &s.cseq)
     else {
         return Inbound::Drop {
@@ -605,7 +617,7 @@ fn refuse_unparsed(bytes: &[u8], why: &str, ids: &mut Ids) -> Inbound {
         let _ = write!(out, "To: {to};tag={}\r\n", ids.token());
     }
     let _ = write!(out, "Call-ID: {call_id}\r\nCSeq: {cseq}\r\n");
-    if code == 501 {
+    if refusal == Refusal::NotImplemented {
         let _ = write!(out, "Allow: {ALLOW}\r\n");
     }
     out.push_str("Content-Length: 0\r\n\r\n");
