@@ -128,6 +128,8 @@ pub async fn run_with_ready(
         calls: calls.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        // Once from entropy: SSRCs and SDP session ids of calls must not be predictable.
+        ids_seed: fastrand::u64(..),
         cdr: cdr_writer,
     });
     let spawner: CallSpawner =

@@ -11,18 +11,33 @@ use support::uac::{offer, Uac, UacState};
 use switchboard::sdp::{parse, LocalSession};
 use switchboard::sip::dialog::{Peer, Transport};
 use switchboard::sip::endpoint::{CallHandle, EndReason, Endpoint, EndpointConfig, Event};
+use switchboard::sip::ids::Ids;
 use switchboard::sip::session_timer::SessionTimerConfig;
 use switchboard::sip::transaction::TimerConfig;
 
 const SERVER: &str = "127.0.0.1:5060";
 const CLIENT: &str = "127.0.0.1:5070";
 
-fn endpoint() -> Endpoint {
-    Endpoint::new(EndpointConfig {
-        timers: TimerConfig::default(),
-        local_addr: SERVER.parse().unwrap(),
-        user_agent: "switchboard-test".into(),
-    })
+/// An endpoint whose tags, branches and first CSeqs follow from `seed`.
+fn endpoint(seed: u64) -> Endpoint {
+    Endpoint::with_ids(
+        EndpointConfig {
+            timers: TimerConfig::default(),
+            local_addr: SERVER.parse().unwrap(),
+            user_agent: "switchboard-test".into(),
+        },
+        Ids::with_seed(seed),
+    )
+}
+
+/// A caller whose Call-ID, tag and branches follow from `seed` (not the endpoint's sequence).
+fn caller(seed: u64) -> Uac {
+    Uac::seeded(
+        CLIENT.parse().unwrap(),
+        SERVER.parse().unwrap(),
+        false,
+        !seed,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -105,6 +120,8 @@ struct World {
     progress: Vec<(u16, bool)>,
     ended: Vec<EndReason>,
     server_sent: Vec<(u64, Vec<u8>)>,
+    /// What the caller sent, with its send times (ms since the start).
+    client_sent: Vec<(u64, Vec<u8>)>,
     /// UPDATE offers the call layer answered.
     updates: usize,
     /// Offers (re-INVITE, UPDATE) are left unanswered, for the test to see them pending.
@@ -121,8 +138,8 @@ impl World {
         World {
             now,
             start: now,
-            ep: endpoint(),
-            uac: Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false),
+            ep: endpoint(seed),
+            uac: caller(seed),
             net: Net::new(seed, loss, jitter_ms),
             policy,
             incoming: Vec::new(),
@@ -133,6 +150,7 @@ impl World {
             progress: Vec::new(),
             ended: Vec::new(),
             server_sent: Vec::new(),
+            client_sent: Vec::new(),
             updates: 0,
             defer_offers: false,
             session: LocalSession::new(7, "127.0.0.1:20000".parse().unwrap()),
@@ -209,6 +227,8 @@ impl World {
                 moved = true;
             }
             while let Some(m) = self.uac.outbox.pop_front() {
+                let at = (self.now - self.start).as_millis() as u64;
+                self.client_sent.push((at, m.clone()));
                 self.net.send(self.now, Dir::ToServer, m);
                 moved = true;
             }
@@ -328,7 +348,7 @@ fn missing_ack_retransmits_the_2xx_then_ends_the_call_with_bye() {
     w.uac
         .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
     let invite = w.uac.outbox.pop_front().unwrap();
-    w.uac = Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false);
+    w.uac = caller(2);
     w.ep.handle_message(now, World::peer(), &invite);
     w.net.loss = 1.0;
     assert!(w.run_until(|w| !w.ended.is_empty()));
@@ -414,7 +434,7 @@ fn reinvite_to_hold_is_answered_and_acked() {
 
 #[test]
 fn requests_outside_a_dialog_are_answered_by_the_endpoint() {
-    let mut ep = endpoint();
+    let mut ep = endpoint(3);
     let now = Instant::now();
     let cases: [(&str, &str, u16); 8] = [
         ("BYE", ";tag=nosuch", 481),
@@ -463,9 +483,9 @@ CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 
 #[test]
 fn retransmitted_invite_is_absorbed_by_its_transaction() {
-    let mut ep = endpoint();
+    let mut ep = endpoint(4);
     let now = Instant::now();
-    let mut uac = Uac::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), false);
+    let mut uac = caller(4);
     uac.invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
     let invite = uac.outbox.pop_front().unwrap();
     ep.handle_message(now, World::peer(), &invite);
@@ -1175,4 +1195,98 @@ Call-ID: {}\r\nCSeq: 1 UPDATE\r\nContact: <sip:tester@{CLIENT}>\r\nContent-Lengt
     assert_eq!(statuses_of(&w, "UPDATE"), [200, 500, 415]);
     assert_eq!(w.updates, 0);
     assert!(w.ended.is_empty());
+}
+
+/// Everything both sides sent in one call over a lossy, reordering network: INVITE, 200,
+/// ACK, a re-INVITE of ours, an UPDATE offer of the caller's, BYE, and the retransmissions
+/// the losses cause, each with its send time; and the server's messages alone.
+fn traced_call(seed: u64) -> (Vec<(u64, Vec<u8>)>, World) {
+    let mut w = World::new(seed, 0.15, 60, Policy::Answer);
+    let now = w.now;
+    w.uac
+        .invite(now, "echo", &offer("127.0.0.1", 40000, "sendrecv"));
+    assert!(
+        w.run_until(|w| w.uac.state == UacState::Confirmed && w.confirmed == 1),
+        "seed {seed}: no call"
+    );
+    let (now, call) = (w.now, w.incoming[0]);
+    w.ep.reinvite(now, call, offer("127.0.0.1", 20000, "sendonly"))
+        .unwrap();
+    assert!(
+        w.run_until(|w| !w.reinvite_answers.is_empty()),
+        "seed {seed}"
+    );
+    assert_eq!(w.reinvite_answers, [200], "seed {seed}");
+    update(&mut w, "", &offer("127.0.0.1", 40002, "sendonly"));
+    assert!(
+        w.run_until(|w| statuses_of(w, "UPDATE").contains(&200)),
+        "seed {seed}"
+    );
+    let now = w.now;
+    w.uac.request(now, "BYE", "", b"");
+    assert!(
+        w.run_until(|w| !w.ended.is_empty() && w.ep.call_count() == 0),
+        "seed {seed}"
+    );
+    assert_eq!(w.ended, [EndReason::RemoteBye], "seed {seed}");
+    // Every retransmission and timer runs out, so the whole trace is compared.
+    w.run_until(|_| false);
+    assert_eq!(w.ep.transaction_count(), 0);
+    let mut both: Vec<(u64, Vec<u8>)> = w.server_sent.clone();
+    both.extend(w.client_sent.iter().cloned());
+    both.sort();
+    (both, w)
+}
+
+/// The server's To tag in its answers and the branches of its own requests.
+fn our_tags_and_branches(w: &World) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (_, m) in &w.server_sent {
+        let text = String::from_utf8_lossy(m);
+        if text.starts_with("SIP/2.0 200") {
+            ids.extend(header(&text, "To").iter().map(|t| t.to_string()));
+        } else {
+            ids.extend(header(&text, "Via").iter().map(|v| v.to_string()));
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn the_same_seed_replays_a_lossy_call_byte_for_byte() {
+    for seed in [31, 32] {
+        let (first, w) = traced_call(seed);
+        let (again, _) = traced_call(seed);
+        // The losses did cost retransmissions: the trace is more than the bare exchange.
+        assert!(
+            w.net.dropped > 0,
+            "seed {seed}: the network lost nothing; the test would prove less"
+        );
+        assert_eq!(first.len(), again.len(), "seed {seed}");
+        for (n, (a, b)) in first.iter().zip(&again).enumerate() {
+            assert_eq!(
+                a,
+                b,
+                "seed {seed}, message {n}:\n{}\n---\n{}",
+                String::from_utf8_lossy(&a.1),
+                String::from_utf8_lossy(&b.1)
+            );
+        }
+    }
+}
+
+#[test]
+fn different_seeds_give_different_tags_and_branches() {
+    let (_, a) = traced_call(31);
+    let (_, b) = traced_call(32);
+    let (ours_a, ours_b) = (our_tags_and_branches(&a), our_tags_and_branches(&b));
+    assert!(
+        ours_a.iter().any(|v| v.contains("z9hG4bK")) && ours_a.iter().any(|t| t.contains("tag=")),
+        "{ours_a:?}"
+    );
+    for id in &ours_a {
+        assert!(!ours_b.contains(id), "{id} in both runs");
+    }
 }

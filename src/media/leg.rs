@@ -233,13 +233,21 @@ pub struct LegConfig {
     pub sources: LegSources,
     /// What the in-band DTMF detector accepts as a key tone.
     pub dtmf: DetectorConfig,
+    /// The sequence number of our first RTP packet (random in production, RFC 3550 §5.1).
+    pub first_seq: u16,
+    /// The RTP timestamp of our first sample (random in production, RFC 3550 §5.1).
+    pub first_timestamp: u32,
+    /// Seeds the randomised RTCP report times (RFC 3550 §6.2).
+    pub rtcp_seed: u64,
 }
 
 impl LegConfig {
     /// A PCMU leg with telephone-events (PT 101) sending 20 ms packets to `remote`, RTCP to
     /// the next port, with the default source rule and DTMF limits: the common case, which
-    /// other set-ups adjust with struct update syntax.
+    /// other set-ups adjust with struct update syntax. Its RTP start points and RTCP seed
+    /// follow from `ssrc`, so the same set-up runs the same way every time.
     pub fn pcmu(remote: SocketAddr, ssrc: Ssrc) -> Self {
+        let mut rng = fastrand::Rng::with_seed(u64::from(ssrc.get()));
         LegConfig {
             codec: CodecKind::Pcmu,
             payload_type: PayloadType::PCMU,
@@ -253,6 +261,9 @@ impl LegConfig {
             ptime: FRAME,
             sources: LegSources::default(),
             dtmf: DetectorConfig::default(),
+            first_seq: rng.u16(..),
+            first_timestamp: rng.u32(..),
+            rtcp_seed: rng.u64(..),
         }
     }
 }
@@ -378,8 +389,8 @@ impl Leg {
         recv.set_remote(now, remote_media(&cfg));
         let send = SendSession::new(
             cfg.ssrc,
-            WireSeq::new(fastrand::u16(..)),
-            RtpTimestamp::new(fastrand::u32(..)),
+            WireSeq::new(cfg.first_seq),
+            RtpTimestamp::new(cfg.first_timestamp),
             cfg.payload_type,
             rate,
             FRAME,
@@ -391,7 +402,7 @@ impl Leg {
         let inband_sender = InbandSender::new(8000).map_err(|e| LegError(e.to_string()))?;
         let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
         Ok(Leg {
-            rtcp: RtcpSession::new(cfg.ssrc, &cname, rate, now),
+            rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
             codec: cfg.codec.new_codec(),
             recv,

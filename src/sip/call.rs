@@ -18,9 +18,11 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::endpoint::{CallHandle, EndReason, Event};
+use super::ids::Ids;
 use super::message::Request;
 use super::transport::Command;
 use crate::cdr::{Cdr, HangupSide, RtpStats};
+use crate::error::{reason_phrase, Refusal, SipStatus};
 use crate::events::{Event as BusEvent, EventBus};
 use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
 use crate::media::dtmf::Digit;
@@ -70,6 +72,8 @@ pub struct CallContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where finished calls' records go (None: no CDRs).
     pub cdr: Option<crate::cdr::CdrWriter>,
+    /// With the call handle, seeds each call's SDP session id, SSRC and RTP start points.
+    pub ids_seed: u64,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -112,8 +116,10 @@ pub fn spawn(
                 to: parties.user.clone(),
             });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
+            let ids = Ids::for_call(ctx.ids_seed, call.0);
             let mut c = Call {
                 ctx,
+                ids,
                 call,
                 events,
                 commands,
@@ -161,6 +167,8 @@ pub fn spawn(
 
 pub(crate) struct Call {
     ctx: Arc<CallContext>,
+    /// The call's identifiers: SDP session id, SSRC, RTP start points.
+    ids: Ids,
     call: CallHandle,
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
@@ -245,26 +253,6 @@ fn cdr_code(outcome: &Outcome, refused: Option<u16>, answered: bool) -> Option<u
     match outcome {
         Outcome::Ended(EndReason::Cancelled) => Some(487),
         _ => refused.or(answered.then_some(200)),
-    }
-}
-
-/// The reason phrase for a status code we send.
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        480 => "Temporarily Unavailable",
-        486 => "Busy Here",
-        488 => "Not Acceptable Here",
-        500 => "Server Internal Error",
-        503 => "Service Unavailable",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        604 => "Does Not Exist Anywhere",
-        c if c < 500 => "Request Failure",
-        c if c < 600 => "Server Failure",
-        _ => "Global Failure",
     }
 }
 
@@ -363,16 +351,24 @@ impl Call {
         let Some(ast) = self.ctx.scripts.get(&route.script) else {
             tracing::warn!(script = %route.script, "no such script; refusing the call");
             return self
-                .reject(404, Some(format!("no script {}", route.script)))
+                .reject(
+                    Refusal::NoSuchUser.code(),
+                    Some(format!("no script {}", route.script)),
+                )
                 .await;
         };
         let Some(lease) = self.ctx.ports.allocate() else {
             tracing::warn!("no RTP port free");
-            return self.reject(503, Some("no media ports free".into())).await;
+            return self
+                .reject(
+                    Refusal::Overloaded.code(),
+                    Some("no media ports free".into()),
+                )
+                .await;
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
-        let mut session = LocalSession::new(fastrand::u64(1..u64::MAX >> 1), media);
+        let mut session = LocalSession::new(self.ids.u64(1..u64::MAX >> 1), media);
         if request.body.is_empty() {
             // No offer in the INVITE: we offer in the 200 and take the answer from the ACK.
             self.answer_sdp = Some(session.offer().to_string());
@@ -508,13 +504,16 @@ impl Call {
             rtcp_mux: m.rtcp_mux,
             direction: m.direction,
             rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
-            ssrc: Ssrc::new(fastrand::u32(..)),
+            ssrc: Ssrc::new(self.ids.u32()),
             ptime: Duration::from_millis(u64::from(m.ptime_ms)),
             sources: crate::media::leg::LegSources {
                 signalling: Some(self.parties.signalling),
                 ..self.ctx.rtp_sources.clone()
             },
             dtmf: self.ctx.dtmf,
+            first_seq: self.ids.u16(),
+            first_timestamp: self.ids.u32(),
+            rtcp_seed: self.ids.u64(..),
         };
         let leg = match Leg::new(cfg, Instant::now()) {
             Ok(l) => l,
@@ -595,7 +594,7 @@ impl Call {
                 Some(c) = self.control.recv() => match c {
                     CallControl::Hangup => {
                         tracing::info!("hung up by the operator");
-                        self.hangup(480).await;
+                        self.hangup(Refusal::Unavailable.code()).await;
                     }
                     CallControl::Dtmf(digits) => {
                         if let Some(leg) = &self.leg {
@@ -606,7 +605,7 @@ impl Call {
                 _ = &mut deadline, if !deadline_passed && deadline_armed => {
                     tracing::info!("maximum call duration reached");
                     deadline_passed = true;
-                    self.hangup(480).await;
+                    self.hangup(Refusal::Unavailable.code()).await;
                 }
             }
         }
@@ -620,14 +619,14 @@ impl Call {
             ScriptOutcome::Error(e) => {
                 self.ctx.metrics.script_error();
                 tracing::warn!(error = %e, "the script failed; ending the call");
-                self.hangup(500).await;
+                self.hangup(Refusal::Internal.code()).await;
             }
             ScriptOutcome::Stopped(cause) => {
                 tracing::info!(?cause, "the script was stopped; ending the call");
-                self.hangup(500).await;
+                self.hangup(Refusal::Internal.code()).await;
             }
             // A flow that ends without hanging up hangs up; one that never answered refuses.
-            ScriptOutcome::Finished => self.hangup(480).await,
+            ScriptOutcome::Finished => self.hangup(Refusal::Unavailable.code()).await,
         }
     }
 
@@ -645,11 +644,11 @@ impl Call {
                         }
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "unusable answer in ACK; hanging up");
-                            self.hangup(488).await;
+                            self.hangup(Refusal::OfferNotAcceptable.code()).await;
                         }
                         None => {
                             tracing::info!("no answer in the ACK; hanging up");
-                            self.hangup(488).await;
+                            self.hangup(Refusal::OfferNotAcceptable.code()).await;
                         }
                     }
                 }
@@ -714,7 +713,7 @@ impl Call {
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => {
                 tracing::info!("no RTP from the caller; hanging up");
-                self.hangup(480).await;
+                self.hangup(Refusal::Unavailable.code()).await;
             }
         }
     }
@@ -740,10 +739,11 @@ impl Call {
             // In a call, a broken offer is refused like an unacceptable one: 488, and the
             // session goes on as it was.
             Err((_, why)) => {
+                let (code, reason) = Refusal::OfferNotAcceptable.status();
                 self.send(Command::RejectReinvite {
                     call: self.call,
-                    code: 488,
-                    reason: reason_phrase(488).into(),
+                    code,
+                    reason: reason.into(),
                     warning: Some(why),
                 })
                 .await;
@@ -779,8 +779,10 @@ fn negotiate(
     session: &mut LocalSession,
     body: &[u8],
 ) -> Result<(String, NegotiatedAudio), (u16, String)> {
-    let offer = sdp::parse(body).map_err(|e| (400, format!("bad SDP: {e}")))?;
-    let answer = session.answer(&offer).map_err(|e| (488, e.to_string()))?;
+    let offer = sdp::parse(body).map_err(|e| (e.code(), format!("bad SDP: {e}")))?;
+    let answer = session
+        .answer(&offer)
+        .map_err(|e| (e.code(), e.to_string()))?;
     Ok((answer.sdp.to_string(), answer.media))
 }
 

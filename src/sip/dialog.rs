@@ -2,7 +2,8 @@
 //! target and route set, and building the in-dialog requests we send (BYE, INFO, re-INVITE,
 //! REFER).
 
-use super::message::{header_value, new_branch, Method, Request};
+use super::ids::Ids;
+use super::message::{header_value, Method, Request};
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Headers, Uri};
 
@@ -78,8 +79,14 @@ pub struct Dialog {
 pub struct DialogError(pub &'static str);
 
 impl Dialog {
-    /// Creates the dialog our 1xx/2xx to `req` establishes (§12.1.1).
-    pub fn new_uas(req: &Request, local_tag: &str, peer: Peer) -> Result<Dialog, DialogError> {
+    /// Creates the dialog our 1xx/2xx to `req` establishes (§12.1.1); our first request in it
+    /// will carry CSeq `first_cseq` + 1.
+    pub fn new_uas(
+        req: &Request,
+        local_tag: &str,
+        peer: Peer,
+        first_cseq: u32,
+    ) -> Result<Dialog, DialogError> {
         let call_id = req
             .call_id_header()
             .map_err(|_| DialogError("no Call-ID"))?
@@ -123,7 +130,7 @@ impl Dialog {
             remote_party: from.value().trim().to_string(),
             remote_target: contact.uri.to_string(),
             route_set,
-            local_cseq: fastrand::u32(1..0x1000),
+            local_cseq: first_cseq,
             remote_cseq: req
                 .cseq_header()
                 .ok()
@@ -165,26 +172,28 @@ impl Dialog {
         }
     }
 
-    /// Builds an in-dialog request (§12.2.1.1) with a fresh branch and the next CSeq.
-    /// `local` is our address as written into Via.
+    /// Builds an in-dialog request (§12.2.1.1) with a fresh branch from `ids` and the next
+    /// CSeq. `local` is our address as written into Via.
     pub fn request(
         &mut self,
         method: Method,
+        ids: &mut Ids,
         local: std::net::SocketAddr,
         user_agent: &str,
     ) -> Request {
         self.local_cseq += 1;
         let cseq = self.local_cseq;
-        self.request_with_cseq(method, cseq, &new_branch(), local, user_agent)
+        self.request_with_cseq(method, cseq, &ids.branch(), local, user_agent)
     }
 
     /// Builds the ACK for a final response to our re-INVITE with CSeq `cseq`: for a 2xx a
-    /// transaction of its own (§13.2.2.4, `branch` None), for an error the INVITE's `branch`
-    /// (§17.1.1.3).
+    /// transaction of its own (§13.2.2.4, `branch` None, a fresh one from `ids`), for an
+    /// error the INVITE's `branch` (§17.1.1.3).
     pub fn ack(
         &self,
         cseq: u32,
         branch: Option<&str>,
+        ids: &mut Ids,
         local: std::net::SocketAddr,
         user_agent: &str,
     ) -> Request {
@@ -192,7 +201,7 @@ impl Dialog {
         let branch = match branch {
             Some(b) => b,
             None => {
-                fresh = new_branch();
+                fresh = ids.branch();
                 &fresh
             }
         };
@@ -306,13 +315,19 @@ Content-Length: 0\r\n\r\n";
             transport: Transport::Udp,
             addr: "127.0.0.1:5070".parse().unwrap(),
         };
-        Dialog::new_uas(&r.req, "ourtag", peer).unwrap()
+        Dialog::new_uas(&r.req, "ourtag", peer, 7).unwrap()
     }
 
     #[test]
     fn bye_is_routed_and_addressed_per_the_dialog() {
         let mut d = dialog();
-        let bye = d.request(Method::Bye, "127.0.0.1:5060".parse().unwrap(), "sb");
+        let mut ids = Ids::with_seed(1);
+        let bye = d.request(
+            Method::Bye,
+            &mut ids,
+            "127.0.0.1:5060".parse().unwrap(),
+            "sb",
+        );
         let text = String::from_utf8(bye.to_bytes()).unwrap();
         assert!(
             text.starts_with("BYE sip:alice@127.0.0.1:5070 SIP/2.0\r\n"),
@@ -332,6 +347,7 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(p.ess.from_tag.as_deref(), Some("ourtag"));
         assert_eq!(p.ess.to_tag.as_deref(), Some("1928301774"));
         assert_eq!(p.ess.cseq, d.local_cseq);
+        assert_eq!(p.ess.cseq, 8, "one past the first CSeq given");
         assert!(p.ess.has_rfc3261_branch());
     }
 

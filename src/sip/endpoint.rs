@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::dialog::{content_type, Dialog, DialogId, Peer};
+use super::ids::Ids;
 use super::message::{
-    classify, encode_response, header_value, push_header, random_token, response_to, set_body,
+    classify_with, encode_response, header_value, push_header, refusal_to, response_to, set_body,
     Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
 };
 use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
@@ -25,6 +26,7 @@ use super::session_timer::{
 use super::transaction::{
     ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
 };
+use crate::error::{Refusal, SipStatus};
 use rsipstack::sip::prelude::*;
 
 /// Static settings of the endpoint.
@@ -320,11 +322,19 @@ pub struct Endpoint {
     next_call: u64,
     scratch: Vec<TxOutput>,
     session_timers: SessionTimerConfig,
+    /// Every tag, branch, first CSeq and random delay the endpoint makes.
+    ids: Ids,
 }
 
 impl Endpoint {
-    /// An endpoint with no calls.
+    /// An endpoint with no calls, its identifiers seeded from entropy.
     pub fn new(cfg: EndpointConfig) -> Self {
+        Self::with_ids(cfg, Ids::from_entropy())
+    }
+
+    /// An endpoint with no calls whose identifiers come from `ids`: the same seed and the
+    /// same inputs give the same messages.
+    pub fn with_ids(cfg: EndpointConfig, ids: Ids) -> Self {
         Endpoint {
             cfg,
             server_txs: HashMap::new(),
@@ -337,6 +347,7 @@ impl Endpoint {
             next_call: 1,
             scratch: Vec::new(),
             session_timers: SessionTimerConfig::default(),
+            ids,
         }
     }
 
@@ -372,7 +383,7 @@ impl Endpoint {
 
     /// Handles one message from the network.
     pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
-        match classify(bytes, peer.transport.is_reliable()) {
+        match classify_with(bytes, peer.transport.is_reliable(), &mut self.ids) {
             Inbound::Request(r) => self.on_request(now, peer, *r),
             Inbound::Response(r) => self.on_response(now, *r),
             Inbound::Reject {
@@ -541,13 +552,13 @@ impl Endpoint {
             return self.on_cancel(now, peer, key, r);
         }
         if let Some(reason) = unsupported_requirement(&r.req) {
-            let mut resp = response_to(&r.req, 420, "Bad Extension", Some(&random_token()));
+            let mut resp = refusal_to(&r.req, &Refusal::BadExtension, Some(&self.ids.token()));
             push_header(&mut resp, "Unsupported", &reason);
             return self.answer_non_invite(now, peer, key, resp);
         }
         if method == Method::Invite {
-            if let Some((code, reason)) = unusable_media_type(&r.req) {
-                let mut resp = response_to(&r.req, code, reason, Some(&random_token()));
+            if let Some(why) = unusable_media_type(&r.req) {
+                let mut resp = refusal_to(&r.req, &why, Some(&self.ids.token()));
                 push_header(&mut resp, "Accept", "application/sdp");
                 return self.reply(now, peer, key, method, resp);
             }
@@ -558,7 +569,7 @@ impl Endpoint {
         match method {
             Method::Invite => self.on_new_invite(now, peer, key, r),
             Method::Options => {
-                let mut resp = response_to(&r.req, 200, "OK", Some(&random_token()));
+                let mut resp = response_to(&r.req, 200, "OK", Some(&self.ids.token()));
                 self.decorate(&mut resp, peer);
                 push_header(
                     &mut resp,
@@ -570,17 +581,12 @@ impl Endpoint {
                 self.answer_non_invite(now, peer, key, resp);
             }
             Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
-                let resp = response_to(
-                    &r.req,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    Some(&random_token()),
-                );
+                let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
                 self.answer_non_invite(now, peer, key, resp);
             }
             _ => {
                 let mut resp =
-                    response_to(&r.req, 405, "Method Not Allowed", Some(&random_token()));
+                    refusal_to(&r.req, &Refusal::MethodNotAllowed, Some(&self.ids.token()));
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
@@ -618,9 +624,12 @@ impl Endpoint {
         if c.phase != CallPhase::Confirmed || !ready(c) {
             return Err(CommandError::WrongState);
         }
-        let mut req = c
-            .dialog
-            .request(method, self.cfg.local_addr, &self.cfg.user_agent);
+        let mut req = c.dialog.request(
+            method,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
         if let Some(contact) = our_contact {
             push_header(&mut req, "Contact", &contact);
         }
@@ -648,11 +657,13 @@ impl Endpoint {
     fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
         let call = CallHandle(self.next_call);
         self.next_call += 1;
-        let local_tag = random_token();
-        let dialog = match Dialog::new_uas(&r.req, &local_tag, peer) {
+        let local_tag = self.ids.token();
+        let first_cseq = self.ids.first_cseq();
+        let dialog = match Dialog::new_uas(&r.req, &local_tag, peer, first_cseq) {
             Ok(d) => d,
             Err(e) => {
-                let resp = response_to(&r.req, 400, &e.to_string(), Some(&local_tag));
+                // The phrase says what the dialog lacks.
+                let resp = response_to(&r.req, e.code(), &e.to_string(), Some(&local_tag));
                 return self.reply(now, peer, key, Method::Invite, resp);
             }
         };
@@ -699,19 +710,14 @@ impl Endpoint {
             _ => None,
         };
         let Some((call, state)) = target else {
-            let resp = response_to(
-                &r.req,
-                481,
-                "Call/Transaction Does Not Exist",
-                Some(&random_token()),
-            );
+            let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
             return self.answer_non_invite(now, peer, key, resp);
         };
         let local_tag = self
             .calls
             .get(&call)
             .map(|c| c.dialog.id.local_tag.clone())
-            .unwrap_or_else(random_token);
+            .unwrap_or_else(|| self.ids.token());
         let ok = response_to(&r.req, 200, "OK", Some(&local_tag));
         self.answer_non_invite(now, peer, key, ok);
         if state == super::transaction::InviteServerState::Proceeding {
@@ -719,7 +725,8 @@ impl Endpoint {
                 .calls
                 .get(&call)
                 .is_some_and(|c| c.phase == CallPhase::Early);
-            self.final_invite_response(now, call, 487, "Request Terminated", None);
+            let (code, reason) = Refusal::Terminated.status();
+            self.final_invite_response(now, call, code, reason, None);
             if initial {
                 self.end_call(now, call, EndReason::Cancelled);
             } else if let Some(c) = self.calls.get_mut(&call) {
@@ -771,7 +778,7 @@ impl Endpoint {
         let method = r.req.method;
         let call = dialog_id_of(&r.ess).and_then(|id| self.dialogs.get(&id).copied());
         let Some(call) = call else {
-            let resp = response_to(&r.req, 481, "Call/Transaction Does Not Exist", None);
+            let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, None);
             return self.reply(now, peer, key, method, resp);
         };
         let cseq_ok = self
@@ -779,7 +786,7 @@ impl Endpoint {
             .get_mut(&call)
             .is_some_and(|c| c.dialog.accept_remote_cseq(method, r.ess.cseq));
         if !cseq_ok {
-            let resp = response_to(&r.req, 500, "CSeq Out of Order", None);
+            let resp = refusal_to(&r.req, &Refusal::CSeqOutOfOrder, None);
             return self.reply(now, peer, key, method, resp);
         }
         match method {
@@ -806,7 +813,7 @@ impl Endpoint {
             Method::Update => self.on_update(now, peer, key, call, r),
             Method::Notify => self.on_notify(now, peer, key, call, r),
             _ => {
-                let mut resp = response_to(&r.req, 405, "Method Not Allowed", None);
+                let mut resp = refusal_to(&r.req, &Refusal::MethodNotAllowed, None);
                 push_header(&mut resp, "Allow", ALLOW);
                 self.answer_non_invite(now, peer, key, resp);
             }
@@ -833,7 +840,7 @@ impl Endpoint {
         });
         let (Some(c), Some(sub)) = (c, sub) else {
             // Not a subscription of ours: RFC 6665 §4.1.3.
-            let resp = response_to(&r.req, 481, "Subscription Does Not Exist", None);
+            let resp = refusal_to(&r.req, &Refusal::NoSuchSubscription, None);
             return self.answer_non_invite(now, peer, key, resp);
         };
         let terminated =
@@ -907,13 +914,13 @@ impl Endpoint {
         let glare = self.calls.get(&call).is_some_and(|c| c.reinvite_out);
         if glare {
             // §14.2: both sides re-INVITEd at once.
-            let resp = response_to(&r.req, 491, "Request Pending", None);
+            let resp = refusal_to(&r.req, &Refusal::OurOfferPending, None);
             return self.reply(now, peer, key, Method::Invite, resp);
         }
         if busy {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
-            let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
-            push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+            let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
+            push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
             return self.reply(now, peer, key, Method::Invite, resp);
         }
         let timer_offer = match self.negotiate_refresh(call, &r.req) {
@@ -967,19 +974,19 @@ impl Endpoint {
         let offer = !r.req.body.is_empty();
         if offer {
             if content_type(&r.req.headers).as_deref() != Some("application/sdp") {
-                let mut resp = response_to(&r.req, 415, "Unsupported Media Type", None);
+                let mut resp = refusal_to(&r.req, &Refusal::UnsupportedMediaType, None);
                 push_header(&mut resp, "Accept", "application/sdp");
                 return self.answer_non_invite(now, peer, key, resp);
             }
             if ours_pending {
-                let resp = response_to(&r.req, 491, "Request Pending", None);
+                let resp = refusal_to(&r.req, &Refusal::OurOfferPending, None);
                 return self.answer_non_invite(now, peer, key, resp);
             }
             // In the early dialog the INVITE's offer is answered only unreliably (no 100rel):
             // the first offer/answer is not complete, so a new offer must wait.
             if theirs_pending || phase == CallPhase::Early {
-                let mut resp = response_to(&r.req, 500, "Server Internal Error", None);
-                push_header(&mut resp, "Retry-After", &fastrand::u32(0..=10).to_string());
+                let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
+                push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
                 return self.answer_non_invite(now, peer, key, resp);
             }
         }
@@ -1182,7 +1189,7 @@ impl Endpoint {
                 }
             }
             // RFC 3261 §14.1: glare; we own no Call-ID here, so 0-2 s.
-            491 => t.retry_at(now + std::time::Duration::from_millis(fastrand::u64(0..=2000))),
+            491 => t.retry_at(now + std::time::Duration::from_millis(self.ids.u64(0..=2000))),
             405 | 501 if update => {
                 c.peer_allows_update = false;
                 t.retry_at(now);
@@ -1254,6 +1261,7 @@ impl Endpoint {
         let ack = c.dialog.ack(
             cseq,
             (!success).then_some(branch),
+            &mut self.ids,
             self.cfg.local_addr,
             &self.cfg.user_agent,
         );
@@ -1484,7 +1492,10 @@ impl Endpoint {
             .map(|c| c.phase)
             .ok_or(CommandError::NoSuchCall)?;
         match phase {
-            CallPhase::Early => self.reject(now, call, 480, "Temporarily Unavailable", None),
+            CallPhase::Early => {
+                let (code, reason) = Refusal::Unavailable.status();
+                self.reject(now, call, code, reason, None)
+            }
             CallPhase::Terminating => Ok(()),
             CallPhase::Answered | CallPhase::Confirmed => {
                 self.send_bye(now, call);
@@ -1589,9 +1600,12 @@ impl Endpoint {
             return;
         }
         c.phase = CallPhase::Terminating;
-        let req = c
-            .dialog
-            .request(Method::Bye, self.cfg.local_addr, &self.cfg.user_agent);
+        let req = c.dialog.request(
+            Method::Bye,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
         let peer = c.dialog.peer;
         self.start_client(now, call, ClientPurpose::Bye, peer, req);
     }
@@ -1716,7 +1730,7 @@ impl Endpoint {
     fn forget_call(&mut self, now: Instant, call: CallHandle) {
         // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
         if let Some((key, req)) = self.take_pending_update(call) {
-            let resp = response_to(&req, 487, "Request Terminated", None);
+            let resp = refusal_to(&req, &Refusal::Terminated, None);
             self.respond_pending(now, call, key, resp);
         }
         if let Some(c) = self.calls.remove(&call) {
@@ -1735,11 +1749,11 @@ fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {
 
 /// An INVITE whose body is not SDP (415), or whose Accept rules out the SDP we would answer
 /// with (406), RFC 3261 §8.2.3 and §21.4.7.
-fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
+fn unusable_media_type(req: &Request) -> Option<Refusal> {
     if !req.body.is_empty() {
         match content_type(&req.headers) {
             Some(ct) if ct == "application/sdp" => {}
-            _ => return Some((415, "Unsupported Media Type")),
+            _ => return Some(Refusal::UnsupportedMediaType),
         }
     }
     let accept = super::message::header_value(&req.headers, "Accept")?;
@@ -1752,7 +1766,7 @@ fn unusable_media_type(req: &Request) -> Option<(u16, &'static str)> {
             .to_ascii_lowercase();
         matches!(range.as_str(), "application/sdp" | "application/*" | "*/*")
     });
-    (!acceptable && !accept.trim().is_empty()).then_some((406, "Not Acceptable"))
+    (!acceptable && !accept.trim().is_empty()).then_some(Refusal::NotAcceptable)
 }
 
 /// Required extensions other than `timer`, the only one we implement (RFC 3261 §8.2.2.3).
@@ -1775,7 +1789,7 @@ fn allows_update(req: &Request) -> bool {
 
 /// 422 Session Interval Too Small with our minimum (RFC 4028 §9).
 fn too_small(req: &Request, min: u32, to_tag: Option<&str>) -> rsipstack::sip::Response {
-    let mut resp = response_to(req, 422, "Session Interval Too Small", to_tag);
+    let mut resp = refusal_to(req, &Refusal::IntervalTooSmall, to_tag);
     push_header(&mut resp, "Min-SE", &min.to_string());
     resp
 }

@@ -8,6 +8,9 @@ pub use rsipstack::sip::{Header, Headers, Method, Request, Response, SipMessage,
 
 use rsipstack::sip::prelude::*;
 
+use super::ids::Ids;
+use crate::error::{Refusal, SipStatus};
+
 /// The fields every request and response must carry, read and checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Essentials {
@@ -80,38 +83,44 @@ pub enum Inbound {
 }
 
 /// Parses and checks one message. `stream` is true for messages framed off a TCP stream,
-/// where the framer already cut the body to Content-Length.
+/// where the framer already cut the body to Content-Length. The To tag of a refusal comes
+/// from entropy; [`classify_with`] takes it from a given source.
 pub fn classify(bytes: &[u8], stream: bool) -> Inbound {
+    classify_with(bytes, stream, &mut Ids::from_entropy())
+}
+
+/// [`classify`], with the To tag of a refusal drawn from `ids`.
+pub fn classify_with(bytes: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Inbound::Drop {
             reason: "keep-alive".into(),
         };
     }
     match rsipstack::sip::SipMessage::try_from(bytes) {
-        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream),
+        Ok(SipMessage::Request(req)) => check_request(req, bytes, stream, ids),
         Ok(SipMessage::Response(resp)) => match check_response(resp, bytes, stream) {
             Ok(r) => Inbound::Response(Box::new(r)),
             Err(reason) => Inbound::Drop { reason },
         },
-        Err(e) => refuse_unparsed(bytes, &e.to_string()),
+        Err(e) => refuse_unparsed(bytes, &e.to_string(), ids),
     }
 }
 
-fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
-    let refuse = |req: &Request, code: u16, reason: String| {
-        let mut resp = response_to(req, code, &reason, Some(&random_token()));
-        if code == 405 || code == 501 {
+fn check_request(mut req: Request, raw: &[u8], stream: bool, ids: &mut Ids) -> Inbound {
+    let mut refuse = |req: &Request, why: Refusal| {
+        let mut resp = refusal_to(req, &why, Some(&ids.token()));
+        if matches!(why, Refusal::MethodNotAllowed | Refusal::NotImplemented) {
             push_header(&mut resp, "Allow", ALLOW);
         }
         Inbound::Reject {
             response: encode_response(&resp),
-            code,
-            reason,
+            code: why.code(),
+            reason: why.phrase().into_owned(),
         }
     };
     if req.version != rsipstack::sip::Version::V2 {
         return match essentials(&req) {
-            Ok(_) => refuse(&req, 505, "Version Not Supported".into()),
+            Ok(_) => refuse(&req, Refusal::VersionNotSupported),
             Err(reason) => Inbound::Drop { reason },
         };
     }
@@ -120,7 +129,7 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
         Err(reason) => {
             // Without Via, From, To, Call-ID and CSeq no answer can be routed or matched.
             return if salvageable(&req) && req.method != Method::Ack {
-                refuse(&req, 400, reason)
+                refuse(&req, Refusal::Malformed(reason))
             } else {
                 Inbound::Drop { reason }
             };
@@ -128,24 +137,29 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
     };
     let head = unfolded_head(raw);
     if let Err(reason) = strict_syntax(&head) {
-        return reply_or_drop(&req, || refuse(&req, 400, reason));
+        return reply_or_drop(&req, || refuse(&req, Refusal::Malformed(reason)));
     }
     if ess.cseq_method != req.method {
         return reply_or_drop(&req, || {
-            refuse(&req, 400, "CSeq method does not match the request".into())
+            refuse(
+                &req,
+                Refusal::Malformed("CSeq method does not match the request".into()),
+            )
         });
     }
     if let Err(reason) = fit_body(&mut req.headers, &mut req.body, raw, stream) {
-        return reply_or_drop(&req, || refuse(&req, 400, reason));
+        return reply_or_drop(&req, || refuse(&req, Refusal::Malformed(reason)));
     }
     if let Some(dup) = duplicated_single_header(&req.headers) {
         return reply_or_drop(&req, || {
-            refuse(&req, 400, format!("Multiple {dup} headers"))
+            refuse(&req, Refusal::Malformed(format!("Multiple {dup} headers")))
         });
     }
     if let Some(mf) = header_value(&req.headers, "Max-Forwards") {
         if mf.trim().parse::<u32>().is_err() {
-            return reply_or_drop(&req, || refuse(&req, 400, "Bad Max-Forwards header".into()));
+            return reply_or_drop(&req, || {
+                refuse(&req, Refusal::Malformed("Bad Max-Forwards header".into()))
+            });
         }
     }
     // rsipstack reads an unknown scheme such as `soap.beep://host` as a host name, so the
@@ -157,7 +171,7 @@ fn check_request(mut req: Request, raw: &[u8], stream: bool) -> Inbound {
         .map(|(scheme, _)| scheme.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("sip") | Some("sips") | Some("tel") => {}
-        _ => return reply_or_drop(&req, || refuse(&req, 416, "Unsupported URI Scheme".into())),
+        _ => return reply_or_drop(&req, || refuse(&req, Refusal::UnsupportedUriScheme)),
     }
     Inbound::Request(Box::new(ParsedRequest { req, ess }))
 }
@@ -469,6 +483,11 @@ pub fn header_value<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
 /// Methods this server implements, as advertised in Allow.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
 
+/// The answer to `req` that `why` calls for (see [`Refusal`]), built like [`response_to`].
+pub fn refusal_to(req: &Request, why: &Refusal, to_tag: Option<&str>) -> Response {
+    response_to(req, why.code(), &why.phrase(), to_tag)
+}
+
 /// Builds a response to `req`: Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6.2),
 /// `to_tag` added to To when it has none and the response is not 100.
 pub fn response_to(req: &Request, code: u16, reason: &str, to_tag: Option<&str>) -> Response {
@@ -548,16 +567,6 @@ impl HasBody for Response {
     }
 }
 
-/// A random token for tags and branches (RFC 3261 asks for 32 bits of randomness; we use 64).
-pub fn random_token() -> String {
-    format!("{:016x}", fastrand::u64(..))
-}
-
-/// A new RFC 3261 branch for a request we send.
-pub fn new_branch() -> String {
-    format!("z9hG4bK{}", random_token())
-}
-
 /// What a request the parser refused still tells us: enough to answer it.
 #[derive(Debug, Default)]
 struct Salvaged {
@@ -571,7 +580,7 @@ struct Salvaged {
 
 /// Answers a request the parser refused, when its Via, From, To, Call-ID and CSeq can be read:
 /// 501 for a method we do not know, 400 otherwise. Anything else is dropped.
-fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
+fn refuse_unparsed(bytes: &[u8], why: &str, ids: &mut Ids) -> Inbound {
     let Some(s) = salvage(bytes) else {
         return Inbound::Drop {
             reason: format!("unparseable: {}", first_line(why)),
@@ -583,11 +592,12 @@ fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
         };
     }
     let known = s.method.parse::<Method>().is_ok();
-    let (code, reason) = if known || !is_token(&s.method) {
-        (400, format!("Bad Request ({})", first_line(why)))
+    let refusal = if known || !is_token(&s.method) {
+        Refusal::Malformed(format!("Bad Request ({})", first_line(why)))
     } else {
-        (501, "Not Implemented".to_string())
+        Refusal::NotImplemented
     };
+    let (code, reason) = (refusal.code(), refusal.phrase().into_owned());
     let (Some(from), Some(to), Some(call_id), Some(cseq)) = (&s.from, &s.to, &s.call_id, &s.cseq)
     else {
         return Inbound::Drop {
@@ -604,10 +614,10 @@ fn refuse_unparsed(bytes: &[u8], why: &str) -> Inbound {
     if to.to_ascii_lowercase().contains(";tag=") {
         let _ = write!(out, "To: {to}\r\n");
     } else {
-        let _ = write!(out, "To: {to};tag={}\r\n", random_token());
+        let _ = write!(out, "To: {to};tag={}\r\n", ids.token());
     }
     let _ = write!(out, "Call-ID: {call_id}\r\nCSeq: {cseq}\r\n");
-    if code == 501 {
+    if refusal == Refusal::NotImplemented {
         let _ = write!(out, "Allow: {ALLOW}\r\n");
     }
     out.push_str("Content-Length: 0\r\n\r\n");

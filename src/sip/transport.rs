@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::dialog::{Peer, Transport};
 use super::endpoint::{CallHandle, Endpoint, Event, Transmit};
 use super::framing::StreamFramer;
+use crate::error::{Refusal, SipStatus};
 
 /// What a call task asks of the endpoint.
 #[derive(Debug)]
@@ -251,7 +252,8 @@ fn dispatch(
     match ev {
         Event::Incoming { call, .. } if draining => {
             let now = std::time::Instant::now();
-            let _ = endpoint.reject(now, call, 503, "Service Unavailable", Some("shutting down"));
+            let (code, reason) = Refusal::Overloaded.status();
+            let _ = endpoint.reject(now, call, code, reason, Some("shutting down"));
         }
         Event::Incoming { call, .. } => {
             let (tx, rx) = mpsc::unbounded_channel();

@@ -48,17 +48,25 @@ pub struct Uac {
     pub reply_codes: Vec<(String, u16)>,
     /// Extra header lines (name, value) for our answers to a request method.
     pub reply_headers: Vec<(String, String, String)>,
+    /// Where the Call-ID, From tag and branches come from.
+    rng: fastrand::Rng,
 }
 
 impl Uac {
     pub fn new(local: SocketAddr, server: SocketAddr, reliable: bool) -> Self {
+        Self::seeded(local, server, reliable, fastrand::u64(..))
+    }
+
+    /// A caller whose Call-ID, From tag and branches follow from `seed`.
+    pub fn seeded(local: SocketAddr, server: SocketAddr, reliable: bool, seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
         Uac {
             timers: TimerConfig::default(),
             reliable,
             local,
             server,
-            call_id: format!("{:x}@test", fastrand::u64(..)),
-            from_tag: format!("{:x}", fastrand::u32(..)),
+            call_id: format!("{:x}@test", rng.u64(..)),
+            from_tag: format!("{:x}", rng.u32(..)),
             to_tag: None,
             cseq: 1,
             invite_cseq: 1,
@@ -75,6 +83,7 @@ impl Uac {
             invite_headers: String::new(),
             reply_codes: Vec::new(),
             reply_headers: Vec::new(),
+            rng,
         }
     }
 
@@ -140,7 +149,7 @@ Contact: <sip:tester@{local}>\r\n",
 
     fn send_invite(&mut self, now: Instant, sdp: &[u8]) {
         self.invite_cseq = self.cseq;
-        self.invite_branch = format!("z9hG4bK{:x}", fastrand::u64(..));
+        self.invite_branch = format!("z9hG4bK{:x}", self.rng.u64(..));
         let head = self.head("INVITE", &self.invite_branch, self.cseq, "INVITE")
             + self.invite_headers.as_str();
         let msg = Self::with_body(head, "application/sdp", sdp);
@@ -162,7 +171,7 @@ Contact: <sip:tester@{local}>\r\n",
     /// Sends a non-INVITE request in the dialog with extra header lines (each ending in CRLF).
     pub fn request_with(&mut self, now: Instant, method: &str, extra: &str, ct: &str, body: &[u8]) {
         self.cseq += 1;
-        let branch = format!("z9hG4bK{:x}", fastrand::u64(..));
+        let branch = format!("z9hG4bK{:x}", self.rng.u64(..));
         let head = self.head(method, &branch, self.cseq, method) + extra;
         let msg = Self::with_body(head, ct, body);
         self.other.push((
@@ -215,7 +224,7 @@ Contact: <sip:tester@{local}>\r\n",
                         }
                         200..=299 => {
                             // Every 2xx, first or retransmitted, gets an ACK (§13.2.2.4).
-                            let branch = format!("z9hG4bK{:x}", fastrand::u64(..));
+                            let branch = format!("z9hG4bK{:x}", self.rng.u64(..));
                             let ack = self.ack(&branch);
                             self.outbox.push_back(ack);
                             if self.answer.is_none() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::Call;
 use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
+use crate::error::{Refusal, SipStatus};
 use crate::events::Event as BusEvent;
 use crate::media::dtmf::Digit;
 use crate::media::leg::{AudioSource, LegCommand};
@@ -140,7 +141,8 @@ impl Call {
                 reply.send(CallReply::Done);
             }
             CallRequest::Hangup { cause } => {
-                self.hangup(cause.unwrap_or(480)).await;
+                self.hangup(cause.unwrap_or(Refusal::Unavailable.code()))
+                    .await;
                 reply.send(CallReply::Done);
             }
             CallRequest::Log(s) => {
@@ -545,7 +547,7 @@ impl Call {
         match failed {
             None => {
                 tracing::info!("transfer done; hanging up");
-                self.hangup(480).await;
+                self.hangup(Refusal::Unavailable.code()).await;
                 reply.send(CallReply::Done);
             }
             Some(code) => {
@@ -593,7 +595,7 @@ impl Call {
         };
         tracing::info!(why, "left the conference");
         if reason == LeaveReason::Kicked {
-            self.hangup(480).await;
+            self.hangup(Refusal::Unavailable.code()).await;
         }
         if let Active::Conference { reply } = std::mem::replace(&mut self.active, Active::Idle) {
             reply.send(CallReply::Left(why.into()));
