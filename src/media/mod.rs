@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod frame;
 pub mod leg;
 pub mod level;
 pub mod prompt;

@@ -66,6 +66,7 @@ pub use send::{
 };
 
 use crate::media::level::dbm0_to_peak;
+use crate::rtp::types::ClockRate;
 use goertzel::{FilterState, GoertzelBank};
 use pair::PairAnalyser;
 
@@ -268,13 +269,14 @@ fn db_to_power_ratio(db: f32) -> f32 {
 }
 
 impl InbandDetector {
-    /// A detector for `sample_rate` Hz mono PCM with the default thresholds.
-    pub fn new(sample_rate: u32) -> Result<Self, DetectorError> {
-        Self::with_config(sample_rate, DetectorConfig::default())
+    /// A detector for mono PCM at `rate` with the default thresholds.
+    pub fn new(rate: ClockRate) -> Result<Self, DetectorError> {
+        Self::with_config(rate, DetectorConfig::default())
     }
 
     /// A detector with explicit thresholds.
-    pub fn with_config(sample_rate: u32, cfg: DetectorConfig) -> Result<Self, DetectorError> {
+    pub fn with_config(rate: ClockRate, cfg: DetectorConfig) -> Result<Self, DetectorError> {
+        let sample_rate = rate.hz();
         if !(8000..=MAX_RATE).contains(&sample_rate) {
             return Err(DetectorError::UnsupportedRate(sample_rate));
         }

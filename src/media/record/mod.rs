@@ -32,9 +32,7 @@ pub(crate) mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use policy::{
-    lay_out, DigitSet, RecordOutcome, RecordPolicy, RecordSession, Step, StopReason, FRAME,
-};
+pub use policy::{lay_out, DigitSet, RecordOutcome, RecordPolicy, RecordSession, Step, StopReason};
 pub use repair::{repair_dir, repair_file, Repaired};
 pub use sidecar::{list_recordings, new_id, Format, RoomFields, Sidecar, SidecarState};
 pub use timeline::{

@@ -36,6 +36,7 @@ use super::timeline::{TimelineHeader, TimelineKind, TimelineLog, TimelineMember}
 use super::{
     Format, RecordError, RecordMode, RecordOutcome, RoomFields, Sidecar, SidecarState, StopReason,
 };
+use crate::media::frame::ClockRate;
 
 /// Samples per queued chunk: 20 ms of stereo at 8 kHz or mono at 16 kHz.
 pub const CHUNK_SAMPLES: usize = 320;
@@ -210,8 +211,8 @@ pub struct RecordingMeta {
     pub room: Option<String>,
     /// Recorded directions and layout.
     pub mode: RecordMode,
-    /// Sample rate of the pushed audio, in Hz.
-    pub rate: u32,
+    /// Sample rate of the pushed audio.
+    pub rate: ClockRate,
 }
 
 /// Settings of [`RecorderFactory::start_with`] beyond [`RecordingMeta`].
@@ -275,7 +276,7 @@ impl RecorderFactory {
             started: rfc3339(now),
             duration_ms: 0,
             format: Format {
-                rate: meta.rate,
+                rate: meta.rate.hz(),
                 channels,
                 bits: BITS,
             },
