@@ -170,7 +170,7 @@ impl Gain {
 /// One member's decoded input for a tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
-    /// The 20 ms frame at 8 kHz.
+    /// One frame at the internal rate.
     pub pcm: &'a Frame,
     /// The sender's RFC 6464 level for this frame; when given, no energy is computed.
     pub level: Option<AudioLevel>,

@@ -261,7 +261,6 @@ fn decode(file: File, path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
 
 /// Decodes `path` and converts it to mono 16-bit samples at `rate`. Blocking.
 pub fn load_file(path: &Path, name: &str, rate: ClockRate) -> Result<Prompt, PromptError> {
-    let rate = rate.hz();
     let (samples, from) = decode_file(path)?;
     let samples = resample(&samples, from, rate).map_err(|source| PromptError::Resample {
         path: path.to_path_buf(),
@@ -269,7 +268,7 @@ pub fn load_file(path: &Path, name: &str, rate: ClockRate) -> Result<Prompt, Pro
     })?;
     Ok(Prompt {
         samples: samples.into(),
-        rate,
+        rate: rate.hz(),
         name: name.to_string(),
     })
 }

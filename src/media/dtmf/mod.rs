@@ -72,10 +72,12 @@ use pair::PairAnalyser;
 
 /// Block length at 8 kHz; 102 gives 78 Hz bins, enough to separate 697 from 770 Hz.
 const BLOCK_AT_8K: usize = 102;
+/// Smallest supported sample rate, the one [`BLOCK_AT_8K`] is counted at.
+const MIN_RATE: u32 = ClockRate::HZ_8000.hz();
 /// Largest supported sample rate.
-const MAX_RATE: u32 = 48_000;
+const MAX_RATE: u32 = ClockRate::HZ_48000.hz();
 /// Block buffer capacity (the block length at [`MAX_RATE`]).
-const MAX_BLOCK: usize = BLOCK_AT_8K * (MAX_RATE as usize / 8000);
+const MAX_BLOCK: usize = BLOCK_AT_8K * (MAX_RATE / MIN_RATE) as usize;
 /// Two consecutive blocks pair up to begin a digit only if their powers agree within this
 /// ratio (2 dB).
 const CONFIRM_RATIO: f32 = 1.584_893;
@@ -277,7 +279,7 @@ impl InbandDetector {
     /// A detector with explicit thresholds.
     pub fn with_config(rate: ClockRate, cfg: DetectorConfig) -> Result<Self, DetectorError> {
         let sample_rate = rate.hz();
-        if !(8000..=MAX_RATE).contains(&sample_rate) {
+        if !(MIN_RATE..=MAX_RATE).contains(&sample_rate) {
             return Err(DetectorError::UnsupportedRate(sample_rate));
         }
         let finite_nonneg = |v: f32| v.is_finite() && v >= 0.0;
@@ -293,7 +295,8 @@ impl InbandDetector {
         if !(finite_nonneg(cfg.min_tone_fraction) && cfg.min_tone_fraction <= 1.0) {
             return Err(DetectorError::InvalidThreshold("min_tone_fraction"));
         }
-        let block_len = ((BLOCK_AT_8K as u64 * u64::from(sample_rate) + 4000) / 8000) as usize;
+        let block_len = ((BLOCK_AT_8K as u64 * u64::from(sample_rate) + u64::from(MIN_RATE / 2))
+            / u64::from(MIN_RATE)) as usize;
         let n = block_len as f32;
         let amp = dbm0_to_peak(cfg.min_level_dbm0);
         let min_power = (amp * n / 2.0).powi(2);

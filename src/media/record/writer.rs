@@ -36,10 +36,10 @@ use super::timeline::{TimelineHeader, TimelineKind, TimelineLog, TimelineMember}
 use super::{
     Format, RecordError, RecordMode, RecordOutcome, RoomFields, Sidecar, SidecarState, StopReason,
 };
-use crate::media::frame::ClockRate;
+use crate::media::frame::{ClockRate, FRAMES_PER_SEC, FRAME_SAMPLES};
 
-/// Samples per queued chunk: 20 ms of stereo at 8 kHz or mono at 16 kHz.
-pub const CHUNK_SAMPLES: usize = 320;
+/// Samples per queued chunk: a stereo frame at the internal rate.
+pub const CHUNK_SAMPLES: usize = 2 * FRAME_SAMPLES;
 
 /// Bits per sample of every recording.
 const BITS: u16 = 16;
@@ -750,7 +750,7 @@ impl Writer {
             .map_err(|e| RecordError::io("open", part, e))?;
         let layout = read_layout(&mut file, part)?;
         let sr = rec.sidecar.format.rate;
-        let frame_samples = u64::from(sr / 50) * u64::from(rec.channels);
+        let frame_samples = u64::from(sr / FRAMES_PER_SEC) * u64::from(rec.channels);
         let trim = outcome.trim_frames.saturating_mul(frame_samples);
         let kept = rec.samples.saturating_sub(trim);
         if trim > 0 {
