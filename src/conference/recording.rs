@@ -33,7 +33,7 @@ use std::time::Instant;
 use crate::conference::MemberId;
 use crate::media::frame::{Frame, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
 use crate::media::record::{
-    RecordError, RecordMode, RecordOutcome, RecorderFactory, RecorderHandle, RecordingMeta,
+    names, RecordError, RecordMode, RecordOutcome, RecorderFactory, RecorderHandle, RecordingMeta,
     RoomFields, StartOptions, StopReason, TimelineKind, TimelineMember,
 };
 
@@ -186,7 +186,7 @@ impl RoomRecorder {
                     rate: INTERNAL_RATE,
                 },
                 StartOptions {
-                    id: Some(format!("{}-m{number}", self.mixed.id())),
+                    id: Some(names::track_id(self.mixed.id(), number)),
                     room: RoomFields {
                         track_of: Some(self.mixed.id().to_owned()),
                         member: Some(number),

@@ -20,7 +20,10 @@
 //! linking a member's track to the room's mixed recording, and a timeline of the room's
 //! events that the writer appends to as JSON Lines and turns into `ID.timeline.json` when the
 //! mixed recording ends (or [`repair_dir`] does after a crash).
+//!
+//! Every one of these file names is built (and parsed back) by [`names`].
 
+pub mod names;
 pub mod policy;
 pub mod repair;
 pub mod sidecar;

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use super::repair::{read_layout, repair_or_remove, set_data_len, PART_SUFFIX};
+use super::names;
+use super::repair::{read_layout, repair_or_remove, set_data_len};
 use super::sidecar::{is_safe_id, new_id, rfc3339, sync_dir};
 use super::timeline::{TimelineHeader, TimelineKind, TimelineLog, TimelineMember};
 use super::{
@@ -262,9 +263,7 @@ impl RecorderFactory {
             None => new_id(now),
         };
         let mut room = opts.room;
-        room.timeline = opts
-            .timeline
-            .then(|| format!("{id}{}", super::timeline::TIMELINE_SUFFIX));
+        room.timeline = opts.timeline.then(|| names::timeline_name(&id));
         let key = self.next_key.fetch_add(1, Relaxed);
         let channels = meta.mode.channels();
         let sidecar = Sidecar {
@@ -284,7 +283,7 @@ impl RecorderFactory {
             digits: String::new(),
             stop_reason: None,
             state: SidecarState::Recording,
-            file: format!("{id}.wav"),
+            file: names::wav_name(&id),
         };
         self.control
             .send(Control::Start {
@@ -586,7 +585,7 @@ impl Writer {
     }
 
     fn open(&mut self, key: u64, sidecar: Sidecar, room: RoomFields) {
-        let part = self.dir.join(format!("{}{PART_SUFFIX}", sidecar.id));
+        let part = names::part_path(&self.dir, &sidecar.id);
         let spec = hound::WavSpec {
             channels: sidecar.format.channels,
             sample_rate: sidecar.format.rate,

@@ -17,7 +17,7 @@ use crate::media::dtmf::Digit;
 use crate::media::frame::{AudioSource, INTERNAL_RATE};
 use crate::media::leg::LegCommand;
 use crate::media::prompt::{load_file, Playlist};
-use crate::media::record::{RecordMode, RecordSession, RecordingMeta};
+use crate::media::record::{names, RecordMode, RecordSession, RecordingMeta};
 use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::script::{
     CallReply, CallRequest, CollectAction, Collector, PromptKind, RecordInfo, RecordRequest,
@@ -315,7 +315,7 @@ impl Call {
             for name in &names {
                 let got = match name.strip_prefix("recording:") {
                     Some(id) if ours.iter().any(|r| r == id) => {
-                        load_file(&dir.join(format!("{id}.wav")), name, INTERNAL_RATE)
+                        load_file(&names::wav_path(&dir, id), name, INTERNAL_RATE)
                             .map(std::sync::Arc::new)
                             .map_err(|e| e.to_string())
                     }
@@ -615,9 +615,7 @@ impl Call {
         }
         if let Some(name) = &request.file {
             let dir = self.ctx.recorder.dir();
-            let taken = ["wav", "json", "wav.part"]
-                .iter()
-                .any(|ext| dir.join(format!("{name}.{ext}")).exists());
+            let taken = names::claimed_paths(dir, name).iter().any(|p| p.exists());
             if taken {
                 return reply.send(CallReply::Failed(format!(
                     "record: a recording named {name} exists"
@@ -712,7 +710,7 @@ impl Call {
         self.all_recordings.push(id.clone());
         if !discarded {
             self.recordings.push(id.clone());
-            let path = self.ctx.recorder.dir().join(format!("{id}.wav"));
+            let path = names::wav_path(self.ctx.recorder.dir(), &id);
             let bytes = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
             self.ctx.metrics.recording_finished(bytes);
         }
