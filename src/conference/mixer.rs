@@ -64,7 +64,6 @@ const GAIN_Q12: [i32; 25] = [
     1029, 1154, 1295, 1453, 1631, 1830, 2053, 2303, 2584, 2900, 3254, 3651, 4096, 4596, 5157, 5786,
     6492, 7284, 8173, 9170, 10289, 11544, 12953, 14533, 16306,
 ];
-/// What a deaf member hears.
 
 /// Why a mixer call was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
