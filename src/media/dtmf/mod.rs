@@ -242,7 +242,7 @@ enum State {
 /// Streaming in-band DTMF detector; see the module documentation for the algorithm.
 #[derive(Debug, Clone)]
 pub struct InbandDetector {
-    rate: u32,
+    rate: ClockRate,
     block_len: usize,
     buf: [f32; MAX_BLOCK],
     fill: usize,
@@ -304,7 +304,7 @@ impl InbandDetector {
         freqs[..4].copy_from_slice(&ROW_FREQS);
         freqs[4..].copy_from_slice(&COL_FREQS);
         Ok(Self {
-            rate: sample_rate,
+            rate,
             block_len,
             buf: [0.0; MAX_BLOCK],
             fill: 0,
@@ -325,7 +325,7 @@ impl InbandDetector {
     }
 
     /// The sample rate this detector was built for.
-    pub fn sample_rate(&self) -> u32 {
+    pub fn sample_rate(&self) -> ClockRate {
         self.rate
     }
 
@@ -388,7 +388,7 @@ impl InbandDetector {
     }
 
     fn event(&self, digit: Digit, start: u64, end: u64, phase: DigitPhase) -> DigitEvent {
-        let ms = end.saturating_sub(start) * 1000 / u64::from(self.rate);
+        let ms = end.saturating_sub(start) * 1000 / u64::from(self.rate.hz());
         DigitEvent {
             digit,
             start_sample: start,
