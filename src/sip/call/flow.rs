@@ -17,7 +17,8 @@ use crate::media::dtmf::Digit;
 use crate::media::frame::{AudioSource, INTERNAL_RATE};
 use crate::media::leg::LegCommand;
 use crate::media::prompt::{load_file, Playlist};
-use crate::media::record::{names, RecordMode, RecordSession, RecordingMeta};
+use crate::media::record::names::{claimed_paths, wav_path};
+use crate::media::record::{RecordMode, RecordSession, RecordingMeta};
 use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::script::{
     CallReply, CallRequest, CollectAction, Collector, PromptKind, RecordInfo, RecordRequest,
@@ -315,7 +316,7 @@ impl Call {
             for name in &names {
                 let got = match name.strip_prefix("recording:") {
                     Some(id) if ours.iter().any(|r| r == id) => {
-                        load_file(&names::wav_path(&dir, id), name, INTERNAL_RATE)
+                        load_file(&wav_path(&dir, id), name, INTERNAL_RATE)
                             .map(std::sync::Arc::new)
                             .map_err(|e| e.to_string())
                     }
@@ -615,7 +616,7 @@ impl Call {
         }
         if let Some(name) = &request.file {
             let dir = self.ctx.recorder.dir();
-            let taken = names::claimed_paths(dir, name).iter().any(|p| p.exists());
+            let taken = claimed_paths(dir, name).iter().any(|p| p.exists());
             if taken {
                 return reply.send(CallReply::Failed(format!(
                     "record: a recording named {name} exists"
@@ -710,7 +711,7 @@ impl Call {
         self.all_recordings.push(id.clone());
         if !discarded {
             self.recordings.push(id.clone());
-            let path = names::wav_path(self.ctx.recorder.dir(), &id);
+            let path = wav_path(self.ctx.recorder.dir(), &id);
             let bytes = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
             self.ctx.metrics.recording_finished(bytes);
         }
