@@ -5,6 +5,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::media::codec::g711;
 use switchboard::media::dtmf::{Digit, InbandDetector};
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
+use switchboard::rtp::types::ClockRate;
 
 const FRAME: usize = 160;
 
@@ -50,7 +51,7 @@ fn g711_bench(c: &mut Criterion) {
 /// Cost of one 160-sample frame, cycling through `signal` so the detector's state evolves.
 fn detect_frames(c: &mut Criterion, name: &str, signal: &[i16]) {
     let frames: Vec<&[i16]> = signal.chunks_exact(FRAME).collect();
-    let mut det = InbandDetector::new(8000).expect("8 kHz is supported");
+    let mut det = InbandDetector::new(ClockRate::HZ_8000).expect("8 kHz is supported");
     let mut i = 0;
     let mut digits = 0u64;
     c.bench_function(name, |b| {
@@ -70,7 +71,8 @@ fn dtmf_bench(c: &mut Criterion) {
     let mut at = 0;
     for ch in "0123456789*#ABCD".chars() {
         let d = Digit::from_char(ch).expect("keypad character");
-        let mut g = ToneGenerator::new(&ToneSpec::dtmf(d, 100, 60), 8000).expect("valid tone");
+        let mut g = ToneGenerator::new(&ToneSpec::dtmf(d, 100, 60), ClockRate::HZ_8000)
+            .expect("valid tone");
         at += g.fill(&mut tones[at..]);
     }
     tones.truncate(at);
@@ -81,7 +83,8 @@ fn dtmf_bench(c: &mut Criterion) {
 }
 
 fn tone_bench(c: &mut Criterion) {
-    let mut g = ToneGenerator::new(&ToneSpec::ringback_us(), 8000).expect("valid tone");
+    let mut g =
+        ToneGenerator::new(&ToneSpec::ringback_us(), ClockRate::HZ_8000).expect("valid tone");
     let mut frame = [0i16; FRAME];
     c.bench_function("tone/ringback_us_160", |b| {
         b.iter(|| {

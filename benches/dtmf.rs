@@ -135,7 +135,7 @@ fn inband_bench(c: &mut Criterion) {
         let frames: Vec<&[i16]> = pcm.chunks_exact(160).collect();
         group.throughput(Throughput::Elements(frames.len() as u64));
         group.bench_function(*name, |b| {
-            let mut det = InbandDetector::new(8000).expect("8 kHz is supported");
+            let mut det = InbandDetector::new(ClockRate::HZ_8000).expect("8 kHz is supported");
             let mut events = 0u64;
             b.iter(|| {
                 for f in &frames {

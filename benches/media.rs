@@ -7,6 +7,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard::media::prompt::{Prompt, PromptPlayer};
 use switchboard::media::resample::StreamResampler;
+use switchboard::rtp::types::ClockRate;
+
+/// `r` Hz as a clock rate.
+fn hz(r: u32) -> ClockRate {
+    ClockRate::new(r).expect("a non-zero rate")
+}
 
 fn tone(n: usize) -> Vec<i16> {
     (0..n)
@@ -16,7 +22,7 @@ fn tone(n: usize) -> Vec<i16> {
 
 fn resample_frame(c: &mut Criterion) {
     for (from, to) in [(8000, 16000), (16000, 8000)] {
-        let mut r = StreamResampler::new(from, to, 20).expect("valid rates");
+        let mut r = StreamResampler::new(hz(from), hz(to), 20).expect("valid rates");
         let input = tone(r.input_len());
         let mut output = vec![0i16; r.output_len()];
         c.bench_function(&format!("stream_resample_20ms_{from}_to_{to}"), |b| {

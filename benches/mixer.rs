@@ -9,7 +9,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::conference::{AudioLevel, Inbound, MemberKind, MixOutput, Mixer, VadConfig};
 use switchboard::media::codec::g711;
-use switchboard::media::leg::FRAME_SAMPLES;
+use switchboard::media::frame::{Frame, FRAME_SAMPLES};
 
 #[path = "support/alloc.rs"]
 mod alloc;
@@ -19,8 +19,6 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 
 const MEMBERS: usize = 500;
 const TALKERS: usize = 3;
-
-type Frame = [i16; FRAME_SAMPLES];
 
 fn speech() -> Vec<i16> {
     include_bytes!("../tests/fixtures/speech-8k.raw")

@@ -51,7 +51,7 @@ fn start(factory: &RecorderFactory, mode: RecordMode) -> RecorderHandle {
             to: "b".into(),
             room: None,
             mode,
-            rate: 8000,
+            rate: switchboard::rtp::types::ClockRate::HZ_8000,
         })
         .expect("writer running")
 }

@@ -18,7 +18,8 @@ use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
 use switchboard::events::EventBus;
 use switchboard::live::RoomInfo;
 use switchboard::media::codec::CodecKind;
-use switchboard::media::leg::{Leg, FRAME, FRAME_SAMPLES};
+use switchboard::media::frame::{Frame, FRAME, FRAME_SAMPLES};
+use switchboard::media::leg::Leg;
 
 #[path = "support/alloc.rs"]
 mod alloc;
@@ -32,8 +33,6 @@ static A: alloc::Counting = alloc::Counting;
 
 const MEMBERS: usize = 500;
 const TALKERS: usize = 3;
-
-type Frame = [i16; FRAME_SAMPLES];
 
 fn speech() -> Vec<i16> {
     include_bytes!("../tests/fixtures/speech-8k.raw")

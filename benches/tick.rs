@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchboard::media::codec::g711::ulaw_encode;
-use switchboard::media::leg::{Leg, LegCommand, FRAME};
+use switchboard::media::frame::FRAME;
+use switchboard::media::leg::{Leg, LegCommand};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 

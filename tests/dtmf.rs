@@ -76,11 +76,11 @@ fn rfc4733_round_trip_survives_losing_non_essential_packets() {
 
 #[test]
 fn inband_sender_to_detector() {
-    let mut tx = InbandSender::new(8000).unwrap();
+    let mut tx = InbandSender::new(ClockRate::HZ_8000).unwrap();
     let all = "0123456789*#ABCD";
     tx.queue(all).unwrap();
     tx.queue("1199").unwrap();
-    let mut det = InbandDetector::new(8000).unwrap();
+    let mut det = InbandDetector::new(ClockRate::HZ_8000).unwrap();
     let mut found: Vec<DigitEvent> = Vec::new();
     let mut frame = [0i16; 160];
     while !tx.is_idle() {
@@ -111,8 +111,8 @@ fn rfc4733_and_inband_of_the_same_presses_merge() {
     let pt = PayloadType::new(101).unwrap();
     let mut tx = EventSender::new(pt, ClockRate::HZ_8000);
     let mut rx = EventReceiver::new(pt, ClockRate::HZ_8000);
-    let mut tones = InbandSender::new(8000).unwrap();
-    let mut det = InbandDetector::new(8000).unwrap();
+    let mut tones = InbandSender::new(ClockRate::HZ_8000).unwrap();
+    let mut det = InbandDetector::new(ClockRate::HZ_8000).unwrap();
     // Same presses both ways, including a quick repeat.
     tx.queue("4477").unwrap();
     tones.queue("4477").unwrap();

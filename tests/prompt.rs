@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use switchboard::media::prompt::{Prompt, PromptCache, PromptError};
+use switchboard::rtp::types::ClockRate;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audio")
@@ -93,7 +94,9 @@ fn every_format_decodes_to_the_same_tone() {
         "sine-12k-stereo-s32",
         "sine-8k-f32",
     ] {
-        let p = cache.load(name, 8000).unwrap_or_else(|e| panic!("{e}"));
+        let p = cache
+            .load(name, ClockRate::HZ_8000)
+            .unwrap_or_else(|e| panic!("{e}"));
         check_tone(&p, name);
     }
 }
@@ -101,7 +104,7 @@ fn every_format_decodes_to_the_same_tone() {
 #[test]
 fn loads_at_wideband_rate_too() {
     let cache = PromptCache::new(fixtures());
-    let p = cache.load("sine-48k.ogg", 16000).unwrap();
+    let p = cache.load("sine-48k.ogg", ClockRate::HZ_16000).unwrap();
     assert_eq!(p.rate, 16000);
     let f = frequency(&p.samples, 16000);
     assert!((f - 1000.0).abs() < 10.0, "{f}");
@@ -111,11 +114,13 @@ fn loads_at_wideband_rate_too() {
 #[test]
 fn same_prompt_is_shared() {
     let cache = PromptCache::new(fixtures());
-    let a = cache.load("sine-16k-stereo", 8000).unwrap();
-    let b = cache.load("sine-16k-stereo.wav", 8000).unwrap();
+    let a = cache.load("sine-16k-stereo", ClockRate::HZ_8000).unwrap();
+    let b = cache
+        .load("sine-16k-stereo.wav", ClockRate::HZ_8000)
+        .unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert!(Arc::ptr_eq(&a.samples, &b.samples));
-    let wide = cache.load("sine-16k-stereo", 16000).unwrap();
+    let wide = cache.load("sine-16k-stereo", ClockRate::HZ_16000).unwrap();
     assert!(!Arc::ptr_eq(&a, &wide));
     assert_eq!(cache.len(), 2);
 }
@@ -150,9 +155,12 @@ fn changed_file_is_reloaded() {
     let file = dir.0.join("hello.wav");
     write_tone(&file, 0.5);
     let cache = PromptCache::new(dir.0.clone());
-    let first = cache.load("hello", 8000).unwrap();
+    let first = cache.load("hello", ClockRate::HZ_8000).unwrap();
     assert_eq!(first.samples.len(), 4000);
-    assert!(Arc::ptr_eq(&first, &cache.load("hello", 8000).unwrap()));
+    assert!(Arc::ptr_eq(
+        &first,
+        &cache.load("hello", ClockRate::HZ_8000).unwrap()
+    ));
 
     write_tone(&file, 0.25);
     // Make the change visible even on a file system with coarse timestamps.
@@ -163,7 +171,7 @@ fn changed_file_is_reloaded() {
         .unwrap()
         .set_modified(later)
         .unwrap();
-    let second = cache.load("hello", 8000).unwrap();
+    let second = cache.load("hello", ClockRate::HZ_8000).unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
     assert_eq!(second.samples.len(), 2000);
     // Players of the old prompt keep their samples.
@@ -174,7 +182,7 @@ fn changed_file_is_reloaded() {
 fn missing_prompt_names_every_path_tried() {
     let dir = TempDir::new("missing");
     let cache = PromptCache::new(dir.0.clone());
-    let err = cache.load("digits/5", 8000).unwrap_err();
+    let err = cache.load("digits/5", ClockRate::HZ_8000).unwrap_err();
     let PromptError::NotFound { tried, .. } = &err else {
         panic!("{err:?}");
     };
@@ -199,7 +207,7 @@ fn missing_prompt_names_every_path_tried() {
 fn names_cannot_leave_the_root() {
     let cache = PromptCache::new(shipped());
     for name in ["../etc/passwd", "digits/../../Cargo.toml", "/etc/passwd"] {
-        let err = cache.load(name, 8000).unwrap_err();
+        let err = cache.load(name, ClockRate::HZ_8000).unwrap_err();
         assert!(
             matches!(err, PromptError::OutsideRoot { .. }),
             "{name}: {err:?}"
@@ -207,7 +215,9 @@ fn names_cannot_leave_the_root() {
     }
     // An absolute path inside the root is fine.
     let inside = shipped().join("beep.wav").canonicalize().unwrap();
-    assert!(cache.load(inside.to_str().unwrap(), 8000).is_ok());
+    assert!(cache
+        .load(inside.to_str().unwrap(), ClockRate::HZ_8000)
+        .is_ok());
 }
 
 #[cfg(unix)]
@@ -218,7 +228,7 @@ fn symlink_out_of_the_root_is_refused() {
     let root = TempDir::new("root");
     std::os::unix::fs::symlink(outside.0.join("secret.wav"), root.0.join("link.wav")).unwrap();
     let err = PromptCache::new(root.0.clone())
-        .load("link", 8000)
+        .load("link", ClockRate::HZ_8000)
         .unwrap_err();
     assert!(matches!(err, PromptError::OutsideRoot { .. }), "{err:?}");
 }
@@ -251,7 +261,7 @@ fn damaged_files_are_errors_naming_the_file() {
     put("13bit.wav", &wav);
     for name in ["scrambled.flac", "cut.flac", "damaged.ogg", "13bit.wav"] {
         let err = PromptCache::new(dir.0.clone())
-            .load(name, 8000)
+            .load(name, ClockRate::HZ_8000)
             .unwrap_err();
         assert!(matches!(err, PromptError::Decode { .. }), "{name}: {err:?}");
         assert!(err.to_string().contains(name), "{err}");
@@ -264,7 +274,7 @@ fn damaged_files_are_errors_naming_the_file() {
     put("text.wav", &b"hello, this is not a sound file\n".repeat(20));
     for name in ["tag9.wav", "text.wav"] {
         let err = PromptCache::new(dir.0.clone())
-            .load(name, 8000)
+            .load(name, ClockRate::HZ_8000)
             .unwrap_err();
         assert!(
             matches!(err, PromptError::Unsupported { .. }),
@@ -281,7 +291,7 @@ fn damaged_files_are_errors_naming_the_file() {
     empty.extend_from_slice(b"\x02\x00\x10\x00data\x00\x00\x00\x00");
     put("empty.wav", &empty);
     let err = PromptCache::new(dir.0.clone())
-        .load("empty", 8000)
+        .load("empty", ClockRate::HZ_8000)
         .unwrap_err();
     assert!(matches!(err, PromptError::Empty { .. }), "{err:?}");
     assert!(err.to_string().contains("empty.wav"), "{err}");
@@ -293,7 +303,9 @@ fn truncated_file_keeps_what_it_has() {
     let wav = fs::read(fixtures().join("sine-16k-stereo.wav")).unwrap();
     // Half the data, header still claiming all of it.
     fs::write(dir.0.join("half.wav"), &wav[..wav.len() / 2]).unwrap();
-    let p = PromptCache::new(dir.0.clone()).load("half", 8000).unwrap();
+    let p = PromptCache::new(dir.0.clone())
+        .load("half", ClockRate::HZ_8000)
+        .unwrap();
     let d = p.duration().as_secs_f64();
     assert!((d - 0.5).abs() < 0.01, "{d}");
 }
@@ -337,7 +349,9 @@ const SHIPPED: [&str; 31] = [
 fn every_shipped_prompt_loads_and_is_audible() {
     let cache = PromptCache::new(shipped());
     for name in SHIPPED {
-        let p = cache.load(name, 8000).unwrap_or_else(|e| panic!("{e}"));
+        let p = cache
+            .load(name, ClockRate::HZ_8000)
+            .unwrap_or_else(|e| panic!("{e}"));
         let d = p.duration();
         assert!(
             d > Duration::from_millis(200) && d < Duration::from_secs(15),
@@ -349,7 +363,7 @@ fn every_shipped_prompt_loads_and_is_audible() {
         // Speech normalised to -3 dBFS peak sits far above -40 dBFS RMS.
         assert!(rms > 327.0, "{name}: rms {rms:.0}");
     }
-    let beep = cache.load("beep", 8000).unwrap();
+    let beep = cache.load("beep", ClockRate::HZ_8000).unwrap();
     assert_eq!(beep.samples.len(), 2000);
     assert!((frequency(&beep.samples, 8000) - 1000.0).abs() < 2.0);
 }
@@ -357,7 +371,7 @@ fn every_shipped_prompt_loads_and_is_audible() {
 #[test]
 fn playlist_of_shipped_prompts() {
     let cache = PromptCache::new(shipped());
-    let mut list = cache.play(["welcome", "menu"], 8000).unwrap();
+    let mut list = cache.play(["welcome", "menu"], ClockRate::HZ_8000).unwrap();
     let total = list
         .prompts()
         .iter()
@@ -375,7 +389,7 @@ fn playlist_of_shipped_prompts() {
     assert_eq!(played, total);
     assert!(list.is_finished());
     assert!(matches!(
-        cache.play(["welcome", "nope"], 8000),
+        cache.play(["welcome", "nope"], ClockRate::HZ_8000),
         Err(PromptError::NotFound { .. })
     ));
 }

@@ -10,11 +10,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use rtcp_types::{Compound, Packet};
-use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent, FRAME, FRAME_SAMPLES};
+use switchboard::media::frame::{FRAME, FRAME_SAMPLES};
+use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::media::worker::{LegSockets, MediaEngine};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
-use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use switchboard::rtp::NtpTime;
 
 #[path = "support/thread_alloc.rs"]
@@ -235,7 +236,7 @@ fn packetising_any_ptime_allocates_nothing() {
                 t0,
                 LegCommand::Play {
                     id: 1,
-                    source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                    source: Box::new(ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap()),
                     barge_in: false,
                 },
             );

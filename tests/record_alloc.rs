@@ -59,7 +59,7 @@ fn tick_side_of_recording_does_not_allocate() {
                     to: "b".into(),
                     room: None,
                     mode,
-                    rate: 8000,
+                    rate: switchboard::rtp::types::ClockRate::HZ_8000,
                 })
                 .unwrap();
             let inbound: Vec<Vec<i16>> = (0..frames).map(|i| frame(i, 160)).collect();

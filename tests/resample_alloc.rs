@@ -4,11 +4,17 @@
 
 use switchboard::media::prompt::{Prompt, PromptPlayer};
 use switchboard::media::resample::StreamResampler;
+use switchboard::rtp::types::ClockRate;
 
 #[path = "support/thread_alloc.rs"]
 mod thread_alloc;
 
 use thread_alloc::allocations;
+
+/// `r` Hz as a clock rate.
+fn hz(r: u32) -> ClockRate {
+    ClockRate::new(r).expect("a non-zero rate")
+}
 
 #[global_allocator]
 static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
@@ -21,7 +27,7 @@ fn the_counter_sees_allocations() {
 #[test]
 fn streaming_resampler_and_player_allocate_nothing_per_frame() {
     for (from, to) in [(8000, 16000), (16000, 8000), (48000, 8000), (8000, 48000)] {
-        let mut r = StreamResampler::new(from, to, 20).unwrap();
+        let mut r = StreamResampler::new(hz(from), hz(to), 20).unwrap();
         let input: Vec<i16> = (0..r.input_len())
             .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
             .collect();

@@ -159,7 +159,13 @@ async fn a_call_hears_the_greeting_prompts() {
     let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
     let spoken: Vec<i16> = ["welcome", "record-after-tone", "beep"]
         .iter()
-        .flat_map(|p| cache.load(p, 8000).unwrap().samples.to_vec())
+        .flat_map(|p| {
+            cache
+                .load(p, switchboard::rtp::types::ClockRate::HZ_8000)
+                .unwrap()
+                .samples
+                .to_vec()
+        })
         .collect();
     let secs = spoken.len() as f64 / 8000.0;
     // Send silence (so the server latches) for the prompt's length plus a second.

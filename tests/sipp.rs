@@ -633,7 +633,11 @@ fn conference_members_hear_each_other_mute_and_kick_udp() {
             TonePeer {
                 socket,
                 to: std::net::SocketAddr::from(([127, 0, 0, 1], low + 2 * k as u16)),
-                tone: switchboard::media::tone::ToneGenerator::new(&spec, 8000).unwrap(),
+                tone: switchboard::media::tone::ToneGenerator::new(
+                    &spec,
+                    switchboard::rtp::types::ClockRate::HZ_8000,
+                )
+                .unwrap(),
                 seq: 0,
                 ts: 0,
                 ssrc: 0x1000 + k as u32,

@@ -212,7 +212,8 @@ fn strangers_cost_the_tick_no_allocation() {
     use std::sync::Arc;
     use std::time::{Instant, SystemTime};
 
-    use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegSources, FRAME};
+    use switchboard::media::frame::FRAME;
+    use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegSources};
     use switchboard::rtp::session::StrictRtp;
 
     let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();

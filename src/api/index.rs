@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use memchr::memmem;
 
 use crate::media::record::sidecar::is_safe_id;
-use crate::media::record::Sidecar;
+use crate::media::record::{names, Sidecar};
 
 /// How often request handlers may trigger a [`RecordingIndex::refresh`] by default.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
@@ -415,7 +415,7 @@ fn scan_names(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     for entry in fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        let Some(id) = names::id_of(Path::new(&name), names::SIDECAR_SUFFIX) else {
             continue;
         };
         if is_safe_id(id) {

@@ -27,7 +27,7 @@ use super::index::{parse_rfc3339_ms, ListFilter};
 use super::range::{etag, if_none_match, if_range_allows, parse_range, RangeAnswer};
 use super::{ApiError, ApiState, ErrorBody};
 use crate::media::record::sidecar::is_safe_id;
-use crate::media::record::{Sidecar, SidecarState};
+use crate::media::record::{names, Sidecar, SidecarState};
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -259,7 +259,7 @@ pub(crate) async fn finished_wav(
     }
     // Built from the checked id, never from the sidecar's own `file` field, which is data
     // read from disk.
-    let path = state.dir.join(format!("{}.wav", sidecar.id));
+    let path = names::wav_path(&state.dir, &sidecar.id);
     let missing = || ApiError::NotFound("audio file missing".into());
     let link_meta = match tokio::fs::symlink_metadata(&path).await {
         Ok(m) => m,
@@ -322,7 +322,7 @@ pub(crate) async fn delete(
     // The WAV goes first: if that fails nothing has changed and the request can be
     // retried; if the sidecar then fails, a retry finds the recording and finishes.
     for path in [
-        state.dir.join(format!("{}.wav", sidecar.id)),
+        names::wav_path(&state.dir, &sidecar.id),
         Sidecar::path(&state.dir, &sidecar.id),
     ] {
         match tokio::fs::remove_file(&path).await {

@@ -20,9 +20,7 @@ use crate::events::{Event, EventBus};
 use crate::live::{MemberAction, MemberInfo, RoomInfo};
 use crate::media::codec::{AudioCodec, CodecKind};
 use crate::media::dtmf::Digit;
-use crate::media::leg::{AudioSource, FRAME_SAMPLES};
-
-static SILENCE: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
+use crate::media::frame::{AudioSource, Frame, FRAME_SAMPLES, SILENCE};
 
 /// The legs of a worker, as a room reaches its members (each by its tag, the leg's slot).
 pub trait MemberLegs {
@@ -31,11 +29,11 @@ pub trait MemberLegs {
     /// Records that the leg at `tag` is now in `room` as `member` (None: in no room).
     fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>);
     /// The leg's received frame this tick, when it is audio to mix.
-    fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]>;
+    fn input(&self, tag: usize) -> Option<&Frame>;
     /// The leg's codec.
     fn codec(&self, tag: usize) -> Option<CodecKind>;
     /// Runs the leg's send half with `pcm`, already encoded as `encoded` when given.
-    fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>);
+    fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>);
 }
 
 /// Why a join was not done on the worker.
@@ -158,7 +156,7 @@ impl Encoded {
 fn encode_once<'a>(
     cache: &'a mut [Encoded],
     kind: Option<CodecKind>,
-    pcm: &[i16; FRAME_SAMPLES],
+    pcm: &Frame,
 ) -> Option<&'a [u8]> {
     let e = cache.iter_mut().find(|e| Some(e.kind) == kind)?;
     if !e.ready {
@@ -551,7 +549,7 @@ mod tests {
     /// Legs that record what each member was sent and where its payload came from.
     struct Fake {
         codecs: Vec<CodecKind>,
-        inputs: Vec<Option<[i16; FRAME_SAMPLES]>>,
+        inputs: Vec<Option<Frame>>,
         /// (tag, payload address when pre-encoded, first sample)
         sent: Vec<(usize, Option<usize>, i16)>,
         bound: Vec<Option<(u64, MemberId)>>,
@@ -565,13 +563,13 @@ mod tests {
         fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
             self.bound[tag] = room;
         }
-        fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]> {
+        fn input(&self, tag: usize) -> Option<&Frame> {
             self.inputs.get(tag)?.as_ref()
         }
         fn codec(&self, tag: usize) -> Option<CodecKind> {
             self.codecs.get(tag).copied()
         }
-        fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>) {
+        fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
             self.sent
                 .push((tag, encoded.map(|p| p.as_ptr() as usize), pcm[0]));
         }

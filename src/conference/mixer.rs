@@ -45,7 +45,7 @@
 
 use std::collections::VecDeque;
 
-use crate::media::leg::FRAME_SAMPLES;
+use crate::media::frame::{Frame, FRAME_SAMPLES, SILENCE};
 
 use super::vad::{frame_energy, AudioLevel, Measure, Transition, Vad, VadConfig, VadParams};
 
@@ -64,8 +64,6 @@ const GAIN_Q12: [i32; 25] = [
     1029, 1154, 1295, 1453, 1631, 1830, 2053, 2303, 2584, 2900, 3254, 3651, 4096, 4596, 5157, 5786,
     6492, 7284, 8173, 9170, 10289, 11544, 12953, 14533, 16306,
 ];
-/// What a deaf member hears.
-static SILENCE: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
 
 /// Why a mixer call was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -171,15 +169,15 @@ impl Gain {
 /// One member's decoded input for a tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
-    /// The 20 ms frame at 8 kHz.
-    pub pcm: &'a [i16; FRAME_SAMPLES],
+    /// One frame at the internal rate.
+    pub pcm: &'a Frame,
     /// The sender's RFC 6464 level for this frame; when given, no energy is computed.
     pub level: Option<AudioLevel>,
 }
 
 impl<'a> Inbound<'a> {
     /// A frame whose level the mixer measures itself.
-    pub fn new(pcm: &'a [i16; FRAME_SAMPLES]) -> Self {
+    pub fn new(pcm: &'a Frame) -> Self {
         Self { pcm, level: None }
     }
 }
@@ -188,16 +186,16 @@ impl<'a> Inbound<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MixOutput<'a> {
     /// The room's shared frame (the same for every such member): encode once per codec.
-    Shared(&'a [i16; FRAME_SAMPLES]),
+    Shared(&'a Frame),
     /// A frame for this member alone.
-    Own(&'a [i16; FRAME_SAMPLES]),
+    Own(&'a Frame),
     /// Silence (deaf, or joined since the last tick): one encoded payload serves all.
     Silence,
 }
 
 impl<'a> MixOutput<'a> {
     /// The samples, whichever kind of output this is.
-    pub fn frame(&self) -> &'a [i16; FRAME_SAMPLES] {
+    pub fn frame(&self) -> &'a Frame {
         match *self {
             MixOutput::Shared(f) | MixOutput::Own(f) => f,
             MixOutput::Silence => &SILENCE,
@@ -234,7 +232,7 @@ struct Member {
     /// This tick's contribution to the sum, after input gain; valid while summed.
     contribution: [i32; FRAME_SAMPLES],
     /// This member's own outbound frame; valid when `out == Out::Own`.
-    frame: [i16; FRAME_SAMPLES],
+    frame: Frame,
 }
 
 impl Member {
@@ -268,7 +266,7 @@ pub struct Mixer {
     free: Vec<u32>,
     len: usize,
     sum: [i32; FRAME_SAMPLES],
-    shared: [i16; FRAME_SAMPLES],
+    shared: Frame,
     /// Members summed this tick.
     talkers: Vec<MemberId>,
     /// Slots not summed that still need a frame of their own (output gain).
@@ -490,7 +488,7 @@ impl Mixer {
     }
 
     /// The frame every [`MixOutput::Shared`] member gets for the last tick: `sat16(sum)`.
-    pub fn shared_frame(&self) -> &[i16; FRAME_SAMPLES] {
+    pub fn shared_frame(&self) -> &Frame {
         &self.shared
     }
 
@@ -561,7 +559,7 @@ fn sat16(x: i64) -> i16 {
 fn add_contribution(
     sum: &mut [i32; FRAME_SAMPLES],
     own: &mut [i32; FRAME_SAMPLES],
-    pcm: &[i16; FRAME_SAMPLES],
+    pcm: &Frame,
     gain: Gain,
 ) {
     if gain.is_unity() {
@@ -579,12 +577,7 @@ fn add_contribution(
 }
 
 #[inline]
-fn minus_own(
-    out: &mut [i16; FRAME_SAMPLES],
-    sum: &[i32; FRAME_SAMPLES],
-    own: &[i32; FRAME_SAMPLES],
-    gain: Gain,
-) {
+fn minus_own(out: &mut Frame, sum: &[i32; FRAME_SAMPLES], own: &[i32; FRAME_SAMPLES], gain: Gain) {
     if gain.is_unity() {
         for ((o, &s), &c) in out.iter_mut().zip(sum).zip(own) {
             *o = sat16(i64::from(s - c));

@@ -31,19 +31,11 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::conference::MemberId;
+use crate::media::frame::{Frame, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
 use crate::media::record::{
-    RecordError, RecordMode, RecordOutcome, RecorderFactory, RecorderHandle, RecordingMeta,
+    names, RecordError, RecordMode, RecordOutcome, RecorderFactory, RecorderHandle, RecordingMeta,
     RoomFields, StartOptions, StopReason, TimelineKind, TimelineMember,
 };
-
-/// Samples in one 20 ms tick at 8 kHz.
-const TICK_SAMPLES: usize = 160;
-
-/// Milliseconds of audio per tick.
-const TICK_MS: u64 = 20;
-
-/// Sample rate of room recordings.
-const RATE: u32 = 8000;
 
 /// How a room is recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,7 +87,7 @@ impl RoomRecorder {
                 to: String::new(),
                 room: Some(room.to_owned()),
                 mode: RecordMode::MixedMono,
-                rate: RATE,
+                rate: INTERNAL_RATE,
             },
             StartOptions {
                 timeline: true,
@@ -123,7 +115,7 @@ impl RoomRecorder {
 
     /// Length of the audio pushed so far, in milliseconds.
     pub fn duration_ms(&self) -> u64 {
-        self.ticks * TICK_MS
+        self.ticks * FRAME.as_millis() as u64
     }
 
     /// The id of `member`'s track, if it is present and tracks are recorded.
@@ -191,10 +183,10 @@ impl RoomRecorder {
                     to: String::new(),
                     room: Some(self.room.clone()),
                     mode: RecordMode::Inbound,
-                    rate: RATE,
+                    rate: INTERNAL_RATE,
                 },
                 StartOptions {
-                    id: Some(format!("{}-m{number}", self.mixed.id())),
+                    id: Some(names::track_id(self.mixed.id(), number)),
                     room: RoomFields {
                         track_of: Some(self.mixed.id().to_owned()),
                         member: Some(number),
@@ -282,8 +274,8 @@ impl RoomRecorder {
     /// from it). Never blocks, does no file I/O, and allocates nothing.
     pub fn push_tick(
         &mut self,
-        mix: &[i16; 160],
-        inputs: &mut dyn Iterator<Item = (MemberId, Option<&[i16; 160]>)>,
+        mix: &Frame,
+        inputs: &mut dyn Iterator<Item = (MemberId, Option<&Frame>)>,
     ) {
         self.mixed.push(mix);
         let tick = self.ticks;
@@ -304,12 +296,12 @@ impl RoomRecorder {
                 continue;
             }
             // Ticks the member missed (before joining, away, or left out of `inputs`).
-            track.skip((tick - part.written) * TICK_SAMPLES as u64);
+            track.skip((tick - part.written) * FRAME_SAMPLES as u64);
             match frame {
                 Some(f) if !part.muted => {
                     track.push(f);
                 }
-                _ => track.skip(TICK_SAMPLES as u64),
+                _ => track.skip(FRAME_SAMPLES as u64),
             }
             part.written = tick + 1;
         }
@@ -326,7 +318,7 @@ impl RoomRecorder {
         }
         for part in self.participants.drain(..) {
             if let Some(track) = part.track {
-                track.skip((self.ticks - part.written.min(self.ticks)) * TICK_SAMPLES as u64);
+                track.skip((self.ticks - part.written.min(self.ticks)) * FRAME_SAMPLES as u64);
                 track.finish(RecordOutcome::new(StopReason::Requested));
             }
         }

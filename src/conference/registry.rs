@@ -20,15 +20,13 @@ use super::room::{JoinRefused, RemoveReason, Room, RoomSettings, RoomSounds};
 use crate::config::ConferenceConfig;
 use crate::events::{Event, EventBus};
 use crate::live::{ControlError, MemberAction, RoomAction, RoomInfo, Rooms};
-use crate::media::leg::AudioSource;
+use crate::media::frame::{AudioSource, INTERNAL_RATE};
 use crate::media::prompt::{Prompt, PromptCache, PromptPlayer};
 use crate::media::record::RecorderFactory;
 use crate::media::worker::{LegHandle, MediaEngine};
 
 /// Joins tried when the room went away between finding it and joining it.
 const JOIN_ATTEMPTS: usize = 3;
-/// Prompt sample rate.
-const RATE: u32 = 8000;
 
 /// How a call joins a room.
 #[derive(Debug, Clone, Default)]
@@ -410,7 +408,7 @@ impl ConferenceRegistry {
             .map_err(|e| ControlError::Refused(e.to_string()))?;
         let inner = self.inner.clone();
         let prompt = prompt.to_string();
-        let work = move || match inner.prompts.load(&prompt, RATE) {
+        let work = move || match inner.prompts.load(&prompt, INTERNAL_RATE) {
             Ok(p) => {
                 let source = Box::new(PromptPlayer::new(p));
                 inner
@@ -443,7 +441,7 @@ impl ConferenceRegistry {
             .map_err(|e| ControlError::Refused(e.to_string()))?;
         let inner = self.inner.clone();
         let name = name.to_string();
-        let work = move || match inner.prompts.load(&name, RATE) {
+        let work = move || match inner.prompts.load(&name, INTERNAL_RATE) {
             Ok(p) => {
                 inner
                     .media
@@ -481,7 +479,7 @@ fn load_sounds(prompts: &PromptCache, cfg: &ConferenceConfig, room: &str) -> Roo
             return None;
         }
         prompts
-            .load(name, RATE)
+            .load(name, INTERNAL_RATE)
             .map_err(|e| tracing::warn!(prompt = name, error = %e, "conference prompt not loaded"))
             .ok()
     };

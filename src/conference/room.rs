@@ -23,7 +23,7 @@ use super::mixer::{
 };
 use super::vad::VadConfig;
 use crate::media::dtmf::Digit;
-use crate::media::leg::{AudioSource, FRAME_SAMPLES};
+use crate::media::frame::{AudioSource, Frame, FRAME_SAMPLES, INTERNAL_RATE, SILENCE};
 use crate::media::prompt::{Playlist, Prompt, PromptPlayer};
 use crate::media::tone::{ToneGenerator, ToneSpec};
 
@@ -242,17 +242,16 @@ pub enum RoomEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomOutput<'a> {
     /// The room's shared frame, the same for every such member: encode once per codec.
-    Shared(&'a [i16; FRAME_SAMPLES]),
+    Shared(&'a Frame),
     /// A frame for this member alone.
-    Own(&'a [i16; FRAME_SAMPLES]),
+    Own(&'a Frame),
     /// Silence.
     Silence,
 }
 
 impl<'a> RoomOutput<'a> {
     /// The samples.
-    pub fn frame(&self) -> &'a [i16; FRAME_SAMPLES] {
-        static SILENCE: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
+    pub fn frame(&self) -> &'a Frame {
         match *self {
             RoomOutput::Shared(f) | RoomOutput::Own(f) => f,
             RoomOutput::Silence => &SILENCE,
@@ -301,7 +300,7 @@ enum Looping {
 }
 
 impl Looping {
-    fn fill(&mut self, out: &mut [i16; FRAME_SAMPLES]) {
+    fn fill(&mut self, out: &mut Frame) {
         match self {
             Looping::Prompt(p) => {
                 let mut n = p.fill(out);
@@ -333,9 +332,9 @@ pub struct Room {
     announce: MemberId,
     tone: Option<Box<ToneGenerator>>,
     announcement: Option<Box<dyn AudioSource>>,
-    source_frame: [i16; FRAME_SAMPLES],
-    announce_frame: [i16; FRAME_SAMPLES],
-    scratch: [i16; FRAME_SAMPLES],
+    source_frame: Frame,
+    announce_frame: Frame,
+    scratch: Frame,
     locked: bool,
     ended: bool,
     moderators: usize,
@@ -530,7 +529,7 @@ impl Room {
             Some(p) => Some(Looping::Prompt(PromptPlayer::new(p.clone()))),
             None => {
                 let spec: ToneSpec = WAIT_TONE.parse().ok()?;
-                let tone = ToneGenerator::new(&spec, 8000).ok()?;
+                let tone = ToneGenerator::new(&spec, INTERNAL_RATE).ok()?;
                 Some(Looping::Tone(Box::new(tone)))
             }
         }
@@ -708,15 +707,12 @@ impl Room {
     }
 
     fn play_tone(&mut self, spec: &ToneSpec) {
-        self.tone = ToneGenerator::new(spec, 8000).ok().map(Box::new);
+        self.tone = ToneGenerator::new(spec, INTERNAL_RATE).ok().map(Box::new);
     }
 
     /// Mixes one tick. `input` gives a member's received frame (by id and tag), or `None`
     /// when nothing usable was heard from it (no audio, or a key tone to keep out of the mix).
-    pub fn tick<'f>(
-        &mut self,
-        mut input: impl FnMut(MemberId, usize) -> Option<&'f [i16; FRAME_SAMPLES]>,
-    ) {
+    pub fn tick<'f>(&mut self, mut input: impl FnMut(MemberId, usize) -> Option<&'f Frame>) {
         let tone_on = fill_from(&mut self.tone, &mut self.source_frame);
         let announce_on = fill_from(&mut self.announcement, &mut self.announce_frame);
         let (tones, announce) = (self.tones, self.announce);
@@ -749,7 +745,7 @@ impl Room {
     }
 
     /// The full mix of the last tick (every talker and room sound): what a recorder hears.
-    pub fn mix_frame(&self) -> &[i16; FRAME_SAMPLES] {
+    pub fn mix_frame(&self) -> &Frame {
         self.mixer.shared_frame()
     }
 
@@ -794,10 +790,7 @@ impl Room {
 }
 
 /// Fills `frame` from a playing source; `false` (and the source dropped) once it has ended.
-fn fill_from<S: AudioSource + ?Sized>(
-    source: &mut Option<Box<S>>,
-    frame: &mut [i16; FRAME_SAMPLES],
-) -> bool {
+fn fill_from<S: AudioSource + ?Sized>(source: &mut Option<Box<S>>, frame: &mut Frame) -> bool {
     let Some(s) = source.as_mut() else {
         return false;
     };

@@ -8,8 +8,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-type Frame = [i16; FRAME_SAMPLES];
-
 /// Talking exactly when a frame reaches −40 dBov, with no memory between ticks.
 fn instant_vad() -> VadConfig {
     VadConfig {
@@ -363,8 +361,10 @@ fn a_members_prompt_replaces_what_it_hears_and_room_sounds_reach_everyone() {
     h.join(1, false);
     h.inputs.insert(1, flat(500));
     let spec: ToneSpec = "1000/40@-10".parse().unwrap();
-    h.room
-        .play_to(a, Box::new(ToneGenerator::new(&spec, 8000).unwrap()));
+    h.room.play_to(
+        a,
+        Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()),
+    );
     let out = h.tick();
     let f = out[&0].frame();
     assert_ne!(f, flat(500), "the prompt replaces the room");
@@ -378,10 +378,10 @@ fn a_members_prompt_replaces_what_it_hears_and_room_sounds_reach_everyone() {
     );
 
     h.room
-        .play(Box::new(ToneGenerator::new(&spec, 8000).unwrap()));
+        .play(Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()));
     let out = h.tick();
     let tone = {
-        let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+        let mut g = ToneGenerator::new(&spec, INTERNAL_RATE).unwrap();
         let mut f = [0i16; FRAME_SAMPLES];
         g.fill(&mut f);
         f

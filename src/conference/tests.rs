@@ -8,9 +8,7 @@ use proptest::prelude::*;
 
 use super::mixer::{Gain, Inbound, MemberId, MemberKind, MixOutput, Mixer, MixerError, MixerEvent};
 use super::vad::{AudioLevel, VadConfig};
-use crate::media::leg::FRAME_SAMPLES;
-
-type Frame = [i16; FRAME_SAMPLES];
+use crate::media::frame::{Frame, FRAME_SAMPLES};
 
 /// Talking exactly when a frame's level reaches −40 dBov: no memory between ticks.
 fn instant_vad() -> VadConfig {

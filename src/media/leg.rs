@@ -21,6 +21,7 @@ use super::dtmf::{
     DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
     InbandDetector, InbandSender, SampleClock,
 };
+use super::frame::{AudioSource, Frame, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
 use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
@@ -30,45 +31,17 @@ use crate::rtp::session::{
     Received, RecvConfig, RecvSession, Rejection, RemoteMedia, SendSession, StrictRtp,
     DEFAULT_LEARN_WINDOW,
 };
-use crate::rtp::types::{ClockRate, PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
+use crate::rtp::types::{PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
 use crate::sdp::Direction;
 
-/// Frame duration of the media clock.
-pub const FRAME: Duration = Duration::from_millis(20);
 /// Frames cut from a recording's end when a terminator key stopped it: detection lags the
 /// tone by up to this much.
 const TERMINATOR_TRIM_FRAMES: u64 = 5;
-/// The longest packet we play out: 60 ms at 8 kHz.
-const MAX_PACKET_SAMPLES: usize = 480;
-/// Samples per frame at 8 kHz, the rate of every codec so far.
-pub const FRAME_SAMPLES: usize = 160;
+/// The longest packet we play out: 60 ms, three frames.
+const MAX_PACKET_SAMPLES: usize = 3 * FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
 /// frame appended to it, for codecs of up to two bytes a sample.
 const OUT_FIFO_BYTES: usize = 2 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
-
-/// Something that produces outbound audio, a frame at a time, without allocating.
-pub trait AudioSource: Send {
-    /// Fills `out`; returns how many samples were written (fewer than asked: finished).
-    fn fill(&mut self, out: &mut [i16]) -> usize;
-}
-
-impl AudioSource for super::tone::ToneGenerator {
-    fn fill(&mut self, out: &mut [i16]) -> usize {
-        super::tone::ToneGenerator::fill(self, out)
-    }
-}
-
-impl AudioSource for super::prompt::Playlist {
-    fn fill(&mut self, out: &mut [i16]) -> usize {
-        super::prompt::Playlist::fill(self, out)
-    }
-}
-
-impl AudioSource for super::prompt::PromptPlayer {
-    fn fill(&mut self, out: &mut [i16]) -> usize {
-        super::prompt::PromptPlayer::fill(self, out)
-    }
-}
 
 /// Which of the leg's two ports a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,8 +329,8 @@ pub struct Leg {
     last_rx: Instant,
     timed_out: bool,
     talkspurt: bool,
-    pcm_in: [i16; FRAME_SAMPLES],
-    pcm_out: [i16; FRAME_SAMPLES],
+    pcm_in: Frame,
+    pcm_out: Frame,
     /// Samples per packet we send (the peer's ptime).
     ptime_samples: usize,
     /// Encoded audio not yet sent: a packet may span several ticks, or end mid-tick.
@@ -375,7 +348,7 @@ pub struct Leg {
 impl Leg {
     /// A leg starting at `now`.
     pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
-        let rate = ClockRate::HZ_8000;
+        let rate = cfg.codec.rtp_clock();
         let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
         if let Some(te) = cfg.telephone_event {
             pts.insert(te);
@@ -395,11 +368,12 @@ impl Leg {
             rate,
             FRAME,
         );
-        let inband =
-            InbandDetector::with_config(8000, cfg.dtmf).map_err(|e| LegError(e.to_string()))?;
-        let inband_clock =
-            SampleClock::new(now, 8000).ok_or_else(|| LegError("sample clock".into()))?;
-        let inband_sender = InbandSender::new(8000).map_err(|e| LegError(e.to_string()))?;
+        let inband = InbandDetector::with_config(INTERNAL_RATE, cfg.dtmf)
+            .map_err(|e| LegError(e.to_string()))?;
+        let inband_clock = SampleClock::new(now, INTERNAL_RATE.hz())
+            .ok_or_else(|| LegError("sample clock".into()))?;
+        let inband_sender =
+            InbandSender::new(INTERNAL_RATE).map_err(|e| LegError(e.to_string()))?;
         let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
         Ok(Leg {
             rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
@@ -718,7 +692,10 @@ impl Leg {
             return;
         }
         let samples = self.cfg.codec.samples_in(pkt.payload.len());
-        if samples == 0 || samples > MAX_PACKET_SAMPLES || !samples.is_multiple_of(80) {
+        if samples == 0
+            || samples > MAX_PACKET_SAMPLES
+            || !samples.is_multiple_of(FRAME_SAMPLES / 2)
+        {
             // Packets of 10 ms multiples up to 60 ms; anything else cannot be played out.
             self.stats.dropped += 1;
             return;
@@ -762,7 +739,7 @@ impl Leg {
     }
 
     /// This tick's received audio (silence when nothing is coming in).
-    pub fn input(&self) -> &[i16; FRAME_SAMPLES] {
+    pub fn input(&self) -> &Frame {
         &self.pcm_in
     }
 
@@ -790,7 +767,7 @@ impl Leg {
         now: Instant,
         wallclock: SystemTime,
         tick: u64,
-        room: Option<&[i16; FRAME_SAMPLES]>,
+        room: Option<&Frame>,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         self.follow_ticks(now, tick);
@@ -814,7 +791,7 @@ impl Leg {
         now: Instant,
         wallclock: SystemTime,
         tick: u64,
-        pcm: &[i16; FRAME_SAMPLES],
+        pcm: &Frame,
         payload: &[u8],
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
@@ -1030,7 +1007,7 @@ impl Leg {
         }
     }
 
-    fn produce_frame(&mut self, room: Option<&[i16; FRAME_SAMPLES]>) {
+    fn produce_frame(&mut self, room: Option<&Frame>) {
         if let Some((id, source, _)) = self.playing.as_mut() {
             let n = source.fill(&mut self.pcm_out);
             if n < FRAME_SAMPLES {
@@ -1059,7 +1036,7 @@ impl Leg {
 
 /// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet, else 20 ms.
 fn ptime_samples(ptime: Duration) -> usize {
-    let samples = ClockRate::HZ_8000.ticks_in(ptime) as usize;
+    let samples = INTERNAL_RATE.ticks_in(ptime) as usize;
     if samples > 0 && samples <= MAX_PACKET_SAMPLES && samples.is_multiple_of(FRAME_SAMPLES / 2) {
         samples
     } else {
@@ -1067,10 +1044,10 @@ fn ptime_samples(ptime: Duration) -> usize {
     }
 }
 
-/// A jitter buffer for packets of `samples` samples at 8 kHz.
+/// A jitter buffer for packets of `samples` samples at the internal rate.
 fn jitter_config(samples: usize) -> JitterConfig {
     JitterConfig {
-        frame: Duration::from_micros(samples as u64 * 125),
+        frame: INTERNAL_RATE.duration_of(samples as u64),
         slot_bytes: MAX_PACKET_SAMPLES * 2,
         ..JitterConfig::default()
     }
@@ -1171,7 +1148,7 @@ mod tests {
 
     fn generate(spec: &str, ms: usize) -> Vec<i16> {
         let spec: ToneSpec = spec.parse().unwrap();
-        let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+        let mut g = ToneGenerator::new(&spec, INTERNAL_RATE).unwrap();
         let mut pcm = vec![0i16; ms * 8];
         g.fill(&mut pcm);
         pcm
@@ -1283,7 +1260,7 @@ mod tests {
         l: &mut Leg,
         t0: Instant,
         input: &[Vec<u8>],
-        room: &[i16; FRAME_SAMPLES],
+        room: &Frame,
         encoded: bool,
         ticks: usize,
     ) -> Vec<i16> {
@@ -1325,7 +1302,7 @@ mod tests {
                 t0,
                 LegCommand::Play {
                     id: 1,
-                    source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                    source: Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()),
                     barge_in: false,
                 },
             );
@@ -1381,7 +1358,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = leg(t0);
         let spec: ToneSpec = "440/200@-10".parse().unwrap();
-        let source = Box::new(ToneGenerator::new(&spec, 8000).unwrap());
+        let source = Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap());
         l.apply(
             t0,
             LegCommand::Play {
@@ -1411,7 +1388,7 @@ mod tests {
             t0,
             LegCommand::Play {
                 id: 1,
-                source: Box::new(ToneGenerator::new(&spec, 8000).unwrap()),
+                source: Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()),
                 barge_in: true,
             },
         );
@@ -1533,7 +1510,7 @@ mod dtmf_tests {
         drop_ends: bool,
     ) -> Vec<LegEvent> {
         let tone = crate::media::tone::ToneSpec::dtmf(Digit::from_char('7').unwrap(), 100, 0);
-        let mut gen = crate::media::tone::ToneGenerator::new(&tone, 8000).unwrap();
+        let mut gen = crate::media::tone::ToneGenerator::new(&tone, INTERNAL_RATE).unwrap();
         let from: SocketAddr = PEER.parse().unwrap();
         let wc = SystemTime::now();
         let mut seq = 1000u16;
@@ -1662,7 +1639,7 @@ mod dtmf_tests {
 
     #[test]
     fn sent_dtmf_inband_is_heard_as_tones() {
-        let mut det = InbandDetector::new(8000).unwrap();
+        let mut det = InbandDetector::new(INTERNAL_RATE).unwrap();
         let mut got = String::new();
         send_dtmf("42", true, 40, |_, p| {
             let pcm: Vec<i16> = p
@@ -1701,7 +1678,7 @@ mod ptime_tests {
 
     fn tone_source() -> Box<ToneGenerator> {
         let spec: ToneSpec = TONE.parse().unwrap();
-        Box::new(ToneGenerator::new(&spec, 8000).unwrap())
+        Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap())
     }
 
     /// The first `samples` of the played tone as the peer should hear them (through µ-law).
@@ -1889,7 +1866,7 @@ mod ptime_tests {
         );
         assert_eq!(last_ev - first_ev + 1, events.len() as u64);
         // The receiver reads the key back.
-        let mut rx = EventReceiver::new(TE, ClockRate::HZ_8000);
+        let mut rx = EventReceiver::new(TE, crate::rtp::types::ClockRate::HZ_8000);
         let mut digits = String::new();
         for e in &events {
             let now = t0 + FRAME * e.tick as u32;
@@ -2152,7 +2129,7 @@ mod strict_tests {
                 to: "b".into(),
                 room: None,
                 mode: crate::media::record::RecordMode::Inbound,
-                rate: 8000,
+                rate: INTERNAL_RATE,
             })
             .unwrap();
         let id = handle.id().to_owned();
@@ -2164,10 +2141,12 @@ mod strict_tests {
             },
         );
 
-        let mut caller = ToneGenerator::new(&"1000/10000@-10".parse().unwrap(), 8000).unwrap();
-        let mut loud = ToneGenerator::new(&"2000/10000@-3".parse().unwrap(), 8000).unwrap();
+        let mut caller =
+            ToneGenerator::new(&"1000/10000@-10".parse().unwrap(), INTERNAL_RATE).unwrap();
+        let mut loud =
+            ToneGenerator::new(&"2000/10000@-3".parse().unwrap(), INTERNAL_RATE).unwrap();
         let key = ToneSpec::dtmf(Digit::from_char('5').unwrap(), 200, 0);
-        let mut key = ToneGenerator::new(&key, 8000).unwrap();
+        let mut key = ToneGenerator::new(&key, INTERNAL_RATE).unwrap();
         let (peer, stranger): (SocketAddr, SocketAddr) =
             (PEER.parse().unwrap(), STRANGER.parse().unwrap());
         let wc = SystemTime::now();
@@ -2284,7 +2263,8 @@ mod strict_tests {
         };
         let mut l = Leg::new(cfg, t0).unwrap();
         l.apply(t0, LegCommand::Echo(true));
-        let mut tone = ToneGenerator::new(&"1000/2000@-10".parse().unwrap(), 8000).unwrap();
+        let mut tone =
+            ToneGenerator::new(&"1000/2000@-10".parse().unwrap(), INTERNAL_RATE).unwrap();
         let wc = SystemTime::now();
         let mut echoed = Vec::new();
         let mut dests = Vec::new();
@@ -2335,7 +2315,8 @@ mod strict_tests {
             ..test_leg(t0).cfg
         };
         let mut l = Leg::new(cfg, t0).unwrap();
-        let mut tone = ToneGenerator::new(&"1000/60000@-10".parse().unwrap(), 8000).unwrap();
+        let mut tone =
+            ToneGenerator::new(&"1000/60000@-10".parse().unwrap(), INTERNAL_RATE).unwrap();
         let wc = SystemTime::now();
         let mut seq = 0u16;
         // Ticks `from..to` with the caller talking; what the leg heard over the last 20.

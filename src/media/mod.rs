@@ -1,5 +1,6 @@
-//! Media engine: codecs, DTMF detection, tones, prompts and resampling, the per-call leg, and
-//! the worker threads that tick legs on the media clock.
+//! Media engine: the frame and internal rate everything shares ([`frame`]), codecs, DTMF
+//! detection, tones, prompts and resampling, the per-call leg, and the worker threads that
+//! tick legs on the media clock.
 //!
 //! Apart from `worker` (threads and sockets) and prompt loading (files), everything here is
 //! sans-IO and works on caller-provided buffers: a 20 ms frame is encoded, decoded, scanned for
@@ -7,6 +8,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod frame;
 pub mod leg;
 pub mod level;
 pub mod prompt;

@@ -28,6 +28,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
 use crate::media::resample::{resample, ResampleError};
+use crate::rtp::types::ClockRate;
 
 /// Extensions tried, in order, for a name given without one.
 pub const EXTENSIONS: [&str; 4] = ["wav", "flac", "ogg", "mp3"];
@@ -259,7 +260,7 @@ fn decode(file: File, path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
 }
 
 /// Decodes `path` and converts it to mono 16-bit samples at `rate`. Blocking.
-pub fn load_file(path: &Path, name: &str, rate: u32) -> Result<Prompt, PromptError> {
+pub fn load_file(path: &Path, name: &str, rate: ClockRate) -> Result<Prompt, PromptError> {
     let (samples, from) = decode_file(path)?;
     let samples = resample(&samples, from, rate).map_err(|source| PromptError::Resample {
         path: path.to_path_buf(),
@@ -267,7 +268,7 @@ pub fn load_file(path: &Path, name: &str, rate: u32) -> Result<Prompt, PromptErr
     })?;
     Ok(Prompt {
         samples: samples.into(),
-        rate,
+        rate: rate.hz(),
         name: name.to_string(),
     })
 }
@@ -381,12 +382,12 @@ impl PromptCache {
         })
     }
 
-    /// The prompt `name` at `rate` Hz, decoded on first use or when its file changed.
+    /// The prompt `name` at `rate`, decoded on first use or when its file changed.
     ///
     /// Blocking: run it on a blocking thread, never on the media tick. Two threads
     /// loading the same new prompt at once may both decode it; both get a valid prompt
     /// and the cache keeps one.
-    pub fn load(&self, name: &str, rate: u32) -> Result<Arc<Prompt>, PromptError> {
+    pub fn load(&self, name: &str, rate: ClockRate) -> Result<Arc<Prompt>, PromptError> {
         let path = self.resolve(name)?;
         let meta = std::fs::metadata(&path).map_err(|source| PromptError::Io {
             path: path.clone(),
@@ -396,7 +397,7 @@ impl PromptCache {
             modified: meta.modified().ok(),
             len: meta.len(),
         };
-        let key = (path, rate);
+        let key = (path, rate.hz());
         if let Some((s, prompt)) = self.lock().get(&key) {
             if *s == stamp {
                 return Ok(Arc::clone(prompt));
@@ -408,7 +409,7 @@ impl PromptCache {
     }
 
     /// Loads each named prompt at `rate` and returns them as one playlist.
-    pub fn play<I, S>(&self, names: I, rate: u32) -> Result<Playlist, PromptError>
+    pub fn play<I, S>(&self, names: I, rate: ClockRate) -> Result<Playlist, PromptError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,

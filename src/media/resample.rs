@@ -22,6 +22,8 @@ use std::time::Duration;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 
+use crate::rtp::types::ClockRate;
+
 /// Why a resampler could not be made or run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResampleError {
@@ -106,17 +108,18 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
     a
 }
 
-/// Resamples a whole mono clip from `from_hz` to `to_hz` and returns 16-bit samples.
+/// Resamples a whole mono clip from `from_hz` to `to` and returns 16-bit samples.
 ///
-/// Allocates; meant for loading prompts, never for the media tick. The output has
-/// `ceil(len × to / from)` samples and starts where the input starts.
+/// `from_hz` is the rate a file states, so it is checked here. Allocates; meant for loading
+/// prompts, never for the media tick. The output has `ceil(len × to / from)` samples and
+/// starts where the input starts.
 pub fn resample<S: PcmSample>(
     input: &[S],
     from_hz: u32,
-    to_hz: u32,
+    to: ClockRate,
 ) -> Result<Vec<i16>, ResampleError> {
     check_rate(from_hz)?;
-    check_rate(to_hz)?;
+    let to_hz = to.hz();
     if from_hz == to_hz {
         return Ok(input.iter().map(|&s| f32_to_i16(s.to_f32())).collect());
     }
@@ -172,10 +175,9 @@ fn frame_len(rate: u32, frame_ms: u32) -> Result<usize, ResampleError> {
 }
 
 impl StreamResampler {
-    /// A resampler taking `frame_ms` frames at `from_hz` and giving `frame_ms` frames at `to_hz`.
-    pub fn new(from_hz: u32, to_hz: u32, frame_ms: u32) -> Result<Self, ResampleError> {
-        check_rate(from_hz)?;
-        check_rate(to_hz)?;
+    /// A resampler taking `frame_ms` frames at `from` and giving `frame_ms` frames at `to`.
+    pub fn new(from: ClockRate, to: ClockRate, frame_ms: u32) -> Result<Self, ResampleError> {
+        let (from_hz, to_hz) = (from.hz(), to.hz());
         let frame_in = frame_len(from_hz, frame_ms)?;
         let frame_out = frame_len(to_hz, frame_ms)?;
         let fft = if from_hz == to_hz {
@@ -280,6 +282,11 @@ impl StreamResampler {
 mod tests {
     use super::*;
 
+    /// `r` Hz as a clock rate.
+    fn hz(r: u32) -> ClockRate {
+        ClockRate::new(r).unwrap()
+    }
+
     fn sine(freq: f64, rate: u32, n: usize, amp: f64) -> Vec<i16> {
         (0..n)
             .map(|i| {
@@ -304,9 +311,9 @@ mod tests {
     #[test]
     fn narrowband_edge_survives_round_trip() {
         let x = sine(3400.0, 8000, 8000, 10000.0);
-        let up = resample(&x, 8000, 16000).unwrap();
+        let up = resample(&x, 8000, hz(16000)).unwrap();
         assert_eq!(up.len(), 16000);
-        let back = resample(&up, 16000, 8000).unwrap();
+        let back = resample(&up, 16000, hz(8000)).unwrap();
         assert_eq!(back.len(), 8000);
         let loss = db(rms_mid(&back), rms_mid(&x));
         assert!(loss.abs() < 0.5, "3.4 kHz changed by {loss:.2} dB");
@@ -315,7 +322,7 @@ mod tests {
     #[test]
     fn downsampling_removes_what_would_alias() {
         let x = sine(5000.0, 16000, 16000, 10000.0);
-        let y = resample(&x, 16000, 8000).unwrap();
+        let y = resample(&x, 16000, hz(8000)).unwrap();
         let att = db(rms_mid(&y).max(1e-3), rms_mid(&x));
         assert!(att < -40.0, "5 kHz only {att:.1} dB down");
     }
@@ -333,7 +340,7 @@ mod tests {
                     (10000.0 * env * (2.0 * std::f64::consts::PI * 300.0 * t).cos()) as i16
                 })
                 .collect();
-            let y = resample(&x, from, to).unwrap();
+            let y = resample(&x, from, hz(to)).unwrap();
             assert_eq!(
                 y.len(),
                 (n as u64 * u64::from(to)).div_ceil(u64::from(from)) as usize
@@ -355,8 +362,8 @@ mod tests {
     #[test]
     fn equal_rates_copy() {
         let x = sine(440.0, 8000, 500, 9000.0);
-        assert_eq!(resample(&x, 8000, 8000).unwrap(), x);
-        let mut r = StreamResampler::new(8000, 8000, 20).unwrap();
+        assert_eq!(resample(&x, 8000, hz(8000)).unwrap(), x);
+        let mut r = StreamResampler::new(hz(8000), hz(8000), 20).unwrap();
         let mut out = [0i16; 160];
         r.process(&x[..160], &mut out).unwrap();
         assert_eq!(&out[..], &x[..160]);
@@ -365,21 +372,21 @@ mod tests {
 
     #[test]
     fn float_input_is_full_scale_one() {
-        let y = resample(&[0.5f32, -1.0, 2.0], 8000, 8000).unwrap();
+        let y = resample(&[0.5f32, -1.0, 2.0], 8000, hz(8000)).unwrap();
         assert_eq!(y, vec![16384, -32768, 32767]);
     }
 
     #[test]
     fn bad_rates_and_frames_are_refused() {
         assert_eq!(
-            resample(&[0i16; 4], 0, 8000),
+            resample(&[0i16; 4], 0, hz(8000)),
             Err(ResampleError::InvalidRate(0))
         );
         assert!(matches!(
-            StreamResampler::new(11025, 8000, 20),
+            StreamResampler::new(hz(11025), hz(8000), 20),
             Err(ResampleError::FrameNotWhole { rate: 11025, .. })
         ));
-        let mut r = StreamResampler::new(8000, 16000, 20).unwrap();
+        let mut r = StreamResampler::new(hz(8000), hz(16000), 20).unwrap();
         let mut out = [0i16; 320];
         assert_eq!(
             r.process(&[0; 100], &mut out),
@@ -392,7 +399,7 @@ mod tests {
 
     /// Streams `x` through a fresh resampler, returning output without its latency.
     fn stream(x: &[i16], from: u32, to: u32) -> (Vec<i16>, StreamResampler) {
-        let mut r = StreamResampler::new(from, to, 20).unwrap();
+        let mut r = StreamResampler::new(hz(from), hz(to), 20).unwrap();
         let caps = r.buffer_capacity();
         let (fi, fo) = (r.input_len(), r.output_len());
         let mut padded = x.to_vec();
@@ -415,7 +422,7 @@ mod tests {
             let a = sine(440.0, from, from as usize, 6000.0);
             let b = sine(1800.0, from, from as usize, 4000.0);
             let x: Vec<i16> = a.iter().zip(&b).map(|(p, q)| p + q).collect();
-            let one = resample(&x, from, to).unwrap();
+            let one = resample(&x, from, hz(to)).unwrap();
             let (st, r) = stream(&x, from, to);
             assert_eq!(r.latency(), Duration::from_millis(10));
             // Ignore the start-up of either: compare the steady middle.

@@ -36,6 +36,7 @@ use std::str::FromStr;
 
 use crate::media::dtmf::Digit;
 use crate::media::level::dbm0_to_peak;
+use crate::rtp::types::ClockRate;
 
 /// Most frequencies one segment can mix.
 pub const MAX_FREQS: usize = 4;
@@ -422,8 +423,9 @@ fn ms_to_samples(ms: u32, rate: u32) -> u64 {
 }
 
 impl ToneGenerator {
-    /// A generator for `spec` at `sample_rate` Hz.
-    pub fn new(spec: &ToneSpec, sample_rate: u32) -> Result<Self, ToneSpecError> {
+    /// A generator for `spec` at `rate`.
+    pub fn new(spec: &ToneSpec, rate: ClockRate) -> Result<Self, ToneSpecError> {
+        let sample_rate = rate.hz();
         for s in spec.segments() {
             for &freq in s.freqs() {
                 if f64::from(freq) * 2.0 >= f64::from(sample_rate) {
@@ -560,7 +562,7 @@ mod tests {
     use crate::media::level::peak_to_dbm0;
 
     fn render(spec: &ToneSpec, rate: u32, samples: usize, frame: usize) -> Vec<i16> {
-        let mut g = ToneGenerator::new(spec, rate).unwrap();
+        let mut g = ToneGenerator::new(spec, ClockRate::new(rate).unwrap()).unwrap();
         let mut out = vec![0i16; samples];
         let mut at = 0;
         while at < samples {
@@ -661,13 +663,13 @@ mod tests {
         assert_eq!(err(&["1/1"; 9].join(";")), TooManySegments);
         let high: ToneSpec = "5000/100".parse().unwrap();
         assert_eq!(
-            ToneGenerator::new(&high, 8000).unwrap_err(),
+            ToneGenerator::new(&high, ClockRate::HZ_8000).unwrap_err(),
             FrequencyOutOfRange {
                 freq: 5000.0,
                 rate: 8000
             }
         );
-        assert!(ToneGenerator::new(&high, 16_000).is_ok());
+        assert!(ToneGenerator::new(&high, ClockRate::HZ_16000).is_ok());
     }
 
     #[test]
@@ -726,7 +728,7 @@ mod tests {
 
         // Finite repeat: three 100 ms beeps with 100 ms gaps, then nothing more.
         let spec: ToneSpec = "1000/100/100*3".parse().unwrap();
-        let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+        let mut g = ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap();
         let mut buf = vec![0i16; 10_000];
         assert_eq!(g.fill(&mut buf), 4800);
         assert!(g.is_finished());
@@ -756,7 +758,7 @@ mod tests {
             );
         }
         let mut rng = fastrand::Rng::with_seed(3);
-        let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+        let mut g = ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap();
         let mut framed = vec![0i16; 40_000];
         let mut at = 0;
         while at < framed.len() {
@@ -790,12 +792,12 @@ mod tests {
 
     #[test]
     fn dtmf_preset_is_detected() {
-        let mut det = InbandDetector::new(8000).unwrap();
+        let mut det = InbandDetector::new(ClockRate::HZ_8000).unwrap();
         let mut got = String::new();
         let mut frame = [0i16; 160];
         for c in "147*2580#369ABCD".chars() {
             let d = Digit::from_char(c).unwrap();
-            let mut g = ToneGenerator::new(&ToneSpec::dtmf(d, 60, 60), 8000).unwrap();
+            let mut g = ToneGenerator::new(&ToneSpec::dtmf(d, 60, 60), ClockRate::HZ_8000).unwrap();
             while !g.is_finished() {
                 let n = g.fill(&mut frame);
                 det.push(&frame[..n], |e| {

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::codec::CodecKind;
-use super::leg::{Leg, LegCommand, LegEvent, LegStats, Port, FRAME, FRAME_SAMPLES};
+use super::frame::{Frame, FRAME};
+use super::leg::{Leg, LegCommand, LegEvent, LegStats, Port};
 use crate::conference::host::{MemberLegs, RoomCommand, RoomHost};
 use crate::conference::MemberId;
 use crate::rtp::packet::{classify, PacketKind};
@@ -719,7 +720,7 @@ impl MemberLegs for Legs<'_> {
         }
     }
 
-    fn input(&self, tag: usize) -> Option<&[i16; FRAME_SAMPLES]> {
+    fn input(&self, tag: usize) -> Option<&Frame> {
         let s = self.slots.get(tag)?.as_ref()?;
         (s.leg.hearing() && !s.leg.dtmf_sounding()).then(|| s.leg.input())
     }
@@ -728,7 +729,7 @@ impl MemberLegs for Legs<'_> {
         Some(self.slots.get(tag)?.as_ref()?.leg.codec())
     }
 
-    fn send(&mut self, tag: usize, pcm: &[i16; FRAME_SAMPLES], encoded: Option<&[u8]>) {
+    fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
         let Some(Some(s)) = self.slots.get_mut(tag) else {
             return;
         };

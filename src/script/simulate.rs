@@ -36,6 +36,7 @@ use super::collect::{CollectAction, CollectOptions, Collector, PromptKind};
 use super::engine::{build_engine, compile_file, compile_source, ScriptError, ScriptLimits};
 use super::runner::{run_script, CallInfo, ScriptOutcome, StopCause};
 use crate::media::dtmf::Digit;
+use crate::media::frame::INTERNAL_RATE;
 use crate::media::prompt::PromptCache;
 
 /// How long each prompt lasts when no prompt folder is given.
@@ -480,7 +481,7 @@ impl SimCall {
         if let Some(d) = self.durations.get(name) {
             return *d;
         }
-        let d = match cache.load(name, 8000) {
+        let d = match cache.load(name, INTERNAL_RATE) {
             Ok(p) => Some(p.duration()),
             Err(e) => {
                 self.line(format!("prompt {name} not played: {e}"));

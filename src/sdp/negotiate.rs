@@ -23,6 +23,7 @@ const DEFAULT_PTIME_MS: u32 = 20;
 const FIRST_DYNAMIC_PT: u8 = 96;
 
 pub use crate::media::codec::CodecKind as Codec;
+use crate::rtp::types::ClockRate;
 
 /// What offer/answer needs to know of a codec beyond its identity.
 impl Codec {
@@ -332,12 +333,13 @@ impl LocalSession {
         }
         // One telephone-event per clock rate would need more PTs; 8000 Hz covers G.711 and
         // G.722 (whose RTP clock is 8000 Hz too).
-        if te_rates.contains(&8000) {
+        let te_rate = ClockRate::HZ_8000.hz();
+        if te_rates.contains(&te_rate) {
             let pt = PayloadType::DEFAULT_TELEPHONE_EVENT;
             audio.formats.push(pt.to_string());
             audio
                 .attributes
-                .push((&telephone_event_rtpmap(pt, 8000)).into());
+                .push((&telephone_event_rtpmap(pt, te_rate)).into());
             audio.attributes.push(Attribute::with_value(
                 "fmtp",
                 format!("{pt} {DEFAULT_EVENTS}"),

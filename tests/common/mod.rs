@@ -525,9 +525,10 @@ pub fn inband_key_pcap(path: &Path, key: char) {
     use switchboard::media::codec::g711::alaw_encode_slice;
     use switchboard::media::dtmf::Digit;
     use switchboard::media::tone::{ToneGenerator, ToneSpec};
+    use switchboard::rtp::types::ClockRate;
     let digit = Digit::from_char(key).unwrap();
     let spec = ToneSpec::dtmf(digit, 100, 100).with_level(-10.0).unwrap();
-    let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+    let mut g = ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap();
     let mut pcm = vec![0i16; 1600];
     g.fill(&mut pcm);
     let ssrc = 0x5eed_0000u32 + key as u32;

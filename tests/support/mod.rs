@@ -10,7 +10,13 @@ pub fn greeting_secs() -> f64 {
     let cache = switchboard::media::prompt::PromptCache::new("prompts".into());
     ["welcome", "record-after-tone", "beep"]
         .iter()
-        .map(|p| cache.load(p, 8000).unwrap().duration().as_secs_f64())
+        .map(|p| {
+            cache
+                .load(p, switchboard::rtp::types::ClockRate::HZ_8000)
+                .unwrap()
+                .duration()
+                .as_secs_f64()
+        })
         .sum()
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
-use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use tokio::net::UdpSocket;
 
 pub struct RtpPeer {
@@ -18,7 +18,7 @@ pub struct RtpPeer {
 /// PCM of a tone spec at 8 kHz, `ms` long.
 pub fn tone(spec: &str, ms: usize) -> Vec<i16> {
     let spec: ToneSpec = spec.parse().unwrap();
-    let mut g = ToneGenerator::new(&spec, 8000).unwrap();
+    let mut g = ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap();
     let mut pcm = vec![0i16; ms * 8];
     g.fill(&mut pcm);
     pcm

@@ -9,7 +9,7 @@ pub mod g711;
 
 pub use g711::{Law, G711};
 
-use crate::rtp::types::PayloadType;
+use crate::rtp::types::{ClockRate, PayloadType};
 
 /// Why an encode or decode call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,11 +88,16 @@ impl CodecKind {
         }
     }
 
-    /// RTP clock rate in Hz.
-    pub const fn clock_rate(self) -> u32 {
+    /// The RTP clock of the codec's payloads (not the rate audio is processed at).
+    pub const fn rtp_clock(self) -> ClockRate {
         match self {
-            CodecKind::Pcmu | CodecKind::Pcma => 8000,
+            CodecKind::Pcmu | CodecKind::Pcma => ClockRate::HZ_8000,
         }
+    }
+
+    /// RTP clock rate in Hz, as SDP writes it.
+    pub const fn clock_rate(self) -> u32 {
+        self.rtp_clock().hz()
     }
 
     /// Samples (at the codec's sample rate) carried by a payload of `bytes` bytes.

@@ -66,15 +66,18 @@ pub use send::{
 };
 
 use crate::media::level::dbm0_to_peak;
+use crate::rtp::types::ClockRate;
 use goertzel::{FilterState, GoertzelBank};
 use pair::PairAnalyser;
 
 /// Block length at 8 kHz; 102 gives 78 Hz bins, enough to separate 697 from 770 Hz.
 const BLOCK_AT_8K: usize = 102;
+/// Smallest supported sample rate, the one [`BLOCK_AT_8K`] is counted at.
+const MIN_RATE: u32 = ClockRate::HZ_8000.hz();
 /// Largest supported sample rate.
-const MAX_RATE: u32 = 48_000;
+const MAX_RATE: u32 = ClockRate::HZ_48000.hz();
 /// Block buffer capacity (the block length at [`MAX_RATE`]).
-const MAX_BLOCK: usize = BLOCK_AT_8K * (MAX_RATE as usize / 8000);
+const MAX_BLOCK: usize = BLOCK_AT_8K * (MAX_RATE / MIN_RATE) as usize;
 /// Two consecutive blocks pair up to begin a digit only if their powers agree within this
 /// ratio (2 dB).
 const CONFIRM_RATIO: f32 = 1.584_893;
@@ -239,7 +242,7 @@ enum State {
 /// Streaming in-band DTMF detector; see the module documentation for the algorithm.
 #[derive(Debug, Clone)]
 pub struct InbandDetector {
-    rate: u32,
+    rate: ClockRate,
     block_len: usize,
     buf: [f32; MAX_BLOCK],
     fill: usize,
@@ -268,14 +271,15 @@ fn db_to_power_ratio(db: f32) -> f32 {
 }
 
 impl InbandDetector {
-    /// A detector for `sample_rate` Hz mono PCM with the default thresholds.
-    pub fn new(sample_rate: u32) -> Result<Self, DetectorError> {
-        Self::with_config(sample_rate, DetectorConfig::default())
+    /// A detector for mono PCM at `rate` with the default thresholds.
+    pub fn new(rate: ClockRate) -> Result<Self, DetectorError> {
+        Self::with_config(rate, DetectorConfig::default())
     }
 
     /// A detector with explicit thresholds.
-    pub fn with_config(sample_rate: u32, cfg: DetectorConfig) -> Result<Self, DetectorError> {
-        if !(8000..=MAX_RATE).contains(&sample_rate) {
+    pub fn with_config(rate: ClockRate, cfg: DetectorConfig) -> Result<Self, DetectorError> {
+        let sample_rate = rate.hz();
+        if !(MIN_RATE..=MAX_RATE).contains(&sample_rate) {
             return Err(DetectorError::UnsupportedRate(sample_rate));
         }
         let finite_nonneg = |v: f32| v.is_finite() && v >= 0.0;
@@ -291,7 +295,8 @@ impl InbandDetector {
         if !(finite_nonneg(cfg.min_tone_fraction) && cfg.min_tone_fraction <= 1.0) {
             return Err(DetectorError::InvalidThreshold("min_tone_fraction"));
         }
-        let block_len = ((BLOCK_AT_8K as u64 * u64::from(sample_rate) + 4000) / 8000) as usize;
+        let block_len = ((BLOCK_AT_8K as u64 * u64::from(sample_rate) + u64::from(MIN_RATE / 2))
+            / u64::from(MIN_RATE)) as usize;
         let n = block_len as f32;
         let amp = dbm0_to_peak(cfg.min_level_dbm0);
         let min_power = (amp * n / 2.0).powi(2);
@@ -299,7 +304,7 @@ impl InbandDetector {
         freqs[..4].copy_from_slice(&ROW_FREQS);
         freqs[4..].copy_from_slice(&COL_FREQS);
         Ok(Self {
-            rate: sample_rate,
+            rate,
             block_len,
             buf: [0.0; MAX_BLOCK],
             fill: 0,
@@ -320,7 +325,7 @@ impl InbandDetector {
     }
 
     /// The sample rate this detector was built for.
-    pub fn sample_rate(&self) -> u32 {
+    pub fn sample_rate(&self) -> ClockRate {
         self.rate
     }
 
@@ -383,7 +388,7 @@ impl InbandDetector {
     }
 
     fn event(&self, digit: Digit, start: u64, end: u64, phase: DigitPhase) -> DigitEvent {
-        let ms = end.saturating_sub(start) * 1000 / u64::from(self.rate);
+        let ms = end.saturating_sub(start) * 1000 / u64::from(self.rate.hz());
         DigitEvent {
             digit,
             start_sample: start,

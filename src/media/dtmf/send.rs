@@ -301,25 +301,25 @@ impl Default for InbandConfig {
 /// Renders a digit string as DTMF tones into PCM frames.
 #[derive(Debug, Clone)]
 pub struct InbandSender {
-    rate: u32,
+    rate: ClockRate,
     cfg: InbandConfig,
     queue: VecDeque<Digit>,
     current: Option<ToneGenerator>,
 }
 
 impl InbandSender {
-    /// A sender for `sample_rate` Hz PCM with the default timing.
-    pub fn new(sample_rate: u32) -> Result<Self, ToneSpecError> {
-        Self::with_config(sample_rate, InbandConfig::default())
+    /// A sender for PCM at `rate` with the default timing.
+    pub fn new(rate: ClockRate) -> Result<Self, ToneSpecError> {
+        Self::with_config(rate, InbandConfig::default())
     }
 
     /// A sender with explicit timing and level.
-    pub fn with_config(sample_rate: u32, cfg: InbandConfig) -> Result<Self, ToneSpecError> {
+    pub fn with_config(rate: ClockRate, cfg: InbandConfig) -> Result<Self, ToneSpecError> {
         // Building the highest-pitched digit once checks the rate, level and lengths for all.
         let d = Digit::from_event_code(15).ok_or(ToneSpecError::Empty)?;
-        ToneGenerator::new(&Self::spec(&cfg, d)?, sample_rate)?;
+        ToneGenerator::new(&Self::spec(&cfg, d)?, rate)?;
         Ok(Self {
-            rate: sample_rate,
+            rate,
             cfg,
             queue: VecDeque::with_capacity(32),
             current: None,
@@ -511,11 +511,11 @@ mod tests {
         );
         assert_eq!(bad(d), None);
         assert!(
-            InbandSender::new(3000).is_err(),
+            InbandSender::new(ClockRate::new(3000).unwrap()).is_err(),
             "1633 Hz needs more than 3 kHz"
         );
         assert!(InbandSender::with_config(
-            8000,
+            ClockRate::HZ_8000,
             InbandConfig {
                 level_dbm0: f32::NAN,
                 ..InbandConfig::default()
@@ -526,7 +526,7 @@ mod tests {
 
     #[test]
     fn inband_fills_tone_then_gap_then_stops() {
-        let mut s = InbandSender::new(8000).unwrap();
+        let mut s = InbandSender::new(ClockRate::HZ_8000).unwrap();
         s.queue("1").unwrap();
         let mut frame = [7i16; 160];
         let mut total = 0;

@@ -4,6 +4,11 @@ use std::f64::consts::PI;
 
 const RATE: u32 = 8000;
 
+/// `hz` as a clock rate, for the constructors.
+fn clock(hz: u32) -> ClockRate {
+    ClockRate::new(hz).unwrap()
+}
+
 fn ms(ms: u32) -> usize {
     (ms * RATE / 1000) as usize
 }
@@ -101,7 +106,7 @@ fn digit(c: char) -> Digit {
 }
 
 fn detect_in_chunks(pcm: &[i16], rate: u32, chunk: usize) -> Vec<DigitEvent> {
-    let mut det = InbandDetector::new(rate).unwrap();
+    let mut det = InbandDetector::new(clock(rate)).unwrap();
     let mut events = Vec::new();
     for c in pcm.chunks(chunk) {
         det.push(c, |e| events.push(e));
@@ -335,7 +340,7 @@ fn chunking_does_not_change_events() {
     assert_eq!(detect_in_chunks(&s, RATE, 1), framed);
     assert_eq!(detect_in_chunks(&s, RATE, 7), framed);
     assert_eq!(detect_in_chunks(&s, RATE, 1000), framed);
-    let mut det = InbandDetector::new(RATE).unwrap();
+    let mut det = InbandDetector::new(clock(RATE)).unwrap();
     let mut events = Vec::new();
     let mut rng = fastrand::Rng::with_seed(9);
     let mut rest = &s[..];
@@ -365,7 +370,7 @@ fn finish_ends_an_open_digit_and_reset_restarts_positions() {
         .silence(100)
         .tone(digit('A'), ms(100), -10.0)
         .i16();
-    let mut det = InbandDetector::new(RATE).unwrap();
+    let mut det = InbandDetector::new(clock(RATE)).unwrap();
     let mut events = Vec::new();
     det.push(&s, |e| events.push(e));
     assert_eq!(digits(&events), "A");
@@ -383,20 +388,20 @@ fn finish_ends_an_open_digit_and_reset_restarts_positions() {
 #[test]
 fn bad_configuration_is_rejected() {
     assert_eq!(
-        InbandDetector::new(4000).unwrap_err(),
+        InbandDetector::new(clock(4000)).unwrap_err(),
         DetectorError::UnsupportedRate(4000)
     );
-    assert!(InbandDetector::new(96_000).is_err());
+    assert!(InbandDetector::new(clock(96_000)).is_err());
     let cfg = DetectorConfig {
         min_tone_fraction: 1.5,
         ..DetectorConfig::default()
     };
-    assert!(InbandDetector::with_config(RATE, cfg).is_err());
+    assert!(InbandDetector::with_config(clock(RATE), cfg).is_err());
     let cfg = DetectorConfig {
         normal_twist_db: f32::NAN,
         ..DetectorConfig::default()
     };
-    assert!(InbandDetector::with_config(RATE, cfg).is_err());
+    assert!(InbandDetector::with_config(clock(RATE), cfg).is_err());
 }
 
 /// The two G.711 laws, which every edge test goes through as the call path does.
@@ -434,7 +439,7 @@ fn through(law: Law, s: &Signal) -> Vec<i16> {
 }
 
 fn detect_with(cfg: DetectorConfig, pcm: &[i16]) -> Vec<DigitEvent> {
-    let mut det = InbandDetector::with_config(RATE, cfg).unwrap();
+    let mut det = InbandDetector::with_config(clock(RATE), cfg).unwrap();
     let mut events = Vec::new();
     for c in pcm.chunks(160) {
         det.push(c, |e| events.push(e));

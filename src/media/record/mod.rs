@@ -20,7 +20,10 @@
 //! linking a member's track to the room's mixed recording, and a timeline of the room's
 //! events that the writer appends to as JSON Lines and turns into `ID.timeline.json` when the
 //! mixed recording ends (or [`repair_dir`] does after a crash).
+//!
+//! Every one of these file names is built (and parsed back) by [`names`].
 
+pub mod names;
 pub mod policy;
 pub mod repair;
 pub mod sidecar;
@@ -32,9 +35,7 @@ pub(crate) mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use policy::{
-    lay_out, DigitSet, RecordOutcome, RecordPolicy, RecordSession, Step, StopReason, FRAME,
-};
+pub use policy::{lay_out, DigitSet, RecordOutcome, RecordPolicy, RecordSession, Step, StopReason};
 pub use repair::{repair_dir, repair_file, Repaired};
 pub use sidecar::{list_recordings, new_id, Format, RoomFields, Sidecar, SidecarState};
 pub use timeline::{

@@ -17,13 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::RecordMode;
 use crate::media::dtmf::Digit;
+use crate::media::frame::{ClockRate, FRAME, INTERNAL_RATE};
 use crate::media::level::dbm0_to_peak;
-
-/// Length of one media frame.
-pub const FRAME: Duration = Duration::from_millis(20);
-
-/// Frames per second of audio.
-const FRAMES_PER_SEC: u32 = 50;
 
 /// Digits kept for the sidecar; a caller leaning on the keypad cannot grow it further.
 pub const MAX_DIGITS: usize = 64;
@@ -64,8 +59,8 @@ impl DigitSet {
 pub struct RecordPolicy {
     /// Which directions are recorded and how they are laid out.
     pub mode: RecordMode,
-    /// Sample rate of the frames handed to [`RecordSession::push_frame`], in Hz.
-    pub rate: u32,
+    /// Sample rate of the frames handed to [`RecordSession::push_frame`].
+    pub rate: ClockRate,
     /// Stop after this much audio; `None` records until something else stops it.
     pub max_duration: Option<Duration>,
     /// Stop after this much continuous silence; `None` disables silence detection.
@@ -86,7 +81,7 @@ impl Default for RecordPolicy {
     fn default() -> Self {
         RecordPolicy {
             mode: RecordMode::Inbound,
-            rate: 8000,
+            rate: INTERNAL_RATE,
             max_duration: None,
             silence_timeout: None,
             silence_threshold_dbm0: -45.0,
@@ -259,7 +254,7 @@ pub struct RecordSession {
 impl RecordSession {
     /// A session for `policy`; allocates its frame buffer here, never per frame.
     pub fn new(policy: RecordPolicy) -> Self {
-        let frame_len = (policy.rate / FRAMES_PER_SEC).max(1) as usize;
+        let frame_len = policy.rate.ticks_in(FRAME).max(1) as usize;
         let channels = usize::from(policy.mode.channels());
         let max_frames = policy.max_duration.map(|d| frames_floor(d).max(1));
         let silence_frames = policy.silence_timeout.map(|d| frames_ceil(d).max(1));

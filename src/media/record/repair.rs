@@ -13,12 +13,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::names::{self, PART_SUFFIX, TIMELINE_LINES_SUFFIX};
 use super::sidecar::{is_sidecar_path, rfc3339, sync_dir};
-use super::timeline::{finish_timeline, Timeline, TIMELINE_LINES_SUFFIX};
+use super::timeline::{finish_timeline, Timeline};
 use super::{Format, RecordError, RecordMode, RoomFields, Sidecar, SidecarState};
-
-/// Suffix of a recording still being written.
-pub const PART_SUFFIX: &str = ".wav.part";
 
 /// Header bytes read when looking for the data chunk; hound's headers are 44 or 68 bytes.
 const HEADER_SCAN: usize = 4096;
@@ -154,7 +152,7 @@ pub(crate) fn set_data_len(
 
 /// The id of a `ID.wav.part` path.
 fn part_id(part: &Path) -> Option<&str> {
-    part.file_name()?.to_str()?.strip_suffix(PART_SUFFIX)
+    names::id_of(part, PART_SUFFIX)
 }
 
 /// Repairs one `ID.wav.part`: header sizes from the file length, partial frame cut, fsync,
@@ -190,7 +188,7 @@ pub fn repair_file(part: &Path) -> Result<Repaired, RecordError> {
         source,
     })?;
 
-    let wav = dir.join(format!("{id}.wav"));
+    let wav = names::wav_path(dir, &id);
     fs::rename(part, &wav).map_err(|e| RecordError::io("rename", part, e))?;
     sync_dir(dir);
 
@@ -241,7 +239,7 @@ fn mark_repaired(dir: &Path, id: &str, format: Format, duration_ms: u64, wav: &P
     sidecar.state = SidecarState::Repaired;
     sidecar.duration_ms = duration_ms;
     sidecar.format = format;
-    sidecar.file = format!("{id}.wav");
+    sidecar.file = names::wav_name(id);
     if let Err(e) = sidecar.write_with(dir, &room) {
         tracing::error!(error = %e, id, "could not update sidecar of repaired recording");
     }
@@ -296,7 +294,7 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name.starts_with('.') && name.ends_with(".json.tmp") {
+        if names::is_sidecar_tmp(name) {
             let _ = fs::remove_file(path);
             continue;
         }
@@ -309,7 +307,7 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
         if sidecar.state != SidecarState::Recording {
             continue;
         }
-        let wav = dir.join(format!("{}.wav", sidecar.id));
+        let wav = names::wav_path(dir, &sidecar.id);
         match hound::WavReader::open(&wav) {
             Ok(reader) => {
                 let spec = reader.spec();
@@ -328,9 +326,7 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
                     truncated_bytes: 0,
                 });
             }
-            Err(_)
-                if !wav.exists() && !dir.join(format!("{}{PART_SUFFIX}", sidecar.id)).exists() =>
-            {
+            Err(_) if !wav.exists() && !names::part_path(dir, &sidecar.id).exists() => {
                 tracing::warn!(id = %sidecar.id, "removing sidecar of a recording with no audio");
                 let _ = fs::remove_file(path);
             }
@@ -340,11 +336,7 @@ pub fn repair_dir(dir: &Path) -> Vec<Repaired> {
 
     // After the WAVs, so a timeline can take its length from its repaired recording.
     for path in &paths {
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(TIMELINE_LINES_SUFFIX))
-        else {
+        let Some(id) = names::id_of(path, TIMELINE_LINES_SUFFIX) else {
             continue;
         };
         repair_timeline(dir, id, path);

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::names;
 use super::{RecordError, RecordMode, StopReason};
 
 /// Sample format of a recording.
@@ -108,7 +109,7 @@ struct SidecarFile<S> {
 impl Sidecar {
     /// Path of the sidecar for `id` in `dir`.
     pub fn path(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{id}.json"))
+        names::sidecar_path(dir, id)
     }
 
     /// Writes `dir/ID.json` atomically (temporary file, fsync, rename).
@@ -162,7 +163,7 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), 
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("sidecar");
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = names::tmp_path(dir, name);
     let mut f = File::create(&tmp).map_err(|e| RecordError::io("create", &tmp, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
@@ -175,10 +176,7 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), 
 
 /// Whether `path` names a sidecar (`ID.json` with a safe id), not a timeline or temporary file.
 pub(crate) fn is_sidecar_path(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".json"))
-        .is_some_and(is_safe_id)
+    names::id_of(path, names::SIDECAR_SUFFIX).is_some_and(is_safe_id)
 }
 
 /// All readable sidecars in `dir`, oldest first; unreadable ones are skipped with a warning.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::media::dtmf::Digit;
+use crate::media::frame::ClockRate;
 use crate::media::level::dbm0_to_peak;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ fn meta(mode: RecordMode) -> RecordingMeta {
         to: "sip:ivr@example.com".into(),
         room: None,
         mode,
-        rate: RATE,
+        rate: ClockRate::HZ_8000,
     }
 }
 

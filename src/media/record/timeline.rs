@@ -14,14 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::names;
 use super::sidecar::{sync_dir, write_atomic};
 use super::{RecordError, SidecarState};
-
-/// Suffix of a timeline still being written (JSON Lines).
-pub const TIMELINE_LINES_SUFFIX: &str = ".timeline.jsonl";
-
-/// Suffix of a finished timeline (one JSON document).
-pub const TIMELINE_SUFFIX: &str = ".timeline.json";
 
 /// What happened to a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,12 +101,12 @@ pub struct Timeline {
 impl Timeline {
     /// Path of the finished timeline of recording `id` in `dir`.
     pub fn path(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{id}{TIMELINE_SUFFIX}"))
+        names::timeline_path(dir, id)
     }
 
     /// Path of the timeline of recording `id` while it is written.
     pub fn lines_path(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{id}{TIMELINE_LINES_SUFFIX}"))
+        names::timeline_lines_path(dir, id)
     }
 
     /// Reads a finished timeline.

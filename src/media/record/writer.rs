@@ -30,15 +30,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use super::repair::{read_layout, repair_or_remove, set_data_len, PART_SUFFIX};
+use super::names;
+use super::repair::{read_layout, repair_or_remove, set_data_len};
 use super::sidecar::{is_safe_id, new_id, rfc3339, sync_dir};
 use super::timeline::{TimelineHeader, TimelineKind, TimelineLog, TimelineMember};
 use super::{
     Format, RecordError, RecordMode, RecordOutcome, RoomFields, Sidecar, SidecarState, StopReason,
 };
+use crate::media::frame::{ClockRate, FRAMES_PER_SEC, FRAME_SAMPLES};
 
-/// Samples per queued chunk: 20 ms of stereo at 8 kHz or mono at 16 kHz.
-pub const CHUNK_SAMPLES: usize = 320;
+/// Samples per queued chunk: a stereo frame at the internal rate.
+pub const CHUNK_SAMPLES: usize = 2 * FRAME_SAMPLES;
 
 /// Bits per sample of every recording.
 const BITS: u16 = 16;
@@ -210,8 +212,8 @@ pub struct RecordingMeta {
     pub room: Option<String>,
     /// Recorded directions and layout.
     pub mode: RecordMode,
-    /// Sample rate of the pushed audio, in Hz.
-    pub rate: u32,
+    /// Sample rate of the pushed audio.
+    pub rate: ClockRate,
 }
 
 /// Settings of [`RecorderFactory::start_with`] beyond [`RecordingMeta`].
@@ -261,9 +263,7 @@ impl RecorderFactory {
             None => new_id(now),
         };
         let mut room = opts.room;
-        room.timeline = opts
-            .timeline
-            .then(|| format!("{id}{}", super::timeline::TIMELINE_SUFFIX));
+        room.timeline = opts.timeline.then(|| names::timeline_name(&id));
         let key = self.next_key.fetch_add(1, Relaxed);
         let channels = meta.mode.channels();
         let sidecar = Sidecar {
@@ -275,7 +275,7 @@ impl RecorderFactory {
             started: rfc3339(now),
             duration_ms: 0,
             format: Format {
-                rate: meta.rate,
+                rate: meta.rate.hz(),
                 channels,
                 bits: BITS,
             },
@@ -283,7 +283,7 @@ impl RecorderFactory {
             digits: String::new(),
             stop_reason: None,
             state: SidecarState::Recording,
-            file: format!("{id}.wav"),
+            file: names::wav_name(&id),
         };
         self.control
             .send(Control::Start {
@@ -585,7 +585,7 @@ impl Writer {
     }
 
     fn open(&mut self, key: u64, sidecar: Sidecar, room: RoomFields) {
-        let part = self.dir.join(format!("{}{PART_SUFFIX}", sidecar.id));
+        let part = names::part_path(&self.dir, &sidecar.id);
         let spec = hound::WavSpec {
             channels: sidecar.format.channels,
             sample_rate: sidecar.format.rate,
@@ -749,7 +749,7 @@ impl Writer {
             .map_err(|e| RecordError::io("open", part, e))?;
         let layout = read_layout(&mut file, part)?;
         let sr = rec.sidecar.format.rate;
-        let frame_samples = u64::from(sr / 50) * u64::from(rec.channels);
+        let frame_samples = u64::from(sr / FRAMES_PER_SEC) * u64::from(rec.channels);
         let trim = outcome.trim_frames.saturating_mul(frame_samples);
         let kept = rec.samples.saturating_sub(trim);
         if trim > 0 {

@@ -15,8 +15,10 @@ use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
 use crate::error::{Refusal, SipStatus};
 use crate::events::Event as BusEvent;
 use crate::media::dtmf::Digit;
-use crate::media::leg::{AudioSource, LegCommand};
+use crate::media::frame::{AudioSource, INTERNAL_RATE};
+use crate::media::leg::LegCommand;
 use crate::media::prompt::{load_file, Playlist};
+use crate::media::record::names::{claimed_paths, wav_path};
 use crate::media::record::{RecordMode, RecordSession, RecordingMeta};
 use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::script::{
@@ -30,8 +32,6 @@ const TYPE_AHEAD_MAX: usize = 32;
 const DTMF_KEY: Duration = Duration::from_millis(190);
 /// How long a transfer waits for the REFER's answer, and then for its outcome.
 const TRANSFER_WAIT: Duration = Duration::from_secs(32);
-/// Sample rate of every leg's audio.
-const RATE: u32 = 8000;
 
 /// The request being carried out.
 pub(super) enum Active {
@@ -164,14 +164,15 @@ impl Call {
             }
             CallRequest::Tone { spec } => {
                 self.ensure_media().await;
-                match ToneGenerator::new(&spec, RATE) {
+                match ToneGenerator::new(&spec, INTERNAL_RATE) {
                     Ok(g) => self.play(Box::new(g), false, reply),
                     Err(e) => reply.send(CallReply::Failed(e.to_string())),
                 }
             }
             CallRequest::Silence(d) => {
                 self.ensure_media().await;
-                let left = (d.as_millis() as usize).saturating_mul(RATE as usize / 1000);
+                let left =
+                    (d.as_millis() as usize).saturating_mul(INTERNAL_RATE.hz() as usize / 1000);
                 self.play(Box::new(Silence { left }), false, reply);
             }
             CallRequest::SendDtmf(keys) => {
@@ -317,12 +318,12 @@ impl Call {
             for name in &names {
                 let got = match name.strip_prefix("recording:") {
                     Some(id) if ours.iter().any(|r| r == id) => {
-                        load_file(&dir.join(format!("{id}.wav")), name, RATE)
+                        load_file(&wav_path(&dir, id), name, INTERNAL_RATE)
                             .map(std::sync::Arc::new)
                             .map_err(|e| e.to_string())
                     }
                     Some(id) => Err(format!("no recording {id} was made in this call")),
-                    None => prompts.load(name, RATE).map_err(|e| e.to_string()),
+                    None => prompts.load(name, INTERNAL_RATE).map_err(|e| e.to_string()),
                 };
                 match got {
                     Ok(p) => out.push(p),
@@ -617,9 +618,7 @@ impl Call {
         }
         if let Some(name) = &request.file {
             let dir = self.ctx.recorder.dir();
-            let taken = ["wav", "json", "wav.part"]
-                .iter()
-                .any(|ext| dir.join(format!("{name}.{ext}")).exists());
+            let taken = claimed_paths(dir, name).iter().any(|p| p.exists());
             if taken {
                 return reply.send(CallReply::Failed(format!(
                     "record: a recording named {name} exists"
@@ -631,7 +630,7 @@ impl Call {
         }
         let beep: Box<dyn AudioSource> = match self.load(&["beep".to_string()]).await {
             Ok(p) => Box::new(p),
-            Err(_) => match ToneGenerator::new(&ToneSpec::beep(), RATE) {
+            Err(_) => match ToneGenerator::new(&ToneSpec::beep(), INTERNAL_RATE) {
                 Ok(g) => Box::new(g),
                 Err(_) => return self.begin_recording(&request, reply),
             },
@@ -667,7 +666,7 @@ impl Call {
             } else {
                 RecordMode::Inbound
             },
-            rate: RATE,
+            rate: INTERNAL_RATE,
         };
         let opts = crate::media::record::StartOptions {
             id: request.file.clone(),
@@ -714,7 +713,7 @@ impl Call {
         self.all_recordings.push(id.clone());
         if !discarded {
             self.recordings.push(id.clone());
-            let path = self.ctx.recorder.dir().join(format!("{id}.wav"));
+            let path = wav_path(self.ctx.recorder.dir(), &id);
             let bytes = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
             self.ctx.metrics.recording_finished(bytes);
         }
