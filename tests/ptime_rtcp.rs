@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rtcp_types::{Compound, Packet};
 use switchboard::media::frame::{FRAME, FRAME_SAMPLES};
 use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
+use switchboard::media::stamp;
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::media::worker::{LegSockets, MediaEngine};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
@@ -63,6 +64,7 @@ fn units_ms(units: u32) -> f64 {
 fn bind() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    stamp::enable(&s).unwrap();
     s
 }
 
@@ -76,8 +78,10 @@ struct Report {
 
 fn read_report(socket: &UdpSocket) -> Option<Report> {
     let mut buf = [0u8; 1500];
-    let n = socket.recv(&mut buf).ok()?;
-    let arrival = SystemTime::now();
+    // The kernel's receive time, as the server's worker takes it: the test thread may be
+    // scheduled late on a loaded machine, and that delay is no part of the round trip.
+    let (n, _, stamp) = stamp::recv(socket, &mut buf).ok()?;
+    let arrival = stamp.unwrap_or_else(SystemTime::now);
     let mut report = Report {
         arrival,
         sr_ntp: None,

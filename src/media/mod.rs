@@ -14,5 +14,6 @@ pub mod level;
 pub mod prompt;
 pub mod record;
 pub mod resample;
+pub mod stamp;
 pub mod tone;
 pub mod worker;
