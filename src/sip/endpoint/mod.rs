@@ -1,0 +1,772 @@
+//! The sans-IO SIP user agent server core: routes each inbound message to its transaction
+//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, an
+//! UPDATE without body, 481, 405, 422 ...), runs each call's session timer (RFC 4028: our
+//! refreshes, BYE when the peer's stop), and reports calls to the layer above, which decides
+//! with [`Endpoint::answer`] and friends.
+//!
+//! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
+//! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
+//! [`Endpoint::poll_event`], then [`Endpoint::poll_timeout`].
+//!
+//! This module owns the endpoint's types, its public surface, the routing of messages and
+//! timers, and the client transactions every in-dialog request of ours shares. The methods
+//! for each concern live beside it: `server` (server transactions, CANCEL, refusals),
+//! `invite` (initial INVITE, ACK, BYE), `reinvite` (re-INVITE and UPDATE offers, session
+//! timer refreshes) and `refer` (REFER and its NOTIFYs).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::dialog::{content_type, Dialog, DialogId, Peer};
+use super::ids::Ids;
+use super::message::{
+    classify_with, encode_response, header_value, push_header, refusal_to, response_to, set_body,
+    Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+};
+use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
+use super::session_timer::{
+    has_option_tag, Due, Negotiated, Refresher, SessionTimer, SessionTimerConfig,
+};
+use super::transaction::{
+    ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
+};
+use crate::error::{Refusal, SipStatus};
+use rsipstack::sip::prelude::*;
+
+mod invite;
+mod refer;
+mod reinvite;
+mod server;
+
+use server::{unsupported_requirement, unusable_media_type};
+
+/// Static settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// RFC 3261 timers.
+    pub timers: TimerConfig,
+    /// Our address as written into Via and Contact.
+    pub local_addr: SocketAddr,
+    /// Server / User-Agent header value.
+    pub user_agent: String,
+}
+
+/// Identifies a call (an INVITE dialog we answer) between the endpoint and the layer above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+/// Bytes to send to a peer.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// Destination.
+    pub peer: Peer,
+    /// The serialized message.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The peer sent BYE.
+    RemoteBye,
+    /// We sent BYE (and it completed or timed out).
+    LocalBye,
+    /// The peer cancelled before we answered.
+    Cancelled,
+    /// We answered with a final error response.
+    Rejected(u16),
+    /// No ACK for our 2xx within 64·T1; we sent BYE.
+    AckTimeout,
+    /// The peer stopped answering (a request of ours timed out).
+    Timeout,
+    /// The session timer ran out without a refresh (RFC 4028 §10); we sent BYE.
+    SessionExpired,
+}
+
+/// Something the layer above must know or decide.
+#[derive(Debug)]
+pub enum Event {
+    /// A new INVITE: answer with `ring`/`answer`/`reject`.
+    Incoming {
+        /// The call.
+        call: CallHandle,
+        /// The INVITE as received.
+        request: Box<Request>,
+        /// Where it came from.
+        peer: Peer,
+    },
+    /// The ACK for our 2xx arrived; its body is the SDP answer when we made the offer.
+    Confirmed {
+        /// The call.
+        call: CallHandle,
+        /// The ACK's SDP body, if any.
+        sdp: Option<Vec<u8>>,
+    },
+    /// An UPDATE with an SDP offer (RFC 3311): reply with `answer_reinvite` or
+    /// `reject_reinvite`, as for a re-INVITE. UPDATEs without a body are answered here.
+    Update {
+        /// The call.
+        call: CallHandle,
+        /// The offer.
+        sdp: Vec<u8>,
+    },
+    /// A re-INVITE: reply with `answer_reinvite` or `reject_reinvite`.
+    ReInvite {
+        /// The call.
+        call: CallHandle,
+        /// The offer, when the re-INVITE carries one.
+        sdp: Option<Vec<u8>>,
+    },
+    /// The final answer to a re-INVITE we sent (already ACKed).
+    ReInviteAnswered {
+        /// The call.
+        call: CallHandle,
+        /// Final status code.
+        code: u16,
+        /// The SDP answer of a 2xx.
+        sdp: Option<Vec<u8>>,
+    },
+    /// The final response to a REFER of ours (a 2xx, normally 202, means the peer took the
+    /// transfer on); 408 when the peer never answered. A 408 or 481 also ends the call, so
+    /// [`Event::Ended`] follows.
+    ReferAnswered {
+        /// The call.
+        call: CallHandle,
+        /// Final status code.
+        code: u16,
+    },
+    /// A NOTIFY of the `refer` subscription (RFC 3515 §2.4.4), already answered 200.
+    TransferProgress {
+        /// The call.
+        call: CallHandle,
+        /// The status code of the `message/sipfrag` body (e.g. 100, 180, 200, 486); 0 when
+        /// the body is not a sipfrag starting with a status line.
+        status: u16,
+        /// `Subscription-State: terminated`: no more progress will be reported.
+        terminated: bool,
+    },
+    /// An INFO request in the call (already answered 200).
+    Info {
+        /// The call.
+        call: CallHandle,
+        /// Content-Type without parameters, lowercased.
+        content_type: Option<String>,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// The call is over; the handle is no longer valid.
+    Ended {
+        /// The call.
+        call: CallHandle,
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The call ended or never existed.
+    #[error("no such call")]
+    NoSuchCall,
+    /// The call is not in a state where this is possible.
+    #[error("not possible in the call's current state")]
+    WrongState,
+    /// A transfer target we cannot send.
+    #[error("transfer target {0}")]
+    InvalidTarget(#[from] TargetError),
+}
+
+/// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by, method (ACK → INVITE).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TxKey {
+    id: String,
+    invite: bool,
+    cancel: bool,
+}
+
+fn tx_key(ess: &Essentials, method: Method) -> TxKey {
+    let id = if ess.has_rfc3261_branch() {
+        format!("{}|{}", ess.branch.as_deref().unwrap_or(""), ess.sent_by)
+    } else {
+        // RFC 2543 peers: match on what their requests share (§17.2.3, last paragraph, simplified).
+        format!(
+            "2543|{}|{}|{}|{}",
+            ess.call_id,
+            ess.cseq,
+            ess.from_tag.as_deref().unwrap_or(""),
+            ess.sent_by
+        )
+    };
+    TxKey {
+        id,
+        invite: matches!(method, Method::Invite | Method::Ack),
+        cancel: method == Method::Cancel,
+    }
+}
+
+enum ServerTx {
+    Invite {
+        tx: InviteServerTx,
+        call: CallHandle,
+        /// Kept until the final response is built from it, then dropped (idle calls stay small).
+        request: Option<Box<Request>>,
+    },
+    NonInvite(NonInviteServerTx),
+}
+
+/// What a client transaction was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPurpose {
+    Bye,
+    Info,
+    /// `refresh`: a session refresh of ours (RFC 4028), not reported to the layer above.
+    ReInvite {
+        cseq: u32,
+        refresh: bool,
+    },
+    Refer {
+        cseq: u32,
+    },
+    /// A session refresh of ours by UPDATE.
+    Update,
+}
+
+struct ClientEntry {
+    tx: ClientTx,
+    call: CallHandle,
+    purpose: ClientPurpose,
+    peer: Peer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallPhase {
+    /// INVITE received, no final response yet.
+    Early,
+    /// 2xx sent, waiting for ACK.
+    Answered,
+    /// ACK received.
+    Confirmed,
+    /// We sent BYE.
+    Terminating,
+}
+
+struct Call {
+    dialog: Dialog,
+    phase: CallPhase,
+    /// The INVITE (initial or re-INVITE) transaction awaiting our final response or its ACK.
+    invite_tx: Option<TxKey>,
+    /// CSeq of the INVITE whose 2xx awaits ACK.
+    awaiting_ack: Option<u32>,
+    /// A re-INVITE is waiting for the layer above.
+    reinvite_pending: bool,
+    /// `Event::Ended` was reported.
+    ended: bool,
+    /// A re-INVITE of ours awaits its final response.
+    reinvite_out: bool,
+    /// CSeq numbers of our REFERs whose implicit subscriptions may still send NOTIFY
+    /// (RFC 3515 §2.4.6: a NOTIFY's `id` is the REFER's CSeq).
+    refer_subs: Vec<u32>,
+    /// An UPDATE with an offer waiting for the layer above: its transaction and request.
+    update_pending: Option<(TxKey, Box<Request>)>,
+    /// The session timer the 2xx to the pending INVITE or UPDATE will start.
+    timer_offer: Option<Negotiated>,
+    /// The running session timer.
+    timer: Option<SessionTimer>,
+    /// The peer listed UPDATE in Allow: our refreshes use it.
+    peer_allows_update: bool,
+    /// The last SDP we sent, re-sent unchanged by a refreshing re-INVITE.
+    local_sdp: Vec<u8>,
+}
+
+impl Call {
+    /// A call in its initial INVITE transaction `key`.
+    fn new(dialog: Dialog, key: TxKey, peer_allows_update: bool) -> Self {
+        Call {
+            dialog,
+            phase: CallPhase::Early,
+            invite_tx: Some(key),
+            awaiting_ack: None,
+            reinvite_pending: false,
+            ended: false,
+            reinvite_out: false,
+            refer_subs: Vec::new(),
+            update_pending: None,
+            timer_offer: None,
+            timer: None,
+            peer_allows_update,
+            local_sdp: Vec::new(),
+        }
+    }
+
+    /// Starts the negotiated session timer: our 2xx is a refresh (RFC 4028 §7.2).
+    fn start_timer(&mut self, now: Instant) -> Option<Negotiated> {
+        let n = self.timer_offer.take()?;
+        self.timer = Some(SessionTimer::start(now, n.interval, n.refresher));
+        Some(n)
+    }
+
+    /// The running timer as a negotiation input.
+    fn current_timer(&self) -> Option<(u32, Refresher)> {
+        self.timer.map(|t| (t.interval, t.refresher))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOwner {
+    Server(TxKey),
+    Client(String),
+    /// A call's session timer (RFC 4028).
+    Session(CallHandle),
+}
+
+/// The user agent server core.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    server_txs: HashMap<TxKey, ServerTx>,
+    client_txs: HashMap<String, ClientEntry>,
+    calls: HashMap<CallHandle, Call>,
+    dialogs: HashMap<DialogId, CallHandle>,
+    timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_call: u64,
+    scratch: Vec<TxOutput>,
+    session_timers: SessionTimerConfig,
+    /// Every tag, branch, first CSeq and random delay the endpoint makes.
+    ids: Ids,
+}
+
+impl Endpoint {
+    /// An endpoint with no calls, its identifiers seeded from entropy.
+    pub fn new(cfg: EndpointConfig) -> Self {
+        Self::with_ids(cfg, Ids::from_entropy())
+    }
+
+    /// An endpoint with no calls whose identifiers come from `ids`: the same seed and the
+    /// same inputs give the same messages.
+    pub fn with_ids(cfg: EndpointConfig, ids: Ids) -> Self {
+        Endpoint {
+            cfg,
+            server_txs: HashMap::new(),
+            client_txs: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_call: 1,
+            scratch: Vec::new(),
+            session_timers: SessionTimerConfig::default(),
+            ids,
+        }
+    }
+
+    /// Sets the session timer settings (RFC 4028) for calls from now on.
+    pub fn set_session_timers(&mut self, cfg: SessionTimerConfig) {
+        self.session_timers = cfg;
+    }
+
+    /// Number of live calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Number of live transactions (server and client).
+    pub fn transaction_count(&self) -> usize {
+        self.server_txs.len() + self.client_txs.len()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the layer above.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] must next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Handles one message from the network.
+    pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
+        match classify_with(bytes, peer.transport.is_reliable(), &mut self.ids) {
+            Inbound::Request(r) => self.on_request(now, peer, *r),
+            Inbound::Response(r) => self.on_response(now, *r),
+            Inbound::Reject {
+                response,
+                code,
+                reason,
+            } => {
+                tracing::info!(%code, %reason, from = %peer.addr, "refused a malformed request");
+                self.send(peer, response);
+            }
+            Inbound::Drop { reason } => {
+                tracing::debug!(%reason, from = %peer.addr, "dropped a message");
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, owner))) = self.timers.pop() else {
+                break;
+            };
+            match owner {
+                TimerOwner::Server(key) => self.fire_server(now, key),
+                TimerOwner::Client(branch) => self.fire_client(now, branch),
+                TimerOwner::Session(call) => self.fire_session(now, call),
+            }
+        }
+    }
+
+    fn fire_client(&mut self, now: Instant, branch: String) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let Some(entry) = self.client_txs.get_mut(&branch) else {
+            self.scratch = out;
+            return;
+        };
+        entry.tx.handle_timeout(now, &mut out);
+        let (peer, call, purpose, terminated) = (
+            entry.peer,
+            entry.call,
+            entry.purpose,
+            entry.tx.is_terminated(),
+        );
+        for o in out.drain(..) {
+            match o {
+                TxOutput::Retransmit(bytes) => self.send(peer, bytes),
+                TxOutput::TimedOut => {
+                    if let ClientPurpose::Refer { cseq } = purpose {
+                        self.refer_answered(call, cseq, 408);
+                    }
+                    if purpose == ClientPurpose::Bye {
+                        self.forget_call(now, call);
+                    } else {
+                        // An unanswered in-dialog request means the peer is gone (§12.2.1.2).
+                        self.send_bye(now, call);
+                        self.end_call(now, call, EndReason::Timeout);
+                    }
+                }
+            }
+        }
+        self.scratch = out;
+        if terminated {
+            self.client_txs.remove(&branch);
+        } else {
+            self.rearm(TimerOwner::Client(branch));
+        }
+    }
+
+    fn rearm(&mut self, owner: TimerOwner) {
+        let at = match &owner {
+            TimerOwner::Server(k) => match self.server_txs.get(k) {
+                Some(ServerTx::Invite { tx, .. }) => tx.poll_timeout(),
+                Some(ServerTx::NonInvite(tx)) => tx.poll_timeout(),
+                None => None,
+            },
+            TimerOwner::Client(b) => self.client_txs.get(b).and_then(|e| e.tx.poll_timeout()),
+            TimerOwner::Session(call) => {
+                self.calls.get(call).and_then(|c| c.timer).map(|t| t.next())
+            }
+        };
+        if let Some(at) = at {
+            self.timers.push(Reverse((at, owner)));
+        }
+    }
+
+    fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { peer, bytes });
+    }
+
+    fn on_request(&mut self, now: Instant, peer: Peer, r: ParsedRequest) {
+        let method = r.req.method;
+        if method == Method::Ack {
+            return self.on_ack(now, r);
+        }
+        let key = tx_key(&r.ess, method);
+        if let Some(tx) = self.server_txs.get(&key) {
+            let again = match tx {
+                ServerTx::Invite { tx, .. } => tx.on_retransmitted_request(),
+                ServerTx::NonInvite(tx) => tx.on_retransmitted_request(),
+            };
+            if let Some(bytes) = again.map(<[u8]>::to_vec) {
+                self.send(peer, bytes);
+            }
+            return;
+        }
+        if method == Method::Cancel {
+            return self.on_cancel(now, peer, key, r);
+        }
+        if let Some(reason) = unsupported_requirement(&r.req) {
+            let mut resp = refusal_to(&r.req, &Refusal::BadExtension, Some(&self.ids.token()));
+            push_header(&mut resp, "Unsupported", &reason);
+            return self.answer_non_invite(now, peer, key, resp);
+        }
+        if method == Method::Invite {
+            if let Some(why) = unusable_media_type(&r.req) {
+                let mut resp = refusal_to(&r.req, &why, Some(&self.ids.token()));
+                push_header(&mut resp, "Accept", "application/sdp");
+                return self.reply(now, peer, key, method, resp);
+            }
+        }
+        if r.ess.to_tag.is_some() {
+            return self.on_in_dialog(now, peer, key, r);
+        }
+        match method {
+            Method::Invite => self.on_new_invite(now, peer, key, r),
+            Method::Options => {
+                let mut resp = response_to(&r.req, 200, "OK", Some(&self.ids.token()));
+                self.decorate(&mut resp, peer);
+                push_header(
+                    &mut resp,
+                    "Accept",
+                    "application/sdp, application/dtmf-relay, application/dtmf",
+                );
+                push_header(&mut resp, "Accept-Language", "en");
+                push_header(&mut resp, "Supported", "timer");
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
+                let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            _ => {
+                let mut resp =
+                    refusal_to(&r.req, &Refusal::MethodNotAllowed, Some(&self.ids.token()));
+                push_header(&mut resp, "Allow", ALLOW);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+    }
+
+    /// Adds Server, Allow and Contact to a response.
+    fn decorate(&self, resp: &mut rsipstack::sip::Response, peer: Peer) {
+        push_header(resp, "Allow", ALLOW);
+        push_header(resp, "Contact", &self.contact(peer));
+        push_header(resp, "Server", &self.cfg.user_agent);
+    }
+
+    fn contact(&self, peer: Peer) -> String {
+        match peer.transport {
+            super::dialog::Transport::Udp => format!("<sip:switchboard@{}>", self.cfg.local_addr),
+            super::dialog::Transport::Tcp => {
+                format!("<sip:switchboard@{};transport=tcp>", self.cfg.local_addr)
+            }
+        }
+    }
+
+    /// A new in-dialog request of ours on a confirmed call that also passes `ready`: the
+    /// request (with our Contact when `contact`), where it goes, and its CSeq.
+    fn dialog_request(
+        &mut self,
+        call: CallHandle,
+        method: Method,
+        contact: bool,
+        ready: impl FnOnce(&Call) -> bool,
+    ) -> Result<(Request, Peer, u32), CommandError> {
+        let c = self.calls.get(&call).ok_or(CommandError::NoSuchCall)?;
+        let our_contact = contact.then(|| self.contact(c.dialog.peer));
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        if c.phase != CallPhase::Confirmed || !ready(c) {
+            return Err(CommandError::WrongState);
+        }
+        let mut req = c.dialog.request(
+            method,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
+        if let Some(contact) = our_contact {
+            push_header(&mut req, "Contact", &contact);
+        }
+        Ok((req, c.dialog.peer, c.dialog.local_cseq))
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
+        let method = r.req.method;
+        let call = dialog_id_of(&r.ess).and_then(|id| self.dialogs.get(&id).copied());
+        let Some(call) = call else {
+            let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, None);
+            return self.reply(now, peer, key, method, resp);
+        };
+        let cseq_ok = self
+            .calls
+            .get_mut(&call)
+            .is_some_and(|c| c.dialog.accept_remote_cseq(method, r.ess.cseq));
+        if !cseq_ok {
+            let resp = refusal_to(&r.req, &Refusal::CSeqOutOfOrder, None);
+            return self.reply(now, peer, key, method, resp);
+        }
+        match method {
+            Method::Bye => {
+                let resp = response_to(&r.req, 200, "OK", None);
+                self.answer_non_invite(now, peer, key, resp);
+                self.end_call(now, call, EndReason::RemoteBye);
+            }
+            Method::Info => {
+                let resp = response_to(&r.req, 200, "OK", None);
+                self.answer_non_invite(now, peer, key, resp);
+                self.events.push_back(Event::Info {
+                    call,
+                    content_type: content_type(&r.req.headers),
+                    body: r.req.body,
+                });
+            }
+            Method::Options => {
+                let mut resp = response_to(&r.req, 200, "OK", None);
+                self.decorate(&mut resp, peer);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            Method::Invite => self.on_reinvite(now, peer, key, call, r),
+            Method::Update => self.on_update(now, peer, key, call, r),
+            Method::Notify => self.on_notify(now, peer, key, call, r),
+            _ => {
+                let mut resp = refusal_to(&r.req, &Refusal::MethodNotAllowed, None);
+                push_header(&mut resp, "Allow", ALLOW);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, r: ParsedResponse) {
+        let Some(branch) = r.ess.branch.clone() else {
+            return;
+        };
+        let Some(entry) = self.client_txs.get_mut(&branch) else {
+            tracing::debug!(code = r.code, "response matches no transaction");
+            return;
+        };
+        let disposition = entry.tx.on_response(now, r.code);
+        let resend_ack = entry.tx.ack_to_resend().map(<[u8]>::to_vec);
+        let (call, purpose, peer) = (entry.call, entry.purpose, entry.peer);
+        if disposition == ResponseDisposition::Absorb {
+            if let Some(ack) = resend_ack {
+                self.send(peer, ack);
+            }
+        } else if r.code >= 200 {
+            match purpose {
+                ClientPurpose::Bye => self.forget_call(now, call),
+                ClientPurpose::Info => {}
+                ClientPurpose::Refer { cseq } => self.refer_answered(call, cseq, r.code),
+                ClientPurpose::ReInvite { cseq, refresh } => {
+                    self.on_reinvite_answer(now, &branch, call, cseq, refresh, peer, r);
+                    return;
+                }
+                ClientPurpose::Update => self.on_refresh_answer(now, call, &r, true),
+            }
+            if r.code == 481 || r.code == 408 {
+                // The dialog is gone at the peer (§12.2.1.2).
+                self.send_bye(now, call);
+                self.end_call(now, call, EndReason::Timeout);
+            }
+        }
+        let terminated = self
+            .client_txs
+            .get(&branch)
+            .is_none_or(|e| e.tx.is_terminated());
+        if terminated {
+            self.client_txs.remove(&branch);
+        } else {
+            self.rearm(TimerOwner::Client(branch));
+        }
+    }
+
+    /// Our Warning header value (code 399, our host, the text made safe for quotes).
+    fn warning(&self, w: &str) -> String {
+        let w = w.replace(['"', '\r', '\n'], "'");
+        format!("399 {} \"{w}\"", self.cfg.local_addr.ip())
+    }
+
+    /// Sends an INFO in the call (e.g. DTMF relay).
+    pub fn send_info(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let (mut req, peer, _) = self.dialog_request(call, Method::Info, false, |_| true)?;
+        set_body(&mut req, content_type, body);
+        self.start_client(now, call, ClientPurpose::Info, peer, req);
+        Ok(())
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        purpose: ClientPurpose,
+        peer: Peer,
+        req: Request,
+    ) {
+        let branch = req
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+            .unwrap_or_default();
+        let bytes = req.to_bytes();
+        let tx = ClientTx::new(
+            now,
+            self.cfg.timers,
+            peer.transport.is_reliable(),
+            matches!(purpose, ClientPurpose::ReInvite { .. }),
+            bytes.clone(),
+        );
+        self.send(peer, bytes);
+        self.client_txs.insert(
+            branch.clone(),
+            ClientEntry {
+                tx,
+                call,
+                purpose,
+                peer,
+            },
+        );
+        self.rearm(TimerOwner::Client(branch));
+    }
+
+    /// Reports the end and forgets the dialog, unless a BYE of ours is still in flight.
+    fn end_call(&mut self, now: Instant, call: CallHandle, reason: EndReason) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let already = std::mem::replace(&mut c.ended, true);
+        if c.phase != CallPhase::Terminating {
+            self.forget_call(now, call);
+        }
+        if !already {
+            self.events.push_back(Event::Ended { call, reason });
+        }
+    }
+
+    fn forget_call(&mut self, now: Instant, call: CallHandle) {
+        // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
+        if let Some((key, req)) = self.take_pending_update(call) {
+            let resp = refusal_to(&req, &Refusal::Terminated, None);
+            self.respond_pending(now, call, key, resp);
+        }
+        if let Some(c) = self.calls.remove(&call) {
+            self.dialogs.remove(&c.dialog.id);
+        }
+    }
+}
+
+fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {
+    Some(DialogId {
+        call_id: ess.call_id.clone(),
+        local_tag: ess.to_tag.clone()?,
+        remote_tag: ess.from_tag.clone()?,
+    })
+}
