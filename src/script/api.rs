@@ -17,6 +17,7 @@ use super::collect::{full_match_regex, CollectOptions, MAX_DIGITS};
 use crate::media::dtmf::Digit;
 use crate::media::record::{DigitSet, RecordMode, RecordPolicy};
 use crate::media::tone::ToneSpec;
+use crate::sip::call::TransferTarget;
 
 /// Terminate token: the script called `hangup()`.
 pub(crate) const END_HANGUP: &str = "switchboard:hangup";
@@ -65,7 +66,7 @@ pub enum CallRequest {
     /// Send DTMF to the caller.
     SendDtmf(String),
     /// Blind transfer to a URI; the call ends for us.
-    Transfer(String),
+    Transfer(TransferTarget),
     /// Wait, doing nothing.
     Sleep(Duration),
     /// Send the caller's audio back until `#`, the limit, or hangup.
@@ -748,9 +749,8 @@ fn send_dtmf(digits: &str) -> Res<()> {
 
 fn transfer(uri: &str) -> Res<()> {
     // The same check the REFER's Refer-To gets, so a script learns of a bad URI at once.
-    let uri =
-        crate::sip::refer::validate_target(uri).map_err(|e| format!("transfer: {uri:?}: {e}"))?;
-    request_done(CallRequest::Transfer(uri.to_string()))?;
+    let target = TransferTarget::parse(uri).map_err(|e| format!("transfer: {uri:?}: {e}"))?;
+    request_done(CallRequest::Transfer(target))?;
     terminate(END_TRANSFER)
 }
 

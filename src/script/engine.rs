@@ -26,7 +26,7 @@ pub struct ScriptLimits {
     /// Nested function calls (deep recursion ends here, before the thread's stack does).
     pub max_call_levels: usize,
     /// Nesting of expressions at global level and inside functions.
-    pub max_expr_depth: (usize, usize),
+    pub max_expr_depth: ExprDepth,
     /// Bytes in one string.
     pub max_string_size: usize,
     /// Items in one array.
@@ -37,6 +37,15 @@ pub struct ScriptLimits {
     pub max_variables: usize,
 }
 
+/// How deep expressions may nest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExprDepth {
+    /// At the script's top level.
+    pub global: usize,
+    /// Inside a function body.
+    pub function: usize,
+}
+
 impl Default for ScriptLimits {
     fn default() -> Self {
         ScriptLimits {
@@ -44,7 +53,10 @@ impl Default for ScriptLimits {
             // hundred operations per menu.
             max_operations: 10_000_000,
             max_call_levels: 32,
-            max_expr_depth: (64, 32),
+            max_expr_depth: ExprDepth {
+                global: 64,
+                function: 32,
+            },
             max_string_size: 64 * 1024,
             max_array_size: 10_000,
             max_map_size: 10_000,
@@ -63,7 +75,7 @@ pub fn build_engine(limits: &ScriptLimits) -> Engine {
     engine
         .set_max_operations(limits.max_operations)
         .set_max_call_levels(limits.max_call_levels)
-        .set_max_expr_depths(limits.max_expr_depth.0, limits.max_expr_depth.1)
+        .set_max_expr_depths(limits.max_expr_depth.global, limits.max_expr_depth.function)
         .set_max_string_size(limits.max_string_size)
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
@@ -220,8 +232,15 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// The `*.rhai` files directly in `dir`, sorted, with their modification times.
-fn scan(dir: &Path) -> Result<BTreeMap<String, (PathBuf, Option<SystemTime>)>, ScriptError> {
+/// A script file found on disk.
+struct ScriptFile {
+    path: PathBuf,
+    /// Its modification time, when the file system tells.
+    mtime: Option<SystemTime>,
+}
+
+/// The `*.rhai` files directly in `dir`, sorted by name.
+fn scan(dir: &Path) -> Result<BTreeMap<String, ScriptFile>, ScriptError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ScriptError::file(dir.display().to_string(), format!("cannot list: {e}")))?;
     let mut out = BTreeMap::new();
@@ -229,7 +248,7 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, (PathBuf, Option<SystemTime>)>, S
         let path = entry.path();
         if path.extension().is_some_and(|x| x == "rhai") && path.is_file() {
             let mtime = entry.metadata().and_then(|m| m.modified()).ok();
-            out.insert(file_name(&path), (path, mtime));
+            out.insert(file_name(&path), ScriptFile { path, mtime });
         }
     }
     Ok(out)
@@ -241,7 +260,7 @@ pub fn check_dir(dir: &Path) -> Result<usize, Vec<ScriptError>> {
     let files = scan(dir).map_err(|e| vec![e])?;
     let errors: Vec<ScriptError> = files
         .values()
-        .filter_map(|(path, _)| compile_file(&engine, path).err())
+        .filter_map(|f| compile_file(&engine, &f.path).err())
         .collect();
     if errors.is_empty() {
         Ok(files.len())
@@ -293,14 +312,14 @@ impl ScriptSet {
         let files = scan(&dir).map_err(|e| vec![e])?;
         let mut scripts = HashMap::new();
         let mut errors = Vec::new();
-        for (name, (path, mtime)) in files {
-            match compile_file(&engine, &path) {
+        for (name, f) in files {
+            match compile_file(&engine, &f.path) {
                 Ok(ast) => {
                     scripts.insert(
                         name,
                         Compiled {
                             ast: Arc::new(ast),
-                            mtime,
+                            mtime: f.mtime,
                         },
                     );
                 }
@@ -358,7 +377,7 @@ impl ScriptSet {
                 return report;
             }
         };
-        let stale: Vec<(String, PathBuf, Option<SystemTime>)> = {
+        let stale: Vec<(&String, &ScriptFile)> = {
             let s = match self.scripts.read() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
@@ -374,9 +393,8 @@ impl ScriptSet {
             };
             files
                 .iter()
-                .filter(|(name, (_, mtime))| s.get(*name).is_none_or(|c| c.mtime != *mtime))
-                .filter(|(name, (_, mtime))| broken.get(*name) != Some(mtime))
-                .map(|(n, (p, m))| (n.clone(), p.clone(), *m))
+                .filter(|(name, f)| s.get(*name).is_none_or(|c| c.mtime != f.mtime))
+                .filter(|(name, f)| broken.get(*name) != Some(&f.mtime))
                 .collect()
         };
         if stale.is_empty() && report.removed.is_empty() {
@@ -389,14 +407,21 @@ impl ScriptSet {
                 Ok(b) => b,
                 Err(p) => p.into_inner(),
             };
-            for (name, path, mtime) in stale {
-                match compile_file(&self.engine, &path) {
+            for (name, f) in stale {
+                match compile_file(&self.engine, &f.path) {
                     Ok(ast) => {
-                        broken.remove(&name);
-                        fresh.push((name, ast, mtime));
+                        broken.remove(name);
+                        let ast = Arc::new(ast);
+                        fresh.push((
+                            name.clone(),
+                            Compiled {
+                                ast,
+                                mtime: f.mtime,
+                            },
+                        ));
                     }
                     Err(e) => {
-                        broken.insert(name, mtime);
+                        broken.insert(name.clone(), f.mtime);
                         report.errors.push(e);
                     }
                 }
@@ -409,16 +434,10 @@ impl ScriptSet {
         for name in &report.removed {
             s.remove(name);
         }
-        for (name, ast, mtime) in fresh {
+        for (name, compiled) in fresh {
             tracing::info!(script = %name, "script reloaded");
             report.reloaded.push(name.clone());
-            s.insert(
-                name,
-                Compiled {
-                    ast: Arc::new(ast),
-                    mtime,
-                },
-            );
+            s.insert(name, compiled);
         }
         for e in &report.errors {
             tracing::warn!(error = %e, "script not reloaded; the previous version stays");

@@ -302,6 +302,15 @@ fn lock(m: &Mutex<SimCall>) -> MutexGuard<'_, SimCall> {
 
 struct SimPort(Arc<Mutex<SimCall>>);
 
+/// A `collect` prompt playing in simulated time.
+#[derive(Debug, Clone, Copy)]
+struct Prompt {
+    /// The collector's number for the prompt.
+    play: u32,
+    /// When it has played out, from the call's start.
+    until: Duration,
+}
+
 impl CallPort for SimPort {
     fn request(&mut self, req: CallRequest) -> Result<CallReply, CallGone> {
         lock(&self.0).handle(req)
@@ -631,7 +640,7 @@ impl SimCall {
     fn collect(&mut self, opts: CollectOptions) -> Result<Option<String>, CallGone> {
         let now = self.instant();
         let mut c = Collector::new(opts, now, &mut self.type_ahead);
-        let mut playing: Option<(u32, Duration)> = None;
+        let mut playing: Option<Prompt> = None;
         loop {
             while let Some(a) = c.poll_action() {
                 match a {
@@ -642,10 +651,13 @@ impl SimCall {
                         };
                         self.line(format!("played {}", names.join(", ")));
                         let d = self.prompts_duration(&names);
-                        playing = Some((play, self.now + d));
+                        playing = Some(Prompt {
+                            play,
+                            until: self.now + d,
+                        });
                     }
                     CollectAction::Stop { play } => {
-                        if playing.is_some_and(|(p, _)| p == play) {
+                        if playing.is_some_and(|p| p.play == play) {
                             playing = None;
                         }
                     }
@@ -661,7 +673,7 @@ impl SimCall {
             let timer = c
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(self.t0));
-            let end = match (playing.map(|p| p.1), timer) {
+            let end = match (playing.map(|p| p.until), timer) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -669,7 +681,7 @@ impl SimCall {
                 Stop::Ended => {
                     let now = self.instant();
                     match playing {
-                        Some((play, at)) if self.now >= at => {
+                        Some(Prompt { play, until }) if self.now >= until => {
                             playing = None;
                             c.handle_play_done(now, play);
                         }

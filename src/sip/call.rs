@@ -8,6 +8,9 @@
 //! is the SIP side and the task's event loop.
 
 mod flow;
+mod transfer;
+
+pub use transfer::TransferTarget;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -149,7 +152,10 @@ pub fn spawn(
                 rtp: Default::default(),
             };
             let outcome = c.run(request).await;
-            let ended = (Instant::now(), crate::live::rfc3339_now());
+            let ended = EndedAt {
+                at: Instant::now(),
+                rfc3339: crate::live::rfc3339_now(),
+            };
             let (reason, code) = outcome.describe();
             tracing::info!(reason, ?code, "call ended");
             c.ctx.metrics.call_ended();
@@ -224,6 +230,12 @@ struct Parties {
     signalling: std::net::IpAddr,
 }
 
+/// When a call ended, monotonic (for its duration) and as RFC 3339 (for the CDR).
+struct EndedAt {
+    at: Instant,
+    rfc3339: String,
+}
+
 /// How the call ended, for the log and the event stream.
 #[derive(Debug)]
 enum Outcome {
@@ -289,13 +301,7 @@ impl Call {
 
     /// Hands the call's record to the CDR writer, if CDRs are on. `ended` is when the call
     /// ended (not when its media was closed), monotonic and as RFC 3339.
-    fn write_cdr(
-        &self,
-        outcome: &Outcome,
-        cause: &str,
-        code: Option<u16>,
-        ended: (Instant, String),
-    ) {
+    fn write_cdr(&self, outcome: &Outcome, cause: &str, code: Option<u16>, ended: EndedAt) {
         let Some(cdr) = &self.ctx.cdr else {
             return;
         };
@@ -312,9 +318,9 @@ impl Call {
                 .as_ref()
                 .map_or_else(crate::live::rfc3339_now, |i| i.started_at.clone()),
             answered_at: info.and_then(|i| i.answered_at),
-            ended_at: ended.1,
+            ended_at: ended.rfc3339,
             duration_ms: self.answered_at.map_or(0, |t| {
-                ended.0.saturating_duration_since(t).as_millis() as u64
+                ended.at.saturating_duration_since(t).as_millis() as u64
             }),
             hangup,
             cause: cause.to_string(),

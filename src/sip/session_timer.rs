@@ -78,8 +78,17 @@ pub fn has_option_tag(headers: &Headers, name: &str, tag: &str) -> bool {
         })
 }
 
-/// `Session-Expires` (or `x`): the interval and the refresher parameter, lowercased.
-pub fn session_expires(headers: &Headers) -> Option<(u32, Option<String>)> {
+/// A `Session-Expires` header as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionExpires {
+    /// The session interval in seconds.
+    pub interval: u32,
+    /// The `refresher` parameter, lowercased.
+    pub refresher: Option<String>,
+}
+
+/// `Session-Expires` (or `x`): the interval and the refresher parameter.
+pub fn session_expires(headers: &Headers) -> Option<SessionExpires> {
     let v = header_value(headers, "Session-Expires")?;
     let mut parts = v.split(';');
     let secs = parts.next()?.trim().parse::<u32>().ok()?;
@@ -89,7 +98,10 @@ pub fn session_expires(headers: &Headers) -> Option<(u32, Option<String>)> {
             .eq_ignore_ascii_case("refresher")
             .then(|| v.trim().to_ascii_lowercase())
     });
-    Some((secs, refresher))
+    Some(SessionExpires {
+        interval: secs,
+        refresher,
+    })
 }
 
 /// `Min-SE` in seconds (its parameters ignored).
@@ -115,7 +127,11 @@ pub fn negotiate(
     let ours = cfg.floor();
     // The interval may never go below what the peer (and any proxy) asked for.
     let floor = min_se(headers).unwrap_or(MIN_SE_FLOOR).max(ours);
-    let Some((asked, refresher)) = session_expires(headers) else {
+    let Some(SessionExpires {
+        interval: asked,
+        refresher,
+    }) = session_expires(headers)
+    else {
         return Ok(match current {
             // A refresh without the header keeps the running timer; a peer that does not
             // speak RFC 4028 cannot refresh, so we do.

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Call;
+use super::{Call, TransferTarget};
 use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
 use crate::error::{Refusal, SipStatus};
 use crate::events::Event as BusEvent;
@@ -33,6 +33,15 @@ const DTMF_KEY: Duration = Duration::from_millis(190);
 /// How long a transfer waits for the REFER's answer, and then for its outcome.
 const TRANSFER_WAIT: Duration = Duration::from_secs(32);
 
+/// A `collect` prompt playing on the leg.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CollectPrompt {
+    /// The collector's number for the prompt.
+    play: u32,
+    /// The leg's playback id.
+    leg_id: u64,
+}
+
 /// The request being carried out.
 pub(super) enum Active {
     /// None: the next request may start.
@@ -48,7 +57,7 @@ pub(super) enum Active {
     /// A `collect`, and the leg playback of its current prompt.
     Collect {
         collector: Box<Collector>,
-        playing: Option<(u32, u64)>,
+        playing: Option<CollectPrompt>,
         reply: Replier,
     },
     /// The beep before a recording.
@@ -63,7 +72,7 @@ pub(super) enum Active {
     Transfer {
         /// The target, until the REFER is sent (after the caller's ACK: REFER needs a
         /// confirmed dialog).
-        target: Option<String>,
+        target: Option<TransferTarget>,
         accepted: bool,
         until: Instant,
         reply: Replier,
@@ -385,7 +394,7 @@ impl Call {
                     } = &mut self.active
                     {
                         if sent {
-                            *playing = Some((play, leg_id));
+                            *playing = Some(CollectPrompt { play, leg_id });
                         } else {
                             // Nothing to play: the prompt is over at once.
                             collector.handle_play_done(Instant::now(), play);
@@ -393,7 +402,7 @@ impl Call {
                     }
                 }
                 CollectAction::Stop { play } => {
-                    if playing.is_some_and(|(p, _)| p == play) {
+                    if playing.is_some_and(|p| p.play == play) {
                         *playing = None;
                         if let Some(leg) = &self.leg {
                             leg.send(LegCommand::StopPlay);
@@ -442,8 +451,8 @@ impl Call {
             Active::Collect {
                 collector, playing, ..
             } => {
-                if let Some((play, id)) = *playing {
-                    if id == done {
+                if let Some(CollectPrompt { play, leg_id }) = *playing {
+                    if leg_id == done {
                         *playing = None;
                         collector.handle_play_done(Instant::now(), play);
                         self.drive_collect().await;
@@ -503,7 +512,7 @@ impl Call {
         if let Some(target) = target.take() {
             self.send(super::Command::Refer {
                 call: self.call,
-                target,
+                target: target.into_string(),
             })
             .await;
         }

@@ -269,8 +269,8 @@ struct Call {
     /// CSeq numbers of our REFERs whose implicit subscriptions may still send NOTIFY
     /// (RFC 3515 §2.4.6: a NOTIFY's `id` is the REFER's CSeq).
     refer_subs: Vec<u32>,
-    /// An UPDATE with an offer waiting for the layer above: its transaction and request.
-    update_pending: Option<(TxKey, Box<Request>)>,
+    /// An UPDATE with an offer waiting for the layer above.
+    update_pending: Option<PendingUpdate>,
     /// The session timer the 2xx to the pending INVITE or UPDATE will start.
     timer_offer: Option<Negotiated>,
     /// The running session timer.
@@ -279,6 +279,14 @@ struct Call {
     peer_allows_update: bool,
     /// The last SDP we sent, re-sent unchanged by a refreshing re-INVITE.
     local_sdp: Vec<u8>,
+}
+
+/// An UPDATE with an offer, waiting for the layer above's answer.
+struct PendingUpdate {
+    /// Its server transaction.
+    key: TxKey,
+    /// The UPDATE, to build the answer from.
+    request: Box<Request>,
 }
 
 impl Call {
@@ -753,8 +761,8 @@ impl Endpoint {
 
     fn forget_call(&mut self, now: Instant, call: CallHandle) {
         // An UPDATE offer still unanswered is closed, or its transaction would wait forever.
-        if let Some((key, req)) = self.take_pending_update(call) {
-            let resp = refusal_to(&req, &Refusal::Terminated, None);
+        if let Some(PendingUpdate { key, request }) = self.take_pending_update(call) {
+            let resp = refusal_to(&request, &Refusal::Terminated, None);
             self.respond_pending(now, call, key, resp);
         }
         if let Some(c) = self.calls.remove(&call) {

@@ -131,7 +131,10 @@ impl Endpoint {
         self.server_txs.insert(key.clone(), ServerTx::NonInvite(tx));
         let sdp = r.req.body.clone();
         if let Some(c) = self.calls.get_mut(&call) {
-            c.update_pending = Some((key, Box::new(r.req)));
+            c.update_pending = Some(PendingUpdate {
+                key,
+                request: Box::new(r.req),
+            });
         }
         self.events.push_back(Event::Update { call, sdp });
     }
@@ -278,10 +281,10 @@ impl Endpoint {
                 let se = crate::sip::session_timer::session_expires(&r.resp.headers);
                 let interval = se
                     .as_ref()
-                    .map_or(t.ask, |(i, _)| *i)
+                    .map_or(t.ask, |se| se.interval)
                     .max(crate::sip::session_timer::MIN_SE_FLOOR);
                 // We were the UAC: `uas` hands the job to the peer.
-                let refresher = match se.and_then(|(_, r)| r).as_deref() {
+                let refresher = match se.and_then(|se| se.refresher).as_deref() {
                     Some("uas") => Refresher::Peer,
                     _ => Refresher::Us,
                 };
@@ -409,8 +412,8 @@ impl Endpoint {
         call: CallHandle,
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
-        if let Some((key, req)) = self.take_pending_update(call) {
-            let mut resp = response_to(&req, 200, "OK", None);
+        if let Some(PendingUpdate { key, request }) = self.take_pending_update(call) {
+            let mut resp = response_to(&request, 200, "OK", None);
             self.ok_headers(call, &mut resp, now, Some(&sdp));
             set_body(&mut resp, "application/sdp", sdp);
             self.respond_pending(now, call, key, resp);
@@ -429,8 +432,8 @@ impl Endpoint {
         reason: &str,
         warning: Option<&str>,
     ) -> Result<(), CommandError> {
-        if let Some((key, req)) = self.take_pending_update(call) {
-            let mut resp = response_to(&req, code, reason, None);
+        if let Some(PendingUpdate { key, request }) = self.take_pending_update(call) {
+            let mut resp = response_to(&request, code, reason, None);
             if let Some(w) = warning {
                 push_header(&mut resp, "Warning", &self.warning(w));
             }
@@ -447,10 +450,7 @@ impl Endpoint {
     }
 
     /// Claims the call's pending UPDATE offer, if there is one.
-    pub(super) fn take_pending_update(
-        &mut self,
-        call: CallHandle,
-    ) -> Option<(TxKey, Box<Request>)> {
+    pub(super) fn take_pending_update(&mut self, call: CallHandle) -> Option<PendingUpdate> {
         self.calls.get_mut(&call)?.update_pending.take()
     }
 
