@@ -1,7 +1,7 @@
 //! The initial INVITE and the call's life around it: a new call from an INVITE, its
 //! provisional and final responses (`ring`, `answer`, `reject`), the ACK, and BYE either way.
 
-use super::reinvite::{timer_headers, too_small};
+use super::reinvite::too_small;
 use super::*;
 
 impl Endpoint {
@@ -201,7 +201,6 @@ impl Endpoint {
         let key = c.invite_tx.clone().ok_or(CommandError::WrongState)?;
         let local_tag = c.dialog.id.local_tag.clone();
         let peer = c.dialog.peer;
-        let contact = self.contact(peer);
         let Some(ServerTx::Invite { request, .. }) = self.server_txs.get(&key) else {
             return Err(CommandError::WrongState);
         };
@@ -217,19 +216,10 @@ impl Endpoint {
                 resp.headers.push(h.clone());
             }
         }
-        push_header(&mut resp, "Allow", ALLOW);
-        push_header(&mut resp, "Contact", &contact);
-        push_header(&mut resp, "Server", &self.cfg.user_agent);
         if (200..300).contains(&code) {
-            if let Some(c) = self.calls.get_mut(&call) {
-                if let Some(sdp) = &sdp {
-                    c.local_sdp = sdp.clone();
-                }
-                if let Some(n) = c.start_timer(now) {
-                    timer_headers(&mut resp, &n);
-                }
-            }
-            self.arm_session(call);
+            self.ok_headers(call, &mut resp, now, sdp.as_deref());
+        } else {
+            self.decorate(&mut resp, peer);
         }
         if let Some(sdp) = sdp {
             set_body(&mut resp, "application/sdp", sdp);
@@ -269,20 +259,17 @@ impl Endpoint {
         c.timer_offer = None;
         let local_tag = c.dialog.id.local_tag.clone();
         let peer = c.dialog.peer;
-        let warning = warning.map(|w| self.warning(w));
-        let Some(ServerTx::Invite { tx, request, .. }) = self.server_txs.get_mut(&key) else {
+        let Some(ServerTx::Invite { request, .. }) = self.server_txs.get_mut(&key) else {
             return;
         };
         let Some(req) = request.take() else {
             return;
         };
-        let mut resp = response_to(&req, code, reason, Some(&local_tag));
-        if let Some(w) = warning {
-            push_header(&mut resp, "Warning", &w);
-        }
-        push_header(&mut resp, "Server", &self.cfg.user_agent);
+        let resp = self.error_response(&req, code, reason, Some(&local_tag), warning);
         let bytes = encode_response(&resp);
-        tx.respond(now, code, bytes.clone());
+        if let Some(ServerTx::Invite { tx, .. }) = self.server_txs.get_mut(&key) {
+            tx.respond(now, code, bytes.clone());
+        }
         self.send(peer, bytes);
         self.rearm(TimerOwner::Server(key));
     }

@@ -690,10 +690,24 @@ impl Endpoint {
         }
     }
 
-    /// Our Warning header value (code 399, our host, the text made safe for quotes).
-    fn warning(&self, w: &str) -> String {
-        let w = w.replace(['"', '\r', '\n'], "'");
-        format!("399 {} \"{w}\"", self.cfg.local_addr.ip())
+    /// A final error response of ours to `req`, with our Warning (code 399, our host, the
+    /// text made safe for quotes) when `warning` is given.
+    fn error_response(
+        &self,
+        req: &Request,
+        code: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+        warning: Option<&str>,
+    ) -> rsipstack::sip::Response {
+        let mut resp = response_to(req, code, reason, to_tag);
+        if let Some(w) = warning {
+            let w = w.replace(['"', '\r', '\n'], "'");
+            let value = format!("399 {} \"{w}\"", self.cfg.local_addr.ip());
+            push_header(&mut resp, "Warning", &value);
+        }
+        push_header(&mut resp, "Server", &self.cfg.user_agent);
+        resp
     }
 
     /// Sends an INFO in the call (e.g. DTMF relay).

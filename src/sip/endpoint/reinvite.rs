@@ -28,8 +28,7 @@ impl Endpoint {
         }
         if busy {
             // §14.2: an INVITE arriving while another is pending gets 500 with Retry-After.
-            let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
-            push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
+            let resp = self.their_offer_pending(&r.req);
             return self.reply(now, peer, key, Method::Invite, resp);
         }
         let timer_offer = match self.negotiate_refresh(call, &r.req) {
@@ -94,8 +93,7 @@ impl Endpoint {
             // In the early dialog the INVITE's offer is answered only unreliably (no 100rel):
             // the first offer/answer is not complete, so a new offer must wait.
             if theirs_pending || phase == CallPhase::Early {
-                let mut resp = refusal_to(&r.req, &Refusal::TheirOfferPending, None);
-                push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
+                let resp = self.their_offer_pending(&r.req);
                 return self.answer_non_invite(now, peer, key, resp);
             }
         }
@@ -139,6 +137,14 @@ impl Endpoint {
         self.events.push_back(Event::Update { call, sdp });
     }
 
+    /// 500 to an offer while the peer's previous one awaits our answer, with a Retry-After of
+    /// 0-10 s (RFC 3261 §14.2, RFC 3311 §5.2).
+    fn their_offer_pending(&mut self, req: &Request) -> rsipstack::sip::Response {
+        let mut resp = refusal_to(req, &Refusal::TheirOfferPending, None);
+        push_header(&mut resp, "Retry-After", &self.ids.u64(0..=10).to_string());
+        resp
+    }
+
     /// Negotiates the session timer of a refresh request from the peer; also notes whether
     /// the peer allows UPDATE when the request says.
     pub(super) fn negotiate_refresh(
@@ -155,8 +161,8 @@ impl Endpoint {
         crate::sip::session_timer::negotiate(&req.headers, &self.session_timers, c.current_timer())
     }
 
-    /// Allow, Contact, Server and the session timer of a 2xx to the peer's UPDATE; the 2xx
-    /// (re)starts the timer.
+    /// Allow, Contact, Server and the session timer of our 2xx to the peer's INVITE,
+    /// re-INVITE or UPDATE, whose SDP (if any) becomes the call's; the 2xx (re)starts the timer.
     pub(super) fn ok_headers(
         &mut self,
         call: CallHandle,
@@ -433,11 +439,7 @@ impl Endpoint {
         warning: Option<&str>,
     ) -> Result<(), CommandError> {
         if let Some(PendingUpdate { key, request }) = self.take_pending_update(call) {
-            let mut resp = response_to(&request, code, reason, None);
-            if let Some(w) = warning {
-                push_header(&mut resp, "Warning", &self.warning(w));
-            }
-            push_header(&mut resp, "Server", &self.cfg.user_agent);
+            let resp = self.error_response(&request, code, reason, None, warning);
             if let Some(c) = self.calls.get_mut(&call) {
                 c.timer_offer = None;
             }
