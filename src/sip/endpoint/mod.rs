@@ -531,31 +531,10 @@ impl Endpoint {
         if r.ess.to_tag.is_some() {
             return self.on_in_dialog(now, peer, key, r);
         }
-        match method {
-            Method::Invite => self.on_new_invite(now, peer, key, r),
-            Method::Options => {
-                let mut resp = response_to(&r.req, 200, "OK", Some(&self.ids.token()));
-                self.decorate(&mut resp, peer);
-                push_header(
-                    &mut resp,
-                    "Accept",
-                    "application/sdp, application/dtmf-relay, application/dtmf",
-                );
-                push_header(&mut resp, "Accept-Language", "en");
-                push_header(&mut resp, "Supported", "timer");
-                self.answer_non_invite(now, peer, key, resp);
-            }
-            Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
-                let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
-                self.answer_non_invite(now, peer, key, resp);
-            }
-            _ => {
-                let mut resp =
-                    refusal_to(&r.req, &Refusal::MethodNotAllowed, Some(&self.ids.token()));
-                push_header(&mut resp, "Allow", ALLOW);
-                self.answer_non_invite(now, peer, key, resp);
-            }
+        if method == Method::Invite {
+            return self.on_new_invite(now, peer, key, r);
         }
+        self.on_out_of_dialog(now, peer, key, r);
     }
 
     /// Adds Server, Allow and Contact to a response.

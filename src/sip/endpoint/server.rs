@@ -1,10 +1,46 @@
 //! Server transactions and what the endpoint answers on its own: their timers (a missing ACK
-//! ends the call), final responses on a fresh transaction, CANCEL, and the refusals decided
-//! before a request reaches a dialog (unsupported Require, unusable media type).
+//! ends the call), final responses on a fresh transaction, CANCEL, requests outside a dialog
+//! (OPTIONS, 481, 405), and the refusals decided before a request reaches a dialog
+//! (unsupported Require, unusable media type).
 
 use super::*;
 
 impl Endpoint {
+    /// A request other than INVITE outside any dialog: OPTIONS is answered, requests that
+    /// need a dialog get 481, anything else 405.
+    pub(super) fn on_out_of_dialog(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        key: TxKey,
+        r: ParsedRequest,
+    ) {
+        match r.req.method {
+            Method::Options => {
+                let mut resp = response_to(&r.req, 200, "OK", Some(&self.ids.token()));
+                self.decorate(&mut resp, peer);
+                push_header(
+                    &mut resp,
+                    "Accept",
+                    "application/sdp, application/dtmf-relay, application/dtmf",
+                );
+                push_header(&mut resp, "Accept-Language", "en");
+                push_header(&mut resp, "Supported", "timer");
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            Method::Bye | Method::Info | Method::Update | Method::PRack | Method::Notify => {
+                let resp = refusal_to(&r.req, &Refusal::NoSuchDialog, Some(&self.ids.token()));
+                self.answer_non_invite(now, peer, key, resp);
+            }
+            _ => {
+                let mut resp =
+                    refusal_to(&r.req, &Refusal::MethodNotAllowed, Some(&self.ids.token()));
+                push_header(&mut resp, "Allow", ALLOW);
+                self.answer_non_invite(now, peer, key, resp);
+            }
+        }
+    }
+
     pub(super) fn fire_server(&mut self, now: Instant, key: TxKey) {
         let mut out = std::mem::take(&mut self.scratch);
         let (terminated, call, peer) = match self.server_txs.get_mut(&key) {
