@@ -1,8 +1,19 @@
 //! The initial INVITE and the call's life around it: a new call from an INVITE, its
 //! provisional and final responses (`ring`, `answer`, `reject`), the ACK, and BYE either way.
 
+use std::time::Instant;
+
 use super::reinvite::too_small;
-use super::*;
+use super::{
+    dialog_id_of, tx_key, Call, CallHandle, CallPhase, ClientPurpose, CommandError, EndReason,
+    Endpoint, Event, ServerTx, TimerOwner, TxKey,
+};
+use crate::error::{Refusal, SipStatus};
+use crate::sip::dialog::{Dialog, Peer};
+use crate::sip::message::{encode_response, response_to, set_body, Method, ParsedRequest, Request};
+use crate::sip::session_timer::has_option_tag;
+use crate::sip::transaction::InviteServerTx;
+use rsipstack::sip::prelude::*;
 
 impl Endpoint {
     pub(super) fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {

@@ -22,17 +22,15 @@ use std::time::Instant;
 use super::dialog::{content_type, Dialog, DialogId, Peer};
 use super::ids::Ids;
 use super::message::{
-    classify_with, encode_response, header_value, push_header, refusal_to, response_to, set_body,
-    Essentials, Inbound, Method, ParsedRequest, ParsedResponse, Request, ALLOW,
+    classify_with, push_header, refusal_to, response_to, set_body, Essentials, Inbound, Method,
+    ParsedRequest, ParsedResponse, Request, ALLOW,
 };
-use super::refer::{refer_event_id, sipfrag_status, subscription_terminated, TargetError};
-use super::session_timer::{
-    has_option_tag, Due, Negotiated, Refresher, SessionTimer, SessionTimerConfig,
-};
+use super::refer::TargetError;
+use super::session_timer::{Negotiated, Refresher, SessionTimer, SessionTimerConfig};
 use super::transaction::{
     ClientTx, InviteServerTx, NonInviteServerTx, ResponseDisposition, TimerConfig, TxOutput,
 };
-use crate::error::{Refusal, SipStatus};
+use crate::error::Refusal;
 use rsipstack::sip::prelude::*;
 
 mod invite;

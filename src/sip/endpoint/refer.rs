@@ -1,7 +1,15 @@
 //! Blind transfer from our side (RFC 3515): the REFER we send, its final answer, and the
 //! NOTIFYs of the implicit subscription that report the transfer's progress.
 
-use super::*;
+use std::time::Instant;
+
+use super::{CallHandle, ClientPurpose, CommandError, Endpoint, Event, TxKey};
+use crate::error::Refusal;
+use crate::sip::dialog::{content_type, Peer};
+use crate::sip::message::{
+    header_value, push_header, refusal_to, response_to, Method, ParsedRequest,
+};
+use crate::sip::refer::{refer_event_id, sipfrag_status, subscription_terminated};
 
 impl Endpoint {
     /// A NOTIFY in a dialog: progress of a transfer we asked for (RFC 3515 §2.4.4).

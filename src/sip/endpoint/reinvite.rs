@@ -2,8 +2,21 @@
 //! layer above), our own re-INVITE, and the session timer (RFC 4028) they refresh: its
 //! negotiation, deadlines, and the refreshes we send when we are the refresher.
 
+use std::time::Instant;
+
 use super::invite::allows_update;
-use super::*;
+use super::{
+    CallHandle, CallPhase, ClientPurpose, CommandError, EndReason, Endpoint, Event, PendingUpdate,
+    ServerTx, TimerOwner, TxKey,
+};
+use crate::error::Refusal;
+use crate::sip::dialog::{content_type, Peer};
+use crate::sip::message::{
+    encode_response, header_value, push_header, refusal_to, response_to, set_body, Method,
+    ParsedRequest, ParsedResponse, Request,
+};
+use crate::sip::session_timer::{Due, Negotiated, Refresher, SessionTimer};
+use crate::sip::transaction::{InviteServerTx, NonInviteServerTx};
 
 impl Endpoint {
     pub(super) fn on_reinvite(

@@ -3,7 +3,15 @@
 //! (OPTIONS, 481, 405), and the refusals decided before a request reaches a dialog
 //! (unsupported Require, unusable media type).
 
-use super::*;
+use std::time::Instant;
+
+use super::{CallHandle, CallPhase, EndReason, Endpoint, ServerTx, TimerOwner, TxKey};
+use crate::error::{Refusal, SipStatus};
+use crate::sip::dialog::{content_type, Peer};
+use crate::sip::message::{
+    encode_response, push_header, refusal_to, response_to, Method, ParsedRequest, Request, ALLOW,
+};
+use crate::sip::transaction::{InviteServerTx, NonInviteServerTx, TxOutput};
 
 impl Endpoint {
     /// A request other than INVITE outside any dialog: OPTIONS is answered, requests that
