@@ -8,12 +8,12 @@
 pub mod clock;
 pub mod io;
 mod thread;
-mod worker;
+pub mod worker;
 
 pub use clock::{MediaClock, TickStart};
 pub use io::{Datagram, LegSockets, MediaIo, SocketIo};
 pub use thread::{LegHandle, LegSender, MediaEngine, MoveError};
-pub use worker::WorkerStats;
+pub use worker::{Worker, WorkerStats};
 
 #[cfg(test)]
 mod tests;

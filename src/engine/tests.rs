@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,8 +11,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::oneshot;
 
 use super::io::{Datagram, MediaIo};
-use super::worker::{Command, Route, Worker};
 use super::MediaClock;
+use super::Worker;
 use crate::conference::host::{RoomCommand, RoomHost, RoomLink};
 use crate::conference::{Room, RoomSettings, RoomSounds};
 use crate::events::EventBus;
@@ -107,36 +106,14 @@ fn packet(freq: f64, n: u64) -> Vec<u8> {
     buf[..len].to_vec()
 }
 
-/// A worker of its own (no peers to move legs to) over [`MemIo`] endpoints.
-fn worker() -> Worker<usize> {
-    Worker::new(Arc::default(), Arc::new(Vec::new()))
-}
-
 /// Adds PCMU legs `0..n` (endpoint = index = id) sending to [`PEER`].
-fn add_legs(
-    w: &mut Worker<usize>,
-    io: &mut MemIo,
-    n: usize,
-    now: Instant,
-) -> Vec<UnboundedReceiver<LegEvent>> {
-    let workers: Arc<Vec<Sender<Command<usize>>>> = Arc::new(Vec::new());
+fn add_legs(w: &mut Worker<usize>, n: usize, now: Instant) -> Vec<UnboundedReceiver<LegEvent>> {
     (0..n)
         .map(|i| {
             let leg =
                 Leg::new(LegConfig::pcmu(PEER, Ssrc::new(i as u32 + 1)), now).expect("a PCMU leg");
             let (events, rx) = unbounded_channel();
-            let route = Arc::new(Route {
-                worker: AtomicUsize::new(0),
-                workers: workers.clone(),
-            });
-            let cmd = Command::Add {
-                id: i as u64,
-                leg: Box::new(leg),
-                endpoint: i,
-                events,
-                route,
-            };
-            w.command(now, 0, cmd, io);
+            w.add_leg(i as u64, leg, i, events);
             rx
         })
         .collect()
@@ -155,10 +132,10 @@ fn two_thousand_echo_legs_send_back_what_each_heard() {
     let started = Instant::now();
     let t0 = (Instant::now(), SystemTime::now());
     let mut io = MemIo::new(LEGS, t0);
-    let mut w = worker();
-    let _events = add_legs(&mut w, &mut io, LEGS, t0.0);
+    let mut w = Worker::new();
+    let _events = add_legs(&mut w, LEGS, t0.0);
     for i in 0..LEGS as u64 {
-        w.command(t0.0, 0, Command::Leg(i, LegCommand::Echo(true)), &mut io);
+        w.leg_command(t0.0, i, LegCommand::Echo(true));
     }
     let freq = |i: usize| 300.0 + 100.0 * (i % 8) as f64;
     // One packet per frequency and tick, shared by every leg of that frequency.
@@ -223,11 +200,11 @@ fn room_members_hear_each_other_not_themselves_for_a_minute() {
     let started = Instant::now();
     let t0 = (Instant::now(), SystemTime::now());
     let mut io = MemIo::new(4, t0);
-    let mut w = worker();
+    let mut w = Worker::new();
     // Three members and a fourth leg that stays out of the room.
-    let _events = add_legs(&mut w, &mut io, 4, t0.0);
+    let _events = add_legs(&mut w, 4, t0.0);
     let (host, pending) = room_host(ROOM);
-    w.command(t0.0, 0, Command::AddRoom(Box::new(host)), &mut io);
+    w.add_room(host);
     let mut left = Vec::new();
     for leg in 0..3u64 {
         pending.fetch_add(1, Ordering::AcqRel);
@@ -243,10 +220,10 @@ fn room_members_hear_each_other_not_themselves_for_a_minute() {
             reply,
             left: left_tx,
         };
-        w.command(t0.0, 0, Command::Room(ROOM, join), &mut io);
+        w.room_command(t0.0, ROOM, join, &mut io);
         assert!(matches!(answer.try_recv(), Ok(Ok(_))), "leg {leg} joined");
     }
-    w.command(t0.0, 0, Command::Leg(3, LegCommand::Echo(true)), &mut io);
+    w.leg_command(t0.0, 3, LegCommand::Echo(true));
     let mut clock = MediaClock::new(t0.0);
     for _ in 0..TICKS {
         let now = clock.deadline();

@@ -300,7 +300,7 @@ fn run(
     stats: Arc<WorkerStats>,
     peers: Arc<Vec<Sender<Command<LegSockets>>>>,
 ) {
-    let mut w = Worker::new(stats, peers);
+    let mut w = Worker::with_peers(stats, peers);
     let mut io = SocketIo;
     let mut clock = MediaClock::new(Instant::now());
     loop {

@@ -128,8 +128,9 @@ impl<E> Route<E> {
     }
 }
 
-/// One worker's state: its legs and rooms. Owned by one thread (or a test).
-pub(crate) struct Worker<E> {
+/// One worker's state: its legs and rooms, ticked over a [`MediaIo`] whose per-leg
+/// endpoints are `E`. Owned by one thread (or a test or benchmark driving it in virtual time).
+pub struct Worker<E> {
     slots: Vec<Option<Slot<E>>>,
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
@@ -144,9 +145,20 @@ pub(crate) struct Worker<E> {
     buf: Box<[u8; 2048]>,
 }
 
+impl<E> Default for Worker<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<E> Worker<E> {
+    /// An empty worker on its own (no other workers to move legs to).
+    pub fn new() -> Self {
+        Self::with_peers(Arc::default(), Arc::new(Vec::new()))
+    }
+
     /// An empty worker; `peers` are every worker's command senders (for moving legs).
-    pub(crate) fn new(stats: Arc<WorkerStats>, peers: Arc<Vec<Sender<Command<E>>>>) -> Self {
+    pub(crate) fn with_peers(stats: Arc<WorkerStats>, peers: Arc<Vec<Sender<Command<E>>>>) -> Self {
         Worker {
             slots: Vec::with_capacity(256),
             free: Vec::with_capacity(256),
@@ -161,8 +173,58 @@ impl<E> Worker<E> {
     }
 
     /// This worker's counters.
-    pub(crate) fn stats(&self) -> &Arc<WorkerStats> {
+    pub fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
+    }
+
+    /// Adds a leg reached through `endpoint`; its events go to `events`.
+    pub fn add_leg(&mut self, id: u64, leg: Leg, endpoint: E, events: UnboundedSender<LegEvent>) {
+        let route = Arc::new(Route {
+            worker: AtomicUsize::new(0),
+            workers: self.peers.clone(),
+        });
+        self.insert(Slot {
+            id,
+            leg: Box::new(leg),
+            endpoint,
+            events,
+            route,
+            room: None,
+        });
+    }
+
+    /// Applies a command to leg `id`, as its handle would.
+    pub fn leg_command(&mut self, now: Instant, id: u64, cmd: LegCommand) {
+        if let Some((_, s)) = self.slot_of(id) {
+            s.leg.apply(now, cmd);
+        }
+    }
+
+    /// Places a room on this worker.
+    pub fn add_room(&mut self, host: RoomHost) {
+        self.rooms.push(host);
+    }
+
+    /// Applies a command to room `room` (a join, a control), as the registry would.
+    pub fn room_command<I>(&mut self, now: Instant, room: u64, cmd: RoomCommand, io: &mut I)
+    where
+        I: MediaIo<Endpoint = E>,
+    {
+        let Some(r) = self.rooms.iter().position(|h| h.id() == room) else {
+            cmd.refuse_gone();
+            return;
+        };
+        let (_, wallclock) = io.now();
+        let mut legs = Legs {
+            slots: &mut self.slots,
+            by_id: &self.by_id,
+            tick: 0,
+            now,
+            wallclock,
+            io,
+        };
+        self.rooms[r].command(now, cmd, &mut legs);
+        self.rooms[r].flush(now, &mut legs);
     }
 
     fn slot_of(&mut self, id: u64) -> Option<(usize, &mut Slot<E>)> {
@@ -307,29 +369,9 @@ impl<E> Worker<E> {
         }
     }
 
-    fn room_command<I>(&mut self, now: Instant, room: u64, cmd: RoomCommand, io: &mut I)
-    where
-        I: MediaIo<Endpoint = E>,
-    {
-        let Some(r) = self.rooms.iter().position(|h| h.id() == room) else {
-            cmd.refuse_gone();
-            return;
-        };
-        let (_, wallclock) = io.now();
-        let mut legs = Legs {
-            slots: &mut self.slots,
-            by_id: &self.by_id,
-            tick: 0,
-            now,
-            wallclock,
-            io,
-        };
-        self.rooms[r].command(now, cmd, &mut legs);
-        self.rooms[r].flush(now, &mut legs);
-    }
-
-    /// Runs tick `n` due at `now`: every leg and room, datagrams through `io`.
-    pub(crate) fn tick<I>(&mut self, n: u64, now: Instant, wallclock: SystemTime, io: &mut I)
+    /// Runs tick `n` due at `now` (commands for it applied first): every leg and room,
+    /// datagrams through `io`. The steady state allocates nothing.
+    pub fn tick<I>(&mut self, n: u64, now: Instant, wallclock: SystemTime, io: &mut I)
     where
         I: MediaIo<Endpoint = E>,
     {
