@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -323,19 +323,13 @@ impl ConferenceRegistry {
             return Ok((e.link.clone(), e.worker));
         }
         let id = self.inner.next_room.fetch_add(1, Ordering::Relaxed);
-        let link = RoomLink {
+        let link = RoomLink::new(
             id,
-            name: Arc::from(name),
-            bus: self.inner.events.clone(),
-            info: Arc::new(Mutex::new(RoomInfo {
-                name: name.to_string(),
-                members: Vec::new(),
-                locked: false,
-                recording: None,
-                created_at: crate::live::rfc3339_now(),
-            })),
-            pending: Arc::new(AtomicUsize::new(1)),
-        };
+            name,
+            self.inner.events.clone(),
+            crate::live::rfc3339_now(),
+            1,
+        );
         let recorder = if self.inner.config.room_auto_record(name) {
             self.start_recorder(name)
                 .map_err(|e| tracing::warn!(room = name, error = %e, "auto-record did not start"))

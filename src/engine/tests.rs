@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -16,7 +16,6 @@ use super::Worker;
 use crate::conference::host::{RoomCommand, RoomHost, RoomLink};
 use crate::conference::{Room, RoomSettings, RoomSounds};
 use crate::events::EventBus;
-use crate::live::RoomInfo;
 use crate::media::codec::g711::{ulaw_decode_slice, ulaw_encode_slice};
 use crate::media::frame::{FRAME, FRAME_SAMPLES};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent, Port};
@@ -174,20 +173,8 @@ fn two_thousand_echo_legs_send_back_what_each_heard() {
 
 /// A room without sounds, and its count of joins on their way.
 fn room_host(id: u64) -> (RoomHost, Arc<AtomicUsize>) {
-    let pending = Arc::new(AtomicUsize::new(0));
-    let link = RoomLink {
-        id,
-        name: Arc::from("r"),
-        bus: EventBus::new(64),
-        info: Arc::new(Mutex::new(RoomInfo {
-            name: "r".into(),
-            members: Vec::new(),
-            locked: false,
-            recording: None,
-            created_at: String::new(),
-        })),
-        pending: pending.clone(),
-    };
+    let link = RoomLink::new(id, "r", EventBus::new(64), String::new(), 0);
+    let pending = link.pending.clone();
     let room = Room::new(RoomSettings::default(), RoomSounds::default()).expect("a room");
     (RoomHost::new(link, room, None, Box::new(|| {})), pending)
 }
