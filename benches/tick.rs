@@ -1,14 +1,17 @@
 //! One media tick over many legs (sans-IO: packets in from memory, frames out to a no-op
-//! sender), and a check that the steady state does not allocate.
+//! sender), bare and through a media worker's tick, and a check that the steady state of
+//! both does not allocate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use switchboard::engine::{Datagram, MediaIo, Worker};
 use switchboard::media::codec::g711::ulaw_encode;
 use switchboard::media::frame::FRAME;
-use switchboard::media::leg::{Leg, LegCommand};
+use switchboard::media::leg::{Leg, LegCommand, LegEvent, Port};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 
@@ -61,6 +64,73 @@ fn tick_all(legs: &mut [Leg], now: Instant, n: u64, pkt: &[u8], sent: &mut usize
     }
 }
 
+/// A worker's io: the tick's one packet for every leg in, sent bytes counted.
+struct BenchIo {
+    pkt: [u8; 1500],
+    len: usize,
+    unread: Vec<bool>,
+    sent: usize,
+    now: (Instant, SystemTime),
+}
+
+impl MediaIo for BenchIo {
+    type Endpoint = usize;
+
+    fn recv(&mut self, leg: &usize, port: Port, buf: &mut [u8]) -> Option<Datagram> {
+        if port != Port::Rtp || !std::mem::take(&mut self.unread[*leg]) {
+            return None;
+        }
+        buf[..self.len].copy_from_slice(&self.pkt[..self.len]);
+        Some(Datagram {
+            len: self.len,
+            from: PEER,
+            stamp: None,
+        })
+    }
+
+    fn send(&mut self, _leg: &usize, _port: Port, _to: SocketAddr, bytes: &[u8]) {
+        self.sent += bytes.len();
+    }
+
+    fn now(&mut self) -> (Instant, SystemTime) {
+        self.now
+    }
+}
+
+/// A worker of `n` echo legs, its io, and the legs' event receivers (kept open).
+fn worker(
+    n: usize,
+    now: Instant,
+) -> (
+    Worker<usize>,
+    BenchIo,
+    Vec<tokio::sync::mpsc::UnboundedReceiver<LegEvent>>,
+) {
+    let mut w = Worker::new();
+    let mut events = Vec::with_capacity(n);
+    for (i, leg) in legs(n, now).into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        w.add_leg(i as u64, leg, i, tx);
+        events.push(rx);
+    }
+    let io = BenchIo {
+        pkt: [0; 1500],
+        len: 0,
+        unread: vec![false; n],
+        sent: 0,
+        now: (now, SystemTime::now()),
+    };
+    (w, io, events)
+}
+
+fn worker_tick(w: &mut Worker<usize>, io: &mut BenchIo, t0: Instant, n: u64) {
+    io.len = packet(n, &mut io.pkt);
+    io.unread.fill(true);
+    let now = t0 + FRAME * n as u32;
+    io.now.0 = now;
+    w.tick(n, now, io.now.1, io);
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("media tick");
     for n_legs in [100usize, 1000] {
@@ -84,6 +154,23 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    for n_legs in [100usize, 1000] {
+        g.throughput(Throughput::Elements(n_legs as u64));
+        g.bench_with_input(
+            BenchmarkId::new("worker echo legs", n_legs),
+            &n_legs,
+            |b, &n_legs| {
+                let t0 = Instant::now();
+                let (mut w, mut io, _events) = worker(n_legs, t0);
+                let mut n = 0u64;
+                b.iter(|| {
+                    worker_tick(&mut w, &mut io, t0, n);
+                    n += 1;
+                });
+                black_box(io.sent);
+            },
+        );
+    }
     g.finish();
 
     // Steady state: after warming up, 500 ticks of 100 legs allocate nothing.
@@ -103,6 +190,20 @@ fn bench(c: &mut Criterion) {
     let allocs = alloc::allocations() - before;
     println!("allocations in 500 steady-state ticks of 100 legs: {allocs}");
     assert_eq!(allocs, 0, "the media tick allocated");
+
+    // The same through a worker's tick (receive, echo, send, events, counters).
+    let (mut w, mut io, _events) = worker(100, t0);
+    for n in 0..200u64 {
+        worker_tick(&mut w, &mut io, t0, n);
+    }
+    let before = alloc::allocations();
+    for n in 200..700u64 {
+        worker_tick(&mut w, &mut io, t0, n);
+    }
+    let allocs = alloc::allocations() - before;
+    println!("allocations in 500 steady-state worker ticks of 100 legs: {allocs}");
+    assert_eq!(allocs, 0, "the worker tick allocated");
+    assert!(io.sent > 0, "the worker's legs sent");
 }
 
 criterion_group!(benches, bench);

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::media::worker::WorkerStats;
+use crate::engine::WorkerStats;
 
 /// Lowest SIP status code counted per code; others are counted as `other`.
 const FIRST_CODE: u16 = 100;

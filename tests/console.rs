@@ -372,7 +372,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
         }),
         actions: actions_tx,
     });
-    let worker = Arc::new(switchboard::media::worker::WorkerStats::default());
+    let worker = Arc::new(switchboard::engine::WorkerStats::default());
     {
         use std::sync::atomic::Ordering::Relaxed;
         worker.legs.store(3, Relaxed);

@@ -10,11 +10,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use rtcp_types::{Compound, Packet};
+use switchboard::engine::{LegSockets, MediaEngine};
 use switchboard::media::frame::{FRAME, FRAME_SAMPLES};
 use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use switchboard::media::stamp;
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
-use switchboard::media::worker::{LegSockets, MediaEngine};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use switchboard::rtp::NtpTime;

@@ -743,7 +743,7 @@ async fn stats_match_the_live_state_and_the_workers() {
     std::fs::create_dir_all(&base).unwrap();
     let index = Arc::new(RecordingIndex::load(&base).unwrap());
     let calls = CallRegistry::default();
-    let workers: Vec<Arc<crate::media::worker::WorkerStats>> = vec![Arc::default(), Arc::default()];
+    let workers: Vec<Arc<crate::engine::WorkerStats>> = vec![Arc::default(), Arc::default()];
     use std::sync::atomic::Ordering::Relaxed;
     workers[0].legs.store(2, Relaxed);
     workers[1].legs.store(1, Relaxed);

@@ -65,9 +65,9 @@ pub use auth::check_token_policy;
 pub use index::{IndexError, ListFilter, Page, RecordingIndex};
 pub use openapi::ApiDoc;
 
+use crate::engine::WorkerStats;
 use crate::events::EventBus;
 use crate::live::{CallRegistry, NoRooms, Rooms};
-use crate::media::worker::WorkerStats;
 use crate::metrics::Metrics;
 
 /// Keep-alive comment interval of the event stream, short enough for common proxy timeouts.

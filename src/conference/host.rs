@@ -187,6 +187,26 @@ pub struct RoomLink {
     pub pending: Arc<AtomicUsize>,
 }
 
+impl RoomLink {
+    /// A new room's link with an empty view, created at `created_at` (RFC 3339), with
+    /// `pending` joins already on their way.
+    pub fn new(id: u64, name: &str, bus: EventBus, created_at: String, pending: usize) -> Self {
+        RoomLink {
+            id,
+            name: Arc::from(name),
+            bus,
+            info: Arc::new(Mutex::new(RoomInfo {
+                name: name.to_string(),
+                members: Vec::new(),
+                locked: false,
+                recording: None,
+                created_at,
+            })),
+            pending: Arc::new(AtomicUsize::new(pending)),
+        }
+    }
+}
+
 impl std::fmt::Debug for RoomLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RoomLink({} {})", self.id, self.name)
@@ -585,19 +605,7 @@ mod tests {
             },
             ..RoomSettings::default()
         };
-        let link = RoomLink {
-            id: 7,
-            name: Arc::from("r"),
-            bus: EventBus::new(64),
-            info: Arc::new(Mutex::new(RoomInfo {
-                name: "r".into(),
-                members: Vec::new(),
-                locked: false,
-                recording: None,
-                created_at: String::new(),
-            })),
-            pending: Arc::new(AtomicUsize::new(0)),
-        };
+        let link = RoomLink::new(7, "r", EventBus::new(64), String::new(), 0);
         let room = Room::new(settings, RoomSounds::default()).unwrap();
         RoomHost::new(link, room, None, Box::new(|| {}))
     }

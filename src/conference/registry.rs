@@ -7,7 +7,9 @@
 //! that the room's worker keeps current.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -23,7 +25,28 @@ use crate::live::{ControlError, MemberAction, RoomAction, RoomInfo, Rooms};
 use crate::media::frame::{AudioSource, INTERNAL_RATE};
 use crate::media::prompt::{Prompt, PromptCache, PromptPlayer};
 use crate::media::record::RecorderFactory;
-use crate::media::worker::{LegHandle, MediaEngine};
+
+/// What the registry needs of the media workers (the engine implements it): rooms placed
+/// on a worker and commanded there.
+pub trait RoomWorkers: Send + Sync {
+    /// The worker a new room should go to.
+    fn least_loaded(&self) -> usize;
+    /// Places a room on `worker`; false when that worker has stopped.
+    fn add_room(&self, worker: usize, host: RoomHost) -> bool;
+    /// Sends a command to room `room` on `worker`; false when the worker has stopped.
+    fn room_command(&self, worker: usize, room: u64, cmd: RoomCommand) -> bool;
+}
+
+/// A call's leg as the registry joins it to a room (the engine's leg handle implements it).
+pub trait RoomLeg: Send + Sync {
+    /// The leg's id on its worker.
+    fn id(&self) -> u64;
+    /// Moves the leg to `worker`, resolving once it is there; the error says why not.
+    fn move_to(
+        &self,
+        worker: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
 
 /// Joins tried when the room went away between finding it and joining it.
 const JOIN_ATTEMPTS: usize = 3;
@@ -71,7 +94,7 @@ pub struct Membership {
     member: MemberId,
     room: u64,
     worker: usize,
-    media: Arc<MediaEngine>,
+    media: Arc<dyn RoomWorkers>,
     left: Option<oneshot::Receiver<RemoveReason>>,
     reason: Option<LeaveReason>,
 }
@@ -137,7 +160,7 @@ struct Entry {
 }
 
 struct Inner {
-    media: Arc<MediaEngine>,
+    media: Arc<dyn RoomWorkers>,
     prompts: Arc<PromptCache>,
     events: EventBus,
     config: ConferenceConfig,
@@ -163,7 +186,7 @@ impl std::fmt::Debug for ConferenceRegistry {
 impl ConferenceRegistry {
     /// A registry placing rooms on `media`'s workers.
     pub fn new(
-        media: Arc<MediaEngine>,
+        media: Arc<dyn RoomWorkers>,
         prompts: Arc<PromptCache>,
         events: EventBus,
         config: ConferenceConfig,
@@ -195,7 +218,7 @@ impl ConferenceRegistry {
         &self,
         room: &str,
         opts: JoinOptions,
-        leg: &mut LegHandle,
+        leg: &mut dyn RoomLeg,
     ) -> Result<Membership, JoinError> {
         let settings = Arc::new(self.inner.config.room_settings(room));
         for _ in 0..JOIN_ATTEMPTS {
@@ -221,10 +244,10 @@ impl ConferenceRegistry {
         link: &RoomLink,
         worker: usize,
         opts: &JoinOptions,
-        leg: &mut LegHandle,
+        leg: &mut dyn RoomLeg,
     ) -> Result<Membership, Attempt> {
         let media = &self.inner.media;
-        if let Err(e) = media.move_leg(leg, worker).await {
+        if let Err(e) = leg.move_to(worker).await {
             link.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Attempt::Failed(JoinError::Failed(e.to_string())));
         }
@@ -300,19 +323,13 @@ impl ConferenceRegistry {
             return Ok((e.link.clone(), e.worker));
         }
         let id = self.inner.next_room.fetch_add(1, Ordering::Relaxed);
-        let link = RoomLink {
+        let link = RoomLink::new(
             id,
-            name: Arc::from(name),
-            bus: self.inner.events.clone(),
-            info: Arc::new(Mutex::new(RoomInfo {
-                name: name.to_string(),
-                members: Vec::new(),
-                locked: false,
-                recording: None,
-                created_at: crate::live::rfc3339_now(),
-            })),
-            pending: Arc::new(AtomicUsize::new(1)),
-        };
+            name,
+            self.inner.events.clone(),
+            crate::live::rfc3339_now(),
+            1,
+        );
         let recorder = if self.inner.config.room_auto_record(name) {
             self.start_recorder(name)
                 .map_err(|e| tracing::warn!(room = name, error = %e, "auto-record did not start"))

@@ -1,9 +1,9 @@
-//! Media engine: the frame and internal rate everything shares ([`frame`]), codecs, DTMF
-//! detection, tones, prompts and resampling, the per-call leg, and the worker threads that
-//! tick legs on the media clock.
+//! Media: the frame and internal rate everything shares ([`frame`]), codecs, DTMF
+//! detection, tones, prompts and resampling, and the per-call leg. The workers that tick legs
+//! live in [`crate::engine`].
 //!
-//! Apart from `worker` (threads and sockets) and prompt loading (files), everything here is
-//! sans-IO and works on caller-provided buffers: a 20 ms frame is encoded, decoded, scanned for
+//! Apart from kernel receive timestamps ([`stamp`]) and prompt loading (files), everything
+//! here is sans-IO and works on caller-provided buffers: a 20 ms frame is encoded, decoded, scanned for
 //! digits, filled with a tone or a prompt without allocating.
 
 pub mod codec;
@@ -16,4 +16,3 @@ pub mod record;
 pub mod resample;
 pub mod stamp;
 pub mod tone;
-pub mod worker;

@@ -1,0 +1,19 @@
+//! The media engine: it owns the media workers, their legs, the conference rooms those legs
+//! are in and their tick. It sits above `media` (legs, codecs) and `conference` (rooms), and
+//! gives the conference registry the workers it places rooms on.
+//!
+//! The tick is socket-free ([`worker`], over a [`MediaIo`]); the worker threads, their
+//! [`MediaClock`] schedule and the real sockets ([`SocketIo`]) are thin glue around it.
+
+pub mod clock;
+pub mod io;
+mod thread;
+pub mod worker;
+
+pub use clock::{MediaClock, TickStart};
+pub use io::{Datagram, LegSockets, MediaIo, SocketIo};
+pub use thread::{LegHandle, LegSender, MediaEngine, MoveError};
+pub use worker::{Worker, WorkerStats};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+//! The media worker threads and the handles calls hold: [`MediaEngine`] starts one OS thread
+//! per worker (real-time priority where permitted), each a thin loop that sleeps until its
+//! [`MediaClock`] deadline, applies commands and runs the socket-free [`Worker`] tick over
+//! [`SocketIo`]. Calls talk to their leg through a [`LegHandle`]; events come back on a tokio
+//! channel.
+//!
+//! A room and all its members live on one worker, so mixing takes no locks: a leg is moved
+//! to its room's worker before it joins ([`MediaEngine::move_leg`]). Its handle follows it,
+//! and the old worker forwards commands that still reach it for a while.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::clock::MediaClock;
+use super::io::{LegSockets, SocketIo};
+use super::worker::{Command, Route, Worker, WorkerStats};
+use crate::conference::host::{RoomCommand, RoomHost};
+use crate::conference::registry::{RoomLeg, RoomWorkers};
+use crate::media::leg::{Leg, LegCommand, LegEvent};
+
+/// The set of media workers.
+pub struct MediaEngine {
+    workers: Arc<Vec<Sender<Command<LegSockets>>>>,
+    stats: Vec<Arc<WorkerStats>>,
+    threads: Vec<JoinHandle<()>>,
+    next_id: AtomicU64,
+}
+
+/// A call's grip on its leg; dropping it removes the leg from its worker.
+#[derive(Debug)]
+pub struct LegHandle {
+    id: u64,
+    route: Arc<Route<LegSockets>>,
+}
+
+impl LegHandle {
+    /// Sends a command, applied at the start of the leg's next tick.
+    pub fn send(&self, cmd: LegCommand) {
+        self.route.send(Command::Leg(self.id, cmd));
+    }
+
+    /// A sender for other threads (e.g. a prompt loader); it does not keep the leg alive.
+    pub fn sender(&self) -> LegSender {
+        LegSender {
+            id: self.id,
+            route: self.route.clone(),
+        }
+    }
+
+    /// The leg's id, unique in its engine.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The worker the leg lives on now.
+    pub fn worker(&self) -> usize {
+        self.route.worker.load(Ordering::Acquire)
+    }
+
+    /// Moves the leg, with its sockets, events and id, to worker `to`; resolves once
+    /// commands sent through this handle reach the new worker after the leg itself.
+    pub async fn move_to(&self, to: usize) -> Result<(), MoveError> {
+        if to >= self.route.workers.len() {
+            return Err(MoveError::NoWorker(to));
+        }
+        if self.worker() == to {
+            return Ok(());
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.route.send(Command::Move {
+            id: self.id,
+            to,
+            done,
+        });
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(MoveError::Refused),
+        }
+    }
+}
+
+/// Sends commands to a leg from anywhere; unlike [`LegHandle`] it does not own the leg.
+#[derive(Debug, Clone)]
+pub struct LegSender {
+    id: u64,
+    route: Arc<Route<LegSockets>>,
+}
+
+impl LegSender {
+    /// Sends a command; ignored once the leg is gone.
+    pub fn send(&self, cmd: LegCommand) {
+        self.route.send(Command::Leg(self.id, cmd));
+    }
+}
+
+impl Drop for LegHandle {
+    fn drop(&mut self) {
+        self.route.send(Command::Remove(self.id));
+    }
+}
+
+/// A leg could not be moved to another worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveError {
+    /// No worker with that index.
+    #[error("no media worker {0}")]
+    NoWorker(usize),
+    /// The leg is gone, or in a room (a member stays with its room).
+    #[error("leg cannot move now")]
+    Refused,
+}
+
+impl MediaEngine {
+    /// Starts `workers` threads (0: one per core). With `realtime_priority` > 0 the threads ask
+    /// for SCHED_FIFO at that priority, so a busy machine delays the media tick less; where
+    /// that is not permitted they run at normal priority and say so once.
+    pub fn start(workers: usize, realtime_priority: i32) -> std::io::Result<MediaEngine> {
+        let n = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            workers
+        };
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel()).unzip();
+        let txs = Arc::new(txs);
+        let mut engine = MediaEngine {
+            workers: txs.clone(),
+            stats: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            next_id: AtomicU64::new(1),
+        };
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let stats = Arc::new(WorkerStats::default());
+            let s = stats.clone();
+            let peers = txs.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || {
+                    if realtime_priority > 0 {
+                        set_realtime(realtime_priority, i);
+                    }
+                    run(rx, s, peers)
+                })?;
+            engine.stats.push(stats);
+            engine.threads.push(t);
+        }
+        Ok(engine)
+    }
+
+    /// Per-worker counters.
+    pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.stats.clone()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The worker with the fewest legs (rooms break ties).
+    pub fn least_loaded(&self) -> usize {
+        self.stats
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| {
+                (
+                    s.legs.load(Ordering::Relaxed),
+                    s.rooms.load(Ordering::Relaxed),
+                )
+            })
+            .map_or(0, |(i, _)| i)
+    }
+
+    /// Hands a leg and its sockets to the least loaded worker.
+    pub fn add(
+        &self,
+        leg: Leg,
+        sockets: LegSockets,
+        events: UnboundedSender<LegEvent>,
+    ) -> std::io::Result<LegHandle> {
+        sockets.prepare()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let worker = self.least_loaded();
+        // Counted at once, so that legs added in a burst spread over the workers.
+        if let Some(s) = self.stats.get(worker) {
+            s.legs.fetch_add(1, Ordering::Relaxed);
+        }
+        let route = Arc::new(Route {
+            worker: AtomicUsize::new(worker),
+            workers: self.workers.clone(),
+        });
+        self.workers
+            .get(worker)
+            .ok_or_else(|| std::io::Error::other("no media worker"))?
+            .send(Command::Add {
+                id,
+                leg: Box::new(leg),
+                endpoint: sockets,
+                events,
+                route: route.clone(),
+            })
+            .map_err(|_| std::io::Error::other("media worker stopped"))?;
+        Ok(LegHandle { id, route })
+    }
+
+    /// Moves a leg, with its sockets, events and id, to worker `to`; resolves once commands
+    /// sent through its handle reach the new worker after the leg itself.
+    pub async fn move_leg(&self, leg: &LegHandle, to: usize) -> Result<(), MoveError> {
+        leg.move_to(to).await
+    }
+
+    /// Places a new room on worker `worker` (see [`MediaEngine::least_loaded`]); false when
+    /// that worker has stopped.
+    pub fn add_room(&self, worker: usize, host: RoomHost) -> bool {
+        if let Some(s) = self.stats.get(worker) {
+            s.rooms.fetch_add(1, Ordering::Relaxed);
+        }
+        self.workers
+            .get(worker)
+            .is_some_and(|tx| tx.send(Command::AddRoom(Box::new(host))).is_ok())
+    }
+
+    /// Sends a command to a room on `worker`; false when the worker has stopped.
+    pub fn room_command(&self, worker: usize, room: u64, cmd: RoomCommand) -> bool {
+        self.workers
+            .get(worker)
+            .is_some_and(|tx| tx.send(Command::Room(room, cmd)).is_ok())
+    }
+}
+
+impl Drop for MediaEngine {
+    fn drop(&mut self) {
+        for tx in self.workers.iter() {
+            let _ = tx.send(Command::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_realtime(priority: i32, worker: usize) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: plain FFI call on the current thread with a valid, initialised parameter.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 && worker == 0 {
+        tracing::info!(
+            error = %std::io::Error::from_raw_os_error(rc),
+            "media workers run without real-time priority"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_realtime(_priority: i32, _worker: usize) {}
+
+impl RoomWorkers for MediaEngine {
+    fn least_loaded(&self) -> usize {
+        MediaEngine::least_loaded(self)
+    }
+
+    fn add_room(&self, worker: usize, host: RoomHost) -> bool {
+        MediaEngine::add_room(self, worker, host)
+    }
+
+    fn room_command(&self, worker: usize, room: u64, cmd: RoomCommand) -> bool {
+        MediaEngine::room_command(self, worker, room, cmd)
+    }
+}
+
+impl RoomLeg for LegHandle {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn move_to(
+        &self,
+        worker: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            LegHandle::move_to(self, worker)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// One worker's thread: sleep until the clock's deadline, apply commands, tick.
+fn run(
+    rx: Receiver<Command<LegSockets>>,
+    stats: Arc<WorkerStats>,
+    peers: Arc<Vec<Sender<Command<LegSockets>>>>,
+) {
+    let mut w = Worker::with_peers(stats, peers);
+    let mut io = SocketIo;
+    let mut clock = MediaClock::new(Instant::now());
+    loop {
+        let deadline = clock.deadline();
+        let now = Instant::now();
+        if now < deadline {
+            std::thread::sleep(deadline - now);
+        }
+        let now = Instant::now();
+        let tick = clock.start(now);
+        let stats = w.stats();
+        if tick.late {
+            stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .max_lateness_us
+            .fetch_max(tick.lateness.as_micros() as u64, Ordering::Relaxed);
+        if tick.skipped > 0 {
+            stats
+                .skipped_ticks
+                .fetch_add(tick.skipped, Ordering::Relaxed);
+            tracing::warn!(
+                late_ms = tick.lateness.as_millis() as u64,
+                "media tick skipped ahead"
+            );
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                Ok(cmd) => w.command(now, tick.n, cmd, &mut io),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        w.tick(tick.n, now, SystemTime::now(), &mut io);
+        w.stats()
+            .busy_us
+            .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}

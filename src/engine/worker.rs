@@ -1,0 +1,581 @@
+//! One media worker's state and its tick, socket-free: legs, the conference rooms those legs
+//! are in, and the commands from calls and rooms. Datagrams go through a [`MediaIo`], time is
+//! an argument, so the tick runs the same over real sockets ([`super::SocketIo`]) and over
+//! memory in virtual time.
+//!
+//! Order of a tick: every leg's receive half (datagrams, jitter buffer, decode, digits); each
+//! room's mix and its members' send halves; the send half of every leg not in a room; events
+//! to calls and key presses to rooms; room events. Commands are applied before it.
+//!
+//! RTCP timing is not the tick's: peers compute round-trip times from the delay between our
+//! reading their sender report and sending ours (DLSR), so the legs are given true times.
+//! RTCP datagrams carry the kernel's receive timestamp (the time they reached the socket, not
+//! the later tick that read them), turned into an `Instant` with one clock reading per
+//! receive batch; a leg whose report is due is sent with the clock read just then.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::io::MediaIo;
+use crate::conference::host::{MemberLegs, RoomCommand, RoomHost};
+use crate::conference::MemberId;
+use crate::media::codec::CodecKind;
+use crate::media::frame::Frame;
+use crate::media::leg::{Leg, LegCommand, LegEvent, LegStats, Port};
+use crate::rtp::packet::{classify, PacketKind};
+
+/// The RTCP socket is read every this many ticks.
+const RTCP_POLL_TICKS: u64 = 8;
+/// Datagrams read from one leg's socket per tick at most, so one flood cannot starve others.
+const MAX_READS_PER_TICK: usize = 16;
+/// Ticks a worker forwards commands for a leg that moved away (five seconds): long enough
+/// for every command sent before the handle learnt of the move.
+const FORWARD_TICKS: u64 = 250;
+
+/// Counters of one worker, readable from any thread.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Ticks run.
+    pub ticks: AtomicU64,
+    /// Ticks that started more than 2 ms after their deadline.
+    pub late_ticks: AtomicU64,
+    /// Frames skipped after falling more than three ticks behind.
+    pub skipped_ticks: AtomicU64,
+    /// Largest lateness seen, in microseconds.
+    pub max_lateness_us: AtomicU64,
+    /// Legs owned now.
+    pub legs: AtomicUsize,
+    /// Time spent working (not sleeping), in microseconds.
+    pub busy_us: AtomicU64,
+    /// RTP packets accepted by this worker's legs, ever.
+    pub packets_in: AtomicU64,
+    /// RTP packets sent by this worker's legs, ever.
+    pub packets_out: AtomicU64,
+    /// Frames concealed (lost or late) by this worker's legs, ever.
+    pub frames_concealed: AtomicU64,
+    /// RTP packets lost (expected from sequence numbers, never received) on this worker's legs, ever.
+    pub packets_lost: AtomicU64,
+    /// Conference rooms owned now.
+    pub rooms: AtomicUsize,
+    /// Members of those rooms now.
+    pub members: AtomicUsize,
+}
+
+/// A message to a worker; `E` is the per-leg endpoint of the worker's [`MediaIo`].
+pub(crate) enum Command<E> {
+    Add {
+        id: u64,
+        leg: Box<Leg>,
+        endpoint: E,
+        events: UnboundedSender<LegEvent>,
+        route: Arc<Route<E>>,
+    },
+    Leg(u64, LegCommand),
+    Remove(u64),
+    Move {
+        id: u64,
+        to: usize,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
+    AddRoom(Box<RoomHost>),
+    Room(u64, RoomCommand),
+    Stop,
+}
+
+impl<E> std::fmt::Debug for Command<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Add { id, .. } => write!(f, "Add({id})"),
+            Command::Leg(id, c) => write!(f, "Leg({id}, {c:?})"),
+            Command::Remove(id) => write!(f, "Remove({id})"),
+            Command::Move { id, to, .. } => write!(f, "Move({id} to {to})"),
+            Command::AddRoom(h) => write!(f, "AddRoom({})", h.id()),
+            Command::Room(id, c) => write!(f, "Room({id}, {c:?})"),
+            Command::Stop => write!(f, "Stop"),
+        }
+    }
+}
+
+struct Slot<E> {
+    id: u64,
+    leg: Box<Leg>,
+    endpoint: E,
+    events: UnboundedSender<LegEvent>,
+    route: Arc<Route<E>>,
+    /// The room (by id) and membership, while the leg is in one.
+    room: Option<(u64, MemberId)>,
+}
+
+/// Where a leg lives now: shared by its handle, its senders and its worker.
+#[derive(Debug)]
+pub(crate) struct Route<E> {
+    pub(crate) worker: AtomicUsize,
+    pub(crate) workers: Arc<Vec<Sender<Command<E>>>>,
+}
+
+impl<E> Route<E> {
+    /// Sends to the leg's current worker; ignored once that worker has stopped.
+    pub(crate) fn send(&self, cmd: Command<E>) {
+        let i = self.worker.load(Ordering::Acquire);
+        if let Some(tx) = self.workers.get(i) {
+            let _ = tx.send(cmd);
+        }
+    }
+}
+
+/// One worker's state: its legs and rooms, ticked over a [`MediaIo`] whose per-leg
+/// endpoints are `E`. Owned by one thread (or a test or benchmark driving it in virtual time).
+pub struct Worker<E> {
+    slots: Vec<Option<Slot<E>>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    rooms: Vec<RoomHost>,
+    /// Legs that moved away: (leg id, new worker, last tick to forward).
+    forwards: Vec<(u64, usize, u64)>,
+    peers: Arc<Vec<Sender<Command<E>>>>,
+    /// Counters of legs that are gone, so the totals never go backwards.
+    retired: LegStats,
+    stats: Arc<WorkerStats>,
+    /// Receive buffer, reused by every read.
+    buf: Box<[u8; 2048]>,
+}
+
+impl<E> Default for Worker<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> Worker<E> {
+    /// An empty worker on its own (no other workers to move legs to).
+    pub fn new() -> Self {
+        Self::with_peers(Arc::default(), Arc::new(Vec::new()))
+    }
+
+    /// An empty worker; `peers` are every worker's command senders (for moving legs).
+    pub(crate) fn with_peers(stats: Arc<WorkerStats>, peers: Arc<Vec<Sender<Command<E>>>>) -> Self {
+        Worker {
+            slots: Vec::with_capacity(256),
+            free: Vec::with_capacity(256),
+            by_id: HashMap::with_capacity(256),
+            rooms: Vec::with_capacity(16),
+            forwards: Vec::new(),
+            peers,
+            retired: LegStats::default(),
+            stats,
+            buf: Box::new([0; 2048]),
+        }
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Adds a leg reached through `endpoint`; its events go to `events`.
+    pub fn add_leg(&mut self, id: u64, leg: Leg, endpoint: E, events: UnboundedSender<LegEvent>) {
+        let route = Arc::new(Route {
+            worker: AtomicUsize::new(0),
+            workers: self.peers.clone(),
+        });
+        self.insert(Slot {
+            id,
+            leg: Box::new(leg),
+            endpoint,
+            events,
+            route,
+            room: None,
+        });
+    }
+
+    /// Applies a command to leg `id`, as its handle would.
+    pub fn leg_command(&mut self, now: Instant, id: u64, cmd: LegCommand) {
+        if let Some((_, s)) = self.slot_of(id) {
+            s.leg.apply(now, cmd);
+        }
+    }
+
+    /// Places a room on this worker.
+    pub fn add_room(&mut self, host: RoomHost) {
+        self.rooms.push(host);
+    }
+
+    /// Applies a command to room `room` (a join, a control), as the registry would.
+    pub fn room_command<I>(&mut self, now: Instant, room: u64, cmd: RoomCommand, io: &mut I)
+    where
+        I: MediaIo<Endpoint = E>,
+    {
+        let Some(r) = self.rooms.iter().position(|h| h.id() == room) else {
+            cmd.refuse_gone();
+            return;
+        };
+        let (_, wallclock) = io.now();
+        let mut legs = Legs {
+            slots: &mut self.slots,
+            by_id: &self.by_id,
+            tick: 0,
+            now,
+            wallclock,
+            io,
+        };
+        self.rooms[r].command(now, cmd, &mut legs);
+        self.rooms[r].flush(now, &mut legs);
+    }
+
+    fn slot_of(&mut self, id: u64) -> Option<(usize, &mut Slot<E>)> {
+        let i = *self.by_id.get(&id)?;
+        self.slots.get_mut(i)?.as_mut().map(|s| (i, s))
+    }
+
+    /// Hands a command for a leg that moved away to its new worker; false if it never did.
+    fn forward(&self, id: u64, cmd: Command<E>) -> bool {
+        match self.forwards.iter().find(|f| f.0 == id) {
+            Some(&(_, to, _)) => {
+                if let Some(tx) = self.peers.get(to) {
+                    let _ = tx.send(cmd);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, slot: Slot<E>) -> usize {
+        let id = slot.id;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(id, i);
+        i
+    }
+
+    fn take(&mut self, i: usize) -> Option<Slot<E>> {
+        let s = self.slots.get_mut(i)?.take()?;
+        self.by_id.remove(&s.id);
+        self.free.push(i);
+        Some(s)
+    }
+
+    fn forward_move(&self, id: u64, cmd: Command<E>) -> Result<(), Command<E>> {
+        match self.forwards.iter().find(|f| f.0 == id) {
+            Some(&(_, to, _)) => match self.peers.get(to) {
+                Some(tx) => tx.send(cmd).map_err(|e| e.0),
+                None => Err(cmd),
+            },
+            None => Err(cmd),
+        }
+    }
+
+    /// Applies a command at tick `n` (before that tick runs).
+    pub(crate) fn command<I>(&mut self, now: Instant, n: u64, cmd: Command<E>, io: &mut I)
+    where
+        I: MediaIo<Endpoint = E>,
+    {
+        match cmd {
+            Command::Add {
+                id,
+                leg,
+                endpoint,
+                events,
+                route,
+            } => {
+                self.insert(Slot {
+                    id,
+                    leg,
+                    endpoint,
+                    events,
+                    route,
+                    room: None,
+                });
+            }
+            Command::Leg(id, cmd) => match self.slot_of(id) {
+                Some((_, s)) => s.leg.apply(now, cmd),
+                None => {
+                    let _ = self.forward(id, Command::Leg(id, cmd));
+                }
+            },
+            Command::Remove(id) => {
+                let Some((i, _)) = self.slot_of(id) else {
+                    let _ = self.forward(id, Command::Remove(id));
+                    return;
+                };
+                let room = self.slots[i].as_ref().and_then(|s| s.room);
+                if let Some((room, member)) = room {
+                    // The call hung up while in a room: it leaves first.
+                    self.room_command(now, room, RoomCommand::Hangup { member }, io);
+                }
+                if let Some(mut s) = self.take(i) {
+                    // The call is over: a recording in progress ends as a hangup, digits kept.
+                    s.leg.close();
+                    if let Some((to, bye)) = s.leg.rtcp_bye() {
+                        io.send(&s.endpoint, Port::Rtcp, to, bye);
+                    }
+                    // What closing produced (a recording ended by the hangup) goes to the call
+                    // before the final statistics.
+                    while let Some(e) = s.leg.poll_event() {
+                        let _ = s.events.send(e);
+                    }
+                    let _ = s.events.send(LegEvent::Closed(s.leg.rtp_summary()));
+                    add_stats(&mut self.retired, s.leg.stats());
+                }
+            }
+            Command::Move { id, to, done } => {
+                let Some((i, s)) = self.slot_of(id) else {
+                    if let Err(Command::Move { done, .. }) =
+                        self.forward_move(id, Command::Move { id, to, done })
+                    {
+                        let _ = done.send(false);
+                    }
+                    return;
+                };
+                if s.room.is_some() || self.peers.get(to).is_none() {
+                    let _ = done.send(false);
+                    return;
+                }
+                let Some(s) = self.take(i) else {
+                    let _ = done.send(false);
+                    return;
+                };
+                let route = s.route.clone();
+                add_stats(&mut self.retired, s.leg.stats());
+                let sent = self.peers[to].send(Command::Add {
+                    id,
+                    leg: s.leg,
+                    endpoint: s.endpoint,
+                    events: s.events,
+                    route: route.clone(),
+                });
+                if sent.is_ok() {
+                    route.worker.store(to, Ordering::Release);
+                    self.forwards.push((id, to, n + FORWARD_TICKS));
+                }
+                let _ = done.send(sent.is_ok());
+            }
+            Command::AddRoom(host) => self.rooms.push(*host),
+            Command::Room(room, cmd) => self.room_command(now, room, cmd, io),
+            Command::Stop => {}
+        }
+    }
+
+    /// Runs tick `n` due at `now` (commands for it applied first): every leg and room,
+    /// datagrams through `io`. The steady state allocates nothing.
+    pub fn tick<I>(&mut self, n: u64, now: Instant, wallclock: SystemTime, io: &mut I)
+    where
+        I: MediaIo<Endpoint = E>,
+    {
+        self.forwards.retain(|f| f.2 >= n);
+        let mut live = LegStats::default();
+        for s in self.slots.iter_mut().flatten() {
+            receive_leg(s, now, wallclock, n, &mut self.buf[..], io);
+        }
+        let mut legs = Legs {
+            slots: &mut self.slots,
+            by_id: &self.by_id,
+            tick: n,
+            now,
+            wallclock,
+            io: &mut *io,
+        };
+        let mut members = 0;
+        for host in &mut self.rooms {
+            host.tick(now, &mut legs);
+            members += host.len();
+        }
+        for s in self.slots.iter_mut().flatten() {
+            if s.room.is_none() {
+                let endpoint = &s.endpoint;
+                let (now, wallclock) = send_time(&s.leg, now, wallclock, io);
+                s.leg.send(now, wallclock, n, None, &mut |port, to, bytes| {
+                    io.send(endpoint, port, to, bytes)
+                });
+            }
+            let mut key = None;
+            while let Some(e) = s.leg.poll_event() {
+                if let (LegEvent::Digit { digit, .. }, Some(_)) = (&e, s.room) {
+                    key = Some(*digit);
+                }
+                let _ = s.events.send(e);
+            }
+            if let (Some(digit), Some((room, member))) = (key, s.room) {
+                if let Some(h) = self.rooms.iter_mut().find(|h| h.id() == room) {
+                    h.key(member, digit);
+                }
+            }
+            add_stats(&mut live, s.leg.stats());
+        }
+        let mut legs = Legs {
+            slots: &mut self.slots,
+            by_id: &self.by_id,
+            tick: n,
+            now,
+            wallclock,
+            io,
+        };
+        for host in &mut self.rooms {
+            host.flush(now, &mut legs);
+        }
+        self.rooms.retain_mut(|h| !h.close_if_done(now));
+        let stats = &self.stats;
+        stats.ticks.fetch_add(1, Ordering::Relaxed);
+        stats.rooms.store(self.rooms.len(), Ordering::Relaxed);
+        stats.legs.store(self.by_id.len(), Ordering::Relaxed);
+        stats.members.store(members, Ordering::Relaxed);
+        stats
+            .packets_in
+            .store(live.packets_in + self.retired.packets_in, Ordering::Relaxed);
+        stats.packets_out.store(
+            live.packets_out + self.retired.packets_out,
+            Ordering::Relaxed,
+        );
+        stats.frames_concealed.store(
+            live.frames_concealed + self.retired.frames_concealed,
+            Ordering::Relaxed,
+        );
+        stats.packets_lost.store(
+            live.packets_lost + self.retired.packets_lost,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+fn add_stats(total: &mut LegStats, s: LegStats) {
+    total.packets_in += s.packets_in;
+    total.packets_out += s.packets_out;
+    total.frames_concealed += s.frames_concealed;
+    total.frames_decoded += s.frames_decoded;
+    total.dropped += s.dropped;
+    total.packets_lost += s.packets_lost;
+}
+
+/// The worker's legs as a room sees its members.
+struct Legs<'a, E, I> {
+    slots: &'a mut Vec<Option<Slot<E>>>,
+    by_id: &'a HashMap<u64, usize>,
+    tick: u64,
+    now: Instant,
+    wallclock: SystemTime,
+    io: &'a mut I,
+}
+
+impl<E, I: MediaIo<Endpoint = E>> MemberLegs for Legs<'_, E, I> {
+    fn find(&self, leg: u64) -> Option<usize> {
+        let i = *self.by_id.get(&leg)?;
+        let s = self.slots.get(i)?.as_ref()?;
+        s.room.is_none().then_some(i)
+    }
+
+    fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
+        if let Some(Some(s)) = self.slots.get_mut(tag) {
+            s.room = room;
+        }
+    }
+
+    fn input(&self, tag: usize) -> Option<&Frame> {
+        let s = self.slots.get(tag)?.as_ref()?;
+        (s.leg.hearing() && !s.leg.dtmf_sounding()).then(|| s.leg.input())
+    }
+
+    fn codec(&self, tag: usize) -> Option<CodecKind> {
+        Some(self.slots.get(tag)?.as_ref()?.leg.codec())
+    }
+
+    fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
+        let Some(Some(s)) = self.slots.get_mut(tag) else {
+            return;
+        };
+        let io = &mut *self.io;
+        let (now, wallclock) = send_time(&s.leg, self.now, self.wallclock, io);
+        let endpoint = &s.endpoint;
+        let mut out = |port, to, bytes: &[u8]| io.send(endpoint, port, to, bytes);
+        match encoded {
+            Some(payload) => s
+                .leg
+                .send_encoded(now, wallclock, self.tick, pcm, payload, &mut out),
+            None => s.leg.send(now, wallclock, self.tick, Some(pcm), &mut out),
+        }
+    }
+}
+
+/// The time to send a leg's half tick with: the tick's, unless an RTCP report goes out now,
+/// whose DLSR and NTP timestamp must be the true send time.
+fn send_time<I: MediaIo>(
+    leg: &Leg,
+    now: Instant,
+    wallclock: SystemTime,
+    io: &mut I,
+) -> (Instant, SystemTime) {
+    if leg.rtcp_due(now) {
+        io.now()
+    } else {
+        (now, wallclock)
+    }
+}
+
+/// The clock, read once per receive batch and only when a datagram needs it, to place
+/// kernel receive timestamps on the monotonic clock.
+struct BatchClock(Option<(Instant, SystemTime)>);
+
+impl BatchClock {
+    /// When a datagram stamped `stamp` by the kernel arrived (now, if it was not stamped).
+    fn arrival<I: MediaIo>(
+        &mut self,
+        stamp: Option<SystemTime>,
+        io: &mut I,
+    ) -> (Instant, SystemTime) {
+        let (now, wall) = *self.0.get_or_insert_with(|| io.now());
+        let Some(stamp) = stamp else {
+            return (now, wall);
+        };
+        // A wallclock stepped back since the datagram arrived counts as no time waited.
+        let waited = wall.duration_since(stamp).unwrap_or_default();
+        (now.checked_sub(waited).unwrap_or(now), stamp.min(wall))
+    }
+}
+
+fn receive_leg<E, I: MediaIo<Endpoint = E>>(
+    s: &mut Slot<E>,
+    now: Instant,
+    wallclock: SystemTime,
+    n: u64,
+    buf: &mut [u8],
+    io: &mut I,
+) {
+    let mut clock = BatchClock(None);
+    for _ in 0..MAX_READS_PER_TICK {
+        let Some(d) = io.recv(&s.endpoint, Port::Rtp, buf) else {
+            break;
+        };
+        let bytes = &buf[..d.len.min(buf.len())];
+        // RTP keeps the tick's time; RTCP (rtcp-mux) its true arrival.
+        let (at, wall) = match classify(bytes) {
+            PacketKind::Rtcp => clock.arrival(d.stamp, io),
+            _ => (now, wallclock),
+        };
+        s.leg.handle_packet(at, wall, d.from, bytes)
+    }
+    // RTCP comes every few seconds and its timing comes from the kernel's receive timestamps:
+    // read its socket on every eighth tick only, saving a system call per leg per tick.
+    if n.is_multiple_of(RTCP_POLL_TICKS) {
+        for _ in 0..MAX_READS_PER_TICK {
+            let Some(d) = io.recv(&s.endpoint, Port::Rtcp, buf) else {
+                break;
+            };
+            let (at, wall) = clock.arrival(d.stamp, io);
+            s.leg
+                .handle_rtcp(at, wall, d.from, &buf[..d.len.min(buf.len())])
+        }
+    }
+    s.leg.receive(now);
+}
