@@ -39,7 +39,7 @@ fn new_caller(media: &MediaEngine, peer: RtpPeer, n: u32) -> Caller {
     let cfg = LegConfig::pcmu(peer.socket.local_addr().unwrap(), Ssrc::new(100 + n));
     let leg = Leg::new(cfg, std::time::Instant::now()).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let leg = media.add(leg, LegSockets { rtp, rtcp }, tx).unwrap();
+    let leg = media.add(leg, LegSockets::new(rtp, rtcp), tx).unwrap();
     Caller {
         peer,
         leg,

@@ -134,7 +134,7 @@ fn round_trips_over_loopback_come_out_near_zero() {
     );
     let leg = Leg::new(cfg, Instant::now()).unwrap();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let handle = media.add(leg, LegSockets { rtp, rtcp }, tx).unwrap();
+    let handle = media.add(leg, LegSockets::new(rtp, rtcp), tx).unwrap();
 
     // A few packets, so that the leg has a source to report on.
     send_rtp(&peer_rtp, leg_rtp, 0..10);

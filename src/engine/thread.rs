@@ -181,10 +181,10 @@ impl MediaEngine {
     pub fn add(
         &self,
         leg: Leg,
-        sockets: LegSockets,
+        mut sockets: LegSockets,
         events: UnboundedSender<LegEvent>,
     ) -> std::io::Result<LegHandle> {
-        sockets.prepare()?;
+        sockets.prepare(leg.rtcp_mux())?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let worker = self.least_loaded();
         // Counted at once, so that legs added in a burst spread over the workers.

@@ -828,6 +828,11 @@ impl Leg {
         self.last_tick = Some(tick);
     }
 
+    /// RTCP shares the RTP port (RFC 5761): RTCP then arrives on the RTP socket.
+    pub fn rtcp_mux(&self) -> bool {
+        self.cfg.rtcp_mux
+    }
+
     /// Whether an RTCP report goes out in a send half at `now`: the caller then passes the
     /// true send time, which the report's DLSR and NTP timestamp are taken from.
     pub fn rtcp_due(&self, now: Instant) -> bool {

@@ -493,10 +493,10 @@ impl Call {
             return;
         }
         let sockets = self.lease.as_ref().and_then(|l| {
-            Some(LegSockets {
-                rtp: l.rtp.try_clone().ok()?,
-                rtcp: l.rtcp.try_clone().ok()?,
-            })
+            Some(LegSockets::new(
+                l.rtp.try_clone().ok()?,
+                l.rtcp.try_clone().ok()?,
+            ))
         });
         let Some(sockets) = sockets else {
             return;
