@@ -128,6 +128,14 @@ impl<E> Route<E> {
     }
 }
 
+/// A leg that moved to another worker: its commands are passed on until the tick `until`.
+#[derive(Debug, Clone, Copy)]
+struct Forward {
+    leg: u64,
+    to: usize,
+    until: u64,
+}
+
 /// One worker's state: its legs and rooms, ticked over a [`MediaIo`] whose per-leg
 /// endpoints are `E`. Owned by one thread (or a test or benchmark driving it in virtual time).
 pub struct Worker<E> {
@@ -135,8 +143,8 @@ pub struct Worker<E> {
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
     rooms: Vec<RoomHost>,
-    /// Legs that moved away: (leg id, new worker, last tick to forward).
-    forwards: Vec<(u64, usize, u64)>,
+    /// Legs that moved away, whose commands go on to their new worker for a while.
+    forwards: Vec<Forward>,
     peers: Arc<Vec<Sender<Command<E>>>>,
     /// Counters of legs that are gone, so the totals never go backwards.
     retired: LegStats,
@@ -234,8 +242,8 @@ impl<E> Worker<E> {
 
     /// Hands a command for a leg that moved away to its new worker; false if it never did.
     fn forward(&self, id: u64, cmd: Command<E>) -> bool {
-        match self.forwards.iter().find(|f| f.0 == id) {
-            Some(&(_, to, _)) => {
+        match self.forwards.iter().find(|f| f.leg == id) {
+            Some(&Forward { to, .. }) => {
                 if let Some(tx) = self.peers.get(to) {
                     let _ = tx.send(cmd);
                 }
@@ -269,8 +277,8 @@ impl<E> Worker<E> {
     }
 
     fn forward_move(&self, id: u64, cmd: Command<E>) -> Result<(), Command<E>> {
-        match self.forwards.iter().find(|f| f.0 == id) {
-            Some(&(_, to, _)) => match self.peers.get(to) {
+        match self.forwards.iter().find(|f| f.leg == id) {
+            Some(&Forward { to, .. }) => match self.peers.get(to) {
                 Some(tx) => tx.send(cmd).map_err(|e| e.0),
                 None => Err(cmd),
             },
@@ -359,7 +367,11 @@ impl<E> Worker<E> {
                 });
                 if sent.is_ok() {
                     route.worker.store(to, Ordering::Release);
-                    self.forwards.push((id, to, n + FORWARD_TICKS));
+                    self.forwards.push(Forward {
+                        leg: id,
+                        to,
+                        until: n + FORWARD_TICKS,
+                    });
                 }
                 let _ = done.send(sent.is_ok());
             }
@@ -375,7 +387,7 @@ impl<E> Worker<E> {
     where
         I: MediaIo<Endpoint = E>,
     {
-        self.forwards.retain(|f| f.2 >= n);
+        self.forwards.retain(|f| f.until >= n);
         let mut live = LegStats::default();
         for s in self.slots.iter_mut().flatten() {
             receive_leg(s, now, wallclock, n, &mut self.buf[..], io);
