@@ -274,6 +274,8 @@ impl World {
                         status, terminated, ..
                     } => self.progress.push((status, terminated)),
                     Event::Ended { reason, .. } => self.ended.push(reason),
+                    // Events of calls we place; none here.
+                    Event::Progress { .. } | Event::Answered { .. } | Event::Failed { .. } => {}
                 }
             }
             if !moved {

@@ -1,6 +1,9 @@
-//! Dialog state of a call we answered (RFC 3261 §12): identifiers, CSeq spaces, remote
-//! target and route set, and building the in-dialog requests we send (BYE, INFO, re-INVITE,
-//! REFER).
+//! Dialog state of a call (RFC 3261 §12), one we answered or one we placed: identifiers,
+//! CSeq spaces, remote target and route set, and building the in-dialog requests we send
+//! (BYE, INFO, re-INVITE, REFER, the ACK for a 2xx).
+//!
+//! Routing is loose only (RFC 3261 §16.12.1.1, `;lr`): a strict router in the route set is
+//! treated as a loose one, which every current stack is.
 
 use super::ids::Ids;
 use super::message::{header_value, Method, Request};
@@ -50,7 +53,7 @@ impl Transport {
     }
 }
 
-/// A UAS dialog.
+/// A dialog, from either side.
 #[derive(Debug, Clone)]
 pub struct Dialog {
     /// Call-ID and tags.
@@ -136,6 +139,76 @@ impl Dialog {
                 .ok()
                 .and_then(|c| c.seq().ok())
                 .unwrap_or(0),
+            peer,
+        })
+    }
+
+    /// Creates the dialog a 2xx (or tagged 1xx) `resp` to our INVITE `req` establishes
+    /// (§12.1.2): the route set is the response's Record-Route reversed, the remote target
+    /// its Contact (the Request-URI when it has none). In-dialog requests go to the first
+    /// route, else to the remote target, when either names an IP address; else to `peer`.
+    pub fn new_uac(
+        req: &Request,
+        resp: &rsipstack::sip::Response,
+        peer: Peer,
+    ) -> Result<Dialog, DialogError> {
+        let call_id = req
+            .call_id_header()
+            .map_err(|_| DialogError("no Call-ID"))?
+            .value()
+            .trim()
+            .to_string();
+        let from = req.from_header().map_err(|_| DialogError("no From"))?;
+        let local_tag = from
+            .tag()
+            .ok()
+            .flatten()
+            .map(|t| t.value().to_string())
+            .ok_or(DialogError("no From tag"))?;
+        let to = resp.to_header().map_err(|_| DialogError("no To"))?;
+        let remote_tag = to
+            .tag()
+            .ok()
+            .flatten()
+            .map(|t| t.value().to_string())
+            .ok_or(DialogError("no To tag"))?;
+        let remote_target = resp
+            .contact_header()
+            .ok()
+            .and_then(|c| c.typed().ok())
+            .map(|c| c.uri.to_string())
+            .unwrap_or_else(|| req.uri.to_string());
+        let mut route_set: Vec<String> = resp
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::RecordRoute(rr) => Some(rr.value().to_string()),
+                _ => None,
+            })
+            .flat_map(|v| split_commas(&v))
+            .collect();
+        route_set.reverse();
+        let next_hop = route_set
+            .first()
+            .map_or(remote_target.as_str(), String::as_str);
+        let peer = uri_peer(next_hop, peer.transport).unwrap_or(peer);
+        Ok(Dialog {
+            id: DialogId {
+                call_id,
+                local_tag,
+                remote_tag,
+            },
+            local_party: from.value().trim().to_string(),
+            local_uri: bare_uri(from.value()),
+            remote_party: to.value().trim().to_string(),
+            remote_target,
+            route_set,
+            local_cseq: req
+                .cseq_header()
+                .ok()
+                .and_then(|c| c.seq().ok())
+                .unwrap_or(0),
+            remote_cseq: 0,
             peer,
         })
     }
@@ -248,8 +321,46 @@ impl Dialog {
     }
 }
 
+/// Where a `sip:`/`sips:` URI (bare or in `<>`) points when its host is an IP address: the
+/// port defaults to 5060, the transport to its `transport` parameter, else `default`.
+/// None for a host name, which the layer above must resolve.
+pub fn uri_peer(uri: &str, default: Transport) -> Option<Peer> {
+    // A bare URI keeps its parameters (`transport` among them).
+    let uri = if uri.contains('<') {
+        bare_uri(uri)
+    } else {
+        uri.trim().to_string()
+    };
+    let lower = uri.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("sip:")
+        .or_else(|| lower.strip_prefix("sips:"))?;
+    let (hostport, params) = match rest.find([';', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
+    let addr = hostport
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            let host = hostport.trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 5060))
+        })
+        .ok()?;
+    let transport = params
+        .split(';')
+        .find_map(|p| p.strip_prefix("transport="))
+        .map_or(default, |t| match t.split('?').next().unwrap_or("") {
+            "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
+            _ => default,
+        });
+    Some(Peer { transport, addr })
+}
+
 /// The URI of a name-addr (`"Name" <uri>;params`) or addr-spec (`uri;params`) header value.
-fn bare_uri(v: &str) -> String {
+pub(crate) fn bare_uri(v: &str) -> String {
     let v = v.trim();
     match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) if a < b => v[a + 1..b].to_string(),
@@ -258,7 +369,7 @@ fn bare_uri(v: &str) -> String {
 }
 
 /// Splits a header value at commas outside `<...>` and quotes.
-fn split_commas(v: &str) -> Vec<String> {
+pub(crate) fn split_commas(v: &str) -> Vec<String> {
     let mut out = Vec::new();
     let (mut depth, mut quoted, mut start) = (0i32, false, 0);
     for (i, c) in v.char_indices() {
@@ -349,6 +460,20 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(p.ess.cseq, d.local_cseq);
         assert_eq!(p.ess.cseq, 8, "one past the first CSeq given");
         assert!(p.ess.has_rfc3261_branch());
+    }
+
+    #[test]
+    fn uri_peer_reads_ip_hosts_ports_and_transport_only() {
+        let p = uri_peer("<sip:10.0.0.1;lr>", Transport::Udp).unwrap();
+        assert_eq!(p.addr, "10.0.0.1:5060".parse().unwrap());
+        assert_eq!(p.transport, Transport::Udp);
+        let p = uri_peer("sip:bob@10.0.0.2:5080;transport=TCP", Transport::Udp).unwrap();
+        assert_eq!(p.addr, "10.0.0.2:5080".parse().unwrap());
+        assert_eq!(p.transport, Transport::Tcp);
+        let p = uri_peer("sip:[::1]:5062", Transport::Tcp).unwrap();
+        assert_eq!(p.addr, "[::1]:5062".parse().unwrap());
+        assert_eq!(uri_peer("sip:proxy.example.com;lr", Transport::Udp), None);
+        assert_eq!(uri_peer("tel:+123", Transport::Udp), None);
     }
 
     #[test]

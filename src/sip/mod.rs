@@ -1,9 +1,10 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
-//! blind transfer (REFER), the endpoint core that ties them together, and the tokio transport
-//! glue.
+//! blind transfer (REFER), digest authentication, the endpoint core that ties them together
+//! (answering and placing calls), the registration client, and the tokio transport glue.
 
 pub mod call;
 pub mod dialog;
+pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod ids;

@@ -437,6 +437,8 @@ pub struct ClientTx {
     request: Vec<u8>,
     ack: Option<Vec<u8>>,
     backoff: Backoff,
+    /// An initial INVITE waits as long as it rings: Timer B stops at the first provisional.
+    patient: bool,
 }
 
 impl ClientTx {
@@ -458,6 +460,7 @@ impl ClientTx {
             request,
             ack: None,
             backoff: Backoff::new(cfg.t1, cap),
+            patient: false,
         };
         let (retransmit, timeout) = if invite {
             (Timer::A, Timer::B)
@@ -470,6 +473,23 @@ impl ClientTx {
         }
         tx.timers.set(timeout, now + cfg.timeout());
         tx
+    }
+
+    /// Makes an INVITE transaction wait without limit once a provisional arrived (RFC 3261
+    /// Figure 5: Timer B runs in Calling only). How long it may ring is the UAC core's choice;
+    /// re-INVITEs keep the 64·T1 bound so a vanished peer cannot hold one open for ever.
+    pub fn patient(mut self) -> Self {
+        self.patient = self.invite;
+        self
+    }
+
+    /// Arms the transaction timeout (Timer B or F) at `at`: after a CANCEL the INVITE gets
+    /// 64·T1 more for its final response (§9.1).
+    pub fn time_out_at(&mut self, at: Instant) {
+        if matches!(self.state, ClientState::Calling | ClientState::Proceeding) {
+            let t = if self.invite { Timer::B } else { Timer::F };
+            self.timers.set(t, at);
+        }
     }
 
     /// Current state.
@@ -485,6 +505,9 @@ impl ClientTx {
             (Calling | Proceeding, 100..=199) => {
                 self.state = Proceeding;
                 self.timers.stop(Timer::A);
+                if self.patient {
+                    self.timers.stop(Timer::B);
+                }
                 if self.timers.get(Timer::E).is_some() {
                     // §17.1.2.2: in Proceeding, retransmit every T2.
                     self.backoff = Backoff::new(self.cfg.t2, Some(self.cfg.t2));
@@ -787,6 +810,26 @@ mod tests {
         );
         assert_eq!(tx.ack_to_resend(), Some(&b"ACK"[..]));
         assert_eq!(tx.poll_timeout(), Some(t0 + ms(100 + 32_000)));
+    }
+
+    #[test]
+    fn a_patient_invite_rings_past_64_t1_until_a_cancel_bounds_it() {
+        let t0 = Instant::now();
+        let cfg = TimerConfig::default();
+        let mut tx = ClientTx::new(t0, cfg, false, true, b"INVITE".to_vec()).patient();
+        assert_eq!(tx.poll_timeout(), Some(t0 + ms(500)));
+        tx.on_response(t0 + ms(100), 180);
+        assert_eq!(tx.poll_timeout(), None, "no Timer A or B while ringing");
+        tx.time_out_at(t0 + ms(100_000));
+        let (_, timed_out) = drive(t0, ms(200_000), &mut tx);
+        assert_eq!(timed_out, Some(100_000));
+        let mut re = ClientTx::new(t0, cfg, false, true, b"INVITE".to_vec());
+        re.on_response(t0, 180);
+        assert_eq!(
+            re.poll_timeout(),
+            Some(t0 + cfg.timeout()),
+            "a re-INVITE keeps B"
+        );
     }
 
     #[test]

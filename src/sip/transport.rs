@@ -271,7 +271,10 @@ fn dispatch(
         | Event::ReInviteAnswered { call, .. }
         | Event::Info { call, .. }
         | Event::ReferAnswered { call, .. }
-        | Event::TransferProgress { call, .. } => {
+        | Event::TransferProgress { call, .. }
+        | Event::Progress { call, .. }
+        | Event::Answered { call, .. }
+        | Event::Failed { call, .. } => {
             if let Some(tx) = calls.get(&call) {
                 let _ = tx.send(ev);
             }

@@ -156,8 +156,12 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Ends the call from our side: BYE when answered, 480 while still ringing.
+    /// Ends the call from our side: BYE when answered, 480 while still ringing, CANCEL for
+    /// a call of ours not yet answered.
     pub fn hangup(&mut self, now: Instant, call: CallHandle) -> Result<(), CommandError> {
+        if self.is_unanswered_outgoing(call) {
+            return self.cancel(now, call);
+        }
         let phase = self
             .calls
             .get(&call)
@@ -289,4 +293,9 @@ impl Endpoint {
 /// The peer's Allow lists UPDATE.
 pub(super) fn allows_update(req: &Request) -> bool {
     has_option_tag(&req.headers, "Allow", "UPDATE")
+}
+
+/// The Allow of the peer's 2xx to our INVITE lists UPDATE.
+pub(super) fn allows_update_response(resp: &rsipstack::sip::Response) -> bool {
+    has_option_tag(&resp.headers, "Allow", "UPDATE")
 }

@@ -1,18 +1,20 @@
-//! The sans-IO SIP user agent server core: routes each inbound message to its transaction
-//! or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE, NOTIFY, an
-//! UPDATE without body, 481, 405, 422 ...), runs each call's session timer (RFC 4028: our
-//! refreshes, BYE when the peer's stop), and reports calls to the layer above, which decides
-//! with [`Endpoint::answer`] and friends.
+//! The sans-IO SIP user agent core, server and client: routes each inbound message to its
+//! transaction or dialog, answers what needs no decision (100 Trying, OPTIONS, CANCEL, BYE,
+//! NOTIFY, an UPDATE without body, 481, 405, 422 ...), runs each call's session timer
+//! (RFC 4028: our refreshes, BYE when the peer's stop), and reports calls to the layer
+//! above, which decides with [`Endpoint::answer`] and friends. Calls we place start with
+//! [`Endpoint::invite`].
 //!
 //! Inputs: [`Endpoint::handle_message`], [`Endpoint::handle_timeout`] and the call commands.
 //! Outputs, drained by the caller after every input: [`Endpoint::poll_transmit`],
 //! [`Endpoint::poll_event`], then [`Endpoint::poll_timeout`].
 //!
 //! This module owns the endpoint's types, its public surface, the routing of messages and
-//! timers, and the client transactions every in-dialog request of ours shares. The methods
-//! for each concern live beside it: `server` (server transactions, CANCEL, refusals),
-//! `invite` (initial INVITE, ACK, BYE), `reinvite` (re-INVITE and UPDATE offers, session
-//! timer refreshes) and `refer` (REFER and its NOTIFYs).
+//! timers, and the client transactions every request of ours shares. The methods for each
+//! concern live beside it: `server` (server transactions, CANCEL, refusals), `invite`
+//! (initial INVITE, ACK, BYE), `client` (calls we place: INVITE, CANCEL, forks, digest
+//! challenges), `reinvite` (re-INVITE and UPDATE offers, session timer refreshes) and
+//! `refer` (REFER and its NOTIFYs).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -33,12 +35,15 @@ use super::transaction::{
 use crate::error::Refusal;
 use rsipstack::sip::prelude::*;
 
+mod client;
 mod invite;
 mod refer;
 mod reinvite;
 mod server;
 
 use server::{unsupported_requirement, unusable_media_type};
+
+pub use client::{OutgoingCall, Party};
 
 /// Static settings of the endpoint.
 #[derive(Debug, Clone)]
@@ -51,7 +56,8 @@ pub struct EndpointConfig {
     pub user_agent: String,
 }
 
-/// Identifies a call (an INVITE dialog we answer) between the endpoint and the layer above.
+/// Identifies a call (an INVITE dialog we answer or place) between the endpoint and the
+/// layer above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallHandle(pub u64);
 
@@ -71,9 +77,11 @@ pub enum EndReason {
     RemoteBye,
     /// We sent BYE (and it completed or timed out).
     LocalBye,
-    /// The peer cancelled before we answered.
+    /// The INVITE was cancelled before its answer: by the peer (a call we answer) or by us
+    /// ([`Endpoint::cancel`], a call we place).
     Cancelled,
-    /// We answered with a final error response.
+    /// The INVITE got this final error response: from us (a call we answer), or from the
+    /// peer (a call we place; 408 when nobody answered).
     Rejected(u16),
     /// No ACK for our 2xx within 64·T1; we sent BYE.
     AckTimeout,
@@ -154,6 +162,41 @@ pub enum Event {
         /// Body.
         body: Vec<u8>,
     },
+    /// A provisional response (101-199) to an INVITE of ours: ringing, or early media when
+    /// `sdp` is given. Each fork has its own `to_tag` (its early dialog).
+    Progress {
+        /// The call.
+        call: CallHandle,
+        /// Status code.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+        /// To tag of the early dialog, when the response has one.
+        to_tag: Option<String>,
+        /// The SDP of early media.
+        sdp: Option<Vec<u8>>,
+    },
+    /// The first 2xx to an INVITE of ours; the ACK has gone out and the call is confirmed.
+    Answered {
+        /// The call.
+        call: CallHandle,
+        /// The SDP answer.
+        sdp: Option<Vec<u8>>,
+    },
+    /// A final error response to an INVITE of ours (408 when nobody answered); a 3xx is not
+    /// followed, its targets are here. [`Event::Ended`] follows.
+    Failed {
+        /// The call.
+        call: CallHandle,
+        /// Status code (300-699).
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Retry-After in seconds (a 503 or 486 may say when to try again).
+        retry_after: Option<u32>,
+        /// A 3xx's Contact URIs, in order.
+        contacts: Vec<String>,
+    },
     /// The call is over; the handle is no longer valid.
     Ended {
         /// The call.
@@ -175,6 +218,9 @@ pub enum CommandError {
     /// A transfer target we cannot send.
     #[error("transfer target {0}")]
     InvalidTarget(#[from] TargetError),
+    /// An outgoing call we cannot place; says what is wrong with it.
+    #[error("cannot place the call: {0}")]
+    InvalidCall(&'static str),
 }
 
 /// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by, method (ACK → INVITE).
@@ -218,6 +264,10 @@ enum ServerTx {
 /// What a client transaction was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientPurpose {
+    /// The initial INVITE of a call we place (see `client`).
+    Invite,
+    /// Our CANCEL of it; keyed apart from the INVITE, whose branch it shares.
+    Cancel,
     Bye,
     Info,
     /// `refresh`: a session refresh of ours (RFC 4028), not reported to the layer above.
@@ -291,9 +341,17 @@ impl Call {
     /// A call in its initial INVITE transaction `key`.
     fn new(dialog: Dialog, key: TxKey, peer_allows_update: bool) -> Self {
         Call {
+            invite_tx: Some(key),
+            ..Self::new_base(dialog, peer_allows_update)
+        }
+    }
+
+    /// An early call with no transaction: what [`Call::new`] and calls we place start from.
+    fn new_base(dialog: Dialog, peer_allows_update: bool) -> Self {
+        Call {
             dialog,
             phase: CallPhase::Early,
-            invite_tx: Some(key),
+            invite_tx: None,
             awaiting_ack: None,
             reinvite_pending: false,
             ended: false,
@@ -334,6 +392,8 @@ pub struct Endpoint {
     server_txs: HashMap<TxKey, ServerTx>,
     client_txs: HashMap<String, ClientEntry>,
     calls: HashMap<CallHandle, Call>,
+    /// Calls we placed, until their INVITE transaction ends.
+    outgoing: HashMap<CallHandle, client::Outgoing>,
     dialogs: HashMap<DialogId, CallHandle>,
     timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
     transmits: VecDeque<Transmit>,
@@ -359,6 +419,7 @@ impl Endpoint {
             server_txs: HashMap::new(),
             client_txs: HashMap::new(),
             calls: HashMap::new(),
+            outgoing: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
@@ -375,9 +436,9 @@ impl Endpoint {
         self.session_timers = cfg;
     }
 
-    /// Number of live calls.
+    /// Number of live calls, counting calls of ours not yet answered.
     pub fn call_count(&self) -> usize {
-        self.calls.len()
+        self.calls.len() + self.unanswered_outgoing()
     }
 
     /// Number of live transactions (server and client).
@@ -452,6 +513,10 @@ impl Endpoint {
         for o in out.drain(..) {
             match o {
                 TxOutput::Retransmit(bytes) => self.send(peer, bytes),
+                TxOutput::TimedOut if purpose == ClientPurpose::Invite => {
+                    self.on_invite_timeout(call, &branch)
+                }
+                TxOutput::TimedOut if purpose == ClientPurpose::Cancel => {}
                 TxOutput::TimedOut => {
                     if let ClientPurpose::Refer { cseq } = purpose {
                         self.refer_answered(call, cseq, 408);
@@ -469,6 +534,9 @@ impl Endpoint {
         self.scratch = out;
         if terminated {
             self.client_txs.remove(&branch);
+            if purpose == ClientPurpose::Invite {
+                self.invite_tx_gone(call, &branch);
+            }
         } else {
             self.rearm(TimerOwner::Client(branch));
         }
@@ -625,8 +693,13 @@ impl Endpoint {
     }
 
     fn on_response(&mut self, now: Instant, r: ParsedResponse) {
-        let Some(branch) = r.ess.branch.clone() else {
+        let Some(branch) = r.ess.branch.as_deref() else {
             return;
+        };
+        let branch = if r.ess.cseq_method == Method::Cancel {
+            cancel_key(branch)
+        } else {
+            branch.to_string()
         };
         let Some(entry) = self.client_txs.get_mut(&branch) else {
             tracing::debug!(code = r.code, "response matches no transaction");
@@ -635,12 +708,15 @@ impl Endpoint {
         let disposition = entry.tx.on_response(now, r.code);
         let resend_ack = entry.tx.ack_to_resend().map(<[u8]>::to_vec);
         let (call, purpose, peer) = (entry.call, entry.purpose, entry.peer);
-        if disposition == ResponseDisposition::Absorb {
+        if purpose == ClientPurpose::Invite && disposition == ResponseDisposition::Deliver {
+            self.on_invite_response(now, &branch, call, r);
+        } else if disposition == ResponseDisposition::Absorb {
             if let Some(ack) = resend_ack {
                 self.send(peer, ack);
             }
         } else if r.code >= 200 {
             match purpose {
+                ClientPurpose::Invite | ClientPurpose::Cancel => {}
                 ClientPurpose::Bye => self.forget_call(now, call),
                 ClientPurpose::Info => {}
                 ClientPurpose::Refer { cseq } => self.refer_answered(call, cseq, r.code),
@@ -662,6 +738,9 @@ impl Endpoint {
             .is_none_or(|e| e.tx.is_terminated());
         if terminated {
             self.client_txs.remove(&branch);
+            if purpose == ClientPurpose::Invite {
+                self.invite_tx_gone(call, &branch);
+            }
         } else {
             self.rearm(TimerOwner::Client(branch));
         }
@@ -715,14 +794,25 @@ impl Endpoint {
             .and_then(|v| v.typed().ok())
             .and_then(|v| v.branch().map(|b| b.to_string()))
             .unwrap_or_default();
+        let branch = if purpose == ClientPurpose::Cancel {
+            cancel_key(&branch)
+        } else {
+            branch
+        };
         let bytes = req.to_bytes();
-        let tx = ClientTx::new(
+        let mut tx = ClientTx::new(
             now,
             self.cfg.timers,
             peer.transport.is_reliable(),
-            matches!(purpose, ClientPurpose::ReInvite { .. }),
+            matches!(
+                purpose,
+                ClientPurpose::ReInvite { .. } | ClientPurpose::Invite
+            ),
             bytes.clone(),
         );
+        if purpose == ClientPurpose::Invite {
+            tx = tx.patient();
+        }
         self.send(peer, bytes);
         self.client_txs.insert(
             branch.clone(),
@@ -760,6 +850,11 @@ impl Endpoint {
             self.dialogs.remove(&c.dialog.id);
         }
     }
+}
+
+/// The client transaction key of our CANCEL, which shares its INVITE's branch (§9.1).
+fn cancel_key(branch: &str) -> String {
+    format!("{branch} CANCEL")
 }
 
 fn dialog_id_of(ess: &Essentials) -> Option<DialogId> {

@@ -1,0 +1,915 @@
+//! Calls we place, in virtual time: the endpoint's INVITE client side against a scripted
+//! peer that answers by hand-made responses. No sockets; 64·T1 passes in microseconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use switchboard::sip::dialog::{Peer, Transport};
+use switchboard::sip::digest::{self, Algorithm, Credentials, NonceIssuer};
+use switchboard::sip::endpoint::{
+    CallHandle, EndReason, Endpoint, EndpointConfig, Event, OutgoingCall, Party,
+};
+use switchboard::sip::ids::Ids;
+use switchboard::sip::message::{
+    classify, encode_response, header_value, push_header, response_to, set_body, Inbound,
+    ParsedRequest,
+};
+use switchboard::sip::transaction::TimerConfig;
+
+const US: &str = "127.0.0.1:5060";
+const THEM: &str = "127.0.0.1:5070";
+const SDP: &[u8] = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+const ANSWER: &[u8] = b"v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 42000 RTP/AVP 0\r\n";
+
+fn them(transport: Transport) -> Peer {
+    Peer {
+        transport,
+        addr: THEM.parse().unwrap(),
+    }
+}
+
+/// One message the endpoint sent: when (ms since the start), where, and its text.
+#[derive(Clone, Debug)]
+struct Sent {
+    at: u64,
+    to: Peer,
+    text: String,
+}
+
+struct World {
+    now: Instant,
+    start: Instant,
+    ep: Endpoint,
+    sent: Vec<Sent>,
+    events: Vec<(u64, Event)>,
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let now = Instant::now();
+        World {
+            now,
+            start: now,
+            ep: Endpoint::with_ids(
+                EndpointConfig {
+                    timers: TimerConfig::default(),
+                    local_addr: US.parse().unwrap(),
+                    user_agent: "switchboard-test".into(),
+                },
+                Ids::with_seed(seed),
+            ),
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        (self.now - self.start).as_millis() as u64
+    }
+
+    fn flush(&mut self) {
+        let at = self.ms();
+        while let Some(t) = self.ep.poll_transmit() {
+            self.sent.push(Sent {
+                at,
+                to: t.peer,
+                text: String::from_utf8(t.bytes).unwrap(),
+            });
+        }
+        while let Some(e) = self.ep.poll_event() {
+            self.events.push((at, e));
+        }
+    }
+
+    fn call(&mut self, out: OutgoingCall) -> CallHandle {
+        let h = self.ep.invite(self.now, out).unwrap();
+        self.flush();
+        h
+    }
+
+    /// Steps from deadline to deadline up to `ms` after the start; bounded.
+    fn advance_to(&mut self, ms: u64) {
+        let until = self.start + Duration::from_millis(ms);
+        for _ in 0..100_000 {
+            match self.ep.poll_timeout() {
+                Some(at) if at <= until => {
+                    self.now = self.now.max(at);
+                    self.ep.handle_timeout(self.now);
+                    self.flush();
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn deliver(&mut self, bytes: &[u8]) {
+        self.deliver_from(them(Transport::Udp), bytes);
+    }
+
+    fn deliver_from(&mut self, peer: Peer, bytes: &[u8]) {
+        self.ep.handle_message(self.now, peer, bytes);
+        self.flush();
+    }
+
+    /// Every message sent whose first line starts with `start`.
+    fn sent_starting(&self, start: &str) -> Vec<Sent> {
+        self.sent
+            .iter()
+            .filter(|s| s.text.starts_with(start))
+            .cloned()
+            .collect()
+    }
+
+    fn last(&self, start: &str) -> String {
+        self.sent_starting(start)
+            .last()
+            .unwrap_or_else(|| panic!("nothing sent starting {start}: {:#?}", self.sent))
+            .text
+            .clone()
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).map(|(_, e)| e).collect()
+    }
+}
+
+fn outgoing(transport: Transport) -> OutgoingCall {
+    OutgoingCall {
+        target: "sip:bob@127.0.0.1:5070".into(),
+        peer: them(transport),
+        from: Party {
+            display_name: Some("Switch \"Board\"".into()),
+            uri: "sip:sb@127.0.0.1".into(),
+        },
+        to: Party::uri("sip:bob@127.0.0.1:5070"),
+        sdp: Some(SDP.to_vec()),
+        headers: vec![("X-Campaign".into(), "42".into())],
+        route: Vec::new(),
+        credentials: None,
+    }
+}
+
+fn parse_req(text: &str) -> ParsedRequest {
+    match classify(text.as_bytes(), false) {
+        Inbound::Request(r) => *r,
+        other => panic!("not a request: {other:?}\n{text}"),
+    }
+}
+
+fn header<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}: ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+fn branch(text: &str) -> String {
+    parse_req(text).ess.branch.unwrap()
+}
+
+/// The peer's response to our request `req`, with its To tag, extra headers and body.
+fn reply(req: &str, code: u16, tag: Option<&str>, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let r = parse_req(req);
+    let reason = match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        302 => "Moved Temporarily",
+        401 => "Unauthorized",
+        407 => "Proxy Authentication Required",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    };
+    let mut resp = response_to(&r.req, code, reason, tag);
+    for (n, v) in extra {
+        push_header(&mut resp, n, v);
+    }
+    if !body.is_empty() {
+        set_body(&mut resp, "application/sdp", body.to_vec());
+    }
+    encode_response(&resp)
+}
+
+const CONTACT: (&str, &str) = ("Contact", "<sip:bob@127.0.0.1:5070>");
+
+/// A request from the peer in the dialog of our INVITE `invite` answered with To tag `tag`.
+fn their_request(invite: &str, method: &str, tag: &str, cseq: u32, body: &[u8]) -> Vec<u8> {
+    let r = parse_req(invite);
+    let from = header(invite, "From")[0];
+    let to = header(invite, "To")[0];
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".into()
+    };
+    let mut m = format!(
+        "{method} sip:sb@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtheirs{cseq}\r\n\
+Max-Forwards: 70\r\n\
+From: {to};tag={tag}\r\n\
+To: {from}\r\n\
+Call-ID: {}\r\n\
+CSeq: {cseq} {method}\r\n\
+Contact: <sip:bob@127.0.0.1:5070>\r\n\
+{ct}Content-Length: {}\r\n\r\n",
+        r.ess.call_id,
+        body.len()
+    )
+    .into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn unanswered_udp_invite_doubles_from_t1_and_timer_b_fails_it_408_at_64_t1() {
+    let mut w = World::new(1);
+    let call = w.call(outgoing(Transport::Udp));
+    w.advance_to(40_000);
+    let times: Vec<u64> = w.sent_starting("INVITE ").iter().map(|s| s.at).collect();
+    assert_eq!(times, vec![0, 500, 1500, 3500, 7500, 15500, 31500]);
+    let gaps: Vec<u64> = times.windows(2).map(|p| p[1] - p[0]).collect();
+    assert_eq!(gaps, vec![500, 1000, 2000, 4000, 8000, 16000], "T1·2^n");
+    let sent = w.sent_starting("INVITE ");
+    assert!(
+        sent.iter().all(|s| s.text == sent[0].text),
+        "retransmissions are identical"
+    );
+    assert_eq!(w.events.len(), 2, "{:?}", w.events);
+    assert!(matches!(
+        &w.events[0],
+        (32_000, Event::Failed { call: c, code: 408, .. }) if *c == call
+    ));
+    assert!(matches!(
+        &w.events[1],
+        (
+            32_000,
+            Event::Ended {
+                reason: EndReason::Rejected(408),
+                ..
+            }
+        )
+    ));
+    assert_eq!(w.ep.call_count(), 0);
+    assert_eq!(w.ep.transaction_count(), 0);
+}
+
+#[test]
+fn unanswered_tcp_invite_is_sent_once_and_fails_at_64_t1() {
+    let mut w = World::new(2);
+    w.call(outgoing(Transport::Tcp));
+    w.advance_to(31_999);
+    assert!(w.events.is_empty());
+    w.advance_to(40_000);
+    assert_eq!(w.sent_starting("INVITE ").len(), 1);
+    let invite = w.last("INVITE ");
+    assert!(header(&invite, "Via")[0].starts_with("SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK"));
+    assert!(header(&invite, "Contact")[0].contains("transport=tcp"));
+    assert!(matches!(
+        w.events[0],
+        (32_000, Event::Failed { code: 408, .. })
+    ));
+}
+
+#[test]
+fn the_invite_carries_what_the_call_asked_for() {
+    let mut w = World::new(3);
+    let mut out = outgoing(Transport::Udp);
+    out.route = vec!["sip:127.0.0.9:5060;lr".into()];
+    w.call(out);
+    let invite = w.last("INVITE ");
+    assert!(
+        invite.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"),
+        "{invite}"
+    );
+    let via = header(&invite, "Via")[0];
+    assert!(via.ends_with(";rport"), "{via}");
+    assert_eq!(header(&invite, "Route"), vec!["<sip:127.0.0.9:5060;lr>"]);
+    assert!(
+        header(&invite, "From")[0].starts_with("\"Switch \\\"Board\\\"\" <sip:sb@127.0.0.1>;tag=")
+    );
+    assert_eq!(header(&invite, "To"), vec!["<sip:bob@127.0.0.1:5070>"]);
+    assert_eq!(header(&invite, "X-Campaign"), vec!["42"]);
+    assert_eq!(header(&invite, "Content-Type"), vec!["application/sdp"]);
+    assert!(invite.ends_with(std::str::from_utf8(SDP).unwrap()));
+    let p = parse_req(&invite);
+    assert!(p.ess.has_rfc3261_branch());
+    assert_eq!(w.sent[0].to, them(Transport::Udp));
+    // What cannot be sent is refused before anything goes out.
+    let mut bad = outgoing(Transport::Udp);
+    bad.target = "sip:bob@127.0.0.1;transport=tcp".into();
+    assert!(w.ep.invite(w.now, bad).is_err());
+    let mut bad = outgoing(Transport::Udp);
+    bad.target = "mailto:bob@example.com".into();
+    assert!(w.ep.invite(w.now, bad).is_err());
+    let mut bad = outgoing(Transport::Udp);
+    bad.headers = vec![("X-Evil".into(), "a\r\nBYE: x".into())];
+    assert!(w.ep.invite(w.now, bad).is_err());
+    w.flush();
+    assert_eq!(w.sent.len(), 1);
+}
+
+/// A call answered 200 after 180; returns the world, the call, the INVITE and the tag.
+fn answered(seed: u64, extra: &[(&str, &str)]) -> (World, CallHandle, String) {
+    let mut w = World::new(seed);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(&invite, 100, None, &[], &[]));
+    w.deliver(&reply(&invite, 180, Some("bobtag"), &[CONTACT], &[]));
+    let mut headers = vec![CONTACT];
+    headers.extend_from_slice(extra);
+    w.deliver(&reply(&invite, 200, Some("bobtag"), &headers, ANSWER));
+    (w, call, invite)
+}
+
+#[test]
+fn ringing_then_answer_is_acked_on_a_new_branch_and_reacked_for_each_retransmitted_200() {
+    let (mut w, call, invite) = answered(4, &[]);
+    let events = w.take_events();
+    assert_eq!(events.len(), 2, "100 Trying is not reported: {events:?}");
+    assert!(matches!(
+        &events[0],
+        Event::Progress { call: c, code: 180, to_tag: Some(t), sdp: None, reason } if *c == call && t == "bobtag" && reason == "Ringing"
+    ));
+    assert!(
+        matches!(&events[1], Event::Answered { call: c, sdp: Some(s) } if *c == call && s == ANSWER)
+    );
+    let acks = w.sent_starting("ACK ");
+    assert_eq!(acks.len(), 1);
+    let ack = &acks[0].text;
+    assert!(
+        ack.starts_with("ACK sip:bob@127.0.0.1:5070 SIP/2.0\r\n"),
+        "{ack}"
+    );
+    assert_ne!(
+        branch(ack),
+        branch(&invite),
+        "the ACK for a 2xx is a transaction of its own"
+    );
+    assert!(header(ack, "To")[0].ends_with(";tag=bobtag"));
+    let cseq = parse_req(&invite).ess.cseq;
+    assert_eq!(header(ack, "CSeq"), vec![format!("{cseq} ACK").as_str()]);
+    assert_eq!(header(ack, "Content-Length"), vec!["0"]);
+    // The 200 again (our ACK was lost): the same ACK again, no second event.
+    w.advance_to(600);
+    w.deliver(&reply(&invite, 200, Some("bobtag"), &[CONTACT], ANSWER));
+    let acks = w.sent_starting("ACK ");
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0].text, acks[1].text);
+    assert!(w.events.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+    // In the dialog: INFO of ours, a re-INVITE of theirs.
+    w.ep.send_info(
+        w.now,
+        call,
+        "application/dtmf-relay",
+        b"Signal=5\r\n".to_vec(),
+    )
+    .unwrap();
+    w.flush();
+    let info = w.last("INFO ");
+    assert!(info.starts_with("INFO sip:bob@127.0.0.1:5070 SIP/2.0"));
+    assert_eq!(parse_req(&info).ess.cseq, cseq + 1);
+    w.deliver(&their_request(&invite, "INVITE", "bobtag", 7, SDP));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::ReInvite { call: c, sdp: Some(_) }] if *c == call
+    ));
+    w.ep.answer_reinvite(w.now, call, ANSWER.to_vec()).unwrap();
+    w.flush();
+    assert!(w.last("SIP/2.0 ").starts_with("SIP/2.0 200 OK"));
+    // Our BYE: to the remote target, the next CSeq, and the call forgotten on its 200.
+    w.ep.hangup(w.now, call).unwrap();
+    w.flush();
+    let bye = w.last("BYE ");
+    assert!(
+        bye.starts_with("BYE sip:bob@127.0.0.1:5070 SIP/2.0"),
+        "{bye}"
+    );
+    assert_eq!(parse_req(&bye).ess.cseq, cseq + 2);
+    assert!(header(&bye, "To")[0].ends_with(";tag=bobtag"));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Ended {
+            reason: EndReason::LocalBye,
+            ..
+        }]
+    ));
+    w.deliver(&reply(&bye, 200, None, &[], &[]));
+    assert_eq!(w.ep.call_count(), 0);
+}
+
+#[test]
+fn their_bye_on_a_call_we_placed_is_answered_and_ends_it() {
+    let (mut w, call, invite) = answered(5, &[]);
+    w.take_events();
+    w.deliver(&their_request(&invite, "BYE", "bobtag", 2, &[]));
+    assert!(w.last("SIP/2.0 ").starts_with("SIP/2.0 200 OK"));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Ended { call: c, reason: EndReason::RemoteBye }] if *c == call
+    ));
+    assert_eq!(w.ep.call_count(), 0);
+}
+
+#[test]
+fn early_media_183_is_reported_with_its_sdp() {
+    let mut w = World::new(6);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(&invite, 183, Some("em"), &[CONTACT], ANSWER));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Progress { call: c, code: 183, to_tag: Some(t), sdp: Some(s), .. }]
+            if *c == call && t == "em" && s == ANSWER
+    ));
+    // Timer A stopped with the provisional, and B does not end a ringing call.
+    w.advance_to(300_000);
+    assert_eq!(w.sent_starting("INVITE ").len(), 1);
+    assert!(w.events.is_empty());
+    assert_eq!(w.ep.call_count(), 1);
+}
+
+#[test]
+fn busy_486_is_acked_on_the_invite_branch_and_its_retransmissions_absorbed_until_timer_d() {
+    let mut w = World::new(7);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.advance_to(100);
+    let busy = reply(&invite, 486, Some("busy"), &[], &[]);
+    w.deliver(&busy);
+    let ack = w.last("ACK ");
+    assert_eq!(
+        branch(&ack),
+        branch(&invite),
+        "§17.1.1.3: the INVITE's branch"
+    );
+    assert!(ack.starts_with("ACK sip:bob@127.0.0.1:5070 SIP/2.0"));
+    assert!(header(&ack, "To")[0].ends_with(";tag=busy"));
+    let cseq = parse_req(&invite).ess.cseq;
+    assert_eq!(header(&ack, "CSeq"), vec![format!("{cseq} ACK").as_str()]);
+    let events = w.take_events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Failed { call: c, code: 486, contacts, retry_after: None, .. },
+             Event::Ended { reason: EndReason::Rejected(486), .. }] if *c == call && contacts.is_empty()
+        ),
+        "{events:?}"
+    );
+    // Our ACK was lost: the 486 again gets the ACK again and nothing else.
+    w.advance_to(2_000);
+    w.deliver(&busy);
+    assert_eq!(w.sent_starting("ACK ").len(), 2);
+    assert!(w.events.is_empty());
+    // Timer D (32 s on UDP) ends the transaction; later copies find nothing.
+    w.advance_to(100 + 31_999);
+    assert_eq!(w.ep.transaction_count(), 1);
+    w.advance_to(100 + 32_000);
+    assert_eq!(w.ep.transaction_count(), 0);
+    w.deliver(&busy);
+    assert_eq!(w.sent_starting("ACK ").len(), 2);
+    assert_eq!(
+        w.sent_starting("INVITE ").len(),
+        1,
+        "no retransmission after the final"
+    );
+}
+
+#[test]
+fn a_302_is_not_followed_and_its_contacts_are_reported() {
+    let mut w = World::new(8);
+    w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(
+        &invite,
+        302,
+        Some("r"),
+        &[
+            (
+                "Contact",
+                "<sip:carol@127.0.0.1:5080>;q=0.7, \"D\" <sip:dave@127.0.0.1:5081>",
+            ),
+            ("Contact", "sip:erin@127.0.0.1:5082"),
+        ],
+        &[],
+    ));
+    let events = w.take_events();
+    let Event::Failed { code, contacts, .. } = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*code, 302);
+    assert_eq!(
+        contacts,
+        &vec![
+            "sip:carol@127.0.0.1:5080".to_string(),
+            "sip:dave@127.0.0.1:5081".to_string(),
+            "sip:erin@127.0.0.1:5082".to_string()
+        ]
+    );
+    assert_eq!(w.sent_starting("INVITE ").len(), 1);
+    assert_eq!(w.sent_starting("ACK ").len(), 1);
+}
+
+#[test]
+fn a_503_reports_its_retry_after() {
+    let mut w = World::new(9);
+    w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(
+        &invite,
+        503,
+        Some("o"),
+        &[("Retry-After", "120 (overloaded);duration=60")],
+        &[],
+    ));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [
+            Event::Failed {
+                code: 503,
+                retry_after: Some(120),
+                ..
+            },
+            Event::Ended { .. }
+        ]
+    ));
+}
+
+#[test]
+fn record_route_of_two_proxies_is_reversed_and_in_dialog_requests_go_to_the_first_route() {
+    let (mut w, call, _) = answered(
+        10,
+        &[(
+            "Record-Route",
+            "<sip:127.0.0.2:5060;lr>, <sip:127.0.0.3:5062;lr;transport=tcp>",
+        )],
+    );
+    let ack = w.sent_starting("ACK ").remove(0);
+    let routes = [
+        "<sip:127.0.0.3:5062;lr;transport=tcp>",
+        "<sip:127.0.0.2:5060;lr>",
+    ];
+    assert_eq!(header(&ack.text, "Route"), routes);
+    let first_hop = Peer {
+        transport: Transport::Tcp,
+        addr: "127.0.0.3:5062".parse::<SocketAddr>().unwrap(),
+    };
+    assert_eq!(ack.to, first_hop);
+    w.ep.hangup(w.now, call).unwrap();
+    w.flush();
+    let bye = w.sent_starting("BYE ").remove(0);
+    assert!(
+        bye.text.starts_with("BYE sip:bob@127.0.0.1:5070 SIP/2.0"),
+        "the remote target stays the Request-URI"
+    );
+    assert_eq!(header(&bye.text, "Route"), routes);
+    assert_eq!(bye.to, first_hop);
+    assert!(header(&bye.text, "Via")[0].starts_with("SIP/2.0/TCP "));
+}
+
+fn challenge_world(seed: u64, alg: Algorithm, proxy: bool) -> (World, CallHandle, String, String) {
+    let mut w = World::new(seed);
+    let mut out = outgoing(Transport::Udp);
+    out.credentials = Some(Credentials::password("alice", "wonderland"));
+    let call = w.call(out);
+    let invite = w.last("INVITE ");
+    let issuer = NonceIssuer::new(b"secret".to_vec(), "switchboard", 300);
+    let challenge = issuer.challenge(1_000, alg, false).to_string();
+    let (code, name) = if proxy {
+        (407, "Proxy-Authenticate")
+    } else {
+        (401, "WWW-Authenticate")
+    };
+    w.deliver(&reply(
+        &invite,
+        code,
+        Some("auth"),
+        &[(name, &challenge)],
+        &[],
+    ));
+    (w, call, invite, challenge)
+}
+
+#[test]
+fn a_401_is_answered_with_digest_md5_and_sha256_and_the_call_goes_through() {
+    for (seed, alg) in [(11, Algorithm::Md5), (12, Algorithm::Sha256)] {
+        let (mut w, call, first, challenge) = challenge_world(seed, alg, false);
+        assert!(w.events.is_empty(), "a challenge we answer is not reported");
+        let ack = w.last("ACK ");
+        assert_eq!(branch(&ack), branch(&first));
+        let invites = w.sent_starting("INVITE ");
+        assert_eq!(invites.len(), 2);
+        let second = &invites[1].text;
+        let (p1, p2) = (parse_req(&first), parse_req(second));
+        assert_eq!(p2.ess.cseq, p1.ess.cseq + 1);
+        assert_eq!(p2.ess.call_id, p1.ess.call_id);
+        assert_eq!(p2.ess.from_tag, p1.ess.from_tag);
+        assert_eq!(p2.ess.to_tag, None);
+        assert_ne!(p2.ess.branch, p1.ess.branch);
+        assert!(
+            second.ends_with(std::str::from_utf8(SDP).unwrap()),
+            "the offer goes again"
+        );
+        let auth = digest::parse_authorization(header(second, "Authorization")[0]).unwrap();
+        assert_eq!(auth.algorithm, alg);
+        assert_eq!(auth.nc, Some(1));
+        assert!(header(second, "Authorization")[0].contains("nc=00000001"));
+        assert_eq!(auth.uri, "sip:bob@127.0.0.1:5070");
+        assert_eq!(auth.username, "alice");
+        let ha1 = digest::ha1(alg, "alice", "switchboard", "wonderland");
+        assert!(digest::verify(&auth, "INVITE", &ha1), "{challenge}");
+        assert!(!digest::verify(
+            &auth,
+            "INVITE",
+            &digest::ha1(alg, "alice", "switchboard", "x")
+        ));
+        // The nonce expired meanwhile: stale=true gets the same nonce answered with nc 2.
+        let stale = format!("{challenge}, stale=true");
+        w.deliver(&reply(
+            second,
+            401,
+            Some("auth"),
+            &[("WWW-Authenticate", &stale)],
+            &[],
+        ));
+        let third = w.last("INVITE ");
+        let auth3 = digest::parse_authorization(header(&third, "Authorization")[0]).unwrap();
+        assert_eq!(
+            (auth3.nonce.as_str(), auth3.nc),
+            (auth.nonce.as_str(), Some(2))
+        );
+        assert!(header(&third, "Authorization")[0].contains("nc=00000002"));
+        assert!(digest::verify(&auth3, "INVITE", &ha1));
+        assert_eq!(parse_req(&third).ess.cseq, p1.ess.cseq + 2);
+        w.deliver(&reply(&third, 200, Some("bob"), &[CONTACT], ANSWER));
+        assert!(
+            matches!(w.take_events().as_slice(), [Event::Answered { call: c, .. }] if *c == call)
+        );
+        // CANCEL/ACK of the answered call are not needed; its BYE uses the last CSeq + 1.
+        w.ep.hangup(w.now, call).unwrap();
+        w.flush();
+        assert_eq!(parse_req(&w.last("BYE ")).ess.cseq, p1.ess.cseq + 3);
+    }
+}
+
+#[test]
+fn a_407_is_answered_with_proxy_authorization() {
+    let (mut w, _, _, _) = challenge_world(13, Algorithm::Sha256, true);
+    let second = w.last("INVITE ");
+    assert!(header(&second, "Authorization").is_empty());
+    let auth = digest::parse_authorization(header(&second, "Proxy-Authorization")[0]).unwrap();
+    assert!(digest::verify(
+        &auth,
+        "INVITE",
+        &digest::ha1(Algorithm::Sha256, "alice", "switchboard", "wonderland")
+    ));
+    assert!(w.take_events().is_empty());
+}
+
+#[test]
+fn a_second_401_with_the_same_nonce_fails_the_call() {
+    let (mut w, call, _, challenge) = challenge_world(14, Algorithm::Md5, false);
+    let second = w.last("INVITE ");
+    w.deliver(&reply(
+        &second,
+        401,
+        Some("auth"),
+        &[("WWW-Authenticate", &challenge)],
+        &[],
+    ));
+    assert_eq!(w.sent_starting("INVITE ").len(), 2, "no third attempt");
+    assert_eq!(branch(&w.last("ACK ")), branch(&second));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Failed { call: c, code: 401, .. }, Event::Ended { reason: EndReason::Rejected(401), .. }] if *c == call
+    ));
+}
+
+#[test]
+fn a_401_without_credentials_fails_the_call() {
+    let mut w = World::new(15);
+    w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(
+        &invite,
+        401,
+        Some("a"),
+        &[("WWW-Authenticate", "Digest realm=\"x\", nonce=\"y\"")],
+        &[],
+    ));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Failed { code: 401, .. }, Event::Ended { .. }]
+    ));
+}
+
+#[test]
+fn cancel_before_any_provisional_is_held_until_the_first_then_487_ends_it_cancelled() {
+    let mut w = World::new(16);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.ep.cancel(w.now, call).unwrap();
+    w.flush();
+    assert!(
+        w.sent_starting("CANCEL ").is_empty(),
+        "§9.1: not before a provisional"
+    );
+    w.advance_to(200);
+    w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
+    assert!(
+        w.events.is_empty(),
+        "a call being cancelled reports no progress"
+    );
+    let cancel = w.last("CANCEL ");
+    assert!(cancel.starts_with("CANCEL sip:bob@127.0.0.1:5070 SIP/2.0"));
+    assert_eq!(branch(&cancel), branch(&invite));
+    let cseq = parse_req(&invite).ess.cseq;
+    assert_eq!(
+        header(&cancel, "CSeq"),
+        vec![format!("{cseq} CANCEL").as_str()]
+    );
+    assert_eq!(header(&cancel, "To"), header(&invite, "To"), "no To tag");
+    assert_eq!(header(&cancel, "From"), header(&invite, "From"));
+    w.deliver(&reply(&cancel, 200, Some("x"), &[], &[]));
+    w.deliver(&reply(&invite, 487, Some("x"), &[], &[]));
+    assert_eq!(branch(&w.last("ACK ")), branch(&invite));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Failed { code: 487, .. }, Event::Ended { call: c, reason: EndReason::Cancelled }] if *c == call
+    ));
+    // A retransmitted CANCEL 200 or 487 changes nothing.
+    w.deliver(&reply(&cancel, 200, Some("x"), &[], &[]));
+    assert!(w.events.is_empty());
+}
+
+#[test]
+fn cancel_after_ringing_goes_at_once_and_hangup_of_a_ringing_call_cancels_too() {
+    let mut w = World::new(17);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
+    w.take_events();
+    w.ep.hangup(w.now, call).unwrap();
+    w.flush();
+    let cancel = w.last("CANCEL ");
+    assert_eq!(branch(&cancel), branch(&invite));
+    // Asking twice sends nothing more.
+    w.ep.cancel(w.now, call).unwrap();
+    w.flush();
+    assert_eq!(w.sent_starting("CANCEL ").len(), 1);
+    w.deliver(&reply(&invite, 487, Some("x"), &[], &[]));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [
+            Event::Failed { code: 487, .. },
+            Event::Ended {
+                reason: EndReason::Cancelled,
+                ..
+            }
+        ]
+    ));
+    assert_eq!(
+        w.ep.cancel(w.now, call),
+        Err(switchboard::sip::endpoint::CommandError::NoSuchCall)
+    );
+}
+
+#[test]
+fn a_cancelled_call_whose_peer_never_answers_ends_64_t1_after_the_cancel() {
+    let mut w = World::new(18);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
+    w.advance_to(100_000);
+    w.ep.cancel(w.now, call).unwrap();
+    w.flush();
+    w.advance_to(100_000 + 31_999);
+    assert_eq!(w.events.len(), 1, "only the progress: {:?}", w.events);
+    w.advance_to(140_000);
+    assert!(
+        matches!(
+            w.events.last(),
+            Some((
+                132_000,
+                Event::Ended {
+                    reason: EndReason::Cancelled,
+                    ..
+                }
+            ))
+        ),
+        "{:?}",
+        w.events
+    );
+}
+
+#[test]
+fn an_answer_crossing_our_cancel_is_acked_and_sent_bye() {
+    let mut w = World::new(19);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
+    w.take_events();
+    w.ep.cancel(w.now, call).unwrap();
+    w.flush();
+    let cancel = w.last("CANCEL ");
+    w.deliver(&reply(&invite, 200, Some("x"), &[CONTACT], ANSWER));
+    w.deliver(&reply(&cancel, 200, Some("x"), &[], &[]));
+    let ack = w.last("ACK ");
+    assert_ne!(branch(&ack), branch(&invite));
+    let bye = w.last("BYE ");
+    assert!(header(&bye, "To")[0].ends_with(";tag=x"));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Ended { call: c, reason: EndReason::Cancelled }] if *c == call
+    ));
+    w.deliver(&reply(&bye, 200, None, &[], &[]));
+    assert_eq!(w.ep.call_count(), 0);
+}
+
+#[test]
+fn forks_the_first_2xx_wins_and_a_later_one_is_acked_and_sent_bye() {
+    let mut w = World::new(20);
+    let call = w.call(outgoing(Transport::Udp));
+    let invite = w.last("INVITE ");
+    w.deliver(&reply(
+        &invite,
+        180,
+        Some("fork-a"),
+        &[("Contact", "<sip:a@127.0.0.1:5071>")],
+        &[],
+    ));
+    w.deliver(&reply(
+        &invite,
+        180,
+        Some("fork-b"),
+        &[("Contact", "<sip:b@127.0.0.1:5072>")],
+        &[],
+    ));
+    w.deliver(&reply(
+        &invite,
+        200,
+        Some("fork-b"),
+        &[("Contact", "<sip:b@127.0.0.1:5072>")],
+        ANSWER,
+    ));
+    let events = w.take_events();
+    let tags: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress { to_tag, .. } => to_tag.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tags, vec!["fork-a", "fork-b"], "each early dialog reported");
+    assert!(matches!(events.last(), Some(Event::Answered { call: c, .. }) if *c == call));
+    let ack_b = w.last("ACK ");
+    assert!(ack_b.starts_with("ACK sip:b@127.0.0.1:5072"));
+    assert_eq!(
+        w.sent.last().unwrap().to.addr,
+        "127.0.0.1:5072".parse().unwrap()
+    );
+    // Fork a answers too, late.
+    w.deliver(&reply(
+        &invite,
+        200,
+        Some("fork-a"),
+        &[("Contact", "<sip:a@127.0.0.1:5071>")],
+        ANSWER,
+    ));
+    let ack_a = w.last("ACK ");
+    assert!(ack_a.starts_with("ACK sip:a@127.0.0.1:5071"), "{ack_a}");
+    assert!(header(&ack_a, "To")[0].ends_with(";tag=fork-a"));
+    let bye_a = w.last("BYE ");
+    assert!(bye_a.starts_with("BYE sip:a@127.0.0.1:5071"));
+    assert!(header(&bye_a, "To")[0].ends_with(";tag=fork-a"));
+    assert_eq!(
+        w.sent_starting("BYE ").len(),
+        1,
+        "the winner keeps its call"
+    );
+    assert!(w.events.is_empty(), "the late fork is not reported");
+    w.deliver(&reply(&bye_a, 200, None, &[], &[]));
+    assert_eq!(w.ep.call_count(), 1);
+    // The winner's call is intact.
+    w.ep.hangup(w.now, call).unwrap();
+    w.flush();
+    assert!(w.last("BYE ").starts_with("BYE sip:b@127.0.0.1:5072"));
+}
+
+#[test]
+fn the_same_seed_replays_a_call_byte_for_byte() {
+    let run = |seed| {
+        let (mut w, call, _) = answered(seed, &[]);
+        w.ep.hangup(w.now, call).unwrap();
+        w.flush();
+        w.sent.iter().map(|s| s.text.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(21), run(21));
+    assert_ne!(run(21), run(22));
+    let _ = header_value;
+}
