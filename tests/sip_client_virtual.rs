@@ -913,3 +913,342 @@ fn the_same_seed_replays_a_call_byte_for_byte() {
     assert_ne!(run(21), run(22));
     let _ = header_value;
 }
+
+mod registration {
+    use super::*;
+    use switchboard::sip::register::{Registration, RegistrationConfig, RegistrationState};
+
+    const CONTACT_URI: &str = "sip:sb@127.0.0.1:5060";
+
+    struct Reg {
+        now: Instant,
+        start: Instant,
+        reg: Registration,
+        sent: Vec<(u64, String)>,
+    }
+
+    impl Reg {
+        fn new(seed: u64, expires: u32) -> Self {
+            let now = Instant::now();
+            let cfg = RegistrationConfig {
+                registrar: "sip:127.0.0.1:5070".into(),
+                peer: them(Transport::Udp),
+                aor: "sip:alice@127.0.0.1".into(),
+                contact: CONTACT_URI.into(),
+                credentials: Some(Credentials::password("alice", "wonderland")),
+                expires,
+                local_addr: US.parse().unwrap(),
+                user_agent: "switchboard-test".into(),
+                timers: TimerConfig::default(),
+            };
+            let mut r = Reg {
+                now,
+                start: now,
+                reg: Registration::new(cfg, Ids::with_seed(seed)),
+                sent: Vec::new(),
+            };
+            r.reg.start(now);
+            r.flush();
+            r
+        }
+
+        fn secs(&self, s: u64) -> Instant {
+            self.start + Duration::from_secs(s)
+        }
+
+        fn flush(&mut self) {
+            let at = (self.now - self.start).as_millis() as u64;
+            while let Some(t) = self.reg.poll_transmit() {
+                assert_eq!(t.peer, them(Transport::Udp));
+                self.sent.push((at, String::from_utf8(t.bytes).unwrap()));
+            }
+        }
+
+        fn advance_to_ms(&mut self, ms: u64) {
+            let until = self.start + Duration::from_millis(ms);
+            for _ in 0..100_000 {
+                match self.reg.poll_timeout() {
+                    Some(at) if at <= until => {
+                        self.now = self.now.max(at);
+                        self.reg.handle_timeout(self.now);
+                        self.flush();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = self.now.max(until);
+        }
+
+        fn deliver(&mut self, bytes: &[u8]) -> bool {
+            let taken = self.reg.handle_message(self.now, bytes);
+            self.flush();
+            taken
+        }
+
+        fn last(&self) -> String {
+            self.sent.last().unwrap().1.clone()
+        }
+
+        /// The REGISTERs with a CSeq of their own (not retransmissions), with send times.
+        fn attempts(&self) -> Vec<(u64, u32)> {
+            let mut out: Vec<(u64, u32)> = Vec::new();
+            for (at, text) in &self.sent {
+                let cseq = parse_req(text).ess.cseq;
+                if out.last().is_none_or(|(_, c)| *c != cseq) {
+                    out.push((*at, cseq));
+                }
+            }
+            out
+        }
+    }
+
+    fn challenge(alg: Algorithm) -> String {
+        NonceIssuer::new(b"registrar".to_vec(), "switchboard", 3600)
+            .challenge(7, alg, false)
+            .to_string()
+    }
+
+    #[test]
+    fn a_401_is_answered_and_the_600_s_granted_are_refreshed_at_half_with_the_next_nonce_count() {
+        let mut r = Reg::new(30, 3600);
+        let first = r.last();
+        assert!(
+            first.starts_with("REGISTER sip:127.0.0.1:5070 SIP/2.0\r\n"),
+            "{first}"
+        );
+        assert_eq!(header(&first, "Expires"), vec!["3600"]);
+        assert_eq!(header(&first, "Contact"), vec!["<sip:sb@127.0.0.1:5060>"]);
+        assert!(header(&first, "Authorization").is_empty());
+        assert_eq!(r.reg.state(), RegistrationState::Registering);
+        // A response to something else is not ours.
+        let other = reply(
+            &first.replace("branch=z9hG4bK", "branch=z9hG4bKx"),
+            200,
+            None,
+            &[],
+            &[],
+        );
+        assert!(!r.deliver(&other));
+        let ch = challenge(Algorithm::Sha256);
+        assert!(r.deliver(&reply(
+            &first,
+            401,
+            Some("reg"),
+            &[("WWW-Authenticate", &ch)],
+            &[]
+        )));
+        let second = r.last();
+        let (p1, p2) = (parse_req(&first), parse_req(&second));
+        assert_eq!(
+            p2.ess.call_id, p1.ess.call_id,
+            "one Call-ID per registration"
+        );
+        assert_eq!(p2.ess.cseq, p1.ess.cseq + 1);
+        assert_eq!(p2.ess.from_tag, p1.ess.from_tag);
+        let ha1 = digest::ha1(Algorithm::Sha256, "alice", "switchboard", "wonderland");
+        let a1 = digest::parse_authorization(header(&second, "Authorization")[0]).unwrap();
+        assert_eq!(a1.nc, Some(1));
+        assert!(digest::verify(&a1, "REGISTER", &ha1));
+        r.advance_to_ms(200);
+        assert!(r.deliver(&reply(
+            &second,
+            200,
+            Some("reg"),
+            &[
+                ("Contact", "<sip:sb@127.0.0.1:5060>;expires=600"),
+                ("Expires", "3600")
+            ],
+            &[],
+        )));
+        assert_eq!(
+            r.reg.state(),
+            RegistrationState::Registered {
+                until: r.secs(600) + Duration::from_millis(200)
+            }
+        );
+        r.advance_to_ms(200 + 299_999);
+        assert_eq!(r.sent.len(), 2, "no refresh before half the granted time");
+        r.advance_to_ms(200 + 300_000);
+        let third = r.last();
+        assert_eq!(r.sent.len(), 3);
+        assert_eq!(parse_req(&third).ess.cseq, p1.ess.cseq + 2);
+        let a3 = digest::parse_authorization(header(&third, "Authorization")[0]).unwrap();
+        assert_eq!((a3.nonce.as_str(), a3.nc), (a1.nonce.as_str(), Some(2)));
+        assert!(header(&third, "Authorization")[0].contains("nc=00000002"));
+        assert!(digest::verify(&a3, "REGISTER", &ha1));
+        r.deliver(&reply(
+            &third,
+            200,
+            Some("reg"),
+            &[("Contact", "<sip:sb@127.0.0.1:5060>;expires=600")],
+            &[],
+        ));
+        assert!(
+            matches!(r.reg.state(), RegistrationState::Registered { until } if until == r.secs(900) + Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn a_423_is_retried_with_min_expires() {
+        let mut r = Reg::new(31, 60);
+        let first = r.last();
+        r.deliver(&reply(
+            &first,
+            423,
+            Some("reg"),
+            &[("Min-Expires", "1800")],
+            &[],
+        ));
+        let second = r.last();
+        assert_eq!(header(&second, "Expires"), vec!["1800"]);
+        assert_eq!(parse_req(&second).ess.cseq, parse_req(&first).ess.cseq + 1);
+        r.deliver(&reply(
+            &second,
+            200,
+            Some("reg"),
+            &[("Expires", "1800")],
+            &[],
+        ));
+        assert_eq!(
+            r.reg.state(),
+            RegistrationState::Registered {
+                until: r.secs(1800)
+            }
+        );
+        r.advance_to_ms(899_999);
+        assert_eq!(r.sent.len(), 2);
+        r.advance_to_ms(900_000);
+        assert_eq!(
+            header(&r.last(), "Expires"),
+            vec!["1800"],
+            "the raised value stays"
+        );
+        // A 423 whose minimum is no larger cannot be satisfied: a failure.
+        let third = r.last();
+        r.deliver(&reply(
+            &third,
+            423,
+            Some("reg"),
+            &[("Min-Expires", "1800")],
+            &[],
+        ));
+        assert!(matches!(
+            r.reg.state(),
+            RegistrationState::Failed { code: 423, .. }
+        ));
+    }
+
+    #[test]
+    fn a_503_with_retry_after_waits_that_long() {
+        let mut r = Reg::new(32, 600);
+        let first = r.last();
+        r.deliver(&reply(
+            &first,
+            503,
+            Some("reg"),
+            &[("Retry-After", "120")],
+            &[],
+        ));
+        assert_eq!(
+            r.reg.state(),
+            RegistrationState::Failed {
+                code: 503,
+                retry_at: r.secs(120)
+            }
+        );
+        r.advance_to_ms(119_999);
+        assert_eq!(r.sent.len(), 1);
+        r.advance_to_ms(120_000);
+        assert_eq!(r.sent.len(), 2);
+        assert_eq!(r.reg.state(), RegistrationState::Registering);
+        assert_eq!(r.sent[1].0, 120_000);
+    }
+
+    #[test]
+    fn no_answer_times_out_by_timer_f_backs_off_and_retries_for_hours() {
+        let mut r = Reg::new(33, 600);
+        r.advance_to_ms(31_999);
+        assert_eq!(r.reg.state(), RegistrationState::Registering);
+        r.advance_to_ms(32_000);
+        let RegistrationState::Failed {
+            code: 408,
+            retry_at,
+        } = r.reg.state()
+        else {
+            panic!("{:?}", r.reg.state())
+        };
+        let wait = retry_at - r.secs(32);
+        assert!(
+            wait >= Duration::from_secs(24) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        let hours = 6;
+        r.advance_to_ms(hours * 3600 * 1000);
+        let attempts = r.attempts();
+        let starts: Vec<u64> = attempts.iter().map(|a| a.0).collect();
+        let gaps: Vec<u64> = starts.windows(2).map(|p| p[1] - p[0] - 32_000).collect();
+        // 30 s doubling to 10 min, each up to a fifth shorter.
+        for (i, g) in gaps.iter().enumerate() {
+            let base = (30_000u64 << i.min(10)).min(600_000);
+            assert!(
+                *g <= base && *g >= base - base / 5,
+                "gap {i}: {g} vs {base}"
+            );
+        }
+        assert!(
+            gaps.iter().rev().take(10).all(|g| *g >= 480_000),
+            "capped at 10 min"
+        );
+        assert!(attempts.len() > 30, "{} attempts", attempts.len());
+        let last = *starts.last().unwrap();
+        assert!(
+            hours * 3600 * 1000 - last <= 632_000,
+            "still retrying at the end"
+        );
+        // Every finished attempt went out 11 times: Timer E on UDP until F.
+        for (_, cseq) in &attempts[..attempts.len() - 1] {
+            let copies = r
+                .sent
+                .iter()
+                .filter(|(_, t)| parse_req(t).ess.cseq == *cseq)
+                .count();
+            assert_eq!(copies, 11, "CSeq {cseq}");
+        }
+    }
+
+    #[test]
+    fn unregister_sends_expires_0_and_stops_refreshing() {
+        let mut r = Reg::new(34, 600);
+        let first = r.last();
+        let ch = challenge(Algorithm::Md5);
+        r.deliver(&reply(
+            &first,
+            401,
+            Some("reg"),
+            &[("WWW-Authenticate", &ch)],
+            &[],
+        ));
+        let second = r.last();
+        r.deliver(&reply(
+            &second,
+            200,
+            Some("reg"),
+            &[("Expires", "600")],
+            &[],
+        ));
+        r.advance_to_ms(10_000);
+        r.reg.unregister(r.now);
+        r.flush();
+        let bye = r.last();
+        assert_eq!(header(&bye, "Expires"), vec!["0"]);
+        assert_eq!(header(&bye, "Contact"), vec!["<sip:sb@127.0.0.1:5060>"]);
+        let a = digest::parse_authorization(header(&bye, "Authorization")[0]).unwrap();
+        assert_eq!(a.nc, Some(2));
+        assert_eq!(r.reg.state(), RegistrationState::Unregistering);
+        r.deliver(&reply(&bye, 200, Some("reg"), &[], &[]));
+        assert_eq!(r.reg.state(), RegistrationState::Unregistered);
+        assert_eq!(r.reg.poll_timeout(), None);
+        r.advance_to_ms(3_600_000);
+        assert_eq!(r.sent.len(), 3);
+    }
+}

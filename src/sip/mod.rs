@@ -10,6 +10,7 @@ pub mod framing;
 pub mod ids;
 pub mod message;
 pub mod refer;
+pub mod register;
 pub mod session_timer;
 pub mod transaction;
 pub mod transport;

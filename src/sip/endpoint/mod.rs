@@ -43,6 +43,7 @@ mod server;
 
 use server::{unsupported_requirement, unusable_media_type};
 
+pub(crate) use client::leading_seconds;
 pub use client::{OutgoingCall, Party};
 
 /// Static settings of the endpoint.
