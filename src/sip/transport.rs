@@ -1,5 +1,7 @@
 //! Tokio glue for the SIP endpoint: one task owns the [`Endpoint`] and the UDP socket, TCP
-//! connections feed it framed messages, and call tasks talk to it through channels.
+//! connections feed it framed messages, and call tasks talk to it through channels. A task
+//! places a call with [`Command::Dial`] and gets the call's event stream back; outgoing TCP
+//! reaches only peers already connected to us (no outbound connect yet).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,11 +10,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::dialog::{Peer, Transport};
-use super::endpoint::{CallHandle, Endpoint, Event, Transmit};
+use super::endpoint::{CallHandle, CommandError, Endpoint, Event, OutgoingCall, Transmit};
 use super::framing::StreamFramer;
 use crate::error::{Refusal, SipStatus};
 
@@ -60,6 +62,25 @@ pub enum Command {
         /// A `sip:`, `sips:` or `tel:` URI.
         target: String,
     },
+    /// Places a call; `reply` gets its handle and event stream, or why it was not sent.
+    Dial {
+        /// What to call.
+        call: Box<OutgoingCall>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Dialled, CommandError>>,
+    },
+    /// Cancels a call of ours not yet answered.
+    Cancel(CallHandle),
+}
+
+/// A call [`Command::Dial`] placed: its handle and the stream of its events (progress,
+/// answer or failure, in-dialog events, and [`Event::Ended`] last).
+#[derive(Debug)]
+pub struct Dialled {
+    /// The call.
+    pub call: CallHandle,
+    /// Its events.
+    pub events: mpsc::UnboundedReceiver<Event>,
 }
 
 /// Starts the task that runs a new call: it gets the call's events and a command sender.
@@ -166,7 +187,7 @@ pub async fn run(
                 FromNet::Connected(addr, w) => { tcp_writers.insert(addr, w); }
                 FromNet::Closed(addr) => { tcp_writers.remove(&addr); }
             },
-            Some(c) = cmd_rx.recv() => apply(&mut endpoint, c),
+            Some(c) = cmd_rx.recv() => apply(&mut endpoint, &mut calls, c),
             _ = tokio::time::sleep_until(deadline) => {
                 endpoint.handle_timeout(std::time::Instant::now());
             }
@@ -213,9 +234,37 @@ async fn recv_udp(udp: &Option<Arc<UdpSocket>>, buf: &mut [u8]) -> Option<(usize
     }
 }
 
-fn apply(ep: &mut Endpoint, c: Command) {
+fn apply(
+    ep: &mut Endpoint,
+    calls: &mut HashMap<CallHandle, mpsc::UnboundedSender<Event>>,
+    c: Command,
+) {
     let now = std::time::Instant::now();
     let r = match c {
+        Command::Dial { call, reply } => match ep.invite(now, *call) {
+            Ok(handle) => {
+                let (tx, events) = mpsc::unbounded_channel();
+                calls.insert(handle, tx);
+                if reply
+                    .send(Ok(Dialled {
+                        call: handle,
+                        events,
+                    }))
+                    .is_err()
+                {
+                    // Nobody waits for this call any more.
+                    calls.remove(&handle);
+                    ep.cancel(now, handle)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.clone()));
+                Err(e)
+            }
+        },
+        Command::Cancel(call) => ep.cancel(now, call),
         Command::Ring(call, sdp) => ep.ring(now, call, sdp),
         Command::Answer(call, sdp) => ep.answer(now, call, sdp),
         Command::Reject {
@@ -379,4 +428,74 @@ async fn connection(
     }
     let _ = to_core.send(FromNet::Closed(addr)).await;
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::sip::endpoint::{EndpointConfig, Party};
+    use crate::sip::ids::Ids;
+
+    #[test]
+    fn dial_hands_back_the_call_and_its_events_and_cancel_reaches_the_endpoint() {
+        let mut ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: "127.0.0.1:5060".parse().unwrap(),
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(1),
+        );
+        let mut calls = HashMap::new();
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        };
+        let out = OutgoingCall {
+            target: "sip:bob@127.0.0.1:5070".into(),
+            peer,
+            from: Party::uri("sip:sb@127.0.0.1"),
+            to: Party::uri("sip:bob@127.0.0.1:5070"),
+            sdp: None,
+            headers: Vec::new(),
+            route: Vec::new(),
+            credentials: None,
+        };
+        let (tx, mut rx) = oneshot::channel();
+        apply(
+            &mut ep,
+            &mut calls,
+            Command::Dial {
+                call: Box::new(out.clone()),
+                reply: tx,
+            },
+        );
+        let dialled = rx.try_recv().unwrap().unwrap();
+        assert!(calls.contains_key(&dialled.call));
+        let sent = ep.poll_transmit().unwrap();
+        assert!(sent.bytes.starts_with(b"INVITE sip:bob@127.0.0.1:5070 "));
+        // Cancelled before any provisional: held, nothing sent yet, but accepted.
+        apply(&mut ep, &mut calls, Command::Cancel(dialled.call));
+        assert!(ep.poll_transmit().is_none());
+        // A call that cannot be placed is refused through the reply.
+        let (tx, mut rx) = oneshot::channel();
+        let bad = OutgoingCall {
+            target: "http://x".into(),
+            ..out
+        };
+        apply(
+            &mut ep,
+            &mut calls,
+            Command::Dial {
+                call: Box::new(bad),
+                reply: tx,
+            },
+        );
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(CommandError::InvalidCall(_))
+        ));
+        assert_eq!(calls.len(), 1);
+    }
 }
