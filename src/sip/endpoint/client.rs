@@ -565,7 +565,6 @@ impl Call {
     fn outgoing(dialog: Dialog, peer_allows_update: bool) -> Self {
         Call {
             phase: CallPhase::Confirmed,
-            invite_tx: None,
             ..Call::new_base(dialog, peer_allows_update)
         }
     }

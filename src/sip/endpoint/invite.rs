@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::reinvite::too_small;
 use super::{
     dialog_id_of, tx_key, Call, CallHandle, CallPhase, ClientPurpose, CommandError, EndReason,
-    Endpoint, Event, ServerTx, TimerOwner, TxKey,
+    Endpoint, Event, InviteState, ServerTx, TimerOwner, TxKey,
 };
 use crate::error::{Refusal, SipStatus};
 use crate::sip::dialog::{Dialog, Peer};
@@ -83,18 +83,23 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        if c.awaiting_ack != Some(r.ess.cseq) {
+        let InviteState::AwaitingAck { cseq, .. } = c.invite else {
+            return;
+        };
+        if cseq != r.ess.cseq {
             return;
         }
-        c.awaiting_ack = None;
+        let InviteState::AwaitingAck { key, .. } =
+            std::mem::replace(&mut c.invite, InviteState::Idle)
+        else {
+            return;
+        };
         let first = c.phase == CallPhase::Answered;
         if first {
             c.phase = CallPhase::Confirmed;
         }
-        if let Some(k) = c.invite_tx.take() {
-            if let Some(ServerTx::Invite { tx, .. }) = self.server_txs.get_mut(&k) {
-                tx.on_2xx_ack();
-            }
+        if let Some(ServerTx::Invite { tx, .. }) = self.server_txs.get_mut(&key) {
+            tx.on_2xx_ack();
         }
         let sdp = (!r.req.body.is_empty()).then(|| r.req.body.clone());
         if first || sdp.is_some() {
@@ -213,7 +218,10 @@ impl Endpoint {
         if initial && c.phase != CallPhase::Early {
             return Err(CommandError::WrongState);
         }
-        let key = c.invite_tx.clone().ok_or(CommandError::WrongState)?;
+        let key = match &c.invite {
+            InviteState::Theirs { key, .. } => key.clone(),
+            _ => return Err(CommandError::WrongState),
+        };
         let local_tag = c.dialog.id.local_tag.clone();
         let peer = c.dialog.peer;
         let Some(ServerTx::Invite { request, .. }) = self.server_txs.get(&key) else {
@@ -250,7 +258,11 @@ impl Endpoint {
         self.send(peer, bytes);
         if code >= 200 {
             if let Some(c) = self.calls.get_mut(&call) {
-                c.awaiting_ack = Some(invite_cseq.unwrap_or(c.dialog.remote_cseq));
+                let cseq = invite_cseq.unwrap_or(c.dialog.remote_cseq);
+                c.invite = InviteState::AwaitingAck {
+                    key: key.clone(),
+                    cseq,
+                };
             }
         }
         self.rearm(TimerOwner::Server(key));
@@ -268,7 +280,8 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        let Some(key) = c.invite_tx.take() else {
+        let InviteState::Theirs { key, .. } = std::mem::replace(&mut c.invite, InviteState::Idle)
+        else {
             return;
         };
         c.timer_offer = None;

@@ -302,19 +302,38 @@ enum CallPhase {
     Terminating,
 }
 
+/// The call's INVITE transaction in progress, whichever side sent it: RFC 3261 §14 allows
+/// one at a time (a second one meets 491 or 500), so one state covers both directions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum InviteState {
+    /// None in progress.
+    Idle,
+    /// The peer's INVITE (`reinvite` when inside the dialog) waits for our final response,
+    /// decided by the layer above.
+    Theirs {
+        /// Its server transaction.
+        key: TxKey,
+        /// A re-INVITE rather than the initial INVITE.
+        reinvite: bool,
+    },
+    /// Our 2xx to the peer's INVITE with CSeq `cseq` waits for its ACK.
+    AwaitingAck {
+        /// The INVITE's server transaction.
+        key: TxKey,
+        /// The CSeq the ACK repeats.
+        cseq: u32,
+    },
+    /// Our re-INVITE waits for its final response.
+    Ours,
+}
+
 struct Call {
     dialog: Dialog,
     phase: CallPhase,
-    /// The INVITE (initial or re-INVITE) transaction awaiting our final response or its ACK.
-    invite_tx: Option<TxKey>,
-    /// CSeq of the INVITE whose 2xx awaits ACK.
-    awaiting_ack: Option<u32>,
-    /// A re-INVITE is waiting for the layer above.
-    reinvite_pending: bool,
+    /// The INVITE transaction in progress.
+    invite: InviteState,
     /// `Event::Ended` was reported.
     ended: bool,
-    /// A re-INVITE of ours awaits its final response.
-    reinvite_out: bool,
     /// CSeq numbers of our REFERs whose implicit subscriptions may still send NOTIFY
     /// (RFC 3515 §2.4.6: a NOTIFY's `id` is the REFER's CSeq).
     refer_subs: Vec<u32>,
@@ -342,7 +361,10 @@ impl Call {
     /// A call in its initial INVITE transaction `key`.
     fn new(dialog: Dialog, key: TxKey, peer_allows_update: bool) -> Self {
         Call {
-            invite_tx: Some(key),
+            invite: InviteState::Theirs {
+                key,
+                reinvite: false,
+            },
             ..Self::new_base(dialog, peer_allows_update)
         }
     }
@@ -352,11 +374,8 @@ impl Call {
         Call {
             dialog,
             phase: CallPhase::Early,
-            invite_tx: None,
-            awaiting_ack: None,
-            reinvite_pending: false,
+            invite: InviteState::Idle,
             ended: false,
-            reinvite_out: false,
             refer_subs: Vec::new(),
             update_pending: None,
             timer_offer: None,
@@ -371,6 +390,12 @@ impl Call {
         let n = self.timer_offer.take()?;
         self.timer = Some(SessionTimer::start(now, n.interval, n.refresher));
         Some(n)
+    }
+
+    /// No INVITE transaction in progress and no UPDATE offer of the peer's waiting: a new
+    /// offer of ours may go.
+    fn may_offer(&self) -> bool {
+        self.invite == InviteState::Idle && self.update_pending.is_none()
     }
 
     /// The running timer as a negotiation input.

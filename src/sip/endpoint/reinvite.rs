@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use super::invite::allows_update;
 use super::{
-    CallHandle, CallPhase, ClientPurpose, CommandError, EndReason, Endpoint, Event, PendingUpdate,
-    ServerTx, TimerOwner, TxKey,
+    Call, CallHandle, CallPhase, ClientPurpose, CommandError, EndReason, Endpoint, Event,
+    InviteState, PendingUpdate, ServerTx, TimerOwner, TxKey,
 };
 use crate::error::Refusal;
 use crate::sip::dialog::{content_type, Peer};
@@ -27,13 +27,14 @@ impl Endpoint {
         call: CallHandle,
         r: ParsedRequest,
     ) {
-        let busy = self.calls.get(&call).is_none_or(|c| {
-            c.reinvite_pending
-                || c.update_pending.is_some()
-                || c.awaiting_ack.is_some()
-                || c.phase != CallPhase::Confirmed
-        });
-        let glare = self.calls.get(&call).is_some_and(|c| c.reinvite_out);
+        let busy = self
+            .calls
+            .get(&call)
+            .is_none_or(|c| !c.may_offer() || c.phase != CallPhase::Confirmed);
+        let glare = self
+            .calls
+            .get(&call)
+            .is_some_and(|c| c.invite == InviteState::Ours);
         if glare {
             // §14.2: both sides re-INVITEd at once.
             let resp = refusal_to(&r.req, &Refusal::OurOfferPending, None);
@@ -57,8 +58,10 @@ impl Endpoint {
         self.send(peer, trying);
         if let Some(c) = self.calls.get_mut(&call) {
             c.timer_offer = timer_offer;
-            c.reinvite_pending = true;
-            c.invite_tx = Some(key.clone());
+            c.invite = InviteState::Theirs {
+                key: key.clone(),
+                reinvite: true,
+            };
             c.dialog.refresh_target(&r.req);
             c.dialog.peer = peer;
         }
@@ -90,8 +93,12 @@ impl Endpoint {
         let phase = c.phase;
         // §5.2: an offer of ours awaits its answer (our re-INVITE, or the 2xx to an INVITE
         // without offer awaiting its ACK) → 491; an offer of the peer awaits ours → 500.
-        let ours_pending = c.reinvite_out || c.awaiting_ack.is_some();
-        let theirs_pending = c.reinvite_pending || c.update_pending.is_some();
+        let ours_pending = matches!(
+            c.invite,
+            InviteState::Ours | InviteState::AwaitingAck { .. }
+        );
+        let theirs_pending = matches!(c.invite, InviteState::Theirs { reinvite: true, .. })
+            || c.update_pending.is_some();
         let offer = !r.req.body.is_empty();
         if offer {
             if content_type(&r.req.headers).as_deref() != Some("application/sdp") {
@@ -248,9 +255,7 @@ impl Endpoint {
         } else {
             Method::Invite
         };
-        let sent = self.dialog_request(call, method, true, |c| {
-            update || (!c.reinvite_out && !c.reinvite_pending && c.update_pending.is_none())
-        });
+        let sent = self.dialog_request(call, method, true, |c| update || c.may_offer());
         let Ok((mut req, peer, cseq)) = sent else {
             // Another INVITE is under way (or the ACK is still to come): try again shortly.
             if let Some(t) = self.calls.get_mut(&call).and_then(|c| c.timer.as_mut()) {
@@ -269,7 +274,7 @@ impl Endpoint {
             ClientPurpose::Update
         } else {
             if let Some(c) = self.calls.get_mut(&call) {
-                c.reinvite_out = true;
+                c.invite = InviteState::Ours;
                 set_body(&mut req, "application/sdp", c.local_sdp.clone());
             }
             ClientPurpose::ReInvite {
@@ -354,7 +359,10 @@ impl Endpoint {
             &self.cfg.user_agent,
         );
         let ack = ack.to_bytes();
-        let first = std::mem::replace(&mut c.reinvite_out, false);
+        let first = c.invite == InviteState::Ours;
+        if first {
+            c.invite = InviteState::Idle;
+        }
         if success {
             c.dialog.refresh_target_from_response(&r.resp);
         } else if let Some(e) = self.client_txs.get_mut(branch) {
@@ -394,12 +402,11 @@ impl Endpoint {
         call: CallHandle,
         sdp: Vec<u8>,
     ) -> Result<(), CommandError> {
-        let (mut req, peer, cseq) = self.dialog_request(call, Method::Invite, true, |c| {
-            !c.reinvite_out && !c.reinvite_pending && c.update_pending.is_none()
-        })?;
+        let (mut req, peer, cseq) =
+            self.dialog_request(call, Method::Invite, true, Call::may_offer)?;
         set_body(&mut req, "application/sdp", sdp.clone());
         if let Some(c) = self.calls.get_mut(&call) {
-            c.reinvite_out = true;
+            c.invite = InviteState::Ours;
             c.local_sdp = sdp;
             // A re-INVITE without Session-Expires would turn the peer's session timer off
             // (RFC 4028 §9): this one refreshes the session as it stands.
@@ -499,11 +506,12 @@ impl Endpoint {
 
     /// Claims the call's pending re-INVITE for the final answer about to be sent.
     pub(super) fn take_pending_reinvite(&mut self, call: CallHandle) -> Result<(), CommandError> {
-        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
-        if !std::mem::replace(&mut c.reinvite_pending, false) {
-            return Err(CommandError::WrongState);
+        let c = self.calls.get(&call).ok_or(CommandError::NoSuchCall)?;
+        // The response about to be sent moves the state on.
+        match c.invite {
+            InviteState::Theirs { reinvite: true, .. } => Ok(()),
+            _ => Err(CommandError::WrongState),
         }
-        Ok(())
     }
 }
 

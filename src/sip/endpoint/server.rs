@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::{CallHandle, CallPhase, EndReason, Endpoint, ServerTx, TimerOwner, TxKey};
+use super::{CallHandle, CallPhase, EndReason, Endpoint, InviteState, ServerTx, TimerOwner, TxKey};
 use crate::error::{Refusal, SipStatus};
 use crate::sip::dialog::{content_type, Peer};
 use crate::sip::message::{
@@ -88,7 +88,7 @@ impl Endpoint {
             return;
         };
         match c.phase {
-            CallPhase::Answered if c.awaiting_ack.is_some() => {
+            CallPhase::Answered if matches!(c.invite, InviteState::AwaitingAck { .. }) => {
                 tracing::warn!(
                     call = call.0,
                     "no ACK for our 2xx; ending the call with BYE"
@@ -96,7 +96,7 @@ impl Endpoint {
                 self.send_bye(now, call);
                 self.end_call(now, call, EndReason::AckTimeout);
             }
-            CallPhase::Confirmed if c.awaiting_ack.is_some() => {
+            CallPhase::Confirmed if matches!(c.invite, InviteState::AwaitingAck { .. }) => {
                 // A re-INVITE's 2xx was never acknowledged: same remedy (§14.2).
                 self.send_bye(now, call);
                 self.end_call(now, call, EndReason::AckTimeout);
@@ -154,7 +154,6 @@ impl Endpoint {
             if initial {
                 self.end_call(now, call, EndReason::Cancelled);
             } else if let Some(c) = self.calls.get_mut(&call) {
-                c.reinvite_pending = false;
                 c.timer_offer = None;
             }
         }
