@@ -300,12 +300,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, DigestError> {
     })
 }
 
+/// One scheme's challenge or credentials: the scheme and its (name, value) parameters.
+type AuthItem = (String, Vec<(String, String)>);
+
 /// Splits an auth header value into (scheme, params) groups: `Digest a=b, c="d,e", Digest
 /// ...`. Parameter names are lowercased, quoted values unescaped.
-fn parse_auth_list(v: &str) -> Result<Vec<(String, Vec<(String, String)>)>, DigestError> {
+fn parse_auth_list(v: &str) -> Result<Vec<AuthItem>, DigestError> {
     let b = v.as_bytes();
     let mut i = 0;
-    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut out: Vec<AuthItem> = Vec::new();
     let skip_ws = |i: &mut usize| {
         while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t' || b[*i] == b'\r' || b[*i] == b'\n')
         {

@@ -366,7 +366,7 @@ impl Endpoint {
             tracing::info!(call = call.0, fork = %tag, "a second fork answered; ending it");
             let hidden = CallHandle(self.next_call);
             self.next_call += 1;
-            if self.confirm_dialog(now, hidden, &r).is_some() {
+            if self.confirm_dialog(hidden, &r).is_some() {
                 if let Some(c) = self.calls.get_mut(&hidden) {
                     c.ended = true;
                 }
@@ -374,7 +374,7 @@ impl Endpoint {
             }
             return;
         }
-        let Some((ack, ack_peer)) = self.confirm_dialog(now, call, &r) else {
+        let Some((ack, ack_peer)) = self.confirm_dialog(call, &r) else {
             return;
         };
         let cancelled = self
@@ -399,7 +399,6 @@ impl Endpoint {
     /// the ACK's bytes and where they went.
     fn confirm_dialog(
         &mut self,
-        _now: Instant,
         handle: CallHandle,
         r: &ParsedResponse,
     ) -> Option<(Vec<u8>, Peer)> {
