@@ -313,11 +313,17 @@ fn the_invite_carries_what_the_call_asked_for() {
     assert_eq!(w.sent.len(), 1);
 }
 
-/// A call answered 200 after 180; returns the world, the call, the INVITE and the tag.
-fn answered(seed: u64, extra: &[(&str, &str)]) -> (World, CallHandle, String) {
+/// A world whose endpoint just sent an INVITE over UDP: the world, the call, the INVITE.
+fn calling(seed: u64) -> (World, CallHandle, String) {
     let mut w = World::new(seed);
     let call = w.call(outgoing(Transport::Udp));
     let invite = w.last("INVITE ");
+    (w, call, invite)
+}
+
+/// A call answered 200 after 180; returns the world, the call, the INVITE and the tag.
+fn answered(seed: u64, extra: &[(&str, &str)]) -> (World, CallHandle, String) {
+    let (mut w, call, invite) = calling(seed);
     w.deliver(&reply(&invite, 100, None, &[], &[]));
     w.deliver(&reply(&invite, 180, Some("bobtag"), &[CONTACT], &[]));
     let mut headers = vec![CONTACT];
@@ -418,9 +424,7 @@ fn their_bye_on_a_call_we_placed_is_answered_and_ends_it() {
 
 #[test]
 fn early_media_183_is_reported_with_its_sdp() {
-    let mut w = World::new(6);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(6);
     w.deliver(&reply(&invite, 183, Some("em"), &[CONTACT], ANSWER));
     assert!(matches!(
         w.take_events().as_slice(),
@@ -436,9 +440,7 @@ fn early_media_183_is_reported_with_its_sdp() {
 
 #[test]
 fn busy_486_is_acked_on_the_invite_branch_and_its_retransmissions_absorbed_until_timer_d() {
-    let mut w = World::new(7);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(7);
     w.advance_to(100);
     let busy = reply(&invite, 486, Some("busy"), &[], &[]);
     w.deliver(&busy);
@@ -482,9 +484,7 @@ fn busy_486_is_acked_on_the_invite_branch_and_its_retransmissions_absorbed_until
 
 #[test]
 fn a_302_is_not_followed_and_its_contacts_are_reported() {
-    let mut w = World::new(8);
-    w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, _, invite) = calling(8);
     w.deliver(&reply(
         &invite,
         302,
@@ -517,9 +517,7 @@ fn a_302_is_not_followed_and_its_contacts_are_reported() {
 
 #[test]
 fn a_503_reports_its_retry_after() {
-    let mut w = World::new(9);
-    w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, _, invite) = calling(9);
     w.deliver(&reply(
         &invite,
         503,
@@ -692,9 +690,7 @@ fn a_second_401_with_the_same_nonce_fails_the_call() {
 
 #[test]
 fn a_401_without_credentials_fails_the_call() {
-    let mut w = World::new(15);
-    w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, _, invite) = calling(15);
     w.deliver(&reply(
         &invite,
         401,
@@ -710,9 +706,7 @@ fn a_401_without_credentials_fails_the_call() {
 
 #[test]
 fn cancel_before_any_provisional_is_held_until_the_first_then_487_ends_it_cancelled() {
-    let mut w = World::new(16);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(16);
     w.ep.cancel(w.now, call).unwrap();
     w.flush();
     assert!(
@@ -749,9 +743,7 @@ fn cancel_before_any_provisional_is_held_until_the_first_then_487_ends_it_cancel
 
 #[test]
 fn cancel_after_ringing_goes_at_once_and_hangup_of_a_ringing_call_cancels_too() {
-    let mut w = World::new(17);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(17);
     w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
     w.take_events();
     w.ep.hangup(w.now, call).unwrap();
@@ -781,9 +773,7 @@ fn cancel_after_ringing_goes_at_once_and_hangup_of_a_ringing_call_cancels_too() 
 
 #[test]
 fn a_cancelled_call_whose_peer_never_answers_ends_64_t1_after_the_cancel() {
-    let mut w = World::new(18);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(18);
     w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
     w.advance_to(100_000);
     w.ep.cancel(w.now, call).unwrap();
@@ -809,9 +799,7 @@ fn a_cancelled_call_whose_peer_never_answers_ends_64_t1_after_the_cancel() {
 
 #[test]
 fn an_answer_crossing_our_cancel_is_acked_and_sent_bye() {
-    let mut w = World::new(19);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(19);
     w.deliver(&reply(&invite, 180, Some("x"), &[CONTACT], &[]));
     w.take_events();
     w.ep.cancel(w.now, call).unwrap();
@@ -833,9 +821,7 @@ fn an_answer_crossing_our_cancel_is_acked_and_sent_bye() {
 
 #[test]
 fn forks_the_first_2xx_wins_and_a_later_one_is_acked_and_sent_bye() {
-    let mut w = World::new(20);
-    let call = w.call(outgoing(Transport::Udp));
-    let invite = w.last("INVITE ");
+    let (mut w, call, invite) = calling(20);
     w.deliver(&reply(
         &invite,
         180,

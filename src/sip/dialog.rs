@@ -90,19 +90,9 @@ impl Dialog {
         peer: Peer,
         first_cseq: u32,
     ) -> Result<Dialog, DialogError> {
-        let call_id = req
-            .call_id_header()
-            .map_err(|_| DialogError("no Call-ID"))?
-            .value()
-            .trim()
-            .to_string();
+        let call_id = call_id_of(req)?;
         let from = req.from_header().map_err(|_| DialogError("no From"))?;
-        let remote_tag = from
-            .tag()
-            .ok()
-            .flatten()
-            .map(|t| t.value().to_string())
-            .ok_or(DialogError("no From tag"))?;
+        let remote_tag = tag_of(from.tag(), "no From tag")?;
         let to = req.to_header().map_err(|_| DialogError("no To"))?;
         let local_uri = to
             .typed()
@@ -113,15 +103,7 @@ impl Dialog {
             .map_err(|_| DialogError("no Contact"))?
             .typed()
             .map_err(|_| DialogError("bad Contact"))?;
-        let route_set = req
-            .headers
-            .iter()
-            .filter_map(|h| match h {
-                Header::RecordRoute(rr) => Some(rr.value().to_string()),
-                _ => None,
-            })
-            .flat_map(|v| split_commas(&v))
-            .collect();
+        let route_set = record_routes(&req.headers);
         Ok(Dialog {
             id: DialogId {
                 call_id,
@@ -134,11 +116,7 @@ impl Dialog {
             remote_target: contact.uri.to_string(),
             route_set,
             local_cseq: first_cseq,
-            remote_cseq: req
-                .cseq_header()
-                .ok()
-                .and_then(|c| c.seq().ok())
-                .unwrap_or(0),
+            remote_cseq: cseq_of(req),
             peer,
         })
     }
@@ -152,41 +130,18 @@ impl Dialog {
         resp: &rsipstack::sip::Response,
         peer: Peer,
     ) -> Result<Dialog, DialogError> {
-        let call_id = req
-            .call_id_header()
-            .map_err(|_| DialogError("no Call-ID"))?
-            .value()
-            .trim()
-            .to_string();
+        let call_id = call_id_of(req)?;
         let from = req.from_header().map_err(|_| DialogError("no From"))?;
-        let local_tag = from
-            .tag()
-            .ok()
-            .flatten()
-            .map(|t| t.value().to_string())
-            .ok_or(DialogError("no From tag"))?;
+        let local_tag = tag_of(from.tag(), "no From tag")?;
         let to = resp.to_header().map_err(|_| DialogError("no To"))?;
-        let remote_tag = to
-            .tag()
-            .ok()
-            .flatten()
-            .map(|t| t.value().to_string())
-            .ok_or(DialogError("no To tag"))?;
+        let remote_tag = tag_of(to.tag(), "no To tag")?;
         let remote_target = resp
             .contact_header()
             .ok()
             .and_then(|c| c.typed().ok())
             .map(|c| c.uri.to_string())
             .unwrap_or_else(|| req.uri.to_string());
-        let mut route_set: Vec<String> = resp
-            .headers
-            .iter()
-            .filter_map(|h| match h {
-                Header::RecordRoute(rr) => Some(rr.value().to_string()),
-                _ => None,
-            })
-            .flat_map(|v| split_commas(&v))
-            .collect();
+        let mut route_set = record_routes(&resp.headers);
         route_set.reverse();
         let next_hop = route_set
             .first()
@@ -203,11 +158,7 @@ impl Dialog {
             remote_party: to.value().trim().to_string(),
             remote_target,
             route_set,
-            local_cseq: req
-                .cseq_header()
-                .ok()
-                .and_then(|c| c.seq().ok())
-                .unwrap_or(0),
+            local_cseq: cseq_of(req),
             remote_cseq: 0,
             peer,
         })
@@ -319,6 +270,44 @@ impl Dialog {
             body: Vec::new(),
         }
     }
+}
+
+fn call_id_of(req: &Request) -> Result<String, DialogError> {
+    Ok(req
+        .call_id_header()
+        .map_err(|_| DialogError("no Call-ID"))?
+        .value()
+        .trim()
+        .to_string())
+}
+
+fn tag_of<E>(
+    tag: Result<Option<rsipstack::sip::param::Tag>, E>,
+    missing: &'static str,
+) -> Result<String, DialogError> {
+    tag.ok()
+        .flatten()
+        .map(|t| t.value().to_string())
+        .ok_or(DialogError(missing))
+}
+
+fn cseq_of(req: &Request) -> u32 {
+    req.cseq_header()
+        .ok()
+        .and_then(|c| c.seq().ok())
+        .unwrap_or(0)
+}
+
+/// The Record-Route entries of a message, in received order.
+fn record_routes(headers: &Headers) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::RecordRoute(rr) => Some(rr.value().to_string()),
+            _ => None,
+        })
+        .flat_map(|v| split_commas(&v))
+        .collect()
 }
 
 /// Where a `sip:`/`sips:` URI (bare or in `<>`) points when its host is an IP address: the

@@ -823,7 +823,6 @@ impl NonceCounts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rsipstack::sip::Header;
 
     #[test]
     fn rfc_2617_md5_qop_auth_example() {
@@ -911,13 +910,7 @@ mod tests {
         assert!(parse_challenges("realm=x").is_err());
     }
 
-    fn headers(lines: &[(&str, &str)]) -> Headers {
-        let mut h = Headers::default();
-        for (n, v) in lines {
-            h.push(Header::Other(n.to_string(), v.to_string()));
-        }
-        h
-    }
+    use crate::sip::message::headers_of as headers;
 
     #[test]
     fn the_client_picks_sha256_over_md5_and_counts_nonce_uses() {

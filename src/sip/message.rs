@@ -540,6 +540,16 @@ pub fn push_header(msg: &mut impl HasHeaders, name: &str, value: &str) {
         .push(Header::Other(name.to_string(), value.to_string()));
 }
 
+/// Headers from (name, value) pairs, for tests.
+#[cfg(test)]
+pub(crate) fn headers_of(lines: &[(&str, &str)]) -> Headers {
+    let mut h = Headers::default();
+    for (n, v) in lines {
+        h.push(Header::Other(n.to_string(), v.to_string()));
+    }
+    h
+}
+
 /// Sets the body with its Content-Type, keeping Content-Length right.
 pub fn set_body(msg: &mut impl HasBody, content_type: &str, body: Vec<u8>) {
     let headers = msg.headers_mut();

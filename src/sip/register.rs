@@ -391,15 +391,7 @@ fn granted_expiry(headers: &Headers, contact: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsipstack::sip::Header;
-
-    fn with(lines: &[(&str, &str)]) -> Headers {
-        let mut h = Headers::default();
-        for (n, v) in lines {
-            h.push(Header::Other(n.to_string(), v.to_string()));
-        }
-        h
-    }
+    use crate::sip::message::headers_of as with;
 
     #[test]
     fn granted_expiry_prefers_our_contact_over_expires() {
