@@ -1238,3 +1238,50 @@ mod registration {
         assert_eq!(r.sent.len(), 3);
     }
 }
+
+#[test]
+fn our_reinvite_and_refer_and_their_info_work_on_a_call_we_placed() {
+    let (mut w, call, invite) = answered(23, &[]);
+    w.take_events();
+    let cseq = parse_req(&invite).ess.cseq;
+    w.ep.reinvite(w.now, call, SDP.to_vec()).unwrap();
+    w.flush();
+    let re = w.last("INVITE ");
+    assert!(re.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0"));
+    assert!(header(&re, "To")[0].ends_with(";tag=bobtag"));
+    assert_eq!(parse_req(&re).ess.cseq, cseq + 1);
+    w.deliver(&reply(&re, 200, None, &[CONTACT], ANSWER));
+    let ack = w.last("ACK ");
+    assert_eq!(parse_req(&ack).ess.cseq, cseq + 1);
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::ReInviteAnswered { call: c, code: 200, sdp: Some(_) }] if *c == call
+    ));
+    w.ep.refer(w.now, call, "sip:carol@127.0.0.1:5090").unwrap();
+    w.flush();
+    let refer = w.last("REFER ");
+    assert_eq!(
+        header(&refer, "Refer-To"),
+        vec!["<sip:carol@127.0.0.1:5090>"]
+    );
+    assert_eq!(header(&refer, "Referred-By"), vec!["<sip:sb@127.0.0.1>"]);
+    w.deliver(&reply(&refer, 202, None, &[], &[]));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::ReferAnswered { code: 202, .. }]
+    ));
+    let info = String::from_utf8(their_request(&invite, "INFO", "bobtag", 3, &[]))
+        .unwrap()
+        .replace(
+            "Content-Length: 0",
+            "Content-Type: application/dtmf-relay\r\nContent-Length: 10",
+        )
+        + "Signal=7\r\n";
+    w.deliver(info.as_bytes());
+    assert!(w.last("SIP/2.0 ").starts_with("SIP/2.0 200 OK"));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Info { call: c, content_type: Some(ct), body }]
+            if *c == call && ct == "application/dtmf-relay" && body == b"Signal=7\r\n"
+    ));
+}
