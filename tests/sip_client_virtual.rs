@@ -852,6 +852,10 @@ fn forks_the_first_2xx_wins_and_a_later_one_is_acked_and_sent_bye() {
         })
         .collect();
     assert_eq!(tags, vec!["fork-a", "fork-b"], "each early dialog reported");
+    assert_eq!(
+        w.ep.early_dialogs(call),
+        Some(&["fork-a".to_string(), "fork-b".to_string()][..])
+    );
     assert!(matches!(events.last(), Some(Event::Answered { call: c, .. }) if *c == call));
     let ack_b = w.last("ACK ");
     assert!(ack_b.starts_with("ACK sip:b@127.0.0.1:5072"));

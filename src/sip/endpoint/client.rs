@@ -107,6 +107,9 @@ enum CancelState {
     Sent,
 }
 
+/// Early dialogs remembered per call.
+const MAX_EARLY_DIALOGS: usize = 16;
+
 /// A call of ours until its INVITE transaction ends.
 pub(super) struct Outgoing {
     /// The INVITE last sent (a challenge makes a new one): CANCEL and ACKs copy it.
@@ -235,6 +238,12 @@ impl Endpoint {
         }
     }
 
+    /// The To tags of the early dialogs (forks) a call of ours has heard from, in order;
+    /// None once its INVITE transaction is over or for a call we answered.
+    pub fn early_dialogs(&self, call: CallHandle) -> Option<&[String]> {
+        self.outgoing.get(&call).map(|o| o.early.as_slice())
+    }
+
     /// True while `call` is a call of ours whose INVITE has no 2xx yet.
     pub(super) fn is_unanswered_outgoing(&self, call: CallHandle) -> bool {
         self.outgoing
@@ -323,7 +332,8 @@ impl Endpoint {
             o.phase = UacPhase::Proceeding;
         }
         if let Some(tag) = &r.ess.to_tag {
-            if !o.early.contains(tag) {
+            // Bounded: a peer inventing tags cannot grow the call without end.
+            if !o.early.contains(tag) && o.early.len() < MAX_EARLY_DIALOGS {
                 o.early.push(tag.clone());
             }
         }

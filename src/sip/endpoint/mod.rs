@@ -164,7 +164,8 @@ pub enum Event {
         body: Vec<u8>,
     },
     /// A provisional response (101-199) to an INVITE of ours: ringing, or early media when
-    /// `sdp` is given. Each fork has its own `to_tag` (its early dialog).
+    /// `sdp` is given. Each fork has its own `to_tag` (its early dialog). Not reported once
+    /// the call is being cancelled.
     Progress {
         /// The call.
         call: CallHandle,
