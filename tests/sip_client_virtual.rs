@@ -1289,3 +1289,47 @@ fn our_reinvite_and_refer_and_their_info_work_on_a_call_we_placed() {
             if *c == call && ct == "application/dtmf-relay" && body == b"Signal=7\r\n"
     ));
 }
+
+#[test]
+fn without_an_offer_the_2xx_offer_is_answered_in_the_ack() {
+    let mut w = World::new(24);
+    let mut out = outgoing(Transport::Udp);
+    out.sdp = None;
+    let call = w.call(out);
+    let invite = w.last("INVITE ");
+    assert!(header(&invite, "Content-Type").is_empty());
+    assert_eq!(header(&invite, "Content-Length"), vec!["0"]);
+    w.deliver(&reply(&invite, 200, Some("lo"), &[CONTACT], SDP));
+    assert!(matches!(
+        w.take_events().as_slice(),
+        [Event::Answered { call: c, sdp: Some(offer) }] if *c == call && offer == SDP
+    ));
+    assert!(
+        w.sent_starting("ACK ").is_empty(),
+        "the ACK waits for our answer"
+    );
+    // The 2xx again meanwhile: still no ACK without the answer.
+    w.deliver(&reply(&invite, 200, Some("lo"), &[CONTACT], SDP));
+    assert!(w.sent_starting("ACK ").is_empty());
+    w.ep.acknowledge(w.now, call, ANSWER.to_vec()).unwrap();
+    w.flush();
+    let ack = w.last("ACK ");
+    assert_eq!(header(&ack, "Content-Type"), vec!["application/sdp"]);
+    assert!(ack.ends_with(std::str::from_utf8(ANSWER).unwrap()));
+    assert_eq!(parse_req(&ack).ess.cseq, parse_req(&invite).ess.cseq);
+    // Only once; a retransmitted 2xx now gets the same ACK.
+    assert_eq!(
+        w.ep.acknowledge(w.now, call, ANSWER.to_vec()),
+        Err(switchboard::sip::endpoint::CommandError::WrongState)
+    );
+    w.deliver(&reply(&invite, 200, Some("lo"), &[CONTACT], SDP));
+    let acks = w.sent_starting("ACK ");
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0].text, acks[1].text);
+    // With an offer of ours the ACK goes at once and acknowledge has nothing to do.
+    let (mut w, call, _) = answered(25, &[]);
+    assert_eq!(
+        w.ep.acknowledge(w.now, call, ANSWER.to_vec()),
+        Err(switchboard::sip::endpoint::CommandError::WrongState)
+    );
+}

@@ -71,6 +71,8 @@ pub enum Command {
     },
     /// Cancels a call of ours not yet answered.
     Cancel(CallHandle),
+    /// The ACK with our SDP answer, for a call we placed without an offer.
+    Acknowledge(CallHandle, Vec<u8>),
 }
 
 /// A call [`Command::Dial`] placed: its handle and the stream of its events (progress,
@@ -265,6 +267,7 @@ fn apply(
             }
         },
         Command::Cancel(call) => ep.cancel(now, call),
+        Command::Acknowledge(call, sdp) => ep.acknowledge(now, call, sdp),
         Command::Ring(call, sdp) => ep.ring(now, call, sdp),
         Command::Answer(call, sdp) => ep.answer(now, call, sdp),
         Command::Reject {

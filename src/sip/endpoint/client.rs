@@ -15,8 +15,9 @@
 //! Once answered the call is an ordinary dialog: the in-dialog commands (BYE, re-INVITE,
 //! INFO, UPDATE, REFER) and the peer's requests work as on calls we answered. The route set
 //! is the 2xx's Record-Route reversed; strict routers are not supported (every route is
-//! taken as loose, see `dialog`). The INVITE must carry the SDP offer: a 2xx offer (no offer
-//! in our INVITE) is reported but our ACK carries no answer.
+//! taken as loose, see `dialog`). An INVITE without SDP asks the peer to offer (late offer):
+//! the 2xx's offer comes in [`Event::Answered`] and the ACK waits for the answer, given with
+//! [`Endpoint::acknowledge`].
 
 use std::time::Instant;
 
@@ -91,10 +92,12 @@ enum UacPhase {
     Accepted {
         /// The winning fork's To tag.
         tag: String,
-        /// Our ACK for it.
-        ack: Vec<u8>,
-        /// Where the ACK went.
+        /// Our ACK for it; None while the answer to the 2xx's offer is awaited.
+        ack: Option<Vec<u8>>,
+        /// Where the ACK goes.
         ack_peer: Peer,
+        /// The INVITE's CSeq, which the ACK repeats.
+        cseq: u32,
     },
 }
 
@@ -244,6 +247,50 @@ impl Endpoint {
         self.outgoing.get(&call).map(|o| o.early.as_slice())
     }
 
+    /// Sends the ACK with our SDP answer to the offer of the 2xx, for a call we placed
+    /// without an offer (the offer came in [`Event::Answered`]).
+    pub fn acknowledge(
+        &mut self,
+        _now: Instant,
+        call: CallHandle,
+        sdp: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let Some(o) = self.outgoing.get(&call) else {
+            return Err(if self.calls.contains_key(&call) {
+                CommandError::WrongState
+            } else {
+                CommandError::NoSuchCall
+            });
+        };
+        let UacPhase::Accepted {
+            ack: None, cseq, ..
+        } = o.phase
+        else {
+            return Err(CommandError::WrongState);
+        };
+        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
+        let mut ack = c.dialog.ack(
+            cseq,
+            None,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
+        c.local_sdp = sdp.clone();
+        set_body(&mut ack, "application/sdp", sdp);
+        let bytes = ack.to_bytes();
+        let peer = c.dialog.peer;
+        if let Some(Outgoing {
+            phase: UacPhase::Accepted { ack, .. },
+            ..
+        }) = self.outgoing.get_mut(&call)
+        {
+            *ack = Some(bytes.clone());
+        }
+        self.send(peer, bytes);
+        Ok(())
+    }
+
     /// True while `call` is a call of ours whose INVITE has no 2xx yet.
     pub(super) fn is_unanswered_outgoing(&self, call: CallHandle) -> bool {
         self.outgoing
@@ -365,18 +412,24 @@ impl Endpoint {
             tag: won,
             ack,
             ack_peer,
+            ..
         } = &o.phase
         {
             if *won == tag {
-                // §13.2.2.4: every retransmission of the 2xx gets the ACK again.
-                let (ack, peer) = (ack.clone(), *ack_peer);
-                return self.send(peer, ack);
+                // §13.2.2.4: every retransmission of the 2xx gets the ACK again (none yet
+                // while the layer above works out its answer).
+                if let Some(ack) = ack.clone() {
+                    let peer = *ack_peer;
+                    self.send(peer, ack);
+                }
+                return;
             }
             // A later fork answered too: that dialog is not wanted.
             tracing::info!(call = call.0, fork = %tag, "a second fork answered; ending it");
             let hidden = CallHandle(self.next_call);
             self.next_call += 1;
-            if self.confirm_dialog(hidden, &r).is_some() {
+            if let Some((ack, peer)) = self.confirm_dialog(hidden, &r) {
+                self.send(peer, ack.to_bytes());
                 if let Some(c) = self.calls.get_mut(&hidden) {
                     c.ended = true;
                 }
@@ -384,17 +437,24 @@ impl Endpoint {
             }
             return;
         }
+        let cancelled = o.cancel != CancelState::NotAsked;
+        // With the offer in the 2xx the ACK carries our answer: it waits for the layer above.
+        let late_offer = o.invite.body.is_empty() && !r.resp.body.is_empty() && !cancelled;
         let Some((ack, ack_peer)) = self.confirm_dialog(call, &r) else {
             return;
         };
-        let cancelled = self
-            .outgoing
-            .get_mut(&call)
-            .map(|o| {
-                o.phase = UacPhase::Accepted { tag, ack, ack_peer };
-                o.cancel != CancelState::NotAsked
-            })
-            .unwrap_or(false);
+        let ack = (!late_offer).then(|| ack.to_bytes());
+        if let Some(ack) = &ack {
+            self.send(ack_peer, ack.clone());
+        }
+        if let Some(o) = self.outgoing.get_mut(&call) {
+            o.phase = UacPhase::Accepted {
+                tag,
+                ack,
+                ack_peer,
+                cseq: r.ess.cseq,
+            };
+        }
         if cancelled {
             // The answer crossed our CANCEL: the call is still unwanted.
             self.send_bye(now, call);
@@ -405,13 +465,13 @@ impl Endpoint {
         self.events.push_back(Event::Answered { call, sdp });
     }
 
-    /// Makes the dialog of a 2xx to our INVITE a confirmed call `handle` and sends its ACK:
-    /// the ACK's bytes and where they went.
+    /// Makes the dialog of a 2xx to our INVITE a confirmed call `handle`: the ACK it needs
+    /// (without body) and where it goes.
     fn confirm_dialog(
         &mut self,
         handle: CallHandle,
         r: &ParsedResponse,
-    ) -> Option<(Vec<u8>, Peer)> {
+    ) -> Option<(Request, Peer)> {
         let owner = self
             .client_txs
             .get(r.ess.branch.as_deref().unwrap_or(""))
@@ -424,18 +484,14 @@ impl Endpoint {
                 return None;
             }
         };
-        let cseq = r.ess.cseq;
-        let ack = dialog
-            .ack(
-                cseq,
-                None,
-                &mut self.ids,
-                self.cfg.local_addr,
-                &self.cfg.user_agent,
-            )
-            .to_bytes();
+        let ack = dialog.ack(
+            r.ess.cseq,
+            None,
+            &mut self.ids,
+            self.cfg.local_addr,
+            &self.cfg.user_agent,
+        );
         let peer = dialog.peer;
-        self.send(peer, ack.clone());
         self.dialogs.insert(dialog.id.clone(), handle);
         let allows = super::invite::allows_update_response(&r.resp);
         self.calls.insert(handle, Call::outgoing(dialog, allows));

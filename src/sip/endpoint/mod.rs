@@ -179,10 +179,12 @@ pub enum Event {
         sdp: Option<Vec<u8>>,
     },
     /// The first 2xx to an INVITE of ours; the ACK has gone out and the call is confirmed.
+    /// When our INVITE had no offer, `sdp` is the peer's offer and the ACK waits for our
+    /// answer ([`Endpoint::acknowledge`]).
     Answered {
         /// The call.
         call: CallHandle,
-        /// The SDP answer.
+        /// The SDP answer (the peer's offer, see above).
         sdp: Option<Vec<u8>>,
     },
     /// A final error response to an INVITE of ours (408 when nobody answered); a 3xx is not
