@@ -1333,3 +1333,70 @@ fn without_an_offer_the_2xx_offer_is_answered_in_the_ack() {
         Err(switchboard::sip::endpoint::CommandError::WrongState)
     );
 }
+
+mod registration_refused {
+    use super::*;
+    use switchboard::sip::register::{Registration, RegistrationConfig, RegistrationState};
+
+    #[test]
+    fn refused_credentials_fail_each_attempt_and_a_later_fresh_nonce_is_answered_again() {
+        let start = Instant::now();
+        let mut reg = Registration::new(
+            RegistrationConfig {
+                registrar: "sip:127.0.0.1:5070".into(),
+                peer: them(Transport::Udp),
+                aor: "sip:alice@127.0.0.1".into(),
+                contact: "sip:sb@127.0.0.1:5060".into(),
+                credentials: Some(Credentials::password("alice", "wonderland")),
+                expires: 600,
+                local_addr: US.parse().unwrap(),
+                user_agent: "t".into(),
+                timers: TimerConfig::default(),
+            },
+            Ids::with_seed(40),
+        );
+        reg.start(start);
+        let mut now = start;
+        let mut last = String::from_utf8(reg.poll_transmit().unwrap().bytes).unwrap();
+        let issuer = NonceIssuer::new(b"r".to_vec(), "switchboard", 3600);
+        let same = issuer.challenge(1, Algorithm::Md5, false).to_string();
+        let reply_to = |reg: &mut Registration, now: Instant, last: &str, ch: &str| {
+            let r = reply(last, 401, Some("t"), &[("WWW-Authenticate", ch)], &[]);
+            assert!(reg.handle_message(now, &r));
+            reg.poll_transmit()
+                .map(|t| String::from_utf8(t.bytes).unwrap())
+        };
+        // Answered once, then the same nonce again: refused, for many attempts in a row.
+        for attempt in 0..6 {
+            if attempt == 0 {
+                last = reply_to(&mut reg, now, &last, &same).unwrap();
+            }
+            assert!(
+                reply_to(&mut reg, now, &last, &same).is_none(),
+                "attempt {attempt}"
+            );
+            let RegistrationState::Failed {
+                code: 401,
+                retry_at,
+            } = reg.state()
+            else {
+                panic!("{:?}", reg.state())
+            };
+            now = retry_at;
+            reg.handle_timeout(now);
+            last = String::from_utf8(reg.poll_transmit().unwrap().bytes).unwrap();
+            assert!(
+                !header(&last, "Authorization").is_empty(),
+                "preemptive credentials"
+            );
+        }
+        // The registrar moves to a new nonce: answered at once, however many failures before.
+        let fresh = issuer.challenge(2, Algorithm::Md5, false).to_string();
+        let answered = reply_to(&mut reg, now, &last, &fresh).expect("answered");
+        let a = digest::parse_authorization(header(&answered, "Authorization")[0]).unwrap();
+        assert_eq!((a.nonce, a.nc), (issuer.issue(2), Some(1)));
+        let ok = reply(&answered, 200, Some("t"), &[("Expires", "600")], &[]);
+        assert!(reg.handle_message(now, &ok));
+        assert!(matches!(reg.state(), RegistrationState::Registered { .. }));
+    }
+}

@@ -626,8 +626,9 @@ impl ClientAuth {
         Ok(())
     }
 
-    /// The request was accepted: the challenge count starts again.
-    pub fn succeeded(&mut self) {
+    /// A new attempt begins (a refresh, or a retry after a back-off): the count of
+    /// challenges answered in a row starts again.
+    pub fn start_over(&mut self) {
         self.rounds = 0;
     }
 

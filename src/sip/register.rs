@@ -265,6 +265,9 @@ impl Registration {
         }
         if self.next_attempt.is_some_and(|at| at <= now) {
             self.next_attempt = None;
+            if let Some(a) = self.auth.as_mut() {
+                a.start_over();
+            }
             if matches!(self.state, RegistrationState::Failed { .. }) {
                 self.state = RegistrationState::Registering;
             }
@@ -275,9 +278,6 @@ impl Registration {
     fn on_registered(&mut self, now: Instant, r: &ParsedResponse) {
         let granted = granted_expiry(&r.resp.headers, &self.cfg.contact).unwrap_or(self.expires);
         self.failures = 0;
-        if let Some(a) = self.auth.as_mut() {
-            a.succeeded();
-        }
         let until = now + Duration::from_secs(granted.into());
         self.state = RegistrationState::Registered { until };
         let g = u64::from(granted);
