@@ -1057,9 +1057,39 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsers_never_panic(s in "\\PC{0,80}") {
-            let _ = parse_challenges(&s);
-            let _ = parse_authorization(&s);
+        fn parsers_never_panic_and_what_parses_prints_back(s in "\\PC{0,80}") {
+            if let Ok(cs) = parse_challenges(&s) {
+                for c in cs {
+                    prop_assert_eq!(parse_challenges(&c.to_string()).unwrap(), vec![c]);
+                }
+            }
+            if let Ok(a) = parse_authorization(&s) {
+                prop_assert_eq!(parse_authorization(&a.to_string()).unwrap(), a);
+            }
+        }
+
+        #[test]
+        fn digest_shaped_input_round_trips(
+            params in proptest::collection::vec(
+                (prop_oneof![Just("realm"), Just("nonce"), Just("qop"), Just("algorithm"),
+                    Just("stale"), Just("opaque"), Just("username"), Just("uri"),
+                    Just("response"), Just("nc"), Just("cnonce")],
+                 "[ -~]{0,12}", any::<bool>()),
+                0..12),
+        ) {
+            let body: Vec<String> = params
+                .iter()
+                .map(|(k, v, quoted)| if *quoted { format!("{k}={}", quote(v)) } else { format!("{k}={v}") })
+                .collect();
+            let s = format!("Digest {}", body.join(", "));
+            if let Ok(cs) = parse_challenges(&s) {
+                for c in cs {
+                    prop_assert_eq!(parse_challenges(&c.to_string()).unwrap(), vec![c]);
+                }
+            }
+            if let Ok(a) = parse_authorization(&s) {
+                prop_assert_eq!(parse_authorization(&a.to_string()).unwrap(), a);
+            }
         }
 
         #[test]
