@@ -309,6 +309,9 @@ fn the_invite_carries_what_the_call_asked_for() {
     let mut bad = outgoing(Transport::Udp);
     bad.headers = vec![("X-Evil".into(), "a\r\nBYE: x".into())];
     assert!(w.ep.invite(w.now, bad).is_err());
+    let mut bad = outgoing(Transport::Udp);
+    bad.headers = vec![("l".into(), "0".into())];
+    assert!(w.ep.invite(w.now, bad).is_err(), "compact Content-Length");
     w.flush();
     assert_eq!(w.sent.len(), 1);
 }

@@ -246,12 +246,7 @@ impl Dialog {
         let uri = Uri::try_from(self.remote_target.as_str())
             .or_else(|_| Uri::try_from(format!("sip:{}", self.peer.addr).as_str()));
         let mut headers = Headers::default();
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            self.peer.transport.via_token(),
-            local
-        );
-        headers.push(Header::Via(via.into()));
+        headers.push(via(self.peer.transport, local, branch));
         headers.push(Header::MaxForwards(70.into()));
         for r in &self.route_set {
             headers.push(Header::Route(r.clone().into()));
@@ -308,6 +303,18 @@ fn record_routes(headers: &Headers) -> Vec<String> {
         })
         .flat_map(|v| split_commas(&v))
         .collect()
+}
+
+/// The Via of a request we send: our address, a branch of its own, and `rport` so that the
+/// answer comes back to the port we sent from (RFC 3581).
+pub fn via(transport: Transport, local: std::net::SocketAddr, branch: &str) -> Header {
+    Header::Via(
+        format!(
+            "SIP/2.0/{} {local};branch={branch};rport",
+            transport.via_token()
+        )
+        .into(),
+    )
 }
 
 /// Where a `sip:`/`sips:` URI (bare or in `<>`) points when its host is an IP address: the

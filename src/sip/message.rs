@@ -653,7 +653,8 @@ fn sanitize_phrase(s: &str) -> String {
         .collect()
 }
 
-fn is_token(s: &str) -> bool {
+/// An RFC 3261 token (a method or header name).
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))

@@ -310,13 +310,10 @@ impl Registration {
         let branch = self.ids.branch();
         let uri = Uri::try_from(self.cfg.registrar.as_str()).unwrap_or_default();
         let mut headers = Headers::default();
-        headers.push(Header::Via(
-            format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                self.cfg.peer.transport.via_token(),
-                self.cfg.local_addr
-            )
-            .into(),
+        headers.push(super::dialog::via(
+            self.cfg.peer.transport,
+            self.cfg.local_addr,
+            &branch,
         ));
         headers.push(Header::MaxForwards(70.into()));
         headers.push(Header::From(

@@ -22,9 +22,11 @@
 use std::time::Instant;
 
 use super::{Call, CallHandle, CallPhase, ClientPurpose, CommandError, EndReason, Endpoint, Event};
-use crate::sip::dialog::{Dialog, Peer, Transport};
+use crate::sip::dialog::{via, Dialog, Peer, Transport};
 use crate::sip::digest::{ClientAuth, Credentials};
-use crate::sip::message::{header_value, push_header, set_body, Method, ParsedResponse, Request};
+use crate::sip::message::{
+    canonical_name, header_value, is_token, push_header, set_body, Method, ParsedResponse, Request,
+};
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Headers, Uri};
 
@@ -110,6 +112,20 @@ enum CancelState {
     Sent,
 }
 
+/// Headers the INVITE's own machinery writes: an extra one would contradict it.
+const OUR_HEADERS: [&str; 10] = [
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Contact",
+    "Max-Forwards",
+    "Route",
+    "Content-Length",
+    "Content-Type",
+];
+
 /// Early dialogs remembered per call.
 const MAX_EARLY_DIALOGS: usize = 16;
 
@@ -132,7 +148,8 @@ pub(super) struct Outgoing {
 impl Endpoint {
     /// Places a call: sends the INVITE and returns its handle. Its progress comes as
     /// [`Event::Progress`], then [`Event::Answered`] or [`Event::Failed`] and
-    /// [`Event::Ended`].
+    /// [`Event::Ended`]. Once something answered provisionally the call rings as long as
+    /// the peer lets it: bounding that is the caller's choice, by [`Endpoint::cancel`].
     pub fn invite(&mut self, now: Instant, out: OutgoingCall) -> Result<CallHandle, CommandError> {
         let uri = checked_target(&out)?;
         for p in [&out.from, &out.to] {
@@ -149,6 +166,16 @@ impl Endpoint {
         if !extra_ok {
             return Err(CommandError::InvalidCall("an extra header or route"));
         }
+        let ours = out.headers.iter().any(|(n, _)| {
+            OUR_HEADERS
+                .iter()
+                .any(|o| canonical_name(n).eq_ignore_ascii_case(o))
+        });
+        if ours {
+            return Err(CommandError::InvalidCall(
+                "an extra header the endpoint writes",
+            ));
+        }
         let call = CallHandle(self.next_call);
         self.next_call += 1;
         let tag = self.ids.token();
@@ -156,14 +183,7 @@ impl Endpoint {
         let branch = self.ids.branch();
         let cseq = self.ids.first_cseq();
         let mut headers = Headers::default();
-        headers.push(Header::Via(
-            format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                out.peer.transport.via_token(),
-                self.cfg.local_addr
-            )
-            .into(),
-        ));
+        headers.push(via(out.peer.transport, self.cfg.local_addr, &branch));
         headers.push(Header::MaxForwards(70.into()));
         for r in &out.route {
             let r = r.trim();
@@ -559,12 +579,8 @@ impl Endpoint {
         req.headers.retain(|h| {
             !matches!(h, Header::Via(_) | Header::CSeq(_)) && !is_credentials_header(h.name())
         });
-        let via = format!(
-            "SIP/2.0/{} {local};branch={branch};rport",
-            o.peer.transport.via_token()
-        );
         let mut headers = Headers::default();
-        headers.push(Header::Via(via.into()));
+        headers.push(via(o.peer.transport, local, &branch));
         for h in req.headers.iter() {
             headers.push(h.clone());
             if matches!(h, Header::CallId(_)) {
@@ -666,12 +682,6 @@ fn checked_target(out: &OutgoingCall) -> Result<Uri, CommandError> {
 /// No CR, LF or NUL: nothing that could end a header line.
 fn clean(s: &str) -> bool {
     !s.contains(['\r', '\n', '\0'])
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 fn invite_cseq(req: &Request) -> u32 {
