@@ -88,19 +88,19 @@ impl World {
         h
     }
 
-    /// Steps from deadline to deadline up to `ms` after the start; bounded.
+    /// Steps from deadline to deadline up to `ms` after the start.
     fn advance_to(&mut self, ms: u64) {
         let until = self.start + Duration::from_millis(ms);
-        for _ in 0..100_000 {
-            match self.ep.poll_timeout() {
-                Some(at) if at <= until => {
-                    self.now = self.now.max(at);
-                    self.ep.handle_timeout(self.now);
-                    self.flush();
-                }
-                _ => break,
-            }
-        }
+        step_until(
+            self,
+            until,
+            |w| w.ep.poll_timeout(),
+            |w, at| {
+                w.now = w.now.max(at);
+                w.ep.handle_timeout(w.now);
+                w.flush();
+            },
+        );
         self.now = self.now.max(until);
     }
 
@@ -133,6 +133,22 @@ impl World {
     fn take_events(&mut self) -> Vec<Event> {
         self.events.drain(..).map(|(_, e)| e).collect()
     }
+}
+
+/// Fires what `deadline` says is due, in order, until nothing is due by `until`; bounded.
+fn step_until<M>(
+    m: &mut M,
+    until: Instant,
+    deadline: impl Fn(&mut M) -> Option<Instant>,
+    fire: impl Fn(&mut M, Instant),
+) {
+    for _ in 0..100_000 {
+        match deadline(m) {
+            Some(at) if at <= until => fire(m, at),
+            _ => return,
+        }
+    }
+    panic!("still busy after 100,000 steps");
 }
 
 fn outgoing(transport: Transport) -> OutgoingCall {
@@ -959,16 +975,16 @@ mod registration {
 
         fn advance_to_ms(&mut self, ms: u64) {
             let until = self.start + Duration::from_millis(ms);
-            for _ in 0..100_000 {
-                match self.reg.poll_timeout() {
-                    Some(at) if at <= until => {
-                        self.now = self.now.max(at);
-                        self.reg.handle_timeout(self.now);
-                        self.flush();
-                    }
-                    _ => break,
-                }
-            }
+            step_until(
+                self,
+                until,
+                |r| r.reg.poll_timeout(),
+                |r, at| {
+                    r.now = r.now.max(at);
+                    r.reg.handle_timeout(r.now);
+                    r.flush();
+                },
+            );
             self.now = self.now.max(until);
         }
 
