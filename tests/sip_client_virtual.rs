@@ -1419,3 +1419,131 @@ mod registration_refused {
         assert!(matches!(reg.state(), RegistrationState::Registered { .. }));
     }
 }
+
+/// Our endpoint calls another endpoint of ours over a network that loses a fifth of the
+/// datagrams and reorders them: every call is answered, confirmed and ended on both sides.
+#[test]
+fn two_endpoints_call_each_other_over_a_lossy_reordering_network() {
+    for seed in [50, 60, 70, 80, 90] {
+        calls_between_endpoints(seed);
+    }
+}
+
+fn calls_between_endpoints(seed: u64) {
+    const B: &str = "127.0.0.1:5070";
+    let udp = |a: &str| Peer {
+        transport: Transport::Udp,
+        addr: a.parse().unwrap(),
+    };
+    let endpoint = |addr: &str, seed| {
+        Endpoint::with_ids(
+            EndpointConfig {
+                timers: TimerConfig::default(),
+                local_addr: addr.parse().unwrap(),
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(seed),
+        )
+    };
+    let start = Instant::now();
+    let (mut a, mut b) = (endpoint(US, seed), endpoint(B, seed + 1));
+    let mut rng = fastrand::Rng::with_seed(seed + 2);
+    // (due, seq, to_b, bytes)
+    let mut wire: Vec<(Instant, u64, bool, Vec<u8>)> = Vec::new();
+    let mut seq = 0;
+    let (mut answered, mut confirmed, mut a_ended, mut b_ended) = (0, 0, 0, 0);
+    let calls = 20;
+    let mut placed = 0;
+    let mut now = start;
+    let mut live: Option<CallHandle> = None;
+    for _ in 0..200_000 {
+        if placed < calls && a.call_count() == 0 && b.call_count() == 0 {
+            let mut out = outgoing(Transport::Udp);
+            out.target = format!("sip:b@{B}");
+            a.invite(now, out).unwrap();
+            placed += 1;
+        }
+        for (ep, to_b) in [(&mut a, true), (&mut b, false)] {
+            while let Some(t) = ep.poll_transmit() {
+                if rng.f64() < 0.2 {
+                    continue;
+                }
+                seq += 1;
+                let due = now + Duration::from_millis(2 + rng.u64(0..40));
+                wire.push((due, seq, to_b, t.bytes));
+            }
+        }
+        let mut progressed = false;
+        while let Some(e) = a.poll_event() {
+            progressed = true;
+            match e {
+                Event::Answered { call, sdp } => {
+                    assert_eq!(sdp.as_deref(), Some(ANSWER));
+                    answered += 1;
+                    live = Some(call);
+                }
+                Event::Ended { reason, .. } => {
+                    assert_eq!(reason, EndReason::LocalBye);
+                    a_ended += 1;
+                }
+                Event::Progress { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        while let Some(e) = b.poll_event() {
+            progressed = true;
+            match e {
+                Event::Incoming { call, .. } => {
+                    b.ring(now, call, None).unwrap();
+                    b.answer(now, call, ANSWER.to_vec()).unwrap();
+                }
+                Event::Confirmed { .. } => {
+                    confirmed += 1;
+                    // The caller hangs up once the callee saw the ACK (lost ACKs are sent
+                    // again for each 2xx the callee repeats).
+                    if let Some(call) = live.take() {
+                        a.hangup(now, call).unwrap();
+                    }
+                }
+                Event::Ended { reason, .. } => {
+                    assert_eq!(reason, EndReason::RemoteBye);
+                    b_ended += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if progressed {
+            continue;
+        }
+        let next = wire
+            .iter()
+            .map(|m| m.0)
+            .chain(a.poll_timeout())
+            .chain(b.poll_timeout())
+            .min();
+        let Some(next) = next else {
+            break;
+        };
+        now = now.max(next);
+        wire.sort_by_key(|m| (m.0, m.1));
+        let due: Vec<_> = wire.iter().take_while(|m| m.0 <= now).cloned().collect();
+        wire.drain(..due.len());
+        for (_, _, to_b, bytes) in due {
+            if to_b {
+                b.handle_message(now, udp(US), &bytes);
+            } else {
+                a.handle_message(now, udp(B), &bytes);
+            }
+        }
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+    }
+    assert_eq!(placed, calls);
+    assert_eq!(
+        (answered, confirmed, a_ended, b_ended),
+        (calls, calls, calls, calls)
+    );
+    assert_eq!((a.call_count(), b.call_count()), (0, 0));
+    assert_eq!((a.transaction_count(), b.transaction_count()), (0, 0));
+    assert!(now - start < Duration::from_secs(3600), "{:?}", now - start);
+}
