@@ -1425,14 +1425,20 @@ mod registration_refused {
 #[test]
 fn two_endpoints_call_each_other_over_a_lossy_reordering_network() {
     for seed in [50, 60, 70, 80, 90] {
-        calls_between_endpoints(seed);
+        calls_between_endpoints(seed, Transport::Udp, 0.2);
     }
 }
 
-fn calls_between_endpoints(seed: u64) {
+/// The same over TCP, which loses nothing: no retransmission is needed, and none is sent.
+#[test]
+fn two_endpoints_call_each_other_over_tcp() {
+    calls_between_endpoints(100, Transport::Tcp, 0.0);
+}
+
+fn calls_between_endpoints(seed: u64, transport: Transport, loss: f64) {
     const B: &str = "127.0.0.1:5070";
-    let udp = |a: &str| Peer {
-        transport: Transport::Udp,
+    let peer = |a: &str| Peer {
+        transport,
         addr: a.parse().unwrap(),
     };
     let endpoint = |addr: &str, seed| {
@@ -1456,16 +1462,20 @@ fn calls_between_endpoints(seed: u64) {
     let mut placed = 0;
     let mut now = start;
     let mut live: Option<CallHandle> = None;
+    let mut sent = 0;
     for _ in 0..200_000 {
         if placed < calls && a.call_count() == 0 && b.call_count() == 0 {
-            let mut out = outgoing(Transport::Udp);
+            let mut out = outgoing(transport);
             out.target = format!("sip:b@{B}");
+            out.peer = peer(B);
             a.invite(now, out).unwrap();
             placed += 1;
         }
         for (ep, to_b) in [(&mut a, true), (&mut b, false)] {
             while let Some(t) = ep.poll_transmit() {
-                if rng.f64() < 0.2 {
+                assert_eq!(t.peer.transport, transport);
+                sent += 1;
+                if rng.f64() < loss {
                     continue;
                 }
                 seq += 1;
@@ -1530,9 +1540,9 @@ fn calls_between_endpoints(seed: u64) {
         wire.drain(..due.len());
         for (_, _, to_b, bytes) in due {
             if to_b {
-                b.handle_message(now, udp(US), &bytes);
+                b.handle_message(now, peer(US), &bytes);
             } else {
-                a.handle_message(now, udp(B), &bytes);
+                a.handle_message(now, peer(B), &bytes);
             }
         }
         a.handle_timeout(now);
@@ -1546,4 +1556,8 @@ fn calls_between_endpoints(seed: u64) {
     assert_eq!((a.call_count(), b.call_count()), (0, 0));
     assert_eq!((a.transaction_count(), b.transaction_count()), (0, 0));
     assert!(now - start < Duration::from_secs(3600), "{:?}", now - start);
+    if loss == 0.0 {
+        // INVITE, 100, 180, 200, ACK, BYE, 200 per call.
+        assert_eq!(sent, 7 * calls);
+    }
 }
