@@ -664,6 +664,13 @@ fn a_401_is_answered_with_digest_md5_and_sha256_and_the_call_goes_through() {
         assert!(digest::verify(&auth3, "INVITE", &ha1));
         assert_eq!(parse_req(&third).ess.cseq, p1.ess.cseq + 2);
         w.deliver(&reply(&third, 200, Some("bob"), &[CONTACT], ANSWER));
+        let ack = w.last("ACK ");
+        assert_eq!(
+            header(&ack, "Authorization"),
+            header(&third, "Authorization"),
+            "§13.2.2.4: the ACK for the 2xx carries the INVITE's credentials"
+        );
+        assert_eq!(header(&ack, "Content-Length"), vec!["0"]);
         assert!(
             matches!(w.take_events().as_slice(), [Event::Answered { call: c, .. }] if *c == call)
         );

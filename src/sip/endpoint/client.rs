@@ -288,18 +288,20 @@ impl Endpoint {
         else {
             return Err(CommandError::WrongState);
         };
-        let c = self.calls.get_mut(&call).ok_or(CommandError::NoSuchCall)?;
-        let mut ack = c.dialog.ack(
-            cseq,
-            None,
+        let c = self.calls.get(&call).ok_or(CommandError::NoSuchCall)?;
+        let ack = ack_2xx(
             &mut self.ids,
-            self.cfg.local_addr,
-            &self.cfg.user_agent,
+            &self.cfg,
+            &c.dialog,
+            &o.invite,
+            cseq,
+            sdp.clone(),
         );
-        c.local_sdp = sdp.clone();
-        set_body(&mut ack, "application/sdp", sdp);
-        let bytes = ack.to_bytes();
         let peer = c.dialog.peer;
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.local_sdp = sdp;
+        }
+        let bytes = ack.to_bytes();
         if let Some(Outgoing {
             phase: UacPhase::Accepted { ack, .. },
             ..
@@ -504,12 +506,13 @@ impl Endpoint {
                 return None;
             }
         };
-        let ack = dialog.ack(
-            r.ess.cseq,
-            None,
+        let ack = ack_2xx(
             &mut self.ids,
-            self.cfg.local_addr,
-            &self.cfg.user_agent,
+            &self.cfg,
+            &dialog,
+            &o.invite,
+            r.ess.cseq,
+            Vec::new(),
         );
         let peer = dialog.peer;
         self.dialogs.insert(dialog.id.clone(), handle);
@@ -693,6 +696,27 @@ fn invite_cseq(req: &Request) -> u32 {
 
 fn is_credentials_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("Authorization") || name.eq_ignore_ascii_case("Proxy-Authorization")
+}
+
+/// The ACK for the 2xx to `invite` in `dialog` (§13.2.2.4): a transaction of its own, the
+/// INVITE's CSeq number and credentials, `sdp` (the answer to a 2xx offer, or nothing) as its
+/// body.
+fn ack_2xx(
+    ids: &mut crate::sip::ids::Ids,
+    cfg: &super::EndpointConfig,
+    dialog: &Dialog,
+    invite: &Request,
+    cseq: u32,
+    sdp: Vec<u8>,
+) -> Request {
+    let mut ack = dialog.ack(cseq, None, ids, cfg.local_addr, &cfg.user_agent);
+    for h in invite.headers.iter() {
+        if is_credentials_header(h.name()) {
+            ack.headers.push(h.clone());
+        }
+    }
+    set_body(&mut ack, "application/sdp", sdp);
+    ack
 }
 
 /// The ACK for an error response to `invite` (§17.1.1.3): the INVITE's Request-URI, top Via
