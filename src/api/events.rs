@@ -234,6 +234,10 @@ mod tests {
                 reason: "hangup".into(),
                 discarded: false,
             },
+            Event::CallStep {
+                call_id: "c".into(),
+                step: "answered".into(),
+            },
         ];
         assert_eq!(all.len(), EVENT_TYPES.len());
         for (e, name) in all.iter().zip(EVENT_TYPES) {

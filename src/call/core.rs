@@ -89,7 +89,7 @@ pub enum PlaySpec {
     /// Prompts in order; `recording:ID` names a recording this call made.
     Prompts(Vec<String>),
     /// A finite tone.
-    Tone(ToneSpec),
+    Tone(Box<ToneSpec>),
     /// Silence.
     Silence(Duration),
     /// The beep before a recording: the `beep` prompt, else a beep tone.

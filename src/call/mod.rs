@@ -23,3 +23,6 @@ pub use self::core::{
 pub use note::{HangupCause, Note};
 pub use task::{spawn, CallContext};
 pub use transfer::TransferTarget;
+
+#[cfg(test)]
+mod tests;

@@ -194,7 +194,7 @@ impl CallCore {
             }
             CallRequest::Tone { spec } => {
                 self.note(Note::Tone(spec.duration_ms().unwrap_or(0)));
-                self.play(PlaySpec::Tone(spec), false);
+                self.play(PlaySpec::Tone(Box::new(spec)), false);
             }
             CallRequest::Silence(d) => {
                 self.note(Note::Silence(d));
