@@ -2,7 +2,6 @@
 //! blind transfer (REFER), digest authentication, the endpoint core that ties them together
 //! (answering and placing calls), the registration client, and the tokio transport glue.
 
-pub mod call;
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;
