@@ -81,6 +81,10 @@ pub enum SipAction {
     Hangup,
     /// REFER to this target.
     Refer(String),
+    /// Place the leg's call.
+    Dial(Box<super::dial::Dial>),
+    /// CANCEL the leg's call before its answer.
+    Cancel,
 }
 
 /// What a leg should play.
@@ -127,6 +131,14 @@ pub enum MediaAction {
     Record(Box<RecordRequest>),
     /// Join a conference room; the driver answers [`CallCore::handle_room_joined`].
     JoinRoom(ConferenceRequest),
+    /// Take media ports for a new leg; the driver answers [`CallCore::handle_prepared`].
+    Prepare,
+    /// Bridge this leg with the other one named.
+    Bridge(LegId),
+    /// End this leg's bridge.
+    Unbridge,
+    /// The leg is done: its media and ports go.
+    Close,
 }
 
 /// Work whose result comes back as an input.
@@ -230,6 +242,8 @@ pub struct CallCore {
     pub(super) type_ahead: VecDeque<Digit>,
     /// Next playback id.
     next_play: u64,
+    /// Next id for a leg the call places.
+    next_leg: u32,
     /// Recordings this call made and kept, playable as `recording:ID`.
     pub(super) recordings: Vec<String>,
     /// Recordings this call made, kept or not, for its CDR.
@@ -280,6 +294,7 @@ impl CallCore {
             active: Active::Idle,
             type_ahead: VecDeque::new(),
             next_play: 1,
+            next_leg: 1,
             recordings: Vec::new(),
             all_recordings: Vec::new(),
             digits: String::new(),
@@ -397,6 +412,16 @@ impl CallCore {
         let id = self.next_play;
         self.next_play += 1;
         id
+    }
+
+    pub(super) fn new_leg_id(&mut self) -> LegId {
+        let id = LegId(self.next_leg);
+        self.next_leg += 1;
+        id
+    }
+
+    pub(super) fn is_early(&self) -> bool {
+        matches!(self.phase, Phase::Early { .. })
     }
 
     pub(super) fn has_media(&self) -> bool {
@@ -547,8 +572,11 @@ impl CallCore {
         self.hangup(Refusal::Overloaded.code(), HangupCause::NoMedia);
     }
 
-    /// An event of the caller's dialog.
-    pub fn handle_sip(&mut self, now: Instant, _leg: LegId, ev: Event) {
+    /// An event of a leg's dialog.
+    pub fn handle_sip(&mut self, now: Instant, leg: LegId, ev: Event) {
+        if leg != LegId::CALLER {
+            return self.on_out_event(now, leg, ev);
+        }
         match ev {
             Event::Ended { reason, .. } => self.end(Outcome::Ended(reason)),
             Event::Confirmed { sdp, .. } => self.on_confirmed(now, sdp),
@@ -599,6 +627,7 @@ impl CallCore {
         }
         let answered_at = self.answered_at();
         self.phase = Phase::Ending { answered_at };
+        self.abandon_dial();
         self.ended = Some(outcome);
         // Whatever the script waits for will not come: its request fails as the call is gone.
         self.active = Active::Idle;
@@ -658,9 +687,12 @@ impl CallCore {
     // --- media and script events ------------------------------------------------------
 
     /// A key press on a leg.
-    pub fn handle_digit(&mut self, now: Instant, _leg: LegId, digit: Digit, method: DtmfMethod) {
+    pub fn handle_digit(&mut self, now: Instant, leg: LegId, digit: Digit, method: DtmfMethod) {
         if self.ended.is_some() {
             return;
+        }
+        if leg != LegId::CALLER {
+            return self.relay_digit(leg, digit);
         }
         self.digits.push(digit.as_char());
         self.note(Note::Digit { digit, method });
@@ -668,7 +700,11 @@ impl CallCore {
     }
 
     /// The leg's RTP stopped for longer than allowed.
-    pub fn handle_rtp_timeout(&mut self, _leg: LegId) {
+    pub fn handle_rtp_timeout(&mut self, leg: LegId) {
+        if leg != LegId::CALLER {
+            tracing::info!(?leg, "no RTP from a dialled leg; hanging it up");
+            return self.push(Action::Sip(leg, SipAction::Hangup));
+        }
         tracing::info!("no RTP from the caller; hanging up");
         self.hangup(Refusal::Unavailable.code(), HangupCause::NoRtp);
     }

@@ -12,6 +12,7 @@
 //! a virtual clock, so a script behaves the same on a phone and in a simulation.
 
 pub mod core;
+pub mod dial;
 pub mod note;
 pub mod task;
 mod transfer;
@@ -20,6 +21,7 @@ mod verbs;
 pub use self::core::{
     Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,
 };
+pub use dial::{Dial, DialOutcome, DialRequest, DialResult, Ringback};
 pub use note::{HangupCause, Note};
 pub use task::{spawn, CallContext};
 pub use transfer::TransferTarget;

@@ -106,6 +106,12 @@ pub enum Note {
     Transferred(String),
     /// A transfer failed with this status.
     TransferFailed(u16),
+    /// A call to this target goes out.
+    Dialling(String),
+    /// The target answered and is bridged with the caller.
+    Bridged(String),
+    /// A `dial` ended.
+    DialEnded(super::dial::DialOutcome, Option<u16>),
     /// A line from the script.
     Log(String),
     /// The script acted on a room.
@@ -199,6 +205,12 @@ impl fmt::Display for Note {
             Note::EchoEnded(d) => write!(f, "echo ended after {:.1} s", d.as_secs_f64()),
             Note::Transferred(uri) => write!(f, "transferred to {uri}"),
             Note::TransferFailed(code) => write!(f, "transfer failed with {code}"),
+            Note::Dialling(t) => write!(f, "dialling {t}"),
+            Note::Bridged(t) => write!(f, "bridged with {t}"),
+            Note::DialEnded(outcome, Some(code)) => {
+                write!(f, "dial ended: {} ({code})", outcome.as_str())
+            }
+            Note::DialEnded(outcome, None) => write!(f, "dial ended: {}", outcome.as_str()),
             Note::Log(s) => write!(f, "log: {s}"),
             Note::Room { room, request } => write!(f, "room {room}: {request}"),
             Note::Digit { digit, .. } => write!(f, "key {digit}"),

@@ -5,7 +5,7 @@
 //! state and the CDR out of it. Work that touches files (prompts, recordings) runs off the
 //! task and comes back as an input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +37,12 @@ use crate::script::{
     ScriptSet,
 };
 use crate::sdp::{LocalSession, NegotiatedAudio};
+use crate::sip::dialog::Transport;
 use crate::sip::endpoint::{CallHandle, EndReason, Event};
+use crate::sip::endpoint::{OutgoingCall, Party};
 use crate::sip::ids::Ids;
 use crate::sip::message::Request;
-use crate::sip::transport::Command;
+use crate::sip::transport::{Command, Dialled};
 
 /// What every call needs from the server.
 pub struct CallContext {
@@ -120,6 +122,7 @@ pub fn spawn(
                 to: parties.user.clone(),
             });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
+            let (out_tx, out_events) = mpsc::unbounded_channel();
             let ids = Ids::for_call(ctx.ids_seed, call.0);
             let mut t = Task {
                 ctx,
@@ -137,6 +140,9 @@ pub fn spawn(
                 replier: None,
                 membership: None,
                 rtp: Default::default(),
+                outs: HashMap::new(),
+                out_tx,
+                out_events,
             };
             let core = t.run(request).await;
             let ended = EndedAt {
@@ -181,6 +187,25 @@ struct Task {
     membership: Option<Membership>,
     /// The leg's receive statistics, once it is closed.
     rtp: crate::media::leg::RtpSummary,
+    /// The legs the call placed.
+    outs: HashMap<LegId, Out>,
+    /// Events of the placed legs, tagged with their leg.
+    out_tx: mpsc::UnboundedSender<(LegId, OutEvent)>,
+    out_events: mpsc::UnboundedReceiver<(LegId, OutEvent)>,
+}
+
+/// A leg the call placed: its ports, its SIP call and its media.
+#[derive(Default)]
+struct Out {
+    lease: Option<PortLease>,
+    sip: Option<CallHandle>,
+    media: Option<LegHandle>,
+}
+
+/// Something that happened on a placed leg.
+enum OutEvent {
+    Sip(Event),
+    Media(LegEvent),
 }
 
 /// Who the call is between.
@@ -332,6 +357,10 @@ impl Task {
                     core.handle_script_end(&outcome);
                 }
                 _ = sleep, if timer.is_some() => core.handle_timeout(Instant::now()),
+                Some((leg, ev)) = self.out_events.recv() => match ev {
+                    OutEvent::Sip(ev) => core.handle_sip(Instant::now(), leg, ev),
+                    OutEvent::Media(e) => self.on_out_leg_event(core, leg, e),
+                },
                 Some(c) = self.control.recv() => match c {
                     CallControl::Hangup => core.handle_operator_hangup(),
                     CallControl::Dtmf(digits) => core.handle_operator_dtmf(digits),
@@ -372,6 +401,17 @@ impl Task {
         }
     }
 
+    /// A placed leg's media event.
+    fn on_out_leg_event(&mut self, core: &mut CallCore, leg: LegId, e: LegEvent) {
+        let now = Instant::now();
+        match e {
+            LegEvent::Digit { digit, method } => core.handle_digit(now, leg, digit, method),
+            LegEvent::PlayDone { id, .. } => core.handle_play_done(now, leg, id),
+            LegEvent::RtpTimeout => core.handle_rtp_timeout(leg),
+            LegEvent::RecordDone { .. } | LegEvent::Closed(_) => {}
+        }
+    }
+
     /// The writer finalises the file on its own thread: wait for it, so the script can play
     /// the recording back (or discard it) the moment `record` returns.
     async fn finish_recording(&mut self, id: &str, reason: &str, kept: Duration, discarded: bool) {
@@ -395,6 +435,7 @@ impl Task {
     async fn drain(&mut self, core: &mut CallCore) {
         while let Some(action) = core.poll_action() {
             match action {
+                Action::Sip(leg, a) if leg != LegId::CALLER => self.out_sip(core, leg, a).await,
                 Action::Sip(_, a) => self.sip(a).await,
                 Action::Media(leg, a) => self.media(core, leg, a).await,
                 Action::Reply(r) => {
@@ -490,13 +531,114 @@ impl Task {
             },
             SipAction::Hangup => Command::Hangup(call),
             SipAction::Refer(target) => Command::Refer { call, target },
+            // The caller's leg is one we answered: nothing to place or cancel.
+            SipAction::Dial(_) | SipAction::Cancel => return,
         };
         let _ = self.commands.send(command).await;
+    }
+
+    /// SIP for a leg the call places.
+    async fn out_sip(&mut self, core: &mut CallCore, leg: LegId, a: SipAction) {
+        let handle = self.outs.get(&leg).and_then(|o| o.sip);
+        let command = match (a, handle) {
+            (SipAction::Dial(d), _) => return self.dial(core, leg, *d).await,
+            (SipAction::Cancel, Some(call)) => Command::Cancel(call),
+            (SipAction::Hangup, Some(call)) => Command::Hangup(call),
+            _ => return,
+        };
+        let _ = self.commands.send(command).await;
+    }
+
+    /// Places a leg's call; its events come back through `out_events`.
+    async fn dial(&mut self, core: &mut CallCore, leg: LegId, d: crate::call::Dial) {
+        let now = Instant::now();
+        let fail = |core: &mut CallCore, code: u16, why: String| {
+            let call = CallHandle(0);
+            core.handle_sip(
+                now,
+                leg,
+                Event::Failed {
+                    call,
+                    code,
+                    reason: why,
+                    retry_after: None,
+                    contacts: Vec::new(),
+                },
+            );
+        };
+        let Some(peer) = crate::sip::dialog::uri_peer(&d.target, Transport::Udp) else {
+            return fail(
+                core,
+                400,
+                format!("{}: not a sip: URI with an IP address", d.target),
+            );
+        };
+        let user = d
+            .caller_id
+            .clone()
+            .unwrap_or_else(|| uri_user(&self.parties.from));
+        let call = OutgoingCall {
+            target: d.target.clone(),
+            peer,
+            from: Party::uri(format!("sip:{user}@{}", self.ctx.media_ip)),
+            to: Party::uri(d.target.clone()),
+            sdp: Some(d.sdp),
+            headers: d.headers,
+            route: Vec::new(),
+            credentials: None,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self
+            .commands
+            .send(Command::Dial {
+                call: Box::new(call),
+                reply,
+            })
+            .await;
+        let dialled = match (sent, answer.await) {
+            (Ok(()), Ok(Ok(d))) => d,
+            (_, Ok(Err(e))) => return fail(core, 400, e.to_string()),
+            _ => return fail(core, 503, "the SIP transport is gone".into()),
+        };
+        let Dialled { call, mut events } = dialled;
+        self.outs.entry(leg).or_default().sip = Some(call);
+        let tx = self.out_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if tx.send((leg, OutEvent::Sip(ev))).is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     async fn media(&mut self, core: &mut CallCore, leg: LegId, a: MediaAction) {
         let now = Instant::now();
         match a {
+            MediaAction::Prepare => {
+                let prepared = match self.ctx.ports.allocate() {
+                    Some(lease) => {
+                        let addr = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
+                        self.outs.entry(leg).or_default().lease = Some(lease);
+                        Ok(LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr))
+                    }
+                    None => Err("no media ports free".to_string()),
+                };
+                core.handle_prepared(now, leg, prepared);
+            }
+            MediaAction::Close => {
+                self.outs.remove(&leg);
+            }
+            MediaAction::Bridge(other) => {
+                tracing::info!(?other, "bridging");
+            }
+            MediaAction::Unbridge => {}
+            MediaAction::Start(m) if leg != LegId::CALLER => {
+                if let Err(e) = self.start_out_media(leg, &m) {
+                    tracing::warn!(error = %e, ?leg, "no media for a placed leg");
+                    core.handle_rtp_timeout(leg);
+                }
+            }
             MediaAction::Start(m) => {
                 if let Err(e) = self.start_media(&m) {
                     tracing::warn!(error = %e, "no media for the call");
@@ -518,6 +660,14 @@ impl Task {
                 }),
                 Err(e) => core.handle_play_failed(now, leg, id, e),
             },
+            MediaAction::SendDtmf(digits) if leg != LegId::CALLER => {
+                if let Some(h) = self.outs.get(&leg).and_then(|o| o.media.as_ref()) {
+                    h.send(LegCommand::SendDtmf {
+                        digits,
+                        inband: false,
+                    });
+                }
+            }
             MediaAction::StopPlay => self.send_leg(LegCommand::StopPlay),
             MediaAction::Echo(on) => self.send_leg(LegCommand::Echo(on)),
             MediaAction::SendDtmf(digits) => self.send_leg(LegCommand::SendDtmf {
@@ -539,13 +689,47 @@ impl Task {
         }
     }
 
-    /// Puts the call's media on a worker.
+    /// Puts the caller's media on a worker.
     fn start_media(&mut self, m: &NegotiatedAudio) -> Result<(), String> {
         let lease = self.lease.as_ref().ok_or("no RTP ports")?;
-        let sockets = LegSockets::new(
-            lease.rtp.try_clone().map_err(|e| e.to_string())?,
-            lease.rtcp.try_clone().map_err(|e| e.to_string())?,
-        );
+        let sockets = lease_sockets(lease)?;
+        let leg = self.new_leg(m)?;
+        let handle = self
+            .ctx
+            .media
+            .add(leg, sockets, self.leg_tx.clone())
+            .map_err(|e| e.to_string())?;
+        self.leg = Some(handle);
+        Ok(())
+    }
+
+    /// Puts a placed leg's media on a worker; its events come back through `out_events`.
+    fn start_out_media(&mut self, id: LegId, m: &NegotiatedAudio) -> Result<(), String> {
+        let out = self.outs.get(&id).ok_or("no such leg")?;
+        let sockets = lease_sockets(out.lease.as_ref().ok_or("no RTP ports")?)?;
+        let leg = self.new_leg(m)?;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let handle = self
+            .ctx
+            .media
+            .add(leg, sockets, tx)
+            .map_err(|e| e.to_string())?;
+        let to_call = self.out_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                if to_call.send((id, OutEvent::Media(e))).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Some(out) = self.outs.get_mut(&id) {
+            out.media = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// A media leg for a negotiation, with this call's ids.
+    fn new_leg(&mut self, m: &NegotiatedAudio) -> Result<Leg, String> {
         let cfg = LegConfig {
             codec: m.codec,
             payload_type: m.payload_type,
@@ -566,14 +750,7 @@ impl Task {
             first_timestamp: self.ids.u32(),
             rtcp_seed: self.ids.u64(..),
         };
-        let leg = Leg::new(cfg, Instant::now()).map_err(|e| e.to_string())?;
-        let handle = self
-            .ctx
-            .media
-            .add(leg, sockets, self.leg_tx.clone())
-            .map_err(|e| e.to_string())?;
-        self.leg = Some(handle);
-        Ok(())
+        Leg::new(cfg, Instant::now()).map_err(|e| e.to_string())
     }
 
     /// Turns what to play into audio, off the call task: `recording:ID` names a recording
@@ -719,6 +896,7 @@ impl Task {
     /// statistics (the worker reports them as it removes the leg).
     async fn close_media(&mut self, core: &mut CallCore) {
         self.membership = None;
+        self.outs.clear();
         if self.leg.take().is_none() {
             return;
         }
@@ -781,6 +959,26 @@ impl Task {
             },
         });
     }
+}
+
+/// A leg's sockets from its port lease.
+fn lease_sockets(lease: &PortLease) -> Result<LegSockets, String> {
+    Ok(LegSockets::new(
+        lease.rtp.try_clone().map_err(|e| e.to_string())?,
+        lease.rtcp.try_clone().map_err(|e| e.to_string())?,
+    ))
+}
+
+/// The user part of a From/To header value or URI (`"Alice" <sip:alice@host>` → `alice`).
+fn uri_user(value: &str) -> String {
+    let uri = value
+        .split_once('<')
+        .map_or(value, |(_, r)| r.split('>').next().unwrap_or(r));
+    uri.split_once(':')
+        .map(|(_, r)| r.split(['@', ';']).next().unwrap_or(""))
+        .filter(|u| !u.is_empty())
+        .unwrap_or("switchboard")
+        .to_string()
 }
 
 /// The INVITE's headers by lower-case name, repeated headers joined by ", ".

@@ -79,6 +79,8 @@ pub(super) enum Active {
         since: Instant,
         until: Option<Instant>,
     },
+    /// Dialling, then bridged with whoever answered.
+    Dial(Box<super::dial::Dialing>),
 }
 
 impl Active {
@@ -93,6 +95,7 @@ impl Active {
             Active::Echo { until, .. } => *until,
             Active::Transfer { until, .. } => Some(*until),
             Active::Collect { collector, .. } => collector.poll_timeout(),
+            Active::Dial(d) => d.deadline(),
             _ => None,
         }
     }
@@ -245,6 +248,7 @@ impl CallCore {
                 self.active = Active::Joining(c.clone());
                 self.media(MediaAction::JoinRoom(c));
             }
+            CallRequest::Dial(request) => self.start_dial(now, request),
             CallRequest::Room { room, request } => {
                 self.note(Note::Room {
                     room: room.clone(),
@@ -386,6 +390,7 @@ impl CallCore {
                 self.keep_type_ahead(digit);
             }
             Active::Idle => self.keep_type_ahead(digit),
+            Active::Dial(_) => self.relay_digit(LegId::CALLER, digit),
             _ => {}
         }
     }
@@ -409,6 +414,9 @@ impl CallCore {
                         self.drive_collect(now);
                     }
                 }
+            }
+            Active::Dial(_) => {
+                self.ringback_done(done);
             }
             Active::RecordBeep { id, .. } if *id == done => {
                 if let Active::RecordBeep { request, .. } =
@@ -449,6 +457,7 @@ impl CallCore {
                 collector.handle_timeout(now);
                 self.drive_collect(now);
             }
+            Active::Dial(_) => self.dial_timeout(now),
             _ => {}
         }
     }

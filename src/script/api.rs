@@ -78,6 +78,8 @@ pub enum CallRequest {
     DiscardRecording(String),
     /// A log line from the script, logged in the call's span.
     Log(String),
+    /// Call others and bridge the first to answer with the caller.
+    Dial(crate::call::DialRequest),
     /// Act on a conference room (any room, not only the caller's), or list its members.
     Room {
         /// The room's name.
@@ -214,6 +216,8 @@ pub enum CallReply {
     Text(Option<String>),
     /// A room's members.
     Members(Vec<crate::live::MemberInfo>),
+    /// How a `dial` ended.
+    Dialed(crate::call::DialResult),
 }
 
 /// The caller hung up or the call ended: the request was not carried out.
@@ -754,6 +758,128 @@ fn transfer(uri: &str) -> Res<()> {
     terminate(END_TRANSFER)
 }
 
+/// Targets a script may ring at once.
+pub const MAX_DIAL_TARGETS: usize = 16;
+
+/// The `dial` request for `targets` (a URI or an array of them) and `opts`.
+pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialRequest> {
+    use crate::call::{DialRequest, Ringback};
+    let o = Opts::new(
+        "dial",
+        opts,
+        &[
+            "timeout_secs",
+            "caller_id",
+            "headers",
+            "ringback",
+            "mode",
+            "max_secs",
+        ],
+    )?;
+    let list: Vec<String> = match targets.read_lock::<Array>() {
+        Some(a) => a
+            .iter()
+            .map(|t| text("dial", "a target", t))
+            .collect::<Res<_>>()?,
+        None => vec![text("dial", "the target", targets)?],
+    };
+    if list.is_empty() || list.len() > MAX_DIAL_TARGETS {
+        return err(format!(
+            "dial: 1 to {MAX_DIAL_TARGETS} targets, not {}",
+            list.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for t in list {
+        let t = t
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
+        let ok = (t.starts_with("sip:") || t.starts_with("sips:"))
+            && crate::sip::refer::validate_target(&t).is_ok();
+        if !ok {
+            return err(format!("dial: {t:?} is not a sip: or sips: URI"));
+        }
+        out.push(t);
+    }
+    let d = DialRequest::default();
+    let parallel = match o.string("mode")?.as_deref() {
+        None | Some("sequential") => false,
+        Some("parallel") => true,
+        Some(m) => {
+            return err(format!(
+                "dial: mode must be sequential or parallel, not {m:?}"
+            ))
+        }
+    };
+    let ringback = match o.string("ringback")?.as_deref() {
+        None | Some("tone") => Ringback::Tone,
+        Some("early_media") => Ringback::EarlyMedia,
+        Some(p) if !p.trim().is_empty() => Ringback::Prompt(p.to_string()),
+        Some(_) => return err("dial: ringback must be tone, early_media or a prompt"),
+    };
+    let caller_id = o.string("caller_id")?;
+    if let Some(c) = &caller_id {
+        let fine = !c.is_empty()
+            && c.len() <= 64
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "+-_.*".contains(ch));
+        if !fine {
+            return err(format!(
+                "dial: caller_id {c:?} must be a number or a plain user name"
+            ));
+        }
+    }
+    let mut headers = Vec::new();
+    if let Some(h) = o.get("headers") {
+        let Some(m) = h.read_lock::<Map>() else {
+            return err("dial: headers must be a map of names to values");
+        };
+        for (name, value) in m.iter() {
+            let value = text("dial", "a header value", value)?;
+            let token = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.!%*+`'~".contains(c));
+            if !token || value.contains(['\r', '\n']) {
+                return err(format!("dial: header {name:?} is not a valid SIP header"));
+            }
+            headers.push((name.to_string(), value));
+        }
+    }
+    Ok(DialRequest {
+        targets: out,
+        parallel,
+        timeout: o.secs("timeout_secs")?.unwrap_or(d.timeout),
+        caller_id,
+        headers,
+        ringback,
+        max: o.secs("max_secs")?.filter(|m| !m.is_zero()),
+    })
+}
+
+fn dial(targets: &Dynamic, opts: &Map) -> Res<Map> {
+    let r = dial_request(targets, opts)?;
+    match request(CallRequest::Dial(r))? {
+        CallReply::Dialed(d) => {
+            let mut m = Map::new();
+            m.insert("outcome".into(), d.outcome.as_str().into());
+            m.insert(
+                "code".into(),
+                d.code.map_or(Dynamic::UNIT, |c| Dynamic::from(c as INT)),
+            );
+            m.insert("reason".into(), d.reason.into());
+            m.insert(
+                "duration_ms".into(),
+                (d.duration.as_millis().min(INT::MAX as u128) as INT).into(),
+            );
+            Ok(m)
+        }
+        other => err(format!("dial: unexpected reply {other:?}")),
+    }
+}
+
 fn discard_recording(id: &str) -> Res<()> {
     if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
         return err(format!("discard_recording: {id:?} is not a recording id"));
@@ -815,6 +941,8 @@ pub fn register(engine: &mut Engine) {
         .register_fn("send_dtmf", |s: &str| send_dtmf(s))
         .register_fn("send_dtmf", |n: INT| send_dtmf(&n.to_string()))
         .register_fn("transfer", |u: &str| transfer(u))
+        .register_fn("dial", move |t: Dynamic| dial(&t, &empty()))
+        .register_fn("dial", |t: Dynamic, o: Map| dial(&t, &o))
         .register_fn("discard_recording", |id: &str| discard_recording(id))
         .register_fn("echo", || request_done(CallRequest::Echo { max: None }))
         .register_fn("echo", |ms: INT| {

@@ -50,6 +50,8 @@ pub const KEY_GAP: Duration = Duration::from_millis(100);
 const DEFAULT_BEEP: Duration = Duration::from_millis(250);
 /// Events one simulated request may go through before the simulation gives up on it.
 const MAX_STEPS: usize = 1_000_000;
+/// A simulated callee's answer: PCMU from loopback.
+const CALLEE_ANSWER: &str = "v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40100 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 /// The simulated caller's offer: PCMU and RFC 4733 events, from loopback.
 const CALLER_OFFER: &str = "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
 
@@ -409,7 +411,8 @@ impl SimRecord {
 
 /// What the simulated surroundings tell the core next, at the current virtual time.
 enum Input {
-    Sip(Event),
+    Sip(LegId, Event),
+    Prepared(LegId),
     PlayDone(u64),
     PlayFailed(u64, String),
     RecordStarted(String),
@@ -525,7 +528,13 @@ impl SimCall {
             let now = self.instant();
             let leg = LegId::CALLER;
             match input {
-                Input::Sip(ev) => self.core.handle_sip(now, leg, ev),
+                Input::Sip(leg, ev) => self.core.handle_sip(now, leg, ev),
+                Input::Prepared(leg) => {
+                    let port = 40002 + 2 * leg.0 as u16;
+                    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let session = LocalSession::new(u64::from(leg.0) + 1, local);
+                    self.core.handle_prepared(now, leg, Ok(session));
+                }
                 Input::PlayDone(id) => self.core.handle_play_done(now, leg, id),
                 Input::PlayFailed(id, why) => self.core.handle_play_failed(now, leg, id, why),
                 Input::RecordStarted(id) => self.core.handle_record_started(Ok(id)),
@@ -537,13 +546,73 @@ impl SimCall {
     }
 
     fn sip_event(&mut self, ev: Event) {
-        self.inputs.push_back(Input::Sip(ev));
+        self.inputs.push_back(Input::Sip(LegId::CALLER, ev));
+    }
+
+    /// The simulated far end of a dialled leg: a target whose user is `busy` is busy,
+    /// `reject` refuses, `noanswer` rings for ever; any other answers at once and stays on
+    /// the line until the caller hangs up.
+    fn dialled(&mut self, leg: LegId, sip: SipAction) {
+        let call = CallHandle(u64::from(leg.0) + 1);
+        let mut ev = |e: Event| self.inputs.push_back(Input::Sip(leg, e));
+        let failed = |code: u16, reason: &str| Event::Failed {
+            call,
+            code,
+            reason: reason.into(),
+            retry_after: None,
+            contacts: Vec::new(),
+        };
+        match sip {
+            SipAction::Dial(d) => {
+                let user = d
+                    .target
+                    .split_once(':')
+                    .map_or("", |(_, rest)| rest.split('@').next().unwrap_or(""));
+                match user {
+                    "busy" => ev(failed(486, "Busy Here")),
+                    "reject" => ev(failed(603, "Decline")),
+                    _ => {
+                        ev(Event::Progress {
+                            call,
+                            code: 180,
+                            reason: "Ringing".into(),
+                            to_tag: Some("callee".into()),
+                            sdp: None,
+                        });
+                        if user != "noanswer" {
+                            ev(Event::Answered {
+                                call,
+                                sdp: Some(CALLEE_ANSWER.as_bytes().to_vec()),
+                            });
+                        }
+                        return;
+                    }
+                }
+                ev(Event::Ended {
+                    call,
+                    reason: EndReason::Timeout,
+                });
+            }
+            SipAction::Cancel => {
+                ev(failed(487, "Request Terminated"));
+                ev(Event::Ended {
+                    call,
+                    reason: EndReason::Cancelled,
+                });
+            }
+            SipAction::Hangup => ev(Event::Ended {
+                call,
+                reason: EndReason::LocalBye,
+            }),
+            _ => {}
+        }
     }
 
     /// The simulated peer, leg, rooms and files react to one action.
     fn act(&mut self, a: Action) {
         let call = CallHandle(1);
         match a {
+            Action::Sip(leg, sip) if leg != LegId::CALLER => self.dialled(leg, sip),
             Action::Sip(_, sip) => match sip {
                 SipAction::Answer(_) => self.sip_event(Event::Confirmed { call, sdp: None }),
                 SipAction::Reject { code, .. } => self.sip_event(Event::Ended {
@@ -565,8 +634,12 @@ impl SimCall {
                 }
                 SipAction::Ring(_)
                 | SipAction::AnswerReinvite(_)
-                | SipAction::RejectReinvite { .. } => {}
+                | SipAction::RejectReinvite { .. }
+                | SipAction::Dial(_)
+                | SipAction::Cancel => {}
             },
+            Action::Media(leg, MediaAction::Prepare) => self.inputs.push_back(Input::Prepared(leg)),
+            Action::Media(leg, _) if leg != LegId::CALLER => {}
             Action::Media(_, media) => self.media(media),
             Action::Reply(r) => self.reply = Some(r),
             Action::Note(n) => {
@@ -622,6 +695,10 @@ impl SimCall {
                 self.inputs.push_back(Input::RecordStarted(id));
             }
             MediaAction::JoinRoom(_) => self.inputs.push_back(Input::RoomJoined),
+            MediaAction::Prepare
+            | MediaAction::Bridge(_)
+            | MediaAction::Unbridge
+            | MediaAction::Close => {}
             MediaAction::Start(_)
             | MediaAction::Update(_)
             | MediaAction::Answered

@@ -752,3 +752,99 @@ fn room_verbs_reach_the_call_and_answer() {
     let t = run("room_lock(\"\");", "");
     assert!(error_of(&t).message.contains("1-64 characters"), "{t}");
 }
+
+// --- dial -------------------------------------------------------------------------------
+
+#[test]
+fn dial_bridges_the_first_answer_and_returns_when_the_callee_is_gone() {
+    let t = run(
+        r#"let r = dial("sip:bob@127.0.0.1:5070"); log(r.outcome);"#,
+        "wait 5s, hangup",
+    );
+    assert_eq!(
+        t.texts(),
+        [
+            "dialling sip:bob@127.0.0.1:5070",
+            "ringing",
+            "answered",
+            "bridged with sip:bob@127.0.0.1:5070",
+            "caller hung up"
+        ],
+        "{t}"
+    );
+    assert_eq!(at(&t, "caller hung up"), Duration::from_secs(5));
+    assert_eq!(t.outcome, ScriptOutcome::Stopped(StopCause::Hangup));
+}
+
+#[test]
+fn dial_outcomes_busy_rejected_and_no_answer_after_the_timeout() {
+    let t = run(
+        r#"let r = dial("sip:busy@127.0.0.1"); log(r.outcome, r.code, r.reason);"#,
+        "",
+    );
+    assert!(t.contains("log: busy 486 Busy Here"), "{t}");
+    let t = run(
+        r#"let r = dial("sip:reject@127.0.0.1"); log(r.outcome, r.code);"#,
+        "",
+    );
+    assert!(t.contains("log: rejected 603"), "{t}");
+    let t = run(
+        r#"let r = dial("sip:noanswer@127.0.0.1", #{timeout_secs: 5}); log(r.outcome);"#,
+        "",
+    );
+    assert_eq!(at(&t, "log: no_answer"), Duration::from_secs(5), "{t}");
+    // The caller was never answered: it heard 180 and nothing more.
+    assert!(t.contains("ringing") && !t.contains("answered"), "{t}");
+}
+
+#[test]
+fn dial_tries_targets_in_order_or_rings_them_all() {
+    let t = run(
+        r#"dial(["sip:busy@127.0.0.1", "sip:noanswer@127.0.0.1", "sip:carol@127.0.0.1"],
+                #{timeout_secs: 3}); log("after");"#,
+        "wait 10s, hangup",
+    );
+    assert!(t.contains("bridged with sip:carol@127.0.0.1"), "{t}");
+    // busy at once, no answer for 3 s, then carol.
+    assert_eq!(at(&t, "answered"), Duration::from_secs(3), "{t}");
+    let t = run(
+        r#"dial(["sip:noanswer@127.0.0.1", "sip:carol@127.0.0.1"], #{mode: "parallel"});"#,
+        "wait 1s, hangup",
+    );
+    assert_eq!(at(&t, "answered"), Duration::ZERO, "{t}");
+    assert!(t.contains("bridged with sip:carol@127.0.0.1"), "{t}");
+}
+
+#[test]
+fn dial_max_secs_ends_the_bridge_and_the_script_goes_on() {
+    let t = run(
+        r#"answer(); let r = dial("sip:bob@127.0.0.1", #{max_secs: 10});
+           log(r.outcome, r.duration_ms); play("again");"#,
+        "",
+    );
+    assert_eq!(
+        at(&t, "dial ended: answered (200)"),
+        Duration::from_secs(10),
+        "{t}"
+    );
+    assert!(t.contains("log: answered 10000"), "{t}");
+    assert!(t.contains("played again"), "{t}");
+}
+
+#[test]
+fn dial_options_are_checked() {
+    let t = run(r#"dial("tel:+15551234");"#, "");
+    assert!(
+        error_of(&t).message.contains("not a sip: or sips: URI"),
+        "{t}"
+    );
+    let t = run(r#"dial("sip:a@127.0.0.1", #{mode: "random"});"#, "");
+    assert!(error_of(&t).message.contains("sequential or parallel"));
+    let t = run(
+        r#"dial("sip:a@127.0.0.1", #{headers: #{"X-A": "1\r\nVia: x"}});"#,
+        "",
+    );
+    assert!(error_of(&t).message.contains("not a valid SIP header"));
+    let t = run(r#"dial([]);"#, "");
+    assert!(error_of(&t).message.contains("1 to 16 targets"));
+}

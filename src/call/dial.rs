@@ -1,0 +1,588 @@
+//! `dial()`: the call places calls of its own and bridges the first to answer with the
+//! caller.
+//!
+//! Each dialled party is a leg of the call ([`LegId`] 1, 2, …): the driver prepares its media
+//! ports ([`MediaAction::Prepare`]), the core offers SDP in the INVITE ([`SipAction::Dial`]),
+//! and the leg's SIP events come back through [`CallCore::handle_sip`]. Targets are tried one
+//! after another (each for `timeout`), or all at once (`parallel`: the first answer wins and
+//! the others are cancelled). While the far end rings, an unanswered caller gets 180 and an
+//! answered one hears the ringback (a tone or a prompt). On answer the caller is answered if
+//! need be and the two legs are bridged; keys are relayed as RFC 4733 events. The verb
+//! returns when the bridge ends (the callee hangs up, or `max` passes) or no target answers.
+//! When the caller hangs up, every dialled leg is cancelled or hung up with it.
+
+use std::time::{Duration, Instant};
+
+use super::core::{Action, CallCore, LegId, MediaAction, PlaySpec, SipAction};
+use super::note::Note;
+use super::verbs::Active;
+use crate::media::dtmf::Digit;
+use crate::media::tone::ToneSpec;
+use crate::script::CallReply;
+use crate::sdp::{self, LocalSession, NegotiatedAudio};
+use crate::sip::endpoint::{EndReason, Event};
+
+/// What to hear while the far end rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ringback {
+    /// The ringback tone.
+    Tone,
+    /// The callee's early media, when it sends some (else the tone).
+    EarlyMedia,
+    /// A prompt, repeated.
+    Prompt(String),
+}
+
+/// A `dial` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialRequest {
+    /// `sip:`/`sips:` URIs, in order.
+    pub targets: Vec<String>,
+    /// Ring every target at once.
+    pub parallel: bool,
+    /// How long a target may ring (each one, when sequential).
+    pub timeout: Duration,
+    /// The number or user the callee sees as the caller (None: the caller's own).
+    pub caller_id: Option<String>,
+    /// Extra SIP headers for the INVITE.
+    pub headers: Vec<(String, String)>,
+    /// What the caller hears meanwhile.
+    pub ringback: Ringback,
+    /// Longest bridge (None: until one side hangs up).
+    pub max: Option<Duration>,
+}
+
+impl Default for DialRequest {
+    fn default() -> Self {
+        DialRequest {
+            targets: Vec::new(),
+            parallel: false,
+            timeout: Duration::from_secs(30),
+            caller_id: None,
+            headers: Vec::new(),
+            ringback: Ringback::Tone,
+            max: None,
+        }
+    }
+}
+
+/// How a `dial` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialOutcome {
+    /// Someone answered and was bridged.
+    Answered,
+    /// Busy (486, 600).
+    Busy,
+    /// Nobody answered in time (408, 480, or our timeout).
+    NoAnswer,
+    /// Refused (403, 404, 603 and other final refusals).
+    Rejected,
+    /// The call could not be placed or failed on the way (5xx, no media, a bad answer).
+    Failed,
+    /// Cancelled before an answer.
+    Cancelled,
+}
+
+impl DialOutcome {
+    /// The name scripts see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialOutcome::Answered => "answered",
+            DialOutcome::Busy => "busy",
+            DialOutcome::NoAnswer => "no_answer",
+            DialOutcome::Rejected => "rejected",
+            DialOutcome::Failed => "failed",
+            DialOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome a final failure response means.
+    pub fn of_status(code: u16) -> DialOutcome {
+        match code {
+            486 | 600 => DialOutcome::Busy,
+            408 | 480 => DialOutcome::NoAnswer,
+            487 => DialOutcome::Cancelled,
+            300..=399 | 500..=599 => DialOutcome::Failed,
+            _ => DialOutcome::Rejected,
+        }
+    }
+}
+
+/// What `dial` returns to the script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialResult {
+    /// How it ended.
+    pub outcome: DialOutcome,
+    /// The SIP status that decided it (200 when answered).
+    pub code: Option<u16>,
+    /// Its reason phrase, or why no call went out.
+    pub reason: String,
+    /// How long the bridge lasted.
+    pub duration: Duration,
+}
+
+/// The INVITE for a dialled leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// The Request-URI.
+    pub target: String,
+    /// The user part the callee sees as the caller (None: the caller's own).
+    pub caller_id: Option<String>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Our SDP offer.
+    pub sdp: Vec<u8>,
+}
+
+/// Where a dialled leg stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// Waiting for the driver's media ports.
+    Preparing,
+    /// INVITE sent.
+    Calling,
+    /// A provisional arrived.
+    Ringing,
+    /// Answered and bridged with the caller since then.
+    Bridged(Instant),
+}
+
+/// One dialled leg.
+struct OutLeg {
+    id: LegId,
+    target: String,
+    session: Option<LocalSession>,
+    state: OutState,
+    /// Its media runs (a `Start` went out).
+    media: bool,
+}
+
+/// A `dial` in progress.
+pub(super) struct Dialing {
+    request: DialRequest,
+    /// The next target to try (sequential).
+    next: usize,
+    legs: Vec<OutLeg>,
+    /// When the ringing target(s) give up.
+    deadline: Option<Instant>,
+    /// The last failure: status and reason.
+    last: Option<(u16, String)>,
+    /// The ringback playback on the caller's leg.
+    ringback: Option<u64>,
+}
+
+impl Dialing {
+    /// When the core must look at the dial next.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self.bridged() {
+            Some((_, since)) => self.request.max.and_then(|m| since.checked_add(m)),
+            None => self.deadline,
+        }
+    }
+
+    fn bridged(&self) -> Option<(LegId, Instant)> {
+        self.legs.iter().find_map(|l| match l.state {
+            OutState::Bridged(since) => Some((l.id, since)),
+            _ => None,
+        })
+    }
+
+    fn leg(&mut self, id: LegId) -> Option<&mut OutLeg> {
+        self.legs.iter_mut().find(|l| l.id == id)
+    }
+}
+
+/// The ringback tone: 425 Hz, one second on, four off (ITU-T E.180), for up to `d`.
+fn ringback_tone(d: Duration) -> Option<ToneSpec> {
+    let cycles = d.as_secs() / 5 + 1;
+    let spec = (0..cycles.min(720))
+        .map(|_| "425/1000@-13,0/4000")
+        .collect::<Vec<_>>()
+        .join(",");
+    spec.parse().ok()
+}
+
+impl CallCore {
+    pub(super) fn start_dial(&mut self, now: Instant, request: DialRequest) {
+        if request.targets.is_empty() {
+            return self.reply_dial(DialOutcome::Failed, None, "no target".into());
+        }
+        for t in &request.targets {
+            self.note(Note::Dialling(t.clone()));
+        }
+        let parallel = request.parallel;
+        let count = request.targets.len();
+        self.active = Active::Dial(Box::new(Dialing {
+            request,
+            next: 0,
+            legs: Vec::new(),
+            deadline: None,
+            last: None,
+            ringback: None,
+        }));
+        if parallel {
+            for _ in 0..count {
+                self.dial_next(now);
+            }
+        } else {
+            self.dial_next(now);
+        }
+    }
+
+    fn dialing(&mut self) -> Option<&mut Dialing> {
+        match &mut self.active {
+            Active::Dial(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Starts the next target: its media ports first.
+    fn dial_next(&mut self, now: Instant) -> bool {
+        let id = self.new_leg_id();
+        let Some(d) = self.dialing() else {
+            return false;
+        };
+        let Some(target) = d.request.targets.get(d.next).cloned() else {
+            return false;
+        };
+        d.next += 1;
+        if !d.request.parallel || d.deadline.is_none() {
+            d.deadline = now.checked_add(d.request.timeout);
+        }
+        d.legs.push(OutLeg {
+            id,
+            target,
+            session: None,
+            state: OutState::Preparing,
+            media: false,
+        });
+        self.push(Action::Media(id, MediaAction::Prepare));
+        true
+    }
+
+    /// The driver's answer to [`MediaAction::Prepare`]: the leg's session (its media
+    /// address), or why it has none.
+    pub fn handle_prepared(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        session: Result<LocalSession, String>,
+    ) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let request = d.request.clone();
+        let Some(out) = d.leg(leg) else {
+            return;
+        };
+        match session {
+            Ok(mut s) => {
+                let sdp = s.offer().to_string().into_bytes();
+                out.session = Some(s);
+                out.state = OutState::Calling;
+                let target = out.target.clone();
+                self.push(Action::Sip(
+                    leg,
+                    SipAction::Dial(Box::new(Dial {
+                        target,
+                        caller_id: request.caller_id,
+                        headers: request.headers,
+                        sdp,
+                    })),
+                ));
+            }
+            Err(why) => {
+                tracing::warn!(%why, "no media for a dialled leg");
+                self.out_failed(now, leg, 503, why);
+            }
+        }
+    }
+
+    /// An event of a dialled leg's dialog.
+    pub(super) fn on_out_event(&mut self, now: Instant, leg: LegId, ev: Event) {
+        match ev {
+            Event::Progress { sdp, .. } => self.out_progress(leg, sdp),
+            Event::Answered { sdp, .. } => self.out_answered(now, leg, sdp),
+            Event::Failed { code, reason, .. } => self.out_failed(now, leg, code, reason),
+            Event::Ended { reason, .. } => self.out_ended(now, leg, reason),
+            Event::Info {
+                content_type, body, ..
+            } => {
+                if let Ok(d) =
+                    crate::media::dtmf::parse_info(content_type.as_deref().unwrap_or(""), &body)
+                {
+                    self.relay_digit(leg, d.digit);
+                }
+            }
+            // Re-INVITEs, UPDATEs and the rest on a dialled leg are answered by the endpoint
+            // or need nothing from the call.
+            _ => {}
+        }
+    }
+
+    fn out_progress(&mut self, leg: LegId, _sdp: Option<Vec<u8>>) {
+        let answered = self.is_answered() || self.is_early();
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(out) = d.leg(leg) else {
+            return;
+        };
+        if out.state != OutState::Calling {
+            return;
+        }
+        out.state = OutState::Ringing;
+        let first = !d
+            .legs
+            .iter()
+            .any(|l| l.id != leg && l.state == OutState::Ringing);
+        let ringback = d.request.ringback.clone();
+        let timeout = d.request.timeout;
+        let playing = d.ringback.is_some();
+        if !answered {
+            if first {
+                self.ring();
+            }
+            return;
+        }
+        if playing || !self.has_media() {
+            return;
+        }
+        let what = match ringback {
+            Ringback::Prompt(p) => PlaySpec::Prompts(vec![p]),
+            Ringback::Tone | Ringback::EarlyMedia => match ringback_tone(timeout) {
+                Some(t) => PlaySpec::Tone(Box::new(t)),
+                None => return,
+            },
+        };
+        let id = self.next_play_id();
+        if let Some(d) = self.dialing() {
+            d.ringback = Some(id);
+        }
+        self.media(MediaAction::Play {
+            id,
+            what,
+            barge_in: false,
+        });
+    }
+
+    fn out_answered(&mut self, now: Instant, leg: LegId, sdp: Option<Vec<u8>>) {
+        let Some(d) = self.dialing() else {
+            // Answered after the dial gave up: the call is not wanted.
+            return self.push(Action::Sip(leg, SipAction::Hangup));
+        };
+        if d.bridged().is_some() {
+            return self.push(Action::Sip(leg, SipAction::Hangup));
+        }
+        let Some(out) = d.leg(leg) else {
+            return self.push(Action::Sip(leg, SipAction::Hangup));
+        };
+        let negotiated: Result<NegotiatedAudio, String> = match (out.session.as_mut(), sdp) {
+            (Some(s), Some(body)) => sdp::parse(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|a| s.accept_answer(&a).map_err(|e| e.to_string())),
+            _ => Err("no SDP answer".into()),
+        };
+        let m = match negotiated {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::info!(%why, "unusable answer from a dialled leg; hanging it up");
+                self.push(Action::Sip(leg, SipAction::Hangup));
+                return self.out_failed(now, leg, 488, why);
+            }
+        };
+        out.state = OutState::Bridged(now);
+        out.media = true;
+        let target = out.target.clone();
+        let ringback = d.ringback.take();
+        let others: Vec<(LegId, OutState)> = d
+            .legs
+            .iter()
+            .filter(|l| l.id != leg)
+            .map(|l| (l.id, l.state))
+            .collect();
+        d.legs.retain(|l| l.id == leg);
+        for (other, state) in others {
+            self.drop_out_leg(other, state);
+        }
+        if ringback.is_some() {
+            self.media(MediaAction::StopPlay);
+        }
+        self.push(Action::Media(leg, MediaAction::Start(m)));
+        if !self.is_answered() {
+            self.answer(now);
+        }
+        self.media(MediaAction::Bridge(leg));
+        self.note(Note::Bridged(target));
+    }
+
+    fn out_failed(&mut self, now: Instant, leg: LegId, code: u16, reason: String) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(i) = d.legs.iter().position(|l| l.id == leg) else {
+            return;
+        };
+        if matches!(d.legs[i].state, OutState::Bridged(_)) {
+            return;
+        }
+        let out = d.legs.remove(i);
+        d.last = Some((code, reason));
+        let more = d.next < d.request.targets.len();
+        let parallel = d.request.parallel;
+        let left = d.legs.len();
+        let _ = out;
+        self.push(Action::Media(leg, MediaAction::Close));
+        if !parallel && more && self.dial_next(now) {
+            return;
+        }
+        if left == 0 {
+            self.finish_dial(None);
+        }
+    }
+
+    fn out_ended(&mut self, now: Instant, leg: LegId, reason: EndReason) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        match d.bridged() {
+            Some((bridged, since)) if bridged == leg => {
+                tracing::info!(?reason, "the dialled party hung up");
+                self.media(MediaAction::Unbridge);
+                self.push(Action::Media(leg, MediaAction::Close));
+                let duration = now.saturating_duration_since(since);
+                if let Some(d) = self.dialing() {
+                    d.legs.clear();
+                }
+                self.reply_dial_after(DialOutcome::Answered, Some(200), "OK".into(), duration);
+            }
+            // A leg that ends without a final failure first (our CANCEL raced, a timeout).
+            _ => {
+                let code = match reason {
+                    EndReason::Rejected(c) => c,
+                    EndReason::Cancelled => 487,
+                    _ => 408,
+                };
+                self.out_failed(now, leg, code, format!("{reason:?}"));
+            }
+        }
+    }
+
+    /// Lets a leg go that lost the race or the wait: CANCEL before an answer, BYE after.
+    fn drop_out_leg(&mut self, leg: LegId, state: OutState) {
+        match state {
+            OutState::Preparing => {}
+            OutState::Calling | OutState::Ringing => self.push(Action::Sip(leg, SipAction::Cancel)),
+            OutState::Bridged(_) => {
+                self.media(MediaAction::Unbridge);
+                self.push(Action::Sip(leg, SipAction::Hangup));
+            }
+        }
+        self.push(Action::Media(leg, MediaAction::Close));
+    }
+
+    /// The dial's timers: a target that rang too long, a bridge that lasted too long.
+    pub(super) fn dial_timeout(&mut self, now: Instant) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        if d.deadline().is_none_or(|t| t > now) {
+            return;
+        }
+        if let Some((leg, since)) = d.bridged() {
+            tracing::info!("the bridge reached its maximum duration");
+            d.legs.clear();
+            self.drop_out_leg(leg, OutState::Bridged(since));
+            let duration = now.saturating_duration_since(since);
+            return self.reply_dial_after(DialOutcome::Answered, Some(200), "OK".into(), duration);
+        }
+        let pending: Vec<(LegId, OutState)> = d.legs.drain(..).map(|l| (l.id, l.state)).collect();
+        d.last = Some((408, "no answer".into()));
+        d.deadline = None;
+        let more = !d.request.parallel && d.next < d.request.targets.len();
+        for (leg, state) in pending {
+            self.drop_out_leg(leg, state);
+        }
+        if !(more && self.dial_next(now)) {
+            self.finish_dial(Some(DialOutcome::NoAnswer));
+        }
+    }
+
+    /// Every target failed (or the wait ran out): the script learns how.
+    fn finish_dial(&mut self, outcome: Option<DialOutcome>) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let (code, reason) = d.last.clone().unwrap_or((0, "no answer".into()));
+        let outcome = outcome.unwrap_or(DialOutcome::of_status(code));
+        let code = (code > 0).then_some(code);
+        self.reply_dial(outcome, code, reason);
+    }
+
+    fn reply_dial(&mut self, outcome: DialOutcome, code: Option<u16>, reason: String) {
+        self.reply_dial_after(outcome, code, reason, Duration::ZERO);
+    }
+
+    fn reply_dial_after(
+        &mut self,
+        outcome: DialOutcome,
+        code: Option<u16>,
+        reason: String,
+        duration: Duration,
+    ) {
+        if let Some(d) = self.dialing() {
+            if d.ringback.take().is_some() {
+                self.media(MediaAction::StopPlay);
+            }
+        }
+        self.active = Active::Idle;
+        self.note(Note::DialEnded(outcome, code));
+        self.reply(CallReply::Dialed(DialResult {
+            outcome,
+            code,
+            reason,
+            duration,
+        }));
+    }
+
+    /// The caller is gone: every dialled leg goes with it.
+    pub(super) fn abandon_dial(&mut self) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let legs: Vec<(LegId, OutState)> = d.legs.drain(..).map(|l| (l.id, l.state)).collect();
+        for (leg, state) in legs {
+            self.drop_out_leg(leg, state);
+        }
+    }
+
+    /// A key on one side of a bridge goes to the other as an RFC 4733 event.
+    pub(super) fn relay_digit(&mut self, from: LegId, digit: Digit) {
+        let Some((bridged, _)) = self.dialing().and_then(|d| d.bridged()) else {
+            return;
+        };
+        let to = if from == LegId::CALLER {
+            bridged
+        } else if from == bridged {
+            LegId::CALLER
+        } else {
+            return;
+        };
+        self.push(Action::Media(
+            to,
+            MediaAction::SendDtmf(digit.as_char().to_string()),
+        ));
+    }
+
+    /// A dialled leg's playback ended: the ringback prompt plays again while it rings.
+    pub(super) fn ringback_done(&mut self, id: u64) -> bool {
+        let Some(d) = self.dialing() else {
+            return false;
+        };
+        if d.ringback != Some(id) {
+            return false;
+        }
+        d.ringback = None;
+        true
+    }
+}
