@@ -54,6 +54,20 @@ pub struct Config {
     /// In-band DTMF detection limits.
     #[serde(default)]
     pub dtmf: DtmfConfig,
+    /// Calls the server places.
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`: which calls scripts may place, and how many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Target URI patterns (`*` for any run of characters) a `dial` may reach; nothing else.
+    pub allow: Vec<String>,
+    /// Placed legs across the server at once.
+    pub max_calls: usize,
+    /// Legs one call may place in all.
+    pub max_legs_per_call: u32,
 }
 
 /// `[dtmf]`: what the in-band detector of every call accepts as a key tone (ITU-T Q.24).

@@ -131,6 +131,11 @@ pub async fn run_with_ready(
         // Once from entropy: SSRCs and SDP session ids of calls must not be predictable.
         ids_seed: fastrand::u64(..),
         cdr: cdr_writer,
+        outbound: Arc::new(crate::call::OutboundPolicy::new(
+            &config.outbound.allow,
+            config.outbound.max_legs_per_call,
+        )),
+        outbound_slots: crate::call::OutboundSlots::new(config.outbound.max_calls),
     });
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));

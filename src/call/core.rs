@@ -228,6 +228,8 @@ enum Phase {
 pub struct CoreConfig {
     /// End answered calls after this long (None: never).
     pub max_duration: Option<Duration>,
+    /// What calls the call may place.
+    pub outbound: std::sync::Arc<super::outbound::OutboundPolicy>,
 }
 
 /// One call's sans-IO core.
@@ -412,6 +414,15 @@ impl CallCore {
         let id = self.next_play;
         self.next_play += 1;
         id
+    }
+
+    /// Legs the call has placed so far.
+    pub(super) fn legs_placed(&self) -> u32 {
+        self.next_leg - 1
+    }
+
+    pub(super) fn outbound(&self) -> &super::outbound::OutboundPolicy {
+        &self.cfg.outbound
     }
 
     pub(super) fn new_leg_id(&mut self) -> LegId {

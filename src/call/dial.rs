@@ -207,6 +207,18 @@ impl CallCore {
         if request.targets.is_empty() {
             return self.reply_dial(DialOutcome::Failed, None, "no target".into());
         }
+        if let Some(t) = request.targets.iter().find(|t| !self.outbound().allows(t)) {
+            tracing::warn!(target = %t, "dial refused: no [outbound] allow pattern matches");
+            let why = format!("{t} is not allowed by [outbound] allow");
+            return self.reply_dial(DialOutcome::Failed, None, why);
+        }
+        let max = self.outbound().max_legs_per_call;
+        let wanted = self.legs_placed() + request.targets.len() as u32;
+        if wanted > max {
+            tracing::warn!(max, "dial refused: too many legs for one call");
+            let why = format!("a call may place {max} legs at most");
+            return self.reply_dial(DialOutcome::Failed, None, why);
+        }
         for t in &request.targets {
             self.note(Note::Dialling(t.clone()));
         }

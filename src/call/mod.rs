@@ -14,6 +14,7 @@
 pub mod core;
 pub mod dial;
 pub mod note;
+pub mod outbound;
 pub mod task;
 mod transfer;
 mod verbs;
@@ -23,6 +24,7 @@ pub use self::core::{
 };
 pub use dial::{Dial, DialOutcome, DialRequest, DialResult, Ringback};
 pub use note::{HangupCause, Note};
+pub use outbound::{OutboundPolicy, OutboundSlots};
 pub use task::{spawn, CallContext};
 pub use transfer::TransferTarget;
 

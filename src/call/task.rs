@@ -80,6 +80,10 @@ pub struct CallContext {
     pub cdr: Option<crate::cdr::CdrWriter>,
     /// With the call handle, seeds each call's SDP session id, SSRC and RTP start points.
     pub ids_seed: u64,
+    /// What calls a script may place.
+    pub outbound: Arc<crate::call::OutboundPolicy>,
+    /// The server-wide cap on placed legs.
+    pub outbound_slots: Arc<crate::call::OutboundSlots>,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -197,6 +201,8 @@ struct Task {
 /// A leg the call placed: its ports, its SIP call and its media.
 #[derive(Default)]
 struct Out {
+    /// Its share of the server-wide cap.
+    slot: Option<crate::call::outbound::OutboundSlot>,
     lease: Option<PortLease>,
     sip: Option<CallHandle>,
     media: Option<LegHandle>,
@@ -258,6 +264,7 @@ impl Task {
     fn core_config(&self) -> CoreConfig {
         CoreConfig {
             max_duration: self.ctx.max_duration,
+            outbound: self.ctx.outbound.clone(),
         }
     }
 
@@ -616,13 +623,16 @@ impl Task {
         let now = Instant::now();
         match a {
             MediaAction::Prepare => {
-                let prepared = match self.ctx.ports.allocate() {
-                    Some(lease) => {
+                let prepared = match (self.ctx.outbound_slots.take(), self.ctx.ports.allocate()) {
+                    (None, _) => Err("the server's outbound call limit is reached".to_string()),
+                    (_, None) => Err("no media ports free".to_string()),
+                    (Some(slot), Some(lease)) => {
                         let addr = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
-                        self.outs.entry(leg).or_default().lease = Some(lease);
+                        let out = self.outs.entry(leg).or_default();
+                        out.lease = Some(lease);
+                        out.slot = Some(slot);
                         Ok(LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr))
                     }
-                    None => Err("no media ports free".to_string()),
                 };
                 core.handle_prepared(now, leg, prepared);
             }

@@ -14,7 +14,17 @@ const ANSWER: &str = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0
 
 fn core(offer: &str, max: Option<Duration>) -> CallCore {
     let session = LocalSession::new(7, "127.0.0.1:40010".parse().unwrap());
-    CallCore::incoming(CoreConfig { max_duration: max }, session, offer.as_bytes())
+    CallCore::incoming(
+        CoreConfig {
+            max_duration: max,
+            outbound: std::sync::Arc::new(super::OutboundPolicy::new(
+                &["sip:*@127.0.0.1*".into()],
+                4,
+            )),
+        },
+        session,
+        offer.as_bytes(),
+    )
 }
 
 fn drain(c: &mut CallCore) -> Vec<Action> {
@@ -236,4 +246,161 @@ fn a_cancelled_invite_got_487() {
         Instant::now(),
     );
     assert_eq!(c.final_status(), Some(487));
+}
+
+fn dial(targets: &[&str]) -> CallRequest {
+    CallRequest::Dial(super::DialRequest {
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn dialed(a: &[Action]) -> Option<&super::DialResult> {
+    a.iter().find_map(|a| match a {
+        Action::Reply(CallReply::Dialed(d)) => Some(d),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_target_outside_the_allow_patterns_is_never_called() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(
+        t0,
+        dial(&["sip:bob@127.0.0.1", "sip:+1900555@carrier.example"]),
+    );
+    let a = drain(&mut c);
+    let d = dialed(&a).expect("answered at once");
+    assert_eq!(d.outcome, super::DialOutcome::Failed);
+    assert!(d.reason.contains("not allowed"), "{}", d.reason);
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Media(_, MediaAction::Prepare))),
+        "no leg was prepared: {a:?}"
+    );
+}
+
+#[test]
+fn a_call_places_at_most_its_legs() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    let five = ["sip:a@127.0.0.1"; 5];
+    c.handle_request(t0, dial(&five));
+    let d = dialed(&drain(&mut c)).cloned().expect("refused at once");
+    assert!(d.reason.contains("4 legs at most"), "{}", d.reason);
+}
+
+#[test]
+fn a_dialled_leg_rings_the_caller_then_is_bridged_and_its_bye_ends_the_dial() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, dial(&["sip:bob@127.0.0.1"]));
+    let a = drain(&mut c);
+    let leg = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Media(l, MediaAction::Prepare) => Some(*l),
+            _ => None,
+        })
+        .expect("a leg to prepare");
+    assert_ne!(leg, LegId::CALLER);
+    let session = LocalSession::new(9, "127.0.0.1:40020".parse().unwrap());
+    c.handle_prepared(t0, leg, Ok(session));
+    let a = drain(&mut c);
+    assert!(
+        matches!(a[..], [Action::Sip(l, SipAction::Dial(_))] if l == leg),
+        "{a:?}"
+    );
+    let call = CallHandle(2);
+    c.handle_sip(
+        t0,
+        leg,
+        Event::Progress {
+            call,
+            code: 180,
+            reason: "Ringing".into(),
+            to_tag: None,
+            sdp: None,
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        matches!(
+            a[..],
+            [Action::Sip(LegId::CALLER, SipAction::Ring(None)), ..]
+        ),
+        "{a:?}"
+    );
+    c.handle_sip(
+        t0 + Duration::from_secs(2),
+        leg,
+        Event::Answered {
+            call,
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Media(l, MediaAction::Start(_)) if *l == leg)),
+        "{a:?}"
+    );
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Sip(LegId::CALLER, SipAction::Answer(_)))));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::Bridge(l)) if *l == leg)));
+    assert!(dialed(&a).is_none(), "the dial goes on while bridged");
+    c.handle_sip(
+        t0 + Duration::from_secs(12),
+        leg,
+        Event::Ended {
+            call,
+            reason: EndReason::RemoteBye,
+        },
+    );
+    let a = drain(&mut c);
+    let d = dialed(&a).expect("the dial ended");
+    assert_eq!(d.outcome, super::DialOutcome::Answered);
+    assert_eq!(d.duration, Duration::from_secs(10));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::Unbridge))));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(l, MediaAction::Close) if *l == leg)));
+}
+
+#[test]
+fn the_callers_hangup_cancels_a_ringing_leg() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, dial(&["sip:bob@127.0.0.1"]));
+    drain(&mut c);
+    let leg = LegId(1);
+    c.handle_prepared(
+        t0,
+        leg,
+        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
+    );
+    drain(&mut c);
+    event(
+        Event::Ended {
+            call: CallHandle(1),
+            reason: EndReason::Cancelled,
+        },
+        &mut c,
+        t0,
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Sip(l, SipAction::Cancel) if *l == leg)),
+        "{a:?}"
+    );
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(l, MediaAction::Close) if *l == leg)));
 }

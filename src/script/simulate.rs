@@ -34,7 +34,9 @@ use rhai::{Engine, AST};
 use super::api::{CallGone, CallPort, CallReply, CallRequest, RecordRequest, RoomRequest};
 use super::engine::{build_engine, compile_file, compile_source, ScriptError, ScriptLimits};
 use super::runner::{run_script, CallInfo, ScriptOutcome, StopCause};
-use crate::call::{Action, CallCore, CoreConfig, LegId, MediaAction, PlaySpec, SipAction, Work};
+use crate::call::{
+    Action, CallCore, CoreConfig, LegId, MediaAction, OutboundPolicy, PlaySpec, SipAction, Work,
+};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::frame::INTERNAL_RATE;
 use crate::media::prompt::PromptCache;
@@ -162,6 +164,7 @@ pub struct Simulator {
     prompts: Option<PathBuf>,
     info: CallInfo,
     max_duration: Duration,
+    outbound: Arc<OutboundPolicy>,
 }
 
 impl fmt::Debug for Simulator {
@@ -198,7 +201,14 @@ impl Simulator {
                 ..CallInfo::default()
             },
             max_duration: Duration::from_secs(3600),
+            outbound: Arc::new(OutboundPolicy::new(&["*".to_string()], 16)),
         }
+    }
+
+    /// What calls the script may place (default: any target, 16 legs).
+    pub fn outbound(mut self, policy: OutboundPolicy) -> Self {
+        self.outbound = Arc::new(policy);
+        self
     }
 
     /// Takes prompt durations from the files in `dir`.
@@ -250,6 +260,7 @@ impl Simulator {
             self.prompts.as_deref(),
             self.max_duration,
             hangup.clone(),
+            self.outbound.clone(),
         )));
         lock(&sim).drain();
         let port = Box::new(SimPort(sim.clone()));
@@ -448,10 +459,14 @@ impl SimCall {
         prompts: Option<&Path>,
         limit: Duration,
         hangup: Arc<AtomicBool>,
+        outbound: Arc<OutboundPolicy>,
     ) -> Self {
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], 40002));
         let core = CallCore::incoming(
-            CoreConfig { max_duration: None },
+            CoreConfig {
+                max_duration: None,
+                outbound,
+            },
             LocalSession::new(1, local),
             CALLER_OFFER.as_bytes(),
         );
