@@ -35,6 +35,7 @@ use rsipstack::sip::prelude::*;
 
 mod invite;
 mod refer;
+mod refuse;
 mod reinvite;
 mod server;
 

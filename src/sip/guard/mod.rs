@@ -49,13 +49,15 @@ impl Rate {
     };
 }
 
-/// What a refused or dropped access-list match gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a source the access lists shut out gets (`acl_action` in `[sip]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 pub enum AclAction {
     /// 403 Forbidden.
     #[default]
+    #[serde(rename = "403")]
     Forbidden,
     /// Nothing.
+    #[serde(rename = "drop")]
     Drop,
 }
 
