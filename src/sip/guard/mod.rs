@@ -296,8 +296,8 @@ struct Source {
 #[derive(Debug)]
 pub struct Guard {
     cfg: GuardConfig,
-    /// Lowercased scanner User-Agent substrings.
-    scanners: Vec<Vec<u8>>,
+    /// Scanner User-Agent substrings.
+    scanners: peek::Patterns,
     buckets: [Option<Bucket>; 3],
     cps: Option<Bucket>,
     cps_tat: u64,
@@ -322,12 +322,7 @@ impl Guard {
             })
             .flatten();
         Guard {
-            scanners: cfg
-                .scanner_agents
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_ascii_lowercase().into_bytes())
-                .collect(),
+            scanners: peek::Patterns::new(&cfg.scanner_agents),
             buckets: [
                 Bucket::new(cfg.invite),
                 Bucket::new(cfg.register),
@@ -394,14 +389,8 @@ impl Guard {
                 in_dialog,
             } => (kind, user_agent, in_dialog),
         };
-        if let Some(ua) = user_agent {
-            if self
-                .scanners
-                .iter()
-                .any(|s| peek::contains_ignore_case(ua, s))
-            {
-                return self.dropped(DropReason::Scanner);
-            }
+        if user_agent.is_some_and(|ua| self.scanners.any_in(ua)) {
+            return self.dropped(DropReason::Scanner);
         }
         if in_dialog || matches!(kind, Kind::Ack | Kind::Cancel) {
             return Verdict::Pass;

@@ -48,8 +48,8 @@ pub fn peek(bytes: &[u8]) -> Peek<'_> {
     if bytes.starts_with(b"SIP/2.0 ") {
         return Peek::Response;
     }
-    let mut lines = bytes.split(|b| *b == b'\n');
-    let first = lines.next().unwrap_or_default();
+    let mut rest = bytes;
+    let first = next_line(&mut rest);
     let method = first.split(|b| *b == b' ').next().unwrap_or_default();
     let kind = match method {
         b"INVITE" => Kind::Invite,
@@ -61,20 +61,24 @@ pub fn peek(bytes: &[u8]) -> Peek<'_> {
     };
     let mut user_agent = None;
     let mut in_dialog = false;
-    for line in lines {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    while !rest.is_empty() {
+        let line = next_line(&mut rest);
         if line.is_empty() {
             break;
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = trim(&line[..colon]);
-        let value = trim(&line[colon + 1..]);
-        if name.eq_ignore_ascii_case(b"user-agent") {
-            user_agent = Some(value);
-        } else if name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t") {
-            in_dialog = has_tag(value);
+        // Only the two headers the guard reads; the length test skips the rest cheaply.
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"user-agent") => {
+                user_agent = Some(trim(&line[colon + 1..]));
+            }
+            1 | 2 if name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t") => {
+                in_dialog = has_tag(trim(&line[colon + 1..]));
+            }
+            _ => {}
         }
     }
     Peek::Request {
@@ -82,6 +86,16 @@ pub fn peek(bytes: &[u8]) -> Peek<'_> {
         user_agent,
         in_dialog,
     }
+}
+
+/// The next line of `rest` without its line ending; `rest` moves past it.
+fn next_line<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
+    let (line, tail) = match memchr::memchr(b'\n', rest) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (*rest, &rest[rest.len()..]),
+    };
+    *rest = tail;
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// A `;tag=` header parameter, outside the `<...>` of a name-addr (a URI parameter of that
@@ -120,6 +134,47 @@ pub fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     }
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Substrings searched for in a header value ignoring ASCII case: the value is lowercased
+/// into a buffer on the stack and searched with a precompiled finder per pattern.
+#[derive(Debug, Clone)]
+pub struct Patterns {
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Values longer than this are searched the slow way (nothing legitimate is this long).
+const LOWERED_MAX: usize = 512;
+
+impl Patterns {
+    /// The non-empty `patterns`, matched ignoring ASCII case.
+    pub fn new(patterns: &[String]) -> Patterns {
+        Patterns {
+            finders: patterns
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| memchr::memmem::Finder::new(&p.to_ascii_lowercase()).into_owned())
+                .collect(),
+        }
+    }
+
+    /// Whether any pattern occurs in `value`.
+    pub fn any_in(&self, value: &[u8]) -> bool {
+        if self.finders.is_empty() {
+            return false;
+        }
+        if value.len() > LOWERED_MAX {
+            return self
+                .finders
+                .iter()
+                .any(|f| contains_ignore_case(value, f.needle()));
+        }
+        let mut buf = [0u8; LOWERED_MAX];
+        let lowered = &mut buf[..value.len()];
+        lowered.copy_from_slice(value);
+        lowered.make_ascii_lowercase();
+        self.finders.iter().any(|f| f.find(lowered).is_some())
+    }
 }
 
 #[cfg(test)]
