@@ -421,17 +421,14 @@ impl Guard {
         which: usize,
         reason: RefuseReason,
     ) -> Option<Verdict> {
-        let bucket = self.buckets[which];
+        // A method without a limit keeps no per-source state.
+        let bucket = self.buckets[which]?;
         let escalate = self.cfg.escalate_after;
-        if bucket.is_none() {
-            return None;
-        }
         let slot = self.slot(key, now);
         let src = self.table[slot].as_mut()?;
         if src.blocked_until > now {
             return Some(self.dropped(DropReason::Blocked));
         }
-        let bucket = bucket?;
         match bucket.take(src.tat[which], now) {
             Ok(tat) => {
                 src.tat[which] = tat;
