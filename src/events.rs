@@ -122,6 +122,14 @@ pub enum Event {
         /// Deaf now.
         deaf: bool,
     },
+    /// A step of a call's flow: a verb started or ended, as the simulator's transcript
+    /// shows it (`answered`, `played welcome`, `collected "12"`, `hung up`).
+    CallStep {
+        /// The SIP Call-ID.
+        call_id: String,
+        /// What happened.
+        step: String,
+    },
     /// A recording began.
     RecordingStarted {
         /// The recording's id.

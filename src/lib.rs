@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only parses flags and calls [`run`].
 
 pub mod api;
+pub mod call;
 pub mod cdr;
 pub mod conference;
 pub mod config;

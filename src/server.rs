@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ApiState, RecordingIndex};
+use crate::call::{self, CallContext};
 use crate::cdr::CdrWriter;
 use crate::conference::ConferenceRegistry;
 use crate::engine::MediaEngine;
@@ -16,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::rtp::ports::PortAllocator;
 use crate::script::dialplan::Dialplan;
 use crate::script::{build_engine, ScriptSet};
-use crate::sip::call::{self, CallContext};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::guard::Guard;
 use crate::sip::transaction::TimerConfig;

@@ -21,7 +21,7 @@ use crate::events::{Event, Stamped};
 use crate::metrics::Metrics;
 
 /// Every event type, as sent in `event:` and the JSON `type`.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 15] = [
     "call_started",
     "call_answered",
     "call_ended",
@@ -36,6 +36,7 @@ pub const EVENT_TYPES: [&str; 14] = [
     "member_deaf",
     "recording_started",
     "recording_finished",
+    "call_step",
 ];
 
 /// An event's type name, as serialised in its `type` field.
@@ -55,6 +56,7 @@ pub fn event_type(e: &Event) -> &'static str {
         Event::MemberDeaf { .. } => "member_deaf",
         Event::RecordingStarted { .. } => "recording_started",
         Event::RecordingFinished { .. } => "recording_finished",
+        Event::CallStep { .. } => "call_step",
     }
 }
 
@@ -231,6 +233,10 @@ mod tests {
                 duration_ms: 1,
                 reason: "hangup".into(),
                 discarded: false,
+            },
+            Event::CallStep {
+                call_id: "c".into(),
+                step: "answered".into(),
             },
         ];
         assert_eq!(all.len(), EVENT_TYPES.len());

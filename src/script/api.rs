@@ -14,10 +14,10 @@ use std::time::Duration;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, INT};
 
 use super::collect::{full_match_regex, CollectOptions, MAX_DIGITS};
+use crate::call::TransferTarget;
 use crate::media::dtmf::Digit;
 use crate::media::record::{DigitSet, RecordMode, RecordPolicy};
 use crate::media::tone::ToneSpec;
-use crate::sip::call::TransferTarget;
 
 /// Terminate token: the script called `hangup()`.
 pub(crate) const END_HANGUP: &str = "switchboard:hangup";

@@ -1,10 +1,12 @@
 //! A simulated call: a scripted caller on a virtual clock, for trying call flows without
 //! SIP and for testing them.
 //!
-//! The fake call side implements [`CallPort`] the way the call task does, with time taken
-//! from a virtual clock that jumps from event to event, so an hour-long call simulates in
+//! The script's requests go to the same [`CallCore`] a live call runs; only its surroundings
+//! are simulated: the SIP peer answers at once, a media leg plays for as long as its audio
+//! lasts and records the way the caller talks, rooms take every member, and time comes from
+//! a virtual clock that jumps from event to event, so an hour-long call simulates in
 //! microseconds. Prompts last as long as the real files (with a prompt folder) or a fixed
-//! [`DEFAULT_PROMPT`] each; `collect` is driven by the same [`Collector`] as a real call.
+//! [`DEFAULT_PROMPT`] each.
 //!
 //! # Caller input
 //!
@@ -29,22 +31,27 @@ use std::time::{Duration, Instant};
 
 use rhai::{Engine, AST};
 
-use super::api::{
-    CallGone, CallPort, CallReply, CallRequest, ConferenceRequest, RecordInfo, RecordRequest,
-};
-use super::collect::{CollectAction, CollectOptions, Collector, PromptKind};
+use super::api::{CallGone, CallPort, CallReply, CallRequest, RecordRequest, RoomRequest};
 use super::engine::{build_engine, compile_file, compile_source, ScriptError, ScriptLimits};
 use super::runner::{run_script, CallInfo, ScriptOutcome, StopCause};
-use crate::media::dtmf::Digit;
+use crate::call::{Action, CallCore, CoreConfig, LegId, MediaAction, PlaySpec, SipAction, Work};
+use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::frame::INTERNAL_RATE;
 use crate::media::prompt::PromptCache;
+use crate::media::record::StopReason;
+use crate::sdp::LocalSession;
+use crate::sip::endpoint::{CallHandle, EndReason, Event};
 
 /// How long each prompt lasts when no prompt folder is given.
 pub const DEFAULT_PROMPT: Duration = Duration::from_secs(2);
 /// Time between two keys of one input step.
 pub const KEY_GAP: Duration = Duration::from_millis(100);
-/// Time to send one DTMF key (tone and pause).
-const DTMF_KEY: Duration = Duration::from_millis(200);
+/// The beep before a recording when no prompt folder is given.
+const DEFAULT_BEEP: Duration = Duration::from_millis(250);
+/// Events one simulated request may go through before the simulation gives up on it.
+const MAX_STEPS: usize = 1_000_000;
+/// The simulated caller's offer: PCMU and RFC 4733 events, from loopback.
+const CALLER_OFFER: &str = "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
 
 /// One step of the simulated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +249,7 @@ impl Simulator {
             self.max_duration,
             hangup.clone(),
         )));
+        lock(&sim).drain();
         let port = Box::new(SimPort(sim.clone()));
         // Scripts get the same roomy stack as on a real call's thread.
         let outcome = std::thread::scope(|s| {
@@ -256,15 +264,11 @@ impl Simulator {
                 .map_err(|_| ScriptError::file("simulator", "the script thread panicked"))
         })?;
         let mut sim = lock(&sim);
-        if !sim.gone {
-            let why = match &outcome {
-                ScriptOutcome::Finished => "hung up (script ended)".to_string(),
-                ScriptOutcome::Error(e) => format!("hung up (script error: {e})"),
-                ScriptOutcome::Stopped(StopCause::Limit(l)) => format!("hung up ({l})"),
-                ScriptOutcome::Stopped(StopCause::Hangup) => "hung up".to_string(),
-            };
-            sim.line(why);
-        }
+        // The call core decides what a script's end means for the call, as on a live call.
+        let now = sim.instant();
+        sim.core.handle_script_end(&outcome);
+        sim.core.handle_timeout(now);
+        sim.drain();
         Ok(Transcript {
             lines: std::mem::take(&mut sim.lines),
             outcome,
@@ -302,18 +306,9 @@ fn lock(m: &Mutex<SimCall>) -> MutexGuard<'_, SimCall> {
 
 struct SimPort(Arc<Mutex<SimCall>>);
 
-/// A `collect` prompt playing in simulated time.
-#[derive(Debug, Clone, Copy)]
-struct Prompt {
-    /// The collector's number for the prompt.
-    play: u32,
-    /// When it has played out, from the call's start.
-    until: Duration,
-}
-
 impl CallPort for SimPort {
     fn request(&mut self, req: CallRequest) -> Result<CallReply, CallGone> {
-        lock(&self.0).handle(req)
+        lock(&self.0).request(req)
     }
 }
 
@@ -377,32 +372,70 @@ impl Caller {
     }
 }
 
-/// What ended a wait.
-enum Stop {
-    /// The activity reached its end.
-    Ended,
-    /// The caller pressed a key.
-    Key(Digit),
-    /// The caller hung up (or the time limit passed).
-    Hangup,
+/// A playback on the simulated leg.
+#[derive(Debug, Clone, Copy)]
+struct SimPlay {
+    id: u64,
+    /// When it has played out, from the call's start.
+    until: Duration,
+    barge_in: bool,
 }
 
+/// A recording on the simulated leg: the caller talks while input steps are left and is
+/// silent after the last one.
+#[derive(Debug)]
+struct SimRecord {
+    id: String,
+    start: Duration,
+    request: RecordRequest,
+    digits: String,
+}
+
+impl SimRecord {
+    /// When the recording stops by itself, and why: its limit, or the silence after the
+    /// caller's last step (`silence_from`).
+    fn end(&self, silence_from: Option<Duration>) -> (Duration, StopReason, Duration) {
+        let max_end = self.start + self.request.max;
+        match (self.request.silence, silence_from) {
+            (Some(s), Some(from)) if from + s < max_end => (
+                from + s,
+                StopReason::Silence,
+                from.saturating_sub(self.start),
+            ),
+            _ => (max_end, StopReason::MaxDuration, self.request.max),
+        }
+    }
+}
+
+/// What the simulated surroundings tell the core next, at the current virtual time.
+enum Input {
+    Sip(Event),
+    PlayDone(u64),
+    PlayFailed(u64, String),
+    RecordStarted(String),
+    RoomJoined,
+    Discarded,
+    RoomReply(CallReply),
+}
+
+/// The simulated call: the call core and what surrounds it.
 struct SimCall {
+    core: CallCore,
     t0: Instant,
     now: Duration,
     limit: Duration,
     caller: Caller,
-    answered: bool,
-    /// Early media started: media verbs play without answering.
-    early: bool,
     gone: bool,
     hangup: Arc<AtomicBool>,
-    type_ahead: VecDeque<Digit>,
     prompts: Option<PromptCache>,
     durations: HashMap<String, Option<Duration>>,
     recordings: u32,
-    /// Recordings made in this call, playable as `recording:ID`.
+    /// Recordings made in this call and their lengths.
     recorded: HashMap<String, Duration>,
+    play: Option<SimPlay>,
+    record: Option<SimRecord>,
+    inputs: VecDeque<Input>,
+    reply: Option<CallReply>,
     lines: Vec<TranscriptLine>,
 }
 
@@ -413,7 +446,14 @@ impl SimCall {
         limit: Duration,
         hangup: Arc<AtomicBool>,
     ) -> Self {
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 40002));
+        let core = CallCore::incoming(
+            CoreConfig { max_duration: None },
+            LocalSession::new(1, local),
+            CALLER_OFFER.as_bytes(),
+        );
         SimCall {
+            core,
             t0: Instant::now(),
             now: Duration::ZERO,
             limit,
@@ -421,15 +461,16 @@ impl SimCall {
                 steps: steps.into(),
                 clock: Duration::ZERO,
             },
-            answered: false,
-            early: false,
             gone: false,
             hangup,
-            type_ahead: VecDeque::new(),
             prompts: prompts.map(|p| PromptCache::new(p.to_path_buf())),
             durations: HashMap::new(),
             recordings: 0,
             recorded: HashMap::new(),
+            play: None,
+            record: None,
+            inputs: VecDeque::new(),
+            reply: None,
             lines: Vec::new(),
         }
     }
@@ -445,44 +486,176 @@ impl SimCall {
         self.t0 + self.now
     }
 
+    /// One script request, carried out by the core while virtual time runs.
+    fn request(&mut self, req: CallRequest) -> Result<CallReply, CallGone> {
+        if self.gone || self.core.outcome().is_some() {
+            return Err(CallGone);
+        }
+        self.core.handle_request(self.instant(), req);
+        for _ in 0..MAX_STEPS {
+            self.drain();
+            if let Some(r) = self.reply.take() {
+                return Ok(r);
+            }
+            if self.gone || self.core.outcome().is_some() {
+                self.end_call();
+                return Err(CallGone);
+            }
+            self.step();
+        }
+        self.line("caller hung up (simulation step limit)");
+        self.end_call();
+        Err(CallGone)
+    }
+
     fn end_call(&mut self) {
         self.gone = true;
         self.hangup.store(true, Ordering::Relaxed);
     }
 
-    /// Lets virtual time run until `end` (None: open-ended) or a caller event.
-    fn wait_for(&mut self, end: Option<Duration>, listening: bool) -> Stop {
-        let end_at = end.unwrap_or(Duration::MAX).min(self.limit);
-        if let Some((at, ev)) = self.caller.peek(self.now, listening) {
-            if at < end_at {
-                self.now = at;
-                self.caller.consume(at);
-                return match ev {
-                    CallerEvent::Key(d) => Stop::Key(d),
-                    CallerEvent::Hangup => {
-                        self.line("caller hung up");
-                        self.end_call();
-                        Stop::Hangup
-                    }
-                };
+    /// Carries out the core's actions and feeds it what they cause at once.
+    fn drain(&mut self) {
+        loop {
+            while let Some(a) = self.core.poll_action() {
+                self.act(a);
+            }
+            let Some(input) = self.inputs.pop_front() else {
+                return;
+            };
+            let now = self.instant();
+            let leg = LegId::CALLER;
+            match input {
+                Input::Sip(ev) => self.core.handle_sip(now, leg, ev),
+                Input::PlayDone(id) => self.core.handle_play_done(now, leg, id),
+                Input::PlayFailed(id, why) => self.core.handle_play_failed(now, leg, id, why),
+                Input::RecordStarted(id) => self.core.handle_record_started(Ok(id)),
+                Input::RoomJoined => self.core.handle_room_joined(Ok(1)),
+                Input::Discarded => self.core.handle_discarded(Ok(())),
+                Input::RoomReply(r) => self.core.handle_room_reply(r),
             }
         }
-        self.now = self.now.max(end_at);
-        if end.is_none_or(|e| e > self.limit) {
-            self.line("caller hung up (time limit)");
-            self.end_call();
-            return Stop::Hangup;
+    }
+
+    fn sip_event(&mut self, ev: Event) {
+        self.inputs.push_back(Input::Sip(ev));
+    }
+
+    /// The simulated peer, leg, rooms and files react to one action.
+    fn act(&mut self, a: Action) {
+        let call = CallHandle(1);
+        match a {
+            Action::Sip(_, sip) => match sip {
+                SipAction::Answer(_) => self.sip_event(Event::Confirmed { call, sdp: None }),
+                SipAction::Reject { code, .. } => self.sip_event(Event::Ended {
+                    call,
+                    reason: EndReason::Rejected(code),
+                }),
+                SipAction::Hangup => self.sip_event(Event::Ended {
+                    call,
+                    reason: EndReason::LocalBye,
+                }),
+                // The transferee takes the call on at once.
+                SipAction::Refer(_) => {
+                    self.sip_event(Event::ReferAnswered { call, code: 202 });
+                    self.sip_event(Event::TransferProgress {
+                        call,
+                        status: 200,
+                        terminated: true,
+                    });
+                }
+                SipAction::Ring(_)
+                | SipAction::AnswerReinvite(_)
+                | SipAction::RejectReinvite { .. } => {}
+            },
+            Action::Media(_, media) => self.media(media),
+            Action::Reply(r) => self.reply = Some(r),
+            Action::Note(n) => {
+                if n.is_step() {
+                    self.line(n.to_string());
+                }
+            }
+            Action::Work(Work::Discard(id)) => {
+                self.recorded.remove(&id);
+                self.inputs.push_back(Input::Discarded);
+            }
+            // The simulated call is alone: rooms have no members and take every request.
+            Action::Work(Work::Room { room, request }) => {
+                let reply = match request {
+                    RoomRequest::Members => CallReply::Members(Vec::new()),
+                    RoomRequest::RecordStart => CallReply::Text(Some(format!("sim-room-{room}"))),
+                    _ => CallReply::Done,
+                };
+                self.inputs.push_back(Input::RoomReply(reply));
+            }
         }
-        Stop::Ended
+    }
+
+    fn media(&mut self, a: MediaAction) {
+        match a {
+            MediaAction::Play { id, what, barge_in } => match self.duration(&what) {
+                Ok(d) => {
+                    self.play = Some(SimPlay {
+                        id,
+                        until: self.now + d,
+                        barge_in,
+                    })
+                }
+                Err(e) => self.inputs.push_back(Input::PlayFailed(id, e)),
+            },
+            MediaAction::StopPlay => {
+                if let Some(p) = self.play.take() {
+                    self.inputs.push_back(Input::PlayDone(p.id));
+                }
+            }
+            MediaAction::Record(request) => {
+                self.recordings += 1;
+                let id = request
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| format!("sim-{}", self.recordings));
+                self.record = Some(SimRecord {
+                    id: id.clone(),
+                    start: self.now,
+                    request: *request,
+                    digits: String::new(),
+                });
+                self.inputs.push_back(Input::RecordStarted(id));
+            }
+            MediaAction::JoinRoom(_) => self.inputs.push_back(Input::RoomJoined),
+            MediaAction::Start(_)
+            | MediaAction::Update(_)
+            | MediaAction::Answered
+            | MediaAction::Echo(_)
+            | MediaAction::SendDtmf(_)
+            | MediaAction::InfoDigit(_) => {}
+        }
+    }
+
+    /// How long a playback lasts.
+    fn duration(&mut self, what: &PlaySpec) -> Result<Duration, String> {
+        match what {
+            PlaySpec::Tone(spec) => Ok(Duration::from_millis(spec.duration_ms().unwrap_or(0))),
+            PlaySpec::Silence(d) => Ok(*d),
+            PlaySpec::Beep => Ok(match self.prompts {
+                Some(_) => self.prompt_duration("beep").unwrap_or_default(),
+                None => DEFAULT_BEEP,
+            }),
+            PlaySpec::Prompts(names) => {
+                let found: Vec<Duration> = names
+                    .iter()
+                    .filter_map(|n| self.prompt_duration(n))
+                    .collect();
+                if found.is_empty() {
+                    return Err(format!("none of {} can be played", names.join(", ")));
+                }
+                Ok(found.into_iter().sum())
+            }
+        }
     }
 
     fn prompt_duration(&mut self, name: &str) -> Option<Duration> {
         if let Some(id) = name.strip_prefix("recording:") {
-            let d = self.recorded.get(id).copied();
-            if d.is_none() {
-                self.line(format!("recording {id} not played: no such recording"));
-            }
-            return d;
+            return self.recorded.get(id).copied();
         }
         let Some(cache) = &self.prompts else {
             return Some(DEFAULT_PROMPT);
@@ -501,307 +674,108 @@ impl SimCall {
         d
     }
 
-    fn prompts_duration(&mut self, names: &[String]) -> Duration {
-        names.iter().filter_map(|n| self.prompt_duration(n)).sum()
+    /// Lets virtual time run to the next event (a timer of the core, a playback or
+    /// recording ending, the caller acting, the time limit) and delivers it.
+    fn step(&mut self) {
+        let silence_from = self
+            .caller
+            .is_done()
+            .then(|| self.record.as_ref().map(|r| self.caller.clock.max(r.start)))
+            .flatten();
+        let record_end = self.record.as_ref().map(|r| r.end(silence_from));
+        let timer = self
+            .core
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.t0));
+        let play_end = self.play.map(|p| p.until);
+        let end = [timer, play_end, record_end.map(|r| r.0)]
+            .into_iter()
+            .flatten()
+            .min();
+        let end_at = end.unwrap_or(Duration::MAX).min(self.limit);
+        let listening = self.core.is_listening();
+        if let Some((at, ev)) = self.caller.peek(self.now, listening) {
+            if at < end_at {
+                self.now = at;
+                self.caller.consume(at);
+                return match ev {
+                    CallerEvent::Key(d) => self.key(d),
+                    CallerEvent::Hangup => self.caller_hangs_up("caller hung up"),
+                };
+            }
+        }
+        self.now = self.now.max(end_at);
+        if end.is_none_or(|e| e > self.limit) {
+            return self.caller_hangs_up("caller hung up (time limit)");
+        }
+        if let (Some(p), Some(until)) = (self.play, play_end) {
+            if until <= self.now {
+                self.play = None;
+                self.inputs.push_back(Input::PlayDone(p.id));
+                return;
+            }
+        }
+        if let Some((at, reason, kept)) = record_end {
+            if at <= self.now {
+                return self.stop_record(reason, kept);
+            }
+        }
+        self.core.handle_timeout(self.instant());
     }
 
-    /// Media needs an answered call, or early media; without either, answer first.
-    fn ensure_media(&mut self) {
-        if !self.early {
-            self.answer();
+    /// A key reaches the leg: the recorder sees it, the core gets it, a barge-in
+    /// playback stops.
+    fn key(&mut self, d: Digit) {
+        let mut terminated = false;
+        if let Some(r) = &mut self.record {
+            r.digits.push(d.as_char());
+            terminated = r.request.terminators.contains(d);
         }
-    }
-
-    fn answer(&mut self) {
-        if !self.answered {
-            self.answered = true;
-            self.line("answered");
+        self.core
+            .handle_digit(self.instant(), LegId::CALLER, d, DtmfMethod::Rfc4733);
+        if terminated {
+            let kept = self
+                .record
+                .as_ref()
+                .map_or(Duration::ZERO, |r| self.now - r.start);
+            self.stop_record(StopReason::Terminator(d), kept);
         }
-    }
-
-    fn handle(&mut self, req: CallRequest) -> Result<CallReply, CallGone> {
-        if self.gone {
-            return Err(CallGone);
-        }
-        match req {
-            CallRequest::Answer => {
-                self.answer();
-                Ok(CallReply::Done)
-            }
-            CallRequest::EarlyMedia => {
-                if !self.answered && !self.early {
-                    self.early = true;
-                    self.line("early media");
-                }
-                Ok(CallReply::Done)
-            }
-            CallRequest::Ring => {
-                self.line("ringing");
-                Ok(CallReply::Done)
-            }
-            CallRequest::Hangup { cause } => {
-                match (cause, self.answered) {
-                    (Some(c), false) => self.line(format!("refused with {c}")),
-                    _ => self.line("hung up"),
-                }
-                self.end_call();
-                Ok(CallReply::Done)
-            }
-            CallRequest::DiscardRecording(id) => {
-                self.line(format!("discarded recording {id}"));
-                self.recorded.remove(&id);
-                Ok(CallReply::Done)
-            }
-            CallRequest::Log(s) => {
-                self.line(format!("log: {s}"));
-                Ok(CallReply::Done)
-            }
-            // The simulated call is alone: rooms have no members and take every request.
-            CallRequest::Room { room, request } => {
-                self.line(format!("room {room}: {request:?}"));
-                Ok(match request {
-                    super::api::RoomRequest::Members => CallReply::Members(Vec::new()),
-                    super::api::RoomRequest::RecordStart => {
-                        CallReply::Text(Some(format!("sim-room-{room}")))
-                    }
-                    _ => CallReply::Done,
-                })
-            }
-            CallRequest::Play(p) => {
-                self.ensure_media();
-                self.line(format!("played {}", p.prompts.join(", ")));
-                let dur = self.prompts_duration(&p.prompts);
-                self.play_for(dur, p.barge_in)?;
-                Ok(CallReply::Done)
-            }
-            CallRequest::Tone { spec } => {
-                self.ensure_media();
-                let ms = spec.duration_ms().unwrap_or(0);
-                self.line(format!("tone {ms} ms"));
-                self.play_for(Duration::from_millis(ms), false)?;
-                Ok(CallReply::Done)
-            }
-            CallRequest::Silence(d) => {
-                self.ensure_media();
-                self.line(format!("silence {:.1} s", d.as_secs_f64()));
-                self.play_for(d, false)?;
-                Ok(CallReply::Done)
-            }
-            CallRequest::Sleep(d) => {
-                self.line(format!("slept {:.1} s", d.as_secs_f64()));
-                self.play_for(d, false)?;
-                Ok(CallReply::Done)
-            }
-            CallRequest::SendDtmf(keys) => {
-                self.ensure_media();
-                self.line(format!("sent DTMF {keys}"));
-                self.play_for(DTMF_KEY * keys.len() as u32, false)?;
-                Ok(CallReply::Done)
-            }
-            CallRequest::Transfer(uri) => {
-                self.line(format!("transferred to {uri}"));
-                self.end_call();
-                Ok(CallReply::Done)
-            }
-            CallRequest::Collect(opts) => {
-                self.ensure_media();
-                self.collect(opts).map(CallReply::Digits)
-            }
-            CallRequest::Record(r) => {
-                self.ensure_media();
-                self.record(r).map(CallReply::Recorded)
-            }
-            CallRequest::Conference(c) => {
-                self.ensure_media();
-                self.conference(c).map(CallReply::Left)
-            }
-            CallRequest::Echo { max } => {
-                self.ensure_media();
-                self.echo(max)?;
-                Ok(CallReply::Done)
-            }
+        if let Some(p) = self.play.filter(|p| p.barge_in) {
+            self.play = None;
+            self.inputs.push_back(Input::PlayDone(p.id));
         }
     }
 
-    /// Plays (or waits) for `d`; with barge-in a key stops it and is kept as type-ahead.
-    fn play_for(&mut self, d: Duration, barge_in: bool) -> Result<(), CallGone> {
-        let end = self.now + d;
-        match self.wait_for(Some(end), barge_in) {
-            Stop::Ended => Ok(()),
-            Stop::Key(k) => {
-                self.line(format!("interrupted by {k}"));
-                self.type_ahead.push_back(k);
-                Ok(())
-            }
-            Stop::Hangup => Err(CallGone),
-        }
-    }
-
-    fn collect(&mut self, opts: CollectOptions) -> Result<Option<String>, CallGone> {
-        let now = self.instant();
-        let mut c = Collector::new(opts, now, &mut self.type_ahead);
-        let mut playing: Option<Prompt> = None;
-        loop {
-            while let Some(a) = c.poll_action() {
-                match a {
-                    CollectAction::Play { kind, play, .. } => {
-                        let names = match kind {
-                            PromptKind::Prompt => c.options().prompt.clone(),
-                            PromptKind::Invalid => c.options().invalid_prompt.clone(),
-                        };
-                        self.line(format!("played {}", names.join(", ")));
-                        let d = self.prompts_duration(&names);
-                        playing = Some(Prompt {
-                            play,
-                            until: self.now + d,
-                        });
-                    }
-                    CollectAction::Stop { play } => {
-                        if playing.is_some_and(|p| p.play == play) {
-                            playing = None;
-                        }
-                    }
-                    CollectAction::Done(r) => {
-                        match &r {
-                            Some(s) => self.line(format!("collected {s:?}")),
-                            None => self.line("collected nothing"),
-                        }
-                        return Ok(r);
-                    }
-                }
-            }
-            let timer = c
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(self.t0));
-            let end = match (playing.map(|p| p.until), timer) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match self.wait_for(end, c.is_listening()) {
-                Stop::Ended => {
-                    let now = self.instant();
-                    match playing {
-                        Some(Prompt { play, until }) if self.now >= until => {
-                            playing = None;
-                            c.handle_play_done(now, play);
-                        }
-                        _ => c.handle_timeout(now),
-                    }
-                }
-                Stop::Key(k) => {
-                    if playing.is_some() && c.is_listening() {
-                        self.line(format!("interrupted by {k}"));
-                    }
-                    c.handle_digit(self.instant(), k);
-                }
-                Stop::Hangup => return Err(CallGone),
-            }
-        }
-    }
-
-    fn record(&mut self, r: RecordRequest) -> Result<RecordInfo, CallGone> {
-        if r.beep {
-            self.line("beep");
-            let d = match self.prompts {
-                Some(_) => self.prompt_duration("beep").unwrap_or_default(),
-                None => Duration::from_millis(250),
-            };
-            self.play_for(d, false)?;
-        }
-        let start = self.now;
-        let max_end = start + r.max;
-        let mut digits = String::new();
-        let (reason, kept) = loop {
-            let silence_from = self.caller.is_done().then(|| self.caller.clock.max(start));
-            let end = match (r.silence, silence_from) {
-                (Some(s), Some(from)) => max_end.min(from + s),
-                _ => max_end,
-            };
-            match self.wait_for(Some(end), true) {
-                Stop::Ended if self.now >= max_end => break ("max_duration", r.max),
-                Stop::Ended => {
-                    let from = silence_from.unwrap_or(self.now);
-                    break ("silence", from.saturating_sub(start));
-                }
-                Stop::Key(k) => {
-                    digits.push(k.as_char());
-                    if r.terminators.contains(k) {
-                        break ("terminator", self.now - start);
-                    }
-                }
-                Stop::Hangup => break ("hangup", self.now - start),
-            }
+    fn stop_record(&mut self, reason: StopReason, kept: Duration) {
+        let Some(r) = self.record.take() else {
+            return;
         };
-        self.recordings += 1;
-        let id = r
-            .file
-            .clone()
-            .unwrap_or_else(|| format!("sim-{}", self.recordings));
-        let discarded = kept < r.min;
+        let discarded = kept < r.request.min;
         if !discarded {
-            self.recorded.insert(id.clone(), kept);
+            self.recorded.insert(r.id.clone(), kept);
         }
-        let text = format!(
-            "recorded {:.1} s ({reason}){}",
-            kept.as_secs_f64(),
-            if discarded { ", discarded" } else { "" }
+        self.core
+            .handle_record_done(LegId::CALLER, r.id, reason, kept, r.digits, discarded);
+    }
+
+    /// The caller hangs up: a recording in progress ends first, as the leg reports it
+    /// before the dialog ends.
+    fn caller_hangs_up(&mut self, why: &str) {
+        if let Some(start) = self.record.as_ref().map(|r| r.start) {
+            self.stop_record(StopReason::Hangup, self.now - start);
+            self.drain();
+        }
+        self.line(why);
+        self.end_call();
+        let now = self.instant();
+        self.core.handle_sip(
+            now,
+            LegId::CALLER,
+            Event::Ended {
+                call: CallHandle(1),
+                reason: EndReason::RemoteBye,
+            },
         );
-        // The line belongs to when recording stopped, before a hangup line if any.
-        let at = self.now;
-        let pos = self
-            .lines
-            .iter()
-            .rposition(|l| l.text != "caller hung up")
-            .map_or(0, |p| p + 1);
-        self.lines.insert(pos, TranscriptLine { at, text });
-        Ok(RecordInfo {
-            id,
-            duration: kept,
-            digits,
-            reason: reason.into(),
-            discarded,
-        })
-    }
-
-    fn conference(&mut self, c: ConferenceRequest) -> Result<String, CallGone> {
-        let mut how = Vec::new();
-        if c.moderator {
-            how.push("moderator");
-        }
-        if c.muted {
-            how.push("muted");
-        }
-        let how = if how.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", how.join(", "))
-        };
-        self.line(format!("joined conference {}{how}", c.room));
-        loop {
-            match self.wait_for(None, true) {
-                // The room keeps its own keys (mute, volume); the simulated room ignores them.
-                Stop::Key(_) | Stop::Ended => {}
-                Stop::Hangup => return Err(CallGone),
-            }
-        }
-    }
-
-    fn echo(&mut self, max: Option<Duration>) -> Result<(), CallGone> {
-        self.line("echo test");
-        let start = self.now;
-        let end = max.map(|m| start + m);
-        loop {
-            match self.wait_for(end, true) {
-                Stop::Key(k) if k.as_char() == '#' => break,
-                Stop::Key(_) => {}
-                Stop::Ended => break,
-                Stop::Hangup => return Err(CallGone),
-            }
-        }
-        self.line(format!(
-            "echo ended after {:.1} s",
-            (self.now - start).as_secs_f64()
-        ));
-        Ok(())
+        self.drain();
     }
 }

@@ -2,7 +2,6 @@
 //! blind transfer (REFER), the endpoint core that ties them together, and the tokio transport
 //! glue.
 
-pub mod call;
 pub mod dialog;
 pub mod endpoint;
 pub mod framing;

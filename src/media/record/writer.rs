@@ -697,18 +697,10 @@ impl Writer {
             }
         }
         let result = self.complete(&mut rec, &outcome);
+        // Left only when completing failed before the sidecar (which finishes it first).
         if let Some(log) = rec.timeline.take() {
-            let duration_ms = match result {
-                Ok(()) => rec.sidecar.duration_ms,
-                Err(_) => {
-                    let per_sec = u64::from(rec.sidecar.format.rate) * u64::from(rec.channels);
-                    rec.samples * 1000 / per_sec.max(1)
-                }
-            };
-            let path = log.path().to_path_buf();
-            if let Err(e) = log.finish(duration_ms) {
-                tracing::error!(id, error = %e, path = %path.display(), "timeline could not be finished");
-            }
+            let per_sec = u64::from(rec.sidecar.format.rate) * u64::from(rec.channels);
+            finish_timeline(&id, log, rec.samples * 1000 / per_sec.max(1));
         }
         match result {
             Ok(()) => {
@@ -767,7 +759,19 @@ impl Writer {
         s.digits.clone_from(&outcome.digits);
         s.stop_reason = Some(outcome.reason);
         s.state = SidecarState::Complete;
+        // A reader that sees a complete sidecar finds the timeline complete too.
+        if let Some(log) = rec.timeline.take() {
+            finish_timeline(&s.id, log, s.duration_ms);
+        }
         s.write_with(&self.dir, &rec.room)
+    }
+}
+
+/// Turns a room recording's timeline log into its final JSON, logging a failure.
+fn finish_timeline(id: &str, log: TimelineLog, duration_ms: u64) {
+    let path = log.path().to_path_buf();
+    if let Err(e) = log.finish(duration_ms) {
+        tracing::error!(id, error = %e, path = %path.display(), "timeline could not be finished");
     }
 }
 

@@ -20,6 +20,11 @@ impl TransferTarget {
     pub fn into_string(self) -> String {
         self.0
     }
+
+    /// The URI.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for TransferTarget {

@@ -1,0 +1,28 @@
+//! Calls: what a call is and does, above the SIP protocol core and the media engine.
+//!
+//! - [`core`]: the sans-IO call core — the caller's INVITE, its media legs, the script's
+//!   requests carried out one at a time, timers — driven with `now` and drained of actions;
+//! - [`verbs`]: how the core carries out each script verb;
+//! - [`note`]: the steps a call reports (transcripts, `call_step` events);
+//! - [`task`]: the live call's tokio task, thin glue between the core and the SIP
+//!   transport, the media engine, rooms, recordings and the event bus;
+//! - [`transfer`]: the target a script hands a blind transfer.
+//!
+//! The simulator (`crate::script::simulate`) drives the same core with a virtual caller and
+//! a virtual clock, so a script behaves the same on a phone and in a simulation.
+
+pub mod core;
+pub mod note;
+pub mod task;
+mod transfer;
+mod verbs;
+
+pub use self::core::{
+    Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,
+};
+pub use note::{HangupCause, Note};
+pub use task::{spawn, CallContext};
+pub use transfer::TransferTarget;
+
+#[cfg(test)]
+mod tests;

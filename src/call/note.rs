@@ -1,0 +1,207 @@
+//! What a call did, step by step, as the call core reports it: the simulator's transcript
+//! lines, the `call_step` events of a live call, and the hooks for the live registry and
+//! the event bus. One vocabulary, so a transcript from the simulator and the steps of a
+//! live call with the same key presses can be compared line by line.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::record::StopReason;
+
+/// Why the call core hung up (the text after "hung up").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HangupCause {
+    /// The script called `hangup()`.
+    Script,
+    /// The script returned without hanging up.
+    ScriptEnded,
+    /// The script failed.
+    ScriptError(String),
+    /// The script ran into a limit.
+    ScriptLimit(String),
+    /// An operator hung up through the API.
+    Operator,
+    /// The maximum call duration passed.
+    MaxDuration,
+    /// No RTP from the caller.
+    NoRtp,
+    /// Kicked out of a conference room.
+    Kicked,
+    /// The call was handed over by a transfer.
+    Transferred,
+    /// The caller's media could not be set up.
+    NoMedia,
+    /// The answer to our offer was unusable.
+    BadAnswer,
+}
+
+/// One step of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// 180 Ringing sent.
+    Ringing,
+    /// 183 with SDP sent; media flows before the answer.
+    EarlyMedia,
+    /// 200 OK sent.
+    Answered,
+    /// A final error response sent instead of an answer.
+    Refused(u16),
+    /// We ended the call.
+    HungUp(HangupCause),
+    /// Prompts started playing.
+    Played(Vec<String>),
+    /// A tone of this many milliseconds started.
+    Tone(u64),
+    /// Silence started.
+    Silence(Duration),
+    /// A `sleep` started.
+    Slept(Duration),
+    /// DTMF started going out.
+    SentDtmf(String),
+    /// A key stopped a prompt.
+    Interrupted(Digit),
+    /// A `collect` ended.
+    Collected(Option<String>),
+    /// A prompt or recording was asked for but cannot be played.
+    NotPlayed {
+        /// The prompt's name.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The beep before a recording started.
+    Beep,
+    /// A recording started (its id).
+    RecordingStarted(String),
+    /// A recording ended.
+    Recorded {
+        /// Its id.
+        id: String,
+        /// Audio kept.
+        kept: Duration,
+        /// Why it ended.
+        reason: StopReason,
+        /// Too short: not kept.
+        discarded: bool,
+    },
+    /// A recording was deleted on the script's request.
+    Discarded(String),
+    /// The call joined a conference room.
+    Joined {
+        /// The room.
+        room: String,
+        /// As moderator.
+        moderator: bool,
+        /// Muted.
+        muted: bool,
+    },
+    /// The call left its room (`left`, `kicked`, `ended`, `full`, `locked`).
+    Left(String),
+    /// An echo test started.
+    EchoStarted,
+    /// An echo test ended after this long.
+    EchoEnded(Duration),
+    /// A transfer completed.
+    Transferred(String),
+    /// A transfer failed with this status.
+    TransferFailed(u16),
+    /// A line from the script.
+    Log(String),
+    /// The script acted on a room.
+    Room {
+        /// The room.
+        room: String,
+        /// The request, as debug text.
+        request: String,
+    },
+    /// The caller pressed a key (not a transcript line: keys show in what they do).
+    Digit {
+        /// The key.
+        digit: Digit,
+        /// How it was detected.
+        method: DtmfMethod,
+    },
+}
+
+impl Note {
+    /// Whether the note is a transcript line (a step of the call flow).
+    pub fn is_step(&self) -> bool {
+        !matches!(self, Note::Digit { .. } | Note::RecordingStarted(_))
+    }
+}
+
+impl fmt::Display for HangupCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HangupCause::Script => Ok(()),
+            HangupCause::ScriptEnded => write!(f, " (script ended)"),
+            HangupCause::ScriptError(e) => write!(f, " (script error: {e})"),
+            HangupCause::ScriptLimit(l) => write!(f, " ({l})"),
+            HangupCause::Operator => write!(f, " (operator)"),
+            HangupCause::MaxDuration => write!(f, " (maximum duration)"),
+            HangupCause::NoRtp => write!(f, " (no RTP)"),
+            HangupCause::Kicked => write!(f, " (kicked)"),
+            HangupCause::Transferred => write!(f, " (transferred)"),
+            HangupCause::NoMedia => write!(f, " (no media)"),
+            HangupCause::BadAnswer => write!(f, " (unusable SDP answer)"),
+        }
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::Ringing => write!(f, "ringing"),
+            Note::EarlyMedia => write!(f, "early media"),
+            Note::Answered => write!(f, "answered"),
+            Note::Refused(code) => write!(f, "refused with {code}"),
+            Note::HungUp(cause) => write!(f, "hung up{cause}"),
+            Note::Played(names) => write!(f, "played {}", names.join(", ")),
+            Note::Tone(ms) => write!(f, "tone {ms} ms"),
+            Note::Silence(d) => write!(f, "silence {:.1} s", d.as_secs_f64()),
+            Note::Slept(d) => write!(f, "slept {:.1} s", d.as_secs_f64()),
+            Note::SentDtmf(keys) => write!(f, "sent DTMF {keys}"),
+            Note::Interrupted(k) => write!(f, "interrupted by {k}"),
+            Note::Collected(Some(s)) => write!(f, "collected {s:?}"),
+            Note::Collected(None) => write!(f, "collected nothing"),
+            Note::NotPlayed { name, why } => write!(f, "{name} not played: {why}"),
+            Note::Beep => write!(f, "beep"),
+            Note::RecordingStarted(id) => write!(f, "recording {id}"),
+            Note::Recorded {
+                kept,
+                reason,
+                discarded,
+                ..
+            } => write!(
+                f,
+                "recorded {:.1} s ({}){}",
+                kept.as_secs_f64(),
+                reason.as_str(),
+                if *discarded { ", discarded" } else { "" }
+            ),
+            Note::Discarded(id) => write!(f, "discarded recording {id}"),
+            Note::Joined {
+                room,
+                moderator,
+                muted,
+            } => {
+                write!(f, "joined conference {room}")?;
+                match (moderator, muted) {
+                    (true, true) => write!(f, " (moderator, muted)"),
+                    (true, false) => write!(f, " (moderator)"),
+                    (false, true) => write!(f, " (muted)"),
+                    (false, false) => Ok(()),
+                }
+            }
+            Note::Left(why) => write!(f, "left conference ({why})"),
+            Note::EchoStarted => write!(f, "echo test"),
+            Note::EchoEnded(d) => write!(f, "echo ended after {:.1} s", d.as_secs_f64()),
+            Note::Transferred(uri) => write!(f, "transferred to {uri}"),
+            Note::TransferFailed(code) => write!(f, "transfer failed with {code}"),
+            Note::Log(s) => write!(f, "log: {s}"),
+            Note::Room { room, request } => write!(f, "room {room}: {request}"),
+            Note::Digit { digit, .. } => write!(f, "key {digit}"),
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! The live call task: thin tokio glue around a [`CallCore`]. It picks the call's script
+//! from the dialplan, takes RTP ports, runs the script on its thread, and then only carries
+//! messages: SIP events, leg events, the script's requests, room departures, operator
+//! controls and timers into the core; SIP commands, leg commands, replies, events, live
+//! state and the CDR out of it. Work that touches files (prompts, recordings) runs off the
+//! task and comes back as an input.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::core::{
+    Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,
+};
+use super::note::Note;
+use crate::cdr::{Cdr, HangupSide, RtpStats};
+use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
+use crate::engine::{LegHandle, LegSockets, MediaEngine};
+use crate::error::{reason_phrase, Refusal, SipStatus};
+use crate::events::{Event as BusEvent, EventBus};
+use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
+use crate::media::frame::{AudioSource, INTERNAL_RATE};
+use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
+use crate::media::prompt::{load_file, PromptCache};
+use crate::media::record::names::{claimed_paths, wav_path};
+use crate::media::record::{RecordMode, RecordSession, RecorderFactory, RecordingMeta};
+use crate::media::tone::{ToneGenerator, ToneSpec};
+use crate::rtp::ports::{PortAllocator, PortLease};
+use crate::rtp::types::Ssrc;
+use crate::script::dialplan::Dialplan;
+use crate::script::{
+    channel_port, spawn_script, CallInfo, CallReply, RecordRequest, Replier, ScriptRequest,
+    ScriptSet,
+};
+use crate::sdp::{LocalSession, NegotiatedAudio};
+use crate::sip::endpoint::{CallHandle, EndReason, Event};
+use crate::sip::ids::Ids;
+use crate::sip::message::Request;
+use crate::sip::transport::Command;
+
+/// What every call needs from the server.
+pub struct CallContext {
+    /// The media workers.
+    pub media: Arc<MediaEngine>,
+    /// Starts recordings on the writer thread.
+    pub recorder: RecorderFactory,
+    /// Decoded prompts, shared by all calls.
+    pub prompts: Arc<PromptCache>,
+    /// Conference rooms.
+    pub rooms: crate::conference::ConferenceRegistry,
+    /// End a call after this long without RTP (None: never).
+    pub rtp_timeout: Option<Duration>,
+    /// Which RTP sources a call hears; the leg adds the SIP source address of its call.
+    pub rtp_sources: crate::media::leg::LegSources,
+    /// In-band DTMF detection limits.
+    pub dtmf: crate::media::dtmf::DetectorConfig,
+    /// RTP/RTCP ports.
+    pub ports: PortAllocator,
+    /// Address written into our SDP.
+    pub media_ip: IpAddr,
+    /// End answered calls after this long (None: never).
+    pub max_duration: Option<Duration>,
+    /// The compiled call-flow scripts.
+    pub scripts: Arc<ScriptSet>,
+    /// Which script a dialled user runs.
+    pub dialplan: Arc<Dialplan>,
+    /// Live calls, for the HTTP API.
+    pub calls: CallRegistry,
+    /// Where call events are published.
+    pub events: EventBus,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where finished calls' records go (None: no CDRs).
+    pub cdr: Option<crate::cdr::CdrWriter>,
+    /// With the call handle, seeds each call's SDP session id, SSRC and RTP start points.
+    pub ids_seed: u64,
+}
+
+/// Starts a call task for an `Event::Incoming`.
+pub fn spawn(
+    ctx: Arc<CallContext>,
+    call: CallHandle,
+    incoming: Event,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::Sender<Command>,
+) {
+    let Event::Incoming { request, peer, .. } = incoming else {
+        return;
+    };
+    let header = |name| {
+        crate::sip::message::header_value(&request.headers, name)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let parties = Parties {
+        call_id: header("Call-ID"),
+        from: header("From"),
+        to: header("To"),
+        user: request.uri.user().unwrap_or("").to_string(),
+        signalling: peer.addr.ip(),
+    };
+    let call_id = parties.call_id.clone();
+    let span = tracing::info_span!("call", call_id = %call_id);
+    tokio::spawn(
+        async move {
+            let (control_tx, control) = mpsc::unbounded_channel();
+            ctx.metrics.call_started();
+            let live = ctx.calls.register(
+                crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user),
+                control_tx,
+            );
+            ctx.events.publish(BusEvent::CallStarted {
+                call_id: parties.call_id.clone(),
+                from: parties.from.clone(),
+                to: parties.user.clone(),
+            });
+            let (leg_tx, leg_events) = mpsc::unbounded_channel();
+            let ids = Ids::for_call(ctx.ids_seed, call.0);
+            let mut t = Task {
+                ctx,
+                ids,
+                call,
+                events,
+                commands,
+                lease: None,
+                leg: None,
+                leg_tx,
+                leg_events,
+                parties,
+                live,
+                control,
+                replier: None,
+                membership: None,
+                rtp: Default::default(),
+            };
+            let core = t.run(request).await;
+            let ended = EndedAt {
+                at: Instant::now(),
+                rfc3339: crate::live::rfc3339_now(),
+            };
+            let outcome = core.outcome().cloned().unwrap_or(Outcome::Lost);
+            let (reason, code) = outcome.describe();
+            tracing::info!(reason, ?code, "call ended");
+            t.ctx.metrics.call_ended();
+            t.ctx.events.publish(BusEvent::CallEnded {
+                call_id: t.parties.call_id.clone(),
+                reason: reason.into(),
+                code,
+            });
+            let mut core = core;
+            t.close_media(&mut core).await;
+            t.write_cdr(&core, &outcome, reason, ended);
+        }
+        .instrument(span),
+    );
+}
+
+/// The glue's side of one live call: the channels and resources the core's actions use.
+struct Task {
+    ctx: Arc<CallContext>,
+    /// The call's identifiers: SDP session id, SSRC, RTP start points.
+    ids: Ids,
+    call: CallHandle,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::Sender<Command>,
+    lease: Option<PortLease>,
+    leg: Option<LegHandle>,
+    leg_tx: mpsc::UnboundedSender<LegEvent>,
+    leg_events: mpsc::UnboundedReceiver<LegEvent>,
+    parties: Parties,
+    live: CallGuard,
+    control: mpsc::UnboundedReceiver<CallControl>,
+    /// Answers the script's request in progress.
+    replier: Option<Replier>,
+    /// The caller's place in a conference room.
+    membership: Option<Membership>,
+    /// The leg's receive statistics, once it is closed.
+    rtp: crate::media::leg::RtpSummary,
+}
+
+/// Who the call is between.
+struct Parties {
+    call_id: String,
+    from: String,
+    to: String,
+    /// The dialled user (Request-URI user part).
+    user: String,
+    /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
+    signalling: std::net::IpAddr,
+}
+
+/// When a call ended, monotonic (for its duration) and as RFC 3339 (for the CDR).
+struct EndedAt {
+    at: Instant,
+    rfc3339: String,
+}
+
+/// Resolves when the room lets the call's member go; never while the call is in no room.
+async fn room_left(room: &mut Option<Membership>) -> LeaveReason {
+    match room {
+        Some(m) => m.left().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `ms` of silence as a playable source.
+struct Silence {
+    left: usize,
+}
+
+impl AudioSource for Silence {
+    fn fill(&mut self, out: &mut [i16]) -> usize {
+        let n = out.len().min(self.left);
+        out[..n].fill(0);
+        self.left -= n;
+        n
+    }
+}
+
+impl Task {
+    /// Refuses the call before a core exists.
+    fn refused(&self, code: u16, warning: Option<String>, session: LocalSession) -> CallCore {
+        let mut core = CallCore::incoming(self.core_config(), session, &[]);
+        core.refuse_now(code, warning);
+        core
+    }
+
+    fn core_config(&self) -> CoreConfig {
+        CoreConfig {
+            max_duration: self.ctx.max_duration,
+        }
+    }
+
+    async fn run(&mut self, request: Box<Request>) -> CallCore {
+        let user = self.parties.user.clone();
+        let route = self.ctx.dialplan.route(&user);
+        tracing::info!(to = %user, script = %route.script, "incoming call");
+        let placeholder = std::net::SocketAddr::new(self.ctx.media_ip, 0);
+        let Some(ast) = self.ctx.scripts.get(&route.script) else {
+            tracing::warn!(script = %route.script, "no such script; refusing the call");
+            let session = LocalSession::new(1, placeholder);
+            let mut core = self.refused(
+                Refusal::NoSuchUser.code(),
+                Some(format!("no script {}", route.script)),
+                session,
+            );
+            self.drain(&mut core).await;
+            return core;
+        };
+        let Some(lease) = self.ctx.ports.allocate() else {
+            tracing::warn!("no RTP port free");
+            let session = LocalSession::new(1, placeholder);
+            let mut core = self.refused(
+                Refusal::Overloaded.code(),
+                Some("no media ports free".into()),
+                session,
+            );
+            self.drain(&mut core).await;
+            return core;
+        };
+        let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
+        self.lease = Some(lease);
+        let session = LocalSession::new(self.ids.u64(1..u64::MAX >> 1), media);
+        let mut core = CallCore::incoming(self.core_config(), session, &request.body);
+        if core.outcome().is_some() {
+            self.drain(&mut core).await;
+            return core;
+        }
+        let info = CallInfo {
+            from: self.parties.from.clone(),
+            to: user,
+            call_id: self.parties.call_id.clone(),
+            headers: request_headers(&request),
+            vars: route.vars,
+        };
+        // The INVITE is not needed for the rest of the call; idle calls should stay small.
+        drop(request);
+        self.live.update(|c| c.script = Some(route.script.clone()));
+        let (port, requests) = channel_port();
+        let script = spawn_script(ast, self.ctx.scripts.engine().clone(), info, Box::new(port));
+        let hangup = script.hangup_flag();
+        self.in_call(&mut core, requests, script).await;
+        // Whatever ended the call, a script still running stops at its next step.
+        hangup.store(true, std::sync::atomic::Ordering::Relaxed);
+        core
+    }
+
+    /// The event loop: every input goes to the core, then its actions are carried out.
+    async fn in_call(
+        &mut self,
+        core: &mut CallCore,
+        mut requests: mpsc::Receiver<ScriptRequest>,
+        script: crate::script::ScriptHandle,
+    ) {
+        let done = script.join();
+        tokio::pin!(done);
+        let mut requests_open = true;
+        while core.outcome().is_none() {
+            let timer = core.poll_timeout();
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            ));
+            let ready = core.is_ready() && self.replier.is_none();
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => core.handle_sip(Instant::now(), LegId::CALLER, ev),
+                    None => core.handle_lost(),
+                },
+                Some(e) = self.leg_events.recv() => self.on_leg_event(core, e).await,
+                reason = room_left(&mut self.membership) => {
+                    self.membership = None;
+                    self.live.update(|i| i.room = None);
+                    core.handle_room_left(reason);
+                }
+                req = requests.recv(), if ready && requests_open => match req {
+                    Some(r) => {
+                        let (request, reply) = r.into_parts();
+                        self.replier = Some(reply);
+                        core.handle_request(Instant::now(), request);
+                    }
+                    None => requests_open = false,
+                },
+                outcome = &mut done, if core.script_running() => {
+                    if matches!(outcome, crate::script::ScriptOutcome::Error(_)) {
+                        self.ctx.metrics.script_error();
+                    }
+                    core.handle_script_end(&outcome);
+                }
+                _ = sleep, if timer.is_some() => core.handle_timeout(Instant::now()),
+                Some(c) = self.control.recv() => match c {
+                    CallControl::Hangup => core.handle_operator_hangup(),
+                    CallControl::Dtmf(digits) => core.handle_operator_dtmf(digits),
+                },
+            }
+            self.drain(core).await;
+        }
+        // A request the core will never answer: dropping its replier tells the script the
+        // call is gone.
+        self.replier = None;
+    }
+
+    async fn on_leg_event(&mut self, core: &mut CallCore, e: LegEvent) {
+        let now = Instant::now();
+        match e {
+            LegEvent::Digit { digit, method } => {
+                tracing::info!(%digit, ?method, "DTMF");
+                core.handle_digit(now, LegId::CALLER, digit, method);
+            }
+            LegEvent::PlayDone { id, interrupted } => {
+                tracing::debug!(id, interrupted, "playback done");
+                core.handle_play_done(now, LegId::CALLER, id);
+            }
+            LegEvent::RecordDone {
+                id,
+                reason,
+                kept,
+                digits,
+                discarded,
+            } => {
+                tracing::info!(%id, reason = reason.as_str(), kept_ms = kept.as_millis() as u64, %digits, discarded, "recording done");
+                self.finish_recording(&id, reason.as_str(), kept, discarded)
+                    .await;
+                core.handle_record_done(LegId::CALLER, id, reason, kept, digits, discarded);
+            }
+            LegEvent::Closed(summary) => self.rtp = summary,
+            LegEvent::RtpTimeout => core.handle_rtp_timeout(LegId::CALLER),
+        }
+    }
+
+    /// The writer finalises the file on its own thread: wait for it, so the script can play
+    /// the recording back (or discard it) the moment `record` returns.
+    async fn finish_recording(&mut self, id: &str, reason: &str, kept: Duration, discarded: bool) {
+        self.live.update(|c| c.recording = None);
+        let recorder = self.ctx.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.sync()).await;
+        self.ctx.events.publish(BusEvent::RecordingFinished {
+            id: id.to_string(),
+            duration_ms: kept.as_millis() as u64,
+            reason: reason.to_string(),
+            discarded,
+        });
+        if !discarded {
+            let path = wav_path(self.ctx.recorder.dir(), id);
+            let bytes = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+            self.ctx.metrics.recording_finished(bytes);
+        }
+    }
+
+    /// Carries out the core's actions until it has none; results of work go back in.
+    async fn drain(&mut self, core: &mut CallCore) {
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Sip(_, a) => self.sip(a).await,
+                Action::Media(leg, a) => self.media(core, leg, a).await,
+                Action::Reply(r) => {
+                    if let Some(replier) = self.replier.take() {
+                        replier.send(r);
+                    }
+                }
+                Action::Note(n) => self.note(n),
+                Action::Work(Work::Discard(id)) => {
+                    let dir = self.ctx.recorder.dir().to_path_buf();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        for ext in ["wav", "json"] {
+                            let path = dir.join(format!("{id}.{ext}"));
+                            if let Err(e) = std::fs::remove_file(&path) {
+                                if e.kind() != std::io::ErrorKind::NotFound {
+                                    return Err(format!("{}: {e}", path.display()));
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    core.handle_discarded(removed.unwrap_or_else(|e| Err(e.to_string())));
+                }
+                Action::Work(Work::Room { room, request }) => {
+                    core.handle_room_reply(self.room_request(&room, request));
+                }
+            }
+        }
+    }
+
+    /// The live side of a note: logs, the event bus, the live registry, counters.
+    fn note(&mut self, n: Note) {
+        let call_id = &self.parties.call_id;
+        match &n {
+            Note::Answered => {
+                self.live.update(|c| {
+                    c.state = CallState::Answered;
+                    c.answered_at = Some(crate::live::rfc3339_now());
+                });
+                self.ctx.events.publish(BusEvent::CallAnswered {
+                    call_id: call_id.clone(),
+                });
+            }
+            Note::Digit { digit, method } => {
+                self.ctx.metrics.dtmf(method.as_str());
+                self.ctx.events.publish(BusEvent::Dtmf {
+                    call_id: call_id.clone(),
+                    digit: digit.as_char().to_string(),
+                    method: method.as_str().into(),
+                });
+            }
+            Note::RecordingStarted(id) => {
+                self.ctx.events.publish(BusEvent::RecordingStarted {
+                    id: id.clone(),
+                    call_id: Some(call_id.clone()),
+                    room: None,
+                });
+                let id = id.clone();
+                self.live.update(|c| c.recording = Some(id));
+            }
+            Note::Joined { room, .. } => {
+                let room = room.clone();
+                self.live.update(|i| i.room = Some(room));
+            }
+            _ => {}
+        }
+        if n.is_step() {
+            self.ctx.events.publish(BusEvent::CallStep {
+                call_id: call_id.clone(),
+                step: n.to_string(),
+            });
+        }
+    }
+
+    async fn sip(&mut self, a: SipAction) {
+        let call = self.call;
+        let command = match a {
+            SipAction::Ring(sdp) => Command::Ring(call, sdp),
+            SipAction::Answer(sdp) => Command::Answer(call, sdp),
+            SipAction::Reject { code, warning } => Command::Reject {
+                call,
+                code,
+                reason: reason_phrase(code).into(),
+                warning,
+            },
+            SipAction::AnswerReinvite(sdp) => Command::AnswerReinvite(call, sdp),
+            SipAction::RejectReinvite { code, warning } => Command::RejectReinvite {
+                call,
+                code,
+                reason: reason_phrase(code).into(),
+                warning,
+            },
+            SipAction::Hangup => Command::Hangup(call),
+            SipAction::Refer(target) => Command::Refer { call, target },
+        };
+        let _ = self.commands.send(command).await;
+    }
+
+    async fn media(&mut self, core: &mut CallCore, leg: LegId, a: MediaAction) {
+        let now = Instant::now();
+        match a {
+            MediaAction::Start(m) => {
+                if let Err(e) = self.start_media(&m) {
+                    tracing::warn!(error = %e, "no media for the call");
+                    core.handle_media_failed(leg);
+                }
+            }
+            MediaAction::Update(m) => self.send_leg(LegCommand::Update {
+                remote: m.remote_rtp,
+                remote_rtcp: m.remote_rtcp,
+                direction: m.direction,
+                ptime: Duration::from_millis(u64::from(m.ptime_ms)),
+            }),
+            MediaAction::Answered => self.send_leg(LegCommand::Answered),
+            MediaAction::Play { id, what, barge_in } => match self.load(what).await {
+                Ok(source) => self.send_leg(LegCommand::Play {
+                    id,
+                    source,
+                    barge_in,
+                }),
+                Err(e) => core.handle_play_failed(now, leg, id, e),
+            },
+            MediaAction::StopPlay => self.send_leg(LegCommand::StopPlay),
+            MediaAction::Echo(on) => self.send_leg(LegCommand::Echo(on)),
+            MediaAction::SendDtmf(digits) => self.send_leg(LegCommand::SendDtmf {
+                digits,
+                inband: false,
+            }),
+            MediaAction::InfoDigit(d) => self.send_leg(LegCommand::InfoDigit(d)),
+            MediaAction::Record(r) => core.handle_record_started(self.start_recording(&r)),
+            MediaAction::JoinRoom(c) => {
+                let result = self.join_room(c).await;
+                core.handle_room_joined(result);
+            }
+        }
+    }
+
+    fn send_leg(&self, c: LegCommand) {
+        if let Some(leg) = &self.leg {
+            leg.send(c);
+        }
+    }
+
+    /// Puts the call's media on a worker.
+    fn start_media(&mut self, m: &NegotiatedAudio) -> Result<(), String> {
+        let lease = self.lease.as_ref().ok_or("no RTP ports")?;
+        let sockets = LegSockets::new(
+            lease.rtp.try_clone().map_err(|e| e.to_string())?,
+            lease.rtcp.try_clone().map_err(|e| e.to_string())?,
+        );
+        let cfg = LegConfig {
+            codec: m.codec,
+            payload_type: m.payload_type,
+            telephone_event: m.telephone_event_pt,
+            remote: m.remote_rtp,
+            remote_rtcp: m.remote_rtcp,
+            rtcp_mux: m.rtcp_mux,
+            direction: m.direction,
+            rtp_timeout: self.ctx.rtp_timeout.unwrap_or(Duration::MAX),
+            ssrc: Ssrc::new(self.ids.u32()),
+            ptime: Duration::from_millis(u64::from(m.ptime_ms)),
+            sources: crate::media::leg::LegSources {
+                signalling: Some(self.parties.signalling),
+                ..self.ctx.rtp_sources.clone()
+            },
+            dtmf: self.ctx.dtmf,
+            first_seq: self.ids.u16(),
+            first_timestamp: self.ids.u32(),
+            rtcp_seed: self.ids.u64(..),
+        };
+        let leg = Leg::new(cfg, Instant::now()).map_err(|e| e.to_string())?;
+        let handle = self
+            .ctx
+            .media
+            .add(leg, sockets, self.leg_tx.clone())
+            .map_err(|e| e.to_string())?;
+        self.leg = Some(handle);
+        Ok(())
+    }
+
+    /// Turns what to play into audio, off the call task: `recording:ID` names a recording
+    /// of this call (the core checked it), anything else a prompt. A prompt that cannot be
+    /// loaded is logged and skipped, as a missing sound file should not end a call; only
+    /// when none can be played is it an error.
+    async fn load(&self, what: PlaySpec) -> Result<Box<dyn AudioSource>, String> {
+        let names = match what {
+            PlaySpec::Tone(spec) => {
+                return ToneGenerator::new(&spec, INTERNAL_RATE)
+                    .map(|g| Box::new(g) as Box<dyn AudioSource>)
+                    .map_err(|e| e.to_string())
+            }
+            PlaySpec::Silence(d) => {
+                let left =
+                    (d.as_millis() as usize).saturating_mul(INTERNAL_RATE.hz() as usize / 1000);
+                return Ok(Box::new(Silence { left }));
+            }
+            PlaySpec::Beep => {
+                return match Box::pin(self.load(PlaySpec::Prompts(vec!["beep".into()]))).await {
+                    Ok(p) => Ok(p),
+                    Err(_) => ToneGenerator::new(&ToneSpec::beep(), INTERNAL_RATE)
+                        .map(|g| Box::new(g) as Box<dyn AudioSource>)
+                        .map_err(|e| e.to_string()),
+                }
+            }
+            PlaySpec::Prompts(names) => names,
+        };
+        let prompts = self.ctx.prompts.clone();
+        let dir = self.ctx.recorder.dir().to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(names.len());
+            let mut first_error = None;
+            for name in &names {
+                let got = match name.strip_prefix("recording:") {
+                    Some(id) => load_file(&wav_path(&dir, id), name, INTERNAL_RATE)
+                        .map(std::sync::Arc::new)
+                        .map_err(|e| e.to_string()),
+                    None => prompts.load(name, INTERNAL_RATE).map_err(|e| e.to_string()),
+                };
+                match got {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        tracing::warn!(prompt = %name, error = %e, "prompt not played");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match (out.is_empty(), first_error) {
+                (true, Some(e)) => Err(e),
+                _ => crate::media::prompt::Playlist::new(out).map_err(|e| e.to_string()),
+            }
+        })
+        .await;
+        loaded
+            .unwrap_or_else(|e| Err(e.to_string()))
+            .map(|p| Box::new(p) as Box<dyn AudioSource>)
+    }
+
+    /// Starts a recording on the leg: the writer's handle and the leg's policy.
+    fn start_recording(&mut self, request: &RecordRequest) -> Result<String, String> {
+        let leg = self.leg.as_ref().ok_or("the call has no media")?;
+        if let Some(name) = &request.file {
+            let dir = self.ctx.recorder.dir();
+            if claimed_paths(dir, name).iter().any(|p| p.exists()) {
+                return Err(format!("record: a recording named {name} exists"));
+            }
+        }
+        let meta = RecordingMeta {
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+            to: self.parties.to.clone(),
+            room: None,
+            mode: if request.stereo {
+                RecordMode::Stereo
+            } else {
+                RecordMode::Inbound
+            },
+            rate: INTERNAL_RATE,
+        };
+        let opts = crate::media::record::StartOptions {
+            id: request.file.clone(),
+            ..Default::default()
+        };
+        let handle = self
+            .ctx
+            .recorder
+            .start_with(meta, opts)
+            .map_err(|e| format!("cannot record: {e}"))?;
+        let id = handle.id().to_string();
+        leg.send(LegCommand::Record {
+            session: Box::new(RecordSession::new(request.policy())),
+            handle,
+        });
+        Ok(id)
+    }
+
+    /// Puts the call's leg in a room.
+    async fn join_room(&mut self, c: crate::script::ConferenceRequest) -> Result<u64, JoinError> {
+        let rooms = self.ctx.rooms.clone();
+        let Some(leg) = self.leg.as_mut() else {
+            return Err(JoinError::Failed("the call has no media".into()));
+        };
+        let opts = JoinOptions {
+            moderator: c.moderator,
+            muted: c.muted,
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+        };
+        let m = rooms.join(&c.room, opts, leg).await?;
+        let member = m.member_id();
+        self.membership = Some(m);
+        let name = c.room.clone();
+        self.live.update(|i| i.room = Some(name));
+        Ok(member)
+    }
+
+    /// A script's request about a room (any room, not only the caller's).
+    fn room_request(&self, room: &str, request: crate::script::RoomRequest) -> CallReply {
+        use crate::live::{RoomAction, Rooms};
+        use crate::script::RoomRequest as R;
+        let rooms = &self.ctx.rooms;
+        let done = |r: Result<Option<String>, crate::live::ControlError>| match r {
+            Ok(t) => CallReply::Text(t),
+            Err(e) => CallReply::Failed(format!("room {room}: {e}")),
+        };
+        match request {
+            R::Members => match rooms.get(room) {
+                Some(info) => CallReply::Members(info.members),
+                None => CallReply::Failed(format!("room {room}: no such room")),
+            },
+            R::Member(m, action) => done(rooms.member_action(room, m, action).map(|()| None)),
+            R::Lock => done(rooms.room_action(room, RoomAction::Lock)),
+            R::Unlock => done(rooms.room_action(room, RoomAction::Unlock)),
+            R::End => done(rooms.room_action(room, RoomAction::End)),
+            R::Play(p) => done(rooms.room_action(room, RoomAction::Play(p))),
+            R::RecordStart => done(rooms.room_action(room, RoomAction::RecordStart)),
+            R::RecordStop => done(rooms.room_action(room, RoomAction::RecordStop)),
+        }
+    }
+
+    /// Leaves the room and removes the leg, and waits briefly for the leg's final
+    /// statistics (the worker reports them as it removes the leg).
+    async fn close_media(&mut self, core: &mut CallCore) {
+        self.membership = None;
+        if self.leg.take().is_none() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(e)) = tokio::time::timeout_at(until, self.leg_events.recv()).await {
+            match e {
+                LegEvent::Closed(summary) => {
+                    self.rtp = summary;
+                    return;
+                }
+                // A recording the hangup ended: announced and counted like any other.
+                LegEvent::RecordDone {
+                    id,
+                    reason,
+                    kept,
+                    digits,
+                    discarded,
+                } => {
+                    self.finish_recording(&id, reason.as_str(), kept, discarded)
+                        .await;
+                    core.handle_record_done(LegId::CALLER, id, reason, kept, digits, discarded);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands the call's record to the CDR writer, if CDRs are on. `ended` is when the call
+    /// ended (not when its media was closed), monotonic and as RFC 3339.
+    fn write_cdr(&self, core: &CallCore, outcome: &Outcome, cause: &str, ended: EndedAt) {
+        let Some(cdr) = &self.ctx.cdr else {
+            return;
+        };
+        let info = self.ctx.calls.get(&self.parties.call_id);
+        let hangup = match outcome {
+            Outcome::Ended(EndReason::RemoteBye | EndReason::Cancelled) => HangupSide::Caller,
+            _ => HangupSide::Server,
+        };
+        cdr.submit(Cdr {
+            call_id: self.parties.call_id.clone(),
+            from: self.parties.from.clone(),
+            to: self.parties.user.clone(),
+            started_at: info
+                .as_ref()
+                .map_or_else(crate::live::rfc3339_now, |i| i.started_at.clone()),
+            answered_at: info.and_then(|i| i.answered_at),
+            ended_at: ended.rfc3339,
+            duration_ms: core.answered_at().map_or(0, |t| {
+                ended.at.saturating_duration_since(t).as_millis() as u64
+            }),
+            hangup,
+            cause: cause.to_string(),
+            sip_code: core.final_status(),
+            digits: core.digits().to_string(),
+            recordings: core.all_recordings().to_vec(),
+            rtp: RtpStats {
+                packets: self.rtp.packets,
+                lost: self.rtp.lost,
+                jitter_ms: self.rtp.jitter_us as f64 / 1000.0,
+            },
+        });
+    }
+}
+
+/// The INVITE's headers by lower-case name, repeated headers joined by ", ".
+fn request_headers(request: &Request) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for h in request.headers.iter() {
+        let name = crate::sip::message::canonical_name(h.name()).to_ascii_lowercase();
+        let value = h.value().trim();
+        out.entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_string());
+    }
+    out
+}

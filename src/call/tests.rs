@@ -1,0 +1,239 @@
+//! The call core in virtual time: inputs with `now`, actions out, no task or socket.
+
+use std::time::{Duration, Instant};
+
+use super::core::*;
+use super::note::{HangupCause, Note};
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::script::{CallReply, CallRequest, PlayRequest};
+use crate::sdp::LocalSession;
+use crate::sip::endpoint::{CallHandle, EndReason, Event};
+
+const OFFER: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+const ANSWER: &str = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+
+fn core(offer: &str, max: Option<Duration>) -> CallCore {
+    let session = LocalSession::new(7, "127.0.0.1:40010".parse().unwrap());
+    CallCore::incoming(CoreConfig { max_duration: max }, session, offer.as_bytes())
+}
+
+fn drain(c: &mut CallCore) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn sip(actions: &[Action]) -> Vec<&SipAction> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Sip(_, s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(actions: &[Action]) -> Vec<&CallReply> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn play(name: &str) -> CallRequest {
+    CallRequest::Play(PlayRequest {
+        prompts: vec![name.into()],
+        barge_in: false,
+    })
+}
+
+fn event(ev: Event, c: &mut CallCore, now: Instant) {
+    c.handle_sip(now, LegId::CALLER, ev);
+}
+
+#[test]
+fn end_reasons_name_their_cause_and_code() {
+    let cases = [
+        (Outcome::Ended(EndReason::Cancelled), ("cancelled", None)),
+        (
+            Outcome::Ended(EndReason::SessionExpired),
+            ("session_expired", None),
+        ),
+        (
+            Outcome::Ended(EndReason::Rejected(486)),
+            ("refused", Some(486)),
+        ),
+        (Outcome::Refused(480), ("refused", Some(480))),
+        (Outcome::Ended(EndReason::RemoteBye), ("caller_bye", None)),
+    ];
+    for (outcome, want) in cases {
+        assert_eq!(outcome.describe(), want, "{outcome:?}");
+    }
+}
+
+#[test]
+fn a_broken_offer_is_refused_before_any_script() {
+    let mut c = core("v=0\r\nbroken", None);
+    let a = drain(&mut c);
+    assert!(matches!(sip(&a)[..], [SipAction::Reject { code: 400, .. }]));
+    assert_eq!(c.outcome(), Some(&Outcome::Refused(400)));
+    assert_eq!(c.final_status(), Some(400));
+}
+
+#[test]
+fn a_play_answers_the_call_then_waits_for_the_leg() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, play("welcome"));
+    let a = drain(&mut c);
+    assert!(matches!(sip(&a)[..], [SipAction::Answer(_)]));
+    assert!(a
+        .iter()
+        .any(|a| matches!(a, Action::Media(_, MediaAction::Start(_)))));
+    let id = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Media(_, MediaAction::Play { id, .. }) => Some(*id),
+            _ => None,
+        })
+        .expect("a playback");
+    assert!(replies(&a).is_empty(), "answered before the prompt ended");
+    assert!(!c.is_ready());
+    c.handle_play_done(t0 + Duration::from_secs(2), LegId::CALLER, id);
+    assert_eq!(replies(&drain(&mut c)), [&CallReply::Done]);
+    assert!(c.is_ready());
+    assert_eq!(c.final_status(), Some(200));
+}
+
+#[test]
+fn without_an_offer_media_verbs_wait_for_the_answer_in_the_ack() {
+    let t0 = Instant::now();
+    let mut c = core("", None);
+    c.handle_request(t0, play("welcome"));
+    let a = drain(&mut c);
+    assert!(matches!(sip(&a)[..], [SipAction::Answer(_)]));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Media(..))),
+        "media before the answer: {a:?}"
+    );
+    event(
+        Event::Confirmed {
+            call: CallHandle(1),
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+        &mut c,
+        t0,
+    );
+    let media: Vec<MediaAction> = drain(&mut c)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Media(_, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(media[..], [MediaAction::Start(_), MediaAction::Play { .. }]),
+        "{media:?}"
+    );
+}
+
+#[test]
+fn an_ack_without_the_answer_we_asked_for_ends_the_call() {
+    let t0 = Instant::now();
+    let mut c = core("", None);
+    c.handle_request(t0, CallRequest::Answer);
+    drain(&mut c);
+    event(
+        Event::Confirmed {
+            call: CallHandle(1),
+            sdp: None,
+        },
+        &mut c,
+        t0,
+    );
+    let a = drain(&mut c);
+    assert!(matches!(sip(&a)[..], [SipAction::Hangup]));
+    assert!(a
+        .iter()
+        .any(|a| matches!(a, Action::Note(Note::HungUp(HangupCause::BadAnswer)))));
+}
+
+#[test]
+fn the_maximum_duration_hangs_up_once_exactly_at_its_end() {
+    let t0 = Instant::now();
+    let max = Duration::from_secs(30);
+    let mut c = core(OFFER, Some(max));
+    c.handle_request(t0, CallRequest::Answer);
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t0 + max));
+    c.handle_timeout(t0 + max - Duration::from_millis(1));
+    assert!(sip(&drain(&mut c)).is_empty(), "hung up early");
+    c.handle_timeout(t0 + max);
+    assert!(matches!(sip(&drain(&mut c))[..], [SipAction::Hangup]));
+    c.handle_timeout(t0 + max + Duration::from_secs(1));
+    assert!(sip(&drain(&mut c)).is_empty(), "hung up twice");
+}
+
+#[test]
+fn type_ahead_keeps_the_last_32_keys() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    let keys: Vec<Digit> = "0123456789*#"
+        .chars()
+        .filter_map(Digit::from_char)
+        .collect();
+    for i in 0..40 {
+        c.handle_digit(t0, LegId::CALLER, keys[i % keys.len()], DtmfMethod::Rfc4733);
+    }
+    assert_eq!(c.type_ahead.len(), TYPE_AHEAD_MAX);
+    assert_eq!(c.type_ahead.front(), Some(&keys[8 % keys.len()]));
+    assert_eq!(c.digits().len(), 40);
+}
+
+#[test]
+fn send_dtmf_waits_190_ms_a_key() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, CallRequest::SendDtmf("123".into()));
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(570)));
+    c.handle_timeout(t0 + Duration::from_millis(569));
+    assert!(replies(&drain(&mut c)).is_empty());
+    c.handle_timeout(t0 + Duration::from_millis(570));
+    assert_eq!(replies(&drain(&mut c)), [&CallReply::Done]);
+}
+
+#[test]
+fn the_callers_bye_ends_the_call_and_no_request_is_answered_after() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, play("welcome"));
+    drain(&mut c);
+    event(
+        Event::Ended {
+            call: CallHandle(1),
+            reason: EndReason::RemoteBye,
+        },
+        &mut c,
+        t0,
+    );
+    assert_eq!(c.outcome(), Some(&Outcome::Ended(EndReason::RemoteBye)));
+    c.handle_request(t0, play("again"));
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn a_cancelled_invite_got_487() {
+    let mut c = core(OFFER, None);
+    event(
+        Event::Ended {
+            call: CallHandle(1),
+            reason: EndReason::Cancelled,
+        },
+        &mut c,
+        Instant::now(),
+    );
+    assert_eq!(c.final_status(), Some(487));
+}
