@@ -486,3 +486,36 @@ fn an_invite_flood_is_refused_beyond_the_cps_cap_and_the_server_recovers() {
     let heard = rt.block_on(echo_call(server.sip));
     assert!(heard > 0.9, "1 kHz power {heard}\n{}", server.log_text());
 }
+
+#[tokio::test]
+async fn max_calls_refuses_the_call_beyond_it_until_one_ends() {
+    let server = start_with((43080, 43099), |c| c.sip.max_calls = 2).await;
+    let mut up = Vec::new();
+    for port in [40000, 40002] {
+        let (mut w, mut uac) = wire(false, server.sip).await;
+        call(&mut w, &mut uac, "echo", port).await;
+        up.push((w, uac));
+    }
+    let s = udp_from("127.0.0.1").await;
+    let (code, msg) = ask(&s, server.sip, "INVITE", None).await.expect("answered");
+    assert_eq!(code, 503, "{msg}");
+    assert_eq!(header(&msg, "Retry-After"), Some("5"), "{msg}");
+    assert_eq!(
+        metric(
+            server.http,
+            "switchboard_sip_refused_total{reason=\"max_calls\"}"
+        )
+        .await,
+        1.0
+    );
+    // Calls in progress are not held back by the cap: BYE still gets its 200.
+    let (mut w, mut uac) = up.pop().unwrap();
+    hang_up(&mut w, &mut uac).await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "echo", 40004).await;
+    hang_up(&mut w, &mut uac).await;
+    for (mut w, mut uac) in up {
+        hang_up(&mut w, &mut uac).await;
+    }
+    server.stop().await;
+}
