@@ -217,9 +217,81 @@ pub struct SipConfig {
     pub session_expires: u32,
     /// The smallest session interval we accept (at least 90), in seconds.
     pub min_se: u32,
+    /// Addresses and prefixes allowed to send SIP (empty: everyone).
+    pub allow: Vec<String>,
+    /// Addresses and prefixes refused, even when `allow` lists them.
+    pub deny: Vec<String>,
+    /// What a source the lists shut out gets: `"403"` or `"drop"`.
+    pub acl_action: crate::sip::guard::AclAction,
+    /// User-Agent substrings (any case) whose requests are dropped unanswered.
+    pub scanner_user_agents: Vec<String>,
+    /// New INVITEs per second from one source (0: no limit), and how many at once.
+    pub invite_rate: f64,
+    pub invite_burst: u32,
+    /// REGISTERs per second from one source (0: no limit), and how many at once.
+    pub register_rate: f64,
+    pub register_burst: u32,
+    /// OPTIONS and other requests outside a dialog per second from one source (0: no
+    /// limit), and how many at once.
+    pub options_rate: f64,
+    pub options_burst: u32,
+    /// Rate refusals of one source within `escalate_window_secs` after which its requests
+    /// are dropped for `block_secs` (0: never).
+    pub escalate_after: u32,
+    pub escalate_window_secs: u64,
+    pub block_secs: u64,
+    /// Concurrent calls (0: as many as the RTP ports allow).
+    pub max_calls: usize,
+    /// New calls per second, server-wide (0: no cap).
+    pub max_cps: u32,
+    /// INVITEs not answered yet, server-wide (0: no cap).
+    pub max_pending_invites: usize,
+    /// Open TCP connections from one address (0: no cap).
+    pub max_tcp_per_source: u32,
+    /// Sources whose rates are tracked at once; beyond it the least recently seen is
+    /// forgotten.
+    pub guard_sources: usize,
+    /// On SIGTERM or a drain request: seconds calls in progress may go on before they get BYE.
+    pub drain_secs: u64,
 }
 
 impl SipConfig {
+    /// The guard's settings; fails on a malformed address prefix.
+    pub fn guard(&self) -> Result<crate::sip::guard::GuardConfig, ConfigError> {
+        use crate::sip::guard::{Acl, GuardConfig, Rate};
+        let acl = Acl::parse(&self.allow, &self.deny)
+            .map_err(|e| ConfigError::Invalid(format!("sip: allow/deny: {e}")))?;
+        let rate = |name: &str, per_sec: f64, burst: u32| {
+            if !(per_sec.is_finite() && per_sec >= 0.0) || burst == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "sip: {name}_rate must be 0 or more and {name}_burst at least 1"
+                )));
+            }
+            Ok(Rate { per_sec, burst })
+        };
+        if self.guard_sources == 0 {
+            return Err(ConfigError::Invalid(
+                "sip: guard_sources must be at least 1".into(),
+            ));
+        }
+        Ok(GuardConfig {
+            acl,
+            acl_action: self.acl_action,
+            scanner_agents: self.scanner_user_agents.clone(),
+            invite: rate("invite", self.invite_rate, self.invite_burst)?,
+            register: rate("register", self.register_rate, self.register_burst)?,
+            options: rate("options", self.options_rate, self.options_burst)?,
+            escalate_after: self.escalate_after,
+            escalate_window: Duration::from_secs(self.escalate_window_secs),
+            block: Duration::from_secs(self.block_secs),
+            max_calls: self.max_calls,
+            max_cps: self.max_cps,
+            max_pending_invites: self.max_pending_invites,
+            max_tcp_per_source: self.max_tcp_per_source,
+            sources: self.guard_sources,
+        })
+    }
+
     /// The session timer settings for the endpoint.
     pub fn session_timers(&self) -> crate::sip::session_timer::SessionTimerConfig {
         crate::sip::session_timer::SessionTimerConfig {
@@ -489,6 +561,7 @@ impl Config {
             )));
         }
         self.advertise_ip()?;
+        self.sip.guard()?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let s = &self.scripts;
@@ -728,6 +801,38 @@ reverse_twist_db = 40.0
             "[conference]\njoin_sound = \"not a tone\"\n",
             "[conference]\ntalk_stop_dbov = -10.0\n",
             "[conference.rooms.x]\nmax_members = 0\n",
+        ] {
+            let c = Config::from_toml_str("t", bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn guard_settings_default_and_mistakes() {
+        use crate::sip::guard::AclAction;
+        let c = Config::embedded().unwrap();
+        let g = c.sip.guard().unwrap();
+        assert_eq!(g.acl_action, AclAction::Forbidden);
+        assert!(g.scanner_agents.iter().any(|s| s == "friendly-scanner"));
+        assert!(g.invite.per_sec > 0.0 && g.max_cps > 0);
+        assert_eq!(c.sip.drain_secs, 300);
+        let c = Config::from_toml_str(
+            "t",
+            "[sip]\nallow = [\"10.0.0.0/8\", \"::1\"]\ndeny = [\"10.6.0.0/16\"]\nacl_action = \"drop\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let g = c.sip.guard().unwrap();
+        assert_eq!(g.acl_action, AclAction::Drop);
+        assert!(g.acl.permits("10.1.1.1".parse().unwrap()));
+        assert!(!g.acl.permits("10.6.1.1".parse().unwrap()));
+        assert!(Config::from_toml_str("t", "[sip]\nacl_action = \"404\"\n").is_err());
+        for bad in [
+            "[sip]\ndeny = [\"10.0.0.1/8\"]\n",
+            "[sip]\nallow = [\"localhost\"]\n",
+            "[sip]\ninvite_burst = 0\n",
+            "[sip]\noptions_rate = -1.0\n",
+            "[sip]\nguard_sources = 0\n",
         ] {
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

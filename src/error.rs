@@ -73,6 +73,9 @@ pub enum Refusal {
     /// The request is malformed; the text says how and is sent as the reason phrase.
     #[error("{0}")]
     Malformed(String),
+    /// The source address may not use this server (its access lists).
+    #[error("forbidden")]
+    Forbidden,
     /// No call flow for the dialled user.
     #[error("no such user")]
     NoSuchUser,
@@ -136,6 +139,7 @@ impl SipStatus for Refusal {
     fn status(&self) -> (u16, &'static str) {
         let code = match self {
             Refusal::Malformed(_) => 400,
+            Refusal::Forbidden => 403,
             Refusal::NoSuchUser => 404,
             Refusal::MethodNotAllowed => 405,
             Refusal::NotAcceptable => 406,
@@ -202,6 +206,7 @@ mod tests {
                 400,
                 "Bad Via header",
             ),
+            (Refusal::Forbidden, 403, "Forbidden"),
             (Refusal::NoSuchUser, 404, "Not Found"),
             (Refusal::BadExtension, 420, "Bad Extension"),
             (

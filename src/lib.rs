@@ -7,6 +7,7 @@ pub mod call;
 pub mod cdr;
 pub mod conference;
 pub mod config;
+pub mod drain;
 pub mod engine;
 pub mod error;
 pub mod events;

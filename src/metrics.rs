@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::engine::WorkerStats;
+use crate::sip::guard::{DropReason, RefuseReason};
 
 /// Lowest SIP status code counted per code; others are counted as `other`.
 const FIRST_CODE: u16 = 100;
@@ -38,6 +39,12 @@ pub struct Metrics {
     events_lagged: AtomicU64,
     /// RTP and RTCP packets dropped for coming from a stranger, by [`Stranger`].
     strangers: [AtomicU64; 2],
+    /// SIP requests the guard refused, by [`RefuseReason::ALL`] order.
+    sip_refused: [AtomicU64; RefuseReason::ALL.len()],
+    /// SIP messages and TCP connections the guard dropped, by [`DropReason::ALL`] order.
+    sip_dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Sources the guard blocked for exceeding their rates again and again.
+    sip_escalations: AtomicU64,
 }
 
 /// Which of a leg's two streams a packet from a stranger was aimed at.
@@ -68,6 +75,9 @@ impl Default for Metrics {
             webhook_retries: AtomicU64::new(0),
             events_lagged: AtomicU64::new(0),
             strangers: Default::default(),
+            sip_refused: Default::default(),
+            sip_dropped: Default::default(),
+            sip_escalations: AtomicU64::new(0),
         }
     }
 }
@@ -226,6 +236,31 @@ impl Metrics {
         self.strangers[stream as usize].fetch_add(1, Relaxed);
     }
 
+    /// The SIP guard refused a request.
+    pub fn sip_refused(&self, reason: RefuseReason) {
+        self.sip_refused[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The SIP guard dropped a message or closed a TCP connection.
+    pub fn sip_dropped(&self, reason: DropReason) {
+        self.sip_dropped[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The SIP guard blocked a source that kept exceeding its rate.
+    pub fn sip_escalation(&self) {
+        self.sip_escalations.fetch_add(1, Relaxed);
+    }
+
+    /// Requests the SIP guard refused so far for `reason`.
+    pub fn sip_refused_count(&self, reason: RefuseReason) -> u64 {
+        self.sip_refused[reason as usize].load(Relaxed)
+    }
+
+    /// Messages the SIP guard dropped so far for `reason`.
+    pub fn sip_dropped_count(&self, reason: DropReason) -> u64 {
+        self.sip_dropped[reason as usize].load(Relaxed)
+    }
+
     /// Webhook events dropped so far.
     pub fn webhooks_dropped(&self) -> u64 {
         self.webhooks_dropped.load(Relaxed)
@@ -273,6 +308,31 @@ impl Metrics {
             &[("code", "other")],
             self.sip_responses_other.load(Relaxed),
         );
+
+        w.family(
+            "switchboard_sip_refused_total",
+            "SIP requests refused by the guard (403 or 503), by reason.",
+            "counter",
+        );
+        for (r, c) in RefuseReason::ALL.iter().zip(&self.sip_refused) {
+            w.sample(
+                "switchboard_sip_refused_total",
+                &[("reason", r.label())],
+                c.load(Relaxed),
+            );
+        }
+        w.family(
+            "switchboard_sip_dropped_total",
+            "SIP messages dropped unanswered and TCP connections closed by the guard, by reason.",
+            "counter",
+        );
+        for (r, c) in DropReason::ALL.iter().zip(&self.sip_dropped) {
+            w.sample(
+                "switchboard_sip_dropped_total",
+                &[("reason", r.label())],
+                c.load(Relaxed),
+            );
+        }
 
         w.family(
             "switchboard_dtmf_digits_total",
@@ -356,6 +416,11 @@ impl Metrics {
                 "switchboard_webhook_retries_total",
                 "Webhook POSTs retried.",
                 &self.webhook_retries,
+            ),
+            (
+                "switchboard_sip_escalations_total",
+                "Sources blocked for a while after exceeding their SIP rates again and again.",
+                &self.sip_escalations,
             ),
             (
                 "switchboard_event_stream_lagged_total",
@@ -550,6 +615,10 @@ pub(crate) mod tests {
         m.stranger_dropped(Stranger::Rtp);
         m.stranger_dropped(Stranger::Rtp);
         m.stranger_dropped(Stranger::Rtcp);
+        m.sip_refused(RefuseReason::InviteRate);
+        m.sip_refused(RefuseReason::InviteRate);
+        m.sip_dropped(DropReason::Scanner);
+        m.sip_escalation();
         let stats = WorkerStats::default();
         stats.ticks.store(50, Relaxed);
         stats.late_ticks.store(2, Relaxed);
@@ -575,6 +644,17 @@ pub(crate) mod tests {
             1.0
         );
         assert_eq!(s["switchboard_sip_responses_total{code=\"486\"}"], 1.0);
+        assert_eq!(
+            s["switchboard_sip_refused_total{reason=\"invite_rate\"}"],
+            2.0
+        );
+        assert_eq!(s["switchboard_sip_refused_total{reason=\"draining\"}"], 0.0);
+        assert_eq!(s["switchboard_sip_dropped_total{reason=\"scanner\"}"], 1.0);
+        assert_eq!(
+            s["switchboard_sip_dropped_total{reason=\"tcp_connections\"}"],
+            0.0
+        );
+        assert_eq!(s["switchboard_sip_escalations_total"], 1.0);
         assert_eq!(s["switchboard_sip_responses_total{code=\"other\"}"], 2.0);
         assert_eq!(s["switchboard_dtmf_digits_total{method=\"rfc4733\"}"], 1.0);
         assert_eq!(s["switchboard_dtmf_digits_total{method=\"other\"}"], 1.0);

@@ -18,8 +18,9 @@ use crate::rtp::ports::PortAllocator;
 use crate::script::dialplan::Dialplan;
 use crate::script::{build_engine, ScriptSet};
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
+use crate::sip::guard::Guard;
 use crate::sip::transaction::TimerConfig;
-use crate::sip::transport::{self, CallSpawner};
+use crate::sip::transport::{self, CallSpawner, Protection};
 use crate::webhook::Webhooks;
 use crate::{Config, Error};
 
@@ -32,7 +33,7 @@ pub struct Ready {
     pub http: std::net::SocketAddr,
 }
 
-/// Runs the server until `shutdown` completes.
+/// Runs the server until `shutdown` completes and the calls have drained (see `[sip] drain_secs`).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     run_with_ready(config, shutdown, |_| {}).await
 }
@@ -59,6 +60,9 @@ pub async fn run_with_ready(
         user_agent: config.sip.user_agent.clone(),
     });
     endpoint.set_session_timers(config.sip.session_timers());
+    let guard = Guard::new(config.sip.guard()?, std::time::Instant::now());
+    // SIGTERM (the caller's `shutdown`) and `POST /api/admin/drain` throw the same switch.
+    let drain = crate::drain::Drain::default();
     std::fs::create_dir_all(&config.paths.recordings)?;
     // Recordings a crash left behind as `.part` are made whole before anything new is written.
     for r in repair_dir(&config.paths.recordings) {
@@ -149,7 +153,8 @@ pub async fn run_with_ready(
             .with_events(events.clone())
             .with_metrics(metrics.clone())
             .with_media_stats(media.stats())
-            .with_cdr_dir(cdr_dir),
+            .with_cdr_dir(cdr_dir)
+            .with_drain(drain.clone()),
     );
     tracing::debug!(
         webhooks = webhooks.len(),
@@ -182,13 +187,26 @@ pub async fn run_with_ready(
         sip: sip_addr,
         http: http_addr,
     });
+    let drained = {
+        let drain = drain.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => { drain.start(); }
+                _ = drain.wait() => {}
+            }
+        }
+    };
     transport::run(
         endpoint,
         listeners,
         config.sip.max_message_bytes,
         spawner,
         metrics.clone(),
-        shutdown,
+        Protection {
+            guard,
+            drain_after: Duration::from_secs(config.sip.drain_secs),
+        },
+        drained,
     )
     .await;
     stats_task.abort();

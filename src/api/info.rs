@@ -18,8 +18,8 @@ pub enum AuthMode {
     Token,
 }
 
-/// Answer of `GET /api/info`: the server's name and version and whether a token is needed,
-/// nothing more.
+/// Answer of `GET /api/info`: the server's name and version, whether a token is needed and
+/// whether it is draining, nothing more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ServerInfo {
     /// Always `switchboard`.
@@ -28,6 +28,8 @@ pub struct ServerInfo {
     pub version: &'static str,
     /// Whether requests need a bearer token.
     pub auth: AuthMode,
+    /// The server is draining: it takes no new calls and exits once the live ones end.
+    pub draining: bool,
 }
 
 /// Tells a client whether it needs a token; needs none itself.
@@ -47,6 +49,7 @@ pub(crate) async fn info(State(state): State<ApiState>) -> Json<ServerInfo> {
         } else {
             AuthMode::None
         },
+        draining: state.drain.is_draining(),
     })
 }
 

@@ -6,7 +6,8 @@
 //!
 //! | method | path | answer |
 //! |---|---|---|
-//! | GET | `/api/info` | name, version, whether a token is needed (no token) |
+//! | GET | `/api/info` | name, version, whether a token is needed, whether draining (no token) |
+//! | POST | `/api/admin/drain` | 202: refuse new calls, end live ones after `drain_secs`, exit |
 //! | GET | `/api/recordings` | `{ "total", "items" }`, newest first; filters and paging |
 //! | GET | `/api/recordings/{id}` | the sidecar |
 //! | GET, HEAD | `/api/recordings/{id}/audio` | the WAV; `Range`, `ETag`, `If-None-Match` |
@@ -30,6 +31,7 @@
 //! request can name a path outside the recordings folder. CDRs are read only from
 //! `DIR/YYYY-MM-DD.jsonl` for a date checked digit by digit.
 
+pub mod admin;
 pub mod auth;
 pub mod calls;
 pub mod cdrs;
@@ -88,6 +90,7 @@ pub struct ApiState {
     cdr_dir: Option<PathBuf>,
     keep_alive: Duration,
     levels: Arc<levels::LevelCache>,
+    drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -117,6 +120,7 @@ impl ApiState {
             cdr_dir: None,
             keep_alive: SSE_KEEP_ALIVE,
             levels: Arc::default(),
+            drain: crate::drain::Drain::default(),
         }
     }
 
@@ -153,6 +157,12 @@ impl ApiState {
     /// Lists CDRs from this folder; `None` turns `/api/cdrs` off (404).
     pub fn with_cdr_dir(mut self, dir: Option<PathBuf>) -> ApiState {
         self.cdr_dir = dir;
+        self
+    }
+
+    /// Throws this switch on `POST /api/admin/drain` and reports it in `/api/info`.
+    pub fn with_drain(mut self, drain: crate::drain::Drain) -> ApiState {
+        self.drain = drain;
         self
     }
 
@@ -204,6 +214,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/cdrs", get(cdrs::list))
         .route("/metrics", get(prometheus::scrape))
         .route("/api/stats", get(info::stats))
+        .route("/api/admin/drain", post(admin::drain))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(

@@ -10,7 +10,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{calls, cdrs, events, info, levels, prometheus, recordings, rooms};
+use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, rooms};
 
 /// The API description served at `/api/openapi.json`.
 #[derive(OpenApi)]
@@ -43,6 +43,7 @@ use super::{calls, cdrs, events, info, levels, prometheus, recordings, rooms};
         prometheus::scrape,
         info::info,
         info::stats,
+        admin::drain,
         super::openapi_json
     ),
     components(schemas(
@@ -56,7 +57,8 @@ use super::{calls, cdrs, events, info, levels, prometheus, recordings, rooms};
         levels::Levels,
         info::ServerInfo,
         info::AuthMode,
-        info::Stats
+        info::Stats,
+        admin::DrainStarted
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -67,7 +69,7 @@ use super::{calls, cdrs, events, info, levels, prometheus, recordings, rooms};
         (name = "events", description = "Server-Sent Events of everything that happens"),
         (name = "cdrs", description = "Call detail records, one JSON line per finished call"),
         (name = "metrics", description = "Prometheus metrics and the same live numbers as JSON"),
-        (name = "server", description = "What the server is and whether it needs a token")
+        (name = "server", description = "What the server is, whether it needs a token, and taking it out of service")
     )
 )]
 pub struct ApiDoc;

@@ -860,7 +860,8 @@ async fn openapi_document_is_served() {
     for path in ["/api/recordings/{id}/levels", "/api/stats", "/api/info"] {
         assert!(v["paths"][path]["get"].is_object(), "{path}");
     }
-    for schema in ["Levels", "Stats", "ServerInfo"] {
+    assert!(v["paths"]["/api/admin/drain"]["post"].is_object());
+    for schema in ["Levels", "Stats", "ServerInfo", "DrainStarted"] {
         assert!(v["components"]["schemas"][schema].is_object(), "{schema}");
     }
     // `/api/info` is the one operation that needs no token.
@@ -909,6 +910,7 @@ async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
             "name": "switchboard",
             "version": env!("CARGO_PKG_VERSION"),
             "auth": "token",
+            "draining": false,
         })
     );
     // Nothing of the token, the folder or the data leaks.
@@ -937,6 +939,36 @@ async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
         let (status, _, _) = f.send(Request::get(uri).body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
     }
+}
+
+#[tokio::test]
+async fn drain_needs_the_token_and_then_shows_in_info() {
+    let f = fixture();
+    let post = |auth: Option<&str>| {
+        let mut b = Request::post("/api/admin/drain");
+        if let Some(t) = auth {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    for auth in [None, Some("wrong")] {
+        let (status, _, _) = f.send(post(auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    let (_, _, body) = f.get("/api/info").await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["draining"], false, "a refused request drains nothing");
+    for _ in 0..2 {
+        let (status, _, body) = f.send(post(Some(TOKEN))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, serde_json::json!({ "draining": true, "calls": 0 }));
+    }
+    let (_, _, body) = f.get("/api/info").await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["draining"], true);
+    let (status, _, _) = f.get("/api/admin/drain").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 // ---- levels ----

@@ -6,6 +6,7 @@ pub mod dialog;
 pub mod digest;
 pub mod endpoint;
 pub mod framing;
+pub mod guard;
 pub mod ids;
 pub mod message;
 pub mod refer;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use super::dialog::{Peer, Transport};
 use super::endpoint::{CallHandle, CommandError, Endpoint, Event, OutgoingCall, Transmit};
 use super::framing::StreamFramer;
+use super::guard::{self, ConnLimit, Guard, Load, Verdict};
 use crate::error::{Refusal, SipStatus};
+use crate::metrics::Metrics;
 
 /// What a call task asks of the endpoint.
 #[derive(Debug)]
@@ -149,26 +151,56 @@ enum FromNet {
     Closed(SocketAddr),
 }
 
-/// Runs the SIP endpoint until `shutdown` resolves, then ends live calls (bounded drain).
+/// What stands between the network and the endpoint, and how a shutdown drains.
+pub struct Protection {
+    /// Decides what happens to each inbound message.
+    pub guard: Guard,
+    /// How long calls in progress may go on once `shutdown` resolves, before they get BYE.
+    pub drain_after: Duration,
+}
+
+/// How long to wait for the peers' answers to our BYEs before stopping regardless.
+const BYE_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the SIP endpoint until `shutdown` resolves, then drains: new INVITEs and OPTIONS get
+/// 503, live calls go on for up to `drain_after`, then get BYE; returns once no call is left
+/// (or [`BYE_GRACE`] after the BYEs).
 pub async fn run(
     mut endpoint: Endpoint,
     listeners: Listeners,
     max_message: usize,
     spawn_call: CallSpawner,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
+    protection: Protection,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let Protection {
+        mut guard,
+        drain_after,
+    } = protection;
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(4096);
     if let Some(tcp) = listeners.tcp {
-        tokio::spawn(accept_loop(tcp, in_tx.clone(), max_message));
+        let limit = ConnLimit::new(
+            guard.config().max_tcp_per_source,
+            guard.config().acl.clone(),
+        );
+        tokio::spawn(accept_loop(
+            tcp,
+            in_tx.clone(),
+            max_message,
+            Arc::new(Mutex::new(limit)),
+            metrics.clone(),
+        ));
     }
     let udp = listeners.udp;
     let mut tcp_writers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut calls: HashMap<CallHandle, mpsc::UnboundedSender<Event>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
+    // Set once draining: when live calls get BYE, then when to stop waiting for them.
     let mut draining: Option<Instant> = None;
+    let mut hung_up: Option<Instant> = None;
     let start = Instant::now();
     loop {
         let deadline = endpoint
@@ -179,12 +211,12 @@ pub async fn run(
             r = recv_udp(&udp, &mut buf) => {
                 if let Some((n, from)) = r {
                     let peer = Peer { transport: Transport::Udp, addr: from };
-                    endpoint.handle_message(std::time::Instant::now(), peer, &buf[..n]);
+                    inbound(&mut endpoint, &mut guard, &metrics, peer, &buf[..n]);
                 }
             }
             Some(m) = in_rx.recv() => match m {
                 FromNet::Message(peer, bytes) => {
-                    endpoint.handle_message(std::time::Instant::now(), peer, &bytes)
+                    inbound(&mut endpoint, &mut guard, &metrics, peer, &bytes)
                 }
                 FromNet::Connected(addr, w) => { tcp_writers.insert(addr, w); }
                 FromNet::Closed(addr) => { tcp_writers.remove(&addr); }
@@ -194,8 +226,17 @@ pub async fn run(
                 endpoint.handle_timeout(std::time::Instant::now());
             }
             _ = &mut shutdown, if draining.is_none() => {
-                tracing::info!(calls = calls.len(), "shutting down: ending live calls");
-                draining = Some(Instant::now() + Duration::from_secs(3));
+                tracing::info!(
+                    calls = endpoint.call_count(),
+                    drain_secs = drain_after.as_secs_f64(),
+                    "draining: refusing new calls, waiting for live ones to end"
+                );
+                guard.set_draining(true);
+                draining = Some(Instant::now() + drain_after);
+            }
+            _ = tokio::time::sleep_until(draining.unwrap_or(start)), if draining.is_some() && hung_up.is_none() => {
+                tracing::info!(calls = endpoint.call_count(), "drain time over: ending live calls");
+                hung_up = Some(Instant::now() + BYE_GRACE);
                 let now = std::time::Instant::now();
                 for call in calls.keys() {
                     let _ = endpoint.hangup(now, *call);
@@ -214,11 +255,54 @@ pub async fn run(
             );
             flush(&mut endpoint, &metrics, &udp, &tcp_writers).await;
         }
-        if let Some(until) = draining {
-            if endpoint.call_count() == 0 || Instant::now() >= until {
+        if draining.is_some() {
+            if endpoint.call_count() == 0 {
+                tracing::info!("drained: no call left");
+                break;
+            }
+            if hung_up.is_some_and(|until| Instant::now() >= until) {
+                tracing::warn!(
+                    calls = endpoint.call_count(),
+                    "stopping with calls whose BYE went unanswered"
+                );
                 break;
             }
         }
+    }
+}
+
+/// Puts one inbound message past the guard: handled, refused or dropped.
+fn inbound(ep: &mut Endpoint, guard: &mut Guard, metrics: &Metrics, peer: Peer, bytes: &[u8]) {
+    let now = std::time::Instant::now();
+    let msg = guard::Inbound {
+        source: peer.addr.ip(),
+        transport: peer.transport,
+        peek: guard::peek(bytes),
+    };
+    let escalations = guard.stats().escalations;
+    let verdict = guard.check(now, &msg, || Load {
+        calls: ep.call_count(),
+        pending_invites: ep.pending_invite_count(),
+    });
+    if guard.stats().escalations != escalations {
+        metrics.sip_escalation();
+    }
+    match verdict {
+        Verdict::Pass => ep.handle_message(now, peer, bytes),
+        Verdict::Refuse {
+            code,
+            retry_after,
+            reason,
+        } => {
+            metrics.sip_refused(reason);
+            let why = if code == 403 {
+                Refusal::Forbidden
+            } else {
+                Refusal::Overloaded
+            };
+            ep.refuse(now, peer, bytes, &why, retry_after);
+        }
+        Verdict::Drop(reason) => metrics.sip_dropped(reason),
     }
 }
 
@@ -369,18 +453,44 @@ async fn flush(
     }
 }
 
-async fn accept_loop(listener: TcpListener, to_core: mpsc::Sender<FromNet>, max: usize) {
+async fn accept_loop(
+    listener: TcpListener,
+    to_core: mpsc::Sender<FromNet>,
+    max: usize,
+    limit: Arc<Mutex<ConnLimit>>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let admitted = lock(&limit).open(addr.ip());
+                if let Err(reason) = admitted {
+                    // Dropping the stream closes it: nothing is read from it.
+                    metrics.sip_dropped(reason);
+                    tracing::debug!(%addr, reason = reason.label(), "closed a TCP connection at accept");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, addr, to_core.clone(), max));
+                let limit = limit.clone();
+                let to_core = to_core.clone();
+                tokio::spawn(async move {
+                    connection(stream, addr, to_core, max).await;
+                    lock(&limit).close(addr.ip());
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// The connection counts, even if a connection task panicked while holding them.
+fn lock(limit: &Mutex<ConnLimit>) -> std::sync::MutexGuard<'_, ConnLimit> {
+    match limit.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 

@@ -204,6 +204,22 @@ impl Server {
         self.child.id()
     }
 
+    /// Waits up to `limit` for the server to exit on its own: its exit status, or `None`
+    /// while it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        // Polled with a deadline: std has no wait-with-timeout for a child.
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's stderr so far, for failure messages.
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

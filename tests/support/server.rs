@@ -27,6 +27,8 @@ pub async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Co
     cfg.rtp.port_max = rtp.1;
     // No CDR files in the working directory; a test that wants them sets a folder.
     cfg.cdr.dir = std::path::PathBuf::new();
+    // `stop` ends live calls at once rather than waiting for them; a drain test sets its own.
+    cfg.sip.drain_secs = 0;
     tweak(&mut cfg);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -38,6 +38,7 @@ use rsipstack::sip::prelude::*;
 mod client;
 mod invite;
 mod refer;
+mod refuse;
 mod reinvite;
 mod server;
 
