@@ -1,0 +1,1 @@
+//! Opus (RFC 7587) through libopus.
