@@ -348,6 +348,19 @@ pub struct Leg {
 impl Leg {
     /// A leg starting at `now`.
     pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
+        // The leg counts RTP timestamps in internal samples; a codec sampling at another rate
+        // is resampled inside its codec object, but its RTP clock must still tick at ours.
+        if !cfg.codec.fits_internal_clock() {
+            return Err(LegError(format!(
+                "{}/{} needs a wideband media leg",
+                cfg.codec.name(),
+                cfg.codec.clock_rate()
+            )));
+        }
+        let codec = cfg
+            .codec
+            .new_leg_codec(&Default::default())
+            .map_err(|e| LegError(e.to_string()))?;
         let rate = cfg.codec.rtp_clock();
         let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
         if let Some(te) = cfg.telephone_event {
@@ -378,7 +391,7 @@ impl Leg {
         Ok(Leg {
             rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
-            codec: cfg.codec.new_codec(),
+            codec,
             recv,
             send,
             jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
@@ -691,7 +704,7 @@ impl Leg {
             }
             return;
         }
-        let samples = self.cfg.codec.samples_in(pkt.payload.len());
+        let samples = self.cfg.codec.internal_samples_in(pkt.payload.len());
         if samples == 0
             || samples > MAX_PACKET_SAMPLES
             || !samples.is_multiple_of(FRAME_SAMPLES / 2)
@@ -897,7 +910,7 @@ impl Leg {
             return;
         }
         let position = self.send.position_of(tick);
-        let buffered = self.cfg.codec.samples_in(self.out_len) as u64;
+        let buffered = self.cfg.codec.internal_samples_in(self.out_len) as u64;
         if self.out_len > 0 && self.out_pos.wrapping_add(buffered) != position {
             // Ticks went by unsent (on hold, skipped ahead): the buffer no longer joins on.
             self.out_len = 0;
@@ -942,7 +955,7 @@ impl Leg {
     /// Encoded bytes in one packet we send.
     fn packet_bytes(&self) -> usize {
         // Every codec so far has a fixed number of bytes per sample.
-        let per_frame = self.cfg.codec.samples_in(FRAME_SAMPLES).max(1);
+        let per_frame = self.cfg.codec.internal_samples_in(FRAME_SAMPLES).max(1);
         self.ptime_samples * FRAME_SAMPLES / per_frame
     }
 

@@ -15,6 +15,7 @@
 pub mod g711;
 pub mod g722;
 pub mod l16;
+pub mod narrow;
 #[cfg(feature = "opus")]
 pub mod opus;
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use g711::{Law, G711};
 pub use g722::G722;
 pub use l16::L16;
 
+use crate::media::frame::INTERNAL_RATE;
 use crate::rtp::types::{ClockRate, PayloadType};
 
 /// Why an encode or decode call failed.
@@ -266,6 +268,29 @@ impl CodecKind {
             }
         };
         Self::from_rtpmap(encoding, rate)
+    }
+
+    /// Samples at the internal rate that a payload of `bytes` bytes lasts.
+    pub const fn internal_samples_in(self, bytes: usize) -> usize {
+        let rate = self.sample_rate().hz() as usize;
+        self.samples_in(bytes) * INTERNAL_RATE.hz() as usize / rate
+    }
+
+    /// Whether a leg can carry the codec: its RTP clock must be the internal rate, so that
+    /// RTP timestamps count internal samples (G.711, G.722, L16 at 8 kHz).
+    pub const fn fits_internal_clock(self) -> bool {
+        self.rtp_clock().hz() == INTERNAL_RATE.hz()
+    }
+
+    /// A codec for a leg, with parameters `params`: PCM at the internal rate, resampled to
+    /// and from the codec's own rate when they differ (see [`narrow`]).
+    pub fn new_leg_codec(self, params: &CodecParams) -> Result<Box<dyn AudioCodec>, CodecError> {
+        let codec = self.new_codec_with(params);
+        if self.sample_rate() == INTERNAL_RATE {
+            Ok(codec)
+        } else {
+            Ok(Box::new(narrow::AtInternalRate::new(codec)?))
+        }
     }
 
     /// A fresh codec instance with default parameters; called once per leg, not per frame.

@@ -1,0 +1,161 @@
+//! Codecs that sample at another rate than the media engine, through a media leg: G.722's
+//! 16 kHz audio reaches the leg at 8 kHz and leaves it as G.722 again, its RTP clock at
+//! 8000 Hz; a wide band the leg cannot carry is dropped, never folded into the narrow band.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use switchboard::media::codec::{AudioCodec, CodecKind, G722};
+use switchboard::media::leg::{Leg, LegCommand, LegConfig};
+use switchboard::media::level::{rms_dbfs, tone_share};
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+
+const PEER: &str = "127.0.0.1:40000";
+
+fn leg(codec: CodecKind, pt: u8, now: Instant) -> Result<Leg, String> {
+    let cfg = LegConfig {
+        codec,
+        payload_type: PayloadType::new(pt).unwrap(),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+    };
+    Leg::new(cfg, now).map_err(|e| e.to_string())
+}
+
+fn sine(freq: f64, amp: f64, rate: u32, seconds: f64) -> Vec<i16> {
+    let n = (f64::from(rate) * seconds) as usize;
+    (0..n)
+        .map(|i| {
+            (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16
+        })
+        .collect()
+}
+
+/// RTP packets, one per 20 ms, whose payloads are `payloads`, timestamps stepping by `step`.
+fn rtp(payloads: &[Vec<u8>], pt: u8, step: u32) -> Vec<Vec<u8>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let header = RtpHeader {
+                marker: i == 0,
+                payload_type: PayloadType::new(pt).unwrap(),
+                seq: WireSeq::new(100 + i as u16),
+                timestamp: RtpTimestamp::new(5000 + step * i as u32),
+                ssrc: Ssrc::new(99),
+            };
+            let mut out = vec![0u8; 1500];
+            let n = RtpPacket::new(header, p).write(&mut out).unwrap();
+            out.truncate(n);
+            out
+        })
+        .collect()
+}
+
+fn g722_payloads(pcm16k: &[i16]) -> Vec<Vec<u8>> {
+    let mut enc = G722::new();
+    pcm16k
+        .chunks_exact(320)
+        .map(|f| {
+            let mut p = vec![0u8; 160];
+            let n = enc.encode(f, &mut p).unwrap();
+            p.truncate(n);
+            p
+        })
+        .collect()
+}
+
+/// Feeds one packet per tick with echo on: returns what the leg heard (8 kHz) and the RTP
+/// packets it sent.
+fn echo(leg: &mut Leg, t0: Instant, input: &[Vec<u8>]) -> (Vec<i16>, Vec<Vec<u8>>) {
+    leg.apply(t0, LegCommand::Echo(true));
+    let mut heard = Vec::new();
+    let mut sent = Vec::new();
+    for (n, p) in input.iter().enumerate() {
+        let now = t0 + Duration::from_millis(20 * n as u64);
+        leg.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+        leg.tick(now, SystemTime::now(), n as u64, &mut |_, _, bytes| {
+            if RtpPacket::parse(bytes).is_ok() {
+                sent.push(bytes.to_vec());
+            }
+        });
+        heard.extend_from_slice(leg.input());
+    }
+    (heard, sent)
+}
+
+#[test]
+fn g722_leg_hears_and_sends_at_its_rates() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::G722, 9, t0).unwrap();
+    let input = rtp(&g722_payloads(&sine(1000.0, 8000.0, 16000, 1.0)), 9, 160);
+    let (heard, sent) = echo(&mut l, t0, &input);
+
+    let tail = &heard[heard.len() - 4000..];
+    let share = tone_share(tail, 1000.0, 8000.0);
+    let level = rms_dbfs(tail);
+    // A sine of peak 8000 is −15.2 dBFS RMS.
+    assert!(share > 0.95, "1 kHz share {share:.3}");
+    assert!((level + 15.2).abs() < 1.0, "heard at {level:.1} dBFS");
+
+    assert!(sent.len() >= 40, "{} packets sent", sent.len());
+    let mut dec = G722::new();
+    let mut out = Vec::new();
+    let mut last_ts: Option<u32> = None;
+    for bytes in &sent {
+        let p = RtpPacket::parse(bytes).unwrap();
+        assert_eq!(p.header.payload_type.get(), 9);
+        // 20 ms of G.722: 160 bytes, 160 ticks of its 8000 Hz RTP clock.
+        assert_eq!(p.payload.len(), 160);
+        if let Some(t) = last_ts {
+            assert_eq!(p.header.timestamp.get().wrapping_sub(t), 160);
+        }
+        last_ts = Some(p.header.timestamp.get());
+        let mut frame = [0i16; 320];
+        assert_eq!(dec.decode(p.payload, &mut frame).unwrap(), 320);
+        out.extend_from_slice(&frame);
+    }
+    let tail = &out[out.len() - 8000..];
+    let share = tone_share(tail, 1000.0, 16000.0);
+    let level = rms_dbfs(tail);
+    assert!(share > 0.95, "echoed 1 kHz share {share:.3}");
+    assert!((level + 15.2).abs() < 1.5, "echoed at {level:.1} dBFS");
+}
+
+#[test]
+fn g722_wide_band_is_dropped_not_garbled() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::G722, 9, t0).unwrap();
+    let input = rtp(&g722_payloads(&sine(6000.0, 8000.0, 16000, 0.6)), 9, 160);
+    let (heard, _) = echo(&mut l, t0, &input);
+    let level = rms_dbfs(&heard[1600..]);
+    assert!(
+        level < -45.0,
+        "6 kHz heard at {level:.1} dBFS in an 8 kHz leg"
+    );
+}
+
+#[test]
+fn l16_narrowband_leg_reads_network_order() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::L16Narrow, 96, t0).unwrap();
+    let pcm = sine(440.0, 8000.0, 8000, 0.6);
+    let payloads: Vec<Vec<u8>> = pcm
+        .chunks_exact(160)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect();
+    let (heard, sent) = echo(&mut l, t0, &rtp(&payloads, 96, 160));
+    let tail = &heard[heard.len() - 2400..];
+    assert!(tone_share(tail, 440.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 0.5);
+    let p = RtpPacket::parse(sent.last().unwrap()).unwrap();
+    assert_eq!(p.payload.len(), 320);
+}
+
+#[test]
+fn codecs_on_another_rtp_clock_are_refused_not_garbled() {
+    let Err(err) = leg(CodecKind::L16Wide, 96, Instant::now()) else {
+        panic!("an L16/16000 leg was made");
+    };
+    assert!(err.contains("L16/16000"), "{err}");
+}
