@@ -198,3 +198,69 @@ proptest! {
         prop_assert_eq!(c.conceal(&mut lost).unwrap(), FRAME);
     }
 }
+
+/// The 16-bit words of an ITU-T test sequence in its ASCII form: comment lines skipped, each
+/// line's words read until its two-digit check.
+fn itu_words(text: &str) -> Vec<u16> {
+    text.lines()
+        .filter(|l| !l.starts_with("/*"))
+        .flat_map(|l| {
+            l.as_bytes()
+                .chunks_exact(4)
+                .map_while(|w| u16::from_str_radix(std::str::from_utf8(w).ok()?, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Where the data lies: after the leading reset words (lowest bit set) up to the next reset.
+fn itu_data(words: &[u16]) -> std::ops::Range<usize> {
+    let start = words.iter().position(|w| w & 1 == 0).unwrap();
+    let len = words[start..].iter().position(|w| w & 1 == 1).unwrap();
+    start..start + len
+}
+
+const T1C2: &str = include_str!("../../../../tests/fixtures/g722/T1C2.XMT");
+const T2R2: &str = include_str!("../../../../tests/fixtures/g722/T2R2.COD");
+const T3L2: &str = include_str!("../../../../tests/fixtures/g722/T3L2.RC1");
+const T3H2: &str = include_str!("../../../../tests/fixtures/g722/T3H2.RC0");
+
+/// G.722 Appendix II configuration 1: the sub-band encoders, QMF bypassed, with each input
+/// word (halved to the codec's 15 bits) fed to both bands, must give the reference codes.
+#[test]
+fn itu_test_sequence_encoder_t1c2_to_t2r2() {
+    let input = itu_words(T1C2);
+    let reference = itu_words(T2R2);
+    let range = itu_data(&input);
+    assert!(range.len() > 700, "{range:?}");
+    let mut enc = State::new();
+    let mut bad = 0;
+    for i in range.clone() {
+        let x = i32::from(input[i] as i16) >> 1;
+        let code = enc.encode_bands(x, x);
+        if u16::from(code) != reference[i] >> 8 {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 0, "{bad} of {} codes differ", range.len());
+}
+
+/// Configuration 2, mode 1: decoding the reference codes must give the reference lower and
+/// higher sub-band signals (the decoder's output doubled to 16 bits).
+#[test]
+fn itu_test_sequence_decoder_t2r2_to_t3l2_t3h2() {
+    let codes = itu_words(T2R2);
+    let low = itu_words(T3L2);
+    let high = itu_words(T3H2);
+    let range = itu_data(&codes);
+    assert!(range.len() > 700, "{range:?}");
+    let mut dec = State::new();
+    let mut bad = 0;
+    for i in range.clone() {
+        let (rlow, rhigh) = dec.decode_bands((codes[i] >> 8) as u8);
+        if (rlow << 1) as u16 != low[i] || (rhigh << 1) as u16 != high[i] {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 0, "{bad} of {} samples differ", range.len());
+}
