@@ -1,6 +1,7 @@
-//! Codecs that sample at another rate than the media engine, through a media leg: G.722's
-//! 16 kHz audio reaches the leg at 8 kHz and leaves it as G.722 again, its RTP clock at
-//! 8000 Hz; a wide band the leg cannot carry is dropped, never folded into the narrow band.
+//! Codecs that sample at another rate than the media engine, through a media leg: their
+//! audio reaches the leg at 8 kHz and leaves it in the codec again, stamped on the codec's
+//! own RTP clock (8000 Hz for G.722, 16000 for L16/16000, 48000 for Opus); a wide band the
+//! leg cannot carry is dropped, never folded into the narrow band.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant, SystemTime};
@@ -73,7 +74,9 @@ fn echo(leg: &mut Leg, t0: Instant, input: &[Vec<u8>]) -> (Vec<i16>, Vec<Vec<u8>
     let mut sent = Vec::new();
     for (n, p) in input.iter().enumerate() {
         let now = t0 + Duration::from_millis(20 * n as u64);
-        leg.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+        if !p.is_empty() {
+            leg.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+        }
         leg.tick(now, SystemTime::now(), n as u64, &mut |_, _, bytes| {
             if RtpPacket::parse(bytes).is_ok() {
                 sent.push(bytes.to_vec());
@@ -152,10 +155,112 @@ fn l16_narrowband_leg_reads_network_order() {
     assert_eq!(p.payload.len(), 320);
 }
 
+/// The RTP packets' payloads and timestamps.
+fn payloads(sent: &[Vec<u8>], pt: u8) -> Vec<(u32, Vec<u8>)> {
+    sent.iter()
+        .map(|b| {
+            let p = RtpPacket::parse(b).unwrap();
+            assert_eq!(p.header.payload_type.get(), pt);
+            (p.header.timestamp.get(), p.payload.to_vec())
+        })
+        .collect()
+}
+
 #[test]
-fn codecs_on_another_rtp_clock_are_refused_not_garbled() {
-    let Err(err) = leg(CodecKind::L16Wide, 96, Instant::now()) else {
-        panic!("an L16/16000 leg was made");
+fn l16_wideband_leg_counts_its_16_khz_clock() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::L16Wide, 97, t0).unwrap();
+    let pcm = sine(1000.0, 8000.0, 16000, 0.6);
+    let frames: Vec<Vec<u8>> = pcm
+        .chunks_exact(320)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect();
+    // 20 ms of a 16 kHz clock: 320 ticks a packet.
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
+    let tail = &heard[heard.len() - 2400..];
+    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 0.5, "{:.1}", rms_dbfs(tail));
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 20);
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 320);
+        assert_eq!(w[1].1.len(), 640);
+    }
+    let echoed: Vec<i16> = out[out.len() - 10..]
+        .iter()
+        .flat_map(|(_, p)| p.chunks_exact(2).map(|b| i16::from_be_bytes([b[0], b[1]])))
+        .collect();
+    assert!(tone_share(&echoed, 1000.0, 16000.0) > 0.95);
+    assert!((rms_dbfs(&echoed) + 15.2).abs() < 1.0);
+}
+
+#[test]
+fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
+    let t0 = Instant::now();
+    let cfg = LegConfig {
+        codec: CodecKind::L16Wide,
+        payload_type: PayloadType::new(97).unwrap(),
+        ptime: Duration::from_millis(40),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
     };
-    assert!(err.contains("L16/16000"), "{err}");
+    let mut l = Leg::new(cfg, t0).unwrap();
+    let pcm = sine(440.0, 8000.0, 16000, 0.6);
+    let frames: Vec<Vec<u8>> = pcm
+        .chunks_exact(640)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect();
+    let mut input = Vec::new();
+    for p in rtp(&frames, 97, 640) {
+        // One 40 ms packet, then a tick with nothing new.
+        input.extend([p, Vec::new()]);
+    }
+    let (heard, sent) = echo(&mut l, t0, &input);
+    assert!(tone_share(&heard[heard.len() - 2400..], 440.0, 8000.0) > 0.9);
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 5, "{} packets", out.len());
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 640);
+        assert_eq!(w[1].1.len(), 1280);
+    }
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
+    use switchboard::media::codec::opus::Opus;
+    use switchboard::media::codec::OpusParams;
+
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::Opus, 111, t0).unwrap();
+    let mut phone = Opus::new(&OpusParams::default());
+    let pcm = sine(1000.0, 8000.0, 48000, 1.0);
+    let frames: Vec<Vec<u8>> = pcm
+        .chunks_exact(960)
+        .map(|f| {
+            let mut p = vec![0u8; 1500];
+            let n = phone.encode(f, &mut p).unwrap();
+            p.truncate(n);
+            p
+        })
+        .collect();
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
+    let tail = &heard[heard.len() - 4000..];
+    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 1.0, "{:.1}", rms_dbfs(tail));
+
+    let out = payloads(&sent, 111);
+    assert!(out.len() >= 40, "{} packets", out.len());
+    let mut dec = Opus::new(&OpusParams::default());
+    let mut echoed = Vec::new();
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 960);
+    }
+    for (_, p) in &out {
+        let mut frame = [0i16; 960];
+        assert_eq!(dec.decode(p, &mut frame).unwrap(), 960);
+        echoed.extend_from_slice(&frame);
+    }
+    let tail = &echoed[echoed.len() - 24000..];
+    assert!(tone_share(tail, 1000.0, 48000.0) > 0.9);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 1.5, "{:.1}", rms_dbfs(tail));
 }

@@ -40,8 +40,8 @@ const TERMINATOR_TRIM_FRAMES: u64 = 5;
 /// The longest packet we play out: 60 ms, three frames.
 const MAX_PACKET_SAMPLES: usize = 3 * FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
-/// frame appended to it, for codecs of up to two bytes a sample.
-const OUT_FIFO_BYTES: usize = 2 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
+/// frame appended to it, for codecs of up to four bytes an internal sample (L16 at 16 kHz).
+const OUT_FIFO_BYTES: usize = 4 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
 
 /// Which of the leg's two ports a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,15 +348,7 @@ pub struct Leg {
 impl Leg {
     /// A leg starting at `now`.
     pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
-        // The leg counts RTP timestamps in internal samples; a codec sampling at another rate
-        // is resampled inside its codec object, but its RTP clock must still tick at ours.
-        if !cfg.codec.fits_internal_clock() {
-            return Err(LegError(format!(
-                "{}/{} needs a wideband media leg",
-                cfg.codec.name(),
-                cfg.codec.clock_rate()
-            )));
-        }
+        // A codec sampling at another rate than ours is resampled inside its codec object.
         let codec = cfg
             .codec
             .new_leg_codec(&Default::default())
@@ -394,7 +386,7 @@ impl Leg {
             codec,
             recv,
             send,
-            jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
+            jitter: JitterBuffer::new(jitter_config(cfg.codec, FRAME_SAMPLES)),
             packet_samples: FRAME_SAMPLES,
             fifo: [0; FRAME_SAMPLES + MAX_PACKET_SAMPLES],
             fifo_len: 0,
@@ -704,7 +696,7 @@ impl Leg {
             }
             return;
         }
-        let samples = self.cfg.codec.internal_samples_in(pkt.payload.len());
+        let samples = self.cfg.codec.payload_internal_samples(pkt.payload);
         if samples == 0
             || samples > MAX_PACKET_SAMPLES
             || !samples.is_multiple_of(FRAME_SAMPLES / 2)
@@ -717,7 +709,7 @@ impl Leg {
             // The peer's packetization (ptime) changed, or this is the first packet: the jitter
             // buffer counts in packets, so it starts over at the new size.
             self.packet_samples = samples;
-            self.jitter = JitterBuffer::new(jitter_config(samples));
+            self.jitter = JitterBuffer::new(jitter_config(self.cfg.codec, samples));
         } else if acc.restarted {
             self.jitter.reset();
             self.codec.reset();
@@ -910,7 +902,12 @@ impl Leg {
             return;
         }
         let position = self.send.position_of(tick);
-        let buffered = self.cfg.codec.internal_samples_in(self.out_len) as u64;
+        if !self.cfg.codec.fixed_size() {
+            return self.send_frame_alone(position, dest, encoded, send);
+        }
+        // Positions count RTP ticks, which run faster than our samples for L16 at 16 kHz.
+        let ticks = self.cfg.codec.ticks_per_internal_sample();
+        let buffered = self.cfg.codec.internal_samples_in(self.out_len) as u64 * ticks;
         if self.out_len > 0 && self.out_pos.wrapping_add(buffered) != position {
             // Ticks went by unsent (on hold, skipped ahead): the buffer no longer joins on.
             self.out_len = 0;
@@ -933,12 +930,12 @@ impl Leg {
             },
         };
         self.out_len += appended;
-        let samples = self.ptime_samples;
+        let samples = self.ptime_samples as u64 * ticks;
         let bytes = self.packet_bytes();
         while self.out_len >= bytes {
             let written = self.send.write_samples(
                 self.out_pos,
-                samples as u64,
+                samples,
                 &self.out_fifo[..bytes],
                 &mut self.packet,
             );
@@ -948,15 +945,50 @@ impl Leg {
             }
             self.out_fifo.copy_within(bytes..self.out_len, 0);
             self.out_len -= bytes;
-            self.out_pos = self.out_pos.wrapping_add(samples as u64);
+            self.out_pos = self.out_pos.wrapping_add(samples);
         }
     }
 
-    /// Encoded bytes in one packet we send.
+    /// Sends this tick's frame as a packet of its own, for codecs whose frames vary in size
+    /// (Opus): 20 ms packets whatever the peer's ptime, and none when the encoder has
+    /// nothing to send (DTX).
+    fn send_frame_alone(
+        &mut self,
+        position: u64,
+        dest: SocketAddr,
+        encoded: Option<&[u8]>,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        self.out_len = 0;
+        let len = match encoded {
+            Some(p) => match self.out_fifo.get_mut(..p.len()) {
+                Some(t) => {
+                    t.copy_from_slice(p);
+                    p.len()
+                }
+                None => return,
+            },
+            None => match self.codec.encode(&self.pcm_out, &mut self.out_fifo) {
+                Ok(n) => n,
+                Err(_) => return,
+            },
+        };
+        if len == 0 {
+            return;
+        }
+        let ticks = FRAME_SAMPLES as u64 * self.cfg.codec.ticks_per_internal_sample();
+        let written =
+            self.send
+                .write_samples(position, ticks, &self.out_fifo[..len], &mut self.packet);
+        if let Ok(n) = written {
+            send(Port::Rtp, dest, &self.packet[..n]);
+            self.stats.packets_out += 1;
+        }
+    }
+
+    /// Encoded bytes in one packet we send (codecs of a fixed size per duration).
     fn packet_bytes(&self) -> usize {
-        // Every codec so far has a fixed number of bytes per sample.
-        let per_frame = self.cfg.codec.internal_samples_in(FRAME_SAMPLES).max(1);
-        self.ptime_samples * FRAME_SAMPLES / per_frame
+        self.cfg.codec.max_payload_bytes(self.ptime_samples)
     }
 
     /// Fills `pcm_in` with this tick's 20 ms of received audio. Packets may carry 10-60 ms,
@@ -1063,10 +1095,12 @@ fn ptime_samples(ptime: Duration) -> usize {
 }
 
 /// A jitter buffer for packets of `samples` samples at the internal rate.
-fn jitter_config(samples: usize) -> JitterConfig {
+fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
     JitterConfig {
         frame: INTERNAL_RATE.duration_of(samples as u64),
-        slot_bytes: MAX_PACKET_SAMPLES * 2,
+        slot_bytes: codec
+            .max_payload_bytes(MAX_PACKET_SAMPLES)
+            .max(MAX_PACKET_SAMPLES * 2),
         ..JitterConfig::default()
     }
 }

@@ -276,10 +276,40 @@ impl CodecKind {
         self.samples_in(bytes) * INTERNAL_RATE.hz() as usize / rate
     }
 
-    /// Whether a leg can carry the codec: its RTP clock must be the internal rate, so that
-    /// RTP timestamps count internal samples (G.711, G.722, L16 at 8 kHz).
-    pub const fn fits_internal_clock(self) -> bool {
-        self.rtp_clock().hz() == INTERNAL_RATE.hz()
+    /// RTP timestamp ticks per sample at the internal rate: 1 for G.711 and G.722 (whose
+    /// 8 kHz clock is the internal rate), 2 for L16 at 16 kHz, 6 for Opus.
+    pub const fn ticks_per_internal_sample(self) -> u64 {
+        (self.rtp_clock().hz() / INTERNAL_RATE.hz()) as u64
+    }
+
+    /// Whether the codec's payloads come in one size per duration, so that audio for a
+    /// packet can be gathered byte by byte; Opus frames vary and each goes out on its own.
+    pub const fn fixed_size(self) -> bool {
+        self.samples_in(2) > 0
+    }
+
+    /// The largest payload lasting `internal_samples` samples at the internal rate (Opus:
+    /// what fits one datagram).
+    pub const fn max_payload_bytes(self, internal_samples: usize) -> usize {
+        match self {
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => internal_samples,
+            CodecKind::L16Narrow => 2 * internal_samples,
+            CodecKind::L16Wide => 4 * internal_samples,
+            #[cfg(feature = "opus")]
+            CodecKind::Opus => 1500,
+        }
+    }
+
+    /// Samples at the internal rate that one payload lasts; 0 when it cannot be told.
+    pub fn payload_internal_samples(self, payload: &[u8]) -> usize {
+        match self {
+            #[cfg(feature = "opus")]
+            CodecKind::Opus => {
+                let samples_48k = opus_packet_samples(payload).unwrap_or(0);
+                samples_48k * INTERNAL_RATE.hz() as usize / 48000
+            }
+            _ => self.internal_samples_in(payload.len()),
+        }
     }
 
     /// A codec for a leg, with parameters `params`: PCM at the internal rate, resampled to
@@ -311,6 +341,27 @@ impl CodecKind {
             CodecKind::Opus => Box::new(opus::Opus::new(&params.opus)),
         }
     }
+}
+
+/// Samples at 48 kHz in an Opus packet, from its TOC byte and frame count (RFC 6716 §3.1);
+/// `None` for a packet too short to say or longer than RFC 6716 allows (120 ms).
+#[cfg(feature = "opus")]
+pub fn opus_packet_samples(packet: &[u8]) -> Option<usize> {
+    let toc = *packet.first()?;
+    let config = usize::from(toc >> 3);
+    // Frame durations in 48 kHz samples per configuration (RFC 6716 Table 2).
+    let frame = match config {
+        0..=11 => [480, 960, 1920, 2880][config % 4],
+        12..=15 => [480, 960][config % 2],
+        _ => [120, 240, 480, 960][config % 4],
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => usize::from(*packet.get(1)? & 0x3F),
+    };
+    let total = frame * frames;
+    (frames > 0 && total <= 5760).then_some(total)
 }
 
 /// Negotiated parameters a codec is built with (from the SDP's `a=fmtp`).

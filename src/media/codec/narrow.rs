@@ -3,8 +3,9 @@
 //! blocks. What lies above the internal rate's band is lost, but nothing is garbled: the
 //! resamplers filter before they decimate.
 //!
-//! This is how a leg, which processes 8 kHz frames, carries G.722 until the engine runs at
-//! wideband rates. The resamplers' filters add 10 ms of delay (5 ms each way).
+//! This is how a leg, which processes 8 kHz frames, carries G.722, L16 at 16 kHz and Opus
+//! until the engine runs at wideband rates. The resamplers' filters add 10 ms of delay
+//! (5 ms each way).
 
 use super::{AudioCodec, CodecError, CodecKind};
 use crate::media::frame::INTERNAL_RATE;

@@ -281,3 +281,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn packet_durations_come_from_the_toc() {
+    use crate::media::codec::opus_packet_samples;
+    let mut c = Opus::new(&OpusParams::default());
+    let mut buf = [0u8; 1500];
+    for samples in [480, 960, 1920, 2880] {
+        let n = c.encode(&vec![0i16; samples], &mut buf).unwrap();
+        assert_eq!(opus_packet_samples(&buf[..n]), Some(samples));
+        assert_eq!(
+            CodecKind::Opus.payload_internal_samples(&buf[..n]),
+            samples / 6
+        );
+    }
+    assert_eq!(opus_packet_samples(&[]), None);
+    // Code 3 without its frame count byte, and a count of zero frames.
+    assert_eq!(opus_packet_samples(&[0x03]), None);
+    assert_eq!(opus_packet_samples(&[0x03, 0x00]), None);
+    // Code 3 with 3 frames of 20 ms (config 1: SILK NB 20 ms).
+    assert_eq!(opus_packet_samples(&[(1 << 3) | 3, 3]), Some(2880));
+    // More than 120 ms is not a packet.
+    assert_eq!(opus_packet_samples(&[(1 << 3) | 3, 7]), None);
+}
