@@ -196,6 +196,7 @@ fn l16_wideband_leg_counts_its_16_khz_clock() {
 
 #[test]
 fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
+    // 40 ms at 16 kHz is 1280 bytes: the longest that fits a 1500-byte datagram.
     let t0 = Instant::now();
     let cfg = LegConfig {
         codec: CodecKind::L16Wide,
@@ -222,6 +223,27 @@ fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
         assert_eq!(w[1].0.wrapping_sub(w[0].0), 640);
         assert_eq!(w[1].1.len(), 1280);
     }
+}
+
+#[test]
+fn l16_wideband_leg_sends_20_ms_where_60_would_not_fit_a_datagram() {
+    let t0 = Instant::now();
+    let cfg = LegConfig {
+        codec: CodecKind::L16Wide,
+        payload_type: PayloadType::new(97).unwrap(),
+        ptime: Duration::from_millis(60),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+    };
+    let mut l = Leg::new(cfg, t0).unwrap();
+    let pcm = sine(440.0, 8000.0, 16000, 0.4);
+    let frames: Vec<Vec<u8>> = pcm
+        .chunks_exact(320)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect();
+    let (_, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 15, "{} packets", out.len());
+    assert!(out.iter().all(|(_, p)| p.len() == 640));
 }
 
 #[cfg(feature = "opus")]

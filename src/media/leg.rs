@@ -408,7 +408,7 @@ impl Leg {
             talkspurt: false,
             pcm_in: [0; FRAME_SAMPLES],
             pcm_out: [0; FRAME_SAMPLES],
-            ptime_samples: ptime_samples(cfg.ptime),
+            ptime_samples: ptime_samples(cfg.codec, cfg.ptime),
             out_fifo: [0; OUT_FIFO_BYTES],
             out_len: 0,
             out_pos: 0,
@@ -531,7 +531,7 @@ impl Leg {
             } => {
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
-                self.ptime_samples = ptime_samples(ptime);
+                self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
                 self.cfg.remote = remote;
                 self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
@@ -1084,10 +1084,15 @@ impl Leg {
     }
 }
 
-/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet, else 20 ms.
-fn ptime_samples(ptime: Duration) -> usize {
+/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet whose payload
+/// fits our packet buffer with its 12-byte header (60 ms of L16 at 16 kHz does not), else 20 ms.
+fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
     let samples = INTERNAL_RATE.ticks_in(ptime) as usize;
-    if samples > 0 && samples <= MAX_PACKET_SAMPLES && samples.is_multiple_of(FRAME_SAMPLES / 2) {
+    if samples > 0
+        && samples <= MAX_PACKET_SAMPLES
+        && samples.is_multiple_of(FRAME_SAMPLES / 2)
+        && codec.max_payload_bytes(samples) + 12 <= 1500
+    {
         samples
     } else {
         FRAME_SAMPLES
