@@ -142,17 +142,31 @@ fn g722_wide_band_is_dropped_not_garbled() {
 fn l16_narrowband_leg_reads_network_order() {
     let t0 = Instant::now();
     let mut l = leg(CodecKind::L16Narrow, 96, t0).unwrap();
-    let pcm = sine(440.0, 8000.0, 8000, 0.6);
-    let payloads: Vec<Vec<u8>> = pcm
-        .chunks_exact(160)
-        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
-        .collect();
-    let (heard, sent) = echo(&mut l, t0, &rtp(&payloads, 96, 160));
+    let frames = l16_payloads(&sine(440.0, 8000.0, 8000, 0.6), 160);
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 96, 160));
     let tail = &heard[heard.len() - 2400..];
     assert!(tone_share(tail, 440.0, 8000.0) > 0.95);
     assert!((rms_dbfs(tail) + 15.2).abs() < 0.5);
     let p = RtpPacket::parse(sent.last().unwrap()).unwrap();
     assert_eq!(p.payload.len(), 320);
+}
+
+/// An L16/16000 leg (PT 97) sending packets of `ptime_ms`.
+fn l16_wide_leg(ptime_ms: u64, now: Instant) -> Leg {
+    let cfg = LegConfig {
+        codec: CodecKind::L16Wide,
+        payload_type: PayloadType::new(97).unwrap(),
+        ptime: Duration::from_millis(ptime_ms),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+    };
+    Leg::new(cfg, now).unwrap()
+}
+
+/// L16 payloads (network order) of `samples` samples each.
+fn l16_payloads(pcm: &[i16], samples: usize) -> Vec<Vec<u8>> {
+    pcm.chunks_exact(samples)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect()
 }
 
 /// The RTP packets' payloads and timestamps.
@@ -169,12 +183,8 @@ fn payloads(sent: &[Vec<u8>], pt: u8) -> Vec<(u32, Vec<u8>)> {
 #[test]
 fn l16_wideband_leg_counts_its_16_khz_clock() {
     let t0 = Instant::now();
-    let mut l = leg(CodecKind::L16Wide, 97, t0).unwrap();
-    let pcm = sine(1000.0, 8000.0, 16000, 0.6);
-    let frames: Vec<Vec<u8>> = pcm
-        .chunks_exact(320)
-        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
-        .collect();
+    let mut l = l16_wide_leg(20, t0);
+    let frames = l16_payloads(&sine(1000.0, 8000.0, 16000, 0.6), 320);
     // 20 ms of a 16 kHz clock: 320 ticks a packet.
     let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
     let tail = &heard[heard.len() - 2400..];
@@ -198,18 +208,8 @@ fn l16_wideband_leg_counts_its_16_khz_clock() {
 fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
     // 40 ms at 16 kHz is 1280 bytes: the longest that fits a 1500-byte datagram.
     let t0 = Instant::now();
-    let cfg = LegConfig {
-        codec: CodecKind::L16Wide,
-        payload_type: PayloadType::new(97).unwrap(),
-        ptime: Duration::from_millis(40),
-        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
-    };
-    let mut l = Leg::new(cfg, t0).unwrap();
-    let pcm = sine(440.0, 8000.0, 16000, 0.6);
-    let frames: Vec<Vec<u8>> = pcm
-        .chunks_exact(640)
-        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
-        .collect();
+    let mut l = l16_wide_leg(40, t0);
+    let frames = l16_payloads(&sine(440.0, 8000.0, 16000, 0.6), 640);
     let mut input = Vec::new();
     for p in rtp(&frames, 97, 640) {
         // One 40 ms packet, then a tick with nothing new.
@@ -228,18 +228,8 @@ fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
 #[test]
 fn l16_wideband_leg_sends_20_ms_where_60_would_not_fit_a_datagram() {
     let t0 = Instant::now();
-    let cfg = LegConfig {
-        codec: CodecKind::L16Wide,
-        payload_type: PayloadType::new(97).unwrap(),
-        ptime: Duration::from_millis(60),
-        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
-    };
-    let mut l = Leg::new(cfg, t0).unwrap();
-    let pcm = sine(440.0, 8000.0, 16000, 0.4);
-    let frames: Vec<Vec<u8>> = pcm
-        .chunks_exact(320)
-        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
-        .collect();
+    let mut l = l16_wide_leg(60, t0);
+    let frames = l16_payloads(&sine(440.0, 8000.0, 16000, 0.4), 320);
     let (_, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
     let out = payloads(&sent, 97);
     assert!(out.len() >= 15, "{} packets", out.len());

@@ -915,19 +915,8 @@ impl Leg {
         if self.out_len == 0 {
             self.out_pos = position;
         }
-        let tail = &mut self.out_fifo[self.out_len..];
-        let appended = match encoded {
-            Some(p) => match tail.get_mut(..p.len()) {
-                Some(t) => {
-                    t.copy_from_slice(p);
-                    p.len()
-                }
-                None => return,
-            },
-            None => match self.codec.encode(&self.pcm_out, tail) {
-                Ok(n) => n,
-                Err(_) => return,
-            },
+        let Some(appended) = self.append_frame(encoded) else {
+            return;
         };
         self.out_len += appended;
         let samples = self.ptime_samples as u64 * ticks;
@@ -949,6 +938,20 @@ impl Leg {
         }
     }
 
+    /// Appends this tick's frame to the encoded audio waiting to be sent: `encoded` when the
+    /// room encoded it already, else `pcm_out` encoded here. Its length in bytes, or `None`
+    /// when it does not fit or cannot be encoded.
+    fn append_frame(&mut self, encoded: Option<&[u8]>) -> Option<usize> {
+        let tail = &mut self.out_fifo[self.out_len..];
+        match encoded {
+            Some(p) => {
+                tail.get_mut(..p.len())?.copy_from_slice(p);
+                Some(p.len())
+            }
+            None => self.codec.encode(&self.pcm_out, tail).ok(),
+        }
+    }
+
     /// Sends this tick's frame as a packet of its own, for codecs whose frames vary in size
     /// (Opus): 20 ms packets whatever the peer's ptime, and none when the encoder has
     /// nothing to send (DTX).
@@ -960,22 +963,9 @@ impl Leg {
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         self.out_len = 0;
-        let len = match encoded {
-            Some(p) => match self.out_fifo.get_mut(..p.len()) {
-                Some(t) => {
-                    t.copy_from_slice(p);
-                    p.len()
-                }
-                None => return,
-            },
-            None => match self.codec.encode(&self.pcm_out, &mut self.out_fifo) {
-                Ok(n) => n,
-                Err(_) => return,
-            },
-        };
-        if len == 0 {
+        let Some(len) = self.append_frame(encoded).filter(|&n| n > 0) else {
             return;
-        }
+        };
         let ticks = FRAME_SAMPLES as u64 * self.cfg.codec.ticks_per_internal_sample();
         let written =
             self.send
