@@ -320,6 +320,47 @@ pub struct MediaConfig {
     pub strict_rtp: crate::rtp::session::StrictRtp,
     /// How long after the answer (or a move of the caller's media) another source may be learned.
     pub strict_rtp_learn_ms: u64,
+    /// The codecs calls may use, in our preference order (SDP names, case-insensitive).
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+    /// How an answer picks among the codecs both sides support.
+    #[serde(default)]
+    pub codec_choice: crate::sdp::CodecChoice,
+}
+
+fn default_codecs() -> Vec<String> {
+    crate::media::codec::CodecKind::ALL
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect()
+}
+
+impl MediaConfig {
+    /// The configured codecs, in order; an unknown name, a repeat or an empty list is an error.
+    pub fn codec_list(&self) -> Result<Vec<crate::media::codec::CodecKind>, ConfigError> {
+        use crate::media::codec::CodecKind;
+        let invalid = |m: String| ConfigError::Invalid(format!("media.codecs: {m}"));
+        let mut list: Vec<CodecKind> = Vec::with_capacity(self.codecs.len());
+        for name in &self.codecs {
+            let kind = CodecKind::from_config_name(name).ok_or_else(|| {
+                if name.eq_ignore_ascii_case("opus") {
+                    invalid("opus needs a build with the `opus` feature (libopus)".into())
+                } else {
+                    invalid(format!(
+                        "unknown codec {name:?} (known: PCMU, PCMA, G722, L16, L16/8000, opus)"
+                    ))
+                }
+            })?;
+            if list.contains(&kind) {
+                return Err(invalid(format!("{name:?} is listed twice")));
+            }
+            list.push(kind);
+        }
+        if list.is_empty() {
+            return Err(invalid("at least one codec is needed".into()));
+        }
+        Ok(list)
+    }
 }
 
 /// HTTP API settings.
@@ -576,6 +617,7 @@ impl Config {
         }
         self.conference.validate()?;
         self.dtmf.validate()?;
+        self.media.codec_list()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         for w in &self.webhooks {
@@ -666,6 +708,53 @@ mod tests {
             assert_eq!(c.media.strict_rtp, mode);
         }
         assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
+    }
+
+    #[test]
+    fn codecs_default_to_g711_and_follow_the_configured_order() {
+        use crate::media::codec::CodecKind;
+        use crate::sdp::CodecChoice;
+        let c = Config::embedded().unwrap();
+        assert_eq!(
+            c.media.codec_list().unwrap(),
+            vec![CodecKind::Pcmu, CodecKind::Pcma]
+        );
+        assert_eq!(c.media.codec_choice, CodecChoice::Generous);
+        let c = Config::from_toml_str(
+            "t",
+            "[media]\ncodecs = [\"g722\", \"L16\", \"l16/8000\", \"pcma\"]\ncodec_choice = \"greedy\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.media.codec_list().unwrap(),
+            vec![
+                CodecKind::G722,
+                CodecKind::L16Wide,
+                CodecKind::L16Narrow,
+                CodecKind::Pcma
+            ]
+        );
+        assert_eq!(c.media.codec_choice, CodecChoice::Greedy);
+        for bad in [
+            "codecs = []",
+            "codecs = [\"G729\"]",
+            "codecs = [\"PCMU\", \"pcmu\"]",
+        ] {
+            let c = Config::from_toml_str("t", &format!("[media]\n{bad}\n")).unwrap();
+            assert!(c.media.codec_list().is_err(), "{bad}");
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml_str("t", "[media]\ncodec_choice = \"fair\"\n").is_err());
+        let opus = Config::from_toml_str("t", "[media]\ncodecs = [\"opus\", \"PCMU\"]\n")
+            .unwrap()
+            .media
+            .codec_list();
+        if cfg!(feature = "opus") {
+            assert_eq!(opus.unwrap()[0].name(), "opus");
+        } else {
+            let err = opus.unwrap_err().to_string();
+            assert!(err.contains("`opus` feature"), "{err}");
+        }
     }
 
     #[test]

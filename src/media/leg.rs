@@ -40,8 +40,8 @@ const TERMINATOR_TRIM_FRAMES: u64 = 5;
 /// The longest packet we play out: 60 ms, three frames.
 const MAX_PACKET_SAMPLES: usize = 3 * FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
-/// frame appended to it, for codecs of up to two bytes a sample.
-const OUT_FIFO_BYTES: usize = 2 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
+/// frame appended to it, for codecs of up to four bytes an internal sample (L16 at 16 kHz).
+const OUT_FIFO_BYTES: usize = 4 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
 
 /// Which of the leg's two ports a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +348,11 @@ pub struct Leg {
 impl Leg {
     /// A leg starting at `now`.
     pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
+        // A codec sampling at another rate than ours is resampled inside its codec object.
+        let codec = cfg
+            .codec
+            .new_leg_codec(&Default::default())
+            .map_err(|e| LegError(e.to_string()))?;
         let rate = cfg.codec.rtp_clock();
         let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
         if let Some(te) = cfg.telephone_event {
@@ -378,10 +383,10 @@ impl Leg {
         Ok(Leg {
             rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
-            codec: cfg.codec.new_codec(),
+            codec,
             recv,
             send,
-            jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
+            jitter: JitterBuffer::new(jitter_config(cfg.codec, FRAME_SAMPLES)),
             packet_samples: FRAME_SAMPLES,
             fifo: [0; FRAME_SAMPLES + MAX_PACKET_SAMPLES],
             fifo_len: 0,
@@ -403,7 +408,7 @@ impl Leg {
             talkspurt: false,
             pcm_in: [0; FRAME_SAMPLES],
             pcm_out: [0; FRAME_SAMPLES],
-            ptime_samples: ptime_samples(cfg.ptime),
+            ptime_samples: ptime_samples(cfg.codec, cfg.ptime),
             out_fifo: [0; OUT_FIFO_BYTES],
             out_len: 0,
             out_pos: 0,
@@ -526,7 +531,7 @@ impl Leg {
             } => {
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
-                self.ptime_samples = ptime_samples(ptime);
+                self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
                 self.cfg.remote = remote;
                 self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
@@ -691,7 +696,7 @@ impl Leg {
             }
             return;
         }
-        let samples = self.cfg.codec.samples_in(pkt.payload.len());
+        let samples = self.cfg.codec.payload_internal_samples(pkt.payload);
         if samples == 0
             || samples > MAX_PACKET_SAMPLES
             || !samples.is_multiple_of(FRAME_SAMPLES / 2)
@@ -704,7 +709,7 @@ impl Leg {
             // The peer's packetization (ptime) changed, or this is the first packet: the jitter
             // buffer counts in packets, so it starts over at the new size.
             self.packet_samples = samples;
-            self.jitter = JitterBuffer::new(jitter_config(samples));
+            self.jitter = JitterBuffer::new(jitter_config(self.cfg.codec, samples));
         } else if acc.restarted {
             self.jitter.reset();
             self.codec.reset();
@@ -897,7 +902,12 @@ impl Leg {
             return;
         }
         let position = self.send.position_of(tick);
-        let buffered = self.cfg.codec.samples_in(self.out_len) as u64;
+        if !self.cfg.codec.fixed_size() {
+            return self.send_frame_alone(position, dest, encoded, send);
+        }
+        // Positions count RTP ticks, which run faster than our samples for L16 at 16 kHz.
+        let ticks = self.cfg.codec.ticks_per_internal_sample();
+        let buffered = self.cfg.codec.internal_samples_in(self.out_len) as u64 * ticks;
         if self.out_len > 0 && self.out_pos.wrapping_add(buffered) != position {
             // Ticks went by unsent (on hold, skipped ahead): the buffer no longer joins on.
             self.out_len = 0;
@@ -905,27 +915,16 @@ impl Leg {
         if self.out_len == 0 {
             self.out_pos = position;
         }
-        let tail = &mut self.out_fifo[self.out_len..];
-        let appended = match encoded {
-            Some(p) => match tail.get_mut(..p.len()) {
-                Some(t) => {
-                    t.copy_from_slice(p);
-                    p.len()
-                }
-                None => return,
-            },
-            None => match self.codec.encode(&self.pcm_out, tail) {
-                Ok(n) => n,
-                Err(_) => return,
-            },
+        let Some(appended) = self.append_frame(encoded) else {
+            return;
         };
         self.out_len += appended;
-        let samples = self.ptime_samples;
+        let samples = self.ptime_samples as u64 * ticks;
         let bytes = self.packet_bytes();
         while self.out_len >= bytes {
             let written = self.send.write_samples(
                 self.out_pos,
-                samples as u64,
+                samples,
                 &self.out_fifo[..bytes],
                 &mut self.packet,
             );
@@ -935,15 +934,51 @@ impl Leg {
             }
             self.out_fifo.copy_within(bytes..self.out_len, 0);
             self.out_len -= bytes;
-            self.out_pos = self.out_pos.wrapping_add(samples as u64);
+            self.out_pos = self.out_pos.wrapping_add(samples);
         }
     }
 
-    /// Encoded bytes in one packet we send.
+    /// Appends this tick's frame to the encoded audio waiting to be sent: `encoded` when the
+    /// room encoded it already, else `pcm_out` encoded here. Its length in bytes, or `None`
+    /// when it does not fit or cannot be encoded.
+    fn append_frame(&mut self, encoded: Option<&[u8]>) -> Option<usize> {
+        let tail = &mut self.out_fifo[self.out_len..];
+        match encoded {
+            Some(p) => {
+                tail.get_mut(..p.len())?.copy_from_slice(p);
+                Some(p.len())
+            }
+            None => self.codec.encode(&self.pcm_out, tail).ok(),
+        }
+    }
+
+    /// Sends this tick's frame as a packet of its own, for codecs whose frames vary in size
+    /// (Opus): 20 ms packets whatever the peer's ptime, and none when the encoder has
+    /// nothing to send (DTX).
+    fn send_frame_alone(
+        &mut self,
+        position: u64,
+        dest: SocketAddr,
+        encoded: Option<&[u8]>,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        self.out_len = 0;
+        let Some(len) = self.append_frame(encoded).filter(|&n| n > 0) else {
+            return;
+        };
+        let ticks = FRAME_SAMPLES as u64 * self.cfg.codec.ticks_per_internal_sample();
+        let written =
+            self.send
+                .write_samples(position, ticks, &self.out_fifo[..len], &mut self.packet);
+        if let Ok(n) = written {
+            send(Port::Rtp, dest, &self.packet[..n]);
+            self.stats.packets_out += 1;
+        }
+    }
+
+    /// Encoded bytes in one packet we send (codecs of a fixed size per duration).
     fn packet_bytes(&self) -> usize {
-        // Every codec so far has a fixed number of bytes per sample.
-        let per_frame = self.cfg.codec.samples_in(FRAME_SAMPLES).max(1);
-        self.ptime_samples * FRAME_SAMPLES / per_frame
+        self.cfg.codec.max_payload_bytes(self.ptime_samples)
     }
 
     /// Fills `pcm_in` with this tick's 20 ms of received audio. Packets may carry 10-60 ms,
@@ -1039,10 +1074,15 @@ impl Leg {
     }
 }
 
-/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet, else 20 ms.
-fn ptime_samples(ptime: Duration) -> usize {
+/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet whose payload
+/// fits our packet buffer with its 12-byte header (60 ms of L16 at 16 kHz does not), else 20 ms.
+fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
     let samples = INTERNAL_RATE.ticks_in(ptime) as usize;
-    if samples > 0 && samples <= MAX_PACKET_SAMPLES && samples.is_multiple_of(FRAME_SAMPLES / 2) {
+    if samples > 0
+        && samples <= MAX_PACKET_SAMPLES
+        && samples.is_multiple_of(FRAME_SAMPLES / 2)
+        && codec.max_payload_bytes(samples) + 12 <= 1500
+    {
         samples
     } else {
         FRAME_SAMPLES
@@ -1050,10 +1090,12 @@ fn ptime_samples(ptime: Duration) -> usize {
 }
 
 /// A jitter buffer for packets of `samples` samples at the internal rate.
-fn jitter_config(samples: usize) -> JitterConfig {
+fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
     JitterConfig {
         frame: INTERNAL_RATE.duration_of(samples as u64),
-        slot_bytes: MAX_PACKET_SAMPLES * 2,
+        slot_bytes: codec
+            .max_payload_bytes(MAX_PACKET_SAMPLES)
+            .max(MAX_PACKET_SAMPLES * 2),
         ..JitterConfig::default()
     }
 }
