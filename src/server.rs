@@ -140,6 +140,8 @@ pub async fn run_with_ready(
             config.outbound.max_legs_per_call,
         )),
         outbound_slots: crate::call::OutboundSlots::new(config.outbound.max_calls),
+        codecs: config.media.codec_list()?,
+        codec_choice: config.media.codec_choice,
     });
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));

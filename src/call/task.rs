@@ -84,6 +84,10 @@ pub struct CallContext {
     pub outbound: Arc<crate::call::OutboundPolicy>,
     /// The server-wide cap on placed legs.
     pub outbound_slots: Arc<crate::call::OutboundSlots>,
+    /// Codecs we take and offer, in our order (`[media] codecs`).
+    pub codecs: Vec<crate::sdp::Codec>,
+    /// Whose order picks the codec of an offer (`[media] codec_choice`).
+    pub codec_choice: crate::sdp::CodecChoice,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -261,6 +265,13 @@ impl Task {
         core
     }
 
+    /// A new SDP session with media at `addr`, the configured codecs and a seeded id.
+    fn session(&mut self, addr: std::net::SocketAddr) -> LocalSession {
+        LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr)
+            .with_codecs(self.ctx.codecs.clone())
+            .with_choice(self.ctx.codec_choice)
+    }
+
     fn core_config(&self) -> CoreConfig {
         CoreConfig {
             max_duration: self.ctx.max_duration,
@@ -297,7 +308,7 @@ impl Task {
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
-        let session = LocalSession::new(self.ids.u64(1..u64::MAX >> 1), media);
+        let session = self.session(media);
         let mut core = CallCore::incoming(self.core_config(), session, &request.body);
         if core.outcome().is_some() {
             self.drain(&mut core).await;
@@ -631,7 +642,7 @@ impl Task {
                         let out = self.outs.entry(leg).or_default();
                         out.lease = Some(lease);
                         out.slot = Some(slot);
-                        Ok(LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr))
+                        Ok(self.session(addr))
                     }
                 };
                 core.handle_prepared(now, leg, prepared);
