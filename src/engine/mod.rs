@@ -16,4 +16,6 @@ pub use thread::{BridgeError, LegHandle, LegSender, MediaEngine, MoveError};
 pub use worker::{Worker, WorkerStats};
 
 #[cfg(test)]
+mod bridge_tests;
+#[cfg(test)]
 mod tests;
