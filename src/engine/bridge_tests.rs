@@ -8,13 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::oneshot;
 
-use super::tests::{join, packet_as, room_host, share_at, MemIo, PEER};
+use super::tests::{join, packet_as, pcm_packet, room_host, share_at, MemIo, PEER};
 use super::worker::Command;
 use super::{BridgeError, Worker};
 use crate::conference::host::JoinRefusal;
 use crate::media::codec::CodecKind;
-use crate::media::frame::{FRAME, FRAME_SAMPLES};
+use crate::media::dtmf::Digit;
+use crate::media::frame::{AudioSource, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
+use crate::media::level::tone_share;
 use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::rtp::types::{PayloadType, Ssrc};
 
@@ -167,8 +169,7 @@ fn a_playback_replaces_the_bridge_audio_for_its_own_leg_only() {
     h.talk(50);
     h.assert_crossed();
     let spec: ToneSpec = "800/600@-10".parse().expect("a tone");
-    let source =
-        Box::new(ToneGenerator::new(&spec, crate::media::frame::INTERNAL_RATE).expect("tone"));
+    let source = Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).expect("tone"));
     let play = LegCommand::Play {
         id: 7,
         source,
@@ -191,6 +192,40 @@ fn a_playback_replaces_the_bridge_audio_for_its_own_leg_only() {
     }
     assert!(done, "the announcement finished");
     h.assert_crossed();
+}
+
+#[test]
+fn key_tones_are_not_passed_through_the_bridge() {
+    let mut h = Harness::new(&[CodecKind::Pcmu, CodecKind::Pcma]);
+    h.w.bridge(0, 1).expect("bridged");
+    h.talk(25);
+    // Leg 0's caller presses 5 in-band for 200 ms, then talks on.
+    let five = Digit::from_char('5').expect("a digit");
+    let mut key = ToneGenerator::new(&ToneSpec::dtmf(five, 200, 0), INTERNAL_RATE).expect("tone");
+    for _ in 0..10 {
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        key.fill(&mut pcm);
+        h.io.inbox[0].push_back(pcm_packet(CodecKind::Pcmu, &pcm, h.n));
+        h.run(1, |i| (i == 1).then_some(HIGH));
+    }
+    h.talk(25);
+    let mut pressed = false;
+    while let Ok(e) = h.events[0].try_recv() {
+        pressed |= matches!(e, LegEvent::Digit { digit, .. } if digit == five);
+    }
+    assert!(pressed, "leg 0 saw the key");
+    let (low, high) = five.frequencies();
+    // What leg 1 sent from the key's first tick on, 400 ms: the key (late by the jitter
+    // buffer's delay), then leg 0's voice again.
+    let sent = &h.io.heard[1][25 * FRAME_SAMPLES..45 * FRAME_SAMPLES];
+    let leaked =
+        tone_share(sent, f64::from(low), 8000.0) + tone_share(sent, f64::from(high), 8000.0);
+    // Passed through, the key would be ~40% of it.
+    assert!(leaked < 0.03, "leg 1 sent the key tone: {leaked}");
+    assert!(
+        h.share(1, LOW, 400) > 0.9,
+        "leg 1 sends leg 0's voice again"
+    );
 }
 
 #[test]

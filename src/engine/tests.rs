@@ -105,14 +105,19 @@ pub(super) fn packet_as(codec: CodecKind, freq: f64, n: u64) -> Vec<u8> {
         let t = (n as usize * FRAME_SAMPLES + k) as f64 / 8000.0;
         *s = (6000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16;
     }
+    pcm_packet(codec, &pcm, n)
+}
+
+/// A peer's frame `pcm` at tick `n`, as the RTP packet it sends in G.711 `codec`.
+pub(super) fn pcm_packet(codec: CodecKind, pcm: &[i16; FRAME_SAMPLES], n: u64) -> Vec<u8> {
     let mut payload = [0u8; FRAME_SAMPLES];
     let payload_type = match codec {
         CodecKind::Pcma => {
-            alaw_encode_slice(&pcm, &mut payload);
+            alaw_encode_slice(pcm, &mut payload);
             PayloadType::PCMA
         }
         _ => {
-            ulaw_encode_slice(&pcm, &mut payload);
+            ulaw_encode_slice(pcm, &mut payload);
             PayloadType::PCMU
         }
     };
