@@ -14,7 +14,7 @@ use super::{BridgeError, Worker};
 use crate::conference::host::JoinRefusal;
 use crate::media::codec::CodecKind;
 use crate::media::dtmf::Digit;
-use crate::media::frame::{AudioSource, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
+use crate::media::frame::{FRAME, FRAME_SAMPLES, INTERNAL_RATE};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use crate::media::level::tone_share;
 use crate::media::tone::{ToneGenerator, ToneSpec};
