@@ -577,8 +577,12 @@ impl CallCore {
         }
     }
 
-    /// The driver could not set up the leg's media: the call cannot go on.
-    pub fn handle_media_failed(&mut self, _leg: LegId) {
+    /// The driver could not set up a leg's media: the caller's call cannot go on; a placed
+    /// leg is hung up and its dial fails.
+    pub fn handle_media_failed(&mut self, leg: LegId) {
+        if leg != LegId::CALLER {
+            return self.out_media_failed(leg);
+        }
         self.media = false;
         self.hangup(Refusal::Overloaded.code(), HangupCause::NoMedia);
     }

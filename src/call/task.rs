@@ -651,13 +651,30 @@ impl Task {
                 self.outs.remove(&leg);
             }
             MediaAction::Bridge(other) => {
-                tracing::info!(?other, "bridging");
+                let peer = self.outs.get(&other).and_then(|o| o.media.as_ref());
+                let bridged = match (self.leg.as_ref(), peer) {
+                    (Some(a), Some(b)) => {
+                        self.ctx.media.bridge(a, b).await.map_err(|e| e.to_string())
+                    }
+                    _ => Err("a leg of the bridge has no media".to_string()),
+                };
+                match bridged {
+                    Ok(()) => tracing::info!(?other, "bridged"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?other, "the legs could not be bridged");
+                        core.handle_media_failed(other);
+                    }
+                }
             }
-            MediaAction::Unbridge => {}
+            MediaAction::Unbridge => {
+                if let Some(a) = &self.leg {
+                    self.ctx.media.unbridge(a);
+                }
+            }
             MediaAction::Start(m) if leg != LegId::CALLER => {
                 if let Err(e) = self.start_out_media(leg, &m) {
                     tracing::warn!(error = %e, ?leg, "no media for a placed leg");
-                    core.handle_rtp_timeout(leg);
+                    core.handle_media_failed(leg);
                 }
             }
             MediaAction::Start(m) => {
