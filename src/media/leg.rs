@@ -297,6 +297,30 @@ pub struct LegReport {
     pub rtcp: crate::rtp::rtcp::RtcpStats,
 }
 
+/// A playback on the leg.
+struct Playback {
+    /// Reported back in `PlayDone`.
+    id: u64,
+    source: Box<dyn AudioSource>,
+    /// A key stops it.
+    barge_in: bool,
+}
+
+/// A recording on the leg: its frame-by-frame policy and the writer's handle.
+struct Recording {
+    session: Box<RecordSession>,
+    handle: RecorderHandle,
+}
+
+/// The RTP timeout's watch.
+#[derive(Debug, Clone, Copy)]
+enum RtpWatch {
+    /// RTP is awaited since then (the last packet, the start, a media change).
+    Since(Instant),
+    /// None came in time and that was reported; a packet starts the watch again.
+    TimedOut,
+}
+
 /// One call's media.
 pub struct Leg {
     cfg: LegConfig,
@@ -319,15 +343,15 @@ pub struct Leg {
     merger: DtmfMerger,
     event_sender: Option<EventSender>,
     inband_sender: InbandSender,
-    playing: Option<(u64, Box<dyn AudioSource>, bool)>,
-    recording: Option<(Box<RecordSession>, RecorderHandle)>,
+    playing: Option<Playback>,
+    recording: Option<Recording>,
     echo: bool,
     /// An in-band key tone is being heard (between its detected start and end).
     inband_active: bool,
     /// An RFC 4733 key press is in progress.
     rfc4733_active: bool,
-    last_rx: Instant,
-    timed_out: bool,
+    /// Since when RTP has been awaited, or that its absence was reported.
+    rtp_watch: RtpWatch,
     talkspurt: bool,
     pcm_in: Frame,
     pcm_out: Frame,
@@ -403,8 +427,7 @@ impl Leg {
             echo: false,
             inband_active: false,
             rfc4733_active: false,
-            last_rx: now,
-            timed_out: false,
+            rtp_watch: RtpWatch::Since(now),
             talkspurt: false,
             pcm_in: [0; FRAME_SAMPLES],
             pcm_out: [0; FRAME_SAMPLES],
@@ -503,12 +526,16 @@ impl Leg {
                 barge_in,
             } => {
                 self.stop_play(true);
-                self.playing = Some((id, source, barge_in));
+                self.playing = Some(Playback {
+                    id,
+                    source,
+                    barge_in,
+                });
             }
             LegCommand::StopPlay => self.stop_play(true),
             LegCommand::Record { session, handle } => {
                 self.stop_record(|s| s.request_stop());
-                self.recording = Some((session, handle));
+                self.recording = Some(Recording { session, handle });
             }
             LegCommand::StopRecord => self.stop_record(|s| s.request_stop()),
             LegCommand::Echo(on) => self.echo = on,
@@ -538,8 +565,7 @@ impl Leg {
                 // A move of the peer's media forgets its source and opens a learning window.
                 self.recv.set_remote(now, remote_media(&self.cfg));
                 // Coming off hold, the peer gets a full timeout to resume sending.
-                self.last_rx = now;
-                self.timed_out = false;
+                self.rtp_watch = RtpWatch::Since(now);
             }
         }
     }
@@ -563,14 +589,14 @@ impl Leg {
             let stops = self
                 .recording
                 .as_mut()
-                .and_then(|(s, _)| s.on_digit(k.digit))
+                .and_then(|r| r.session.on_digit(k.digit))
                 .is_some();
             if stops {
-                if let Some((session, handle)) = self.recording.take() {
-                    self.finish_record(session, handle);
+                if let Some(r) = self.recording.take() {
+                    self.finish_record(r);
                 }
             }
-            if self.playing.as_ref().is_some_and(|p| p.2) {
+            if self.playing.as_ref().is_some_and(|p| p.barge_in) {
                 self.stop_play(true);
             }
         }
@@ -597,14 +623,14 @@ impl Leg {
 
     /// Ends the recording (if any) with the reason `stop` gives, finalises it and reports.
     fn stop_record(&mut self, stop: impl FnOnce(&mut RecordSession) -> StopReason) {
-        let Some((mut session, handle)) = self.recording.take() else {
+        let Some(mut r) = self.recording.take() else {
             return;
         };
-        let _ = stop(&mut session);
-        self.finish_record(session, handle);
+        let _ = stop(&mut r.session);
+        self.finish_record(r);
     }
 
-    fn finish_record(&mut self, session: Box<RecordSession>, handle: RecorderHandle) {
+    fn finish_record(&mut self, Recording { session, handle }: Recording) {
         let Some(mut outcome) = session.outcome() else {
             return;
         };
@@ -625,20 +651,20 @@ impl Leg {
 
     /// Feeds this tick's audio (what we heard and what we sent) to the recording.
     fn record_frame(&mut self) {
-        let Some((session, handle)) = self.recording.as_mut() else {
+        let Some(r) = self.recording.as_mut() else {
             return;
         };
-        let step = session.push_frame(&self.pcm_in, &self.pcm_out);
-        handle.push(session.frame());
+        let step = r.session.push_frame(&self.pcm_in, &self.pcm_out);
+        r.handle.push(r.session.frame());
         if let Step::Stop(_) = step {
-            if let Some((session, handle)) = self.recording.take() {
-                self.finish_record(session, handle);
+            if let Some(r) = self.recording.take() {
+                self.finish_record(r);
             }
         }
     }
 
     fn stop_play(&mut self, interrupted: bool) {
-        if let Some((id, _, _)) = self.playing.take() {
+        if let Some(Playback { id, .. }) = self.playing.take() {
             self.events
                 .push_back(LegEvent::PlayDone { id, interrupted });
         }
@@ -676,8 +702,7 @@ impl Leg {
             }
         };
         self.stats.packets_in += 1;
-        self.last_rx = now;
-        self.timed_out = false;
+        self.rtp_watch = RtpWatch::Since(now);
         if Some(pkt.header.payload_type) == self.cfg.telephone_event {
             // RFC 4733 events are handled apart from audio (never through the jitter buffer).
             if let Some(rx) = self.rfc4733.as_mut() {
@@ -1038,17 +1063,20 @@ impl Leg {
 
     fn check_timeout(&mut self, now: Instant) {
         // A peer that put us on hold (it does not send) owes us no RTP.
-        if self.timed_out || !self.cfg.direction.receives() {
+        let RtpWatch::Since(last) = self.rtp_watch else {
+            return;
+        };
+        if !self.cfg.direction.receives() {
             return;
         }
-        if now.saturating_duration_since(self.last_rx) >= self.cfg.rtp_timeout {
-            self.timed_out = true;
+        if now.saturating_duration_since(last) >= self.cfg.rtp_timeout {
+            self.rtp_watch = RtpWatch::TimedOut;
             self.events.push_back(LegEvent::RtpTimeout);
         }
     }
 
     fn produce_frame(&mut self, room: Option<&Frame>) {
-        if let Some((id, source, _)) = self.playing.as_mut() {
+        if let Some(Playback { id, source, .. }) = self.playing.as_mut() {
             let n = source.fill(&mut self.pcm_out);
             if n < FRAME_SAMPLES {
                 self.pcm_out[n..].fill(0);
