@@ -143,6 +143,12 @@ pub async fn run_with_ready(
         codecs: config.media.codec_list()?,
         codec_choice: config.media.codec_choice,
     });
+    let (sip_commands, sip_command_rx) = tokio::sync::mpsc::channel(4096);
+    let originator: crate::api::Originator = {
+        let ctx = ctx.clone();
+        let commands = sip_commands.clone();
+        Arc::new(move |o| call::originate(ctx.clone(), commands.clone(), o))
+    };
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
     let index = RecordingIndex::load(config.paths.recordings.clone())
@@ -156,7 +162,8 @@ pub async fn run_with_ready(
             .with_metrics(metrics.clone())
             .with_media_stats(media.stats())
             .with_cdr_dir(cdr_dir)
-            .with_drain(drain.clone()),
+            .with_drain(drain.clone())
+            .with_originator(originator),
     );
     tracing::debug!(
         webhooks = webhooks.len(),
@@ -208,6 +215,7 @@ pub async fn run_with_ready(
             guard,
             drain_after: Duration::from_secs(config.sip.drain_secs),
         },
+        (sip_commands, sip_command_rx),
         drained,
     )
     .await;

@@ -232,3 +232,142 @@ async fn dial_outcomes_across_two_servers() {
     caller_server.stop().await;
     callee_server.stop().await;
 }
+
+/// The far end for placed calls: rings a moment, answers, sends a 1 kHz tone, hangs up.
+const LATER: &str = r#"ring(); sleep(300); answer(); tone("1000/2000@-10"); hangup();"#;
+
+/// What an answered placed call runs: it records what the far end says.
+const LISTEN: &str =
+    r#"log(session.direction); record(#{file: "placed", beep: false, max_secs: 5});"#;
+
+#[tokio::test]
+async fn the_api_places_calls_that_run_a_script_or_join_a_room() {
+    let callee_scripts = Scripts::with_shipped(&[("later.rhai", LATER)]);
+    let dir = callee_scripts.0.clone();
+    let callee = start_with((45800, 45849), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan.push(rule("later", "later", &[]));
+    })
+    .await;
+    let caller_scripts = Scripts::with_shipped(&[("listen.rhai", LISTEN)]);
+    let recordings = Scripts::with_shipped(&[]);
+    let (dir, rec) = (caller_scripts.0.clone(), recordings.0.clone());
+    let server = start_with((45850, 45899), move |c| {
+        c.paths.scripts = dir;
+        c.paths.recordings = rec;
+    })
+    .await;
+    let mut events = Events::open(server.http, "").await;
+    let place = |body: serde_json::Value| {
+        let http = server.http;
+        async move {
+            let (status, body) =
+                support::server::http_send(http, "POST", "/api/calls", body.to_string().as_bytes())
+                    .await;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (status, v)
+        }
+    };
+    // A script on answer: the far end rings, answers and talks; what it said is recorded.
+    let (status, v) = place(serde_json::json!({
+        "to": format!("sip:later@{}", callee.sip), "script": "listen", "caller_id": "+15550001"
+    }))
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let seen = events
+        .until(Duration::from_secs(15), |e| {
+            e["type"] == "call_ended" && e["call_id"] == id.as_str()
+        })
+        .await;
+    let kinds: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["call_id"] == id.as_str() || e["id"] == "placed")
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| *t != "call_step")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "call_started",
+            "call_ringing",
+            "call_answered",
+            "recording_started",
+            "recording_finished",
+            "call_ended"
+        ],
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| e["step"] == "log: outbound"),
+        "the script sees an outbound call: {seen:?}"
+    );
+    let pcm: Vec<i16> = hound::WavReader::open(recordings.0.join("placed.wav"))
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    let power = pcm
+        .chunks(1600)
+        .map(|c| tone_power(c, 1000.0))
+        .fold(0.0, f64::max);
+    assert!(
+        power > 0.5,
+        "the far end's tone is not in the recording: {power}"
+    );
+
+    // A refusal: the call fails with the far end's status.
+    let (status, v) = place(serde_json::json!({
+        "to": format!("sip:busy@{}", callee.sip), "script": "listen"
+    }))
+    .await;
+    assert_eq!(status, 201);
+    let id = v["id"].as_str().unwrap().to_string();
+    let seen = events
+        .until(Duration::from_secs(10), |e| {
+            e["type"] == "call_ended" && e["call_id"] == id.as_str()
+        })
+        .await;
+    let failed = seen
+        .iter()
+        .find(|e| e["type"] == "call_failed" && e["call_id"] == id.as_str())
+        .expect("call_failed");
+    assert_eq!(failed["code"], 486);
+
+    // Into a room: the answered call is a member.
+    let (status, v) = place(serde_json::json!({
+        "to": format!("sip:echo@{}", callee.sip), "room": "placed-room"
+    }))
+    .await;
+    assert_eq!(status, 201);
+    let id = v["id"].as_str().unwrap().to_string();
+    let joined = events
+        .until(Duration::from_secs(10), |e| e["type"] == "member_joined")
+        .await;
+    assert_eq!(joined.last().unwrap()["call_id"], id.as_str());
+    let (status, _) =
+        support::server::http_request(server.http, "POST", &format!("/api/calls/{id}/hangup"))
+            .await;
+    assert_eq!(status, 202);
+    events
+        .until(Duration::from_secs(10), |e| {
+            e["type"] == "call_ended" && e["call_id"] == id.as_str()
+        })
+        .await;
+
+    // Refused before anything goes out.
+    let (status, v) = place(serde_json::json!({"to": "sip:x@192.0.2.7", "script": "listen"})).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, _) = place(serde_json::json!({
+        "to": format!("sip:echo@{}", callee.sip), "script": "nonesuch"
+    }))
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = place(serde_json::json!({
+        "to": format!("sip:echo@{}", callee.sip), "script": "listen", "room": "r"
+    }))
+    .await;
+    assert_eq!(status, 400);
+    server.stop().await;
+    callee.stop().await;
+}

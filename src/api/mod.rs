@@ -91,7 +91,15 @@ pub struct ApiState {
     keep_alive: Duration,
     levels: Arc<levels::LevelCache>,
     drain: crate::drain::Drain,
+    originator: Option<Originator>,
 }
+
+/// Places a call for `POST /api/calls` and returns its Call-ID.
+pub type Originator = Arc<
+    dyn Fn(crate::call::task::Originate) -> Result<String, crate::call::task::OriginateError>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +129,14 @@ impl ApiState {
             keep_alive: SSE_KEEP_ALIVE,
             levels: Arc::default(),
             drain: crate::drain::Drain::default(),
+            originator: None,
         }
+    }
+
+    /// Places calls for `POST /api/calls` with `originate`.
+    pub fn with_originator(mut self, originate: Originator) -> ApiState {
+        self.originator = Some(originate);
+        self
     }
 
     /// Uses this registry of live calls.
@@ -194,7 +209,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/recordings/{id}/audio", get(recordings::audio))
         .route("/api/recordings/{id}/levels", get(levels::levels))
-        .route("/api/calls", get(calls::list))
+        .route("/api/calls", get(calls::list).post(calls::originate))
         .route("/api/calls/{id}", get(calls::get_one))
         .route("/api/calls/{id}/hangup", post(calls::hangup))
         .route("/api/calls/{id}/dtmf", post(calls::dtmf))
@@ -286,6 +301,12 @@ pub enum ApiError {
     /// A file operation failed; the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Refused by policy (e.g. `[outbound] allow`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not now (draining, nothing to do it with).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -293,6 +314,8 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -26,6 +26,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         levels::levels,
         recordings::delete,
         calls::list,
+        calls::originate,
         calls::get_one,
         calls::hangup,
         calls::dtmf,
@@ -58,7 +59,9 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         info::ServerInfo,
         info::AuthMode,
         info::Stats,
-        admin::DrainStarted
+        admin::DrainStarted,
+        calls::OriginateBody,
+        calls::Originated
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

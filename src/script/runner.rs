@@ -33,6 +33,8 @@ pub struct CallInfo {
     pub headers: BTreeMap<String, String>,
     /// Dialplan variables.
     pub vars: BTreeMap<String, String>,
+    /// A call we placed (originate), not one we answered.
+    pub outbound: bool,
 }
 
 impl CallInfo {
@@ -49,6 +51,8 @@ impl CallInfo {
         m.insert("call_id".into(), self.call_id.clone().into());
         m.insert("headers".into(), strings(&self.headers).into());
         m.insert("vars".into(), strings(&self.vars).into());
+        let direction = if self.outbound { "outbound" } else { "inbound" };
+        m.insert("direction".into(), direction.into());
         m
     }
 }

@@ -172,6 +172,7 @@ pub async fn run(
     spawn_call: CallSpawner,
     metrics: Arc<Metrics>,
     protection: Protection,
+    commands: (mpsc::Sender<Command>, mpsc::Receiver<Command>),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let Protection {
@@ -179,7 +180,8 @@ pub async fn run(
         drain_after,
     } = protection;
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(4096);
+    // Made by the caller, so that calls can also be placed from outside (the HTTP API).
+    let (cmd_tx, mut cmd_rx) = commands;
     if let Some(tcp) = listeners.tcp {
         let limit = ConnLimit::new(
             guard.config().max_tcp_per_source,
@@ -574,6 +576,7 @@ mod tests {
             headers: Vec::new(),
             route: Vec::new(),
             credentials: None,
+            call_id: None,
         };
         let (tx, mut rx) = oneshot::channel();
         apply(
