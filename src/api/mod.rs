@@ -20,6 +20,7 @@
 //! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
 //! | GET | `/api/events` | Server-Sent Events from the event bus |
 //! | GET | `/api/cdrs` | one day's call detail records, newest first; text and outcome filters |
+//! | GET | `/api/trunks` | the SIP trunks: registration, up or down, calls in use, results |
 //! | GET | `/api/stats` | live calls, legs, rooms and media counters as JSON |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/openapi.json` | the OpenAPI document |
@@ -45,6 +46,7 @@ pub mod prometheus;
 pub mod range;
 pub mod recordings;
 pub mod rooms;
+pub mod trunks;
 
 #[cfg(test)]
 mod live_tests;
@@ -91,6 +93,7 @@ pub struct ApiState {
     keep_alive: Duration,
     levels: Arc<levels::LevelCache>,
     drain: crate::drain::Drain,
+    trunks: Arc<crate::sip::trunks::Trunks>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -121,6 +124,7 @@ impl ApiState {
             keep_alive: SSE_KEEP_ALIVE,
             levels: Arc::default(),
             drain: crate::drain::Drain::default(),
+            trunks: Arc::default(),
         }
     }
 
@@ -163,6 +167,12 @@ impl ApiState {
     /// Throws this switch on `POST /api/admin/drain` and reports it in `/api/info`.
     pub fn with_drain(mut self, drain: crate::drain::Drain) -> ApiState {
         self.drain = drain;
+        self
+    }
+
+    /// Lists these trunks at `/api/trunks` and `/metrics`.
+    pub fn with_trunks(mut self, trunks: Arc<crate::sip::trunks::Trunks>) -> ApiState {
+        self.trunks = trunks;
         self
     }
 
@@ -212,6 +222,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
+        .route("/api/trunks", get(trunks::list))
         .route("/metrics", get(prometheus::scrape))
         .route("/api/stats", get(info::stats))
         .route("/api/admin/drain", post(admin::drain))

@@ -325,8 +325,7 @@ impl std::fmt::Debug for Trunks {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -335,8 +334,7 @@ fn valid_name(s: &str) -> bool {
 fn valid_user(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '*' | '#' | '.' | '-' | '_'))
 }
 
@@ -567,7 +565,8 @@ impl Trunks {
 
     /// Every trunk's state at `now`, in configuration order.
     pub fn status(&self, now: Instant) -> Vec<TrunkStatus> {
-        let secs_until = |at: Instant| at.saturating_duration_since(now).as_secs_f64().ceil() as u64;
+        let secs_until =
+            |at: Instant| at.saturating_duration_since(now).as_secs_f64().ceil() as u64;
         self.trunks
             .iter()
             .map(|t| {
@@ -817,7 +816,10 @@ mod tests {
         let r = trunks.route("tcp", "100#", now).unwrap();
         assert_eq!(r.target, "sip:100%23@127.0.0.1:5070;transport=tcp");
         assert_eq!(r.to.uri, "sip:100%23@127.0.0.1:5070");
-        assert_eq!(r.from.uri, "sip:u@127.0.0.1:5070", "caller id defaults to the user");
+        assert_eq!(
+            r.from.uri, "sip:u@127.0.0.1:5070",
+            "caller id defaults to the user"
+        );
         assert!(r.route.is_empty());
         assert_eq!(r.peer.transport, Transport::Tcp);
         assert!(matches!(
@@ -909,10 +911,7 @@ mod tests {
         assert!(trunks.status(t0)[0].up, "503 without Retry-After");
         // A far-fetched Retry-After is capped.
         trunks.report("carrier", 503, Some(u32::MAX), t0);
-        assert_eq!(
-            trunks.status(t0)[0].down_for_secs,
-            Some(MAX_DOWN.as_secs())
-        );
+        assert_eq!(trunks.status(t0)[0].down_for_secs, Some(MAX_DOWN.as_secs()));
         let t1 = t0 + MAX_DOWN;
         trunks.report("carrier", 408, None, t1);
         trunks.report("carrier", 486, None, t1);
@@ -925,7 +924,13 @@ mod tests {
         assert!(trunks.status(t1 + TIMEOUT_DOWN)[0].up);
         let r = &s.results;
         assert_eq!(
-            (r.answered, r.failed_4xx, r.failed_5xx, r.failed_6xx, r.timeout),
+            (
+                r.answered,
+                r.failed_4xx,
+                r.failed_5xx,
+                r.failed_6xx,
+                r.timeout
+            ),
             (1, 3, 3, 1, 3)
         );
     }
@@ -976,7 +981,10 @@ mod tests {
         let sent = regs.poll_transmit().unwrap();
         assert!(regs.poll_transmit().is_none());
         let text = String::from_utf8(sent.bytes).unwrap();
-        assert!(text.starts_with("REGISTER sip:sip.example.net SIP/2.0\r\n"), "{text}");
+        assert!(
+            text.starts_with("REGISTER sip:sip.example.net SIP/2.0\r\n"),
+            "{text}"
+        );
         assert!(text.contains("<sip:acct@sip.example.net>"), "{text}");
         assert!(text.contains("Contact: <sip:acct@192.0.2.9>"), "{text}");
         assert_eq!(sent.peer.addr, "203.0.113.5:5060".parse().unwrap());
