@@ -279,12 +279,20 @@ pub async fn run(
     registrations.start(std::time::Instant::now());
     flush(&mut endpoint, &mut registrations, &metrics, &mut net).await;
     loop {
-        let deadline = [endpoint.poll_timeout(), registrations.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Instant::from_std)
-            .unwrap_or(start + Duration::from_secs(3600 * 24 * 365));
+        // Over TCP nothing retransmits: the wait for the registrars needs a wake-up of its own.
+        let give_up = unregistered_by
+            .filter(|by| registrations.unregistering() && *by > Instant::now())
+            .map(Instant::into_std);
+        let deadline = [
+            endpoint.poll_timeout(),
+            registrations.poll_timeout(),
+            give_up,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(Instant::from_std)
+        .unwrap_or(start + Duration::from_secs(3600 * 24 * 365));
         tokio::select! {
             r = recv_udp(&udp, &mut buf) => {
                 if let Some((n, from)) = r {
@@ -814,7 +822,7 @@ mod tests {
         let callee = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let callee_addr = callee.local_addr().unwrap();
         let target = format!("sip:bob@{callee_addr};transport=tcp");
-        let (reply, answer) = oneshot::channel();
+        let (reply, dialled) = oneshot::channel();
         commands
             .send(Command::Dial {
                 call: Box::new(OutgoingCall {
@@ -834,7 +842,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let Dialled { mut events, .. } = answer.await.unwrap().unwrap();
+        let Dialled { mut events, .. } = dialled.await.unwrap().unwrap();
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), callee.accept())
             .await
             .expect("the server connects within 5 s")
@@ -843,21 +851,11 @@ mod tests {
         let got = read_message(&mut stream, &mut framer).await;
         let line = got.lines().next().unwrap().to_ascii_lowercase();
         assert_eq!(line, format!("invite {target} sip/2.0"), "{got}");
-        let header = |name: &str| {
-            got.lines()
-                .find(|l| l.starts_with(name))
-                .unwrap_or_else(|| panic!("no {name} in {got}"))
-                .to_string()
-        };
-        assert!(header("Via:").contains("SIP/2.0/TCP"), "{got}");
-        let ok = format!(
-            "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{};tag=b1\r\n{}\r\n{}\r\n\
-             Contact: <sip:bob@{callee_addr};transport=tcp>\r\nContent-Length: 0\r\n\r\n",
-            header("Via:"),
-            header("From:"),
-            header("To:"),
-            header("Call-ID:"),
-            header("CSeq:")
+        assert!(header(&got, "Via:").contains("SIP/2.0/TCP"), "{got}");
+        let ok = answer(
+            &got,
+            "200 OK",
+            &format!("Contact: <sip:bob@{callee_addr};transport=tcp>\r\n"),
         );
         stream.write_all(ok.as_bytes()).await.unwrap();
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
@@ -887,6 +885,131 @@ mod tests {
         let _ = stop_tx.send(());
         drop(commands);
         server.abort();
+    }
+
+    /// The line of header `name` in a message.
+    fn header(msg: &str, name: &str) -> String {
+        msg.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {msg}"))
+            .to_string()
+    }
+
+    /// A response to request `req`: its Via, From, To (tagged), Call-ID and CSeq, plus `extra`.
+    fn answer(req: &str, status: &str, extra: &str) -> String {
+        format!(
+            "SIP/2.0 {status}\r\n{}\r\n{}\r\n{};tag=b1\r\n{}\r\n{}\r\n{extra}Content-Length: 0\r\n\r\n",
+            header(req, "Via:"),
+            header(req, "From:"),
+            header(req, "To:"),
+            header(req, "Call-ID:"),
+            header(req, "CSeq:")
+        )
+    }
+
+    #[tokio::test]
+    async fn a_drain_removes_the_trunks_bindings_and_waits_for_the_registrar() {
+        use crate::sip::trunks::{LocalSide, RegistrationStatus, Trunks};
+        let registrar = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = crate::Config::from_toml_str(
+            "t",
+            &format!(
+                "[[trunks]]\nname = \"x\"\nproxy = \"sip:{}\"\nregister = true\nregister_expires = 60\n",
+                registrar.local_addr().unwrap()
+            ),
+        )
+        .unwrap();
+        let trunks = Arc::new(Trunks::new(&config.trunks).unwrap());
+        let (listeners, local) = bind("127.0.0.1:0".parse().unwrap(), true, false)
+            .await
+            .unwrap();
+        let ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: local,
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(8),
+        );
+        let registrations = TrunkRegistrations::new(
+            trunks.clone(),
+            &LocalSide {
+                addr: local,
+                user_agent: "t".into(),
+                timers: Default::default(),
+            },
+            Ids::with_seed(9),
+        );
+        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            ep,
+            listeners,
+            65535,
+            Arc::new(|_, _, _, _| {}),
+            Arc::new(Metrics::default()),
+            Protection {
+                guard,
+                drain_after: Duration::from_secs(60),
+            },
+            registrations,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut buf = [0u8; 4096];
+        let mut receive = async || {
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), registrar.recv_from(&mut buf))
+                    .await
+                    .expect("a REGISTER within 5 s")
+                    .unwrap();
+            (String::from_utf8_lossy(&buf[..n]).to_string(), from)
+        };
+        let (first, from) = receive().await;
+        assert!(first.starts_with("REGISTER "), "{first}");
+        assert_eq!(header(&first, "Expires:"), "Expires: 60");
+        registrar
+            .send_to(answer(&first, "200 OK", "Expires: 60\r\n").as_bytes(), from)
+            .await
+            .unwrap();
+        let registered = async {
+            for _ in 0..500 {
+                let s = trunks.status(std::time::Instant::now());
+                if matches!(s[0].registration, RegistrationStatus::Registered { .. }) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(registered.await, "the 200 OK did not register the trunk");
+        stop_tx.send(()).unwrap();
+        let (last, from) = receive().await;
+        assert!(last.starts_with("REGISTER "), "{last}");
+        assert_eq!(header(&last, "Expires:"), "Expires: 0");
+        assert_eq!(header(&last, "Call-ID:"), header(&first, "Call-ID:"));
+        // No call is up, yet the drain waits for the registrar's answer…
+        let mut server = server;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut server)
+                .await
+                .is_err(),
+            "run() returned before the registrar confirmed"
+        );
+        // …and ends as soon as it comes.
+        registrar
+            .send_to(answer(&last, "200 OK", "").as_bytes(), from)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(1500), server)
+            .await
+            .expect("run() returns once the binding is removed")
+            .unwrap();
+        assert_eq!(
+            trunks.status(std::time::Instant::now())[0].registration,
+            RegistrationStatus::Unregistered
+        );
     }
 
     /// The test's sender, even if a holder panicked.
