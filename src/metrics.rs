@@ -501,10 +501,17 @@ impl Metrics {
     }
 }
 
+/// A per-trunk gauge: name, help and how to read it.
+type TrunkGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::sip::trunks::TrunkStatus) -> u64,
+);
+
 /// The per-trunk gauges and the attempts by result.
 fn render_trunks(w: &mut Writer<'_>, trunks: &[crate::sip::trunks::TrunkStatus]) {
     use crate::sip::trunks::RegistrationStatus;
-    let gauges: [(&str, &str, fn(&crate::sip::trunks::TrunkStatus) -> u64); 3] = [
+    let gauges: [TrunkGauge; 3] = [
         (
             "switchboard_trunk_registered",
             "1 while the trunk's registration is bound at its registrar (0 also when it does not register).",
@@ -749,8 +756,7 @@ pub(crate) mod tests {
         trunks.set_registration("carrier", RegistrationState::Registered { until });
         let _held = trunks.route("carrier", "1", now).unwrap();
         trunks.report("backup", 503, Some(30), now);
-        let status = trunks.status(now);
-        status
+        trunks.status(now)
     }
 
     #[test]

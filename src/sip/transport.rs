@@ -761,49 +761,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_to_a_tcp_peer_not_connected_to_us_opens_a_connection_and_reuses_it() {
-        let (listeners, local) = bind("127.0.0.1:0".parse().unwrap(), true, true)
-            .await
-            .unwrap();
-        let ep = Endpoint::with_ids(
-            EndpointConfig {
-                timers: Default::default(),
-                local_addr: local,
-                user_agent: "t".into(),
-            },
-            Ids::with_seed(7),
-        );
         // The commands sender of the first incoming call is how this test places a call.
         let (cmd_out, cmd_in) = std::sync::mpsc::channel::<mpsc::Sender<Command>>();
         let cmd_out = Mutex::new(cmd_out);
         let spawner: CallSpawner = Arc::new(move |_call, _ev, _rx, tx| {
             let _ = lock_sender(&cmd_out).send(tx);
         });
-        let config = crate::Config::embedded().unwrap();
-        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(run(
-            ep,
-            listeners,
-            65535,
-            spawner,
-            Arc::new(Metrics::default()),
-            Protection {
-                guard,
-                drain_after: Duration::from_millis(10),
-            },
-            TrunkRegistrations::new(
-                Arc::default(),
-                &crate::sip::trunks::LocalSide {
-                    addr: local,
-                    user_agent: "t".into(),
-                    timers: Default::default(),
-                },
-                Ids::with_seed(1),
-            ),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        let (local, server, stop_tx) = start_server(spawner, Arc::default()).await;
         let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let cport = caller.local_addr().unwrap().port();
         let invite = format!(
@@ -909,7 +873,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_drain_removes_the_trunks_bindings_and_waits_for_the_registrar() {
-        use crate::sip::trunks::{LocalSide, RegistrationStatus, Trunks};
+        use crate::sip::trunks::{RegistrationStatus, Trunks};
         let registrar = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let config = crate::Config::from_toml_str(
             "t",
@@ -920,43 +884,7 @@ mod tests {
         )
         .unwrap();
         let trunks = Arc::new(Trunks::new(&config.trunks).unwrap());
-        let (listeners, local) = bind("127.0.0.1:0".parse().unwrap(), true, false)
-            .await
-            .unwrap();
-        let ep = Endpoint::with_ids(
-            EndpointConfig {
-                timers: Default::default(),
-                local_addr: local,
-                user_agent: "t".into(),
-            },
-            Ids::with_seed(8),
-        );
-        let registrations = TrunkRegistrations::new(
-            trunks.clone(),
-            &LocalSide {
-                addr: local,
-                user_agent: "t".into(),
-                timers: Default::default(),
-            },
-            Ids::with_seed(9),
-        );
-        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(run(
-            ep,
-            listeners,
-            65535,
-            Arc::new(|_, _, _, _| {}),
-            Arc::new(Metrics::default()),
-            Protection {
-                guard,
-                drain_after: Duration::from_secs(60),
-            },
-            registrations,
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        let (_, server, stop_tx) = start_server(Arc::new(|_, _, _, _| {}), trunks.clone()).await;
         let mut buf = [0u8; 4096];
         let mut receive = async || {
             let (n, from) =
@@ -1010,6 +938,53 @@ mod tests {
             trunks.status(std::time::Instant::now())[0].registration,
             RegistrationStatus::Unregistered
         );
+    }
+
+    /// `run()` on loopback (UDP and TCP) with these trunks: its address, its task and the
+    /// switch that starts its drain.
+    async fn start_server(
+        spawner: CallSpawner,
+        trunks: Arc<crate::sip::trunks::Trunks>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
+        let (listeners, local) = bind("127.0.0.1:0".parse().unwrap(), true, true)
+            .await
+            .unwrap();
+        let ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: local,
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(7),
+        );
+        let registrations = TrunkRegistrations::new(
+            trunks,
+            &crate::sip::trunks::LocalSide {
+                addr: local,
+                user_agent: "t".into(),
+                timers: Default::default(),
+            },
+            Ids::with_seed(9),
+        );
+        let config = crate::Config::embedded().unwrap();
+        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            ep,
+            listeners,
+            65535,
+            spawner,
+            Arc::new(Metrics::default()),
+            Protection {
+                guard,
+                drain_after: Duration::from_secs(60),
+            },
+            registrations,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        (local, server, stop_tx)
     }
 
     /// The test's sender, even if a holder panicked.
