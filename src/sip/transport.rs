@@ -592,9 +592,9 @@ async fn accept_loop(
     }
 }
 
-/// The connection counts, even if a connection task panicked while holding them.
-fn lock(limit: &Mutex<ConnLimit>) -> std::sync::MutexGuard<'_, ConnLimit> {
-    match limit.lock() {
+/// What a mutex guards (the connection counts), even if a task panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
@@ -765,7 +765,7 @@ mod tests {
         let (cmd_out, cmd_in) = std::sync::mpsc::channel::<mpsc::Sender<Command>>();
         let cmd_out = Mutex::new(cmd_out);
         let spawner: CallSpawner = Arc::new(move |_call, _ev, _rx, tx| {
-            let _ = lock_sender(&cmd_out).send(tx);
+            let _ = lock(&cmd_out).send(tx);
         });
         let (local, server, stop_tx) = start_server(spawner, Arc::default()).await;
         let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -985,14 +985,6 @@ mod tests {
             },
         ));
         (local, server, stop_tx)
-    }
-
-    /// The test's sender, even if a holder panicked.
-    fn lock_sender<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        match m.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
     }
 
     #[tokio::test]

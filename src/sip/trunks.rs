@@ -716,7 +716,11 @@ impl TrunkRegistrations {
     /// Offers one message from `peer`: true when it answered one of our REGISTERs (then it
     /// is consumed). Requests are not looked at.
     pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) -> bool {
-        if self.regs.is_empty() || !bytes.starts_with(b"SIP/2.0 ") {
+        // Cheap checks first: most traffic is requests and answers to calls.
+        if self.regs.is_empty()
+            || !bytes.starts_with(b"SIP/2.0 ")
+            || memchr::memmem::find(bytes, b"REGISTER").is_none()
+        {
             return false;
         }
         let Inbound::Response(resp) =
