@@ -56,6 +56,62 @@ pub struct Config {
     pub dtmf: DtmfConfig,
     /// Calls the server places.
     pub outbound: OutboundConfig,
+    /// SIP trunks (`[[trunks]]`, any number): carriers calls go out through.
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
+}
+
+/// One `[[trunks]]` entry: a carrier's proxy, the account there and how calls use it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique; what `trunk:NAME/NUMBER` names.
+    pub name: String,
+    /// `sip:IP:PORT;transport=udp|tcp`: where INVITEs and REGISTERs go (names are not resolved).
+    pub proxy: String,
+    /// Host part of the Request-URI, To and From; the proxy's host when absent.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Digest user name (also the user of the registered address of record).
+    #[serde(default)]
+    pub username: String,
+    /// Digest password (or `ha1`, never both).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// MD5(username:realm:password) in hex, instead of the password.
+    #[serde(default)]
+    pub ha1: Option<String>,
+    /// Keep a registration at the proxy, refreshed before it lapses.
+    #[serde(default)]
+    pub register: bool,
+    /// Binding lifetime asked for, in seconds.
+    #[serde(default = "trunk_register_expires")]
+    pub register_expires: u32,
+    /// The From user of calls through the trunk; the calling party's own when absent.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// Calls through the trunk at once (0: no cap).
+    #[serde(default)]
+    pub max_calls: usize,
+}
+
+fn trunk_register_expires() -> u32 {
+    600
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets stay out of logs.
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("proxy", &self.proxy)
+            .field("domain", &self.domain)
+            .field("username", &self.username)
+            .field("register", &self.register)
+            .field("caller_id", &self.caller_id)
+            .field("max_calls", &self.max_calls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[outbound]`: which calls scripts may place, and how many.
@@ -603,6 +659,8 @@ impl Config {
         }
         self.advertise_ip()?;
         self.sip.guard()?;
+        crate::sip::trunks::Trunks::new(&self.trunks)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let s = &self.scripts;
@@ -926,6 +984,50 @@ reverse_twist_db = 40.0
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn trunks_are_validated_at_load() {
+        let ok = "[[trunks]]\nname = \"carrier\"\nproxy = \"sip:203.0.113.5:5060;transport=udp\"\n\
+                  domain = \"sip.example.net\"\nusername = \"acct\"\npassword = \"secret\"\n\
+                  register = true\nregister_expires = 600\ncaller_id = \"+15551230000\"\nmax_calls = 50\n\
+                  [[trunks]]\nname = \"backup\"\nproxy = \"sip:198.51.100.7\"\n";
+        let c = Config::from_toml_str("t", ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.trunks.len(), 2);
+        assert_eq!(c.trunks[0].max_calls, 50);
+        assert!(!c.trunks[1].register);
+        assert_eq!(c.trunks[1].register_expires, 600);
+        assert!(!format!("{:?}", c.trunks[0]).contains("secret"));
+        assert!(Config::embedded().unwrap().trunks.is_empty());
+        let one = |extra: &str| {
+            format!("[[trunks]]\nname = \"a\"\nproxy = \"sip:192.0.2.1:5060\"\n{extra}")
+        };
+        let dup = format!("{}{}", one(""), one(""));
+        for bad in [
+            dup,
+            one("username = \"u\"\npassword = \"p\"\nha1 = \"0123456789abcdef0123456789abcdef\"\n"),
+            one("password = \"p\"\n"),
+            one("username = \"u\"\nha1 = \"xyz\"\n"),
+            one("register_expires = 0\n"),
+            one("caller_id = \"a b\"\n"),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:carrier.example.net\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=tls\"\n".into(),
+            "[[trunks]]\nname = \"a,b\"\nproxy = \"sip:192.0.2.1\"\n".into(),
+            "[[trunks]]\nname = \"\"\nproxy = \"sip:192.0.2.1\"\n".into(),
+        ] {
+            let c = Config::from_toml_str("t", &bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        // Just inside: ha1 alone (with a user), and a registration of 1 s.
+        let c = Config::from_toml_str(
+            "t",
+            &one("username = \"u\"\nha1 = \"0123456789ABCDEF0123456789abcdef\"\nregister_expires = 1\n"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(Config::from_toml_str("t", &one("pasword = \"p\"\n")).is_err());
     }
 
     #[test]

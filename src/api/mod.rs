@@ -20,6 +20,7 @@
 //! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
 //! | GET | `/api/events` | Server-Sent Events from the event bus |
 //! | GET | `/api/cdrs` | one day's call detail records, newest first; text and outcome filters |
+//! | GET | `/api/trunks` | the SIP trunks: registration, up or down, calls in use, results |
 //! | GET | `/api/stats` | live calls, legs, rooms and media counters as JSON |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/openapi.json` | the OpenAPI document |
@@ -45,6 +46,7 @@ pub mod prometheus;
 pub mod range;
 pub mod recordings;
 pub mod rooms;
+pub mod trunks;
 
 #[cfg(test)]
 mod live_tests;
@@ -92,6 +94,7 @@ pub struct ApiState {
     levels: Arc<levels::LevelCache>,
     drain: crate::drain::Drain,
     originator: Option<Originator>,
+    trunks: Arc<crate::sip::trunks::Trunks>,
 }
 
 /// Places a call for `POST /api/calls` and returns its Call-ID.
@@ -130,6 +133,7 @@ impl ApiState {
             levels: Arc::default(),
             drain: crate::drain::Drain::default(),
             originator: None,
+            trunks: Arc::default(),
         }
     }
 
@@ -181,6 +185,12 @@ impl ApiState {
         self
     }
 
+    /// Lists these trunks at `/api/trunks` and `/metrics`.
+    pub fn with_trunks(mut self, trunks: Arc<crate::sip::trunks::Trunks>) -> ApiState {
+        self.trunks = trunks;
+        self
+    }
+
     /// Sends an event-stream keep-alive comment this often (default [`SSE_KEEP_ALIVE`]).
     pub fn with_keep_alive(mut self, every: Duration) -> ApiState {
         self.keep_alive = every;
@@ -227,6 +237,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
+        .route("/api/trunks", get(trunks::list))
         .route("/metrics", get(prometheus::scrape))
         .route("/api/stats", get(info::stats))
         .route("/api/admin/drain", post(admin::drain))

@@ -313,6 +313,9 @@ pub struct Sipp<'a> {
     pub trace_messages: bool,
     /// `-key NAME VALUE` pairs: `[NAME]` in the scenario becomes VALUE.
     pub keys: Vec<(String, String)>,
+    /// SIPp's own port (a scenario that plays the server needs one known beforehand);
+    /// a free one when `None`.
+    pub local_port: Option<u16>,
 }
 
 impl<'a> Sipp<'a> {
@@ -325,6 +328,7 @@ impl<'a> Sipp<'a> {
             rate: None,
             trace_messages: true,
             keys: Vec::new(),
+            local_port: None,
         }
     }
 
@@ -337,7 +341,8 @@ impl<'a> Sipp<'a> {
         const BIND_FAILED: i32 = 254;
         let mut attempt = 0;
         loop {
-            let run = self.run_once(sipp, target, dir, free_port());
+            let port = self.local_port.unwrap_or_else(free_port);
+            let run = self.run_once(sipp, target, dir, port);
             attempt += 1;
             if attempt == 3 || run.status.and_then(|s| s.code()) != Some(BIND_FAILED) {
                 return run;
