@@ -156,6 +156,7 @@ pub async fn run_with_ready(
             config.outbound.max_legs_per_call,
         )),
         outbound_slots: crate::call::OutboundSlots::new(config.outbound.max_calls),
+        trunks: trunks.clone(),
         codecs: config.media.codec_list()?,
         codec_choice: config.media.codec_choice,
     });

@@ -147,9 +147,46 @@ enum OutState {
     Bridged(Instant),
 }
 
+/// One INVITE a dial may send: a target, or one trunk of a target's failover list.
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// `sip:…`, or `trunk:NAME/NUMBER`.
+    target: String,
+    /// Which of the request's targets it serves.
+    group: usize,
+    /// Through a trunk: after a failure the callee itself gave, the list stops.
+    trunk: bool,
+}
+
+/// The INVITEs `targets` may take: `trunk:a,b/N` is tried through `a`, then `b`.
+fn attempts(targets: &[String]) -> Vec<Attempt> {
+    let mut out = Vec::new();
+    for (group, t) in targets.iter().enumerate() {
+        match t.strip_prefix("trunk:").and_then(|r| r.split_once('/')) {
+            Some((names, number)) => {
+                for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    out.push(Attempt {
+                        target: format!("trunk:{name}/{number}"),
+                        group,
+                        trunk: true,
+                    });
+                }
+            }
+            None => out.push(Attempt {
+                target: t.clone(),
+                group,
+                trunk: false,
+            }),
+        }
+    }
+    out
+}
+
 /// One dialled leg.
 struct OutLeg {
     id: LegId,
+    /// Its index in [`Dialing::attempts`].
+    attempt: usize,
     target: String,
     session: Option<LocalSession>,
     state: OutState,
@@ -160,7 +197,9 @@ struct OutLeg {
 /// A `dial` in progress.
 pub(super) struct Dialing {
     request: DialRequest,
-    /// The next target to try (sequential).
+    /// Every INVITE the dial may send, in order.
+    attempts: Vec<Attempt>,
+    /// The next attempt to try (sequential).
     next: usize,
     legs: Vec<OutLeg>,
     /// When the ringing target(s) give up.
@@ -213,7 +252,8 @@ impl CallCore {
             return self.reply_dial(DialOutcome::Failed, None, why);
         }
         let max = self.outbound().max_legs_per_call;
-        let wanted = self.legs_placed() + request.targets.len() as u32;
+        let attempts = attempts(&request.targets);
+        let wanted = self.legs_placed() + attempts.len() as u32;
         if wanted > max {
             tracing::warn!(max, "dial refused: too many legs for one call");
             let why = format!("a call may place {max} legs at most");
@@ -223,9 +263,12 @@ impl CallCore {
             self.note(Note::Dialling(t.clone()));
         }
         let parallel = request.parallel;
-        let count = request.targets.len();
+        let firsts: Vec<usize> = (0..attempts.len())
+            .filter(|&i| i == 0 || attempts[i].group != attempts[i - 1].group)
+            .collect();
         self.active = Active::Dial(Box::new(Dialing {
             request,
+            attempts,
             next: 0,
             legs: Vec::new(),
             deadline: None,
@@ -233,8 +276,8 @@ impl CallCore {
             ringback: None,
         }));
         if parallel {
-            for _ in 0..count {
-                self.dial_next(now);
+            for i in firsts {
+                self.dial_attempt(now, i);
             }
         } else {
             self.dial_next(now);
@@ -248,21 +291,34 @@ impl CallCore {
         }
     }
 
-    /// Starts the next target: its media ports first.
+    /// Starts the next attempt in order (sequential dials).
     fn dial_next(&mut self, now: Instant) -> bool {
+        let Some(d) = self.dialing() else {
+            return false;
+        };
+        let i = d.next;
+        if i >= d.attempts.len() {
+            return false;
+        }
+        d.next += 1;
+        self.dial_attempt(now, i)
+    }
+
+    /// Starts attempt `i`: its media ports first.
+    fn dial_attempt(&mut self, now: Instant, i: usize) -> bool {
         let id = self.new_leg_id();
         let Some(d) = self.dialing() else {
             return false;
         };
-        let Some(target) = d.request.targets.get(d.next).cloned() else {
+        let Some(target) = d.attempts.get(i).map(|a| a.target.clone()) else {
             return false;
         };
-        d.next += 1;
         if !d.request.parallel || d.deadline.is_none() {
             d.deadline = now.checked_add(d.request.timeout);
         }
         d.legs.push(OutLeg {
             id,
+            attempt: i,
             target,
             session: None,
             state: OutState::Preparing,
@@ -440,15 +496,30 @@ impl CallCore {
         }
         let out = d.legs.remove(i);
         d.last = Some((code, reason));
-        let more = d.next < d.request.targets.len();
+        let attempt = d.attempts[out.attempt].clone();
+        // A trunk's own trouble tries the next trunk of the list; the callee's answer ends it.
+        let stop_list = attempt.trunk && !crate::sip::trunks::moves_on(code);
+        let next_in_list = (!stop_list)
+            .then(|| out.attempt + 1)
+            .filter(|&j| d.attempts.get(j).is_some_and(|a| a.group == attempt.group));
+        if !d.request.parallel && stop_list {
+            while d
+                .attempts
+                .get(d.next)
+                .is_some_and(|a| a.group == attempt.group)
+            {
+                d.next += 1;
+            }
+        }
         let parallel = d.request.parallel;
         let left = d.legs.len();
-        let _ = out;
         self.push(Action::Media(leg, MediaAction::Close));
-        if !parallel && more && self.dial_next(now) {
-            return;
-        }
-        if left == 0 {
+        let started = match (parallel, next_in_list) {
+            (true, Some(j)) => self.dial_attempt(now, j),
+            (true, None) => false,
+            (false, _) => self.dial_next(now),
+        };
+        if !started && left == 0 {
             self.finish_dial(None);
         }
     }
@@ -535,7 +606,7 @@ impl CallCore {
         let pending: Vec<(LegId, OutState)> = d.legs.drain(..).map(|l| (l.id, l.state)).collect();
         d.last = Some((408, "no answer".into()));
         d.deadline = None;
-        let more = !d.request.parallel && d.next < d.request.targets.len();
+        let more = !d.request.parallel && d.next < d.attempts.len();
         for (leg, state) in pending {
             self.drop_out_leg(leg, state);
         }

@@ -85,6 +85,8 @@ pub struct CallContext {
     pub outbound: Arc<crate::call::OutboundPolicy>,
     /// The server-wide cap on placed legs.
     pub outbound_slots: Arc<crate::call::OutboundSlots>,
+    /// The SIP trunks `trunk:` targets go through.
+    pub trunks: Arc<crate::sip::trunks::Trunks>,
     /// Codecs we take and offer, in our order (`[media] codecs`).
     pub codecs: Vec<crate::sdp::Codec>,
     /// Whose order picks the codec of an offer (`[media] codec_choice`).
@@ -154,8 +156,8 @@ pub enum OriginateError {
     /// The target matches no `[outbound] allow` pattern.
     #[error("{0} is not allowed by [outbound] allow")]
     NotAllowed(String),
-    /// The target is not a `sip:` URI with an IP address.
-    #[error("{0} is not a sip: URI with an IP address")]
+    /// The target is neither a `sip:` URI with an IP address nor `trunk:NAME/NUMBER`.
+    #[error("{0} is not a sip: URI with an IP address nor trunk:NAME/NUMBER")]
     BadTarget(String),
     /// No such script.
     #[error("no script {0}")]
@@ -179,9 +181,17 @@ pub fn originate(
     mut o: Originate,
 ) -> Result<String, OriginateError> {
     let to = o.to.trim().to_string();
-    let peer = crate::sip::dialog::uri_peer(&to, Transport::Udp)
-        .filter(|_| to.starts_with("sip:"))
-        .ok_or_else(|| OriginateError::BadTarget(to.clone()))?;
+    // Where the call's signalling goes: the target's address, or (through a trunk) ours
+    // until the trunk's proxy is known.
+    let signalling = match to.strip_prefix("trunk:") {
+        Some(rest) if crate::script::api::trunk_target(rest) => ctx.media_ip,
+        Some(_) => return Err(OriginateError::BadTarget(to)),
+        None => crate::sip::dialog::uri_peer(&to, Transport::Udp)
+            .filter(|_| to.starts_with("sip:"))
+            .ok_or_else(|| OriginateError::BadTarget(to.clone()))?
+            .addr
+            .ip(),
+    };
     if !ctx.outbound.allows(&to) {
         return Err(OriginateError::NotAllowed(to));
     }
@@ -233,7 +243,7 @@ pub fn originate(
         from: format!("<sip:{user}@{}>", ctx.media_ip),
         to: to.clone(),
         user: to.clone(),
-        signalling: peer.addr.ip(),
+        signalling,
     };
     let live = crate::live::CallInfo::new(&call_id, &parties.from, &to).outbound();
     o.to = to;
@@ -371,6 +381,8 @@ struct Task {
 /// A leg the call placed: its ports, its SIP call and its media.
 #[derive(Default)]
 struct Out {
+    /// The trunk it goes through, and its share of the trunk's calls.
+    trunk: Option<(String, crate::sip::trunks::CallSlot)>,
     /// Its share of the server-wide cap.
     slot: Option<crate::call::outbound::OutboundSlot>,
     lease: Option<PortLease>,
@@ -617,7 +629,10 @@ impl Task {
                 }
                 _ = sleep, if timer.is_some() => core.handle_timeout(Instant::now()),
                 Some((leg, ev)) = self.out_events.recv() => match ev {
-                    OutEvent::Sip(ev) => core.handle_sip(Instant::now(), leg, ev),
+                    OutEvent::Sip(ev) => {
+                        self.report_trunk(leg, &ev);
+                        core.handle_sip(Instant::now(), leg, ev)
+                    }
                     OutEvent::Media(e) => self.on_out_leg_event(core, leg, e),
                 },
                 Some(c) = self.control.recv() => match c {
@@ -661,6 +676,24 @@ impl Task {
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => core.handle_rtp_timeout(LegId::CALLER),
         }
+    }
+
+    /// A placed leg's final answer goes into its trunk's record (503 with Retry-After takes
+    /// the trunk down for that long).
+    fn report_trunk(&self, leg: LegId, ev: &Event) {
+        let Some((name, _)) = self.outs.get(&leg).and_then(|o| o.trunk.as_ref()) else {
+            return;
+        };
+        let (code, retry_after) = match ev {
+            Event::Answered { .. } => (200, None),
+            Event::Failed {
+                code, retry_after, ..
+            } => (*code, *retry_after),
+            _ => return,
+        };
+        self.ctx
+            .trunks
+            .report(name, code, retry_after, Instant::now());
     }
 
     /// A placed leg's media event.
@@ -845,27 +878,56 @@ impl Task {
                 },
             );
         };
-        let Some(peer) = crate::sip::dialog::uri_peer(&d.target, Transport::Udp) else {
-            return fail(
-                core,
-                400,
-                format!("{}: not a sip: URI with an IP address", d.target),
-            );
-        };
-        let user = d
-            .caller_id
-            .clone()
-            .unwrap_or_else(|| uri_user(&self.parties.from));
-        let call = OutgoingCall {
-            target: d.target.clone(),
-            peer,
-            from: Party::uri(format!("sip:{user}@{}", self.ctx.media_ip)),
-            to: Party::uri(d.target.clone()),
-            sdp: Some(d.sdp),
-            headers: d.headers,
-            route: Vec::new(),
-            credentials: None,
-            call_id: None,
+        let call_id =
+            (leg == LegId::CALLER && self.call.is_none()).then(|| self.parties.call_id.clone());
+        let call = match d.target.strip_prefix("trunk:") {
+            Some(rest) => {
+                let (name, number) = rest.split_once('/').unwrap_or((rest, ""));
+                let route = match self.ctx.trunks.route(name, number, now) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::info!(trunk = name, why = %e, "trunk not used");
+                        let code = match e {
+                            crate::sip::trunks::TrunkUnavailable::InvalidNumber(_) => 484,
+                            crate::sip::trunks::TrunkUnavailable::Unknown(_) => 500,
+                            _ => 503,
+                        };
+                        return fail(core, code, e.to_string());
+                    }
+                };
+                let mut call = route.outgoing(Some(d.sdp), d.headers);
+                if let Some(cid) = &d.caller_id {
+                    call.from = Party::uri(with_user(&call.from.uri, cid));
+                }
+                call.call_id = call_id;
+                let out = self.outs.entry(leg).or_default();
+                out.trunk = Some((name.to_string(), route.slot));
+                call
+            }
+            None => {
+                let Some(peer) = crate::sip::dialog::uri_peer(&d.target, Transport::Udp) else {
+                    return fail(
+                        core,
+                        400,
+                        format!("{}: not a sip: URI with an IP address", d.target),
+                    );
+                };
+                let user = d
+                    .caller_id
+                    .clone()
+                    .unwrap_or_else(|| uri_user(&self.parties.from));
+                OutgoingCall {
+                    target: d.target.clone(),
+                    peer,
+                    from: Party::uri(format!("sip:{user}@{}", self.ctx.media_ip)),
+                    to: Party::uri(d.target.clone()),
+                    sdp: Some(d.sdp),
+                    headers: d.headers,
+                    route: Vec::new(),
+                    credentials: None,
+                    call_id,
+                }
+            }
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let sent = self
@@ -1267,6 +1329,13 @@ fn lease_sockets(lease: &PortLease) -> Result<LegSockets, String> {
         lease.rtp.try_clone().map_err(|e| e.to_string())?,
         lease.rtcp.try_clone().map_err(|e| e.to_string())?,
     ))
+}
+
+/// `uri` with its user part replaced by `user` (`sip:acct@host` → `sip:USER@host`).
+fn with_user(uri: &str, user: &str) -> String {
+    let (scheme, rest) = uri.split_once(':').unwrap_or(("sip", uri));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}:{user}@{host}")
 }
 
 /// The user part of a From/To header value or URI (`"Alice" <sip:alice@host>` → `alice`).

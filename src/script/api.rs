@@ -796,10 +796,17 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
             .trim_start_matches('<')
             .trim_end_matches('>')
             .to_string();
-        let ok = (t.starts_with("sip:") || t.starts_with("sips:"))
-            && crate::sip::refer::validate_target(&t).is_ok();
+        let ok = match t.strip_prefix("trunk:") {
+            Some(rest) => trunk_target(rest),
+            None => {
+                (t.starts_with("sip:") || t.starts_with("sips:"))
+                    && crate::sip::refer::validate_target(&t).is_ok()
+            }
+        };
         if !ok {
-            return err(format!("dial: {t:?} is not a sip: or sips: URI"));
+            return err(format!(
+                "dial: {t:?} is not a sip: or sips: URI nor trunk:NAME[,NAME...]/NUMBER"
+            ));
         }
         out.push(t);
     }
@@ -857,6 +864,25 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
         ringback,
         max: o.secs("max_secs")?.filter(|m| !m.is_zero()),
     })
+}
+
+/// `NAME[,NAME...]/NUMBER` of a `trunk:` target: names of letters, digits, `-`, `_`, `.`;
+/// a number of digits, letters and `+*#.-_`.
+pub(crate) fn trunk_target(rest: &str) -> bool {
+    let Some((names, number)) = rest.split_once('/') else {
+        return false;
+    };
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    names.split(',').all(name_ok)
+        && !number.is_empty()
+        && number.len() <= 64
+        && number
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+*#.-_".contains(c))
 }
 
 fn dial(targets: &Dynamic, opts: &Map) -> Res<Map> {

@@ -564,9 +564,9 @@ impl SimCall {
         self.inputs.push_back(Input::Sip(LegId::CALLER, ev));
     }
 
-    /// The simulated far end of a dialled leg: a target whose user is `busy` is busy,
-    /// `reject` refuses, `noanswer` rings for ever; any other answers at once and stays on
-    /// the line until the caller hangs up.
+    /// The simulated far end of a dialled leg: a target whose user (or trunk number) is
+    /// `busy` is busy, `reject` refuses, `noanswer` rings for ever; any other answers at once
+    /// and stays on the line until the caller hangs up. A trunk named `down` answers 503.
     fn dialled(&mut self, leg: LegId, sip: SipAction) {
         let call = CallHandle(u64::from(leg.0) + 1);
         let mut ev = |e: Event| self.inputs.push_back(Input::Sip(leg, e));
@@ -579,11 +579,16 @@ impl SimCall {
         };
         match sip {
             SipAction::Dial(d) => {
-                let user = d
-                    .target
-                    .split_once(':')
-                    .map_or("", |(_, rest)| rest.split('@').next().unwrap_or(""));
+                let user = match d.target.strip_prefix("trunk:") {
+                    Some(t) if t.starts_with("down/") => "down",
+                    Some(t) => t.split_once('/').map_or("", |(_, n)| n),
+                    None => d
+                        .target
+                        .split_once(':')
+                        .map_or("", |(_, rest)| rest.split('@').next().unwrap_or("")),
+                };
                 match user {
+                    "down" => ev(failed(503, "Service Unavailable")),
                     "busy" => ev(failed(486, "Busy Here")),
                     "reject" => ev(failed(603, "Decline")),
                     _ => {

@@ -848,3 +848,25 @@ fn dial_options_are_checked() {
     let t = run(r#"dial([]);"#, "");
     assert!(error_of(&t).message.contains("1 to 16 targets"));
 }
+
+#[test]
+fn dial_through_trunks_moves_on_after_the_trunk_fails_and_stops_at_the_callees_answer() {
+    let t = run(
+        r#"let r = dial("trunk:down,good/+15551234"); log(r.outcome);"#,
+        "wait 2s, hangup",
+    );
+    assert!(t.contains("bridged with trunk:good/+15551234"), "{t}");
+    let t = run(
+        r#"let r = dial("trunk:first,second/busy"); log(r.outcome, r.code);"#,
+        "",
+    );
+    assert!(t.contains("log: busy 486"), "{t}");
+    let t = run(
+        r#"let r = dial(["trunk:first/busy", "sip:carol@127.0.0.1"]); log(r.outcome);"#,
+        "wait 1s, hangup",
+    );
+    // The busy callee ends its trunk list; the next target is still called.
+    assert!(t.contains("bridged with sip:carol@127.0.0.1"), "{t}");
+    let t = run(r#"dial("trunk:a b/123");"#, "");
+    assert!(error_of(&t).message.contains("trunk:NAME"), "{t}");
+}
