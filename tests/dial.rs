@@ -371,3 +371,59 @@ async fn the_api_places_calls_that_run_a_script_or_join_a_room() {
     server.stop().await;
     callee.stop().await;
 }
+
+/// A callee that answers and, after a moment, presses 1.
+const PRESSER: &str = r#"answer(); sleep(600); send_dtmf("1"); echo(20000);"#;
+
+#[tokio::test]
+async fn room_dial_joins_the_callee_after_its_confirmation_key_only() {
+    let callee_scripts = Scripts::with_shipped(&[("presser.rhai", PRESSER)]);
+    let dir = callee_scripts.0.clone();
+    let callee = start_with((45900, 45949), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan.push(rule("presser", "presser", &[]));
+    })
+    .await;
+    let server = start_with((45950, 45999), |_| {}).await;
+    let mut events = Events::open(server.http, "").await;
+    let dial = |to: String, confirm: Option<&str>| {
+        let http = server.http;
+        let body = match confirm {
+            Some(k) => serde_json::json!({"to": to, "confirm": k}),
+            None => serde_json::json!({"to": to}),
+        };
+        async move {
+            let (status, body) = support::server::http_send(
+                http,
+                "POST",
+                "/api/rooms/board/dial",
+                body.to_string().as_bytes(),
+            )
+            .await;
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        }
+    };
+    // The callee presses 1: it joins.
+    let pressed = dial(format!("sip:presser@{}", callee.sip), Some("1")).await;
+    let seen = events
+        .until(Duration::from_secs(15), |e| e["type"] == "member_joined")
+        .await;
+    assert_eq!(seen.last().unwrap()["call_id"], pressed.as_str());
+    // The echo line presses nothing: asked twice, it is hung up without joining.
+    let silent = dial(format!("sip:echo@{}", callee.sip), Some("1")).await;
+    let seen = events
+        .until(Duration::from_secs(30), |e| {
+            e["type"] == "call_ended" && e["call_id"] == silent.as_str()
+        })
+        .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["type"] == "member_joined" && e["call_id"] == silent.as_str()),
+        "{seen:?}"
+    );
+    server.stop().await;
+    callee.stop().await;
+}

@@ -178,38 +178,57 @@ pub(crate) async fn originate(
     State(state): State<ApiState>,
     body: Result<Json<OriginateBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Originated>), ApiError> {
-    use crate::call::task::{OriginateError, OriginateFlow};
+    use crate::call::OriginateFlow;
     let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let flow = match (b.script, b.room) {
         (Some(s), None) => OriginateFlow::Script(s),
-        (None, Some(r)) => OriginateFlow::Room(r),
+        (None, Some(room)) => OriginateFlow::Room {
+            room,
+            confirm: None,
+        },
         _ => {
             return Err(ApiError::BadRequest(
                 "give one of `script` and `room`".into(),
             ))
         }
     };
-    let timeout = b.timeout_secs.unwrap_or(30);
-    if !(1..=300).contains(&timeout) {
+    place(
+        &state,
+        crate::call::Originate {
+            to: b.to,
+            from: b.from,
+            caller_id: b.caller_id,
+            flow,
+            vars: b.vars,
+            timeout: ring_timeout(b.timeout_secs)?,
+        },
+    )
+}
+
+/// `timeout_secs` of a call to place: 1 to 300, default 30.
+pub(crate) fn ring_timeout(secs: Option<u64>) -> Result<std::time::Duration, ApiError> {
+    let secs = secs.unwrap_or(30);
+    if !(1..=300).contains(&secs) {
         return Err(ApiError::BadRequest(
             "`timeout_secs` must be 1 to 300".into(),
         ));
     }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Places a call for the API: 201 with its id, 403 outside `[outbound] allow`.
+pub(crate) fn place(
+    state: &ApiState,
+    o: crate::call::Originate,
+) -> Result<(StatusCode, Json<Originated>), ApiError> {
+    use crate::call::OriginateError;
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("the server is draining".into()));
     }
     let Some(originate) = state.originator.as_ref() else {
         return Err(ApiError::Unavailable("this server places no calls".into()));
     };
-    let placed = originate(crate::call::task::Originate {
-        to: b.to,
-        from: b.from,
-        caller_id: b.caller_id,
-        flow,
-        vars: b.vars,
-        timeout: std::time::Duration::from_secs(timeout),
-    });
-    match placed {
+    match originate(o) {
         Ok(id) => {
             tracing::info!(call_id = %id, "call placed over the API");
             Ok((StatusCode::CREATED, Json(Originated { id })))

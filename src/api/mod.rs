@@ -99,9 +99,7 @@ pub struct ApiState {
 
 /// Places a call for `POST /api/calls` and returns its Call-ID.
 pub type Originator = Arc<
-    dyn Fn(crate::call::task::Originate) -> Result<String, crate::call::task::OriginateError>
-        + Send
-        + Sync,
+    dyn Fn(crate::call::Originate) -> Result<String, crate::call::OriginateError> + Send + Sync,
 >;
 
 impl std::fmt::Debug for ApiState {
@@ -233,6 +231,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/unlock", post(rooms::unlock))
         .route("/api/rooms/{name}/end", post(rooms::end))
         .route("/api/rooms/{name}/play", post(rooms::play))
+        .route("/api/rooms/{name}/dial", post(rooms::dial))
         .route("/api/rooms/{name}/record/start", post(rooms::record_start))
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
         .route("/api/events", get(events::stream))

@@ -222,6 +222,66 @@ pub(crate) async fn end(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// Body of `POST /api/rooms/{name}/dial`: someone to call into the room.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomDialBody {
+    /// Whom to call: a `sip:` URI with an IP address or `trunk:NAME/NUMBER`, allowed by
+    /// `[outbound] allow`.
+    #[schema(example = "sip:bob@127.0.0.1:5070")]
+    pub to: String,
+    /// The number the callee sees.
+    pub caller_id: Option<String>,
+    /// Seconds the far end may ring (default 30, at most 300).
+    pub timeout_secs: Option<u64>,
+    /// A key the callee must press before joining (so a voicemail box does not join).
+    pub confirm: Option<String>,
+}
+
+/// Calls someone into a room: on answer (and the `confirm` key, if asked for) they join.
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/dial",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    request_body = RoomDialBody,
+    responses(
+        (status = 201, description = "Placed; `call_ringing`, `call_answered`, `member_joined` or `call_failed` follow on the event stream", body = super::calls::Originated),
+        (status = 400, description = "Malformed body or target", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "The target is not allowed by `[outbound] allow`", body = ErrorBody),
+        (status = 503, description = "The server is draining", body = ErrorBody),
+    )
+)]
+pub(crate) async fn dial(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<RoomDialBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<super::calls::Originated>), ApiError> {
+    let Path(room) = name.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let confirm = match b.confirm.as_deref() {
+        None => None,
+        Some(k) => match k.chars().collect::<Vec<_>>()[..] {
+            [c] if crate::media::dtmf::Digit::from_char(c).is_some() => {
+                Some(c.to_ascii_uppercase())
+            }
+            _ => return Err(ApiError::BadRequest("`confirm` must be one key".into())),
+        },
+    };
+    super::calls::place(
+        &state,
+        crate::call::Originate {
+            to: b.to,
+            from: None,
+            caller_id: b.caller_id,
+            flow: crate::call::OriginateFlow::Room { room, confirm },
+            vars: Default::default(),
+            timeout: super::calls::ring_timeout(b.timeout_secs)?,
+        },
+    )
+}
+
 /// Plays a prompt to everyone in a room.
 #[utoipa::path(
     post,

@@ -146,7 +146,9 @@ pub enum MediaAction {
 pub enum Work {
     /// Delete a recording's files; answer [`CallCore::handle_discarded`].
     Discard(String),
-    /// Act on a room; answer [`CallCore::handle_room_reply`].
+    /// Place a call of its own (its id or why not: [`CallCore::handle_work_reply`]).
+    Originate(Box<super::dial::Originate>),
+    /// Act on a room; answer [`CallCore::handle_work_reply`].
     Room {
         /// The room.
         room: String,

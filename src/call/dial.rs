@@ -11,6 +11,7 @@
 //! returns when the bridge ends (the callee hangs up, or `max` passes) or no target answers.
 //! When the caller hangs up, every dialled leg is cancelled or hung up with it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::core::{Action, CallCore, LegId, MediaAction, PlaySpec, SipAction};
@@ -692,4 +693,53 @@ impl CallCore {
         d.ringback = None;
         true
     }
+}
+
+/// A call to place (`POST /api/calls`, `originate()` in scripts).
+#[derive(Debug, Clone)]
+pub struct Originate {
+    /// The target: a `sip:` URI with an IP address.
+    pub to: String,
+    /// The From display and user (default `switchboard`).
+    pub from: Option<String>,
+    /// The From user the callee sees (a number), when not `from`.
+    pub caller_id: Option<String>,
+    /// What runs when the far end answers.
+    pub flow: OriginateFlow,
+    /// Variables the script sees as `session.vars`.
+    pub vars: BTreeMap<String, String>,
+    /// How long the far end may ring.
+    pub timeout: Duration,
+}
+
+/// What a placed call does once answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginateFlow {
+    /// Runs this script.
+    Script(String),
+    /// Joins this conference room; with `confirm`, only after the callee presses that key
+    /// (so a voicemail box does not join).
+    Room {
+        /// The room.
+        room: String,
+        /// The key the callee must press first.
+        confirm: Option<char>,
+    },
+}
+
+/// Why a call could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginateError {
+    /// The target matches no `[outbound] allow` pattern.
+    #[error("{0} is not allowed by [outbound] allow")]
+    NotAllowed(String),
+    /// The target is neither a `sip:` URI with an IP address nor `trunk:NAME/NUMBER`.
+    #[error("{0} is not a sip: URI with an IP address nor trunk:NAME/NUMBER")]
+    BadTarget(String),
+    /// No such script.
+    #[error("no script {0}")]
+    NoSuchScript(String),
+    /// A bad room name or caller id.
+    #[error("{0}")]
+    Invalid(String),
 }

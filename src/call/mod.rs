@@ -22,10 +22,12 @@ mod verbs;
 pub use self::core::{
     Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,
 };
-pub use dial::{Dial, DialOutcome, DialRequest, DialResult, Ringback};
+pub use dial::{
+    Dial, DialOutcome, DialRequest, DialResult, Originate, OriginateError, OriginateFlow, Ringback,
+};
 pub use note::{HangupCause, Note};
 pub use outbound::{OutboundPolicy, OutboundSlots};
-pub use task::{originate, spawn, CallContext, Originate, OriginateError, OriginateFlow};
+pub use task::{originate, spawn, CallContext};
 pub use transfer::TransferTarget;
 
 #[cfg(test)]

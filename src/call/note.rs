@@ -110,6 +110,8 @@ pub enum Note {
     TransferFailed(u16),
     /// A call to this target goes out.
     Dialling(String),
+    /// A call of its own was placed to this target.
+    Originated(String),
     /// A call we placed failed with this status and reason.
     CallFailed(u16, String),
     /// The target answered and is bridged with the caller.
@@ -211,6 +213,7 @@ impl fmt::Display for Note {
             Note::Transferred(uri) => write!(f, "transferred to {uri}"),
             Note::TransferFailed(code) => write!(f, "transfer failed with {code}"),
             Note::Dialling(t) => write!(f, "dialling {t}"),
+            Note::Originated(t) => write!(f, "placed a call to {t}"),
             Note::CallFailed(code, reason) => write!(f, "call failed: {code} {reason}"),
             Note::Bridged(t) => write!(f, "bridged with {t}"),
             Note::DialEnded(outcome, Some(code)) => {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::core::{
     Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,
 };
+use super::dial::{Originate, OriginateError, OriginateFlow};
 use super::note::Note;
 use crate::cdr::{Cdr, HangupSide, RtpStats};
 use crate::conference::{JoinError, JoinOptions, LeaveReason, Membership};
@@ -124,54 +125,19 @@ pub fn spawn(
     });
 }
 
-/// A call to place (`POST /api/calls`, `originate()` in scripts).
-#[derive(Debug, Clone)]
-pub struct Originate {
-    /// The target: a `sip:` URI with an IP address.
-    pub to: String,
-    /// The From display and user (default `switchboard`).
-    pub from: Option<String>,
-    /// The From user the callee sees (a number), when not `from`.
-    pub caller_id: Option<String>,
-    /// What runs when the far end answers.
-    pub flow: OriginateFlow,
-    /// Variables the script sees as `session.vars`.
-    pub vars: BTreeMap<String, String>,
-    /// How long the far end may ring.
-    pub timeout: Duration,
-}
-
-/// What a placed call does once answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginateFlow {
-    /// Runs this script.
-    Script(String),
-    /// Joins this conference room.
-    Room(String),
-}
-
-/// Why a call could not be placed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OriginateError {
-    /// The target matches no `[outbound] allow` pattern.
-    #[error("{0} is not allowed by [outbound] allow")]
-    NotAllowed(String),
-    /// The target is neither a `sip:` URI with an IP address nor `trunk:NAME/NUMBER`.
-    #[error("{0} is not a sip: URI with an IP address nor trunk:NAME/NUMBER")]
-    BadTarget(String),
-    /// No such script.
-    #[error("no script {0}")]
-    NoSuchScript(String),
-    /// A bad room name or caller id.
-    #[error("{0}")]
-    Invalid(String),
-}
-
 /// Numbers calls we place for their seeded ids, apart from the endpoint's handles.
 static PLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 63);
 
-/// The script a call placed into a room runs: the room, then goodbye.
-const ROOM_FLOW: &str = "let why = conference(session.vars.room); hangup();";
+/// The script a call placed into a room runs: the confirmation key if asked for, the room,
+/// then goodbye.
+const ROOM_FLOW: &str = r#"
+if session.vars.confirm != () {
+    let key = collect(#{prompt: "enter-pin", max: 1, tries: 2, first_digit_timeout: 8000});
+    if key != session.vars.confirm { hangup(); }
+}
+conference(session.vars.room);
+hangup();
+"#;
 
 /// Places a call and returns its Call-ID at once; progress comes as events (`call_ringing`,
 /// `call_answered`, `call_failed`, `call_ended`).
@@ -217,13 +183,16 @@ pub fn originate(
                 .ok_or_else(|| OriginateError::NoSuchScript(s.clone()))?;
             (ast, file)
         }
-        OriginateFlow::Room(room) => {
+        OriginateFlow::Room { room, confirm } => {
             if room.is_empty() || room.len() > 64 || room.chars().any(char::is_control) {
                 return Err(OriginateError::Invalid(format!(
                     "room {room:?}: a room name is 1-64 characters"
                 )));
             }
             o.vars.insert("room".into(), room.clone());
+            if let Some(k) = confirm {
+                o.vars.insert("confirm".into(), k.to_string());
+            }
             let ast = crate::script::compile_source(ctx.scripts.engine(), "room", ROOM_FLOW)
                 .map_err(|e| OriginateError::Invalid(e.to_string()))?;
             (Arc::new(ast), format!("room:{room}"))
@@ -757,8 +726,15 @@ impl Task {
                     .await;
                     core.handle_discarded(removed.unwrap_or_else(|e| Err(e.to_string())));
                 }
+                Action::Work(Work::Originate(o)) => {
+                    let placed = originate(self.ctx.clone(), self.commands.clone(), *o);
+                    core.handle_work_reply(match placed {
+                        Ok(id) => CallReply::Text(Some(id)),
+                        Err(e) => CallReply::Failed(e.to_string()),
+                    });
+                }
                 Action::Work(Work::Room { room, request }) => {
-                    core.handle_room_reply(self.room_request(&room, request));
+                    core.handle_work_reply(self.room_request(&room, request));
                 }
             }
         }

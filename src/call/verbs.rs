@@ -58,8 +58,8 @@ pub(super) enum Active {
     Record { id: String },
     /// A file removal in progress.
     Discarding,
-    /// A room request in progress.
-    RoomRequest,
+    /// Work the driver does and answers (a room request, a call to place).
+    Work,
     /// A blind transfer: REFER sent; waiting for its answer, then for the final NOTIFY.
     Transfer {
         /// The target, until the REFER is sent (after the caller's ACK: REFER needs a
@@ -249,12 +249,17 @@ impl CallCore {
                 self.media(MediaAction::JoinRoom(c));
             }
             CallRequest::Dial(request) => self.start_dial(now, request),
+            CallRequest::Originate(o) => {
+                self.note(Note::Originated(o.to.clone()));
+                self.active = Active::Work;
+                self.push(Action::Work(Work::Originate(o)));
+            }
             CallRequest::Room { room, request } => {
                 self.note(Note::Room {
                     room: room.clone(),
                     request: format!("{request:?}"),
                 });
-                self.active = Active::RoomRequest;
+                self.active = Active::Work;
                 self.push(Action::Work(Work::Room { room, request }));
             }
             CallRequest::Transfer(uri) => {
@@ -577,9 +582,9 @@ impl CallCore {
         self.room.as_deref()
     }
 
-    /// The answer to a room request.
-    pub fn handle_room_reply(&mut self, reply: CallReply) {
-        if let Active::RoomRequest = self.active {
+    /// The answer to a room request or a call placed.
+    pub fn handle_work_reply(&mut self, reply: CallReply) {
+        if let Active::Work = self.active {
             self.active = Active::Idle;
             self.reply(reply);
         }

@@ -80,6 +80,8 @@ pub enum CallRequest {
     Log(String),
     /// Call others and bridge the first to answer with the caller.
     Dial(crate::call::DialRequest),
+    /// Place a separate call (a callback, a room member); answered with its Call-ID.
+    Originate(Box<crate::call::Originate>),
     /// Act on a conference room (any room, not only the caller's), or list its members.
     Room {
         /// The room's name.
@@ -885,6 +887,77 @@ pub(crate) fn trunk_target(rest: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "+*#.-_".contains(c))
 }
 
+/// Places a call and returns its Call-ID at once.
+fn place(verb: &str, o: crate::call::Originate) -> Res<ImmutableString> {
+    match request(CallRequest::Originate(Box::new(o)))? {
+        CallReply::Text(Some(id)) => Ok(id.into()),
+        other => err(format!("{verb}: unexpected reply {other:?}")),
+    }
+}
+
+fn originate(target: &str, opts: &Map) -> Res<ImmutableString> {
+    use crate::call::{Originate, OriginateFlow};
+    let o = Opts::new(
+        "originate",
+        opts,
+        &["script", "room", "vars", "caller_id", "timeout_secs"],
+    )?;
+    let flow = match (o.string("script")?, o.string("room")?) {
+        (Some(s), None) => OriginateFlow::Script(s),
+        (None, Some(room)) => OriginateFlow::Room {
+            room,
+            confirm: None,
+        },
+        _ => return err("originate: give one of script and room"),
+    };
+    let mut vars = std::collections::BTreeMap::new();
+    if let Some(v) = o.get("vars") {
+        let Some(m) = v.read_lock::<Map>() else {
+            return err("originate: vars must be a map");
+        };
+        for (k, v) in m.iter() {
+            vars.insert(k.to_string(), text("originate", "a variable", v)?);
+        }
+    }
+    place(
+        "originate",
+        Originate {
+            to: target.trim().to_string(),
+            from: None,
+            caller_id: o.string("caller_id")?,
+            flow,
+            vars,
+            timeout: o.secs("timeout_secs")?.unwrap_or(Duration::from_secs(30)),
+        },
+    )
+}
+
+fn room_dial(room: &str, target: &str, opts: &Map) -> Res<ImmutableString> {
+    use crate::call::{Originate, OriginateFlow};
+    let o = Opts::new("room_dial", opts, &["caller_id", "timeout_secs", "confirm"])?;
+    let confirm = match o.string("confirm")? {
+        None => None,
+        Some(k) => match k.chars().collect::<Vec<_>>()[..] {
+            [c] if Digit::from_char(c).is_some() => Some(c.to_ascii_uppercase()),
+            _ => return err("room_dial: confirm must be one key"),
+        },
+    };
+    place(
+        "room_dial",
+        Originate {
+            to: target.trim().to_string(),
+            from: None,
+            caller_id: o.string("caller_id")?,
+            flow: OriginateFlow::Room {
+                room: room.to_string(),
+                confirm,
+            },
+            vars: Default::default(),
+            timeout: o.secs("timeout_secs")?.unwrap_or(Duration::from_secs(30)),
+        },
+    )
+}
+
 fn dial(targets: &Dynamic, opts: &Map) -> Res<Map> {
     let r = dial_request(targets, opts)?;
     match request(CallRequest::Dial(r))? {
@@ -967,6 +1040,11 @@ pub fn register(engine: &mut Engine) {
         .register_fn("send_dtmf", |s: &str| send_dtmf(s))
         .register_fn("send_dtmf", |n: INT| send_dtmf(&n.to_string()))
         .register_fn("transfer", |u: &str| transfer(u))
+        .register_fn("originate", move |t: &str, o: Map| originate(t, &o))
+        .register_fn("room_dial", move |r: &str, t: &str| {
+            room_dial(r, t, &empty())
+        })
+        .register_fn("room_dial", |r: &str, t: &str, o: Map| room_dial(r, t, &o))
         .register_fn("dial", move |t: Dynamic| dial(&t, &empty()))
         .register_fn("dial", |t: Dynamic, o: Map| dial(&t, &o))
         .register_fn("discard_recording", |id: &str| discard_recording(id))

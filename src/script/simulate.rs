@@ -448,6 +448,8 @@ struct SimCall {
     recorded: HashMap<String, Duration>,
     play: Option<SimPlay>,
     record: Option<SimRecord>,
+    /// Calls the script placed.
+    placed: u32,
     inputs: VecDeque<Input>,
     reply: Option<CallReply>,
     lines: Vec<TranscriptLine>,
@@ -487,6 +489,7 @@ impl SimCall {
             recorded: HashMap::new(),
             play: None,
             record: None,
+            placed: 0,
             inputs: VecDeque::new(),
             reply: None,
             lines: Vec::new(),
@@ -555,7 +558,7 @@ impl SimCall {
                 Input::RecordStarted(id) => self.core.handle_record_started(Ok(id)),
                 Input::RoomJoined => self.core.handle_room_joined(Ok(1)),
                 Input::Discarded => self.core.handle_discarded(Ok(())),
-                Input::RoomReply(r) => self.core.handle_room_reply(r),
+                Input::RoomReply(r) => self.core.handle_work_reply(r),
             }
         }
     }
@@ -670,6 +673,13 @@ impl SimCall {
             Action::Work(Work::Discard(id)) => {
                 self.recorded.remove(&id);
                 self.inputs.push_back(Input::Discarded);
+            }
+            // A call placed from a simulation is not simulated itself: it gets an id.
+            Action::Work(Work::Originate(_)) => {
+                self.placed += 1;
+                let id = format!("sim-call-{}", self.placed);
+                self.inputs
+                    .push_back(Input::RoomReply(CallReply::Text(Some(id))));
             }
             // The simulated call is alone: rooms have no members and take every request.
             Action::Work(Work::Room { room, request }) => {

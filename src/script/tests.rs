@@ -870,3 +870,22 @@ fn dial_through_trunks_moves_on_after_the_trunk_fails_and_stops_at_the_callees_a
     let t = run(r#"dial("trunk:a b/123");"#, "");
     assert!(error_of(&t).message.contains("trunk:NAME"), "{t}");
 }
+
+#[test]
+fn originate_and_room_dial_place_calls_of_their_own() {
+    let t = run(
+        r#"let a = originate("sip:bob@127.0.0.1", #{script: "callback", vars: #{n: 1}});
+           let b = room_dial("sales", "sip:carol@127.0.0.1", #{confirm: "1"});
+           log(a, b);"#,
+        "",
+    );
+    assert!(t.contains("placed a call to sip:bob@127.0.0.1"), "{t}");
+    assert!(t.contains("log: sim-call-1 sim-call-2"), "{t}");
+    let t = run(r#"originate("sip:bob@127.0.0.1", #{});"#, "");
+    assert!(error_of(&t).message.contains("one of script and room"));
+    let t = run(
+        r#"room_dial("r", "sip:bob@127.0.0.1", #{confirm: "12"});"#,
+        "",
+    );
+    assert!(error_of(&t).message.contains("one key"));
+}
