@@ -56,6 +56,9 @@ pub struct Config {
     pub dtmf: DtmfConfig,
     /// Calls the server places.
     pub outbound: OutboundConfig,
+    /// Who may call the dialplan rules with `auth = true` (`[[users]]`).
+    #[serde(default)]
+    pub users: Vec<crate::sip::auth::UserConfig>,
 }
 
 /// `[outbound]`: which calls scripts may place, and how many.
@@ -253,6 +256,12 @@ pub struct SipConfig {
     pub guard_sources: usize,
     /// On SIGTERM or a drain request: seconds calls in progress may go on before they get BYE.
     pub drain_secs: u64,
+    /// Digest realm of the challenges (empty: the advertised address).
+    pub auth_realm: String,
+    /// Digest algorithms offered, in order: `SHA-256`, `MD5`.
+    pub auth_algorithms: Vec<String>,
+    /// Lifetime of a nonce in seconds; later answers to it get `stale=true`.
+    pub nonce_secs: u64,
 }
 
 impl SipConfig {
@@ -562,6 +571,7 @@ impl Config {
         }
         self.advertise_ip()?;
         self.sip.guard()?;
+        self.auth()?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let s = &self.scripts;
@@ -611,6 +621,30 @@ impl Config {
                 self.sip.advertise
             ))
         })
+    }
+
+    /// The authentication settings and users, checked; None when no dialplan rule asks for
+    /// authentication (users are still checked).
+    pub fn auth(&self) -> Result<Option<crate::sip::auth::AuthConfig>, ConfigError> {
+        let realm = if self.sip.auth_realm.is_empty() {
+            self.advertise_ip()?.to_string()
+        } else {
+            self.sip.auth_realm.clone()
+        };
+        let cfg = crate::sip::auth::AuthConfig::new(
+            &realm,
+            &self.sip.auth_algorithms,
+            self.sip.nonce_secs,
+            &self.users,
+        )
+        .map_err(|e| ConfigError::Invalid(format!("sip/users: {e}")))?;
+        let protects = self.dialplan.iter().any(|r| r.auth);
+        if protects && self.users.is_empty() {
+            return Err(ConfigError::Invalid(
+                "a dialplan rule has auth = true but no [[users]] are configured".into(),
+            ));
+        }
+        Ok(protects.then_some(cfg))
     }
 
     /// The RFC 3261 timer base values T1, T2, T4.

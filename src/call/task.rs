@@ -94,7 +94,13 @@ pub fn spawn(
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
 ) {
-    let Event::Incoming { request, peer, .. } = incoming else {
+    let Event::Incoming {
+        request,
+        peer,
+        auth_user,
+        ..
+    } = incoming
+    else {
         return;
     };
     let header = |name| {
@@ -109,6 +115,7 @@ pub fn spawn(
         to: header("To"),
         user: request.uri.user().unwrap_or("").to_string(),
         signalling: peer.addr.ip(),
+        auth_user: auth_user.unwrap_or_default(),
     };
     let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
@@ -223,6 +230,8 @@ struct Parties {
     user: String,
     /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
     signalling: std::net::IpAddr,
+    /// The user the caller authenticated as (empty: none asked).
+    auth_user: String,
 }
 
 /// When a call ended, monotonic (for its duration) and as RFC 3339 (for the CDR).
@@ -309,6 +318,7 @@ impl Task {
             call_id: self.parties.call_id.clone(),
             headers: request_headers(&request),
             vars: route.vars,
+            auth_user: self.parties.auth_user.clone(),
         };
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
         drop(request);

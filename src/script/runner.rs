@@ -33,6 +33,8 @@ pub struct CallInfo {
     pub headers: BTreeMap<String, String>,
     /// Dialplan variables.
     pub vars: BTreeMap<String, String>,
+    /// The user the caller authenticated as; empty when the rule asks for none.
+    pub auth_user: String,
 }
 
 impl CallInfo {
@@ -49,6 +51,7 @@ impl CallInfo {
         m.insert("call_id".into(), self.call_id.clone().into());
         m.insert("headers".into(), strings(&self.headers).into());
         m.insert("vars".into(), strings(&self.vars).into());
+        m.insert("auth_user".into(), self.auth_user.clone().into());
         m
     }
 }
