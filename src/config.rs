@@ -842,6 +842,46 @@ reverse_twist_db = 40.0
     }
 
     #[test]
+    fn users_and_auth_settings() {
+        let c = Config::embedded().unwrap();
+        assert!(
+            c.auth().unwrap().is_none(),
+            "no rule asks for authentication"
+        );
+        assert_eq!(c.sip.auth_algorithms, ["SHA-256", "MD5"]);
+        assert_eq!(c.sip.nonce_secs, 300);
+        let rule = "[[dialplan]]\nexact = \"s\"\nscript = \"echo\"\nauth = true\n";
+        let c = Config::from_toml_str("t", rule).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no [[users]]"));
+        let ha1 =
+            crate::sip::digest::ha1(crate::sip::digest::Algorithm::Md5, "b", "127.0.0.1", "p");
+        let text = format!(
+            "{rule}[[users]]\nname = \"a\"\npassword = \"x\"\n\
+             [[users]]\nname = \"b\"\nha1 = \"{ha1}\"\n"
+        );
+        let c = Config::from_toml_str("t", &text).unwrap();
+        c.validate().unwrap();
+        let auth = c.auth().unwrap().unwrap();
+        assert_eq!(auth.realm, "127.0.0.1", "the advertised address by default");
+        let c = Config::from_toml_str("t", &format!("{text}[sip]\nauth_realm = \"sb\"\n")).unwrap();
+        assert_eq!(c.auth().unwrap().unwrap().realm, "sb");
+        for bad in [
+            format!("{text}[[users]]\nname = \"a\"\npassword = \"y\"\n"),
+            format!("{text}[[users]]\nname = \"c\"\nha1 = \"abc\"\n"),
+            format!("{text}[sip]\nauth_algorithms = [\"SHA-256\"]\n"),
+            format!("{text}[sip]\nnonce_secs = 0\n"),
+        ] {
+            let c = Config::from_toml_str("t", &bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml_str("t", "[[users]]\nname = \"a\"\npasswd = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn guard_settings_default_and_mistakes() {
         use crate::sip::guard::AclAction;
         let c = Config::embedded().unwrap();
