@@ -54,6 +54,20 @@ fn authenticator(secret: &[u8], now: Instant) -> Authenticator {
     )
 }
 
+/// An endpoint seeded with `seed` whose nonces are signed with `secret`.
+fn endpoint(seed: u64, secret: &[u8], now: Instant) -> Endpoint {
+    let mut ep = Endpoint::with_ids(
+        EndpointConfig {
+            timers: TimerConfig::default(),
+            local_addr: SERVER.parse().unwrap(),
+            user_agent: "switchboard-test".into(),
+        },
+        Ids::with_seed(seed),
+    );
+    ep.set_auth(authenticator(secret, now));
+    ep
+}
+
 struct World {
     now: Instant,
     ep: Endpoint,
@@ -66,15 +80,7 @@ struct World {
 impl World {
     fn new() -> Self {
         let now = Instant::now();
-        let mut ep = Endpoint::with_ids(
-            EndpointConfig {
-                timers: TimerConfig::default(),
-                local_addr: SERVER.parse().unwrap(),
-                user_agent: "switchboard-test".into(),
-            },
-            Ids::with_seed(7),
-        );
-        ep.set_auth(authenticator(b"our secret", now));
+        let ep = endpoint(7, b"our secret", now);
         World {
             now,
             ep,
@@ -153,9 +159,9 @@ fn code(resp: &str) -> u16 {
 /// The final response among what was sent (the last one; 100 Trying is provisional).
 fn final_code(sent: &[String]) -> u16 {
     sent.iter()
+        .rev()
         .map(|s| code(s))
-        .filter(|&c| c >= 200)
-        .last()
+        .find(|&c| c >= 200)
         .unwrap_or(0)
 }
 
@@ -409,15 +415,7 @@ fn a_user_without_auth_needs_nothing() {
 #[test]
 fn a_nonce_signed_by_another_server_is_refused_without_counting_a_failure() {
     let mut w = World::new();
-    let mut other = Endpoint::with_ids(
-        EndpointConfig {
-            timers: TimerConfig::default(),
-            local_addr: SERVER.parse().unwrap(),
-            user_agent: "other".into(),
-        },
-        Ids::with_seed(8),
-    );
-    other.set_auth(authenticator(b"another secret", w.now));
+    let mut other = endpoint(8, b"another secret", w.now);
     let peer = Peer {
         transport: Transport::Udp,
         addr: CLIENT.parse().unwrap(),
