@@ -337,6 +337,7 @@ impl Authenticator {
             return self.failed(source, unix);
         }
         self.failures.remove(&source);
+        tracing::info!(%source, user = %auth.username, algorithm = auth.algorithm.as_str(), "caller authenticated");
         Decision::Pass(Some(auth.username))
     }
 
