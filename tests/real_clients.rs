@@ -96,8 +96,19 @@ impl Bench {
     /// Calls the echo service, runs `during` once it answered, lets the echo run, hangs up,
     /// and checks that the phone heard its own `hz` tone back. Returns the call_ended event.
     fn echo(&mut self, phone: &mut impl Phone, hz: u32, during: impl FnOnce(&mut Bench)) -> Value {
-        phone.dial("echo");
-        let call = self.answered("echo");
+        self.echo_at(phone, "echo", hz, during)
+    }
+
+    /// [`Bench::echo`] with the echo script reached by calling `user`.
+    fn echo_at(
+        &mut self,
+        phone: &mut impl Phone,
+        user: &str,
+        hz: u32,
+        during: impl FnOnce(&mut Bench),
+    ) -> Value {
+        phone.dial(user);
+        let call = self.answered(user);
         during(self);
         std::thread::sleep(LISTEN);
         phone.hang_up();
@@ -229,12 +240,7 @@ fn baresip_authenticates_and_hears_the_protected_echo() {
         ..Options::tone(650)
     };
     let mut phone = Baresip::start(b.dir(), "alice", b.sip(), options);
-    phone.dial("secret");
-    let call = b.answered("secret");
-    std::thread::sleep(LISTEN);
-    phone.hang_up();
-    b.ended(&call);
-    measure(tail(&phone.heard()), &[650]).assert_tone(650, "the protected echo");
+    b.echo_at(&mut phone, "secret", 650, |_| {});
     assert_eq!(b.metric("switchboard_sip_auth_failures_total"), 0.0);
     assert_eq!(
         b.metric("switchboard_sip_responses_total{code=\"401\"}"),
@@ -260,12 +266,7 @@ fn linphone_authenticates_with_sha256_and_hears_the_protected_echo() {
         "realm=127.0.0.1",
     ];
     let mut phone = Linphone::start(b.dir(), "lin-auth", b.sip(), 1300, &settings, 60);
-    phone.dial("secret");
-    let call = b.answered("secret");
-    std::thread::sleep(LISTEN);
-    phone.hang_up();
-    b.ended(&call);
-    measure(tail(&phone.heard()), &[1300]).assert_tone(1300, "the protected echo");
+    b.echo_at(&mut phone, "secret", 1300, |_| {});
     let log = b.server.log_text();
     assert!(
         log.contains("caller authenticated") && log.contains("algorithm=\"SHA-256\""),
