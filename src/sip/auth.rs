@@ -17,15 +17,15 @@
 //!   §2.4);
 //! - the right answer to a nonce past its lifetime: 401 with `stale=true`, so the phone
 //!   answers again without asking its user;
-//! - the right answer with a nonce count not above the last one used with that nonce (a
-//!   replay): 401, counted as a failure;
 //! - a wrong answer, an unknown user (answered like a wrong password, so names cannot be
-//!   probed) or a digest-uri for another user: a failure. RFC 7616 §3.3 answers invalid
-//!   credentials with a new challenge, which a phone shows its user as a password prompt;
-//!   so the first [`FAILURES_BEFORE_FORBIDDEN`]` - 1` failures of a source get 401 again,
-//!   and from then on, until [`FAILURE_WINDOW_SECS`] have passed since its first failure or
-//!   it authenticates, 403 (RFC 3261 §21.4.3: "authorization will not help"), which stops a
-//!   phone's retry loop and tells a guesser nothing new.
+//!   probed), a digest-uri for another user than the Request-URI's, or the right answer
+//!   with a nonce count not above the last one used with that nonce (a replay): a failure.
+//!   HTTP answers refused credentials with a new challenge (RFC 7235 §3.1), which a phone
+//!   shows its user as a password prompt; so a source's failures below
+//!   [`FAILURES_BEFORE_FORBIDDEN`] get 401 again, and from then on, until
+//!   [`FAILURE_WINDOW_SECS`] have passed since its first failure or it authenticates, 403
+//!   (RFC 3261 §21.4.3: "authorization will not help"), which stops a phone's retry loop
+//!   and tells a guesser nothing new.
 //!
 //! Every failure is counted per source ([`Authenticator::failures`]) and in all
 //! ([`Authenticator::failures_total`], the `switchboard_sip_auth_failures_total` metric);
