@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use switchboard::media::codec::g711;
+use switchboard::media::codec::{g711, CodecKind};
 use switchboard::media::dtmf::{Digit, InbandDetector};
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
 use switchboard::rtp::types::ClockRate;
@@ -43,6 +43,15 @@ fn g711_bench(c: &mut Criterion) {
         b.iter(|| {
             g711::alaw_encode_slice(black_box(&pcm), &mut enc);
             g711::alaw_decode_slice(black_box(&enc), &mut dec);
+            black_box(&dec);
+        })
+    });
+    // The leg's path: one boxed codec per leg, called through the trait.
+    let mut codec = CodecKind::Pcmu.new_codec();
+    c.bench_function("g711/codec_ulaw_encode_decode_160", |b| {
+        b.iter(|| {
+            let n = codec.encode(black_box(&pcm), &mut enc).unwrap();
+            codec.decode(black_box(&enc[..n]), &mut dec).unwrap();
             black_box(&dec);
         })
     });

@@ -1,6 +1,6 @@
 //! One media tick over many legs (sans-IO: packets in from memory, frames out to a no-op
-//! sender), bare and through a media worker's tick, and a check that the steady state of
-//! both does not allocate.
+//! sender), bare and through a media worker's tick, a worker's tick over bridged pairs beside
+//! as many echo legs, and a check that the steady state of both does not allocate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -123,6 +123,25 @@ fn worker(
     (w, io, events)
 }
 
+/// A worker of `pairs` bridged pairs of legs (echo off), its io and event receivers.
+fn bridged_worker(
+    pairs: usize,
+    now: Instant,
+) -> (
+    Worker<usize>,
+    BenchIo,
+    Vec<tokio::sync::mpsc::UnboundedReceiver<LegEvent>>,
+) {
+    let (mut w, io, events) = worker(2 * pairs, now);
+    for i in 0..2 * pairs as u64 {
+        w.leg_command(now, i, LegCommand::Echo(false));
+    }
+    for p in 0..pairs as u64 {
+        w.bridge(2 * p, 2 * p + 1).unwrap();
+    }
+    (w, io, events)
+}
+
 fn worker_tick(w: &mut Worker<usize>, io: &mut BenchIo, t0: Instant, n: u64) {
     io.len = packet(n, &mut io.pkt);
     io.unread.fill(true);
@@ -171,6 +190,28 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // 200 bridged pairs beside the same number of legs echoing, in one run.
+    g.throughput(Throughput::Elements(400));
+    g.bench_function(BenchmarkId::new("worker echo legs", 400), |b| {
+        let t0 = Instant::now();
+        let (mut w, mut io, _events) = worker(400, t0);
+        let mut n = 0u64;
+        b.iter(|| {
+            worker_tick(&mut w, &mut io, t0, n);
+            n += 1;
+        });
+        black_box(io.sent);
+    });
+    g.bench_function(BenchmarkId::new("worker bridged pairs", 200), |b| {
+        let t0 = Instant::now();
+        let (mut w, mut io, _events) = bridged_worker(200, t0);
+        let mut n = 0u64;
+        b.iter(|| {
+            worker_tick(&mut w, &mut io, t0, n);
+            n += 1;
+        });
+        black_box(io.sent);
+    });
     g.finish();
 
     // Steady state: after warming up, 500 ticks of 100 legs allocate nothing.

@@ -59,6 +59,62 @@ pub struct Config {
     /// Who may call the dialplan rules with `auth = true` (`[[users]]`).
     #[serde(default)]
     pub users: Vec<crate::sip::auth::UserConfig>,
+    /// SIP trunks (`[[trunks]]`, any number): carriers calls go out through.
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
+}
+
+/// One `[[trunks]]` entry: a carrier's proxy, the account there and how calls use it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique; what `trunk:NAME/NUMBER` names.
+    pub name: String,
+    /// `sip:IP:PORT;transport=udp|tcp`: where INVITEs and REGISTERs go (names are not resolved).
+    pub proxy: String,
+    /// Host part of the Request-URI, To and From; the proxy's host when absent.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Digest user name (also the user of the registered address of record).
+    #[serde(default)]
+    pub username: String,
+    /// Digest password (or `ha1`, never both).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// MD5(username:realm:password) in hex, instead of the password.
+    #[serde(default)]
+    pub ha1: Option<String>,
+    /// Keep a registration at the proxy, refreshed before it lapses.
+    #[serde(default)]
+    pub register: bool,
+    /// Binding lifetime asked for, in seconds.
+    #[serde(default = "trunk_register_expires")]
+    pub register_expires: u32,
+    /// The From user of calls through the trunk; the calling party's own when absent.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// Calls through the trunk at once (0: no cap).
+    #[serde(default)]
+    pub max_calls: usize,
+}
+
+fn trunk_register_expires() -> u32 {
+    600
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets stay out of logs.
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("proxy", &self.proxy)
+            .field("domain", &self.domain)
+            .field("username", &self.username)
+            .field("register", &self.register)
+            .field("caller_id", &self.caller_id)
+            .field("max_calls", &self.max_calls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[outbound]`: which calls scripts may place, and how many.
@@ -329,6 +385,47 @@ pub struct MediaConfig {
     pub strict_rtp: crate::rtp::session::StrictRtp,
     /// How long after the answer (or a move of the caller's media) another source may be learned.
     pub strict_rtp_learn_ms: u64,
+    /// The codecs calls may use, in our preference order (SDP names, case-insensitive).
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+    /// How an answer picks among the codecs both sides support.
+    #[serde(default)]
+    pub codec_choice: crate::sdp::CodecChoice,
+}
+
+fn default_codecs() -> Vec<String> {
+    crate::media::codec::CodecKind::ALL
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect()
+}
+
+impl MediaConfig {
+    /// The configured codecs, in order; an unknown name, a repeat or an empty list is an error.
+    pub fn codec_list(&self) -> Result<Vec<crate::media::codec::CodecKind>, ConfigError> {
+        use crate::media::codec::CodecKind;
+        let invalid = |m: String| ConfigError::Invalid(format!("media.codecs: {m}"));
+        let mut list: Vec<CodecKind> = Vec::with_capacity(self.codecs.len());
+        for name in &self.codecs {
+            let kind = CodecKind::from_config_name(name).ok_or_else(|| {
+                if name.eq_ignore_ascii_case("opus") {
+                    invalid("opus needs a build with the `opus` feature (libopus)".into())
+                } else {
+                    invalid(format!(
+                        "unknown codec {name:?} (known: PCMU, PCMA, G722, L16, L16/8000, opus)"
+                    ))
+                }
+            })?;
+            if list.contains(&kind) {
+                return Err(invalid(format!("{name:?} is listed twice")));
+            }
+            list.push(kind);
+        }
+        if list.is_empty() {
+            return Err(invalid("at least one codec is needed".into()));
+        }
+        Ok(list)
+    }
 }
 
 /// HTTP API settings.
@@ -572,6 +669,8 @@ impl Config {
         self.advertise_ip()?;
         self.sip.guard()?;
         self.auth()?;
+        crate::sip::trunks::Trunks::new(&self.trunks)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let s = &self.scripts;
@@ -586,6 +685,7 @@ impl Config {
         }
         self.conference.validate()?;
         self.dtmf.validate()?;
+        self.media.codec_list()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;
         for w in &self.webhooks {
@@ -700,6 +800,53 @@ mod tests {
             assert_eq!(c.media.strict_rtp, mode);
         }
         assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
+    }
+
+    #[test]
+    fn codecs_default_to_g711_and_follow_the_configured_order() {
+        use crate::media::codec::CodecKind;
+        use crate::sdp::CodecChoice;
+        let c = Config::embedded().unwrap();
+        assert_eq!(
+            c.media.codec_list().unwrap(),
+            vec![CodecKind::Pcmu, CodecKind::Pcma]
+        );
+        assert_eq!(c.media.codec_choice, CodecChoice::Generous);
+        let c = Config::from_toml_str(
+            "t",
+            "[media]\ncodecs = [\"g722\", \"L16\", \"l16/8000\", \"pcma\"]\ncodec_choice = \"greedy\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.media.codec_list().unwrap(),
+            vec![
+                CodecKind::G722,
+                CodecKind::L16Wide,
+                CodecKind::L16Narrow,
+                CodecKind::Pcma
+            ]
+        );
+        assert_eq!(c.media.codec_choice, CodecChoice::Greedy);
+        for bad in [
+            "codecs = []",
+            "codecs = [\"G729\"]",
+            "codecs = [\"PCMU\", \"pcmu\"]",
+        ] {
+            let c = Config::from_toml_str("t", &format!("[media]\n{bad}\n")).unwrap();
+            assert!(c.media.codec_list().is_err(), "{bad}");
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml_str("t", "[media]\ncodec_choice = \"fair\"\n").is_err());
+        let opus = Config::from_toml_str("t", "[media]\ncodecs = [\"opus\", \"PCMU\"]\n")
+            .unwrap()
+            .media
+            .codec_list();
+        if cfg!(feature = "opus") {
+            assert_eq!(opus.unwrap()[0].name(), "opus");
+        } else {
+            let err = opus.unwrap_err().to_string();
+            assert!(err.contains("`opus` feature"), "{err}");
+        }
     }
 
     #[test]
@@ -911,6 +1058,50 @@ reverse_twist_db = 40.0
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn trunks_are_validated_at_load() {
+        let ok = "[[trunks]]\nname = \"carrier\"\nproxy = \"sip:203.0.113.5:5060;transport=udp\"\n\
+                  domain = \"sip.example.net\"\nusername = \"acct\"\npassword = \"secret\"\n\
+                  register = true\nregister_expires = 600\ncaller_id = \"+15551230000\"\nmax_calls = 50\n\
+                  [[trunks]]\nname = \"backup\"\nproxy = \"sip:198.51.100.7\"\n";
+        let c = Config::from_toml_str("t", ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.trunks.len(), 2);
+        assert_eq!(c.trunks[0].max_calls, 50);
+        assert!(!c.trunks[1].register);
+        assert_eq!(c.trunks[1].register_expires, 600);
+        assert!(!format!("{:?}", c.trunks[0]).contains("secret"));
+        assert!(Config::embedded().unwrap().trunks.is_empty());
+        let one = |extra: &str| {
+            format!("[[trunks]]\nname = \"a\"\nproxy = \"sip:192.0.2.1:5060\"\n{extra}")
+        };
+        let dup = format!("{}{}", one(""), one(""));
+        for bad in [
+            dup,
+            one("username = \"u\"\npassword = \"p\"\nha1 = \"0123456789abcdef0123456789abcdef\"\n"),
+            one("password = \"p\"\n"),
+            one("username = \"u\"\nha1 = \"xyz\"\n"),
+            one("register_expires = 0\n"),
+            one("caller_id = \"a b\"\n"),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:carrier.example.net\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=tls\"\n".into(),
+            "[[trunks]]\nname = \"a,b\"\nproxy = \"sip:192.0.2.1\"\n".into(),
+            "[[trunks]]\nname = \"\"\nproxy = \"sip:192.0.2.1\"\n".into(),
+        ] {
+            let c = Config::from_toml_str("t", &bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        // Just inside: ha1 alone (with a user), and a registration of 1 s.
+        let c = Config::from_toml_str(
+            "t",
+            &one("username = \"u\"\nha1 = \"0123456789ABCDEF0123456789abcdef\"\nregister_expires = 1\n"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(Config::from_toml_str("t", &one("pasword = \"p\"\n")).is_err());
     }
 
     #[test]

@@ -122,6 +122,20 @@ pub enum Event {
         /// Deaf now.
         deaf: bool,
     },
+    /// A call we placed is ringing at the far end.
+    CallRinging {
+        /// The SIP Call-ID.
+        call_id: String,
+    },
+    /// A call we placed was refused or not answered.
+    CallFailed {
+        /// The SIP Call-ID.
+        call_id: String,
+        /// The final SIP status (408 when nobody answered in time).
+        code: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
     /// A step of a call's flow: a verb started or ended, as the simulator's transcript
     /// shows it (`answered`, `played welcome`, `collected "12"`, `hung up`).
     CallStep {

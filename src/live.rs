@@ -44,6 +44,8 @@ pub struct CallInfo {
     pub room: Option<String>,
     /// The recording in progress, if any.
     pub recording: Option<String>,
+    /// `inbound` (a call we answered) or `outbound` (a call we placed).
+    pub direction: String,
 }
 
 impl CallInfo {
@@ -59,7 +61,14 @@ impl CallInfo {
             script: None,
             room: None,
             recording: None,
+            direction: "inbound".into(),
         }
+    }
+
+    /// A call we place.
+    pub fn outbound(mut self) -> Self {
+        self.direction = "outbound".into();
+        self
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Gauges {
     pub room_members: u64,
     /// One sample per media worker, in worker order.
     pub workers: Vec<WorkerSample>,
+    /// Each SIP trunk's state, in configuration order.
+    pub trunks: Vec<crate::sip::trunks::TrunkStatus>,
 }
 
 /// One media worker's counters at scrape time.
@@ -488,6 +490,8 @@ impl Metrics {
                 |s| s.legs,
             ),
         ];
+        render_trunks(&mut w, &gauges.trunks);
+
         let ids: Vec<String> = (0..gauges.workers.len()).map(|i| i.to_string()).collect();
         for (name, help, kind, get) in per_worker {
             w.family(name, help, kind);
@@ -507,6 +511,52 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// A per-trunk gauge: name, help and how to read it.
+type TrunkGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::sip::trunks::TrunkStatus) -> u64,
+);
+
+/// The per-trunk gauges and the attempts by result.
+fn render_trunks(w: &mut Writer<'_>, trunks: &[crate::sip::trunks::TrunkStatus]) {
+    use crate::sip::trunks::RegistrationStatus;
+    let gauges: [TrunkGauge; 3] = [
+        (
+            "switchboard_trunk_registered",
+            "1 while the trunk's registration is bound at its registrar (0 also when it does not register).",
+            |t| u64::from(matches!(t.registration, RegistrationStatus::Registered { .. })),
+        ),
+        (
+            "switchboard_trunk_up",
+            "1 while calls may go through the trunk, 0 while it is down.",
+            |t| u64::from(t.up),
+        ),
+        (
+            "switchboard_trunk_calls",
+            "Calls through the trunk now.",
+            |t| t.calls as u64,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        w.family(name, help, "gauge");
+        for t in trunks {
+            w.sample(name, &[("trunk", &t.name)], get(t));
+        }
+    }
+    let name = "switchboard_trunk_attempts_total";
+    w.family(
+        name,
+        "Calls through the trunk that ended, by result (answered, redirected, 4xx, 5xx, 6xx, timeout).",
+        "counter",
+    );
+    for t in trunks {
+        for (result, v) in t.results.labelled() {
+            w.sample(name, &[("trunk", &t.name), ("result", result)], v);
+        }
     }
 }
 
@@ -645,6 +695,7 @@ pub(crate) mod tests {
                 WorkerSample::from_stats(&stats),
                 WorkerSample::from_stats(&WorkerStats::default()),
             ],
+            trunks: trunk_sample(),
         };
         let text = m.render(&gauges);
         let s = parse_exposition(&text);
@@ -688,6 +739,39 @@ pub(crate) mod tests {
             0.0
         );
         assert!(s.contains_key("switchboard_media_worker_busy_microseconds_total{worker=\"1\"}"));
+        assert_eq!(s["switchboard_trunk_registered{trunk=\"carrier\"}"], 1.0);
+        assert_eq!(s["switchboard_trunk_registered{trunk=\"backup\"}"], 0.0);
+        assert_eq!(s["switchboard_trunk_up{trunk=\"carrier\"}"], 1.0);
+        assert_eq!(s["switchboard_trunk_up{trunk=\"backup\"}"], 0.0);
+        assert_eq!(s["switchboard_trunk_calls{trunk=\"carrier\"}"], 1.0);
+        assert_eq!(
+            s["switchboard_trunk_attempts_total{trunk=\"backup\",result=\"5xx\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["switchboard_trunk_attempts_total{trunk=\"carrier\",result=\"answered\"}"],
+            0.0
+        );
+    }
+
+    /// Two trunks: `carrier` registered with a call up, `backup` down after a 503.
+    fn trunk_sample() -> Vec<crate::sip::trunks::TrunkStatus> {
+        use crate::config::Config;
+        use crate::sip::register::RegistrationState;
+        use crate::sip::trunks::Trunks;
+        let c = Config::from_toml_str(
+            "t",
+            "[[trunks]]\nname = \"carrier\"\nproxy = \"sip:192.0.2.1\"\nregister = true\n\
+             [[trunks]]\nname = \"backup\"\nproxy = \"sip:192.0.2.2\"\n",
+        )
+        .unwrap();
+        let trunks = Trunks::new(&c.trunks).unwrap();
+        let now = std::time::Instant::now();
+        let until = now + std::time::Duration::from_secs(60);
+        trunks.set_registration("carrier", RegistrationState::Registered { until });
+        let _held = trunks.route("carrier", "1", now).unwrap();
+        trunks.report("backup", 503, Some(30), now);
+        trunks.status(now)
     }
 
     #[test]

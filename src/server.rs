@@ -22,6 +22,7 @@ use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::guard::Guard;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{self, CallSpawner, Protection};
+use crate::sip::trunks::{LocalSide, TrunkRegistrations, Trunks};
 use crate::webhook::Webhooks;
 use crate::{Config, Error};
 
@@ -55,11 +56,26 @@ pub async fn run_with_ready(
             source,
         })?;
     let (t1, t2, t4) = config.timers();
+    let local_addr = std::net::SocketAddr::new(advertise, sip_addr.port());
     let mut endpoint = Endpoint::new(EndpointConfig {
         timers: TimerConfig { t1, t2, t4 },
-        local_addr: std::net::SocketAddr::new(advertise, sip_addr.port()),
+        local_addr,
         user_agent: config.sip.user_agent.clone(),
     });
+    // Shared by the transport (registrations), the call tasks (routes) and the API.
+    let trunks = Arc::new(
+        Trunks::new(&config.trunks)
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
+    );
+    let registrations = TrunkRegistrations::new(
+        trunks.clone(),
+        &LocalSide {
+            addr: local_addr,
+            user_agent: config.sip.user_agent.clone(),
+            timers: TimerConfig { t1, t2, t4 },
+        },
+        crate::sip::ids::Ids::from_entropy(),
+    );
     endpoint.set_session_timers(config.sip.session_timers());
     let guard = Guard::new(config.sip.guard()?, std::time::Instant::now());
     // SIGTERM (the caller's `shutdown`) and `POST /api/admin/drain` throw the same switch.
@@ -155,7 +171,15 @@ pub async fn run_with_ready(
             config.outbound.max_legs_per_call,
         )),
         outbound_slots: crate::call::OutboundSlots::new(config.outbound.max_calls),
+        codecs: config.media.codec_list()?,
+        codec_choice: config.media.codec_choice,
     });
+    let (sip_commands, sip_command_rx) = tokio::sync::mpsc::channel(4096);
+    let originator: crate::api::Originator = {
+        let ctx = ctx.clone();
+        let commands = sip_commands.clone();
+        Arc::new(move |o| call::originate(ctx.clone(), commands.clone(), o))
+    };
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
     let index = RecordingIndex::load(config.paths.recordings.clone())
@@ -169,7 +193,9 @@ pub async fn run_with_ready(
             .with_metrics(metrics.clone())
             .with_media_stats(media.stats())
             .with_cdr_dir(cdr_dir)
-            .with_drain(drain.clone()),
+            .with_drain(drain.clone())
+            .with_originator(originator)
+            .with_trunks(trunks.clone()),
     );
     tracing::debug!(
         webhooks = webhooks.len(),
@@ -221,6 +247,8 @@ pub async fn run_with_ready(
             guard,
             drain_after: Duration::from_secs(config.sip.drain_secs),
         },
+        registrations,
+        (sip_commands, sip_command_rx),
         drained,
     )
     .await;

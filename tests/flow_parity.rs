@@ -13,11 +13,10 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::events::Events;
 use support::rtp::RtpPeer;
 use support::server::{answered_port, start_with, wire, Server};
 use switchboard::script::{CallInfo, Simulator};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What the live caller does when a step (or event) shows up.
 #[derive(Debug, Clone, Copy)]
@@ -152,69 +151,9 @@ fn simulated(case: &Case) -> Vec<String> {
         .collect()
 }
 
-/// An open `/api/events` stream and what has been read of it.
-struct Events {
-    stream: TcpStream,
-    text: String,
-    /// Bytes of `text` already turned into events.
-    used: usize,
-}
-
-impl Events {
-    async fn open(http: std::net::SocketAddr) -> Events {
-        let mut stream = TcpStream::connect(http).await.unwrap();
-        let req = format!(
-            "GET /api/events?types=call_step,recording_started,call_ended HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut e = Events {
-            stream,
-            text: String::new(),
-            used: 0,
-        };
-        // The stream is open (subscribed) once its response head has arrived.
-        let until = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !e.text.contains("\r\n\r\n") {
-            assert!(e.read(until).await, "no event stream head");
-        }
-        e.used = e.text.len();
-        e
-    }
-
-    /// Reads more, until `until`; false when nothing came.
-    async fn read(&mut self, until: tokio::time::Instant) -> bool {
-        let mut buf = [0u8; 4096];
-        match tokio::time::timeout_at(until, self.stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {
-                self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                true
-            }
-            Ok(Ok(_)) => panic!("the event stream closed"),
-            _ => false,
-        }
-    }
-
-    /// Events completely read since the last call, as JSON.
-    fn take(&mut self) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        while let Some(end) = self.text[self.used..].find("\n\n") {
-            let block = &self.text[self.used..self.used + end];
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data: ") {
-                    if let Ok(v) = serde_json::from_str(data) {
-                        out.push(v);
-                    }
-                }
-            }
-            self.used += end + 2;
-        }
-        out
-    }
-}
-
 /// The steps of the live call, with recording ids replaced by the simulator's (`sim-N`).
 async fn live(server: &Server, case: &Case) -> Vec<String> {
-    let mut events = Events::open(server.http).await;
+    let mut events = Events::open(server.http, "call_step,recording_started,call_ended").await;
     let mut rtp = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
     uac.invite(

@@ -164,6 +164,7 @@ fn outgoing(transport: Transport) -> OutgoingCall {
         headers: vec![("X-Campaign".into(), "42".into())],
         route: Vec::new(),
         credentials: None,
+        call_id: None,
     }
 }
 

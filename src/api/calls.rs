@@ -130,6 +130,95 @@ pub(crate) async fn dtmf(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// Body of `POST /api/calls`: a call to place.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginateBody {
+    /// Whom to call: a `sip:` URI with an IP address, allowed by `[outbound] allow`.
+    #[schema(example = "sip:alice@127.0.0.1:5070")]
+    pub to: String,
+    /// The From user (default `switchboard`).
+    pub from: Option<String>,
+    /// The number the callee sees, when not `from`.
+    pub caller_id: Option<String>,
+    /// The script to run on answer (one of `script` and `room`).
+    pub script: Option<String>,
+    /// The conference room to join on answer.
+    pub room: Option<String>,
+    /// Variables the script sees as `session.vars`.
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Seconds the far end may ring (default 30, at most 300).
+    pub timeout_secs: Option<u64>,
+}
+
+/// The call just placed.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Originated {
+    /// Its SIP Call-ID, for `/api/calls/{id}` and the events.
+    pub id: String,
+}
+
+/// Places a call; on answer it runs a script (`session.direction == "outbound"`) or joins a
+/// room.
+#[utoipa::path(
+    post,
+    path = "/api/calls",
+    tag = "calls",
+    request_body = OriginateBody,
+    responses(
+        (status = 201, description = "Placed; `call_ringing`, `call_answered` or `call_failed`, then `call_ended` follow on the event stream", body = Originated),
+        (status = 400, description = "Malformed body, bad target, unknown script", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "The target is not allowed by `[outbound] allow`", body = ErrorBody),
+        (status = 503, description = "The server is draining", body = ErrorBody),
+    )
+)]
+pub(crate) async fn originate(
+    State(state): State<ApiState>,
+    body: Result<Json<OriginateBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Originated>), ApiError> {
+    use crate::call::task::{OriginateError, OriginateFlow};
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let flow = match (b.script, b.room) {
+        (Some(s), None) => OriginateFlow::Script(s),
+        (None, Some(r)) => OriginateFlow::Room(r),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give one of `script` and `room`".into(),
+            ))
+        }
+    };
+    let timeout = b.timeout_secs.unwrap_or(30);
+    if !(1..=300).contains(&timeout) {
+        return Err(ApiError::BadRequest(
+            "`timeout_secs` must be 1 to 300".into(),
+        ));
+    }
+    if state.drain.is_draining() {
+        return Err(ApiError::Unavailable("the server is draining".into()));
+    }
+    let Some(originate) = state.originator.as_ref() else {
+        return Err(ApiError::Unavailable("this server places no calls".into()));
+    };
+    let placed = originate(crate::call::task::Originate {
+        to: b.to,
+        from: b.from,
+        caller_id: b.caller_id,
+        flow,
+        vars: b.vars,
+        timeout: std::time::Duration::from_secs(timeout),
+    });
+    match placed {
+        Ok(id) => {
+            tracing::info!(call_id = %id, "call placed over the API");
+            Ok((StatusCode::CREATED, Json(Originated { id })))
+        }
+        Err(e @ OriginateError::NotAllowed(_)) => Err(ApiError::Forbidden(e.to_string())),
+        Err(e) => Err(ApiError::BadRequest(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use crate::events::{Event, Stamped};
 use crate::metrics::Metrics;
 
 /// Every event type, as sent in `event:` and the JSON `type`.
-pub const EVENT_TYPES: [&str; 15] = [
+pub const EVENT_TYPES: [&str; 17] = [
     "call_started",
     "call_answered",
     "call_ended",
@@ -37,6 +37,8 @@ pub const EVENT_TYPES: [&str; 15] = [
     "recording_started",
     "recording_finished",
     "call_step",
+    "call_ringing",
+    "call_failed",
 ];
 
 /// An event's type name, as serialised in its `type` field.
@@ -57,6 +59,8 @@ pub fn event_type(e: &Event) -> &'static str {
         Event::RecordingStarted { .. } => "recording_started",
         Event::RecordingFinished { .. } => "recording_finished",
         Event::CallStep { .. } => "call_step",
+        Event::CallRinging { .. } => "call_ringing",
+        Event::CallFailed { .. } => "call_failed",
     }
 }
 
@@ -237,6 +241,14 @@ mod tests {
             Event::CallStep {
                 call_id: "c".into(),
                 step: "answered".into(),
+            },
+            Event::CallRinging {
+                call_id: "c".into(),
+            },
+            Event::CallFailed {
+                call_id: "c".into(),
+                code: 486,
+                reason: "Busy Here".into(),
             },
         ];
         assert_eq!(all.len(), EVENT_TYPES.len());

@@ -20,6 +20,7 @@
 //! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
 //! | GET | `/api/events` | Server-Sent Events from the event bus |
 //! | GET | `/api/cdrs` | one day's call detail records, newest first; text and outcome filters |
+//! | GET | `/api/trunks` | the SIP trunks: registration, up or down, calls in use, results |
 //! | GET | `/api/stats` | live calls, legs, rooms and media counters as JSON |
 //! | GET | `/metrics` | Prometheus text exposition |
 //! | GET | `/api/openapi.json` | the OpenAPI document |
@@ -45,6 +46,7 @@ pub mod prometheus;
 pub mod range;
 pub mod recordings;
 pub mod rooms;
+pub mod trunks;
 
 #[cfg(test)]
 mod live_tests;
@@ -91,7 +93,16 @@ pub struct ApiState {
     keep_alive: Duration,
     levels: Arc<levels::LevelCache>,
     drain: crate::drain::Drain,
+    originator: Option<Originator>,
+    trunks: Arc<crate::sip::trunks::Trunks>,
 }
+
+/// Places a call for `POST /api/calls` and returns its Call-ID.
+pub type Originator = Arc<
+    dyn Fn(crate::call::task::Originate) -> Result<String, crate::call::task::OriginateError>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +132,15 @@ impl ApiState {
             keep_alive: SSE_KEEP_ALIVE,
             levels: Arc::default(),
             drain: crate::drain::Drain::default(),
+            originator: None,
+            trunks: Arc::default(),
         }
+    }
+
+    /// Places calls for `POST /api/calls` with `originate`.
+    pub fn with_originator(mut self, originate: Originator) -> ApiState {
+        self.originator = Some(originate);
+        self
     }
 
     /// Uses this registry of live calls.
@@ -166,6 +185,12 @@ impl ApiState {
         self
     }
 
+    /// Lists these trunks at `/api/trunks` and `/metrics`.
+    pub fn with_trunks(mut self, trunks: Arc<crate::sip::trunks::Trunks>) -> ApiState {
+        self.trunks = trunks;
+        self
+    }
+
     /// Sends an event-stream keep-alive comment this often (default [`SSE_KEEP_ALIVE`]).
     pub fn with_keep_alive(mut self, every: Duration) -> ApiState {
         self.keep_alive = every;
@@ -194,7 +219,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/recordings/{id}/audio", get(recordings::audio))
         .route("/api/recordings/{id}/levels", get(levels::levels))
-        .route("/api/calls", get(calls::list))
+        .route("/api/calls", get(calls::list).post(calls::originate))
         .route("/api/calls/{id}", get(calls::get_one))
         .route("/api/calls/{id}/hangup", post(calls::hangup))
         .route("/api/calls/{id}/dtmf", post(calls::dtmf))
@@ -212,6 +237,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
+        .route("/api/trunks", get(trunks::list))
         .route("/metrics", get(prometheus::scrape))
         .route("/api/stats", get(info::stats))
         .route("/api/admin/drain", post(admin::drain))
@@ -286,6 +312,12 @@ pub enum ApiError {
     /// A file operation failed; the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Refused by policy (e.g. `[outbound] allow`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not now (draining, nothing to do it with).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -293,6 +325,8 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

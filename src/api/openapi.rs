@@ -10,14 +10,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, rooms};
+use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, rooms, trunks};
 
 /// The API description served at `/api/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "switchboard HTTP API",
-        description = "Live calls and rooms, their controls, the event stream, call detail records, metrics and recordings of the switchboard SIP media server. Every request but `/api/info` needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token; `/api/events` and recording audio also take `?token=` for browsers. Controls answer 202 once the call or room has taken them; what then happens is reported on the event stream."
+        description = "Live calls and rooms, their controls, the event stream, SIP trunks, call detail records, metrics and recordings of the switchboard SIP media server. Every request but `/api/info` needs `Authorization: Bearer TOKEN` unless the server listens on loopback without a token; `/api/events` and recording audio also take `?token=` for browsers. Controls answer 202 once the call or room has taken them; what then happens is reported on the event stream."
     ),
     paths(
         recordings::list,
@@ -26,6 +26,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         levels::levels,
         recordings::delete,
         calls::list,
+        calls::originate,
         calls::get_one,
         calls::hangup,
         calls::dtmf,
@@ -40,6 +41,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         rooms::record_stop,
         events::stream,
         cdrs::list,
+        trunks::list,
         prometheus::scrape,
         info::info,
         info::stats,
@@ -58,7 +60,12 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         info::ServerInfo,
         info::AuthMode,
         info::Stats,
-        admin::DrainStarted
+        admin::DrainStarted,
+        calls::OriginateBody,
+        calls::Originated,
+        crate::sip::trunks::TrunkStatus,
+        crate::sip::trunks::RegistrationStatus,
+        crate::sip::trunks::TrunkResults
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -68,6 +75,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         (name = "rooms", description = "Live conference rooms, members and their controls"),
         (name = "events", description = "Server-Sent Events of everything that happens"),
         (name = "cdrs", description = "Call detail records, one JSON line per finished call"),
+        (name = "trunks", description = "SIP trunks: registration, availability, calls in use and results"),
         (name = "metrics", description = "Prometheus metrics and the same live numbers as JSON"),
         (name = "server", description = "What the server is, whether it needs a token, and taking it out of service")
     )

@@ -27,7 +27,7 @@ pub(crate) async fn scrape(State(state): State<ApiState>) -> impl IntoResponse {
     )
 }
 
-/// The live gauges now: calls, rooms, members and each media worker's counters.
+/// The live gauges now: calls, rooms, members, each media worker's counters and the trunks.
 pub(crate) fn gauges(state: &ApiState) -> Gauges {
     let rooms = state.rooms.list();
     Gauges {
@@ -39,5 +39,6 @@ pub(crate) fn gauges(state: &ApiState) -> Gauges {
             .iter()
             .map(|w| WorkerSample::from_stats(w))
             .collect(),
+        trunks: state.trunks.status(std::time::Instant::now()),
     }
 }

@@ -1066,3 +1066,63 @@ async fn levels_edges_and_errors() {
     let (status, _, _) = f.get("/api/recordings/rec-b/levels").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn trunks_are_listed_with_their_state_behind_the_token() {
+    use crate::sip::register::RegistrationState;
+    use crate::sip::trunks::Trunks;
+    let tmp = TempDir::new();
+    let index = Arc::new(RecordingIndex::load(tmp.recordings()).unwrap());
+    let cfg = crate::Config::from_toml_str(
+        "t",
+        "[[trunks]]\nname = \"a\"\nproxy = \"sip:192.0.2.1\"\nregister = true\nmax_calls = 5\n\
+         [[trunks]]\nname = \"b\"\nproxy = \"sip:192.0.2.2:5080;transport=tcp\"\n",
+    )
+    .unwrap();
+    let trunks = Arc::new(Trunks::new(&cfg.trunks).unwrap());
+    let now = std::time::Instant::now();
+    trunks.set_registration(
+        "a",
+        RegistrationState::Failed {
+            code: 403,
+            retry_at: now + std::time::Duration::from_secs(30),
+        },
+    );
+    let _slot = trunks.route("a", "123", now).unwrap();
+    trunks.report("b", 503, Some(120), now);
+    let app = router(ApiState::new(index.clone(), Some(TOKEN.into())).with_trunks(trunks));
+    let f = Fixture {
+        tmp,
+        app,
+        index,
+        wavs: Vec::new(),
+    };
+    let (status, _, _) = f
+        .send(Request::get("/api/trunks").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = f.get("/api/trunks").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let (a, b) = (&v[0], &v[1]);
+    assert_eq!(a["name"], "a");
+    assert_eq!(a["registration"]["state"], "failed");
+    assert_eq!(a["registration"]["code"], 403);
+    assert!(a["registration"]["retry_in_secs"].as_u64().unwrap() <= 30);
+    assert_eq!(
+        (a["calls"].as_u64(), a["max_calls"].as_u64()),
+        (Some(1), Some(5))
+    );
+    assert_eq!(a["up"], true);
+    assert_eq!(b["registration"]["state"], "off");
+    assert_eq!(b["up"], false);
+    assert!(b["down_for_secs"].as_u64().unwrap() <= 120);
+    assert_eq!(b["results"]["5xx"], 1);
+    assert_eq!(b["domain"], "192.0.2.2:5080");
+    let (_, _, doc) = f.get("/api/openapi.json").await;
+    let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    assert!(doc["paths"]["/api/trunks"]["get"].is_object());
+    for schema in ["TrunkStatus", "RegistrationStatus", "TrunkResults"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}

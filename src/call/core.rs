@@ -221,6 +221,11 @@ enum Phase {
     Answered { at: Instant, ack: Ack },
     /// We hung up or refused: waiting for the dialog to end.
     Ending { answered_at: Option<Instant> },
+    /// A call we place (originate): INVITE sent, no answer yet; given up at `deadline`.
+    Placing {
+        deadline: Option<Instant>,
+        rang: bool,
+    },
 }
 
 /// Settings a call core starts with.
@@ -312,6 +317,32 @@ impl CallCore {
         core
     }
 
+    /// A core for a call we place: `dial` goes to the far end with our offer, given up
+    /// after `timeout` without an answer. The script starts once [`CallCore::is_answered`].
+    pub fn outgoing(
+        cfg: CoreConfig,
+        mut session: LocalSession,
+        mut dial: super::dial::Dial,
+        now: Instant,
+        timeout: Duration,
+    ) -> Self {
+        dial.sdp = session.offer().to_string().into_bytes();
+        let target = dial.target.clone();
+        let mut core = CallCore::incoming(cfg, session, b"");
+        core.phase = Phase::Placing {
+            deadline: now.checked_add(timeout),
+            rang: false,
+        };
+        core.note(Note::Dialling(target));
+        core.sip(SipAction::Dial(Box::new(dial)));
+        core
+    }
+
+    /// The far end of a call we place answered (and the call is not over).
+    pub fn is_answered(&self) -> bool {
+        matches!(self.phase, Phase::Answered { .. }) && self.ended.is_none()
+    }
+
     /// Refuses the call before any script runs.
     pub fn refuse_now(&mut self, code: u16, warning: Option<String>) {
         self.phase = Phase::Ending { answered_at: None };
@@ -336,6 +367,7 @@ impl CallCore {
         let limit = match (&self.phase, self.cfg.max_duration, self.limit_passed) {
             // A limit past the end of time is no limit.
             (Phase::Answered { at, .. }, Some(max), false) => at.checked_add(max),
+            (Phase::Placing { deadline, .. }, _, _) => *deadline,
             _ => None,
         };
         match (limit, self.active.deadline()) {
@@ -437,10 +469,6 @@ impl CallCore {
 
     pub(super) fn has_media(&self) -> bool {
         self.media
-    }
-
-    pub(super) fn is_answered(&self) -> bool {
-        matches!(self.phase, Phase::Answered { .. })
     }
 
     pub(super) fn is_ending(&self) -> bool {
@@ -551,9 +579,13 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        let placing = matches!(self.phase, Phase::Placing { .. });
         self.phase = Phase::Ending { answered_at };
         if answered_at.is_some() {
             self.sip(SipAction::Hangup);
+            self.note(Note::HungUp(cause));
+        } else if placing {
+            self.sip(SipAction::Cancel);
             self.note(Note::HungUp(cause));
         } else {
             self.sip(SipAction::Reject {
@@ -577,8 +609,12 @@ impl CallCore {
         }
     }
 
-    /// The driver could not set up the leg's media: the call cannot go on.
-    pub fn handle_media_failed(&mut self, _leg: LegId) {
+    /// The driver could not set up a leg's media: the caller's call cannot go on; a placed
+    /// leg is hung up and its dial fails.
+    pub fn handle_media_failed(&mut self, leg: LegId) {
+        if leg != LegId::CALLER {
+            return self.out_media_failed(leg);
+        }
         self.media = false;
         self.hangup(Refusal::Overloaded.code(), HangupCause::NoMedia);
     }
@@ -587,6 +623,22 @@ impl CallCore {
     pub fn handle_sip(&mut self, now: Instant, leg: LegId, ev: Event) {
         if leg != LegId::CALLER {
             return self.on_out_event(now, leg, ev);
+        }
+        if let Phase::Placing { rang, .. } = &mut self.phase {
+            match ev {
+                Event::Progress { .. } => {
+                    if !*rang {
+                        *rang = true;
+                        self.note(Note::Ringing);
+                    }
+                    return;
+                }
+                Event::Answered { sdp, .. } => return self.placed_answered(now, sdp),
+                Event::Failed { code, reason, .. } => {
+                    return self.note(Note::CallFailed(code, reason));
+                }
+                _ => {}
+            }
         }
         match ev {
             Event::Ended { reason, .. } => self.end(Outcome::Ended(reason)),
@@ -624,6 +676,28 @@ impl CallCore {
             Event::Incoming { .. } => {}
             // Events of calls we place; the caller's leg is one we answered.
             Event::Progress { .. } | Event::Answered { .. } | Event::Failed { .. } => {}
+        }
+    }
+
+    /// The far end of a call we placed answered.
+    fn placed_answered(&mut self, now: Instant, sdp: Option<Vec<u8>>) {
+        let negotiated = match sdp {
+            Some(body) => accept_answer(&mut self.session, &body),
+            None => Err("no SDP answer".into()),
+        };
+        self.phase = Phase::Answered {
+            at: now,
+            ack: Ack::Received,
+        };
+        match negotiated {
+            Ok(m) => {
+                self.start_media(m);
+                self.note(Note::Answered);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "unusable answer from the called party; hanging up");
+                self.hangup(Refusal::OfferNotAcceptable.code(), HangupCause::BadAnswer);
+            }
         }
     }
 
@@ -773,6 +847,15 @@ impl CallCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.ended.is_some() {
             return;
+        }
+        if let Phase::Placing {
+            deadline: Some(d), ..
+        } = self.phase
+        {
+            if d <= now {
+                tracing::info!("no answer from the called party");
+                return self.hangup(Refusal::Unavailable.code(), HangupCause::NoAnswer);
+            }
         }
         if let (Phase::Answered { at, .. }, Some(max), false) =
             (&self.phase, self.cfg.max_duration, self.limit_passed)

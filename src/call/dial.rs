@@ -493,6 +493,30 @@ impl CallCore {
         self.push(Action::Media(leg, MediaAction::Close));
     }
 
+    /// A placed leg's media could not be set up or bridged: it is hung up and the dial fails.
+    pub(super) fn out_media_failed(&mut self, leg: LegId) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(i) = d.legs.iter().position(|l| l.id == leg) else {
+            return;
+        };
+        let out = d.legs.remove(i);
+        if matches!(out.state, OutState::Bridged(_)) {
+            self.media(MediaAction::Unbridge);
+        }
+        self.push(Action::Sip(leg, SipAction::Hangup));
+        self.push(Action::Media(leg, MediaAction::Close));
+        let left = self.dialing().map_or(0, |d| d.legs.len());
+        if left == 0 {
+            self.reply_dial(
+                DialOutcome::Failed,
+                Some(500),
+                "no media for the call".into(),
+            );
+        }
+    }
+
     /// The dial's timers: a target that rang too long, a bridge that lasted too long.
     pub(super) fn dial_timeout(&mut self, now: Instant) {
         let Some(d) = self.dialing() else {

@@ -25,7 +25,7 @@ pub use self::core::{
 pub use dial::{Dial, DialOutcome, DialRequest, DialResult, Ringback};
 pub use note::{HangupCause, Note};
 pub use outbound::{OutboundPolicy, OutboundSlots};
-pub use task::{spawn, CallContext};
+pub use task::{originate, spawn, CallContext, Originate, OriginateError, OriginateFlow};
 pub use transfer::TransferTarget;
 
 #[cfg(test)]

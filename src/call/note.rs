@@ -34,6 +34,8 @@ pub enum HangupCause {
     NoMedia,
     /// The answer to our offer was unusable.
     BadAnswer,
+    /// A call we placed was not answered in time.
+    NoAnswer,
 }
 
 /// One step of a call.
@@ -108,6 +110,8 @@ pub enum Note {
     TransferFailed(u16),
     /// A call to this target goes out.
     Dialling(String),
+    /// A call we placed failed with this status and reason.
+    CallFailed(u16, String),
     /// The target answered and is bridged with the caller.
     Bridged(String),
     /// A `dial` ended.
@@ -151,6 +155,7 @@ impl fmt::Display for HangupCause {
             HangupCause::Transferred => write!(f, " (transferred)"),
             HangupCause::NoMedia => write!(f, " (no media)"),
             HangupCause::BadAnswer => write!(f, " (unusable SDP answer)"),
+            HangupCause::NoAnswer => write!(f, " (no answer)"),
         }
     }
 }
@@ -206,6 +211,7 @@ impl fmt::Display for Note {
             Note::Transferred(uri) => write!(f, "transferred to {uri}"),
             Note::TransferFailed(code) => write!(f, "transfer failed with {code}"),
             Note::Dialling(t) => write!(f, "dialling {t}"),
+            Note::CallFailed(code, reason) => write!(f, "call failed: {code} {reason}"),
             Note::Bridged(t) => write!(f, "bridged with {t}"),
             Note::DialEnded(outcome, Some(code)) => {
                 write!(f, "dial ended: {} ({code})", outcome.as_str())

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rhai::AST;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -84,6 +85,10 @@ pub struct CallContext {
     pub outbound: Arc<crate::call::OutboundPolicy>,
     /// The server-wide cap on placed legs.
     pub outbound_slots: Arc<crate::call::OutboundSlots>,
+    /// Codecs we take and offer, in our order (`[media] codecs`).
+    pub codecs: Vec<crate::sdp::Codec>,
+    /// Whose order picks the codec of an offer (`[media] codec_choice`).
+    pub codec_choice: crate::sdp::CodecChoice,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -117,16 +122,175 @@ pub fn spawn(
         signalling: peer.addr.ip(),
         auth_user: auth_user.unwrap_or_default(),
     };
+    let live = crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user);
+    let ids = Ids::for_call(ctx.ids_seed, call.0);
+    start(ctx, parties, live, ids, Some(call), events, commands, |t| {
+        Box::pin(async move { t.run(request).await })
+    });
+}
+
+/// A call to place (`POST /api/calls`, `originate()` in scripts).
+#[derive(Debug, Clone)]
+pub struct Originate {
+    /// The target: a `sip:` URI with an IP address.
+    pub to: String,
+    /// The From display and user (default `switchboard`).
+    pub from: Option<String>,
+    /// The From user the callee sees (a number), when not `from`.
+    pub caller_id: Option<String>,
+    /// What runs when the far end answers.
+    pub flow: OriginateFlow,
+    /// Variables the script sees as `session.vars`.
+    pub vars: BTreeMap<String, String>,
+    /// How long the far end may ring.
+    pub timeout: Duration,
+}
+
+/// What a placed call does once answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginateFlow {
+    /// Runs this script.
+    Script(String),
+    /// Joins this conference room.
+    Room(String),
+}
+
+/// Why a call could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginateError {
+    /// The target matches no `[outbound] allow` pattern.
+    #[error("{0} is not allowed by [outbound] allow")]
+    NotAllowed(String),
+    /// The target is not a `sip:` URI with an IP address.
+    #[error("{0} is not a sip: URI with an IP address")]
+    BadTarget(String),
+    /// No such script.
+    #[error("no script {0}")]
+    NoSuchScript(String),
+    /// A bad room name or caller id.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Numbers calls we place for their seeded ids, apart from the endpoint's handles.
+static PLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 63);
+
+/// The script a call placed into a room runs: the room, then goodbye.
+const ROOM_FLOW: &str = "let why = conference(session.vars.room); hangup();";
+
+/// Places a call and returns its Call-ID at once; progress comes as events (`call_ringing`,
+/// `call_answered`, `call_failed`, `call_ended`).
+pub fn originate(
+    ctx: Arc<CallContext>,
+    commands: mpsc::Sender<Command>,
+    mut o: Originate,
+) -> Result<String, OriginateError> {
+    let to = o.to.trim().to_string();
+    let peer = crate::sip::dialog::uri_peer(&to, Transport::Udp)
+        .filter(|_| to.starts_with("sip:"))
+        .ok_or_else(|| OriginateError::BadTarget(to.clone()))?;
+    if !ctx.outbound.allows(&to) {
+        return Err(OriginateError::NotAllowed(to));
+    }
+    let user_ok = |u: &str| {
+        !u.is_empty()
+            && u.len() <= 64
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*".contains(c))
+    };
+    for u in [&o.from, &o.caller_id].into_iter().flatten() {
+        if !user_ok(u) {
+            return Err(OriginateError::Invalid(format!(
+                "{u:?} must be a number or a plain user name"
+            )));
+        }
+    }
+    let (ast, name) = match &o.flow {
+        OriginateFlow::Script(s) => {
+            let file = crate::script::dialplan::script_file(s).map_err(OriginateError::Invalid)?;
+            let ast = ctx
+                .scripts
+                .get(&file)
+                .ok_or_else(|| OriginateError::NoSuchScript(s.clone()))?;
+            (ast, file)
+        }
+        OriginateFlow::Room(room) => {
+            if room.is_empty() || room.len() > 64 || room.chars().any(char::is_control) {
+                return Err(OriginateError::Invalid(format!(
+                    "room {room:?}: a room name is 1-64 characters"
+                )));
+            }
+            o.vars.insert("room".into(), room.clone());
+            let ast = crate::script::compile_source(ctx.scripts.engine(), "room", ROOM_FLOW)
+                .map_err(|e| OriginateError::Invalid(e.to_string()))?;
+            (Arc::new(ast), format!("room:{room}"))
+        }
+    };
+    let n = PLACED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut ids = Ids::for_call(ctx.ids_seed, n);
+    let call_id = format!("{:016x}{:08x}@{}", ids.u64(..), ids.u32(), ctx.media_ip);
+    let user = o
+        .caller_id
+        .clone()
+        .or_else(|| o.from.clone())
+        .unwrap_or_else(|| "switchboard".into());
+    o.caller_id = Some(user.clone());
+    let parties = Parties {
+        call_id: call_id.clone(),
+        from: format!("<sip:{user}@{}>", ctx.media_ip),
+        to: to.clone(),
+        user: to.clone(),
+        signalling: peer.addr.ip(),
+        auth_user: String::new(),
+    };
+    let live = crate::live::CallInfo::new(&call_id, &parties.from, &to).outbound();
+    o.to = to;
+    let flow = PlacedFlow {
+        originate: o,
+        ast,
+        name,
+    };
+    // A call we place has no inbound dialog: its events come through its dialled leg.
+    let (_unused, events) = mpsc::unbounded_channel();
+    start(ctx, parties, live, ids, None, events, commands, move |t| {
+        Box::pin(async move { t.run_outgoing(flow).await })
+    });
+    Ok(call_id)
+}
+
+/// What a placed call runs when answered.
+struct PlacedFlow {
+    originate: Originate,
+    ast: Arc<AST>,
+    /// The script's name for the live registry.
+    name: String,
+}
+
+/// Starts a call's task: registers it, runs it with `run`, then reports its end and
+/// writes its record.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    ctx: Arc<CallContext>,
+    parties: Parties,
+    live_info: crate::live::CallInfo,
+    ids: Ids,
+    call: Option<CallHandle>,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::Sender<Command>,
+    run: impl for<'a> FnOnce(
+            &'a mut Task,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = CallCore> + Send + 'a>>
+        + Send
+        + 'static,
+) {
     let call_id = parties.call_id.clone();
     let span = tracing::info_span!("call", call_id = %call_id);
     tokio::spawn(
         async move {
             let (control_tx, control) = mpsc::unbounded_channel();
             ctx.metrics.call_started();
-            let live = ctx.calls.register(
-                crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user),
-                control_tx,
-            );
+            let live = ctx.calls.register(live_info, control_tx);
             ctx.events.publish(BusEvent::CallStarted {
                 call_id: parties.call_id.clone(),
                 from: parties.from.clone(),
@@ -134,11 +298,12 @@ pub fn spawn(
             });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
             let (out_tx, out_events) = mpsc::unbounded_channel();
-            let ids = Ids::for_call(ctx.ids_seed, call.0);
+            let outbound = call.is_none();
             let mut t = Task {
                 ctx,
                 ids,
                 call,
+                outbound,
                 events,
                 commands,
                 lease: None,
@@ -155,7 +320,7 @@ pub fn spawn(
                 out_tx,
                 out_events,
             };
-            let core = t.run(request).await;
+            let core = run(&mut t).await;
             let ended = EndedAt {
                 at: Instant::now(),
                 rfc3339: crate::live::rfc3339_now(),
@@ -164,13 +329,15 @@ pub fn spawn(
             let (reason, code) = outcome.describe();
             tracing::info!(reason, ?code, "call ended");
             t.ctx.metrics.call_ended();
+            // Media first: a recording the hangup ended is announced before the call's end,
+            // which is the last event of a call.
+            let mut core = core;
+            t.close_media(&mut core).await;
             t.ctx.events.publish(BusEvent::CallEnded {
                 call_id: t.parties.call_id.clone(),
                 reason: reason.into(),
                 code,
             });
-            let mut core = core;
-            t.close_media(&mut core).await;
             t.write_cdr(&core, &outcome, reason, ended);
         }
         .instrument(span),
@@ -182,7 +349,11 @@ struct Task {
     ctx: Arc<CallContext>,
     /// The call's identifiers: SDP session id, SSRC, RTP start points.
     ids: Ids,
-    call: CallHandle,
+    /// The endpoint's handle of the INVITE we answer (None: a call we place, whose dialog
+    /// is its caller leg's in `outs`).
+    call: Option<CallHandle>,
+    /// A call we placed.
+    outbound: bool,
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
@@ -240,6 +411,32 @@ struct EndedAt {
     rfc3339: String,
 }
 
+/// A call's script: to start (with what it is told of the call), or started.
+enum Flow {
+    Waiting(Arc<AST>, CallInfo),
+    Started,
+}
+
+/// The end of a running script.
+type ScriptDone =
+    std::pin::Pin<Box<dyn std::future::Future<Output = crate::script::ScriptOutcome> + Send>>;
+
+/// The script's next request; never while no script runs.
+async fn next_request(r: &mut Option<mpsc::Receiver<ScriptRequest>>) -> Option<ScriptRequest> {
+    match r {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The script's end; never while no script runs.
+async fn script_done(d: &mut Option<ScriptDone>) -> crate::script::ScriptOutcome {
+    match d {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the room lets the call's member go; never while the call is in no room.
 async fn room_left(room: &mut Option<Membership>) -> LeaveReason {
     match room {
@@ -268,6 +465,13 @@ impl Task {
         let mut core = CallCore::incoming(self.core_config(), session, &[]);
         core.refuse_now(code, warning);
         core
+    }
+
+    /// A new SDP session with media at `addr`, the configured codecs and a seeded id.
+    fn session(&mut self, addr: std::net::SocketAddr) -> LocalSession {
+        LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr)
+            .with_codecs(self.ctx.codecs.clone())
+            .with_choice(self.ctx.codec_choice)
     }
 
     fn core_config(&self) -> CoreConfig {
@@ -306,7 +510,7 @@ impl Task {
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
-        let session = LocalSession::new(self.ids.u64(1..u64::MAX >> 1), media);
+        let session = self.session(media);
         let mut core = CallCore::incoming(self.core_config(), session, &request.body);
         if core.outcome().is_some() {
             self.drain(&mut core).await;
@@ -319,37 +523,86 @@ impl Task {
             headers: request_headers(&request),
             vars: route.vars,
             auth_user: self.parties.auth_user.clone(),
+            outbound: false,
         };
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
         drop(request);
         self.live.update(|c| c.script = Some(route.script.clone()));
-        let (port, requests) = channel_port();
-        let script = spawn_script(ast, self.ctx.scripts.engine().clone(), info, Box::new(port));
-        let hangup = script.hangup_flag();
-        self.in_call(&mut core, requests, script).await;
-        // Whatever ended the call, a script still running stops at its next step.
-        hangup.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut flow = Flow::Waiting(ast, info);
+        self.in_call(&mut core, &mut flow).await;
         core
     }
 
-    /// The event loop: every input goes to the core, then its actions are carried out.
-    async fn in_call(
-        &mut self,
-        core: &mut CallCore,
-        mut requests: mpsc::Receiver<ScriptRequest>,
-        script: crate::script::ScriptHandle,
-    ) {
-        let done = script.join();
-        tokio::pin!(done);
-        let mut requests_open = true;
+    /// A call we place: the INVITE goes out, and the script runs once the far end answers.
+    async fn run_outgoing(&mut self, placed: PlacedFlow) -> CallCore {
+        let PlacedFlow {
+            originate: o,
+            ast,
+            name,
+        } = placed;
+        let placeholder = std::net::SocketAddr::new(self.ctx.media_ip, 0);
+        let Some(lease) = self.ctx.ports.allocate() else {
+            tracing::warn!("no RTP port free for a call to place");
+            self.ctx.events.publish(BusEvent::CallFailed {
+                call_id: self.parties.call_id.clone(),
+                code: 503,
+                reason: "no media ports free".into(),
+            });
+            let session = LocalSession::new(1, placeholder);
+            return self.refused(Refusal::Overloaded.code(), None, session);
+        };
+        let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
+        self.lease = Some(lease);
+        let session = self.session(media);
+        let dial = crate::call::Dial {
+            target: o.to.clone(),
+            caller_id: o.caller_id.clone(),
+            headers: Vec::new(),
+            sdp: Vec::new(),
+        };
+        let mut core =
+            CallCore::outgoing(self.core_config(), session, dial, Instant::now(), o.timeout);
+        let info = CallInfo {
+            from: self.parties.from.clone(),
+            to: o.to,
+            call_id: self.parties.call_id.clone(),
+            headers: BTreeMap::new(),
+            vars: o.vars,
+            outbound: true,
+            auth_user: String::new(),
+        };
+        self.live.update(|c| c.script = Some(name));
+        let mut flow = Flow::Waiting(ast, info);
+        self.drain(&mut core).await;
+        self.in_call(&mut core, &mut flow).await;
+        core
+    }
+
+    /// The event loop: every input goes to the core, then its actions are carried out. The
+    /// script starts as soon as the call is answered or could be (a call we answer starts it
+    /// at once; a call we place, on the far end's answer).
+    async fn in_call(&mut self, core: &mut CallCore, flow: &mut Flow) {
+        let mut requests: Option<mpsc::Receiver<ScriptRequest>> = None;
+        let mut done: Option<ScriptDone> = None;
+        let mut hangup = None;
         while core.outcome().is_none() {
+            if self.call.is_some() || core.is_answered() {
+                if let Flow::Waiting(ast, info) = std::mem::replace(flow, Flow::Started) {
+                    let (port, rx) = channel_port();
+                    let script =
+                        spawn_script(ast, self.ctx.scripts.engine().clone(), info, Box::new(port));
+                    hangup = Some(script.hangup_flag());
+                    requests = Some(rx);
+                    done = Some(Box::pin(script.join()));
+                }
+            }
             let timer = core.poll_timeout();
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
             let ready = core.is_ready() && self.replier.is_none();
             tokio::select! {
-                ev = self.events.recv() => match ev {
+                ev = self.events.recv(), if self.call.is_some() => match ev {
                     Some(ev) => core.handle_sip(Instant::now(), LegId::CALLER, ev),
                     None => core.handle_lost(),
                 },
@@ -359,15 +612,16 @@ impl Task {
                     self.live.update(|i| i.room = None);
                     core.handle_room_left(reason);
                 }
-                req = requests.recv(), if ready && requests_open => match req {
+                req = next_request(&mut requests), if ready => match req {
                     Some(r) => {
                         let (request, reply) = r.into_parts();
                         self.replier = Some(reply);
                         core.handle_request(Instant::now(), request);
                     }
-                    None => requests_open = false,
+                    None => requests = None,
                 },
-                outcome = &mut done, if core.script_running() => {
+                outcome = script_done(&mut done), if core.script_running() && done.is_some() => {
+                    done = None;
                     if matches!(outcome, crate::script::ScriptOutcome::Error(_)) {
                         self.ctx.metrics.script_error();
                     }
@@ -386,8 +640,11 @@ impl Task {
             self.drain(core).await;
         }
         // A request the core will never answer: dropping its replier tells the script the
-        // call is gone.
+        // call is gone; a script still running stops at its next step.
         self.replier = None;
+        if let Some(h) = hangup {
+            h.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn on_leg_event(&mut self, core: &mut CallCore, e: LegEvent) {
@@ -452,7 +709,9 @@ impl Task {
     async fn drain(&mut self, core: &mut CallCore) {
         while let Some(action) = core.poll_action() {
             match action {
-                Action::Sip(leg, a) if leg != LegId::CALLER => self.out_sip(core, leg, a).await,
+                Action::Sip(leg, a) if leg != LegId::CALLER || self.call.is_none() => {
+                    self.out_sip(core, leg, a).await
+                }
                 Action::Sip(_, a) => self.sip(a).await,
                 Action::Media(leg, a) => self.media(core, leg, a).await,
                 Action::Reply(r) => {
@@ -514,6 +773,18 @@ impl Task {
                 let id = id.clone();
                 self.live.update(|c| c.recording = Some(id));
             }
+            Note::Ringing if self.outbound => {
+                self.ctx.events.publish(BusEvent::CallRinging {
+                    call_id: call_id.clone(),
+                });
+            }
+            Note::CallFailed(code, reason) => {
+                self.ctx.events.publish(BusEvent::CallFailed {
+                    call_id: call_id.clone(),
+                    code: *code,
+                    reason: reason.clone(),
+                });
+            }
             Note::Joined { room, .. } => {
                 let room = room.clone();
                 self.live.update(|i| i.room = Some(room));
@@ -529,7 +800,9 @@ impl Task {
     }
 
     async fn sip(&mut self, a: SipAction) {
-        let call = self.call;
+        let Some(call) = self.call else {
+            return;
+        };
         let command = match a {
             SipAction::Ring(sdp) => Command::Ring(call, sdp),
             SipAction::Answer(sdp) => Command::Answer(call, sdp),
@@ -561,6 +834,7 @@ impl Task {
             (SipAction::Dial(d), _) => return self.dial(core, leg, *d).await,
             (SipAction::Cancel, Some(call)) => Command::Cancel(call),
             (SipAction::Hangup, Some(call)) => Command::Hangup(call),
+            (SipAction::Refer(target), Some(call)) => Command::Refer { call, target },
             _ => return,
         };
         let _ = self.commands.send(command).await;
@@ -603,6 +877,7 @@ impl Task {
             headers: d.headers,
             route: Vec::new(),
             credentials: None,
+            call_id: None,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let sent = self
@@ -641,7 +916,7 @@ impl Task {
                         let out = self.outs.entry(leg).or_default();
                         out.lease = Some(lease);
                         out.slot = Some(slot);
-                        Ok(LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr))
+                        Ok(self.session(addr))
                     }
                 };
                 core.handle_prepared(now, leg, prepared);
@@ -650,13 +925,30 @@ impl Task {
                 self.outs.remove(&leg);
             }
             MediaAction::Bridge(other) => {
-                tracing::info!(?other, "bridging");
+                let peer = self.outs.get(&other).and_then(|o| o.media.as_ref());
+                let bridged = match (self.leg.as_ref(), peer) {
+                    (Some(a), Some(b)) => {
+                        self.ctx.media.bridge(a, b).await.map_err(|e| e.to_string())
+                    }
+                    _ => Err("a leg of the bridge has no media".to_string()),
+                };
+                match bridged {
+                    Ok(()) => tracing::info!(?other, "bridged"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?other, "the legs could not be bridged");
+                        core.handle_media_failed(other);
+                    }
+                }
             }
-            MediaAction::Unbridge => {}
+            MediaAction::Unbridge => {
+                if let Some(a) = &self.leg {
+                    self.ctx.media.unbridge(a);
+                }
+            }
             MediaAction::Start(m) if leg != LegId::CALLER => {
                 if let Err(e) = self.start_out_media(leg, &m) {
                     tracing::warn!(error = %e, ?leg, "no media for a placed leg");
-                    core.handle_rtp_timeout(leg);
+                    core.handle_media_failed(leg);
                 }
             }
             MediaAction::Start(m) => {

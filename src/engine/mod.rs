@@ -12,8 +12,10 @@ pub mod worker;
 
 pub use clock::{MediaClock, TickStart};
 pub use io::{Datagram, LegSockets, MediaIo, SocketIo};
-pub use thread::{LegHandle, LegSender, MediaEngine, MoveError};
+pub use thread::{BridgeError, LegHandle, LegSender, MediaEngine, MoveError};
 pub use worker::{Worker, WorkerStats};
 
+#[cfg(test)]
+mod bridge_tests;
 #[cfg(test)]
 mod tests;

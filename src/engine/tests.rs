@@ -13,10 +13,14 @@ use tokio::sync::oneshot;
 use super::io::{Datagram, MediaIo};
 use super::MediaClock;
 use super::Worker;
-use crate::conference::host::{RoomCommand, RoomHost, RoomLink};
-use crate::conference::{Room, RoomSettings, RoomSounds};
+use crate::conference::host::{JoinRefusal, RoomCommand, RoomHost, RoomLink};
+use crate::conference::room::RemoveReason;
+use crate::conference::{MemberId, Room, RoomSettings, RoomSounds};
 use crate::events::EventBus;
-use crate::media::codec::g711::{ulaw_decode_slice, ulaw_encode_slice};
+use crate::media::codec::g711::{
+    alaw_decode_slice, alaw_encode_slice, ulaw_decode_slice, ulaw_encode_slice,
+};
+use crate::media::codec::CodecKind;
 use crate::media::frame::{FRAME, FRAME_SAMPLES};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent, Port};
 use crate::media::level::tone_share;
@@ -24,23 +28,25 @@ use crate::rtp::packet::{RtpHeader, RtpPacket};
 use crate::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 
 /// Where every leg's peer sends from (a plain value: nothing is sent anywhere).
-const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000);
+pub(super) const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000);
 
 /// Datagrams waiting for each leg (the endpoint is the leg's index), and the RTP payloads
-/// each leg sent, decoded; the clock is virtual.
-struct MemIo {
-    now: (Instant, SystemTime),
-    inbox: Vec<VecDeque<Vec<u8>>>,
-    heard: Vec<Vec<i16>>,
+/// each leg sent, decoded, with the payload type of its latest packet; the clock is virtual.
+pub(super) struct MemIo {
+    pub(super) now: (Instant, SystemTime),
+    pub(super) inbox: Vec<VecDeque<Vec<u8>>>,
+    pub(super) heard: Vec<Vec<i16>>,
+    pub(super) sent_as: Vec<Option<PayloadType>>,
     reads: usize,
 }
 
 impl MemIo {
-    fn new(legs: usize, now: (Instant, SystemTime)) -> Self {
+    pub(super) fn new(legs: usize, now: (Instant, SystemTime)) -> Self {
         MemIo {
             now,
             inbox: vec![VecDeque::new(); legs],
             heard: vec![Vec::new(); legs],
+            sent_as: vec![None; legs],
             reads: 0,
         }
     }
@@ -71,10 +77,15 @@ impl MediaIo for MemIo {
         }
         assert_eq!(to, PEER, "leg {leg} sends to its peer");
         let p = RtpPacket::parse(bytes).expect("a leg sends valid RTP");
-        assert_eq!(p.header.payload_type, PayloadType::PCMU);
         let mut pcm = [0i16; FRAME_SAMPLES];
-        ulaw_decode_slice(p.payload, &mut pcm[..p.payload.len()]);
-        self.heard[*leg].extend_from_slice(&pcm[..p.payload.len()]);
+        let pcm = &mut pcm[..p.payload.len()];
+        match p.header.payload_type {
+            PayloadType::PCMU => ulaw_decode_slice(p.payload, pcm),
+            PayloadType::PCMA => alaw_decode_slice(p.payload, pcm),
+            pt => panic!("leg {leg} sent payload type {pt:?}"),
+        }
+        self.heard[*leg].extend_from_slice(pcm);
+        self.sent_as[*leg] = Some(p.header.payload_type);
     }
 
     fn now(&mut self) -> (Instant, SystemTime) {
@@ -82,18 +93,37 @@ impl MediaIo for MemIo {
     }
 }
 
-/// A peer's 20 ms of `freq` Hz at tick `n`, as the RTP packet it sends.
+/// A peer's 20 ms of `freq` Hz at tick `n`, as the PCMU RTP packet it sends.
 fn packet(freq: f64, n: u64) -> Vec<u8> {
+    packet_as(CodecKind::Pcmu, freq, n)
+}
+
+/// A peer's 20 ms of `freq` Hz at tick `n`, as the RTP packet it sends in G.711 `codec`.
+pub(super) fn packet_as(codec: CodecKind, freq: f64, n: u64) -> Vec<u8> {
     let mut pcm = [0i16; FRAME_SAMPLES];
     for (k, s) in pcm.iter_mut().enumerate() {
         let t = (n as usize * FRAME_SAMPLES + k) as f64 / 8000.0;
         *s = (6000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16;
     }
+    pcm_packet(codec, &pcm, n)
+}
+
+/// A peer's frame `pcm` at tick `n`, as the RTP packet it sends in G.711 `codec`.
+pub(super) fn pcm_packet(codec: CodecKind, pcm: &[i16; FRAME_SAMPLES], n: u64) -> Vec<u8> {
     let mut payload = [0u8; FRAME_SAMPLES];
-    ulaw_encode_slice(&pcm, &mut payload);
+    let payload_type = match codec {
+        CodecKind::Pcma => {
+            alaw_encode_slice(pcm, &mut payload);
+            PayloadType::PCMA
+        }
+        _ => {
+            ulaw_encode_slice(pcm, &mut payload);
+            PayloadType::PCMU
+        }
+    };
     let header = RtpHeader {
         marker: n == 0,
-        payload_type: PayloadType::PCMU,
+        payload_type,
         seq: WireSeq::new(n as u16),
         timestamp: RtpTimestamp::new((n as usize * FRAME_SAMPLES) as u32),
         ssrc: Ssrc::new(0x5eed),
@@ -106,7 +136,11 @@ fn packet(freq: f64, n: u64) -> Vec<u8> {
 }
 
 /// Adds PCMU legs `0..n` (endpoint = index = id) sending to [`PEER`].
-fn add_legs(w: &mut Worker<usize>, n: usize, now: Instant) -> Vec<UnboundedReceiver<LegEvent>> {
+pub(super) fn add_legs(
+    w: &mut Worker<usize>,
+    n: usize,
+    now: Instant,
+) -> Vec<UnboundedReceiver<LegEvent>> {
     (0..n)
         .map(|i| {
             let leg =
@@ -119,7 +153,7 @@ fn add_legs(w: &mut Worker<usize>, n: usize, now: Instant) -> Vec<UnboundedRecei
 }
 
 /// The share of `pcm`'s energy at `freq`, over its last `ms`.
-fn share_at(pcm: &[i16], freq: f64, ms: usize) -> f64 {
+pub(super) fn share_at(pcm: &[i16], freq: f64, ms: usize) -> f64 {
     let tail = &pcm[pcm.len().saturating_sub(ms * 8)..];
     tone_share(tail, freq, 8000.0)
 }
@@ -172,11 +206,40 @@ fn two_thousand_echo_legs_send_back_what_each_heard() {
 }
 
 /// A room without sounds, and its count of joins on their way.
-fn room_host(id: u64) -> (RoomHost, Arc<AtomicUsize>) {
+pub(super) fn room_host(id: u64) -> (RoomHost, Arc<AtomicUsize>) {
     let link = RoomLink::new(id, "r", EventBus::new(64), String::new(), 0);
     let pending = link.pending.clone();
     let room = Room::new(RoomSettings::default(), RoomSounds::default()).expect("a room");
     (RoomHost::new(link, room, None, Box::new(|| {})), pending)
+}
+
+/// Joins leg `leg` to `room` (its id and count of joins on their way) as the registry
+/// would; the worker's answer, and where the member's leaving will be told.
+pub(super) fn join(
+    w: &mut Worker<usize>,
+    io: &mut MemIo,
+    (room, pending): (u64, &AtomicUsize),
+    leg: u64,
+    now: Instant,
+) -> (
+    Result<MemberId, JoinRefusal>,
+    oneshot::Receiver<RemoveReason>,
+) {
+    pending.fetch_add(1, Ordering::AcqRel);
+    let (reply, mut answer) = oneshot::channel();
+    let (left_tx, left_rx) = oneshot::channel();
+    let join = RoomCommand::Join {
+        leg,
+        moderator: false,
+        muted: false,
+        call_id: format!("c{leg}"),
+        from: String::new(),
+        reply,
+        left: left_tx,
+    };
+    w.room_command(now, room, join, io);
+    let joined = answer.try_recv().unwrap_or(Err(JoinRefusal::Gone));
+    (joined, left_rx)
 }
 
 #[test]
@@ -194,21 +257,9 @@ fn room_members_hear_each_other_not_themselves_for_a_minute() {
     w.add_room(host);
     let mut left = Vec::new();
     for leg in 0..3u64 {
-        pending.fetch_add(1, Ordering::AcqRel);
-        let (reply, mut answer) = oneshot::channel();
-        let (left_tx, left_rx) = oneshot::channel();
+        let (joined, left_rx) = join(&mut w, &mut io, (ROOM, &pending), leg, t0.0);
+        assert!(joined.is_ok(), "leg {leg} joined");
         left.push(left_rx);
-        let join = RoomCommand::Join {
-            leg,
-            moderator: false,
-            muted: false,
-            call_id: format!("c{leg}"),
-            from: String::new(),
-            reply,
-            left: left_tx,
-        };
-        w.room_command(t0.0, ROOM, join, &mut io);
-        assert!(matches!(answer.try_recv(), Ok(Ok(_))), "leg {leg} joined");
     }
     w.leg_command(t0.0, 3, LegCommand::Echo(true));
     let mut clock = MediaClock::new(t0.0);

@@ -6,7 +6,8 @@
 //!
 //! A room and all its members live on one worker, so mixing takes no locks: a leg is moved
 //! to its room's worker before it joins ([`MediaEngine::move_leg`]). Its handle follows it,
-//! and the old worker forwards commands that still reach it for a while.
+//! and the old worker forwards commands that still reach it for a while. Bridged legs share
+//! a worker the same way: [`MediaEngine::bridge`] moves the second leg to the first's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +85,30 @@ impl LegHandle {
             _ => Err(MoveError::Refused),
         }
     }
+
+    /// Bridges this leg with `other`, moving `other` to this leg's worker first: each then
+    /// sends what the other hears, transcoded when their codecs differ, until either is
+    /// unbridged or removed.
+    pub async fn bridge(&self, other: &LegHandle) -> Result<(), BridgeError> {
+        if self.id == other.id {
+            return Err(BridgeError::SameLeg);
+        }
+        other.move_to(self.worker()).await?;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.route.send(Command::Bridge {
+            a: self.id,
+            b: other.id,
+            done,
+        });
+        // No answer: the worker has stopped, and the leg with it.
+        rx.await.unwrap_or(Err(BridgeError::Gone(self.id)))
+    }
+
+    /// Ends this leg's bridge, for both legs; each then sends as a plain leg (silence unless
+    /// told otherwise). Nothing happens when it is in none.
+    pub fn unbridge(&self) {
+        self.route.send(Command::Unbridge(self.id));
+    }
 }
 
 /// Sends commands to a leg from anywhere; unlike [`LegHandle`] it does not own the leg.
@@ -112,9 +137,30 @@ pub enum MoveError {
     /// No worker with that index.
     #[error("no media worker {0}")]
     NoWorker(usize),
-    /// The leg is gone, or in a room (a member stays with its room).
+    /// The leg is gone, in a room (a member stays with its room) or bridged (it stays with
+    /// its peer).
     #[error("leg cannot move now")]
     Refused,
+}
+
+/// Two legs could not be bridged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeError {
+    /// A leg bridged with itself.
+    #[error("a leg cannot be bridged with itself")]
+    SameLeg,
+    /// The leg with this id is gone (or not on the worker asked).
+    #[error("leg {0} is gone")]
+    Gone(u64),
+    /// The leg with this id is in a conference room.
+    #[error("leg {0} is in a room")]
+    InRoom(u64),
+    /// The leg with this id is bridged with another leg already.
+    #[error("leg {0} is bridged already")]
+    Bridged(u64),
+    /// The second leg could not be moved to the first one's worker.
+    #[error("moving the leg to its peer's worker: {0}")]
+    Move(#[from] MoveError),
 }
 
 impl MediaEngine {
@@ -213,6 +259,16 @@ impl MediaEngine {
     /// sent through its handle reach the new worker after the leg itself.
     pub async fn move_leg(&self, leg: &LegHandle, to: usize) -> Result<(), MoveError> {
         leg.move_to(to).await
+    }
+
+    /// Bridges legs `a` and `b`, moving `b` to `a`'s worker first (see [`LegHandle::bridge`]).
+    pub async fn bridge(&self, a: &LegHandle, b: &LegHandle) -> Result<(), BridgeError> {
+        a.bridge(b).await
+    }
+
+    /// Ends `a`'s bridge, for both of its legs.
+    pub fn unbridge(&self, a: &LegHandle) {
+        a.unbridge();
     }
 
     /// Places a new room on worker `worker` (see [`MediaEngine::least_loaded`]); false when

@@ -4,8 +4,15 @@
 //! memory in virtual time.
 //!
 //! Order of a tick: every leg's receive half (datagrams, jitter buffer, decode, digits); each
-//! room's mix and its members' send halves; the send half of every leg not in a room; events
-//! to calls and key presses to rooms; room events. Commands are applied before it.
+//! bridged pair's input frames copied across, each into the other leg's bridge buffer
+//! (silence while a leg hears nothing or a key tone sounds); each room's mix and its members'
+//! send halves; the send half of every leg not in a room, a bridged leg's with its peer's
+//! frame; events to calls and key presses to rooms; room events. Commands are applied before it.
+//!
+//! A bridge pairs two legs of one worker, each hearing the other: a call's leg and the leg it
+//! dialled. Each leg decodes to and encodes from the internal frame, so legs with different
+//! codecs are transcoded on the way. A leg is in a room or a bridge, never both, and a bridged
+//! leg stays on its worker; removing either leg ends the bridge for the other.
 //!
 //! RTCP timing is not the tick's: peers compute round-trip times from the delay between our
 //! reading their sender report and sending ours (DLSR), so the legs are given true times.
@@ -22,10 +29,11 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::io::MediaIo;
+use super::thread::BridgeError;
 use crate::conference::host::{MemberLegs, RoomCommand, RoomHost};
 use crate::conference::MemberId;
 use crate::media::codec::CodecKind;
-use crate::media::frame::Frame;
+use crate::media::frame::{Frame, SILENCE};
 use crate::media::leg::{Leg, LegCommand, LegEvent, LegStats, Port};
 use crate::rtp::packet::{classify, PacketKind};
 
@@ -64,6 +72,8 @@ pub struct WorkerStats {
     pub rooms: AtomicUsize,
     /// Members of those rooms now.
     pub members: AtomicUsize,
+    /// Bridged pairs of legs now.
+    pub bridges: AtomicUsize,
 }
 
 /// A message to a worker; `E` is the per-leg endpoint of the worker's [`MediaIo`].
@@ -84,6 +94,12 @@ pub(crate) enum Command<E> {
     },
     AddRoom(Box<RoomHost>),
     Room(u64, RoomCommand),
+    Bridge {
+        a: u64,
+        b: u64,
+        done: tokio::sync::oneshot::Sender<Result<(), BridgeError>>,
+    },
+    Unbridge(u64),
     Stop,
 }
 
@@ -96,6 +112,8 @@ impl<E> std::fmt::Debug for Command<E> {
             Command::Move { id, to, .. } => write!(f, "Move({id} to {to})"),
             Command::AddRoom(h) => write!(f, "AddRoom({})", h.id()),
             Command::Room(id, c) => write!(f, "Room({id}, {c:?})"),
+            Command::Bridge { a, b, .. } => write!(f, "Bridge({a}, {b})"),
+            Command::Unbridge(id) => write!(f, "Unbridge({id})"),
             Command::Stop => write!(f, "Stop"),
         }
     }
@@ -109,6 +127,24 @@ struct Slot<E> {
     route: Arc<Route<E>>,
     /// The room (by id) and membership, while the leg is in one.
     room: Option<(u64, MemberId)>,
+    /// The leg this one is bridged to, while it is.
+    bridge: Option<Bridge>,
+}
+
+/// One side of a bridge: the peer's slot, and the peer's frame this tick, copied here
+/// before the send halves so that each leg's send half reads only its own slot.
+struct Bridge {
+    peer: usize,
+    audio: Frame,
+}
+
+impl Bridge {
+    fn to(peer: usize) -> Option<Bridge> {
+        Some(Bridge {
+            peer,
+            audio: SILENCE,
+        })
+    }
 }
 
 /// Where a leg lives now: shared by its handle, its senders and its worker.
@@ -143,6 +179,8 @@ pub struct Worker<E> {
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
     rooms: Vec<RoomHost>,
+    /// Bridged pairs, by slot.
+    pairs: Vec<(usize, usize)>,
     /// Legs that moved away, whose commands go on to their new worker for a while.
     forwards: Vec<Forward>,
     peers: Arc<Vec<Sender<Command<E>>>>,
@@ -172,6 +210,7 @@ impl<E> Worker<E> {
             free: Vec::with_capacity(256),
             by_id: HashMap::with_capacity(256),
             rooms: Vec::with_capacity(16),
+            pairs: Vec::with_capacity(128),
             forwards: Vec::new(),
             peers,
             retired: LegStats::default(),
@@ -198,6 +237,7 @@ impl<E> Worker<E> {
             events,
             route,
             room: None,
+            bridge: None,
         });
     }
 
@@ -253,6 +293,53 @@ impl<E> Worker<E> {
         }
     }
 
+    /// Bridges legs `a` and `b`, both on this worker: from the next tick each leg sends what
+    /// the other hears (its own playback still comes first). Bridging a pair again is a no-op.
+    pub fn bridge(&mut self, a: u64, b: u64) -> Result<(), BridgeError> {
+        if a == b {
+            return Err(BridgeError::SameLeg);
+        }
+        let mut at = [0; 2];
+        for (k, id) in [a, b].into_iter().enumerate() {
+            let (i, s) = self.slot_of(id).ok_or(BridgeError::Gone(id))?;
+            if s.room.is_some() {
+                return Err(BridgeError::InRoom(id));
+            }
+            at[k] = i;
+        }
+        let [ia, ib] = at;
+        if self.pairs.iter().any(|&p| p == (ia, ib) || p == (ib, ia)) {
+            return Ok(());
+        }
+        for (id, i) in [(a, ia), (b, ib)] {
+            if self.slots[i].as_ref().is_some_and(|s| s.bridge.is_some()) {
+                return Err(BridgeError::Bridged(id));
+            }
+        }
+        if let Ok([Some(x), Some(y)]) = self.slots.get_disjoint_mut([ia, ib]) {
+            x.bridge = Bridge::to(ib);
+            y.bridge = Bridge::to(ia);
+            self.pairs.push((ia, ib));
+        }
+        Ok(())
+    }
+
+    /// Ends leg `id`'s bridge for both legs, which then send as plain legs; false when it
+    /// was in none here.
+    pub fn unbridge(&mut self, id: u64) -> bool {
+        let Some((i, s)) = self.slot_of(id) else {
+            return false;
+        };
+        let Some(peer) = s.bridge.take().map(|b| b.peer) else {
+            return false;
+        };
+        if let Some(Some(p)) = self.slots.get_mut(peer) {
+            p.bridge = None;
+        }
+        self.pairs.retain(|&(x, y)| x != i && y != i);
+        true
+    }
+
     fn insert(&mut self, slot: Slot<E>) -> usize {
         let id = slot.id;
         let i = match self.free.pop() {
@@ -276,7 +363,8 @@ impl<E> Worker<E> {
         Some(s)
     }
 
-    fn forward_move(&self, id: u64, cmd: Command<E>) -> Result<(), Command<E>> {
+    /// Hands a command for a leg that moved away to its new worker, or gives it back.
+    fn forward_or_return(&self, id: u64, cmd: Command<E>) -> Result<(), Command<E>> {
         match self.forwards.iter().find(|f| f.leg == id) {
             Some(&Forward { to, .. }) => match self.peers.get(to) {
                 Some(tx) => tx.send(cmd).map_err(|e| e.0),
@@ -306,6 +394,7 @@ impl<E> Worker<E> {
                     events,
                     route,
                     room: None,
+                    bridge: None,
                 });
             }
             Command::Leg(id, cmd) => match self.slot_of(id) {
@@ -324,6 +413,8 @@ impl<E> Worker<E> {
                     // The call hung up while in a room: it leaves first.
                     self.room_command(now, room, RoomCommand::Hangup { member }, io);
                 }
+                // Its peer goes on as a plain leg, hearing silence.
+                self.unbridge(id);
                 if let Some(mut s) = self.take(i) {
                     // The call is over: a recording in progress ends as a hangup, digits kept.
                     s.leg.close();
@@ -342,13 +433,14 @@ impl<E> Worker<E> {
             Command::Move { id, to, done } => {
                 let Some((i, s)) = self.slot_of(id) else {
                     if let Err(Command::Move { done, .. }) =
-                        self.forward_move(id, Command::Move { id, to, done })
+                        self.forward_or_return(id, Command::Move { id, to, done })
                     {
                         let _ = done.send(false);
                     }
                     return;
                 };
-                if s.room.is_some() || self.peers.get(to).is_none() {
+                // A member stays with its room, a bridged leg with its peer.
+                if s.room.is_some() || s.bridge.is_some() || self.peers.get(to).is_none() {
                     let _ = done.send(false);
                     return;
                 }
@@ -377,6 +469,22 @@ impl<E> Worker<E> {
             }
             Command::AddRoom(host) => self.rooms.push(*host),
             Command::Room(room, cmd) => self.room_command(now, room, cmd, io),
+            Command::Bridge { a, b, done } => {
+                if self.slot_of(a).is_none() {
+                    if let Err(Command::Bridge { done, .. }) =
+                        self.forward_or_return(a, Command::Bridge { a, b, done })
+                    {
+                        let _ = done.send(Err(BridgeError::Gone(a)));
+                    }
+                    return;
+                }
+                let _ = done.send(self.bridge(a, b));
+            }
+            Command::Unbridge(id) => {
+                if !self.unbridge(id) && self.slot_of(id).is_none() {
+                    let _ = self.forward(id, Command::Unbridge(id));
+                }
+            }
             Command::Stop => {}
         }
     }
@@ -391,6 +499,11 @@ impl<E> Worker<E> {
         let mut live = LegStats::default();
         for s in self.slots.iter_mut().flatten() {
             receive_leg(s, now, wallclock, n, &mut self.buf[..], io);
+        }
+        for &(a, b) in &self.pairs {
+            if let Ok([Some(x), Some(y)]) = self.slots.get_disjoint_mut([a, b]) {
+                cross(x, y);
+            }
         }
         let mut legs = Legs {
             slots: &mut self.slots,
@@ -409,7 +522,8 @@ impl<E> Worker<E> {
             if s.room.is_none() {
                 let endpoint = &s.endpoint;
                 let (now, wallclock) = send_time(&s.leg, now, wallclock, io);
-                s.leg.send(now, wallclock, n, None, &mut |port, to, bytes| {
+                let peer = s.bridge.as_ref().map(|b| &b.audio);
+                s.leg.send(now, wallclock, n, peer, &mut |port, to, bytes| {
                     io.send(endpoint, port, to, bytes)
                 });
             }
@@ -444,6 +558,7 @@ impl<E> Worker<E> {
         stats.rooms.store(self.rooms.len(), Ordering::Relaxed);
         stats.legs.store(self.by_id.len(), Ordering::Relaxed);
         stats.members.store(members, Ordering::Relaxed);
+        stats.bridges.store(self.pairs.len(), Ordering::Relaxed);
         stats
             .packets_in
             .store(live.packets_in + self.retired.packets_in, Ordering::Relaxed);
@@ -459,6 +574,22 @@ impl<E> Worker<E> {
             live.packets_lost + self.retired.packets_lost,
             Ordering::Relaxed,
         );
+    }
+}
+
+/// A leg's received frame this tick when it is audio to pass on: not filler, and no key tone
+/// (keys reach others as events, not in-band).
+fn audible(leg: &Leg) -> Option<&Frame> {
+    (leg.hearing() && !leg.dtmf_sounding()).then(|| leg.input())
+}
+
+/// Copies each bridged leg's audible input into the other's bridge buffer.
+fn cross<E>(x: &mut Slot<E>, y: &mut Slot<E>) {
+    if let Some(b) = x.bridge.as_mut() {
+        b.audio = *audible(&y.leg).unwrap_or(&SILENCE);
+    }
+    if let Some(b) = y.bridge.as_mut() {
+        b.audio = *audible(&x.leg).unwrap_or(&SILENCE);
     }
 }
 
@@ -485,7 +616,7 @@ impl<E, I: MediaIo<Endpoint = E>> MemberLegs for Legs<'_, E, I> {
     fn find(&self, leg: u64) -> Option<usize> {
         let i = *self.by_id.get(&leg)?;
         let s = self.slots.get(i)?.as_ref()?;
-        s.room.is_none().then_some(i)
+        (s.room.is_none() && s.bridge.is_none()).then_some(i)
     }
 
     fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
@@ -495,8 +626,7 @@ impl<E, I: MediaIo<Endpoint = E>> MemberLegs for Legs<'_, E, I> {
     }
 
     fn input(&self, tag: usize) -> Option<&Frame> {
-        let s = self.slots.get(tag)?.as_ref()?;
-        (s.leg.hearing() && !s.leg.dtmf_sounding()).then(|| s.leg.input())
+        audible(&self.slots.get(tag)?.as_ref()?.leg)
     }
 
     fn codec(&self, tag: usize) -> Option<CodecKind> {

@@ -40,8 +40,8 @@ const TERMINATOR_TRIM_FRAMES: u64 = 5;
 /// The longest packet we play out: 60 ms, three frames.
 const MAX_PACKET_SAMPLES: usize = 3 * FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
-/// frame appended to it, for codecs of up to two bytes a sample.
-const OUT_FIFO_BYTES: usize = 2 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
+/// frame appended to it, for codecs of up to four bytes an internal sample (L16 at 16 kHz).
+const OUT_FIFO_BYTES: usize = 4 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
 
 /// Which of the leg's two ports a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +297,30 @@ pub struct LegReport {
     pub rtcp: crate::rtp::rtcp::RtcpStats,
 }
 
+/// A playback on the leg.
+struct Playback {
+    /// Reported back in `PlayDone`.
+    id: u64,
+    source: Box<dyn AudioSource>,
+    /// A key stops it.
+    barge_in: bool,
+}
+
+/// A recording on the leg: its frame-by-frame policy and the writer's handle.
+struct Recording {
+    session: Box<RecordSession>,
+    handle: RecorderHandle,
+}
+
+/// The RTP timeout's watch.
+#[derive(Debug, Clone, Copy)]
+enum RtpWatch {
+    /// RTP is awaited since then (the last packet, the start, a media change).
+    Since(Instant),
+    /// None came in time and that was reported; a packet starts the watch again.
+    TimedOut,
+}
+
 /// One call's media.
 pub struct Leg {
     cfg: LegConfig,
@@ -319,15 +343,15 @@ pub struct Leg {
     merger: DtmfMerger,
     event_sender: Option<EventSender>,
     inband_sender: InbandSender,
-    playing: Option<(u64, Box<dyn AudioSource>, bool)>,
-    recording: Option<(Box<RecordSession>, RecorderHandle)>,
+    playing: Option<Playback>,
+    recording: Option<Recording>,
     echo: bool,
     /// An in-band key tone is being heard (between its detected start and end).
     inband_active: bool,
     /// An RFC 4733 key press is in progress.
     rfc4733_active: bool,
-    last_rx: Instant,
-    timed_out: bool,
+    /// Since when RTP has been awaited, or that its absence was reported.
+    rtp_watch: RtpWatch,
     talkspurt: bool,
     pcm_in: Frame,
     pcm_out: Frame,
@@ -348,6 +372,11 @@ pub struct Leg {
 impl Leg {
     /// A leg starting at `now`.
     pub fn new(cfg: LegConfig, now: Instant) -> Result<Self, LegError> {
+        // A codec sampling at another rate than ours is resampled inside its codec object.
+        let codec = cfg
+            .codec
+            .new_leg_codec(&Default::default())
+            .map_err(|e| LegError(e.to_string()))?;
         let rate = cfg.codec.rtp_clock();
         let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
         if let Some(te) = cfg.telephone_event {
@@ -378,10 +407,10 @@ impl Leg {
         Ok(Leg {
             rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
-            codec: cfg.codec.new_codec(),
+            codec,
             recv,
             send,
-            jitter: JitterBuffer::new(jitter_config(FRAME_SAMPLES)),
+            jitter: JitterBuffer::new(jitter_config(cfg.codec, FRAME_SAMPLES)),
             packet_samples: FRAME_SAMPLES,
             fifo: [0; FRAME_SAMPLES + MAX_PACKET_SAMPLES],
             fifo_len: 0,
@@ -398,12 +427,11 @@ impl Leg {
             echo: false,
             inband_active: false,
             rfc4733_active: false,
-            last_rx: now,
-            timed_out: false,
+            rtp_watch: RtpWatch::Since(now),
             talkspurt: false,
             pcm_in: [0; FRAME_SAMPLES],
             pcm_out: [0; FRAME_SAMPLES],
-            ptime_samples: ptime_samples(cfg.ptime),
+            ptime_samples: ptime_samples(cfg.codec, cfg.ptime),
             out_fifo: [0; OUT_FIFO_BYTES],
             out_len: 0,
             out_pos: 0,
@@ -498,12 +526,16 @@ impl Leg {
                 barge_in,
             } => {
                 self.stop_play(true);
-                self.playing = Some((id, source, barge_in));
+                self.playing = Some(Playback {
+                    id,
+                    source,
+                    barge_in,
+                });
             }
             LegCommand::StopPlay => self.stop_play(true),
             LegCommand::Record { session, handle } => {
                 self.stop_record(|s| s.request_stop());
-                self.recording = Some((session, handle));
+                self.recording = Some(Recording { session, handle });
             }
             LegCommand::StopRecord => self.stop_record(|s| s.request_stop()),
             LegCommand::Echo(on) => self.echo = on,
@@ -526,15 +558,14 @@ impl Leg {
             } => {
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
-                self.ptime_samples = ptime_samples(ptime);
+                self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
                 self.cfg.remote = remote;
                 self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
                 // A move of the peer's media forgets its source and opens a learning window.
                 self.recv.set_remote(now, remote_media(&self.cfg));
                 // Coming off hold, the peer gets a full timeout to resume sending.
-                self.last_rx = now;
-                self.timed_out = false;
+                self.rtp_watch = RtpWatch::Since(now);
             }
         }
     }
@@ -558,14 +589,14 @@ impl Leg {
             let stops = self
                 .recording
                 .as_mut()
-                .and_then(|(s, _)| s.on_digit(k.digit))
+                .and_then(|r| r.session.on_digit(k.digit))
                 .is_some();
             if stops {
-                if let Some((session, handle)) = self.recording.take() {
-                    self.finish_record(session, handle);
+                if let Some(r) = self.recording.take() {
+                    self.finish_record(r);
                 }
             }
-            if self.playing.as_ref().is_some_and(|p| p.2) {
+            if self.playing.as_ref().is_some_and(|p| p.barge_in) {
                 self.stop_play(true);
             }
         }
@@ -592,14 +623,14 @@ impl Leg {
 
     /// Ends the recording (if any) with the reason `stop` gives, finalises it and reports.
     fn stop_record(&mut self, stop: impl FnOnce(&mut RecordSession) -> StopReason) {
-        let Some((mut session, handle)) = self.recording.take() else {
+        let Some(mut r) = self.recording.take() else {
             return;
         };
-        let _ = stop(&mut session);
-        self.finish_record(session, handle);
+        let _ = stop(&mut r.session);
+        self.finish_record(r);
     }
 
-    fn finish_record(&mut self, session: Box<RecordSession>, handle: RecorderHandle) {
+    fn finish_record(&mut self, Recording { session, handle }: Recording) {
         let Some(mut outcome) = session.outcome() else {
             return;
         };
@@ -620,20 +651,20 @@ impl Leg {
 
     /// Feeds this tick's audio (what we heard and what we sent) to the recording.
     fn record_frame(&mut self) {
-        let Some((session, handle)) = self.recording.as_mut() else {
+        let Some(r) = self.recording.as_mut() else {
             return;
         };
-        let step = session.push_frame(&self.pcm_in, &self.pcm_out);
-        handle.push(session.frame());
+        let step = r.session.push_frame(&self.pcm_in, &self.pcm_out);
+        r.handle.push(r.session.frame());
         if let Step::Stop(_) = step {
-            if let Some((session, handle)) = self.recording.take() {
-                self.finish_record(session, handle);
+            if let Some(r) = self.recording.take() {
+                self.finish_record(r);
             }
         }
     }
 
     fn stop_play(&mut self, interrupted: bool) {
-        if let Some((id, _, _)) = self.playing.take() {
+        if let Some(Playback { id, .. }) = self.playing.take() {
             self.events
                 .push_back(LegEvent::PlayDone { id, interrupted });
         }
@@ -671,8 +702,7 @@ impl Leg {
             }
         };
         self.stats.packets_in += 1;
-        self.last_rx = now;
-        self.timed_out = false;
+        self.rtp_watch = RtpWatch::Since(now);
         if Some(pkt.header.payload_type) == self.cfg.telephone_event {
             // RFC 4733 events are handled apart from audio (never through the jitter buffer).
             if let Some(rx) = self.rfc4733.as_mut() {
@@ -691,7 +721,7 @@ impl Leg {
             }
             return;
         }
-        let samples = self.cfg.codec.samples_in(pkt.payload.len());
+        let samples = self.cfg.codec.payload_internal_samples(pkt.payload);
         if samples == 0
             || samples > MAX_PACKET_SAMPLES
             || !samples.is_multiple_of(FRAME_SAMPLES / 2)
@@ -704,7 +734,7 @@ impl Leg {
             // The peer's packetization (ptime) changed, or this is the first packet: the jitter
             // buffer counts in packets, so it starts over at the new size.
             self.packet_samples = samples;
-            self.jitter = JitterBuffer::new(jitter_config(samples));
+            self.jitter = JitterBuffer::new(jitter_config(self.cfg.codec, samples));
         } else if acc.restarted {
             self.jitter.reset();
             self.codec.reset();
@@ -897,7 +927,12 @@ impl Leg {
             return;
         }
         let position = self.send.position_of(tick);
-        let buffered = self.cfg.codec.samples_in(self.out_len) as u64;
+        if !self.cfg.codec.fixed_size() {
+            return self.send_frame_alone(position, dest, encoded, send);
+        }
+        // Positions count RTP ticks, which run faster than our samples for L16 at 16 kHz.
+        let ticks = self.cfg.codec.ticks_per_internal_sample();
+        let buffered = self.cfg.codec.internal_samples_in(self.out_len) as u64 * ticks;
         if self.out_len > 0 && self.out_pos.wrapping_add(buffered) != position {
             // Ticks went by unsent (on hold, skipped ahead): the buffer no longer joins on.
             self.out_len = 0;
@@ -905,27 +940,16 @@ impl Leg {
         if self.out_len == 0 {
             self.out_pos = position;
         }
-        let tail = &mut self.out_fifo[self.out_len..];
-        let appended = match encoded {
-            Some(p) => match tail.get_mut(..p.len()) {
-                Some(t) => {
-                    t.copy_from_slice(p);
-                    p.len()
-                }
-                None => return,
-            },
-            None => match self.codec.encode(&self.pcm_out, tail) {
-                Ok(n) => n,
-                Err(_) => return,
-            },
+        let Some(appended) = self.append_frame(encoded) else {
+            return;
         };
         self.out_len += appended;
-        let samples = self.ptime_samples;
+        let samples = self.ptime_samples as u64 * ticks;
         let bytes = self.packet_bytes();
         while self.out_len >= bytes {
             let written = self.send.write_samples(
                 self.out_pos,
-                samples as u64,
+                samples,
                 &self.out_fifo[..bytes],
                 &mut self.packet,
             );
@@ -935,15 +959,51 @@ impl Leg {
             }
             self.out_fifo.copy_within(bytes..self.out_len, 0);
             self.out_len -= bytes;
-            self.out_pos = self.out_pos.wrapping_add(samples as u64);
+            self.out_pos = self.out_pos.wrapping_add(samples);
         }
     }
 
-    /// Encoded bytes in one packet we send.
+    /// Appends this tick's frame to the encoded audio waiting to be sent: `encoded` when the
+    /// room encoded it already, else `pcm_out` encoded here. Its length in bytes, or `None`
+    /// when it does not fit or cannot be encoded.
+    fn append_frame(&mut self, encoded: Option<&[u8]>) -> Option<usize> {
+        let tail = &mut self.out_fifo[self.out_len..];
+        match encoded {
+            Some(p) => {
+                tail.get_mut(..p.len())?.copy_from_slice(p);
+                Some(p.len())
+            }
+            None => self.codec.encode(&self.pcm_out, tail).ok(),
+        }
+    }
+
+    /// Sends this tick's frame as a packet of its own, for codecs whose frames vary in size
+    /// (Opus): 20 ms packets whatever the peer's ptime, and none when the encoder has
+    /// nothing to send (DTX).
+    fn send_frame_alone(
+        &mut self,
+        position: u64,
+        dest: SocketAddr,
+        encoded: Option<&[u8]>,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        self.out_len = 0;
+        let Some(len) = self.append_frame(encoded).filter(|&n| n > 0) else {
+            return;
+        };
+        let ticks = FRAME_SAMPLES as u64 * self.cfg.codec.ticks_per_internal_sample();
+        let written =
+            self.send
+                .write_samples(position, ticks, &self.out_fifo[..len], &mut self.packet);
+        if let Ok(n) = written {
+            send(Port::Rtp, dest, &self.packet[..n]);
+            self.stats.packets_out += 1;
+        }
+    }
+
+    /// Encoded bytes in one packet we send (codecs of a fixed size per duration).
     fn packet_bytes(&self) -> usize {
-        // Every codec so far has a fixed number of bytes per sample.
-        let per_frame = self.cfg.codec.samples_in(FRAME_SAMPLES).max(1);
-        self.ptime_samples * FRAME_SAMPLES / per_frame
+        self.cfg.codec.max_payload_bytes(self.ptime_samples)
     }
 
     /// Fills `pcm_in` with this tick's 20 ms of received audio. Packets may carry 10-60 ms,
@@ -1003,17 +1063,20 @@ impl Leg {
 
     fn check_timeout(&mut self, now: Instant) {
         // A peer that put us on hold (it does not send) owes us no RTP.
-        if self.timed_out || !self.cfg.direction.receives() {
+        let RtpWatch::Since(last) = self.rtp_watch else {
+            return;
+        };
+        if !self.cfg.direction.receives() {
             return;
         }
-        if now.saturating_duration_since(self.last_rx) >= self.cfg.rtp_timeout {
-            self.timed_out = true;
+        if now.saturating_duration_since(last) >= self.cfg.rtp_timeout {
+            self.rtp_watch = RtpWatch::TimedOut;
             self.events.push_back(LegEvent::RtpTimeout);
         }
     }
 
     fn produce_frame(&mut self, room: Option<&Frame>) {
-        if let Some((id, source, _)) = self.playing.as_mut() {
+        if let Some(Playback { id, source, .. }) = self.playing.as_mut() {
             let n = source.fill(&mut self.pcm_out);
             if n < FRAME_SAMPLES {
                 self.pcm_out[n..].fill(0);
@@ -1039,10 +1102,15 @@ impl Leg {
     }
 }
 
-/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet, else 20 ms.
-fn ptime_samples(ptime: Duration) -> usize {
+/// Samples per packet we send for `ptime`: 10 ms steps up to the longest packet whose payload
+/// fits our packet buffer with its 12-byte header (60 ms of L16 at 16 kHz does not), else 20 ms.
+fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
     let samples = INTERNAL_RATE.ticks_in(ptime) as usize;
-    if samples > 0 && samples <= MAX_PACKET_SAMPLES && samples.is_multiple_of(FRAME_SAMPLES / 2) {
+    if samples > 0
+        && samples <= MAX_PACKET_SAMPLES
+        && samples.is_multiple_of(FRAME_SAMPLES / 2)
+        && codec.max_payload_bytes(samples) + 12 <= 1500
+    {
         samples
     } else {
         FRAME_SAMPLES
@@ -1050,10 +1118,12 @@ fn ptime_samples(ptime: Duration) -> usize {
 }
 
 /// A jitter buffer for packets of `samples` samples at the internal rate.
-fn jitter_config(samples: usize) -> JitterConfig {
+fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
     JitterConfig {
         frame: INTERNAL_RATE.duration_of(samples as u64),
-        slot_bytes: MAX_PACKET_SAMPLES * 2,
+        slot_bytes: codec
+            .max_payload_bytes(MAX_PACKET_SAMPLES)
+            .max(MAX_PACKET_SAMPLES * 2),
         ..JitterConfig::default()
     }
 }

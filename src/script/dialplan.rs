@@ -89,7 +89,7 @@ pub struct Dialplan {
 }
 
 /// `ivr` and `ivr.rhai` both name `ivr.rhai`; paths are refused.
-fn script_file(name: &str) -> Result<String, String> {
+pub fn script_file(name: &str) -> Result<String, String> {
     let name = name.trim();
     if name.is_empty()
         || name.contains(['/', '\\'])

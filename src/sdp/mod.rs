@@ -8,7 +8,7 @@ pub use model::{
     Attribute, Attributes, Bandwidth, Connection, Direction, ExtraLine, MediaDescription,
     MediaKind, Origin, PayloadType, Rtcp, RtpMap, SessionDescription, Timing,
 };
-pub use negotiate::{Answer, Codec, LocalSession, NegotiatedAudio, NegotiationError};
+pub use negotiate::{Answer, Codec, CodecChoice, LocalSession, NegotiatedAudio, NegotiationError};
 pub use parse::{parse, SdpError, SdpErrorKind};
 
 #[cfg(test)]

@@ -3,10 +3,15 @@
 //! peer's offer, our own offer and the acceptance of the peer's answer, and the reasons for a
 //! 488 ([`NegotiationError`]).
 //!
-//! Codec choice when answering: the first format in the *offer's* order that we support. The
-//! offerer lists its formats by preference (RFC 3264 §5.1) and the answerer picks among them, so
-//! honouring that order gives the caller the codec it asked for whenever we can decode it; our
-//! own list order only matters in our offers.
+//! Codec choice when answering follows [`CodecChoice`]: by default (generous) the first format
+//! in the *offer's* order that we allow. The offerer lists its formats by preference (RFC 3264
+//! §5.1) and the answerer picks among them, so honouring that order gives the caller the codec
+//! it asked for whenever we can decode it; greedy takes our own first choice the offer has.
+//! Our offers list our codecs in our order.
+//!
+//! RFC 4733 events are negotiated per RTP clock: an answer takes the offered
+//! `telephone-event` whose rate is the chosen codec's RTP clock (8000 for G.722, whose audio
+//! is 16 kHz, RFC 3551 §4.5.2), and our offers carry one per clock rate among our codecs.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,18 +28,35 @@ const DEFAULT_PTIME_MS: u32 = 20;
 const FIRST_DYNAMIC_PT: u8 = 96;
 
 pub use crate::media::codec::CodecKind as Codec;
-use crate::rtp::types::ClockRate;
+use crate::media::codec::{CodecParams, OpusParams};
+
+/// The parameters we ask of an Opus sender (RFC 7587 §6.1): we decode in-band FEC.
+const OPUS_FMTP: &str = "useinbandfec=1";
 
 /// What offer/answer needs to know of a codec beyond its identity.
 impl Codec {
     /// The `a=fmtp` parameters we put in an answer, given the offer's.
     pub fn answer_fmtp(self, _offered: Option<&str>) -> Option<String> {
-        None
+        self.offer_fmtp()
     }
 
-    /// The `a=fmtp` parameters we put in an offer.
+    /// The `a=fmtp` parameters we put in an offer: what we want to receive.
     pub fn offer_fmtp(self) -> Option<String> {
-        None
+        self.is_opus().then(|| OPUS_FMTP.to_owned())
+    }
+
+    /// What the peer's `a=fmtp` for this codec asks of our encoder.
+    pub fn params_from_fmtp(self, fmtp: Option<&str>) -> CodecParams {
+        CodecParams {
+            opus: match fmtp {
+                Some(f) if self.is_opus() => OpusParams::parse(f),
+                _ => OpusParams::default(),
+            },
+        }
+    }
+
+    fn is_opus(self) -> bool {
+        self.name() == "opus"
     }
 
     /// Whether an offered format is this codec: by its `a=rtpmap` when present, else by the
@@ -42,9 +64,11 @@ impl Codec {
     pub fn matches(self, pt: PayloadType, rtpmap: Option<&RtpMap>) -> bool {
         match rtpmap {
             Some(m) => {
+                let channels = m.channels.unwrap_or(1);
                 m.encoding.eq_ignore_ascii_case(self.name())
                     && m.clock_rate == self.clock_rate()
-                    && m.channels.unwrap_or(1) == self.channels()
+                    // RFC 7587 says opus/48000/2; a lone "opus/48000" means the same codec.
+                    && (channels == self.channels() || (self.is_opus() && channels == 1))
             }
             None => self.static_payload_type() == Some(pt),
         }
@@ -104,6 +128,17 @@ pub enum NegotiationError {
     NoPendingOffer,
 }
 
+/// How an answer picks the codec among those both sides support (`[media] codec_choice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecChoice {
+    /// The offerer's first format that we allow (RFC 3264 §5.1's preference order).
+    #[default]
+    Generous,
+    /// Our first codec that the offer has, wherever the offer lists it.
+    Greedy,
+}
+
 /// The audio stream both sides agreed on, from our point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiatedAudio {
@@ -113,8 +148,11 @@ pub struct NegotiatedAudio {
     pub payload_type: PayloadType,
     /// Its RTP clock rate in Hz.
     pub clock_rate: u32,
-    /// The RFC 4733 telephone-event payload type, if both sides use it.
+    /// The RFC 4733 telephone-event payload type, if both sides use it: always the one at the
+    /// codec's RTP clock rate.
     pub telephone_event_pt: Option<PayloadType>,
+    /// What the peer's `a=fmtp` for the codec asks of our encoder (Opus: bandwidth, FEC, DTX).
+    pub params: CodecParams,
     /// Packetisation time in milliseconds.
     pub ptime_ms: u32,
     /// Where to send RTP; `None` while the peer holds the call with `c=0.0.0.0`.
@@ -144,6 +182,7 @@ pub struct LocalSession {
     media_addr: SocketAddr,
     ptime_ms: u32,
     codecs: Vec<Codec>,
+    choice: CodecChoice,
     last_sent: Option<SessionDescription>,
     pending_offer: Option<SessionDescription>,
 }
@@ -157,7 +196,8 @@ impl LocalSession {
             version: 0,
             media_addr,
             ptime_ms: DEFAULT_PTIME_MS,
-            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            codecs: Codec::ALL.to_vec(),
+            choice: CodecChoice::default(),
             last_sent: None,
             pending_offer: None,
         }
@@ -166,6 +206,12 @@ impl LocalSession {
     /// Replaces the supported codecs (in our preference order, used for our offers).
     pub fn with_codecs(mut self, codecs: Vec<Codec>) -> Self {
         self.codecs = codecs;
+        self
+    }
+
+    /// Sets how an answer picks among the codecs both sides support.
+    pub fn with_choice(mut self, choice: CodecChoice) -> Self {
+        self.choice = choice;
         self
     }
 
@@ -239,6 +285,7 @@ impl LocalSession {
             .attributes
             .push((&chosen.codec.rtpmap(chosen.pt)).into());
         let offered_fmtp = offered.attributes.fmtp(chosen.pt);
+        let params = chosen.codec.params_from_fmtp(offered_fmtp);
         if let Some(params) = chosen.codec.answer_fmtp(offered_fmtp) {
             audio.attributes.push(Attribute::with_value(
                 "fmtp",
@@ -286,6 +333,7 @@ impl LocalSession {
                 payload_type: chosen.pt,
                 clock_rate: chosen.codec.clock_rate(),
                 telephone_event_pt: telephone_event.map(|(pt, _)| pt),
+                params,
                 ptime_ms,
                 remote_rtp,
                 remote_rtcp,
@@ -295,8 +343,8 @@ impl LocalSession {
         })
     }
 
-    /// Our offer, for an INVITE that came without one: every supported codec, then
-    /// telephone-event/8000 on PT 101, sendrecv.
+    /// Our offer, for an INVITE that came without one: every supported codec in our order,
+    /// then a telephone-event for each RTP clock rate among them (8000 on PT 101), sendrecv.
     pub fn offer(&mut self) -> SessionDescription {
         let mut audio = MediaDescription::new(
             MediaKind::Audio,
@@ -304,21 +352,14 @@ impl LocalSession {
             "RTP/AVP",
             Vec::new(),
         );
-        let mut next_dynamic = FIRST_DYNAMIC_PT;
+        // PT 101 stays for telephone-event/8000, as every offer of ours has always had it.
+        let mut dynamic = (FIRST_DYNAMIC_PT..=127)
+            .filter(|&n| n != PayloadType::DEFAULT_TELEPHONE_EVENT.get())
+            .filter_map(|n| PayloadType::new(n).ok());
         let mut te_rates = Vec::new();
         for &codec in &self.codecs {
-            let pt = match codec.static_payload_type() {
-                Some(pt) => pt,
-                None => {
-                    if next_dynamic == PayloadType::DEFAULT_TELEPHONE_EVENT.get() {
-                        next_dynamic += 1;
-                    }
-                    let Ok(pt) = PayloadType::new(next_dynamic) else {
-                        continue;
-                    };
-                    next_dynamic += 1;
-                    pt
-                }
+            let Some(pt) = codec.static_payload_type().or_else(|| dynamic.next()) else {
+                continue;
             };
             audio.formats.push(pt.to_string());
             audio.attributes.push((&codec.rtpmap(pt)).into());
@@ -331,11 +372,15 @@ impl LocalSession {
                 te_rates.push(codec.clock_rate());
             }
         }
-        // One telephone-event per clock rate would need more PTs; 8000 Hz covers G.711 and
-        // G.722 (whose RTP clock is 8000 Hz too).
-        let te_rate = ClockRate::HZ_8000.hz();
-        if te_rates.contains(&te_rate) {
-            let pt = PayloadType::DEFAULT_TELEPHONE_EVENT;
+        for te_rate in te_rates {
+            let pt = if te_rate == 8000 {
+                PayloadType::DEFAULT_TELEPHONE_EVENT
+            } else {
+                let Some(pt) = dynamic.next() else {
+                    continue;
+                };
+                pt
+            };
             audio.formats.push(pt.to_string());
             audio
                 .attributes
@@ -386,6 +431,7 @@ impl LocalSession {
                 .rtpmap(pt)
                 .or_else(|| ours.attributes.rtpmap(pt))
         };
+        // The answerer has chosen: its first format that we offered.
         let chosen = theirs.payload_types().find_map(|pt| {
             let map = rtpmap(pt);
             self.codecs
@@ -418,11 +464,13 @@ impl LocalSession {
         );
         let rtcp_mux = theirs.attributes.rtcp_mux() && ours.attributes.rtcp_mux();
         let (remote_rtp, remote_rtcp) = remote_addresses(answer, theirs, rtcp_mux)?;
+        let params = codec.params_from_fmtp(theirs.attributes.fmtp(pt));
         Ok(NegotiatedAudio {
             codec,
             payload_type: pt,
             clock_rate: codec.clock_rate(),
             telephone_event_pt,
+            params,
             ptime_ms,
             remote_rtp,
             remote_rtcp,
@@ -471,14 +519,7 @@ impl LocalSession {
         };
         let rtp_audio = || live_audio().filter(|(_, m)| is_avp(&m.proto));
         for (i, m) in rtp_audio() {
-            let chosen = m.payload_types().find_map(|pt| {
-                let map = m.attributes.rtpmap(pt);
-                self.codecs
-                    .iter()
-                    .find(|c| c.matches(pt, map.as_ref()))
-                    .map(|&codec| Chosen { codec, pt })
-            });
-            if let Some(chosen) = chosen {
+            if let Some(chosen) = self.choose_codec(m) {
                 return Ok((i, chosen));
             }
         }
@@ -491,6 +532,24 @@ impl LocalSession {
         match live_audio().next() {
             Some((_, m)) => Err(NegotiationError::UnsupportedTransport(m.proto.clone())),
             None => Err(NegotiationError::NoAudioStream),
+        }
+    }
+}
+
+impl LocalSession {
+    /// The codec and payload type to answer `m` with, by our [`CodecChoice`].
+    fn choose_codec(&self, m: &MediaDescription) -> Option<Chosen> {
+        let is =
+            |codec: Codec, pt: PayloadType| codec.matches(pt, m.attributes.rtpmap(pt).as_ref());
+        match self.choice {
+            CodecChoice::Generous => m.payload_types().find_map(|pt| {
+                let codec = self.codecs.iter().copied().find(|&c| is(c, pt))?;
+                Some(Chosen { codec, pt })
+            }),
+            CodecChoice::Greedy => self.codecs.iter().find_map(|&codec| {
+                let pt = m.payload_types().find(|&pt| is(codec, pt))?;
+                Some(Chosen { codec, pt })
+            }),
         }
     }
 }

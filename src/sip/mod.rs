@@ -1,7 +1,7 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
 //! blind transfer (REFER), digest authentication (client side, and callers' INVITEs checked
-//! against the users), the endpoint core that ties them together
-//! (answering and placing calls), the registration client, and the tokio transport glue.
+//! against the users), the endpoint core that ties them together (answering and placing
+//! calls), the registration client, SIP trunks, and the tokio transport glue.
 
 pub mod auth;
 pub mod dialog;
@@ -16,3 +16,4 @@ pub mod register;
 pub mod session_timer;
 pub mod transaction;
 pub mod transport;
+pub mod trunks;

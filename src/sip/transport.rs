@@ -1,10 +1,16 @@
 //! Tokio glue for the SIP endpoint: one task owns the [`Endpoint`] and the UDP socket, TCP
 //! connections feed it framed messages, and call tasks talk to it through channels. A task
-//! places a call with [`Command::Dial`] and gets the call's event stream back; outgoing TCP
-//! reaches only peers already connected to us (no outbound connect yet).
+//! places a call with [`Command::Dial`] and gets the call's event stream back. A message
+//! for a TCP peer not connected to us opens a connection to it (bounded by
+//! [`TCP_CONNECT_TIMEOUT`]; what is sent meanwhile waits in its queue), read and framed like
+//! an accepted one and reused after; if it cannot be opened its messages are dropped and the
+//! transactions time out. The task also drives the trunks' registrations
+//! ([`TrunkRegistrations`]): their REGISTERs go out through the same sockets, their answers
+//! are taken before the guard and the endpoint see them, and a drain removes the bindings.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +23,7 @@ use super::dialog::{Peer, Transport};
 use super::endpoint::{CallHandle, CommandError, Endpoint, Event, OutgoingCall, Transmit};
 use super::framing::StreamFramer;
 use super::guard::{self, ConnLimit, Guard, Load, Verdict};
+use super::trunks::TrunkRegistrations;
 use crate::error::{Refusal, SipStatus};
 use crate::metrics::Metrics;
 
@@ -147,8 +154,66 @@ pub async fn bind(
 
 enum FromNet {
     Message(Peer, Vec<u8>),
-    Connected(SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
-    Closed(SocketAddr),
+    /// A connection is up: its remote address, its id and its writer.
+    Connected(SocketAddr, u64, mpsc::UnboundedSender<Vec<u8>>),
+    /// The connection with this id is gone (or could not be opened).
+    Closed(SocketAddr, u64),
+}
+
+/// How long opening a TCP connection to a peer may take.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a drain waits for the registrars to confirm the removal of our bindings.
+const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
+
+/// Tells connections apart, so that a late `Closed` of an old one to an address does not
+/// drop a newer one's writer.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The sockets the task sends through: UDP, and the TCP connections by remote address.
+struct Net {
+    udp: Option<Arc<UdpSocket>>,
+    tcp: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    /// Where connections opened here report.
+    to_core: mpsc::Sender<FromNet>,
+    max_message: usize,
+}
+
+impl Net {
+    async fn send(&mut self, Transmit { peer, bytes }: Transmit) {
+        match peer.transport {
+            Transport::Udp => {
+                if let Some(u) = &self.udp {
+                    if let Err(e) = u.send_to(&bytes, peer.addr).await {
+                        tracing::debug!(to = %peer.addr, error = %e, "udp send failed");
+                    }
+                }
+            }
+            Transport::Tcp => {
+                let bytes = match self.tcp.get(&peer.addr) {
+                    Some((_, w)) => match w.send(bytes) {
+                        Ok(()) => return,
+                        // Its task ended before its `Closed` arrived: open another.
+                        Err(e) => e.0,
+                    },
+                    None => bytes,
+                };
+                let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                let (w_tx, w_rx) = mpsc::unbounded_channel();
+                // Queued until the connection is up; a receiver exists, so this cannot fail.
+                let _ = w_tx.send(bytes);
+                self.tcp.insert(peer.addr, (id, w_tx));
+                tracing::debug!(to = %peer.addr, "opening a TCP connection");
+                tokio::spawn(connect_out(
+                    peer.addr,
+                    id,
+                    w_rx,
+                    self.to_core.clone(),
+                    self.max_message,
+                ));
+            }
+        }
+    }
 }
 
 /// What stands between the network and the endpoint, and how a shutdown drains.
@@ -165,6 +230,7 @@ const BYE_GRACE: Duration = Duration::from_secs(3);
 /// Runs the SIP endpoint until `shutdown` resolves, then drains: new INVITEs and OPTIONS get
 /// 503, live calls go on for up to `drain_after`, then get BYE; returns once no call is left
 /// (or [`BYE_GRACE`] after the BYEs).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut endpoint: Endpoint,
     listeners: Listeners,
@@ -172,6 +238,8 @@ pub async fn run(
     spawn_call: CallSpawner,
     metrics: Arc<Metrics>,
     protection: Protection,
+    mut registrations: TrunkRegistrations,
+    commands: (mpsc::Sender<Command>, mpsc::Receiver<Command>),
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let Protection {
@@ -179,7 +247,8 @@ pub async fn run(
         drain_after,
     } = protection;
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(4096);
+    // Made by the caller, so that calls can also be placed from outside (the HTTP API).
+    let (cmd_tx, mut cmd_rx) = commands;
     if let Some(tcp) = listeners.tcp {
         let limit = ConnLimit::new(
             guard.config().max_tcp_per_source,
@@ -193,37 +262,62 @@ pub async fn run(
             metrics.clone(),
         ));
     }
-    let udp = listeners.udp;
-    let mut tcp_writers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut net = Net {
+        udp: listeners.udp,
+        tcp: HashMap::new(),
+        to_core: in_tx.clone(),
+        max_message,
+    };
+    let udp = net.udp.clone();
     let mut calls: HashMap<CallHandle, mpsc::UnboundedSender<Event>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
     // Set once draining: when live calls get BYE, then when to stop waiting for them.
     let mut draining: Option<Instant> = None;
     let mut hung_up: Option<Instant> = None;
+    // When a drain stops waiting for the registrars to confirm our bindings are gone.
+    let mut unregistered_by: Option<Instant> = None;
     let start = Instant::now();
+    registrations.start(std::time::Instant::now());
+    flush(&mut endpoint, &mut registrations, &metrics, &mut net).await;
     loop {
-        let deadline = endpoint
-            .poll_timeout()
-            .map(Instant::from_std)
-            .unwrap_or(start + Duration::from_secs(3600 * 24 * 365));
+        // Over TCP nothing retransmits: the wait for the registrars needs a wake-up of its own.
+        let give_up = unregistered_by
+            .filter(|by| registrations.unregistering() && *by > Instant::now())
+            .map(Instant::into_std);
+        let deadline = [
+            endpoint.poll_timeout(),
+            registrations.poll_timeout(),
+            give_up,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(Instant::from_std)
+        .unwrap_or(start + Duration::from_secs(3600 * 24 * 365));
         tokio::select! {
             r = recv_udp(&udp, &mut buf) => {
                 if let Some((n, from)) = r {
                     let peer = Peer { transport: Transport::Udp, addr: from };
-                    inbound(&mut endpoint, &mut guard, &metrics, peer, &buf[..n]);
+                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &buf[..n]);
                 }
             }
             Some(m) = in_rx.recv() => match m {
                 FromNet::Message(peer, bytes) => {
-                    inbound(&mut endpoint, &mut guard, &metrics, peer, &bytes)
+                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &bytes)
                 }
-                FromNet::Connected(addr, w) => { tcp_writers.insert(addr, w); }
-                FromNet::Closed(addr) => { tcp_writers.remove(&addr); }
+                FromNet::Connected(addr, id, w) => { net.tcp.insert(addr, (id, w)); }
+                FromNet::Closed(addr, id) => {
+                    if net.tcp.get(&addr).is_some_and(|(open, _)| *open == id) {
+                        net.tcp.remove(&addr);
+                    }
+                }
             },
             Some(c) = cmd_rx.recv() => apply(&mut endpoint, &mut calls, c),
             _ = tokio::time::sleep_until(deadline) => {
-                endpoint.handle_timeout(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                endpoint.handle_timeout(now);
+                registrations.handle_timeout(now);
             }
             _ = &mut shutdown, if draining.is_none() => {
                 tracing::info!(
@@ -233,6 +327,9 @@ pub async fn run(
                 );
                 guard.set_draining(true);
                 draining = Some(Instant::now() + drain_after);
+                // No new calls are taken from now: the trunks may as well route elsewhere.
+                registrations.unregister_all(std::time::Instant::now());
+                unregistered_by = Some(Instant::now() + UNREGISTER_GRACE);
             }
             _ = tokio::time::sleep_until(draining.unwrap_or(start)), if draining.is_some() && hung_up.is_none() => {
                 tracing::info!(calls = endpoint.call_count(), "drain time over: ending live calls");
@@ -243,7 +340,7 @@ pub async fn run(
                 }
             }
         }
-        flush(&mut endpoint, &metrics, &udp, &tcp_writers).await;
+        flush(&mut endpoint, &mut registrations, &metrics, &mut net).await;
         while let Some(ev) = endpoint.poll_event() {
             dispatch(
                 ev,
@@ -253,10 +350,12 @@ pub async fn run(
                 draining.is_some(),
                 &mut endpoint,
             );
-            flush(&mut endpoint, &metrics, &udp, &tcp_writers).await;
+            flush(&mut endpoint, &mut registrations, &metrics, &mut net).await;
         }
         if draining.is_some() {
-            if endpoint.call_count() == 0 {
+            let unregistering = registrations.unregistering()
+                && unregistered_by.is_some_and(|by| Instant::now() < by);
+            if endpoint.call_count() == 0 && !unregistering {
                 tracing::info!("drained: no call left");
                 break;
             }
@@ -271,9 +370,21 @@ pub async fn run(
     }
 }
 
-/// Puts one inbound message past the guard: handled, refused or dropped.
-fn inbound(ep: &mut Endpoint, guard: &mut Guard, metrics: &Metrics, peer: Peer, bytes: &[u8]) {
+/// Puts one inbound message past the guard: handled, refused or dropped. Answers to the
+/// trunks' REGISTERs go to them first: they match our own random branch, so the guard
+/// (which may not list the carrier) has nothing to judge.
+fn inbound(
+    ep: &mut Endpoint,
+    registrations: &mut TrunkRegistrations,
+    guard: &mut Guard,
+    metrics: &Metrics,
+    peer: Peer,
+    bytes: &[u8],
+) {
     let now = std::time::Instant::now();
+    if registrations.handle_message(now, peer, bytes) {
+        return;
+    }
     let msg = guard::Inbound {
         source: peer.addr.ip(),
         transport: peer.transport,
@@ -438,29 +549,18 @@ fn response_code(bytes: &[u8]) -> Option<u16> {
 
 async fn flush(
     ep: &mut Endpoint,
+    registrations: &mut TrunkRegistrations,
     metrics: &crate::metrics::Metrics,
-    udp: &Option<Arc<UdpSocket>>,
-    tcp: &HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    net: &mut Net,
 ) {
-    while let Some(Transmit { peer, bytes }) = ep.poll_transmit() {
-        if let Some(code) = response_code(&bytes) {
+    while let Some(t) = ep.poll_transmit() {
+        if let Some(code) = response_code(&t.bytes) {
             metrics.sip_response(code);
         }
-        match peer.transport {
-            Transport::Udp => {
-                if let Some(u) = udp {
-                    if let Err(e) = u.send_to(&bytes, peer.addr).await {
-                        tracing::debug!(to = %peer.addr, error = %e, "udp send failed");
-                    }
-                }
-            }
-            Transport::Tcp => match tcp.get(&peer.addr) {
-                Some(w) => {
-                    let _ = w.send(bytes);
-                }
-                None => tracing::debug!(to = %peer.addr, "no TCP connection to the peer"),
-            },
-        }
+        net.send(t).await;
+    }
+    while let Some(t) = registrations.poll_transmit() {
+        net.send(t).await;
     }
 }
 
@@ -485,7 +585,15 @@ async fn accept_loop(
                 let limit = limit.clone();
                 let to_core = to_core.clone();
                 tokio::spawn(async move {
-                    connection(stream, addr, to_core, max).await;
+                    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                    let (w_tx, w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+                    if to_core
+                        .send(FromNet::Connected(addr, id, w_tx))
+                        .await
+                        .is_ok()
+                    {
+                        connection(stream, addr, id, w_rx, to_core, max).await;
+                    }
                     lock(&limit).close(addr.ip());
                 });
             }
@@ -497,25 +605,49 @@ async fn accept_loop(
     }
 }
 
-/// The connection counts, even if a connection task panicked while holding them.
-fn lock(limit: &Mutex<ConnLimit>) -> std::sync::MutexGuard<'_, ConnLimit> {
-    match limit.lock() {
+/// What a mutex guards (the connection counts), even if a task panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
 }
 
+/// Opens a connection to `addr` for messages already queued in `w_rx`, then serves it like
+/// an accepted one; reports `Closed` if it cannot be opened.
+async fn connect_out(
+    addr: SocketAddr,
+    id: u64,
+    w_rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    to_core: mpsc::Sender<FromNet>,
+    max: usize,
+) {
+    match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            connection(stream, addr, id, w_rx, to_core, max).await;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(to = %addr, error = %e, "cannot open a TCP connection");
+            let _ = to_core.send(FromNet::Closed(addr, id)).await;
+        }
+        Err(_) => {
+            tracing::info!(to = %addr, "TCP connection not opened in time");
+            let _ = to_core.send(FromNet::Closed(addr, id)).await;
+        }
+    }
+}
+
+/// Reads and frames one connection's messages for the core and writes what `w_rx` brings.
 async fn connection(
     stream: TcpStream,
     addr: SocketAddr,
+    id: u64,
+    mut w_rx: mpsc::UnboundedReceiver<Vec<u8>>,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let (w_tx, mut w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if to_core.send(FromNet::Connected(addr, w_tx)).await.is_err() {
-        return;
-    }
     let writer = tokio::spawn(async move {
         while let Some(bytes) = w_rx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
@@ -550,7 +682,7 @@ async fn connection(
             }
         }
     }
-    let _ = to_core.send(FromNet::Closed(addr)).await;
+    let _ = to_core.send(FromNet::Closed(addr, id)).await;
     writer.abort();
 }
 
@@ -585,6 +717,7 @@ mod tests {
             headers: Vec::new(),
             route: Vec::new(),
             credentials: None,
+            call_id: None,
         };
         let (tx, mut rx) = oneshot::channel();
         apply(
@@ -621,5 +754,281 @@ mod tests {
             Err(CommandError::InvalidCall(_))
         ));
         assert_eq!(calls.len(), 1);
+    }
+
+    /// Reads one framed message from a stream, within a bounded time.
+    async fn read_message(stream: &mut TcpStream, framer: &mut StreamFramer) -> String {
+        let mut buf = [0u8; 4096];
+        for _ in 0..100 {
+            if let Some(m) = framer.next_message().unwrap() {
+                return String::from_utf8(m).unwrap();
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("a message within 5 s")
+                .unwrap();
+            assert!(n > 0, "the connection closed");
+            framer.push(&buf[..n]);
+        }
+        panic!("no whole message");
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_tcp_peer_not_connected_to_us_opens_a_connection_and_reuses_it() {
+        // The commands sender of the first incoming call is how this test places a call.
+        let (cmd_out, cmd_in) = std::sync::mpsc::channel::<mpsc::Sender<Command>>();
+        let cmd_out = Mutex::new(cmd_out);
+        let spawner: CallSpawner = Arc::new(move |_call, _ev, _rx, tx| {
+            let _ = lock(&cmd_out).send(tx);
+        });
+        let (local, server, stop_tx) = start_server(spawner, Arc::default()).await;
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let cport = caller.local_addr().unwrap().port();
+        let invite = format!(
+            "INVITE sip:svc@{local} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{cport};branch=z9hG4bKin1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=a1\r\nTo: <sip:svc@{local}>\r\n\
+             Call-ID: in1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:{cport}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        caller.send_to(invite.as_bytes(), local).await.unwrap();
+        let commands = tokio::task::spawn_blocking(move || {
+            cmd_in.recv_timeout(Duration::from_secs(5)).unwrap()
+        })
+        .await
+        .unwrap();
+
+        let callee = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let callee_addr = callee.local_addr().unwrap();
+        let target = format!("sip:bob@{callee_addr};transport=tcp");
+        let (reply, dialled) = oneshot::channel();
+        commands
+            .send(Command::Dial {
+                call: Box::new(OutgoingCall {
+                    target: target.clone(),
+                    peer: Peer {
+                        transport: Transport::Tcp,
+                        addr: callee_addr,
+                    },
+                    from: Party::uri("sip:sb@127.0.0.1"),
+                    to: Party::uri(target.clone()),
+                    sdp: Some(b"v=0\r\n".to_vec()),
+                    headers: Vec::new(),
+                    route: Vec::new(),
+                    credentials: None,
+                    call_id: None,
+                }),
+                reply,
+            })
+            .await
+            .unwrap();
+        let Dialled { mut events, .. } = dialled.await.unwrap().unwrap();
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), callee.accept())
+            .await
+            .expect("the server connects within 5 s")
+            .unwrap();
+        let mut framer = StreamFramer::new(65535);
+        let got = read_message(&mut stream, &mut framer).await;
+        let line = got.lines().next().unwrap().to_ascii_lowercase();
+        assert_eq!(line, format!("invite {target} sip/2.0"), "{got}");
+        assert!(header(&got, "Via:").contains("SIP/2.0/TCP"), "{got}");
+        let ok = answer(
+            &got,
+            "200 OK",
+            &format!("Contact: <sip:bob@{callee_addr};transport=tcp>\r\n"),
+        );
+        stream.write_all(ok.as_bytes()).await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Some(Event::Answered { .. }) => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            answered,
+            "the 200 OK read from the new connection answers the call"
+        );
+        // The ACK comes over the same connection: no second one is opened.
+        let ack = read_message(&mut stream, &mut framer).await;
+        assert!(ack.starts_with("ACK sip:bob@"), "{ack}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), callee.accept())
+                .await
+                .is_err(),
+            "a second connection was opened"
+        );
+        let _ = stop_tx.send(());
+        drop(commands);
+        server.abort();
+    }
+
+    /// The line of header `name` in a message.
+    fn header(msg: &str, name: &str) -> String {
+        msg.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {msg}"))
+            .to_string()
+    }
+
+    /// A response to request `req`: its Via, From, To (tagged), Call-ID and CSeq, plus `extra`.
+    fn answer(req: &str, status: &str, extra: &str) -> String {
+        format!(
+            "SIP/2.0 {status}\r\n{}\r\n{}\r\n{};tag=b1\r\n{}\r\n{}\r\n{extra}Content-Length: 0\r\n\r\n",
+            header(req, "Via:"),
+            header(req, "From:"),
+            header(req, "To:"),
+            header(req, "Call-ID:"),
+            header(req, "CSeq:")
+        )
+    }
+
+    #[tokio::test]
+    async fn a_drain_removes_the_trunks_bindings_and_waits_for_the_registrar() {
+        use crate::sip::trunks::{RegistrationStatus, Trunks};
+        let registrar = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = crate::Config::from_toml_str(
+            "t",
+            &format!(
+                "[[trunks]]\nname = \"x\"\nproxy = \"sip:{}\"\nregister = true\nregister_expires = 60\n",
+                registrar.local_addr().unwrap()
+            ),
+        )
+        .unwrap();
+        let trunks = Arc::new(Trunks::new(&config.trunks).unwrap());
+        let (_, server, stop_tx) = start_server(Arc::new(|_, _, _, _| {}), trunks.clone()).await;
+        let mut buf = [0u8; 4096];
+        let mut receive = async || {
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), registrar.recv_from(&mut buf))
+                    .await
+                    .expect("a REGISTER within 5 s")
+                    .unwrap();
+            (String::from_utf8_lossy(&buf[..n]).to_string(), from)
+        };
+        let (first, from) = receive().await;
+        assert!(first.starts_with("REGISTER "), "{first}");
+        assert_eq!(header(&first, "Expires:"), "Expires: 60");
+        registrar
+            .send_to(answer(&first, "200 OK", "Expires: 60\r\n").as_bytes(), from)
+            .await
+            .unwrap();
+        let registered = async {
+            for _ in 0..500 {
+                let s = trunks.status(std::time::Instant::now());
+                if matches!(s[0].registration, RegistrationStatus::Registered { .. }) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(registered.await, "the 200 OK did not register the trunk");
+        stop_tx.send(()).unwrap();
+        let (last, from) = receive().await;
+        assert!(last.starts_with("REGISTER "), "{last}");
+        assert_eq!(header(&last, "Expires:"), "Expires: 0");
+        assert_eq!(header(&last, "Call-ID:"), header(&first, "Call-ID:"));
+        // No call is up, yet the drain waits for the registrar's answer…
+        let mut server = server;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut server)
+                .await
+                .is_err(),
+            "run() returned before the registrar confirmed"
+        );
+        // …and ends as soon as it comes.
+        registrar
+            .send_to(answer(&last, "200 OK", "").as_bytes(), from)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(1500), server)
+            .await
+            .expect("run() returns once the binding is removed")
+            .unwrap();
+        assert_eq!(
+            trunks.status(std::time::Instant::now())[0].registration,
+            RegistrationStatus::Unregistered
+        );
+    }
+
+    /// `run()` on loopback (UDP and TCP) with these trunks: its address, its task and the
+    /// switch that starts its drain.
+    async fn start_server(
+        spawner: CallSpawner,
+        trunks: Arc<crate::sip::trunks::Trunks>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
+        let (listeners, local) = bind("127.0.0.1:0".parse().unwrap(), true, true)
+            .await
+            .unwrap();
+        let ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: local,
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(7),
+        );
+        let registrations = TrunkRegistrations::new(
+            trunks,
+            &crate::sip::trunks::LocalSide {
+                addr: local,
+                user_agent: "t".into(),
+                timers: Default::default(),
+            },
+            Ids::with_seed(9),
+        );
+        let config = crate::Config::embedded().unwrap();
+        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            ep,
+            listeners,
+            65535,
+            spawner,
+            Arc::new(Metrics::default()),
+            Protection {
+                guard,
+                drain_after: Duration::from_secs(60),
+            },
+            registrations,
+            mpsc::channel(64),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        (local, server, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn a_tcp_peer_that_cannot_be_reached_gets_its_writer_dropped() {
+        // A port nobody listens on: the connect fails at once and the writer is forgotten.
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let (to_core, mut from_net) = mpsc::channel(8);
+        let mut net = Net {
+            udp: None,
+            tcp: HashMap::new(),
+            to_core,
+            max_message: 65535,
+        };
+        let peer = Peer {
+            transport: Transport::Tcp,
+            addr,
+        };
+        net.send(Transmit {
+            peer,
+            bytes: b"OPTIONS sip:x SIP/2.0\r\n\r\n".to_vec(),
+        })
+        .await;
+        let id = net.tcp.get(&addr).map(|(id, _)| *id).unwrap();
+        let closed = tokio::time::timeout(TCP_CONNECT_TIMEOUT * 2, from_net.recv())
+            .await
+            .unwrap();
+        assert!(matches!(closed, Some(FromNet::Closed(a, i)) if a == addr && i == id));
     }
 }

@@ -315,6 +315,9 @@ pub struct Sipp<'a> {
     pub keys: Vec<(String, String)>,
     /// More options, e.g. `-au USER -ap PASSWORD` for `[authentication]`.
     pub args: Vec<String>,
+    /// SIPp's own port (a scenario that plays the server needs one known beforehand);
+    /// a free one when `None`.
+    pub local_port: Option<u16>,
 }
 
 impl<'a> Sipp<'a> {
@@ -328,6 +331,7 @@ impl<'a> Sipp<'a> {
             trace_messages: true,
             keys: Vec::new(),
             args: Vec::new(),
+            local_port: None,
         }
     }
 
@@ -340,7 +344,8 @@ impl<'a> Sipp<'a> {
         const BIND_FAILED: i32 = 254;
         let mut attempt = 0;
         loop {
-            let run = self.run_once(sipp, target, dir, free_port());
+            let port = self.local_port.unwrap_or_else(free_port);
+            let run = self.run_once(sipp, target, dir, port);
             attempt += 1;
             if attempt == 3 || run.status.and_then(|s| s.code()) != Some(BIND_FAILED) {
                 return run;

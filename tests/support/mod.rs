@@ -1,6 +1,7 @@
 //! Test clients shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod rtp;
 pub mod server;
 pub mod uac;

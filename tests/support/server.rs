@@ -214,11 +214,23 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) 
 
 /// A minimal HTTP/1.1 request without a body over loopback: status and body.
 pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Vec<u8>) {
+    http_send(addr, method, path, b"").await
+}
+
+/// A minimal HTTP/1.1 request with a JSON body over loopback: status and body.
+pub async fn http_send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
         .await

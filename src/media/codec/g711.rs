@@ -172,19 +172,6 @@ impl AudioCodec for G711 {
         }
     }
 
-    fn name(&self) -> &'static str {
-        self.kind().name()
-    }
-
-    fn clock_rate(&self) -> u32 {
-        self.kind().clock_rate()
-    }
-
-    fn sample_rate(&self) -> u32 {
-        // G.711 samples at its RTP clock (RFC 3551 §4.5.14).
-        self.kind().clock_rate()
-    }
-
     fn max_encoded_len(&self, samples: usize) -> usize {
         samples
     }

@@ -1,5 +1,6 @@
 //! Tests of the SDP module: parser and printer, negotiator, property-based round trips.
 
+mod codecs;
 mod negotiate;
 mod parse;
 mod roundtrip;

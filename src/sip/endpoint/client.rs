@@ -81,6 +81,9 @@ pub struct OutgoingCall {
     pub route: Vec<String>,
     /// Used to answer a 401/407 challenge.
     pub credentials: Option<Credentials>,
+    /// The Call-ID to use (None: a new one), so the layer above can name the call before
+    /// it goes out.
+    pub call_id: Option<String>,
 }
 
 /// Where the INVITE transaction stands, from the UAC core's side.
@@ -179,7 +182,11 @@ impl Endpoint {
         let call = CallHandle(self.next_call);
         self.next_call += 1;
         let tag = self.ids.token();
-        let call_id = format!("{}@{}", self.ids.token(), self.cfg.local_addr.ip());
+        let call_id = match out.call_id.as_deref() {
+            Some(id) if is_call_id(id) => id.to_string(),
+            Some(_) => return Err(CommandError::InvalidCall("a Call-ID of one word")),
+            None => format!("{}@{}", self.ids.token(), self.cfg.local_addr.ip()),
+        };
         let branch = self.ids.branch();
         let cseq = self.ids.first_cseq();
         let mut headers = Headers::default();
@@ -773,4 +780,14 @@ fn contact_uris(headers: &Headers) -> Vec<String> {
         .map(|v| crate::sip::dialog::bare_uri(&v))
         .filter(|u| !u.is_empty())
         .collect()
+}
+
+/// A Call-ID's word (RFC 3261 §25.1 `word ["@" word]`): printable, no blanks or separators
+/// that would break the header.
+fn is_call_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b',' | b';'))
 }

@@ -1,0 +1,278 @@
+//! Codecs that sample at another rate than the media engine, through a media leg: their
+//! audio reaches the leg at 8 kHz and leaves it in the codec again, stamped on the codec's
+//! own RTP clock (8000 Hz for G.722, 16000 for L16/16000, 48000 for Opus); a wide band the
+//! leg cannot carry is dropped, never folded into the narrow band.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use switchboard::media::codec::{AudioCodec, CodecKind, G722};
+use switchboard::media::leg::{Leg, LegCommand, LegConfig};
+use switchboard::media::level::{rms_dbfs, tone_share};
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+
+const PEER: &str = "127.0.0.1:40000";
+
+fn leg(codec: CodecKind, pt: u8, now: Instant) -> Result<Leg, String> {
+    let cfg = LegConfig {
+        codec,
+        payload_type: PayloadType::new(pt).unwrap(),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+    };
+    Leg::new(cfg, now).map_err(|e| e.to_string())
+}
+
+fn sine(freq: f64, amp: f64, rate: u32, seconds: f64) -> Vec<i16> {
+    let n = (f64::from(rate) * seconds) as usize;
+    (0..n)
+        .map(|i| {
+            (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16
+        })
+        .collect()
+}
+
+/// RTP packets, one per 20 ms, whose payloads are `payloads`, timestamps stepping by `step`.
+fn rtp(payloads: &[Vec<u8>], pt: u8, step: u32) -> Vec<Vec<u8>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let header = RtpHeader {
+                marker: i == 0,
+                payload_type: PayloadType::new(pt).unwrap(),
+                seq: WireSeq::new(100 + i as u16),
+                timestamp: RtpTimestamp::new(5000 + step * i as u32),
+                ssrc: Ssrc::new(99),
+            };
+            let mut out = vec![0u8; 1500];
+            let n = RtpPacket::new(header, p).write(&mut out).unwrap();
+            out.truncate(n);
+            out
+        })
+        .collect()
+}
+
+fn g722_payloads(pcm16k: &[i16]) -> Vec<Vec<u8>> {
+    let mut enc = G722::new();
+    pcm16k
+        .chunks_exact(320)
+        .map(|f| {
+            let mut p = vec![0u8; 160];
+            let n = enc.encode(f, &mut p).unwrap();
+            p.truncate(n);
+            p
+        })
+        .collect()
+}
+
+/// Feeds one packet per tick with echo on: returns what the leg heard (8 kHz) and the RTP
+/// packets it sent.
+fn echo(leg: &mut Leg, t0: Instant, input: &[Vec<u8>]) -> (Vec<i16>, Vec<Vec<u8>>) {
+    leg.apply(t0, LegCommand::Echo(true));
+    let mut heard = Vec::new();
+    let mut sent = Vec::new();
+    for (n, p) in input.iter().enumerate() {
+        let now = t0 + Duration::from_millis(20 * n as u64);
+        if !p.is_empty() {
+            leg.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+        }
+        leg.tick(now, SystemTime::now(), n as u64, &mut |_, _, bytes| {
+            if RtpPacket::parse(bytes).is_ok() {
+                sent.push(bytes.to_vec());
+            }
+        });
+        heard.extend_from_slice(leg.input());
+    }
+    (heard, sent)
+}
+
+#[test]
+fn g722_leg_hears_and_sends_at_its_rates() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::G722, 9, t0).unwrap();
+    let input = rtp(&g722_payloads(&sine(1000.0, 8000.0, 16000, 1.0)), 9, 160);
+    let (heard, sent) = echo(&mut l, t0, &input);
+
+    let tail = &heard[heard.len() - 4000..];
+    let share = tone_share(tail, 1000.0, 8000.0);
+    let level = rms_dbfs(tail);
+    // A sine of peak 8000 is −15.2 dBFS RMS.
+    assert!(share > 0.95, "1 kHz share {share:.3}");
+    assert!((level + 15.2).abs() < 1.0, "heard at {level:.1} dBFS");
+
+    assert!(sent.len() >= 40, "{} packets sent", sent.len());
+    let mut dec = G722::new();
+    let mut out = Vec::new();
+    let mut last_ts: Option<u32> = None;
+    for bytes in &sent {
+        let p = RtpPacket::parse(bytes).unwrap();
+        assert_eq!(p.header.payload_type.get(), 9);
+        // 20 ms of G.722: 160 bytes, 160 ticks of its 8000 Hz RTP clock.
+        assert_eq!(p.payload.len(), 160);
+        if let Some(t) = last_ts {
+            assert_eq!(p.header.timestamp.get().wrapping_sub(t), 160);
+        }
+        last_ts = Some(p.header.timestamp.get());
+        let mut frame = [0i16; 320];
+        assert_eq!(dec.decode(p.payload, &mut frame).unwrap(), 320);
+        out.extend_from_slice(&frame);
+    }
+    let tail = &out[out.len() - 8000..];
+    let share = tone_share(tail, 1000.0, 16000.0);
+    let level = rms_dbfs(tail);
+    assert!(share > 0.95, "echoed 1 kHz share {share:.3}");
+    assert!((level + 15.2).abs() < 1.5, "echoed at {level:.1} dBFS");
+}
+
+#[test]
+fn g722_wide_band_is_dropped_not_garbled() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::G722, 9, t0).unwrap();
+    let input = rtp(&g722_payloads(&sine(6000.0, 8000.0, 16000, 0.6)), 9, 160);
+    let (heard, _) = echo(&mut l, t0, &input);
+    let level = rms_dbfs(&heard[1600..]);
+    assert!(
+        level < -45.0,
+        "6 kHz heard at {level:.1} dBFS in an 8 kHz leg"
+    );
+}
+
+#[test]
+fn l16_narrowband_leg_reads_network_order() {
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::L16Narrow, 96, t0).unwrap();
+    let frames = l16_payloads(&sine(440.0, 8000.0, 8000, 0.6), 160);
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 96, 160));
+    let tail = &heard[heard.len() - 2400..];
+    assert!(tone_share(tail, 440.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 0.5);
+    let p = RtpPacket::parse(sent.last().unwrap()).unwrap();
+    assert_eq!(p.payload.len(), 320);
+}
+
+/// An L16/16000 leg (PT 97) sending packets of `ptime_ms`.
+fn l16_wide_leg(ptime_ms: u64, now: Instant) -> Leg {
+    let cfg = LegConfig {
+        codec: CodecKind::L16Wide,
+        payload_type: PayloadType::new(97).unwrap(),
+        ptime: Duration::from_millis(ptime_ms),
+        ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+    };
+    Leg::new(cfg, now).unwrap()
+}
+
+/// L16 payloads (network order) of `samples` samples each.
+fn l16_payloads(pcm: &[i16], samples: usize) -> Vec<Vec<u8>> {
+    pcm.chunks_exact(samples)
+        .map(|f| f.iter().flat_map(|s| s.to_be_bytes()).collect())
+        .collect()
+}
+
+/// The RTP packets' payloads and timestamps.
+fn payloads(sent: &[Vec<u8>], pt: u8) -> Vec<(u32, Vec<u8>)> {
+    sent.iter()
+        .map(|b| {
+            let p = RtpPacket::parse(b).unwrap();
+            assert_eq!(p.header.payload_type.get(), pt);
+            (p.header.timestamp.get(), p.payload.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn l16_wideband_leg_counts_its_16_khz_clock() {
+    let t0 = Instant::now();
+    let mut l = l16_wide_leg(20, t0);
+    let frames = l16_payloads(&sine(1000.0, 8000.0, 16000, 0.6), 320);
+    // 20 ms of a 16 kHz clock: 320 ticks a packet.
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
+    let tail = &heard[heard.len() - 2400..];
+    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 0.5, "{:.1}", rms_dbfs(tail));
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 20);
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 320);
+        assert_eq!(w[1].1.len(), 640);
+    }
+    let echoed: Vec<i16> = out[out.len() - 10..]
+        .iter()
+        .flat_map(|(_, p)| p.chunks_exact(2).map(|b| i16::from_be_bytes([b[0], b[1]])))
+        .collect();
+    assert!(tone_share(&echoed, 1000.0, 16000.0) > 0.95);
+    assert!((rms_dbfs(&echoed) + 15.2).abs() < 1.0);
+}
+
+#[test]
+fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
+    // 40 ms at 16 kHz is 1280 bytes: the longest that fits a 1500-byte datagram.
+    let t0 = Instant::now();
+    let mut l = l16_wide_leg(40, t0);
+    let frames = l16_payloads(&sine(440.0, 8000.0, 16000, 0.6), 640);
+    let mut input = Vec::new();
+    for p in rtp(&frames, 97, 640) {
+        // One 40 ms packet, then a tick with nothing new.
+        input.extend([p, Vec::new()]);
+    }
+    let (heard, sent) = echo(&mut l, t0, &input);
+    assert!(tone_share(&heard[heard.len() - 2400..], 440.0, 8000.0) > 0.9);
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 5, "{} packets", out.len());
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 640);
+        assert_eq!(w[1].1.len(), 1280);
+    }
+}
+
+#[test]
+fn l16_wideband_leg_sends_20_ms_where_60_would_not_fit_a_datagram() {
+    let t0 = Instant::now();
+    let mut l = l16_wide_leg(60, t0);
+    let frames = l16_payloads(&sine(440.0, 8000.0, 16000, 0.4), 320);
+    let (_, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
+    let out = payloads(&sent, 97);
+    assert!(out.len() >= 15, "{} packets", out.len());
+    assert!(out.iter().all(|(_, p)| p.len() == 640));
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
+    use switchboard::media::codec::opus::Opus;
+    use switchboard::media::codec::OpusParams;
+
+    let t0 = Instant::now();
+    let mut l = leg(CodecKind::Opus, 111, t0).unwrap();
+    let mut phone = Opus::new(&OpusParams::default());
+    let pcm = sine(1000.0, 8000.0, 48000, 1.0);
+    let frames: Vec<Vec<u8>> = pcm
+        .chunks_exact(960)
+        .map(|f| {
+            let mut p = vec![0u8; 1500];
+            let n = phone.encode(f, &mut p).unwrap();
+            p.truncate(n);
+            p
+        })
+        .collect();
+    let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
+    let tail = &heard[heard.len() - 4000..];
+    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 1.0, "{:.1}", rms_dbfs(tail));
+
+    let out = payloads(&sent, 111);
+    assert!(out.len() >= 40, "{} packets", out.len());
+    let mut dec = Opus::new(&OpusParams::default());
+    let mut echoed = Vec::new();
+    for w in out.windows(2) {
+        assert_eq!(w[1].0.wrapping_sub(w[0].0), 960);
+    }
+    for (_, p) in &out {
+        let mut frame = [0i16; 960];
+        assert_eq!(dec.decode(p, &mut frame).unwrap(), 960);
+        echoed.extend_from_slice(&frame);
+    }
+    let tail = &echoed[echoed.len() - 24000..];
+    assert!(tone_share(tail, 1000.0, 48000.0) > 0.9);
+    assert!((rms_dbfs(tail) + 15.2).abs() < 1.5, "{:.1}", rms_dbfs(tail));
+}
