@@ -56,6 +56,9 @@ pub struct Config {
     pub dtmf: DtmfConfig,
     /// Calls the server places.
     pub outbound: OutboundConfig,
+    /// Who may call the dialplan rules with `auth = true` (`[[users]]`).
+    #[serde(default)]
+    pub users: Vec<crate::sip::auth::UserConfig>,
     /// SIP trunks (`[[trunks]]`, any number): carriers calls go out through.
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
@@ -309,6 +312,12 @@ pub struct SipConfig {
     pub guard_sources: usize,
     /// On SIGTERM or a drain request: seconds calls in progress may go on before they get BYE.
     pub drain_secs: u64,
+    /// Digest realm of the challenges (empty: the advertised address).
+    pub auth_realm: String,
+    /// Digest algorithms offered, in order: `SHA-256`, `MD5`.
+    pub auth_algorithms: Vec<String>,
+    /// Lifetime of a nonce in seconds; later answers to it get `stale=true`.
+    pub nonce_secs: u64,
 }
 
 impl SipConfig {
@@ -659,6 +668,7 @@ impl Config {
         }
         self.advertise_ip()?;
         self.sip.guard()?;
+        self.auth()?;
         crate::sip::trunks::Trunks::new(&self.trunks)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::script::dialplan::Dialplan::new(&self.dialplan)
@@ -711,6 +721,30 @@ impl Config {
                 self.sip.advertise
             ))
         })
+    }
+
+    /// The authentication settings and users, checked; None when no dialplan rule asks for
+    /// authentication (users are still checked).
+    pub fn auth(&self) -> Result<Option<crate::sip::auth::AuthConfig>, ConfigError> {
+        let realm = if self.sip.auth_realm.is_empty() {
+            self.advertise_ip()?.to_string()
+        } else {
+            self.sip.auth_realm.clone()
+        };
+        let cfg = crate::sip::auth::AuthConfig::new(
+            &realm,
+            &self.sip.auth_algorithms,
+            self.sip.nonce_secs,
+            &self.users,
+        )
+        .map_err(|e| ConfigError::Invalid(format!("sip/users: {e}")))?;
+        let protects = self.dialplan.iter().any(|r| r.auth);
+        if protects && self.users.is_empty() {
+            return Err(ConfigError::Invalid(
+                "a dialplan rule has auth = true but no [[users]] are configured".into(),
+            ));
+        }
+        Ok(protects.then_some(cfg))
     }
 
     /// The RFC 3261 timer base values T1, T2, T4.
@@ -952,6 +986,46 @@ reverse_twist_db = 40.0
             let c = Config::from_toml_str("t", bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn users_and_auth_settings() {
+        let c = Config::embedded().unwrap();
+        assert!(
+            c.auth().unwrap().is_none(),
+            "no rule asks for authentication"
+        );
+        assert_eq!(c.sip.auth_algorithms, ["SHA-256", "MD5"]);
+        assert_eq!(c.sip.nonce_secs, 300);
+        let rule = "[[dialplan]]\nexact = \"s\"\nscript = \"echo\"\nauth = true\n";
+        let c = Config::from_toml_str("t", rule).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no [[users]]"));
+        let ha1 =
+            crate::sip::digest::ha1(crate::sip::digest::Algorithm::Md5, "b", "127.0.0.1", "p");
+        let text = format!(
+            "{rule}[[users]]\nname = \"a\"\npassword = \"x\"\n\
+             [[users]]\nname = \"b\"\nha1 = \"{ha1}\"\n"
+        );
+        let c = Config::from_toml_str("t", &text).unwrap();
+        c.validate().unwrap();
+        let auth = c.auth().unwrap().unwrap();
+        assert_eq!(auth.realm, "127.0.0.1", "the advertised address by default");
+        let c = Config::from_toml_str("t", &format!("{text}[sip]\nauth_realm = \"sb\"\n")).unwrap();
+        assert_eq!(c.auth().unwrap().unwrap().realm, "sb");
+        for bad in [
+            format!("{text}[[users]]\nname = \"a\"\npassword = \"y\"\n"),
+            format!("{text}[[users]]\nname = \"c\"\nha1 = \"abc\"\n"),
+            format!("{text}[sip]\nauth_algorithms = [\"SHA-256\"]\n"),
+            format!("{text}[sip]\nnonce_secs = 0\n"),
+        ] {
+            let c = Config::from_toml_str("t", &bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml_str("t", "[[users]]\nname = \"a\"\npasswd = \"x\"\n").is_err());
     }
 
     #[test]

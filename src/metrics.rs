@@ -45,6 +45,8 @@ pub struct Metrics {
     sip_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Sources the guard blocked for exceeding their rates again and again.
     sip_escalations: AtomicU64,
+    /// Failed digest authentications of callers.
+    sip_auth_failures: AtomicU64,
 }
 
 /// Which of a leg's two streams a packet from a stranger was aimed at.
@@ -78,6 +80,7 @@ impl Default for Metrics {
             sip_refused: Default::default(),
             sip_dropped: Default::default(),
             sip_escalations: AtomicU64::new(0),
+            sip_auth_failures: AtomicU64::new(0),
         }
     }
 }
@@ -253,6 +256,11 @@ impl Metrics {
         self.sip_escalations.fetch_add(1, Relaxed);
     }
 
+    /// A caller failed digest authentication (wrong password, unknown user, replay).
+    pub fn sip_auth_failure(&self) {
+        self.sip_auth_failures.fetch_add(1, Relaxed);
+    }
+
     /// Requests the SIP guard refused so far for `reason`.
     pub fn sip_refused_count(&self, reason: RefuseReason) -> u64 {
         self.sip_refused[reason as usize].load(Relaxed)
@@ -423,6 +431,11 @@ impl Metrics {
                 "switchboard_sip_escalations_total",
                 "Sources blocked for a while after exceeding their SIP rates again and again.",
                 &self.sip_escalations,
+            ),
+            (
+                "switchboard_sip_auth_failures_total",
+                "Failed digest authentications of callers (wrong password, unknown user, replay).",
+                &self.sip_auth_failures,
             ),
             (
                 "switchboard_event_stream_lagged_total",
@@ -669,6 +682,7 @@ pub(crate) mod tests {
         m.sip_refused(RefuseReason::InviteRate);
         m.sip_dropped(DropReason::Scanner);
         m.sip_escalation();
+        m.sip_auth_failure();
         let stats = WorkerStats::default();
         stats.ticks.store(50, Relaxed);
         stats.late_ticks.store(2, Relaxed);
@@ -706,6 +720,7 @@ pub(crate) mod tests {
             0.0
         );
         assert_eq!(s["switchboard_sip_escalations_total"], 1.0);
+        assert_eq!(s["switchboard_sip_auth_failures_total"], 1.0);
         assert_eq!(s["switchboard_sip_responses_total{code=\"other\"}"], 2.0);
         assert_eq!(s["switchboard_dtmf_digits_total{method=\"rfc4733\"}"], 1.0);
         assert_eq!(s["switchboard_dtmf_digits_total{method=\"other\"}"], 1.0);

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::rtp::ports::PortAllocator;
 use crate::script::dialplan::Dialplan;
 use crate::script::{build_engine, ScriptSet};
+use crate::sip::auth::Authenticator;
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::guard::Guard;
 use crate::sip::transaction::TimerConfig;
@@ -91,6 +92,20 @@ pub async fn run_with_ready(
         Dialplan::new(&config.dialplan)
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
     );
+    if let Some(auth) = config.auth()? {
+        let plan = dialplan.clone();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tracing::info!(realm = %auth.realm, users = config.users.len(), "callers of protected rules must authenticate");
+        endpoint.set_auth(Authenticator::new(
+            auth,
+            nonce_secret()?,
+            std::time::Instant::now(),
+            unix,
+            Box::new(move |user| plan.route(user).auth),
+        ));
+    }
     // Live state shared by the call side, the conference side and the HTTP side.
     let calls = CallRegistry::default();
     let events = EventBus::default();
@@ -261,6 +276,14 @@ pub async fn run_with_ready(
         );
     }
     Ok(())
+}
+
+/// The key nonces are signed with, new at every start: from the operating system, since
+/// whoever could guess it could make nonces.
+fn nonce_secret() -> Result<Vec<u8>, Error> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok(key)
 }
 
 /// Compiles every script; refuses to start on a script error or on a dialplan rule whose

@@ -51,6 +51,7 @@ fn rule(exact: &str, script: &str, vars: &[(&str, String)]) -> RuleConfig {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        auth: false,
     }
 }
 

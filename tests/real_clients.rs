@@ -96,8 +96,19 @@ impl Bench {
     /// Calls the echo service, runs `during` once it answered, lets the echo run, hangs up,
     /// and checks that the phone heard its own `hz` tone back. Returns the call_ended event.
     fn echo(&mut self, phone: &mut impl Phone, hz: u32, during: impl FnOnce(&mut Bench)) -> Value {
-        phone.dial("echo");
-        let call = self.answered("echo");
+        self.echo_at(phone, "echo", hz, during)
+    }
+
+    /// [`Bench::echo`] with the echo script reached by calling `user`.
+    fn echo_at(
+        &mut self,
+        phone: &mut impl Phone,
+        user: &str,
+        hz: u32,
+        during: impl FnOnce(&mut Bench),
+    ) -> Value {
+        phone.dial(user);
+        let call = self.answered(user);
         during(self);
         std::thread::sleep(LISTEN);
         phone.hang_up();
@@ -203,6 +214,65 @@ fn baresip_echo_over_tcp() {
             b.sip()
         );
     });
+}
+
+/// A protected echo rule (`secret`, `auth = true`) for the user alice, offering
+/// `algorithms`.
+fn protected_echo(algorithms: &str) -> ServerOptions {
+    ServerOptions {
+        config: Some(format!(
+            "[sip]\nauth_algorithms = {algorithms}\n\n\
+             [[users]]\nname = \"alice\"\npassword = \"wonderland\"\n\n\
+             [[dialplan]]\nexact = \"secret\"\nscript = \"echo\"\nauth = true\n"
+        )),
+        ..ServerOptions::default()
+    }
+}
+
+/// baresip answers the 401 with its account's password and hears the protected echo.
+#[test]
+fn baresip_authenticates_and_hears_the_protected_echo() {
+    let Some(mut b) = Bench::new("rc-bs-auth", &["baresip"], protected_echo("[\"MD5\"]")) else {
+        return;
+    };
+    let options = Options {
+        auth_pass: Some("wonderland".into()),
+        ..Options::tone(650)
+    };
+    let mut phone = Baresip::start(b.dir(), "alice", b.sip(), options);
+    b.echo_at(&mut phone, "secret", 650, |_| {});
+    assert_eq!(b.metric("switchboard_sip_auth_failures_total"), 0.0);
+    assert_eq!(
+        b.metric("switchboard_sip_responses_total{code=\"401\"}"),
+        1.0
+    );
+}
+
+/// linphone is offered SHA-256 and MD5 (the default order), answers SHA-256 with the
+/// password of its auth_info, and hears the protected echo. (baresip 1.0 abandons a call
+/// whose 401 carries any challenge but MD5, hence MD5 alone above.)
+#[test]
+fn linphone_authenticates_with_sha256_and_hears_the_protected_echo() {
+    let algorithms = "[\"SHA-256\", \"MD5\"]";
+    let Some(mut b) = Bench::new("rc-lp-auth", &["linphonec"], protected_echo(algorithms)) else {
+        return;
+    };
+    // The rc file's [sip] lines, then a section of its own for the credentials.
+    let settings = [
+        "contact=sip:alice@127.0.0.1",
+        "[auth_info_0]",
+        "username=alice",
+        "passwd=wonderland",
+        "realm=127.0.0.1",
+    ];
+    let mut phone = Linphone::start(b.dir(), "lin-auth", b.sip(), 1300, &settings, 60);
+    b.echo_at(&mut phone, "secret", 1300, |_| {});
+    let log = b.server.log_text();
+    assert!(
+        log.contains("caller authenticated") && log.contains("algorithm=\"SHA-256\""),
+        "{log}"
+    );
+    assert_eq!(b.metric("switchboard_sip_auth_failures_total"), 0.0);
 }
 
 #[test]

@@ -395,6 +395,7 @@ fn rule(exact: &str, script: &str) -> switchboard::script::dialplan::RuleConfig 
         regex: None,
         script: script.into(),
         vars: Default::default(),
+        auth: false,
     }
 }
 

@@ -693,3 +693,79 @@ fn conference_members_hear_each_other_mute_and_kick_udp() {
         "{log}"
     );
 }
+
+/// A protected rule (`secret`, the echo script, `auth = true`) beside an open one, with
+/// MD5 offered alone: SIPp's `[authentication]` computes MD5 only.
+const AUTH_CONFIG: &str = "[sip]\nauth_algorithms = [\"MD5\"]\n\n\
+    [[users]]\nname = \"alice\"\npassword = \"wonderland\"\n\n\
+    [[dialplan]]\nexact = \"secret\"\nscript = \"echo\"\nauth = true\n\n\
+    [[dialplan]]\nexact = \"echo\"\nscript = \"echo\"\n";
+
+/// Runs `scenario` against the protected rule, with `-au alice -ap PASSWORD` when a
+/// password is given; the server's metrics afterwards (calls started, auth failures).
+fn auth_run(scenario: &str, password: Option<&str>, transport: Transport) -> Option<(f64, f64)> {
+    let sipp = find_sipp()?;
+    let server = Server::start_with(
+        &format!("{scenario}-{transport}"),
+        ServerOptions {
+            config: Some(AUTH_CONFIG.to_string()),
+            ..ServerOptions::default()
+        },
+    );
+    let mut run = Sipp::new(scenario, "secret", transport);
+    if let Some(p) = password {
+        // SIPp's digest-uri is `sip:host:port` unless told (it adds the `sip:`); ours
+        // must be the Request-URI.
+        let uri = format!("secret@{}", server.sip);
+        run.args = ["-au", "alice", "-ap", p, "-auth_uri", &uri]
+            .map(String::from)
+            .to_vec();
+    }
+    let run = run.run(&sipp, server.sip, server.dir());
+    assert!(
+        run.success(),
+        "scenario {scenario} over {transport} failed\n{}\n{}",
+        run.report(),
+        server.log_text()
+    );
+    // An open rule beside it still needs nothing.
+    let open = Sipp::new("uac_basic", "echo", transport).run(&sipp, server.sip, server.dir());
+    assert!(open.success(), "{}\n{}", open.report(), server.log_text());
+    let (status, text) = common::http(server.http, "GET", "/metrics");
+    assert_eq!(status, 200);
+    Some((
+        metric(&text, "switchboard_calls_started_total") - 1.0,
+        metric(&text, "switchboard_sip_auth_failures_total"),
+    ))
+}
+
+/// Challenged, answered with the right password: the protected rule's script answers.
+#[test]
+fn auth_challenge_answered_reaches_the_protected_rule_udp() {
+    if let Some((calls, failures)) = auth_run("uac_auth", Some("wonderland"), Transport::Udp) {
+        assert_eq!((calls, failures), (1.0, 0.0));
+    }
+}
+
+#[test]
+fn auth_challenge_answered_reaches_the_protected_rule_tcp() {
+    if let Some((calls, failures)) = auth_run("uac_auth", Some("wonderland"), Transport::Tcp) {
+        assert_eq!((calls, failures), (1.0, 0.0));
+    }
+}
+
+/// Without credentials: 401, and no call ever starts.
+#[test]
+fn auth_without_credentials_gets_401_and_no_call_udp() {
+    if let Some((calls, failures)) = auth_run("uac_auth_challenged", None, Transport::Udp) {
+        assert_eq!((calls, failures), (0.0, 0.0));
+    }
+}
+
+/// A wrong password: challenged again, counted as a failure, no call.
+#[test]
+fn auth_wrong_password_never_connects_udp() {
+    if let Some((calls, failures)) = auth_run("uac_auth_refused", Some("queen"), Transport::Udp) {
+        assert_eq!((calls, failures), (0.0, 1.0));
+    }
+}

@@ -102,7 +102,13 @@ pub fn spawn(
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
 ) {
-    let Event::Incoming { request, peer, .. } = incoming else {
+    let Event::Incoming {
+        request,
+        peer,
+        auth_user,
+        ..
+    } = incoming
+    else {
         return;
     };
     let header = |name| {
@@ -117,6 +123,7 @@ pub fn spawn(
         to: header("To"),
         user: request.uri.user().unwrap_or("").to_string(),
         signalling: peer.addr.ip(),
+        auth_user: auth_user.unwrap_or_default(),
     };
     let live = crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user);
     let ids = Ids::for_call(ctx.ids_seed, call.0);
@@ -213,6 +220,7 @@ pub fn originate(
         to: to.clone(),
         user: to.clone(),
         signalling,
+        auth_user: String::new(),
     };
     let live = crate::live::CallInfo::new(&call_id, &parties.from, &to).outbound();
     o.to = to;
@@ -374,6 +382,8 @@ struct Parties {
     user: String,
     /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
     signalling: std::net::IpAddr,
+    /// The user the caller authenticated as (empty: none asked).
+    auth_user: String,
 }
 
 /// When a call ended, monotonic (for its duration) and as RFC 3339 (for the CDR).
@@ -493,6 +503,7 @@ impl Task {
             call_id: self.parties.call_id.clone(),
             headers: request_headers(&request),
             vars: route.vars,
+            auth_user: self.parties.auth_user.clone(),
             outbound: false,
         };
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
@@ -539,6 +550,7 @@ impl Task {
             headers: BTreeMap::new(),
             vars: o.vars,
             outbound: true,
+            auth_user: String::new(),
         };
         self.live.update(|c| c.script = Some(name));
         let mut flow = Flow::Waiting(ast, info);

@@ -8,7 +8,8 @@
 //!   both ends); named groups become variables (`room`).
 //!
 //! A rule's own `vars` are set first, so a capture of the same name overrides them. A user
-//! no rule matches runs `default.rhai`.
+//! no rule matches runs `default.rhai`. A rule with `auth = true` lets only callers who
+//! authenticate reach its script (see [`crate::sip::auth`]).
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,9 @@ pub struct RuleConfig {
     /// Variables for the script (`session.vars`).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Callers must authenticate (digest, against `[[users]]`) before the script runs.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// A rule that cannot be used.
@@ -62,6 +66,7 @@ struct Rule {
     matcher: Matcher,
     script: String,
     vars: BTreeMap<String, String>,
+    auth: bool,
 }
 
 /// Where a call goes.
@@ -73,6 +78,8 @@ pub struct Route {
     pub vars: BTreeMap<String, String>,
     /// 1-based number of the rule that matched (None: the fallback).
     pub rule: Option<usize>,
+    /// The caller must authenticate first.
+    pub auth: bool,
 }
 
 /// The compiled rules.
@@ -127,6 +134,7 @@ impl Dialplan {
                 matcher,
                 script: script_file(&r.script).map_err(err)?,
                 vars: r.vars.clone(),
+                auth: r.auth,
             });
         }
         Ok(Dialplan { rules: out })
@@ -162,6 +170,7 @@ impl Dialplan {
                     script: rule.script.clone(),
                     vars,
                     rule: Some(i + 1),
+                    auth: rule.auth,
                 };
             }
         }
@@ -169,7 +178,13 @@ impl Dialplan {
             script: FALLBACK_SCRIPT.into(),
             vars: BTreeMap::new(),
             rule: None,
+            auth: false,
         }
+    }
+
+    /// Whether some rule asks callers to authenticate.
+    pub fn any_auth(&self) -> bool {
+        self.rules.iter().any(|r| r.auth)
     }
 
     /// The script of every rule, in order (for checking they exist at start).
@@ -192,6 +207,7 @@ mod tests {
             regex: None,
             script: script.into(),
             vars: BTreeMap::new(),
+            auth: false,
         };
         match kind {
             "exact" => r.exact = Some(pattern.into()),

@@ -33,6 +33,8 @@ pub struct CallInfo {
     pub headers: BTreeMap<String, String>,
     /// Dialplan variables.
     pub vars: BTreeMap<String, String>,
+    /// The user the caller authenticated as; empty when the rule asks for none.
+    pub auth_user: String,
     /// A call we placed (originate), not one we answered.
     pub outbound: bool,
 }
@@ -51,6 +53,7 @@ impl CallInfo {
         m.insert("call_id".into(), self.call_id.clone().into());
         m.insert("headers".into(), strings(&self.headers).into());
         m.insert("vars".into(), strings(&self.vars).into());
+        m.insert("auth_user".into(), self.auth_user.clone().into());
         let direction = if self.outbound { "outbound" } else { "inbound" };
         m.insert("direction".into(), direction.into());
         m

@@ -306,6 +306,7 @@ fn session_is_visible_everywhere_and_read_only() {
         from: "<sip:alice@example.com>".into(),
         to: "ivr".into(),
         call_id: "abc".into(),
+        auth_user: "alice".into(),
         ..CallInfo::default()
     };
     info.headers.insert("user-agent".into(), "phone".into());
@@ -322,6 +323,18 @@ fn session_is_visible_everywhere_and_read_only() {
         .unwrap();
     assert!(t.contains("log: <sip:alice@example.com> ivr abc"), "{t}");
     assert!(t.contains("log: phone en "), "{t}");
+    let t = sim
+        .run_source("t.rhai", "log(`[${session.auth_user}]`);", "")
+        .unwrap();
+    assert!(t.contains("log: [alice]"), "{t}");
+    let anonymous = Simulator::default().call(CallInfo::default());
+    let t = anonymous
+        .run_source("t.rhai", "log(`[${session.auth_user}]`);", "")
+        .unwrap();
+    assert!(
+        t.contains("log: []"),
+        "no authentication, an empty name: {t}"
+    );
     let t = sim.run_source("t.rhai", "session.to = \"x\";", "").unwrap();
     assert!(matches!(t.outcome, ScriptOutcome::Error(_)), "{t}");
 }

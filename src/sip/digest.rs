@@ -726,17 +726,26 @@ impl NonceIssuer {
         }
     }
 
-    fn signature(&self, stamp: u64) -> String {
+    /// Signs the stamp as written: `hex(time)` or `hex(time)-hex(unique)`.
+    fn signature(&self, stamp: &str) -> String {
         let mut h = Sha256::new();
         h.update(&self.secret);
-        h.update(format!(":{stamp:x}:").as_bytes());
+        h.update(format!(":{stamp}:").as_bytes());
         h.update(self.realm.as_bytes());
         hex(&h.finalize()[..16])
     }
 
     /// A nonce stamped `unix_secs`.
     pub fn issue(&self, unix_secs: u64) -> String {
-        format!("{unix_secs:x}.{}", self.signature(unix_secs))
+        let stamp = format!("{unix_secs:x}");
+        format!("{stamp}.{}", self.signature(&stamp))
+    }
+
+    /// A nonce stamped `unix_secs` that also carries `unique`, so that two challenges in
+    /// the same second differ and their nonce counts are tracked apart.
+    pub fn issue_unique(&self, unix_secs: u64, unique: u64) -> String {
+        let stamp = format!("{unix_secs:x}-{unique:x}");
+        format!("{stamp}.{}", self.signature(&stamp))
     }
 
     /// A challenge with a fresh nonce (qop=auth).
@@ -756,10 +765,11 @@ impl NonceIssuer {
         let Some((stamp, sig)) = nonce.split_once('.') else {
             return NonceStatus::Bad;
         };
-        let Ok(t) = u64::from_str_radix(stamp, 16) else {
+        let time = stamp.split_once('-').map_or(stamp, |(t, _)| t);
+        let Ok(t) = u64::from_str_radix(time, 16) else {
             return NonceStatus::Bad;
         };
-        if !same(self.signature(t).as_bytes(), sig.as_bytes()) || t > unix_secs {
+        if !same(self.signature(stamp).as_bytes(), sig.as_bytes()) || t > unix_secs {
             return NonceStatus::Bad;
         }
         if unix_secs - t > self.lifetime_secs {
@@ -1025,6 +1035,20 @@ mod tests {
         let forged = format!("{:x}{}", 1_000_100, &n[n.find('.').unwrap()..]);
         assert_eq!(issuer.check(&forged, 1_000_200), NonceStatus::Bad);
         assert_eq!(issuer.check("garbage", 1), NonceStatus::Bad);
+        let (u1, u2) = (
+            issuer.issue_unique(1_000_000, 1),
+            issuer.issue_unique(1_000_000, 2),
+        );
+        assert_ne!(u1, u2, "the same second, two nonces");
+        assert_eq!(issuer.check(&u1, 1_000_300), NonceStatus::Valid);
+        assert_eq!(issuer.check(&u1, 1_000_301), NonceStatus::Stale);
+        let swapped = format!(
+            "{}{}",
+            &u1[..u1.find('.').unwrap()],
+            &u2[u2.find('.').unwrap()..]
+        );
+        assert_eq!(issuer.check(&swapped, 1_000_000), NonceStatus::Bad);
+        assert_eq!(other.check(&u1, 1_000_000), NonceStatus::Bad);
         let ch = issuer.challenge(1_000_000, Algorithm::Sha256, true);
         assert_eq!(parse_challenges(&ch.to_string()).unwrap(), vec![ch]);
     }

@@ -1,8 +1,9 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
-//! blind transfer (REFER), digest authentication, the endpoint core that ties them together
-//! (answering and placing calls), the registration client, SIP trunks, and the tokio
-//! transport glue.
+//! blind transfer (REFER), digest authentication (client side, and callers' INVITEs checked
+//! against the users), the endpoint core that ties them together (answering and placing
+//! calls), the registration client, SIP trunks, and the tokio transport glue.
 
+pub mod auth;
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;

@@ -395,11 +395,19 @@ fn inbound(
         calls: ep.call_count(),
         pending_invites: ep.pending_invite_count(),
     });
-    if guard.stats().escalations != escalations {
-        metrics.sip_escalation();
-    }
     match verdict {
-        Verdict::Pass => ep.handle_message(now, peer, bytes),
+        Verdict::Pass => {
+            ep.handle_message(now, peer, bytes);
+            // Failed authentications count towards the source's escalation.
+            for source in ep
+                .auth_mut()
+                .map(|a| a.take_failed_sources())
+                .unwrap_or_default()
+            {
+                metrics.sip_auth_failure();
+                guard.count_auth_failure(now, source);
+            }
+        }
         Verdict::Refuse {
             code,
             retry_after,
@@ -414,6 +422,9 @@ fn inbound(
             ep.refuse(now, peer, bytes, &why, retry_after);
         }
         Verdict::Drop(reason) => metrics.sip_dropped(reason),
+    }
+    if guard.stats().escalations != escalations {
+        metrics.sip_escalation();
     }
 }
 

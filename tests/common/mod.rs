@@ -313,6 +313,8 @@ pub struct Sipp<'a> {
     pub trace_messages: bool,
     /// `-key NAME VALUE` pairs: `[NAME]` in the scenario becomes VALUE.
     pub keys: Vec<(String, String)>,
+    /// More options, e.g. `-au USER -ap PASSWORD` for `[authentication]`.
+    pub args: Vec<String>,
     /// SIPp's own port (a scenario that plays the server needs one known beforehand);
     /// a free one when `None`.
     pub local_port: Option<u16>,
@@ -328,6 +330,7 @@ impl<'a> Sipp<'a> {
             rate: None,
             trace_messages: true,
             keys: Vec::new(),
+            args: Vec::new(),
             local_port: None,
         }
     }
@@ -370,6 +373,7 @@ impl<'a> Sipp<'a> {
                     .iter()
                     .flat_map(|(k, v)| ["-key", k.as_str(), v.as_str()]),
             )
+            .args(&self.args)
             .args(["-t", self.transport.sipp_mode()])
             // SIPp's own choice of local port races with other SIPp processes when
             // they all start at once (it probes 5060 upwards), so it is given one.

@@ -27,6 +27,8 @@ pub struct Options {
     /// Milliseconds of audio per packet it asks for (`a=ptime`) and sends; baresip's 20 if
     /// None.
     pub ptime: Option<u32>,
+    /// The password it answers digest challenges with (its user name is the account's).
+    pub auth_pass: Option<String>,
 }
 
 impl Options {
@@ -36,6 +38,7 @@ impl Options {
             tcp: false,
             rtp_port: None,
             ptime: None,
+            auth_pass: None,
         }
     }
 }
@@ -87,10 +90,14 @@ impl Baresip {
         let ptime = options
             .ptime
             .map_or(String::new(), |ms| format!(";ptime={ms}"));
+        let auth = options
+            .auth_pass
+            .as_ref()
+            .map_or(String::new(), |p| format!(";auth_pass={p}"));
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}\n",
+                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}{auth}\n",
                 server.port()
             ),
         )

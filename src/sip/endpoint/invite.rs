@@ -9,14 +9,21 @@ use super::{
     Endpoint, Event, InviteState, ServerTx, TimerOwner, TxKey,
 };
 use crate::error::{Refusal, SipStatus};
+use crate::sip::auth::Decision;
 use crate::sip::dialog::{Dialog, Peer};
-use crate::sip::message::{encode_response, response_to, set_body, Method, ParsedRequest, Request};
+use crate::sip::message::{
+    encode_response, push_header, refusal_to, response_to, set_body, Method, ParsedRequest, Request,
+};
 use crate::sip::session_timer::has_option_tag;
 use crate::sip::transaction::InviteServerTx;
 use rsipstack::sip::prelude::*;
 
 impl Endpoint {
     pub(super) fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
+        let auth_user = match self.authenticate(now, peer, &r.req) {
+            Ok(user) => user,
+            Err(resp) => return self.reply(now, peer, key, Method::Invite, resp),
+        };
         let call = CallHandle(self.next_call);
         self.next_call += 1;
         let local_tag = self.ids.token();
@@ -61,7 +68,35 @@ impl Endpoint {
             call,
             request: Box::new(r.req),
             peer,
+            auth_user,
         });
+    }
+
+    /// The authenticated user (None when the dialled user needs none), or the 401 or 403
+    /// to answer with (see [`crate::sip::auth`]).
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        req: &Request,
+    ) -> Result<Option<String>, rsipstack::sip::Response> {
+        let Some(auth) = self.auth.as_mut() else {
+            return Ok(None);
+        };
+        let tag = self.ids.token();
+        let mut resp = match auth.check(now, peer.addr.ip(), req) {
+            Decision::Pass(user) => return Ok(user),
+            Decision::Challenge { stale } => {
+                let mut resp = response_to(req, 401, "Unauthorized", Some(&tag));
+                for c in auth.challenges(now, stale) {
+                    push_header(&mut resp, "WWW-Authenticate", &c);
+                }
+                resp
+            }
+            Decision::Forbidden => refusal_to(req, &Refusal::Forbidden, Some(&tag)),
+        };
+        push_header(&mut resp, "Server", &self.cfg.user_agent);
+        Err(resp)
     }
 
     pub(super) fn on_ack(&mut self, now: Instant, r: ParsedRequest) {

@@ -21,6 +21,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::auth::Authenticator;
 use super::dialog::{content_type, Dialog, DialogId, Peer};
 use super::ids::Ids;
 use super::message::{
@@ -104,6 +105,8 @@ pub enum Event {
         request: Box<Request>,
         /// Where it came from.
         peer: Peer,
+        /// The user it authenticated as, when its dialled user needs authentication.
+        auth_user: Option<String>,
     },
     /// The ACK for our 2xx arrived; its body is the SDP answer when we made the offer.
     Confirmed {
@@ -433,6 +436,8 @@ pub struct Endpoint {
     session_timers: SessionTimerConfig,
     /// Every tag, branch, first CSeq and random delay the endpoint makes.
     ids: Ids,
+    /// Checks callers of protected users before their call exists.
+    auth: Option<Authenticator>,
 }
 
 impl Endpoint {
@@ -458,7 +463,23 @@ impl Endpoint {
             scratch: Vec::new(),
             session_timers: SessionTimerConfig::default(),
             ids,
+            auth: None,
         }
+    }
+
+    /// From now on a new INVITE to a user `auth` protects must authenticate first.
+    pub fn set_auth(&mut self, auth: Authenticator) {
+        self.auth = Some(auth);
+    }
+
+    /// The authenticator, when one is set (its failure counts).
+    pub fn auth(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
+    }
+
+    /// The authenticator, when one is set (to take the sources of its failures).
+    pub fn auth_mut(&mut self) -> Option<&mut Authenticator> {
+        self.auth.as_mut()
     }
 
     /// Sets the session timer settings (RFC 4028) for calls from now on.

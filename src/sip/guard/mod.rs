@@ -423,7 +423,6 @@ impl Guard {
     ) -> Option<Verdict> {
         // A method without a limit keeps no per-source state.
         let bucket = self.buckets[which]?;
-        let escalate = self.cfg.escalate_after;
         let slot = self.slot(key, now);
         let src = self.table[slot].as_mut()?;
         if src.blocked_until > now {
@@ -435,27 +434,45 @@ impl Guard {
                 None
             }
             Err(wait_ns) => {
-                let window = duration_ns(self.cfg.escalate_window);
-                if now.saturating_sub(src.strikes_since) >= window || src.strikes == 0 {
-                    src.strikes = 0;
-                    src.strikes_since = now;
-                }
-                src.strikes += 1;
-                if escalate > 0 && src.strikes >= escalate {
-                    src.strikes = 0;
-                    src.blocked_until = now.saturating_add(duration_ns(self.cfg.block));
-                    self.stats.escalations += 1;
-                    tracing::warn!(
-                        source = %msg.source,
-                        transport = ?msg.transport,
-                        limit = reason.label(),
-                        block_secs = self.cfg.block.as_secs(),
-                        "a source kept exceeding its rate: dropping its requests for a while"
-                    );
-                }
+                self.strike(now, slot, msg.source, reason.label());
                 Some(self.refused(503, Some(retry_secs(wait_ns)), reason))
             }
         }
+    }
+
+    /// Counts a strike against the source in `slot`; `escalate_after` of them within the
+    /// window get it blocked.
+    fn strike(&mut self, now: u64, slot: usize, source: IpAddr, limit: &str) {
+        let window = duration_ns(self.cfg.escalate_window);
+        let (escalate, block) = (self.cfg.escalate_after, duration_ns(self.cfg.block));
+        let Some(src) = self.table[slot].as_mut() else {
+            return;
+        };
+        if now.saturating_sub(src.strikes_since) >= window || src.strikes == 0 {
+            src.strikes = 0;
+            src.strikes_since = now;
+        }
+        src.strikes += 1;
+        if escalate > 0 && src.strikes >= escalate {
+            src.strikes = 0;
+            src.blocked_until = now.saturating_add(block);
+            self.stats.escalations += 1;
+            tracing::warn!(
+                %source,
+                limit,
+                block_secs = self.cfg.block.as_secs(),
+                "a source kept exceeding its limits: dropping its requests for a while"
+            );
+        }
+    }
+
+    /// Counts a failed digest authentication of `source` as a strike, like a rate refusal:
+    /// a source that keeps failing is blocked too (when INVITEs have a rate limit, since
+    /// the block is enforced where the rates are).
+    pub fn count_auth_failure(&mut self, now: Instant, source: IpAddr) {
+        let now = self.ns(now);
+        let slot = self.slot(acl::canonical(source), now);
+        self.strike(now, slot, source, "auth");
     }
 
     fn server_caps(&mut self, now: u64, load: impl FnOnce() -> Load) -> Verdict {

@@ -358,6 +358,35 @@ fn escalation_blocks_a_persistent_source_for_the_block_time_then_forgives() {
 }
 
 #[test]
+fn failed_authentications_escalate_like_rate_refusals() {
+    let t0 = Instant::now();
+    let cfg = GuardConfig {
+        invite: Rate {
+            per_sec: 100.0,
+            burst: 100,
+        },
+        escalate_after: 3,
+        escalate_window: Duration::from_secs(10),
+        block: Duration::from_secs(30),
+        ..GuardConfig::default()
+    };
+    let mut g = Guard::new(cfg, t0);
+    let m = msg("192.0.2.1", req(Kind::Invite));
+    g.count_auth_failure(t0, ip("192.0.2.1"));
+    g.count_auth_failure(t0, ip("192.0.2.1"));
+    assert_eq!(g.check(t0, &m, idle), Verdict::Pass, "two strikes: not yet");
+    g.count_auth_failure(t0, ip("192.0.2.1"));
+    assert_eq!(g.stats().escalations, 1);
+    assert_eq!(g.check(t0, &m, idle), Verdict::Drop(DropReason::Blocked));
+    let other = msg("192.0.2.2", req(Kind::Invite));
+    assert_eq!(g.check(t0, &other, idle), Verdict::Pass);
+    assert_eq!(
+        g.check(t0 + Duration::from_secs(30), &m, idle),
+        Verdict::Pass
+    );
+}
+
+#[test]
 fn refusals_spread_wider_than_the_window_do_not_escalate() {
     let t0 = Instant::now();
     let cfg = GuardConfig {
