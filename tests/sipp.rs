@@ -286,15 +286,16 @@ fn message_with_pcap_audio_and_rfc4733_udp() {
         "call_answered",
         "recording_started",
         "dtmf",
-        "call_ended",
         "recording_finished",
+        "call_ended",
     ];
     let seen: Vec<&str> = types
         .iter()
         .map(String::as_str)
         .filter(|t| want.contains(t))
         .collect();
-    // The caller hung up while recording: the call ends, then its recording is finalised.
+    // The caller hung up while recording: the recording is finalised and announced, then the
+    // call's end, always a call's last event.
     assert_eq!(seen, want, "{types:?}");
 
     // The metrics moved.
