@@ -72,6 +72,26 @@ pub struct Cdr {
     pub recordings: Vec<String>,
     /// Media statistics.
     pub rtp: RtpStats,
+    /// A call we answered or one we placed.
+    #[serde(default)]
+    pub direction: Direction,
+    /// The trunk a placed call went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
+    /// For a leg a call placed (`dial`), that call's Call-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_call_id: Option<String>,
+}
+
+/// Which way a call went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A call we answered.
+    #[default]
+    Inbound,
+    /// A call we placed.
+    Outbound,
 }
 
 /// Why CDRs could not be read.
@@ -275,6 +295,9 @@ pub(crate) mod tests {
                 lost: 2,
                 jitter_ms: 1.5,
             },
+            direction: Direction::Inbound,
+            trunk: None,
+            parent_call_id: None,
         }
     }
 

@@ -310,6 +310,9 @@ fn write_cdr(dir: &Path, call_id: &str, from: &str, to: &str, answered: bool) {
         digits: String::new(),
         recordings: Vec::new(),
         rtp: RtpStats::default(),
+        direction: Default::default(),
+        trunk: None,
+        parent_call_id: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);

@@ -71,7 +71,7 @@ const SHORT: &str = r#"answer(); tone("800/1000@-10"); hangup();"#;
 
 /// Two servers: the callee (shipped scripts plus `short`), then the caller's, whose rules
 /// dial the callee.
-async fn servers() -> (Server, Server, Scripts, Scripts) {
+async fn servers() -> (Server, Server, Scripts, Scripts, Scripts) {
     let callee_scripts = Scripts::with_shipped(&[("short.rhai", SHORT)]);
     let dir = callee_scripts.0.clone();
     let callee = start_with((45600, 45699), move |c| {
@@ -101,13 +101,15 @@ async fn servers() -> (Server, Server, Scripts, Scripts) {
         ),
     ];
     let caller_scripts = Scripts::with_shipped(&[("out.rhai", OUT)]);
-    let dir = caller_scripts.0.clone();
+    let cdrs = Scripts::with_shipped(&[]);
+    let (dir, cdr_dir) = (caller_scripts.0.clone(), cdrs.0.clone());
     let caller = start_with((45700, 45799), move |c| {
         c.paths.scripts = dir;
         c.dialplan = rules;
+        c.cdr.dir = cdr_dir;
     })
     .await;
-    (caller, callee, caller_scripts, callee_scripts)
+    (caller, callee, caller_scripts, callee_scripts, cdrs)
 }
 
 /// Calls `user` on `server` and waits for the call's `dial ended` step: its text.
@@ -141,6 +143,32 @@ async fn dial_outcome(server: &Server, user: &str) -> String {
     }
 }
 
+/// Waits (bounded) until `dir`'s CDR files hold `n` records: all of them.
+async fn read_cdrs(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "jsonl") {
+                for line in std::fs::read_to_string(&p).unwrap().lines() {
+                    out.push(serde_json::from_str(line).unwrap());
+                }
+            }
+        }
+        if out.len() >= n {
+            return out;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} of {n} records: {out:?}",
+            out.len()
+        );
+        // The writer thread flushes records as calls end; there is nothing to wait on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Live calls on a server, from its API.
 async fn live_calls(server: &Server) -> usize {
     let (status, body) = http_get(server.http, "/api/calls").await;
@@ -151,7 +179,7 @@ async fn live_calls(server: &Server) -> usize {
 
 #[tokio::test]
 async fn a_dialled_call_is_bridged_and_ends_with_the_caller() {
-    let (caller_server, callee_server, _a, _b) = servers().await;
+    let (caller_server, callee_server, _a, _b, _cdrs) = servers().await;
     let mut callee_events = Events::open(callee_server.http, "call_ended").await;
     let mut rtp = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, caller_server.sip).await;
@@ -189,7 +217,7 @@ async fn a_dialled_call_is_bridged_and_ends_with_the_caller() {
 
 #[tokio::test]
 async fn dial_outcomes_across_two_servers() {
-    let (caller_server, callee_server, _a, _b) = servers().await;
+    let (caller_server, callee_server, _a, _b, cdrs) = servers().await;
     let mut callee_events = Events::open(callee_server.http, "call_ended").await;
     let (busy, ring, short, both, next) = tokio::join!(
         dial_outcome(&caller_server, "to-busy"),
@@ -230,6 +258,37 @@ async fn dial_outcomes_across_two_servers() {
         ]
     );
     assert_eq!(live_calls(&callee_server).await, 0);
+    // Each dialled leg has its own record, linked to the call that dialled it.
+    let records = read_cdrs(&cdrs.0, 12).await;
+    let inbound: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["direction"] == "inbound")
+        .collect();
+    assert_eq!(inbound.len(), 5, "{records:?}");
+    let busy_call = inbound.iter().find(|r| r["to"] == "to-busy").unwrap();
+    let busy_leg = records
+        .iter()
+        .find(|r| r["parent_call_id"] == busy_call["call_id"])
+        .expect("the busy leg's record");
+    assert_eq!(busy_leg["direction"], "outbound");
+    assert_eq!(busy_leg["sip_code"], 486);
+    assert_eq!(busy_leg["cause"], "refused");
+    assert!(busy_leg["to"].as_str().unwrap().starts_with("sip:busy@"));
+    let next_call = inbound.iter().find(|r| r["to"] == "to-next").unwrap();
+    let mut next_legs: Vec<u64> = records
+        .iter()
+        .filter(|r| r["parent_call_id"] == next_call["call_id"])
+        .map(|r| r["sip_code"].as_u64().unwrap_or(0))
+        .collect();
+    next_legs.sort();
+    assert_eq!(next_legs, [200, 486], "{records:?}");
+    let ring_call = inbound.iter().find(|r| r["to"] == "to-ring").unwrap();
+    let ring_leg = records
+        .iter()
+        .find(|r| r["parent_call_id"] == ring_call["call_id"])
+        .unwrap();
+    assert_eq!(ring_leg["cause"], "cancelled");
+    assert_eq!(ring_leg["sip_code"], 487);
     caller_server.stop().await;
     callee_server.stop().await;
 }

@@ -283,6 +283,7 @@ fn start(
                 ids,
                 call,
                 outbound,
+                caller_trunk: None,
                 events,
                 commands,
                 lease: None,
@@ -333,6 +334,8 @@ struct Task {
     call: Option<CallHandle>,
     /// A call we placed.
     outbound: bool,
+    /// The trunk a call we placed went through, for its record.
+    caller_trunk: Option<String>,
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
@@ -358,6 +361,8 @@ struct Task {
 /// A leg the call placed: its ports, its SIP call and its media.
 #[derive(Default)]
 struct Out {
+    /// What its record will say (a leg the call dialled; None for a placed call's own leg).
+    record: Option<OutRecord>,
     /// The trunk it goes through, and its share of the trunk's calls.
     trunk: Option<(String, crate::sip::trunks::CallSlot)>,
     /// Its share of the server-wide cap.
@@ -365,6 +370,16 @@ struct Out {
     lease: Option<PortLease>,
     sip: Option<CallHandle>,
     media: Option<LegHandle>,
+}
+
+/// A dialled leg's record as it goes.
+struct OutRecord {
+    call_id: String,
+    target: String,
+    started_at: String,
+    answered: Option<(Instant, String)>,
+    code: Option<u16>,
+    ended: Option<EndReason>,
 }
 
 /// Something that happened on a placed leg.
@@ -612,6 +627,7 @@ impl Task {
                 Some((leg, ev)) = self.out_events.recv() => match ev {
                     OutEvent::Sip(ev) => {
                         self.report_trunk(leg, &ev);
+                        self.note_out_event(leg, &ev);
                         core.handle_sip(Instant::now(), leg, ev)
                     }
                     OutEvent::Media(e) => self.on_out_leg_event(core, leg, e),
@@ -657,6 +673,73 @@ impl Task {
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => core.handle_rtp_timeout(LegId::CALLER),
         }
+    }
+
+    /// What a dialled leg's record keeps of its SIP events.
+    fn note_out_event(&mut self, leg: LegId, ev: &Event) {
+        let Some(r) = self.outs.get_mut(&leg).and_then(|o| o.record.as_mut()) else {
+            return;
+        };
+        match ev {
+            Event::Answered { .. } => {
+                r.answered = Some((Instant::now(), crate::live::rfc3339_now()));
+                r.code = Some(200);
+            }
+            Event::Failed { code, .. } => r.code = Some(*code),
+            Event::Ended { reason, .. } => r.ended = Some(reason.clone()),
+            _ => {}
+        }
+    }
+
+    /// Removes a dialled leg: its media and ports go, and its record is written.
+    fn close_out(&mut self, leg: LegId) {
+        let Some(mut out) = self.outs.remove(&leg) else {
+            return;
+        };
+        if leg == LegId::CALLER {
+            self.caller_trunk = out.trunk.as_ref().map(|(t, _)| t.clone());
+        }
+        let (Some(r), Some(cdr)) = (out.record.take(), &self.ctx.cdr) else {
+            return;
+        };
+        let now = Instant::now();
+        // A leg let go before its dialog ended was cancelled (unanswered) or hung up by us.
+        let reason = r.ended.clone().unwrap_or(if r.answered.is_some() {
+            EndReason::LocalBye
+        } else {
+            EndReason::Cancelled
+        });
+        let cause = match (r.answered.is_some(), r.code) {
+            (false, Some(c)) if c >= 300 && c != 487 => "refused",
+            _ => Outcome::Ended(reason.clone()).describe().0,
+        };
+        let sip_code = match (&reason, r.code) {
+            (EndReason::Cancelled, None) => Some(487),
+            (_, code) => code,
+        };
+        cdr.submit(Cdr {
+            call_id: r.call_id,
+            from: self.parties.from.clone(),
+            to: r.target,
+            started_at: r.started_at,
+            answered_at: r.answered.as_ref().map(|(_, t)| t.clone()),
+            ended_at: crate::live::rfc3339_now(),
+            duration_ms: r.answered.map_or(0, |(at, _)| {
+                now.saturating_duration_since(at).as_millis() as u64
+            }),
+            hangup: match reason {
+                EndReason::RemoteBye => HangupSide::Caller,
+                _ => HangupSide::Server,
+            },
+            cause: cause.to_string(),
+            sip_code,
+            digits: String::new(),
+            recordings: Vec::new(),
+            rtp: RtpStats::default(),
+            direction: crate::cdr::Direction::Outbound,
+            trunk: out.trunk.as_ref().map(|(t, _)| t.clone()),
+            parent_call_id: Some(self.parties.call_id.clone()),
+        });
     }
 
     /// A placed leg's final answer goes into its trunk's record (503 with Retry-After takes
@@ -866,8 +949,28 @@ impl Task {
                 },
             );
         };
-        let call_id =
-            (leg == LegId::CALLER && self.call.is_none()).then(|| self.parties.call_id.clone());
+        // A placed call's own leg has the call's id; a dialled leg gets one of its own, known
+        // now for its record.
+        let call_id = if leg == LegId::CALLER && self.call.is_none() {
+            self.parties.call_id.clone()
+        } else {
+            let id = format!(
+                "{:016x}{:08x}@{}",
+                self.ids.u64(..),
+                self.ids.u32(),
+                self.ctx.media_ip
+            );
+            self.outs.entry(leg).or_default().record = Some(OutRecord {
+                call_id: id.clone(),
+                target: d.target.clone(),
+                started_at: crate::live::rfc3339_now(),
+                answered: None,
+                code: None,
+                ended: None,
+            });
+            id
+        };
+        let call_id = Some(call_id);
         let call = match d.target.strip_prefix("trunk:") {
             Some(rest) => {
                 let (name, number) = rest.split_once('/').unwrap_or((rest, ""));
@@ -959,9 +1062,7 @@ impl Task {
                 };
                 core.handle_prepared(now, leg, prepared);
             }
-            MediaAction::Close => {
-                self.outs.remove(&leg);
-            }
+            MediaAction::Close => self.close_out(leg),
             MediaAction::Bridge(other) => {
                 let peer = self.outs.get(&other).and_then(|o| o.media.as_ref());
                 let bridged = match (self.leg.as_ref(), peer) {
@@ -1246,7 +1347,10 @@ impl Task {
     /// statistics (the worker reports them as it removes the leg).
     async fn close_media(&mut self, core: &mut CallCore) {
         self.membership = None;
-        self.outs.clear();
+        let legs: Vec<LegId> = self.outs.keys().copied().collect();
+        for leg in legs {
+            self.close_out(leg);
+        }
         if self.leg.take().is_none() {
             return;
         }
@@ -1307,6 +1411,13 @@ impl Task {
                 lost: self.rtp.lost,
                 jitter_ms: self.rtp.jitter_us as f64 / 1000.0,
             },
+            direction: if self.outbound {
+                crate::cdr::Direction::Outbound
+            } else {
+                crate::cdr::Direction::Inbound
+            },
+            trunk: self.caller_trunk.clone(),
+            parent_call_id: None,
         });
     }
 }
