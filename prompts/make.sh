@@ -28,7 +28,8 @@ say() {
 }
 
 say welcome "Welcome to switchboard."
-say menu "For a conference, press 1. To leave a message, press 2. For an echo test, press 3. To hear these options again, press 9. To end the call, press 0."
+say menu "For a conference, press 1. To leave a message, press 2. For an echo test, press 3. To speak to an operator, press 0. To hear these options again, press 9. To end the call, press star."
+say operator-unavailable "The operator is not available. Please try again later."
 say enter-pin "Please enter your PIN, followed by the hash key."
 say invalid "That is not a valid choice."
 say goodbye "Goodbye."

@@ -56,6 +56,8 @@ pub struct Config {
     pub dtmf: DtmfConfig,
     /// Calls the server places.
     pub outbound: OutboundConfig,
+    /// The shipped IVR's settings.
+    pub ivr: IvrConfig,
     /// Who may call the dialplan rules with `auth = true` (`[[users]]`).
     #[serde(default)]
     pub users: Vec<crate::sip::auth::UserConfig>,
@@ -115,6 +117,16 @@ impl std::fmt::Debug for TrunkConfig {
             .field("max_calls", &self.max_calls)
             .finish_non_exhaustive()
     }
+}
+
+/// `[ivr]`: settings the shipped scripts read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrConfig {
+    /// Where `0` in the menu puts the caller through (`dial`); every script sees it as
+    /// `session.vars.operator` unless its dialplan rule sets that variable. Empty: no
+    /// operator.
+    pub operator: String,
 }
 
 /// `[outbound]`: which calls scripts may place, and how many.

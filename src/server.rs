@@ -172,6 +172,7 @@ pub async fn run_with_ready(
         )),
         outbound_slots: crate::call::OutboundSlots::new(config.outbound.max_calls),
         trunks: trunks.clone(),
+        ivr_operator: config.ivr.operator.trim().to_string(),
         codecs: config.media.codec_list()?,
         codec_choice: config.media.codec_choice,
     });

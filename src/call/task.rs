@@ -86,6 +86,8 @@ pub struct CallContext {
     pub outbound: Arc<crate::call::OutboundPolicy>,
     /// The server-wide cap on placed legs.
     pub outbound_slots: Arc<crate::call::OutboundSlots>,
+    /// `[ivr] operator`, given to scripts as `session.vars.operator`.
+    pub ivr_operator: String,
     /// The SIP trunks `trunk:` targets go through.
     pub trunks: Arc<crate::sip::trunks::Trunks>,
     /// Codecs we take and offer, in our order (`[media] codecs`).
@@ -517,7 +519,14 @@ impl Task {
             to: user,
             call_id: self.parties.call_id.clone(),
             headers: request_headers(&request),
-            vars: route.vars,
+            vars: {
+                let mut vars = route.vars;
+                if !self.ctx.ivr_operator.is_empty() {
+                    vars.entry("operator".into())
+                        .or_insert_with(|| self.ctx.ivr_operator.clone());
+                }
+                vars
+            },
             auth_user: self.parties.auth_user.clone(),
             outbound: false,
         };

@@ -582,15 +582,15 @@ fn simulate_runs_a_file_and_rejects_bad_input() {
 
 #[test]
 fn default_welcomes_then_offers_the_menu() {
-    let t = shipped("default.rhai", "0", &[]);
+    let t = shipped("default.rhai", "*", &[]);
     assert_eq!(
         t.texts(),
         [
             "answered",
             "played welcome",
             "played menu",
-            "interrupted by 0",
-            "collected \"0\"",
+            "interrupted by *",
+            "collected \"*\"",
             "played goodbye",
             "hung up"
         ]
@@ -613,11 +613,11 @@ fn ivr_without_input_times_out_three_times_then_says_goodbye() {
 
 #[test]
 fn ivr_invalid_choice_plays_invalid_and_the_menu_again() {
-    let t = shipped("ivr.rhai", "7, wait 5s, 0", &[]);
+    let t = shipped("ivr.rhai", "7, wait 5s, *", &[]);
     let texts = t.texts();
     let i = texts.iter().position(|l| *l == "interrupted by 7").unwrap();
     assert_eq!(texts[i + 1..i + 3], ["played invalid", "played menu"]);
-    assert!(t.contains("collected \"0\""));
+    assert!(t.contains("collected \"*\""));
     assert!(t.contains("played goodbye"));
 }
 
@@ -643,15 +643,15 @@ fn ivr_1_joins_a_conference_with_its_pin() {
     let t = shipped("ivr.rhai", "1, 77#, 4321#, wait 60s, hangup", &vars);
     assert!(t.contains("played enter-pin"), "{t}");
     assert!(t.contains("joined conference 77"), "{t}");
-    let t = shipped("ivr.rhai", "1, 77#, 1#, 2#, 3#, 0", &vars);
+    let t = shipped("ivr.rhai", "1, 77#, 1#, 2#, 3#, *", &vars);
     assert!(t.contains("log: left conference: bad_pin"), "{t}");
     assert!(!t.contains("joined"));
     assert!(t.contains("played goodbye"));
 }
 
 #[test]
-fn ivr_3_echo_then_9_repeats_then_0_leaves() {
-    let t = shipped("ivr.rhai", "3, wait 4s, #, 9, 0", &[]);
+fn ivr_3_echo_then_9_repeats_then_star_leaves() {
+    let t = shipped("ivr.rhai", "3, wait 4s, #, 9, *", &[]);
     assert!(t.contains("echo test"));
     assert_eq!(
         t.texts().iter().filter(|l| **l == "played menu").count(),
@@ -659,6 +659,31 @@ fn ivr_3_echo_then_9_repeats_then_0_leaves() {
         "{t}"
     );
     assert!(t.texts().ends_with(&["played goodbye", "hung up"]));
+}
+
+#[test]
+fn ivr_0_puts_the_caller_through_to_the_operator() {
+    let t = shipped(
+        "ivr.rhai",
+        "0, wait 20s, hangup",
+        &[("operator", "sip:operator@127.0.0.1:5070")],
+    );
+    assert!(
+        t.contains("bridged with sip:operator@127.0.0.1:5070"),
+        "{t}"
+    );
+    // Busy: the caller hears why, then goodbye.
+    let t = shipped("ivr.rhai", "0", &[("operator", "sip:busy@127.0.0.1:5070")]);
+    assert!(t.contains("log: operator busy 486"), "{t}");
+    assert!(
+        t.texts()
+            .ends_with(&["played operator-unavailable", "played goodbye", "hung up"]),
+        "{t}"
+    );
+    // No operator configured.
+    let t = shipped("default.rhai", "0", &[]);
+    assert!(!t.contains("dialling"), "{t}");
+    assert!(t.contains("played operator-unavailable"), "{t}");
 }
 
 #[test]
