@@ -209,6 +209,8 @@ pub(super) struct Dialing {
     last: Option<(u16, String)>,
     /// The ringback playback on the caller's leg.
     ringback: Option<u64>,
+    /// The leg whose early media the caller hears (bridged before its answer).
+    early: Option<LegId>,
 }
 
 impl Dialing {
@@ -275,6 +277,7 @@ impl CallCore {
             deadline: None,
             last: None,
             ringback: None,
+            early: None,
         }));
         if parallel {
             for i in firsts {
@@ -389,14 +392,26 @@ impl CallCore {
         }
     }
 
-    fn out_progress(&mut self, leg: LegId, _sdp: Option<Vec<u8>>) {
+    fn out_progress(&mut self, leg: LegId, sdp: Option<Vec<u8>>) {
         let answered = self.is_answered() || self.is_early();
         let Some(d) = self.dialing() else {
             return;
         };
+        let wants_early = d.request.ringback == Ringback::EarlyMedia && d.early.is_none();
         let Some(out) = d.leg(leg) else {
             return;
         };
+        if wants_early {
+            if let (Some(s), Some(body)) = (out.session.as_mut(), sdp.as_deref()) {
+                let early = sdp::parse(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| s.accept_answer(&a).map_err(|e| e.to_string()));
+                match early {
+                    Ok(m) => return self.pass_early_media(leg, m),
+                    Err(e) => tracing::info!(error = %e, "early media of a dialled leg not used"),
+                }
+            }
+        }
         if out.state != OutState::Calling {
             return;
         }
@@ -435,6 +450,41 @@ impl CallCore {
         });
     }
 
+    /// The caller hears the dialled leg's early media: the leg's media starts and the two are
+    /// bridged, the caller getting a 183 of its own if it was not answered yet.
+    fn pass_early_media(&mut self, leg: LegId, m: NegotiatedAudio) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(out) = d.leg(leg) else {
+            return;
+        };
+        out.media = true;
+        out.state = OutState::Ringing;
+        d.early = Some(leg);
+        let ringback = d.ringback.take();
+        if ringback.is_some() {
+            self.media(MediaAction::StopPlay);
+        }
+        self.push(Action::Media(leg, MediaAction::Start(m)));
+        if !(self.is_answered() || self.is_early()) && self.start_early_media().is_err() {
+            // No offer of the caller's to answer in a 183: it hears ringing instead.
+            return self.ring();
+        }
+        self.media(MediaAction::Bridge(leg));
+    }
+
+    /// A leg that was bridged for its early media is no longer.
+    fn end_early(&mut self, leg: LegId) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        if d.early == Some(leg) {
+            d.early = None;
+            self.media(MediaAction::Unbridge);
+        }
+    }
+
     fn out_answered(&mut self, now: Instant, leg: LegId, sdp: Option<Vec<u8>>) {
         let Some(d) = self.dialing() else {
             // Answered after the dial gave up: the call is not wanted.
@@ -443,8 +493,44 @@ impl CallCore {
         if d.bridged().is_some() {
             return self.push(Action::Sip(leg, SipAction::Hangup));
         }
+        let early_bridged = d.early == Some(leg);
         let Some(out) = d.leg(leg) else {
             return self.push(Action::Sip(leg, SipAction::Hangup));
+        };
+        if out.media {
+            // Its early media runs already: the 2xx's SDP, if any, repeats the 183's.
+            out.state = OutState::Bridged(now);
+            let target = out.target.clone();
+            let others: Vec<(LegId, OutState)> = d
+                .legs
+                .iter()
+                .filter(|l| l.id != leg)
+                .map(|l| (l.id, l.state))
+                .collect();
+            d.legs.retain(|l| l.id == leg);
+            d.early = None;
+            for (other, state) in others {
+                self.drop_out_leg(other, state);
+            }
+            if !self.is_answered() {
+                self.answer(now);
+            }
+            if !early_bridged {
+                self.media(MediaAction::Bridge(leg));
+            }
+            return self.note(Note::Bridged(target));
+        }
+        if let Some(other) = d.early {
+            // Another leg's early media was heard; this one answered first.
+            d.early = None;
+            let _ = other;
+            self.media(MediaAction::Unbridge);
+        }
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(out) = d.leg(leg) else {
+            return;
         };
         let negotiated: Result<NegotiatedAudio, String> = match (out.session.as_mut(), sdp) {
             (Some(s), Some(body)) => sdp::parse(&body)
@@ -495,6 +581,10 @@ impl CallCore {
         if matches!(d.legs[i].state, OutState::Bridged(_)) {
             return;
         }
+        self.end_early(leg);
+        let Some(d) = self.dialing() else {
+            return;
+        };
         let out = d.legs.remove(i);
         d.last = Some((code, reason));
         let attempt = d.attempts[out.attempt].clone();
@@ -554,6 +644,7 @@ impl CallCore {
 
     /// Lets a leg go that lost the race or the wait: CANCEL before an answer, BYE after.
     fn drop_out_leg(&mut self, leg: LegId, state: OutState) {
+        self.end_early(leg);
         match state {
             OutState::Preparing => {}
             OutState::Calling | OutState::Ringing => self.push(Action::Sip(leg, SipAction::Cancel)),

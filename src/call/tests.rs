@@ -404,3 +404,73 @@ fn the_callers_hangup_cancels_a_ringing_leg() {
         .iter()
         .any(|x| matches!(x, Action::Media(l, MediaAction::Close) if *l == leg)));
 }
+
+#[test]
+fn early_media_of_a_dialled_leg_is_bridged_once_before_the_answer() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(
+        t0,
+        CallRequest::Dial(super::DialRequest {
+            targets: vec!["sip:bob@127.0.0.1".into()],
+            ringback: super::Ringback::EarlyMedia,
+            ..Default::default()
+        }),
+    );
+    drain(&mut c);
+    let leg = LegId(1);
+    c.handle_prepared(
+        t0,
+        leg,
+        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
+    );
+    drain(&mut c);
+    let call = CallHandle(2);
+    c.handle_sip(
+        t0,
+        leg,
+        Event::Progress {
+            call,
+            code: 183,
+            reason: "Session Progress".into(),
+            to_tag: Some("b".into()),
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Sip(LegId::CALLER, SipAction::Ring(Some(_))))),
+        "{a:?}"
+    );
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(l, MediaAction::Start(_)) if *l == leg)));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::Start(_)))));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::Bridge(l)) if *l == leg)));
+    c.handle_sip(
+        t0 + Duration::from_secs(3),
+        leg,
+        Event::Answered {
+            call,
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Sip(LegId::CALLER, SipAction::Answer(_)))),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter().any(|x| matches!(
+            x,
+            Action::Media(_, MediaAction::Bridge(_) | MediaAction::Start(_))
+        )),
+        "bridged or started twice: {a:?}"
+    );
+}

@@ -569,7 +569,8 @@ impl SimCall {
 
     /// The simulated far end of a dialled leg: a target whose user (or trunk number) is
     /// `busy` is busy, `reject` refuses, `noanswer` rings for ever; any other answers at once
-    /// and stays on the line until the caller hangs up. A trunk named `down` answers 503.
+    /// and stays on the line until the caller hangs up (`early` after early media). A trunk
+    /// named `down` answers 503.
     fn dialled(&mut self, leg: LegId, sip: SipAction) {
         let call = CallHandle(u64::from(leg.0) + 1);
         let mut ev = |e: Event| self.inputs.push_back(Input::Sip(leg, e));
@@ -595,12 +596,14 @@ impl SimCall {
                     "busy" => ev(failed(486, "Busy Here")),
                     "reject" => ev(failed(603, "Decline")),
                     _ => {
+                        // `early` sends its ringing as early media (183 with SDP).
+                        let early = user == "early";
                         ev(Event::Progress {
                             call,
-                            code: 180,
+                            code: if early { 183 } else { 180 },
                             reason: "Ringing".into(),
                             to_tag: Some("callee".into()),
-                            sdp: None,
+                            sdp: early.then(|| CALLEE_ANSWER.as_bytes().to_vec()),
                         });
                         if user != "noanswer" {
                             ev(Event::Answered {

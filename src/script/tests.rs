@@ -927,3 +927,25 @@ fn originate_and_room_dial_place_calls_of_their_own() {
     );
     assert!(error_of(&t).message.contains("one key"));
 }
+
+#[test]
+fn dial_passes_the_callees_early_media_to_an_unanswered_caller() {
+    let t = run(
+        r#"dial("sip:early@127.0.0.1", #{ringback: "early_media"});"#,
+        "wait 1s, hangup",
+    );
+    assert_eq!(
+        t.texts(),
+        [
+            "dialling sip:early@127.0.0.1",
+            "early media",
+            "answered",
+            "bridged with sip:early@127.0.0.1",
+            "caller hung up"
+        ],
+        "{t}"
+    );
+    // With the tone instead, the caller only hears ringing until the answer.
+    let t = run(r#"dial("sip:early@127.0.0.1");"#, "wait 1s, hangup");
+    assert!(t.contains("ringing") && !t.contains("early media"), "{t}");
+}
