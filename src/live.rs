@@ -46,6 +46,8 @@ pub struct CallInfo {
     pub recording: Option<String>,
     /// `inbound` (a call we answered) or `outbound` (a call we placed).
     pub direction: String,
+    /// The party a `dial` bridged the call with, while bridged.
+    pub bridged_with: Option<String>,
 }
 
 impl CallInfo {
@@ -62,6 +64,7 @@ impl CallInfo {
             room: None,
             recording: None,
             direction: "inbound".into(),
+            bridged_with: None,
         }
     }
 

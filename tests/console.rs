@@ -294,6 +294,18 @@ fn seconds(text: &str) -> u64 {
 
 /// A finished call's record, ended now, in today's file of `dir`.
 fn write_cdr(dir: &Path, call_id: &str, from: &str, to: &str, answered: bool) {
+    write_leg_cdr(dir, call_id, from, to, answered, None);
+}
+
+/// A finished call's record, or (with `parent`) the record of a leg that call dialled.
+fn write_leg_cdr(
+    dir: &Path,
+    call_id: &str,
+    from: &str,
+    to: &str,
+    answered: bool,
+    parent: Option<&str>,
+) {
     use switchboard::cdr::{Cdr, CdrDate, HangupSide, RtpStats};
     let now = switchboard::live::rfc3339_now();
     let cdr = Cdr {
@@ -310,9 +322,13 @@ fn write_cdr(dir: &Path, call_id: &str, from: &str, to: &str, answered: bool) {
         digits: String::new(),
         recordings: Vec::new(),
         rtp: RtpStats::default(),
-        direction: Default::default(),
+        direction: if parent.is_some() {
+            switchboard::cdr::Direction::Outbound
+        } else {
+            Default::default()
+        },
         trunk: None,
-        parent_call_id: None,
+        parent_call_id: parent.map(str::to_string),
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);
@@ -361,6 +377,15 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
         "<sip:bob@example.org>;tag=3",
         "echo",
         true,
+    );
+    // Alice's call dialled a desk phone: its leg's record, written last (newest).
+    write_leg_cdr(
+        &cdr_dir,
+        "cdr-alice-leg",
+        "\"Alice\" <sip:alice@example.com>;tag=1",
+        "sip:desk@10.0.0.5",
+        true,
+        Some("cdr-alice"),
     );
     let calls = CallRegistry::default();
     let bus = EventBus::default();
@@ -623,7 +648,17 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
         }
     };
     wait_for(&c, history).await;
-    assert_eq!(shown(&c).await, ["cdr-bob-2", "cdr-bob", "cdr-alice"]);
+    // The dialled leg is listed under the call that dialled it, not by its own time.
+    assert_eq!(
+        shown(&c).await,
+        ["cdr-bob-2", "cdr-bob", "cdr-alice", "cdr-alice-leg"]
+    );
+    assert_eq!(
+        text_of(&c, "#history tr.leg[data-cdr='cdr-alice-leg'] .dialled")
+            .await
+            .unwrap(),
+        "↳ sip:desk@10.0.0.5"
+    );
     assert_eq!(
         text_of(&c, "#history tr[data-cdr='cdr-alice'] .who")
             .await

@@ -332,7 +332,8 @@ async function loadCalls() {
     const answered = c.state === "answered";
     body.append(el("tr", { "data-call": c.id, title: "Call-ID " + c.id },
       el("td", { class: "who" }, party(c.from)),
-      el("td", {}, party(c.to)),
+      el("td", {}, c.direction === "outbound" ? "↗ " + c.to : party(c.to),
+        c.bridged_with ? el("div", { class: "bridged" }, "⇄ " + c.bridged_with) : ""),
       el("td", { class: "call-state" }, tag(c.state, answered ? "ok" : "ringing")),
       el("td", { class: "num" }, since(c.answered_at || c.started_at)),
       el("td", {}, c.room || ""),
@@ -451,15 +452,28 @@ async function loadHistory() {
   const body = $("#history");
   $("#history-table").hidden = page.items.length === 0;
   body.replaceChildren();
+  // A leg a call dialled is shown under that call, so a bridged call reads as one.
+  const ids = new Set(page.items.map((c) => c.call_id));
+  const legs = new Map();
   for (const c of page.items) {
-    body.append(el("tr", { "data-cdr": c.call_id, title: "Call-ID " + c.call_id },
+    if (c.parent_call_id && ids.has(c.parent_call_id)) {
+      if (!legs.has(c.parent_call_id)) legs.set(c.parent_call_id, []);
+      legs.get(c.parent_call_id).push(c);
+    }
+  }
+  const row = (c, leg) =>
+    el("tr", { "data-cdr": c.call_id, class: leg ? "leg" : "", title: "Call-ID " + c.call_id },
       el("td", {}, shortTime(c.started_at)),
-      el("td", { class: "who" }, party(c.from)),
-      el("td", {}, party(c.to)),
+      el("td", { class: "who" }, leg ? "" : party(c.from)),
+      el("td", { class: "dialled" }, leg ? "↳ " + (c.trunk ? c.trunk + ": " : "") + c.to : party(c.to)),
       el("td", { class: "num talk-time" }, c.answered_at ? formatDuration(c.duration_ms) : "–"),
       el("td", { class: "outcome" }, outcome(c)),
       el("td", {}, c.digits || ""),
-      el("td", { class: "num" }, c.rtp ? String(c.rtp.lost) : "")));
+      el("td", { class: "num" }, c.rtp && !leg ? String(c.rtp.lost) : ""));
+  for (const c of page.items) {
+    if (c.parent_call_id && ids.has(c.parent_call_id)) continue;
+    body.append(row(c, false));
+    for (const leg of (legs.get(c.call_id) || []).reverse()) body.append(row(leg, true));
   }
   $("#history-total").textContent = page.total === 0
     ? "No calls on " + page.date + "."

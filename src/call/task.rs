@@ -886,6 +886,11 @@ impl Task {
                     reason: reason.clone(),
                 });
             }
+            Note::Bridged(target) => {
+                let target = target.clone();
+                self.live.update(|c| c.bridged_with = Some(target));
+            }
+            Note::DialEnded(..) => self.live.update(|c| c.bridged_with = None),
             Note::Joined { room, .. } => {
                 let room = room.clone();
                 self.live.update(|i| i.room = Some(room));
