@@ -61,6 +61,7 @@ let opts = #{timeout_secs: 2};
 if session.vars.mode != () { opts.mode = session.vars.mode; }
 let targets = session.vars.target;
 if session.vars.second != () { targets = [session.vars.target, session.vars.second]; }
+if session.vars.record != () { opts.record = true; }
 let r = dial(targets, opts);
 log("dial", r.outcome, r.code);
 hangup();
@@ -86,6 +87,11 @@ async fn servers() -> (Server, Server, Scripts, Scripts, Scripts) {
         rule("to-ring", "out", &[("target", far("ring"))]),
         rule("to-short", "out", &[("target", far("short"))]),
         rule(
+            "to-short-rec",
+            "out",
+            &[("target", far("short")), ("record", "yes".into())],
+        ),
+        rule(
             "to-both",
             "out",
             &[
@@ -106,6 +112,8 @@ async fn servers() -> (Server, Server, Scripts, Scripts, Scripts) {
     let caller = start_with((45700, 45799), move |c| {
         c.paths.scripts = dir;
         c.dialplan = rules;
+        // Recordings of bridged calls go beside the records.
+        c.paths.recordings = cdr_dir.join("recordings");
         c.cdr.dir = cdr_dir;
     })
     .await;
@@ -486,4 +494,45 @@ async fn room_dial_joins_the_callee_after_its_confirmation_key_only() {
     );
     server.stop().await;
     callee.stop().await;
+}
+
+#[tokio::test]
+async fn a_recorded_bridge_keeps_the_caller_left_and_the_callee_right() {
+    let (caller_server, callee_server, _a, _b, cdrs) = servers().await;
+    let mut events = Events::open(caller_server.http, "recording_finished").await;
+    let mut rtp = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, caller_server.sip).await;
+    call(&mut w, &mut uac, "to-short-rec", rtp.port()).await;
+    let media = SocketAddr::new(caller_server.sip.ip(), answered_port(&uac));
+    // The caller says 1 kHz while the callee says 800 Hz for its second, then hangs up.
+    rtp.exchange(media, &tone("1000/1500@-10", 1500), Duration::ZERO)
+        .await;
+    let done = events
+        .until(Duration::from_secs(10), |e| {
+            e["type"] == "recording_finished"
+        })
+        .await;
+    let id = done.last().unwrap()["id"].as_str().unwrap().to_string();
+    let wav = hound::WavReader::open(cdrs.0.join("recordings").join(format!("{id}.wav"))).unwrap();
+    assert_eq!(wav.spec().channels, 2);
+    let samples: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    let best = |pcm: &[i16], f: f64| {
+        pcm.chunks(1600)
+            .map(|c| tone_power(c, f))
+            .fold(0.0, f64::max)
+    };
+    assert!(
+        best(&left, 1000.0) > 0.5 && best(&left, 800.0) < 0.1,
+        "left is the caller"
+    );
+    assert!(
+        best(&right, 800.0) > 0.5 && best(&right, 1000.0) < 0.1,
+        "right is the callee"
+    );
+    w.drive(&mut uac, Duration::from_millis(300), |_| false)
+        .await;
+    caller_server.stop().await;
+    callee_server.stop().await;
 }

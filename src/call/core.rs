@@ -137,6 +137,11 @@ pub enum MediaAction {
     Bridge(LegId),
     /// End this leg's bridge.
     Unbridge,
+    /// Record the bridged call on this leg (stereo: the caller left, the callee right) for
+    /// at most this long; it ends with [`MediaAction::StopRecord`] or the call.
+    RecordBridge(Duration),
+    /// Stop the leg's recording.
+    StopRecord,
     /// The leg is done: its media and ports go.
     Close,
 }

@@ -51,6 +51,8 @@ pub struct DialRequest {
     pub ringback: Ringback,
     /// Longest bridge (None: until one side hangs up).
     pub max: Option<Duration>,
+    /// Record the bridged call: the caller left, the callee right.
+    pub record: bool,
 }
 
 impl Default for DialRequest {
@@ -63,6 +65,7 @@ impl Default for DialRequest {
             headers: Vec::new(),
             ringback: Ringback::Tone,
             max: None,
+            record: false,
         }
     }
 }
@@ -518,6 +521,7 @@ impl CallCore {
             if !early_bridged {
                 self.media(MediaAction::Bridge(leg));
             }
+            self.record_bridge();
             return self.note(Note::Bridged(target));
         }
         if let Some(other) = d.early {
@@ -568,7 +572,21 @@ impl CallCore {
             self.answer(now);
         }
         self.media(MediaAction::Bridge(leg));
+        self.record_bridge();
         self.note(Note::Bridged(target));
+    }
+
+    /// With `record`, the bridged call is recorded on the caller's leg: what the caller says
+    /// left, what the callee says (sent to the caller) right.
+    fn record_bridge(&mut self) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        if !d.request.record {
+            return;
+        }
+        let max = d.request.max.unwrap_or(Duration::from_secs(4 * 3600));
+        self.media(MediaAction::RecordBridge(max));
     }
 
     fn out_failed(&mut self, now: Instant, leg: LegId, code: u16, reason: String) {
@@ -623,6 +641,7 @@ impl CallCore {
             Some((bridged, since)) if bridged == leg => {
                 tracing::info!(?reason, "the dialled party hung up");
                 self.media(MediaAction::Unbridge);
+                self.stop_bridge_recording();
                 self.push(Action::Media(leg, MediaAction::Close));
                 let duration = now.saturating_duration_since(since);
                 if let Some(d) = self.dialing() {
@@ -642,6 +661,13 @@ impl CallCore {
         }
     }
 
+    /// Ends the bridged call's recording, if it has one.
+    fn stop_bridge_recording(&mut self) {
+        if self.dialing().is_some_and(|d| d.request.record) {
+            self.media(MediaAction::StopRecord);
+        }
+    }
+
     /// Lets a leg go that lost the race or the wait: CANCEL before an answer, BYE after.
     fn drop_out_leg(&mut self, leg: LegId, state: OutState) {
         self.end_early(leg);
@@ -650,6 +676,7 @@ impl CallCore {
             OutState::Calling | OutState::Ringing => self.push(Action::Sip(leg, SipAction::Cancel)),
             OutState::Bridged(_) => {
                 self.media(MediaAction::Unbridge);
+                self.stop_bridge_recording();
                 self.push(Action::Sip(leg, SipAction::Hangup));
             }
         }

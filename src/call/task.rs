@@ -1093,6 +1093,22 @@ impl Task {
                     }
                 }
             }
+            MediaAction::RecordBridge(max) => {
+                let request = RecordRequest {
+                    file: None,
+                    max,
+                    silence: None,
+                    beep: false,
+                    terminators: crate::media::record::DigitSet::EMPTY,
+                    min: Duration::ZERO,
+                    stereo: true,
+                };
+                match self.start_recording(&request) {
+                    Ok(id) => self.note(Note::RecordingStarted(id)),
+                    Err(e) => tracing::warn!(error = %e, "the bridged call is not recorded"),
+                }
+            }
+            MediaAction::StopRecord => self.send_leg(LegCommand::StopRecord),
             MediaAction::Unbridge => {
                 if let Some(a) = &self.leg {
                     self.ctx.media.unbridge(a);

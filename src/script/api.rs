@@ -776,6 +776,7 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
             "ringback",
             "mode",
             "max_secs",
+            "record",
         ],
     )?;
     let list: Vec<String> = match targets.read_lock::<Array>() {
@@ -865,6 +866,7 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
         headers,
         ringback,
         max: o.secs("max_secs")?.filter(|m| !m.is_zero()),
+        record: o.bool("record")?.unwrap_or(false),
     })
 }
 

@@ -731,6 +731,8 @@ impl SimCall {
             MediaAction::Prepare
             | MediaAction::Bridge(_)
             | MediaAction::Unbridge
+            | MediaAction::RecordBridge(_)
+            | MediaAction::StopRecord
             | MediaAction::Close => {}
             MediaAction::Start(_)
             | MediaAction::Update(_)
