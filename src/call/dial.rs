@@ -235,6 +235,18 @@ impl Dialing {
     fn leg(&mut self, id: LegId) -> Option<&mut OutLeg> {
         self.legs.iter_mut().find(|l| l.id == id)
     }
+
+    /// Keeps the leg that answered; the others (to cancel or hang up) are returned.
+    fn keep_only(&mut self, winner: LegId) -> Vec<(LegId, OutState)> {
+        let others = self
+            .legs
+            .iter()
+            .filter(|l| l.id != winner)
+            .map(|l| (l.id, l.state))
+            .collect();
+        self.legs.retain(|l| l.id == winner);
+        others
+    }
 }
 
 /// The ringback tone: 425 Hz, one second on, four off (ITU-T E.180), for up to `d`.
@@ -504,13 +516,7 @@ impl CallCore {
             // Its early media runs already: the 2xx's SDP, if any, repeats the 183's.
             out.state = OutState::Bridged(now);
             let target = out.target.clone();
-            let others: Vec<(LegId, OutState)> = d
-                .legs
-                .iter()
-                .filter(|l| l.id != leg)
-                .map(|l| (l.id, l.state))
-                .collect();
-            d.legs.retain(|l| l.id == leg);
+            let others = d.keep_only(leg);
             d.early = None;
             for (other, state) in others {
                 self.drop_out_leg(other, state);
@@ -554,13 +560,7 @@ impl CallCore {
         out.media = true;
         let target = out.target.clone();
         let ringback = d.ringback.take();
-        let others: Vec<(LegId, OutState)> = d
-            .legs
-            .iter()
-            .filter(|l| l.id != leg)
-            .map(|l| (l.id, l.state))
-            .collect();
-        d.legs.retain(|l| l.id == leg);
+        let others = d.keep_only(leg);
         for (other, state) in others {
             self.drop_out_leg(other, state);
         }

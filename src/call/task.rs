@@ -667,18 +667,7 @@ impl Task {
                 tracing::debug!(id, interrupted, "playback done");
                 core.handle_play_done(now, LegId::CALLER, id);
             }
-            LegEvent::RecordDone {
-                id,
-                reason,
-                kept,
-                digits,
-                discarded,
-            } => {
-                tracing::info!(%id, reason = reason.as_str(), kept_ms = kept.as_millis() as u64, %digits, discarded, "recording done");
-                self.finish_recording(&id, reason.as_str(), kept, discarded)
-                    .await;
-                core.handle_record_done(LegId::CALLER, id, reason, kept, digits, discarded);
-            }
+            e @ LegEvent::RecordDone { .. } => self.record_done(core, e).await,
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => core.handle_rtp_timeout(LegId::CALLER),
         }
@@ -778,6 +767,24 @@ impl Task {
             LegEvent::RtpTimeout => core.handle_rtp_timeout(leg),
             LegEvent::RecordDone { .. } | LegEvent::Closed(_) => {}
         }
+    }
+
+    /// A recording ended: announced, counted, then told to the core.
+    async fn record_done(&mut self, core: &mut CallCore, e: LegEvent) {
+        let LegEvent::RecordDone {
+            id,
+            reason,
+            kept,
+            digits,
+            discarded,
+        } = e
+        else {
+            return;
+        };
+        tracing::info!(%id, reason = reason.as_str(), kept_ms = kept.as_millis() as u64, %digits, discarded, "recording done");
+        self.finish_recording(&id, reason.as_str(), kept, discarded)
+            .await;
+        core.handle_record_done(LegId::CALLER, id, reason, kept, digits, discarded);
     }
 
     /// The writer finalises the file on its own thread: wait for it, so the script can play
@@ -1392,17 +1399,7 @@ impl Task {
                     return;
                 }
                 // A recording the hangup ended: announced and counted like any other.
-                LegEvent::RecordDone {
-                    id,
-                    reason,
-                    kept,
-                    digits,
-                    discarded,
-                } => {
-                    self.finish_recording(&id, reason.as_str(), kept, discarded)
-                        .await;
-                    core.handle_record_done(LegId::CALLER, id, reason, kept, digits, discarded);
-                }
+                e @ LegEvent::RecordDone { .. } => self.record_done(core, e).await,
                 _ => {}
             }
         }
