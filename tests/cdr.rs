@@ -79,6 +79,7 @@ fn check_common(r: &Value, to: &str) {
         "call_id",
         "cause",
         "digits",
+        "direction",
         "duration_ms",
         "ended_at",
         "from",
@@ -91,6 +92,8 @@ fn check_common(r: &Value, to: &str) {
     ];
     want.sort_unstable();
     assert_eq!(keys, want, "{r}");
+    // These calls were answered here; `trunk` and `parent_call_id` belong to placed legs.
+    assert_eq!(r["direction"], "inbound", "{r}");
     assert!(!r["call_id"].as_str().unwrap().is_empty(), "{r}");
     assert!(
         r["from"].as_str().unwrap().contains("sip:sipp@127.0.0.1"),
