@@ -366,12 +366,12 @@ fn ivr_walk(inband: bool) {
         "ivr-walk-rfc4733"
     };
     let server = Server::start(label);
-    key_captures(server.dir(), inband, &['3', '#', '0']);
+    key_captures(server.dir(), inband, &['3', '#', '*']);
     let run = Sipp::new("uac_ivr_walk", "ivr", Transport::Udp).run(&sipp, server.sip, server.dir());
     let log = server.log_text();
     assert!(run.success(), "{}\n{log}", run.report());
-    // The menu took 3 (echo test), the echo ended on '#', the menu came back and took 0.
-    assert_eq!(collected(&log), ["Some(\"3\")", "Some(\"0\")"], "{log}");
+    // The menu took 3 (echo test), the echo ended on '#', the menu came back and took *.
+    assert_eq!(collected(&log), ["Some(\"3\")", "Some(\"*\")"], "{log}");
     let method = if inband {
         "method=Inband"
     } else {
@@ -385,7 +385,7 @@ fn ivr_walk(inband: bool) {
     assert!(log.contains("echo") || log.contains("Echo"), "{log}");
 }
 
-/// The shipped IVR menu walked with RFC 4733 keys: 3 (echo test), # (back), 0 (goodbye).
+/// The shipped IVR menu walked with RFC 4733 keys: 3 (echo test), # (back), * (goodbye).
 #[test]
 fn ivr_menu_walk_with_rfc4733_keys_udp() {
     ivr_walk(false);

@@ -803,7 +803,7 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
             Some(rest) => trunk_target(rest),
             None => {
                 (t.starts_with("sip:") || t.starts_with("sips:"))
-                    && crate::sip::refer::validate_target(&t).is_ok()
+                    && crate::call::TransferTarget::parse(&t).is_ok()
             }
         };
         if !ok {
