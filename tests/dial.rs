@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::events::Events;
 use support::rtp::{tone, tone_power, RtpPeer};
@@ -111,33 +111,9 @@ async fn servers() -> (Server, Server, Scripts, Scripts) {
 
 /// Calls `user` on `server` and waits for the call's `dial ended` step: its text.
 async fn dial_outcome(server: &Server, user: &str) -> String {
-    let mut events = Events::open(server.http, "call_step").await;
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        user,
-        &support::uac::offer("127.0.0.1", 40000, "sendrecv"),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        w.drive(&mut uac, Duration::from_millis(20), |_| false)
-            .await;
-        events
-            .read(tokio::time::Instant::now() + Duration::from_millis(20))
-            .await;
-        for ev in events.take() {
-            let step = ev["step"].as_str().unwrap_or("");
-            if ev["call_id"] == uac.call_id.as_str() && step.starts_with("dial ended") {
-                w.drive(&mut uac, Duration::from_millis(200), |_| false)
-                    .await;
-                return step.to_string();
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user}: the dial did not end"
-        );
-    }
+    support::server::dial_outcome(server.sip, server.http, user)
+        .await
+        .step
 }
 
 /// Live calls on a server, from its API.

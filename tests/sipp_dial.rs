@@ -12,13 +12,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{find_sipp, start_uas, Server, ServerOptions, Sipp, SippRun, TempDir, Transport};
 use support::events::Events;
 use support::rtp::{peak_tone_power, tone, RtpPeer};
-use support::server::{answered_port, call, hang_up, http_get, wire};
-use support::uac::{offer, UacState};
+use support::server::{answered_port, call, dial_outcome, hang_up, http_get, wire, DialSeen};
 
 /// The dialling flow: the rule's `target` (several separated by spaces), with its
 /// `timeout`, `mode` and `ringback` when given; the outcome is logged, then the call ends.
@@ -126,41 +125,6 @@ async fn call_and_hear_echo(server: &Server, user: &str) -> (f64, Vec<u16>) {
     (peak_tone_power(&heard, 1000.0), statuses)
 }
 
-/// Calls `user` on `server` and waits (at most 20 s) for the call's `dial ended` step: its
-/// text, how long after the INVITE it came, and the caller's statuses to the INVITE.
-async fn dial_outcome(server: &Server, user: &str) -> (String, Duration, Vec<u16>) {
-    let mut events = Events::open(server.http, "call_step").await;
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    let t0 = Instant::now();
-    uac.invite(t0, user, &offer("127.0.0.1", 40000, "sendrecv"));
-    let deadline = t0 + Duration::from_secs(20);
-    loop {
-        w.drive(&mut uac, Duration::from_millis(20), |_| false)
-            .await;
-        events
-            .read(tokio::time::Instant::now() + Duration::from_millis(20))
-            .await;
-        for ev in events.take() {
-            let step = ev["step"].as_str().unwrap_or("");
-            if ev["call_id"] == uac.call_id.as_str() && step.starts_with("dial ended") {
-                let took = t0.elapsed();
-                // The flow hangs up next: the caller is refused and ACKs.
-                w.drive(&mut uac, Duration::from_secs(2), |u| {
-                    u.state == UacState::Terminated
-                })
-                .await;
-                let statuses = uac.statuses.iter().map(|&(_, c)| c).collect();
-                return (step.to_string(), took, statuses);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user}: the dial did not end\n{}",
-            server.log_text()
-        );
-    }
-}
-
 /// `GET /api/trunks`, the trunk `name`.
 async fn trunk_state(server: &Server, name: &str) -> serde_json::Value {
     let (status, body) = http_get(server.http, "/api/trunks").await;
@@ -209,7 +173,7 @@ async fn a_busy_far_end_is_busy_486_to_the_script() {
         &[("to-busy", vec![("target", far.uri("busy"))])],
         "",
     );
-    let (step, _, _) = dial_outcome(&server, "to-busy").await;
+    let DialSeen { step, .. } = dial_outcome(server.sip, server.http, "to-busy").await;
     assert_eq!(step, "dial ended: busy (486)");
     far.assert_done("the 486 was not ACKed", &server);
 }
@@ -229,7 +193,11 @@ async fn a_far_end_ringing_past_the_timeout_is_cancelled() {
         )],
         "",
     );
-    let (step, took, statuses) = dial_outcome(&server, "to-ring").await;
+    let DialSeen {
+        step,
+        took,
+        statuses,
+    } = dial_outcome(server.sip, server.http, "to-ring").await;
     assert_eq!(step, "dial ended: no_answer (408)");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
