@@ -365,3 +365,44 @@ async fn parallel_ringing_bridges_the_answer_and_cancels_the_other() {
     ringing.assert_done("the ringing far end got no CANCEL", &server);
     answering.assert_done("the answering far end did not get its BYE", &server);
 }
+
+/// The caller gives up while the far end rings: its CANCEL is passed on as a CANCEL to the
+/// far end (SIPp fails without it), and the caller's INVITE ends with 487.
+#[tokio::test]
+async fn the_callers_cancel_cancels_the_ringing_far_end() {
+    let Some(sipp) = find_sipp() else { return };
+    let scratch = TempDir::new("dial-caller-cancel");
+    let far = Far::start(&sipp, "uas_ring_cancel", false, &scratch);
+    let (server, _scripts) = server(
+        "dial-caller-cancel",
+        &[(
+            "to-ring",
+            vec![("target", far.uri("ring")), ("timeout", "10".into())],
+        )],
+        "",
+    );
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    uac.invite(
+        std::time::Instant::now(),
+        "to-ring",
+        &support::uac::offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u.state
+            == support::uac::UacState::Ringing)
+            .await,
+        "the caller heard no ringing: {:?}",
+        uac.statuses
+    );
+    uac.cancel(std::time::Instant::now());
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u
+            .statuses
+            .contains(&("INVITE".into(), 487)))
+            .await,
+        "no 487 for the cancelled INVITE: {:?}",
+        uac.statuses
+    );
+    w.flush(&mut uac).await;
+    far.assert_done("the ringing far end got no CANCEL", &server);
+}
