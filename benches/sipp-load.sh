@@ -163,9 +163,10 @@ case "$mode" in
       uac=$!
       sleep "$ramp"
       steady_state 20
-      legs=$(curl -s "http://$api/api/stats" | sed 's/.*"legs":\([0-9]*\).*/\1/')
+      stat() { curl -s "http://$api/api/stats" | sed "s/.*\"$1\":\([0-9]*\).*/\1/"; }
+      legs=$(stat legs); in0=$(stat rtp_packets_in); sleep 2; in1=$(stat rtp_packets_in)
       rc=0; wait $uac || rc=$?
-      echo "$user: legs=$legs sipp_exit=$rc server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20" | bc -l | cut -c1-6)" \
+      echo "$user: legs=$legs rtp_in_per_s=$(( (in1 - in0) / 2 )) sipp_exit=$rc server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20" | bc -l | cut -c1-6)" \
         "cpu_pct_of_a_core_per_call=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20 / $calls" | bc -l | cut -c1-7)" \
         "late_ticks=$(( late1 - late0 ))"
     done
