@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
 cargo build --release -q
-port=25060
+port=${SIPP_LOAD_PORT:-25060}  # the server's SIP port; SIPp takes port+10 (and port+20 for a far end)
 work=$(mktemp -d)
 far_pid=
 trap 'kill $server $far_pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -28,7 +28,7 @@ ulimit -n 65536 2>/dev/null || true
 # Rooms hold 100 members by default; the room benchmark needs more.
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
 # Placed calls: the far end is a SIPp on port $far; the shipped scripts plus two of their own.
-far=25080
+far=$(( port + 20 ))
 if [ "$mode" = dial ] || [ "$mode" = originate ]; then
   mkdir -p "$work/scripts"
   cp scripts/*.rhai "$work/scripts/"
@@ -157,7 +157,7 @@ case "$mode" in
     api=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$work/ready")
     echo "cores=$(nproc) calls=$calls load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
     for user in echo bridge; do
-      sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p 25070 \
+      sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p $(( port + 10 )) \
         -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 40) * 1000 )) -nostdin -timeout 120s \
         >/dev/null 2>&1 &
       uac=$!
