@@ -406,3 +406,28 @@ async fn the_callers_cancel_cancels_the_ringing_far_end() {
     w.flush(&mut uac).await;
     far.assert_done("the ringing far end got no CANCEL", &server);
 }
+
+/// Just inside the timeout: a far end answering after 1.5 s of a 2 s `timeout_secs` is
+/// bridged, not cancelled (the scenario fails on a CANCEL where it waits for the ACK).
+#[tokio::test]
+async fn a_far_end_answering_just_before_the_timeout_is_bridged() {
+    let Some(sipp) = find_sipp() else { return };
+    let scratch = TempDir::new("dial-late");
+    let far = Far::start(&sipp, "uas_answer_late", true, &scratch);
+    let (server, _scripts) = server(
+        "dial-late",
+        &[(
+            "to-late",
+            vec![("target", far.uri("late")), ("timeout", "2".into())],
+        )],
+        "",
+    );
+    let (power, statuses) = call_and_hear_echo(&server, "to-late").await;
+    assert!(
+        power > 0.5,
+        "the late answer is not bridged: {power}\n{}",
+        server.log_text()
+    );
+    assert!(statuses.contains(&180), "{statuses:?}");
+    far.assert_done("the late answer was cancelled or not hung up", &server);
+}
