@@ -16,11 +16,12 @@
 #                                              # that answers; the script hangs up at once:
 #                                              # calls/s placed and ended, success ratio
 #                                              # (needs python3 for the HTTP load)
+# SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
 cargo build --release -q
-port=${SIPP_LOAD_PORT:-25060}  # the server's SIP port; SIPp takes port+10 (and port+20 for a far end)
+port=${SIPP_LOAD_PORT:-25060}
 work=$(mktemp -d)
 far_pid=
 trap 'kill $server $far_pid 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{find_sipp, start_uas, Server, ServerOptions, Sipp, SippRun, TempDir, Transport};
 use support::events::Events;
-use support::rtp::{peak_tone_power, tone, RtpPeer};
+use support::rtp::RtpPeer;
 use support::server::{answered_port, call, dial_outcome, hang_up, http_get, wire, DialSeen};
 
 /// The dialling flow: the rule's `target` (several separated by spaces), with its
@@ -108,13 +108,7 @@ async fn call_and_hear_echo(server: &Server, user: &str) -> (f64, Vec<u16>) {
     let (mut w, mut uac) = wire(false, server.sip).await;
     call(&mut w, &mut uac, user, rtp.port()).await;
     let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
-    let heard = rtp
-        .exchange(
-            media,
-            &tone("1000/2000@-10", 2000),
-            Duration::from_millis(300),
-        )
-        .await;
+    let power = rtp.tone_back(media).await;
     let statuses = uac
         .statuses
         .iter()
@@ -122,7 +116,7 @@ async fn call_and_hear_echo(server: &Server, user: &str) -> (f64, Vec<u16>) {
         .map(|&(_, c)| c)
         .collect();
     hang_up(&mut w, &mut uac).await;
-    (peak_tone_power(&heard, 1000.0), statuses)
+    (power, statuses)
 }
 
 /// `GET /api/trunks`, the trunk `name`.
