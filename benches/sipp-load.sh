@@ -9,16 +9,46 @@
 #                                              # echo), each a G.711 leg sending a frame every
 #                                              # 20 ms: CPU, late ticks, memory. USER=ivr: each
 #                                              # call runs the IVR script (menu prompt, collect).
+#   benches/sipp-load.sh dial CALLS            # CALLS concurrent calls to echo, then CALLS calls
+#                                              # whose script dials a SIPp far end (-rtp_echo)
+#                                              # and bridges it: CPU per call, side by side
+#   benches/sipp-load.sh originate RATE CALLS  # POST /api/calls at RATE/s to a SIPp far end
+#                                              # that answers; the script hangs up at once:
+#                                              # calls/s placed and ended, success ratio
+#                                              # (needs python3 for the HTTP load)
+# SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
 cargo build --release -q
-port=25060
+port=${SIPP_LOAD_PORT:-25060}
 work=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+far_pid=
+trap 'kill $server $far_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 # Rooms hold 100 members by default; the room benchmark needs more.
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
+# Placed calls: the far end is a SIPp on port $far; the shipped scripts plus two of their own.
+far=$(( port + 20 ))
+if [ "$mode" = dial ] || [ "$mode" = originate ]; then
+  mkdir -p "$work/scripts"
+  cp scripts/*.rhai "$work/scripts/"
+  echo 'dial("sip:far@127.0.0.1:'$far'", #{timeout_secs: 10}); hangup();' >"$work/scripts/bench-dial.rhai"
+  echo 'hangup();' >"$work/scripts/bench-hangup.rhai"
+  cat >>"$work/bench.toml" <<TOML
+[paths]
+scripts = "$work/scripts"
+[outbound]
+allow = ["sip:*@127.0.0.1:*"]
+max_calls = 5000
+[[dialplan]]
+exact = "echo"
+script = "echo"
+[[dialplan]]
+exact = "bridge"
+script = "bench-dial"
+TOML
+fi
 RUST_LOG=info,switchboard::server=debug \
 ./target/release/switchboard serve --config "$work/bench.toml" --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
   --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
@@ -116,6 +146,88 @@ case "$mode" in
     echo "late_ticks_in_steady_state=$(( late1 - late0 )) (over 20 s, ~1,000 ticks per worker)"
     grep "media workers" "$work/server.log" | tail -1
     pkill -f "sipp 127.0.0.1:$port" || true
+    ;;
+  dial)
+    # Both phases hold their calls long enough for a 20 s steady state after the next
+    # statistics line, then end them with BYEs; the server is the same process throughout.
+    calls=${2:-200}
+    ramp=$(( calls / 200 + 2 ))
+    sipp -sf benches/sipp/dial_far.xml -i 127.0.0.1 -p $far -mp 27000 -rtp_echo -nostdin \
+      -timeout 300s >/dev/null 2>&1 &
+    far_pid=$!
+    api=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$work/ready")
+    echo "cores=$(nproc) calls=$calls load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
+    for user in echo bridge; do
+      sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p $(( port + 10 )) \
+        -r 200 -m "$calls" -l "$calls" -d $(( (ramp + 40) * 1000 )) -nostdin -timeout 120s \
+        >/dev/null 2>&1 &
+      uac=$!
+      sleep "$ramp"
+      steady_state 20
+      stat() { curl -s "http://$api/api/stats" | sed "s/.*\"$1\":\([0-9]*\).*/\1/"; }
+      legs=$(stat legs); in0=$(stat rtp_packets_in); sleep 2; in1=$(stat rtp_packets_in)
+      rc=0; wait $uac || rc=$?
+      echo "$user: legs=$legs rtp_in_per_s=$(( (in1 - in0) / 2 )) sipp_exit=$rc server_cpu_pct_of_one_core=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20" | bc -l | cut -c1-6)" \
+        "cpu_pct_of_a_core_per_call=$(echo "($cpu1 - $cpu0) * 100 / $hz / 20 / $calls" | bc -l | cut -c1-7)" \
+        "late_ticks=$(( late1 - late0 ))"
+    done
+    kill "$far_pid" 2>/dev/null || true
+    ;;
+  originate)
+    rate=${2:-100}; calls=${3:-2000}
+    sipp -sf benches/sipp/dial_far.xml -i 127.0.0.1 -p $far -mp 27000 -nostdin -timeout 300s \
+      >/dev/null 2>&1 &
+    far_pid=$!
+    api=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$work/ready")
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    # Paced POSTs on one keep-alive connection; then the CDRs tell which calls were answered
+    # and when the last one ended.
+    python3 - "$api" "$rate" "$calls" "$far" "$work/cdr" <<'PY'
+import datetime, glob, http.client, json, sys, time
+api, rate, calls, far, cdr = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+host, port = api.rsplit(":", 1)
+conn = http.client.HTTPConnection(host, int(port), timeout=10)
+body = json.dumps({"to": f"sip:far@127.0.0.1:{far}", "script": "bench-hangup"})
+accepted, refused, lag = 0, 0, 0.0
+t0 = time.time()
+for i in range(calls):
+    due = t0 + i / rate
+    now = time.time()
+    if due > now:
+        time.sleep(due - now)
+    else:
+        lag = max(lag, now - due)
+    conn.request("POST", "/api/calls", body, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    if r.status == 201:
+        accepted += 1
+    else:
+        refused += 1
+posted = time.time() - t0
+def records():
+    out = []
+    for f in glob.glob(cdr + "/*.jsonl"):
+        for line in open(f):
+            out.append(json.loads(line))
+    return out
+# Every accepted call writes one record when it ends; wait for them (at most 60 s).
+for _ in range(600):
+    if len(records()) >= accepted:
+        break
+    time.sleep(0.1)
+recs = records()
+answered = [r for r in recs if r.get("answered_at")]
+ends = [datetime.datetime.fromisoformat(r["ended_at"].replace("Z", "+00:00")).timestamp() for r in recs]
+wall = (max(ends) if ends else time.time()) - t0
+print(f"offered_rate={rate:g} calls={calls} posted_in_s={posted:.2f} max_post_lag_s={lag:.3f} accepted={accepted} refused={refused}")
+print(f"records={len(recs)} answered={len(answered)} success_ratio={len(answered) / calls:.4f} wall_s={wall:.2f}")
+print(f"achieved_calls_per_s={len(answered) / wall:.1f}")
+PY
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    hz=$(getconf CLK_TCK)
+    echo "cores=$(nproc) server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6) load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
+    kill "$far_pid" 2>/dev/null || true
     ;;
   idle)
     calls=${2:-1000}; hold=${3:-20000}

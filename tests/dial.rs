@@ -122,33 +122,9 @@ async fn servers() -> (Server, Server, Scripts, Scripts, Scripts) {
 
 /// Calls `user` on `server` and waits for the call's `dial ended` step: its text.
 async fn dial_outcome(server: &Server, user: &str) -> String {
-    let mut events = Events::open(server.http, "call_step").await;
-    let (mut w, mut uac) = wire(false, server.sip).await;
-    uac.invite(
-        Instant::now(),
-        user,
-        &support::uac::offer("127.0.0.1", 40000, "sendrecv"),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        w.drive(&mut uac, Duration::from_millis(20), |_| false)
-            .await;
-        events
-            .read(tokio::time::Instant::now() + Duration::from_millis(20))
-            .await;
-        for ev in events.take() {
-            let step = ev["step"].as_str().unwrap_or("");
-            if ev["call_id"] == uac.call_id.as_str() && step.starts_with("dial ended") {
-                w.drive(&mut uac, Duration::from_millis(200), |_| false)
-                    .await;
-                return step.to_string();
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user}: the dial did not end"
-        );
-    }
+    support::server::dial_outcome(server.sip, server.http, user)
+        .await
+        .step
 }
 
 /// Waits (bounded) until `dir`'s CDR files hold `n` records: all of them.
@@ -197,17 +173,7 @@ async fn a_dialled_call_is_bridged_and_ends_with_the_caller() {
     // The far end's echo flow beeps first, then sends back what it hears.
     rtp.exchange(media, &tone("0/1200@-60", 1200), Duration::ZERO)
         .await;
-    let heard = rtp
-        .exchange(
-            media,
-            &tone("1000/2000@-10", 2000),
-            Duration::from_millis(300),
-        )
-        .await;
-    let power = heard
-        .chunks(1600)
-        .map(|c| tone_power(c, 1000.0))
-        .fold(0.0, f64::max);
+    let power = rtp.tone_back(media).await;
     assert!(
         power > 0.5,
         "the caller does not hear itself back through the bridge and the far echo: {power}"

@@ -585,3 +585,52 @@ fn stream_tone(socket: &UdpSocket, port: u16, freq: u32, stop: &AtomicBool) {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
 }
+
+/// The flow behind `dial-PORT`: it dials the phone listening on 127.0.0.1:PORT.
+const DIAL_PHONE: &str = r#"
+let r = dial("sip:callee@127.0.0.1:" + session.vars.port, #{timeout_secs: 10});
+log("dial", r.outcome, r.code);
+hangup();
+"#;
+
+/// A script dials a real phone: one baresip calls `dial-PORT`, the server's script dials a
+/// second baresip (answermode=auto) and bridges them; each phone hears the other's tone,
+/// and the callee is hung up with the caller.
+#[test]
+fn a_script_dials_baresip_and_bridges_two_phones() {
+    let scripts = common::TempDir::new("rc-dial-scripts");
+    std::fs::write(scripts.path().join("dial-phone.rhai"), DIAL_PHONE).unwrap();
+    std::fs::write(scripts.path().join("default.rhai"), "hangup(404);").unwrap();
+    let config = format!(
+        "[paths]\nscripts = {:?}\n\n[[dialplan]]\nregex = \"dial-(?<port>[0-9]+)\"\n\
+         script = \"dial-phone\"\n",
+        scripts.path().display().to_string()
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-dial", &["baresip"], options) else {
+        return;
+    };
+    let (caller_hz, callee_hz) = (650, 1350);
+    let mut callee = Baresip::start(b.dir(), "callee", b.sip(), Options::tone(callee_hz));
+    let mut caller = Baresip::start(b.dir(), "caller", b.sip(), Options::tone(caller_hz));
+    let user = format!("dial-{}", callee.sip_port);
+    // Established once the callee answered: the caller's 200 waits for the far end's.
+    caller.call(&user);
+    let call = b.answered(&user);
+    callee.event("CALL_ESTABLISHED");
+    std::thread::sleep(LISTEN);
+    caller.hangup();
+    b.ended(&call);
+    // The caller's BYE ends the placed leg: the server hangs up on the callee.
+    callee.event("CALL_CLOSED");
+    let caller_heard = measure(tail(&caller.heard()), &[caller_hz, callee_hz]);
+    let callee_heard = measure(tail(&callee.heard()), &[caller_hz, callee_hz]);
+    eprintln!("the caller heard: {caller_heard}\nthe callee heard: {callee_heard}");
+    caller_heard.assert_tone(callee_hz, "the caller hears the dialled phone");
+    caller_heard.assert_without(caller_hz, "the caller hears itself");
+    callee_heard.assert_tone(caller_hz, "the dialled phone hears the caller");
+    callee_heard.assert_without(callee_hz, "the dialled phone hears itself");
+}

@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{find_sipp, free_port, http, Server, ServerOptions, Sipp, SippRun, Transport};
+use common::{find_sipp, http, Server, ServerOptions, Sipp, SippRun, Transport};
 
 /// How often the API is asked while waiting for a state.
 const POLL: Duration = Duration::from_millis(50);
@@ -65,27 +65,7 @@ fn start_registrar(
     transport: Transport,
     dir: std::path::PathBuf,
 ) -> (u16, std::thread::JoinHandle<SippRun>) {
-    let port = free_port();
-    let handle = std::thread::spawn(move || {
-        let run = Sipp {
-            local_port: Some(port),
-            ..Sipp::new(scenario, "x", transport)
-        };
-        // A server scenario sends nothing before it receives: the target is never used.
-        run.run(&sipp, SocketAddr::from(([127, 0, 0, 1], 9)), &dir)
-    });
-    // Bound by SIPp once binding the port here fails.
-    for _ in 0..200 {
-        let taken = match transport {
-            Transport::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
-            Transport::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
-        };
-        if taken || handle.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (port, handle)
+    common::start_uas(sipp, Sipp::new(scenario, "x", transport), dir)
 }
 
 fn trunk_config(port: u16, transport: Transport, extra: &str) -> String {

@@ -318,6 +318,8 @@ pub struct Sipp<'a> {
     /// SIPp's own port (a scenario that plays the server needs one known beforehand);
     /// a free one when `None`.
     pub local_port: Option<u16>,
+    /// Further options, e.g. `-rtp_echo`.
+    pub extra_args: Vec<String>,
 }
 
 impl<'a> Sipp<'a> {
@@ -332,6 +334,7 @@ impl<'a> Sipp<'a> {
             keys: Vec::new(),
             args: Vec::new(),
             local_port: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -388,6 +391,7 @@ impl<'a> Sipp<'a> {
             ])
             .args(["-recv_timeout", SIPP_RECV_TIMEOUT])
             .args(["-max_recv_loops", "1000"])
+            .args(&self.extra_args)
             .arg("-nostdin")
             .arg("-trace_err")
             .arg("-error_file")
@@ -433,6 +437,38 @@ impl<'a> Sipp<'a> {
             command_line,
         }
     }
+}
+
+/// Starts SIPp playing a server scenario (it sends nothing before it receives) on a port of
+/// its own, in a thread; returns the port once SIPp listens there (or has exited), and the
+/// run to join.
+pub fn start_uas(
+    sipp: PathBuf,
+    run: Sipp<'static>,
+    dir: PathBuf,
+) -> (u16, std::thread::JoinHandle<SippRun>) {
+    let port = run.local_port.unwrap_or_else(free_port);
+    let transport = run.transport;
+    let handle = std::thread::spawn(move || {
+        let run = Sipp {
+            local_port: Some(port),
+            ..run
+        };
+        // The target is never used: the scenario answers whoever sends to it.
+        run.run(&sipp, SocketAddr::from(([127, 0, 0, 1], 9)), &dir)
+    });
+    // Bound by SIPp once binding the port here fails.
+    for _ in 0..200 {
+        let taken = match transport {
+            Transport::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(),
+            Transport::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+        };
+        if taken || handle.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (port, handle)
 }
 
 /// A loopback port that is free for both UDP and TCP right now.

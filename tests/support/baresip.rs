@@ -56,6 +56,8 @@ pub struct Baresip {
     token: u64,
     server: SocketAddr,
     tcp: bool,
+    /// Its SIP port on 127.0.0.1 (where calls to it go).
+    pub sip_port: u16,
 }
 
 impl Baresip {
@@ -127,6 +129,7 @@ impl Baresip {
             token: 0,
             server,
             tcp: options.tcp,
+            sip_port: sip,
         }
     }
 

@@ -77,6 +77,15 @@ impl RtpPeer {
         }
     }
 
+    /// Sends a 1 kHz tone to `to` for 2 s and returns how much of it came back: the peak
+    /// share of 1 kHz in any 200 ms of what was received meanwhile (and 300 ms after).
+    pub async fn tone_back(&mut self, to: SocketAddr) -> f64 {
+        let heard = self
+            .exchange(to, &tone("1000/2000@-10", 2000), Duration::from_millis(300))
+            .await;
+        peak_tone_power(&heard, 1000.0)
+    }
+
     pub fn port(&self) -> u16 {
         self.socket.local_addr().unwrap().port()
     }

@@ -198,6 +198,53 @@ pub async fn call_offering(w: &mut Wire, uac: &mut Uac, user: &str, sdp: &[u8]) 
     );
 }
 
+/// What a caller saw of a call whose flow dials.
+pub struct DialSeen {
+    /// The call's `dial ended: …` step.
+    pub step: String,
+    /// How long after the INVITE it came.
+    pub took: Duration,
+    /// The statuses the caller received.
+    pub statuses: Vec<u16>,
+}
+
+/// Calls `user` on the server at `sip` and waits (at most 20 s) for the call's `dial ended`
+/// step on its event stream at `http`; then lets the flow end the call (at most 2 s).
+pub async fn dial_outcome(
+    sip: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    user: &str,
+) -> DialSeen {
+    let mut events = super::events::Events::open(http, "call_step").await;
+    let (mut w, mut uac) = wire(false, sip).await;
+    let t0 = Instant::now();
+    uac.invite(t0, user, &offer("127.0.0.1", 40000, "sendrecv"));
+    let deadline = t0 + Duration::from_secs(20);
+    loop {
+        w.drive(&mut uac, Duration::from_millis(20), |_| false)
+            .await;
+        events
+            .read(tokio::time::Instant::now() + Duration::from_millis(20))
+            .await;
+        for ev in events.take() {
+            let step = ev["step"].as_str().unwrap_or("");
+            if ev["call_id"] == uac.call_id.as_str() && step.starts_with("dial ended") {
+                let took = t0.elapsed();
+                w.drive(&mut uac, Duration::from_secs(2), |u| {
+                    u.state == UacState::Terminated
+                })
+                .await;
+                return DialSeen {
+                    step: step.to_string(),
+                    took,
+                    statuses: uac.statuses.iter().map(|&(_, c)| c).collect(),
+                };
+            }
+        }
+        assert!(Instant::now() < deadline, "{user}: the dial did not end");
+    }
+}
+
 pub fn answered_port(uac: &Uac) -> u16 {
     let sdp = String::from_utf8(uac.answer.clone().expect("an SDP answer")).unwrap();
     let m = sdp
