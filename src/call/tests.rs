@@ -474,3 +474,47 @@ fn early_media_of_a_dialled_leg_is_bridged_once_before_the_answer() {
         "bridged or started twice: {a:?}"
     );
 }
+
+#[test]
+fn keys_cross_a_bridge_as_rfc4733_events_both_ways() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, dial(&["sip:bob@127.0.0.1"]));
+    drain(&mut c);
+    let leg = LegId(1);
+    c.handle_prepared(
+        t0,
+        leg,
+        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
+    );
+    drain(&mut c);
+    c.handle_sip(
+        t0,
+        leg,
+        Event::Answered {
+            call: CallHandle(2),
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+    );
+    drain(&mut c);
+    let five = Digit::from_char('5').unwrap();
+    c.handle_digit(t0, LegId::CALLER, five, DtmfMethod::Inband);
+    let a = drain(&mut c);
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::Media(l, MediaAction::SendDtmf(k)) if *l == leg && k == "5")
+        ),
+        "the caller's key goes to the callee: {a:?}"
+    );
+    let hash = Digit::from_char('#').unwrap();
+    c.handle_digit(t0, leg, hash, DtmfMethod::Rfc4733);
+    let a = drain(&mut c);
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::Media(LegId::CALLER, MediaAction::SendDtmf(k)) if k == "#")
+        ),
+        "the callee's key goes to the caller: {a:?}"
+    );
+    // The caller's keys count in its record; the callee's do not.
+    assert_eq!(c.digits(), "5");
+}
