@@ -1,6 +1,7 @@
 //! Replays every seed and every kept crash of the fuzz targets (`fuzz/corpus/TARGET/`,
 //! `fuzz/artifacts/TARGET/`) through the same functions the targets call, so what fuzzing
 //! found stays fixed without the nightly toolchain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

@@ -114,7 +114,7 @@ pub fn endpoint(data: &[u8]) {
 
 fn peer(n: u8) -> Peer {
     Peer {
-        transport: if n % 2 == 0 {
+        transport: if n.is_multiple_of(2) {
             Transport::Udp
         } else {
             Transport::Tcp
