@@ -11,6 +11,8 @@ pub mod drain;
 pub mod engine;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod live;
 pub mod media;
 pub mod metrics;
