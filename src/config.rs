@@ -277,6 +277,16 @@ pub struct SipConfig {
     pub listen: SocketAddr,
     pub udp: bool,
     pub tcp: bool,
+    /// TLS listen address (empty: no TLS listener).
+    pub tls_listen: String,
+    /// Server certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// Private key of `tls_cert` (PEM).
+    pub tls_key: PathBuf,
+    /// Extra roots for outbound TLS (PEM; empty: the system roots alone).
+    pub tls_ca: PathBuf,
+    /// Whether outbound TLS checks the server certificate.
+    pub tls_verify: bool,
     pub advertise: String,
     pub user_agent: String,
     pub t1_ms: u64,
@@ -333,6 +343,17 @@ pub struct SipConfig {
 }
 
 impl SipConfig {
+    /// The TLS listen address, None when TLS is off.
+    pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let t = self.tls_listen.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid(format!("sip: tls_listen {t:?} is not IP:port")))
+    }
+
     /// The guard's settings; fails on a malformed address prefix.
     pub fn guard(&self) -> Result<crate::sip::guard::GuardConfig, ConfigError> {
         use crate::sip::guard::{Acl, GuardConfig, Rate};
@@ -665,6 +686,13 @@ impl Config {
         if !self.sip.udp && !self.sip.tcp {
             return Err(ConfigError::Invalid(
                 "sip: at least one of udp and tcp must be enabled".into(),
+            ));
+        }
+        if self.sip.tls_addr()?.is_some()
+            && (self.sip.tls_cert.as_os_str().is_empty() || self.sip.tls_key.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "sip: tls_listen needs tls_cert and tls_key".into(),
             ));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {

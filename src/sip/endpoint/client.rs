@@ -679,7 +679,10 @@ fn checked_target(out: &OutgoingCall) -> Result<Uri, CommandError> {
         .find_map(|p| p.strip_prefix("transport="))
         .map(|t| t.split('?').next().unwrap_or(""));
     match (transport, out.peer.transport) {
-        (None, _) | (Some("udp"), Transport::Udp) | (Some("tcp"), Transport::Tcp) => {}
+        (None, _)
+        | (Some("udp"), Transport::Udp)
+        | (Some("tcp"), Transport::Tcp)
+        | (Some("tls"), Transport::Tls) => {}
         _ => {
             return Err(CommandError::InvalidCall(
                 "the target's transport is not the peer's",

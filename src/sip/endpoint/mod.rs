@@ -438,6 +438,8 @@ pub struct Endpoint {
     ids: Ids,
     /// Checks callers of protected users before their call exists.
     auth: Option<Authenticator>,
+    /// Our TLS listening port, for Contacts on TLS: `local_addr`'s when None.
+    tls_port: Option<u16>,
 }
 
 impl Endpoint {
@@ -464,6 +466,7 @@ impl Endpoint {
             session_timers: SessionTimerConfig::default(),
             ids,
             auth: None,
+            tls_port: None,
         }
     }
 
@@ -480,6 +483,11 @@ impl Endpoint {
     /// The authenticator, when one is set (to take the sources of its failures).
     pub fn auth_mut(&mut self) -> Option<&mut Authenticator> {
         self.auth.as_mut()
+    }
+
+    /// Sets the port our TLS listener is on, written into Contacts sent over TLS.
+    pub fn set_tls_port(&mut self, port: u16) {
+        self.tls_port = Some(port);
     }
 
     /// Sets the session timer settings (RFC 4028) for calls from now on.
@@ -662,12 +670,13 @@ impl Endpoint {
     }
 
     fn contact(&self, peer: Peer) -> String {
-        match peer.transport {
-            super::dialog::Transport::Udp => format!("<sip:switchboard@{}>", self.cfg.local_addr),
-            super::dialog::Transport::Tcp => {
-                format!("<sip:switchboard@{};transport=tcp>", self.cfg.local_addr)
+        let addr = match (peer.transport, self.tls_port) {
+            (super::dialog::Transport::Tls, Some(port)) => {
+                std::net::SocketAddr::new(self.cfg.local_addr.ip(), port)
             }
-        }
+            _ => self.cfg.local_addr,
+        };
+        format!("<sip:switchboard@{addr}{}>", peer.transport.uri_param())
     }
 
     /// A new in-dialog request of ours on a confirmed call that also passes `ready`: the
