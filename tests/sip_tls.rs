@@ -415,3 +415,64 @@ async fn dial_reaches_a_sips_target_over_tls_and_the_echo_comes_back() {
     caller.stop().await;
     callee.stop().await;
 }
+#[tokio::test]
+async fn dial_to_a_tls_peer_whose_certificate_does_not_verify_fails() {
+    let pki = Pki::new();
+    let callee = tls_server((48600, 48699), &pki, |_| {}).await;
+    let far = callee.tls.unwrap();
+    let dir = pki.dir.join("scripts");
+    scripts(&dir);
+    // No tls_ca: the test CA is not among the system roots.
+    let caller = start_with((48700, 48799), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan = vec![rule("to-echo", format!("sips:echo@{far}"))];
+        c.outbound.allow = vec!["sips:*@127.0.0.1:*".into()];
+    })
+    .await;
+    let mut events = support::events::Events::open(caller.http, "call_step").await;
+    let (mut w, mut uac) = wire(false, caller.sip).await;
+    uac.invite(
+        Instant::now(),
+        "to-echo",
+        &support::uac::offer("127.0.0.1", 40000, "sendrecv"),
+    );
+    // Well before the dial's own 3 s timeout: the failed handshake fails the INVITE at once.
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let step = loop {
+        w.drive(&mut uac, Duration::from_millis(20), |_| false)
+            .await;
+        events
+            .read(tokio::time::Instant::now() + Duration::from_millis(20))
+            .await;
+        if let Some(s) = events.take().into_iter().find_map(|ev| {
+            let step = ev["step"].as_str().unwrap_or("").to_string();
+            (ev["call_id"] == uac.call_id.as_str() && step.starts_with("dial ended"))
+                .then_some(step)
+        }) {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dial did not end"
+        );
+    };
+    assert!(!step.contains("answered"), "{step}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the dial took {:?}: {step}",
+        started.elapsed()
+    );
+    // The caller's own call is refused once the script hangs up.
+    assert!(
+        w.drive(&mut uac, Duration::from_secs(5), |u| u
+            .statuses
+            .iter()
+            .any(|(m, c)| m == "INVITE" && *c >= 300))
+            .await,
+        "the caller got no final answer: {:?}",
+        uac.statuses
+    );
+    caller.stop().await;
+    callee.stop().await;
+}

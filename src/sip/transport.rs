@@ -164,8 +164,10 @@ enum FromNet {
     Message(Peer, Vec<u8>),
     /// A connection is up: its peer, its id and its writer.
     Connected(Peer, u64, mpsc::UnboundedSender<Vec<u8>>),
-    /// The connection with this id is gone (or could not be opened).
+    /// The connection with this id is gone.
     Closed(Peer, u64),
+    /// The connection with this id we tried to open could not be: what waits on it fails.
+    Unreachable(Peer, u64),
 }
 
 /// How long opening a TCP connection to a peer may take.
@@ -335,6 +337,12 @@ pub async fn run(
                     if net.tcp.get(&peer).is_some_and(|(open, _)| *open == id) {
                         net.tcp.remove(&peer);
                     }
+                }
+                FromNet::Unreachable(peer, id) => {
+                    if net.tcp.get(&peer).is_some_and(|(open, _)| *open == id) {
+                        net.tcp.remove(&peer);
+                    }
+                    endpoint.peer_unreachable(std::time::Instant::now(), peer);
                 }
             },
             Some(c) = cmd_rx.recv() => apply(&mut endpoint, &mut calls, c),
@@ -680,8 +688,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
 }
 
 /// Opens a connection to `peer` (TCP, or TLS with `tls_client`) for messages already
-/// queued in `w_rx`, then serves it like an accepted one; reports `Closed` if it cannot be
-/// opened. A TLS peer is checked by its IP address: names are never resolved here.
+/// queued in `w_rx`, then serves it like an accepted one; reports `Unreachable` if it
+/// cannot be opened (and the endpoint fails what waits on it). A TLS peer is checked by its
+/// IP address: names are never resolved here.
 async fn connect_out(
     peer: Peer,
     id: u64,
@@ -696,7 +705,7 @@ async fn connect_out(
             let _ = stream.set_nodelay(true);
             let Some(config) = tls_client else {
                 tracing::warn!(to = %addr, "no TLS client set up: cannot reach a TLS peer");
-                let _ = to_core.send(FromNet::Closed(peer, id)).await;
+                let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
                 return;
             };
             let name = super::tls::server_name(None, addr);
@@ -706,11 +715,11 @@ async fn connect_out(
                 Ok(Ok(stream)) => connection(stream, peer, id, w_rx, to_core, max).await,
                 Ok(Err(e)) => {
                     tracing::warn!(to = %addr, error = %e, "TLS handshake with a peer failed");
-                    let _ = to_core.send(FromNet::Closed(peer, id)).await;
+                    let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
                 }
                 Err(_) => {
                     tracing::warn!(to = %addr, "TLS handshake with a peer not done in time");
-                    let _ = to_core.send(FromNet::Closed(peer, id)).await;
+                    let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
                 }
             }
         }
@@ -720,11 +729,11 @@ async fn connect_out(
         }
         Ok(Err(e)) => {
             tracing::info!(to = %addr, error = %e, "cannot open a TCP connection");
-            let _ = to_core.send(FromNet::Closed(peer, id)).await;
+            let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
         }
         Err(_) => {
             tracing::info!(to = %addr, "TCP connection not opened in time");
-            let _ = to_core.send(FromNet::Closed(peer, id)).await;
+            let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
         }
     }
 }
@@ -1119,6 +1128,6 @@ mod tests {
         let closed = tokio::time::timeout(TCP_CONNECT_TIMEOUT * 2, from_net.recv())
             .await
             .unwrap();
-        assert!(matches!(closed, Some(FromNet::Closed(p, i)) if p == peer && i == id));
+        assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
     }
 }

@@ -557,12 +557,36 @@ impl Endpoint {
     }
 
     fn fire_client(&mut self, now: Instant, branch: String) {
+        self.step_client(now, branch, |tx, now, out| tx.handle_timeout(now, out));
+    }
+
+    /// No connection to `peer` could be opened (refused, not in time, or its TLS
+    /// certificate did not verify): our requests waiting on it fail now, as at Timer B/F.
+    pub fn peer_unreachable(&mut self, now: Instant, peer: Peer) {
+        let waiting: Vec<String> = self
+            .client_txs
+            .iter()
+            .filter(|(_, e)| e.peer == peer)
+            .map(|(b, _)| b.clone())
+            .collect();
+        for branch in waiting {
+            self.step_client(now, branch, |tx, _, out| tx.transport_failed(out));
+        }
+    }
+
+    /// Moves one client transaction on with `step` and acts on what it says.
+    fn step_client(
+        &mut self,
+        now: Instant,
+        branch: String,
+        step: impl FnOnce(&mut ClientTx, Instant, &mut Vec<TxOutput>),
+    ) {
         let mut out = std::mem::take(&mut self.scratch);
         let Some(entry) = self.client_txs.get_mut(&branch) else {
             self.scratch = out;
             return;
         };
-        entry.tx.handle_timeout(now, &mut out);
+        step(&mut entry.tx, now, &mut out);
         let (peer, call, purpose, terminated) = (
             entry.peer,
             entry.call,
