@@ -89,6 +89,7 @@ pub async fn run_with_ready(
         Trunks::new(&config.trunks)
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
     );
+    listeners.tls_names = trunks.tls_names().into_iter().collect();
     let registrations = TrunkRegistrations::new(
         trunks.clone(),
         &LocalSide {

@@ -111,6 +111,9 @@ pub struct Listeners {
     pub tls: Option<(TcpListener, ServerTls)>,
     /// How connections we open to TLS peers check them (None: TLS peers cannot be reached).
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// The name a TLS peer's certificate is checked against, by address (a trunk's domain);
+    /// other TLS peers are checked by their IP.
+    pub tls_names: HashMap<SocketAddr, String>,
 }
 
 /// Binds UDP and TCP on one address; with port 0 the OS picks a port free for both.
@@ -150,6 +153,7 @@ pub async fn bind(
                 tcp: t,
                 tls: None,
                 tls_client: None,
+                tls_names: HashMap::new(),
             },
             local,
         ));
@@ -189,6 +193,7 @@ struct Net {
     udp: Option<Arc<UdpSocket>>,
     tcp: HashMap<Peer, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
     tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_names: HashMap<SocketAddr, String>,
     /// Where connections opened here report.
     to_core: mpsc::Sender<FromNet>,
     max_message: usize,
@@ -225,7 +230,9 @@ impl Net {
                     w_rx,
                     self.to_core.clone(),
                     self.max_message,
-                    self.tls_client.clone(),
+                    self.tls_client
+                        .clone()
+                        .map(|c| (c, self.tls_names.get(&peer.addr).cloned())),
                 ));
             }
         }
@@ -288,6 +295,7 @@ pub async fn run(
         udp: listeners.udp,
         tcp: HashMap::new(),
         tls_client: listeners.tls_client,
+        tls_names: listeners.tls_names,
         to_core: in_tx.clone(),
         max_message,
     };
@@ -689,26 +697,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
 
 /// Opens a connection to `peer` (TCP, or TLS with `tls_client`) for messages already
 /// queued in `w_rx`, then serves it like an accepted one; reports `Unreachable` if it
-/// cannot be opened (and the endpoint fails what waits on it). A TLS peer is checked by its
-/// IP address: names are never resolved here.
+/// cannot be opened (and the endpoint fails what waits on it). A TLS peer is checked by the
+/// name given with `tls_client`, else by its IP address: names are never resolved here.
 async fn connect_out(
     peer: Peer,
     id: u64,
     w_rx: mpsc::UnboundedReceiver<Vec<u8>>,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
-    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_client: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
 ) {
     let addr = peer.addr;
     match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) if peer.transport == Transport::Tls => {
             let _ = stream.set_nodelay(true);
-            let Some(config) = tls_client else {
+            let Some((config, name)) = tls_client else {
                 tracing::warn!(to = %addr, "no TLS client set up: cannot reach a TLS peer");
                 let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
                 return;
             };
-            let name = super::tls::server_name(None, addr);
+            let name = super::tls::server_name(name.as_deref(), addr);
             let connector = tokio_rustls::TlsConnector::from(config);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await
             {
@@ -1112,6 +1120,7 @@ mod tests {
             udp: None,
             tcp: HashMap::new(),
             tls_client: None,
+            tls_names: HashMap::new(),
             to_core,
             max_message: 65535,
         };
