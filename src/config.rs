@@ -72,7 +72,7 @@ pub struct Config {
 pub struct TrunkConfig {
     /// Unique; what `trunk:NAME/NUMBER` names.
     pub name: String,
-    /// `sip:IP:PORT;transport=udp|tcp`: where INVITEs and REGISTERs go (names are not resolved).
+    /// `sip:IP:PORT;transport=udp|tcp|tls` or `sips:IP[:PORT]`: where INVITEs and REGISTERs go (names are not resolved).
     pub proxy: String,
     /// Host part of the Request-URI, To and From; the proxy's host when absent.
     #[serde(default)]
