@@ -476,3 +476,43 @@ async fn dial_to_a_tls_peer_whose_certificate_does_not_verify_fails() {
     caller.stop().await;
     callee.stop().await;
 }
+
+#[tokio::test]
+async fn tls_and_tcp_connections_from_one_source_share_its_cap() {
+    let pki = Pki::new();
+    let server = tls_server((48900, 48919), &pki, |c| c.sip.max_tcp_per_source = 2).await;
+    let tls = server.tls.unwrap();
+    // One over TCP and one over TLS, both answered: both admitted.
+    let mut tcp = TcpStream::connect(server.sip).await.unwrap();
+    assert_eq!(options(&mut tcp, server.sip, 1).await, "SIP/2.0 200 OK");
+    let mut first = connect(tls, &pki.connector()).await;
+    assert_eq!(options(&mut first, tls, 2).await, "SIP/2.0 200 OK");
+    // A third, over TLS, is one too many: closed at accept, so the handshake fails.
+    let third = TcpStream::connect(tls).await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        pki.connector()
+            .connect(ServerName::IpAddress(tls.ip().into()), third),
+    )
+    .await
+    .expect("handshake ends in time");
+    assert!(refused.is_err(), "a third connection was admitted");
+    // Once the TCP one is gone, a TLS one fits again (the close is counted asynchronously).
+    drop(tcp);
+    let mut admitted = None;
+    for _ in 0..100 {
+        let tcp = TcpStream::connect(tls).await.unwrap();
+        let name = ServerName::IpAddress(tls.ip().into());
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(5), pki.connector().connect(name, tcp)).await
+        {
+            admitted = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = admitted.expect("a TLS connection admitted once the TCP one closed");
+    assert_eq!(options(&mut again, tls, 3).await, "SIP/2.0 200 OK");
+    assert_eq!(options(&mut first, tls, 4).await, "SIP/2.0 200 OK");
+    server.stop().await;
+}
