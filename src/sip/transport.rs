@@ -862,6 +862,44 @@ mod tests {
         assert_eq!(calls.len(), 1);
     }
 
+    #[test]
+    fn a_call_placed_over_tls_names_the_tls_port_in_via_and_contact() {
+        let mut ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: "127.0.0.1:5060".parse().unwrap(),
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(3),
+        );
+        ep.set_tls_port(5061);
+        let peer = Peer {
+            transport: Transport::Tls,
+            addr: "127.0.0.1:5071".parse().unwrap(),
+        };
+        let target = "sips:bob@127.0.0.1:5071".to_string();
+        let out = OutgoingCall {
+            target: target.clone(),
+            peer,
+            from: Party::uri("sip:sb@127.0.0.1"),
+            to: Party::uri(target),
+            sdp: None,
+            headers: Vec::new(),
+            route: Vec::new(),
+            credentials: None,
+            call_id: None,
+        };
+        ep.invite(std::time::Instant::now(), out).unwrap();
+        let sent = ep.poll_transmit().unwrap();
+        assert_eq!(sent.peer, peer);
+        let text = String::from_utf8(sent.bytes).unwrap();
+        assert!(text.contains("Via: SIP/2.0/TLS 127.0.0.1:5061;"), "{text}");
+        assert!(
+            text.contains("<sip:switchboard@127.0.0.1:5061;transport=tls>"),
+            "{text}"
+        );
+    }
+
     /// Reads one framed message from a stream, within a bounded time.
     async fn read_message(stream: &mut TcpStream, framer: &mut StreamFramer) -> String {
         let mut buf = [0u8; 4096];

@@ -442,6 +442,18 @@ pub struct Endpoint {
     tls_port: Option<u16>,
 }
 
+/// Our address for Via and Contact on `transport`: the TLS listener's port over TLS.
+fn local_for(
+    cfg: &EndpointConfig,
+    tls_port: Option<u16>,
+    transport: super::dialog::Transport,
+) -> SocketAddr {
+    match (transport, tls_port) {
+        (super::dialog::Transport::Tls, Some(port)) => SocketAddr::new(cfg.local_addr.ip(), port),
+        _ => cfg.local_addr,
+    }
+}
+
 impl Endpoint {
     /// An endpoint with no calls, its identifiers seeded from entropy.
     pub fn new(cfg: EndpointConfig) -> Self {
@@ -694,12 +706,7 @@ impl Endpoint {
     }
 
     fn contact(&self, peer: Peer) -> String {
-        let addr = match (peer.transport, self.tls_port) {
-            (super::dialog::Transport::Tls, Some(port)) => {
-                std::net::SocketAddr::new(self.cfg.local_addr.ip(), port)
-            }
-            _ => self.cfg.local_addr,
-        };
+        let addr = local_for(&self.cfg, self.tls_port, peer.transport);
         format!("<sip:switchboard@{addr}{}>", peer.transport.uri_param())
     }
 
@@ -721,7 +728,7 @@ impl Endpoint {
         let mut req = c.dialog.request(
             method,
             &mut self.ids,
-            self.cfg.local_addr,
+            local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         if let Some(contact) = our_contact {
