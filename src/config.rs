@@ -1126,8 +1126,8 @@ reverse_twist_db = 40.0
             one("register_expires = 0\n"),
             one("caller_id = \"a b\"\n"),
             "[[trunks]]\nname = \"x\"\nproxy = \"sip:carrier.example.net\"\n".into(),
-            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1\"\n".into(),
-            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=tls\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1;transport=udp\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=sctp\"\n".into(),
             "[[trunks]]\nname = \"a,b\"\nproxy = \"sip:192.0.2.1\"\n".into(),
             "[[trunks]]\nname = \"\"\nproxy = \"sip:192.0.2.1\"\n".into(),
         ] {
@@ -1142,6 +1142,37 @@ reverse_twist_db = 40.0
         .unwrap();
         c.validate().unwrap();
         assert!(Config::from_toml_str("t", &one("pasword = \"p\"\n")).is_err());
+        // TLS proxies: sips:, or transport=tls.
+        for good in ["sips:192.0.2.1", "sip:192.0.2.1:5061;transport=tls"] {
+            let c = Config::from_toml_str(
+                "t",
+                &format!("[[trunks]]\nname = \"x\"\nproxy = \"{good}\"\n"),
+            )
+            .unwrap();
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tls_listener_needs_an_address_a_certificate_and_a_key() {
+        let parse = |t: &str| Config::from_toml_str("t", &format!("[sip]\n{t}\n")).unwrap();
+        assert_eq!(Config::embedded().unwrap().sip.tls_addr().unwrap(), None);
+        let c = parse("tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.sip.tls_addr().unwrap(),
+            Some("127.0.0.1:5061".parse().unwrap())
+        );
+        assert!(
+            parse("tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"c.pem\"")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse("tls_listen = \"localhost:5061\"\ntls_cert = \"c\"\ntls_key = \"k\"")
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
