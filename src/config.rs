@@ -72,7 +72,7 @@ pub struct Config {
 pub struct TrunkConfig {
     /// Unique; what `trunk:NAME/NUMBER` names.
     pub name: String,
-    /// `sip:IP:PORT;transport=udp|tcp`: where INVITEs and REGISTERs go (names are not resolved).
+    /// `sip:IP:PORT;transport=udp|tcp|tls` or `sips:IP[:PORT]`: where INVITEs and REGISTERs go (names are not resolved).
     pub proxy: String,
     /// Host part of the Request-URI, To and From; the proxy's host when absent.
     #[serde(default)]
@@ -277,6 +277,16 @@ pub struct SipConfig {
     pub listen: SocketAddr,
     pub udp: bool,
     pub tcp: bool,
+    /// TLS listen address (empty: no TLS listener).
+    pub tls_listen: String,
+    /// Server certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// Private key of `tls_cert` (PEM).
+    pub tls_key: PathBuf,
+    /// Extra roots for outbound TLS (PEM; empty: the system roots alone).
+    pub tls_ca: PathBuf,
+    /// Whether outbound TLS checks the server certificate.
+    pub tls_verify: bool,
     pub advertise: String,
     pub user_agent: String,
     pub t1_ms: u64,
@@ -333,6 +343,17 @@ pub struct SipConfig {
 }
 
 impl SipConfig {
+    /// The TLS listen address, None when TLS is off.
+    pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let t = self.tls_listen.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid(format!("sip: tls_listen {t:?} is not IP:port")))
+    }
+
     /// The guard's settings; fails on a malformed address prefix.
     pub fn guard(&self) -> Result<crate::sip::guard::GuardConfig, ConfigError> {
         use crate::sip::guard::{Acl, GuardConfig, Rate};
@@ -665,6 +686,13 @@ impl Config {
         if !self.sip.udp && !self.sip.tcp {
             return Err(ConfigError::Invalid(
                 "sip: at least one of udp and tcp must be enabled".into(),
+            ));
+        }
+        if self.sip.tls_addr()?.is_some()
+            && (self.sip.tls_cert.as_os_str().is_empty() || self.sip.tls_key.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "sip: tls_listen needs tls_cert and tls_key".into(),
             ));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
@@ -1098,8 +1126,8 @@ reverse_twist_db = 40.0
             one("register_expires = 0\n"),
             one("caller_id = \"a b\"\n"),
             "[[trunks]]\nname = \"x\"\nproxy = \"sip:carrier.example.net\"\n".into(),
-            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1\"\n".into(),
-            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=tls\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sips:192.0.2.1;transport=udp\"\n".into(),
+            "[[trunks]]\nname = \"x\"\nproxy = \"sip:192.0.2.1;transport=sctp\"\n".into(),
             "[[trunks]]\nname = \"a,b\"\nproxy = \"sip:192.0.2.1\"\n".into(),
             "[[trunks]]\nname = \"\"\nproxy = \"sip:192.0.2.1\"\n".into(),
         ] {
@@ -1114,6 +1142,37 @@ reverse_twist_db = 40.0
         .unwrap();
         c.validate().unwrap();
         assert!(Config::from_toml_str("t", &one("pasword = \"p\"\n")).is_err());
+        // TLS proxies: sips:, or transport=tls.
+        for good in ["sips:192.0.2.1", "sip:192.0.2.1:5061;transport=tls"] {
+            let c = Config::from_toml_str(
+                "t",
+                &format!("[[trunks]]\nname = \"x\"\nproxy = \"{good}\"\n"),
+            )
+            .unwrap();
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tls_listener_needs_an_address_a_certificate_and_a_key() {
+        let parse = |t: &str| Config::from_toml_str("t", &format!("[sip]\n{t}\n")).unwrap();
+        assert_eq!(Config::embedded().unwrap().sip.tls_addr().unwrap(), None);
+        let c = parse("tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.sip.tls_addr().unwrap(),
+            Some("127.0.0.1:5061".parse().unwrap())
+        );
+        assert!(
+            parse("tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"c.pem\"")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse("tls_listen = \"localhost:5061\"\ntls_cert = \"c\"\ntls_key = \"k\"")
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum Error {
     },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A TLS certificate, key or CA file that cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::sip::tls::TlsError),
     /// Scripts that do not compile (each `file:line:column: message`), or a dialplan rule
     /// naming a script that is not there.
     #[error("scripts refused:\n{}", .0.join("\n"))]

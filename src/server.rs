@@ -20,6 +20,7 @@ use crate::script::{build_engine, ScriptSet};
 use crate::sip::auth::Authenticator;
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::guard::Guard;
+use crate::sip::tls::ServerTls;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{self, CallSpawner, Protection};
 use crate::sip::trunks::{LocalSide, TrunkRegistrations, Trunks};
@@ -33,6 +34,8 @@ pub struct Ready {
     pub sip: std::net::SocketAddr,
     /// HTTP API address.
     pub http: std::net::SocketAddr,
+    /// SIP over TLS address, when `[sip] tls_listen` is set.
+    pub tls: Option<std::net::SocketAddr>,
 }
 
 /// Runs the server until `shutdown` completes and the calls have drained (see `[sip] drain_secs`).
@@ -48,13 +51,32 @@ pub async fn run_with_ready(
 ) -> Result<(), Error> {
     config.validate()?;
     let advertise = config.advertise_ip()?;
-    let (listeners, sip_addr) = transport::bind(config.sip.listen, config.sip.udp, config.sip.tcp)
-        .await
-        .map_err(|source| Error::Bind {
-            what: "SIP",
-            addr: config.sip.listen,
-            source,
-        })?;
+    let (mut listeners, sip_addr) =
+        transport::bind(config.sip.listen, config.sip.udp, config.sip.tcp)
+            .await
+            .map_err(|source| Error::Bind {
+                what: "SIP",
+                addr: config.sip.listen,
+                source,
+            })?;
+    let server_tls = match config.sip.tls_addr()? {
+        Some(addr) => {
+            let tls = ServerTls::load(&config.sip.tls_cert, &config.sip.tls_key)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "SIP TLS",
+                    addr,
+                    source,
+                })?;
+            let bound = listener.local_addr()?;
+            listeners.tls = Some((listener, tls.clone()));
+            Some((tls, bound))
+        }
+        None => None,
+    };
+    let ca = (!config.sip.tls_ca.as_os_str().is_empty()).then_some(config.sip.tls_ca.as_path());
+    listeners.tls_client = Some(crate::sip::tls::client_config(ca, config.sip.tls_verify)?);
     let (t1, t2, t4) = config.timers();
     let local_addr = std::net::SocketAddr::new(advertise, sip_addr.port());
     let mut endpoint = Endpoint::new(EndpointConfig {
@@ -67,6 +89,7 @@ pub async fn run_with_ready(
         Trunks::new(&config.trunks)
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
     );
+    listeners.tls_names = trunks.tls_names().into_iter().collect();
     let registrations = TrunkRegistrations::new(
         trunks.clone(),
         &LocalSide {
@@ -77,6 +100,9 @@ pub async fn run_with_ready(
         crate::sip::ids::Ids::from_entropy(),
     );
     endpoint.set_session_timers(config.sip.session_timers());
+    if let Some((_, bound)) = &server_tls {
+        endpoint.set_tls_port(bound.port());
+    }
     let guard = Guard::new(config.sip.guard()?, std::time::Instant::now());
     // SIGTERM (the caller's `shutdown`) and `POST /api/admin/drain` throw the same switch.
     let drain = crate::drain::Drain::default();
@@ -122,6 +148,7 @@ pub async fn run_with_ready(
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let reload_task = tokio::spawn(reload_scripts(
         scripts.clone(),
+        server_tls.as_ref().map(|(tls, _)| tls.clone()),
         Duration::from_secs(config.scripts.reload_secs),
     ));
     let media = Arc::new(MediaEngine::start(
@@ -224,11 +251,13 @@ pub async fn run_with_ready(
             tracing::warn!(error = %e, "HTTP API stopped");
         }
     });
-    tracing::info!(sip = %sip_addr, http = %http_addr, udp = config.sip.udp, tcp = config.sip.tcp, "listening");
+    let tls_addr = server_tls.as_ref().map(|(_, a)| *a);
+    tracing::info!(sip = %sip_addr, http = %http_addr, udp = config.sip.udp, tcp = config.sip.tcp, tls = ?tls_addr, "listening");
     let stats_task = tokio::spawn(log_media_stats(media.clone()));
     on_ready(Ready {
         sip: sip_addr,
         http: http_addr,
+        tls: tls_addr,
     });
     let drained = {
         let drain = drain.clone();
@@ -312,9 +341,19 @@ fn load_scripts(config: &Config) -> Result<ScriptSet, Error> {
     Ok(set)
 }
 
-/// Reloads changed scripts every `every` (never when zero) and at once on SIGHUP. A script
-/// that no longer compiles keeps its previous version; calls keep the version they began with.
-async fn reload_scripts(scripts: Arc<ScriptSet>, every: Duration) {
+/// Reads the TLS certificate and key again (what SIGHUP does): new connections get the new
+/// certificate, open ones keep theirs; on an error the old one stays in use.
+pub fn reload_tls(tls: &ServerTls) {
+    match tls.reload() {
+        Ok(()) => tracing::info!("TLS certificate reloaded"),
+        Err(e) => tracing::warn!(error = %e, "TLS certificate not reloaded; the old one stays"),
+    }
+}
+
+/// Reloads changed scripts every `every` (never when zero) and at once on SIGHUP, when the
+/// TLS certificate is read again too. A script that no longer compiles keeps its previous
+/// version; calls keep the version they began with.
+async fn reload_scripts(scripts: Arc<ScriptSet>, tls: Option<ServerTls>, every: Duration) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(if every.is_zero() {
@@ -337,6 +376,11 @@ async fn reload_scripts(scripts: Arc<ScriptSet>, every: Duration) {
             _ = tick.tick(), if !every.is_zero() => false,
             _ = hangup => true,
         };
+        if by_signal {
+            if let Some(tls) = &tls {
+                reload_tls(tls);
+            }
+        }
         let set = scripts.clone();
         let report = tokio::task::spawn_blocking(move || set.reload_if_changed()).await;
         if by_signal {

@@ -37,18 +37,29 @@ pub enum Transport {
     Udp,
     /// A stream: reliable, no retransmission below 64·T1 timeouts.
     Tcp,
+    /// TCP under TLS (RFC 3261 §26.2): framed and timed like TCP.
+    Tls,
 }
 
 impl Transport {
     /// True for stream transports.
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
     /// The Via transport token.
     pub fn via_token(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+    /// The `transport` URI parameter that reaches us this way (none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         }
     }
 }
@@ -318,7 +329,8 @@ pub fn via(transport: Transport, local: std::net::SocketAddr, branch: &str) -> H
 }
 
 /// Where a `sip:`/`sips:` URI (bare or in `<>`) points when its host is an IP address: the
-/// port defaults to 5060, the transport to its `transport` parameter, else `default`.
+/// port defaults to 5060 (5061 for TLS), the transport to its `transport` parameter, else
+/// `default`. A `sips:` URI is always reached over TLS (RFC 3261 §19.1, §26.2).
 /// None for a host name, which the layer above must resolve.
 pub fn uri_peer(uri: &str, default: Transport) -> Option<Peer> {
     // A bare URI keeps its parameters (`transport` among them).
@@ -328,30 +340,38 @@ pub fn uri_peer(uri: &str, default: Transport) -> Option<Peer> {
         uri.trim().to_string()
     };
     let lower = uri.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("sip:")
-        .or_else(|| lower.strip_prefix("sips:"))?;
+    let (rest, secure) = match lower.strip_prefix("sips:") {
+        Some(r) => (r, true),
+        None => (lower.strip_prefix("sip:")?, false),
+    };
     let (hostport, params) = match rest.find([';', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
-    let addr = hostport
-        .parse::<std::net::SocketAddr>()
-        .or_else(|_| {
-            let host = hostport.trim_start_matches('[').trim_end_matches(']');
-            host.parse::<std::net::IpAddr>()
-                .map(|ip| std::net::SocketAddr::new(ip, 5060))
-        })
-        .ok()?;
     let transport = params
         .split(';')
         .find_map(|p| p.strip_prefix("transport="))
         .map_or(default, |t| match t.split('?').next().unwrap_or("") {
             "tcp" => Transport::Tcp,
             "udp" => Transport::Udp,
+            "tls" => Transport::Tls,
             _ => default,
         });
+    let transport = if secure { Transport::Tls } else { transport };
+    let port = if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    let addr = hostport
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            let host = hostport.trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+        })
+        .ok()?;
     Some(Peer { transport, addr })
 }
 
@@ -469,6 +489,24 @@ Content-Length: 0\r\n\r\n";
         let p = uri_peer("sip:[::1]:5062", Transport::Tcp).unwrap();
         assert_eq!(p.addr, "[::1]:5062".parse().unwrap());
         assert_eq!(uri_peer("sip:proxy.example.com;lr", Transport::Udp), None);
+        let p = uri_peer("sips:bob@10.0.0.3", Transport::Udp).unwrap();
+        assert_eq!(
+            (p.transport, p.addr),
+            (Transport::Tls, "10.0.0.3:5061".parse().unwrap())
+        );
+        // sips: means TLS whatever the parameter says (§19.1).
+        let p = uri_peer("<sips:10.0.0.3:5071;transport=tcp;lr>", Transport::Udp).unwrap();
+        assert_eq!(
+            (p.transport, p.addr),
+            (Transport::Tls, "10.0.0.3:5071".parse().unwrap())
+        );
+        let p = uri_peer("sip:10.0.0.4;transport=TLS", Transport::Udp).unwrap();
+        assert_eq!(
+            (p.transport, p.addr),
+            (Transport::Tls, "10.0.0.4:5061".parse().unwrap())
+        );
+        assert_eq!(Transport::Tls.via_token(), "TLS");
+        assert!(Transport::Tls.is_reliable());
         assert_eq!(uri_peer("tel:+123", Transport::Udp), None);
     }
 

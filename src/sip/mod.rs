@@ -1,7 +1,7 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
 //! blind transfer (REFER), digest authentication (client side, and callers' INVITEs checked
 //! against the users), the endpoint core that ties them together (answering and placing
-//! calls), the registration client, SIP trunks, and the tokio transport glue.
+//! calls), the registration client, SIP trunks, TLS, and the tokio transport glue.
 
 pub mod auth;
 pub mod dialog;
@@ -14,6 +14,7 @@ pub mod message;
 pub mod refer;
 pub mod register;
 pub mod session_timer;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod trunks;

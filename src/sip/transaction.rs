@@ -586,6 +586,16 @@ impl ClientTx {
     pub fn is_terminated(&self) -> bool {
         self.state == ClientState::Terminated
     }
+
+    /// The transport could not carry the request (no connection could be opened): before
+    /// any answer this ends the transaction as a timeout would (RFC 3261 §8.1.3.1).
+    pub fn transport_failed(&mut self, out: &mut Vec<TxOutput>) {
+        if matches!(self.state, ClientState::Calling | ClientState::Proceeding) {
+            self.state = ClientState::Terminated;
+            self.timers.clear();
+            out.push(TxOutput::TimedOut);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! for a TCP peer not connected to us opens a connection to it (bounded by
 //! [`TCP_CONNECT_TIMEOUT`]; what is sent meanwhile waits in its queue), read and framed like
 //! an accepted one and reused after; if it cannot be opened its messages are dropped and the
-//! transactions time out. The task also drives the trunks' registrations
+//! transactions time out. TLS connections (accepted on their own listener, or opened to a
+//! `sips:`/`transport=tls` peer) take the same path once the handshake is done. The task also drives the trunks' registrations
 //! ([`TrunkRegistrations`]): their REGISTERs go out through the same sockets, their answers
 //! are taken before the guard and the endpoint see them, and a drain removes the bindings.
 
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,6 +24,7 @@ use super::dialog::{Peer, Transport};
 use super::endpoint::{CallHandle, CommandError, Endpoint, Event, OutgoingCall, Transmit};
 use super::framing::StreamFramer;
 use super::guard::{self, ConnLimit, Guard, Load, Verdict};
+use super::tls::ServerTls;
 use super::trunks::TrunkRegistrations;
 use crate::error::{Refusal, SipStatus};
 use crate::metrics::Metrics;
@@ -105,6 +107,13 @@ pub struct Listeners {
     pub udp: Option<Arc<UdpSocket>>,
     /// TCP listener, if enabled.
     pub tcp: Option<TcpListener>,
+    /// TLS listener and its (reloadable) certificate, if enabled.
+    pub tls: Option<(TcpListener, ServerTls)>,
+    /// How connections we open to TLS peers check them (None: TLS peers cannot be reached).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// The name a TLS peer's certificate is checked against, by address (a trunk's domain);
+    /// other TLS peers are checked by their IP.
+    pub tls_names: HashMap<SocketAddr, String>,
 }
 
 /// Binds UDP and TCP on one address; with port 0 the OS picks a port free for both.
@@ -142,6 +151,9 @@ pub async fn bind(
             Listeners {
                 udp: u.map(Arc::new),
                 tcp: t,
+                tls: None,
+                tls_client: None,
+                tls_names: HashMap::new(),
             },
             local,
         ));
@@ -154,14 +166,20 @@ pub async fn bind(
 
 enum FromNet {
     Message(Peer, Vec<u8>),
-    /// A connection is up: its remote address, its id and its writer.
-    Connected(SocketAddr, u64, mpsc::UnboundedSender<Vec<u8>>),
-    /// The connection with this id is gone (or could not be opened).
-    Closed(SocketAddr, u64),
+    /// A connection is up: its peer, its id and its writer.
+    Connected(Peer, u64, mpsc::UnboundedSender<Vec<u8>>),
+    /// The connection with this id is gone.
+    Closed(Peer, u64),
+    /// The connection with this id we tried to open could not be: what waits on it fails.
+    Unreachable(Peer, u64),
 }
 
 /// How long opening a TCP connection to a peer may take.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a TLS handshake may take, either way: a peer that stalls it holds a connection
+/// slot of its source no longer.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a drain waits for the registrars to confirm the removal of our bindings.
 const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
@@ -170,10 +188,12 @@ const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
 /// drop a newer one's writer.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// The sockets the task sends through: UDP, and the TCP connections by remote address.
+/// The sockets the task sends through: UDP, and the TCP and TLS connections by peer.
 struct Net {
     udp: Option<Arc<UdpSocket>>,
-    tcp: HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    tcp: HashMap<Peer, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_names: HashMap<SocketAddr, String>,
     /// Where connections opened here report.
     to_core: mpsc::Sender<FromNet>,
     max_message: usize,
@@ -189,8 +209,8 @@ impl Net {
                     }
                 }
             }
-            Transport::Tcp => {
-                let bytes = match self.tcp.get(&peer.addr) {
+            Transport::Tcp | Transport::Tls => {
+                let bytes = match self.tcp.get(&peer) {
                     Some((_, w)) => match w.send(bytes) {
                         Ok(()) => return,
                         // Its task ended before its `Closed` arrived: open another.
@@ -202,14 +222,17 @@ impl Net {
                 let (w_tx, w_rx) = mpsc::unbounded_channel();
                 // Queued until the connection is up; a receiver exists, so this cannot fail.
                 let _ = w_tx.send(bytes);
-                self.tcp.insert(peer.addr, (id, w_tx));
-                tracing::debug!(to = %peer.addr, "opening a TCP connection");
+                self.tcp.insert(peer, (id, w_tx));
+                tracing::debug!(to = %peer.addr, transport = peer.transport.via_token(), "opening a connection");
                 tokio::spawn(connect_out(
-                    peer.addr,
+                    peer,
                     id,
                     w_rx,
                     self.to_core.clone(),
                     self.max_message,
+                    self.tls_client
+                        .clone()
+                        .map(|c| (c, self.tls_names.get(&peer.addr).cloned())),
                 ));
             }
         }
@@ -249,22 +272,30 @@ pub async fn run(
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
     // Made by the caller, so that calls can also be placed from outside (the HTTP API).
     let (cmd_tx, mut cmd_rx) = commands;
-    if let Some(tcp) = listeners.tcp {
-        let limit = ConnLimit::new(
-            guard.config().max_tcp_per_source,
-            guard.config().acl.clone(),
-        );
+    // TCP and TLS connections from one source count against one cap.
+    let limit = Arc::new(Mutex::new(ConnLimit::new(
+        guard.config().max_tcp_per_source,
+        guard.config().acl.clone(),
+    )));
+    let streams = [
+        listeners.tcp.map(|l| (l, None)),
+        listeners.tls.map(|(l, tls)| (l, Some(tls))),
+    ];
+    for (listener, tls) in streams.into_iter().flatten() {
         tokio::spawn(accept_loop(
-            tcp,
+            listener,
+            tls,
             in_tx.clone(),
             max_message,
-            Arc::new(Mutex::new(limit)),
+            limit.clone(),
             metrics.clone(),
         ));
     }
     let mut net = Net {
         udp: listeners.udp,
         tcp: HashMap::new(),
+        tls_client: listeners.tls_client,
+        tls_names: listeners.tls_names,
         to_core: in_tx.clone(),
         max_message,
     };
@@ -285,10 +316,13 @@ pub async fn run(
         let give_up = unregistered_by
             .filter(|by| registrations.unregistering() && *by > Instant::now())
             .map(Instant::into_std);
+        // Likewise the end of a drain's wait for answers to its BYEs: a call whose INVITE
+        // went to a stream peer that never answered has no timer of its own before Timer B.
         let deadline = [
             endpoint.poll_timeout(),
             registrations.poll_timeout(),
             give_up,
+            hung_up.map(Instant::into_std),
         ]
         .into_iter()
         .flatten()
@@ -306,11 +340,17 @@ pub async fn run(
                 FromNet::Message(peer, bytes) => {
                     inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &bytes)
                 }
-                FromNet::Connected(addr, id, w) => { net.tcp.insert(addr, (id, w)); }
-                FromNet::Closed(addr, id) => {
-                    if net.tcp.get(&addr).is_some_and(|(open, _)| *open == id) {
-                        net.tcp.remove(&addr);
+                FromNet::Connected(peer, id, w) => { net.tcp.insert(peer, (id, w)); }
+                FromNet::Closed(peer, id) => {
+                    if net.tcp.get(&peer).is_some_and(|(open, _)| *open == id) {
+                        net.tcp.remove(&peer);
                     }
+                }
+                FromNet::Unreachable(peer, id) => {
+                    if net.tcp.get(&peer).is_some_and(|(open, _)| *open == id) {
+                        net.tcp.remove(&peer);
+                    }
+                    endpoint.peer_unreachable(std::time::Instant::now(), peer);
                 }
             },
             Some(c) = cmd_rx.recv() => apply(&mut endpoint, &mut calls, c),
@@ -564,8 +604,11 @@ async fn flush(
     }
 }
 
+/// Accepts connections on a TCP or (with `tls`) a TLS listener, admitted by the per-source
+/// cap and the access lists, and serves each like any other.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
     limit: Arc<Mutex<ConnLimit>>,
@@ -584,15 +627,36 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let limit = limit.clone();
                 let to_core = to_core.clone();
+                // Taken now: a reload after this accept applies from the next connection.
+                let acceptor = tls.as_ref().map(ServerTls::acceptor);
                 tokio::spawn(async move {
-                    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-                    let (w_tx, w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-                    if to_core
-                        .send(FromNet::Connected(addr, id, w_tx))
-                        .await
-                        .is_ok()
-                    {
-                        connection(stream, addr, id, w_rx, to_core, max).await;
+                    match acceptor {
+                        None => {
+                            let peer = Peer {
+                                transport: Transport::Tcp,
+                                addr,
+                            };
+                            serve(stream, peer, to_core, max).await;
+                        }
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(stream)) => {
+                                    let peer = Peer {
+                                        transport: Transport::Tls,
+                                        addr,
+                                    };
+                                    serve(stream, peer, to_core, max).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(%addr, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => tracing::info!(%addr, "TLS handshake not done in time"),
+                            }
+                        }
                     }
                     lock(&limit).close(addr.ip());
                 });
@@ -613,41 +677,87 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Opens a connection to `addr` for messages already queued in `w_rx`, then serves it like
-/// an accepted one; reports `Closed` if it cannot be opened.
+/// Registers an accepted connection with the core and serves it until it closes.
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    peer: Peer,
+    to_core: mpsc::Sender<FromNet>,
+    max: usize,
+) {
+    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let (w_tx, w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    if to_core
+        .send(FromNet::Connected(peer, id, w_tx))
+        .await
+        .is_ok()
+    {
+        connection(stream, peer, id, w_rx, to_core, max).await;
+    }
+}
+
+/// Opens a connection to `peer` (TCP, or TLS with `tls_client`) for messages already
+/// queued in `w_rx`, then serves it like an accepted one; reports `Unreachable` if it
+/// cannot be opened (and the endpoint fails what waits on it). A TLS peer is checked by the
+/// name given with `tls_client`, else by its IP address: names are never resolved here.
 async fn connect_out(
-    addr: SocketAddr,
+    peer: Peer,
     id: u64,
     w_rx: mpsc::UnboundedReceiver<Vec<u8>>,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
+    tls_client: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
 ) {
+    let addr = peer.addr;
     match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) if peer.transport == Transport::Tls => {
+            let _ = stream.set_nodelay(true);
+            let Some((config, name)) = tls_client else {
+                tracing::warn!(to = %addr, "no TLS client set up: cannot reach a TLS peer");
+                let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
+                return;
+            };
+            let name = super::tls::server_name(name.as_deref(), addr);
+            let connector = tokio_rustls::TlsConnector::from(config);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await
+            {
+                Ok(Ok(stream)) => connection(stream, peer, id, w_rx, to_core, max).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(to = %addr, error = %e, "TLS handshake with a peer failed");
+                    let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
+                }
+                Err(_) => {
+                    tracing::warn!(to = %addr, "TLS handshake with a peer not done in time");
+                    let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
+                }
+            }
+        }
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            connection(stream, addr, id, w_rx, to_core, max).await;
+            connection(stream, peer, id, w_rx, to_core, max).await;
         }
         Ok(Err(e)) => {
             tracing::info!(to = %addr, error = %e, "cannot open a TCP connection");
-            let _ = to_core.send(FromNet::Closed(addr, id)).await;
+            let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
         }
         Err(_) => {
             tracing::info!(to = %addr, "TCP connection not opened in time");
-            let _ = to_core.send(FromNet::Closed(addr, id)).await;
+            let _ = to_core.send(FromNet::Unreachable(peer, id)).await;
         }
     }
 }
 
-/// Reads and frames one connection's messages for the core and writes what `w_rx` brings.
-async fn connection(
-    stream: TcpStream,
-    addr: SocketAddr,
+/// Reads and frames one connection's messages for the core and writes what `w_rx` brings;
+/// the same for TCP and TLS.
+async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    peer: Peer,
     id: u64,
     mut w_rx: mpsc::UnboundedReceiver<Vec<u8>>,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let addr = peer.addr;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = w_rx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
@@ -657,10 +767,6 @@ async fn connection(
     });
     let mut framer = StreamFramer::new(max);
     let mut buf = vec![0u8; 16384];
-    let peer = Peer {
-        transport: Transport::Tcp,
-        addr,
-    };
     'read: loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -682,7 +788,7 @@ async fn connection(
             }
         }
     }
-    let _ = to_core.send(FromNet::Closed(addr, id)).await;
+    let _ = to_core.send(FromNet::Closed(peer, id)).await;
     writer.abort();
 }
 
@@ -754,6 +860,44 @@ mod tests {
             Err(CommandError::InvalidCall(_))
         ));
         assert_eq!(calls.len(), 1);
+    }
+
+    #[test]
+    fn a_call_placed_over_tls_names_the_tls_port_in_via_and_contact() {
+        let mut ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: "127.0.0.1:5060".parse().unwrap(),
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(3),
+        );
+        ep.set_tls_port(5061);
+        let peer = Peer {
+            transport: Transport::Tls,
+            addr: "127.0.0.1:5071".parse().unwrap(),
+        };
+        let target = "sips:bob@127.0.0.1:5071".to_string();
+        let out = OutgoingCall {
+            target: target.clone(),
+            peer,
+            from: Party::uri("sip:sb@127.0.0.1"),
+            to: Party::uri(target),
+            sdp: None,
+            headers: Vec::new(),
+            route: Vec::new(),
+            credentials: None,
+            call_id: None,
+        };
+        ep.invite(std::time::Instant::now(), out).unwrap();
+        let sent = ep.poll_transmit().unwrap();
+        assert_eq!(sent.peer, peer);
+        let text = String::from_utf8(sent.bytes).unwrap();
+        assert!(text.contains("Via: SIP/2.0/TLS 127.0.0.1:5061;"), "{text}");
+        assert!(
+            text.contains("<sip:switchboard@127.0.0.1:5061;transport=tls>"),
+            "{text}"
+        );
     }
 
     /// Reads one framed message from a stream, within a bounded time.
@@ -1013,6 +1157,8 @@ mod tests {
         let mut net = Net {
             udp: None,
             tcp: HashMap::new(),
+            tls_client: None,
+            tls_names: HashMap::new(),
             to_core,
             max_message: 65535,
         };
@@ -1025,10 +1171,10 @@ mod tests {
             bytes: b"OPTIONS sip:x SIP/2.0\r\n\r\n".to_vec(),
         })
         .await;
-        let id = net.tcp.get(&addr).map(|(id, _)| *id).unwrap();
+        let id = net.tcp.get(&peer).map(|(id, _)| *id).unwrap();
         let closed = tokio::time::timeout(TCP_CONNECT_TIMEOUT * 2, from_net.recv())
             .await
             .unwrap();
-        assert!(matches!(closed, Some(FromNet::Closed(a, i)) if a == addr && i == id));
+        assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
     }
 }

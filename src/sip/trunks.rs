@@ -358,6 +358,22 @@ fn host_port(addr: SocketAddr) -> String {
 }
 
 impl Trunks {
+    /// The name each TLS trunk's proxy certificate is checked against (and sent as SNI):
+    /// its `domain` when that is a name of its own, else none (the proxy's IP is used).
+    pub fn tls_names(&self) -> Vec<(SocketAddr, String)> {
+        self.trunks
+            .iter()
+            .filter(|t| t.peer.transport == Transport::Tls && t.outbound_proxy)
+            .map(|t| {
+                let host = match t.domain.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h,
+                    _ => t.domain.as_str(),
+                };
+                (t.peer.addr, host.to_string())
+            })
+            .collect()
+    }
+
     /// Checks and takes the configured trunks.
     pub fn new(configs: &[TrunkConfig]) -> Result<Trunks, TrunkError> {
         let mut trunks: Vec<Trunk> = Vec::with_capacity(configs.len());
@@ -378,13 +394,18 @@ impl Trunks {
                 .split(';')
                 .skip(1)
                 .find_map(|p| p.strip_prefix("transport=").map(str::to_string));
+            let lower = proxy.to_ascii_lowercase();
             let peer = uri_peer(proxy, Transport::Udp)
-                .filter(|_| proxy.to_ascii_lowercase().starts_with("sip:"))
+                .filter(|_| lower.starts_with("sip:") || lower.starts_with("sips:"))
                 .filter(|_| !proxy.contains('@'))
-                .filter(|_| matches!(transport.as_deref(), None | Some("udp" | "tcp")))
+                .filter(|_| matches!(transport.as_deref(), None | Some("udp" | "tcp" | "tls")))
+                .filter(|_| {
+                    !lower.starts_with("sips:")
+                        || matches!(transport.as_deref(), None | Some("tls"))
+                })
                 .ok_or_else(|| {
                     invalid(
-                        "proxy must be sip:IP[:PORT][;transport=udp|tcp] \
+                        "proxy must be sip:IP[:PORT][;transport=udp|tcp|tls] or sips:IP[:PORT] \
                          (host names are not resolved)",
                     )
                 })?;
@@ -501,17 +522,13 @@ impl Trunks {
         })?;
         t.lock().attempts += 1;
         let to = t.uri(&user_part(number));
+        let param = t.peer.transport.uri_param();
         let (target, route) = if t.outbound_proxy {
-            let tcp = if t.peer.transport == Transport::Tcp {
-                ";transport=tcp"
-            } else {
-                ""
-            };
-            let hop = format!("<sip:{}{tcp};lr>", host_port(t.peer.addr));
+            let hop = format!("<sip:{}{param};lr>", host_port(t.peer.addr));
             (to.clone(), vec![hop])
-        } else if t.peer.transport == Transport::Tcp {
+        } else if t.peer.transport != Transport::Udp {
             // The Request-URI is the proxy itself here: it says how it is reached.
-            (format!("{to};transport=tcp"), Vec::new())
+            (format!("{to}{param}"), Vec::new())
         } else {
             (to.clone(), Vec::new())
         };
@@ -646,21 +663,17 @@ impl TrunkRegistrations {
             .iter()
             .filter(|t| t.register)
             .map(|t| {
-                let tcp = t.peer.transport == Transport::Tcp;
+                let param = t.peer.transport.uri_param();
                 let user = if t.username.is_empty() {
                     "switchboard"
                 } else {
                     t.username.as_str()
                 };
-                let contact = format!(
-                    "sip:{user}@{}{}",
-                    host_port(local.addr),
-                    if tcp { ";transport=tcp" } else { "" }
-                );
-                let registrar = if t.outbound_proxy || !tcp {
+                let contact = format!("sip:{user}@{}{}", host_port(local.addr), param);
+                let registrar = if t.outbound_proxy {
                     format!("sip:{}", t.domain)
                 } else {
-                    format!("sip:{};transport=tcp", t.domain)
+                    format!("sip:{}{param}", t.domain)
                 };
                 let cfg = RegistrationConfig {
                     registrar,
@@ -809,6 +822,27 @@ mod tests {
         assert_eq!(out.target, r.target);
         assert_eq!(out.route, r.route);
         assert!(out.credentials.is_some());
+    }
+
+    #[test]
+    fn a_tls_trunk_routes_with_transport_tls_and_is_checked_by_its_domain() {
+        let tls = cfg("tls", "sip:127.0.0.1:5061;transport=tls");
+        let mut named = cfg("named", "sips:127.0.0.2");
+        named.domain = Some("sip.example.net".into());
+        let trunks = Trunks::new(&[tls, named]).unwrap();
+        let now = Instant::now();
+        let r = trunks.route("tls", "100", now).unwrap();
+        assert_eq!(r.target, "sip:100@127.0.0.1:5061;transport=tls");
+        assert_eq!(r.peer.transport, Transport::Tls);
+        let n = trunks.route("named", "100", now).unwrap();
+        assert_eq!(n.peer.addr, "127.0.0.2:5061".parse().unwrap());
+        assert_eq!(n.route, ["<sip:127.0.0.2:5061;transport=tls;lr>"]);
+        assert_eq!(
+            trunks.tls_names(),
+            [(n.peer.addr, "sip.example.net".to_string())]
+        );
+        // sips: with another transport contradicts itself.
+        assert!(Trunks::new(&[cfg("x", "sips:127.0.0.1;transport=udp")]).is_err());
     }
 
     #[test]

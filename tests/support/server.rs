@@ -11,6 +11,8 @@ use tokio::net::{TcpStream, UdpSocket};
 pub struct Server {
     pub sip: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
+    /// The TLS listener, when `tls_listen` is set.
+    pub tls: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -39,19 +41,20 @@ pub async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Co
                 let _ = stop_rx.await;
             },
             move |r| {
-                let _ = ready_tx.send((r.sip, r.http));
+                let _ = ready_tx.send((r.sip, r.http, r.tls));
             },
         )
         .await;
         assert!(r.is_ok(), "{r:?}");
     });
-    let (sip, http) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+    let (sip, http, tls) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
         .expect("ready in time")
         .expect("ready");
     Server {
         sip,
         http,
+        tls,
         stop: Some(stop_tx),
         task,
     }
@@ -69,10 +72,14 @@ impl Server {
     }
 }
 
+/// A byte stream a caller talks over: TCP, or TLS over TCP.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
 /// Carries the caller's messages over one socket until `done` holds; bounded in time.
 pub enum Wire {
     Udp(UdpSocket),
-    Tcp(TcpStream, StreamFramer),
+    Tcp(Box<dyn Stream>, StreamFramer),
 }
 
 impl Wire {
@@ -139,7 +146,7 @@ pub async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
         let s = TcpStream::connect(server).await.unwrap();
         let local = s.local_addr().unwrap();
         (
-            Wire::Tcp(s, StreamFramer::new(65535)),
+            Wire::Tcp(Box::new(s), StreamFramer::new(65535)),
             Uac::new(local, server, true),
         )
     } else {
@@ -147,6 +154,24 @@ pub async fn wire(tcp: bool, server: std::net::SocketAddr) -> (Wire, Uac) {
         let local = s.local_addr().unwrap();
         (Wire::Udp(s), Uac::new(local, server, false))
     }
+}
+
+/// A caller over TLS to `server` (the TLS listener), checking its certificate with
+/// `connector`; its Via says TLS.
+pub async fn wire_tls(
+    server: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> (Wire, Uac) {
+    let s = TcpStream::connect(server).await.unwrap();
+    let local = s.local_addr().unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+    let s = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, s))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    let mut uac = Uac::new(local, server, true);
+    uac.tls = true;
+    (Wire::Tcp(Box::new(s), StreamFramer::new(65535)), uac)
 }
 
 /// Calls `echo` and expects the server, not the caller, to end the call with a BYE no sooner

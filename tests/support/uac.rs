@@ -22,6 +22,8 @@ pub enum UacState {
 pub struct Uac {
     timers: TimerConfig,
     reliable: bool,
+    /// Over TLS: Via says so.
+    pub tls: bool,
     pub local: SocketAddr,
     pub server: SocketAddr,
     pub call_id: String,
@@ -63,6 +65,7 @@ impl Uac {
         Uac {
             timers: TimerConfig::default(),
             reliable,
+            tls: false,
             local,
             server,
             call_id: format!("{:x}@test", rng.u64(..)),
@@ -88,7 +91,9 @@ impl Uac {
     }
 
     fn transport(&self) -> &'static str {
-        if self.reliable {
+        if self.tls {
+            "TLS"
+        } else if self.reliable {
             "TCP"
         } else {
             "UDP"

@@ -190,7 +190,11 @@ impl Endpoint {
         let branch = self.ids.branch();
         let cseq = self.ids.first_cseq();
         let mut headers = Headers::default();
-        headers.push(via(out.peer.transport, self.cfg.local_addr, &branch));
+        headers.push(via(
+            out.peer.transport,
+            super::local_for(&self.cfg, self.tls_port, out.peer.transport),
+            &branch,
+        ));
         headers.push(Header::MaxForwards(70.into()));
         for r in &out.route {
             let r = r.trim();
@@ -299,6 +303,7 @@ impl Endpoint {
         let ack = ack_2xx(
             &mut self.ids,
             &self.cfg,
+            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
             &c.dialog,
             &o.invite,
             cseq,
@@ -516,6 +521,7 @@ impl Endpoint {
         let ack = ack_2xx(
             &mut self.ids,
             &self.cfg,
+            super::local_for(&self.cfg, self.tls_port, dialog.peer.transport),
             &dialog,
             &o.invite,
             r.ess.cseq,
@@ -580,10 +586,10 @@ impl Endpoint {
     fn resend_invite(&mut self, now: Instant, call: CallHandle) {
         let branch = self.ids.branch();
         let cnonce = self.ids.token();
-        let local = self.cfg.local_addr;
         let Some(o) = self.outgoing.get_mut(&call) else {
             return;
         };
+        let local = super::local_for(&self.cfg, self.tls_port, o.peer.transport);
         let mut req = o.invite.clone();
         let cseq = invite_cseq(&req) + 1;
         req.headers.retain(|h| {
@@ -679,7 +685,10 @@ fn checked_target(out: &OutgoingCall) -> Result<Uri, CommandError> {
         .find_map(|p| p.strip_prefix("transport="))
         .map(|t| t.split('?').next().unwrap_or(""));
     match (transport, out.peer.transport) {
-        (None, _) | (Some("udp"), Transport::Udp) | (Some("tcp"), Transport::Tcp) => {}
+        (None, _)
+        | (Some("udp"), Transport::Udp)
+        | (Some("tcp"), Transport::Tcp)
+        | (Some("tls"), Transport::Tls) => {}
         _ => {
             return Err(CommandError::InvalidCall(
                 "the target's transport is not the peer's",
@@ -711,12 +720,13 @@ fn is_credentials_header(name: &str) -> bool {
 fn ack_2xx(
     ids: &mut crate::sip::ids::Ids,
     cfg: &super::EndpointConfig,
+    local: std::net::SocketAddr,
     dialog: &Dialog,
     invite: &Request,
     cseq: u32,
     sdp: Vec<u8>,
 ) -> Request {
-    let mut ack = dialog.ack(cseq, None, ids, cfg.local_addr, &cfg.user_agent);
+    let mut ack = dialog.ack(cseq, None, ids, local, &cfg.user_agent);
     for h in invite.headers.iter() {
         if is_credentials_header(h.name()) {
             ack.headers.push(h.clone());

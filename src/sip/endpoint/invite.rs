@@ -232,7 +232,7 @@ impl Endpoint {
         let req = c.dialog.request(
             Method::Bye,
             &mut self.ids,
-            self.cfg.local_addr,
+            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         let peer = c.dialog.peer;

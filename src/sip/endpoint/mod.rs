@@ -438,6 +438,20 @@ pub struct Endpoint {
     ids: Ids,
     /// Checks callers of protected users before their call exists.
     auth: Option<Authenticator>,
+    /// Our TLS listening port, for Contacts on TLS: `local_addr`'s when None.
+    tls_port: Option<u16>,
+}
+
+/// Our address for Via and Contact on `transport`: the TLS listener's port over TLS.
+fn local_for(
+    cfg: &EndpointConfig,
+    tls_port: Option<u16>,
+    transport: super::dialog::Transport,
+) -> SocketAddr {
+    match (transport, tls_port) {
+        (super::dialog::Transport::Tls, Some(port)) => SocketAddr::new(cfg.local_addr.ip(), port),
+        _ => cfg.local_addr,
+    }
 }
 
 impl Endpoint {
@@ -464,6 +478,7 @@ impl Endpoint {
             session_timers: SessionTimerConfig::default(),
             ids,
             auth: None,
+            tls_port: None,
         }
     }
 
@@ -480,6 +495,11 @@ impl Endpoint {
     /// The authenticator, when one is set (to take the sources of its failures).
     pub fn auth_mut(&mut self) -> Option<&mut Authenticator> {
         self.auth.as_mut()
+    }
+
+    /// Sets the port our TLS listener is on, written into Contacts sent over TLS.
+    pub fn set_tls_port(&mut self, port: u16) {
+        self.tls_port = Some(port);
     }
 
     /// Sets the session timer settings (RFC 4028) for calls from now on.
@@ -549,12 +569,36 @@ impl Endpoint {
     }
 
     fn fire_client(&mut self, now: Instant, branch: String) {
+        self.step_client(now, branch, |tx, now, out| tx.handle_timeout(now, out));
+    }
+
+    /// No connection to `peer` could be opened (refused, not in time, or its TLS
+    /// certificate did not verify): our requests waiting on it fail now, as at Timer B/F.
+    pub fn peer_unreachable(&mut self, now: Instant, peer: Peer) {
+        let waiting: Vec<String> = self
+            .client_txs
+            .iter()
+            .filter(|(_, e)| e.peer == peer)
+            .map(|(b, _)| b.clone())
+            .collect();
+        for branch in waiting {
+            self.step_client(now, branch, |tx, _, out| tx.transport_failed(out));
+        }
+    }
+
+    /// Moves one client transaction on with `step` and acts on what it says.
+    fn step_client(
+        &mut self,
+        now: Instant,
+        branch: String,
+        step: impl FnOnce(&mut ClientTx, Instant, &mut Vec<TxOutput>),
+    ) {
         let mut out = std::mem::take(&mut self.scratch);
         let Some(entry) = self.client_txs.get_mut(&branch) else {
             self.scratch = out;
             return;
         };
-        entry.tx.handle_timeout(now, &mut out);
+        step(&mut entry.tx, now, &mut out);
         let (peer, call, purpose, terminated) = (
             entry.peer,
             entry.call,
@@ -662,12 +706,8 @@ impl Endpoint {
     }
 
     fn contact(&self, peer: Peer) -> String {
-        match peer.transport {
-            super::dialog::Transport::Udp => format!("<sip:switchboard@{}>", self.cfg.local_addr),
-            super::dialog::Transport::Tcp => {
-                format!("<sip:switchboard@{};transport=tcp>", self.cfg.local_addr)
-            }
-        }
+        let addr = local_for(&self.cfg, self.tls_port, peer.transport);
+        format!("<sip:switchboard@{addr}{}>", peer.transport.uri_param())
     }
 
     /// A new in-dialog request of ours on a confirmed call that also passes `ready`: the
@@ -688,7 +728,7 @@ impl Endpoint {
         let mut req = c.dialog.request(
             method,
             &mut self.ids,
-            self.cfg.local_addr,
+            local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         if let Some(contact) = our_contact {

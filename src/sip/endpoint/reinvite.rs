@@ -355,7 +355,7 @@ impl Endpoint {
             cseq,
             (!success).then_some(branch),
             &mut self.ids,
-            self.cfg.local_addr,
+            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         let ack = ack.to_bytes();
