@@ -162,7 +162,7 @@ pub fn originate(
         Some(rest) if crate::script::api::trunk_target(rest) => ctx.media_ip,
         Some(_) => return Err(OriginateError::BadTarget(to)),
         None => crate::sip::dialog::uri_peer(&to, Transport::Udp)
-            .filter(|_| to.starts_with("sip:"))
+            .filter(|_| to.starts_with("sip:") || to.starts_with("sips:"))
             .ok_or_else(|| OriginateError::BadTarget(to.clone()))?
             .addr
             .ip(),
