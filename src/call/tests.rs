@@ -255,6 +255,16 @@ fn dial(targets: &[&str]) -> CallRequest {
     })
 }
 
+/// Asks `c` to dial with `request` and hands it the first placed leg's session: that leg.
+fn dial_prepared(c: &mut CallCore, t0: Instant, request: CallRequest) -> LegId {
+    c.handle_request(t0, request);
+    drain(c);
+    let leg = LegId(1);
+    let session = LocalSession::new(9, "127.0.0.1:40020".parse().unwrap());
+    c.handle_prepared(t0, leg, Ok(session));
+    leg
+}
+
 fn dialed(a: &[Action]) -> Option<&super::DialResult> {
     a.iter().find_map(|a| match a {
         Action::Reply(CallReply::Dialed(d)) => Some(d),
@@ -377,14 +387,7 @@ fn a_dialled_leg_rings_the_caller_then_is_bridged_and_its_bye_ends_the_dial() {
 fn the_callers_hangup_cancels_a_ringing_leg() {
     let t0 = Instant::now();
     let mut c = core(OFFER, None);
-    c.handle_request(t0, dial(&["sip:bob@127.0.0.1"]));
-    drain(&mut c);
-    let leg = LegId(1);
-    c.handle_prepared(
-        t0,
-        leg,
-        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
-    );
+    let leg = dial_prepared(&mut c, t0, dial(&["sip:bob@127.0.0.1"]));
     drain(&mut c);
     event(
         Event::Ended {
@@ -409,21 +412,12 @@ fn the_callers_hangup_cancels_a_ringing_leg() {
 fn early_media_of_a_dialled_leg_is_bridged_once_before_the_answer() {
     let t0 = Instant::now();
     let mut c = core(OFFER, None);
-    c.handle_request(
-        t0,
-        CallRequest::Dial(super::DialRequest {
-            targets: vec!["sip:bob@127.0.0.1".into()],
-            ringback: super::Ringback::EarlyMedia,
-            ..Default::default()
-        }),
-    );
-    drain(&mut c);
-    let leg = LegId(1);
-    c.handle_prepared(
-        t0,
-        leg,
-        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
-    );
+    let early = CallRequest::Dial(super::DialRequest {
+        targets: vec!["sip:bob@127.0.0.1".into()],
+        ringback: super::Ringback::EarlyMedia,
+        ..Default::default()
+    });
+    let leg = dial_prepared(&mut c, t0, early);
     drain(&mut c);
     let call = CallHandle(2);
     c.handle_sip(
@@ -479,14 +473,7 @@ fn early_media_of_a_dialled_leg_is_bridged_once_before_the_answer() {
 fn keys_cross_a_bridge_as_rfc4733_events_both_ways() {
     let t0 = Instant::now();
     let mut c = core(OFFER, None);
-    c.handle_request(t0, dial(&["sip:bob@127.0.0.1"]));
-    drain(&mut c);
-    let leg = LegId(1);
-    c.handle_prepared(
-        t0,
-        leg,
-        Ok(LocalSession::new(9, "127.0.0.1:40020".parse().unwrap())),
-    );
+    let leg = dial_prepared(&mut c, t0, dial(&["sip:bob@127.0.0.1"]));
     drain(&mut c);
     c.handle_sip(
         t0,
