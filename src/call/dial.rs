@@ -800,16 +800,31 @@ impl CallCore {
         ));
     }
 
-    /// A dialled leg's playback ended: the ringback prompt plays again while it rings.
-    pub(super) fn ringback_done(&mut self, id: u64) -> bool {
+    /// The ringback ended: a ringback prompt plays again while nobody has answered (the
+    /// tone lasts as long as the wait already).
+    pub(super) fn ringback_done(&mut self, id: u64) {
         let Some(d) = self.dialing() else {
-            return false;
+            return;
         };
         if d.ringback != Some(id) {
-            return false;
+            return;
         }
         d.ringback = None;
-        true
+        let Ringback::Prompt(prompt) = d.request.ringback.clone() else {
+            return;
+        };
+        if d.bridged().is_some() || d.early.is_some() || d.legs.is_empty() {
+            return;
+        }
+        let id = self.next_play_id();
+        if let Some(d) = self.dialing() {
+            d.ringback = Some(id);
+        }
+        self.media(MediaAction::Play {
+            id,
+            what: PlaySpec::Prompts(vec![prompt]),
+            barge_in: false,
+        });
     }
 }
 

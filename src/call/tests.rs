@@ -505,3 +505,68 @@ fn keys_cross_a_bridge_as_rfc4733_events_both_ways() {
     // The caller's keys count in its record; the callee's do not.
     assert_eq!(c.digits(), "5");
 }
+
+#[test]
+fn a_ringback_prompt_plays_again_until_the_answer() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    c.handle_request(t0, CallRequest::Answer);
+    drain(&mut c);
+    let request = CallRequest::Dial(super::DialRequest {
+        targets: vec!["sip:bob@127.0.0.1".into()],
+        ringback: super::Ringback::Prompt("hold-music".into()),
+        ..Default::default()
+    });
+    let leg = dial_prepared(&mut c, t0, request);
+    drain(&mut c);
+    let ringing = |c: &mut CallCore| {
+        c.handle_sip(
+            t0,
+            leg,
+            Event::Progress {
+                call: CallHandle(2),
+                code: 180,
+                reason: "Ringing".into(),
+                to_tag: None,
+                sdp: None,
+            },
+        );
+    };
+    ringing(&mut c);
+    let plays = |a: &[Action]| -> Vec<u64> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Media(
+                    LegId::CALLER,
+                    MediaAction::Play {
+                        id,
+                        what: PlaySpec::Prompts(p),
+                        ..
+                    },
+                ) if p == &["hold-music".to_string()] => Some(*id),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = plays(&drain(&mut c));
+    assert_eq!(first.len(), 1, "the prompt starts with the ringing");
+    c.handle_play_done(t0 + Duration::from_secs(5), LegId::CALLER, first[0]);
+    let again = plays(&drain(&mut c));
+    assert_eq!(again.len(), 1, "and plays again while it rings");
+    c.handle_sip(
+        t0 + Duration::from_secs(7),
+        leg,
+        Event::Answered {
+            call: CallHandle(2),
+            sdp: Some(ANSWER.as_bytes().to_vec()),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::StopPlay))),
+        "{a:?}"
+    );
+    c.handle_play_done(t0 + Duration::from_secs(7), LegId::CALLER, again[0]);
+    assert!(plays(&drain(&mut c)).is_empty(), "not after the answer");
+}
