@@ -383,8 +383,8 @@ impl CallCore {
         }
     }
 
-    /// A script request may start: none is in progress, and media verbs would not have
-    /// to wait for the answer to our offer.
+    /// A script request may start: the call goes on and none is in progress (a media verb
+    /// that must wait for the answer to our offer waits inside the core).
     pub fn is_ready(&self) -> bool {
         self.ended.is_none() && self.active.is_idle()
     }

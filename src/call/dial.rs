@@ -530,10 +530,8 @@ impl CallCore {
             self.record_bridge();
             return self.note(Note::Bridged(target));
         }
-        if let Some(other) = d.early {
+        if d.early.take().is_some() {
             // Another leg's early media was heard; this one answered first.
-            d.early = None;
-            let _ = other;
             self.media(MediaAction::Unbridge);
         }
         let Some(d) = self.dialing() else {

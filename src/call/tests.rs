@@ -265,6 +265,19 @@ fn dial_prepared(c: &mut CallCore, t0: Instant, request: CallRequest) -> LegId {
     leg
 }
 
+/// The placed leg `leg` answers with SDP at `at`.
+fn answer_leg(c: &mut CallCore, at: Instant, leg: LegId) {
+    let sdp = Some(ANSWER.as_bytes().to_vec());
+    c.handle_sip(
+        at,
+        leg,
+        Event::Answered {
+            call: CallHandle(2),
+            sdp,
+        },
+    );
+}
+
 fn dialed(a: &[Action]) -> Option<&super::DialResult> {
     a.iter().find_map(|a| match a {
         Action::Reply(CallReply::Dialed(d)) => Some(d),
@@ -342,14 +355,7 @@ fn a_dialled_leg_rings_the_caller_then_is_bridged_and_its_bye_ends_the_dial() {
         ),
         "{a:?}"
     );
-    c.handle_sip(
-        t0 + Duration::from_secs(2),
-        leg,
-        Event::Answered {
-            call,
-            sdp: Some(ANSWER.as_bytes().to_vec()),
-        },
-    );
+    answer_leg(&mut c, t0 + Duration::from_secs(2), leg);
     let a = drain(&mut c);
     assert!(
         a.iter()
@@ -446,14 +452,7 @@ fn early_media_of_a_dialled_leg_is_bridged_once_before_the_answer() {
     assert!(a
         .iter()
         .any(|x| matches!(x, Action::Media(LegId::CALLER, MediaAction::Bridge(l)) if *l == leg)));
-    c.handle_sip(
-        t0 + Duration::from_secs(3),
-        leg,
-        Event::Answered {
-            call,
-            sdp: Some(ANSWER.as_bytes().to_vec()),
-        },
-    );
+    answer_leg(&mut c, t0 + Duration::from_secs(3), leg);
     let a = drain(&mut c);
     assert!(
         a.iter()
@@ -475,14 +474,7 @@ fn keys_cross_a_bridge_as_rfc4733_events_both_ways() {
     let mut c = core(OFFER, None);
     let leg = dial_prepared(&mut c, t0, dial(&["sip:bob@127.0.0.1"]));
     drain(&mut c);
-    c.handle_sip(
-        t0,
-        leg,
-        Event::Answered {
-            call: CallHandle(2),
-            sdp: Some(ANSWER.as_bytes().to_vec()),
-        },
-    );
+    answer_leg(&mut c, t0, leg);
     drain(&mut c);
     let five = Digit::from_char('5').unwrap();
     c.handle_digit(t0, LegId::CALLER, five, DtmfMethod::Inband);
@@ -553,14 +545,7 @@ fn a_ringback_prompt_plays_again_until_the_answer() {
     c.handle_play_done(t0 + Duration::from_secs(5), LegId::CALLER, first[0]);
     let again = plays(&drain(&mut c));
     assert_eq!(again.len(), 1, "and plays again while it rings");
-    c.handle_sip(
-        t0 + Duration::from_secs(7),
-        leg,
-        Event::Answered {
-            call: CallHandle(2),
-            sdp: Some(ANSWER.as_bytes().to_vec()),
-        },
-    );
+    answer_leg(&mut c, t0 + Duration::from_secs(7), leg);
     let a = drain(&mut c);
     assert!(
         a.iter()

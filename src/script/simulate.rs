@@ -429,7 +429,7 @@ enum Input {
     RecordStarted(String),
     RoomJoined,
     Discarded,
-    RoomReply(CallReply),
+    WorkReply(CallReply),
 }
 
 /// The simulated call: the call core and what surrounds it.
@@ -558,7 +558,7 @@ impl SimCall {
                 Input::RecordStarted(id) => self.core.handle_record_started(Ok(id)),
                 Input::RoomJoined => self.core.handle_room_joined(Ok(1)),
                 Input::Discarded => self.core.handle_discarded(Ok(())),
-                Input::RoomReply(r) => self.core.handle_work_reply(r),
+                Input::WorkReply(r) => self.core.handle_work_reply(r),
             }
         }
     }
@@ -682,7 +682,7 @@ impl SimCall {
                 self.placed += 1;
                 let id = format!("sim-call-{}", self.placed);
                 self.inputs
-                    .push_back(Input::RoomReply(CallReply::Text(Some(id))));
+                    .push_back(Input::WorkReply(CallReply::Text(Some(id))));
             }
             // The simulated call is alone: rooms have no members and take every request.
             Action::Work(Work::Room { room, request }) => {
@@ -691,7 +691,7 @@ impl SimCall {
                     RoomRequest::RecordStart => CallReply::Text(Some(format!("sim-room-{room}"))),
                     _ => CallReply::Done,
                 };
-                self.inputs.push_back(Input::RoomReply(reply));
+                self.inputs.push_back(Input::WorkReply(reply));
             }
         }
     }
