@@ -884,7 +884,7 @@ fn accept_answer(session: &mut LocalSession, body: &[u8]) -> Result<NegotiatedAu
 }
 
 /// Parses and answers an offer: the answer text, or the status code and reason to refuse with.
-fn negotiate(
+pub(super) fn negotiate(
     session: &mut LocalSession,
     body: &[u8],
 ) -> Result<(String, NegotiatedAudio), (u16, String)> {

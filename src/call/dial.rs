@@ -401,8 +401,9 @@ impl CallCore {
                     self.relay_digit(leg, d.digit);
                 }
             }
-            // Re-INVITEs, UPDATEs and the rest on a dialled leg are answered by the endpoint
-            // or need nothing from the call.
+            Event::ReInvite { sdp, .. } => self.out_offer(leg, sdp),
+            Event::Update { sdp, .. } => self.out_offer(leg, Some(sdp)),
+            // The rest (NOTIFYs, answers to requests of ours) needs nothing from the call.
             _ => {}
         }
     }
@@ -463,6 +464,38 @@ impl CallCore {
             what,
             barge_in: false,
         });
+    }
+
+    /// A re-INVITE or UPDATE from a dialled party (hold, a new address): answered from the
+    /// leg's own session, and its media follows; without an offer we offer again.
+    fn out_offer(&mut self, leg: LegId, offer: Option<Vec<u8>>) {
+        let refuse = |why: String| SipAction::RejectReinvite {
+            code: 488,
+            warning: Some(why),
+        };
+        let Some(out) = self.dialing().and_then(|d| d.leg(leg)) else {
+            return self.push(Action::Sip(leg, refuse("the leg is gone".into())));
+        };
+        let Some(session) = out.session.as_mut() else {
+            return self.push(Action::Sip(leg, refuse("no session yet".into())));
+        };
+        let media = out.media;
+        let result = match offer {
+            Some(body) => super::core::negotiate(session, &body).map(|(sdp, m)| (sdp, Some(m))),
+            None => Ok((session.offer().to_string(), None)),
+        };
+        match result {
+            Ok((sdp, m)) => {
+                self.push(Action::Sip(
+                    leg,
+                    SipAction::AnswerReinvite(sdp.into_bytes()),
+                ));
+                if let (Some(m), true) = (m, media) {
+                    self.push(Action::Media(leg, MediaAction::Update(m)));
+                }
+            }
+            Err((_, why)) => self.push(Action::Sip(leg, refuse(why))),
+        }
     }
 
     /// The caller hears the dialled leg's early media: the leg's media starts and the two are

@@ -948,6 +948,13 @@ impl Task {
             (SipAction::Cancel, Some(call)) => Command::Cancel(call),
             (SipAction::Hangup, Some(call)) => Command::Hangup(call),
             (SipAction::Refer(target), Some(call)) => Command::Refer { call, target },
+            (SipAction::AnswerReinvite(sdp), Some(call)) => Command::AnswerReinvite(call, sdp),
+            (SipAction::RejectReinvite { code, warning }, Some(call)) => Command::RejectReinvite {
+                call,
+                code,
+                reason: reason_phrase(code).into(),
+                warning,
+            },
             _ => return,
         };
         let _ = self.commands.send(command).await;
@@ -1131,6 +1138,16 @@ impl Task {
                 if let Err(e) = self.start_media(&m) {
                     tracing::warn!(error = %e, "no media for the call");
                     core.handle_media_failed(leg);
+                }
+            }
+            MediaAction::Update(m) if leg != LegId::CALLER => {
+                if let Some(h) = self.outs.get(&leg).and_then(|o| o.media.as_ref()) {
+                    h.send(LegCommand::Update {
+                        remote: m.remote_rtp,
+                        remote_rtcp: m.remote_rtcp,
+                        direction: m.direction,
+                        ptime: Duration::from_millis(u64::from(m.ptime_ms)),
+                    });
                 }
             }
             MediaAction::Update(m) => self.send_leg(LegCommand::Update {

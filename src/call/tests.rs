@@ -555,3 +555,47 @@ fn a_ringback_prompt_plays_again_until_the_answer() {
     c.handle_play_done(t0 + Duration::from_secs(7), LegId::CALLER, again[0]);
     assert!(plays(&drain(&mut c)).is_empty(), "not after the answer");
 }
+
+#[test]
+fn a_reinvite_from_the_dialled_party_is_answered_and_moves_its_media() {
+    let t0 = Instant::now();
+    let mut c = core(OFFER, None);
+    let leg = dial_prepared(&mut c, t0, dial(&["sip:bob@127.0.0.1"]));
+    drain(&mut c);
+    answer_leg(&mut c, t0, leg);
+    drain(&mut c);
+    let hold = OFFER.replace("m=audio 40000", "m=audio 40030") + "a=sendonly\r\n";
+    c.handle_sip(
+        t0,
+        leg,
+        Event::ReInvite {
+            call: CallHandle(2),
+            sdp: Some(hold.into_bytes()),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Sip(l, SipAction::AnswerReinvite(_)) if *l == leg)),
+        "{a:?}"
+    );
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Media(l, MediaAction::Update(m))
+            if *l == leg && m.remote_rtp.map(|r| r.port()) == Some(40030))),
+        "{a:?}"
+    );
+    c.handle_sip(
+        t0,
+        leg,
+        Event::Update {
+            call: CallHandle(2),
+            sdp: b"v=0\r\nbroken".to_vec(),
+        },
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Sip(l, SipAction::RejectReinvite { code: 488, .. }) if *l == leg)),
+        "{a:?}"
+    );
+}
