@@ -1,6 +1,7 @@
 //! End to end: the SIP guard in front of the real server, over loopback. Access lists and
 //! scanner agents, OPTIONS and REGISTER floods with escalation, idle TCP connections beyond
-//! the per-source cap, and an INVITE flood from SIPp against the server's calls-per-second cap.
+//! the per-source cap, and 30-second floods at ten times what the server admits: INVITEs from
+//! SIPp against the calls-per-second cap, OPTIONS and REGISTERs against the per-source buckets.
 //!
 //! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.2, 127.0.0.3), which
 //! Linux routes to the loopback interface like 127.0.0.1.
@@ -414,9 +415,10 @@ fn an_invite_flood_is_refused_beyond_the_cps_cap_and_the_server_recovers() {
     let Some(sipp) = common::find_sipp() else {
         return;
     };
+    // The server admits CPS calls a second; the flood offers ten times that for 30 s.
     const CPS: u32 = 20;
-    const RATE: u32 = 200;
-    const CALLS: u32 = 2000;
+    const RATE: u32 = 10 * CPS;
+    const CALLS: u32 = 30 * RATE;
     let server = common::Server::start_with(
         "invite-flood",
         common::ServerOptions {
@@ -518,4 +520,122 @@ async fn max_calls_refuses_the_call_beyond_it_until_one_ends() {
         hang_up(&mut w, &mut uac).await;
     }
     server.stop().await;
+}
+
+#[test]
+fn options_and_register_floods_for_30_s_leave_the_server_as_it_was() {
+    // Each source may send RATE OPTIONS and RATE REGISTERs a second; each floods both at ten
+    // times that for 30 s.
+    const RATE: u32 = 10;
+    const FLOOD_SECS: u64 = 30;
+    const SOURCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let server = common::Server::start_with(
+        "options-flood",
+        common::ServerOptions {
+            config: Some(format!(
+                "[sip]\noptions_rate = {RATE}.0\noptions_burst = {RATE}\n\
+                 register_rate = {RATE}.0\nregister_burst = {RATE}\n\
+                 escalate_after = 200\nescalate_window_secs = 10\nblock_secs = 5\n"
+            )),
+            rtp_port_count: 20,
+        },
+    );
+    let sip = server.sip;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(echo_call(sip)) > 0.9);
+    let before = rss_kb(server.pid());
+
+    let (sent, answered) = rt.block_on(async move {
+        let mut floods = tokio::task::JoinSet::new();
+        for ip in SOURCES {
+            floods.spawn(async move {
+                let s = std::sync::Arc::new(udp_from(ip).await);
+                let local = s.local_addr().unwrap();
+                // Answers are counted by status while the flood runs.
+                let reader = {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let mut codes = std::collections::BTreeMap::<u16, u64>::new();
+                        let mut buf = vec![0u8; 65536];
+                        let quiet = Duration::from_secs(FLOOD_SECS + 3);
+                        let end = Instant::now() + quiet;
+                        while let Ok(Ok((n, _))) =
+                            tokio::time::timeout_at(end.into(), s.recv_from(&mut buf)).await
+                        {
+                            let code = std::str::from_utf8(&buf[..n])
+                                .ok()
+                                .and_then(|t| t.get(8..11)?.parse().ok())
+                                .unwrap_or(0);
+                            *codes.entry(code).or_default() += 1;
+                        }
+                        codes
+                    })
+                };
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let ticks = FLOOD_SECS * 100;
+                let mut sent = 0u64;
+                for n in 0..ticks {
+                    tick.tick().await;
+                    // Ten times RATE of each method a second: RATE/10 of each per 10 ms tick.
+                    for method in ["OPTIONS", "REGISTER"] {
+                        let bytes = request(method, None, local, sip, n as u32);
+                        s.send_to(&bytes, sip).await.unwrap();
+                        sent += 1;
+                    }
+                }
+                (sent, reader.await.unwrap())
+            });
+        }
+        let mut sent = 0;
+        let mut answered = std::collections::BTreeMap::<u16, u64>::new();
+        while let Some(r) = floods.join_next().await {
+            let (n, codes) = r.unwrap();
+            sent += n;
+            for (code, count) in codes {
+                *answered.entry(code).or_default() += count;
+            }
+        }
+        (sent, answered)
+    });
+    let peak = rss_kb(server.pid());
+    eprintln!("sent {sent}, answered {answered:?}");
+    let sources = SOURCES.len() as u64;
+    assert_eq!(sent, sources * FLOOD_SECS * 100 * 2);
+    // Only these answers: 200 to OPTIONS, 405 to REGISTER (this server takes no
+    // registrations), 503 beyond the rate.
+    assert!(
+        answered.keys().all(|c| [200, 405, 503].contains(c)),
+        "{answered:?}"
+    );
+    // What got through is each bucket's burst and refill, per source and method.
+    let through =
+        answered.get(&200).copied().unwrap_or(0) + answered.get(&405).copied().unwrap_or(0);
+    let most = sources * 2 * (u64::from(RATE) * (FLOOD_SECS + 2) + u64::from(RATE));
+    assert!(through <= most, "{through} let through, at most {most}");
+    assert!(
+        through >= sources * 2 * u64::from(RATE),
+        "{through} let through"
+    );
+    // Sources that kept flooding past the refusals were escalated, and then not answered.
+    assert!(
+        metric_sync(server.http, "switchboard_sip_escalations_total") >= sources as f64,
+        "{answered:?}"
+    );
+    let total: u64 = answered.values().sum();
+    assert!(total < sent / 2, "{total} answers to {sent} requests");
+
+    // Memory back where it was, a fresh source answered, and a call goes through.
+    let after = rss_kb(server.pid());
+    eprintln!("RSS before {before} kB, at the end of the flood {peak} kB, after {after} kB");
+    assert!(
+        after <= before + 16 * 1024,
+        "RSS grew from {before} kB to {after} kB (peak {peak} kB)"
+    );
+    rt.block_on(async {
+        let s = udp_from("127.0.0.5").await;
+        let (code, _) = ask(&s, sip, "OPTIONS", None).await.expect("answered");
+        assert_eq!(code, 200);
+    });
+    let heard = rt.block_on(echo_call(sip));
+    assert!(heard > 0.9, "1 kHz power {heard}\n{}", server.log_text());
 }
