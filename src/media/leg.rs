@@ -1842,10 +1842,10 @@ mod ptime_tests {
     const TONE: &str = "1000/10000@-10";
 
     /// One RTP packet the leg sent: the tick it left in, its header and payload.
-    struct Sent {
-        tick: u64,
-        header: RtpHeader,
-        payload: Vec<u8>,
+    pub(super) struct Sent {
+        pub(super) tick: u64,
+        pub(super) header: RtpHeader,
+        pub(super) payload: Vec<u8>,
     }
 
     fn tone_source() -> Box<ToneGenerator> {
@@ -1881,7 +1881,7 @@ mod ptime_tests {
     }
 
     /// A send callback keeping the RTP packets sent in tick `n`.
-    fn collect(n: u64, out: &mut Vec<Sent>) -> impl FnMut(Port, SocketAddr, &[u8]) + '_ {
+    pub(super) fn collect(n: u64, out: &mut Vec<Sent>) -> impl FnMut(Port, SocketAddr, &[u8]) + '_ {
         move |port, _, bytes| {
             if port == Port::Rtp {
                 let p = RtpPacket::parse(bytes).unwrap();
@@ -2546,6 +2546,7 @@ mod strict_tests {
 
 #[cfg(test)]
 mod codec_switch_tests {
+    use super::ptime_tests::{collect, Sent};
     use super::*;
     use crate::media::level::{rms_dbfs, tone_share};
     use crate::media::tone::{ToneGenerator, ToneSpec};
@@ -2553,18 +2554,11 @@ mod codec_switch_tests {
 
     const PEER: &str = "127.0.0.1:40000";
     /// Ticks before the re-INVITE's codec takes effect.
-    const SWITCH: u32 = 25;
-    const END: u32 = 75;
+    const SWITCH: u64 = 25;
+    const END: u64 = 75;
     /// What the leg plays, and what the peer says.
     const PLAYED_HZ: f64 = 1000.0;
     const PEER_HZ: f64 = 2000.0;
-
-    /// One RTP packet the leg sent.
-    struct Sent {
-        tick: u32,
-        header: RtpHeader,
-        payload: Vec<u8>,
-    }
 
     fn tone(hz: f64, ms: u32) -> ToneGenerator {
         let spec: ToneSpec = format!("{hz}/{ms}@-10").parse().unwrap();
@@ -2591,8 +2585,8 @@ mod codec_switch_tests {
         enc: &mut dyn AudioCodec,
         codec: CodecKind,
         pt: PayloadType,
-        n: u32,
-        ts: u32,
+        n: u64,
+        ts: u64,
         pcm: &Frame,
     ) -> Vec<u8> {
         let mut payload = vec![0u8; codec.max_payload_bytes(FRAME_SAMPLES)];
@@ -2601,7 +2595,7 @@ mod codec_switch_tests {
             marker: n == 0,
             payload_type: pt,
             seq: WireSeq::new(500u16.wrapping_add(n as u16)),
-            timestamp: RtpTimestamp::new(ts),
+            timestamp: RtpTimestamp::new(ts as u32),
             ssrc: Ssrc::new(99),
         };
         let mut out = vec![0u8; 1500];
@@ -2617,28 +2611,19 @@ mod codec_switch_tests {
     fn run(
         l: &mut Leg,
         t0: Instant,
-        ticks: std::ops::Range<u32>,
-        mut input: impl FnMut(u32) -> Option<Vec<u8>>,
+        ticks: std::ops::Range<u64>,
+        mut input: impl FnMut(u64) -> Option<Vec<u8>>,
         sent: &mut Vec<Sent>,
     ) -> Vec<i16> {
         let peer: SocketAddr = PEER.parse().unwrap();
         let wc = SystemTime::now();
         let mut heard = Vec::new();
         for n in ticks {
-            let now = t0 + FRAME * n;
+            let now = t0 + FRAME * n as u32;
             if let Some(p) = input(n) {
                 l.handle_packet(now, wc, peer, &p);
             }
-            l.tick(now, wc, u64::from(n), &mut |port, _, bytes| {
-                if port == Port::Rtp {
-                    let p = RtpPacket::parse(bytes).unwrap();
-                    sent.push(Sent {
-                        tick: n,
-                        header: p.header,
-                        payload: p.payload.to_vec(),
-                    });
-                }
-            });
+            l.tick(now, wc, n, &mut collect(n, sent));
             heard.extend_from_slice(l.input());
         }
         heard
@@ -2680,7 +2665,7 @@ mod codec_switch_tests {
             .new_leg_codec(&CodecParams::default())
             .unwrap();
         let mut sent = Vec::new();
-        let mut speak = |n: u32, enc: &mut dyn AudioCodec, codec, pt| {
+        let mut speak = |n: u64, enc: &mut dyn AudioCodec, codec, pt| {
             let mut pcm = [0i16; FRAME_SAMPLES];
             talk.fill(&mut pcm);
             Some(peer_packet(enc, codec, pt, n, 7000 + 160 * n, &pcm))
@@ -2693,7 +2678,7 @@ mod codec_switch_tests {
             &mut sent,
         );
         l.apply(
-            t0 + FRAME * SWITCH,
+            t0 + FRAME * SWITCH as u32,
             switch_to(CodecKind::G722, PayloadType::G722),
         );
         assert_eq!(l.codec(), CodecKind::G722, "a room groups the leg by this");
@@ -2710,7 +2695,7 @@ mod codec_switch_tests {
         );
 
         assert_eq!(l.report().recv.bad_payload_type, 2, "late PCMU not dropped");
-        assert_eq!(l.stats().packets_in, u64::from(END) - 2);
+        assert_eq!(l.stats().packets_in, END - 2);
         let heard_before = check_tone(&before[10 * FRAME_SAMPLES..], PEER_HZ, "heard in PCMU");
         let heard_after = check_tone(&after[15 * FRAME_SAMPLES..], PEER_HZ, "heard in G.722");
         assert!(
@@ -2763,7 +2748,7 @@ mod codec_switch_tests {
         l.apply(t0, LegCommand::Echo(true));
         let mut talk = tone(PEER_HZ, 10_000);
         let mut pcmu = CodecKind::Pcmu.new_codec();
-        let mut speak = |n: u32| {
+        let mut speak = |n: u64| {
             let mut pcm = [0i16; FRAME_SAMPLES];
             talk.fill(&mut pcm);
             let p = PayloadType::PCMU;
@@ -2779,12 +2764,12 @@ mod codec_switch_tests {
         let mut sent = Vec::new();
         run(&mut l, t0, 0..SWITCH, &mut speak, &mut sent);
         let update = update_keeping_codec(&l, PEER.parse().ok(), None, Direction::SendRecv, FRAME);
-        l.apply(t0 + FRAME * SWITCH, update);
+        l.apply(t0 + FRAME * SWITCH as u32, update);
         let heard = run(&mut l, t0, SWITCH..END, &mut speak, &mut sent);
 
         // A restarted jitter buffer would refill, and conceal meanwhile.
         assert_eq!(l.stats().frames_concealed, 0);
-        assert_eq!(l.stats().frames_decoded, u64::from(END) - 2);
+        assert_eq!(l.stats().frames_decoded, END - 2);
         check_tone(&heard, PEER_HZ, "heard");
         assert_eq!(sent.len(), END as usize);
         assert_eq!(sent.iter().filter(|s| s.header.marker).count(), 1);
@@ -2806,7 +2791,7 @@ mod codec_switch_tests {
             .new_leg_codec(&CodecParams::default())
             .unwrap();
         let mut sent = Vec::new();
-        let mut speak = |n: u32, enc: &mut dyn AudioCodec, codec: CodecKind, pt, ts| {
+        let mut speak = |n: u64, enc: &mut dyn AudioCodec, codec: CodecKind, pt, ts| {
             let mut pcm = [0i16; FRAME_SAMPLES];
             talk.fill(&mut pcm);
             Some(peer_packet(enc, codec, pt, n, ts, &pcm))
@@ -2826,9 +2811,12 @@ mod codec_switch_tests {
             },
             &mut sent,
         );
-        l.apply(t0 + FRAME * SWITCH, switch_to(CodecKind::L16Wide, l16));
         l.apply(
-            t0 + FRAME * SWITCH,
+            t0 + FRAME * SWITCH as u32,
+            switch_to(CodecKind::L16Wide, l16),
+        );
+        l.apply(
+            t0 + FRAME * SWITCH as u32,
             LegCommand::SendDtmf {
                 digits: "5".into(),
                 inband: false,
@@ -2853,7 +2841,7 @@ mod codec_switch_tests {
         let resumed = last_pcmu.header.timestamp.get().wrapping_add(160);
         for s in &audio {
             let ts = s.header.timestamp.get().wrapping_sub(resumed);
-            assert_eq!(ts, 320 * (s.tick - SWITCH), "tick {}", s.tick);
+            assert_eq!(u64::from(ts), 320 * (s.tick - SWITCH), "tick {}", s.tick);
         }
         check_tone(
             &decode(CodecKind::L16Wide, audio.iter().copied().skip(25)),
