@@ -1142,20 +1142,10 @@ impl Task {
             }
             MediaAction::Update(m) if leg != LegId::CALLER => {
                 if let Some(h) = self.outs.get(&leg).and_then(|o| o.media.as_ref()) {
-                    h.send(LegCommand::Update {
-                        remote: m.remote_rtp,
-                        remote_rtcp: m.remote_rtcp,
-                        direction: m.direction,
-                        ptime: Duration::from_millis(u64::from(m.ptime_ms)),
-                    });
+                    h.send(update_command(&m));
                 }
             }
-            MediaAction::Update(m) => self.send_leg(LegCommand::Update {
-                remote: m.remote_rtp,
-                remote_rtcp: m.remote_rtcp,
-                direction: m.direction,
-                ptime: Duration::from_millis(u64::from(m.ptime_ms)),
-            }),
+            MediaAction::Update(m) => self.send_leg(update_command(&m)),
             MediaAction::Answered => self.send_leg(LegCommand::Answered),
             MediaAction::Play { id, what, barge_in } => match self.load(what).await {
                 Ok(source) => self.send_leg(LegCommand::Play {
@@ -1467,6 +1457,21 @@ impl Task {
 }
 
 /// A leg's sockets from its port lease.
+/// What a leg is told of a renegotiation (re-INVITE or UPDATE): its new address,
+/// direction, packet time and codec.
+fn update_command(m: &NegotiatedAudio) -> LegCommand {
+    LegCommand::Update {
+        remote: m.remote_rtp,
+        remote_rtcp: m.remote_rtcp,
+        direction: m.direction,
+        ptime: Duration::from_millis(u64::from(m.ptime_ms)),
+        codec: m.codec,
+        payload_type: m.payload_type,
+        telephone_event: m.telephone_event_pt,
+        params: m.params.clone(),
+    }
+}
+
 fn lease_sockets(lease: &PortLease) -> Result<LegSockets, String> {
     Ok(LegSockets::new(
         lease.rtp.try_clone().map_err(|e| e.to_string())?,

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::codec::{AudioCodec, CodecKind};
+use super::codec::{AudioCodec, CodecKind, CodecParams};
 pub use super::dtmf::DtmfMethod;
 use super::dtmf::{
     DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
@@ -137,7 +137,8 @@ pub enum LegCommand {
     /// The call was answered after early media: the peer may only now start sending, so a
     /// new source may be learned again for a while.
     Answered,
-    /// The SDP changed (re-INVITE): remote address and direction, from our point of view.
+    /// The SDP changed (re-INVITE or UPDATE): remote address, direction and codec, from our
+    /// point of view.
     Update {
         /// Where to send RTP (None: only to a latched source).
         remote: Option<SocketAddr>,
@@ -147,6 +148,14 @@ pub enum LegCommand {
         direction: Direction,
         /// The packet duration the peer asked for (`a=ptime`).
         ptime: Duration,
+        /// The negotiated codec: the leg switches to it when it or its payload type changed.
+        codec: CodecKind,
+        /// Its payload type.
+        payload_type: PayloadType,
+        /// The telephone-event payload type, when negotiated.
+        telephone_event: Option<PayloadType>,
+        /// What the peer's `a=fmtp` asks of the codec, used when the leg switches to it.
+        params: CodecParams,
     },
 }
 
@@ -169,10 +178,14 @@ impl std::fmt::Debug for LegCommand {
                 remote,
                 direction,
                 ptime,
+                codec,
+                payload_type,
                 ..
             } => write!(
                 f,
-                "Update {{ remote: {remote:?}, direction: {direction:?}, ptime: {ptime:?} }}"
+                "Update {{ remote: {remote:?}, direction: {direction:?}, ptime: {ptime:?}, \
+                 codec: {codec:?}/{} }}",
+                payload_type.get()
             ),
         }
     }
@@ -378,11 +391,7 @@ impl Leg {
             .new_leg_codec(&Default::default())
             .map_err(|e| LegError(e.to_string()))?;
         let rate = cfg.codec.rtp_clock();
-        let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
-        if let Some(te) = cfg.telephone_event {
-            pts.insert(te);
-        }
-        let mut recv_cfg = RecvConfig::new(rate, pts);
+        let mut recv_cfg = RecvConfig::new(rate, payload_types(&cfg));
         // A phone's first packet is real audio; do not throw it away in probation.
         recv_cfg.probation = 1;
         recv_cfg.strict = cfg.sources.mode;
@@ -555,7 +564,12 @@ impl Leg {
                 remote_rtcp,
                 direction,
                 ptime,
+                codec,
+                payload_type,
+                telephone_event,
+                params,
             } => {
+                self.switch_codec(codec, payload_type, telephone_event, &params);
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
                 self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
@@ -568,6 +582,57 @@ impl Leg {
                 self.rtp_watch = RtpWatch::Since(now);
             }
         }
+    }
+
+    /// Moves the leg to the codec a re-INVITE agreed, mid-call, when the codec or a payload
+    /// type changed (else nothing restarts, so a hold or a move of the address does not
+    /// glitch). Decoded audio, the in-band detector and a recording carry on, as they work on
+    /// audio already decoded; what holds the old codec's bytes is dropped, and so are packets
+    /// of the old payload type still arriving (they race the answer).
+    fn switch_codec(
+        &mut self,
+        codec: CodecKind,
+        payload_type: PayloadType,
+        telephone_event: Option<PayloadType>,
+        params: &CodecParams,
+    ) {
+        let new_audio = codec != self.cfg.codec || payload_type != self.cfg.payload_type;
+        let new_rate = codec.rtp_clock() != self.cfg.codec.rtp_clock();
+        if !new_audio && telephone_event == self.cfg.telephone_event {
+            return;
+        }
+        let rate = codec.rtp_clock();
+        if new_audio {
+            let instance = match codec.new_leg_codec(params) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(?codec, error = %e, "the leg keeps its codec");
+                    return;
+                }
+            };
+            tracing::debug!(from = ?self.cfg.codec, to = ?codec, pt = payload_type.get(), "codec switched");
+            self.codec = instance;
+            // Packets still buffered are the old codec's.
+            self.jitter = JitterBuffer::new(jitter_config(codec, self.packet_samples));
+            self.out_len = 0;
+            self.send.set_payload_type(payload_type);
+            self.send.mark_next();
+            if new_rate {
+                let next_tick = self.last_tick.map_or(0, |t| t.wrapping_add(1));
+                self.send.set_clock_rate(rate, FRAME, next_tick);
+                self.rtcp.set_clock_rate(rate);
+            }
+            self.cfg.codec = codec;
+            self.cfg.payload_type = payload_type;
+        }
+        if new_rate || telephone_event != self.cfg.telephone_event {
+            // Events are stamped on the audio's clock (RFC 4733 §2.1), so they follow it too.
+            self.rfc4733 = telephone_event.map(|pt| EventReceiver::new(pt, rate));
+            self.event_sender = telephone_event.map(|pt| EventSender::new(pt, rate));
+            self.rfc4733_active = false;
+            self.cfg.telephone_event = telephone_event;
+        }
+        self.recv.set_payload(rate, payload_types(&self.cfg));
     }
 
     /// Every key press, whatever its method, goes through the merger so each is reported once.
@@ -1128,6 +1193,15 @@ fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
     }
 }
 
+/// The payload types the leg takes: its codec's and telephone-event's.
+fn payload_types(cfg: &LegConfig) -> PayloadTypeSet {
+    let mut pts = PayloadTypeSet::empty().with(cfg.payload_type);
+    if let Some(te) = cfg.telephone_event {
+        pts.insert(te);
+    }
+    pts
+}
+
 /// What the leg's configuration says about where the peer's media comes from.
 fn remote_media(cfg: &LegConfig) -> RemoteMedia {
     RemoteMedia {
@@ -1160,6 +1234,27 @@ fn read_keys(rx: &mut EventReceiver, now: Instant, p: &RtpPacket<'_>, keys: &mut
         if e.phase == DigitPhase::Began {
             keys.push(e.digit.as_char());
         }
+    }
+}
+
+/// An `Update` that keeps `l`'s codec: a hold, a move of the address or a new ptime.
+#[cfg(test)]
+fn update_keeping_codec(
+    l: &Leg,
+    remote: Option<SocketAddr>,
+    remote_rtcp: Option<SocketAddr>,
+    direction: Direction,
+    ptime: Duration,
+) -> LegCommand {
+    LegCommand::Update {
+        remote,
+        remote_rtcp,
+        direction,
+        ptime,
+        codec: l.cfg.codec,
+        payload_type: l.cfg.payload_type,
+        telephone_event: l.cfg.telephone_event,
+        params: CodecParams::default(),
     }
 }
 
@@ -1504,12 +1599,13 @@ mod tests {
         let mut held = leg(t0);
         held.apply(
             t0,
-            LegCommand::Update {
-                remote: Some(PEER.parse().unwrap()),
-                remote_rtcp: None,
-                direction: Direction::SendOnly,
-                ptime: FRAME,
-            },
+            update_keeping_codec(
+                &held,
+                Some(PEER.parse().unwrap()),
+                None,
+                Direction::SendOnly,
+                FRAME,
+            ),
         );
         held.tick(t0 + Duration::from_secs(600), wc, 0, &mut send);
         assert_eq!(held.poll_event(), None);
@@ -1521,12 +1617,13 @@ mod tests {
         let mut l = leg(t0);
         l.apply(
             t0,
-            LegCommand::Update {
-                remote: Some(PEER.parse().unwrap()),
-                remote_rtcp: None,
-                direction: Direction::Inactive,
-                ptime: FRAME,
-            },
+            update_keeping_codec(
+                &l,
+                Some(PEER.parse().unwrap()),
+                None,
+                Direction::Inactive,
+                FRAME,
+            ),
         );
         let out = run(&mut l, t0, &[], 5);
         assert!(out.is_empty());
@@ -1745,10 +1842,10 @@ mod ptime_tests {
     const TONE: &str = "1000/10000@-10";
 
     /// One RTP packet the leg sent: the tick it left in, its header and payload.
-    struct Sent {
-        tick: u64,
-        header: RtpHeader,
-        payload: Vec<u8>,
+    pub(super) struct Sent {
+        pub(super) tick: u64,
+        pub(super) header: RtpHeader,
+        pub(super) payload: Vec<u8>,
     }
 
     fn tone_source() -> Box<ToneGenerator> {
@@ -1784,7 +1881,7 @@ mod ptime_tests {
     }
 
     /// A send callback keeping the RTP packets sent in tick `n`.
-    fn collect(n: u64, out: &mut Vec<Sent>) -> impl FnMut(Port, SocketAddr, &[u8]) + '_ {
+    pub(super) fn collect(n: u64, out: &mut Vec<Sent>) -> impl FnMut(Port, SocketAddr, &[u8]) + '_ {
         move |port, _, bytes| {
             if port == Port::Rtp {
                 let p = RtpPacket::parse(bytes).unwrap();
@@ -1894,12 +1991,13 @@ mod ptime_tests {
         let (mut l, mut sent, t0) = played(20, 20);
         l.apply(
             t0 + FRAME * 20,
-            LegCommand::Update {
-                remote: PEER.parse().ok(),
-                remote_rtcp: None,
-                direction: Direction::SendRecv,
-                ptime: Duration::from_millis(40),
-            },
+            update_keeping_codec(
+                &l,
+                PEER.parse().ok(),
+                None,
+                Direction::SendRecv,
+                Duration::from_millis(40),
+            ),
         );
         tick_leg(&mut l, t0, 20..60, &mut sent);
         let sizes: Vec<usize> = sent.iter().map(|p| p.payload.len()).collect();
@@ -2419,12 +2517,13 @@ mod strict_tests {
         let moved = t0 + FRAME * (window + 60);
         l.apply(
             moved,
-            LegCommand::Update {
-                remote: "127.0.0.2:40010".parse().ok(),
-                remote_rtcp: "127.0.0.2:40011".parse().ok(),
-                direction: Direction::SendRecv,
-                ptime: FRAME,
-            },
+            update_keeping_codec(
+                &l,
+                "127.0.0.2:40010".parse().ok(),
+                "127.0.0.2:40011".parse().ok(),
+                Direction::SendRecv,
+                FRAME,
+            ),
         );
         assert!(
             talk(&mut l, window + 60, window + 120) > 0.9,
@@ -2442,5 +2541,324 @@ mod strict_tests {
             talk(&mut l, late + 60, late + 120) > 0.9,
             "not learned after the answer"
         );
+    }
+}
+
+#[cfg(test)]
+mod codec_switch_tests {
+    use super::ptime_tests::{collect, Sent};
+    use super::*;
+    use crate::media::level::{rms_dbfs, tone_share};
+    use crate::media::tone::{ToneGenerator, ToneSpec};
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+    /// Ticks before the re-INVITE's codec takes effect.
+    const SWITCH: u64 = 25;
+    const END: u64 = 75;
+    /// What the leg plays, and what the peer says.
+    const PLAYED_HZ: f64 = 1000.0;
+    const PEER_HZ: f64 = 2000.0;
+
+    fn tone(hz: f64, ms: u32) -> ToneGenerator {
+        let spec: ToneSpec = format!("{hz}/{ms}@-10").parse().unwrap();
+        ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()
+    }
+
+    /// The command a re-INVITE that agreed `codec` on `pt` sends, the rest unchanged.
+    fn switch_to(codec: CodecKind, pt: PayloadType) -> LegCommand {
+        LegCommand::Update {
+            remote: PEER.parse().ok(),
+            remote_rtcp: None,
+            direction: Direction::SendRecv,
+            ptime: FRAME,
+            codec,
+            payload_type: pt,
+            telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+            params: CodecParams::default(),
+        }
+    }
+
+    /// The peer's packet for tick `n`: 20 ms of `pcm` in `codec`, on `pt`, stamped on the
+    /// codec's clock from where the tick falls.
+    fn peer_packet(
+        enc: &mut dyn AudioCodec,
+        codec: CodecKind,
+        pt: PayloadType,
+        n: u64,
+        ts: u64,
+        pcm: &Frame,
+    ) -> Vec<u8> {
+        let mut payload = vec![0u8; codec.max_payload_bytes(FRAME_SAMPLES)];
+        let len = enc.encode(pcm, &mut payload).unwrap();
+        let header = RtpHeader {
+            marker: n == 0,
+            payload_type: pt,
+            seq: WireSeq::new(500u16.wrapping_add(n as u16)),
+            timestamp: RtpTimestamp::new(ts as u32),
+            ssrc: Ssrc::new(99),
+        };
+        let mut out = vec![0u8; 1500];
+        let n = RtpPacket::new(header, &payload[..len])
+            .write(&mut out)
+            .unwrap();
+        out.truncate(n);
+        out
+    }
+
+    /// Ticks `from..to`; before each, `input` may give the leg a packet from the peer.
+    /// Returns what the leg heard; what it sent is appended to `sent`.
+    fn run(
+        l: &mut Leg,
+        t0: Instant,
+        ticks: std::ops::Range<u64>,
+        mut input: impl FnMut(u64) -> Option<Vec<u8>>,
+        sent: &mut Vec<Sent>,
+    ) -> Vec<i16> {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let wc = SystemTime::now();
+        let mut heard = Vec::new();
+        for n in ticks {
+            let now = t0 + FRAME * n as u32;
+            if let Some(p) = input(n) {
+                l.handle_packet(now, wc, peer, &p);
+            }
+            l.tick(now, wc, n, &mut collect(n, sent));
+            heard.extend_from_slice(l.input());
+        }
+        heard
+    }
+
+    /// `payloads` decoded by a fresh `codec`, at the internal rate.
+    fn decode<'a>(codec: CodecKind, payloads: impl Iterator<Item = &'a Sent>) -> Vec<i16> {
+        let mut dec = codec.new_leg_codec(&CodecParams::default()).unwrap();
+        let mut out = Vec::new();
+        for s in payloads {
+            let mut frame = [0i16; MAX_PACKET_SAMPLES];
+            let n = dec.decode(&s.payload, &mut frame).unwrap();
+            out.extend_from_slice(&frame[..n]);
+        }
+        out
+    }
+
+    fn check_tone(pcm: &[i16], hz: f64, what: &str) -> f64 {
+        let share = tone_share(pcm, hz, 8000.0);
+        assert!(share > 0.95, "{what}: {hz} Hz share {share:.3}");
+        rms_dbfs(pcm)
+    }
+
+    #[test]
+    fn a_reinvite_from_pcmu_to_g722_switches_what_is_sent_and_heard() {
+        let t0 = Instant::now();
+        let mut l = test_leg(t0);
+        l.apply(
+            t0,
+            LegCommand::Play {
+                id: 1,
+                source: Box::new(tone(PLAYED_HZ, 10_000)),
+                barge_in: false,
+            },
+        );
+        let mut talk = tone(PEER_HZ, 10_000);
+        let mut pcmu = CodecKind::Pcmu.new_codec();
+        let mut g722 = CodecKind::G722
+            .new_leg_codec(&CodecParams::default())
+            .unwrap();
+        let mut sent = Vec::new();
+        let mut speak = |n: u64, enc: &mut dyn AudioCodec, codec, pt| {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            talk.fill(&mut pcm);
+            Some(peer_packet(enc, codec, pt, n, 7000 + 160 * n, &pcm))
+        };
+        let before = run(
+            &mut l,
+            t0,
+            0..SWITCH,
+            |n| speak(n, pcmu.as_mut(), CodecKind::Pcmu, PayloadType::PCMU),
+            &mut sent,
+        );
+        l.apply(
+            t0 + FRAME * SWITCH as u32,
+            switch_to(CodecKind::G722, PayloadType::G722),
+        );
+        assert_eq!(l.codec(), CodecKind::G722, "a room groups the leg by this");
+        // The peer's last two PCMU packets were on their way when it read the answer.
+        let after = run(
+            &mut l,
+            t0,
+            SWITCH..END,
+            |n| match n - SWITCH {
+                0 | 1 => speak(n, pcmu.as_mut(), CodecKind::Pcmu, PayloadType::PCMU),
+                _ => speak(n, g722.as_mut(), CodecKind::G722, PayloadType::G722),
+            },
+            &mut sent,
+        );
+
+        assert_eq!(l.report().recv.bad_payload_type, 2, "late PCMU not dropped");
+        assert_eq!(l.stats().packets_in, END - 2);
+        let heard_before = check_tone(&before[10 * FRAME_SAMPLES..], PEER_HZ, "heard in PCMU");
+        let heard_after = check_tone(&after[15 * FRAME_SAMPLES..], PEER_HZ, "heard in G.722");
+        assert!(
+            (heard_after - heard_before).abs() < 1.5,
+            "heard at {heard_before:.1} dBFS, then {heard_after:.1}"
+        );
+
+        let (old, new): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.tick < SWITCH);
+        assert_eq!((old.len(), new.len()), (25, 50), "a packet every tick");
+        assert!(old
+            .iter()
+            .all(|s| s.header.payload_type == PayloadType::PCMU));
+        assert!(new
+            .iter()
+            .all(|s| s.header.payload_type == PayloadType::G722 && s.payload.len() == 160));
+        for w in sent.windows(2) {
+            assert_eq!(w[1].header.seq.get(), w[0].header.seq.get().wrapping_add(1));
+            // G.722 keeps the 8 kHz clock: the timestamps run on.
+            let step = w[1]
+                .header
+                .timestamp
+                .get()
+                .wrapping_sub(w[0].header.timestamp.get());
+            assert_eq!(step, 160);
+        }
+        assert!(
+            new[0].header.marker,
+            "the new codec's first packet is marked"
+        );
+        let played_before = check_tone(
+            &decode(CodecKind::Pcmu, old.into_iter()),
+            PLAYED_HZ,
+            "sent in PCMU",
+        );
+        let played_after = check_tone(
+            &decode(CodecKind::G722, new.into_iter()),
+            PLAYED_HZ,
+            "sent in G.722",
+        );
+        assert!(
+            (played_after - played_before).abs() < 1.0,
+            "sent at {played_before:.1} dBFS, then {played_after:.1}"
+        );
+    }
+
+    #[test]
+    fn an_update_with_the_same_codec_restarts_nothing() {
+        let t0 = Instant::now();
+        let mut l = test_leg(t0);
+        l.apply(t0, LegCommand::Echo(true));
+        let mut talk = tone(PEER_HZ, 10_000);
+        let mut pcmu = CodecKind::Pcmu.new_codec();
+        let mut speak = |n: u64| {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            talk.fill(&mut pcm);
+            let p = PayloadType::PCMU;
+            Some(peer_packet(
+                pcmu.as_mut(),
+                CodecKind::Pcmu,
+                p,
+                n,
+                160 * n,
+                &pcm,
+            ))
+        };
+        let mut sent = Vec::new();
+        run(&mut l, t0, 0..SWITCH, &mut speak, &mut sent);
+        let update = update_keeping_codec(&l, PEER.parse().ok(), None, Direction::SendRecv, FRAME);
+        l.apply(t0 + FRAME * SWITCH as u32, update);
+        let heard = run(&mut l, t0, SWITCH..END, &mut speak, &mut sent);
+
+        // A restarted jitter buffer would refill, and conceal meanwhile.
+        assert_eq!(l.stats().frames_concealed, 0);
+        assert_eq!(l.stats().frames_decoded, END - 2);
+        check_tone(&heard, PEER_HZ, "heard");
+        assert_eq!(sent.len(), END as usize);
+        assert_eq!(sent.iter().filter(|s| s.header.marker).count(), 1);
+        for w in sent.windows(2) {
+            assert_eq!(w[1].header.seq.get(), w[0].header.seq.get().wrapping_add(1));
+            assert_eq!(w[1].header.payload_type, PayloadType::PCMU);
+        }
+    }
+
+    #[test]
+    fn a_switch_to_a_faster_clock_keeps_timestamps_and_events_on_it() {
+        let l16 = PayloadType::new(97).unwrap();
+        let t0 = Instant::now();
+        let mut l = test_leg(t0);
+        l.apply(t0, LegCommand::Echo(true));
+        let mut talk = tone(PEER_HZ, 10_000);
+        let mut pcmu = CodecKind::Pcmu.new_codec();
+        let mut wide = CodecKind::L16Wide
+            .new_leg_codec(&CodecParams::default())
+            .unwrap();
+        let mut sent = Vec::new();
+        let mut speak = |n: u64, enc: &mut dyn AudioCodec, codec: CodecKind, pt, ts| {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            talk.fill(&mut pcm);
+            Some(peer_packet(enc, codec, pt, n, ts, &pcm))
+        };
+        run(
+            &mut l,
+            t0,
+            0..SWITCH,
+            |n| {
+                speak(
+                    n,
+                    pcmu.as_mut(),
+                    CodecKind::Pcmu,
+                    PayloadType::PCMU,
+                    160 * n,
+                )
+            },
+            &mut sent,
+        );
+        l.apply(
+            t0 + FRAME * SWITCH as u32,
+            switch_to(CodecKind::L16Wide, l16),
+        );
+        l.apply(
+            t0 + FRAME * SWITCH as u32,
+            LegCommand::SendDtmf {
+                digits: "5".into(),
+                inband: false,
+            },
+        );
+        let heard = run(
+            &mut l,
+            t0,
+            SWITCH..END,
+            |n| speak(n, wide.as_mut(), CodecKind::L16Wide, l16, 320 * n),
+            &mut sent,
+        );
+        check_tone(&heard[20 * FRAME_SAMPLES..], PEER_HZ, "heard in L16/16000");
+
+        let last_pcmu = sent.iter().rfind(|s| s.tick < SWITCH).unwrap();
+        let (events, audio): (Vec<&Sent>, Vec<&Sent>) = sent
+            .iter()
+            .filter(|s| s.tick >= SWITCH)
+            .partition(|s| s.header.payload_type == PayloadType::DEFAULT_TELEPHONE_EVENT);
+        assert!(audio.iter().all(|s| s.header.payload_type == l16));
+        // The tick after the last PCMU packet keeps its place on the clock; then 320 a tick.
+        let resumed = last_pcmu.header.timestamp.get().wrapping_add(160);
+        for s in &audio {
+            let ts = s.header.timestamp.get().wrapping_sub(resumed);
+            assert_eq!(u64::from(ts), 320 * (s.tick - SWITCH), "tick {}", s.tick);
+        }
+        check_tone(
+            &decode(CodecKind::L16Wide, audio.iter().copied().skip(25)),
+            PEER_HZ,
+            "echoed in L16/16000",
+        );
+        // The event counts its duration on the new clock: 100 ms is 1600 ticks.
+        let end = events.last().unwrap();
+        assert_eq!(end.payload[1] & 0x80, 0x80, "an end report");
+        assert_eq!(u16::from_be_bytes([end.payload[2], end.payload[3]]), 1600);
+        let rate = CodecKind::L16Wide.rtp_clock();
+        let mut rx = EventReceiver::new(PayloadType::DEFAULT_TELEPHONE_EVENT, rate);
+        let mut keys = String::new();
+        for s in &events {
+            let p = RtpPacket::new(s.header, &s.payload);
+            read_keys(&mut rx, t0, &p, &mut keys);
+        }
+        assert_eq!(keys, "5");
     }
 }

@@ -267,6 +267,11 @@ impl RtcpSession {
         self.media_epoch = tick_zero;
     }
 
+    /// Changes the RTP clock our reports count in (a re-INVITE to a codec with another clock).
+    pub fn set_clock_rate(&mut self, clock_rate: ClockRate) {
+        self.clock_rate = clock_rate;
+    }
+
     /// Counts and the peer's latest view of our stream.
     pub fn stats(&self) -> RtcpStats {
         self.stats

@@ -416,6 +416,22 @@ impl RecvSession {
         self.learn_until = Some(now + self.config.learn_window);
     }
 
+    /// Follows a change of codec (a re-INVITE or UPDATE): from now on only `payload_types`
+    /// are taken, and timestamps count at `clock_rate`. The jitter estimate is kept, in the
+    /// new clock's units; its transit baseline starts again, as the old clock's would not
+    /// compare.
+    pub fn set_payload(&mut self, clock_rate: ClockRate, payload_types: PayloadTypeSet) {
+        self.config.payload_types = payload_types;
+        let old = self.config.clock_rate;
+        if clock_rate == old {
+            return;
+        }
+        self.src.jitter16 = self.src.jitter16 * i64::from(clock_rate.hz()) / i64::from(old.hz());
+        self.src.transit = None;
+        self.config.clock_rate = clock_rate;
+        self.frame_ticks = clock_rate.ticks_in(self.config.frame).max(1);
+    }
+
     /// Whether a new source may be learned at `now`.
     fn learning(&self, now: Instant) -> bool {
         self.may_learn && self.learn_until.is_some_and(|end| now < end)
@@ -842,6 +858,23 @@ impl SendSession {
     /// Changes the payload type of later packets (e.g. after a re-INVITE).
     pub fn set_payload_type(&mut self, payload_type: PayloadType) {
         self.payload_type = payload_type;
+    }
+
+    /// Changes the RTP clock of later packets (a re-INVITE to a codec with another clock):
+    /// media tick `at_tick` keeps the timestamp it had, later ticks step at the new rate, and
+    /// the next packet is marked.
+    pub fn set_clock_rate(&mut self, clock_rate: ClockRate, frame: Duration, at_tick: u64) {
+        let samples_per_frame = clock_rate.ticks_in(frame);
+        if samples_per_frame == self.samples_per_frame {
+            return;
+        }
+        let at = self.timestamp_at(at_tick);
+        self.samples_per_frame = samples_per_frame;
+        let moved = at.get().wrapping_sub(self.timestamp_at(at_tick).get());
+        self.ts_base = self.ts_base.wrapping_add(u64::from(moved));
+        // Positions counted at the old rate no longer compare with new ones.
+        self.last_end = None;
+        self.mark_next = true;
     }
 
     /// Sets the marker bit on the next packet, as at the start of a talkspurt.

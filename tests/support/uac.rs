@@ -41,6 +41,8 @@ pub struct Uac {
     pub statuses: Vec<(String, u16)>,
     /// The body of the 2xx to our INVITE.
     pub answer: Option<Vec<u8>>,
+    /// The body of the 2xx to our latest INVITE or re-INVITE.
+    pub latest_answer: Option<Vec<u8>>,
     /// Requests the server sent us (method names).
     pub requests_in: Vec<String>,
     pub acks_sent: usize,
@@ -81,6 +83,7 @@ impl Uac {
             outbox: VecDeque::new(),
             statuses: Vec::new(),
             answer: None,
+            latest_answer: None,
             requests_in: Vec::new(),
             acks_sent: 0,
             invite_headers: String::new(),
@@ -235,6 +238,7 @@ Contact: <sip:tester@{local}>\r\n",
                             if self.answer.is_none() {
                                 self.answer = Some(r.resp.body.clone());
                             }
+                            self.latest_answer = Some(r.resp.body.clone());
                             if self.state != UacState::Terminated {
                                 self.state = UacState::Confirmed;
                             }
