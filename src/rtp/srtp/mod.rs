@@ -573,6 +573,7 @@ impl SrtpSession {
     }
 
     /// Protects the RTP packet in `buf[..len]` in place; returns the new length (len + tag).
+    /// A sequence number already protected (or older than the window) is `Replayed`.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let packet = buf.get(..len).ok_or(SrtpError::BufferTooSmall)?;
         let header = rtp_header_len(packet)?;
@@ -585,6 +586,11 @@ impl SrtpSession {
         let dir = &mut self.ours;
         let mut stream = dir.streams.get(ssrc);
         let index = estimate_index(stream.rtp.map(|w| w.top), seq);
+        // One index protected twice would reuse a GCM nonce or an AES-CM keystream; like
+        // libsrtp, refuse it.
+        if let Some(w) = &stream.rtp {
+            w.check(index)?;
+        }
         let roc = (index >> 16) as u32;
         match &dir.rtp {
             Cipher::Cm {

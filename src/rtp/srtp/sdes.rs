@@ -107,17 +107,6 @@ impl Mki {
                 *b == expected
             })
     }
-
-    /// Writes the MKI into `out`, which must be [`Self::byte_len`] long.
-    pub fn write(self, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().rev().enumerate() {
-            *b = if i < 8 {
-                (self.value >> (8 * i)) as u8
-            } else {
-                0
-            };
-        }
-    }
 }
 
 /// An SDES session parameter (RFC 4568 §6.3).

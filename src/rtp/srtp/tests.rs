@@ -825,3 +825,22 @@ proptest! {
         prop_assert!(bob.unprotect_rtcp(&mut buf).is_err());
     }
 }
+
+#[test]
+fn protecting_one_sequence_number_twice_is_refused() {
+    for suite in Suite::ALL {
+        let (mut alice, mut bob) = pair(suite);
+        let first = protect(&mut alice, &rtp(500, 2, 160));
+        let mut again = rtp(500, 2, 160);
+        again.resize(again.len() + 64, 0);
+        assert_eq!(
+            alice.protect_rtp(&mut again, 172),
+            Err(SrtpError::Replayed),
+            "{suite}"
+        );
+        // The refusal changed nothing: the next packet and the first still go through.
+        let next = protect(&mut alice, &rtp(501, 2, 160));
+        assert_eq!(unprotect(&mut bob, &next).unwrap(), rtp(501, 2, 160));
+        assert_eq!(unprotect(&mut bob, &first).unwrap(), rtp(500, 2, 160));
+    }
+}
