@@ -2,28 +2,16 @@
 //! for each suite. Also checks, with a counting allocator, that neither allocates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use switchboard::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-}
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc::Counting = alloc::Counting;
 
 const PAYLOAD: usize = 160;
 const LEN: usize = 12 + PAYLOAD;
@@ -52,14 +40,14 @@ fn bench(c: &mut Criterion) {
         let (mut alice, mut bob) = pair(suite);
         let mut seq = 0u16;
 
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = alloc::allocations();
         for _ in 0..100 {
             let mut p = packet(seq);
             seq = seq.wrapping_add(1);
             let n = alice.protect_rtp(&mut p, LEN).unwrap();
             assert_eq!(bob.unprotect_rtp(&mut p[..n]).unwrap(), LEN);
         }
-        assert_eq!(ALLOCS.load(Ordering::Relaxed), before, "{suite} allocated");
+        assert_eq!(alloc::allocations(), before, "{suite} allocated");
 
         // Each packet needs a fresh sequence number: both ends refuse a repeated one.
         g.bench_function(format!("protect/{suite}"), |b| {

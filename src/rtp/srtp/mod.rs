@@ -156,11 +156,16 @@ pub struct MasterKey {
     salt: [u8; CM_SALT_LEN],
 }
 
+/// Debug output of a type holding keys: its suite, never the keys.
+fn debug_suite_only(f: &mut fmt::Formatter<'_>, name: &str, suite: Suite) -> fmt::Result {
+    f.debug_struct(name)
+        .field("suite", &suite)
+        .finish_non_exhaustive()
+}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("suite", &self.suite)
-            .finish_non_exhaustive()
+        debug_suite_only(f, "MasterKey", self.suite)
     }
 }
 
@@ -393,6 +398,14 @@ impl Window {
         Ok(())
     }
 
+    /// Accepts `index` into the window in `slot`, starting one there if none.
+    fn record(slot: &mut Option<Window>, index: u64) {
+        match slot {
+            Some(w) => w.accept(index),
+            None => *slot = Some(Window::starting_at(index)),
+        }
+    }
+
     fn accept(&mut self, index: u64) {
         if index > self.top {
             let shift = index - self.top;
@@ -541,9 +554,7 @@ pub struct SrtpSession {
 
 impl fmt::Debug for SrtpSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SrtpSession")
-            .field("suite", &self.suite)
-            .finish_non_exhaustive()
+        debug_suite_only(f, "SrtpSession", self.suite)
     }
 }
 
@@ -615,10 +626,7 @@ impl SrtpSession {
                 buf[len..out_len].copy_from_slice(tag.as_ref());
             }
         }
-        match &mut stream.rtp {
-            Some(w) => w.accept(index),
-            None => stream.rtp = Some(Window::starting_at(index)),
-        }
+        Window::record(&mut stream.rtp, index);
         dir.streams.store(stream);
         Ok(out_len)
     }
@@ -722,10 +730,7 @@ impl SrtpSession {
                 end - GCM_TAG_LEN
             }
         };
-        match &mut stream.rtp {
-            Some(w) => w.accept(index),
-            None => stream.rtp = Some(Window::starting_at(index)),
-        }
+        Window::record(&mut stream.rtp, index);
         dir.streams.store(stream);
         Ok(plain_len)
     }
@@ -809,10 +814,7 @@ impl SrtpSession {
                 tag_at
             }
         };
-        match &mut stream.rtcp {
-            Some(w) => w.accept(u64::from(index)),
-            None => stream.rtcp = Some(Window::starting_at(u64::from(index))),
-        }
+        Window::record(&mut stream.rtcp, u64::from(index));
         dir.streams.store(stream);
         Ok(plain_len)
     }

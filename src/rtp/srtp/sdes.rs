@@ -189,7 +189,8 @@ pub struct CryptoAttr {
     pub tag: u32,
     /// The suite, key and salt.
     pub key: MasterKey,
-    /// Packets the key may protect; `None`: the suite's default.
+    /// Packets the key may protect; `None`: the suite's default. Kept, not enforced: no
+    /// re-keying is started when a short lifetime runs out.
     pub lifetime: Option<u64>,
     /// The MKI the sender's packets carry.
     pub mki: Option<Mki>,

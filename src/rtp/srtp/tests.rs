@@ -844,3 +844,37 @@ fn protecting_one_sequence_number_twice_is_refused() {
         assert_eq!(unprotect(&mut bob, &first).unwrap(), rtp(500, 2, 160));
     }
 }
+
+prop_compose! {
+    fn any_attr()(
+        tag in 0u32..1_000_000_000,
+        suite_i in 0usize..3,
+        bytes in proptest::array::uniform30(any::<u8>()),
+        lifetime in proptest::option::of(any::<u64>()),
+        mki in proptest::option::of((any::<u64>(), 1usize..=128)),
+        wsh in proptest::option::of(64u32..1_000_000),
+        flags in proptest::collection::vec(0usize..4, 0..3),
+    ) -> CryptoAttr {
+        let suite = Suite::ALL[suite_i];
+        let n = suite.master_key_len() + suite.master_salt_len();
+        let mut attr = CryptoAttr::new(tag, MasterKey::from_bytes(suite, &bytes[..n]).unwrap());
+        attr.lifetime = lifetime;
+        attr.mki = mki.and_then(|(v, l)| Mki::new(v, l).or(Mki::new(v & 0xff, l)));
+        attr.params.extend(wsh.map(SessionParam::Wsh));
+        attr.params.extend(flags.into_iter().map(|f| match f {
+            0 => SessionParam::UnencryptedSrtp,
+            1 => SessionParam::UnencryptedSrtcp,
+            2 => SessionParam::Kdr(0),
+            _ => SessionParam::Other("FEC_ORDER=SRTP_FEC".into()),
+        }));
+        attr
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_attribute_prints_and_parses_back(attr in any_attr()) {
+        let printed = attr.to_string();
+        prop_assert_eq!(CryptoAttr::parse(&printed).unwrap(), attr, "{}", printed);
+    }
+}
