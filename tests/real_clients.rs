@@ -730,3 +730,213 @@ fn baresip_best_effort_srtp_is_taken_by_the_default_policy() {
     let log = b.server.log_text();
     assert_eq!(log.matches("media is SRTP").count(), 1, "{log}");
 }
+
+/// The level (dBFS) of `pcm` at `rate` Hz and the share of `hz` in it, as medians over
+/// 200 ms blocks (like [`measure`], at any rate).
+fn measure_at(pcm: &[i16], rate: u32, hz: u32) -> (f64, f64) {
+    let block = rate as usize / 5;
+    let median = |mut v: Vec<f64>| {
+        assert!(!v.is_empty(), "less than 200 ms to measure");
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let blocks: Vec<&[i16]> = pcm.chunks_exact(block).collect();
+    (
+        median(
+            blocks
+                .iter()
+                .map(|b| switchboard::media::level::rms_dbfs(b))
+                .collect(),
+        ),
+        median(
+            blocks
+                .iter()
+                .map(|b| switchboard::media::level::tone_share(b, f64::from(hz), f64::from(rate)))
+                .collect(),
+        ),
+    )
+}
+
+/// The level and `hz` share of the stretch `tail` measures (1.6 s ending 200 ms before the
+/// end), at `rate` Hz.
+fn tail_at(pcm: &[i16], rate: u32, hz: u32) -> (f64, f64) {
+    let from = pcm.len().saturating_sub(rate as usize * 18 / 10);
+    let to = pcm.len().saturating_sub(rate as usize / 5);
+    measure_at(&pcm[from..to], rate, hz)
+}
+
+/// A WAV served by the API, at whatever rate it was written; and that rate.
+fn wav_at_rate(bytes: &[u8]) -> (Vec<i16>, u32) {
+    let mut wav = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    let spec = wav.spec();
+    assert_eq!(spec.channels, 1, "a mono recording");
+    let pcm = wav.samples::<i16>().map(|s| s.unwrap()).collect();
+    (pcm, spec.sample_rate)
+}
+
+/// What a wideband baresip test does: each part is one call.
+#[derive(PartialEq)]
+enum Part {
+    /// The echo returns its tone at the level sent.
+    Echo,
+    /// Keys walk the IVR and arrive as RFC 4733 events.
+    Keys,
+    /// A message is recorded, holding its tone at the level sent.
+    Message,
+}
+
+/// baresip offering `audio_codecs` alone against a server allowing `server_codecs` does
+/// `parts`; every call negotiated `codec` (the server's log) and the phone encoded every
+/// call in it (the phone's log). Levels are compared with what the phone itself encoded:
+/// baresip resamples its 8 kHz tone file to the codec's rate on its own, and not at unity
+/// gain.
+fn baresip_wideband(
+    label: &str,
+    server_codecs: &str,
+    audio_codecs: &'static str,
+    codec: &str,
+    parts: &[Part],
+) {
+    const HZ: u32 = 1250;
+    let config = format!(
+        "[media]\ncodecs = {server_codecs}\n\n{}",
+        quiet_rooms().config.unwrap_or_default()
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new(label, &["baresip"], options) else {
+        return;
+    };
+    let options = Options {
+        audio_codecs: Some(audio_codecs),
+        ..Options::tone(HZ)
+    };
+    let mut phone = Baresip::start(b.dir(), "wide", b.sip(), options);
+    // The tone's level as the phone encoded it, after its own resampling.
+    let mut sent_dbfs = None;
+    let mut sent_level = |phone: &Baresip| {
+        *sent_dbfs.get_or_insert_with(|| {
+            let (sent, rate) = phone.sent_at_rate();
+            let (dbfs, share) = tail_at(&sent, rate, HZ);
+            assert!(share > 0.9, "the phone sent its tone: {share:.3}");
+            eprintln!("{codec}: the phone sent at {rate} Hz, {dbfs:.1} dBFS");
+            dbfs
+        })
+    };
+
+    if parts.contains(&Part::Echo) {
+        phone.call("echo");
+        let call = b.answered("echo");
+        std::thread::sleep(LISTEN);
+        phone.hangup();
+        b.ended(&call);
+        let sent = sent_level(&phone);
+        let (pcm, rate) = phone.heard_at_rate();
+        let (dbfs, share) = tail_at(&pcm, rate, HZ);
+        eprintln!("{codec}: the echo at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        assert!(
+            share > 0.8 && (dbfs - sent).abs() < 3.0,
+            "the echo: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+        );
+    }
+
+    if parts.contains(&Part::Keys) {
+        // 1 (conference), room 42, #.
+        phone.call("ivr");
+        let call = b.answered("ivr");
+        for key in ['1', '4', '2', '#'] {
+            phone.key(key);
+            let ev = b.dtmf(&call, key);
+            assert_eq!(ev["method"], "rfc4733", "{ev}");
+        }
+        b.joined("42", &call);
+        phone.hangup();
+        b.ended(&call);
+    }
+
+    if parts.contains(&Part::Message) {
+        let (call, id) = b.leave_message(&mut phone);
+        std::thread::sleep(LISTEN);
+        phone.hangup();
+        b.events
+            .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+        b.ended(&call);
+        let sent = sent_level(&phone);
+        let (audio, rate) = wav_at_rate(&http_bytes(
+            b.server.http,
+            &format!("/api/recordings/{id}/audio"),
+        ));
+        let (dbfs, share) = tail_at(&audio, rate, HZ);
+        eprintln!("{codec}: the recording at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        assert!(
+            share > 0.8 && (dbfs - sent).abs() < 3.0,
+            "the recording: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+        );
+    }
+
+    let log = b.server.log_text();
+    let negotiated: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("media negotiated"))
+        .collect();
+    assert_eq!(negotiated.len(), parts.len(), "one call a part\n{log}");
+    assert!(
+        negotiated
+            .iter()
+            .all(|l| l.contains(&format!("codec={codec}"))),
+        "every call in {codec}: {negotiated:#?}"
+    );
+    let phone_log = std::fs::read_to_string(b.dir().join("wide").join("baresip.log"))
+        .unwrap()
+        .to_ascii_lowercase();
+    let encoder = format!(
+        "set audio encoder: {} ",
+        audio_codecs.split('/').next().unwrap_or_default()
+    );
+    assert_eq!(
+        phone_log.matches(&encoder).count(),
+        parts.len(),
+        "the phone encoded every call in {audio_codecs}\n{phone_log}"
+    );
+}
+
+#[test]
+fn baresip_in_g722_hears_its_echo_walks_the_ivr_and_is_recorded() {
+    baresip_wideband(
+        "rc-bs-g722",
+        "[\"PCMU\", \"G722\"]",
+        "g722/16000/1",
+        "G722",
+        &[Part::Echo, Part::Keys, Part::Message],
+    );
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn baresip_in_opus_hears_its_echo_and_is_recorded() {
+    baresip_wideband(
+        "rc-bs-opus",
+        "[\"PCMU\", \"opus\"]",
+        "opus/48000/2",
+        "Opus",
+        &[Part::Echo, Part::Message],
+    );
+}
+
+/// baresip's Opus offer carries `telephone-event/8000` alone (`m=audio P RTP/AVP 96 101`,
+/// `a=rtpmap:101 telephone-event/8000`); the answer keeps a telephone-event only at the
+/// chosen codec's clock (48000 for Opus), so the phone's RFC 4733 keys are not taken.
+#[cfg(feature = "opus")]
+#[test]
+#[ignore = "an Opus answer drops an offered telephone-event/8000: RFC 4733 keys are lost"]
+fn baresip_in_opus_walks_the_ivr_with_rfc4733_keys() {
+    baresip_wideband(
+        "rc-bs-opus-keys",
+        "[\"PCMU\", \"opus\"]",
+        "opus/48000/2",
+        "Opus",
+        &[Part::Keys],
+    );
+}

@@ -34,6 +34,9 @@ pub struct Options {
     pub tls_ca: Option<PathBuf>,
     /// Its account's `mediaenc` (`srtp`: best effort, `srtp-mand`: RTP/SAVP).
     pub mediaenc: Option<&'static str>,
+    /// Its account's `audio_codecs` (e.g. `g722/16000/1`, `opus/48000/2`), instead of
+    /// `pcmu,pcma`; the codec modules named are loaded.
+    pub audio_codecs: Option<&'static str>,
 }
 
 impl Options {
@@ -46,6 +49,7 @@ impl Options {
             auth_pass: None,
             tls_ca: None,
             mediaenc: None,
+            audio_codecs: None,
         }
     }
 }
@@ -86,7 +90,7 @@ impl Baresip {
              ausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\nauplay_channels 1\n\
              rtp_ports {rtp}-{rtp_end}\n\
              module_path /usr/lib/baresip/modules\n\
-             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+             module g711.so\n{wide}module aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
              {srtp}module account.so\n\
              module_app menu.so\nmodule_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl}\n\
@@ -94,6 +98,11 @@ impl Baresip {
             tone = tone.display(),
             rtp_end = rtp + 1,
             dir = dir.display(),
+            wide = ["g722", "opus"]
+                .iter()
+                .filter(|m| options.audio_codecs.is_some_and(|c| c.contains(*m)))
+                .map(|m| format!("module {m}.so\n"))
+                .collect::<String>(),
             // Before the accounts, which name it.
             srtp = if options.mediaenc.is_some() {
                 "module srtp.so\n"
@@ -120,8 +129,9 @@ impl Baresip {
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}{auth}{mediaenc}\n",
-                server.port()
+                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs={codecs}{ptime}{auth}{mediaenc}\n",
+                server.port(),
+                codecs = options.audio_codecs.unwrap_or("pcmu,pcma"),
             ),
         )
         .unwrap();
@@ -259,16 +269,32 @@ impl Baresip {
 
     /// Everything this phone heard in its last call (`sndfile`'s decoder dump).
     pub fn heard(&self) -> Vec<i16> {
+        crate::phones::read_wav(&self.last_dump("dec"))
+    }
+
+    /// The last call's `sndfile` dump of `side` (`dec`: heard, `enc`: sent).
+    fn last_dump(&self, side: &str) -> PathBuf {
+        let suffix = format!("-{side}.wav");
         let mut dumps: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .filter(|p| p.to_string_lossy().ends_with(&suffix))
             .collect();
         dumps.sort();
-        let last = dumps
-            .last()
-            .unwrap_or_else(|| panic!("baresip wrote no dump\n{}", self.client.log_text()));
-        crate::phones::read_wav(last)
+        dumps
+            .pop()
+            .unwrap_or_else(|| panic!("baresip wrote no dump\n{}", self.client.log_text()))
+    }
+
+    /// What this phone heard in its last call, at the rate its decoder ran (16 kHz for
+    /// G.722, 48 kHz for Opus), channels averaged; and that rate.
+    pub fn heard_at_rate(&self) -> (Vec<i16>, u32) {
+        dump_at_rate(&self.last_dump("dec"))
+    }
+
+    /// What this phone sent in its last call, at the rate its encoder ran; and that rate.
+    pub fn sent_at_rate(&self) -> (Vec<i16>, u32) {
+        dump_at_rate(&self.last_dump("enc"))
     }
 
     /// The server's RTP port of the current call, as baresip logs it on the first packet
@@ -304,6 +330,29 @@ impl Phone for Baresip {
     fn heard(&self) -> Vec<i16> {
         Baresip::heard(self)
     }
+}
+
+/// A `sndfile` dump at whatever rate it was written, channels averaged; and its rate.
+fn dump_at_rate(path: &Path) -> (Vec<i16>, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    let channels = usize::from(u16::from_le_bytes(bytes[22..24].try_into().unwrap()));
+    // The data chunk is found by hand: a dump still open has its size at zero.
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .unwrap_or_else(|| panic!("{}: no data chunk", path.display()));
+    let pcm = bytes[data + 8..]
+        .chunks_exact(2 * channels)
+        .map(|frame| {
+            let sum: i32 = frame
+                .chunks_exact(2)
+                .map(|b| i32::from(i16::from_le_bytes([b[0], b[1]])))
+                .sum();
+            (sum / channels as i32) as i16
+        })
+        .collect();
+    (pcm, rate)
 }
 
 /// Reads baresip's netstrings (`LEN:JSON,`) into `tx` until the connection closes.
