@@ -50,6 +50,13 @@ const L16_WIDE: Offer = Offer {
     rtpmap: "L16/16000",
 };
 
+#[cfg(feature = "opus")]
+const OPUS: Offer = Offer {
+    kind: CodecKind::Opus,
+    pt: 111,
+    rtpmap: "opus/48000/2",
+};
+
 /// An SDP offer of `o` alone on `port`.
 fn sdp(o: &Offer, port: u16) -> Vec<u8> {
     format!(
@@ -71,7 +78,8 @@ fn answered_pt(answer: &[u8]) -> u8 {
 /// One member: its call, its media socket and where the server wants its RTP.
 struct Member {
     offer: &'static Offer,
-    freq: u32,
+    /// The tone it talks with; None for a member that only listens (and sends silence).
+    freq: Option<u32>,
     wire: Wire,
     uac: support::uac::Uac,
     socket: UdpSocket,
@@ -84,14 +92,17 @@ struct Heard {
     rate: u32,
 }
 
-/// Sends `freq` at −16 dBFS for `ms` in `codec` as 20 ms packets paced in real time, and
-/// decodes every packet of `pt` that arrives meanwhile (and 300 ms after), in arrival order.
+/// Sends the member's tone at −16 dBFS (or silence) for `ms` in its codec as 20 ms packets
+/// paced in real time, and decodes every packet of its payload type that arrives meanwhile
+/// (and 300 ms after), in arrival order.
 async fn talk(m: &Member, ms: u64) -> Heard {
     let kind = m.offer.kind;
     let rate = kind.sample_rate();
     let frame = kind.frame_samples(20).unwrap();
-    let spec = format!("{}/{ms}@-16", m.freq).parse().unwrap();
-    let mut tone = ToneGenerator::new(&spec, rate).unwrap();
+    let mut tone = m.freq.map(|f| {
+        let spec = format!("{f}/{ms}@-16").parse().unwrap();
+        ToneGenerator::new(&spec, rate).unwrap()
+    });
     let mut enc: Box<dyn AudioCodec> = kind.new_codec();
     let mut dec: Box<dyn AudioCodec> = kind.new_codec();
     let mut pcm = vec![0i16; frame];
@@ -102,6 +113,7 @@ async fn talk(m: &Member, ms: u64) -> Heard {
     let mut heard = Vec::new();
     let step = (frame as u64 * u64::from(kind.rtp_clock().hz()) / u64::from(rate.hz())) as u32;
     let (mut seq, mut ts) = (fastrand::u16(..), fastrand::u32(..));
+    let ssrc = Ssrc::new(fastrand::u32(..));
     let packets = ms / 20;
     let mut sent = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -109,14 +121,16 @@ async fn talk(m: &Member, ms: u64) -> Heard {
     loop {
         tokio::select! {
             _ = tick.tick(), if sent < packets => {
-                switchboard::media::frame::AudioSource::fill(&mut tone, &mut pcm);
+                if let Some(tone) = tone.as_mut() {
+                    switchboard::media::frame::AudioSource::fill(tone, &mut pcm);
+                }
                 let n = enc.encode(&pcm, &mut payload).unwrap();
                 let header = RtpHeader {
                     marker: sent == 0,
                     payload_type: PayloadType::new(m.offer.pt).unwrap(),
                     seq: WireSeq::new(seq),
                     timestamp: RtpTimestamp::new(ts),
-                    ssrc: Ssrc::new(0x5eed + m.freq),
+                    ssrc,
                 };
                 let len = RtpPacket::new(header, &payload[..n]).write(&mut out).unwrap();
                 m.socket.send_to(&out[..len], m.media).await.unwrap();
@@ -188,8 +202,9 @@ impl Drop for TempDir {
 }
 
 /// Puts one caller per `(offer, tone)` into room `room` of a server allowing `codecs`, has
-/// them all talk at once, and checks what each heard and what the room recorded.
-async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, u32)]) {
+/// them all talk at once (those without a tone listen, sending silence), and checks what
+/// each heard and what the room recorded.
+async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Option<u32>)]) {
     let dir = TempDir(std::env::temp_dir().join(format!("sb-wide-{}", fastrand::u64(..))));
     std::fs::create_dir_all(&dir.0).unwrap();
     let rec = dir.0.clone();
@@ -251,8 +266,12 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, u32
     }
 
     let heard = futures_util::future::join_all(callers.iter().map(|m| talk(m, TALK_MS))).await;
+    let tones: Vec<u32> = members.iter().filter_map(|&(_, f)| f).collect();
     for (m, h) in callers.iter().zip(&heard) {
-        let what = format!("{:?} member ({} Hz)", m.offer.kind, m.freq);
+        let what = match m.freq {
+            Some(f) => format!("{:?} member ({f} Hz)", m.offer.kind),
+            None => format!("{:?} listener", m.offer.kind),
+        };
         let measured = MEASURED_MS as usize * h.rate as usize / 1000;
         assert!(
             h.pcm.len() > measured + h.rate as usize / 5,
@@ -262,16 +281,14 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, u32
         // Past the other members' last packets: the 300 ms after talking ends.
         let end = h.pcm.len().saturating_sub(h.rate as usize * 3 / 10);
         let tail = &h.pcm[end.saturating_sub(measured)..end];
-        let shares: Vec<(u32, f64)> = members
-            .iter()
-            .map(|&(_, f)| (f, share(tail, h.rate, f)))
-            .collect();
+        let shares: Vec<(u32, f64)> = tones.iter().map(|&f| (f, share(tail, h.rate, f))).collect();
+        let others = tones.len() - usize::from(m.freq.is_some());
         eprintln!("{what}: {:.1} dBFS, {shares:?}", rms_dbfs(tail));
         for &(f, s) in &shares {
-            if f == m.freq {
+            if Some(f) == m.freq {
                 assert!(s < 0.05, "{what} hears itself: {shares:?}");
             } else {
-                let floor = 0.5 / (members.len() - 1) as f64;
+                let floor = 0.5 / others as f64;
                 assert!(s > floor, "{what} does not hear {f} Hz: {shares:?}");
             }
         }
@@ -294,10 +311,10 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, u32
         .chunks(rate as usize)
         .max_by(|a, b| rms_dbfs(a).total_cmp(&rms_dbfs(b)))
         .unwrap();
-    for &(offer, f) in members {
+    for (offer, f) in members.iter().filter_map(|&(o, f)| Some((o, f?))) {
         let s = share(loudest, rate, f);
         assert!(
-            s > 0.5 / members.len() as f64,
+            s > 0.5 / tones.len() as f64,
             "the recording lacks the {:?} member's {f} Hz: {s:.3}",
             offer.kind
         );
@@ -310,7 +327,11 @@ async fn pcmu_g722_and_l16_members_hear_each_other_not_themselves_and_are_record
     mixed_room(
         "narrow-wide",
         &["PCMU", "G722", "L16"],
-        &[(&PCMU, 500), (&G722, 900), (&L16_WIDE, 1400)],
+        &[
+            (&PCMU, Some(500)),
+            (&G722, Some(900)),
+            (&L16_WIDE, Some(1400)),
+        ],
     )
     .await;
 }
@@ -318,15 +339,47 @@ async fn pcmu_g722_and_l16_members_hear_each_other_not_themselves_and_are_record
 #[cfg(feature = "opus")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcmu_g722_and_opus_members_hear_each_other_not_themselves_and_are_recorded() {
-    const OPUS: Offer = Offer {
-        kind: CodecKind::Opus,
-        pt: 111,
-        rtpmap: "opus/48000/2",
-    };
     mixed_room(
         "three-codecs",
         &["PCMU", "G722", "opus"],
-        &[(&PCMU, 500), (&G722, 900), (&OPUS, 1400)],
+        &[(&PCMU, Some(500)), (&G722, Some(900)), (&OPUS, Some(1400))],
     )
     .await;
+}
+
+/// Three talkers (PCMU, G.722, L16/16000) and a member of `listener`'s codec that only
+/// listens: it is sent the room's shared frame, and must hear every talker.
+async fn listener_hears_every_talker(room: &str, codecs: &[&str], listener: &'static Offer) {
+    mixed_room(
+        room,
+        codecs,
+        &[
+            (&PCMU, Some(500)),
+            (&G722, Some(900)),
+            (&L16_WIDE, Some(1400)),
+            (listener, None),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pcmu_listener_hears_every_talker() {
+    listener_hears_every_talker("pcmu-ear", &["PCMU", "G722", "L16"], &PCMU).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_g722_listener_hears_every_talker() {
+    listener_hears_every_talker("g722-ear", &["PCMU", "G722", "L16"], &G722).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l16_wideband_listener_hears_every_talker() {
+    listener_hears_every_talker("l16-ear", &["PCMU", "G722", "L16"], &L16_WIDE).await;
+}
+
+#[cfg(feature = "opus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opus_listener_hears_every_talker() {
+    listener_hears_every_talker("opus-ear", &["PCMU", "G722", "L16", "opus"], &OPUS).await;
 }
