@@ -1,0 +1,521 @@
+//! What wideband codecs cost on a media worker, sans-IO (packets in from memory, datagrams out
+//! to a no-op sink): one G.722 leg's 20 ms tick beside a PCMU leg's; with the `opus` feature,
+//! a worker's tick over one bridged call transcoding Opus to PCMU and back, and a room of
+//! 100 Opus members with 3 talkers, every member's receive half (jitter buffer, Opus decode,
+//! DTMF detection) and the room's mix and send halves counted.
+//!
+//! Prints each median as a share of one core (a tick is due every 20 ms) and asserts the
+//! steady state allocates nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use switchboard::media::codec::CodecKind;
+use switchboard::media::frame::FRAME;
+use switchboard::media::leg::{Leg, LegCommand, LegConfig};
+use switchboard::media::resample::StreamResampler;
+use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
+
+#[path = "support/alloc.rs"]
+mod alloc;
+#[path = "support/leg.rs"]
+mod leg;
+
+use leg::{pcmu_leg, PEER};
+
+#[global_allocator]
+static A: alloc::Counting = alloc::Counting;
+
+/// The recorded speech the benchmarks send, at `rate`.
+fn speech(rate: ClockRate) -> Vec<i16> {
+    let pcm: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    if rate == ClockRate::HZ_8000 {
+        return pcm;
+    }
+    let mut r = StreamResampler::new(ClockRate::HZ_8000, rate, 20).unwrap();
+    let mut out = vec![0i16; r.output_len()];
+    let mut up = Vec::new();
+    for frame in pcm.chunks_exact(r.input_len()) {
+        r.process(frame, &mut out).unwrap();
+        up.extend_from_slice(&out);
+    }
+    up
+}
+
+/// Faint line noise at `rate` (about −66 dBov): what a listening member's phone sends.
+fn line_noise(rate: ClockRate, seconds: usize, seed: u32) -> Vec<i16> {
+    let mut x = seed | 1;
+    (0..rate.hz() as usize * seconds)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x % 33) as i16 - 16
+        })
+        .collect()
+}
+
+/// One phone's RTP stream: `pcm` encoded in 20 ms payloads, replayed in a loop with
+/// sequence numbers and timestamps running on.
+struct Stream {
+    payloads: Vec<Vec<u8>>,
+    pt: PayloadType,
+    step: u32,
+    ssrc: Ssrc,
+}
+
+impl Stream {
+    fn new(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32) -> Stream {
+        let mut enc = kind.new_codec();
+        let frame = kind.frame_samples(20).unwrap();
+        let payloads = pcm
+            .chunks_exact(frame)
+            .map(|f| {
+                let mut p = vec![0u8; enc.max_encoded_len(frame).max(1500)];
+                let n = enc.encode(f, &mut p).unwrap();
+                p.truncate(n);
+                p
+            })
+            .collect();
+        Stream {
+            payloads,
+            pt: PayloadType::new(pt).unwrap(),
+            step: (frame as u64 * u64::from(kind.rtp_clock().hz())
+                / u64::from(kind.sample_rate().hz())) as u32,
+            ssrc: Ssrc::new(ssrc),
+        }
+    }
+
+    /// Packet `n` of the stream into `buf`; its length.
+    fn packet(&self, n: u64, buf: &mut [u8]) -> usize {
+        let header = RtpHeader {
+            marker: n == 0,
+            payload_type: self.pt,
+            seq: WireSeq::new(n as u16),
+            timestamp: RtpTimestamp::new((n as u32).wrapping_mul(self.step)),
+            ssrc: self.ssrc,
+        };
+        let payload = &self.payloads[n as usize % self.payloads.len()];
+        RtpPacket::new(header, payload).write(buf).unwrap()
+    }
+}
+
+/// A leg of `kind` on payload type `pt`, sending to [`PEER`].
+fn wide_leg(kind: CodecKind, pt: u8, ssrc: u32, now: Instant) -> Leg {
+    let cfg = LegConfig {
+        codec: kind,
+        payload_type: PayloadType::new(pt).unwrap(),
+        ..LegConfig::pcmu(PEER, Ssrc::new(ssrc))
+    };
+    Leg::new(cfg, now).unwrap()
+}
+
+/// A tick's cost as a share of one core: a tick is due every 20 ms.
+fn core_percent(d: Duration) -> f64 {
+    100.0 * d.as_secs_f64() / FRAME.as_secs_f64()
+}
+
+/// The median of `count` single runs of `f`, which is given a run number counting on from `n`.
+fn median_of(count: usize, n: &mut u64, mut f: impl FnMut(u64)) -> Duration {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        f(*n);
+        times.push(start.elapsed());
+        *n += 1;
+    }
+    times.sort();
+    times[count / 2]
+}
+
+/// One echoing leg's whole tick: its packet in (jitter buffer, decode, DTMF detection), the
+/// echo encoded and sent, RTCP checked.
+fn leg_tick(leg: &mut Leg, stream: &Stream, t0: Instant, n: u64, buf: &mut [u8], sent: &mut usize) {
+    let len = stream.packet(n, buf);
+    let now = t0 + FRAME * n as u32;
+    let wallclock = SystemTime::UNIX_EPOCH + FRAME * n as u32;
+    leg.handle_packet(now, wallclock, PEER, &buf[..len]);
+    leg.tick(now, wallclock, n, &mut |_, _, b| *sent += b.len());
+    while leg.poll_event().is_some() {}
+}
+
+fn single_legs(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wideband leg tick");
+    for (kind, pt) in [(CodecKind::Pcmu, 0u8), (CodecKind::G722, 9)] {
+        let t0 = Instant::now();
+        let mut leg = match kind {
+            CodecKind::Pcmu => pcmu_leg(1, t0),
+            _ => wide_leg(kind, pt, 1, t0),
+        };
+        leg.apply(t0, LegCommand::Echo(true));
+        let stream = Stream::new(kind, pt, &speech(kind.sample_rate()), 2);
+        let mut buf = [0u8; 1500];
+        let mut sent = 0usize;
+        let mut n = 0u64;
+        for _ in 0..100 {
+            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
+            n += 1;
+        }
+        g.bench_function(format!("{kind:?} echo leg"), |b| {
+            b.iter(|| {
+                leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
+                n += 1;
+            })
+        });
+        let median = median_of(2000, &mut n, |n| {
+            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent)
+        });
+        println!(
+            "{kind:?} leg: median tick {median:?}, {:.4}% of a core",
+            core_percent(median)
+        );
+        let before = alloc::allocations();
+        for _ in 0..500 {
+            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
+            n += 1;
+        }
+        assert_eq!(
+            alloc::allocations() - before,
+            0,
+            "the {kind:?} leg allocated"
+        );
+        assert!(sent > 0);
+    }
+    g.finish();
+}
+
+#[cfg(feature = "opus")]
+mod opus {
+    //! The Opus benchmarks: a bridged Opus–PCMU call through a worker, and an Opus room.
+
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink};
+    use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
+    use switchboard::engine::{Datagram, MediaIo, Worker};
+    use switchboard::events::EventBus;
+    use switchboard::live::RoomInfo;
+    use switchboard::media::frame::Frame;
+    use switchboard::media::leg::{LegEvent, Port};
+
+    const OPUS_PT: u8 = 111;
+
+    /// A worker's io: each leg's packet of the tick in once, sent bytes counted.
+    struct BridgeIo {
+        streams: [Stream; 2],
+        n: u64,
+        unread: [bool; 2],
+        sent: usize,
+        now: (Instant, SystemTime),
+    }
+
+    impl MediaIo for BridgeIo {
+        type Endpoint = usize;
+
+        fn recv(&mut self, leg: &usize, port: Port, buf: &mut [u8]) -> Option<Datagram> {
+            if port != Port::Rtp || !std::mem::take(&mut self.unread[*leg]) {
+                return None;
+            }
+            let len = self.streams[*leg].packet(self.n, buf);
+            Some(Datagram {
+                len,
+                from: PEER,
+                stamp: None,
+            })
+        }
+
+        fn send(&mut self, _leg: &usize, _port: Port, _to: SocketAddr, bytes: &[u8]) {
+            self.sent += bytes.len();
+        }
+
+        fn now(&mut self) -> (Instant, SystemTime) {
+            self.now
+        }
+    }
+
+    fn bridge_tick(w: &mut Worker<usize>, io: &mut BridgeIo, t0: Instant, n: u64) {
+        io.n = n;
+        io.unread = [true; 2];
+        let now = t0 + FRAME * n as u32;
+        io.now.0 = now;
+        w.tick(n, now, io.now.1, io);
+    }
+
+    /// One call bridged on a worker, an Opus phone on one side and a PCMU phone on the other,
+    /// both talking: each tick decodes an Opus and a PCMU packet, encodes one of each.
+    pub fn bridged_call(c: &mut Criterion) {
+        let t0 = Instant::now();
+        let mut w = Worker::new();
+        let mut events: Vec<tokio::sync::mpsc::UnboundedReceiver<LegEvent>> = Vec::new();
+        for (i, (kind, pt)) in [(CodecKind::Opus, OPUS_PT), (CodecKind::Pcmu, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            w.add_leg(i as u64, wide_leg(kind, pt, i as u32 + 1, t0), i, tx);
+            events.push(rx);
+        }
+        w.bridge(0, 1).unwrap();
+        let speech48 = speech(ClockRate::HZ_48000);
+        let speech8 = speech(ClockRate::HZ_8000);
+        // The two phones say different things: the PCMU one from 3 s in.
+        let mut io = BridgeIo {
+            streams: [
+                Stream::new(CodecKind::Opus, OPUS_PT, &speech48, 10),
+                Stream::new(CodecKind::Pcmu, 0, &speech8[3 * 8000..], 11),
+            ],
+            n: 0,
+            unread: [false; 2],
+            sent: 0,
+            now: (t0, SystemTime::now()),
+        };
+        let mut n = 0u64;
+        for _ in 0..100 {
+            bridge_tick(&mut w, &mut io, t0, n);
+            n += 1;
+        }
+        let mut g = c.benchmark_group("wideband bridged call");
+        g.bench_function("Opus to PCMU, worker tick", |b| {
+            b.iter(|| {
+                bridge_tick(&mut w, &mut io, t0, n);
+                n += 1;
+            })
+        });
+        g.finish();
+        let median = median_of(2000, &mut n, |n| bridge_tick(&mut w, &mut io, t0, n));
+        println!(
+            "bridged Opus-PCMU call: median tick {median:?}, {:.4}% of a core per call",
+            core_percent(median)
+        );
+        let before = alloc::allocations();
+        for _ in 0..500 {
+            bridge_tick(&mut w, &mut io, t0, n);
+            n += 1;
+        }
+        assert_eq!(
+            alloc::allocations() - before,
+            0,
+            "the bridged call allocated"
+        );
+        assert!(io.sent > 0);
+        black_box(events);
+    }
+
+    const MEMBERS: usize = 100;
+    const TALKERS: usize = 3;
+
+    /// The room's legs as its worker reaches them, without sockets; each hears what it
+    /// decoded this tick.
+    struct OpusLegs {
+        legs: Vec<Leg>,
+        streams: Vec<Stream>,
+        tick: u64,
+        now: Instant,
+        buf: [u8; 1500],
+        bytes: usize,
+    }
+
+    impl MemberLegs for OpusLegs {
+        fn find(&self, leg: u64) -> Option<usize> {
+            (leg < self.legs.len() as u64).then_some(leg as usize)
+        }
+        fn bind(&mut self, _: usize, _: Option<(u64, MemberId)>) {}
+        fn input(&self, tag: usize) -> Option<&Frame> {
+            let leg = self.legs.get(tag)?;
+            (leg.hearing() && !leg.dtmf_sounding()).then(|| leg.input())
+        }
+        fn codec(&self, tag: usize) -> Option<CodecKind> {
+            self.legs.get(tag).map(Leg::codec)
+        }
+        fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
+            let (now, tick) = (self.now, self.tick);
+            let wallclock = SystemTime::UNIX_EPOCH + FRAME * tick as u32;
+            let bytes = &mut self.bytes;
+            let Some(leg) = self.legs.get_mut(tag) else {
+                return;
+            };
+            let mut sink = |_, _, b: &[u8]| *bytes += b.len();
+            match encoded {
+                Some(p) => leg.send_encoded(now, wallclock, tick, pcm, p, &mut sink),
+                None => leg.send(now, wallclock, tick, Some(pcm), &mut sink),
+            }
+        }
+    }
+
+    impl OpusLegs {
+        /// Every member's receive half: its packet of tick `n` in, the frame decoded.
+        fn receive(&mut self, n: u64) {
+            let wallclock = SystemTime::UNIX_EPOCH + FRAME * n as u32;
+            for (leg, stream) in self.legs.iter_mut().zip(&self.streams) {
+                let len = stream.packet(n, &mut self.buf);
+                leg.handle_packet(self.now, wallclock, PEER, &self.buf[..len]);
+                leg.receive(self.now);
+                while leg.poll_event().is_some() {}
+            }
+        }
+    }
+
+    fn room(t0: Instant) -> (RoomHost, OpusLegs) {
+        let speech = speech(ClockRate::HZ_48000);
+        let streams: Vec<Stream> = (0..MEMBERS)
+            .map(|k| {
+                if k < TALKERS {
+                    let at = (1 + 4 * k) * 48000;
+                    Stream::new(CodecKind::Opus, OPUS_PT, &speech[at..], k as u32)
+                } else {
+                    let noise = line_noise(ClockRate::HZ_48000, 1, k as u32);
+                    Stream::new(CodecKind::Opus, OPUS_PT, &noise, k as u32)
+                }
+            })
+            .collect();
+        let legs: Vec<Leg> = (0..MEMBERS)
+            .map(|i| wide_leg(CodecKind::Opus, OPUS_PT, 1000 + i as u32, t0))
+            .collect();
+        let mut b = OpusLegs {
+            legs,
+            streams,
+            tick: 0,
+            now: t0,
+            buf: [0; 1500],
+            bytes: 0,
+        };
+        let link = RoomLink {
+            id: 1,
+            name: Arc::from("opus"),
+            bus: EventBus::new(16),
+            info: Arc::new(Mutex::new(RoomInfo {
+                name: "opus".into(),
+                members: Vec::new(),
+                locked: false,
+                recording: None,
+                created_at: String::new(),
+            })),
+            pending: Arc::new(AtomicUsize::new(MEMBERS)),
+        };
+        let settings = RoomSettings {
+            max_members: MEMBERS,
+            ..RoomSettings::default()
+        };
+        let room = Room::new(settings, RoomSounds::default()).unwrap();
+        let mut host = RoomHost::new(link, room, None, Box::new(|| {}));
+        let mut replies = Vec::new();
+        for i in 0..MEMBERS {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let (left, left_rx) = tokio::sync::oneshot::channel();
+            host.command(
+                t0,
+                RoomCommand::Join {
+                    leg: i as u64,
+                    moderator: false,
+                    muted: false,
+                    call_id: format!("call-{i}"),
+                    from: format!("<sip:{i}@127.0.0.1>"),
+                    reply,
+                    left,
+                },
+                &mut b,
+            );
+            replies.push((rx, left_rx));
+        }
+        assert_eq!(host.len(), MEMBERS);
+        // The receivers stay alive so that no member is taken for a joiner that gave up.
+        std::mem::forget(replies);
+        (host, b)
+    }
+
+    /// The room's part of a tick: the mix, the shared and the talkers' own encodes, every
+    /// member's send half.
+    fn mix_and_send(host: &mut RoomHost, legs: &mut OpusLegs) {
+        host.tick(legs.now, legs);
+        host.flush(legs.now, legs);
+    }
+
+    fn room_tick(host: &mut RoomHost, legs: &mut OpusLegs, t0: Instant, n: u64) {
+        legs.tick = n;
+        legs.now = t0 + FRAME * n as u32;
+        legs.receive(n);
+        mix_and_send(host, legs);
+    }
+
+    /// A room of 100 Opus members, 3 of them talking, every member sending a packet a tick.
+    pub fn opus_room(c: &mut Criterion) {
+        let t0 = Instant::now();
+        let (mut host, mut legs) = room(t0);
+        let mut n = 0u64;
+        for _ in 0..100 {
+            room_tick(&mut host, &mut legs, t0, n);
+            n += 1;
+        }
+        let talking = host
+            .room()
+            .members()
+            .filter(|m| host.room().is_talking(m.id))
+            .count();
+        assert_eq!(talking, TALKERS, "the talkers, and only they, are talking");
+
+        let mut g = c.benchmark_group("wideband room tick");
+        g.bench_function("100 Opus members, 3 talkers", |b| {
+            b.iter(|| {
+                room_tick(&mut host, &mut legs, t0, n);
+                n += 1;
+            })
+        });
+        g.finish();
+
+        let whole = median_of(2000, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
+        // The room's part alone: the receive halves run outside the timed stretch.
+        let mut times = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            legs.tick = n;
+            legs.now = t0 + FRAME * n as u32;
+            legs.receive(n);
+            let start = Instant::now();
+            mix_and_send(&mut host, &mut legs);
+            times.push(start.elapsed());
+            n += 1;
+        }
+        times.sort();
+        let mix = times[times.len() / 2];
+        let per = |d: Duration| d / MEMBERS as u32;
+        println!(
+            "Opus room, {MEMBERS} members: median whole tick {whole:?} ({:?} per member, \
+             {:.4}% of a core per member; target 0.2%: {}); mix and send halves alone \
+             {mix:?} ({:?} per member, {:.4}% of a core)",
+            per(whole),
+            core_percent(per(whole)),
+            if core_percent(per(whole)) <= 0.2 {
+                "met"
+            } else {
+                "not met"
+            },
+            per(mix),
+            core_percent(per(mix)),
+        );
+        let before = alloc::allocations();
+        for _ in 0..500 {
+            room_tick(&mut host, &mut legs, t0, n);
+            n += 1;
+        }
+        assert_eq!(
+            alloc::allocations() - before,
+            0,
+            "the Opus room tick allocated"
+        );
+        assert!(legs.bytes > 0);
+    }
+}
+
+#[cfg(feature = "opus")]
+criterion_group!(benches, single_legs, opus::bridged_call, opus::opus_room);
+#[cfg(not(feature = "opus"))]
+criterion_group!(benches, single_legs);
+criterion_main!(benches);
