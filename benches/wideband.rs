@@ -8,7 +8,6 @@
 //! steady state allocates nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -46,19 +45,6 @@ fn speech(rate: ClockRate) -> Vec<i16> {
         up.extend_from_slice(&out);
     }
     up
-}
-
-/// Faint line noise at `rate` (about −66 dBov): what a listening member's phone sends.
-fn line_noise(rate: ClockRate, seconds: usize, seed: u32) -> Vec<i16> {
-    let mut x = seed | 1;
-    (0..rate.hz() as usize * seconds)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x % 33) as i16 - 16
-        })
-        .collect()
 }
 
 /// One phone's RTP stream: `pcm` encoded in 20 ms payloads, replayed in a loop with
@@ -198,6 +184,8 @@ mod opus {
     use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
 
+    use std::hint::black_box;
+
     use super::*;
     use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink};
     use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
@@ -208,6 +196,19 @@ mod opus {
     use switchboard::media::leg::{LegEvent, Port};
 
     const OPUS_PT: u8 = 111;
+
+    /// Faint line noise at `rate` (about −66 dBov): what a listening member's phone sends.
+    fn line_noise(rate: ClockRate, seconds: usize, seed: u32) -> Vec<i16> {
+        let mut x = seed | 1;
+        (0..rate.hz() as usize * seconds)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 33) as i16 - 16
+            })
+            .collect()
+    }
 
     /// A worker's io: each leg's packet of the tick in once, sent bytes counted.
     struct BridgeIo {
