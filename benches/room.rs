@@ -8,15 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink};
-use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
-use switchboard::events::EventBus;
-use switchboard::live::RoomInfo;
+use switchboard::conference::host::{MemberLegs, RoomHost};
+use switchboard::conference::MemberId;
 use switchboard::media::codec::CodecKind;
 use switchboard::media::frame::{Frame, FRAME, FRAME_SAMPLES};
 use switchboard::media::leg::Leg;
@@ -25,6 +21,8 @@ use switchboard::media::leg::Leg;
 mod alloc;
 #[path = "support/leg.rs"]
 mod leg;
+#[path = "support/room.rs"]
+mod room;
 
 use leg::pcmu_leg;
 
@@ -111,49 +109,9 @@ fn setup(t0: Instant) -> (RoomHost, BenchLegs, isize, isize) {
         now: t0,
         bytes: 0,
     };
-    let settings = RoomSettings {
-        max_members: MEMBERS,
-        ..RoomSettings::default()
-    };
-    let link = RoomLink {
-        id: 1,
-        name: Arc::from("bench"),
-        bus: EventBus::new(16),
-        info: Arc::new(Mutex::new(RoomInfo {
-            name: "bench".into(),
-            members: Vec::new(),
-            locked: false,
-            recording: None,
-            created_at: String::new(),
-        })),
-        pending: Arc::new(AtomicUsize::new(MEMBERS)),
-    };
     let held = alloc::held();
-    let room = Room::new(settings, RoomSounds::default()).unwrap();
-    let mut host = RoomHost::new(link, room, None, Box::new(|| {}));
-    let mut replies = Vec::new();
-    for i in 0..MEMBERS {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let (left, left_rx) = tokio::sync::oneshot::channel();
-        host.command(
-            t0,
-            RoomCommand::Join {
-                leg: i as u64,
-                moderator: false,
-                muted: false,
-                call_id: format!("call-{i}"),
-                from: format!("<sip:{i}@127.0.0.1>"),
-                reply,
-                left,
-            },
-            &mut b,
-        );
-        replies.push((rx, left_rx));
-    }
+    let host = room::joined_room("bench", MEMBERS, t0, &mut b);
     let room_bytes = alloc::held() - held;
-    assert_eq!(host.len(), MEMBERS);
-    // The receivers stay alive so that no member is taken for a joiner that gave up.
-    std::mem::forget(replies);
     (host, b, leg_bytes, room_bytes)
 }
 

@@ -22,6 +22,9 @@ use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSe
 mod alloc;
 #[path = "support/leg.rs"]
 mod leg;
+#[cfg(feature = "opus")]
+#[path = "support/room.rs"]
+mod room;
 
 use leg::{pcmu_leg, PEER};
 
@@ -107,6 +110,21 @@ fn core_percent(d: Duration) -> f64 {
     100.0 * d.as_secs_f64() / FRAME.as_secs_f64()
 }
 
+/// Runs `f` `count` times, giving it run numbers counting on from `n`.
+fn runs(count: usize, n: &mut u64, mut f: impl FnMut(u64)) {
+    for _ in 0..count {
+        f(*n);
+        *n += 1;
+    }
+}
+
+/// The allocations made in `count` runs of `f` (numbered as [`runs`] does).
+fn allocations_in(count: usize, n: &mut u64, f: impl FnMut(u64)) -> usize {
+    let before = alloc::allocations();
+    runs(count, n, f);
+    alloc::allocations() - before
+}
+
 /// The median of `count` single runs of `f`, which is given a run number counting on from `n`.
 fn median_of(count: usize, n: &mut u64, mut f: impl FnMut(u64)) -> Duration {
     let mut times = Vec::with_capacity(count);
@@ -144,10 +162,9 @@ fn single_legs(c: &mut Criterion) {
         let mut buf = [0u8; 1500];
         let mut sent = 0usize;
         let mut n = 0u64;
-        for _ in 0..100 {
-            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
-            n += 1;
-        }
+        runs(100, &mut n, |n| {
+            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent)
+        });
         g.bench_function(format!("{kind:?} echo leg"), |b| {
             b.iter(|| {
                 leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
@@ -161,16 +178,10 @@ fn single_legs(c: &mut Criterion) {
             "{kind:?} leg: median tick {median:?}, {:.4}% of a core",
             core_percent(median)
         );
-        let before = alloc::allocations();
-        for _ in 0..500 {
-            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent);
-            n += 1;
-        }
-        assert_eq!(
-            alloc::allocations() - before,
-            0,
-            "the {kind:?} leg allocated"
-        );
+        let allocs = allocations_in(500, &mut n, |n| {
+            leg_tick(&mut leg, &stream, t0, n, &mut buf, &mut sent)
+        });
+        assert_eq!(allocs, 0, "the {kind:?} leg allocated");
         assert!(sent > 0);
     }
     g.finish();
@@ -180,18 +191,13 @@ fn single_legs(c: &mut Criterion) {
 mod opus {
     //! The Opus benchmarks: a bridged Opus–PCMU call through a worker, and an Opus room.
 
-    use std::net::SocketAddr;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::{Arc, Mutex};
-
     use std::hint::black_box;
+    use std::net::SocketAddr;
 
     use super::*;
-    use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink};
-    use switchboard::conference::{MemberId, Room, RoomSettings, RoomSounds};
+    use switchboard::conference::host::{MemberLegs, RoomHost};
+    use switchboard::conference::MemberId;
     use switchboard::engine::{Datagram, MediaIo, Worker};
-    use switchboard::events::EventBus;
-    use switchboard::live::RoomInfo;
     use switchboard::media::frame::Frame;
     use switchboard::media::leg::{LegEvent, Port};
 
@@ -280,10 +286,7 @@ mod opus {
             now: (t0, SystemTime::now()),
         };
         let mut n = 0u64;
-        for _ in 0..100 {
-            bridge_tick(&mut w, &mut io, t0, n);
-            n += 1;
-        }
+        runs(100, &mut n, |n| bridge_tick(&mut w, &mut io, t0, n));
         let mut g = c.benchmark_group("wideband bridged call");
         g.bench_function("Opus to PCMU, worker tick", |b| {
             b.iter(|| {
@@ -297,16 +300,8 @@ mod opus {
             "bridged Opus-PCMU call: median tick {median:?}, {:.4}% of a core per call",
             core_percent(median)
         );
-        let before = alloc::allocations();
-        for _ in 0..500 {
-            bridge_tick(&mut w, &mut io, t0, n);
-            n += 1;
-        }
-        assert_eq!(
-            alloc::allocations() - before,
-            0,
-            "the bridged call allocated"
-        );
+        let allocs = allocations_in(500, &mut n, |n| bridge_tick(&mut w, &mut io, t0, n));
+        assert_eq!(allocs, 0, "the bridged call allocated");
         assert!(io.sent > 0);
         black_box(events);
     }
@@ -389,47 +384,7 @@ mod opus {
             buf: [0; 1500],
             bytes: 0,
         };
-        let link = RoomLink {
-            id: 1,
-            name: Arc::from("opus"),
-            bus: EventBus::new(16),
-            info: Arc::new(Mutex::new(RoomInfo {
-                name: "opus".into(),
-                members: Vec::new(),
-                locked: false,
-                recording: None,
-                created_at: String::new(),
-            })),
-            pending: Arc::new(AtomicUsize::new(MEMBERS)),
-        };
-        let settings = RoomSettings {
-            max_members: MEMBERS,
-            ..RoomSettings::default()
-        };
-        let room = Room::new(settings, RoomSounds::default()).unwrap();
-        let mut host = RoomHost::new(link, room, None, Box::new(|| {}));
-        let mut replies = Vec::new();
-        for i in 0..MEMBERS {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            let (left, left_rx) = tokio::sync::oneshot::channel();
-            host.command(
-                t0,
-                RoomCommand::Join {
-                    leg: i as u64,
-                    moderator: false,
-                    muted: false,
-                    call_id: format!("call-{i}"),
-                    from: format!("<sip:{i}@127.0.0.1>"),
-                    reply,
-                    left,
-                },
-                &mut b,
-            );
-            replies.push((rx, left_rx));
-        }
-        assert_eq!(host.len(), MEMBERS);
-        // The receivers stay alive so that no member is taken for a joiner that gave up.
-        std::mem::forget(replies);
+        let host = super::room::joined_room("opus", MEMBERS, t0, &mut b);
         (host, b)
     }
 
@@ -452,10 +407,7 @@ mod opus {
         let t0 = Instant::now();
         let (mut host, mut legs) = room(t0);
         let mut n = 0u64;
-        for _ in 0..100 {
-            room_tick(&mut host, &mut legs, t0, n);
-            n += 1;
-        }
+        runs(100, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
         let talking = host
             .room()
             .members()
@@ -501,16 +453,8 @@ mod opus {
             per(mix),
             core_percent(per(mix)),
         );
-        let before = alloc::allocations();
-        for _ in 0..500 {
-            room_tick(&mut host, &mut legs, t0, n);
-            n += 1;
-        }
-        assert_eq!(
-            alloc::allocations() - before,
-            0,
-            "the Opus room tick allocated"
-        );
+        let allocs = allocations_in(500, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
+        assert_eq!(allocs, 0, "the Opus room tick allocated");
         assert!(legs.bytes > 0);
     }
 }

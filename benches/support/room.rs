@@ -1,0 +1,57 @@
+//! A conference room for the benchmarks, its members joined on a worker's legs without
+//! sockets or a registry.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink};
+use switchboard::conference::{Room, RoomSettings, RoomSounds};
+use switchboard::events::EventBus;
+use switchboard::live::RoomInfo;
+
+/// Room `name` with legs `0..members` of `legs` joined as plain members, default settings.
+pub fn joined_room(name: &str, members: usize, t0: Instant, legs: &mut dyn MemberLegs) -> RoomHost {
+    let settings = RoomSettings {
+        max_members: members,
+        ..RoomSettings::default()
+    };
+    let link = RoomLink {
+        id: 1,
+        name: Arc::from(name),
+        bus: EventBus::new(16),
+        info: Arc::new(Mutex::new(RoomInfo {
+            name: name.into(),
+            members: Vec::new(),
+            locked: false,
+            recording: None,
+            created_at: String::new(),
+        })),
+        pending: Arc::new(AtomicUsize::new(members)),
+    };
+    let room = Room::new(settings, RoomSounds::default()).unwrap();
+    let mut host = RoomHost::new(link, room, None, Box::new(|| {}));
+    let mut replies = Vec::new();
+    for i in 0..members {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let (left, left_rx) = tokio::sync::oneshot::channel();
+        host.command(
+            t0,
+            RoomCommand::Join {
+                leg: i as u64,
+                moderator: false,
+                muted: false,
+                call_id: format!("call-{i}"),
+                from: format!("<sip:{i}@127.0.0.1>"),
+                reply,
+                left,
+            },
+            legs,
+        );
+        replies.push((rx, left_rx));
+    }
+    assert_eq!(host.len(), members);
+    // The receivers stay alive so that no member is taken for a joiner that gave up.
+    std::mem::forget(replies);
+    host
+}
