@@ -61,16 +61,8 @@ impl MemberLegs for BenchLegs {
         self.legs.get(tag).map(Leg::codec)
     }
     fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
-        let (now, tick) = (self.now, self.tick);
-        let wallclock = std::time::SystemTime::UNIX_EPOCH;
-        let bytes = &mut self.bytes;
-        let Some(leg) = self.legs.get_mut(tag) else {
-            return;
-        };
-        let mut sink = |_, _, b: &[u8]| *bytes += b.len();
-        match encoded {
-            Some(p) => leg.send_encoded(now, wallclock, tick, pcm, p, &mut sink),
-            None => leg.send(now, wallclock, tick, Some(pcm), &mut sink),
+        if let Some(leg) = self.legs.get_mut(tag) {
+            room::send_half(leg, self.now, self.tick, pcm, encoded, &mut self.bytes);
         }
     }
 }

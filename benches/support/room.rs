@@ -9,6 +9,8 @@ use switchboard::conference::host::{MemberLegs, RoomCommand, RoomHost, RoomLink}
 use switchboard::conference::{Room, RoomSettings, RoomSounds};
 use switchboard::events::EventBus;
 use switchboard::live::RoomInfo;
+use switchboard::media::frame::Frame;
+use switchboard::media::leg::Leg;
 
 /// Room `name` with legs `0..members` of `legs` joined as plain members, default settings.
 pub fn joined_room(name: &str, members: usize, t0: Instant, legs: &mut dyn MemberLegs) -> RoomHost {
@@ -54,4 +56,23 @@ pub fn joined_room(name: &str, members: usize, t0: Instant, legs: &mut dyn Membe
     // The receivers stay alive so that no member is taken for a joiner that gave up.
     std::mem::forget(replies);
     host
+}
+
+/// A member leg's send half for tick `tick`, as a worker runs it for [`MemberLegs::send`]:
+/// the room's payload when it gives one, else the leg encodes `pcm`; the bytes sent are
+/// added to `bytes`.
+pub fn send_half(
+    leg: &mut Leg,
+    now: Instant,
+    tick: u64,
+    pcm: &Frame,
+    encoded: Option<&[u8]>,
+    bytes: &mut usize,
+) {
+    let wallclock = std::time::SystemTime::UNIX_EPOCH;
+    let mut sink = |_, _, b: &[u8]| *bytes += b.len();
+    match encoded {
+        Some(p) => leg.send_encoded(now, wallclock, tick, pcm, p, &mut sink),
+        None => leg.send(now, wallclock, tick, Some(pcm), &mut sink),
+    }
 }
