@@ -310,6 +310,8 @@ pub struct LegStats {
     pub srtp_auth_failures: u64,
     /// SRTP and SRTCP packets replayed or older than the replay window (also in `dropped`).
     pub srtp_replays: u64,
+    /// SRTP and SRTCP packets too short, or with an MKI not the peer's (also in `dropped`).
+    pub srtp_malformed: u64,
 }
 
 /// The largest datagram an SRTP leg takes or makes, tag and MKI included.
@@ -588,13 +590,19 @@ impl Leg {
         };
         match secure.open(rtcp, bytes) {
             Ok(n) => then(self, &secure.buf[..n]),
-            Err(e) => self.srtp_dropped(rtcp, &e),
+            Err(e) => self.srtp_dropped(rtcp, &e, bytes),
         }
         self.secure = Some(secure);
     }
 
-    fn srtp_dropped(&mut self, rtcp: bool, e: &SrtpError) {
+    fn srtp_dropped(&mut self, rtcp: bool, e: &SrtpError, bytes: &[u8]) {
         use crate::metrics::{SrtpDrop, Stranger};
+        let s = &self.stats;
+        if s.srtp_auth_failures + s.srtp_replays + s.srtp_malformed == 0 {
+            // The first one a leg drops says why; a flood of them is only counted.
+            let head = &bytes[..bytes.len().min(12)];
+            tracing::info!(error = %e, rtcp, len = bytes.len(), ?head, "SRTP packet dropped");
+        }
         self.stats.dropped += 1;
         let why = match e {
             SrtpError::AuthFailed => {
@@ -605,7 +613,10 @@ impl Leg {
                 self.stats.srtp_replays += 1;
                 SrtpDrop::Replay
             }
-            _ => SrtpDrop::Malformed,
+            _ => {
+                self.stats.srtp_malformed += 1;
+                SrtpDrop::Malformed
+            }
         };
         if let Some(m) = &self.cfg.sources.metrics {
             m.srtp_dropped(why, if rtcp { Stranger::Rtcp } else { Stranger::Rtp });
