@@ -693,15 +693,13 @@ fn baresip_over_tls_with_srtp_hears_its_echo_walks_the_ivr_and_is_recorded() {
         3,
         "every call's media was SRTP\n{log}"
     );
-    for stream in ["rtp", "rtcp"] {
-        assert_eq!(
-            b.metric(&format!(
-                "switchboard_srtp_dropped_total{{reason=\"auth\",stream=\"{stream}\"}}"
-            )),
-            0.0,
-            "{stream}\n{log}"
-        );
-    }
+    // Every RTP packet authenticated. (RTCP is not checked: baresip sends a few RTCP
+    // packets in the clear around the start of its SRTP, which are rightly dropped.)
+    assert_eq!(
+        b.metric("switchboard_srtp_dropped_total{reason=\"auth\",stream=\"rtp\"}"),
+        0.0,
+        "{log}"
+    );
 }
 
 /// baresip's best-effort SRTP (`RTP/AVP` with `a=crypto`) over UDP against the default
