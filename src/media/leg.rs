@@ -1238,8 +1238,19 @@ fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
 
 /// A jitter buffer for packets of `samples` samples at the internal rate.
 fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
+    let frame = INTERNAL_RATE.duration_of(samples as u64);
+    let default = JitterConfig::default();
+    // A lost frame can be rebuilt from the FEC in the packet after it only if that packet is
+    // already buffered when the lost one is due: one frame more depth than the least.
+    let min_depth = if codec.inband_fec() {
+        default.min_depth.max(frame * 2)
+    } else {
+        default.min_depth
+    };
     JitterConfig {
-        frame: INTERNAL_RATE.duration_of(samples as u64),
+        frame,
+        min_depth,
+        initial_depth: default.initial_depth.max(min_depth),
         slot_bytes: codec
             .max_payload_bytes(MAX_PACKET_SAMPLES)
             .max(MAX_PACKET_SAMPLES * 2),
@@ -2959,11 +2970,27 @@ mod concealment_tests {
         tail: usize,
         t0: Instant,
     ) -> Vec<i16> {
+        hear_arriving(l, payloads, step, lost, tail, t0, Duration::ZERO)
+    }
+
+    /// [`hear`] with each packet arriving `after` its tick (zero: just before it).
+    fn hear_arriving(
+        l: &mut Leg,
+        payloads: &[Vec<u8>],
+        step: u32,
+        lost: &[usize],
+        tail: usize,
+        t0: Instant,
+        after: Duration,
+    ) -> Vec<i16> {
         let pt = l.cfg.payload_type;
         let mut heard = Vec::new();
         let mut wire = [0u8; 1500];
         for k in 0..payloads.len() + tail {
             let now = t0 + FRAME * k as u32;
+            if !after.is_zero() {
+                l.receive(now);
+            }
             if let Some(p) = payloads.get(k).filter(|_| !lost.contains(&k)) {
                 let header = RtpHeader {
                     marker: k == 0,
@@ -2973,14 +3000,12 @@ mod concealment_tests {
                     ssrc: Ssrc::new(99),
                 };
                 let n = RtpPacket::new(header, p).write(&mut wire).unwrap();
-                l.handle_packet(
-                    now,
-                    SystemTime::UNIX_EPOCH,
-                    PEER.parse().unwrap(),
-                    &wire[..n],
-                );
+                let from = PEER.parse().unwrap();
+                l.handle_packet(now + after, SystemTime::UNIX_EPOCH, from, &wire[..n]);
             }
-            l.receive(now);
+            if after.is_zero() {
+                l.receive(now);
+            }
             if l.stats().frames_decoded > 0 {
                 heard.extend_from_slice(l.input());
             }
@@ -3084,18 +3109,32 @@ mod concealment_tests {
         use super::*;
         use crate::media::codec::opus::Opus;
         use crate::media::codec::OpusParams;
+        use crate::media::level::rms_dbfs;
 
-        /// Where the loss is: well after the encoder has settled and the leg is playing.
-        const K: usize = 30;
-        const PACKETS: usize = 60;
+        /// Packets in one burst of tone and the pause after it (see [`tone_packets`]).
+        const BURST: usize = 15;
+        const PAUSE: usize = 3;
+        /// Where the loss is: inside the third burst, the leg long playing.
+        const K: usize = 2 * BURST + 4;
+        const PACKETS: usize = 4 * BURST;
 
-        /// A peer's 20 ms Opus packets of a 1 kHz tone, with in-band FEC.
-        fn tone_packets() -> Vec<Vec<u8>> {
+        /// A peer's 20 ms Opus packets, with in-band FEC, of a 1 kHz tone at −12 dBFS:
+        /// steady, or in bursts of 240 ms with 60 ms pauses. libopus codes FEC only for frames
+        /// its voice activity detector finds active, and it takes a steady tone for noise
+        /// within a second, while pauses keep it active as speech does.
+        fn tone_packets(packets: usize, bursts: bool) -> Vec<Vec<u8>> {
             let mut enc = Opus::new(&OpusParams {
                 use_inband_fec: true,
                 ..OpusParams::default()
             });
-            let pcm = sine(1000.0, 8000.0, 48000, 0.02 * PACKETS as f64);
+            let mut pcm = sine(1000.0, 8000.0, 48000, 0.02 * packets as f64);
+            if bursts {
+                for (k, frame) in pcm.chunks_exact_mut(960).enumerate() {
+                    if k % BURST >= BURST - PAUSE {
+                        frame.fill(0);
+                    }
+                }
+            }
             encode_all(&mut enc, &pcm, 960)
         }
 
@@ -3105,7 +3144,7 @@ mod concealment_tests {
 
         #[test]
         fn a_lost_packet_is_recovered_from_the_next_ones_fec() {
-            let payloads = tone_packets();
+            let payloads = tone_packets(PACKETS, true);
             let t0 = Instant::now();
             let mut l = opus_leg(t0);
             let heard = hear(&mut l, &payloads, 960, &[K], 0, t0);
@@ -3129,7 +3168,9 @@ mod concealment_tests {
                 snr_around(&plc, K),
                 snr_around(&appendix_i, K),
             );
-            eprintln!("around the loss: FEC {got:.1} dB, Opus PLC {plc:.1} dB, Appendix I {appendix_i:.1} dB");
+            eprintln!(
+                "around the loss: FEC {got:.1} dB, Opus PLC {plc:.1} dB, Appendix I {appendix_i:.1} dB"
+            );
             assert!(got > plc + 3.0, "FEC {got:.1} dB, PLC {plc:.1} dB");
             assert!(
                 got > appendix_i + 3.0,
@@ -3140,36 +3181,26 @@ mod concealment_tests {
 
         #[test]
         fn of_two_lost_in_a_row_the_first_is_concealed_and_the_second_recovered() {
-            let payloads = tone_packets();
+            let payloads = tone_packets(PACKETS, true);
             let t0 = Instant::now();
             let mut l = opus_leg(t0);
-            let heard = hear(&mut l, &payloads, 960, &[K, K + 1], 0, t0);
+            let lost = [K, K + 1];
+            let heard = hear(&mut l, &payloads, 960, &lost, 0, t0);
             let st = l.stats();
             assert_eq!((st.frames_concealed, st.frames_recovered), (1, 1));
-            let expected = pipeline(
-                CodecKind::Opus,
-                &payloads,
-                &[K, K + 1],
-                false,
-                |c, _, k, f| {
-                    let n = if k == K {
-                        c.conceal(f).unwrap()
-                    } else {
-                        c.recover(&payloads[k + 1], f).unwrap()
-                    };
-                    assert_eq!(n, FRAME_SAMPLES);
-                },
-            );
+            let expected = pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, k, f| {
+                let n = if k == K {
+                    c.conceal(f).unwrap()
+                } else {
+                    c.recover(&payloads[k + 1], f).unwrap()
+                };
+                assert_eq!(n, FRAME_SAMPLES);
+            });
             assert_eq!(heard[..], expected[..heard.len()]);
-            let both_concealed = pipeline(
-                CodecKind::Opus,
-                &payloads,
-                &[K, K + 1],
-                false,
-                |c, _, _, f| {
+            let both_concealed =
+                pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, _, f| {
                     assert_eq!(c.conceal(f).unwrap(), FRAME_SAMPLES);
-                },
-            );
+                });
             // The second lost frame and the one after it, where the FEC takes over.
             let second = |pcm: &[i16]| {
                 fit_sine(
@@ -3182,6 +3213,58 @@ mod concealment_tests {
             let (got, plc) = (second(&heard), second(&both_concealed));
             eprintln!("second lost frame on: FEC {got:.1} dB, Opus PLC {plc:.1} dB");
             assert!(got > plc + 3.0, "FEC {got:.1} dB, PLC {plc:.1} dB");
+        }
+
+        /// On a clean network the jitter buffer shrinks to its least depth; for Opus that
+        /// still holds the packet after a lost one when packets come just after the tick.
+        #[test]
+        fn fec_is_used_when_the_buffer_has_shrunk_and_packets_arrive_after_the_tick() {
+            let payloads = tone_packets(10 * BURST, true);
+            let t0 = Instant::now();
+            let mut l = opus_leg(t0);
+            let after = Duration::from_millis(5);
+            let (single, pair) = (8 * BURST + 4, 9 * BURST + 2);
+            let lost = [single, pair, pair + 1];
+            let heard = hear_arriving(&mut l, &payloads, 960, &lost, 0, t0, after);
+            assert_eq!(l.jitter.target_depth(), FRAME * 2, "shrunk to its least");
+            let st = l.stats();
+            assert_eq!((st.frames_recovered, st.frames_concealed), (2, 1));
+            let snr = snr_around(&heard, single);
+            assert!(snr > 20.0, "SNR around the recovered frame {snr:.1} dB");
+        }
+
+        #[test]
+        fn when_the_peer_stops_concealment_fades_then_stops() {
+            let payloads = tone_packets(PACKETS, false);
+            let t0 = Instant::now();
+            let mut l = opus_leg(t0);
+            let tail = 20;
+            let heard = hear(&mut l, &payloads, 960, &[], tail, t0);
+            let st = l.stats();
+            let limit = OWN_CONCEALMENT_LIMIT / FRAME_SAMPLES;
+            assert_eq!(
+                st.frames_concealed, limit as u64,
+                "then the talkspurt is over"
+            );
+            assert!(!l.hearing());
+            assert!(
+                heard[heard.len() - 10 * FRAME_SAMPLES..]
+                    .iter()
+                    .all(|&s| s == 0),
+                "silence after the concealment"
+            );
+            // Right after the last packet the tone carries on, then fades.
+            let at = |frame: usize| &heard[frame * FRAME_SAMPLES..(frame + 1) * FRAME_SAMPLES];
+            let first = PACKETS - 2;
+            let decoded = rms_dbfs(&heard[(first - 4) * FRAME_SAMPLES..first * FRAME_SAMPLES]);
+            let bridged = rms_dbfs(at(first));
+            let last = rms_dbfs(at(first + limit - 1));
+            eprintln!("decoded {decoded:.1} dBFS, first concealed {bridged:.1}, last {last:.1}");
+            assert!(
+                bridged > decoded - 6.0,
+                "{bridged:.1} against {decoded:.1} dBFS"
+            );
+            assert!(last < decoded - 10.0, "faded to {last:.1} dBFS");
         }
 
         /// Speech rather than a tone, every seventh packet lost: against the lossless
@@ -3242,38 +3325,6 @@ mod concealment_tests {
                 got > appendix_i + 3.0,
                 "FEC {got:.1} dB, Appendix I {appendix_i:.1} dB"
             );
-        }
-
-        #[test]
-        fn when_the_peer_stops_concealment_fades_then_stops() {
-            let payloads = tone_packets();
-            let t0 = Instant::now();
-            let mut l = opus_leg(t0);
-            let tail = 20;
-            let heard = hear(&mut l, &payloads, 960, &[], tail, t0);
-            let st = l.stats();
-            let limit = (OWN_CONCEALMENT_LIMIT / FRAME_SAMPLES) as u64;
-            assert_eq!(st.frames_concealed, limit, "then the talkspurt is over");
-            assert!(!l.hearing());
-            let end = heard.len();
-            assert!(
-                heard[end - 10 * FRAME_SAMPLES..].iter().all(|&s| s == 0),
-                "silence after the concealment"
-            );
-            // Right after the last packet the tone carries on, then fades.
-            let first = (PACKETS - 2) * FRAME_SAMPLES;
-            let decoded = crate::media::level::rms_dbfs(&heard[first - 4 * FRAME_SAMPLES..first]);
-            let bridged = crate::media::level::rms_dbfs(&heard[first..first + FRAME_SAMPLES]);
-            let last = crate::media::level::rms_dbfs(
-                &heard[first + (limit as usize - 1) * FRAME_SAMPLES
-                    ..first + limit as usize * FRAME_SAMPLES],
-            );
-            eprintln!("decoded {decoded:.1} dBFS, first concealed {bridged:.1}, last {last:.1}");
-            assert!(
-                bridged > decoded - 6.0,
-                "{bridged:.1} against {decoded:.1} dBFS"
-            );
-            assert!(last < decoded - 10.0, "faded to {last:.1} dBFS");
         }
     }
 }

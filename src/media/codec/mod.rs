@@ -289,6 +289,16 @@ impl CodecKind {
         (self.rtp_clock().hz() / INTERNAL_RATE.hz()) as u64
     }
 
+    /// Whether a packet can carry the frame before it again, at a lower rate (Opus in-band
+    /// FEC, RFC 7587 §3.2), so that a receiver holding the next packet can rebuild a lost one.
+    pub const fn inband_fec(self) -> bool {
+        match self {
+            #[cfg(feature = "opus")]
+            CodecKind::Opus => true,
+            _ => false,
+        }
+    }
+
     /// Whether the codec's payloads come in one size per duration, so that audio for a
     /// packet can be gathered byte by byte; Opus frames vary and each goes out on its own.
     pub const fn fixed_size(self) -> bool {
