@@ -10,19 +10,26 @@
 
 mod common;
 mod support;
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use support::server::*;
 use switchboard::media::codec::opus::Opus;
 use switchboard::media::codec::{AudioCodec, CodecKind, CodecParams, OpusParams};
+use switchboard::media::frame::FRAME;
+use switchboard::media::leg::{Leg, LegConfig};
 use switchboard::media::level::{rms_dbfs, tone_share};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+#[global_allocator]
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
 const OPUS_PT: u8 = 111;
 /// One packet in this many is never sent.
@@ -30,7 +37,10 @@ const DROP_EVERY: u64 = 10;
 /// Packets in one burst of tone and the pause after it: 240 ms on, 60 ms off.
 const BURST: u64 = 15;
 const PAUSE: u64 = 3;
-/// Echo packets skipped while the call settles (jitter buffer, encoders), then measured.
+/// The echo is heard from its first 20 ms window louder than this.
+const HEARD_DBFS: f64 = -40.0;
+/// Echo packets skipped after that while the call settles (jitter buffer, encoders), then
+/// measured.
 const SETTLE: usize = 25;
 const MEASURED: usize = 120;
 /// A 20 ms window of the echo this much below the median level is in a pause.
@@ -52,49 +62,15 @@ fn answered_pt(uac: &support::uac::Uac) -> u8 {
     m.split_whitespace().nth(3).unwrap().parse().unwrap()
 }
 
-/// Sends a 1 kHz tone at −12 dBFS in bursts, in 20 ms Opus packets with FEC, leaving out
-/// every [`DROP_EVERY`]th (its sequence number and timestamp are spent all the same), for at
-/// most 30 s.
-async fn talk(socket: Arc<UdpSocket>, to: SocketAddr) {
-    let mut enc = Opus::new(&OpusParams {
-        use_inband_fec: true,
-        ..OpusParams::default()
-    });
+/// Sends `packets` every 20 ms, leaving out every [`DROP_EVERY`]th (its sequence number and
+/// timestamp are spent all the same).
+async fn talk(socket: Arc<UdpSocket>, to: SocketAddr, packets: Vec<Vec<u8>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let (mut seq, mut ts) = (fastrand::u16(..), fastrand::u32(..));
-    let mut phase = 0u64;
-    for n in 0..1500u64 {
+    for (n, p) in packets.iter().enumerate() {
         tick.tick().await;
-        let mut pcm = [0i16; 960];
-        let gain = if n % BURST < BURST - PAUSE {
-            8000.0
-        } else {
-            0.0
-        };
-        for s in &mut pcm {
-            let t = phase as f64 / 48000.0;
-            *s = (gain * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16;
-            phase += 1;
+        if n as u64 % DROP_EVERY != DROP_EVERY - 1 && socket.send_to(p, to).await.is_err() {
+            return;
         }
-        let mut payload = [0u8; 1500];
-        let len = enc.encode(&pcm, &mut payload).unwrap();
-        if n % DROP_EVERY != DROP_EVERY - 1 && len > 0 {
-            let header = RtpHeader {
-                marker: n == 0,
-                payload_type: PayloadType::new(OPUS_PT).unwrap(),
-                seq: WireSeq::new(seq),
-                timestamp: RtpTimestamp::new(ts),
-                ssrc: Ssrc::new(0x0b05),
-            };
-            let mut out = [0u8; 1500];
-            let len = RtpPacket::new(header, &payload[..len])
-                .write(&mut out)
-                .unwrap();
-            if socket.send_to(&out[..len], to).await.is_err() {
-                return;
-            }
-        }
-        (seq, ts) = (seq.wrapping_add(1), ts.wrapping_add(960));
     }
 }
 
@@ -118,6 +94,79 @@ fn tone_level_db(pcm: &[i16]) -> f64 {
         .log10()
 }
 
+/// `n` RTP packets, from `seq` and `ts` on, of a 1 kHz tone at −12 dBFS in bursts, 20 ms
+/// each, in Opus with FEC.
+fn burst_packets(n: u64, seq: u16, ts: u32) -> Vec<Vec<u8>> {
+    let mut enc = Opus::new(&OpusParams {
+        use_inband_fec: true,
+        ..OpusParams::default()
+    });
+    (0..n)
+        .map(|k| {
+            let gain = if k % BURST < BURST - PAUSE {
+                8000.0
+            } else {
+                0.0
+            };
+            let pcm: Vec<i16> = (0..960u64)
+                .map(|i| {
+                    let t = (k * 960 + i) as f64 / 48000.0;
+                    (gain * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+                })
+                .collect();
+            let mut payload = [0u8; 1500];
+            let len = enc.encode(&pcm, &mut payload).unwrap();
+            let header = RtpHeader {
+                marker: k == 0,
+                payload_type: PayloadType::new(OPUS_PT).unwrap(),
+                seq: WireSeq::new(seq.wrapping_add(k as u16)),
+                timestamp: RtpTimestamp::new(ts.wrapping_add(960 * k as u32)),
+                ssrc: Ssrc::new(0x0b05),
+            };
+            let mut out = vec![0u8; 1500];
+            let len = RtpPacket::new(header, &payload[..len])
+                .write(&mut out)
+                .unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+/// Recovering from FEC, concealing through libopus, ending a talkspurt and starting the next
+/// allocate nothing: a leg's steady state stays allocation-free under loss.
+#[test]
+fn opus_loss_handling_does_not_allocate() {
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let t0 = Instant::now();
+    let cfg = LegConfig {
+        codec: CodecKind::Opus,
+        payload_type: PayloadType::new(OPUS_PT).unwrap(),
+        ..LegConfig::pcmu(peer, Ssrc::new(7))
+    };
+    let mut leg = Leg::new(cfg, t0).unwrap();
+    let packets = burst_packets(300, 0, 0);
+    // Lost: every tenth, a pair, and a second in which the peer says nothing at all.
+    let lost = |k: usize| k % 10 == 9 || k == 123 || (200..250).contains(&k);
+    let run = |leg: &mut Leg, ticks: std::ops::Range<usize>| {
+        for k in ticks {
+            let now = t0 + FRAME * k as u32;
+            if !lost(k) {
+                leg.handle_packet(now, SystemTime::UNIX_EPOCH, peer, &packets[k]);
+            }
+            leg.receive(now);
+        }
+    };
+    run(&mut leg, 0..50);
+    let before = leg.stats();
+    let n = thread_alloc::allocations(|| run(&mut leg, 50..300));
+    let st = leg.stats();
+    assert!(st.frames_recovered > before.frames_recovered + 10, "{st:?}");
+    assert!(st.frames_concealed > before.frames_concealed, "{st:?}");
+    assert!(st.frames_decoded > before.frames_decoded + 150, "{st:?}");
+    assert_eq!(n, 0, "allocations while handling loss");
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -130,6 +179,8 @@ async fn every_tenth_packet_lost_the_echo_stays_clean() {
         cfg.media.codecs = ["opus", "PCMU"].map(String::from).to_vec();
     })
     .await;
+    // At most 10 s of talk, made before the call so that it starts at once.
+    let packets = burst_packets(500, fastrand::u16(..), fastrand::u32(..));
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let port = socket.local_addr().unwrap().port();
     let (mut w, mut uac) = wire(false, server.sip).await;
@@ -138,41 +189,48 @@ async fn every_tenth_packet_lost_the_echo_stays_clean() {
     let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let talker = tokio::spawn(talk(socket.clone(), media));
+    let talker = tokio::spawn(talk(socket.clone(), media, packets));
     let listener = tokio::spawn(listen(socket.clone(), tx));
-    let mut echoed: Vec<Vec<u8>> = Vec::new();
-    // At most 10 s for 2.5 s of echo.
+    // The echo decoded as it comes, one 20 ms window a packet; measured from SETTLE
+    // windows after the first that is heard.
+    let mut dec = CodecKind::Opus
+        .new_leg_codec(&CodecParams::default())
+        .unwrap();
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut heard_from = None;
+    let enough = |heard_from: Option<usize>, pcm: &[i16]| {
+        heard_from.is_some_and(|h| pcm.len() >= (h + SETTLE + MEASURED) * 160)
+    };
+    // At most 10 s for 2.9 s of echo.
     for _ in 0..500 {
         w.drive(&mut uac, Duration::from_millis(20), |_| false)
             .await;
         while let Ok(p) = rx.try_recv() {
-            echoed.push(p);
+            let mut frame = [0i16; 160];
+            assert_eq!(dec.decode(&p, &mut frame).unwrap(), 160);
+            if heard_from.is_none() && rms_dbfs(&frame) > HEARD_DBFS {
+                heard_from = Some(pcm.len() / 160);
+            }
+            pcm.extend_from_slice(&frame);
         }
-        if echoed.len() >= SETTLE + MEASURED {
+        if enough(heard_from, &pcm) {
             break;
         }
     }
     talker.abort();
     listener.abort();
     assert!(
-        echoed.len() >= SETTLE + MEASURED,
-        "only {} echo packets",
-        echoed.len()
+        enough(heard_from, &pcm),
+        "{} ms of echo, heard from {heard_from:?}",
+        pcm.len() / 8
     );
+    let start = heard_from.unwrap_or(0) + SETTLE;
+    let pcm = &pcm[start * 160..(start + MEASURED) * 160];
 
-    let mut dec = CodecKind::Opus
-        .new_leg_codec(&CodecParams::default())
-        .unwrap();
-    let mut pcm = Vec::new();
-    for p in &echoed[..SETTLE + MEASURED] {
-        let mut frame = [0i16; 160];
-        assert_eq!(dec.decode(p, &mut frame).unwrap(), 160);
-        pcm.extend_from_slice(&frame);
-    }
     // Windows of tone: neither in a pause nor by one. A pause's edges fall anywhere in a
     // window, as the echo's packets follow the server's ticks, not ours, and after a pause
     // the two encoders on the way take a window or two to reach the full level.
-    let windows: Vec<&[i16]> = pcm[SETTLE * 160..].chunks_exact(160).collect();
+    let windows: Vec<&[i16]> = pcm.chunks_exact(160).collect();
     let rms: Vec<f64> = windows.iter().map(|w| rms_dbfs(w)).collect();
     let median_rms = median(&rms);
     let quiet: Vec<bool> = rms.iter().map(|&r| r < median_rms - PAUSE_DB).collect();
