@@ -2935,7 +2935,6 @@ mod concealment_tests {
     use super::*;
     use crate::media::codec::test_util::{fit_sine, sine};
     use crate::rtp::packet::RtpHeader;
-    use crate::rtp::types::ClockRate;
 
     const PEER: &str = "127.0.0.1:40000";
 
@@ -3040,16 +3039,6 @@ mod concealment_tests {
         out
     }
 
-    /// SNR, in dB, of a 1 kHz tone fitted to the 80 ms from the frame before `k` on.
-    fn snr_around(pcm: &[i16], k: usize) -> f64 {
-        fit_sine(
-            &pcm[(k - 1) * FRAME_SAMPLES..(k + 3) * FRAME_SAMPLES],
-            1000.0,
-            8000,
-        )
-        .1
-    }
-
     #[test]
     fn g711_loss_is_concealed_by_appendix_i_exactly_as_before() {
         let raw = include_bytes!("../../tests/fixtures/speech-8k.raw");
@@ -3110,6 +3099,7 @@ mod concealment_tests {
         use crate::media::codec::opus::Opus;
         use crate::media::codec::OpusParams;
         use crate::media::level::rms_dbfs;
+        use crate::rtp::types::ClockRate;
 
         /// Packets in one burst of tone and the pause after it (see [`tone_packets`]).
         const BURST: usize = 15;
@@ -3140,6 +3130,16 @@ mod concealment_tests {
 
         fn opus_leg(t0: Instant) -> Leg {
             leg_of(CodecKind::Opus, 111, t0)
+        }
+
+        /// SNR, in dB, of a 1 kHz tone fitted to the 80 ms from the frame before `k` on.
+        fn snr_around(pcm: &[i16], k: usize) -> f64 {
+            fit_sine(
+                &pcm[(k - 1) * FRAME_SAMPLES..(k + 3) * FRAME_SAMPLES],
+                1000.0,
+                8000,
+            )
+            .1
         }
 
         #[test]
