@@ -2959,28 +2959,16 @@ mod concealment_tests {
     }
 
     /// Gives the leg one packet a tick (none for those in `lost`), `step` RTP ticks apart,
-    /// for as many ticks as there are payloads plus `tail`; returns what it heard from its
-    /// first decoded frame on.
+    /// each arriving `after` its tick (zero: just before it), for as many ticks as there are
+    /// payloads plus `tail`; returns what it heard from its first decoded frame on.
     fn hear(
         l: &mut Leg,
         payloads: &[Vec<u8>],
         step: u32,
-        lost: &[usize],
-        tail: usize,
-        t0: Instant,
-    ) -> Vec<i16> {
-        hear_arriving(l, payloads, step, lost, tail, t0, Duration::ZERO)
-    }
-
-    /// [`hear`] with each packet arriving `after` its tick (zero: just before it).
-    fn hear_arriving(
-        l: &mut Leg,
-        payloads: &[Vec<u8>],
-        step: u32,
-        lost: &[usize],
-        tail: usize,
-        t0: Instant,
         after: Duration,
+        lost: &[usize],
+        tail: usize,
+        t0: Instant,
     ) -> Vec<i16> {
         let pt = l.cfg.payload_type;
         let mut heard = Vec::new();
@@ -3050,7 +3038,7 @@ mod concealment_tests {
         let lost = [10, 30, 31, 60, 61, 62, 63, 64, 65, 66, 67, 90];
         let t0 = Instant::now();
         let mut l = leg_of(CodecKind::Pcmu, 0, t0);
-        let heard = hear(&mut l, &payloads, 160, &lost, 0, t0);
+        let heard = hear(&mut l, &payloads, 160, Duration::ZERO, &lost, 0, t0);
         let st = l.stats();
         assert_eq!(st.frames_concealed, lost.len() as u64);
         assert_eq!(st.frames_recovered, 0);
@@ -3082,7 +3070,7 @@ mod concealment_tests {
         let t0 = Instant::now();
         let mut l = leg_of(CodecKind::G722, 9, t0);
         let lost = [20, 21];
-        let heard = hear(&mut l, &payloads, 160, &lost, 0, t0);
+        let heard = hear(&mut l, &payloads, 160, Duration::ZERO, &lost, 0, t0);
         assert_eq!(l.stats().frames_concealed, 2);
         let before = fit_sine(&heard[10 * FRAME_SAMPLES..19 * FRAME_SAMPLES], 1000.0, 8000);
         let after = fit_sine(&heard[23 * FRAME_SAMPLES..32 * FRAME_SAMPLES], 1000.0, 8000);
@@ -3132,6 +3120,14 @@ mod concealment_tests {
             leg_of(CodecKind::Opus, 111, t0)
         }
 
+        /// A fresh Opus leg after [`hear`]ing `payloads`, and what it heard.
+        fn opus_heard(payloads: &[Vec<u8>], lost: &[usize], tail: usize) -> (Leg, Vec<i16>) {
+            let t0 = Instant::now();
+            let mut l = opus_leg(t0);
+            let heard = hear(&mut l, payloads, 960, Duration::ZERO, lost, tail, t0);
+            (l, heard)
+        }
+
         /// SNR, in dB, of a 1 kHz tone fitted to the 80 ms from the frame before `k` on.
         fn snr_around(pcm: &[i16], k: usize) -> f64 {
             fit_sine(
@@ -3145,9 +3141,7 @@ mod concealment_tests {
         #[test]
         fn a_lost_packet_is_recovered_from_the_next_ones_fec() {
             let payloads = tone_packets(PACKETS, true);
-            let t0 = Instant::now();
-            let mut l = opus_leg(t0);
-            let heard = hear(&mut l, &payloads, 960, &[K], 0, t0);
+            let (l, heard) = opus_heard(&payloads, &[K], 0);
             let st = l.stats();
             assert_eq!((st.frames_recovered, st.frames_concealed), (1, 0));
 
@@ -3182,10 +3176,8 @@ mod concealment_tests {
         #[test]
         fn of_two_lost_in_a_row_the_first_is_concealed_and_the_second_recovered() {
             let payloads = tone_packets(PACKETS, true);
-            let t0 = Instant::now();
-            let mut l = opus_leg(t0);
             let lost = [K, K + 1];
-            let heard = hear(&mut l, &payloads, 960, &lost, 0, t0);
+            let (l, heard) = opus_heard(&payloads, &lost, 0);
             let st = l.stats();
             assert_eq!((st.frames_concealed, st.frames_recovered), (1, 1));
             let expected = pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, k, f| {
@@ -3225,7 +3217,7 @@ mod concealment_tests {
             let after = Duration::from_millis(5);
             let (single, pair) = (8 * BURST + 4, 9 * BURST + 2);
             let lost = [single, pair, pair + 1];
-            let heard = hear_arriving(&mut l, &payloads, 960, &lost, 0, t0, after);
+            let heard = hear(&mut l, &payloads, 960, after, &lost, 0, t0);
             assert_eq!(l.jitter.target_depth(), FRAME * 2, "shrunk to its least");
             let st = l.stats();
             assert_eq!((st.frames_recovered, st.frames_concealed), (2, 1));
@@ -3235,11 +3227,7 @@ mod concealment_tests {
 
         #[test]
         fn when_the_peer_stops_concealment_fades_then_stops() {
-            let payloads = tone_packets(PACKETS, false);
-            let t0 = Instant::now();
-            let mut l = opus_leg(t0);
-            let tail = 20;
-            let heard = hear(&mut l, &payloads, 960, &[], tail, t0);
+            let (l, heard) = opus_heard(&tone_packets(PACKETS, false), &[], 20);
             let st = l.stats();
             let limit = OWN_CONCEALMENT_LIMIT / FRAME_SAMPLES;
             assert_eq!(
@@ -3284,9 +3272,7 @@ mod concealment_tests {
             });
             let payloads = encode_all(&mut enc, &wide, 960);
             let lost: Vec<usize> = (10..payloads.len() - 2).step_by(7).collect();
-            let t0 = Instant::now();
-            let mut l = opus_leg(t0);
-            let heard = hear(&mut l, &payloads, 960, &lost, 0, t0);
+            let (l, heard) = opus_heard(&payloads, &lost, 0);
             assert_eq!(l.stats().frames_recovered, lost.len() as u64);
             let clean = pipeline(CodecKind::Opus, &payloads, &[], false, |_, _, _, _| {});
             let plc = pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, _, f| {
