@@ -1171,8 +1171,9 @@ impl Leg {
             }
             return;
         }
-        // The codec steps over the gap its own way (G.722 keeps its ADPCM state and fades its
-        // history) so that the next packet decodes in step; what is heard is Appendix I.
+        // The codec still hears of the gap and minds its state its own way (G.722 keeps its
+        // ADPCM state, which fits the talker's level better than a reset one; a resampled
+        // codec keeps its filters fed); what is heard is Appendix I.
         let _ = self.codec.conceal(out);
         let _ = self.plc.lost_frame(out);
         if !self.plc.concealing() {

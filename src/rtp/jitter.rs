@@ -20,6 +20,8 @@
 //!   silence suppression the next talkspurt continues the numbering and nothing is skipped.
 //! - Packets older than the playout point are dropped as late; copies of buffered or recently
 //!   played packets are dropped as duplicates.
+//! - [`JitterBuffer::peek`] shows a buffered packet without taking it: after a `Lost`, the
+//!   one after it, whose redundancy (Opus in-band FEC) may rebuild the lost frame.
 //!
 //! Adaptation: each packet's arrival is compared with the arrival its timestamp predicts; the
 //! spread of that delay over the last [`DELAY_WINDOW`] packets, rounded up to frames plus one
