@@ -405,6 +405,9 @@ impl SipConfig {
 pub struct RtpConfig {
     pub port_min: u16,
     pub port_max: u16,
+    /// When media is SRTP (SDES keys): `optional`, `required` or `off`.
+    #[serde(default)]
+    pub srtp: crate::sdp::SrtpPolicy,
 }
 
 /// Media engine settings.

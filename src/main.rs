@@ -211,7 +211,8 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(switchboard::run_with_ready(cfg, shutdown, |ready| {
         // One machine-readable line on stdout; logs go to stderr.
-        println!("READY sip={} http={}", ready.sip, ready.http);
+        let tls = ready.tls.map_or(String::new(), |t| format!(" tls={t}"));
+        println!("READY sip={} http={}{tls}", ready.sip, ready.http);
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,

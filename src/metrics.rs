@@ -39,6 +39,8 @@ pub struct Metrics {
     events_lagged: AtomicU64,
     /// RTP and RTCP packets dropped for coming from a stranger, by [`Stranger`].
     strangers: [AtomicU64; 2],
+    /// SRTP and SRTCP packets dropped, by [`SrtpDrop::ALL`] order and [`Stranger`] stream.
+    srtp_dropped: [[AtomicU64; 2]; SrtpDrop::ALL.len()],
     /// SIP requests the guard refused, by [`RefuseReason::ALL`] order.
     sip_refused: [AtomicU64; RefuseReason::ALL.len()],
     /// SIP messages and TCP connections the guard dropped, by [`DropReason::ALL`] order.
@@ -47,6 +49,31 @@ pub struct Metrics {
     sip_escalations: AtomicU64,
     /// Failed digest authentications of callers.
     sip_auth_failures: AtomicU64,
+}
+
+/// Why a leg dropped an SRTP or SRTCP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtpDrop {
+    /// Its authentication tag did not verify.
+    Auth = 0,
+    /// It was a replay, or older than the replay window.
+    Replay = 1,
+    /// Anything else: too short, an unknown MKI.
+    Malformed = 2,
+}
+
+impl SrtpDrop {
+    /// Every reason, in counter order.
+    pub const ALL: [SrtpDrop; 3] = [SrtpDrop::Auth, SrtpDrop::Replay, SrtpDrop::Malformed];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SrtpDrop::Auth => "auth",
+            SrtpDrop::Replay => "replay",
+            SrtpDrop::Malformed => "malformed",
+        }
+    }
 }
 
 /// Which of a leg's two streams a packet from a stranger was aimed at.
@@ -77,6 +104,7 @@ impl Default for Metrics {
             webhook_retries: AtomicU64::new(0),
             events_lagged: AtomicU64::new(0),
             strangers: Default::default(),
+            srtp_dropped: Default::default(),
             sip_refused: Default::default(),
             sip_dropped: Default::default(),
             sip_escalations: AtomicU64::new(0),
@@ -241,6 +269,11 @@ impl Metrics {
         self.strangers[stream as usize].fetch_add(1, Relaxed);
     }
 
+    /// A leg dropped an SRTP (`Stranger::Rtp`) or SRTCP packet that failed its checks.
+    pub fn srtp_dropped(&self, why: SrtpDrop, stream: Stranger) {
+        self.srtp_dropped[why as usize][stream as usize].fetch_add(1, Relaxed);
+    }
+
     /// The SIP guard refused a request.
     pub fn sip_refused(&self, reason: RefuseReason) {
         self.sip_refused[reason as usize].fetch_add(1, Relaxed);
@@ -369,6 +402,22 @@ impl Metrics {
                 &[("stream", stream)],
                 c.load(Relaxed),
             );
+        }
+
+        w.family(
+            "switchboard_srtp_dropped_total",
+            "SRTP and SRTCP packets dropped unplayed: a tag that did not verify (auth), a \
+             replayed or too old packet (replay), or a malformed one, by stream.",
+            "counter",
+        );
+        for (why, by_stream) in SrtpDrop::ALL.iter().zip(&self.srtp_dropped) {
+            for (stream, c) in ["rtp", "rtcp"].iter().zip(by_stream) {
+                w.sample(
+                    "switchboard_srtp_dropped_total",
+                    &[("reason", why.label()), ("stream", stream)],
+                    c.load(Relaxed),
+                );
+            }
         }
 
         for (name, help, c) in [

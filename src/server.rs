@@ -202,6 +202,7 @@ pub async fn run_with_ready(
         ivr_operator: config.ivr.operator.trim().to_string(),
         codecs: config.media.codec_list()?,
         codec_choice: config.media.codec_choice,
+        srtp: config.rtp.srtp,
     });
     let (sip_commands, sip_command_rx) = tokio::sync::mpsc::channel(4096);
     let originator: crate::api::Originator = {

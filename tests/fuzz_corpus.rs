@@ -19,6 +19,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("guard_peek", switchboard::fuzzing::guard_peek),
     ("codec_decode", switchboard::fuzzing::codec_decode),
     ("endpoint", switchboard::fuzzing::endpoint),
+    ("srtp", switchboard::fuzzing::srtp),
 ];
 
 /// Runs every file under `fuzz/KIND/TARGET/`; returns how many ran.

@@ -634,3 +634,99 @@ fn a_script_dials_baresip_and_bridges_two_phones() {
     callee_heard.assert_tone(caller_hz, "the dialled phone hears the caller");
     callee_heard.assert_without(callee_hz, "the dialled phone hears itself");
 }
+
+/// baresip over SIP/TLS with mandatory SRTP (`RTP/SAVP`, SDES keys) against a server that
+/// requires SRTP: its echo comes back, its keys walk the IVR as RFC 4733 events inside SRTP,
+/// and its message is recorded in the clear. Nothing failed authentication.
+#[test]
+fn baresip_over_tls_with_srtp_hears_its_echo_walks_the_ivr_and_is_recorded() {
+    let pki = support::pki::Pki::new();
+    let config = format!(
+        "[sip]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n\
+         [rtp]\nsrtp = \"required\"\n\n{}",
+        pki.cert().display().to_string(),
+        pki.key().display().to_string(),
+        quiet_rooms().config.unwrap_or_default(),
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-bs-srtp", &["baresip"], options) else {
+        return;
+    };
+    let tls = b.server.tls.expect("the server's TLS listener");
+    let options = Options {
+        tls_ca: Some(pki.ca_file()),
+        mediaenc: Some("srtp-mand"),
+        ..Options::tone(900)
+    };
+    let mut phone = Baresip::start(b.dir(), "secure", tls, options);
+
+    // Audio both ways: the phone hears its own tone back through SRTP.
+    b.echo(&mut phone, 900, |_| {
+        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+        let tls_port = format!("0100007F:{:04X}", tls.port());
+        assert!(
+            tcp.lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                fields.get(1) == Some(&tls_port.as_str()) && fields.get(3) == Some(&"01")
+            }),
+            "no established connection to the TLS listener {tls}:\n{tcp}"
+        );
+    });
+
+    // Keys as RFC 4733 events inside SRTP: 1 (conference), room 42, #.
+    phone.call("ivr");
+    let call = b.answered("ivr");
+    for key in ['1', '4', '2', '#'] {
+        phone.key(key);
+        let ev = b.dtmf(&call, key);
+        assert_eq!(ev["method"], "rfc4733", "{ev}");
+    }
+    b.joined("42", &call);
+    phone.hangup();
+    b.ended(&call);
+
+    // The recording holds the phone's tone, decrypted.
+    let (call, id) = b.leave_message(&mut phone);
+    std::thread::sleep(LISTEN);
+    phone.hangup();
+    b.events
+        .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+    b.ended(&call);
+    let audio = b.recording(&id);
+    measure(window(&audio, 200, -200), &[900]).assert_tone(900, "the recording");
+
+    let log = b.server.log_text();
+    assert_eq!(
+        log.matches("media is SRTP").count(),
+        3,
+        "every call's media was SRTP\n{log}"
+    );
+    for stream in ["rtp", "rtcp"] {
+        assert_eq!(
+            b.metric(&format!(
+                "switchboard_srtp_dropped_total{{reason=\"auth\",stream=\"{stream}\"}}"
+            )),
+            0.0
+        );
+    }
+}
+
+/// baresip's best-effort SRTP (`RTP/AVP` with `a=crypto`) over UDP against the default
+/// policy: the server takes the keys, so the media is SRTP, and the echo comes back.
+#[test]
+fn baresip_best_effort_srtp_is_taken_by_the_default_policy() {
+    let Some(mut b) = Bench::new("rc-bs-srtp-be", &["baresip"], ServerOptions::default()) else {
+        return;
+    };
+    let options = Options {
+        mediaenc: Some("srtp"),
+        ..Options::tone(1050)
+    };
+    let mut phone = Baresip::start(b.dir(), "besteffort", b.sip(), options);
+    b.echo(&mut phone, 1050, |_| {});
+    let log = b.server.log_text();
+    assert_eq!(log.matches("media is SRTP").count(), 1, "{log}");
+}

@@ -8,94 +8,17 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SerialNumber};
+use rcgen::KeyPair;
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::pki::Pki;
 use support::rtp::{peak_tone_power, tone, RtpPeer};
 use support::server::{answered_port, call, hang_up, start_with, wire, wire_tls, Server};
 use switchboard::sip::framing::StreamFramer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-/// A test CA and the certificate files of a leaf it signed for 127.0.0.1, in a folder
-/// removed afterwards.
-struct Pki {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
-    /// The DER of the leaf last written.
-    leaf: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = std::env::temp_dir().join(format!("sb-tls-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let mut pki = Pki {
-            dir,
-            ca,
-            leaf: CertificateDer::from(Vec::new()),
-        };
-        pki.write_leaf(1);
-        pki
-    }
-
-    /// Writes a new leaf with serial `serial` (and the CA after it: the chain) and its key.
-    fn write_leaf(&mut self, serial: u64) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.serial_number = Some(SerialNumber::from(serial));
-        let leaf = params.signed_by(&key, &self.ca).unwrap();
-        let chain = format!("{}{}", leaf.pem(), self.ca.pem());
-        // Whole files at once: a reload never reads half of one.
-        let tmp = self.dir.join("tmp.pem");
-        std::fs::write(&tmp, chain).unwrap();
-        std::fs::rename(&tmp, self.cert()).unwrap();
-        std::fs::write(&tmp, key.serialize_pem()).unwrap();
-        std::fs::rename(&tmp, self.key()).unwrap();
-        self.leaf = leaf.der().clone();
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.join("key.pem")
-    }
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A client that trusts this CA alone.
-    fn connector(&self) -> TlsConnector {
-        connector_trusting(self.ca.der())
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn connector_trusting(ca: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
 
 /// The server with a TLS listener on port 0 serving `pki`'s certificate.
 async fn tls_server(

@@ -94,6 +94,8 @@ pub struct CallContext {
     pub codecs: Vec<crate::sdp::Codec>,
     /// Whose order picks the codec of an offer (`[media] codec_choice`).
     pub codec_choice: crate::sdp::CodecChoice,
+    /// When the media is SRTP (`[rtp] srtp`).
+    pub srtp: crate::sdp::SrtpPolicy,
 }
 
 /// Starts a call task for an `Event::Incoming`.
@@ -470,6 +472,7 @@ impl Task {
         LocalSession::new(self.ids.u64(1..u64::MAX >> 1), addr)
             .with_codecs(self.ctx.codecs.clone())
             .with_choice(self.ctx.codec_choice)
+            .with_srtp(self.ctx.srtp)
     }
 
     fn core_config(&self) -> CoreConfig {
@@ -1229,6 +1232,7 @@ impl Task {
             codec: m.codec,
             payload_type: m.payload_type,
             telephone_event: m.telephone_event_pt,
+            params: m.params.clone(),
             remote: m.remote_rtp,
             remote_rtcp: m.remote_rtcp,
             rtcp_mux: m.rtcp_mux,
@@ -1244,7 +1248,15 @@ impl Task {
             first_seq: self.ids.u16(),
             first_timestamp: self.ids.u32(),
             rtcp_seed: self.ids.u64(..),
+            srtp: m.srtp.clone(),
         };
+        if let Some(keys) = &m.srtp {
+            tracing::info!(
+                ours = keys.ours.suite().sdp_name(),
+                theirs = keys.theirs.key.suite().sdp_name(),
+                "media is SRTP"
+            );
+        }
         Leg::new(cfg, Instant::now()).map_err(|e| e.to_string())
     }
 
@@ -1469,6 +1481,7 @@ fn update_command(m: &NegotiatedAudio) -> LegCommand {
         payload_type: m.payload_type,
         telephone_event: m.telephone_event_pt,
         params: m.params.clone(),
+        srtp: m.srtp.clone(),
     }
 }
 

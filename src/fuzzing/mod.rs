@@ -17,8 +17,10 @@ use crate::sip::guard::peek::{peek, Patterns, Peek};
 use crate::sip::message::{classify, Inbound};
 
 mod endpoint;
+mod srtp;
 
 pub use endpoint::endpoint;
+pub use srtp::srtp;
 
 /// SIP messages in datagram and stream mode: a reject we produce is itself a response.
 pub fn sip_parse(data: &[u8]) {

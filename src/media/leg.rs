@@ -31,8 +31,10 @@ use crate::rtp::session::{
     Received, RecvConfig, RecvSession, Rejection, RemoteMedia, SendSession, StrictRtp,
     DEFAULT_LEARN_WINDOW,
 };
+use crate::rtp::srtp::{SrtpError, SrtpSession};
 use crate::rtp::types::{PayloadType, PayloadTypeSet, RtpTimestamp, SeqNo, Ssrc, WireSeq};
 use crate::sdp::Direction;
+use crate::sdp::SrtpKeys;
 
 /// Frames cut from a recording's end when a terminator key stopped it: detection lags the
 /// tone by up to this much.
@@ -160,6 +162,9 @@ pub enum LegCommand {
         telephone_event: Option<PayloadType>,
         /// What the peer's `a=fmtp` asks of the codec, used when the leg switches to it.
         params: CodecParams,
+        /// The SDES keys now agreed (None: plain RTP from now on); the same keys keep the
+        /// SRTP state (rollover counter, replay window), others start it afresh.
+        srtp: Option<Box<SrtpKeys>>,
     },
 }
 
@@ -204,6 +209,8 @@ pub struct LegConfig {
     pub payload_type: PayloadType,
     /// The telephone-event payload type, when negotiated.
     pub telephone_event: Option<PayloadType>,
+    /// What the peer's `a=fmtp` asks of the codec (Opus: bandwidth, FEC, DTX).
+    pub params: CodecParams,
     /// Where to send RTP until a source latches (from the SDP).
     pub remote: Option<SocketAddr>,
     /// Where to send RTCP (from the SDP: port+1, `a=rtcp`, or the RTP port with rtcp-mux).
@@ -229,6 +236,8 @@ pub struct LegConfig {
     pub first_timestamp: u32,
     /// Seeds the randomised RTCP report times (RFC 3550 §6.2).
     pub rtcp_seed: u64,
+    /// The SDES keys when the call's media is SRTP.
+    pub srtp: Option<Box<SrtpKeys>>,
 }
 
 impl LegConfig {
@@ -242,6 +251,7 @@ impl LegConfig {
             codec: CodecKind::Pcmu,
             payload_type: PayloadType::PCMU,
             telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+            params: CodecParams::default(),
             remote: Some(remote),
             remote_rtcp: None,
             rtcp_mux: false,
@@ -254,6 +264,7 @@ impl LegConfig {
             first_seq: rng.u16(..),
             first_timestamp: rng.u32(..),
             rtcp_seed: rng.u64(..),
+            srtp: None,
         }
     }
 }
@@ -302,6 +313,70 @@ pub struct LegStats {
     pub dropped: u64,
     /// RTP packets lost: expected from the sequence numbers but never received.
     pub packets_lost: u64,
+    /// SRTP and SRTCP packets whose authentication tag did not verify (also in `dropped`).
+    pub srtp_auth_failures: u64,
+    /// SRTP and SRTCP packets replayed or older than the replay window (also in `dropped`).
+    pub srtp_replays: u64,
+}
+
+/// The largest datagram an SRTP leg takes or makes, tag and MKI included.
+const SECURE_BUF: usize = 2048;
+
+/// SRTP for a leg whose call agreed SDES keys: the transform, the keys it was made from
+/// (so an update tells a re-key from a repeat), and a buffer to work in place.
+struct Secure {
+    session: SrtpSession,
+    keys: SrtpKeys,
+    buf: [u8; SECURE_BUF],
+}
+
+impl Secure {
+    fn new(keys: &SrtpKeys) -> Result<Box<Secure>, SrtpError> {
+        Ok(Box::new(Secure {
+            session: SrtpSession::new(&keys.ours, &keys.theirs)?,
+            keys: keys.clone(),
+            buf: [0; SECURE_BUF],
+        }))
+    }
+
+    /// Checks and decrypts a received datagram into `buf`; the plaintext's length.
+    fn open(&mut self, rtcp: bool, bytes: &[u8]) -> Result<usize, SrtpError> {
+        let buf = self
+            .buf
+            .get_mut(..bytes.len())
+            .ok_or(SrtpError::BufferTooSmall)?;
+        buf.copy_from_slice(bytes);
+        if rtcp {
+            self.session.unprotect_rtcp(buf)
+        } else {
+            self.session.unprotect_rtp(buf)
+        }
+    }
+
+    /// Protects an outgoing datagram into `buf` and hands it to `send`; RTCP is told by its
+    /// port, or by its packet type under rtcp-mux.
+    fn seal(
+        &mut self,
+        port: Port,
+        dest: SocketAddr,
+        bytes: &[u8],
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
+        let rtcp = port == Port::Rtcp || classify(bytes) == PacketKind::Rtcp;
+        let Some(buf) = self.buf.get_mut(..bytes.len()) else {
+            return;
+        };
+        buf.copy_from_slice(bytes);
+        let sealed = if rtcp {
+            self.session.protect_rtcp(&mut self.buf, bytes.len())
+        } else {
+            self.session.protect_rtp(&mut self.buf, bytes.len())
+        };
+        match sealed {
+            Ok(n) => send(port, dest, &self.buf[..n]),
+            Err(e) => tracing::debug!(error = %e, "an outgoing packet could not be protected"),
+        }
+    }
 }
 
 /// A snapshot of a leg's receive, jitter and RTCP statistics.
@@ -349,6 +424,8 @@ pub struct Leg {
     send: SendSession,
     rtcp: RtcpSession,
     rtcp_buf: [u8; MAX_COMPOUND_LEN],
+    /// SRTP, when the call agreed keys: every datagram in and out passes through it.
+    secure: Option<Box<Secure>>,
     jitter: JitterBuffer,
     /// Samples per received packet (the peer's ptime), learnt from its packets.
     packet_samples: usize,
@@ -397,7 +474,7 @@ impl Leg {
         // A codec sampling at another rate than ours is resampled inside its codec object.
         let codec = cfg
             .codec
-            .new_leg_codec(&Default::default())
+            .new_leg_codec(&cfg.params)
             .map_err(|e| LegError(e.to_string()))?;
         let rate = cfg.codec.rtp_clock();
         let mut recv_cfg = RecvConfig::new(rate, payload_types(&cfg));
@@ -422,7 +499,12 @@ impl Leg {
         let inband_sender =
             InbandSender::new(INTERNAL_RATE).map_err(|e| LegError(e.to_string()))?;
         let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
+        let secure = match &cfg.srtp {
+            Some(keys) => Some(Secure::new(keys).map_err(|e| LegError(format!("SRTP: {e}")))?),
+            None => None,
+        };
         Ok(Leg {
+            secure,
             rtcp: RtcpSession::with_seed(cfg.ssrc, &cname, rate, now, cfg.rtcp_seed),
             rtcp_buf: [0; MAX_COMPOUND_LEN],
             codec,
@@ -502,6 +584,51 @@ impl Leg {
         from: SocketAddr,
         bytes: &[u8],
     ) {
+        self.unsealed(true, bytes, |leg, clear| {
+            leg.handle_clear_rtcp(now, wallclock, from, clear)
+        });
+    }
+
+    /// Runs `then` on a received datagram in the clear: as it came, or checked and
+    /// decrypted when the leg is SRTP. A packet that fails the checks is counted and
+    /// dropped: it is never played, recorded or taken as the peer's address.
+    fn unsealed(&mut self, rtcp: bool, bytes: &[u8], then: impl FnOnce(&mut Leg, &[u8])) {
+        let Some(mut secure) = self.secure.take() else {
+            return then(self, bytes);
+        };
+        match secure.open(rtcp, bytes) {
+            Ok(n) => then(self, &secure.buf[..n]),
+            Err(e) => self.srtp_dropped(rtcp, &e),
+        }
+        self.secure = Some(secure);
+    }
+
+    fn srtp_dropped(&mut self, rtcp: bool, e: &SrtpError) {
+        use crate::metrics::{SrtpDrop, Stranger};
+        self.stats.dropped += 1;
+        let why = match e {
+            SrtpError::AuthFailed => {
+                self.stats.srtp_auth_failures += 1;
+                SrtpDrop::Auth
+            }
+            SrtpError::Replayed => {
+                self.stats.srtp_replays += 1;
+                SrtpDrop::Replay
+            }
+            _ => SrtpDrop::Malformed,
+        };
+        if let Some(m) = &self.cfg.sources.metrics {
+            m.srtp_dropped(why, if rtcp { Stranger::Rtcp } else { Stranger::Rtp });
+        }
+    }
+
+    fn handle_clear_rtcp(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         if !self.recv.accept_rtcp(from) {
             self.stats.dropped += 1;
             if let Some(m) = &self.cfg.sources.metrics {
@@ -518,7 +645,14 @@ impl Leg {
     pub fn rtcp_bye(&mut self) -> Option<(SocketAddr, &[u8])> {
         let dest = self.rtcp_destination()?;
         let n = self.rtcp.bye(&mut self.rtcp_buf).ok()?;
-        Some((dest, &self.rtcp_buf[..n]))
+        match self.secure.as_deref_mut() {
+            None => Some((dest, &self.rtcp_buf[..n])),
+            Some(s) => {
+                s.buf.get_mut(..n)?.copy_from_slice(&self.rtcp_buf[..n]);
+                let n = s.session.protect_rtcp(&mut s.buf, n).ok()?;
+                Some((dest, &s.buf[..n]))
+            }
+        }
     }
 
     /// Receive statistics so far.
@@ -578,8 +712,10 @@ impl Leg {
                 payload_type,
                 telephone_event,
                 params,
+                srtp,
             } => {
                 self.switch_codec(codec, payload_type, telephone_event, &params);
+                self.rekey(srtp);
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
                 self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
@@ -592,6 +728,24 @@ impl Leg {
                 self.rtp_watch = RtpWatch::Since(now);
             }
         }
+    }
+
+    /// Takes the SRTP keys a re-INVITE agreed: a change of either side's key (or to or from
+    /// plain RTP) starts a new transform; the same keys keep the running one.
+    fn rekey(&mut self, keys: Option<Box<SrtpKeys>>) {
+        if self.secure.as_ref().map(|s| &s.keys) == keys.as_deref() {
+            return;
+        }
+        self.secure = match keys.as_deref().map(Secure::new) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                // The negotiator checked these keys; keep the old ones rather than go clear.
+                tracing::warn!(error = %e, "new SRTP keys refused; keeping the old ones");
+                return;
+            }
+        };
+        self.cfg.srtp = keys;
     }
 
     /// Moves the leg to the codec a re-INVITE agreed, mid-call, when the codec or a payload
@@ -754,14 +908,18 @@ impl Leg {
         bytes: &[u8],
     ) {
         match classify(bytes) {
-            PacketKind::Rtp => {}
-            // rtcp-mux (RFC 5761 §4): RTCP on the RTP port.
-            PacketKind::Rtcp => return self.handle_rtcp(now, wallclock, from, bytes),
-            PacketKind::Other => {
-                self.stats.dropped += 1;
-                return;
+            PacketKind::Rtp => {
+                self.unsealed(false, bytes, |leg, clear| {
+                    leg.handle_clear_rtp(now, from, clear)
+                });
             }
+            // rtcp-mux (RFC 5761 §4): RTCP on the RTP port.
+            PacketKind::Rtcp => self.handle_rtcp(now, wallclock, from, bytes),
+            PacketKind::Other => self.stats.dropped += 1,
         }
+    }
+
+    fn handle_clear_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let Ok(pkt) = RtpPacket::parse(bytes) else {
             self.stats.dropped += 1;
             return;
@@ -875,6 +1033,35 @@ impl Leg {
         room: Option<&Frame>,
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
+        self.sealed(send, |leg, send| {
+            leg.send_clear(now, wallclock, tick, room, send)
+        });
+    }
+
+    /// Runs `then` with a send callback that protects each datagram first when the leg is
+    /// SRTP, else with `send` itself.
+    fn sealed(
+        &mut self,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+        then: impl FnOnce(&mut Leg, &mut dyn FnMut(Port, SocketAddr, &[u8])),
+    ) {
+        let Some(mut secure) = self.secure.take() else {
+            return then(self, send);
+        };
+        then(self, &mut |port, dest, bytes| {
+            secure.seal(port, dest, bytes, send)
+        });
+        self.secure = Some(secure);
+    }
+
+    fn send_clear(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        tick: u64,
+        room: Option<&Frame>,
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
         self.follow_ticks(now, tick);
         self.produce_frame(room);
         self.record_frame();
@@ -900,9 +1087,23 @@ impl Leg {
         payload: &[u8],
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
-        if self.playing.is_some() || self.echo || !self.inband_sender.is_idle() {
-            return self.send(now, wallclock, tick, Some(pcm), send);
-        }
+        self.sealed(send, |leg, send| {
+            if leg.playing.is_some() || leg.echo || !leg.inband_sender.is_idle() {
+                return leg.send_clear(now, wallclock, tick, Some(pcm), send);
+            }
+            leg.send_shared(now, wallclock, tick, pcm, payload, send)
+        });
+    }
+
+    fn send_shared(
+        &mut self,
+        now: Instant,
+        wallclock: SystemTime,
+        tick: u64,
+        pcm: &Frame,
+        payload: &[u8],
+        send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
+    ) {
         self.follow_ticks(now, tick);
         if self.recording.is_some() {
             self.pcm_out = *pcm;
@@ -1321,6 +1522,7 @@ fn update_keeping_codec(
         payload_type: l.cfg.payload_type,
         telephone_event: l.cfg.telephone_event,
         params: CodecParams::default(),
+        srtp: l.cfg.srtp.clone(),
     }
 }
 
@@ -2642,6 +2844,7 @@ mod codec_switch_tests {
             payload_type: pt,
             telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
             params: CodecParams::default(),
+            srtp: None,
         }
     }
 
@@ -2926,6 +3129,184 @@ mod codec_switch_tests {
             read_keys(&mut rx, t0, &p, &mut keys);
         }
         assert_eq!(keys, "5");
+    }
+}
+
+#[cfg(test)]
+mod srtp_tests {
+    use super::*;
+    use crate::media::codec::g711::{ulaw_decode, ulaw_encode};
+    use crate::media::level::tone_share;
+    use crate::media::tone::{ToneGenerator, ToneSpec};
+    use crate::rtp::packet::RtpHeader;
+    use crate::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
+
+    const PEER: &str = "127.0.0.1:40000";
+
+    /// The leg's keys, and the peer's session that matches them.
+    fn pair(suite: Suite) -> (SrtpKeys, SrtpSession) {
+        let leg_key = MasterKey::random(suite).unwrap();
+        let peer_key = CryptoAttr::new(1, MasterKey::random(suite).unwrap());
+        let peer = SrtpSession::new(&peer_key.key, &CryptoAttr::new(1, leg_key.clone())).unwrap();
+        let keys = SrtpKeys {
+            ours: leg_key,
+            theirs: peer_key,
+        };
+        (keys, peer)
+    }
+
+    fn echo_leg(now: Instant, keys: SrtpKeys) -> Leg {
+        let cfg = LegConfig {
+            srtp: Some(Box::new(keys)),
+            ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+        };
+        let mut l = Leg::new(cfg, now).unwrap();
+        l.apply(now, LegCommand::Echo(true));
+        l
+    }
+
+    fn tone(hz: f64) -> Vec<i16> {
+        let spec: ToneSpec = format!("{hz}/2000@-10").parse().unwrap();
+        let mut g = ToneGenerator::new(&spec, INTERNAL_RATE).unwrap();
+        let mut out = vec![0i16; 16000];
+        for f in out.chunks_mut(FRAME_SAMPLES) {
+            let mut frame = [0i16; FRAME_SAMPLES];
+            g.fill(&mut frame);
+            f.copy_from_slice(&frame);
+        }
+        out
+    }
+
+    /// The peer's protected PCMU packet `n` of `pcm`.
+    fn sealed(s: &mut SrtpSession, n: u16, pcm: &[i16]) -> Vec<u8> {
+        let at = usize::from(n) * FRAME_SAMPLES;
+        let payload: Vec<u8> = pcm[at..at + FRAME_SAMPLES]
+            .iter()
+            .map(|&x| ulaw_encode(x))
+            .collect();
+        let header = RtpHeader {
+            marker: n == 0,
+            payload_type: PayloadType::PCMU,
+            seq: WireSeq::new(100 + n),
+            timestamp: RtpTimestamp::new(u32::from(n) * 160),
+            ssrc: Ssrc::new(99),
+        };
+        let mut buf = vec![0u8; 1500];
+        let len = RtpPacket::new(header, &payload).write(&mut buf).unwrap();
+        let len = s.protect_rtp(&mut buf, len).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    /// Runs ticks `from..to`: the peer's genuine packet each tick, after `extra` (if any);
+    /// returns what the peer decrypted and decoded of the leg's RTP.
+    fn run(
+        l: &mut Leg,
+        peer: &mut SrtpSession,
+        t0: Instant,
+        ticks: std::ops::Range<u16>,
+        pcm: &[i16],
+        mut extra: impl FnMut(u16) -> Option<Vec<u8>>,
+    ) -> Vec<i16> {
+        let from: SocketAddr = PEER.parse().unwrap();
+        let mut heard = Vec::new();
+        for n in ticks {
+            let now = t0 + FRAME * u32::from(n);
+            if let Some(x) = extra(n) {
+                l.handle_packet(now, SystemTime::UNIX_EPOCH, from, &x);
+            }
+            let p = sealed(peer, n, pcm);
+            l.handle_packet(now, SystemTime::UNIX_EPOCH, from, &p);
+            l.tick(
+                now,
+                SystemTime::UNIX_EPOCH,
+                u64::from(n),
+                &mut |port, _, bytes| {
+                    let mut b = bytes.to_vec();
+                    if port == Port::Rtp && classify(&b) == PacketKind::Rtp {
+                        let n = peer
+                            .unprotect_rtp(&mut b)
+                            .expect("the peer opens what the leg sent");
+                        let p = RtpPacket::parse(&b[..n]).unwrap();
+                        heard.extend(p.payload.iter().map(|&x| ulaw_decode(x)));
+                    } else {
+                        peer.unprotect_rtcp(&mut b)
+                            .expect("the peer opens the leg's RTCP");
+                    }
+                },
+            );
+        }
+        heard
+    }
+
+    #[test]
+    fn an_srtp_leg_echoes_through_the_transform_and_drops_forgeries_unheard() {
+        for suite in [
+            Suite::AesCm128HmacSha1_80,
+            Suite::AesCm128HmacSha1_32,
+            Suite::AeadAes128Gcm,
+        ] {
+            let t0 = Instant::now();
+            let (keys, mut peer) = pair(suite);
+            let mut l = echo_leg(t0, keys.clone());
+            let good = tone(1000.0);
+            let bad = tone(2000.0);
+            // Forgeries: the 2 kHz tone sealed with a key the leg does not have.
+            let (_, mut stranger) = pair(suite);
+            let heard = run(&mut l, &mut peer, t0, 0..90, &good, |n| {
+                Some(sealed(&mut stranger, n, &bad))
+            });
+            assert_eq!(l.stats().srtp_auth_failures, 90, "{suite:?}");
+            assert!(
+                heard.len() >= 80 * FRAME_SAMPLES,
+                "{suite:?}: {}",
+                heard.len()
+            );
+            let tail = &heard[heard.len() - 8000..];
+            assert!(tone_share(tail, 1000.0, 8000.0) > 0.9, "{suite:?}");
+            assert!(tone_share(tail, 2000.0, 8000.0) < 0.01, "{suite:?}");
+        }
+    }
+
+    #[test]
+    fn replays_are_dropped_and_the_same_keys_keep_the_window_new_ones_start_afresh() {
+        let t0 = Instant::now();
+        let (keys, mut peer) = pair(Suite::AesCm128HmacSha1_80);
+        let mut l = echo_leg(t0, keys.clone());
+        let pcm = tone(1000.0);
+        run(&mut l, &mut peer, t0, 0..10, &pcm, |_| None);
+        // The same keys again (a re-INVITE that changed nothing): the replay window stays,
+        // so packets 0-9 sent again are replays.
+        let now = t0 + FRAME * 10;
+        l.apply(
+            now,
+            update_keeping_codec(&l, PEER.parse().ok(), None, Direction::SendRecv, FRAME),
+        );
+        assert_eq!(l.cfg.srtp.as_deref(), Some(&keys));
+        // A sender with the peer's key and a fresh state re-seals packets 0-9 exactly.
+        let mut replayer =
+            SrtpSession::new(&keys.theirs.key, &CryptoAttr::new(1, keys.ours.clone())).unwrap();
+        let from: SocketAddr = PEER.parse().unwrap();
+        for n in 0..10 {
+            let p = sealed(&mut replayer, n, &pcm);
+            l.handle_packet(now, SystemTime::UNIX_EPOCH, from, &p);
+        }
+        assert_eq!(l.stats().srtp_replays, 10);
+        assert_eq!(l.stats().srtp_auth_failures, 0);
+
+        // New keys for the peer: its old key no longer opens, the new one does.
+        let (new_keys, mut new_peer) = pair(Suite::AeadAes128Gcm);
+        let mut cmd = update_keeping_codec(&l, PEER.parse().ok(), None, Direction::SendRecv, FRAME);
+        if let LegCommand::Update { srtp, .. } = &mut cmd {
+            *srtp = Some(Box::new(new_keys));
+        }
+        l.apply(now, cmd);
+        let stale = sealed(&mut peer, 10, &pcm);
+        l.handle_packet(now, SystemTime::UNIX_EPOCH, from, &stale);
+        assert_eq!(l.stats().srtp_auth_failures, 1);
+        let heard = run(&mut l, &mut new_peer, t0, 11..60, &pcm, |_| None);
+        assert!(tone_share(&heard[heard.len() - 4000..], 1000.0, 8000.0) > 0.9);
+        assert_eq!(l.stats().srtp_auth_failures, 1);
     }
 }
 

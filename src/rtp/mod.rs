@@ -13,6 +13,7 @@ pub mod plc;
 pub mod ports;
 pub mod rtcp;
 pub mod session;
+pub mod srtp;
 pub mod types;
 
 pub use jitter::{Frame, JitterBuffer, JitterConfig, JitterStats, Pop, PushOutcome};

@@ -8,7 +8,10 @@ pub use model::{
     Attribute, Attributes, Bandwidth, Connection, Direction, ExtraLine, MediaDescription,
     MediaKind, Origin, PayloadType, Rtcp, RtpMap, SessionDescription, Timing,
 };
-pub use negotiate::{Answer, Codec, CodecChoice, LocalSession, NegotiatedAudio, NegotiationError};
+pub use negotiate::{
+    Answer, Codec, CodecChoice, LocalSession, NegotiatedAudio, NegotiationError, SrtpKeys,
+    SrtpPolicy,
+};
 pub use parse::{parse, SdpError, SdpErrorKind};
 
 #[cfg(test)]

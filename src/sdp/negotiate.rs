@@ -12,6 +12,12 @@
 //! RFC 4733 events are negotiated per RTP clock: an answer takes the offered
 //! `telephone-event` whose rate is the chosen codec's RTP clock (8000 for G.722, whose audio
 //! is 16 kHz, RFC 3551 §4.5.2), and our offers carry one per clock rate among our codecs.
+//!
+//! SRTP keys travel in the SDP (SDES, RFC 4568) under [`SrtpPolicy`]: an `RTP/SAVP` offer is
+//! answered in kind with the first `a=crypto` we can use and a key of ours for the same suite;
+//! an `RTP/AVP` offer that carries `a=crypto` (best-effort SRTP, as FreeSWITCH and baresip
+//! offer it) gets SRTP too; an offer without keys never does. Our key is made once per call
+//! and kept across re-answers, so a re-INVITE that changes nothing changes no key.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,6 +25,7 @@ use super::model::{
     Attribute, Connection, Direction, MediaDescription, MediaKind, Origin, PayloadType, RtpMap,
     SessionDescription,
 };
+use crate::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
 
 const TELEPHONE_EVENT: &str = "telephone-event";
 /// The DTMF events we answer with when the offer does not say (RFC 4733 §2.4.1).
@@ -98,9 +105,15 @@ pub enum NegotiationError {
     /// No usable `m=audio` line (none, or all with port 0).
     #[error("no audio stream")]
     NoAudioStream,
-    /// Audio is offered only over a profile we do not speak (e.g. SRTP).
+    /// Audio is offered only over a profile we do not speak (SRTP when it is off).
     #[error("unsupported transport {0}")]
     UnsupportedTransport(String),
+    /// SRTP is required and the offer (or the answer to ours) has no key we can use.
+    #[error("SRTP required: no usable a=crypto")]
+    SrtpRequired,
+    /// The audio is offered over SRTP, but with no `a=crypto` we can use.
+    #[error("no usable a=crypto (offered: {0})")]
+    NoUsableCrypto(String),
     /// Audio is offered, but in no codec we support.
     #[error("no common audio codec (offered: {offered}; supported: {supported})")]
     NoCommonCodec {
@@ -139,6 +152,35 @@ pub enum CodecChoice {
     Greedy,
 }
 
+/// When a call's media is SRTP (`[rtp] srtp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// Offers with keys get SRTP, offers without get plain RTP; our own offers are plain.
+    #[default]
+    Optional,
+    /// SRTP only: an offer without usable keys gets 488; our own offers are `RTP/SAVP`.
+    Required,
+    /// Plain RTP only: SRTP-only offers get 488, keys on plain offers are ignored.
+    Off,
+}
+
+/// The SDES keys of an SRTP stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    /// Ours, to protect what we send.
+    pub ours: MasterKey,
+    /// The peer's (with its tag, MKI and parameters), to check and decrypt what it sends.
+    pub theirs: CryptoAttr,
+}
+
+/// The suites we offer, in our order of preference (the most widely implemented first).
+const OFFERED_SUITES: [Suite; 3] = [
+    Suite::AesCm128HmacSha1_80,
+    Suite::AesCm128HmacSha1_32,
+    Suite::AeadAes128Gcm,
+];
+
 /// The audio stream both sides agreed on, from our point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiatedAudio {
@@ -163,6 +205,8 @@ pub struct NegotiatedAudio {
     pub direction: Direction,
     /// Whether RTP and RTCP share one port (RFC 5761).
     pub rtcp_mux: bool,
+    /// The SRTP keys, when the stream is SRTP.
+    pub srtp: Option<Box<SrtpKeys>>,
 }
 
 /// Our answer to an offer: the SDP to send and the negotiated stream.
@@ -183,6 +227,11 @@ pub struct LocalSession {
     ptime_ms: u32,
     codecs: Vec<Codec>,
     choice: CodecChoice,
+    srtp: SrtpPolicy,
+    /// Our SRTP key once one was sent, reused by later answers of the same suite.
+    srtp_key: Option<MasterKey>,
+    /// The keys of our SRTP offers, by tag, kept for re-offers and for the answer.
+    offered_keys: Vec<CryptoAttr>,
     last_sent: Option<SessionDescription>,
     pending_offer: Option<SessionDescription>,
 }
@@ -198,6 +247,9 @@ impl LocalSession {
             ptime_ms: DEFAULT_PTIME_MS,
             codecs: Codec::ALL.to_vec(),
             choice: CodecChoice::default(),
+            srtp: SrtpPolicy::default(),
+            srtp_key: None,
+            offered_keys: Vec::new(),
             last_sent: None,
             pending_offer: None,
         }
@@ -212,6 +264,12 @@ impl LocalSession {
     /// Sets how an answer picks among the codecs both sides support.
     pub fn with_choice(mut self, choice: CodecChoice) -> Self {
         self.choice = choice;
+        self
+    }
+
+    /// Sets when the media is SRTP.
+    pub fn with_srtp(mut self, policy: SrtpPolicy) -> Self {
+        self.srtp = policy;
         self
     }
 
@@ -244,7 +302,7 @@ impl LocalSession {
     /// Answers `offer` (RFC 3264 §6): one m-line per offered m-line in the same order; the
     /// first usable audio RTP stream is accepted, every other stream is rejected with port 0.
     pub fn answer(&mut self, offer: &SessionDescription) -> Result<Answer, NegotiationError> {
-        let (index, chosen) = self.choose_stream(offer)?;
+        let (index, chosen, crypto) = self.choose_stream(offer)?;
         let offered = &offer.media[index];
 
         let telephone_event = offered.payload_types().find_map(|pt| {
@@ -309,6 +367,14 @@ impl LocalSession {
         if rtcp_mux {
             audio.attributes.push(Attribute::flag("rtcp-mux"));
         }
+        let srtp = crypto.map(|(theirs, ours)| {
+            audio.attributes.push(Attribute::with_value(
+                "crypto",
+                CryptoAttr::new(theirs.tag, ours.clone()).to_string(),
+            ));
+            self.srtp_key = Some(ours.clone());
+            Box::new(SrtpKeys { ours, theirs })
+        });
 
         let mut sdp = self.skeleton();
         sdp.media = offer
@@ -339,6 +405,7 @@ impl LocalSession {
                 remote_rtcp,
                 direction,
                 rtcp_mux,
+                srtp,
             },
         })
     }
@@ -346,10 +413,11 @@ impl LocalSession {
     /// Our offer, for an INVITE that came without one: every supported codec in our order,
     /// then a telephone-event for each RTP clock rate among them (8000 on PT 101), sendrecv.
     pub fn offer(&mut self) -> SessionDescription {
+        let secure = self.srtp == SrtpPolicy::Required;
         let mut audio = MediaDescription::new(
             MediaKind::Audio,
             self.media_addr.port(),
-            "RTP/AVP",
+            if secure { "RTP/SAVP" } else { "RTP/AVP" },
             Vec::new(),
         );
         // PT 101 stays for telephone-event/8000, as every offer of ours has always had it.
@@ -394,6 +462,22 @@ impl LocalSession {
             .attributes
             .push(Attribute::with_value("ptime", self.ptime_ms.to_string()));
         audio.attributes.push(Direction::SendRecv.into());
+        if secure {
+            if self.offered_keys.is_empty() {
+                self.offered_keys = (1..)
+                    .zip(OFFERED_SUITES)
+                    .filter_map(|(tag, suite)| {
+                        let key = self.key_for(suite)?;
+                        Some(CryptoAttr::new(tag, key))
+                    })
+                    .collect();
+            }
+            for key in &self.offered_keys {
+                audio
+                    .attributes
+                    .push(Attribute::with_value("crypto", key.to_string()));
+            }
+        }
 
         let mut sdp = self.skeleton();
         sdp.media.push(audio);
@@ -465,6 +549,7 @@ impl LocalSession {
         let rtcp_mux = theirs.attributes.rtcp_mux() && ours.attributes.rtcp_mux();
         let (remote_rtp, remote_rtcp) = remote_addresses(answer, theirs, rtcp_mux)?;
         let params = codec.params_from_fmtp(theirs.attributes.fmtp(pt));
+        let srtp = self.answered_keys(&ours.proto, theirs)?;
         Ok(NegotiatedAudio {
             codec,
             payload_type: pt,
@@ -476,6 +561,61 @@ impl LocalSession {
             remote_rtcp,
             direction,
             rtcp_mux,
+            srtp,
+        })
+    }
+
+    /// The keys an answer to our offer (whose profile was `offered_proto`) agreed: the
+    /// answer's `a=crypto` with the tag and suite of one of ours.
+    fn answered_keys(
+        &mut self,
+        offered_proto: &str,
+        theirs: &MediaDescription,
+    ) -> Result<Option<Box<SrtpKeys>>, NegotiationError> {
+        if self.offered_keys.is_empty() {
+            return Ok(None);
+        }
+        let agreed = theirs
+            .attributes
+            .values("crypto")
+            .filter_map(|v| CryptoAttr::parse(v).ok())
+            .find_map(|attr| {
+                let ours = self
+                    .offered_keys
+                    .iter()
+                    .find(|o| o.tag == attr.tag && o.key.suite() == attr.key.suite())?;
+                SrtpSession::new(&ours.key, &attr).ok()?;
+                Some(Box::new(SrtpKeys {
+                    ours: ours.key.clone(),
+                    theirs: attr,
+                }))
+            });
+        match agreed {
+            Some(keys) => {
+                self.srtp_key = Some(keys.ours.clone());
+                Ok(Some(keys))
+            }
+            None if is_savp(offered_proto) => Err(NegotiationError::SrtpRequired),
+            None => Ok(None),
+        }
+    }
+
+    /// Our key for `suite`: the one already in use when it is that suite, else a new one.
+    fn key_for(&self, suite: Suite) -> Option<MasterKey> {
+        match &self.srtp_key {
+            Some(k) if k.suite() == suite => Some(k.clone()),
+            _ => MasterKey::random(suite).ok(),
+        }
+    }
+
+    /// The first `a=crypto` of `m` we can use, with our key for its suite.
+    fn choose_crypto(&self, m: &MediaDescription) -> Option<(CryptoAttr, MasterKey)> {
+        m.attributes.values("crypto").find_map(|v| {
+            let theirs = CryptoAttr::parse(v).ok()?;
+            let ours = self.key_for(theirs.key.suite())?;
+            // Parameters we do not implement make the session refuse the attribute.
+            SrtpSession::new(&ours, &theirs).ok()?;
+            Some((theirs, ours))
         })
     }
 
@@ -505,11 +645,9 @@ impl LocalSession {
         sdp
     }
 
-    /// The first offered stream we can accept, or why there is none.
-    fn choose_stream(
-        &self,
-        offer: &SessionDescription,
-    ) -> Result<(usize, Chosen), NegotiationError> {
+    /// The first offered stream we can accept (with its SRTP keys when it is SRTP), or why
+    /// there is none: a codec miss first, then missing keys, then the transport.
+    fn choose_stream(&self, offer: &SessionDescription) -> Result<Stream, NegotiationError> {
         let live_audio = || {
             offer
                 .media
@@ -517,16 +655,42 @@ impl LocalSession {
                 .enumerate()
                 .filter(|(_, m)| m.kind == MediaKind::Audio && m.port != 0)
         };
-        let rtp_audio = || live_audio().filter(|(_, m)| is_avp(&m.proto));
-        for (i, m) in rtp_audio() {
-            if let Some(chosen) = self.choose_codec(m) {
-                return Ok((i, chosen));
+        let speakable = |m: &MediaDescription| {
+            is_avp(&m.proto) || (is_savp(&m.proto) && self.srtp != SrtpPolicy::Off)
+        };
+        let mut keyless = None;
+        let mut codec_misses = Vec::new();
+        for (i, m) in live_audio().filter(|(_, m)| speakable(m)) {
+            let crypto = match self.srtp {
+                SrtpPolicy::Off => None,
+                _ => self.choose_crypto(m),
+            };
+            let needs_keys = is_savp(&m.proto) || self.srtp == SrtpPolicy::Required;
+            if needs_keys && crypto.is_none() {
+                keyless.get_or_insert(m);
+                continue;
+            }
+            match self.choose_codec(m) {
+                Some(chosen) => return Ok((i, chosen, crypto)),
+                None => codec_misses.push(m),
             }
         }
-        if rtp_audio().next().is_some() {
+        if !codec_misses.is_empty() {
             return Err(NegotiationError::NoCommonCodec {
-                offered: format_names(rtp_audio().map(|(_, m)| m)),
+                offered: format_names(codec_misses.into_iter()),
                 supported: self.supported_names(),
+            });
+        }
+        if let Some(m) = keyless {
+            let suites: Vec<&str> = m
+                .attributes
+                .values("crypto")
+                .filter_map(|v| v.split_whitespace().nth(1))
+                .collect();
+            return Err(if suites.is_empty() {
+                NegotiationError::SrtpRequired
+            } else {
+                NegotiationError::NoUsableCrypto(suites.join(", "))
             });
         }
         match live_audio().next() {
@@ -559,9 +723,17 @@ struct Chosen {
     pt: PayloadType,
 }
 
-/// Plain RTP profiles only: SRTP (SAVP/SAVPF) needs keys we do not negotiate.
+/// The stream an answer takes: its index, codec, and the peer's key with ours when SRTP.
+type Stream = (usize, Chosen, Option<(CryptoAttr, MasterKey)>);
+
+/// The plain RTP profiles.
 fn is_avp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+/// The SRTP profiles (RFC 3711 §12, RFC 5124).
+fn is_savp(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/SAVP") || proto.eq_ignore_ascii_case("RTP/SAVPF")
 }
 
 fn is_telephone_event(map: &RtpMap, clock_rate: u32) -> bool {

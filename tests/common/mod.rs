@@ -105,6 +105,8 @@ pub struct Server {
     pub sip: SocketAddr,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// SIP over TLS, when the config has `tls_listen`.
+    pub tls: Option<SocketAddr>,
     pub rtp: (u16, u16),
     log: PathBuf,
     dir: TempDir,
@@ -162,6 +164,7 @@ impl Server {
             child,
             sip: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
             rtp,
             log,
             dir,
@@ -177,6 +180,9 @@ impl Server {
                             .split_whitespace()
                             .find_map(|w| w.strip_prefix("http=")?.parse().ok())
                             .unwrap_or(server.http);
+                        server.tls = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("tls=")?.parse().ok());
                         return server;
                     }
                 }

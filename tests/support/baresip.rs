@@ -29,6 +29,11 @@ pub struct Options {
     pub ptime: Option<u32>,
     /// The password it answers digest challenges with (its user name is the account's).
     pub auth_pass: Option<String>,
+    /// SIP over TLS to the server (whose address is then its TLS listener), trusting the CA
+    /// in this PEM file.
+    pub tls_ca: Option<PathBuf>,
+    /// Its account's `mediaenc` (`srtp`: best effort, `srtp-mand`: RTP/SAVP).
+    pub mediaenc: Option<&'static str>,
 }
 
 impl Options {
@@ -39,6 +44,8 @@ impl Options {
             rtp_port: None,
             ptime: None,
             auth_pass: None,
+            tls_ca: None,
+            mediaenc: None,
         }
     }
 }
@@ -56,6 +63,7 @@ pub struct Baresip {
     token: u64,
     server: SocketAddr,
     tcp: bool,
+    tls: bool,
     /// Its SIP port on 127.0.0.1 (where calls to it go).
     pub sip_port: u16,
 }
@@ -79,16 +87,29 @@ impl Baresip {
              rtp_ports {rtp}-{rtp_end}\n\
              module_path /usr/lib/baresip/modules\n\
              module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-             module account.so\n\
+             {srtp}module account.so\n\
              module_app menu.so\nmodule_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl}\n\
-             snd_path {dir}\n",
+             snd_path {dir}\n{ca}",
             tone = tone.display(),
             rtp_end = rtp + 1,
             dir = dir.display(),
+            // Before the accounts, which name it.
+            srtp = if options.mediaenc.is_some() {
+                "module srtp.so\n"
+            } else {
+                ""
+            },
+            ca = options
+                .tls_ca
+                .as_ref()
+                .map_or(String::new(), |ca| format!("sip_cafile {}\n", ca.display())),
         );
         std::fs::write(dir.join("config"), config).unwrap();
-        let transport = if options.tcp { ";transport=tcp" } else { "" };
+        let transport = transport(options.tcp, options.tls_ca.is_some());
+        let mediaenc = options
+            .mediaenc
+            .map_or(String::new(), |m| format!(";mediaenc={m}"));
         let ptime = options
             .ptime
             .map_or(String::new(), |ms| format!(";ptime={ms}"));
@@ -99,7 +120,7 @@ impl Baresip {
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}{auth}\n",
+                "<sip:{name}@127.0.0.1:{}{transport}>;regint=0;answermode=auto;audio_codecs=pcmu,pcma{ptime}{auth}{mediaenc}\n",
                 server.port()
             ),
         )
@@ -129,14 +150,18 @@ impl Baresip {
             token: 0,
             server,
             tcp: options.tcp,
+            tls: options.tls_ca.is_some(),
             sip_port: sip,
         }
     }
 
     /// The SIP URI of `user` on the server under test.
     pub fn uri(&self, user: &str) -> String {
-        let transport = if self.tcp { ";transport=tcp" } else { "" };
-        format!("sip:{user}@{}{transport}", self.server)
+        format!(
+            "sip:{user}@{}{}",
+            self.server,
+            transport(self.tcp, self.tls)
+        )
     }
 
     /// Sends a command and waits for its answer; panics if baresip refuses it.
@@ -307,5 +332,14 @@ fn read_netstrings(stream: TcpStream, tx: mpsc::Sender<Value>) {
                 return;
             }
         }
+    }
+}
+
+/// The URI parameter for the phone's SIP transport.
+fn transport(tcp: bool, tls: bool) -> &'static str {
+    match (tls, tcp) {
+        (true, _) => ";transport=tls",
+        (false, true) => ";transport=tcp",
+        (false, false) => "",
     }
 }

@@ -4,6 +4,7 @@ mod codecs;
 mod negotiate;
 mod parse;
 mod roundtrip;
+mod srtp;
 
 /// Turns readable SDP (LF, indentation-free) into wire form with CRLF.
 pub(super) fn crlf(text: &str) -> String {

@@ -378,13 +378,10 @@ a=rtpmap:96 H264/90000
 
 #[test]
 fn unsupported_transport() {
-    let offer = offer_with(
-        "m=audio 20000 RTP/SAVP 0",
-        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:abc\n",
-    );
+    let offer = offer_with("m=audio 20000 UDP/TLS/RTP/SAVPF 0", "");
     assert_eq!(
         local().answer(&offer).unwrap_err().to_string(),
-        "unsupported transport RTP/SAVP"
+        "unsupported transport UDP/TLS/RTP/SAVPF"
     );
 }
 
