@@ -13,7 +13,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::server::{call, hang_up, http_get, start_with, wire};
+use support::server::{call, hang_up, metric, start_with, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
@@ -75,16 +75,6 @@ async fn ask(
     );
     s.send_to(&bytes, server).await.unwrap();
     next_response(s, Duration::from_secs(5)).await
-}
-
-/// The value of one sample of `/metrics`, e.g. `switchboard_sip_refused_total{reason="acl"}`.
-async fn metric(http: SocketAddr, sample: &str) -> f64 {
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
 }
 
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::rtp::{peak_tone_power, tone, tone_power};
-use support::server::{answered_port, call_offering, hang_up, http_get, start_with, wire};
+use support::server::{answered_port, call_offering, hang_up, metric, start_with, wire};
 use support::uac::UacState;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
@@ -37,15 +37,6 @@ fn answered_key(answer: &[u8]) -> CryptoAttr {
         .find_map(|l| l.strip_prefix("a=crypto:"))
         .unwrap_or_else(|| panic!("no a=crypto in the answer\n{text}"));
     CryptoAttr::parse(value.trim()).unwrap()
-}
-
-async fn metric(http: SocketAddr, sample: &str) -> f64 {
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
 }
 
 /// One 20 ms PCMU packet of `pcm`, protected.

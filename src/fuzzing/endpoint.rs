@@ -13,8 +13,9 @@ use crate::sip::transaction::TimerConfig;
 const MAX_OPS: usize = 256;
 /// Calls the driver remembers to give commands on.
 const MAX_HANDLES: usize = 16;
-/// Messages and events one step may produce.
-const MAX_OUTPUT_PER_STEP: usize = 512;
+/// Messages and events one step may produce: every call and transaction the steps opened may
+/// end in the same step (a time step firing all their timers at once), each with a few.
+const MAX_OUTPUT_PER_STEP: usize = 8 * MAX_OPS;
 /// Timer firings one time step may take.
 const MAX_TIMER_ROUNDS: usize = 10_000;
 

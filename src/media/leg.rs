@@ -32,7 +32,7 @@ use crate::rtp::session::{
     DEFAULT_LEARN_WINDOW,
 };
 use crate::rtp::srtp::{SrtpError, SrtpSession};
-use crate::rtp::types::{PayloadType, PayloadTypeSet, RtpTimestamp, Ssrc, WireSeq};
+use crate::rtp::types::{PayloadType, PayloadTypeSet, RtpTimestamp, SeqNo, Ssrc, WireSeq};
 use crate::sdp::Direction;
 use crate::sdp::SrtpKeys;
 
@@ -44,6 +44,10 @@ const MAX_PACKET_SAMPLES: usize = 3 * FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: just under the longest packet plus the
 /// frame appended to it, for codecs of up to four bytes an internal sample (L16 at 16 kHz).
 const OUT_FIFO_BYTES: usize = 4 * (MAX_PACKET_SAMPLES + FRAME_SAMPLES);
+
+/// Concealment through the codec after which a talkspurt counts as over: libopus has faded
+/// to near silence by then (G.711 Appendix I is silent after 60 ms).
+const OWN_CONCEALMENT_LIMIT: usize = 6 * FRAME_SAMPLES;
 
 /// Which of the leg's two ports a datagram leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,8 +304,11 @@ pub struct LegStats {
     pub packets_out: u64,
     /// Frames decoded from packets.
     pub frames_decoded: u64,
-    /// Frames concealed (lost or late).
+    /// Frames concealed (lost or late), by the codec's own concealment or G.711 Appendix I.
     pub frames_concealed: u64,
+    /// Lost frames recovered from the redundancy in the packet after them (Opus in-band
+    /// FEC); not counted as concealed.
+    pub frames_recovered: u64,
     /// Datagrams dropped (not RTP, rejected by the session, undecodable).
     pub dropped: u64,
     /// RTP packets lost: expected from the sequence numbers but never received.
@@ -310,6 +317,8 @@ pub struct LegStats {
     pub srtp_auth_failures: u64,
     /// SRTP and SRTCP packets replayed or older than the replay window (also in `dropped`).
     pub srtp_replays: u64,
+    /// SRTP and SRTCP packets too short, or with an MKI not the peer's (also in `dropped`).
+    pub srtp_malformed: u64,
 }
 
 /// The largest datagram an SRTP leg takes or makes, tag and MKI included.
@@ -427,6 +436,8 @@ pub struct Leg {
     fifo_len: usize,
     scratch: [i16; MAX_PACKET_SAMPLES],
     plc: G711Plc,
+    /// Samples concealed through the codec since the last frame heard or recovered.
+    concealed_run: usize,
     inband: InbandDetector,
     inband_clock: SampleClock,
     rfc4733: Option<EventReceiver>,
@@ -507,6 +518,7 @@ impl Leg {
             fifo_len: 0,
             scratch: [0; MAX_PACKET_SAMPLES],
             plc: G711Plc::new(),
+            concealed_run: 0,
             inband,
             inband_clock,
             rfc4733: cfg.telephone_event.map(|pt| EventReceiver::new(pt, rate)),
@@ -588,13 +600,19 @@ impl Leg {
         };
         match secure.open(rtcp, bytes) {
             Ok(n) => then(self, &secure.buf[..n]),
-            Err(e) => self.srtp_dropped(rtcp, &e),
+            Err(e) => self.srtp_dropped(rtcp, &e, bytes),
         }
         self.secure = Some(secure);
     }
 
-    fn srtp_dropped(&mut self, rtcp: bool, e: &SrtpError) {
+    fn srtp_dropped(&mut self, rtcp: bool, e: &SrtpError, bytes: &[u8]) {
         use crate::metrics::{SrtpDrop, Stranger};
+        let s = &self.stats;
+        if s.srtp_auth_failures + s.srtp_replays + s.srtp_malformed == 0 {
+            // The first one a leg drops says why; a flood of them is only counted.
+            let head = &bytes[..bytes.len().min(12)];
+            tracing::info!(error = %e, rtcp, len = bytes.len(), ?head, "SRTP packet dropped");
+        }
         self.stats.dropped += 1;
         let why = match e {
             SrtpError::AuthFailed => {
@@ -605,7 +623,10 @@ impl Leg {
                 self.stats.srtp_replays += 1;
                 SrtpDrop::Replay
             }
-            _ => SrtpDrop::Malformed,
+            _ => {
+                self.stats.srtp_malformed += 1;
+                SrtpDrop::Malformed
+            }
         };
         if let Some(m) = &self.cfg.sources.metrics {
             m.srtp_dropped(why, if rtcp { Stranger::Rtcp } else { Stranger::Rtp });
@@ -1284,12 +1305,15 @@ impl Leg {
                     let ok = matches!(self.codec.decode(f.payload, out), Ok(got) if got == n);
                     if ok {
                         self.talkspurt = true;
-                        let _ = self.plc.good_frame(out);
+                        self.concealed_run = 0;
+                        if !self.codec.has_own_concealment() {
+                            let _ = self.plc.good_frame(out);
+                        }
                         self.stats.frames_decoded += 1;
                     }
                     ok
                 }
-                Pop::Lost(_) => false,
+                Pop::Lost(seq) => self.recover_frame(seq.next(), n),
                 Pop::Empty if !self.talkspurt => {
                     // Nothing is playing: this tick hears silence.
                     let missing = FRAME_SAMPLES - self.fifo_len;
@@ -1300,11 +1324,7 @@ impl Leg {
                 Pop::Empty => false,
             };
             if !decoded {
-                let _ = self.plc.lost_frame(out);
-                self.stats.frames_concealed += 1;
-                if !self.plc.concealing() {
-                    self.talkspurt = false;
-                }
+                self.conceal_frame(n);
             }
             self.fifo[self.fifo_len..self.fifo_len + n].copy_from_slice(&self.scratch[..n]);
             self.fifo_len += n;
@@ -1324,6 +1344,52 @@ impl Leg {
         });
         for e in found.into_iter().flatten() {
             self.key_event(e);
+        }
+    }
+
+    /// Rebuilds a lost frame of `n` samples into `scratch` from the redundancy in packet
+    /// `next`, if it is buffered and the codec carries any (Opus in-band FEC, RFC 7587 §3.2).
+    fn recover_frame(&mut self, next: SeqNo, n: usize) -> bool {
+        if !self.codec.has_own_concealment() {
+            return false;
+        }
+        let Some(payload) = self.jitter.peek(next) else {
+            return false;
+        };
+        let out = &mut self.scratch[..n];
+        let ok = matches!(self.codec.recover(payload, out), Ok(got) if got == n);
+        if ok {
+            self.stats.frames_recovered += 1;
+            self.concealed_run = 0;
+        }
+        ok
+    }
+
+    /// Fills `scratch` with `n` samples of concealment for a frame that did not come: the
+    /// codec's own where it has one (it knows its signal model and keeps its decoder in step
+    /// for the next packet), else G.711 Appendix I on the decoded audio.
+    fn conceal_frame(&mut self, n: usize) {
+        let out = &mut self.scratch[..n];
+        self.stats.frames_concealed += 1;
+        if self.codec.has_own_concealment() {
+            if !matches!(self.codec.conceal(out), Ok(got) if got == n) {
+                out.fill(0);
+            }
+            self.concealed_run += n;
+            if self.concealed_run >= OWN_CONCEALMENT_LIMIT {
+                // Long enough for the codec to have faded out: the talkspurt is over, and
+                // silence from here on costs no decoding.
+                self.talkspurt = false;
+            }
+            return;
+        }
+        // The codec still hears of the gap and minds its state its own way (G.722 keeps its
+        // ADPCM state, which fits the talker's level better than a reset one; a resampled
+        // codec keeps its filters fed); what is heard is Appendix I.
+        let _ = self.codec.conceal(out);
+        let _ = self.plc.lost_frame(out);
+        if !self.plc.concealing() {
+            self.talkspurt = false;
         }
     }
 
@@ -1385,8 +1451,19 @@ fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
 
 /// A jitter buffer for packets of `samples` samples at the internal rate.
 fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
+    let frame = INTERNAL_RATE.duration_of(samples as u64);
+    let default = JitterConfig::default();
+    // A lost frame can be rebuilt from the FEC in the packet after it only if that packet is
+    // already buffered when the lost one is due: one frame more depth than the least.
+    let min_depth = if codec.inband_fec() {
+        default.min_depth.max(frame * 2)
+    } else {
+        default.min_depth
+    };
     JitterConfig {
-        frame: INTERNAL_RATE.duration_of(samples as u64),
+        frame,
+        min_depth,
+        initial_depth: default.initial_depth.max(min_depth),
         slot_bytes: codec
             .max_payload_bytes(MAX_PACKET_SAMPLES)
             .max(MAX_PACKET_SAMPLES * 2),
@@ -3241,5 +3318,392 @@ mod srtp_tests {
         let heard = run(&mut l, &mut new_peer, t0, 11..60, &pcm, |_| None);
         assert!(tone_share(&heard[heard.len() - 4000..], 1000.0, 8000.0) > 0.9);
         assert_eq!(l.stats().srtp_auth_failures, 1);
+    }
+}
+
+/// Loss concealment per codec: Opus conceals and recovers through libopus, the others
+/// through G.711 Appendix I on the decoded audio.
+#[cfg(test)]
+mod concealment_tests {
+    use super::*;
+    use crate::media::codec::test_util::{fit_sine, sine};
+    use crate::rtp::packet::RtpHeader;
+
+    const PEER: &str = "127.0.0.1:40000";
+
+    fn leg_of(codec: CodecKind, pt: u8, now: Instant) -> Leg {
+        let cfg = LegConfig {
+            codec,
+            payload_type: PayloadType::new(pt).unwrap(),
+            ..LegConfig::pcmu(PEER.parse().unwrap(), Ssrc::new(7))
+        };
+        Leg::new(cfg, now).unwrap()
+    }
+
+    /// Payloads of `pcm` in frames of `frame` samples, through `enc`.
+    fn encode_all(enc: &mut dyn AudioCodec, pcm: &[i16], frame: usize) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 1500];
+        pcm.chunks_exact(frame)
+            .map(|f| {
+                let n = enc.encode(f, &mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect()
+    }
+
+    /// Gives the leg one packet a tick (none for those in `lost`), `step` RTP ticks apart,
+    /// each arriving `after` its tick (zero: just before it), for as many ticks as there are
+    /// payloads plus `tail`; returns what it heard from its first decoded frame on.
+    fn hear(
+        l: &mut Leg,
+        payloads: &[Vec<u8>],
+        step: u32,
+        after: Duration,
+        lost: &[usize],
+        tail: usize,
+        t0: Instant,
+    ) -> Vec<i16> {
+        let pt = l.cfg.payload_type;
+        let mut heard = Vec::new();
+        let mut wire = [0u8; 1500];
+        for k in 0..payloads.len() + tail {
+            let now = t0 + FRAME * k as u32;
+            if !after.is_zero() {
+                l.receive(now);
+            }
+            if let Some(p) = payloads.get(k).filter(|_| !lost.contains(&k)) {
+                let header = RtpHeader {
+                    marker: k == 0,
+                    payload_type: pt,
+                    seq: WireSeq::new(1000 + k as u16),
+                    timestamp: RtpTimestamp::new(7000 + step * k as u32),
+                    ssrc: Ssrc::new(99),
+                };
+                let n = RtpPacket::new(header, p).write(&mut wire).unwrap();
+                let from = PEER.parse().unwrap();
+                l.handle_packet(now + after, SystemTime::UNIX_EPOCH, from, &wire[..n]);
+            }
+            if after.is_zero() {
+                l.receive(now);
+            }
+            if l.stats().frames_decoded > 0 {
+                heard.extend_from_slice(l.input());
+            }
+        }
+        heard
+    }
+
+    /// What a lost frame becomes in a reference pipeline: decode each payload through a
+    /// fresh leg codec and treat the lost ones with `fill(codec, plc, k, frame)`.
+    fn pipeline(
+        codec: CodecKind,
+        payloads: &[Vec<u8>],
+        lost: &[usize],
+        appendix_i: bool,
+        mut fill: impl FnMut(&mut dyn AudioCodec, &mut G711Plc, usize, &mut [i16]),
+    ) -> Vec<i16> {
+        let mut dec = codec.new_leg_codec(&CodecParams::default()).unwrap();
+        let mut plc = G711Plc::new();
+        let mut out = Vec::new();
+        for (k, p) in payloads.iter().enumerate() {
+            let mut frame = [0i16; FRAME_SAMPLES];
+            if lost.contains(&k) {
+                fill(dec.as_mut(), &mut plc, k, &mut frame);
+            } else {
+                assert_eq!(dec.decode(p, &mut frame).unwrap(), FRAME_SAMPLES);
+                if appendix_i {
+                    plc.good_frame(&mut frame).unwrap();
+                }
+            }
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[test]
+    fn g711_loss_is_concealed_by_appendix_i_exactly_as_before() {
+        let raw = include_bytes!("../../tests/fixtures/speech-8k.raw");
+        let speech: Vec<i16> = raw[..2 * 120 * FRAME_SAMPLES]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let payloads = encode_all(CodecKind::Pcmu.new_codec().as_mut(), &speech, FRAME_SAMPLES);
+        let lost = [10, 30, 31, 60, 61, 62, 63, 64, 65, 66, 67, 90];
+        let t0 = Instant::now();
+        let mut l = leg_of(CodecKind::Pcmu, 0, t0);
+        let heard = hear(&mut l, &payloads, 160, Duration::ZERO, &lost, 0, t0);
+        let st = l.stats();
+        assert_eq!(st.frames_concealed, lost.len() as u64);
+        assert_eq!(st.frames_recovered, 0);
+        // Decode, Appendix I for the lost frames and nothing from the codec: the leg as it
+        // always was, sample for sample.
+        let expected = pipeline(CodecKind::Pcmu, &payloads, &lost, true, |_, plc, _, f| {
+            plc.lost_frame(f).unwrap()
+        });
+        assert!(heard.len() > 100 * FRAME_SAMPLES);
+        assert_eq!(heard[..], expected[..heard.len()]);
+        let concealed = &heard[60 * FRAME_SAMPLES..64 * FRAME_SAMPLES];
+        assert!(
+            concealed[..FRAME_SAMPLES].iter().any(|&s| s != 0),
+            "a loss is bridged, not muted"
+        );
+        assert!(
+            heard[66 * FRAME_SAMPLES..67 * FRAME_SAMPLES]
+                .iter()
+                .all(|&s| s == 0),
+            "silent after 60 ms"
+        );
+    }
+
+    #[test]
+    fn g722_after_a_loss_decodes_at_the_talkers_level() {
+        let pcm = sine(1000.0, 8000.0, 16000, 1.2);
+        let mut enc = CodecKind::G722.new_codec();
+        let payloads = encode_all(enc.as_mut(), &pcm, 320);
+        let t0 = Instant::now();
+        let mut l = leg_of(CodecKind::G722, 9, t0);
+        let lost = [20, 21];
+        let heard = hear(&mut l, &payloads, 160, Duration::ZERO, &lost, 0, t0);
+        assert_eq!(l.stats().frames_concealed, 2);
+        let before = fit_sine(&heard[10 * FRAME_SAMPLES..19 * FRAME_SAMPLES], 1000.0, 8000);
+        let after = fit_sine(&heard[23 * FRAME_SAMPLES..32 * FRAME_SAMPLES], 1000.0, 8000);
+        let drop_db = 20.0 * (before.0 / after.0).log10();
+        assert!(drop_db.abs() < 1.0, "{drop_db:.2} dB off after the gap");
+        assert!(after.1 > 25.0, "SNR after the gap {:.1} dB", after.1);
+        let gap = fit_sine(&heard[19 * FRAME_SAMPLES..23 * FRAME_SAMPLES], 1000.0, 8000);
+        assert!(gap.0 > before.0 / 4.0, "the gap is bridged: {:.0}", gap.0);
+    }
+
+    #[cfg(feature = "opus")]
+    mod opus {
+        use super::*;
+        use crate::media::codec::opus::Opus;
+        use crate::media::codec::OpusParams;
+        use crate::media::level::rms_dbfs;
+        use crate::rtp::types::ClockRate;
+
+        /// Packets in one burst of tone and the pause after it (see [`tone_packets`]).
+        const BURST: usize = 15;
+        const PAUSE: usize = 3;
+        /// Where the loss is: inside the third burst, the leg long playing.
+        const K: usize = 2 * BURST + 4;
+        const PACKETS: usize = 4 * BURST;
+
+        /// A peer's 20 ms Opus packets, with in-band FEC, of a 1 kHz tone at −12 dBFS:
+        /// steady, or in bursts of 240 ms with 60 ms pauses. libopus codes FEC only for frames
+        /// its voice activity detector finds active, and it takes a steady tone for noise
+        /// within a second, while pauses keep it active as speech does.
+        fn tone_packets(packets: usize, bursts: bool) -> Vec<Vec<u8>> {
+            let mut enc = Opus::new(&OpusParams {
+                use_inband_fec: true,
+                ..OpusParams::default()
+            });
+            let mut pcm = sine(1000.0, 8000.0, 48000, 0.02 * packets as f64);
+            if bursts {
+                for (k, frame) in pcm.chunks_exact_mut(960).enumerate() {
+                    if k % BURST >= BURST - PAUSE {
+                        frame.fill(0);
+                    }
+                }
+            }
+            encode_all(&mut enc, &pcm, 960)
+        }
+
+        fn opus_leg(t0: Instant) -> Leg {
+            leg_of(CodecKind::Opus, 111, t0)
+        }
+
+        /// A fresh Opus leg after [`hear`]ing `payloads`, and what it heard.
+        fn opus_heard(payloads: &[Vec<u8>], lost: &[usize], tail: usize) -> (Leg, Vec<i16>) {
+            let t0 = Instant::now();
+            let mut l = opus_leg(t0);
+            let heard = hear(&mut l, payloads, 960, Duration::ZERO, lost, tail, t0);
+            (l, heard)
+        }
+
+        /// SNR, in dB, of a 1 kHz tone fitted to the 80 ms from the frame before `k` on.
+        fn snr_around(pcm: &[i16], k: usize) -> f64 {
+            fit_sine(
+                &pcm[(k - 1) * FRAME_SAMPLES..(k + 3) * FRAME_SAMPLES],
+                1000.0,
+                8000,
+            )
+            .1
+        }
+
+        #[test]
+        fn a_lost_packet_is_recovered_from_the_next_ones_fec() {
+            let payloads = tone_packets(PACKETS, true);
+            let (l, heard) = opus_heard(&payloads, &[K], 0);
+            let st = l.stats();
+            assert_eq!((st.frames_recovered, st.frames_concealed), (1, 0));
+
+            // The same loss through the decoder: FEC from the next packet, as the leg did;
+            // libopus's concealment; and Appendix I on decoded audio, as legs did before.
+            let fec = pipeline(CodecKind::Opus, &payloads, &[K], false, |c, _, k, f| {
+                assert_eq!(c.recover(&payloads[k + 1], f).unwrap(), FRAME_SAMPLES);
+            });
+            assert_eq!(heard[..], fec[..heard.len()], "the leg decoded the FEC");
+            let plc = pipeline(CodecKind::Opus, &payloads, &[K], false, |c, _, _, f| {
+                assert_eq!(c.conceal(f).unwrap(), FRAME_SAMPLES);
+            });
+            let appendix_i = pipeline(CodecKind::Opus, &payloads, &[K], true, |_, plc, _, f| {
+                plc.lost_frame(f).unwrap()
+            });
+            let (got, plc, appendix_i) = (
+                snr_around(&heard, K),
+                snr_around(&plc, K),
+                snr_around(&appendix_i, K),
+            );
+            eprintln!(
+                "around the loss: FEC {got:.1} dB, Opus PLC {plc:.1} dB, Appendix I {appendix_i:.1} dB"
+            );
+            assert!(got > plc + 3.0, "FEC {got:.1} dB, PLC {plc:.1} dB");
+            assert!(
+                got > appendix_i + 3.0,
+                "FEC {got:.1} dB, Appendix I {appendix_i:.1} dB"
+            );
+            assert!(got > 20.0, "FEC {got:.1} dB");
+        }
+
+        #[test]
+        fn of_two_lost_in_a_row_the_first_is_concealed_and_the_second_recovered() {
+            let payloads = tone_packets(PACKETS, true);
+            let lost = [K, K + 1];
+            let (l, heard) = opus_heard(&payloads, &lost, 0);
+            let st = l.stats();
+            assert_eq!((st.frames_concealed, st.frames_recovered), (1, 1));
+            let expected = pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, k, f| {
+                let n = if k == K {
+                    c.conceal(f).unwrap()
+                } else {
+                    c.recover(&payloads[k + 1], f).unwrap()
+                };
+                assert_eq!(n, FRAME_SAMPLES);
+            });
+            assert_eq!(heard[..], expected[..heard.len()]);
+            let both_concealed =
+                pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, _, f| {
+                    assert_eq!(c.conceal(f).unwrap(), FRAME_SAMPLES);
+                });
+            // The second lost frame and the one after it, where the FEC takes over.
+            let second = |pcm: &[i16]| {
+                fit_sine(
+                    &pcm[(K + 1) * FRAME_SAMPLES..(K + 3) * FRAME_SAMPLES],
+                    1000.0,
+                    8000,
+                )
+                .1
+            };
+            let (got, plc) = (second(&heard), second(&both_concealed));
+            eprintln!("second lost frame on: FEC {got:.1} dB, Opus PLC {plc:.1} dB");
+            assert!(got > plc + 3.0, "FEC {got:.1} dB, PLC {plc:.1} dB");
+        }
+
+        /// On a clean network the jitter buffer shrinks to its least depth; for Opus that
+        /// still holds the packet after a lost one when packets come just after the tick.
+        #[test]
+        fn fec_is_used_when_the_buffer_has_shrunk_and_packets_arrive_after_the_tick() {
+            let payloads = tone_packets(10 * BURST, true);
+            let t0 = Instant::now();
+            let mut l = opus_leg(t0);
+            let after = Duration::from_millis(5);
+            let (single, pair) = (8 * BURST + 4, 9 * BURST + 2);
+            let lost = [single, pair, pair + 1];
+            let heard = hear(&mut l, &payloads, 960, after, &lost, 0, t0);
+            assert_eq!(l.jitter.target_depth(), FRAME * 2, "shrunk to its least");
+            let st = l.stats();
+            assert_eq!((st.frames_recovered, st.frames_concealed), (2, 1));
+            let snr = snr_around(&heard, single);
+            assert!(snr > 20.0, "SNR around the recovered frame {snr:.1} dB");
+        }
+
+        #[test]
+        fn when_the_peer_stops_concealment_fades_then_stops() {
+            let (l, heard) = opus_heard(&tone_packets(PACKETS, false), &[], 20);
+            let st = l.stats();
+            let limit = OWN_CONCEALMENT_LIMIT / FRAME_SAMPLES;
+            assert_eq!(
+                st.frames_concealed, limit as u64,
+                "then the talkspurt is over"
+            );
+            assert!(!l.hearing());
+            assert!(
+                heard[heard.len() - 10 * FRAME_SAMPLES..]
+                    .iter()
+                    .all(|&s| s == 0),
+                "silence after the concealment"
+            );
+            // Right after the last packet the tone carries on, then fades.
+            let at = |frame: usize| &heard[frame * FRAME_SAMPLES..(frame + 1) * FRAME_SAMPLES];
+            let first = PACKETS - 2;
+            let decoded = rms_dbfs(&heard[(first - 4) * FRAME_SAMPLES..first * FRAME_SAMPLES]);
+            let bridged = rms_dbfs(at(first));
+            let last = rms_dbfs(at(first + limit - 1));
+            eprintln!("decoded {decoded:.1} dBFS, first concealed {bridged:.1}, last {last:.1}");
+            assert!(
+                bridged > decoded - 6.0,
+                "{bridged:.1} against {decoded:.1} dBFS"
+            );
+            assert!(last < decoded - 10.0, "faded to {last:.1} dBFS");
+        }
+
+        /// Speech rather than a tone, every seventh packet lost: against the lossless
+        /// decode, FEC beats both concealments.
+        #[test]
+        fn speech_losses_recovered_from_fec_beat_concealment() {
+            let raw = include_bytes!("../../tests/fixtures/speech-8k.raw");
+            let speech: Vec<i16> = raw
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let wide =
+                crate::media::resample::resample(&speech, 8000, ClockRate::HZ_48000).unwrap();
+            let mut enc = Opus::new(&OpusParams {
+                use_inband_fec: true,
+                ..OpusParams::default()
+            });
+            let payloads = encode_all(&mut enc, &wide, 960);
+            let lost: Vec<usize> = (10..payloads.len() - 2).step_by(7).collect();
+            let (l, heard) = opus_heard(&payloads, &lost, 0);
+            assert_eq!(l.stats().frames_recovered, lost.len() as u64);
+            let clean = pipeline(CodecKind::Opus, &payloads, &[], false, |_, _, _, _| {});
+            let plc = pipeline(CodecKind::Opus, &payloads, &lost, false, |c, _, _, f| {
+                assert_eq!(c.conceal(f).unwrap(), FRAME_SAMPLES);
+            });
+            let appendix_i = pipeline(CodecKind::Opus, &payloads, &lost, true, |_, plc, _, f| {
+                plc.lost_frame(f).unwrap()
+            });
+            // Appendix I's output is late by its delay; compare it with the clean decode
+            // late by as much.
+            let mut clean_late = vec![0i16; crate::rtp::plc::DELAY];
+            clean_late.extend_from_slice(&clean);
+            let snr = |got: &[i16], reference: &[i16]| {
+                let (mut signal, mut noise) = (0.0, 0.0);
+                for &k in &lost {
+                    for i in k * FRAME_SAMPLES..(k + 2) * FRAME_SAMPLES {
+                        let r = f64::from(reference[i]);
+                        signal += r * r;
+                        noise += (r - f64::from(got[i])).powi(2);
+                    }
+                }
+                10.0 * (signal / f64::max(noise, 1e-9)).log10()
+            };
+            let n = heard.len().min(clean.len());
+            let (got, plc, appendix_i) = (
+                snr(&heard[..n], &clean),
+                snr(&plc, &clean),
+                snr(&appendix_i, &clean_late),
+            );
+            eprintln!(
+                "speech, {} losses: FEC {got:.1} dB, Opus PLC {plc:.1} dB, Appendix I {appendix_i:.1} dB",
+                lost.len()
+            );
+            assert!(got > plc + 3.0, "FEC {got:.1} dB, PLC {plc:.1} dB");
+            assert!(
+                got > appendix_i + 3.0,
+                "FEC {got:.1} dB, Appendix I {appendix_i:.1} dB"
+            );
+        }
     }
 }

@@ -20,6 +20,8 @@
 //!   silence suppression the next talkspurt continues the numbering and nothing is skipped.
 //! - Packets older than the playout point are dropped as late; copies of buffered or recently
 //!   played packets are dropped as duplicates.
+//! - [`JitterBuffer::peek`] shows a buffered packet without taking it: after a `Lost`, the
+//!   one after it, whose redundancy (Opus in-band FEC) may rebuild the lost frame.
 //!
 //! Adaptation: each packet's arrival is compared with the arrival its timestamp predicts; the
 //! spread of that delay over the last [`DELAY_WINDOW`] packets, rounded up to frames plus one
@@ -444,6 +446,18 @@ impl JitterBuffer {
         self.last_delay = delay_us;
     }
 
+    /// The payload of packet `seq` if it is buffered, without taking it: after a
+    /// [`Pop::Lost`], the packet after the lost one, whose redundancy may carry it.
+    pub fn peek(&self, seq: SeqNo) -> Option<&[u8]> {
+        if self.buffered == 0 {
+            return None;
+        }
+        let idx = self.slot_index(seq);
+        let slot = &self.slots[idx];
+        let start = idx * self.config.slot_bytes;
+        (slot.entry.map(|(s, _)| s) == Some(seq)).then(|| &self.data[start..start + slot.len])
+    }
+
     /// Takes the frame due at this tick; call once per [`JitterConfig::frame`].
     pub fn pop_frame(&mut self, now: Instant) -> Pop<'_> {
         let Some(mut next) = self.next else {
@@ -700,6 +714,32 @@ mod tests {
         );
         assert_eq!(jb.stats().oversize, 1);
         assert_eq!(jb.pop_frame(Instant::now()), Pop::Empty);
+    }
+
+    #[test]
+    fn peek_shows_a_buffered_packet_without_taking_it() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        assert_eq!(jb.peek(seq(0)), None);
+        for i in [0u64, 1, 3, 4] {
+            push(&mut jb, ms(t0, i * 20), i);
+        }
+        assert_eq!(pop(&mut jb, ms(t0, 80)), Out::Frame(0, payload(0)));
+        assert_eq!(pop(&mut jb, ms(t0, 100)), Out::Frame(1, payload(1)));
+        assert_eq!(pop(&mut jb, ms(t0, 120)), Out::Lost(2));
+        // The packet after the lost one, seen and left in place.
+        assert_eq!(jb.peek(seq(3)), Some(&payload(3)[..]));
+        assert_eq!(jb.peek(seq(3)), Some(&payload(3)[..]));
+        assert_eq!(jb.peek(seq(2)), None, "the lost one is not there");
+        assert_eq!(jb.peek(seq(1)), None, "a played one is gone");
+        // Same slot, another lap of the ring: not the packet asked for.
+        let lap = jb.slots.len() as u64;
+        assert_eq!(jb.peek(seq(3 + lap)), None);
+        assert_eq!(pop(&mut jb, ms(t0, 140)), Out::Frame(3, payload(3)));
+        assert_eq!(jb.peek(seq(3)), None);
+        assert_eq!(pop(&mut jb, ms(t0, 160)), Out::Frame(4, payload(4)));
+        assert_eq!(jb.peek(seq(4)), None, "drained");
+        assert_eq!(jb.stats().played, 4);
     }
 
     /// Deterministic pseudo-random network delay in 0..max_ms.

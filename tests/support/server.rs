@@ -279,6 +279,16 @@ pub fn answered_port(uac: &Uac) -> u16 {
     m.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The value of one sample of `/metrics`, e.g. `switchboard_sip_refused_total{reason="acl"}`.
+pub async fn metric(http: std::net::SocketAddr, sample: &str) -> f64 {
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}
+
 /// A minimal HTTP/1.1 GET over loopback: status and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
     http_request(addr, "GET", path).await

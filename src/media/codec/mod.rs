@@ -10,7 +10,8 @@
 //! earlier samples, so a value must never be shared between two streams. Calls return
 //! lengths rather than allocating and report the failures stateful codecs can have
 //! (corrupt payload, short output buffer). [`AudioCodec::conceal`] fills a lost frame with
-//! the codec's own concealment.
+//! the codec's own concealment, which a leg uses where [`AudioCodec::has_own_concealment`]
+//! says it beats G.711 Appendix I on decoded audio.
 
 pub mod g711;
 pub mod g722;
@@ -99,6 +100,12 @@ pub trait AudioCodec: Send {
     fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
         out.fill(0);
         Ok(out.len())
+    }
+
+    /// Whether [`conceal`](Self::conceal) models the signal (Opus's PLC) well enough that a
+    /// leg should conceal through it rather than by repeating decoded waveform.
+    fn has_own_concealment(&self) -> bool {
+        false
     }
 
     /// Recovers a lost frame from the packet after it, when the codec carries redundancy
@@ -280,6 +287,16 @@ impl CodecKind {
     /// 8 kHz clock is the internal rate), 2 for L16 at 16 kHz, 6 for Opus.
     pub const fn ticks_per_internal_sample(self) -> u64 {
         (self.rtp_clock().hz() / INTERNAL_RATE.hz()) as u64
+    }
+
+    /// Whether a packet can carry the frame before it again, at a lower rate (Opus in-band
+    /// FEC, RFC 7587 §3.2), so that a receiver holding the next packet can rebuild a lost one.
+    pub const fn inband_fec(self) -> bool {
+        match self {
+            #[cfg(feature = "opus")]
+            CodecKind::Opus => true,
+            _ => false,
+        }
     }
 
     /// Whether the codec's payloads come in one size per duration, so that audio for a
@@ -509,6 +526,10 @@ mod tests {
         let mut next = [7i16; 160];
         assert_eq!(c.recover(&[0xFF; 160], &mut next).unwrap(), 160);
         assert!(next.iter().all(|&s| s == 0));
+        for kind in [CodecKind::Pcmu, CodecKind::G722, CodecKind::L16Wide] {
+            let c = kind.new_leg_codec(&CodecParams::default()).unwrap();
+            assert!(!c.has_own_concealment(), "{kind:?}");
+        }
     }
 
     #[test]

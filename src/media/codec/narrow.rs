@@ -143,6 +143,10 @@ impl AudioCodec for AtInternalRate {
         self.narrow(n, out)
     }
 
+    fn has_own_concealment(&self) -> bool {
+        self.inner.has_own_concealment()
+    }
+
     fn recover(&mut self, next_payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
         let wide_len = self.wide_len(out.len())?;
         let n = self

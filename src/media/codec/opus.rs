@@ -272,6 +272,10 @@ impl AudioCodec for Opus {
         self.decode_with(Some(payload), out, false)
     }
 
+    fn has_own_concealment(&self) -> bool {
+        true
+    }
+
     /// libopus's own concealment; `out.len()` must be a multiple of 2.5 ms (120 samples).
     fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
         self.decode_with(None, out, false)

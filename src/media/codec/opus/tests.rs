@@ -40,6 +40,11 @@ fn describes_itself() {
     assert_eq!(CodecKind::Opus.frame_samples(20), Some(960));
     assert_eq!(CodecKind::Opus.frame_samples(30), None);
     assert!(c.max_encoded_len(FRAME) >= 1275);
+    assert!(c.has_own_concealment());
+    let at_8k = CodecKind::Opus
+        .new_leg_codec(&crate::media::codec::CodecParams::default())
+        .unwrap();
+    assert!(at_8k.has_own_concealment(), "seen through the resampler");
 }
 
 #[test]
