@@ -831,17 +831,7 @@ fn baresip_wideband(
     }
 
     if parts.contains(&Part::Keys) {
-        // 1 (conference), room 42, #.
-        phone.call("ivr");
-        let call = b.answered("ivr");
-        for key in ['1', '4', '2', '#'] {
-            phone.key(key);
-            let ev = b.dtmf(&call, key);
-            assert_eq!(ev["method"], "rfc4733", "{ev}");
-        }
-        b.joined("42", &call);
-        phone.hangup();
-        b.ended(&call);
+        b.walk_to_room_42(&mut phone);
     }
 
     if parts.contains(&Part::Message) {
