@@ -904,11 +904,10 @@ fn baresip_in_opus_hears_its_echo_and_is_recorded() {
 }
 
 /// baresip's Opus offer carries `telephone-event/8000` alone (`m=audio P RTP/AVP 96 101`,
-/// `a=rtpmap:101 telephone-event/8000`); the answer keeps a telephone-event only at the
-/// chosen codec's clock (48000 for Opus), so the phone's RFC 4733 keys are not taken.
+/// `a=rtpmap:101 telephone-event/8000`); with none at Opus's 48 kHz clock the answer takes
+/// the 8 kHz one, and the phone's RFC 4733 keys walk the IVR.
 #[cfg(feature = "opus")]
 #[test]
-#[ignore = "an Opus answer drops an offered telephone-event/8000: RFC 4733 keys are lost"]
 fn baresip_in_opus_walks_the_ivr_with_rfc4733_keys() {
     baresip_wideband(
         "rc-bs-opus-keys",

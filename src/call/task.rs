@@ -1232,6 +1232,7 @@ impl Task {
             codec: m.codec,
             payload_type: m.payload_type,
             telephone_event: m.telephone_event_pt,
+            telephone_event_rate: te_rate(m),
             params: m.params.clone(),
             remote: m.remote_rtp,
             remote_rtcp: m.remote_rtcp,
@@ -1480,9 +1481,17 @@ fn update_command(m: &NegotiatedAudio) -> LegCommand {
         codec: m.codec,
         payload_type: m.payload_type,
         telephone_event: m.telephone_event_pt,
-        params: m.params.clone(),
+        telephone_event_rate: te_rate(m),
+        params: Box::new(m.params.clone()),
         srtp: m.srtp.clone(),
     }
+}
+
+/// The telephone-event's clock when it is not the codec's.
+fn te_rate(m: &NegotiatedAudio) -> Option<crate::rtp::types::ClockRate> {
+    (m.telephone_event_rate != m.clock_rate)
+        .then(|| crate::rtp::types::ClockRate::new(m.telephone_event_rate))
+        .flatten()
 }
 
 fn lease_sockets(lease: &PortLease) -> Result<LegSockets, String> {

@@ -128,25 +128,38 @@ impl RoomCommand {
     }
 }
 
+/// The largest shared payload: 20 ms of Opus at any bitrate a phone asks for fits.
+const SHARED_PAYLOAD: usize = 4 * FRAME_SAMPLES;
+
 /// A codec's encoding of this tick's frame, shared by every member with that codec.
 struct Encoded {
     kind: CodecKind,
     codec: Box<dyn AudioCodec>,
-    buf: [u8; 2 * FRAME_SAMPLES],
+    buf: [u8; SHARED_PAYLOAD],
     len: usize,
     ready: bool,
 }
 
 impl Encoded {
+    /// One shared encoder per codec whose single stream every listener can take: G.711,
+    /// which keeps no state, and Opus, whose decoders follow any packet (a member that now
+    /// and then gets its own encoding instead, while it talks or plays something, hears at
+    /// most a short blip at the change). G.722's ADPCM state would drift apart, so its
+    /// members encode for themselves.
     fn all() -> Vec<Encoded> {
-        CodecKind::ALL
-            .into_iter()
-            .map(|kind| Encoded {
-                kind,
-                codec: kind.new_codec(),
-                buf: [0; 2 * FRAME_SAMPLES],
-                len: 0,
-                ready: false,
+        #[cfg(feature = "opus")]
+        let shared = CodecKind::ALL.into_iter().chain([CodecKind::Opus]);
+        #[cfg(not(feature = "opus"))]
+        let shared = CodecKind::ALL.into_iter();
+        shared
+            .filter_map(|kind| {
+                Some(Encoded {
+                    kind,
+                    codec: kind.new_leg_codec(&Default::default()).ok()?,
+                    buf: [0; SHARED_PAYLOAD],
+                    len: 0,
+                    ready: false,
+                })
             })
             .collect()
     }

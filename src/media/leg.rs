@@ -32,7 +32,9 @@ use crate::rtp::session::{
     DEFAULT_LEARN_WINDOW,
 };
 use crate::rtp::srtp::{SrtpError, SrtpSession};
-use crate::rtp::types::{PayloadType, PayloadTypeSet, RtpTimestamp, SeqNo, Ssrc, WireSeq};
+use crate::rtp::types::{
+    ClockRate, PayloadType, PayloadTypeSet, RtpTimestamp, SeqNo, Ssrc, WireSeq,
+};
 use crate::sdp::Direction;
 use crate::sdp::SrtpKeys;
 
@@ -160,8 +162,10 @@ pub enum LegCommand {
         payload_type: PayloadType,
         /// The telephone-event payload type, when negotiated.
         telephone_event: Option<PayloadType>,
+        /// The telephone-event's clock (None: the codec's).
+        telephone_event_rate: Option<ClockRate>,
         /// What the peer's `a=fmtp` asks of the codec, used when the leg switches to it.
-        params: CodecParams,
+        params: Box<CodecParams>,
         /// The SDES keys now agreed (None: plain RTP from now on); the same keys keep the
         /// SRTP state (rollover counter, replay window), others start it afresh.
         srtp: Option<Box<SrtpKeys>>,
@@ -209,6 +213,8 @@ pub struct LegConfig {
     pub payload_type: PayloadType,
     /// The telephone-event payload type, when negotiated.
     pub telephone_event: Option<PayloadType>,
+    /// The telephone-event's clock when it is not the codec's (an 8 kHz one beside Opus).
+    pub telephone_event_rate: Option<ClockRate>,
     /// What the peer's `a=fmtp` asks of the codec (Opus: bandwidth, FEC, DTX).
     pub params: CodecParams,
     /// Where to send RTP until a source latches (from the SDP).
@@ -251,6 +257,7 @@ impl LegConfig {
             codec: CodecKind::Pcmu,
             payload_type: PayloadType::PCMU,
             telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
+            telephone_event_rate: None,
             params: CodecParams::default(),
             remote: Some(remote),
             remote_rtcp: None,
@@ -521,9 +528,13 @@ impl Leg {
             concealed_run: 0,
             inband,
             inband_clock,
-            rfc4733: cfg.telephone_event.map(|pt| EventReceiver::new(pt, rate)),
+            rfc4733: cfg
+                .telephone_event
+                .map(|pt| EventReceiver::new(pt, cfg.telephone_event_rate.unwrap_or(rate))),
             merger: DtmfMerger::default(),
-            event_sender: cfg.telephone_event.map(|pt| EventSender::new(pt, rate)),
+            event_sender: cfg
+                .telephone_event
+                .map(|pt| EventSender::new(pt, cfg.telephone_event_rate.unwrap_or(rate))),
             inband_sender,
             playing: None,
             recording: None,
@@ -722,10 +733,12 @@ impl Leg {
                 codec,
                 payload_type,
                 telephone_event,
+                telephone_event_rate,
                 params,
                 srtp,
             } => {
-                self.switch_codec(codec, payload_type, telephone_event, &params);
+                let te = telephone_event.map(|pt| (pt, telephone_event_rate));
+                self.switch_codec(codec, payload_type, te, &params);
                 self.rekey(srtp);
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
@@ -768,12 +781,16 @@ impl Leg {
         &mut self,
         codec: CodecKind,
         payload_type: PayloadType,
-        telephone_event: Option<PayloadType>,
+        te: Option<(PayloadType, Option<ClockRate>)>,
         params: &CodecParams,
     ) {
+        let telephone_event = te.map(|(pt, _)| pt);
+        let te_rate = te.and_then(|(_, r)| r);
         let new_audio = codec != self.cfg.codec || payload_type != self.cfg.payload_type;
         let new_rate = codec.rtp_clock() != self.cfg.codec.rtp_clock();
-        if !new_audio && telephone_event == self.cfg.telephone_event {
+        let new_te =
+            telephone_event != self.cfg.telephone_event || te_rate != self.cfg.telephone_event_rate;
+        if !new_audio && !new_te {
             return;
         }
         let rate = codec.rtp_clock();
@@ -800,12 +817,14 @@ impl Leg {
             self.cfg.codec = codec;
             self.cfg.payload_type = payload_type;
         }
-        if new_rate || telephone_event != self.cfg.telephone_event {
+        if new_rate || new_te {
             // Events are stamped on the audio's clock (RFC 4733 §2.1), so they follow it too.
-            self.rfc4733 = telephone_event.map(|pt| EventReceiver::new(pt, rate));
-            self.event_sender = telephone_event.map(|pt| EventSender::new(pt, rate));
+            let te_clock = te_rate.unwrap_or(rate);
+            self.rfc4733 = telephone_event.map(|pt| EventReceiver::new(pt, te_clock));
+            self.event_sender = telephone_event.map(|pt| EventSender::new(pt, te_clock));
             self.rfc4733_active = false;
             self.cfg.telephone_event = telephone_event;
+            self.cfg.telephone_event_rate = te_rate;
         }
         self.recv.set_payload(rate, payload_types(&self.cfg));
     }
@@ -1532,7 +1551,8 @@ fn update_keeping_codec(
         codec: l.cfg.codec,
         payload_type: l.cfg.payload_type,
         telephone_event: l.cfg.telephone_event,
-        params: CodecParams::default(),
+        telephone_event_rate: l.cfg.telephone_event_rate,
+        params: Box::default(),
         srtp: l.cfg.srtp.clone(),
     }
 }
@@ -2854,7 +2874,8 @@ mod codec_switch_tests {
             codec,
             payload_type: pt,
             telephone_event: Some(PayloadType::DEFAULT_TELEPHONE_EVENT),
-            params: CodecParams::default(),
+            telephone_event_rate: None,
+            params: Box::default(),
             srtp: None,
         }
     }

@@ -190,9 +190,11 @@ pub struct NegotiatedAudio {
     pub payload_type: PayloadType,
     /// Its RTP clock rate in Hz.
     pub clock_rate: u32,
-    /// The RFC 4733 telephone-event payload type, if both sides use it: always the one at the
-    /// codec's RTP clock rate.
+    /// The RFC 4733 telephone-event payload type, if both sides use it: the one at the
+    /// codec's RTP clock rate, else one at 8000.
     pub telephone_event_pt: Option<PayloadType>,
+    /// Its clock rate (event durations count in it).
+    pub telephone_event_rate: u32,
     /// What the peer's `a=fmtp` for the codec asks of our encoder (Opus: bandwidth, FEC, DTX).
     pub params: CodecParams,
     /// Packetisation time in milliseconds.
@@ -305,17 +307,22 @@ impl LocalSession {
         let (index, chosen, crypto) = self.choose_stream(offer)?;
         let offered = &offer.media[index];
 
-        let telephone_event = offered.payload_types().find_map(|pt| {
-            let map = offered.attributes.rtpmap(pt)?;
-            is_telephone_event(&map, chosen.codec.clock_rate()).then(|| {
-                let events = offered
-                    .attributes
-                    .fmtp(pt)
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or(DEFAULT_EVENTS);
-                (pt, events.to_owned())
+        let te_at = |rate: u32| {
+            offered.payload_types().find_map(|pt| {
+                let map = offered.attributes.rtpmap(pt)?;
+                is_telephone_event(&map, rate).then(|| {
+                    let events = offered
+                        .attributes
+                        .fmtp(pt)
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or(DEFAULT_EVENTS);
+                    (pt, events.to_owned(), rate)
+                })
             })
-        });
+        };
+        // The codec's own clock first (RFC 4733 §2.1); else the 8 kHz one that phones offer
+        // beside Opus or G.722 whatever the codec (baresip does), so their keys still work.
+        let telephone_event = te_at(chosen.codec.clock_rate()).or_else(|| te_at(8000));
         let ptime_ms = choose_ptime(
             offered
                 .attributes
@@ -350,11 +357,11 @@ impl LocalSession {
                 format!("{} {params}", chosen.pt),
             ));
         }
-        if let Some((pt, events)) = &telephone_event {
+        if let Some((pt, events, rate)) = &telephone_event {
             formats.push(pt.to_string());
             audio
                 .attributes
-                .push((&telephone_event_rtpmap(*pt, chosen.codec.clock_rate())).into());
+                .push((&telephone_event_rtpmap(*pt, *rate)).into());
             audio
                 .attributes
                 .push(Attribute::with_value("fmtp", format!("{pt} {events}")));
@@ -398,7 +405,10 @@ impl LocalSession {
                 codec: chosen.codec,
                 payload_type: chosen.pt,
                 clock_rate: chosen.codec.clock_rate(),
-                telephone_event_pt: telephone_event.map(|(pt, _)| pt),
+                telephone_event_pt: telephone_event.as_ref().map(|(pt, _, _)| *pt),
+                telephone_event_rate: telephone_event
+                    .as_ref()
+                    .map_or(chosen.codec.clock_rate(), |(_, _, rate)| *rate),
                 params,
                 ptime_ms,
                 remote_rtp,
@@ -529,9 +539,13 @@ impl LocalSession {
                 supported: self.supported_names(),
             });
         };
-        let telephone_event_pt = theirs
-            .payload_types()
-            .find(|&pt| rtpmap(pt).is_some_and(|m| is_telephone_event(&m, codec.clock_rate())));
+        let te_at = |rate: u32| {
+            theirs
+                .payload_types()
+                .find(|&pt| rtpmap(pt).is_some_and(|m| is_telephone_event(&m, rate)))
+                .map(|pt| (pt, rate))
+        };
+        let telephone_event = te_at(codec.clock_rate()).or_else(|| te_at(8000));
         let ptime_ms = choose_ptime(
             theirs
                 .attributes
@@ -554,7 +568,8 @@ impl LocalSession {
             codec,
             payload_type: pt,
             clock_rate: codec.clock_rate(),
-            telephone_event_pt,
+            telephone_event_pt: telephone_event.map(|(pt, _)| pt),
+            telephone_event_rate: telephone_event.map_or(codec.clock_rate(), |(_, r)| r),
             params,
             ptime_ms,
             remote_rtp,

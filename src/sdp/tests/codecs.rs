@@ -221,16 +221,17 @@ mod opus {
     const WIDE: &[Codec] = &[Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
 
     #[test]
-    fn greedy_takes_opus_from_baresip_without_events_at_48000() {
+    fn greedy_takes_opus_from_baresip_with_its_8_khz_events() {
         let a = local(WIDE, CodecChoice::Greedy)
             .answer(&sdp(BARESIP))
             .unwrap();
         assert_eq!((a.media.codec, a.media.payload_type), (Codec::Opus, pt(96)));
         assert_eq!(a.media.clock_rate, 48000);
-        // baresip offers telephone-event/8000 only, which does not fit Opus's clock.
-        assert_eq!(a.media.telephone_event_pt, None);
+        // baresip offers telephone-event/8000 only: with none at Opus's clock, it is taken.
+        assert_eq!(a.media.telephone_event_pt, Some(pt(101)));
+        assert_eq!(a.media.telephone_event_rate, 8000);
         let m = &a.sdp.media[0];
-        assert_eq!(m.formats, vec!["96"]);
+        assert_eq!(m.formats, vec!["96", "101"]);
         assert_eq!(
             m.attributes.rtpmap(pt(96)).map(|r| r.to_string()),
             Some("96 opus/48000/2".to_string())

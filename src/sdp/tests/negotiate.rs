@@ -199,6 +199,37 @@ fn telephone_event_at_another_rate_is_not_taken() {
 }
 
 #[test]
+fn a_wideband_codec_takes_the_8_khz_telephone_event_when_it_is_the_only_one() {
+    let wide = || {
+        LocalSession::new(42, "192.0.2.10:40000".parse().unwrap()).with_codecs(vec![Codec::L16Wide])
+    };
+    // baresip offers Opus or L16/16000 beside telephone-event/8000 alone.
+    let offer = offer_with(
+        "m=audio 20000 RTP/AVP 96 101",
+        "a=rtpmap:96 L16/16000\na=rtpmap:101 telephone-event/8000\n",
+    );
+    let a = wide().answer(&offer).unwrap();
+    assert_eq!(a.media.telephone_event_pt, Some(pt(101)));
+    assert_eq!(a.media.telephone_event_rate, 8000);
+    assert_eq!(a.media.clock_rate, 16000);
+    assert!(
+        a.sdp
+            .to_string()
+            .contains("a=rtpmap:101 telephone-event/8000"),
+        "{}",
+        a.sdp
+    );
+    // One at the codec's own clock is preferred.
+    let offer = offer_with(
+        "m=audio 20000 RTP/AVP 96 101 102",
+        "a=rtpmap:96 L16/16000\na=rtpmap:101 telephone-event/8000\na=rtpmap:102 telephone-event/16000\n",
+    );
+    let a = wide().answer(&offer).unwrap();
+    assert_eq!(a.media.telephone_event_pt, Some(pt(102)));
+    assert_eq!(a.media.telephone_event_rate, 16000);
+}
+
+#[test]
 fn directions_are_mirrored() {
     for (offered, ours) in [
         ("sendrecv", Direction::SendRecv),
