@@ -51,10 +51,11 @@ impl StreamFramer {
             return Ok(None);
         };
         let body_len = content_length(&self.buf[..head_end])?.unwrap_or(0);
-        let total = head_end + body_len;
-        if total > self.max {
-            return Err(FramingError::TooLarge(self.max));
-        }
+        // A Content-Length near usize::MAX must not wrap round to a small total.
+        let total = head_end
+            .checked_add(body_len)
+            .filter(|&t| t <= self.max)
+            .ok_or(FramingError::TooLarge(self.max))?;
         if self.buf.len() < total {
             return Ok(None);
         }
@@ -100,6 +101,19 @@ mod tests {
             body.len()
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_content_length_that_would_wrap_is_too_large() {
+        let mut f = StreamFramer::new(65535);
+        f.push(
+            format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {}\r\n\r\nbody",
+                usize::MAX - 2
+            )
+            .as_bytes(),
+        );
+        assert_eq!(f.next_message(), Err(FramingError::TooLarge(65535)));
     }
 
     #[test]
