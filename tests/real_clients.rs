@@ -131,6 +131,19 @@ impl Bench {
         (call, id)
     }
 
+    /// Leaves a message of [`LISTEN`] after the greeting and hangs up; returns the
+    /// recording_finished event once the recording is finished and the call ended.
+    fn record_message(&mut self, phone: &mut Baresip) -> Value {
+        let (call, id) = self.leave_message(phone);
+        std::thread::sleep(LISTEN);
+        phone.hangup();
+        let finished = self
+            .events
+            .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+        assert_eq!(self.ended(&call)["reason"], "caller_bye");
+        finished
+    }
+
     /// The recording `id` as served by the API, decoded.
     fn recording(&self, id: &str) -> Vec<i16> {
         let body = http_bytes(self.server.http, &format!("/api/recordings/{id}/audio"));
@@ -384,18 +397,12 @@ fn message_recording_holds_the_phones_tone() {
         return;
     };
     let mut phone = Baresip::start(b.dir(), "rec", b.sip(), Options::tone(900));
-    let (call, id) = b.leave_message(&mut phone);
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    let finished = b
-        .events
-        .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
+    let finished = b.record_message(&mut phone);
     assert!(
         finished["duration_ms"].as_u64().unwrap_or(0) >= 2000,
         "{finished}"
     );
-    assert_eq!(b.ended(&call)["reason"], "caller_bye");
-    let audio = b.recording(&id);
+    let audio = b.recording(finished["id"].as_str().unwrap_or_default());
     measure(window(&audio, 200, -200), &[900]).assert_tone(900, "the recording");
 }
 
@@ -678,13 +685,8 @@ fn baresip_over_tls_with_srtp_hears_its_echo_walks_the_ivr_and_is_recorded() {
     b.walk_to_room_42(&mut phone);
 
     // The recording holds the phone's tone, decrypted.
-    let (call, id) = b.leave_message(&mut phone);
-    std::thread::sleep(LISTEN);
-    phone.hangup();
-    b.events
-        .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
-    b.ended(&call);
-    let audio = b.recording(&id);
+    let finished = b.record_message(&mut phone);
+    let audio = b.recording(finished["id"].as_str().unwrap_or_default());
     measure(window(&audio, 200, -200), &[900]).assert_tone(900, "the recording");
 
     let log = b.server.log_text();
@@ -835,12 +837,8 @@ fn baresip_wideband(
     }
 
     if parts.contains(&Part::Message) {
-        let (call, id) = b.leave_message(&mut phone);
-        std::thread::sleep(LISTEN);
-        phone.hangup();
-        b.events
-            .wait("recording_finished", EVENT_WAIT, |e| e["id"] == id.as_str());
-        b.ended(&call);
+        let finished = b.record_message(&mut phone);
+        let id = finished["id"].as_str().unwrap_or_default();
         let sent = sent_level(&phone);
         let (audio, rate) = wav_at_rate(&http_bytes(
             b.server.http,

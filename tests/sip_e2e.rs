@@ -768,27 +768,7 @@ async fn conference_callers_hear_each_other_mute_kick_and_the_room_is_recorded()
         hang_up(w, uac).await;
     }
     // The room recording: the mix holds every caller, each track its own caller.
-    let until = Instant::now() + Duration::from_secs(5);
-    let sidecars: Vec<serde_json::Value> = loop {
-        let done: Vec<serde_json::Value> = std::fs::read_dir(&rec.0)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p.to_string_lossy().ends_with(".timeline.json")
-            })
-            .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
-            .filter(|v: &serde_json::Value| v["state"] == "complete")
-            .collect();
-        if done.len() >= 4 {
-            break done;
-        }
-        assert!(
-            Instant::now() < until,
-            "room recordings not finished: {done:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let sidecars = support::complete_sidecars(&rec.0, 4).await;
     let wav = |v: &serde_json::Value| -> Vec<i16> {
         hound::WavReader::open(rec.0.join(v["file"].as_str().unwrap()))
             .unwrap()

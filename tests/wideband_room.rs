@@ -10,7 +10,7 @@ mod common;
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::server::*;
@@ -170,28 +170,6 @@ fn share(pcm: &[i16], rate: u32, f: u32) -> f64 {
     shares[shares.len() / 2]
 }
 
-/// The finished recordings' sidecars in `dir` once at least `count` are complete (bounded).
-async fn complete_sidecars(dir: &Path, count: usize) -> Vec<serde_json::Value> {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let done: Vec<serde_json::Value> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p.to_string_lossy().ends_with(".timeline.json")
-            })
-            .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
-            .filter(|v: &serde_json::Value| v["state"] == "complete")
-            .collect();
-        if done.len() >= count {
-            return done;
-        }
-        assert!(Instant::now() < until, "recordings not finished: {done:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A folder removed when the test ends.
 struct TempDir(PathBuf);
 
@@ -298,7 +276,7 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Opt
     for m in &mut callers {
         hang_up(&mut m.wire, &mut m.uac).await;
     }
-    let sidecars = complete_sidecars(&dir.0, 1).await;
+    let sidecars = support::complete_sidecars(&dir.0, 1).await;
     let mixed = sidecars
         .iter()
         .find(|v| v["room"] == room && v.get("track_of").is_none_or(|t| t.is_null()))

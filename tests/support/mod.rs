@@ -32,3 +32,28 @@ pub fn sole_sidecar(dir: &std::path::Path) -> serde_json::Value {
     assert_eq!(found.len(), 1, "{found:?}");
     serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap()
 }
+
+/// The finished recordings' sidecars in `dir` once at least `count` are complete (bounded).
+pub async fn complete_sidecars(dir: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let done: Vec<serde_json::Value> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.to_string_lossy().ends_with(".timeline.json")
+            })
+            .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+            .filter(|v: &serde_json::Value| v["state"] == "complete")
+            .collect();
+        if done.len() >= count {
+            return done;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "recordings not finished: {done:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
