@@ -331,11 +331,10 @@ pub struct LegStats {
 /// The largest datagram an SRTP leg takes or makes, tag and MKI included.
 const SECURE_BUF: usize = 2048;
 
-/// SRTP for a leg whose call agreed SDES keys: the transform, the keys it was made from
-/// (so an update tells a re-key from a repeat), and a buffer to work in place.
+/// SRTP for a leg whose call agreed SDES keys (kept in its `LegConfig::srtp`): the
+/// transform and a buffer to work in place.
 struct Secure {
     session: SrtpSession,
-    keys: SrtpKeys,
     buf: [u8; SECURE_BUF],
 }
 
@@ -343,7 +342,6 @@ impl Secure {
     fn new(keys: &SrtpKeys) -> Result<Box<Secure>, SrtpError> {
         Ok(Box::new(Secure {
             session: SrtpSession::new(&keys.ours, &keys.theirs)?,
-            keys: keys.clone(),
             buf: [0; SECURE_BUF],
         }))
     }
@@ -372,19 +370,25 @@ impl Secure {
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         let rtcp = port == Port::Rtcp || classify(bytes) == PacketKind::Rtcp;
-        let Some(buf) = self.buf.get_mut(..bytes.len()) else {
-            return;
-        };
-        buf.copy_from_slice(bytes);
-        let sealed = if rtcp {
-            self.session.protect_rtcp(&mut self.buf, bytes.len())
-        } else {
-            self.session.protect_rtp(&mut self.buf, bytes.len())
-        };
-        match sealed {
-            Ok(n) => send(port, dest, &self.buf[..n]),
+        match self.protect(rtcp, bytes) {
+            Ok(sealed) => send(port, dest, sealed),
             Err(e) => tracing::debug!(error = %e, "an outgoing packet could not be protected"),
         }
+    }
+
+    /// Copies `bytes` into `buf` and protects them there as RTP or RTCP.
+    fn protect(&mut self, rtcp: bool, bytes: &[u8]) -> Result<&[u8], SrtpError> {
+        let len = bytes.len();
+        self.buf
+            .get_mut(..len)
+            .ok_or(SrtpError::BufferTooSmall)?
+            .copy_from_slice(bytes);
+        let n = if rtcp {
+            self.session.protect_rtcp(&mut self.buf, len)?
+        } else {
+            self.session.protect_rtp(&mut self.buf, len)?
+        };
+        Ok(&self.buf[..n])
     }
 }
 
@@ -508,6 +512,7 @@ impl Leg {
         let inband_sender =
             InbandSender::new(INTERNAL_RATE).map_err(|e| LegError(e.to_string()))?;
         let cname = format!("switchboard-{:08x}", cfg.ssrc.get());
+        let events = telephone_events(&cfg);
         let secure = match &cfg.srtp {
             Some(keys) => Some(Secure::new(keys).map_err(|e| LegError(format!("SRTP: {e}")))?),
             None => None,
@@ -528,13 +533,9 @@ impl Leg {
             concealed_run: 0,
             inband,
             inband_clock,
-            rfc4733: cfg
-                .telephone_event
-                .map(|pt| EventReceiver::new(pt, cfg.telephone_event_rate.unwrap_or(rate))),
+            rfc4733: events.map(|(pt, clock)| EventReceiver::new(pt, clock)),
             merger: DtmfMerger::default(),
-            event_sender: cfg
-                .telephone_event
-                .map(|pt| EventSender::new(pt, cfg.telephone_event_rate.unwrap_or(rate))),
+            event_sender: events.map(|(pt, clock)| EventSender::new(pt, clock)),
             inband_sender,
             playing: None,
             recording: None,
@@ -669,11 +670,7 @@ impl Leg {
         let n = self.rtcp.bye(&mut self.rtcp_buf).ok()?;
         match self.secure.as_deref_mut() {
             None => Some((dest, &self.rtcp_buf[..n])),
-            Some(s) => {
-                s.buf.get_mut(..n)?.copy_from_slice(&self.rtcp_buf[..n]);
-                let n = s.session.protect_rtcp(&mut s.buf, n).ok()?;
-                Some((dest, &s.buf[..n]))
-            }
+            Some(s) => Some((dest, s.protect(true, &self.rtcp_buf[..n]).ok()?)),
         }
     }
 
@@ -757,7 +754,7 @@ impl Leg {
     /// Takes the SRTP keys a re-INVITE agreed: a change of either side's key (or to or from
     /// plain RTP) starts a new transform; the same keys keep the running one.
     fn rekey(&mut self, keys: Option<Box<SrtpKeys>>) {
-        if self.secure.as_ref().map(|s| &s.keys) == keys.as_deref() {
+        if self.cfg.srtp == keys {
             return;
         }
         self.secure = match keys.as_deref().map(Secure::new) {
@@ -818,13 +815,14 @@ impl Leg {
             self.cfg.payload_type = payload_type;
         }
         if new_rate || new_te {
-            // Events are stamped on the audio's clock (RFC 4733 §2.1), so they follow it too.
-            let te_clock = te_rate.unwrap_or(rate);
-            self.rfc4733 = telephone_event.map(|pt| EventReceiver::new(pt, te_clock));
-            self.event_sender = telephone_event.map(|pt| EventSender::new(pt, te_clock));
-            self.rfc4733_active = false;
+            // Events count on the audio's clock unless they have one of their own, so a new
+            // codec clock renews them too.
             self.cfg.telephone_event = telephone_event;
             self.cfg.telephone_event_rate = te_rate;
+            let events = telephone_events(&self.cfg);
+            self.rfc4733 = events.map(|(pt, clock)| EventReceiver::new(pt, clock));
+            self.event_sender = events.map(|(pt, clock)| EventSender::new(pt, clock));
+            self.rfc4733_active = false;
         }
         self.recv.set_payload(rate, payload_types(&self.cfg));
     }
@@ -1488,6 +1486,12 @@ fn jitter_config(codec: CodecKind, samples: usize) -> JitterConfig {
             .max(MAX_PACKET_SAMPLES * 2),
         ..JitterConfig::default()
     }
+}
+
+/// The telephone-event payload type and the clock its durations count in.
+fn telephone_events(cfg: &LegConfig) -> Option<(PayloadType, ClockRate)> {
+    let clock = cfg.telephone_event_rate.unwrap_or(cfg.codec.rtp_clock());
+    cfg.telephone_event.map(|pt| (pt, clock))
 }
 
 /// The payload types the leg takes: its codec's and telephone-event's.

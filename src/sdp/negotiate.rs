@@ -307,22 +307,19 @@ impl LocalSession {
         let (index, chosen, crypto) = self.choose_stream(offer)?;
         let offered = &offer.media[index];
 
-        let te_at = |rate: u32| {
-            offered.payload_types().find_map(|pt| {
-                let map = offered.attributes.rtpmap(pt)?;
-                is_telephone_event(&map, rate).then(|| {
-                    let events = offered
-                        .attributes
-                        .fmtp(pt)
-                        .filter(|v| !v.is_empty())
-                        .unwrap_or(DEFAULT_EVENTS);
-                    (pt, events.to_owned(), rate)
-                })
-            })
-        };
-        // The codec's own clock first (RFC 4733 §2.1); else the 8 kHz one that phones offer
-        // beside Opus or G.722 whatever the codec (baresip does), so their keys still work.
-        let telephone_event = te_at(chosen.codec.clock_rate()).or_else(|| te_at(8000));
+        let telephone_event = pick_telephone_event(
+            offered,
+            |pt| offered.attributes.rtpmap(pt),
+            chosen.codec.clock_rate(),
+        )
+        .map(|(pt, rate)| {
+            let events = offered
+                .attributes
+                .fmtp(pt)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(DEFAULT_EVENTS);
+            (pt, events.to_owned(), rate)
+        });
         let ptime_ms = choose_ptime(
             offered
                 .attributes
@@ -539,13 +536,7 @@ impl LocalSession {
                 supported: self.supported_names(),
             });
         };
-        let te_at = |rate: u32| {
-            theirs
-                .payload_types()
-                .find(|&pt| rtpmap(pt).is_some_and(|m| is_telephone_event(&m, rate)))
-                .map(|pt| (pt, rate))
-        };
-        let telephone_event = te_at(codec.clock_rate()).or_else(|| te_at(8000));
+        let telephone_event = pick_telephone_event(theirs, rtpmap, codec.clock_rate());
         let ptime_ms = choose_ptime(
             theirs
                 .attributes
@@ -749,6 +740,22 @@ fn is_avp(proto: &str) -> bool {
 /// The SRTP profiles (RFC 3711 §12, RFC 5124).
 fn is_savp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/SAVP") || proto.eq_ignore_ascii_case("RTP/SAVPF")
+}
+
+/// The telephone-event among `m`'s formats to use with a codec on `codec_rate`, and its clock: the one
+/// at the codec's clock (RFC 4733 §2.1), else an 8 kHz one, which phones offer beside Opus or
+/// L16 whatever the codec (baresip does), so that their keys still work.
+fn pick_telephone_event(
+    m: &MediaDescription,
+    rtpmap: impl Fn(PayloadType) -> Option<RtpMap>,
+    codec_rate: u32,
+) -> Option<(PayloadType, u32)> {
+    let at = |rate: u32| {
+        m.payload_types()
+            .find(|&pt| rtpmap(pt).is_some_and(|m| is_telephone_event(&m, rate)))
+            .map(|pt| (pt, rate))
+    };
+    at(codec_rate).or_else(|| at(8000))
 }
 
 fn is_telephone_event(map: &RtpMap, clock_rate: u32) -> bool {
