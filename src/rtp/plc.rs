@@ -451,6 +451,79 @@ mod tests {
         assert!(frame.iter().all(|&s| s == 0));
     }
 
+    /// A fixed input with a gliding pitch and a little noise, through a fixed pattern of frame
+    /// sizes and erasures of 1 to 7 blocks, so every branch of the concealer runs.
+    fn pinned_8k_output() -> Vec<i16> {
+        let mut plc = G711Plc::new();
+        let mut seed = 0x1234_5678u32;
+        let mut phase = 0.0f32;
+        let mut n = 0usize;
+        let mut out = Vec::new();
+        // (frame length, lost)
+        let pattern: [(usize, bool); 16] = [
+            (160, false),
+            (160, false),
+            (80, false),
+            (240, false),
+            (80, true),
+            (160, false),
+            (160, false),
+            (160, true),
+            (80, false),
+            (160, false),
+            (240, true),
+            (240, true),
+            (80, true),
+            (160, false),
+            (160, true),
+            (240, false),
+        ];
+        for round in 0..3 {
+            for &(len, lost) in &pattern {
+                let mut frame = vec![0i16; len];
+                if lost {
+                    plc.lost_frame(&mut frame).unwrap();
+                } else {
+                    for s in frame.iter_mut() {
+                        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        let noise = f32::from((seed >> 16) as u16 as i16) / 64.0;
+                        let period = 45.0 + 30.0 * (n as f32 / 2000.0 + round as f32).sin();
+                        phase += 2.0 * std::f32::consts::PI / period;
+                        *s = (6000.0 * phase.sin() + 2500.0 * (3.0 * phase).sin() + noise) as i16;
+                        n += 1;
+                    }
+                    plc.good_frame(&mut frame).unwrap();
+                }
+                out.extend_from_slice(&frame);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn output_at_8_khz_is_pinned() {
+        let out = pinned_8k_output();
+        // FNV-1a over the little-endian samples.
+        let hash = out
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        // Concealed first blocks (700, 1100, 1500, 2200), later blocks (1200, 1600, 2300),
+        // the attenuated tail (1900), a recovery fade (2040) and plain delayed input (5000).
+        let probes: Vec<i16> = [700, 1100, 1200, 1500, 1600, 1900, 2040, 2200, 2300, 5000]
+            .iter()
+            .map(|&i| out[i])
+            .collect();
+        assert_eq!(out.len(), 3 * 2560);
+        assert_eq!(hash, 0x2119_e3c1_3353_d4a0);
+        assert_eq!(
+            probes,
+            [-194, 6375, -5334, 3921, -3353, -479, -560, 3532, -4607, -3857]
+        );
+    }
+
     #[test]
     fn odd_frame_length_is_refused() {
         let mut plc = G711Plc::new();
