@@ -1,10 +1,12 @@
-//! G.711 packet-loss concealment after ITU-T G.711 Appendix I, on decoded 8 kHz PCM.
+//! Packet-loss concealment after ITU-T G.711 Appendix I, on decoded 8 kHz or 16 kHz PCM.
 //!
-//! Implemented as in the Appendix I reference (`LowcFE`):
-//! - a 48.75 ms history (390 samples); output is delayed by 3.75 ms (30 samples) so the start
-//!   of an erasure can be cross-faded with the real signal;
+//! Implemented as in the Appendix I reference (`LowcFE`), whose constants are samples at
+//! 8 kHz; at 16 kHz every one of them is the same duration in samples at 16 kHz:
+//! - a 48.75 ms history (390 samples at 8 kHz); output is delayed by 3.75 ms (30 samples at
+//!   8 kHz) so the start of an erasure can be cross-faded with the real signal;
 //! - pitch detection by normalised cross-correlation over 20 ms, periods 5–15 ms (66–200 Hz),
-//!   a 2:1 decimated coarse search then a fine search around the best match;
+//!   a coarse search on every 0.25 ms lag (2:1 decimated at 8 kHz, 4:1 at 16 kHz) then a fine
+//!   search on every lag around the best match;
 //! - the first 10 ms of an erasure repeat the last pitch period, with a quarter-period
 //!   overlap-add where the period joins itself;
 //! - the second and third 10 ms widen the repeated segment to two and then three periods;
@@ -13,13 +15,21 @@
 //! - the first good frame after an erasure is overlap-added with the continued synthetic
 //!   signal over 3.75 ms plus 4 ms per extra 10 ms erased (at most 10 ms).
 //!
-//! Appendix I works in 10 ms blocks; frames here may be any multiple of 10 ms (80 samples).
-//! Floating point is `f32` rather than the reference's `double`; the state is fixed-size
-//! arrays, so nothing allocates.
+//! Appendix I works in 10 ms blocks; frames here may be any multiple of 10 ms (80 samples at
+//! 8 kHz, 160 at 16 kHz). Floating point is `f32` rather than the reference's `double`; the
+//! state is fixed-size arrays sized for 16 kHz, so nothing allocates.
+//!
+//! The coarse search keeps its 0.25 ms lag grid at 16 kHz (4:1 decimation) rather than
+//! halving it: its cost is then that of 8 kHz, a quarter of a 2:1 search at 16 kHz, and the
+//! fine search (±3 lags) still visits every lag between coarse neighbours, so no lag is left
+//! unexamined near the coarse winner.
 
-/// Samples in the 10 ms block the algorithm works on.
+use super::types::ClockRate;
+
+/// Samples in the 10 ms block the algorithm works on at 8 kHz (see [`G711Plc::block`]).
 pub const BLOCK: usize = 80;
-/// Output delay in samples (3.75 ms) that every frame passing through [`G711Plc`] incurs.
+/// Output delay in samples (3.75 ms) that every frame passing through an 8 kHz [`G711Plc`]
+/// incurs (see [`G711Plc::delay`]).
 pub const DELAY: usize = POVERLAPMAX;
 
 const PITCH_MIN: usize = 40;
@@ -32,24 +42,33 @@ const CORRLEN: usize = 160;
 const CORRMINPOWER: f32 = 250.0;
 const EOVERLAPINCR: usize = 32;
 const ATTENFAC: f32 = 0.2;
-const ATTENINCR: f32 = ATTENFAC / BLOCK as f32;
+
+/// The largest rate factor (16 kHz over 8 kHz), which the storage is sized for.
+const MAX_FACTOR: usize = 2;
 
 /// A frame whose length is not a whole number of 10 ms blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("frame of {0} samples is not a multiple of {BLOCK}")]
-pub struct FrameLengthError(pub usize);
+#[error("frame of {len} samples is not a multiple of the {block}-sample block")]
+pub struct FrameLengthError {
+    /// Samples in the refused frame.
+    pub len: usize,
+    /// Samples in a 10 ms block at the concealer's rate.
+    pub block: usize,
+}
 
-/// Concealment state for one 8 kHz decoded stream.
+/// Concealment state for one decoded stream at 8 or 16 kHz.
 #[derive(Debug, Clone)]
 pub struct G711Plc {
+    /// Samples per 8 kHz sample period: 1 at 8 kHz, 2 at 16 kHz; scales every constant.
+    factor: usize,
     erasecnt: usize,
     poverlap: usize,
     poffset: usize,
     pitch: usize,
     pitchblen: usize,
-    history: [i16; HISTORYLEN],
-    pitchbuf: [f32; HISTORYLEN],
-    lastq: [f32; POVERLAPMAX],
+    history: [i16; HISTORYLEN * MAX_FACTOR],
+    pitchbuf: [f32; HISTORYLEN * MAX_FACTOR],
+    lastq: [f32; POVERLAPMAX * MAX_FACTOR],
 }
 
 impl Default for G711Plc {
@@ -63,18 +82,47 @@ fn clamp16(x: f32) -> i16 {
 }
 
 impl G711Plc {
-    /// A concealer whose history is silence.
+    /// An 8 kHz concealer whose history is silence.
     pub fn new() -> Self {
+        Self::with_factor(1)
+    }
+
+    /// A concealer for PCM at `rate` whose history is silence; `None` unless 8 or 16 kHz.
+    pub fn with_rate(rate: ClockRate) -> Option<Self> {
+        match rate {
+            ClockRate::HZ_8000 => Some(Self::with_factor(1)),
+            ClockRate::HZ_16000 => Some(Self::with_factor(2)),
+            _ => None,
+        }
+    }
+
+    fn with_factor(factor: usize) -> Self {
         G711Plc {
+            factor,
             erasecnt: 0,
             poverlap: 0,
             poffset: 0,
             pitch: 0,
             pitchblen: 0,
-            history: [0; HISTORYLEN],
-            pitchbuf: [0.0; HISTORYLEN],
-            lastq: [0.0; POVERLAPMAX],
+            history: [0; HISTORYLEN * MAX_FACTOR],
+            pitchbuf: [0.0; HISTORYLEN * MAX_FACTOR],
+            lastq: [0.0; POVERLAPMAX * MAX_FACTOR],
         }
+    }
+
+    /// Samples in a 10 ms block at this concealer's rate; frames are whole numbers of these.
+    pub fn block(&self) -> usize {
+        BLOCK * self.factor
+    }
+
+    /// Output delay in samples (3.75 ms) at this concealer's rate.
+    pub fn delay(&self) -> usize {
+        DELAY * self.factor
+    }
+
+    /// Samples of history in use at this rate (48.75 ms).
+    fn histlen(&self) -> usize {
+        HISTORYLEN * self.factor
     }
 
     /// Whether the last frame handled was concealed.
@@ -82,11 +130,11 @@ impl G711Plc {
         self.erasecnt > 0
     }
 
-    /// Passes a received frame through, in place: it comes out [`DELAY`] samples late, and
-    /// cross-faded from the concealment if it ends an erasure.
+    /// Passes a received frame through, in place: it comes out [`delay`](Self::delay) samples
+    /// late, and cross-faded from the concealment if it ends an erasure.
     pub fn good_frame(&mut self, pcm: &mut [i16]) -> Result<(), FrameLengthError> {
-        check_len(pcm.len())?;
-        for block in pcm.chunks_exact_mut(BLOCK) {
+        let block = self.check_len(pcm.len())?;
+        for block in pcm.chunks_exact_mut(block) {
             self.add_to_history(block);
         }
         Ok(())
@@ -94,18 +142,29 @@ impl G711Plc {
 
     /// Fills `out` with concealment for a lost frame.
     pub fn lost_frame(&mut self, out: &mut [i16]) -> Result<(), FrameLengthError> {
-        check_len(out.len())?;
-        for block in out.chunks_exact_mut(BLOCK) {
+        let block = self.check_len(out.len())?;
+        for block in out.chunks_exact_mut(block) {
             self.dofe(block);
         }
         Ok(())
     }
 
+    /// The block length if `len` is a whole number of blocks at this rate.
+    fn check_len(&self, len: usize) -> Result<usize, FrameLengthError> {
+        let block = self.block();
+        if len.is_multiple_of(block) {
+            Ok(block)
+        } else {
+            Err(FrameLengthError { len, block })
+        }
+    }
+
     fn add_to_history(&mut self, s: &mut [i16]) {
         if self.erasecnt > 0 {
-            let mut overlapbuf = [0i16; BLOCK];
+            let mut overlapbuf = [0i16; BLOCK * MAX_FACTOR];
             // Longer erasures get a longer fade back to the real signal.
-            let olen = (self.poverlap + (self.erasecnt - 1) * EOVERLAPINCR).min(BLOCK);
+            let olen = (self.poverlap + (self.erasecnt - 1) * EOVERLAPINCR * self.factor)
+                .min(self.block());
             self.getfespeech(&mut overlapbuf[..olen]);
             self.overlap_add_at_end(s, &overlapbuf[..olen]);
             self.erasecnt = 0;
@@ -114,32 +173,33 @@ impl G711Plc {
     }
 
     fn save_speech(&mut self, s: &mut [i16]) {
-        self.history.copy_within(BLOCK.., 0);
-        self.history[HISTORYLEN - BLOCK..].copy_from_slice(s);
-        s.copy_from_slice(
-            &self.history[HISTORYLEN - BLOCK - POVERLAPMAX..HISTORYLEN - POVERLAPMAX],
-        );
+        let (hl, block, delay) = (self.histlen(), self.block(), self.delay());
+        let history = &mut self.history[..hl];
+        history.copy_within(block.., 0);
+        history[hl - block..].copy_from_slice(s);
+        s.copy_from_slice(&history[hl - block - delay..hl - delay]);
     }
 
     fn dofe(&mut self, out: &mut [i16]) {
+        let hl = self.histlen();
         if self.erasecnt == 0 {
-            for (f, &h) in self.pitchbuf.iter_mut().zip(self.history.iter()) {
+            for (f, &h) in self.pitchbuf[..hl].iter_mut().zip(self.history.iter()) {
                 *f = f32::from(h);
             }
             self.pitch = self.find_pitch();
             self.poverlap = self.pitch >> 2;
-            let end = HISTORYLEN;
+            let end = hl;
             let po = self.poverlap;
             self.lastq[..po].copy_from_slice(&self.pitchbuf[end - po..end]);
             self.poffset = 0;
             self.pitchblen = self.pitch;
             self.blend_period_end();
             for i in 0..po {
-                self.history[HISTORYLEN - po + i] = clamp16(self.pitchbuf[end - po + i]);
+                self.history[hl - po + i] = clamp16(self.pitchbuf[end - po + i]);
             }
             self.getfespeech(out);
         } else if self.erasecnt == 1 || self.erasecnt == 2 {
-            let mut tmp = [0i16; POVERLAPMAX];
+            let mut tmp = [0i16; POVERLAPMAX * MAX_FACTOR];
             let po = self.poverlap;
             let saveoffset = self.poffset;
             self.getfespeech(&mut tmp[..po]);
@@ -166,7 +226,8 @@ impl G711Plc {
     /// so the repeated segment loops without a click.
     fn blend_period_end(&mut self) {
         let po = self.poverlap;
-        let start = HISTORYLEN - self.pitchblen;
+        let hl = self.histlen();
+        let start = hl - self.pitchblen;
         if po == 0 {
             return;
         }
@@ -175,14 +236,14 @@ impl G711Plc {
         let mut rw = incr;
         for i in 0..po {
             let t = lw * self.lastq[i] + rw * self.pitchbuf[start - po + i];
-            self.pitchbuf[HISTORYLEN - po + i] = t.clamp(-32768.0, 32767.0);
+            self.pitchbuf[hl - po + i] = t.clamp(-32768.0, 32767.0);
             lw -= incr;
             rw += incr;
         }
     }
 
     fn getfespeech(&mut self, out: &mut [i16]) {
-        let start = HISTORYLEN - self.pitchblen;
+        let start = self.histlen() - self.pitchblen;
         let mut pos = 0;
         while pos < out.len() {
             let cnt = (self.pitchblen - self.poffset).min(out.len() - pos);
@@ -199,9 +260,11 @@ impl G711Plc {
 
     fn scale_speech(&self, out: &mut [i16]) {
         let mut g = 1.0 - (self.erasecnt as f32 - 1.0) * ATTENFAC;
+        // 20 % per 10 ms whatever the rate.
+        let attenincr = ATTENFAC / self.block() as f32;
         for s in out.iter_mut() {
             *s = (f32::from(*s) * g.max(0.0)) as i16;
-            g -= ATTENINCR;
+            g -= attenincr;
         }
     }
 
@@ -223,26 +286,31 @@ impl G711Plc {
         }
     }
 
-    /// Appendix I `findpitch`: the lag in 40..=120 samples that best predicts the last 20 ms.
+    /// Appendix I `findpitch`: the lag in 5..=15 ms (40..=120 samples at 8 kHz) that best
+    /// predicts the last 20 ms.
     fn find_pitch(&self) -> usize {
-        let buf = &self.pitchbuf;
-        let l = HISTORYLEN - CORRLEN;
-        let mut r = HISTORYLEN - CORRLEN - PITCH_MAX;
+        let f = self.factor;
+        let hl = self.histlen();
+        let (corrlen, pitch_max, pitchdiff, ndec) =
+            (CORRLEN * f, PITCH_MAX * f, PITCHDIFF * f, NDEC * f);
+        let buf = &self.pitchbuf[..hl];
+        let l = hl - corrlen;
+        let mut r = hl - corrlen - pitch_max;
 
         let mut energy = 0.0f32;
         let mut corr = 0.0f32;
-        for i in (0..CORRLEN).step_by(NDEC) {
+        for i in (0..corrlen).step_by(ndec) {
             energy += buf[r + i] * buf[r + i];
             corr += buf[r + i] * buf[l + i];
         }
         let mut bestcorr = corr / energy.max(CORRMINPOWER).sqrt();
         let mut bestmatch = 0;
-        for j in (NDEC..=PITCHDIFF).step_by(NDEC) {
+        for j in (ndec..=pitchdiff).step_by(ndec) {
             energy -= buf[r] * buf[r];
-            energy += buf[r + CORRLEN] * buf[r + CORRLEN];
-            r += NDEC;
+            energy += buf[r + corrlen] * buf[r + corrlen];
+            r += ndec;
             let mut corr = 0.0f32;
-            for i in (0..CORRLEN).step_by(NDEC) {
+            for i in (0..corrlen).step_by(ndec) {
                 corr += buf[r + i] * buf[l + i];
             }
             let c = corr / energy.max(CORRMINPOWER).sqrt();
@@ -252,40 +320,35 @@ impl G711Plc {
             }
         }
 
-        let j0 = bestmatch.saturating_sub(NDEC - 1);
-        let k = (bestmatch + NDEC - 1).min(PITCHDIFF);
-        let mut r = HISTORYLEN - CORRLEN - PITCH_MAX + j0;
+        // Undecimated sums have `f` times the terms at the higher rate: the same floor per
+        // sample.
+        let minpower = CORRMINPOWER * f as f32;
+        let j0 = bestmatch.saturating_sub(ndec - 1);
+        let k = (bestmatch + ndec - 1).min(pitchdiff);
+        let mut r = hl - corrlen - pitch_max + j0;
         let mut energy = 0.0f32;
         let mut corr = 0.0f32;
-        for i in 0..CORRLEN {
+        for i in 0..corrlen {
             energy += buf[r + i] * buf[r + i];
             corr += buf[r + i] * buf[l + i];
         }
-        let mut bestcorr = corr / energy.max(CORRMINPOWER).sqrt();
+        let mut bestcorr = corr / energy.max(minpower).sqrt();
         let mut bestmatch = j0;
         for j in j0 + 1..=k {
             energy -= buf[r] * buf[r];
-            energy += buf[r + CORRLEN] * buf[r + CORRLEN];
+            energy += buf[r + corrlen] * buf[r + corrlen];
             r += 1;
             let mut corr = 0.0f32;
-            for i in 0..CORRLEN {
+            for i in 0..corrlen {
                 corr += buf[r + i] * buf[l + i];
             }
-            let c = corr / energy.max(CORRMINPOWER).sqrt();
+            let c = corr / energy.max(minpower).sqrt();
             if c > bestcorr {
                 bestcorr = c;
                 bestmatch = j;
             }
         }
-        PITCH_MAX - bestmatch
-    }
-}
-
-fn check_len(len: usize) -> Result<(), FrameLengthError> {
-    if len.is_multiple_of(BLOCK) {
-        Ok(())
-    } else {
-        Err(FrameLengthError(len))
+        pitch_max - bestmatch
     }
 }
 
@@ -528,8 +591,20 @@ mod tests {
     fn odd_frame_length_is_refused() {
         let mut plc = G711Plc::new();
         let mut frame = [0i16; 100];
-        assert_eq!(plc.good_frame(&mut frame), Err(FrameLengthError(100)));
-        assert_eq!(plc.lost_frame(&mut frame), Err(FrameLengthError(100)));
+        assert_eq!(
+            plc.good_frame(&mut frame),
+            Err(FrameLengthError {
+                len: 100,
+                block: BLOCK
+            })
+        );
+        assert_eq!(
+            plc.lost_frame(&mut frame),
+            Err(FrameLengthError {
+                len: 100,
+                block: BLOCK
+            })
+        );
         let mut ok = [0i16; 240];
         assert!(plc.lost_frame(&mut ok).is_ok(), "30 ms frames work");
     }
