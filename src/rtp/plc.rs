@@ -13,7 +13,8 @@
 //! - from the second 10 ms on, the output is attenuated linearly by 20 % per 10 ms, reaching
 //!   silence after 60 ms (zeros from then on);
 //! - the first good frame after an erasure is overlap-added with the continued synthetic
-//!   signal over 3.75 ms plus 4 ms per extra 10 ms erased (at most 10 ms).
+//!   signal over a quarter of the repeated period (at most 3.75 ms) plus 4 ms per extra
+//!   10 ms erased (at most 10 ms in all).
 //!
 //! Appendix I works in 10 ms blocks; frames here may be any multiple of 10 ms (80 samples at
 //! 8 kHz, 160 at 16 kHz). Floating point is `f32` rather than the reference's `double`; the
@@ -400,24 +401,36 @@ mod tests {
 
     /// Runs `good` frames of tone, then `lost` concealed frames, then `after` good frames.
     fn run(good: usize, lost: usize, after: usize) -> Vec<i16> {
-        let mut plc = G711Plc::new();
+        run_with(G711Plc::new(), FRAME, tone, good, lost, after)
+    }
+
+    /// Runs `good` frames of `signal` through `plc`, then `lost` concealed frames, then
+    /// `after` good frames; frames are `frame` samples long.
+    fn run_with(
+        mut plc: G711Plc,
+        frame: usize,
+        signal: impl Fn(usize) -> i16,
+        good: usize,
+        lost: usize,
+        after: usize,
+    ) -> Vec<i16> {
         let mut out = Vec::new();
         let mut n = 0;
         for k in 0..good + lost + after {
-            let mut frame = [0i16; FRAME];
+            let mut pcm = vec![0i16; frame];
             if k < good || k >= good + lost {
-                for s in frame.iter_mut() {
-                    *s = tone(n);
+                for s in pcm.iter_mut() {
+                    *s = signal(n);
                     n += 1;
                 }
-                plc.good_frame(&mut frame).unwrap();
+                plc.good_frame(&mut pcm).unwrap();
                 assert!(!plc.concealing());
             } else {
-                n += FRAME;
-                plc.lost_frame(&mut frame).unwrap();
+                n += frame;
+                plc.lost_frame(&mut pcm).unwrap();
                 assert!(plc.concealing());
             }
-            out.extend_from_slice(&frame);
+            out.extend_from_slice(&pcm);
         }
         out
     }
@@ -607,5 +620,323 @@ mod tests {
         );
         let mut ok = [0i16; 240];
         assert!(plc.lost_frame(&mut ok).is_ok(), "30 ms frames work");
+    }
+
+    /// 20 ms at 16 kHz.
+    const FRAME_16: usize = 320;
+    const BLOCK_16: usize = 160;
+    const DELAY_16: usize = 60;
+
+    fn plc_16k() -> G711Plc {
+        G711Plc::with_rate(ClockRate::HZ_16000).unwrap()
+    }
+
+    /// A voiced 16 kHz signal: the harmonics of `f0` up to `top` Hz, falling 12 dB per octave
+    /// as a glottal source does.
+    fn harmonics_16k(f0: f32, top: f32, n: usize) -> i16 {
+        let t = n as f32 / 16000.0;
+        let count = (top / f0) as usize;
+        let x: f32 = (1..=count)
+            .map(|k| {
+                let k = k as f32;
+                6000.0 / (k * k) * (2.0 * std::f32::consts::PI * f0 * k * t + 0.7 * k).sin()
+            })
+            .sum();
+        x as i16
+    }
+
+    /// 180 Hz up to 6 kHz: a period of 88.9 samples, not a whole number, so repeating it
+    /// needs the overlap-add.
+    fn voiced_16k(n: usize) -> i16 {
+        harmonics_16k(180.0, 6000.0, n)
+    }
+
+    /// The lag in `lags` with the highest normalised autocorrelation of `x`.
+    fn autocorrelation_peak(x: &[i16], lags: std::ops::RangeInclusive<usize>) -> usize {
+        let r = |lag: usize| -> f64 {
+            let (a, b) = (&x[..x.len() - lag], &x[lag..]);
+            let dot: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum();
+            let ea: f64 = a.iter().map(|&p| f64::from(p).powi(2)).sum();
+            let eb: f64 = b.iter().map(|&p| f64::from(p).powi(2)).sum();
+            dot / (ea * eb).sqrt().max(1.0)
+        };
+        lags.max_by(|&a, &b| r(a).total_cmp(&r(b))).unwrap_or(0)
+    }
+
+    /// Root-mean-square difference between `got` and `want(i)` for `got[i]`.
+    fn rms_error(got: &[i16], want: impl Fn(usize) -> i16) -> f64 {
+        let sum: f64 = got
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (f64::from(g) - f64::from(want(i))).powi(2))
+            .sum();
+        (sum / got.len().max(1) as f64).sqrt()
+    }
+
+    #[test]
+    fn with_rate_takes_8_and_16_khz_only() {
+        let narrow = G711Plc::with_rate(ClockRate::HZ_8000).unwrap();
+        assert_eq!((narrow.block(), narrow.delay()), (BLOCK, DELAY));
+        let new = G711Plc::new();
+        assert_eq!((new.block(), new.delay()), (BLOCK, DELAY));
+        let wide = plc_16k();
+        assert_eq!((wide.block(), wide.delay()), (BLOCK_16, DELAY_16));
+        assert!(G711Plc::with_rate(ClockRate::HZ_48000).is_none());
+        for hz in [7999, 8001, 11025, 15999, 16001, 32000, 44100] {
+            let rate = ClockRate::new(hz).unwrap();
+            assert!(G711Plc::with_rate(rate).is_none(), "{hz} Hz");
+        }
+    }
+
+    #[test]
+    fn frame_length_is_checked_against_the_16_khz_block() {
+        let mut plc = plc_16k();
+        let mut ten_ms_at_8k = [0i16; BLOCK];
+        let refused = FrameLengthError {
+            len: BLOCK,
+            block: BLOCK_16,
+        };
+        assert_eq!(plc.good_frame(&mut ten_ms_at_8k), Err(refused));
+        assert_eq!(plc.lost_frame(&mut ten_ms_at_8k), Err(refused));
+        assert!(
+            refused.to_string().contains("160-sample block"),
+            "{refused}"
+        );
+        for len in [BLOCK_16 - 1, BLOCK_16 + 1, BLOCK_16 + BLOCK] {
+            let mut frame = vec![0i16; len];
+            assert!(plc.good_frame(&mut frame).is_err(), "{len} samples");
+        }
+        for len in [BLOCK_16, 2 * BLOCK_16, 3 * BLOCK_16] {
+            let mut frame = vec![0i16; len];
+            assert!(plc.good_frame(&mut frame).is_ok(), "{len} samples");
+            assert!(plc.lost_frame(&mut frame).is_ok(), "{len} samples");
+        }
+        // The same 80 samples are a whole block at 8 kHz.
+        assert!(G711Plc::new().good_frame(&mut ten_ms_at_8k).is_ok());
+    }
+
+    #[test]
+    fn at_16_khz_good_frames_pass_through_delayed() {
+        let out = run_with(plc_16k(), FRAME_16, voiced_16k, 5, 0, 0);
+        assert!(out[..DELAY_16].iter().all(|&s| s == 0));
+        for (i, &s) in out[DELAY_16..].iter().enumerate() {
+            assert_eq!(s, voiced_16k(i));
+        }
+    }
+
+    #[test]
+    fn at_16_khz_concealment_continues_the_waveform_without_a_click() {
+        let good = 10;
+        let out = run_with(plc_16k(), FRAME_16, voiced_16k, good, 2, 0);
+        let natural = max_step(&out[DELAY_16..good * FRAME_16]);
+        let full = peak(&out[DELAY_16..good * FRAME_16]);
+        let boundary = good * FRAME_16;
+        // Across the start of the loss and through 20 ms of synthetic signal.
+        let around = &out[boundary - 20..boundary + DELAY_16 + 2 * BLOCK_16];
+        assert!(
+            max_step(around) <= natural * 3 / 2,
+            "step {} vs natural {natural}",
+            max_step(around)
+        );
+        // The first 10 ms match the real continuation; the repeat is 89 samples for a period
+        // of 88.9, so it drifts by a little.
+        let first = &out[boundary..boundary + BLOCK_16];
+        let worst = first
+            .iter()
+            .enumerate()
+            .map(|(i, &got)| {
+                (i32::from(got) - i32::from(voiced_16k(boundary + i - DELAY_16))).abs()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(worst < full / 10, "worst error {worst} of {full}");
+    }
+
+    #[test]
+    fn at_16_khz_concealment_keeps_the_pitch() {
+        // Periods in 16 kHz samples: the ends of the 80..=240 search range, the 180 Hz voice,
+        // and just outside each end.
+        for period in [80.0f32, 88.9, 150.0, 240.0, 78.0, 246.0] {
+            let f0 = 16000.0 / period;
+            let signal = |n: usize| harmonics_16k(f0, 6000.0, n);
+            let good = 10;
+            let out = run_with(plc_16k(), FRAME_16, signal, good, 3, 0);
+            let start = good * FRAME_16 + DELAY_16; // first synthetic sample
+            let synthetic = &out[start..start + 3 * BLOCK_16];
+            let lags = (period * 2.0 / 3.0) as usize..=(period * 1.5) as usize;
+            let found = autocorrelation_peak(synthetic, lags) as f32;
+            let full = f64::from(peak(&out[DELAY_16..start]));
+            let error = rms_error(&out[start..start + BLOCK_16], |i| {
+                signal(start + i - DELAY_16)
+            });
+            if period <= 240.0 {
+                // 78 samples is shorter than the search allows, but two periods are not.
+                assert!((found - period).abs() <= 1.0, "period {period}: {found}");
+                assert!(error < full / 20.0, "period {period}: rms error {error:.0}");
+            } else {
+                // Longer than 15 ms cannot be repeated whole.
+                assert!(found <= 241.0, "period {period}: {found}");
+                assert!(error > full / 20.0, "period {period}: rms error {error:.0}");
+            }
+        }
+    }
+
+    #[test]
+    fn at_16_khz_concealment_fades_to_silence_by_60_ms() {
+        let good = 10;
+        let out = run_with(plc_16k(), FRAME_16, voiced_16k, good, 5, 0);
+        let start = good * FRAME_16 + DELAY_16; // first synthetic sample
+        let block_peaks: Vec<i32> = (0..8)
+            .map(|b| peak(&out[start + b * BLOCK_16..start + (b + 1) * BLOCK_16]))
+            .collect();
+        let full = peak(&out[DELAY_16..good * FRAME_16]);
+        assert!(block_peaks[0] >= full * 9 / 10, "first 10 ms at full level");
+        for b in 1..6 {
+            // Block b starts at gain 1 − 0.2·(b − 1) and ramps down by 0.2.
+            let ceiling = full as f32 * (1.0 - 0.2 * (b as f32 - 1.0)) + 1.0;
+            assert!(
+                block_peaks[b] as f32 <= ceiling,
+                "block {b}: {block_peaks:?}"
+            );
+            assert!(
+                block_peaks[b] < block_peaks[b - 1],
+                "block {b}: {block_peaks:?}"
+            );
+        }
+        // The level over one period (89 samples) about the middle of each 10 ms is the gain
+        // there: 1 − 0.2·(t − 10 ms)/10 ms, falling per sample rather than per block.
+        let rms = |x: &[i16]| -> f64 {
+            let sum: f64 = x.iter().map(|&s| f64::from(s).powi(2)).sum();
+            (sum / x.len() as f64).sqrt()
+        };
+        let level = rms(&out[start - 89 - DELAY_16..start - DELAY_16]);
+        for b in 1..6 {
+            let mid = start + b * BLOCK_16 + BLOCK_16 / 2;
+            let gain = rms(&out[mid - 44..mid + 45]) / level;
+            let want = 1.0 - 0.2 * (b as f64 - 0.5);
+            assert!(
+                (gain - want).abs() < 0.05,
+                "block {b}: gain {gain:.3}, want {want:.2}"
+            );
+        }
+        let ramp_end = peak(&out[start + 6 * BLOCK_16 - 16..start + 6 * BLOCK_16]);
+        assert!(ramp_end <= full / 20, "end of ramp {ramp_end} of {full}");
+        assert!(
+            out[start + 6 * BLOCK_16..].iter().all(|&s| s == 0),
+            "silent from 60 ms on"
+        );
+    }
+
+    #[test]
+    fn at_16_khz_recovery_cross_fades_into_the_real_signal() {
+        let good = 10;
+        for lost in [1, 2, 4] {
+            let out = run_with(plc_16k(), FRAME_16, voiced_16k, good, lost, 3);
+            let natural = max_step(&out[DELAY_16..good * FRAME_16]);
+            let resume = (good + lost) * FRAME_16 + DELAY_16;
+            let around = &out[resume - 40..resume + BLOCK_16];
+            assert!(
+                max_step(around) <= natural * 3 / 2,
+                "after {lost} lost: step {} vs natural {natural}",
+                max_step(around)
+            );
+            let tail = out.len() - FRAME_16;
+            for (i, &got) in out.iter().enumerate().skip(tail) {
+                assert_eq!(got, voiced_16k(i - DELAY_16));
+            }
+        }
+    }
+
+    /// How long the fade back to the real signal lasts, in samples, after `lost` frames: the
+    /// real signal after the loss is silence, so the fade is what remains of the concealment.
+    fn recovery_fade_len(
+        plc: G711Plc,
+        frame: usize,
+        signal: impl Fn(usize) -> i16,
+        lost: usize,
+    ) -> usize {
+        let good = 10;
+        let delay = plc.delay();
+        let signal = |n: usize| if n < good * frame { signal(n) } else { 0 };
+        let out = run_with(plc, frame, signal, good, lost, 2);
+        let resume = (good + lost) * frame + delay;
+        assert_ne!(out[resume - 1], 0, "concealing up to the resumption");
+        out[resume..]
+            .iter()
+            .rposition(|&s| s != 0)
+            .map_or(0, |last| last + 1)
+    }
+
+    #[test]
+    fn at_16_khz_recovery_fade_lasts_as_long_as_at_8_khz() {
+        // A quarter of the repeated period (89 / 4 = 22 samples) plus 4 ms (64 samples) per
+        // 10 ms erased after the first, at most 10 ms (160 samples); after 60 ms there is
+        // nothing left to fade. The last weights of the fade round to silence, so it can end
+        // a few samples early.
+        for (blocks, want) in [(1, 22), (2, 86), (3, 150), (4, 160), (5, 160), (6, 0)] {
+            let wide = recovery_fade_len(plc_16k(), BLOCK_16, voiced_16k, blocks);
+            let narrow = recovery_fade_len(G711Plc::new(), BLOCK, |n| voiced_16k(2 * n), blocks);
+            assert!(
+                wide <= want && wide + 4 >= want,
+                "{blocks} blocks lost: {wide} samples, want {want}"
+            );
+            assert!(wide.abs_diff(2 * narrow) <= 3, "{wide} vs 8 kHz {narrow}");
+        }
+    }
+
+    #[test]
+    fn at_16_khz_silence_conceals_to_silence() {
+        let mut plc = plc_16k();
+        let mut frame = [0i16; FRAME_16];
+        plc.good_frame(&mut frame).unwrap();
+        for _ in 0..4 {
+            plc.lost_frame(&mut frame).unwrap();
+            assert!(frame.iter().all(|&s| s == 0));
+        }
+    }
+
+    /// Concealing at 16 kHz and at 8 kHz on the 2:1 decimation agree only where both
+    /// concealers can repeat the same period: a whole number of 8 kHz samples. Then they agree
+    /// within rounding through the whole erasure, fade and silence included. For 180 Hz
+    /// (88.9 samples at 16 kHz, 44.4 at 8 kHz) they do not: the 8 kHz concealer repeats 44 or 45
+    /// samples, the 16 kHz one 89, which follows the real signal more closely.
+    #[test]
+    fn at_16_khz_concealment_matches_8_khz_where_the_period_is_whole_at_both() {
+        let (good, lost) = (10, 4);
+        let start8 = good * FRAME + DELAY; // first synthetic sample at 8 kHz
+        for period8 in [40, 50, 64, 80, 120] {
+            // Harmonics below 4 kHz, so taking every other sample is a clean decimation.
+            let f0 = 8000.0 / period8 as f32;
+            let sig16 = |n: usize| harmonics_16k(f0, 3900.0, n);
+            let out16 = run_with(plc_16k(), FRAME_16, sig16, good, lost, 0);
+            let out8 = run_with(G711Plc::new(), FRAME, |n| sig16(2 * n), good, lost, 0);
+            let worst = out8
+                .iter()
+                .enumerate()
+                .map(|(i, &s8)| (i32::from(out16[2 * i]) - i32::from(s8)).abs())
+                .max()
+                .unwrap_or(0);
+            assert!(worst <= 2, "period {period8}: worst {worst}");
+            assert!(
+                peak(&out8[start8..start8 + BLOCK]) > 5000,
+                "something was concealed"
+            );
+        }
+
+        let sig16 = |n: usize| harmonics_16k(180.0, 3900.0, n);
+        let out16 = run_with(plc_16k(), FRAME_16, sig16, good, 1, 0);
+        let out8 = run_with(G711Plc::new(), FRAME, |n| sig16(2 * n), good, 1, 0);
+        let truth = |i: usize| sig16(2 * (start8 + i - DELAY));
+        let decimated: Vec<i16> = (start8..start8 + BLOCK).map(|i| out16[2 * i]).collect();
+        let wide = rms_error(&decimated, truth);
+        let narrow = rms_error(&out8[start8..start8 + BLOCK], truth);
+        assert!(
+            wide * 3.0 < narrow,
+            "16 kHz error {wide:.0}, 8 kHz {narrow:.0}"
+        );
     }
 }
