@@ -9,7 +9,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::conference::{AudioLevel, Inbound, MemberKind, MixOutput, Mixer, VadConfig};
 use switchboard::media::codec::g711;
-use switchboard::media::frame::{Frame, FRAME_SAMPLES};
+use switchboard::media::frame::{Frame, FRAME_SAMPLES, NARROW_RATE};
 
 #[path = "support/alloc.rs"]
 mod alloc;
@@ -35,14 +35,14 @@ fn inputs() -> Vec<(Frame, Option<AudioLevel>)> {
         .map(|k| {
             if k < TALKERS {
                 let at = 8000 + k * 4000;
-                let mut f = [0; FRAME_SAMPLES];
+                let mut f = Frame::silence(NARROW_RATE);
                 f.copy_from_slice(&speech[at..at + FRAME_SAMPLES]);
                 (f, AudioLevel::new(20))
             } else {
-                let f = std::array::from_fn(|_| {
+                let f = Frame::from(std::array::from_fn(|_| {
                     state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
                     ((state >> 16) % 81) as i16 - 40
-                });
+                }));
                 (f, AudioLevel::new(65))
             }
         })
@@ -97,7 +97,7 @@ impl Naive {
     fn new() -> Self {
         Self {
             sum: [0; FRAME_SAMPLES],
-            out: vec![[0; FRAME_SAMPLES]; MEMBERS],
+            out: vec![Frame::silence(NARROW_RATE); MEMBERS],
         }
     }
 

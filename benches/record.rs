@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::conference::recording::{RoomRecordOptions, RoomRecorder};
 use switchboard::conference::{MemberId, MemberKind, Mixer, VadConfig};
+use switchboard::media::frame::{Frame, NARROW_RATE};
 use switchboard::media::record::{
     RecordMode, RecordOutcome, RecordPolicy, RecordSession, RecorderFactory, RecorderHandle,
     RecordingMeta, RecordingWriter, StopReason, WriterConfig,
@@ -141,7 +142,13 @@ fn room(factory: &RecorderFactory, multitrack: bool) -> (RoomRecorder, Vec<Membe
             let m = mixer
                 .add_member(MemberKind::Speaker)
                 .expect("room not full");
-            rec.member_joined(now, m, &format!("call-{i}"), "sip:bench@example.com");
+            rec.member_joined(
+                now,
+                m,
+                &format!("call-{i}"),
+                "sip:bench@example.com",
+                NARROW_RATE,
+            );
             m
         })
         .collect();
@@ -165,11 +172,11 @@ fn room_bench(c: &mut Criterion) {
     };
     let (factory, thread) = RecordingWriter::spawn_with(&dir, config).expect("spawn writer");
     let pcm = speech();
-    let mix: [i16; 160] = pcm[8000..8160].try_into().expect("160 samples");
-    let frames: Vec<[i16; 160]> = (0..ROOM_MEMBERS)
+    let mix = Frame::from_samples(NARROW_RATE, &pcm[8000..8160]);
+    let frames: Vec<Frame> = (0..ROOM_MEMBERS)
         .map(|i| {
             let at = 8000 + (i * 160) % 40_000;
-            pcm[at..at + 160].try_into().expect("160 samples")
+            Frame::from_samples(NARROW_RATE, &pcm[at..at + 160])
         })
         .collect();
     let clear = |dir: &std::path::Path| {

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchboard::conference::host::{MemberLegs, RoomHost};
 use switchboard::conference::MemberId;
 use switchboard::media::codec::CodecKind;
-use switchboard::media::frame::{Frame, FRAME, FRAME_SAMPLES};
+use switchboard::media::frame::{Frame, FRAME, FRAME_SAMPLES, NARROW_RATE};
 use switchboard::media::leg::Leg;
 
 #[path = "support/alloc.rs"]
@@ -74,7 +74,7 @@ fn setup(t0: Instant) -> (RoomHost, BenchLegs, isize, isize) {
     let mut noise = 777u32;
     let inputs: Vec<Frame> = (0..MEMBERS)
         .map(|k| {
-            let mut f = [0; FRAME_SAMPLES];
+            let mut f = Frame::silence(NARROW_RATE);
             if k < TALKERS {
                 let at = 8000 + k * 4000;
                 f.copy_from_slice(&speech[at..at + FRAME_SAMPLES]);

@@ -11,6 +11,7 @@ use crate::conference::room::{KeyAction, KeyMap, RoomSettings};
 use crate::conference::VadConfig;
 use crate::media::dtmf::{DetectorConfig, Digit};
 use crate::media::tone::ToneSpec;
+use crate::rtp::types::ClockRate;
 
 /// The defaults compiled into the binary, so `serve` works from a fresh clone.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -523,6 +524,9 @@ pub struct ConferenceConfig {
     pub auto_record: bool,
     /// Room recordings also keep a track per member.
     pub multitrack: bool,
+    /// The rate rooms mix at: `auto` (the highest among the members' codecs), or 8000,
+    /// 16000 or 48000 Hz always.
+    pub rate: String,
     /// Talker detection: level to start talking, dBov.
     pub talk_start_dbov: f32,
     /// Talker detection: level below which a talker counts towards stopping, dBov.
@@ -551,10 +555,24 @@ pub struct RoomOverride {
     pub end_with_last_moderator: Option<bool>,
     pub auto_record: Option<bool>,
     pub multitrack: Option<bool>,
+    pub rate: Option<String>,
     pub talk_start_dbov: Option<f32>,
     pub talk_stop_dbov: Option<f32>,
     pub talk_attack_ms: Option<u64>,
     pub talk_hangover_ms: Option<u64>,
+}
+
+/// A room's `rate` setting: `None` for `auto`.
+fn mix_rate(s: &str) -> Result<Option<ClockRate>, String> {
+    match s.trim() {
+        "auto" => Ok(None),
+        "8000" => Ok(Some(ClockRate::HZ_8000)),
+        "16000" => Ok(Some(ClockRate::HZ_16000)),
+        "48000" => Ok(Some(ClockRate::HZ_48000)),
+        other => Err(format!(
+            "rate {other:?}: \"auto\", \"8000\", \"16000\" or \"48000\""
+        )),
+    }
 }
 
 impl ConferenceConfig {
@@ -608,6 +626,7 @@ impl ConferenceConfig {
                 .end_with_last_moderator
                 .unwrap_or(self.end_with_last_moderator),
             vad,
+            rate: mix_rate(o.rate.as_deref().unwrap_or(&self.rate))?,
         })
     }
 
@@ -1182,5 +1201,33 @@ reverse_twist_db = 40.0
     fn bad_port_range_is_rejected() {
         let c = Config::from_toml_str("t", "[rtp]\nport_min = 5000\nport_max = 4000\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_room_mixes_at_auto_or_a_fixed_rate_and_other_rates_are_refused() {
+        let parse = |t: &str| Config::from_toml_str("t", &format!("[conference]\n{t}\n")).unwrap();
+        let c = Config::embedded().unwrap();
+        assert_eq!(
+            c.conference.room_settings("any").rate,
+            None,
+            "auto by default"
+        );
+        let c = parse("rate = \"16000\"\n[conference.rooms.hd]\nrate = \"48000\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.conference.room_settings("any").rate,
+            Some(ClockRate::HZ_16000)
+        );
+        assert_eq!(
+            c.conference.room_settings("hd").rate,
+            Some(ClockRate::HZ_48000)
+        );
+        for bad in ["44100", "8k", "0", ""] {
+            let c = parse(&format!("rate = \"{bad}\""));
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("rate"), "{bad}: {e}");
+        }
+        let c = parse("[conference.rooms.odd]\nrate = \"32000\"");
+        assert!(c.validate().is_err(), "a room's own rate is checked too");
     }
 }

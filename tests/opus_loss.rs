@@ -23,8 +23,9 @@ use switchboard::media::codec::{AudioCodec, CodecKind, CodecParams, OpusParams};
 use switchboard::media::frame::FRAME;
 use switchboard::media::leg::{Leg, LegConfig};
 use switchboard::media::level::{rms_dbfs, tone_share};
+use switchboard::media::resample::StreamResampler;
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
-use switchboard::rtp::types::{PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -193,9 +194,10 @@ async fn every_tenth_packet_lost_the_echo_stays_clean() {
     let listener = tokio::spawn(listen(socket.clone(), tx));
     // The echo decoded as it comes, one 20 ms window a packet; measured from SETTLE
     // windows after the first that is heard.
-    let mut dec = CodecKind::Opus
-        .new_leg_codec(&CodecParams::default())
-        .unwrap();
+    // Measured at 8 kHz, as the level and tone helpers expect.
+    let mut dec = CodecKind::Opus.new_codec_with(&CodecParams::default());
+    let mut narrow = StreamResampler::new(ClockRate::HZ_48000, ClockRate::HZ_8000, 20).unwrap();
+    let mut wide = [0i16; 960];
     let mut pcm: Vec<i16> = Vec::new();
     let mut heard_from = None;
     let enough = |heard_from: Option<usize>, pcm: &[i16]| {
@@ -207,7 +209,8 @@ async fn every_tenth_packet_lost_the_echo_stays_clean() {
             .await;
         while let Ok(p) = rx.try_recv() {
             let mut frame = [0i16; 160];
-            assert_eq!(dec.decode(&p, &mut frame).unwrap(), 160);
+            assert_eq!(dec.decode(&p, &mut wide).unwrap(), 960);
+            narrow.process(&wide, &mut frame).unwrap();
             if heard_from.is_none() && rms_dbfs(&frame) > HEARD_DBFS {
                 heard_from = Some(pcm.len() / 160);
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rtcp_types::{Compound, Packet};
 use switchboard::engine::{LegSockets, MediaEngine};
-use switchboard::media::frame::{FRAME, FRAME_SAMPLES};
+use switchboard::media::frame::{Frame, FRAME, FRAME_SAMPLES};
 use switchboard::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use switchboard::media::stamp;
 use switchboard::media::tone::{ToneGenerator, ToneSpec};
@@ -255,7 +255,7 @@ fn packetising_any_ptime_allocates_nothing() {
                     let mut out = |_, _, _: &[u8]| packets += 1;
                     leg.receive(now);
                     if room {
-                        leg.send_encoded(now, wall, n, &pcm, &payload, &mut out);
+                        leg.send_encoded(now, wall, n, &Frame::from(pcm), &payload, &mut out);
                     } else {
                         leg.send(now, wall, n, None, &mut out);
                     }

@@ -48,13 +48,12 @@ fn answered_pt(uac: &Uac) -> u8 {
 /// channel closes or 30 s have passed.
 async fn talk(socket: Arc<UdpSocket>, to: SocketAddr, mut codec: watch::Receiver<CodecKind>) {
     let spec = "1000/30000@-10".parse().unwrap();
-    let mut tone = switchboard::media::tone::ToneGenerator::new(
-        &spec,
-        switchboard::media::frame::INTERNAL_RATE,
-    )
-    .unwrap();
+    let tone_at = |kind: CodecKind| {
+        switchboard::media::tone::ToneGenerator::new(&spec, kind.sample_rate()).unwrap()
+    };
     let mut kind = *codec.borrow_and_update();
-    let mut enc = kind.new_leg_codec(&CodecParams::default()).unwrap();
+    let mut tone = tone_at(kind);
+    let mut enc = kind.new_codec_with(&CodecParams::default());
     let mut marker = true;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let (mut seq, mut ts) = (fastrand::u16(..), fastrand::u32(..));
@@ -62,13 +61,16 @@ async fn talk(socket: Arc<UdpSocket>, to: SocketAddr, mut codec: watch::Receiver
         tick.tick().await;
         if codec.has_changed().unwrap_or(false) {
             kind = *codec.borrow_and_update();
-            enc = kind.new_leg_codec(&CodecParams::default()).unwrap();
+            enc = kind.new_codec_with(&CodecParams::default());
+            tone = tone_at(kind);
             marker = true;
         }
-        let mut pcm = [0i16; 160];
-        switchboard::media::frame::AudioSource::fill(&mut tone, &mut pcm);
-        let mut payload = [0u8; 160];
-        let n = enc.encode(&pcm, &mut payload).unwrap();
+        // 20 ms at the codec's own rate.
+        let mut pcm = [0i16; 320];
+        let pcm = &mut pcm[..kind.sample_rate().hz() as usize / 50];
+        switchboard::media::frame::AudioSource::fill(&mut tone, pcm);
+        let mut payload = [0u8; 320];
+        let n = enc.encode(pcm, &mut payload).unwrap();
         let header = RtpHeader {
             marker,
             payload_type: kind.static_payload_type().unwrap(),
@@ -128,15 +130,16 @@ fn echoed_tone(heard: &[Heard], codec: CodecKind) -> (f64, f64) {
         "{} packets of {codec:?}",
         packets.len()
     );
-    let mut dec = codec.new_leg_codec(&CodecParams::default()).unwrap();
+    let mut dec = codec.new_codec_with(&CodecParams::default());
     let mut pcm = Vec::new();
     for h in &packets {
-        let mut frame = [0i16; 480];
+        let mut frame = [0i16; 960];
         let n = dec.decode(&h.payload, &mut frame).unwrap();
         pcm.extend_from_slice(&frame[..n]);
     }
-    let tail = &pcm[pcm.len() - 25 * 160..];
-    (tone_share(tail, 1000.0, 8000.0), rms_dbfs(tail))
+    let rate = codec.sample_rate().hz();
+    let tail = &pcm[pcm.len() - 25 * rate as usize / 50..];
+    (tone_share(tail, 1000.0, f64::from(rate)), rms_dbfs(tail))
 }
 
 /// Calls the echo service in `from`, re-INVITEs offering only `to`, and checks the echo

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::conference::recording::{RoomRecordOptions, RoomRecorder};
 use switchboard::conference::{MemberId, MemberKind, Mixer, VadConfig};
+use switchboard::media::frame::{Frame, NARROW_RATE};
 use switchboard::media::record::{RecordingWriter, WriterConfig};
 
 #[path = "support/thread_alloc.rs"]
@@ -47,13 +48,17 @@ fn push_tick_in_the_steady_state_does_not_allocate() {
             let members: Vec<MemberId> = (0..MEMBERS)
                 .map(|i| {
                     let m = mixer.add_member(MemberKind::Speaker).unwrap();
-                    rec.member_joined(t0, m, &format!("call-{i}"), "sip:x@y");
+                    rec.member_joined(t0, m, &format!("call-{i}"), "sip:x@y", NARROW_RATE);
                     m
                 })
                 .collect();
+            let frames: Vec<Frame> = (0..MEMBERS)
+                .map(|i| Frame::from([i as i16 + 1; 160]))
+                .collect();
+            let mix = Frame::from([7i16; 160]);
+            // The first tick with members in the room fixes the recording's rate.
+            rec.push_tick(&mix, &mut members.iter().map(|&m| (m, None)));
             factory.sync().unwrap();
-            let frames: Vec<[i16; 160]> = (0..MEMBERS).map(|i| [i as i16 + 1; 160]).collect();
-            let mix = [7i16; 160];
             let n = allocations(|| {
                 for t in 0..TICKS {
                     let mut inputs = members

@@ -1,7 +1,7 @@
-//! Codecs that sample at another rate than the media engine, through a media leg: their
-//! audio reaches the leg at 8 kHz and leaves it in the codec again, stamped on the codec's
-//! own RTP clock (8000 Hz for G.722, 16000 for L16/16000, 48000 for Opus); a wide band the
-//! leg cannot carry is dropped, never folded into the narrow band.
+//! Wideband codecs through a media leg: a leg runs at its codec's own rate (16 kHz for G.722
+//! and L16/16000, 48 kHz for Opus), so what it hears and echoes keeps the whole band (a
+//! 6 kHz tone comes back), and its packets are stamped on the codec's RTP clock (8000 Hz for
+//! G.722, 16000 for L16/16000, 48000 for Opus).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant, SystemTime};
@@ -66,8 +66,8 @@ fn g722_payloads(pcm16k: &[i16]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Feeds one packet per tick with echo on: returns what the leg heard (8 kHz) and the RTP
-/// packets it sent.
+/// Feeds one packet per tick with echo on: returns what the leg heard (at its rate) and the
+/// RTP packets it sent.
 fn echo(leg: &mut Leg, t0: Instant, input: &[Vec<u8>]) -> (Vec<i16>, Vec<Vec<u8>>) {
     leg.apply(t0, LegCommand::Echo(true));
     let mut heard = Vec::new();
@@ -94,8 +94,9 @@ fn g722_leg_hears_and_sends_at_its_rates() {
     let input = rtp(&g722_payloads(&sine(1000.0, 8000.0, 16000, 1.0)), 9, 160);
     let (heard, sent) = echo(&mut l, t0, &input);
 
-    let tail = &heard[heard.len() - 4000..];
-    let share = tone_share(tail, 1000.0, 8000.0);
+    assert_eq!(l.input().rate().hz(), 16000, "heard at G.722's own rate");
+    let tail = &heard[heard.len() - 8000..];
+    let share = tone_share(tail, 1000.0, 16000.0);
     let level = rms_dbfs(tail);
     // A sine of peak 8000 is −15.2 dBFS RMS.
     assert!(share > 0.95, "1 kHz share {share:.3}");
@@ -125,16 +126,36 @@ fn g722_leg_hears_and_sends_at_its_rates() {
     assert!((level + 15.2).abs() < 1.5, "echoed at {level:.1} dBFS");
 }
 
+/// The echo of `sent` G.722 packets, decoded at 16 kHz.
+fn g722_decoded(sent: &[Vec<u8>]) -> Vec<i16> {
+    let mut dec = G722::new();
+    let mut out = Vec::new();
+    for bytes in sent {
+        let p = RtpPacket::parse(bytes).unwrap();
+        let mut frame = [0i16; 320];
+        let n = dec.decode(p.payload, &mut frame).unwrap();
+        out.extend_from_slice(&frame[..n]);
+    }
+    out
+}
+
 #[test]
-fn g722_wide_band_is_dropped_not_garbled() {
+fn g722_carries_a_6_khz_tone_there_and_back() {
     let t0 = Instant::now();
     let mut l = leg(CodecKind::G722, 9, t0).unwrap();
-    let input = rtp(&g722_payloads(&sine(6000.0, 8000.0, 16000, 0.6)), 9, 160);
-    let (heard, _) = echo(&mut l, t0, &input);
-    let level = rms_dbfs(&heard[1600..]);
+    let input = rtp(&g722_payloads(&sine(6000.0, 8000.0, 16000, 1.0)), 9, 160);
+    let (heard, sent) = echo(&mut l, t0, &input);
+    let tail = &heard[heard.len() - 8000..];
+    let (share, level) = (tone_share(tail, 6000.0, 16000.0), rms_dbfs(tail));
+    assert!(share > 0.9, "6 kHz share {share:.3} in what the leg heard");
+    assert!((level + 15.2).abs() < 2.0, "6 kHz heard at {level:.1} dBFS");
+    let echoed = g722_decoded(&sent);
+    let tail = &echoed[echoed.len() - 8000..];
+    let (share, level) = (tone_share(tail, 6000.0, 16000.0), rms_dbfs(tail));
+    assert!(share > 0.9, "echoed 6 kHz share {share:.3}");
     assert!(
-        level < -45.0,
-        "6 kHz heard at {level:.1} dBFS in an 8 kHz leg"
+        (level + 15.2).abs() < 3.0,
+        "6 kHz echoed at {level:.1} dBFS"
     );
 }
 
@@ -187,8 +208,8 @@ fn l16_wideband_leg_counts_its_16_khz_clock() {
     let frames = l16_payloads(&sine(1000.0, 8000.0, 16000, 0.6), 320);
     // 20 ms of a 16 kHz clock: 320 ticks a packet.
     let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 97, 320));
-    let tail = &heard[heard.len() - 2400..];
-    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    let tail = &heard[heard.len() - 4800..];
+    assert!(tone_share(tail, 1000.0, 16000.0) > 0.95);
     assert!((rms_dbfs(tail) + 15.2).abs() < 0.5, "{:.1}", rms_dbfs(tail));
     let out = payloads(&sent, 97);
     assert!(out.len() >= 20);
@@ -216,7 +237,7 @@ fn l16_wideband_leg_sends_the_peers_40_ms_packets() {
         input.extend([p, Vec::new()]);
     }
     let (heard, sent) = echo(&mut l, t0, &input);
-    assert!(tone_share(&heard[heard.len() - 2400..], 440.0, 8000.0) > 0.9);
+    assert!(tone_share(&heard[heard.len() - 4800..], 440.0, 16000.0) > 0.9);
     let out = payloads(&sent, 97);
     assert!(out.len() >= 5, "{} packets", out.len());
     for w in out.windows(2) {
@@ -256,8 +277,9 @@ fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
         })
         .collect();
     let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
-    let tail = &heard[heard.len() - 4000..];
-    assert!(tone_share(tail, 1000.0, 8000.0) > 0.95);
+    assert_eq!(l.input().rate().hz(), 48000, "heard at Opus's own rate");
+    let tail = &heard[heard.len() - 24000..];
+    assert!(tone_share(tail, 1000.0, 48000.0) > 0.95);
     assert!((rms_dbfs(tail) + 15.2).abs() < 1.0, "{:.1}", rms_dbfs(tail));
 
     let out = payloads(&sent, 111);
@@ -275,4 +297,112 @@ fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
     let tail = &echoed[echoed.len() - 24000..];
     assert!(tone_share(tail, 1000.0, 48000.0) > 0.9);
     assert!((rms_dbfs(tail) + 15.2).abs() < 1.5, "{:.1}", rms_dbfs(tail));
+}
+
+#[cfg(feature = "opus")]
+#[test]
+fn opus_carries_a_6_khz_tone_there_and_back() {
+    use switchboard::media::codec::opus::Opus;
+    use switchboard::media::codec::OpusParams;
+
+    // Above narrowband's 4 kHz, inside what a wideband Opus stream carries at its bitrate.
+    for hz in [6000.0] {
+        let t0 = Instant::now();
+        let mut l = leg(CodecKind::Opus, 111, t0).unwrap();
+        let mut phone = Opus::new(&OpusParams::default());
+        let frames: Vec<Vec<u8>> = sine(hz, 8000.0, 48000, 1.0)
+            .chunks_exact(960)
+            .map(|f| {
+                let mut p = vec![0u8; 1500];
+                let n = phone.encode(f, &mut p).unwrap();
+                p.truncate(n);
+                p
+            })
+            .collect();
+        let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
+        let tail = &heard[heard.len() - 24000..];
+        let share = tone_share(tail, hz, 48000.0);
+        assert!(
+            share > 0.9,
+            "{hz} Hz share {share:.3} in what the leg heard"
+        );
+        let mut dec = Opus::new(&OpusParams::default());
+        let mut echoed = Vec::new();
+        for (_, p) in payloads(&sent, 111) {
+            let mut frame = [0i16; 960];
+            assert_eq!(dec.decode(&p, &mut frame).unwrap(), 960);
+            echoed.extend_from_slice(&frame);
+        }
+        let tail = &echoed[echoed.len() - 24000..];
+        let (share, level) = (tone_share(tail, hz, 48000.0), rms_dbfs(tail));
+        assert!(share > 0.9, "echoed {hz} Hz share {share:.3}");
+        assert!(
+            (level + 15.2).abs() < 3.0,
+            "{hz} Hz echoed at {level:.1} dBFS"
+        );
+    }
+}
+
+/// What a bridge does each tick: `from` hears its peer, and `to` sends what `from` heard.
+/// A G.722 caller's 6 kHz tone reaches a G.722 leg, and stops at a PCMU leg (converted down
+/// to its 8 kHz, not folded onto 2 kHz), where its 1 kHz companion still passes.
+#[test]
+fn a_6_khz_tone_crosses_a_bridge_to_g722_and_stops_at_g711() {
+    let t0 = Instant::now();
+    let pcm: Vec<i16> = sine(6000.0, 5000.0, 16000, 1.0)
+        .iter()
+        .zip(sine(1000.0, 5000.0, 16000, 1.0))
+        .map(|(&a, b)| a + b)
+        .collect();
+    let input = rtp(&g722_payloads(&pcm), 9, 160);
+    for (codec, pt) in [(CodecKind::Pcmu, 0u8), (CodecKind::G722, 9)] {
+        let mut from = leg(CodecKind::G722, 9, t0).unwrap();
+        let mut to = leg(codec, pt, t0).unwrap();
+        let mut sent = Vec::new();
+        for (n, p) in input.iter().enumerate() {
+            let now = t0 + Duration::from_millis(20 * n as u64);
+            from.handle_packet(now, SystemTime::now(), PEER.parse().unwrap(), p);
+            from.receive(now);
+            let heard = *from.input();
+            to.receive(now);
+            to.send(
+                now,
+                SystemTime::now(),
+                n as u64,
+                Some(&heard),
+                &mut |_, _, bytes| {
+                    if RtpPacket::parse(bytes).is_ok() {
+                        sent.push(bytes.to_vec());
+                    }
+                },
+            );
+        }
+        let (out, rate) = match codec {
+            CodecKind::G722 => (g722_decoded(&sent), 16000.0),
+            _ => {
+                let mut dec = codec.new_codec();
+                let mut out = Vec::new();
+                for bytes in &sent {
+                    let p = RtpPacket::parse(bytes).unwrap();
+                    let mut frame = [0i16; 160];
+                    let n = dec.decode(p.payload, &mut frame).unwrap();
+                    out.extend_from_slice(&frame[..n]);
+                }
+                (out, 8000.0)
+            }
+        };
+        let tail = &out[out.len() - rate as usize / 2..];
+        let low = tone_share(tail, 1000.0, rate);
+        if codec == CodecKind::G722 {
+            let high = tone_share(tail, 6000.0, rate);
+            assert!(
+                high > 0.4 && low > 0.4,
+                "G.722 to G.722: 6 kHz {high:.3}, 1 kHz {low:.3}"
+            );
+        } else {
+            let alias = tone_share(tail, 2000.0, rate);
+            assert!(low > 0.95, "G.722 to PCMU: 1 kHz share {low:.3}");
+            assert!(alias < 0.01, "6 kHz folded onto 2 kHz: {alias:.3}");
+        }
+    }
 }

@@ -283,6 +283,18 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Opt
         .unwrap_or_else(|| panic!("no mixed recording of {room}: {sidecars:?}"));
     let mut wav = hound::WavReader::open(dir.0.join(mixed["file"].as_str().unwrap())).unwrap();
     let rate = wav.spec().sample_rate;
+    // The room's rate once its first member was in: no narrower than that member's codec,
+    // no wider than the widest member's.
+    let first = members[0].0.kind.sample_rate().hz();
+    let widest = members
+        .iter()
+        .map(|m| m.0.kind.sample_rate().hz())
+        .max()
+        .unwrap();
+    assert!(
+        (first..=widest).contains(&rate),
+        "the room recorded at {rate} Hz, its members at {first}..={widest}"
+    );
     let pcm: Vec<i16> = wav.samples::<i16>().map(|s| s.unwrap()).collect();
     // The second in which the recording's talk is loudest: everyone at once.
     let loudest = pcm
@@ -310,6 +322,18 @@ async fn pcmu_g722_and_l16_members_hear_each_other_not_themselves_and_are_record
             (&G722, Some(900)),
             (&L16_WIDE, Some(1400)),
         ],
+    )
+    .await;
+}
+
+/// Wideband members only: the room mixes and records at 16 kHz at least.
+#[cfg(feature = "opus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_g722_and_opus_members_is_recorded_wideband() {
+    mixed_room(
+        "hd",
+        &["G722", "opus"],
+        &[(&G722, Some(700)), (&OPUS, Some(1900)), (&G722, Some(3100))],
     )
     .await;
 }

@@ -25,11 +25,13 @@ use crate::engine::{LegHandle, LegSockets, MediaEngine};
 use crate::error::{reason_phrase, Refusal, SipStatus};
 use crate::events::{Event as BusEvent, EventBus};
 use crate::live::{CallControl, CallGuard, CallRegistry, CallState};
-use crate::media::frame::{AudioSource, INTERNAL_RATE};
+use crate::media::frame::{AudioSource, ClockRate, NARROW_RATE};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use crate::media::prompt::{load_file, PromptCache};
 use crate::media::record::names::{claimed_paths, wav_path};
-use crate::media::record::{RecordMode, RecordSession, RecorderFactory, RecordingMeta};
+use crate::media::record::{
+    RecordMode, RecordPolicy, RecordSession, RecorderFactory, RecordingMeta,
+};
 use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::rtp::ports::{PortAllocator, PortLease};
 use crate::rtp::types::Ssrc;
@@ -292,6 +294,7 @@ fn start(
                 commands,
                 lease: None,
                 leg: None,
+                audio_rate: NARROW_RATE,
                 leg_tx,
                 leg_events,
                 parties,
@@ -344,6 +347,9 @@ struct Task {
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
     leg: Option<LegHandle>,
+    /// The rate the caller's leg runs at (its codec's): prompts, tones and recordings are
+    /// made at it.
+    audio_rate: ClockRate,
     leg_tx: mpsc::UnboundedSender<LegEvent>,
     leg_events: mpsc::UnboundedReceiver<LegEvent>,
     parties: Parties,
@@ -448,9 +454,14 @@ async fn room_left(room: &mut Option<Membership>) -> LeaveReason {
 /// `ms` of silence as a playable source.
 struct Silence {
     left: usize,
+    rate: ClockRate,
 }
 
 impl AudioSource for Silence {
+    fn rate(&self) -> ClockRate {
+        self.rate
+    }
+
     fn fill(&mut self, out: &mut [i16]) -> usize {
         let n = out.len().min(self.left);
         out[..n].fill(0);
@@ -1148,7 +1159,10 @@ impl Task {
                     h.send(update_command(&m));
                 }
             }
-            MediaAction::Update(m) => self.send_leg(update_command(&m)),
+            MediaAction::Update(m) => {
+                self.audio_rate = m.codec.sample_rate();
+                self.send_leg(update_command(&m));
+            }
             MediaAction::Answered => self.send_leg(LegCommand::Answered),
             MediaAction::Play { id, what, barge_in } => match self.load(what).await {
                 Ok(source) => self.send_leg(LegCommand::Play {
@@ -1198,6 +1212,7 @@ impl Task {
             .add(leg, sockets, self.leg_tx.clone())
             .map_err(|e| e.to_string())?;
         self.leg = Some(handle);
+        self.audio_rate = m.codec.sample_rate();
         Ok(())
     }
 
@@ -1266,21 +1281,21 @@ impl Task {
     /// loaded is logged and skipped, as a missing sound file should not end a call; only
     /// when none can be played is it an error.
     async fn load(&self, what: PlaySpec) -> Result<Box<dyn AudioSource>, String> {
+        let rate = self.audio_rate;
         let names = match what {
             PlaySpec::Tone(spec) => {
-                return ToneGenerator::new(&spec, INTERNAL_RATE)
+                return ToneGenerator::new(&spec, rate)
                     .map(|g| Box::new(g) as Box<dyn AudioSource>)
                     .map_err(|e| e.to_string())
             }
             PlaySpec::Silence(d) => {
-                let left =
-                    (d.as_millis() as usize).saturating_mul(INTERNAL_RATE.hz() as usize / 1000);
-                return Ok(Box::new(Silence { left }));
+                let left = rate.ticks_in(d) as usize;
+                return Ok(Box::new(Silence { left, rate }));
             }
             PlaySpec::Beep => {
                 return match Box::pin(self.load(PlaySpec::Prompts(vec!["beep".into()]))).await {
                     Ok(p) => Ok(p),
-                    Err(_) => ToneGenerator::new(&ToneSpec::beep(), INTERNAL_RATE)
+                    Err(_) => ToneGenerator::new(&ToneSpec::beep(), rate)
                         .map(|g| Box::new(g) as Box<dyn AudioSource>)
                         .map_err(|e| e.to_string()),
                 }
@@ -1294,10 +1309,10 @@ impl Task {
             let mut first_error = None;
             for name in &names {
                 let got = match name.strip_prefix("recording:") {
-                    Some(id) => load_file(&wav_path(&dir, id), name, INTERNAL_RATE)
+                    Some(id) => load_file(&wav_path(&dir, id), name, rate)
                         .map(std::sync::Arc::new)
                         .map_err(|e| e.to_string()),
-                    None => prompts.load(name, INTERNAL_RATE).map_err(|e| e.to_string()),
+                    None => prompts.load(name, rate).map_err(|e| e.to_string()),
                 };
                 match got {
                     Ok(p) => out.push(p),
@@ -1337,7 +1352,7 @@ impl Task {
             } else {
                 RecordMode::Inbound
             },
-            rate: INTERNAL_RATE,
+            rate: self.audio_rate,
         };
         let opts = crate::media::record::StartOptions {
             id: request.file.clone(),
@@ -1350,7 +1365,10 @@ impl Task {
             .map_err(|e| format!("cannot record: {e}"))?;
         let id = handle.id().to_string();
         leg.send(LegCommand::Record {
-            session: Box::new(RecordSession::new(request.policy())),
+            session: Box::new(RecordSession::new(RecordPolicy {
+                rate: self.audio_rate,
+                ..request.policy()
+            })),
             handle,
         });
         Ok(id)

@@ -20,7 +20,8 @@ use crate::events::{Event, EventBus};
 use crate::live::{MemberAction, MemberInfo, RoomInfo};
 use crate::media::codec::{AudioCodec, CodecKind};
 use crate::media::dtmf::Digit;
-use crate::media::frame::{AudioSource, Frame, FRAME_SAMPLES, SILENCE};
+use crate::media::frame::{silence_at, AudioSource, ClockRate, Frame, FRAME_SAMPLES, NARROW_RATE};
+use crate::media::resample::RateAdapter;
 
 /// The legs of a worker, as a room reaches its members (each by its tag, the leg's slot).
 pub trait MemberLegs {
@@ -128,7 +129,8 @@ impl RoomCommand {
     }
 }
 
-/// The largest shared payload: 20 ms of Opus at any bitrate a phone asks for fits.
+/// The largest shared payload: 20 ms of Opus at any bitrate a phone asks for fits, and of
+/// L16 at 16 kHz.
 const SHARED_PAYLOAD: usize = 4 * FRAME_SAMPLES;
 
 /// A codec's encoding of this tick's frame, shared by every member with that codec.
@@ -152,17 +154,47 @@ impl Encoded {
         #[cfg(not(feature = "opus"))]
         let shared = CodecKind::ALL.into_iter();
         shared
-            .filter_map(|kind| {
-                Some(Encoded {
-                    kind,
-                    codec: kind.new_leg_codec(&Default::default()).ok()?,
-                    buf: [0; SHARED_PAYLOAD],
-                    len: 0,
-                    ready: false,
-                })
+            .map(|kind| Encoded {
+                kind,
+                codec: kind.new_codec(),
+                buf: [0; SHARED_PAYLOAD],
+                len: 0,
+                ready: false,
             })
             .collect()
     }
+}
+
+/// The room's shared frame at a rate below the room's, converted once per tick for every
+/// listener at that rate.
+struct SharedAt {
+    rate: ClockRate,
+    adapter: RateAdapter,
+    frame: Frame,
+    ready: bool,
+}
+
+/// `shared` at `rate`, converted on the first call in a tick; later calls reuse it.
+fn shared_at<'a>(groups: &'a mut Vec<SharedAt>, shared: &Frame, rate: ClockRate) -> &'a Frame {
+    let i = match groups.iter().position(|g| g.rate == rate) {
+        Some(i) => i,
+        None => {
+            // A rate new to the room (a join): made once, kept while the room lasts.
+            groups.push(SharedAt {
+                rate,
+                adapter: RateAdapter::new(),
+                frame: Frame::silence(rate),
+                ready: false,
+            });
+            groups.len() - 1
+        }
+    };
+    let g = &mut groups[i];
+    if !g.ready {
+        g.adapter.convert(shared, rate, &mut g.frame);
+        g.ready = true;
+    }
+    &g.frame
 }
 
 /// Encodes `pcm` for `kind` once; later calls in the same round reuse the payload.
@@ -183,6 +215,29 @@ struct Glue {
     call_id: String,
     from: String,
     left: Option<oneshot::Sender<RemoveReason>>,
+    /// The member's input at the room's rate, when its own is another.
+    up: RateAdapter,
+    input: Frame,
+    /// `input` holds this tick's converted input.
+    converted: bool,
+    /// A frame for this member alone, carried down from the room's rate to its own.
+    down: RateAdapter,
+    out: Frame,
+}
+
+impl Glue {
+    fn new(call_id: String, from: String, left: oneshot::Sender<RemoveReason>) -> Glue {
+        Glue {
+            call_id,
+            from,
+            left: Some(left),
+            up: RateAdapter::new(),
+            input: Frame::silence(NARROW_RATE),
+            converted: false,
+            down: RateAdapter::new(),
+            out: Frame::silence(NARROW_RATE),
+        }
+    }
 }
 
 /// What the registry shares with a room's host.
@@ -243,6 +298,8 @@ pub struct RoomHost {
     glue: Vec<Option<Glue>>,
     shared: Vec<Encoded>,
     silence: Vec<Encoded>,
+    /// The shared frame at each rate below the room's that a listener has.
+    shared_at: Vec<SharedAt>,
     on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -276,6 +333,7 @@ impl RoomHost {
             glue,
             shared: Encoded::all(),
             silence: Encoded::all(),
+            shared_at: Vec::new(),
             on_end: Some(on_end),
         }
     }
@@ -332,11 +390,7 @@ impl RoomHost {
                         if self.glue.len() <= id.index() {
                             self.glue.resize_with(id.index() + 1, || None);
                         }
-                        self.glue[id.index()] = Some(Glue {
-                            call_id,
-                            from,
-                            left: Some(left),
-                        });
+                        self.glue[id.index()] = Some(Glue::new(call_id, from, left));
                         // Published and visible to operators before the joiner hears back.
                         self.flush(now, legs);
                         // A joiner that gave up waiting is not left in the room.
@@ -376,7 +430,8 @@ impl RoomHost {
                 self.finish_recording(now);
                 for m in self.room.members() {
                     if let Some(Some(g)) = self.glue.get(m.id.index()) {
-                        recorder.member_joined(now, m.id, &g.call_id, &g.from);
+                        let rate = member_rate(legs, m.tag);
+                        recorder.member_joined(now, m.id, &g.call_id, &g.from, rate);
                     }
                 }
                 lock_info(&self.link.info).recording = Some(recorder.id().to_string());
@@ -411,10 +466,49 @@ impl RoomHost {
     }
 
     /// One tick: mix the members' input, feed the recorder, send every member its frame.
+    ///
+    /// The room mixes at the highest rate among its members' codecs. A member at a lower
+    /// rate has its input carried up to the room's rate before the mix, and hears the
+    /// room's shared frame carried down once per rate (then encoded once per codec), or its
+    /// own frame carried down by its own adapter.
     pub fn tick(&mut self, _now: Instant, legs: &mut dyn MemberLegs) {
+        let rate = match self.room.settings().rate {
+            Some(fixed) => fixed,
+            None => self
+                .room
+                .members()
+                .map(|m| member_rate(legs, m.tag))
+                .max()
+                .unwrap_or(self.room.rate()),
+        };
+        if rate != self.room.rate() {
+            tracing::debug!(room = %self.link.name, from = self.room.rate().hz(), to = rate.hz(), "room mixes at a new rate");
+            self.room.set_rate(rate);
+        }
+        for m in self.room.members() {
+            let Some(Some(g)) = self.glue.get_mut(m.id.index()) else {
+                continue;
+            };
+            g.converted = false;
+            match legs.input(m.tag) {
+                // Only what may be heard is carried up to the room's rate; a quiet member's
+                // frame is measured as it is.
+                Some(f) if f.rate() != rate && self.room.may_mix(m.id, f) => {
+                    g.up.convert(f, rate, &mut g.input);
+                    g.converted = true;
+                }
+                Some(f) if f.rate() != rate => g.up.pass(f),
+                Some(_) => {}
+                None => g.up.gap(),
+            }
+        }
         {
             let legs: &dyn MemberLegs = legs;
-            self.room.tick(|_, tag| legs.input(tag));
+            let glue = &self.glue;
+            self.room.tick(|id, tag| match glue.get(id.index()) {
+                Some(Some(g)) if g.converted => Some(&g.input),
+                _ => legs.input(tag),
+            });
             if let Some(rec) = self.recorder.as_mut() {
                 let room = &self.room;
                 let mut inputs = room.members().map(|m| (m.id, legs.input(m.tag)));
@@ -424,19 +518,50 @@ impl RoomHost {
         for e in &mut self.shared {
             e.ready = false;
         }
+        for g in &mut self.shared_at {
+            g.ready = false;
+        }
         let (shared, silence) = (&mut self.shared, &mut self.silence);
-        self.room.for_each_output(|_, tag, out| match out {
-            RoomOutput::Shared(frame) => {
-                let payload = encode_once(shared, legs.codec(tag), frame);
-                legs.send(tag, frame, payload);
-            }
-            RoomOutput::Own(frame) => legs.send(tag, frame, None),
-            RoomOutput::Silence => {
-                // Silence encodes the same every tick: its payload is kept.
-                let payload = encode_once(silence, legs.codec(tag), &SILENCE);
-                legs.send(tag, &SILENCE, payload);
+        let (groups, glue) = (&mut self.shared_at, &mut self.glue);
+        self.room.for_each_output(|id, tag, out| {
+            let codec = legs.codec(tag);
+            let wants = codec.map_or(rate, CodecKind::sample_rate);
+            let g = glue.get_mut(id.index()).and_then(Option::as_mut);
+            match out {
+                RoomOutput::Shared(frame) if frame.rate() == wants => {
+                    let payload = encode_once(shared, codec, frame);
+                    legs.send(tag, frame, payload);
+                }
+                RoomOutput::Shared(frame) => {
+                    if let Some(g) = g {
+                        g.down.pass(frame);
+                    }
+                    let at = shared_at(groups, frame, wants);
+                    let payload = encode_once(shared, codec, at);
+                    legs.send(tag, at, payload);
+                }
+                RoomOutput::Own(frame) => match g {
+                    Some(g) if frame.rate() != wants => {
+                        g.down.convert(frame, wants, &mut g.out);
+                        legs.send(tag, &g.out, None);
+                    }
+                    _ => legs.send(tag, frame, None),
+                },
+                RoomOutput::Silence => {
+                    if let Some(g) = g {
+                        g.down.gap();
+                    }
+                    // Silence encodes the same every tick: its payload is kept.
+                    let quiet = silence_at(wants);
+                    let payload = encode_once(silence, codec, quiet);
+                    legs.send(tag, quiet, payload);
+                }
             }
         });
+        // A rate nobody took the shared frame at this tick keeps its filter in step.
+        for g in self.shared_at.iter_mut().filter(|g| !g.ready) {
+            g.adapter.pass(self.room.mix_frame());
+        }
     }
 
     /// Publishes the room's changes, updates the operators' view and the legs' bindings, and
@@ -458,7 +583,8 @@ impl RoomHost {
                 };
                 let (moderator, muted) = view.map_or((false, false), |v| (v.moderator, v.muted));
                 if let Some(r) = self.recorder.as_mut() {
-                    r.member_joined(now, member, &g.call_id, &g.from);
+                    let rate = member_rate(legs, tag);
+                    r.member_joined(now, member, &g.call_id, &g.from, rate);
                 }
                 lock_info(&self.link.info).members.push(MemberInfo {
                     id: member.as_u64(),
@@ -570,6 +696,11 @@ impl RoomHost {
     }
 }
 
+/// The rate a member's leg runs at (its codec's).
+fn member_rate(legs: &dyn MemberLegs, tag: usize) -> ClockRate {
+    legs.codec(tag).map_or(NARROW_RATE, CodecKind::sample_rate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +716,8 @@ mod tests {
         inputs: Vec<Option<Frame>>,
         /// (tag, payload address when pre-encoded, first sample)
         sent: Vec<(usize, Option<usize>, i16)>,
+        /// (tag, the frame's rate, its last sample) of every send
+        frames: Vec<(usize, u32, i16)>,
         bound: Vec<Option<(u64, MemberId)>>,
     }
 
@@ -605,6 +738,8 @@ mod tests {
         fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
             self.sent
                 .push((tag, encoded.map(|p| p.as_ptr() as usize), pcm[0]));
+            self.frames
+                .push((tag, pcm.rate().hz(), pcm.last().copied().unwrap_or(0)));
         }
     }
 
@@ -655,10 +790,17 @@ mod tests {
             CodecKind::Pcma,
         ];
         let mut legs = Fake {
-            inputs: vec![Some([3000; FRAME_SAMPLES]), None, None, None, None],
+            inputs: vec![
+                Some(Frame::from([3000; FRAME_SAMPLES])),
+                None,
+                None,
+                None,
+                None,
+            ],
             bound: vec![None; codecs.len()],
             codecs,
             sent: Vec::new(),
+            frames: Vec::new(),
         };
         let mut bus = h.link.bus.subscribe();
         for leg in 0..5 {
@@ -693,6 +835,7 @@ mod tests {
             bound: vec![None],
             codecs: vec![CodecKind::Pcmu],
             sent: Vec::new(),
+            frames: Vec::new(),
         };
         let m = join(&mut h, &mut legs, 0);
         assert_eq!(lock_info(&h.link.info).members.len(), 1);
@@ -701,5 +844,114 @@ mod tests {
         assert_eq!(legs.bound[0], None);
         assert!(lock_info(&h.link.info).members.is_empty());
         assert!(h.close_if_done(Instant::now()));
+    }
+
+    /// Members at 8 and 16 kHz: the room mixes at 16 kHz, carries the narrow talker up and
+    /// the mix down, sends each member its own rate, and shares one payload per codec.
+    #[test]
+    fn a_room_mixes_at_its_widest_members_rate_and_sends_each_its_own() {
+        let mut h = host();
+        let wide = ClockRate::HZ_16000;
+        let mut legs = Fake {
+            codecs: vec![
+                CodecKind::Pcmu,
+                CodecKind::G722,
+                CodecKind::Pcmu,
+                CodecKind::Pcmu,
+                CodecKind::G722,
+                CodecKind::G722,
+            ],
+            inputs: vec![
+                Some(Frame::from([3000; FRAME_SAMPLES])),
+                Some(Frame::from_samples(wide, &[2000; 320])),
+                None,
+                None,
+                None,
+                None,
+            ],
+            bound: vec![None; 6],
+            sent: Vec::new(),
+            frames: Vec::new(),
+        };
+        for leg in 0..6 {
+            join(&mut h, &mut legs, leg);
+        }
+        for _ in 0..10 {
+            legs.sent.clear();
+            legs.frames.clear();
+            h.tick(Instant::now(), &mut legs);
+        }
+        assert_eq!(h.room().rate(), wide);
+        let heard: HashMap<usize, (u32, i16)> =
+            legs.frames.iter().map(|&(t, r, s)| (t, (r, s))).collect();
+        let near = |got: i16, want: i16| (got - want).abs() <= 30;
+        // The talkers hear each other, each at its own rate.
+        assert!(
+            heard[&0].0 == 8000 && near(heard[&0].1, 2000),
+            "{:?}",
+            heard[&0]
+        );
+        assert!(
+            heard[&1].0 == 16000 && near(heard[&1].1, 3000),
+            "{:?}",
+            heard[&1]
+        );
+        // Listeners hear both talkers.
+        for tag in 2..4 {
+            assert!(
+                heard[&tag].0 == 8000 && near(heard[&tag].1, 5000),
+                "{:?}",
+                heard[&tag]
+            );
+        }
+        for tag in 4..6 {
+            assert!(
+                heard[&tag].0 == 16000 && near(heard[&tag].1, 5000),
+                "{:?}",
+                heard[&tag]
+            );
+        }
+        let payload: HashMap<usize, Option<usize>> =
+            legs.sent.iter().map(|&(t, p, _)| (t, p)).collect();
+        assert!(
+            payload[&2].is_some() && payload[&2] == payload[&3],
+            "one PCMU payload"
+        );
+        // G.722 listeners encode for themselves (see `Encoded::all`), at their own rate.
+        assert_eq!((payload[&4], payload[&5]), (None, None));
+
+        // The wideband members hang up: the room goes back to 8 kHz.
+        for tag in [1, 4, 5] {
+            let (_, m) = legs.bound[tag].unwrap();
+            h.command(Instant::now(), RoomCommand::Hangup { member: m }, &mut legs);
+        }
+        h.flush(Instant::now(), &mut legs);
+        h.tick(Instant::now(), &mut legs);
+        assert_eq!(h.room().rate(), NARROW_RATE);
+    }
+
+    #[test]
+    fn a_room_with_a_fixed_rate_keeps_it_whoever_is_in() {
+        let settings = RoomSettings {
+            rate: Some(ClockRate::HZ_48000),
+            ..RoomSettings::default()
+        };
+        let link = RoomLink::new(8, "fixed", EventBus::new(64), String::new(), 0);
+        let room = Room::new(settings, RoomSounds::default()).unwrap();
+        let mut h = RoomHost::new(link, room, None, Box::new(|| {}));
+        let mut legs = Fake {
+            codecs: vec![CodecKind::Pcmu],
+            inputs: vec![Some(Frame::from([3000; FRAME_SAMPLES]))],
+            bound: vec![None],
+            sent: Vec::new(),
+            frames: Vec::new(),
+        };
+        join(&mut h, &mut legs, 0);
+        h.tick(Instant::now(), &mut legs);
+        assert_eq!(h.room().rate(), ClockRate::HZ_48000);
+        assert!(
+            legs.frames.iter().all(|&(_, r, _)| r == 8000),
+            "sent at its own rate"
+        );
     }
 }

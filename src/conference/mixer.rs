@@ -45,7 +45,7 @@
 
 use std::collections::VecDeque;
 
-use crate::media::frame::{Frame, FRAME_SAMPLES, SILENCE};
+use crate::media::frame::{samples_at, ClockRate, Frame, MAX_FRAME_SAMPLES, NARROW_RATE, SILENCE};
 
 use super::vad::{frame_energy, AudioLevel, Measure, Transition, Vad, VadConfig, VadParams};
 
@@ -169,7 +169,7 @@ impl Gain {
 /// One member's decoded input for a tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
-    /// One frame at the internal rate.
+    /// One frame at the mixer's rate (a frame at another rate is not mixed).
     pub pcm: &'a Frame,
     /// The sender's RFC 6464 level for this frame; when given, no energy is computed.
     pub level: Option<AudioLevel>,
@@ -230,13 +230,13 @@ struct Member {
     vad: Vad,
     out: Out,
     /// This tick's contribution to the sum, after input gain; valid while summed.
-    contribution: [i32; FRAME_SAMPLES],
+    contribution: [i32; MAX_FRAME_SAMPLES],
     /// This member's own outbound frame; valid when `out == Out::Own`.
     frame: Frame,
 }
 
 impl Member {
-    fn new(kind: MemberKind) -> Self {
+    fn new(kind: MemberKind, rate: ClockRate) -> Self {
         Self {
             kind,
             muted: false,
@@ -245,8 +245,8 @@ impl Member {
             output_gain: Gain::UNITY,
             vad: Vad::default(),
             out: Out::Silence,
-            contribution: [0; FRAME_SAMPLES],
-            frame: [0; FRAME_SAMPLES],
+            contribution: [0; MAX_FRAME_SAMPLES],
+            frame: Frame::silence(rate),
         }
     }
 }
@@ -254,7 +254,7 @@ impl Member {
 #[derive(Debug, Clone)]
 struct Slot {
     generation: u32,
-    // Boxed so that a 1.3 kB member does not make every scan of the table stride over it.
+    // Boxed so that a 6 kB member does not make every scan of the table stride over it.
     member: Option<Box<Member>>,
 }
 
@@ -265,7 +265,11 @@ pub struct Mixer {
     slots: Vec<Slot>,
     free: Vec<u32>,
     len: usize,
-    sum: [i32; FRAME_SAMPLES],
+    /// The rate every frame in and out is at.
+    rate: ClockRate,
+    /// Samples in one frame at `rate`.
+    samples: usize,
+    sum: [i32; MAX_FRAME_SAMPLES],
     shared: Frame,
     /// Members summed this tick.
     talkers: Vec<MemberId>,
@@ -288,8 +292,10 @@ impl Mixer {
             slots: Vec::with_capacity(members),
             free: Vec::with_capacity(members),
             len: 0,
-            sum: [0; FRAME_SAMPLES],
-            shared: [0; FRAME_SAMPLES],
+            rate: NARROW_RATE,
+            samples: samples_at(NARROW_RATE),
+            sum: [0; MAX_FRAME_SAMPLES],
+            shared: Frame::silence(NARROW_RATE),
             talkers: Vec::with_capacity(members),
             gained: Vec::with_capacity(members),
             events: VecDeque::with_capacity(2 * members),
@@ -302,12 +308,35 @@ impl Mixer {
         Ok(())
     }
 
+    /// The rate frames are mixed at.
+    pub fn rate(&self) -> ClockRate {
+        self.rate
+    }
+
+    /// Mixes at `rate` from the next tick: inputs must come at it, and outputs will. The
+    /// frames of the last tick are silenced; talkers stay talking.
+    pub fn set_rate(&mut self, rate: ClockRate) {
+        if rate == self.rate {
+            return;
+        }
+        self.rate = rate;
+        self.samples = samples_at(rate);
+        self.shared.clear(rate);
+        for m in self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.member.as_deref_mut())
+        {
+            m.frame.clear(rate);
+        }
+    }
+
     /// Adds a member: unmuted, hearing, 0 dB both ways, silent until the next tick.
     pub fn add_member(&mut self, kind: MemberKind) -> Result<MemberId, MixerError> {
         if self.len >= MAX_MEMBERS {
             return Err(MixerError::RoomFull);
         }
-        let member = Some(Box::new(Member::new(kind)));
+        let member = Some(Box::new(Member::new(kind, self.rate)));
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -402,6 +431,18 @@ impl Mixer {
         Ok(self.member(id)?.deaf)
     }
 
+    /// Whether `frame` from member `id` may be summed in the next tick: the member talks
+    /// already, or the frame is loud enough to start it talking. A caller whose member sends
+    /// at another rate than the mix converts only such frames; any other is handed over as
+    /// it is, for talker detection alone.
+    pub fn may_sum(&self, id: MemberId, frame: &[i16]) -> bool {
+        self.member(id).is_ok_and(|m| {
+            m.kind == MemberKind::Speaker
+                && !m.muted
+                && (m.vad.is_talking() || Measure::Energy(frame_energy(frame)).loud(&self.vad))
+        })
+    }
+
     /// Whether talker detection has the member talking (it is summed when it sends a frame).
     pub fn is_talking(&self, id: MemberId) -> Result<bool, MixerError> {
         Ok(self.member(id)?.vad.is_talking())
@@ -413,7 +454,9 @@ impl Mixer {
     where
         F: FnMut(MemberId) -> Option<Inbound<'f>>,
     {
-        self.sum = [0; FRAME_SAMPLES];
+        let (n, rate) = (self.samples, self.rate);
+        let sum = &mut self.sum[..n];
+        sum.fill(0);
         self.talkers.clear();
         self.gained.clear();
         for (index, slot) in self.slots.iter_mut().enumerate() {
@@ -426,13 +469,15 @@ impl Mixer {
             };
             let mut summed = false;
             if m.kind == MemberKind::Source {
-                if let Some(frame) = input(id) {
-                    add_contribution(&mut self.sum, &mut m.contribution, frame.pcm, m.input_gain);
+                if let Some(frame) = input(id).filter(|f| f.pcm.rate() == rate) {
+                    add_contribution(sum, &mut m.contribution, frame.pcm, m.input_gain);
                 }
                 m.out = Out::Silence;
                 continue;
             }
             if m.kind == MemberKind::Speaker && !m.muted {
+                // A frame at another rate than the mix is measured, not summed: the caller
+                // converts only what may be heard (see `may_sum`).
                 let frame = input(id);
                 let measure = match frame {
                     None => Measure::Absent,
@@ -450,8 +495,9 @@ impl Mixer {
                     }
                     None => {}
                 }
-                if let (true, Some(frame)) = (m.vad.is_talking(), frame) {
-                    add_contribution(&mut self.sum, &mut m.contribution, frame.pcm, m.input_gain);
+                let summable = frame.filter(|f| f.pcm.rate() == rate);
+                if let (true, Some(frame)) = (m.vad.is_talking(), summable) {
+                    add_contribution(sum, &mut m.contribution, frame.pcm, m.input_gain);
                     self.talkers.push(id);
                     summed = true;
                 }
@@ -468,19 +514,20 @@ impl Mixer {
             };
         }
 
-        for (out, &s) in self.shared.iter_mut().zip(&self.sum) {
+        let sum = &self.sum[..n];
+        for (out, &s) in self.shared.iter_mut().zip(sum) {
             *out = sat16(i64::from(s));
         }
         for id in &self.talkers {
             if let Some(m) = self.slots[id.slot as usize].member.as_deref_mut() {
                 if m.out == Out::Own {
-                    minus_own(&mut m.frame, &self.sum, &m.contribution, m.output_gain);
+                    minus_own(&mut m.frame, sum, &m.contribution, m.output_gain);
                 }
             }
         }
         for &index in &self.gained {
             if let Some(m) = self.slots[index as usize].member.as_deref_mut() {
-                for (out, &s) in m.frame.iter_mut().zip(&self.sum) {
+                for (out, &s) in m.frame.iter_mut().zip(sum) {
                     *out = sat16(m.output_gain.apply(s));
                 }
             }
@@ -556,19 +603,14 @@ fn sat16(x: i64) -> i16 {
 }
 
 #[inline]
-fn add_contribution(
-    sum: &mut [i32; FRAME_SAMPLES],
-    own: &mut [i32; FRAME_SAMPLES],
-    pcm: &Frame,
-    gain: Gain,
-) {
+fn add_contribution(sum: &mut [i32], own: &mut [i32; MAX_FRAME_SAMPLES], pcm: &Frame, gain: Gain) {
     if gain.is_unity() {
-        for ((s, o), &x) in sum.iter_mut().zip(own.iter_mut()).zip(pcm) {
+        for ((s, o), &x) in sum.iter_mut().zip(own.iter_mut()).zip(pcm.iter()) {
             *o = i32::from(x);
             *s += *o;
         }
     } else {
-        for ((s, o), &x) in sum.iter_mut().zip(own.iter_mut()).zip(pcm) {
+        for ((s, o), &x) in sum.iter_mut().zip(own.iter_mut()).zip(pcm.iter()) {
             // |x| ≤ 2^15 times at most +12 dB stays well inside i32.
             *o = gain.apply(i32::from(x)) as i32;
             *s += *o;
@@ -577,7 +619,7 @@ fn add_contribution(
 }
 
 #[inline]
-fn minus_own(out: &mut Frame, sum: &[i32; FRAME_SAMPLES], own: &[i32; FRAME_SAMPLES], gain: Gain) {
+fn minus_own(out: &mut Frame, sum: &[i32], own: &[i32; MAX_FRAME_SAMPLES], gain: Gain) {
     if gain.is_unity() {
         for ((o, &s), &c) in out.iter_mut().zip(sum).zip(own) {
             *o = sat16(i64::from(s - c));

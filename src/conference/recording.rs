@@ -31,11 +31,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::conference::MemberId;
-use crate::media::frame::{Frame, FRAME, FRAME_SAMPLES, INTERNAL_RATE};
+use crate::media::frame::{samples_at, ClockRate, Frame, FRAME, NARROW_RATE};
 use crate::media::record::{
     names, RecordError, RecordMode, RecordOutcome, RecorderFactory, RecorderHandle, RecordingMeta,
     RoomFields, StartOptions, StopReason, TimelineKind, TimelineMember,
 };
+use crate::media::resample::RateAdapter;
 
 /// How a room is recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +55,11 @@ struct Participant {
     written: u64,
     muted: bool,
     talking: bool,
+    /// The track's rate: the member's when it first joined.
+    rate: ClockRate,
+    /// Carries the member's audio to the track's rate once they differ (a rejoin or a codec
+    /// change at another rate).
+    convert: Option<Box<(RateAdapter, Frame)>>,
 }
 
 /// The recording of one room, driven by the room on its media worker.
@@ -65,6 +71,11 @@ pub struct RoomRecorder {
     multitrack: bool,
     /// Ticks pushed so far; the position of the next frame in every file.
     ticks: u64,
+    /// The mix's rate in the file: the room's at the first tick with a member in it.
+    rate: Option<ClockRate>,
+    /// Carries the mix to `rate` once the room mixes at another.
+    mix_convert: RateAdapter,
+    mix_frame: Frame,
     participants: Vec<Participant>,
     by_call: HashMap<String, usize>,
     /// By [`MemberId::index`]: the member now in that slot and its participant.
@@ -87,7 +98,7 @@ impl RoomRecorder {
                 to: String::new(),
                 room: Some(room.to_owned()),
                 mode: RecordMode::MixedMono,
-                rate: INTERNAL_RATE,
+                rate: NARROW_RATE,
             },
             StartOptions {
                 timeline: true,
@@ -102,6 +113,9 @@ impl RoomRecorder {
             started: now,
             multitrack: opts.multitrack,
             ticks: 0,
+            rate: None,
+            mix_convert: RateAdapter::new(),
+            mix_frame: Frame::silence(NARROW_RATE),
             participants: Vec::new(),
             by_call: HashMap::new(),
             slots: Vec::new(),
@@ -151,15 +165,22 @@ impl RoomRecorder {
             .note(self.at_ms(now), kind, self.participants[p].number);
     }
 
-    /// `member` joined with call `call_id` from `from`; a call seen before keeps its number
-    /// and track. Allocates (a track is started on the first join).
-    pub fn member_joined(&mut self, now: Instant, member: MemberId, call_id: &str, from: &str) {
+    /// `member` joined with call `call_id` from `from`, its audio at `rate`; a call seen
+    /// before keeps its number and track. Allocates (a track is started on the first join).
+    pub fn member_joined(
+        &mut self,
+        now: Instant,
+        member: MemberId,
+        call_id: &str,
+        from: &str,
+        rate: ClockRate,
+    ) {
         if self.participant(member).is_some() {
             return;
         }
         let p = match self.by_call.get(call_id) {
             Some(&p) => p,
-            None => self.add_participant(call_id, from),
+            None => self.add_participant(call_id, from, rate),
         };
         let slot = member.index();
         if self.slots.len() <= slot {
@@ -173,7 +194,7 @@ impl RoomRecorder {
         self.note(now, TimelineKind::Join, p);
     }
 
-    fn add_participant(&mut self, call_id: &str, from: &str) -> usize {
+    fn add_participant(&mut self, call_id: &str, from: &str, rate: ClockRate) -> usize {
         let number = self.participants.len() as u64 + 1;
         let track = if self.multitrack {
             let started = self.factory.start_with(
@@ -183,7 +204,7 @@ impl RoomRecorder {
                     to: String::new(),
                     room: Some(self.room.clone()),
                     mode: RecordMode::Inbound,
-                    rate: INTERNAL_RATE,
+                    rate,
                 },
                 StartOptions {
                     id: Some(names::track_id(self.mixed.id(), number)),
@@ -218,6 +239,8 @@ impl RoomRecorder {
             written: 0,
             muted: false,
             talking: false,
+            rate,
+            convert: None,
         });
         self.by_call.insert(call_id.to_owned(), p);
         p
@@ -270,14 +293,40 @@ impl RoomRecorder {
         self.note(now, kind, p);
     }
 
-    /// Once per tick: the full room mix and each member's input frame (None: nothing heard
-    /// from it). Never blocks, does no file I/O, and allocates nothing.
+    /// Once per tick: the full room mix and each member's input frame at its own rate
+    /// (None: nothing heard from it). Never blocks, does no file I/O, and allocates nothing
+    /// once the room's members and rates are settled.
+    ///
+    /// The mix is recorded at the room's rate at the first tick with a member in it (the
+    /// ticks before are silence at that rate); should the room mix at another rate later (a
+    /// wider member joined), the mix is converted to the file's.
     pub fn push_tick(
         &mut self,
         mix: &Frame,
         inputs: &mut dyn Iterator<Item = (MemberId, Option<&Frame>)>,
     ) {
-        self.mixed.push(mix);
+        let mut inputs = inputs.peekable();
+        let rate = match self.rate {
+            Some(rate) => rate,
+            None if inputs.peek().is_none() => {
+                // Nobody in the room yet: its rate is not known.
+                self.ticks += 1;
+                return;
+            }
+            None => {
+                let rate = mix.rate();
+                self.mixed.set_rate(rate);
+                self.mixed.skip(self.ticks * samples_at(rate) as u64);
+                self.rate = Some(rate);
+                rate
+            }
+        };
+        if mix.rate() == rate {
+            self.mixed.push(mix);
+        } else {
+            self.mix_convert.convert(mix, rate, &mut self.mix_frame);
+            self.mixed.push(&self.mix_frame);
+        }
         let tick = self.ticks;
         self.ticks += 1;
         if !self.multitrack {
@@ -296,12 +345,20 @@ impl RoomRecorder {
                 continue;
             }
             // Ticks the member missed (before joining, away, or left out of `inputs`).
-            track.skip((tick - part.written) * FRAME_SAMPLES as u64);
+            let frame_len = samples_at(part.rate) as u64;
+            track.skip((tick - part.written) * frame_len);
             match frame {
-                Some(f) if !part.muted => {
+                Some(f) if !part.muted && f.rate() == part.rate => {
                     track.push(f);
                 }
-                _ => track.skip(FRAME_SAMPLES as u64),
+                Some(f) if !part.muted => {
+                    let c = part.convert.get_or_insert_with(|| {
+                        Box::new((RateAdapter::new(), Frame::silence(part.rate)))
+                    });
+                    c.0.convert(f, part.rate, &mut c.1);
+                    track.push(&c.1);
+                }
+                _ => track.skip(frame_len),
             }
             part.written = tick + 1;
         }
@@ -318,9 +375,14 @@ impl RoomRecorder {
         }
         for part in self.participants.drain(..) {
             if let Some(track) = part.track {
-                track.skip((self.ticks - part.written.min(self.ticks)) * FRAME_SAMPLES as u64);
+                let missed = self.ticks - part.written.min(self.ticks);
+                track.skip(missed * samples_at(part.rate) as u64);
                 track.finish(RecordOutcome::new(StopReason::Requested));
             }
+        }
+        if self.rate.is_none() {
+            // No one ever joined: silence as long as the recording ran, at the rate it began.
+            self.mixed.skip(self.ticks * samples_at(NARROW_RATE) as u64);
         }
         tracing::debug!(room = %self.room, id = %self.mixed.id(), duration_ms = self.duration_ms(), "room recording finished");
         self.mixed.finish(RecordOutcome::new(StopReason::Requested));
@@ -375,8 +437,12 @@ mod tests {
         inputs: &[(MemberId, Option<[i16; 160]>)],
     ) -> [i16; 160] {
         let mix = mix_frame(t);
-        let mut it = inputs.iter().map(|(m, f)| (*m, f.as_ref()));
-        rec.push_tick(&mix, &mut it);
+        let frames: Vec<(MemberId, Option<Frame>)> = inputs
+            .iter()
+            .map(|(m, f)| (*m, f.map(Frame::from)))
+            .collect();
+        let mut it = frames.iter().map(|(m, f)| (*m, f.as_ref()));
+        rec.push_tick(&Frame::from(mix), &mut it);
         mix
     }
 
@@ -390,7 +456,7 @@ mod tests {
         let mut rec =
             RoomRecorder::start(&factory, "lobby", RoomRecordOptions::default(), t0).unwrap();
         let id = rec.id().to_owned();
-        rec.member_joined(t0, a, "call-a", "sip:a@x");
+        rec.member_joined(t0, a, "call-a", "sip:a@x", NARROW_RATE);
         let mut expect = Vec::new();
         for t in 0..75 {
             expect.extend(tick(&mut rec, t, &[(a, Some(frame(1, t)))]));
@@ -448,7 +514,7 @@ mod tests {
         )
         .unwrap();
         let id = rec.id().to_owned();
-        rec.member_joined(t0, a, "call-a", "sip:alice@x");
+        rec.member_joined(t0, a, "call-a", "sip:alice@x", NARROW_RATE);
         let mut b = None;
         let mut b_first = None;
         for t in 0..40u64 {
@@ -456,7 +522,7 @@ mod tests {
             match t {
                 10 => {
                     let m = mixer.add_member(MemberKind::Speaker).unwrap();
-                    rec.member_joined(now, m, "call-b", "sip:bob@x");
+                    rec.member_joined(now, m, "call-b", "sip:bob@x", NARROW_RATE);
                     b_first = Some(m);
                     b = Some(m);
                 }
@@ -474,7 +540,7 @@ mod tests {
                     // The same call comes back as a new mixer member.
                     let m = mixer.add_member(MemberKind::Speaker).unwrap();
                     assert_ne!(Some(m), b_first);
-                    rec.member_joined(now, m, "call-b", "sip:bob@x");
+                    rec.member_joined(now, m, "call-b", "sip:bob@x", NARROW_RATE);
                     b = Some(m);
                 }
                 35 => rec.member_talking(now, b.unwrap(), true),
@@ -603,7 +669,7 @@ mod tests {
         let stranger = mixer.add_member(MemberKind::Speaker).unwrap();
         let mut rec =
             RoomRecorder::start(&factory, "r", RoomRecordOptions { multitrack: true }, t0).unwrap();
-        rec.member_joined(t0, a, "call-a", "a");
+        rec.member_joined(t0, a, "call-a", "a", NARROW_RATE);
         rec.member_talking(t0, stranger, true);
         rec.member_left(t0, stranger);
         for t in 0..10u64 {
@@ -652,10 +718,10 @@ mod tests {
             t0,
         )
         .unwrap();
-        rec.member_joined(t0, a, "call-a", "sip:a@x");
+        rec.member_joined(t0, a, "call-a", "sip:a@x", NARROW_RATE);
         for t in 0..CRASH_TICKS {
             if t == 50 {
-                rec.member_joined(ms(t0, 1000), b, "call-b", "sip:b@x");
+                rec.member_joined(ms(t0, 1000), b, "call-b", "sip:b@x", NARROW_RATE);
                 rec.member_talking(ms(t0, 1000), b, true);
             }
             let inputs = [(a, Some(frame(1, t))), (b, Some(frame(2, t)))];
@@ -753,5 +819,77 @@ mod tests {
         );
         assert_eq!(tl.members.len(), 2);
         assert!(repair_dir(&tmp.0).is_empty(), "nothing left to repair");
+    }
+
+    /// A room's recording takes the room's rate at its first tick with a member (the ticks
+    /// before are silence at it); a member's track its own rate; audio at another rate later
+    /// is converted to the file's.
+    #[test]
+    fn a_room_records_at_its_rate_once_a_member_is_in_and_converts_later_rates() {
+        let tmp = TempDir::new("rates");
+        let (factory, thread) = writer(&tmp.0);
+        let t0 = Instant::now();
+        let mut mixer = Mixer::new(VadConfig::default()).unwrap();
+        let a = mixer.add_member(MemberKind::Speaker).unwrap();
+        let opts = RoomRecordOptions { multitrack: true };
+        let mut rec = RoomRecorder::start(&factory, "wide", opts, t0).unwrap();
+        let id = rec.id().to_owned();
+        let wide = ClockRate::HZ_16000;
+        let full = ClockRate::HZ_48000;
+        // Two ticks with nobody in the room.
+        for _ in 0..2 {
+            rec.push_tick(&Frame::silence(NARROW_RATE), &mut std::iter::empty());
+        }
+        rec.member_joined(ms(t0, 40), a, "call-a", "sip:a@x", wide);
+        let a_frame = Frame::from_samples(wide, &[1000; 320]);
+        let mix = Frame::from_samples(wide, &[500; 320]);
+        for _ in 0..10 {
+            rec.push_tick(&mix, &mut std::iter::once((a, Some(&a_frame))));
+        }
+        // The room now mixes at 48 kHz (an Opus member joined), and the member sends at 8 kHz.
+        let mix = Frame::from_samples(full, &[300; 960]);
+        let a_frame = Frame::from_samples(NARROW_RATE, &[700; 160]);
+        for _ in 0..20 {
+            rec.push_tick(&mix, &mut std::iter::once((a, Some(&a_frame))));
+        }
+        let track = rec.track_id(a).unwrap().to_owned();
+        rec.finish(ms(t0, 640));
+        drop(factory);
+        thread.join().unwrap();
+
+        let path = tmp.0.join(format!("{id}.wav"));
+        assert_eq!(
+            hound::WavReader::open(&path).unwrap().spec().sample_rate,
+            16000
+        );
+        let mixed = samples(&path);
+        assert_eq!(
+            mixed.len(),
+            32 * 320,
+            "every tick at 16 kHz, the empty ones too"
+        );
+        assert!(mixed[..640].iter().all(|&s| s == 0));
+        assert!(mixed[640..12 * 320].iter().all(|&s| s == 500));
+        // Converted down, the constant settles at its level after the filter's delay.
+        let settled = &mixed[20 * 320..];
+        assert!(
+            settled.iter().all(|&s| (s - 300).abs() <= 3),
+            "{:?}",
+            &settled[..8]
+        );
+
+        let path = tmp.0.join(format!("{track}.wav"));
+        assert_eq!(
+            hound::WavReader::open(&path).unwrap().spec().sample_rate,
+            16000
+        );
+        let tr = samples(&path);
+        assert_eq!(tr.len(), 32 * 320);
+        assert!(tr[2 * 320..12 * 320].iter().all(|&s| s == 1000));
+        assert!(
+            tr[20 * 320..].iter().all(|&s| (s - 700).abs() <= 3),
+            "{:?}",
+            &tr[20 * 320..20 * 320 + 8]
+        );
     }
 }

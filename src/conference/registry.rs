@@ -22,7 +22,7 @@ use super::room::{JoinRefused, RemoveReason, Room, RoomSettings, RoomSounds};
 use crate::config::ConferenceConfig;
 use crate::events::{Event, EventBus};
 use crate::live::{ControlError, MemberAction, RoomAction, RoomInfo, Rooms};
-use crate::media::frame::{AudioSource, INTERNAL_RATE};
+use crate::media::frame::{AudioSource, NARROW_RATE};
 use crate::media::prompt::{Prompt, PromptCache, PromptPlayer};
 use crate::media::record::RecorderFactory;
 
@@ -425,7 +425,7 @@ impl ConferenceRegistry {
             .map_err(|e| ControlError::Refused(e.to_string()))?;
         let inner = self.inner.clone();
         let prompt = prompt.to_string();
-        let work = move || match inner.prompts.load(&prompt, INTERNAL_RATE) {
+        let work = move || match inner.prompts.load(&prompt, NARROW_RATE) {
             Ok(p) => {
                 let source = Box::new(PromptPlayer::new(p));
                 inner
@@ -458,7 +458,7 @@ impl ConferenceRegistry {
             .map_err(|e| ControlError::Refused(e.to_string()))?;
         let inner = self.inner.clone();
         let name = name.to_string();
-        let work = move || match inner.prompts.load(&name, INTERNAL_RATE) {
+        let work = move || match inner.prompts.load(&name, NARROW_RATE) {
             Ok(p) => {
                 inner
                     .media
@@ -496,7 +496,7 @@ fn load_sounds(prompts: &PromptCache, cfg: &ConferenceConfig, room: &str) -> Roo
             return None;
         }
         prompts
-            .load(name, INTERNAL_RATE)
+            .load(name, NARROW_RATE)
             .map_err(|e| tracing::warn!(prompt = name, error = %e, "conference prompt not loaded"))
             .ok()
     };

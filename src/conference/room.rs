@@ -23,8 +23,9 @@ use super::mixer::{
 };
 use super::vad::VadConfig;
 use crate::media::dtmf::Digit;
-use crate::media::frame::{AudioSource, Frame, FRAME_SAMPLES, INTERNAL_RATE, SILENCE};
+use crate::media::frame::{AudioSource, ClockRate, Frame, NARROW_RATE, SILENCE};
 use crate::media::prompt::{Playlist, Prompt, PromptPlayer};
+use crate::media::resample::RateAdapter;
 use crate::media::tone::{ToneGenerator, ToneSpec};
 
 /// Output volume change per key press, in dB.
@@ -111,6 +112,9 @@ pub struct RoomSettings {
     pub end_with_last_moderator: bool,
     /// Talker detection.
     pub vad: VadConfig,
+    /// The rate the room mixes and records at; `None` (auto): the highest rate among its
+    /// members' codecs.
+    pub rate: Option<ClockRate>,
 }
 
 impl Default for RoomSettings {
@@ -124,6 +128,7 @@ impl Default for RoomSettings {
             wait_for_moderator: false,
             end_with_last_moderator: false,
             vad: VadConfig::default(),
+            rate: None,
         }
     }
 }
@@ -291,6 +296,8 @@ struct Member {
     prompt: Option<Box<dyn AudioSource>>,
     /// What it hears while waiting, restarted whenever it ends.
     wait: Option<Looping>,
+    /// Carries its prompt or wait sound to the room's rate.
+    adapter: RateAdapter,
 }
 
 /// A sound played over and over.
@@ -299,12 +306,20 @@ enum Looping {
     Tone(Box<ToneGenerator>),
 }
 
-impl Looping {
-    fn fill(&mut self, out: &mut Frame) {
+impl AudioSource for Looping {
+    fn rate(&self) -> ClockRate {
+        match self {
+            Looping::Prompt(p) => p.rate(),
+            Looping::Tone(t) => t.rate(),
+        }
+    }
+
+    /// Never ends: a prompt starts over where it ran out.
+    fn fill(&mut self, out: &mut [i16]) -> usize {
         match self {
             Looping::Prompt(p) => {
                 let mut n = p.fill(out);
-                if n < FRAME_SAMPLES {
+                if n < out.len() {
                     p.rewind();
                     n += p.fill(&mut out[n..]);
                     out[n..].fill(0);
@@ -315,6 +330,7 @@ impl Looping {
                 out[n..].fill(0);
             }
         }
+        out.len()
     }
 }
 
@@ -332,6 +348,9 @@ pub struct Room {
     announce: MemberId,
     tone: Option<Box<ToneGenerator>>,
     announcement: Option<Box<dyn AudioSource>>,
+    /// Carry the tone and the announcement to the room's rate.
+    tone_adapter: RateAdapter,
+    announce_adapter: RateAdapter,
     source_frame: Frame,
     announce_frame: Frame,
     scratch: Frame,
@@ -356,6 +375,9 @@ impl Room {
     pub fn new(settings: RoomSettings, sounds: RoomSounds) -> Result<Room, MixerError> {
         let capacity = settings.max_members.min(super::mixer::MAX_MEMBERS - 2);
         let mut mixer = Mixer::with_capacity(settings.vad, capacity + 2)?;
+        if let Some(rate) = settings.rate {
+            mixer.set_rate(rate);
+        }
         let tones = mixer.add_member(MemberKind::Source)?;
         let announce = mixer.add_member(MemberKind::Source)?;
         let mut members = Vec::with_capacity(capacity + 2);
@@ -370,14 +392,31 @@ impl Room {
             announce,
             tone: None,
             announcement: None,
-            source_frame: [0; FRAME_SAMPLES],
-            announce_frame: [0; FRAME_SAMPLES],
-            scratch: [0; FRAME_SAMPLES],
+            tone_adapter: RateAdapter::new(),
+            announce_adapter: RateAdapter::new(),
+            source_frame: Frame::silence(NARROW_RATE),
+            announce_frame: Frame::silence(NARROW_RATE),
+            scratch: Frame::silence(NARROW_RATE),
             locked: false,
             ended: false,
             moderators: 0,
             events: VecDeque::with_capacity(64),
         })
+    }
+
+    /// The rate the room mixes at; every frame in and out of it is at this rate.
+    pub fn rate(&self) -> ClockRate {
+        self.mixer.rate()
+    }
+
+    /// Whether member `id`'s `frame` may be mixed in the next tick (see [`Mixer::may_sum`]).
+    pub fn may_mix(&self, id: MemberId, frame: &[i16]) -> bool {
+        self.mixer.may_sum(id, frame)
+    }
+
+    /// Mixes at `rate` from the next tick (the highest rate among the members changed).
+    pub fn set_rate(&mut self, rate: ClockRate) {
+        self.mixer.set_rate(rate);
     }
 
     /// The room's settings.
@@ -475,6 +514,7 @@ impl Room {
             volume_db: 0,
             prompt: None,
             wait: None,
+            adapter: RateAdapter::new(),
         });
         self.order.push(id);
         self.events.push_back(RoomEvent::Joined {
@@ -529,7 +569,7 @@ impl Room {
             Some(p) => Some(Looping::Prompt(PromptPlayer::new(p.clone()))),
             None => {
                 let spec: ToneSpec = WAIT_TONE.parse().ok()?;
-                let tone = ToneGenerator::new(&spec, INTERNAL_RATE).ok()?;
+                let tone = ToneGenerator::new(&spec, self.rate()).ok()?;
                 Some(Looping::Tone(Box::new(tone)))
             }
         }
@@ -707,14 +747,25 @@ impl Room {
     }
 
     fn play_tone(&mut self, spec: &ToneSpec) {
-        self.tone = ToneGenerator::new(spec, INTERNAL_RATE).ok().map(Box::new);
+        self.tone = ToneGenerator::new(spec, self.rate()).ok().map(Box::new);
     }
 
     /// Mixes one tick. `input` gives a member's received frame (by id and tag), or `None`
     /// when nothing usable was heard from it (no audio, or a key tone to keep out of the mix).
     pub fn tick<'f>(&mut self, mut input: impl FnMut(MemberId, usize) -> Option<&'f Frame>) {
-        let tone_on = fill_from(&mut self.tone, &mut self.source_frame);
-        let announce_on = fill_from(&mut self.announcement, &mut self.announce_frame);
+        let rate = self.rate();
+        let tone_on = fill_from(
+            &mut self.tone,
+            &mut self.tone_adapter,
+            rate,
+            &mut self.source_frame,
+        );
+        let announce_on = fill_from(
+            &mut self.announcement,
+            &mut self.announce_adapter,
+            rate,
+            &mut self.announce_frame,
+        );
         let (tones, announce) = (self.tones, self.announce);
         let (source_frame, announce_frame) = (&self.source_frame, &self.announce_frame);
         let members = &self.members;
@@ -752,6 +803,7 @@ impl Room {
     /// Calls `out` with what each member is to be sent for the last tick, in joining order.
     /// A member's own prompt (or wait sound) replaces the room audio.
     pub fn for_each_output(&mut self, mut out: impl FnMut(MemberId, usize, RoomOutput<'_>)) {
+        let rate = self.rate();
         for &id in &self.order {
             let Some(m) = self
                 .members
@@ -763,14 +815,16 @@ impl Room {
             };
             if m.waiting {
                 if let Some(w) = m.wait.as_mut() {
-                    w.fill(&mut self.scratch);
+                    m.adapter.fill(w, rate, &mut self.scratch);
                     out(id, m.tag, RoomOutput::Own(&self.scratch));
                 } else {
                     out(id, m.tag, RoomOutput::Silence);
                 }
                 continue;
             }
-            if m.prompt.is_some() && fill_from(&mut m.prompt, &mut self.scratch) {
+            if m.prompt.is_some()
+                && fill_from(&mut m.prompt, &mut m.adapter, rate, &mut self.scratch)
+            {
                 out(id, m.tag, RoomOutput::Own(&self.scratch));
                 continue;
             }
@@ -789,18 +843,22 @@ impl Room {
     }
 }
 
-/// Fills `frame` from a playing source; `false` (and the source dropped) once it has ended.
-fn fill_from<S: AudioSource + ?Sized>(source: &mut Option<Box<S>>, frame: &mut Frame) -> bool {
+/// Fills `frame` at `rate` from a playing source; `false` (and the source dropped) once it
+/// has ended.
+fn fill_from<S: AudioSource + ?Sized>(
+    source: &mut Option<Box<S>>,
+    adapter: &mut RateAdapter,
+    rate: ClockRate,
+    frame: &mut Frame,
+) -> bool {
     let Some(s) = source.as_mut() else {
         return false;
     };
-    let n = s.fill(frame);
-    if n < FRAME_SAMPLES {
-        frame[n..].fill(0);
+    let fill = adapter.fill(s.as_mut(), rate, frame);
+    if fill.ended {
         *source = None;
-        return n > 0;
     }
-    true
+    fill.any
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::media::frame::FRAME_SAMPLES;
 
 /// Talking exactly when a frame reaches −40 dBov, with no memory between ticks.
 fn instant_vad() -> VadConfig {
@@ -26,7 +27,7 @@ fn settings() -> RoomSettings {
 }
 
 fn flat(v: i16) -> Frame {
-    [v; FRAME_SAMPLES]
+    Frame::from([v; FRAME_SAMPLES])
 }
 
 fn sat16(x: i64) -> i16 {
@@ -49,7 +50,7 @@ impl Heard {
     fn frame(&self) -> Frame {
         match *self {
             Heard::Shared(f) | Heard::Own(f) => f,
-            Heard::Silence => [0; FRAME_SAMPLES],
+            Heard::Silence => Frame::silence(NARROW_RATE),
         }
     }
 }
@@ -361,10 +362,8 @@ fn a_members_prompt_replaces_what_it_hears_and_room_sounds_reach_everyone() {
     h.join(1, false);
     h.inputs.insert(1, flat(500));
     let spec: ToneSpec = "1000/40@-10".parse().unwrap();
-    h.room.play_to(
-        a,
-        Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()),
-    );
+    h.room
+        .play_to(a, Box::new(ToneGenerator::new(&spec, NARROW_RATE).unwrap()));
     let out = h.tick();
     let f = out[&0].frame();
     assert_ne!(f, flat(500), "the prompt replaces the room");
@@ -378,15 +377,15 @@ fn a_members_prompt_replaces_what_it_hears_and_room_sounds_reach_everyone() {
     );
 
     h.room
-        .play(Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).unwrap()));
+        .play(Box::new(ToneGenerator::new(&spec, NARROW_RATE).unwrap()));
     let out = h.tick();
     let tone = {
-        let mut g = ToneGenerator::new(&spec, INTERNAL_RATE).unwrap();
-        let mut f = [0i16; FRAME_SAMPLES];
+        let mut g = ToneGenerator::new(&spec, NARROW_RATE).unwrap();
+        let mut f = Frame::silence(NARROW_RATE);
         g.fill(&mut f);
         f
     };
-    let with_talker: Frame = std::array::from_fn(|i| sat16(i64::from(tone[i]) + 500));
+    let with_talker = Frame::from(std::array::from_fn(|i| sat16(i64::from(tone[i]) + 500)));
     assert_eq!(out[&0], Heard::Shared(with_talker));
     assert_eq!(
         out[&1],

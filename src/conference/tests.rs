@@ -26,17 +26,17 @@ fn sat16(x: i64) -> i16 {
 
 fn lcg_frame(seed: u64, amp: i32) -> Frame {
     let mut s = seed | 1;
-    std::array::from_fn(|_| {
+    Frame::from(std::array::from_fn(|_| {
         s = s
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let r = ((s >> 33) as i64 % (2 * i64::from(amp) + 1)) as i32 - amp;
         r.clamp(-32768, 32767) as i16
-    })
+    }))
 }
 
 fn flat(v: i16) -> Frame {
-    [v; FRAME_SAMPLES]
+    Frame::from([v; FRAME_SAMPLES])
 }
 
 fn loud(l: u8) -> Option<AudioLevel> {
@@ -85,14 +85,14 @@ fn reference(
         .filter_map(|(id, m)| inputs.get(id).map(|(f, _)| (*id, *f, m.input_gain)))
         .collect();
     let heard = |me: Option<MemberId>, gain: Gain| -> Frame {
-        std::array::from_fn(|i| {
+        Frame::from(std::array::from_fn(|i| {
             let s: i64 = contributors
                 .iter()
                 .filter(|(id, _, _)| Some(*id) != me)
                 .map(|(_, f, g)| g.apply(i32::from(f[i])))
                 .sum();
             sat16(gain.apply(s as i32))
-        })
+        }))
     };
     let shared = heard(None, Gain::UNITY);
     let mut out = HashMap::new();
@@ -457,7 +457,7 @@ fn talker_events_follow_energy_detection_once_per_transition() {
         let heard = if talking {
             a_frame
         } else {
-            &[0; FRAME_SAMPLES]
+            &crate::media::frame::SILENCE
         };
         assert_eq!(mixer.output(b), Ok(MixOutput::Shared(heard)), "tick {t}");
     }
@@ -659,5 +659,52 @@ proptest! {
             });
             check(mixer, &room.members, &expected, &shared);
         }
+    }
+}
+
+/// A mixer at 16 kHz sums 16 kHz frames; a frame at another rate is only measured for
+/// talker detection, and `may_sum` tells the caller which frames to convert.
+#[test]
+fn a_wideband_mixer_sums_its_rate_and_measures_other_rates_only() {
+    let wide = crate::media::frame::ClockRate::HZ_16000;
+    let mut mixer = Mixer::new(instant_vad()).unwrap();
+    let (a, b, c) = (
+        mixer.add_member(MemberKind::Speaker).unwrap(),
+        mixer.add_member(MemberKind::Speaker).unwrap(),
+        mixer.add_member(MemberKind::Speaker).unwrap(),
+    );
+    mixer.set_rate(wide);
+    assert_eq!(mixer.rate(), wide);
+    let loud_wide = Frame::from_samples(wide, &[3000; 320]);
+    let loud_narrow = flat(3000);
+    let quiet_narrow = flat(5);
+    assert!(
+        mixer.may_sum(a, &loud_narrow),
+        "loud enough to start talking"
+    );
+    assert!(
+        !mixer.may_sum(a, &quiet_narrow),
+        "line noise cannot start it"
+    );
+    mixer.mix(|id| {
+        Some(Inbound::new(match id {
+            _ if id == a => &loud_wide,
+            _ if id == b => &loud_narrow,
+            _ => &quiet_narrow,
+        }))
+    });
+    // a is summed; b talks (its frame was loud) but a narrowband frame is not summed.
+    assert_eq!(mixer.is_talking(b), Ok(true));
+    assert_eq!(mixer.talker_count(), 1);
+    let shared = *mixer.output(c).unwrap().frame();
+    assert_eq!(shared.rate(), wide);
+    assert!(shared.iter().all(|&s| s == 3000));
+    assert!(
+        mixer.may_sum(b, &quiet_narrow),
+        "a talker's frames may be summed"
+    );
+    match mixer.output(a).unwrap() {
+        MixOutput::Own(f) => assert!(f.rate() == wide && f.iter().all(|&s| s == 0)),
+        other => panic!("a talker hears the others alone: {other:?}"),
     }
 }

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use crate::media::frame::{Frame, FRAME, FRAME_SAMPLES};
+use crate::media::frame::{FRAME, FRAME_SAMPLES};
 
 use super::mixer::MixerError;
 
@@ -137,7 +137,7 @@ pub(crate) enum Measure {
 }
 
 impl Measure {
-    fn loud(self, p: &VadParams) -> bool {
+    pub(crate) fn loud(self, p: &VadParams) -> bool {
         match self {
             Measure::Energy(e) => e >= p.start_energy,
             Measure::Level(l) => i16::from(l.get()) <= p.start_level_max,
@@ -157,7 +157,7 @@ impl Measure {
 /// Sum of squares of a frame's samples.
 // Kept out of line: inlined into the mixer's loop the compiler leaves it scalar.
 #[inline(never)]
-pub(crate) fn frame_energy(pcm: &Frame) -> u64 {
+pub(crate) fn frame_energy(pcm: &[i16]) -> u64 {
     // With −32768 read as −32767 a square stays below 2^30, so a u32 lane holds four of them;
     // 32-bit lanes keep the loop in vector registers (the 1-in-65536 error does not matter
     // to a threshold).
@@ -172,7 +172,12 @@ pub(crate) fn frame_energy(pcm: &Frame) -> u64 {
         }
         total += lanes.iter().map(|&l| u64::from(l)).sum::<u64>();
     }
-    total
+    // Thresholds are sums over a narrowband frame; a wider frame's sum is scaled to one.
+    if pcm.len() == FRAME_SAMPLES {
+        total
+    } else {
+        total * FRAME_SAMPLES as u64 / pcm.len().max(1) as u64
+    }
 }
 
 /// A change of a member's talking state.
@@ -237,7 +242,7 @@ mod tests {
     use super::*;
     use crate::media::level::rms_dbfs;
 
-    fn tone(dbov: f64) -> Frame {
+    fn tone(dbov: f64) -> [i16; FRAME_SAMPLES] {
         // A sine's RMS is its peak over √2; 0 dBov is an RMS of full scale.
         let peak = 32768.0 * 2f64.sqrt() * 10f64.powf(dbov / 20.0);
         std::array::from_fn(|n| {
@@ -276,7 +281,7 @@ mod tests {
         }
         let loudest = [i16::MIN; FRAME_SAMPLES];
         assert_eq!(frame_energy(&loudest), 160 * 32767 * 32767);
-        let alternating: Frame =
+        let alternating: [i16; FRAME_SAMPLES] =
             std::array::from_fn(|n| if n % 2 == 0 { i16::MIN } else { i16::MAX });
         assert_eq!(frame_energy(&alternating), 160 * 32767 * 32767);
     }

@@ -14,7 +14,7 @@ use super::{BridgeError, Worker};
 use crate::conference::host::JoinRefusal;
 use crate::media::codec::CodecKind;
 use crate::media::dtmf::Digit;
-use crate::media::frame::{FRAME, FRAME_SAMPLES, INTERNAL_RATE};
+use crate::media::frame::{FRAME, FRAME_SAMPLES, NARROW_RATE};
 use crate::media::leg::{Leg, LegCommand, LegConfig, LegEvent};
 use crate::media::level::tone_share;
 use crate::media::tone::{ToneGenerator, ToneSpec};
@@ -169,7 +169,7 @@ fn a_playback_replaces_the_bridge_audio_for_its_own_leg_only() {
     h.talk(50);
     h.assert_crossed();
     let spec: ToneSpec = "800/600@-10".parse().expect("a tone");
-    let source = Box::new(ToneGenerator::new(&spec, INTERNAL_RATE).expect("tone"));
+    let source = Box::new(ToneGenerator::new(&spec, NARROW_RATE).expect("tone"));
     let play = LegCommand::Play {
         id: 7,
         source,
@@ -201,7 +201,7 @@ fn key_tones_are_not_passed_through_the_bridge() {
     h.talk(25);
     // Leg 0's caller presses 5 in-band for 200 ms, then talks on.
     let five = Digit::from_char('5').expect("a digit");
-    let mut key = ToneGenerator::new(&ToneSpec::dtmf(five, 200, 0), INTERNAL_RATE).expect("tone");
+    let mut key = ToneGenerator::new(&ToneSpec::dtmf(five, 200, 0), NARROW_RATE).expect("tone");
     for _ in 0..10 {
         let mut pcm = [0i16; FRAME_SAMPLES];
         key.fill(&mut pcm);

@@ -276,8 +276,7 @@ pub fn guard_peek(data: &[u8]) {
     }
 }
 
-/// G.722 and L16 decoders: the first byte picks the codec (bit 7: behind the leg's
-/// resampler), then records of `[length, payload]` (length 0: a lost frame). Decoding
+/// G.722 and L16 decoders: the first byte picks the codec, then records of `[length, payload]` (length 0: a lost frame). Decoding
 /// writes at most the buffer, exactly what the payload holds, and L16 re-encodes to the
 /// same bytes.
 pub fn codec_decode(data: &[u8]) {
@@ -290,15 +289,7 @@ pub fn codec_decode(data: &[u8]) {
         1 => CodecKind::L16Narrow,
         _ => CodecKind::L16Wide,
     };
-    let leg = select & 0x80 != 0;
-    let mut codec: Box<dyn AudioCodec> = if leg {
-        match kind.new_leg_codec(&CodecParams::default()) {
-            Ok(c) => c,
-            Err(e) => panic!("no leg codec for {kind:?}: {e}"),
-        }
-    } else {
-        kind.new_codec()
-    };
+    let mut codec: Box<dyn AudioCodec> = kind.new_codec_with(&CodecParams::default());
     let mut pcm = [0i16; 2048];
     let mut back = [0u8; 1024];
     while let [len, tail @ ..] = rest {
@@ -311,13 +302,10 @@ pub fn codec_decode(data: &[u8]) {
             continue;
         }
         let Ok(n) = codec.decode(payload, &mut pcm) else {
-            assert!(leg || (kind != CodecKind::G722 && payload.len() % 2 == 1));
+            assert!(kind != CodecKind::G722 && payload.len() % 2 == 1);
             continue;
         };
         assert!(n <= pcm.len());
-        if leg {
-            continue;
-        }
         if kind == CodecKind::G722 {
             assert_eq!(n, 2 * payload.len());
         } else {

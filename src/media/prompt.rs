@@ -519,6 +519,14 @@ impl Playlist {
         written
     }
 
+    /// The rate of its prompts (the narrowband rate when it has none).
+    pub fn rate(&self) -> ClockRate {
+        self.prompts
+            .first()
+            .and_then(|p| ClockRate::new(p.rate))
+            .unwrap_or(crate::media::frame::NARROW_RATE)
+    }
+
     /// True once every prompt has been played.
     pub fn is_finished(&self) -> bool {
         self.index >= self.prompts.len()

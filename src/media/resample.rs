@@ -22,6 +22,7 @@ use std::time::Duration;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 
+use crate::media::frame::{AudioSource, Frame, FRAME};
 use crate::rtp::types::ClockRate;
 
 /// Why a resampler could not be made or run.
@@ -278,9 +279,141 @@ impl StreamResampler {
     }
 }
 
+/// Carries a stream of 20 ms [`Frame`]s across to another rate where two rates meet (a
+/// bridge between legs of different codecs, a room mixing above a member's rate, a prompt
+/// made for another rate than its leg's).
+///
+/// Frames at the rate already wanted are copied as they are. Otherwise one
+/// [`StreamResampler`] converts them, made when the pair of rates first appears (a join or a
+/// codec change, never the steady state) and kept while it stays. A stream that stops being
+/// converted for a while (its listener took a frame converted elsewhere) tells the adapter
+/// with [`RateAdapter::pass`], so that the next conversion starts from the filter state that
+/// frame leaves, not from stale audio.
+#[derive(Debug, Default)]
+pub struct RateAdapter {
+    resampler: Option<(ClockRate, ClockRate, StreamResampler)>,
+    /// The frame that went by unconverted last, to warm the filter with before the next.
+    missed: Option<Box<Frame>>,
+    /// Frames went by unconverted: the filter's history is stale.
+    stale: bool,
+    /// A source's frame at its own rate, before conversion.
+    scratch: Option<Box<Frame>>,
+}
+
+/// What [`RateAdapter::fill`] got from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    /// The frame holds some of the source.
+    pub any: bool,
+    /// The source has ended (within or before this frame).
+    pub ended: bool,
+}
+
+impl RateAdapter {
+    /// An adapter with nothing made yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `input` at `to`, into `out`; silence when the pair of rates cannot be converted.
+    pub fn convert(&mut self, input: &Frame, to: ClockRate, out: &mut Frame) {
+        if input.rate() == to {
+            *out = *input;
+            return;
+        }
+        out.set_rate(to);
+        let from = input.rate();
+        let fresh = !matches!(&self.resampler, Some((f, t, _)) if *f == from && *t == to);
+        if fresh {
+            match StreamResampler::new(from, to, FRAME.as_millis() as u32) {
+                Ok(r) => self.resampler = Some((from, to, r)),
+                Err(e) => {
+                    tracing::warn!(from = from.hz(), to = to.hz(), error = %e, "no rate conversion");
+                    self.resampler = None;
+                    out.fill(0);
+                    return;
+                }
+            }
+        }
+        let Some((_, _, r)) = self.resampler.as_mut() else {
+            return;
+        };
+        if self.stale && !fresh {
+            r.reset();
+            if let Some(missed) = self.missed.as_deref().filter(|m| m.rate() == from) {
+                // The frame before this one fills the filter's history as an unbroken
+                // stream would have; its output is what the listener already heard.
+                let _ = r.process(missed, out);
+            }
+        }
+        self.stale = false;
+        if r.process(input, out).is_err() {
+            out.fill(0);
+        }
+    }
+
+    /// The next frame of `source` into `out` at `to`, converted from the rate it plays at;
+    /// what was left of it when it ended is followed by silence.
+    pub fn fill(
+        &mut self,
+        source: &mut (impl AudioSource + ?Sized),
+        to: ClockRate,
+        out: &mut Frame,
+    ) -> Fill {
+        let from = source.rate();
+        if from == to {
+            out.set_rate(to);
+            let n = source.fill(out);
+            out[n..].fill(0);
+            return Fill {
+                any: n > 0,
+                ended: n < out.len(),
+            };
+        }
+        let mut own = self
+            .scratch
+            .take()
+            .unwrap_or_else(|| Box::new(Frame::silence(from)));
+        own.set_rate(from);
+        let n = source.fill(&mut own);
+        own[n..].fill(0);
+        let fill = Fill {
+            any: n > 0,
+            ended: n < own.len(),
+        };
+        self.convert(&own, to, out);
+        self.scratch = Some(own);
+        fill
+    }
+
+    /// `input` went by unconverted this tick (another conversion of the same audio served).
+    pub fn pass(&mut self, input: &Frame) {
+        if self.resampler.is_none() {
+            return;
+        }
+        self.stale = true;
+        match self.missed.as_deref_mut() {
+            Some(m) => *m = *input,
+            None => self.missed = Some(Box::new(*input)),
+        }
+    }
+
+    /// Nothing went by this tick: the next conversion starts from silence.
+    pub fn gap(&mut self) {
+        if self.resampler.is_some() {
+            self.stale = true;
+            if let Some(m) = self.missed.as_deref_mut() {
+                m.clear(m.rate());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NARROW: ClockRate = ClockRate::HZ_8000;
 
     /// `r` Hz as a clock rate.
     fn hz(r: u32) -> ClockRate {
@@ -449,5 +582,113 @@ mod tests {
         let (y, _) = stream(&x, 16000, 8000);
         let att = db(rms_mid(&y[..8000]).max(1e-3), rms_mid(&x));
         assert!(att < -40.0, "5 kHz streamed only {att:.1} dB down");
+    }
+
+    /// `pcm` cut into 20 ms frames at `rate`.
+    fn frames(pcm: &[i16], rate: ClockRate) -> Vec<Frame> {
+        pcm.chunks_exact(crate::media::frame::samples_at(rate))
+            .map(|c| Frame::from_samples(rate, c))
+            .collect()
+    }
+
+    #[test]
+    fn an_adapter_copies_a_frame_at_the_rate_wanted_and_converts_others() {
+        let mut a = RateAdapter::new();
+        let wide = hz(16000);
+        let f = Frame::from_samples(wide, &sine(1000.0, 16000, 320, 8000.0));
+        let mut out = Frame::silence(NARROW);
+        a.convert(&f, wide, &mut out);
+        assert_eq!(out, f, "the same rate is a copy");
+        // A 1 kHz tone crosses 16 → 8 kHz; 6 kHz, above the narrow band, does not.
+        for (tone, passes) in [(1000.0, true), (6000.0, false)] {
+            let mut a = RateAdapter::new();
+            let mut got = Vec::new();
+            for f in frames(&sine(tone, 16000, 16000, 8000.0), wide) {
+                a.convert(&f, NARROW, &mut out);
+                assert_eq!((out.rate(), out.len()), (NARROW, 160));
+                got.extend_from_slice(&out);
+            }
+            let level = db(rms_mid(&got[4000..]), 8000.0 / 2f64.sqrt());
+            if passes {
+                assert!(level.abs() < 0.5, "{tone} Hz at {level:.1} dB");
+            } else {
+                assert!(level < -40.0, "{tone} Hz at {level:.1} dB");
+            }
+        }
+    }
+
+    /// A stream converted with frames left out (`pass`), then converted again, comes out as
+    /// the unbroken conversion did: the filter is warmed with the frame before.
+    #[test]
+    fn a_stream_taken_up_again_joins_on_without_a_click() {
+        let wide = hz(48000);
+        // Not periodic over the gap's 200 ms, so stale history differs from the true one.
+        let input = frames(&sine(437.0, 48000, 48000, 8000.0), wide);
+        let (mut whole, mut broken) = (RateAdapter::new(), RateAdapter::new());
+        let (mut a, mut b) = (Frame::silence(NARROW), Frame::silence(NARROW));
+        let mut worst = 0i32;
+        for (k, f) in input.iter().enumerate() {
+            whole.convert(f, NARROW, &mut a);
+            if (10..20).contains(&k) {
+                broken.pass(f);
+                continue;
+            }
+            broken.convert(f, NARROW, &mut b);
+            if k >= 20 {
+                let diff = a
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(&x, &y)| (i32::from(x) - i32::from(y)).abs());
+                worst = worst.max(diff.max().unwrap_or(0));
+            }
+        }
+        // Within 1 % of the tone's peak from the first frame after the break.
+        assert!(worst < 80, "the resumed stream is off by {worst}");
+        // Without `pass`, the filter resumes from stale audio.
+        let mut stale = RateAdapter::new();
+        let mut first_after = 0i32;
+        for (k, f) in input
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !(10..20).contains(k))
+        {
+            stale.convert(f, NARROW, &mut b);
+            if k == 20 {
+                whole = RateAdapter::new();
+                for g in &input[..=20] {
+                    whole.convert(g, NARROW, &mut a);
+                }
+                first_after = a
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(&x, &y)| (i32::from(x) - i32::from(y)).abs())
+                    .max()
+                    .unwrap_or(0);
+            }
+        }
+        assert!(
+            first_after > 400,
+            "a stale filter would click: {first_after}"
+        );
+    }
+
+    #[test]
+    fn a_source_at_another_rate_is_filled_converted_and_its_end_reported() {
+        use crate::media::tone::{ToneGenerator, ToneSpec};
+        let spec: ToneSpec = "1000/50@-10".parse().unwrap();
+        let mut tone = ToneGenerator::new(&spec, NARROW).unwrap();
+        let mut a = RateAdapter::new();
+        let mut out = Frame::silence(NARROW);
+        let mut fills = Vec::new();
+        for _ in 0..4 {
+            fills.push(a.fill(&mut tone, hz(16000), &mut out));
+            assert_eq!(out.rate(), hz(16000));
+        }
+        // 50 ms: two whole frames, half of the third, then nothing.
+        let ended: Vec<(bool, bool)> = fills.iter().map(|f| (f.any, f.ended)).collect();
+        assert_eq!(
+            ended,
+            [(true, false), (true, false), (true, true), (false, true)]
+        );
     }
 }

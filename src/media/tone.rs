@@ -467,6 +467,11 @@ impl ToneGenerator {
         self.enter_segment(0, true);
     }
 
+    /// The rate it renders at.
+    pub fn rate(&self) -> ClockRate {
+        ClockRate::new(self.rate).unwrap_or(crate::media::frame::NARROW_RATE)
+    }
+
     /// The tone being played.
     pub fn spec(&self) -> &ToneSpec {
         &self.spec

@@ -38,7 +38,7 @@ use crate::call::{
     Action, CallCore, CoreConfig, LegId, MediaAction, OutboundPolicy, PlaySpec, SipAction, Work,
 };
 use crate::media::dtmf::{Digit, DtmfMethod};
-use crate::media::frame::INTERNAL_RATE;
+use crate::media::frame::NARROW_RATE;
 use crate::media::prompt::PromptCache;
 use crate::media::record::StopReason;
 use crate::sdp::LocalSession;
@@ -775,7 +775,7 @@ impl SimCall {
         if let Some(d) = self.durations.get(name) {
             return *d;
         }
-        let d = match cache.load(name, INTERNAL_RATE) {
+        let d = match cache.load(name, NARROW_RATE) {
             Ok(p) => Some(p.duration()),
             Err(e) => {
                 self.line(format!("prompt {name} not played: {e}"));

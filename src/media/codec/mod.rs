@@ -1,10 +1,10 @@
 //! Audio codecs behind one trait, so a leg holds a `Box<dyn AudioCodec>` whatever was negotiated.
 //!
-//! A codec states three rates that need not agree: the RTP clock its timestamps count
+//! A codec states two rates that need not agree: the RTP clock its timestamps count
 //! ([`CodecKind::rtp_clock`]: G.722 keeps 8 kHz although it samples at 16 kHz, RFC 3551
-//! §4.5.2; Opus always counts 48 kHz, RFC 7587 §4.1), the rate of the PCM it consumes and
-//! produces ([`CodecKind::sample_rate`]), and the media engine's own
-//! [`INTERNAL_RATE`](crate::media::frame::INTERNAL_RATE). Audio on the PCM side is mono.
+//! §4.5.2; Opus always counts 48 kHz, RFC 7587 §4.1) and the rate of the PCM it consumes
+//! and produces ([`CodecKind::sample_rate`]), which is the rate its leg runs at. Audio on
+//! the PCM side is mono.
 //!
 //! One codec value is one stream's encoder and decoder state: G.722 and Opus predict from
 //! earlier samples, so a value must never be shared between two streams. Calls return
@@ -16,7 +16,6 @@
 pub mod g711;
 pub mod g722;
 pub mod l16;
-pub mod narrow;
 #[cfg(feature = "opus")]
 pub mod opus;
 #[cfg(test)]
@@ -26,7 +25,6 @@ pub use g711::{Law, G711};
 pub use g722::G722;
 pub use l16::L16;
 
-use crate::media::frame::INTERNAL_RATE;
 use crate::rtp::types::{ClockRate, PayloadType};
 
 /// Why an encode or decode call failed.
@@ -277,16 +275,10 @@ impl CodecKind {
         Self::from_rtpmap(encoding, rate)
     }
 
-    /// Samples at the internal rate that a payload of `bytes` bytes lasts.
-    pub const fn internal_samples_in(self, bytes: usize) -> usize {
-        let rate = self.sample_rate().hz() as usize;
-        self.samples_in(bytes) * INTERNAL_RATE.hz() as usize / rate
-    }
-
-    /// RTP timestamp ticks per sample at the internal rate: 1 for G.711 and G.722 (whose
-    /// 8 kHz clock is the internal rate), 2 for L16 at 16 kHz, 6 for Opus.
-    pub const fn ticks_per_internal_sample(self) -> u64 {
-        (self.rtp_clock().hz() / INTERNAL_RATE.hz()) as u64
+    /// RTP timestamp ticks that `samples` samples at the codec's rate last: as many for
+    /// most codecs, half as many for G.722 (16 kHz audio on an 8 kHz clock).
+    pub const fn rtp_ticks(self, samples: u64) -> u64 {
+        samples * self.rtp_clock().hz() as u64 / self.sample_rate().hz() as u64
     }
 
     /// Whether a packet can carry the frame before it again, at a lower rate (Opus in-band
@@ -305,38 +297,24 @@ impl CodecKind {
         self.samples_in(2) > 0
     }
 
-    /// The largest payload lasting `internal_samples` samples at the internal rate (Opus:
-    /// what fits one datagram).
-    pub const fn max_payload_bytes(self, internal_samples: usize) -> usize {
+    /// The largest payload lasting `samples` samples at the codec's rate (Opus: what fits
+    /// one datagram).
+    pub const fn max_payload_bytes(self, samples: usize) -> usize {
         match self {
-            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => internal_samples,
-            CodecKind::L16Narrow => 2 * internal_samples,
-            CodecKind::L16Wide => 4 * internal_samples,
+            CodecKind::Pcmu | CodecKind::Pcma => samples,
+            CodecKind::G722 => samples.div_ceil(2),
+            CodecKind::L16Narrow | CodecKind::L16Wide => 2 * samples,
             #[cfg(feature = "opus")]
             CodecKind::Opus => 1500,
         }
     }
 
-    /// Samples at the internal rate that one payload lasts; 0 when it cannot be told.
-    pub fn payload_internal_samples(self, payload: &[u8]) -> usize {
+    /// Samples at the codec's rate that one payload lasts; 0 when it cannot be told.
+    pub fn payload_samples(self, payload: &[u8]) -> usize {
         match self {
             #[cfg(feature = "opus")]
-            CodecKind::Opus => {
-                let samples_48k = opus_packet_samples(payload).unwrap_or(0);
-                samples_48k * INTERNAL_RATE.hz() as usize / 48000
-            }
-            _ => self.internal_samples_in(payload.len()),
-        }
-    }
-
-    /// A codec for a leg, with parameters `params`: PCM at the internal rate, resampled to
-    /// and from the codec's own rate when they differ (see [`narrow`]).
-    pub fn new_leg_codec(self, params: &CodecParams) -> Result<Box<dyn AudioCodec>, CodecError> {
-        let codec = self.new_codec_with(params);
-        if self.sample_rate() == INTERNAL_RATE {
-            Ok(codec)
-        } else {
-            Ok(Box::new(narrow::AtInternalRate::new(codec)?))
+            CodecKind::Opus => opus_packet_samples(payload).unwrap_or(0),
+            _ => self.samples_in(payload.len()),
         }
     }
 
@@ -527,7 +505,7 @@ mod tests {
         assert_eq!(c.recover(&[0xFF; 160], &mut next).unwrap(), 160);
         assert!(next.iter().all(|&s| s == 0));
         for kind in [CodecKind::Pcmu, CodecKind::G722, CodecKind::L16Wide] {
-            let c = kind.new_leg_codec(&CodecParams::default()).unwrap();
+            let c = kind.new_codec();
             assert!(!c.has_own_concealment(), "{kind:?}");
         }
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RecordMode;
 use crate::media::dtmf::Digit;
-use crate::media::frame::{ClockRate, FRAME, INTERNAL_RATE};
+use crate::media::frame::{ClockRate, FRAME, NARROW_RATE};
 use crate::media::level::dbm0_to_peak;
 
 /// Digits kept for the sidecar; a caller leaning on the keypad cannot grow it further.
@@ -81,7 +81,7 @@ impl Default for RecordPolicy {
     fn default() -> Self {
         RecordPolicy {
             mode: RecordMode::Inbound,
-            rate: INTERNAL_RATE,
+            rate: NARROW_RATE,
             max_duration: None,
             silence_timeout: None,
             silence_threshold_dbm0: -45.0,

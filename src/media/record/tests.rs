@@ -1080,3 +1080,35 @@ proptest::proptest! {
         proptest::prop_assert!(!lines.exists());
     }
 }
+
+/// A recording whose rate is only known once audio flows (a room's) is started again at the
+/// rate it is told before its first audio; once audio is written, the rate stays.
+#[test]
+fn a_recording_takes_a_new_rate_before_its_audio_and_keeps_it_after() {
+    let tmp = TempDir::new("rate");
+    let (factory, thread) = RecordingWriter::spawn(&tmp.0).unwrap();
+    let early = factory.start(meta(RecordMode::Inbound)).unwrap();
+    let late = factory.start(meta(RecordMode::Inbound)).unwrap();
+    early.set_rate(ClockRate::HZ_16000);
+    let wide: Vec<i16> = (0..320).map(|i| pattern(i) / 4).collect();
+    assert!(early.push(&wide));
+    assert!(late.push(&pattern_frame(0, N)));
+    factory.sync().unwrap();
+    late.set_rate(ClockRate::HZ_48000);
+    assert!(late.push(&pattern_frame(1, N)));
+    let (early_id, late_id) = (early.id().to_owned(), late.id().to_owned());
+    early.finish(RecordOutcome::new(StopReason::Requested));
+    late.finish(RecordOutcome::new(StopReason::Requested));
+    drop(factory);
+    thread.join().unwrap();
+
+    let (spec, samples) = read_wav(&tmp.0.join(format!("{early_id}.wav")));
+    assert_eq!(spec.sample_rate, 16000);
+    assert_eq!(samples, wide);
+    let sc = Sidecar::read(&Sidecar::path(&tmp.0, &early_id)).unwrap();
+    assert_eq!((sc.format.rate, sc.duration_ms), (16000, 20));
+
+    let (spec, samples) = read_wav(&tmp.0.join(format!("{late_id}.wav")));
+    assert_eq!(spec.sample_rate, RATE, "audio was written: the rate stays");
+    assert_eq!(samples.len(), 2 * N);
+}

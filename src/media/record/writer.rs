@@ -98,6 +98,9 @@ enum Control {
     },
     /// A timeline event that did not fit the audio queue.
     Note(Note),
+    /// The audio will come at another rate than the recording was started with; sent
+    /// before any audio.
+    Rate { key: u64, rate: ClockRate },
     Finish {
         key: u64,
         chunks: u64,
@@ -423,6 +426,23 @@ impl RecorderHandle {
         self.gap.set(self.gap.get().saturating_add(samples));
     }
 
+    /// The audio will come at `rate` rather than the rate the recording was started with:
+    /// for a recording whose rate is only known once audio flows (a room's, set by its
+    /// members). Only before the first [`push`](Self::push) or [`skip`](Self::skip); later
+    /// the writer keeps the rate it has.
+    pub fn set_rate(&self, rate: ClockRate) {
+        if self
+            .control
+            .send(Control::Rate {
+                key: self.key,
+                rate,
+            })
+            .is_ok()
+        {
+            let _ = self.data.try_send(Data::Wake);
+        }
+    }
+
     /// Tells the writer who timeline member `member.member` is; later [`note`](Self::note)s
     /// about the member carry its call, caller and track. Allocates; for joins only.
     pub fn register_member(&self, member: TimelineMember) {
@@ -557,6 +577,7 @@ impl Writer {
                     }
                 }
                 Control::Note(note) => self.note(&note, false),
+                Control::Rate { key, rate } => self.set_rate(key, rate),
                 Control::Finish {
                     key,
                     chunks,
@@ -584,24 +605,35 @@ impl Writer {
         }
     }
 
+    /// Starts the recording `key` again at `rate`, if nothing is written yet.
+    fn set_rate(&mut self, key: u64, rate: ClockRate) {
+        let Some(rec) = self.recs.get(&key) else {
+            return;
+        };
+        if rec.sidecar.format.rate == rate.hz() {
+            return;
+        }
+        // Timeline notes may have come before; audio may not.
+        if rec.samples > 0 {
+            tracing::warn!(id = %rec.sidecar.id, rate = rate.hz(), "recording rate not changed: audio already written");
+            return;
+        }
+        let Some(rec) = self.recs.get_mut(&key) else {
+            return;
+        };
+        rec.sidecar.format.rate = rate.hz();
+        rec.wav = create_wav(&rec.part, &rec.sidecar);
+        if rec.wav.is_some() {
+            if let Err(e) = rec.sidecar.write_with(&self.dir, &rec.room) {
+                tracing::error!(id = %rec.sidecar.id, error = %e, "cannot write recording sidecar");
+            }
+        }
+        rec.flush_samples = flush_samples(&rec.sidecar, self.flush_every);
+    }
+
     fn open(&mut self, key: u64, sidecar: Sidecar, room: RoomFields) {
         let part = names::part_path(&self.dir, &sidecar.id);
-        let spec = hound::WavSpec {
-            channels: sidecar.format.channels,
-            sample_rate: sidecar.format.rate,
-            bits_per_sample: BITS,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let wav = hound::WavWriter::create(&part, spec)
-            // Puts a valid empty WAV on disk before any audio.
-            .and_then(|mut w| w.flush().map(|()| w));
-        let wav = match wav {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(id = %sidecar.id, error = %e, "cannot create recording");
-                None
-            }
-        };
+        let wav = create_wav(&part, &sidecar);
         if wav.is_some() {
             if let Err(e) = sidecar.write_with(&self.dir, &room) {
                 tracing::error!(id = %sidecar.id, error = %e, "cannot write recording sidecar");
@@ -622,8 +654,7 @@ impl Writer {
             None
         };
         let channels = sidecar.format.channels.max(1);
-        let per_sec = u64::from(sidecar.format.rate) * u64::from(channels);
-        let flush_samples = ((per_sec as f64 * self.flush_every.as_secs_f64()) as u64).max(1);
+        let flush_samples = flush_samples(&sidecar, self.flush_every);
         tracing::debug!(id = %sidecar.id, "recording started");
         self.recs.insert(
             key,
@@ -773,6 +804,33 @@ fn finish_timeline(id: &str, log: TimelineLog, duration_ms: u64) {
     if let Err(e) = log.finish(duration_ms) {
         tracing::error!(id, error = %e, path = %path.display(), "timeline could not be finished");
     }
+}
+
+/// A new, empty WAV at `part` in the sidecar's format (`None`, logged, when it cannot be
+/// made).
+fn create_wav(part: &Path, sidecar: &Sidecar) -> Option<Wav> {
+    let spec = hound::WavSpec {
+        channels: sidecar.format.channels,
+        sample_rate: sidecar.format.rate,
+        bits_per_sample: BITS,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let wav = hound::WavWriter::create(part, spec)
+        // Puts a valid empty WAV on disk before any audio.
+        .and_then(|mut w| w.flush().map(|()| w));
+    match wav {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(id = %sidecar.id, error = %e, "cannot create recording");
+            None
+        }
+    }
+}
+
+/// Interleaved samples a recording in `sidecar`'s format gains between flushes.
+fn flush_samples(sidecar: &Sidecar, every: Duration) -> u64 {
+    let per_sec = u64::from(sidecar.format.rate) * u64::from(sidecar.format.channels.max(1));
+    ((per_sec as f64 * every.as_secs_f64()) as u64).max(1)
 }
 
 impl Rec {
