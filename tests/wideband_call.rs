@@ -432,3 +432,116 @@ async fn keys_reach_a_g722_call_as_events_and_16_khz_tones() {
 async fn keys_reach_an_opus_call_as_48_khz_events_and_48_khz_tones() {
     assert_eq!(keys_of(OPUS, "5*", "9D").await, expected("5*", "9D"));
 }
+
+/// What a caller on `phone` hears of a 16 kHz prompt holding a 1 kHz and a 6 kHz tone, played
+/// by a script: the audio it received, decoded at its codec's rate.
+async fn prompt_heard_by(phone: Phone) -> Vec<i16> {
+    let dir = TempDir(std::env::temp_dir().join(format!("sb-wide-prompt-{}", fastrand::u64(..))));
+    let (prompts, scripts) = (dir.0.join("prompts"), dir.0.join("scripts"));
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::create_dir_all(&scripts).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(prompts.join("wide.wav"), spec).unwrap();
+    for (a, b) in sine(1000.0, 16000, 1500)
+        .iter()
+        .zip(sine(6000.0, 16000, 1500))
+    {
+        w.write_sample(a / 2 + b / 2).unwrap();
+    }
+    w.finalize().unwrap();
+    std::fs::write(
+        scripts.join("wide.rhai"),
+        "answer();\nplay(\"wide\");\nhangup();\n",
+    )
+    .unwrap();
+    let server = start_with(
+        common::rtp_ports(4),
+        wide_server(move |c| {
+            c.paths.prompts = prompts;
+            c.paths.scripts = scripts;
+            c.dialplan = vec![switchboard::script::dialplan::RuleConfig {
+                exact: Some("wide".into()),
+                prefix: None,
+                regex: None,
+                script: "wide".into(),
+                vars: Default::default(),
+                auth: false,
+            }];
+        }),
+    )
+    .await;
+    let (mut w, mut uac, mut media) = dial(&server, "wide", phone).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener = tokio::spawn(listen(media.socket.clone(), phone.pt, tx));
+    // Silence while the prompt plays; the script hangs up after it.
+    let rate = phone.kind.sample_rate().hz();
+    media.talk(&vec![0; rate as usize * 2]).await;
+    listener.abort();
+    let ended = w
+        .drive(&mut uac, Duration::from_secs(5), |u| {
+            u.state == support::uac::UacState::Terminated
+        })
+        .await;
+    w.flush(&mut uac).await;
+    assert!(
+        ended && uac.requests_in.contains(&"BYE".to_string()),
+        "the script hangs up after its prompt"
+    );
+    server.stop().await;
+    let mut dec = phone.kind.new_codec_with(&CodecParams::default());
+    let mut pcm = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        let mut frame = [0i16; 2880];
+        let n = dec.decode(&p, &mut frame).unwrap();
+        pcm.extend_from_slice(&frame[..n]);
+    }
+    pcm
+}
+
+/// The loudest half second of `pcm` at `rate`.
+fn loudest_half_second(pcm: &[i16], rate: u32) -> &[i16] {
+    pcm.chunks(rate as usize / 2)
+        .max_by(|a, b| rms_dbfs(a).total_cmp(&rms_dbfs(b)))
+        .unwrap()
+}
+
+/// A prompt is decoded and resampled once per rate: a G.722 caller hears its 6 kHz tone, a
+/// PCMU caller its 1 kHz tone alone (nothing above 4 kHz, nothing folded onto 2 kHz).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wideband_prompt_keeps_its_band_on_g722_and_is_cut_to_narrowband_on_pcmu() {
+    let pcm = prompt_heard_by(G722).await;
+    let part = loudest_half_second(&pcm, 16000);
+    let (low, high) = (
+        tone_share(part, 1000.0, 16000.0),
+        tone_share(part, 6000.0, 16000.0),
+    );
+    eprintln!(
+        "G.722: 1 kHz {low:.3}, 6 kHz {high:.3}, {:.1} dBFS",
+        rms_dbfs(part)
+    );
+    assert!(
+        low > 0.35 && high > 0.35,
+        "G.722 hears both tones: {low:.3}, {high:.3}"
+    );
+
+    let pcmu = Phone {
+        kind: CodecKind::Pcmu,
+        pt: 0,
+        rtpmap: "PCMU/8000",
+        te: None,
+    };
+    let pcm = prompt_heard_by(pcmu).await;
+    let part = loudest_half_second(&pcm, 8000);
+    let (low, alias) = (
+        tone_share(part, 1000.0, 8000.0),
+        tone_share(part, 2000.0, 8000.0),
+    );
+    eprintln!("PCMU: 1 kHz {low:.3}, 2 kHz {alias:.3}");
+    assert!(low > 0.9, "PCMU hears the 1 kHz tone alone: {low:.3}");
+    assert!(alias < 0.01, "the 6 kHz tone folded onto 2 kHz: {alias:.3}");
+}
