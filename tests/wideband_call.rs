@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::events::Events;
 use support::server::*;
 use switchboard::media::codec::{AudioCodec, CodecKind, CodecParams};
 use switchboard::media::dtmf::{EventSender, InbandSender};
 use switchboard::media::level::{rms_dbfs, tone_share};
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
 use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// A codec a phone offers alone, on `pt`, with telephone-events on `te` at `te_rate`.
@@ -186,6 +186,18 @@ impl Media {
     }
 }
 
+/// Every payload that came on `rx`, decoded in order by one `kind` decoder.
+fn decoded(kind: CodecKind, rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<i16> {
+    let mut dec = kind.new_codec_with(&CodecParams::default());
+    let mut pcm = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        let mut frame = [0i16; 2880];
+        let n = dec.decode(&p, &mut frame).unwrap();
+        pcm.extend_from_slice(&frame[..n]);
+    }
+    pcm
+}
+
 /// Passes on every payload of payload type `pt` that `socket` receives.
 async fn listen(socket: Arc<UdpSocket>, pt: u8, tx: mpsc::UnboundedSender<Vec<u8>>) {
     let mut buf = [0u8; 2048];
@@ -240,13 +252,7 @@ async fn echo_of(phone: Phone, hz: f64) -> Vec<i16> {
     listener.abort();
     hang_up(&mut w, &mut uac).await;
     server.stop().await;
-    let mut dec = phone.kind.new_codec_with(&CodecParams::default());
-    let mut pcm = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        let mut frame = [0i16; 2880];
-        let n = dec.decode(&p, &mut frame).unwrap();
-        pcm.extend_from_slice(&frame[..n]);
-    }
+    let pcm = decoded(phone.kind, &mut rx);
     let half = rate as usize / 2;
     assert!(
         pcm.len() > 2 * half,
@@ -335,53 +341,20 @@ async fn a_g722_message_is_recorded_as_16_khz_audio_with_its_6_khz_tone() {
     assert_tone(loudest, 6000.0, 16000, "the G.722 recording");
 }
 
-/// Opens `/api/events`; returns the stream once its response head has arrived.
-async fn event_stream(server: &Server) -> TcpStream {
-    let mut sse = TcpStream::connect(server.http).await.unwrap();
-    let req = format!(
-        "GET /api/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        server.http
-    );
-    sse.write_all(req.as_bytes()).await.unwrap();
-    let mut head = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).contains("200"));
-    sse
-}
-
 /// The `dtmf` events' keys and methods, read until `count` of them or 10 s.
-async fn keys(mut sse: TcpStream, count: usize) -> Vec<(String, String)> {
-    let mut text = String::new();
-    let mut buf = [0u8; 4096];
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let found: Vec<(String, String)> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter(|v| v.get("method").is_some() && v.get("digit").is_some())
-            .map(|v| {
-                (
-                    v["digit"].as_str().unwrap_or_default().to_string(),
-                    v["method"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        if found.len() >= count {
-            return found;
-        }
-        let Ok(read) = tokio::time::timeout_at(until, sse.read(&mut buf)).await else {
-            return found;
-        };
-        let n = read.unwrap();
-        if n == 0 {
-            return found;
-        }
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+async fn keys(events: &mut Events, count: usize) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    while found.len() < count {
+        let seen = events
+            .until(Duration::from_secs(10), |e| e.get("digit").is_some())
+            .await;
+        let key = seen.last().unwrap();
+        found.push((
+            key["digit"].as_str().unwrap_or_default().to_string(),
+            key["method"].as_str().unwrap_or_default().to_string(),
+        ));
     }
+    found
 }
 
 /// Calls the echo as `phone`, presses `events` by RFC 4733 and then plays `inband` as
@@ -389,7 +362,7 @@ async fn keys(mut sse: TcpStream, count: usize) -> Vec<(String, String)> {
 /// echo.)
 async fn keys_of(phone: Phone, events: &str, inband: &str) -> Vec<(String, String)> {
     let server = start_with(common::rtp_ports(4), wide_server(|_| {})).await;
-    let sse = event_stream(&server).await;
+    let mut events_seen = Events::open(server.http, "dtmf").await;
     let (mut w, mut uac, mut media) = dial(&server, "echo", phone).await;
     let rate = phone.kind.sample_rate();
     media.talk(&vec![0; rate.hz() as usize / 5]).await;
@@ -399,7 +372,7 @@ async fn keys_of(phone: Phone, events: &str, inband: &str) -> Vec<(String, Strin
     let mut pcm = vec![0i16; rate.hz() as usize * (inband.len() + 1) / 5];
     tones.fill(&mut pcm);
     media.talk(&pcm).await;
-    let heard = keys(sse, events.len() + inband.len()).await;
+    let heard = keys(&mut events_seen, events.len() + inband.len()).await;
     hang_up(&mut w, &mut uac).await;
     server.stop().await;
     heard
@@ -493,14 +466,7 @@ async fn prompt_heard_by(phone: Phone) -> Vec<i16> {
         "the script hangs up after its prompt"
     );
     server.stop().await;
-    let mut dec = phone.kind.new_codec_with(&CodecParams::default());
-    let mut pcm = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        let mut frame = [0i16; 2880];
-        let n = dec.decode(&p, &mut frame).unwrap();
-        pcm.extend_from_slice(&frame[..n]);
-    }
-    pcm
+    decoded(phone.kind, &mut rx)
 }
 
 /// The loudest half second of `pcm` at `rate`.

@@ -145,17 +145,19 @@ fn g722_carries_a_6_khz_tone_there_and_back() {
     let mut l = leg(CodecKind::G722, 9, t0).unwrap();
     let input = rtp(&g722_payloads(&sine(6000.0, 8000.0, 16000, 1.0)), 9, 160);
     let (heard, sent) = echo(&mut l, t0, &input);
-    let tail = &heard[heard.len() - 8000..];
-    let (share, level) = (tone_share(tail, 6000.0, 16000.0), rms_dbfs(tail));
-    assert!(share > 0.9, "6 kHz share {share:.3} in what the leg heard");
-    assert!((level + 15.2).abs() < 2.0, "6 kHz heard at {level:.1} dBFS");
-    let echoed = g722_decoded(&sent);
-    let tail = &echoed[echoed.len() - 8000..];
-    let (share, level) = (tone_share(tail, 6000.0, 16000.0), rms_dbfs(tail));
-    assert!(share > 0.9, "echoed 6 kHz share {share:.3}");
+    assert_tail_tone(&heard, 16000, 6000.0, 2.0, "heard by the leg");
+    assert_tail_tone(&g722_decoded(&sent), 16000, 6000.0, 3.0, "echoed");
+}
+
+/// Asserts that the last half second of `pcm` (at `rate`) is a `hz` tone at −15.2 dBFS
+/// (a sine of peak 8000) within `db`.
+fn assert_tail_tone(pcm: &[i16], rate: u32, hz: f64, db: f64, what: &str) {
+    let tail = &pcm[pcm.len() - rate as usize / 2..];
+    let (share, level) = (tone_share(tail, hz, f64::from(rate)), rms_dbfs(tail));
+    assert!(share > 0.9, "{what}: {hz} Hz share {share:.3}");
     assert!(
-        (level + 15.2).abs() < 3.0,
-        "6 kHz echoed at {level:.1} dBFS"
+        (level + 15.2).abs() < db,
+        "{what}: {hz} Hz at {level:.1} dBFS"
     );
 }
 
@@ -257,17 +259,17 @@ fn l16_wideband_leg_sends_20_ms_where_60_would_not_fit_a_datagram() {
     assert!(out.iter().all(|(_, p)| p.len() == 640));
 }
 
+/// An Opus leg echoing a phone's `hz` tone (peak 8000) for a second: the leg, what it heard,
+/// and the timestamps and decoded audio of what it sent.
 #[cfg(feature = "opus")]
-#[test]
-fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
+fn opus_echo(hz: f64) -> (Leg, Vec<i16>, Vec<u32>, Vec<i16>) {
     use switchboard::media::codec::opus::Opus;
     use switchboard::media::codec::OpusParams;
 
     let t0 = Instant::now();
     let mut l = leg(CodecKind::Opus, 111, t0).unwrap();
     let mut phone = Opus::new(&OpusParams::default());
-    let pcm = sine(1000.0, 8000.0, 48000, 1.0);
-    let frames: Vec<Vec<u8>> = pcm
+    let frames: Vec<Vec<u8>> = sine(hz, 8000.0, 48000, 1.0)
         .chunks_exact(960)
         .map(|f| {
             let mut p = vec![0u8; 1500];
@@ -277,70 +279,38 @@ fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
         })
         .collect();
     let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
-    assert_eq!(l.input().rate().hz(), 48000, "heard at Opus's own rate");
-    let tail = &heard[heard.len() - 24000..];
-    assert!(tone_share(tail, 1000.0, 48000.0) > 0.95);
-    assert!((rms_dbfs(tail) + 15.2).abs() < 1.0, "{:.1}", rms_dbfs(tail));
-
-    let out = payloads(&sent, 111);
-    assert!(out.len() >= 40, "{} packets", out.len());
     let mut dec = Opus::new(&OpusParams::default());
+    let mut stamps = Vec::new();
     let mut echoed = Vec::new();
-    for w in out.windows(2) {
-        assert_eq!(w[1].0.wrapping_sub(w[0].0), 960);
-    }
-    for (_, p) in &out {
+    for (ts, p) in payloads(&sent, 111) {
         let mut frame = [0i16; 960];
-        assert_eq!(dec.decode(p, &mut frame).unwrap(), 960);
+        assert_eq!(dec.decode(&p, &mut frame).unwrap(), 960);
         echoed.extend_from_slice(&frame);
+        stamps.push(ts);
     }
-    let tail = &echoed[echoed.len() - 24000..];
-    assert!(tone_share(tail, 1000.0, 48000.0) > 0.9);
-    assert!((rms_dbfs(tail) + 15.2).abs() < 1.5, "{:.1}", rms_dbfs(tail));
+    (l, heard, stamps, echoed)
 }
 
 #[cfg(feature = "opus")]
 #[test]
-fn opus_carries_a_6_khz_tone_there_and_back() {
-    use switchboard::media::codec::opus::Opus;
-    use switchboard::media::codec::OpusParams;
-
-    // Above narrowband's 4 kHz, inside what a wideband Opus stream carries at its bitrate.
-    for hz in [6000.0] {
-        let t0 = Instant::now();
-        let mut l = leg(CodecKind::Opus, 111, t0).unwrap();
-        let mut phone = Opus::new(&OpusParams::default());
-        let frames: Vec<Vec<u8>> = sine(hz, 8000.0, 48000, 1.0)
-            .chunks_exact(960)
-            .map(|f| {
-                let mut p = vec![0u8; 1500];
-                let n = phone.encode(f, &mut p).unwrap();
-                p.truncate(n);
-                p
-            })
-            .collect();
-        let (heard, sent) = echo(&mut l, t0, &rtp(&frames, 111, 960));
-        let tail = &heard[heard.len() - 24000..];
-        let share = tone_share(tail, hz, 48000.0);
-        assert!(
-            share > 0.9,
-            "{hz} Hz share {share:.3} in what the leg heard"
-        );
-        let mut dec = Opus::new(&OpusParams::default());
-        let mut echoed = Vec::new();
-        for (_, p) in payloads(&sent, 111) {
-            let mut frame = [0i16; 960];
-            assert_eq!(dec.decode(&p, &mut frame).unwrap(), 960);
-            echoed.extend_from_slice(&frame);
-        }
-        let tail = &echoed[echoed.len() - 24000..];
-        let (share, level) = (tone_share(tail, hz, 48000.0), rms_dbfs(tail));
-        assert!(share > 0.9, "echoed {hz} Hz share {share:.3}");
-        assert!(
-            (level + 15.2).abs() < 3.0,
-            "{hz} Hz echoed at {level:.1} dBFS"
-        );
+fn opus_leg_hears_and_sends_20_ms_packets_on_its_48_khz_clock() {
+    let (l, heard, stamps, echoed) = opus_echo(1000.0);
+    assert_eq!(l.input().rate().hz(), 48000, "heard at Opus's own rate");
+    assert_tail_tone(&heard, 48000, 1000.0, 1.0, "heard by the leg");
+    assert!(stamps.len() >= 40, "{} packets", stamps.len());
+    for w in stamps.windows(2) {
+        assert_eq!(w[1].wrapping_sub(w[0]), 960);
     }
+    assert_tail_tone(&echoed, 48000, 1000.0, 1.5, "echoed");
+}
+
+/// Above narrowband's 4 kHz, inside what a wideband Opus stream carries at its bitrate.
+#[cfg(feature = "opus")]
+#[test]
+fn opus_carries_a_6_khz_tone_there_and_back() {
+    let (_, heard, _, echoed) = opus_echo(6000.0);
+    assert_tail_tone(&heard, 48000, 6000.0, 2.0, "heard by the leg");
+    assert_tail_tone(&echoed, 48000, 6000.0, 3.0, "echoed");
 }
 
 /// What a bridge does each tick: `from` hears its peer, and `to` sends what `from` heard.

@@ -466,18 +466,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concealment_fades_to_silence_by_60_ms() {
-        let good = 10;
-        let out = run(good, 5, 0);
-        let start = good * FRAME + DELAY; // first synthetic sample
+    /// Asserts that the concealment from `start` on, in blocks of `block` (10 ms), begins at
+    /// the level `full` and fades block by block: block b starts at gain 1 − 0.2·(b − 1).
+    fn assert_fading_blocks(out: &[i16], start: usize, block: usize, full: i32) {
         let block_peaks: Vec<i32> = (0..8)
-            .map(|b| peak(&out[start + b * BLOCK..start + (b + 1) * BLOCK]))
+            .map(|b| peak(&out[start + b * block..start + (b + 1) * block]))
             .collect();
-        let full = peak(&out[DELAY..good * FRAME]);
         assert!(block_peaks[0] >= full * 9 / 10, "first 10 ms at full level");
         for b in 1..6 {
-            // Block b starts at gain 1 − 0.2·(b − 1) and ramps down by 0.2.
             let ceiling = full as f32 * (1.0 - 0.2 * (b as f32 - 1.0)) + 1.0;
             assert!(
                 block_peaks[b] as f32 <= ceiling,
@@ -488,6 +484,15 @@ mod tests {
                 "block {b}: {block_peaks:?}"
             );
         }
+    }
+
+    #[test]
+    fn concealment_fades_to_silence_by_60_ms() {
+        let good = 10;
+        let out = run(good, 5, 0);
+        let start = good * FRAME + DELAY; // first synthetic sample
+        let full = peak(&out[DELAY..good * FRAME]);
+        assert_fading_blocks(&out, start, BLOCK, full);
         // The ramp meets silence smoothly rather than being cut off.
         let ramp_end = peak(&out[start + 6 * BLOCK - 8..start + 6 * BLOCK]);
         assert!(ramp_end <= full / 20, "end of ramp {ramp_end} of {full}");
@@ -790,23 +795,8 @@ mod tests {
         let good = 10;
         let out = run_with(plc_16k(), FRAME_16, voiced_16k, good, 5, 0);
         let start = good * FRAME_16 + DELAY_16; // first synthetic sample
-        let block_peaks: Vec<i32> = (0..8)
-            .map(|b| peak(&out[start + b * BLOCK_16..start + (b + 1) * BLOCK_16]))
-            .collect();
         let full = peak(&out[DELAY_16..good * FRAME_16]);
-        assert!(block_peaks[0] >= full * 9 / 10, "first 10 ms at full level");
-        for b in 1..6 {
-            // Block b starts at gain 1 − 0.2·(b − 1) and ramps down by 0.2.
-            let ceiling = full as f32 * (1.0 - 0.2 * (b as f32 - 1.0)) + 1.0;
-            assert!(
-                block_peaks[b] as f32 <= ceiling,
-                "block {b}: {block_peaks:?}"
-            );
-            assert!(
-                block_peaks[b] < block_peaks[b - 1],
-                "block {b}: {block_peaks:?}"
-            );
-        }
+        assert_fading_blocks(&out, start, BLOCK_16, full);
         // The level over one period (89 samples) about the middle of each 10 ms is the gain
         // there: 1 − 0.2·(t − 10 ms)/10 ms, falling per sample rather than per block.
         let rms = |x: &[i16]| -> f64 {
