@@ -235,6 +235,8 @@ pub struct RoomInfo {
     pub recording: Option<String>,
     /// RFC 3339 time the room was created.
     pub created_at: String,
+    /// The rate the room mixes at now, Hz: its widest member's codec's, or its fixed rate.
+    pub rate: u32,
 }
 
 /// What an operator can do to a member.

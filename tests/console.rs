@@ -397,6 +397,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
             locked: false,
             recording: None,
             created_at: "2026-01-01T00:00:00.000Z".into(),
+            rate: 16000,
         }),
         actions: actions_tx,
     });
@@ -524,6 +525,10 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     // The room and its members are shown; talking lights up from the event stream.
     let bob = "#rooms [data-room='sales'] tr[data-member='2']";
     wait_for(&c, bob).await;
+    let meta = text_of(&c, "#rooms [data-room='sales'] .room-meta")
+        .await
+        .unwrap();
+    assert!(meta.ends_with(" · 16 kHz"), "the room's rate: {meta}");
     assert_eq!(
         text_of(&c, &format!("{bob} .who .name")).await.unwrap(),
         "bob"

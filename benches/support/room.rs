@@ -28,6 +28,7 @@ pub fn joined_room(name: &str, members: usize, t0: Instant, legs: &mut dyn Membe
             locked: false,
             recording: None,
             created_at: String::new(),
+            rate: 8000,
         })),
         pending: Arc::new(AtomicUsize::new(members)),
     };

@@ -64,6 +64,7 @@ impl Rooms for FakeRooms {
             locked: name == "locked-out",
             recording: None,
             created_at: "2026-01-01T00:00:00.000Z".into(),
+            rate: 8000,
         })
     }
     fn member_action(

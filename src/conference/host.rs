@@ -269,6 +269,7 @@ impl RoomLink {
                 locked: false,
                 recording: None,
                 created_at,
+                rate: NARROW_RATE.hz(),
             })),
             pending: Arc::new(AtomicUsize::new(pending)),
         }
@@ -323,8 +324,12 @@ impl RoomHost {
         let capacity = room.settings().max_members.min(1024);
         let mut glue = Vec::with_capacity(capacity + 2);
         glue.resize_with(2, || None);
-        if let Some(r) = &recorder {
-            lock_info(&link.info).recording = Some(r.id().to_string());
+        {
+            let mut info = lock_info(&link.info);
+            info.rate = room.rate().hz();
+            if let Some(r) = &recorder {
+                info.recording = Some(r.id().to_string());
+            }
         }
         RoomHost {
             link,
@@ -484,6 +489,7 @@ impl RoomHost {
         if rate != self.room.rate() {
             tracing::debug!(room = %self.link.name, from = self.room.rate().hz(), to = rate.hz(), "room mixes at a new rate");
             self.room.set_rate(rate);
+            lock_info(&self.link.info).rate = rate.hz();
         }
         for m in self.room.members() {
             let Some(Some(g)) = self.glue.get_mut(m.id.index()) else {
@@ -882,6 +888,11 @@ mod tests {
             h.tick(Instant::now(), &mut legs);
         }
         assert_eq!(h.room().rate(), wide);
+        assert_eq!(
+            lock_info(&h.link.info).rate,
+            16000,
+            "operators see the rate"
+        );
         let heard: HashMap<usize, (u32, i16)> =
             legs.frames.iter().map(|&(t, r, s)| (t, (r, s))).collect();
         let near = |got: i16, want: i16| (got - want).abs() <= 30;
@@ -928,6 +939,7 @@ mod tests {
         h.flush(Instant::now(), &mut legs);
         h.tick(Instant::now(), &mut legs);
         assert_eq!(h.room().rate(), NARROW_RATE);
+        assert_eq!(lock_info(&h.link.info).rate, 8000);
     }
 
     #[test]
