@@ -775,19 +775,30 @@ enum Part {
     Message,
 }
 
+/// The tone a wideband baresip test sends and the rate it lives at.
+#[derive(Clone, Copy)]
+struct Tone {
+    /// The tone, Hz.
+    hz: u32,
+    /// The codec's sample rate: the phone's tone file, source and player run at it (so
+    /// baresip resamples nothing), and the echo it hears and the recording are at it.
+    rate: u32,
+}
+
 /// baresip offering `audio_codecs` alone against a server allowing `server_codecs` does
-/// `parts`; every call negotiated `codec` (the server's log) and the phone encoded every
-/// call in it (the phone's log). Levels are compared with what the phone itself encoded:
-/// baresip resamples its 8 kHz tone file to the codec's rate on its own, and not at unity
-/// gain.
+/// `parts`, sending `tone`; every call negotiated `codec` (the server's log) and the phone
+/// encoded every call in it (the phone's log). What the phone encoded (its `sndfile` dump)
+/// holds the tone at the tone file's level, and the echo and the recording hold it at that
+/// level too (±3 dB), at the codec's rate.
 fn baresip_wideband(
     label: &str,
     server_codecs: &str,
     audio_codecs: &'static str,
     codec: &str,
+    tone: Tone,
     parts: &[Part],
 ) {
-    const HZ: u32 = 1250;
+    let Tone { hz, rate } = tone;
     let config = format!(
         "[media]\ncodecs = {server_codecs}\n\n{}",
         quiet_rooms().config.unwrap_or_default()
@@ -801,17 +812,30 @@ fn baresip_wideband(
     };
     let options = Options {
         audio_codecs: Some(audio_codecs),
-        ..Options::tone(HZ)
+        srate: rate,
+        ..Options::tone(hz)
     };
     let mut phone = Baresip::start(b.dir(), "wide", b.sip(), options);
-    // The tone's level as the phone encoded it, after its own resampling.
+    let (file, file_rate) =
+        wav_at_rate(&std::fs::read(b.dir().join("wide").join("tone.wav")).unwrap());
+    assert_eq!(file_rate, rate, "the tone file's rate");
+    let (file_dbfs, _) = measure_at(&file[..rate as usize * 2], rate, hz);
+    // The tone as the phone encoded it: all there, at the file's level, at the codec's rate.
     let mut sent_dbfs = None;
     let mut sent_level = |phone: &Baresip| {
         *sent_dbfs.get_or_insert_with(|| {
-            let (sent, rate) = phone.sent_at_rate();
-            let (dbfs, share) = tail_at(&sent, rate, HZ);
-            assert!(share > 0.9, "the phone sent its tone: {share:.3}");
-            eprintln!("{codec}: the phone sent at {rate} Hz, {dbfs:.1} dBFS");
+            let (sent, sent_rate) = phone.sent_at_rate();
+            let (dbfs, share) = tail_at(&sent, sent_rate, hz);
+            eprintln!(
+                "{codec}: the phone sent at {sent_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3} \
+                 (its file: {file_dbfs:.1} dBFS)"
+            );
+            assert_eq!(sent_rate, rate, "the phone's encoder rate");
+            assert!(
+                share > 0.9 && (dbfs - file_dbfs).abs() < 1.0,
+                "the phone sent {hz} Hz share {share:.3} at {dbfs:.1} dBFS, its file at \
+                 {file_dbfs:.1}"
+            );
             dbfs
         })
     };
@@ -823,12 +847,13 @@ fn baresip_wideband(
         phone.hangup();
         b.ended(&call);
         let sent = sent_level(&phone);
-        let (pcm, rate) = phone.heard_at_rate();
-        let (dbfs, share) = tail_at(&pcm, rate, HZ);
-        eprintln!("{codec}: the echo at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        let (pcm, heard_rate) = phone.heard_at_rate();
+        let (dbfs, share) = tail_at(&pcm, heard_rate, hz);
+        eprintln!("{codec}: the echo at {heard_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3}");
+        assert_eq!(heard_rate, rate, "the phone's decoder rate");
         assert!(
             share > 0.8 && (dbfs - sent).abs() < 3.0,
-            "the echo: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+            "the echo: {hz} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
         );
     }
 
@@ -840,15 +865,18 @@ fn baresip_wideband(
         let finished = b.record_message(&mut phone);
         let id = finished["id"].as_str().unwrap_or_default();
         let sent = sent_level(&phone);
-        let (audio, rate) = wav_at_rate(&http_bytes(
+        let (audio, recorded_rate) = wav_at_rate(&http_bytes(
             b.server.http,
             &format!("/api/recordings/{id}/audio"),
         ));
-        let (dbfs, share) = tail_at(&audio, rate, HZ);
-        eprintln!("{codec}: the recording at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        let (dbfs, share) = tail_at(&audio, recorded_rate, hz);
+        eprintln!(
+            "{codec}: the recording at {recorded_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3}"
+        );
+        assert_eq!(recorded_rate, rate, "the recording's rate");
         assert!(
             share > 0.8 && (dbfs - sent).abs() < 3.0,
-            "the recording: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+            "the recording: {hz} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
         );
     }
 
@@ -878,6 +906,17 @@ fn baresip_wideband(
     );
 }
 
+/// A 6 kHz tone from a 16 kHz source: above the narrowband limit, below G.722's 7 kHz.
+const G722_TONE: Tone = Tone {
+    hz: 6000,
+    rate: 16000,
+};
+/// A 6 kHz tone from a 48 kHz source.
+const OPUS_TONE: Tone = Tone {
+    hz: 6000,
+    rate: 48000,
+};
+
 #[test]
 fn baresip_in_g722_hears_its_echo_walks_the_ivr_and_is_recorded() {
     baresip_wideband(
@@ -885,6 +924,7 @@ fn baresip_in_g722_hears_its_echo_walks_the_ivr_and_is_recorded() {
         "[\"PCMU\", \"G722\"]",
         "g722/16000/1",
         "G722",
+        G722_TONE,
         &[Part::Echo, Part::Keys, Part::Message],
     );
 }
@@ -897,6 +937,7 @@ fn baresip_in_opus_hears_its_echo_and_is_recorded() {
         "[\"PCMU\", \"opus\"]",
         "opus/48000/2",
         "Opus",
+        OPUS_TONE,
         &[Part::Echo, Part::Message],
     );
 }
@@ -912,6 +953,24 @@ fn baresip_in_opus_walks_the_ivr_with_rfc4733_keys() {
         "[\"PCMU\", \"opus\"]",
         "opus/48000/2",
         "Opus",
+        OPUS_TONE,
         &[Part::Keys],
+    );
+}
+
+/// The control: the same phone on PCMU, from an 8 kHz source, sends 3 kHz (6 kHz does not
+/// fit); its echo and its message come back at 8 kHz.
+#[test]
+fn baresip_in_pcmu_hears_its_echo_and_is_recorded_at_8khz() {
+    baresip_wideband(
+        "rc-bs-pcmu",
+        "[\"PCMU\", \"G722\"]",
+        "pcmu",
+        "Pcmu",
+        Tone {
+            hz: 3000,
+            rate: 8000,
+        },
+        &[Part::Echo, Part::Message],
     );
 }
