@@ -974,3 +974,88 @@ fn baresip_in_pcmu_hears_its_echo_and_is_recorded_at_8khz() {
         &[Part::Echo, Part::Message],
     );
 }
+
+/// A G.722 member sending 6 kHz and an Opus member sending 5 kHz, each from a source at
+/// its codec's rate, in one room: each hears the other's tone, above the narrowband limit,
+/// at the level it was sent (±3 dB), and not its own.
+#[cfg(feature = "opus")]
+#[test]
+fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
+    let config = format!(
+        "[media]\ncodecs = [\"PCMU\", \"G722\", \"opus\"]\n\n{}",
+        quiet_rooms().config.unwrap_or_default()
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-wide-room", &["baresip"], options) else {
+        return;
+    };
+    let g722 = Tone {
+        hz: 6000,
+        rate: 16000,
+    };
+    let opus = Tone {
+        hz: 5000,
+        rate: 48000,
+    };
+    let member = |name: &str, audio_codecs: &'static str, tone: Tone| {
+        let options = Options {
+            audio_codecs: Some(audio_codecs),
+            srate: tone.rate,
+            ..Options::tone(tone.hz)
+        };
+        Baresip::start(b.dir(), name, b.sip(), options)
+    };
+    let mut wide = member("g722", "g722/16000/1", g722);
+    let mut full = member("opus", "opus/48000/2", opus);
+    for phone in [&mut wide, &mut full] {
+        phone.call("conf-wide");
+        let call = b.answered("conf-wide");
+        b.joined("wide", &call);
+    }
+    std::thread::sleep(LISTEN);
+    wide.hangup();
+    full.hangup();
+
+    // What each member encoded: the level the other one should hear.
+    let sent_dbfs = |phone: &Baresip, tone: Tone| {
+        let (sent, rate) = phone.sent_at_rate();
+        tail_at(&sent, rate, tone.hz).0
+    };
+    let pairs = [
+        (&wide, g722, opus, sent_dbfs(&full, opus)),
+        (&full, opus, g722, sent_dbfs(&wide, g722)),
+    ];
+    // Both are measured before either is judged, so a failure shows the whole picture.
+    let heard: Vec<_> = pairs
+        .iter()
+        .map(|(phone, own, other, sent)| {
+            let (pcm, rate) = phone.heard_at_rate();
+            let (dbfs, share) = tail_at(&pcm, rate, other.hz);
+            let own_share = tail_at(&pcm, rate, own.hz).1;
+            eprintln!(
+                "the {} Hz member heard at {rate} Hz: {dbfs:.1} dBFS, {} Hz {share:.3} (sent \
+                 at {sent:.1} dBFS), its own {} Hz {own_share:.3}",
+                own.hz, other.hz, own.hz
+            );
+            (rate, dbfs, share, own_share)
+        })
+        .collect();
+    for ((_, own, other, sent), (rate, dbfs, share, own_share)) in pairs.iter().zip(heard) {
+        assert_eq!(rate, own.rate, "the {} Hz member's decoder rate", own.hz);
+        assert!(
+            share > 0.8 && (dbfs - sent).abs() < 3.0,
+            "the {} Hz member hears {} Hz: share {share:.3} at {dbfs:.1} dBFS, sent at \
+             {sent:.1}",
+            own.hz,
+            other.hz
+        );
+        assert!(
+            own_share < 0.05,
+            "the {} Hz member hears itself: {own_share:.3}",
+            own.hz
+        );
+    }
+}
