@@ -975,12 +975,31 @@ fn baresip_in_pcmu_hears_its_echo_and_is_recorded_at_8khz() {
     );
 }
 
-/// A G.722 member sending 6 kHz and an Opus member sending 5 kHz, each from a source at
-/// its codec's rate, in one room: each hears the other's tone, above the narrowband limit,
-/// at the level it was sent (±3 dB), and not its own.
-#[cfg(feature = "opus")]
-#[test]
-fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
+/// A baresip room member: its codec and what it sends.
+#[derive(Clone, Copy)]
+struct Member {
+    name: &'static str,
+    audio_codecs: &'static str,
+    tone: Tone,
+}
+
+/// What a room member heard of the other member's tone.
+struct Hearing {
+    /// Its decoder's rate.
+    rate: u32,
+    /// The level and share of the other's tone (at 8 kHz, a tone above 4 kHz is measured
+    /// where it would fold to).
+    dbfs: f64,
+    share: f64,
+    /// The share of its own tone.
+    own: f64,
+    /// The level the other member encoded its tone at.
+    sent: f64,
+}
+
+/// Two baresip phones in room `wide`, each on its own codec, talk at once for [`LISTEN`];
+/// what each heard, measured. None when the test is skipped.
+fn room_of_two(label: &str, members: [Member; 2]) -> Option<[Hearing; 2]> {
     let config = format!(
         "[media]\ncodecs = [\"PCMU\", \"G722\", \"opus\"]\n\n{}",
         quiet_rooms().config.unwrap_or_default()
@@ -989,73 +1008,122 @@ fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
         config: Some(config),
         ..ServerOptions::default()
     };
-    let Some(mut b) = Bench::new("rc-wide-room", &["baresip"], options) else {
-        return;
-    };
-    let g722 = Tone {
-        hz: 6000,
-        rate: 16000,
-    };
-    let opus = Tone {
-        hz: 5000,
-        rate: 48000,
-    };
-    let member = |name: &str, audio_codecs: &'static str, tone: Tone| {
+    let mut b = Bench::new(label, &["baresip"], options)?;
+    let mut phones = members.map(|m| {
         let options = Options {
-            audio_codecs: Some(audio_codecs),
-            srate: tone.rate,
-            ..Options::tone(tone.hz)
+            audio_codecs: Some(m.audio_codecs),
+            srate: m.tone.rate,
+            ..Options::tone(m.tone.hz)
         };
-        Baresip::start(b.dir(), name, b.sip(), options)
-    };
-    let mut wide = member("g722", "g722/16000/1", g722);
-    let mut full = member("opus", "opus/48000/2", opus);
-    for phone in [&mut wide, &mut full] {
+        Baresip::start(b.dir(), m.name, b.sip(), options)
+    });
+    for phone in &mut phones {
         phone.call("conf-wide");
         let call = b.answered("conf-wide");
         b.joined("wide", &call);
     }
     std::thread::sleep(LISTEN);
-    wide.hangup();
-    full.hangup();
-
-    // What each member encoded: the level the other one should hear.
-    let sent_dbfs = |phone: &Baresip, tone: Tone| {
-        let (sent, rate) = phone.sent_at_rate();
-        tail_at(&sent, rate, tone.hz).0
-    };
-    let pairs = [
-        (&wide, g722, opus, sent_dbfs(&full, opus)),
-        (&full, opus, g722, sent_dbfs(&wide, g722)),
-    ];
-    // Both are measured before either is judged, so a failure shows the whole picture.
-    let heard: Vec<_> = pairs
-        .iter()
-        .map(|(phone, own, other, sent)| {
-            let (pcm, rate) = phone.heard_at_rate();
-            let (dbfs, share) = tail_at(&pcm, rate, other.hz);
-            let own_share = tail_at(&pcm, rate, own.hz).1;
-            eprintln!(
-                "the {} Hz member heard at {rate} Hz: {dbfs:.1} dBFS, {} Hz {share:.3} (sent \
-                 at {sent:.1} dBFS), its own {} Hz {own_share:.3}",
-                own.hz, other.hz, own.hz
-            );
-            (rate, dbfs, share, own_share)
-        })
-        .collect();
-    for ((_, own, other, sent), (rate, dbfs, share, own_share)) in pairs.iter().zip(heard) {
-        assert_eq!(rate, own.rate, "the {} Hz member's decoder rate", own.hz);
-        assert!(
-            share > 0.8 && (dbfs - sent).abs() < 3.0,
-            "the {} Hz member hears {} Hz: share {share:.3} at {dbfs:.1} dBFS, sent at \
-             {sent:.1}",
-            own.hz,
-            other.hz
-        );
-        assert!(
-            own_share < 0.05,
-            "the {} Hz member hears itself: {own_share:.3}",
-            own.hz
-        );
+    for phone in &mut phones {
+        phone.hangup();
     }
+    let sent = [0, 1].map(|i| {
+        let (pcm, rate) = phones[i].sent_at_rate();
+        tail_at(&pcm, rate, members[i].tone.hz).0
+    });
+    let heard = [0, 1].map(|i| {
+        let (own, other) = (members[i], members[1 - i]);
+        let (pcm, rate) = phones[i].heard_at_rate();
+        let (dbfs, share) = tail_at(&pcm, rate, other.tone.hz);
+        let own_share = tail_at(&pcm, rate, own.tone.hz).1;
+        eprintln!(
+            "{} heard at {rate} Hz: {dbfs:.1} dBFS, {} Hz {share:.3} (sent at {:.1} dBFS), \
+             its own {} Hz {own_share:.3}",
+            own.name,
+            other.tone.hz,
+            sent[1 - i],
+            own.tone.hz
+        );
+        Hearing {
+            rate,
+            dbfs,
+            share,
+            own: own_share,
+            sent: sent[1 - i],
+        }
+    });
+    Some(heard)
+}
+
+impl Hearing {
+    /// Panics unless this member, at `rate`, heard the other's tone at the level sent
+    /// (±3 dB) and not its own.
+    fn assert_hears_the_other(&self, who: &str, rate: u32) {
+        assert_eq!(self.rate, rate, "{who}: the decoder's rate");
+        assert!(
+            self.share > 0.8 && (self.dbfs - self.sent).abs() < 3.0,
+            "{who}: the other's tone share {:.3} at {:.1} dBFS, sent at {:.1}",
+            self.share,
+            self.dbfs,
+            self.sent
+        );
+        assert!(self.own < 0.05, "{who} hears itself: {:.3}", self.own);
+    }
+}
+
+const G722_MEMBER: Member = Member {
+    name: "g722",
+    audio_codecs: "g722/16000/1",
+    tone: G722_TONE,
+};
+
+/// A G.722 member sending 6 kHz and an Opus member sending 5 kHz, each from a source at
+/// its codec's rate, in one room: each hears the other's tone, above the narrowband limit,
+/// at the level it was sent (±3 dB), and not its own.
+#[cfg(feature = "opus")]
+#[test]
+fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
+    let opus = Member {
+        name: "opus",
+        audio_codecs: "opus/48000/2",
+        tone: Tone {
+            hz: 5000,
+            rate: 48000,
+        },
+    };
+    let Some([g722, opus]) = room_of_two("rc-wide-room", [G722_MEMBER, opus]) else {
+        return;
+    };
+    g722.assert_hears_the_other("the G.722 member", 16000);
+    opus.assert_hears_the_other("the Opus member", 48000);
+}
+
+/// Just outside the band: a PCMU member of the same room hears nothing of the G.722
+/// member's 6 kHz (neither the tone nor its fold at 2 kHz), while the G.722 member hears
+/// the PCMU member's 3 kHz.
+#[test]
+fn a_pcmu_member_of_a_room_hears_no_fold_of_a_g722_members_6khz() {
+    let pcmu = Member {
+        name: "pcmu",
+        audio_codecs: "pcmu",
+        tone: Tone {
+            hz: 3000,
+            rate: 8000,
+        },
+    };
+    let Some([g722, pcmu]) = room_of_two("rc-narrow-room", [G722_MEMBER, pcmu]) else {
+        return;
+    };
+    g722.assert_hears_the_other("the G.722 member", 16000);
+    assert_eq!(pcmu.rate, 8000, "the PCMU member's decoder rate");
+    assert!(
+        pcmu.share < 0.05 || pcmu.dbfs < -50.0,
+        "the PCMU member hears 6 kHz folded to 2 kHz: share {:.3} at {:.1} dBFS",
+        pcmu.share,
+        pcmu.dbfs
+    );
+    assert!(
+        pcmu.own < 0.05,
+        "the PCMU member hears itself: {:.3}",
+        pcmu.own
+    );
 }
