@@ -912,6 +912,7 @@ const G722_TONE: Tone = Tone {
     rate: 16000,
 };
 /// A 6 kHz tone from a 48 kHz source.
+#[cfg(feature = "opus")]
 const OPUS_TONE: Tone = Tone {
     hz: 6000,
     rate: 48000,
