@@ -911,6 +911,17 @@ const G722_TONE: Tone = Tone {
     hz: 6000,
     rate: 16000,
 };
+/// 3 kHz from an 8 kHz source: PCMU's band holds no 6 kHz.
+const PCMU_TONE: Tone = Tone {
+    hz: 3000,
+    rate: 8000,
+};
+/// 5 kHz from a 48 kHz source, apart from the G.722 member's 6 kHz in a room.
+#[cfg(feature = "opus")]
+const OPUS_ROOM_TONE: Tone = Tone {
+    hz: 5000,
+    rate: 48000,
+};
 /// A 6 kHz tone from a 48 kHz source.
 #[cfg(feature = "opus")]
 const OPUS_TONE: Tone = Tone {
@@ -968,10 +979,7 @@ fn baresip_in_pcmu_hears_its_echo_and_is_recorded_at_8khz() {
         "[\"PCMU\", \"G722\"]",
         "pcmu",
         "Pcmu",
-        Tone {
-            hz: 3000,
-            rate: 8000,
-        },
+        PCMU_TONE,
         &[Part::Echo, Part::Message],
     );
 }
@@ -1086,10 +1094,7 @@ fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
     let opus = Member {
         name: "opus",
         audio_codecs: "opus/48000/2",
-        tone: Tone {
-            hz: 5000,
-            rate: 48000,
-        },
+        tone: OPUS_ROOM_TONE,
     };
     let Some([g722, opus]) = room_of_two("rc-wide-room", [G722_MEMBER, opus]) else {
         return;
@@ -1106,10 +1111,7 @@ fn a_pcmu_member_of_a_room_hears_no_fold_of_a_g722_members_6khz() {
     let pcmu = Member {
         name: "pcmu",
         audio_codecs: "pcmu",
-        tone: Tone {
-            hz: 3000,
-            rate: 8000,
-        },
+        tone: PCMU_TONE,
     };
     let Some([g722, pcmu]) = room_of_two("rc-narrow-room", [G722_MEMBER, pcmu]) else {
         return;
