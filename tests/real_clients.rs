@@ -775,19 +775,30 @@ enum Part {
     Message,
 }
 
+/// The tone a wideband baresip test sends and the rate it lives at.
+#[derive(Clone, Copy)]
+struct Tone {
+    /// The tone, Hz.
+    hz: u32,
+    /// The codec's sample rate: the phone's tone file, source and player run at it (so
+    /// baresip resamples nothing), and the echo it hears and the recording are at it.
+    rate: u32,
+}
+
 /// baresip offering `audio_codecs` alone against a server allowing `server_codecs` does
-/// `parts`; every call negotiated `codec` (the server's log) and the phone encoded every
-/// call in it (the phone's log). Levels are compared with what the phone itself encoded:
-/// baresip resamples its 8 kHz tone file to the codec's rate on its own, and not at unity
-/// gain.
+/// `parts`, sending `tone`; every call negotiated `codec` (the server's log) and the phone
+/// encoded every call in it (the phone's log). What the phone encoded (its `sndfile` dump)
+/// holds the tone at the tone file's level, and the echo and the recording hold it at that
+/// level too (±3 dB), at the codec's rate.
 fn baresip_wideband(
     label: &str,
     server_codecs: &str,
     audio_codecs: &'static str,
     codec: &str,
+    tone: Tone,
     parts: &[Part],
 ) {
-    const HZ: u32 = 1250;
+    let Tone { hz, rate } = tone;
     let config = format!(
         "[media]\ncodecs = {server_codecs}\n\n{}",
         quiet_rooms().config.unwrap_or_default()
@@ -801,17 +812,30 @@ fn baresip_wideband(
     };
     let options = Options {
         audio_codecs: Some(audio_codecs),
-        ..Options::tone(HZ)
+        srate: rate,
+        ..Options::tone(hz)
     };
     let mut phone = Baresip::start(b.dir(), "wide", b.sip(), options);
-    // The tone's level as the phone encoded it, after its own resampling.
+    let (file, file_rate) =
+        wav_at_rate(&std::fs::read(b.dir().join("wide").join("tone.wav")).unwrap());
+    assert_eq!(file_rate, rate, "the tone file's rate");
+    let (file_dbfs, _) = measure_at(&file[..rate as usize * 2], rate, hz);
+    // The tone as the phone encoded it: all there, at the file's level, at the codec's rate.
     let mut sent_dbfs = None;
     let mut sent_level = |phone: &Baresip| {
         *sent_dbfs.get_or_insert_with(|| {
-            let (sent, rate) = phone.sent_at_rate();
-            let (dbfs, share) = tail_at(&sent, rate, HZ);
-            assert!(share > 0.9, "the phone sent its tone: {share:.3}");
-            eprintln!("{codec}: the phone sent at {rate} Hz, {dbfs:.1} dBFS");
+            let (sent, sent_rate) = phone.sent_at_rate();
+            let (dbfs, share) = tail_at(&sent, sent_rate, hz);
+            eprintln!(
+                "{codec}: the phone sent at {sent_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3} \
+                 (its file: {file_dbfs:.1} dBFS)"
+            );
+            assert_eq!(sent_rate, rate, "the phone's encoder rate");
+            assert!(
+                share > 0.9 && (dbfs - file_dbfs).abs() < 1.0,
+                "the phone sent {hz} Hz share {share:.3} at {dbfs:.1} dBFS, its file at \
+                 {file_dbfs:.1}"
+            );
             dbfs
         })
     };
@@ -823,12 +847,13 @@ fn baresip_wideband(
         phone.hangup();
         b.ended(&call);
         let sent = sent_level(&phone);
-        let (pcm, rate) = phone.heard_at_rate();
-        let (dbfs, share) = tail_at(&pcm, rate, HZ);
-        eprintln!("{codec}: the echo at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        let (pcm, heard_rate) = phone.heard_at_rate();
+        let (dbfs, share) = tail_at(&pcm, heard_rate, hz);
+        eprintln!("{codec}: the echo at {heard_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3}");
+        assert_eq!(heard_rate, rate, "the phone's decoder rate");
         assert!(
             share > 0.8 && (dbfs - sent).abs() < 3.0,
-            "the echo: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+            "the echo: {hz} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
         );
     }
 
@@ -840,15 +865,18 @@ fn baresip_wideband(
         let finished = b.record_message(&mut phone);
         let id = finished["id"].as_str().unwrap_or_default();
         let sent = sent_level(&phone);
-        let (audio, rate) = wav_at_rate(&http_bytes(
+        let (audio, recorded_rate) = wav_at_rate(&http_bytes(
             b.server.http,
             &format!("/api/recordings/{id}/audio"),
         ));
-        let (dbfs, share) = tail_at(&audio, rate, HZ);
-        eprintln!("{codec}: the recording at {rate} Hz: {dbfs:.1} dBFS, {HZ} Hz {share:.3}");
+        let (dbfs, share) = tail_at(&audio, recorded_rate, hz);
+        eprintln!(
+            "{codec}: the recording at {recorded_rate} Hz: {dbfs:.1} dBFS, {hz} Hz {share:.3}"
+        );
+        assert_eq!(recorded_rate, rate, "the recording's rate");
         assert!(
             share > 0.8 && (dbfs - sent).abs() < 3.0,
-            "the recording: {HZ} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
+            "the recording: {hz} Hz share {share:.3} at {dbfs:.1} dBFS, sent at {sent:.1}"
         );
     }
 
@@ -878,6 +906,29 @@ fn baresip_wideband(
     );
 }
 
+/// A 6 kHz tone from a 16 kHz source: above the narrowband limit, below G.722's 7 kHz.
+const G722_TONE: Tone = Tone {
+    hz: 6000,
+    rate: 16000,
+};
+/// 3 kHz from an 8 kHz source: PCMU's band holds no 6 kHz.
+const PCMU_TONE: Tone = Tone {
+    hz: 3000,
+    rate: 8000,
+};
+/// 5 kHz from a 48 kHz source, apart from the G.722 member's 6 kHz in a room.
+#[cfg(feature = "opus")]
+const OPUS_ROOM_TONE: Tone = Tone {
+    hz: 5000,
+    rate: 48000,
+};
+/// A 6 kHz tone from a 48 kHz source.
+#[cfg(feature = "opus")]
+const OPUS_TONE: Tone = Tone {
+    hz: 6000,
+    rate: 48000,
+};
+
 #[test]
 fn baresip_in_g722_hears_its_echo_walks_the_ivr_and_is_recorded() {
     baresip_wideband(
@@ -885,6 +936,7 @@ fn baresip_in_g722_hears_its_echo_walks_the_ivr_and_is_recorded() {
         "[\"PCMU\", \"G722\"]",
         "g722/16000/1",
         "G722",
+        G722_TONE,
         &[Part::Echo, Part::Keys, Part::Message],
     );
 }
@@ -897,6 +949,7 @@ fn baresip_in_opus_hears_its_echo_and_is_recorded() {
         "[\"PCMU\", \"opus\"]",
         "opus/48000/2",
         "Opus",
+        OPUS_TONE,
         &[Part::Echo, Part::Message],
     );
 }
@@ -912,6 +965,168 @@ fn baresip_in_opus_walks_the_ivr_with_rfc4733_keys() {
         "[\"PCMU\", \"opus\"]",
         "opus/48000/2",
         "Opus",
+        OPUS_TONE,
         &[Part::Keys],
+    );
+}
+
+/// The control: the same phone on PCMU, from an 8 kHz source, sends 3 kHz (6 kHz does not
+/// fit); its echo and its message come back at 8 kHz.
+#[test]
+fn baresip_in_pcmu_hears_its_echo_and_is_recorded_at_8khz() {
+    baresip_wideband(
+        "rc-bs-pcmu",
+        "[\"PCMU\", \"G722\"]",
+        "pcmu",
+        "Pcmu",
+        PCMU_TONE,
+        &[Part::Echo, Part::Message],
+    );
+}
+
+/// A baresip room member: its codec and what it sends.
+#[derive(Clone, Copy)]
+struct Member {
+    name: &'static str,
+    audio_codecs: &'static str,
+    tone: Tone,
+}
+
+/// What a room member heard of the other member's tone.
+struct Hearing {
+    /// Its decoder's rate.
+    rate: u32,
+    /// The level and share of the other's tone (at 8 kHz, a tone above 4 kHz is measured
+    /// where it would fold to).
+    dbfs: f64,
+    share: f64,
+    /// The share of its own tone.
+    own: f64,
+    /// The level the other member encoded its tone at.
+    sent: f64,
+}
+
+/// Two baresip phones in room `wide`, each on its own codec, talk at once for [`LISTEN`];
+/// what each heard, measured. None when the test is skipped.
+fn room_of_two(label: &str, members: [Member; 2]) -> Option<[Hearing; 2]> {
+    let config = format!(
+        "[media]\ncodecs = [\"PCMU\", \"G722\", \"opus\"]\n\n{}",
+        quiet_rooms().config.unwrap_or_default()
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let mut b = Bench::new(label, &["baresip"], options)?;
+    let mut phones = members.map(|m| {
+        let options = Options {
+            audio_codecs: Some(m.audio_codecs),
+            srate: m.tone.rate,
+            ..Options::tone(m.tone.hz)
+        };
+        Baresip::start(b.dir(), m.name, b.sip(), options)
+    });
+    for phone in &mut phones {
+        phone.call("conf-wide");
+        let call = b.answered("conf-wide");
+        b.joined("wide", &call);
+    }
+    std::thread::sleep(LISTEN);
+    for phone in &mut phones {
+        phone.hangup();
+    }
+    let sent = [0, 1].map(|i| {
+        let (pcm, rate) = phones[i].sent_at_rate();
+        tail_at(&pcm, rate, members[i].tone.hz).0
+    });
+    let heard = [0, 1].map(|i| {
+        let (own, other) = (members[i], members[1 - i]);
+        let (pcm, rate) = phones[i].heard_at_rate();
+        let (dbfs, share) = tail_at(&pcm, rate, other.tone.hz);
+        let own_share = tail_at(&pcm, rate, own.tone.hz).1;
+        eprintln!(
+            "{} heard at {rate} Hz: {dbfs:.1} dBFS, {} Hz {share:.3} (sent at {:.1} dBFS), \
+             its own {} Hz {own_share:.3}",
+            own.name,
+            other.tone.hz,
+            sent[1 - i],
+            own.tone.hz
+        );
+        Hearing {
+            rate,
+            dbfs,
+            share,
+            own: own_share,
+            sent: sent[1 - i],
+        }
+    });
+    Some(heard)
+}
+
+impl Hearing {
+    /// Panics unless this member, at `rate`, heard the other's tone at the level sent
+    /// (±3 dB) and not its own.
+    fn assert_hears_the_other(&self, who: &str, rate: u32) {
+        assert_eq!(self.rate, rate, "{who}: the decoder's rate");
+        assert!(
+            self.share > 0.8 && (self.dbfs - self.sent).abs() < 3.0,
+            "{who}: the other's tone share {:.3} at {:.1} dBFS, sent at {:.1}",
+            self.share,
+            self.dbfs,
+            self.sent
+        );
+        assert!(self.own < 0.05, "{who} hears itself: {:.3}", self.own);
+    }
+}
+
+const G722_MEMBER: Member = Member {
+    name: "g722",
+    audio_codecs: "g722/16000/1",
+    tone: G722_TONE,
+};
+
+/// A G.722 member sending 6 kHz and an Opus member sending 5 kHz, each from a source at
+/// its codec's rate, in one room: each hears the other's tone, above the narrowband limit,
+/// at the level it was sent (±3 dB), and not its own.
+#[cfg(feature = "opus")]
+#[test]
+fn g722_and_opus_members_of_a_room_hear_each_others_wideband_tones() {
+    let opus = Member {
+        name: "opus",
+        audio_codecs: "opus/48000/2",
+        tone: OPUS_ROOM_TONE,
+    };
+    let Some([g722, opus]) = room_of_two("rc-wide-room", [G722_MEMBER, opus]) else {
+        return;
+    };
+    g722.assert_hears_the_other("the G.722 member", 16000);
+    opus.assert_hears_the_other("the Opus member", 48000);
+}
+
+/// Just outside the band: a PCMU member of the same room hears nothing of the G.722
+/// member's 6 kHz (neither the tone nor its fold at 2 kHz), while the G.722 member hears
+/// the PCMU member's 3 kHz.
+#[test]
+fn a_pcmu_member_of_a_room_hears_no_fold_of_a_g722_members_6khz() {
+    let pcmu = Member {
+        name: "pcmu",
+        audio_codecs: "pcmu",
+        tone: PCMU_TONE,
+    };
+    let Some([g722, pcmu]) = room_of_two("rc-narrow-room", [G722_MEMBER, pcmu]) else {
+        return;
+    };
+    g722.assert_hears_the_other("the G.722 member", 16000);
+    assert_eq!(pcmu.rate, 8000, "the PCMU member's decoder rate");
+    assert!(
+        pcmu.share < 0.05 || pcmu.dbfs < -50.0,
+        "the PCMU member hears 6 kHz folded to 2 kHz: share {:.3} at {:.1} dBFS",
+        pcmu.share,
+        pcmu.dbfs
+    );
+    assert!(
+        pcmu.own < 0.05,
+        "the PCMU member hears itself: {:.3}",
+        pcmu.own
     );
 }

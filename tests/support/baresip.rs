@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::phones::{free_port_pair, wait_for, write_tone_wav, Client, Phone};
+use crate::phones::{free_port_pair, wait_for, write_tone_wav_at, Client, Phone};
 
 /// How long a baresip may live: every test ends well before.
 const LIFETIME_SECS: u32 = 90;
@@ -37,6 +37,11 @@ pub struct Options {
     /// Its account's `audio_codecs` (e.g. `g722/16000/1`, `opus/48000/2`), instead of
     /// `pcmu,pcma`; the codec modules named are loaded.
     pub audio_codecs: Option<&'static str>,
+    /// The rate of its audio source and player (`ausrc_srate`, `auplay_srate`) and of its
+    /// tone file, Hz. At the codec's own rate baresip sends the file as it is: its own
+    /// resampler is no flat channel (from 8 to 16 kHz it passes 1 kHz at -1.8 dB, 1250 Hz
+    /// at -8 dB and nothing from 2 kHz up; from 16 to 48 kHz, 7 kHz at -4 dB).
+    pub srate: u32,
 }
 
 impl Options {
@@ -50,6 +55,7 @@ impl Options {
             tls_ca: None,
             mediaenc: None,
             audio_codecs: None,
+            srate: 8000,
         }
     }
 }
@@ -79,7 +85,7 @@ impl Baresip {
         let dir = parent.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tone = dir.join("tone.wav");
-        write_tone_wav(&tone, options.tone_hz, 30);
+        write_tone_wav_at(&tone, options.tone_hz, 30, options.srate);
         let sip = free_port_pair();
         let ctrl = crate::common::free_port();
         let rtp = options.rtp_port.unwrap_or_else(free_port_pair);
@@ -87,7 +93,7 @@ impl Baresip {
             "sip_listen 127.0.0.1:{sip}\n\
              audio_source aufile,{tone}\n\
              audio_player aubridge,nowhere\n\
-             ausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\nauplay_channels 1\n\
+             ausrc_srate {srate}\nauplay_srate {srate}\nausrc_channels 1\nauplay_channels 1\n\
              rtp_ports {rtp}-{rtp_end}\n\
              module_path /usr/lib/baresip/modules\n\
              module g711.so\n{wide}module aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
@@ -96,6 +102,7 @@ impl Baresip {
              ctrl_tcp_listen 127.0.0.1:{ctrl}\n\
              snd_path {dir}\n{ca}",
             tone = tone.display(),
+            srate = options.srate,
             rtp_end = rtp + 1,
             dir = dir.display(),
             wide = ["g722", "opus"]

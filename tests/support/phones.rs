@@ -64,19 +64,27 @@ pub fn isolate_network() -> bool {
 
 /// Writes `secs` of a sine at `freq` Hz, -10 dBm0, as an 8 kHz mono 16-bit WAV.
 pub fn write_tone_wav(path: &Path, freq: u32, secs: usize) {
-    let pcm = crate::support::rtp::tone(&format!("{freq}/{}@-10", secs * 1000), secs * 1000);
-    write_wav(path, &pcm);
+    write_tone_wav_at(path, freq, secs, 8000);
 }
 
-fn write_wav(path: &Path, pcm: &[i16]) {
+/// Like [`write_tone_wav`], sampled at `rate` Hz.
+pub fn write_tone_wav_at(path: &Path, freq: u32, secs: usize, rate: u32) {
+    use switchboard::media::tone::{ToneGenerator, ToneSpec};
+    use switchboard::rtp::types::ClockRate;
+    let spec: ToneSpec = format!("{freq}/{}@-10", secs * 1000).parse().unwrap();
+    let clock = ClockRate::new(rate).expect("a tone file's rate is not zero");
+    let mut generator =
+        ToneGenerator::new(&spec, clock).unwrap_or_else(|e| panic!("{freq} Hz at {rate} Hz: {e}"));
+    let mut pcm = vec![0i16; secs * rate as usize];
+    generator.fill(&mut pcm);
     let spec = hound::WavSpec {
         channels: 1,
-        sample_rate: 8000,
+        sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for &s in pcm {
+    for &s in &pcm {
         w.write_sample(s).unwrap();
     }
     w.finalize().unwrap();
