@@ -11,6 +11,7 @@ use switchboard::media::dtmf::{
     InbandDetector,
 };
 use switchboard::media::level::dbm0_to_peak;
+use switchboard::media::resample::resample;
 use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp};
 
 fn pt() -> PayloadType {
@@ -148,11 +149,38 @@ fn inband_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The detector at a wideband leg's rate, on the same speech resampled: what in-band DTMF
+/// costs a G.722 (16 kHz) or Opus (48 kHz) leg per tick.
+fn inband_wide_bench(c: &mut Criterion) {
+    let speech: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut group = c.benchmark_group("dtmf/inband_speech_per_20ms_frame_at");
+    for rate in [ClockRate::HZ_16000, ClockRate::HZ_48000] {
+        let pcm = resample(&speech, 8000, rate).expect("resampled");
+        let frames: Vec<&[i16]> = pcm.chunks_exact(rate.hz() as usize / 50).collect();
+        group.throughput(Throughput::Elements(frames.len() as u64));
+        group.bench_function(format!("{}_hz", rate.hz()), |b| {
+            let mut det = InbandDetector::new(rate).expect("a supported rate");
+            let mut events = 0u64;
+            b.iter(|| {
+                for f in &frames {
+                    det.push(black_box(f), |_| events += 1);
+                }
+            });
+            black_box(events);
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     receiver_bench,
     merger_bench,
     sender_bench,
-    inband_bench
+    inband_bench,
+    inband_wide_bench
 );
 criterion_main!(benches);

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard::media::codec::CodecKind;
+use switchboard::media::codec::{CodecKind, CodecParams};
 use switchboard::media::frame::FRAME;
 use switchboard::media::leg::{Leg, LegCommand, LegConfig};
 use switchboard::media::resample::StreamResampler;
@@ -57,11 +57,18 @@ struct Stream {
     pt: PayloadType,
     step: u32,
     ssrc: Ssrc,
+    /// Packets sent so far: sequence numbers run on over frames DTX left out.
+    sent: std::cell::Cell<u16>,
 }
 
 impl Stream {
     fn new(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32) -> Stream {
-        let mut enc = kind.new_codec();
+        Stream::with(kind, pt, pcm, ssrc, &CodecParams::default())
+    }
+
+    /// A stream from an encoder with `params` (Opus with `usedtx=1` leaves silent frames out).
+    fn with(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32, params: &CodecParams) -> Stream {
+        let mut enc = kind.new_codec_with(params);
         let frame = kind.frame_samples(20).unwrap();
         let payloads = pcm
             .chunks_exact(frame)
@@ -78,19 +85,25 @@ impl Stream {
             step: (frame as u64 * u64::from(kind.rtp_clock().hz())
                 / u64::from(kind.sample_rate().hz())) as u32,
             ssrc: Ssrc::new(ssrc),
+            sent: std::cell::Cell::new(0),
         }
     }
 
-    /// Packet `n` of the stream into `buf`; its length.
+    /// Packet `n` of the stream into `buf`; its length, or 0 for a frame DTX left out.
     fn packet(&self, n: u64, buf: &mut [u8]) -> usize {
+        let payload = &self.payloads[n as usize % self.payloads.len()];
+        if payload.is_empty() {
+            return 0;
+        }
+        let seq = self.sent.get();
+        self.sent.set(seq.wrapping_add(1));
         let header = RtpHeader {
-            marker: n == 0,
+            marker: seq == 0,
             payload_type: self.pt,
-            seq: WireSeq::new(n as u16),
+            seq: WireSeq::new(seq),
             timestamp: RtpTimestamp::new((n as u32).wrapping_mul(self.step)),
             ssrc: self.ssrc,
         };
-        let payload = &self.payloads[n as usize % self.payloads.len()];
         RtpPacket::new(header, payload).write(buf).unwrap()
     }
 }
@@ -345,23 +358,35 @@ mod opus {
             let wallclock = SystemTime::UNIX_EPOCH + FRAME * n as u32;
             for (leg, stream) in self.legs.iter_mut().zip(&self.streams) {
                 let len = stream.packet(n, &mut self.buf);
-                leg.handle_packet(self.now, wallclock, PEER, &self.buf[..len]);
+                if len > 0 {
+                    leg.handle_packet(self.now, wallclock, PEER, &self.buf[..len]);
+                }
                 leg.receive(self.now);
                 while leg.poll_event().is_some() {}
             }
         }
     }
 
-    fn room(t0: Instant) -> (RoomHost, OpusLegs) {
+    /// The room; listeners' phones in DTX (`usedtx=1`) with quiet mics when `dtx`, so they
+    /// leave their silence unsent.
+    fn room(t0: Instant, dtx: bool) -> (RoomHost, OpusLegs) {
         let speech = speech(ClockRate::HZ_48000);
+        let mut listener = CodecParams::default();
+        listener.opus.use_dtx = dtx;
         let streams: Vec<Stream> = (0..MEMBERS)
             .map(|k| {
                 if k < TALKERS {
                     let at = (1 + 4 * k) * 48000;
                     Stream::new(CodecKind::Opus, OPUS_PT, &speech[at..], k as u32)
                 } else {
-                    let noise = line_noise(ClockRate::HZ_48000, 1, k as u32);
-                    Stream::new(CodecKind::Opus, OPUS_PT, &noise, k as u32)
+                    // A phone in DTX has a quiet mic (libopus codes even faint line noise
+                    // as sound); one sending every frame has line noise.
+                    let noise = if dtx {
+                        vec![0; 48000]
+                    } else {
+                        line_noise(ClockRate::HZ_48000, 1, k as u32)
+                    };
+                    Stream::with(CodecKind::Opus, OPUS_PT, &noise, k as u32, &listener)
                 }
             })
             .collect();
@@ -396,8 +421,23 @@ mod opus {
 
     /// A room of 100 Opus members, 3 of them talking, every member sending a packet a tick.
     pub fn opus_room(c: &mut Criterion) {
+        room_case(c, false);
+    }
+
+    /// The same room with the listeners' phones in DTX: after a moment of their line noise
+    /// they send nothing, and their legs stop decoding.
+    pub fn opus_room_dtx(c: &mut Criterion) {
+        room_case(c, true);
+    }
+
+    fn room_case(c: &mut Criterion, dtx: bool) {
         let t0 = Instant::now();
-        let (mut host, mut legs) = room(t0);
+        let (mut host, mut legs) = room(t0, dtx);
+        let case = if dtx {
+            "100 Opus members, 3 talkers, listeners in DTX"
+        } else {
+            "100 Opus members, 3 talkers"
+        };
         let mut n = 0u64;
         runs(100, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
         let talking = host
@@ -408,7 +448,7 @@ mod opus {
         assert_eq!(talking, TALKERS, "the talkers, and only they, are talking");
 
         let mut g = c.benchmark_group("wideband room tick");
-        g.bench_function("100 Opus members, 3 talkers", |b| {
+        g.bench_function(case, |b| {
             b.iter(|| {
                 room_tick(&mut host, &mut legs, t0, n);
                 n += 1;
@@ -432,7 +472,7 @@ mod opus {
         let mix = times[times.len() / 2];
         let per = |d: Duration| d / MEMBERS as u32;
         println!(
-            "Opus room, {MEMBERS} members: median whole tick {whole:?} ({:?} per member, \
+            "{case}: median whole tick {whole:?} ({:?} per member, \
              {:.4}% of a core per member; target 0.2%: {}); mix and send halves alone \
              {mix:?} ({:?} per member, {:.4}% of a core)",
             per(whole),
@@ -452,7 +492,13 @@ mod opus {
 }
 
 #[cfg(feature = "opus")]
-criterion_group!(benches, single_legs, opus::bridged_call, opus::opus_room);
+criterion_group!(
+    benches,
+    single_legs,
+    opus::bridged_call,
+    opus::opus_room,
+    opus::opus_room_dtx
+);
 #[cfg(not(feature = "opus"))]
 criterion_group!(benches, single_legs);
 criterion_main!(benches);
