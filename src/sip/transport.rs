@@ -425,8 +425,10 @@ fn inbound(
     if registrations.handle_message(now, peer, bytes) {
         return;
     }
+    // Behind a trusted proxy the caller's own address is judged, not the proxy's.
+    let source = guard.config().trusted_proxies.source_of(peer, bytes);
     let msg = guard::Inbound {
-        source: peer.addr.ip(),
+        source: source.ip(),
         transport: peer.transport,
         peek: guard::peek(bytes),
     };
@@ -1176,5 +1178,154 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
+    }
+
+    /// An endpoint, no trunks and a guard from `toml`, for [`inbound`] alone.
+    fn sans_io(toml: &str) -> (Endpoint, TrunkRegistrations, Guard) {
+        let config = crate::Config::from_toml_str("t", toml).unwrap();
+        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+        let local: SocketAddr = "127.0.0.1:5080".parse().unwrap();
+        let mut ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: local,
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(3),
+        );
+        ep.set_trusted_proxies(guard.config().trusted_proxies.clone());
+        let registrations = TrunkRegistrations::new(
+            Arc::default(),
+            &crate::sip::trunks::LocalSide {
+                addr: local,
+                user_agent: "t".into(),
+                timers: Default::default(),
+            },
+            Ids::with_seed(4),
+        );
+        (ep, registrations, guard)
+    }
+
+    fn udp(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    /// A new request from `from`, optionally with a source header.
+    fn request(method: &str, n: u32, from: Peer, said: Option<&str>) -> Vec<u8> {
+        let header = said
+            .map(|s| format!("X-Switchboard-Source: {s}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "{method} sip:conf-1@127.0.0.1:5080 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {};branch=z9hG4bK-{method}-{n}\r\n\
+             From: <sip:a@127.0.0.1>;tag=f{n}\r\nTo: <sip:conf-1@127.0.0.1>\r\n\
+             Call-ID: {method}-{n}\r\nCSeq: 1 {method}\r\nContact: <sip:a@{}>\r\n\
+             Max-Forwards: 70\r\n{header}Content-Length: 0\r\n\r\n",
+            from.addr, from.addr
+        )
+        .into_bytes()
+    }
+
+    /// The status codes of what the endpoint sent back.
+    fn answers(ep: &mut Endpoint) -> Vec<u16> {
+        std::iter::from_fn(|| ep.poll_transmit())
+            .filter_map(|t| {
+                let text = String::from_utf8(t.bytes).ok()?;
+                text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+            })
+            .collect()
+    }
+
+    const PROXY: &str = "127.0.0.1:5060";
+    const BEHIND_PROXY: &str = "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\"]\n\
+                                deny = [\"198.51.100.0/24\"]\n";
+
+    #[test]
+    fn a_trusted_proxys_caller_is_judged_by_the_address_the_proxy_passes_on() {
+        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
+        let metrics = Metrics::default();
+        let proxy = udp(PROXY);
+        // A denied caller behind the proxy is refused although the proxy itself is not denied.
+        let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &denied);
+        assert_eq!(answers(&mut ep), [403]);
+        assert!(ep.poll_event().is_none());
+        // An allowed one gets through, with its own address as the call's source.
+        let allowed = request("INVITE", 2, proxy, Some("192.0.2.1:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &allowed);
+        assert_eq!(answers(&mut ep), [100]);
+        match ep.poll_event() {
+            Some(Event::Incoming { peer, source, .. }) => {
+                assert_eq!(peer, proxy, "answers still go to the proxy");
+                assert_eq!(source, "192.0.2.1:5062".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The proxy's own probes carry no header and are judged as the proxy's.
+        let probe = request("OPTIONS", 3, proxy, None);
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &probe);
+        assert_eq!(answers(&mut ep), [200]);
+    }
+
+    #[test]
+    fn the_source_header_of_anyone_but_a_trusted_proxy_is_ignored() {
+        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
+        let metrics = Metrics::default();
+        // The proxy's address but another port (over UDP): not the proxy.
+        for (n, from) in [(1, "127.0.0.1:5061"), (2, "127.0.0.2:5060")] {
+            let caller = udp(from);
+            // Claiming a denied address hurts nobody but the caller's own claim...
+            let claim = request("INVITE", n, caller, Some("198.51.100.7:5062"));
+            inbound(&mut ep, &mut regs, &mut guard, &metrics, caller, &claim);
+            assert_eq!(answers(&mut ep), [100], "{from}");
+            match ep.poll_event() {
+                Some(Event::Incoming { source, .. }) => assert_eq!(source, caller.addr),
+                other => panic!("{other:?}"),
+            }
+        }
+        // ...and a denied caller cannot claim an allowed address.
+        let denied = udp("198.51.100.9:5060");
+        let claim = request("INVITE", 3, denied, Some("192.0.2.1:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, denied, &claim);
+        assert_eq!(answers(&mut ep), [403]);
+        // Without trusted proxies the header means nothing either.
+        let (mut ep, mut regs, mut guard) = sans_io("[sip]\ndeny = [\"198.51.100.0/24\"]\n");
+        let proxy = udp(PROXY);
+        let claim = request("INVITE", 4, proxy, Some("198.51.100.7:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &claim);
+        assert_eq!(answers(&mut ep), [100]);
+    }
+
+    #[test]
+    fn options_get_200_until_the_drain_and_503_after_so_a_dispatcher_moves_on() {
+        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
+        let metrics = Metrics::default();
+        let proxy = udp(PROXY);
+        inbound(
+            &mut ep,
+            &mut regs,
+            &mut guard,
+            &metrics,
+            proxy,
+            &request("OPTIONS", 1, proxy, None),
+        );
+        assert_eq!(answers(&mut ep), [200]);
+        guard.set_draining(true);
+        inbound(
+            &mut ep,
+            &mut regs,
+            &mut guard,
+            &metrics,
+            proxy,
+            &request("OPTIONS", 2, proxy, None),
+        );
+        assert_eq!(answers(&mut ep), [503]);
+        let invite = request("INVITE", 3, proxy, Some("192.0.2.1:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &invite);
+        assert_eq!(answers(&mut ep), [503]);
+        assert!(ep.poll_event().is_none());
     }
 }
