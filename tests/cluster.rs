@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::rtp::{peak_tone_power, tone, RtpPeer};
-use support::server::{answered_port, call, hang_up, wire, Wire};
+use support::server::{answered_port, call, hang_up, http_get, wire, Wire};
 use support::uac::Uac;
 
 /// Kamailio's OPTIONS probing interval, in seconds.
@@ -460,12 +460,51 @@ async fn each_room_lives_on_one_instance_and_ivr_calls_spread_over_both() {
         a.rtp.exchange(to_a, &silence, Duration::ZERO),
         b.rtp.exchange(to_b, &silence, Duration::ZERO)
     );
+    // The room is recorded meanwhile, into the folder every instance shares.
+    let room = ROOMS[0];
+    let holder = &cluster.instances[cluster.holder(&a.uac)];
+    let other = &cluster.instances[1 - cluster.holder(&a.uac)];
+    let start = format!("/api/rooms/{room}/record/start");
+    let (status, body) = common::http(holder.http, "POST", &start);
+    assert_eq!(status, 202, "{body}");
     let (_, heard) = tokio::join!(
         a.rtp.exchange(to_a, &sent, Duration::from_millis(300)),
         b.rtp.exchange(to_b, &silence, Duration::from_millis(300))
     );
     let share = peak_tone_power(&heard, 1000.0);
+    eprintln!("through the proxy, the other member heard 1 kHz at {share:.2} of its audio");
     assert!(share > 0.5, "the other member heard 1 kHz at {share:.2}");
+    let stop = format!("/api/rooms/{room}/record/stop");
+    let (status, body) = common::http(holder.http, "POST", &stop);
+    assert_eq!(status, 202, "{body}");
+
+    // The other instance lists that recording and serves its audio.
+    let done = support::complete_sidecars(&cluster.dir.path().join("recordings"), 1).await;
+    let id = done[0]["id"].as_str().unwrap().to_string();
+    let listed = other.get("/api/recordings");
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id),
+        "{} does not list {id}: {listed}",
+        other.name
+    );
+    let (status, wav) = http_get(other.http, &format!("/api/recordings/{id}/audio")).await;
+    assert_eq!(status, 200);
+    let reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+    let rate = reader.spec().sample_rate;
+    let pcm: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
+    let share = pcm
+        .chunks(rate as usize / 5)
+        .map(|c| switchboard::media::level::tone_share(c, 1000.0, f64::from(rate)))
+        .fold(0.0, f64::max);
+    assert!(
+        share > 0.5,
+        "1 kHz at {share:.2} in the recording served by {}",
+        other.name
+    );
 
     // The IVR: round robin over both.
     let mut ivr = Vec::new();
