@@ -120,6 +120,7 @@ impl Instance {
             .unwrap()
             .iter()
             .map(|r| {
+                assert_eq!(r["instance"], self.name, "{r}");
                 (
                     r["name"].as_str().unwrap().to_string(),
                     r["members"].as_array().unwrap().len(),
