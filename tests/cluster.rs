@@ -190,9 +190,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Kamailio in front of `n` instances that drain for `drain_secs`; None (skipped) without
-    /// Kamailio.
-    fn start(label: &str, n: usize, drain_secs: u64) -> Option<Cluster> {
+    /// Kamailio in front of `n` instances with `sip` added to their `[sip]` settings; None
+    /// (skipped) without Kamailio.
+    fn start(label: &str, n: usize, sip: &str) -> Option<Cluster> {
         let kamailio = find_kamailio()?;
         let dir = common::TempDir::new(label);
         let proxy = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
@@ -204,7 +204,7 @@ impl Cluster {
             let name = format!("sb-{i}");
             let home = dir.path().join(&name);
             std::fs::create_dir_all(&home).unwrap();
-            let sip = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+            let listen = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
             let rtp = common::rtp_ports(40);
             let cdr = home.join("cdr");
             let config = home.join("switchboard.toml");
@@ -212,8 +212,8 @@ impl Cluster {
                 &config,
                 format!(
                     "[server]\nname = {name:?}\n\n\
-                     [sip]\nlisten = \"{sip}\"\ntrusted_proxies = [\"{proxy}\"]\n\
-                     drain_secs = {drain_secs}\n\n\
+                     [sip]\nlisten = \"{listen}\"\ntrusted_proxies = [\"{proxy}\"]\n\
+                     {sip}\n\n\
                      [http]\nlisten = \"127.0.0.1:0\"\n\n\
                      [rtp]\nport_min = {}\nport_max = {}\n\n\
                      [media]\nworkers = 1\n\n\
@@ -226,8 +226,14 @@ impl Cluster {
                 ),
             )
             .unwrap();
-            list.push_str(&format!("1 sip:{sip}\n2 sip:{sip}\n"));
-            instances.push(Instance::start(&name, sip, config, cdr, home.join("log")));
+            list.push_str(&format!("1 sip:{listen}\n2 sip:{listen}\n"));
+            instances.push(Instance::start(
+                &name,
+                listen,
+                config,
+                cdr,
+                home.join("log"),
+            ));
         }
         let kdir = dir.path().join("kamailio");
         std::fs::create_dir_all(&kdir).unwrap();
@@ -399,7 +405,7 @@ const ROOMS: [&str; 6] = ["red", "green", "blue", "amber", "violet", "white"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_room_lives_on_one_instance_and_ivr_calls_spread_over_both() {
-    let Some(cluster) = Cluster::start("placement", 2, 0) else {
+    let Some(cluster) = Cluster::start("placement", 2, "") else {
         return;
     };
     // Two callers per room.
@@ -578,7 +584,8 @@ async fn until_answered_by(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns() {
     const DRAIN_SECS: u64 = 30;
-    let Some(mut cluster) = Cluster::start("failover", 2, DRAIN_SECS) else {
+    let Some(mut cluster) = Cluster::start("failover", 2, &format!("drain_secs = {DRAIN_SECS}"))
+    else {
         return;
     };
     // Where each room lives while both are up.
@@ -708,4 +715,34 @@ async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns(
         t1.elapsed()
     );
     c.hang_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_passes_a_call_on_and_stays_in_rotation() {
+    let Some(cluster) = Cluster::start("full", 2, "max_calls = 1") else {
+        return;
+    };
+    let room = format!("conf-{}", ROOMS[0]);
+    let first = Caller::dial(cluster.proxy, &room).await;
+    let home = cluster.holder(&first.uac);
+    // Its instance is full: 503 with Retry-After, and the next instance takes the call.
+    let second = Caller::dial(cluster.proxy, &room).await;
+    assert_ne!(
+        cluster.holder(&second.uac),
+        home,
+        "the full instance passed it on"
+    );
+    second.hang_up().await;
+    first.hang_up().await;
+    // With room again, it takes the room's next call at once: it was never taken out (a
+    // probe would only have put it back after a probing interval).
+    let t0 = Instant::now();
+    let again = Caller::dial(cluster.proxy, &room).await;
+    assert_eq!(cluster.holder(&again.uac), home, "still in rotation");
+    assert!(
+        t0.elapsed() < Duration::from_millis(PING_SECS * 1000 / 2),
+        "{:?}",
+        t0.elapsed()
+    );
+    again.hang_up().await;
 }

@@ -463,7 +463,14 @@ fn inbound(
             };
             ep.refuse(now, peer, bytes, &why, retry_after);
         }
-        Verdict::Drop(reason) => metrics.sip_dropped(reason),
+        Verdict::Drop(reason) => {
+            metrics.sip_dropped(reason);
+            // Silence only hides us from a scanner; a proxy in front would take it for a dead
+            // instance and move its other callers elsewhere. It gets a 403 to pass back.
+            if guard.config().trusted_proxies.trusts(peer) {
+                ep.refuse(now, peer, bytes, &Refusal::Forbidden, None);
+            }
+        }
     }
     if guard.stats().escalations != escalations {
         metrics.sip_escalation();
@@ -1297,6 +1304,27 @@ mod tests {
         let claim = request("INVITE", 4, proxy, Some("198.51.100.7:5062"));
         inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &claim);
         assert_eq!(answers(&mut ep), [100]);
+    }
+
+    #[test]
+    fn what_would_be_dropped_unanswered_is_refused_to_a_trusted_proxy() {
+        use crate::sip::guard::DropReason;
+        let toml = "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\"]\n\
+                    deny = [\"198.51.100.0/24\"]\nacl_action = \"drop\"\n";
+        let (mut ep, mut regs, mut guard) = sans_io(toml);
+        let metrics = Metrics::default();
+        let proxy = udp(PROXY);
+        let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &denied);
+        assert_eq!(answers(&mut ep), [403], "through the proxy");
+        let caller = udp("198.51.100.7:5062");
+        let direct = request("INVITE", 2, caller, None);
+        inbound(&mut ep, &mut regs, &mut guard, &metrics, caller, &direct);
+        assert!(
+            answers(&mut ep).is_empty(),
+            "straight from the caller: silence"
+        );
+        assert_eq!(guard.stats().dropped[DropReason::Acl as usize], 2);
     }
 
     #[test]
