@@ -581,6 +581,16 @@ async fn until_answered_by(
     panic!("calls to {user} never met the condition");
 }
 
+/// Restarts instance `i` and calls `room` until a call lands on it: how long after the
+/// restart.
+async fn back_in_rotation(cluster: &mut Cluster, i: usize, room: &str) -> Duration {
+    let t0 = Instant::now();
+    cluster.restart(i);
+    let (back, c) = until_answered_by(cluster, &format!("conf-{room}"), t0, |at, _| at == i).await;
+    c.hang_up().await;
+    back
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns() {
     const DRAIN_SECS: u64 = 30;
@@ -649,14 +659,8 @@ async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns(
     );
 
     // Restarted, it is put back: its rooms come home.
-    let t0 = Instant::now();
-    cluster.restart(drained);
-    let (back, c) = until_answered_by(&cluster, &format!("conf-{drained_room}"), t0, |i, _| {
-        i == drained
-    })
-    .await;
+    let back = back_in_rotation(&mut cluster, drained, drained_room).await;
     eprintln!("restart after drain: back in rotation {back:?} after the restart");
-    c.hang_up().await;
 
     // Kill sb-2 outright and place no call: the probes alone take it out, so a probing
     // interval and a probe's timeout later the first new call to its room goes straight to
@@ -680,18 +684,12 @@ async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns(
     first.hang_up().await;
 
     // Back again: its rooms return to it within a probing interval or two.
-    let t0 = Instant::now();
-    cluster.restart(other);
-    let (back, c) = until_answered_by(&cluster, &format!("conf-{other_room}"), t0, |i, _| {
-        i == other
-    })
-    .await;
+    let back = back_in_rotation(&mut cluster, other, other_room).await;
     eprintln!("restart after kill: back in rotation {back:?} after the restart");
     assert!(
         back <= Duration::from_millis(PING_SECS * 1000 * 2 + 2000),
         "back {back:?} after the restart"
     );
-    c.hang_up().await;
 
     // A call placed the moment an instance dies waits out the proxy's timeout for it, then
     // takes the next instance; the calls after it go straight there.

@@ -1187,30 +1187,71 @@ mod tests {
         assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
     }
 
-    /// An endpoint, no trunks and a guard from `toml`, for [`inbound`] alone.
-    fn sans_io(toml: &str) -> (Endpoint, TrunkRegistrations, Guard) {
-        let config = crate::Config::from_toml_str("t", toml).unwrap();
-        let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
-        let local: SocketAddr = "127.0.0.1:5080".parse().unwrap();
-        let mut ep = Endpoint::with_ids(
-            EndpointConfig {
-                timers: Default::default(),
-                local_addr: local,
-                user_agent: "t".into(),
-            },
-            Ids::with_seed(3),
-        );
-        ep.set_trusted_proxies(guard.config().trusted_proxies.clone());
-        let registrations = TrunkRegistrations::new(
-            Arc::default(),
-            &crate::sip::trunks::LocalSide {
-                addr: local,
-                user_agent: "t".into(),
-                timers: Default::default(),
-            },
-            Ids::with_seed(4),
-        );
-        (ep, registrations, guard)
+    /// An endpoint, no trunks and a guard from a configuration, for [`inbound`] alone.
+    struct SansIo {
+        ep: Endpoint,
+        regs: TrunkRegistrations,
+        guard: Guard,
+        metrics: Metrics,
+    }
+
+    impl SansIo {
+        fn new(toml: &str) -> SansIo {
+            let config = crate::Config::from_toml_str("t", toml).unwrap();
+            let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+            let local: SocketAddr = "127.0.0.1:5080".parse().unwrap();
+            let mut ep = Endpoint::with_ids(
+                EndpointConfig {
+                    timers: Default::default(),
+                    local_addr: local,
+                    user_agent: "t".into(),
+                },
+                Ids::with_seed(3),
+            );
+            ep.set_trusted_proxies(guard.config().trusted_proxies.clone());
+            let regs = TrunkRegistrations::new(
+                Arc::default(),
+                &crate::sip::trunks::LocalSide {
+                    addr: local,
+                    user_agent: "t".into(),
+                    timers: Default::default(),
+                },
+                Ids::with_seed(4),
+            );
+            SansIo {
+                ep,
+                regs,
+                guard,
+                metrics: Metrics::default(),
+            }
+        }
+
+        /// Puts `bytes` from `from` through [`inbound`]: the status codes sent back.
+        fn send(&mut self, from: Peer, bytes: &[u8]) -> Vec<u16> {
+            let s = self;
+            inbound(
+                &mut s.ep,
+                &mut s.regs,
+                &mut s.guard,
+                &s.metrics,
+                from,
+                bytes,
+            );
+            std::iter::from_fn(|| s.ep.poll_transmit())
+                .filter_map(|t| {
+                    let text = String::from_utf8(t.bytes).ok()?;
+                    text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+                })
+                .collect()
+        }
+
+        /// The source of the call the last INVITE started (none: a failure).
+        fn incoming_source(&mut self) -> (Peer, SocketAddr) {
+            match self.ep.poll_event() {
+                Some(Event::Incoming { peer, source, .. }) => (peer, source),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     fn udp(addr: &str) -> Peer {
@@ -1236,124 +1277,75 @@ mod tests {
         .into_bytes()
     }
 
-    /// The status codes of what the endpoint sent back.
-    fn answers(ep: &mut Endpoint) -> Vec<u16> {
-        std::iter::from_fn(|| ep.poll_transmit())
-            .filter_map(|t| {
-                let text = String::from_utf8(t.bytes).ok()?;
-                text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
-            })
-            .collect()
-    }
-
     const PROXY: &str = "127.0.0.1:5060";
     const BEHIND_PROXY: &str = "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\"]\n\
                                 deny = [\"198.51.100.0/24\"]\n";
 
     #[test]
     fn a_trusted_proxys_caller_is_judged_by_the_address_the_proxy_passes_on() {
-        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
-        let metrics = Metrics::default();
+        let mut s = SansIo::new(BEHIND_PROXY);
         let proxy = udp(PROXY);
         // A denied caller behind the proxy is refused although the proxy itself is not denied.
         let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &denied);
-        assert_eq!(answers(&mut ep), [403]);
-        assert!(ep.poll_event().is_none());
+        assert_eq!(s.send(proxy, &denied), [403]);
+        assert!(s.ep.poll_event().is_none());
         // An allowed one gets through, with its own address as the call's source.
         let allowed = request("INVITE", 2, proxy, Some("192.0.2.1:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &allowed);
-        assert_eq!(answers(&mut ep), [100]);
-        match ep.poll_event() {
-            Some(Event::Incoming { peer, source, .. }) => {
-                assert_eq!(peer, proxy, "answers still go to the proxy");
-                assert_eq!(source, "192.0.2.1:5062".parse().unwrap());
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(s.send(proxy, &allowed), [100]);
+        let (peer, source) = s.incoming_source();
+        assert_eq!(peer, proxy, "answers still go to the proxy");
+        assert_eq!(source, "192.0.2.1:5062".parse().unwrap());
         // The proxy's own probes carry no header and are judged as the proxy's.
-        let probe = request("OPTIONS", 3, proxy, None);
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &probe);
-        assert_eq!(answers(&mut ep), [200]);
+        assert_eq!(s.send(proxy, &request("OPTIONS", 3, proxy, None)), [200]);
     }
 
     #[test]
     fn the_source_header_of_anyone_but_a_trusted_proxy_is_ignored() {
-        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
-        let metrics = Metrics::default();
+        let mut s = SansIo::new(BEHIND_PROXY);
         // The proxy's address but another port (over UDP): not the proxy.
         for (n, from) in [(1, "127.0.0.1:5061"), (2, "127.0.0.2:5060")] {
             let caller = udp(from);
             // Claiming a denied address hurts nobody but the caller's own claim...
             let claim = request("INVITE", n, caller, Some("198.51.100.7:5062"));
-            inbound(&mut ep, &mut regs, &mut guard, &metrics, caller, &claim);
-            assert_eq!(answers(&mut ep), [100], "{from}");
-            match ep.poll_event() {
-                Some(Event::Incoming { source, .. }) => assert_eq!(source, caller.addr),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(s.send(caller, &claim), [100], "{from}");
+            assert_eq!(s.incoming_source().1, caller.addr);
         }
         // ...and a denied caller cannot claim an allowed address.
         let denied = udp("198.51.100.9:5060");
         let claim = request("INVITE", 3, denied, Some("192.0.2.1:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, denied, &claim);
-        assert_eq!(answers(&mut ep), [403]);
+        assert_eq!(s.send(denied, &claim), [403]);
         // Without trusted proxies the header means nothing either.
-        let (mut ep, mut regs, mut guard) = sans_io("[sip]\ndeny = [\"198.51.100.0/24\"]\n");
+        let mut s = SansIo::new("[sip]\ndeny = [\"198.51.100.0/24\"]\n");
         let proxy = udp(PROXY);
         let claim = request("INVITE", 4, proxy, Some("198.51.100.7:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &claim);
-        assert_eq!(answers(&mut ep), [100]);
+        assert_eq!(s.send(proxy, &claim), [100]);
     }
 
     #[test]
     fn what_would_be_dropped_unanswered_is_refused_to_a_trusted_proxy() {
         use crate::sip::guard::DropReason;
-        let toml = "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\"]\n\
-                    deny = [\"198.51.100.0/24\"]\nacl_action = \"drop\"\n";
-        let (mut ep, mut regs, mut guard) = sans_io(toml);
-        let metrics = Metrics::default();
+        let mut s = SansIo::new(&format!("{BEHIND_PROXY}acl_action = \"drop\"\n"));
         let proxy = udp(PROXY);
         let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &denied);
-        assert_eq!(answers(&mut ep), [403], "through the proxy");
+        assert_eq!(s.send(proxy, &denied), [403], "through the proxy");
         let caller = udp("198.51.100.7:5062");
         let direct = request("INVITE", 2, caller, None);
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, caller, &direct);
         assert!(
-            answers(&mut ep).is_empty(),
+            s.send(caller, &direct).is_empty(),
             "straight from the caller: silence"
         );
-        assert_eq!(guard.stats().dropped[DropReason::Acl as usize], 2);
+        assert_eq!(s.guard.stats().dropped[DropReason::Acl as usize], 2);
     }
 
     #[test]
     fn options_get_200_until_the_drain_and_503_after_so_a_dispatcher_moves_on() {
-        let (mut ep, mut regs, mut guard) = sans_io(BEHIND_PROXY);
-        let metrics = Metrics::default();
+        let mut s = SansIo::new(BEHIND_PROXY);
         let proxy = udp(PROXY);
-        inbound(
-            &mut ep,
-            &mut regs,
-            &mut guard,
-            &metrics,
-            proxy,
-            &request("OPTIONS", 1, proxy, None),
-        );
-        assert_eq!(answers(&mut ep), [200]);
-        guard.set_draining(true);
-        inbound(
-            &mut ep,
-            &mut regs,
-            &mut guard,
-            &metrics,
-            proxy,
-            &request("OPTIONS", 2, proxy, None),
-        );
-        assert_eq!(answers(&mut ep), [503]);
+        assert_eq!(s.send(proxy, &request("OPTIONS", 1, proxy, None)), [200]);
+        s.guard.set_draining(true);
+        assert_eq!(s.send(proxy, &request("OPTIONS", 2, proxy, None)), [503]);
         let invite = request("INVITE", 3, proxy, Some("192.0.2.1:5062"));
-        inbound(&mut ep, &mut regs, &mut guard, &metrics, proxy, &invite);
-        assert_eq!(answers(&mut ep), [503]);
-        assert!(ep.poll_event().is_none());
+        assert_eq!(s.send(proxy, &invite), [503]);
+        assert!(s.ep.poll_event().is_none());
     }
 }
