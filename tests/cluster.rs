@@ -372,9 +372,14 @@ struct Caller {
 }
 
 impl Caller {
-    /// Calls `user` through the proxy and waits (up to 5 s) for the answer.
+    /// Calls `user` through the proxy over UDP and waits (up to 5 s) for the answer.
     async fn dial(proxy: SocketAddr, user: &str) -> Caller {
-        let (mut wire, mut uac) = wire(false, proxy).await;
+        Caller::dial_over(proxy, user, false).await
+    }
+
+    /// [`Caller::dial`], over TCP when `tcp`.
+    async fn dial_over(proxy: SocketAddr, user: &str, tcp: bool) -> Caller {
+        let (mut wire, mut uac) = wire(tcp, proxy).await;
         uac.follow_record_route = true;
         let rtp = RtpPeer::bind().await;
         call(&mut wire, &mut uac, user, rtp.port()).await;
@@ -513,10 +518,11 @@ async fn each_room_lives_on_one_instance_and_ivr_calls_spread_over_both() {
         other.name
     );
 
-    // The IVR: round robin over both.
+    // The IVR: round robin over both, half the callers over TCP (Kamailio relays them over
+    // UDP and records both sides of the route).
     let mut ivr = Vec::new();
-    for _ in 0..4 {
-        ivr.push(Caller::dial(cluster.proxy, "ivr").await);
+    for n in 0..4 {
+        ivr.push(Caller::dial_over(cluster.proxy, "ivr", n % 2 == 1).await);
     }
     let per: Vec<usize> = cluster
         .instances
