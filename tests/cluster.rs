@@ -190,9 +190,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Kamailio in front of `n` instances with `sip` added to their `[sip]` settings; None
-    /// (skipped) without Kamailio.
-    fn start(label: &str, n: usize, sip: &str) -> Option<Cluster> {
+    /// Kamailio in front of `n` instances with `sip` added to their `[sip]` settings, the last
+    /// one reached over TCP when `tcp_to_last`; None (skipped) without Kamailio.
+    fn start(label: &str, n: usize, sip: &str, tcp_to_last: bool) -> Option<Cluster> {
         let kamailio = find_kamailio()?;
         let dir = common::TempDir::new(label);
         let proxy = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
@@ -206,13 +206,20 @@ impl Cluster {
             std::fs::create_dir_all(&home).unwrap();
             let listen = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
             let rtp = common::rtp_ports(40);
+            let over_tcp = tcp_to_last && i == n;
+            // Over TCP the proxy connects from any port of its address.
+            let trusted = if over_tcp {
+                proxy.ip().to_string()
+            } else {
+                proxy.to_string()
+            };
             let cdr = home.join("cdr");
             let config = home.join("switchboard.toml");
             std::fs::write(
                 &config,
                 format!(
                     "[server]\nname = {name:?}\n\n\
-                     [sip]\nlisten = \"{listen}\"\ntrusted_proxies = [\"{proxy}\"]\n\
+                     [sip]\nlisten = \"{listen}\"\ntrusted_proxies = [\"{trusted}\"]\n\
                      {sip}\n\n\
                      [http]\nlisten = \"127.0.0.1:0\"\n\n\
                      [rtp]\nport_min = {}\nport_max = {}\n\n\
@@ -226,7 +233,8 @@ impl Cluster {
                 ),
             )
             .unwrap();
-            list.push_str(&format!("1 sip:{listen}\n2 sip:{listen}\n"));
+            let param = if over_tcp { ";transport=tcp" } else { "" };
+            list.push_str(&format!("1 sip:{listen}{param}\n2 sip:{listen}{param}\n"));
             instances.push(Instance::start(
                 &name,
                 listen,
@@ -322,7 +330,10 @@ impl Cluster {
         let target = uac.remote_target().expect("an answered call");
         self.instances
             .iter()
-            .position(|i| target.ends_with(&format!("@{}", i.sip)))
+            .position(|i| {
+                let at = format!("@{}", i.sip);
+                target.ends_with(&at) || target.contains(&format!("{at};"))
+            })
             .unwrap_or_else(|| panic!("{target} is none of the instances"))
     }
 
@@ -408,9 +419,11 @@ impl Caller {
 
 const ROOMS: [&str; 6] = ["red", "green", "blue", "amber", "violet", "white"];
 
+/// Kamailio reaches sb-2 over TCP (and sb-2 trusts its address, since it connects from any
+/// port).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_room_lives_on_one_instance_and_ivr_calls_spread_over_both() {
-    let Some(cluster) = Cluster::start("placement", 2, "") else {
+    let Some(cluster) = Cluster::start("placement", 2, "", true) else {
         return;
     };
     // Two callers per room.
@@ -600,7 +613,8 @@ async fn back_in_rotation(cluster: &mut Cluster, i: usize, room: &str) -> Durati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns() {
     const DRAIN_SECS: u64 = 30;
-    let Some(mut cluster) = Cluster::start("failover", 2, &format!("drain_secs = {DRAIN_SECS}"))
+    let Some(mut cluster) =
+        Cluster::start("failover", 2, &format!("drain_secs = {DRAIN_SECS}"), false)
     else {
         return;
     };
@@ -723,7 +737,7 @@ async fn a_drained_or_killed_instance_is_taken_out_and_put_back_when_it_returns(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_passes_a_call_on_and_stays_in_rotation() {
-    let Some(cluster) = Cluster::start("full", 2, "max_calls = 1") else {
+    let Some(cluster) = Cluster::start("full", 2, "max_calls = 1", false) else {
         return;
     };
     let room = format!("conf-{}", ROOMS[0]);

@@ -46,15 +46,14 @@ impl TrustedProxies {
         self.entries.is_empty()
     }
 
-    /// Whether `peer` is a trusted proxy. An `ip:port` entry holds its port to UDP alone: a
-    /// proxy's TCP connections come from whatever port its kernel picks.
+    /// Whether `peer` is a trusted proxy. An `ip:port` entry trusts that source port alone,
+    /// over any transport: on a shared host every other local process has the same address.
+    /// A proxy that reaches us over TCP connects from ports its kernel picks, so it is
+    /// trusted by its address (an entry without a port) instead.
     pub fn trusts(&self, peer: Peer) -> bool {
         let ip = canonical(peer.addr.ip());
         self.entries.iter().any(|e| match e {
-            Entry::Addr(a) => {
-                canonical(a.ip()) == ip
-                    && (a.port() == peer.addr.port() || peer.transport.is_reliable())
-            }
+            Entry::Addr(a) => canonical(a.ip()) == ip && a.port() == peer.addr.port(),
             Entry::Net(n) => n.contains_key(ip),
         })
     }
@@ -109,7 +108,7 @@ mod tests {
         Content-Length: 0\r\n\r\n";
 
     #[test]
-    fn an_address_with_a_port_trusts_that_port_over_udp_and_the_address_over_tcp() {
+    fn an_address_with_a_port_trusts_that_source_port_alone() {
         let p = proxies(&["127.0.0.1:5060"]);
         assert!(p.trusts(peer(Transport::Udp, "127.0.0.1:5060")));
         assert!(
@@ -120,8 +119,11 @@ mod tests {
             !p.trusts(peer(Transport::Udp, "127.0.0.2:5060")),
             "another host"
         );
-        assert!(p.trusts(peer(Transport::Tcp, "127.0.0.1:40001")));
-        assert!(!p.trusts(peer(Transport::Tcp, "127.0.0.2:40001")));
+        assert!(p.trusts(peer(Transport::Tcp, "127.0.0.1:5060")));
+        assert!(
+            !p.trusts(peer(Transport::Tcp, "127.0.0.1:40001")),
+            "another local process over TCP"
+        );
         // The same host on a dual-stack socket.
         assert!(p.trusts(peer(Transport::Udp, "[::ffff:127.0.0.1]:5060")));
     }
