@@ -280,6 +280,7 @@ pub async fn run_with_ready(
         Protection {
             guard,
             drain_after: Duration::from_secs(config.sip.drain_secs),
+            drain: drain.clone(),
         },
         registrations,
         (sip_commands, sip_command_rx),

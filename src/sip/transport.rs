@@ -245,6 +245,10 @@ pub struct Protection {
     pub guard: Guard,
     /// How long calls in progress may go on once `shutdown` resolves, before they get BYE.
     pub drain_after: Duration,
+    /// The drain switch `shutdown` follows, read for each inbound message: a request that
+    /// arrives after the switch is thrown is refused even if `shutdown` has not been seen
+    /// yet (`POST /api/admin/drain` has already said so).
+    pub drain: crate::drain::Drain,
 }
 
 /// How long to wait for the peers' answers to our BYEs before stopping regardless.
@@ -268,6 +272,7 @@ pub async fn run(
     let Protection {
         mut guard,
         drain_after,
+        drain,
     } = protection;
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
     // Made by the caller, so that calls can also be placed from outside (the HTTP API).
@@ -333,12 +338,12 @@ pub async fn run(
             r = recv_udp(&udp, &mut buf) => {
                 if let Some((n, from)) = r {
                     let peer = Peer { transport: Transport::Udp, addr: from };
-                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &buf[..n]);
+                    inbound(&mut endpoint, &mut registrations, (&mut guard, &drain), &metrics, peer, &buf[..n]);
                 }
             }
             Some(m) = in_rx.recv() => match m {
                 FromNet::Message(peer, bytes) => {
-                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &bytes)
+                    inbound(&mut endpoint, &mut registrations, (&mut guard, &drain), &metrics, peer, &bytes)
                 }
                 FromNet::Connected(peer, id, w) => { net.tcp.insert(peer, (id, w)); }
                 FromNet::Closed(peer, id) => {
@@ -416,12 +421,15 @@ pub async fn run(
 fn inbound(
     ep: &mut Endpoint,
     registrations: &mut TrunkRegistrations,
-    guard: &mut Guard,
+    (guard, drain): (&mut Guard, &crate::drain::Drain),
     metrics: &Metrics,
     peer: Peer,
     bytes: &[u8],
 ) {
     let now = std::time::Instant::now();
+    if drain.is_draining() && !guard.draining() {
+        guard.set_draining(true);
+    }
     if registrations.handle_message(now, peer, bytes) {
         return;
     }
@@ -1146,6 +1154,7 @@ mod tests {
             Protection {
                 guard,
                 drain_after: Duration::from_secs(60),
+                drain: Default::default(),
             },
             registrations,
             mpsc::channel(64),
@@ -1192,6 +1201,7 @@ mod tests {
         ep: Endpoint,
         regs: TrunkRegistrations,
         guard: Guard,
+        drain: crate::drain::Drain,
         metrics: Metrics,
     }
 
@@ -1222,6 +1232,7 @@ mod tests {
                 ep,
                 regs,
                 guard,
+                drain: Default::default(),
                 metrics: Metrics::default(),
             }
         }
@@ -1229,14 +1240,8 @@ mod tests {
         /// Puts `bytes` from `from` through [`inbound`]: the status codes sent back.
         fn send(&mut self, from: Peer, bytes: &[u8]) -> Vec<u16> {
             let s = self;
-            inbound(
-                &mut s.ep,
-                &mut s.regs,
-                &mut s.guard,
-                &s.metrics,
-                from,
-                bytes,
-            );
+            let guard = (&mut s.guard, &s.drain);
+            inbound(&mut s.ep, &mut s.regs, guard, &s.metrics, from, bytes);
             std::iter::from_fn(|| s.ep.poll_transmit())
                 .filter_map(|t| {
                     let text = String::from_utf8(t.bytes).ok()?;
@@ -1342,8 +1347,11 @@ mod tests {
         let mut s = SansIo::new(BEHIND_PROXY);
         let proxy = udp(PROXY);
         assert_eq!(s.send(proxy, &request("OPTIONS", 1, proxy, None)), [200]);
-        s.guard.set_draining(true);
+        // The switch alone, before the transport's loop has seen the drain begin: the next
+        // request is refused all the same.
+        s.drain.start();
         assert_eq!(s.send(proxy, &request("OPTIONS", 2, proxy, None)), [503]);
+        assert!(s.guard.draining());
         let invite = request("INVITE", 3, proxy, Some("192.0.2.1:5062"));
         assert_eq!(s.send(proxy, &invite), [503]);
         assert!(s.ep.poll_event().is_none());
