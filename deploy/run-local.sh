@@ -9,7 +9,8 @@
 #   SIP_BASE    instance i listens for SIP on SIP_BASE+i  5070
 #   HTTP_BASE   instance i serves its API on HTTP_BASE+i  8080
 #   RTP_BASE    instance i takes RTP ports from RTP_BASE+1000*i, 1000 of them  20000
-# PING_SECS sets Kamailio's probing interval (default 2). KEEP=1 keeps the temporary folder
+# PING_SECS sets Kamailio's probing interval (default 2). SIP_EXTRA holds more lines for each
+# instance's [sip] section (e.g. "invite_rate = 0.0"). KEEP=1 keeps the temporary folder
 # (configurations, logs, CDRs, recordings) after exit.
 set -euo pipefail
 
@@ -84,8 +85,8 @@ name = "sb-$i"
 [sip]
 listen = "127.0.0.1:$((SIP_BASE + i))"
 trusted_proxies = ["127.0.0.1:$PROXY_PORT"]
-# Everything comes from the proxy's one address: its caller's address is what is limited.
 drain_secs = 60
+${SIP_EXTRA:-}
 
 [rtp]
 port_min = $((RTP_BASE + 1000 * i))
