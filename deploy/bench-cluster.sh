@@ -43,7 +43,8 @@ for i in $(seq 1 "$n"); do sb0[$i]=$(ticks "$(sb_pid "$i")"); done
 start=$(date +%s.%N)
 sipp "$target" -sf benches/sipp/call_rate.xml -s echo -i 127.0.0.1 -p $((PROXY_PORT + 50)) \
   -r "$rate" -rp 1000 -m "$calls" -l 20000 -d 0 -nostdin -timeout 120s \
-  -trace_stat -stf "$work/stat.csv" -fd 1 >"$work/sipp.out" 2>&1 || true
+  -trace_stat -stf "$work/stat.csv" -fd 1 -trace_err -error_file "$work/errors.log" >"$work/sipp.out" 2>&1 || true
+[ -n "${BENCH_KEEP:-}" ] && cp "$work/errors.log" "$work/cluster.out" "$BENCH_KEEP"/ 2>/dev/null
 end=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 succ=$(tail -1 "$work/stat.csv" | cut -d';' -f16)
