@@ -23,7 +23,7 @@ deploy/run-local.sh "$n" >"$work/cluster.out" 2>&1 &
 cluster=$!
 trap 'kill $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 200); do
-  grep -q 'Ctrl-C stops everything' "$work/cluster.out" && break
+  grep -qs 'Ctrl-C stops everything' "$work/cluster.out" && break
   kill -0 $cluster 2>/dev/null || { cat "$work/cluster.out" >&2; exit 1; }
   sleep 0.1
 done

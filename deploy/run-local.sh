@@ -9,7 +9,7 @@
 #   SIP_BASE    instance i listens for SIP on SIP_BASE+i  5070
 #   HTTP_BASE   instance i serves its API on HTTP_BASE+i  8080
 #   RTP_BASE    instance i takes RTP ports from RTP_BASE+1000*i, 1000 of them  20000
-# PING_SECS sets Kamailio's probing interval (default 2). SIP_EXTRA holds more lines for each
+# PING_SECS sets Kamailio's probing interval (default 2), SHM_MB its shared memory (256). SIP_EXTRA holds more lines for each
 # instance's [sip] section (e.g. "invite_rate = 0.0"). KEEP=1 keeps the temporary folder
 # (configurations, logs, CDRs, recordings) after exit.
 set -euo pipefail
@@ -27,6 +27,7 @@ SIP_BASE=${SIP_BASE:-5070}
 HTTP_BASE=${HTTP_BASE:-8080}
 RTP_BASE=${RTP_BASE:-20000}
 PING_SECS=${PING_SECS:-2}
+SHM_MB=${SHM_MB:-256}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 command -v kamailio >/dev/null 2>&1 || {
@@ -115,6 +116,7 @@ cat > "$WORK/kamailio/switchboard-local.cfg" <<CFG
 #!substdef "!SB_PORT!$PROXY_PORT!g"
 #!substdef "!SB_LIST!$WORK/kamailio/dispatcher.list!g"
 #!substdef "!SB_PING_SECS!$PING_SECS!g"
+#!substdef "!SB_SHM_MB!$SHM_MB!g"
 CFG
 kamailio -DD -E -f "$WORK/kamailio/kamailio.cfg" -P "$WORK/kamailio/kamailio.pid" \
   -w "$WORK/kamailio" -Y "$WORK/kamailio" > "$WORK/kamailio/log" 2>&1 &
