@@ -276,7 +276,8 @@ fn webhook_queue() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// The instance's name in the API and in recording file names (empty: the host name).
+    /// The instance's name in `/api/info` and `/api/rooms`, kept to a plain word so logs and
+    /// scripts can carry it as it is (empty: the host name).
     pub name: String,
 }
 
@@ -893,7 +894,7 @@ mod tests {
     }
 
     #[test]
-    fn the_instance_name_is_the_host_name_unless_set_and_fits_in_a_file_name() {
+    fn the_instance_name_is_the_host_name_unless_set_and_a_plain_word() {
         let c = Config::embedded().unwrap();
         assert_eq!(c.server.name, "");
         let host = c.server.instance_name();
