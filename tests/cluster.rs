@@ -28,19 +28,25 @@ const TIMEOUT_MS: u64 = 1000;
 /// How long an instance may take to print READY.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `kamailio` on the PATH or in the sbin folders Debian puts it in. When it is missing the
-/// tests are skipped with a notice, except in CI (`CI=true`), where that is an error.
+/// `KAMAILIO` if set, else `kamailio` on the PATH or in the sbin folders Debian puts it in.
+/// When it is missing the tests are skipped with a notice, except in CI (`CI=true`), where
+/// that is an error.
 fn find_kamailio() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
-    let found = dirs
-        .into_iter()
-        .map(|d| d.join("kamailio"))
-        .find(|p| p.is_file());
+    let found = match std::env::var_os("KAMAILIO") {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => {
+            let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect())
+                .unwrap_or_default();
+            dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
+            dirs.into_iter()
+                .map(|d| d.join("kamailio"))
+                .find(|p| p.is_file())
+        }
+    };
     if found.is_none() {
-        let msg = "kamailio not found: install it (Debian/Ubuntu: apt-get install kamailio)";
+        let msg = "kamailio not found: install it (Debian/Ubuntu: apt-get install kamailio) \
+                   or point KAMAILIO at the binary";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}");
         }
