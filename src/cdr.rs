@@ -81,6 +81,10 @@ pub struct Cdr {
     /// For a leg a call placed (`dial`), that call's Call-ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_call_id: Option<String>,
+    /// Where a call we answered came from, `ip:port`: behind a trusted proxy the caller's
+    /// address it passed on, not the proxy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Which way a call went.
@@ -298,6 +302,7 @@ pub(crate) mod tests {
             direction: Direction::Inbound,
             trunk: None,
             parent_call_id: None,
+            source: Some("192.0.2.10:5060".into()),
         }
     }
 

@@ -34,6 +34,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Who this instance is.
+    pub server: ServerConfig,
     pub sip: SipConfig,
     pub rtp: RtpConfig,
     pub media: MediaConfig,
@@ -271,6 +273,31 @@ fn webhook_queue() -> usize {
     1024
 }
 
+/// This instance's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The instance's name in `/api/info` and `/api/rooms`, kept to a plain word so logs and
+    /// scripts can carry it as it is (empty: the host name).
+    pub name: String,
+}
+
+impl ServerConfig {
+    /// The name, or the host name when none is set.
+    pub fn instance_name(&self) -> String {
+        let set = self.name.trim();
+        if !set.is_empty() {
+            return set.to_string();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "switchboard".to_string())
+    }
+}
+
 /// SIP transport and timer settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +368,9 @@ pub struct SipConfig {
     pub auth_algorithms: Vec<String>,
     /// Lifetime of a nonce in seconds; later answers to it get `stale=true`.
     pub nonce_secs: u64,
+    /// Proxies in front (`ip:port`, address or prefix) whose `X-Switchboard-Source` header
+    /// gives the caller's address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl SipConfig {
@@ -360,6 +390,8 @@ impl SipConfig {
         use crate::sip::guard::{Acl, GuardConfig, Rate};
         let acl = Acl::parse(&self.allow, &self.deny)
             .map_err(|e| ConfigError::Invalid(format!("sip: allow/deny: {e}")))?;
+        let trusted_proxies = crate::sip::proxy::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("sip: trusted_proxies: {e}")))?;
         let rate = |name: &str, per_sec: f64, burst: u32| {
             if !(per_sec.is_finite() && per_sec >= 0.0) || burst == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -388,6 +420,7 @@ impl SipConfig {
             max_pending_invites: self.max_pending_invites,
             max_tcp_per_source: self.max_tcp_per_source,
             sources: self.guard_sources,
+            trusted_proxies,
         })
     }
 
@@ -728,6 +761,16 @@ impl Config {
                 "sip: session timers must satisfy {floor} <= min_se <= session_expires"
             )));
         }
+        let name = &self.server.name;
+        if name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server: name {name:?} must be at most 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
         self.advertise_ip()?;
         self.sip.guard()?;
         self.auth()?;
@@ -848,6 +891,46 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.sip.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!((c.rtp.port_min, c.rtp.port_max), (20000, 29999));
+    }
+
+    #[test]
+    fn trusted_proxies_are_none_by_default_and_checked() {
+        let c = Config::embedded().unwrap();
+        assert!(c.sip.guard().unwrap().trusted_proxies.is_empty());
+        let c = Config::from_toml_str(
+            "t",
+            "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\", \"10.0.0.0/8\", \"::1\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.sip.guard().unwrap().trusted_proxies.is_empty());
+        for bad in ["kamailio:5060", "10.0.0.1/8"] {
+            let c = Config::from_toml_str("t", &format!("[sip]\ntrusted_proxies = [{bad:?}]\n"))
+                .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("trusted_proxies"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_instance_name_is_the_host_name_unless_set_and_a_plain_word() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.server.name, "");
+        let host = c.server.instance_name();
+        assert!(!host.is_empty() && !host.contains('\n'), "{host:?}");
+        let named = Config::from_toml_str("t", "[server]\nname = \"sb-2\"\n").unwrap();
+        named.validate().unwrap();
+        assert_eq!(named.server.instance_name(), "sb-2");
+        let longest = "a".repeat(64);
+        for ok in [longest.as_str(), "node_1.eu"] {
+            let c = Config::from_toml_str("t", &format!("[server]\nname = {ok:?}\n")).unwrap();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        let too_long = "a".repeat(65);
+        for bad in [too_long.as_str(), "a/b", "a b", "../x"] {
+            let c = Config::from_toml_str("t", &format!("[server]\nname = {bad:?}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

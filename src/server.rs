@@ -104,6 +104,7 @@ pub async fn run_with_ready(
         endpoint.set_tls_port(bound.port());
     }
     let guard = Guard::new(config.sip.guard()?, std::time::Instant::now());
+    endpoint.set_trusted_proxies(guard.config().trusted_proxies.clone());
     // SIGTERM (the caller's `shutdown`) and `POST /api/admin/drain` throw the same switch.
     let drain = crate::drain::Drain::default();
     std::fs::create_dir_all(&config.paths.recordings)?;
@@ -225,7 +226,8 @@ pub async fn run_with_ready(
             .with_cdr_dir(cdr_dir)
             .with_drain(drain.clone())
             .with_originator(originator)
-            .with_trunks(trunks.clone()),
+            .with_trunks(trunks.clone())
+            .with_instance(&config.server.instance_name()),
     );
     tracing::debug!(
         webhooks = webhooks.len(),
@@ -278,6 +280,7 @@ pub async fn run_with_ready(
         Protection {
             guard,
             drain_after: Duration::from_secs(config.sip.drain_secs),
+            drain: drain.clone(),
         },
         registrations,
         (sip_commands, sip_command_rx),

@@ -87,6 +87,7 @@ fn check_common(r: &Value, to: &str) {
         "recordings",
         "rtp",
         "sip_code",
+        "source",
         "started_at",
         "to",
     ];
@@ -100,6 +101,9 @@ fn check_common(r: &Value, to: &str) {
         "{r}"
     );
     assert_eq!(r["to"], to, "{r}");
+    // Where SIPp called from (no proxy in front).
+    let source: std::net::SocketAddr = r["source"].as_str().unwrap().parse().unwrap();
+    assert_eq!(source.ip(), std::net::Ipv4Addr::LOCALHOST, "{r}");
     assert!(ms(&r["started_at"]) <= ms(&r["ended_at"]), "{r}");
     assert_eq!(r["digits"], "", "{r}");
     assert_eq!(r["recordings"], serde_json::json!([]), "{r}");

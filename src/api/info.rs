@@ -18,8 +18,9 @@ pub enum AuthMode {
     Token,
 }
 
-/// Answer of `GET /api/info`: the server's name and version, whether a token is needed and
-/// whether it is draining, nothing more.
+/// Answer of `GET /api/info`: the server's name and version, which instance this is, whether
+/// a token is needed, whether it is draining and how many calls it holds, nothing more (a
+/// proxy's operator reads it from every instance behind the proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ServerInfo {
     /// Always `switchboard`.
@@ -30,6 +31,10 @@ pub struct ServerInfo {
     pub auth: AuthMode,
     /// The server is draining: it takes no new calls and exits once the live ones end.
     pub draining: bool,
+    /// This instance's name (`[server] name`, by default the host name).
+    pub instance: String,
+    /// Live calls.
+    pub calls: u64,
 }
 
 /// Tells a client whether it needs a token; needs none itself.
@@ -38,7 +43,7 @@ pub struct ServerInfo {
     path = "/api/info",
     tag = "server",
     security(()),
-    responses((status = 200, description = "Name, version, authentication", body = ServerInfo))
+    responses((status = 200, description = "Name, version, instance, authentication, drain, calls", body = ServerInfo))
 )]
 pub(crate) async fn info(State(state): State<ApiState>) -> Json<ServerInfo> {
     Json(ServerInfo {
@@ -50,6 +55,8 @@ pub(crate) async fn info(State(state): State<ApiState>) -> Json<ServerInfo> {
             AuthMode::None
         },
         draining: state.drain.is_draining(),
+        instance: state.instance().to_string(),
+        calls: state.calls.len() as u64,
     })
 }
 

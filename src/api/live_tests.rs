@@ -133,6 +133,7 @@ fn live_with_bus(bus: EventBus) -> Live {
             .with_metrics(metrics.clone())
             .with_media_stats(vec![Arc::new(Default::default())])
             .with_cdr_dir(Some(cdr_dir.clone()))
+            .with_instance("sb-7")
             .with_keep_alive(Duration::from_millis(100)),
     );
     Live {
@@ -364,11 +365,18 @@ async fn rooms_are_listed_and_described() {
     assert_eq!(status, StatusCode::OK);
     let v = json(&body);
     assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["instance"] == "sb-7"));
     let (status, body) = l.get("/api/rooms/sales").await;
     assert_eq!(status, StatusCode::OK);
     let v = json(&body);
     assert_eq!(v["members"][1]["id"], 2);
     assert_eq!(v["members"][0]["moderator"], true);
+    assert_eq!(v["name"], "sales");
+    assert_eq!(v["instance"], "sb-7", "the instance holding it");
     assert_eq!(l.get("/api/rooms/nope").await.0, StatusCode::NOT_FOUND);
 }
 

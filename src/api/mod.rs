@@ -95,6 +95,7 @@ pub struct ApiState {
     drain: crate::drain::Drain,
     originator: Option<Originator>,
     trunks: Arc<crate::sip::trunks::Trunks>,
+    instance: Arc<str>,
 }
 
 /// Places a call for `POST /api/calls` and returns its Call-ID.
@@ -132,7 +133,19 @@ impl ApiState {
             drain: crate::drain::Drain::default(),
             originator: None,
             trunks: Arc::default(),
+            instance: Arc::from("switchboard"),
         }
+    }
+
+    /// Names this instance in `/api/info` and `/api/rooms` (default `switchboard`).
+    pub fn with_instance(mut self, name: &str) -> ApiState {
+        self.instance = Arc::from(name);
+        self
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Places calls for `POST /api/calls` with `originate`.

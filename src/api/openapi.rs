@@ -64,6 +64,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         admin::DrainStarted,
         calls::OriginateBody,
         rooms::RoomDialBody,
+        rooms::RoomView,
         calls::Originated,
         crate::sip::trunks::TrunkStatus,
         crate::sip::trunks::RegistrationStatus,

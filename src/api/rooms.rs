@@ -83,18 +83,39 @@ pub fn validate_prompt(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A live room, and the instance that holds it: behind a proxy every instance lists only
+/// its own rooms, and an operator looking at several needs to tell them apart.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RoomView {
+    /// The room.
+    #[serde(flatten)]
+    pub room: RoomInfo,
+    /// The instance holding it (`[server] name`).
+    pub instance: String,
+}
+
+impl RoomView {
+    fn of(state: &ApiState, room: RoomInfo) -> RoomView {
+        RoomView {
+            room,
+            instance: state.instance().to_string(),
+        }
+    }
+}
+
 /// Lists live rooms with their members.
 #[utoipa::path(
     get,
     path = "/api/rooms",
     tag = "rooms",
     responses(
-        (status = 200, description = "Live rooms, by name", body = Vec<RoomInfo>),
+        (status = 200, description = "Live rooms, by name", body = Vec<RoomView>),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
     )
 )]
-pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<RoomInfo>> {
-    Json(state.rooms.list())
+pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<RoomView>> {
+    let rooms = state.rooms.list();
+    Json(rooms.into_iter().map(|r| RoomView::of(&state, r)).collect())
 }
 
 /// Describes one live room.
@@ -104,7 +125,7 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<RoomInfo>> {
     tag = "rooms",
     params(("name" = String, Path, description = "Room name")),
     responses(
-        (status = 200, description = "The room and its members", body = RoomInfo),
+        (status = 200, description = "The room and its members", body = RoomView),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
     )
@@ -112,12 +133,12 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<RoomInfo>> {
 pub(crate) async fn get_one(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> Result<Json<RoomInfo>, ApiError> {
+) -> Result<Json<RoomView>, ApiError> {
     let Path(name) = name.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     state
         .rooms
         .get(&name)
-        .map(Json)
+        .map(|r| Json(RoomView::of(&state, r)))
         .ok_or_else(|| ApiError::NotFound(format!("no room {name}")))
 }
 

@@ -911,6 +911,8 @@ async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
             "version": env!("CARGO_PKG_VERSION"),
             "auth": "token",
             "draining": false,
+            "instance": "switchboard",
+            "calls": 0,
         })
     );
     // Nothing of the token, the folder or the data leaks.

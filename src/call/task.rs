@@ -110,7 +110,7 @@ pub fn spawn(
 ) {
     let Event::Incoming {
         request,
-        peer,
+        source,
         auth_user,
         ..
     } = incoming
@@ -128,7 +128,8 @@ pub fn spawn(
         from: header("From"),
         to: header("To"),
         user: request.uri.user().unwrap_or("").to_string(),
-        signalling: peer.addr.ip(),
+        signalling: source.ip(),
+        source: Some(source),
         auth_user: auth_user.unwrap_or_default(),
     };
     let live = crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user);
@@ -226,6 +227,7 @@ pub fn originate(
         to: to.clone(),
         user: to.clone(),
         signalling,
+        source: None,
         auth_user: String::new(),
     };
     let live = crate::live::CallInfo::new(&call_id, &parties.from, &to).outbound();
@@ -407,6 +409,9 @@ struct Parties {
     user: String,
     /// Where the INVITE came from: NAT is evident when the SDP's media address differs.
     signalling: std::net::IpAddr,
+    /// The caller's address (behind a trusted proxy, the one it passed on); None for a call
+    /// we placed.
+    source: Option<std::net::SocketAddr>,
     /// The user the caller authenticated as (empty: none asked).
     auth_user: String,
 }
@@ -751,6 +756,7 @@ impl Task {
             direction: crate::cdr::Direction::Outbound,
             trunk: out.trunk.as_ref().map(|(t, _)| t.clone()),
             parent_call_id: Some(self.parties.call_id.clone()),
+            source: None,
         });
     }
 
@@ -1483,6 +1489,7 @@ impl Task {
             },
             trunk: self.caller_trunk.clone(),
             parent_call_id: None,
+            source: self.parties.source.map(|a| a.to_string()),
         });
     }
 }

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod guard;
 pub mod ids;
 pub mod message;
+pub mod proxy;
 pub mod refer;
 pub mod register;
 pub mod session_timer;

@@ -245,6 +245,10 @@ pub struct Protection {
     pub guard: Guard,
     /// How long calls in progress may go on once `shutdown` resolves, before they get BYE.
     pub drain_after: Duration,
+    /// The drain switch `shutdown` follows, read for each inbound message: a request that
+    /// arrives after the switch is thrown is refused even if `shutdown` has not been seen
+    /// yet (`POST /api/admin/drain` has already said so).
+    pub drain: crate::drain::Drain,
 }
 
 /// How long to wait for the peers' answers to our BYEs before stopping regardless.
@@ -268,6 +272,7 @@ pub async fn run(
     let Protection {
         mut guard,
         drain_after,
+        drain,
     } = protection;
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
     // Made by the caller, so that calls can also be placed from outside (the HTTP API).
@@ -333,12 +338,12 @@ pub async fn run(
             r = recv_udp(&udp, &mut buf) => {
                 if let Some((n, from)) = r {
                     let peer = Peer { transport: Transport::Udp, addr: from };
-                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &buf[..n]);
+                    inbound(&mut endpoint, &mut registrations, (&mut guard, &drain), &metrics, peer, &buf[..n]);
                 }
             }
             Some(m) = in_rx.recv() => match m {
                 FromNet::Message(peer, bytes) => {
-                    inbound(&mut endpoint, &mut registrations, &mut guard, &metrics, peer, &bytes)
+                    inbound(&mut endpoint, &mut registrations, (&mut guard, &drain), &metrics, peer, &bytes)
                 }
                 FromNet::Connected(peer, id, w) => { net.tcp.insert(peer, (id, w)); }
                 FromNet::Closed(peer, id) => {
@@ -416,17 +421,22 @@ pub async fn run(
 fn inbound(
     ep: &mut Endpoint,
     registrations: &mut TrunkRegistrations,
-    guard: &mut Guard,
+    (guard, drain): (&mut Guard, &crate::drain::Drain),
     metrics: &Metrics,
     peer: Peer,
     bytes: &[u8],
 ) {
     let now = std::time::Instant::now();
+    if drain.is_draining() && !guard.draining() {
+        guard.set_draining(true);
+    }
     if registrations.handle_message(now, peer, bytes) {
         return;
     }
+    // Behind a trusted proxy the caller's own address is judged, not the proxy's.
+    let source = guard.config().trusted_proxies.source_of(peer, bytes);
     let msg = guard::Inbound {
-        source: peer.addr.ip(),
+        source: source.ip(),
         transport: peer.transport,
         peek: guard::peek(bytes),
     };
@@ -461,7 +471,14 @@ fn inbound(
             };
             ep.refuse(now, peer, bytes, &why, retry_after);
         }
-        Verdict::Drop(reason) => metrics.sip_dropped(reason),
+        Verdict::Drop(reason) => {
+            metrics.sip_dropped(reason);
+            // Silence only hides us from a scanner; a proxy in front would take it for a dead
+            // instance and move its other callers elsewhere. It gets a 403 to pass back.
+            if guard.config().trusted_proxies.trusts(peer) {
+                ep.refuse(now, peer, bytes, &Refusal::Forbidden, None);
+            }
+        }
     }
     if guard.stats().escalations != escalations {
         metrics.sip_escalation();
@@ -1137,6 +1154,7 @@ mod tests {
             Protection {
                 guard,
                 drain_after: Duration::from_secs(60),
+                drain: Default::default(),
             },
             registrations,
             mpsc::channel(64),
@@ -1176,5 +1194,166 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
+    }
+
+    /// An endpoint, no trunks and a guard from a configuration, for [`inbound`] alone.
+    struct SansIo {
+        ep: Endpoint,
+        regs: TrunkRegistrations,
+        guard: Guard,
+        drain: crate::drain::Drain,
+        metrics: Metrics,
+    }
+
+    impl SansIo {
+        fn new(toml: &str) -> SansIo {
+            let config = crate::Config::from_toml_str("t", toml).unwrap();
+            let guard = Guard::new(config.sip.guard().unwrap(), std::time::Instant::now());
+            let local: SocketAddr = "127.0.0.1:5080".parse().unwrap();
+            let mut ep = Endpoint::with_ids(
+                EndpointConfig {
+                    timers: Default::default(),
+                    local_addr: local,
+                    user_agent: "t".into(),
+                },
+                Ids::with_seed(3),
+            );
+            ep.set_trusted_proxies(guard.config().trusted_proxies.clone());
+            let regs = TrunkRegistrations::new(
+                Arc::default(),
+                &crate::sip::trunks::LocalSide {
+                    addr: local,
+                    user_agent: "t".into(),
+                    timers: Default::default(),
+                },
+                Ids::with_seed(4),
+            );
+            SansIo {
+                ep,
+                regs,
+                guard,
+                drain: Default::default(),
+                metrics: Metrics::default(),
+            }
+        }
+
+        /// Puts `bytes` from `from` through [`inbound`]: the status codes sent back.
+        fn send(&mut self, from: Peer, bytes: &[u8]) -> Vec<u16> {
+            let s = self;
+            let guard = (&mut s.guard, &s.drain);
+            inbound(&mut s.ep, &mut s.regs, guard, &s.metrics, from, bytes);
+            std::iter::from_fn(|| s.ep.poll_transmit())
+                .filter_map(|t| {
+                    let text = String::from_utf8(t.bytes).ok()?;
+                    text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+                })
+                .collect()
+        }
+
+        /// The source of the call the last INVITE started (none: a failure).
+        fn incoming_source(&mut self) -> (Peer, SocketAddr) {
+            match self.ep.poll_event() {
+                Some(Event::Incoming { peer, source, .. }) => (peer, source),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn udp(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    /// A new request from `from`, optionally with a source header.
+    fn request(method: &str, n: u32, from: Peer, said: Option<&str>) -> Vec<u8> {
+        let header = said
+            .map(|s| format!("X-Switchboard-Source: {s}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "{method} sip:conf-1@127.0.0.1:5080 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {};branch=z9hG4bK-{method}-{n}\r\n\
+             From: <sip:a@127.0.0.1>;tag=f{n}\r\nTo: <sip:conf-1@127.0.0.1>\r\n\
+             Call-ID: {method}-{n}\r\nCSeq: 1 {method}\r\nContact: <sip:a@{}>\r\n\
+             Max-Forwards: 70\r\n{header}Content-Length: 0\r\n\r\n",
+            from.addr, from.addr
+        )
+        .into_bytes()
+    }
+
+    const PROXY: &str = "127.0.0.1:5060";
+    const BEHIND_PROXY: &str = "[sip]\ntrusted_proxies = [\"127.0.0.1:5060\"]\n\
+                                deny = [\"198.51.100.0/24\"]\n";
+
+    #[test]
+    fn a_trusted_proxys_caller_is_judged_by_the_address_the_proxy_passes_on() {
+        let mut s = SansIo::new(BEHIND_PROXY);
+        let proxy = udp(PROXY);
+        // A denied caller behind the proxy is refused although the proxy itself is not denied.
+        let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
+        assert_eq!(s.send(proxy, &denied), [403]);
+        assert!(s.ep.poll_event().is_none());
+        // An allowed one gets through, with its own address as the call's source.
+        let allowed = request("INVITE", 2, proxy, Some("192.0.2.1:5062"));
+        assert_eq!(s.send(proxy, &allowed), [100]);
+        let (peer, source) = s.incoming_source();
+        assert_eq!(peer, proxy, "answers still go to the proxy");
+        assert_eq!(source, "192.0.2.1:5062".parse().unwrap());
+        // The proxy's own probes carry no header and are judged as the proxy's.
+        assert_eq!(s.send(proxy, &request("OPTIONS", 3, proxy, None)), [200]);
+    }
+
+    #[test]
+    fn the_source_header_of_anyone_but_a_trusted_proxy_is_ignored() {
+        let mut s = SansIo::new(BEHIND_PROXY);
+        // The proxy's address but another port (over UDP): not the proxy.
+        for (n, from) in [(1, "127.0.0.1:5061"), (2, "127.0.0.2:5060")] {
+            let caller = udp(from);
+            // Claiming a denied address hurts nobody but the caller's own claim...
+            let claim = request("INVITE", n, caller, Some("198.51.100.7:5062"));
+            assert_eq!(s.send(caller, &claim), [100], "{from}");
+            assert_eq!(s.incoming_source().1, caller.addr);
+        }
+        // ...and a denied caller cannot claim an allowed address.
+        let denied = udp("198.51.100.9:5060");
+        let claim = request("INVITE", 3, denied, Some("192.0.2.1:5062"));
+        assert_eq!(s.send(denied, &claim), [403]);
+        // Without trusted proxies the header means nothing either.
+        let mut s = SansIo::new("[sip]\ndeny = [\"198.51.100.0/24\"]\n");
+        let proxy = udp(PROXY);
+        let claim = request("INVITE", 4, proxy, Some("198.51.100.7:5062"));
+        assert_eq!(s.send(proxy, &claim), [100]);
+    }
+
+    #[test]
+    fn what_would_be_dropped_unanswered_is_refused_to_a_trusted_proxy() {
+        use crate::sip::guard::DropReason;
+        let mut s = SansIo::new(&format!("{BEHIND_PROXY}acl_action = \"drop\"\n"));
+        let proxy = udp(PROXY);
+        let denied = request("INVITE", 1, proxy, Some("198.51.100.7:5062"));
+        assert_eq!(s.send(proxy, &denied), [403], "through the proxy");
+        let caller = udp("198.51.100.7:5062");
+        let direct = request("INVITE", 2, caller, None);
+        assert!(
+            s.send(caller, &direct).is_empty(),
+            "straight from the caller: silence"
+        );
+        assert_eq!(s.guard.stats().dropped[DropReason::Acl as usize], 2);
+    }
+
+    #[test]
+    fn options_get_200_until_the_drain_and_503_after_so_a_dispatcher_moves_on() {
+        let mut s = SansIo::new(BEHIND_PROXY);
+        let proxy = udp(PROXY);
+        assert_eq!(s.send(proxy, &request("OPTIONS", 1, proxy, None)), [200]);
+        // The switch alone, before the transport's loop has seen the drain begin: the next
+        // request is refused all the same.
+        s.drain.start();
+        assert_eq!(s.send(proxy, &request("OPTIONS", 2, proxy, None)), [503]);
+        assert!(s.guard.draining());
+        let invite = request("INVITE", 3, proxy, Some("192.0.2.1:5062"));
+        assert_eq!(s.send(proxy, &invite), [503]);
+        assert!(s.ep.poll_event().is_none());
     }
 }

@@ -52,6 +52,11 @@ pub struct Uac {
     pub reply_codes: Vec<(String, u16)>,
     /// Extra header lines (name, value) for our answers to a request method.
     pub reply_headers: Vec<(String, String, String)>,
+    /// Behind a proxy: in-dialog requests go to the 2xx's Contact through the Route set its
+    /// Record-Route gives (RFC 3261 §12.1.2), instead of to `user@server`.
+    pub follow_record_route: bool,
+    /// The route set and remote target learnt from the 2xx, when following Record-Route.
+    route: Option<(Vec<String>, String)>,
     /// Where the Call-ID, From tag and branches come from.
     rng: fastrand::Rng,
 }
@@ -89,8 +94,15 @@ impl Uac {
             invite_headers: String::new(),
             reply_codes: Vec::new(),
             reply_headers: Vec::new(),
+            follow_record_route: false,
+            route: None,
             rng,
         }
+    }
+
+    /// The 2xx's Contact URI, when following Record-Route: which server took the call.
+    pub fn remote_target(&self) -> Option<&str> {
+        self.route.as_ref().map(|(_, target)| target.as_str())
     }
 
     fn transport(&self) -> &'static str {
@@ -109,9 +121,16 @@ impl Uac {
             .as_ref()
             .map(|t| format!(";tag={t}"))
             .unwrap_or_default();
+        let (target, routes) = match (&self.route, &self.to_tag) {
+            (Some((set, target)), Some(_)) if method != "CANCEL" => (
+                target.clone(),
+                set.iter().map(|r| format!("Route: {r}\r\n")).collect(),
+            ),
+            _ => (format!("sip:{}@{}", self.user, self.server), String::new()),
+        };
         format!(
-            "{method} sip:{user}@{server} SIP/2.0\r\n\
-Via: SIP/2.0/{tp} {local};branch={branch}\r\n\
+            "{method} {target} SIP/2.0\r\n\
+{routes}Via: SIP/2.0/{tp} {local};branch={branch}\r\n\
 Max-Forwards: 70\r\n\
 From: <sip:tester@{local}>;tag={ft}\r\n\
 To: <sip:{user}@{server}>{to_tag}\r\n\
@@ -231,6 +250,9 @@ Contact: <sip:tester@{local}>\r\n",
                             self.state = UacState::Ringing
                         }
                         200..=299 => {
+                            if self.follow_record_route && self.route.is_none() {
+                                self.route = route_of(&r.resp.headers);
+                            }
                             // Every 2xx, first or retransmitted, gets an ACK (§13.2.2.4).
                             let branch = format!("z9hG4bK{:x}", self.rng.u64(..));
                             let ack = self.ack(&branch);
@@ -321,6 +343,28 @@ Contact: <sip:tester@{local}>\r\n",
             }
         }
     }
+}
+
+/// The route set (Record-Route, reversed) and remote target (Contact URI) of a 2xx.
+fn route_of(headers: &rsipstack::sip::Headers) -> Option<(Vec<String>, String)> {
+    let mut set = Vec::new();
+    let mut target = None;
+    for h in headers.iter() {
+        let name = h.name().to_ascii_lowercase();
+        let value = h.value().to_string();
+        if name == "record-route" {
+            set.extend(value.split(',').map(|v| v.trim().to_string()));
+        } else if name == "contact" || name == "m" {
+            let uri = value.trim();
+            let uri = match (uri.find('<'), uri.find('>')) {
+                (Some(a), Some(b)) if a < b => &uri[a + 1..b],
+                _ => uri,
+            };
+            target = Some(uri.to_string());
+        }
+    }
+    set.reverse();
+    Some((set, target?))
 }
 
 fn tx_ack(tx: &Option<ClientTx>) -> Option<Vec<u8>> {

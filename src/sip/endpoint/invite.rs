@@ -20,7 +20,19 @@ use rsipstack::sip::prelude::*;
 
 impl Endpoint {
     pub(super) fn on_new_invite(&mut self, now: Instant, peer: Peer, key: TxKey, r: ParsedRequest) {
-        let auth_user = match self.authenticate(now, peer, &r.req) {
+        // The last one: a proxy appends its own after whatever the caller wrote.
+        let said = r
+            .req
+            .headers
+            .iter()
+            .filter(|h| {
+                h.name()
+                    .eq_ignore_ascii_case(crate::sip::proxy::SOURCE_HEADER)
+            })
+            .last()
+            .map(|h| h.value());
+        let source = self.trusted_proxies.source(peer, said);
+        let auth_user = match self.authenticate(now, source.ip(), &r.req) {
             Ok(user) => user,
             Err(resp) => return self.reply(now, peer, key, Method::Invite, resp),
         };
@@ -68,6 +80,7 @@ impl Endpoint {
             call,
             request: Box::new(r.req),
             peer,
+            source,
             auth_user,
         });
     }
@@ -77,14 +90,14 @@ impl Endpoint {
     fn authenticate(
         &mut self,
         now: Instant,
-        peer: Peer,
+        source: std::net::IpAddr,
         req: &Request,
     ) -> Result<Option<String>, rsipstack::sip::Response> {
         let Some(auth) = self.auth.as_mut() else {
             return Ok(None);
         };
         let tag = self.ids.token();
-        let mut resp = match auth.check(now, peer.addr.ip(), req) {
+        let mut resp = match auth.check(now, source, req) {
             Decision::Pass(user) => return Ok(user),
             Decision::Challenge { stale } => {
                 let mut resp = response_to(req, 401, "Unauthorized", Some(&tag));

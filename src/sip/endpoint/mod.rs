@@ -105,6 +105,8 @@ pub enum Event {
         request: Box<Request>,
         /// Where it came from.
         peer: Peer,
+        /// The caller's own address: `peer`, or what a trusted proxy said it is.
+        source: std::net::SocketAddr,
         /// The user it authenticated as, when its dialled user needs authentication.
         auth_user: Option<String>,
     },
@@ -434,6 +436,7 @@ pub struct Endpoint {
     next_call: u64,
     scratch: Vec<TxOutput>,
     session_timers: SessionTimerConfig,
+    trusted_proxies: crate::sip::proxy::TrustedProxies,
     /// Every tag, branch, first CSeq and random delay the endpoint makes.
     ids: Ids,
     /// Checks callers of protected users before their call exists.
@@ -476,6 +479,7 @@ impl Endpoint {
             next_call: 1,
             scratch: Vec::new(),
             session_timers: SessionTimerConfig::default(),
+            trusted_proxies: crate::sip::proxy::TrustedProxies::default(),
             ids,
             auth: None,
             tls_port: None,
@@ -505,6 +509,11 @@ impl Endpoint {
     /// Sets the session timer settings (RFC 4028) for calls from now on.
     pub fn set_session_timers(&mut self, cfg: SessionTimerConfig) {
         self.session_timers = cfg;
+    }
+
+    /// Believes these proxies' word on the caller's address ([`crate::sip::proxy`]).
+    pub fn set_trusted_proxies(&mut self, proxies: crate::sip::proxy::TrustedProxies) {
+        self.trusted_proxies = proxies;
     }
 
     /// Number of live calls, counting calls of ours not yet answered.

@@ -93,6 +93,9 @@ pub struct GuardConfig {
     pub max_tcp_per_source: u32,
     /// Entries of the per-source table.
     pub sources: usize,
+    /// Proxies whose word on the caller's address is taken: for their requests the caller's
+    /// address is what everything above is applied to (see [`crate::sip::proxy`]).
+    pub trusted_proxies: crate::sip::proxy::TrustedProxies,
 }
 
 impl Default for GuardConfig {
@@ -113,6 +116,7 @@ impl Default for GuardConfig {
             max_pending_invites: 0,
             max_tcp_per_source: 0,
             sources: 4096,
+            trusted_proxies: crate::sip::proxy::TrustedProxies::default(),
         }
     }
 }

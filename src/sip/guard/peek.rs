@@ -88,6 +88,26 @@ pub fn peek(bytes: &[u8]) -> Peek<'_> {
     }
 }
 
+/// The value (trimmed) of the last header named `name` (any ASCII case) in the headers of
+/// `bytes`; the last, because a proxy appends its own after whatever a caller sent.
+pub fn last_header<'a>(bytes: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = bytes;
+    let mut found = None;
+    next_line(&mut rest);
+    while !rest.is_empty() {
+        let line = next_line(&mut rest);
+        if line.is_empty() {
+            break;
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            if trim(&line[..colon]).eq_ignore_ascii_case(name) {
+                found = Some(trim(&line[colon + 1..]));
+            }
+        }
+    }
+    found
+}
+
 /// The next line of `rest` without its line ending; `rest` moves past it.
 fn next_line<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
     let (line, tail) = match memchr::memchr(b'\n', rest) {
@@ -245,6 +265,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn last_header_of_a_name_in_the_headers_only() {
+        let m = b"INVITE sip:x SIP/2.0\r\nx-switchboard-source: 192.0.2.1:5060\r\n\
+            Via: a\r\nX-Switchboard-Source :  127.0.0.1:7 \r\n\r\nX-Switchboard-Source: body";
+        assert_eq!(
+            last_header(m, b"X-Switchboard-Source"),
+            Some(&b"127.0.0.1:7"[..])
+        );
+        assert_eq!(last_header(m, b"X-Other"), None);
+        assert_eq!(
+            last_header(
+                b"X-Switchboard-Source: 1.2.3.4 SIP/2.0\r\n\r\n",
+                b"X-Switchboard-Source"
+            ),
+            None,
+            "the start line is no header"
+        );
     }
 
     #[test]
