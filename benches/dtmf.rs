@@ -119,32 +119,45 @@ fn weak_twisted_keys() -> Vec<i16> {
     through_ulaw(&pcm)
 }
 
-fn inband_bench(c: &mut Criterion) {
-    let speech: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
+fn speech() -> Vec<i16> {
+    include_bytes!("../tests/fixtures/speech-8k.raw")
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+        .collect()
+}
+
+/// Times the detector at `rate` over the whole of `pcm` in 20 ms frames: one iteration is the
+/// whole signal, so the detector sees it as a call would; criterion's throughput figure is
+/// frames per second.
+fn detect_all(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rate: ClockRate,
+    pcm: &[i16],
+) {
+    let frames: Vec<&[i16]> = pcm.chunks_exact(rate.hz() as usize / 50).collect();
+    group.throughput(Throughput::Elements(frames.len() as u64));
+    group.bench_function(name, |b| {
+        let mut det = InbandDetector::new(rate).expect("a supported rate");
+        let mut events = 0u64;
+        b.iter(|| {
+            for f in &frames {
+                det.push(black_box(f), |_| events += 1);
+            }
+        });
+        black_box(events);
+    });
+}
+
+fn inband_bench(c: &mut Criterion) {
     let signals = [
-        ("speech", through_ulaw(&speech)),
+        ("speech", through_ulaw(&speech())),
         ("keys_minus_30_dbm0_8_db_twist", weak_twisted_keys()),
         ("silence", vec![0i16; 8000]),
     ];
     let mut group = c.benchmark_group("dtmf/inband_per_20ms_frame");
     for (name, pcm) in &signals {
-        // One iteration is the whole signal, so the detector sees it as a call would;
-        // criterion's throughput figure is frames per second.
-        let frames: Vec<&[i16]> = pcm.chunks_exact(160).collect();
-        group.throughput(Throughput::Elements(frames.len() as u64));
-        group.bench_function(*name, |b| {
-            let mut det = InbandDetector::new(ClockRate::HZ_8000).expect("8 kHz is supported");
-            let mut events = 0u64;
-            b.iter(|| {
-                for f in &frames {
-                    det.push(black_box(f), |_| events += 1);
-                }
-            });
-            black_box(events);
-        });
+        detect_all(&mut group, name, ClockRate::HZ_8000, pcm);
     }
     group.finish();
 }
@@ -152,25 +165,11 @@ fn inband_bench(c: &mut Criterion) {
 /// The detector at a wideband leg's rate, on the same speech resampled: what in-band DTMF
 /// costs a G.722 (16 kHz) or Opus (48 kHz) leg per tick.
 fn inband_wide_bench(c: &mut Criterion) {
-    let speech: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let speech = speech();
     let mut group = c.benchmark_group("dtmf/inband_speech_per_20ms_frame_at");
     for rate in [ClockRate::HZ_16000, ClockRate::HZ_48000] {
         let pcm = resample(&speech, 8000, rate).expect("resampled");
-        let frames: Vec<&[i16]> = pcm.chunks_exact(rate.hz() as usize / 50).collect();
-        group.throughput(Throughput::Elements(frames.len() as u64));
-        group.bench_function(format!("{}_hz", rate.hz()), |b| {
-            let mut det = InbandDetector::new(rate).expect("a supported rate");
-            let mut events = 0u64;
-            b.iter(|| {
-                for f in &frames {
-                    det.push(black_box(f), |_| events += 1);
-                }
-            });
-            black_box(events);
-        });
+        detect_all(&mut group, &format!("{}_hz", rate.hz()), rate, &pcm);
     }
     group.finish();
 }
