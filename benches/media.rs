@@ -21,7 +21,14 @@ fn tone(n: usize) -> Vec<i16> {
 }
 
 fn resample_frame(c: &mut Criterion) {
-    for (from, to) in [(8000, 16000), (16000, 8000)] {
+    for (from, to) in [
+        (8000, 16000),
+        (16000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+        (16000, 48000),
+        (48000, 16000),
+    ] {
         let mut r = StreamResampler::new(hz(from), hz(to), 20).expect("valid rates");
         let input = tone(r.input_len());
         let mut output = vec![0i16; r.output_len()];
