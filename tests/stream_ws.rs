@@ -21,8 +21,13 @@ use switchboard::stream::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+#[path = "support/pki.rs"]
+#[allow(dead_code)]
+mod pki;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -101,13 +106,15 @@ async fn twilio_stream_carries_tone_plays_reply_echoes_marks_and_clears() {
         serde_json::json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
     );
 
-    // The caller's tone, one second of 20 ms frames.
+    // The caller's tone, one second of 20 ms frames; the outbound track handed over too is
+    // not part of this stream and must not be sent.
+    let other = tone(400.0, 8000.0, 160, 0);
     for i in 0..50 {
         let pcm = tone(1000.0, 8000.0, 160, i * 160);
         assert!(handle.send(Outbound::Audio(AudioFrame::new(
             20 * i as u64,
             Some(&pcm),
-            None
+            Some(&other)
         ))));
     }
     let mut heard = Vec::new();
@@ -186,7 +193,10 @@ async fn twilio_stream_carries_tone_plays_reply_echoes_marks_and_clears() {
     player.fill(&mut frame);
     assert!(rms_dbfs(&frame) > -20.0);
     player.apply(AppCommand::Clear);
-    assert_eq!(player.next_event(), Some(PlayoutEvent::Cleared("cut".into())));
+    assert_eq!(
+        player.next_event(),
+        Some(PlayoutEvent::Cleared("cut".into()))
+    );
     assert!(handle.send(Outbound::Mark("cut".into())));
     assert_eq!(player.fill(&mut frame), 0);
     assert!(frame.iter().all(|&s| s == 0));
@@ -198,7 +208,10 @@ async fn twilio_stream_carries_tone_plays_reply_echoes_marks_and_clears() {
     let stop = next_json(&mut app).await;
     assert_eq!(stop["event"], "stop");
     assert_eq!(stop["stop"]["callSid"], "call-7");
-    assert_eq!(timeout(WAIT, task).await.unwrap().unwrap(), EndReason::Hangup);
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Hangup
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +254,15 @@ async fn l16_stream_is_little_endian_and_ends_when_the_application_closes() {
     assert_eq!(left, inbound);
     let dtmf = next_json(&mut app).await;
     assert_eq!(dtmf, serde_json::json!({"event": "dtmf", "digit": "#"}));
+    // A tick with the caller's side alone still fills both channels: silence on the right.
+    assert!(handle.send(Outbound::Audio(AudioFrame::new(20, Some(&inbound), None))));
+    let bin = loop {
+        if let Message::Binary(b) = timeout(WAIT, app.next()).await.unwrap().unwrap().unwrap() {
+            break b;
+        }
+    };
+    assert_eq!(bin.len(), 320 * 4);
+    assert!(bin.chunks_exact(4).all(|c| c[2..] == [0, 0]));
 
     // 20 ms back from the application, byte order checked by the value that comes out.
     let mut reply = Vec::new();
@@ -254,7 +276,9 @@ async fn l16_stream_is_little_endian_and_ends_when_the_application_closes() {
     );
     // An odd-length frame is refused and counted; the stream goes on.
     app.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    app.send(Message::text(r#"{"event":"clear"}"#)).await.unwrap();
+    app.send(Message::text(r#"{"event":"clear"}"#))
+        .await
+        .unwrap();
     assert_eq!(commands(&mut handle, 1).await, [AppCommand::Clear]);
     assert_eq!(
         handle
@@ -285,7 +309,10 @@ async fn connect_failures_end_with_a_reason_within_the_timeout() {
     let began = Instant::now();
     let (_handle, task) = spawn(config);
     let (_held, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-    assert_eq!(timeout(WAIT, task).await.unwrap().unwrap(), EndReason::Timeout);
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Timeout
+    );
     let took = began.elapsed();
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert!(took < Duration::from_millis(1300), "{took:?}");
@@ -360,10 +387,51 @@ async fn an_application_that_stops_reading_never_blocks_the_feeder() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = last.expect("the send queue never stayed full");
-    assert!(took < Duration::from_millis(5), "feeding 1,000 frames took {took:?}");
+    assert!(
+        took < Duration::from_millis(5),
+        "feeding 1,000 frames took {took:?}"
+    );
     assert!(!task.is_finished());
 
     // Hanging up still ends it, within the close grace, though the application is stuck.
     drop(handle);
-    assert_eq!(timeout(WAIT, task).await.unwrap().unwrap(), EndReason::Hangup);
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Hangup
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_uses_the_sip_tls_client_settings() {
+    let pki = pki::Pki::new();
+    let tls = switchboard::sip::tls::ServerTls::load(&pki.cert(), &pki.key()).unwrap();
+    let acceptor: TlsAcceptor = tls.acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("wss://{}/media", listener.local_addr().unwrap());
+
+    // Trusting the test CA: connected and started over TLS.
+    let mut config = StreamConfig::new(&url, Format::Twilio, info(Track::Inbound));
+    config.tls = Some(switchboard::sip::tls::client_config(Some(&pki.ca_file()), true).unwrap());
+    let (handle, task) = spawn(config);
+    let (tcp, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let tls_stream = timeout(WAIT, acceptor.accept(tcp)).await.unwrap().unwrap();
+    let mut app = tokio_tungstenite::accept_async(tls_stream).await.unwrap();
+    let first = timeout(WAIT, app.next()).await.unwrap().unwrap().unwrap();
+    let connected: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(connected["event"], "connected");
+    drop(handle);
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Hangup
+    );
+
+    // The system roots alone do not trust it: the connection fails, and says so.
+    let config = StreamConfig::new(&url, Format::Twilio, info(Track::Inbound));
+    let (_handle, task) = spawn(config);
+    let (tcp, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    assert!(timeout(WAIT, acceptor.accept(tcp)).await.unwrap().is_err());
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::ConnectFailed
+    );
 }

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::Connector;
 
-use super::{l16, twilio, AppCommand, StartInfo, StreamError, MAX_FRAME_SAMPLES};
+use super::{l16, twilio, AppCommand, StartInfo, StreamError, Track, MAX_FRAME_SAMPLES};
 
 /// How long a stream ending on our side may take to flush what is queued and say `stop`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -135,6 +135,15 @@ impl AudioFrame {
             len,
             inbound: inbound.map(copy),
             outbound: outbound.map(copy),
+        }
+    }
+
+    /// Leaves out a track the stream does not carry.
+    fn keep(&mut self, tracks: Track) {
+        match tracks {
+            Track::Inbound => self.outbound = None,
+            Track::Outbound => self.inbound = None,
+            Track::Both => {}
         }
     }
 
@@ -260,7 +269,10 @@ impl Encoder {
         }
     }
 
-    fn encode(&mut self, msg: Outbound, out: &mut Vec<WsMessage>) {
+    fn encode(&mut self, mut msg: Outbound, tracks: Track, out: &mut Vec<WsMessage>) {
+        if let Outbound::Audio(f) = &mut msg {
+            f.keep(tracks);
+        }
         match (self, msg) {
             (Encoder::Twilio(e), Outbound::Audio(f)) => {
                 for outbound in [false, true] {
@@ -273,7 +285,8 @@ impl Encoder {
             (Encoder::Twilio(e), Outbound::Mark(name)) => out.push(WsMessage::text(e.mark(&name))),
             (Encoder::L16 { stereo, buf }, Outbound::Audio(f)) => {
                 let (first, second) = match (f.track(false), f.track(true)) {
-                    (Some(i), Some(o)) if *stereo => (i, Some(o)),
+                    // Two channels on every frame, a missing track as silence.
+                    (i, o) if *stereo => (i.unwrap_or(&[]), Some(o.unwrap_or(&[]))),
                     (Some(i), _) => (i, None),
                     (None, Some(o)) => (o, None),
                     (None, None) => return,
@@ -364,6 +377,7 @@ async fn run_inner(
     };
     let (mut sink, mut source) = ws.split();
     let mut encoder = Encoder::new(config);
+    let tracks = config.start.tracks;
     let opening = encoder.opening(config);
 
     let reason = {
@@ -376,7 +390,7 @@ async fn run_inner(
             sink.flush().await?;
             let mut batch = Vec::with_capacity(2);
             while let Some(o) = out_rx.recv().await {
-                encoder.encode(o, &mut batch);
+                encoder.encode(o, tracks, &mut batch);
                 for m in batch.drain(..) {
                     sink.send(m).await?;
                     stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -425,7 +439,7 @@ async fn run_inner(
         if reason == EndReason::Hangup {
             let mut batch = Vec::new();
             while let Ok(o) = out_rx.try_recv() {
-                encoder.encode(o, &mut batch);
+                encoder.encode(o, tracks, &mut batch);
             }
             for m in batch {
                 sink.feed(m).await?;
