@@ -29,6 +29,12 @@ use tokio_tungstenite::WebSocketStream;
 #[allow(dead_code)]
 mod pki;
 
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
+
+#[global_allocator]
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
+
 const WAIT: Duration = Duration::from_secs(5);
 
 fn tone(freq: f64, rate: f64, n: usize, from: usize) -> Vec<i16> {
@@ -434,4 +440,45 @@ async fn wss_uses_the_sip_tls_client_settings() {
         timeout(WAIT, task).await.unwrap().unwrap(),
         EndReason::ConnectFailed
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_media_side_of_a_tick_does_not_allocate() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let mut config = StreamConfig::new(&url, Format::Twilio, info(Track::Both));
+    config.send_queue = 1000;
+    let (handle, _task) = spawn(config);
+    let mut app = accept(&listener).await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Some(Ok(_)) = app.next().await {
+            n += 1;
+        }
+        n
+    });
+
+    let mut player = Player::new(8000 * 30);
+    player.apply(AppCommand::Audio(tone(400.0, 8000.0, 8000 * 10, 0)));
+    player.apply(AppCommand::Mark("end".into()));
+    let caller = tone(1000.0, 8000.0, 160, 0);
+    let mut frame = [0i16; 160];
+    let mut sent = 0;
+    let allocs = thread_alloc::allocations(|| {
+        for i in 0..300 {
+            player.fill(&mut frame);
+            assert_eq!(player.next_event(), None);
+            if handle.send(Outbound::Audio(AudioFrame::new(
+                i * 20,
+                Some(&caller),
+                Some(&frame),
+            ))) {
+                sent += 1;
+            }
+        }
+    });
+    assert_eq!(sent, 300);
+    assert_eq!(allocs, 0, "allocations on the media side in 300 ticks");
+    drop(handle);
+    let _ = timeout(WAIT, reader).await;
 }

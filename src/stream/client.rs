@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc as sync_mpsc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -158,6 +160,8 @@ impl AudioFrame {
 }
 
 /// What the media side hands to the socket.
+// Audio inline, not boxed: a media tick hands one over every 20 ms and must not allocate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// Audio of the call.
@@ -183,7 +187,8 @@ pub struct StreamStats {
 /// [`EndReason::Hangup`] after a `stop`.
 #[derive(Debug)]
 pub struct StreamHandle {
-    tx: mpsc::Sender<Outbound>,
+    tx: sync_mpsc::SyncSender<Outbound>,
+    wake: Arc<Notify>,
     rx: mpsc::Receiver<AppCommand>,
     stats: Arc<StreamStats>,
     _hangup: oneshot::Sender<()>,
@@ -194,12 +199,15 @@ impl StreamHandle {
     /// the stream has ended.
     pub fn send(&self, msg: Outbound) -> bool {
         match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) => {
+                self.wake.notify_one();
+                true
+            }
+            Err(sync_mpsc::TrySendError::Full(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(sync_mpsc::TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -222,18 +230,52 @@ impl StreamHandle {
 /// Starts a stream: the task connects, sends `connected` and `start` (Twilio) or the start
 /// frame (L16), then carries audio until either side ends it; it returns why.
 pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
-    let (out_tx, out_rx) = mpsc::channel(config.send_queue.max(1));
+    // std's bounded channel allocates its slots once, up front, so a tick handing over a
+    // frame never allocates (tokio's grows in blocks); a Notify wakes the task.
+    let (out_tx, out_rx) = sync_mpsc::sync_channel(config.send_queue.max(1));
+    let wake = Arc::new(Notify::new());
     let (in_tx, in_rx) = mpsc::channel(config.receive_queue.max(1));
     let (hangup_tx, hangup_rx) = oneshot::channel();
     let stats = Arc::new(StreamStats::default());
-    let task = tokio::spawn(run(config, out_rx, in_tx, hangup_rx, stats.clone()));
+    let queue = OutQueue {
+        rx: out_rx,
+        wake: wake.clone(),
+    };
+    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, stats.clone()));
     let handle = StreamHandle {
         tx: out_tx,
+        wake,
         rx: in_rx,
         stats,
         _hangup: hangup_tx,
     };
     (handle, task)
+}
+
+/// The task's end of the send queue.
+struct OutQueue {
+    rx: sync_mpsc::Receiver<Outbound>,
+    wake: Arc<Notify>,
+}
+
+impl OutQueue {
+    /// A message already waiting. `&mut`: the receiver is not `Sync`, so a future holding a
+    /// shared borrow of it could not move between threads.
+    fn try_next(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The next message; `None` once the handle is gone and the queue is empty.
+    async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(o) => return Some(o),
+                // A wake-up sent before this wait is kept as a permit, so none is lost.
+                Err(sync_mpsc::TryRecvError::Empty) => self.wake.notified().await,
+                Err(sync_mpsc::TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
 }
 
 /// Turns what the media side hands over into WebSocket messages of one format.
@@ -334,7 +376,7 @@ fn connector(config: &StreamConfig) -> Result<Connector, EndReason> {
 
 async fn run(
     config: StreamConfig,
-    mut out_rx: mpsc::Receiver<Outbound>,
+    mut out_rx: OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     mut hangup_rx: oneshot::Receiver<()>,
     stats: Arc<StreamStats>,
@@ -348,7 +390,7 @@ async fn run(
 
 async fn run_inner(
     config: &StreamConfig,
-    out_rx: &mut mpsc::Receiver<Outbound>,
+    out_rx: &mut OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     hangup_rx: &mut oneshot::Receiver<()>,
     stats: &StreamStats,
@@ -412,9 +454,9 @@ async fn run_inner(
                     Some(Ok(cmd)) => {
                         // Waiting here holds the application back (TCP flow control)
                         // instead of dropping what it sent; the media side never waits.
-                        if in_tx.send(cmd).await.is_err() {
+                        let Ok(()) = in_tx.send(cmd).await else {
                             return EndReason::Hangup;
-                        }
+                        };
                     }
                     Some(Err(e)) => {
                         stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +480,7 @@ async fn run_inner(
     let ending = async {
         if reason == EndReason::Hangup {
             let mut batch = Vec::new();
-            while let Ok(o) = out_rx.try_recv() {
+            while let Some(o) = out_rx.try_next() {
                 encoder.encode(o, tracks, &mut batch);
             }
             for m in batch {

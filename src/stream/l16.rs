@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AppCommand, StartInfo, StreamError, Track};
+use super::{to_json, AppCommand, StartInfo, StreamError, Track};
 
 /// The sample rates the format carries.
 pub const RATES: [u32; 2] = [8000, 16000];
@@ -78,11 +78,6 @@ pub fn control(msg: &Control) -> String {
     to_json(msg)
 }
 
-fn to_json(msg: &Control) -> String {
-    // Strings, numbers and maps with string keys cannot fail to serialise.
-    serde_json::to_string(msg).unwrap_or_default()
-}
-
 /// Appends one binary frame to `out`: `first` alone, or interleaved with `second` (both
 /// tracks; the shorter is padded with silence).
 pub fn encode_pcm(first: &[i16], second: Option<&[i16]>, out: &mut Vec<u8>) {
@@ -109,7 +104,7 @@ pub fn encode_pcm(first: &[i16], second: Option<&[i16]>, out: &mut Vec<u8>) {
 
 /// Decodes a binary frame from the application (mono) to linear PCM.
 pub fn decode_pcm(bytes: &[u8]) -> Result<Vec<i16>, StreamError> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(StreamError::OddLength(bytes.len()));
     }
     Ok(bytes

@@ -106,3 +106,10 @@ pub enum StreamError {
     #[error("binary frames are not part of this format")]
     UnexpectedBinary,
 }
+
+/// A message as JSON text.
+fn to_json<T: serde::Serialize>(msg: &T) -> String {
+    // The messages are structs of strings, numbers and maps with string keys, which cannot
+    // fail to serialise.
+    serde_json::to_string(msg).unwrap_or_default()
+}

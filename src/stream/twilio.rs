@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{AppCommand, StartInfo, StreamError};
+use super::{to_json, AppCommand, StartInfo, StreamError};
 use crate::media::codec::g711::{ulaw_decode, ulaw_encode_slice};
 
 /// Every message of the format, in either direction; fields one direction leaves out are
@@ -273,11 +273,6 @@ impl Encoder {
         };
         to_json(&msg)
     }
-}
-
-fn to_json(msg: &Message) -> String {
-    // Plain structs of strings and maps with string keys cannot fail to serialise.
-    serde_json::to_string(msg).unwrap_or_default()
 }
 
 /// Decodes a text message from the application: `media` (µ-law decoded to linear PCM),
