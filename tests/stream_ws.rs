@@ -14,9 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::media::level::{rms_dbfs, tone_share};
-use switchboard::stream::client::Format;
 use switchboard::stream::{
-    spawn, AppCommand, AudioFrame, EndReason, Outbound, Player, PlayoutEvent, StartInfo,
+    spawn, AppCommand, AudioFrame, EndReason, Format, Outbound, Player, PlayoutEvent, StartInfo,
     StreamConfig, Track,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -481,4 +480,57 @@ async fn the_media_side_of_a_tick_does_not_allocate() {
     assert_eq!(allocs, 0, "allocations on the media side in 300 ticks");
     drop(handle);
     let _ = timeout(WAIT, reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_or_oversized_message_ends_the_stream_with_error() {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+
+    // A frame with a reserved opcode is a protocol error.
+    let (_handle, task) = spawn(StreamConfig::new(
+        &url,
+        Format::Twilio,
+        info(Track::Inbound),
+    ));
+    let mut app = accept(&listener).await;
+    app.get_mut().write_all(&[0x8f, 0x00]).await.unwrap();
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Error
+    );
+
+    // A message just inside the size limit is taken; just outside, it ends the stream.
+    let (mut handle, task) = spawn(StreamConfig::new(
+        &url,
+        Format::L16 { rate: 8000 },
+        info(Track::Inbound),
+    ));
+    let mut app = accept(&listener).await;
+    app.send(Message::binary(
+        vec![0u8; switchboard::stream::client::MAX_APP_MESSAGE],
+    ))
+    .await
+    .unwrap();
+    let got = commands(&mut handle, 1).await;
+    assert_eq!(
+        got,
+        [AppCommand::Audio(vec![
+            0;
+            switchboard::stream::client::MAX_APP_MESSAGE
+                / 2
+        ])]
+    );
+    let _ = app
+        .send(Message::binary(vec![
+            0u8;
+            switchboard::stream::client::MAX_APP_MESSAGE
+                + 2
+        ]))
+        .await;
+    assert_eq!(
+        timeout(WAIT, task).await.unwrap().unwrap(),
+        EndReason::Error
+    );
 }

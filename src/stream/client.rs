@@ -19,6 +19,10 @@ use tokio_tungstenite::Connector;
 
 use super::{l16, twilio, AppCommand, StartInfo, StreamError, Track, MAX_FRAME_SAMPLES};
 
+/// The largest message taken from the application (24 s of µ-law in base64, 8 s of L16 at
+/// 16 kHz): with the receive queue, it bounds what one stream can hold in memory.
+pub const MAX_APP_MESSAGE: usize = 256 * 1024;
+
 /// How long a stream ending on our side may take to flush what is queued and say `stop`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -60,7 +64,8 @@ pub struct StreamConfig {
     pub connect_timeout: Duration,
     /// Messages waiting to be sent before new ones are dropped (50 frames are 1 s).
     pub send_queue: usize,
-    /// Application messages waiting for the media side before the socket is read no more.
+    /// Application messages waiting for the media side before the socket is read no more
+    /// (the media side empties it into its player every tick).
     pub receive_queue: usize,
     /// TLS settings for `wss://`; `None` takes the system roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -76,7 +81,7 @@ impl StreamConfig {
             stream_id: format!("MZ{:032x}", fastrand::u128(..)),
             connect_timeout: Duration::from_secs(5),
             send_queue: 50,
-            receive_queue: 256,
+            receive_queue: 64,
             tls: None,
         }
     }
@@ -401,7 +406,11 @@ async fn run_inner(
     };
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         config.url.as_str(),
-        Some(WebSocketConfig::default()),
+        Some(
+            WebSocketConfig::default()
+                .max_message_size(Some(MAX_APP_MESSAGE))
+                .max_frame_size(Some(MAX_APP_MESSAGE)),
+        ),
         // Frames are small and due every 20 ms: Nagle would only delay them.
         true,
         Some(connector),

@@ -14,7 +14,9 @@ pub mod twilio;
 
 use std::collections::BTreeMap;
 
-pub use client::{spawn, AudioFrame, EndReason, Outbound, StreamConfig, StreamHandle, StreamStats};
+pub use client::{
+    spawn, AudioFrame, EndReason, Format, Outbound, StreamConfig, StreamHandle, StreamStats,
+};
 pub use playout::{Player, PlayoutEvent};
 
 /// Samples in one 20 ms frame at the highest rate a stream carries (16 kHz).
