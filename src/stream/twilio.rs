@@ -91,6 +91,9 @@ pub enum Message {
 pub struct Start {
     /// The stream's id.
     pub stream_sid: String,
+    /// Twilio's account; empty here, but present for parsers that require it.
+    #[serde(default)]
+    pub account_sid: String,
     /// The call's id.
     pub call_sid: String,
     /// The caller.
@@ -153,6 +156,9 @@ pub struct Mark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stop {
+    /// Empty, as in `start`.
+    #[serde(default)]
+    pub account_sid: String,
     /// The call's id.
     pub call_sid: String,
 }
@@ -199,6 +205,7 @@ impl Encoder {
             sequence_number: self.next_sequence(),
             start: Start {
                 stream_sid: self.stream_sid.clone(),
+                account_sid: String::new(),
                 call_sid: self.call_sid.clone(),
                 from: info.from.clone(),
                 to: info.to.clone(),
@@ -268,6 +275,7 @@ impl Encoder {
             sequence_number: self.next_sequence(),
             stream_sid: self.stream_sid.clone(),
             stop: Stop {
+                account_sid: String::new(),
                 call_sid: self.call_sid.clone(),
             },
         };
@@ -325,7 +333,7 @@ mod tests {
         assert_eq!(
             e.start(&info()),
             concat!(
-                r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","callSid":"c1","#,
+                r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"","callSid":"c1","#,
                 r#""from":"alice","to":"bot","tracks":["inbound","outbound"],"#,
                 r#""customParameters":{"lang":"en"},"#,
                 r#""mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"#,
@@ -355,7 +363,7 @@ mod tests {
         );
         assert_eq!(
             e.stop(),
-            r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"callSid":"c1"}}"#
+            r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"accountSid":"","callSid":"c1"}}"#
         );
     }
 
