@@ -215,14 +215,15 @@ struct Glue {
     call_id: String,
     from: String,
     left: Option<oneshot::Sender<RemoveReason>>,
-    /// The member's input at the room's rate, when its own is another.
+    /// The member's input at the room's rate, when its own is another (made on the first
+    /// conversion: a member at the room's rate never needs it).
     up: RateAdapter,
-    input: Frame,
+    input: Option<Box<Frame>>,
     /// `input` holds this tick's converted input.
     converted: bool,
     /// A frame for this member alone, carried down from the room's rate to its own.
     down: RateAdapter,
-    out: Frame,
+    out: Option<Box<Frame>>,
 }
 
 impl Glue {
@@ -232,10 +233,10 @@ impl Glue {
             from,
             left: Some(left),
             up: RateAdapter::new(),
-            input: Frame::silence(NARROW_RATE),
+            input: None,
             converted: false,
             down: RateAdapter::new(),
-            out: Frame::silence(NARROW_RATE),
+            out: None,
         }
     }
 }
@@ -500,7 +501,10 @@ impl RoomHost {
                 // Only what may be heard is carried up to the room's rate; a quiet member's
                 // frame is measured as it is.
                 Some(f) if f.rate() != rate && self.room.may_mix(m.id, f) => {
-                    g.up.convert(f, rate, &mut g.input);
+                    let input = g
+                        .input
+                        .get_or_insert_with(|| Box::new(Frame::silence(rate)));
+                    g.up.convert(f, rate, input);
                     g.converted = true;
                 }
                 Some(f) if f.rate() != rate => g.up.pass(f),
@@ -512,7 +516,7 @@ impl RoomHost {
             let legs: &dyn MemberLegs = legs;
             let glue = &self.glue;
             self.room.tick(|id, tag| match glue.get(id.index()) {
-                Some(Some(g)) if g.converted => Some(&g.input),
+                Some(Some(g)) if g.converted => g.input.as_deref(),
                 _ => legs.input(tag),
             });
             if let Some(rec) = self.recorder.as_mut() {
@@ -548,8 +552,9 @@ impl RoomHost {
                 }
                 RoomOutput::Own(frame) => match g {
                     Some(g) if frame.rate() != wants => {
-                        g.down.convert(frame, wants, &mut g.out);
-                        legs.send(tag, &g.out, None);
+                        let out = g.out.get_or_insert_with(|| Box::new(Frame::silence(wants)));
+                        g.down.convert(frame, wants, out);
+                        legs.send(tag, out, None);
                     }
                     _ => legs.send(tag, frame, None),
                 },

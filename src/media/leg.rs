@@ -21,9 +21,9 @@ use super::dtmf::{
     DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
     InbandDetector, InbandSender, SampleClock,
 };
-use super::frame::{samples_at, AudioSource, Frame, FRAME, MAX_FRAME_SAMPLES};
+use super::frame::{samples_at, AudioSource, Frame, FRAME};
 #[cfg(test)]
-use super::frame::{FRAME_SAMPLES, NARROW_RATE};
+use super::frame::{FRAME_SAMPLES, MAX_FRAME_SAMPLES, NARROW_RATE};
 use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use super::resample::RateAdapter;
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
@@ -44,7 +44,8 @@ use crate::sdp::SrtpKeys;
 /// Frames cut from a recording's end when a terminator key stopped it: detection lags the
 /// tone by up to this much.
 const TERMINATOR_TRIM_FRAMES: u64 = 5;
-/// The longest packet we play out: 60 ms, three frames, at the highest rate.
+/// The longest packet a leg plays out: 60 ms, three frames, at the highest rate.
+#[cfg(test)]
 const MAX_PACKET_SAMPLES: usize = 3 * MAX_FRAME_SAMPLES;
 /// Room for encoded audio waiting to fill a packet: the longest packet plus the frame
 /// appended to it, of the codec with the most bytes per millisecond sent in packets of more
@@ -461,10 +462,13 @@ pub struct Leg {
     frame_samples: usize,
     /// Samples per received packet (the peer's ptime), learnt from its packets.
     packet_samples: usize,
-    /// Decoded audio not yet played out: a packet may hold more than one tick's worth.
-    fifo: [i16; MAX_FRAME_SAMPLES + MAX_PACKET_SAMPLES],
+    /// Decoded audio not yet played out: a packet may hold more than one tick's worth. Sized
+    /// for the leg's rate (a frame and the longest packet), so a narrowband leg does not
+    /// carry room for 48 kHz.
+    fifo: Box<[i16]>,
     fifo_len: usize,
-    scratch: [i16; MAX_PACKET_SAMPLES],
+    /// One decoded packet, up to the longest at the leg's rate.
+    scratch: Box<[i16]>,
     /// Appendix I concealment, where it is defined at the leg's rate and the codec has none
     /// of its own.
     plc: Option<G711Plc>,
@@ -546,9 +550,9 @@ impl Leg {
             rate: audio_rate,
             frame_samples,
             packet_samples: frame_samples,
-            fifo: [0; MAX_FRAME_SAMPLES + MAX_PACKET_SAMPLES],
+            fifo: fifo_for(frame_samples),
             fifo_len: 0,
-            scratch: [0; MAX_PACKET_SAMPLES],
+            scratch: scratch_for(frame_samples),
             plc: G711Plc::with_rate(audio_rate),
             adapter: RateAdapter::new(),
             source_adapter: RateAdapter::new(),
@@ -866,6 +870,8 @@ impl Leg {
         self.rate = rate;
         self.frame_samples = samples_at(rate);
         self.packet_samples = self.frame_samples;
+        self.fifo = fifo_for(self.frame_samples);
+        self.scratch = scratch_for(self.frame_samples);
         self.fifo_len = 0;
         self.pcm_in.clear(rate);
         self.pcm_out.clear(rate);
@@ -1566,6 +1572,16 @@ fn jitter_config(codec: CodecKind, samples: usize, rate: ClockRate) -> JitterCon
             .max(960),
         ..JitterConfig::default()
     }
+}
+
+/// Room for decoded audio waiting to be played: a frame and the longest packet (three frames).
+fn fifo_for(frame_samples: usize) -> Box<[i16]> {
+    vec![0; 4 * frame_samples].into_boxed_slice()
+}
+
+/// Room for one decoded packet of up to three frames.
+fn scratch_for(frame_samples: usize) -> Box<[i16]> {
+    vec![0; 3 * frame_samples].into_boxed_slice()
 }
 
 /// In-band DTMF at `rate`: the detector with `limits`, its sample clock from `now`, and the
