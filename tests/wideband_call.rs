@@ -186,16 +186,29 @@ impl Media {
     }
 }
 
-/// Every payload that came on `rx`, decoded in order by one `kind` decoder.
-fn decoded(kind: CodecKind, rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<i16> {
+/// `payloads` decoded in order by one `kind` decoder.
+fn decoded(kind: CodecKind, payloads: &[Vec<u8>]) -> Vec<i16> {
     let mut dec = kind.new_codec_with(&CodecParams::default());
     let mut pcm = Vec::new();
-    while let Ok(p) = rx.try_recv() {
+    for p in payloads {
         let mut frame = [0i16; 2880];
-        let n = dec.decode(&p, &mut frame).unwrap();
+        let n = dec.decode(p, &mut frame).unwrap();
         pcm.extend_from_slice(&frame[..n]);
     }
     pcm
+}
+
+/// The payloads from `rx` once `count` have come (5 s at most).
+async fn received(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, count: usize) -> Vec<Vec<u8>> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(p)) => got.push(p),
+            _ => break,
+        }
+    }
+    got
 }
 
 /// Passes on every payload of payload type `pt` that `socket` receives.
@@ -247,12 +260,13 @@ async fn echo_of(phone: Phone, hz: f64) -> Vec<i16> {
     let listener = tokio::spawn(listen(media.socket.clone(), phone.pt, tx));
     let rate = phone.kind.sample_rate().hz();
     media.talk(&sine(hz, rate, 1500)).await;
-    // The last packets' echo is on its way for a jitter buffer's depth.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The echo runs a jitter buffer's depth behind: five packets past the 75 sent hold the
+    // end of the tone.
+    let payloads = received(&mut rx, 80).await;
     listener.abort();
     hang_up(&mut w, &mut uac).await;
     server.stop().await;
-    let pcm = decoded(phone.kind, &mut rx);
+    let pcm = decoded(phone.kind, &payloads);
     let half = rate as usize / 2;
     assert!(
         pcm.len() > 2 * half,
@@ -466,7 +480,8 @@ async fn prompt_heard_by(phone: Phone) -> Vec<i16> {
         "the script hangs up after its prompt"
     );
     server.stop().await;
-    decoded(phone.kind, &mut rx)
+    let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    decoded(phone.kind, &payloads)
 }
 
 /// The loudest half second of `pcm` at `rate`.

@@ -174,8 +174,14 @@ struct SharedAt {
     ready: bool,
 }
 
-/// `shared` at `rate`, converted on the first call in a tick; later calls reuse it.
-fn shared_at<'a>(groups: &'a mut Vec<SharedAt>, shared: &Frame, rate: ClockRate) -> &'a Frame {
+/// `shared` at `rate`, converted on the first call in a tick (after `before`, the last
+/// tick's, when the rate had no listener then); later calls reuse it.
+fn shared_at<'a>(
+    groups: &'a mut Vec<SharedAt>,
+    before: &Frame,
+    shared: &Frame,
+    rate: ClockRate,
+) -> &'a Frame {
     let i = match groups.iter().position(|g| g.rate == rate) {
         Some(i) => i,
         None => {
@@ -191,7 +197,8 @@ fn shared_at<'a>(groups: &'a mut Vec<SharedAt>, shared: &Frame, rate: ClockRate)
     };
     let g = &mut groups[i];
     if !g.ready {
-        g.adapter.convert(shared, rate, &mut g.frame);
+        g.adapter
+            .convert_after(Some(before), shared, rate, &mut g.frame);
         g.ready = true;
     }
     &g.frame
@@ -302,6 +309,8 @@ pub struct RoomHost {
     silence: Vec<Encoded>,
     /// The shared frame at each rate below the room's that a listener has.
     shared_at: Vec<SharedAt>,
+    /// The last tick's mix: what a conversion taken up again is warmed with.
+    last_mix: Frame,
     on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -340,6 +349,7 @@ impl RoomHost {
             shared: Encoded::all(),
             silence: Encoded::all(),
             shared_at: Vec::new(),
+            last_mix: Frame::silence(NARROW_RATE),
             on_end: Some(on_end),
         }
     }
@@ -499,7 +509,8 @@ impl RoomHost {
             g.converted = false;
             match legs.input(m.tag) {
                 // Only what may be heard is carried up to the room's rate; a quiet member's
-                // frame is measured as it is.
+                // frame is measured as it is (and, being quiet, is no loss to the filter's
+                // history when conversion starts again).
                 Some(f) if f.rate() != rate && self.room.may_mix(m.id, f) => {
                     let input = g
                         .input
@@ -507,9 +518,8 @@ impl RoomHost {
                     g.up.convert(f, rate, input);
                     g.converted = true;
                 }
-                Some(f) if f.rate() != rate => g.up.pass(f),
-                Some(_) => {}
-                None => g.up.gap(),
+                Some(f) if f.rate() == rate => {}
+                _ => g.up.pass(),
             }
         }
         {
@@ -532,7 +542,7 @@ impl RoomHost {
             g.ready = false;
         }
         let (shared, silence) = (&mut self.shared, &mut self.silence);
-        let (groups, glue) = (&mut self.shared_at, &mut self.glue);
+        let (groups, glue, last_mix) = (&mut self.shared_at, &mut self.glue, &self.last_mix);
         self.room.for_each_output(|id, tag, out| {
             let codec = legs.codec(tag);
             let wants = codec.map_or(rate, CodecKind::sample_rate);
@@ -544,23 +554,23 @@ impl RoomHost {
                 }
                 RoomOutput::Shared(frame) => {
                     if let Some(g) = g {
-                        g.down.pass(frame);
+                        g.down.pass();
                     }
-                    let at = shared_at(groups, frame, wants);
+                    let at = shared_at(groups, last_mix, frame, wants);
                     let payload = encode_once(shared, codec, at);
                     legs.send(tag, at, payload);
                 }
                 RoomOutput::Own(frame) => match g {
                     Some(g) if frame.rate() != wants => {
                         let out = g.out.get_or_insert_with(|| Box::new(Frame::silence(wants)));
-                        g.down.convert(frame, wants, out);
+                        g.down.convert_after(Some(last_mix), frame, wants, out);
                         legs.send(tag, out, None);
                     }
                     _ => legs.send(tag, frame, None),
                 },
                 RoomOutput::Silence => {
                     if let Some(g) = g {
-                        g.down.gap();
+                        g.down.pass();
                     }
                     // Silence encodes the same every tick: its payload is kept.
                     let quiet = silence_at(wants);
@@ -569,10 +579,12 @@ impl RoomHost {
                 }
             }
         });
-        // A rate nobody took the shared frame at this tick keeps its filter in step.
+        // A rate nobody took the shared frame at this tick is warmed up from the last mix
+        // when it is taken again.
         for g in self.shared_at.iter_mut().filter(|g| !g.ready) {
-            g.adapter.pass(self.room.mix_frame());
+            g.adapter.pass();
         }
+        self.last_mix = *self.room.mix_frame();
     }
 
     /// Publishes the room's changes, updates the operators' view and the legs' bindings, and

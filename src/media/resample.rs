@@ -285,15 +285,17 @@ impl StreamResampler {
 ///
 /// Frames at the rate already wanted are copied as they are. Otherwise one
 /// [`StreamResampler`] converts them, made when the pair of rates first appears (a join or a
-/// codec change, never the steady state) and kept while it stays. A stream that stops being
-/// converted for a while (its listener took a frame converted elsewhere) tells the adapter
-/// with [`RateAdapter::pass`], so that the next conversion starts from the filter state that
-/// frame leaves, not from stale audio.
+/// codec change, never the steady state) and kept while it stays; a pair that cannot be
+/// converted is remembered and gives silence without trying again every frame.
+///
+/// A stream that stops being converted for a while (its listener took a frame converted
+/// elsewhere, or nothing came) tells the adapter with [`RateAdapter::pass`], which costs
+/// nothing; the filter then starts again from silence, or, through
+/// [`RateAdapter::convert_after`], from the frame the caller says came just before (the
+/// room's last mix, which it keeps once for every member), as an unbroken stream would.
 #[derive(Debug, Default)]
 pub struct RateAdapter {
-    resampler: Option<(ClockRate, ClockRate, StreamResampler)>,
-    /// The frame that went by unconverted last, to warm the filter with before the next.
-    missed: Option<Box<Frame>>,
+    resampler: Option<(ClockRate, ClockRate, Option<StreamResampler>)>,
     /// Frames went by unconverted: the filter's history is stale.
     stale: bool,
     /// A source's frame at its own rate, before conversion.
@@ -316,37 +318,48 @@ impl RateAdapter {
     }
 
     /// `input` at `to`, into `out`; silence when the pair of rates cannot be converted.
+    /// After a [`pass`](Self::pass) the filter starts again from silence.
     pub fn convert(&mut self, input: &Frame, to: ClockRate, out: &mut Frame) {
+        self.convert_after(None, input, to, out);
+    }
+
+    /// As [`convert`](Self::convert), but after a [`pass`](Self::pass) the filter is first
+    /// fed `before`, the frame that came just before `input` (when it is at `input`'s rate):
+    /// its output is what the listener already heard by another way, and the filter's
+    /// history then is what an unbroken stream would have left.
+    pub fn convert_after(
+        &mut self,
+        before: Option<&Frame>,
+        input: &Frame,
+        to: ClockRate,
+        out: &mut Frame,
+    ) {
         if input.rate() == to {
             *out = *input;
             return;
         }
         out.set_rate(to);
         let from = input.rate();
-        let fresh = !matches!(&self.resampler, Some((f, t, _)) if *f == from && *t == to);
-        if fresh {
-            match StreamResampler::new(from, to, FRAME.as_millis() as u32) {
-                Ok(r) => self.resampler = Some((from, to, r)),
-                Err(e) => {
-                    tracing::warn!(from = from.hz(), to = to.hz(), error = %e, "no rate conversion");
-                    self.resampler = None;
-                    out.fill(0);
-                    return;
-                }
-            }
+        if !matches!(&self.resampler, Some((f, t, _)) if *f == from && *t == to) {
+            let made = StreamResampler::new(from, to, FRAME.as_millis() as u32)
+                .map_err(|e| {
+                    tracing::warn!(from = from.hz(), to = to.hz(), error = %e, "no rate conversion")
+                })
+                .ok();
+            self.resampler = Some((from, to, made));
+            // A new filter has no history to be stale.
+            self.stale = false;
         }
-        let Some((_, _, r)) = self.resampler.as_mut() else {
+        let Some((_, _, Some(r))) = self.resampler.as_mut() else {
+            out.fill(0);
             return;
         };
-        if self.stale && !fresh {
+        if std::mem::take(&mut self.stale) {
             r.reset();
-            if let Some(missed) = self.missed.as_deref().filter(|m| m.rate() == from) {
-                // The frame before this one fills the filter's history as an unbroken
-                // stream would have; its output is what the listener already heard.
-                let _ = r.process(missed, out);
+            if let Some(before) = before.filter(|b| b.rate() == from) {
+                let _ = r.process(before, out);
             }
         }
-        self.stale = false;
         if r.process(input, out).is_err() {
             out.fill(0);
         }
@@ -386,26 +399,10 @@ impl RateAdapter {
         fill
     }
 
-    /// `input` went by unconverted this tick (another conversion of the same audio served).
-    pub fn pass(&mut self, input: &Frame) {
-        if self.resampler.is_none() {
-            return;
-        }
+    /// A frame of this stream went by unconverted this tick (another conversion of the same
+    /// audio served, or nothing came): the filter's history is no longer the stream's.
+    pub fn pass(&mut self) {
         self.stale = true;
-        match self.missed.as_deref_mut() {
-            Some(m) => *m = *input,
-            None => self.missed = Some(Box::new(*input)),
-        }
-    }
-
-    /// Nothing went by this tick: the next conversion starts from silence.
-    pub fn gap(&mut self) {
-        if self.resampler.is_some() {
-            self.stale = true;
-            if let Some(m) = self.missed.as_deref_mut() {
-                m.clear(m.rate());
-            }
-        }
     }
 }
 
@@ -630,10 +627,11 @@ mod tests {
         for (k, f) in input.iter().enumerate() {
             whole.convert(f, NARROW, &mut a);
             if (10..20).contains(&k) {
-                broken.pass(f);
+                broken.pass();
                 continue;
             }
-            broken.convert(f, NARROW, &mut b);
+            let before = k.checked_sub(1).map(|j| &input[j]);
+            broken.convert_after(before, f, NARROW, &mut b);
             if k >= 20 {
                 let diff = a
                     .iter()
