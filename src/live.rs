@@ -87,6 +87,10 @@ pub enum CallControl {
     Hangup,
     /// Send keys to the caller.
     Dtmf(String),
+    /// Stream the caller's audio to an application.
+    Stream(Box<crate::stream::StreamRequest>),
+    /// Stop the caller's stream.
+    StopStream,
 }
 
 /// A control could not be delivered.

@@ -330,6 +330,7 @@ fn write_leg_cdr(
         trunk: None,
         parent_call_id: parent.map(str::to_string),
         source: None,
+        streams: Vec::new(),
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);

@@ -234,6 +234,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/calls/{id}", get(calls::get_one))
         .route("/api/calls/{id}/hangup", post(calls::hangup))
         .route("/api/calls/{id}/dtmf", post(calls::dtmf))
+        .route(
+            "/api/calls/{id}/stream",
+            post(calls::stream_start).delete(calls::stream_stop),
+        )
         .route("/api/rooms", get(rooms::list))
         .route("/api/rooms/{name}", get(rooms::get_one))
         .route(

@@ -430,6 +430,7 @@ enum Input {
     RoomJoined,
     Discarded,
     WorkReply(CallReply),
+    StreamEnded,
 }
 
 /// The simulated call: the call core and what surrounds it.
@@ -559,6 +560,7 @@ impl SimCall {
                 Input::RoomJoined => self.core.handle_room_joined(Ok(1)),
                 Input::Discarded => self.core.handle_discarded(Ok(())),
                 Input::WorkReply(r) => self.core.handle_work_reply(r),
+                Input::StreamEnded => self.core.handle_stream_ended("stopped"),
             }
         }
     }
@@ -728,6 +730,9 @@ impl SimCall {
                 self.inputs.push_back(Input::RecordStarted(id));
             }
             MediaAction::JoinRoom(_) => self.inputs.push_back(Input::RoomJoined),
+            // The simulated application keeps a stream until the script or the caller ends it.
+            MediaAction::Stream(_) => {}
+            MediaAction::StopStream => self.inputs.push_back(Input::StreamEnded),
             MediaAction::Prepare
             | MediaAction::Bridge(_)
             | MediaAction::Unbridge

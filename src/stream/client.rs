@@ -230,11 +230,25 @@ impl StreamHandle {
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }
+
+    /// The stream's counters, to read after the handle is gone.
+    pub fn shared_stats(&self) -> Arc<StreamStats> {
+        self.stats.clone()
+    }
 }
 
 /// Starts a stream: the task connects, sends `connected` and `start` (Twilio) or the start
 /// frame (L16), then carries audio until either side ends it; it returns why.
 pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
+    let (handle, task, _connected) = spawn_watched(config);
+    (handle, task)
+}
+
+/// As [`spawn`], and the returned receiver hears once the socket is up and the opening
+/// messages went out (it is dropped unheard when the stream never connects).
+pub fn spawn_watched(
+    config: StreamConfig,
+) -> (StreamHandle, JoinHandle<EndReason>, oneshot::Receiver<()>) {
     // std's bounded channel allocates its slots once, up front, so a tick handing over a
     // frame never allocates (tokio's grows in blocks); a Notify wakes the task.
     let (out_tx, out_rx) = sync_mpsc::sync_channel(config.send_queue.max(1));
@@ -246,7 +260,8 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
         rx: out_rx,
         wake: wake.clone(),
     };
-    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, stats.clone()));
+    let (up_tx, up_rx) = oneshot::channel();
+    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, up_tx, stats.clone()));
     let handle = StreamHandle {
         tx: out_tx,
         wake,
@@ -254,7 +269,7 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
         stats,
         _hangup: hangup_tx,
     };
-    (handle, task)
+    (handle, task, up_rx)
 }
 
 /// The task's end of the send queue.
@@ -384,9 +399,10 @@ async fn run(
     mut out_rx: OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     mut hangup_rx: oneshot::Receiver<()>,
+    up: oneshot::Sender<()>,
     stats: Arc<StreamStats>,
 ) -> EndReason {
-    let reason = run_inner(&config, &mut out_rx, in_tx, &mut hangup_rx, &stats).await;
+    let reason = run_inner(&config, &mut out_rx, in_tx, &mut hangup_rx, up, &stats).await;
     tracing::debug!(stream = %config.stream_id, url = %config.url, reason = reason.as_str(),
         sent = stats.sent.load(Ordering::Relaxed), dropped = stats.dropped.load(Ordering::Relaxed),
         "stream ended");
@@ -398,6 +414,7 @@ async fn run_inner(
     out_rx: &mut OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     hangup_rx: &mut oneshot::Receiver<()>,
+    up: oneshot::Sender<()>,
     stats: &StreamStats,
 ) -> EndReason {
     let connector = match connector(config) {
@@ -439,6 +456,8 @@ async fn run_inner(
                 sink.feed(m).await?;
             }
             sink.flush().await?;
+            // Nobody listening is fine: the owner may not care when the stream is up.
+            let _ = up.send(());
             let mut batch = Vec::with_capacity(2);
             while let Some(o) = out_rx.recv().await {
                 encoder.encode(o, tracks, &mut batch);
