@@ -237,6 +237,8 @@ pub struct RoomInfo {
     pub locked: bool,
     /// The room recording in progress, if any.
     pub recording: Option<String>,
+    /// The stream of the room's mix to an application, if any (its id).
+    pub stream: Option<String>,
     /// RFC 3339 time the room was created.
     pub created_at: String,
     /// The rate the room mixes at now, Hz: its widest member's codec's, or its fixed rate.
@@ -271,6 +273,10 @@ pub enum RoomAction {
     RecordStart,
     /// Stop recording the room.
     RecordStop,
+    /// Stream the room's mix to an application; answers the stream's id.
+    StreamStart(Box<crate::stream::StreamRequest>),
+    /// Stop the room's stream.
+    StreamStop,
     /// End the room: every member leaves.
     End,
 }

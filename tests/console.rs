@@ -398,6 +398,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
             members: vec![member(1, "alice"), member(2, "bob")],
             locked: false,
             recording: None,
+            stream: None,
             created_at: "2026-01-01T00:00:00.000Z".into(),
             rate: 16000,
         }),

@@ -12,6 +12,10 @@
 mod common;
 mod support;
 
+#[path = "../examples/stream_bot.rs"]
+#[allow(dead_code)]
+mod stream_bot;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -111,6 +115,13 @@ async fn application(mode: Mode) -> (String, tokio::task::JoinHandle<App>) {
                                     "media": {"payload": v["media"]["payload"]}});
                                 let _ = ws.send(Message::text(back.to_string())).await;
                             }
+                            let _ = got_tx.send((Instant::now(), v));
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            if mode == Mode::Echo {
+                                let _ = ws.send(Message::binary(b.clone())).await;
+                            }
+                            let v = json!({"event": "binary", "pcm": STANDARD.encode(&b)});
                             let _ = got_tx.send((Instant::now(), v));
                         }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -232,7 +243,11 @@ fn loud_frames(pcm: &[i16]) -> usize {
 /// An echo without the shipped script's beep first.
 const ECHO_NOW: &str = "answer(); echo(60000); hangup();";
 
-async fn bot_server(url: &str, extra_vars: &[(&str, String)]) -> Server {
+async fn bot_server(
+    url: &str,
+    extra_vars: &[(&str, String)],
+    cdr: Option<std::path::PathBuf>,
+) -> Server {
     let dir = scripts(&[("echo_now.rhai", ECHO_NOW)]);
     let mut vars = vec![("stream_url", url.to_string())];
     vars.extend(extra_vars.iter().cloned());
@@ -240,6 +255,9 @@ async fn bot_server(url: &str, extra_vars: &[(&str, String)]) -> Server {
     start_with(common::rtp_ports(4), move |c| {
         c.paths.scripts = dir;
         c.dialplan.splice(0..0, rules);
+        if let Some(cdr) = cdr {
+            c.cdr.dir = cdr;
+        }
     })
     .await
 }
@@ -247,8 +265,9 @@ async fn bot_server(url: &str, extra_vars: &[(&str, String)]) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_hangup() {
     let (url, app) = application(Mode::Listen).await;
-    let server = bot_server(&url, &[]).await;
-    let mut events = Events::open(server.http, "stream_started,stream_stopped").await;
+    let cdrs = std::env::temp_dir().join(format!("sb-stream-cdr-{}", fastrand::u64(..)));
+    let server = bot_server(&url, &[], Some(cdrs.clone())).await;
+    let mut events = Events::open(server.http, "stream_started,stream_stopped,call_ended").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
     call(&mut w, &mut uac, "bot", peer.port()).await;
@@ -353,7 +372,41 @@ async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_h
     let stopped = stopped.last().unwrap();
     assert_eq!(stopped["reason"], "hangup");
     assert_eq!(stopped["stream_id"], sid.as_str());
+    // The call's record lists the stream.
+    events.until(WAIT, |e| e["type"] == "call_ended").await;
     server.stop().await;
+    let cdr = cdr_of(&cdrs, &uac.call_id);
+    let streams = cdr["streams"].as_array().expect("streams in the CDR");
+    assert_eq!(streams.len(), 1, "{cdr}");
+    assert_eq!(streams[0]["stream_id"], sid.as_str());
+    assert_eq!(streams[0]["url"], url.as_str());
+    assert_eq!(streams[0]["reason"], "hangup");
+    assert!(streams[0]["sent"].as_u64().unwrap() >= 50, "{cdr}");
+    assert_eq!(streams[0]["dropped"], 0, "{cdr}");
+    let _ = std::fs::remove_dir_all(&cdrs);
+}
+
+/// The record of call `call_id` in the CDR folder (written off the call path: waited for).
+fn cdr_of(dir: &std::path::Path, call_id: &str) -> Value {
+    let until = Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|r| r["call_id"] == call_id);
+        if let Some(r) = found {
+            return r;
+        }
+        assert!(Instant::now() < until, "no CDR for {call_id} in {dir:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 const STREAM_THEN_ECHO: &str = r#"
@@ -436,7 +489,7 @@ async fn a_stuck_application_leaves_the_call_and_others_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let (url, app) = application(Mode::Listen).await;
-    let server = bot_server("ws://127.0.0.1:9/unused", &[]).await;
+    let server = bot_server("ws://127.0.0.1:9/unused", &[], None).await;
     let mut events = Events::open(server.http, "stream_started,stream_stopped").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
@@ -533,7 +586,7 @@ async fn round_trip(peer: &mut RtpPeer, to: SocketAddr) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streams_round_trip_adds_little_to_the_echos() {
     let (url, app) = application(Mode::Echo).await;
-    let server = bot_server(&url, &[]).await;
+    let server = bot_server(&url, &[], None).await;
     let mut bot = RtpPeer::bind().await;
     let (mut wb, mut ub) = wire(false, server.sip).await;
     call(&mut wb, &mut ub, "bot", bot.port()).await;
@@ -560,5 +613,217 @@ async fn the_streams_round_trip_adds_little_to_the_echos() {
     );
     hang_up(&mut wb, &mut ub).await;
     hang_up(&mut we, &mut ue).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stream_carries_the_mix_of_its_members() {
+    let (url, app) = application(Mode::Listen).await;
+    let server = start_with(common::rtp_ports(6), |_| {}).await;
+    let mut events = Events::open(server.http, "member_joined,stream_started,stream_stopped").await;
+    let (mut a, mut b) = (RtpPeer::bind().await, RtpPeer::bind().await);
+    let (mut wa, mut ua) = wire(false, server.sip).await;
+    call(&mut wa, &mut ua, "conf-s1", a.port()).await;
+    let (mut wb, mut ub) = wire(false, server.sip).await;
+    call(&mut wb, &mut ub, "conf-s1", b.port()).await;
+    for _ in 0..2 {
+        events.until(WAIT, |e| e["type"] == "member_joined").await;
+    }
+    let to_a = SocketAddr::new(server.sip.ip(), answered_port(&ua));
+    let to_b = SocketAddr::new(server.sip.ip(), answered_port(&ub));
+
+    // A room stream only listens.
+    for (body, why) in [
+        (json!({"url": url, "bidirectional": true}), "only listens"),
+        (json!({"url": url, "track": "both"}), "track inbound"),
+    ] {
+        let (code, text) = http_send(
+            server.http,
+            "POST",
+            "/api/rooms/s1/stream",
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            String::from_utf8_lossy(&text).contains(why),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    let body = json!({"url": url, "parameters": {"meeting": "weekly"}}).to_string();
+    let (code, text) =
+        http_send(server.http, "POST", "/api/rooms/s1/stream", body.as_bytes()).await;
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&text));
+    let sid = serde_json::from_slice::<Value>(&text).unwrap()["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = http_send(server.http, "POST", "/api/rooms/s1/stream", body.as_bytes()).await;
+    assert_eq!(code, 409, "one stream per room");
+    let (_, room) = http_get(server.http, "/api/rooms/s1").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&room).unwrap()["stream"],
+        sid.as_str()
+    );
+
+    let mut app = tokio::time::timeout(WAIT, app).await.unwrap().unwrap();
+    let start = app.until(WAIT, |v| v["event"] == "start").await;
+    let start = &start.last().unwrap().1;
+    assert_eq!(start["streamSid"], sid.as_str());
+    assert_eq!(start["start"]["to"], "s1");
+    assert_eq!(start["start"]["customParameters"]["meeting"], "weekly");
+    let started = events.until(WAIT, |e| e["type"] == "stream_started").await;
+    assert_eq!(started.last().unwrap()["room"], "s1");
+
+    // Both members talk at once: the stream carries both tones.
+    let a_says = tone("600/1500@-13", 1500);
+    let b_says = tone("1000/1500@-13", 1500);
+    tokio::join!(
+        a.exchange(to_a, &a_says, Duration::from_millis(200)),
+        b.exchange(to_b, &b_says, Duration::from_millis(200)),
+    );
+    let (pcm, stamps, _) = inbound(&app.drain(), "inbound");
+    for w in stamps.windows(2) {
+        assert_eq!(w[1] - w[0], 20, "timestamps 20 ms apart");
+    }
+    let loud: Vec<i16> = pcm
+        .chunks_exact(160)
+        .filter(|f| rms_dbfs(f) > -30.0)
+        .flatten()
+        .copied()
+        .collect();
+    assert!(
+        loud.len() >= 160 * 50,
+        "the mix heard: {} samples",
+        loud.len()
+    );
+    let mid = &loud[loud.len() / 4..loud.len() * 3 / 4];
+    let (low, high) = (
+        tone_share(mid, 600.0, 8000.0),
+        tone_share(mid, 1000.0, 8000.0),
+    );
+    assert!(
+        low > 0.3 && high > 0.3,
+        "both members in the mix: 600 Hz {low}, 1 kHz {high}"
+    );
+    assert!(low + high > 0.85, "little else: {low} + {high}");
+
+    let (code, _) = http_request(server.http, "DELETE", "/api/rooms/s1/stream").await;
+    assert_eq!(code, 202);
+    let end = app.until(WAIT, |v| v["event"] == "closed").await;
+    assert!(end.iter().any(|(_, v)| v["event"] == "stop"));
+    let stopped = events.until(WAIT, |e| e["type"] == "stream_stopped").await;
+    assert_eq!(stopped.last().unwrap()["reason"], "stopped");
+    assert_eq!(stopped.last().unwrap()["room"], "s1");
+    let (code, _) = http_request(server.http, "DELETE", "/api/rooms/s1/stream").await;
+    assert_eq!(code, 409, "nothing left to stop");
+    hang_up(&mut wa, &mut ua).await;
+    hang_up(&mut wb, &mut ub).await;
+    server.stop().await;
+}
+
+/// Little-endian 16-bit samples.
+fn le_samples(bytes: &[u8]) -> Vec<i16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l16_stream_at_16_khz_carries_pcm_both_ways() {
+    let (url, app) = application(Mode::Listen).await;
+    let vars = [("format", "l16".to_string()), ("rate", "16000".to_string())];
+    let server = bot_server(&url, &vars, None).await;
+    let mut peer = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "bot", peer.port()).await;
+    let to = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let mut app = tokio::time::timeout(WAIT, app).await.unwrap().unwrap();
+    let start = app.until(WAIT, |v| v["event"] == "start").await;
+    let start = &start.last().unwrap().1;
+    assert_eq!(start["callId"], uac.call_id.as_str());
+    assert_eq!(start["sampleRate"], 16000);
+    assert_eq!(start["channels"], 1);
+
+    peer.exchange(to, &tone("1000/1000@-10", 1000), Duration::from_millis(200))
+        .await;
+    let frames: Vec<Vec<i16>> = app
+        .drain()
+        .iter()
+        .filter(|(_, v)| v["event"] == "binary")
+        .map(|(_, v)| le_samples(&STANDARD.decode(v["pcm"].as_str().unwrap()).unwrap()))
+        .collect();
+    assert!(frames.len() >= 50, "{} frames", frames.len());
+    assert!(
+        frames.iter().all(|f| f.len() == 320),
+        "20 ms at 16 kHz each"
+    );
+    let pcm: Vec<i16> = frames.concat();
+    let loud: Vec<i16> = pcm
+        .chunks_exact(320)
+        .filter(|f| rms_dbfs(f) > -30.0)
+        .flatten()
+        .copied()
+        .collect();
+    assert!(loud.len() >= 320 * 45, "{} loud samples", loud.len());
+    let share = tone_share(&loud[..320 * 40], 1000.0, 16000.0);
+    assert!(share > 0.85, "1 kHz at 16 kHz: {share}");
+
+    // A second of 600 Hz at 16 kHz, in binary frames, is heard by the PCMU caller.
+    let reply: Vec<i16> = (0..16000)
+        .map(|i| {
+            (8000.0 * (2.0 * std::f64::consts::PI * 600.0 * f64::from(i) / 16000.0).sin()) as i16
+        })
+        .collect();
+    for f in reply.chunks(320) {
+        let bytes: Vec<u8> = f.iter().flat_map(|s| s.to_le_bytes()).collect();
+        app.send.send(Message::binary(bytes)).unwrap();
+    }
+    app.send(json!({"event": "mark", "name": "said"}));
+    let heard = peer
+        .exchange(to, &vec![0; 8 * 1500], Duration::from_millis(100))
+        .await;
+    let loud = loud_frames(&heard);
+    assert!((45..=55).contains(&loud), "a second heard: {loud} frames");
+    let share = loud_share(&heard, 600.0);
+    assert!(share > 0.85, "600 Hz share {share}");
+    let marked = app.until(WAIT, |v| v["event"] == "mark").await;
+    assert_eq!(marked.last().unwrap().1["name"], "said");
+    hang_up(&mut w, &mut uac).await;
+    let end = app.until(WAIT, |v| v["event"] == "closed").await;
+    assert!(
+        end.iter().any(|(_, v)| v["event"] == "stop"),
+        "stop before the close"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_parrot_says_back_what_the_caller_said() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/parrot", listener.local_addr().unwrap());
+    let parrot = tokio::spawn(stream_bot::serve(listener));
+    let server = bot_server(&url, &[], None).await;
+    let mut events = Events::open(server.http, "stream_started").await;
+    let mut peer = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "bot", peer.port()).await;
+    let to = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    events.until(WAIT, |e| e["type"] == "stream_started").await;
+    peer.exchange(to, &tone("1000/800@-10", 800), Duration::ZERO)
+        .await;
+    peer.send_dtmf(to, "#").await;
+    let heard = peer.exchange(to, &vec![0; 8 * 1500], Duration::ZERO).await;
+    let loud = loud_frames(&heard);
+    assert!(
+        (35..=45).contains(&loud),
+        "the 800 ms said back: {loud} frames"
+    );
+    let share = loud_share(&heard, 1000.0);
+    assert!(share > 0.85, "1 kHz share {share}");
+    hang_up(&mut w, &mut uac).await;
+    parrot.abort();
     server.stop().await;
 }

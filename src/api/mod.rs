@@ -251,6 +251,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/dial", post(rooms::dial))
         .route("/api/rooms/{name}/record/start", post(rooms::record_start))
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
+        .route(
+            "/api/rooms/{name}/stream",
+            post(rooms::stream_start).delete(rooms::stream_stop),
+        )
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
         .route("/api/trunks", get(trunks::list))

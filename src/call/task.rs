@@ -1502,6 +1502,8 @@ impl Task {
             R::Play(p) => done(rooms.room_action(room, RoomAction::Play(p))),
             R::RecordStart => done(rooms.room_action(room, RoomAction::RecordStart)),
             R::RecordStop => done(rooms.room_action(room, RoomAction::RecordStop)),
+            R::StreamStart(s) => done(rooms.room_action(room, RoomAction::StreamStart(s))),
+            R::StreamStop => done(rooms.room_action(room, RoomAction::StreamStop)),
         }
     }
 

@@ -116,6 +116,10 @@ pub enum RoomRequest {
     RecordStart,
     /// Stop recording the room.
     RecordStop,
+    /// Stream the room's mix to an application; answers the stream's id.
+    StreamStart(Box<crate::stream::StreamRequest>),
+    /// Stop the room's stream.
+    StreamStop,
     /// Act on one member.
     Member(u64, crate::live::MemberAction),
     /// List the members.
@@ -987,6 +991,12 @@ fn stream(url: &str, opts: &Map) -> Res<ImmutableString> {
     }
 }
 
+/// `room_stream`: the room's mix goes to the application; answers the stream's id.
+fn room_stream(room: &str, url: &str, opts: &Map) -> Res<Dynamic> {
+    let wanted = Box::new(stream_request("room_stream", url, opts)?);
+    room_do("room_stream", room, RoomRequest::StreamStart(wanted))
+}
+
 /// `stream_start`: as `stream`, but the script goes on while the stream runs.
 fn stream_start(url: &str, opts: &Map) -> Res<()> {
     let request = Box::new(stream_request("stream_start", url, opts)?);
@@ -1140,6 +1150,15 @@ pub fn register(engine: &mut Engine) {
         })
         .register_fn("room_stop_recording", |r: &str| {
             room_do("room_stop_recording", r, RoomRequest::RecordStop)
+        })
+        .register_fn("room_stream", move |r: &str, u: &str| {
+            room_stream(r, u, &empty())
+        })
+        .register_fn("room_stream", |r: &str, u: &str, o: Map| {
+            room_stream(r, u, &o)
+        })
+        .register_fn("room_stream_stop", |r: &str| {
+            room_do("room_stream_stop", r, RoomRequest::StreamStop)
         })
         .register_fn("room_members", |r: &str| {
             room_do("room_members", r, RoomRequest::Members)

@@ -18,6 +18,9 @@
 //!   `conference`); keys of one step are [`KEY_GAP`] apart.
 //! - `hangup`: the caller hangs up at the caller's clock.
 //!
+//! An application a script streams to keeps the stream until the script stops it or the
+//! caller hangs up.
+//!
 //! While there are steps left the caller is talking; after the last one the caller is
 //! silent (which `record`'s silence limit notices) and stays on the line until the script
 //! ends the call or [`Simulator::max_duration`] passes.
@@ -691,6 +694,9 @@ impl SimCall {
                 let reply = match request {
                     RoomRequest::Members => CallReply::Members(Vec::new()),
                     RoomRequest::RecordStart => CallReply::Text(Some(format!("sim-room-{room}"))),
+                    RoomRequest::StreamStart(_) => {
+                        CallReply::Text(Some(format!("sim-stream-{room}")))
+                    }
                     _ => CallReply::Done,
                 };
                 self.inputs.push_back(Input::WorkReply(reply));

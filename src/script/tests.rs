@@ -1013,3 +1013,18 @@ fn the_bot_streams_until_the_caller_hangs_up() {
     );
     assert!(t.contains("played goodbye"), "{t}");
 }
+
+#[test]
+fn room_stream_answers_the_streams_id_and_checks_its_options() {
+    let t = run(
+        r#"let id = room_stream("sales", "wss://asr.example.com/", #{format: "l16", rate: 16000});
+        log(id); room_stream_stop("sales");"#,
+        "",
+    );
+    assert!(t.contains("log: sim-stream-sales"), "{t}");
+    let t = run(r#"room_stream("sales", "https://x/");"#, "");
+    assert!(
+        error_of(&t).to_string().contains("room_stream: stream URL"),
+        "{t}"
+    );
+}

@@ -154,7 +154,13 @@ impl AudioFrame {
         }
     }
 
-    fn track(&self, outbound: bool) -> Option<&[i16]> {
+    /// When the frame was taken, in milliseconds since the stream started.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The outbound or the inbound track, when the frame carries it.
+    pub fn track(&self, outbound: bool) -> Option<&[i16]> {
         let t = if outbound {
             self.outbound.as_ref()
         } else {
@@ -534,4 +540,36 @@ fn decode(format: Format, msg: WsMessage) -> Option<Result<AppCommand, StreamErr
         // Pings are answered by the library; pongs and raw frames carry nothing.
         _ => None,
     }
+}
+
+/// The far end of a [`StreamHandle`] with no socket: what the media side hands over, and a
+/// way to play the application. For tests and benchmarks of the media side.
+#[doc(hidden)]
+pub struct Loopback {
+    /// What the media side handed over, in order.
+    pub out: sync_mpsc::Receiver<Outbound>,
+    /// Commands as the application would send them.
+    pub app: mpsc::Sender<AppCommand>,
+    _hangup: oneshot::Receiver<()>,
+}
+
+/// A handle whose far end is a [`Loopback`] instead of a socket task.
+#[doc(hidden)]
+pub fn loopback(send_queue: usize, receive_queue: usize) -> (StreamHandle, Loopback) {
+    let (out_tx, out) = sync_mpsc::sync_channel(send_queue.max(1));
+    let (app, in_rx) = mpsc::channel(receive_queue.max(1));
+    let (hangup_tx, hangup_rx) = oneshot::channel();
+    let handle = StreamHandle {
+        tx: out_tx,
+        wake: Arc::new(Notify::new()),
+        rx: in_rx,
+        stats: Arc::new(StreamStats::default()),
+        _hangup: hangup_tx,
+    };
+    let far = Loopback {
+        out,
+        app,
+        _hangup: hangup_rx,
+    };
+    (handle, far)
 }

@@ -158,3 +158,162 @@ impl AudioTap for StreamTap {
         self.handle.send(Outbound::Dtmf(digit));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::media::level::tone_share;
+    use crate::stream::client::{loopback, Loopback};
+    use crate::stream::{AppCommand, Outbound};
+
+    const W48: ClockRate = ClockRate::HZ_48000;
+    const N8: ClockRate = ClockRate::HZ_8000;
+
+    fn hz(r: u32) -> ClockRate {
+        ClockRate::new(r).unwrap()
+    }
+
+    fn sine(freq: f64, rate: ClockRate, frame: u64) -> Frame {
+        let n = crate::media::frame::samples_at(rate);
+        let r = f64::from(rate.hz());
+        let pcm: Vec<i16> = (0..n as u64)
+            .map(|i| {
+                let t = (frame * n as u64 + i) as f64 / r;
+                (8000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+            })
+            .collect();
+        Frame::from_samples(rate, &pcm)
+    }
+
+    fn tap(track: Track, bidirectional: bool, rate: ClockRate) -> (StreamTap, Loopback) {
+        let (handle, far) = loopback(1000, 1000);
+        let cfg = TapConfig {
+            track,
+            bidirectional,
+            rate,
+        };
+        (StreamTap::new(7, handle, cfg), far)
+    }
+
+    /// A frame as handed over: its timestamp, inbound and outbound tracks.
+    type Handed = (u64, Option<Vec<i16>>, Option<Vec<i16>>);
+
+    fn audio(far: &Loopback) -> Vec<Handed> {
+        let mut out = Vec::new();
+        while let Ok(m) = far.out.try_recv() {
+            if let Outbound::Audio(f) = m {
+                let track = |o| f.track(o).map(<[i16]>::to_vec);
+                out.push((f.timestamp_ms(), track(false), track(true)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_wideband_leg_is_carried_down_to_the_streams_rate_on_the_tracks_asked_for() {
+        for (track, inbound, outbound) in [
+            (Track::Inbound, true, false),
+            (Track::Outbound, false, true),
+            (Track::Both, true, true),
+        ] {
+            let (mut t, far) = tap(track, false, hz(16000));
+            let mut said = Vec::new();
+            let mut heard = Vec::new();
+            for k in 0..50 {
+                let mut out = sine(700.0, W48, k);
+                t.tick(&sine(3000.0, W48, k), &mut out);
+                assert_eq!(out, sine(700.0, W48, k), "a listening stream adds nothing");
+            }
+            let frames = audio(&far);
+            assert_eq!(frames.len(), 50);
+            for (i, (at, inb, outb)) in frames.into_iter().enumerate() {
+                assert_eq!(at, i as u64 * 20);
+                assert_eq!(inb.is_some(), inbound);
+                assert_eq!(outb.is_some(), outbound);
+                said.extend(inb.unwrap_or_default());
+                heard.extend(outb.unwrap_or_default());
+            }
+            if inbound {
+                assert_eq!(said.len(), 50 * 320, "16 kHz frames");
+                let s = tone_share(&said[3200..], 3000.0, 16000.0);
+                assert!(s > 0.95, "caller's 3 kHz at 16 kHz: {s}");
+            }
+            if outbound {
+                let s = tone_share(&heard[3200..], 700.0, 16000.0);
+                assert!(s > 0.95, "what the caller hears: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_applications_audio_is_mixed_in_and_clear_silences_it_on_the_next_frame() {
+        let (mut t, far) = tap(Track::Inbound, true, N8);
+        // One second of 500 Hz at 8 kHz, then a mark.
+        let reply: Vec<i16> = (0..50).flat_map(|k| sine(500.0, N8, k).to_vec()).collect();
+        far.app.try_send(AppCommand::Audio(reply)).unwrap();
+        far.app.try_send(AppCommand::Mark("half".into())).unwrap();
+        let mut heard = Vec::new();
+        for k in 0..10 {
+            let mut out = Frame::silence(W48);
+            t.tick(&sine(1000.0, W48, k), &mut out);
+            heard.extend_from_slice(&out);
+        }
+        let s = tone_share(&heard[4800..], 500.0, 48000.0);
+        assert!(s > 0.95, "the reply at the leg's 48 kHz: {s}");
+        assert_eq!(t.queued_samples(), 40 * 160);
+        // Barge-in: the very next frame is silent, the mark comes back cleared.
+        far.app.try_send(AppCommand::Clear).unwrap();
+        let mut out = Frame::silence(W48);
+        t.tick(&sine(1000.0, W48, 10), &mut out);
+        assert!(out.iter().all(|&s| s == 0), "clear silences the next frame");
+        let marks: Vec<String> = std::iter::from_fn(|| far.out.try_recv().ok())
+            .filter_map(|m| match m {
+                Outbound::Mark(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(marks, ["half"]);
+    }
+
+    #[test]
+    fn a_mark_comes_back_on_the_tick_its_audio_ends() {
+        let (mut t, far) = tap(Track::Inbound, true, N8);
+        far.app
+            .try_send(AppCommand::Audio(vec![1000; 3 * 160 + 80]))
+            .unwrap();
+        far.app.try_send(AppCommand::Mark("m".into())).unwrap();
+        let mut marked_at = None;
+        for k in 0..6 {
+            let mut out = Frame::silence(N8);
+            t.tick(&Frame::silence(N8), &mut out);
+            let mark = std::iter::from_fn(|| far.out.try_recv().ok())
+                .any(|m| matches!(m, Outbound::Mark(ref n) if n == "m"));
+            if mark {
+                marked_at.get_or_insert(k);
+            }
+        }
+        // 3.5 frames of audio: played out during the fourth tick.
+        assert_eq!(marked_at, Some(3));
+    }
+
+    #[test]
+    fn a_listening_stream_drops_what_the_application_sends_and_keys_go_out() {
+        let (mut t, far) = tap(Track::Inbound, false, N8);
+        far.app
+            .try_send(AppCommand::Audio(vec![9000; 1600]))
+            .unwrap();
+        let mut out = Frame::silence(N8);
+        t.tick(&Frame::silence(N8), &mut out);
+        assert!(out.iter().all(|&s| s == 0));
+        assert!(!t.speaks());
+        t.digit('#');
+        let keys: Vec<char> = std::iter::from_fn(|| far.out.try_recv().ok())
+            .filter_map(|m| match m {
+                Outbound::Dtmf(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, ['#']);
+    }
+}
