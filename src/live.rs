@@ -48,6 +48,8 @@ pub struct CallInfo {
     pub direction: String,
     /// The party a `dial` bridged the call with, while bridged.
     pub bridged_with: Option<String>,
+    /// The stream of the call's audio to an application, if any (its id).
+    pub stream: Option<String>,
 }
 
 impl CallInfo {
@@ -65,6 +67,7 @@ impl CallInfo {
             recording: None,
             direction: "inbound".into(),
             bridged_with: None,
+            stream: None,
         }
     }
 

@@ -732,6 +732,8 @@ impl Task {
             },
         );
         tracing::info!(url = %request.url, stream = running.stream_id(), "streaming the call");
+        let sid = running.stream_id().to_string();
+        self.live.update(|i| i.stream = Some(sid));
         self.send_leg(LegCommand::Stream(Box::new(tap)));
         self.stream = Some(running);
     }
@@ -742,6 +744,7 @@ impl Task {
             return;
         };
         self.send_leg(LegCommand::StopStream(running.id()));
+        self.live.update(|i| i.stream = None);
         let record = running.finish(reason, &self.ctx.events);
         core.handle_stream_ended(&record.reason);
         self.streams.push(record);
