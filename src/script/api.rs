@@ -1,9 +1,10 @@
 //! The functions a call-flow script calls, and the requests they make of the call.
 //!
 //! Every verb turns its arguments into a [`CallRequest`], hands it to the call's
-//! [`CallPort`] and blocks the script's thread until the [`CallReply`]. The port belongs to
-//! the thread running the script (installed by the runner), so one [`rhai::Engine`] serves
-//! every call. Once the caller is gone every request fails and the script is terminated
+//! [`CallPort`] and waits for the [`CallReply`] (a script on the runner's pool is suspended
+//! meanwhile, its thread free for others). The port is the running script's, installed in
+//! thread-locals by the runner and swapped out while the script is suspended, so one
+//! [`rhai::Engine`] serves every call. Once the caller is gone every request fails and the script is terminated
 //! with an error no `try`/`catch` can swallow.
 
 use std::cell::RefCell;
@@ -243,13 +244,16 @@ pub struct CallGone;
 
 /// How a script reaches its call.
 pub trait CallPort: Send {
-    /// Carries out one request, blocking until it is done.
+    /// Carries out one request, returning when it is done (blocking, or suspending a
+    /// script that runs on the runner's pool).
     fn request(&mut self, req: CallRequest) -> Result<CallReply, CallGone>;
 }
 
-/// The call a script thread is running for.
+/// The call a script is running for.
 struct Active {
-    port: Box<dyn CallPort>,
+    /// Out while a request is in flight, so the port may suspend the script with nothing of
+    /// this thread's borrowed.
+    port: Option<Box<dyn CallPort>>,
     hangup: Arc<AtomicBool>,
     session: Dynamic,
 }
@@ -265,12 +269,29 @@ pub(crate) fn install(port: Box<dyn CallPort>, hangup: Arc<AtomicBool>, session:
     HANGUP.with(|h| *h.borrow_mut() = Some(hangup.clone()));
     ACTIVE.with(|a| {
         *a.borrow_mut() = Some(Active {
-            port,
+            port: Some(port),
             hangup,
             session: Dynamic::from_map(session).into_read_only(),
         })
     });
     Installed(())
+}
+
+/// A suspended script's call, out of the thread while other scripts run there.
+pub(crate) struct Context(Option<Active>, Option<Arc<AtomicBool>>);
+
+/// Takes this thread's call out, as a script is suspended.
+pub(crate) fn take_context() -> Context {
+    Context(
+        ACTIVE.with(|a| a.borrow_mut().take()),
+        HANGUP.with(|h| h.borrow_mut().take()),
+    )
+}
+
+/// Puts a script's call back, as it is resumed.
+pub(crate) fn restore_context(c: Context) {
+    ACTIVE.with(|a| *a.borrow_mut() = c.0);
+    HANGUP.with(|h| *h.borrow_mut() = c.1);
 }
 
 /// The `session` map of this thread's call, read-only.
@@ -283,8 +304,7 @@ pub(crate) struct Installed(());
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        ACTIVE.with(|a| a.borrow_mut().take());
-        HANGUP.with(|h| h.borrow_mut().take());
+        drop(take_context());
     }
 }
 
@@ -309,23 +329,34 @@ fn terminate<T>(token: &str) -> Res<T> {
 
 /// Sends `req` through this thread's port.
 fn request(req: CallRequest) -> Res<CallReply> {
-    let result = ACTIVE.with(|a| {
+    let taken = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         let active = a.as_mut()?;
         if active.hangup.load(Ordering::Relaxed) {
             return Some(Err(CallGone));
         }
-        let r = active.port.request(req);
-        if r.is_err() {
-            active.hangup.store(true, Ordering::Relaxed);
-        }
-        Some(r)
+        Some(active.port.take().ok_or(CallGone))
     });
+    let result = match taken {
+        None => return err("no call: script API used outside a call"),
+        Some(Err(gone)) => Err(gone),
+        Some(Ok(mut port)) => {
+            let r = port.request(req);
+            ACTIVE.with(|a| {
+                if let Some(active) = a.borrow_mut().as_mut() {
+                    active.port = Some(port);
+                    if r.is_err() {
+                        active.hangup.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+            r
+        }
+    };
     match result {
-        None => err("no call: script API used outside a call"),
-        Some(Err(CallGone)) => terminate(END_GONE),
-        Some(Ok(CallReply::Failed(why))) => err(why),
-        Some(Ok(reply)) => Ok(reply),
+        Err(CallGone) => terminate(END_GONE),
+        Ok(CallReply::Failed(why)) => err(why),
+        Ok(reply) => Ok(reply),
     }
 }
 
