@@ -8,6 +8,7 @@
 //! with an error no `try`/`catch` can swallow.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -364,6 +365,26 @@ fn request_done(req: CallRequest) -> Res<()> {
     request(req).map(|_| ())
 }
 
+/// A `collect` pattern compiled once for every call that uses it, not once per call.
+fn collect_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    /// Patterns kept; scripts use a handful, and a script making up patterns only clears it.
+    const KEPT: usize = 256;
+    static COMPILED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, regex::Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let lock = || COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = lock().get(pattern) {
+        return Ok(r.clone());
+    }
+    // Compiling a pattern takes far more stack than a script otherwise does.
+    let r = super::runner::on_thread_stack(|| full_match_regex(pattern))?;
+    let mut compiled = lock();
+    if compiled.len() >= KEPT {
+        compiled.clear();
+    }
+    compiled.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
+
 /// Reads options out of a script's object map, refusing unknown keys so typos surface.
 struct Opts<'a> {
     verb: &'static str,
@@ -595,7 +616,7 @@ pub fn collect_options(opts: &Map) -> Res<CollectOptions> {
     let max = o.int("max", 1, top)?.map_or(min.max(1), |n| n as usize);
     let regex = match o.string("regex")? {
         None => None,
-        Some(p) => match full_match_regex(&p) {
+        Some(p) => match collect_regex(&p) {
             Ok(r) => Some(r),
             Err(e) => return err(format!("collect: bad regex {p:?}: {e}")),
         },

@@ -32,8 +32,11 @@ use super::engine::ScriptError;
 /// millisecond of a tight loop in a release build (a multiple of the engine's hangup check).
 pub const YIELD_EVERY: u64 = 1 << 15;
 
-/// Stack bytes a script needs besides its nesting: the pool thread's way into the engine,
-/// a verb, the port and the suspend.
+// Stack a script needs, from the engine's nesting limits: Rhai has no stack probe of its
+// own, so its limits must end the deepest script before the guard page does. Measured
+// (tests/script_pool.rs prints it) and doubled or so: in a debug build a call level takes
+// about 28 KB and an expression level about 3 KB; in a release build far less.
+/// Stack bytes besides the nesting: the pool thread's way into the engine, a verb, the port.
 const STACK_BASE: usize = if cfg!(debug_assertions) {
     256 << 10
 } else {
@@ -43,14 +46,17 @@ const STACK_BASE: usize = if cfg!(debug_assertions) {
 const STACK_PER_CALL: usize = if cfg!(debug_assertions) {
     48 << 10
 } else {
-    8 << 10
+    16 << 10
 };
 /// Stack bytes per level of nested expression.
 const STACK_PER_EXPR: usize = if cfg!(debug_assertions) {
-    8 << 10
+    4 << 10
 } else {
     2 << 10
 };
+
+/// A pool thread's own stack, where scripts run native work that needs deep stack.
+const THREAD_STACK: usize = 8 << 20;
 
 /// Finished scripts' stacks a pool thread keeps for the next ones.
 const STACKS_KEPT: usize = 64;
@@ -233,7 +239,14 @@ pub fn default_threads() -> usize {
 /// runs, with the threads it started with.
 pub fn set_pool_threads(threads: usize) -> bool {
     GLOBAL_THREADS.store(threads, Ordering::Relaxed);
-    GLOBAL.get().is_none_or(|p| p.threads() == threads)
+    GLOBAL.get().is_none_or(|p| p.threads() == resolve(threads))
+}
+
+fn resolve(threads: usize) -> usize {
+    match threads {
+        0 => default_threads(),
+        n => n,
+    }
 }
 
 /// What a suspended script is resumed with.
@@ -292,6 +305,7 @@ impl ScriptPool {
             let own = tx.clone();
             std::thread::Builder::new()
                 .name("script".into())
+                .stack_size(THREAD_STACK)
                 .spawn(move || Worker::new(own).run(rx))?;
             senders.push(tx);
         }
@@ -305,10 +319,7 @@ impl ScriptPool {
     /// number of threads.
     pub fn global() -> &'static ScriptPool {
         GLOBAL.get_or_init(|| {
-            let threads = match GLOBAL_THREADS.load(Ordering::Relaxed) {
-                0 => default_threads(),
-                n => n,
-            };
+            let threads = resolve(GLOBAL_THREADS.load(Ordering::Relaxed));
             ScriptPool::new(threads).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot start the script threads");
                 ScriptPool {
@@ -360,11 +371,12 @@ impl Drop for ScriptPool {
     }
 }
 
-/// The stack a script on `engine` needs at its deepest, from the engine's nesting limits.
+/// The stack a script on `engine` needs at its deepest: every call level may hold an
+/// expression nested as deep as a function body allows.
 fn stack_size(engine: &Engine) -> usize {
-    let size = STACK_BASE
-        + STACK_PER_CALL * engine.max_call_levels()
-        + STACK_PER_EXPR * (engine.max_expr_depth() + engine.max_function_expr_depth());
+    let per_call = STACK_PER_CALL + STACK_PER_EXPR * engine.max_function_expr_depth();
+    let size =
+        STACK_BASE + per_call * engine.max_call_levels() + STACK_PER_EXPR * engine.max_expr_depth();
     size.next_multiple_of(64 << 10)
 }
 
@@ -396,6 +408,16 @@ fn suspend(why: Suspend) -> Option<Resume> {
     Some(input)
 }
 
+/// Runs `f` on the pool thread's own stack rather than the script's small one, for native
+/// work that needs deep stack (compiling a regex); on the calling stack outside the pool.
+pub(crate) fn on_thread_stack<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match CURRENT.with(Cell::get) {
+        // SAFETY: as in `suspend`, the yielder is the running coroutine's own.
+        Some(current) => unsafe { (*current.yielder).on_parent_stack(f) },
+        None => f(),
+    }
+}
+
 /// Lets the other scripts on this pool thread run; nothing outside the pool.
 pub(crate) fn yield_now() {
     let _ = suspend(Suspend::Yield);
@@ -407,6 +429,8 @@ struct Task {
     done: oneshot::Sender<ScriptOutcome>,
     span: tracing::Span,
     file: String,
+    /// Its stack's size, to keep it for another script needing as much.
+    size: usize,
 }
 
 /// One pool thread's scripts.
@@ -414,7 +438,8 @@ struct Worker {
     own: std_mpsc::Sender<Msg>,
     tasks: HashMap<u64, Task>,
     ready: VecDeque<(u64, Resume)>,
-    stacks: Vec<DefaultStack>,
+    /// Kept stacks and the size each was asked for.
+    stacks: Vec<(usize, DefaultStack)>,
     next_id: u64,
     closing: bool,
 }
@@ -476,8 +501,8 @@ impl Worker {
             span,
         } = job;
         let size = stack_size(&engine);
-        let stack = match self.stacks.iter().position(|s| stack_len(s) == size) {
-            Some(i) => Ok(self.stacks.swap_remove(i)),
+        let stack = match self.stacks.iter().position(|s| s.0 == size) {
+            Some(i) => Ok(self.stacks.swap_remove(i).1),
             None => DefaultStack::new(size),
         };
         let file = ast.source().unwrap_or("script").to_string();
@@ -511,6 +536,7 @@ impl Worker {
                 done,
                 span,
                 file,
+                size,
             },
         );
         self.ready.push_back((id, Resume::Start));
@@ -559,14 +585,9 @@ impl Worker {
         }
         let _ = task.done.send(outcome);
         if task.co.done() && self.stacks.len() < STACKS_KEPT {
-            self.stacks.push(task.co.into_stack());
+            self.stacks.push((task.size, task.co.into_stack()));
         }
     }
-}
-
-fn stack_len(s: &DefaultStack) -> usize {
-    use corosensei::stack::Stack;
-    s.base().get() - s.limit().get()
 }
 
 /// Wakes a suspended script with its reply; dropped unsent, with "the call is gone".
@@ -624,23 +645,31 @@ impl ReplyTo {
 }
 
 /// A script's request as the call task receives it.
+///
+/// Boxed, so the request channel (whose blocks hold 32 messages) costs little per call.
 #[derive(Debug)]
-pub struct ScriptRequest {
-    /// What the script asks.
-    pub request: CallRequest,
-    reply: ReplyTo,
-}
+pub struct ScriptRequest(Box<(CallRequest, ReplyTo)>);
 
 impl ScriptRequest {
+    fn new(request: CallRequest, reply: ReplyTo) -> ScriptRequest {
+        ScriptRequest(Box::new((request, reply)))
+    }
+
+    /// What the script asks.
+    pub fn request(&self) -> &CallRequest {
+        &self.0 .0
+    }
+
     /// Answers the script; dropping the request instead tells it the call is gone.
     pub fn reply(self, reply: CallReply) {
-        self.reply.send(reply);
+        self.0 .1.send(reply);
     }
 
     /// The request and the means to answer it, for a call task that keeps the answer for
     /// later (a `collect` answers when the caller is done).
     pub fn into_parts(self) -> (CallRequest, Replier) {
-        (self.request, Replier(self.reply))
+        let (request, reply) = *self.0;
+        (request, Replier(reply))
     }
 }
 
@@ -673,22 +702,16 @@ impl CallPort for ChannelPort {
         let Some(wake) = Wake::current() else {
             let (reply, rx) = oneshot::channel();
             self.tx
-                .blocking_send(ScriptRequest {
-                    request,
-                    reply: ReplyTo::Thread(reply),
-                })
+                .blocking_send(ScriptRequest::new(request, ReplyTo::Thread(reply)))
                 .map_err(|_| CallGone)?;
             return rx.blocking_recv().map_err(|_| CallGone);
         };
-        let mut request = ScriptRequest {
-            request,
-            reply: ReplyTo::Pool(wake),
-        };
+        let mut request = ScriptRequest::new(request, ReplyTo::Pool(wake));
         loop {
             match self.tx.try_send(request) {
                 Ok(()) => break,
                 Err(TrySendError::Closed(r)) => {
-                    if let ReplyTo::Pool(mut w) = r.reply {
+                    if let (_, ReplyTo::Pool(mut w)) = *r.0 {
                         w.armed = false;
                     }
                     return Err(CallGone);
@@ -706,4 +729,56 @@ impl CallPort for ChannelPort {
             _ => Err(CallGone),
         }
     }
+}
+
+/// Runs `ast` to its end on a coroutine of `size` bytes of stack on this thread, answering
+/// every request with `Done`: how it ended and the bytes of stack it touched at its deepest.
+/// For measuring what the stack size must cover.
+#[doc(hidden)]
+pub fn measure_stack(
+    engine: Arc<Engine>,
+    ast: Arc<AST>,
+    size: usize,
+) -> std::io::Result<(ScriptOutcome, usize)> {
+    use corosensei::stack::Stack;
+    struct Done;
+    impl CallPort for Done {
+        fn request(&mut self, _: CallRequest) -> Result<CallReply, CallGone> {
+            Ok(CallReply::Done)
+        }
+    }
+    let stack = DefaultStack::new(size)?;
+    let (base, limit) = (stack.base().get(), stack.limit().get());
+    let mut co: ScriptCoroutine = Coroutine::with_stack(stack, move |yielder, _| {
+        let current = Current {
+            yielder: yielder as *const _,
+            id: u64::MAX,
+        };
+        CURRENT.with(|c| c.set(Some(current)));
+        let hangup = Arc::new(AtomicBool::new(false));
+        run_script(&engine, &ast, &CallInfo::default(), Box::new(Done), hangup)
+    });
+    let outcome = loop {
+        let step = co.resume(Resume::Continue);
+        CURRENT.with(|c| c.set(None));
+        if let CoroutineResult::Return(o) = step {
+            break o;
+        }
+    };
+    // A fresh mapping reads as zeros: the lowest word written marks the deepest point.
+    // The lowest page is the guard.
+    let lowest = (limit + (64 << 10)..base)
+        .step_by(8)
+        // SAFETY: the coroutine is done and its stack still mapped and writable in
+        // [limit, base); reading it races with nothing.
+        .find(|&a| unsafe { std::ptr::read_volatile(a as *const u64) } != 0)
+        .unwrap_or(base);
+    drop(co);
+    Ok((outcome, base - lowest))
+}
+
+/// The stack a script running on `engine` gets.
+#[doc(hidden)]
+pub fn script_stack_size(engine: &Engine) -> usize {
+    stack_size(engine)
 }
