@@ -381,21 +381,3 @@ fn the_deepest_script_on_the_pool_ends_with_the_engine_limit() {
         "{outcome:?}"
     );
 }
-
-#[test]
-fn tmp_ivr_stack() {
-    let _alone = alone();
-    let engine = Arc::new(build_engine(&ScriptLimits::default()));
-    for src in [
-        "",
-        "let x = 1;",
-        "log(\"a\");",
-        "answer();",
-        "answer(); let x = collect(#{max: 1});",
-        include_str!("../scripts/ivr.rhai"),
-    ] {
-        let ast = Arc::new(compile_source(&engine, "ivr.rhai", src).unwrap());
-        let (outcome, used) = measure_stack(engine.clone(), ast, 1 << 20).unwrap();
-        println!("ivr: {used} {outcome:?}");
-    }
-}

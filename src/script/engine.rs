@@ -24,7 +24,7 @@ use super::{api, runner};
 pub struct ScriptLimits {
     /// Operations over the whole run of one call's script (a `loop {}` ends here).
     pub max_operations: u64,
-    /// Nested function calls (deep recursion ends here, before the thread's stack does).
+    /// Nested function calls (deep recursion ends here, before the script's stack does).
     pub max_call_levels: usize,
     /// Nesting of expressions at global level and inside functions.
     pub max_expr_depth: ExprDepth,

@@ -386,6 +386,8 @@ fn stack_size(engine: &Engine) -> usize {
 struct Current {
     yielder: *const Yielder<Resume, Suspend>,
     id: u64,
+    /// The lowest usable address of its stack, above the guard page.
+    stack_low: usize,
 }
 
 thread_local! {
@@ -398,6 +400,12 @@ thread_local! {
 /// Suspends the running script until its pool thread resumes it; None outside the pool.
 fn suspend(why: Suspend) -> Option<Resume> {
     let current = CURRENT.with(Cell::get)?;
+    if matches!(why, Suspend::Wait) {
+        // A wait is long: what the script touched deeper than where it waits (starting
+        // up, parsing a verb's options) need not stay resident meanwhile.
+        let here = 0u8;
+        release_stack(current.stack_low, std::ptr::addr_of!(here) as usize);
+    }
     let context = api::take_context();
     // SAFETY: `current` was set by the coroutine running now, from the yielder its body
     // received, which lives as long as that body; the pool thread clears it whenever the
@@ -406,6 +414,36 @@ fn suspend(why: Suspend) -> Option<Resume> {
     CURRENT.with(|c| c.set(Some(current)));
     api::restore_context(context);
     Some(input)
+}
+
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
+
+/// Gives the pages of a coroutine stack in `[low, below)` back to the system, keeping a page
+/// under `below` for the context switch; they read as zeros when touched again.
+fn release_stack(low: usize, below: usize) {
+    let page = page_size();
+    let high = (below & !(page - 1)).saturating_sub(page);
+    if high > low {
+        // SAFETY: the range lies inside a stack mapping of ours (private, anonymous,
+        // writable), below every live frame of the coroutine that owns it; its contents
+        // are dead and may be dropped.
+        unsafe {
+            libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// The lowest usable address of a coroutine stack.
+fn stack_low(stack: &DefaultStack) -> usize {
+    use corosensei::stack::Stack;
+    stack.limit().get() + page_size()
 }
 
 /// Runs `f` on the pool thread's own stack rather than the script's small one, for native
@@ -520,11 +558,13 @@ impl Worker {
         };
         let id = self.next_id;
         self.next_id += 1;
+        let low = stack_low(&stack);
         let co = Coroutine::with_stack(stack, move |yielder: &Yielder<Resume, Suspend>, _| {
             CURRENT.with(|c| {
                 c.set(Some(Current {
                     yielder: yielder as *const _,
                     id,
+                    stack_low: low,
                 }))
             });
             run_script(&engine, &ast, &info, port, hangup)
@@ -585,7 +625,11 @@ impl Worker {
         }
         let _ = task.done.send(outcome);
         if task.co.done() && self.stacks.len() < STACKS_KEPT {
-            self.stacks.push((task.size, task.co.into_stack()));
+            let stack = task.co.into_stack();
+            // A kept stack holds no memory until the next script touches it.
+            use corosensei::stack::Stack;
+            release_stack(stack_low(&stack), stack.base().get());
+            self.stacks.push((task.size, stack));
         }
     }
 }
@@ -753,6 +797,7 @@ pub fn measure_stack(
         let current = Current {
             yielder: yielder as *const _,
             id: u64::MAX,
+            stack_low: limit + page_size(),
         };
         CURRENT.with(|c| c.set(Some(current)));
         let hangup = Arc::new(AtomicBool::new(false));
