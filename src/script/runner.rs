@@ -28,9 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::api::{self, CallGone, CallPort, CallReply, CallRequest};
 use super::engine::ScriptError;
 
-/// Operations between two yields of a busy script to the others on its thread: about half a
-/// millisecond of a tight loop in a release build (a multiple of the engine's hangup check).
-pub const YIELD_EVERY: u64 = 1 << 15;
+/// Operations between two yields of a busy script to the others on its thread (a multiple
+/// of the engine's hangup check): a third of a millisecond of `loop {}`, which runs about
+/// 200 operations a microsecond, and some milliseconds of heavier operations.
+pub const YIELD_EVERY: u64 = 1 << 16;
 
 // Stack a script needs, from the engine's nesting limits: Rhai has no stack probe of its
 // own, so its limits must end the deepest script before the guard page does. Measured
