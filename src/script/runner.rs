@@ -34,27 +34,16 @@ use super::engine::ScriptError;
 pub const YIELD_EVERY: u64 = 1 << 16;
 
 // Stack a script needs, from the engine's nesting limits: Rhai has no stack probe of its
-// own, so its limits must end the deepest script before the guard page does. Measured
-// (tests/script_pool.rs prints it) and doubled or so: in a debug build a call level takes
-// about 28 KB and an expression level about 3 KB; in a release build far less.
+// own, so its limits must end the deepest script before the guard page does. Measured in a
+// debug build (Rhai optimised, as the dev profile builds it; tests/script_pool.rs prints the
+// measure): about 5 KB a call level, under 1 KB an expression level, 25 KB a call level
+// whose body nests expressions as deep as allowed. Taken three times over.
 /// Stack bytes besides the nesting: the pool thread's way into the engine, a verb, the port.
-const STACK_BASE: usize = if cfg!(debug_assertions) {
-    256 << 10
-} else {
-    64 << 10
-};
+const STACK_BASE: usize = 64 << 10;
 /// Stack bytes per level of nested function call.
-const STACK_PER_CALL: usize = if cfg!(debug_assertions) {
-    48 << 10
-} else {
-    16 << 10
-};
+const STACK_PER_CALL: usize = 16 << 10;
 /// Stack bytes per level of nested expression.
-const STACK_PER_EXPR: usize = if cfg!(debug_assertions) {
-    4 << 10
-} else {
-    2 << 10
-};
+const STACK_PER_EXPR: usize = 2 << 10;
 
 /// A pool thread's own stack, where scripts run native work that needs deep stack.
 const THREAD_STACK: usize = 8 << 20;
