@@ -200,7 +200,10 @@ impl ScriptHandle {
 }
 
 fn lost() -> ScriptOutcome {
-    ScriptOutcome::Error(ScriptError::file("script", "the script thread died"))
+    ScriptOutcome::Error(ScriptError::file(
+        "script",
+        "the script pool lost the script",
+    ))
 }
 
 /// Starts `ast` for one call on the shared script pool.
