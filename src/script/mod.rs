@@ -31,6 +31,6 @@ pub use engine::{
 };
 pub use runner::{
     channel_port, run_script, spawn_script, CallInfo, ChannelPort, Replier, ScriptHandle,
-    ScriptOutcome, ScriptRequest, StopCause,
+    ScriptOutcome, ScriptPool, ScriptRequest, StopCause,
 };
 pub use simulate::{parse_input, simulate, CallerStep, Simulator, Transcript, TranscriptLine};
