@@ -383,3 +383,52 @@ fn the_deepest_script_on_the_pool_ends_with_the_engine_limit() {
         "{outcome:?}"
     );
 }
+
+/// Start and end of a one-verb script, on the pool and on a thread of its own:
+/// `cargo test --test script_pool -- --ignored --nocapture start_cost`.
+#[test]
+#[ignore]
+fn start_cost_on_the_pool_and_on_a_thread() {
+    const N: u32 = 2000;
+    let _alone = alone();
+    let engine = Arc::new(build_engine(&ScriptLimits::default()));
+    let ast = Arc::new(compile_source(&engine, "t.rhai", "answer();").unwrap());
+    let pool = ScriptPool::new(2).unwrap();
+    let rt = runtime();
+    let started = Instant::now();
+    for _ in 0..N {
+        let (port, rx) = channel_port();
+        let h = pool.spawn(
+            ast.clone(),
+            engine.clone(),
+            CallInfo::default(),
+            Box::new(port),
+        );
+        let outcome = rt.block_on(async {
+            let replies = tokio::spawn(answer_all(rx));
+            let outcome = join(h).await;
+            assert_eq!(timeout(PATIENCE, replies).await.unwrap().unwrap(), 1);
+            outcome
+        });
+        assert_eq!(outcome, ScriptOutcome::Finished);
+    }
+    let on_pool = started.elapsed() / N;
+    let started = Instant::now();
+    for _ in 0..N {
+        let (port, rx) = channel_port();
+        let (engine, ast) = (engine.clone(), ast.clone());
+        let t = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(move || {
+                let hangup = Arc::new(AtomicBool::new(false));
+                run_script(&engine, &ast, &CallInfo::default(), Box::new(port), hangup)
+            })
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(timeout(PATIENCE, answer_all(rx)).await.unwrap(), 1);
+        });
+        assert_eq!(t.join().unwrap(), ScriptOutcome::Finished);
+    }
+    let on_thread = started.elapsed() / N;
+    println!("start to end of a one-verb script: {on_pool:?} on the pool, {on_thread:?} on a thread of its own");
+}

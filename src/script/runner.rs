@@ -49,7 +49,10 @@ const STACK_PER_EXPR: usize = 2 << 10;
 const THREAD_STACK: usize = 8 << 20;
 
 /// Finished scripts' stacks a pool thread keeps for the next ones.
-const STACKS_KEPT: usize = 64;
+const STACKS_KEPT: usize = 16;
+/// Bytes at the top of a kept stack left resident: about what a script waiting in a verb
+/// uses (giving them back only to fault them in again costs more than keeping them).
+const KEPT_RESIDENT: usize = 32 << 10;
 /// What a script knows about its call, visible to it as the constant `session`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallInfo {
@@ -619,9 +622,9 @@ impl Worker {
         let _ = task.done.send(outcome);
         if task.co.done() && self.stacks.len() < STACKS_KEPT {
             let stack = task.co.into_stack();
-            // A kept stack holds no memory until the next script touches it.
+            // A kept stack holds only the top pages, which the next script uses anyway.
             use corosensei::stack::Stack;
-            release_stack(stack_low(&stack), stack.base().get());
+            release_stack(stack_low(&stack), stack.base().get() - KEPT_RESIDENT);
             self.stacks.push((task.size, stack));
         }
     }
