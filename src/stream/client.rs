@@ -249,27 +249,64 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
 pub fn spawn_watched(
     config: StreamConfig,
 ) -> (StreamHandle, JoinHandle<EndReason>, oneshot::Receiver<()>) {
+    let (handle, ends) = channels(config.send_queue, config.receive_queue);
+    let (up_tx, up_rx) = oneshot::channel();
+    let task = tokio::spawn(run(
+        config,
+        ends.queue,
+        ends.commands,
+        ends.hangup,
+        up_tx,
+        ends.stats,
+    ));
+    (handle, task, up_rx)
+}
+
+/// The socket task's ends of a [`StreamHandle`].
+struct TaskEnds {
+    queue: OutQueue,
+    commands: mpsc::Sender<AppCommand>,
+    hangup: oneshot::Receiver<()>,
+    stats: Arc<StreamStats>,
+}
+
+fn channels(send_queue: usize, receive_queue: usize) -> (StreamHandle, TaskEnds) {
     // std's bounded channel allocates its slots once, up front, so a tick handing over a
     // frame never allocates (tokio's grows in blocks); a Notify wakes the task.
-    let (out_tx, out_rx) = sync_mpsc::sync_channel(config.send_queue.max(1));
+    let (out_tx, out_rx) = sync_mpsc::sync_channel(send_queue.max(1));
     let wake = Arc::new(Notify::new());
-    let (in_tx, in_rx) = mpsc::channel(config.receive_queue.max(1));
+    let (in_tx, in_rx) = mpsc::channel(receive_queue.max(1));
     let (hangup_tx, hangup_rx) = oneshot::channel();
     let stats = Arc::new(StreamStats::default());
-    let queue = OutQueue {
-        rx: out_rx,
-        wake: wake.clone(),
-    };
-    let (up_tx, up_rx) = oneshot::channel();
-    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, up_tx, stats.clone()));
     let handle = StreamHandle {
         tx: out_tx,
-        wake,
+        wake: wake.clone(),
         rx: in_rx,
-        stats,
+        stats: stats.clone(),
         _hangup: hangup_tx,
     };
-    (handle, task, up_rx)
+    let ends = TaskEnds {
+        queue: OutQueue { rx: out_rx, wake },
+        commands: in_tx,
+        hangup: hangup_rx,
+        stats,
+    };
+    (handle, ends)
+}
+
+/// A handle with no socket task behind it, for driving a [`super::StreamTap`] in
+/// benchmarks: the caller plays the task's part through the returned ends.
+#[doc(hidden)]
+pub fn detached(
+    send_queue: usize,
+    receive_queue: usize,
+) -> (
+    StreamHandle,
+    sync_mpsc::Receiver<Outbound>,
+    mpsc::Sender<AppCommand>,
+) {
+    let (handle, ends) = channels(send_queue, receive_queue);
+    (handle, ends.queue.rx, ends.commands)
 }
 
 /// The task's end of the send queue.
@@ -298,14 +335,17 @@ impl OutQueue {
     }
 }
 
-/// Turns what the media side hands over into WebSocket messages of one format.
-enum Encoder {
+/// Turns what the media side hands over into WebSocket messages of one format (public for
+/// the benchmarks).
+#[doc(hidden)]
+pub enum Encoder {
     Twilio(twilio::Encoder),
     L16 { stereo: bool, buf: Vec<u8> },
 }
 
 impl Encoder {
-    fn new(config: &StreamConfig) -> Self {
+    /// The encoder of `config`'s format.
+    pub fn new(config: &StreamConfig) -> Self {
         match config.format {
             Format::Twilio => Encoder::Twilio(twilio::Encoder::new(
                 &config.stream_id,
@@ -331,7 +371,8 @@ impl Encoder {
         }
     }
 
-    fn encode(&mut self, mut msg: Outbound, tracks: Track, out: &mut Vec<WsMessage>) {
+    /// Appends the messages carrying `msg` to `out`, with only the `tracks` the stream sends.
+    pub fn encode(&mut self, mut msg: Outbound, tracks: Track, out: &mut Vec<WsMessage>) {
         if let Outbound::Audio(f) = &mut msg {
             f.keep(tracks);
         }
