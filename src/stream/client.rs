@@ -23,6 +23,11 @@ use super::{l16, twilio, AppCommand, StartInfo, StreamError, Track, MAX_FRAME_SA
 /// 16 kHz): with the receive queue, it bounds what one stream can hold in memory.
 pub const MAX_APP_MESSAGE: usize = 256 * 1024;
 
+/// The socket's read buffer. The library's default (128 KiB) is allocated per stream and
+/// zeroed up to its size on every read, which cost more than everything else a stream does;
+/// the application's messages are a few hundred bytes (a larger one takes more reads).
+const READ_BUFFER: usize = 4 * 1024;
+
 /// How long a stream ending on our side may take to flush what is queued and say `stop`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -467,7 +472,8 @@ async fn run_inner(
         Some(
             WebSocketConfig::default()
                 .max_message_size(Some(MAX_APP_MESSAGE))
-                .max_frame_size(Some(MAX_APP_MESSAGE)),
+                .max_frame_size(Some(MAX_APP_MESSAGE))
+                .read_buffer_size(READ_BUFFER),
         ),
         // Frames are small and due every 20 ms: Nagle would only delay them.
         true,
