@@ -345,7 +345,7 @@ impl OutQueue {
 #[doc(hidden)]
 pub enum Encoder {
     Twilio(twilio::Encoder),
-    L16 { stereo: bool, buf: Vec<u8> },
+    L16 { stereo: bool },
 }
 
 impl Encoder {
@@ -358,7 +358,6 @@ impl Encoder {
             )),
             Format::L16 { .. } => Encoder::L16 {
                 stereo: l16::is_stereo(config.start.tracks),
-                buf: Vec::new(),
             },
         }
     }
@@ -391,7 +390,7 @@ impl Encoder {
             }
             (Encoder::Twilio(e), Outbound::Dtmf(d)) => out.push(WsMessage::text(e.dtmf(d))),
             (Encoder::Twilio(e), Outbound::Mark(name)) => out.push(WsMessage::text(e.mark(&name))),
-            (Encoder::L16 { stereo, buf }, Outbound::Audio(f)) => {
+            (Encoder::L16 { stereo }, Outbound::Audio(f)) => {
                 let (first, second) = match (f.track(false), f.track(true)) {
                     // Two channels on every frame, a missing track as silence.
                     (i, o) if *stereo => (i.unwrap_or(&[]), Some(o.unwrap_or(&[]))),
@@ -399,8 +398,10 @@ impl Encoder {
                     (None, Some(o)) => (o, None),
                     (None, None) => return,
                 };
-                l16::encode_pcm(first, second, buf);
-                out.push(WsMessage::binary(buf.clone()));
+                // Straight into the message's own buffer: it is handed over, not copied.
+                let mut bytes = Vec::new();
+                l16::encode_pcm(first, second, &mut bytes);
+                out.push(WsMessage::binary(bytes));
             }
             (Encoder::L16 { .. }, Outbound::Dtmf(d)) => {
                 out.push(WsMessage::text(l16::control(&l16::Control::Dtmf {
