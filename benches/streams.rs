@@ -178,13 +178,41 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// The socket task's work on one message from the application before it is queued for the
+/// tap: the echo of one frame decoded to PCM.
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stream decode frame");
+    let pcm = tone(ClockRate::HZ_8000);
+    let mut encoder = switchboard::stream::twilio::Encoder::new("MZbench", "bench-call");
+    let sent = encoder.media(false, 0, &pcm);
+    let v: serde_json::Value = serde_json::from_str(&sent).unwrap();
+    // What an application sends back: the same payload, no track, chunk or timestamp.
+    let echo = serde_json::json!({"event": "media", "streamSid": "MZbench",
+        "media": {"payload": v["media"]["payload"]}})
+    .to_string();
+    g.bench_function("twilio media", |b| {
+        b.iter(|| switchboard::stream::twilio::parse_app(black_box(&echo)))
+    });
+    let AppCommand::Audio(back) = switchboard::stream::twilio::parse_app(&echo).unwrap() else {
+        panic!("not audio");
+    };
+    assert_eq!(back.len(), 160);
+    assert!(tone_share(&back, TONE_HZ, 8000.0) > 0.9);
+    let mut bytes = Vec::new();
+    switchboard::stream::l16::encode_pcm(&tone(ClockRate::HZ_16000), None, &mut bytes);
+    g.bench_function("l16 16k binary", |b| {
+        b.iter(|| switchboard::stream::l16::decode_pcm(black_box(&bytes)))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs: the medians settle within a second, and the whole binary stays near a minute.
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = tap_tick, encode
+    targets = tap_tick, encode, decode
 }
 
 // ---------------------------------------------------------------------------------------
