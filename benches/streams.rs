@@ -2,7 +2,8 @@
 //!
 //! Criterion first, on the per-frame hot paths: one `StreamTap` tick as a leg runs it
 //! (bidirectional, the application's audio queued and mixed back), and the socket task's
-//! encoding of one frame (Twilio `media` JSON with base64 µ-law; L16 binary).
+//! encoding of one frame (Twilio `media` JSON with base64 µ-law; L16 binary) and decoding of
+//! the application's.
 //!
 //! Then the whole system, as switchboard runs it: 200 socket tasks on a two-worker tokio
 //! runtime and one media thread ticking 200 taps every 20 ms on absolute deadlines, talking to
