@@ -379,6 +379,31 @@ mod tests {
     }
 
     #[test]
+    fn hand_written_media_is_what_serde_writes() {
+        // A stream id needing escapes, and counters past a digit boundary.
+        let sid = "MZ \"quoted\" \\ é\n";
+        let mut e = Encoder::new(sid, "c1");
+        let pcm = [0i16, 1000, -1000, 32767, -32768];
+        for n in 1..=10u64 {
+            let outbound = n % 2 == 0;
+            let text = e.media(outbound, 20 * (n - 1), &pcm);
+            let mut ulaw = vec![0u8; pcm.len()];
+            ulaw_encode_slice(&pcm, &mut ulaw);
+            let want = to_json(&Message::Media {
+                sequence_number: Some(n.to_string()),
+                media: Media {
+                    track: Some(if outbound { "outbound" } else { "inbound" }.into()),
+                    chunk: Some(n.div_ceil(2).to_string()),
+                    timestamp: Some((20 * (n - 1)).to_string()),
+                    payload: STANDARD.encode(&ulaw),
+                },
+                stream_sid: Some(sid.to_string()),
+            });
+            assert_eq!(text, want);
+        }
+    }
+
+    #[test]
     fn accepts_what_applications_send() {
         let media = r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//9/"}}"#;
         assert_eq!(
