@@ -13,8 +13,8 @@
 //! caller hears) and prints CPU per stream, frames sent and dropped, marks echoed and the
 //! media thread's median tick.
 //!
-//! `SB_STREAMS` and `SB_STREAM_SECS` change the size; under `cargo test --benches` it runs
-//! 10 streams for 2 s.
+//! `SB_STREAMS` and `SB_STREAM_SECS` change the size, `SB_STREAM_TRACK=both` runs Twilio
+//! streams of both tracks instead; under `cargo test --benches` it runs 10 streams for 2 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -70,9 +70,9 @@ impl Case {
         ClockRate::new(self.format.rate()).unwrap()
     }
 
-    fn tap_config(self) -> TapConfig {
+    fn tap_config(self, track: Track) -> TapConfig {
         TapConfig {
-            track: Track::Inbound,
+            track,
             bidirectional: true,
             rate: self.stream_rate(),
         }
@@ -89,12 +89,12 @@ fn tone(rate: ClockRate) -> Vec<i16> {
         .collect()
 }
 
-fn info() -> StartInfo {
+fn info(tracks: Track) -> StartInfo {
     StartInfo {
         call_id: "bench-call".into(),
         from: "alice".into(),
         to: "bot".into(),
-        tracks: Track::Inbound,
+        tracks,
         parameters: BTreeMap::new(),
     }
 }
@@ -109,7 +109,7 @@ fn tap_tick(c: &mut Criterion) {
     let mut g = c.benchmark_group("stream tap tick");
     for case in CASES {
         let (handle, frames, commands) = detached(50, 64);
-        let mut tap = StreamTap::new(1, handle, case.tap_config());
+        let mut tap = StreamTap::new(1, handle, case.tap_config(Track::Inbound));
         let caller = Frame::from_samples(case.leg_rate, &tone(case.leg_rate));
         let app = tone(case.stream_rate());
         // 200 ms queued ahead, as a jittery application keeps it.
@@ -151,7 +151,7 @@ fn tap_tick(c: &mut Criterion) {
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("stream encode frame");
     for case in CASES {
-        let config = StreamConfig::new("ws://127.0.0.1:9/", case.format, info());
+        let config = StreamConfig::new("ws://127.0.0.1:9/", case.format, info(Track::Inbound));
         let mut encoder = Encoder::new(&config);
         let pcm = tone(case.stream_rate());
         let mut batch = Vec::with_capacity(2);
@@ -285,6 +285,8 @@ async fn echo(tcp: tokio::net::TcpStream) {
                         sid = v["streamSid"].clone();
                         continue;
                     }
+                    // Only what the caller said goes back, as a bot's reply would.
+                    Some("media") if v["media"]["track"] == "outbound" => continue,
                     Some("media") => Message::text(
                         serde_json::json!({"event": "media", "streamSid": sid,
                             "media": {"payload": v["media"]["payload"]}})
@@ -455,8 +457,8 @@ fn stop_app(mut child: Child) -> [u64; 3] {
     ]
 }
 
-/// `n` bidirectional streams of `case` for `warm` + `measured` ticks.
-fn system(case: Case, n: usize, warm: u64, measured: u64) {
+/// `n` bidirectional streams of `case` carrying `track` for `warm` + `measured` ticks.
+fn system(case: Case, track: Track, n: usize, warm: u64, measured: u64) {
     let (child, port) = start_app();
     let url = format!("ws://127.0.0.1:{port}/media");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -470,10 +472,10 @@ fn system(case: Case, n: usize, warm: u64, measured: u64) {
         let mut tasks = Vec::with_capacity(n);
         let mut ups = Vec::with_capacity(n);
         for i in 0..n {
-            let mut config = StreamConfig::new(&url, case.format, info());
+            let mut config = StreamConfig::new(&url, case.format, info(track));
             config.stream_id = format!("MZbench{i}");
             let (handle, task, up) = spawn_watched(config);
-            taps.push(StreamTap::new(i as u64, handle, case.tap_config()));
+            taps.push(StreamTap::new(i as u64, handle, case.tap_config(track)));
             tasks.push(task);
             ups.push(up);
         }
@@ -527,7 +529,7 @@ fn system(case: Case, n: usize, warm: u64, measured: u64) {
     let per_tick_us = w.process_cpu.as_secs_f64() * 1e6 / (n as f64 * w.ticks as f64);
     let core = |d: Duration| 100.0 * d.as_secs_f64() / w.wall.as_secs_f64();
     println!(
-        "{n} streams, {}, {:.1} s measured: CPU {:.1}% of a core in all, per stream {per_tick_us:.1} µs \
+        "{n} streams, {}, {} track, {:.1} s measured: CPU {:.1}% of a core in all, per stream {per_tick_us:.1} µs \
          per 20 ms tick = {:.3}% of a core (media thread {:.1}%, socket tasks and the rest {:.1}%); \
          whole run: frames handed over {frames}, dropped {dropped}; messages sent {sent}, echoed \
          by the application {echoed}, malformed {malformed}; marks sent {marks_sent}, echoed \
@@ -535,6 +537,7 @@ fn system(case: Case, n: usize, warm: u64, measured: u64) {
          media thread tick for all {n} taps: median {median:?}, p99 {p99:?}, max {:?}, late {}; \
          application audio heard in {:.2}% of tap ticks (worst tap {:.2}%), tone checks {}/{}",
         case.name,
+        track.as_str(),
         w.wall.as_secs_f64(),
         core(w.process_cpu),
         core(w.process_cpu) / n as f64,
@@ -592,8 +595,13 @@ fn main() {
         // `cargo test --benches` runs without `--bench`: a smoke size, with every assert.
         let smoke = !args.iter().any(|a| a == "--bench");
         let (n, warm, measured) = system_size(smoke);
-        for case in CASES {
-            system(case, n, warm, measured);
+        // SB_STREAM_TRACK=both: the Twilio streams carry both tracks (two messages a tick).
+        if std::env::var("SB_STREAM_TRACK").is_ok_and(|t| t == "both") {
+            system(CASES[0], Track::Both, n, warm, measured);
+        } else {
+            for case in CASES {
+                system(case, Track::Inbound, n, warm, measured);
+            }
         }
     }
     criterion::Criterion::default()
