@@ -28,6 +28,9 @@ pub const MAX_APP_MESSAGE: usize = 256 * 1024;
 /// the application's messages are a few hundred bytes (a larger one takes more reads).
 const READ_BUFFER: usize = 4 * 1024;
 
+/// Messages written to the socket at once at most, when several are waiting.
+const WRITE_BATCH: usize = 8;
+
 /// How long a stream ending on our side may take to flush what is queued and say `stop`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -506,13 +509,20 @@ async fn run_inner(
             sink.flush().await?;
             // Nobody listening is fine: the owner may not care when the stream is up.
             let _ = up.send(());
-            let mut batch = Vec::with_capacity(2);
+            let mut batch = Vec::with_capacity(WRITE_BATCH + 1);
             while let Some(o) = out_rx.recv().await {
                 encoder.encode(o, tracks, &mut batch);
-                for m in batch.drain(..) {
-                    sink.send(m).await?;
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                // What is already waiting (the other track, a mark) goes out in the same write.
+                while batch.len() < WRITE_BATCH {
+                    let Some(o) = out_rx.try_next() else { break };
+                    encoder.encode(o, tracks, &mut batch);
                 }
+                let n = batch.len() as u64;
+                for m in batch.drain(..) {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await?;
+                stats.sent.fetch_add(n, Ordering::Relaxed);
             }
             Ok::<_, tokio_tungstenite::tungstenite::Error>(EndReason::Hangup)
         };
