@@ -228,7 +228,8 @@ async fn live(server: &Server, case: &Case) -> Vec<String> {
 #[tokio::test]
 async fn every_shipped_script_takes_the_same_steps_live_and_simulated() {
     let server = start_with((45400, 45499), |c| {
-        c.dialplan.insert(0, support::scripts::rule("bot", "bot", &[]));
+        c.dialplan
+            .insert(0, support::scripts::rule("bot", "bot", &[]));
     })
     .await;
     let mut covered: Vec<&str> = Vec::new();

@@ -715,10 +715,11 @@ fn le_samples(bytes: &[u8]) -> Vec<i16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_l16_stream_at_16_khz_carries_pcm_both_ways() {
+async fn an_l16_stream_at_16_khz_carries_pcm_both_ways_and_the_application_ends_the_call() {
     let (url, app) = application(Mode::Listen).await;
     let vars = [("format", "l16".to_string()), ("rate", "16000".to_string())];
     let (server, _scripts) = bot_server(&url, &vars, None).await;
+    let mut events = Events::open(server.http, "call_step,stream_stopped").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
     call(&mut w, &mut uac, "bot", peer.port()).await;
@@ -769,12 +770,29 @@ async fn an_l16_stream_at_16_khz_carries_pcm_both_ways() {
     assert!(share > 0.85, "600 Hz share {share}");
     let marked = app.until(WAIT, |v| v["event"] == "mark").await;
     assert_eq!(marked.last().unwrap().1["name"], "said");
-    hang_up(&mut w, &mut uac).await;
-    let end = app.until(WAIT, |v| v["event"] == "closed").await;
+    // The application hangs up: the bot's stream() returns why, it says goodbye and ends
+    // the call.
+    app.send.send(Message::Close(None)).unwrap();
+    let seen = events
+        .until(WAIT, |e| e["type"] == "call_step" && e["step"] == "hung up")
+        .await;
+    let steps: Vec<&str> = seen.iter().filter_map(|e| e["step"].as_str()).collect();
+    let want = [
+        "stream ended (app_closed)",
+        "log: bot: stream ended app_closed",
+        "played goodbye",
+        "hung up",
+    ];
+    assert!(steps.ends_with(&want), "{steps:?}");
+    let stopped = seen.iter().find(|e| e["type"] == "stream_stopped");
+    assert_eq!(stopped.expect("stream_stopped")["reason"], "app_closed");
     assert!(
-        end.iter().any(|(_, v)| v["event"] == "stop"),
-        "stop before the close"
+        w.drive(&mut uac, WAIT, |u| u.state
+            == support::uac::UacState::Terminated)
+            .await,
+        "the server's BYE"
     );
+    assert_eq!(uac.requests_in, vec!["BYE".to_string()]);
     server.stop().await;
 }
 
