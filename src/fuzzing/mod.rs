@@ -32,9 +32,15 @@ pub fn sip_parse(data: &[u8]) {
     }
 }
 
-/// SDP: whatever parses survives print → parse unchanged.
+/// SDP: whatever parses survives print → parse unchanged, and so does every `a=extmap`.
 pub fn sdp_parse(data: &[u8]) {
     if let Ok(parsed) = crate::sdp::parse(data) {
+        for m in &parsed.media {
+            for e in m.attributes.extmaps() {
+                let again = e.to_string().parse::<crate::sdp::ExtMap>();
+                assert_eq!(again.as_ref(), Ok(&e), "extmap round trip changed");
+            }
+        }
         let printed = parsed.to_string();
         match crate::sdp::parse(printed.as_bytes()) {
             Ok(reparsed) => assert_eq!(reparsed, parsed, "round trip changed:\n{printed}"),
