@@ -184,7 +184,9 @@ mod tests {
     #[test]
     fn rfc_8285_elements_padding_and_id_15() {
         // id 1 (2 bytes), padding, id 2 (1 byte), id 15 ends the block, id 3 after it.
-        let data = [0x11, 0xAA, 0xBB, 0x00, 0x00, 0x20, 0x05, 0xF0, 0x30, 0x09, 0, 0];
+        let data = [
+            0x11, 0xAA, 0xBB, 0x00, 0x00, 0x20, 0x05, 0xF0, 0x30, 0x09, 0, 0,
+        ];
         let got: Vec<(u8, &[u8])> = Elements::new(one_byte(&data)).collect();
         assert_eq!(got, vec![(1, &[0xAA, 0xBB][..]), (2, &[0x05][..])]);
         assert_eq!(find(one_byte(&data), 3), None);
@@ -199,7 +201,10 @@ mod tests {
         }
         // A padded two-byte level element in the one-byte form reads its first byte.
         let d = [0x41, 30, 0, 0];
-        assert_eq!(audio_level(Some(one_byte(&d)), 4).map(|l| l.level), Some(30));
+        assert_eq!(
+            audio_level(Some(one_byte(&d)), 4).map(|l| l.level),
+            Some(30)
+        );
     }
 
     #[test]
