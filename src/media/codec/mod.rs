@@ -115,6 +115,11 @@ pub trait AudioCodec: Send {
 
     /// Forgets any inter-frame state, e.g. after an SSRC change.
     fn reset(&mut self) {}
+
+    /// Forgets the decoder's state alone, for a stream taken up again after packets that were
+    /// not decoded: what it last decoded must not sound into the next frame, and the encoder
+    /// carries on undisturbed (its peer's decoder follows it).
+    fn reset_decoder(&mut self) {}
 }
 
 /// The codecs the media engine knows.
