@@ -11,7 +11,7 @@ mod common;
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::server::*;
 use switchboard::media::codec::{AudioCodec, CodecKind};
@@ -239,21 +239,7 @@ async fn room_with_levels(room: &str, codec: &str, o: &'static Offer) {
             media,
         });
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = http_get(server.http, &format!("/api/rooms/{room}")).await;
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if v["members"]
-                .as_array()
-                .is_some_and(|m| m.len() == parts.len())
-            {
-                break;
-            }
-        }
-        assert!(Instant::now() < until, "the members never all joined");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    room_members_joined(server.http, room, parts.len()).await;
 
     let skipped_before = total(server.http, SKIPPED).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
