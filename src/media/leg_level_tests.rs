@@ -74,7 +74,7 @@ fn hear(
     for k in 0..payloads.len() + 4 {
         let now = t0 + FRAME * k as u32;
         if let Some(p) = payloads.get(k).filter(|_| !lost.contains(&k)) {
-            let block = exts[k].block();
+            let block = exts.get(k).copied().unwrap_or(Ext::None).block();
             let mut pkt = RtpPacket::new(
                 RtpHeader {
                     marker: k == 0,

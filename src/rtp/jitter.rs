@@ -701,7 +701,7 @@ mod tests {
         let mut jb = JitterBuffer::new(JitterConfig::default());
         // Reordered pairs; every third packet has no level; the slots are reused several
         // times over (the ring holds a dozen), so a level left in a slot would show up.
-        let level = |i: u64| (i % 3 != 0).then_some((i % 128) as u8);
+        let level = |i: u64| (!i.is_multiple_of(3)).then_some((i % 128) as u8);
         let order: Vec<u64> = (0..60u64).map(|k| k ^ 1).collect();
         let mut seen = Vec::new();
         for (k, &i) in order.iter().enumerate() {
