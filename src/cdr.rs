@@ -85,6 +85,9 @@ pub struct Cdr {
     /// address it passed on, not the proxy's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Streams of the call's audio to applications, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::run::StreamRecord>,
 }
 
 /// Which way a call went.
@@ -303,6 +306,7 @@ pub(crate) mod tests {
             trunk: None,
             parent_call_id: None,
             source: Some("192.0.2.10:5060".into()),
+            streams: Vec::new(),
         }
     }
 

@@ -153,6 +153,39 @@ pub enum Event {
         /// The room recorded, if it is a room recording.
         room: Option<String>,
     },
+    /// A stream of a call's or a room's audio to an application is up (its socket connected
+    /// and the start message went out).
+    StreamStarted {
+        /// The stream's id (Twilio's `streamSid`).
+        stream_id: String,
+        /// The call streamed, if it is a call's stream.
+        call_id: Option<String>,
+        /// The room streamed, if it is a room's stream.
+        room: Option<String>,
+        /// The application's URL.
+        url: String,
+        /// `twilio`, `l16/8000` or `l16/16000`.
+        format: String,
+        /// `inbound`, `outbound` or `both`.
+        track: String,
+        /// The application's audio is played to the caller.
+        bidirectional: bool,
+    },
+    /// A stream ended (also one that never connected).
+    StreamStopped {
+        /// The stream's id.
+        stream_id: String,
+        /// The call streamed, if it is a call's stream.
+        call_id: Option<String>,
+        /// The room streamed, if it is a room's stream.
+        room: Option<String>,
+        /// `app_closed`, `hangup`, `stopped`, `connect_failed`, `timeout` or `error`.
+        reason: String,
+        /// Milliseconds from its start.
+        duration_ms: u64,
+        /// Messages dropped because the application did not keep up.
+        dropped: u64,
+    },
     /// A recording was finalised (or discarded).
     RecordingFinished {
         /// The recording's id.

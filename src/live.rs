@@ -48,6 +48,8 @@ pub struct CallInfo {
     pub direction: String,
     /// The party a `dial` bridged the call with, while bridged.
     pub bridged_with: Option<String>,
+    /// The stream of the call's audio to an application, if any (its id).
+    pub stream: Option<String>,
 }
 
 impl CallInfo {
@@ -65,6 +67,7 @@ impl CallInfo {
             recording: None,
             direction: "inbound".into(),
             bridged_with: None,
+            stream: None,
         }
     }
 
@@ -87,6 +90,10 @@ pub enum CallControl {
     Hangup,
     /// Send keys to the caller.
     Dtmf(String),
+    /// Stream the caller's audio to an application.
+    Stream(Box<crate::stream::StreamRequest>),
+    /// Stop the caller's stream.
+    StopStream,
 }
 
 /// A control could not be delivered.
@@ -233,6 +240,8 @@ pub struct RoomInfo {
     pub locked: bool,
     /// The room recording in progress, if any.
     pub recording: Option<String>,
+    /// The stream of the room's mix to an application, if any (its id).
+    pub stream: Option<String>,
     /// RFC 3339 time the room was created.
     pub created_at: String,
     /// The rate the room mixes at now, Hz: its widest member's codec's, or its fixed rate.
@@ -267,6 +276,10 @@ pub enum RoomAction {
     RecordStart,
     /// Stop recording the room.
     RecordStop,
+    /// Stream the room's mix to an application; answers the stream's id.
+    StreamStart(Box<crate::stream::StreamRequest>),
+    /// Stop the room's stream.
+    StreamStop,
     /// End the room: every member leaves.
     End,
 }

@@ -330,6 +330,7 @@ fn write_leg_cdr(
         trunk: None,
         parent_call_id: parent.map(str::to_string),
         source: None,
+        streams: Vec::new(),
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);
@@ -397,6 +398,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
             members: vec![member(1, "alice"), member(2, "bob")],
             locked: false,
             recording: None,
+            stream: None,
             created_at: "2026-01-01T00:00:00.000Z".into(),
             rate: 16000,
         }),

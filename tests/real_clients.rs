@@ -1131,6 +1131,105 @@ fn a_pcmu_member_of_a_room_hears_no_fold_of_a_g722_members_6khz() {
     );
 }
 
+/// baresip on G.722 calls a bot whose application takes L16 at 16 kHz and sends every frame
+/// straight back: the application gets the phone's 6 kHz tone (above narrowband) and the
+/// phone hears it again, so the stream is wideband both ways with a phone we did not write.
+#[test]
+fn baresip_in_g722_streams_its_6_khz_tone_to_an_l16_application_and_hears_it_back() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const APP: &str = "127.0.0.1:19077";
+    let url = format!("ws://{APP}/bot");
+    let Tone { hz, rate } = G722_TONE;
+    let config = format!(
+        "[media]\ncodecs = [\"PCMU\", \"G722\"]\n\n[[dialplan]]\nexact = \"bot\"\nscript = \"bot\"\n\
+         vars = {{ stream_url = \"{url}\", format = \"l16\", rate = \"16000\" }}\n"
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-bs-stream", &["baresip"], options) else {
+        return;
+    };
+    // The application lives in the test's namespace (made by `Bench::new`), on the port its
+    // dialplan rule names: nothing else listens in a fresh namespace.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(APP)).unwrap();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<(String, Vec<i16>)>();
+    rt.spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    let _ = got_tx.send((t.to_string(), Vec::new()));
+                }
+                Message::Binary(b) => {
+                    let pcm = b
+                        .chunks_exact(2)
+                        .map(|s| i16::from_le_bytes([s[0], s[1]]))
+                        .collect();
+                    let _ = got_tx.send((String::new(), pcm));
+                    if ws.send(Message::binary(b)).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let options = Options {
+        audio_codecs: Some("g722/16000/1"),
+        srate: rate,
+        ..Options::tone(hz)
+    };
+    let mut phone = Baresip::start(b.dir(), "streamer", b.sip(), options);
+    phone.call("bot");
+    let call = b.answered("bot");
+    std::thread::sleep(LISTEN);
+    phone.hangup();
+    b.ended(&call);
+
+    let got: Vec<(String, Vec<i16>)> = got_rx.try_iter().collect();
+    let start: Value = serde_json::from_str(&got[0].0).expect("a JSON start frame first");
+    assert_eq!(start["event"], "start", "{start}");
+    assert_eq!(start["sampleRate"], 16000, "{start}");
+    assert_eq!(start["callId"], call.as_str(), "{start}");
+    let pcm: Vec<i16> = got.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    assert!(
+        got.iter()
+            .filter(|(t, _)| t.is_empty())
+            .all(|(_, p)| p.len() == 320),
+        "20 ms at 16 kHz per frame"
+    );
+    let (dbfs, share) = tail_at(&pcm, 16000, hz);
+    eprintln!("the application got {dbfs:.1} dBFS, {hz} Hz share {share:.3}");
+    assert!(
+        share > 0.8 && dbfs > -30.0,
+        "the application's {hz} Hz: {share:.3} at {dbfs:.1} dBFS"
+    );
+    let (heard, heard_rate) = phone.heard_at_rate();
+    let (dbfs, share) = tail_at(&heard, heard_rate, hz);
+    eprintln!("the phone heard at {heard_rate} Hz: {dbfs:.1} dBFS, {hz} Hz share {share:.3}");
+    assert_eq!(heard_rate, rate);
+    assert!(
+        share > 0.8 && dbfs > -30.0,
+        "the phone heard {hz} Hz: {share:.3} at {dbfs:.1} dBFS"
+    );
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
 /// baresip with `audio_level yes` maps RFC 6464's level in its offer and sends it in every
 /// packet. Two such G.722 phones in a room, one sending its tone and one digital silence:
 /// the silent one's packets are left undecoded (the worker counter says so), and it still

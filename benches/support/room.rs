@@ -27,6 +27,7 @@ pub fn joined_room(name: &str, members: usize, t0: Instant, legs: &mut dyn Membe
             members: Vec::new(),
             locked: false,
             recording: None,
+            stream: None,
             created_at: String::new(),
             rate: 8000,
         })),

@@ -130,6 +130,91 @@ pub(crate) async fn dtmf(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// Body of `POST /api/calls/{id}/stream` and `POST /api/rooms/{name}/stream`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamBody {
+    /// The application's `ws://` or `wss://` URL.
+    #[schema(example = "wss://bot.example.com/media")]
+    pub url: String,
+    /// `twilio` (default: JSON with base64 µ-law at 8 kHz) or `l16` (binary PCM).
+    pub format: Option<String>,
+    /// `inbound` (default: what the caller says), `outbound` (what it hears) or `both`.
+    pub track: Option<String>,
+    /// Sample rate of an `l16` stream: 8000 (default) or 16000.
+    pub rate: Option<u32>,
+    /// Play what the application sends back to the caller (calls only).
+    #[serde(default)]
+    pub bidirectional: bool,
+    /// Passed on in the start message (Twilio's `customParameters`).
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+impl StreamBody {
+    /// The checked request.
+    pub(crate) fn request(self) -> Result<crate::stream::StreamRequest, ApiError> {
+        let options = crate::stream::StreamOptions {
+            format: self.format,
+            track: self.track,
+            rate: self.rate,
+            bidirectional: self.bidirectional,
+            parameters: self.parameters,
+        };
+        crate::stream::StreamRequest::new(self.url.trim(), options).map_err(ApiError::BadRequest)
+    }
+}
+
+/// Streams the call's audio to an application over WebSocket (one stream per call).
+#[utoipa::path(
+    post,
+    path = "/api/calls/{id}/stream",
+    tag = "calls",
+    params(("id" = String, Path, description = "SIP Call-ID")),
+    request_body = StreamBody,
+    responses(
+        (status = 202, description = "Handed to the call; `stream_started` follows once the socket is up"),
+        (status = 400, description = "Malformed body, URL or options", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stream_start(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<StreamBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let request = body.request()?;
+    state
+        .calls
+        .control(&id, CallControl::Stream(Box::new(request)))?;
+    tracing::info!(call_id = %id, "stream requested over the API");
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Stops the call's stream.
+#[utoipa::path(
+    delete,
+    path = "/api/calls/{id}/stream",
+    tag = "calls",
+    params(("id" = String, Path, description = "SIP Call-ID")),
+    responses(
+        (status = 202, description = "Handed to the call; `stream_stopped` follows"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stream_stop(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    state.calls.control(&id, CallControl::StopStream)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
 /// Body of `POST /api/calls`: a call to place.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

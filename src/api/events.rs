@@ -21,7 +21,7 @@ use crate::events::{Event, Stamped};
 use crate::metrics::Metrics;
 
 /// Every event type, as sent in `event:` and the JSON `type`.
-pub const EVENT_TYPES: [&str; 17] = [
+pub const EVENT_TYPES: [&str; 19] = [
     "call_started",
     "call_answered",
     "call_ended",
@@ -36,6 +36,8 @@ pub const EVENT_TYPES: [&str; 17] = [
     "member_deaf",
     "recording_started",
     "recording_finished",
+    "stream_started",
+    "stream_stopped",
     "call_step",
     "call_ringing",
     "call_failed",
@@ -58,6 +60,8 @@ pub fn event_type(e: &Event) -> &'static str {
         Event::MemberDeaf { .. } => "member_deaf",
         Event::RecordingStarted { .. } => "recording_started",
         Event::RecordingFinished { .. } => "recording_finished",
+        Event::StreamStarted { .. } => "stream_started",
+        Event::StreamStopped { .. } => "stream_stopped",
         Event::CallStep { .. } => "call_step",
         Event::CallRinging { .. } => "call_ringing",
         Event::CallFailed { .. } => "call_failed",
@@ -237,6 +241,23 @@ mod tests {
                 duration_ms: 1,
                 reason: "hangup".into(),
                 discarded: false,
+            },
+            Event::StreamStarted {
+                stream_id: "MZ1".into(),
+                call_id: Some("c".into()),
+                room: None,
+                url: "ws://127.0.0.1:1/".into(),
+                format: "twilio".into(),
+                track: "inbound".into(),
+                bidirectional: true,
+            },
+            Event::StreamStopped {
+                stream_id: "MZ1".into(),
+                call_id: None,
+                room: Some("r".into()),
+                reason: "app_closed".into(),
+                duration_ms: 1,
+                dropped: 0,
             },
             Event::CallStep {
                 call_id: "c".into(),

@@ -63,6 +63,7 @@ impl Rooms for FakeRooms {
             members,
             locked: name == "locked-out",
             recording: None,
+            stream: None,
             created_at: "2026-01-01T00:00:00.000Z".into(),
             rate: 8000,
         })

@@ -234,6 +234,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/calls/{id}", get(calls::get_one))
         .route("/api/calls/{id}/hangup", post(calls::hangup))
         .route("/api/calls/{id}/dtmf", post(calls::dtmf))
+        .route(
+            "/api/calls/{id}/stream",
+            post(calls::stream_start).delete(calls::stream_stop),
+        )
         .route("/api/rooms", get(rooms::list))
         .route("/api/rooms/{name}", get(rooms::get_one))
         .route(
@@ -247,6 +251,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/rooms/{name}/dial", post(rooms::dial))
         .route("/api/rooms/{name}/record/start", post(rooms::record_start))
         .route("/api/rooms/{name}/record/stop", post(rooms::record_stop))
+        .route(
+            "/api/rooms/{name}/stream",
+            post(rooms::stream_start).delete(rooms::stream_stop),
+        )
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
         .route("/api/trunks", get(trunks::list))

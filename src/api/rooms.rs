@@ -373,6 +373,73 @@ pub(crate) async fn record_stop(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// Answer of `POST /api/rooms/{name}/stream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStarted {
+    /// The stream's id (`streamSid` in its messages, `stream_id` in its events).
+    pub stream_id: String,
+}
+
+/// Streams a room's mix to an application over WebSocket (one stream per room; it only
+/// listens: `track` is `inbound`, `bidirectional` false).
+#[utoipa::path(
+    post,
+    path = "/api/rooms/{name}/stream",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    request_body = super::calls::StreamBody,
+    responses(
+        (status = 202, description = "Streaming; `stream_started` follows once the socket is up", body = StreamStarted),
+        (status = 400, description = "Malformed body, URL or options", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused (already streamed)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stream_start(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<super::calls::StreamBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let request = body.request()?;
+    if request.bidirectional {
+        return Err(ApiError::BadRequest(
+            "a room stream only listens: bidirectional is for calls".into(),
+        ));
+    }
+    if request.track != crate::stream::Track::Inbound {
+        return Err(ApiError::BadRequest(
+            "a room stream carries the room's mix: track inbound".into(),
+        ));
+    }
+    let stream_id = room_action(&state, name, RoomAction::StreamStart(Box::new(request)))
+        .await?
+        .ok_or_else(|| ApiError::Internal("room started a stream without an id".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(StreamStarted { stream_id })).into_response())
+}
+
+/// Stops a room's stream.
+#[utoipa::path(
+    delete,
+    path = "/api/rooms/{name}/stream",
+    tag = "rooms",
+    params(("name" = String, Path, description = "Room name")),
+    responses(
+        (status = 202, description = "Taken by the room; `stream_stopped` follows"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "Refused (not streamed)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stream_stop(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    room_action(&state, name, RoomAction::StreamStop).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,6 +142,11 @@ pub enum MediaAction {
     RecordBridge(Duration),
     /// Stop the leg's recording.
     StopRecord,
+    /// Stream the leg's audio to an application; the driver answers
+    /// [`CallCore::handle_stream_ended`] when it ends.
+    Stream(Box<crate::stream::StreamRequest>),
+    /// Stop the leg's stream.
+    StopStream,
     /// The leg is done: its media and ports go.
     Close,
 }
@@ -270,6 +275,8 @@ pub struct CallCore {
     limit_passed: bool,
     /// The script is still running.
     script_running: bool,
+    /// A stream taps the caller's leg (until the driver reports its end).
+    pub(super) streaming: bool,
     ended: Option<Outcome>,
     actions: VecDeque<Action>,
 }
@@ -315,6 +322,7 @@ impl CallCore {
             room: None,
             limit_passed: false,
             script_running: true,
+            streaming: false,
             ended: None,
             actions: VecDeque::new(),
         };
@@ -805,6 +813,23 @@ impl CallCore {
     pub fn handle_operator_hangup(&mut self) {
         tracing::info!("hung up by the operator");
         self.hangup(Refusal::Unavailable.code(), HangupCause::Operator);
+    }
+
+    /// An operator's stream of the caller's audio; false (and nothing done) when the call
+    /// has no media yet or already streams.
+    pub fn handle_operator_stream(&mut self, request: crate::stream::StreamRequest) -> bool {
+        if !self.media || self.streaming || self.is_ending() {
+            return false;
+        }
+        self.start_stream(Box::new(request));
+        true
+    }
+
+    /// An operator's stop of the caller's stream.
+    pub fn handle_operator_stream_stop(&mut self) {
+        if self.streaming {
+            self.media(MediaAction::StopStream);
+        }
     }
 
     /// An operator's DTMF for the caller.

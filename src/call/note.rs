@@ -118,6 +118,10 @@ pub enum Note {
     Bridged(String),
     /// A `dial` ended.
     DialEnded(super::dial::DialOutcome, Option<u16>),
+    /// A stream of the call's audio to this URL started.
+    Streaming(String),
+    /// The stream ended, and why.
+    StreamEnded(String),
     /// A line from the script.
     Log(String),
     /// The script acted on a room.
@@ -220,6 +224,8 @@ impl fmt::Display for Note {
                 write!(f, "dial ended: {} ({code})", outcome.as_str())
             }
             Note::DialEnded(outcome, None) => write!(f, "dial ended: {}", outcome.as_str()),
+            Note::Streaming(url) => write!(f, "streaming to {url}"),
+            Note::StreamEnded(why) => write!(f, "stream ended ({why})"),
             Note::Log(s) => write!(f, "log: {s}"),
             Note::Room { room, request } => write!(f, "room {room}: {request}"),
             Note::Digit { digit, .. } => write!(f, "key {digit}"),

@@ -47,6 +47,8 @@ use crate::sip::endpoint::{OutgoingCall, Party};
 use crate::sip::ids::Ids;
 use crate::sip::message::Request;
 use crate::sip::transport::{Command, Dialled};
+use crate::stream::run::{Owner, Progress, Running, StreamRecord};
+use crate::stream::{StartInfo, StreamRequest, StreamTap, TapConfig};
 
 /// What every call needs from the server.
 pub struct CallContext {
@@ -99,6 +101,9 @@ pub struct CallContext {
     /// When the media is SRTP (`[rtp] srtp`).
     pub srtp: crate::sdp::SrtpPolicy,
 }
+
+/// How long a call's stream may take to close after the call ended.
+const STREAM_CLOSE: Duration = Duration::from_millis(1500);
 
 /// Starts a call task for an `Event::Incoming`.
 pub fn spawn(
@@ -308,6 +313,9 @@ fn start(
                 outs: HashMap::new(),
                 out_tx,
                 out_events,
+                stream: None,
+                next_stream: 0,
+                streams: Vec::new(),
             };
             let core = run(&mut t).await;
             let ended = EndedAt {
@@ -322,6 +330,7 @@ fn start(
             // which is the last event of a call.
             let mut core = core;
             t.close_media(&mut core).await;
+            t.close_stream(&mut core).await;
             t.ctx.events.publish(BusEvent::CallEnded {
                 call_id: t.parties.call_id.clone(),
                 reason: reason.into(),
@@ -368,6 +377,12 @@ struct Task {
     /// Events of the placed legs, tagged with their leg.
     out_tx: mpsc::UnboundedSender<(LegId, OutEvent)>,
     out_events: mpsc::UnboundedReceiver<(LegId, OutEvent)>,
+    /// The stream tapping the caller's leg.
+    stream: Option<Running>,
+    /// The last stream's number.
+    next_stream: u64,
+    /// The streams that ended, for the call's record.
+    streams: Vec<StreamRecord>,
 }
 
 /// A leg the call placed: its ports, its SIP call and its media.
@@ -426,6 +441,14 @@ struct EndedAt {
 enum Flow {
     Waiting(Arc<AST>, CallInfo),
     Started,
+}
+
+/// What the call's stream does next; never while none runs.
+async fn stream_progress(s: &mut Option<Running>, bus: &EventBus) -> Progress {
+    match s {
+        Some(s) => s.next(bus).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The end of a running script.
@@ -663,7 +686,18 @@ impl Task {
                 Some(c) = self.control.recv() => match c {
                     CallControl::Hangup => core.handle_operator_hangup(),
                     CallControl::Dtmf(digits) => core.handle_operator_dtmf(digits),
+                    CallControl::Stream(request) => {
+                        if !core.handle_operator_stream(*request) {
+                            tracing::info!("operator's stream not started: no media yet, or a stream runs");
+                        }
+                    }
+                    CallControl::StopStream => core.handle_operator_stream_stop(),
                 },
+                p = stream_progress(&mut self.stream, &self.ctx.events) => {
+                    if let Progress::Ended(reason) = p {
+                        self.stream_ended(core, reason);
+                    }
+                }
             }
             self.drain(core).await;
         }
@@ -673,6 +707,47 @@ impl Task {
         if let Some(h) = hangup {
             h.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Starts a stream of the caller's audio: the socket task, and its tap on the leg.
+    fn start_stream(&mut self, request: &StreamRequest) {
+        self.next_stream += 1;
+        let id = self.next_stream;
+        let start = StartInfo {
+            call_id: self.parties.call_id.clone(),
+            from: uri_user(&self.parties.from),
+            to: self.parties.user.clone(),
+            tracks: request.track,
+            parameters: request.parameters.clone(),
+        };
+        let owner = Owner::Call(self.parties.call_id.clone());
+        let (running, handle) = Running::start(id, owner, request, start);
+        let tap = StreamTap::new(
+            id,
+            handle,
+            TapConfig {
+                track: request.track,
+                bidirectional: request.bidirectional,
+                rate: ClockRate::new(request.format.rate()).unwrap_or(NARROW_RATE),
+            },
+        );
+        tracing::info!(url = %request.url, stream = running.stream_id(), "streaming the call");
+        let sid = running.stream_id().to_string();
+        self.live.update(|i| i.stream = Some(sid));
+        self.send_leg(LegCommand::Stream(Box::new(tap)));
+        self.stream = Some(running);
+    }
+
+    /// The caller's stream ended: its tap leaves the leg, the core and the record learn why.
+    fn stream_ended(&mut self, core: &mut CallCore, reason: crate::stream::EndReason) {
+        let Some(running) = self.stream.take() else {
+            return;
+        };
+        self.send_leg(LegCommand::StopStream(running.id()));
+        self.live.update(|i| i.stream = None);
+        let record = running.finish(reason, &self.ctx.events);
+        core.handle_stream_ended(&record.reason);
+        self.streams.push(record);
     }
 
     async fn on_leg_event(&mut self, core: &mut CallCore, e: LegEvent) {
@@ -757,6 +832,7 @@ impl Task {
             trunk: out.trunk.as_ref().map(|(t, _)| t.clone()),
             parent_call_id: Some(self.parties.call_id.clone()),
             source: None,
+            streams: Vec::new(),
         });
     }
 
@@ -1143,6 +1219,14 @@ impl Task {
                 }
             }
             MediaAction::StopRecord => self.send_leg(LegCommand::StopRecord),
+            MediaAction::Stream(request) => self.start_stream(&request),
+            MediaAction::StopStream => {
+                if let Some(s) = self.stream.as_mut() {
+                    s.stopping();
+                    let id = s.id();
+                    self.send_leg(LegCommand::StopStream(id));
+                }
+            }
             MediaAction::Unbridge => {
                 if let Some(a) = &self.leg {
                     self.ctx.media.unbridge(a);
@@ -1421,6 +1505,8 @@ impl Task {
             R::Play(p) => done(rooms.room_action(room, RoomAction::Play(p))),
             R::RecordStart => done(rooms.room_action(room, RoomAction::RecordStart)),
             R::RecordStop => done(rooms.room_action(room, RoomAction::RecordStop)),
+            R::StreamStart(s) => done(rooms.room_action(room, RoomAction::StreamStart(s))),
+            R::StreamStop => done(rooms.room_action(room, RoomAction::StreamStop)),
         }
     }
 
@@ -1446,6 +1532,16 @@ impl Task {
                 e @ LegEvent::RecordDone { .. } => self.record_done(core, e).await,
                 _ => {}
             }
+        }
+    }
+
+    /// The caller's stream, its tap gone with the leg, says `stop` and closes; its end is
+    /// announced before the call's and kept in the record.
+    async fn close_stream(&mut self, core: &mut CallCore) {
+        if let Some(running) = self.stream.take() {
+            let record = running.wind_up(STREAM_CLOSE, &self.ctx.events).await;
+            core.handle_stream_ended(&record.reason);
+            self.streams.push(record);
         }
     }
 
@@ -1490,6 +1586,7 @@ impl Task {
             trunk: self.caller_trunk.clone(),
             parent_call_id: None,
             source: self.parties.source.map(|a| a.to_string()),
+            streams: self.streams.clone(),
         });
     }
 }

@@ -81,6 +81,8 @@ pub(super) enum Active {
     },
     /// Dialling, then bridged with whoever answered.
     Dial(Box<super::dial::Dialing>),
+    /// Streaming to an application until the stream ends.
+    Stream,
 }
 
 impl Active {
@@ -105,7 +107,9 @@ impl Active {
         match self {
             Active::Collect { collector, .. } => collector.is_listening(),
             Active::Play { barge_in, .. } => *barge_in,
-            Active::Record { .. } | Active::Echo { .. } | Active::Conference => true,
+            Active::Record { .. } | Active::Echo { .. } | Active::Conference | Active::Stream => {
+                true
+            }
             _ => false,
         }
     }
@@ -130,6 +134,7 @@ impl CallCore {
                 | CallRequest::Collect(_)
                 | CallRequest::Record(_)
                 | CallRequest::Conference(_)
+                | CallRequest::Stream { .. }
         );
         if needs_media {
             self.ensure_media(now);
@@ -253,6 +258,29 @@ impl CallCore {
                 self.note(Note::Originated(o.to.clone()));
                 self.active = Active::Work;
                 self.push(Action::Work(Work::Originate(o)));
+            }
+            CallRequest::Stream {
+                request,
+                background,
+            } => {
+                if !self.has_media() {
+                    return self.fail("the call has no media");
+                }
+                if self.streaming {
+                    return self.fail("a stream already runs on this call");
+                }
+                self.start_stream(request);
+                if background {
+                    self.done();
+                } else {
+                    self.active = Active::Stream;
+                }
+            }
+            CallRequest::StreamStop => {
+                if self.streaming {
+                    self.media(MediaAction::StopStream);
+                }
+                self.done();
             }
             CallRequest::Room { room, request } => {
                 self.note(Note::Room {
@@ -597,6 +625,26 @@ impl CallCore {
                 Ok(()) => self.done(),
                 Err(e) => self.fail(e),
             }
+        }
+    }
+
+    pub(super) fn start_stream(&mut self, request: Box<crate::stream::StreamRequest>) {
+        self.streaming = true;
+        self.note(Note::Streaming(request.url.clone()));
+        self.media(MediaAction::Stream(request));
+    }
+
+    /// The caller's stream ended (the application closed it, it failed, or it was
+    /// stopped); a blocking `stream` returns why.
+    pub fn handle_stream_ended(&mut self, reason: &str) {
+        if !self.streaming {
+            return;
+        }
+        self.streaming = false;
+        self.note(Note::StreamEnded(reason.to_string()));
+        if matches!(self.active, Active::Stream) {
+            self.active = Active::Idle;
+            self.reply(CallReply::Text(Some(reason.to_string())));
         }
     }
 

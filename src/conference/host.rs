@@ -29,6 +29,7 @@ use crate::live::{MemberAction, MemberInfo, RoomInfo};
 use crate::media::codec::{AudioCodec, CodecKind};
 use crate::media::dtmf::Digit;
 use crate::media::frame::{silence_at, AudioSource, ClockRate, Frame, FRAME_SAMPLES, NARROW_RATE};
+use crate::media::leg::AudioTap;
 use crate::media::resample::RateAdapter;
 
 /// The legs of a worker, as a room reaches its members (each by its tag, the leg's slot).
@@ -114,6 +115,10 @@ pub enum RoomCommand {
     RecordStart(Box<RoomRecorder>),
     /// Stop recording.
     RecordStop,
+    /// Stream the room's mix to an application (replacing a stream already running).
+    Stream(Box<dyn AudioTap>),
+    /// Stop the stream with this id, if it is still the one running.
+    StopStream(u64),
     /// End the room.
     End,
 }
@@ -130,6 +135,8 @@ impl std::fmt::Debug for RoomCommand {
             RoomCommand::PlayTo { member, .. } => write!(f, "PlayTo({member:?})"),
             RoomCommand::RecordStart(_) => write!(f, "RecordStart"),
             RoomCommand::RecordStop => write!(f, "RecordStop"),
+            RoomCommand::Stream(t) => write!(f, "Stream({})", t.id()),
+            RoomCommand::StopStream(id) => write!(f, "StopStream({id})"),
             RoomCommand::End => write!(f, "End"),
         }
     }
@@ -291,6 +298,7 @@ impl RoomLink {
                 members: Vec::new(),
                 locked: false,
                 recording: None,
+                stream: None,
                 created_at,
                 rate: NARROW_RATE.hz(),
             })),
@@ -318,6 +326,9 @@ pub struct RoomHost {
     link: RoomLink,
     room: Room,
     recorder: Option<RoomRecorder>,
+    /// An application stream of the room's mix, and the frame it is handed back (a room
+    /// stream only listens, so what it leaves there is not used).
+    stream: Option<(Box<dyn AudioTap>, Box<Frame>)>,
     /// Indexed by `MemberId::index()`.
     glue: Vec<Option<Glue>>,
     shared: Vec<Encoded>,
@@ -360,6 +371,7 @@ impl RoomHost {
             link,
             room,
             recorder,
+            stream: None,
             glue,
             shared: Encoded::all(),
             silence: Encoded::all(),
@@ -474,6 +486,14 @@ impl RoomHost {
                 self.recorder = Some(*recorder);
             }
             RoomCommand::RecordStop => self.finish_recording(now),
+            RoomCommand::Stream(tap) => {
+                self.stream = Some((tap, Box::new(Frame::silence(NARROW_RATE))));
+            }
+            RoomCommand::StopStream(id) => {
+                if self.stream.as_ref().is_some_and(|(t, _)| t.id() == id) {
+                    self.stream = None;
+                }
+            }
             RoomCommand::End => self.room.end(),
         }
     }
@@ -554,6 +574,10 @@ impl RoomHost {
                 let room = &self.room;
                 let mut inputs = room.members().map(|m| (m.id, legs.input(m.tag)));
                 rec.push_tick(room.mix_frame(), &mut inputs);
+            }
+            if let Some((tap, back)) = self.stream.as_mut() {
+                back.clear(rate);
+                tap.tick(self.room.mix_frame(), back);
             }
         }
         for e in &mut self.shared {

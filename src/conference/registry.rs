@@ -22,9 +22,12 @@ use super::room::{JoinRefused, RemoveReason, Room, RoomSettings, RoomSounds};
 use crate::config::ConferenceConfig;
 use crate::events::{Event, EventBus};
 use crate::live::{ControlError, MemberAction, RoomAction, RoomInfo, Rooms};
+use crate::media::frame::ClockRate;
 use crate::media::frame::{AudioSource, NARROW_RATE};
 use crate::media::prompt::{Prompt, PromptCache, PromptPlayer};
 use crate::media::record::RecorderFactory;
+use crate::stream::run::{Owner, Progress, Running};
+use crate::stream::{StartInfo, StreamRequest, StreamTap, TapConfig, Track};
 
 /// What the registry needs of the media workers (the engine implements it): rooms placed
 /// on a worker and commanded there.
@@ -167,6 +170,9 @@ struct Inner {
     recorder: RecorderFactory,
     rooms: Mutex<HashMap<String, Entry>>,
     next_room: AtomicU64,
+    /// How to stop each room's stream, by room name, with the stream's number.
+    stream_stops: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    next_stream: AtomicU64,
 }
 
 /// Every room; cheap to clone and share.
@@ -201,6 +207,8 @@ impl ConferenceRegistry {
                 recorder,
                 rooms: Mutex::new(HashMap::new()),
                 next_room: AtomicU64::new(1),
+                stream_stops: Mutex::new(HashMap::new()),
+                next_stream: AtomicU64::new(1),
             }),
         }
     }
@@ -400,6 +408,81 @@ impl ConferenceRegistry {
         )
     }
 
+    /// Starts streaming room `room`'s mix: the socket task, its tap on the room, and a task
+    /// that announces the stream's life and tidies up after it. Answers the stream's id.
+    fn start_stream(
+        &self,
+        room: &str,
+        id: u64,
+        worker: usize,
+        info: &Arc<Mutex<RoomInfo>>,
+        request: &StreamRequest,
+    ) -> Result<String, ControlError> {
+        let n = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let start = StartInfo {
+            call_id: format!("room-{room}"),
+            from: String::new(),
+            to: room.to_string(),
+            tracks: Track::Inbound,
+            parameters: request.parameters.clone(),
+        };
+        let (mut running, handle) =
+            Running::start(n, Owner::Room(room.to_string()), request, start);
+        let stream_id = running.stream_id().to_string();
+        let tap = StreamTap::new(
+            n,
+            handle,
+            TapConfig {
+                track: Track::Inbound,
+                bidirectional: false,
+                rate: ClockRate::new(request.format.rate()).unwrap_or(NARROW_RATE),
+            },
+        );
+        let media = self.inner.media.clone();
+        if !media.room_command(worker, id, RoomCommand::Stream(Box::new(tap))) {
+            // The tap and its handle are gone with the command: the socket task ends.
+            return Err(ControlError::NoRoom);
+        }
+        lock_info(info).stream = Some(stream_id.clone());
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        lock_map(&self.inner.stream_stops).insert(room.to_string(), (n, stop_tx));
+        tracing::info!(room, url = %request.url, stream = %stream_id, "streaming the room");
+        let registry = self.clone();
+        let (room, info, sid) = (room.to_string(), info.clone(), stream_id.clone());
+        tokio::spawn(async move {
+            let bus = registry.inner.events.clone();
+            let mut stopped = false;
+            let reason = loop {
+                tokio::select! {
+                    p = running.next(&bus) => match p {
+                        Progress::Connected => {}
+                        Progress::Ended(r) => break r,
+                    },
+                    r = &mut stop_rx, if !stopped => {
+                        stopped = true;
+                        if r.is_ok() {
+                            running.stopping();
+                            media.room_command(worker, id, RoomCommand::StopStream(n));
+                        }
+                    }
+                }
+            };
+            // The application went: the room lets go of the tap.
+            media.room_command(worker, id, RoomCommand::StopStream(n));
+            running.finish(reason, &bus);
+            let mut i = lock_info(&info);
+            if i.stream.as_deref() == Some(sid.as_str()) {
+                i.stream = None;
+            }
+            drop(i);
+            let mut stops = lock_map(&registry.inner.stream_stops);
+            if stops.get(&room).is_some_and(|(m, _)| *m == n) {
+                stops.remove(&room);
+            }
+        });
+        Ok(stream_id)
+    }
+
     fn room(&self, name: &str) -> Option<(u64, usize, Arc<Mutex<RoomInfo>>)> {
         let rooms = self.lock();
         let e = rooms.get(name)?;
@@ -580,6 +663,33 @@ impl Rooms for ConferenceRegistry {
                 self.play_prompt(&name, worker, id, RoomCommand::Play)?;
                 Ok(None)
             }
+            RoomAction::StreamStart(request) => {
+                if request.bidirectional {
+                    return Err(ControlError::Refused(
+                        "a room stream only listens: bidirectional is for calls".into(),
+                    ));
+                }
+                if request.track != Track::Inbound {
+                    return Err(ControlError::Refused(
+                        "a room stream carries the room's mix: track inbound".into(),
+                    ));
+                }
+                if lock_info(&info).stream.is_some() {
+                    return Err(ControlError::Refused("room is already streamed".into()));
+                }
+                self.start_stream(room, id, worker, &info, &request)
+                    .map(Some)
+            }
+            RoomAction::StreamStop => {
+                let stop = lock_map(&self.inner.stream_stops).remove(room);
+                match stop {
+                    Some((_, tx)) => {
+                        let _ = tx.send(());
+                        Ok(None)
+                    }
+                    None => Err(ControlError::Refused("room is not being streamed".into())),
+                }
+            }
             RoomAction::RecordStart => {
                 if lock_info(&info).recording.is_some() {
                     return Err(ControlError::Refused(
@@ -596,5 +706,13 @@ impl Rooms for ConferenceRegistry {
                 Ok(Some(rec_id))
             }
         }
+    }
+}
+
+/// A lock that survives a panic elsewhere: the map holds no invariant a panic could break.
+fn lock_map<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }

@@ -142,6 +142,10 @@ pub enum LegCommand {
     },
     /// Stop the current recording.
     StopRecord,
+    /// Stream the call's audio to an application (replacing a stream already running).
+    Stream(Box<dyn AudioTap>),
+    /// Stop the stream with this id, if it is still the one running.
+    StopStream(u64),
     /// Send DTMF: RFC 4733 events when negotiated (or `inband`), else tones in the audio.
     SendDtmf {
         /// Digits 0-9, *, #, A-D.
@@ -190,6 +194,8 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::InfoDigit(e) => write!(f, "InfoDigit({:?})", e.digit),
             LegCommand::Record { handle, .. } => write!(f, "Record({})", handle.id()),
             LegCommand::StopRecord => write!(f, "StopRecord"),
+            LegCommand::Stream(t) => write!(f, "Stream({})", t.id()),
+            LegCommand::StopStream(id) => write!(f, "StopStream({id})"),
             LegCommand::Answered => write!(f, "Answered"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
@@ -450,6 +456,19 @@ enum RtpWatch {
     TimedOut,
 }
 
+/// Something that taps a leg's audio every tick: an application stream.
+pub trait AudioTap: Send {
+    /// The call's number for it, so that a late stop does not end its successor.
+    fn id(&self) -> u64;
+    /// It adds audio of its own to what the caller hears: the leg makes its own frame then.
+    fn speaks(&self) -> bool;
+    /// One tick: `caller` is what the caller said, `to_caller` what it is about to hear
+    /// (the tap may add to it).
+    fn tick(&mut self, caller: &Frame, to_caller: &mut Frame);
+    /// A key the caller pressed.
+    fn digit(&mut self, digit: char);
+}
+
 /// One call's media.
 pub struct Leg {
     cfg: LegConfig,
@@ -491,6 +510,8 @@ pub struct Leg {
     inband_sender: InbandSender,
     playing: Option<Playback>,
     recording: Option<Recording>,
+    /// An application stream tapping the call's audio.
+    stream: Option<Box<dyn AudioTap>>,
     echo: bool,
     /// An in-band key tone is being heard (between its detected start and end).
     inband_active: bool,
@@ -580,6 +601,7 @@ impl Leg {
             inband_sender,
             playing: None,
             recording: None,
+            stream: None,
             echo: false,
             inband_active: false,
             rfc4733_active: false,
@@ -760,6 +782,12 @@ impl Leg {
                 });
             }
             LegCommand::StopRecord => self.stop_record(|s| s.request_stop()),
+            LegCommand::Stream(tap) => self.stream = Some(tap),
+            LegCommand::StopStream(id) => {
+                if self.stream.as_ref().is_some_and(|s| s.id() == id) {
+                    self.stream = None;
+                }
+            }
             LegCommand::Echo(on) => self.echo = on,
             LegCommand::InfoDigit(e) => self.key_event(e),
             LegCommand::SendDtmf { digits, inband } => {
@@ -917,6 +945,9 @@ impl Leg {
                 digit: k.digit,
                 method: k.method,
             });
+            if let Some(s) = self.stream.as_mut() {
+                s.digit(k.digit.as_char());
+            }
             let stops = self
                 .recording
                 .as_mut()
@@ -937,6 +968,8 @@ impl Leg {
     pub fn close(&mut self) {
         self.stop_record(|s| s.hangup());
         self.playing = None;
+        // The socket task sees its handle go, says `stop` and closes.
+        self.stream = None;
         let r = self.report();
         tracing::debug!(
             packets_in = r.leg.packets_in,
@@ -1207,6 +1240,9 @@ impl Leg {
     ) {
         self.follow_ticks(now, tick);
         self.produce_frame(room);
+        if let Some(s) = self.stream.as_mut() {
+            s.tick(&self.pcm_in, &mut self.pcm_out);
+        }
         self.record_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
@@ -1231,7 +1267,10 @@ impl Leg {
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         self.sealed(send, |leg, send| {
-            let own_audio = leg.playing.is_some() || leg.echo || !leg.inband_sender.is_idle();
+            let own_audio = leg.playing.is_some()
+                || leg.echo
+                || !leg.inband_sender.is_idle()
+                || leg.stream.as_ref().is_some_and(|s| s.speaks());
             if own_audio || pcm.rate() != leg.rate {
                 return leg.send_clear(now, wallclock, tick, Some(pcm), send);
             }
@@ -1249,10 +1288,14 @@ impl Leg {
         send: &mut dyn FnMut(Port, SocketAddr, &[u8]),
     ) {
         self.follow_ticks(now, tick);
-        if self.recording.is_some() {
+        if self.recording.is_some() || self.stream.is_some() {
             self.pcm_out = *pcm;
-            self.record_frame();
         }
+        if let Some(s) = self.stream.as_mut() {
+            // Not speaking (see `send_encoded`): the frame is left as the room made it.
+            s.tick(&self.pcm_in, &mut self.pcm_out);
+        }
+        self.record_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
             if let Some(dest) = dest {

@@ -82,6 +82,16 @@ pub enum CallRequest {
     Dial(crate::call::DialRequest),
     /// Place a separate call (a callback, a room member); answered with its Call-ID.
     Originate(Box<crate::call::Originate>),
+    /// Stream the call's audio to an application over WebSocket; `background`: return at
+    /// once, else when the stream ends (answered with why).
+    Stream {
+        /// Where and how.
+        request: Box<crate::stream::StreamRequest>,
+        /// Return at once and let the stream run beside what the script does next.
+        background: bool,
+    },
+    /// Stop the call's stream, if one runs.
+    StreamStop,
     /// Act on a conference room (any room, not only the caller's), or list its members.
     Room {
         /// The room's name.
@@ -106,6 +116,10 @@ pub enum RoomRequest {
     RecordStart,
     /// Stop recording the room.
     RecordStop,
+    /// Stream the room's mix to an application; answers the stream's id.
+    StreamStart(Box<crate::stream::StreamRequest>),
+    /// Stop the room's stream.
+    StreamStop,
     /// Act on one member.
     Member(u64, crate::live::MemberAction),
     /// List the members.
@@ -934,6 +948,64 @@ fn originate(target: &str, opts: &Map) -> Res<ImmutableString> {
     )
 }
 
+/// Turns `stream`'s URL and option map into a [`crate::stream::StreamRequest`].
+pub fn stream_request(
+    verb: &'static str,
+    url: &str,
+    opts: &Map,
+) -> Res<crate::stream::StreamRequest> {
+    let o = Opts::new(
+        verb,
+        opts,
+        &["format", "track", "rate", "bidirectional", "parameters"],
+    )?;
+    let mut parameters = std::collections::BTreeMap::new();
+    if let Some(v) = o.get("parameters") {
+        let Some(m) = v.read_lock::<Map>() else {
+            return err(format!("{verb}: parameters must be a map"));
+        };
+        for (k, v) in m.iter() {
+            parameters.insert(k.to_string(), text(verb, "a parameter", v)?);
+        }
+    }
+    let options = crate::stream::StreamOptions {
+        format: o.string("format")?,
+        track: o.string("track")?,
+        rate: o.int("rate", 0, 192_000)?.map(|r| r as u32),
+        bidirectional: o.bool("bidirectional")?.unwrap_or(false),
+        parameters,
+    };
+    crate::stream::StreamRequest::new(url.trim(), options).or_else(|e| err(format!("{verb}: {e}")))
+}
+
+/// `stream`: the call's audio goes to the application until it closes the socket; answers
+/// why the stream ended.
+fn stream(url: &str, opts: &Map) -> Res<ImmutableString> {
+    let wanted = Box::new(stream_request("stream", url, opts)?);
+    match request(CallRequest::Stream {
+        request: wanted,
+        background: false,
+    })? {
+        CallReply::Text(Some(reason)) => Ok(reason.into()),
+        other => err(format!("stream: unexpected reply {other:?}")),
+    }
+}
+
+/// `room_stream`: the room's mix goes to the application; answers the stream's id.
+fn room_stream(room: &str, url: &str, opts: &Map) -> Res<Dynamic> {
+    let wanted = Box::new(stream_request("room_stream", url, opts)?);
+    room_do("room_stream", room, RoomRequest::StreamStart(wanted))
+}
+
+/// `stream_start`: as `stream`, but the script goes on while the stream runs.
+fn stream_start(url: &str, opts: &Map) -> Res<()> {
+    let request = Box::new(stream_request("stream_start", url, opts)?);
+    request_done(CallRequest::Stream {
+        request,
+        background: true,
+    })
+}
+
 fn room_dial(room: &str, target: &str, opts: &Map) -> Res<ImmutableString> {
     use crate::call::{Originate, OriginateFlow};
     let o = Opts::new("room_dial", opts, &["caller_id", "timeout_secs", "confirm"])?;
@@ -1050,6 +1122,11 @@ pub fn register(engine: &mut Engine) {
         .register_fn("dial", move |t: Dynamic| dial(&t, &empty()))
         .register_fn("dial", |t: Dynamic, o: Map| dial(&t, &o))
         .register_fn("discard_recording", |id: &str| discard_recording(id))
+        .register_fn("stream", move |u: &str| stream(u, &empty()))
+        .register_fn("stream", |u: &str, o: Map| stream(u, &o))
+        .register_fn("stream_start", move |u: &str| stream_start(u, &empty()))
+        .register_fn("stream_start", |u: &str, o: Map| stream_start(u, &o))
+        .register_fn("stream_stop", || request_done(CallRequest::StreamStop))
         .register_fn("echo", || request_done(CallRequest::Echo { max: None }))
         .register_fn("echo", |ms: INT| {
             request_done(CallRequest::Echo {
@@ -1073,6 +1150,15 @@ pub fn register(engine: &mut Engine) {
         })
         .register_fn("room_stop_recording", |r: &str| {
             room_do("room_stop_recording", r, RoomRequest::RecordStop)
+        })
+        .register_fn("room_stream", move |r: &str, u: &str| {
+            room_stream(r, u, &empty())
+        })
+        .register_fn("room_stream", |r: &str, u: &str, o: Map| {
+            room_stream(r, u, &o)
+        })
+        .register_fn("room_stream_stop", |r: &str| {
+            room_do("room_stream_stop", r, RoomRequest::StreamStop)
         })
         .register_fn("room_members", |r: &str| {
             room_do("room_members", r, RoomRequest::Members)

@@ -18,6 +18,9 @@
 //!   `conference`); keys of one step are [`KEY_GAP`] apart.
 //! - `hangup`: the caller hangs up at the caller's clock.
 //!
+//! An application a script streams to keeps the stream until the script stops it or the
+//! caller hangs up.
+//!
 //! While there are steps left the caller is talking; after the last one the caller is
 //! silent (which `record`'s silence limit notices) and stays on the line until the script
 //! ends the call or [`Simulator::max_duration`] passes.
@@ -430,6 +433,7 @@ enum Input {
     RoomJoined,
     Discarded,
     WorkReply(CallReply),
+    StreamEnded,
 }
 
 /// The simulated call: the call core and what surrounds it.
@@ -559,6 +563,7 @@ impl SimCall {
                 Input::RoomJoined => self.core.handle_room_joined(Ok(1)),
                 Input::Discarded => self.core.handle_discarded(Ok(())),
                 Input::WorkReply(r) => self.core.handle_work_reply(r),
+                Input::StreamEnded => self.core.handle_stream_ended("stopped"),
             }
         }
     }
@@ -689,6 +694,9 @@ impl SimCall {
                 let reply = match request {
                     RoomRequest::Members => CallReply::Members(Vec::new()),
                     RoomRequest::RecordStart => CallReply::Text(Some(format!("sim-room-{room}"))),
+                    RoomRequest::StreamStart(_) => {
+                        CallReply::Text(Some(format!("sim-stream-{room}")))
+                    }
                     _ => CallReply::Done,
                 };
                 self.inputs.push_back(Input::WorkReply(reply));
@@ -728,6 +736,9 @@ impl SimCall {
                 self.inputs.push_back(Input::RecordStarted(id));
             }
             MediaAction::JoinRoom(_) => self.inputs.push_back(Input::RoomJoined),
+            // The simulated application keeps a stream until the script or the caller ends it.
+            MediaAction::Stream(_) => {}
+            MediaAction::StopStream => self.inputs.push_back(Input::StreamEnded),
             MediaAction::Prepare
             | MediaAction::Bridge(_)
             | MediaAction::Unbridge

@@ -506,7 +506,7 @@ fn check_dir_reports_syntax_errors_as_file_line() {
 
 #[test]
 fn the_shipped_scripts_compile() {
-    assert_eq!(check_dir(&root().join("scripts")), Ok(8));
+    assert_eq!(check_dir(&root().join("scripts")), Ok(9));
 }
 
 #[test]
@@ -948,4 +948,83 @@ fn dial_passes_the_callees_early_media_to_an_unanswered_caller() {
     // With the tone instead, the caller only hears ringing until the answer.
     let t = run(r#"dial("sip:early@127.0.0.1");"#, "wait 1s, hangup");
     assert!(t.contains("ringing") && !t.contains("early media"), "{t}");
+}
+
+#[test]
+fn stream_start_runs_beside_the_flow_and_stream_stop_ends_it() {
+    let src = r#"stream_start("ws://127.0.0.1:9/media", #{track: "both", parameters: #{lang: "en"}});
+        sleep(2000);
+        stream_stop();
+        log("after");"#;
+    let t = run(src, "");
+    assert!(t.contains("streaming to ws://127.0.0.1:9/media"), "{t}");
+    assert!(t.contains("stream ended (stopped)"), "{t}");
+    assert_eq!(at(&t, "stream ended (stopped)"), Duration::from_secs(2));
+    assert!(t.contains("log: after"), "{t}");
+    // A second stream while one runs is refused; one after the first ended is taken.
+    let t = run(
+        r#"stream_start("ws://127.0.0.1:9/a");
+        try { stream_start("ws://127.0.0.1:9/b"); } catch (e) { log(e); }
+        stream_stop(); stream_start("ws://127.0.0.1:9/c");"#,
+        "",
+    );
+    assert!(t.contains("log: a stream already runs on this call"), "{t}");
+    assert!(t.contains("streaming to ws://127.0.0.1:9/c"), "{t}");
+}
+
+#[test]
+fn stream_options_are_checked_at_the_call() {
+    for (opts, why) in [
+        (r#""http://x/", #{}"#, "is not ws:// or wss://"),
+        (r#""ws://", #{}"#, "has no host"),
+        (r#""ws://h/", #{format: "mp3"}"#, "unknown stream format"),
+        (
+            r#""ws://h/", #{format: "l16", rate: 44100}"#,
+            "8000 or 16000",
+        ),
+        (r#""ws://h/", #{format: "twilio", rate: 16000}"#, "8000 Hz"),
+        (r#""ws://h/", #{track: "left"}"#, "unknown track"),
+        (r#""ws://h/", #{volume: 3}"#, "unknown option"),
+        (r#""ws://h/", #{parameters: 3}"#, "parameters must be a map"),
+    ] {
+        let t = run(&format!("stream_start({opts});"), "");
+        let e = error_of(&t).to_string();
+        assert!(e.contains(why), "{opts}: {e}");
+    }
+}
+
+#[test]
+fn the_bot_streams_until_the_caller_hangs_up() {
+    let t = shipped(
+        "bot.rhai",
+        "wait 5s, hangup",
+        &[("stream_url", "wss://bot.example.com/media")],
+    );
+    assert!(
+        t.contains("streaming to wss://bot.example.com/media"),
+        "{t}"
+    );
+    assert_eq!(t.outcome, ScriptOutcome::Stopped(StopCause::Hangup));
+    // Without a URL the caller hears goodbye.
+    let t = shipped("bot.rhai", "", &[]);
+    assert!(
+        t.contains("log: bot: the dialplan rule gives no stream_url"),
+        "{t}"
+    );
+    assert!(t.contains("played goodbye"), "{t}");
+}
+
+#[test]
+fn room_stream_answers_the_streams_id_and_checks_its_options() {
+    let t = run(
+        r#"let id = room_stream("sales", "wss://asr.example.com/", #{format: "l16", rate: 16000});
+        log(id); room_stream_stop("sales");"#,
+        "",
+    );
+    assert!(t.contains("log: sim-stream-sales"), "{t}");
+    let t = run(r#"room_stream("sales", "https://x/");"#, "");
+    assert!(
+        error_of(&t).to_string().contains("room_stream: stream URL"),
+        "{t}"
+    );
 }

@@ -154,7 +154,13 @@ impl AudioFrame {
         }
     }
 
-    fn track(&self, outbound: bool) -> Option<&[i16]> {
+    /// When the frame was taken, in milliseconds since the stream started.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The outbound or the inbound track, when the frame carries it.
+    pub fn track(&self, outbound: bool) -> Option<&[i16]> {
         let t = if outbound {
             self.outbound.as_ref()
         } else {
@@ -230,11 +236,25 @@ impl StreamHandle {
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }
+
+    /// The stream's counters, to read after the handle is gone.
+    pub fn shared_stats(&self) -> Arc<StreamStats> {
+        self.stats.clone()
+    }
 }
 
 /// Starts a stream: the task connects, sends `connected` and `start` (Twilio) or the start
 /// frame (L16), then carries audio until either side ends it; it returns why.
 pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
+    let (handle, task, _connected) = spawn_watched(config);
+    (handle, task)
+}
+
+/// As [`spawn`], and the returned receiver hears once the socket is up and the opening
+/// messages went out (it is dropped unheard when the stream never connects).
+pub fn spawn_watched(
+    config: StreamConfig,
+) -> (StreamHandle, JoinHandle<EndReason>, oneshot::Receiver<()>) {
     // std's bounded channel allocates its slots once, up front, so a tick handing over a
     // frame never allocates (tokio's grows in blocks); a Notify wakes the task.
     let (out_tx, out_rx) = sync_mpsc::sync_channel(config.send_queue.max(1));
@@ -246,7 +266,8 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
         rx: out_rx,
         wake: wake.clone(),
     };
-    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, stats.clone()));
+    let (up_tx, up_rx) = oneshot::channel();
+    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, up_tx, stats.clone()));
     let handle = StreamHandle {
         tx: out_tx,
         wake,
@@ -254,7 +275,7 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
         stats,
         _hangup: hangup_tx,
     };
-    (handle, task)
+    (handle, task, up_rx)
 }
 
 /// The task's end of the send queue.
@@ -384,9 +405,10 @@ async fn run(
     mut out_rx: OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     mut hangup_rx: oneshot::Receiver<()>,
+    up: oneshot::Sender<()>,
     stats: Arc<StreamStats>,
 ) -> EndReason {
-    let reason = run_inner(&config, &mut out_rx, in_tx, &mut hangup_rx, &stats).await;
+    let reason = run_inner(&config, &mut out_rx, in_tx, &mut hangup_rx, up, &stats).await;
     tracing::debug!(stream = %config.stream_id, url = %config.url, reason = reason.as_str(),
         sent = stats.sent.load(Ordering::Relaxed), dropped = stats.dropped.load(Ordering::Relaxed),
         "stream ended");
@@ -398,6 +420,7 @@ async fn run_inner(
     out_rx: &mut OutQueue,
     in_tx: mpsc::Sender<AppCommand>,
     hangup_rx: &mut oneshot::Receiver<()>,
+    up: oneshot::Sender<()>,
     stats: &StreamStats,
 ) -> EndReason {
     let connector = match connector(config) {
@@ -439,6 +462,8 @@ async fn run_inner(
                 sink.feed(m).await?;
             }
             sink.flush().await?;
+            // Nobody listening is fine: the owner may not care when the stream is up.
+            let _ = up.send(());
             let mut batch = Vec::with_capacity(2);
             while let Some(o) = out_rx.recv().await {
                 encoder.encode(o, tracks, &mut batch);
@@ -515,4 +540,36 @@ fn decode(format: Format, msg: WsMessage) -> Option<Result<AppCommand, StreamErr
         // Pings are answered by the library; pongs and raw frames carry nothing.
         _ => None,
     }
+}
+
+/// The far end of a [`StreamHandle`] with no socket: what the media side hands over, and a
+/// way to play the application. For tests and benchmarks of the media side.
+#[doc(hidden)]
+pub struct Loopback {
+    /// What the media side handed over, in order.
+    pub out: sync_mpsc::Receiver<Outbound>,
+    /// Commands as the application would send them.
+    pub app: mpsc::Sender<AppCommand>,
+    _hangup: oneshot::Receiver<()>,
+}
+
+/// A handle whose far end is a [`Loopback`] instead of a socket task.
+#[doc(hidden)]
+pub fn loopback(send_queue: usize, receive_queue: usize) -> (StreamHandle, Loopback) {
+    let (out_tx, out) = sync_mpsc::sync_channel(send_queue.max(1));
+    let (app, in_rx) = mpsc::channel(receive_queue.max(1));
+    let (hangup_tx, hangup_rx) = oneshot::channel();
+    let handle = StreamHandle {
+        tx: out_tx,
+        wake: Arc::new(Notify::new()),
+        rx: in_rx,
+        stats: Arc::new(StreamStats::default()),
+        _hangup: hangup_tx,
+    };
+    let far = Loopback {
+        out,
+        app,
+        _hangup: hangup_rx,
+    };
+    (handle, far)
 }

@@ -10,14 +10,18 @@
 pub mod client;
 pub mod l16;
 pub mod playout;
+pub mod run;
+pub mod tap;
 pub mod twilio;
 
 use std::collections::BTreeMap;
 
 pub use client::{
-    spawn, AudioFrame, EndReason, Format, Outbound, StreamConfig, StreamHandle, StreamStats,
+    spawn, spawn_watched, AudioFrame, EndReason, Format, Outbound, StreamConfig, StreamHandle,
+    StreamStats,
 };
 pub use playout::{Player, PlayoutEvent};
+pub use tap::{StreamTap, TapConfig};
 
 /// Samples in one 20 ms frame at the highest rate a stream carries (16 kHz).
 pub const MAX_FRAME_SAMPLES: usize = 320;
@@ -60,6 +64,80 @@ impl Track {
             "both" => Some(Track::Both),
             _ => None,
         }
+    }
+}
+
+/// A stream asked for by a script or an operator: where, in which format, which audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// `ws://` or `wss://` URL of the application.
+    pub url: String,
+    /// Wire format and rate.
+    pub format: Format,
+    /// Which side of the call is sent.
+    pub track: Track,
+    /// The application's audio is played to the caller.
+    pub bidirectional: bool,
+    /// Free-form parameters passed on in the start message.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The options of a stream as a script or an HTTP body names them, before checking.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// `twilio` (default) or `l16`.
+    pub format: Option<String>,
+    /// `inbound` (default), `outbound` or `both`.
+    pub track: Option<String>,
+    /// Sample rate of an `l16` stream: 8000 (default) or 16000.
+    pub rate: Option<u32>,
+    /// Play the application's audio to the caller.
+    pub bidirectional: bool,
+    /// Passed on in the start message.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Longest stream URL taken.
+pub const MAX_URL: usize = 2048;
+
+impl StreamRequest {
+    /// Checks a URL and its options: the URL must be `ws://` or `wss://` with a host, the
+    /// format, track and rate ones this side speaks.
+    pub fn new(url: &str, options: StreamOptions) -> Result<StreamRequest, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("wss://"))
+            .ok_or_else(|| format!("stream URL {url:?} is not ws:// or wss://"))?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("stream URL {url:?} has no host"));
+        }
+        if url.len() > MAX_URL {
+            return Err(format!("stream URL longer than {MAX_URL} bytes"));
+        }
+        let format = match (options.format.as_deref().unwrap_or("twilio"), options.rate) {
+            ("twilio", None | Some(8000)) => Format::Twilio,
+            ("twilio", Some(r)) => return Err(format!("a twilio stream is 8000 Hz, not {r}")),
+            ("l16", rate) => {
+                let rate = rate.unwrap_or(8000);
+                if !l16::RATES.contains(&rate) {
+                    return Err(format!("an l16 stream is 8000 or 16000 Hz, not {rate}"));
+                }
+                Format::L16 { rate }
+            }
+            (other, _) => return Err(format!("unknown stream format {other:?} (twilio, l16)")),
+        };
+        let track = match options.track.as_deref() {
+            None => Track::Inbound,
+            Some(t) => Track::parse(t)
+                .ok_or_else(|| format!("unknown track {t:?} (inbound, outbound, both)"))?,
+        };
+        Ok(StreamRequest {
+            url: url.to_string(),
+            format,
+            track,
+            bidirectional: options.bidirectional,
+            parameters: options.parameters,
+        })
     }
 }
 
