@@ -210,11 +210,7 @@ async fn room_with_levels(room: &str, codec: &str, o: &'static Offer) {
     let codecs = vec![codec.to_string()];
     let server = start_with(common::rtp_ports(2 * parts.len() as u16 + 2), move |c| {
         c.media.codecs = codecs;
-        // Only the members' own audio in the mix.
-        c.conference.join_sound.clear();
-        c.conference.leave_sound.clear();
-        c.conference.alone_prompt.clear();
-        c.conference.announce_count = false;
+        only_members_heard(c);
     })
     .await;
     let mut members = Vec::new();

@@ -191,11 +191,7 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Opt
         c.media.codecs = codecs;
         c.paths.recordings = rec;
         c.conference.auto_record = true;
-        // Only the members' tones in the mix.
-        c.conference.join_sound.clear();
-        c.conference.leave_sound.clear();
-        c.conference.alone_prompt.clear();
-        c.conference.announce_count = false;
+        only_members_heard(c);
     })
     .await;
 

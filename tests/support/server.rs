@@ -289,6 +289,15 @@ pub async fn metric(http: std::net::SocketAddr, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
 }
 
+/// Rooms with only their members' own audio in the mix: no join or leave tones, no "you are
+/// alone" prompt, no member count announced.
+pub fn only_members_heard(c: &mut switchboard::Config) {
+    c.conference.join_sound.clear();
+    c.conference.leave_sound.clear();
+    c.conference.alone_prompt.clear();
+    c.conference.announce_count = false;
+}
+
 /// Waits (at most 5 s) until room `room` has `count` members, as `GET /api/rooms/NAME` shows.
 pub async fn room_members_joined(http: std::net::SocketAddr, room: &str, count: usize) {
     let until = Instant::now() + Duration::from_secs(5);
