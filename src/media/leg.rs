@@ -1182,7 +1182,8 @@ impl Leg {
     /// Lets the receive half skip decoding packets whose RFC 6464 level is below `floor`
     /// (`None`: decode every packet). A room sets it each tick for the next one, for members
     /// it would not mix anyway; a skipped packet is heard as silence with its level in
-    /// [`Leg::input_level`], and a packet at or above the floor is decoded as usual.
+    /// [`Leg::input_level`], and a packet at or above the floor is decoded as usual. A leg
+    /// recording or streaming its call decodes every packet all the same.
     pub fn set_quiet_floor(&mut self, floor: Option<AudioLevel>) {
         self.quiet_floor = floor;
     }
@@ -1487,7 +1488,10 @@ impl Leg {
             let decoded = match self.jitter.pop_frame(now) {
                 Pop::Frame(f) => {
                     level = f.level;
-                    let skip = below(f.level, self.quiet_floor);
+                    // A recording or a stream of this call wants what the caller says, quiet
+                    // or not.
+                    let own_listener = self.recording.is_some() || self.stream.is_some();
+                    let skip = !own_listener && below(f.level, self.quiet_floor);
                     let ok = if skip {
                         out.fill(0);
                         self.stats.decodes_skipped += 1;

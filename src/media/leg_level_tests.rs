@@ -336,3 +336,37 @@ fn g722_resumes_cleanly_after_skipping() {
 fn opus_resumes_cleanly_after_skipping() {
     resumes_cleanly(CodecKind::Opus, 111);
 }
+
+#[test]
+fn a_leg_recording_its_call_decodes_quiet_packets_all_the_same() {
+    use crate::media::record::{RecordMode, RecordPolicy, RecordingMeta, RecordingWriter};
+    let payloads = pcmu_tone(20);
+    let exts = vec![Ext::Level(LEVEL_ID, 90); 20];
+    let t0 = Instant::now();
+    let mut l = leg_with(CodecKind::Pcmu, 0, Some(LEVEL_ID), t0);
+    l.set_quiet_floor(Some(level(40)));
+    let tmp = crate::media::record::tests::TempDir::new("level-leg");
+    let (factory, _writer) = RecordingWriter::spawn(&tmp.0).unwrap();
+    let handle = factory
+        .start(RecordingMeta {
+            call_id: "levels".into(),
+            from: "a".into(),
+            to: "b".into(),
+            room: None,
+            mode: RecordMode::Inbound,
+            rate: NARROW_RATE,
+        })
+        .unwrap();
+    l.apply(
+        t0,
+        LegCommand::Record {
+            session: Box::new(RecordSession::new(RecordPolicy::default())),
+            handle,
+        },
+    );
+    let heard = hear(&mut l, &payloads, &exts, &[], 160, t0);
+    assert!(heard[..20].iter().all(|h| rms_dbfs(&h.pcm) > -25.0));
+    assert!(heard[..20].iter().all(|h| h.level == Some(level(90))));
+    let st = l.stats();
+    assert_eq!((st.decodes_skipped, st.frames_decoded), (0, 20));
+}
