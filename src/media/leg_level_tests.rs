@@ -68,11 +68,25 @@ fn hear(
     step: u32,
     t0: Instant,
 ) -> Vec<Heard> {
+    hear_with(l, payloads, exts, lost, step, t0, |_, _, _| {})
+}
+
+/// [`hear`], calling `before(k, now, leg)` at the start of each tick k.
+fn hear_with(
+    l: &mut Leg,
+    payloads: &[Vec<u8>],
+    exts: &[Ext],
+    lost: &[usize],
+    step: u32,
+    t0: Instant,
+    mut before: impl FnMut(usize, Instant, &mut Leg),
+) -> Vec<Heard> {
     let pt = l.cfg.payload_type;
     let mut wire = [0u8; 1500];
     let mut out = Vec::new();
     for k in 0..payloads.len() + 4 {
         let now = t0 + FRAME * k as u32;
+        before(k, now, l);
         if let Some(p) = payloads.get(k).filter(|_| !lost.contains(&k)) {
             let block = exts.get(k).copied().unwrap_or(Ext::None).block();
             let mut pkt = RtpPacket::new(
@@ -369,4 +383,34 @@ fn a_leg_recording_its_call_decodes_quiet_packets_all_the_same() {
     assert!(heard[..20].iter().all(|h| h.level == Some(level(90))));
     let st = l.stats();
     assert_eq!((st.decodes_skipped, st.frames_decoded), (0, 20));
+}
+
+#[test]
+fn a_reinvite_adds_and_removes_the_level() {
+    // Quiet packets throughout; the level is agreed from packet 20 to packet 40.
+    let payloads = pcmu_tone(60);
+    let exts = vec![Ext::Level(LEVEL_ID, 90); 60];
+    let t0 = Instant::now();
+    let mut l = leg_with(CodecKind::Pcmu, 0, None, t0);
+    l.set_quiet_floor(Some(level(40)));
+    let update = |l: &Leg, id: Option<u8>| {
+        let mut cmd = update_keeping_codec(l, l.cfg.remote, None, Direction::SendRecv, FRAME);
+        if let LegCommand::Update { params, .. } = &mut cmd {
+            params.audio_level_id = id;
+        }
+        cmd
+    };
+    let heard = hear_with(&mut l, &payloads, &exts, &[], 160, t0, |k, now, l| {
+        if k == 20 {
+            l.apply(now, update(l, Some(LEVEL_ID)));
+        } else if k == 40 {
+            l.apply(now, update(l, None));
+        }
+    });
+    let skipped = heard.iter().filter(|h| h.level.is_some()).count();
+    let st = l.stats();
+    // The packets that arrived while it was agreed, and only they.
+    assert_eq!(st.decodes_skipped, 20);
+    assert_eq!(skipped, 20);
+    assert_eq!(st.frames_decoded, 40);
 }
