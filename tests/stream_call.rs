@@ -537,10 +537,7 @@ async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let live = format!("/api/calls/{}", uac.call_id);
     let (_, info) = http_get(server.http, &live).await;
     let info: Value = serde_json::from_slice(&info).unwrap();
-    assert_eq!(
-        info["stream"], start["streamSid"],
-        "the live call shows its stream"
-    );
+    assert_eq!(info["stream"], start["streamSid"], "the live call shows its stream");
 
     // The caller's tone is on the inbound track and, echoed, on the outbound one.
     peer.exchange(to, &tone("1000/1000@-10", 1000), Duration::from_millis(300))
@@ -564,10 +561,7 @@ async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let stopped = events.until(WAIT, |e| e["type"] == "stream_stopped").await;
     assert_eq!(stopped.last().unwrap()["reason"], "stopped");
     let (_, info) = http_get(server.http, &live).await;
-    assert_eq!(
-        serde_json::from_slice::<Value>(&info).unwrap()["stream"],
-        Value::Null
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&info).unwrap()["stream"], Value::Null);
     // The call goes on: its echo still works.
     assert!(peer.tone_back(to).await > 0.5);
     hang_up(&mut w, &mut uac).await;
