@@ -2,9 +2,9 @@
 //!
 //! `script/start` runs a one-verb script on the calling thread through a no-op port: the
 //! per-call work on a shared engine (scope, call install, evaluation, the first request).
-//! `script/ivr_flow` runs the shipped menu to its goodbye. `script/spawn` adds the script's own thread and the join. Memory is the heap held per
-//! script blocked in a verb, counted by a wrapping allocator; thread stacks are reserved
-//! address space, committed page by page, and not counted.
+//! `script/ivr_flow` runs the shipped menu to its goodbye. `script/spawn` adds the start on the script pool (a coroutine on a kept stack) and the
+//! join; `script/spawn_thread` the same on a thread of its own, as before the pool. Memory is the heap held per script waiting in a verb, counted by a wrapping
+//! allocator; coroutine stacks are counted with the rest of RSS in `tests/script_pool.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -81,6 +81,20 @@ fn bench(c: &mut Criterion) {
             black_box(h.join_blocking())
         })
     });
+    // The same start on a thread of its own, as scripts ran before the pool.
+    c.bench_function("script/spawn_thread", |b| {
+        b.iter(|| {
+            let (engine, ast, info) = (engine.clone(), ast.clone(), info.clone());
+            let t = std::thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn(move || {
+                    let flag = Arc::new(AtomicBool::new(false));
+                    run_script(&engine, &ast, &info, Box::new(NoopPort), flag)
+                })
+                .unwrap();
+            black_box(t.join().unwrap())
+        })
+    });
     memory(&engine, &ivr);
 }
 
@@ -98,7 +112,7 @@ fn memory(engine: &Arc<rhai::Engine>, ast: &Arc<rhai::AST>) {
             info(),
             Box::new(port),
         ));
-        // The script is now blocked in `answer()` until the request is dropped.
+        // The script now waits in `answer()` until the request is dropped.
         if let Some(req) = rx.blocking_recv() {
             waiting.push((req, rx));
         }

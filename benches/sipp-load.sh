@@ -12,6 +12,13 @@
 #   benches/sipp-load.sh dial CALLS            # CALLS concurrent calls to echo, then CALLS calls
 #                                              # whose script dials a SIPp far end (-rtp_echo)
 #                                              # and bridges it: CPU per call, side by side
+#   benches/sipp-load.sh floor CALLS [USER]    # the kernel's floor beside the server: CALLS
+#                                              # calls to USER (default echo) on the server,
+#                                              # then on benches/floor/ (RTP only), SIPp
+#                                              # echoing every packet (-rtp_echo), rounds
+#                                              # alternating (FLOOR_ROUNDS, default 3; FLOOR_SECS
+#                                              # of steady state each, default 20): CPU per leg
+#                                              # of both and their ratio
 #   benches/sipp-load.sh originate RATE CALLS  # POST /api/calls at RATE/s to a SIPp far end
 #                                              # that answers; the script hangs up at once:
 #                                              # calls/s placed and ended, success ratio
@@ -228,6 +235,37 @@ PY
     hz=$(getconf CLK_TCK)
     echo "cores=$(nproc) server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6) load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
     kill "$far_pid" 2>/dev/null || true
+    ;;
+  floor)
+    calls=${2:-200}; user=${3:-echo}; rounds=${FLOOR_ROUNDS:-3}; secs=${FLOOR_SECS:-20}
+    cargo build --release -q --example floor
+    ramp=$(( calls / 200 + 2 ))
+    floor_port=$(( port + 30 ))
+    ./target/release/examples/floor 127.0.0.1:$floor_port >"$work/floor.out" 2>&1 &
+    far_pid=$!
+    for _ in $(seq 1 100); do grep -q READY "$work/floor.out" 2>/dev/null && break; sleep 0.05; done
+    hz=$(getconf CLK_TCK)
+    # % of a core per leg of process PID over $secs of steady state, under CALLS calls to the
+    # SIP port PORT; the calls end (BYE) before it returns.
+    per_leg() {
+      sipp 127.0.0.1:$1 -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p $(( port + 10 )) \
+        -mp 26000 -rtp_echo -r 200 -m "$calls" -l "$calls" -d $(( (ramp + secs + 3) * 1000 )) \
+        -nostdin -timeout 120s >/dev/null 2>&1 &
+      local uac=$! c0 c1
+      sleep $(( ramp + 2 ))
+      c0=$(awk '{print $14+$15}' /proc/$2/stat)
+      sleep "$secs"
+      c1=$(awk '{print $14+$15}' /proc/$2/stat)
+      wait "$uac" || true
+      echo "($c1 - $c0) * 100 / $hz / $secs / $calls" | bc -l | cut -c1-7
+    }
+    echo "cores=$(nproc) calls=$calls user=$user date=$(date -u +%F) steady_state_s=$secs"
+    for r in $(seq 1 "$rounds"); do
+      s=$(per_leg "$port" "$server")
+      f=$(per_leg "$floor_port" "$far_pid")
+      echo "round $r: switchboard_pct_of_a_core_per_leg=$s floor_pct_of_a_core_per_leg=$f ratio=$(echo "$s / $f" | bc -l | cut -c1-5)"
+    done
+    grep "media workers" "$work/server.log" | tail -1
     ;;
   idle)
     calls=${2:-1000}; hold=${3:-20000}

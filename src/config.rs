@@ -212,6 +212,10 @@ pub struct ScriptsConfig {
     pub max_array_size: usize,
     /// Seconds between looks for changed script files (0: only on SIGHUP).
     pub reload_secs: u64,
+    /// Threads running every call's script as a coroutine (0: the number of cores, at
+    /// least 2).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 impl ScriptsConfig {

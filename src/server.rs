@@ -323,6 +323,11 @@ fn nonce_secret() -> Result<Vec<u8>, Error> {
 /// Compiles every script; refuses to start on a script error or on a dialplan rule whose
 /// script is missing.
 fn load_scripts(config: &Config) -> Result<ScriptSet, Error> {
+    if !crate::script::runner::set_pool_threads(config.scripts.threads) {
+        tracing::warn!(
+            "[scripts] threads applies at start only; the script pool keeps its threads"
+        );
+    }
     let engine = Arc::new(build_engine(&config.scripts.limits()));
     let set = ScriptSet::load(config.paths.scripts.clone(), engine)
         .map_err(|errors| Error::Scripts(errors.iter().map(ToString::to_string).collect()))?;

@@ -15,7 +15,7 @@ fn check_accepts_the_shipped_scripts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("8 scripts"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("9 scripts"));
 }
 
 #[test]

@@ -103,6 +103,15 @@ const CASES: &[Case] = &[
         input: "#",
         live: &[("[recording_started]", Act::Keys("#"))],
     },
+    // Without a stream URL in its rule the bot says goodbye: the path that is the same live
+    // and simulated (a simulated application never goes away by itself).
+    Case {
+        user: "bot",
+        script: "bot.rhai",
+        vars: &[],
+        input: "",
+        live: &[],
+    },
     Case {
         user: "record",
         script: "voicemail.rhai",
@@ -218,7 +227,10 @@ async fn live(server: &Server, case: &Case) -> Vec<String> {
 
 #[tokio::test]
 async fn every_shipped_script_takes_the_same_steps_live_and_simulated() {
-    let server = start_with((45400, 45499), |_| {}).await;
+    let server = start_with((45400, 45499), |c| {
+        c.dialplan.insert(0, support::scripts::rule("bot", "bot", &[]));
+    })
+    .await;
     let mut covered: Vec<&str> = Vec::new();
     for case in CASES {
         let want = simulated(case);

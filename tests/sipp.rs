@@ -770,3 +770,86 @@ fn auth_wrong_password_never_connects_udp() {
         assert_eq!((calls, failures), (0.0, 1.0));
     }
 }
+
+/// SIPp carries G.722: a caller offering G.722 alone leaves a message played from a capture
+/// of a 6 kHz tone (written here with our encoder, as any G.722 phone would send it); the
+/// recording is a 16 kHz WAV, and the tone, above narrowband's 4 kHz, is in it.
+#[test]
+fn sipp_leaves_a_g722_message_recorded_at_16_khz_udp() {
+    use switchboard::media::codec::{CodecKind, CodecParams};
+    let Some(sipp) = find_sipp() else { return };
+    let options = ServerOptions {
+        config: Some("[media]\ncodecs = [\"G722\", \"PCMU\"]\n".into()),
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with("uac_g722_message-UDP", options);
+    // 4 s of 6 kHz at −10 dBFS peak-ish, 20 ms G.722 packets (160 bytes, 160 clock ticks).
+    let mut enc = CodecKind::G722.new_codec_with(&CodecParams::default());
+    let tone: Vec<i16> = (0..16000 * 4)
+        .map(|i| {
+            (10000.0 * (2.0 * std::f64::consts::PI * 6000.0 * f64::from(i) / 16000.0).sin()) as i16
+        })
+        .collect();
+    let packets: Vec<Vec<u8>> = tone
+        .chunks(320)
+        .enumerate()
+        .map(|(i, frame)| {
+            let mut p = vec![0x80, 9];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&0x6722_0001u32.to_be_bytes());
+            let mut payload = [0u8; 320];
+            let n = enc.encode(frame, &mut payload).unwrap();
+            assert_eq!(n, 160, "64 kbit/s");
+            p.extend_from_slice(&payload[..n]);
+            p
+        })
+        .collect();
+    common::write_rtp_pcap(&server.dir().join("g722_tone.pcap"), &packets);
+    let run = Sipp::new("uac_g722_message", "message", Transport::Udp).run(
+        &sipp,
+        server.sip,
+        server.dir(),
+    );
+    assert!(run.success(), "{}\n{}", run.report(), server.log_text());
+    let recordings = server.dir().join("recordings");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let sidecar = loop {
+        let done = std::fs::read_dir(&recordings)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .find_map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                (v["state"] == "complete").then_some(v)
+            });
+        if let Some(v) = done {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished recording\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let wav = hound::WavReader::open(recordings.join(sidecar["file"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        wav.spec().sample_rate,
+        16000,
+        "a G.722 call records at 16 kHz"
+    );
+    let samples: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+    // The loudest second: the tone, at 6 kHz.
+    let loudest = samples
+        .chunks(16000)
+        .max_by(|a, b| {
+            switchboard::media::level::rms_dbfs(a)
+                .total_cmp(&switchboard::media::level::rms_dbfs(b))
+        })
+        .unwrap();
+    let level = switchboard::media::level::rms_dbfs(loudest);
+    let share = switchboard::media::level::tone_share(loudest, 6000.0, 16000.0);
+    assert!(level > -20.0, "the tone's level {level:.1} dBFS");
+    assert!(share > 0.9, "6 kHz share {share:.3}");
+}

@@ -25,46 +25,15 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::events::Events;
 use support::rtp::{tone, RtpPeer};
+use support::scripts::{rule, Scripts};
 use support::server::*;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::media::level::{rms_dbfs, tone_share};
-use switchboard::script::dialplan::RuleConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The shipped scripts and `extra` beside them, in a folder of their own.
-fn scripts(extra: &[(&str, &str)]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sb-stream-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
-    for e in std::fs::read_dir(shipped).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "rhai") {
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    for (name, text) in extra {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    dir
-}
-
-fn rule(exact: &str, script: &str, vars: &[(&str, String)]) -> RuleConfig {
-    RuleConfig {
-        exact: Some(exact.into()),
-        prefix: None,
-        regex: None,
-        script: script.into(),
-        vars: vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        auth: false,
-    }
-}
 
 /// What the application does with the caller's audio.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -222,15 +191,19 @@ fn inbound(msgs: &[(Instant, Value)], track: &str) -> (Vec<i16>, Vec<u64>, Vec<u
 /// The lowest share of `hz` in 100 ms stretches of what `pcm` holds louder than −30 dBFS
 /// (20 ms frames): the tone is all that is heard wherever something is.
 fn loud_share(pcm: &[i16], hz: f64) -> f64 {
-    let loud: Vec<i16> = pcm
-        .chunks_exact(160)
+    loud(pcm, 160)
+        .chunks_exact(800)
+        .map(|c| tone_share(c, hz, 8000.0))
+        .fold(1.0, f64::min)
+}
+
+/// The frames of `frame` samples in `pcm` louder than −30 dBFS, one after another.
+fn loud(pcm: &[i16], frame: usize) -> Vec<i16> {
+    pcm.chunks_exact(frame)
         .filter(|f| rms_dbfs(f) > -30.0)
         .flatten()
         .copied()
-        .collect();
-    loud.chunks_exact(800)
-        .map(|c| tone_share(c, hz, 8000.0))
-        .fold(1.0, f64::min)
+        .collect()
 }
 
 /// 20 ms frames of `pcm` louder than −30 dBFS.
@@ -247,26 +220,28 @@ async fn bot_server(
     url: &str,
     extra_vars: &[(&str, String)],
     cdr: Option<std::path::PathBuf>,
-) -> Server {
-    let dir = scripts(&[("echo_now.rhai", ECHO_NOW)]);
+) -> (Server, Scripts) {
+    let scripts = Scripts::with_shipped(&[("echo_now.rhai", ECHO_NOW)]);
+    let dir = scripts.0.clone();
     let mut vars = vec![("stream_url", url.to_string())];
     vars.extend(extra_vars.iter().cloned());
     let rules = vec![rule("bot", "bot", &vars), rule("echo-now", "echo_now", &[])];
-    start_with(common::rtp_ports(4), move |c| {
+    let server = start_with(common::rtp_ports(4), move |c| {
         c.paths.scripts = dir;
         c.dialplan.splice(0..0, rules);
         if let Some(cdr) = cdr {
             c.cdr.dir = cdr;
         }
     })
-    .await
+    .await;
+    (server, scripts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_hangup() {
     let (url, app) = application(Mode::Listen).await;
     let cdrs = std::env::temp_dir().join(format!("sb-stream-cdr-{}", fastrand::u64(..)));
-    let server = bot_server(&url, &[], Some(cdrs.clone())).await;
+    let (server, _scripts) = bot_server(&url, &[], Some(cdrs.clone())).await;
     let mut events = Events::open(server.http, "stream_started,stream_stopped,call_ended").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
@@ -417,8 +392,9 @@ hangup();
 "#;
 
 /// A call that streams in the background and echoes, and a plain echo call beside it.
-async fn echo_beside(url: &str) -> (Server, Events) {
-    let dir = scripts(&[("stream_echo.rhai", STREAM_THEN_ECHO)]);
+async fn echo_beside(url: &str) -> (Server, Events, Scripts) {
+    let scripts = Scripts::with_shipped(&[("stream_echo.rhai", STREAM_THEN_ECHO)]);
+    let dir = scripts.0.clone();
     let rules = vec![rule(
         "stream-echo",
         "stream_echo",
@@ -430,7 +406,7 @@ async fn echo_beside(url: &str) -> (Server, Events) {
     })
     .await;
     let events = Events::open(server.http, "stream_started,stream_stopped").await;
-    (server, events)
+    (server, events, scripts)
 }
 
 /// Both calls hear their echo while the stream is in trouble.
@@ -455,7 +431,7 @@ async fn a_dead_application_leaves_the_call_and_others_unharmed() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}/media", dead.local_addr().unwrap());
     drop(dead);
-    let (server, mut events) = echo_beside(&url).await;
+    let (server, mut events, _scripts) = echo_beside(&url).await;
     let (mut wa, mut ua, mut wb, mut ub) = both_echo(&server).await;
     let stopped = events.until(WAIT, |e| e["type"] == "stream_stopped").await;
     assert!(
@@ -472,7 +448,7 @@ async fn a_dead_application_leaves_the_call_and_others_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_application_leaves_the_call_and_others_unharmed() {
     let (url, app) = application(Mode::Stuck).await;
-    let (server, mut events) = echo_beside(&url).await;
+    let (server, mut events, _scripts) = echo_beside(&url).await;
     let (mut wa, mut ua, mut wb, mut ub) = both_echo(&server).await;
     let _app = tokio::time::timeout(WAIT, app).await.unwrap().unwrap();
     events.until(WAIT, |e| e["type"] == "stream_started").await;
@@ -489,7 +465,7 @@ async fn a_stuck_application_leaves_the_call_and_others_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let (url, app) = application(Mode::Listen).await;
-    let server = bot_server("ws://127.0.0.1:9/unused", &[], None).await;
+    let (server, _scripts) = bot_server("ws://127.0.0.1:9/unused", &[], None).await;
     let mut events = Events::open(server.http, "stream_started,stream_stopped").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
@@ -537,7 +513,10 @@ async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let live = format!("/api/calls/{}", uac.call_id);
     let (_, info) = http_get(server.http, &live).await;
     let info: Value = serde_json::from_slice(&info).unwrap();
-    assert_eq!(info["stream"], start["streamSid"], "the live call shows its stream");
+    assert_eq!(
+        info["stream"], start["streamSid"],
+        "the live call shows its stream"
+    );
 
     // The caller's tone is on the inbound track and, echoed, on the outbound one.
     peer.exchange(to, &tone("1000/1000@-10", 1000), Duration::from_millis(300))
@@ -561,7 +540,10 @@ async fn an_operator_streams_both_tracks_of_a_live_call_and_stops_it() {
     let stopped = events.until(WAIT, |e| e["type"] == "stream_stopped").await;
     assert_eq!(stopped.last().unwrap()["reason"], "stopped");
     let (_, info) = http_get(server.http, &live).await;
-    assert_eq!(serde_json::from_slice::<Value>(&info).unwrap()["stream"], Value::Null);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&info).unwrap()["stream"],
+        Value::Null
+    );
     // The call goes on: its echo still works.
     assert!(peer.tone_back(to).await > 0.5);
     hang_up(&mut w, &mut uac).await;
@@ -576,12 +558,12 @@ async fn round_trip(peer: &mut RtpPeer, to: SocketAddr) -> f64 {
     pcm.extend(vec![0i16; 8 * 300]);
     let t0 = Instant::now();
     let got = peer
-        .exchange_timed(to, &pcm, Duration::from_millis(200))
+        .exchange_packets(to, &pcm, 160, Duration::from_millis(200))
         .await;
     let burst_sent = got.sent[500 / 20].duration_since(t0);
     let back = got
-        .received
-        .iter()
+        .timed()
+        .into_iter()
         .find(|(_, pcm)| rms_dbfs(pcm) > -30.0)
         .expect("the burst comes back")
         .0
@@ -592,7 +574,7 @@ async fn round_trip(peer: &mut RtpPeer, to: SocketAddr) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streams_round_trip_adds_little_to_the_echos() {
     let (url, app) = application(Mode::Echo).await;
-    let server = bot_server(&url, &[], None).await;
+    let (server, _scripts) = bot_server(&url, &[], None).await;
     let mut bot = RtpPeer::bind().await;
     let (mut wb, mut ub) = wire(false, server.sip).await;
     call(&mut wb, &mut ub, "bot", bot.port()).await;
@@ -693,12 +675,7 @@ async fn a_room_stream_carries_the_mix_of_its_members() {
     for w in stamps.windows(2) {
         assert_eq!(w[1] - w[0], 20, "timestamps 20 ms apart");
     }
-    let loud: Vec<i16> = pcm
-        .chunks_exact(160)
-        .filter(|f| rms_dbfs(f) > -30.0)
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&pcm, 160);
     assert!(
         loud.len() >= 160 * 50,
         "the mix heard: {} samples",
@@ -741,7 +718,7 @@ fn le_samples(bytes: &[u8]) -> Vec<i16> {
 async fn an_l16_stream_at_16_khz_carries_pcm_both_ways() {
     let (url, app) = application(Mode::Listen).await;
     let vars = [("format", "l16".to_string()), ("rate", "16000".to_string())];
-    let server = bot_server(&url, &vars, None).await;
+    let (server, _scripts) = bot_server(&url, &vars, None).await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;
     call(&mut w, &mut uac, "bot", peer.port()).await;
@@ -767,12 +744,7 @@ async fn an_l16_stream_at_16_khz_carries_pcm_both_ways() {
         "20 ms at 16 kHz each"
     );
     let pcm: Vec<i16> = frames.concat();
-    let loud: Vec<i16> = pcm
-        .chunks_exact(320)
-        .filter(|f| rms_dbfs(f) > -30.0)
-        .flatten()
-        .copied()
-        .collect();
+    let loud = loud(&pcm, 320);
     assert!(loud.len() >= 320 * 45, "{} loud samples", loud.len());
     let share = tone_share(&loud[..320 * 40], 1000.0, 16000.0);
     assert!(share > 0.85, "1 kHz at 16 kHz: {share}");
@@ -811,7 +783,7 @@ async fn the_example_parrot_says_back_what_the_caller_said() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/parrot", listener.local_addr().unwrap());
     let parrot = tokio::spawn(stream_bot::serve(listener));
-    let server = bot_server(&url, &[], None).await;
+    let (server, _scripts) = bot_server(&url, &[], None).await;
     let mut events = Events::open(server.http, "stream_started").await;
     let mut peer = RtpPeer::bind().await;
     let (mut w, mut uac) = wire(false, server.sip).await;

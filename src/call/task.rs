@@ -1,5 +1,5 @@
 //! The live call task: thin tokio glue around a [`CallCore`]. It picks the call's script
-//! from the dialplan, takes RTP ports, runs the script on its thread, and then only carries
+//! from the dialplan, takes RTP ports, starts the script on the script pool, and then only carries
 //! messages: SIP events, leg events, the script's requests, room departures, operator
 //! controls and timers into the core; SIP commands, leg commands, replies, events, live
 //! state and the CDR out of it. Work that touches files (prompts, recordings) runs off the

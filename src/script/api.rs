@@ -1,12 +1,14 @@
 //! The functions a call-flow script calls, and the requests they make of the call.
 //!
 //! Every verb turns its arguments into a [`CallRequest`], hands it to the call's
-//! [`CallPort`] and blocks the script's thread until the [`CallReply`]. The port belongs to
-//! the thread running the script (installed by the runner), so one [`rhai::Engine`] serves
-//! every call. Once the caller is gone every request fails and the script is terminated
+//! [`CallPort`] and waits for the [`CallReply`] (a script on the runner's pool is suspended
+//! meanwhile, its thread free for others). The port is the running script's, installed in
+//! thread-locals by the runner and swapped out while the script is suspended, so one
+//! [`rhai::Engine`] serves every call. Once the caller is gone every request fails and the script is terminated
 //! with an error no `try`/`catch` can swallow.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,13 +245,16 @@ pub struct CallGone;
 
 /// How a script reaches its call.
 pub trait CallPort: Send {
-    /// Carries out one request, blocking until it is done.
+    /// Carries out one request, returning when it is done (blocking, or suspending a
+    /// script that runs on the runner's pool).
     fn request(&mut self, req: CallRequest) -> Result<CallReply, CallGone>;
 }
 
-/// The call a script thread is running for.
+/// The call a script is running for.
 struct Active {
-    port: Box<dyn CallPort>,
+    /// Out while a request is in flight, so the port may suspend the script with nothing of
+    /// this thread's borrowed.
+    port: Option<Box<dyn CallPort>>,
     hangup: Arc<AtomicBool>,
     session: Dynamic,
 }
@@ -265,12 +270,29 @@ pub(crate) fn install(port: Box<dyn CallPort>, hangup: Arc<AtomicBool>, session:
     HANGUP.with(|h| *h.borrow_mut() = Some(hangup.clone()));
     ACTIVE.with(|a| {
         *a.borrow_mut() = Some(Active {
-            port,
+            port: Some(port),
             hangup,
             session: Dynamic::from_map(session).into_read_only(),
         })
     });
     Installed(())
+}
+
+/// A suspended script's call, out of the thread while other scripts run there.
+pub(crate) struct Context(Option<Active>, Option<Arc<AtomicBool>>);
+
+/// Takes this thread's call out, as a script is suspended.
+pub(crate) fn take_context() -> Context {
+    Context(
+        ACTIVE.with(|a| a.borrow_mut().take()),
+        HANGUP.with(|h| h.borrow_mut().take()),
+    )
+}
+
+/// Puts a script's call back, as it is resumed.
+pub(crate) fn restore_context(c: Context) {
+    ACTIVE.with(|a| *a.borrow_mut() = c.0);
+    HANGUP.with(|h| *h.borrow_mut() = c.1);
 }
 
 /// The `session` map of this thread's call, read-only.
@@ -283,8 +305,7 @@ pub(crate) struct Installed(());
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        ACTIVE.with(|a| a.borrow_mut().take());
-        HANGUP.with(|h| h.borrow_mut().take());
+        drop(take_context());
     }
 }
 
@@ -309,28 +330,59 @@ fn terminate<T>(token: &str) -> Res<T> {
 
 /// Sends `req` through this thread's port.
 fn request(req: CallRequest) -> Res<CallReply> {
-    let result = ACTIVE.with(|a| {
+    let taken = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         let active = a.as_mut()?;
         if active.hangup.load(Ordering::Relaxed) {
             return Some(Err(CallGone));
         }
-        let r = active.port.request(req);
-        if r.is_err() {
-            active.hangup.store(true, Ordering::Relaxed);
-        }
-        Some(r)
+        Some(active.port.take().ok_or(CallGone))
     });
+    let result = match taken {
+        None => return err("no call: script API used outside a call"),
+        Some(Err(gone)) => Err(gone),
+        Some(Ok(mut port)) => {
+            let r = port.request(req);
+            ACTIVE.with(|a| {
+                if let Some(active) = a.borrow_mut().as_mut() {
+                    active.port = Some(port);
+                    if r.is_err() {
+                        active.hangup.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+            r
+        }
+    };
     match result {
-        None => err("no call: script API used outside a call"),
-        Some(Err(CallGone)) => terminate(END_GONE),
-        Some(Ok(CallReply::Failed(why))) => err(why),
-        Some(Ok(reply)) => Ok(reply),
+        Err(CallGone) => terminate(END_GONE),
+        Ok(CallReply::Failed(why)) => err(why),
+        Ok(reply) => Ok(reply),
     }
 }
 
 fn request_done(req: CallRequest) -> Res<()> {
     request(req).map(|_| ())
+}
+
+/// A `collect` pattern compiled once for every call that uses it, not once per call.
+fn collect_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    /// Patterns kept; scripts use a handful, and a script making up patterns only clears it.
+    const KEPT: usize = 256;
+    static COMPILED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, regex::Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let lock = || COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = lock().get(pattern) {
+        return Ok(r.clone());
+    }
+    // Compiling a pattern takes far more stack than a script otherwise does.
+    let r = super::runner::on_thread_stack(|| full_match_regex(pattern))?;
+    let mut compiled = lock();
+    if compiled.len() >= KEPT {
+        compiled.clear();
+    }
+    compiled.insert(pattern.to_string(), r.clone());
+    Ok(r)
 }
 
 /// Reads options out of a script's object map, refusing unknown keys so typos surface.
@@ -564,7 +616,7 @@ pub fn collect_options(opts: &Map) -> Res<CollectOptions> {
     let max = o.int("max", 1, top)?.map_or(min.max(1), |n| n as usize);
     let regex = match o.string("regex")? {
         None => None,
-        Some(p) => match full_match_regex(&p) {
+        Some(p) => match collect_regex(&p) {
             Ok(r) => Some(r),
             Err(e) => return err(format!("collect: bad regex {p:?}: {e}")),
         },

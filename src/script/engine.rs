@@ -1,7 +1,8 @@
 //! The Rhai engine with its limits, compiling a folder of scripts, and hot reload.
 //!
-//! One [`rhai::Engine`] serves every call: the verbs find their call through the script
-//! thread (see [`super::api`]), so nothing per call is registered. Scripts compile once
+//! One [`rhai::Engine`] serves every call: the verbs find their call through the running
+//! script's thread-locals (see [`super::api`]), so nothing per call is registered. The
+//! progress check also lets a busy script yield its pool thread (see [`super::runner`]). Scripts compile once
 //! into `Arc<AST>`s; a call keeps the `Arc` it started with, so a reload never changes a
 //! flow under a caller's feet.
 
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 
 use rhai::{Engine, EvalAltResult, ParseError, Position, AST};
 
-use super::api;
+use super::{api, runner};
 
 /// Limits that keep one script from taking the server with it.
 ///
@@ -23,7 +24,7 @@ use super::api;
 pub struct ScriptLimits {
     /// Operations over the whole run of one call's script (a `loop {}` ends here).
     pub max_operations: u64,
-    /// Nested function calls (deep recursion ends here, before the thread's stack does).
+    /// Nested function calls (deep recursion ends here, before the script's stack does).
     pub max_call_levels: usize,
     /// Nesting of expressions at global level and inside functions.
     pub max_expr_depth: ExprDepth,
@@ -83,11 +84,16 @@ pub fn build_engine(limits: &ScriptLimits) -> Engine {
         // Scripts are self-contained files; loading others would dodge `check_dir`.
         .set_max_modules(0);
     engine.on_progress(|ops| {
-        if ops % HANGUP_CHECK_EVERY == 0 && api::hangup_requested() {
-            Some(api::END_GONE.into())
-        } else {
-            None
+        if ops % HANGUP_CHECK_EVERY != 0 {
+            return None;
         }
+        if api::hangup_requested() {
+            return Some(api::END_GONE.into());
+        }
+        if ops % runner::YIELD_EVERY == 0 {
+            runner::yield_now();
+        }
+        None
     });
     // A variable resolver rather than a scope constant, so functions see `session` too
     // (`call` itself is a reserved word in Rhai).

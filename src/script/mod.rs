@@ -1,7 +1,7 @@
 //! Call flows as Rhai scripts.
 //!
-//! The script for a call is chosen by the dialled user ([`dialplan`]) and runs on a thread
-//! of its own ([`spawn_script`]). Every verb of the script API ([`api`]) is a
+//! The script for a call is chosen by the dialled user ([`dialplan`]) and runs as a
+//! coroutine on a small pool of threads ([`spawn_script`], [`runner`]). Every verb of the script API ([`api`]) is a
 //! [`CallRequest`] to the call task, answered by a [`CallReply`]; the call task owns all
 //! timers (`collect` timeouts included, specified in [`collect`]), so a script never holds
 //! up media. Hanging up sets a flag the engine checks as the script runs, and limits on
@@ -31,6 +31,6 @@ pub use engine::{
 };
 pub use runner::{
     channel_port, run_script, spawn_script, CallInfo, ChannelPort, Replier, ScriptHandle,
-    ScriptOutcome, ScriptRequest, StopCause,
+    ScriptOutcome, ScriptPool, ScriptRequest, StopCause,
 };
 pub use simulate::{parse_input, simulate, CallerStep, Simulator, Transcript, TranscriptLine};

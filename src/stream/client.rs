@@ -23,6 +23,14 @@ use super::{l16, twilio, AppCommand, StartInfo, StreamError, Track, MAX_FRAME_SA
 /// 16 kHz): with the receive queue, it bounds what one stream can hold in memory.
 pub const MAX_APP_MESSAGE: usize = 256 * 1024;
 
+/// The socket's read buffer. The library's default (128 KiB) is allocated per stream and
+/// zeroed up to its size on every read, which cost more than everything else a stream does;
+/// the application's messages are a few hundred bytes (a larger one takes more reads).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Messages written to the socket at once at most, when several are waiting.
+const WRITE_BATCH: usize = 8;
+
 /// How long a stream ending on our side may take to flush what is queued and say `stop`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -255,27 +263,49 @@ pub fn spawn(config: StreamConfig) -> (StreamHandle, JoinHandle<EndReason>) {
 pub fn spawn_watched(
     config: StreamConfig,
 ) -> (StreamHandle, JoinHandle<EndReason>, oneshot::Receiver<()>) {
+    let (handle, ends) = channels(config.send_queue, config.receive_queue);
+    let (up_tx, up_rx) = oneshot::channel();
+    let task = tokio::spawn(run(
+        config,
+        ends.queue,
+        ends.commands,
+        ends.hangup,
+        up_tx,
+        ends.stats,
+    ));
+    (handle, task, up_rx)
+}
+
+/// The socket task's ends of a [`StreamHandle`].
+struct TaskEnds {
+    queue: OutQueue,
+    commands: mpsc::Sender<AppCommand>,
+    hangup: oneshot::Receiver<()>,
+    stats: Arc<StreamStats>,
+}
+
+fn channels(send_queue: usize, receive_queue: usize) -> (StreamHandle, TaskEnds) {
     // std's bounded channel allocates its slots once, up front, so a tick handing over a
     // frame never allocates (tokio's grows in blocks); a Notify wakes the task.
-    let (out_tx, out_rx) = sync_mpsc::sync_channel(config.send_queue.max(1));
+    let (out_tx, out_rx) = sync_mpsc::sync_channel(send_queue.max(1));
     let wake = Arc::new(Notify::new());
-    let (in_tx, in_rx) = mpsc::channel(config.receive_queue.max(1));
+    let (in_tx, in_rx) = mpsc::channel(receive_queue.max(1));
     let (hangup_tx, hangup_rx) = oneshot::channel();
     let stats = Arc::new(StreamStats::default());
-    let queue = OutQueue {
-        rx: out_rx,
-        wake: wake.clone(),
-    };
-    let (up_tx, up_rx) = oneshot::channel();
-    let task = tokio::spawn(run(config, queue, in_tx, hangup_rx, up_tx, stats.clone()));
     let handle = StreamHandle {
         tx: out_tx,
-        wake,
+        wake: wake.clone(),
         rx: in_rx,
-        stats,
+        stats: stats.clone(),
         _hangup: hangup_tx,
     };
-    (handle, task, up_rx)
+    let ends = TaskEnds {
+        queue: OutQueue { rx: out_rx, wake },
+        commands: in_tx,
+        hangup: hangup_rx,
+        stats,
+    };
+    (handle, ends)
 }
 
 /// The task's end of the send queue.
@@ -304,14 +334,17 @@ impl OutQueue {
     }
 }
 
-/// Turns what the media side hands over into WebSocket messages of one format.
-enum Encoder {
+/// Turns what the media side hands over into WebSocket messages of one format (public for
+/// the benchmarks).
+#[doc(hidden)]
+pub enum Encoder {
     Twilio(twilio::Encoder),
-    L16 { stereo: bool, buf: Vec<u8> },
+    L16 { stereo: bool },
 }
 
 impl Encoder {
-    fn new(config: &StreamConfig) -> Self {
+    /// The encoder of `config`'s format.
+    pub fn new(config: &StreamConfig) -> Self {
         match config.format {
             Format::Twilio => Encoder::Twilio(twilio::Encoder::new(
                 &config.stream_id,
@@ -319,7 +352,6 @@ impl Encoder {
             )),
             Format::L16 { .. } => Encoder::L16 {
                 stereo: l16::is_stereo(config.start.tracks),
-                buf: Vec::new(),
             },
         }
     }
@@ -337,7 +369,8 @@ impl Encoder {
         }
     }
 
-    fn encode(&mut self, mut msg: Outbound, tracks: Track, out: &mut Vec<WsMessage>) {
+    /// Appends the messages carrying `msg` to `out`, with only the `tracks` the stream sends.
+    pub fn encode(&mut self, mut msg: Outbound, tracks: Track, out: &mut Vec<WsMessage>) {
         if let Outbound::Audio(f) = &mut msg {
             f.keep(tracks);
         }
@@ -351,7 +384,7 @@ impl Encoder {
             }
             (Encoder::Twilio(e), Outbound::Dtmf(d)) => out.push(WsMessage::text(e.dtmf(d))),
             (Encoder::Twilio(e), Outbound::Mark(name)) => out.push(WsMessage::text(e.mark(&name))),
-            (Encoder::L16 { stereo, buf }, Outbound::Audio(f)) => {
+            (Encoder::L16 { stereo }, Outbound::Audio(f)) => {
                 let (first, second) = match (f.track(false), f.track(true)) {
                     // Two channels on every frame, a missing track as silence.
                     (i, o) if *stereo => (i.unwrap_or(&[]), Some(o.unwrap_or(&[]))),
@@ -359,8 +392,10 @@ impl Encoder {
                     (None, Some(o)) => (o, None),
                     (None, None) => return,
                 };
-                l16::encode_pcm(first, second, buf);
-                out.push(WsMessage::binary(buf.clone()));
+                // Straight into the message's own buffer: it is handed over, not copied.
+                let mut bytes = Vec::new();
+                l16::encode_pcm(first, second, &mut bytes);
+                out.push(WsMessage::binary(bytes));
             }
             (Encoder::L16 { .. }, Outbound::Dtmf(d)) => {
                 out.push(WsMessage::text(l16::control(&l16::Control::Dtmf {
@@ -432,7 +467,8 @@ async fn run_inner(
         Some(
             WebSocketConfig::default()
                 .max_message_size(Some(MAX_APP_MESSAGE))
-                .max_frame_size(Some(MAX_APP_MESSAGE)),
+                .max_frame_size(Some(MAX_APP_MESSAGE))
+                .read_buffer_size(READ_BUFFER),
         ),
         // Frames are small and due every 20 ms: Nagle would only delay them.
         true,
@@ -464,13 +500,20 @@ async fn run_inner(
             sink.flush().await?;
             // Nobody listening is fine: the owner may not care when the stream is up.
             let _ = up.send(());
-            let mut batch = Vec::with_capacity(2);
+            let mut batch = Vec::with_capacity(WRITE_BATCH + 1);
             while let Some(o) = out_rx.recv().await {
                 encoder.encode(o, tracks, &mut batch);
-                for m in batch.drain(..) {
-                    sink.send(m).await?;
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                // What is already waiting (the other track, a mark) goes out in the same write.
+                while batch.len() < WRITE_BATCH {
+                    let Some(o) = out_rx.try_next() else { break };
+                    encoder.encode(o, tracks, &mut batch);
                 }
+                let n = batch.len() as u64;
+                for m in batch.drain(..) {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await?;
+                stats.sent.fetch_add(n, Ordering::Relaxed);
             }
             Ok::<_, tokio_tungstenite::tungstenite::Error>(EndReason::Hangup)
         };
@@ -542,8 +585,8 @@ fn decode(format: Format, msg: WsMessage) -> Option<Result<AppCommand, StreamErr
     }
 }
 
-/// The far end of a [`StreamHandle`] with no socket: what the media side hands over, and a
-/// way to play the application. For tests and benchmarks of the media side.
+/// The far end of a [`StreamHandle`] with no socket task: what the media side hands over,
+/// and a way to play the application. For tests and benchmarks of the media side.
 #[doc(hidden)]
 pub struct Loopback {
     /// What the media side handed over, in order.
@@ -556,20 +599,11 @@ pub struct Loopback {
 /// A handle whose far end is a [`Loopback`] instead of a socket task.
 #[doc(hidden)]
 pub fn loopback(send_queue: usize, receive_queue: usize) -> (StreamHandle, Loopback) {
-    let (out_tx, out) = sync_mpsc::sync_channel(send_queue.max(1));
-    let (app, in_rx) = mpsc::channel(receive_queue.max(1));
-    let (hangup_tx, hangup_rx) = oneshot::channel();
-    let handle = StreamHandle {
-        tx: out_tx,
-        wake: Arc::new(Notify::new()),
-        rx: in_rx,
-        stats: Arc::new(StreamStats::default()),
-        _hangup: hangup_tx,
-    };
+    let (handle, ends) = channels(send_queue, receive_queue);
     let far = Loopback {
-        out,
-        app,
-        _hangup: hangup_rx,
+        out: ends.queue.rx,
+        app: ends.commands,
+        _hangup: ends.hangup,
     };
     (handle, far)
 }

@@ -82,21 +82,22 @@ pub fn control(msg: &Control) -> String {
 /// tracks; the shorter is padded with silence).
 pub fn encode_pcm(first: &[i16], second: Option<&[i16]>, out: &mut Vec<u8>) {
     out.clear();
+    // Sized once and written in place, sample by sample: the loops compile to plain stores.
     match second {
         None => {
-            out.reserve(2 * first.len());
-            for s in first {
-                out.extend_from_slice(&s.to_le_bytes());
+            out.resize(2 * first.len(), 0);
+            for (o, s) in out.chunks_exact_mut(2).zip(first) {
+                o.copy_from_slice(&s.to_le_bytes());
             }
         }
         Some(second) => {
             let n = first.len().max(second.len());
-            out.reserve(4 * n);
-            for i in 0..n {
+            out.resize(4 * n, 0);
+            for (i, o) in out.chunks_exact_mut(4).enumerate() {
                 let a = first.get(i).copied().unwrap_or(0);
                 let b = second.get(i).copied().unwrap_or(0);
-                out.extend_from_slice(&a.to_le_bytes());
-                out.extend_from_slice(&b.to_le_bytes());
+                o[..2].copy_from_slice(&a.to_le_bytes());
+                o[2..].copy_from_slice(&b.to_le_bytes());
             }
         }
     }

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod pki;
 pub mod rtp;
+pub mod scripts;
 pub mod server;
 pub mod uac;
 

@@ -127,6 +127,7 @@ impl RtpPeer {
                         let mut out = vec![0u8; 1500];
                         let n = RtpPacket::new(header, &payload).write(&mut out).unwrap();
                         self.socket.send_to(&out[..n], to).await.unwrap();
+                        received.sent.push(std::time::Instant::now());
                         self.seq = self.seq.wrapping_add(1);
                         self.ts = self.ts.wrapping_add(frame.len() as u32);
                         sent += 1;
@@ -138,64 +139,11 @@ impl RtpPeer {
                         if p.header.payload_type == PayloadType::PCMU {
                             received.audio.extend(p.payload.iter().map(|&b| ulaw_decode(b)));
                             received.packets.push((p.header, p.payload.len()));
+                            received.arrivals.push(std::time::Instant::now());
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(until) => return received,
-            }
-        }
-    }
-}
-
-/// An exchange with the time of every packet sent and received.
-#[derive(Default)]
-pub struct Timed {
-    /// When each packet went out.
-    pub sent: Vec<std::time::Instant>,
-    /// Each audio packet that came back, decoded, and when.
-    pub received: Vec<(std::time::Instant, Vec<i16>)>,
-}
-
-impl RtpPeer {
-    /// [`RtpPeer::exchange`] in 20 ms packets, timing every packet both ways.
-    pub async fn exchange_timed(&mut self, to: SocketAddr, pcm: &[i16], linger: Duration) -> Timed {
-        let mut timed = Timed::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut buf = vec![0u8; 2048];
-        let mut frames = pcm.chunks(160);
-        let until = tokio::time::Instant::now()
-            + Duration::from_millis(20) * pcm.len().div_ceil(160) as u32
-            + linger;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Some(frame) = frames.next() {
-                        let payload: Vec<u8> = frame.iter().map(|&s| ulaw_encode(s)).collect();
-                        let header = RtpHeader {
-                            marker: timed.sent.is_empty(),
-                            payload_type: PayloadType::PCMU,
-                            seq: WireSeq::new(self.seq),
-                            timestamp: RtpTimestamp::new(self.ts),
-                            ssrc: Ssrc::new(0x5eed),
-                        };
-                        let mut out = vec![0u8; 1500];
-                        let n = RtpPacket::new(header, &payload).write(&mut out).unwrap();
-                        self.socket.send_to(&out[..n], to).await.unwrap();
-                        timed.sent.push(std::time::Instant::now());
-                        self.seq = self.seq.wrapping_add(1);
-                        self.ts = self.ts.wrapping_add(frame.len() as u32);
-                    }
-                }
-                r = self.socket.recv_from(&mut buf) => {
-                    let (n, _) = r.unwrap();
-                    if let Ok(p) = RtpPacket::parse(&buf[..n]) {
-                        if p.header.payload_type == PayloadType::PCMU {
-                            let pcm = p.payload.iter().map(|&b| ulaw_decode(b)).collect();
-                            timed.received.push((std::time::Instant::now(), pcm));
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(until) => return timed,
             }
         }
     }
@@ -208,4 +156,24 @@ pub struct Exchanged {
     pub audio: Vec<i16>,
     /// Each audio packet's header and payload length.
     pub packets: Vec<(RtpHeader, usize)>,
+    /// When each audio packet came back.
+    pub arrivals: Vec<std::time::Instant>,
+    /// When each packet went out.
+    pub sent: Vec<std::time::Instant>,
+}
+
+impl Exchanged {
+    /// The decoded audio of each packet that came back, with when it came.
+    pub fn timed(&self) -> Vec<(std::time::Instant, &[i16])> {
+        let mut at = 0;
+        self.packets
+            .iter()
+            .zip(&self.arrivals)
+            .map(|((_, len), t)| {
+                let pcm = &self.audio[at..at + len];
+                at += len;
+                (*t, pcm)
+            })
+            .collect()
+    }
 }
