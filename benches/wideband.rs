@@ -2,7 +2,8 @@
 //! to a no-op sink): one G.722 leg's 20 ms tick beside a PCMU leg's; with the `opus` feature,
 //! a worker's tick over one bridged call transcoding Opus to PCMU and back, and a room of
 //! 100 Opus members with 3 talkers, every member's receive half (jitter buffer, Opus decode,
-//! DTMF detection) and the room's mix and send halves counted.
+//! DTMF detection) and the room's mix and send halves counted: listeners sending line noise,
+//! in DTX, or sending line noise with RFC 6464 levels (their quiet packets left undecoded).
 //!
 //! Prints each median as a share of one core (a tick is due every 20 ms) and asserts the
 //! steady state allocates nothing.
@@ -15,7 +16,8 @@ use switchboard::media::codec::{CodecKind, CodecParams};
 use switchboard::media::frame::FRAME;
 use switchboard::media::leg::{Leg, LegCommand, LegConfig};
 use switchboard::media::resample::StreamResampler;
-use switchboard::rtp::packet::{RtpHeader, RtpPacket};
+use switchboard::rtp::hdrext::ONE_BYTE_PROFILE;
+use switchboard::rtp::packet::{HeaderExtension, RtpHeader, RtpPacket};
 use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
 
 #[path = "support/alloc.rs"]
@@ -59,6 +61,20 @@ struct Stream {
     ssrc: Ssrc,
     /// Packets sent so far: sequence numbers run on over frames DTX left out.
     sent: std::cell::Cell<u16>,
+    /// Each payload's RFC 6464 level, sent on header extension id [`LEVEL_ID`], when the
+    /// phone sends them.
+    levels: Option<Vec<u8>>,
+}
+
+/// The one-byte header extension id the benchmark phones send their audio level on.
+const LEVEL_ID: u8 = 1;
+
+/// A frame's RFC 6464 level: minus its RMS in dBov, 127 for digital silence.
+fn frame_level(pcm: &[i16]) -> u8 {
+    let mean_square =
+        pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / pcm.len().max(1) as f64;
+    let dbov = 10.0 * (mean_square / (32768.0f64 * 32768.0)).log10();
+    (-dbov).round().clamp(0.0, 127.0) as u8
 }
 
 impl Stream {
@@ -70,6 +86,9 @@ impl Stream {
     fn with(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32, params: &CodecParams) -> Stream {
         let mut enc = kind.new_codec_with(params);
         let frame = kind.frame_samples(20).unwrap();
+        let levels = params
+            .audio_level_id
+            .map(|_| pcm.chunks_exact(frame).map(frame_level).collect());
         let payloads = pcm
             .chunks_exact(frame)
             .map(|f| {
@@ -86,6 +105,7 @@ impl Stream {
                 / u64::from(kind.sample_rate().hz())) as u32,
             ssrc: Ssrc::new(ssrc),
             sent: std::cell::Cell::new(0),
+            levels,
         }
     }
 
@@ -104,15 +124,30 @@ impl Stream {
             timestamp: RtpTimestamp::new((n as u32).wrapping_mul(self.step)),
             ssrc: self.ssrc,
         };
-        RtpPacket::new(header, payload).write(buf).unwrap()
+        let mut packet = RtpPacket::new(header, payload);
+        let level = self.levels.as_ref().map(|l| l[n as usize % l.len()]);
+        let block = level.map(|l| [LEVEL_ID << 4, l, 0, 0]);
+        if let Some(data) = &block {
+            packet.extension = Some(HeaderExtension {
+                profile: ONE_BYTE_PROFILE,
+                data,
+            });
+        }
+        packet.write(buf).unwrap()
     }
 }
 
 /// A leg of `kind` on payload type `pt`, sending to [`PEER`].
 fn wide_leg(kind: CodecKind, pt: u8, ssrc: u32, now: Instant) -> Leg {
+    wide_leg_with(kind, pt, ssrc, now, CodecParams::default())
+}
+
+/// [`wide_leg`] with the parameters its peer agreed (an RFC 6464 level id, say).
+fn wide_leg_with(kind: CodecKind, pt: u8, ssrc: u32, now: Instant, params: CodecParams) -> Leg {
     let cfg = LegConfig {
         codec: kind,
         payload_type: PayloadType::new(pt).unwrap(),
+        params,
         ..LegConfig::pcmu(PEER, Ssrc::new(ssrc))
     };
     Leg::new(cfg, now).unwrap()
@@ -209,7 +244,7 @@ mod opus {
 
     use super::*;
     use switchboard::conference::host::{MemberLegs, RoomHost};
-    use switchboard::conference::MemberId;
+    use switchboard::conference::{AudioLevel, MemberId};
     use switchboard::engine::{Datagram, MediaIo, Worker};
     use switchboard::media::frame::Frame;
     use switchboard::media::leg::{LegEvent, Port};
@@ -345,6 +380,14 @@ mod opus {
         fn codec(&self, tag: usize) -> Option<CodecKind> {
             self.legs.get(tag).map(Leg::codec)
         }
+        fn input_level(&self, tag: usize) -> Option<AudioLevel> {
+            self.legs.get(tag)?.input_level()
+        }
+        fn set_quiet_floor(&mut self, tag: usize, floor: Option<AudioLevel>) {
+            if let Some(leg) = self.legs.get_mut(tag) {
+                leg.set_quiet_floor(floor);
+            }
+        }
         fn send(&mut self, tag: usize, pcm: &Frame, encoded: Option<&[u8]>) {
             if let Some(leg) = self.legs.get_mut(tag) {
                 super::room::send_half(leg, self.now, self.tick, pcm, encoded, &mut self.bytes);
@@ -367,17 +410,35 @@ mod opus {
         }
     }
 
-    /// The room; listeners' phones in DTX (`usedtx=1`) with quiet mics when `dtx`, so they
-    /// leave their silence unsent.
-    fn room(t0: Instant, dtx: bool) -> (RoomHost, OpusLegs) {
+    /// What the listeners' phones send.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Listeners {
+        /// Faint line noise, a packet every 20 ms.
+        LineNoise,
+        /// Nothing, after a moment: DTX (`usedtx=1`) with quiet mics.
+        Dtx,
+        /// Faint line noise, a packet every 20 ms, each with its RFC 6464 level (as the
+        /// talkers' do too): the room lets the listeners' legs leave them undecoded.
+        LineNoiseWithLevels,
+    }
+
+    /// The room of [`MEMBERS`], [`TALKERS`] of them talking, the rest `listeners`.
+    fn room(t0: Instant, listeners: Listeners) -> (RoomHost, OpusLegs) {
         let speech = speech(ClockRate::HZ_48000);
+        let dtx = listeners == Listeners::Dtx;
+        let levels = (listeners == Listeners::LineNoiseWithLevels).then_some(LEVEL_ID);
         let mut listener = CodecParams::default();
         listener.opus.use_dtx = dtx;
+        listener.audio_level_id = levels;
+        let talker = CodecParams {
+            audio_level_id: levels,
+            ..CodecParams::default()
+        };
         let streams: Vec<Stream> = (0..MEMBERS)
             .map(|k| {
                 if k < TALKERS {
                     let at = (1 + 4 * k) * 48000;
-                    Stream::new(CodecKind::Opus, OPUS_PT, &speech[at..], k as u32)
+                    Stream::with(CodecKind::Opus, OPUS_PT, &speech[at..], k as u32, &talker)
                 } else {
                     // A phone in DTX has a quiet mic (libopus codes even faint line noise
                     // as sound); one sending every frame has line noise.
@@ -391,7 +452,13 @@ mod opus {
             })
             .collect();
         let legs: Vec<Leg> = (0..MEMBERS)
-            .map(|i| wide_leg(CodecKind::Opus, OPUS_PT, 1000 + i as u32, t0))
+            .map(|i| {
+                let agreed = CodecParams {
+                    audio_level_id: levels,
+                    ..CodecParams::default()
+                };
+                wide_leg_with(CodecKind::Opus, OPUS_PT, 1000 + i as u32, t0, agreed)
+            })
             .collect();
         let mut b = OpusLegs {
             legs,
@@ -421,22 +488,30 @@ mod opus {
 
     /// A room of 100 Opus members, 3 of them talking, every member sending a packet a tick.
     pub fn opus_room(c: &mut Criterion) {
-        room_case(c, false);
+        room_case(c, Listeners::LineNoise);
     }
 
     /// The same room with the listeners' phones in DTX: after a moment of their line noise
     /// they send nothing, and their legs stop decoding.
     pub fn opus_room_dtx(c: &mut Criterion) {
-        room_case(c, true);
+        room_case(c, Listeners::Dtx);
     }
 
-    fn room_case(c: &mut Criterion, dtx: bool) {
+    /// The same room with every phone sending RFC 6464 levels: the listeners' line noise is
+    /// below the talker threshold, so their legs skip decoding it.
+    pub fn opus_room_levels(c: &mut Criterion) {
+        room_case(c, Listeners::LineNoiseWithLevels);
+    }
+
+    fn room_case(c: &mut Criterion, listeners: Listeners) {
         let t0 = Instant::now();
-        let (mut host, mut legs) = room(t0, dtx);
-        let case = if dtx {
-            "100 Opus members, 3 talkers, listeners in DTX"
-        } else {
-            "100 Opus members, 3 talkers"
+        let (mut host, mut legs) = room(t0, listeners);
+        let case = match listeners {
+            Listeners::LineNoise => "100 Opus members, 3 talkers",
+            Listeners::Dtx => "100 Opus members, 3 talkers, listeners in DTX",
+            Listeners::LineNoiseWithLevels => {
+                "100 Opus members, 3 talkers, listeners sending line noise with ssrc-audio-level"
+            }
         };
         let mut n = 0u64;
         runs(100, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
@@ -488,6 +563,18 @@ mod opus {
         let allocs = allocations_in(500, &mut n, |n| room_tick(&mut host, &mut legs, t0, n));
         assert_eq!(allocs, 0, "the Opus room tick allocated");
         assert!(legs.bytes > 0);
+        let skipped: u64 = legs.legs.iter().map(|l| l.stats().decodes_skipped).sum();
+        let decoded: u64 = legs.legs.iter().map(|l| l.stats().frames_decoded).sum();
+        println!("{case}: {decoded} packets decoded, {skipped} skipped");
+        if listeners == Listeners::LineNoiseWithLevels {
+            // Almost every listener packet is skipped; the talkers' are decoded.
+            assert!(
+                skipped > 20 * decoded,
+                "{skipped} skipped, {decoded} decoded"
+            );
+        } else {
+            assert_eq!(skipped, 0);
+        }
     }
 }
 
@@ -497,7 +584,8 @@ criterion_group!(
     single_legs,
     opus::bridged_call,
     opus::opus_room,
-    opus::opus_room_dtx
+    opus::opus_room_dtx,
+    opus::opus_room_levels
 );
 #[cfg(not(feature = "opus"))]
 criterion_group!(benches, single_legs);

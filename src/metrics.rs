@@ -175,6 +175,11 @@ impl WorkerSample {
                 "Audio frames concealed after loss or lateness (jitter buffer).",
                 s.frames_concealed.load(Relaxed),
             ),
+            (
+                "decodes_skipped",
+                "Received packets left undecoded: their RFC 6464 level was too quiet for the room.",
+                s.decodes_skipped.load(Relaxed),
+            ),
         ];
         WorkerSample {
             ticks: s.ticks.load(Relaxed),

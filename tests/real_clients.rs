@@ -1229,3 +1229,86 @@ fn baresip_in_g722_streams_its_6_khz_tone_to_an_l16_application_and_hears_it_bac
     );
     rt.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// baresip with `audio_level yes` maps RFC 6464's level in its offer and sends it in every
+/// packet. Two such G.722 phones in a room, one sending its tone and one digital silence:
+/// the silent one's packets are left undecoded (the worker counter says so), and it still
+/// hears the other's tone at the level sent.
+#[test]
+fn baresip_audio_levels_leave_a_quiet_room_member_undecoded() {
+    let config = format!(
+        "[media]\ncodecs = [\"PCMU\", \"G722\"]\n\n{}",
+        quiet_rooms().config.unwrap_or_default()
+    );
+    let options = ServerOptions {
+        config: Some(config),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-bs-levels", &["baresip"], options) else {
+        return;
+    };
+    let options = |name| Options {
+        audio_codecs: Some("g722/16000/1"),
+        srate: G722_TONE.rate,
+        audio_level: true,
+        ..Options::tone(if name == "loud" { G722_TONE.hz } else { 1000 })
+    };
+    let mut loud = Baresip::start(b.dir(), "loud", b.sip(), options("loud"));
+    let mut quiet = Baresip::start(b.dir(), "quiet", b.sip(), options("quiet"));
+    // The quiet phone's microphone: silence, in place of the tone before it is opened.
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: G722_TONE.rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(b.dir().join("quiet").join("tone.wav"), spec).unwrap();
+    for _ in 0..10 * G722_TONE.rate {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let skipped = |b: &Bench| -> f64 {
+        let (status, body) = http(b.server.http, "GET", "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|l| l.starts_with("switchboard_media_worker_decodes_skipped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = skipped(&b);
+    for phone in [&mut loud, &mut quiet] {
+        phone.call("conf-levels");
+        let call = b.answered("conf-levels");
+        b.joined("levels", &call);
+    }
+    std::thread::sleep(LISTEN);
+    let during = skipped(&b) - before;
+    for phone in [&mut loud, &mut quiet] {
+        phone.hangup();
+    }
+    let offer_log =
+        std::fs::read_to_string(b.dir().join("quiet").join("baresip.log")).unwrap_or_default();
+    eprintln!("{during} decodes skipped while the quiet phone was in the room");
+    let (pcm, rate) = quiet.heard_at_rate();
+    let (dbfs, share) = tail_at(&pcm, rate, G722_TONE.hz);
+    let (sent, sent_rate) = loud.sent_at_rate();
+    let sent_dbfs = tail_at(&sent, sent_rate, G722_TONE.hz).0;
+    eprintln!(
+        "the quiet phone heard {dbfs:.1} dBFS, {} Hz {share:.3}",
+        G722_TONE.hz
+    );
+    assert!(
+        share > 0.8 && (dbfs - sent_dbfs).abs() < 3.0,
+        "the quiet phone hears the tone: share {share:.3} at {dbfs:.1} dBFS, sent at {sent_dbfs:.1}"
+    );
+    // 2.5 s of the quiet phone's 20 ms packets, less the moments around joining; none of
+    // the loud phone's, which would double it.
+    assert!(
+        during > 80.0,
+        "{during} decodes skipped: does baresip send its levels?\n{offer_log}"
+    );
+    assert!(
+        during < 200.0,
+        "{during} decodes skipped: the loud phone's too?"
+    );
+}

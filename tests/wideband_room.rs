@@ -11,7 +11,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::server::*;
 use switchboard::media::codec::{AudioCodec, CodecKind};
@@ -191,11 +191,7 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Opt
         c.media.codecs = codecs;
         c.paths.recordings = rec;
         c.conference.auto_record = true;
-        // Only the members' tones in the mix.
-        c.conference.join_sound.clear();
-        c.conference.leave_sound.clear();
-        c.conference.alone_prompt.clear();
-        c.conference.announce_count = false;
+        only_members_heard(c);
     })
     .await;
 
@@ -227,21 +223,7 @@ async fn mixed_room(room: &str, codecs: &[&str], members: &[(&'static Offer, Opt
             media,
         });
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = http_get(server.http, &format!("/api/rooms/{room}")).await;
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if v["members"]
-                .as_array()
-                .is_some_and(|m| m.len() == members.len())
-            {
-                break;
-            }
-        }
-        assert!(Instant::now() < until, "the members never all joined");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    room_members_joined(server.http, room, members.len()).await;
 
     let heard = futures_util::future::join_all(callers.iter().map(|m| talk(m, TALK_MS))).await;
     let tones: Vec<u32> = members.iter().filter_map(|&(_, f)| f).collect();

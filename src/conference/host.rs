@@ -6,6 +6,13 @@
 //!
 //! The legs are reached through [`MemberLegs`], so the same code runs on the worker and in
 //! benchmarks and tests without sockets.
+//!
+//! Members whose phones send RFC 6464 audio levels: talker detection takes the sender's level
+//! instead of measuring, and each tick the host tells every member's leg below which level it
+//! may leave packets undecoded next tick ([`super::room::Room::quiet_floor`]: while the member
+//! is not talking, the level that would start it talking). Such a packet could not be heard
+//! in the mix, so a quiet listener costs no decode; it reaches the room, and a room
+//! recording's track of that member, as silence.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,9 +20,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::mixer::MemberId;
+use super::mixer::{Inbound, MemberId};
 use super::recording::RoomRecorder;
 use super::room::{Joiner, RemoveReason, Room, RoomEvent, RoomOutput};
+use super::vad::AudioLevel;
 use crate::events::{Event, EventBus};
 use crate::live::{MemberAction, MemberInfo, RoomInfo};
 use crate::media::codec::{AudioCodec, CodecKind};
@@ -32,6 +40,13 @@ pub trait MemberLegs {
     fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>);
     /// The leg's received frame this tick, when it is audio to mix.
     fn input(&self, tag: usize) -> Option<&Frame>;
+    /// The level its sender gave the leg's frame this tick (RFC 6464), when it gave one.
+    fn input_level(&self, _tag: usize) -> Option<AudioLevel> {
+        None
+    }
+    /// Lets the leg leave received packets quieter than `floor` undecoded from its next
+    /// receive half on (`None`: decode them all); see [`crate::media::leg::Leg::set_quiet_floor`].
+    fn set_quiet_floor(&mut self, _tag: usize, _floor: Option<AudioLevel>) {}
     /// The leg's codec.
     fn codec(&self, tag: usize) -> Option<CodecKind>;
     /// Runs the leg's send half with `pcm`, already encoded as `encoded` when given.
@@ -531,7 +546,9 @@ impl RoomHost {
                 // Only what may be heard is carried up to the room's rate; a quiet member's
                 // frame is measured as it is (and, being quiet, is no loss to the filter's
                 // history when conversion starts again).
-                Some(f) if f.rate() != rate && self.room.may_mix(m.id, f) => {
+                Some(f)
+                    if f.rate() != rate && self.room.may_mix(m.id, f, legs.input_level(m.tag)) =>
+                {
                     let input = g
                         .input
                         .get_or_insert_with(|| Box::new(Frame::silence(rate)));
@@ -545,9 +562,13 @@ impl RoomHost {
         {
             let legs: &dyn MemberLegs = legs;
             let glue = &self.glue;
-            self.room.tick(|id, tag| match glue.get(id.index()) {
-                Some(Some(g)) if g.converted => g.input.as_deref(),
-                _ => legs.input(tag),
+            self.room.tick_inbound(|id, tag| {
+                let pcm = match glue.get(id.index()) {
+                    Some(Some(g)) if g.converted => g.input.as_deref(),
+                    _ => legs.input(tag),
+                }?;
+                let level = legs.input_level(tag);
+                Some(Inbound { pcm, level })
             });
             if let Some(rec) = self.recorder.as_mut() {
                 let room = &self.room;
@@ -603,6 +624,10 @@ impl RoomHost {
                 }
             }
         });
+        // Talker detection has had this tick: who may skip decoding quiet packets next tick.
+        for m in self.room.members() {
+            legs.set_quiet_floor(m.tag, self.room.quiet_floor(m.id));
+        }
         // A rate nobody took the shared frame at this tick is warmed up from the last mix
         // when it is taken again.
         for g in self.shared_at.iter_mut().filter(|g| !g.ready) {

@@ -436,11 +436,35 @@ impl Mixer {
     /// at another rate than the mix converts only such frames; any other is handed over as
     /// it is, for talker detection alone.
     pub fn may_sum(&self, id: MemberId, frame: &[i16]) -> bool {
+        self.may_sum_with(id, frame, None)
+    }
+
+    /// [`Mixer::may_sum`] for a frame whose sender may have given its level (RFC 6464),
+    /// which is then taken instead of measuring.
+    pub fn may_sum_with(&self, id: MemberId, frame: &[i16], level: Option<AudioLevel>) -> bool {
         self.member(id).is_ok_and(|m| {
+            let measure =
+                level.map_or_else(|| Measure::Energy(frame_energy(frame)), Measure::Level);
             m.kind == MemberKind::Speaker
                 && !m.muted
-                && (m.vad.is_talking() || Measure::Energy(frame_energy(frame)).loud(&self.vad))
+                && (m.vad.is_talking() || measure.loud(&self.vad))
         })
+    }
+
+    /// The level below which a member not talking may leave its packets undecoded, when
+    /// they carry RFC 6464 levels (see [`Mixer::quiet_floor`]).
+    pub fn quiet_level(&self) -> Option<AudioLevel> {
+        self.vad.quiet_below()
+    }
+
+    /// Whether member `id` may leave packets quieter than [`Mixer::quiet_level`] undecoded
+    /// next tick, and below which level: while it does not talk (a muted member never does)
+    /// such a packet could neither be summed nor start it talking. `None`: decode all.
+    pub fn quiet_floor(&self, id: MemberId) -> Option<AudioLevel> {
+        let m = self.member(id).ok()?;
+        (m.kind == MemberKind::Speaker && !m.vad.is_talking())
+            .then(|| self.quiet_level())
+            .flatten()
     }
 
     /// Whether talker detection has the member talking (it is summed when it sends a frame).
@@ -479,13 +503,10 @@ impl Mixer {
                 // A frame at another rate than the mix is measured, not summed: the caller
                 // converts only what may be heard (see `may_sum`).
                 let frame = input(id);
-                let measure = match frame {
-                    None => Measure::Absent,
-                    Some(Inbound {
-                        level: Some(level), ..
-                    }) => Measure::Level(level),
-                    Some(Inbound { pcm, level: None }) => Measure::Energy(frame_energy(pcm)),
-                };
+                let measure = frame.map_or(Measure::Absent, |f| {
+                    f.level
+                        .map_or_else(|| Measure::Energy(frame_energy(f.pcm)), Measure::Level)
+                });
                 match m.vad.update(measure, &self.vad) {
                     Some(Transition::Started) => {
                         self.events.push_back(MixerEvent::StartedTalking(id));

@@ -21,7 +21,7 @@ use super::mixer::{
     Gain, Inbound, MemberId, MemberKind, MixOutput, Mixer, MixerError, MixerEvent, GAIN_MAX_DB,
     GAIN_MIN_DB,
 };
-use super::vad::VadConfig;
+use super::vad::{AudioLevel, VadConfig};
 use crate::media::dtmf::Digit;
 use crate::media::frame::{AudioSource, ClockRate, Frame, NARROW_RATE, SILENCE};
 use crate::media::prompt::{Playlist, Prompt, PromptPlayer};
@@ -409,9 +409,16 @@ impl Room {
         self.mixer.rate()
     }
 
-    /// Whether member `id`'s `frame` may be mixed in the next tick (see [`Mixer::may_sum`]).
-    pub fn may_mix(&self, id: MemberId, frame: &[i16]) -> bool {
-        self.mixer.may_sum(id, frame)
+    /// Whether member `id`'s `frame`, of the sender's RFC 6464 `level` when it gave one, may
+    /// be mixed in the next tick (see [`Mixer::may_sum_with`]).
+    pub fn may_mix(&self, id: MemberId, frame: &[i16], level: Option<AudioLevel>) -> bool {
+        self.mixer.may_sum_with(id, frame, level)
+    }
+
+    /// The RFC 6464 level below which member `id`'s leg may leave packets undecoded next
+    /// tick (see [`Mixer::quiet_floor`]); `None`: decode them all.
+    pub fn quiet_floor(&self, id: MemberId) -> Option<AudioLevel> {
+        self.mixer.quiet_floor(id)
     }
 
     /// Mixes at `rate` from the next tick (the highest rate among the members changed).
@@ -753,6 +760,15 @@ impl Room {
     /// Mixes one tick. `input` gives a member's received frame (by id and tag), or `None`
     /// when nothing usable was heard from it (no audio, or a key tone to keep out of the mix).
     pub fn tick<'f>(&mut self, mut input: impl FnMut(MemberId, usize) -> Option<&'f Frame>) {
+        self.tick_inbound(|id, tag| input(id, tag).map(Inbound::new));
+    }
+
+    /// [`Room::tick`] with each member's frame as an [`Inbound`], which may carry the level
+    /// its sender gave it (RFC 6464), taken by talker detection instead of measuring.
+    pub fn tick_inbound<'f>(
+        &mut self,
+        mut input: impl FnMut(MemberId, usize) -> Option<Inbound<'f>>,
+    ) {
         let rate = self.rate();
         let tone_on = fill_from(
             &mut self.tone,
@@ -777,7 +793,7 @@ impl Room {
                 return announce_on.then(|| Inbound::new(announce_frame));
             }
             let m = members.get(id.index())?.as_ref()?;
-            input(id, m.tag).map(Inbound::new)
+            input(id, m.tag)
         });
         self.drain_mixer_events();
     }

@@ -708,3 +708,73 @@ fn a_wideband_mixer_sums_its_rate_and_measures_other_rates_only() {
         other => panic!("a talker hears the others alone: {other:?}"),
     }
 }
+
+/// Which members may leave quiet packets undecoded: anyone not talking, below the level that
+/// would start it talking; a talker through its hang-over decodes everything.
+#[test]
+fn quiet_floor_follows_talker_detection() {
+    let mut mixer = Mixer::new(VadConfig {
+        attack: Duration::from_millis(40),
+        hangover: Duration::from_millis(100),
+        ..VadConfig::default()
+    })
+    .expect("valid config");
+    let a = mixer.add_member(MemberKind::Speaker).expect("space");
+    let muted = mixer.add_member(MemberKind::Speaker).expect("space");
+    let recorder = mixer.add_member(MemberKind::ListenOnly).expect("space");
+    mixer.set_muted(muted, true).expect("member");
+    // −40 dBov starts a member talking: 40 is loud enough, 41 may be skipped.
+    assert_eq!(mixer.quiet_level(), AudioLevel::new(40));
+    let silence = flat(0);
+    let tick = |mixer: &mut Mixer, level: u8| {
+        mixer.mix(|id| {
+            (id == a || id == muted).then(|| Inbound {
+                pcm: &silence,
+                level: AudioLevel::new(level),
+            })
+        });
+    };
+    let floors = |mixer: &Mixer| {
+        (
+            mixer.quiet_floor(a),
+            mixer.quiet_floor(muted),
+            mixer.quiet_floor(recorder),
+        )
+    };
+    let quiet = AudioLevel::new(40);
+    assert_eq!(floors(&mixer), (quiet, quiet, None));
+    // Two loud frames are the attack: talking from the second on, decoding everything.
+    tick(&mut mixer, 20);
+    assert_eq!(mixer.quiet_floor(a), quiet);
+    tick(&mut mixer, 40);
+    assert_eq!(mixer.is_talking(a), Ok(true));
+    assert_eq!(floors(&mixer), (None, quiet, None));
+    // Quiet frames through the 100 ms hang-over keep it decoding; the sixth stops it.
+    for _ in 0..5 {
+        tick(&mut mixer, 127);
+        assert_eq!(mixer.quiet_floor(a), None);
+    }
+    tick(&mut mixer, 127);
+    assert_eq!(mixer.is_talking(a), Ok(false));
+    assert_eq!(floors(&mixer), (quiet, quiet, None));
+    // The frame that may start it talking is judged by its level, unconverted.
+    assert!(mixer.may_sum_with(a, &silence, AudioLevel::new(40)));
+    assert!(!mixer.may_sum_with(a, &silence, AudioLevel::new(41)));
+    assert!(!mixer.may_sum_with(muted, &silence, AudioLevel::new(0)));
+
+    // A room whose threshold is the top of the scale has no level quiet enough to skip.
+    let loudest = Mixer::new(VadConfig {
+        start_dbov: 0.0,
+        stop_dbov: -10.0,
+        ..VadConfig::default()
+    })
+    .expect("valid config");
+    assert_eq!(loudest.quiet_level(), AudioLevel::new(0));
+    let everything = Mixer::new(VadConfig {
+        start_dbov: -127.0,
+        stop_dbov: -127.0,
+        ..VadConfig::default()
+    })
+    .expect("valid config");
+    assert_eq!(everything.quiet_level(), AudioLevel::new(127));
+}

@@ -125,6 +125,17 @@ pub(crate) struct VadParams {
     hangover_frames: u32,
 }
 
+impl VadParams {
+    /// The loudest RFC 6464 level that is not loud enough to start a member talking: a
+    /// silent member's packets at it or below (quieter) can be left undecoded. `None` when
+    /// every level is loud enough.
+    pub(crate) fn quiet_below(&self) -> Option<AudioLevel> {
+        u8::try_from(self.start_level_max)
+            .ok()
+            .and_then(AudioLevel::new)
+    }
+}
+
 /// What is known of a member's audio this tick.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Measure {

@@ -31,7 +31,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::io::MediaIo;
 use super::thread::BridgeError;
 use crate::conference::host::{MemberLegs, RoomCommand, RoomHost};
-use crate::conference::MemberId;
+use crate::conference::{AudioLevel, MemberId};
 use crate::media::codec::CodecKind;
 use crate::media::frame::{Frame, SILENCE};
 use crate::media::leg::{Leg, LegCommand, LegEvent, LegStats, Port};
@@ -74,6 +74,9 @@ pub struct WorkerStats {
     pub members: AtomicUsize,
     /// Bridged pairs of legs now.
     pub bridges: AtomicUsize,
+    /// Packets this worker's legs left undecoded, their RFC 6464 level being too quiet for
+    /// their room to mix, ever.
+    pub decodes_skipped: AtomicU64,
 }
 
 /// A message to a worker; `E` is the per-leg endpoint of the worker's [`MediaIo`].
@@ -577,6 +580,10 @@ impl<E> Worker<E> {
             live.packets_lost + self.retired.packets_lost,
             Ordering::Relaxed,
         );
+        stats.decodes_skipped.store(
+            live.decodes_skipped + self.retired.decodes_skipped,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -601,6 +608,7 @@ fn add_stats(total: &mut LegStats, s: LegStats) {
     total.packets_out += s.packets_out;
     total.frames_concealed += s.frames_concealed;
     total.frames_decoded += s.frames_decoded;
+    total.decodes_skipped += s.decodes_skipped;
     total.dropped += s.dropped;
     total.packets_lost += s.packets_lost;
 }
@@ -625,11 +633,25 @@ impl<E, I: MediaIo<Endpoint = E>> MemberLegs for Legs<'_, E, I> {
     fn bind(&mut self, tag: usize, room: Option<(u64, MemberId)>) {
         if let Some(Some(s)) = self.slots.get_mut(tag) {
             s.room = room;
+            if room.is_none() {
+                // Out of the room, every packet is heard again.
+                s.leg.set_quiet_floor(None);
+            }
         }
     }
 
     fn input(&self, tag: usize) -> Option<&Frame> {
         audible(&self.slots.get(tag)?.as_ref()?.leg)
+    }
+
+    fn input_level(&self, tag: usize) -> Option<AudioLevel> {
+        self.slots.get(tag)?.as_ref()?.leg.input_level()
+    }
+
+    fn set_quiet_floor(&mut self, tag: usize, floor: Option<AudioLevel>) {
+        if let Some(Some(s)) = self.slots.get_mut(tag) {
+            s.leg.set_quiet_floor(floor);
+        }
     }
 
     fn codec(&self, tag: usize) -> Option<CodecKind> {

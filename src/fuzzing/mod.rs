@@ -32,9 +32,15 @@ pub fn sip_parse(data: &[u8]) {
     }
 }
 
-/// SDP: whatever parses survives print → parse unchanged.
+/// SDP: whatever parses survives print → parse unchanged, and so does every `a=extmap`.
 pub fn sdp_parse(data: &[u8]) {
     if let Ok(parsed) = crate::sdp::parse(data) {
+        for m in &parsed.media {
+            for e in m.attributes.extmaps() {
+                let again = e.to_string().parse::<crate::sdp::ExtMap>();
+                assert_eq!(again.as_ref(), Ok(&e), "extmap round trip changed");
+            }
+        }
         let printed = parsed.to_string();
         match crate::sdp::parse(printed.as_bytes()) {
             Ok(reparsed) => assert_eq!(reparsed, parsed, "round trip changed:\n{printed}"),
@@ -66,14 +72,23 @@ pub fn digest_parse(data: &[u8]) {
     }
 }
 
-/// RTP packets: a parsed packet is classified as RTP, and write → parse gives it back
-/// (without its padding, which the writer never adds).
+/// RTP packets: a parsed packet is classified as RTP, its header extension elements lie
+/// within its extension block, and write → parse gives it back (without its padding, which
+/// the writer never adds).
 pub fn rtp_packet(data: &[u8]) {
     let kind = classify_rtp(data);
     let Ok(packet) = RtpPacket::parse(data) else {
         return;
     };
     assert_eq!(kind, PacketKind::Rtp);
+    if let Some(ext) = packet.extension {
+        // RFC 8285 elements stay inside the extension block, whatever it holds.
+        let block = ext.data.as_ptr_range();
+        for (_, data) in crate::rtp::hdrext::Elements::new(ext) {
+            let inside = data.as_ptr_range();
+            assert!(data.is_empty() || (inside.start >= block.start && inside.end <= block.end));
+        }
+    }
     let mut out = vec![0u8; packet.wire_len()];
     let written = match packet.write(&mut out) {
         Ok(n) => n,

@@ -26,6 +26,8 @@ use super::frame::{samples_at, AudioSource, Frame, FRAME};
 use super::frame::{FRAME_SAMPLES, MAX_FRAME_SAMPLES, NARROW_RATE};
 use super::record::{RecordSession, RecorderHandle, Step, StopReason};
 use super::resample::RateAdapter;
+use crate::conference::AudioLevel;
+use crate::rtp::hdrext::audio_level;
 use crate::rtp::jitter::{JitterBuffer, JitterConfig, Pop};
 use crate::rtp::packet::{classify, PacketKind, RtpPacket};
 use crate::rtp::plc::G711Plc;
@@ -337,6 +339,9 @@ pub struct LegStats {
     pub srtp_replays: u64,
     /// SRTP and SRTCP packets too short, or with an MKI not the peer's (also in `dropped`).
     pub srtp_malformed: u64,
+    /// Packets not decoded because their sender's RFC 6464 level said they were quieter than
+    /// the room would mix (heard as silence; not in `frames_decoded`).
+    pub decodes_skipped: u64,
 }
 
 /// The largest datagram an SRTP leg takes or makes, tag and MKI included.
@@ -529,6 +534,16 @@ pub struct Leg {
     packet: [u8; 1500],
     events: VecDeque<LegEvent>,
     stats: LegStats,
+    /// The header extension id of the RFC 6464 level the peer agreed to send.
+    level_id: Option<u8>,
+    /// Packets whose level is below this may go undecoded (set each tick by a room).
+    quiet_floor: Option<AudioLevel>,
+    /// The sender's level for this tick's input, when every packet in it had one.
+    input_level: Option<AudioLevel>,
+    /// The level of the packet whose audio is left in `fifo` (`None`: unknown).
+    fifo_level: Option<u8>,
+    /// The last packet played out was skipped: the decoder has not seen what came since.
+    skipping: bool,
 }
 
 impl Leg {
@@ -602,6 +617,11 @@ impl Leg {
             packet: [0; 1500],
             events: VecDeque::with_capacity(16),
             stats: LegStats::default(),
+            level_id: cfg.params.audio_level_id,
+            quiet_floor: None,
+            input_level: None,
+            fifo_level: None,
+            skipping: false,
             cfg,
         })
     }
@@ -840,6 +860,7 @@ impl Leg {
         te: Option<(PayloadType, Option<ClockRate>)>,
         params: &CodecParams,
     ) {
+        self.level_id = params.audio_level_id;
         let telephone_event = te.map(|(pt, _)| pt);
         let te_rate = te.and_then(|(_, r)| r);
         let new_audio = codec != self.cfg.codec || payload_type != self.cfg.payload_type;
@@ -1106,7 +1127,12 @@ impl Leg {
             self.jitter.reset();
             self.codec.reset();
         }
-        self.jitter.push(now, acc.seq, acc.timestamp, pkt.payload);
+        let level = self
+            .level_id
+            .and_then(|id| audio_level(pkt.extension, id))
+            .map(|l| l.level);
+        self.jitter
+            .push_with_level(now, acc.seq, acc.timestamp, pkt.payload, level);
     }
 
     /// Produces one 20 ms frame: consumes received audio, sends ours (and RTCP when due)
@@ -1140,9 +1166,26 @@ impl Leg {
         &self.pcm_in
     }
 
-    /// Whether this tick's input carries received audio (decoded or concealed), not filler.
+    /// Whether this tick's input carries received audio (decoded, concealed, or skipped as
+    /// quiet), not filler.
     pub fn hearing(&self) -> bool {
         self.talkspurt
+    }
+
+    /// The sender's RFC 6464 level of this tick's input, when the extension was agreed and
+    /// every packet in the input carried it: what a room's talker detection takes instead of
+    /// measuring, and all there is to know of a packet whose decode was skipped.
+    pub fn input_level(&self) -> Option<AudioLevel> {
+        self.input_level
+    }
+
+    /// Lets the receive half skip decoding packets whose RFC 6464 level is below `floor`
+    /// (`None`: decode every packet). A room sets it each tick for the next one, for members
+    /// it would not mix anyway; a skipped packet is heard as silence with its level in
+    /// [`Leg::input_level`], and a packet at or above the floor is decoded as usual. A leg
+    /// recording or streaming its call decodes every packet all the same.
+    pub fn set_quiet_floor(&mut self, floor: Option<AudioLevel>) {
+        self.quiet_floor = floor;
     }
 
     /// Whether an in-band key tone is sounding in the input now: a room leaves that audio out
@@ -1432,12 +1475,38 @@ impl Leg {
     /// packet only when the FIFO runs short.
     fn receive_frame(&mut self, now: Instant) {
         let frame = self.frame_samples;
+        // The tick's level is the loudest of its packets', when they all have one.
+        let mut tick_level = if self.fifo_len > 0 {
+            self.fifo_level
+        } else {
+            Some(SILENT_LEVEL)
+        };
         while self.fifo_len < frame {
             let n = self.packet_samples;
             let out = &mut self.scratch[..n];
+            let mut level = None;
             let decoded = match self.jitter.pop_frame(now) {
                 Pop::Frame(f) => {
-                    let ok = matches!(self.codec.decode(f.payload, out), Ok(got) if got == n);
+                    level = f.level;
+                    // A recording or a stream of this call wants what the caller says, quiet
+                    // or not.
+                    let own_listener = self.recording.is_some() || self.stream.is_some();
+                    let skip = !own_listener && below(f.level, self.quiet_floor);
+                    let ok = if skip {
+                        out.fill(0);
+                        self.stats.decodes_skipped += 1;
+                        true
+                    } else {
+                        if self.skipping {
+                            // What the decoder last heard (perhaps a loud moment before the
+                            // quiet it skipped) must not sound into this frame.
+                            self.codec.reset_decoder();
+                        }
+                        let ok = matches!(self.codec.decode(f.payload, out), Ok(got) if got == n);
+                        self.stats.frames_decoded += u64::from(ok);
+                        ok
+                    };
+                    self.skipping = skip;
                     if ok {
                         self.talkspurt = true;
                         self.concealed_run = 0;
@@ -1446,10 +1515,10 @@ impl Leg {
                                 let _ = plc.good_frame(out);
                             }
                         }
-                        self.stats.frames_decoded += 1;
                     }
                     ok
                 }
+                Pop::Lost(_) if self.skipping => false,
                 Pop::Lost(seq) => self.recover_frame(seq.next(), n),
                 Pop::Empty if !self.talkspurt => {
                     // Nothing is playing: this tick hears silence.
@@ -1463,9 +1532,12 @@ impl Leg {
             if !decoded {
                 self.conceal_frame(n);
             }
+            tick_level = louder(tick_level, level);
+            self.fifo_level = level;
             self.fifo[self.fifo_len..self.fifo_len + n].copy_from_slice(&self.scratch[..n]);
             self.fifo_len += n;
         }
+        self.input_level = tick_level.and_then(AudioLevel::new);
         self.pcm_in.copy_from_slice(&self.fifo[..frame]);
         self.fifo.copy_within(frame..self.fifo_len, 0);
         self.fifo_len -= frame;
@@ -1508,6 +1580,16 @@ impl Leg {
     fn conceal_frame(&mut self, n: usize) {
         let out = &mut self.scratch[..n];
         self.stats.frames_concealed += 1;
+        if self.skipping {
+            // The decoder last heard a packet from before the quiet ones it skipped (perhaps
+            // a loud one): extrapolating from it would be a burst of the wrong sound.
+            out.fill(0);
+            self.concealed_run += n;
+            if self.concealed_run >= OWN_CONCEALMENT_FRAMES * self.frame_samples {
+                self.talkspurt = false;
+            }
+            return;
+        }
         if self.codec.has_own_concealment() {
             if !matches!(self.codec.conceal(out), Ok(got) if got == n) {
                 out.fill(0);
@@ -1593,6 +1675,19 @@ fn ptime_samples(codec: CodecKind, ptime: Duration) -> usize {
     } else {
         frame
     }
+}
+
+/// The RFC 6464 level of digital silence.
+const SILENT_LEVEL: u8 = 127;
+
+/// Whether a packet of `level` is quieter than `floor` (neither unknown).
+fn below(level: Option<u8>, floor: Option<AudioLevel>) -> bool {
+    matches!((level, floor), (Some(l), Some(f)) if l > f.get())
+}
+
+/// The louder of two RFC 6464 levels (the smaller value), unknown if either is.
+fn louder(a: Option<u8>, b: Option<u8>) -> Option<u8> {
+    Some(a?.min(b?))
 }
 
 /// A jitter buffer for packets of `samples` samples at `rate`.
@@ -3875,3 +3970,7 @@ mod concealment_tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "leg_level_tests.rs"]
+mod level_tests;

@@ -124,6 +124,8 @@ pub struct Frame<'a> {
     pub timestamp: MediaTime,
     /// The encoded payload.
     pub payload: &'a [u8],
+    /// The level the sender gave the packet (RFC 6464: 0 loudest, 127 silence), if any.
+    pub level: Option<u8>,
 }
 
 /// The result of one pop.
@@ -141,6 +143,8 @@ pub enum Pop<'a> {
 struct Slot {
     entry: Option<(SeqNo, MediaTime)>,
     len: usize,
+    /// The packet's RFC 6464 level, kept with it for the decoder to see.
+    level: Option<u8>,
 }
 
 /// An adaptive jitter buffer for one leg.
@@ -198,7 +202,8 @@ impl JitterBuffer {
             slots: vec![
                 Slot {
                     entry: None,
-                    len: 0
+                    len: 0,
+                    level: None,
                 };
                 slot_count
             ],
@@ -278,6 +283,19 @@ impl JitterBuffer {
         timestamp: MediaTime,
         payload: &[u8],
     ) -> PushOutcome {
+        self.push_with_level(now, seq, timestamp, payload, None)
+    }
+
+    /// Offers a packet that arrived at `now` with the audio level its sender gave it
+    /// (RFC 6464), handed back with its [`Frame`].
+    pub fn push_with_level(
+        &mut self,
+        now: Instant,
+        seq: SeqNo,
+        timestamp: MediaTime,
+        payload: &[u8],
+        level: Option<u8>,
+    ) -> PushOutcome {
         if payload.len() > self.config.slot_bytes {
             self.stats.oversize += 1;
             return PushOutcome::Oversize;
@@ -329,7 +347,7 @@ impl JitterBuffer {
                 self.highest = Some(seq);
             }
         }
-        self.store(seq, timestamp, payload);
+        self.store(seq, timestamp, payload, level);
         if !self.playing && self.prefetch_since.is_none() {
             self.prefetch_since = Some(now);
         }
@@ -341,7 +359,7 @@ impl JitterBuffer {
         }
     }
 
-    fn store(&mut self, seq: SeqNo, timestamp: MediaTime, payload: &[u8]) {
+    fn store(&mut self, seq: SeqNo, timestamp: MediaTime, payload: &[u8], level: Option<u8>) {
         let idx = self.slot_index(seq);
         let start = idx * self.config.slot_bytes;
         self.data[start..start + payload.len()].copy_from_slice(payload);
@@ -351,6 +369,7 @@ impl JitterBuffer {
         }
         slot.entry = Some((seq, timestamp));
         slot.len = payload.len();
+        slot.level = level;
         self.stats.stored += 1;
     }
 
@@ -522,6 +541,7 @@ impl JitterBuffer {
                     seq,
                     timestamp,
                     payload: &self.data[start..start + slot.len],
+                    level: slot.level,
                 })
             }
             _ => {
@@ -673,6 +693,28 @@ mod tests {
             .collect();
         assert_eq!(frames, (0..10).collect::<Vec<_>>());
         assert_eq!(jb.stats().lost, 0);
+    }
+
+    #[test]
+    fn each_frame_carries_its_own_packets_level() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        // Reordered pairs; every third packet has no level; the slots are reused several
+        // times over (the ring holds a dozen), so a level left in a slot would show up.
+        let level = |i: u64| (!i.is_multiple_of(3)).then_some((i % 128) as u8);
+        let order: Vec<u64> = (0..60u64).map(|k| k ^ 1).collect();
+        let mut seen = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let now = ms(t0, k as u64 * 20);
+            jb.push_with_level(now, seq(i), ts(i), &payload(i), level(i));
+            if let Pop::Frame(f) = jb.pop_frame(now) {
+                seen.push((f.seq.get() - BASE, f.level));
+            }
+        }
+        assert!(seen.len() >= 50, "{}", seen.len());
+        for (i, l) in seen {
+            assert_eq!(l, level(i), "frame {i}");
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@ pub mod negotiate;
 pub mod parse;
 
 pub use model::{
-    Attribute, Attributes, Bandwidth, Connection, Direction, ExtraLine, MediaDescription,
-    MediaKind, Origin, PayloadType, Rtcp, RtpMap, SessionDescription, Timing,
+    Attribute, Attributes, Bandwidth, Connection, Direction, ExtMap, ExtMapError, ExtraLine,
+    MediaDescription, MediaKind, Origin, PayloadType, Rtcp, RtpMap, SessionDescription, Timing,
+    AUDIO_LEVEL_URI,
 };
 pub use negotiate::{
     Answer, Codec, CodecChoice, LocalSession, NegotiatedAudio, NegotiationError, SrtpKeys,

@@ -418,6 +418,11 @@ impl Attributes {
     pub fn rtcp(&self) -> Option<Rtcp> {
         self.get("rtcp").flatten().and_then(|v| v.parse().ok())
     }
+
+    /// Every well-formed `a=extmap` (RFC 8285), in order.
+    pub fn extmaps(&self) -> impl Iterator<Item = ExtMap> + '_ {
+        self.values("extmap").filter_map(|v| v.parse().ok())
+    }
 }
 
 // Some stacks write fractional ptimes ("20.0"); the integer part is what matters.
@@ -576,6 +581,107 @@ impl FromStr for RtpMap {
             clock_rate,
             channels,
         })
+    }
+}
+
+/// The URI of the RFC 6464 client-to-mixer audio level header extension.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// `a=extmap:<id>[/<direction>] <uri> [<attributes>]` (RFC 8285 §5): which header extension
+/// element id stands for which extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtMap {
+    /// The element id: 1..=14 fit the one-byte form, up to 255 the two-byte form; 4096..=4351
+    /// may only be offered, for the answerer to pick one (RFC 8285 §6).
+    pub id: u16,
+    /// Which way the extension flows, from the side writing the attribute (absent: both).
+    pub direction: Option<Direction>,
+    /// The extension's URI.
+    pub uri: String,
+    /// Extension attributes after the URI (RFC 6464: `vad=on` or `vad=off`).
+    pub attributes: Option<String>,
+}
+
+impl ExtMap {
+    /// Whether the id can be written in the one-byte form, the one every sender supports.
+    pub fn is_one_byte(&self) -> bool {
+        (1..=14).contains(&self.id)
+    }
+
+    /// Whether this maps the RFC 6464 audio level extension.
+    pub fn is_audio_level(&self) -> bool {
+        self.uri.eq_ignore_ascii_case(AUDIO_LEVEL_URI)
+    }
+
+    /// The direction that applies: sendrecv when none is written.
+    pub fn flow(&self) -> Direction {
+        self.direction.unwrap_or(Direction::SendRecv)
+    }
+}
+
+/// Why an `a=extmap` value did not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExtMapError {
+    /// The id is not a number in 1..=255 or 4096..=4351.
+    #[error("invalid extmap id")]
+    Id,
+    /// The direction after `/` is not one of the four.
+    #[error("invalid extmap direction")]
+    Direction,
+    /// No URI follows the id.
+    #[error("extmap without a URI")]
+    Uri,
+}
+
+impl FromStr for ExtMap {
+    type Err = ExtMapError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ' ');
+        let head = parts.next().unwrap_or_default();
+        let (id, direction) = match head.split_once('/') {
+            Some((id, d)) => (id, Some(d.parse().map_err(|_| ExtMapError::Direction)?)),
+            None => (head, None),
+        };
+        let id: u16 = id.parse().map_err(|_| ExtMapError::Id)?;
+        if !(1..=255).contains(&id) && !(4096..=4351).contains(&id) {
+            return Err(ExtMapError::Id);
+        }
+        let uri = parts
+            .next()
+            .filter(|u| !u.is_empty())
+            .ok_or(ExtMapError::Uri)?;
+        let attributes = parts
+            .next()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        Ok(ExtMap {
+            id,
+            direction,
+            uri: uri.to_owned(),
+            attributes,
+        })
+    }
+}
+
+impl fmt::Display for ExtMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.id)?;
+        if let Some(d) = self.direction {
+            write!(f, "/{d}")?;
+        }
+        write!(f, " {}", self.uri)?;
+        if let Some(a) = &self.attributes {
+            write!(f, " {a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<&ExtMap> for Attribute {
+    fn from(m: &ExtMap) -> Self {
+        Attribute::with_value("extmap", m.to_string())
     }
 }
 

@@ -18,12 +18,18 @@
 //! an `RTP/AVP` offer that carries `a=crypto` (best-effort SRTP, as FreeSWITCH and baresip
 //! offer it) gets SRTP too; an offer without keys never does. Our key is made once per call
 //! and kept across re-answers, so a re-INVITE that changes nothing changes no key.
+//!
+//! Header extensions (RFC 8285 `a=extmap`): only the RFC 6464 client-to-mixer audio level is
+//! taken. An offer that maps it on a one-byte id (1..=14) and sends it is answered with the
+//! same id, `recvonly`; our offers map it on id 1, `recvonly`. Other mappings are never
+//! answered. The agreed id reaches the leg in [`CodecParams::audio_level_id`], so a re-INVITE
+//! adds or removes it like any other parameter.
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{
-    Attribute, Connection, Direction, MediaDescription, MediaKind, Origin, PayloadType, RtpMap,
-    SessionDescription,
+    Attribute, Connection, Direction, ExtMap, MediaDescription, MediaKind, Origin, PayloadType,
+    RtpMap, SessionDescription, AUDIO_LEVEL_URI,
 };
 use crate::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
 
@@ -59,6 +65,7 @@ impl Codec {
                 Some(f) if self.is_opus() => OpusParams::parse(f),
                 _ => OpusParams::default(),
             },
+            audio_level_id: None,
         }
     }
 
@@ -211,6 +218,14 @@ pub struct NegotiatedAudio {
     pub srtp: Option<Box<SrtpKeys>>,
 }
 
+impl NegotiatedAudio {
+    /// The header extension id of the RFC 6464 audio level the peer sends, when agreed
+    /// (carried to the leg in [`NegotiatedAudio::params`]).
+    pub fn audio_level_id(&self) -> Option<u8> {
+        self.params.audio_level_id
+    }
+}
+
 /// Our answer to an offer: the SDP to send and the negotiated stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -347,7 +362,9 @@ impl LocalSession {
             .attributes
             .push((&chosen.codec.rtpmap(chosen.pt)).into());
         let offered_fmtp = offered.attributes.fmtp(chosen.pt);
-        let params = chosen.codec.params_from_fmtp(offered_fmtp);
+        let mut params = chosen.codec.params_from_fmtp(offered_fmtp);
+        let level = offered_audio_level(offered);
+        params.audio_level_id = level.as_ref().and_then(|m| u8::try_from(m.id).ok());
         if let Some(params) = chosen.codec.answer_fmtp(offered_fmtp) {
             audio.attributes.push(Attribute::with_value(
                 "fmtp",
@@ -368,6 +385,9 @@ impl LocalSession {
             .attributes
             .push(Attribute::with_value("ptime", ptime_ms.to_string()));
         audio.attributes.push(direction.into());
+        if let Some(m) = &level {
+            audio.attributes.push(m.into());
+        }
         if rtcp_mux {
             audio.attributes.push(Attribute::flag("rtcp-mux"));
         }
@@ -469,6 +489,16 @@ impl LocalSession {
             .attributes
             .push(Attribute::with_value("ptime", self.ptime_ms.to_string()));
         audio.attributes.push(Direction::SendRecv.into());
+        // The only extension we offer, so the first id is free.
+        audio.attributes.push(
+            (&ExtMap {
+                id: 1,
+                direction: Some(Direction::RecvOnly),
+                uri: AUDIO_LEVEL_URI.to_owned(),
+                attributes: None,
+            })
+                .into(),
+        );
         if secure {
             if self.offered_keys.is_empty() {
                 self.offered_keys = (1..)
@@ -553,7 +583,8 @@ impl LocalSession {
         );
         let rtcp_mux = theirs.attributes.rtcp_mux() && ours.attributes.rtcp_mux();
         let (remote_rtp, remote_rtcp) = remote_addresses(answer, theirs, rtcp_mux)?;
-        let params = codec.params_from_fmtp(theirs.attributes.fmtp(pt));
+        let mut params = codec.params_from_fmtp(theirs.attributes.fmtp(pt));
+        params.audio_level_id = answered_audio_level(ours, theirs);
         let srtp = self.answered_keys(&ours.proto, theirs)?;
         Ok(NegotiatedAudio {
             codec,
@@ -769,6 +800,32 @@ fn telephone_event_rtpmap(pt: PayloadType, clock_rate: u32) -> RtpMap {
         clock_rate,
         channels: None,
     }
+}
+
+/// The offer's RFC 6464 audio level mapping that we take, as we answer it: the first one the
+/// offerer sends (sendrecv or sendonly) on a one-byte id, since ids 15 and above cannot be
+/// read from the one-byte form every sender of this extension uses (RFC 8285 §4.2). Our
+/// answer receives it; its attributes (`vad=on`) are kept.
+fn offered_audio_level(m: &MediaDescription) -> Option<ExtMap> {
+    let offered = m
+        .attributes
+        .extmaps()
+        .find(|e| e.is_audio_level() && e.is_one_byte() && e.flow().sends())?;
+    Some(ExtMap {
+        direction: Some(Direction::RecvOnly),
+        ..offered
+    })
+}
+
+/// The id the peer sends the audio level with, when its answer to `ours` (which offered to
+/// receive it) agreed: the answer's mapping of the same URI, sending, on a one-byte id.
+fn answered_audio_level(ours: &MediaDescription, theirs: &MediaDescription) -> Option<u8> {
+    ours.attributes.extmaps().find(ExtMap::is_audio_level)?;
+    let m = theirs
+        .attributes
+        .extmaps()
+        .find(|e| e.is_audio_level() && e.is_one_byte() && e.flow().sends())?;
+    u8::try_from(m.id).ok()
 }
 
 /// The offer's ptime if it is a sane multiple of 10 ms (what G.711 framing and our 20 ms mixer

@@ -42,6 +42,8 @@ pub struct Options {
     /// resampler is no flat channel (from 8 to 16 kHz it passes 1 kHz at -1.8 dB, 1250 Hz
     /// at -8 dB and nothing from 2 kHz up; from 16 to 48 kHz, 7 kHz at -4 dB).
     pub srate: u32,
+    /// Sends RFC 6464 audio levels in its RTP (`audio_level yes`).
+    pub audio_level: bool,
 }
 
 impl Options {
@@ -56,6 +58,7 @@ impl Options {
             mediaenc: None,
             audio_codecs: None,
             srate: 8000,
+            audio_level: false,
         }
     }
 }
@@ -100,9 +103,10 @@ impl Baresip {
              {srtp}module account.so\n\
              module_app menu.so\nmodule_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl}\n\
-             snd_path {dir}\n{ca}",
+             snd_path {dir}\n{ca}audio_level {level}\n",
             tone = tone.display(),
             srate = options.srate,
+            level = if options.audio_level { "yes" } else { "no" },
             rtp_end = rtp + 1,
             dir = dir.display(),
             wide = ["g722", "opus"]

@@ -289,6 +289,34 @@ pub async fn metric(http: std::net::SocketAddr, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
 }
 
+/// Rooms with only their members' own audio in the mix: no join or leave tones, no "you are
+/// alone" prompt, no member count announced.
+pub fn only_members_heard(c: &mut switchboard::Config) {
+    c.conference.join_sound.clear();
+    c.conference.leave_sound.clear();
+    c.conference.alone_prompt.clear();
+    c.conference.announce_count = false;
+}
+
+/// Waits (at most 5 s) until room `room` has `count` members, as `GET /api/rooms/NAME` shows.
+pub async fn room_members_joined(http: std::net::SocketAddr, room: &str, count: usize) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(http, &format!("/api/rooms/{room}")).await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if v["members"].as_array().is_some_and(|m| m.len() == count) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the members of {room} never all joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A minimal HTTP/1.1 GET over loopback: status and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
     http_request(addr, "GET", path).await

@@ -372,6 +372,12 @@ impl AudioCodec for G722 {
     fn reset(&mut self) {
         *self = G722::new();
     }
+
+    fn reset_decoder(&mut self) {
+        self.dec = State::new();
+        self.last_len = 0;
+        self.concealed = 0;
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,11 @@ pub trait AudioCodec: Send {
 
     /// Forgets any inter-frame state, e.g. after an SSRC change.
     fn reset(&mut self) {}
+
+    /// Forgets the decoder's state alone, for a stream taken up again after packets that were
+    /// not decoded: what it last decoded must not sound into the next frame, and the encoder
+    /// carries on undisturbed (its peer's decoder follows it).
+    fn reset_decoder(&mut self) {}
 }
 
 /// The codecs the media engine knows.
@@ -359,11 +364,15 @@ pub fn opus_packet_samples(packet: &[u8]) -> Option<usize> {
     (frames > 0 && total <= 5760).then_some(total)
 }
 
-/// Negotiated parameters a codec is built with (from the SDP's `a=fmtp`).
+/// Negotiated parameters a codec and its leg work with (from the SDP's `a=fmtp` and
+/// `a=extmap`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CodecParams {
     /// Opus parameters (RFC 7587 §6.1); ignored by other codecs.
     pub opus: OpusParams,
+    /// The one-byte header extension id (1..=14) of the RFC 6464 audio level the peer sends,
+    /// when agreed: its leg may then skip decoding packets that say they are quiet.
+    pub audio_level_id: Option<u8>,
 }
 
 /// The Opus `a=fmtp` parameters that change what we send (RFC 7587 §6.1).

@@ -295,6 +295,10 @@ impl AudioCodec for Opus {
             dec.reset();
         }
     }
+
+    fn reset_decoder(&mut self) {
+        self.reset();
+    }
 }
 
 #[cfg(test)]

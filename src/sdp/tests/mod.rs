@@ -1,6 +1,7 @@
 //! Tests of the SDP module: parser and printer, negotiator, property-based round trips.
 
 mod codecs;
+mod extmap;
 mod negotiate;
 mod parse;
 mod roundtrip;

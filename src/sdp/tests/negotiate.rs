@@ -490,6 +490,7 @@ a=rtpmap:101 telephone-event/8000
 a=fmtp:101 0-16
 a=ptime:20
 a=sendrecv
+a=extmap:1/recvonly urn:ietf:params:rtp-hdrext:ssrc-audio-level
 "
         )
     );
