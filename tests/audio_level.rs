@@ -13,8 +13,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+#[cfg(feature = "opus")]
+use support::offers::OPUS;
+use support::offers::{Offer, G722};
 use support::server::*;
-use switchboard::media::codec::{AudioCodec, CodecKind};
+use switchboard::media::codec::AudioCodec;
 use switchboard::media::level::{rms_dbfs, tone_share};
 use switchboard::media::tone::ToneGenerator;
 use switchboard::rtp::hdrext::{audio_level, ONE_BYTE_PROFILE};
@@ -30,26 +33,6 @@ const LATE_MS: u64 = 1500;
 const LEVEL_ID: u8 = 5;
 /// The counter of packets left undecoded, summed over the workers.
 const SKIPPED: &str = "switchboard_media_worker_decodes_skipped_total";
-
-/// One codec a caller offers alone.
-struct Offer {
-    kind: CodecKind,
-    pt: u8,
-    rtpmap: &'static str,
-}
-
-const G722: Offer = Offer {
-    kind: CodecKind::G722,
-    pt: 9,
-    rtpmap: "G722/8000",
-};
-
-#[cfg(feature = "opus")]
-const OPUS: Offer = Offer {
-    kind: CodecKind::Opus,
-    pt: 111,
-    rtpmap: "opus/48000/2",
-};
 
 /// What a member sends: its tone from `from_ms` on (silence but faint line noise before),
 /// or line noise throughout.

@@ -220,27 +220,7 @@ fn message_with_pcap_audio_and_rfc4733_udp() {
     );
     assert!(run.success(), "{}\n{}", run.report(), server.log_text());
     let recordings = server.dir().join("recordings");
-    // The BYE's 200 came back before the media worker finalised the file: wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let sidecar = loop {
-        let done = std::fs::read_dir(&recordings)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .find_map(|p| {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                (v["state"] == "complete").then_some(v)
-            });
-        if let Some(v) = done {
-            break v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no finished recording\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let sidecar = finished_recording(&server);
     assert_eq!(sidecar["digits"], "1", "{sidecar}");
     assert_eq!(sidecar["stop_reason"], "hangup", "{sidecar}");
     let wav = recordings.join(sidecar["file"].as_str().unwrap());
@@ -325,6 +305,32 @@ fn message_with_pcap_audio_and_rfc4733_udp() {
         .map(switchboard::media::level::rms_dbfs)
         .fold(f64::MIN, f64::max);
     assert!(loudest > -35.0, "loudest second {loudest:.1} dBFS");
+}
+
+/// The sidecar of the one finished recording in the server's folder: the BYE's 200 comes back
+/// before the media worker finalises the file, so it is waited for (5 s at most).
+fn finished_recording(server: &Server) -> serde_json::Value {
+    let recordings = server.dir().join("recordings");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let done = std::fs::read_dir(&recordings)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .find_map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                (v["state"] == "complete").then_some(v)
+            });
+        if let Some(v) = done {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished recording\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Puts the captures of `keys` next to the SIPp runs in `dir` as `key_<name>.pcap`: SIPp's
@@ -813,26 +819,7 @@ fn sipp_leaves_a_g722_message_recorded_at_16_khz_udp() {
     );
     assert!(run.success(), "{}\n{}", run.report(), server.log_text());
     let recordings = server.dir().join("recordings");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let sidecar = loop {
-        let done = std::fs::read_dir(&recordings)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .find_map(|p| {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                (v["state"] == "complete").then_some(v)
-            });
-        if let Some(v) = done {
-            break v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no finished recording\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let sidecar = finished_recording(&server);
     let wav = hound::WavReader::open(recordings.join(sidecar["file"].as_str().unwrap())).unwrap();
     assert_eq!(
         wav.spec().sample_rate,

@@ -13,8 +13,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "opus")]
+use support::offers::OPUS;
+use support::offers::{Offer, G722, L16_WIDE, PCMU};
 use support::server::*;
-use switchboard::media::codec::{AudioCodec, CodecKind};
+use switchboard::media::codec::AudioCodec;
 use switchboard::media::level::{rms_dbfs, tone_share};
 use switchboard::media::tone::ToneGenerator;
 use switchboard::rtp::packet::{RtpHeader, RtpPacket};
@@ -26,36 +29,6 @@ const TALK_MS: u64 = 3000;
 /// The stretch of what a member heard that is measured: its last 1.6 s, so that the jitter
 /// buffer's start and the moments after the others stop are left out.
 const MEASURED_MS: u64 = 1600;
-
-/// One codec a caller offers alone: its kind, payload type and SDP rtpmap.
-struct Offer {
-    kind: CodecKind,
-    pt: u8,
-    rtpmap: &'static str,
-}
-
-const PCMU: Offer = Offer {
-    kind: CodecKind::Pcmu,
-    pt: 0,
-    rtpmap: "PCMU/8000",
-};
-const G722: Offer = Offer {
-    kind: CodecKind::G722,
-    pt: 9,
-    rtpmap: "G722/8000",
-};
-const L16_WIDE: Offer = Offer {
-    kind: CodecKind::L16Wide,
-    pt: 97,
-    rtpmap: "L16/16000",
-};
-
-#[cfg(feature = "opus")]
-const OPUS: Offer = Offer {
-    kind: CodecKind::Opus,
-    pt: 111,
-    rtpmap: "opus/48000/2",
-};
 
 /// An SDP offer of `o` alone on `port`.
 fn sdp(o: &Offer, port: u16) -> Vec<u8> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod offers;
 pub mod pki;
 pub mod rtp;
 pub mod scripts;
