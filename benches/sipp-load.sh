@@ -13,7 +13,8 @@
 #                                              # whose script dials a SIPp far end (-rtp_echo)
 #                                              # and bridges it: CPU per call, side by side
 #   benches/sipp-load.sh floor CALLS [USER]    # the kernel's floor beside the server: CALLS
-#                                              # calls to USER (default echo) on the server,
+#                                              # calls to USER (default echo; playback: the
+#                                              # menu prompt played over and over) on the server,
 #                                              # then on benches/floor/ (RTP only), SIPp
 #                                              # echoing every packet (-rtp_echo), rounds
 #                                              # alternating (FLOOR_ROUNDS, default 3; FLOOR_SECS
@@ -37,11 +38,13 @@ ulimit -n 65536 2>/dev/null || true
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
 # Placed calls: the far end is a SIPp on port $far; the shipped scripts plus two of their own.
 far=$(( port + 20 ))
-if [ "$mode" = dial ] || [ "$mode" = originate ]; then
+if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ]; then
   mkdir -p "$work/scripts"
   cp scripts/*.rhai "$work/scripts/"
   echo 'dial("sip:far@127.0.0.1:'$far'", #{timeout_secs: 10}); hangup();' >"$work/scripts/bench-dial.rhai"
   echo 'hangup();' >"$work/scripts/bench-hangup.rhai"
+  # A playback call: the menu prompt over and over, for as long as the caller stays.
+  echo 'answer(); loop { play("menu"); }' >"$work/scripts/bench-playback.rhai"
   cat >>"$work/bench.toml" <<TOML
 [paths]
 scripts = "$work/scripts"
@@ -54,6 +57,12 @@ script = "echo"
 [[dialplan]]
 exact = "bridge"
 script = "bench-dial"
+[[dialplan]]
+exact = "playback"
+script = "bench-playback"
+[[dialplan]]
+exact = "ivr"
+script = "ivr"
 TOML
 fi
 RUST_LOG=info,switchboard::server=debug \
