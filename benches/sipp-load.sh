@@ -8,7 +8,8 @@
 #   benches/sipp-load.sh media CALLS [USER]    # CALLS concurrent answered calls to USER (default
 #                                              # echo), each a G.711 leg sending a frame every
 #                                              # 20 ms: CPU, late ticks, memory. USER=ivr: each
-#                                              # call runs the IVR script (menu prompt, collect).
+#                                              # call runs the IVR script (menu prompt, collect);
+#                                              # USER=playback: the menu prompt over and over.
 #   benches/sipp-load.sh dial CALLS            # CALLS concurrent calls to echo, then CALLS calls
 #                                              # whose script dials a SIPp far end (-rtp_echo)
 #                                              # and bridges it: CPU per call, side by side
@@ -38,7 +39,7 @@ ulimit -n 65536 2>/dev/null || true
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
 # Placed calls: the far end is a SIPp on port $far; the shipped scripts plus two of their own.
 far=$(( port + 20 ))
-if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ]; then
+if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ] || [ "$mode" = media ]; then
   mkdir -p "$work/scripts"
   cp scripts/*.rhai "$work/scripts/"
   echo 'dial("sip:far@127.0.0.1:'$far'", #{timeout_secs: 10}); hangup();' >"$work/scripts/bench-dial.rhai"
