@@ -158,6 +158,19 @@ conference(session.vars.room);
 hangup();
 "#;
 
+/// [`ROOM_FLOW`], compiled once for every call placed into a room (the engine is the
+/// server's one, built at start).
+fn room_flow(engine: &rhai::Engine) -> Result<Arc<AST>, OriginateError> {
+    static FLOW: std::sync::OnceLock<Result<Arc<AST>, String>> = std::sync::OnceLock::new();
+    FLOW.get_or_init(|| {
+        crate::script::compile_source(engine, "room", ROOM_FLOW)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(OriginateError::Invalid)
+}
+
 /// Places a call and returns its Call-ID at once; progress comes as events (`call_ringing`,
 /// `call_answered`, `call_failed`, `call_ended`).
 pub fn originate(
@@ -212,9 +225,7 @@ pub fn originate(
             if let Some(k) = confirm {
                 o.vars.insert("confirm".into(), k.to_string());
             }
-            let ast = crate::script::compile_source(ctx.scripts.engine(), "room", ROOM_FLOW)
-                .map_err(|e| OriginateError::Invalid(e.to_string()))?;
-            (Arc::new(ast), format!("room:{room}"))
+            (room_flow(ctx.scripts.engine())?, format!("room:{room}"))
         }
     };
     let n = PLACED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
