@@ -1175,10 +1175,7 @@ fn baresip_in_g722_streams_its_6_khz_tone_to_an_l16_application_and_hears_it_bac
                     let _ = got_tx.send((t.to_string(), Vec::new()));
                 }
                 Message::Binary(b) => {
-                    let pcm = b
-                        .chunks_exact(2)
-                        .map(|s| i16::from_le_bytes([s[0], s[1]]))
-                        .collect();
+                    let pcm = switchboard::stream::l16::decode_pcm(&b).unwrap_or_default();
                     let _ = got_tx.send((String::new(), pcm));
                     if ws.send(Message::binary(b)).await.is_err() {
                         return;

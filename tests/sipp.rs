@@ -796,21 +796,16 @@ fn sipp_leaves_a_g722_message_recorded_at_16_khz_udp() {
             (10000.0 * (2.0 * std::f64::consts::PI * 6000.0 * f64::from(i) / 16000.0).sin()) as i16
         })
         .collect();
-    let packets: Vec<Vec<u8>> = tone
+    let payloads: Vec<Vec<u8>> = tone
         .chunks(320)
-        .enumerate()
-        .map(|(i, frame)| {
-            let mut p = vec![0x80, 9];
-            p.extend_from_slice(&(i as u16).to_be_bytes());
-            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
-            p.extend_from_slice(&0x6722_0001u32.to_be_bytes());
+        .map(|frame| {
             let mut payload = [0u8; 320];
             let n = enc.encode(frame, &mut payload).unwrap();
             assert_eq!(n, 160, "64 kbit/s");
-            p.extend_from_slice(&payload[..n]);
-            p
+            payload[..n].to_vec()
         })
         .collect();
+    let packets = common::rtp_packets(9, 0x6722_0001, 160, &payloads);
     common::write_rtp_pcap(&server.dir().join("g722_tone.pcap"), &packets);
     let run = Sipp::new("uac_g722_message", "message", Transport::Udp).run(
         &sipp,

@@ -29,6 +29,7 @@ use support::scripts::{rule, Scripts};
 use support::server::*;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::media::level::{rms_dbfs, tone_share};
+use switchboard::stream::l16;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -350,7 +351,7 @@ async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_h
     // The call's record lists the stream.
     events.until(WAIT, |e| e["type"] == "call_ended").await;
     server.stop().await;
-    let cdr = cdr_of(&cdrs, &uac.call_id);
+    let cdr = cdr_of(&cdrs, &uac.call_id).await;
     let streams = cdr["streams"].as_array().expect("streams in the CDR");
     assert_eq!(streams.len(), 1, "{cdr}");
     assert_eq!(streams[0]["stream_id"], sid.as_str());
@@ -362,7 +363,7 @@ async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_h
 }
 
 /// The record of call `call_id` in the CDR folder (written off the call path: waited for).
-fn cdr_of(dir: &std::path::Path, call_id: &str) -> Value {
+async fn cdr_of(dir: &std::path::Path, call_id: &str) -> Value {
     let until = Instant::now() + WAIT;
     loop {
         let found = std::fs::read_dir(dir)
@@ -380,7 +381,7 @@ fn cdr_of(dir: &std::path::Path, call_id: &str) -> Value {
             return r;
         }
         assert!(Instant::now() < until, "no CDR for {call_id} in {dir:?}");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -747,14 +748,6 @@ async fn a_room_stream_carries_the_mix_of_its_members() {
     server.stop().await;
 }
 
-/// Little-endian 16-bit samples.
-fn le_samples(bytes: &[u8]) -> Vec<i16> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l16_stream_at_16_khz_carries_pcm_both_ways_and_the_application_ends_the_call() {
     let (url, app) = application(Mode::Listen).await;
@@ -778,7 +771,9 @@ async fn an_l16_stream_at_16_khz_carries_pcm_both_ways_and_the_application_ends_
         .drain()
         .iter()
         .filter(|(_, v)| v["event"] == "binary")
-        .map(|(_, v)| le_samples(&STANDARD.decode(v["pcm"].as_str().unwrap()).unwrap()))
+        .map(|(_, v)| {
+            l16::decode_pcm(&STANDARD.decode(v["pcm"].as_str().unwrap()).unwrap()).unwrap()
+        })
         .collect();
     assert!(frames.len() >= 50, "{} frames", frames.len());
     assert!(

@@ -553,6 +553,23 @@ impl SippRun {
     }
 }
 
+/// The RTP packets of 20 ms payloads in order: payload type `pt`, sequence numbers from 0,
+/// timestamps stepping by `ticks` a packet, one SSRC.
+pub fn rtp_packets(pt: u8, ssrc: u32, ticks: u32, payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * ticks).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend_from_slice(payload);
+            p
+        })
+        .collect()
+}
+
 /// Writes RTP packets, one every 20 ms from 127.0.0.1:9000 to 127.0.0.1:9001, as a pcap
 /// file SIPp's `play_pcap_audio` can replay (Ethernet, IPv4, UDP; no checksums).
 pub fn write_rtp_pcap(path: &Path, packets: &[Vec<u8>]) {
@@ -598,22 +615,16 @@ pub fn inband_key_pcap(path: &Path, key: char) {
     let mut g = ToneGenerator::new(&spec, ClockRate::HZ_8000).unwrap();
     let mut pcm = vec![0i16; 1600];
     g.fill(&mut pcm);
-    let ssrc = 0x5eed_0000u32 + key as u32;
-    let packets: Vec<Vec<u8>> = pcm
+    let payloads: Vec<Vec<u8>> = pcm
         .chunks(160)
-        .enumerate()
-        .map(|(i, frame)| {
-            let mut p = vec![0x80, 8];
-            p.extend_from_slice(&(i as u16).to_be_bytes());
-            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
-            p.extend_from_slice(&ssrc.to_be_bytes());
-            let mut payload = [0u8; 160];
+        .map(|frame| {
+            let mut payload = vec![0u8; 160];
             alaw_encode_slice(frame, &mut payload);
-            p.extend_from_slice(&payload);
-            p
+            payload
         })
         .collect();
-    write_rtp_pcap(path, &packets);
+    let ssrc = 0x5eed_0000u32 + key as u32;
+    write_rtp_pcap(path, &rtp_packets(8, ssrc, 160, &payloads));
 }
 
 /// A minimal HTTP/1.1 request over loopback (no body): the status and body.
