@@ -20,6 +20,7 @@ pub mod rtp;
 pub mod script;
 pub mod sdp;
 pub mod sip;
+pub mod speech;
 pub mod stream;
 pub mod webhook;
 

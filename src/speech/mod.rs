@@ -1,0 +1,12 @@
+//! Speech in call flows: text to speech for `say()`, recognition for `listen()`, and the
+//! detectors that listen to a caller without understanding words (voice activity,
+//! answering machines, the voicemail beep).
+//!
+//! Everything here runs off the media tick: synthesis and recognition on blocking threads,
+//! the detectors as sans-IO cores fed 20 ms frames by whoever holds the caller's audio.
+
+pub mod amd;
+pub mod asr;
+pub mod beep;
+pub mod tts;
+pub mod vad;
