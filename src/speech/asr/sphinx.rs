@@ -1,0 +1,306 @@
+//! The PocketSphinx engine: a pool of decoders loaded once and reused, a JSGF grammar built
+//! from the choices of each request, and a confidence from how well the words fit the audio.
+//!
+//! The grammar offers "nothing" (`<NULL>`) beside the choices, so that noise and silence are
+//! left to the decoder's filler models (silence, noise, speech-like noise) instead of being
+//! forced into the nearest choice. The confidence is the words' acoustic score per 10 ms
+//! frame; the library scores each frame against its best-matching state, so a word that
+//! fits the audio scores near zero and a word forced onto other speech far below. Without
+//! choices, the n-gram model recognises free speech: poor on telephone audio.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::choice::normalise;
+use super::ffi::{Decoder, Segment, Sphinx};
+use super::{AsrConfig, AsrError, Recognition};
+
+/// Library file names, by default Debian's; tests point them elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryNames {
+    /// SphinxBase, loaded first.
+    pub sphinxbase: String,
+    /// PocketSphinx.
+    pub pocketsphinx: String,
+}
+
+impl Default for LibraryNames {
+    fn default() -> Self {
+        LibraryNames {
+            sphinxbase: "libsphinxbase.so.3".into(),
+            pocketsphinx: "libpocketsphinx.so.3".into(),
+        }
+    }
+}
+
+/// What to install when the library or the model is missing.
+pub const INSTALL_HINT: &str = "apt install libpocketsphinx3 pocketsphinx-en-us";
+
+const GRAMMAR: &str = "choices";
+const NGRAM: &str = "ngram";
+
+/// Acoustic score per frame of words at which confidence is 1, and at which it is 0; linear
+/// between. Measured on the en-us model with synthesized words through G.711: a choice said
+/// alone scores -6 to -30 per frame, a choice forced onto a sentence of other words about
+/// -39; the default `min_confidence` of 0.5 falls at -34.
+const SCORE_SURE: f64 = -10.0;
+const SCORE_NONE: f64 = -58.0;
+/// The n-gram search reports word scores from its lattice, which keeps them 2^10 times finer
+/// than the grammar search's (the library's senone score shift).
+const LATTICE_SCALE: f64 = 1024.0;
+
+/// One pooled decoder and what has been set up on it.
+struct Slot {
+    decoder: Decoder,
+    /// The grammar text of the search named [`GRAMMAR`], when one is set.
+    grammar: Option<String>,
+    has_ngram: bool,
+}
+
+/// PocketSphinx behind a pool of decoders.
+pub(super) struct PocketSphinx {
+    lib: Arc<Sphinx>,
+    args: Vec<(String, String)>,
+    lm: String,
+    idle: Mutex<Pool>,
+    returned: Condvar,
+    max: usize,
+    wait: Duration,
+}
+
+struct Pool {
+    idle: Vec<Slot>,
+    created: usize,
+}
+
+impl std::fmt::Debug for PocketSphinx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PocketSphinx")
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+fn path_str(p: &Path) -> Result<String, AsrError> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| AsrError::Config(format!("path {} is not UTF-8", p.display())))
+}
+
+/// The files PocketSphinx reads, checked before it does: a missing one makes some of its
+/// readers end the process instead of returning an error.
+fn check_model(c: &AsrConfig) -> Result<(), String> {
+    let hmm = &c.hmm;
+    let mut needed = vec![c.dict.clone(), c.lm.clone()];
+    for f in [
+        "mdef",
+        "means",
+        "variances",
+        "transition_matrices",
+        "feat.params",
+    ] {
+        needed.push(hmm.join(f));
+    }
+    match needed.iter().find(|p| !p.is_file()) {
+        Some(p) => Err(format!("model file {} is missing", p.display())),
+        None => Ok(()),
+    }
+}
+
+/// Why PocketSphinx cannot be used here, with what to install; `Ok` when it can.
+pub(super) fn load(c: &AsrConfig, names: &LibraryNames) -> Result<Arc<Sphinx>, String> {
+    let lib = Sphinx::load(&names.sphinxbase, &names.pocketsphinx)
+        .map_err(|e| format!("PocketSphinx is not available ({e}): {INSTALL_HINT}"))?;
+    check_model(c)
+        .map_err(|e| format!("PocketSphinx's model is not available ({e}): {INSTALL_HINT}"))?;
+    Ok(Arc::new(lib))
+}
+
+impl PocketSphinx {
+    /// Builds the engine and its first decoder (so that a broken model shows at start).
+    pub(super) fn new(lib: Arc<Sphinx>, c: &AsrConfig) -> Result<PocketSphinx, AsrError> {
+        let args = vec![
+            ("-hmm".to_string(), path_str(&c.hmm)?),
+            ("-dict".to_string(), path_str(&c.dict)?),
+            ("-samprate".to_string(), "16000".to_string()),
+        ];
+        let engine = PocketSphinx {
+            lib,
+            args,
+            lm: path_str(&c.lm)?,
+            idle: Mutex::new(Pool {
+                idle: Vec::new(),
+                created: 0,
+            }),
+            returned: Condvar::new(),
+            max: c.decoders.max(1),
+            wait: Duration::from_millis(c.timeout_ms.max(1)),
+        };
+        let first = engine.build()?;
+        engine.put(first);
+        engine.lock().created = 1;
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding the lock leaves only a list of idle decoders behind.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn build(&self) -> Result<Slot, AsrError> {
+        let args: Vec<(&str, &str)> = self
+            .args
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let decoder = Decoder::new(Arc::clone(&self.lib), &args).map_err(AsrError::Engine)?;
+        Ok(Slot {
+            decoder,
+            grammar: None,
+            has_ngram: false,
+        })
+    }
+
+    /// An idle decoder, a new one while under the pool's size, or one returned within the wait.
+    fn take(&self) -> Result<Slot, AsrError> {
+        let mut pool = self.lock();
+        loop {
+            if let Some(slot) = pool.idle.pop() {
+                return Ok(slot);
+            }
+            if pool.created < self.max {
+                pool.created += 1;
+                drop(pool);
+                let built = self.build();
+                if built.is_err() {
+                    self.lock().created -= 1;
+                }
+                return built;
+            }
+            let (guard, timeout) = self
+                .returned
+                .wait_timeout(pool, self.wait)
+                .unwrap_or_else(|p| p.into_inner());
+            pool = guard;
+            if timeout.timed_out() && pool.idle.is_empty() {
+                return Err(AsrError::Busy(self.max));
+            }
+        }
+    }
+
+    fn put(&self, slot: Slot) {
+        self.lock().idle.push(slot);
+        self.returned.notify_one();
+    }
+
+    /// Recognises 16 kHz samples, against `choices` when there are any.
+    pub(super) fn recognize(
+        &self,
+        samples: &[i16],
+        choices: &[String],
+    ) -> Result<Recognition, AsrError> {
+        let mut slot = self.take()?;
+        let result = Self::run(&mut slot, samples, choices, &self.lm);
+        // A decoder whose C call failed is dropped rather than trusted again.
+        match &result {
+            Err(AsrError::Engine(_)) => self.lock().created -= 1,
+            _ => self.put(slot),
+        }
+        result
+    }
+
+    fn run(
+        slot: &mut Slot,
+        samples: &[i16],
+        choices: &[String],
+        lm: &str,
+    ) -> Result<Recognition, AsrError> {
+        if choices.is_empty() {
+            if !slot.has_ngram {
+                slot.decoder
+                    .set_lm_file(NGRAM, lm)
+                    .map_err(AsrError::Engine)?;
+                slot.has_ngram = true;
+            }
+            slot.decoder.use_search(NGRAM).map_err(AsrError::Engine)?;
+            let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
+            return Ok(Recognition {
+                confidence: confidence(&hyp.segments, LATTICE_SCALE),
+                text: hyp.text.trim().to_string(),
+                choice: None,
+                left_out: Vec::new(),
+            });
+        }
+        let mut phrases = Vec::new();
+        let mut left_out = Vec::new();
+        for choice in choices {
+            let words = normalise(choice);
+            if !words.is_empty() && words.iter().all(|w| slot.decoder.has_word(w)) {
+                phrases.push((words.join(" "), choice));
+            } else {
+                left_out.push(choice.clone());
+            }
+        }
+        if !left_out.is_empty() {
+            tracing::warn!(
+                ?left_out,
+                "choices with words PocketSphinx's dictionary lacks are left out"
+            );
+        }
+        if phrases.is_empty() {
+            return Err(AsrError::NoChoices(left_out));
+        }
+        let grammar = jsgf(phrases.iter().map(|(p, _)| p.as_str()));
+        if slot.grammar.as_deref() != Some(grammar.as_str()) {
+            slot.grammar = None;
+            slot.decoder
+                .set_jsgf(GRAMMAR, &grammar)
+                .map_err(AsrError::Engine)?;
+            slot.grammar = Some(grammar);
+        }
+        slot.decoder.use_search(GRAMMAR).map_err(AsrError::Engine)?;
+        let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
+        let text = hyp.text.trim().to_string();
+        let choice = phrases
+            .iter()
+            .find(|(p, _)| *p == text)
+            .map(|(_, c)| (*c).clone());
+        Ok(Recognition {
+            confidence: confidence(&hyp.segments, 1.0),
+            text,
+            choice,
+            left_out,
+        })
+    }
+}
+
+/// Confidence from the acoustic score per frame of the words (fillers aside, scores divided
+/// by `scale`); 0 without words.
+fn confidence(segments: &[Segment], scale: f64) -> f32 {
+    let (mut score, mut frames) = (0i64, 0i64);
+    for s in segments.iter().filter(|s| !is_filler(&s.word)) {
+        score += i64::from(s.ascr);
+        frames += i64::from(s.frames.1 - s.frames.0 + 1).max(0);
+    }
+    if frames == 0 {
+        return 0.0;
+    }
+    let per_frame = score as f64 / scale / frames as f64;
+    ((per_frame - SCORE_NONE) / (SCORE_SURE - SCORE_NONE)).clamp(0.0, 1.0) as f32
+}
+
+/// Silence, noise and sentence marks: `<sil>`, `<s>`, `[NOISE]`, `(NULL)`.
+fn is_filler(word: &str) -> bool {
+    word.is_empty() || word.starts_with(['<', '[', '('])
+}
+
+/// A JSGF grammar whose one public rule is any of `phrases` (already normalised words, so
+/// nothing in them is JSGF syntax) or nothing.
+fn jsgf<'a>(phrases: impl Iterator<Item = &'a str>) -> String {
+    let alternatives: Vec<&str> = phrases.collect();
+    format!(
+        "#JSGF V1.0;\ngrammar choices;\npublic <choice> = {} | <NULL>;\n",
+        alternatives.join(" | ")
+    )
+}
