@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::NonNull;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use libloading::Library;
 
@@ -47,8 +47,6 @@ type PsSegWord = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type PsSegFrames = unsafe extern "C" fn(*mut c_void, *mut c_int, *mut c_int);
 /// `int32 ps_seg_prob(ps_seg_t *, int32 *out_ascr, int32 *out_lscr, int32 *out_lback)`
 type PsSegProb = unsafe extern "C" fn(*mut c_void, *mut i32, *mut i32, *mut i32) -> i32;
-/// `void err_set_logfp(FILE *)`
-type ErrSetLogfp = unsafe extern "C" fn(*mut c_void);
 
 /// The C functions used, copied out of the loaded libraries.
 struct Fns {
@@ -91,8 +89,7 @@ fn symbol<T: Copy>(lib: &Library, file: &str, name: &str) -> Result<T, String> {
     let mut bytes = name.as_bytes().to_vec();
     bytes.push(0);
     // SAFETY: every `T` this is called with is the `extern "C"` signature of `name` as declared
-    // in the 0.8+5prealpha headers (pocketsphinx.h, ps_search.h, cmd_ln.h, ckd_alloc.h,
-    // err.h); the pointer is only used while `lib` is loaded (see `Sphinx`).
+    // in the 0.8+5prealpha headers (pocketsphinx.h, ps_search.h, cmd_ln.h, ckd_alloc.h); the pointer is only used while `lib` is loaded (see `Sphinx`).
     unsafe { lib.get::<T>(&bytes) }
         .map(|s| *s)
         .map_err(|e| format!("{file} has no {name}: {e}"))
@@ -127,15 +124,6 @@ impl Sphinx {
             ps_seg_frames: symbol(&ps, pocketsphinx, "ps_seg_frames")?,
             ps_seg_prob: symbol(&ps, pocketsphinx, "ps_seg_prob")?,
         };
-        let silence: ErrSetLogfp = symbol(&sb, sphinxbase, "err_set_logfp")?;
-        static QUIET: Once = Once::new();
-        // The library logs every model file and search it sets up to stderr; the server logs
-        // through `tracing` and reports a failing call itself.
-        QUIET.call_once(|| {
-            // SAFETY: `err_set_logfp(NULL)` is documented to disable logging; it only stores the
-            // pointer in the library's global, and is called once, before any decoder exists.
-            unsafe { silence(std::ptr::null_mut()) }
-        });
         Ok(Sphinx {
             fns,
             _pocketsphinx: ps,

@@ -78,7 +78,7 @@ impl Default for AsrConfig {
             dict: PathBuf::from(MODEL_DIR).join("cmudict-en-us.dict"),
             lm: PathBuf::from(MODEL_DIR).join("en-us.lm.bin"),
             decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            min_confidence: 0.5,
+            min_confidence: 0.45,
             url: String::new(),
             model: "whisper-1".into(),
             language: "en".into(),
