@@ -5,14 +5,19 @@
 //! left to the decoder's filler models (silence, noise, speech-like noise) instead of being
 //! forced into the nearest choice. The confidence is the words' acoustic score per 10 ms
 //! frame; the library scores each frame against its best-matching state, so a word that
-//! fits the audio scores near zero and a word forced onto other speech far below. Without
-//! choices, the n-gram model recognises free speech: poor on telephone audio.
+//! fits the audio scores near zero and a word forced onto other speech far below.
+//!
+//! A choice is taken from the grammar when it is confident and takes most of the utterance
+//! (a choice said on its own). Otherwise the caller may have said it inside a sentence
+//! ("the operator, please"): the n-gram model transcribes the utterance and the transcript
+//! is matched to the choices ([`match_choice`]). Without choices, that transcript is the
+//! answer: the n-gram model is poor on telephone audio, and best with a sentence or more.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::choice::normalise;
+use super::choice::{match_choice, normalise};
 use super::ffi::{Decoder, Segment, Sphinx};
 use super::{AsrConfig, AsrError, Recognition};
 
@@ -47,6 +52,10 @@ const NGRAM: &str = "ngram";
 /// `min_confidence` of 0.45 falls between, at -36.4.
 const SCORE_SURE: f64 = -10.0;
 const SCORE_NONE: f64 = -58.0;
+/// Least share of the utterance a choice said on its own takes: measured 0.56 to 1 for the
+/// words of tests/asr.rs with the decoder's own silence trimming, 0.25 to 0.46 for a choice
+/// the grammar found inside a sentence ("give me the operator please" heard as "billing").
+const MIN_COVERAGE: f64 = 0.5;
 /// The n-gram search reports word scores from its lattice, which keeps them 2^10 times finer
 /// than the grammar search's (the library's senone score shift).
 const LATTICE_SCALE: f64 = 1024.0;
@@ -68,6 +77,7 @@ pub(super) struct PocketSphinx {
     returned: Condvar,
     max: usize,
     wait: Duration,
+    min_confidence: f32,
 }
 
 struct Pool {
@@ -140,6 +150,7 @@ impl PocketSphinx {
             returned: Condvar::new(),
             max: c.decoders.max(1),
             wait: Duration::from_millis(c.timeout_ms.max(1)),
+            min_confidence: c.min_confidence,
         };
         let first = engine.build()?;
         engine.put(first);
@@ -205,7 +216,7 @@ impl PocketSphinx {
         choices: &[String],
     ) -> Result<Recognition, AsrError> {
         let mut slot = self.take()?;
-        let result = Self::run(&mut slot, samples, choices, &self.lm);
+        let result = self.run(&mut slot, samples, choices);
         // A decoder whose C call failed is dropped rather than trusted again.
         match &result {
             Err(AsrError::Engine(_)) => self.lock().created -= 1,
@@ -215,26 +226,13 @@ impl PocketSphinx {
     }
 
     fn run(
+        &self,
         slot: &mut Slot,
         samples: &[i16],
         choices: &[String],
-        lm: &str,
     ) -> Result<Recognition, AsrError> {
         if choices.is_empty() {
-            if !slot.has_ngram {
-                slot.decoder
-                    .set_lm_file(NGRAM, lm)
-                    .map_err(AsrError::Engine)?;
-                slot.has_ngram = true;
-            }
-            slot.decoder.use_search(NGRAM).map_err(AsrError::Engine)?;
-            let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
-            return Ok(Recognition {
-                confidence: confidence(&hyp.segments, LATTICE_SCALE),
-                text: hyp.text.trim().to_string(),
-                choice: None,
-                left_out: Vec::new(),
-            });
+            return self.free(slot, samples);
         }
         let mut phrases = Vec::new();
         let mut left_out = Vec::new();
@@ -266,17 +264,68 @@ impl PocketSphinx {
         slot.decoder.use_search(GRAMMAR).map_err(AsrError::Engine)?;
         let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
         let text = hyp.text.trim().to_string();
+        let confidence = confidence(&hyp.segments, 1.0);
         let choice = phrases
             .iter()
             .find(|(p, _)| *p == text)
             .map(|(_, c)| (*c).clone());
+        if text.is_empty()
+            || (choice.is_some()
+                && confidence >= self.min_confidence
+                && coverage(&hyp.segments) >= MIN_COVERAGE)
+        {
+            return Ok(Recognition {
+                text,
+                choice,
+                confidence,
+                left_out,
+            });
+        }
+        // Not a choice said on its own: perhaps one said inside a sentence. The n-gram model
+        // transcribes the sentence, and the transcript is matched as a server's would be.
+        let free = self.free(slot, samples)?;
+        let (choice, confidence) = match match_choice(&free.text, choices) {
+            Some((choice, score)) => (Some(choice), score),
+            None => (None, free.confidence),
+        };
+        tracing::debug!(grammar = %text, transcript = %free.text, ?choice, "choice looked for in a transcript");
         Ok(Recognition {
-            confidence: confidence(&hyp.segments, 1.0),
-            text,
+            text: free.text,
             choice,
+            confidence,
             left_out,
         })
     }
+
+    /// Free recognition with the n-gram model, loaded on a decoder when it is first needed.
+    fn free(&self, slot: &mut Slot, samples: &[i16]) -> Result<Recognition, AsrError> {
+        if !slot.has_ngram {
+            slot.decoder
+                .set_lm_file(NGRAM, &self.lm)
+                .map_err(AsrError::Engine)?;
+            slot.has_ngram = true;
+        }
+        slot.decoder.use_search(NGRAM).map_err(AsrError::Engine)?;
+        let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
+        Ok(Recognition {
+            confidence: confidence(&hyp.segments, LATTICE_SCALE),
+            text: hyp.text.trim().to_string(),
+            choice: None,
+            left_out: Vec::new(),
+        })
+    }
+}
+
+/// Share of the decoded frames that the words take (the rest is silence and noise).
+fn coverage(segments: &[Segment]) -> f64 {
+    let length = |s: &Segment| i64::from(s.frames.1 - s.frames.0 + 1).max(0);
+    let total: i64 = segments.iter().map(length).sum();
+    let words: i64 = segments
+        .iter()
+        .filter(|s| !is_filler(&s.word))
+        .map(length)
+        .sum();
+    words as f64 / total.max(1) as f64
 }
 
 /// Confidence from the acoustic score per frame of the words (fillers aside, scores divided
