@@ -14,6 +14,7 @@
 mod choice;
 mod ffi;
 mod http;
+mod pool;
 mod sphinx;
 
 use std::path::PathBuf;

@@ -14,11 +14,12 @@
 //! answer: the n-gram model is poor on telephone audio, and best with a sentence or more.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::choice::{match_choice, normalise};
 use super::ffi::{Decoder, Segment, Sphinx};
+use super::pool::Pool;
 use super::{AsrConfig, AsrError, Recognition};
 
 /// Library file names, by default Debian's; tests point them elsewhere.
@@ -73,22 +74,14 @@ pub(super) struct PocketSphinx {
     lib: Arc<Sphinx>,
     args: Vec<(String, String)>,
     lm: String,
-    idle: Mutex<Pool>,
-    returned: Condvar,
-    max: usize,
-    wait: Duration,
+    pool: Pool<Slot>,
     min_confidence: f32,
-}
-
-struct Pool {
-    idle: Vec<Slot>,
-    created: usize,
 }
 
 impl std::fmt::Debug for PocketSphinx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PocketSphinx")
-            .field("max", &self.max)
+            .field("lm", &self.lm)
             .finish()
     }
 }
@@ -143,24 +136,12 @@ impl PocketSphinx {
             lib,
             args,
             lm: path_str(&c.lm)?,
-            idle: Mutex::new(Pool {
-                idle: Vec::new(),
-                created: 0,
-            }),
-            returned: Condvar::new(),
-            max: c.decoders.max(1),
-            wait: Duration::from_millis(c.timeout_ms.max(1)),
+            pool: Pool::new(c.decoders, Duration::from_millis(c.timeout_ms)),
             min_confidence: c.min_confidence,
         };
-        let first = engine.build()?;
-        engine.put(first);
-        engine.lock().created = 1;
+        let first = engine.pool.take(|| engine.build())?;
+        engine.pool.put(first);
         Ok(engine)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Pool> {
-        // A panic while holding the lock leaves only a list of idle decoders behind.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn build(&self) -> Result<Slot, AsrError> {
@@ -177,50 +158,18 @@ impl PocketSphinx {
         })
     }
 
-    /// An idle decoder, a new one while under the pool's size, or one returned within the wait.
-    fn take(&self) -> Result<Slot, AsrError> {
-        let mut pool = self.lock();
-        loop {
-            if let Some(slot) = pool.idle.pop() {
-                return Ok(slot);
-            }
-            if pool.created < self.max {
-                pool.created += 1;
-                drop(pool);
-                let built = self.build();
-                if built.is_err() {
-                    self.lock().created -= 1;
-                }
-                return built;
-            }
-            let (guard, timeout) = self
-                .returned
-                .wait_timeout(pool, self.wait)
-                .unwrap_or_else(|p| p.into_inner());
-            pool = guard;
-            if timeout.timed_out() && pool.idle.is_empty() {
-                return Err(AsrError::Busy(self.max));
-            }
-        }
-    }
-
-    fn put(&self, slot: Slot) {
-        self.lock().idle.push(slot);
-        self.returned.notify_one();
-    }
-
     /// Recognises 16 kHz samples, against `choices` when there are any.
     pub(super) fn recognize(
         &self,
         samples: &[i16],
         choices: &[String],
     ) -> Result<Recognition, AsrError> {
-        let mut slot = self.take()?;
+        let mut slot = self.pool.take(|| self.build())?;
         let result = self.run(&mut slot, samples, choices);
         // A decoder whose C call failed is dropped rather than trusted again.
         match &result {
-            Err(AsrError::Engine(_)) => self.lock().created -= 1,
-            _ => self.put(slot),
+            Err(AsrError::Engine(_)) => self.pool.discard(),
+            _ => self.pool.put(slot),
         }
         result
     }
@@ -356,4 +305,85 @@ fn jsgf<'a>(phrases: impl Iterator<Item = &'a str>) -> String {
         "#JSGF V1.0;\ngrammar choices;\npublic <choice> = {} | <NULL>;\n",
         alternatives.join(" | ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(word: &str, first: i32, last: i32, ascr: i32) -> Segment {
+        Segment {
+            word: word.into(),
+            frames: (first, last),
+            ascr,
+        }
+    }
+
+    #[test]
+    fn the_grammar_offers_each_phrase_or_nothing() {
+        assert_eq!(
+            jsgf(["sales", "customer service"].into_iter()),
+            "#JSGF V1.0;\ngrammar choices;\npublic <choice> = sales | customer service | <NULL>;\n"
+        );
+    }
+
+    #[test]
+    fn confidence_is_the_words_score_per_frame_between_the_two_marks() {
+        // 10 frames of word at SCORE_SURE per frame: 1; at SCORE_NONE: 0; halfway: 0.5.
+        let at = |per_frame: f64| {
+            vec![
+                seg("<sil>", 0, 9, -9_999),
+                seg("yes", 10, 19, (per_frame * 10.0) as i32),
+            ]
+        };
+        assert_eq!(confidence(&at(SCORE_SURE), 1.0), 1.0);
+        assert_eq!(confidence(&at(0.0), 1.0), 1.0);
+        assert_eq!(confidence(&at(SCORE_NONE), 1.0), 0.0);
+        assert_eq!(confidence(&at(-200.0), 1.0), 0.0);
+        let half = confidence(&at((SCORE_SURE + SCORE_NONE) / 2.0), 1.0);
+        assert!((half - 0.5).abs() < 1e-6, "{half}");
+        // The lattice's finer scores give the same confidence once scaled.
+        let lattice = vec![seg("yes", 0, 9, (SCORE_SURE * 10.0 * LATTICE_SCALE) as i32)];
+        assert_eq!(confidence(&lattice, LATTICE_SCALE), 1.0);
+        // Fillers alone, or nothing: no words, no confidence.
+        assert_eq!(
+            confidence(&[seg("<sil>", 0, 50, 0), seg("[NOISE]", 51, 60, 0)], 1.0),
+            0.0
+        );
+        assert_eq!(confidence(&[], 1.0), 0.0);
+    }
+
+    #[test]
+    fn coverage_is_the_share_of_frames_in_words() {
+        let alone = [
+            seg("<sil>", 0, 9, 0),
+            seg("support", 10, 59, 0),
+            seg("<sil>", 60, 69, 0),
+        ];
+        assert!((coverage(&alone) - 50.0 / 70.0).abs() < 1e-9);
+        let buried = [seg("billing", 0, 49, 0), seg("<sil>", 50, 149, 0)];
+        assert!(coverage(&buried) < MIN_COVERAGE);
+        assert_eq!(coverage(&[]), 0.0);
+    }
+
+    #[test]
+    fn fillers_are_told_from_words() {
+        for f in ["<sil>", "<s>", "</s>", "[NOISE]", "[SPEECH]", "(NULL)", ""] {
+            assert!(is_filler(f), "{f}");
+        }
+        for w in ["yes", "to(3)", "don't"] {
+            assert!(!is_filler(w), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_missing_library_names_what_to_install() {
+        let names = LibraryNames {
+            sphinxbase: "libsphinxbase-none.so".into(),
+            pocketsphinx: "libpocketsphinx-none.so".into(),
+        };
+        let err = load(&AsrConfig::default(), &names).unwrap_err();
+        assert!(err.contains(INSTALL_HINT), "{err}");
+        assert!(err.contains("libsphinxbase-none.so"), "{err}");
+    }
 }
