@@ -98,14 +98,18 @@ fn pocketsphinx_recognises_each_choice_from_two_voices_clean_and_by_telephone() 
                 ("clean", speech.clone(), rate),
                 ("G.711", phone, ClockRate::HZ_8000),
             ] {
+                let start = Instant::now();
                 let r = asr.recognize(&samples, rate, &menu).unwrap();
+                let took = start.elapsed();
                 let ok = r.choice.as_deref() == Some(word);
                 table += &format!(
-                    "{voice:6} {line:6} {:5} Hz {word:9} -> {:12} {:?} {:.2}\n",
+                    "{voice:6} {line:6} {:5} Hz {word:9} -> {:12} {:?} {:.2} ({} ms for {} ms)\n",
                     rate.hz(),
                     format!("{:?}", r.text),
                     r.choice,
-                    r.confidence
+                    r.confidence,
+                    took.as_millis(),
+                    samples.len() as u64 * 1000 / u64::from(rate.hz())
                 );
                 if ok {
                     assert!((MIN..=1.0).contains(&r.confidence), "{r:?}");
@@ -211,9 +215,12 @@ fn a_choice_said_inside_a_sentence_is_found_in_its_transcript() {
             .chain(without.iter().map(|&s| (s, None)));
         for (sentence, want) in cases {
             let (speech, rate) = say(sentence, voice);
-            let r = asr
-                .recognize(&telephone(&speech, rate), ClockRate::HZ_8000, &menu)
-                .unwrap();
+            let phone = telephone(&speech, rate);
+            let start = Instant::now();
+            let r = asr.recognize(&phone, ClockRate::HZ_8000, &menu).unwrap();
+            let took = start.elapsed().as_millis();
+            let ms = phone.len() / 8;
+            table += &format!("{took:4} ms for {ms:4} ms: ");
             table += &format!(
                 "{voice:6} {sentence:32} -> {:36} {:?} {:.2}\n",
                 format!("{:?}", r.text),
