@@ -25,6 +25,8 @@ type PsInit = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 type PsFree = unsafe extern "C" fn(*mut c_void) -> c_int;
 /// `char *ps_lookup_word(ps_decoder_t *, const char *word)` (caller frees with `ckd_free`)
 type PsLookupWord = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_char;
+/// `void err_set_logfp(FILE *)`
+type ErrSetLogfp = unsafe extern "C" fn(*mut c_void);
 /// `void ckd_free(void *)`
 type CkdFree = unsafe extern "C" fn(*mut c_void);
 /// `int ps_set_jsgf_string(ps_decoder_t *, const char *name, const char *jsgf)`
@@ -124,6 +126,10 @@ impl Sphinx {
             ps_seg_frames: symbol(&ps, pocketsphinx, "ps_seg_frames")?,
             ps_seg_prob: symbol(&ps, pocketsphinx, "ps_seg_prob")?,
         };
+        let quiet: ErrSetLogfp = symbol(&sb, sphinxbase, "err_set_logfp")?;
+        // SAFETY: `err_set_logfp(NULL)` turns the library's logging off: it sets the
+        // library's global flag and pointer, closing no stream (none was opened by it).
+        unsafe { quiet(std::ptr::null_mut()) };
         Ok(Sphinx {
             fns,
             _pocketsphinx: ps,

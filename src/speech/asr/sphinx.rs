@@ -128,9 +128,6 @@ impl PocketSphinx {
             ("-hmm".to_string(), path_str(&c.hmm)?),
             ("-dict".to_string(), path_str(&c.dict)?),
             ("-samprate".to_string(), "16000".to_string()),
-            // The library logs every model file it reads and every utterance's statistics;
-            // failures reach the server's log through the errors returned here.
-            ("-logfn".to_string(), "/dev/null".to_string()),
         ];
         let engine = PocketSphinx {
             lib,
