@@ -241,6 +241,22 @@ fn a_choice_said_inside_a_sentence_is_found_in_its_transcript() {
 }
 
 #[test]
+fn any_rate_is_heard_and_an_empty_utterance_is_no_choice() {
+    let Some(asr) = pocketsphinx() else { return };
+    let menu = choices(&WORDS);
+    let (speech, rate) = say("operator", "kal16");
+    let high = resample(&speech, rate.hz(), ClockRate::HZ_48000).unwrap();
+    let r = asr.recognize(&high, ClockRate::HZ_48000, &menu).unwrap();
+    assert_eq!(r.choice.as_deref(), Some("operator"), "{r:?}");
+    for rate in [ClockRate::HZ_8000, ClockRate::HZ_16000] {
+        let r = asr.recognize(&[], rate, &menu).unwrap();
+        assert_eq!((r.text.as_str(), r.choice, r.confidence), ("", None, 0.0));
+        let r = asr.recognize(&[], rate, &[]).unwrap();
+        assert_eq!(r.text, "");
+    }
+}
+
+#[test]
 fn choices_the_dictionary_lacks_are_left_out_and_named() {
     let Some(asr) = pocketsphinx() else { return };
     let (speech, rate) = say("billing", "kal16");
@@ -756,4 +772,20 @@ fn a_key_variable_that_is_not_set_is_refused() {
         err.to_string().contains("SWITCHBOARD_TEST_ASR_KEY_UNSET"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_recognition_called_from_async_code_blocks_instead_of_panicking() {
+    let server = transcription_server(Reply::Text("yes")).await;
+    let asr = Asr::new(&AsrConfig {
+        timeout_ms: 300,
+        ..http_config(&server.url)
+    })
+    .unwrap();
+    // The server runs on this very runtime: it answers once the blocking call gives the
+    // thread back, so the call must time out, cleanly.
+    let err = asr
+        .recognize(&[0; 800], ClockRate::HZ_8000, &[])
+        .unwrap_err();
+    assert!(matches!(err, AsrError::Timeout(_)), "{err:?}");
 }

@@ -1,8 +1,8 @@
 //! The transcription-server engine: one OpenAI-compatible `POST /v1/audio/transcriptions`
 //! per utterance (multipart form with the audio as a WAV file), answered by `{"text": ...}`.
 //!
-//! Each call runs its request on a runtime of its own thread, so it blocks only the thread
-//! that asked, as the blocking [`super::Asr::recognize`] promises.
+//! Each call runs its request on a small runtime in a thread of its own and waits for it, so
+//! it blocks only the thread that asked, as the blocking [`super::Asr::recognize`] promises.
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -84,29 +84,36 @@ impl HttpEngine {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| AsrError::Http(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| AsrError::Http(format!("runtime: {e}")))?;
-        let (status, answer) = runtime.block_on(async {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-            let exchange = async {
-                let response = client
-                    .request(request)
+        let timeout = self.timeout;
+        let exchange = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| AsrError::Http(format!("runtime: {e}")))?;
+            runtime.block_on(async {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                let exchange = async {
+                    let response = client
+                        .request(request)
+                        .await
+                        .map_err(|e| AsrError::Http(error_chain(&e)))?;
+                    let status = response.status();
+                    let body = Limited::new(response.into_body(), MAX_ANSWER)
+                        .collect()
+                        .await
+                        .map_err(|e| AsrError::Http(format!("reading the answer: {e}")))?
+                        .to_bytes();
+                    Ok::<_, AsrError>((status, body))
+                };
+                tokio::time::timeout(timeout, exchange)
                     .await
-                    .map_err(|e| AsrError::Http(error_chain(&e)))?;
-                let status = response.status();
-                let body = Limited::new(response.into_body(), MAX_ANSWER)
-                    .collect()
-                    .await
-                    .map_err(|e| AsrError::Http(format!("reading the answer: {e}")))?
-                    .to_bytes();
-                Ok::<_, AsrError>((status, body))
-            };
-            tokio::time::timeout(self.timeout, exchange)
-                .await
-                .map_err(|_| AsrError::Timeout(self.timeout))?
-        })?;
+                    .map_err(|_| AsrError::Timeout(timeout))?
+            })
+        };
+        // A thread of its own: a runtime cannot be driven from a thread that is already
+        // running one, and this keeps a call from async code a slow call, not a panic.
+        let (status, answer) = std::thread::scope(|s| s.spawn(exchange).join())
+            .map_err(|_| AsrError::Http("the request thread panicked".into()))??;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&answer);
             let text: String = text.trim().chars().take(MAX_ERROR_TEXT).collect();
