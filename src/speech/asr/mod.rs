@@ -53,7 +53,8 @@ pub struct AsrConfig {
     pub dict: PathBuf,
     /// PocketSphinx n-gram language model, for recognition without choices.
     pub lm: PathBuf,
-    /// PocketSphinx decoders kept loaded (each recognises one utterance at a time).
+    /// PocketSphinx decoders kept loaded (each recognises one utterance at a time); default:
+    /// one per CPU, at most 4.
     pub decoders: usize,
     /// Lowest confidence (0 to 1) at which a recognised phrase counts as a choice.
     pub min_confidence: f32,
@@ -78,7 +79,8 @@ impl Default for AsrConfig {
             hmm: PathBuf::from(MODEL_DIR).join("en-us"),
             dict: PathBuf::from(MODEL_DIR).join("cmudict-en-us.dict"),
             lm: PathBuf::from(MODEL_DIR).join("en-us.lm.bin"),
-            decoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Each decoder holds about 30 MB, 95 MB once it has loaded the n-gram model.
+            decoders: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             min_confidence: 0.45,
             url: String::new(),
             model: "whisper-1".into(),

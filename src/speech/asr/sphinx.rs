@@ -21,6 +21,7 @@ use super::choice::{match_choice, normalise};
 use super::ffi::{Decoder, Segment, Sphinx};
 use super::pool::Pool;
 use super::{AsrConfig, AsrError, Recognition};
+use crate::media::level::rms_dbfs;
 
 /// Library file names, by default Debian's; tests point them elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +54,11 @@ const NGRAM: &str = "ngram";
 /// `min_confidence` of 0.45 falls between, at -36.4.
 const SCORE_SURE: f64 = -10.0;
 const SCORE_NONE: f64 = -58.0;
-/// Least share of the utterance a choice said on its own takes: measured 0.56 to 1 for the
-/// words of tests/asr.rs with the decoder's own silence trimming, 0.25 to 0.46 for a choice
-/// the grammar found inside a sentence ("give me the operator please" heard as "billing").
-const MIN_COVERAGE: f64 = 0.5;
+/// Least share of the sound in an utterance that a choice said on its own takes: measured
+/// 0.78 to 1 for the words of tests/asr.rs (two flite voices and espeak-ng, with and without
+/// silence or line noise around them), 0.34 to 0.69 for a choice the grammar found in a
+/// sentence with a confidence above the threshold ("hello" heard as "no").
+const MIN_COVERAGE: f64 = 0.75;
 /// The n-gram search reports word scores from its lattice, which keeps them 2^10 times finer
 /// than the grammar search's (the library's senone score shift).
 const LATTICE_SCALE: f64 = 1024.0;
@@ -215,10 +217,9 @@ impl PocketSphinx {
             .iter()
             .find(|(p, _)| *p == text)
             .map(|(_, c)| (*c).clone());
+        let coverage = coverage(&hyp.segments, active_frames(samples));
         if text.is_empty()
-            || (choice.is_some()
-                && confidence >= self.min_confidence
-                && coverage(&hyp.segments) >= MIN_COVERAGE)
+            || (choice.is_some() && confidence >= self.min_confidence && coverage >= MIN_COVERAGE)
         {
             return Ok(Recognition {
                 text,
@@ -262,16 +263,36 @@ impl PocketSphinx {
     }
 }
 
-/// Share of the decoded frames that the words take (the rest is silence and noise).
-fn coverage(segments: &[Segment]) -> f64 {
-    let length = |s: &Segment| i64::from(s.frames.1 - s.frames.0 + 1).max(0);
-    let total: i64 = segments.iter().map(length).sum();
+/// Share of the sound in the utterance that the words take, at most 1: the words' frames
+/// over the [`active_frames`].
+fn coverage(segments: &[Segment], active: usize) -> f64 {
     let words: i64 = segments
         .iter()
         .filter(|s| !is_filler(&s.word))
-        .map(length)
+        .map(|s| i64::from(s.frames.1 - s.frames.0 + 1).max(0))
         .sum();
-    words as f64 / total.max(1) as f64
+    (words as f64 / active.max(1) as f64).min(1.0)
+}
+
+/// The 10 ms frames of `samples` (16 kHz) that carry sound rather than silence or line
+/// noise: within 30 dB of the loudest frame and 10 dB above the quietest tenth (all of
+/// them when the level hardly changes). The
+/// decoder's own frames cannot tell: it keeps some of the silence around speech as
+/// silence, more or less depending on how much there was.
+fn active_frames(samples: &[i16]) -> usize {
+    let mut levels: Vec<f64> = samples.chunks(160).map(rms_dbfs).collect();
+    if levels.is_empty() {
+        return 0;
+    }
+    levels.sort_by(f64::total_cmp);
+    let floor = levels[levels.len() / 10];
+    let peak = levels[levels.len() - 1];
+    if peak - floor < 10.0 {
+        // One level throughout: nothing to tell apart, all of it counts.
+        return levels.len();
+    }
+    let threshold = (peak - 30.0).max(floor + 10.0);
+    levels.iter().filter(|&&l| l >= threshold).count()
 }
 
 /// Confidence from the acoustic score per frame of the words (fillers aside, scores divided
@@ -351,16 +372,34 @@ mod tests {
     }
 
     #[test]
-    fn coverage_is_the_share_of_frames_in_words() {
+    fn coverage_is_the_words_share_of_the_frames_with_sound() {
         let alone = [
             seg("<sil>", 0, 9, 0),
             seg("support", 10, 59, 0),
             seg("<sil>", 60, 69, 0),
         ];
-        assert!((coverage(&alone) - 50.0 / 70.0).abs() < 1e-9);
-        let buried = [seg("billing", 0, 49, 0), seg("<sil>", 50, 149, 0)];
-        assert!(coverage(&buried) < MIN_COVERAGE);
-        assert_eq!(coverage(&[]), 0.0);
+        assert!((coverage(&alone, 100) - 0.5).abs() < 1e-9);
+        assert_eq!(coverage(&alone, 40), 1.0, "at most one");
+        assert_eq!(coverage(&alone, 0), 1.0);
+        assert_eq!(coverage(&[seg("<sil>", 0, 99, 0)], 50), 0.0);
+    }
+
+    #[test]
+    fn active_frames_leave_out_silence_and_line_noise() {
+        let tone = |amplitude: f64, frames: usize| -> Vec<i16> {
+            (0..frames * 160)
+                .map(|n| (amplitude * (n as f64 * 0.3).sin()) as i16)
+                .collect()
+        };
+        let mut samples = vec![0i16; 50 * 160];
+        samples.extend(tone(8000.0, 30));
+        // Quieter speech sounds count (20 dB down), line noise (40 dB down) does not.
+        samples.extend(tone(800.0, 10));
+        samples.extend(tone(80.0, 60));
+        assert_eq!(active_frames(&samples), 40);
+        assert_eq!(active_frames(&[]), 0);
+        // All the same level: all of it.
+        assert_eq!(active_frames(&tone(3000.0, 20)), 20);
     }
 
     #[test]
