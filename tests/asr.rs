@@ -342,6 +342,41 @@ fn any_rate_is_heard_and_an_empty_utterance_is_no_choice() {
 }
 
 #[test]
+fn menus_that_change_from_call_to_call_share_one_decoder() {
+    let Some(_) = pocketsphinx() else { return };
+    let asr = Asr::new(&AsrConfig {
+        decoders: 1,
+        ..pocketsphinx_config()
+    })
+    .unwrap();
+    let menus = [
+        choices(&["yes", "no"]),
+        choices(&["sales", "support", "billing"]),
+        choices(&["operator", "yes"]),
+    ];
+    let words: Vec<(&str, Vec<i16>, ClockRate)> = ["yes", "support", "operator", "no"]
+        .into_iter()
+        .map(|w| {
+            let (s, r) = say(w, "kal16");
+            (w, s, r)
+        })
+        .collect();
+    // Every menu in turn, each asked of a word it holds and a word from another menu,
+    // and a free transcription between them.
+    for round in 0..2 {
+        for menu in &menus {
+            for (word, speech, rate) in &words {
+                let r = asr.recognize(speech, *rate, menu).unwrap();
+                let want = menu.iter().find(|c| c == word).cloned();
+                assert_eq!(r.choice, want, "round {round}, {word} in {menu:?}: {r:?}");
+            }
+        }
+        let free = asr.recognize(&words[0].1, words[0].2, &[]).unwrap();
+        assert_eq!(free.choice, None);
+    }
+}
+
+#[test]
 fn choices_the_dictionary_lacks_are_left_out_and_named() {
     let Some(asr) = pocketsphinx() else { return };
     let (speech, rate) = say("billing", "kal16");

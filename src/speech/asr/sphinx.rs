@@ -44,7 +44,10 @@ impl Default for LibraryNames {
 /// What to install when the library or the model is missing.
 pub const INSTALL_HINT: &str = "apt install libpocketsphinx3 pocketsphinx-en-us";
 
-const GRAMMAR: &str = "choices";
+/// Two names for the grammar search, used in turn: the library frees a search it replaces
+/// without looking whether it is the one in use, so a new grammar never takes the name of
+/// the search in use.
+const GRAMMARS: [&str; 2] = ["choices-a", "choices-b"];
 const NGRAM: &str = "ngram";
 
 /// Acoustic score per frame of words at which confidence is 1, and at which it is 0; linear
@@ -66,8 +69,8 @@ const LATTICE_SCALE: f64 = 1024.0;
 /// One pooled decoder and what has been set up on it.
 struct Slot {
     decoder: Decoder,
-    /// The grammar text of the search named [`GRAMMAR`], when one is set.
-    grammar: Option<String>,
+    /// The grammar text last set, and which of [`GRAMMARS`] holds it.
+    grammar: Option<(String, usize)>,
     has_ngram: bool,
 }
 
@@ -202,14 +205,21 @@ impl PocketSphinx {
             return Err(AsrError::NoChoices(left_out));
         }
         let grammar = jsgf(phrases.iter().map(|(p, _)| p.as_str()));
-        if slot.grammar.as_deref() != Some(grammar.as_str()) {
-            slot.grammar = None;
-            slot.decoder
-                .set_jsgf(GRAMMAR, &grammar)
-                .map_err(AsrError::Engine)?;
-            slot.grammar = Some(grammar);
-        }
-        slot.decoder.use_search(GRAMMAR).map_err(AsrError::Engine)?;
+        let name = match &slot.grammar {
+            Some((set, name)) if *set == grammar => *name,
+            last => {
+                let name = last.as_ref().map_or(0, |(_, n)| 1 - n);
+                slot.grammar = None;
+                slot.decoder
+                    .set_jsgf(GRAMMARS[name], &grammar)
+                    .map_err(AsrError::Engine)?;
+                slot.grammar = Some((grammar, name));
+                name
+            }
+        };
+        slot.decoder
+            .use_search(GRAMMARS[name])
+            .map_err(AsrError::Engine)?;
         let hyp = slot.decoder.decode(samples).map_err(AsrError::Engine)?;
         let text = hyp.text.trim().to_string();
         let confidence = confidence(&hyp.segments, 1.0);
@@ -276,9 +286,9 @@ fn coverage(segments: &[Segment], active: usize) -> f64 {
 
 /// The 10 ms frames of `samples` (16 kHz) that carry sound rather than silence or line
 /// noise: within 30 dB of the loudest frame and 10 dB above the quietest tenth (all of
-/// them when the level hardly changes). The
-/// decoder's own frames cannot tell: it keeps some of the silence around speech as
-/// silence, more or less depending on how much there was.
+/// them when the level hardly changes). The decoder's own frames cannot tell: it keeps
+/// some of the silence around speech as silence, more or less depending on how much there
+/// was.
 fn active_frames(samples: &[i16]) -> usize {
     let mut levels: Vec<f64> = samples.chunks(160).map(rms_dbfs).collect();
     if levels.is_empty() {
