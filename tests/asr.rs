@@ -160,6 +160,7 @@ fn espeak(text: &str) -> Option<(Vec<i16>, ClockRate)> {
     let rate = ClockRate::new(reader.spec().sample_rate).unwrap();
     let samples = reader.into_samples::<i16>().map(Result::unwrap).collect();
     std::fs::remove_file(&wav).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
     Some((samples, rate))
 }
 
