@@ -135,6 +135,14 @@ impl Speech {
         }
     }
 
+    /// Samples ready to play now.
+    pub fn buffered(&self) -> usize {
+        match &self.source {
+            Source::Cached(p) => p.remaining(),
+            Source::Live(s) => s.available(),
+        }
+    }
+
     /// Frames that were silence because the producer was behind.
     pub fn underruns(&self) -> u64 {
         match &self.source {
