@@ -340,9 +340,17 @@ async fn the_first_frame_plays_before_a_long_text_is_synthesized() {
         "the producer finished before the first words"
     );
     assert_eq!(tts.stats().synthesized, 0);
-    // Leaving early stops the producer; nothing is counted as synthesized or cached.
+    // A caller who leaves (or barges in) early: the rest is still made, for the cache.
     drop(speech);
-    assert_eq!(tts.stats().cache_entries, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tts.stats().cache_entries == 0 {
+        assert!(Instant::now() < deadline, "never cached");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = tts.speak(&say(&text), ClockRate::HZ_48000).unwrap();
+    assert!(again.is_cached());
+    assert!(seconds(again.buffered(), ClockRate::HZ_48000) > 40.0);
+    assert_eq!(tts.stats().synthesized, 1);
 }
 
 #[test]
@@ -474,6 +482,8 @@ fn settings_have_defaults_refuse_unknown_keys_and_validate() {
     )
     .unwrap();
     assert_eq!(c.validate(), Ok(()));
+    // Made outside a runtime: nothing is connected until a sentence is asked for.
+    assert!(Tts::new(&c).is_ok());
     let bad = |c: TtsConfig| c.validate().unwrap_err().to_string();
     assert_eq!(
         bad(TtsConfig {

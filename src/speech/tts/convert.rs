@@ -30,7 +30,7 @@ pub(crate) struct Converter {
 enum Mode {
     Same,
     Stream {
-        resampler: StreamResampler,
+        resampler: Box<StreamResampler>,
         pending: Vec<i16>,
         block_out: Vec<i16>,
         /// Output samples still to drop: the resampler's delay.
@@ -66,7 +66,7 @@ impl Converter {
                     pending: Vec::with_capacity(resampler.input_len()),
                     block_out: vec![0; resampler.output_len()],
                     skip: resampler.latency_samples(),
-                    resampler,
+                    resampler: Box::new(resampler),
                 },
                 None => Mode::Whole(Vec::new()),
             }

@@ -278,7 +278,7 @@ struct Counters {
 
 enum Engine {
     Flite(Flite),
-    Http(HttpEngine),
+    Http(Box<HttpEngine>),
 }
 
 /// The text to speech service, shared by every call (cheap to clone).
@@ -399,7 +399,7 @@ impl Tts {
         config.validate()?;
         let engine = match config.engine {
             EngineKind::Flite => Engine::Flite(Flite::new()?),
-            EngineKind::Http => Engine::Http(HttpEngine::new(config)?),
+            EngineKind::Http => Engine::Http(Box::new(HttpEngine::new(config)?)),
         };
         Ok(Tts {
             inner: Arc::new(Inner {
@@ -447,8 +447,12 @@ impl Tts {
         handle.spawn(async move {
             let mut out = Out::live(&feed, inner.cache.limit());
             let result = inner.produce(&job, &mut out).await;
-            let whole = out.into_samples();
-            inner.done(&job, &result, whole);
+            // Given up half way with nobody listening: neither a sentence made nor a failure.
+            let abandoned = result.is_ok() && out.pointless();
+            if !abandoned {
+                let prompt = out.into_samples().map(|s| inner.prompt(&job, s));
+                inner.done(&job, &result, prompt);
+            }
             feed.finish(result);
         });
         Ok(speech)
@@ -474,12 +478,11 @@ impl Tts {
                 Ok(out.into_samples().unwrap_or_default())
             }),
         };
-        let (status, samples) = match result {
-            Ok(s) => (Ok(()), Some(s)),
+        let (status, prompt) = match result {
+            Ok(samples) => (Ok(()), Some(self.inner.prompt(&job, samples))),
             Err(e) => (Err(e), None),
         };
-        let prompt = samples.as_ref().map(|s| self.inner.prompt(&job, s.clone()));
-        self.inner.done(&job, &status, samples);
+        self.inner.done(&job, &status, prompt.clone());
         status?;
         // A sentence too large for the cache is still returned.
         prompt.ok_or_else(|| TtsError::Engine("no audio".into()))
@@ -573,13 +576,12 @@ impl Inner {
     }
 
     /// Counts the outcome and caches a complete sentence.
-    fn done(&self, job: &Job, result: &Result<(), TtsError>, samples: Option<Vec<i16>>) {
+    fn done(&self, job: &Job, result: &Result<(), TtsError>, prompt: Option<Arc<Prompt>>) {
         match result {
             Ok(()) => {
                 self.counters.synthesized.fetch_add(1, Ordering::Relaxed);
-                if let Some(samples) = samples.filter(|s| !s.is_empty()) {
-                    self.cache
-                        .insert(job.key.clone(), self.prompt(job, samples));
+                if let Some(prompt) = prompt.filter(|p| !p.samples.is_empty()) {
+                    self.cache.insert(job.key.clone(), prompt);
                 }
             }
             Err(e) => {
