@@ -67,6 +67,19 @@ async fn play(speech: &mut Speech, frame: usize) -> Vec<i16> {
     }
 }
 
+/// Plays 20 ms ticks, as a leg does, until one carries sound; returns how many were silent.
+async fn ticks_until_heard(speech: &mut Speech) -> usize {
+    let mut frame = vec![0i16; speech.rate().hz() as usize / 50];
+    for silent in 0..500 {
+        speech.fill(&mut frame);
+        if rms_dbfs(&frame) > -40.0 {
+            return silent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing heard within 10 s of ticks");
+}
+
 /// Largest step between neighbouring samples: a click at a join shows here.
 fn max_jump(pcm: &[i16]) -> i32 {
     pcm.windows(2)
@@ -324,17 +337,7 @@ async fn the_first_frame_plays_before_a_long_text_is_synthesized() {
     let text = MENU.repeat(12);
     let tts = flite();
     let mut speech = tts.speak(&say(&text), ClockRate::HZ_48000).unwrap();
-    let mut frame = [0i16; 960];
-    let mut silent = 0;
-    loop {
-        assert!(silent < 500, "no speech within 10 s of ticks");
-        speech.fill(&mut frame);
-        if rms_dbfs(&frame) > -40.0 {
-            break;
-        }
-        silent += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ticks_until_heard(&mut speech).await;
     assert!(
         speech.is_producing(),
         "the producer finished before the first words"
@@ -704,17 +707,7 @@ mod http {
         let (url, _seen) = server(answer).await;
         let tts = Tts::new(&config(&url, HttpFormat::Wav)).unwrap();
         let mut speech = tts.speak(&say("slowly"), ClockRate::HZ_16000).unwrap();
-        let mut frame = [0i16; 320];
-        let mut ticks = 0;
-        loop {
-            assert!(ticks < 250, "no audio within 5 s while the body is held");
-            speech.fill(&mut frame);
-            if rms_dbfs(&frame) > -30.0 {
-                break;
-            }
-            ticks += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let ticks = ticks_until_heard(&mut speech).await;
         assert!(speech.is_producing(), "the body is still open");
         gate_tx.send(()).unwrap();
         let rest = play(&mut speech, 320).await;

@@ -29,14 +29,28 @@ pub(crate) struct Converter {
 
 enum Mode {
     Same,
-    Stream {
-        resampler: Box<StreamResampler>,
-        pending: Vec<i16>,
-        block_out: Vec<i16>,
-        /// Output samples still to drop: the resampler's delay.
-        skip: usize,
-    },
+    Stream(Box<Blocks>),
     Whole(Vec<i16>),
+}
+
+/// The streaming path: input gathered into whole blocks, each converted as it fills.
+struct Blocks {
+    resampler: StreamResampler,
+    pending: Vec<i16>,
+    block_out: Vec<i16>,
+    /// Output samples still to drop: the resampler's delay.
+    skip: usize,
+}
+
+impl Blocks {
+    /// Converts the full block in `pending` and gives its output past the delay.
+    fn run(&mut self) -> Result<&[i16], TtsError> {
+        self.resampler.process(&self.pending, &mut self.block_out)?;
+        self.pending.clear();
+        let drop = self.skip.min(self.block_out.len());
+        self.skip -= drop;
+        Ok(&self.block_out[drop..])
+    }
 }
 
 /// The block length in ms for converting `from` to `to`: both sides whole and the output
@@ -62,12 +76,12 @@ impl Converter {
                 .zip(block_ms(from, to.hz()))
                 .and_then(|(f, ms)| StreamResampler::new(f, to, ms).ok());
             match stream {
-                Some(resampler) => Mode::Stream {
+                Some(resampler) => Mode::Stream(Box::new(Blocks {
                     pending: Vec::with_capacity(resampler.input_len()),
                     block_out: vec![0; resampler.output_len()],
                     skip: resampler.latency_samples(),
-                    resampler: Box::new(resampler),
-                },
+                    resampler,
+                })),
                 None => Mode::Whole(Vec::new()),
             }
         };
@@ -92,23 +106,14 @@ impl Converter {
         match &mut self.mode {
             Mode::Same => out.extend_from_slice(input),
             Mode::Whole(all) => all.extend_from_slice(input),
-            Mode::Stream {
-                resampler,
-                pending,
-                block_out,
-                skip,
-            } => {
+            Mode::Stream(b) => {
                 let mut rest = input;
                 while !rest.is_empty() {
-                    let take = (resampler.input_len() - pending.len()).min(rest.len());
-                    pending.extend_from_slice(&rest[..take]);
+                    let take = (b.resampler.input_len() - b.pending.len()).min(rest.len());
+                    b.pending.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
-                    if pending.len() == resampler.input_len() {
-                        resampler.process(pending, block_out)?;
-                        pending.clear();
-                        let drop = (*skip).min(block_out.len());
-                        *skip -= drop;
-                        out.extend_from_slice(&block_out[drop..]);
+                    if b.pending.len() == b.resampler.input_len() {
+                        out.extend_from_slice(b.run()?);
                     }
                 }
             }
@@ -124,23 +129,15 @@ impl Converter {
         match &mut self.mode {
             Mode::Same => {}
             Mode::Whole(all) => out.extend(resample(all, self.from, self.to)?),
-            Mode::Stream {
-                resampler,
-                pending,
-                block_out,
-                skip,
-            } => {
+            Mode::Stream(b) => {
                 // Silence pushes the filter's tail out; at most the delay plus one block.
                 let mut given = self.given;
                 let mut blocks = 0;
                 while given < target && blocks < 4 {
-                    pending.resize(resampler.input_len(), 0);
-                    resampler.process(pending, block_out)?;
-                    pending.clear();
-                    let drop = (*skip).min(block_out.len());
-                    *skip -= drop;
+                    let len = b.resampler.input_len();
+                    b.pending.resize(len, 0);
+                    let ready = b.run()?;
                     let want = usize::try_from(target - given).unwrap_or(usize::MAX);
-                    let ready = &block_out[drop..];
                     let n = ready.len().min(want);
                     out.extend_from_slice(&ready[..n]);
                     given += n as u64;

@@ -452,26 +452,25 @@ impl Decoder {
 mod tests {
     use super::*;
 
+    /// A 16-bit mono WAV with a chunk before its `fmt ` (as some writers put one) and the
+    /// given data length (none: unknown, as a streaming server writes it).
     fn wav(rate: u32, samples: &[i16], data_len: Option<u32>) -> Vec<u8> {
-        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let mut b = Vec::new();
-        b.extend_from_slice(b"RIFF");
-        b.extend_from_slice(&u32::MAX.to_le_bytes());
-        b.extend_from_slice(b"WAVE");
-        b.extend_from_slice(b"LIST");
-        b.extend_from_slice(&3u32.to_le_bytes());
-        b.extend_from_slice(&[1, 2, 3, 0]);
-        b.extend_from_slice(b"fmt ");
-        b.extend_from_slice(&16u32.to_le_bytes());
-        b.extend_from_slice(&1u16.to_le_bytes());
-        b.extend_from_slice(&1u16.to_le_bytes());
-        b.extend_from_slice(&rate.to_le_bytes());
-        b.extend_from_slice(&(rate * 2).to_le_bytes());
-        b.extend_from_slice(&2u16.to_le_bytes());
-        b.extend_from_slice(&16u16.to_le_bytes());
-        b.extend_from_slice(b"data");
-        b.extend_from_slice(&data_len.unwrap_or(u32::MAX).to_le_bytes());
-        b.extend_from_slice(&data);
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut file = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut file, spec).unwrap();
+        for &s in samples {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+        let mut b = file.into_inner();
+        assert_eq!(&b[36..40], b"data");
+        b[40..44].copy_from_slice(&data_len.unwrap_or(u32::MAX).to_le_bytes());
+        b.splice(12..12, *b"LIST\x03\0\0\0\x01\x02\x03\0");
         b
     }
 
