@@ -21,6 +21,14 @@ mod thread_alloc;
 #[global_allocator]
 static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
+// The service is shared by every call's thread; a speech moves to the media thread.
+const _: fn() = || {
+    fn shared<T: Send + Sync + 'static>() {}
+    fn moved<T: AudioSource + 'static>() {}
+    shared::<Tts>();
+    moved::<Speech>();
+};
+
 const RATES: [ClockRate; 3] = [ClockRate::HZ_8000, ClockRate::HZ_16000, ClockRate::HZ_48000];
 
 const MENU: &str = "Welcome to the help line. For sales, press one. For support, press two.";
@@ -552,7 +560,7 @@ mod http {
         json: serde_json::Value,
     }
 
-    type Answer = Arc<dyn Fn() -> Response + Send + Sync>;
+    type Answer = Arc<dyn Fn(&serde_json::Value) -> Response + Send + Sync>;
 
     /// A speech server on 127.0.0.1 that records each request and answers with `answer`.
     async fn server(answer: Answer) -> (String, mpsc::UnboundedReceiver<Seen>) {
@@ -568,8 +576,9 @@ mod http {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
                     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let response = answer(&json);
                     let _ = tx.send(Seen { bearer, json });
-                    answer()
+                    response
                 }
             }),
         );
@@ -629,7 +638,10 @@ mod http {
         // Safe here: no other test reads this variable.
         std::env::set_var(KEY_ENV, "sk-test");
         let body = [wav_header(22050), le_bytes(&tone(22050, 440.0, 0.5))].concat();
-        let (url, mut seen) = server(Arc::new(move || audio("audio/wav", body.clone()))).await;
+        let (url, mut seen) = server(Arc::new(move |_: &serde_json::Value| {
+            audio("audio/wav", body.clone())
+        }))
+        .await;
         let tts = Tts::new(&config(&url, HttpFormat::Wav)).unwrap();
         let req = SayRequest {
             rate: Some(1.25),
@@ -664,7 +676,10 @@ mod http {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pcm_answer_is_24_khz_and_blocking_synthesis_reads_it_too() {
         let body = le_bytes(&tone(24000, 1000.0, 0.4));
-        let (url, mut seen) = server(Arc::new(move || audio("audio/pcm", body.clone()))).await;
+        let (url, mut seen) = server(Arc::new(move |_: &serde_json::Value| {
+            audio("audio/pcm", body.clone())
+        }))
+        .await;
         let tts = Tts::new(&config(&url, HttpFormat::Pcm)).unwrap();
         let mut speech = tts.speak(&say("one"), ClockRate::HZ_16000).unwrap();
         let pcm = play(&mut speech, 320).await;
@@ -681,12 +696,42 @@ mod http {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wav_of_every_sample_format_and_whole_mp3_flac_ogg_answers_are_read() {
+        // One second of 1 kHz in each file; the text asked for names the file to answer.
+        let (url, _seen) = server(Arc::new(|json: &serde_json::Value| {
+            let name = json["input"].as_str().unwrap_or_default();
+            let path = format!("{}/tests/fixtures/audio/{name}", env!("CARGO_MANIFEST_DIR"));
+            audio("audio/wav", std::fs::read(path).unwrap_or_default())
+        }))
+        .await;
+        let tts = Tts::new(&config(&url, HttpFormat::Wav)).unwrap();
+        for name in [
+            "sine-11k-u8.wav",
+            "sine-16k-stereo.wav",
+            "sine-22k-s24.wav",
+            "sine-12k-stereo-s32.wav",
+            "sine-8k-f32.wav",
+            "sine-44k.mp3",
+            "sine-44k.flac",
+            "sine-48k.ogg",
+        ] {
+            let mut speech = tts.speak(&say(name), ClockRate::HZ_16000).unwrap();
+            let pcm = play(&mut speech, 320).await;
+            assert!(speech.error().is_none(), "{name}: {:?}", speech.error());
+            let secs = seconds(pcm.len(), ClockRate::HZ_16000);
+            assert!((secs - 1.0).abs() < 0.03, "{name}: {secs} s");
+            let share = tone_share(&pcm[1600..14400], 1000.0, 16000.0);
+            assert!(share > 0.9, "{name}: {share:.3} of the power at 1 kHz");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_answer_is_playable_before_its_body_ends() {
         let (gate_tx, gate_rx) = oneshot::channel::<()>();
         let gate = Arc::new(Mutex::new(Some(gate_rx)));
         let first = [wav_header(16000), le_bytes(&tone(16000, 500.0, 0.5))].concat();
         let rest = le_bytes(&tone(16000, 500.0, 0.5));
-        let answer: Answer = Arc::new(move || {
+        let answer: Answer = Arc::new(move |_: &serde_json::Value| {
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
             let (first, rest, gate) = (first.clone(), rest.clone(), gate.clone());
             tokio::spawn(async move {
@@ -729,7 +774,7 @@ mod http {
             speech.error().cloned().expect("an error")
         }
 
-        let (url, _s) = server(Arc::new(|| {
+        let (url, _s) = server(Arc::new(|_: &serde_json::Value| {
             (StatusCode::INTERNAL_SERVER_ERROR, "model not loaded").into_response()
         }))
         .await;
@@ -743,14 +788,14 @@ mod http {
         assert_eq!(tts.stats().errors, 1);
         assert_eq!(tts.stats().cache_entries, 0);
 
-        let (url, _s) = server(Arc::new(|| {
+        let (url, _s) = server(Arc::new(|_: &serde_json::Value| {
             audio("audio/wav", b"certainly not a wave file".to_vec())
         }))
         .await;
         let e = fails(&Tts::new(&config(&url, HttpFormat::Wav)).unwrap()).await;
         assert!(matches!(e, TtsError::BadAudio(_)), "{e}");
 
-        let (url, _s) = server(Arc::new(|| {
+        let (url, _s) = server(Arc::new(|_: &serde_json::Value| {
             audio(
                 "application/json",
                 br#"{"error":"quota exceeded"}"#.to_vec(),
@@ -760,7 +805,10 @@ mod http {
         let e = fails(&Tts::new(&config(&url, HttpFormat::Pcm)).unwrap()).await;
         assert!(e.to_string().contains("quota exceeded"), "{e}");
 
-        let (url, _s) = server(Arc::new(|| audio("audio/wav", wav_header(8000)))).await;
+        let (url, _s) = server(Arc::new(|_: &serde_json::Value| {
+            audio("audio/wav", wav_header(8000))
+        }))
+        .await;
         let e = fails(&Tts::new(&config(&url, HttpFormat::Wav)).unwrap()).await;
         assert_eq!(
             e.to_string(),
@@ -768,7 +816,7 @@ mod http {
         );
 
         // The body never comes.
-        let (url, _s) = server(Arc::new(|| {
+        let (url, _s) = server(Arc::new(|_: &serde_json::Value| {
             let stream = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
             Response::builder().body(Body::from_stream(stream)).unwrap()
         }))
