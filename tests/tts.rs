@@ -725,6 +725,57 @@ mod http {
         }
     }
 
+    /// An answer whose header comes at once and whose audio comes after `delay`, then
+    /// `chunks` pieces of 1 s of silence at 8 kHz (endless when `None`).
+    fn delayed(delay: Duration, chunks: Option<usize>) -> Answer {
+        Arc::new(move |_: &serde_json::Value| {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Bytes::from(wav_header(8000)))).await;
+                tokio::time::sleep(delay).await;
+                let second = Bytes::from(vec![0u8; 16000]);
+                let mut sent = 0;
+                while chunks.is_none_or(|n| sent < n) {
+                    if tx.send(Ok(second.clone())).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                }
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            Response::builder()
+                .header("content-type", "audio/wav")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_inside_the_timeout_is_waited_for_and_endless_audio_is_cut() {
+        let (url, _s) = server(delayed(Duration::from_millis(100), Some(2))).await;
+        let patient = TtsConfig {
+            timeout_ms: 1500,
+            ..config(&url, HttpFormat::Wav)
+        };
+        let tts = Tts::new(&patient).unwrap();
+        let mut speech = tts.speak(&say("wait"), ClockRate::HZ_8000).unwrap();
+        assert_eq!(play(&mut speech, 160).await.len(), 16000);
+        assert!(speech.error().is_none(), "{:?}", speech.error());
+
+        let (url, _s) = server(delayed(Duration::ZERO, None)).await;
+        let tts = Tts::new(&config(&url, HttpFormat::Wav)).unwrap();
+        let e = tokio::task::spawn_blocking(move || {
+            tts.synthesize(&say("forever"), ClockRate::HZ_8000)
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e, TtsError::AudioTooLong);
+        assert_eq!(e.to_string(), "speech longer than 600 s");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_answer_is_playable_before_its_body_ends() {
         let (gate_tx, gate_rx) = oneshot::channel::<()>();
