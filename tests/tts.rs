@@ -725,6 +725,17 @@ mod http {
         }
     }
 
+    /// A WAV answer whose body is what comes through `rx`, as it comes.
+    fn streamed_wav(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Response::builder()
+            .header("content-type", "audio/wav")
+            .body(Body::from_stream(stream))
+            .unwrap()
+    }
+
     /// An answer whose header comes at once and whose audio comes after `delay`, then
     /// `chunks` pieces of 1 s of silence at 8 kHz (endless when `None`).
     fn delayed(delay: Duration, chunks: Option<usize>) -> Answer {
@@ -742,13 +753,7 @@ mod http {
                     sent += 1;
                 }
             });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            Response::builder()
-                .header("content-type", "audio/wav")
-                .body(Body::from_stream(stream))
-                .unwrap()
+            streamed_wav(rx)
         })
     }
 
@@ -792,13 +797,7 @@ mod http {
                 }
                 let _ = tx.send(Ok(Bytes::from(rest))).await;
             });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            Response::builder()
-                .header("content-type", "audio/wav")
-                .body(Body::from_stream(stream))
-                .unwrap()
+            streamed_wav(rx)
         });
         let (url, _seen) = server(answer).await;
         let tts = Tts::new(&config(&url, HttpFormat::Wav)).unwrap();
