@@ -471,7 +471,12 @@ impl Tts {
             return Ok(prompt);
         }
         let result = match &self.inner.engine {
-            Engine::Flite(f) => flite_whole(f, &job),
+            // The media workers never run this, but the caller's thread should outlive a
+            // synthesizer bug all the same.
+            Engine::Flite(f) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flite_whole(f, &job)))
+                    .unwrap_or_else(|_| Err(TtsError::Engine("synthesizer panicked".into())))
+            }
             Engine::Http(h) => run_blocking(|| async {
                 let mut out = Out::Whole(Vec::new());
                 h.produce_alone(&job, &mut out).await?;
@@ -580,6 +585,13 @@ impl Inner {
         match result {
             Ok(()) => {
                 self.counters.synthesized.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    engine = job.key.engine,
+                    voice = %job.key.voice,
+                    rate = job.rate.hz(),
+                    ms = prompt.as_ref().map_or(0, |p| p.duration().as_millis()),
+                    "tts sentence synthesized"
+                );
                 if let Some(prompt) = prompt.filter(|p| !p.samples.is_empty()) {
                     self.cache.insert(job.key.clone(), prompt);
                 }
