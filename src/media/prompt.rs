@@ -24,7 +24,7 @@ use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
 use crate::media::resample::{resample, ResampleError};
@@ -161,10 +161,16 @@ pub fn decode_file(path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
         path: path.to_path_buf(),
         source,
     })?;
-    decode(file, path)
+    decode(Box::new(file), path)
 }
 
-fn decode(file: File, path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
+/// Decodes audio held in memory as [`decode_file`] decodes a file; `name` stands for its
+/// path in errors.
+pub fn decode_bytes(bytes: Vec<u8>, name: &Path) -> Result<(Vec<f32>, u32), PromptError> {
+    decode(Box::new(io::Cursor::new(bytes)), name)
+}
+
+fn decode(source: Box<dyn MediaSource>, path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
     let unsupported = |reason: String| PromptError::Unsupported {
         path: path.to_path_buf(),
         reason,
@@ -187,7 +193,7 @@ fn decode(file: File, path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
         },
     };
 
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
