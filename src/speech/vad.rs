@@ -1,1 +1,285 @@
-//! (being written)
+//! Voice activity detection on the caller's audio: when speech starts and when it has ended,
+//! for `listen()` (end of an answer) and barge-in (stop a prompt when the caller talks).
+//!
+//! A sans-IO core fed one 20 ms frame per tick, every tick (a lost packet is a frame of
+//! concealment or silence), so time is counted in frames. The decision is on frame energy,
+//! above [`HIGH_PASS_HZ`] (rumble, hum and the low end of pink noise swing from frame to frame
+//! far more than they carry speech), against a threshold that follows the background: the noise level is the lowest frame
+//! energy of the last [`NOISE_WINDOW`] frames (speech always has gaps that fall back to the
+//! background, steady noise never rises above its own floor), speech must stand
+//! `margin_db` above it, and never below the absolute `floor_dbfs`. Steady line noise or
+//! comfort noise therefore never counts as speech, however loud, once it has been heard for a
+//! frame; a burst must hold [`VadConfig::min_speech_ms`] of loud frames to be speech, so a
+//! click, a cough or a short key tone is not.
+
+use crate::rtp::types::ClockRate;
+
+/// Frames the noise floor looks back over (2 s): longer than any syllable, so a floor taken
+/// during speech is the background between syllables, not the speech.
+pub const NOISE_WINDOW: usize = 100;
+
+/// Corner of the first-order high-pass filter in front of the energy measure, Hz.
+pub const HIGH_PASS_HZ: f32 = 200.0;
+
+/// Length of one frame in milliseconds; every detector in this module counts time in these.
+pub const FRAME_MS: u32 = 20;
+
+/// Frames more than this far below the absolute floor (30 dB) carry no information about the
+/// background: they are concealment of lost packets or digital silence, and would otherwise
+/// drag the noise floor to nothing for the length of the window.
+const DEAD_FRAME_BELOW_FLOOR: f64 = 1000.0;
+
+/// Once speech has started it goes on while frames stay this much (3 dB) above the noise floor
+/// less than the start threshold: word endings fade, and trimming them would end speech early.
+const HOLD_RATIO: f64 = 0.5;
+
+/// Inside a burst that is not yet confirmed as speech, this many quiet frames in a row (40 ms)
+/// drop it: the loud frames of a burst must come close together.
+const MAX_BURST_GAP: u32 = 2;
+
+/// Settings of a [`Vad`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VadConfig {
+    /// Speech has ended after this much non-speech, in ms (rounded up to whole frames).
+    pub end_silence_ms: u32,
+    /// A burst with less loud audio than this, in ms, is not speech (rounded up to frames).
+    pub min_speech_ms: u32,
+    /// Nothing quieter than this (frame RMS, dBFS) is speech, whatever the background.
+    pub floor_dbfs: f32,
+    /// How far above the background (dB) a frame must be to count as speech.
+    pub margin_db: f32,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self {
+            end_silence_ms: 800,
+            min_speech_ms: 120,
+            floor_dbfs: -40.0,
+            margin_db: 6.0,
+        }
+    }
+}
+
+/// What a [`Vad`] reports; frames are counted from 0, the first frame pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadEvent {
+    /// Speech was confirmed (after `min_speech_ms` of it); `at_frame` is where it began.
+    SpeechStarted {
+        /// The first loud frame of the burst that became speech.
+        at_frame: u64,
+    },
+    /// Speech ended `end_silence_ms` ago (or the stream stopped, see [`Vad::finish`]).
+    SpeechEnded {
+        /// The first frame after the last frame of speech.
+        at_frame: u64,
+        /// Frames from the start of speech to `at_frame`, pauses included.
+        speech_frames: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Quiet,
+    /// A burst of loud frames that may become speech.
+    Burst {
+        start: u64,
+        loud: u32,
+        gap: u32,
+    },
+    Speech {
+        start: u64,
+        /// Quiet frames in a row since the last speech frame.
+        quiet: u32,
+    },
+}
+
+/// Voice activity detector: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Vad {
+    cfg: VadConfig,
+    rate: ClockRate,
+    end_frames: u32,
+    min_frames: u32,
+    floor: f64,
+    margin: f64,
+    /// Mean-square energy of recent frames that were not dead (see [`DEAD_FRAME_BELOW_FLOOR`]).
+    noise: [f64; NOISE_WINDOW],
+    noise_len: usize,
+    noise_next: usize,
+    frames: u64,
+    state: State,
+    /// High-pass filter coefficient and state (last input, last output).
+    hp_coef: f32,
+    hp_state: (f32, f32),
+}
+
+impl Vad {
+    /// A detector with `cfg` for audio at `rate`.
+    pub fn new(rate: ClockRate, cfg: VadConfig) -> Self {
+        let floor = (32768.0f64 * 32768.0) * 10f64.powf(f64::from(cfg.floor_dbfs) / 10.0);
+        Self {
+            cfg,
+            end_frames: frames_for(cfg.end_silence_ms).max(1),
+            min_frames: frames_for(cfg.min_speech_ms).max(1),
+            floor,
+            margin: 10f64.powf(f64::from(cfg.margin_db) / 10.0),
+            noise: [0.0; NOISE_WINDOW],
+            noise_len: 0,
+            noise_next: 0,
+            frames: 0,
+            state: State::Quiet,
+            hp_coef: 1.0 / (1.0 + std::f32::consts::TAU * HIGH_PASS_HZ / rate.hz().max(1) as f32),
+            hp_state: (0.0, 0.0),
+            rate,
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> VadConfig {
+        self.cfg
+    }
+
+    /// Frames pushed so far (the driver's clock for its own timeouts).
+    pub fn frames_seen(&self) -> u64 {
+        self.frames
+    }
+
+    /// Whether the caller is speaking (confirmed speech that has not ended).
+    pub fn is_speaking(&self) -> bool {
+        matches!(self.state, State::Speech { .. })
+    }
+
+    /// The background level the threshold follows, in dBFS (frame RMS); `None` before any
+    /// frame with sound in it.
+    pub fn noise_dbfs(&self) -> Option<f32> {
+        self.noise_floor()
+            .map(|ms| (10.0 * (ms.max(1e-9) / (32768.0f64 * 32768.0)).log10()) as f32)
+    }
+
+    /// Feeds the next 20 ms frame; at most one event per frame.
+    pub fn push(&mut self, frame: &[i16]) -> Option<VadEvent> {
+        let index = self.frames;
+        self.frames += 1;
+        let energy = self.high_passed_energy(frame);
+        if energy * DEAD_FRAME_BELOW_FLOOR >= self.floor {
+            self.noise[self.noise_next] = energy;
+            self.noise_next = (self.noise_next + 1) % NOISE_WINDOW;
+            self.noise_len = (self.noise_len + 1).min(NOISE_WINDOW);
+        }
+        // The frame itself is in the window, so a steady sound is never above its own floor.
+        let background = self.noise_floor().unwrap_or(0.0) * self.margin;
+        let start_threshold = background.max(self.floor);
+        match self.state {
+            State::Quiet => {
+                if energy > start_threshold {
+                    self.state = State::Burst {
+                        start: index,
+                        loud: 1,
+                        gap: 0,
+                    };
+                    return self.confirm();
+                }
+                None
+            }
+            State::Burst { start, loud, gap } => {
+                if energy > start_threshold {
+                    self.state = State::Burst {
+                        start,
+                        loud: loud + 1,
+                        gap: 0,
+                    };
+                    self.confirm()
+                } else {
+                    self.state = if gap + 1 > MAX_BURST_GAP {
+                        State::Quiet
+                    } else {
+                        State::Burst {
+                            start,
+                            loud,
+                            gap: gap + 1,
+                        }
+                    };
+                    None
+                }
+            }
+            State::Speech { start, quiet } => {
+                if energy > start_threshold * HOLD_RATIO {
+                    self.state = State::Speech { start, quiet: 0 };
+                    return None;
+                }
+                let quiet = quiet + 1;
+                if quiet >= self.end_frames {
+                    self.state = State::Quiet;
+                    let at_frame = index + 1 - u64::from(quiet);
+                    return Some(VadEvent::SpeechEnded {
+                        at_frame,
+                        speech_frames: at_frame - start,
+                    });
+                }
+                self.state = State::Speech { start, quiet };
+                None
+            }
+        }
+    }
+
+    /// The stream stopped (hang-up, end of listening): ends speech in progress, reporting the
+    /// speech up to its last loud frame; `None` if the caller was not speaking.
+    pub fn finish(&mut self) -> Option<VadEvent> {
+        let State::Speech { start, quiet } = self.state else {
+            self.state = State::Quiet;
+            return None;
+        };
+        self.state = State::Quiet;
+        let at_frame = self.frames - u64::from(quiet);
+        Some(VadEvent::SpeechEnded {
+            at_frame,
+            speech_frames: at_frame - start,
+        })
+    }
+
+    /// Forgets speech in progress and the background, as if newly built.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.rate, self.cfg);
+    }
+
+    fn confirm(&mut self) -> Option<VadEvent> {
+        match self.state {
+            State::Burst { start, loud, .. } if loud >= self.min_frames => {
+                self.state = State::Speech { start, quiet: 0 };
+                Some(VadEvent::SpeechStarted { at_frame: start })
+            }
+            _ => None,
+        }
+    }
+
+    /// Mean-square of `frame` through the high-pass filter, which carries on across frames.
+    fn high_passed_energy(&mut self, frame: &[i16]) -> f64 {
+        if frame.is_empty() {
+            return 0.0;
+        }
+        let a = self.hp_coef;
+        let (mut last_in, mut last_out) = self.hp_state;
+        let mut sum_sq = 0.0f32;
+        for &x in frame {
+            let x = f32::from(x);
+            last_out = a * (last_out + x - last_in);
+            last_in = x;
+            sum_sq += last_out * last_out;
+        }
+        self.hp_state = (last_in, last_out);
+        f64::from(sum_sq) / frame.len() as f64
+    }
+
+    fn noise_floor(&self) -> Option<f64> {
+        self.noise[..self.noise_len]
+            .iter()
+            .copied()
+            .reduce(f64::min)
+    }
+}
+
+/// Whole frames covering `ms` (rounded up).
+pub(crate) fn frames_for(ms: u32) -> u32 {
+    ms.div_ceil(FRAME_MS)
+}
