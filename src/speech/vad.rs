@@ -24,10 +24,14 @@ pub const HIGH_PASS_HZ: f32 = 200.0;
 /// Length of one frame in milliseconds; every detector in this module counts time in these.
 pub const FRAME_MS: u32 = 20;
 
-/// Frames more than this far below the absolute floor (30 dB) carry no information about the
-/// background: they are concealment of lost packets or digital silence, and would otherwise
-/// drag the noise floor to nothing for the length of the window.
+/// Frames more than this far below the absolute floor (30 dB) before filtering are dead: lost
+/// packets concealed with silence, or digital silence.
 const DEAD_FRAME_BELOW_FLOOR: f64 = 1000.0;
+
+/// Up to this many dead frames in a row (200 ms) are lost packets, and the background is
+/// taken to be what it was before them; longer, the line has gone silent. Without this, one
+/// lost packet in loud noise would drag the floor to nothing for the length of the window.
+const MAX_LOST_FRAMES: u32 = 10;
 
 /// Once speech has started it goes on while frames stay this much (3 dB) above the noise floor
 /// less than the start threshold: word endings fade, and trimming them would end speech early.
@@ -107,6 +111,9 @@ pub struct Vad {
     noise: [f64; NOISE_WINDOW],
     noise_len: usize,
     noise_next: usize,
+    /// Energy of the last frame that was not dead, and dead frames since.
+    last_live: Option<f64>,
+    dead_run: u32,
     frames: u64,
     state: State,
     /// High-pass filter coefficient and state (last input, last output).
@@ -127,6 +134,8 @@ impl Vad {
             noise: [0.0; NOISE_WINDOW],
             noise_len: 0,
             noise_next: 0,
+            last_live: None,
+            dead_run: 0,
             frames: 0,
             state: State::Quiet,
             hp_coef: 1.0 / (1.0 + std::f32::consts::TAU * HIGH_PASS_HZ / rate.hz().max(1) as f32),
@@ -161,9 +170,21 @@ impl Vad {
     pub fn push(&mut self, frame: &[i16]) -> Option<VadEvent> {
         let index = self.frames;
         self.frames += 1;
-        let energy = self.high_passed_energy(frame);
-        if energy * DEAD_FRAME_BELOW_FLOOR >= self.floor {
-            self.noise[self.noise_next] = energy;
+        let (energy, raw) = self.energies(frame);
+        let heard = if raw * DEAD_FRAME_BELOW_FLOOR >= self.floor {
+            self.dead_run = 0;
+            self.last_live = Some(energy);
+            Some(energy)
+        } else {
+            self.dead_run = self.dead_run.saturating_add(1);
+            if self.dead_run <= MAX_LOST_FRAMES {
+                self.last_live
+            } else {
+                Some(0.0)
+            }
+        };
+        if let Some(level) = heard {
+            self.noise[self.noise_next] = level;
             self.noise_next = (self.noise_next + 1) % NOISE_WINDOW;
             self.noise_len = (self.noise_len + 1).min(NOISE_WINDOW);
         }
@@ -253,22 +274,25 @@ impl Vad {
         }
     }
 
-    /// Mean-square of `frame` through the high-pass filter, which carries on across frames.
-    fn high_passed_energy(&mut self, frame: &[i16]) -> f64 {
+    /// Mean-squares of `frame` through the high-pass filter (which carries on across frames)
+    /// and as it came.
+    fn energies(&mut self, frame: &[i16]) -> (f64, f64) {
         if frame.is_empty() {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let a = self.hp_coef;
         let (mut last_in, mut last_out) = self.hp_state;
-        let mut sum_sq = 0.0f32;
+        let (mut filtered, mut raw) = (0.0f32, 0.0f32);
         for &x in frame {
             let x = f32::from(x);
             last_out = a * (last_out + x - last_in);
             last_in = x;
-            sum_sq += last_out * last_out;
+            filtered += last_out * last_out;
+            raw += x * x;
         }
         self.hp_state = (last_in, last_out);
-        f64::from(sum_sq) / frame.len() as f64
+        let n = frame.len() as f64;
+        (f64::from(filtered) / n, f64::from(raw) / n)
     }
 
     fn noise_floor(&self) -> Option<f64> {
