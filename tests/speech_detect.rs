@@ -59,10 +59,6 @@ impl Signal {
         }
     }
 
-    fn len_ms(&self) -> f64 {
-        self.pcm.len() as f64 * 1000.0 / f64::from(self.rate)
-    }
-
     fn silence(mut self, ms: f64) -> Self {
         let n = samples(ms, self.rate);
         self.pcm.extend(std::iter::repeat_n(0.0, n));
@@ -831,4 +827,141 @@ fn unfinished_tone_is_not_a_beep() {
         assert_eq!(beeps(&signal), (vec![], None));
         assert!(BeepDetector::new(ClockRate::new(8001).unwrap()).is_err());
     }
+}
+
+/// One generated answer: what AMD must say, and the beep (Hz) the beep detector must find.
+struct AnswerCase {
+    name: String,
+    signal: Signal,
+    hangup_after_ms: Option<f64>,
+    status: AmdStatus,
+    cause: &'static str,
+    beep_hz: Option<f64>,
+}
+
+/// AMD and beep detection run side by side over generated answers (voices, speeds, noise,
+/// greetings with and without beeps, "hello?", silence, hang-ups), as a call feeds them; the
+/// table is printed.
+#[test]
+fn amd_and_beep_on_generated_answers() {
+    let greetings = [
+        "Hi, you have reached the Smith family, we cannot come to the phone right now, \
+         please leave a message after the tone.",
+        "You have reached the voicemail of John. Leave a message.",
+        "The person you are calling is not available. Please record your message.",
+    ];
+    let hellos = ["Hello?", "Speaking.", "Yes?"];
+    let mut cases = Vec::new();
+    for rate in RATES {
+        for (i, text) in greetings.iter().enumerate() {
+            let (stretch, f0, noise) = [
+                (1.0, 1.0, None),
+                (1.15, 0.9, Some(-45.0)),
+                (0.9, 1.2, Some(-38.0)),
+            ][i];
+            for beep in [None, Some([440.0, 1000.0, 1900.0][i])] {
+                let pcm = speech(text, rate, stretch, f0, -18.0);
+                let mut signal = Signal::new(rate).silence(500.0).samples_of(&pcm);
+                if let Some(hz) = beep {
+                    signal = signal.silence(150.0).tone(hz, -14.0, 400.0);
+                }
+                signal = signal.silence(1500.0);
+                if let Some(level) = noise {
+                    signal = signal.with_noise(level, i == 2, 31 + i as u64);
+                }
+                cases.push(AnswerCase {
+                    name: format!(
+                        "{rate} Hz greeting {} ×{stretch} noise {noise:?} beep {beep:?}",
+                        i + 1
+                    ),
+                    signal,
+                    hangup_after_ms: None,
+                    status: AmdStatus::Machine,
+                    // Synthesized speech has few pauses as long as a word gap: its words run
+                    // together, and the voice adds up past the greeting limit.
+                    cause: "LONGGREETING-1520-1500",
+                    beep_hz: beep,
+                });
+            }
+        }
+        for (i, text) in hellos.iter().enumerate() {
+            let (stretch, noise) = [(1.0, None), (1.2, Some(-45.0)), (0.9, Some(-40.0))][i];
+            let pcm = speech(text, rate, stretch, 1.0, -18.0);
+            let mut signal = Signal::new(rate)
+                .silence(400.0)
+                .samples_of(&pcm)
+                .silence(3000.0);
+            if let Some(level) = noise {
+                signal = signal.with_noise(level, true, 41 + i as u64);
+            }
+            cases.push(AnswerCase {
+                name: format!("{rate} Hz {text:?} ×{stretch} noise {noise:?}"),
+                signal,
+                hangup_after_ms: None,
+                status: AmdStatus::Human,
+                cause: "HUMAN-800-800",
+                beep_hz: None,
+            });
+        }
+        cases.push(AnswerCase {
+            name: format!("{rate} Hz silence"),
+            signal: Signal::new(rate)
+                .silence(4000.0)
+                .with_noise(-60.0, false, 2),
+            hangup_after_ms: None,
+            status: AmdStatus::Machine,
+            cause: "INITIALSILENCE-2500-2500",
+            beep_hz: None,
+        });
+        let pcm = speech("Hello? Who is", rate, 1.0, 1.0, -18.0);
+        cases.push(AnswerCase {
+            name: format!("{rate} Hz hangs up mid-word"),
+            signal: Signal::new(rate).silence(300.0).samples_of(&pcm),
+            hangup_after_ms: Some(300.0 + pcm.len() as f64 * 1000.0 / f64::from(rate) - 250.0),
+            status: AmdStatus::Hangup,
+            cause: "HANGUP-",
+            beep_hz: None,
+        });
+    }
+    assert!(cases.len() >= 20);
+    println!(
+        "{:<72} {:>8} {:<26} {:>6} {:>6}",
+        "case", "status", "cause", "words", "beep"
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let rate = case.signal.rate;
+        let mut amd = Amd::new(AmdConfig::default());
+        let mut det = BeepDetector::new(clock(rate)).unwrap();
+        let mut result = None;
+        let mut found = Vec::new();
+        for (i, frame) in case.signal.frames().iter().enumerate() {
+            if case.hangup_after_ms.is_some_and(|ms| i as f64 * 20.0 >= ms) {
+                break;
+            }
+            if result.is_none() {
+                result = amd.push(frame);
+            }
+            found.extend(det.push(frame));
+        }
+        let result = result.or_else(|| amd.finish()).unwrap();
+        let beep = found.first().map(|b| b.hz);
+        println!(
+            "{:<72} {:>8} {:<26} {:>6} {:>6}",
+            case.name,
+            result.status_str(),
+            result.cause,
+            result.words,
+            beep.map_or("-".to_string(), |hz| format!("{hz:.0}"))
+        );
+        let beep_ok = match (case.beep_hz, beep) {
+            (Some(want), Some(got)) => (want - got).abs() <= 2.0 && found.len() == 1,
+            (None, None) => true,
+            _ => false,
+        };
+        if result.status != case.status || !result.cause.starts_with(case.cause) || !beep_ok {
+            failures.push(case.name.clone());
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -170,7 +170,8 @@ impl Amd {
         }
         self.elapsed += FRAME_MS;
         let sum: u64 = frame.iter().map(|&x| u64::from(x.unsigned_abs())).sum();
-        let silent = sum < self.threshold * frame.len() as u64;
+        // An empty frame (nothing arrived and nothing concealed it) is silence.
+        let silent = frame.is_empty() || sum < self.threshold * frame.len() as u64;
         let cfg = self.cfg;
         let decided = if silent {
             self.run = 0;

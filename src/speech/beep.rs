@@ -2,18 +2,19 @@
 //! at least [`MIN_MS`], reported once it has ended (so what the script plays next is recorded
 //! after it) with its frequency, start and length.
 //!
-//! A sans-IO core fed one 20 ms frame per tick. Each frame is first described by three sums
-//! (energy and the lag-1 and lag-2 autocorrelations, three multiply-adds a sample): for one
-//! sinusoid in white noise they give its frequency without the noise's bias (Pisarenko's
-//! estimate). Only a frame loud enough and with a candidate near the band is then checked with
-//! Goertzel filters around the candidate (three to six of them): a tone is there when the
-//! strongest carries at least [`MIN_PURITY`] of the frame's energy, which two tones (DTMF,
-//! dial tone), speech and noise never do. While a tone lasts, one filter at its frequency
-//! follows it, and the phase advance of that filter from frame to frame gives the frequency to
-//! a fraction of a hertz; a tone whose frequency wanders (a held vowel's harmonic) ends there.
-//! This costs a fraction of a bank of filters over the whole band (65 filters at 25 Hz
-//! spacing), which is what this detector would otherwise run on every frame of every caller;
-//! DESA-2 is as cheap but needs band-pass filtering to be unbiased in noise below 1 kHz.
+//! A sans-IO core fed one 20 ms frame per tick. Each frame is first described by its
+//! autocorrelations at lags 0, 1, 2, 4 and 8 (five multiply-adds a sample, in SIMD lanes): for
+//! one sinusoid in white noise, lags 1 and 2 give its frequency without the noise's bias
+//! (Pisarenko's estimate) and its share of the energy, and lags 4 and 8 must then follow the
+//! same cosine, which speech almost never does. Only a frame that passes is checked with a
+//! pass of [`SEARCH_FILTERS`] Goertzel filters around the candidate: a tone is there when the
+//! strongest frequency carries at least [`MIN_PURITY`] of the frame's energy, which two tones
+//! (DTMF, dial tone), speech and noise never do. While a tone lasts, one filter at its
+//! frequency follows it, and the phase advance of that filter from frame to frame gives the
+//! frequency to a fraction of a hertz; a tone whose frequency wanders (a held vowel's
+//! harmonic) ends there. A bank over the whole band (65 filters at 25 Hz spacing) on every
+//! frame of every caller would cost several times more; DESA-2 is as cheap as the
+//! autocorrelations but needs band-pass filtering to be unbiased in noise below 1 kHz.
 //!
 //! The tone's edges fall inside frames: the amplitude a filter at the tone's frequency sees in
 //! a frame grows with the share of the frame the tone covers, so the frames at either edge
@@ -47,8 +48,16 @@ const MIN_AMPLITUDE_RATIO: f64 = 0.707;
 /// Candidates this far outside the band are still followed, so that tones near the edges are
 /// measured (and then judged on their measured frequency).
 const SEARCH_MARGIN_HZ: f64 = 100.0;
-/// Steps of the search for the strongest filter around a candidate.
-const SEARCH_STEPS: usize = 3;
+/// Filters of the search around a candidate, half a bin apart (±100 Hz at 20 ms).
+const SEARCH_FILTERS: usize = 9;
+/// Samples kept from the previous frame, for the autocorrelations across the frame boundary.
+const HISTORY: usize = 8;
+/// Share of the energy the autocorrelations must attribute to one sinusoid before the
+/// filters are run: the filters decide, this only spares them most frames of speech.
+const MIN_MODEL_SHARE: f64 = 0.8;
+/// How far the normalised autocorrelations at lags 4 and 8 may stray from what that
+/// sinusoid predicts: noise 10 dB down moves them by at most 0.1.
+const MAX_MODEL_ERROR: f64 = 0.15;
 /// Lowest supported sample rate, Hz.
 const MIN_RATE: u32 = 8000;
 /// Highest supported sample rate, Hz.
@@ -102,11 +111,10 @@ struct Track {
 pub struct BeepDetector {
     rate: u32,
     n: usize,
+    /// This frame and the last, each after the [`HISTORY`] samples that came before it.
     cur: Box<[f32]>,
     prev: Box<[f32]>,
     has_prev: bool,
-    /// Last two samples of the previous frame, for the autocorrelations across frames.
-    hist: [f32; 2],
     min_energy: f64,
     frames: u64,
     track: Option<Track>,
@@ -124,10 +132,9 @@ impl BeepDetector {
         Ok(Self {
             rate: hz,
             n,
-            cur: vec![0.0; n].into_boxed_slice(),
-            prev: vec![0.0; n].into_boxed_slice(),
+            cur: vec![0.0; HISTORY + n].into_boxed_slice(),
+            prev: vec![0.0; HISTORY + n].into_boxed_slice(),
             has_prev: false,
-            hist: [0.0; 2],
             min_energy: min_rms * min_rms * n as f64,
             frames: 0,
             track: None,
@@ -154,24 +161,19 @@ impl BeepDetector {
     pub fn push(&mut self, frame: &[i16]) -> Option<Beep> {
         let index = self.frames;
         self.frames += 1;
-        for (i, slot) in self.cur.iter_mut().enumerate() {
+        let n = self.n;
+        let (history, samples) = self.cur.split_at_mut(HISTORY);
+        history.copy_from_slice(&self.prev[n..]);
+        for (i, slot) in samples.iter_mut().enumerate() {
             *slot = frame.get(i).map_or(0.0, |&x| f32::from(x));
         }
-        let (mut r0, mut r1, mut r2) = (0.0f32, 0.0f32, 0.0f32);
-        let [mut x2, mut x1] = self.hist;
-        for &x in self.cur.iter() {
-            r0 += x * x;
-            r1 += x * x1;
-            r2 += x * x2;
-            x2 = x1;
-            x1 = x;
-        }
-        self.hist = [x2, x1];
-        let energy = f64::from(r0);
+        let lag = |k: usize| f64::from(dot(&self.cur[HISTORY..], &self.cur[HISTORY - k..][..n]));
+        let r = [lag(0), lag(1), lag(2), lag(4), lag(8)];
+        let energy = r[0];
         let found = match self.track {
             Some(track) => self.follow(track, energy),
             None => {
-                self.acquire(index, energy, f64::from(r1), f64::from(r2));
+                self.acquire(index, r);
                 None
             }
         };
@@ -191,11 +193,15 @@ impl BeepDetector {
     pub fn reset(&mut self) {
         self.track = None;
         self.has_prev = false;
-        self.hist = [0.0; 2];
+        self.cur.fill(0.0);
+        self.prev.fill(0.0);
         self.frames = 0;
     }
 
-    fn acquire(&mut self, index: u64, energy: f64, r1: f64, r2: f64) {
+    /// Looks for a tone starting in this frame, whose autocorrelations at lags 0, 1, 2, 4
+    /// and 8 are `r`.
+    fn acquire(&mut self, index: u64, r: [f64; 5]) {
+        let [energy, r1, r2, r4, r8] = r;
         if energy < self.min_energy {
             return;
         }
@@ -211,15 +217,27 @@ impl BeepDetector {
         if !(MIN_HZ - SEARCH_MARGIN_HZ..=MAX_HZ + SEARCH_MARGIN_HZ).contains(&candidate) {
             return;
         }
+        // P from r1 and r2 by least squares; then the sinusoid must also explain lags 4 and 8
+        // (cos 4ω and cos 8ω by Chebyshev's recurrence), which speech almost never does.
+        let t2 = 2.0 * c * c - 1.0;
+        let share = (r1 * c + r2 * t2) / (c * c + t2 * t2) / energy;
+        let t4 = 2.0 * t2 * t2 - 1.0;
+        let t8 = 2.0 * t4 * t4 - 1.0;
+        if share < MIN_MODEL_SHARE
+            || (r4 / energy - share * t4).abs() > MAX_MODEL_ERROR
+            || (r8 / energy - share * t8).abs() > MAX_MODEL_ERROR
+        {
+            return;
+        }
         let hz = self.strongest_near(candidate);
         let (cos, sin) = rotation(hz, rate);
-        let x = self.filter(&self.cur, hz, (cos, sin));
+        let x = self.filter(&self.cur[HISTORY..], hz, (cos, sin));
         let amplitude = self.amplitude(x);
         if purity(amplitude, energy, self.n) < MIN_PURITY {
             return;
         }
         let before = if self.has_prev {
-            self.amplitude(self.filter(&self.prev, hz, (cos, sin)))
+            self.amplitude(self.filter(&self.prev[HISTORY..], hz, (cos, sin)))
         } else {
             0.0
         };
@@ -241,7 +259,7 @@ impl BeepDetector {
     }
 
     fn follow(&mut self, mut track: Track, energy: f64) -> Option<Beep> {
-        let x = self.filter(&self.cur, track.hz, (track.cos, track.sin));
+        let x = self.filter(&self.cur[HISTORY..], track.hz, (track.cos, track.sin));
         let amplitude = self.amplitude(x);
         let hz = self.phase_frequency(&track, x);
         let steady = track
@@ -324,36 +342,26 @@ impl BeepDetector {
         0.5 * f64::from(self.rate) / self.n as f64
     }
 
-    /// The frequency near `candidate` where a filter over this frame is strongest: three
-    /// filters half a bin apart, moved towards the strongest until it is the middle one, then
-    /// a parabola through their log powers.
+    /// The frequency near `candidate` where a filter over this frame is strongest:
+    /// [`SEARCH_FILTERS`] filters half a bin apart in one pass, then a parabola through the
+    /// log powers of the strongest and its neighbours.
     fn strongest_near(&self, candidate: f64) -> f64 {
         let step = self.half_bin();
-        let mut centre = candidate;
-        let mut powers = [0.0f32; 3];
-        for _ in 0..SEARCH_STEPS {
-            let freqs = [
-                (centre - step) as f32,
-                centre as f32,
-                (centre + step) as f32,
-            ];
-            powers = GoertzelBank::new(&freqs, self.rate).power(&self.cur);
-            if powers[0] > powers[1] && powers[0] > powers[2] {
-                centre -= step;
-            } else if powers[2] > powers[1] {
-                centre += step;
-            } else {
-                break;
-            }
-        }
-        let [a, b, c] = powers.map(|p| f64::from(p.max(1e-12)).ln());
+        let middle = (SEARCH_FILTERS / 2) as f64;
+        let freqs: [f32; SEARCH_FILTERS] =
+            std::array::from_fn(|i| (candidate + (i as f64 - middle) * step) as f32);
+        let powers = GoertzelBank::new(&freqs, self.rate).power(&self.cur[HISTORY..]);
+        let best = (1..SEARCH_FILTERS - 1)
+            .max_by(|&a, &b| powers[a].total_cmp(&powers[b]))
+            .unwrap_or(SEARCH_FILTERS / 2);
+        let [a, b, c] = [best - 1, best, best + 1].map(|i| f64::from(powers[i].max(1e-12)).ln());
         let curvature = a - 2.0 * b + c;
         let offset = if curvature < 0.0 {
             (0.5 * (a - c) / curvature).clamp(-1.0, 1.0)
         } else {
             0.0
         };
-        centre + offset * step
+        f64::from(freqs[best]) + offset * step
     }
 
     /// Complex output of a Goertzel filter at `hz` over `block` (the same constant phase
@@ -377,6 +385,24 @@ fn purity(amplitude: f64, energy: f64, n: usize) -> f64 {
         return 0.0;
     }
     amplitude * amplitude * n as f64 / (2.0 * energy)
+}
+
+/// Σ a·b in eight independent sums, so that the loop runs in SIMD lanes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            sums[k] += x[k] * y[k];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 /// cos and sin of the rotation per sample of `hz` at `rate`.
