@@ -508,23 +508,25 @@ fn amd_greeting_length_edges() {
     }
 }
 
+/// After 300 ms of silence, `n` bursts of 200 ms, each followed by `gap` ms of silence.
+fn words(n: usize, gap: f64) -> impl Fn(Signal) -> Signal {
+    move |mut s: Signal| {
+        s = s.silence(300.0);
+        for _ in 0..n {
+            s = burst(s, 200.0).silence(gap);
+        }
+        s
+    }
+}
+
 #[test]
 fn amd_word_count_edges() {
     let cfg = AmdConfig::default();
-    let words = |n: usize| {
-        move |mut s: Signal| {
-            s = s.silence(300.0);
-            for _ in 0..n {
-                s = burst(s, 200.0).silence(200.0);
-            }
-            s
-        }
-    };
     for rate in RATES {
-        let r = amd_case(rate, words(3), cfg);
+        let r = amd_case(rate, words(3, 200.0), cfg);
         assert_amd(&r, AmdStatus::Human, "HUMAN-800-800", 3);
         assert_eq!(r.greeting_ms, 600);
-        let r = amd_case(rate, words(4), cfg);
+        let r = amd_case(rate, words(4, 200.0), cfg);
         assert_amd(&r, AmdStatus::Machine, "MAXWORDS-4-3", 4);
     }
 }
@@ -539,18 +541,9 @@ fn amd_word_length_and_gap_edges() {
         let r = amd_case(rate, |s| burst(s.silence(300.0), 80.0), cfg);
         assert_amd(&r, AmdStatus::Machine, "INITIALSILENCE-2500-2500", 0);
         // Four pieces of voice 40 ms apart are one word; 60 ms apart, four words.
-        let pieces = |gap: f64| {
-            move |mut s: Signal| {
-                s = s.silence(300.0);
-                for _ in 0..4 {
-                    s = burst(s, 200.0).silence(gap);
-                }
-                s
-            }
-        };
-        let r = amd_case(rate, pieces(40.0), cfg);
+        let r = amd_case(rate, words(4, 40.0), cfg);
         assert_amd(&r, AmdStatus::Human, "HUMAN-800-800", 1);
-        let r = amd_case(rate, pieces(60.0), cfg);
+        let r = amd_case(rate, words(4, 60.0), cfg);
         assert_amd(&r, AmdStatus::Machine, "MAXWORDS-4-3", 4);
         // After-greeting silence: 780 ms between words is not yet a person.
         let r = amd_case(

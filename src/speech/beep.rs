@@ -124,7 +124,7 @@ impl BeepDetector {
     /// A detector for audio at `rate`.
     pub fn new(rate: ClockRate) -> Result<Self, BeepRateError> {
         let hz = rate.hz();
-        if !(MIN_RATE..=MAX_RATE).contains(&hz) || hz % (1000 / FRAME_MS) != 0 {
+        if !(MIN_RATE..=MAX_RATE).contains(&hz) || !hz.is_multiple_of(1000 / FRAME_MS) {
             return Err(BeepRateError(hz));
         }
         let n = (hz / (1000 / FRAME_MS)) as usize;
