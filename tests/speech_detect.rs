@@ -2,11 +2,17 @@
 //! synthesized speech, tones and noise, at 8 and 16 kHz, frame by frame as a call feeds them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/thread_alloc.rs"]
+mod thread_alloc;
+
 use flite_rs::Engine;
 use switchboard::rtp::types::ClockRate;
 use switchboard::speech::amd::{Amd, AmdConfig, AmdResult, AmdStatus};
 use switchboard::speech::beep::{Beep, BeepDetector};
 use switchboard::speech::vad::{Vad, VadConfig, VadEvent};
+
+#[global_allocator]
+static GLOBAL: thread_alloc::Counting = thread_alloc::Counting;
 
 const RATES: [u32; 2] = [8000, 16000];
 
@@ -957,4 +963,39 @@ fn amd_and_beep_on_generated_answers() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// After construction the detectors allocate nothing per frame; AMD allocates once, for the
+/// text of its result.
+#[test]
+fn detectors_do_not_allocate_per_frame() {
+    for rate in RATES {
+        let pcm = speech(
+            "Please leave a message after the tone.",
+            rate,
+            1.0,
+            1.0,
+            -20.0,
+        );
+        let signal = Signal::new(rate)
+            .silence(300.0)
+            .samples_of(&pcm)
+            .tone(1000.0, -15.0, 300.0)
+            .silence(1500.0)
+            .with_noise(-50.0, true, 1);
+        let frames = signal.frames();
+        let mut vad = Vad::new(clock(rate), VadConfig::default());
+        let mut amd = Amd::new(AmdConfig::default());
+        let mut det = BeepDetector::new(clock(rate)).unwrap();
+        let (mut vad_events, mut results, mut found) = (0, 0, 0);
+        let allocs = thread_alloc::allocations(|| {
+            for frame in &frames {
+                vad_events += usize::from(vad.push(frame).is_some());
+                found += usize::from(det.push(frame).is_some());
+                results += usize::from(amd.push(frame).is_some());
+            }
+        });
+        assert_eq!((vad_events, results, found), (2, 1, 1), "{rate}");
+        assert_eq!(allocs, 1, "{rate}");
+    }
 }
