@@ -169,7 +169,12 @@ impl Amd {
             return None;
         }
         self.elapsed += FRAME_MS;
-        let sum: u64 = frame.iter().map(|&x| u64::from(x.unsigned_abs())).sum();
+        // In u32 over at most 2¹⁶ samples (2¹⁶ · 2¹⁵ fits), which the compiler keeps in
+        // SIMD lanes.
+        let sum: u64 = frame
+            .chunks(1 << 16)
+            .map(|c| u64::from(c.iter().map(|&x| u32::from(x.unsigned_abs())).sum::<u32>()))
+            .sum();
         // An empty frame (nothing arrived and nothing concealed it) is silence.
         let silent = frame.is_empty() || sum < self.threshold * frame.len() as u64;
         let cfg = self.cfg;

@@ -164,9 +164,11 @@ impl BeepDetector {
         let n = self.n;
         let (history, samples) = self.cur.split_at_mut(HISTORY);
         history.copy_from_slice(&self.prev[n..]);
-        for (i, slot) in samples.iter_mut().enumerate() {
-            *slot = frame.get(i).map_or(0.0, |&x| f32::from(x));
+        let m = frame.len().min(n);
+        for (slot, &x) in samples[..m].iter_mut().zip(frame) {
+            *slot = f32::from(x);
         }
+        samples[m..].fill(0.0);
         let lag = |k: usize| f64::from(dot(&self.cur[HISTORY..], &self.cur[HISTORY - k..][..n]));
         let r = [lag(0), lag(1), lag(2), lag(4), lag(8)];
         let energy = r[0];
