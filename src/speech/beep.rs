@@ -15,6 +15,9 @@
 //! harmonic) ends there. A bank over the whole band (65 filters at 25 Hz spacing) on every
 //! frame of every caller would cost several times more; DESA-2 is as cheap as the
 //! autocorrelations but needs band-pass filtering to be unbiased in noise below 1 kHz.
+//! Single-frequency call-progress tones (the 425 Hz busy and ringback cadences of most of
+//! Europe) are steady single tones as well and are reported like a beep; they come before an
+//! answer, not after one.
 //!
 //! The tone's edges fall inside frames: the amplitude a filter at the tone's frequency sees in
 //! a frame grows with the share of the frame the tone covers, so the frames at either edge

@@ -2,15 +2,15 @@
 //! for `listen()` (end of an answer) and barge-in (stop a prompt when the caller talks).
 //!
 //! A sans-IO core fed one 20 ms frame per tick, every tick (a lost packet is a frame of
-//! concealment or silence), so time is counted in frames. The decision is on frame energy,
+//! concealment or silence), so time is counted in frames. The decision is on frame energy
 //! above [`HIGH_PASS_HZ`] (rumble, hum and the low end of pink noise swing from frame to frame
-//! far more than they carry speech), against a threshold that follows the background: the noise level is the lowest frame
-//! energy of the last [`NOISE_WINDOW`] frames (speech always has gaps that fall back to the
-//! background, steady noise never rises above its own floor), speech must stand
-//! `margin_db` above it, and never below the absolute `floor_dbfs`. Steady line noise or
-//! comfort noise therefore never counts as speech, however loud, once it has been heard for a
-//! frame; a burst must hold [`VadConfig::min_speech_ms`] of loud frames to be speech, so a
-//! click, a cough or a short key tone is not.
+//! far more than they carry speech), against a threshold that follows the background: the
+//! noise level is the lowest frame energy of the last [`NOISE_WINDOW`] frames (speech always
+//! has gaps that fall back to the background, steady noise never rises above its own floor),
+//! speech must stand `margin_db` above it, and never below the absolute `floor_dbfs`. Steady
+//! line noise or comfort noise therefore never counts as speech, however loud, once it has
+//! been heard for a frame; a burst must hold [`VadConfig::min_speech_ms`] of loud frames to be
+//! speech, so a click, a cough or a short key tone is not.
 
 use crate::rtp::types::ClockRate;
 
@@ -21,7 +21,7 @@ pub const NOISE_WINDOW: usize = 100;
 /// Corner of the first-order high-pass filter in front of the energy measure, Hz.
 pub const HIGH_PASS_HZ: f32 = 200.0;
 
-/// Length of one frame in milliseconds; every detector in this module counts time in these.
+/// Length of one frame in milliseconds; the speech detectors count time in these.
 pub const FRAME_MS: u32 = 20;
 
 /// Frames more than this far below the absolute floor (30 dB) before filtering are dead: lost
@@ -33,8 +33,8 @@ const DEAD_FRAME_BELOW_FLOOR: f64 = 1000.0;
 /// lost packet in loud noise would drag the floor to nothing for the length of the window.
 const MAX_LOST_FRAMES: u32 = 10;
 
-/// Once speech has started it goes on while frames stay this much (3 dB) above the noise floor
-/// less than the start threshold: word endings fade, and trimming them would end speech early.
+/// Once speech has started, frames down to this share of the start threshold (3 dB under it)
+/// still count as speech: word endings fade, and trimming them would end speech early.
 const HOLD_RATIO: f64 = 0.5;
 
 /// Inside a burst that is not yet confirmed as speech, this many quiet frames in a row (40 ms)
