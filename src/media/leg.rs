@@ -146,6 +146,10 @@ pub enum LegCommand {
     Stream(Box<dyn AudioTap>),
     /// Stop the stream with this id, if it is still the one running.
     StopStream(u64),
+    /// Hear the caller for the call's script (replacing an ear already there).
+    Listen(Box<dyn AudioTap>),
+    /// Stop the ear with this id, if it is still the one there.
+    StopListen(u64),
     /// Send DTMF: RFC 4733 events when negotiated (or `inband`), else tones in the audio.
     SendDtmf {
         /// Digits 0-9, *, #, A-D.
@@ -196,6 +200,8 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::StopRecord => write!(f, "StopRecord"),
             LegCommand::Stream(t) => write!(f, "Stream({})", t.id()),
             LegCommand::StopStream(id) => write!(f, "StopStream({id})"),
+            LegCommand::Listen(t) => write!(f, "Listen({})", t.id()),
+            LegCommand::StopListen(id) => write!(f, "StopListen({id})"),
             LegCommand::Answered => write!(f, "Answered"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
@@ -456,7 +462,7 @@ enum RtpWatch {
     TimedOut,
 }
 
-/// Something that taps a leg's audio every tick: an application stream.
+/// Something that taps a leg's audio every tick: an application stream, or the call's ear.
 pub trait AudioTap: Send {
     /// The call's number for it, so that a late stop does not end its successor.
     fn id(&self) -> u64;
@@ -512,6 +518,8 @@ pub struct Leg {
     recording: Option<Recording>,
     /// An application stream tapping the call's audio.
     stream: Option<Box<dyn AudioTap>>,
+    /// The call's ear: speech, answering machines and tones heard for the script.
+    listener: Option<Box<dyn AudioTap>>,
     echo: bool,
     /// An in-band key tone is being heard (between its detected start and end).
     inband_active: bool,
@@ -602,6 +610,7 @@ impl Leg {
             playing: None,
             recording: None,
             stream: None,
+            listener: None,
             echo: false,
             inband_active: false,
             rfc4733_active: false,
@@ -788,6 +797,12 @@ impl Leg {
                     self.stream = None;
                 }
             }
+            LegCommand::Listen(tap) => self.listener = Some(tap),
+            LegCommand::StopListen(id) => {
+                if self.listener.as_ref().is_some_and(|s| s.id() == id) {
+                    self.listener = None;
+                }
+            }
             LegCommand::Echo(on) => self.echo = on,
             LegCommand::InfoDigit(e) => self.key_event(e),
             LegCommand::SendDtmf { digits, inband } => {
@@ -970,6 +985,7 @@ impl Leg {
         self.playing = None;
         // The socket task sees its handle go, says `stop` and closes.
         self.stream = None;
+        self.listener = None;
         let r = self.report();
         tracing::debug!(
             packets_in = r.leg.packets_in,
@@ -1244,6 +1260,9 @@ impl Leg {
         if let Some(s) = self.stream.as_mut() {
             s.tick(&self.pcm_in, &mut self.pcm_out);
         }
+        if let Some(l) = self.listener.as_mut() {
+            l.tick(&self.pcm_in, &mut self.pcm_out);
+        }
         self.record_frame();
         if self.cfg.direction.sends() {
             let dest = self.recv.remote().or(self.cfg.remote);
@@ -1295,6 +1314,9 @@ impl Leg {
         if let Some(s) = self.stream.as_mut() {
             // Not speaking (see `send_encoded`): the frame is left as the room made it.
             s.tick(&self.pcm_in, &mut self.pcm_out);
+        }
+        if let Some(l) = self.listener.as_mut() {
+            l.tick(&self.pcm_in, &mut self.pcm_out);
         }
         self.record_frame();
         if self.cfg.direction.sends() {
@@ -1488,9 +1510,11 @@ impl Leg {
             let decoded = match self.jitter.pop_frame(now) {
                 Pop::Frame(f) => {
                     level = f.level;
-                    // A recording or a stream of this call wants what the caller says, quiet
+                    // A recording, a stream or the ear of this call wants what the caller says, quiet
                     // or not.
-                    let own_listener = self.recording.is_some() || self.stream.is_some();
+                    let own_listener = self.recording.is_some()
+                        || self.stream.is_some()
+                        || self.listener.is_some();
                     let skip = !own_listener && below(f.level, self.quiet_floor);
                     let ok = if skip {
                         out.fill(0);

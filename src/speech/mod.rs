@@ -8,5 +8,10 @@
 pub mod amd;
 pub mod asr;
 pub mod beep;
+pub mod ear;
+pub mod listen;
+pub mod tap;
 pub mod tts;
 pub mod vad;
+
+pub use listen::{BeepResult, EarEvent, EarMode, Heard, ListenEnd, ListenOptions};
