@@ -88,6 +88,22 @@ pub struct Cdr {
     /// Streams of the call's audio to applications, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<crate::stream::run::StreamRecord>,
+    /// The answering-machine verdict, when the call asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd: Option<AmdRecord>,
+}
+
+/// An answering-machine verdict in a call's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AmdRecord {
+    /// `HUMAN`, `MACHINE`, `NOTSURE` or `HANGUP`.
+    pub status: String,
+    /// Why, as Asterisk's AMDCAUSE.
+    pub cause: String,
+    /// Length of the greeting heard, in milliseconds.
+    pub greeting_ms: u64,
+    /// Words counted.
+    pub words: u64,
 }
 
 /// Which way a call went.
@@ -307,6 +323,7 @@ pub(crate) mod tests {
             parent_call_id: None,
             source: Some("192.0.2.10:5060".into()),
             streams: Vec::new(),
+            amd: None,
         }
     }
 

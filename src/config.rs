@@ -67,6 +67,12 @@ pub struct Config {
     /// SIP trunks (`[[trunks]]`, any number): carriers calls go out through.
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
+    /// Text to speech for `say()` (`[tts]`).
+    #[serde(default)]
+    pub tts: crate::speech::tts::TtsConfig,
+    /// Speech recognition for `listen()` (`[asr]`).
+    #[serde(default)]
+    pub asr: crate::speech::asr::AsrConfig,
 }
 
 /// One `[[trunks]]` entry: a carrier's proxy, the account there and how calls use it.
@@ -794,6 +800,12 @@ impl Config {
         }
         self.conference.validate()?;
         self.dtmf.validate()?;
+        self.tts
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.asr
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.media.codec_list()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 pub const DEFAULT_CAPACITY: usize = 4096;
 
 /// Something that happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// An INVITE arrived and a call began.
@@ -186,6 +186,52 @@ pub enum Event {
         /// Messages dropped because the application did not keep up.
         dropped: u64,
     },
+    /// A call spoke (`say`) or listened (`listen`).
+    Speech {
+        /// SIP Call-ID.
+        call_id: String,
+        /// `say` or `listen`.
+        kind: String,
+        /// The engine that synthesized or recognised (`flite`, `http`, `pocketsphinx`; empty
+        /// when a `listen` ended without speech).
+        engine: String,
+        /// What was said, or recognised.
+        text: String,
+        /// A `say` came from the sentence cache (it was not synthesized again).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cached: Option<bool>,
+        /// The choice the answer matched.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        choice: Option<String>,
+        /// The recogniser's confidence, 0 to 1.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        confidence: Option<f64>,
+        /// The key that ended a `listen`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Why a `listen` ended: `speech`, `max-speech`, `key` or `no-input`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Length of the caller's speech, in milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        speech_ms: Option<u64>,
+        /// Milliseconds the recogniser took.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recognize_ms: Option<u64>,
+    },
+    /// Answering-machine detection reached its verdict.
+    Amd {
+        /// SIP Call-ID.
+        call_id: String,
+        /// `HUMAN`, `MACHINE`, `NOTSURE` or `HANGUP`.
+        status: String,
+        /// Why, as Asterisk's AMDCAUSE (`LONGGREETING-1540-1500`).
+        cause: String,
+        /// Length of the greeting heard, in milliseconds.
+        greeting_ms: u64,
+        /// Words counted.
+        words: u64,
+    },
     /// A recording was finalised (or discarded).
     RecordingFinished {
         /// The recording's id.
@@ -200,7 +246,7 @@ pub enum Event {
 }
 
 /// An event with its place in the stream and when it was published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Stamped {
     /// 1, 2, 3 … in publishing order, per server run.
     pub seq: u64,

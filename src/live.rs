@@ -50,6 +50,10 @@ pub struct CallInfo {
     pub bridged_with: Option<String>,
     /// The stream of the call's audio to an application, if any (its id).
     pub stream: Option<String>,
+    /// What the last `listen` heard (the text, or the key as `key 5`).
+    pub heard: Option<String>,
+    /// The answering-machine verdict (`MACHINE (LONGGREETING-1540-1500)`).
+    pub amd: Option<String>,
 }
 
 impl CallInfo {
@@ -68,6 +72,8 @@ impl CallInfo {
             direction: "inbound".into(),
             bridged_with: None,
             stream: None,
+            heard: None,
+            amd: None,
         }
     }
 

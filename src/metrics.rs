@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::engine::WorkerStats;
 use crate::sip::guard::{DropReason, RefuseReason};
@@ -19,12 +20,20 @@ const CODES: usize = (LAST_CODE - FIRST_CODE + 1) as usize;
 /// DTMF detection methods, in the order of their counters.
 const DTMF_METHODS: [&str; 4] = ["rfc4733", "inband", "info", "other"];
 
+/// Answering-machine verdicts, in the order of their counters.
+const AMD_STATUSES: [&str; 4] = ["HUMAN", "MACHINE", "NOTSURE", "HANGUP"];
+
 /// Server-wide counters; share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
     sip_responses: Box<[AtomicU64]>,
     sip_responses_other: AtomicU64,
     dtmf: [AtomicU64; DTMF_METHODS.len()],
+    amd: [AtomicU64; AMD_STATUSES.len()],
+    /// The synthesizer whose sentence counters are exported.
+    tts: std::sync::OnceLock<crate::speech::tts::Tts>,
+    /// The recogniser whose counters are exported.
+    asr: std::sync::OnceLock<Arc<crate::speech::asr::Asr>>,
     recordings_finished: AtomicU64,
     recording_bytes: AtomicU64,
     script_errors: AtomicU64,
@@ -91,6 +100,9 @@ impl Default for Metrics {
             sip_responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             sip_responses_other: AtomicU64::new(0),
             dtmf: Default::default(),
+            amd: Default::default(),
+            tts: std::sync::OnceLock::new(),
+            asr: std::sync::OnceLock::new(),
             recordings_finished: AtomicU64::new(0),
             recording_bytes: AtomicU64::new(0),
             script_errors: AtomicU64::new(0),
@@ -211,6 +223,23 @@ impl Metrics {
             .position(|m| *m == method)
             .unwrap_or(DTMF_METHODS.len() - 1);
         self.dtmf[i].fetch_add(1, Relaxed);
+    }
+
+    /// Exports the sentence counters of `tts` (the server's one synthesizer; set once).
+    pub fn watch_tts(&self, tts: crate::speech::tts::Tts) {
+        let _ = self.tts.set(tts);
+    }
+
+    /// Exports the counters of `asr` (the server's one recogniser; set once).
+    pub fn watch_asr(&self, asr: Arc<crate::speech::asr::Asr>) {
+        let _ = self.asr.set(asr);
+    }
+
+    /// Answering-machine detection ended with `status` (unknown ones are not counted).
+    pub fn amd(&self, status: &str) {
+        if let Some(i) = AMD_STATUSES.iter().position(|s| *s == status) {
+            self.amd[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// A recording was finalised with this many bytes of audio file.
@@ -391,6 +420,75 @@ impl Metrics {
             w.sample(
                 "switchboard_dtmf_digits_total",
                 &[("method", m)],
+                c.load(Relaxed),
+            );
+        }
+
+        if let Some(asr) = self.asr.get() {
+            let c = asr.counters();
+            for (name, help, v) in [
+                (
+                    "switchboard_asr_recognitions_total",
+                    "Utterances recognised for listen().",
+                    c.recognitions,
+                ),
+                (
+                    "switchboard_asr_errors_total",
+                    "Utterances the recogniser failed on.",
+                    c.errors,
+                ),
+            ] {
+                w.family(name, help, "counter");
+                w.sample(name, &[], v);
+            }
+        }
+        if let Some(tts) = self.tts.get() {
+            let s = tts.stats();
+            for (name, help, kind, v) in [
+                (
+                    "switchboard_tts_synthesized_total",
+                    "Sentences synthesized.",
+                    "counter",
+                    s.synthesized,
+                ),
+                (
+                    "switchboard_tts_cache_hits_total",
+                    "Sentences played from the sentence cache.",
+                    "counter",
+                    s.cached,
+                ),
+                (
+                    "switchboard_tts_errors_total",
+                    "Sentences refused or failed.",
+                    "counter",
+                    s.errors,
+                ),
+                (
+                    "switchboard_tts_cache_sentences",
+                    "Sentences in the cache.",
+                    "gauge",
+                    s.cache_entries,
+                ),
+                (
+                    "switchboard_tts_cache_bytes",
+                    "Bytes of audio in the sentence cache.",
+                    "gauge",
+                    s.cache_bytes,
+                ),
+            ] {
+                w.family(name, help, kind);
+                w.sample(name, &[], v);
+            }
+        }
+        w.family(
+            "switchboard_amd_results_total",
+            "Answering-machine detections, by verdict.",
+            "counter",
+        );
+        for (s, c) in AMD_STATUSES.iter().zip(&self.amd) {
+            w.sample(
+                "switchboard_amd_results_total",
+                &[("status", s)],
                 c.load(Relaxed),
             );
         }

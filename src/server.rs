@@ -204,6 +204,20 @@ pub async fn run_with_ready(
         codecs: config.media.codec_list()?,
         codec_choice: config.media.codec_choice,
         srtp: config.rtp.srtp,
+        tts: {
+            let tts = crate::speech::tts::Tts::new(&config.tts)
+                .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+            metrics.watch_tts(tts.clone());
+            Arc::new(tts)
+        },
+        asr: {
+            let asr = Arc::new(
+                crate::speech::asr::Asr::new(&config.asr)
+                    .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
+            );
+            metrics.watch_asr(asr.clone());
+            asr
+        },
     });
     let (sip_commands, sip_command_rx) = tokio::sync::mpsc::channel(4096);
     let originator: crate::api::Originator = {

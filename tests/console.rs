@@ -331,6 +331,7 @@ fn write_leg_cdr(
         parent_call_id: parent.map(str::to_string),
         source: None,
         streams: Vec::new(),
+        amd: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);
@@ -476,6 +477,28 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     )
     .await;
     assert_eq!(title, "sip:dave@example.com;user=phone");
+    // What the call's last listen() heard and its answering-machine verdict show on its row
+    // as soon as their events come.
+    _call.update(|i| {
+        i.heard = Some("support".into());
+        i.amd = Some("HUMAN (HUMAN-340-800)".into());
+    });
+    bus.publish(Event::Amd {
+        call_id: "call-console-1".into(),
+        status: "HUMAN".into(),
+        cause: "HUMAN-340-800".into(),
+        greeting_ms: 340,
+        words: 1,
+    });
+    wait_for(&c, &format!("{call_row} .heard")).await;
+    assert_eq!(
+        text_of(&c, &format!("{call_row} .heard")).await.unwrap(),
+        "“support”"
+    );
+    assert_eq!(
+        text_of(&c, &format!("{call_row} .amd")).await.unwrap(),
+        "AMD HUMAN (HUMAN-340-800)"
+    );
     // The page's reading of other From forms.
     let parsed = js(
         &c,

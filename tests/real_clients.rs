@@ -1309,3 +1309,73 @@ fn baresip_audio_levels_leave_a_quiet_room_member_undecoded() {
         "{during} decodes skipped: the loud phone's too?"
     );
 }
+
+/// PocketSphinx and its model are installed (CI installs them; elsewhere a test that needs
+/// them says so and passes).
+fn sphinx() -> bool {
+    let here = switchboard::speech::asr::pocketsphinx_available();
+    if !here {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs PocketSphinx: apt install libpocketsphinx3 pocketsphinx-en-us"
+        );
+        eprintln!("PocketSphinx is not installed: skipped");
+    }
+    here
+}
+
+/// baresip's microphone (its audio file) says "billing" three seconds into a call to a menu
+/// that asks with `say()` and then listens for three choices: the word is recognised and
+/// reaches the script, and the phone heard the menu spoken.
+#[test]
+fn baresip_answers_a_spoken_menu_by_voice() {
+    if !sphinx() {
+        return;
+    }
+    let scripts = std::env::temp_dir().join(format!("rc-speech-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(
+        scripts.join("menu.rhai"),
+        r#"answer();
+say("Sales, support or billing?");
+let r = listen(#{choices: ["sales", "support", "billing"], timeout_ms: 8000});
+log(`heard ${r.choice}`);
+hangup();
+"#,
+    )
+    .unwrap();
+    let options = ServerOptions {
+        config: Some(format!(
+            "[paths]\nscripts = \"{}\"\n\n[[dialplan]]\nexact = \"menu\"\nscript = \"menu\"\n",
+            scripts.display()
+        )),
+        ..ServerOptions::default()
+    };
+    let Some(mut b) = Bench::new("rc-bs-speech", &["baresip"], options) else {
+        return;
+    };
+    let mut voice = vec![0i16; 3 * 8000];
+    voice.extend(flite_rs::Engine::new().synthesize("billing").samples);
+    voice.extend(vec![0i16; 10 * 8000]);
+    let options = Options {
+        source: Some(voice),
+        ..Options::tone(1000)
+    };
+    let mut phone = Baresip::start(b.dir(), "talker", b.sip(), options);
+    phone.call("menu");
+    let call = b.answered("menu");
+    let heard = b.events.wait("speech", EVENT_WAIT, |e| {
+        e["call_id"] == call.as_str() && e["kind"] == "listen"
+    });
+    assert_eq!(heard["choice"], "billing", "{heard}");
+    assert_eq!(heard["reason"], "speech", "{heard}");
+    b.ended(&call);
+    // The menu's question reached the phone as speech.
+    let pcm = phone.heard();
+    let loud = pcm
+        .chunks_exact(160)
+        .filter(|f| switchboard::media::level::rms_dbfs(f) > -35.0)
+        .count();
+    assert!(loud > 40, "the phone heard {loud} loud frames of the menu");
+    let _ = std::fs::remove_dir_all(&scripts);
+}

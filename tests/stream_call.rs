@@ -351,7 +351,7 @@ async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_h
     // The call's record lists the stream.
     events.until(WAIT, |e| e["type"] == "call_ended").await;
     server.stop().await;
-    let cdr = cdr_of(&cdrs, &uac.call_id).await;
+    let cdr = support::cdr_of(&cdrs, &uac.call_id).await;
     let streams = cdr["streams"].as_array().expect("streams in the CDR");
     assert_eq!(streams.len(), 1, "{cdr}");
     assert_eq!(streams[0]["stream_id"], sid.as_str());
@@ -363,28 +363,6 @@ async fn a_bot_hears_the_caller_talks_back_marks_clears_gets_keys_and_sees_the_h
 }
 
 /// The record of call `call_id` in the CDR folder (written off the call path: waited for).
-async fn cdr_of(dir: &std::path::Path, call_id: &str) -> Value {
-    let until = Instant::now() + WAIT;
-    loop {
-        let found = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .flat_map(|p| {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .collect::<Vec<_>>()
-            })
-            .find(|r| r["call_id"] == call_id);
-        if let Some(r) = found {
-            return r;
-        }
-        assert!(Instant::now() < until, "no CDR for {call_id} in {dir:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 const STREAM_THEN_ECHO: &str = r#"
 answer();
 stream_start(session.vars.url);

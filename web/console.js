@@ -334,7 +334,9 @@ async function loadCalls() {
     body.append(el("tr", { "data-call": c.id, title: "Call-ID " + c.id },
       el("td", { class: "who" }, party(c.from)),
       el("td", {}, c.direction === "outbound" ? "↗ " + c.to : party(c.to),
-        c.bridged_with ? el("div", { class: "bridged" }, "⇄ " + c.bridged_with) : ""),
+        c.bridged_with ? el("div", { class: "bridged" }, "⇄ " + c.bridged_with) : "",
+        c.heard ? el("div", { class: "heard", title: "What the last listen() heard" }, "“" + c.heard + "”") : "",
+        c.amd ? el("div", { class: "amd", title: "Answering-machine detection" }, "AMD " + c.amd) : ""),
       el("td", { class: "call-state" }, tag(c.state, answered ? "ok" : "ringing")),
       el("td", { class: "num" }, since(c.answered_at || c.started_at)),
       el("td", {}, c.room || ""),
@@ -530,6 +532,9 @@ function onEvent(e) {
       reloadSoon("calls");
       reloadSoon("stats");
       reloadSoon("history");
+      break;
+    case "speech": case "amd":
+      reloadSoon("calls");
       break;
     case "recording_started": case "recording_finished":
       reloadSoon("recordings");

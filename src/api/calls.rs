@@ -235,6 +235,10 @@ pub struct OriginateBody {
     pub vars: std::collections::BTreeMap<String, String>,
     /// Seconds the far end may ring (default 30, at most 300).
     pub timeout_secs: Option<u64>,
+    /// Detect an answering machine before the script runs: its result is the script's
+    /// `session.amd` and an `amd` event (a room's flow leaves a machine at once).
+    #[serde(default)]
+    pub amd: bool,
 }
 
 /// The call just placed.
@@ -286,6 +290,7 @@ pub(crate) async fn originate(
             flow,
             vars: b.vars,
             timeout: ring_timeout(b.timeout_secs)?,
+            amd: b.amd,
         },
     )
 }

@@ -21,7 +21,7 @@ use crate::events::{Event, Stamped};
 use crate::metrics::Metrics;
 
 /// Every event type, as sent in `event:` and the JSON `type`.
-pub const EVENT_TYPES: [&str; 19] = [
+pub const EVENT_TYPES: [&str; 21] = [
     "call_started",
     "call_answered",
     "call_ended",
@@ -41,6 +41,8 @@ pub const EVENT_TYPES: [&str; 19] = [
     "call_step",
     "call_ringing",
     "call_failed",
+    "speech",
+    "amd",
 ];
 
 /// An event's type name, as serialised in its `type` field.
@@ -65,6 +67,8 @@ pub fn event_type(e: &Event) -> &'static str {
         Event::CallStep { .. } => "call_step",
         Event::CallRinging { .. } => "call_ringing",
         Event::CallFailed { .. } => "call_failed",
+        Event::Speech { .. } => "speech",
+        Event::Amd { .. } => "amd",
     }
 }
 

@@ -257,6 +257,9 @@ pub struct RoomDialBody {
     pub timeout_secs: Option<u64>,
     /// A key the callee must press before joining (so a voicemail box does not join).
     pub confirm: Option<String>,
+    /// Detect an answering machine first: a machine is hung up on, never joins.
+    #[serde(default)]
+    pub amd: bool,
 }
 
 /// Calls someone into a room: on answer (and the `confirm` key, if asked for) they join.
@@ -299,6 +302,7 @@ pub(crate) async fn dial(
             flow: crate::call::OriginateFlow::Room { room, confirm },
             vars: Default::default(),
             timeout: super::calls::ring_timeout(b.timeout_secs)?,
+            amd: b.amd,
         },
     )
 }

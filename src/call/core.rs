@@ -98,6 +98,8 @@ pub enum PlaySpec {
     Silence(Duration),
     /// The beep before a recording: the `beep` prompt, else a beep tone.
     Beep,
+    /// Synthesized speech, played as it is made.
+    Speech(Box<crate::speech::tts::SayRequest>),
 }
 
 /// Media work for a leg.
@@ -147,6 +149,8 @@ pub enum MediaAction {
     Stream(Box<crate::stream::StreamRequest>),
     /// Stop the leg's stream.
     StopStream,
+    /// Set the mode of the leg's ear (put on the leg the first time).
+    Ear(crate::speech::EarMode),
     /// The leg is done: its media and ports go.
     Close,
 }
@@ -158,6 +162,15 @@ pub enum Work {
     Discard(String),
     /// Place a call of its own (its id or why not: [`CallCore::handle_work_reply`]).
     Originate(Box<super::dial::Originate>),
+    /// Recognise an utterance; answer [`CallCore::handle_recognized`].
+    Recognize {
+        /// The caller's speech.
+        samples: Vec<i16>,
+        /// Its rate.
+        rate: crate::rtp::types::ClockRate,
+        /// What the answer should be one of.
+        choices: Vec<String>,
+    },
     /// Act on a room; answer [`CallCore::handle_work_reply`].
     Room {
         /// The room.
@@ -277,6 +290,8 @@ pub struct CallCore {
     script_running: bool,
     /// A stream taps the caller's leg (until the driver reports its end).
     pub(super) streaming: bool,
+    /// The caller's ear is in a mode other than off.
+    pub(super) ear_on: bool,
     ended: Option<Outcome>,
     actions: VecDeque<Action>,
 }
@@ -323,6 +338,7 @@ impl CallCore {
             limit_passed: false,
             script_running: true,
             streaming: false,
+            ear_on: false,
             ended: None,
             actions: VecDeque::new(),
         };

@@ -53,6 +53,9 @@ pub struct DialRequest {
     pub max: Option<Duration>,
     /// Record the bridged call: the caller left, the callee right.
     pub record: bool,
+    /// Screen an answer for an answering machine before bridging: a person (or a verdict
+    /// not reached) is bridged, a machine is hung up on like a failed attempt.
+    pub amd: Option<crate::speech::amd::AmdConfig>,
 }
 
 impl Default for DialRequest {
@@ -66,6 +69,7 @@ impl Default for DialRequest {
             ringback: Ringback::Tone,
             max: None,
             record: false,
+            amd: None,
         }
     }
 }
@@ -85,6 +89,8 @@ pub enum DialOutcome {
     Failed,
     /// Cancelled before an answer.
     Cancelled,
+    /// An answering machine answered (screened with `amd`) and was hung up on.
+    Machine,
 }
 
 impl DialOutcome {
@@ -97,6 +103,7 @@ impl DialOutcome {
             DialOutcome::Rejected => "rejected",
             DialOutcome::Failed => "failed",
             DialOutcome::Cancelled => "cancelled",
+            DialOutcome::Machine => "machine",
         }
     }
 
@@ -123,6 +130,8 @@ pub struct DialResult {
     pub reason: String,
     /// How long the bridge lasted.
     pub duration: Duration,
+    /// The answering-machine verdict of the last answer screened.
+    pub amd: Option<crate::speech::amd::AmdResult>,
 }
 
 /// The INVITE for a dialled leg.
@@ -147,6 +156,8 @@ enum OutState {
     Calling,
     /// A provisional arrived.
     Ringing,
+    /// Answered; its media is being screened for an answering machine.
+    Screening,
     /// Answered and bridged with the caller since then.
     Bridged(Instant),
 }
@@ -214,6 +225,8 @@ pub(super) struct Dialing {
     ringback: Option<u64>,
     /// The leg whose early media the caller hears (bridged before its answer).
     early: Option<LegId>,
+    /// The last screening's verdict.
+    amd: Option<crate::speech::amd::AmdResult>,
 }
 
 impl Dialing {
@@ -248,6 +261,9 @@ impl Dialing {
         others
     }
 }
+
+/// Slack past a screening's own analysis time before the dial gives up on the leg.
+const SCREEN_SLACK: Duration = Duration::from_secs(5);
 
 /// The ringback tone: 425 Hz, one second on, four off (ITU-T E.180), for up to `d`.
 fn ringback_tone(d: Duration) -> Option<ToneSpec> {
@@ -293,6 +309,7 @@ impl CallCore {
             last: None,
             ringback: None,
             early: None,
+            amd: None,
         }));
         if parallel {
             for i in firsts {
@@ -542,11 +559,23 @@ impl CallCore {
             return self.push(Action::Sip(leg, SipAction::Hangup));
         }
         let early_bridged = d.early == Some(leg);
+        let screening = d.request.amd;
         let Some(out) = d.leg(leg) else {
             return self.push(Action::Sip(leg, SipAction::Hangup));
         };
         if out.media {
             // Its early media runs already: the 2xx's SDP, if any, repeats the 183's.
+            if let Some(cfg) = screening {
+                let others = d.keep_only(leg);
+                d.early = None;
+                for (other, state) in others {
+                    self.drop_out_leg(other, state);
+                }
+                if early_bridged {
+                    self.media(MediaAction::Unbridge);
+                }
+                return self.screen(now, leg, cfg);
+            }
             out.state = OutState::Bridged(now);
             let target = out.target.clone();
             let others = d.keep_only(leg);
@@ -587,24 +616,96 @@ impl CallCore {
                 return self.out_failed(now, leg, 488, why);
             }
         };
-        out.state = OutState::Bridged(now);
         out.media = true;
+        if let Some(cfg) = screening {
+            let others = d.keep_only(leg);
+            for (other, state) in others {
+                self.drop_out_leg(other, state);
+            }
+            self.push(Action::Media(leg, MediaAction::Start(m)));
+            return self.screen(now, leg, cfg);
+        }
+        self.push(Action::Media(leg, MediaAction::Start(m)));
+        self.bridge_answered(now, leg);
+    }
+
+    /// Bridges the leg that answered with the caller (answering the caller first if need
+    /// be); the ringback stops, the others were let go already.
+    fn bridge_answered(&mut self, now: Instant, leg: LegId) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(out) = d.leg(leg) else {
+            return;
+        };
+        out.state = OutState::Bridged(now);
         let target = out.target.clone();
-        let ringback = d.ringback.take();
         let others = d.keep_only(leg);
+        let ringback = d.ringback.take();
         for (other, state) in others {
             self.drop_out_leg(other, state);
         }
         if ringback.is_some() {
             self.media(MediaAction::StopPlay);
         }
-        self.push(Action::Media(leg, MediaAction::Start(m)));
         if !self.is_answered() {
             self.answer(now);
         }
         self.media(MediaAction::Bridge(leg));
         self.record_bridge();
         self.note(Note::Bridged(target));
+    }
+
+    /// The answer is screened: the leg's ear analyses its greeting while the caller still
+    /// hears the ringback. The ring timeout gives way to the analysis' own limit.
+    fn screen(&mut self, now: Instant, leg: LegId, cfg: crate::speech::amd::AmdConfig) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        let Some(out) = d.leg(leg) else {
+            return;
+        };
+        out.state = OutState::Screening;
+        let wait = Duration::from_millis(u64::from(cfg.total_analysis_time)) + SCREEN_SLACK;
+        d.deadline = now.checked_add(wait);
+        self.push(Action::Media(
+            leg,
+            MediaAction::Ear(crate::speech::EarMode::Amd(cfg)),
+        ));
+    }
+
+    /// The screened leg's verdict: a person (or no verdict) is bridged; a machine is hung
+    /// up on and the dial goes on as after a failed attempt.
+    pub(super) fn screened(&mut self, now: Instant, leg: LegId, r: crate::speech::amd::AmdResult) {
+        let Some(d) = self.dialing() else {
+            return;
+        };
+        if !d
+            .legs
+            .iter()
+            .any(|l| l.id == leg && l.state == OutState::Screening)
+        {
+            return;
+        }
+        tracing::info!(?leg, status = r.status_str(), cause = %r.cause, "screened");
+        self.note(Note::Amd {
+            status: r.status_str().to_string(),
+            cause: r.cause.clone(),
+            greeting_ms: r.greeting_ms,
+            words: r.words,
+        });
+        let machine = matches!(
+            r.status,
+            crate::speech::amd::AmdStatus::Machine | crate::speech::amd::AmdStatus::Hangup
+        );
+        if let Some(d) = self.dialing() {
+            d.amd = Some(r);
+        }
+        if !machine {
+            return self.bridge_answered(now, leg);
+        }
+        self.push(Action::Sip(leg, SipAction::Hangup));
+        self.out_failed(now, leg, 0, "answering machine".into());
     }
 
     /// With `record`, the bridged call is recorded on the caller's leg: what the caller says
@@ -705,6 +806,7 @@ impl CallCore {
         match state {
             OutState::Preparing => {}
             OutState::Calling | OutState::Ringing => self.push(Action::Sip(leg, SipAction::Cancel)),
+            OutState::Screening => self.push(Action::Sip(leg, SipAction::Hangup)),
             OutState::Bridged(_) => {
                 self.media(MediaAction::Unbridge);
                 self.stop_bridge_recording();
@@ -771,7 +873,14 @@ impl CallCore {
             return;
         };
         let (code, reason) = d.last.clone().unwrap_or((0, "no answer".into()));
-        let outcome = outcome.unwrap_or(DialOutcome::of_status(code));
+        // A screened machine is told apart from a status: it answered (code 0 here).
+        let machine = code == 0
+            && d.amd
+                .as_ref()
+                .is_some_and(|r| r.status == crate::speech::amd::AmdStatus::Machine);
+        let outcome = outcome
+            .or(machine.then_some(DialOutcome::Machine))
+            .unwrap_or(DialOutcome::of_status(code));
         let code = (code > 0).then_some(code);
         self.reply_dial(outcome, code, reason);
     }
@@ -787,7 +896,9 @@ impl CallCore {
         reason: String,
         duration: Duration,
     ) {
+        let mut amd = None;
         if let Some(d) = self.dialing() {
+            amd = d.amd.take();
             if d.ringback.take().is_some() {
                 self.media(MediaAction::StopPlay);
             }
@@ -799,6 +910,7 @@ impl CallCore {
             code,
             reason,
             duration,
+            amd,
         }));
     }
 
@@ -874,6 +986,9 @@ pub struct Originate {
     pub vars: BTreeMap<String, String>,
     /// How long the far end may ring.
     pub timeout: Duration,
+    /// On answer, answering-machine detection runs first; the script sees its result as
+    /// `session.amd`, the event bus as an `amd` event.
+    pub amd: bool,
 }
 
 /// What a placed call does once answered.

@@ -4,6 +4,7 @@
 //!   requests carried out one at a time, timers — driven with `now` and drained of actions;
 //! - [`verbs`]: how the core carries out each script verb;
 //! - [`note`]: the steps a call reports (transcripts, `call_step` events);
+//! - `speech`: the speech verbs (`say`, `listen`, `amd`, `wait_for_beep`) and the caller's ear;
 //! - [`task`]: the live call's tokio task, thin glue between the core and the SIP
 //!   transport, the media engine, rooms, recordings and the event bus;
 //! - [`transfer`]: the target a script hands a blind transfer.
@@ -15,6 +16,7 @@ pub mod core;
 pub mod dial;
 pub mod note;
 pub mod outbound;
+mod speech;
 pub mod task;
 mod transfer;
 mod verbs;

@@ -122,6 +122,47 @@ pub enum Note {
     Streaming(String),
     /// The stream ended, and why.
     StreamEnded(String),
+    /// Synthesized speech started playing.
+    Said(String),
+    /// The caller's speech stopped a prompt.
+    InterruptedBySpeech,
+    /// A `listen` ended.
+    Heard {
+        /// What was recognised.
+        text: String,
+        /// The choice it matched.
+        choice: Option<String>,
+        /// The recogniser's confidence in thousandths.
+        confidence: u16,
+        /// The key that ended it.
+        key: Option<char>,
+        /// Why it ended (`speech`, `max-speech`, `key`, `no-input`).
+        reason: &'static str,
+        /// Length of the caller's speech, in milliseconds.
+        speech_ms: u64,
+    },
+    /// The recogniser failed.
+    NotRecognized(String),
+    /// The answering-machine verdict.
+    Amd {
+        /// `HUMAN`, `MACHINE`, `NOTSURE` or `HANGUP`.
+        status: String,
+        /// Why, Asterisk-style (`LONGGREETING-1540-1500`).
+        cause: String,
+        /// Length of the greeting, in milliseconds.
+        greeting_ms: u32,
+        /// Words counted.
+        words: u32,
+    },
+    /// The voicemail tone was heard (and has ended).
+    BeepHeard {
+        /// Its frequency.
+        hz: u32,
+        /// Its length in milliseconds.
+        ms: u32,
+    },
+    /// No voicemail tone within the wait.
+    NoBeep,
     /// A line from the script.
     Log(String),
     /// The script acted on a room.
@@ -226,6 +267,26 @@ impl fmt::Display for Note {
             Note::DialEnded(outcome, None) => write!(f, "dial ended: {}", outcome.as_str()),
             Note::Streaming(url) => write!(f, "streaming to {url}"),
             Note::StreamEnded(why) => write!(f, "stream ended ({why})"),
+            Note::Said(text) => write!(f, "said {text:?}"),
+            Note::InterruptedBySpeech => write!(f, "interrupted by speech"),
+            Note::Heard {
+                text,
+                choice,
+                key,
+                reason,
+                ..
+            } => match (key, choice) {
+                (Some(k), _) => write!(f, "heard key {k}"),
+                (None, Some(c)) => write!(f, "heard {text:?} ({c}, {reason})"),
+                (None, None) if text.is_empty() => write!(f, "heard nothing ({reason})"),
+                (None, None) => write!(f, "heard {text:?} ({reason})"),
+            },
+            Note::NotRecognized(why) => write!(f, "speech not recognised: {why}"),
+            Note::Amd { status, cause, .. } => {
+                write!(f, "answering machine detection: {status} ({cause})")
+            }
+            Note::BeepHeard { hz, ms } => write!(f, "beep heard: {hz} Hz, {ms} ms"),
+            Note::NoBeep => write!(f, "no beep heard"),
             Note::Log(s) => write!(f, "log: {s}"),
             Note::Room { room, request } => write!(f, "room {room}: {request}"),
             Note::Digit { digit, .. } => write!(f, "key {digit}"),

@@ -47,6 +47,8 @@ use crate::sip::endpoint::{OutgoingCall, Party};
 use crate::sip::ids::Ids;
 use crate::sip::message::Request;
 use crate::sip::transport::{Command, Dialled};
+use crate::speech::ear::EarSetup;
+use crate::speech::tap::{ear_queue, EarLink, EarTap, Heard};
 use crate::stream::run::{Owner, Progress, Running, StreamRecord};
 use crate::stream::{StartInfo, StreamRequest, StreamTap, TapConfig};
 
@@ -100,6 +102,10 @@ pub struct CallContext {
     pub codec_choice: crate::sdp::CodecChoice,
     /// When the media is SRTP (`[rtp] srtp`).
     pub srtp: crate::sdp::SrtpPolicy,
+    /// Text to speech for `say`.
+    pub tts: Arc<crate::speech::tts::Tts>,
+    /// Speech recognition for `listen`.
+    pub asr: Arc<crate::speech::asr::Asr>,
 }
 
 /// How long a call's stream may take to close after the call ended.
@@ -150,6 +156,7 @@ static PLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// The script a call placed into a room runs: the confirmation key if asked for, the room,
 /// then goodbye.
 const ROOM_FLOW: &str = r#"
+if session.amd != () && session.amd.status == "MACHINE" { hangup(); }
 if session.vars.confirm != () {
     let key = collect(#{prompt: "enter-pin", max: 1, tries: 2, first_digit_timeout: 8000});
     if key != session.vars.confirm { hangup(); }
@@ -301,6 +308,7 @@ fn start(
             });
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
             let (out_tx, out_events) = mpsc::unbounded_channel();
+            let (ear_tx, ears) = ear_queue();
             let outbound = call.is_none();
             let mut t = Task {
                 ctx,
@@ -325,8 +333,13 @@ fn start(
                 out_tx,
                 out_events,
                 stream: None,
+                ear: None,
+                ear_tx,
+                ears,
                 next_stream: 0,
                 streams: Vec::new(),
+                amd: None,
+                recognize_ms: None,
             };
             let core = run(&mut t).await;
             let ended = EndedAt {
@@ -390,10 +403,19 @@ struct Task {
     out_events: mpsc::UnboundedReceiver<(LegId, OutEvent)>,
     /// The stream tapping the caller's leg.
     stream: Option<Running>,
+    /// The ear on the caller's leg, once a speech verb wanted one.
+    ear: Option<EarLink>,
+    /// Where every ear of the call reports, tagged with its leg.
+    ear_tx: mpsc::Sender<Heard>,
+    ears: mpsc::Receiver<Heard>,
     /// The last stream's number.
     next_stream: u64,
     /// The streams that ended, for the call's record.
     streams: Vec<StreamRecord>,
+    /// The answering-machine verdict, for the call's record.
+    amd: Option<crate::cdr::AmdRecord>,
+    /// How long the last recognition took.
+    recognize_ms: Option<u64>,
 }
 
 /// A leg the call placed: its ports, its SIP call and its media.
@@ -408,6 +430,10 @@ struct Out {
     lease: Option<PortLease>,
     sip: Option<CallHandle>,
     media: Option<LegHandle>,
+    /// The rate its media runs at.
+    rate: Option<ClockRate>,
+    /// Its ear, once answering-machine detection wanted one.
+    ear: Option<EarLink>,
 }
 
 /// A dialled leg's record as it goes.
@@ -582,6 +608,7 @@ impl Task {
             },
             auth_user: self.parties.auth_user.clone(),
             outbound: false,
+            amd: false,
         };
         // The INVITE is not needed for the rest of the call; idle calls should stay small.
         drop(request);
@@ -628,6 +655,7 @@ impl Task {
             vars: o.vars,
             outbound: true,
             auth_user: String::new(),
+            amd: o.amd,
         };
         self.live.update(|c| c.script = Some(name));
         let mut flow = Flow::Waiting(ast, info);
@@ -704,6 +732,9 @@ impl Task {
                     }
                     CallControl::StopStream => core.handle_operator_stream_stop(),
                 },
+                Some((leg, e)) = self.ears.recv() => {
+                    core.handle_heard(Instant::now(), LegId(leg), e)
+                }
                 p = stream_progress(&mut self.stream, &self.ctx.events) => {
                     if let Progress::Ended(reason) = p {
                         self.stream_ended(core, reason);
@@ -844,6 +875,7 @@ impl Task {
             parent_call_id: Some(self.parties.call_id.clone()),
             source: None,
             streams: Vec::new(),
+            amd: None,
         });
     }
 
@@ -951,6 +983,21 @@ impl Task {
                         Err(e) => CallReply::Failed(e.to_string()),
                     });
                 }
+                Action::Work(Work::Recognize {
+                    samples,
+                    rate,
+                    choices,
+                }) => {
+                    let asr = self.ctx.asr.clone();
+                    let began = Instant::now();
+                    let result = tokio::task::spawn_blocking(move || {
+                        asr.recognize(&samples, rate, &choices)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await;
+                    self.recognize_ms = Some(began.elapsed().as_millis() as u64);
+                    core.handle_recognized(result.unwrap_or_else(|e| Err(e.to_string())));
+                }
                 Action::Work(Work::Room { room, request }) => {
                     core.handle_work_reply(self.room_request(&room, request));
                 }
@@ -1005,6 +1052,67 @@ impl Task {
                 self.live.update(|c| c.bridged_with = Some(target));
             }
             Note::DialEnded(..) => self.live.update(|c| c.bridged_with = None),
+            Note::Heard {
+                text,
+                choice,
+                confidence,
+                key,
+                reason,
+                speech_ms,
+            } => {
+                let recognised = key.is_none() && *speech_ms > 0;
+                self.ctx.events.publish(BusEvent::Speech {
+                    call_id: call_id.clone(),
+                    kind: "listen".into(),
+                    cached: None,
+                    engine: if recognised {
+                        self.ctx.asr.engine_name().into()
+                    } else {
+                        String::new()
+                    },
+                    text: text.clone(),
+                    choice: choice.clone(),
+                    confidence: recognised.then_some(f64::from(*confidence) / 1000.0),
+                    key: key.map(|k| k.to_string()),
+                    reason: Some((*reason).into()),
+                    speech_ms: Some(*speech_ms),
+                    recognize_ms: if recognised {
+                        self.recognize_ms.take()
+                    } else {
+                        None
+                    },
+                });
+                let shown = match (key, choice) {
+                    (Some(k), _) => format!("key {k}"),
+                    (None, Some(c)) => c.clone(),
+                    (None, None) if text.is_empty() => format!("({reason})"),
+                    (None, None) => text.clone(),
+                };
+                self.live.update(|c| c.heard = Some(shown));
+            }
+            Note::Amd {
+                status,
+                cause,
+                greeting_ms,
+                words,
+            } => {
+                self.ctx.metrics.amd(status);
+                self.ctx.events.publish(BusEvent::Amd {
+                    call_id: call_id.clone(),
+                    status: status.clone(),
+                    cause: cause.clone(),
+                    greeting_ms: u64::from(*greeting_ms),
+                    words: u64::from(*words),
+                });
+                self.amd = Some(crate::cdr::AmdRecord {
+                    status: status.clone(),
+                    cause: cause.clone(),
+                    greeting_ms: u64::from(*greeting_ms),
+                    words: u64::from(*words),
+                });
+                let shown = format!("{status} ({cause})");
+                self.live.update(|c| c.amd = Some(shown));
+            }
             Note::Joined { room, .. } => {
                 let room = room.clone();
                 self.live.update(|i| i.room = Some(room));
@@ -1231,6 +1339,7 @@ impl Task {
             }
             MediaAction::StopRecord => self.send_leg(LegCommand::StopRecord),
             MediaAction::Stream(request) => self.start_stream(&request),
+            MediaAction::Ear(mode) => self.set_ear(leg, mode),
             MediaAction::StopStream => {
                 if let Some(s) = self.stream.as_mut() {
                     s.stopping();
@@ -1296,6 +1405,41 @@ impl Task {
         }
     }
 
+    /// Gives a leg's ear a mode, putting an ear on the leg the first time.
+    fn set_ear(&mut self, leg: LegId, mode: crate::speech::EarMode) {
+        self.next_stream += 1;
+        let id = self.next_stream;
+        let ear = if leg == LegId::CALLER {
+            let Some(handle) = &self.leg else {
+                return;
+            };
+            if self.ear.is_none() {
+                let (tap, link) = EarTap::new(id, self.audio_rate, leg.0, self.ear_tx.clone());
+                handle.send(LegCommand::Listen(Box::new(tap)));
+                self.ear = Some(link);
+            }
+            self.ear.as_ref()
+        } else {
+            let Some(out) = self.outs.get_mut(&leg) else {
+                return;
+            };
+            let (Some(handle), Some(rate)) = (&out.media, out.rate) else {
+                return;
+            };
+            if out.ear.is_none() {
+                let (tap, link) = EarTap::new(id, rate, leg.0, self.ear_tx.clone());
+                handle.send(LegCommand::Listen(Box::new(tap)));
+                out.ear = Some(link);
+            }
+            out.ear.as_ref()
+        };
+        if let Some(ear) = ear {
+            if !ear.set(EarSetup::new(mode, ear.rate())) {
+                tracing::warn!(?leg, "the ear did not take its mode");
+            }
+        }
+    }
+
     fn send_leg(&self, c: LegCommand) {
         if let Some(leg) = &self.leg {
             leg.send(c);
@@ -1338,6 +1482,7 @@ impl Task {
         });
         if let Some(out) = self.outs.get_mut(&id) {
             out.media = Some(handle);
+            out.rate = Some(m.codec.sample_rate());
         }
         Ok(())
     }
@@ -1402,6 +1547,27 @@ impl Task {
                 }
             }
             PlaySpec::Prompts(names) => names,
+            PlaySpec::Speech(request) => {
+                let speech = self
+                    .ctx
+                    .tts
+                    .speak(&request, rate)
+                    .map_err(|e| e.to_string())?;
+                self.ctx.events.publish(BusEvent::Speech {
+                    call_id: self.parties.call_id.clone(),
+                    kind: "say".into(),
+                    engine: self.ctx.tts.config().engine.as_str().into(),
+                    text: request.text.clone(),
+                    cached: Some(speech.is_cached()),
+                    choice: None,
+                    confidence: None,
+                    key: None,
+                    reason: None,
+                    speech_ms: None,
+                    recognize_ms: None,
+                });
+                return Ok(Box::new(speech));
+            }
         };
         let prompts = self.ctx.prompts.clone();
         let dir = self.ctx.recorder.dir().to_path_buf();
@@ -1598,6 +1764,7 @@ impl Task {
             parent_call_id: None,
             source: self.parties.source.map(|a| a.to_string()),
             streams: self.streams.clone(),
+            amd: self.amd.clone(),
         });
     }
 }

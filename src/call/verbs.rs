@@ -83,6 +83,11 @@ pub(super) enum Active {
     Dial(Box<super::dial::Dialing>),
     /// Streaming to an application until the stream ends.
     Stream,
+    /// A `listen`, `amd` or `wait_for_beep`, answered by the ear (or given up at `until`).
+    Hearing {
+        hearing: super::speech::Hearing,
+        until: Instant,
+    },
 }
 
 impl Active {
@@ -98,6 +103,7 @@ impl Active {
             Active::Transfer { until, .. } => Some(*until),
             Active::Collect { collector, .. } => collector.poll_timeout(),
             Active::Dial(d) => d.deadline(),
+            Active::Hearing { until, .. } => Some(*until),
             _ => None,
         }
     }
@@ -110,6 +116,10 @@ impl Active {
             Active::Record { .. } | Active::Echo { .. } | Active::Conference | Active::Stream => {
                 true
             }
+            Active::Hearing {
+                hearing: super::speech::Hearing::Listen { .. },
+                ..
+            } => true,
             _ => false,
         }
     }
@@ -135,7 +145,15 @@ impl CallCore {
                 | CallRequest::Record(_)
                 | CallRequest::Conference(_)
                 | CallRequest::Stream { .. }
+                | CallRequest::Say { .. }
+                | CallRequest::Listen(_)
+                | CallRequest::Amd(_)
+                | CallRequest::WaitForBeep(_)
         );
+        // What the ear kept from a barge-in prompt is for a `listen` right after it only.
+        if !matches!(request, CallRequest::Listen(_)) {
+            self.set_ear(crate::speech::EarMode::Off);
+        }
         if needs_media {
             self.ensure_media(now);
             if self.awaits_answer() {
@@ -153,7 +171,7 @@ impl CallCore {
         }
     }
 
-    fn fail(&mut self, why: impl Into<String>) {
+    pub(super) fn fail(&mut self, why: impl Into<String>) {
         self.active = Active::Idle;
         self.reply(CallReply::Failed(why.into()));
     }
@@ -196,7 +214,12 @@ impl CallCore {
             CallRequest::Play(p) => {
                 self.note(Note::Played(p.prompts.clone()));
                 match self.playable(&p.prompts) {
-                    Ok(prompts) => self.play(PlaySpec::Prompts(prompts), p.barge_in),
+                    Ok(prompts) => {
+                        if p.barge_in {
+                            self.watch_for_speech();
+                        }
+                        self.play(PlaySpec::Prompts(prompts), p.barge_in)
+                    }
                     Err(e) => self.fail(e),
                 }
             }
@@ -282,6 +305,10 @@ impl CallCore {
                 }
                 self.done();
             }
+            CallRequest::Say { request, barge_in } => self.start_say(request, barge_in),
+            CallRequest::Listen(options) => self.start_listen(now, options),
+            CallRequest::Amd(config) => self.start_amd(now, *config),
+            CallRequest::WaitForBeep(wait) => self.start_beep_wait(now, wait),
             CallRequest::Room { room, request } => {
                 self.note(Note::Room {
                     room: room.clone(),
@@ -335,7 +362,7 @@ impl CallCore {
     }
 
     /// Plays; the request is answered when the leg reports the playback done.
-    fn play(&mut self, what: PlaySpec, barge_in: bool) {
+    pub(super) fn play(&mut self, what: PlaySpec, barge_in: bool) {
         if !self.has_media() {
             return self.fail("the call has no media");
         }
@@ -424,6 +451,9 @@ impl CallCore {
             }
             Active::Idle => self.keep_type_ahead(digit),
             Active::Dial(_) => self.relay_digit(LegId::CALLER, digit),
+            Active::Hearing { .. } => {
+                self.listen_digit(digit);
+            }
             _ => {}
         }
     }
@@ -491,6 +521,7 @@ impl CallCore {
                 self.drive_collect(now);
             }
             Active::Dial(_) => self.dial_timeout(now),
+            Active::Hearing { .. } => self.hearing_timeout(now),
             _ => {}
         }
     }

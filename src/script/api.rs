@@ -94,6 +94,19 @@ pub enum CallRequest {
     },
     /// Stop the call's stream, if one runs.
     StreamStop,
+    /// Speak text to the caller; `barge_in`: a key or the caller's speech stops it.
+    Say {
+        /// What to say, and how.
+        request: crate::speech::tts::SayRequest,
+        /// A key or speech stops it (and a `listen` that follows hears the whole answer).
+        barge_in: bool,
+    },
+    /// Listen for one answer: speech (recognised) or a key.
+    Listen(crate::speech::ListenOptions),
+    /// Tell a person from an answering machine.
+    Amd(Box<crate::speech::amd::AmdConfig>),
+    /// Wait for the voicemail tone, at most this long.
+    WaitForBeep(Duration),
     /// Act on a conference room (any room, not only the caller's), or list its members.
     Room {
         /// The room's name.
@@ -217,7 +230,7 @@ pub struct RecordInfo {
 }
 
 /// The call's answer to a [`CallRequest`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallReply {
     /// Done (answer, play, tone, sleep, …).
     Done,
@@ -236,6 +249,12 @@ pub enum CallReply {
     Members(Vec<crate::live::MemberInfo>),
     /// How a `dial` ended.
     Dialed(crate::call::DialResult),
+    /// What `listen` heard.
+    Heard(crate::speech::Heard),
+    /// The answering-machine verdict.
+    Amd(crate::speech::amd::AmdResult),
+    /// What `wait_for_beep` heard.
+    Beep(crate::speech::BeepResult),
 }
 
 /// The caller hung up or the call ended: the request was not carried out.
@@ -295,6 +314,18 @@ pub(crate) fn restore_context(c: Context) {
     HANGUP.with(|h| *h.borrow_mut() = c.1);
 }
 
+/// Adds `key` to the `session` map of this thread's call (before its script runs).
+pub(crate) fn add_to_session(key: &str, value: Dynamic) {
+    ACTIVE.with(|a| {
+        if let Some(active) = a.borrow_mut().as_mut() {
+            if let Some(mut m) = active.session.clone().try_cast::<Map>() {
+                m.insert(key.into(), value);
+                active.session = Dynamic::from_map(m).into_read_only();
+            }
+        }
+    });
+}
+
 /// The `session` map of this thread's call, read-only.
 pub(crate) fn session() -> Option<Dynamic> {
     ACTIVE.with(|a| a.borrow().as_ref().map(|a| a.session.clone()))
@@ -318,9 +349,9 @@ pub(crate) fn hangup_requested() -> bool {
     })
 }
 
-type Res<T> = Result<T, Box<EvalAltResult>>;
+pub(super) type Res<T> = Result<T, Box<EvalAltResult>>;
 
-fn err<T>(msg: impl Into<String>) -> Res<T> {
+pub(super) fn err<T>(msg: impl Into<String>) -> Res<T> {
     Err(EvalAltResult::ErrorRuntime(Dynamic::from(msg.into()), Position::NONE).into())
 }
 
@@ -329,7 +360,7 @@ fn terminate<T>(token: &str) -> Res<T> {
 }
 
 /// Sends `req` through this thread's port.
-fn request(req: CallRequest) -> Res<CallReply> {
+pub(super) fn request(req: CallRequest) -> Res<CallReply> {
     let taken = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         let active = a.as_mut()?;
@@ -386,13 +417,13 @@ fn collect_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
 }
 
 /// Reads options out of a script's object map, refusing unknown keys so typos surface.
-struct Opts<'a> {
+pub(super) struct Opts<'a> {
     verb: &'static str,
     map: &'a Map,
 }
 
 impl<'a> Opts<'a> {
-    fn new(verb: &'static str, map: &'a Map, known: &[&str]) -> Res<Opts<'a>> {
+    pub(super) fn new(verb: &'static str, map: &'a Map, known: &[&str]) -> Res<Opts<'a>> {
         if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
             return err(format!(
                 "{verb}: unknown option {k:?} (known: {})",
@@ -402,11 +433,11 @@ impl<'a> Opts<'a> {
         Ok(Opts { verb, map })
     }
 
-    fn get(&self, key: &str) -> Option<&Dynamic> {
+    pub(super) fn get(&self, key: &str) -> Option<&Dynamic> {
         self.map.get(key).filter(|v| !v.is_unit())
     }
 
-    fn int(&self, key: &str, lo: INT, hi: INT) -> Res<Option<INT>> {
+    pub(super) fn int(&self, key: &str, lo: INT, hi: INT) -> Res<Option<INT>> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
@@ -420,7 +451,7 @@ impl<'a> Opts<'a> {
         }
     }
 
-    fn millis(&self, key: &str) -> Res<Option<Duration>> {
+    pub(super) fn millis(&self, key: &str) -> Res<Option<Duration>> {
         let max = MAX_WAIT.as_millis() as INT;
         Ok(self
             .int(key, 0, max)?
@@ -453,7 +484,7 @@ impl<'a> Opts<'a> {
         Ok(Some(Duration::from_secs_f64(secs)))
     }
 
-    fn bool(&self, key: &str) -> Res<Option<bool>> {
+    pub(super) fn bool(&self, key: &str) -> Res<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => match v.as_bool() {
@@ -467,7 +498,7 @@ impl<'a> Opts<'a> {
     }
 
     /// A string; integers are taken as their decimal digits (`pin: 1234`).
-    fn string(&self, key: &str) -> Res<Option<String>> {
+    pub(super) fn string(&self, key: &str) -> Res<Option<String>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => text(self.verb, key, v).map(Some),
@@ -843,8 +874,18 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
             "mode",
             "max_secs",
             "record",
+            "amd",
         ],
     )?;
+    let amd = match o.get("amd") {
+        None => None,
+        Some(v) if v.as_bool() == Ok(false) => None,
+        Some(v) if v.as_bool() == Ok(true) => Some(crate::speech::amd::AmdConfig::default()),
+        Some(v) => match v.read_lock::<Map>() {
+            Some(m) => Some(super::speech::amd_config(&m)?),
+            None => return err("dial: amd must be true, false or a map of amd() options"),
+        },
+    };
     let list: Vec<String> = match targets.read_lock::<Array>() {
         Some(a) => a
             .iter()
@@ -933,6 +974,7 @@ pub fn dial_request(targets: &Dynamic, opts: &Map) -> Res<crate::call::DialReque
         ringback,
         max: o.secs("max_secs")?.filter(|m| !m.is_zero()),
         record: o.bool("record")?.unwrap_or(false),
+        amd,
     })
 }
 
@@ -968,7 +1010,7 @@ fn originate(target: &str, opts: &Map) -> Res<ImmutableString> {
     let o = Opts::new(
         "originate",
         opts,
-        &["script", "room", "vars", "caller_id", "timeout_secs"],
+        &["script", "room", "vars", "caller_id", "timeout_secs", "amd"],
     )?;
     let flow = match (o.string("script")?, o.string("room")?) {
         (Some(s), None) => OriginateFlow::Script(s),
@@ -996,6 +1038,7 @@ fn originate(target: &str, opts: &Map) -> Res<ImmutableString> {
             flow,
             vars,
             timeout: o.secs("timeout_secs")?.unwrap_or(Duration::from_secs(30)),
+            amd: o.bool("amd")?.unwrap_or(false),
         },
     )
 }
@@ -1060,7 +1103,11 @@ fn stream_start(url: &str, opts: &Map) -> Res<()> {
 
 fn room_dial(room: &str, target: &str, opts: &Map) -> Res<ImmutableString> {
     use crate::call::{Originate, OriginateFlow};
-    let o = Opts::new("room_dial", opts, &["caller_id", "timeout_secs", "confirm"])?;
+    let o = Opts::new(
+        "room_dial",
+        opts,
+        &["caller_id", "timeout_secs", "confirm", "amd"],
+    )?;
     let confirm = match o.string("confirm")? {
         None => None,
         Some(k) => match k.chars().collect::<Vec<_>>()[..] {
@@ -1080,6 +1127,7 @@ fn room_dial(room: &str, target: &str, opts: &Map) -> Res<ImmutableString> {
             },
             vars: Default::default(),
             timeout: o.secs("timeout_secs")?.unwrap_or(Duration::from_secs(30)),
+            amd: o.bool("amd")?.unwrap_or(false),
         },
     )
 }
@@ -1099,6 +1147,9 @@ fn dial(targets: &Dynamic, opts: &Map) -> Res<Map> {
                 "duration_ms".into(),
                 (d.duration.as_millis().min(INT::MAX as u128) as INT).into(),
             );
+            if let Some(r) = &d.amd {
+                m.insert("amd".into(), super::speech::amd_map(r).into());
+            }
             Ok(m)
         }
         other => err(format!("dial: unexpected reply {other:?}")),
@@ -1235,6 +1286,7 @@ pub fn register(engine: &mut Engine) {
         .register_fn("log", |a: Dynamic, b: Dynamic, c: Dynamic| {
             log_line(&[&a, &b, &c])
         });
+    super::speech::register(engine);
 }
 
 /// `print` and `debug` from a script: a log line of its call.

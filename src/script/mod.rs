@@ -16,7 +16,10 @@ pub mod dialplan;
 pub mod engine;
 pub mod runner;
 pub mod simulate;
+pub mod speech;
 
+#[cfg(test)]
+mod speech_tests;
 #[cfg(test)]
 mod tests;
 

@@ -70,6 +70,8 @@ pub struct CallInfo {
     pub auth_user: String,
     /// A call we placed (originate), not one we answered.
     pub outbound: bool,
+    /// Answering-machine detection runs before the script, its result in `session.amd`.
+    pub amd: bool,
 }
 
 impl CallInfo {
@@ -125,7 +127,11 @@ pub fn run_script(
 ) -> ScriptOutcome {
     let _installed = api::install(port, hangup.clone(), info.to_map());
     let mut scope = Scope::new();
-    let result = engine.run_ast_with_scope(&mut scope, ast);
+    let result = match info.amd {
+        true => super::speech::amd_first(),
+        false => Ok(()),
+    }
+    .and_then(|()| engine.run_ast_with_scope(&mut scope, ast));
     let file = ast.source().unwrap_or("script");
     match result {
         Ok(()) => ScriptOutcome::Finished,

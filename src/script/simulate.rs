@@ -17,6 +17,9 @@
 //!   moment the call listens for keys (a `collect`, a `record`, a barge-in `play`, `echo`,
 //!   `conference`); keys of one step are [`KEY_GAP`] apart.
 //! - `hangup`: the caller hangs up at the caller's clock.
+//! - `say TEXT`: the caller speaks TEXT (synthesized) at the caller's clock, whether the
+//!   call listens or not; the caller's clock moves on by the speech's length. The call's
+//!   ear hears it as on a live call, and `listen()` sends it to the configured recogniser.
 //!
 //! An application a script streams to keeps the stream until the script stops it or the
 //! caller hangs up.
@@ -42,10 +45,14 @@ use crate::call::{
 };
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::frame::NARROW_RATE;
-use crate::media::prompt::PromptCache;
+use crate::media::prompt::{Prompt, PromptCache};
 use crate::media::record::StopReason;
 use crate::sdp::LocalSession;
 use crate::sip::endpoint::{CallHandle, EndReason, Event};
+use crate::speech::asr::{Asr, Recognition};
+use crate::speech::ear::{Ear, EarSetup, FRAME};
+use crate::speech::tts::{SayRequest, Tts};
+use crate::speech::{EarEvent, EarMode};
 
 /// How long each prompt lasts when no prompt folder is given.
 pub const DEFAULT_PROMPT: Duration = Duration::from_secs(2);
@@ -69,6 +76,8 @@ pub enum CallerStep {
     Wait(Duration),
     /// Hang up.
     Hangup,
+    /// Speak this text.
+    Say(String),
 }
 
 /// Parses caller input (`"1, wait 3s, 4#, hangup"`).
@@ -78,6 +87,12 @@ pub fn parse_input(input: &str) -> Result<Vec<CallerStep>, String> {
         let lower = item.to_ascii_lowercase();
         if lower == "hangup" {
             steps.push(CallerStep::Hangup);
+        } else if lower.starts_with("say ") {
+            let text = item[4..].trim().trim_matches('"').trim();
+            if text.is_empty() {
+                return Err(format!("{item:?}: say what?"));
+            }
+            steps.push(CallerStep::Say(text.to_string()));
         } else if let Some(t) = lower.strip_prefix("wait") {
             steps.push(CallerStep::Wait(parse_duration(t.trim()).ok_or_else(
                 || format!("{item:?}: expected a time like 3s, 1.5s or 500ms"),
@@ -89,7 +104,9 @@ pub fn parse_input(input: &str) -> Result<Vec<CallerStep>, String> {
                 .map(|c| Digit::from_char(c).ok_or(c))
                 .collect::<Result<Vec<_>, char>>()
                 .map_err(|c| {
-                    format!("{item:?}: {c:?} is not a key; steps are keys, wait Ns, hangup")
+                    format!(
+                        "{item:?}: {c:?} is not a key; steps are keys, wait Ns, say TEXT, hangup"
+                    )
                 })?;
             steps.push(CallerStep::Keys(keys));
         }
@@ -168,6 +185,26 @@ pub struct Simulator {
     info: CallInfo,
     max_duration: Duration,
     outbound: Arc<OutboundPolicy>,
+    speech: Option<SimSpeech>,
+}
+
+/// The speech engines a simulation uses.
+#[derive(Clone)]
+struct SimSpeech {
+    tts: Arc<Tts>,
+    asr: Arc<Asr>,
+}
+
+/// The engines of the default configuration, made once for every simulation.
+fn default_speech() -> Result<SimSpeech, String> {
+    static MADE: std::sync::OnceLock<Result<SimSpeech, String>> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        Ok(SimSpeech {
+            tts: Arc::new(Tts::new(&Default::default()).map_err(|e| e.to_string())?),
+            asr: Arc::new(Asr::new(&Default::default()).map_err(|e| e.to_string())?),
+        })
+    })
+    .clone()
 }
 
 impl fmt::Debug for Simulator {
@@ -205,7 +242,15 @@ impl Simulator {
             },
             max_duration: Duration::from_secs(3600),
             outbound: Arc::new(OutboundPolicy::new(&["*".to_string()], 16)),
+            speech: None,
         }
+    }
+
+    /// The speech engines `say` and `listen` use (default: those of the default
+    /// configuration).
+    pub fn speech(mut self, tts: Arc<Tts>, asr: Arc<Asr>) -> Self {
+        self.speech = Some(SimSpeech { tts, asr });
+        self
     }
 
     /// What calls the script may place (default: any target, 16 legs).
@@ -264,6 +309,7 @@ impl Simulator {
             self.max_duration,
             hangup.clone(),
             self.outbound.clone(),
+            self.speech.clone(),
         )));
         lock(&sim).drain();
         let port = Box::new(SimPort(sim.clone()));
@@ -333,6 +379,7 @@ impl CallPort for SimPort {
 enum CallerEvent {
     Key(Digit),
     Hangup,
+    Say,
 }
 
 struct Caller {
@@ -363,6 +410,7 @@ impl Caller {
             CallerStep::Keys(k) if listening => k.first().map(|d| (at, CallerEvent::Key(*d))),
             CallerStep::Keys(_) => None,
             CallerStep::Hangup => Some((at, CallerEvent::Hangup)),
+            CallerStep::Say(_) => Some((at, CallerEvent::Say)),
             CallerStep::Wait(_) => None,
         }
     }
@@ -434,6 +482,8 @@ enum Input {
     Discarded,
     WorkReply(CallReply),
     StreamEnded,
+    Heard(LegId, EarEvent),
+    Recognized(Result<Recognition, String>),
 }
 
 /// The simulated call: the call core and what surrounds it.
@@ -457,6 +507,17 @@ struct SimCall {
     inputs: VecDeque<Input>,
     reply: Option<CallReply>,
     lines: Vec<TranscriptLine>,
+    /// The speech engines (made when first needed, unless given).
+    speech: Option<SimSpeech>,
+    /// The call's ear, fed the caller's audio a frame at a time while it is on.
+    ear: Ear,
+    /// Ears on dialled legs (screening for answering machines): a simulated far end says
+    /// nothing.
+    far_ears: Vec<(LegId, Ear)>,
+    /// When the ear hears its next frame.
+    ear_next: Duration,
+    /// What the caller says: from when, and the audio.
+    voice: Option<(Duration, Arc<Prompt>)>,
 }
 
 impl SimCall {
@@ -466,6 +527,7 @@ impl SimCall {
         limit: Duration,
         hangup: Arc<AtomicBool>,
         outbound: Arc<OutboundPolicy>,
+        speech: Option<SimSpeech>,
     ) -> Self {
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], 40002));
         let core = CallCore::incoming(
@@ -497,6 +559,71 @@ impl SimCall {
             inputs: VecDeque::new(),
             reply: None,
             lines: Vec::new(),
+            speech,
+            ear: Ear::new(NARROW_RATE),
+            far_ears: Vec::new(),
+            ear_next: Duration::ZERO,
+            voice: None,
+        }
+    }
+
+    /// The speech engines, made on first use.
+    fn speech(&mut self) -> Result<SimSpeech, String> {
+        if let Some(s) = &self.speech {
+            return Ok(s.clone());
+        }
+        let s = default_speech()?;
+        self.speech = Some(s.clone());
+        Ok(s)
+    }
+
+    fn ear_on(&self) -> bool {
+        let on = |e: &Ear| !matches!(e.mode(), EarMode::Off);
+        on(&self.ear) || self.far_ears.iter().any(|(_, e)| on(e))
+    }
+
+    /// The ear hears the frame due now: what the caller says then, or silence.
+    fn hear_frame(&mut self) {
+        let n = NARROW_RATE.ticks_in(FRAME) as usize;
+        let mut frame = [0i16; 160];
+        if let Some((from, voice)) = &self.voice {
+            let at = NARROW_RATE.ticks_in(self.now.saturating_sub(*from)) as usize;
+            let samples = &voice.samples;
+            if at < samples.len() {
+                let end = (at + n).min(samples.len());
+                frame[..end - at].copy_from_slice(&samples[at..end]);
+            }
+        }
+        self.ear_next = self.now + FRAME;
+        if let Some(e) = self.ear.push(&frame[..n]) {
+            self.inputs.push_back(Input::Heard(LegId::CALLER, e));
+        }
+        let quiet = [0i16; 160];
+        for (leg, ear) in &mut self.far_ears {
+            if let Some(e) = ear.push(&quiet[..n]) {
+                self.inputs.push_back(Input::Heard(*leg, e));
+            }
+        }
+    }
+
+    /// The caller starts saying the text of its next step.
+    fn caller_says(&mut self, text: String) {
+        let request = SayRequest {
+            text: text.clone(),
+            voice: None,
+            rate: None,
+        };
+        match self.speech().and_then(|s| {
+            s.tts
+                .synthesize(&request, NARROW_RATE)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(p) => {
+                self.line(format!("caller says {text:?}"));
+                self.caller.clock = self.now + p.duration();
+                self.voice = Some((self.now, p));
+            }
+            Err(e) => self.line(format!("caller cannot say {text:?}: {e}")),
         }
     }
 
@@ -564,6 +691,8 @@ impl SimCall {
                 Input::Discarded => self.core.handle_discarded(Ok(())),
                 Input::WorkReply(r) => self.core.handle_work_reply(r),
                 Input::StreamEnded => self.core.handle_stream_ended("stopped"),
+                Input::Heard(leg, e) => self.core.handle_heard(now, leg, e),
+                Input::Recognized(r) => self.core.handle_recognized(r),
             }
         }
     }
@@ -670,6 +799,17 @@ impl SimCall {
                 | SipAction::Cancel => {}
             },
             Action::Media(leg, MediaAction::Prepare) => self.inputs.push_back(Input::Prepared(leg)),
+            Action::Media(leg, MediaAction::Ear(mode)) if leg != LegId::CALLER => {
+                if !self.ear_on() {
+                    self.ear_next = self.now + FRAME;
+                }
+                let mut ear = Ear::new(NARROW_RATE);
+                if let Some(e) = ear.apply(EarSetup::new(mode, NARROW_RATE)) {
+                    self.inputs.push_back(Input::Heard(leg, e));
+                }
+                self.far_ears.retain(|(l, _)| *l != leg);
+                self.far_ears.push((leg, ear));
+            }
             Action::Media(leg, _) if leg != LegId::CALLER => {}
             Action::Media(_, media) => self.media(media),
             Action::Reply(r) => self.reply = Some(r),
@@ -700,6 +840,18 @@ impl SimCall {
                     _ => CallReply::Done,
                 };
                 self.inputs.push_back(Input::WorkReply(reply));
+            }
+            Action::Work(Work::Recognize {
+                samples,
+                rate,
+                choices,
+            }) => {
+                let heard = self.speech().and_then(|s| {
+                    s.asr
+                        .recognize(&samples, rate, &choices)
+                        .map_err(|e| e.to_string())
+                });
+                self.inputs.push_back(Input::Recognized(heard));
             }
         }
     }
@@ -739,6 +891,14 @@ impl SimCall {
             // The simulated application keeps a stream until the script or the caller ends it.
             MediaAction::Stream(_) => {}
             MediaAction::StopStream => self.inputs.push_back(Input::StreamEnded),
+            MediaAction::Ear(mode) => {
+                if !self.ear_on() {
+                    self.ear_next = self.now + FRAME;
+                }
+                if let Some(e) = self.ear.apply(EarSetup::new(mode, NARROW_RATE)) {
+                    self.inputs.push_back(Input::Heard(LegId::CALLER, e));
+                }
+            }
             MediaAction::Prepare
             | MediaAction::Bridge(_)
             | MediaAction::Unbridge
@@ -772,6 +932,12 @@ impl SimCall {
                     return Err(format!("none of {} can be played", names.join(", ")));
                 }
                 Ok(found.into_iter().sum())
+            }
+            PlaySpec::Speech(request) => {
+                let tts = self.speech()?.tts;
+                tts.synthesize(request, NARROW_RATE)
+                    .map(|p| p.duration())
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -811,7 +977,8 @@ impl SimCall {
             .poll_timeout()
             .map(|t| t.saturating_duration_since(self.t0));
         let play_end = self.play.map(|p| p.until);
-        let end = [timer, play_end, record_end.map(|r| r.0)]
+        let ear = self.ear_on().then_some(self.ear_next);
+        let end = [timer, play_end, record_end.map(|r| r.0), ear]
             .into_iter()
             .flatten()
             .min();
@@ -820,10 +987,19 @@ impl SimCall {
         if let Some((at, ev)) = self.caller.peek(self.now, listening) {
             if at < end_at {
                 self.now = at;
+                let said = match self.caller.steps.front() {
+                    Some(CallerStep::Say(text)) => Some(text.clone()),
+                    _ => None,
+                };
                 self.caller.consume(at);
                 return match ev {
                     CallerEvent::Key(d) => self.key(d),
                     CallerEvent::Hangup => self.caller_hangs_up("caller hung up"),
+                    CallerEvent::Say => {
+                        if let Some(text) = said {
+                            self.caller_says(text);
+                        }
+                    }
                 };
             }
         }
@@ -842,6 +1018,9 @@ impl SimCall {
             if at <= self.now {
                 return self.stop_record(reason, kept);
             }
+        }
+        if ear.is_some_and(|at| at <= self.now) {
+            return self.hear_frame();
         }
         self.core.handle_timeout(self.instant());
     }

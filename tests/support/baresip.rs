@@ -44,6 +44,8 @@ pub struct Options {
     pub srate: u32,
     /// Sends RFC 6464 audio levels in its RTP (`audio_level yes`).
     pub audio_level: bool,
+    /// What its microphone says instead of the tone: samples at `srate`.
+    pub source: Option<Vec<i16>>,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             audio_codecs: None,
             srate: 8000,
             audio_level: false,
+            source: None,
         }
     }
 }
@@ -88,7 +91,10 @@ impl Baresip {
         let dir = parent.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tone = dir.join("tone.wav");
-        write_tone_wav_at(&tone, options.tone_hz, 30, options.srate);
+        match &options.source {
+            Some(pcm) => super::phones::write_wav_at(&tone, pcm, options.srate),
+            None => write_tone_wav_at(&tone, options.tone_hz, 30, options.srate),
+        }
         let sip = free_port_pair();
         let ctrl = crate::common::free_port();
         let rtp = options.rtp_port.unwrap_or_else(free_port_pair);

@@ -59,3 +59,29 @@ pub async fn complete_sidecars(dir: &std::path::Path, count: usize) -> Vec<serde
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The CDR of `call_id` in the records under `dir`, once it is written (bounded).
+pub async fn cdr_of(dir: &std::path::Path, call_id: &str) -> serde_json::Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|r| r["call_id"] == call_id);
+        if let Some(r) = found {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no CDR for {call_id} in {dir:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -77,6 +77,11 @@ pub fn write_tone_wav_at(path: &Path, freq: u32, secs: usize, rate: u32) {
         ToneGenerator::new(&spec, clock).unwrap_or_else(|e| panic!("{freq} Hz at {rate} Hz: {e}"));
     let mut pcm = vec![0i16; secs * rate as usize];
     generator.fill(&mut pcm);
+    write_wav_at(path, &pcm, rate);
+}
+
+/// `pcm` as a mono 16-bit WAV at `rate`.
+pub fn write_wav_at(path: &Path, pcm: &[i16], rate: u32) {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: rate,
@@ -84,7 +89,7 @@ pub fn write_tone_wav_at(path: &Path, freq: u32, secs: usize, rate: u32) {
         sample_format: hound::SampleFormat::Int,
     };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for &s in &pcm {
+    for &s in pcm {
         w.write_sample(s).unwrap();
     }
     w.finalize().unwrap();

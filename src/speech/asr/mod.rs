@@ -335,3 +335,13 @@ impl Asr {
         }
     }
 }
+
+/// PocketSphinx and its model are installed here (it loads, with its first decoder).
+pub fn pocketsphinx_available() -> bool {
+    let config = AsrConfig {
+        engine: Some(AsrEngineKind::Pocketsphinx),
+        decoders: 1,
+        ..AsrConfig::default()
+    };
+    Asr::new(&config).is_ok()
+}

@@ -50,6 +50,16 @@ pub enum EngineKind {
     Http,
 }
 
+impl EngineKind {
+    /// Its name in settings and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Flite => "flite",
+            EngineKind::Http => "http",
+        }
+    }
+}
+
 /// The audio format asked of an HTTP engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
