@@ -275,6 +275,26 @@ mod tests {
                 code: 486,
                 reason: "Busy Here".into(),
             },
+            Event::Speech {
+                call_id: "c".into(),
+                kind: "listen".into(),
+                engine: "pocketsphinx".into(),
+                text: "sales".into(),
+                cached: None,
+                choice: Some("sales".into()),
+                confidence: Some(0.9),
+                key: None,
+                reason: Some("speech".into()),
+                speech_ms: Some(600),
+                recognize_ms: Some(12),
+            },
+            Event::Amd {
+                call_id: "c".into(),
+                status: "MACHINE".into(),
+                cause: "LONGGREETING-1520-1500".into(),
+                greeting_ms: 1520,
+                words: 2,
+            },
         ];
         assert_eq!(all.len(), EVENT_TYPES.len());
         for (e, name) in all.iter().zip(EVENT_TYPES) {
