@@ -559,7 +559,7 @@ function connectEvents() {
   };
   const types = ["call_started", "call_answered", "call_ended", "dtmf", "room_created", "room_ended",
     "room_locked", "member_joined", "member_left", "member_talking", "member_muted", "member_deaf",
-    "recording_started", "recording_finished"];
+    "recording_started", "recording_finished", "speech", "amd"];
   for (const t of types) {
     events.addEventListener(t, (msg) => {
       try { onEvent(JSON.parse(msg.data)); } catch (err) { showError(err); }
