@@ -470,3 +470,54 @@ async fn a_transcription_server_hears_the_utterance_and_its_text_picks_the_choic
     assert!(speech_ms < 2000, "{speech_ms} ms");
     server.stop().await;
 }
+
+/// What a placed call does after its answering-machine detection.
+const AFTER_AMD: &str = r#"log(`placed ${session.amd.status}`); hangup();"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_placed_with_amd_hands_the_verdict_to_its_script_and_the_event_stream() {
+    let (callee, _s1) = server_with(&[("machine", MACHINE), ("person", PERSON)], None).await;
+    let s = Scripts::with_shipped(&[("after_amd.rhai", AFTER_AMD)]);
+    let dir = s.0.clone();
+    let caller = start_with(common::rtp_ports(8), move |c| {
+        c.paths.scripts = dir;
+    })
+    .await;
+    let mut events = Events::open(caller.http, "amd,call_step").await;
+    for (user, status) in [("machine", "MACHINE"), ("person", "HUMAN")] {
+        let body = serde_json::json!({
+            "to": format!("sip:{user}@{}", callee.sip),
+            "script": "after_amd",
+            "amd": true,
+        });
+        let (code, answer) = http_send(
+            caller.http,
+            "POST",
+            "/api/calls",
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&answer));
+        let id: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let id = id["id"].as_str().unwrap().to_string();
+        let seen = events
+            .until(Duration::from_secs(15), |e| {
+                e["type"] == "amd" && e["call_id"] == id.as_str()
+            })
+            .await;
+        assert_eq!(seen.last().unwrap()["status"], status, "{user}");
+        let log = events
+            .until(Duration::from_secs(5), |e| {
+                e["call_id"] == id.as_str()
+                    && e["step"].as_str().unwrap_or("").starts_with("log: placed")
+            })
+            .await;
+        assert_eq!(
+            log.last().unwrap()["step"],
+            format!("log: placed {status}"),
+            "{user}"
+        );
+    }
+    caller.stop().await;
+    callee.stop().await;
+}
