@@ -7,6 +7,7 @@ pub mod pki;
 pub mod rtp;
 pub mod scripts;
 pub mod server;
+pub mod speech;
 pub mod uac;
 
 /// Seconds of the built-in message flow's greeting (welcome, record-after-tone, beep).
