@@ -240,7 +240,35 @@ async fn speaking_over_a_barge_in_prompt_stops_it_and_listen_hears_the_whole_ans
     let answer_at = pcm.len();
     pcm.extend(spoken("billing"));
     pcm.extend(silence(2500));
-    let (_u, heard) = talk(&server, "barge", &pcm, Duration::ZERO).await;
+    let mut peer = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "barge", peer.port()).await;
+    let to = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    let got = peer.exchange_packets(to, &pcm, 160, Duration::ZERO).await;
+    assert!(
+        w.drive(&mut uac, WAIT, |u| u.state == UacState::Terminated)
+            .await,
+        "the script hangs up"
+    );
+    // From the caller's first word going out to the prompt's last sound coming in: within
+    // 300 ms.
+    let spoke = answer_at / 160 + onset(&spoken("billing")).unwrap();
+    let first_word = got.sent[spoke];
+    let last_prompt = got
+        .timed()
+        .iter()
+        .filter(|(_, pcm)| rms_dbfs(pcm) > -40.0)
+        .map(|(t, _)| *t)
+        .filter(|t| *t < first_word + Duration::from_secs(1))
+        .max()
+        .expect("the prompt was heard");
+    let stopped = last_prompt.saturating_duration_since(first_word);
+    eprintln!("the prompt stopped {stopped:?} after the caller's first word went out");
+    assert!(
+        stopped <= Duration::from_millis(300),
+        "the prompt went on {stopped:?} after the caller began"
+    );
+    let heard = got.audio;
     let steps = events
         .until(WAIT, |e| {
             e["type"] == "call_step" && e["step"] == "interrupted by speech"
@@ -257,13 +285,9 @@ async fn speaking_over_a_barge_in_prompt_stops_it_and_listen_hears_the_whole_ans
         before.iter().filter(|&&d| d > -40.0).count() > 10,
         "the prompt plays before the caller speaks"
     );
-    // The received stream is offset by the network and jitter buffer: allow 200 ms for that
-    // and 300 ms for the detector.
+    // And nothing of it after.
     let after = &env[(spoke + 25).min(env.len())..(spoke + 75).min(env.len())];
-    assert!(
-        after.iter().all(|&d| d < -45.0),
-        "the prompt stops within half a second of the caller speaking: {after:?}"
-    );
+    assert!(after.iter().all(|&d| d < -45.0), "{after:?}");
     if recognise {
         let got = events
             .until(WAIT, |e| e["type"] == "speech" && e["kind"] == "listen")
@@ -331,14 +355,39 @@ async fn wait_for_beep_returns_once_the_voicemail_tone_has_ended() {
     let mut pcm = silence(200);
     pcm.extend(spoken("Please leave a message after the tone."));
     pcm.extend(silence(300));
+    let tone_from = pcm.len() / 160;
     pcm.extend(tone("1000/400@-12", 400));
+    let tone_end = pcm.len() / 160;
     pcm.extend(silence(1500));
-    let (_u, _) = talk(&server, "vm", &pcm, Duration::ZERO).await;
+    let mut peer = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "vm", peer.port()).await;
+    let to = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    // The caller talks while the test waits for the script's answer.
+    let caller = tokio::spawn(async move {
+        let got = peer.exchange_packets(to, &pcm, 160, Duration::ZERO).await;
+        (got.sent, peer)
+    });
     let got = events
         .until(WAIT, |e| {
             e["type"] == "call_step" && e["step"].as_str().unwrap_or("").starts_with("log: beep")
         })
         .await;
+    let answered = std::time::Instant::now();
+    let (sent, _peer) = caller.await.unwrap();
+    assert!(
+        w.drive(&mut uac, WAIT, |u| u.state == UacState::Terminated)
+            .await,
+        "the script hangs up"
+    );
+    // The last 20 ms of the tone went out with packet `tone_end - 1`: the script has its
+    // answer after that, within 150 ms (the network and the jitter buffer included).
+    let ended = sent[tone_end - 1];
+    assert!(sent[tone_from] < ended);
+    let after = answered.saturating_duration_since(ended);
+    eprintln!("wait_for_beep answered {after:?} after the tone ended");
+    assert!(answered > ended, "answered before the tone ended");
+    assert!(after <= Duration::from_millis(150), "answered {after:?} after the tone ended");
     let line = got.last().unwrap()["step"].as_str().unwrap().to_string();
     let parts: Vec<&str> = line.split(' ').collect();
     assert_eq!(parts[2], "true", "{line}");
