@@ -65,7 +65,10 @@ fn recognition(c: &mut Criterion) {
     let mut word = vec![0i16; 2400];
     word.extend(flite_rs::Engine::new().synthesize("support").samples);
     word.extend(vec![0i16; 2400]);
-    eprintln!("asr: the utterance lasts {:.2} s", word.len() as f64 / 8000.0);
+    eprintln!(
+        "asr: the utterance lasts {:.2} s",
+        word.len() as f64 / 8000.0
+    );
     let mut g = c.benchmark_group("asr");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.bench_function("pocketsphinx_3_choices_8k", |b| {

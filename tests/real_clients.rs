@@ -1324,7 +1324,10 @@ fn sphinx() -> bool {
     here
 }
 
-/// baresip's microphone (its audio file) says "billing" three seconds into a call to a menu
+/// What the spoken menu says.
+const MENU_PROMPT: &str = "Thank you for calling the example company. To reach the right person, please say sales, support or billing.";
+
+/// baresip's microphone (its audio file) says "billing" a second after a menu
 /// that asks with `say()` and then listens for three choices: the word is recognised and
 /// reaches the script, and the phone heard the menu spoken.
 #[test]
@@ -1336,12 +1339,11 @@ fn baresip_answers_a_spoken_menu_by_voice() {
     std::fs::create_dir_all(&scripts).unwrap();
     std::fs::write(
         scripts.join("menu.rhai"),
-        r#"answer();
-say("Sales, support or billing?");
-let r = listen(#{choices: ["sales", "support", "billing"], timeout_ms: 8000});
-log(`heard ${r.choice}`);
-hangup();
-"#,
+        format!(
+            "answer();\nsay(\"{MENU_PROMPT}\");\n\
+             let r = listen(#{{choices: [\"sales\", \"support\", \"billing\"], timeout_ms: 8000}});\n\
+             log(`heard ${{r.choice}}`);\nhangup();\n"
+        ),
     )
     .unwrap();
     let options = ServerOptions {
@@ -1354,7 +1356,12 @@ hangup();
     let Some(mut b) = Bench::new("rc-bs-speech", &["baresip"], options) else {
         return;
     };
-    let mut voice = vec![0i16; 3 * 8000];
+    // The phone answers a second after the menu.
+    let menu = flite_rs::Engine::new()
+        .synthesize(MENU_PROMPT)
+        .samples
+        .len();
+    let mut voice = vec![0i16; menu + 8000];
     voice.extend(flite_rs::Engine::new().synthesize("billing").samples);
     voice.extend(vec![0i16; 10 * 8000]);
     let options = Options {
@@ -1377,5 +1384,17 @@ hangup();
         .filter(|f| switchboard::media::level::rms_dbfs(f) > -35.0)
         .count();
     assert!(loud > 40, "the phone heard {loud} loud frames of the menu");
+    // What the phone heard of say(), transcribed by Whisper (the speech server of
+    // tests/speech_engines.rs, when its packages are installed).
+    if let Some(speech) = support::speech::speech_server() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = rt.block_on(support::speech::transcribe(&speech.url, &pcm));
+        let right = support::speech::words_right(MENU_PROMPT, &text);
+        eprintln!("Whisper heard the phone's menu as {text:?}");
+        assert!(right >= 0.9, "{:.0} % of the words: {text}", right * 100.0);
+    }
     let _ = std::fs::remove_dir_all(&scripts);
 }

@@ -387,7 +387,10 @@ async fn wait_for_beep_returns_once_the_voicemail_tone_has_ended() {
     let after = answered.saturating_duration_since(ended);
     eprintln!("wait_for_beep answered {after:?} after the tone ended");
     assert!(answered > ended, "answered before the tone ended");
-    assert!(after <= Duration::from_millis(150), "answered {after:?} after the tone ended");
+    assert!(
+        after <= Duration::from_millis(150),
+        "answered {after:?} after the tone ended"
+    );
     let line = got.last().unwrap()["step"].as_str().unwrap().to_string();
     let parts: Vec<&str> = line.split(' ').collect();
     assert_eq!(parts[2], "true", "{line}");

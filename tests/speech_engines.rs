@@ -20,49 +20,10 @@ use support::events::Events;
 use support::rtp::RtpPeer;
 use support::scripts::{rule, Scripts};
 use support::server::*;
-use support::speech::{piper, speech_server, transcribe};
+use support::speech::{piper, speech_server, transcribe, words_right};
 use support::uac::UacState;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Lower-case words without punctuation, numbers up to ten spelt out (Whisper writes "9"
-/// where the text said "nine").
-fn words(s: &str) -> Vec<String> {
-    const NUMBERS: [&str; 11] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    ];
-    s.split_whitespace()
-        .map(|w| {
-            let w: String = w
-                .chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-                .to_lowercase();
-            match w.parse::<usize>() {
-                Ok(n) if n < NUMBERS.len() => NUMBERS[n].to_string(),
-                _ => w,
-            }
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
-/// The share of `said`'s words `heard` got right: 1 - word error rate (edit distance over
-/// words), at least 0.
-fn words_right(said: &str, heard: &str) -> f64 {
-    let (a, b) = (words(said), words(heard));
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, wa) in a.iter().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, wb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(wa != wb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    (1.0 - row[b.len()] as f64 / a.len().max(1) as f64).max(0.0)
-}
 
 #[test]
 fn word_accuracy_counts_substitutions_insertions_and_deletions() {

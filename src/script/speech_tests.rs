@@ -67,6 +67,47 @@ fn bad_say_options_are_script_errors_naming_them() {
             r#"wait_for_beep(#{timeout_ms: 999999})"#,
             "wait_for_beep: timeout_ms must be",
         ),
+        (
+            r#"wait_for_beep(#{timeout_ms: 0})"#,
+            "wait_for_beep: timeout_ms must be",
+        ),
+        (
+            r#"amd(#{greeting: 0})"#,
+            "amd: greeting must be between 20 and 60000, not 0",
+        ),
+        (
+            r#"amd(#{silence_threshold: 40000})"#,
+            "amd: silence_threshold must be between 1 and 32767",
+        ),
+        (
+            r#"amd(#{total_analysis_time: 100})"#,
+            "amd: total_analysis_time must be between 500",
+        ),
+        (
+            r#"amd(#{maximum_number_of_words: 0})"#,
+            "amd: maximum_number_of_words must be between 1",
+        ),
+        (
+            r#"amd(#{greting: 1500})"#,
+            "amd: unknown option \"greting\"",
+        ),
+        (r#"listen(#{max_ms: 50})"#, "listen: max_ms must be"),
+        (
+            r#"listen(#{end_silence_ms: 20000})"#,
+            "listen: end_silence_ms must be",
+        ),
+        (
+            r#"listen(#{choices: ["a", " "]})"#,
+            "listen: a choice is empty",
+        ),
+        (
+            r#"listen(#{choices: 5})"#,
+            "listen: choices must be an array of strings",
+        ),
+        (
+            r#"dial("sip:a@127.0.0.1", #{amd: "yes"})"#,
+            "dial: amd must be true, false or a map",
+        ),
     ] {
         let t = run(&format!("answer(); {src};"), "");
         let ScriptOutcome::Error(e) = &t.outcome else {

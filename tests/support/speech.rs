@@ -161,3 +161,42 @@ pub async fn piper(url: &str, text: &str) -> Vec<i16> {
     let pcm: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
     switchboard::media::resample::resample(&pcm, rate, ClockRate::HZ_8000).unwrap()
 }
+
+/// Lower-case words without punctuation, numbers up to ten spelt out (Whisper writes "9"
+/// where the text said "nine").
+fn words(s: &str) -> Vec<String> {
+    const NUMBERS: [&str; 11] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    ];
+    s.split_whitespace()
+        .map(|w| {
+            let w: String = w
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase();
+            match w.parse::<usize>() {
+                Ok(n) if n < NUMBERS.len() => NUMBERS[n].to_string(),
+                _ => w,
+            }
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The share of `said`'s words `heard` got right: 1 - word error rate (edit distance over
+/// words), at least 0.
+pub fn words_right(said: &str, heard: &str) -> f64 {
+    let (a, b) = (words(said), words(heard));
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, wa) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, wb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(wa != wb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    (1.0 - row[b.len()] as f64 / a.len().max(1) as f64).max(0.0)
+}
