@@ -184,3 +184,69 @@ async fn a_natural_voice_answers_listen_through_the_whisper_server() {
     }
     server.stop().await;
 }
+
+const TROUBLE: &str = r#"
+answer();
+try { say("Our office is closed."); } catch (e) { log(`say failed: ${e}`); }
+try { listen(#{choices: ["sales", "support"]}); } catch (e) { log(`listen failed: ${e}`); }
+hangup();
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dead_speech_server_fails_the_verb_not_the_call() {
+    // A transcription server that answers after 1.5 s, with a timeout of 0.5 s; a speech
+    // server where nothing listens.
+    let Some(slow) = support::speech::speech_server_slowed(1500) else {
+        return;
+    };
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let s = Scripts::with_shipped(&[("trouble.rhai", TROUBLE)]);
+    let dir = s.0.clone();
+    let url = slow.url.clone();
+    let server = start_with(common::rtp_ports(4), move |c| {
+        c.paths.scripts = dir;
+        c.dialplan
+            .splice(0..0, vec![rule("trouble", "trouble", &[])]);
+        c.tts.engine = switchboard::speech::tts::EngineKind::Http;
+        c.tts.url = Some(dead_url);
+        c.tts.model = Some("piper".into());
+        c.tts.voice = Some("joe".into());
+        c.asr.engine = Some(switchboard::speech::asr::AsrEngineKind::Http);
+        c.asr.url = url;
+        c.asr.timeout_ms = 500;
+    })
+    .await;
+    let mut events = Events::open(server.http, "call_step").await;
+    let mut pcm = vec![0i16; 2400];
+    pcm.extend(flite_rs::Engine::new().synthesize("sales").samples);
+    pcm.extend(vec![0i16; 12_000]);
+    let mut peer = RtpPeer::bind().await;
+    let (mut w, mut uac) = wire(false, server.sip).await;
+    call(&mut w, &mut uac, "trouble", peer.port()).await;
+    let to = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    peer.exchange(to, &pcm, Duration::ZERO).await;
+    let steps = events
+        .until(WAIT, |e| {
+            e["step"].as_str().unwrap_or("").starts_with("hung up")
+        })
+        .await;
+    let logs: Vec<&str> = steps
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .filter(|s| s.starts_with("log:"))
+        .collect();
+    assert_eq!(logs.len(), 2, "{steps:?}");
+    assert!(logs[0].starts_with("log: say failed: "), "{logs:?}");
+    assert!(logs[0].contains("tts server"), "{logs:?}");
+    assert!(logs[1].starts_with("log: listen failed: "), "{logs:?}");
+    assert!(logs[1].contains("within 500ms"), "{logs:?}");
+    // The script went on to its end: the call was not harmed.
+    assert_eq!(steps.last().unwrap()["step"], "hung up");
+    assert!(
+        w.drive(&mut uac, WAIT, |u| u.state == UacState::Terminated)
+            .await
+    );
+    server.stop().await;
+}

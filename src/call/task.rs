@@ -334,6 +334,7 @@ fn start(
                 out_events,
                 stream: None,
                 ear: None,
+                speaking: None,
                 ear_tx,
                 ears,
                 next_stream: 0,
@@ -405,6 +406,8 @@ struct Task {
     stream: Option<Running>,
     /// The ear on the caller's leg, once a speech verb wanted one.
     ear: Option<EarLink>,
+    /// The `say` playing on the caller's leg: its play id and its producer's outcome.
+    speaking: Option<(u64, crate::speech::tts::SpeechWatch)>,
     /// Where every ear of the call reports, tagged with its leg.
     ear_tx: mpsc::Sender<Heard>,
     ears: mpsc::Receiver<Heard>,
@@ -801,7 +804,17 @@ impl Task {
             }
             LegEvent::PlayDone { id, interrupted } => {
                 tracing::debug!(id, interrupted, "playback done");
-                core.handle_play_done(now, LegId::CALLER, id);
+                let failed = match self.speaking.take() {
+                    Some((said, watch)) if said == id && !interrupted => watch.error(),
+                    other => {
+                        self.speaking = other.filter(|(said, _)| *said != id);
+                        None
+                    }
+                };
+                match failed {
+                    Some(e) => core.handle_play_failed(now, LegId::CALLER, id, e.to_string()),
+                    None => core.handle_play_done(now, LegId::CALLER, id),
+                }
             }
             e @ LegEvent::RecordDone { .. } => self.record_done(core, e).await,
             LegEvent::Closed(summary) => self.rtp = summary,
@@ -1374,6 +1387,22 @@ impl Task {
                 self.send_leg(update_command(&m));
             }
             MediaAction::Answered => self.send_leg(LegCommand::Answered),
+            MediaAction::Play {
+                id,
+                what: PlaySpec::Speech(request),
+                barge_in,
+            } if leg == LegId::CALLER => match self.speak(&request) {
+                Ok(speech) => {
+                    // Kept to learn, when it has played, whether the synthesizer failed.
+                    self.speaking = Some((id, speech.watch()));
+                    self.send_leg(LegCommand::Play {
+                        id,
+                        source: Box::new(speech),
+                        barge_in,
+                    })
+                }
+                Err(e) => core.handle_play_failed(now, leg, id, e),
+            },
             MediaAction::Play { id, what, barge_in } => match self.load(what).await {
                 Ok(source) => self.send_leg(LegCommand::Play {
                     id,
@@ -1522,6 +1551,33 @@ impl Task {
         Leg::new(cfg, Instant::now()).map_err(|e| e.to_string())
     }
 
+    /// Starts speaking `request` at the leg's rate (audio made as it plays), announced as a
+    /// `speech` event.
+    fn speak(
+        &self,
+        request: &crate::speech::tts::SayRequest,
+    ) -> Result<crate::speech::tts::Speech, String> {
+        let speech = self
+            .ctx
+            .tts
+            .speak(request, self.audio_rate)
+            .map_err(|e| e.to_string())?;
+        self.ctx.events.publish(BusEvent::Speech {
+            call_id: self.parties.call_id.clone(),
+            kind: "say".into(),
+            engine: self.ctx.tts.config().engine.as_str().into(),
+            text: request.text.clone(),
+            cached: Some(speech.is_cached()),
+            choice: None,
+            confidence: None,
+            key: None,
+            reason: None,
+            speech_ms: None,
+            recognize_ms: None,
+        });
+        Ok(speech)
+    }
+
     /// Turns what to play into audio, off the call task: `recording:ID` names a recording
     /// of this call (the core checked it), anything else a prompt. A prompt that cannot be
     /// loaded is logged and skipped, as a missing sound file should not end a call; only
@@ -1548,25 +1604,9 @@ impl Task {
             }
             PlaySpec::Prompts(names) => names,
             PlaySpec::Speech(request) => {
-                let speech = self
-                    .ctx
-                    .tts
-                    .speak(&request, rate)
-                    .map_err(|e| e.to_string())?;
-                self.ctx.events.publish(BusEvent::Speech {
-                    call_id: self.parties.call_id.clone(),
-                    kind: "say".into(),
-                    engine: self.ctx.tts.config().engine.as_str().into(),
-                    text: request.text.clone(),
-                    cached: Some(speech.is_cached()),
-                    choice: None,
-                    confidence: None,
-                    key: None,
-                    reason: None,
-                    speech_ms: None,
-                    recognize_ms: None,
-                });
-                return Ok(Box::new(speech));
+                return self
+                    .speak(&request)
+                    .map(|s| Box::new(s) as Box<dyn AudioSource>);
             }
         };
         let prompts = self.ctx.prompts.clone();

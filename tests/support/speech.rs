@@ -28,6 +28,11 @@ impl Drop for SpeechServer {
 /// Starts the speech server; None (with a notice) when its Python packages are missing,
 /// outside CI.
 pub fn speech_server() -> Option<SpeechServer> {
+    speech_server_slowed(0)
+}
+
+/// As [`speech_server`], every answer `delay_ms` late (a slow server).
+pub fn speech_server_slowed(delay_ms: u64) -> Option<SpeechServer> {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech_server.py");
     let present = Command::new("python3")
@@ -49,6 +54,7 @@ pub fn speech_server() -> Option<SpeechServer> {
     let mut child = Command::new("python3")
         .arg(script)
         .arg("0")
+        .arg(format!("--delay-ms={delay_ms}"))
         .env("HF_HUB_OFFLINE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -32,7 +32,7 @@ use convert::Converter;
 use flite::Flite;
 use http::HttpEngine;
 use speech::Feed;
-pub use speech::Speech;
+pub use speech::{Speech, SpeechWatch};
 
 /// Slowest speaking rate accepted (half the natural rate).
 pub const MIN_RATE: f32 = 0.5;

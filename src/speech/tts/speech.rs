@@ -79,6 +79,23 @@ impl Shared {
     }
 }
 
+/// Whether a [`Speech`]'s producer failed, read from outside the media thread.
+#[derive(Clone)]
+pub struct SpeechWatch(Option<Arc<Shared>>);
+
+impl SpeechWatch {
+    /// Why the producer stopped early, once it has.
+    pub fn error(&self) -> Option<TtsError> {
+        self.0.as_ref()?.error.get().cloned()
+    }
+}
+
+impl std::fmt::Debug for SpeechWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SpeechWatch").field(&self.error()).finish()
+    }
+}
+
 /// What `say()` plays: the audio of one request at the leg's rate, as it is produced.
 ///
 /// When the producer is behind, a frame is silence rather than the end; the speech ends
@@ -119,6 +136,15 @@ impl Speech {
         match &self.source {
             Source::Cached(_) => None,
             Source::Live(s) => s.error.get(),
+        }
+    }
+
+    /// A handle the call keeps to learn, once the speech has played, whether its producer
+    /// failed (the speech itself goes to the media thread).
+    pub fn watch(&self) -> SpeechWatch {
+        match &self.source {
+            Source::Cached(_) => SpeechWatch(None),
+            Source::Live(s) => SpeechWatch(Some(Arc::clone(s))),
         }
     }
 
