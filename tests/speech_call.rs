@@ -180,6 +180,14 @@ async fn a_spoken_choice_reaches_the_script_the_event_and_the_console() {
         })
         .await;
     assert_eq!(log.last().unwrap()["step"], "log: heard support speech");
+    assert_eq!(
+        metric(server.http, "switchboard_asr_recognitions_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(server.http, "switchboard_asr_errors_total").await,
+        0.0
+    );
     server.stop().await;
 }
 
@@ -338,6 +346,10 @@ async fn amd_tells_a_person_from_an_answering_machine_in_events_and_cdrs() {
     );
     let record = support::cdr_of(cdrs.path(), &uac.call_id).await;
     assert_eq!(record["amd"]["status"], "MACHINE");
+    for status in ["HUMAN", "MACHINE"] {
+        let sample = format!("switchboard_amd_results_total{{status=\"{status}\"}}");
+        assert_eq!(metric(server.http, &sample).await, 1.0, "{status}");
+    }
     server.stop().await;
 }
 
