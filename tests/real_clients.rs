@@ -1310,20 +1310,6 @@ fn baresip_audio_levels_leave_a_quiet_room_member_undecoded() {
     );
 }
 
-/// PocketSphinx and its model are installed (CI installs them; elsewhere a test that needs
-/// them says so and passes).
-fn sphinx() -> bool {
-    let here = switchboard::speech::asr::pocketsphinx_available();
-    if !here {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs PocketSphinx: apt install libpocketsphinx3 pocketsphinx-en-us"
-        );
-        eprintln!("PocketSphinx is not installed: skipped");
-    }
-    here
-}
-
 /// What the spoken menu says.
 const MENU_PROMPT: &str = "Thank you for calling the example company. To reach the right person, please say sales, support or billing.";
 
@@ -1332,7 +1318,7 @@ const MENU_PROMPT: &str = "Thank you for calling the example company. To reach t
 /// reaches the script, and the phone heard the menu spoken.
 #[test]
 fn baresip_answers_a_spoken_menu_by_voice() {
-    if !sphinx() {
+    if !support::speech::sphinx() {
         return;
     }
     let scripts = std::env::temp_dir().join(format!("rc-speech-{:016x}", fastrand::u64(..)));

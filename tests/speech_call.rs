@@ -33,20 +33,6 @@ fn silence(ms: usize) -> Vec<i16> {
     vec![0; ms * 8]
 }
 
-/// PocketSphinx and its model are here; without them (and not in CI) a test that needs
-/// them says so and passes.
-fn sphinx() -> bool {
-    let here = switchboard::speech::asr::pocketsphinx_available();
-    if !here {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs PocketSphinx: apt install libpocketsphinx3 pocketsphinx-en-us"
-        );
-        eprintln!("PocketSphinx is not installed: skipped");
-    }
-    here
-}
-
 /// A server whose dialplan sends `user` to the script `text`.
 async fn server_with(
     scripts: &[(&str, &str)],
@@ -155,7 +141,7 @@ hangup();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoken_choice_reaches_the_script_the_event_and_the_console() {
-    if !sphinx() {
+    if !support::speech::sphinx() {
         return;
     }
     let (server, _s) = server_with(&[("menu", MENU)], None).await;
@@ -240,7 +226,7 @@ hangup();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speaking_over_a_barge_in_prompt_stops_it_and_listen_hears_the_whole_answer() {
-    let recognise = sphinx();
+    let recognise = support::speech::sphinx();
     let (server, _s) = server_with(&[("barge", BARGE)], None).await;
     let mut events = Events::open(server.http, "speech,call_step").await;
     // The caller waits 1.5 s into the prompt, then says its answer.

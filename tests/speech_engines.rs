@@ -99,20 +99,18 @@ async fn whisper_hears_what_say_spoke_and_a_repeat_comes_from_the_cache() {
     server.stop().await;
 }
 
-const HOURS: &str = "Our office is open from Monday to Friday, between nine in the morning and five in the afternoon.";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_speech_engine_speaks_with_piper_and_whisper_hears_it() {
     let Some(speech) = speech_server() else {
         return;
     };
-    let script = format!("answer(); say(\"{HOURS}\"); hangup();");
-    let s = Scripts::with_shipped(&[("hours.rhai", &script)]);
+    let script = format!("answer(); say(\"{NOTICE}\"); hangup();");
+    let s = Scripts::with_shipped(&[("piper-menu.rhai", &script)]);
     let dir = s.0.clone();
     let url = speech.url.clone();
     let server = start_with(common::rtp_ports(4), move |c| {
         c.paths.scripts = dir;
-        c.dialplan.splice(0..0, vec![rule("hours", "hours", &[])]);
+        c.dialplan.splice(0..0, vec![rule("piper-menu", "piper-menu", &[])]);
         c.tts.engine = switchboard::speech::tts::EngineKind::Http;
         c.tts.url = Some(url);
         c.tts.model = Some("piper".into());
@@ -120,11 +118,11 @@ async fn the_http_speech_engine_speaks_with_piper_and_whisper_hears_it() {
     })
     .await;
     let mut events = Events::open(server.http, "speech").await;
-    let (_, heard) = hear(&server, "hours", 9_000).await;
+    let (_, heard) = hear(&server, "piper-menu", 16_000).await;
     let said = events.until(WAIT, |e| e["kind"] == "say").await;
     assert_eq!(said.last().unwrap()["engine"], "http");
     let text = transcribe(&speech.url, &heard).await;
-    let right = words_right(HOURS, &text);
+    let right = words_right(NOTICE, &text);
     eprintln!(
         "Piper through G.711, Whisper heard ({:.0} % right): {text}",
         right * 100.0

@@ -15,3 +15,16 @@ pub mod tts;
 pub mod vad;
 
 pub use listen::{BeepResult, EarEvent, EarMode, Heard, ListenEnd, ListenOptions};
+
+/// An error and its causes on one line: a speech server's client error says what went
+/// wrong only in its causes (hyper's own message is "client error").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

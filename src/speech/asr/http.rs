@@ -96,7 +96,7 @@ impl HttpEngine {
                     let response = client
                         .request(request)
                         .await
-                        .map_err(|e| AsrError::Http(error_chain(&e)))?;
+                        .map_err(|e| AsrError::Http(crate::speech::error_chain(&e)))?;
                     let status = response.status();
                     let body = Limited::new(response.into_body(), MAX_ANSWER)
                         .collect()
@@ -132,18 +132,6 @@ impl HttpEngine {
         }
         fields
     }
-}
-
-/// The error and its causes on one line: hyper's own message is only "client error".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn parse_answer(answer: &[u8]) -> Result<String, AsrError> {

@@ -131,7 +131,7 @@ impl HttpEngine {
         let response = tokio::time::timeout(self.timeout, client.request(request))
             .await
             .map_err(|_| self.timed_out())?
-            .map_err(|e| self.broken(error_chain(&e)))?;
+            .map_err(|e| self.broken(crate::speech::error_chain(&e)))?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -178,7 +178,7 @@ impl HttpEngine {
                 .await
                 .map_err(|_| self.timed_out())?;
             let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| self.broken(error_chain(&e)))?;
+            let frame = frame.map_err(|e| self.broken(crate::speech::error_chain(&e)))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -212,18 +212,6 @@ impl HttpEngine {
         c.finish(&mut converted)?;
         out.put(&converted, job.rate).await
     }
-}
-
-/// An error with its causes, which is where hyper says what actually went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// A WAV `fmt ` chunk, the parts that matter.
