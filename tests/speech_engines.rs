@@ -110,7 +110,8 @@ async fn the_http_speech_engine_speaks_with_piper_and_whisper_hears_it() {
     let url = speech.url.clone();
     let server = start_with(common::rtp_ports(4), move |c| {
         c.paths.scripts = dir;
-        c.dialplan.splice(0..0, vec![rule("piper-menu", "piper-menu", &[])]);
+        c.dialplan
+            .splice(0..0, vec![rule("piper-menu", "piper-menu", &[])]);
         c.tts.engine = switchboard::speech::tts::EngineKind::Http;
         c.tts.url = Some(url);
         c.tts.model = Some("piper".into());
