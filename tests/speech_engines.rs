@@ -25,6 +25,11 @@ use support::uac::UacState;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// One test at a time: each loads its own speech server's models and transcribes, and on
+/// two cores tests side by side would make the media workers tick late, and Whisper would
+/// hear the gaps rather than the speech.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[test]
 fn word_accuracy_counts_substitutions_insertions_and_deletions() {
     assert_eq!(words_right("a b c d", "a b c d"), 1.0);
@@ -56,6 +61,7 @@ const NOTICE: &str = "Thank you for calling the example company. For sales, pres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whisper_hears_what_say_spoke_and_a_repeat_comes_from_the_cache() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(speech) = speech_server() else {
         return;
     };
@@ -101,6 +107,7 @@ async fn whisper_hears_what_say_spoke_and_a_repeat_comes_from_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_speech_engine_speaks_with_piper_and_whisper_hears_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(speech) = speech_server() else {
         return;
     };
@@ -141,6 +148,7 @@ hangup();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_natural_voice_answers_listen_through_the_whisper_server() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(speech) = speech_server() else {
         return;
     };
@@ -193,6 +201,7 @@ hangup();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_dead_speech_server_fails_the_verb_not_the_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // A transcription server that answers after 1.5 s, with a timeout of 0.5 s; a speech
     // server where nothing listens.
     let Some(slow) = support::speech::speech_server_slowed(1500) else {

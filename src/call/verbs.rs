@@ -150,8 +150,9 @@ impl CallCore {
                 | CallRequest::Amd(_)
                 | CallRequest::WaitForBeep(_)
         );
-        // What the ear kept from a barge-in prompt is for a `listen` right after it only.
-        if !matches!(request, CallRequest::Listen(_)) {
+        // What the ear kept from a barge-in prompt is for a `listen` right after it only (a
+        // log line between them changes nothing).
+        if !matches!(request, CallRequest::Listen(_) | CallRequest::Log(_)) {
             self.set_ear(crate::speech::EarMode::Off);
         }
         if needs_media {

@@ -177,6 +177,21 @@ fn a_caller_who_says_a_choice_is_heard() {
 }
 
 #[test]
+fn a_log_line_between_a_barge_in_say_and_listen_keeps_the_answer() {
+    if !sphinx() {
+        return;
+    }
+    let t = run(
+        &listen_after(
+            r#"say("Which department do you need? Sales, support or billing?", #{barge_in: true}); log("asked");"#,
+        ),
+        "wait 1s, say billing",
+    );
+    assert!(t.contains("interrupted by speech"), "{t}");
+    assert!(t.contains("log: speech billing"), "{t}");
+}
+
+#[test]
 fn speaking_stops_a_barge_in_say_and_listen_gets_the_answer() {
     let recognise = sphinx();
     let src = r#"
