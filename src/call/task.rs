@@ -108,6 +108,9 @@ pub struct CallContext {
     pub asr: Arc<crate::speech::asr::Asr>,
 }
 
+/// A recognition's answer and how long it took.
+type Recognized = (Result<crate::speech::asr::Recognition, String>, Duration);
+
 /// How long a call's stream may take to close after the call ended.
 const STREAM_CLOSE: Duration = Duration::from_millis(1500);
 
@@ -309,6 +312,7 @@ fn start(
             let (leg_tx, leg_events) = mpsc::unbounded_channel();
             let (out_tx, out_events) = mpsc::unbounded_channel();
             let (ear_tx, ears) = ear_queue();
+            let (recognized_tx, recognized) = mpsc::channel(1);
             let outbound = call.is_none();
             let mut t = Task {
                 ctx,
@@ -337,6 +341,8 @@ fn start(
                 speaking: None,
                 ear_tx,
                 ears,
+                recognized_tx,
+                recognized,
                 next_stream: 0,
                 streams: Vec::new(),
                 amd: None,
@@ -411,6 +417,9 @@ struct Task {
     /// Where every ear of the call reports, tagged with its leg.
     ear_tx: mpsc::Sender<Heard>,
     ears: mpsc::Receiver<Heard>,
+    /// Recognitions done off the call task, and how long each took.
+    recognized_tx: mpsc::Sender<Recognized>,
+    recognized: mpsc::Receiver<Recognized>,
     /// The last stream's number.
     next_stream: u64,
     /// The streams that ended, for the call's record.
@@ -738,6 +747,10 @@ impl Task {
                 Some((leg, e)) = self.ears.recv() => {
                     core.handle_heard(Instant::now(), LegId(leg), e)
                 }
+                Some((result, took)) = self.recognized.recv() => {
+                    self.recognize_ms = Some(took.as_millis() as u64);
+                    core.handle_recognized(result);
+                }
                 p = stream_progress(&mut self.stream, &self.ctx.events) => {
                     if let Progress::Ended(reason) = p {
                         self.stream_ended(core, reason);
@@ -1001,15 +1014,20 @@ impl Task {
                     rate,
                     choices,
                 }) => {
+                    // Off the call task, so that a hangup meanwhile is taken at once; the
+                    // answer comes back through `recognized`.
                     let asr = self.ctx.asr.clone();
-                    let began = Instant::now();
-                    let result = tokio::task::spawn_blocking(move || {
-                        asr.recognize(&samples, rate, &choices)
-                            .map_err(|e| e.to_string())
-                    })
-                    .await;
-                    self.recognize_ms = Some(began.elapsed().as_millis() as u64);
-                    core.handle_recognized(result.unwrap_or_else(|e| Err(e.to_string())));
+                    let back = self.recognized_tx.clone();
+                    tokio::spawn(async move {
+                        let began = Instant::now();
+                        let result = tokio::task::spawn_blocking(move || {
+                            asr.recognize(&samples, rate, &choices)
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                        let _ = back.send((result, began.elapsed())).await;
+                    });
                 }
                 Action::Work(Work::Room { room, request }) => {
                     core.handle_work_reply(self.room_request(&room, request));
