@@ -817,13 +817,12 @@ impl Task {
             }
             LegEvent::PlayDone { id, interrupted } => {
                 tracing::debug!(id, interrupted, "playback done");
-                let failed = match self.speaking.take() {
-                    Some((said, watch)) if said == id && !interrupted => watch.error(),
-                    other => {
-                        self.speaking = other.filter(|(said, _)| *said != id);
-                        None
-                    }
-                };
+                // A say that ran out because its synthesizer failed fails the verb; one that
+                // was stopped did not fail.
+                let mut failed = None;
+                if let Some((_, watch)) = self.speaking.take_if(|(said, _)| *said == id) {
+                    failed = watch.error().filter(|_| !interrupted);
+                }
                 match failed {
                     Some(e) => core.handle_play_failed(now, LegId::CALLER, id, e.to_string()),
                     None => core.handle_play_done(now, LegId::CALLER, id),

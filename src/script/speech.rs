@@ -128,37 +128,38 @@ fn listen(opts: &Map) -> Res<Map> {
     }
 }
 
-/// The options of `amd`, Asterisk's names.
-const AMD_OPTIONS: [&str; 9] = [
-    "initial_silence",
-    "greeting",
-    "after_greeting_silence",
-    "total_analysis_time",
-    "min_word_length",
-    "between_words_silence",
-    "maximum_number_of_words",
-    "silence_threshold",
-    "maximum_word_length",
+/// The options of `amd`: Asterisk's names, the range each takes, and its field.
+type AmdOption = (&'static str, INT, INT, fn(&mut AmdConfig) -> &mut u32);
+const AMD_OPTIONS: [AmdOption; 9] = [
+    ("initial_silence", 20, 60_000, |c| &mut c.initial_silence),
+    ("greeting", 20, 60_000, |c| &mut c.greeting),
+    ("after_greeting_silence", 20, 60_000, |c| {
+        &mut c.after_greeting_silence
+    }),
+    ("total_analysis_time", 500, 60_000, |c| {
+        &mut c.total_analysis_time
+    }),
+    ("min_word_length", 20, 10_000, |c| &mut c.min_word_length),
+    ("between_words_silence", 20, 10_000, |c| {
+        &mut c.between_words_silence
+    }),
+    ("maximum_number_of_words", 1, 100, |c| {
+        &mut c.maximum_number_of_words
+    }),
+    ("silence_threshold", 1, 32_767, |c| &mut c.silence_threshold),
+    ("maximum_word_length", 20, 60_000, |c| {
+        &mut c.maximum_word_length
+    }),
 ];
 
 /// `amd` options, with Asterisk's names and defaults.
 pub fn amd_config(opts: &Map) -> Res<AmdConfig> {
-    let o = Opts::new("amd", opts, &AMD_OPTIONS)?;
+    let names = AMD_OPTIONS.map(|(name, ..)| name);
+    let o = Opts::new("amd", opts, &names)?;
     let mut c = AmdConfig::default();
-    for name in AMD_OPTIONS {
-        let (lo, hi, field) = match name {
-            "initial_silence" => (20, 60_000, &mut c.initial_silence),
-            "greeting" => (20, 60_000, &mut c.greeting),
-            "after_greeting_silence" => (20, 60_000, &mut c.after_greeting_silence),
-            "total_analysis_time" => (500, 60_000, &mut c.total_analysis_time),
-            "min_word_length" => (20, 10_000, &mut c.min_word_length),
-            "between_words_silence" => (20, 10_000, &mut c.between_words_silence),
-            "maximum_number_of_words" => (1, 100, &mut c.maximum_number_of_words),
-            "silence_threshold" => (1, 32_767, &mut c.silence_threshold),
-            _ => (20, 60_000, &mut c.maximum_word_length),
-        };
+    for (name, lo, hi, field) in AMD_OPTIONS {
         if let Some(v) = o.int(name, lo, hi)? {
-            *field = v as u32;
+            *field(&mut c) = v as u32;
         }
     }
     Ok(c)

@@ -131,10 +131,6 @@ pub struct Ear {
     preroll: Box<[i16]>,
     /// Frames written to `preroll` ever (its write position is this modulo its length).
     preroll_frames: u64,
-    /// The VAD's frame count when the mode was set (its frames are counted from its start).
-    vad_base: u64,
-    /// Frames pushed to the VAD.
-    vad_frames: u64,
 }
 
 impl Ear {
@@ -155,8 +151,6 @@ impl Ear {
             utterance: Vec::new(),
             preroll: vec![0; frame_samples * PREROLL_FRAMES].into_boxed_slice(),
             preroll_frames: 0,
-            vad_base: 0,
-            vad_frames: 0,
         }
     }
 
@@ -206,7 +200,6 @@ impl Ear {
         self.utterance = setup.buffer;
         self.max_samples = self.utterance.capacity();
         self.vad = setup.vad;
-        self.vad_base = self.vad_frames;
         None
     }
 
@@ -259,14 +252,15 @@ impl Ear {
     }
 
     fn listen(&mut self, frame: &[i16]) -> Option<EarEvent> {
-        let event = self.vad.as_mut()?.push(frame);
-        self.vad_frames += 1;
+        let vad = self.vad.as_mut()?;
+        let event = vad.push(frame);
+        // The VAD counts its frames from its own start, as `at_frame` does.
+        let vad_now = vad.frames_seen();
         let listening = matches!(self.mode, EarMode::Listen(_));
         match event {
             Some(VadEvent::SpeechStarted { at_frame }) if self.speech == Speech::Waiting => {
                 self.speech = Speech::Speaking;
                 // The frames from where speech began, this one included, are in the preroll.
-                let vad_now = self.vad_frames - self.vad_base;
                 let back = ((vad_now + ONSET_LEAD).saturating_sub(at_frame) as usize)
                     .clamp(1, PREROLL_FRAMES);
                 self.take_preroll(back);
@@ -338,6 +332,13 @@ mod tests {
         flite_rs::Engine::new().synthesize(text).samples
     }
 
+    /// 20 ms frames of `pcm` louder than -40 dBFS.
+    fn loud(pcm: &[i16]) -> usize {
+        pcm.chunks(160)
+            .filter(|f| crate::media::level::rms_dbfs(f) > -40.0)
+            .count()
+    }
+
     fn quiet(ms: usize) -> Vec<i16> {
         vec![0; ms * 8]
     }
@@ -399,11 +400,6 @@ mod tests {
             "ended {ended} frames after the word"
         );
         // Everything the caller said is in it: as long as the word, and as loud.
-        let loud = |p: &[i16]| {
-            p.chunks(160)
-                .filter(|f| crate::media::level::rms_dbfs(f) > -40.0)
-                .count()
-        };
         assert!(
             loud(samples) >= loud(&word),
             "{} < {}",
@@ -465,11 +461,6 @@ mod tests {
         let events = run(&mut ear, &rest, 150);
         let Some((_, EarEvent::Utterance { samples, .. })) = events.first() else {
             panic!("{events:?}");
-        };
-        let loud = |p: &[i16]| {
-            p.chunks(160)
-                .filter(|f| crate::media::level::rms_dbfs(f) > -40.0)
-                .count()
         };
         assert!(
             loud(samples) >= loud(&answer),
