@@ -73,6 +73,58 @@ pub struct Config {
     /// Speech recognition for `listen()` (`[asr]`).
     #[serde(default)]
     pub asr: crate::speech::asr::AsrConfig,
+    /// Browser and WebRTC callers (`[webrtc]`).
+    #[serde(default)]
+    pub webrtc: WebRtcConfig,
+}
+
+/// `[webrtc]`: calls whose media is DTLS-SRTP with ICE, from browsers and WebRTC
+/// applications, over `POST /api/webrtc/{number}` or SIP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// Take such calls at all.
+    pub enabled: bool,
+    /// The address announced in our ICE candidate when media is reached through NAT
+    /// (unset: the media address).
+    pub public_ip: Option<IpAddr>,
+    /// How long ICE and the DTLS handshake may take after the answer before the call ends.
+    pub connect_timeout_secs: u64,
+    /// How long an HTTP offer waits for the dialplan's answer.
+    pub answer_timeout_secs: u64,
+    /// Live HTTP-offered calls per source address.
+    pub max_sessions_per_source: usize,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            enabled: true,
+            public_ip: None,
+            connect_timeout_secs: 10,
+            answer_timeout_secs: 10,
+            max_sessions_per_source: 20,
+        }
+    }
+}
+
+impl WebRtcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.connect_timeout_secs == 0
+            || self.answer_timeout_secs == 0
+            || self.max_sessions_per_source == 0
+        {
+            return Err(ConfigError::Invalid(
+                "webrtc: timeouts and max_sessions_per_source must be greater than 0".into(),
+            ));
+        }
+        if self.public_ip.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid(
+                "webrtc: public_ip must be an address media can be sent to".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One `[[trunks]]` entry: a carrier's proxy, the account there and how calls use it.
@@ -806,6 +858,7 @@ impl Config {
         self.asr
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.webrtc.validate()?;
         self.media.codec_list()?;
         let token = (!self.http.token.trim().is_empty()).then(|| self.http.token.clone());
         crate::api::check_token_policy(self.http.listen, &token).map_err(ConfigError::Invalid)?;

@@ -227,11 +227,27 @@ pub async fn run_with_ready(
     };
     let spawner: CallSpawner =
         Arc::new(move |h, ev, rx, tx| call::spawn(ctx.clone(), h, ev, rx, tx));
+    let whip = config.webrtc.enabled.then(|| {
+        crate::call::whip::WhipCalls::new(
+            spawner.clone(),
+            sip_commands.clone(),
+            advertise,
+            crate::call::whip::WhipLimits {
+                per_source: config.webrtc.max_sessions_per_source,
+                answer_timeout: Duration::from_secs(config.webrtc.answer_timeout_secs),
+            },
+        )
+    });
     let index = RecordingIndex::load(config.paths.recordings.clone())
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let token = (!config.http.token.trim().is_empty()).then(|| config.http.token.clone());
+    let state = ApiState::new(Arc::new(index), token);
+    let state = match whip {
+        Some(w) => state.with_whip(w),
+        None => state,
+    };
     let api = crate::api::router(
-        ApiState::new(Arc::new(index), token)
+        state
             .with_calls(calls.clone())
             .with_rooms(Arc::new(rooms))
             .with_events(events.clone())
@@ -259,11 +275,15 @@ pub async fn run_with_ready(
     let http_addr = http.local_addr()?;
     let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
-        let served = axum::serve(http, api)
-            .with_graceful_shutdown(async {
-                let _ = http_stop.await;
-            })
-            .await;
+        // The peer's address is where an HTTP-offered call comes from.
+        let served = axum::serve(
+            http,
+            api.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = http_stop.await;
+        })
+        .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "HTTP API stopped");
         }

@@ -20,6 +20,8 @@
 //! | POST | `/api/rooms/{name}/{lock,unlock,end,play,record/start,record/stop}` | 202 |
 //! | GET | `/api/events` | Server-Sent Events from the event bus |
 //! | GET | `/api/cdrs` | one day's call detail records, newest first; text and outcome filters |
+//! | POST | `/api/webrtc/{number}` | 201: an SDP offer (WHIP style) answered by a call to `number` |
+//! | DELETE | `/api/webrtc/sessions/{id}` | 200: hangs that call up |
 //! | GET | `/api/trunks` | the SIP trunks: registration, up or down, calls in use, results |
 //! | GET | `/api/stats` | live calls, legs, rooms and media counters as JSON |
 //! | GET | `/metrics` | Prometheus text exposition |
@@ -47,6 +49,7 @@ pub mod range;
 pub mod recordings;
 pub mod rooms;
 pub mod trunks;
+pub mod webrtc;
 
 #[cfg(test)]
 mod live_tests;
@@ -96,6 +99,7 @@ pub struct ApiState {
     originator: Option<Originator>,
     trunks: Arc<crate::sip::trunks::Trunks>,
     instance: Arc<str>,
+    whip: Option<Arc<crate::call::whip::WhipCalls>>,
 }
 
 /// Places a call for `POST /api/calls` and returns its Call-ID.
@@ -134,7 +138,14 @@ impl ApiState {
             originator: None,
             trunks: Arc::default(),
             instance: Arc::from("switchboard"),
+            whip: None,
         }
+    }
+
+    /// Takes calls offered over HTTP (`POST /api/webrtc/{number}`) with `whip`.
+    pub fn with_whip(mut self, whip: Arc<crate::call::whip::WhipCalls>) -> ApiState {
+        self.whip = Some(whip);
+        self
     }
 
     /// Names this instance in `/api/info` and `/api/rooms` (default `switchboard`).
@@ -258,6 +269,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/cdrs", get(cdrs::list))
         .route("/api/trunks", get(trunks::list))
+        .route("/api/webrtc/{number}", post(webrtc::offer))
+        .route(
+            "/api/webrtc/sessions/{id}",
+            axum::routing::delete(webrtc::hang_up),
+        )
         .route("/metrics", get(prometheus::scrape))
         .route("/api/stats", get(info::stats))
         .route("/api/admin/drain", post(admin::drain))

@@ -10,7 +10,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, rooms, trunks};
+use super::{
+    admin, calls, cdrs, events, info, levels, prometheus, recordings, rooms, trunks, webrtc,
+};
 
 /// The API description served at `/api/openapi.json`.
 #[derive(OpenApi)]
@@ -51,6 +53,8 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         info::info,
         info::stats,
         admin::drain,
+        webrtc::offer,
+        webrtc::hang_up,
         super::openapi_json
     ),
     components(schemas(
@@ -87,6 +91,7 @@ use super::{admin, calls, cdrs, events, info, levels, prometheus, recordings, ro
         (name = "cdrs", description = "Call detail records, one JSON line per finished call"),
         (name = "trunks", description = "SIP trunks: registration, availability, calls in use and results"),
         (name = "metrics", description = "Prometheus metrics and the same live numbers as JSON"),
+        (name = "webrtc", description = "Calls from browsers and WebRTC applications: an SDP offer to a dialplan number, answered like an INVITE"),
         (name = "server", description = "What the server is, whether it needs a token, and taking it out of service")
     )
 )]
@@ -275,6 +280,8 @@ mod tests {
             "/api/events",
             "/api/cdrs",
             "/metrics",
+            "/api/webrtc/{number}",
+            "/api/webrtc/sessions/{id}",
         ] {
             assert!(paths.contains(p), "{p} missing from {paths:?}");
         }

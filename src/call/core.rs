@@ -825,6 +825,19 @@ impl CallCore {
         self.hangup(Refusal::Unavailable.code(), HangupCause::NoRtp);
     }
 
+    /// A leg's media transport failed (ICE, DTLS, consent): its call cannot have media.
+    pub fn handle_transport_failed(&mut self, leg: LegId, why: String) {
+        if leg != LegId::CALLER {
+            tracing::info!(?leg, %why, "a dialled leg's media transport failed; hanging it up");
+            return self.push(Action::Sip(leg, SipAction::Hangup));
+        }
+        tracing::info!(%why, "the caller's media transport failed; hanging up");
+        self.hangup(
+            Refusal::Unavailable.code(),
+            HangupCause::MediaTransport(why),
+        );
+    }
+
     /// An operator's hangup.
     pub fn handle_operator_hangup(&mut self) {
         tracing::info!("hung up by the operator");

@@ -7,7 +7,8 @@
 //! - `speech`: the speech verbs (`say`, `listen`, `amd`, `wait_for_beep`) and the caller's ear;
 //! - [`task`]: the live call's tokio task, thin glue between the core and the SIP
 //!   transport, the media engine, rooms, recordings and the event bus;
-//! - [`transfer`]: the target a script hands a blind transfer.
+//! - [`transfer`]: the target a script hands a blind transfer;
+//! - [`whip`]: calls offered over HTTP (WHIP style), each a call like an INVITE's.
 //!
 //! The simulator (`crate::script::simulate`) drives the same core with a virtual caller and
 //! a virtual clock, so a script behaves the same on a phone and in a simulation.
@@ -20,6 +21,7 @@ mod speech;
 pub mod task;
 mod transfer;
 mod verbs;
+pub mod whip;
 
 pub use self::core::{
     Action, CallCore, CoreConfig, LegId, MediaAction, Outcome, PlaySpec, SipAction, Work,

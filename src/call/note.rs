@@ -36,6 +36,8 @@ pub enum HangupCause {
     BadAnswer,
     /// A call we placed was not answered in time.
     NoAnswer,
+    /// The media's ICE or DTLS failed, or the peer's consent lapsed.
+    MediaTransport(String),
 }
 
 /// One step of a call.
@@ -203,6 +205,7 @@ impl fmt::Display for HangupCause {
             HangupCause::NoMedia => write!(f, " (no media)"),
             HangupCause::BadAnswer => write!(f, " (unusable SDP answer)"),
             HangupCause::NoAnswer => write!(f, " (no answer)"),
+            HangupCause::MediaTransport(why) => write!(f, " (media transport: {why})"),
         }
     }
 }

@@ -831,6 +831,7 @@ impl Task {
             e @ LegEvent::RecordDone { .. } => self.record_done(core, e).await,
             LegEvent::Closed(summary) => self.rtp = summary,
             LegEvent::RtpTimeout => core.handle_rtp_timeout(LegId::CALLER),
+            LegEvent::TransportFailed(why) => core.handle_transport_failed(LegId::CALLER, why),
         }
     }
 
@@ -929,6 +930,7 @@ impl Task {
             LegEvent::Digit { digit, method } => core.handle_digit(now, leg, digit, method),
             LegEvent::PlayDone { id, .. } => core.handle_play_done(now, leg, id),
             LegEvent::RtpTimeout => core.handle_rtp_timeout(leg),
+            LegEvent::TransportFailed(why) => core.handle_transport_failed(leg, why),
             LegEvent::RecordDone { .. } | LegEvent::Closed(_) => {}
         }
     }
@@ -1557,6 +1559,7 @@ impl Task {
             first_timestamp: self.ids.u32(),
             rtcp_seed: self.ids.u64(..),
             srtp: m.srtp.clone(),
+            dtls: None,
         };
         if let Some(keys) = &m.srtp {
             tracing::info!(

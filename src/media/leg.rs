@@ -99,6 +99,8 @@ pub enum LegEvent {
     },
     /// No RTP for the configured time while the peer should be sending.
     RtpTimeout,
+    /// The media transport (ICE, DTLS, consent) failed, and why.
+    TransportFailed(String),
     /// The leg was removed from its worker: its final receive statistics.
     Closed(RtpSummary),
 }
@@ -185,6 +187,14 @@ pub enum LegCommand {
         /// SRTP state (rollover counter, replay window), others start it afresh.
         srtp: Option<Box<SrtpKeys>>,
     },
+    /// A DTLS-SRTP leg's handshake finished: media flows from now on, protected with these
+    /// keys, to the address the peer's ICE checks chose.
+    Secured {
+        /// The keys the handshake exported.
+        keys: Box<SrtpKeys>,
+        /// Where the peer's checks came from.
+        remote: SocketAddr,
+    },
 }
 
 impl std::fmt::Debug for LegCommand {
@@ -203,6 +213,7 @@ impl std::fmt::Debug for LegCommand {
             LegCommand::Listen(t) => write!(f, "Listen({})", t.id()),
             LegCommand::StopListen(id) => write!(f, "StopListen({id})"),
             LegCommand::Answered => write!(f, "Answered"),
+            LegCommand::Secured { remote, .. } => write!(f, "Secured({remote})"),
             LegCommand::SendDtmf { digits, inband } => {
                 write!(f, "SendDtmf {{ digits: {digits:?}, inband: {inband} }}")
             }
@@ -263,6 +274,24 @@ pub struct LegConfig {
     pub rtcp_seed: u64,
     /// The SDES keys when the call's media is SRTP.
     pub srtp: Option<Box<SrtpKeys>>,
+    /// A DTLS-SRTP leg: where its ICE and DTLS datagrams go. Until its keys come
+    /// ([`LegCommand::Secured`]) it neither sends nor hears media.
+    pub dtls: Option<DtlsLink>,
+}
+
+/// Where a DTLS-SRTP leg hands the datagrams that are not media (STUN, DTLS: RFC 7983 §7):
+/// to the call's transport, which runs off the media tick (a handshake's crypto would stall
+/// it). The queue is bounded: a flood from a stranger is dropped, never queued without end.
+#[derive(Debug, Clone)]
+pub struct DtlsLink(pub tokio::sync::mpsc::Sender<ControlDatagram>);
+
+/// A STUN or DTLS datagram a leg received.
+#[derive(Debug)]
+pub struct ControlDatagram {
+    /// Its source.
+    pub from: SocketAddr,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl LegConfig {
@@ -291,6 +320,7 @@ impl LegConfig {
             first_timestamp: rng.u32(..),
             rtcp_seed: rng.u64(..),
             srtp: None,
+            dtls: None,
         }
     }
 }
@@ -685,6 +715,10 @@ impl Leg {
     /// dropped: it is never played, recorded or taken as the peer's address.
     fn unsealed(&mut self, rtcp: bool, bytes: &[u8], then: impl FnOnce(&mut Leg, &[u8])) {
         let Some(mut secure) = self.secure.take() else {
+            if self.awaiting_keys() {
+                self.stats.dropped += 1;
+                return;
+            }
             return then(self, bytes);
         };
         match secure.open(rtcp, bytes) {
@@ -743,6 +777,9 @@ impl Leg {
 
     /// The final RTCP BYE for when the leg goes away, with where to send it.
     pub fn rtcp_bye(&mut self) -> Option<(SocketAddr, &[u8])> {
+        if self.awaiting_keys() {
+            return None;
+        }
         let dest = self.rtcp_destination()?;
         let n = self.rtcp.bye(&mut self.rtcp_buf).ok()?;
         match self.secure.as_deref_mut() {
@@ -815,6 +852,7 @@ impl Leg {
                 }
             }
             LegCommand::Answered => self.recv.open_learning_window(now),
+            LegCommand::Secured { keys, remote } => self.secured(now, keys, remote),
             LegCommand::Update {
                 remote,
                 remote_rtcp,
@@ -829,13 +867,17 @@ impl Leg {
             } => {
                 let te = telephone_event.map(|pt| (pt, telephone_event_rate));
                 self.switch_codec(now, codec, payload_type, te, &params);
-                self.rekey(srtp);
                 // Audio already buffered goes out in packets of the new size.
                 self.cfg.ptime = ptime;
                 self.ptime_samples = ptime_samples(self.cfg.codec, ptime);
-                self.cfg.remote = remote;
-                self.cfg.remote_rtcp = remote_rtcp;
                 self.cfg.direction = direction;
+                // A DTLS-SRTP leg's keys and address come from its handshake and ICE, which a
+                // re-offer of the same transport does not restart.
+                if self.cfg.dtls.is_none() {
+                    self.rekey(srtp);
+                    self.cfg.remote = remote;
+                    self.cfg.remote_rtcp = remote_rtcp;
+                }
                 // A move of the peer's media forgets its source and opens a learning window.
                 self.recv.set_remote(now, remote_media(&self.cfg));
                 // Coming off hold, the peer gets a full timeout to resume sending.
@@ -1086,8 +1128,49 @@ impl Leg {
             }
             // rtcp-mux (RFC 5761 §4): RTCP on the RTP port.
             PacketKind::Rtcp => self.handle_rtcp(now, wallclock, from, bytes),
-            PacketKind::Other => self.stats.dropped += 1,
+            PacketKind::Other => self.control_datagram(from, bytes),
         }
+    }
+
+    /// Hands a STUN or DTLS datagram to the call's transport when the leg is DTLS-SRTP.
+    fn control_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let Some(DtlsLink(link)) = &self.cfg.dtls else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let first = bytes.first().copied().unwrap_or(255);
+        // RFC 7983 §7: 0-3 is STUN, 20-63 DTLS; anything else is nobody's.
+        if !(first <= 3 || (20..=63).contains(&first))
+            || link
+                .try_send(ControlDatagram {
+                    from,
+                    bytes: bytes.to_vec(),
+                })
+                .is_err()
+        {
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// A DTLS-SRTP leg whose handshake has not finished yet.
+    fn awaiting_keys(&self) -> bool {
+        self.cfg.dtls.is_some() && self.secure.is_none()
+    }
+
+    /// Takes the keys of a finished DTLS handshake and the peer's ICE address.
+    fn secured(&mut self, now: Instant, keys: Box<SrtpKeys>, remote: SocketAddr) {
+        match Secure::new(&keys) {
+            Ok(s) => self.secure = Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "DTLS-SRTP keys refused");
+                return;
+            }
+        }
+        self.cfg.srtp = Some(keys);
+        self.cfg.remote = Some(remote);
+        self.cfg.remote_rtcp = Some(remote);
+        self.recv.set_remote(now, remote_media(&self.cfg));
+        self.rtp_watch = RtpWatch::Since(now);
     }
 
     fn handle_clear_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
@@ -1239,6 +1322,10 @@ impl Leg {
         then: impl FnOnce(&mut Leg, &mut dyn FnMut(Port, SocketAddr, &[u8])),
     ) {
         let Some(mut secure) = self.secure.take() else {
+            if self.awaiting_keys() {
+                // The tick's work goes on (prompts play out, recordings run); nothing leaves.
+                return then(self, &mut |_, _, _| {});
+            }
             return then(self, send);
         };
         then(self, &mut |port, dest, bytes| {

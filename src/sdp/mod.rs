@@ -3,6 +3,7 @@
 pub mod model;
 pub mod negotiate;
 pub mod parse;
+pub mod webrtc;
 
 pub use model::{
     Attribute, Attributes, Bandwidth, Connection, Direction, ExtMap, ExtMapError, ExtraLine,
@@ -14,6 +15,7 @@ pub use negotiate::{
     SrtpPolicy,
 };
 pub use parse::{parse, SdpError, SdpErrorKind};
+pub use webrtc::{DtlsRole, WebRtcLocal, WebRtcRemote};
 
 #[cfg(test)]
 mod tests;

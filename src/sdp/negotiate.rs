@@ -31,6 +31,7 @@ use super::model::{
     Attribute, Connection, Direction, ExtMap, MediaDescription, MediaKind, Origin, PayloadType,
     RtpMap, SessionDescription, AUDIO_LEVEL_URI,
 };
+use super::webrtc::{self, WebRtcLocal, WebRtcRemote};
 use crate::rtp::srtp::{CryptoAttr, MasterKey, SrtpSession, Suite};
 
 const TELEPHONE_EVENT: &str = "telephone-event";
@@ -146,6 +147,15 @@ pub enum NegotiationError {
     /// An answer arrived although we have no offer outstanding.
     #[error("answer received without an outstanding offer")]
     NoPendingOffer,
+    /// A DTLS-SRTP stream without the certificate fingerprint its handshake is checked by.
+    #[error("no DTLS fingerprint (a=fingerprint)")]
+    NoFingerprint,
+    /// A DTLS-SRTP stream without ICE credentials (`a=ice-ufrag`, `a=ice-pwd`).
+    #[error("no ICE credentials (a=ice-ufrag, a=ice-pwd)")]
+    NoIceCredentials,
+    /// A DTLS-SRTP stream whose `a=setup` leaves us no role (`holdconn`, or unknown).
+    #[error("no DTLS role left to us (a=setup)")]
+    NoDtlsRole,
 }
 
 /// How an answer picks the codec among those both sides support (`[media] codec_choice`).
@@ -214,8 +224,10 @@ pub struct NegotiatedAudio {
     pub direction: Direction,
     /// Whether RTP and RTCP share one port (RFC 5761).
     pub rtcp_mux: bool,
-    /// The SRTP keys, when the stream is SRTP.
+    /// The SRTP keys, when the stream is SRTP with keys in the SDP.
     pub srtp: Option<Box<SrtpKeys>>,
+    /// What the peer's DTLS-SRTP offer asked (its keys come from the handshake).
+    pub webrtc: Option<Box<WebRtcRemote>>,
 }
 
 impl NegotiatedAudio {
@@ -249,6 +261,8 @@ pub struct LocalSession {
     srtp_key: Option<MasterKey>,
     /// The keys of our SRTP offers, by tag, kept for re-offers and for the answer.
     offered_keys: Vec<CryptoAttr>,
+    /// Our DTLS-SRTP transport, when the call may take WebRTC offers.
+    webrtc: Option<WebRtcLocal>,
     last_sent: Option<SessionDescription>,
     pending_offer: Option<SessionDescription>,
 }
@@ -267,6 +281,7 @@ impl LocalSession {
             srtp: SrtpPolicy::default(),
             srtp_key: None,
             offered_keys: Vec::new(),
+            webrtc: None,
             last_sent: None,
             pending_offer: None,
         }
@@ -288,6 +303,17 @@ impl LocalSession {
     pub fn with_srtp(mut self, policy: SrtpPolicy) -> Self {
         self.srtp = policy;
         self
+    }
+
+    /// Takes DTLS-SRTP (`UDP/TLS/RTP/SAVPF`) offers, answered with this transport of ours.
+    pub fn with_webrtc(mut self, local: WebRtcLocal) -> Self {
+        self.webrtc = Some(local);
+        self
+    }
+
+    /// Our DTLS-SRTP transport, when we take WebRTC offers.
+    pub fn webrtc(&self) -> Option<&WebRtcLocal> {
+        self.webrtc.as_ref()
     }
 
     /// Sets the ptime used when the offer has no acceptable one.
@@ -319,7 +345,7 @@ impl LocalSession {
     /// Answers `offer` (RFC 3264 §6): one m-line per offered m-line in the same order; the
     /// first usable audio RTP stream is accepted, every other stream is rejected with port 0.
     pub fn answer(&mut self, offer: &SessionDescription) -> Result<Answer, NegotiationError> {
-        let (index, chosen, crypto) = self.choose_stream(offer)?;
+        let (index, chosen, crypto, dtls) = self.choose_stream(offer)?;
         let offered = &offer.media[index];
 
         let telephone_event = pick_telephone_event(
@@ -346,10 +372,17 @@ impl LocalSession {
                 .or_else(|| offer.attributes.maxptime()),
             self.ptime_ms,
         );
-        let peer = peer_direction(offer, offered);
+        // An ICE offer's c= line is a placeholder: media goes where its checks come from.
+        let peer = match dtls {
+            Some(_) => offer.direction_for(offered),
+            None => peer_direction(offer, offered),
+        };
         let direction = peer.reversed();
-        let rtcp_mux = offered.attributes.rtcp_mux();
-        let (remote_rtp, remote_rtcp) = remote_addresses(offer, offered, rtcp_mux)?;
+        let rtcp_mux = offered.attributes.rtcp_mux() || dtls.is_some();
+        let (remote_rtp, remote_rtcp) = match dtls {
+            Some(_) => (None, None),
+            None => remote_addresses(offer, offered, rtcp_mux)?,
+        };
 
         let mut formats = vec![chosen.pt.to_string()];
         let mut audio = MediaDescription::new(
@@ -401,6 +434,9 @@ impl LocalSession {
         });
 
         let mut sdp = self.skeleton();
+        if let (Some(remote), Some(local)) = (&dtls, &self.webrtc) {
+            webrtc::answer_attributes(local, remote, &mut sdp, &mut audio);
+        }
         sdp.media = offer
             .media
             .iter()
@@ -433,6 +469,7 @@ impl LocalSession {
                 direction,
                 rtcp_mux,
                 srtp,
+                webrtc: dtls,
             },
         })
     }
@@ -599,6 +636,7 @@ impl LocalSession {
             direction,
             rtcp_mux,
             srtp,
+            webrtc: None,
         })
     }
 
@@ -692,12 +730,30 @@ impl LocalSession {
                 .enumerate()
                 .filter(|(_, m)| m.kind == MediaKind::Audio && m.port != 0)
         };
+        let dtls_ok =
+            |m: &MediaDescription| webrtc::is_dtls_proto(&m.proto) && self.webrtc.is_some();
         let speakable = |m: &MediaDescription| {
-            is_avp(&m.proto) || (is_savp(&m.proto) && self.srtp != SrtpPolicy::Off)
+            is_avp(&m.proto) || (is_savp(&m.proto) && self.srtp != SrtpPolicy::Off) || dtls_ok(m)
         };
         let mut keyless = None;
         let mut codec_misses = Vec::new();
+        let mut dtls_error = None;
         for (i, m) in live_audio().filter(|(_, m)| speakable(m)) {
+            if dtls_ok(m) {
+                // The keys come from the handshake: no a=crypto is wanted or used.
+                let remote = match webrtc::read_offer(offer, m) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        dtls_error.get_or_insert(e);
+                        continue;
+                    }
+                };
+                match self.choose_codec(m) {
+                    Some(chosen) => return Ok((i, chosen, None, Some(Box::new(remote)))),
+                    None => codec_misses.push(m),
+                }
+                continue;
+            }
             let crypto = match self.srtp {
                 SrtpPolicy::Off => None,
                 _ => self.choose_crypto(m),
@@ -708,9 +764,12 @@ impl LocalSession {
                 continue;
             }
             match self.choose_codec(m) {
-                Some(chosen) => return Ok((i, chosen, crypto)),
+                Some(chosen) => return Ok((i, chosen, crypto, None)),
                 None => codec_misses.push(m),
             }
+        }
+        if let Some(e) = dtls_error {
+            return Err(e);
         }
         if !codec_misses.is_empty() {
             return Err(NegotiationError::NoCommonCodec {
@@ -760,8 +819,14 @@ struct Chosen {
     pt: PayloadType,
 }
 
-/// The stream an answer takes: its index, codec, and the peer's key with ours when SRTP.
-type Stream = (usize, Chosen, Option<(CryptoAttr, MasterKey)>);
+/// The stream an answer takes: its index, codec, the peer's key with ours when SDES-SRTP,
+/// and what its offer asked when DTLS-SRTP.
+type Stream = (
+    usize,
+    Chosen,
+    Option<(CryptoAttr, MasterKey)>,
+    Option<Box<WebRtcRemote>>,
+);
 
 /// The plain RTP profiles.
 fn is_avp(proto: &str) -> bool {

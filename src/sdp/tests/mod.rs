@@ -6,6 +6,7 @@ mod negotiate;
 mod parse;
 mod roundtrip;
 mod srtp;
+mod webrtc;
 
 /// Turns readable SDP (LF, indentation-free) into wire form with CRLF.
 pub(super) fn crlf(text: &str) -> String {
