@@ -94,6 +94,9 @@ pub struct WebRtcConfig {
     pub answer_timeout_secs: u64,
     /// Live HTTP-offered calls per source address.
     pub max_sessions_per_source: usize,
+    /// The number that joins room `{room}`, for the console's "Join from this browser"
+    /// (the shipped dialplan sends `conf-NAME` to room NAME).
+    pub room_number: String,
 }
 
 impl Default for WebRtcConfig {
@@ -104,6 +107,7 @@ impl Default for WebRtcConfig {
             connect_timeout_secs: 10,
             answer_timeout_secs: 10,
             max_sessions_per_source: 20,
+            room_number: "conf-{room}".into(),
         }
     }
 }

@@ -243,7 +243,7 @@ pub async fn run_with_ready(
     let token = (!config.http.token.trim().is_empty()).then(|| config.http.token.clone());
     let state = ApiState::new(Arc::new(index), token);
     let state = match whip {
-        Some(w) => state.with_whip(w),
+        Some(w) => state.with_whip(w, &config.webrtc.room_number),
         None => state,
     };
     let api = crate::api::router(

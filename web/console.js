@@ -8,6 +8,8 @@ const $ = (sel) => document.querySelector(sel);
 
 let token = localStorage.getItem(TOKEN_KEY);
 let needsToken = true;
+// The number that joins room {room} from this browser, when the server takes WebRTC calls.
+let roomNumber = null;
 let rooms = new Map(); // name -> RoomInfo
 let events = null;
 let statsTimer = null;
@@ -267,6 +269,12 @@ function renderRooms() {
         ? button("Stop recording", "record-stop", () => control("POST", path + "/record/stop"), "rec")
         : button("Record", "record-start", () => control("POST", path + "/record/start")),
       el("span", { class: "play" }, prompt, button("Play", "play-prompt", playPrompt)),
+      roomNumber
+        ? el("a", {
+          class: "join", "data-action": "join", target: "_blank", rel: "noopener",
+          href: "/call/" + encodeURIComponent(roomNumber.replace("{room}", room.name)),
+        }, "Join from this browser")
+        : "",
       armedButton("End room", "end", () => control("POST", path + "/end")));
     const card = el("div", { class: "room", "data-room": room.name },
       el("div", { class: "room-head" },
@@ -591,6 +599,7 @@ async function boot() {
     const resp = await fetch("/api/info");
     const info = await resp.json();
     needsToken = info.auth !== "none";
+    roomNumber = info.room_number || null;
     $("#version").textContent = info.version ? "v" + info.version : "";
   } catch (_) {
     needsToken = true; // an older server: assume it wants one

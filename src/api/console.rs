@@ -9,10 +9,21 @@ use axum::Router;
 const INDEX: &str = include_str!("../../web/index.html");
 const SCRIPT: &str = include_str!("../../web/console.js");
 const STYLE: &str = include_str!("../../web/console.css");
+const CALL_PAGE: &str = include_str!("../../web/call.html");
+const CALL_SCRIPT: &str = include_str!("../../web/call.js");
 
-/// The console's routes: `/`, `/console.js`, `/console.css`.
+/// The console's routes: `/`, `/console.js`, `/console.css`, and the page that calls a
+/// dialplan number from the browser, `/call/{number}` with `/call.js`.
 pub fn routes() -> Router {
     Router::new()
+        .route(
+            "/call/{number}",
+            get(|| async { file("text/html; charset=utf-8", CALL_PAGE) }),
+        )
+        .route(
+            "/call.js",
+            get(|| async { file("text/javascript; charset=utf-8", CALL_SCRIPT) }),
+        )
         .route(
             "/",
             get(|| async { file("text/html; charset=utf-8", INDEX) }),

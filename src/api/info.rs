@@ -35,6 +35,9 @@ pub struct ServerInfo {
     pub instance: String,
     /// Live calls.
     pub calls: u64,
+    /// The dialplan number that joins room `{room}` from a browser, when WebRTC calls are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_number: Option<String>,
 }
 
 /// Tells a client whether it needs a token; needs none itself.
@@ -57,6 +60,7 @@ pub(crate) async fn info(State(state): State<ApiState>) -> Json<ServerInfo> {
         draining: state.drain.is_draining(),
         instance: state.instance().to_string(),
         calls: state.calls.len() as u64,
+        room_number: state.whip.as_ref().map(|_| state.room_number.to_string()),
     })
 }
 

@@ -100,6 +100,7 @@ pub struct ApiState {
     trunks: Arc<crate::sip::trunks::Trunks>,
     instance: Arc<str>,
     whip: Option<Arc<crate::call::whip::WhipCalls>>,
+    room_number: Arc<str>,
 }
 
 /// Places a call for `POST /api/calls` and returns its Call-ID.
@@ -139,12 +140,19 @@ impl ApiState {
             trunks: Arc::default(),
             instance: Arc::from("switchboard"),
             whip: None,
+            room_number: Arc::from(""),
         }
     }
 
-    /// Takes calls offered over HTTP (`POST /api/webrtc/{number}`) with `whip`.
-    pub fn with_whip(mut self, whip: Arc<crate::call::whip::WhipCalls>) -> ApiState {
+    /// Takes calls offered over HTTP (`POST /api/webrtc/{number}`) with `whip`; the
+    /// console joins room `{room}` by calling `room_number`.
+    pub fn with_whip(
+        mut self,
+        whip: Arc<crate::call::whip::WhipCalls>,
+        room_number: &str,
+    ) -> ApiState {
         self.whip = Some(whip);
+        self.room_number = Arc::from(room_number);
         self
     }
 
