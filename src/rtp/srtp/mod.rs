@@ -243,7 +243,7 @@ fn derive(master: &Aes128Enc, master_salt: &[u8; CM_SALT_LEN], label: u8, out: &
 }
 
 /// Compares tags without an early exit, so timing does not tell how much of a forgery matched.
-fn tags_equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn tags_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
