@@ -230,7 +230,7 @@ impl SrtpKeys {
             return Err(SrtpError::BadKey);
         }
         let key_salt = |key_at: usize, salt_at: usize| {
-            let mut buf = [0u8; 32];
+            let mut buf = [0u8; 48];
             buf[..k].copy_from_slice(&material[key_at..key_at + k]);
             buf[k..k + s].copy_from_slice(&material[salt_at..salt_at + s]);
             MasterKey::from_bytes(suite, &buf[..k + s])
@@ -259,6 +259,7 @@ pub fn suite_of(profile: SrtpProfile) -> Option<Suite> {
     match profile {
         SrtpProfile::AES128_CM_SHA1_80 => Some(Suite::AesCm128HmacSha1_80),
         SrtpProfile::AEAD_AES_128_GCM => Some(Suite::AeadAes128Gcm),
+        SrtpProfile::AEAD_AES_256_GCM => Some(Suite::AeadAes256Gcm),
         _ => None,
     }
 }
