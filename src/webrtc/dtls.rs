@@ -440,11 +440,10 @@ impl DtlsEndpoint {
         // cycle that never ends.
         for _ in 0..1024 {
             match self.dtls.poll_output(&mut buf) {
-                Output::Packet(p) => {
-                    if self.state != State::Failed {
-                        self.out.push_back(p.to_vec());
-                    }
+                Output::Packet(p) if self.state != State::Failed => {
+                    self.out.push_back(p.to_vec());
                 }
+                Output::Packet(_) => {}
                 Output::BufferTooSmall { needed } => buf.resize(needed, 0),
                 Output::Timeout(t) => {
                     self.next_timeout = Some(t);

@@ -261,6 +261,7 @@ impl WebRtcTransport {
 
     fn end(&mut self, event: Event) {
         if self.state != State::Ended {
+            tracing::debug!(?event, counters = ?self.counters(), "WebRTC transport ended");
             self.state = State::Ended;
             self.transmits.clear();
             self.events.push_back(event);

@@ -147,7 +147,7 @@ impl Rig {
         }
     }
 
-    fn to_transport(&mut self, from: SocketAddr, bytes: &[u8]) {
+    fn feed(&mut self, from: SocketAddr, bytes: &[u8]) {
         self.transport.handle_datagram(self.now, from, bytes);
     }
 
@@ -169,7 +169,7 @@ impl Rig {
                 Demux::Dtls => {
                     let back = self.peer.receive(self.now, &t.bytes);
                     for b in back {
-                        self.to_transport(self.peer.addr, &b);
+                        self.feed(self.peer.addr, &b);
                     }
                 }
                 other => panic!("transport sent {other:?}"),
@@ -185,7 +185,7 @@ impl Rig {
     fn round(&mut self) {
         let out = self.peer.step(self.now);
         for b in out {
-            self.to_transport(self.peer.addr, &b);
+            self.feed(self.peer.addr, &b);
         }
         self.deliver();
         self.now += STEP;
@@ -197,7 +197,7 @@ impl Rig {
 
     fn nominate(&mut self) {
         let check = self.peer.check(true);
-        self.to_transport(self.peer.addr, &check);
+        self.feed(self.peer.addr, &check);
         self.deliver();
     }
 
@@ -284,7 +284,7 @@ fn handshake_as_dtls_client_with_a_dimpl_server_gives_agreeing_keys() {
 fn as_client_nothing_is_sent_before_a_nomination() {
     let mut rig = Rig::new(DtlsRole::Client, false);
     let check = rig.peer.check(false);
-    rig.to_transport(rig.peer.addr, &check);
+    rig.feed(rig.peer.addr, &check);
     // Only the STUN answer.
     assert_eq!(rig.deliver(), 1);
     rig.transport
@@ -320,7 +320,7 @@ fn a_handshake_that_never_comes_times_out_at_the_connect_deadline() {
     // the leg.
     rig.now = t0 + Duration::from_secs(10);
     let check = rig.peer.check(false);
-    rig.to_transport(rig.peer.addr, &check);
+    rig.feed(rig.peer.addr, &check);
     rig.deliver();
     assert_eq!(
         rig.transport.poll_timeout(),
@@ -339,7 +339,7 @@ fn a_handshake_that_never_comes_times_out_at_the_connect_deadline() {
     assert!(rig.transport.is_ended());
     // The leg is over: a late ClientHello is not answered.
     let hello = rig.peer.step(rig.now);
-    rig.to_transport(rig.peer.addr, &hello[0]);
+    rig.feed(rig.peer.addr, &hello[0]);
     assert!(rig.transport.poll_transmit().is_none());
     assert_eq!(rig.transport.counters().after_end, 1);
 }
@@ -355,7 +355,7 @@ fn ice_that_never_completes_fails_at_the_check_deadline() {
         .integrity(b"guessed-password-xxxxxxx")
         .fingerprint()
         .finish();
-    rig.to_transport(addr(STRANGER), &bad);
+    rig.feed(addr(STRANGER), &bad);
     let t = rig.transport.poll_transmit().unwrap();
     assert_eq!(t.to, addr(STRANGER));
     assert_eq!(
@@ -383,7 +383,7 @@ fn garbage_and_strangers_are_dropped_and_counted_and_the_handshake_still_complet
     let mut rig = Rig::new(DtlsRole::Server, false);
     let hello = rig.peer.step(rig.now);
     // A ClientHello from an address that never passed a check.
-    rig.to_transport(addr(STRANGER), &hello[0]);
+    rig.feed(addr(STRANGER), &hello[0]);
     rig.nominate();
     // Records that do not frame: a length past the end, a bad version, a bad type.
     let mut long = hello[0].clone();
@@ -393,11 +393,11 @@ fn garbage_and_strangers_are_dropped_and_counted_and_the_handshake_still_complet
     let mut kind = hello[0].clone();
     kind[0] = 30;
     for g in [long, version, kind, vec![22, 0xFE]] {
-        rig.to_transport(rig.peer.addr, &g);
+        rig.feed(rig.peer.addr, &g);
     }
     // Not STUN, not DTLS: RTP (the tick's business) and an unassigned first byte.
-    rig.to_transport(rig.peer.addr, &[0x80; 20]);
-    rig.to_transport(rig.peer.addr, &[70; 20]);
+    rig.feed(rig.peer.addr, &[0x80; 20]);
+    rig.feed(rig.peer.addr, &[70; 20]);
     assert!(rig.transport.poll_transmit().is_none());
     let c = rig.transport.counters();
     assert_eq!(c.dtls_unvalidated, 1);
@@ -418,7 +418,7 @@ fn consent_lost_after_connecting_ends_the_transport() {
     rig.now += Duration::from_secs(10);
     let refresh = rig.now;
     let check = rig.peer.check(false);
-    rig.to_transport(rig.peer.addr, &check);
+    rig.feed(rig.peer.addr, &check);
     rig.deliver();
     assert_eq!(
         rig.transport.poll_timeout(),
@@ -440,7 +440,7 @@ fn renomination_moves_media_after_connecting() {
     assert!(rig.connected_keys().is_some());
     let moved = addr("192.0.2.51:40002");
     let check = rig.peer.check(true);
-    rig.to_transport(moved, &check);
+    rig.feed(moved, &check);
     assert_eq!(rig.transport.poll_transmit().map(|t| t.to), Some(moved));
     assert_eq!(rig.transport.poll_event(), Some(Event::Selected(moved)));
     assert_eq!(rig.transport.selected(), Some(moved));
