@@ -465,3 +465,36 @@ fn records_frame_accepts_whole_records_only() {
     assert!(!records_frame(&r[..r.len() - 1]));
     assert!(!records_frame(&r[..12]));
 }
+
+#[test]
+fn a_lost_client_hello_is_sent_again_when_its_timer_fires() {
+    let mut rig = Rig::new(DtlsRole::Client, false);
+    let check = rig.peer.check(true);
+    rig.feed(rig.peer.addr, &check);
+    let mut hellos = 0;
+    while let Some(t) = rig.transport.poll_transmit() {
+        if demux(&t.bytes) == Demux::Dtls {
+            // Handshake record, ClientHello.
+            assert_eq!((t.bytes[0], t.bytes[13]), (22, 1));
+            hellos += 1;
+        }
+    }
+    // That one is lost.
+    assert_eq!(hellos, 1);
+    let resend = rig.transport.poll_timeout().unwrap();
+    assert!(resend > rig.now && resend <= rig.now + Duration::from_secs(3));
+    rig.transport
+        .handle_timeout(resend - Duration::from_millis(1));
+    assert!(rig.transport.poll_transmit().is_none());
+    rig.now = resend;
+    rig.transport.handle_timeout(resend);
+    let again = rig.transport.poll_transmit().unwrap();
+    assert_eq!((again.bytes[0], again.bytes[13]), (22, 1));
+    let back = rig.peer.receive(rig.now, &again.bytes);
+    for b in back {
+        rig.feed(rig.peer.addr, &b);
+    }
+    rig.deliver();
+    rig.handshake();
+    assert!(rig.connected_keys().is_some(), "{:?}", rig.events);
+}
