@@ -1,9 +1,10 @@
 //! The WebRTC transport core against a DTLS implementation we did not write: `openssl
-//! s_client` does a DTLS 1.2 handshake with use_srtp over loopback UDP to a small driver of
-//! [`WebRtcTransport`], and the SRTP keys it exports must be the ones our transport derived.
+//! s_client` and `s_server` do a DTLS 1.2 handshake with use_srtp over loopback UDP with a
+//! small driver of [`WebRtcTransport`], and the SRTP keys openssl exports must be the ones our
+//! transport derived.
 //!
-//! openssl speaks no ICE, so the driver feeds the transport one nominated check on the
-//! client's behalf from the address of its first datagram, as a browser's check would.
+//! openssl speaks no ICE, so the driver feeds the transport one nominated check on openssl's
+//! behalf from openssl's address, as a browser's check would come.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -49,17 +50,28 @@ fn hex_bytes(s: &str) -> Vec<u8> {
 
 #[test]
 fn openssl_s_client_handshake_exports_the_keys_we_derived() {
+    against_openssl(DtlsRole::Server);
+}
+
+#[test]
+fn openssl_s_server_handshake_exports_the_keys_we_derived() {
+    against_openssl(DtlsRole::Client);
+}
+
+/// Our transport in `role`, openssl in the other, over loopback UDP; openssl's exported
+/// keying material must split into our keys, mirrored.
+fn against_openssl(role: DtlsRole) {
     assert!(
         Command::new("openssl").arg("version").output().is_ok(),
         "openssl is not installed (Debian package openssl; .ci/run installs it)"
     );
-    let dir = std::env::temp_dir().join(format!("webrtc-openssl-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("webrtc-openssl-{}-{role:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let client_cert = Certificate::generate().unwrap();
-    let cert_path = dir.join("client.pem");
-    let key_path = dir.join("client.key");
-    std::fs::write(&cert_path, pem("CERTIFICATE", client_cert.der())).unwrap();
-    std::fs::write(&key_path, pem("PRIVATE KEY", client_cert.private_key_der())).unwrap();
+    let peer_cert = Certificate::generate().unwrap();
+    let cert_path = dir.join("peer.pem");
+    let key_path = dir.join("peer.key");
+    std::fs::write(&cert_path, pem("CERTIFICATE", peer_cert.der())).unwrap();
+    std::fs::write(&key_path, pem("PRIVATE KEY", peer_cert.private_key_der())).unwrap();
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -78,31 +90,38 @@ fn openssl_s_client_handshake_exports_the_keys_we_derived() {
     let config = TransportConfig::new(
         ours.clone(),
         theirs,
-        DtlsRole::Server,
-        client_cert.fingerprint(),
+        role,
+        peer_cert.fingerprint(),
         Certificate::process().unwrap(),
     );
     let mut transport = WebRtcTransport::new(config, Instant::now()).unwrap();
 
+    let mut cmd = Command::new("openssl");
+    let mut peer: Option<SocketAddr> = None;
+    match role {
+        DtlsRole::Server => {
+            cmd.arg("s_client")
+                .args(["-connect", &format!("127.0.0.1:{port}")]);
+        }
+        DtlsRole::Client => {
+            // A port that was free a moment ago; s_server binds it.
+            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let server = probe.local_addr().unwrap();
+            drop(probe);
+            peer = Some(server);
+            // -verify asks for our certificate, as a browser's DTLS server does.
+            cmd.arg("s_server")
+                .args(["-accept", &server.to_string(), "-verify", "1"]);
+        }
+    }
     let mut child = Reaper(
-        Command::new("openssl")
-            .args([
-                "s_client",
-                "-dtls1_2",
-                "-use_srtp",
-                "SRTP_AES128_CM_SHA1_80",
-            ])
-            .args([
-                "-keymatexport",
-                "EXTRACTOR-dtls_srtp",
-                "-keymatexportlen",
-                "60",
-            ])
+        cmd.args(["-dtls1_2", "-use_srtp", "SRTP_AES128_CM_SHA1_80"])
+            .args(["-keymatexport", "EXTRACTOR-dtls_srtp"])
+            .args(["-keymatexportlen", "60"])
             .arg("-cert")
             .arg(&cert_path)
             .arg("-key")
             .arg(&key_path)
-            .args(["-connect", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -119,24 +138,47 @@ fn openssl_s_client_handshake_exports_the_keys_we_derived() {
         }
     });
 
+    let check = Builder::new(Class::Request, BINDING, &[3; 12])
+        .username(b"lite:ossl")
+        .ice_controlling(1)
+        .use_candidate()
+        .integrity(ours.pwd.as_bytes())
+        .fingerprint()
+        .finish();
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut client: Option<SocketAddr> = None;
     let mut our_keys: Option<SrtpKeys> = None;
     let mut exported: Option<Vec<u8>> = None;
     let mut profile_line = None;
+    if role == DtlsRole::Client {
+        // s_server says ACCEPT once it listens.
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("s_server listening");
+            if line.trim() == "ACCEPT" {
+                break;
+            }
+        }
+    }
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline && (our_keys.is_none() || exported.is_none()) {
+        while let Ok(line) = rx.try_recv() {
+            let line = line.trim().to_string();
+            if line.starts_with("SRTP Extension negotiated") {
+                profile_line = Some(line.clone());
+            }
+            if let Some(hex) = line.strip_prefix("Keying material: ") {
+                exported = Some(hex_bytes(hex.trim()));
+            }
+        }
+        if role == DtlsRole::Client && transport.selected().is_none() {
+            // s_server is up: the check that tells the transport where it is.
+            transport.handle_datagram(Instant::now(), peer.unwrap(), &check);
+        }
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             let now = Instant::now();
-            if client.is_none() {
-                client = Some(from);
-                let check = Builder::new(Class::Request, BINDING, &[3; 12])
-                    .username(b"lite:ossl")
-                    .ice_controlling(1)
-                    .use_candidate()
-                    .integrity(ours.pwd.as_bytes())
-                    .fingerprint()
-                    .finish();
+            if peer.is_none() {
+                peer = Some(from);
                 transport.handle_datagram(now, from, &check);
             }
             transport.handle_datagram(now, from, &buf[..n]);
@@ -146,7 +188,7 @@ fn openssl_s_client_handshake_exports_the_keys_we_derived() {
             transport.handle_timeout(now);
         }
         while let Some(t) = transport.poll_transmit() {
-            assert_eq!(Some(t.to), client);
+            assert_eq!(Some(t.to), peer);
             // The answer to the check made on openssl's behalf stays here.
             if demux(&t.bytes) == Demux::Dtls {
                 socket.send_to(&t.bytes, t.to).unwrap();
@@ -159,17 +201,8 @@ fn openssl_s_client_handshake_exports_the_keys_we_derived() {
                 _ => {}
             }
         }
-        while let Ok(line) = rx.try_recv() {
-            let line = line.trim().to_string();
-            if line.starts_with("SRTP Extension negotiated") {
-                profile_line = Some(line.clone());
-            }
-            if let Some(hex) = line.strip_prefix("Keying material: ") {
-                exported = Some(hex_bytes(hex.trim()));
-            }
-        }
     }
-    // Closing stdin ends s_client; the reaper kills it should it linger.
+    // Closing stdin ends s_client; the reaper kills either should it linger.
     drop(child.0.stdin.take());
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -181,8 +214,11 @@ fn openssl_s_client_handshake_exports_the_keys_we_derived() {
     );
     assert_eq!(ours.suite, Suite::AesCm128HmacSha1_80);
     assert_eq!(exported.len(), 60);
-    // openssl is the DTLS client: its exported material split as the client sees it.
-    let theirs = SrtpKeys::from_exported(ours.suite, &exported, DtlsRole::Client).unwrap();
+    let openssl_role = match role {
+        DtlsRole::Server => DtlsRole::Client,
+        DtlsRole::Client => DtlsRole::Server,
+    };
+    let theirs = SrtpKeys::from_exported(ours.suite, &exported, openssl_role).unwrap();
     assert!(
         ours.local == theirs.remote,
         "our sending key is openssl's receiving key"
