@@ -179,12 +179,14 @@ pub enum DtlsRole {
 }
 
 impl DtlsRole {
-    /// Our role and our answer's `a=setup` value for the peer's offered `a=setup` (RFC 8842
-    /// §5.3), or `None` for a value that leaves no role (`holdconn`, unknown).
+    /// Our role and our answer's `a=setup` value for the peer's offered `a=setup` (RFC 5763
+    /// §5, RFC 8842 §5), or `None` for a value that leaves no role (`holdconn`, unknown).
     ///
-    /// Given the choice (`actpass`) we take the server role: an ICE-lite agent learns where
-    /// the peer is only from the peer's own checks, so the peer, which runs the checks,
-    /// is the one to start DTLS on the path it validated, and we send nothing until then.
+    /// Given the choice (`actpass`) we take the server role although RFC 5763 recommends
+    /// `active` to start DTLS while the answer travels: an ICE-lite agent learns where the
+    /// peer is only from the peer's checks, which follow the answer anyway, so being active
+    /// would save nothing; passive, we send nothing until the peer starts DTLS on the path
+    /// it validated.
     pub fn answering(offered_setup: &str) -> Option<(DtlsRole, &'static str)> {
         match offered_setup.trim() {
             s if s.eq_ignore_ascii_case("actpass") || s.eq_ignore_ascii_case("active") => {
