@@ -498,3 +498,14 @@ fn a_lost_client_hello_is_sent_again_when_its_timer_fires() {
     rig.handshake();
     assert!(rig.connected_keys().is_some(), "{:?}", rig.events);
 }
+
+#[test]
+fn a_transport_can_move_to_another_thread() {
+    fn send<T: Send + 'static>(_: &T) {}
+    let rig = Rig::new(DtlsRole::Server, false);
+    send(&rig.transport);
+    let moved = std::thread::spawn(move || rig.transport.counters())
+        .join()
+        .unwrap();
+    assert_eq!(moved, Counters::default());
+}
