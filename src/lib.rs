@@ -23,6 +23,7 @@ pub mod sip;
 pub mod speech;
 pub mod stream;
 pub mod webhook;
+pub mod webrtc;
 
 mod server;
 

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("codec_decode", switchboard::fuzzing::codec_decode),
     ("endpoint", switchboard::fuzzing::endpoint),
     ("srtp", switchboard::fuzzing::srtp),
+    ("stun", switchboard::fuzzing::stun),
 ];
 
 /// Runs every file under `fuzz/KIND/TARGET/`; returns how many ran.

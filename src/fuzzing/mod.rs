@@ -18,9 +18,11 @@ use crate::sip::message::{classify, Inbound};
 
 mod endpoint;
 mod srtp;
+mod stun;
 
 pub use endpoint::endpoint;
 pub use srtp::srtp;
+pub use stun::stun;
 
 /// SIP messages in datagram and stream mode: a reject we produce is itself a response.
 pub fn sip_parse(data: &[u8]) {

@@ -13,9 +13,10 @@ mod tests;
 
 use std::fmt;
 
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
-use aes::{Aes128Enc, Block};
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM};
+use aes::cipher::consts::U16;
+use aes::cipher::{BlockCipherEncrypt, BlockSizeUser, KeyInit};
+use aes::{Aes128Enc, Aes256Enc, Block};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM, AES_256_GCM};
 use ring::hmac;
 
 pub use sdes::{CryptoAttr, Mki, SdesError, SessionParam};
@@ -29,10 +30,13 @@ pub enum Suite {
     AesCm128HmacSha1_32,
     /// AES-128 in Galois/counter mode, 16-byte tag.
     AeadAes128Gcm,
+    /// AES-256 in Galois/counter mode, 16-byte tag (RFC 7714). Keyed by DTLS-SRTP only:
+    /// it is not among the suites SDES offers or accepts.
+    AeadAes256Gcm,
 }
 
 impl Suite {
-    /// Every suite we implement, most preferred first.
+    /// Every suite SDES negotiates, most preferred first.
     pub const ALL: [Suite; 3] = [
         Suite::AeadAes128Gcm,
         Suite::AesCm128HmacSha1_80,
@@ -45,6 +49,7 @@ impl Suite {
             Suite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
             Suite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
             Suite::AeadAes128Gcm => "AEAD_AES_128_GCM",
+            Suite::AeadAes256Gcm => "AEAD_AES_256_GCM",
         }
     }
 
@@ -55,13 +60,16 @@ impl Suite {
 
     /// Master key length in bytes.
     pub fn master_key_len(self) -> usize {
-        KEY_LEN
+        match self {
+            Suite::AeadAes256Gcm => KEY_LEN_256,
+            _ => KEY_LEN,
+        }
     }
 
     /// Master salt length in bytes.
     pub fn master_salt_len(self) -> usize {
         match self {
-            Suite::AeadAes128Gcm => GCM_SALT_LEN,
+            Suite::AeadAes128Gcm | Suite::AeadAes256Gcm => GCM_SALT_LEN,
             _ => CM_SALT_LEN,
         }
     }
@@ -71,7 +79,7 @@ impl Suite {
         match self {
             Suite::AesCm128HmacSha1_80 => 10,
             Suite::AesCm128HmacSha1_32 => 4,
-            Suite::AeadAes128Gcm => GCM_TAG_LEN,
+            Suite::AeadAes128Gcm | Suite::AeadAes256Gcm => GCM_TAG_LEN,
         }
     }
 
@@ -83,7 +91,7 @@ impl Suite {
     /// RFC 4568 §6.2.2: the 32-bit suite still tags SRTCP with 80 bits.
     fn rtcp_tag_len(self) -> usize {
         match self {
-            Suite::AeadAes128Gcm => GCM_TAG_LEN,
+            Suite::AeadAes128Gcm | Suite::AeadAes256Gcm => GCM_TAG_LEN,
             _ => 10,
         }
     }
@@ -96,6 +104,7 @@ impl fmt::Display for Suite {
 }
 
 const KEY_LEN: usize = 16;
+const KEY_LEN_256: usize = 32;
 const CM_SALT_LEN: usize = 14;
 const GCM_SALT_LEN: usize = 12;
 const GCM_TAG_LEN: usize = 16;
@@ -103,7 +112,7 @@ const AUTH_KEY_LEN: usize = 20;
 const SRTCP_INDEX_LEN: usize = 4;
 const RTCP_HEADER_LEN: usize = 8;
 /// The longest key and salt of any suite.
-const MAX_KEY_SALT_LEN: usize = KEY_LEN + CM_SALT_LEN;
+const MAX_KEY_SALT_LEN: usize = KEY_LEN_256 + CM_SALT_LEN;
 const E_FLAG: u32 = 0x8000_0000;
 
 /// What can go wrong setting up a session or transforming one packet.
@@ -150,7 +159,8 @@ pub enum SrtpError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct MasterKey {
     suite: Suite,
-    key: [u8; KEY_LEN],
+    /// The first `suite.master_key_len()` bytes are the key.
+    key: [u8; KEY_LEN_256],
     /// The GCM suite's 12-byte salt is followed by two zero bytes, which is also how it
     /// enters the key derivation (RFC 7714 §11).
     salt: [u8; CM_SALT_LEN],
@@ -183,9 +193,9 @@ impl MasterKey {
         if key_and_salt.len() != suite.master_key_len() + suite.master_salt_len() {
             return Err(SrtpError::BadKey);
         }
-        let (k, s) = key_and_salt.split_at(KEY_LEN);
-        let mut key = [0u8; KEY_LEN];
-        key.copy_from_slice(k);
+        let (k, s) = key_and_salt.split_at(suite.master_key_len());
+        let mut key = [0u8; KEY_LEN_256];
+        key[..k.len()].copy_from_slice(k);
         let mut salt = [0u8; CM_SALT_LEN];
         salt[..s.len()].copy_from_slice(s);
         Ok(MasterKey { suite, key, salt })
@@ -198,9 +208,10 @@ impl MasterKey {
 
     /// Key then salt, as the `inline:` parameter carries them.
     fn write_bytes<'a>(&self, out: &'a mut [u8; MAX_KEY_SALT_LEN]) -> &'a [u8] {
-        let n = KEY_LEN + self.suite.master_salt_len();
-        out[..KEY_LEN].copy_from_slice(&self.key);
-        out[KEY_LEN..].copy_from_slice(&self.salt);
+        let k = self.suite.master_key_len();
+        let n = k + self.suite.master_salt_len();
+        out[..k].copy_from_slice(&self.key[..k]);
+        out[k..k + CM_SALT_LEN].copy_from_slice(&self.salt);
         &out[..n]
     }
 }
@@ -212,7 +223,11 @@ const LABEL_SALT: u8 = 2;
 const LABEL_RTCP: u8 = 3;
 
 /// XORs the AES-CM keystream that starts at counter block `iv` into `data` (RFC 3711 §4.1.1).
-fn aes_cm_xor(cipher: &Aes128Enc, iv: &[u8; 16], data: &mut [u8]) {
+fn aes_cm_xor<C: BlockCipherEncrypt + BlockSizeUser<BlockSize = U16>>(
+    cipher: &C,
+    iv: &[u8; 16],
+    data: &mut [u8],
+) {
     // Several blocks per call let the cipher pipeline them.
     const BATCH: usize = 8;
     let start = u128::from_be_bytes(*iv);
@@ -234,7 +249,12 @@ fn aes_cm_xor(cipher: &Aes128Enc, iv: &[u8; 16], data: &mut [u8]) {
 }
 
 /// RFC 3711 §4.3.1 with a key derivation rate of zero: the session key for `label`.
-fn derive(master: &Aes128Enc, master_salt: &[u8; CM_SALT_LEN], label: u8, out: &mut [u8]) {
+fn derive<C: BlockCipherEncrypt + BlockSizeUser<BlockSize = U16>>(
+    master: &C,
+    master_salt: &[u8; CM_SALT_LEN],
+    label: u8,
+    out: &mut [u8],
+) {
     let mut iv = [0u8; 16];
     iv[..CM_SALT_LEN].copy_from_slice(master_salt);
     iv[7] ^= label;
@@ -243,7 +263,7 @@ fn derive(master: &Aes128Enc, master_salt: &[u8; CM_SALT_LEN], label: u8, out: &
 }
 
 /// Compares tags without an early exit, so timing does not tell how much of a forgery matched.
-fn tags_equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn tags_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -265,7 +285,18 @@ impl Cipher {
     /// Derives the RTP (or RTCP) session keys of `master`.
     fn derive(master: &MasterKey, rtcp: bool) -> Result<Cipher, SrtpError> {
         let base = if rtcp { LABEL_RTCP } else { 0 };
-        let kdf = Aes128Enc::new(&master.key.into());
+        if master.suite == Suite::AeadAes256Gcm {
+            // RFC 7714 §11: AES_256_CM_PRF (RFC 6188) as the key derivation function.
+            let kdf = Aes256Enc::new(&master.key.into());
+            let mut key = [0u8; KEY_LEN_256];
+            derive(&kdf, &master.salt, base + LABEL_ENCRYPTION, &mut key);
+            let mut salt = [0u8; GCM_SALT_LEN];
+            derive(&kdf, &master.salt, base + LABEL_SALT, &mut salt);
+            return Cipher::gcm_with(&AES_256_GCM, &key, salt);
+        }
+        let mut k128 = [0u8; KEY_LEN];
+        k128.copy_from_slice(&master.key[..KEY_LEN]);
+        let kdf = Aes128Enc::new(&k128.into());
         let mut key = [0u8; KEY_LEN];
         derive(&kdf, &master.salt, base + LABEL_ENCRYPTION, &mut key);
         match master.suite {
@@ -304,7 +335,15 @@ impl Cipher {
     }
 
     fn gcm(key: &[u8; KEY_LEN], salt: [u8; GCM_SALT_LEN]) -> Result<Cipher, SrtpError> {
-        let key = UnboundKey::new(&AES_128_GCM, key).map_err(|_| SrtpError::BadKey)?;
+        Cipher::gcm_with(&AES_128_GCM, key, salt)
+    }
+
+    fn gcm_with(
+        algorithm: &'static ring::aead::Algorithm,
+        key: &[u8],
+        salt: [u8; GCM_SALT_LEN],
+    ) -> Result<Cipher, SrtpError> {
+        let key = UnboundKey::new(algorithm, key).map_err(|_| SrtpError::BadKey)?;
         Ok(Cipher::Gcm {
             key: LessSafeKey::new(key),
             salt,

@@ -104,6 +104,53 @@ fn rfc3711_b2_aes_cm_keystream() {
 }
 
 #[test]
+fn rfc6188_aes_256_cm_prf_key_derivation() {
+    let master = Aes256Enc::new(
+        &arr::<32>("F0F04914B513F2763A1B1FA130F10E2998F6F6E43E4309D1E622A0E332B9F1B6").into(),
+    );
+    let salt = arr::<14>("3B04803DE51EE7C96423AB5B78D2");
+    let mut enc = [0u8; 32];
+    derive(&master, &salt, LABEL_ENCRYPTION, &mut enc);
+    assert_eq!(
+        enc,
+        arr::<32>("5BA1064E30EC51613CAD926C5A28EF731EC7FB397F70A960653CAF06554CD8C4")
+    );
+    let mut s = [0u8; 14];
+    derive(&master, &salt, LABEL_SALT, &mut s);
+    assert_eq!(s, arr::<14>("FA31791685CA444A9E07C6C64E93"));
+}
+
+#[test]
+fn aead_aes_256_gcm_round_trips_rtp_and_rtcp_and_stays_out_of_sdes() {
+    let suite = Suite::AeadAes256Gcm;
+    assert_eq!(suite.master_key_len(), 32);
+    assert_eq!(suite.master_salt_len(), 12);
+    assert_eq!(suite.rtp_overhead(), 16);
+    assert!(!Suite::ALL.contains(&suite));
+    assert_eq!(Suite::from_sdp_name("AEAD_AES_256_GCM"), None);
+    assert!(MasterKey::from_bytes(suite, &[0; 44]).is_ok());
+    assert_eq!(
+        MasterKey::from_bytes(suite, &[0; 28]),
+        Err(SrtpError::BadKey)
+    );
+    let (mut alice, mut bob) = pair(suite);
+    let plain = rtp(7, 0x1234, 160);
+    let mut wire = protect(&mut alice, &plain);
+    assert_eq!(wire.len(), plain.len() + 16);
+    assert_ne!(wire[12..plain.len()], plain[12..]);
+    let n = bob.unprotect_rtp(&mut wire).unwrap();
+    assert_eq!(&wire[..n], &plain[..]);
+    // A 128-bit session with the same first key bytes does not read it.
+    let (mut alice128, _) = pair(Suite::AeadAes128Gcm);
+    let mut other = protect(&mut alice128, &rtp(8, 0x1234, 160));
+    assert_eq!(bob.unprotect_rtp(&mut other), Err(SrtpError::AuthFailed));
+    let plain = rtcp(0x1234);
+    let mut wire = protect_rtcp(&mut alice, &plain);
+    let n = bob.unprotect_rtcp(&mut wire).unwrap();
+    assert_eq!(&wire[..n], &plain[..]);
+}
+
+#[test]
 fn rfc3711_b3_key_derivation() {
     let master = Aes128Enc::new(&arr::<16>("E1F97A0D3E018BE0D64FA32C06DE4139").into());
     let salt = arr::<14>("0EC675AD498AFEEBB6960B3AABE6");
