@@ -91,6 +91,9 @@ pub struct Cdr {
     /// The answering-machine verdict, when the call asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amd: Option<AmdRecord>,
+    /// How a call we answered reached us: `udp`, `tcp`, `tls`, or `webrtc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// An answering-machine verdict in a call's record.
@@ -324,6 +327,7 @@ pub(crate) mod tests {
             source: Some("192.0.2.10:5060".into()),
             streams: Vec::new(),
             amd: None,
+            transport: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct WebRtcConfig {
     /// The number that joins room `{room}`, for the console's "Join from this browser"
     /// (the shipped dialplan sends `conf-NAME` to room NAME).
     pub room_number: String,
+    /// The codecs WebRTC calls may use, in our order: Opus first when built in (browsers
+    /// all have it), then G.711.
+    pub codecs: Vec<String>,
 }
 
 impl Default for WebRtcConfig {
@@ -108,12 +111,23 @@ impl Default for WebRtcConfig {
             answer_timeout_secs: 10,
             max_sessions_per_source: 20,
             room_number: "conf-{room}".into(),
+            codecs: if cfg!(feature = "opus") {
+                vec!["opus".into(), "PCMU".into(), "PCMA".into()]
+            } else {
+                vec!["PCMU".into(), "PCMA".into()]
+            },
         }
     }
 }
 
 impl WebRtcConfig {
+    /// [`WebRtcConfig::codecs`], checked.
+    pub fn codec_list(&self) -> Result<Vec<crate::media::codec::CodecKind>, ConfigError> {
+        codec_list("webrtc.codecs", &self.codecs)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.codec_list()?;
         if self.connect_timeout_secs == 0
             || self.answer_timeout_secs == 0
             || self.max_sessions_per_source == 0
@@ -539,10 +553,20 @@ fn default_codecs() -> Vec<String> {
 impl MediaConfig {
     /// The configured codecs, in order; an unknown name, a repeat or an empty list is an error.
     pub fn codec_list(&self) -> Result<Vec<crate::media::codec::CodecKind>, ConfigError> {
+        codec_list("media.codecs", &self.codecs)
+    }
+}
+
+/// The codecs named by setting `key`, in order, each known and built in, none twice.
+fn codec_list(
+    key: &str,
+    names: &[String],
+) -> Result<Vec<crate::media::codec::CodecKind>, ConfigError> {
+    {
         use crate::media::codec::CodecKind;
-        let invalid = |m: String| ConfigError::Invalid(format!("media.codecs: {m}"));
-        let mut list: Vec<CodecKind> = Vec::with_capacity(self.codecs.len());
-        for name in &self.codecs {
+        let invalid = |m: String| ConfigError::Invalid(format!("{key}: {m}"));
+        let mut list: Vec<CodecKind> = Vec::with_capacity(names.len());
+        for name in names {
             let kind = CodecKind::from_config_name(name).ok_or_else(|| {
                 if name.eq_ignore_ascii_case("opus") {
                     invalid("opus needs a build with the `opus` feature (libopus)".into())

@@ -54,6 +54,9 @@ pub struct CallInfo {
     pub heard: Option<String>,
     /// The answering-machine verdict (`MACHINE (LONGGREETING-1540-1500)`).
     pub amd: Option<String>,
+    /// How the caller reached us: `udp`, `tcp`, `tls`, or `webrtc` for DTLS-SRTP media
+    /// with ICE (a browser); empty for a call we place.
+    pub transport: String,
 }
 
 impl CallInfo {
@@ -74,7 +77,14 @@ impl CallInfo {
             stream: None,
             heard: None,
             amd: None,
+            transport: String::new(),
         }
+    }
+
+    /// A call that came over `transport`.
+    pub fn over(mut self, transport: &str) -> Self {
+        self.transport = transport.to_string();
+        self
     }
 
     /// A call we place.

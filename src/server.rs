@@ -210,6 +210,17 @@ pub async fn run_with_ready(
             metrics.watch_tts(tts.clone());
             Arc::new(tts)
         },
+        webrtc: if config.webrtc.enabled {
+            Some(Arc::new(crate::call::webrtc::WebRtcContext {
+                certificate: crate::webrtc::Certificate::process()
+                    .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?,
+                public_ip: config.webrtc.public_ip,
+                connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_secs),
+                codecs: config.webrtc.codec_list()?,
+            }))
+        } else {
+            None
+        },
         asr: {
             let asr = Arc::new(
                 crate::speech::asr::Asr::new(&config.asr)

@@ -332,6 +332,7 @@ fn write_leg_cdr(
         source: None,
         streams: Vec::new(),
         amd: None,
+        transport: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     let path = CdrDate::of_rfc3339(&now).file(dir);

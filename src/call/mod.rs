@@ -8,6 +8,7 @@
 //! - [`task`]: the live call's tokio task, thin glue between the core and the SIP
 //!   transport, the media engine, rooms, recordings and the event bus;
 //! - [`transfer`]: the target a script hands a blind transfer;
+//! - [`webrtc`]: a WebRTC leg's ICE and DTLS, run beside the leg off the media tick;
 //! - [`whip`]: calls offered over HTTP (WHIP style), each a call like an INVITE's.
 //!
 //! The simulator (`crate::script::simulate`) drives the same core with a virtual caller and
@@ -21,6 +22,7 @@ mod speech;
 pub mod task;
 mod transfer;
 mod verbs;
+pub mod webrtc;
 pub mod whip;
 
 pub use self::core::{

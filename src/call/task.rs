@@ -106,6 +106,8 @@ pub struct CallContext {
     pub tts: Arc<crate::speech::tts::Tts>,
     /// Speech recognition for `listen`.
     pub asr: Arc<crate::speech::asr::Asr>,
+    /// DTLS-SRTP media for browser callers (None: `[webrtc] enabled = false`).
+    pub webrtc: Option<Arc<super::webrtc::WebRtcContext>>,
 }
 
 /// A recognition's answer and how long it took.
@@ -126,6 +128,7 @@ pub fn spawn(
         request,
         source,
         auth_user,
+        peer,
         ..
     } = incoming
     else {
@@ -146,7 +149,8 @@ pub fn spawn(
         source: Some(source),
         auth_user: auth_user.unwrap_or_default(),
     };
-    let live = crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user);
+    let live = crate::live::CallInfo::new(&parties.call_id, &parties.from, &parties.user)
+        .over(&peer.transport.via_token().to_ascii_lowercase());
     let ids = Ids::for_call(ctx.ids_seed, call.0);
     start(ctx, parties, live, ids, Some(call), events, commands, |t| {
         Box::pin(async move { t.run(request).await })
@@ -303,6 +307,7 @@ fn start(
         async move {
             let (control_tx, control) = mpsc::unbounded_channel();
             ctx.metrics.call_started();
+            let transport = live_info.transport.clone();
             let live = ctx.calls.register(live_info, control_tx);
             ctx.events.publish(BusEvent::CallStarted {
                 call_id: parties.call_id.clone(),
@@ -324,6 +329,8 @@ fn start(
                 commands,
                 lease: None,
                 leg: None,
+                webrtc: None,
+                transport,
                 audio_rate: NARROW_RATE,
                 leg_tx,
                 leg_events,
@@ -389,6 +396,10 @@ struct Task {
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
     leg: Option<LegHandle>,
+    /// Our side of the caller's DTLS-SRTP transport, offered in case the caller is WebRTC.
+    webrtc: Option<crate::sdp::WebRtcLocal>,
+    /// How the caller reached us (`udp`, `tcp`, `tls`, `webrtc`), for the record.
+    transport: String,
     /// The rate the caller's leg runs at (its codec's): prompts, tones and recordings are
     /// made at it.
     audio_rate: ClockRate,
@@ -599,7 +610,16 @@ impl Task {
         };
         let media = std::net::SocketAddr::new(self.ctx.media_ip, lease.port());
         self.lease = Some(lease);
-        let session = self.session(media);
+        let mut session = self.session(media);
+        if let Some(w) = &self.ctx.webrtc {
+            match w.local(media) {
+                Ok(local) => {
+                    session = session.with_webrtc(local.clone());
+                    self.webrtc = Some(local);
+                }
+                Err(e) => tracing::warn!(error = %e, "no WebRTC for this call"),
+            }
+        }
         let mut core = CallCore::incoming(self.core_config(), session, &request.body);
         if core.outcome().is_some() {
             self.drain(&mut core).await;
@@ -902,6 +922,7 @@ impl Task {
             source: None,
             streams: Vec::new(),
             amd: None,
+            transport: None,
         });
     }
 
@@ -1498,12 +1519,27 @@ impl Task {
     fn start_media(&mut self, m: &NegotiatedAudio) -> Result<(), String> {
         let lease = self.lease.as_ref().ok_or("no RTP ports")?;
         let sockets = lease_sockets(lease)?;
-        let leg = self.new_leg(m)?;
+        // A WebRTC caller's handshake runs beside the leg and hands it its keys.
+        let (dtls, keyed) = match (&m.webrtc, &self.webrtc, &self.ctx.webrtc) {
+            (Some(remote), Some(local), Some(ctx)) => {
+                let socket = lease.rtp.try_clone().map_err(|e| e.to_string())?;
+                let (link, keyed) = ctx.start(local, remote, socket, self.leg_tx.clone())?;
+                self.live.update(|c| c.transport = "webrtc".into());
+                self.transport = "webrtc".into();
+                (Some(link), Some(keyed))
+            }
+            (Some(_), _, _) => return Err("a DTLS-SRTP answer without WebRTC".into()),
+            _ => (None, None),
+        };
+        let leg = self.new_leg(m, dtls)?;
         let handle = self
             .ctx
             .media
             .add(leg, sockets, self.leg_tx.clone())
             .map_err(|e| e.to_string())?;
+        if let Some(keyed) = keyed {
+            let _ = keyed.send(handle.sender());
+        }
         self.leg = Some(handle);
         self.audio_rate = m.codec.sample_rate();
         Ok(())
@@ -1513,7 +1549,7 @@ impl Task {
     fn start_out_media(&mut self, id: LegId, m: &NegotiatedAudio) -> Result<(), String> {
         let out = self.outs.get(&id).ok_or("no such leg")?;
         let sockets = lease_sockets(out.lease.as_ref().ok_or("no RTP ports")?)?;
-        let leg = self.new_leg(m)?;
+        let leg = self.new_leg(m, None)?;
         let (tx, mut events) = mpsc::unbounded_channel();
         let handle = self
             .ctx
@@ -1536,7 +1572,11 @@ impl Task {
     }
 
     /// A media leg for a negotiation, with this call's ids.
-    fn new_leg(&mut self, m: &NegotiatedAudio) -> Result<Leg, String> {
+    fn new_leg(
+        &mut self,
+        m: &NegotiatedAudio,
+        dtls: Option<crate::media::leg::DtlsLink>,
+    ) -> Result<Leg, String> {
         let cfg = LegConfig {
             codec: m.codec,
             payload_type: m.payload_type,
@@ -1559,7 +1599,7 @@ impl Task {
             first_timestamp: self.ids.u32(),
             rtcp_seed: self.ids.u64(..),
             srtp: m.srtp.clone(),
-            dtls: None,
+            dtls,
         };
         if let Some(keys) = &m.srtp {
             tracing::info!(
@@ -1825,6 +1865,7 @@ impl Task {
             source: self.parties.source.map(|a| a.to_string()),
             streams: self.streams.clone(),
             amd: self.amd.clone(),
+            transport: (!self.outbound).then(|| self.transport.clone()),
         });
     }
 }

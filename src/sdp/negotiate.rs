@@ -147,8 +147,8 @@ pub enum NegotiationError {
     /// An answer arrived although we have no offer outstanding.
     #[error("answer received without an outstanding offer")]
     NoPendingOffer,
-    /// A DTLS-SRTP stream without the certificate fingerprint its handshake is checked by.
-    #[error("no DTLS fingerprint (a=fingerprint)")]
+    /// A DTLS-SRTP stream without a certificate fingerprint its handshake can be checked by.
+    #[error("no usable DTLS fingerprint (a=fingerprint with sha-256)")]
     NoFingerprint,
     /// A DTLS-SRTP stream without ICE credentials (`a=ice-ufrag`, `a=ice-pwd`).
     #[error("no ICE credentials (a=ice-ufrag, a=ice-pwd)")]
@@ -748,7 +748,8 @@ impl LocalSession {
                         continue;
                     }
                 };
-                match self.choose_codec(m) {
+                let codecs = self.webrtc.as_ref().map_or(&self.codecs, |w| &w.codecs);
+                match self.choose_codec(m, codecs) {
                     Some(chosen) => return Ok((i, chosen, None, Some(Box::new(remote)))),
                     None => codec_misses.push(m),
                 }
@@ -763,7 +764,7 @@ impl LocalSession {
                 keyless.get_or_insert(m);
                 continue;
             }
-            match self.choose_codec(m) {
+            match self.choose_codec(m, &self.codecs) {
                 Some(chosen) => return Ok((i, chosen, crypto, None)),
                 None => codec_misses.push(m),
             }
@@ -797,16 +798,16 @@ impl LocalSession {
 }
 
 impl LocalSession {
-    /// The codec and payload type to answer `m` with, by our [`CodecChoice`].
-    fn choose_codec(&self, m: &MediaDescription) -> Option<Chosen> {
+    /// The codec and payload type to answer `m` with from `codecs`, by our [`CodecChoice`].
+    fn choose_codec(&self, m: &MediaDescription, codecs: &[Codec]) -> Option<Chosen> {
         let is =
             |codec: Codec, pt: PayloadType| codec.matches(pt, m.attributes.rtpmap(pt).as_ref());
         match self.choice {
             CodecChoice::Generous => m.payload_types().find_map(|pt| {
-                let codec = self.codecs.iter().copied().find(|&c| is(c, pt))?;
+                let codec = codecs.iter().copied().find(|&c| is(c, pt))?;
                 Some(Chosen { codec, pt })
             }),
-            CodecChoice::Greedy => self.codecs.iter().find_map(|&codec| {
+            CodecChoice::Greedy => codecs.iter().find_map(|&codec| {
                 let pt = m.payload_types().find(|&pt| is(codec, pt))?;
                 Some(Chosen { codec, pt })
             }),

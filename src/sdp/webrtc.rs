@@ -13,45 +13,12 @@ use std::net::SocketAddr;
 
 use super::model::{Attribute, MediaDescription, SessionDescription};
 use super::negotiate::NegotiationError;
+pub use crate::webrtc::{DtlsRole, Fingerprint};
 
 /// The profiles of DTLS-SRTP media (RFC 5764 §8, RFC 5124).
 pub fn is_dtls_proto(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVPF")
         || proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVP")
-}
-
-/// Which end of the DTLS handshake we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DtlsRole {
-    /// We send the ClientHello (`a=setup:active`).
-    Client,
-    /// We wait for it (`a=setup:passive`).
-    Server,
-}
-
-impl DtlsRole {
-    /// Our role given the offerer's `a=setup` (RFC 8842 §5.2: an `actpass` offer is answered
-    /// `passive` here, so the browser, which has finished its ICE checks first, starts the
-    /// handshake at once).
-    fn answering(offered: Option<&str>) -> Option<DtlsRole> {
-        match offered.map(str::trim) {
-            None => Some(DtlsRole::Server),
-            Some(s) if s.eq_ignore_ascii_case("actpass") || s.eq_ignore_ascii_case("active") => {
-                Some(DtlsRole::Server)
-            }
-            Some(s) if s.eq_ignore_ascii_case("passive") => Some(DtlsRole::Client),
-            // `holdconn` or anything else: no connection we could make.
-            Some(_) => None,
-        }
-    }
-
-    /// The `a=setup` value that announces this role.
-    pub fn setup(self) -> &'static str {
-        match self {
-            DtlsRole::Client => "active",
-            DtlsRole::Server => "passive",
-        }
-    }
 }
 
 /// Our side of a call's DTLS-SRTP transport, fixed for the call: re-answers repeat it, so a
@@ -62,10 +29,12 @@ pub struct WebRtcLocal {
     pub ufrag: String,
     /// Our ICE password.
     pub pwd: String,
-    /// Our certificate's fingerprint as `a=fingerprint` carries it (`sha-256 AB:CD:…`).
-    pub fingerprint: String,
+    /// Our certificate's fingerprint.
+    pub fingerprint: Fingerprint,
     /// Our one host candidate: the address media reaches us on (the public one behind NAT).
     pub candidate: SocketAddr,
+    /// The codecs such a call may use, in our order (`[webrtc] codecs`).
+    pub codecs: Vec<super::Codec>,
 }
 
 /// What a DTLS-SRTP offer asked, and the role we took: what the call's transport needs.
@@ -75,10 +44,12 @@ pub struct WebRtcRemote {
     pub ufrag: String,
     /// The peer's ICE password.
     pub pwd: String,
-    /// Its certificate's fingerprints (`hash-func value`), media-level ones first.
-    pub fingerprints: Vec<String>,
+    /// Its certificate's SHA-256 fingerprint, which the handshake checks.
+    pub fingerprint: Fingerprint,
     /// Our role in the handshake.
     pub role: DtlsRole,
+    /// Our answer's `a=setup` for that role.
+    pub setup: &'static str,
     /// The stream's `a=mid`, echoed in the answer.
     pub mid: Option<String>,
 }
@@ -97,25 +68,25 @@ pub fn read_offer(
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    let fingerprints: Vec<String> = m
+    // A peer may list several hashes (aiortc gives three); the handshake checks SHA-256.
+    let fingerprint = m
         .attributes
         .values("fingerprint")
         .chain(offer.attributes.values("fingerprint"))
-        .map(|v| v.trim().to_owned())
-        .filter(|v| v.split_whitespace().count() == 2)
-        .collect();
-    if fingerprints.is_empty() {
-        return Err(NegotiationError::NoFingerprint);
-    }
+        .find_map(|v| v.parse::<Fingerprint>().ok())
+        .ok_or(NegotiationError::NoFingerprint)?;
     let (Some(ufrag), Some(pwd)) = (value("ice-ufrag"), value("ice-pwd")) else {
         return Err(NegotiationError::NoIceCredentials);
     };
-    let role = DtlsRole::answering(value("setup")).ok_or(NegotiationError::NoDtlsRole)?;
+    // RFC 4145 §4: an offer without a=setup is taken as active, which leaves us passive.
+    let (role, setup) = DtlsRole::answering(value("setup").unwrap_or("active"))
+        .ok_or(NegotiationError::NoDtlsRole)?;
     Ok(WebRtcRemote {
         ufrag: ufrag.to_owned(),
         pwd: pwd.to_owned(),
-        fingerprints,
+        fingerprint,
         role,
+        setup,
         mid: m
             .attributes
             .values("mid")
@@ -144,9 +115,9 @@ pub fn answer_attributes(
     a.push(Attribute::with_value("ice-pwd", local.pwd.clone()));
     a.push(Attribute::with_value(
         "fingerprint",
-        local.fingerprint.clone(),
+        local.fingerprint.to_string(),
     ));
-    a.push(Attribute::with_value("setup", remote.role.setup()));
+    a.push(Attribute::with_value("setup", remote.setup));
     // RFC 8445 §5.1.2: a host candidate's priority, type preference 126, one component.
     let c = local.candidate;
     a.push(Attribute::with_value(

@@ -69,14 +69,17 @@ a=rtpmap:101 telephone-event/8000
 a=setup:actpass
 ";
 
+const LOCAL_FP: &str = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+
 fn local_webrtc() -> LocalSession {
     LocalSession::new(7, "127.0.0.1:40000".parse().unwrap())
         .with_codecs(vec![Codec::Pcmu, Codec::Pcma])
         .with_webrtc(WebRtcLocal {
             ufrag: "Ab12".into(),
             pwd: "0123456789abcdefghijkl".into(),
-            fingerprint: "sha-256 AA:BB".into(),
+            fingerprint: LOCAL_FP.parse().unwrap(),
             candidate: "127.0.0.1:40000".parse().unwrap(),
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
         })
 }
 
@@ -116,7 +119,7 @@ a=rtcp-mux
 a=mid:0
 a=ice-ufrag:Ab12
 a=ice-pwd:0123456789abcdefghijkl
-a=fingerprint:sha-256 AA:BB
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF
 a=setup:passive
 a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host
 a=end-of-candidates
@@ -136,8 +139,7 @@ a=end-of-candidates
     );
     assert_eq!(w.role, DtlsRole::Server);
     assert_eq!(w.mid.as_deref(), Some("0"));
-    assert_eq!(w.fingerprints.len(), 1);
-    assert!(w.fingerprints[0].starts_with("sha-256 D2:FA:"));
+    assert!(w.fingerprint.to_string().starts_with("sha-256 D2:FA:"));
 }
 
 #[test]
@@ -145,7 +147,7 @@ fn session_level_credentials_and_fingerprint_are_read() {
     let m = local_webrtc().answer(&sdp(FIREFOX)).unwrap().media;
     let w = m.webrtc.unwrap();
     assert_eq!(w.ufrag, "5c1ed2a4");
-    assert!(w.fingerprints[0].starts_with("sha-256 0A:39"));
+    assert!(w.fingerprint.to_string().starts_with("sha-256 0A:39"));
     assert_eq!(m.telephone_event_rate, 8000);
 }
 
@@ -183,6 +185,26 @@ fn an_offer_without_fingerprint_or_ice_credentials_is_refused_with_its_reason() 
         local_webrtc().answer(&sdp(&malformed)).unwrap_err(),
         NegotiationError::NoFingerprint
     );
+    // Only SHA-256 can be checked; a peer listing several hashes is held to that one.
+    let sha1 = CHROMIUM.replace(
+        "a=fingerprint:sha-256 D2:FA:0E:C3:22:59:5E:14:95:69:92:3D:13:B4:84:24:2C:C2:A2:C0:3E:FD:34:8E:5E:EA:6F:AF:52:CE:E6:0F",
+        "a=fingerprint:sha-1 D2:FA:0E:C3:22:59:5E:14:95:69:92:3D:13:B4:84:24:2C:C2:A2:C0",
+    );
+    assert_eq!(
+        local_webrtc().answer(&sdp(&sha1)).unwrap_err(),
+        NegotiationError::NoFingerprint
+    );
+    let both = CHROMIUM.replace(
+        "a=fingerprint:sha-256",
+        "a=fingerprint:sha-1 D2:FA:0E:C3:22:59:5E:14:95:69:92:3D:13:B4:84:24:2C:C2:A2:C0\na=fingerprint:sha-256",
+    );
+    let w = local_webrtc()
+        .answer(&sdp(&both))
+        .unwrap()
+        .media
+        .webrtc
+        .unwrap();
+    assert!(w.fingerprint.to_string().starts_with("sha-256 D2:FA:"));
     let no_ice = without(CHROMIUM, |l| l.starts_with("a=ice-pwd"));
     assert_eq!(
         local_webrtc().answer(&sdp(&no_ice)).unwrap_err(),

@@ -1,0 +1,142 @@
+//! A DTLS-SRTP leg's transport, run off the media tick: the leg hands its STUN and DTLS
+//! datagrams over a bounded queue ([`DtlsLink`]); this task feeds them with `now` to the
+//! sans-IO [`WebRtcTransport`] (ICE-lite and DTLS), sends what it answers from the leg's own
+//! RTP socket, and gives the leg its keys and the peer's address once the handshake is done.
+//! A transport that fails, or whose peer stops proving consent, ends the leg with a reason.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::LegSender;
+use crate::media::leg::{ControlDatagram, DtlsLink, LegCommand, LegEvent};
+use crate::sdp::{SrtpKeys, WebRtcLocal, WebRtcRemote};
+use crate::webrtc::{Certificate, Credentials, Event, TransportConfig, WebRtcTransport};
+
+/// Datagrams a leg may queue for its transport: a handshake is a handful of flights, and a
+/// peer's checks come every few hundred milliseconds at most.
+const QUEUE: usize = 64;
+
+/// What every WebRTC leg shares.
+#[derive(Debug)]
+pub struct WebRtcContext {
+    /// The certificate every handshake presents.
+    pub certificate: Arc<Certificate>,
+    /// The address our ICE candidate announces (None: the media address).
+    pub public_ip: Option<IpAddr>,
+    /// How long ICE and the handshake may take.
+    pub connect_timeout: Duration,
+    /// The codecs WebRTC calls may use, in our order.
+    pub codecs: Vec<crate::sdp::Codec>,
+}
+
+impl WebRtcContext {
+    /// Our side of one call's transport, for media at `media`: fresh ICE credentials.
+    pub fn local(&self, media: SocketAddr) -> Result<WebRtcLocal, String> {
+        let creds = Credentials::random().map_err(|e| e.to_string())?;
+        Ok(WebRtcLocal {
+            ufrag: creds.ufrag,
+            pwd: creds.pwd,
+            fingerprint: self.certificate.fingerprint(),
+            candidate: SocketAddr::new(self.public_ip.unwrap_or(media.ip()), media.port()),
+            codecs: self.codecs.clone(),
+        })
+    }
+
+    /// Starts the transport of a leg whose offer was `remote` and answer `local`, sending
+    /// from `socket` (a handle on the leg's RTP socket). The leg's queue comes back at once;
+    /// the leg itself is given (through `leg`) once it is on its worker, and its failures
+    /// are reported on `events` as the leg's own.
+    pub fn start(
+        &self,
+        local: &WebRtcLocal,
+        remote: &WebRtcRemote,
+        socket: UdpSocket,
+        events: mpsc::UnboundedSender<LegEvent>,
+    ) -> Result<(DtlsLink, oneshot::Sender<LegSender>), String> {
+        let mut config = TransportConfig::new(
+            Credentials {
+                ufrag: local.ufrag.clone(),
+                pwd: local.pwd.clone(),
+            },
+            Credentials {
+                ufrag: remote.ufrag.clone(),
+                pwd: remote.pwd.clone(),
+            },
+            remote.role,
+            remote.fingerprint,
+            self.certificate.clone(),
+        );
+        config.check_timeout = self.connect_timeout;
+        config.connect_timeout = self.connect_timeout;
+        let transport = WebRtcTransport::new(config, Instant::now()).map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (leg_tx, leg_rx) = oneshot::channel();
+        tokio::spawn(drive(transport, socket, rx, leg_rx, events));
+        Ok((DtlsLink(tx), leg_tx))
+    }
+}
+
+/// Runs one leg's transport until the leg goes (its queue closes) or the transport ends.
+async fn drive(
+    mut transport: WebRtcTransport,
+    socket: UdpSocket,
+    mut datagrams: mpsc::Receiver<ControlDatagram>,
+    leg: oneshot::Receiver<LegSender>,
+    events: mpsc::UnboundedSender<LegEvent>,
+) {
+    let Ok(leg) = leg.await else {
+        return;
+    };
+    loop {
+        let deadline = transport.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            d = datagrams.recv() => match d {
+                Some(d) => transport.handle_datagram(Instant::now(), d.from, &d.bytes),
+                None => return,
+            },
+            _ = sleep_until(deadline) => transport.handle_timeout(Instant::now()),
+        }
+        while let Some(t) = transport.poll_transmit() {
+            // Non-blocking: a full socket buffer loses a flight, which DTLS retransmits.
+            let _ = socket.send_to(&t.bytes, t.to);
+        }
+        while let Some(event) = transport.poll_event() {
+            match event {
+                Event::Selected(addr) => {
+                    tracing::debug!(%addr, "ICE selected the peer's address");
+                }
+                Event::Connected(keys) => {
+                    let Some(remote) = transport.selected() else {
+                        continue;
+                    };
+                    tracing::info!(suite = keys.suite.sdp_name(), %remote, "DTLS-SRTP connected");
+                    leg.send(LegCommand::Secured {
+                        keys: Box::new(SrtpKeys {
+                            ours: keys.local.clone(),
+                            theirs: crate::rtp::srtp::CryptoAttr::new(1, keys.remote.clone()),
+                        }),
+                        remote,
+                    });
+                }
+                Event::Failed(why) => {
+                    let _ = events.send(LegEvent::TransportFailed(why.to_string()));
+                    return;
+                }
+                Event::ConsentLost => {
+                    let _ = events.send(LegEvent::TransportFailed("ICE consent lost".into()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
