@@ -99,10 +99,10 @@ async fn options_register_and_echo(server: &Server, addr: SocketAddr, tls: Optio
     let answer = receive_text(&mut ws).await;
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
     // Back over the socket it came on, though its Via names a host nobody can reach.
-    assert!(
-        header(&answer, "Via").contains("df7jal23ls0d.invalid"),
-        "{answer}"
-    );
+    let via = header(&answer, "Via");
+    assert!(via.contains("df7jal23ls0d.invalid"), "{answer}");
+    // ...and with the address the connection is from written in (RFC 3261 §18.2.1, RFC 3581).
+    assert!(via.contains(";received=127.0.0.1;rport="), "{answer}");
     // Our Contact sends the phone back over this transport, to this listener.
     let contact = header(&answer, "Contact");
     assert!(
@@ -336,10 +336,9 @@ async fn a_websocket_closed_mid_call_ends_the_call_with_a_cdr() {
     assert!(peak_tone_power(&back, 1000.0) > 0.9, "the call was not up");
     let t0 = Instant::now();
     drop(w);
-    // No BYE can come: the CDR says the server's side ended it, at once, not by the
-    // media timeout.
+    // No BYE can come: the call ends when the socket closes, not by the media timeout (60 s).
     let cdr = support::cdr_of(&cdrs, &uac.call_id).await;
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert_eq!(cdr["cause"], "timeout", "{cdr}");
     assert!(cdr["answered_at"].is_string(), "{cdr}");
     server.stop().await;

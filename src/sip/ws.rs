@@ -229,4 +229,128 @@ mod tests {
         ));
         assert!(matches!(frame(vec![0xff, 0xfe]), Message::Binary(_)));
     }
+
+    use crate::sip::dialog::Transport;
+    use crate::sip::endpoint::{EndReason, Endpoint, EndpointConfig, Event};
+    use crate::sip::ids::Ids;
+    use std::time::Instant;
+
+    fn peer(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Ws,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    /// A request as a browser phone sends it: `.invalid` sent-by, no Content-Length.
+    fn request(method: &str, n: u32, extra: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:echo@127.0.0.1:8080;transport=ws SIP/2.0\r\n\
+             Via: SIP/2.0/WS h7kjh12.invalid;branch=z9hG4bK{method}{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=a{n}\r\n\
+             To: <sip:echo@127.0.0.1>{extra}\r\nCall-ID: ws{n}\r\nCSeq: 1 {method}\r\n\
+             Contact: <sip:alice@h7kjh12.invalid;transport=ws>\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn sent(ep: &mut Endpoint) -> Vec<(Peer, String)> {
+        std::iter::from_fn(|| ep.poll_transmit())
+            .map(|t| (t.peer, String::from_utf8(t.bytes).unwrap()))
+            .collect()
+    }
+
+    /// An answered call from `from`: its handle.
+    fn answered_call(
+        ep: &mut Endpoint,
+        now: Instant,
+        from: Peer,
+        n: u32,
+    ) -> crate::sip::endpoint::CallHandle {
+        ep.handle_message(now, from, &request("INVITE", n, ""));
+        let call = match ep.poll_event() {
+            Some(Event::Incoming { call, .. }) => call,
+            other => panic!("{other:?}"),
+        };
+        ep.answer(now, call, b"v=0\r\n".to_vec()).unwrap();
+        let ok = sent(ep).pop().unwrap();
+        assert_eq!(ok.0, from, "answered over the flow the INVITE came on");
+        let to =
+            ok.1.lines()
+                .find(|l| l.starts_with("To:"))
+                .unwrap()
+                .to_string();
+        let ack = String::from_utf8(request("ACK", n, ""))
+            .unwrap()
+            .replace("To: <sip:echo@127.0.0.1>", &to);
+        ep.handle_message(now, from, ack.as_bytes());
+        assert!(matches!(ep.poll_event(), Some(Event::Confirmed { .. })));
+        call
+    }
+
+    #[test]
+    fn a_websocket_peer_is_answered_on_its_flow_and_its_calls_end_when_it_closes() {
+        let now = Instant::now();
+        let mut ep = Endpoint::with_ids(
+            EndpointConfig {
+                timers: Default::default(),
+                local_addr: "127.0.0.1:5060".parse().unwrap(),
+                user_agent: "t".into(),
+            },
+            Ids::with_seed(5),
+        );
+        ep.set_listener_port(Transport::Ws, 8080);
+        let a = peer("127.0.0.1:40000");
+        ep.handle_message(now, a, &request("OPTIONS", 1, ""));
+        let out = sent(&mut ep);
+        assert_eq!(out.len(), 1);
+        let (to, answer) = &out[0];
+        assert_eq!(*to, a);
+        assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+        // The unreachable sent-by is kept; where the request really came from is added.
+        assert!(
+            answer.contains(
+                "Via: SIP/2.0/WS h7kjh12.invalid;branch=z9hG4bKOPTIONS1;received=127.0.0.1;rport=40000\r\n"
+            ),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("<sip:switchboard@127.0.0.1:8080;transport=ws>"),
+            "{answer}"
+        );
+
+        let first = answered_call(&mut ep, now, a, 2);
+        let b = peer("127.0.0.1:40001");
+        let second = answered_call(&mut ep, now, b, 3);
+        // Our BYE goes over the flow too, saying WS and our WebSocket port.
+        ep.hangup(now, second).unwrap();
+        let (to, bye) = sent(&mut ep).pop().unwrap();
+        assert_eq!(to, b);
+        assert!(
+            bye.to_ascii_lowercase()
+                .starts_with("bye sip:alice@h7kjh12.invalid;transport=ws sip/2.0\r\n"),
+            "{bye}"
+        );
+        assert!(bye.contains("Via: SIP/2.0/WS 127.0.0.1:8080;"), "{bye}");
+
+        assert!(matches!(
+            ep.poll_event(),
+            Some(Event::Ended { call, reason: EndReason::LocalBye }) if call == second
+        ));
+        // The first peer's socket closes: its call ends, nothing is sent, the other call's
+        // BYE is still waiting for its answer.
+        ep.flow_closed(now, a);
+        match ep.poll_event() {
+            Some(Event::Ended { call, reason }) => {
+                assert_eq!((call, reason), (first, EndReason::Timeout));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sent(&mut ep).is_empty());
+        assert_eq!(ep.call_count(), 1);
+        // Then the second's: its BYE fails at once instead of at Timer F.
+        ep.flow_closed(now, b);
+        assert_eq!(ep.call_count(), 0);
+        assert!(ep.hangup(now, first).is_err());
+    }
 }

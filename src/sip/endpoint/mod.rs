@@ -552,7 +552,12 @@ impl Endpoint {
     /// Handles one message from the network.
     pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
         match classify_with(bytes, peer.transport.is_byte_stream(), &mut self.ids) {
-            Inbound::Request(r) => self.on_request(now, peer, *r),
+            Inbound::Request(mut r) => {
+                if peer.transport.is_websocket() {
+                    stamp_via(&mut r.req, peer.addr);
+                }
+                self.on_request(now, peer, *r)
+            }
             Inbound::Response(r) => self.on_response(now, *r),
             Inbound::Reject {
                 response,
@@ -975,6 +980,51 @@ impl Endpoint {
             self.dialogs.remove(&c.dialog.id);
         }
     }
+}
+
+/// Writes where a WebSocket peer's request came from into its top Via (RFC 3261 §18.2.1:
+/// `received`; RFC 3581: `rport`'s value when it asked): its sent-by is a `.invalid` host
+/// (RFC 7118 §5), so the answers, which go back over the connection anyway, say which
+/// address the connection is from.
+fn stamp_via(req: &mut Request, from: SocketAddr) {
+    let Some(via) = req
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, rsipstack::sip::Header::Via(_)))
+    else {
+        return;
+    };
+    let value = via.value().to_string();
+    // A header may carry several values: only the first is ours to mark.
+    let (first, rest) = match value.find(',') {
+        Some(i) => value.split_at(i),
+        None => (value.as_str(), ""),
+    };
+    let mut parts = first.split(';');
+    let mut stamped = parts.next().unwrap_or("").trim_end().to_string();
+    let mut rport = false;
+    for p in parts {
+        let name = p
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "received" => {}
+            "rport" => rport = true,
+            _ => {
+                stamped.push(';');
+                stamped.push_str(p.trim());
+            }
+        }
+    }
+    stamped.push_str(&format!(";received={}", from.ip()));
+    if rport {
+        stamped.push_str(&format!(";rport={}", from.port()));
+    }
+    stamped.push_str(rest);
+    *via = rsipstack::sip::Header::Via(stamped.into());
 }
 
 /// The client transaction key of our CANCEL, which shares its INVITE's branch (§9.1).
