@@ -237,3 +237,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_websocket_flags_set_their_listeners() {
+        let cfg = build_config(&ServeArgs {
+            sip_ws_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.sip.ws_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(cfg.sip.wss_addr().unwrap(), None);
+        // wss:// without a certificate is refused before anything is bound.
+        let e = build_config(&ServeArgs {
+            sip_wss_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("wss_listen needs tls_cert"), "{e}");
+    }
+}

@@ -412,3 +412,48 @@ async fn jssip_in_chromium_registers_and_sends_options_over_ws() {
     assert_eq!(out["registration"]["code"], 405, "{out} {log}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn websockets_count_against_the_per_source_cap_with_tcp() {
+    let server = ws_server((49800, 49899), None, |c| c.sip.max_tcp_per_source = 1).await;
+    let addr = server.ws.unwrap();
+    // One TCP connection from 127.0.0.1 takes the only slot...
+    let tcp = tokio::net::TcpStream::connect(server.sip).await.unwrap();
+    let req = String::from_utf8(browser_request("OPTIONS", server.sip, "TCP", 1))
+        .unwrap()
+        .replace("df7jal23ls0d.invalid", "127.0.0.1:9")
+        .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
+    let mut tcp = tcp;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"SIP/2.0 200"),
+            "the TCP connection is served"
+        );
+    }
+    // ...so a WebSocket from the same address is closed at accept, and counted.
+    let (refused, _) = upgrade(addr, None, "/", Some("sip")).await;
+    assert!(refused.is_err(), "a second connection was upgraded");
+    let dropped = "switchboard_sip_dropped_total{reason=\"tcp_connections\"}";
+    assert_eq!(support::server::metric(server.http, dropped).await, 1.0);
+    // Once the TCP connection is gone the slot is free again (its close is noticed shortly).
+    drop(tcp);
+    let mut upgraded = None;
+    for _ in 0..50 {
+        if let (Ok(ws), _) = upgrade(addr, None, "/", Some("sip")).await {
+            upgraded = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ws = upgraded.expect("the slot is free within 2.5 s");
+    send(&mut ws, browser_request("OPTIONS", addr, "WS", 2)).await;
+    assert!(receive_text(&mut ws).await.starts_with("SIP/2.0 200 OK"));
+    server.stop().await;
+}
