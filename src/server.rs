@@ -42,14 +42,20 @@ pub struct Ready {
     pub wss: Option<std::net::SocketAddr>,
 }
 
-/// Binds a listener of its own for a stream transport; the error names it.
+/// Binds the listener of a stream transport that has an address of its own (none: off):
+/// the listener and the address it got; the error names it.
 async fn bind_stream(
     what: &'static str,
-    addr: std::net::SocketAddr,
-) -> Result<tokio::net::TcpListener, Error> {
-    tokio::net::TcpListener::bind(addr)
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>, Error> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { what, addr, source })
+        .map_err(|source| Error::Bind { what, addr, source })?;
+    let bound = listener.local_addr()?;
+    Ok(Some((listener, bound)))
 }
 
 /// Runs the server until `shutdown` completes and the calls have drained (see `[sip] drain_secs`).
@@ -79,33 +85,15 @@ pub async fn run_with_ready(
     } else {
         None
     };
-    let tls_addr = match (config.sip.tls_addr()?, &server_tls) {
-        (Some(addr), Some(tls)) => {
-            let listener = bind_stream("SIP TLS", addr).await?;
-            let bound = listener.local_addr()?;
-            listeners.tls = Some((listener, tls.clone()));
-            Some(bound)
-        }
-        _ => None,
-    };
-    let ws_addr = match config.sip.ws_addr()? {
-        Some(addr) => {
-            let listener = bind_stream("SIP WebSocket", addr).await?;
-            let bound = listener.local_addr()?;
-            listeners.ws = Some(listener);
-            Some(bound)
-        }
-        None => None,
-    };
-    let wss_addr = match (config.sip.wss_addr()?, &server_tls) {
-        (Some(addr), Some(tls)) => {
-            let listener = bind_stream("SIP secure WebSocket", addr).await?;
-            let bound = listener.local_addr()?;
-            listeners.wss = Some((listener, tls.clone()));
-            Some(bound)
-        }
-        _ => None,
-    };
+    let tls = bind_stream("SIP TLS", config.sip.tls_addr()?).await?;
+    let ws = bind_stream("SIP WebSocket", config.sip.ws_addr()?).await?;
+    let wss = bind_stream("SIP secure WebSocket", config.sip.wss_addr()?).await?;
+    let bound = |l: &Option<(_, std::net::SocketAddr)>| l.as_ref().map(|(_, a)| *a);
+    let (tls_addr, ws_addr, wss_addr) = (bound(&tls), bound(&ws), bound(&wss));
+    // `server_tls` is loaded whenever TLS or WSS listens, so `zip` drops nothing.
+    listeners.tls = tls.zip(server_tls.clone()).map(|((l, _), c)| (l, c));
+    listeners.ws = ws.map(|(l, _)| l);
+    listeners.wss = wss.zip(server_tls.clone()).map(|((l, _), c)| (l, c));
     let ca = (!config.sip.tls_ca.as_os_str().is_empty()).then_some(config.sip.tls_ca.as_path());
     listeners.tls_client = Some(crate::sip::tls::client_config(ca, config.sip.tls_verify)?);
     let (t1, t2, t4) = config.timers();

@@ -86,6 +86,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let addr = peer.addr;
+    // The error type is tungstenite's: an HTTP response, however large.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| {
         let origin = req
             .headers()
