@@ -269,6 +269,9 @@ async fn a_malformed_message_is_answered_and_an_oversized_one_closes_the_socket(
     send(&mut ws, short.into_bytes()).await;
     let answer = receive_text(&mut ws).await;
     assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+    // A double-CRLF keep-alive gets its single CRLF, and nothing else.
+    ws.send(Message::text("\r\n\r\n")).await.unwrap();
+    assert_eq!(receive_text(&mut ws).await, "\r\n");
     // Binary messages are SIP too.
     ws.send(Message::binary(browser_request("OPTIONS", addr, "WS", 2)))
         .await

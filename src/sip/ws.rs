@@ -1,10 +1,11 @@
 //! SIP over WebSocket (RFC 7118) on listeners of their own, `ws://` and `wss://` (the latter
 //! with the certificate of the SIP TLS listener): the HTTP upgrade (path `/`, subprotocol
 //! `sip` required and echoed, the Origin logged but not checked), then one SIP message per
-//! WebSocket message, text or binary, each way. A message over the size limit closes the
-//! connection with 1009 and a reason. The connection is the flow (§5): the answers and our
-//! in-dialog requests go back over it, and once it closes nothing can reach the peer, so
-//! the transport glue ends the calls it carried.
+//! WebSocket message, text or binary, each way; a double-CRLF keep-alive gets its CRLF
+//! (RFC 5626 §3.5.1). A message over the size limit closes the connection with 1009 and a
+//! reason. The connection is the flow (§5): the answers and our in-dialog requests go back
+//! over it, and once it closes nothing can reach the peer, so the transport glue ends the
+//! calls it carried.
 
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub const PATH: &str = "/";
 
 /// How long the HTTP upgrade may take once the connection (and its TLS) is up.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A keep-alive ping (RFC 5626 §3.5.1: a double CRLF) and the single CRLF that answers it.
+const KEEP_ALIVE_PING: &[u8] = b"\r\n\r\n";
+const KEEP_ALIVE_PONG: &str = "\r\n";
 
 /// Why an upgrade request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +192,13 @@ async fn connection<S>(
                         break;
                     }
                 };
+                if bytes == KEEP_ALIVE_PING {
+                    // SIP.js keeps its socket alive this way and waits for the pong.
+                    if ws.send(Message::text(KEEP_ALIVE_PONG)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 if to_core.send(FromNet::Message(peer, bytes)).await.is_err() {
                     break;
                 }
