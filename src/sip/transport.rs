@@ -1264,6 +1264,38 @@ mod tests {
         assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
     }
 
+    #[tokio::test]
+    async fn a_websocket_peer_no_longer_connected_is_unreachable_at_once() {
+        let (to_core, mut from_net) = mpsc::channel(8);
+        let mut net = Net {
+            udp: None,
+            tcp: HashMap::new(),
+            tls_client: None,
+            tls_names: HashMap::new(),
+            to_core,
+            max_message: 65535,
+        };
+        let peer = Peer {
+            transport: Transport::Ws,
+            addr: "127.0.0.1:40000".parse().unwrap(),
+        };
+        // Its writer's task has ended (the socket closed) before the core heard of it.
+        let (w_tx, w_rx) = mpsc::unbounded_channel();
+        drop(w_rx);
+        net.tcp.insert(peer, (7, w_tx));
+        net.send(Transmit {
+            peer,
+            bytes: b"BYE sip:x SIP/2.0\r\n\r\n".to_vec(),
+        })
+        .await;
+        // No connection is opened to it: only it could open one.
+        assert!(net.tcp.is_empty());
+        assert!(matches!(
+            from_net.try_recv(),
+            Ok(FromNet::Unreachable(p, 0)) if p == peer
+        ));
+    }
+
     /// An endpoint, no trunks and a guard from a configuration, for [`inbound`] alone.
     struct SansIo {
         ep: Endpoint,
