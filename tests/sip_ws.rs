@@ -253,6 +253,15 @@ async fn an_upgrade_without_the_sip_subprotocol_or_off_the_root_is_refused() {
     let mut ws = ws.expect("upgraded with sip among others");
     send(&mut ws, browser_request("OPTIONS", addr, "WS", 1)).await;
     assert!(receive_text(&mut ws).await.starts_with("SIP/2.0 200 OK"));
+    // A closing handshake of the client's is answered.
+    ws.close(None).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the close answered within 5 s");
+    assert!(
+        matches!(answered, Some(Ok(Message::Close(_)))),
+        "{answered:?}"
+    );
     server.stop().await;
 }
 

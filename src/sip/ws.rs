@@ -179,7 +179,12 @@ async fn connection<S>(
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
                     // Pings are answered by the library; pongs need nothing.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // The library has queued the closing handshake's answer: send it.
+                        let _ = tokio::time::timeout(UPGRADE_TIMEOUT, ws.flush()).await;
+                        break;
+                    }
+                    None => break,
                     Some(Err(tungstenite::Error::Capacity(e))) => {
                         tracing::info!(%addr, error = %e, "closing a WebSocket that sent an oversized message");
                         let reason = format!("SIP message over {max} bytes");
