@@ -1233,6 +1233,18 @@ mod tests {
         (local, server, stop_tx)
     }
 
+    /// A [`Net`] with no UDP socket and no connection yet, reporting to `to_core`.
+    fn stream_net(to_core: mpsc::Sender<FromNet>) -> Net {
+        Net {
+            udp: None,
+            tcp: HashMap::new(),
+            tls_client: None,
+            tls_names: HashMap::new(),
+            to_core,
+            max_message: 65535,
+        }
+    }
+
     #[tokio::test]
     async fn a_tcp_peer_that_cannot_be_reached_gets_its_writer_dropped() {
         // A port nobody listens on: the connect fails at once and the writer is forgotten.
@@ -1240,14 +1252,7 @@ mod tests {
         let addr = free.local_addr().unwrap();
         drop(free);
         let (to_core, mut from_net) = mpsc::channel(8);
-        let mut net = Net {
-            udp: None,
-            tcp: HashMap::new(),
-            tls_client: None,
-            tls_names: HashMap::new(),
-            to_core,
-            max_message: 65535,
-        };
+        let mut net = stream_net(to_core);
         let peer = Peer {
             transport: Transport::Tcp,
             addr,
@@ -1267,14 +1272,7 @@ mod tests {
     #[tokio::test]
     async fn a_websocket_peer_no_longer_connected_is_unreachable_at_once() {
         let (to_core, mut from_net) = mpsc::channel(8);
-        let mut net = Net {
-            udp: None,
-            tcp: HashMap::new(),
-            tls_client: None,
-            tls_names: HashMap::new(),
-            to_core,
-            max_message: 65535,
-        };
+        let mut net = stream_net(to_core);
         let peer = Peer {
             transport: Transport::Ws,
             addr: "127.0.0.1:40000".parse().unwrap(),
