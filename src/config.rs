@@ -378,6 +378,17 @@ impl ServerConfig {
     }
 }
 
+/// An optional listen address of `[sip]` setting `key`: None when empty.
+fn listen_addr(key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let t = value.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid(format!("sip: {key} {t:?} is not IP:port")))
+}
+
 /// SIP transport and timer settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -395,6 +406,10 @@ pub struct SipConfig {
     pub tls_ca: PathBuf,
     /// Whether outbound TLS checks the server certificate.
     pub tls_verify: bool,
+    /// SIP over WebSocket (`ws://`) listen address (empty: none).
+    pub ws_listen: String,
+    /// SIP over secure WebSocket (`wss://`) listen address (empty: none); uses `tls_cert`.
+    pub wss_listen: String,
     pub advertise: String,
     pub user_agent: String,
     pub t1_ms: u64,
@@ -456,13 +471,17 @@ pub struct SipConfig {
 impl SipConfig {
     /// The TLS listen address, None when TLS is off.
     pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        let t = self.tls_listen.trim();
-        if t.is_empty() {
-            return Ok(None);
-        }
-        t.parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid(format!("sip: tls_listen {t:?} is not IP:port")))
+        listen_addr("tls_listen", &self.tls_listen)
+    }
+
+    /// The `ws://` listen address, None when off.
+    pub fn ws_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        listen_addr("ws_listen", &self.ws_listen)
+    }
+
+    /// The `wss://` listen address, None when off.
+    pub fn wss_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        listen_addr("wss_listen", &self.wss_listen)
     }
 
     /// The guard's settings; fails on a malformed address prefix.
@@ -833,13 +852,19 @@ impl Config {
                 "sip: at least one of udp and tcp must be enabled".into(),
             ));
         }
-        if self.sip.tls_addr()?.is_some()
-            && (self.sip.tls_cert.as_os_str().is_empty() || self.sip.tls_key.as_os_str().is_empty())
-        {
-            return Err(ConfigError::Invalid(
-                "sip: tls_listen needs tls_cert and tls_key".into(),
-            ));
+        let no_cert =
+            self.sip.tls_cert.as_os_str().is_empty() || self.sip.tls_key.as_os_str().is_empty();
+        for (key, addr) in [
+            ("tls_listen", self.sip.tls_addr()?),
+            ("wss_listen", self.sip.wss_addr()?),
+        ] {
+            if addr.is_some() && no_cert {
+                return Err(ConfigError::Invalid(format!(
+                    "sip: {key} needs tls_cert and tls_key"
+                )));
+            }
         }
+        self.sip.ws_addr()?;
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err(ConfigError::Invalid(
                 "sip timers must satisfy 0 < t1_ms <= t2_ms".into(),
@@ -1374,6 +1399,34 @@ reverse_twist_db = 40.0
             parse("tls_listen = \"localhost:5061\"\ntls_cert = \"c\"\ntls_key = \"k\"")
                 .validate()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn websocket_listeners_take_an_address_and_wss_a_certificate_and_a_key() {
+        let parse = |t: &str| Config::from_toml_str("t", &format!("[sip]\n{t}\n")).unwrap();
+        let embedded = Config::embedded().unwrap();
+        assert_eq!(embedded.sip.ws_addr().unwrap(), None);
+        assert_eq!(embedded.sip.wss_addr().unwrap(), None);
+        let c = parse("ws_listen = \"127.0.0.1:8080\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.sip.ws_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        let e = parse("ws_listen = \"localhost:8080\"")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("ws_listen"), "{e}");
+        let e = parse("wss_listen = \"127.0.0.1:8443\"\ntls_cert = \"c.pem\"")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("wss_listen needs tls_cert"), "{e}");
+        let c = parse("wss_listen = \"127.0.0.1:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.sip.wss_addr().unwrap(),
+            Some("127.0.0.1:8443".parse().unwrap())
         );
     }
 

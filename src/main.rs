@@ -54,6 +54,13 @@ struct ServeArgs {
     /// SIP address for UDP and TCP, e.g. 127.0.0.1:5060 (port 0 picks a free port).
     #[arg(long, value_name = "ADDR:PORT")]
     sip_listen: Option<SocketAddr>,
+    /// SIP over WebSocket (ws://) address, e.g. 0.0.0.0:8080 (overrides `[sip] ws_listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    sip_ws_listen: Option<SocketAddr>,
+    /// SIP over secure WebSocket (wss://) address, e.g. 0.0.0.0:8443, with the TLS certificate
+    /// of `[sip]` (overrides `[sip] wss_listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    sip_wss_listen: Option<SocketAddr>,
     /// RTP port range, e.g. 20000-29999 (each call takes an even port and the next one).
     #[arg(long, value_name = "LOW-HIGH", value_parser = parse_range)]
     rtp_ports: Option<(u16, u16)>,
@@ -87,6 +94,12 @@ fn build_config(args: &ServeArgs) -> Result<Config, switchboard::config::ConfigE
     };
     if let Some(a) = args.sip_listen {
         cfg.sip.listen = a;
+    }
+    if let Some(a) = args.sip_ws_listen {
+        cfg.sip.ws_listen = a.to_string();
+    }
+    if let Some(a) = args.sip_wss_listen {
+        cfg.sip.wss_listen = a.to_string();
     }
     if let Some((lo, hi)) = args.rtp_ports {
         cfg.rtp.port_min = lo;
@@ -212,7 +225,9 @@ fn main() -> ExitCode {
     let result = rt.block_on(switchboard::run_with_ready(cfg, shutdown, |ready| {
         // One machine-readable line on stdout; logs go to stderr.
         let tls = ready.tls.map_or(String::new(), |t| format!(" tls={t}"));
-        println!("READY sip={} http={}{tls}", ready.sip, ready.http);
+        let ws = ready.ws.map_or(String::new(), |t| format!(" ws={t}"));
+        let wss = ready.wss.map_or(String::new(), |t| format!(" wss={t}"));
+        println!("READY sip={} http={}{tls}{ws}{wss}", ready.sip, ready.http);
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,5 +235,32 @@ fn main() -> ExitCode {
             eprintln!("switchboard: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_websocket_flags_set_their_listeners() {
+        let cfg = build_config(&ServeArgs {
+            sip_ws_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.sip.ws_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(cfg.sip.wss_addr().unwrap(), None);
+        // wss:// without a certificate is refused before anything is bound.
+        let e = build_config(&ServeArgs {
+            sip_wss_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("wss_listen needs tls_cert"), "{e}");
     }
 }

@@ -36,6 +36,26 @@ pub struct Ready {
     pub http: std::net::SocketAddr,
     /// SIP over TLS address, when `[sip] tls_listen` is set.
     pub tls: Option<std::net::SocketAddr>,
+    /// SIP over WebSocket (`ws://`) address, when `[sip] ws_listen` is set.
+    pub ws: Option<std::net::SocketAddr>,
+    /// SIP over secure WebSocket (`wss://`) address, when `[sip] wss_listen` is set.
+    pub wss: Option<std::net::SocketAddr>,
+}
+
+/// Binds the listener of a stream transport that has an address of its own (none: off):
+/// the listener and the address it got; the error names it.
+async fn bind_stream(
+    what: &'static str,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>, Error> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })?;
+    let bound = listener.local_addr()?;
+    Ok(Some((listener, bound)))
 }
 
 /// Runs the server until `shutdown` completes and the calls have drained (see `[sip] drain_secs`).
@@ -59,22 +79,21 @@ pub async fn run_with_ready(
                 addr: config.sip.listen,
                 source,
             })?;
-    let server_tls = match config.sip.tls_addr()? {
-        Some(addr) => {
-            let tls = ServerTls::load(&config.sip.tls_cert, &config.sip.tls_key)?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    what: "SIP TLS",
-                    addr,
-                    source,
-                })?;
-            let bound = listener.local_addr()?;
-            listeners.tls = Some((listener, tls.clone()));
-            Some((tls, bound))
-        }
-        None => None,
+    // One certificate for TLS and WSS, reloaded for both on SIGHUP.
+    let server_tls = if config.sip.tls_addr()?.is_some() || config.sip.wss_addr()?.is_some() {
+        Some(ServerTls::load(&config.sip.tls_cert, &config.sip.tls_key)?)
+    } else {
+        None
     };
+    let tls = bind_stream("SIP TLS", config.sip.tls_addr()?).await?;
+    let ws = bind_stream("SIP WebSocket", config.sip.ws_addr()?).await?;
+    let wss = bind_stream("SIP secure WebSocket", config.sip.wss_addr()?).await?;
+    let bound = |l: &Option<(_, std::net::SocketAddr)>| l.as_ref().map(|(_, a)| *a);
+    let (tls_addr, ws_addr, wss_addr) = (bound(&tls), bound(&ws), bound(&wss));
+    // `server_tls` is loaded whenever TLS or WSS listens, so `zip` drops nothing.
+    listeners.tls = tls.zip(server_tls.clone()).map(|((l, _), c)| (l, c));
+    listeners.ws = ws.map(|(l, _)| l);
+    listeners.wss = wss.zip(server_tls.clone()).map(|((l, _), c)| (l, c));
     let ca = (!config.sip.tls_ca.as_os_str().is_empty()).then_some(config.sip.tls_ca.as_path());
     listeners.tls_client = Some(crate::sip::tls::client_config(ca, config.sip.tls_verify)?);
     let (t1, t2, t4) = config.timers();
@@ -100,8 +119,16 @@ pub async fn run_with_ready(
         crate::sip::ids::Ids::from_entropy(),
     );
     endpoint.set_session_timers(config.sip.session_timers());
-    if let Some((_, bound)) = &server_tls {
+    if let Some(bound) = tls_addr {
         endpoint.set_tls_port(bound.port());
+    }
+    for (transport, bound) in [
+        (crate::sip::dialog::Transport::Ws, ws_addr),
+        (crate::sip::dialog::Transport::Wss, wss_addr),
+    ] {
+        if let Some(bound) = bound {
+            endpoint.set_listener_port(transport, bound.port());
+        }
     }
     let guard = Guard::new(config.sip.guard()?, std::time::Instant::now());
     endpoint.set_trusted_proxies(guard.config().trusted_proxies.clone());
@@ -149,7 +176,7 @@ pub async fn run_with_ready(
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let reload_task = tokio::spawn(reload_scripts(
         scripts.clone(),
-        server_tls.as_ref().map(|(tls, _)| tls.clone()),
+        server_tls.clone(),
         Duration::from_secs(config.scripts.reload_secs),
     ));
     let media = Arc::new(MediaEngine::start(
@@ -299,13 +326,14 @@ pub async fn run_with_ready(
             tracing::warn!(error = %e, "HTTP API stopped");
         }
     });
-    let tls_addr = server_tls.as_ref().map(|(_, a)| *a);
-    tracing::info!(sip = %sip_addr, http = %http_addr, udp = config.sip.udp, tcp = config.sip.tcp, tls = ?tls_addr, "listening");
+    tracing::info!(sip = %sip_addr, http = %http_addr, udp = config.sip.udp, tcp = config.sip.tcp, tls = ?tls_addr, ws = ?ws_addr, wss = ?wss_addr, "listening");
     let stats_task = tokio::spawn(log_media_stats(media.clone()));
     on_ready(Ready {
         sip: sip_addr,
         http: http_addr,
         tls: tls_addr,
+        ws: ws_addr,
+        wss: wss_addr,
     });
     let drained = {
         let drain = drain.clone();

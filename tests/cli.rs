@@ -56,6 +56,8 @@ fn help_explains_every_serve_option() {
     for flag in [
         "--config",
         "--sip-listen",
+        "--sip-ws-listen",
+        "--sip-wss-listen",
         "--rtp-ports",
         "--http-listen",
         "--recordings",

@@ -12,12 +12,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::{Client, Locator};
 use switchboard::api::{router, ApiState, RecordingIndex};
 use switchboard::events::{Event, EventBus};
 use switchboard::live::{
@@ -81,25 +79,6 @@ fn member(id: u64, who: &str) -> MemberInfo {
     }
 }
 
-/// A child process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn find(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    names.iter().find_map(|n| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(n))
-            .find(|p| p.is_file())
-    })
-}
-
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -160,30 +139,6 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
-}
-
-async fn start_chromedriver(driver: &Path) -> (Killed, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let child = Killed(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return (child, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not listen on {addr} within 10 s");
 }
 
 /// A GET to the API with the token; answers the status and the JSON body (null if none).
@@ -350,7 +305,7 @@ fn write_leg_cdr(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_and_controls_live_state_in_a_browser() {
-    let Some((driver, browser)) = browser_tools() else {
+    let Some((driver, browser)) = support::browser::tools() else {
         return;
     };
 
@@ -428,8 +383,8 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
     let http = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let (_driver, driver_addr) = start_chromedriver(&driver).await;
-    let c = browser_session(driver_addr, &browser).await;
+    let (_driver, driver_addr) = support::browser::start_chromedriver(&driver).await;
+    let c = support::browser::session(driver_addr, &browser).await;
 
     // First visit: the server needs a token, so the page asks for it, once.
     log_in(&c, http, Some("1-login")).await;
@@ -749,7 +704,7 @@ async fn console_shows_and_controls_live_state_in_a_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_asks_for_no_token_when_the_server_needs_none() {
-    let Some((driver, browser)) = browser_tools() else {
+    let Some((driver, browser)) = support::browser::tools() else {
         return;
     };
     let base = std::env::temp_dir().join(format!("switchboard-console-{:016x}", fastrand::u64(..)));
@@ -760,8 +715,8 @@ async fn console_asks_for_no_token_when_the_server_needs_none() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let (_driver, driver_addr) = start_chromedriver(&driver).await;
-    let c = browser_session(driver_addr, &browser).await;
+    let (_driver, driver_addr) = support::browser::start_chromedriver(&driver).await;
+    let c = support::browser::session(driver_addr, &browser).await;
 
     c.goto(&format!("http://{http}/")).await.unwrap();
     wait_for(&c, "#stream-state.on").await;
@@ -813,31 +768,6 @@ async fn log_in(c: &Client, http: SocketAddr, shot: Option<&str>) {
     wait_for(c, "#stream-state.on").await;
 }
 
-/// A headless Chromium session through chromedriver at `driver_addr`.
-async fn browser_session(driver_addr: SocketAddr, browser: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": browser,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
-                "--mute-audio"
-            ]
-        }),
-    );
-    tokio::time::timeout(
-        WAIT,
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://{driver_addr}")),
-    )
-    .await
-    .expect("browser session in time")
-    .expect("browser session")
-}
-
 /// Clicks the element `css` names, finding it again if the page re-rendered it meanwhile.
 async fn click(c: &Client, css: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -851,25 +781,6 @@ async fn click(c: &Client, css: &str) {
         }
         assert!(tokio::time::Instant::now() < deadline, "cannot click {css}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Chromium and chromedriver, or None (a failure under `CI=true`).
-fn browser_tools() -> Option<(PathBuf, PathBuf)> {
-    match (
-        find(&["chromedriver"]),
-        find(&["chromium", "chromium-browser", "google-chrome"]),
-    ) {
-        (Some(d), Some(b)) => Some((d, b)),
-        _ => {
-            let msg =
-                "chromium and chromedriver are needed (apt-get install chromium chromium-driver)";
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{msg}");
-            }
-            eprintln!("skipping the browser test: {msg}");
-            None
-        }
     }
 }
 
@@ -957,7 +868,7 @@ async fn api_member(http: SocketAddr, call_id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_drives_a_real_room_and_its_calls() {
-    let Some((driver, browser)) = browser_tools() else {
+    let Some((driver, browser)) = support::browser::tools() else {
         return;
     };
     let base = std::env::temp_dir().join(format!("switchboard-console-{:016x}", fastrand::u64(..)));
@@ -1006,8 +917,8 @@ async fn console_drives_a_real_room_and_its_calls() {
     ));
     let (b_id, _) = tokio::time::timeout(WAIT, b_rx).await.unwrap().unwrap();
 
-    let (_driver, driver_addr) = start_chromedriver(&driver).await;
-    let c = browser_session(driver_addr, &browser).await;
+    let (_driver, driver_addr) = support::browser::start_chromedriver(&driver).await;
+    let c = support::browser::session(driver_addr, &browser).await;
     log_in(&c, http, None).await;
 
     // Both live calls are listed, and the room shows both members.

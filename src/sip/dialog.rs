@@ -39,12 +39,26 @@ pub enum Transport {
     Tcp,
     /// TCP under TLS (RFC 3261 §26.2): framed and timed like TCP.
     Tls,
+    /// A WebSocket (RFC 7118): reliable like TCP, one SIP message per WebSocket message. Only
+    /// the peer opens it, so a closed one cannot be opened again from our side.
+    Ws,
+    /// A WebSocket under TLS (`wss://`).
+    Wss,
 }
 
 impl Transport {
     /// True for stream transports.
     pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+    /// True for byte streams, whose messages are cut out by Content-Length; a datagram or a
+    /// WebSocket message holds one whole message.
+    pub fn is_byte_stream(self) -> bool {
         matches!(self, Transport::Tcp | Transport::Tls)
+    }
+    /// True for WebSockets, which only the peer can open.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
     /// The Via transport token.
     pub fn via_token(self) -> &'static str {
@@ -52,6 +66,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
     /// The `transport` URI parameter that reaches us this way (none for UDP, the default).
@@ -60,6 +76,8 @@ impl Transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
+            Transport::Ws => ";transport=ws",
+            Transport::Wss => ";transport=wss",
         }
     }
 }
@@ -356,9 +374,15 @@ pub fn uri_peer(uri: &str, default: Transport) -> Option<Peer> {
             "tcp" => Transport::Tcp,
             "udp" => Transport::Udp,
             "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
             _ => default,
         });
-    let transport = if secure { Transport::Tls } else { transport };
+    let transport = match (secure, transport) {
+        (true, Transport::Ws | Transport::Wss) => Transport::Wss,
+        (true, _) => Transport::Tls,
+        (false, t) => t,
+    };
     let port = if transport == Transport::Tls {
         5061
     } else {
@@ -507,6 +531,15 @@ Content-Length: 0\r\n\r\n";
         );
         assert_eq!(Transport::Tls.via_token(), "TLS");
         assert!(Transport::Tls.is_reliable());
+        // A WebSocket peer: reliable, yet each message whole (no Content-Length framing).
+        let p = uri_peer("sip:10.0.0.5:8080;transport=ws", Transport::Udp).unwrap();
+        assert_eq!(p.transport, Transport::Ws);
+        let p = uri_peer("sips:10.0.0.5:8443;transport=ws", Transport::Udp).unwrap();
+        assert_eq!(p.transport, Transport::Wss);
+        assert_eq!(Transport::Wss.via_token(), "WSS");
+        assert_eq!(Transport::Ws.uri_param(), ";transport=ws");
+        assert!(Transport::Ws.is_reliable() && !Transport::Ws.is_byte_stream());
+        assert!(Transport::Tcp.is_byte_stream() && !Transport::Tcp.is_websocket());
         assert_eq!(uri_peer("tel:+123", Transport::Udp), None);
     }
 

@@ -1,7 +1,8 @@
 //! The SIP stack: message model, TCP framing, RFC 3261 transactions and dialogs (sans-IO),
 //! blind transfer (REFER), digest authentication (client side, and callers' INVITEs checked
 //! against the users), the endpoint core that ties them together (answering and placing
-//! calls), the registration client, SIP trunks, TLS, and the tokio transport glue.
+//! calls), the registration client, SIP trunks, TLS, WebSockets (RFC 7118), and the tokio
+//! transport glue.
 
 pub mod auth;
 pub mod dialog;
@@ -19,3 +20,4 @@ pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod trunks;
+pub mod ws;

@@ -5,7 +5,11 @@
 //! [`TCP_CONNECT_TIMEOUT`]; what is sent meanwhile waits in its queue), read and framed like
 //! an accepted one and reused after; if it cannot be opened its messages are dropped and the
 //! transactions time out. TLS connections (accepted on their own listener, or opened to a
-//! `sips:`/`transport=tls` peer) take the same path once the handshake is done. The task also drives the trunks' registrations
+//! `sips:`/`transport=tls` peer) take the same path once the handshake is done. WebSocket
+//! connections (RFC 7118, [`super::ws`]) are accepted on listeners of their own and reused
+//! the same way, but only the peer opens them: a message for a WebSocket peer no longer
+//! connected fails what waits on it at once, and a closed one ends the calls it carried.
+//! The task also drives the trunks' registrations
 //! ([`TrunkRegistrations`]): their REGISTERs go out through the same sockets, their answers
 //! are taken before the guard and the endpoint see them, and a drain removes the bindings.
 
@@ -109,6 +113,10 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// TLS listener and its (reloadable) certificate, if enabled.
     pub tls: Option<(TcpListener, ServerTls)>,
+    /// SIP over WebSocket (`ws://`) listener, if enabled.
+    pub ws: Option<TcpListener>,
+    /// SIP over secure WebSocket (`wss://`) listener and its certificate, if enabled.
+    pub wss: Option<(TcpListener, ServerTls)>,
     /// How connections we open to TLS peers check them (None: TLS peers cannot be reached).
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// The name a TLS peer's certificate is checked against, by address (a trunk's domain);
@@ -152,6 +160,8 @@ pub async fn bind(
                 udp: u.map(Arc::new),
                 tcp: t,
                 tls: None,
+                ws: None,
+                wss: None,
                 tls_client: None,
                 tls_names: HashMap::new(),
             },
@@ -164,7 +174,9 @@ pub async fn bind(
     ))
 }
 
-enum FromNet {
+/// What connections tell the task.
+pub(super) enum FromNet {
+    /// One whole SIP message from a peer.
     Message(Peer, Vec<u8>),
     /// A connection is up: its peer, its id and its writer.
     Connected(Peer, u64, mpsc::UnboundedSender<Vec<u8>>),
@@ -209,7 +221,7 @@ impl Net {
                     }
                 }
             }
-            Transport::Tcp | Transport::Tls => {
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
                 let bytes = match self.tcp.get(&peer) {
                     Some((_, w)) => match w.send(bytes) {
                         Ok(()) => return,
@@ -218,6 +230,14 @@ impl Net {
                     },
                     None => bytes,
                 };
+                if peer.transport.is_websocket() {
+                    // Only the peer opens a WebSocket: with it gone, so is the way to reach
+                    // the peer. Id 0 names no connection, so no writer is dropped for it.
+                    tracing::debug!(to = %peer.addr, "no WebSocket to the peer: message dropped");
+                    self.tcp.remove(&peer);
+                    let _ = self.to_core.try_send(FromNet::Unreachable(peer, 0));
+                    return;
+                }
                 let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
                 let (w_tx, w_rx) = mpsc::unbounded_channel();
                 // Queued until the connection is up; a receiver exists, so this cannot fail.
@@ -277,19 +297,21 @@ pub async fn run(
     let (in_tx, mut in_rx) = mpsc::channel::<FromNet>(4096);
     // Made by the caller, so that calls can also be placed from outside (the HTTP API).
     let (cmd_tx, mut cmd_rx) = commands;
-    // TCP and TLS connections from one source count against one cap.
+    // TCP, TLS and WebSocket connections from one source count against one cap.
     let limit = Arc::new(Mutex::new(ConnLimit::new(
         guard.config().max_tcp_per_source,
         guard.config().acl.clone(),
     )));
     let streams = [
-        listeners.tcp.map(|l| (l, None)),
-        listeners.tls.map(|(l, tls)| (l, Some(tls))),
+        listeners.tcp.map(|l| (l, Speaks::Tcp)),
+        listeners.tls.map(|(l, tls)| (l, Speaks::Tls(tls))),
+        listeners.ws.map(|l| (l, Speaks::Ws)),
+        listeners.wss.map(|(l, tls)| (l, Speaks::Wss(tls))),
     ];
-    for (listener, tls) in streams.into_iter().flatten() {
+    for (listener, speaks) in streams.into_iter().flatten() {
         tokio::spawn(accept_loop(
             listener,
-            tls,
+            speaks,
             in_tx.clone(),
             max_message,
             limit.clone(),
@@ -349,6 +371,9 @@ pub async fn run(
                 FromNet::Closed(peer, id) => {
                     if net.tcp.get(&peer).is_some_and(|(open, _)| *open == id) {
                         net.tcp.remove(&peer);
+                        if peer.transport.is_websocket() {
+                            endpoint.flow_closed(std::time::Instant::now(), peer);
+                        }
                     }
                 }
                 FromNet::Unreachable(peer, id) => {
@@ -621,11 +646,39 @@ async fn flush(
     }
 }
 
-/// Accepts connections on a TCP or (with `tls`) a TLS listener, admitted by the per-source
-/// cap and the access lists, and serves each like any other.
+/// What a listener's connections speak, with the certificate of the TLS ones.
+enum Speaks {
+    Tcp,
+    Tls(ServerTls),
+    Ws,
+    Wss(ServerTls),
+}
+
+impl Speaks {
+    /// The SIP transport of its connections.
+    fn transport(&self) -> Transport {
+        match self {
+            Speaks::Tcp => Transport::Tcp,
+            Speaks::Tls(_) => Transport::Tls,
+            Speaks::Ws => Transport::Ws,
+            Speaks::Wss(_) => Transport::Wss,
+        }
+    }
+
+    /// The acceptor for its next connection, when it speaks TLS.
+    fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match self {
+            Speaks::Tls(tls) | Speaks::Wss(tls) => Some(tls.acceptor()),
+            Speaks::Tcp | Speaks::Ws => None,
+        }
+    }
+}
+
+/// Accepts connections on a TCP, TLS, WS or WSS listener, admitted by the per-source cap
+/// and the access lists, and serves each like any other.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<ServerTls>,
+    speaks: Speaks,
     to_core: mpsc::Sender<FromNet>,
     max: usize,
     limit: Arc<Mutex<ConnLimit>>,
@@ -644,34 +697,23 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let limit = limit.clone();
                 let to_core = to_core.clone();
+                let peer = Peer {
+                    transport: speaks.transport(),
+                    addr,
+                };
                 // Taken now: a reload after this accept applies from the next connection.
-                let acceptor = tls.as_ref().map(ServerTls::acceptor);
+                let acceptor = speaks.acceptor();
                 tokio::spawn(async move {
-                    match acceptor {
-                        None => {
-                            let peer = Peer {
-                                transport: Transport::Tcp,
-                                addr,
-                            };
-                            serve(stream, peer, to_core, max).await;
-                        }
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                TLS_HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            );
-                            match handshake.await {
-                                Ok(Ok(stream)) => {
-                                    let peer = Peer {
-                                        transport: Transport::Tls,
-                                        addr,
-                                    };
+                    match (acceptor, peer.transport.is_websocket()) {
+                        (None, false) => serve(stream, peer, to_core, max).await,
+                        (None, true) => super::ws::serve(stream, peer, to_core, max).await,
+                        (Some(acceptor), websocket) => {
+                            if let Some(stream) = tls_accept(acceptor, stream, addr).await {
+                                if websocket {
+                                    super::ws::serve(stream, peer, to_core, max).await;
+                                } else {
                                     serve(stream, peer, to_core, max).await;
                                 }
-                                Ok(Err(e)) => {
-                                    tracing::info!(%addr, error = %e, "TLS handshake failed");
-                                }
-                                Err(_) => tracing::info!(%addr, "TLS handshake not done in time"),
                             }
                         }
                     }
@@ -682,6 +724,26 @@ async fn accept_loop(
                 tracing::warn!(error = %e, "tcp accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, bounded by [`TLS_HANDSHAKE_TIMEOUT`]; None (logged)
+/// when it fails.
+async fn tls_accept(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%addr, "TLS handshake not done in time");
+            None
         }
     }
 }
@@ -701,15 +763,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     to_core: mpsc::Sender<FromNet>,
     max: usize,
 ) {
-    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-    let (w_tx, w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if to_core
-        .send(FromNet::Connected(peer, id, w_tx))
-        .await
-        .is_ok()
-    {
+    if let Some((id, w_rx)) = announce(peer, &to_core).await {
         connection(stream, peer, id, w_rx, to_core, max).await;
     }
+}
+
+/// Tells the core an accepted connection to `peer` is up: its id and the queue of what to
+/// write to it; None when the core is gone.
+pub(super) async fn announce(
+    peer: Peer,
+    to_core: &mpsc::Sender<FromNet>,
+) -> Option<(u64, mpsc::UnboundedReceiver<Vec<u8>>)> {
+    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let (w_tx, w_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let announced = to_core.send(FromNet::Connected(peer, id, w_tx)).await;
+    announced.ok().map(|()| (id, w_rx))
 }
 
 /// Opens a connection to `peer` (TCP, or TLS with `tls_client`) for messages already
@@ -1165,6 +1233,18 @@ mod tests {
         (local, server, stop_tx)
     }
 
+    /// A [`Net`] with no UDP socket and no connection yet, reporting to `to_core`.
+    fn stream_net(to_core: mpsc::Sender<FromNet>) -> Net {
+        Net {
+            udp: None,
+            tcp: HashMap::new(),
+            tls_client: None,
+            tls_names: HashMap::new(),
+            to_core,
+            max_message: 65535,
+        }
+    }
+
     #[tokio::test]
     async fn a_tcp_peer_that_cannot_be_reached_gets_its_writer_dropped() {
         // A port nobody listens on: the connect fails at once and the writer is forgotten.
@@ -1172,14 +1252,7 @@ mod tests {
         let addr = free.local_addr().unwrap();
         drop(free);
         let (to_core, mut from_net) = mpsc::channel(8);
-        let mut net = Net {
-            udp: None,
-            tcp: HashMap::new(),
-            tls_client: None,
-            tls_names: HashMap::new(),
-            to_core,
-            max_message: 65535,
-        };
+        let mut net = stream_net(to_core);
         let peer = Peer {
             transport: Transport::Tcp,
             addr,
@@ -1194,6 +1267,31 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(closed, Some(FromNet::Unreachable(p, i)) if p == peer && i == id));
+    }
+
+    #[tokio::test]
+    async fn a_websocket_peer_no_longer_connected_is_unreachable_at_once() {
+        let (to_core, mut from_net) = mpsc::channel(8);
+        let mut net = stream_net(to_core);
+        let peer = Peer {
+            transport: Transport::Ws,
+            addr: "127.0.0.1:40000".parse().unwrap(),
+        };
+        // Its writer's task has ended (the socket closed) before the core heard of it.
+        let (w_tx, w_rx) = mpsc::unbounded_channel();
+        drop(w_rx);
+        net.tcp.insert(peer, (7, w_tx));
+        net.send(Transmit {
+            peer,
+            bytes: b"BYE sip:x SIP/2.0\r\n\r\n".to_vec(),
+        })
+        .await;
+        // No connection is opened to it: only it could open one.
+        assert!(net.tcp.is_empty());
+        assert!(matches!(
+            from_net.try_recv(),
+            Ok(FromNet::Unreachable(p, 0)) if p == peer
+        ));
     }
 
     /// An endpoint, no trunks and a guard from a configuration, for [`inbound`] alone.

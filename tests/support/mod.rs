@@ -1,6 +1,7 @@
 //! Test clients shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod events;
 pub mod offers;
 pub mod pki;
@@ -9,6 +10,7 @@ pub mod scripts;
 pub mod server;
 pub mod speech;
 pub mod uac;
+pub mod ws;
 
 /// Seconds of the built-in message flow's greeting (welcome, record-after-tone, beep).
 pub fn greeting_secs() -> f64 {

@@ -86,6 +86,22 @@ impl RtpPeer {
         peak_tone_power(&heard, 1000.0)
     }
 
+    /// Sends a second of a 1 kHz tone at -10 dBFS to the echo at `to` and checks what came
+    /// back: nearly all of it, the 1 kHz share above 0.9, and the level above -25 dBFS.
+    pub async fn expect_echo(&mut self, to: SocketAddr) {
+        let sent = tone("1000/1000@-10", 1000);
+        let back = self.exchange(to, &sent, Duration::from_millis(300)).await;
+        assert!(
+            back.len() >= 50 * 160,
+            "only {} samples came back",
+            back.len()
+        );
+        let best = peak_tone_power(&back, 1000.0);
+        assert!(best > 0.9, "1 kHz power {best}");
+        let level = switchboard::media::level::rms_dbfs(&back[back.len() / 4..back.len() / 2]);
+        assert!(level > -25.0, "echo level {level} dBFS");
+    }
+
     pub fn port(&self) -> u16 {
         self.socket.local_addr().unwrap().port()
     }

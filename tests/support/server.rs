@@ -13,6 +13,9 @@ pub struct Server {
     pub http: std::net::SocketAddr,
     /// The TLS listener, when `tls_listen` is set.
     pub tls: Option<std::net::SocketAddr>,
+    /// The WebSocket listeners, when `ws_listen` or `wss_listen` is set.
+    pub ws: Option<std::net::SocketAddr>,
+    pub wss: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -41,13 +44,13 @@ pub async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Co
                 let _ = stop_rx.await;
             },
             move |r| {
-                let _ = ready_tx.send((r.sip, r.http, r.tls));
+                let _ = ready_tx.send((r.sip, r.http, r.tls, r.ws, r.wss));
             },
         )
         .await;
         assert!(r.is_ok(), "{r:?}");
     });
-    let (sip, http, tls) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+    let (sip, http, tls, ws, wss) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
         .expect("ready in time")
         .expect("ready");
@@ -55,6 +58,8 @@ pub async fn start_with(rtp: (u16, u16), tweak: impl FnOnce(&mut switchboard::Co
         sip,
         http,
         tls,
+        ws,
+        wss,
         stop: Some(stop_tx),
         task,
     }
@@ -80,6 +85,8 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for 
 pub enum Wire {
     Udp(UdpSocket),
     Tcp(Box<dyn Stream>, StreamFramer),
+    /// A WebSocket (RFC 7118): one SIP message per WebSocket message.
+    Ws(Box<super::ws::SipSocket>),
 }
 
 impl Wire {
@@ -104,6 +111,7 @@ impl Wire {
                         s.send_to(&m, uac.server).await.unwrap();
                     }
                     Wire::Tcp(s, _) => s.write_all(&m).await.unwrap(),
+                    Wire::Ws(s) => super::ws::send(s, m).await,
                 }
             }
             if done(uac) {
@@ -126,6 +134,10 @@ impl Wire {
                         framer.push(&buf[..n]);
                         Some(std::iter::from_fn(|| framer.next_message().unwrap()).collect())
                     }
+                    _ = tokio::time::sleep_until(wake) => None,
+                },
+                Wire::Ws(s) => tokio::select! {
+                    m = super::ws::receive(s) => Some(vec![m]),
                     _ = tokio::time::sleep_until(wake) => None,
                 },
             };

@@ -24,6 +24,8 @@ pub struct Uac {
     reliable: bool,
     /// Over TLS: Via says so.
     pub tls: bool,
+    /// The Via transport when the socket does not say it (`WS`, `WSS`).
+    pub via: Option<&'static str>,
     pub local: SocketAddr,
     pub server: SocketAddr,
     pub call_id: String,
@@ -73,6 +75,7 @@ impl Uac {
             timers: TimerConfig::default(),
             reliable,
             tls: false,
+            via: None,
             local,
             server,
             call_id: format!("{:x}@test", rng.u64(..)),
@@ -106,7 +109,9 @@ impl Uac {
     }
 
     fn transport(&self) -> &'static str {
-        if self.tls {
+        if let Some(via) = self.via {
+            via
+        } else if self.tls {
             "TLS"
         } else if self.reliable {
             "TCP"

@@ -192,7 +192,7 @@ impl Endpoint {
         let mut headers = Headers::default();
         headers.push(via(
             out.peer.transport,
-            super::local_for(&self.cfg, self.tls_port, out.peer.transport),
+            super::local_for(&self.cfg, &self.ports, out.peer.transport),
             &branch,
         ));
         headers.push(Header::MaxForwards(70.into()));
@@ -303,7 +303,7 @@ impl Endpoint {
         let ack = ack_2xx(
             &mut self.ids,
             &self.cfg,
-            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
+            super::local_for(&self.cfg, &self.ports, c.dialog.peer.transport),
             &c.dialog,
             &o.invite,
             cseq,
@@ -521,7 +521,7 @@ impl Endpoint {
         let ack = ack_2xx(
             &mut self.ids,
             &self.cfg,
-            super::local_for(&self.cfg, self.tls_port, dialog.peer.transport),
+            super::local_for(&self.cfg, &self.ports, dialog.peer.transport),
             &dialog,
             &o.invite,
             r.ess.cseq,
@@ -589,7 +589,7 @@ impl Endpoint {
         let Some(o) = self.outgoing.get_mut(&call) else {
             return;
         };
-        let local = super::local_for(&self.cfg, self.tls_port, o.peer.transport);
+        let local = super::local_for(&self.cfg, &self.ports, o.peer.transport);
         let mut req = o.invite.clone();
         let cseq = invite_cseq(&req) + 1;
         req.headers.retain(|h| {

@@ -245,7 +245,7 @@ impl Endpoint {
         let req = c.dialog.request(
             Method::Bye,
             &mut self.ids,
-            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
+            super::local_for(&self.cfg, &self.ports, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         let peer = c.dialog.peer;

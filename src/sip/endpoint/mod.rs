@@ -441,19 +441,21 @@ pub struct Endpoint {
     ids: Ids,
     /// Checks callers of protected users before their call exists.
     auth: Option<Authenticator>,
-    /// Our TLS listening port, for Contacts on TLS: `local_addr`'s when None.
-    tls_port: Option<u16>,
+    /// Our listening ports for TLS and WebSockets, for Via and Contact on them:
+    /// `local_addr`'s for a transport not listed.
+    ports: HashMap<super::dialog::Transport, u16>,
 }
 
-/// Our address for Via and Contact on `transport`: the TLS listener's port over TLS.
+/// Our address for Via and Contact on `transport`: the port of that transport's own
+/// listener (TLS, WS, WSS) when it has one.
 fn local_for(
     cfg: &EndpointConfig,
-    tls_port: Option<u16>,
+    ports: &HashMap<super::dialog::Transport, u16>,
     transport: super::dialog::Transport,
 ) -> SocketAddr {
-    match (transport, tls_port) {
-        (super::dialog::Transport::Tls, Some(port)) => SocketAddr::new(cfg.local_addr.ip(), port),
-        _ => cfg.local_addr,
+    match ports.get(&transport) {
+        Some(port) => SocketAddr::new(cfg.local_addr.ip(), *port),
+        None => cfg.local_addr,
     }
 }
 
@@ -482,7 +484,7 @@ impl Endpoint {
             trusted_proxies: crate::sip::proxy::TrustedProxies::default(),
             ids,
             auth: None,
-            tls_port: None,
+            ports: HashMap::new(),
         }
     }
 
@@ -503,7 +505,13 @@ impl Endpoint {
 
     /// Sets the port our TLS listener is on, written into Contacts sent over TLS.
     pub fn set_tls_port(&mut self, port: u16) {
-        self.tls_port = Some(port);
+        self.set_listener_port(super::dialog::Transport::Tls, port);
+    }
+
+    /// Sets the port of our listener for `transport` (one of its own, such as TLS or a
+    /// WebSocket's), written into Via and Contact sent over it.
+    pub fn set_listener_port(&mut self, transport: super::dialog::Transport, port: u16) {
+        self.ports.insert(transport, port);
     }
 
     /// Sets the session timer settings (RFC 4028) for calls from now on.
@@ -543,8 +551,13 @@ impl Endpoint {
 
     /// Handles one message from the network.
     pub fn handle_message(&mut self, now: Instant, peer: Peer, bytes: &[u8]) {
-        match classify_with(bytes, peer.transport.is_reliable(), &mut self.ids) {
-            Inbound::Request(r) => self.on_request(now, peer, *r),
+        match classify_with(bytes, peer.transport.is_byte_stream(), &mut self.ids) {
+            Inbound::Request(mut r) => {
+                if peer.transport.is_websocket() {
+                    stamp_via(&mut r.req, peer.addr);
+                }
+                self.on_request(now, peer, *r)
+            }
             Inbound::Response(r) => self.on_response(now, *r),
             Inbound::Reject {
                 response,
@@ -592,6 +605,23 @@ impl Endpoint {
             .collect();
         for branch in waiting {
             self.step_client(now, branch, |tx, _, out| tx.transport_failed(out));
+        }
+    }
+
+    /// The connection to `peer` closed and cannot be opened again from our side (a
+    /// WebSocket, RFC 7118 §5): what waits on it fails, and the calls it carried end (as
+    /// [`EndReason::Timeout`]: the peer can no longer be reached).
+    pub fn flow_closed(&mut self, now: Instant, peer: Peer) {
+        self.peer_unreachable(now, peer);
+        let mut gone: Vec<CallHandle> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.dialog.peer == peer && !c.ended)
+            .map(|(h, _)| *h)
+            .collect();
+        gone.sort();
+        for call in gone {
+            self.end_call(now, call, EndReason::Timeout);
         }
     }
 
@@ -715,7 +745,7 @@ impl Endpoint {
     }
 
     fn contact(&self, peer: Peer) -> String {
-        let addr = local_for(&self.cfg, self.tls_port, peer.transport);
+        let addr = local_for(&self.cfg, &self.ports, peer.transport);
         format!("<sip:switchboard@{addr}{}>", peer.transport.uri_param())
     }
 
@@ -737,7 +767,7 @@ impl Endpoint {
         let mut req = c.dialog.request(
             method,
             &mut self.ids,
-            local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
+            local_for(&self.cfg, &self.ports, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         if let Some(contact) = our_contact {
@@ -950,6 +980,51 @@ impl Endpoint {
             self.dialogs.remove(&c.dialog.id);
         }
     }
+}
+
+/// Writes where a WebSocket peer's request came from into its top Via (RFC 3261 §18.2.1:
+/// `received`; RFC 3581: `rport`'s value when it asked): its sent-by is a `.invalid` host
+/// (RFC 7118 §5), so the answers, which go back over the connection anyway, say which
+/// address the connection is from.
+fn stamp_via(req: &mut Request, from: SocketAddr) {
+    let Some(via) = req
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, rsipstack::sip::Header::Via(_)))
+    else {
+        return;
+    };
+    let value = via.value().to_string();
+    // A header may carry several values: only the first is ours to mark.
+    let (first, rest) = match value.find(',') {
+        Some(i) => value.split_at(i),
+        None => (value.as_str(), ""),
+    };
+    let mut parts = first.split(';');
+    let mut stamped = parts.next().unwrap_or("").trim_end().to_string();
+    let mut rport = false;
+    for p in parts {
+        let name = p
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "received" => {}
+            "rport" => rport = true,
+            _ => {
+                stamped.push(';');
+                stamped.push_str(p.trim());
+            }
+        }
+    }
+    stamped.push_str(&format!(";received={}", from.ip()));
+    if rport {
+        stamped.push_str(&format!(";rport={}", from.port()));
+    }
+    stamped.push_str(rest);
+    *via = rsipstack::sip::Header::Via(stamped.into());
 }
 
 /// The client transaction key of our CANCEL, which shares its INVITE's branch (§9.1).

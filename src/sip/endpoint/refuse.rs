@@ -23,7 +23,7 @@ impl Endpoint {
         refusal: &Refusal,
         retry_after: Option<u32>,
     ) {
-        match classify_with(bytes, peer.transport.is_reliable(), &mut self.ids) {
+        match classify_with(bytes, peer.transport.is_byte_stream(), &mut self.ids) {
             Inbound::Request(r) => {
                 if self.server_txs.contains_key(&tx_key(&r.ess, r.req.method)) {
                     return self.on_request(now, peer, *r);

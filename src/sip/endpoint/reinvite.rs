@@ -355,7 +355,7 @@ impl Endpoint {
             cseq,
             (!success).then_some(branch),
             &mut self.ids,
-            super::local_for(&self.cfg, self.tls_port, c.dialog.peer.transport),
+            super::local_for(&self.cfg, &self.ports, c.dialog.peer.transport),
             &self.cfg.user_agent,
         );
         let ack = ack.to_bytes();
