@@ -91,6 +91,10 @@ pub struct Cdr {
     /// The answering-machine verdict, when the call asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amd: Option<AmdRecord>,
+    /// Why the server hung up, when not at the script's plain `hangup()` (`no RTP`,
+    /// `maximum duration`, `media transport: DTLS handshake did not finish in time`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// How a call we answered reached us: `udp`, `tcp`, `tls`, or `webrtc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
@@ -327,6 +331,7 @@ pub(crate) mod tests {
             source: Some("192.0.2.10:5060".into()),
             streams: Vec::new(),
             amd: None,
+            reason: None,
             transport: None,
         }
     }

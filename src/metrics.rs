@@ -22,6 +22,16 @@ const DTMF_METHODS: [&str; 4] = ["rfc4733", "inband", "info", "other"];
 
 /// Answering-machine verdicts, in the order of their counters.
 const AMD_STATUSES: [&str; 4] = ["HUMAN", "MACHINE", "NOTSURE", "HANGUP"];
+/// How a WebRTC leg's transport ended up (`outcome` label).
+pub const WEBRTC_OUTCOMES: [&str; 5] = [
+    "connected",
+    "ice_timeout",
+    "handshake_timeout",
+    "handshake_failed",
+    "consent_lost",
+];
+/// Why an offer to `POST /api/webrtc/{number}` got no call (`reason` label).
+pub const WEBRTC_REFUSALS: [&str; 5] = ["too_many", "timeout", "refused", "bad_offer", "gone"];
 
 /// Server-wide counters; share it as `Arc<Metrics>`.
 #[derive(Debug)]
@@ -30,6 +40,10 @@ pub struct Metrics {
     sip_responses_other: AtomicU64,
     dtmf: [AtomicU64; DTMF_METHODS.len()],
     amd: [AtomicU64; AMD_STATUSES.len()],
+    webrtc_sessions: [AtomicU64; WEBRTC_OUTCOMES.len()],
+    webrtc_refused: [AtomicU64; WEBRTC_REFUSALS.len()],
+    webrtc_stun_rejected: AtomicU64,
+    webrtc_dtls_dropped: AtomicU64,
     /// The synthesizer whose sentence counters are exported.
     tts: std::sync::OnceLock<crate::speech::tts::Tts>,
     /// The recogniser whose counters are exported.
@@ -101,6 +115,10 @@ impl Default for Metrics {
             sip_responses_other: AtomicU64::new(0),
             dtmf: Default::default(),
             amd: Default::default(),
+            webrtc_sessions: Default::default(),
+            webrtc_refused: Default::default(),
+            webrtc_stun_rejected: AtomicU64::new(0),
+            webrtc_dtls_dropped: AtomicU64::new(0),
             tts: std::sync::OnceLock::new(),
             asr: std::sync::OnceLock::new(),
             recordings_finished: AtomicU64::new(0),
@@ -233,6 +251,28 @@ impl Metrics {
     /// Exports the counters of `asr` (the server's one recogniser; set once).
     pub fn watch_asr(&self, asr: Arc<crate::speech::asr::Asr>) {
         let _ = self.asr.set(asr);
+    }
+
+    /// A WebRTC leg's transport connected or ended with `outcome` (one of
+    /// [`WEBRTC_OUTCOMES`]; others are not counted).
+    pub fn webrtc_session(&self, outcome: &str) {
+        if let Some(i) = WEBRTC_OUTCOMES.iter().position(|s| *s == outcome) {
+            self.webrtc_sessions[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An HTTP offer got no call, for `reason` (one of [`WEBRTC_REFUSALS`]).
+    pub fn webrtc_refused(&self, reason: &str) {
+        if let Some(i) = WEBRTC_REFUSALS.iter().position(|s| *s == reason) {
+            self.webrtc_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// STUN checks refused (400, 401, 487) and DTLS datagrams dropped (from an address that
+    /// passed no check, or not framed as DTLS) by WebRTC legs.
+    pub fn webrtc_rejected(&self, stun: u64, dtls: u64) {
+        self.webrtc_stun_rejected.fetch_add(stun, Relaxed);
+        self.webrtc_dtls_dropped.fetch_add(dtls, Relaxed);
     }
 
     /// Answering-machine detection ended with `status` (unknown ones are not counted).
@@ -493,6 +533,27 @@ impl Metrics {
             );
         }
 
+        for (name, help, label, labels, counters) in [
+            (
+                "switchboard_webrtc_sessions_total",
+                "WebRTC legs whose ICE and DTLS connected, or how they failed.",
+                "outcome",
+                &WEBRTC_OUTCOMES[..],
+                &self.webrtc_sessions[..],
+            ),
+            (
+                "switchboard_webrtc_offers_refused_total",
+                "Offers to POST /api/webrtc that got no call, by reason.",
+                "reason",
+                &WEBRTC_REFUSALS[..],
+                &self.webrtc_refused[..],
+            ),
+        ] {
+            w.family(name, help, "counter");
+            for (l, c) in labels.iter().zip(counters) {
+                w.sample(name, &[(label, l)], c.load(Relaxed));
+            }
+        }
         w.family(
             "switchboard_rtp_stranger_packets_dropped_total",
             "RTP and RTCP packets dropped for coming from a source other than the leg's \
@@ -588,6 +649,17 @@ impl Metrics {
                 "switchboard_sip_auth_failures_total",
                 "Failed digest authentications of callers (wrong password, unknown user, replay).",
                 &self.sip_auth_failures,
+            ),
+            (
+                "switchboard_webrtc_stun_rejected_total",
+                "STUN checks of WebRTC legs refused: wrong or missing credentials, role conflict.",
+                &self.webrtc_stun_rejected,
+            ),
+            (
+                "switchboard_webrtc_dtls_dropped_total",
+                "DTLS datagrams dropped by WebRTC legs: from an address that passed no ICE \
+                 check, or not DTLS.",
+                &self.webrtc_dtls_dropped,
             ),
             (
                 "switchboard_event_stream_lagged_total",

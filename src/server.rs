@@ -244,6 +244,7 @@ pub async fn run_with_ready(
                 public_ip: config.webrtc.public_ip,
                 connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_secs),
                 codecs: config.webrtc.codec_list()?,
+                metrics: metrics.clone(),
             }))
         } else {
             None

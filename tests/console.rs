@@ -287,6 +287,7 @@ fn write_leg_cdr(
         source: None,
         streams: Vec::new(),
         amd: None,
+        reason: None,
         transport: None,
     };
     std::fs::create_dir_all(dir).unwrap();

@@ -103,6 +103,13 @@ pub(crate) async fn offer(
         }
         Err(e) => {
             tracing::info!(number = %number, %source, error = %e, "WebRTC offer refused");
+            state.metrics.webrtc_refused(match e {
+                WhipError::TooMany(_) => "too_many",
+                WhipError::Timeout(_) => "timeout",
+                WhipError::Refused { .. } => "refused",
+                WhipError::BadNumber(_) | WhipError::BadOffer => "bad_offer",
+                WhipError::Gone => "gone",
+            });
             error(status_of(&e), e.to_string())
         }
     }

@@ -293,6 +293,8 @@ pub struct CallCore {
     /// The caller's ear is in a mode other than off.
     pub(super) ear_on: bool,
     ended: Option<Outcome>,
+    /// Why we hung up, when we did and it was not the script's plain `hangup()`.
+    hangup_cause: Option<HangupCause>,
     actions: VecDeque<Action>,
 }
 
@@ -340,6 +342,7 @@ impl CallCore {
             streaming: false,
             ear_on: false,
             ended: None,
+            hangup_cause: None,
             actions: VecDeque::new(),
         };
         if let Some((code, why)) = refusal {
@@ -600,6 +603,12 @@ impl CallCore {
         }
     }
 
+    /// Why we hung up, in words (`no RTP`, `media transport: …`), when it was for a reason
+    /// other than the script's plain `hangup()`.
+    pub fn hangup_reason(&self) -> Option<String> {
+        self.hangup_cause.as_ref().and_then(HangupCause::text)
+    }
+
     /// Ends the call from our side: BYE once answered, else a final response.
     pub(super) fn hangup(&mut self, refuse_with: u16, cause: HangupCause) {
         let answered_at = match self.phase {
@@ -612,6 +621,9 @@ impl CallCore {
         }
         let placing = matches!(self.phase, Phase::Placing { .. });
         self.phase = Phase::Ending { answered_at };
+        if cause != HangupCause::Script {
+            self.hangup_cause = Some(cause.clone());
+        }
         if answered_at.is_some() {
             self.sip(SipAction::Hangup);
             self.note(Note::HungUp(cause));

@@ -190,22 +190,32 @@ impl Note {
     }
 }
 
+impl HangupCause {
+    /// The cause in words; none for the script's plain `hangup()`.
+    pub fn text(&self) -> Option<String> {
+        Some(match self {
+            HangupCause::Script => return None,
+            HangupCause::ScriptEnded => "script ended".into(),
+            HangupCause::ScriptError(e) => format!("script error: {e}"),
+            HangupCause::ScriptLimit(l) => l.clone(),
+            HangupCause::Operator => "operator".into(),
+            HangupCause::MaxDuration => "maximum duration".into(),
+            HangupCause::NoRtp => "no RTP".into(),
+            HangupCause::Kicked => "kicked".into(),
+            HangupCause::Transferred => "transferred".into(),
+            HangupCause::NoMedia => "no media".into(),
+            HangupCause::BadAnswer => "unusable SDP answer".into(),
+            HangupCause::NoAnswer => "no answer".into(),
+            HangupCause::MediaTransport(why) => format!("media transport: {why}"),
+        })
+    }
+}
+
 impl fmt::Display for HangupCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HangupCause::Script => Ok(()),
-            HangupCause::ScriptEnded => write!(f, " (script ended)"),
-            HangupCause::ScriptError(e) => write!(f, " (script error: {e})"),
-            HangupCause::ScriptLimit(l) => write!(f, " ({l})"),
-            HangupCause::Operator => write!(f, " (operator)"),
-            HangupCause::MaxDuration => write!(f, " (maximum duration)"),
-            HangupCause::NoRtp => write!(f, " (no RTP)"),
-            HangupCause::Kicked => write!(f, " (kicked)"),
-            HangupCause::Transferred => write!(f, " (transferred)"),
-            HangupCause::NoMedia => write!(f, " (no media)"),
-            HangupCause::BadAnswer => write!(f, " (unusable SDP answer)"),
-            HangupCause::NoAnswer => write!(f, " (no answer)"),
-            HangupCause::MediaTransport(why) => write!(f, " (media transport: {why})"),
+        match self.text() {
+            Some(t) => write!(f, " ({t})"),
+            None => Ok(()),
         }
     }
 }

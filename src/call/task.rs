@@ -922,6 +922,7 @@ impl Task {
             source: None,
             streams: Vec::new(),
             amd: None,
+            reason: None,
             transport: None,
         });
     }
@@ -1865,6 +1866,7 @@ impl Task {
             source: self.parties.source.map(|a| a.to_string()),
             streams: self.streams.clone(),
             amd: self.amd.clone(),
+            reason: core.hangup_reason(),
             transport: (!self.outbound).then(|| self.transport.clone()),
         });
     }

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::LegSender;
 use crate::media::leg::{ControlDatagram, DtlsLink, LegCommand, LegEvent};
 use crate::sdp::{SrtpKeys, WebRtcLocal, WebRtcRemote};
-use crate::webrtc::{Certificate, Credentials, Event, TransportConfig, WebRtcTransport};
+use crate::webrtc::{
+    Certificate, Credentials, Event, FailReason, TransportConfig, WebRtcTransport,
+};
 
 /// Datagrams a leg may queue for its transport: a handshake is a handful of flights, and a
 /// peer's checks come every few hundred milliseconds at most.
@@ -30,6 +32,8 @@ pub struct WebRtcContext {
     pub connect_timeout: Duration,
     /// The codecs WebRTC calls may use, in our order.
     pub codecs: Vec<crate::sdp::Codec>,
+    /// Where sessions and refused datagrams are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl WebRtcContext {
@@ -74,7 +78,14 @@ impl WebRtcContext {
         let transport = WebRtcTransport::new(config, Instant::now()).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (leg_tx, leg_rx) = oneshot::channel();
-        tokio::spawn(drive(transport, socket, rx, leg_rx, events));
+        tokio::spawn(drive(
+            transport,
+            socket,
+            rx,
+            leg_rx,
+            events,
+            self.metrics.clone(),
+        ));
         Ok((DtlsLink(tx), leg_tx))
     }
 }
@@ -86,10 +97,12 @@ async fn drive(
     mut datagrams: mpsc::Receiver<ControlDatagram>,
     leg: oneshot::Receiver<LegSender>,
     events: mpsc::UnboundedSender<LegEvent>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let Ok(leg) = leg.await else {
         return;
     };
+    let mut counted = Rejected::default();
     loop {
         let deadline = transport.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -99,6 +112,7 @@ async fn drive(
             },
             _ = sleep_until(deadline) => transport.handle_timeout(Instant::now()),
         }
+        counted.count(&transport, &metrics);
         while let Some(t) = transport.poll_transmit() {
             // Non-blocking: a full socket buffer loses a flight, which DTLS retransmits.
             let _ = socket.send_to(&t.bytes, t.to);
@@ -113,6 +127,7 @@ async fn drive(
                         continue;
                     };
                     tracing::info!(suite = keys.suite.sdp_name(), %remote, "DTLS-SRTP connected");
+                    metrics.webrtc_session("connected");
                     leg.send(LegCommand::Secured {
                         keys: Box::new(SrtpKeys {
                             ours: keys.local.clone(),
@@ -122,14 +137,46 @@ async fn drive(
                     });
                 }
                 Event::Failed(why) => {
+                    tracing::info!(%why, "WebRTC transport failed");
+                    metrics.webrtc_session(match why {
+                        FailReason::IceTimeout => "ice_timeout",
+                        FailReason::HandshakeTimeout => "handshake_timeout",
+                        FailReason::Handshake(_) => "handshake_failed",
+                    });
                     let _ = events.send(LegEvent::TransportFailed(why.to_string()));
                     return;
                 }
                 Event::ConsentLost => {
+                    tracing::info!("the WebRTC peer's consent lapsed");
+                    metrics.webrtc_session("consent_lost");
                     let _ = events.send(LegEvent::TransportFailed("ICE consent lost".into()));
                     return;
                 }
             }
+        }
+    }
+}
+
+/// What a transport refused so far and has been counted in `/metrics`.
+#[derive(Default)]
+struct Rejected {
+    stun: u64,
+    dtls: u64,
+}
+
+impl Rejected {
+    /// Counts what the transport refused since the last call.
+    fn count(&mut self, t: &WebRtcTransport, metrics: &crate::metrics::Metrics) {
+        let c = t.counters();
+        let stun = c.ice.bad_request + c.ice.unauthorized + c.ice.role_conflict;
+        let dtls = c.dtls_unvalidated + c.dtls_malformed;
+        if stun != self.stun || dtls != self.dtls {
+            metrics.webrtc_rejected(
+                stun.saturating_sub(self.stun),
+                dtls.saturating_sub(self.dtls),
+            );
+            self.stun = stun;
+            self.dtls = dtls;
         }
     }
 }

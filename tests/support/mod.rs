@@ -10,6 +10,7 @@ pub mod scripts;
 pub mod server;
 pub mod speech;
 pub mod uac;
+pub mod webrtc;
 pub mod ws;
 
 /// Seconds of the built-in message flow's greeting (welcome, record-after-tone, beep).
