@@ -323,11 +323,12 @@ async fn a_websocket_closed_mid_call_ends_the_call_with_a_cdr() {
     let mut rtp = RtpPeer::bind().await;
     call(&mut w, &mut uac, "echo", rtp.port()).await;
     let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    // A second of tone: under load the echo's first packets may come late.
     let back = rtp
         .exchange(
             media,
-            &tone("1000/1000@-10", 400),
-            Duration::from_millis(200),
+            &tone("1000/1000@-10", 1000),
+            Duration::from_millis(500),
         )
         .await;
     assert!(peak_tone_power(&back, 1000.0) > 0.9, "the call was not up");
