@@ -203,13 +203,7 @@ fn jssip_in_chromium_calls_the_echo_over_ws_and_hears_its_tone_back() {
         let ws = server.ws.expect("a ws listener");
         let (_driver, c) = b.open().await;
         // The call page, not started: its analyser measures the JsSIP call's audio.
-        c.goto(&format!("http://{}/call/echo", server.http))
-            .await
-            .unwrap();
-        let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
-        c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
-            .await
-            .unwrap();
+        support::browser::open_with_jssip(&c, &format!("http://{}/call/echo", server.http)).await;
         let script = format!(
             r#"
             window.sipLog = [];
