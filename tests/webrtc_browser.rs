@@ -258,7 +258,7 @@ const KEYS: &str = r##"
 answer();
 let got = collect(#{ max: 8, terminators: "#", first_digit_timeout: 15000 });
 if got != () {
-    tone(got + "/4000@-10");
+    tone(got + "/2500@-10");
 }
 hangup();
 "##;
@@ -292,7 +292,7 @@ fn keys_from_rtcdtmfsender_reach_the_script_and_the_cdr() {
         let call_id = heard["callId"].as_str().unwrap_or_default().to_string();
         assert_eq!(heard["keysSent"], "1234#", "{heard}");
         assert!(!call_id.is_empty(), "{heard}");
-        // The script hangs up after its 4 s tone (within cdr_of's 5 s); the CDR has every
+        // The script hangs up after its 2.5 s tone (within cdr_of's 5 s); the CDR has every
         // key, the terminator too.
         let cdr = support::cdr_of(&cdrs, &call_id).await;
         assert_eq!(cdr["digits"], "1234#", "{cdr}");
