@@ -2,7 +2,8 @@
 //! the call page (`/call/{number}`) joins a room where an in-process SIP caller sends
 //! another tone, and each hears the other; JsSIP in the same browser calls the echo over
 //! ws:// and hears its tone back; and keys sent with `RTCDTMFSender` reach a script's
-//! `collect()` and the CDR. The browser's microphone is a tone WAV; what it hears is
+//! `collect()` and the CDR; the page asks for the API token or takes `?token=`, and leaving
+//! it hangs up. The browser's microphone is a tone WAV; what it hears is
 //! measured in the page by the call page's WebAudio analyser (`window.callStats()`).
 //!
 //! Each test runs in its own network namespace with only `lo` (server, chromedriver and
@@ -322,6 +323,25 @@ fn the_call_page_asks_for_the_token_and_takes_it_from_the_address() {
         c.goto(&format!("{page}&token=s3cret")).await.unwrap();
         let heard = hears_steadily(&c, f64::from(MIC_HZ), Duration::from_secs(10)).await;
         assert_eq!(heard["state"], "connected", "{heard}");
+        let (_, body) = support::server::http_get(server.http, "/api/info").await;
+        let info: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(info["calls"], 1, "{info}");
+        // Leaving the page hangs up (with the token), long before ICE consent would lapse.
+        c.goto("about:blank").await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // `/api/info` needs no token and counts the live calls.
+            let (_, body) = support::server::http_get(server.http, "/api/info").await;
+            let info: Value = serde_json::from_slice(&body).unwrap();
+            if info["calls"] == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the call stayed: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = c.close().await;
         server.stop().await;
     });
