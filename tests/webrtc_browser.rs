@@ -152,6 +152,23 @@ fn the_call_page_joins_a_room_and_hears_a_sip_caller_who_hears_it() {
         })
         .await;
         assert_eq!(s["state"], "connected", "{s}");
+        // What Chromium offered: loopback host candidates, and nothing else.
+        let offer = c
+            .execute("return pc.localDescription.sdp;", vec![])
+            .await
+            .unwrap();
+        let offer = offer.as_str().unwrap_or_default();
+        let candidates: Vec<&str> = offer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate"))
+            .collect();
+        assert!(!candidates.is_empty(), "{offer}");
+        assert!(
+            candidates
+                .iter()
+                .all(|l| l.contains(" 127.0.0.1 ") && l.contains(" typ host")),
+            "{candidates:?}"
+        );
 
         // The SIP caller joins and sends 1 kHz for 4 s, recording what the room sends it.
         let (mut w, mut uac) = wire(false, server.sip).await;
