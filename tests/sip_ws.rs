@@ -355,12 +355,7 @@ async fn jssip_in_chromium_registers_and_sends_options_over_ws() {
     let (_driver, driver_addr) = support::browser::start_chromedriver(&driver).await;
     let c = support::browser::session(driver_addr, &browser).await;
     // A page from our own loopback origin (the console's): JsSIP runs in it.
-    c.goto(&format!("http://{}/", server.http)).await.unwrap();
-    let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
-    // The bundle declares a `var`: inside the injected function it needs lifting to window.
-    c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
-        .await
-        .unwrap();
+    support::browser::open_with_jssip(&c, &format!("http://{}/", server.http)).await;
     // Started here, read back below: what JsSIP reports lands in `window.sipOut`, and every
     // event it emits along the way in `window.sipLog` (shown when it does not finish).
     let script = format!(

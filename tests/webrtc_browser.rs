@@ -2,7 +2,8 @@
 //! the call page (`/call/{number}`) joins a room where an in-process SIP caller sends
 //! another tone, and each hears the other; JsSIP in the same browser calls the echo over
 //! ws:// and hears its tone back; and keys sent with `RTCDTMFSender` reach a script's
-//! `collect()` and the CDR. The browser's microphone is a tone WAV; what it hears is
+//! `collect()` and the CDR; the page asks for the API token or takes `?token=`, and leaving
+//! it hangs up. The browser's microphone is a tone WAV; what it hears is
 //! measured in the page by the call page's WebAudio analyser (`window.callStats()`).
 //!
 //! Each test runs in its own network namespace with only `lo` (server, chromedriver and
@@ -151,6 +152,23 @@ fn the_call_page_joins_a_room_and_hears_a_sip_caller_who_hears_it() {
         })
         .await;
         assert_eq!(s["state"], "connected", "{s}");
+        // What Chromium offered: loopback host candidates, and nothing else.
+        let offer = c
+            .execute("return pc.localDescription.sdp;", vec![])
+            .await
+            .unwrap();
+        let offer = offer.as_str().unwrap_or_default();
+        let candidates: Vec<&str> = offer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate"))
+            .collect();
+        assert!(!candidates.is_empty(), "{offer}");
+        assert!(
+            candidates
+                .iter()
+                .all(|l| l.contains(" 127.0.0.1 ") && l.contains(" typ host")),
+            "{candidates:?}"
+        );
 
         // The SIP caller joins and sends 1 kHz for 4 s, recording what the room sends it.
         let (mut w, mut uac) = wire(false, server.sip).await;
@@ -203,13 +221,7 @@ fn jssip_in_chromium_calls_the_echo_over_ws_and_hears_its_tone_back() {
         let ws = server.ws.expect("a ws listener");
         let (_driver, c) = b.open().await;
         // The call page, not started: its analyser measures the JsSIP call's audio.
-        c.goto(&format!("http://{}/call/echo", server.http))
-            .await
-            .unwrap();
-        let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
-        c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
-            .await
-            .unwrap();
+        support::browser::open_with_jssip(&c, &format!("http://{}/call/echo", server.http)).await;
         let script = format!(
             r#"
             window.sipLog = [];
@@ -264,7 +276,7 @@ const KEYS: &str = r##"
 answer();
 let got = collect(#{ max: 8, terminators: "#", first_digit_timeout: 15000 });
 if got != () {
-    tone(got + "/4000@-10");
+    tone(got + "/2500@-10");
 }
 hangup();
 "##;
@@ -298,7 +310,7 @@ fn keys_from_rtcdtmfsender_reach_the_script_and_the_cdr() {
         let call_id = heard["callId"].as_str().unwrap_or_default().to_string();
         assert_eq!(heard["keysSent"], "1234#", "{heard}");
         assert!(!call_id.is_empty(), "{heard}");
-        // The script hangs up after its 4 s tone (within cdr_of's 5 s); the CDR has every
+        // The script hangs up after its 2.5 s tone (within cdr_of's 5 s); the CDR has every
         // key, the terminator too.
         let cdr = support::cdr_of(&cdrs, &call_id).await;
         assert_eq!(cdr["digits"], "1234#", "{cdr}");
@@ -328,6 +340,25 @@ fn the_call_page_asks_for_the_token_and_takes_it_from_the_address() {
         c.goto(&format!("{page}&token=s3cret")).await.unwrap();
         let heard = hears_steadily(&c, f64::from(MIC_HZ), Duration::from_secs(10)).await;
         assert_eq!(heard["state"], "connected", "{heard}");
+        let (_, body) = support::server::http_get(server.http, "/api/info").await;
+        let info: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(info["calls"], 1, "{info}");
+        // Leaving the page hangs up (with the token), long before ICE consent would lapse.
+        c.goto("about:blank").await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // `/api/info` needs no token and counts the live calls.
+            let (_, body) = support::server::http_get(server.http, "/api/info").await;
+            let info: Value = serde_json::from_slice(&body).unwrap();
+            if info["calls"] == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the call stayed: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = c.close().await;
         server.stop().await;
     });

@@ -142,7 +142,8 @@ async function hangup() {
   analyser = null;
   setState("ended");
   if (where) {
-    await fetch(where, { method: "DELETE", headers: token ? { Authorization: "Bearer " + token } : {} });
+    // keepalive: sent even when the page is going away.
+    await fetch(where, { method: "DELETE", keepalive: true, headers: token ? { Authorization: "Bearer " + token } : {} });
   }
 }
 

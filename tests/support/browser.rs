@@ -124,3 +124,13 @@ pub async fn session_with(driver_addr: SocketAddr, browser: &Path, extra: &[Stri
     .expect("browser session in time")
     .expect("browser session")
 }
+
+/// Opens `url` and loads the vendored JsSIP into it as `window.JsSIP`.
+pub async fn open_with_jssip(c: &Client, url: &str) {
+    c.goto(url).await.unwrap();
+    let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
+    // The bundle declares a `var`: inside the injected function it needs lifting to window.
+    c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
+        .await
+        .unwrap();
+}
