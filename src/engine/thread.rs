@@ -183,6 +183,11 @@ impl MediaEngine {
         } else {
             workers
         };
+        tracing::info!(
+            workers = n,
+            io = if uring { "uring" } else { "sockets" },
+            "media engine started"
+        );
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel()).unzip();
         let txs = Arc::new(txs);
         let mut engine = MediaEngine {
