@@ -9,8 +9,9 @@
 //! into a preallocated slab and queued as submissions. [`MediaIo::sleep_until`] submits them
 //! all and waits for the next deadline in the same `io_uring_enter`.
 //!
-//! The ring is set up with cooperative task running, so datagrams arriving while the worker
-//! waits do not wake it: their receives run in one batch when the wait ends.
+//! The ring runs its task work deferred, so datagrams arriving while the worker waits do not
+//! wake it: their receives run in one batch when the wait ends. That also means a single
+//! issuer: a `UringIo` is made and used on its worker's thread only.
 //!
 //! Every receive carries its leg's place and that place's generation; a leg that goes has
 //! its receives cancelled and its place's generation bumped, so a late completion for it
@@ -71,8 +72,8 @@ const GEN_MASK: u32 = (1 << 30) - 1;
 /// Why io_uring cannot carry a worker's datagrams here.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
-    /// The kernel is older than multishot `recvmsg` and `send` to an address (6.0).
-    #[error("kernel {0} is older than 6.0")]
+    /// The kernel is older than deferred task running (6.1).
+    #[error("kernel {0} is older than 6.1")]
     OldKernel(String),
     /// Setting up the ring or its buffers failed (`io_uring_disabled`, seccomp, limits).
     #[error("io_uring set-up failed: {0}")]
@@ -104,11 +105,15 @@ fn kernel_release() -> String {
         .collect()
 }
 
-/// Whether a kernel release string (`6.1.0-18-amd64`) is 6.0 or later.
+/// Whether a kernel release string (`6.1.0-18-amd64`) is 6.1 or later: multishot `recvmsg`
+/// and `send` to an address came in 6.0, deferred task running in 6.1.
 pub fn kernel_supports(release: &str) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    major >= 6
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    let major = parts.next().flatten().unwrap_or(0);
+    let minor = parts.next().flatten().unwrap_or(0);
+    (major, minor) >= (6, 1)
 }
 
 /// Counters of one [`UringIo`], ever.
@@ -125,6 +130,8 @@ pub struct UringCounters {
     pub send_drops: u64,
     /// Sends the kernel refused.
     pub send_errors: u64,
+    /// Receives completed for legs that had gone (their buffers returned, nothing else).
+    pub stale: u64,
 }
 
 /// Zeroed memory of a given layout, freed on drop; the kernel reads and writes it.
@@ -308,8 +315,8 @@ impl UringIo {
             ));
         }
         let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)?;
         let buffers = Buffers::new(buffers)?;
@@ -345,6 +352,12 @@ impl UringIo {
             rearm: false,
             counters: UringCounters::default(),
         })
+    }
+
+    /// Waits for `n` completions and leaves them unreaped, as a tick that has not begun yet.
+    #[cfg(test)]
+    pub(super) fn complete_unreaped(&mut self, n: usize) -> io::Result<usize> {
+        self.ring.submit_and_wait(n)
     }
 
     /// This ring's counters.
@@ -421,6 +434,7 @@ impl UringIo {
                     // A leg that has gone: its buffer goes back, nothing else.
                     if let Some(bid) = bid {
                         self.buffers.give(bid);
+                        self.counters.stale += 1;
                     }
                     return;
                 };
