@@ -37,7 +37,9 @@ port=${SIPP_LOAD_PORT:-25060}
 work=$(mktemp -d)
 far_pid=
 uring_server=
-trap 'kill $server $far_pid $uring_server 2>/dev/null || true; rm -rf "$work"' EXIT
+# KILL: a server told to stop drains its calls first, and would hold the SIP port against the
+# next run.
+trap 'kill -KILL $server $far_pid $uring_server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 # Rooms hold 100 members by default; the room benchmark needs more.
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"

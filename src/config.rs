@@ -967,9 +967,10 @@ mod tests {
     }
 
     #[test]
-    fn media_io_is_auto_unless_set() {
+    fn media_io_is_sockets_unless_set() {
         use crate::engine::IoMode;
-        assert_eq!(Config::embedded().unwrap().media.io, IoMode::Auto);
+        assert_eq!(Config::embedded().unwrap().media.io, IoMode::Sockets);
+        assert_eq!(IoMode::default(), IoMode::Sockets);
         for (text, mode) in [
             ("auto", IoMode::Auto),
             ("uring", IoMode::Uring),

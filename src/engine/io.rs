@@ -63,11 +63,12 @@ pub trait MediaIo {
 #[serde(rename_all = "lowercase")]
 pub enum IoMode {
     /// io_uring where the kernel allows it, else plain sockets (said once in the log).
-    #[default]
     Auto,
     /// io_uring; the engine does not start without it.
     Uring,
-    /// A `recvfrom`/`sendto` per datagram.
+    /// A `recvfrom`/`sendto` per datagram: the default, as io_uring measured no cheaper
+    /// (BENCHMARKS.md, "io_uring beside sockets and the floor").
+    #[default]
     Sockets,
 }
 

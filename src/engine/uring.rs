@@ -287,10 +287,6 @@ pub struct UringIo {
     counters: UringCounters,
 }
 
-// SAFETY: the raw pointers (the regions, the boxed msghdr's null pointers) are owned by the
-// value and only used through `&mut self`.
-unsafe impl Send for UringIo {}
-
 impl std::fmt::Debug for UringIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringIo")
