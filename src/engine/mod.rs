@@ -22,5 +22,6 @@ pub use worker::{Worker, WorkerStats};
 mod bridge_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 mod uring_tests;
