@@ -82,6 +82,7 @@ pub struct LegSockets {
     /// RTCP arrives on the RTP socket too (rtcp-mux), so it is read with timestamps.
     rtp_stamped: bool,
     /// Its place in the worker's io_uring, with that place's generation, while attached.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(super) ring: Option<(u32, u32)>,
 }
 
