@@ -8,6 +8,8 @@
 //! (silence while a leg hears nothing or a key tone sounds); each room's mix and its members'
 //! send halves; the send half of every leg not in a room, a bridged leg's with its peer's
 //! frame; events to calls and key presses to rooms; room events. Commands are applied before it.
+//! The io hears of each tick's start and end, and of each leg's endpoint arriving (added or
+//! moved here) and leaving (removed or moved away), for an io that keeps state per leg.
 //!
 //! A bridge pairs two legs of one worker, each hearing the other: a call's leg and the leg it
 //! dialled. Each leg decodes to and encodes from the internal frame, so legs with different
