@@ -9,13 +9,13 @@
 //! steady state allocates nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard::media::codec::{CodecKind, CodecParams};
 use switchboard::media::frame::FRAME;
 use switchboard::media::leg::{Leg, LegCommand, LegConfig};
-use switchboard::rtp::types::{ClockRate, PayloadType, Ssrc};
+use switchboard::rtp::types::{PayloadType, Ssrc};
 
 #[path = "support/alloc.rs"]
 mod alloc;
@@ -31,7 +31,7 @@ mod stream;
 
 use leg::{pcmu_leg, PEER};
 use measure::{allocations_in, core_percent, median_of, runs};
-use stream::{speech, Stream, LEVEL_ID};
+use stream::{speech, Stream};
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
@@ -107,13 +107,16 @@ mod opus {
 
     use std::hint::black_box;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
+    use super::stream::LEVEL_ID;
     use super::*;
     use switchboard::conference::host::{MemberLegs, RoomHost};
     use switchboard::conference::{AudioLevel, MemberId};
     use switchboard::engine::{Datagram, MediaIo, Worker};
     use switchboard::media::frame::Frame;
     use switchboard::media::leg::{LegEvent, Port};
+    use switchboard::rtp::types::ClockRate;
 
     const OPUS_PT: u8 = 111;
 
