@@ -20,12 +20,15 @@
 #                                              # echoing every packet (-rtp_echo), rounds
 #                                              # alternating (FLOOR_ROUNDS, default 3; FLOOR_SECS
 #                                              # of steady state each, default 20): CPU per leg
-#                                              # of both and their ratio
+#                                              # of both and their ratio. Two servers take
+#                                              # turns: [media] io = "sockets", then "uring"
+#                                              # (on SIP port N+40), then the floor
 #   benches/sipp-load.sh originate RATE CALLS  # POST /api/calls at RATE/s to a SIPp far end
 #                                              # that answers; the script hangs up at once:
 #                                              # calls/s placed and ended, success ratio
 #                                              # (needs python3 for the HTTP load)
 # SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
+# MEDIA_IO=auto|uring|sockets sets the server's [media] io (default: the embedded default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
@@ -33,7 +36,10 @@ cargo build --release -q
 port=${SIPP_LOAD_PORT:-25060}
 work=$(mktemp -d)
 far_pid=
-trap 'kill $server $far_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+uring_server=
+# KILL: a server told to stop drains its calls first, and would hold the SIP port against the
+# next run.
+trap 'kill -KILL $server $far_pid $uring_server 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n 65536 2>/dev/null || true
 # Rooms hold 100 members by default; the room benchmark needs more.
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
@@ -66,12 +72,27 @@ exact = "ivr"
 script = "ivr"
 TOML
 fi
-RUST_LOG=info,switchboard::server=debug \
-./target/release/switchboard serve --config "$work/bench.toml" --sip-listen 127.0.0.1:$port --rtp-ports 30000-60000 \
-  --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
-  >"$work/ready" 2>"$work/server.log" &
-server=$!
-for _ in $(seq 1 100); do grep -q READY "$work/ready" 2>/dev/null && break; sleep 0.05; done
+# The floor compares both ways of moving datagrams: this server with sockets, a second one
+# (started below) with io_uring.
+[ "$mode" = floor ] && MEDIA_IO=sockets
+rtp_ports=30000-60000
+[ "$mode" = floor ] && rtp_ports=30000-44999
+if [ -n "${MEDIA_IO:-}" ]; then
+  printf '[media]\nio = "%s"\n' "$MEDIA_IO" >>"$work/bench.toml"
+fi
+# Starts a server with config $1 on SIP port $2 and RTP ports $3, logging to $work/$4.log;
+# sets $started to its pid once it is ready.
+start_server() {
+  RUST_LOG=info,switchboard::server=debug \
+  ./target/release/switchboard serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
+    --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
+    >"$work/$4.ready" 2>"$work/$4.log" &
+  started=$!
+  for _ in $(seq 1 100); do grep -q READY "$work/$4.ready" 2>/dev/null && break; sleep 0.05; done
+}
+start_server "$work/bench.toml" "$port" "$rtp_ports" server
+server=$started
+ln -s "$work/server.ready" "$work/ready"
 rss() { awk '/VmRSS/ {print $2}' /proc/$server/status; }
 base=$(rss)
 # Measures SECONDS of steady state: waits for the next media statistics line (they come every
@@ -269,13 +290,20 @@ PY
       wait "$uac" || true
       echo "($c1 - $c0) * 100 / $hz / $secs / $calls" | bc -l | cut -c1-7
     }
+    uring_port=$(( port + 40 ))
+    sed 's/^io = "sockets"$/io = "uring"/' "$work/bench.toml" >"$work/uring.toml"
+    start_server "$work/uring.toml" "$uring_port" 45000-59999 uring
+    uring_server=$started
     echo "cores=$(nproc) calls=$calls user=$user date=$(date -u +%F) steady_state_s=$secs"
     for r in $(seq 1 "$rounds"); do
       s=$(per_leg "$port" "$server")
+      u=$(per_leg "$uring_port" "$uring_server")
       f=$(per_leg "$floor_port" "$far_pid")
-      echo "round $r: switchboard_pct_of_a_core_per_leg=$s floor_pct_of_a_core_per_leg=$f ratio=$(echo "$s / $f" | bc -l | cut -c1-5)"
+      echo "round $r: sockets_pct_of_a_core_per_leg=$s uring=$u floor=$f" \
+        "ratio_sockets=$(echo "$s / $f" | bc -l | cut -c1-5) ratio_uring=$(echo "$u / $f" | bc -l | cut -c1-5)"
     done
-    grep "media workers" "$work/server.log" | tail -1
+    echo "sockets: $(grep "media workers" "$work/server.log" | tail -1)"
+    echo "uring: $(grep "media workers" "$work/uring.log" | tail -1)"
     ;;
   idle)
     calls=${2:-1000}; hold=${3:-20000}

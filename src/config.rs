@@ -560,6 +560,9 @@ pub struct MediaConfig {
     /// How an answer picks among the codecs both sides support.
     #[serde(default)]
     pub codec_choice: crate::sdp::CodecChoice,
+    /// How the media workers move datagrams: io_uring or a system call per datagram.
+    #[serde(default)]
+    pub io: crate::engine::IoMode,
 }
 
 fn default_codecs() -> Vec<String> {
@@ -1067,6 +1070,22 @@ mod tests {
             assert_eq!(c.media.strict_rtp, mode);
         }
         assert!(Config::from_toml_str("t", "[media]\nstrict_rtp = \"yes\"\n").is_err());
+    }
+
+    #[test]
+    fn media_io_is_sockets_unless_set() {
+        use crate::engine::IoMode;
+        assert_eq!(Config::embedded().unwrap().media.io, IoMode::Sockets);
+        assert_eq!(IoMode::default(), IoMode::Sockets);
+        for (text, mode) in [
+            ("auto", IoMode::Auto),
+            ("uring", IoMode::Uring),
+            ("sockets", IoMode::Sockets),
+        ] {
+            let c = Config::from_toml_str("t", &format!("[media]\nio = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.io, mode);
+        }
+        assert!(Config::from_toml_str("t", "[media]\nio = \"epoll\"\n").is_err());
     }
 
     #[test]

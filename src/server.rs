@@ -179,9 +179,10 @@ pub async fn run_with_ready(
         server_tls.clone(),
         Duration::from_secs(config.scripts.reload_secs),
     ));
-    let media = Arc::new(MediaEngine::start(
+    let media = Arc::new(MediaEngine::start_with_io(
         config.media.workers,
         config.media.realtime_priority,
+        config.media.io,
     )?);
     let prompts = Arc::new(PromptCache::new(config.paths.prompts.clone()));
     let rooms = ConferenceRegistry::new(

@@ -323,11 +323,12 @@ async fn a_websocket_closed_mid_call_ends_the_call_with_a_cdr() {
     let mut rtp = RtpPeer::bind().await;
     call(&mut w, &mut uac, "echo", rtp.port()).await;
     let media = SocketAddr::new(server.sip.ip(), answered_port(&uac));
+    // A second of tone: under load the echo's first packets may come late.
     let back = rtp
         .exchange(
             media,
-            &tone("1000/1000@-10", 400),
-            Duration::from_millis(200),
+            &tone("1000/1000@-10", 1000),
+            Duration::from_millis(500),
         )
         .await;
     assert!(peak_tone_power(&back, 1000.0) > 0.9, "the call was not up");
@@ -354,12 +355,7 @@ async fn jssip_in_chromium_registers_and_sends_options_over_ws() {
     let (_driver, driver_addr) = support::browser::start_chromedriver(&driver).await;
     let c = support::browser::session(driver_addr, &browser).await;
     // A page from our own loopback origin (the console's): JsSIP runs in it.
-    c.goto(&format!("http://{}/", server.http)).await.unwrap();
-    let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
-    // The bundle declares a `var`: inside the injected function it needs lifting to window.
-    c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
-        .await
-        .unwrap();
+    support::browser::open_with_jssip(&c, &format!("http://{}/", server.http)).await;
     // Started here, read back below: what JsSIP reports lands in `window.sipOut`, and every
     // event it emits along the way in `window.sipLog` (shown when it does not finish).
     let script = format!(

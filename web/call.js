@@ -2,6 +2,9 @@
 // an INVITE to that number would), the answer comes back in the response, DELETE on its
 // Location hangs up. Keys go as RFC 4733 events (RTCDTMFSender). `?autostart=1` calls at
 // once; `?token=` gives the API token (else it is asked for when the server needs one).
+// `?processing=0` turns off the browser's echo cancellation, noise suppression and gain
+// control, for a headset or a line source: noise suppression takes a steady tone (music,
+// a test tone) for noise and fades it by some 20 dB within two seconds.
 "use strict";
 
 const TOKEN_KEY = "switchboard-token";
@@ -88,7 +91,10 @@ async function call() {
   setState("calling");
   let mic;
   try {
-    mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const audio = params.get("processing") === "0"
+      ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false }
+      : true;
+    mic = await navigator.mediaDevices.getUserMedia({ audio });
   } catch (e) {
     return fail("no microphone: " + e.message);
   }
@@ -136,7 +142,8 @@ async function hangup() {
   analyser = null;
   setState("ended");
   if (where) {
-    await fetch(where, { method: "DELETE", headers: token ? { Authorization: "Bearer " + token } : {} });
+    // keepalive: sent even when the page is going away.
+    await fetch(where, { method: "DELETE", keepalive: true, headers: token ? { Authorization: "Bearer " + token } : {} });
   }
 }
 
@@ -147,6 +154,8 @@ function key(k) {
   $("#sent-keys").textContent = stats.keysSent;
 }
 window.sendKeys = key;
+// Another client on this page (a SIP phone in JavaScript) is measured by the same meter.
+window.listenTo = listen;
 
 $("#number").textContent = number;
 $("#call").addEventListener("click", call);

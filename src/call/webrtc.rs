@@ -103,6 +103,8 @@ async fn drive(
         return;
     };
     let mut counted = Rejected::default();
+    // Keys from a handshake that finished before ICE selected an address.
+    let mut held = None;
     loop {
         let deadline = transport.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -122,20 +124,7 @@ async fn drive(
                 Event::Selected(addr) => {
                     tracing::debug!(%addr, "ICE selected the peer's address");
                 }
-                Event::Connected(keys) => {
-                    let Some(remote) = transport.selected() else {
-                        continue;
-                    };
-                    tracing::info!(suite = keys.suite.sdp_name(), %remote, "DTLS-SRTP connected");
-                    metrics.webrtc_session("connected");
-                    leg.send(LegCommand::Secured {
-                        keys: Box::new(SrtpKeys {
-                            ours: keys.local.clone(),
-                            theirs: crate::rtp::srtp::CryptoAttr::new(1, keys.remote.clone()),
-                        }),
-                        remote,
-                    });
-                }
+                Event::Connected(keys) => held = Some(keys),
                 Event::Failed(why) => {
                     tracing::info!(%why, "WebRTC transport failed");
                     metrics.webrtc_session(match why {
@@ -153,6 +142,17 @@ async fn drive(
                     return;
                 }
             }
+        }
+        if let Some((keys, remote)) = release(&mut held, transport.selected()) {
+            tracing::info!(suite = keys.suite.sdp_name(), %remote, "DTLS-SRTP connected");
+            metrics.webrtc_session("connected");
+            leg.send(LegCommand::Secured {
+                keys: Box::new(SrtpKeys {
+                    ours: keys.local.clone(),
+                    theirs: crate::rtp::srtp::CryptoAttr::new(1, keys.remote.clone()),
+                }),
+                remote,
+            });
         }
     }
 }
@@ -181,9 +181,35 @@ impl Rejected {
     }
 }
 
+/// The keys and where to send, once both are known. A browser starts DTLS on its first
+/// answered check and nominates later, so the handshake may finish before ICE selects an
+/// address; its keys wait for the selection rather than being lost.
+fn release<K>(held: &mut Option<K>, selected: Option<SocketAddr>) -> Option<(K, SocketAddr)> {
+    let remote = selected?;
+    held.take().map(|keys| (keys, remote))
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn keys_wait_for_the_selected_address_and_go_once() {
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut held = None::<u8>;
+        assert_eq!(release(&mut held, Some(addr)), None, "no keys yet");
+        held = Some(7);
+        assert_eq!(release(&mut held, None), None, "no address yet");
+        assert_eq!(held, Some(7), "the keys are kept");
+        assert_eq!(release(&mut held, Some(addr)), Some((7, addr)));
+        assert_eq!(release(&mut held, Some(addr)), None, "given once");
     }
 }

@@ -1,6 +1,7 @@
 //! How a worker reaches its legs' datagrams: the [`MediaIo`] trait the socket-free tick is
 //! written against, and [`SocketIo`], its real implementation over each leg's UDP sockets
-//! with kernel receive timestamps ([`crate::media::stamp`]).
+//! with kernel receive timestamps ([`crate::media::stamp`]). [`IoMode`] chooses between it
+//! and io_uring ([`super::uring`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Instant, SystemTime};
@@ -33,6 +34,42 @@ pub trait MediaIo {
 
     /// The time now, on both clocks.
     fn now(&mut self) -> (Instant, SystemTime);
+
+    /// A leg's endpoint joins this worker (added, or moved here): from now on its datagrams
+    /// are read through `self`.
+    fn attach(&mut self, _leg: &mut Self::Endpoint) {}
+
+    /// A leg's endpoint leaves this worker (removed, or moved away): nothing of `self` may
+    /// refer to it afterwards, and what it sent before goes out.
+    fn detach(&mut self, _leg: &mut Self::Endpoint) {}
+
+    /// A tick starts: what arrived since the last one becomes readable.
+    fn begin_tick(&mut self) {}
+
+    /// A tick's sends are all queued.
+    fn end_tick(&mut self) {}
+
+    /// Sends what is queued and waits until `deadline` (the next tick's).
+    fn sleep_until(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        if now < deadline {
+            std::thread::sleep(deadline - now);
+        }
+    }
+}
+
+/// How the media workers move datagrams (`[media] io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else plain sockets (said once in the log).
+    Auto,
+    /// io_uring; the engine does not start without it.
+    Uring,
+    /// A `recvfrom`/`sendto` per datagram: the default, as io_uring measured no cheaper
+    /// (BENCHMARKS.md, "io_uring beside sockets and the floor").
+    #[default]
+    Sockets,
 }
 
 /// A leg's RTP and RTCP sockets.
@@ -44,6 +81,9 @@ pub struct LegSockets {
     pub rtcp: UdpSocket,
     /// RTCP arrives on the RTP socket too (rtcp-mux), so it is read with timestamps.
     rtp_stamped: bool,
+    /// Its place in the worker's io_uring, with that place's generation, while attached.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) ring: Option<(u32, u32)>,
 }
 
 impl LegSockets {
@@ -53,6 +93,7 @@ impl LegSockets {
             rtp,
             rtcp,
             rtp_stamped: false,
+            ring: None,
         }
     }
 
@@ -76,7 +117,7 @@ impl LegSockets {
         Ok(())
     }
 
-    fn port(&self, port: Port) -> &UdpSocket {
+    pub(super) fn port(&self, port: Port) -> &UdpSocket {
         match port {
             Port::Rtp => &self.rtp,
             Port::Rtcp => &self.rtcp,

@@ -1,8 +1,8 @@
 //! The media worker threads and the handles calls hold: [`MediaEngine`] starts one OS thread
 //! per worker (real-time priority where permitted), each a thin loop that sleeps until its
 //! [`MediaClock`] deadline, applies commands and runs the socket-free [`Worker`] tick over
-//! [`SocketIo`]. Calls talk to their leg through a [`LegHandle`]; events come back on a tokio
-//! channel.
+//! its [`MediaIo`]: one io_uring per worker, or [`SocketIo`] ([`IoMode`]). Calls talk to
+//! their leg through a [`LegHandle`]; events come back on a tokio channel.
 //!
 //! A room and all its members live on one worker, so mixing takes no locks: a leg is moved
 //! to its room's worker before it joins ([`MediaEngine::move_leg`]). Its handle follows it,
@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::clock::MediaClock;
-use super::io::{LegSockets, SocketIo};
+use super::io::{IoMode, LegSockets, MediaIo, SocketIo};
 use super::worker::{Command, Route, Worker, WorkerStats};
 use crate::conference::host::{RoomCommand, RoomHost};
 use crate::conference::registry::{RoomLeg, RoomWorkers};
@@ -168,11 +168,26 @@ impl MediaEngine {
     /// for SCHED_FIFO at that priority, so a busy machine delays the media tick less; where
     /// that is not permitted they run at normal priority and say so once.
     pub fn start(workers: usize, realtime_priority: i32) -> std::io::Result<MediaEngine> {
+        Self::start_with_io(workers, realtime_priority, IoMode::default())
+    }
+
+    /// As [`MediaEngine::start`], the workers moving datagrams as `io` says.
+    pub fn start_with_io(
+        workers: usize,
+        realtime_priority: i32,
+        io: IoMode,
+    ) -> std::io::Result<MediaEngine> {
+        let uring = choose(io, probe_uring)?;
         let n = if workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             workers
         };
+        tracing::info!(
+            workers = n,
+            io = if uring { "uring" } else { "sockets" },
+            "media engine started"
+        );
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel()).unzip();
         let txs = Arc::new(txs);
         let mut engine = MediaEngine {
@@ -191,7 +206,17 @@ impl MediaEngine {
                     if realtime_priority > 0 {
                         set_realtime(realtime_priority, i);
                     }
-                    run(rx, s, peers)
+                    if uring {
+                        match uring_io() {
+                            Ok(io) => return run(rx, s, peers, io),
+                            Err(e) => tracing::warn!(
+                                worker = i,
+                                error = %e,
+                                "media worker falls back to plain sockets"
+                            ),
+                        }
+                    }
+                    run(rx, s, peers, SocketIo)
                 })?;
             engine.stats.push(stats);
             engine.threads.push(t);
@@ -350,21 +375,58 @@ impl RoomLeg for LegHandle {
     }
 }
 
+/// Whether the workers use io_uring, given the mode and, when it matters, whether the
+/// kernel allows it (`probe`, asked at most once).
+pub(crate) fn choose(
+    mode: IoMode,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> std::io::Result<bool> {
+    match mode {
+        IoMode::Sockets => Ok(false),
+        IoMode::Uring => probe()
+            .map(|()| true)
+            .map_err(|why| std::io::Error::other(format!("[media] io = \"uring\": {why}"))),
+        IoMode::Auto => match probe() {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                tracing::info!(reason = %why, "media workers use plain sockets: no io_uring");
+                Ok(false)
+            }
+        },
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn probe_uring() -> Result<(), String> {
+    super::uring::available().map_err(|e| e.to_string())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_uring() -> Result<(), String> {
+    Err("io_uring is Linux's".into())
+}
+
+#[cfg(target_os = "linux")]
+fn uring_io() -> std::io::Result<super::uring::UringIo> {
+    super::uring::UringIo::new()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn uring_io() -> std::io::Result<SocketIo> {
+    Err(std::io::Error::other("io_uring is Linux's"))
+}
+
 /// One worker's thread: sleep until the clock's deadline, apply commands, tick.
-fn run(
+fn run<I: MediaIo<Endpoint = LegSockets>>(
     rx: Receiver<Command<LegSockets>>,
     stats: Arc<WorkerStats>,
     peers: Arc<Vec<Sender<Command<LegSockets>>>>,
+    mut io: I,
 ) {
     let mut w = Worker::with_peers(stats, peers);
-    let mut io = SocketIo;
     let mut clock = MediaClock::new(Instant::now());
     loop {
-        let deadline = clock.deadline();
-        let now = Instant::now();
-        if now < deadline {
-            std::thread::sleep(deadline - now);
-        }
+        io.sleep_until(clock.deadline());
         let now = Instant::now();
         let tick = clock.start(now);
         let stats = w.stats();

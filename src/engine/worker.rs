@@ -8,6 +8,8 @@
 //! (silence while a leg hears nothing or a key tone sounds); each room's mix and its members'
 //! send halves; the send half of every leg not in a room, a bridged leg's with its peer's
 //! frame; events to calls and key presses to rooms; room events. Commands are applied before it.
+//! The io hears of each tick's start and end, and of each leg's endpoint arriving (added or
+//! moved here) and leaving (removed or moved away), for an io that keeps state per leg.
 //!
 //! A bridge pairs two legs of one worker, each hearing the other: a call's leg and the leg it
 //! dialled. Each leg decodes to and encodes from the internal frame, so legs with different
@@ -389,10 +391,11 @@ impl<E> Worker<E> {
             Command::Add {
                 id,
                 leg,
-                endpoint,
+                mut endpoint,
                 events,
                 route,
             } => {
+                io.attach(&mut endpoint);
                 self.insert(Slot {
                     id,
                     leg,
@@ -427,6 +430,7 @@ impl<E> Worker<E> {
                     if let Some((to, bye)) = s.leg.rtcp_bye() {
                         io.send(&s.endpoint, Port::Rtcp, to, bye);
                     }
+                    io.detach(&mut s.endpoint);
                     // What closing produced (a recording ended by the hangup) goes to the call
                     // before the final statistics.
                     while let Some(e) = s.leg.poll_event() {
@@ -450,10 +454,11 @@ impl<E> Worker<E> {
                     let _ = done.send(false);
                     return;
                 }
-                let Some(s) = self.take(i) else {
+                let Some(mut s) = self.take(i) else {
                     let _ = done.send(false);
                     return;
                 };
+                io.detach(&mut s.endpoint);
                 let route = s.route.clone();
                 add_stats(&mut self.retired, s.leg.stats());
                 let sent = self.peers[to].send(Command::Add {
@@ -502,6 +507,7 @@ impl<E> Worker<E> {
         I: MediaIo<Endpoint = E>,
     {
         self.forwards.retain(|f| f.until >= n);
+        io.begin_tick();
         let mut live = LegStats::default();
         for s in self.slots.iter_mut().flatten() {
             receive_leg(s, now, wallclock, n, &mut self.buf[..], io);
@@ -559,6 +565,7 @@ impl<E> Worker<E> {
             host.flush(now, &mut legs);
         }
         self.rooms.retain_mut(|h| !h.close_if_done(now));
+        io.end_tick();
         let stats = &self.stats;
         stats.ticks.fetch_add(1, Ordering::Relaxed);
         stats.rooms.store(self.rooms.len(), Ordering::Relaxed);

@@ -3,6 +3,8 @@
 //! sender report's arrival starts the DLSR), and so do tests that measure them.
 
 pub use imp::{enable, recv};
+#[cfg(target_os = "linux")]
+pub(crate) use imp::{socket_addr, stamp_of};
 
 #[cfg(target_os = "linux")]
 mod imp {
@@ -59,11 +61,23 @@ mod imp {
             return Err(io::Error::last_os_error());
         }
         let from = socket_addr(&addr)?;
+        // SAFETY: msg_control points at `control`, whose first msg_controllen bytes the
+        // kernel wrote.
+        let stamp = unsafe { stamp_of(&msg) };
+        Ok((n as usize, from, stamp))
+    }
+
+    /// The `SCM_TIMESTAMPNS` time among a received message's control messages.
+    ///
+    /// # Safety
+    /// `msg.msg_control` points at `msg.msg_controllen` readable bytes of control messages
+    /// as the kernel writes them, aligned for `cmsghdr`.
+    pub(crate) unsafe fn stamp_of(msg: &libc::msghdr) -> Option<SystemTime> {
         let mut stamp = None;
-        // SAFETY: the control messages the kernel wrote into `control`, walked with the
-        // libc macros, which stay within msg_controllen.
+        // SAFETY: the caller's control messages, walked with the libc macros, which stay
+        // within msg_controllen.
         unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == libc::SOL_SOCKET
                     && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
@@ -75,13 +89,14 @@ mod imp {
                         stamp = UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
                     }
                 }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
             }
         }
-        Ok((n as usize, from, stamp))
+        stamp
     }
 
-    fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    /// The address the kernel wrote into a `sockaddr_storage`.
+    pub(crate) fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
         match libc::c_int::from(addr.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the kernel wrote a sockaddr_in, which fits in sockaddr_storage.

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use dimpl::{Dtls, DtlsCertificate, Output, SrtpProfile};
@@ -298,6 +298,30 @@ pub enum DtlsEvent {
     Failed(HandshakeFailure),
 }
 
+/// dimpl's configuration for a handshake limit, built once per process: building one checks
+/// the crypto provider against known answers (key exchanges and signatures included), work
+/// no call should pay for again.
+fn dimpl_config(handshake_timeout: Duration) -> Result<Arc<dimpl::Config>, HandshakeFailure> {
+    /// Distinct limits kept; a process uses one or two.
+    const KEPT: usize = 4;
+    static CONFIGS: Mutex<Vec<(Duration, Arc<dimpl::Config>)>> = Mutex::new(Vec::new());
+    let mut configs = CONFIGS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, c)) = configs.iter().find(|(t, _)| *t == handshake_timeout) {
+        return Ok(c.clone());
+    }
+    let config = Arc::new(
+        dimpl::Config::builder()
+            .handshake_timeout(handshake_timeout)
+            .with_crypto_provider(dimpl::crypto::rust_crypto::default_provider())
+            .build()
+            .map_err(|e| HandshakeFailure::Dtls(e.to_string()))?,
+    );
+    if configs.len() < KEPT {
+        configs.push((handshake_timeout, config.clone()));
+    }
+    Ok(config)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Handshaking,
@@ -340,12 +364,8 @@ impl DtlsEndpoint {
         handshake_timeout: Duration,
         now: Instant,
     ) -> Result<DtlsEndpoint, HandshakeFailure> {
-        let config = dimpl::Config::builder()
-            .handshake_timeout(handshake_timeout)
-            .with_crypto_provider(dimpl::crypto::rust_crypto::default_provider())
-            .build()
-            .map_err(|e| HandshakeFailure::Dtls(e.to_string()))?;
-        let mut dtls = Dtls::new_12(Arc::new(config), certificate.dtls.clone(), now);
+        let config = dimpl_config(handshake_timeout)?;
+        let mut dtls = Dtls::new_12(config, certificate.dtls.clone(), now);
         dtls.set_active(role == DtlsRole::Client);
         Ok(DtlsEndpoint {
             dtls,

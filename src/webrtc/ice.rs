@@ -289,6 +289,19 @@ impl IceLite {
     }
 }
 
+/// The ufrag a check is addressed to: USERNAME up to its colon (RFC 8445 §7.2.2), so that
+/// checks arriving on a port several legs share can be routed to the leg whose local ufrag
+/// it is. `None` for anything but a Binding request with a USERNAME.
+pub fn addressed_ufrag(bytes: &[u8]) -> Option<&[u8]> {
+    let msg = Message::parse(bytes).ok()?;
+    if msg.class() != Class::Request || msg.method() != BINDING {
+        return None;
+    }
+    let username = msg.username()?;
+    let colon = username.iter().position(|&b| b == b':')?;
+    Some(&username[..colon])
+}
+
 fn error_response(txid: &[u8; 12], code: u16, reason: &str) -> Vec<u8> {
     Builder::new(Class::Error, BINDING, txid)
         .error_code(code, reason)

@@ -6,6 +6,13 @@
 //! [`demux`]) to the leg's transport, which runs off the media thread since DTLS does public
 //! key crypto; the transport only produces SRTP keys, and [`crate::rtp::srtp`] protects the
 //! media with them.
+//!
+//! A leg's life: the answer carries [`Credentials::random`], `a=ice-lite`, the
+//! [`Certificate::process`] fingerprint and the `a=setup` of [`DtlsRole::answering`]; a
+//! [`WebRtcTransport`] made from the offer's ufrag, pwd and fingerprint then takes the leg's
+//! STUN and DTLS datagrams ([`ice::addressed_ufrag`] tells legs on one port apart), and its
+//! events say where RTP goes ([`Event::Selected`]), with which keys ([`Event::Connected`],
+//! [`SrtpKeys::session`]) and when the leg is over ([`Event::Failed`], [`Event::ConsentLost`]).
 
 pub mod dtls;
 pub mod ice;

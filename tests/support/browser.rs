@@ -78,17 +78,41 @@ pub async fn start_chromedriver(driver: &Path) -> (Killed, SocketAddr) {
 
 /// A headless Chromium session through chromedriver at `driver_addr`.
 pub async fn session(driver_addr: SocketAddr, browser: &Path) -> Client {
+    session_with(driver_addr, browser, &[]).await
+}
+
+/// The flags for WebRTC calls: microphone and camera allowed without asking, the
+/// microphone playing `wav` (looped), and ICE candidates on loopback, which Chromium
+/// otherwise never gathers (tests keep every packet on 127.0.0.1).
+pub fn webrtc_args(wav: &Path) -> Vec<String> {
+    vec![
+        "--use-fake-ui-for-media-stream".into(),
+        "--use-fake-device-for-media-stream".into(),
+        format!("--use-file-for-fake-audio-capture={}", wav.display()),
+        "--allow-loopback-in-peer-connection".into(),
+        // Host candidates as addresses, not mDNS names nobody here resolves.
+        "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+    ]
+}
+
+/// [`session`] with `extra` command-line flags.
+pub async fn session_with(driver_addr: SocketAddr, browser: &Path, extra: &[String]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,1000",
+        "--mute-audio",
+    ]
+    .map(String::from)
+    .into();
+    args.extend_from_slice(extra);
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": browser,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
-                "--mute-audio"
-            ]
-        }),
+        serde_json::json!({ "binary": browser, "args": args }),
     );
     tokio::time::timeout(
         WAIT,
@@ -99,4 +123,14 @@ pub async fn session(driver_addr: SocketAddr, browser: &Path) -> Client {
     .await
     .expect("browser session in time")
     .expect("browser session")
+}
+
+/// Opens `url` and loads the vendored JsSIP into it as `window.JsSIP`.
+pub async fn open_with_jssip(c: &Client, url: &str) {
+    c.goto(url).await.unwrap();
+    let jssip = std::fs::read_to_string("tests/fixtures/jssip.min.js").unwrap();
+    // The bundle declares a `var`: inside the injected function it needs lifting to window.
+    c.execute(&format!("{jssip};\nwindow.JsSIP = JsSIP;"), vec![])
+        .await
+        .unwrap();
 }

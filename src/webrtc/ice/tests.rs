@@ -217,3 +217,19 @@ fn a_check_arriving_after_consent_expired_does_not_revive_it() {
     );
     assert_eq!(ice.poll_event(), Some(IceEvent::ConsentLost));
 }
+
+#[test]
+fn addressed_ufrag_is_the_part_before_the_colon_of_a_request() {
+    assert_eq!(addressed_ufrag(&good(true)), Some(&b"ours"[..]));
+    let no_colon = Builder::new(Class::Request, BINDING, &[1; 12])
+        .username(b"ours")
+        .finish();
+    assert_eq!(addressed_ufrag(&no_colon), None);
+    let response = Builder::new(Class::Success, BINDING, &[1; 12])
+        .username(b"ours:them")
+        .finish();
+    assert_eq!(addressed_ufrag(&response), None);
+    let no_username = Builder::new(Class::Request, BINDING, &[1; 12]).finish();
+    assert_eq!(addressed_ufrag(&no_username), None);
+    assert_eq!(addressed_ufrag(&[0, 1, 0]), None);
+}
