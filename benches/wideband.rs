@@ -9,133 +9,32 @@
 //! steady state allocates nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard::media::codec::{CodecKind, CodecParams};
 use switchboard::media::frame::FRAME;
 use switchboard::media::leg::{Leg, LegCommand, LegConfig};
-use switchboard::media::resample::StreamResampler;
-use switchboard::rtp::hdrext::ONE_BYTE_PROFILE;
-use switchboard::rtp::packet::{HeaderExtension, RtpHeader, RtpPacket};
-use switchboard::rtp::types::{ClockRate, PayloadType, RtpTimestamp, Ssrc, WireSeq};
+use switchboard::rtp::types::{PayloadType, Ssrc};
 
 #[path = "support/alloc.rs"]
 mod alloc;
 #[path = "support/leg.rs"]
 mod leg;
+#[path = "support/measure.rs"]
+mod measure;
 #[cfg(feature = "opus")]
 #[path = "support/room.rs"]
 mod room;
+#[path = "support/stream.rs"]
+mod stream;
 
 use leg::{pcmu_leg, PEER};
+use measure::{allocations_in, core_percent, median_of, runs};
+use stream::{speech, Stream};
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
-
-/// The recorded speech the benchmarks send, at `rate`.
-fn speech(rate: ClockRate) -> Vec<i16> {
-    let pcm: Vec<i16> = include_bytes!("../tests/fixtures/speech-8k.raw")
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    if rate == ClockRate::HZ_8000 {
-        return pcm;
-    }
-    let mut r = StreamResampler::new(ClockRate::HZ_8000, rate, 20).unwrap();
-    let mut out = vec![0i16; r.output_len()];
-    let mut up = Vec::new();
-    for frame in pcm.chunks_exact(r.input_len()) {
-        r.process(frame, &mut out).unwrap();
-        up.extend_from_slice(&out);
-    }
-    up
-}
-
-/// One phone's RTP stream: `pcm` encoded in 20 ms payloads, replayed in a loop with
-/// sequence numbers and timestamps running on.
-struct Stream {
-    payloads: Vec<Vec<u8>>,
-    pt: PayloadType,
-    step: u32,
-    ssrc: Ssrc,
-    /// Packets sent so far: sequence numbers run on over frames DTX left out.
-    sent: std::cell::Cell<u16>,
-    /// Each payload's RFC 6464 level, sent on header extension id [`LEVEL_ID`], when the
-    /// phone sends them.
-    levels: Option<Vec<u8>>,
-}
-
-/// The one-byte header extension id the benchmark phones send their audio level on.
-const LEVEL_ID: u8 = 1;
-
-/// A frame's RFC 6464 level: minus its RMS in dBov, 127 for digital silence.
-fn frame_level(pcm: &[i16]) -> u8 {
-    let mean_square =
-        pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / pcm.len().max(1) as f64;
-    let dbov = 10.0 * (mean_square / (32768.0f64 * 32768.0)).log10();
-    (-dbov).round().clamp(0.0, 127.0) as u8
-}
-
-impl Stream {
-    fn new(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32) -> Stream {
-        Stream::with(kind, pt, pcm, ssrc, &CodecParams::default())
-    }
-
-    /// A stream from an encoder with `params` (Opus with `usedtx=1` leaves silent frames out).
-    fn with(kind: CodecKind, pt: u8, pcm: &[i16], ssrc: u32, params: &CodecParams) -> Stream {
-        let mut enc = kind.new_codec_with(params);
-        let frame = kind.frame_samples(20).unwrap();
-        let levels = params
-            .audio_level_id
-            .map(|_| pcm.chunks_exact(frame).map(frame_level).collect());
-        let payloads = pcm
-            .chunks_exact(frame)
-            .map(|f| {
-                let mut p = vec![0u8; enc.max_encoded_len(frame).max(1500)];
-                let n = enc.encode(f, &mut p).unwrap();
-                p.truncate(n);
-                p
-            })
-            .collect();
-        Stream {
-            payloads,
-            pt: PayloadType::new(pt).unwrap(),
-            step: (frame as u64 * u64::from(kind.rtp_clock().hz())
-                / u64::from(kind.sample_rate().hz())) as u32,
-            ssrc: Ssrc::new(ssrc),
-            sent: std::cell::Cell::new(0),
-            levels,
-        }
-    }
-
-    /// Packet `n` of the stream into `buf`; its length, or 0 for a frame DTX left out.
-    fn packet(&self, n: u64, buf: &mut [u8]) -> usize {
-        let payload = &self.payloads[n as usize % self.payloads.len()];
-        if payload.is_empty() {
-            return 0;
-        }
-        let seq = self.sent.get();
-        self.sent.set(seq.wrapping_add(1));
-        let header = RtpHeader {
-            marker: seq == 0,
-            payload_type: self.pt,
-            seq: WireSeq::new(seq),
-            timestamp: RtpTimestamp::new((n as u32).wrapping_mul(self.step)),
-            ssrc: self.ssrc,
-        };
-        let mut packet = RtpPacket::new(header, payload);
-        let level = self.levels.as_ref().map(|l| l[n as usize % l.len()]);
-        let block = level.map(|l| [LEVEL_ID << 4, l, 0, 0]);
-        if let Some(data) = &block {
-            packet.extension = Some(HeaderExtension {
-                profile: ONE_BYTE_PROFILE,
-                data,
-            });
-        }
-        packet.write(buf).unwrap()
-    }
-}
 
 /// A leg of `kind` on payload type `pt`, sending to [`PEER`].
 fn wide_leg(kind: CodecKind, pt: u8, ssrc: u32, now: Instant) -> Leg {
@@ -151,39 +50,6 @@ fn wide_leg_with(kind: CodecKind, pt: u8, ssrc: u32, now: Instant, params: Codec
         ..LegConfig::pcmu(PEER, Ssrc::new(ssrc))
     };
     Leg::new(cfg, now).unwrap()
-}
-
-/// A tick's cost as a share of one core: a tick is due every 20 ms.
-fn core_percent(d: Duration) -> f64 {
-    100.0 * d.as_secs_f64() / FRAME.as_secs_f64()
-}
-
-/// Runs `f` `count` times, giving it run numbers counting on from `n`.
-fn runs(count: usize, n: &mut u64, mut f: impl FnMut(u64)) {
-    for _ in 0..count {
-        f(*n);
-        *n += 1;
-    }
-}
-
-/// The allocations made in `count` runs of `f` (numbered as [`runs`] does).
-fn allocations_in(count: usize, n: &mut u64, f: impl FnMut(u64)) -> usize {
-    let before = alloc::allocations();
-    runs(count, n, f);
-    alloc::allocations() - before
-}
-
-/// The median of `count` single runs of `f`, which is given a run number counting on from `n`.
-fn median_of(count: usize, n: &mut u64, mut f: impl FnMut(u64)) -> Duration {
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        let start = Instant::now();
-        f(*n);
-        times.push(start.elapsed());
-        *n += 1;
-    }
-    times.sort();
-    times[count / 2]
 }
 
 /// One echoing leg's whole tick: its packet in (jitter buffer, decode, DTMF detection), the
@@ -241,13 +107,16 @@ mod opus {
 
     use std::hint::black_box;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
+    use super::stream::LEVEL_ID;
     use super::*;
     use switchboard::conference::host::{MemberLegs, RoomHost};
     use switchboard::conference::{AudioLevel, MemberId};
     use switchboard::engine::{Datagram, MediaIo, Worker};
     use switchboard::media::frame::Frame;
     use switchboard::media::leg::{LegEvent, Port};
+    use switchboard::rtp::types::ClockRate;
 
     const OPUS_PT: u8 = 111;
 
