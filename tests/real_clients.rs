@@ -20,6 +20,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::rtp::measure_at;
 
 use baresip::{Baresip, Options};
 use common::{http, Server, ServerOptions};
@@ -719,32 +720,6 @@ fn baresip_best_effort_srtp_is_taken_by_the_default_policy() {
     b.echo(&mut phone, 1050, |_| {});
     let log = b.server.log_text();
     assert_eq!(log.matches("media is SRTP").count(), 1, "{log}");
-}
-
-/// The level (dBFS) of `pcm` at `rate` Hz and the share of `hz` in it, as medians over
-/// 200 ms blocks (like [`measure`], at any rate).
-fn measure_at(pcm: &[i16], rate: u32, hz: u32) -> (f64, f64) {
-    let block = rate as usize / 5;
-    let median = |mut v: Vec<f64>| {
-        assert!(!v.is_empty(), "less than 200 ms to measure");
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let blocks: Vec<&[i16]> = pcm.chunks_exact(block).collect();
-    (
-        median(
-            blocks
-                .iter()
-                .map(|b| switchboard::media::level::rms_dbfs(b))
-                .collect(),
-        ),
-        median(
-            blocks
-                .iter()
-                .map(|b| switchboard::media::level::tone_share(b, f64::from(hz), f64::from(rate)))
-                .collect(),
-        ),
-    )
 }
 
 /// The level and `hz` share of the stretch `tail` measures (1.6 s ending 200 ms before the

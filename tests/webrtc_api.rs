@@ -11,49 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::rtp::RtpPeer;
 use support::scripts::Scripts;
-use support::server::{http_get, start_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// An HTTP/1.1 request with a body of `content_type`: status, head and body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP answer in time")
-        .unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head, raw[split + 4..].to_vec())
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
+use support::server::{header, http_get, http_with, start_with};
 
 /// A plain RTP offer for media at `port` on loopback.
 fn plain_offer(port: u16, formats: &str) -> String {
@@ -111,7 +69,7 @@ async fn an_offer_over_http_is_a_call_to_the_dialplan_and_delete_hangs_it_up() {
     let server = start_with((46000, 46019), |_| {}).await;
     let mut peer = RtpPeer::bind().await;
     let offer = plain_offer(peer.port(), "0 101");
-    let (status, head, answer) = http(
+    let (status, head, answer) = http_with(
         server.http,
         "POST",
         "/api/webrtc/echo",
@@ -137,7 +95,7 @@ async fn an_offer_over_http_is_a_call_to_the_dialplan_and_delete_hangs_it_up() {
         "{calls}"
     );
 
-    let (status, _, _) = http(server.http, "DELETE", &location, "text/plain", b"").await;
+    let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
     assert_eq!(status, 200);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
@@ -151,7 +109,7 @@ async fn an_offer_over_http_is_a_call_to_the_dialplan_and_delete_hangs_it_up() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, _, _) = http(server.http, "DELETE", &location, "text/plain", b"").await;
+    let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
     assert_eq!(status, 404, "a session is hung up once");
     server.stop().await;
 }
@@ -167,7 +125,7 @@ async fn bad_offers_get_a_clear_4xx_with_the_reason() {
         let addr = server.http;
         async move {
             let (status, _, body) =
-                http(addr, "POST", &format!("/api/webrtc/{number}"), ctype, &body).await;
+                http_with(addr, "POST", &format!("/api/webrtc/{number}"), ctype, &body).await;
             (status, String::from_utf8_lossy(&body).to_string())
         }
     };
@@ -217,7 +175,7 @@ async fn sessions_per_source_are_limited_and_webrtc_can_be_off() {
     let server = start_with((46040, 46059), |c| c.webrtc.max_sessions_per_source = 1).await;
     let peer = RtpPeer::bind().await;
     let offer = plain_offer(peer.port(), "0");
-    let (first, head, _) = http(
+    let (first, head, _) = http_with(
         server.http,
         "POST",
         "/api/webrtc/echo",
@@ -226,7 +184,7 @@ async fn sessions_per_source_are_limited_and_webrtc_can_be_off() {
     )
     .await;
     assert_eq!(first, 201);
-    let (second, _, why) = http(
+    let (second, _, why) = http_with(
         server.http,
         "POST",
         "/api/webrtc/echo",
@@ -236,12 +194,12 @@ async fn sessions_per_source_are_limited_and_webrtc_can_be_off() {
     .await;
     assert_eq!(second, 429, "{}", String::from_utf8_lossy(&why));
     let location = header(&head, "location").unwrap().to_string();
-    let (status, _, _) = http(server.http, "DELETE", &location, "text/plain", b"").await;
+    let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
     assert_eq!(status, 200);
     server.stop().await;
 
     let off = start_with((46060, 46069), |c| c.webrtc.enabled = false).await;
-    let (status, _, why) = http(
+    let (status, _, why) = http_with(
         off.http,
         "POST",
         "/api/webrtc/echo",

@@ -9,6 +9,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use support::rtp::measure_at;
 use support::server::{http_get, start_with};
 
 /// Whether python3 has aiortc; a missing one skips the test, except under `CI=true`.
@@ -83,28 +84,10 @@ async fn call(url: String, codec: &'static str, seconds: f64) -> Heard {
     Heard { report, pcm }
 }
 
-/// The median level (dBFS) and 1 kHz share of 200 ms blocks of 48 kHz audio.
+/// The median level (dBFS) and 1 kHz share of what was heard after its first second (the
+/// handshake and the jitter buffer filling).
 fn measure(pcm: &[i16]) -> (f64, f64) {
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NEG_INFINITY)
-    };
-    // The first second holds the handshake and the jitter buffer filling.
-    let blocks: Vec<&[i16]> = pcm.chunks_exact(9600).skip(5).collect();
-    (
-        median(
-            blocks
-                .iter()
-                .map(|b| switchboard::media::level::rms_dbfs(b))
-                .collect(),
-        ),
-        median(
-            blocks
-                .iter()
-                .map(|b| switchboard::media::level::tone_share(b, 1000.0, 48000.0))
-                .collect(),
-        ),
-    )
+    measure_at(pcm.get(48_000..).unwrap_or_default(), 48_000, 1000)
 }
 
 async fn echo_over_webrtc(codec: &'static str, ports: (u16, u16)) {

@@ -10,39 +10,24 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::server::{metric, start_with};
+use support::server::{header, http_with, metric, start_with};
 use support::webrtc::WebRtcPeer;
 use switchboard::media::codec::g711::{ulaw_decode, ulaw_encode};
 use switchboard::webrtc::stun::Class;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `POST /api/webrtc/{number}` with `offer`: status, the session's Location and Call-ID, and
 /// the body.
 async fn post(http: SocketAddr, number: &str, offer: &str) -> (u16, String, String, String) {
-    let mut s = TcpStream::connect(http).await.unwrap();
-    let req = format!(
-        "POST /api/webrtc/{number} HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
-        offer.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let raw = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
-    (status, header("location"), header("x-call-id"), body.into())
+    let path = format!("/api/webrtc/{number}");
+    let (status, head, body) =
+        http_with(http, "POST", &path, "application/sdp", offer.as_bytes()).await;
+    let get = |name| header(&head, name).unwrap_or_default().to_string();
+    (
+        status,
+        get("location"),
+        get("x-call-id"),
+        String::from_utf8_lossy(&body).into(),
+    )
 }
 
 /// One 20 ms PCMU packet of a sine at `freq` Hz (-12 dBFS), number `n`.
@@ -144,15 +129,8 @@ async fn a_browser_like_caller_is_heard_and_forged_checks_and_srtp_never_reach_t
     );
 
     // The session is hung up by its DELETE.
-    let mut s = TcpStream::connect(server.http).await.unwrap();
-    s.write_all(
-        format!("DELETE {location} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
+    assert_eq!(status, 200);
     server.stop().await;
 }
 

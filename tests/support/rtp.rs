@@ -29,6 +29,32 @@ pub fn tone_power(pcm: &[i16], freq: f64) -> f64 {
     switchboard::media::level::tone_share(pcm, freq, 8000.0)
 }
 
+/// The level (dBFS) of `pcm` at `rate` Hz and the share of `hz` in it, as medians over
+/// 200 ms blocks.
+pub fn measure_at(pcm: &[i16], rate: u32, hz: u32) -> (f64, f64) {
+    let block = rate as usize / 5;
+    let median = |mut v: Vec<f64>| {
+        assert!(!v.is_empty(), "less than 200 ms to measure");
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let blocks: Vec<&[i16]> = pcm.chunks_exact(block).collect();
+    (
+        median(
+            blocks
+                .iter()
+                .map(|b| switchboard::media::level::rms_dbfs(b))
+                .collect(),
+        ),
+        median(
+            blocks
+                .iter()
+                .map(|b| switchboard::media::level::tone_share(b, f64::from(hz), f64::from(rate)))
+                .collect(),
+        ),
+    )
+}
+
 /// The highest share of `freq` in any 200 ms stretch of `pcm`: whether a tone came through
 /// somewhere after the jitter buffer's delay.
 pub fn peak_tone_power(pcm: &[i16], freq: f64) -> f64 {

@@ -346,15 +346,28 @@ pub async fn http_send(
     path: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_with(addr, method, path, "application/json", body).await;
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 request with a body of `content_type` over loopback: status, head
+/// and body (within 15 s: an offer waits for the dialplan's answer).
+pub async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw))
         .await
         .expect("HTTP answer in time")
         .unwrap();
@@ -375,7 +388,15 @@ pub async fn http_send(
     {
         body = dechunk(&body);
     }
-    (status, body)
+    (status, head, body)
+}
+
+/// The value of header `name` in an HTTP head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
