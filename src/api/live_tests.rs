@@ -278,6 +278,9 @@ async fn console_files_are_served_without_a_token() {
         ("/", "text/html", "console.js"),
         ("/console.js", "text/javascript", "EventSource"),
         ("/console.css", "text/css", "{"),
+        // The browser call page, for any number, and its script.
+        ("/call/conf-1", "text/html", "/call.js"),
+        ("/call.js", "text/javascript", "/api/webrtc/"),
     ] {
         let (status, headers, body) = l.send(Request::get(uri).body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{uri}");

@@ -894,6 +894,30 @@ async fn audio_takes_the_token_in_the_query_for_audio_elements() {
 // ---- server info ----
 
 #[tokio::test]
+async fn info_names_the_number_that_joins_a_room_when_webrtc_calls_are_on() {
+    let tmp = TempDir::new();
+    let index = Arc::new(RecordingIndex::load(tmp.recordings()).unwrap());
+    let (sip, _sip_rx) = tokio::sync::mpsc::channel(1);
+    let whip = crate::call::whip::WhipCalls::new(
+        Arc::new(|_, _, _, _| {}),
+        sip,
+        [127, 0, 0, 1].into(),
+        crate::call::whip::WhipLimits {
+            per_source: 1,
+            answer_timeout: std::time::Duration::from_secs(1),
+        },
+    );
+    let app = router(ApiState::new(index, None).with_whip(whip, "conf-{room}"));
+    let resp = app
+        .oneshot(Request::get("/api/info").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["room_number"], "conf-{room}");
+}
+
+#[tokio::test]
 async fn info_needs_no_token_and_tells_only_whether_one_is_needed() {
     async fn get(f: &Fixture) -> (StatusCode, HeaderMap, Bytes) {
         f.send(Request::get("/api/info").body(Body::empty()).unwrap())
