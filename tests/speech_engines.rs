@@ -216,9 +216,10 @@ async fn a_slow_or_dead_speech_server_fails_the_verb_not_the_call() {
     let Some(slow) = support::speech::speech_server_slowed(1500) else {
         return;
     };
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound but never listened on: refused, and kept from any other test's listener.
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
     let url = slow.url.clone();
     let (server, _s) = serving("trouble", TROUBLE, move |c| {
         piper_tts(c, dead_url);

@@ -406,10 +406,11 @@ async fn both_echo(server: &Server) -> (Wire, support::uac::Uac, Wire, support::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_application_leaves_the_call_and_others_unharmed() {
-    // A port nobody listens on: the connection is refused.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A port bound but never listened on: the connection is refused, and no other test's
+    // listener can take the port meanwhile (as it could if it were only freed).
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("ws://{}/media", dead.local_addr().unwrap());
-    drop(dead);
     let (server, mut events, _scripts) = echo_beside(&url).await;
     let (mut wa, mut ua, mut wb, mut ub) = both_echo(&server).await;
     let stopped = events.until(WAIT, |e| e["type"] == "stream_stopped").await;
