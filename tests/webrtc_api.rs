@@ -7,8 +7,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::events::Events;
 use support::rtp::RtpPeer;
 use support::scripts::Scripts;
 use support::server::{header, http_get, http_with, start_with};
@@ -95,20 +96,13 @@ async fn an_offer_over_http_is_a_call_to_the_dialplan_and_delete_hangs_it_up() {
         "{calls}"
     );
 
+    let mut ended = Events::open(server.http, "call_ended").await;
     let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
     assert_eq!(status, 200);
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let calls = live_calls(server.http).await;
-        if !calls.as_array().unwrap().iter().any(|c| c["id"] == call_id) {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the call outlived its DELETE: {calls}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = ended
+        .until(Duration::from_secs(5), |e| e["call_id"] == call_id)
+        .await;
+    assert_eq!(seen.last().unwrap()["reason"], "caller_bye", "{seen:?}");
     let (status, _, _) = http_with(server.http, "DELETE", &location, "text/plain", b"").await;
     assert_eq!(status, 404, "a session is hung up once");
     server.stop().await;

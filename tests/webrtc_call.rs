@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::rtp::measure_at;
-use support::server::{http_get, start_with};
+use support::server::start_with;
 
 /// Whether python3 has aiortc; a missing one skips the test, except under `CI=true`.
 fn have_aiortc() -> bool {
@@ -94,7 +94,9 @@ async fn echo_over_webrtc(codec: &'static str, ports: (u16, u16)) {
     if !have_aiortc() {
         return;
     }
-    let server = start_with(ports, |_| {}).await;
+    let cdrs = std::env::temp_dir().join(format!("sb-webrtc-cdr-{}", fastrand::u64(..)));
+    let dir = cdrs.clone();
+    let server = start_with(ports, move |c| c.cdr.dir = dir).await;
     let heard = call(
         format!("http://{}/api/webrtc/echo", server.http),
         codec,
@@ -113,18 +115,12 @@ async fn echo_over_webrtc(codec: &'static str, ports: (u16, u16)) {
         "{codec}: heard {dbfs:.1} dBFS"
     );
     assert_eq!(r["delete_status"], 200, "{r}");
-    // The call was a WebRTC call and is gone after the DELETE.
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = http_get(server.http, "/api/calls").await;
-        let calls: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        if calls.as_array().unwrap().is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{calls}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The call was a WebRTC call, ended by the DELETE.
+    let cdr = support::cdr_of(&cdrs, r["call_id"].as_str().unwrap()).await;
+    assert_eq!(cdr["transport"], "webrtc", "{cdr}");
+    assert_eq!(cdr["cause"], "caller_bye", "{cdr}");
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&cdrs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

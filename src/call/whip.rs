@@ -112,16 +112,6 @@ impl WhipCalls {
         })
     }
 
-    /// Live sessions.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// No live sessions.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions
             .lock()
@@ -143,7 +133,10 @@ impl WhipCalls {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let call = CallHandle(n);
-        let id = format!("{:016x}{:016x}", fastrand::u64(..), n);
+        // The id is all a DELETE needs besides the token: it must not be guessable.
+        let mut secret = [0u8; 8];
+        getrandom::fill(&mut secret).map_err(|_| WhipError::Gone)?;
+        let id = format!("{:016x}{:016x}", u64::from_le_bytes(secret), n);
         let call_id = format!("{id}@webrtc");
         let request = invite(number, self.host, source, &id, &call_id, sdp)?;
         let (events, events_rx) = mpsc::unbounded_channel();

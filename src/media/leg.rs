@@ -1138,9 +1138,9 @@ impl Leg {
             self.stats.dropped += 1;
             return;
         };
-        let first = bytes.first().copied().unwrap_or(255);
-        // RFC 7983 §7: 0-3 is STUN, 20-63 DTLS; anything else is nobody's.
-        if !(first <= 3 || (20..=63).contains(&first))
+        use crate::webrtc::{demux, Demux};
+        // RFC 7983 §7: only STUN and DTLS are the transport's; anything else is nobody's.
+        if !matches!(demux(bytes), Demux::Stun | Demux::Dtls)
             || link
                 .try_send(ControlDatagram {
                     from,

@@ -695,8 +695,7 @@ impl LocalSession {
     }
 
     fn supported_names(&self) -> String {
-        let names: Vec<&str> = self.codecs.iter().map(|c| c.name()).collect();
-        names.join(", ")
+        names(&self.codecs)
     }
 
     fn skeleton(&self) -> SessionDescription {
@@ -737,6 +736,8 @@ impl LocalSession {
         };
         let mut keyless = None;
         let mut codec_misses = Vec::new();
+        // What the first stream without a common codec was matched against, for the 488.
+        let mut missed_against: Option<&[Codec]> = None;
         let mut dtls_error = None;
         for (i, m) in live_audio().filter(|(_, m)| speakable(m)) {
             if dtls_ok(m) {
@@ -751,7 +752,10 @@ impl LocalSession {
                 let codecs = self.webrtc.as_ref().map_or(&self.codecs, |w| &w.codecs);
                 match self.choose_codec(m, codecs) {
                     Some(chosen) => return Ok((i, chosen, None, Some(Box::new(remote)))),
-                    None => codec_misses.push(m),
+                    None => {
+                        missed_against.get_or_insert(codecs);
+                        codec_misses.push(m);
+                    }
                 }
                 continue;
             }
@@ -766,7 +770,10 @@ impl LocalSession {
             }
             match self.choose_codec(m, &self.codecs) {
                 Some(chosen) => return Ok((i, chosen, crypto, None)),
-                None => codec_misses.push(m),
+                None => {
+                    missed_against.get_or_insert(&self.codecs);
+                    codec_misses.push(m);
+                }
             }
         }
         if let Some(e) = dtls_error {
@@ -775,7 +782,7 @@ impl LocalSession {
         if !codec_misses.is_empty() {
             return Err(NegotiationError::NoCommonCodec {
                 offered: format_names(codec_misses.into_iter()),
-                supported: self.supported_names(),
+                supported: names(missed_against.unwrap_or(&self.codecs)),
             });
         }
         if let Some(m) = keyless {
@@ -828,6 +835,12 @@ type Stream = (
     Option<(CryptoAttr, MasterKey)>,
     Option<Box<WebRtcRemote>>,
 );
+
+/// The names of `codecs`, comma-separated.
+fn names(codecs: &[Codec]) -> String {
+    let names: Vec<&str> = codecs.iter().map(|c| c.name()).collect();
+    names.join(", ")
+}
 
 /// The plain RTP profiles.
 fn is_avp(proto: &str) -> bool {

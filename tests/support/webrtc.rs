@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchboard::rtp::srtp::{CryptoAttr, SrtpSession};
 use switchboard::webrtc::dtls::{DtlsEndpoint, DtlsEvent};
 use switchboard::webrtc::stun::{Builder, Class, Message, BINDING};
-use switchboard::webrtc::{Certificate, DtlsRole, Fingerprint, SrtpKeys};
+use switchboard::webrtc::{demux, Certificate, Demux, DtlsRole, Fingerprint, SrtpKeys};
 
 pub struct WebRtcPeer {
     pub sock: UdpSocket,
@@ -159,7 +159,7 @@ impl WebRtcPeer {
                 }
             }
             if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
-                if (20..=63).contains(&buf[0]) {
+                if demux(&buf[..n]) == Demux::Dtls {
                     dtls.handle_packet(Instant::now(), &buf[..n]);
                 }
             }

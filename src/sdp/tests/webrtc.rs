@@ -220,7 +220,11 @@ fn no_common_codec_names_what_was_offered() {
         "m=audio 9 UDP/TLS/RTP/SAVPF 111",
     );
     match session.clone().answer(&sdp(&only_opus)) {
-        Err(NegotiationError::NoCommonCodec { offered, .. }) => assert_eq!(offered, "opus"),
+        Err(NegotiationError::NoCommonCodec { offered, supported }) => {
+            assert_eq!(offered, "opus");
+            // The codecs a WebRTC offer is matched against, not the SIP ones.
+            assert_eq!(supported, "PCMU, PCMA");
+        }
         other => panic!("{other:?}"),
     }
 }
