@@ -69,6 +69,7 @@ use crate::media::level::dbm0_to_peak;
 use crate::rtp::types::ClockRate;
 use goertzel::{FilterState, GoertzelBank};
 use pair::PairAnalyser;
+use std::sync::Arc;
 
 /// Block length at 8 kHz; 102 gives 78 Hz bins, enough to separate 697 from 770 Hz.
 const BLOCK_AT_8K: usize = 102;
@@ -249,7 +250,8 @@ pub struct InbandDetector {
     /// Samples consumed so far.
     position: u64,
     bank: GoertzelBank<8>,
-    pair: PairAnalyser,
+    /// Shared by every detector at the same rate: its tables take ~20,000 sines to build.
+    pair: Arc<PairAnalyser>,
     /// Minimum tone power (|X|²).
     min_power: f32,
     /// Blocks with less energy than this cannot contain a hit.
@@ -310,7 +312,7 @@ impl InbandDetector {
             fill: 0,
             position: 0,
             bank: GoertzelBank::new(&freqs, sample_rate),
-            pair: PairAnalyser::new(&freqs, sample_rate, block_len),
+            pair: PairAnalyser::shared(&freqs, sample_rate, block_len),
             min_power,
             // Cauchy–Schwarz: |X(f)|² ≤ n·Σx², so a block below this has no tone above min_power.
             gate_energy: min_power / n,

@@ -12,6 +12,14 @@
 //! frequency deviation (unambiguous up to ±78 Hz at 8 kHz).
 
 use super::goertzel::FilterState;
+use std::sync::{Arc, Mutex};
+
+/// Analysers built so far, by rate and block length. Detectors are made per call, and
+/// building the tables costs about 20,000 sines (~0.1 ms), so each rate's are made once.
+type Key = ([f32; 8], u32, usize);
+static SHARED: Mutex<Vec<(Key, Arc<PairAnalyser>)>> = Mutex::new(Vec::new());
+/// Rates kept in [`SHARED`]; past this many, more are built per detector, uncached.
+const SHARED_MAX: usize = 16;
 
 /// A complex number, just what this file needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,6 +139,20 @@ fn unmix(x_r: Cx, x_c: Cx, l: Cx) -> (Cx, Cx) {
 }
 
 impl PairAnalyser {
+    /// The analyser [`new`](Self::new) makes for these arguments, built once and shared.
+    pub fn shared(freqs: &[f32; 8], rate: u32, n: usize) -> Arc<Self> {
+        let key = (*freqs, rate, n);
+        let mut cache = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, a)) = cache.iter().find(|(k, _)| *k == key) {
+            return Arc::clone(a);
+        }
+        let made = Arc::new(Self::new(freqs, rate, n));
+        if cache.len() < SHARED_MAX {
+            cache.push((key, Arc::clone(&made)));
+        }
+        made
+    }
+
     /// Constants for blocks of `n` samples at `rate` Hz, filters at `freqs` (rows then columns).
     pub fn new(freqs: &[f32; 8], rate: u32, n: usize) -> Self {
         let mid = n / 2;
