@@ -1819,6 +1819,8 @@ fn jitter_config(codec: CodecKind, samples: usize, rate: ClockRate) -> JitterCon
         slot_bytes: codec
             .max_payload_bytes(3 * samples_at(codec.sample_rate()))
             .max(960),
+        // Room for the packets the peer is expected to send; slots grow if it sends larger.
+        expected_bytes: codec.expected_payload_bytes(samples),
         ..JitterConfig::default()
     }
 }

@@ -56,6 +56,10 @@ pub struct JitterConfig {
     pub max_depth: Duration,
     /// Largest payload a slot holds (320 bytes: 20 ms of 16-bit PCM at 8 kHz).
     pub slot_bytes: usize,
+    /// The payload size expected (0: `slot_bytes`). Slots start this big and grow, up to
+    /// `slot_bytes`, when a larger packet comes: a leg holds room for the packets its peer
+    /// sends rather than for the largest it might.
+    pub expected_bytes: usize,
     /// How long the target waits between one-frame decreases, and how long excess depth is
     /// tolerated before a frame is skipped.
     pub shrink_interval: Duration,
@@ -69,6 +73,7 @@ impl Default for JitterConfig {
             min_depth: Duration::from_millis(20),
             max_depth: Duration::from_millis(200),
             slot_bytes: 320,
+            expected_bytes: 0,
             shrink_interval: Duration::from_secs(1),
         }
     }
@@ -156,7 +161,10 @@ pub struct JitterBuffer {
     max_frames: u64,
     target_frames: u64,
     slots: Vec<Slot>,
+    /// Slot `i`'s payload lives at `i * stride`.
     data: Vec<u8>,
+    /// Bytes per slot in `data`: the largest payload seen or expected, at most `slot_bytes`.
+    stride: usize,
     buffered: usize,
     next: Option<SeqNo>,
     highest: Option<SeqNo>,
@@ -193,6 +201,10 @@ impl JitterBuffer {
             frames_in(config.initial_depth, config.frame).clamp(min_frames, max_frames);
         // Two spare slots: the frame being popped and one arriving at the cap.
         let slot_count = usize::try_from(max_frames + 2).unwrap_or(usize::MAX);
+        let stride = match config.expected_bytes {
+            0 => config.slot_bytes,
+            n => n.min(config.slot_bytes),
+        };
         JitterBuffer {
             config,
             frame_nanos: config.frame.as_nanos().max(1) as i128,
@@ -207,7 +219,8 @@ impl JitterBuffer {
                 };
                 slot_count
             ],
-            data: vec![0; slot_count * config.slot_bytes],
+            data: vec![0; slot_count * stride],
+            stride,
             buffered: 0,
             next: None,
             highest: None,
@@ -300,6 +313,9 @@ impl JitterBuffer {
             self.stats.oversize += 1;
             return PushOutcome::Oversize;
         }
+        if payload.len() > self.stride {
+            self.widen(payload.len());
+        }
         let mut flushed = false;
         if let Some(next) = self.next {
             if self.buffered == 0 && self.dry_ticks > 0 && seq > next {
@@ -359,9 +375,26 @@ impl JitterBuffer {
         }
     }
 
+    /// Makes every slot hold at least `len` bytes, moving what is buffered. Slots at least
+    /// double each time, so a leg reallocates a few times at most, and only when its peer
+    /// sends larger packets than before.
+    fn widen(&mut self, len: usize) {
+        let stride = len.max(self.stride * 2).min(self.config.slot_bytes);
+        let mut data = vec![0; self.slots.len() * stride];
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.entry.is_some() {
+                let old = i * self.stride;
+                data[i * stride..i * stride + slot.len]
+                    .copy_from_slice(&self.data[old..old + slot.len]);
+            }
+        }
+        self.data = data;
+        self.stride = stride;
+    }
+
     fn store(&mut self, seq: SeqNo, timestamp: MediaTime, payload: &[u8], level: Option<u8>) {
         let idx = self.slot_index(seq);
-        let start = idx * self.config.slot_bytes;
+        let start = idx * self.stride;
         self.data[start..start + payload.len()].copy_from_slice(payload);
         let slot = &mut self.slots[idx];
         if slot.entry.is_none() {
@@ -473,7 +506,7 @@ impl JitterBuffer {
         }
         let idx = self.slot_index(seq);
         let slot = &self.slots[idx];
-        let start = idx * self.config.slot_bytes;
+        let start = idx * self.stride;
         (slot.entry.map(|(s, _)| s) == Some(seq)).then(|| &self.data[start..start + slot.len])
     }
 
@@ -536,7 +569,7 @@ impl JitterBuffer {
                 if self.buffered == 0 {
                     self.highest = Some(next);
                 }
-                let start = idx * self.config.slot_bytes;
+                let start = idx * self.stride;
                 Pop::Frame(Frame {
                     seq,
                     timestamp,
@@ -756,6 +789,71 @@ mod tests {
         );
         assert_eq!(jb.stats().oversize, 1);
         assert_eq!(jb.pop_frame(Instant::now()), Pop::Empty);
+    }
+
+    #[test]
+    fn slots_grow_for_larger_packets_keeping_what_is_buffered() {
+        let t0 = Instant::now();
+        let cfg = JitterConfig {
+            slot_bytes: 960,
+            expected_bytes: 160,
+            ..JitterConfig::default()
+        };
+        let mut jb = JitterBuffer::new(cfg);
+        assert_eq!(
+            jb.data.len(),
+            jb.slots.len() * 160,
+            "room for what is expected"
+        );
+        // Each packet's bytes say which packet it is; sizes 160, 161 (just over: the slots
+        // double), 320, 321 (double again), 960 (the most), 961 (refused).
+        let body = |i: u64, len: usize| -> Vec<u8> {
+            (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+        };
+        let sizes = [160usize, 100, 161, 320, 50, 321, 960];
+        for (i, &len) in sizes.iter().enumerate() {
+            let i = i as u64;
+            let out = jb.push(ms(t0, i), seq(i), ts(i), &body(i, len));
+            assert_eq!(out, PushOutcome::Stored, "packet {i} of {len} bytes");
+        }
+        assert_eq!(jb.stride, 960);
+        assert_eq!(
+            jb.push(ms(t0, 7), seq(7), ts(7), &body(7, 961)),
+            PushOutcome::Oversize
+        );
+        for (i, &len) in sizes.iter().enumerate() {
+            let i = i as u64;
+            match jb.pop_frame(ms(t0, 200 + i * 20)) {
+                Pop::Frame(f) => {
+                    assert_eq!(f.seq, seq(i));
+                    assert_eq!(f.payload, &body(i, len)[..], "packet {i} came out whole");
+                }
+                other => panic!("packet {i}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn slots_start_at_the_expected_size_and_double() {
+        let cfg = JitterConfig {
+            slot_bytes: 960,
+            expected_bytes: 160,
+            ..JitterConfig::default()
+        };
+        let mut jb = JitterBuffer::new(cfg);
+        let t0 = Instant::now();
+        assert_eq!(jb.stride, 160);
+        jb.push(t0, seq(0), ts(0), &[1; 161]);
+        assert_eq!(jb.stride, 320, "doubled, not grown by a byte");
+        jb.push(t0, seq(1), ts(1), &[1; 700]);
+        assert_eq!(jb.stride, 700, "a packet larger than double sets the size");
+        jb.push(t0, seq(2), ts(2), &[1; 800]);
+        assert_eq!(jb.stride, 960, "never past slot_bytes");
+        let plain = JitterBuffer::new(JitterConfig::default());
+        assert_eq!(
+            plain.stride, 320,
+            "expected_bytes 0: slot_bytes from the start"
+        );
     }
 
     #[test]

@@ -314,6 +314,16 @@ impl CodecKind {
         }
     }
 
+    /// The size a payload of `samples` samples usually has: exact for the fixed-rate
+    /// codecs, and for Opus what 64 kbit/s (a generous bitrate for speech) takes.
+    pub const fn expected_payload_bytes(self, samples: usize) -> usize {
+        match self {
+            #[cfg(feature = "opus")]
+            CodecKind::Opus => samples / 6,
+            _ => self.max_payload_bytes(samples),
+        }
+    }
+
     /// Samples at the codec's rate that one payload lasts; 0 when it cannot be told.
     pub fn payload_samples(self, payload: &[u8]) -> usize {
         match self {
