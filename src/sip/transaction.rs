@@ -260,7 +260,15 @@ impl InviteServerTx {
         if self.state == InviteServerState::Accepted {
             self.acked = true;
             self.timers.stop(Timer::Retransmit2xx);
+            // Accepted only absorbs INVITEs from here on: the 2xx is not sent again, and a
+            // busy server would hold every call's answer, SDP and all, for Timer L (32 s).
+            self.last_response = None;
         }
+    }
+
+    /// Bytes of response kept for retransmission.
+    pub fn held_bytes(&self) -> usize {
+        self.last_response.as_ref().map_or(0, Vec::capacity)
     }
 
     /// True once the 2xx was acknowledged.
@@ -706,7 +714,13 @@ mod tests {
             "Accepted absorbs INVITEs"
         );
         let (sent, timed_out) = drive(t0, ms(8_000), &mut tx);
+        assert_eq!(
+            tx.held_bytes(),
+            3,
+            "the 2xx is kept while it may be retransmitted"
+        );
         tx.on_2xx_ack();
+        assert_eq!(tx.held_bytes(), 0, "and let go once it is acknowledged");
         assert_eq!(sent, vec![500, 1500, 3500, 7500]);
         assert_eq!(
             tx.poll_timeout(),
