@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use switchboard::media::prompt::{Prompt, PromptCache, PromptError};
+use switchboard::media::prompt::{Prompt, PromptCache, PromptError, RECHECK_AFTER};
 use switchboard::rtp::types::ClockRate;
 
 fn fixtures() -> PathBuf {
@@ -176,6 +176,50 @@ fn changed_file_is_reloaded() {
     assert_eq!(second.samples.len(), 2000);
     // Players of the old prompt keep their samples.
     assert_eq!(first.samples.len(), 4000);
+}
+
+#[test]
+fn a_prompt_loaded_within_the_recheck_interval_is_served_without_the_disk() {
+    let dir = TempDir::new("recent");
+    let file = dir.0.join("hello.wav");
+    write_tone(&file, 0.5);
+    let cache = PromptCache::new(dir.0.clone());
+    let before = Instant::now();
+    assert!(
+        cache.recent("hello", ClockRate::HZ_8000, before).is_none(),
+        "never loaded"
+    );
+    let first = cache.load("hello", ClockRate::HZ_8000).unwrap();
+    let after = Instant::now();
+    let again = cache.recent("hello", ClockRate::HZ_8000, after).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert!(
+        cache.recent("hello", ClockRate::HZ_16000, after).is_none(),
+        "another rate is another prompt"
+    );
+    assert!(
+        cache
+            .recent("hello.wav", ClockRate::HZ_8000, after)
+            .is_none(),
+        "by name as asked"
+    );
+    // Just inside the interval it is still served; at its end the file must be looked at.
+    let inside = before + RECHECK_AFTER - Duration::from_millis(1);
+    if inside >= after {
+        assert!(cache.recent("hello", ClockRate::HZ_8000, inside).is_some());
+    }
+    assert!(cache
+        .recent("hello", ClockRate::HZ_8000, after + RECHECK_AFTER)
+        .is_none());
+    // Deleted from disk: served from memory only until the interval ends, then load says so.
+    fs::remove_file(&file).unwrap();
+    assert!(cache.recent("hello", ClockRate::HZ_8000, after).is_some());
+    assert!(cache.load("hello", ClockRate::HZ_8000).is_err());
+    cache.clear();
+    assert!(
+        cache.recent("hello", ClockRate::HZ_8000, after).is_none(),
+        "clear forgets it"
+    );
 }
 
 #[test]

@@ -1671,6 +1671,21 @@ impl Task {
             }
         };
         let prompts = self.ctx.prompts.clone();
+        // Prompts played in the last second need no file system look-up, so no hand-off to
+        // a blocking thread: most calls of a busy server play the same few.
+        let now = Instant::now();
+        let recent: Option<Vec<_>> = names
+            .iter()
+            .map(|n| match n.strip_prefix("recording:") {
+                Some(_) => None,
+                None => prompts.recent(n, rate, now),
+            })
+            .collect();
+        if let Some(list) = recent {
+            return crate::media::prompt::Playlist::new(list)
+                .map(|p| Box::new(p) as Box<dyn AudioSource>)
+                .map_err(|e| e.to_string());
+        }
         let dir = self.ctx.recorder.dir().to_path_buf();
         let loaded = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(names.len());

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
@@ -289,11 +289,22 @@ struct Stamp {
 /// Cached prompts by (canonical path, rate), with the file stamp they were decoded from.
 type Entries = HashMap<(PathBuf, u32), (Stamp, Arc<Prompt>)>;
 
+/// Prompts by the name and rate a load asked for, with when their file was last looked at.
+type Recent = HashMap<(String, u32), (Instant, Arc<Prompt>)>;
+
+/// How long a prompt loaded by name is played again without looking at its file: a
+/// replaced file is heard within this long, and a busy server does not look up the same
+/// file for every call.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
+/// Names remembered in the recent list; past this the list starts afresh.
+const RECENT_MAX: usize = 1024;
+
 /// Decoded prompts under one folder, shared and reloaded when their file changes.
 #[derive(Debug)]
 pub struct PromptCache {
     root: PathBuf,
     entries: Mutex<Entries>,
+    recent: Mutex<Recent>,
 }
 
 impl PromptCache {
@@ -302,6 +313,7 @@ impl PromptCache {
         Self {
             root,
             entries: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -323,6 +335,23 @@ impl PromptCache {
     /// Drops every cached prompt (players keep theirs alive).
     pub fn clear(&self) {
         self.lock().clear();
+        self.lock_recent().clear();
+    }
+
+    /// The prompt `name` at `rate` if a [`load`](Self::load) found it less than
+    /// [`RECHECK_AFTER`] before `now`: no file system access, so the caller need not leave
+    /// its thread.
+    pub fn recent(&self, name: &str, rate: ClockRate, now: Instant) -> Option<Arc<Prompt>> {
+        let recent = self.lock_recent();
+        let (checked, prompt) = recent.get(&(name.to_string(), rate.hz()))?;
+        (now.saturating_duration_since(*checked) < RECHECK_AFTER).then(|| Arc::clone(prompt))
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Each change is a single insert or clear, as with `entries`.
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -394,6 +423,20 @@ impl PromptCache {
     /// loading the same new prompt at once may both decode it; both get a valid prompt
     /// and the cache keeps one.
     pub fn load(&self, name: &str, rate: ClockRate) -> Result<Arc<Prompt>, PromptError> {
+        let checked = Instant::now();
+        let prompt = self.load_file_checked(name, rate)?;
+        let mut recent = self.lock_recent();
+        if recent.len() >= RECENT_MAX {
+            recent.clear();
+        }
+        recent.insert(
+            (name.to_string(), rate.hz()),
+            (checked, Arc::clone(&prompt)),
+        );
+        Ok(prompt)
+    }
+
+    fn load_file_checked(&self, name: &str, rate: ClockRate) -> Result<Arc<Prompt>, PromptError> {
         let path = self.resolve(name)?;
         let meta = std::fs::metadata(&path).map_err(|source| PromptError::Io {
             path: path.clone(),
