@@ -23,12 +23,19 @@
 #                                              # of both and their ratio. Two servers take
 #                                              # turns: [media] io = "sockets", then "uring"
 #                                              # (on SIP port N+40), then the floor
+#   benches/sipp-load.sh setup RATE [SECS] [USER]  # call set-up: RATE new calls a second for SECS
+#                                              # (default 20) to USER (default playback), each
+#                                              # held 1 s with RTP both ways (-rtp_echo): failed
+#                                              # calls, server CPU per call (set-up, media and
+#                                              # teardown), peak RSS
 #   benches/sipp-load.sh originate RATE CALLS  # POST /api/calls at RATE/s to a SIPp far end
 #                                              # that answers; the script hangs up at once:
 #                                              # calls/s placed and ended, success ratio
 #                                              # (needs python3 for the HTTP load)
 # SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
 # MEDIA_IO=auto|uring|sockets sets the server's [media] io (default: the embedded default).
+# SERVER_WRAP runs the server under a tool, e.g. SERVER_WRAP="heaptrack -o /tmp/server"
+# (the CPU and memory figures are then the tool's process's, not the server's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-rate}
@@ -45,7 +52,7 @@ ulimit -n 65536 2>/dev/null || true
 printf '[conference]\nmax_members = 2000\n[cdr]\ndir = "%s/cdr"\n' "$work" >"$work/bench.toml"
 # Placed calls: the far end is a SIPp on port $far; the shipped scripts plus two of their own.
 far=$(( port + 20 ))
-if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ] || [ "$mode" = media ]; then
+if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ] || [ "$mode" = media ] || [ "$mode" = setup ]; then
   mkdir -p "$work/scripts"
   cp scripts/*.rhai "$work/scripts/"
   echo 'dial("sip:far@127.0.0.1:'$far'", #{timeout_secs: 10}); hangup();' >"$work/scripts/bench-dial.rhai"
@@ -72,6 +79,11 @@ exact = "ivr"
 script = "ivr"
 TOML
 fi
+# Set-up load comes from SIPp's one address at rates far above a single phone's: the
+# per-source and server-wide call-rate limits are lifted for it.
+if [ "$mode" = setup ]; then
+  printf '[sip]\ninvite_rate = 0.0\nmax_cps = 0\nmax_pending_invites = 0\n' >>"$work/bench.toml"
+fi
 # The floor compares both ways of moving datagrams: this server with sockets, a second one
 # (started below) with io_uring.
 [ "$mode" = floor ] && MEDIA_IO=sockets
@@ -84,7 +96,7 @@ fi
 # sets $started to its pid once it is ready.
 start_server() {
   RUST_LOG=info,switchboard::server=debug \
-  ./target/release/switchboard serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
+  ${SERVER_WRAP:-} ./target/release/switchboard serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
     --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
     >"$work/$4.ready" 2>"$work/$4.log" &
   started=$!
@@ -130,6 +142,32 @@ case "$mode" in
     echo "cores=$(nproc) offered_rate=$rate calls=$calls successful=$succ failed=$fail wall_s=$secs"
     echo "achieved_calls_per_s=$(echo "$succ / $secs" | bc)"
     echo "server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6)"
+    ;;
+  setup)
+    rate=${2:-1500}; secs=${3:-20}; user=${4:-playback}
+    calls=$(( rate * secs ))
+    hz=$(getconf CLK_TCK)
+    cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
+    start=$(date +%s.%N)
+    ( while kill -0 $server 2>/dev/null; do echo "$(date +%s.%N | cut -c1-14) $(rss)"; sleep 0.5; done ) >"$work/rss.txt" &
+    sampler=$!
+    sipp 127.0.0.1:$port -sf benches/sipp/call_rate.xml -s "$user" -i 127.0.0.1 -p 25070 \
+      -mp 26000 -rtp_echo -r "$rate" -rp 1000 -m "$calls" -l $(( rate * 4 )) -d 1000 -nostdin \
+      -timeout $(( secs + 60 ))s -trace_stat -stf "$work/stat.csv" -fd 1 >"$work/sipp.out" 2>&1 || true
+    end=$(date +%s.%N)
+    cpu1=$(awk '{print $14+$15}' /proc/$server/stat)
+    succ=$(tail -1 "$work/stat.csv" | cut -d';' -f16)
+    fail=$(tail -1 "$work/stat.csv" | cut -d';' -f18)
+    peak=$(awk '/VmHWM/ {print $2}' /proc/$server/status)
+    wall=$(echo "$end - $start" | bc)
+    echo "cores=$(nproc) offered_rate=$rate calls=$calls user=$user successful=$succ failed=$fail wall_s=$wall date=$(date -u +%F)"
+    echo "server_cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l | cut -c1-6) server_cpu_ms_per_call=$(echo "($cpu1 - $cpu0) * 1000 / $hz / $calls" | bc -l | cut -c1-6)"
+    sleep 3
+    kill $sampler 2>/dev/null || true
+    echo "rss_3s_after_the_last_call_kib=$(rss)"
+    mkdir -p /tmp/setup-last && cp "$work/rss.txt" /tmp/setup-last/ 2>/dev/null || true
+    mkdir -p /tmp/setup-last && cp "$work/sipp.out" "$work/server.log" "$work/stat.csv" /tmp/setup-last/ 2>/dev/null || true
+    echo "rss_before_kib=$base rss_peak_kib=$peak rss_growth_kib=$(( peak - base )) load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
     ;;
   media)
     calls=${2:-1000}; user=${3:-echo}
