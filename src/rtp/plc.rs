@@ -44,7 +44,7 @@ const CORRMINPOWER: f32 = 250.0;
 const EOVERLAPINCR: usize = 32;
 const ATTENFAC: f32 = 0.2;
 
-/// The largest rate factor (16 kHz over 8 kHz), which the storage is sized for.
+/// The largest rate factor (16 kHz over 8 kHz), which the scratch arrays are sized for.
 const MAX_FACTOR: usize = 2;
 
 /// A frame whose length is not a whole number of 10 ms blocks.
@@ -67,9 +67,10 @@ pub struct G711Plc {
     poffset: usize,
     pitch: usize,
     pitchblen: usize,
-    history: [i16; HISTORYLEN * MAX_FACTOR],
-    pitchbuf: [f32; HISTORYLEN * MAX_FACTOR],
-    lastq: [f32; POVERLAPMAX * MAX_FACTOR],
+    /// Sized for the concealer's rate: a narrowband leg does not carry room for wideband.
+    history: Box<[i16]>,
+    pitchbuf: Box<[f32]>,
+    lastq: Box<[f32]>,
 }
 
 impl Default for G711Plc {
@@ -105,9 +106,9 @@ impl G711Plc {
             poffset: 0,
             pitch: 0,
             pitchblen: 0,
-            history: [0; HISTORYLEN * MAX_FACTOR],
-            pitchbuf: [0.0; HISTORYLEN * MAX_FACTOR],
-            lastq: [0.0; POVERLAPMAX * MAX_FACTOR],
+            history: vec![0; HISTORYLEN * factor].into_boxed_slice(),
+            pitchbuf: vec![0.0; HISTORYLEN * factor].into_boxed_slice(),
+            lastq: vec![0.0; POVERLAPMAX * factor].into_boxed_slice(),
         }
     }
 

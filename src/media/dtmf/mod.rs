@@ -77,8 +77,6 @@ const BLOCK_AT_8K: usize = 102;
 const MIN_RATE: u32 = ClockRate::HZ_8000.hz();
 /// Largest supported sample rate.
 const MAX_RATE: u32 = ClockRate::HZ_48000.hz();
-/// Block buffer capacity (the block length at [`MAX_RATE`]).
-const MAX_BLOCK: usize = BLOCK_AT_8K * (MAX_RATE / MIN_RATE) as usize;
 /// Two consecutive blocks pair up to begin a digit only if their powers agree within this
 /// ratio (2 dB).
 const CONFIRM_RATIO: f32 = 1.584_893;
@@ -245,7 +243,8 @@ enum State {
 pub struct InbandDetector {
     rate: ClockRate,
     block_len: usize,
-    buf: [f32; MAX_BLOCK],
+    /// One block at the detector's rate.
+    buf: Box<[f32]>,
     fill: usize,
     /// Samples consumed so far.
     position: u64,
@@ -308,7 +307,7 @@ impl InbandDetector {
         Ok(Self {
             rate,
             block_len,
-            buf: [0.0; MAX_BLOCK],
+            buf: vec![0.0; block_len].into_boxed_slice(),
             fill: 0,
             position: 0,
             bank: GoertzelBank::new(&freqs, sample_rate),
