@@ -486,6 +486,10 @@ fn the_default_engine_is_pocketsphinx_when_installed() {
     let Some(_) = pocketsphinx() else { return };
     let asr = Asr::new(&AsrConfig::default()).unwrap();
     assert_eq!(asr.engine_name(), "pocketsphinx");
+    // Found rather than asked for, it loads its decoder on the first recognition.
+    let (speech, rate) = say("support", "kal16");
+    let r = asr.recognize(&speech, rate, &choices(&WORDS)).unwrap();
+    assert_eq!(r.choice.as_deref(), Some("support"), "{r:?}");
 }
 
 #[test]

@@ -225,10 +225,11 @@ impl Asr {
             )),
             Some(AsrEngineKind::Pocketsphinx) => {
                 let lib = sphinx::load(config, names).map_err(AsrError::Unavailable)?;
-                Engine::Sphinx(sphinx::PocketSphinx::new(lib, config)?)
+                Engine::Sphinx(sphinx::PocketSphinx::new(lib, config, true)?)
             }
             None => match sphinx::load(config, names) {
-                Ok(lib) => Engine::Sphinx(sphinx::PocketSphinx::new(lib, config)?),
+                // Found rather than asked for: the first recognition loads a decoder.
+                Ok(lib) => Engine::Sphinx(sphinx::PocketSphinx::new(lib, config, false)?),
                 Err(why) => {
                     tracing::info!("{why}; listen() will hear keys only");
                     Engine::None(why)

@@ -127,8 +127,13 @@ pub(super) fn load(c: &AsrConfig, names: &LibraryNames) -> Result<Arc<Sphinx>, S
 }
 
 impl PocketSphinx {
-    /// Builds the engine and its first decoder (so that a broken model shows at start).
-    pub(super) fn new(lib: Arc<Sphinx>, c: &AsrConfig) -> Result<PocketSphinx, AsrError> {
+    /// Builds the engine; with `warm`, its first decoder too, so that a broken model shows
+    /// at start (a decoder holds ~20 MB, which a server that never listens need not carry).
+    pub(super) fn new(
+        lib: Arc<Sphinx>,
+        c: &AsrConfig,
+        warm: bool,
+    ) -> Result<PocketSphinx, AsrError> {
         let args = vec![
             ("-hmm".to_string(), path_str(&c.hmm)?),
             ("-dict".to_string(), path_str(&c.dict)?),
@@ -141,8 +146,10 @@ impl PocketSphinx {
             pool: Pool::new(c.decoders, Duration::from_millis(c.timeout_ms)),
             min_confidence: c.min_confidence,
         };
-        let first = engine.pool.take(|| engine.build())?;
-        engine.pool.put(first);
+        if warm {
+            let first = engine.pool.take(|| engine.build())?;
+            engine.pool.put(first);
+        }
         Ok(engine)
     }
 
