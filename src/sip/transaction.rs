@@ -36,8 +36,8 @@ impl TimerConfig {
 
 /// The timers of RFC 3261 §17 and RFC 6026, named as in the specs, plus the UAS core's
 /// 2xx retransmission (§13.3.1.4), which has no letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Timer {
     /// INVITE client: request retransmit.
     A,
@@ -67,58 +67,73 @@ pub enum Timer {
     Retransmit2xx,
 }
 
-const TIMER_COUNT: usize = 13;
+/// Timers a transaction has armed at once: no state of RFC 3261 §17 or RFC 6026 runs more
+/// than two (a retransmission and a timeout).
+const TIMER_SLOTS: usize = 3;
 
-/// One deadline per timer; the next deadline is the earliest armed one.
+/// A transaction's armed timers; the next deadline is the earliest. A server keeps every
+/// finished transaction for up to 64·T1 (32 s) to absorb retransmissions, so this stays
+/// small: a slot per timer armed, not one per timer the RFC names.
 #[derive(Debug, Clone, Default)]
-pub struct TimerTable([Option<Instant>; TIMER_COUNT]);
+pub struct TimerTable([Option<(Timer, Instant)>; TIMER_SLOTS]);
 
 impl TimerTable {
     /// Arms `t` to fire at `at`.
     pub fn set(&mut self, t: Timer, at: Instant) {
-        self.0[t as usize] = Some(at);
+        let slot = match self.0.iter().position(|s| s.is_some_and(|(x, _)| x == t)) {
+            Some(i) => i,
+            None => match self.0.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    // Unreachable by construction (see TIMER_SLOTS); should it ever happen,
+                    // the latest deadline gives way, never the earliest.
+                    debug_assert!(false, "more than {TIMER_SLOTS} timers armed");
+                    let latest = self
+                        .0
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, s)| s.map(|(_, d)| d));
+                    latest.map_or(0, |(i, _)| i)
+                }
+            },
+        };
+        self.0[slot] = Some((t, at));
     }
     /// Disarms `t`.
     pub fn stop(&mut self, t: Timer) {
-        self.0[t as usize] = None;
+        for s in &mut self.0 {
+            if s.is_some_and(|(x, _)| x == t) {
+                *s = None;
+            }
+        }
     }
     /// Disarms every timer.
     pub fn clear(&mut self) {
-        self.0 = [None; TIMER_COUNT];
+        self.0 = [None; TIMER_SLOTS];
     }
     /// When `t` fires, if armed.
     pub fn get(&self, t: Timer) -> Option<Instant> {
-        self.0[t as usize]
+        self.0
+            .iter()
+            .flatten()
+            .find(|(x, _)| *x == t)
+            .map(|(_, d)| *d)
     }
     /// The earliest armed deadline.
     pub fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
+        self.0.iter().flatten().map(|(_, d)| *d).min()
     }
-    /// Disarms and returns the earliest timer due at `now`, if any.
+    /// Disarms and returns the earliest timer due at `now`, if any; of timers due at the
+    /// same instant, the one named first in [`Timer`].
     pub fn pop_expired(&mut self, now: Instant) -> Option<Timer> {
-        const ALL: [Timer; TIMER_COUNT] = [
-            Timer::A,
-            Timer::B,
-            Timer::D,
-            Timer::E,
-            Timer::F,
-            Timer::G,
-            Timer::H,
-            Timer::I,
-            Timer::J,
-            Timer::K,
-            Timer::L,
-            Timer::M,
-            Timer::Retransmit2xx,
-        ];
-        let (i, _) = self
+        let (i, (t, _)) = self
             .0
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| d.filter(|d| *d <= now).map(|d| (i, d)))
-            .min_by_key(|(_, d)| *d)?;
+            .filter_map(|(i, s)| s.filter(|(_, d)| *d <= now).map(|s| (i, s)))
+            .min_by_key(|(_, (t, d))| (*d, *t))?;
         self.0[i] = None;
-        Some(ALL[i])
+        Some(t)
     }
 }
 
@@ -700,6 +715,43 @@ mod tests {
         assert_eq!(tx.poll_timeout(), Some(t0 + ms(32_000)));
         tx.on_ack(t0 + ms(10));
         assert_eq!(tx.poll_timeout(), Some(t0 + ms(10)));
+    }
+
+    #[test]
+    fn the_timer_table_keeps_one_deadline_per_timer_and_pops_the_earliest() {
+        let t0 = Instant::now();
+        let mut tt = TimerTable::default();
+        tt.set(Timer::H, t0 + ms(32_000));
+        tt.set(Timer::G, t0 + ms(500));
+        tt.set(Timer::G, t0 + ms(1_500));
+        assert_eq!(
+            tt.get(Timer::G),
+            Some(t0 + ms(1_500)),
+            "re-armed, not a second G"
+        );
+        assert_eq!(tt.next(), Some(t0 + ms(1_500)));
+        assert_eq!(
+            tt.pop_expired(t0 + ms(1_499)),
+            None,
+            "just before: nothing due"
+        );
+        assert_eq!(tt.pop_expired(t0 + ms(1_500)), Some(Timer::G));
+        assert_eq!(tt.pop_expired(t0 + ms(1_500)), None);
+        assert_eq!(tt.get(Timer::G), None);
+        // Three due at the same instant come out in the order the RFCs name them.
+        tt.set(Timer::Retransmit2xx, t0 + ms(32_000));
+        tt.set(Timer::L, t0 + ms(32_000));
+        let at = t0 + ms(32_000);
+        let popped: Vec<_> = std::iter::from_fn(|| tt.pop_expired(at)).collect();
+        assert_eq!(popped, [Timer::H, Timer::L, Timer::Retransmit2xx]);
+        tt.set(Timer::A, t0 + ms(500));
+        tt.set(Timer::B, t0 + ms(32_000));
+        tt.stop(Timer::A);
+        assert_eq!(tt.next(), Some(t0 + ms(32_000)));
+        tt.clear();
+        assert_eq!(tt.next(), None);
+        // Every finished server transaction holds one for 32 s.
+        assert!(std::mem::size_of::<TimerTable>() <= 72);
     }
 
     #[test]
