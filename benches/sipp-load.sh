@@ -22,7 +22,9 @@
 #                                              # of steady state each, default 20): CPU per leg
 #                                              # of both and their ratio. Two servers take
 #                                              # turns: [media] io = "sockets", then "uring"
-#                                              # (on SIP port N+40), then the floor
+#                                              # (on SIP port N+40; FLOOR_SECOND=inband-auto:
+#                                              # sockets with [dtmf] inband = "auto" instead),
+#                                              # then the floor
 #   benches/sipp-load.sh setup RATE [SECS] [USER]  # call set-up: RATE new calls a second for SECS
 #                                              # (default 20) to USER (default playback), each
 #                                              # held 1 s with RTP both ways (-rtp_echo): failed
@@ -34,6 +36,7 @@
 #                                              # (needs python3 for the HTTP load)
 # SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
 # MEDIA_IO=auto|uring|sockets sets the server's [media] io (default: the embedded default).
+# KEEP_LOGS=DIR (setup): keeps the server's log, SIPp's output and the RSS samples there.
 # SERVER_WRAP runs the server under a tool, e.g. SERVER_WRAP="heaptrack -o /tmp/server"
 # (the CPU and memory figures are then the tool's process's, not the server's).
 set -euo pipefail
@@ -165,8 +168,9 @@ case "$mode" in
     sleep 3
     kill $sampler 2>/dev/null || true
     echo "rss_3s_after_the_last_call_kib=$(rss)"
-    mkdir -p /tmp/setup-last && cp "$work/rss.txt" /tmp/setup-last/ 2>/dev/null || true
-    mkdir -p /tmp/setup-last && cp "$work/sipp.out" "$work/server.log" "$work/stat.csv" /tmp/setup-last/ 2>/dev/null || true
+    if [ -n "${KEEP_LOGS:-}" ]; then
+      mkdir -p "$KEEP_LOGS" && cp "$work/rss.txt" "$work/sipp.out" "$work/server.log" "$work/stat.csv" "$KEEP_LOGS/"
+    fi
     echo "rss_before_kib=$base rss_peak_kib=$peak rss_growth_kib=$(( peak - base )) load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
     ;;
   media)
@@ -329,7 +333,15 @@ PY
       echo "($c1 - $c0) * 100 / $hz / $secs / $calls" | bc -l | cut -c1-7
     }
     uring_port=$(( port + 40 ))
-    sed 's/^io = "sockets"$/io = "uring"/' "$work/bench.toml" >"$work/uring.toml"
+    # The second server: io_uring (default), or FLOOR_SECOND=inband-auto: sockets with
+    # [dtmf] inband = "auto" (calls that agreed RFC 4733 skip in-band detection).
+    second=${FLOOR_SECOND:-uring}
+    case "$second" in
+      uring) sed 's/^io = "sockets"$/io = "uring"/' "$work/bench.toml" >"$work/uring.toml" ;;
+      inband-auto) cp "$work/bench.toml" "$work/uring.toml"
+                   printf '[dtmf]\ninband = "auto"\n' >>"$work/uring.toml" ;;
+      *) echo "FLOOR_SECOND: uring or inband-auto" >&2; exit 2 ;;
+    esac
     start_server "$work/uring.toml" "$uring_port" 45000-59999 uring
     uring_server=$started
     echo "cores=$(nproc) calls=$calls user=$user date=$(date -u +%F) steady_state_s=$secs"
@@ -337,11 +349,11 @@ PY
       s=$(per_leg "$port" "$server")
       u=$(per_leg "$uring_port" "$uring_server")
       f=$(per_leg "$floor_port" "$far_pid")
-      echo "round $r: sockets_pct_of_a_core_per_leg=$s uring=$u floor=$f" \
-        "ratio_sockets=$(echo "$s / $f" | bc -l | cut -c1-5) ratio_uring=$(echo "$u / $f" | bc -l | cut -c1-5)"
+      echo "round $r: sockets_pct_of_a_core_per_leg=$s $second=$u floor=$f" \
+        "ratio_sockets=$(echo "$s / $f" | bc -l | cut -c1-5) ratio_$second=$(echo "$u / $f" | bc -l | cut -c1-5)"
     done
     echo "sockets: $(grep "media workers" "$work/server.log" | tail -1)"
-    echo "uring: $(grep "media workers" "$work/uring.log" | tail -1)"
+    echo "$second: $(grep "media workers" "$work/uring.log" | tail -1)"
     ;;
   idle)
     calls=${2:-1000}; hold=${3:-20000}

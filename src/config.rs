@@ -230,6 +230,9 @@ pub struct DtmfConfig {
     pub normal_twist_db: f32,
     /// Reverse twist: how much louder the high-group tone may be than the low-group one, dB.
     pub reverse_twist_db: f32,
+    /// Which legs listen for key tones in their audio: `"always"`, or `"auto"` (only legs
+    /// that did not agree RFC 4733 events).
+    pub inband: crate::media::dtmf::InbandDetection,
 }
 
 impl Default for DtmfConfig {
@@ -239,6 +242,7 @@ impl Default for DtmfConfig {
             min_level_dbm0: d.min_level_dbm0,
             normal_twist_db: d.normal_twist_db,
             reverse_twist_db: d.reverse_twist_db,
+            inband: crate::media::dtmf::InbandDetection::Always,
         }
     }
 }
@@ -1207,6 +1211,10 @@ min_level_dbm0 = -30.0
         c.validate().unwrap();
         assert_eq!(c.dtmf.detector().min_level_dbm0, -30.0);
         assert_eq!(c.dtmf.normal_twist_db, 8.0);
+        assert_eq!(c.dtmf.inband, crate::media::dtmf::InbandDetection::Always);
+        let auto = Config::from_toml_str("t", "[dtmf]\ninband = \"auto\"\n").unwrap();
+        assert_eq!(auto.dtmf.inband, crate::media::dtmf::InbandDetection::Auto);
+        assert!(Config::from_toml_str("t", "[dtmf]\ninband = \"sometimes\"\n").is_err());
         assert!(Config::from_toml_str(
             "t",
             "[dtmf]

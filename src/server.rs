@@ -206,6 +206,7 @@ pub async fn run_with_ready(
             metrics: Some(metrics.clone()),
         },
         dtmf: config.dtmf.detector(),
+        inband: config.dtmf.inband,
         ports: PortAllocator::new(
             config.sip.listen.ip(),
             config.rtp.port_min,

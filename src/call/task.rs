@@ -68,6 +68,8 @@ pub struct CallContext {
     pub rtp_sources: crate::media::leg::LegSources,
     /// In-band DTMF detection limits.
     pub dtmf: crate::media::dtmf::DetectorConfig,
+    /// Which legs run the in-band detector.
+    pub inband: crate::media::dtmf::InbandDetection,
     /// RTP/RTCP ports.
     pub ports: PortAllocator,
     /// Address written into our SDP.
@@ -1596,6 +1598,7 @@ impl Task {
                 ..self.ctx.rtp_sources.clone()
             },
             dtmf: self.ctx.dtmf,
+            inband: self.ctx.inband,
             first_seq: self.ids.u16(),
             first_timestamp: self.ids.u32(),
             rtcp_seed: self.ids.u64(..),

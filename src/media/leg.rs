@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::codec::{AudioCodec, CodecKind, CodecParams};
 pub use super::dtmf::DtmfMethod;
 use super::dtmf::{
-    DetectorConfig, Digit, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver, EventSender,
-    InbandDetector, InbandSender, SampleClock,
+    DetectorConfig, Digit, DigitEvent, DigitPhase, DtmfEvent, DtmfMerger, EventReceiver,
+    EventSender, InbandDetection, InbandDetector, InbandSender, SampleClock,
 };
 use super::frame::{samples_at, AudioSource, Frame, FRAME};
 #[cfg(test)]
@@ -266,6 +266,8 @@ pub struct LegConfig {
     pub sources: LegSources,
     /// What the in-band DTMF detector accepts as a key tone.
     pub dtmf: DetectorConfig,
+    /// Whether the in-band detector runs when the peer agreed RFC 4733 events too.
+    pub inband: InbandDetection,
     /// The sequence number of our first RTP packet (random in production, RFC 3550 §5.1).
     pub first_seq: u16,
     /// The RTP timestamp of our first sample (random in production, RFC 3550 §5.1).
@@ -316,6 +318,7 @@ impl LegConfig {
             ptime: FRAME,
             sources: LegSources::default(),
             dtmf: DetectorConfig::default(),
+            inband: InbandDetection::Always,
             first_seq: rng.u16(..),
             first_timestamp: rng.u32(..),
             rtcp_seed: rng.u64(..),
@@ -1287,6 +1290,11 @@ impl Leg {
         self.quiet_floor = floor;
     }
 
+    /// Whether the in-band detector analyses this leg's audio (see [`InbandDetection`]).
+    fn listens_inband(&self) -> bool {
+        self.cfg.inband == InbandDetection::Always || self.cfg.telephone_event.is_none()
+    }
+
     /// Whether an in-band key tone is sounding in the input now: a room leaves that audio out
     /// of its mix so that key presses are not heard by the other members.
     pub fn dtmf_sounding(&self) -> bool {
@@ -1656,12 +1664,17 @@ impl Leg {
         let mut found = [None; 4];
         let mut count = 0;
         let clock = &self.inband_clock;
-        self.inband.push(&self.pcm_in, |e| {
+        let on_event = |e: DigitEvent| {
             if count < found.len() {
                 found[count] = Some(DtmfEvent::from_inband(&e, clock));
                 count += 1;
             }
-        });
+        };
+        if self.listens_inband() {
+            self.inband.push(&self.pcm_in, on_event);
+        } else {
+            self.inband.pass(self.pcm_in.len(), on_event);
+        }
         for e in found.into_iter().flatten() {
             self.key_event(e);
         }
@@ -2405,6 +2418,37 @@ mod dtmf_tests {
             digits(&run(&mut l, t0, false, true, false)),
             vec![('7', DtmfMethod::Inband)]
         );
+    }
+
+    #[test]
+    fn with_inband_auto_only_a_leg_without_rfc4733_listens_for_tones() {
+        let t0 = Instant::now();
+        let auto = |telephone_event| {
+            let mut l = leg(t0);
+            l.cfg.inband = InbandDetection::Auto;
+            l.cfg.telephone_event = telephone_event;
+            l
+        };
+        let mut events_agreed = auto(Some(TE));
+        assert_eq!(
+            digits(&run(&mut events_agreed, t0, false, true, false)),
+            vec![],
+            "events agreed: tones alone go unheard"
+        );
+        let mut both = auto(Some(TE));
+        assert_eq!(
+            digits(&run(&mut both, t0, true, true, false)),
+            vec![('7', DtmfMethod::Rfc4733)],
+            "its events are heard"
+        );
+        let mut no_events = auto(None);
+        assert_eq!(
+            digits(&run(&mut no_events, t0, false, true, false)),
+            vec![('7', DtmfMethod::Inband)],
+            "no events agreed: tones are listened for"
+        );
+        // The default listens whatever was agreed (inband_press_alone_is_reported).
+        assert_eq!(leg(t0).cfg.inband, InbandDetection::Always);
     }
 
     #[test]

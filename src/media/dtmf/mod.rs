@@ -95,6 +95,21 @@ const TWIST_MARGIN_DB: f32 = 1.0;
 /// accept) and ±3.5 % (must reject), so measurement error has room on both sides.
 pub const FREQ_TOLERANCE: f32 = 0.025;
 
+/// Which legs run the in-band detector (`[dtmf] inband`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InbandDetection {
+    /// Every leg: a key heard in the audio counts even from a phone that also agreed
+    /// RFC 4733 events (some send both, some send tones whatever they agreed).
+    #[default]
+    Always,
+    /// Only legs whose peer did not agree RFC 4733 telephone-events, as Asterisk's
+    /// `dtmf_mode = auto` does: legs that send keys as events skip the detector's work on
+    /// every frame. A room then hears, rather than drops, key tones such a phone puts in its
+    /// audio.
+    Auto,
+}
+
 /// Thresholds for [`InbandDetector`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorConfig {
@@ -359,6 +374,22 @@ impl InbandDetector {
                 self.process_block(&mut on_event);
             }
         }
+    }
+
+    /// Lets `n` samples go by unanalysed, for a leg that does not listen for key tones now:
+    /// a digit in progress ends here (reported as by [`finish`](Self::finish)), and
+    /// positions and the block grid keep counting, so that digits heard later are placed in
+    /// time correctly.
+    pub fn pass(&mut self, n: usize, on_event: impl FnMut(DigitEvent)) {
+        if !matches!(self.state, State::Idle) {
+            self.finish(on_event);
+        }
+        self.history = [Block::EMPTY; 2];
+        self.position += n as u64;
+        // The block grid stays where it was: the passed part of the current block counts
+        // as silence, so audio after a silent pause is analysed exactly as if it had been.
+        self.fill = (self.position % self.block_len as u64) as usize;
+        self.buf[..self.fill].fill(0.0);
     }
 
     /// Whether the latest audio looks like a key tone: a digit being confirmed or in

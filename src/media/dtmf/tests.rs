@@ -828,3 +828,54 @@ fn a_phase_jump_inside_a_key_does_not_split_it() {
         }
     }
 }
+
+#[test]
+fn audio_passed_unanalysed_still_counts_towards_positions() {
+    let lead = ms(1000);
+    let pcm = Signal::new()
+        .silence(lead)
+        .tone(digit('5'), ms(100), -10.0)
+        .silence(ms(100))
+        .i16();
+    let heard = detect(&pcm);
+    assert_eq!(digits(&heard), "5");
+    // The lead-in let go by unanalysed: the same events at the same positions.
+    let mut det = InbandDetector::new(clock(RATE)).unwrap();
+    let mut events = Vec::new();
+    for _ in 0..lead / 160 {
+        det.pass(160, |e| events.push(e));
+    }
+    assert!(events.is_empty());
+    assert_eq!(det.position(), lead as u64);
+    for c in pcm[lead..].chunks(160) {
+        det.push(c, |e| events.push(e));
+    }
+    det.finish(|e| events.push(e));
+    assert_eq!(events, heard);
+}
+
+#[test]
+fn passing_audio_mid_tone_ends_the_digit_there() {
+    let pcm = Signal::new()
+        .silence(ms(100))
+        .tone(digit('9'), ms(200), -10.0)
+        .i16();
+    let mut det = InbandDetector::new(clock(RATE)).unwrap();
+    let mut events = Vec::new();
+    // 100 ms of silence and 100 ms of the tone: begun, not ended.
+    for c in pcm[..ms(200)].chunks(160) {
+        det.push(c, |e| events.push(e));
+    }
+    assert_eq!(digits(&events), "9");
+    assert_eq!(events.len(), 1);
+    det.pass(160, |e| events.push(e));
+    assert_paired(&events);
+    assert!(!det.tone_suspected(), "nothing is followed while passing");
+    // What follows is another press, not the same one going on.
+    for c in pcm[ms(200) + 160..].chunks(160) {
+        det.push(c, |e| events.push(e));
+    }
+    det.finish(|e| events.push(e));
+    assert_eq!(digits(&events), "99");
+    assert_paired(&events);
+}
