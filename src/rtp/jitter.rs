@@ -182,7 +182,26 @@ pub struct JitterBuffer {
     delay_count: usize,
     delay_pos: usize,
     last_delay: i64,
+    /// Least and greatest of the delays in the window, kept as they come and go rather
+    /// than looked for among all of them for every packet.
+    delay_range: (i64, i64),
     stats: JitterStats,
+}
+
+/// Arrival delay in µs of a packet `ticks` of media after the reference, `wall_ns` after it
+/// by the clock, truncated toward zero. In i64 whenever that cannot overflow (more than two
+/// days of media at 48 kHz), which is most of the cost of every packet otherwise.
+fn delay_us(wall_ns: u128, ticks: i128, rate: u32) -> i64 {
+    let rate = i64::from(rate.max(1));
+    if let (Ok(wall), Ok(ticks)) = (i64::try_from(wall_ns), i64::try_from(ticks)) {
+        if let Some(scaled) = ticks.checked_mul(1_000_000_000) {
+            if let Some(diff) = wall.checked_sub(scaled / rate) {
+                return diff / 1000;
+            }
+        }
+    }
+    let media = ticks * 1_000_000_000 / i128::from(rate);
+    i64::try_from((wall_ns as i128 - media) / 1000).unwrap_or(i64::MAX)
 }
 
 fn frames_in(d: Duration, frame: Duration) -> u64 {
@@ -236,6 +255,7 @@ impl JitterBuffer {
             delay_count: 0,
             delay_pos: 0,
             last_delay: 0,
+            delay_range: (i64::MAX, i64::MIN),
             stats: JitterStats::default(),
         }
     }
@@ -282,6 +302,7 @@ impl JitterBuffer {
         self.delay_count = 0;
         self.delay_pos = 0;
         self.last_delay = 0;
+        self.delay_range = (i64::MAX, i64::MIN);
     }
 
     fn slot_index(&self, seq: SeqNo) -> usize {
@@ -452,11 +473,11 @@ impl JitterBuffer {
             self.record_delay(0);
             return;
         };
-        let rate = i128::from(timestamp.rate().hz());
-        let media =
-            (i128::from(timestamp.ticks()) - i128::from(ts0.ticks())) * 1_000_000_000 / rate.max(1);
-        let wall = now.saturating_duration_since(t0).as_nanos() as i128;
-        let delay = i64::try_from((wall - media) / 1000).unwrap_or(i64::MAX);
+        let delay = delay_us(
+            now.saturating_duration_since(t0).as_nanos(),
+            i128::from(timestamp.ticks()) - i128::from(ts0.ticks()),
+            timestamp.rate().hz(),
+        );
         let max_us = self.config.max_depth.as_micros() as i64;
         if (delay - self.last_delay).abs() > max_us.saturating_mul(2) {
             // A clock jump on the sender or a long stall: no depth could absorb it, so
@@ -464,17 +485,19 @@ impl JitterBuffer {
             self.reference = Some((now, timestamp));
             self.delay_count = 0;
             self.delay_pos = 0;
+            self.delay_range = (i64::MAX, i64::MIN);
             self.record_delay(0);
             return;
         }
         self.record_delay(delay);
 
-        let window = &self.delays[..self.delay_count];
-        let (lo, hi) = window
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+        let (lo, hi) = self.delay_range;
         let spread_ns = i128::from(hi.saturating_sub(lo)).max(0) * 1000;
-        let spread_frames = (spread_ns + self.frame_nanos - 1) / self.frame_nanos;
+        // Whole frames, rounded up; i64 holds any spread a window can have (< 2⁶³ ns).
+        let spread_frames = match (i64::try_from(spread_ns), i64::try_from(self.frame_nanos)) {
+            (Ok(s), Ok(f)) => i128::from(s.saturating_add(f - 1) / f),
+            _ => (spread_ns + self.frame_nanos - 1) / self.frame_nanos,
+        };
         let wanted = (u64::try_from(spread_frames)
             .unwrap_or(u64::MAX)
             .saturating_add(1))
@@ -492,10 +515,20 @@ impl JitterBuffer {
     }
 
     fn record_delay(&mut self, delay_us: i64) {
+        let leaving = (self.delay_count == DELAY_WINDOW).then(|| self.delays[self.delay_pos]);
         self.delays[self.delay_pos] = delay_us;
         self.delay_pos = (self.delay_pos + 1) % DELAY_WINDOW;
         self.delay_count = (self.delay_count + 1).min(DELAY_WINDOW);
         self.last_delay = delay_us;
+        let (lo, hi) = self.delay_range;
+        self.delay_range = if leaving.is_some_and(|d| d == lo || d == hi) {
+            // The least or greatest just left: look again (one packet in ~a window's worth).
+            self.delays[..self.delay_count]
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)))
+        } else {
+            (lo.min(delay_us), hi.max(delay_us))
+        };
     }
 
     /// The payload of packet `seq` if it is buffered, without taking it: after a
@@ -1012,6 +1045,38 @@ mod tests {
     }
 
     proptest! {
+        /// The delay in i64 is the delay the i128 formula gives, for any clock and media
+        /// time, ahead of or behind the reference.
+        #[test]
+        fn the_delay_in_i64_is_the_exact_one(
+            wall in 0u128..(1u128 << 70),
+            ticks in -(1i128 << 40)..(1i128 << 40),
+            rate in prop::sample::select(vec![8000u32, 16000, 48000, 90000, 1]),
+        ) {
+            let media = ticks * 1_000_000_000 / i128::from(rate);
+            let want = i64::try_from((wall as i128 - media) / 1000).unwrap_or(i64::MAX);
+            prop_assert_eq!(delay_us(wall, ticks, rate), want);
+        }
+
+        /// The range kept as delays come and go is the least and greatest of the window.
+        #[test]
+        fn the_kept_delay_range_is_the_windows(
+            delays in proptest::collection::vec(-50i64..50, 1..400),
+            reset_at in proptest::option::of(0usize..400),
+        ) {
+            let mut jb = JitterBuffer::new(JitterConfig::default());
+            for (i, d) in delays.iter().enumerate() {
+                if reset_at == Some(i) {
+                    jb.reset();
+                }
+                jb.record_delay(*d);
+                let window = &jb.delays[..jb.delay_count];
+                let lo = window.iter().copied().min().unwrap();
+                let hi = window.iter().copied().max().unwrap();
+                prop_assert_eq!(jb.delay_range, (lo, hi), "after {} delays", i + 1);
+            }
+        }
+
         /// Drops, duplicates and reorders (each packet displaced by less than `window`
         /// frames), with a pop every 20 ms: output is strictly increasing, every frame was
         /// input, a Lost is only ever a packet that was dropped or arrived after its turn, and
