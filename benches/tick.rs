@@ -20,7 +20,8 @@ mod alloc;
 #[path = "support/leg.rs"]
 mod leg;
 
-use leg::{pcmu_leg, PEER};
+use leg::{pcmu_leg, pcmu_leg_inband, PEER};
+use switchboard::media::dtmf::InbandDetection;
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
@@ -172,6 +173,34 @@ fn bench(c: &mut Criterion) {
                 black_box(sent);
             },
         );
+    }
+    // The same 100 legs hearing speech-like noise, with in-band detection as `[dtmf] inband`
+    // = "always" (the default) and "auto" (these legs agreed RFC 4733, so no detector).
+    g.throughput(Throughput::Elements(100));
+    for (name, inband) in [
+        ("inband always", InbandDetection::Always),
+        ("inband auto", InbandDetection::Auto),
+    ] {
+        g.bench_function(BenchmarkId::new(name, 100), |b| {
+            let t0 = Instant::now();
+            let mut legs: Vec<Leg> = (0..100)
+                .map(|i| {
+                    let mut l = pcmu_leg_inband(i, t0, inband);
+                    l.apply(t0, LegCommand::Echo(true));
+                    l
+                })
+                .collect();
+            let mut buf = [0u8; 1500];
+            let mut n = 0u64;
+            let mut sent = 0usize;
+            b.iter(|| {
+                let len = packet(n, &mut buf);
+                let now = t0 + FRAME * n as u32;
+                tick_all(&mut legs, now, n, &buf[..len], &mut sent);
+                n += 1;
+            });
+            black_box(sent);
+        });
     }
     for n_legs in [100usize, 1000] {
         g.throughput(Throughput::Elements(n_legs as u64));

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use switchboard::media::dtmf::InbandDetection;
 use switchboard::media::leg::{Leg, LegConfig};
 use switchboard::rtp::types::Ssrc;
 
@@ -13,4 +14,15 @@ pub const PEER: SocketAddr =
 /// A PCMU leg with SSRC `i`, sending to [`PEER`].
 pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
     Leg::new(LegConfig::pcmu(PEER, Ssrc::new(i as u32)), now).unwrap()
+}
+
+/// As [`pcmu_leg`], with in-band detection as `[dtmf] inband` says (the leg agreed RFC 4733
+/// events, so `Auto` leaves its audio unanalysed).
+#[allow(dead_code)]
+pub fn pcmu_leg_inband(i: usize, now: Instant, inband: InbandDetection) -> Leg {
+    let cfg = LegConfig {
+        inband,
+        ..LegConfig::pcmu(PEER, Ssrc::new(i as u32))
+    };
+    Leg::new(cfg, now).unwrap()
 }
