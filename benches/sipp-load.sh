@@ -36,6 +36,8 @@
 #                                              # (needs python3 for the HTTP load)
 # SIPP_LOAD_PORT=N moves the server's SIP port (default 25060); SIPp takes N+10, a far end N+20.
 # MEDIA_IO=auto|uring|sockets sets the server's [media] io (default: the embedded default).
+# SERVER_BIN=PATH runs another build of the server (e.g. an older commit's, for a comparison
+# in alternating runs); the default is this tree's release build.
 # KEEP_LOGS=DIR (setup): keeps the server's log, SIPp's output and the RSS samples there.
 # SERVER_WRAP runs the server under a tool, e.g. SERVER_WRAP="heaptrack -o /tmp/server"
 # (the CPU and memory figures are then the tool's process's, not the server's).
@@ -99,7 +101,7 @@ fi
 # sets $started to its pid once it is ready.
 start_server() {
   RUST_LOG=info,switchboard::server=debug \
-  ${SERVER_WRAP:-} ./target/release/switchboard serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
+  ${SERVER_WRAP:-} "${SERVER_BIN:-./target/release/switchboard}" serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
     --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
     >"$work/$4.ready" 2>"$work/$4.log" &
   started=$!
