@@ -20,20 +20,39 @@ mod alloc;
 #[path = "support/leg.rs"]
 mod leg;
 
-use leg::{pcmu_leg, pcmu_leg_inband, PEER};
+use leg::{pcmu_leg_inband, PEER};
 use switchboard::media::dtmf::InbandDetection;
 
 #[global_allocator]
 static A: alloc::Counting = alloc::Counting;
 
 fn legs(n: usize, now: Instant) -> Vec<Leg> {
+    legs_inband(n, now, InbandDetection::Always)
+}
+
+/// `n` echoing legs with in-band detection as `[dtmf] inband` says.
+fn legs_inband(n: usize, now: Instant, inband: InbandDetection) -> Vec<Leg> {
     (0..n)
         .map(|i| {
-            let mut l = pcmu_leg(i, now);
+            let mut l = pcmu_leg_inband(i, now, inband);
             l.apply(now, LegCommand::Echo(true));
             l
         })
         .collect()
+}
+
+/// Ticks `legs` once per iteration, each hearing that tick's packet.
+fn run_ticks(b: &mut criterion::Bencher<'_>, legs: &mut [Leg], t0: Instant) {
+    let mut buf = [0u8; 1500];
+    let mut n = 0u64;
+    let mut sent = 0usize;
+    b.iter(|| {
+        let len = packet(n, &mut buf);
+        let now = t0 + FRAME * n as u32;
+        tick_all(legs, now, n, &buf[..len], &mut sent);
+        n += 1;
+    });
+    black_box(sent);
 }
 
 /// A ready-made packet per tick number (speech-like noise, so DTMF detection does real work).
@@ -160,17 +179,7 @@ fn bench(c: &mut Criterion) {
             &n_legs,
             |b, &n_legs| {
                 let t0 = Instant::now();
-                let mut legs = legs(n_legs, t0);
-                let mut buf = [0u8; 1500];
-                let mut n = 0u64;
-                let mut sent = 0usize;
-                b.iter(|| {
-                    let len = packet(n, &mut buf);
-                    let now = t0 + FRAME * n as u32;
-                    tick_all(&mut legs, now, n, &buf[..len], &mut sent);
-                    n += 1;
-                });
-                black_box(sent);
+                run_ticks(b, &mut legs(n_legs, t0), t0);
             },
         );
     }
@@ -183,23 +192,7 @@ fn bench(c: &mut Criterion) {
     ] {
         g.bench_function(BenchmarkId::new(name, 100), |b| {
             let t0 = Instant::now();
-            let mut legs: Vec<Leg> = (0..100)
-                .map(|i| {
-                    let mut l = pcmu_leg_inband(i, t0, inband);
-                    l.apply(t0, LegCommand::Echo(true));
-                    l
-                })
-                .collect();
-            let mut buf = [0u8; 1500];
-            let mut n = 0u64;
-            let mut sent = 0usize;
-            b.iter(|| {
-                let len = packet(n, &mut buf);
-                let now = t0 + FRAME * n as u32;
-                tick_all(&mut legs, now, n, &buf[..len], &mut sent);
-                n += 1;
-            });
-            black_box(sent);
+            run_ticks(b, &mut legs_inband(100, t0, inband), t0);
         });
     }
     for n_legs in [100usize, 1000] {

@@ -12,6 +12,7 @@ pub const PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
 /// A PCMU leg with SSRC `i`, sending to [`PEER`].
+#[allow(dead_code)]
 pub fn pcmu_leg(i: usize, now: Instant) -> Leg {
     Leg::new(LegConfig::pcmu(PEER, Ssrc::new(i as u32)), now).unwrap()
 }
