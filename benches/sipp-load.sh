@@ -15,7 +15,8 @@
 #                                              # and bridges it: CPU per call, side by side
 #   benches/sipp-load.sh floor CALLS [USER]    # the kernel's floor beside the server: CALLS
 #                                              # calls to USER (default echo; playback: the
-#                                              # menu prompt played over and over) on the server,
+#                                              # menu prompt played over and over; recording:
+#                                              # what SIPp echoes recorded to WAV) on the server,
 #                                              # then on benches/floor/ (RTP only), SIPp
 #                                              # echoing every packet (-rtp_echo), rounds
 #                                              # alternating (FLOOR_ROUNDS, default 3; FLOOR_SECS
@@ -64,6 +65,9 @@ if [ "$mode" = dial ] || [ "$mode" = originate ] || [ "$mode" = floor ] || [ "$m
   echo 'hangup();' >"$work/scripts/bench-hangup.rhai"
   # A playback call: the menu prompt over and over, for as long as the caller stays.
   echo 'answer(); loop { play("menu"); }' >"$work/scripts/bench-playback.rhai"
+  # A recording call: what the caller sends goes to a WAV for as long as the caller stays.
+  echo 'answer(); record(#{max_secs: 3600, silence_secs: 0, min_secs: 0, beep: false});' \
+    >"$work/scripts/bench-record.rhai"
   cat >>"$work/bench.toml" <<TOML
 [paths]
 scripts = "$work/scripts"
@@ -82,6 +86,9 @@ script = "bench-playback"
 [[dialplan]]
 exact = "ivr"
 script = "ivr"
+[[dialplan]]
+exact = "recording"
+script = "bench-record"
 TOML
 fi
 # Every load comes from SIPp's one address at rates far above a single phone's: the
