@@ -1679,9 +1679,12 @@ impl Task {
         let now = Instant::now();
         let recent: Option<Vec<_>> = names
             .iter()
-            .map(|n| match n.strip_prefix("recording:") {
-                Some(_) => None,
-                None => prompts.recent(n, rate, now),
+            .map(|n| {
+                if n.starts_with("recording:") {
+                    None
+                } else {
+                    prompts.recent(n, rate, now)
+                }
             })
             .collect();
         if let Some(list) = recent {

@@ -289,14 +289,15 @@ struct Stamp {
 /// Cached prompts by (canonical path, rate), with the file stamp they were decoded from.
 type Entries = HashMap<(PathBuf, u32), (Stamp, Arc<Prompt>)>;
 
-/// Prompts by the name and rate a load asked for, with when their file was last looked at.
-type Recent = HashMap<(String, u32), (Instant, Arc<Prompt>)>;
+/// Prompts by the rate and name a load asked for, with when their file was last looked at
+/// (by rate first, so that a look-up borrows the name).
+type Recent = HashMap<u32, HashMap<String, (Instant, Arc<Prompt>)>>;
 
 /// How long a prompt loaded by name is played again without looking at its file: a
 /// replaced file is heard within this long, and a busy server does not look up the same
 /// file for every call.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
-/// Names remembered in the recent list; past this the list starts afresh.
+/// Names remembered per rate in the recent list; past this it starts afresh.
 const RECENT_MAX: usize = 1024;
 
 /// Decoded prompts under one folder, shared and reloaded when their file changes.
@@ -343,7 +344,7 @@ impl PromptCache {
     /// its thread.
     pub fn recent(&self, name: &str, rate: ClockRate, now: Instant) -> Option<Arc<Prompt>> {
         let recent = self.lock_recent();
-        let (checked, prompt) = recent.get(&(name.to_string(), rate.hz()))?;
+        let (checked, prompt) = recent.get(&rate.hz())?.get(name)?;
         (now.saturating_duration_since(*checked) < RECHECK_AFTER).then(|| Arc::clone(prompt))
     }
 
@@ -426,13 +427,11 @@ impl PromptCache {
         let checked = Instant::now();
         let prompt = self.load_file_checked(name, rate)?;
         let mut recent = self.lock_recent();
-        if recent.len() >= RECENT_MAX {
-            recent.clear();
+        let names = recent.entry(rate.hz()).or_default();
+        if names.len() >= RECENT_MAX {
+            names.clear();
         }
-        recent.insert(
-            (name.to_string(), rate.hz()),
-            (checked, Arc::clone(&prompt)),
-        );
+        names.insert(name.to_string(), (checked, Arc::clone(&prompt)));
         Ok(prompt)
     }
 

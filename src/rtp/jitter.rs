@@ -156,7 +156,7 @@ struct Slot {
 #[derive(Debug, Clone)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    frame_nanos: i128,
+    frame_nanos: u64,
     min_frames: u64,
     max_frames: u64,
     target_frames: u64,
@@ -193,12 +193,11 @@ pub struct JitterBuffer {
 /// days of media at 48 kHz), which is most of the cost of every packet otherwise.
 fn delay_us(wall_ns: u128, ticks: i128, rate: u32) -> i64 {
     let rate = i64::from(rate.max(1));
-    if let (Ok(wall), Ok(ticks)) = (i64::try_from(wall_ns), i64::try_from(ticks)) {
-        if let Some(scaled) = ticks.checked_mul(1_000_000_000) {
-            if let Some(diff) = wall.checked_sub(scaled / rate) {
-                return diff / 1000;
-            }
-        }
+    let narrow = i64::try_from(wall_ns).ok().zip(i64::try_from(ticks).ok());
+    if let Some(diff) =
+        narrow.and_then(|(wall, ticks)| wall.checked_sub(ticks.checked_mul(1_000_000_000)? / rate))
+    {
+        return diff / 1000;
     }
     let media = ticks * 1_000_000_000 / i128::from(rate);
     i64::try_from((wall_ns as i128 - media) / 1000).unwrap_or(i64::MAX)
@@ -226,7 +225,9 @@ impl JitterBuffer {
         };
         JitterBuffer {
             config,
-            frame_nanos: config.frame.as_nanos().max(1) as i128,
+            frame_nanos: u64::try_from(config.frame.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
             min_frames,
             max_frames,
             target_frames,
@@ -299,9 +300,14 @@ impl JitterBuffer {
         self.prefetch_since = None;
         self.excess_since = None;
         self.reference = None;
+        self.forget_delays();
+        self.last_delay = 0;
+    }
+
+    /// Empties the window of arrival delays.
+    fn forget_delays(&mut self) {
         self.delay_count = 0;
         self.delay_pos = 0;
-        self.last_delay = 0;
         self.delay_range = (i64::MAX, i64::MIN);
     }
 
@@ -483,25 +489,22 @@ impl JitterBuffer {
             // A clock jump on the sender or a long stall: no depth could absorb it, so
             // measure afresh from here instead of letting it dominate the window.
             self.reference = Some((now, timestamp));
-            self.delay_count = 0;
-            self.delay_pos = 0;
-            self.delay_range = (i64::MAX, i64::MIN);
+            self.forget_delays();
             self.record_delay(0);
             return;
         }
         self.record_delay(delay);
 
         let (lo, hi) = self.delay_range;
-        let spread_ns = i128::from(hi.saturating_sub(lo)).max(0) * 1000;
-        // Whole frames, rounded up; i64 holds any spread a window can have (< 2⁶³ ns).
-        let spread_frames = match (i64::try_from(spread_ns), i64::try_from(self.frame_nanos)) {
-            (Ok(s), Ok(f)) => i128::from(s.saturating_add(f - 1) / f),
-            _ => (spread_ns + self.frame_nanos - 1) / self.frame_nanos,
-        };
-        let wanted = (u64::try_from(spread_frames)
-            .unwrap_or(u64::MAX)
-            .saturating_add(1))
-        .clamp(self.min_frames, self.max_frames);
+        // Whole frames, rounded up (a spread past u64 nanoseconds saturates, and the depth
+        // is clamped to the maximum either way).
+        let spread_ns = u64::try_from(hi.saturating_sub(lo))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let wanted = spread_ns
+            .div_ceil(self.frame_nanos)
+            .saturating_add(1)
+            .clamp(self.min_frames, self.max_frames);
         let since_change = self
             .last_target_change
             .map_or(Duration::MAX, |t| now.saturating_duration_since(t));

@@ -600,7 +600,7 @@ impl LocalSession {
         let Some((codec, pt)) = chosen else {
             return Err(NegotiationError::NoCommonCodec {
                 offered: format_names(std::iter::once(theirs)),
-                supported: self.supported_names(),
+                supported: names(&self.codecs),
             });
         };
         let telephone_event = pick_telephone_event(theirs, rtpmap, codec.clock_rate());
@@ -692,10 +692,6 @@ impl LocalSession {
             SrtpSession::new(&ours, &theirs).ok()?;
             Some((theirs, ours))
         })
-    }
-
-    fn supported_names(&self) -> String {
-        names(&self.codecs)
     }
 
     fn skeleton(&self) -> SessionDescription {

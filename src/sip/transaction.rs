@@ -80,23 +80,19 @@ pub struct TimerTable([Option<(Timer, Instant)>; TIMER_SLOTS]);
 impl TimerTable {
     /// Arms `t` to fire at `at`.
     pub fn set(&mut self, t: Timer, at: Instant) {
-        let slot = match self.0.iter().position(|s| s.is_some_and(|(x, _)| x == t)) {
-            Some(i) => i,
-            None => match self.0.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    // Unreachable by construction (see TIMER_SLOTS); should it ever happen,
-                    // the latest deadline gives way, never the earliest.
-                    debug_assert!(false, "more than {TIMER_SLOTS} timers armed");
-                    let latest = self
-                        .0
-                        .iter()
-                        .enumerate()
-                        .max_by_key(|(_, s)| s.map(|(_, d)| d));
-                    latest.map_or(0, |(i, _)| i)
-                }
-            },
-        };
+        let slot = self
+            .0
+            .iter()
+            .position(|s| s.is_some_and(|(x, _)| x == t))
+            .or_else(|| self.0.iter().position(Option::is_none))
+            .unwrap_or_else(|| {
+                // Unreachable by construction (see TIMER_SLOTS); should it ever happen,
+                // the latest deadline gives way, never the earliest.
+                debug_assert!(false, "more than {TIMER_SLOTS} timers armed");
+                (0..TIMER_SLOTS)
+                    .max_by_key(|&i| self.0[i].map(|(_, d)| d))
+                    .unwrap_or(0)
+            });
         self.0[slot] = Some((t, at));
     }
     /// Disarms `t`.
@@ -282,7 +278,8 @@ impl InviteServerTx {
     }
 
     /// Bytes of response kept for retransmission.
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.last_response.as_ref().map_or(0, Vec::capacity)
     }
 

@@ -280,6 +280,8 @@ pub struct InbandDetector {
     /// The last two blocks, newest last.
     history: [Block; 2],
     state: State,
+    /// Audio is going by unanalysed (see [`InbandDetector::pass`]).
+    passing: bool,
 }
 
 fn db_to_power_ratio(db: f32) -> f32 {
@@ -337,6 +339,7 @@ impl InbandDetector {
             min_tone: (MIN_TONE_MS * sample_rate / 1000) as f32,
             history: [Block::EMPTY; 2],
             state: State::Idle,
+            passing: false,
         })
     }
 
@@ -356,10 +359,14 @@ impl InbandDetector {
         self.position = 0;
         self.history = [Block::EMPTY; 2];
         self.state = State::Idle;
+        self.passing = false;
     }
 
     /// Feeds PCM of any length; calls `on_event` for each digit start and end found.
     pub fn push(&mut self, pcm: &[i16], mut on_event: impl FnMut(DigitEvent)) {
+        if self.passing {
+            self.resume();
+        }
         let mut rest = pcm;
         while !rest.is_empty() {
             let take = (self.block_len - self.fill).min(rest.len());
@@ -381,13 +388,21 @@ impl InbandDetector {
     /// positions and the block grid keep counting, so that digits heard later are placed in
     /// time correctly.
     pub fn pass(&mut self, n: usize, on_event: impl FnMut(DigitEvent)) {
-        if !matches!(self.state, State::Idle) {
-            self.finish(on_event);
+        if !self.passing {
+            if !matches!(self.state, State::Idle) {
+                self.finish(on_event);
+            }
+            self.history = [Block::EMPTY; 2];
+            self.passing = true;
         }
-        self.history = [Block::EMPTY; 2];
         self.position += n as u64;
-        // The block grid stays where it was: the passed part of the current block counts
-        // as silence, so audio after a silent pause is analysed exactly as if it had been.
+    }
+
+    /// Back from [`pass`](Self::pass): the block grid stays where it was, the passed part
+    /// of the current block counting as silence, so audio after a silent pause is analysed
+    /// exactly as if it had been.
+    fn resume(&mut self) {
+        self.passing = false;
         self.fill = (self.position % self.block_len as u64) as usize;
         self.buf[..self.fill].fill(0.0);
     }
