@@ -487,9 +487,31 @@ fn the_default_engine_is_pocketsphinx_when_installed() {
     let asr = Asr::new(&AsrConfig::default()).unwrap();
     assert_eq!(asr.engine_name(), "pocketsphinx");
     // Found rather than asked for, it loads its decoder on the first recognition.
+    assert_eq!(asr.decoders(), 0);
     let (speech, rate) = say("support", "kal16");
     let r = asr.recognize(&speech, rate, &choices(&WORDS)).unwrap();
     assert_eq!(r.choice.as_deref(), Some("support"), "{r:?}");
+    assert_eq!(asr.decoders(), 1);
+}
+
+#[test]
+fn a_listen_loads_the_found_decoder_once_while_the_caller_speaks() {
+    let Some(_) = pocketsphinx() else { return };
+    let asr = std::sync::Arc::new(Asr::new(&AsrConfig::default()).unwrap());
+    assert_eq!(asr.decoders(), 0);
+    let loading = asr.prepare().expect("the first prepare loads a decoder");
+    // Later listens find it loading or loaded: no second load.
+    assert!(asr.prepare().is_none());
+    loading.join().unwrap();
+    assert_eq!(asr.decoders(), 1);
+    let (speech, rate) = say("support", "kal16");
+    let r = asr.recognize(&speech, rate, &choices(&WORDS)).unwrap();
+    assert_eq!(r.choice.as_deref(), Some("support"), "{r:?}");
+    assert_eq!(asr.decoders(), 1, "the recognition used the loaded decoder");
+    // A configured engine loaded its decoder at start; prepare has nothing to do.
+    let configured = std::sync::Arc::new(pocketsphinx().unwrap());
+    assert_eq!(configured.decoders(), 1);
+    assert!(configured.prepare().is_none());
 }
 
 #[test]

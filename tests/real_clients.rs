@@ -1338,7 +1338,9 @@ fn baresip_answers_a_spoken_menu_by_voice() {
     let mut phone = Baresip::start(b.dir(), "talker", b.sip(), options);
     phone.call("menu");
     let call = b.answered("menu");
-    let heard = b.events.wait("speech", EVENT_WAIT, |e| {
+    // The answer comes after the whole menu (about 7 s) has been said.
+    let menu_time = Duration::from_secs_f64(menu as f64 / 8000.0);
+    let heard = b.events.wait("speech", menu_time + EVENT_WAIT, |e| {
         e["call_id"] == call.as_str() && e["kind"] == "listen"
     });
     assert_eq!(heard["choice"], "billing", "{heard}");

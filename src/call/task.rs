@@ -1479,6 +1479,10 @@ impl Task {
 
     /// Gives a leg's ear a mode, putting an ear on the leg the first time.
     fn set_ear(&mut self, leg: LegId, mode: crate::speech::EarMode) {
+        if matches!(mode, crate::speech::EarMode::Listen(_)) {
+            // The loading thread is left to finish on its own.
+            drop(self.ctx.asr.prepare());
+        }
         self.next_stream += 1;
         let id = self.next_stream;
         let ear = if leg == LegId::CALLER {

@@ -19,6 +19,7 @@ mod sphinx;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -242,6 +243,38 @@ impl Asr {
             recognitions: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Readies the engine for a recognition soon (a listen has begun): a PocketSphinx that
+    /// was found rather than configured loads its first decoder now, on a thread of its own,
+    /// while the caller speaks, instead of when the utterance has ended. The loading thread,
+    /// the first time only.
+    pub fn prepare(self: &Arc<Self>) -> Option<std::thread::JoinHandle<()>> {
+        let Engine::Sphinx(ps) = &self.engine else {
+            return None;
+        };
+        if !ps.claim_first() {
+            return None;
+        }
+        let asr = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("asr-load".into())
+            .spawn(move || {
+                if let Engine::Sphinx(ps) = &asr.engine {
+                    ps.load_first();
+                }
+            });
+        spawned
+            .map_err(|e| tracing::warn!("no thread to load PocketSphinx's decoder: {e}"))
+            .ok()
+    }
+
+    /// Decoders loaded (idle or in use); 0 for engines without any.
+    pub fn decoders(&self) -> usize {
+        match &self.engine {
+            Engine::Sphinx(ps) => ps.decoders(),
+            _ => 0,
+        }
     }
 
     /// `"pocketsphinx"`, `"http"` or `"none"`, for events and metrics.

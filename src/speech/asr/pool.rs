@@ -75,6 +75,11 @@ impl<T> Pool<T> {
         self.returned.notify_one();
     }
 
+    /// Objects in existence: idle, lent out, or being built.
+    pub(super) fn created(&self) -> usize {
+        self.lock().created
+    }
+
     /// Forgets a lent object that is not coming back (it failed), making room for a new one.
     pub(super) fn discard(&self) {
         let mut state = self.lock();

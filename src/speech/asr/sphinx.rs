@@ -14,6 +14,7 @@
 //! answer: the n-gram model is poor on telephone audio, and best with a sentence or more.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ pub(super) struct PocketSphinx {
     lm: String,
     pool: Pool<Slot>,
     min_confidence: f32,
+    /// Set once a first decoder has been asked for, by [`PocketSphinx::prepare`] or at start.
+    prepared: AtomicBool,
 }
 
 impl std::fmt::Debug for PocketSphinx {
@@ -145,12 +148,33 @@ impl PocketSphinx {
             lm: path_str(&c.lm)?,
             pool: Pool::new(c.decoders, Duration::from_millis(c.timeout_ms)),
             min_confidence: c.min_confidence,
+            prepared: AtomicBool::new(warm),
         };
         if warm {
             let first = engine.pool.take(|| engine.build())?;
             engine.pool.put(first);
         }
         Ok(engine)
+    }
+
+    /// Decoders in existence.
+    pub(super) fn decoders(&self) -> usize {
+        self.pool.created()
+    }
+
+    /// Whether a first decoder is still to be loaded; true once, to the first who asks, who
+    /// then loads it with [`PocketSphinx::load_first`].
+    pub(super) fn claim_first(&self) -> bool {
+        !self.prepared.swap(true, Ordering::AcqRel)
+    }
+
+    /// Loads a decoder into the pool (blocking, a second or more), so that the recognition
+    /// that follows a listen's start does not wait for the model.
+    pub(super) fn load_first(&self) {
+        match self.pool.take(|| self.build()) {
+            Ok(slot) => self.pool.put(slot),
+            Err(e) => tracing::warn!("PocketSphinx's decoder did not load: {e}"),
+        }
     }
 
     fn build(&self) -> Result<Slot, AsrError> {
