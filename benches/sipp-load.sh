@@ -24,7 +24,9 @@
 #                                              # of both and their ratio. Two servers take
 #                                              # turns: [media] io = "sockets", then "uring"
 #                                              # (on SIP port N+40; FLOOR_SECOND=inband-auto:
-#                                              # sockets with [dtmf] inband = "auto" instead),
+#                                              # sockets with [dtmf] inband = "auto" instead;
+#                                              # FLOOR_SECOND=build=PATH: the same settings on
+#                                              # another build, e.g. the commit before),
 #                                              # then the floor
 #   benches/sipp-load.sh setup RATE [SECS] [USER]  # call set-up: RATE new calls a second for SECS
 #                                              # (default 20) to USER (default playback), each
@@ -107,7 +109,7 @@ fi
 # sets $started to its pid once it is ready.
 start_server() {
   RUST_LOG=info,switchboard::server=debug \
-  ${SERVER_WRAP:-} "${SERVER_BIN:-./target/release/switchboard}" serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
+  ${SERVER_WRAP:-} "${5:-${SERVER_BIN:-./target/release/switchboard}}" serve --config "$1" --sip-listen 127.0.0.1:$2 --rtp-ports "$3" \
     --recordings "$work/recordings" --http-listen 127.0.0.1:0 \
     >"$work/$4.ready" 2>"$work/$4.log" &
   started=$!
@@ -344,13 +346,16 @@ PY
     # The second server: io_uring (default), or FLOOR_SECOND=inband-auto: sockets with
     # [dtmf] inband = "auto" (calls that agreed RFC 4733 skip in-band detection).
     second=${FLOOR_SECOND:-uring}
+    second_bin=
     case "$second" in
       uring) sed 's/^io = "sockets"$/io = "uring"/' "$work/bench.toml" >"$work/uring.toml" ;;
       inband-auto) cp "$work/bench.toml" "$work/uring.toml"
                    printf '[dtmf]\ninband = "auto"\n' >>"$work/uring.toml" ;;
-      *) echo "FLOOR_SECOND: uring or inband-auto" >&2; exit 2 ;;
+      build=*) cp "$work/bench.toml" "$work/uring.toml"; second_bin=${second#build=}
+               second=other_build ;;
+      *) echo "FLOOR_SECOND: uring, inband-auto or build=PATH" >&2; exit 2 ;;
     esac
-    start_server "$work/uring.toml" "$uring_port" 45000-59999 uring
+    start_server "$work/uring.toml" "$uring_port" 45000-59999 uring "$second_bin"
     uring_server=$started
     echo "cores=$(nproc) calls=$calls user=$user date=$(date -u +%F) steady_state_s=$secs"
     for r in $(seq 1 "$rounds"); do
