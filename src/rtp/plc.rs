@@ -585,13 +585,7 @@ mod tests {
     #[test]
     fn output_at_8_khz_is_pinned() {
         let out = pinned_8k_output();
-        // FNV-1a over the little-endian samples.
-        let hash = out
-            .iter()
-            .flat_map(|s| s.to_le_bytes())
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+        let hash = fnv(&out);
         // Concealed first blocks (700, 1100, 1500, 2200), later blocks (1200, 1600, 2300),
         // the attenuated tail (1900), a recovery fade (2040) and plain delayed input (5000).
         let probes: Vec<i16> = [700, 1100, 1200, 1500, 1600, 1900, 2040, 2200, 2300, 5000]
@@ -603,6 +597,61 @@ mod tests {
         assert_eq!(
             probes,
             [-194, 6375, -5334, 3921, -3353, -479, -560, 3532, -4607, -3857]
+        );
+    }
+
+    /// FNV-1a over little-endian samples.
+    fn fnv(samples: &[i16]) -> u64 {
+        samples
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+    }
+
+    /// Pinned output of a long run of 10, 20 and 30 ms frames of a gliding two-tone signal
+    /// with single losses and bursts of up to 8 frames, from a fixed seed, at 8 and 16 kHz:
+    /// concealment starts at every phase of the history's 10 ms blocks, after runs of every
+    /// length.
+    #[test]
+    fn long_random_losses_are_pinned_at_both_rates() {
+        let mut hashes = Vec::new();
+        for factor in [1usize, 2] {
+            let rate = if factor == 1 { 8000.0 } else { 16000.0 };
+            let mut plc = G711Plc::with_factor(factor);
+            let mut rng = fastrand::Rng::with_seed(0x5eed_0017);
+            let mut out = Vec::new();
+            let mut n = 0usize;
+            let mut lost_run = 0;
+            for _ in 0..3000 {
+                let len = BLOCK * factor * rng.usize(1..=3);
+                let mut frame: Vec<i16> = (0..len)
+                    .map(|k| {
+                        let t = (n + k) as f64 / rate;
+                        let f = 150.0 + 100.0 * (t * 0.7).sin();
+                        (5000.0 * (2.0 * std::f64::consts::PI * f * t).sin()
+                            + 2000.0 * (2.0 * std::f64::consts::PI * 3.1 * f * t).sin())
+                            as i16
+                    })
+                    .collect();
+                n += len;
+                if lost_run == 0 && rng.u8(..) < 20 {
+                    lost_run = rng.usize(1..=8);
+                }
+                if lost_run > 0 {
+                    lost_run -= 1;
+                    plc.lost_frame(&mut frame).unwrap();
+                } else {
+                    plc.good_frame(&mut frame).unwrap();
+                }
+                out.extend_from_slice(&frame);
+            }
+            hashes.push((out.len(), fnv(&out)));
+        }
+        assert_eq!(
+            hashes,
+            [(478_000, 0x3cce_038a_4c6b_17e2), (956_000, 0x9dd3_d938_705c_bbb9)]
         );
     }
 
