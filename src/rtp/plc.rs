@@ -611,9 +611,9 @@ mod tests {
     }
 
     /// Pinned output of a long run of 10, 20 and 30 ms frames of a gliding two-tone signal
-    /// with single losses and bursts of up to 8 frames, from a fixed seed, at 8 and 16 kHz:
-    /// concealment starts at every phase of the history's 10 ms blocks, after runs of every
-    /// length.
+    /// with single losses and bursts of up to 8 frames (past the 60 ms fade to silence), from
+    /// a fixed seed, at 8 and 16 kHz: concealment and recovery after good runs of many
+    /// lengths.
     #[test]
     fn long_random_losses_are_pinned_at_both_rates() {
         let mut hashes = Vec::new();
