@@ -21,6 +21,11 @@ fn main() {
     // A short T1 lets every INVITE transaction expire (64·T1) within the run.
     cfg.sip.t1_ms = 10;
     cfg.sip.t2_ms = 40;
+    // Every call comes from one address, far faster than a phone's: the guard's per-source and
+    // server-wide call-rate limits are lifted, as for the SIPp loads.
+    cfg.sip.invite_rate = 0.0;
+    cfg.sip.max_cps = 0;
+    cfg.sip.max_pending_invites = 0;
     cfg.rtp.port_min = 30000;
     cfg.rtp.port_max = 40000;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -419,8 +419,9 @@ struct Task {
     /// The legs the call placed.
     outs: HashMap<LegId, Out>,
     /// Events of the placed legs, tagged with their leg.
-    out_tx: mpsc::UnboundedSender<(LegId, OutEvent)>,
-    out_events: mpsc::UnboundedReceiver<(LegId, OutEvent)>,
+    /// Boxed, as for `recognized`: a channel's first block holds 32 messages.
+    out_tx: mpsc::UnboundedSender<(LegId, Box<OutEvent>)>,
+    out_events: mpsc::UnboundedReceiver<(LegId, Box<OutEvent>)>,
     /// The stream tapping the caller's leg.
     stream: Option<Running>,
     /// The ear on the caller's leg, once a speech verb wanted one.
@@ -431,8 +432,10 @@ struct Task {
     ear_tx: mpsc::Sender<Heard>,
     ears: mpsc::Receiver<Heard>,
     /// Recognitions done off the call task, and how long each took.
-    recognized_tx: mpsc::Sender<Recognized>,
-    recognized: mpsc::Receiver<Recognized>,
+    /// Boxed: a channel's first block holds 32 messages, made with the channel, and a
+    /// recognition is ~100 bytes, most calls never sending one.
+    recognized_tx: mpsc::Sender<Box<Recognized>>,
+    recognized: mpsc::Receiver<Box<Recognized>>,
     /// The last stream's number.
     next_stream: u64,
     /// The streams that ended, for the call's record.
@@ -748,7 +751,7 @@ impl Task {
                     core.handle_script_end(&outcome);
                 }
                 _ = sleep, if timer.is_some() => core.handle_timeout(Instant::now()),
-                Some((leg, ev)) = self.out_events.recv() => match ev {
+                Some((leg, ev)) = self.out_events.recv() => match *ev {
                     OutEvent::Sip(ev) => {
                         self.report_trunk(leg, &ev);
                         self.note_out_event(leg, &ev);
@@ -769,7 +772,8 @@ impl Task {
                 Some((leg, e)) = self.ears.recv() => {
                     core.handle_heard(Instant::now(), LegId(leg), e)
                 }
-                Some((result, took)) = self.recognized.recv() => {
+                Some(recognized) = self.recognized.recv() => {
+                    let (result, took) = *recognized;
                     self.recognize_ms = Some(took.as_millis() as u64);
                     core.handle_recognized(result);
                 }
@@ -1051,7 +1055,7 @@ impl Task {
                         })
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
-                        let _ = back.send((result, began.elapsed())).await;
+                        let _ = back.send(Box::new((result, began.elapsed()))).await;
                     });
                 }
                 Action::Work(Work::Room { room, request }) => {
@@ -1337,7 +1341,7 @@ impl Task {
         let tx = self.out_tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
-                if tx.send((leg, OutEvent::Sip(ev))).is_err() {
+                if tx.send((leg, Box::new(OutEvent::Sip(ev)))).is_err() {
                     return;
                 }
             }
@@ -1566,7 +1570,7 @@ impl Task {
         let to_call = self.out_tx.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
-                if to_call.send((id, OutEvent::Media(e))).is_err() {
+                if to_call.send((id, Box::new(OutEvent::Media(e)))).is_err() {
                     return;
                 }
             }
