@@ -123,7 +123,7 @@ pub fn spawn(
     ctx: Arc<CallContext>,
     call: CallHandle,
     incoming: Event,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: crate::sip::transport::CallEvents,
     commands: mpsc::Sender<Command>,
 ) {
     let Event::Incoming {
@@ -294,7 +294,7 @@ fn start(
     live_info: crate::live::CallInfo,
     ids: Ids,
     call: Option<CallHandle>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: crate::sip::transport::CallEvents,
     commands: mpsc::Sender<Command>,
     run: impl for<'a> FnOnce(
             &'a mut Task,
@@ -394,7 +394,7 @@ struct Task {
     outbound: bool,
     /// The trunk a call we placed went through, for its record.
     caller_trunk: Option<String>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: crate::sip::transport::CallEvents,
     commands: mpsc::Sender<Command>,
     lease: Option<PortLease>,
     leg: Option<LegHandle>,
@@ -726,7 +726,7 @@ impl Task {
             let ready = core.is_ready() && self.replier.is_none();
             tokio::select! {
                 ev = self.events.recv(), if self.call.is_some() => match ev {
-                    Some(ev) => core.handle_sip(Instant::now(), LegId::CALLER, ev),
+                    Some(ev) => core.handle_sip(Instant::now(), LegId::CALLER, *ev),
                     None => core.handle_lost(),
                 },
                 Some(e) = self.leg_events.recv() => self.on_leg_event(core, e).await,
@@ -1341,7 +1341,7 @@ impl Task {
         let tx = self.out_tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
-                if tx.send((leg, Box::new(OutEvent::Sip(ev)))).is_err() {
+                if tx.send((leg, Box::new(OutEvent::Sip(*ev)))).is_err() {
                     return;
                 }
             }

@@ -48,7 +48,7 @@ pub struct WhipCalls {
 
 struct Session {
     call: CallHandle,
-    events: mpsc::UnboundedSender<Event>,
+    events: crate::sip::transport::CallEventSender,
     source: IpAddr,
 }
 
@@ -186,10 +186,10 @@ impl WhipCalls {
             Ok(Err(_)) => Err(WhipError::Gone),
             Err(_) => {
                 // The caller stops waiting, as a SIP caller would CANCEL.
-                let _ = events.send(Event::Ended {
+                let _ = events.send(Box::new(Event::Ended {
                     call,
                     reason: EndReason::Cancelled,
-                });
+                }));
                 self.lock().remove(&id);
                 Err(WhipError::Timeout(self.limits.answer_timeout))
             }
@@ -201,10 +201,10 @@ impl WhipCalls {
         let Some(s) = self.lock().remove(id) else {
             return false;
         };
-        let _ = s.events.send(Event::Ended {
+        let _ = s.events.send(Box::new(Event::Ended {
             call: s.call,
             reason: EndReason::RemoteBye,
-        });
+        }));
         true
     }
 
@@ -214,7 +214,7 @@ impl WhipCalls {
         id: String,
         call: CallHandle,
         mut commands: mpsc::Receiver<Command>,
-        events: mpsc::UnboundedSender<Event>,
+        events: crate::sip::transport::CallEventSender,
         answer: oneshot::Sender<Result<Vec<u8>, WhipError>>,
     ) {
         let mut answer = Some(answer);
@@ -224,7 +224,7 @@ impl WhipCalls {
             }
         };
         let end = |reason| {
-            let _ = events.send(Event::Ended { call, reason });
+            let _ = events.send(Box::new(Event::Ended { call, reason }));
         };
         while let Some(cmd) = commands.recv().await {
             if handle_of(&cmd) != Some(call) {
@@ -237,7 +237,7 @@ impl WhipCalls {
             match cmd {
                 Command::Answer(_, sdp) => {
                     reply(Ok(sdp));
-                    let _ = events.send(Event::Confirmed { call, sdp: None });
+                    let _ = events.send(Box::new(Event::Confirmed { call, sdp: None }));
                 }
                 Command::Reject {
                     code,
@@ -260,14 +260,14 @@ impl WhipCalls {
                 // Nothing can reach the browser mid-call but media: a re-offer or a transfer
                 // is refused as a peer that does not implement them would.
                 Command::ReInvite(..) => {
-                    let _ = events.send(Event::ReInviteAnswered {
+                    let _ = events.send(Box::new(Event::ReInviteAnswered {
                         call,
                         code: 488,
                         sdp: None,
-                    });
+                    }));
                 }
                 Command::Refer { .. } => {
-                    let _ = events.send(Event::ReferAnswered { call, code: 501 });
+                    let _ = events.send(Box::new(Event::ReferAnswered { call, code: 501 }));
                 }
                 // Ringing and INFO have no HTTP form; an answer to a re-INVITE never comes up.
                 _ => {}

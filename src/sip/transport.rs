@@ -97,13 +97,19 @@ pub struct Dialled {
     /// The call.
     pub call: CallHandle,
     /// Its events.
-    pub events: mpsc::UnboundedReceiver<Event>,
+    pub events: CallEvents,
 }
 
+/// A call's events from the endpoint. Boxed: a channel makes room for 32 messages when it is
+/// made, and an event is ~100 bytes, where a call gets a handful.
+pub type CallEvents = mpsc::UnboundedReceiver<Box<Event>>;
+
+/// The sending end of [`CallEvents`].
+pub type CallEventSender = mpsc::UnboundedSender<Box<Event>>;
+
 /// Starts the task that runs a new call: it gets the call's events and a command sender.
-pub type CallSpawner = Arc<
-    dyn Fn(CallHandle, Event, mpsc::UnboundedReceiver<Event>, mpsc::Sender<Command>) + Send + Sync,
->;
+pub type CallSpawner =
+    Arc<dyn Fn(CallHandle, Event, CallEvents, mpsc::Sender<Command>) + Send + Sync>;
 
 /// The bound listening sockets.
 pub struct Listeners {
@@ -327,7 +333,7 @@ pub async fn run(
         max_message,
     };
     let udp = net.udp.clone();
-    let mut calls: HashMap<CallHandle, mpsc::UnboundedSender<Event>> = HashMap::new();
+    let mut calls: HashMap<CallHandle, CallEventSender> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
     // Set once draining: when live calls get BYE, then when to stop waiting for them.
@@ -524,11 +530,7 @@ async fn recv_udp(udp: &Option<Arc<UdpSocket>>, buf: &mut [u8]) -> Option<(usize
     }
 }
 
-fn apply(
-    ep: &mut Endpoint,
-    calls: &mut HashMap<CallHandle, mpsc::UnboundedSender<Event>>,
-    c: Command,
-) {
+fn apply(ep: &mut Endpoint, calls: &mut HashMap<CallHandle, CallEventSender>, c: Command) {
     let now = std::time::Instant::now();
     let r = match c {
         Command::Dial { call, reply } => match ep.invite(now, *call) {
@@ -583,7 +585,7 @@ fn apply(
 
 fn dispatch(
     ev: Event,
-    calls: &mut HashMap<CallHandle, mpsc::UnboundedSender<Event>>,
+    calls: &mut HashMap<CallHandle, CallEventSender>,
     spawn_call: &CallSpawner,
     cmd_tx: &mpsc::Sender<Command>,
     draining: bool,
@@ -602,7 +604,7 @@ fn dispatch(
         }
         Event::Ended { call, .. } => {
             if let Some(tx) = calls.remove(&call) {
-                let _ = tx.send(ev);
+                let _ = tx.send(Box::new(ev));
             }
         }
         Event::Confirmed { call, .. }
@@ -616,7 +618,7 @@ fn dispatch(
         | Event::Answered { call, .. }
         | Event::Failed { call, .. } => {
             if let Some(tx) = calls.get(&call) {
-                let _ = tx.send(ev);
+                let _ = tx.send(Box::new(ev));
             }
         }
     }
@@ -1068,7 +1070,7 @@ mod tests {
         stream.write_all(ok.as_bytes()).await.unwrap();
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                match events.recv().await {
+                match events.recv().await.map(|e| *e) {
                     Some(Event::Answered { .. }) => return true,
                     Some(_) => continue,
                     None => return false,
