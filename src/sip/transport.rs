@@ -101,7 +101,7 @@ pub struct Dialled {
 }
 
 /// A call's events from the endpoint. Boxed: a channel makes room for 32 messages when it is
-/// made, and an event is ~100 bytes, where a call gets a handful.
+/// made (1.4 KB of events), where a call gets a handful.
 pub type CallEvents = mpsc::UnboundedReceiver<Box<Event>>;
 
 /// The sending end of [`CallEvents`].
