@@ -261,7 +261,9 @@ impl Asr {
             .name("asr-load".into())
             .spawn(move || {
                 if let Engine::Sphinx(ps) = &asr.engine {
-                    ps.load_first();
+                    if let Err(e) = ps.load_first() {
+                        tracing::warn!("PocketSphinx's decoder did not load: {e}");
+                    }
                 }
             });
         spawned

@@ -82,7 +82,7 @@ pub(super) struct PocketSphinx {
     lm: String,
     pool: Pool<Slot>,
     min_confidence: f32,
-    /// Set once a first decoder has been asked for, by [`PocketSphinx::prepare`] or at start.
+    /// Set once a first decoder has been asked for: at start, or by [`PocketSphinx::claim_first`].
     prepared: AtomicBool,
 }
 
@@ -151,8 +151,7 @@ impl PocketSphinx {
             prepared: AtomicBool::new(warm),
         };
         if warm {
-            let first = engine.pool.take(|| engine.build())?;
-            engine.pool.put(first);
+            engine.load_first()?;
         }
         Ok(engine)
     }
@@ -170,11 +169,10 @@ impl PocketSphinx {
 
     /// Loads a decoder into the pool (blocking, a second or more), so that the recognition
     /// that follows a listen's start does not wait for the model.
-    pub(super) fn load_first(&self) {
-        match self.pool.take(|| self.build()) {
-            Ok(slot) => self.pool.put(slot),
-            Err(e) => tracing::warn!("PocketSphinx's decoder did not load: {e}"),
-        }
+    pub(super) fn load_first(&self) -> Result<(), AsrError> {
+        let slot = self.pool.take(|| self.build())?;
+        self.pool.put(slot);
+        Ok(())
     }
 
     fn build(&self) -> Result<Slot, AsrError> {
